@@ -1,0 +1,145 @@
+"""The admin API (/api): profiles, timeline, export, erasure, rejected events, imports, workspace settings.
+
+Every call needs ``Authorization: Bearer <api_key>``; a key opens exactly one workspace.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Annotated
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
+from starlette.concurrency import run_in_threadpool
+
+from chorus import workspaces as ws_api
+from chorus.api.common import JSON, Services
+from chorus.errors import ChorusError, Unauthorized
+from chorus.profiles import privacy, views
+from chorus.store.tables import rejected_events
+from chorus.timeutil import iso
+
+router = APIRouter(prefix="/api", tags=["admin"])
+
+
+def services(request: Request) -> Services:
+    return request.app.state.services
+
+
+def workspace(request: Request) -> ws_api.Workspace:
+    header = request.headers.get("authorization", "")
+    if not header.lower().startswith("bearer ") or not header[7:].strip():
+        raise Unauthorized("send the workspace api key as 'Authorization: Bearer <api_key>'")
+    svc = services(request)
+    with svc.engine.connect() as conn:
+        return ws_api.by_api_key(conn, header[7:].strip())
+
+
+WS = Annotated[ws_api.Workspace, Depends(workspace)]
+SVC = Annotated[Services, Depends(services)]
+
+
+@router.get("/workspace", summary="The workspace this key opens, with its settings")
+def get_workspace(ws: WS):
+    return JSON({"id": ws.id, "name": ws.name, "settings": ws.settings})
+
+
+@router.patch("/workspace/settings", summary="Change settings (default_region, identifiers, trait_policies)")
+def patch_settings(ws: WS, svc: SVC, patch: dict):
+    try:
+        return JSON({"settings": ws_api.update_settings(svc.engine, ws.id, patch)})
+    except ValueError as exc:
+        raise ChorusError(str(exc), field=str(exc).split(" ", 1)[0]) from None
+
+
+@router.get("/profiles", summary="Find a profile by one identifier")
+def find_profile(
+    ws: WS, svc: SVC, request: Request,
+    email: str | None = None, phone: str | None = None, user_id: str | None = None, anonymous_id: str | None = None,
+):  # fmt: skip
+    cfg = ws.identity
+    declared = {k: v for k, v in request.query_params.items() if k in cfg.declared}
+    ident = views.lookup_ident(cfg, email=email, phone=phone, user_id=user_id, anonymous_id=anonymous_id, **declared)
+    with svc.engine.connect() as conn:
+        return JSON(views.get_profile(conn, ws.id, views.find_by_ident(conn, ws.id, ident), cfg))
+
+
+@router.get("/profiles/{profile_id}", summary="A profile (merged ids resolve to the survivor)")
+def get_profile(ws: WS, svc: SVC, profile_id: str):
+    with svc.engine.connect() as conn:
+        return JSON(views.get_profile(conn, ws.id, profile_id, ws.identity))
+
+
+@router.get("/profiles/{profile_id}/events", summary="Timeline across channels, newest first")
+def get_timeline(
+    ws: WS, svc: SVC, profile_id: str,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50, cursor: str | None = None, channel: str | None = None,
+):  # fmt: skip
+    with svc.engine.connect() as conn:
+        return JSON(views.timeline(conn, ws.id, profile_id, limit, cursor, channel))
+
+
+@router.get("/profiles/{profile_id}/merges", summary="Merges into this profile")
+def get_merges(ws: WS, svc: SVC, profile_id: str):
+    with svc.engine.connect() as conn:
+        pid = views.resolve_id(conn, ws.id, profile_id)
+        return JSON({"profile_id": pid, "merges": views.merge_history(conn, ws.id, pid)})
+
+
+@router.get("/profiles/{profile_id}/export", summary="Everything held about the person")
+def export_profile(ws: WS, svc: SVC, profile_id: str):
+    with svc.engine.connect() as conn:
+        return JSON(privacy.export(conn, ws.id, profile_id, ws.identity))
+
+
+@router.delete("/profiles/{profile_id}", summary="Erase the person: profile, identifiers, aliases, events")
+def delete_profile(ws: WS, svc: SVC, profile_id: str):
+    with svc.engine.begin() as conn:
+        return JSON(privacy.erase(conn, ws.id, profile_id))
+
+
+@router.get("/events/rejected", summary="Events that failed validation, with the reason, newest first")
+def get_rejected(ws: WS, svc: SVC, limit: Annotated[int, Query(ge=1, le=1000)] = 100, before: int | None = None):
+    q = sa.select(rejected_events).where(rejected_events.c.workspace_id == ws.id)
+    if before is not None:
+        q = q.where(rejected_events.c.id < before)
+    with svc.engine.connect() as conn:
+        rows = conn.execute(q.order_by(rejected_events.c.id.desc()).limit(limit)).all()
+    items = [
+        {"id": r.id, "received_at": iso(r.received_at), "message_id": r.message_id, "field": r.field,
+         "reason": r.reason, "payload": r.payload}
+        for r in rows
+    ]  # fmt: skip
+    return JSON({"rejected": items, "next_before": rows[-1].id if len(rows) == limit else None})
+
+
+@router.post("/imports", summary="Import an offline file (.csv, .jsonl, .parquet) as events")
+async def post_import(
+    ws: WS, svc: SVC,
+    file: Annotated[UploadFile, File(description="the file; its extension picks the format")],
+    source: Annotated[str, Form(description="store, call_center, catalog, ...")],
+    mapping: Annotated[str | None, Form(description="mapping as JSON (see docs/import.md)")] = None,
+):  # fmt: skip
+    from chorus.collect import imports
+
+    name = os.path.basename(file.filename or "upload")
+    suffix = os.path.splitext(name)[1].lower()
+    if suffix not in (".csv", ".jsonl", ".parquet"):
+        raise ChorusError("file must be .csv, .jsonl or .parquet", field="file")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, name)
+        with open(path, "wb") as fh:
+            while chunk := await file.read(1 << 20):
+                fh.write(chunk)
+        result = await run_in_threadpool(imports.run_import, svc.engine, ws.id, path, source, mapping_json=mapping)
+    svc.wake_worker.set()
+    return JSON(result)
+
+
+@router.get("/imports/{import_id}", summary="An import's result, with its bad rows")
+def get_import(ws: WS, svc: SVC, import_id: str):
+    from chorus.collect import imports
+
+    with svc.engine.connect() as conn:
+        return JSON(imports.get(conn, ws.id, import_id))

@@ -1,0 +1,62 @@
+"""Shared pieces of the HTTP layer: JSON responses, error shape, the service container."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import orjson
+from sqlalchemy.engine import Engine
+from starlette.responses import Response
+
+from chorus import workspaces as ws_api
+from chorus.collect.ingest import Backlog
+from chorus.config import Settings
+from chorus.errors import ChorusError, Saturated
+
+
+class JSON(Response):
+    media_type = "application/json"
+
+    def render(self, content) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
+
+
+def error_response(exc: ChorusError) -> JSON:
+    body = {"code": exc.code, "message": exc.message}
+    if exc.field:
+        body["field"] = exc.field
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Saturated) else None
+    return JSON(body, status_code=exc.status, headers=headers)
+
+
+class KeyCache:
+    """Write keys are checked on every tracking request; a short TTL keeps that off the database."""
+
+    def __init__(self, engine: Engine, ttl: float = 30.0):
+        self.engine, self.ttl = engine, ttl
+        self._items: dict[str, tuple[float, ws_api.Source]] = {}
+        self._lock = threading.Lock()
+
+    def source(self, write_key: str) -> ws_api.Source:
+        hit = self._items.get(write_key)
+        now = time.monotonic()
+        if hit and now - hit[0] < self.ttl:
+            return hit[1]
+        with self.engine.connect() as conn:
+            src = ws_api.source_by_write_key(conn, write_key)  # raises Unauthorized
+        with self._lock:
+            if len(self._items) > 10_000:
+                self._items.clear()
+            self._items[write_key] = (now, src)
+        return src
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: Engine
+    keys: KeyCache
+    backlog: Backlog
+    wake_worker: threading.Event = field(default_factory=threading.Event)

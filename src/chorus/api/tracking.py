@@ -1,0 +1,197 @@
+"""The Segment-compatible tracking API: /v1/identify|track|page|screen|group|alias|batch and the short paths.
+
+Accepts every way the official clients send: the write key as the HTTP Basic user (empty password) or as
+``writeKey`` in the body; ``application/json`` or ``text/plain``; ``Content-Encoding: gzip``. Limits are checked
+on the inflated body: 500 KB and 2,500 events per batch, 32 KB per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import zlib
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+
+from chorus.api.common import JSON, Services, error_response
+from chorus.collect import ingest
+from chorus.collect.messages import (
+    MAX_BATCH_BYTES,
+    MAX_BATCH_EVENTS,
+    MAX_MESSAGE_BYTES,
+    SHORT_PATHS,
+    TYPES,
+    Rejection,
+    merge_batch_defaults,
+    normalise,
+)
+from chorus.errors import ChorusError, Saturated, Unauthorized
+from chorus.timeutil import utcnow
+
+router = APIRouter(prefix="/v1", tags=["tracking"])
+
+_MESSAGE_SCHEMA = {
+    "type": "object",
+    "description": "A Segment-spec message (https://segment.com/docs/connections/spec/).",
+    "properties": {
+        "type": {"type": "string", "enum": list(TYPES)},
+        "messageId": {"type": "string"},
+        "userId": {"type": "string"},
+        "anonymousId": {"type": "string"},
+        "event": {"type": "string"},
+        "timestamp": {"type": "string", "format": "date-time"},
+        "sentAt": {"type": "string", "format": "date-time"},
+        "context": {"type": "object", "properties": {"channel": {"type": "string"}}},
+        "properties": {"type": "object"},
+        "traits": {"type": "object"},
+        "writeKey": {"type": "string"},
+    },
+}
+_BATCH_SCHEMA = {
+    "type": "object",
+    "properties": {"batch": {"type": "array", "items": _MESSAGE_SCHEMA, "maxItems": MAX_BATCH_EVENTS},
+                   "context": {"type": "object"}, "integrations": {"type": "object"}, "sentAt": {"type": "string"},
+                   "writeKey": {"type": "string"}},
+    "required": ["batch"],
+}  # fmt: skip
+_RESPONSES = {
+    200: {"description": "Stored (events failing validation are kept as rejected and listed in `rejected`)."},
+    400: {"description": "Malformed JSON or a size limit exceeded: `{code, message}`"},
+    401: {"description": "Unknown write key"},
+    429: {"description": "Ingestion saturated; retry after `Retry-After` seconds"},
+}
+
+
+class Gate:
+    """Bounded concurrency for the store: requests past the waiting room are told to come back later."""
+
+    def __init__(self, inflight: int, waiting: int):
+        self._sem = asyncio.Semaphore(inflight)
+        self._waiting = 0
+        self._max_waiting = waiting
+
+    async def __aenter__(self):
+        if self._sem.locked() and self._waiting >= self._max_waiting:
+            raise Saturated("ingestion is saturated; retry later", retry_after=2)
+        self._waiting += 1
+        try:
+            await self._sem.acquire()
+        finally:
+            self._waiting -= 1
+
+    async def __aexit__(self, *exc):
+        self._sem.release()
+
+
+def _inflate(body: bytes, encoding: str) -> bytes:
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in ("gzip", "deflate", "x-gzip"):
+        raise ChorusError(f"Content-Encoding {encoding!r} is not supported (use gzip)", field="Content-Encoding")
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding != "deflate" else zlib.MAX_WBITS)
+    try:
+        out = d.decompress(body, MAX_BATCH_BYTES + 1)
+    except zlib.error as exc:
+        raise ChorusError(f"body is not valid {encoding}: {exc}", field="Content-Encoding") from None
+    if len(out) > MAX_BATCH_BYTES or d.unconsumed_tail:
+        raise ChorusError("batch is larger than 500 KB after decompression", field="batch")
+    return out
+
+
+def _basic_user(header: str | None) -> str | None:
+    if not header or not header.lower().startswith("basic "):
+        return None
+    try:
+        decoded = base64.b64decode(header[6:].strip()).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        raise Unauthorized("Authorization header is not valid Basic auth") from None
+    return decoded.split(":", 1)[0] or None
+
+
+async def _handle(request: Request, kind: str) -> JSON:
+    svc: Services = request.app.state.services
+    try:
+        raw = await request.body()
+        if len(raw) > MAX_BATCH_BYTES and request.headers.get("content-encoding", "") in ("", "identity"):
+            raise ChorusError("batch is larger than 500 KB", field="batch")
+        body = _inflate(raw, request.headers.get("content-encoding", ""))
+        if kind != "batch" and len(body) > MAX_MESSAGE_BYTES:
+            raise ChorusError("message is larger than 32 KB", field="body")
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise ChorusError(f"body is not valid JSON: {exc}", field="body") from None
+        if not isinstance(doc, dict):
+            raise ChorusError("body must be a JSON object", field="body")
+        write_key = _basic_user(request.headers.get("authorization")) or doc.get("writeKey")
+        if not write_key or not isinstance(write_key, str):
+            raise Unauthorized("write key missing: send it as the Basic auth user or as writeKey in the body")
+        source = await run_in_threadpool(svc.keys.source, write_key)
+        if svc.backlog.value() > svc.settings.max_backlog:
+            raise Saturated("ingestion backlog is full; retry later", retry_after=5)
+
+        received_at = utcnow()
+        accepted, rejected, rejected_info = [], [], []
+        if kind == "batch":
+            items = doc.get("batch")
+            if not isinstance(items, list):
+                raise ChorusError("batch must be an array of messages", field="batch")
+            if len(items) > MAX_BATCH_EVENTS:
+                raise ChorusError(f"batch has {len(items)} events; the limit is {MAX_BATCH_EVENTS}", field="batch")
+            check_sizes = len(body) > MAX_MESSAGE_BYTES  # no item can be over 32 KB otherwise
+            for idx, item in enumerate(items):
+                if isinstance(item, dict):
+                    item = merge_batch_defaults(item, doc)
+                if check_sizes and len(orjson.dumps(item)) > MAX_MESSAGE_BYTES:
+                    res = Rejection("batch", f"message is larger than 32 KB", item.get("messageId") if isinstance(item, dict) else None, item)
+                else:
+                    res = normalise(item, received_at=received_at, source_kind=source.kind)
+                if isinstance(res, Rejection):
+                    rejected.append(res)
+                    rejected_info.append({"index": idx, "field": res.field, "reason": res.reason})
+                else:
+                    accepted.append(res)
+        else:
+            res = normalise(doc, received_at=received_at, source_kind=source.kind, forced_type=kind)
+            if isinstance(res, Rejection):
+                rejected.append(res)
+                rejected_info.append({"index": 0, "field": res.field, "reason": res.reason})
+            else:
+                accepted.append(res)
+
+        async with request.app.state.gate:
+            await run_in_threadpool(_store, svc, source, accepted, rejected, received_at)
+        svc.wake_worker.set()
+    except ChorusError as exc:
+        return error_response(exc)
+    out: dict = {"success": True}
+    if rejected_info:
+        out["rejected"] = rejected_info
+    return JSON(out)
+
+
+def _store(svc: Services, source, accepted, rejected, received_at):
+    with svc.engine.begin() as conn:
+        return ingest.store(conn, source, accepted, rejected, received_at)
+
+
+def _route(kind: str):
+    async def endpoint(request: Request):
+        return await _handle(request, kind)
+
+    endpoint.__name__ = f"track_{kind}"
+    return endpoint
+
+
+for _kind in (*TYPES, "batch"):
+    _schema = _BATCH_SCHEMA if _kind == "batch" else _MESSAGE_SCHEMA
+    router.add_api_route(
+        f"/{_kind}", _route(_kind), methods=["POST"], summary=f"Segment {_kind}", responses=_RESPONSES,
+        openapi_extra={"requestBody": {"content": {"application/json": {"schema": _schema}}, "required": True}},
+    )  # fmt: skip
+for _short, _kind in {**SHORT_PATHS, "b": "batch"}.items():
+    router.add_api_route(f"/{_short}", _route(_kind), methods=["POST"], include_in_schema=False)

@@ -1,0 +1,69 @@
+"""ASGI app factory: tracking API (/v1), admin API (/api), OpenAPI at /openapi.json."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.middleware.cors import CORSMiddleware
+
+from chorus import __version__
+from chorus.api import admin, tracking
+from chorus.api.common import JSON, KeyCache, Services, error_response
+from chorus.collect.ingest import Backlog
+from chorus.config import Settings
+from chorus.errors import ChorusError
+from chorus.store.db import create_engine
+from chorus.worker import Worker
+
+
+def create_app(settings: Settings | None = None, *, run_worker: bool = True, engine=None) -> FastAPI:
+    settings = settings or Settings.from_env()
+    engine = engine or create_engine(settings.database_url)
+    svc = Services(settings=settings, engine=engine, keys=KeyCache(engine), backlog=Backlog(engine))
+    worker = Worker(engine, settings.worker_batch, settings.worker_poll_seconds, svc.wake_worker) if run_worker else None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.gate = tracking.Gate(settings.max_inflight, settings.max_waiting)
+        if worker:
+            worker.start()
+        try:
+            yield
+        finally:
+            if worker:
+                worker.stop()
+
+    app = FastAPI(
+        title="Chorus",
+        version=__version__,
+        description="Omnichannel customer engagement platform: Segment-compatible tracking API and admin API.",
+        lifespan=lifespan,
+    )
+    app.state.services = svc
+    app.state.gate = tracking.Gate(settings.max_inflight, settings.max_waiting)
+    # Browsers post tracking calls from the shop's own origin; write keys are public, so any origin may send.
+    app.add_middleware(
+        CORSMiddleware, allow_origin_regex=".*", allow_methods=["*"], allow_headers=["*"], allow_credentials=True,
+        max_age=86400,
+    )  # fmt: skip
+
+    @app.exception_handler(ChorusError)
+    async def chorus_error(_request: Request, exc: ChorusError):
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path"))
+        return JSON({"code": "bad_request", "message": f"{where}: {first.get('msg', 'invalid')}", "field": where},
+                    status_code=400)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz():
+        return JSON({"ok": True})
+
+    app.include_router(tracking.router)
+    app.include_router(admin.router)
+    return app

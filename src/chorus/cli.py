@@ -1,0 +1,201 @@
+"""The `chorus` command."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import Annotated
+
+import orjson
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from chorus.config import Settings
+from chorus.errors import ChorusError
+
+app = typer.Typer(help="Chorus: omnichannel customer engagement platform.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+ws_app = typer.Typer(help="Workspaces and their keys.", no_args_is_help=True)
+import_app = typer.Typer(help="Bring offline channels in as events.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(ws_app, name="workspace")
+app.add_typer(import_app, name="import")
+err = Console(stderr=True)
+
+DbOpt = Annotated[str | None, typer.Option("--db", help="Database URL (default $CHORUS_DATABASE_URL or sqlite:///./chorus.db)")]
+
+
+def _settings(db: str | None) -> Settings:
+    return Settings.from_env(database_url=db)
+
+
+def _engine(db: str | None, upgrade: bool = True):
+    from chorus.store.db import create_engine
+    from chorus.store.db import upgrade as do_upgrade
+
+    settings = _settings(db)
+    if upgrade:
+        do_upgrade(settings.database_url)
+    return settings, create_engine(settings.database_url)
+
+
+def _fail(exc: Exception) -> None:
+    err.print(f"[red]error:[/red] {exc.message if isinstance(exc, ChorusError) else exc}")
+    raise typer.Exit(2)
+
+
+@db_app.command("upgrade")
+def db_upgrade(db: DbOpt = None):
+    """Apply migrations up to the latest schema."""
+    from chorus.store.db import upgrade
+
+    upgrade(_settings(db).database_url)
+    err.print("database is up to date")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    db: DbOpt = None,
+    workers: Annotated[bool, typer.Option("--worker/--no-worker", help="Run the background worker in-process")] = True,
+):
+    """Run the HTTP API and the background worker in one process (migrations are applied first)."""
+    import uvicorn
+
+    from chorus.app import create_app
+
+    settings, engine = _engine(db)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    err.print(f"Chorus on http://{host}:{port}  (store: {engine.url.render_as_string(hide_password=True)})")
+    uvicorn.run(create_app(settings, run_worker=workers, engine=engine), host=host, port=port, log_level="warning",
+                access_log=False)
+
+
+@app.command()
+def worker(db: DbOpt = None, batch: Annotated[int, typer.Option(help="Events per transaction")] = 2000):
+    """Run the background worker alone. Run as many as you like against PostgreSQL."""
+    from chorus.worker import Worker
+
+    settings, engine = _engine(db)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    w = Worker(engine, batch, settings.worker_poll_seconds)
+    stop = threading.Event()
+
+    def _stop(*_):
+        w.stopping.set()
+        w.wake.set()
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    err.print(f"worker started (pid {os.getpid()})")
+    w.run()
+
+
+@ws_app.command("create")
+def ws_create(name: str, db: DbOpt = None, json_out: Annotated[bool, typer.Option("--json", help="Print JSON")] = False):
+    """Create a workspace and print its keys (the api key is shown only now)."""
+    from chorus import workspaces
+
+    _, engine = _engine(db)
+    try:
+        out = workspaces.create(engine, name)
+    except (ChorusError, ValueError) as exc:
+        _fail(exc)
+    if json_out:
+        sys.stdout.write(orjson.dumps(out).decode() + "\n")
+    else:
+        for k, v in out.items():
+            typer.echo(f"{k}: {v}")
+        err.print("[yellow]Keep the api_key and server_write_key secret; they are not shown again.[/yellow]")
+
+
+@ws_app.command("list")
+def ws_list(db: DbOpt = None):
+    """List workspaces."""
+    from chorus import workspaces
+
+    _, engine = _engine(db)
+    with engine.connect() as conn:
+        for w in workspaces.list_all(conn):
+            typer.echo(f"{w.id}\t{w.name}")
+
+
+@ws_app.command("settings")
+def ws_settings(
+    workspace: str,
+    set_json: Annotated[str | None, typer.Option("--set", help='JSON patch, e.g. \'{"default_region": "GB"}\'')] = None,
+    db: DbOpt = None,
+):
+    """Show or change a workspace's settings."""
+    from chorus import workspaces
+
+    _, engine = _engine(db)
+    try:
+        with engine.connect() as conn:
+            w = workspaces.find(conn, workspace)
+        settings = w.settings
+        if set_json:
+            try:
+                patch = orjson.loads(set_json)
+            except orjson.JSONDecodeError as exc:
+                raise ChorusError(f"--set is not valid JSON: {exc}") from None
+            settings = workspaces.update_settings(engine, w.id, patch)
+    except (ChorusError, ValueError) as exc:
+        _fail(exc)
+    sys.stdout.write(orjson.dumps(settings, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+@import_app.command("events")
+def import_events(
+    file: Annotated[str, typer.Argument(help=".csv, .jsonl or .parquet")],
+    source: Annotated[str, typer.Option(help="The offline channel: store, call_center, catalog, ...")],
+    workspace: Annotated[str, typer.Option("--workspace", "-w", help="Workspace name or id")],
+    mapping: Annotated[str | None, typer.Option(help="Mapping file (JSON); see docs/import.md")] = None,
+    db: DbOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON")] = False,
+):
+    """Import offline events. Re-importing the same file is a no-op; bad rows are listed with their line."""
+    from chorus import workspaces
+    from chorus.collect import imports
+
+    _, engine = _engine(db)
+    try:
+        with engine.connect() as conn:
+            w = workspaces.find(conn, workspace)
+        total = imports.count_rows(file) if os.path.exists(file) else None
+        with Progress(
+            TextColumn("[bold]importing[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeRemainingColumn(), console=err, transient=json_out,
+        ) as bar:  # fmt: skip
+            task = bar.add_task(os.path.basename(file), total=total)
+            result = imports.run_import(engine, w.id, file, source, mapping_path=mapping,
+                                        progress=lambda n: bar.advance(task, n))
+    except (ChorusError, ValueError) as exc:
+        _fail(exc)
+    if json_out:
+        sys.stdout.write(orjson.dumps(result).decode() + "\n")
+    else:
+        typer.echo(
+            f"{result['rows']} rows: {result['imported']} imported, {result['duplicates']} already there, "
+            f"{result['failed']} failed (import {result['id']})"
+        )
+        for e in result["errors"][:50]:
+            typer.echo(f"  line {e['line']}: {e['reason']}")
+        if len(result["errors"]) > 50:
+            typer.echo(f"  ... {len(result['errors']) - 50} more; see GET /api/imports/{result['id']}")
+    if result["failed"]:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

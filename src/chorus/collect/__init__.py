@@ -1,0 +1,1 @@
+"""collect: the Segment-compatible tracking API, channel inference and offline import."""

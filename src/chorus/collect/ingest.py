@@ -1,0 +1,119 @@
+"""Storing accepted events and rejected ones. The hot path of ingestion: one multi-row insert per batch."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from chorus.collect.messages import Event, Rejection
+from chorus.store.tables import events, rejected_events
+from chorus.workspaces import Source
+
+
+@dataclass
+class StoreResult:
+    accepted: int
+    duplicates: int
+    rejected: int
+
+
+def _insert_ignore(conn: Connection):
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(events).on_conflict_do_nothing(index_elements=["workspace_id", "message_id"])
+
+
+def _rejected_identifiers(payload) -> dict:
+    """Raw ids kept beside a rejected event so that an erasure request finds it."""
+    if not isinstance(payload, dict):
+        return {}
+    out = {}
+    for k in ("userId", "anonymousId"):
+        if isinstance(payload.get(k), str | int):
+            out[k] = str(payload[k])
+    for traits in (payload.get("traits"), (payload.get("context") or {}).get("traits")):
+        if isinstance(traits, dict):
+            for k in ("email", "phone"):
+                if isinstance(traits.get(k), str):
+                    out[k] = traits[k].strip().lower()
+    return out
+
+
+def store(conn: Connection, source: Source, accepted: list[Event], rejected: list[Rejection], received_at: datetime) -> StoreResult:
+    """Insert events (a repeated messageId in the workspace is a no-op) and keep rejections with their reason."""
+    # The same messageId twice in one batch: keep the first, like a retry.
+    seen: set[str] = set()
+    rows = []
+    for e in accepted:
+        if e.message_id in seen:
+            continue
+        seen.add(e.message_id)
+        rows.append(
+            {
+                "workspace_id": source.workspace_id,
+                "message_id": e.message_id,
+                "type": e.type,
+                "event": e.event,
+                "channel": e.channel,
+                "user_id": e.user_id,
+                "anonymous_id": e.anonymous_id,
+                "timestamp": e.timestamp,
+                "received_at": e.received_at,
+                "source_id": source.id,
+                "trusted": source.trusted,
+                "payload": e.payload,
+            }
+        )
+    inserted = 0
+    if rows:
+        res = conn.execute(_insert_ignore(conn), rows)
+        inserted = res.rowcount if res.rowcount is not None and res.rowcount >= 0 else len(rows)
+    if rejected:
+        conn.execute(
+            rejected_events.insert(),
+            [
+                {
+                    "workspace_id": source.workspace_id,
+                    "received_at": received_at,
+                    "source_id": source.id,
+                    "message_id": r.message_id,
+                    "field": r.field,
+                    "reason": r.reason,
+                    "payload": r.payload if isinstance(r.payload, str) else orjson.dumps(r.payload).decode(),
+                    "identifiers": _rejected_identifiers(r.payload),
+                }
+                for r in rejected
+            ],
+        )
+    return StoreResult(inserted, len(accepted) - inserted, len(rejected))
+
+
+class Backlog:
+    """How many accepted events still wait for identity resolution, re-read at most once a second."""
+
+    def __init__(self, engine: Engine, interval: float = 1.0):
+        self.engine = engine
+        self.interval = interval
+        self._value = 0
+        self._at = 0.0
+        self._lock = threading.Lock()
+
+    def value(self) -> int:
+        now = time.monotonic()
+        if now - self._at >= self.interval:
+            with self._lock:
+                if now - self._at >= self.interval:
+                    with self.engine.connect() as conn:
+                        self._value = conn.execute(
+                            sa.select(sa.func.count()).select_from(events).where(events.c.profile_id.is_(None))
+                        ).scalar_one()
+                    self._at = time.monotonic()
+        return self._value

@@ -1,0 +1,43 @@
+"""Settings from the environment (CHORUS_*), read in one place."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise SystemExit(f"{name} must be an integer, got {raw!r}") from exc
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = "sqlite:///./chorus.db"
+    # Ingestion answers 429 when this many accepted events still wait for identity resolution.
+    max_backlog: int = 2_000_000
+    # Concurrent ingestion requests writing to the store; more wait, and past max_waiting get 429.
+    max_inflight: int = 4
+    max_waiting: int = 64
+    worker_batch: int = 2000
+    worker_poll_seconds: float = 0.2
+    secret: str = field(default="", repr=False)
+
+    @classmethod
+    def from_env(cls, **overrides) -> Settings:
+        values = dict(
+            database_url=os.environ.get("CHORUS_DATABASE_URL", cls.database_url),
+            max_backlog=_int("CHORUS_MAX_BACKLOG", cls.max_backlog),
+            max_inflight=_int("CHORUS_MAX_INFLIGHT", cls.max_inflight),
+            max_waiting=_int("CHORUS_MAX_WAITING", cls.max_waiting),
+            worker_batch=_int("CHORUS_WORKER_BATCH", cls.worker_batch),
+            worker_poll_seconds=float(os.environ.get("CHORUS_WORKER_POLL_SECONDS", cls.worker_poll_seconds)),
+            secret=os.environ.get("CHORUS_SECRET", ""),
+        )
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)

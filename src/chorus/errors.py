@@ -1,0 +1,37 @@
+"""Errors that reach users: each names what was wrong and where."""
+
+from __future__ import annotations
+
+
+class ChorusError(Exception):
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, field: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class NotFound(ChorusError):
+    status = 404
+    code = "not_found"
+
+
+class Unauthorized(ChorusError):
+    status = 401
+    code = "unauthorized"
+
+
+class Conflict(ChorusError):
+    status = 409
+    code = "conflict"
+
+
+class Saturated(ChorusError):
+    status = 429
+    code = "saturated"
+
+    def __init__(self, message: str, retry_after: int = 5):
+        super().__init__(message)
+        self.retry_after = retry_after

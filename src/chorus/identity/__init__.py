@@ -1,0 +1,1 @@
+"""unify: identifiers, the identity graph and deterministic merges."""

@@ -1,0 +1,178 @@
+"""The identity graph as a pure, deterministic state machine.
+
+Profiles are a function of the set of *links* (pairs of identifiers seen on one event, each with the key
+``(timestamp, message id)`` of its earliest sighting) replayed in key order. The resolver applies a new link
+incrementally when it sorts after every link already touching the profiles involved, and otherwise replays the
+whole connected component — so the result never depends on the order in which events arrive.
+
+Rules for a link ``(a, b)`` where ``a`` anchors the event:
+- neither has a profile: one new profile holds both;
+- one has a profile: the other joins it, unless that would give the profile a second value of a *unique* kind
+  (two user ids): then the newcomer gets a profile of its own;
+- both have different profiles: they merge unless they hold different values of a unique kind, or both are
+  *known* (hold a non-anonymous identifier) and the link came from an untrusted source (a browser write key).
+  An ``alias`` link between two user ids from a trusted source merges them on purpose.
+- Survivor: a known profile beats an anonymous one; otherwise the earliest created; ties by id.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from chorus.identity.identifiers import IdentityConfig, kind_of
+
+Key = tuple[str, str]  # (fixed-width ISO timestamp, message id): sorts like the instants, ties by id
+
+
+def new_profile_id() -> str:
+    return "p_" + uuid.uuid4().hex[:24]
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Link:
+    key: Key
+    a: str
+    b: str  # == a for a lone identifier ("this identifier exists")
+    trusted: bool
+
+
+@dataclass(slots=True)
+class Node:
+    id: str
+    created: Key
+    links_max: Key
+    idents: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True, slots=True)
+class Merge:
+    survivor: str
+    merged: str
+    reason: str
+    key: Key
+
+
+class Graph:
+    def __init__(self, cfg: IdentityConfig, new_id: Callable[[], str] = new_profile_id):
+        self.cfg = cfg
+        self.new_id = new_id
+        self.owner: dict[str, str] = {}
+        self.nodes: dict[str, Node] = {}
+        self.merges: list[Merge] = []
+        self.refusals: list[tuple[Link, str]] = []
+        self._unique = cfg.unique_kinds
+        self._anon = cfg.anonymous_kinds
+
+    # -- loading an existing slice of the graph ---------------------------------------------------------------
+    def add_node(self, node: Node) -> None:
+        self.nodes[node.id] = node
+        for ident in node.idents:
+            self.owner[ident] = node.id
+
+    # -- predicates -----------------------------------------------------------------------------------------
+    def known(self, node: Node) -> bool:
+        return any(kind_of(i) not in self._anon for i in node.idents)
+
+    def _unique_values(self, idents: Iterable[str]) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for i in idents:
+            k = kind_of(i)
+            if k in self._unique:
+                out.setdefault(k, set()).add(i)
+        return out
+
+    def conflict(self, left: Iterable[str], right: Iterable[str]) -> str | None:
+        lv, rv = self._unique_values(left), self._unique_values(right)
+        for k in lv.keys() & rv.keys():
+            if lv[k] != rv[k]:
+                return f"different {k}"
+        return None
+
+    # -- transitions ----------------------------------------------------------------------------------------
+    def _create(self, ident: str, key: Key) -> Node:
+        node = Node(self.new_id(), key, key, {ident})
+        self.nodes[node.id] = node
+        self.owner[ident] = node.id
+        return node
+
+    @staticmethod
+    def _touch(node: Node, key: Key) -> None:
+        if key > node.links_max:
+            node.links_max = key
+
+    def apply(self, link: Link) -> str:
+        """Apply one link; return the id of the profile that owns ``link.a`` afterwards."""
+        a, b, key = link.a, link.b, link.key
+        pa = self.nodes.get(self.owner.get(a, ""))
+        pb = self.nodes.get(self.owner.get(b, "")) if b != a else pa
+        if pa is None and pb is None:
+            pa = self._create(a, key)
+            if b != a:
+                pa.idents.add(b)
+                self.owner[b] = pa.id
+            return pa.id
+        if pa is None:
+            assert pb is not None
+            self._touch(pb, key)
+            why = self.conflict(pb.idents, [a])
+            if why is None:
+                pb.idents.add(a)
+                self.owner[a] = pb.id
+                return pb.id
+            self.refusals.append((link, why))
+            return self._create(a, key).id
+        self._touch(pa, key)
+        if pb is None:
+            why = self.conflict(pa.idents, [b])
+            if why is None:
+                pa.idents.add(b)
+                self.owner[b] = pa.id
+            else:
+                self.refusals.append((link, why))
+                self._create(b, key)
+            return pa.id
+        if pb is pa:
+            return pa.id
+        self._touch(pb, key)
+        alias = kind_of(a) == "user_id" and kind_of(b) == "user_id"
+        why = None if (alias and link.trusted) else self.conflict(pa.idents, pb.idents)
+        if why is None and not link.trusted and self.known(pa) and self.known(pb):
+            why = "both profiles are known and the source is not trusted"
+        if why is not None:
+            self.refusals.append((link, why))
+            return pa.id
+        survivor, loser = self.survivor(pa, pb)
+        self._merge(survivor, loser, key, f"{a} seen with {b}")
+        return survivor.id
+
+    def survivor(self, x: Node, y: Node) -> tuple[Node, Node]:
+        kx, ky = self.known(x), self.known(y)
+        if kx != ky:
+            return (x, y) if kx else (y, x)
+        return (x, y) if (x.created, x.id) <= (y.created, y.id) else (y, x)
+
+    def _merge(self, survivor: Node, loser: Node, key: Key, reason: str) -> None:
+        for ident in loser.idents:
+            self.owner[ident] = survivor.id
+        survivor.idents |= loser.idents
+        survivor.links_max = max(survivor.links_max, loser.links_max)
+        del self.nodes[loser.id]
+        self.merges.append(Merge(survivor.id, loser.id, reason, key))
+
+    def partition(self) -> frozenset[frozenset[str]]:
+        """The grouping of identifiers into profiles, independent of profile ids (used by tests)."""
+        return frozenset(frozenset(n.idents) for n in self.nodes.values())
+
+
+def replay(links: Iterable[Link], cfg: IdentityConfig, new_id: Callable[[], str] = new_profile_id) -> Graph:
+    """The reference semantics: all links, earliest first."""
+    g = Graph(cfg, new_id)
+    for link in sorted(set(links)):
+        g.apply(link)
+    return g
+
+
+def links_of(anchor: str, others: Iterable[str], key: Key, trusted: bool) -> list[Link]:
+    return [Link(key, anchor, anchor, trusted), *(Link(key, anchor, o, trusted) for o in others)]

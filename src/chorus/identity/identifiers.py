@@ -1,0 +1,156 @@
+"""Identifiers carried by an event, normalised: plain functions over the message and the workspace settings.
+
+An identifier is the string ``kind:value``. Built-in kinds: ``user_id``, ``anonymous_id``, ``email`` (validated,
+lower-cased), ``phone`` (E.164, parsed with the workspace's default region). Workspaces declare more kinds
+(loyalty id, device token, Messenger PSID, WhatsApp id, social handle) in their settings; they are read from
+``traits.<kind>``, ``context.traits.<kind>`` and ``context.externalIds[] {type, id}``; ``device_token`` also
+from ``context.device.token``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
+
+DEFAULT_DECLARED = {
+    "loyalty_id": {"known": True, "unique": True},
+    "device_token": {"known": False, "unique": False, "channel": "push"},
+    "messenger_psid": {"known": True, "unique": False, "channel": "messenger"},
+    "whatsapp_id": {"known": True, "unique": False, "channel": "whatsapp"},
+    "social_handle": {"known": True, "unique": False, "channel": "social"},
+}
+BUILTIN_KINDS = ("user_id", "email", "phone", "anonymous_id")
+
+
+@dataclass(frozen=True)
+class IdentityConfig:
+    """What a workspace says about identifiers. Built from the workspace settings."""
+
+    default_region: str | None = None
+    declared: dict = field(default_factory=lambda: dict(DEFAULT_DECLARED))
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> IdentityConfig:
+        return cls(
+            default_region=settings.get("default_region"),
+            declared=dict(settings.get("identifiers", DEFAULT_DECLARED)),
+        )
+
+    @property
+    def unique_kinds(self) -> frozenset[str]:
+        return frozenset(["user_id", *(k for k, v in self.declared.items() if v.get("unique"))])
+
+    @property
+    def anonymous_kinds(self) -> frozenset[str]:
+        return frozenset(["anonymous_id", *(k for k, v in self.declared.items() if not v.get("known", True))])
+
+    def rank(self, kind: str) -> int:
+        """Lower ranks anchor an event: the event belongs to the profile of its lowest-ranked identifier."""
+        if kind == "user_id":
+            return 0
+        decl = self.declared.get(kind)
+        if decl is not None:
+            if decl.get("unique"):
+                return 1
+            return 4 if decl.get("known", True) else 5
+        return {"email": 2, "phone": 3, "anonymous_id": 6}.get(kind, 7)
+
+    def address_channels(self, kind: str) -> tuple[str, ...]:
+        if kind == "email":
+            return ("email",)
+        if kind == "phone":
+            return ("sms", "whatsapp")
+        ch = (self.declared.get(kind) or {}).get("channel")
+        return (ch,) if ch else ()
+
+
+def kind_of(ident: str) -> str:
+    return ident.split(":", 1)[0]
+
+
+def value_of(ident: str) -> str:
+    return ident.split(":", 1)[1]
+
+
+@lru_cache(maxsize=200_000)
+def normalise_email(raw: str) -> str:
+    """Raises ValueError with the validator's reason."""
+    try:
+        info = validate_email(raw.strip(), check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise ValueError(str(exc)) from None
+    return info.normalized.lower()
+
+
+@lru_cache(maxsize=200_000)
+def normalise_phone(raw: str, region: str | None) -> str:
+    """E.164. Raises ValueError when the number cannot be parsed or is not a valid number."""
+    try:
+        num = phonenumbers.parse(raw, region)
+    except phonenumbers.NumberParseException as exc:
+        raise ValueError(f"not a phone number: {exc}") from None
+    if not phonenumbers.is_valid_number(num):
+        raise ValueError("not a valid phone number" + ("" if region else " (no default region is set)"))
+    return phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.E164)
+
+
+@dataclass(slots=True)
+class Extracted:
+    anchor: str
+    others: list[str]
+    warnings: list[str]
+    previous_id: str | None = None  # alias calls: resolved against existing user ids by the resolver
+
+
+def _trait_sources(msg: dict) -> list[dict]:
+    out = []
+    ctx = msg.get("context") or {}
+    if isinstance(ctx.get("traits"), dict):
+        out.append(ctx["traits"])
+    if msg.get("type") == "identify" and isinstance(msg.get("traits"), dict):
+        out.append(msg["traits"])
+    return out
+
+
+def extract(msg: dict, cfg: IdentityConfig) -> Extracted:
+    """Identifiers of a normalised message. Invalid emails/phones become warnings, never rejections."""
+    found: dict[str, None] = {}
+    warnings: list[str] = []
+    if msg.get("userId") not in (None, ""):
+        found[f"user_id:{msg['userId']}"] = None
+    if msg.get("anonymousId") not in (None, ""):
+        found[f"anonymous_id:{msg['anonymousId']}"] = None
+    for traits in _trait_sources(msg):
+        email = traits.get("email")
+        if isinstance(email, str) and email.strip():
+            try:
+                found[f"email:{normalise_email(email)}"] = None
+            except ValueError as exc:
+                warnings.append(f"traits.email ignored as an identifier: {exc}")
+        phone = traits.get("phone")
+        if isinstance(phone, str | int) and str(phone).strip():
+            try:
+                found[f"phone:{normalise_phone(str(phone), cfg.default_region)}"] = None
+            except ValueError as exc:
+                warnings.append(f"traits.phone ignored as an identifier: {exc}")
+        for kind in cfg.declared:
+            val = traits.get(kind)
+            if isinstance(val, str | int) and not isinstance(val, bool) and str(val).strip():
+                found[f"{kind}:{str(val).strip()}"] = None
+    ctx = msg.get("context") or {}
+    ext = ctx.get("externalIds")
+    if isinstance(ext, list):
+        for item in ext:
+            if isinstance(item, dict) and item.get("type") in cfg.declared and item.get("id") not in (None, ""):
+                found[f"{item['type']}:{str(item['id']).strip()}"] = None
+    device = ctx.get("device")
+    if "device_token" in cfg.declared and isinstance(device, dict) and device.get("token"):
+        found[f"device_token:{device['token']}"] = None
+    idents = sorted(found, key=lambda i: (cfg.rank(kind_of(i)), i))
+    previous = None
+    if msg.get("type") == "alias" and msg.get("previousId") not in (None, ""):
+        previous = str(msg["previousId"])
+    return Extracted(anchor=idents[0], others=idents[1:], warnings=warnings, previous_id=previous)

@@ -1,0 +1,432 @@
+"""Identity resolution over the store: turns pending events into profile updates.
+
+The worker claims pending events (``profile_id IS NULL``), extracts their identifiers, applies their links to the
+slice of the identity graph they touch (:mod:`chorus.identity.graph`), folds them into profile state
+(:mod:`chorus.profiles.state`) and writes everything back in one transaction. A link older than what the
+involved profiles have already seen is stored and its connected component replayed from the stored links, so
+the result is the same whatever order events arrive in.
+
+On PostgreSQL, workers claim rows with ``FOR UPDATE SKIP LOCKED`` and serialise graph changes per workspace
+with a transaction-scoped advisory lock; the primary key of ``identifiers`` is the last line of defence against
+two profiles for one identifier.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from chorus import workspaces as ws_api
+from chorus.identity.graph import Graph, Key, Link, Node, links_of, new_profile_id, replay
+from chorus.identity.identifiers import Extracted, IdentityConfig, extract, kind_of
+from chorus.profiles import state as pstate
+from chorus.store.tables import events, identifiers, identity_links, merges, profile_aliases, profiles
+from chorus.timeutil import parse_ts, utcnow
+
+log = logging.getLogger("chorus.identity")
+CHUNK = 500
+
+
+def _chunks(seq: list, n: int = CHUNK) -> Iterable[list]:
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
+
+
+def _upsert(conn: Connection, table: sa.Table, rows: list[dict], keys: list[str], update: list[str]) -> None:
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    stmt = insert(table)
+    if update:
+        stmt = stmt.on_conflict_do_update(index_elements=keys, set_={c: stmt.excluded[c] for c in update})
+    else:
+        stmt = stmt.on_conflict_do_nothing(index_elements=keys)
+    for part in _chunks(rows, 1000):
+        conn.execute(stmt, part)
+
+
+@dataclass(slots=True)
+class Pending:
+    seq: int
+    payload: dict
+    trusted: bool
+    ext: Extracted | None = None
+
+    @property
+    def key(self) -> Key:
+        return (self.payload["timestamp"], self.payload["messageId"])
+
+
+class Resolver:
+    def __init__(self, engine: Engine, clock=utcnow):
+        self.engine = engine
+        self.clock = clock
+
+    # -- public -----------------------------------------------------------------------------------------------
+    def process_pending(self, limit: int = 2000) -> int:
+        """Resolve up to ``limit`` pending events; returns how many were processed (0 when idle)."""
+        with self.engine.begin() as conn:
+            q = (
+                sa.select(events.c.seq, events.c.workspace_id, events.c.payload, events.c.trusted)
+                .where(events.c.profile_id.is_(None))
+                .order_by(events.c.seq)
+                .limit(limit)
+            )
+            if conn.dialect.name == "postgresql":
+                q = q.with_for_update(skip_locked=True, of=events)
+            rows = conn.execute(q).all()
+            if not rows:
+                return 0
+            by_ws: dict[str, list[Pending]] = defaultdict(list)
+            for r in rows:
+                by_ws[r.workspace_id].append(Pending(r.seq, r.payload, r.trusted))
+            for ws_id in sorted(by_ws):
+                if conn.dialect.name == "postgresql":
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": "identity:" + ws_id})
+                workspace = ws_api.get(conn, ws_id)
+                _WorkspaceBatch(conn, workspace, self.clock).run(by_ws[ws_id])
+            return len(rows)
+
+    def drain(self, limit: int = 2000) -> int:
+        total = 0
+        while n := self.process_pending(limit):
+            total += n
+        return total
+
+
+class _WorkspaceBatch:
+    def __init__(self, conn: Connection, workspace: ws_api.Workspace, clock):
+        self.conn = conn
+        self.ws = workspace.id
+        self.cfg: IdentityConfig = workspace.identity
+        self.policies: dict = workspace.settings.get("trait_policies", {})
+        self.clock = clock
+
+    # -- loading ---------------------------------------------------------------------------------------------
+    def _owners(self, idents: Iterable[str]) -> dict[str, str]:
+        out = {}
+        for part in _chunks(sorted(set(idents))):
+            q = sa.select(identifiers.c.ident, identifiers.c.profile_id).where(
+                identifiers.c.workspace_id == self.ws, identifiers.c.ident.in_(part)
+            )
+            out.update(self.conn.execute(q).tuples().all())
+        return out
+
+    def _nodes(self, profile_ids: Iterable[str]) -> dict[str, tuple[Node, dict]]:
+        out: dict[str, tuple[Node, dict]] = {}
+        ids = sorted(set(profile_ids))
+        for part in _chunks(ids):
+            for r in self.conn.execute(sa.select(profiles).where(profiles.c.id.in_(part))):
+                node = Node(r.id, (_k(r.created_at), r.created_msg), (_k(r.links_max_at), r.links_max_msg))
+                out[r.id] = (node, r.state)
+            q = sa.select(identifiers.c.ident, identifiers.c.profile_id).where(
+                identifiers.c.workspace_id == self.ws, identifiers.c.profile_id.in_(part)
+            )
+            for ident, pid in self.conn.execute(q):
+                if pid in out:
+                    out[pid][0].idents.add(ident)
+        return out
+
+    def _existing_links(self, anchors: Iterable[str]) -> dict[tuple[str, str, bool], Key]:
+        out = {}
+        for part in _chunks(sorted(set(anchors))):
+            q = sa.select(identity_links).where(identity_links.c.workspace_id == self.ws, identity_links.c.a.in_(part))
+            for r in self.conn.execute(q):
+                out[(r.a, r.b, r.trusted)] = (_k(r.at), r.msg)
+        return out
+
+    # -- the batch -------------------------------------------------------------------------------------------
+    def run(self, batch: list[Pending]) -> None:
+        for p in batch:
+            p.ext = extract(p.payload, self.cfg)
+        wanted = set()
+        for p in batch:
+            wanted.add(p.ext.anchor)
+            wanted.update(p.ext.others)
+            if p.ext.previous_id is not None:
+                wanted.add("user_id:" + p.ext.previous_id)
+                wanted.add("anonymous_id:" + p.ext.previous_id)
+        owners = self._owners(wanted)
+        for p in batch:
+            if p.ext.previous_id is not None:
+                prev = "user_id:" + p.ext.previous_id
+                p.ext.others.append(prev if prev in owners else "anonymous_id:" + p.ext.previous_id)
+
+        # Earliest sighting of each distinct link in this batch, minus links already stored with an earlier key.
+        batch_links: dict[tuple[str, str, bool], Key] = {}
+        for p in batch:
+            for ln in links_of(p.ext.anchor, p.ext.others, p.key, p.trusted):
+                k = (ln.a, ln.b, ln.trusted)
+                if k not in batch_links or ln.key < batch_links[k]:
+                    batch_links[k] = ln.key
+        existing = self._existing_links({k[0] for k in batch_links})
+        new_links = sorted(
+            Link(key, a, b, t) for (a, b, t), key in batch_links.items() if (a, b, t) not in existing or key < existing[(a, b, t)]
+        )
+
+        loaded = self._nodes(owners.values())
+        g = Graph(self.cfg)
+        states: dict[str, dict] = {}
+        before_owner = dict(owners)
+        for pid, (node, st) in loaded.items():
+            g.add_node(node)
+            states[pid] = st
+        before_nodes = {pid: (n.links_max, set(n.idents)) for pid, (n, _) in loaded.items()}
+
+        dirty_profiles: set[str] = set()
+        dirty_idents: set[str] = set()
+        for ln in new_links:
+            involved = {x for x in (g.owner.get(ln.a), g.owner.get(ln.b)) if x}
+            if (
+                involved & dirty_profiles
+                or ln.a in dirty_idents
+                or ln.b in dirty_idents
+                or any(ln.key < g.nodes[x].links_max for x in involved)
+            ):
+                dirty_profiles |= involved
+                dirty_idents |= {ln.a, ln.b}
+                continue
+            g.apply(ln)
+
+        # Merges: aliases, history and state move to the survivor.
+        final: dict[str, str] = {}
+        for m in g.merges:
+            final[m.merged] = m.survivor
+        def resolve(pid: str) -> str:
+            while pid in final:
+                pid = final[pid]
+            return pid
+        now = self.clock()
+        for m in g.merges:
+            survivor = resolve(m.survivor)
+            loser_state = states.pop(m.merged, None)
+            if loser_state is not None:
+                states[survivor] = pstate.merge(states.get(survivor) or pstate.empty(), loser_state, self.policies)
+            if m.merged in loaded:
+                self.conn.execute(
+                    events.update()
+                    .where(events.c.workspace_id == self.ws, events.c.profile_id == m.merged)
+                    .values(profile_id=survivor)
+                )
+                self.conn.execute(
+                    profile_aliases.update().where(profile_aliases.c.profile_id == m.merged).values(profile_id=survivor)
+                )
+                self.conn.execute(profiles.delete().where(profiles.c.id == m.merged))
+                self.conn.execute(
+                    profile_aliases.insert().values(alias_id=m.merged, workspace_id=self.ws, profile_id=survivor)
+                )
+            self.conn.execute(
+                merges.insert().values(
+                    workspace_id=self.ws, survivor_id=survivor, merged_id=m.merged, reason=m.reason,
+                    message_id=m.key[1], at=now,
+                )
+            )  # fmt: skip
+            log.info("merged profile %s into %s", m.merged, survivor)
+
+        # Identifier ownership changes.
+        changed = [
+            {"workspace_id": self.ws, "ident": i, "profile_id": pid}
+            for i, pid in g.owner.items()
+            if before_owner.get(i) != pid
+        ]
+        _upsert(self.conn, identifiers, changed, ["workspace_id", "ident"], ["profile_id"])
+
+        # Fold the clean events into their profiles; dirty ones wait for the replay below.
+        ev_updates = []
+        dirty_events = []
+        for p in batch:
+            if p.ext.anchor in dirty_idents or g.owner.get(p.ext.anchor) in dirty_profiles:
+                dirty_events.append(p)
+                continue
+            pid = g.owner[p.ext.anchor]
+            st = states.get(pid)
+            if st is None:
+                st = states[pid] = pstate.empty()
+            pstate.apply_event(st, p.payload, p.ext.anchor, self.policies)
+            ev_updates.append({"b_seq": p.seq, "b_pid": pid})
+        if ev_updates:
+            stmt = events.update().where(events.c.seq == sa.bindparam("b_seq")).values(profile_id=sa.bindparam("b_pid"))
+            self.conn.execute(stmt, ev_updates)
+
+        # Profile rows.
+        inserts, updates = [], []
+        for pid, node in g.nodes.items():
+            if pid not in states and pid not in before_nodes:
+                states[pid] = pstate.empty()
+            if pid not in states:
+                continue
+            row = self._row(node, states[pid], now, g)
+            if pid in loaded:
+                updates.append({"b_id": pid, **{k: v for k, v in row.items() if k not in ("id", "workspace_id")}})
+            else:
+                inserts.append(row)
+        if inserts:
+            self.conn.execute(profiles.insert(), inserts)
+        if updates:
+            cols = {k: sa.bindparam(k) for k in updates[0] if k != "b_id"}
+            self.conn.execute(profiles.update().where(profiles.c.id == sa.bindparam("b_id")).values(**cols), updates)
+
+        # Links, then replay the components that saw a link out of order.
+        link_rows = [
+            {"workspace_id": self.ws, "a": ln.a, "b": ln.b, "trusted": ln.trusted, "at": parse_ts(ln.key[0]), "msg": ln.key[1]}
+            for ln in new_links
+        ]
+        _upsert(self.conn, identity_links, link_rows, ["workspace_id", "a", "b", "trusted"], ["at", "msg"])
+        if dirty_idents:
+            Rebuild(self.conn, self.ws, self.cfg, self.policies, now).run(dirty_idents, dirty_events)
+
+    def _row(self, node: Node, st: dict, now, g: Graph) -> dict:
+        summ = pstate.summary(st)
+        return {
+            "id": node.id,
+            "workspace_id": self.ws,
+            "created_at": parse_ts(node.created[0]),
+            "created_msg": node.created[1],
+            "links_max_at": parse_ts(node.links_max[0]),
+            "links_max_msg": node.links_max[1],
+            "known": g.known(node),
+            "first_seen": parse_ts(summ["first_seen"]) if summ["first_seen"] else None,
+            "last_seen": parse_ts(summ["last_seen"]) if summ["last_seen"] else None,
+            "last_channel": summ["last_channel"],
+            "state": st,
+            "updated_at": now,
+        }
+
+
+def _k(dt) -> str:
+    from chorus.timeutil import iso
+
+    return iso(dt)
+
+
+class Rebuild:
+    """Replay the stored links of the components around ``seeds`` and rewrite their profiles."""
+
+    def __init__(self, conn: Connection, ws: str, cfg: IdentityConfig, policies: dict, now):
+        self.conn, self.ws, self.cfg, self.policies, self.now = conn, ws, cfg, policies, now
+
+    def _component(self, seeds: set[str]) -> tuple[set[str], list[Link], dict[str, str]]:
+        seen: set[str] = set()
+        links: dict[tuple[str, str, bool], Link] = {}
+        owners: dict[str, str] = {}
+        frontier = set(seeds)
+        while frontier:
+            seen |= frontier
+            nxt: set[str] = set()
+            part_list = sorted(frontier)
+            for part in _chunks(part_list):
+                q = sa.select(identity_links).where(
+                    identity_links.c.workspace_id == self.ws,
+                    sa.or_(identity_links.c.a.in_(part), identity_links.c.b.in_(part)),
+                )
+                for r in self.conn.execute(q):
+                    links[(r.a, r.b, r.trusted)] = Link((_k(r.at), r.msg), r.a, r.b, r.trusted)
+                    nxt.update((r.a, r.b))
+                q2 = sa.select(identifiers.c.ident, identifiers.c.profile_id).where(
+                    identifiers.c.workspace_id == self.ws, identifiers.c.ident.in_(part)
+                )
+                owned = dict(self.conn.execute(q2).tuples().all())
+                owners.update(owned)
+                pids = sorted(set(owned.values()))
+                for pp in _chunks(pids):
+                    q3 = sa.select(identifiers.c.ident, identifiers.c.profile_id).where(
+                        identifiers.c.workspace_id == self.ws, identifiers.c.profile_id.in_(pp)
+                    )
+                    for ident, pid in self.conn.execute(q3):
+                        owners[ident] = pid
+                        nxt.add(ident)
+            frontier = nxt - seen
+        return seen, list(links.values()), owners
+
+    def run(self, seeds: set[str], extra: list[Pending]) -> None:
+        idents, links, old_owner = self._component(seeds)
+        old_ids = sorted(set(old_owner.values()))
+        g = replay(links, self.cfg)
+        # Keep ids stable: a new profile takes the id of the old profile that held its best identifier.
+        rank = self.cfg.rank
+        taken: dict[str, str] = {}
+        for node in sorted(g.nodes.values(), key=lambda n: n.created):
+            for ident in sorted(node.idents, key=lambda i: (rank(kind_of(i)), i)):
+                old = old_owner.get(ident)
+                if old and old not in taken.values():
+                    taken[node.id] = old
+                    break
+        rename = {nid: taken.get(nid, new_profile_id()) for nid in g.nodes}
+        new_owner = {i: rename[pid] for i, pid in g.owner.items()}
+        dropped = {}
+        for old in old_ids:
+            if old in rename.values():
+                continue
+            best = min((i for i, p in old_owner.items() if p == old), key=lambda i: (rank(kind_of(i)), i))
+            dropped[old] = new_owner[best]
+
+        # Every event of the old profiles, plus the pending ones, is re-attributed and re-folded.
+        evs: list[tuple[int, dict, bool]] = []
+        for part in _chunks(old_ids):
+            q = sa.select(events.c.seq, events.c.payload, events.c.trusted).where(
+                events.c.workspace_id == self.ws, events.c.profile_id.in_(part)
+            )
+            evs.extend(self.conn.execute(q).tuples().all())
+        evs.extend((p.seq, p.payload, p.trusted) for p in extra)
+        states: dict[str, dict] = {pid: pstate.empty() for pid in rename.values()}
+        ev_updates = []
+        for seq, payload, _trusted in evs:
+            anchor = extract(payload, self.cfg).anchor
+            pid = new_owner[anchor]
+            pstate.apply_event(states[pid], payload, anchor, self.policies)
+            ev_updates.append({"b_seq": seq, "b_pid": pid})
+        if ev_updates:
+            stmt = events.update().where(events.c.seq == sa.bindparam("b_seq")).values(profile_id=sa.bindparam("b_pid"))
+            self.conn.execute(stmt, ev_updates)
+
+        for part in _chunks(sorted(idents)):
+            self.conn.execute(
+                identifiers.delete().where(identifiers.c.workspace_id == self.ws, identifiers.c.ident.in_(part))
+            )
+        if new_owner:
+            self.conn.execute(
+                identifiers.insert(),
+                [{"workspace_id": self.ws, "ident": i, "profile_id": p} for i, p in new_owner.items()],
+            )
+        for part in _chunks(old_ids):
+            self.conn.execute(profiles.delete().where(profiles.c.id.in_(part)))
+        rows = []
+        for nid, node in g.nodes.items():
+            pid = rename[nid]
+            summ = pstate.summary(states[pid])
+            rows.append({
+                "id": pid, "workspace_id": self.ws,
+                "created_at": parse_ts(node.created[0]), "created_msg": node.created[1],
+                "links_max_at": parse_ts(node.links_max[0]), "links_max_msg": node.links_max[1],
+                "known": g.known(node),
+                "first_seen": parse_ts(summ["first_seen"]) if summ["first_seen"] else None,
+                "last_seen": parse_ts(summ["last_seen"]) if summ["last_seen"] else None,
+                "last_channel": summ["last_channel"], "state": states[pid], "updated_at": self.now,
+            })  # fmt: skip
+        if rows:
+            self.conn.execute(profiles.insert(), rows)
+        for old, target in dropped.items():
+            self.conn.execute(profile_aliases.update().where(profile_aliases.c.profile_id == old).values(profile_id=target))
+            _upsert(
+                self.conn, profile_aliases, [{"alias_id": old, "workspace_id": self.ws, "profile_id": target}],
+                ["alias_id"], ["profile_id"],
+            )  # fmt: skip
+            self.conn.execute(
+                merges.insert().values(
+                    workspace_id=self.ws, survivor_id=target, merged_id=old,
+                    reason="identity graph replayed after an out-of-order event", message_id=None, at=self.now,
+                )
+            )  # fmt: skip
+        # A reused id must not stay an alias of something else.
+        reused = [pid for pid in rename.values() if pid in old_ids]
+        for part in _chunks(reused):
+            self.conn.execute(profile_aliases.delete().where(profile_aliases.c.alias_id.in_(part)))
+        log.info("replayed identity component of %d identifiers, %d links", len(idents), len(links))

@@ -1,0 +1,1 @@
+"""Profiles: traits, consent, channel activity, timeline, privacy (export and erasure)."""

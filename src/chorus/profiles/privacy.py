@@ -1,0 +1,97 @@
+"""Everything held about a person (export) and forgetting them (erasure)."""
+
+from __future__ import annotations
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from chorus.identity.identifiers import IdentityConfig, kind_of, value_of
+from chorus.profiles.views import get_profile, merge_history, resolve_id
+from chorus.store.tables import (
+    events,
+    identifiers,
+    identity_links,
+    merges,
+    profile_aliases,
+    profiles,
+    rejected_events,
+)
+
+
+def _idents(conn: Connection, ws: str, pid: str) -> list[str]:
+    return list(
+        conn.execute(
+            sa.select(identifiers.c.ident).where(identifiers.c.workspace_id == ws, identifiers.c.profile_id == pid)
+        ).scalars()
+    )
+
+
+def _rejected_of(conn: Connection, ws: str, idents: list[str]):
+    values = {value_of(i).lower() for i in idents}
+    for r in conn.execute(sa.select(rejected_events).where(rejected_events.c.workspace_id == ws)):
+        if any(str(v).lower() in values for v in (r.identifiers or {}).values()):
+            yield r
+
+
+def export(conn: Connection, ws: str, profile_id: str, cfg: IdentityConfig) -> dict:
+    prof = get_profile(conn, ws, profile_id, cfg)
+    pid = prof["id"]
+    evs = conn.execute(
+        sa.select(events.c.payload).where(events.c.workspace_id == ws, events.c.profile_id == pid).order_by(events.c.timestamp)
+    ).scalars()
+    idents = _idents(conn, ws, pid)
+    row = conn.execute(sa.select(profiles.c.state).where(profiles.c.id == pid)).scalar_one()
+    return {
+        "profile": prof,
+        "state": row,
+        "events": list(evs),
+        "merges": merge_history(conn, ws, pid),
+        "rejected_events": [
+            {"reason": r.reason, "field": r.field, "payload": orjson.loads(r.payload) if r.payload.startswith("{") else r.payload}
+            for r in _rejected_of(conn, ws, idents)
+        ],
+    }
+
+
+def erase(conn: Connection, ws: str, profile_id: str) -> dict:
+    """Delete the profile and everything that identifies the person; returns counts per table."""
+    if conn.dialect.name == "postgresql":  # no resolver may re-attach half of the person meanwhile
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": "identity:" + ws})
+    pid = resolve_id(conn, ws, profile_id)
+    idents = _idents(conn, ws, pid)
+    aliases = list(conn.execute(sa.select(profile_aliases.c.alias_id).where(profile_aliases.c.profile_id == pid)).scalars())
+    counts = {}
+    counts["events"] = conn.execute(events.delete().where(events.c.workspace_id == ws, events.c.profile_id == pid)).rowcount
+    # Events of this person not yet resolved would otherwise bring the profile back.
+    users = [value_of(i) for i in idents if kind_of(i) == "user_id"]
+    anons = [value_of(i) for i in idents if kind_of(i) == "anonymous_id"]
+    counts["events"] += conn.execute(
+        events.delete().where(
+            events.c.workspace_id == ws,
+            events.c.profile_id.is_(None),
+            sa.or_(events.c.user_id.in_(users), events.c.anonymous_id.in_(anons)),
+        )
+    ).rowcount
+    counts["identity_links"] = 0
+    for i in range(0, len(idents), 500):
+        part = idents[i : i + 500]
+        counts["identity_links"] += conn.execute(
+            identity_links.delete().where(
+                identity_links.c.workspace_id == ws, sa.or_(identity_links.c.a.in_(part), identity_links.c.b.in_(part))
+            )
+        ).rowcount
+    counts["identifiers"] = conn.execute(
+        identifiers.delete().where(identifiers.c.workspace_id == ws, identifiers.c.profile_id == pid)
+    ).rowcount
+    counts["aliases"] = conn.execute(profile_aliases.delete().where(profile_aliases.c.profile_id == pid)).rowcount
+    ids = [pid, *aliases]
+    counts["merges"] = conn.execute(
+        merges.delete().where(merges.c.workspace_id == ws, sa.or_(merges.c.survivor_id.in_(ids), merges.c.merged_id.in_(ids)))
+    ).rowcount
+    rej = [r.id for r in _rejected_of(conn, ws, idents)]
+    counts["rejected_events"] = (
+        conn.execute(rejected_events.delete().where(rejected_events.c.id.in_(rej))).rowcount if rej else 0
+    )
+    counts["profiles"] = conn.execute(profiles.delete().where(profiles.c.id == pid)).rowcount
+    return {"profile_id": pid, "deleted": counts}

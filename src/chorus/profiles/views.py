@@ -1,0 +1,133 @@
+"""Reading profiles: by id (old merged ids resolve through aliases), by identifier, and the timeline."""
+
+from __future__ import annotations
+
+import base64
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from chorus.errors import ChorusError, NotFound
+from chorus.identity.identifiers import IdentityConfig, kind_of, normalise_email, normalise_phone, value_of
+from chorus.profiles.state import public_view
+from chorus.store.tables import events, identifiers, merges, profile_aliases, profiles
+from chorus.timeutil import iso, parse_ts
+
+
+def resolve_id(conn: Connection, ws: str, profile_id: str) -> str:
+    row = conn.execute(
+        sa.select(profiles.c.id).where(profiles.c.workspace_id == ws, profiles.c.id == profile_id)
+    ).first()
+    if row:
+        return row.id
+    alias = conn.execute(
+        sa.select(profile_aliases.c.profile_id).where(
+            profile_aliases.c.workspace_id == ws, profile_aliases.c.alias_id == profile_id
+        )
+    ).first()
+    if alias:
+        return alias.profile_id
+    raise NotFound(f"profile {profile_id} not found")
+
+
+def lookup_ident(cfg: IdentityConfig, *, email=None, phone=None, user_id=None, anonymous_id=None, **declared) -> str:
+    given = [(k, v) for k, v in dict(email=email, phone=phone, user_id=user_id, anonymous_id=anonymous_id, **declared).items() if v]
+    if len(given) != 1:
+        raise ChorusError("give exactly one of email, phone, user_id, anonymous_id or a declared identifier")
+    kind, value = given[0]
+    try:
+        if kind == "email":
+            value = normalise_email(value)
+        elif kind == "phone":
+            value = normalise_phone(value, cfg.default_region)
+    except ValueError as exc:
+        raise ChorusError(f"{kind}: {exc}", field=kind) from None
+    return f"{kind}:{value}"
+
+
+def find_by_ident(conn: Connection, ws: str, ident: str) -> str:
+    row = conn.execute(
+        sa.select(identifiers.c.profile_id).where(identifiers.c.workspace_id == ws, identifiers.c.ident == ident)
+    ).first()
+    if row is None:
+        raise NotFound(f"no profile with {ident.split(':', 1)[0]} {ident.split(':', 1)[1]!r}")
+    return row.profile_id
+
+
+def get_profile(conn: Connection, ws: str, profile_id: str, cfg: IdentityConfig) -> dict:
+    pid = resolve_id(conn, ws, profile_id)
+    row = conn.execute(sa.select(profiles).where(profiles.c.id == pid)).one()
+    idents = sorted(
+        conn.execute(sa.select(identifiers.c.ident).where(identifiers.c.workspace_id == ws, identifiers.c.profile_id == pid)).scalars()
+    )
+    by_kind: dict[str, list[str]] = {}
+    addresses: dict[str, list[str]] = {}
+    for i in idents:
+        by_kind.setdefault(kind_of(i), []).append(value_of(i))
+        for ch in cfg.address_channels(kind_of(i)):
+            addresses.setdefault(ch, []).append(value_of(i))
+    aliases = sorted(
+        conn.execute(sa.select(profile_aliases.c.alias_id).where(profile_aliases.c.profile_id == pid)).scalars()
+    )
+    view = public_view(row.state)
+    return {
+        "id": pid,
+        "requested_id": profile_id,
+        "known": row.known,
+        "created_at": iso(row.created_at),
+        "first_seen": iso(row.first_seen) if row.first_seen else None,
+        "last_seen": iso(row.last_seen) if row.last_seen else None,
+        "last_channel": row.last_channel,
+        "identifiers": by_kind,
+        "addresses": addresses,
+        "aliases": aliases,
+        **view,
+    }
+
+
+def _cursor_encode(ts, seq: int) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps([iso(ts), seq])).decode().rstrip("=")
+
+
+def _cursor_decode(cursor: str):
+    try:
+        ts, seq = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return parse_ts(ts), int(seq)
+    except Exception:
+        raise ChorusError("cursor is not a cursor returned by this API", field="cursor") from None
+
+
+def timeline(conn: Connection, ws: str, profile_id: str, limit: int = 50, cursor: str | None = None,
+             channel: str | None = None) -> dict:
+    """One timeline across channels, newest first, keyset-paginated on (timestamp, seq)."""
+    if not 1 <= limit <= 1000:
+        raise ChorusError("limit must be between 1 and 1000", field="limit")
+    pid = resolve_id(conn, ws, profile_id)
+    q = sa.select(events.c.seq, events.c.timestamp, events.c.payload).where(
+        events.c.workspace_id == ws, events.c.profile_id == pid
+    )
+    if channel:
+        q = q.where(events.c.channel == channel)
+    if cursor:
+        ts, seq = _cursor_decode(cursor)
+        q = q.where(sa.or_(events.c.timestamp < ts, sa.and_(events.c.timestamp == ts, events.c.seq < seq)))
+    rows = conn.execute(q.order_by(events.c.timestamp.desc(), events.c.seq.desc()).limit(limit + 1)).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {
+        "profile_id": pid,
+        "events": [r.payload for r in rows],
+        "next_cursor": _cursor_encode(rows[-1].timestamp, rows[-1].seq) if more else None,
+    }
+
+
+def merge_history(conn: Connection, ws: str, pid: str) -> list[dict]:
+    rows = conn.execute(
+        sa.select(merges).where(merges.c.workspace_id == ws, merges.c.survivor_id == pid).order_by(merges.c.id)
+    )
+    return [
+        {"survivor_id": r.survivor_id, "merged_id": r.merged_id, "reason": r.reason, "message_id": r.message_id,
+         "at": iso(r.at)}
+        for r in rows
+    ]  # fmt: skip

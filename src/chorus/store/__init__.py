@@ -1,0 +1,1 @@
+"""Operational store: SQLAlchemy Core tables, engine handling, Alembic migrations."""

@@ -1,0 +1,168 @@
+"""All tables of the operational store. Each package owns its tables and reaches them through its own API."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from chorus.store.types import JSONDoc, UTCDateTime
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# --- workspaces and their keys -------------------------------------------------------------------------------
+workspaces = sa.Table(
+    "workspaces",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False, unique=True),
+    sa.Column("api_key_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("settings", JSONDoc, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+# A source is one way events arrive: a browser/app write key (public, untrusted), a server write key (secret,
+# trusted), an import, a verified webhook. Keys are looked up by their SHA-256.
+sources = sa.Table(
+    "sources",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("workspace_id", sa.String(40), sa.ForeignKey("workspaces.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("kind", sa.String(20), nullable=False),
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("public_key", sa.String(100)),  # only client write keys, which are public by design
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("workspace_id", "name"),
+)
+
+# --- collected events -----------------------------------------------------------------------------------------
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("workspace_id", sa.String(40), nullable=False),
+    sa.Column("message_id", sa.String(200), nullable=False),
+    sa.Column("type", sa.String(16), nullable=False),
+    sa.Column("event", sa.String(200)),
+    sa.Column("channel", sa.String(40), nullable=False),
+    sa.Column("user_id", sa.String(200)),
+    sa.Column("anonymous_id", sa.String(200)),
+    sa.Column("timestamp", UTCDateTime, nullable=False),
+    sa.Column("received_at", UTCDateTime, nullable=False),
+    sa.Column("source_id", sa.String(40)),
+    sa.Column("trusted", sa.Boolean, nullable=False),
+    sa.Column("payload", JSONDoc, nullable=False),
+    # NULL until identity resolution has run for the event.
+    sa.Column("profile_id", sa.String(40)),
+    sa.UniqueConstraint("workspace_id", "message_id"),
+    sa.Index("ix_events_profile_timeline", "workspace_id", "profile_id", "timestamp", "seq"),
+    sa.Index(
+        "ix_events_pending",
+        "seq",
+        sqlite_where=sa.text("profile_id IS NULL"),
+        postgresql_where=sa.text("profile_id IS NULL"),
+    ),
+)
+
+rejected_events = sa.Table(
+    "rejected_events",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("workspace_id", sa.String(40), nullable=False),
+    sa.Column("received_at", UTCDateTime, nullable=False),
+    sa.Column("source_id", sa.String(40)),
+    sa.Column("message_id", sa.String(200)),
+    sa.Column("field", sa.String(200)),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    # Identifiers found in the payload, so that erasure can find rejected events of a person.
+    sa.Column("identifiers", JSONDoc, nullable=False),
+    sa.Index("ix_rejected_events_ws", "workspace_id", "id"),
+)
+
+# --- identity graph ------------------------------------------------------------------------------------------
+profiles = sa.Table(
+    "profiles",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("workspace_id", sa.String(40), nullable=False),
+    # (timestamp, message id) of the link that created the profile: decides merge survivors deterministically.
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("created_msg", sa.String(200), nullable=False),
+    # Latest link touching any identifier of the profile; a link older than this is replayed, not applied.
+    sa.Column("links_max_at", UTCDateTime, nullable=False),
+    sa.Column("links_max_msg", sa.String(200), nullable=False),
+    sa.Column("known", sa.Boolean, nullable=False),
+    sa.Column("first_seen", UTCDateTime),
+    sa.Column("last_seen", UTCDateTime),
+    sa.Column("last_channel", sa.String(40)),
+    sa.Column("state", JSONDoc, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Index("ix_profiles_ws", "workspace_id", "id"),
+)
+
+# "kind:value" -> profile. The primary key is what keeps two writers from creating two profiles for one identifier.
+identifiers = sa.Table(
+    "identifiers",
+    metadata,
+    sa.Column("workspace_id", sa.String(40), primary_key=True),
+    sa.Column("ident", sa.String(400), primary_key=True),
+    sa.Column("profile_id", sa.String(40), nullable=False),
+    sa.Index("ix_identifiers_profile", "profile_id"),
+)
+
+# Distinct identifier pairs seen together, with their earliest sighting; profiles are a function of these.
+identity_links = sa.Table(
+    "identity_links",
+    metadata,
+    sa.Column("workspace_id", sa.String(40), primary_key=True),
+    sa.Column("a", sa.String(400), primary_key=True),
+    sa.Column("b", sa.String(400), primary_key=True),
+    sa.Column("trusted", sa.Boolean, primary_key=True),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("msg", sa.String(200), nullable=False),
+    sa.Index("ix_identity_links_b", "workspace_id", "b"),
+)
+
+profile_aliases = sa.Table(
+    "profile_aliases",
+    metadata,
+    sa.Column("alias_id", sa.String(40), primary_key=True),
+    sa.Column("workspace_id", sa.String(40), nullable=False),
+    sa.Column("profile_id", sa.String(40), nullable=False),
+    sa.Index("ix_profile_aliases_profile", "profile_id"),
+)
+
+merges = sa.Table(
+    "merges",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("workspace_id", sa.String(40), nullable=False),
+    sa.Column("survivor_id", sa.String(40), nullable=False),
+    sa.Column("merged_id", sa.String(40), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("message_id", sa.String(200)),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Index("ix_merges_survivor", "workspace_id", "survivor_id"),
+)
+
+# --- imports --------------------------------------------------------------------------------------------------
+imports = sa.Table(
+    "imports",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("workspace_id", sa.String(40), nullable=False),
+    sa.Column("source", sa.String(40), nullable=False),
+    sa.Column("filename", sa.String(400), nullable=False),
+    sa.Column("rows", sa.Integer, nullable=False),
+    sa.Column("imported", sa.Integer, nullable=False),
+    sa.Column("duplicates", sa.Integer, nullable=False),
+    sa.Column("errors", JSONDoc, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)

@@ -1,0 +1,35 @@
+"""UTC time helpers and the clock that every component takes (tests and simulations pass a virtual one)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def parse_ts(value) -> datetime:
+    """ISO-8601 (with Z or offset; naive = UTC) or epoch seconds/milliseconds. Raises ValueError."""
+    if isinstance(value, bool):
+        raise ValueError("not a timestamp")
+    if isinstance(value, int | float):
+        secs = value / 1000 if value > 1e11 else value
+        return datetime.fromtimestamp(secs, UTC)
+    if not isinstance(value, str) or not value:
+        raise ValueError("not a timestamp")
+    text = value.strip()
+    if text.endswith("Z") or text.endswith("z"):
+        text = text[:-1] + "+00:00"
+    dt = datetime.fromisoformat(text)
+    if dt.tzinfo is None:
+        return dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC)
+
+
+def iso(dt: datetime) -> str:
+    """Fixed-width UTC ISO string: sorts as text in the same order as the instants."""
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

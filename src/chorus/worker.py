@@ -1,0 +1,46 @@
+"""The background worker: resolves pending events into profiles. Any number may run against PostgreSQL."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from sqlalchemy.engine import Engine
+
+from chorus.identity.resolver import Resolver
+
+log = logging.getLogger("chorus.worker")
+
+
+class Worker:
+    def __init__(self, engine: Engine, batch: int = 2000, poll: float = 0.2, wake: threading.Event | None = None):
+        self.resolver = Resolver(engine)
+        self.batch = batch
+        self.poll = poll
+        self.wake = wake or threading.Event()
+        self.stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run_once(self) -> int:
+        return self.resolver.process_pending(self.batch)
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                n = self.run_once()
+            except Exception:  # a bad batch must not kill the loop; it is retried after the poll interval
+                log.exception("identity resolution batch failed")
+                n = 0
+            if n == 0:
+                self.wake.wait(self.poll)
+                self.wake.clear()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="chorus-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10) -> None:
+        self.stopping.set()
+        self.wake.set()
+        if self._thread:
+            self._thread.join(timeout)

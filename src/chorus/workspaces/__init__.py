@@ -1,0 +1,181 @@
+"""Workspaces, their sources (write keys) and api keys. Every row of data belongs to one workspace."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from chorus.errors import Conflict, NotFound, Unauthorized
+from chorus.identity.identifiers import DEFAULT_DECLARED, IdentityConfig, normalise_phone
+from chorus.profiles.state import POLICIES
+from chorus.store.tables import sources, workspaces
+from chorus.timeutil import utcnow
+
+SOURCE_KINDS = ("client", "server", "import", "webhook")
+TRUSTED_KINDS = frozenset({"server", "import", "webhook"})
+
+
+def key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Source:
+    id: str
+    workspace_id: str
+    name: str
+    kind: str
+    channel: str | None = None
+
+    @property
+    def trusted(self) -> bool:
+        return self.kind in TRUSTED_KINDS
+
+
+@dataclass(frozen=True)
+class Workspace:
+    id: str
+    name: str
+    settings: dict
+
+    @property
+    def identity(self) -> IdentityConfig:
+        return IdentityConfig.from_settings(self.settings)
+
+
+def default_settings() -> dict:
+    return {"default_region": None, "identifiers": dict(DEFAULT_DECLARED), "trait_policies": {}}
+
+
+def _new_key(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_urlsafe(24)}"
+
+
+def create(engine: Engine, name: str) -> dict:
+    name = name.strip()
+    if not name:
+        raise ValueError("workspace name must not be empty")
+    ws_id = "ws_" + uuid.uuid4().hex[:20]
+    write_key = _new_key("wk")
+    server_key = _new_key("sk")
+    api_key = _new_key("ak")
+    now = utcnow()
+    with engine.begin() as conn:
+        if conn.execute(sa.select(workspaces.c.id).where(workspaces.c.name == name)).first():
+            raise Conflict(f"a workspace named {name!r} already exists", field="name")
+        conn.execute(
+            workspaces.insert().values(
+                id=ws_id, name=name, api_key_hash=key_hash(api_key), settings=default_settings(), created_at=now
+            )
+        )
+        conn.execute(
+            sources.insert(),
+            [
+                dict(id="src_" + uuid.uuid4().hex[:20], workspace_id=ws_id, name="browser", kind="client",
+                     key_hash=key_hash(write_key), public_key=write_key, created_at=now),
+                dict(id="src_" + uuid.uuid4().hex[:20], workspace_id=ws_id, name="server", kind="server",
+                     key_hash=key_hash(server_key), public_key=None, created_at=now),
+            ],
+        )  # fmt: skip
+    return {"id": ws_id, "name": name, "write_key": write_key, "api_key": api_key, "server_write_key": server_key}
+
+
+def get(conn: Connection, ws_id: str) -> Workspace:
+    row = conn.execute(sa.select(workspaces).where(workspaces.c.id == ws_id)).first()
+    if row is None:
+        raise NotFound(f"workspace {ws_id} not found")
+    return Workspace(row.id, row.name, row.settings)
+
+
+def find(conn: Connection, name_or_id: str) -> Workspace:
+    row = conn.execute(
+        sa.select(workspaces).where(sa.or_(workspaces.c.id == name_or_id, workspaces.c.name == name_or_id))
+    ).first()
+    if row is None:
+        raise NotFound(f"workspace {name_or_id!r} not found")
+    return Workspace(row.id, row.name, row.settings)
+
+
+def list_all(conn: Connection) -> list[Workspace]:
+    return [Workspace(r.id, r.name, r.settings) for r in conn.execute(sa.select(workspaces).order_by(workspaces.c.name))]
+
+
+def by_api_key(conn: Connection, api_key: str) -> Workspace:
+    row = conn.execute(sa.select(workspaces).where(workspaces.c.api_key_hash == key_hash(api_key))).first()
+    if row is None:
+        raise Unauthorized("unknown api key")
+    return Workspace(row.id, row.name, row.settings)
+
+
+def source_by_write_key(conn: Connection, write_key: str) -> Source:
+    row = conn.execute(sa.select(sources).where(sources.c.key_hash == key_hash(write_key))).first()
+    if row is None:
+        raise Unauthorized("unknown write key")
+    return Source(row.id, row.workspace_id, row.name, row.kind)
+
+
+def internal_source(conn: Connection, ws_id: str, kind: str, name: str) -> Source:
+    """The source row used for imports and webhooks (created on first use; it has no usable key)."""
+    row = conn.execute(
+        sa.select(sources).where(sources.c.workspace_id == ws_id, sources.c.name == name, sources.c.kind == kind)
+    ).first()
+    if row is None:
+        sid = "src_" + uuid.uuid4().hex[:20]
+        conn.execute(
+            sources.insert().values(
+                id=sid, workspace_id=ws_id, name=name, kind=kind, key_hash=key_hash(secrets.token_hex(32)),
+                public_key=None, created_at=utcnow(),
+            )
+        )  # fmt: skip
+        return Source(sid, ws_id, name, kind)
+    return Source(row.id, ws_id, row.name, row.kind)
+
+
+def validate_settings(patch: dict) -> dict:
+    """Check a settings patch; errors name the field."""
+    out = {}
+    for key, value in patch.items():
+        if key == "default_region":
+            if value is not None:
+                if not isinstance(value, str) or len(value) != 2:
+                    raise ValueError("settings.default_region must be a two-letter region code such as 'US'")
+                value = value.upper()
+                # phonenumbers knows every region it supports through an example number
+                import phonenumbers
+
+                if value not in phonenumbers.SUPPORTED_REGIONS:
+                    raise ValueError(f"settings.default_region {value!r} is not a known region")
+            out[key] = value
+        elif key == "identifiers":
+            if not isinstance(value, dict):
+                raise ValueError("settings.identifiers must be an object {name: {known, unique, channel}}")
+            for name, decl in value.items():
+                if name in ("user_id", "anonymous_id", "email", "phone") or not name.replace("_", "").isalnum():
+                    raise ValueError(f"settings.identifiers.{name}: not an allowed identifier name")
+                if not isinstance(decl, dict) or set(decl) - {"known", "unique", "channel"}:
+                    raise ValueError(f"settings.identifiers.{name}: expected keys known, unique, channel")
+            out[key] = value
+        elif key == "trait_policies":
+            if not isinstance(value, dict) or any(p not in POLICIES for p in value.values()):
+                raise ValueError(f"settings.trait_policies: each policy must be one of {', '.join(POLICIES)}")
+            out[key] = value
+        else:
+            raise ValueError(f"settings.{key} is not a known setting")
+    return out
+
+
+def update_settings(engine: Engine, ws_id: str, patch: dict) -> dict:
+    clean = validate_settings(patch)
+    with engine.begin() as conn:
+        ws = get(conn, ws_id)
+        settings = {**ws.settings, **clean}
+        conn.execute(workspaces.update().where(workspaces.c.id == ws_id).values(settings=settings))
+    return settings
+
+
+__all__ = ["create", "get", "find", "by_api_key", "source_by_write_key", "normalise_phone", "Source", "Workspace"]
