@@ -22,7 +22,9 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True, eng
     settings = settings or Settings.from_env()
     engine = engine or create_engine(settings.database_url)
     svc = Services(settings=settings, engine=engine, keys=KeyCache(engine), backlog=Backlog(engine))
-    worker = Worker(engine, settings.worker_batch, settings.worker_poll_seconds, svc.wake_worker) if run_worker else None
+    worker = (
+        Worker(engine, settings.worker_batch, settings.worker_poll_seconds, svc.wake_worker) if run_worker else None
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -57,8 +59,10 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True, eng
     async def validation_error(_request: Request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path"))
-        return JSON({"code": "bad_request", "message": f"{where}: {first.get('msg', 'invalid')}", "field": where},
-                    status_code=400)
+        return JSON(
+            {"code": "bad_request", "message": f"{where}: {first.get('msg', 'invalid')}", "field": where},
+            status_code=400,
+        )
 
     @app.get("/healthz", include_in_schema=False)
     def healthz():

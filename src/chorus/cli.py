@@ -26,7 +26,9 @@ app.add_typer(ws_app, name="workspace")
 app.add_typer(import_app, name="import")
 err = Console(stderr=True)
 
-DbOpt = Annotated[str | None, typer.Option("--db", help="Database URL (default $CHORUS_DATABASE_URL or sqlite:///./chorus.db)")]
+DbOpt = Annotated[
+    str | None, typer.Option("--db", help="Database URL (default $CHORUS_DATABASE_URL or sqlite:///./chorus.db)")
+]
 
 
 def _settings(db: str | None) -> Settings:
@@ -72,8 +74,13 @@ def serve(
     settings, engine = _engine(db)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     err.print(f"Chorus on http://{host}:{port}  (store: {engine.url.render_as_string(hide_password=True)})")
-    uvicorn.run(create_app(settings, run_worker=workers, engine=engine), host=host, port=port, log_level="warning",
-                access_log=False)
+    uvicorn.run(
+        create_app(settings, run_worker=workers, engine=engine),
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+    )
 
 
 @app.command()
@@ -98,7 +105,9 @@ def worker(db: DbOpt = None, batch: Annotated[int, typer.Option(help="Events per
 
 
 @ws_app.command("create")
-def ws_create(name: str, db: DbOpt = None, json_out: Annotated[bool, typer.Option("--json", help="Print JSON")] = False):
+def ws_create(
+    name: str, db: DbOpt = None, json_out: Annotated[bool, typer.Option("--json", help="Print JSON")] = False
+):
     """Create a workspace and print its keys (the api key is shown only now)."""
     from chorus import workspaces
 
@@ -174,8 +183,9 @@ def import_events(
             TimeRemainingColumn(), console=err, transient=json_out,
         ) as bar:  # fmt: skip
             task = bar.add_task(os.path.basename(file), total=total)
-            result = imports.run_import(engine, w.id, file, source, mapping_path=mapping,
-                                        progress=lambda n: bar.advance(task, n))
+            result = imports.run_import(
+                engine, w.id, file, source, mapping_path=mapping, progress=lambda n: bar.advance(task, n)
+            )
     except (ChorusError, ValueError) as exc:
         _fail(exc)
     if json_out:

@@ -147,7 +147,12 @@ async def _handle(request: Request, kind: str) -> JSON:
                 if isinstance(item, dict):
                     item = merge_batch_defaults(item, doc)
                 if check_sizes and len(orjson.dumps(item)) > MAX_MESSAGE_BYTES:
-                    res = Rejection("batch", f"message is larger than 32 KB", item.get("messageId") if isinstance(item, dict) else None, item)
+                    res = Rejection(
+                        "batch",
+                        f"message is larger than 32 KB",
+                        item.get("messageId") if isinstance(item, dict) else None,
+                        item,
+                    )
                 else:
                     res = normalise(item, received_at=received_at, source_kind=source.kind)
                 if isinstance(res, Rejection):

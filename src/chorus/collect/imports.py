@@ -18,9 +18,18 @@ from sqlalchemy.engine import Connection, Engine
 from chorus import workspaces as ws_api
 from chorus.collect import ingest
 from chorus.collect.channels import valid_channel
-from chorus.collect.importer import Mapping, MappingError, RowError, count_rows, iter_import, load_mapping
+from chorus.collect.importer import (
+    ImportFileError,
+    Mapping,
+    MappingError,
+    RowError,
+    count_rows,
+    iter_import,
+    load_mapping,
+)
 from chorus.collect.messages import Rejection, normalise
 from chorus.errors import ChorusError, NotFound
+from chorus.identity.identifiers import NoIdentifier, extract
 from chorus.store.tables import imports
 from chorus.timeutil import iso, utcnow
 
@@ -31,14 +40,10 @@ MAX_REPORTED_ERRORS = 10_000
 def _mapping(source: str, mapping_path: str | None, mapping_json: str | None) -> Mapping:
     try:
         if mapping_json:
-            import tempfile
-
-            with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
-                fh.write(mapping_json)
-            try:
-                return load_mapping(fh.name, source)
-            finally:
-                os.unlink(fh.name)
+            doc = orjson.loads(mapping_json)
+            if not isinstance(doc, dict):
+                raise ChorusError("mapping must be a JSON object", field="mapping")
+            return load_mapping(doc, source)
         return load_mapping(mapping_path, source)
     except MappingError as exc:
         raise ChorusError(f"mapping: {exc}", field="mapping") from None
@@ -58,12 +63,14 @@ def run_import(
 ) -> dict:
     channel = valid_channel(source)
     if channel is None:
-        raise ChorusError(f"source {source!r} must be a channel name such as store, call_center, catalog", field="source")
+        raise ChorusError(
+            f"source {source!r} must be a channel name such as store, call_center, catalog", field="source"
+        )
     if not os.path.exists(path):
         raise ChorusError(f"file {path} does not exist", field="file")
     mapping = _mapping(channel, mapping_path, mapping_json)
     with engine.begin() as conn:
-        ws_api.get(conn, workspace_id)
+        cfg = ws_api.get(conn, workspace_id).identity
         src = ws_api.internal_source(conn, workspace_id, "import", f"import:{channel}")
     errors: list[dict] = []
     rows = imported = duplicates = 0
@@ -88,7 +95,14 @@ def run_import(
                     errors.append({"line": line, "field": item.field, "reason": item.reason})
                 rejected.append(item)
             else:
-                res = normalise(item, received_at=utcnow(), source_kind="import", source_channel=channel)
+                res = normalise(
+                    item, received_at=utcnow(), source_kind="import", source_channel=channel, require_ids=False
+                )
+                if not isinstance(res, Rejection):
+                    try:
+                        extract(res.payload, cfg)
+                    except NoIdentifier as exc:
+                        res = Rejection("identifiers", str(exc), res.message_id, res.payload)
                 if isinstance(res, Rejection):
                     if len(errors) < MAX_REPORTED_ERRORS:
                         errors.append({"line": line, "field": res.field, "reason": res.reason})
@@ -100,6 +114,8 @@ def run_import(
         flush()
     except MappingError as exc:
         raise ChorusError(f"mapping: {exc}", field="mapping") from None
+    except ImportFileError as exc:
+        raise ChorusError(f"file: {exc}", field="file") from None
     import_id = "imp_" + uuid.uuid4().hex[:20]
     bad = rows - imported - duplicates
     result = {
@@ -123,7 +139,9 @@ def run_import(
 
 
 def get(conn: Connection, workspace_id: str, import_id: str) -> dict:
-    r = conn.execute(sa.select(imports).where(imports.c.workspace_id == workspace_id, imports.c.id == import_id)).first()
+    r = conn.execute(
+        sa.select(imports).where(imports.c.workspace_id == workspace_id, imports.c.id == import_id)
+    ).first()
     if r is None:
         raise NotFound(f"import {import_id} not found")
     return {

@@ -47,7 +47,9 @@ def _rejected_identifiers(payload) -> dict:
     return out
 
 
-def store(conn: Connection, source: Source, accepted: list[Event], rejected: list[Rejection], received_at: datetime) -> StoreResult:
+def store(
+    conn: Connection, source: Source, accepted: list[Event], rejected: list[Rejection], received_at: datetime
+) -> StoreResult:
     """Insert events (a repeated messageId in the workspace is a no-op) and keep rejections with their reason."""
     # The same messageId twice in one batch: keep the first, like a retry.
     seen: set[str] = set()

@@ -81,6 +81,7 @@ def normalise(
     source_kind: str,
     source_channel: str | None = None,
     forced_type: str | None = None,
+    require_ids: bool = True,
 ) -> Event | Rejection:
     """Validate one message and compute its message id, corrected timestamp and channel."""
     if not isinstance(msg, dict):
@@ -95,7 +96,7 @@ def normalise(
             raise _Bad("type", f"type {str(mtype)[:40]!r} is not one of {', '.join(TYPES)}")
         user_id = _id(msg.get("userId"), "userId")
         anonymous_id = _id(msg.get("anonymousId"), "anonymousId")
-        if user_id is None and anonymous_id is None:
+        if user_id is None and anonymous_id is None and require_ids:
             raise _Bad("userId", "userId or anonymousId is required")
         for obj in ("context", "properties", "traits", "integrations"):
             if msg.get(obj) is not None and not isinstance(msg[obj], dict):

@@ -97,6 +97,10 @@ def normalise_phone(raw: str, region: str | None) -> str:
     return phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.E164)
 
 
+class NoIdentifier(ValueError):
+    """An event with nothing that identifies a person (only possible for imports keyed by email or phone)."""
+
+
 @dataclass(slots=True)
 class Extracted:
     anchor: str
@@ -149,6 +153,10 @@ def extract(msg: dict, cfg: IdentityConfig) -> Extracted:
     device = ctx.get("device")
     if "device_token" in cfg.declared and isinstance(device, dict) and device.get("token"):
         found[f"device_token:{device['token']}"] = None
+    if not found:
+        raise NoIdentifier(
+            "no usable identifier: " + ("; ".join(warnings) or "userId, anonymousId, email, phone all missing")
+        )
     idents = sorted(found, key=lambda i: (cfg.rank(kind_of(i)), i))
     previous = None
     if msg.get("type") == "alias" and msg.get("previousId") not in (None, ""):

@@ -117,7 +117,7 @@ class _WorkspaceBatch:
             q = sa.select(identifiers.c.ident, identifiers.c.profile_id).where(
                 identifiers.c.workspace_id == self.ws, identifiers.c.ident.in_(part)
             )
-            out.update(self.conn.execute(q).tuples().all())
+            out.update(self.conn.execute(q).all())
         return out
 
     def _nodes(self, profile_ids: Iterable[str]) -> dict[str, tuple[Node, dict]]:
@@ -169,7 +169,9 @@ class _WorkspaceBatch:
                     batch_links[k] = ln.key
         existing = self._existing_links({k[0] for k in batch_links})
         new_links = sorted(
-            Link(key, a, b, t) for (a, b, t), key in batch_links.items() if (a, b, t) not in existing or key < existing[(a, b, t)]
+            Link(key, a, b, t)
+            for (a, b, t), key in batch_links.items()
+            if (a, b, t) not in existing or key < existing[(a, b, t)]
         )
 
         loaded = self._nodes(owners.values())
@@ -200,10 +202,12 @@ class _WorkspaceBatch:
         final: dict[str, str] = {}
         for m in g.merges:
             final[m.merged] = m.survivor
+
         def resolve(pid: str) -> str:
             while pid in final:
                 pid = final[pid]
             return pid
+
         now = self.clock()
         for m in g.merges:
             survivor = resolve(m.survivor)
@@ -276,7 +280,14 @@ class _WorkspaceBatch:
 
         # Links, then replay the components that saw a link out of order.
         link_rows = [
-            {"workspace_id": self.ws, "a": ln.a, "b": ln.b, "trusted": ln.trusted, "at": parse_ts(ln.key[0]), "msg": ln.key[1]}
+            {
+                "workspace_id": self.ws,
+                "a": ln.a,
+                "b": ln.b,
+                "trusted": ln.trusted,
+                "at": parse_ts(ln.key[0]),
+                "msg": ln.key[1],
+            }
             for ln in new_links
         ]
         _upsert(self.conn, identity_links, link_rows, ["workspace_id", "a", "b", "trusted"], ["at", "msg"])
@@ -333,7 +344,7 @@ class Rebuild:
                 q2 = sa.select(identifiers.c.ident, identifiers.c.profile_id).where(
                     identifiers.c.workspace_id == self.ws, identifiers.c.ident.in_(part)
                 )
-                owned = dict(self.conn.execute(q2).tuples().all())
+                owned = dict(self.conn.execute(q2).all())
                 owners.update(owned)
                 pids = sorted(set(owned.values()))
                 for pp in _chunks(pids):
@@ -374,7 +385,7 @@ class Rebuild:
             q = sa.select(events.c.seq, events.c.payload, events.c.trusted).where(
                 events.c.workspace_id == self.ws, events.c.profile_id.in_(part)
             )
-            evs.extend(self.conn.execute(q).tuples().all())
+            evs.extend(self.conn.execute(q).all())
         evs.extend((p.seq, p.payload, p.trusted) for p in extra)
         states: dict[str, dict] = {pid: pstate.empty() for pid in rename.values()}
         ev_updates = []
@@ -414,7 +425,9 @@ class Rebuild:
         if rows:
             self.conn.execute(profiles.insert(), rows)
         for old, target in dropped.items():
-            self.conn.execute(profile_aliases.update().where(profile_aliases.c.profile_id == old).values(profile_id=target))
+            self.conn.execute(
+                profile_aliases.update().where(profile_aliases.c.profile_id == old).values(profile_id=target)
+            )
             _upsert(
                 self.conn, profile_aliases, [{"alias_id": old, "workspace_id": self.ws, "profile_id": target}],
                 ["alias_id"], ["profile_id"],

@@ -38,7 +38,9 @@ def export(conn: Connection, ws: str, profile_id: str, cfg: IdentityConfig) -> d
     prof = get_profile(conn, ws, profile_id, cfg)
     pid = prof["id"]
     evs = conn.execute(
-        sa.select(events.c.payload).where(events.c.workspace_id == ws, events.c.profile_id == pid).order_by(events.c.timestamp)
+        sa.select(events.c.payload)
+        .where(events.c.workspace_id == ws, events.c.profile_id == pid)
+        .order_by(events.c.timestamp)
     ).scalars()
     idents = _idents(conn, ws, pid)
     row = conn.execute(sa.select(profiles.c.state).where(profiles.c.id == pid)).scalar_one()
@@ -48,7 +50,11 @@ def export(conn: Connection, ws: str, profile_id: str, cfg: IdentityConfig) -> d
         "events": list(evs),
         "merges": merge_history(conn, ws, pid),
         "rejected_events": [
-            {"reason": r.reason, "field": r.field, "payload": orjson.loads(r.payload) if r.payload.startswith("{") else r.payload}
+            {
+                "reason": r.reason,
+                "field": r.field,
+                "payload": orjson.loads(r.payload) if r.payload.startswith("{") else r.payload,
+            }
             for r in _rejected_of(conn, ws, idents)
         ],
     }
@@ -60,9 +66,13 @@ def erase(conn: Connection, ws: str, profile_id: str) -> dict:
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": "identity:" + ws})
     pid = resolve_id(conn, ws, profile_id)
     idents = _idents(conn, ws, pid)
-    aliases = list(conn.execute(sa.select(profile_aliases.c.alias_id).where(profile_aliases.c.profile_id == pid)).scalars())
+    aliases = list(
+        conn.execute(sa.select(profile_aliases.c.alias_id).where(profile_aliases.c.profile_id == pid)).scalars()
+    )
     counts = {}
-    counts["events"] = conn.execute(events.delete().where(events.c.workspace_id == ws, events.c.profile_id == pid)).rowcount
+    counts["events"] = conn.execute(
+        events.delete().where(events.c.workspace_id == ws, events.c.profile_id == pid)
+    ).rowcount
     # Events of this person not yet resolved would otherwise bring the profile back.
     users = [value_of(i) for i in idents if kind_of(i) == "user_id"]
     anons = [value_of(i) for i in idents if kind_of(i) == "anonymous_id"]
@@ -87,7 +97,9 @@ def erase(conn: Connection, ws: str, profile_id: str) -> dict:
     counts["aliases"] = conn.execute(profile_aliases.delete().where(profile_aliases.c.profile_id == pid)).rowcount
     ids = [pid, *aliases]
     counts["merges"] = conn.execute(
-        merges.delete().where(merges.c.workspace_id == ws, sa.or_(merges.c.survivor_id.in_(ids), merges.c.merged_id.in_(ids)))
+        merges.delete().where(
+            merges.c.workspace_id == ws, sa.or_(merges.c.survivor_id.in_(ids), merges.c.merged_id.in_(ids))
+        )
     ).rowcount
     rej = [r.id for r in _rejected_of(conn, ws, idents)]
     counts["rejected_events"] = (

@@ -223,7 +223,8 @@ def public_view(state: dict) -> dict:
         "channels": state["channels"],
         "channels_used": sorted(state["channels"]),
         "consent": {
-            slot: {"status": c["status"], "at": c["key"][0], "source": c["source"]} for slot, c in state["consent"].items()
+            slot: {"status": c["status"], "at": c["key"][0], "source": c["source"]}
+            for slot, c in state["consent"].items()
         },
         "timezone": (state["attrs"].get("timezone") or [None])[0],
         "locale": (state["attrs"].get("locale") or [None])[0],

@@ -32,7 +32,11 @@ def resolve_id(conn: Connection, ws: str, profile_id: str) -> str:
 
 
 def lookup_ident(cfg: IdentityConfig, *, email=None, phone=None, user_id=None, anonymous_id=None, **declared) -> str:
-    given = [(k, v) for k, v in dict(email=email, phone=phone, user_id=user_id, anonymous_id=anonymous_id, **declared).items() if v]
+    given = [
+        (k, v)
+        for k, v in dict(email=email, phone=phone, user_id=user_id, anonymous_id=anonymous_id, **declared).items()
+        if v
+    ]
     if len(given) != 1:
         raise ChorusError("give exactly one of email, phone, user_id, anonymous_id or a declared identifier")
     kind, value = given[0]
@@ -59,7 +63,9 @@ def get_profile(conn: Connection, ws: str, profile_id: str, cfg: IdentityConfig)
     pid = resolve_id(conn, ws, profile_id)
     row = conn.execute(sa.select(profiles).where(profiles.c.id == pid)).one()
     idents = sorted(
-        conn.execute(sa.select(identifiers.c.ident).where(identifiers.c.workspace_id == ws, identifiers.c.profile_id == pid)).scalars()
+        conn.execute(
+            sa.select(identifiers.c.ident).where(identifiers.c.workspace_id == ws, identifiers.c.profile_id == pid)
+        ).scalars()
     )
     by_kind: dict[str, list[str]] = {}
     addresses: dict[str, list[str]] = {}
@@ -98,8 +104,9 @@ def _cursor_decode(cursor: str):
         raise ChorusError("cursor is not a cursor returned by this API", field="cursor") from None
 
 
-def timeline(conn: Connection, ws: str, profile_id: str, limit: int = 50, cursor: str | None = None,
-             channel: str | None = None) -> dict:
+def timeline(
+    conn: Connection, ws: str, profile_id: str, limit: int = 50, cursor: str | None = None, channel: str | None = None
+) -> dict:
     """One timeline across channels, newest first, keyset-paginated on (timestamp, seq)."""
     if not 1 <= limit <= 1000:
         raise ChorusError("limit must be between 1 and 1000", field="limit")

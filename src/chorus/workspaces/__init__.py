@@ -102,7 +102,9 @@ def find(conn: Connection, name_or_id: str) -> Workspace:
 
 
 def list_all(conn: Connection) -> list[Workspace]:
-    return [Workspace(r.id, r.name, r.settings) for r in conn.execute(sa.select(workspaces).order_by(workspaces.c.name))]
+    return [
+        Workspace(r.id, r.name, r.settings) for r in conn.execute(sa.select(workspaces).order_by(workspaces.c.name))
+    ]
 
 
 def by_api_key(conn: Connection, api_key: str) -> Workspace:

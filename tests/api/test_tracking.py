@@ -1,0 +1,182 @@
+"""Tracking API over real HTTP: auth styles, encodings, limits, per-event validation, dedupe, clock skew."""
+
+from __future__ import annotations
+
+import gzip
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import sqlalchemy as sa
+
+from chorus.store.tables import events, rejected_events
+
+
+def _events(engine, ws_id):
+    with engine.connect() as conn:
+        return conn.execute(sa.select(events).where(events.c.workspace_id == ws_id).order_by(events.c.seq)).all()
+
+
+def test_basic_auth_json_batch_is_stored(http, server, workspace):
+    body = {"batch": [
+        {"type": "identify", "userId": "u1", "messageId": "m1", "traits": {"email": "a@example.com"}},
+        {"type": "track", "userId": "u1", "event": "Order Completed", "messageId": "m2", "properties": {"revenue": 12}},
+        {"type": "page", "anonymousId": "a1", "messageId": "m3", "name": "Home"},
+    ]}  # fmt: skip
+    r = http.post("/v1/batch", json=body, auth=(workspace["write_key"], ""))
+    assert r.status_code == 200 and r.json() == {"success": True}
+    rows = _events(server.engine, workspace["id"])
+    assert [r.message_id for r in rows] == ["m1", "m2", "m3"]
+    assert [r.type for r in rows] == ["identify", "track", "page"]
+    assert rows[1].event == "Order Completed"
+    assert rows[2].channel == "web"
+
+
+def test_write_key_in_body_text_plain_and_gzip(http, server, workspace):
+    msg = {"userId": "u2", "event": "Signed Up", "messageId": "g1", "writeKey": workspace["write_key"]}
+    raw = gzip.compress(orjson.dumps(msg))
+    r = http.post("/v1/track", content=raw, headers={"Content-Type": "text/plain", "Content-Encoding": "gzip"})
+    assert r.status_code == 200, r.text
+    r = http.post("/v1/t", content=orjson.dumps({**msg, "messageId": "g2"}), headers={"Content-Type": "text/plain"})
+    assert r.status_code == 200
+    assert [e.message_id for e in _events(server.engine, workspace["id"])] == ["g1", "g2"]
+
+
+def test_short_paths_map_to_types(http, server, workspace):
+    auth = (workspace["write_key"], "")
+    for path, extra in [("i", {}), ("t", {"event": "X"}), ("p", {}), ("s", {}), ("g", {"groupId": "g"}),
+                        ("a", {"previousId": "old"})]:  # fmt: skip
+        r = http.post(f"/v1/{path}", json={"userId": "u", "messageId": f"s-{path}", **extra}, auth=auth)
+        assert r.status_code == 200, (path, r.text)
+    r = http.post(
+        "/v1/b", json={"batch": [{"type": "track", "userId": "u", "event": "Y", "messageId": "s-b"}]}, auth=auth
+    )
+    assert r.status_code == 200
+    types = {e.message_id: e.type for e in _events(server.engine, workspace["id"])}
+    assert types == {"s-i": "identify", "s-t": "track", "s-p": "page", "s-s": "screen", "s-g": "group",
+                     "s-a": "alias", "s-b": "track"}  # fmt: skip
+
+
+def test_unknown_or_missing_key_is_401(http, workspace):
+    r = http.post("/v1/track", json={"userId": "u", "event": "X"}, auth=("nope", ""))
+    assert r.status_code == 401 and r.json()["code"] == "unauthorized"
+    r = http.post("/v1/track", json={"userId": "u", "event": "X"})
+    assert r.status_code == 401 and "write key" in r.json()["message"]
+
+
+def test_malformed_json_and_limits_are_400(http, workspace):
+    auth = (workspace["write_key"], "")
+    r = http.post("/v1/batch", content=b"{not json", auth=auth, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["code"] == "bad_request" and "JSON" in r.json()["message"]
+    big = {"batch": [{"type": "track", "userId": "u", "event": "X", "properties": {"p": "x" * 300}}] * 2000}
+    r = http.post("/v1/batch", json=big, auth=auth)
+    assert r.status_code == 400 and "500 KB" in r.json()["message"]
+    many = {"batch": [{"type": "track", "userId": "u", "event": "X"}] * 2501}
+    r = http.post(
+        "/v1/batch",
+        content=gzip.compress(orjson.dumps(many)),
+        auth=auth,
+        headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+    )
+    assert r.status_code == 400 and "2500" in r.json()["message"]
+    # the limit applies to the inflated body: a small gzip of a huge body is refused
+    bomb = gzip.compress(orjson.dumps({"batch": [], "pad": "x" * 600_000}))
+    assert len(bomb) < 10_000
+    r = http.post("/v1/batch", content=bomb, auth=auth, headers={"Content-Encoding": "gzip"})
+    assert r.status_code == 400 and "500 KB" in r.json()["message"]
+    r = http.post("/v1/track", json={"userId": "u", "event": "X", "properties": {"p": "x" * 33_000}}, auth=auth)
+    assert r.status_code == 400 and "32 KB" in r.json()["message"]
+
+
+def test_bad_events_are_rejected_alone_and_kept(http, server, workspace):
+    auth = (workspace["write_key"], "")
+    batch = [
+        {"type": "track", "userId": "u", "event": "Good", "messageId": "ok1"},
+        {"userId": "u", "event": "NoType", "messageId": "bad-type"},
+        {"type": "track", "event": "NoIds", "messageId": "bad-ids"},
+        {"type": "track", "userId": "u", "messageId": "bad-event"},
+        {"type": "track", "userId": "u", "event": "T", "timestamp": "yesterday", "messageId": "bad-ts"},
+        {"type": "track", "userId": "u", "event": "Huge", "messageId": "bad-size", "properties": {"p": "x" * 40_000}},
+        {"type": "page", "anonymousId": "a", "messageId": "ok2"},
+    ]
+    r = http.post("/v1/batch", json={"batch": batch}, auth=auth)
+    assert r.status_code == 200
+    fields = {x["index"]: x["field"] for x in r.json()["rejected"]}
+    assert fields == {1: "type", 2: "userId", 3: "event", 4: "timestamp", 5: "batch"}
+    assert [e.message_id for e in _events(server.engine, workspace["id"])] == ["ok1", "ok2"]
+    listed = http.get("/api/events/rejected", headers={"Authorization": f"Bearer {workspace['api_key']}"}).json()
+    assert {x["message_id"]: x["field"] for x in listed["rejected"]} == {
+        "bad-type": "type", "bad-ids": "userId", "bad-event": "event", "bad-ts": "timestamp", "bad-size": "batch"
+    }  # fmt: skip
+    assert all(x["reason"] for x in listed["rejected"])
+
+
+def test_message_id_dedupes_retries(http, server, workspace):
+    auth = (workspace["write_key"], "")
+    msg = {"type": "track", "userId": "u", "event": "Paid", "messageId": "same"}
+    for _ in range(3):
+        assert http.post("/v1/batch", json={"batch": [msg, msg]}, auth=auth).status_code == 200
+    assert len(_events(server.engine, workspace["id"])) == 1
+
+
+def test_same_message_id_in_two_workspaces_is_two_events(http, server, workspace, engine):
+    from chorus import workspaces
+
+    other = workspaces.create(engine, "other-shop")
+    msg = {"type": "track", "userId": "u", "event": "Paid", "messageId": "shared-id"}
+    http.post("/v1/track", json=msg, auth=(workspace["write_key"], ""))
+    http.post("/v1/track", json=msg, auth=(other["write_key"], ""))
+    assert len(_events(engine, workspace["id"])) == 1 and len(_events(engine, other["id"])) == 1
+
+
+def test_clock_skew_correction(http, server, workspace):
+    # The device clock is 1 hour fast: originalTimestamp and sentAt are both off by the same hour.
+    now = datetime.now(UTC)
+    skew = timedelta(hours=1)
+    original = now + skew - timedelta(minutes=10)
+    sent = now + skew
+    msg = {"type": "track", "userId": "u", "event": "Tapped", "messageId": "skew",
+           "originalTimestamp": original.isoformat(), "sentAt": sent.isoformat()}  # fmt: skip
+    http.post("/v1/track", json=msg, auth=(workspace["write_key"], ""))
+    row = _events(server.engine, workspace["id"])[0]
+    assert abs((row.timestamp - (row.received_at - timedelta(minutes=10))).total_seconds()) < 0.001
+    assert abs((row.timestamp - (now - timedelta(minutes=10))).total_seconds()) < 5
+
+
+def test_batch_context_and_integrations_merge_into_items(http, server, workspace):
+    body = {
+        "context": {"channel": "store", "library": {"name": "pos"}},
+        "integrations": {"All": False},
+        "batch": [
+            {"type": "track", "userId": "u", "event": "A", "messageId": "c1"},
+            {"type": "track", "userId": "u", "event": "B", "messageId": "c2", "context": {"channel": "call_center"}},
+        ],
+    }
+    http.post("/v1/batch", json=body, auth=(workspace["write_key"], ""))
+    rows = {r.message_id: r for r in _events(server.engine, workspace["id"])}
+    assert rows["c1"].channel == "store" and rows["c2"].channel == "call_center"
+    assert rows["c2"].payload["context"]["library"] == {"name": "pos"}
+    assert rows["c1"].payload["integrations"] == {"All": False}
+
+
+def test_cors_preflight_allows_browsers(http):
+    r = http.options("/v1/batch", headers={"Origin": "https://shop.example", "Access-Control-Request-Method": "POST",
+                                           "Access-Control-Request-Headers": "content-type"})  # fmt: skip
+    assert r.status_code == 200
+    assert r.headers["access-control-allow-origin"] == "https://shop.example"
+
+
+def test_saturation_answers_429_with_retry_after(db_url, engine, workspace):
+    import httpx
+
+    from tests.conftest import LiveServer
+
+    # No worker and a backlog limit of one event: the second call finds ingestion saturated.
+    with LiveServer(db_url, engine, max_backlog=1, run_worker=False) as srv:
+        srv.app.state.services.backlog.interval = 0
+        auth = (workspace["write_key"], "")
+        with httpx.Client(base_url=srv.base_url) as c:
+            assert c.post("/v1/track", json={"userId": "u", "event": "X"}, auth=auth).status_code == 200
+            assert c.post("/v1/track", json={"userId": "u", "event": "Y"}, auth=auth).status_code == 200
+            r = c.post("/v1/track", json={"userId": "u", "event": "Z"}, auth=auth)
+            assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0 and r.json()["code"] == "saturated"
+    assert len(_events(engine, workspace["id"])) == 2

@@ -1,0 +1,170 @@
+"""Shared fixtures. Every store-touching test runs on SQLite and on PostgreSQL.
+
+PostgreSQL comes from $CHORUS_TEST_POSTGRES_URL (default: the local server on 127.0.0.1:5432, trust auth). Under
+CI (CI=true) an unreachable PostgreSQL fails the run instead of skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from chorus.store.db import create_engine, upgrade
+from chorus.store.tables import metadata
+
+PG_URL = os.environ.get("CHORUS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _pg_admin_engine():
+    return create_engine(PG_URL, isolation_level="AUTOCOMMIT", pool_size=1, max_overflow=0)
+
+
+@pytest.fixture(scope="session")
+def pg_base_url():
+    try:
+        eng = _pg_admin_engine()
+        with eng.connect() as conn:
+            conn.execute(sa.text("select 1"))
+    except Exception as exc:  # noqa: BLE001
+        if IN_CI:
+            pytest.fail(f"PostgreSQL is required under CI but {PG_URL} is unreachable: {exc}")
+        pytest.skip(f"PostgreSQL not reachable at {PG_URL}: {exc}")
+    name = f"chorus_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    with eng.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    upgrade(url)
+    yield url
+    with eng.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    eng.dispose()
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "chorus.db"
+    upgrade(f"sqlite:///{path}")
+    import sqlite3
+
+    con = sqlite3.connect(path)
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+    return path
+
+
+def _truncate_pg(url: str) -> None:
+    eng = create_engine(url, pool_size=1, max_overflow=0)
+    with eng.begin() as conn:
+        names = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
+        conn.execute(sa.text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+    eng.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        template = request.getfixturevalue("sqlite_template")
+        path = tmp_path / "chorus.db"
+        shutil.copy(template, path)
+        return f"sqlite:///{path}"
+    url = request.getfixturevalue("pg_base_url")
+    _truncate_pg(url)
+    return url
+
+
+@pytest.fixture
+def engine(db_url):
+    eng = create_engine(db_url)
+    yield eng
+    eng.dispose()
+
+
+def pending(engine) -> int:
+    from chorus.store.tables import events
+
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.select(sa.func.count()).select_from(events).where(events.c.profile_id.is_(None))
+        ).scalar_one()
+
+
+def wait_until(predicate, timeout: float = 15.0, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """The real app under uvicorn on a loopback port, in a thread: tests talk real HTTP to it."""
+
+    def __init__(self, url: str, engine, run_worker: bool = True, **settings):
+        import uvicorn
+
+        from chorus.app import create_app
+        from chorus.config import Settings
+
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.engine = engine
+        self.app = create_app(
+            Settings.from_env(database_url=url, worker_poll_seconds=0.05, **settings),
+            run_worker=run_worker,
+            engine=engine,
+        )
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        wait_until(lambda: self.server.started, timeout=10)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(10)
+
+    def settle(self, timeout: float = 30.0) -> None:
+        """Wait until the in-process worker has resolved every accepted event."""
+        wait_until(lambda: pending(self.engine) == 0, timeout=timeout)
+
+
+@pytest.fixture
+def server(db_url, engine):
+    with LiveServer(db_url, engine) as srv:
+        yield srv
+
+
+@pytest.fixture
+def workspace(engine) -> dict:
+    from chorus import workspaces
+
+    return workspaces.create(engine, f"shop-{uuid.uuid4().hex[:6]}")
+
+
+@pytest.fixture
+def http(server):
+    import httpx
+
+    with httpx.Client(base_url=server.base_url, timeout=30) as client:
+        yield client
