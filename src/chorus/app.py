@@ -48,7 +48,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True, eng
     # Browsers post tracking calls from the shop's own origin; write keys are public, so any origin may send.
     app.add_middleware(
         CORSMiddleware, allow_origin_regex=".*", allow_methods=["*"], allow_headers=["*"], allow_credentials=True,
-        max_age=86400,
+        expose_headers=["Retry-After"], max_age=86400,
     )  # fmt: skip
 
     @app.exception_handler(ChorusError)

@@ -149,7 +149,7 @@ async def _handle(request: Request, kind: str) -> JSON:
                 if check_sizes and len(orjson.dumps(item)) > MAX_MESSAGE_BYTES:
                     res = Rejection(
                         "batch",
-                        f"message is larger than 32 KB",
+                        "message is larger than 32 KB",
                         item.get("messageId") if isinstance(item, dict) else None,
                         item,
                     )

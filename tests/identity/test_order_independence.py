@@ -1,0 +1,103 @@
+"""Property: the final profiles do not depend on the order in which the same events arrive.
+
+The same events are resolved once in timestamp order and once shuffled into random batches (so links arrive
+out of order and components are replayed). Partitions of identifiers, traits, channel activity and consent must
+be equal, and equal to the pure replay of the links (:func:`chorus.identity.graph.replay`).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from chorus import workspaces
+from chorus.collect.messages import normalise
+from chorus.identity.graph import links_of, replay
+from chorus.identity.identifiers import IdentityConfig, extract
+from tests.identity.helpers import T0, partition, resolve, send, states_by_group
+
+USERS = ["u1", "u2", "u3"]
+ANONS = ["a1", "a2", "a3", "a4"]
+EMAILS = ["e1@example.com", "e2@example.com", "e3@example.com"]
+
+
+@st.composite
+def event(draw, n):
+    user = draw(st.sampled_from([None, *USERS]))
+    anon = draw(st.sampled_from([None, *ANONS])) if user else draw(st.sampled_from(ANONS))
+    email = draw(st.sampled_from([None, None, *EMAILS]))
+    traits = {}
+    if email:
+        traits["email"] = email
+    if draw(st.booleans()):
+        traits["name"] = draw(st.sampled_from(["Ana", "Bo", ""]))
+    if draw(st.booleans()):
+        traits["visits"] = draw(st.integers(0, 5))
+    msg = {
+        "type": draw(st.sampled_from(["identify", "track", "page"])),
+        "messageId": f"m{n}",
+        "timestamp": f"2026-01-01T10:{draw(st.integers(0, 20)):02d}:00Z",
+        "context": {"channel": draw(st.sampled_from(["web", "app", "store"]))},
+    }
+    if msg["type"] == "track":
+        msg["event"] = "E"
+        msg["context"]["traits"] = traits
+    elif msg["type"] == "identify":
+        msg["traits"] = traits
+    else:
+        msg["context"]["traits"] = traits
+    if user:
+        msg["userId"] = user
+    if anon:
+        msg["anonymousId"] = anon
+    return msg, draw(st.booleans())
+
+
+@st.composite
+def scenario(draw):
+    n = draw(st.integers(1, 14))
+    evs = [draw(event(i)) for i in range(n)]
+    order = draw(st.permutations(list(range(n))))
+    cuts = sorted(draw(st.sets(st.integers(1, max(1, n - 1)), max_size=4)))
+    return evs, order, cuts
+
+
+def _run(engine, evs, order, cuts):
+    ws = workspaces.create(engine, "prop-" + uuid.uuid4().hex[:8])["id"]
+    workspaces.update_settings(engine, ws, {"trait_policies": {"visits": "sum"}})
+    bounds = [0, *cuts, len(order)]
+    for lo, hi in zip(bounds, bounds[1:], strict=False):
+        chunk = [evs[i] for i in order[lo:hi]]
+        for trusted in (True, False):
+            part = [m for m, t in chunk if t is trusted]
+            if part:
+                send(engine, ws, part, trusted=trusted)
+        resolve(engine)
+    return partition(engine, ws), states_by_group(engine, ws)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(scenario())
+def test_profiles_do_not_depend_on_arrival_order(engine, data):
+    evs, order, cuts = data
+    in_time = sorted(range(len(evs)), key=lambda i: (evs[i][0]["timestamp"], evs[i][0]["messageId"]))
+    part_a, states_a = _run(engine, evs, in_time, [])
+    part_b, states_b = _run(engine, evs, order, cuts)
+    assert part_a == part_b
+    assert states_a == states_b
+
+    # and both equal the reference semantics: replaying the links in key order
+    cfg = IdentityConfig.from_settings(workspaces.default_settings())
+    links = []
+    for msg, trusted in evs:
+        norm = normalise(msg, received_at=T0, source_kind="server" if trusted else "client")
+        ext = extract(norm.payload, cfg)
+        links += links_of(ext.anchor, ext.others, (norm.payload["timestamp"], norm.payload["messageId"]), trusted)
+    earliest = {}
+    for ln in links:
+        k = (ln.a, ln.b, ln.trusted)
+        if k not in earliest or ln.key < earliest[k].key:
+            earliest[k] = ln
+    assert replay(earliest.values(), cfg).partition() == part_a
