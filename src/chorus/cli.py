@@ -24,7 +24,7 @@ import_app = typer.Typer(help="Bring offline channels in as events.", no_args_is
 app.add_typer(db_app, name="db")
 app.add_typer(ws_app, name="workspace")
 app.add_typer(import_app, name="import")
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 DbOpt = Annotated[
     str | None, typer.Option("--db", help="Database URL (default $CHORUS_DATABASE_URL or sqlite:///./chorus.db)")
@@ -177,7 +177,9 @@ def import_events(
     try:
         with engine.connect() as conn:
             w = workspaces.find(conn, workspace)
-        total = imports.count_rows(file) if os.path.exists(file) else None
+        if not os.path.exists(file):
+            raise ChorusError(f"file {file} does not exist")
+        total = imports.count_rows(file)
         with Progress(
             TextColumn("[bold]importing[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),
             TimeRemainingColumn(), console=err, transient=json_out,

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import sqlalchemy as sa
 
-from chorus.store.tables import events, rejected_events
+from chorus.store.tables import events
 
 
 def _events(engine, ws_id):

@@ -76,8 +76,11 @@ def store(
         )
     inserted = 0
     if rows:
-        res = conn.execute(_insert_ignore(conn), rows)
-        inserted = res.rowcount if res.rowcount is not None and res.rowcount >= 0 else len(rows)
+        if conn.dialect.name == "postgresql":
+            # psycopg's batched executemany reports no per-row count; RETURNING lists only the rows inserted.
+            inserted = len(conn.execute(_insert_ignore(conn).returning(events.c.seq), rows).all())
+        else:
+            inserted = conn.execute(_insert_ignore(conn), rows).rowcount
     if rejected:
         conn.execute(
             rejected_events.insert(),
