@@ -8,7 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.middleware.cors import CORSMiddleware
 
-from chorus import __version__
+from chorus import __version__, metrics
 from chorus.api import admin, tracking
 from chorus.api.common import JSON, KeyCache, Services, error_response
 from chorus.collect.ingest import Backlog
@@ -67,6 +67,14 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True, eng
     @app.get("/healthz", include_in_schema=False)
     def healthz():
         return JSON({"ok": True})
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics():
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        from starlette.responses import Response
+
+        svc.backlog.value()
+        return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(tracking.router)
     app.include_router(admin.router)

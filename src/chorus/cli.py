@@ -69,10 +69,18 @@ def serve(
     """Run the HTTP API and the background worker in one process (migrations are applied first)."""
     import uvicorn
 
+    from chorus import workspaces
     from chorus.app import create_app
 
     settings, engine = _engine(db)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    with engine.connect() as conn:
+        first_run = not workspaces.list_all(conn)
+    if first_run:  # a fresh install should be usable at once; keys are shown this one time
+        ws = workspaces.create(engine, "default")
+        err.print("[bold]Created workspace 'default'[/bold] (keys are shown only now):")
+        for k in ("write_key", "server_write_key", "api_key"):
+            err.print(f"  {k}: {ws[k]}")
     err.print(f"Chorus on http://{host}:{port}  (store: {engine.url.render_as_string(hide_password=True)})")
     uvicorn.run(
         create_app(settings, run_worker=workers, engine=engine),

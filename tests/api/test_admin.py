@@ -80,7 +80,9 @@ def test_timeline_newest_first_with_keyset_pages(http, workspace, shopper):
         if not cursor:
             break
     assert seen == ["e4", "e3", "e2", "e1"]
-    only_store = http.get(f"/api/profiles/{shopper['known']}/events", params={"channel": "store"}, headers=bearer(workspace))
+    only_store = http.get(
+        f"/api/profiles/{shopper['known']}/events", params={"channel": "store"}, headers=bearer(workspace)
+    )
     assert [e["messageId"] for e in only_store.json()["events"]] == ["e4"]
     bad = http.get(f"/api/profiles/{shopper['known']}/events", params={"cursor": "zzz"}, headers=bearer(workspace))
     assert bad.status_code == 400 and bad.json()["field"] == "cursor"
@@ -154,7 +156,10 @@ def test_workspace_keys_never_cross(http, server, engine, workspace, shopper):
     assert rej == []
     assert http.get("/api/workspace", headers=bearer(other)).json()["id"] == other["id"]
     # a write key only writes, and only into its own workspace; it never opens the admin API
-    assert http.get(f"/api/profiles/{mine}", headers={"Authorization": f"Bearer {workspace['write_key']}"}).status_code == 401
+    assert (
+        http.get(f"/api/profiles/{mine}", headers={"Authorization": f"Bearer {workspace['write_key']}"}).status_code
+        == 401
+    )
     assert http.get(f"/api/profiles/{mine}").status_code == 401
     assert http.get(f"/api/profiles/{mine}", headers=bearer(workspace)).status_code == 200
 

@@ -180,3 +180,12 @@ def test_saturation_answers_429_with_retry_after(db_url, engine, workspace):
             r = c.post("/v1/track", json={"userId": "u", "event": "Z"}, auth=auth)
             assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0 and r.json()["code"] == "saturated"
     assert len(_events(engine, workspace["id"])) == 2
+
+
+def test_prometheus_metrics(http, server, workspace):
+    http.post("/v1/batch", json={"batch": [{"type": "track", "userId": "u", "event": "X"}, {"type": "track"}]},
+              auth=(workspace["write_key"], ""))  # fmt: skip
+    server.settle()
+    text = http.get("/metrics").text
+    assert "chorus_events_accepted_total" in text and 'chorus_events_rejected_total{field="type"}' in text
+    assert "chorus_ingest_backlog" in text and "chorus_resolve_batch_seconds_bucket" in text

@@ -16,6 +16,7 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
+from chorus import metrics
 from chorus.api.common import JSON, Services, error_response
 from chorus.collect import ingest
 from chorus.collect.messages import (
@@ -172,6 +173,8 @@ async def _handle(request: Request, kind: str) -> JSON:
             await run_in_threadpool(_store, svc, source, accepted, rejected, received_at)
         svc.wake_worker.set()
     except ChorusError as exc:
+        if isinstance(exc, Saturated):
+            metrics.saturated.inc()
         return error_response(exc)
     out: dict = {"success": True}
     if rejected_info:

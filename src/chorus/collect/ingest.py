@@ -11,6 +11,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from chorus import metrics
 from chorus.collect.messages import Event, Rejection
 from chorus.store.tables import events, rejected_events
 from chorus.workspaces import Source
@@ -98,6 +99,10 @@ def store(
                 for r in rejected
             ],
         )
+    metrics.events_accepted.inc(inserted)
+    metrics.events_duplicate.inc(len(accepted) - inserted)
+    for r in rejected:
+        metrics.events_rejected.labels(field=r.field or "").inc()
     return StoreResult(inserted, len(accepted) - inserted, len(rejected))
 
 
@@ -121,4 +126,5 @@ class Backlog:
                             sa.select(sa.func.count()).select_from(events).where(events.c.profile_id.is_(None))
                         ).scalar_one()
                     self._at = time.monotonic()
+                    metrics.backlog.set(self._value)
         return self._value

@@ -21,11 +21,20 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from chorus import metrics
 from chorus import workspaces as ws_api
 from chorus.identity.graph import Graph, Key, Link, Node, links_of, new_profile_id, replay
 from chorus.identity.identifiers import Extracted, IdentityConfig, extract, kind_of
 from chorus.profiles import state as pstate
-from chorus.store.tables import events, identifiers, identity_links, merges, profile_aliases, profiles
+from chorus.store.tables import (
+    events,
+    identifiers,
+    identity_links,
+    merges,
+    profile_aliases,
+    profiles,
+    rejected_events,
+)
 from chorus.timeutil import parse_ts, utcnow
 
 log = logging.getLogger("chorus.identity")
@@ -72,7 +81,55 @@ class Resolver:
 
     # -- public -----------------------------------------------------------------------------------------------
     def process_pending(self, limit: int = 2000) -> int:
-        """Resolve up to ``limit`` pending events; returns how many were processed (0 when idle)."""
+        """Resolve up to ``limit`` pending events; returns how many were processed (0 when idle).
+
+        If a batch fails, its events are retried one per transaction, and an event that still fails is moved to
+        the rejected events with the error as its reason, so one bad event never blocks the queue.
+        """
+        try:
+            with metrics.resolve_seconds.time():
+                n = self._process(limit)
+        except Exception:
+            log.exception("identity resolution batch failed; isolating its events")
+            n = self._process_isolated(limit)
+        metrics.events_resolved.inc(n)
+        return n
+
+    def _process_isolated(self, limit: int) -> int:
+        with self.engine.connect() as conn:
+            seqs = list(
+                conn.execute(
+                    sa.select(events.c.seq).where(events.c.profile_id.is_(None)).order_by(events.c.seq).limit(limit)
+                ).scalars()
+            )
+        done = 0
+        for seq in seqs:
+            try:
+                done += self._process(1, only_seq=seq)
+            except Exception as exc:  # noqa: BLE001 - recorded with its reason, never silently dropped
+                log.exception("event %s cannot be resolved", seq)
+                self._reject(seq, exc)
+                metrics.events_failed.inc()
+        return len(seqs) if seqs else done
+
+    def _reject(self, seq: int, exc: Exception) -> None:
+        import orjson
+
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(events).where(events.c.seq == seq)).first()
+            if row is None:
+                return
+            conn.execute(
+                rejected_events.insert().values(
+                    workspace_id=row.workspace_id, received_at=row.received_at, source_id=row.source_id,
+                    message_id=row.message_id, field=None,
+                    reason=f"identity resolution failed: {type(exc).__name__}: {exc}"[:2000],
+                    payload=orjson.dumps(row.payload).decode(), identifiers={},
+                )
+            )  # fmt: skip
+            conn.execute(events.delete().where(events.c.seq == seq))
+
+    def _process(self, limit: int, only_seq: int | None = None) -> int:
         with self.engine.begin() as conn:
             q = (
                 sa.select(events.c.seq, events.c.workspace_id, events.c.payload, events.c.trusted)
@@ -80,6 +137,8 @@ class Resolver:
                 .order_by(events.c.seq)
                 .limit(limit)
             )
+            if only_seq is not None:
+                q = q.where(events.c.seq == only_seq)
             if conn.dialect.name == "postgresql":
                 q = q.with_for_update(skip_locked=True, of=events)
             rows = conn.execute(q).all()
@@ -233,6 +292,7 @@ class _WorkspaceBatch:
                     message_id=m.key[1], at=now,
                 )
             )  # fmt: skip
+            metrics.merges.inc()
             log.info("merged profile %s into %s", m.merged, survivor)
 
         # Identifier ownership changes.

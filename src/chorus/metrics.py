@@ -1,0 +1,22 @@
+"""Prometheus metrics (exposed at /metrics). No personal data and no per-workspace labels (unbounded)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+events_accepted = Counter("chorus_events_accepted", "Events stored by the tracking API and imports", registry=REGISTRY)
+events_duplicate = Counter(
+    "chorus_events_duplicate", "Events ignored because their messageId was known", registry=REGISTRY
+)
+events_rejected = Counter("chorus_events_rejected", "Events rejected by validation", ["field"], registry=REGISTRY)
+events_resolved = Counter("chorus_events_resolved", "Events resolved into profiles", registry=REGISTRY)
+events_failed = Counter("chorus_events_failed", "Events that identity resolution could not process", registry=REGISTRY)
+merges = Counter("chorus_profile_merges", "Profiles merged into another", registry=REGISTRY)
+saturated = Counter("chorus_ingest_saturated", "Tracking requests answered 429", registry=REGISTRY)
+backlog = Gauge("chorus_ingest_backlog", "Accepted events waiting for identity resolution", registry=REGISTRY)
+resolve_seconds = Histogram(
+    "chorus_resolve_batch_seconds", "Time to resolve one worker batch", registry=REGISTRY,
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)  # fmt: skip
