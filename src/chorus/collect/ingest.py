@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from chorus import metrics
 from chorus.collect.messages import Event, Rejection
+from chorus.store import bulk
 from chorus.store.tables import events, rejected_events
 from chorus.workspaces import Source
 
@@ -22,14 +23,6 @@ class StoreResult:
     accepted: int
     duplicates: int
     rejected: int
-
-
-def _insert_ignore(conn: Connection):
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(events).on_conflict_do_nothing(index_elements=["workspace_id", "message_id"])
 
 
 def _rejected_identifiers(payload) -> dict:
@@ -75,13 +68,7 @@ def store(
                 "payload": e.payload,
             }
         )
-    inserted = 0
-    if rows:
-        if conn.dialect.name == "postgresql":
-            # psycopg's batched executemany reports no per-row count; RETURNING lists only the rows inserted.
-            inserted = len(conn.execute(_insert_ignore(conn).returning(events.c.seq), rows).all())
-        else:
-            inserted = conn.execute(_insert_ignore(conn), rows).rowcount
+    inserted = len(bulk.insert_rows(conn, events, rows, conflict=["workspace_id", "message_id"], returning="seq"))
     if rejected:
         conn.execute(
             rejected_events.insert(),

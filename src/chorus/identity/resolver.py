@@ -26,6 +26,7 @@ from chorus import workspaces as ws_api
 from chorus.identity.graph import Graph, Key, Link, Node, links_of, new_profile_id, replay
 from chorus.identity.identifiers import Extracted, IdentityConfig, extract, kind_of
 from chorus.profiles import state as pstate
+from chorus.store import bulk
 from chorus.store.tables import (
     events,
     identifiers,
@@ -38,28 +39,12 @@ from chorus.store.tables import (
 from chorus.timeutil import parse_ts, utcnow
 
 log = logging.getLogger("chorus.identity")
-CHUNK = 500
+CHUNK = 5000  # SQLite allows 32,766 bound variables; PostgreSQL gets one array parameter
 
 
 def _chunks(seq: list, n: int = CHUNK) -> Iterable[list]:
     for i in range(0, len(seq), n):
         yield seq[i : i + n]
-
-
-def _upsert(conn: Connection, table: sa.Table, rows: list[dict], keys: list[str], update: list[str]) -> None:
-    if not rows:
-        return
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    stmt = insert(table)
-    if update:
-        stmt = stmt.on_conflict_do_update(index_elements=keys, set_={c: stmt.excluded[c] for c in update})
-    else:
-        stmt = stmt.on_conflict_do_nothing(index_elements=keys)
-    for part in _chunks(rows, 1000):
-        conn.execute(stmt, part)
 
 
 @dataclass(slots=True)
@@ -75,9 +60,27 @@ class Pending:
 
 
 class Resolver:
+    # Bulk loads grow the graph tables faster than autovacuum re-analyses them, and with stale statistics
+    # PostgreSQL filters `ident = ANY(...)` row by row instead of probing the index: keep statistics fresh.
+    ANALYZE_EVERY = 20_000
+
     def __init__(self, engine: Engine, clock=utcnow):
         self.engine = engine
         self.clock = clock
+        self._since_analyze = 0
+        self._analyze_every = self.ANALYZE_EVERY
+
+    def _maybe_analyze(self, n: int) -> None:
+        if self.engine.dialect.name != "postgresql":
+            return
+        self._since_analyze += n
+        if self._since_analyze < self._analyze_every:
+            return
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("ANALYZE identifiers, identity_links, profiles, events")
+            conn.commit()
+        self._since_analyze = 0
+        self._analyze_every = min(self._analyze_every * 2, 1_000_000)  # tables grow; analyse less often
 
     # -- public -----------------------------------------------------------------------------------------------
     def process_pending(self, limit: int = 2000) -> int:
@@ -93,6 +96,7 @@ class Resolver:
             log.exception("identity resolution batch failed; isolating its events")
             n = self._process_isolated(limit)
         metrics.events_resolved.inc(n)
+        self._maybe_analyze(n)
         return n
 
     def _process_isolated(self, limit: int) -> int:
@@ -174,7 +178,7 @@ class _WorkspaceBatch:
         out = {}
         for part in _chunks(sorted(set(idents))):
             q = sa.select(identifiers.c.ident, identifiers.c.profile_id).where(
-                identifiers.c.workspace_id == self.ws, identifiers.c.ident.in_(part)
+                identifiers.c.workspace_id == self.ws, bulk.in_(identifiers.c.ident, part, self.conn.dialect.name)
             )
             out.update(self.conn.execute(q).all())
         return out
@@ -183,11 +187,13 @@ class _WorkspaceBatch:
         out: dict[str, tuple[Node, dict]] = {}
         ids = sorted(set(profile_ids))
         for part in _chunks(ids):
-            for r in self.conn.execute(sa.select(profiles).where(profiles.c.id.in_(part))):
+            for r in self.conn.execute(
+                sa.select(profiles).where(bulk.in_(profiles.c.id, part, self.conn.dialect.name))
+            ):
                 node = Node(r.id, (_k(r.created_at), r.created_msg), (_k(r.links_max_at), r.links_max_msg))
                 out[r.id] = (node, r.state)
             q = sa.select(identifiers.c.ident, identifiers.c.profile_id).where(
-                identifiers.c.workspace_id == self.ws, identifiers.c.profile_id.in_(part)
+                identifiers.c.workspace_id == self.ws, bulk.in_(identifiers.c.profile_id, part, self.conn.dialect.name)
             )
             for ident, pid in self.conn.execute(q):
                 if pid in out:
@@ -197,7 +203,9 @@ class _WorkspaceBatch:
     def _existing_links(self, anchors: Iterable[str]) -> dict[tuple[str, str, bool], Key]:
         out = {}
         for part in _chunks(sorted(set(anchors))):
-            q = sa.select(identity_links).where(identity_links.c.workspace_id == self.ws, identity_links.c.a.in_(part))
+            q = sa.select(identity_links).where(
+                identity_links.c.workspace_id == self.ws, bulk.in_(identity_links.c.a, part, self.conn.dialect.name)
+            )
             for r in self.conn.execute(q):
                 out[(r.a, r.b, r.trusted)] = (_k(r.at), r.msg)
         return out
@@ -301,7 +309,7 @@ class _WorkspaceBatch:
             for i, pid in g.owner.items()
             if before_owner.get(i) != pid
         ]
-        _upsert(self.conn, identifiers, changed, ["workspace_id", "ident"], ["profile_id"])
+        bulk.insert_rows(self.conn, identifiers, changed, conflict=["workspace_id", "ident"], update=["profile_id"])
 
         # Fold the clean events into their profiles; dirty ones wait for the replay below.
         ev_updates = []
@@ -315,10 +323,8 @@ class _WorkspaceBatch:
             if st is None:
                 st = states[pid] = pstate.empty()
             pstate.apply_event(st, p.payload, p.ext.anchor, self.policies)
-            ev_updates.append({"b_seq": p.seq, "b_pid": pid})
-        if ev_updates:
-            stmt = events.update().where(events.c.seq == sa.bindparam("b_seq")).values(profile_id=sa.bindparam("b_pid"))
-            self.conn.execute(stmt, ev_updates)
+            ev_updates.append({"seq": p.seq, "profile_id": pid})
+        bulk.update_rows(self.conn, events, "seq", ev_updates)
 
         # Profile rows.
         inserts, updates = [], []
@@ -329,14 +335,11 @@ class _WorkspaceBatch:
                 continue
             row = self._row(node, states[pid], now, g)
             if pid in loaded:
-                updates.append({"b_id": pid, **{k: v for k, v in row.items() if k not in ("id", "workspace_id")}})
+                updates.append({k: v for k, v in row.items() if k != "workspace_id"})
             else:
                 inserts.append(row)
-        if inserts:
-            self.conn.execute(profiles.insert(), inserts)
-        if updates:
-            cols = {k: sa.bindparam(k) for k in updates[0] if k != "b_id"}
-            self.conn.execute(profiles.update().where(profiles.c.id == sa.bindparam("b_id")).values(**cols), updates)
+        bulk.insert_rows(self.conn, profiles, inserts)
+        bulk.update_rows(self.conn, profiles, "id", updates)
 
         # Links, then replay the components that saw a link out of order.
         link_rows = [
@@ -350,7 +353,9 @@ class _WorkspaceBatch:
             }
             for ln in new_links
         ]
-        _upsert(self.conn, identity_links, link_rows, ["workspace_id", "a", "b", "trusted"], ["at", "msg"])
+        bulk.insert_rows(
+            self.conn, identity_links, link_rows, conflict=["workspace_id", "a", "b", "trusted"], update=["at", "msg"]
+        )
         if dirty_idents:
             Rebuild(self.conn, self.ws, self.cfg, self.policies, now).run(dirty_idents, dirty_events)
 
@@ -396,20 +401,24 @@ class Rebuild:
             for part in _chunks(part_list):
                 q = sa.select(identity_links).where(
                     identity_links.c.workspace_id == self.ws,
-                    sa.or_(identity_links.c.a.in_(part), identity_links.c.b.in_(part)),
+                    sa.or_(
+                        bulk.in_(identity_links.c.a, part, self.conn.dialect.name),
+                        bulk.in_(identity_links.c.b, part, self.conn.dialect.name),
+                    ),
                 )
                 for r in self.conn.execute(q):
                     links[(r.a, r.b, r.trusted)] = Link((_k(r.at), r.msg), r.a, r.b, r.trusted)
                     nxt.update((r.a, r.b))
                 q2 = sa.select(identifiers.c.ident, identifiers.c.profile_id).where(
-                    identifiers.c.workspace_id == self.ws, identifiers.c.ident.in_(part)
+                    identifiers.c.workspace_id == self.ws, bulk.in_(identifiers.c.ident, part, self.conn.dialect.name)
                 )
                 owned = dict(self.conn.execute(q2).all())
                 owners.update(owned)
                 pids = sorted(set(owned.values()))
                 for pp in _chunks(pids):
                     q3 = sa.select(identifiers.c.ident, identifiers.c.profile_id).where(
-                        identifiers.c.workspace_id == self.ws, identifiers.c.profile_id.in_(pp)
+                        identifiers.c.workspace_id == self.ws,
+                        bulk.in_(identifiers.c.profile_id, pp, self.conn.dialect.name),
                     )
                     for ident, pid in self.conn.execute(q3):
                         owners[ident] = pid
@@ -443,7 +452,7 @@ class Rebuild:
         evs: list[tuple[int, dict, bool]] = []
         for part in _chunks(old_ids):
             q = sa.select(events.c.seq, events.c.payload, events.c.trusted).where(
-                events.c.workspace_id == self.ws, events.c.profile_id.in_(part)
+                events.c.workspace_id == self.ws, bulk.in_(events.c.profile_id, part, self.conn.dialect.name)
             )
             evs.extend(self.conn.execute(q).all())
         evs.extend((p.seq, p.payload, p.trusted) for p in extra)
@@ -453,22 +462,22 @@ class Rebuild:
             anchor = extract(payload, self.cfg).anchor
             pid = new_owner[anchor]
             pstate.apply_event(states[pid], payload, anchor, self.policies)
-            ev_updates.append({"b_seq": seq, "b_pid": pid})
-        if ev_updates:
-            stmt = events.update().where(events.c.seq == sa.bindparam("b_seq")).values(profile_id=sa.bindparam("b_pid"))
-            self.conn.execute(stmt, ev_updates)
+            ev_updates.append({"seq": seq, "profile_id": pid})
+        bulk.update_rows(self.conn, events, "seq", ev_updates)
 
         for part in _chunks(sorted(idents)):
             self.conn.execute(
-                identifiers.delete().where(identifiers.c.workspace_id == self.ws, identifiers.c.ident.in_(part))
+                identifiers.delete().where(
+                    identifiers.c.workspace_id == self.ws, bulk.in_(identifiers.c.ident, part, self.conn.dialect.name)
+                )
             )
-        if new_owner:
-            self.conn.execute(
-                identifiers.insert(),
-                [{"workspace_id": self.ws, "ident": i, "profile_id": p} for i, p in new_owner.items()],
-            )
+        bulk.insert_rows(
+            self.conn,
+            identifiers,
+            [{"workspace_id": self.ws, "ident": i, "profile_id": p} for i, p in new_owner.items()],
+        )
         for part in _chunks(old_ids):
-            self.conn.execute(profiles.delete().where(profiles.c.id.in_(part)))
+            self.conn.execute(profiles.delete().where(bulk.in_(profiles.c.id, part, self.conn.dialect.name)))
         rows = []
         for nid, node in g.nodes.items():
             pid = rename[nid]
@@ -482,15 +491,14 @@ class Rebuild:
                 "last_seen": parse_ts(summ["last_seen"]) if summ["last_seen"] else None,
                 "last_channel": summ["last_channel"], "state": states[pid], "updated_at": self.now,
             })  # fmt: skip
-        if rows:
-            self.conn.execute(profiles.insert(), rows)
+        bulk.insert_rows(self.conn, profiles, rows)
         for old, target in dropped.items():
             self.conn.execute(
                 profile_aliases.update().where(profile_aliases.c.profile_id == old).values(profile_id=target)
             )
-            _upsert(
+            bulk.insert_rows(
                 self.conn, profile_aliases, [{"alias_id": old, "workspace_id": self.ws, "profile_id": target}],
-                ["alias_id"], ["profile_id"],
+                conflict=["alias_id"], update=["profile_id"],
             )  # fmt: skip
             self.conn.execute(
                 merges.insert().values(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
@@ -28,6 +29,14 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
+def _fast_json() -> None:
+    # psycopg decodes jsonb with the stdlib json module; orjson is several times faster on event payloads.
+    from psycopg.types.json import set_json_dumps, set_json_loads
+
+    set_json_loads(orjson.loads)
+    set_json_dumps(lambda obj: orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS))
+
+
 def create_engine(url: str, **kwargs) -> Engine:
     url = normalise_url(url)
     if url.startswith("sqlite"):
@@ -38,6 +47,7 @@ def create_engine(url: str, **kwargs) -> Engine:
         sa.event.listen(engine, "connect", lambda c, r: setattr(c, "isolation_level", None))
         sa.event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
         return engine
+    _fast_json()
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
     kwargs.setdefault("pool_pre_ping", True)
