@@ -155,6 +155,12 @@ def test_workspace_keys_never_cross(http, server, engine, workspace, shopper):
     rej = http.get("/api/events/rejected", headers=bearer(other)).json()["rejected"]
     assert rej == []
     assert http.get("/api/workspace", headers=bearer(other)).json()["id"] == other["id"]
+    imp = http.post("/api/imports", files={"file": ("x.csv", "email,timestamp\na@example.com,2026-01-01\n")},
+                    data={"source": "store"}, headers=bearer(workspace)).json()  # fmt: skip
+    assert http.get(f"/api/imports/{imp['id']}", headers=bearer(workspace)).status_code == 200
+    assert http.get(f"/api/imports/{imp['id']}", headers=bearer(other)).status_code == 404
+    http.patch("/api/workspace/settings", json={"default_region": "GB"}, headers=bearer(other))
+    assert http.get("/api/workspace", headers=bearer(workspace)).json()["settings"]["default_region"] is None
     # a write key only writes, and only into its own workspace; it never opens the admin API
     assert (
         http.get(f"/api/profiles/{mine}", headers={"Authorization": f"Bearer {workspace['write_key']}"}).status_code

@@ -11,7 +11,9 @@ DATA = Path(__file__).parent / "data"
 
 
 def chorus(*args, db: str, check=True):
-    r = subprocess.run([sys.executable, "-m", "chorus.cli", *args, "--db", db], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "chorus.cli", *args, "--db", db], capture_output=True, text=True, timeout=120
+    )
     if check and r.returncode not in (0, 1):
         raise AssertionError(r.stderr)
     return r
@@ -44,8 +46,17 @@ def test_cli_import_is_idempotent_and_reports_bad_rows(db_url, engine, tmp_path,
 
 
 def test_cli_errors_name_the_problem(db_url, workspace, tmp_path):
-    r = chorus("import", "events", str(tmp_path / "missing.csv"), "--source", "store", "-w", workspace["name"], db=db_url,
-               check=False)
+    r = chorus(
+        "import",
+        "events",
+        str(tmp_path / "missing.csv"),
+        "--source",
+        "store",
+        "-w",
+        workspace["name"],
+        db=db_url,
+        check=False,
+    )
     assert r.returncode == 2 and "does not exist" in r.stderr
     bad_map = tmp_path / "m.json"
     bad_map.write_text('{"evnt": "X"}')
@@ -80,7 +91,9 @@ def test_api_import_lands_on_the_online_profile(http, server, workspace):
     events = http.get(f"/api/profiles/{p['id']}/events", headers=auth).json()["events"]
     store = [e for e in events if e["channel"] == "store"]
     assert {e["event"] for e in store} == {"Order Completed"} and store[0]["properties"]["revenue"] == "5.00"
-    r = http.post("/api/imports", files={"file": ("pos.txt", "x", "text/plain")}, data={"source": "store"}, headers=auth)
+    r = http.post(
+        "/api/imports", files={"file": ("pos.txt", "x", "text/plain")}, data={"source": "store"}, headers=auth
+    )
     assert r.status_code == 400 and r.json()["field"] == "file"
     r = http.post("/api/imports", files={"file": ("pos.csv", content, "text/csv")}, data={"source": "store",
                   "mapping": "{"}, headers=auth)  # fmt: skip
@@ -90,6 +103,8 @@ def test_api_import_lands_on_the_online_profile(http, server, workspace):
 def test_sample_files_import(db_url, workspace):
     for name, source in [("store_pos.csv", "store"), ("call_center.jsonl", "call_center"),
                          ("catalog_mailing.csv", "catalog")]:  # fmt: skip
-        r = chorus("import", "events", str(DATA / name), "--source", source, "-w", workspace["name"], "--json", db=db_url)
+        r = chorus(
+            "import", "events", str(DATA / name), "--source", source, "-w", workspace["name"], "--json", db=db_url
+        )
         out = json.loads(r.stdout)
         assert out["rows"] > 0 and out["imported"] + out["failed"] == out["rows"], out

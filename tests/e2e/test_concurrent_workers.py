@@ -47,8 +47,12 @@ def test_concurrent_ingest_and_workers_keep_one_profile_per_identifier(pg_url):
         rng.shuffle(s)
     env = {**os.environ, "CHORUS_WORKER_POLL_SECONDS": "0.02"}
     workers = [
-        subprocess.Popen([sys.executable, "-m", "chorus.cli", "worker", "--db", pg_url, "--batch", "50"], env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+        subprocess.Popen(
+            [sys.executable, "-m", "chorus.cli", "worker", "--db", pg_url, "--batch", "50"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
         for _ in range(2)
     ]
     try:
@@ -87,5 +91,10 @@ def test_concurrent_ingest_and_workers_keep_one_profile_per_identifier(pg_url):
         users = [i for i in g if i.startswith("user_id:")]
         assert len(users) == 1
         p = users[0].split("-")[1]
-        assert g == {f"user_id:user-{p}", f"anonymous_id:dev-{p}-0", f"anonymous_id:dev-{p}-1", f"email:person{p}@example.com"}
+        assert g == {
+            f"user_id:user-{p}",
+            f"anonymous_id:dev-{p}-0",
+            f"anonymous_id:dev-{p}-1",
+            f"email:person{p}@example.com",
+        }
     engine.dispose()
