@@ -189,3 +189,12 @@ def test_prometheus_metrics(http, server, workspace):
     text = http.get("/metrics").text
     assert "chorus_events_accepted_total" in text and 'chorus_events_rejected_total{field="type"}' in text
     assert "chorus_ingest_backlog" in text and "chorus_resolve_batch_seconds_bucket" in text
+
+
+def test_analytics_js_settings_and_metrics_endpoints(http, workspace):
+    r = http.get(f"/v1/projects/{workspace['write_key']}/settings")
+    assert r.status_code == 200
+    seg = r.json()["integrations"]["Segment.io"]
+    assert seg["apiKey"] == workspace["write_key"] and seg["apiHost"].endswith("/v1") and seg["protocol"] == "http"
+    assert http.get("/v1/projects/unknown/settings").status_code == 401
+    assert http.post("/v1/m", json={"series": []}).json() == {"success": True}

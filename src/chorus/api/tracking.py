@@ -203,3 +203,29 @@ for _kind in (*TYPES, "batch"):
     )  # fmt: skip
 for _short, _kind in {**SHORT_PATHS, "b": "batch"}.items():
     router.add_api_route(f"/{_short}", _route(_kind), methods=["POST"], include_in_schema=False)
+
+
+@router.post("/m", include_in_schema=False)
+async def analytics_js_metrics() -> JSON:
+    # analytics.js posts its own usage counters here when apiHost points at Chorus; they carry no customer data.
+    return JSON({"success": True})
+
+
+@router.get("/projects/{write_key}/settings", summary="analytics.js settings (what its CDN would serve)")
+async def analytics_js_settings(request: Request, write_key: str) -> JSON:
+    """Lets a page load analytics.js with ``cdnURL`` pointed at Chorus: events then go to this server."""
+    svc: Services = request.app.state.services
+    try:
+        await run_in_threadpool(svc.keys.source, write_key)
+    except ChorusError as exc:
+        return error_response(exc)
+    host = request.headers.get("host", f"{request.url.hostname}:{request.url.port}")
+    return JSON(
+        {
+            "integrations": {
+                "Segment.io": {"apiKey": write_key, "apiHost": f"{host}/v1", "protocol": request.url.scheme}
+            },
+            "plan": {"track": {"__default": {"enabled": True}}, "identify": {"__default": {"enabled": True}}},
+            "metrics": {"sampleRate": 0},
+        }
+    )
