@@ -9,7 +9,7 @@ Per-trait merge policy (workspace setting ``trait_policies``, default ``newest``
 - ``first``: the oldest non-empty value wins (e.g. ``created_at``, ``signup_source``).
 - ``sum``: a counter: each identity (the event's anchor identifier) reports its own running value, newest
   wins per identity, and the profile's value is the sum across identities — so merging two profiles adds them.
-- ``max`` / ``min``: the largest / smallest value ever seen.
+- ``max`` / ``min``: the largest / smallest number ever seen (values that are not numbers are ignored).
 First seen = min, last seen = max, per-channel counts add.
 """
 
@@ -64,18 +64,16 @@ def _set_trait(state: dict, name: str, value, key: list, policy: str, anchor: st
     cur_key = state["trait_at"].get(name)
     cur_val = state["traits"].get(name)
     if cur_key is None:
-        win = True
+        win = policy not in ("max", "min") or _number(value) is not None
     elif policy == "newest":
         win = key > cur_key
     elif policy == "first":
         win = key < cur_key
     elif policy in ("max", "min"):
         a, b = _number(value), _number(cur_val)
-        if a is None or b is None:
-            win = key > cur_key
-        else:
-            win = a > b if policy == "max" else a < b
-            win = win or (a == b and key < cur_key)
+        if a is None:  # only numbers take part, so the order of arrival never matters
+            return
+        win = b is None or (a > b if policy == "max" else a < b) or (a == b and key < cur_key)
     else:
         win = key > cur_key
     if win:
