@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 
 from chorus import workspaces
@@ -142,9 +143,46 @@ def test_alias_links_previous_anonymous_id(engine, workspace):
                       {"type": "identify", "userId": "u1", "messageId": "2", "timestamp": ts(2)}])  # fmt: skip
     resolve(engine)
     send(engine, ws, [{"type": "alias", "userId": "u1", "previousId": "old-device", "messageId": "3",
-                       "timestamp": ts(3)}])  # fmt: skip
+                       "timestamp": ts(3)}], trusted=False)  # fmt: skip
     resolve(engine)
     assert partition(engine, ws) == {frozenset({"anonymous_id:old-device", "user_id:u1"})}
+
+
+@pytest.mark.parametrize(("new", "old"), [("zzz-new", "aaa-old"), ("aaa-new", "zzz-old")])
+@pytest.mark.parametrize("same_batch", [False, True])
+def test_trusted_alias_renames_a_user_whatever_the_ids_or_batching(engine, workspace, new, old, same_batch):
+    ws = workspace["id"]
+    first = [{"type": "identify", "userId": old, "messageId": "1", "timestamp": ts(1), "traits": {"plan": "gold"}}]
+    alias = [{"type": "alias", "userId": new, "previousId": old, "messageId": "2", "timestamp": ts(2)}]
+    if same_batch:
+        send(engine, ws, first + alias)
+    else:
+        send(engine, ws, first)
+        resolve(engine)
+        send(engine, ws, alias)
+    resolve(engine)
+    assert partition(engine, ws) == {frozenset({f"user_id:{old}", f"user_id:{new}", f"anonymous_id:{old}"})}
+
+
+def test_untrusted_alias_cannot_join_two_user_ids(engine, workspace):
+    ws = workspace["id"]
+    send(engine, ws, [{"type": "identify", "userId": "victim", "messageId": "1", "timestamp": ts(1)}])
+    resolve(engine)
+    send(engine, ws, [{"type": "alias", "userId": "attacker", "previousId": "victim", "messageId": "2",
+                       "timestamp": ts(2)}], trusted=False)  # fmt: skip
+    resolve(engine)
+    assert profile_of(engine, ws, "user_id:victim") != profile_of(engine, ws, "user_id:attacker")
+
+
+def test_trusted_alias_still_respects_other_unique_identifiers(engine, workspace):
+    ws = workspace["id"]
+    send(engine, ws, [
+        {"type": "identify", "userId": "a", "messageId": "1", "timestamp": ts(1), "traits": {"loyalty_id": "L1"}},
+        {"type": "identify", "userId": "b", "messageId": "2", "timestamp": ts(2), "traits": {"loyalty_id": "L2"}},
+        {"type": "alias", "userId": "b", "previousId": "a", "messageId": "3", "timestamp": ts(3)},
+    ])  # fmt: skip
+    resolve(engine)
+    assert profile_of(engine, ws, "user_id:a") != profile_of(engine, ws, "user_id:b")
 
 
 def test_declared_identifiers_and_consent(engine, workspace):

@@ -35,6 +35,11 @@ def event(draw, n):
         traits["name"] = draw(st.sampled_from(["Ana", "Bo", ""]))
     if draw(st.booleans()):
         traits["visits"] = draw(st.integers(0, 5))
+    if user and draw(st.integers(0, 5)) == 0:
+        prev = draw(st.sampled_from([*USERS, *ANONS]))
+        msg = {"type": "alias", "userId": user, "previousId": prev, "messageId": f"m{n}",
+               "timestamp": f"2026-01-01T10:{draw(st.integers(0, 20)):02d}:00Z"}  # fmt: skip
+        return msg, draw(st.booleans())
     msg = {
         "type": draw(st.sampled_from(["identify", "track", "page"])),
         "messageId": f"m{n}",
@@ -93,7 +98,7 @@ def test_profiles_do_not_depend_on_arrival_order(engine, data):
     links = []
     for msg, trusted in evs:
         norm = normalise(msg, received_at=T0, source_kind="server" if trusted else "client")
-        ext = extract(norm.payload, cfg)
+        ext = extract(norm.payload, cfg, trusted)
         links += links_of(ext.anchor, ext.others, (norm.payload["timestamp"], norm.payload["messageId"]), trusted)
     earliest = {}
     for ln in links:

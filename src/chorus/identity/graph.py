@@ -11,7 +11,8 @@ Rules for a link ``(a, b)`` where ``a`` anchors the event:
   (two user ids): then the newcomer gets a profile of its own;
 - both have different profiles: they merge unless they hold different values of a unique kind, or both are
   *known* (hold a non-anonymous identifier) and the link came from an untrusted source (a browser write key).
-  An ``alias`` link between two user ids from a trusted source merges them on purpose.
+  An ``alias`` link between two user ids from a trusted source merges them on purpose (a rename); the other
+  unique kinds still guard it.
 - Survivor: a known profile beats an anonymous one; otherwise the earliest created; ties by id.
 """
 
@@ -102,6 +103,18 @@ class Graph:
         if key > node.links_max:
             node.links_max = key
 
+    def conflict_for(self, link: Link, left: Iterable[str], right: Iterable[str]) -> str | None:
+        """A trusted alias may give a profile a second user id (a rename); no other unique kind is exempt."""
+        if link.trusted and kind_of(link.a) == "user_id" and kind_of(link.b) == "user_id":
+            lv, rv = self._unique_values(left), self._unique_values(right)
+            lv.pop("user_id", None)
+            rv.pop("user_id", None)
+            for k in lv.keys() & rv.keys():
+                if lv[k] != rv[k]:
+                    return f"different {k}"
+            return None
+        return self.conflict(left, right)
+
     def apply(self, link: Link) -> str:
         """Apply one link; return the id of the profile that owns ``link.a`` afterwards."""
         a, b, key = link.a, link.b, link.key
@@ -116,7 +129,7 @@ class Graph:
         if pa is None:
             assert pb is not None
             self._touch(pb, key)
-            why = self.conflict(pb.idents, [a])
+            why = self.conflict_for(link, pb.idents, [a])
             if why is None:
                 pb.idents.add(a)
                 self.owner[a] = pb.id
@@ -125,7 +138,7 @@ class Graph:
             return self._create(a, key).id
         self._touch(pa, key)
         if pb is None:
-            why = self.conflict(pa.idents, [b])
+            why = self.conflict_for(link, pa.idents, [b])
             if why is None:
                 pa.idents.add(b)
                 self.owner[b] = pa.id
@@ -136,15 +149,15 @@ class Graph:
         if pb is pa:
             return pa.id
         self._touch(pb, key)
-        alias = kind_of(a) == "user_id" and kind_of(b) == "user_id"
-        why = None if (alias and link.trusted) else self.conflict(pa.idents, pb.idents)
+        why = self.conflict_for(link, pa.idents, pb.idents)
         if why is None and not link.trusted and self.known(pa) and self.known(pb):
             why = "both profiles are known and the source is not trusted"
         if why is not None:
             self.refusals.append((link, why))
             return pa.id
         survivor, loser = self.survivor(pa, pb)
-        self._merge(survivor, loser, key, f"{a} seen with {b}")
+        # kinds only: merge records outlive nothing but should not copy addresses around
+        self._merge(survivor, loser, key, f"{kind_of(a)} seen with {kind_of(b)}")
         return survivor.id
 
     def survivor(self, x: Node, y: Node) -> tuple[Node, Node]:

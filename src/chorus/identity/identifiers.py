@@ -119,7 +119,7 @@ def _trait_sources(msg: dict) -> list[dict]:
     return out
 
 
-def extract(msg: dict, cfg: IdentityConfig) -> Extracted:
+def extract(msg: dict, cfg: IdentityConfig, trusted: bool = False) -> Extracted:
     """Identifiers of a normalised message. Invalid emails/phones become warnings, never rejections."""
     found: dict[str, None] = {}
     warnings: list[str] = []
@@ -159,6 +159,13 @@ def extract(msg: dict, cfg: IdentityConfig) -> Extracted:
         )
     idents = sorted(found, key=lambda i: (cfg.rank(kind_of(i)), i))
     previous = None
+    others = idents[1:]
     if msg.get("type") == "alias" and msg.get("previousId") not in (None, ""):
+        # previousId is an anonymous id or a former user id; which one cannot be known from the message, and
+        # looking it up would make the result depend on arrival order. It links as an anonymous id, and from a
+        # trusted source also as a former user id (a rename).
         previous = str(msg["previousId"])
-    return Extracted(anchor=idents[0], others=idents[1:], warnings=warnings, previous_id=previous)
+        for ident in (f"anonymous_id:{previous}", *((f"user_id:{previous}",) if trusted else ())):
+            if ident not in found:
+                others.append(ident)
+    return Extracted(anchor=idents[0], others=others, warnings=warnings, previous_id=previous)

@@ -213,20 +213,12 @@ class _WorkspaceBatch:
     # -- the batch -------------------------------------------------------------------------------------------
     def run(self, batch: list[Pending]) -> None:
         for p in batch:
-            p.ext = extract(p.payload, self.cfg)
+            p.ext = extract(p.payload, self.cfg, p.trusted)
         wanted = set()
         for p in batch:
             wanted.add(p.ext.anchor)
             wanted.update(p.ext.others)
-            if p.ext.previous_id is not None:
-                wanted.add("user_id:" + p.ext.previous_id)
-                wanted.add("anonymous_id:" + p.ext.previous_id)
         owners = self._owners(wanted)
-        for p in batch:
-            if p.ext.previous_id is not None:
-                prev = "user_id:" + p.ext.previous_id
-                p.ext.others.append(prev if prev in owners else "anonymous_id:" + p.ext.previous_id)
-
         # Earliest sighting of each distinct link in this batch, minus links already stored with an earlier key.
         batch_links: dict[tuple[str, str, bool], Key] = {}
         for p in batch:
