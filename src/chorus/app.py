@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from chorus import __version__, metrics
@@ -16,6 +18,8 @@ from chorus.config import Settings
 from chorus.errors import ChorusError
 from chorus.store.db import create_engine
 from chorus.worker import Worker
+
+log = logging.getLogger("chorus.api")
 
 
 def create_app(settings: Settings | None = None, *, run_worker: bool = True, engine=None) -> FastAPI:
@@ -47,13 +51,29 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True, eng
     app.state.gate = tracking.Gate(settings.max_inflight, settings.max_waiting)
     # Browsers post tracking calls from the shop's own origin; write keys are public, so any origin may send.
     app.add_middleware(
-        CORSMiddleware, allow_origin_regex=".*", allow_methods=["*"], allow_headers=["*"], allow_credentials=True,
+        CORSMiddleware, allow_origin_regex=".*", allow_methods=["*"], allow_headers=["*"], allow_credentials=False,
         expose_headers=["Retry-After"], max_age=86400,
     )  # fmt: skip
 
     @app.exception_handler(ChorusError)
     async def chorus_error(_request: Request, exc: ChorusError):
         return error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException):
+        codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}
+        return JSON(
+            {"code": codes.get(exc.status_code, "http_error"), "message": str(exc.detail)},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def server_error(_request: Request, exc: Exception):
+        log.exception("unhandled error")  # the traceback goes to the log, never to the client
+        return JSON(
+            {"code": "internal_error", "message": "internal error; the request was not processed"}, status_code=500
+        )
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError):

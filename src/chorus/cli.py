@@ -92,13 +92,25 @@ def serve(
 
 
 @app.command()
-def worker(db: DbOpt = None, batch: Annotated[int, typer.Option(help="Events per transaction")] = 2000):
+def worker(
+    db: DbOpt = None,
+    batch: Annotated[
+        int | None, typer.Option(help="Events per transaction (default $CHORUS_WORKER_BATCH or 2000)")
+    ] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus metrics on this port")] = None,
+):
     """Run the background worker alone. Run as many as you like against PostgreSQL."""
     from chorus.worker import Worker
 
     settings, engine = _engine(db)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    w = Worker(engine, batch, settings.worker_poll_seconds)
+    w = Worker(engine, batch or settings.worker_batch, settings.worker_poll_seconds)
+    if metrics_port:
+        from prometheus_client import start_http_server
+
+        from chorus import metrics
+
+        start_http_server(metrics_port, addr="127.0.0.1", registry=metrics.REGISTRY)
     stop = threading.Event()
 
     def _stop(*_):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 def _int(name: str, default: int) -> int:
@@ -26,7 +26,6 @@ class Settings:
     max_waiting: int = 64
     worker_batch: int = 2000
     worker_poll_seconds: float = 0.2
-    secret: str = field(default="", repr=False)
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:
@@ -37,7 +36,6 @@ class Settings:
             max_waiting=_int("CHORUS_MAX_WAITING", cls.max_waiting),
             worker_batch=_int("CHORUS_WORKER_BATCH", cls.worker_batch),
             worker_poll_seconds=float(os.environ.get("CHORUS_WORKER_POLL_SECONDS", cls.worker_poll_seconds)),
-            secret=os.environ.get("CHORUS_SECRET", ""),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

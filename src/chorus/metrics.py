@@ -14,6 +14,9 @@ events_rejected = Counter("chorus_events_rejected", "Events rejected by validati
 events_resolved = Counter("chorus_events_resolved", "Events resolved into profiles", registry=REGISTRY)
 events_failed = Counter("chorus_events_failed", "Events that identity resolution could not process", registry=REGISTRY)
 merges = Counter("chorus_profile_merges", "Profiles merged into another", registry=REGISTRY)
+merges_refused = Counter(
+    "chorus_profile_merges_refused", "Links that would have merged profiles, refused by a guard", registry=REGISTRY
+)
 saturated = Counter("chorus_ingest_saturated", "Tracking requests answered 429", registry=REGISTRY)
 backlog = Gauge("chorus_ingest_backlog", "Accepted events waiting for identity resolution", registry=REGISTRY)
 resolve_seconds = Histogram(

@@ -186,3 +186,13 @@ def test_openapi_documents_both_apis(http):
               "/api/profiles/{profile_id}/export", "/api/events/rejected", "/api/imports"]:  # fmt: skip
         assert p in paths, p
     assert "delete" in paths["/api/profiles/{profile_id}"]
+
+
+def test_unusable_email_is_reported_on_the_profile(http, server, workspace):
+    post(http, workspace, [{"type": "identify", "userId": "w-1", "messageId": "bad-mail",
+                            "traits": {"email": "nobody@@example"}}])  # fmt: skip
+    server.settle()
+    p = http.get("/api/profiles", params={"user_id": "w-1"}, headers=bearer(workspace)).json()
+    assert "email" not in p["identifiers"] and p["traits"]["email"] == "nobody@@example"
+    (w,) = p["identifier_warnings"]
+    assert w["message_id"] == "bad-mail" and "traits.email" in w["warning"]

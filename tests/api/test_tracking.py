@@ -198,3 +198,24 @@ def test_analytics_js_settings_and_metrics_endpoints(http, workspace):
     assert seg["apiKey"] == workspace["write_key"] and seg["apiHost"].endswith("/v1") and seg["protocol"] == "http"
     assert http.get("/v1/projects/unknown/settings").status_code == 401
     assert http.post("/v1/m", json={"series": []}).json() == {"success": True}
+
+
+def test_unknown_routes_and_methods_answer_in_the_error_shape(http):
+    r = http.get("/v1/nope")
+    assert r.status_code == 404 and r.json()["code"] == "not_found"
+    r = http.get("/v1/batch")
+    assert r.status_code == 405 and r.json()["code"] == "method_not_allowed"
+
+
+def test_long_page_names_and_body_write_keys(http, server, workspace):
+    body = {
+        "type": "page",
+        "anonymousId": "a",
+        "name": "N" * 500,
+        "messageId": "long",
+        "writeKey": workspace["write_key"],
+    }
+    assert http.post("/v1/page", json=body).status_code == 200
+    row = _events(server.engine, workspace["id"])[0]
+    assert len(row.event) == 200 and row.payload["name"] == "N" * 500
+    assert "writeKey" not in row.payload

@@ -32,3 +32,18 @@ def test_poison_event_is_rejected_with_reason_and_others_resolve(engine, workspa
             ).scalar_one()
             == 0
         )
+
+
+def test_poison_event_keeps_identifiers_for_erasure(engine, workspace):
+    ws = workspace["id"]
+    with engine.begin() as conn:  # an email-only event whose email cannot be used: nothing identifies it
+        conn.execute(events.insert().values(
+            workspace_id=ws, message_id="p2", type="track", event="B", channel="store", user_id=None,
+            anonymous_id=None, timestamp=T0, received_at=T0, source_id=None, trusted=True,
+            payload={"type": "track", "event": "B", "messageId": "p2", "timestamp": "2026-01-01T00:00:00.000000Z",
+                     "context": {"traits": {"email": "Broken@@Example.com", "phone": "+33 6 12"}}},
+        ))  # fmt: skip
+    Resolver(engine).drain()
+    with engine.connect() as conn:
+        rej = conn.execute(sa.select(rejected_events)).one()
+    assert rej.identifiers == {"email": ["broken@@example.com"], "phone": ["33612"]}

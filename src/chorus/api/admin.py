@@ -50,7 +50,7 @@ def patch_settings(ws: WS, svc: SVC, patch: dict):
     try:
         return JSON({"settings": ws_api.update_settings(svc.engine, ws.id, patch)})
     except ValueError as exc:
-        raise ChorusError(str(exc), field=str(exc).split(" ", 1)[0]) from None
+        raise ChorusError(str(exc), field=str(exc).split(" ", 1)[0].rstrip(":")) from None
 
 
 @router.get("/profiles", summary="Find a profile by one identifier")
@@ -95,6 +95,11 @@ def export_profile(ws: WS, svc: SVC, profile_id: str):
 
 @router.delete("/profiles/{profile_id}", summary="Erase the person: profile, identifiers, aliases, events")
 def delete_profile(ws: WS, svc: SVC, profile_id: str):
+    # Events still waiting for resolution may belong to the person under an email or phone only: resolve
+    # them first so that they are erased with the profile.
+    from chorus.identity.resolver import Resolver
+
+    Resolver(svc.engine).drain()
     with svc.engine.begin() as conn:
         return JSON(privacy.erase(conn, ws.id, profile_id))
 
@@ -125,8 +130,8 @@ async def post_import(
 
     name = os.path.basename(file.filename or "upload")
     suffix = os.path.splitext(name)[1].lower()
-    if suffix not in (".csv", ".jsonl", ".parquet"):
-        raise ChorusError("file must be .csv, .jsonl or .parquet", field="file")
+    if suffix not in (".csv", ".jsonl", ".ndjson", ".parquet"):
+        raise ChorusError("file must be .csv, .jsonl, .ndjson or .parquet", field="file")
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, name)
         with open(path, "wb") as fh:

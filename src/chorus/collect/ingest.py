@@ -25,19 +25,31 @@ class StoreResult:
     rejected: int
 
 
-def _rejected_identifiers(payload) -> dict:
-    """Raw ids kept beside a rejected event so that an erasure request finds it."""
+def rejected_identifiers(payload) -> dict:
+    """Identifiers of a rejected event by kind, so that export and erasure can find it.
+
+    Emails are lower-cased, phones reduced to digits (no region is known here: erasure compares suffixes).
+    """
     if not isinstance(payload, dict):
         return {}
-    out = {}
-    for k in ("userId", "anonymousId"):
-        if isinstance(payload.get(k), str | int):
-            out[k] = str(payload[k])
-    for traits in (payload.get("traits"), (payload.get("context") or {}).get("traits")):
+    out: dict[str, list[str]] = {}
+
+    def add(kind: str, value) -> None:
+        if isinstance(value, str | int) and not isinstance(value, bool) and str(value).strip():
+            out.setdefault(kind, []).append(str(value).strip())
+
+    add("user_id", payload.get("userId"))
+    add("anonymous_id", payload.get("anonymousId"))
+    ctx = payload.get("context") if isinstance(payload.get("context"), dict) else {}
+    for traits in (payload.get("traits"), ctx.get("traits")):
         if isinstance(traits, dict):
-            for k in ("email", "phone"):
-                if isinstance(traits.get(k), str):
-                    out[k] = traits[k].strip().lower()
+            if isinstance(traits.get("email"), str):
+                add("email", traits["email"].strip().lower())
+            if isinstance(traits.get("phone"), str | int):
+                add("phone", "".join(ch for ch in str(traits["phone"]) if ch.isdigit()))
+    for item in ctx.get("externalIds") or []:
+        if isinstance(item, dict) and isinstance(item.get("type"), str):
+            add(item["type"], item.get("id"))
     return out
 
 
@@ -81,7 +93,7 @@ def store(
                     "field": r.field,
                     "reason": r.reason,
                     "payload": r.payload if isinstance(r.payload, str) else orjson.dumps(r.payload).decode(),
-                    "identifiers": _rejected_identifiers(r.payload),
+                    "identifiers": rejected_identifiers(r.payload),
                 }
                 for r in rejected
             ],

@@ -110,7 +110,7 @@ def normalise(
                 raise _Bad("event", "event name is longer than 200 characters")
         elif mtype in ("page", "screen"):
             name = msg.get("name")
-            event = name if isinstance(name, str) and name else None
+            event = name[:200] if isinstance(name, str) and name else None  # the full name stays in the payload
         elif mtype == "group":
             if _id(msg.get("groupId"), "groupId") is None:
                 raise _Bad("groupId", "group requires groupId")
@@ -132,6 +132,7 @@ def normalise(
     else:
         timestamp = original or received_at
     payload = dict(msg)
+    payload.pop("writeKey", None)  # a (server) write key sent in the body must not end up in stored events
     payload["type"] = mtype
     payload["messageId"] = message_id
     payload["receivedAt"] = iso(received_at)

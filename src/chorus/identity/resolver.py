@@ -14,6 +14,7 @@ two profiles for one identifier.
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -89,13 +90,14 @@ class Resolver:
         If a batch fails, its events are retried one per transaction, and an event that still fails is moved to
         the rejected events with the error as its reason, so one bad event never blocks the queue.
         """
+        started = time.perf_counter()
         try:
-            with metrics.resolve_seconds.time():
-                n = self._process(limit)
+            n = self._process(limit)
         except Exception:
             log.exception("identity resolution batch failed; isolating its events")
             n = self._process_isolated(limit)
-        metrics.events_resolved.inc(n)
+        if n:  # idle polls are not batches
+            metrics.resolve_seconds.observe(time.perf_counter() - started)
         self._maybe_analyze(n)
         return n
 
@@ -106,18 +108,19 @@ class Resolver:
                     sa.select(events.c.seq).where(events.c.profile_id.is_(None)).order_by(events.c.seq).limit(limit)
                 ).scalars()
             )
-        done = 0
         for seq in seqs:
             try:
-                done += self._process(1, only_seq=seq)
+                self._process(1, only_seq=seq)
             except Exception as exc:  # noqa: BLE001 - recorded with its reason, never silently dropped
                 log.exception("event %s cannot be resolved", seq)
                 self._reject(seq, exc)
                 metrics.events_failed.inc()
-        return len(seqs) if seqs else done
+        return len(seqs)
 
     def _reject(self, seq: int, exc: Exception) -> None:
         import orjson
+
+        from chorus.collect.ingest import rejected_identifiers
 
         with self.engine.begin() as conn:
             row = conn.execute(sa.select(events).where(events.c.seq == seq)).first()
@@ -128,7 +131,7 @@ class Resolver:
                     workspace_id=row.workspace_id, received_at=row.received_at, source_id=row.source_id,
                     message_id=row.message_id, field=None,
                     reason=f"identity resolution failed: {type(exc).__name__}: {exc}"[:2000],
-                    payload=orjson.dumps(row.payload).decode(), identifiers={},
+                    payload=orjson.dumps(row.payload).decode(), identifiers=rejected_identifiers(row.payload),
                 )
             )  # fmt: skip
             conn.execute(events.delete().where(events.c.seq == seq))
@@ -156,6 +159,7 @@ class Resolver:
                     conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": "identity:" + ws_id})
                 workspace = ws_api.get(conn, ws_id)
                 _WorkspaceBatch(conn, workspace, self.clock).run(by_ws[ws_id])
+            metrics.events_resolved.inc(len(rows))
             return len(rows)
 
     def drain(self, limit: int = 2000) -> int:
@@ -257,6 +261,9 @@ class _WorkspaceBatch:
                 continue
             g.apply(ln)
 
+        if g.refusals:
+            metrics.merges_refused.inc(len(g.refusals))
+            log.info("%d merges refused by the identity guards", len(g.refusals))
         # Merges: aliases, history and state move to the survivor.
         final: dict[str, str] = {}
         for m in g.merges:
@@ -314,7 +321,7 @@ class _WorkspaceBatch:
             st = states.get(pid)
             if st is None:
                 st = states[pid] = pstate.empty()
-            pstate.apply_event(st, p.payload, p.ext.anchor, self.policies)
+            pstate.apply_event(st, p.payload, p.ext.anchor, self.policies, p.ext.warnings)
             ev_updates.append({"seq": p.seq, "profile_id": pid})
         bulk.update_rows(self.conn, events, "seq", ev_updates)
 
@@ -451,9 +458,9 @@ class Rebuild:
         states: dict[str, dict] = {pid: pstate.empty() for pid in rename.values()}
         ev_updates = []
         for seq, payload, _trusted in evs:
-            anchor = extract(payload, self.cfg).anchor
-            pid = new_owner[anchor]
-            pstate.apply_event(states[pid], payload, anchor, self.policies)
+            ext = extract(payload, self.cfg, _trusted)
+            pid = new_owner[ext.anchor]
+            pstate.apply_event(states[pid], payload, ext.anchor, self.policies, ext.warnings)
             ev_updates.append({"seq": seq, "profile_id": pid})
         bulk.update_rows(self.conn, events, "seq", ev_updates)
 

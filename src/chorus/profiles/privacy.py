@@ -12,6 +12,7 @@ from chorus.store.tables import (
     events,
     identifiers,
     identity_links,
+    imports,
     merges,
     profile_aliases,
     profiles,
@@ -27,10 +28,27 @@ def _idents(conn: Connection, ws: str, pid: str) -> list[str]:
     )
 
 
+def _matches(idents: list[str], found: dict) -> bool:
+    mine: dict[str, set[str]] = {}
+    for i in idents:
+        mine.setdefault(kind_of(i), set()).add(value_of(i).lower())
+    for kind, values in (found or {}).items():
+        if not isinstance(values, list):  # rows written before identifiers were kept by kind
+            values = [values]
+        for v in values:
+            v = str(v).lower()
+            if kind == "phone":
+                digits = v.lstrip("0")
+                if len(digits) >= 6 and any(p.lstrip("+").endswith(digits) for p in mine.get("phone", ())):
+                    return True
+            elif v in mine.get(kind, ()):
+                return True
+    return False
+
+
 def _rejected_of(conn: Connection, ws: str, idents: list[str]):
-    values = {value_of(i).lower() for i in idents}
     for r in conn.execute(sa.select(rejected_events).where(rejected_events.c.workspace_id == ws)):
-        if any(str(v).lower() in values for v in (r.identifiers or {}).values()):
+        if _matches(idents, r.identifiers):
             yield r
 
 
@@ -105,5 +123,24 @@ def erase(conn: Connection, ws: str, profile_id: str) -> dict:
     counts["rejected_events"] = (
         conn.execute(rejected_events.delete().where(rejected_events.c.id.in_(rej))).rowcount if rej else 0
     )
+    counts["import_errors_redacted"] = _redact_import_errors(conn, ws, idents)
     counts["profiles"] = conn.execute(profiles.delete().where(profiles.c.id == pid)).rowcount
     return {"profile_id": pid, "deleted": counts}
+
+
+def _redact_import_errors(conn: Connection, ws: str, idents: list[str]) -> int:
+    """Import reports quote bad cells; any that quote this person's identifiers lose the quote."""
+    values = [value_of(i).lower() for i in idents if len(value_of(i)) >= 3]
+    redacted = 0
+    for row in conn.execute(sa.select(imports.c.id, imports.c.errors).where(imports.c.workspace_id == ws)):
+        changed = False
+        errors = []
+        for e in row.errors or []:
+            if any(v in str(e.get("reason", "")).lower() for v in values):
+                e = {**e, "reason": "[erased]"}
+                changed = True
+                redacted += 1
+            errors.append(e)
+        if changed:
+            conn.execute(imports.update().where(imports.c.id == row.id).values(errors=errors))
+    return redacted

@@ -131,8 +131,27 @@ def consent_updates(msg: dict) -> list[tuple[str, str, str]]:
     return out
 
 
-def apply_event(state: dict, msg: dict, anchor: str, policies: dict[str, str] | None = None) -> dict:
-    """Fold one normalised message into the state (in place) and return it."""
+MAX_WARNINGS = 20
+
+
+def _add_warnings(state: dict, items: dict) -> None:
+    """Keep the newest few: which ones is decided by key, so arrival order does not matter."""
+    merged = {**state.get("warnings", {}), **items}
+    if len(merged) > MAX_WARNINGS:
+        merged = dict(sorted(merged.items(), key=lambda kv: (kv[1][0], kv[0]))[-MAX_WARNINGS:])
+    state["warnings"] = merged
+
+
+def apply_event(
+    state: dict, msg: dict, anchor: str, policies: dict[str, str] | None = None, warnings: list[str] | None = None
+) -> dict:
+    """Fold one normalised message into the state (in place) and return it.
+
+    ``warnings`` (an email or phone that could not be used as an identifier) are kept on the profile so that
+    the reason is visible through the API.
+    """
+    if warnings:
+        _add_warnings(state, {msg["messageId"]: [msg["timestamp"], "; ".join(warnings)]})
     policies = {**DEFAULT_POLICIES, **(policies or {})}
     ts = msg["timestamp"]
     key = [ts, msg["messageId"]]
@@ -198,6 +217,8 @@ def merge(a: dict, b: dict, policies: dict[str, str] | None = None) -> dict:
             cur = out["consent"].get(slot)
             if cur is None or c["key"] > cur["key"]:
                 out["consent"][slot] = dict(c)
+        if s.get("warnings"):
+            _add_warnings(out, s["warnings"])
     return out
 
 
@@ -226,6 +247,10 @@ def public_view(state: dict) -> dict:
         },
         "timezone": (state["attrs"].get("timezone") or [None])[0],
         "locale": (state["attrs"].get("locale") or [None])[0],
+        "identifier_warnings": [
+            {"message_id": mid, "at": at, "warning": text}
+            for mid, (at, text) in sorted(state.get("warnings", {}).items(), key=lambda kv: kv[1][0], reverse=True)
+        ],
     }
 
 

@@ -120,8 +120,6 @@ def update_rows(conn: Connection, table: sa.Table, key: str, rows: list[dict]) -
         conn.exec_driver_sql(f"TRUNCATE {stage}")
         return
     stmt = (
-        table.update()
-        .where(table.c[key] == sa.bindparam("b_key"))
-        .values(**{c: sa.bindparam("b_" + c) for c in cols})
+        table.update().where(table.c[key] == sa.bindparam("b_key")).values(**{c: sa.bindparam("b_" + c) for c in cols})
     )
     conn.execute(stmt, [{"b_key": r[key], **{"b_" + c: r[c] for c in cols}} for r in rows])

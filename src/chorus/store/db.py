@@ -39,6 +39,7 @@ def _fast_json() -> None:
 
 def create_engine(url: str, **kwargs) -> Engine:
     url = normalise_url(url)
+    kwargs.setdefault("hide_parameters", True)  # statement parameters are personal data; keep them out of logs
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, **kwargs)
         sa.event.listen(engine, "connect", _sqlite_pragmas)
