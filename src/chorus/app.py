@@ -27,7 +27,11 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True, eng
     engine = engine or create_engine(settings.database_url)
     svc = Services(settings=settings, engine=engine, keys=KeyCache(engine), backlog=Backlog(engine))
     worker = (
-        Worker(engine, settings.worker_batch, settings.worker_poll_seconds, svc.wake_worker) if run_worker else None
+        Worker(
+            engine, settings.worker_batch, settings.worker_poll_seconds, svc.wake_worker, busy=lambda: svc.storing > 0
+        )
+        if run_worker
+        else None
     )
 
     @asynccontextmanager

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 
 from sqlalchemy.engine import Engine
 
@@ -13,8 +15,21 @@ log = logging.getLogger("chorus.worker")
 
 
 class Worker:
-    def __init__(self, engine: Engine, batch: int = 2000, poll: float = 0.2, wake: threading.Event | None = None):
+    # Inside `chorus serve` the worker shares the process (and, on SQLite, the single write lock) with the
+    # tracking API. Accepting events comes first: while requests are being stored, resolution waits, but never
+    # longer than this, so profiles stay at most a few seconds behind under sustained load.
+    MAX_DEFER = 0.5
+
+    def __init__(
+        self,
+        engine: Engine,
+        batch: int = 2000,
+        poll: float = 0.2,
+        wake: threading.Event | None = None,
+        busy: Callable[[], bool] | None = None,
+    ):
         self.resolver = Resolver(engine)
+        self.busy = busy
         self.batch = batch
         self.poll = poll
         self.wake = wake or threading.Event()
@@ -25,7 +40,12 @@ class Worker:
         return self.resolver.process_pending(self.batch)
 
     def run(self) -> None:
+        last = time.monotonic()
         while not self.stopping.is_set():
+            if self.busy is not None and self.busy() and time.monotonic() - last < self.MAX_DEFER:
+                time.sleep(0.01)
+                continue
+            last = time.monotonic()
             try:
                 n = self.run_once()
             except Exception:  # a bad batch must not kill the loop; it is retried after the poll interval

@@ -60,3 +60,4 @@ class Services:
     keys: KeyCache
     backlog: Backlog
     wake_worker: threading.Event = field(default_factory=threading.Event)
+    storing: int = 0  # tracking requests writing to the store right now (read by the in-process worker)

@@ -170,7 +170,11 @@ async def _handle(request: Request, kind: str) -> JSON:
                 accepted.append(res)
 
         async with request.app.state.gate:
-            await run_in_threadpool(_store, svc, source, accepted, rejected, received_at)
+            svc.storing += 1
+            try:
+                await run_in_threadpool(_store, svc, source, accepted, rejected, received_at)
+            finally:
+                svc.storing -= 1
         svc.wake_worker.set()
     except ChorusError as exc:
         if isinstance(exc, Saturated):

@@ -47,7 +47,9 @@ def in_(col: sa.Column, values: Iterable, dialect: str):
     values = list(values)
     if dialect == "postgresql":
         return col == sa.any_(sa.bindparam(None, values, type_=ARRAY(col.type)))
-    return col.in_(values)
+    # SQLite: one JSON parameter instead of thousands of bound ones, so the statement compiles once and caches
+    each = sa.func.json_each(sa.bindparam(None, orjson.dumps(values).decode(), type_=sa.Text())).table_valued("value")
+    return col.in_(sa.select(each.c.value))
 
 
 def insert_rows(
@@ -102,7 +104,7 @@ def _sqlite_converter(col: sa.Column):
         return lambda v: None if v is None else orjson.dumps(v, option=orjson.OPT_NON_STR_KEYS).decode()
     if isinstance(t, UTCDateTime):
         # SQLAlchemy's SQLite DATETIME text format, so that values compare equal to ones it binds
-        return lambda v: None if v is None else t.process_bind_param(v, None).strftime("%Y-%m-%d %H:%M:%S.%f")
+        return lambda v: None if v is None else t.process_bind_param(v, None).isoformat(" ", "microseconds")
     if isinstance(t, sa.Boolean):
         return lambda v: None if v is None else int(v)
     return None
@@ -119,7 +121,12 @@ def update_rows(conn: Connection, table: sa.Table, key: str, rows: list[dict]) -
         conn.exec_driver_sql(f"UPDATE {table.name} AS t SET {sets} FROM {stage} AS s WHERE t.{key} = s.{key}")
         conn.exec_driver_sql(f"TRUNCATE {stage}")
         return
-    stmt = (
-        table.update().where(table.c[key] == sa.bindparam("b_key")).values(**{c: sa.bindparam("b_" + c) for c in cols})
-    )
-    conn.execute(stmt, [{"b_key": r[key], **{"b_" + c: r[c] for c in cols}} for r in rows])
+    order = [*cols, key]
+    convert = [_sqlite_converter(table.c[c]) for c in order]
+    params = [tuple(f(r[c]) if f else r[c] for f, c in zip(convert, order, strict=True)) for r in rows]
+    sql = f"UPDATE {table.name} SET {', '.join(f'{c} = ?' for c in cols)} WHERE {key} = ?"
+    cur = conn.connection.driver_connection.cursor()
+    try:
+        cur.executemany(sql, params)
+    finally:
+        cur.close()
