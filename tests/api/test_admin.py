@@ -182,7 +182,8 @@ def test_settings_patch_validates(http, workspace):
 def test_openapi_documents_both_apis(http):
     spec = http.get("/openapi.json").json()
     paths = spec["paths"]
-    for p in ["/v1/batch", "/v1/track", "/v1/identify", "/api/profiles/{profile_id}", "/api/profiles/{profile_id}/events",
+    for p in ["/v1/batch", "/v1/track", "/v1/identify", "/api/profiles/{profile_id}",
+              "/api/profiles/{profile_id}/events",
               "/api/profiles/{profile_id}/export", "/api/events/rejected", "/api/imports"]:  # fmt: skip
         assert p in paths, p
     assert "delete" in paths["/api/profiles/{profile_id}"]

@@ -41,7 +41,8 @@ def test_concurrent_ingest_and_workers_keep_one_profile_per_identifier(pg_url):
         for dev in (0, 1):
             anon = f"dev-{p}-{dev}"
             streams[dev].append({"type": "page", "anonymousId": anon, "messageId": f"pg-{p}-{dev}"})
-            streams[dev].append({"type": "identify", "anonymousId": anon, "userId": f"user-{p}", "messageId": f"id-{p}-{dev}",
+            streams[dev].append({"type": "identify", "anonymousId": anon, "userId": f"user-{p}",
+                                 "messageId": f"id-{p}-{dev}",
                                  "traits": {"email": f"person{p}@example.com"}})  # fmt: skip
     for s in streams:
         rng.shuffle(s)

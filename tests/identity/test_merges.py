@@ -82,7 +82,8 @@ def test_untrusted_source_cannot_merge_two_known_profiles(engine, workspace):
     ws = workspace["id"]
     send(engine, ws, [
         {"type": "identify", "userId": "u1", "messageId": "1", "timestamp": ts(1)},
-        {"type": "identify", "userId": "u2", "messageId": "2", "timestamp": ts(2), "traits": {"email": "x@example.com"}},
+        {"type": "identify", "userId": "u2", "messageId": "2", "timestamp": ts(2),
+         "traits": {"email": "x@example.com"}},
     ])  # fmt: skip
     resolve(engine)
     # A browser claims u1 owns u2's email: refused.
@@ -100,7 +101,8 @@ def test_untrusted_source_cannot_merge_two_known_profiles(engine, workspace):
 def test_trusted_source_merges_two_known_profiles_earliest_survives(engine, workspace):
     ws = workspace["id"]
     send(engine, ws, [
-        {"type": "identify", "anonymousId": "x", "messageId": "1", "timestamp": ts(1), "traits": {"email": "a@example.com"}},
+        {"type": "identify", "anonymousId": "x", "messageId": "1", "timestamp": ts(1),
+         "traits": {"email": "a@example.com"}},
         {"type": "identify", "userId": "u9", "messageId": "2", "timestamp": ts(2), "traits": {"loyalty_id": "L-1"}},
     ])  # fmt: skip
     resolve(engine)
