@@ -332,7 +332,7 @@ class _WorkspaceBatch:
                 states[pid] = pstate.empty()
             if pid not in states:
                 continue
-            row = self._row(node, states[pid], now, g)
+            row = profile_row(self.ws, pid, node, states[pid], g.known(node), now)
             if pid in loaded:
                 updates.append({k: v for k, v in row.items() if k != "workspace_id"})
             else:
@@ -358,22 +358,24 @@ class _WorkspaceBatch:
         if dirty_idents:
             Rebuild(self.conn, self.ws, self.cfg, self.policies, now).run(dirty_idents, dirty_events)
 
-    def _row(self, node: Node, st: dict, now, g: Graph) -> dict:
-        summ = pstate.summary(st)
-        return {
-            "id": node.id,
-            "workspace_id": self.ws,
-            "created_at": parse_ts(node.created[0]),
-            "created_msg": node.created[1],
-            "links_max_at": parse_ts(node.links_max[0]),
-            "links_max_msg": node.links_max[1],
-            "known": g.known(node),
-            "first_seen": parse_ts(summ["first_seen"]) if summ["first_seen"] else None,
-            "last_seen": parse_ts(summ["last_seen"]) if summ["last_seen"] else None,
-            "last_channel": summ["last_channel"],
-            "state": st,
-            "updated_at": now,
-        }
+
+def profile_row(ws: str, pid: str, node: Node, st: dict, known: bool, now) -> dict:
+    """The profile table row: graph bookkeeping, the state, and the columns derived from it for queries."""
+    summ = pstate.summary(st)
+    return {
+        "id": pid,
+        "workspace_id": ws,
+        "created_at": parse_ts(node.created[0]),
+        "created_msg": node.created[1],
+        "links_max_at": parse_ts(node.links_max[0]),
+        "links_max_msg": node.links_max[1],
+        "known": known,
+        "first_seen": parse_ts(summ["first_seen"]) if summ["first_seen"] else None,
+        "last_seen": parse_ts(summ["last_seen"]) if summ["last_seen"] else None,
+        "last_channel": summ["last_channel"],
+        "state": st,
+        "updated_at": now,
+    }
 
 
 def _k(dt) -> str:
@@ -477,19 +479,10 @@ class Rebuild:
         )
         for part in _chunks(old_ids):
             self.conn.execute(profiles.delete().where(bulk.in_(profiles.c.id, part, self.conn.dialect.name)))
-        rows = []
-        for nid, node in g.nodes.items():
-            pid = rename[nid]
-            summ = pstate.summary(states[pid])
-            rows.append({
-                "id": pid, "workspace_id": self.ws,
-                "created_at": parse_ts(node.created[0]), "created_msg": node.created[1],
-                "links_max_at": parse_ts(node.links_max[0]), "links_max_msg": node.links_max[1],
-                "known": g.known(node),
-                "first_seen": parse_ts(summ["first_seen"]) if summ["first_seen"] else None,
-                "last_seen": parse_ts(summ["last_seen"]) if summ["last_seen"] else None,
-                "last_channel": summ["last_channel"], "state": states[pid], "updated_at": self.now,
-            })  # fmt: skip
+        rows = [
+            profile_row(self.ws, rename[nid], node, states[rename[nid]], g.known(node), self.now)
+            for nid, node in g.nodes.items()
+        ]
         bulk.insert_rows(self.conn, profiles, rows)
         for old, target in dropped.items():
             self.conn.execute(
