@@ -99,3 +99,20 @@ def test_concurrent_ingest_and_workers_keep_one_profile_per_identifier(pg_url):
             f"email:person{p}@example.com",
         }
     engine.dispose()
+
+
+def test_many_processes_upgrading_a_fresh_database_at_once(pg_url):
+    import sqlalchemy as sa
+
+    from chorus.store.db import create_engine
+
+    eng = create_engine(pg_url)
+    with eng.begin() as conn:  # a fresh database: drop the schema the fixture made
+        conn.exec_driver_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+    procs = [subprocess.Popen([sys.executable, "-m", "chorus.cli", "db", "upgrade", "--db", pg_url],
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]  # fmt: skip
+    errs = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], errs
+    with eng.connect() as conn:
+        assert conn.execute(sa.text("select version_num from alembic_version")).scalar_one() == "0001"
+    eng.dispose()

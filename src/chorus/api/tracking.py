@@ -103,6 +103,20 @@ def _inflate(body: bytes, encoding: str) -> bytes:
     return out
 
 
+async def _read_capped(request: Request) -> bytes:
+    """The body, refused as soon as it passes 500 KB (compressed bodies never inflate to less)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_BATCH_BYTES:
+        raise ChorusError("batch is larger than 500 KB", field="batch")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BATCH_BYTES:
+            raise ChorusError("batch is larger than 500 KB", field="batch")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _basic_user(header: str | None) -> str | None:
     if not header or not header.lower().startswith("basic "):
         return None
@@ -116,9 +130,7 @@ def _basic_user(header: str | None) -> str | None:
 async def _handle(request: Request, kind: str) -> JSON:
     svc: Services = request.app.state.services
     try:
-        raw = await request.body()
-        if len(raw) > MAX_BATCH_BYTES and request.headers.get("content-encoding", "") in ("", "identity"):
-            raise ChorusError("batch is larger than 500 KB", field="batch")
+        raw = await _read_capped(request)
         body = _inflate(raw, request.headers.get("content-encoding", ""))
         if kind != "batch" and len(body) > MAX_MESSAGE_BYTES:
             raise ChorusError("message is larger than 32 KB", field="body")

@@ -17,6 +17,9 @@ def run_migrations_online() -> None:
     with engine.connect() as connection:
         context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
         with context.begin_transaction():
+            if connection.dialect.name == "postgresql":
+                # every chorus command upgrades first; workers starting together must not race on the schema
+                connection.exec_driver_sql("SELECT pg_advisory_xact_lock(4242042)")
             context.run_migrations()
     engine.dispose()
 
