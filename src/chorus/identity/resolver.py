@@ -400,16 +400,14 @@ class Rebuild:
             nxt: set[str] = set()
             part_list = sorted(frontier)
             for part in _chunks(part_list):
-                q = sa.select(identity_links).where(
-                    identity_links.c.workspace_id == self.ws,
-                    sa.or_(
-                        bulk.in_(identity_links.c.a, part, self.conn.dialect.name),
-                        bulk.in_(identity_links.c.b, part, self.conn.dialect.name),
-                    ),
-                )
-                for r in self.conn.execute(q):
-                    links[(r.a, r.b, r.trusted)] = Link((_k(r.at), r.msg), r.a, r.b, r.trusted)
-                    nxt.update((r.a, r.b))
+                # two queries, not one with OR: each side then probes its own index
+                for side in (identity_links.c.a, identity_links.c.b):
+                    q = sa.select(identity_links).where(
+                        identity_links.c.workspace_id == self.ws, bulk.in_(side, part, self.conn.dialect.name)
+                    )
+                    for r in self.conn.execute(q):
+                        links[(r.a, r.b, r.trusted)] = Link((_k(r.at), r.msg), r.a, r.b, r.trusted)
+                        nxt.update((r.a, r.b))
                 q2 = sa.select(identifiers.c.ident, identifiers.c.profile_id).where(
                     identifiers.c.workspace_id == self.ws, bulk.in_(identifiers.c.ident, part, self.conn.dialect.name)
                 )

@@ -25,6 +25,7 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA journal_size_limit=67108864")  # give the WAL file back after a checkpoint
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
 
