@@ -124,6 +124,12 @@ class Poller:
             return self.scalar("SELECT count(*) FROM events INDEXED BY ix_events_pending WHERE profile_id IS NULL")
         return self.scalar("SELECT count(*) FROM events WHERE profile_id IS NULL")
 
+    def any_pending(self) -> bool:
+        """Cheap completion check: stops at the first pending event (a count walks every pending row, which on
+        PostgreSQL means heap visits for fresh rows and competes with the server for the disk and CPU)."""
+        hint = " INDEXED BY ix_events_pending" if self.db.engine == "sqlite" else ""
+        return bool(self.scalar(f"SELECT EXISTS (SELECT 1 FROM events{hint} WHERE profile_id IS NULL)"))
+
     def close(self) -> None:
         self.conn.close()
 

@@ -349,6 +349,48 @@ def raw_pg(db: FreshDB, rows: list[tuple], batch: int | None) -> float:
     return elapsed
 
 
+def raw_update(db: FreshDB, n: int, chunk: int = 2000) -> float:
+    """Seconds to set events.profile_id on every row, `chunk` rows per transaction, the way a resolver at least
+    has to if it writes the profile onto each event (SQLite: executemany; PostgreSQL: COPY into a temp table +
+    UPDATE ... FROM, like chorus.store.bulk.update_rows). A reference for what the current design costs the
+    database, not something chorus is compared with in the table."""
+    rng = random.Random(7)
+    pids = ["p_" + uuid.UUID(int=rng.getrandbits(128)).hex[:24] for _ in range(max(1, n // 10))]
+    if db.engine == "sqlite":
+        import sqlite3
+
+        con = sqlite3.connect(db.path, isolation_level=None)
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000"):
+            con.execute(f"PRAGMA {pragma}")
+        seqs = [r[0] for r in con.execute("SELECT seq FROM events ORDER BY seq")]
+        t0 = time.perf_counter()
+        for i in range(0, len(seqs), chunk):
+            con.execute("BEGIN IMMEDIATE")
+            con.executemany(
+                "UPDATE events SET profile_id = ? WHERE seq = ?", [(rng.choice(pids), q) for q in seqs[i : i + chunk]]
+            )
+            con.execute("COMMIT")
+        elapsed = time.perf_counter() - t0
+        con.close()
+        return elapsed
+    import psycopg
+
+    with psycopg.connect(db.dsn) as conn:
+        seqs = [r[0] for r in conn.execute("SELECT seq FROM events ORDER BY seq")]
+        conn.execute("CREATE TEMP TABLE _u (seq bigint, profile_id varchar(40))")
+        conn.commit()
+        t0 = time.perf_counter()
+        for i in range(0, len(seqs), chunk):
+            with conn.cursor() as cur:
+                with cur.copy("COPY _u (seq, profile_id) FROM STDIN") as cp:
+                    for q in seqs[i : i + chunk]:
+                        cp.write_row((q, rng.choice(pids)))
+                cur.execute("UPDATE events AS t SET profile_id = s.profile_id FROM _u AS s WHERE t.seq = s.seq")
+                cur.execute("TRUNCATE _u")
+            conn.commit()
+        return time.perf_counter() - t0
+
+
 def baseline(engine: str, batches: list[bytes], batch: int, tmpdir: Path) -> dict:
     log(f"[{engine}] baseline: building rows with chorus.collect.messages.normalise (not timed)")
     rows = db_tuples(chorus_rows(batches), engine)
@@ -367,6 +409,11 @@ def baseline(engine: str, batches: list[bytes], batch: int, tmpdir: Path) -> dic
         out["seconds"] = round(secs, 3)
         out["ev_per_s"] = round(n / secs)
         out["db_mb"] = round(db.size_mb(), 1)
+        log(f"[{engine}] baseline reference: set profile_id on every row, 2000 rows per transaction")
+        upd = raw_update(db, n)
+        out["update_profile_id_seconds"] = round(upd, 3)
+        out["update_profile_id_ev_per_s"] = round(n / upd)
+        out["insert_then_update_ev_per_s"] = round(n / (secs + upd))
     with FreshDB(engine, "rawbig", tmpdir) as db:
         db_upgrade(db.url)
         log(f"[{engine}] baseline reference: all rows in one transaction")
@@ -460,13 +507,15 @@ def run_chorus(engine: str, label: str, batches: list[bytes], desc: dict, args, 
             th = threading.Thread(target=client, daemon=True)
             th.start()
             next_report = t0 + 30
+            next_count = t0
             while th.is_alive():
-                th.join(1.0)
-                pend = poller.pending()
-                backlog_peak = max(backlog_peak, pend)
+                th.join(0.5)
+                if time.perf_counter() >= next_count:  # the backlog is sampled every 10 s: a count is not free
+                    next_count += 10
+                    backlog_peak = max(backlog_peak, poller.pending())
                 if time.perf_counter() >= next_report:
                     next_report += 30
-                    log(f"[{engine}/{label}] {state['sent'] * args.batch}/{n} accepted, {pend} pending")
+                    log(f"[{engine}/{label}] {state['sent'] * args.batch}/{n} accepted, backlog {backlog_peak} max")
                 if server.proc.poll() is not None:
                     raise RuntimeError(f"server died; see {logf}")
             if loop_err:
@@ -474,13 +523,10 @@ def run_chorus(engine: str, label: str, batches: list[bytes], desc: dict, args, 
             t_acc = state["last_ok"] - t0
             cpu_acc_srv = sum(cpu_seconds(p) for p in proc_tree(server.pid)) - cpu0_srv
             log(f"[{engine}/{label}] all accepted in {t_acc:.1f}s ({n / t_acc:,.0f} ev/s); waiting for resolution")
-            while True:
-                pend = poller.pending()
-                if pend == 0:
-                    break
+            while poller.any_pending():
                 if time.perf_counter() >= next_report:
                     next_report += 30
-                    log(f"[{engine}/{label}] {pend} pending")
+                    log(f"[{engine}/{label}] {poller.pending()} pending")
                 if server.proc.poll() is not None:
                     raise RuntimeError(f"server died; see {logf}")
                 time.sleep(0.1 if n <= 100_000 else 0.25)
@@ -572,7 +618,7 @@ def run_split(engine: str, batches: list[bytes], desc: dict, args, tmpdir: Path)
             wmem.start()
             w0 = cpu_seconds(worker.pid)
             t1 = time.perf_counter()
-            while poller.pending():
+            while poller.any_pending():
                 time.sleep(0.25)
                 if worker.proc.poll() is not None:
                     raise RuntimeError("worker died")
@@ -662,6 +708,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run: 50,000 events, 5,000 people")
     ap.add_argument("--no-merge-free", action="store_true", help="skip the merge-free variant")
     ap.add_argument("--no-baseline", action="store_true", help="skip the raw-insert baseline")
+    ap.add_argument("--baseline-only", action="store_true", help="only the raw baseline (JSON, no table)")
     ap.add_argument("--split", action="store_true",
                     help="also run ingest-only (serve --no-worker) then worker-only, for diagnosis")  # fmt: skip
     ap.add_argument("--py-spy", metavar="DIR", help="record a py-spy profile (collapsed stacks) of each server run")
@@ -691,7 +738,7 @@ def main(argv=None) -> int:
     batches, desc = make_workload(args.events, args.people, args.anon_share, args.seed, args.batch)
     log(f"workload built in {time.perf_counter() - t:.1f}s: {desc}")
     batches_nm, desc_nm = None, None
-    if not args.no_merge_free:
+    if not args.no_merge_free and not args.baseline_only:
         batches_nm, desc_nm = make_workload(args.events, args.people, 0.0, args.seed + 1, args.batch)
         log(f"merge-free workload built: {desc_nm['types']}")
 
@@ -708,6 +755,9 @@ def main(argv=None) -> int:
                 "workload_no_merges": desc_nm,
             }  # fmt: skip
             result["baseline"] = None if args.no_baseline else baseline(engine, batches, args.batch, tmpdir)
+            if args.baseline_only:
+                write_json(Path(args.out) / f"ingest-{engine}-baseline.json", result)
+                continue
             result["chorus"] = run_chorus(engine, "merges", batches, desc, args, tmpdir)
             result["chorus_no_merges"] = (
                 run_chorus(engine, "nomerges", batches_nm, desc_nm, args, tmpdir) if batches_nm else None
