@@ -114,7 +114,7 @@ identifiers = sa.Table(
     sa.Column("workspace_id", sa.String(40), primary_key=True),
     sa.Column("ident", sa.String(400), primary_key=True),
     sa.Column("profile_id", sa.String(40), nullable=False),
-    sa.Index("ix_identifiers_profile", "profile_id"),
+    sa.Index("ix_identifiers_profile", "workspace_id", "profile_id"),
 )
 
 # Distinct identifier pairs seen together, with their earliest sighting; profiles are a function of these.

@@ -46,7 +46,7 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('workspace_id', 'ident', name=op.f('pk_identifiers'))
     )
     with op.batch_alter_table('identifiers', schema=None) as batch_op:
-        batch_op.create_index('ix_identifiers_profile', ['profile_id'], unique=False)
+        batch_op.create_index('ix_identifiers_profile', ['workspace_id', 'profile_id'], unique=False)
 
     op.create_table('identity_links',
     sa.Column('workspace_id', sa.String(length=40), nullable=False),
