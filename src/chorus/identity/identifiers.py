@@ -106,7 +106,6 @@ class Extracted:
     anchor: str
     others: list[str]
     warnings: list[str]
-    previous_id: str | None = None  # alias calls: resolved against existing user ids by the resolver
 
 
 def _trait_sources(msg: dict) -> list[dict]:
@@ -158,7 +157,6 @@ def extract(msg: dict, cfg: IdentityConfig, trusted: bool = False) -> Extracted:
             "no usable identifier: " + ("; ".join(warnings) or "userId, anonymousId, email, phone all missing")
         )
     idents = sorted(found, key=lambda i: (cfg.rank(kind_of(i)), i))
-    previous = None
     others = idents[1:]
     if msg.get("type") == "alias" and msg.get("previousId") not in (None, ""):
         # previousId is an anonymous id or a former user id; which one cannot be known from the message, and
@@ -168,4 +166,4 @@ def extract(msg: dict, cfg: IdentityConfig, trusted: bool = False) -> Extracted:
         for ident in (f"anonymous_id:{previous}", *((f"user_id:{previous}",) if trusted else ())):
             if ident not in found:
                 others.append(ident)
-    return Extracted(anchor=idents[0], others=others, warnings=warnings, previous_id=previous)
+    return Extracted(anchor=idents[0], others=others, warnings=warnings)

@@ -37,7 +37,7 @@ from chorus.store.tables import (
     profiles,
     rejected_events,
 )
-from chorus.timeutil import parse_ts, utcnow
+from chorus.timeutil import iso, parse_ts, utcnow
 
 log = logging.getLogger("chorus.identity")
 CHUNK = 5000  # SQLite allows 32,766 bound variables; PostgreSQL gets one array parameter
@@ -194,7 +194,7 @@ class _WorkspaceBatch:
             for r in self.conn.execute(
                 sa.select(profiles).where(bulk.in_(profiles.c.id, part, self.conn.dialect.name))
             ):
-                node = Node(r.id, (_k(r.created_at), r.created_msg), (_k(r.links_max_at), r.links_max_msg))
+                node = Node(r.id, (iso(r.created_at), r.created_msg), (iso(r.links_max_at), r.links_max_msg))
                 out[r.id] = (node, r.state)
             q = sa.select(identifiers.c.ident, identifiers.c.profile_id).where(
                 identifiers.c.workspace_id == self.ws, bulk.in_(identifiers.c.profile_id, part, self.conn.dialect.name)
@@ -211,7 +211,7 @@ class _WorkspaceBatch:
                 identity_links.c.workspace_id == self.ws, bulk.in_(identity_links.c.a, part, self.conn.dialect.name)
             )
             for r in self.conn.execute(q):
-                out[(r.a, r.b, r.trusted)] = (_k(r.at), r.msg)
+                out[(r.a, r.b, r.trusted)] = (iso(r.at), r.msg)
         return out
 
     # -- the batch -------------------------------------------------------------------------------------------
@@ -378,12 +378,6 @@ def profile_row(ws: str, pid: str, node: Node, st: dict, known: bool, now) -> di
     }
 
 
-def _k(dt) -> str:
-    from chorus.timeutil import iso
-
-    return iso(dt)
-
-
 class Rebuild:
     """Replay the stored links of the components around ``seeds`` and rewrite their profiles."""
 
@@ -406,7 +400,7 @@ class Rebuild:
                         identity_links.c.workspace_id == self.ws, bulk.in_(side, part, self.conn.dialect.name)
                     )
                     for r in self.conn.execute(q):
-                        links[(r.a, r.b, r.trusted)] = Link((_k(r.at), r.msg), r.a, r.b, r.trusted)
+                        links[(r.a, r.b, r.trusted)] = Link((iso(r.at), r.msg), r.a, r.b, r.trusted)
                         nxt.update((r.a, r.b))
                 q2 = sa.select(identifiers.c.ident, identifiers.c.profile_id).where(
                     identifiers.c.workspace_id == self.ws, bulk.in_(identifiers.c.ident, part, self.conn.dialect.name)

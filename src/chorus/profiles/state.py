@@ -17,8 +17,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from chorus.timeutil import iso
-
 POLICIES = ("newest", "first", "sum", "max", "min")
 DEFAULT_POLICIES = {"created_at": "first", "createdAt": "first", "first_seen": "first"}
 CONSENT_STATUSES = ("granted", "denied", "unknown")
@@ -254,4 +252,4 @@ def public_view(state: dict) -> dict:
     }
 
 
-__all__ = ["apply_event", "merge", "empty", "summary", "public_view", "iso", "POLICIES"]
+__all__ = ["apply_event", "merge", "empty", "summary", "public_view", "POLICIES"]

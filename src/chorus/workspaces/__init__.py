@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from chorus.errors import Conflict, NotFound, Unauthorized
-from chorus.identity.identifiers import DEFAULT_DECLARED, IdentityConfig, normalise_phone
+from chorus.identity.identifiers import DEFAULT_DECLARED, IdentityConfig
 from chorus.profiles.state import POLICIES
 from chorus.store.tables import sources, workspaces
 from chorus.timeutil import utcnow
@@ -180,4 +180,4 @@ def update_settings(engine: Engine, ws_id: str, patch: dict) -> dict:
     return settings
 
 
-__all__ = ["create", "get", "find", "by_api_key", "source_by_write_key", "normalise_phone", "Source", "Workspace"]
+__all__ = ["create", "get", "find", "by_api_key", "source_by_write_key", "Source", "Workspace"]
