@@ -1,0 +1,1 @@
+"""Messaging: message content and templates, channel choice, outbox and channel adapters."""

@@ -1,0 +1,863 @@
+"""Message content: the definition a brand saves, its checks at save time, and rendering it for one channel.
+
+Pure functions over plain data (no I/O): a definition is validated once when saved (``validate_definition``), so
+that every mistake a marketer can make in the editor is reported there with the field and line, and rendered
+many times when sent (``render``), where anything that would produce broken text (a missing value, a template
+that runs away, a message over a provider's size limit) becomes a ``Skip`` with the reason instead of a message.
+
+Templates are Liquid (python-liquid 2). They read only the context they are given, load partials only from the
+``partials`` mapping, cannot reach Python attributes, and run under loop, output, nesting and variable-size
+limits so a hostile template ends in a ``Skip`` rather than a hang. See docs/messaging.md.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import copy
+import functools
+import html as html_lib
+import json
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import css_inline
+from inscriptis import get_text
+from inscriptis.model.config import ParserConfig
+from liquid import BoundTemplate, Environment, FalsyStrictUndefined, Markup, RenderContext, Undefined
+from liquid.builtin.content import ContentNode
+from liquid.builtin.expressions.primitive import RangeLiteral, StringLiteral
+from liquid.builtin.tags.include_tag import IncludeNode
+from liquid.builtin.tags.render_tag import RenderNode
+from liquid.exceptions import (
+    ContextDepthError,
+    FilterError,
+    LiquidError,
+    LocalNamespaceLimitError,
+    LoopIterationLimitError,
+    OutputStreamLimitError,
+    ResourceLimitError,
+    TemplateNotFoundError,
+    UndefinedError,
+)
+from liquid.loader import BaseLoader, TemplateSource
+from liquid.output import LimitedStringIO
+from liquid.undefined import UNDEFINED
+from mjml import mjml2html
+
+from chorus.messaging import sms
+
+CHANNELS = ("email", "sms", "push", "whatsapp", "messenger", "in_app", "webhook")
+KINDS = ("marketing", "transactional")
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A provider's size limit for one rendered field: ``size`` in ``unit`` (segments, characters or bytes)."""
+
+    size: int
+    unit: str
+    why: str
+
+
+MAX_SIZES: dict[str, Limit] = {
+    "email.html": Limit(102 * 1024, "bytes", "Gmail clips messages larger than 102 KB"),
+    "sms.text": Limit(10, "segments", "carriers and Twilio reassemble long messages unreliably; cost control"),
+    # Push fields share the 4,096-byte FCM / APNs / Web Push payload: these add up to 3,840 bytes of text and
+    # leave 256 bytes for the JSON envelope and the Web Push encryption overhead (103 bytes, RFC 8291).
+    "push.title": Limit(256, "bytes", "share of the 4 KB push payload"),
+    "push.body": Limit(1536, "bytes", "share of the 4 KB push payload"),
+    "push.url": Limit(1024, "bytes", "share of the 4 KB push payload"),
+    "push.image": Limit(1024, "bytes", "share of the 4 KB push payload"),
+    "whatsapp.text": Limit(4096, "characters", "WhatsApp Cloud API text message body"),
+    "whatsapp.template.parameters": Limit(1024, "characters", "WhatsApp template body text"),
+    "messenger.text": Limit(2000, "characters", "Messenger Send API text message"),
+    "in_app.title": Limit(256, "characters", "Chorus's own: an in-app card title"),
+    "in_app.body": Limit(4096, "characters", "Chorus's own: an in-app card body"),
+    "webhook.body": Limit(256 * 1024, "bytes", "Chorus's own: webhook request body"),
+}
+"""Rendered size limits per ``channel.field``; the reasons are in docs/messaging.md."""
+
+# Resource limits for Liquid. Legitimate messages stay far below them (a cart of 50 products is 50 iterations);
+# a template that reaches one is almost certainly a mistake or an attack, and renders as a Skip.
+LOOP_LIMIT = 10_000  # loop iterations per render, nested or not, and the longest range literal
+NODE_LIMIT = 100_000  # tags and outputs executed per render: loops over long straight-line bodies stop here
+TIME_LIMIT = 0.5  # Liquid seconds per render (parsing excluded): a backstop for filters slow on big values (sort)
+OUTPUT_LIMIT = 256 * 1024  # bytes written by one template (captures included)
+# python-liquid's context depth counts scope layers, not partials: with 30 (its default) a template can nest 13
+# includes, 31 renders or 26 for loops. A partial that includes itself stops there.
+DEPTH_LIMIT = 30
+LOCALS_LIMIT = 128 * 1024  # bytes held in assigned/captured variables (python-liquid's sys.getsizeof measure)
+SOURCE_LIMIT = 256 * 1024  # characters in one template string
+
+_PARTIAL_NAME = re.compile(r"[a-z0-9_-]{1,64}")
+_LOCALE = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*")
+_TOPIC = re.compile(r"[a-z0-9_.-]{1,64}")
+_WA_TEMPLATE_NAME = re.compile(r"[a-z0-9_]{1,512}")
+_WA_LANGUAGE = re.compile(r"[a-z]{2,3}(?:_[A-Za-z]{2,4})?")
+
+# Fields per channel: type, and whether the string is a template rendered with HTML escaping.
+_FIELDS: dict[str, dict[str, type]] = {
+    "email": {"subject": str, "preheader": str, "mjml": str, "html": str, "text": str},
+    "sms": {"text": str},
+    "push": {"title": str, "body": str, "url": str, "image": str},
+    "whatsapp": {"text": str, "template": dict},
+    "messenger": {"text": str},
+    "in_app": {"title": str, "body": str, "cta": dict},
+    "webhook": {"body": object},
+}
+_REQUIRED = {"email": ("subject",), "sms": ("text",), "push": ("body",), "messenger": ("text",)}
+_REQUIRED |= {"in_app": ("body",), "webhook": ("body",)}
+_ONE_OF = {"email": ("mjml", "html"), "whatsapp": ("text", "template")}
+_HTML_FIELDS = {("email", "mjml"), ("email", "html")}
+
+
+class ContentError(ValueError):
+    """A definition or partial that cannot be saved: ``field`` is the dotted path, ``line`` the template line."""
+
+    def __init__(self, field: str, message: str, line: int | None = None):
+        self.field = field
+        self.message = message
+        self.line = line
+        super().__init__(f"{field}: {message}" + (f" (line {line})" if line else ""))
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """One channel's content, ready for its adapter. ``locale`` is the override used (None: the default)."""
+
+    channel: str
+    locale: str | None
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Skip:
+    """Why a message is not sent on a channel (never send broken text), and the field at fault."""
+
+    reason: str
+    field: str | None
+
+
+class _Skipped(Exception):
+    def __init__(self, reason: str, field: str | None):
+        super().__init__(reason)
+        self.skip = Skip(reason, field)
+
+
+# --- Liquid environment ---------------------------------------------------------------------------------------
+
+_PARTIALS: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar("chorus_partials", default=None)
+_BUDGET: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar("chorus_budget", default=None)
+
+
+class _WorkLimitError(ResourceLimitError):
+    """Too many nodes executed, or too much time spent, in one render."""
+
+
+@dataclass
+class _Budget:
+    """What one render() may still spend; shared by every template and partial it renders."""
+
+    loops: int = LOOP_LIMIT
+    nodes: int = NODE_LIMIT
+    seconds: float = TIME_LIMIT
+    started: float = 0.0  # when the template being rendered started: parsing it is not counted
+
+    def tick(self) -> None:
+        self.nodes -= 1
+        if self.nodes < 0:
+            raise _WorkLimitError(f"the template executes more than {NODE_LIMIT:,} tags and outputs", token=None)
+        if time.monotonic() - self.started > self.seconds:
+            raise _WorkLimitError(f"the template takes longer than {TIME_LIMIT} seconds to render", token=None)
+
+
+def _run(template: BoundTemplate, context: Mapping[str, Any]) -> str:
+    """Render a parsed template, charging the time to the current budget."""
+    budget = _BUDGET.get()
+    if budget is None:
+        return template.render(context)
+    budget.started = time.monotonic()
+    try:
+        return template.render(context)
+    finally:
+        budget.seconds -= time.monotonic() - budget.started
+
+
+class _Missing(FalsyStrictUndefined):
+    """A missing value: false in ``{% if %}``, replaced by ``default``, an error anywhere it would be output."""
+
+    force_liquid_default = True
+
+    def __init__(self, name: str, *, token: Any, obj: object = UNDEFINED, hint: str | None = None):
+        super().__init__(name, token=token, obj=obj, hint=hint)
+        path = hint.removesuffix(" is undefined").strip("'") if hint and hint.endswith(" is undefined") else name
+        self.msg = f"missing value {path}"
+
+
+def _buffer(limit: int) -> LimitedStringIO:
+    # newline="\n": python-liquid's limited buffer otherwise turns every "\r" of a value into "\n".
+    return LimitedStringIO(limit=limit, newline="\n")
+
+
+class _Context(RenderContext):
+    """Meters a render: loop iterations across the whole render (not only within one nest of loops), and nodes.
+
+    python-liquid has no per-node hook, but ``Node.render`` reads ``context.disabled_tags`` before rendering
+    each node, so that property counts nodes and checks the clock (tested by the hostile-template tests).
+    """
+
+    @property
+    def disabled_tags(self) -> list[str]:
+        if (budget := _BUDGET.get()) is not None:
+            budget.tick()
+        return self._disabled_tags
+
+    @disabled_tags.setter
+    def disabled_tags(self, value: list[str]) -> None:
+        self._disabled_tags = value
+
+    def get_buffer(self, buf: Any = None) -> LimitedStringIO:
+        return _buffer(OUTPUT_LIMIT - (buf.size if isinstance(buf, LimitedStringIO) else 0))
+
+    def raise_for_loop_limit(self, length: int = 1) -> None:
+        super().raise_for_loop_limit(length)
+        if (budget := _BUDGET.get()) is not None:
+            budget.loops -= length
+            if budget.loops < 0:
+                raise LoopIterationLimitError("loop iteration limit reached", token=None)
+
+
+class _Template(BoundTemplate):
+    context_class = _Context
+
+    def _get_buffer(self) -> LimitedStringIO:
+        return _buffer(OUTPUT_LIMIT)
+
+
+class _BoundedRange(RangeLiteral):
+    """``(1..n)`` with at most LOOP_LIMIT items: filters such as ``join`` or ``reversed`` would build it whole."""
+
+    __slots__ = ()
+
+    def _make_range(self, start: Any, stop: Any) -> range:
+        items = super()._make_range(start, stop)
+        if items.stop - items.start > LOOP_LIMIT:
+            raise LoopIterationLimitError(f"range {self} has more than {LOOP_LIMIT:,} items", token=self.token)
+        return items
+
+
+class _PartialLoader(BaseLoader):
+    """Partials come only from the mapping given to the current call; there is no file system behind it."""
+
+    def get_source(self, env: Environment, template_name: str, *, context: Any = None, **kwargs: object):
+        partials = _PARTIALS.get()
+        source = partials.get(template_name) if partials is not None else None
+        if not isinstance(source, str):
+            raise TemplateNotFoundError(template_name)
+        return TemplateSource(source, template_name, None)
+
+    def load(self, env: Environment, name: str, *, globals: Any = None, context: Any = None, **kwargs: object):  # noqa: A002
+        return _parse(env.kind, self.get_source(env, name).text, name)  # type: ignore[attr-defined]
+
+
+def _size(value: object) -> int:
+    return len(value) if isinstance(value, str | list | tuple | dict | range) else 0
+
+
+def _guard(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+    """``replace`` and ``join`` can multiply their input (``s | replace: '', s``): refuse a result that could
+    pass the output limit before building it, since the limit only sees what is written."""
+
+    @functools.wraps(func)
+    def guarded(left: object, *args: object, **kwargs: object) -> object:
+        if _size(left) * max([1, *(_size(a) for a in args)]) > OUTPUT_LIMIT:
+            raise FilterError(f"{name}: the result could exceed the output limit", token=None)
+        return func(left, *args, **kwargs)
+
+    return guarded
+
+
+class _Environment(Environment):
+    loop_iteration_limit = LOOP_LIMIT
+    output_stream_limit = OUTPUT_LIMIT
+    context_depth_limit = DEPTH_LIMIT
+    local_namespace_limit = LOCALS_LIMIT
+    template_class = _Template
+
+    def __init__(self, kind: str, *, autoescape: bool, undefined: type[Undefined]):
+        super().__init__(loader=_PartialLoader(), autoescape=autoescape, undefined=undefined, strict_filters=True)
+        self.kind = kind
+        for name in ("replace", "join"):
+            self.filters[name] = _guard(name, self.filters[name])
+
+
+# "text" for subjects, SMS, push...; "html" escapes values; "lax" renders missing values as empty and is used
+# only at save time, to compile a template's MJML without a customer.
+_ENVS = {
+    "text": _Environment("text", autoescape=False, undefined=_Missing),
+    "html": _Environment("html", autoescape=True, undefined=_Missing),
+    "lax": _Environment("lax", autoescape=True, undefined=Undefined),
+}
+
+
+def _nodes(nodes: Any, static: RenderContext) -> Iterator[Any]:
+    """Every node of a template, nested blocks included, without loading partials."""
+    for node in nodes:
+        yield node
+        yield from _nodes(node.children(static, include_partials=False), static)
+
+
+@functools.lru_cache(maxsize=2048)
+def _parse(kind: str, source: str, name: str = "") -> BoundTemplate:
+    """Parse once per (environment, source): the same definition is rendered for every recipient."""
+    template = _ENVS[kind].from_string(source, name=name)
+    for node in _nodes(template.nodes, RenderContext(template)):
+        pending = list(node.expressions())
+        while pending:
+            expr = pending.pop()
+            pending.extend(expr.children())
+            if type(expr) is RangeLiteral:
+                expr.__class__ = _BoundedRange
+    return template
+
+
+def _line(source: str, index: int) -> int:
+    return source.count("\n", 0, max(index, 0)) + 1
+
+
+def _error_line(err: LiquidError, source: str) -> int | None:
+    token = err.token
+    if token is not None and token.start_index < 0:  # an unclosed block is reported at the end of the template
+        return _line(source, len(source))
+    if token is None or token.source != source:  # raised in a partial: its lines are not this field's
+        return None
+    return _line(source, token.start_index)
+
+
+def _reason(err: LiquidError) -> str:
+    if isinstance(err, UndefinedError):
+        return str(err.message)
+    if isinstance(err, LoopIterationLimitError):
+        if str(err.message).startswith("range"):
+            return f"{err.message}: the loop limit is {LOOP_LIMIT:,} iterations"
+        return f"the template exceeds the loop limit of {LOOP_LIMIT:,} iterations"
+    if isinstance(err, OutputStreamLimitError):
+        return f"the template output exceeds the limit of {OUTPUT_LIMIT:,} bytes"
+    if isinstance(err, ContextDepthError):
+        return "partials and loops nest too deeply (does a partial include itself?)"
+    if isinstance(err, _WorkLimitError):
+        return str(err.message)
+    if isinstance(err, LocalNamespaceLimitError):
+        return f"assigned variables exceed the limit of {LOCALS_LIMIT:,} bytes"
+    if isinstance(err, TemplateNotFoundError):
+        return f"partial {err.message!r} does not exist"
+    return str(err.message)
+
+
+def _liquid(kind: str, source: str, context: Mapping[str, Any], field: str) -> str:
+    """Render one template string, turning every failure into a Skip that names the field."""
+    try:
+        return _run(_parse(kind, source), context)
+    except LiquidError as err:
+        line = None if isinstance(err, UndefinedError) else _error_line(err, source)
+        raise _Skipped(_reason(err) + (f" (line {line})" if line else ""), field) from None
+    except (ValueError, TypeError, ArithmeticError, RecursionError) as err:  # e.g. an int too long to print
+        raise _Skipped(f"the template failed: {err}", field) from None
+
+
+# --- Limits -----------------------------------------------------------------------------------------------------
+
+
+def _over_limit(key: str, value: str, name: str | None = None) -> str | None:
+    """The reason ``value`` is too large for ``MAX_SIZES[key]``, or None."""
+    limit = MAX_SIZES[key]
+    if limit.unit == "segments":
+        info = sms.segments(value)
+        if info.segments <= limit.size:
+            return None
+        capacity = limit.size * (sms.GSM7_MULTIPART if info.encoding == "GSM-7" else sms.UCS2_MULTIPART)
+        return (
+            f"{name or key} is {info.segments:,} segments; the limit is {limit.size:,} segments "
+            f"({capacity:,} {info.encoding} characters)"
+        )
+    size = len(value.encode()) if limit.unit == "bytes" else len(value)
+    if size <= limit.size:
+        return None
+    return f"{name or key} is {size:,} {limit.unit}; the limit is {limit.size:,} {limit.unit} ({limit.why})"
+
+
+def _static_text(source: str) -> str:
+    """Text outside any tag at the top level: output by every render, so a lower bound of the result."""
+    return "".join(node.text for node in _parse("lax", source).nodes if isinstance(node, ContentNode))
+
+
+# --- Validation (save time) -------------------------------------------------------------------------------------
+
+
+def _check_template(source: str, field: str, partials: Mapping[str, str] | None) -> None:
+    """Parse and statically check one template; ``partials`` None skips checking that included partials exist.
+
+    Checked in the lax environment (the syntax, tags and filters are the same in all three): its static analysis
+    evaluates dynamic partial names, which must not fail as missing values here.
+    """
+    if len(source) > SOURCE_LIMIT:
+        raise ContentError(field, f"the template is {len(source):,} characters; the limit is {SOURCE_LIMIT:,}")
+    try:
+        template = _parse("lax", source)
+    except LiquidError as err:
+        raise ContentError(field, str(err.message), _error_line(err, source)) from None
+    if partials is not None:
+        _check_includes(template, source, field, partials, set())
+    analysis = template.analyze(include_partials=False)
+
+    def line(span: Any) -> int | None:
+        return _line(source, span.index) if not span.template_name else None
+
+    for name, spans in analysis.filters.items():
+        if name not in _ENVS["lax"].filters:
+            raise ContentError(field, f"unknown filter {name!r}", line(spans[0]))
+    for variables in analysis.variables.values():
+        for var in variables:
+            if any(str(segment).startswith("__") for segment in var.segments):
+                path = ".".join(str(s) for s in var.segments)
+                raise ContentError(field, f"{path}: templates can read data, not Python attributes", line(var.span))
+
+
+def _check_includes(template: BoundTemplate, source: str, field: str, partials: Mapping, seen: set) -> None:
+    """Every partial named literally (``{% include 'footer' %}``) must exist, in partials of partials too."""
+    for node in _nodes(template.nodes, RenderContext(template)):
+        if not isinstance(node, IncludeNode | RenderNode) or not isinstance(node.name, StringLiteral):
+            continue  # a dynamic name is looked up at render time
+        name = node.name.value
+        if not isinstance(partials.get(name), str):
+            if template.name:
+                raise ContentError(field, f"partial {name!r} (included by {template.name!r}) does not exist")
+            raise ContentError(field, f"partial {name!r} does not exist", _line(source, node.name.token.start_index))
+        if name not in seen:
+            seen.add(name)
+            try:
+                partial = _parse("lax", partials[name], name)
+            except LiquidError as err:
+                raise ContentError(field, f"partial {name!r}: {err.message}") from None
+            _check_includes(partial, partials[name], field, partials, seen)
+
+
+def _json_leaves(value: object, path: str, depth: int = 0) -> Iterator[tuple[str, str]]:
+    """Every string leaf of a JSON value with its path; anything that is not JSON is an error."""
+    if depth > 32:
+        raise ContentError(path, "JSON nested deeper than 32 levels")
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ContentError(path, f"object keys must be strings, not {key!r}")
+            yield from _json_leaves(item, f"{path}.{key}", depth + 1)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _json_leaves(item, f"{path}[{i}]", depth + 1)
+    elif not (value is None or isinstance(value, bool | int | float)):
+        raise ContentError(path, f"{type(value).__name__} is not a JSON value")
+
+
+def _map_json(value: Any, path: str, render: Callable[[str, str], str]) -> Any:
+    if isinstance(value, str):
+        return render(value, path)
+    if isinstance(value, dict):
+        return {k: _map_json(v, f"{path}.{k}", render) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_map_json(v, f"{path}[{i}]", render) for i, v in enumerate(value)]
+    return value
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _check_object(value: object, path: str, keys: dict[str, bool]) -> dict:
+    """A small nested object (whatsapp.template, in_app.cta): ``keys`` maps each field to whether it's required."""
+    if not isinstance(value, dict):
+        raise ContentError(path, "must be an object")
+    for key in value:
+        if key not in keys:
+            raise ContentError(f"{path}.{key}", f"unknown field; expected one of {', '.join(keys)}")
+    for key, required in keys.items():
+        if required and key not in value:
+            raise ContentError(f"{path}.{key}", "is required")
+    return value
+
+
+def _check_fields(channel: str, variant: object, path: str, partials: Mapping[str, str]) -> dict:
+    """Types, known fields and templates of a variant or of a locale override (which may be partial)."""
+    if not isinstance(variant, dict):
+        raise ContentError(path, "must be an object")
+    fields = _FIELDS[channel]
+    for key, value in variant.items():
+        if key not in fields:
+            raise ContentError(f"{path}.{key}", f"unknown field; expected one of {', '.join(fields)}")
+        if fields[key] is not object and not isinstance(value, fields[key]):
+            expected = "a string" if fields[key] is str else "an object"
+            raise ContentError(f"{path}.{key}", f"must be {expected}")
+    out = copy.deepcopy(variant)
+    for key, value in out.items():
+        field = f"{path}.{key}"
+        if isinstance(value, str):
+            _check_template(value, field, partials)
+            limit_key = "email.html" if (channel, key) in _HTML_FIELDS else f"{channel}.{key}"
+            if limit_key in MAX_SIZES and (over := _over_limit(limit_key, _static_text(value))):
+                raise ContentError(field, f"the text outside Liquid tags is already over the limit: {over}")
+    if "template" in out:
+        template = _check_object(
+            out["template"], f"{path}.template", {"name": True, "language": True, "parameters": False}
+        )
+        if not isinstance(template["name"], str) or not _WA_TEMPLATE_NAME.fullmatch(template["name"]):
+            raise ContentError(f"{path}.template.name", "must be a WhatsApp template name ([a-z0-9_])")
+        if not isinstance(template["language"], str) or not _WA_LANGUAGE.fullmatch(template["language"]):
+            raise ContentError(f"{path}.template.language", "must be a WhatsApp language code such as en_US")
+        params = template.setdefault("parameters", [])
+        if not isinstance(params, list) or not all(isinstance(p, str) for p in params):
+            raise ContentError(f"{path}.template.parameters", "must be a list of strings")
+        for i, param in enumerate(params):
+            _check_template(param, f"{path}.template.parameters[{i}]", partials)
+    if "cta" in out:
+        cta = _check_object(out["cta"], f"{path}.cta", {"label": True, "url": True})
+        for key in ("label", "url"):
+            if not isinstance(cta[key], str):
+                raise ContentError(f"{path}.cta.{key}", "must be a string")
+            _check_template(cta[key], f"{path}.cta.{key}", partials)
+    if "body" in out and channel == "webhook":
+        for leaf_path, leaf in _json_leaves(out["body"], f"{path}.body"):
+            _check_template(leaf, leaf_path, partials)
+        static = _map_json(out["body"], "", lambda source, _: _static_text(source))
+        if over := _over_limit("webhook.body", _dumps(static)):
+            raise ContentError(f"{path}.body", f"the text outside Liquid tags is already over the limit: {over}")
+    return out
+
+
+def _check_complete(channel: str, variant: dict, path: str) -> None:
+    for key in _REQUIRED.get(channel, ()):
+        if key not in variant:
+            raise ContentError(f"{path}.{key}", "is required")
+    if group := _ONE_OF.get(channel):
+        if sum(key in variant for key in group) != 1:
+            raise ContentError(path, f"needs exactly one of {' or '.join(group)}")
+
+
+def _merge(channel: str, base: dict, override: dict) -> dict:
+    """Override fields one by one; an alternative (html for mjml, template for text) replaces the other."""
+    merged = dict(base)
+    for key in _ONE_OF.get(channel, ()):
+        if key in override:
+            for other in _ONE_OF[channel]:
+                merged.pop(other, None)
+    merged.update(override)
+    return merged
+
+
+def _check_mjml(variant: dict, field: str, layout: str | None, partials: Mapping[str, str]) -> None:
+    """Compile the MJML with missing values left empty: tags and structure are checked before anyone gets it."""
+    token, budget = _PARTIALS.set(partials), _BUDGET.set(_Budget())
+    try:
+        body = _run(_parse("lax", variant["mjml"]), {})
+        if layout:
+            body = _run(_parse("lax", partials[layout]), {"content": Markup(body)})
+    except (LiquidError, ValueError, TypeError, ArithmeticError, RecursionError):
+        return  # depends on the data: reported at render time
+    finally:
+        _PARTIALS.reset(token)
+        _BUDGET.reset(budget)
+    try:
+        mjml2html(body)
+    except ValueError as err:
+        with_layout = f" with layout {layout!r}" if layout else ""
+        raise ContentError(field, f"MJML does not compile{with_layout}: {err}") from None
+
+
+def validate_partial(name: str, source: str) -> None:
+    """Check a partial (a layout or a snippet for ``{% include %}`` / ``{% render %}``) before saving it."""
+    if not isinstance(name, str) or not _PARTIAL_NAME.fullmatch(name):
+        raise ContentError("name", "a partial name is 1 to 64 characters of a-z, 0-9, _ and -")
+    if not isinstance(source, str):
+        raise ContentError("source", "must be a string")
+    # Other partials it includes may not exist yet: that is checked with the definitions that use it.
+    _check_template(source, "source", None)
+
+
+def validate_definition(doc: object, partials: Mapping[str, str] | None = None) -> dict:
+    """Check a message definition before saving it; return it normalised (defaults filled in).
+
+    Raises ContentError naming the first field at fault. ``partials`` are the workspace's partials by name
+    (None means there are none): layouts and static includes must name one of them.
+    """
+    partials = dict(partials or {})
+    if not isinstance(doc, dict):
+        raise ContentError("definition", "must be a JSON object")
+    allowed = ("name", "kind", "topic", "layout", "variants", "locales")
+    for key in doc:
+        if key not in allowed:
+            raise ContentError(key, f"unknown field; expected one of {', '.join(allowed)}")
+    name = doc.get("name")
+    if not isinstance(name, str) or not name.strip() or len(name) > 200:
+        raise ContentError("name", "is required: a string of 1 to 200 characters")
+    kind = doc.get("kind", "marketing")
+    if kind not in KINDS:
+        raise ContentError("kind", f"must be one of {', '.join(KINDS)}")
+    topic = doc.get("topic", "marketing" if kind == "marketing" else "transactional")
+    if not isinstance(topic, str) or not _TOPIC.fullmatch(topic):
+        raise ContentError("topic", "must be 1 to 64 characters of a-z, 0-9, _, . and -")
+    layout = doc.get("layout")
+    if layout is not None:
+        if not isinstance(layout, str) or layout not in partials:
+            raise ContentError("layout", f"no partial named {layout!r}")
+        _check_template(partials[layout], "layout", partials)
+        if "content" not in _parse("lax", partials[layout]).analyze(include_partials=False).globals:
+            raise ContentError("layout", f"partial {layout!r} must output {{{{ content }}}}")
+
+    variants = doc.get("variants")
+    if not isinstance(variants, dict) or not variants:
+        raise ContentError("variants", "needs at least one channel variant")
+    out_variants: dict[str, dict] = {}
+    for channel in variants:
+        if channel not in CHANNELS:
+            raise ContentError(f"variants.{channel}", f"unknown channel; expected one of {', '.join(CHANNELS)}")
+    for channel in CHANNELS:
+        if channel in variants:
+            path = f"variants.{channel}"
+            variant = _check_fields(channel, variants[channel], path, partials)
+            _check_complete(channel, variant, path)
+            if "mjml" in variant:
+                _check_mjml(variant, f"{path}.mjml", layout, partials)
+            out_variants[channel] = variant
+
+    locales = doc.get("locales") or {}
+    if not isinstance(locales, dict):
+        raise ContentError("locales", "must be an object of locale -> channel -> fields")
+    out_locales: dict[str, dict] = {}
+    for locale, overrides in locales.items():
+        base = f"locales.{locale}"
+        if not isinstance(locale, str) or not _LOCALE.fullmatch(locale):
+            raise ContentError(base, "is not a locale such as fr or fr-CA")
+        if not isinstance(overrides, dict):
+            raise ContentError(base, "must be an object of channel -> fields")
+        out_locales[locale] = {}
+        for channel, override in overrides.items():
+            path = f"{base}.{channel}"
+            if channel not in out_variants:
+                raise ContentError(path, f"there is no default {channel} variant to override")
+            checked = _check_fields(channel, override, path, partials)
+            merged = _merge(channel, out_variants[channel], checked)
+            _check_complete(channel, merged, path)
+            if "mjml" in checked:
+                _check_mjml(merged, f"{path}.mjml", layout, partials)
+            out_locales[locale][channel] = checked
+    return {
+        "name": name,
+        "kind": kind,
+        "topic": topic,
+        "layout": layout,
+        "variants": out_variants,
+        "locales": out_locales,
+    }
+
+
+# --- Rendering (send time) --------------------------------------------------------------------------------------
+
+
+def _localised(definition: Mapping, channel: str, locale: str | None) -> tuple[dict, str | None, dict[str, str]]:
+    """The variant for ``locale``: default, then the language (fr), then the exact locale (fr-CA) laid over it.
+
+    Returns the merged fields, the most specific locale that contributed (None: the default) and, per field,
+    the definition path it came from (for Skip.field).
+    """
+    variant = dict(definition["variants"][channel])
+    origin = {key: f"variants.{channel}.{key}" for key in variant}
+    used = None
+    locales = definition.get("locales") or {}
+    if locale:
+        by_norm = {key.lower().replace("_", "-"): key for key in locales}
+        parts = locale.lower().replace("_", "-").split("-")
+        for i in range(1, len(parts) + 1):
+            key = by_norm.get("-".join(parts[:i]))
+            override = locales[key].get(channel) if key else None
+            if override:
+                variant = _merge(channel, variant, override)
+                origin |= {field: f"locales.{key}.{channel}.{field}" for field in override}
+                used = key
+    return variant, used, origin
+
+
+def _require(value: str | None, field: str, name: str) -> str:
+    if value is None or not value.strip():
+        raise _Skipped(f"{name} is empty", field)
+    return value
+
+
+def _limit(key: str, value: str, field: str, name: str | None = None) -> str:
+    if over := _over_limit(key, value, name):
+        raise _Skipped(over, field)
+    return value
+
+
+_INLINER = css_inline.CSSInliner(keep_at_rules=True, keep_link_tags=True, load_remote_stylesheets=False)
+_PREHEADER = (
+    '<div style="display:none;font-size:1px;color:#ffffff;line-height:1px;max-height:0px;max-width:0px;'
+    'opacity:0;overflow:hidden;mso-hide:all;">{}</div>'
+)
+_BODY_TAG = re.compile(r"<body\b[^>]*>", re.I)
+_TEXT_CONFIG = ParserConfig(display_links=True)
+
+
+def _html_to_text(html: str) -> str:
+    """The plain-text part: links as ``[label](url)``, hidden elements (the preheader) left out."""
+    lines = [line.strip() for line in get_text(html, _TEXT_CONFIG).splitlines()]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def _one_line(text: str) -> str:
+    """Subjects and preheaders are one line: a newline from a value must never reach a mail header."""
+    return " ".join(text.split())
+
+
+def _email(v: dict, ctx: dict, at: dict[str, str], layout: str | None, partials: Mapping[str, str]) -> dict:
+    subject = _require(_one_line(_liquid("text", v["subject"], ctx, at["subject"])), at["subject"], "email.subject")
+    preheader = _one_line(_liquid("text", v["preheader"], ctx, at["preheader"])) if v.get("preheader") else None
+    markup = "mjml" if "mjml" in v else "html"
+    body = _liquid("html", v[markup], ctx, at[markup])
+    if layout:
+        if not isinstance(partials.get(layout), str):
+            raise _Skipped(f"layout {layout!r} does not exist", "layout")
+        body = _liquid("html", partials[layout], {**ctx, "content": Markup(body)}, "layout")
+    if markup == "mjml":
+        try:
+            body = mjml2html(body)
+        except ValueError as err:
+            raise _Skipped(f"MJML does not compile: {err}", at["mjml"]) from None
+    try:
+        html = _INLINER.inline(body)
+    except ValueError as err:
+        raise _Skipped(f"CSS could not be inlined: {err}", at[markup]) from None
+    if preheader:
+        hidden = _PREHEADER.format(html_lib.escape(preheader))
+        html = _BODY_TAG.sub(lambda m: m.group(0) + hidden, html, count=1)
+    _limit("email.html", html, at[markup])
+    text = _liquid("text", v["text"], ctx, at["text"]) if v.get("text") else ""
+    return {"subject": subject, "preheader": preheader, "html": html, "text": text or _html_to_text(html)}
+
+
+def _sms(v: dict, ctx: dict, at: dict[str, str], *_: object) -> dict:
+    text = _require(_liquid("text", v["text"], ctx, at["text"]), at["text"], "sms.text")
+    _limit("sms.text", text, at["text"])
+    info = sms.segments(text)
+    return {"text": text, "encoding": info.encoding, "segments": info.segments, "characters": info.characters}
+
+
+def _optional(channel: str, key: str, v: dict, ctx: dict, at: dict[str, str]) -> str | None:
+    if not v.get(key):
+        return None
+    value = _liquid("text", v[key], ctx, at[key])
+    if f"{channel}.{key}" in MAX_SIZES:
+        _limit(f"{channel}.{key}", value, at[key])
+    return value
+
+
+def _push(v: dict, ctx: dict, at: dict[str, str], *_: object) -> dict:
+    fields = {key: _optional("push", key, v, ctx, at) for key in ("title", "body", "url", "image")}
+    _require(fields["body"], at["body"], "push.body")
+    for key in ("url", "image"):
+        fields[key] = fields[key].strip() if fields[key] else None
+    return fields
+
+
+def _whatsapp(v: dict, ctx: dict, at: dict[str, str], *_: object) -> dict:
+    if "text" in v:
+        text = _require(_liquid("text", v["text"], ctx, at["text"]), at["text"], "whatsapp.text")
+        return {"text": _limit("whatsapp.text", text, at["text"])}
+    template = v["template"]
+    params = []
+    for i, source in enumerate(template.get("parameters", [])):
+        field, name = f"{at['template']}.parameters[{i}]", f"whatsapp.template.parameters[{i}]"
+        value = _require(_liquid("text", source, ctx, field), field, name)
+        if re.search(r"[\n\t]| {5}", value):  # Meta rejects these (error 132018)
+            raise _Skipped(f"{name} has a new line, a tab or more than 4 spaces in a row", field)
+        params.append(_limit("whatsapp.template.parameters", value, field, name))
+    return {"template": {"name": template["name"], "language": template["language"], "parameters": params}}
+
+
+def _messenger(v: dict, ctx: dict, at: dict[str, str], *_: object) -> dict:
+    text = _require(_liquid("text", v["text"], ctx, at["text"]), at["text"], "messenger.text")
+    return {"text": _limit("messenger.text", text, at["text"])}
+
+
+def _in_app(v: dict, ctx: dict, at: dict[str, str], *_: object) -> dict:
+    fields: dict[str, Any] = {key: _optional("in_app", key, v, ctx, at) for key in ("title", "body")}
+    _require(fields["body"], at["body"], "in_app.body")
+    cta = v.get("cta")
+    fields["cta"] = (
+        {key: _liquid("text", cta[key], ctx, f"{at['cta']}.{key}") for key in ("label", "url")} if cta else None
+    )
+    return fields
+
+
+def _webhook(v: dict, ctx: dict, at: dict[str, str], *_: object) -> dict:
+    body = _map_json(v["body"], at["body"], lambda source, path: _liquid("text", source, ctx, path))
+    _limit("webhook.body", _dumps(body), at["body"])
+    return {"body": body}
+
+
+_RENDERERS = {
+    "email": _email,
+    "sms": _sms,
+    "push": _push,
+    "whatsapp": _whatsapp,
+    "messenger": _messenger,
+    "in_app": _in_app,
+    "webhook": _webhook,
+}
+
+
+def render(
+    definition: Mapping,
+    channel: str,
+    context: Mapping,
+    *,
+    locale: str | None = None,
+    partials: Mapping[str, str] | None = None,
+) -> Rendered | Skip:
+    """Render one channel's variant of a validated definition for one recipient.
+
+    ``context`` is everything templates can see (``profile``, ``traits``, ``event``, ``message``...). Never
+    raises for content problems: anything that would send broken or oversized text is a Skip with the reason.
+    """
+    if channel not in CHANNELS:
+        raise ContentError("channel", f"unknown channel {channel!r}; expected one of {', '.join(CHANNELS)}")
+    if channel not in (definition.get("variants") or {}):
+        return Skip(f"the message has no {channel} variant", f"variants.{channel}")
+    variant, used, at = _localised(definition, channel, locale)
+    partials = partials or {}
+    tokens = _PARTIALS.set(partials), _BUDGET.set(_Budget())
+    try:
+        fields = _RENDERERS[channel](variant, dict(context), at, definition.get("layout"), partials)
+    except _Skipped as skipped:
+        return skipped.skip
+    finally:
+        _PARTIALS.reset(tokens[0])
+        _BUDGET.reset(tokens[1])
+    return Rendered(channel, used, fields)
+
+
+def preview(
+    definition: Mapping,
+    context: Mapping,
+    *,
+    locale: str | None = None,
+    partials: Mapping[str, str] | None = None,
+) -> dict[str, Rendered | Skip]:
+    """Render every variant of a definition, as the editor's preview shows them side by side."""
+    return {
+        channel: render(definition, channel, context, locale=locale, partials=partials)
+        for channel in CHANNELS
+        if channel in (definition.get("variants") or {})
+    }
