@@ -114,25 +114,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class LiveServer:
-    """The real app under uvicorn on a loopback port, in a thread: tests talk real HTTP to it."""
+class _ASGIThread:
+    """Any ASGI app under uvicorn on a loopback port, in a thread."""
 
-    def __init__(self, url: str, engine, run_worker: bool = True, **settings):
+    def __init__(self, app, port: int | None = None, **config):
         import uvicorn
 
-        from chorus.app import create_app
-        from chorus.config import Settings
-
-        self.port = free_port()
+        self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self.engine = engine
-        self.app = create_app(
-            Settings.from_env(database_url=url, worker_poll_seconds=0.05, **settings),
-            run_worker=run_worker,
-            engine=engine,
-        )
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
-        self.server = uvicorn.Server(config)
+        cfg = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", **config)
+        self.server = uvicorn.Server(cfg)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self):
@@ -143,6 +134,32 @@ class LiveServer:
     def __exit__(self, *exc):
         self.server.should_exit = True
         self.thread.join(10)
+
+
+class LiveServer:
+    """The real app under uvicorn on a loopback port, in a thread: tests talk real HTTP to it."""
+
+    def __init__(self, url: str, engine, run_worker: bool = True, **settings):
+        from chorus.app import create_app
+        from chorus.config import Settings
+
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.engine = engine
+        self.app = create_app(
+            Settings.from_env(database_url=url, worker_poll_seconds=0.05, public_url=self.base_url, **settings),
+            run_worker=run_worker,
+            engine=engine,
+        )
+        self._thread = _ASGIThread(self.app, self.port, lifespan="on")
+        self.server = self._thread.server
+
+    def __enter__(self):
+        self._thread.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._thread.__exit__(*exc)
 
     def settle(self, timeout: float = 30.0) -> None:
         """Wait until the in-process worker has resolved every accepted event."""
@@ -168,3 +185,110 @@ def http(server):
 
     with httpx.Client(base_url=server.base_url, timeout=30) as client:
         yield client
+
+
+# --- a real SMTP server (aiosmtpd) with STARTTLS and AUTH -----------------------------------------------------
+@pytest.fixture(scope="session")
+def tls_cert(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1/localhost, and its file for clients to trust."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    d = tmp_path_factory.mktemp("tls")
+    (d / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (d / "key.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return d / "cert.pem", d / "key.pem"
+
+
+class SMTPSink:
+    """aiosmtpd handler: keeps every message; recipients containing 'bounce' get 550, 'later' get 451."""
+
+    def __init__(self):
+        self.messages: list = []
+        self.sessions: set = set()
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if "bounce" in address:
+            return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
+        if "later" in address:
+            return "451 4.3.0 Mailbox temporarily unavailable"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        import email
+        import email.policy
+
+        self.sessions.add(id(session))
+        msg = email.message_from_bytes(envelope.original_content, policy=email.policy.default)
+        self.messages.append(
+            {"from": envelope.mail_from, "to": list(envelope.rcpt_tos), "raw": envelope.original_content, "msg": msg,
+             "auth": session.authenticated}
+        )  # fmt: skip
+        return "250 Message accepted for delivery"
+
+
+@pytest.fixture
+def smtp_server(tls_cert):
+    import ssl
+
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import AuthResult
+
+    cert, key = tls_cert
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+
+    def authenticator(server, session, envelope, mechanism, auth_data):
+        ok = getattr(auth_data, "login", None) == b"chorus" and getattr(auth_data, "password", None) == b"s3cret"
+        return AuthResult(success=ok, handled=False)
+
+    sink = SMTPSink()
+    port = free_port()
+    controller = Controller(
+        sink, hostname="127.0.0.1", port=port, tls_context=ctx, require_starttls=True, authenticator=authenticator,
+        auth_required=True, auth_require_tls=True,
+    )  # fmt: skip
+    controller.start()
+    sink.port = port
+    sink.ca_file = str(cert)
+    try:
+        yield sink
+    finally:
+        controller.stop()
+
+
+@pytest.fixture
+def twilio():
+    """The Twilio Messages API stand-in (tests/standins/twilio.py) on a loopback port."""
+    from tests.standins.twilio import TwilioStandIn
+
+    standin = TwilioStandIn("AC" + "0" * 31 + "1", "twilio-test-token")
+    with _ASGIThread(standin.app) as srv:
+        standin.base_url = srv.base_url
+        yield standin

@@ -11,11 +11,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from chorus import __version__, metrics
-from chorus.api import admin, tracking
+from chorus.api import admin, messages, public, tracking, webhooks
 from chorus.api.common import JSON, KeyCache, Services, error_response
 from chorus.collect.ingest import Backlog
 from chorus.config import Settings
 from chorus.errors import ChorusError
+from chorus.messaging.links import Links, signing_key
 from chorus.store.db import create_engine
 from chorus.worker import Worker
 
@@ -25,7 +26,8 @@ log = logging.getLogger("chorus.api")
 def create_app(settings: Settings | None = None, *, run_worker: bool = True, engine=None) -> FastAPI:
     settings = settings or Settings.from_env()
     engine = engine or create_engine(settings.database_url)
-    svc = Services(settings=settings, engine=engine, keys=KeyCache(engine), backlog=Backlog(engine))
+    links = Links(settings.public_url, signing_key(engine))
+    svc = Services(settings=settings, engine=engine, keys=KeyCache(engine), backlog=Backlog(engine), links=links)
     worker = (
         Worker(
             engine, settings.worker_batch, settings.worker_poll_seconds, svc.wake_worker, busy=lambda: svc.storing > 0
@@ -102,4 +104,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True, eng
 
     app.include_router(tracking.router)
     app.include_router(admin.router)
+    app.include_router(messages.router)
+    app.include_router(public.router)
+    app.include_router(webhooks.router)
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -23,7 +24,9 @@ ws_app = typer.Typer(help="Workspaces and their keys.", no_args_is_help=True)
 import_app = typer.Typer(help="Bring offline channels in as events.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(ws_app, name="workspace")
+channels_app = typer.Typer(help="Message channels and their providers.", no_args_is_help=True)
 app.add_typer(import_app, name="import")
+app.add_typer(channels_app, name="channels")
 err = Console(stderr=True, soft_wrap=True)
 
 DbOpt = Annotated[
@@ -73,6 +76,8 @@ def serve(
     from chorus.app import create_app
 
     settings, engine = _engine(db)
+    if "CHORUS_PUBLIC_URL" not in os.environ:  # links in messages point at this server unless told otherwise
+        settings = dataclasses.replace(settings, public_url=f"http://{host}:{port}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     with engine.connect() as conn:
         first_run = not workspaces.list_all(conn)
@@ -222,6 +227,57 @@ def import_events(
         if len(result["errors"]) > 50:
             typer.echo(f"  ... {len(result['errors']) - 50} more; see GET /api/imports/{result['id']}")
     if result["failed"]:
+        raise typer.Exit(1)
+
+
+@channels_app.command("test")
+def channels_test(
+    channel: Annotated[str, typer.Argument(help="The channel whose providers to test (email)")],
+    to: Annotated[str, typer.Option("--to", help="Address to send the test message to")],
+    workspace: Annotated[str, typer.Option("--workspace", "-w", help="Workspace name or id")],
+    db: DbOpt = None,
+):
+    """Send a test message through each configured provider of a channel, and say what each answered."""
+    import uuid
+
+    from chorus import workspaces
+    from chorus.identity.identifiers import normalise_email, normalise_phone
+    from chorus.messaging.delivery import ProviderSet
+    from chorus.messaging.providers import ConfigError, Outgoing, ProviderError
+
+    _, engine = _engine(db)
+    try:
+        with engine.connect() as conn:
+            w = workspaces.find(conn, workspace)
+        if channel not in ("email", "sms"):
+            raise ChorusError(f"channel {channel!r}: only email and sms providers exist so far")
+        try:
+            address = normalise_email(to) if channel == "email" else normalise_phone(to, w.identity.default_region)
+        except ValueError as exc:
+            raise ChorusError(f"--to: {exc}") from None
+        provs = ProviderSet().get(w, channel)
+    except (ChorusError, ValueError, ConfigError) as exc:
+        _fail(exc)
+    if not provs:
+        _fail(ChorusError(f"no {channel} provider is configured (settings.messaging.providers.{channel})"))
+    failed = 0
+    for prov, _limiter in provs:
+        out = Outgoing(
+            message_id="test_" + uuid.uuid4().hex[:16], workspace_id=w.id, channel=channel, address=address,
+            kind="transactional", topic="transactional",
+            content={"subject": "Chorus test message", "text": f"A test message from Chorus via {prov.name}.",
+                     "segments": 1,
+                     "html": f"<p>A test message from Chorus via <b>{prov.name}</b>.</p>"},
+        )  # fmt: skip
+        try:
+            provider_id = prov.send(out)
+            typer.echo(f"{prov.name}: sent ({provider_id})")
+        except ProviderError as exc:
+            failed += 1
+            typer.echo(f"{prov.name}: FAILED ({type(exc).__name__}): {exc.reason}")
+        finally:
+            prov.close()
+    if failed:
         raise typer.Exit(1)
 
 

@@ -26,6 +26,8 @@ class Settings:
     max_waiting: int = 64
     worker_batch: int = 2000
     worker_poll_seconds: float = 0.2
+    # Where people reach this server: unsubscribe, preference, click and open links in messages point here.
+    public_url: str = "http://127.0.0.1:8000"
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:
@@ -36,6 +38,7 @@ class Settings:
             max_waiting=_int("CHORUS_MAX_WAITING", cls.max_waiting),
             worker_batch=_int("CHORUS_WORKER_BATCH", cls.worker_batch),
             worker_poll_seconds=float(os.environ.get("CHORUS_WORKER_POLL_SECONDS", cls.worker_poll_seconds)),
+            public_url=os.environ.get("CHORUS_PUBLIC_URL", cls.public_url).rstrip("/"),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

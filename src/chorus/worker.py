@@ -1,4 +1,7 @@
-"""The background worker: resolves pending events into profiles. Any number may run against PostgreSQL."""
+"""The background worker: resolves pending events into profiles and delivers due messages.
+
+Any number may run against PostgreSQL (rows are claimed with ``FOR UPDATE SKIP LOCKED``).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from collections.abc import Callable
 from sqlalchemy.engine import Engine
 
 from chorus.identity.resolver import Resolver
+from chorus.messaging.delivery import Deliverer
 
 log = logging.getLogger("chorus.worker")
 
@@ -29,6 +33,7 @@ class Worker:
         busy: Callable[[], bool] | None = None,
     ):
         self.resolver = Resolver(engine)
+        self.deliverer = Deliverer(engine)
         self.busy = busy
         self.batch = batch
         self.poll = poll
@@ -37,7 +42,12 @@ class Worker:
         self._thread: threading.Thread | None = None
 
     def run_once(self) -> int:
-        return self.resolver.process_pending(self.batch)
+        n = self.resolver.process_pending(self.batch)
+        try:
+            n += self.deliverer.run_once()
+        except Exception:  # delivery problems must not stop identity resolution
+            log.exception("message delivery failed")
+        return n
 
     def run(self) -> None:
         last = time.monotonic()
@@ -64,3 +74,4 @@ class Worker:
         self.wake.set()
         if self._thread:
             self._thread.join(timeout)
+        self.deliverer.close()

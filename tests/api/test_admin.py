@@ -126,11 +126,19 @@ def test_erasure_removes_the_person_from_every_table(http, server, workspace, sh
     post(http, workspace, [{"type": "track", "userId": "cust-7", "messageId": "bad"}])  # a rejected event of theirs
     other = {"type": "identify", "userId": "someone-else", "messageId": "o1", "traits": {"email": "other@example.com"}}
     post(http, workspace, [other])
+    # a message to them (no provider is configured: it stays in the outbox, with their address and name)
+    tpl = {"variants": {"email": {"subject": "Hi {{ traits.name }}", "html": "<p>Hi {{ traits.name }}</p>"}}}
+    assert http.put("/api/templates/hello", json=tpl, headers=bearer(workspace)).status_code == 200
+    sent = http.post("/api/messages", json={"profile_id": shopper["known"], "template": "hello"},
+                     headers=bearer(workspace))  # fmt: skip
+    assert sent.status_code == 201 and sent.json()["address"] == "sanne@example.nl"
     server.settle()
-    needles = ["cust-7", "anon-1", "sanne@example.nl", "+31612345678", shopper["known"], shopper["anon"]]
+    needles = ["cust-7", "anon-1", "sanne@example.nl", "+31612345678", shopper["known"], shopper["anon"],
+               sent.json()["id"]]  # fmt: skip
     assert _scan_for(server.engine, needles)  # the scan does find them before
     r = http.delete(f"/api/profiles/{shopper['anon']}", headers=bearer(workspace))  # an old id works too
-    assert r.status_code == 200 and r.json()["deleted"]["events"] == 4
+    assert r.status_code == 200 and r.json()["deleted"]["events"] == 5  # 4 of theirs + "Message Queued"
+    assert r.json()["deleted"]["messages"] == 1
     assert _scan_for(server.engine, needles) == []
     assert http.get(f"/api/profiles/{shopper['known']}", headers=bearer(workspace)).status_code == 404
     assert http.get(f"/api/profiles/{shopper['anon']}", headers=bearer(workspace)).status_code == 404

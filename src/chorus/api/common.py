@@ -14,6 +14,7 @@ from chorus import workspaces as ws_api
 from chorus.collect.ingest import Backlog
 from chorus.config import Settings
 from chorus.errors import ChorusError, Saturated
+from chorus.messaging.links import Links
 
 
 class JSON(Response):
@@ -59,5 +60,6 @@ class Services:
     engine: Engine
     keys: KeyCache
     backlog: Backlog
+    links: Links
     wake_worker: threading.Event = field(default_factory=threading.Event)
     storing: int = 0  # tracking requests writing to the store right now (read by the in-process worker)

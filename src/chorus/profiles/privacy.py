@@ -14,6 +14,8 @@ from chorus.store.tables import (
     identity_links,
     imports,
     merges,
+    message_status,
+    messages,
     profile_aliases,
     profiles,
     rejected_events,
@@ -67,6 +69,21 @@ def export(conn: Connection, ws: str, profile_id: str, cfg: IdentityConfig) -> d
         "state": row,
         "events": list(evs),
         "merges": merge_history(conn, ws, pid),
+        "messages": [
+            dict(r._mapping)
+            for r in conn.execute(
+                sa.select(
+                    messages.c.id,
+                    messages.c.channel,
+                    messages.c.address,
+                    messages.c.status,
+                    messages.c.content,
+                    messages.c.created_at,
+                )
+                .where(messages.c.workspace_id == ws, messages.c.profile_id.in_([pid, *prof["aliases"]]))
+                .order_by(messages.c.created_at)
+            )
+        ],
         "rejected_events": [
             {
                 "reason": r.reason,
@@ -123,6 +140,20 @@ def erase(conn: Connection, ws: str, profile_id: str) -> dict:
     counts["rejected_events"] = (
         conn.execute(rejected_events.delete().where(rejected_events.c.id.in_(rej))).rowcount if rej else 0
     )
+    # Messages to the person: content and address identify them; queued ones must never go out now.
+    msg_ids = list(
+        conn.execute(
+            sa.select(messages.c.id).where(messages.c.workspace_id == ws, messages.c.profile_id.in_(ids))
+        ).scalars()
+    )
+    counts["message_status"] = 0
+    for i in range(0, len(msg_ids), 500):
+        counts["message_status"] += conn.execute(
+            message_status.delete().where(message_status.c.message_id.in_(msg_ids[i : i + 500]))
+        ).rowcount
+    counts["messages"] = conn.execute(
+        messages.delete().where(messages.c.workspace_id == ws, messages.c.profile_id.in_(ids))
+    ).rowcount
     counts["import_errors_redacted"] = _redact_import_errors(conn, ws, idents)
     counts["profiles"] = conn.execute(profiles.delete().where(profiles.c.id == pid)).rowcount
     return {"profile_id": pid, "deleted": counts}

@@ -153,17 +153,19 @@ def apply_event(
     policies = {**DEFAULT_POLICIES, **(policies or {})}
     ts = msg["timestamp"]
     key = [ts, msg["messageId"]]
-    channel = msg.get("channel", "unknown")
-    ch = state["channels"].get(channel)
-    if ch is None:
-        state["channels"][channel] = {"first_seen": ts, "last_seen": ts, "count": 1}
-    else:
-        ch["count"] += 1
-        if ts < ch["first_seen"]:
-            ch["first_seen"] = ts
-        if ts > ch["last_seen"]:
-            ch["last_seen"] = ts
     ctx = msg.get("context") or {}
+    # A message Chorus sent (queued, sent, delivered...) is on the timeline, but it is not the person's activity.
+    if ctx.get("direction") != "outbound":
+        channel = msg.get("channel", "unknown")
+        ch = state["channels"].get(channel)
+        if ch is None:
+            state["channels"][channel] = {"first_seen": ts, "last_seen": ts, "count": 1}
+        else:
+            ch["count"] += 1
+            if ts < ch["first_seen"]:
+                ch["first_seen"] = ts
+            if ts > ch["last_seen"]:
+                ch["last_seen"] = ts
     trait_maps = []
     if isinstance(ctx.get("traits"), dict):
         trait_maps.append(ctx["traits"])
@@ -178,6 +180,13 @@ def apply_event(
         _set_attr(state, "timezone", ctx["timezone"], key)
     if isinstance(ctx.get("locale"), str):
         _set_attr(state, "locale", ctx["locale"], key)
+    apply_consent(state, msg)
+    return state
+
+
+def apply_consent(state: dict, msg: dict) -> dict:
+    """Only the consent part of :func:`apply_event` (used to apply an opt-out before the event is resolved)."""
+    key = [msg["timestamp"], msg["messageId"]]
     source = "event:" + msg["messageId"]
     for c, topic, status in consent_updates(msg):
         _set_consent(state, c, topic, status, key, source)

@@ -166,3 +166,84 @@ imports = sa.Table(
     sa.Column("errors", JSONDoc, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
 )
+
+# --- messaging ------------------------------------------------------------------------------------------------
+# Message definitions (one variant per channel, Liquid templates) and the partials/layouts they include.
+templates = sa.Table(
+    "templates",
+    metadata,
+    sa.Column("workspace_id", sa.String(40), primary_key=True),
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("definition", JSONDoc, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+partials = sa.Table(
+    "partials",
+    metadata,
+    sa.Column("workspace_id", sa.String(40), primary_key=True),
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# The outbox: one row per send. The unique idempotency key is what makes a retried request, a replayed journey
+# step or a crashed worker never produce a second message.
+messages = sa.Table(
+    "messages",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("workspace_id", sa.String(40), nullable=False),
+    sa.Column("idempotency_key", sa.String(200), nullable=False),
+    sa.Column("request_hash", sa.String(64), nullable=False),
+    sa.Column("profile_id", sa.String(40), nullable=False),
+    sa.Column("template", sa.String(64)),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("topic", sa.String(64), nullable=False),
+    sa.Column("channel", sa.String(20)),
+    sa.Column("address", sa.String(400)),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("choice", JSONDoc, nullable=False),
+    sa.Column("content", JSONDoc),
+    sa.Column("journey_id", sa.String(64)),
+    sa.Column("campaign_id", sa.String(64)),
+    sa.Column("provider", sa.String(64)),
+    sa.Column("provider_message_id", sa.String(400)),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_attempt_at", UTCDateTime),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("workspace_id", "idempotency_key"),
+    sa.Index("ix_messages_profile", "workspace_id", "profile_id", "created_at"),
+    sa.Index(
+        "ix_messages_due",
+        "next_attempt_at",
+        sqlite_where=sa.text("status IN ('queued', 'retrying', 'sending')"),
+        postgresql_where=sa.text("status IN ('queued', 'retrying', 'sending')"),
+    ),
+    sa.Index("ix_messages_provider_id", "provider", "provider_message_id"),
+)
+
+# Every state change of a message, in order: the status history the API shows.
+message_status = sa.Table(
+    "message_status",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("message_id", sa.String(40), nullable=False),
+    sa.Column("workspace_id", sa.String(40), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("detail", JSONDoc, nullable=False),
+    sa.Index("ix_message_status_message", "message_id", "id"),
+)
+
+# Instance-wide values Chorus generates for itself (e.g. the key that signs unsubscribe and tracking links when
+# CHORUS_SECRET_KEY is not set). Never exposed through the API.
+instance_secrets = sa.Table(
+    "instance_secrets",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(200), nullable=False),
+)

@@ -16,8 +16,9 @@ from chorus.profiles.state import POLICIES
 from chorus.store.tables import sources, workspaces
 from chorus.timeutil import utcnow
 
-SOURCE_KINDS = ("client", "server", "import", "webhook")
-TRUSTED_KINDS = frozenset({"server", "import", "webhook"})
+SOURCE_KINDS = ("client", "server", "import", "webhook", "internal")
+# internal: events Chorus itself records (message status changes)
+TRUSTED_KINDS = frozenset({"server", "import", "webhook", "internal"})
 
 
 def key_hash(key: str) -> str:
@@ -166,6 +167,10 @@ def validate_settings(patch: dict) -> dict:
             if not isinstance(value, dict) or any(p not in POLICIES for p in value.values()):
                 raise ValueError(f"settings.trait_policies: each policy must be one of {', '.join(POLICIES)}")
             out[key] = value
+        elif key == "messaging":
+            from chorus.messaging import settings as msettings
+
+            out[key] = msettings.validate(value)
         else:
             raise ValueError(f"settings.{key} is not a known setting")
     return out

@@ -1,0 +1,109 @@
+"""Messaging endpoints of the admin API: templates, partials, preview, send, status."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Header
+from starlette.concurrency import run_in_threadpool
+
+from chorus.api.admin import SVC, WS
+from chorus.api.common import JSON
+from chorus.errors import ChorusError
+from chorus.messaging import content, outbox
+from chorus.profiles import views
+
+router = APIRouter(prefix="/api", tags=["messaging"])
+
+_DEFINITION_EXAMPLE = {
+    "kind": "marketing",
+    "topic": "offers",
+    "variants": {
+        "email": {
+            "subject": "{{ traits.first_name | default: 'Hello' }}, your cart is waiting",
+            "mjml": "<mjml>…</mjml>",
+        },
+        "sms": {"text": "Your cart is waiting: {{ data.cart_url }}"},
+    },
+}
+
+
+@router.put("/templates/{name}", summary="Save a message template (validated: syntax errors are rejected)")
+def put_template(ws: WS, svc: SVC, name: str, definition: Annotated[dict, Body(examples=[_DEFINITION_EXAMPLE])]):
+    return JSON(outbox.save_template(svc.engine, ws.id, name, definition))
+
+
+@router.get("/templates/{name}", summary="A saved template")
+def get_template(ws: WS, svc: SVC, name: str):
+    with svc.engine.connect() as conn:
+        return JSON({"name": name, "definition": outbox.load_template(conn, ws.id, name)})
+
+
+@router.put("/partials/{name}", summary="Save a partial or layout that templates include")
+def put_partial(ws: WS, svc: SVC, name: str, body: Annotated[dict, Body(examples=[{"source": "<p>…</p>"}])]):
+    if not isinstance(body.get("source"), str):
+        raise ChorusError("source must be the partial's Liquid text", field="source")
+    return JSON(outbox.save_partial(svc.engine, ws.id, name, body["source"]))
+
+
+@router.post("/messages/preview", summary="Render every variant of a message for a profile and an event")
+def preview(ws: WS, svc: SVC, body: dict):
+    req = outbox.parse_request(body)
+    with svc.engine.connect() as conn:
+        pid = (
+            views.resolve_id(conn, ws.id, req["profile_id"])
+            if req.get("profile_id")
+            else views.find_by_ident(conn, ws.id, views.lookup_ident(ws.identity, **req["to"]))
+        )
+        profile = views.get_profile(conn, ws.id, pid, ws.identity)
+        parts = outbox.load_partials(conn, ws.id)
+        defn = outbox.load_template(conn, ws.id, req["template"]) if req.get("template") else None
+    if defn is None:
+        try:
+            defn = content.validate_definition(req["content"], parts)
+        except content.ContentError as exc:
+            raise ChorusError(str(exc), field=exc.field) from None
+    ctx = {
+        "profile": {k: profile.get(k) for k in ("id", "traits", "channels_used", "last_channel", "timezone", "locale")},
+        "traits": profile.get("traits") or {},
+        "event": req.get("event") or {},
+        "data": req.get("data") or {},
+        "message": {
+            "id": "preview",
+            "channel": None,
+            "topic": defn.get("topic"),
+            "kind": defn.get("kind"),
+            "unsubscribe_url": svc.links.unsubscribe_url("preview"),
+            "preferences_url": svc.links.preferences_url("preview"),
+        },  # fmt: skip
+    }
+    out = content.preview(defn, ctx, locale=req.get("locale") or profile.get("locale"), partials=parts)
+    variants = {}
+    for channel, r in out.items():
+        if isinstance(r, content.Skip):
+            variants[channel] = {"skipped": True, "reason": r.reason, "field": r.field}
+        else:
+            variants[channel] = {"skipped": False, "locale": r.locale, **r.fields}
+    return JSON({"profile_id": pid, "variants": variants})
+
+
+@router.post(
+    "/messages",
+    summary="Send a message to a profile (idempotent with the Idempotency-Key header)",
+    status_code=201,
+    responses={200: {"description": "the message already created with this Idempotency-Key"}},
+)
+async def post_message(
+    ws: WS, svc: SVC, body: dict,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+):  # fmt: skip
+    req = outbox.parse_request(body)
+    view, created = await run_in_threadpool(outbox.enqueue, svc.engine, ws, req, idempotency_key, svc.links)
+    svc.wake_worker.set()
+    return JSON(view, status_code=201 if created else 200)
+
+
+@router.get("/messages/{message_id}", summary="A message: channel choice, content and status history")
+def get_message(ws: WS, svc: SVC, message_id: str):
+    with svc.engine.connect() as conn:
+        return JSON(outbox.get_message(conn, ws.id, message_id))

@@ -1,0 +1,156 @@
+"""Provider webhooks: Twilio status callbacks and inbound SMS (STOP/START/HELP, replies).
+
+Every request must carry a valid ``X-Twilio-Signature`` for one of the workspace's Twilio providers, computed over
+the URL Twilio was given (``CHORUS_PUBLIC_URL`` + path); anything else is a 403 and changes nothing.
+"""
+
+from __future__ import annotations
+
+from xml.sax.saxutils import escape
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from chorus import workspaces as ws_api
+from chorus.api.common import JSON, Services
+from chorus.errors import ChorusError, NotFound
+from chorus.identity.identifiers import normalise_phone
+from chorus.messaging import consent, outbox
+from chorus.messaging.providers import ConfigError, build
+from chorus.messaging.providers.twilio import STATUS_MAP, UNREACHABLE_NUMBER, keyword, valid_signature
+from chorus.store.tables import identifiers, messages
+from chorus.timeutil import utcnow
+
+router = APIRouter(prefix="/webhooks", include_in_schema=False)
+DEFAULT_HELP = "Reply STOP to stop receiving messages, START to receive them again."
+# Delivery error codes in status callbacks that mean the number cannot receive SMS (a hard bounce).
+UNDELIVERABLE = {30003, 30005, 30006} | UNREACHABLE_NUMBER
+
+
+class Forbidden(ChorusError):
+    status = 403
+    code = "forbidden"
+
+
+def _twiml(text: str | None = None) -> Response:
+    body = f"<Message>{escape(text)}</Message>" if text else ""
+    return Response(f'<?xml version="1.0" encoding="UTF-8"?><Response>{body}</Response>', media_type="text/xml")
+
+
+async def _verified(request: Request, workspace_id: str) -> tuple[ws_api.Workspace, dict[str, str]]:
+    svc: Services = request.app.state.services
+    form = {k: str(v) for k, v in (await request.form()).items()}
+    try:
+        with svc.engine.connect() as conn:
+            ws = ws_api.get(conn, workspace_id)
+    except NotFound:
+        raise Forbidden("unknown workspace") from None
+    url = svc.links.public_url + request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    given = request.headers.get("x-twilio-signature")
+    confs = ((ws.settings.get("messaging") or {}).get("providers") or {}).get("sms") or []
+    for i, conf in enumerate(confs):
+        if conf.get("type") != "twilio":
+            continue
+        try:
+            token = build(conf, f"settings.messaging.providers.sms[{i}]").auth_token
+        except ConfigError:
+            continue
+        if token and valid_signature(token, url, form, given):
+            return ws, form
+    raise Forbidden("X-Twilio-Signature does not match any Twilio provider of this workspace")
+
+
+@router.post("/twilio/{workspace_id}/status")
+async def twilio_status(request: Request, workspace_id: str):
+    ws, form = await _verified(request, workspace_id)
+    svc: Services = request.app.state.services
+    status = STATUS_MAP.get(form.get("MessageStatus", ""))
+    if status is None:  # queued / accepted / sending: nothing new to record
+        return JSON({"ok": True})
+    await run_in_threadpool(_apply_status, svc, ws, form, status)
+    return JSON({"ok": True})
+
+
+def _apply_status(svc: Services, ws: ws_api.Workspace, form: dict, status: str) -> None:
+    now = utcnow()
+    with svc.engine.begin() as conn:
+        row = conn.execute(
+            sa.select(messages).where(
+                messages.c.workspace_id == ws.id, messages.c.provider_message_id == form.get("MessageSid")
+            )
+        ).first()
+        if row is None:
+            return
+        msg = dict(row._mapping)
+        code = form.get("ErrorCode")
+        detail = {"provider_status": form.get("MessageStatus")}
+        if code:
+            detail["error_code"] = code
+        if status == "failed" and code and code.isdigit() and int(code) in UNDELIVERABLE:
+            outbox.set_status(conn, msg, "bounced", at=now, detail=detail, reason=f"Twilio error {code}")
+            consent.record_consent(conn, msg, "*", "denied", f"undeliverable number (Twilio error {code})", now)
+        elif status == "failed":
+            outbox.set_status(conn, msg, "failed", at=now, detail=detail, reason=f"Twilio: {form.get('MessageStatus')}"
+                              + (f" (error {code})" if code else ""))  # fmt: skip
+        elif status != msg["status"] or status in ("delivered", "opened"):
+            outbox.set_status(conn, msg, status, at=now, detail=detail)
+
+
+@router.post("/twilio/{workspace_id}/inbound")
+async def twilio_inbound(request: Request, workspace_id: str):
+    ws, form = await _verified(request, workspace_id)
+    svc: Services = request.app.state.services
+    reply = await run_in_threadpool(_inbound, svc, ws, form)
+    svc.wake_worker.set()
+    return _twiml(reply)
+
+
+def _inbound(svc: Services, ws: ws_api.Workspace, form: dict) -> str | None:
+    try:
+        phone = normalise_phone(form.get("From", ""), ws.identity.default_region)
+    except ValueError:
+        return None  # a short code or alphanumeric sender: no person to attach it to
+    body = form.get("Body", "")
+    word = keyword(body)
+    now = utcnow()
+    with svc.engine.begin() as conn:
+        owner = conn.execute(
+            sa.select(identifiers.c.profile_id).where(
+                identifiers.c.workspace_id == ws.id, identifiers.c.ident == f"phone:{phone}"
+            )
+        ).scalar_one_or_none()
+        ident = {"context": {"traits": {"phone": phone}}}
+        sid = form.get("MessageSid") or now.isoformat()
+        if word in ("stop", "start"):
+            status = "denied" if word == "stop" else "granted"
+            consent.record(
+                conn, ws.id, ident, channel="sms", topic="*", status=status, reason=f"SMS keyword {body.strip()!r}",
+                at=now, direction="inbound", key=sid, profile_id=owner,
+            )  # fmt: skip
+            return None  # Twilio (and the carrier) answer STOP and START themselves
+        if word == "help":
+            return (ws.settings.get("messaging") or {}).get("sms_help") or DEFAULT_HELP
+        last = None
+        if owner is not None:
+            last = conn.execute(
+                sa.select(messages)
+                .where(messages.c.workspace_id == ws.id, messages.c.profile_id == owner, messages.c.channel == "sms")
+                .order_by(messages.c.created_at.desc())
+                .limit(1)
+            ).first()
+        if last is not None:
+            outbox.set_status(conn, dict(last._mapping), "replied", at=now, detail={"text": body[:1600]})
+        else:
+            from chorus.collect import ingest
+            from chorus.collect.messages import Event, normalise
+
+            raw = {"type": "track", "event": "Message Received", "messageId": f"twilio-{sid}",
+                   "timestamp": now.isoformat(), "properties": {"text": body[:1600], "to": form.get("To")},
+                   "context": {"traits": {"phone": phone}, "channel": "sms", "direction": "inbound"}}  # fmt: skip
+            ev = normalise(raw, received_at=now, source_kind="webhook", require_ids=False)
+            if isinstance(ev, Event):
+                src = ws_api.internal_source(conn, ws.id, "webhook", "twilio")
+                ingest.store(conn, src, [ev], [], now)
+    return None

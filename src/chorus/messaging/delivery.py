@@ -1,0 +1,253 @@
+"""Delivery: claim due outbox rows, hand them to the channel's providers, record what happened.
+
+Guarantee (docs/messaging.md): a row is marked ``sending`` and committed *before* the provider is called, and
+``sent`` after. A worker that dies in between leaves a ``sending`` row whose lease expires; it is then marked
+``failed`` with reason ``interrupted`` and never sent again, because it may already have gone out. So email,
+SMS, push and chat messages go out at most once; nothing is ever sent twice.
+
+Transient failures (provider down, throttled, SMTP 4xx) move to the next provider of the channel (failover),
+and when every provider failed, the message is retried with exponential backoff up to ``MAX_ATTEMPTS``.
+Permanent failures are recorded with the provider's reason; a hard bounce also denies the channel for the
+person (``email:*``), like a complaint or an SMS STOP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import threading
+import time
+from datetime import timedelta
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from chorus import workspaces as ws_api
+from chorus.messaging import outbox
+from chorus.messaging.consent import record_consent
+from chorus.messaging.providers import ConfigError, Outgoing, PermanentError, Provider, TransientError, build
+from chorus.store.tables import messages
+from chorus.timeutil import utcnow
+
+log = logging.getLogger("chorus.delivery")
+MAX_ATTEMPTS = 8
+BACKOFF_BASE = timedelta(seconds=30)
+BACKOFF_MAX = timedelta(hours=6)
+LEASE = timedelta(minutes=10)
+
+
+def backoff(attempts: int, rng: random.Random | None = None) -> timedelta:
+    """Delay before attempt ``attempts + 1``: 30 s, 1 min, 2 min... capped at 6 h, with ±20 % jitter."""
+    base = min(BACKOFF_BASE * (2 ** max(attempts - 1, 0)), BACKOFF_MAX)
+    return base * (0.8 + 0.4 * (rng or random).random())
+
+
+class RateLimiter:
+    """Token bucket: at most ``rate`` sends a second on average, bursts of up to ``rate`` (at least 1)."""
+
+    def __init__(self, rate: float | None):
+        self.rate = rate
+        self.tokens = max(rate or 1, 1)
+        self.at = time.monotonic()
+        self.lock = threading.Lock()
+
+    def wait(self) -> None:
+        if not self.rate:
+            return
+        with self.lock:
+            while True:
+                now = time.monotonic()
+                self.tokens = min(max(self.rate, 1), self.tokens + (now - self.at) * self.rate)
+                self.at = now
+                if self.tokens >= 1:
+                    self.tokens -= 1
+                    return
+                time.sleep((1 - self.tokens) / self.rate)
+
+
+class ProviderSet:
+    """The configured providers of a workspace's channel, built once per configuration and reused."""
+
+    def __init__(self):
+        self._cache: dict[tuple[str, str], tuple[str, list[tuple[Provider, RateLimiter]]]] = {}
+
+    def get(self, ws: ws_api.Workspace, channel: str) -> list[tuple[Provider, RateLimiter]]:
+        confs = ((ws.settings.get("messaging") or {}).get("providers") or {}).get(channel) or []
+        digest = hashlib.sha256(orjson.dumps(confs, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        hit = self._cache.get((ws.id, channel))
+        if hit and hit[0] == digest:
+            return hit[1]
+        if hit:
+            for p, _ in hit[1]:
+                p.close()
+        built = []
+        for i, conf in enumerate(confs):
+            where = f"settings.messaging.providers.{channel}[{i}]"
+            built.append((build(conf, where), RateLimiter(conf.get("rate_per_second"))))
+        self._cache[(ws.id, channel)] = (digest, built)
+        return built
+
+    def close(self) -> None:
+        for _digest, provs in self._cache.values():
+            for p, _ in provs:
+                p.close()
+        self._cache.clear()
+
+
+class Deliverer:
+    def __init__(self, engine: Engine, clock=utcnow, providers: ProviderSet | None = None):
+        self.engine = engine
+        self.clock = clock
+        self.providers = providers or ProviderSet()
+
+    def run_once(self, limit: int = 100) -> int:
+        """Deliver up to ``limit`` due messages; returns how many were attempted."""
+        self._expire_leases()
+        claimed = self._claim(limit)
+        for msg in claimed:
+            self._deliver(msg)
+        return len(claimed)
+
+    def drain(self, limit: int = 100) -> int:
+        total = 0
+        while n := self.run_once(limit):
+            total += n
+        return total
+
+    def close(self) -> None:
+        self.providers.close()
+
+    # -- claiming ------------------------------------------------------------------------------------------------
+    def _claim(self, limit: int) -> list[dict]:
+        now = self.clock()
+        with self.engine.begin() as conn:
+            q = (
+                sa.select(messages)
+                .where(messages.c.status.in_(("queued", "retrying")), messages.c.next_attempt_at <= now)
+                .order_by(messages.c.next_attempt_at)
+                .limit(limit)
+            )
+            if conn.dialect.name == "postgresql":
+                q = q.with_for_update(skip_locked=True)
+            rows = [dict(r._mapping) for r in conn.execute(q)]
+            for m in rows:
+                m["attempts"] += 1
+                conn.execute(
+                    messages.update()
+                    .where(messages.c.id == m["id"])
+                    .values(status="sending", attempts=m["attempts"], next_attempt_at=now + LEASE, updated_at=now)
+                )
+            return rows
+
+    def _expire_leases(self) -> None:
+        now = self.clock()
+        with self.engine.begin() as conn:
+            stale = [
+                dict(r._mapping)
+                for r in conn.execute(
+                    sa.select(messages)
+                    .where(messages.c.status == "sending", messages.c.next_attempt_at < now)
+                    .limit(100)
+                )
+            ]
+            for m in stale:
+                outbox.set_status(
+                    conn, m, "failed", at=now, next_attempt_at=None,
+                    reason="interrupted: the worker stopped while sending; not retried, it may have been sent",
+                    detail={"reason": "interrupted"},
+                )  # fmt: skip
+
+    # -- sending -------------------------------------------------------------------------------------------------
+    def _deliver(self, msg: dict) -> None:
+        with self.engine.connect() as conn:
+            ws = ws_api.get(conn, msg["workspace_id"])
+        out = Outgoing(
+            message_id=msg["id"], workspace_id=msg["workspace_id"], channel=msg["channel"], address=msg["address"],
+            content=msg["content"] or {}, kind=msg["kind"], topic=msg["topic"],
+            headers=(msg["content"] or {}).get("headers") or {},
+        )  # fmt: skip
+        withdrawn = self._consent_withdrawn(ws, msg)
+        if withdrawn:
+            with self.engine.begin() as conn:
+                outbox.set_status(
+                    conn, msg, "skipped", at=self.clock(), next_attempt_at=None, reason=withdrawn,
+                    detail={"reason": withdrawn},
+                )  # fmt: skip
+            return
+        errors: list[str] = []
+        try:
+            provs = self.providers.get(ws, msg["channel"])
+        except ConfigError as exc:
+            provs, errors = [], [str(exc)]
+        if not provs and not errors:
+            errors.append(f"no provider is configured for {msg['channel']} (settings.messaging.providers)")
+        for prov, limiter in provs:
+            limiter.wait()
+            try:
+                provider_id = prov.send(out)
+            except TransientError as exc:
+                errors.append(f"{prov.name}: {exc.reason}")
+                log.warning("message %s: %s failed transiently: %s", msg["id"], prov.name, exc.reason)
+                continue
+            except PermanentError as exc:
+                self._permanent(msg, prov.name, exc)
+                return
+            except Exception as exc:  # noqa: BLE001 - a provider bug must not lose the message: retry it
+                errors.append(f"{prov.name}: {type(exc).__name__}: {exc}")
+                log.exception("message %s: provider %s raised", msg["id"], prov.name)
+                continue
+            self._sent(msg, prov.name, provider_id)
+            return
+        self._transient(msg, "; ".join(errors))
+
+    def _consent_withdrawn(self, ws: ws_api.Workspace, msg: dict) -> str | None:
+        """Consent is checked again right before sending: an opt-out after queuing stops the message."""
+        from chorus.errors import NotFound
+        from chorus.messaging import policy
+        from chorus.profiles import views
+
+        with self.engine.connect() as conn:
+            try:
+                profile = views.get_profile(conn, ws.id, msg["profile_id"], ws.identity)
+            except NotFound:
+                return "the profile was erased before delivery"
+        topics = (ws.settings.get("messaging") or {}).get("topics")
+        d = policy.consent_decision(profile, msg["channel"], msg["topic"], msg["kind"], topics)
+        return None if d.allowed else f"consent withdrawn before delivery: {d.reason}"
+
+    def _sent(self, msg: dict, provider: str, provider_id: str) -> None:
+        now = self.clock()
+        with self.engine.begin() as conn:
+            outbox.set_status(
+                conn, msg, "sent", at=now, detail={"provider": provider}, provider=provider,
+                provider_message_id=provider_id, next_attempt_at=None, reason=None,
+            )  # fmt: skip
+
+    def _permanent(self, msg: dict, provider: str, exc: PermanentError) -> None:
+        now = self.clock()
+        status = "bounced" if exc.bounce else "failed"
+        with self.engine.begin() as conn:
+            outbox.set_status(
+                conn, msg, status, at=now, detail={"provider": provider, "reason": exc.reason},
+                provider=provider, reason=f"{provider}: {exc.reason}", next_attempt_at=None,
+            )  # fmt: skip
+            if exc.bounce:
+                record_consent(conn, msg, "*", "denied", f"hard bounce: {exc.reason}", now)
+
+    def _transient(self, msg: dict, reason: str) -> None:
+        now = self.clock()
+        with self.engine.begin() as conn:
+            if msg["attempts"] >= MAX_ATTEMPTS:
+                outbox.set_status(
+                    conn, msg, "failed", at=now, next_attempt_at=None,
+                    reason=f"gave up after {msg['attempts']} attempts: {reason}",
+                    detail={"reason": reason, "attempts": msg["attempts"]},
+                )  # fmt: skip
+            else:
+                nxt = now + backoff(msg["attempts"])
+                outbox.set_status(
+                    conn, msg, "retrying", at=now, next_attempt_at=nxt, reason=reason,
+                    detail={"reason": reason, "attempt": msg["attempts"], "next_attempt_at": nxt.isoformat()},
+                )  # fmt: skip

@@ -1,0 +1,124 @@
+"""Signed links in messages: one-click unsubscribe (RFC 8058), the preference page, click tracking, open pixel.
+
+A token is ``base64url(payload).base64url(HMAC-SHA256(key, payload))``: anyone holding the link can use it (that
+is what an unsubscribe link is for), nobody can forge one for another message or URL. The key comes from
+``CHORUS_SECRET_KEY``; without it Chorus generates one and keeps it in the database, so links keep working
+across restarts.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+
+from chorus.errors import NotFound
+from chorus.store.tables import instance_secrets
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def signing_key(engine: Engine) -> bytes:
+    env = os.environ.get("CHORUS_SECRET_KEY")
+    if env:
+        return env.encode()
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(instance_secrets.c.value).where(instance_secrets.c.name == "link_key")).first()
+    if row:
+        return row.value.encode()
+    try:
+        with engine.begin() as conn:
+            conn.execute(instance_secrets.insert().values(name="link_key", value=secrets.token_urlsafe(48)))
+    except IntegrityError:  # another process created it first
+        pass
+    return signing_key(engine)
+
+
+@dataclass(frozen=True)
+class Links:
+    public_url: str
+    key: bytes
+
+    def token(self, kind: str, *parts: str) -> str:
+        payload = orjson.dumps([kind, *parts])
+        sig = hmac.new(self.key, payload, hashlib.sha256).digest()[:16]
+        return f"{_b64(payload)}.{_b64(sig)}"
+
+    def verify(self, token: str, kind: str) -> list[str]:
+        try:
+            body, sig = token.split(".", 1)
+            payload = _unb64(body)
+            good = hmac.compare_digest(_unb64(sig), hmac.new(self.key, payload, hashlib.sha256).digest()[:16])
+            parts = orjson.loads(payload) if good else None
+        except (ValueError, orjson.JSONDecodeError):
+            parts = None
+        if not parts or parts[0] != kind:
+            raise NotFound("this link is not valid")
+        return parts[1:]
+
+    # -- the URLs a message carries ------------------------------------------------------------------------------
+    def unsubscribe_url(self, message_id: str) -> str:
+        return f"{self.public_url}/u/{self.token('u', message_id)}"
+
+    def preferences_url(self, message_id: str) -> str:
+        return f"{self.public_url}/u/{self.token('u', message_id)}/preferences"
+
+    def click_url(self, message_id: str, url: str) -> str:
+        return f"{self.public_url}/c/{self.token('c', message_id, url)}"
+
+    def open_url(self, message_id: str) -> str:
+        return f"{self.public_url}/o/{self.token('o', message_id)}.gif"
+
+
+def with_utm(url: str, utm: dict[str, str]) -> str:
+    """Add UTM parameters the link does not already carry (the brand's own values win)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    have = {k for k, _ in query}
+    query += [(k, v) for k, v in utm.items() if v and k not in have]
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+_HREF = re.compile(r"""(<a\b[^>]*?\bhref\s*=\s*)(["'])(https?://[^"']+)\2""", re.IGNORECASE)
+
+
+def track_html(html: str, message_id: str, links: Links, utm: dict[str, str], track: bool) -> str:
+    """UTM on every http(s) link; with ``track``, links go through the click redirect and an open pixel is added.
+
+    Links to Chorus' own unsubscribe/preference pages are left alone (a click there is not engagement).
+    """
+
+    def rewrite(m: re.Match) -> str:
+        url = m.group(3).replace("&amp;", "&")
+        if url.startswith(links.public_url + "/u/"):
+            return m.group(0)
+        url = with_utm(url, utm)
+        target = links.click_url(message_id, url) if track else url
+        return f"{m.group(1)}{m.group(2)}{target.replace('&', '&amp;')}{m.group(2)}"
+
+    out = _HREF.sub(rewrite, html)
+    if track:
+        pixel = f'<img src="{links.open_url(message_id)}" width="1" height="1" alt="" style="display:none">'
+        idx = out.lower().rfind("</body>")
+        out = out[:idx] + pixel + out[idx:] if idx >= 0 else out + pixel
+    return out
+
+
+# A 1x1 transparent GIF.
+PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")

@@ -1,0 +1,93 @@
+"""Channel providers: each speaks one real protocol or provider API and reports failures in two kinds.
+
+A provider gets a :class:`Outgoing` (rendered content, address, ids) and returns the provider's message id, or
+raises :class:`TransientError` (try again later, or on the secondary provider) or :class:`PermanentError`
+(never retried; ``bounce`` marks an address that must not be used again).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class ProviderError(Exception):
+    def __init__(self, reason: str, *, code: str | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+
+
+class TransientError(ProviderError):
+    """The provider could not take the message now (down, throttled, 4xx SMTP reply): retry with backoff."""
+
+
+class PermanentError(ProviderError):
+    """The provider refused the message for good (bad address, content rejected)."""
+
+    def __init__(self, reason: str, *, code: str | None = None, bounce: bool = False):
+        super().__init__(reason, code=code)
+        self.bounce = bounce
+
+
+class ConfigError(ValueError):
+    """A provider configuration is unusable; the message names the setting."""
+
+
+@dataclass
+class Outgoing:
+    message_id: str
+    workspace_id: str
+    channel: str
+    address: str
+    content: dict
+    kind: str
+    topic: str
+    headers: dict[str, str] = field(default_factory=dict)  # e.g. List-Unsubscribe for email
+
+
+class Provider(Protocol):
+    name: str
+    channel: str
+
+    def send(self, out: Outgoing) -> str: ...
+
+    def close(self) -> None: ...
+
+
+def secret(conf: dict, key: str, where: str, resolve: bool = True) -> str | None:
+    """Secrets are never stored in settings: a provider names the environment variable that holds each one.
+
+    With ``resolve=False`` (checking settings on the API server, whose environment may not be the worker's) only
+    the name is checked.
+    """
+    env = conf.get(key + "_env")
+    if env is None:
+        return None
+    if not isinstance(env, str) or not env.replace("_", "").isalnum():
+        raise ConfigError(f"{where}.{key}_env must be the name of an environment variable")
+    if not resolve:
+        return "unresolved"
+    value = os.environ.get(env)
+    if value is None:
+        raise ConfigError(f"{where}.{key}_env names ${env}, which is not set")
+    return value
+
+
+PROVIDER_TYPES = ("smtp", "twilio")
+
+
+def build(conf: dict, where: str, resolve_secrets: bool = True) -> Provider:
+    if not isinstance(conf, dict):
+        raise ConfigError(f"{where} must be an object with a type")
+    kind = conf.get("type")
+    if kind == "smtp":
+        from chorus.messaging.providers.smtp import SMTPProvider
+
+        return SMTPProvider(conf, where, resolve_secrets)
+    if kind == "twilio":
+        from chorus.messaging.providers.twilio import TwilioSMS
+
+        return TwilioSMS(conf, where, resolve_secrets)
+    raise ConfigError(f"{where}.type {kind!r} is not a known provider type ({', '.join(PROVIDER_TYPES)})")

@@ -1,0 +1,170 @@
+"""Email over SMTP: STARTTLS or implicit TLS, AUTH, one reused connection, multipart/alternative, DKIM.
+
+The Message-ID is derived from the Chorus message id, so a message can be recognised wherever it ends up (and a
+receiving system that deduplicates by Message-ID sees one message even if it were ever transmitted twice).
+"""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+import threading
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime, parseaddr
+
+from chorus.messaging.providers import ConfigError, Outgoing, PermanentError, TransientError, secret
+from chorus.timeutil import utcnow
+
+# Enhanced status codes 5.1.x are about the address itself (no such user, bad domain): a hard bounce.
+_HARD_BOUNCE_CODES = {550, 551, 553}
+
+
+def _check_from(value, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where}.from is required, e.g. 'Shop <news@shop.example>'")
+    _name, addr = parseaddr(value)
+    if "@" not in addr:
+        raise ConfigError(f"{where}.from {value!r} has no address")
+    return value
+
+
+class SMTPProvider:
+    channel = "email"
+
+    def __init__(self, conf: dict, where: str, resolve_secrets: bool = True):
+        self.name = str(conf.get("name") or "smtp")
+        self.host = conf.get("host")
+        if not isinstance(self.host, str) or not self.host:
+            raise ConfigError(f"{where}.host is required")
+        self.security = conf.get("security", "starttls")
+        if self.security not in ("starttls", "tls", "none"):
+            raise ConfigError(f"{where}.security must be starttls, tls or none")
+        self.port = int(conf.get("port") or {"tls": 465, "starttls": 587, "none": 25}[self.security])
+        self.username = conf.get("username")
+        self.password = secret(conf, "password", where, resolve_secrets)
+        self.sender = _check_from(conf.get("from"), where)
+        self.from_domain = parseaddr(self.sender)[1].rsplit("@", 1)[1].lower()
+        self.reply_to = conf.get("reply_to")
+        self.timeout = float(conf.get("timeout", 30))
+        self.tls_context = ssl.create_default_context(cafile=conf.get("ca_file"))
+        if conf.get("tls_verify") is False:  # a private relay with a self-signed certificate
+            self.tls_context.check_hostname = False
+            self.tls_context.verify_mode = ssl.CERT_NONE
+        dkim_conf = conf.get("dkim")
+        self.dkim = None
+        if dkim_conf:
+            key = secret(dkim_conf, "private_key", f"{where}.dkim", resolve_secrets)
+            if not key or not dkim_conf.get("selector") or not dkim_conf.get("domain"):
+                raise ConfigError(f"{where}.dkim needs domain, selector and private_key_env")
+            self.dkim = (dkim_conf["selector"].encode(), dkim_conf["domain"].encode(), key.encode())
+        known = {"type", "name", "host", "port", "security", "username", "password_env", "from", "reply_to",
+                 "timeout", "ca_file", "tls_verify", "dkim", "rate_per_second"}  # fmt: skip
+        if set(conf) - known:
+            raise ConfigError(f"{where}.{sorted(set(conf) - known)[0]} is not an SMTP setting")
+        self._conn: smtplib.SMTP | None = None
+        self._lock = threading.Lock()
+
+    # -- connection ---------------------------------------------------------------------------------------------
+    def _connect(self) -> smtplib.SMTP:
+        try:
+            if self.security == "tls":
+                conn = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=self.tls_context)
+            else:
+                conn = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+            conn.ehlo()
+            if self.security == "starttls":
+                conn.starttls(context=self.tls_context)
+                conn.ehlo()
+            if self.username:
+                conn.login(self.username, self.password or "")
+        except smtplib.SMTPAuthenticationError as exc:
+            reason = f"SMTP authentication failed: {exc.smtp_code} {_text(exc.smtp_error)}"
+            raise TransientError(reason, code="auth") from None
+        except smtplib.SMTPNotSupportedError as exc:
+            raise TransientError(f"SMTP server does not support what is configured: {exc}", code="config") from None
+        except (OSError, smtplib.SMTPException) as exc:
+            raise TransientError(f"cannot connect to {self.host}:{self.port}: {exc}", code="connect") from None
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    self._conn.quit()
+                except (OSError, smtplib.SMTPException):
+                    pass
+                self._conn = None
+
+    # -- the message ---------------------------------------------------------------------------------------------
+    def build(self, out: Outgoing) -> bytes:
+        c = out.content
+        msg = EmailMessage()
+        msg["From"] = self.sender
+        msg["To"] = Address(addr_spec=out.address)
+        if self.reply_to:
+            msg["Reply-To"] = self.reply_to
+        msg["Subject"] = c["subject"]
+        msg["Date"] = format_datetime(utcnow())
+        msg["Message-ID"] = f"<{out.message_id}@{self.from_domain}>"
+        msg["X-Chorus-Message"] = out.message_id
+        for k, v in out.headers.items():
+            msg[k] = v
+        msg.set_content(c.get("text") or "", cte="quoted-printable")
+        if c.get("html"):
+            msg.add_alternative(c["html"], subtype="html", cte="quoted-printable")
+        raw = msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
+        if self.dkim:
+            import dkim
+
+            selector, domain, key = self.dkim
+            headers = [b"from", b"to", b"subject", b"date", b"message-id", b"mime-version", b"content-type"]
+            headers += [k.lower().encode() for k in out.headers]
+            sig = dkim.sign(raw, selector, domain, key, include_headers=headers)
+            raw = sig + raw
+        return raw
+
+    def send(self, out: Outgoing) -> str:
+        raw = self.build(out)
+        sender = parseaddr(self.sender)[1]
+        with self._lock:
+            for attempt in (1, 2):  # a reused connection may have been closed by the server: reconnect once
+                if self._conn is None:
+                    self._conn = self._connect()
+                try:
+                    self._conn.sendmail(sender, [out.address], raw)
+                    return f"<{out.message_id}@{self.from_domain}>"
+                except smtplib.SMTPServerDisconnected:
+                    self._conn = None
+                    if attempt == 2:
+                        raise TransientError("SMTP server closed the connection", code="disconnected") from None
+                except smtplib.SMTPRecipientsRefused as exc:
+                    code, text = next(iter(exc.recipients.values()))
+                    self._reset()
+                    raise _classify(code, text, recipient=True) from None
+                except smtplib.SMTPResponseException as exc:  # sender refused, data refused
+                    self._reset()
+                    raise _classify(exc.smtp_code, exc.smtp_error, recipient=False) from None
+                except OSError as exc:
+                    self._conn = None
+                    raise TransientError(f"SMTP connection failed: {exc}", code="connect") from None
+        raise TransientError("SMTP send failed", code="unknown")  # not reached
+
+    def _reset(self) -> None:
+        try:
+            if self._conn is not None:
+                self._conn.rset()
+        except (OSError, smtplib.SMTPException):
+            self._conn = None
+
+
+def _text(value) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _classify(code: int, text, *, recipient: bool):
+    reason = f"{code} {_text(text)}".strip()
+    if 400 <= code < 500:
+        return TransientError(reason, code=str(code))
+    bounce = recipient and (code in _HARD_BOUNCE_CODES or " 5.1." in f" {_text(text)}")
+    return PermanentError(reason, code=str(code), bounce=bounce)

@@ -1,0 +1,227 @@
+"""Sending messages through the admin API to a real SMTP server: idempotency, consent, tracking, failover."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from tests.conftest import free_port, wait_until
+
+TEMPLATE = {
+    "kind": "marketing",
+    "topic": "offers",
+    "variants": {
+        "email": {
+            "subject": "{{ traits.first_name | default: 'Hello' }}, your {{ event.product }} is waiting",
+            "html": '<html><body><p>Hi {{ traits.first_name }}!</p><a href="https://shop.example/cart?id=7">Back to'
+            ' your cart</a> <a href="{{ message.unsubscribe_url }}">Unsubscribe</a></body></html>',
+        },
+        "sms": {"text": "{{ traits.first_name }}, your cart is waiting"},
+    },
+}
+
+
+def bearer(ws):
+    return {"Authorization": f"Bearer {ws['api_key']}"}
+
+
+def smtp_conf(smtp, **over):
+    conf = {
+        "type": "smtp", "name": "primary", "host": "127.0.0.1", "port": smtp.port, "username": "chorus",
+        "password_env": "TEST_SMTP_PASSWORD", "from": "Shop <news@shop.example>", "ca_file": smtp.ca_file,
+    }  # fmt: skip
+    return {**conf, **over}
+
+
+@pytest.fixture
+def shop(http, server, workspace, smtp_server, monkeypatch):
+    monkeypatch.setenv("TEST_SMTP_PASSWORD", "s3cret")
+    h = bearer(workspace)
+    r = http.patch(
+        "/api/workspace/settings",
+        json={
+            "messaging": {"providers": {"email": [smtp_conf(smtp_server)]}, "topics": {"offers": {"mode": "opt_out"}}}
+        },
+        headers=h,
+    )
+    assert r.status_code == 200, r.text
+    r = http.post(
+        "/v1/identify", auth=(workspace["server_write_key"], ""),
+        json={"userId": "u1", "traits": {"email": "Ana@Example.com", "first_name": "Ana"}},
+    )  # fmt: skip
+    assert r.status_code == 200
+    server.settle()
+    assert http.put("/api/templates/cart", json=TEMPLATE, headers=h).status_code == 200
+    return h
+
+
+def send(http, h, key, **body):
+    payload = {"to": {"email": "ana@example.com"}, "template": "cart", "event": {"product": "red shoes"}, **body}
+    return http.post("/api/messages", json=payload, headers={**h, "Idempotency-Key": key})
+
+
+def wait_status(http, h, mid, *statuses, timeout=20):
+    return wait_until(
+        lambda: (m := http.get(f"/api/messages/{mid}", headers=h).json())["status"] in statuses and m, timeout=timeout
+    )
+
+
+def test_send_is_rendered_delivered_once_and_recorded(http, server, shop, smtp_server):
+    r = send(http, shop, "cart-1")
+    assert r.status_code == 201, r.text
+    m = r.json()
+    assert m["status"] == "queued" and m["channel"] == "email" and m["address"] == "ana@example.com"
+    assert "variant" in " ".join(c["reason"] for c in m["choice"]["considered"] if c["channel"] == "push")
+    sent = wait_status(http, shop, m["id"], "sent", "failed", "retrying")
+    assert sent["status"] == "sent" and sent["provider"] == "primary", sent
+    assert [h["status"] for h in sent["history"]] == ["queued", "sent"]
+
+    # the same key again: the same message, no second email; a different request under that key is refused
+    again = send(http, shop, "cart-1")
+    assert again.status_code == 200 and again.json()["id"] == m["id"]
+    assert send(http, shop, "cart-1", event={"product": "blue hat"}).status_code == 409
+    server.settle()
+    assert len(smtp_server.messages) == 1
+
+    mail = smtp_server.messages[0]["msg"]
+    assert mail["Subject"] == "Ana, your red shoes is waiting"
+    assert mail["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    unsub = re.fullmatch(r"<(.+)>", mail["List-Unsubscribe"]).group(1)
+    assert unsub.startswith(server.base_url + "/u/")
+    html = mail.get_body(("html",)).get_content()
+    assert "Hi Ana!" in html and unsub in html  # the unsubscribe link is not click-tracked
+    base = re.escape(server.base_url)
+    click = re.search(rf'href="({base}/c/[^"]+)"', html).group(1)
+    pixel = re.search(rf'src="({base}/o/[^"]+)"', html).group(1)
+    assert "Back to" in mail.get_body(("plain",)).get_content()
+
+    # click: redirected to the shop with UTM tags, recorded on the message and the timeline
+    r = http.get(click.replace("&amp;", "&"), follow_redirects=False)
+    assert r.status_code == 302
+    target = urlsplit(r.headers["location"])
+    q = parse_qs(target.query)
+    assert target.netloc == "shop.example" and q["id"] == ["7"] and q["utm_medium"] == ["email"]
+    assert q["utm_campaign"] == ["cart"] and q["utm_content"] == [m["id"]]
+    assert http.get(pixel).headers["content-type"] == "image/gif"
+    hist = http.get(f"/api/messages/{m['id']}", headers=shop).json()["history"]
+    assert [h["status"] for h in hist] == ["queued", "sent", "clicked", "opened"]
+    assert hist[2]["url"] == r.headers["location"]
+    server.settle()
+    timeline = http.get(f"/api/profiles/{m['profile_id']}/events", headers=shop).json()["events"]
+    names = [e["event"] for e in timeline if e.get("event", "").startswith("Message")]
+    assert sorted(names) == ["Message Clicked", "Message Opened", "Message Queued", "Message Sent"]
+    assert all(e["properties"]["message_id"] == m["id"] for e in timeline if e.get("event", "").startswith("Message"))
+    profile = http.get(f"/api/profiles/{m['profile_id']}", headers=shop).json()
+    assert "email" in profile["channels"]  # clicking and opening are activity on email; being sent mail is not
+    assert profile["channels"]["email"]["count"] == 2
+
+
+def test_one_click_unsubscribe_stops_marketing_but_not_transactional(http, server, shop, smtp_server):
+    m = send(http, shop, "k1").json()
+    wait_status(http, shop, m["id"], "sent")
+    unsub = re.fullmatch(r"<(.+)>", smtp_server.messages[0]["msg"]["List-Unsubscribe"]).group(1)
+    assert "Unsubscribe" in http.get(unsub).text  # a GET (a mail scanner) changes nothing
+    r = http.post(unsub, content="List-Unsubscribe=One-Click",
+                  headers={"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
+    assert r.status_code == 200 and "unsubscribed" in r.text
+    skipped = send(http, shop, "k2").json()
+    assert skipped["status"] == "skipped" and skipped["channel"] is None
+    assert "email:offers denied" in skipped["reason"] + str(skipped["choice"])
+    receipt = send(http, shop, "k3", kind="transactional", topic="orders").json()
+    assert receipt["status"] == "queued"
+    wait_status(http, shop, receipt["id"], "sent")
+    assert len(smtp_server.messages) == 2
+    hist = http.get(f"/api/messages/{m['id']}", headers=shop).json()["history"]
+    assert hist[-1]["status"] == "unsubscribed" and hist[-1]["how"] == "one-click"
+    # the preference page shows the topic off, and turning it back on works
+    page = http.get(unsub + "/preferences")
+    assert page.status_code == 200 and 'value="offers">' in page.text
+    assert http.post(unsub + "/preferences", data={"topic": ["offers"]}).status_code == 200
+    server.settle()
+    assert send(http, shop, "k4").json()["status"] == "queued"
+    assert http.get(unsub.replace("/u/", "/u/x")).status_code == 404  # a forged token
+
+
+def test_failover_to_the_secondary_provider_and_retry_when_all_are_down(http, server, shop, smtp_server):
+    down = smtp_conf(smtp_server, name="down", port=free_port(), timeout=2)
+    r = http.patch(
+        "/api/workspace/settings",
+        json={"messaging": {"providers": {"email": [down, smtp_conf(smtp_server, name="backup")]}}},
+        headers=shop,
+    )
+    assert r.status_code == 200, r.text
+    m = send(http, shop, "f1").json()
+    sent = wait_status(http, shop, m["id"], "sent", "failed", "retrying")
+    assert sent["status"] == "sent" and sent["provider"] == "backup"
+    http.patch("/api/workspace/settings", json={"messaging": {"providers": {"email": [down]}}}, headers=shop)
+    m = send(http, shop, "f2").json()
+    retrying = wait_status(http, shop, m["id"], "retrying")
+    assert "down: cannot connect" in retrying["reason"] and retrying["attempts"] == 1
+    assert retrying["next_attempt_at"] > retrying["created_at"]
+
+
+def test_hard_bounce_blocks_the_address_for_every_later_message(http, server, shop, workspace, smtp_server):
+    r = http.post(
+        "/v1/identify", auth=(workspace["server_write_key"], ""),
+        json={"userId": "u2", "traits": {"email": "bounce@example.com", "first_name": "Bo"}},
+    )  # fmt: skip
+    assert r.status_code == 200
+    server.settle()
+    m = send(http, shop, "b1", to={"email": "bounce@example.com"}).json()
+    bounced = wait_status(http, shop, m["id"], "bounced", "failed", "sent")
+    assert bounced["status"] == "bounced" and "User unknown" in bounced["reason"]
+    later = send(http, shop, "b2", to={"email": "bounce@example.com"}, kind="transactional").json()
+    assert later["status"] == "skipped" and "email:* denied" in str(later["choice"])
+
+
+def test_bad_templates_and_requests_name_the_field(http, shop):
+    bad = {"variants": {"email": {"subject": "Hi {{ traits.name ", "html": "<p>x</p>"}}}
+    r = http.put("/api/templates/broken", json=bad, headers=shop)
+    assert r.status_code == 400 and r.json()["field"] == "variants.email.subject", r.text
+    r = http.post("/api/messages", json={"to": {"email": "ana@example.com"}}, headers=shop)
+    assert r.status_code == 400 and r.json()["field"] == "template"
+    r = send(http, shop, "x1", channel="fax")
+    assert r.status_code == 400 and r.json()["field"] == "channel"
+    r = send(http, shop, "x2", to={"email": "nobody@example.com"})
+    assert r.status_code == 404
+    r = http.patch("/api/workspace/settings", json={"messaging": {"providers": {"email": [{"type": "smtp"}]}}},
+                   headers=shop)  # fmt: skip
+    assert r.status_code == 400 and "providers.email[0].host" in r.json()["message"]
+
+
+def test_missing_value_skips_the_send_with_the_reason(http, server, shop, smtp_server):
+    tpl = {"variants": {"email": {"subject": "Your code {{ data.code }}", "html": "<p>{{ data.code }}</p>"}}}
+    assert http.put("/api/templates/code", json=tpl, headers=shop).status_code == 200
+    m = send(http, shop, "m1", template="code", kind="transactional").json()
+    assert m["status"] == "skipped" and "data.code" in m["reason"]
+    server.settle()
+    assert smtp_server.messages == []
+
+
+def test_preview_renders_every_variant(http, shop):
+    r = http.post("/api/messages/preview", json={"to": {"email": "ana@example.com"}, "template": "cart",
+                                                 "event": {"product": "red shoes"}}, headers=shop)  # fmt: skip
+    assert r.status_code == 200, r.text
+    v = r.json()["variants"]
+    assert v["email"]["subject"] == "Ana, your red shoes is waiting"
+    assert v["sms"]["text"] == "Ana, your cart is waiting" and v["sms"]["segments"] == 1
+
+
+def test_messages_and_templates_stay_in_their_workspace(http, server, engine, shop):
+    from chorus import workspaces
+
+    m = send(http, shop, "iso-1").json()
+    other = {"Authorization": f"Bearer {workspaces.create(engine, 'rival')['api_key']}"}
+    assert http.get(f"/api/messages/{m['id']}", headers=other).status_code == 404
+    assert http.get("/api/templates/cart", headers=other).status_code == 404
+    r = http.post("/api/messages", json={"profile_id": m["profile_id"], "template": "cart"}, headers=other)
+    assert r.status_code == 404
+    r = http.post("/api/messages/preview", json={"profile_id": m["profile_id"], "template": "cart"}, headers=other)
+    assert r.status_code == 404
+    # the same idempotency key in another workspace is another message
+    assert http.put("/api/templates/cart", json=TEMPLATE, headers=other).status_code == 200
+    assert http.post("/api/messages", json={"to": {"email": "ana@example.com"}, "template": "cart"},
+                     headers={**other, "Idempotency-Key": "iso-1"}).status_code == 404  # fmt: skip
+    assert http.get("/api/messages/nope", headers=shop).status_code == 404

@@ -1,0 +1,123 @@
+"""Consent rules and channel choice: properties over generated profiles (hypothesis)."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from chorus.messaging.policy import MESSAGE_CHANNELS, choose_channel, consent_decision
+
+CHANNELS = ["email", "sms", "push", "whatsapp"]
+TOPICS = ["offers", "newsletter"]
+TIMES = [f"2026-03-0{d}T10:00:00.000000Z" for d in range(1, 10)]
+
+slot = st.tuples(st.sampled_from([*CHANNELS, "*"]), st.sampled_from([*TOPICS, "marketing", "*"]))
+consent_entry = st.fixed_dictionaries(
+    {"status": st.sampled_from(["granted", "denied", "unknown"]), "at": st.sampled_from(TIMES), "source": st.just("t")}
+)
+consents = st.dictionaries(slot.map(lambda s: f"{s[0]}:{s[1]}"), consent_entry, max_size=8)
+activity = st.dictionaries(
+    st.sampled_from(["email", "sms", "web", "app", "whatsapp", "store"]),
+    st.sampled_from(TIMES).map(lambda t: {"first_seen": t, "last_seen": t, "count": 1}),
+    max_size=4,
+)
+addresses = st.dictionaries(st.sampled_from(CHANNELS), st.just(["addr"]), max_size=4)
+
+
+@st.composite
+def profiles(draw):
+    traits = {}
+    if draw(st.booleans()):
+        traits["preferred_channel"] = draw(st.sampled_from([*CHANNELS, "fax"]))
+    return {"id": "p1", "consent": draw(consents), "channels": draw(activity), "addresses": draw(addresses),
+            "traits": traits}  # fmt: skip
+
+
+topic_modes = st.dictionaries(
+    st.sampled_from(TOPICS), st.sampled_from(["opt_in", "opt_out"]).map(lambda m: {"mode": m})
+)
+
+
+@given(profiles(), st.sampled_from(CHANNELS), st.sampled_from(TOPICS), topic_modes)
+@settings(max_examples=400)
+def test_consent_rules(profile, channel, topic, topics):
+    c = profile["consent"]
+    denied = {k for k, v in c.items() if v["status"] == "denied"}
+    trans = consent_decision(profile, channel, topic, "transactional", topics)
+    # transactional: only a channel-wide block stops it
+    assert trans.allowed == (f"{channel}:*" not in denied)
+    mkt = consent_decision(profile, channel, topic, "marketing", topics)
+    if f"{channel}:*" in denied or "*:*" in denied:
+        assert not mkt.allowed
+    stated = [(c[s]["at"], s) for s in (f"{channel}:{topic}", f"*:{topic}", f"{channel}:marketing", "*:marketing")
+              if s in c and c[s]["status"] != "unknown"]  # fmt: skip
+    newest = max(stated)[1] if stated else None
+    if newest and c[newest]["status"] == "denied":
+        assert not mkt.allowed
+    if topics.get(topic, {}).get("mode") == "opt_in" and mkt.allowed:
+        assert newest is not None and c[newest]["status"] == "granted" and newest.endswith(f":{topic}")
+    if mkt.allowed:
+        assert trans.allowed  # marketing is never allowed where transactional is not
+
+
+@given(profiles(), st.sampled_from(CHANNELS), st.sampled_from(TOPICS), st.sampled_from(TIMES))
+def test_a_new_denial_never_unblocks(profile, channel, topic, at):
+    before = consent_decision(profile, channel, topic, "marketing").allowed
+    later = "2026-03-10T00:00:00.000000Z"
+    profile["consent"][f"{channel}:{topic}"] = {"status": "denied", "at": later, "source": "t"}
+    assert not consent_decision(profile, channel, topic, "marketing").allowed
+    assert before or not consent_decision(profile, channel, topic, "marketing").allowed
+
+
+@given(
+    profiles(),
+    st.lists(st.sampled_from(CHANNELS), min_size=1, max_size=4, unique=True),
+    st.one_of(st.just("auto"), st.lists(st.sampled_from(CHANNELS), min_size=1, max_size=4, unique=True)),
+    st.sampled_from(["marketing", "transactional"]),
+)
+@settings(max_examples=400)
+def test_channel_choice(profile, variants, requested, kind):
+    choice = choose_channel(profile, variants, requested, topic="offers", kind=kind)
+    candidates = requested if isinstance(requested, list) else MESSAGE_CHANNELS
+    usable = [
+        ch for ch in candidates
+        if ch in variants and profile["addresses"].get(ch) and consent_decision(profile, ch, "offers", kind).allowed
+    ]  # fmt: skip
+    assert {c["channel"] for c in choice.considered} >= set(candidates)
+    if not usable:
+        assert choice.channel is None and choice.address is None
+        return
+    assert choice.channel in usable and choice.address == "addr"
+    if isinstance(requested, list):
+        assert choice.channel == usable[0]
+        return
+    pref = profile["traits"].get("preferred_channel")
+    if pref in usable:
+        assert choice.channel == pref
+        return
+    implied = {"email": ["email"], "sms": ["sms"], "whatsapp": ["whatsapp"], "app": ["push"], "web": ["push"]}
+    recency = {}
+    for act, stats in profile["channels"].items():
+        for ch in implied.get(act, []):
+            recency[ch] = max(recency.get(ch, ""), stats["last_seen"])
+    active = [c for c in usable if c in recency]
+    if active:
+        assert recency[choice.channel] == max(recency[c] for c in active)
+    else:
+        assert choice.reason == "workspace fallback order"
+
+
+def test_choice_examples():
+    p = {"id": "p", "consent": {}, "traits": {},
+         "channels": {"email": {"last_seen": TIMES[0]}, "app": {"last_seen": TIMES[5]}},
+         "addresses": {"email": ["ana@example.com"], "push": ["tok"], "sms": ["+14155550100"]}}  # fmt: skip
+    c = choose_channel(p, ["email", "push", "sms"], "auto", topic="offers", kind="marketing")
+    assert (c.channel, c.address) == ("push", "tok") and "most recently active" in c.reason
+    p["traits"]["preferred_channel"] = "sms"
+    assert choose_channel(p, ["email", "push", "sms"], "auto", topic="offers", kind="marketing").channel == "sms"
+    p["consent"]["sms:*"] = {"status": "denied", "at": TIMES[6], "source": "event:STOP"}
+    c = choose_channel(p, ["email", "push", "sms"], "auto", topic="offers", kind="transactional")
+    assert c.channel == "push"
+    assert any(x["channel"] == "sms" and "sms:* denied" in x["reason"] for x in c.considered)
+    c = choose_channel(p, ["email", "push", "sms"], ["sms", "email"], topic="offers", kind="marketing")
+    assert c.channel == "email" and "requested" in c.reason
