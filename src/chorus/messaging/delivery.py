@@ -29,7 +29,7 @@ from chorus.messaging import outbox
 from chorus.messaging.consent import record_consent
 from chorus.messaging.providers import ConfigError, Outgoing, PermanentError, Provider, TransientError, build
 from chorus.store.tables import messages
-from chorus.timeutil import utcnow
+from chorus.timeutil import iso, utcnow
 
 log = logging.getLogger("chorus.delivery")
 MAX_ATTEMPTS = 8
@@ -168,6 +168,8 @@ class Deliverer:
             content=msg["content"] or {}, kind=msg["kind"], topic=msg["topic"],
             headers=(msg["content"] or {}).get("headers") or {},
         )  # fmt: skip
+        if self._paced(ws, msg):
+            return
         withdrawn = self._consent_withdrawn(ws, msg)
         if withdrawn:
             with self.engine.begin() as conn:
@@ -202,6 +204,30 @@ class Deliverer:
             return
         self._transient(msg, "; ".join(errors))
 
+    def _paced(self, ws: ws_api.Workspace, msg: dict) -> bool:
+        """Caps and quiet hours again at send time (other messages may have gone out since it was queued)."""
+        from chorus.errors import NotFound
+        from chorus.profiles import views
+
+        now = self.clock()
+        with self.engine.begin() as conn:
+            try:
+                profile = views.get_profile(conn, ws.id, msg["profile_id"], ws.identity)
+            except NotFound:
+                return False  # the consent check that follows skips it
+            paced = outbox.apply_pacing(conn, ws, msg, profile, now)
+            if paced.at is None:
+                outbox.set_status(conn, msg, "skipped", at=now, next_attempt_at=None, reason=paced.reason,
+                                  detail={"reason": paced.reason})  # fmt: skip
+                return True
+            if paced.at > now:  # not an attempt: give it back
+                outbox.set_status(
+                    conn, msg, "deferred", at=now, next_attempt_at=paced.at, reason=paced.reason,
+                    attempts=msg["attempts"] - 1, detail={"reason": paced.reason, "until": iso(paced.at)},
+                )  # fmt: skip
+                return True
+        return False
+
     def _consent_withdrawn(self, ws: ws_api.Workspace, msg: dict) -> str | None:
         """Consent is checked again right before sending: an opt-out after queuing stops the message."""
         from chorus.errors import NotFound
@@ -222,7 +248,7 @@ class Deliverer:
         with self.engine.begin() as conn:
             outbox.set_status(
                 conn, msg, "sent", at=now, detail={"provider": provider}, provider=provider,
-                provider_message_id=provider_id, next_attempt_at=None, reason=None,
+                provider_message_id=provider_id, next_attempt_at=None, reason=None, sent_at=now,
             )  # fmt: skip
 
     def _permanent(self, msg: dict, provider: str, exc: PermanentError) -> None:

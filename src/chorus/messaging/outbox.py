@@ -47,6 +47,8 @@ STATUS_EVENTS = {
 # What the person did (counts as activity on the channel); the rest is Chorus talking.
 INBOUND = frozenset({"opened", "clicked", "complained", "replied", "unsubscribed"})
 PENDING = ("queued", "retrying", "sending")
+# Messages that count against frequency caps: going out, or gone out.
+PACED = ("queued", "retrying", "sending", "sent", "delivered", "opened", "clicked", "replied")
 
 
 def new_message_id() -> str:
@@ -196,7 +198,9 @@ def set_status(
         message_status.insert().values(message_id=msg["id"], workspace_id=msg["workspace_id"], status=status, at=at,
                                        detail=detail)
     )  # fmt: skip
-    if status not in ("opened", "clicked", "replied", "delivered"):  # later signals do not overwrite the outcome
+    if status == "deferred":  # caps or quiet hours at send time: back in the queue, later
+        columns["status"] = "queued"
+    elif status not in ("opened", "clicked", "replied", "delivered"):  # later signals do not overwrite the outcome
         columns["status"] = status
     if columns:
         conn.execute(messages.update().where(messages.c.id == msg["id"]).values(updated_at=at, **columns))
@@ -313,7 +317,14 @@ def _create(
                 _email_links(rendered, msg, profile, links)
             elif choice.channel == "sms":  # Twilio reports delivery to this URL (signed with the auth token)
                 rendered["headers"] = {"StatusCallback": f"{links.public_url}/webhooks/twilio/{ws.id}/status"}
-    msg.update(status=status, reason=reason, content=rendered, next_attempt_at=now if status == "queued" else None)
+    send_at = now
+    if status == "queued":
+        paced = apply_pacing(conn, ws, msg, profile, now)
+        if paced.at is None:
+            status, reason = "skipped", paced.reason
+        elif paced.at > now:
+            send_at, reason = paced.at, paced.reason
+    msg.update(status=status, reason=reason, content=rendered, next_attempt_at=send_at if status == "queued" else None)
     conn.execute(messages.insert().values(**msg))
     detail = {"reason": reason} if reason else {"channel_reason": choice.reason}
     set_status(conn, msg, status, at=now, detail=detail, profile=profile)
@@ -336,6 +347,29 @@ def _email_links(rendered: dict, msg: dict, profile: dict, links: Links) -> None
         }
 
 
+def pacing_history(conn: Connection, ws: str, profile_id: str, exclude: str | None = None) -> list[tuple]:
+    """(channel, send time) of the person's marketing messages sent or scheduled: what caps count."""
+    when = sa.func.coalesce(messages.c.sent_at, messages.c.next_attempt_at)
+    q = sa.select(messages.c.channel, when).where(
+        messages.c.workspace_id == ws,
+        messages.c.profile_id == profile_id,
+        messages.c.kind == "marketing",
+        messages.c.status.in_(PACED),
+        when.is_not(None),
+    )
+    if exclude:
+        q = q.where(messages.c.id != exclude)
+    return [(ch, at) for ch, at in conn.execute(q) if ch]
+
+
+def apply_pacing(conn: Connection, ws: ws_api.Workspace, msg: dict, profile: dict, now: datetime) -> policy.Pace:
+    return policy.pace(
+        now, channel=msg["channel"], kind=msg["kind"], timezone_name=profile.get("timezone"),
+        history=pacing_history(conn, ws.id, msg["profile_id"], exclude=msg["id"]),
+        settings=ws.settings.get("messaging") or {},
+    )  # fmt: skip
+
+
 # -- reading ----------------------------------------------------------------------------------------------------
 def get_message(conn: Connection, ws: str, message_id: str) -> dict:
     row = conn.execute(sa.select(messages).where(messages.c.workspace_id == ws, messages.c.id == message_id)).first()
@@ -352,6 +386,7 @@ def get_message(conn: Connection, ws: str, message_id: str) -> dict:
         "choice": row.choice, "content": row.content, "journey_id": row.journey_id, "campaign_id": row.campaign_id,
         "provider": row.provider, "provider_message_id": row.provider_message_id, "attempts": row.attempts,
         "next_attempt_at": iso(row.next_attempt_at) if row.next_attempt_at else None,
+        "sent_at": iso(row.sent_at) if row.sent_at else None,
         "created_at": iso(row.created_at),
         "history": [{"status": h.status, "at": iso(h.at), **h.detail} for h in history],
     }  # fmt: skip

@@ -15,6 +15,8 @@ for every send:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 MESSAGE_CHANNELS = ("email", "sms", "push", "whatsapp", "messenger", "in_app", "webhook")
 DEFAULT_FALLBACK = ["email", "push", "sms", "whatsapp", "messenger", "in_app"]
@@ -141,3 +143,111 @@ def choose_channel(
             return Choice(ch, usable[ch], "workspace fallback order", considered)
     ch = next(iter(usable))
     return Choice(ch, usable[ch], "the only usable channels are outside the fallback order", considered)
+
+
+# -- frequency caps and quiet hours -------------------------------------------------------------------------------
+WINDOWS = {"day": timedelta(days=1), "week": timedelta(days=7)}
+
+
+@dataclass(frozen=True)
+class Pace:
+    at: datetime | None  # when the message may go out; None = dropped
+    reason: str | None  # why it is not now (None when it is)
+
+
+def _zone(name: str | None) -> ZoneInfo:
+    try:
+        return ZoneInfo(name) if name else ZoneInfo("UTC")
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
+
+
+def _hm(text: str) -> time:
+    h, m = text.split(":")
+    return time(int(h), int(m))
+
+
+def quiet_until(at: datetime, tz: ZoneInfo, start: str, end: str) -> datetime | None:
+    """The end of the quiet period ``at`` falls in (local ``start``–``end``, may wrap midnight), else None."""
+    local = at.astimezone(tz)
+    s, e = _hm(start), _hm(end)
+    t = local.time()
+    inside = (s <= t < e) if s < e else (t >= s or t < e)
+    if not inside or s == e:
+        return None
+    day = local.date() if (s < e or t < e) else local.date() + timedelta(days=1)
+    end = datetime.combine(day, e, tzinfo=tz)
+    first, second = end.replace(fold=0).astimezone(UTC), end.replace(fold=1).astimezone(UTC)
+    if second >= first:  # an ordinary local time, or the first occurrence of a repeated one
+        return first
+    # The end falls in a DST gap (e.g. 02:15 on the night clocks jump from 02:00 to 03:00): the night is over
+    # at the jump. Find that minute between the two readings of the missing time.
+    lo, hi = second, first
+    while hi - lo > timedelta(minutes=1):
+        mid = lo + (hi - lo) / 2
+        if mid.astimezone(tz).time() >= e or mid.astimezone(tz).date() > day:
+            hi = mid
+        else:
+            lo = mid
+    return hi.replace(second=0, microsecond=0) if hi.second or hi.microsecond else hi
+
+
+def cap_until(at: datetime, sends: list[datetime], limit: int, window: timedelta) -> datetime | None:
+    """The first instant from ``at`` when fewer than ``limit`` of ``sends`` fall in the trailing ``window``
+    (None when that is ``at`` itself). Scheduled sends count once their time comes; the delivery re-check
+    applies the same rule to each of them at its own time.
+    """
+    t = at
+    while True:
+        recent = sorted(s for s in sends if t - window < s <= t)
+        if len(recent) < limit:
+            return None if t == at else t
+        t = recent[len(recent) - limit] + window  # when enough of them have left the window
+
+
+def pace(
+    now: datetime,
+    *,
+    channel: str,
+    kind: str,
+    timezone_name: str | None,
+    history: list[tuple[str, datetime]],
+    settings: dict,
+) -> Pace:
+    """When a message may go out given frequency caps and quiet hours (transactional messages are exempt).
+
+    ``history`` holds (channel, send time) of the person's other marketing messages, sent or scheduled.
+    ``settings`` is the workspace's ``messaging`` setting: ``caps`` ``{channel|"total": {"day": n, "week": n}}``,
+    ``quiet_hours`` ``{"start": "21:00", "end": "08:00", "channels": [...]}``, and ``pacing_action``
+    ``defer`` (default) or ``drop``.
+    """
+    if kind == "transactional":
+        return Pace(now, None)
+    caps = settings.get("caps") or {}
+    quiet = settings.get("quiet_hours") or {}
+    tz = _zone(timezone_name or settings.get("timezone"))
+    t, reasons = now, []
+    for _ in range(20):  # each rule can only push t later; a few rounds settle it
+        moved = False
+        if quiet and channel in quiet.get("channels", MESSAGE_CHANNELS):
+            q = quiet_until(t, tz, quiet["start"], quiet["end"])
+            if q is not None:
+                reasons.append(f"quiet hours {quiet['start']}–{quiet['end']} ({tz.key}) until {q.isoformat()}")
+                t, moved = q, True
+        for scope, limits in caps.items():
+            if scope not in ("total", channel):
+                continue
+            sends = [at for ch, at in history if scope == "total" or ch == channel]
+            for window, limit in limits.items():
+                c = cap_until(t, sends, int(limit), WINDOWS[window])
+                if c is not None:
+                    reasons.append(f"{scope} cap of {limit} a {window} reached until {c.isoformat()}")
+                    t, moved = c, True
+        if not moved:
+            break
+    if t == now:
+        return Pace(now, None)
+    reason = "; ".join(dict.fromkeys(reasons))
+    if settings.get("pacing_action") == "drop":
+        return Pace(None, f"dropped: {reason}")
+    return Pace(t, f"deferred: {reason}")

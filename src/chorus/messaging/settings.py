@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
 from chorus.messaging.policy import MESSAGE_CHANNELS
 from chorus.messaging.providers import ConfigError, build
 
@@ -10,7 +13,9 @@ def validate(value: object) -> dict:
     """Raise ValueError naming the setting that is wrong; secrets are referenced by environment variable name."""
     if not isinstance(value, dict):
         raise ValueError("settings.messaging must be an object {topics, fallback_order, providers}")
-    unknown = set(value) - {"topics", "fallback_order", "providers"}
+    unknown = set(value) - {
+        "topics", "fallback_order", "providers", "caps", "quiet_hours", "pacing_action", "timezone", "sms_help",
+    }  # fmt: skip
     if unknown:
         raise ValueError(f"settings.messaging.{sorted(unknown)[0]} is not a messaging setting")
     for name, conf in (value.get("topics") or {}).items():
@@ -19,6 +24,9 @@ def validate(value: object) -> dict:
     order = value.get("fallback_order")
     if order is not None and (not isinstance(order, list) or any(c not in MESSAGE_CHANNELS for c in order)):
         raise ValueError(f"settings.messaging.fallback_order must list channels among {', '.join(MESSAGE_CHANNELS)}")
+    _check_pacing(value)
+    if value.get("sms_help") is not None and (not isinstance(value["sms_help"], str) or len(value["sms_help"]) > 320):
+        raise ValueError("settings.messaging.sms_help must be a text of at most 320 characters")
     providers = value.get("providers") or {}
     if not isinstance(providers, dict):
         raise ValueError("settings.messaging.providers must be an object {channel: [provider, ...]}")
@@ -36,3 +44,37 @@ def validate(value: object) -> dict:
             if prov.channel != channel:
                 raise ValueError(f"{where}[{i}] is a {prov.channel} provider")
     return value
+
+
+_HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+
+
+def _check_pacing(value: dict) -> None:
+    for scope, limits in (value.get("caps") or {}).items():
+        where = f"settings.messaging.caps.{scope}"
+        if scope != "total" and scope not in MESSAGE_CHANNELS:
+            raise ValueError(f"{where}: caps are per channel or 'total'")
+        if not isinstance(limits, dict) or not limits or set(limits) - {"day", "week"}:
+            raise ValueError(f"{where} must be {{'day': n, 'week': n}}")
+        for window, n in limits.items():
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ValueError(f"{where}.{window} must be a whole number of messages, at least 1")
+    quiet = value.get("quiet_hours")
+    if quiet is not None:
+        where = "settings.messaging.quiet_hours"
+        if not isinstance(quiet, dict) or set(quiet) - {"start", "end", "channels"}:
+            raise ValueError(f"{where} must be {{'start': 'HH:MM', 'end': 'HH:MM', 'channels': [...]}}")
+        for key in ("start", "end"):
+            if not isinstance(quiet.get(key), str) or not _HHMM.match(quiet[key]):
+                raise ValueError(f"{where}.{key} must be a local time HH:MM")
+        chans = quiet.get("channels", list(MESSAGE_CHANNELS))
+        if not isinstance(chans, list) or any(c not in MESSAGE_CHANNELS for c in chans):
+            raise ValueError(f"{where}.channels must list channels among {', '.join(MESSAGE_CHANNELS)}")
+    if value.get("pacing_action", "defer") not in ("defer", "drop"):
+        raise ValueError("settings.messaging.pacing_action must be defer or drop")
+    tz = value.get("timezone")
+    if tz is not None:
+        try:
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError, TypeError):
+            raise ValueError(f"settings.messaging.timezone {tz!r} is not an IANA time zone") from None

@@ -213,6 +213,7 @@ messages = sa.Table(
     sa.Column("provider_message_id", sa.String(400)),
     sa.Column("attempts", sa.Integer, nullable=False),
     sa.Column("next_attempt_at", UTCDateTime),
+    sa.Column("sent_at", UTCDateTime),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.UniqueConstraint("workspace_id", "idempotency_key"),

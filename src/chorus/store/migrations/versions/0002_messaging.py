@@ -55,6 +55,7 @@ def upgrade() -> None:
     sa.Column('provider_message_id', sa.String(length=400), nullable=True),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('next_attempt_at', chorus.store.types.UTCDateTime(), nullable=True),
+    sa.Column('sent_at', chorus.store.types.UTCDateTime(), nullable=True),
     sa.Column('created_at', chorus.store.types.UTCDateTime(), nullable=False),
     sa.Column('updated_at', chorus.store.types.UTCDateTime(), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_messages')),

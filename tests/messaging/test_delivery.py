@@ -1,0 +1,147 @@
+"""The delivery loop on a virtual clock: caps re-checked at send time, retries with backoff, crash recovery."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from chorus import workspaces
+from chorus.collect import ingest
+from chorus.collect.messages import normalise
+from chorus.identity.resolver import Resolver
+from chorus.messaging import outbox
+from chorus.messaging.delivery import MAX_ATTEMPTS, Deliverer
+from chorus.messaging.links import Links
+from chorus.store.tables import messages
+from tests.conftest import free_port
+
+T0 = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)
+LINKS = Links("http://chorus.test", b"k" * 32)
+TEMPLATE = {"variants": {"email": {"subject": "Hi {{ traits.first_name }}", "html": "<p>Hello</p>"}}}
+
+
+class Clock:
+    def __init__(self, now):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def setup(engine, smtp_server, monkeypatch):
+    monkeypatch.setenv("TEST_SMTP_PASSWORD", "s3cret")
+    w = workspaces.create(engine, "delivery")
+    with engine.begin() as conn:
+        src = workspaces.source_by_write_key(conn, w["server_write_key"])
+        msg = {"type": "identify", "userId": "u1", "traits": {"email": "ana@example.com", "first_name": "Ana"}}
+        ev = normalise(msg, received_at=T0, source_kind="server")
+        ingest.store(conn, src, [ev], [], T0)
+    Resolver(engine).drain()
+    smtp = {
+        "type": "smtp", "name": "relay", "host": "127.0.0.1", "port": smtp_server.port, "username": "chorus",
+        "password_env": "TEST_SMTP_PASSWORD", "from": "Shop <news@shop.example>", "ca_file": smtp_server.ca_file,
+    }  # fmt: skip
+    workspaces.update_settings(engine, w["id"], {"messaging": {"providers": {"email": [smtp]}}})
+    outbox.save_template(engine, w["id"], "hi", TEMPLATE)
+    return w, smtp
+
+
+def ws_of(engine, w):
+    with engine.connect() as conn:
+        return workspaces.get(conn, w["id"])
+
+
+def enqueue(engine, w, key, clock, **req):
+    body = outbox.parse_request({"to": {"email": "ana@example.com"}, "template": "hi", **req})
+    return outbox.enqueue(engine, ws_of(engine, w), body, key, LINKS, clock=clock)[0]
+
+
+def view(engine, w, mid):
+    with engine.connect() as conn:
+        return outbox.get_message(conn, w["id"], mid)
+
+
+def test_caps_are_checked_again_when_sending(engine, setup, smtp_server):
+    w, smtp = setup
+    clock = Clock(T0)
+    a, b = enqueue(engine, w, "a", clock), enqueue(engine, w, "b", clock)  # no caps yet: both queued for now
+    assert a["status"] == b["status"] == "queued" and a["next_attempt_at"] == b["next_attempt_at"]
+    workspaces.update_settings(engine, w["id"], {"messaging": {"providers": {"email": [smtp]},
+                                                              "caps": {"email": {"day": 1}}}})  # fmt: skip
+    d = Deliverer(engine, clock=clock)
+    assert d.run_once() == 2
+    a, b = view(engine, w, a["id"]), view(engine, w, b["id"])
+    assert a["status"] == "sent" and len(smtp_server.messages) == 1
+    assert b["status"] == "queued" and b["attempts"] == 0 and "email cap of 1 a day" in b["reason"]
+    assert b["history"][-1]["status"] == "deferred"
+    assert b["next_attempt_at"] == "2026-05-05T09:00:00.000000Z"
+    assert d.run_once() == 0  # nothing due before then
+    clock.now = T0 + timedelta(days=1, seconds=1)
+    d.run_once()
+    assert view(engine, w, b["id"])["status"] == "sent" and len(smtp_server.messages) == 2
+    d.close()
+
+
+def test_transient_failures_back_off_then_give_up(engine, setup, smtp_server):
+    w, smtp = setup
+    down = {**smtp, "name": "down", "port": free_port(), "timeout": 1}
+    workspaces.update_settings(engine, w["id"], {"messaging": {"providers": {"email": [down]}}})
+    clock = Clock(T0)
+    m = enqueue(engine, w, "r", clock, kind="transactional")
+    d = Deliverer(engine, clock=clock)
+    delays = []
+    for _attempt in range(MAX_ATTEMPTS):
+        assert d.run_once() == 1
+        v = view(engine, w, m["id"])
+        if v["status"] == "failed":
+            break
+        assert v["status"] == "retrying"
+        nxt = datetime.fromisoformat(v["next_attempt_at"].replace("Z", "+00:00"))
+        delays.append((nxt - clock.now).total_seconds())
+        assert d.run_once() == 0  # not due yet
+        clock.now = nxt
+    v = view(engine, w, m["id"])
+    assert v["status"] == "failed" and v["attempts"] == MAX_ATTEMPTS and "gave up after 8 attempts" in v["reason"]
+    assert len(delays) == MAX_ATTEMPTS - 1
+    assert all(0.8 * 30 * 2**i <= dl <= 1.2 * 30 * 2**i for i, dl in enumerate(delays)), delays
+    assert smtp_server.messages == []
+    d.close()
+
+
+def test_a_send_interrupted_by_a_crash_is_never_repeated(engine, setup, smtp_server):
+    w, _ = setup
+    clock = Clock(T0)
+    m = enqueue(engine, w, "c", clock)
+    with engine.begin() as conn:  # what a worker that died after claiming the message leaves behind
+        conn.execute(messages.update().where(messages.c.id == m["id"])
+                     .values(status="sending", attempts=1, next_attempt_at=T0 + timedelta(minutes=10)))  # fmt: skip
+    d = Deliverer(engine, clock=clock)
+    assert d.run_once() == 0 and view(engine, w, m["id"])["status"] == "sending"  # the lease still holds
+    clock.now = T0 + timedelta(minutes=11)
+    d.run_once()
+    v = view(engine, w, m["id"])
+    assert v["status"] == "failed" and v["reason"].startswith("interrupted")
+    clock.now += timedelta(days=2)
+    d.run_once()
+    assert view(engine, w, m["id"])["status"] == "failed" and smtp_server.messages == []
+    d.close()
+
+
+def test_quiet_hours_in_the_profile_timezone(engine, setup, smtp_server):
+    w, smtp = setup
+    quiet = {"start": "21:00", "end": "08:00"}
+    workspaces.update_settings(engine, w["id"], {"messaging": {"providers": {"email": [smtp]}, "quiet_hours": quiet,
+                                                              "timezone": "Asia/Tokyo"}})  # fmt: skip
+    clock = Clock(T0)  # 09:00 UTC = 18:00 in Tokyo: fine
+    assert enqueue(engine, w, "q1", clock)["next_attempt_at"] == "2026-05-04T09:00:00.000000Z"
+    clock.now = T0 + timedelta(hours=4)  # 22:00 in Tokyo: wait for 08:00 there (23:00 UTC)
+    m = enqueue(engine, w, "q2", clock)
+    assert m["status"] == "queued" and m["next_attempt_at"] == "2026-05-04T23:00:00.000000Z"
+    assert "quiet hours" in m["reason"] and "Asia/Tokyo" in m["reason"]
+    assert enqueue(engine, w, "q3", clock, kind="transactional")["next_attempt_at"] == "2026-05-04T13:00:00.000000Z"
+    with engine.connect() as conn:
+        n = conn.execute(sa.select(sa.func.count()).select_from(messages)).scalar_one()
+    assert n == 3
