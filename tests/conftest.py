@@ -226,7 +226,8 @@ def tls_cert(tmp_path_factory):
 
 
 class SMTPSink:
-    """aiosmtpd handler: keeps every message; recipients containing 'bounce' get 550, 'later' get 451."""
+    """aiosmtpd handler: keeps every message; recipients containing 'bounce' get 550, 'later' get 451, and for
+    'drop' the connection closes after the message was received, before the answer."""
 
     def __init__(self):
         self.messages: list = []
@@ -245,6 +246,10 @@ class SMTPSink:
         import email.policy
 
         self.sessions.add(id(session))
+        if any("drop" in r for r in envelope.rcpt_tos):  # the message arrived, the answer never leaves
+            self.messages.append({"to": list(envelope.rcpt_tos), "dropped": True})
+            server.transport.close()
+            return "250 never sent"
         msg = email.message_from_bytes(envelope.original_content, policy=email.policy.default)
         self.messages.append(
             {"from": envelope.mail_from, "to": list(envelope.rcpt_tos), "raw": envelope.original_content, "msg": msg,

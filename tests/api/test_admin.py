@@ -132,13 +132,17 @@ def test_erasure_removes_the_person_from_every_table(http, server, workspace, sh
     sent = http.post("/api/messages", json={"profile_id": shopper["known"], "template": "hello"},
                      headers=bearer(workspace))  # fmt: skip
     assert sent.status_code == 201 and sent.json()["address"] == "sanne@example.nl"
+    browser = {"endpoint": "https://push.example/sub-of-sanne", "keys": {"p256dh": "BPk", "auth": "xyz"}}
+    r = http.post("/v1/push/subscriptions", auth=(workspace["write_key"], ""),
+                  json={"anonymousId": "anon-1", "subscription": browser})  # fmt: skip
+    assert r.status_code == 201
     server.settle()
     needles = ["cust-7", "anon-1", "sanne@example.nl", "+31612345678", shopper["known"], shopper["anon"],
-               sent.json()["id"]]  # fmt: skip
+               sent.json()["id"], "sub-of-sanne"]  # fmt: skip
     assert _scan_for(server.engine, needles)  # the scan does find them before
     r = http.delete(f"/api/profiles/{shopper['anon']}", headers=bearer(workspace))  # an old id works too
     assert r.status_code == 200 and r.json()["deleted"]["events"] == 5  # 4 of theirs + "Message Queued"
-    assert r.json()["deleted"]["messages"] == 1
+    assert r.json()["deleted"]["messages"] == 1 and r.json()["deleted"]["push_subscriptions"] == 1
     assert _scan_for(server.engine, needles) == []
     assert http.get(f"/api/profiles/{shopper['known']}", headers=bearer(workspace)).status_code == 404
     assert http.get(f"/api/profiles/{shopper['anon']}", headers=bearer(workspace)).status_code == 404

@@ -35,17 +35,11 @@ def smtp_conf(smtp, **over):
     return {**conf, **over}
 
 
-@pytest.fixture
-def shop(http, server, workspace, smtp_server, monkeypatch):
-    monkeypatch.setenv("TEST_SMTP_PASSWORD", "s3cret")
+def prepare_shop(http, server, workspace, email_providers: list, template: dict) -> dict:
+    """Email providers and an opt-out 'offers' topic, Ana identified, the 'cart' template saved: the headers."""
     h = bearer(workspace)
-    r = http.patch(
-        "/api/workspace/settings",
-        json={
-            "messaging": {"providers": {"email": [smtp_conf(smtp_server)]}, "topics": {"offers": {"mode": "opt_out"}}}
-        },
-        headers=h,
-    )
+    messaging = {"providers": {"email": email_providers}, "topics": {"offers": {"mode": "opt_out"}}}
+    r = http.patch("/api/workspace/settings", json={"messaging": messaging}, headers=h)
     assert r.status_code == 200, r.text
     r = http.post(
         "/v1/identify", auth=(workspace["server_write_key"], ""),
@@ -53,8 +47,14 @@ def shop(http, server, workspace, smtp_server, monkeypatch):
     )  # fmt: skip
     assert r.status_code == 200
     server.settle()
-    assert http.put("/api/templates/cart", json=TEMPLATE, headers=h).status_code == 200
+    assert http.put("/api/templates/cart", json=template, headers=h).status_code == 200
     return h
+
+
+@pytest.fixture
+def shop(http, server, workspace, smtp_server, monkeypatch):
+    monkeypatch.setenv("TEST_SMTP_PASSWORD", "s3cret")
+    return prepare_shop(http, server, workspace, [smtp_conf(smtp_server)], TEMPLATE)
 
 
 def send(http, h, key, **body):

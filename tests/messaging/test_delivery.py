@@ -145,3 +145,40 @@ def test_quiet_hours_in_the_profile_timezone(engine, setup, smtp_server):
     with engine.connect() as conn:
         n = conn.execute(sa.select(sa.func.count()).select_from(messages)).scalar_one()
     assert n == 3
+
+
+def test_an_interrupted_inbox_delivery_is_repeated(engine, setup):
+    w, _ = setup
+    outbox.save_template(engine, w["id"], "note", {"variants": {"in_app": {"title": "Hi", "body": "News"}}})
+    clock = Clock(T0)
+    m = enqueue(engine, w, "n", clock, template="note", channel="in_app")
+    with engine.begin() as conn:
+        conn.execute(messages.update().where(messages.c.id == m["id"])
+                     .values(status="sending", attempts=1, next_attempt_at=T0 + timedelta(minutes=10)))  # fmt: skip
+    clock.now = T0 + timedelta(minutes=11)
+    d = Deliverer(engine, clock=clock)
+    d.run_once()  # the lease expired: back to the queue, due now
+    d.run_once()
+    v = view(engine, w, m["id"])
+    assert v["status"] == "sent" and [h["status"] for h in v["history"]] == ["queued", "retrying", "sent"]
+
+
+def test_an_ambiguous_failure_is_neither_retried_nor_failed_over(engine, setup, smtp_server):
+    w, smtp = setup
+    backup = {**smtp, "name": "backup"}
+    workspaces.update_settings(engine, w["id"], {"messaging": {"providers": {"email": [smtp, backup]}}})
+    with engine.begin() as conn:
+        src = workspaces.source_by_write_key(conn, w["server_write_key"])
+        msg = {"type": "identify", "userId": "u2", "traits": {"email": "drop@example.com", "first_name": "Di"}}
+        ingest.store(conn, src, [normalise(msg, received_at=T0, source_kind="server")], [], T0)
+    Resolver(engine).drain()
+    clock = Clock(T0)
+    m = enqueue(engine, w, "amb", clock, to={"email": "drop@example.com"})
+    d = Deliverer(engine, clock=clock)
+    d.run_once()
+    v = view(engine, w, m["id"])
+    assert v["status"] == "failed" and "it may have arrived" in v["reason"] and v["provider"] == "relay"
+    assert smtp_server.messages == [{"to": ["drop@example.com"], "dropped": True}]  # the backup was not used
+    clock.now += timedelta(days=1)
+    assert d.run_once() == 0
+    d.close()

@@ -136,3 +136,28 @@ def test_dkim_signature_verifies_with_the_published_key(smtp_server, monkeypatch
 def test_bad_configuration_names_the_setting(conf, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         build(conf, "p")
+
+
+def test_a_connection_lost_after_the_message_went_out_is_ambiguous(smtp_server):
+    from chorus.messaging.providers import AmbiguousError
+
+    p = build(_conf(smtp_server), "p")
+    try:
+        with pytest.raises(AmbiguousError, match="may|lost"):
+            p.send(_out("drop@example.com"))
+        assert p.send(_out("ok@example.com", mid="after"))  # a fresh connection for the next message
+    finally:
+        p.close()
+    assert smtp_server.messages[0] == {"to": ["drop@example.com"], "dropped": True}
+
+
+def test_http_failures_are_split_into_not_sent_and_maybe_sent():
+    import httpx
+
+    from chorus.messaging.providers import AmbiguousError, http_failure
+
+    req = httpx.Request("POST", "https://api.example/x")
+    assert isinstance(http_failure(httpx.ConnectError("refused", request=req), "X"), TransientError)
+    assert isinstance(http_failure(httpx.ConnectTimeout("slow", request=req), "X"), TransientError)
+    assert isinstance(http_failure(httpx.ReadTimeout("no answer", request=req), "X"), AmbiguousError)
+    assert isinstance(http_failure(httpx.RemoteProtocolError("closed", request=req), "X"), AmbiguousError)

@@ -61,6 +61,8 @@ def _not_found(exc: NotFound) -> HTMLResponse:
 def _unsubscribe(svc: Services, msg: dict, topic: str, how: str) -> None:
     now = utcnow()
     with svc.engine.begin() as conn:
+        if outbox.has_status(conn, msg["id"], "unsubscribed", topic=topic):
+            return  # mailbox providers may post the one-click request more than once
         record_consent(conn, msg, topic, "denied", how, now, direction="inbound")
         outbox.set_status(conn, msg, "unsubscribed", at=now, detail={"topic": topic, "how": how})
 

@@ -84,6 +84,8 @@ def _apply_status(svc: Services, ws: ws_api.Workspace, form: dict, status: str) 
         if row is None:
             return
         msg = dict(row._mapping)
+        if outbox.has_status(conn, msg["id"], status, provider_status=form.get("MessageStatus")):
+            return  # Twilio repeats callbacks; each state counts once
         code = form.get("ErrorCode")
         detail = {"provider_status": form.get("MessageStatus")}
         if code:
@@ -94,7 +96,7 @@ def _apply_status(svc: Services, ws: ws_api.Workspace, form: dict, status: str) 
         elif status == "failed":
             outbox.set_status(conn, msg, "failed", at=now, detail=detail, reason=f"Twilio: {form.get('MessageStatus')}"
                               + (f" (error {code})" if code else ""))  # fmt: skip
-        elif status != msg["status"] or status in ("delivered", "opened"):
+        elif status != msg["status"]:
             outbox.set_status(conn, msg, status, at=now, detail=detail)
 
 

@@ -27,7 +27,16 @@ from sqlalchemy.engine import Engine
 from chorus import workspaces as ws_api
 from chorus.messaging import outbox
 from chorus.messaging.consent import record_consent
-from chorus.messaging.providers import ConfigError, Outgoing, PermanentError, Provider, TransientError, build
+from chorus.messaging.providers import (
+    AmbiguousError,
+    ConfigError,
+    Outgoing,
+    PermanentError,
+    Provider,
+    TransientError,
+    build,
+)
+from chorus.messaging.providers.webhook import InboxProvider
 from chorus.store.tables import messages
 from chorus.timeutil import iso, utcnow
 
@@ -36,6 +45,10 @@ MAX_ATTEMPTS = 8
 BACKOFF_BASE = timedelta(seconds=30)
 BACKOFF_MAX = timedelta(hours=6)
 LEASE = timedelta(minutes=10)
+# Channels where delivering twice is harmless: the webhook carries the message id as Idempotency-Key for the
+# receiver to deduplicate, and the inbox "delivery" is only making the message visible. An interrupted send is
+# repeated there; everywhere else it is given up (at most once).
+AT_LEAST_ONCE = frozenset({"webhook", "in_app"})
 
 
 def backoff(attempts: int, rng: random.Random | None = None) -> timedelta:
@@ -86,6 +99,8 @@ class ProviderSet:
         for i, conf in enumerate(confs):
             where = f"settings.messaging.providers.{channel}[{i}]"
             built.append((build(conf, where), RateLimiter(conf.get("rate_per_second"))))
+        if channel == "in_app" and not built:  # the inbox is built in
+            built.append((InboxProvider(), RateLimiter(None)))
         self._cache[(ws.id, channel)] = (digest, built)
         return built
 
@@ -153,6 +168,12 @@ class Deliverer:
                 )
             ]
             for m in stale:
+                if m["channel"] in AT_LEAST_ONCE:  # a repeat is harmless there: send again
+                    outbox.set_status(
+                        conn, m, "retrying", at=now, next_attempt_at=now, reason="interrupted: sending again",
+                        detail={"reason": "interrupted"},
+                    )  # fmt: skip
+                    continue
                 outbox.set_status(
                     conn, m, "failed", at=now, next_attempt_at=None,
                     reason="interrupted: the worker stopped while sending; not retried, it may have been sent",
@@ -189,6 +210,12 @@ class Deliverer:
             limiter.wait()
             try:
                 provider_id = prov.send(out)
+            except AmbiguousError as exc:
+                if msg["channel"] in AT_LEAST_ONCE:  # a repeat is harmless there
+                    errors.append(f"{prov.name}: {exc.reason}")
+                    continue
+                self._permanent(msg, prov.name, PermanentError(f"{exc.reason}; not sent again, it may have arrived"))
+                return
             except TransientError as exc:
                 errors.append(f"{prov.name}: {exc.reason}")
                 log.warning("message %s: %s failed transiently: %s", msg["id"], prov.name, exc.reason)
@@ -261,6 +288,15 @@ class Deliverer:
             )  # fmt: skip
             if exc.bounce:
                 record_consent(conn, msg, "*", "denied", f"hard bounce: {exc.reason}", now)
+            if exc.code == "subscription_gone":  # that browser is gone; the person's other devices are not
+                from chorus.store.tables import push_subscriptions
+
+                conn.execute(
+                    push_subscriptions.delete().where(
+                        push_subscriptions.c.workspace_id == msg["workspace_id"],
+                        push_subscriptions.c.endpoint == msg["address"],
+                    )
+                )
 
     def _transient(self, msg: dict, reason: str) -> None:
         now = self.clock()

@@ -25,6 +25,7 @@ from chorus.errors import ChorusError, Conflict, NotFound
 from chorus.messaging import content, policy
 from chorus.messaging.consent import identity_fields
 from chorus.messaging.links import Links, track_html
+from chorus.messaging.subscriptions import endpoints_of, with_push_addresses
 from chorus.profiles import views
 from chorus.store.tables import message_status, messages, partials, templates
 from chorus.timeutil import iso, utcnow
@@ -47,8 +48,10 @@ STATUS_EVENTS = {
 # What the person did (counts as activity on the channel); the rest is Chorus talking.
 INBOUND = frozenset({"opened", "clicked", "complained", "replied", "unsubscribed"})
 PENDING = ("queued", "retrying", "sending")
+ENGAGEMENT = frozenset({"opened", "clicked", "replied", "unsubscribed", "complained"})
 # Messages that count against frequency caps: going out, or gone out.
-PACED = ("queued", "retrying", "sending", "sent", "delivered", "opened", "clicked", "replied")
+PACED = ("queued", "retrying", "sending", "sent", "delivered", "opened", "clicked", "replied", "unsubscribed",
+         "complained")  # fmt: skip
 
 
 def new_message_id() -> str:
@@ -192,22 +195,27 @@ def set_status(
     conn: Connection, msg: dict, status: str, *, at: datetime, detail: dict | None = None, profile: dict | None = None,
     **columns,
 ) -> None:  # fmt: skip
-    """Append a state to the message's history, update the row, and put the event on the profile timeline."""
+    """Append a state to the message's history, update the row, and put the event on the profile timeline.
+
+    Nothing is written for a message that no longer exists (the person was erased meanwhile): the row update
+    comes first, and on PostgreSQL it waits for a concurrent erasure to commit.
+    """
     detail = detail or {}
+    if status == "deferred":  # caps or quiet hours at send time: back in the queue, later
+        columns["status"] = "queued"
+    elif status not in ENGAGEMENT:  # engagement is history; the message's status stays its delivery outcome
+        columns["status"] = status
+    updated = conn.execute(messages.update().where(messages.c.id == msg["id"]).values(updated_at=at, **columns))
+    if updated.rowcount == 0:
+        return
     res = conn.execute(
         message_status.insert().values(message_id=msg["id"], workspace_id=msg["workspace_id"], status=status, at=at,
                                        detail=detail)
     )  # fmt: skip
-    if status == "deferred":  # caps or quiet hours at send time: back in the queue, later
-        columns["status"] = "queued"
-    elif status not in ("opened", "clicked", "replied", "delivered"):  # later signals do not overwrite the outcome
-        columns["status"] = status
-    if columns:
-        conn.execute(messages.update().where(messages.c.id == msg["id"]).values(updated_at=at, **columns))
     if profile is None:
         try:
             profile = views.get_profile(conn, msg["workspace_id"], msg["profile_id"], _cfg(conn, msg["workspace_id"]))
-        except NotFound:  # erased meanwhile: the history stays, the timeline has no one to hold it
+        except NotFound:  # erased meanwhile: no one to hold the event
             return
     _record_event(conn, msg, profile, status, at, detail, res.inserted_primary_key[0])
 
@@ -274,6 +282,8 @@ def _create(
         ident = views.lookup_ident(cfg, **{kind: value})
         pid = views.find_by_ident(conn, ws.id, ident)
     profile = views.get_profile(conn, ws.id, pid, cfg)
+    subs = endpoints_of(conn, ws.id, profile)
+    profile = with_push_addresses(profile, subs)
     parts = load_partials(conn, ws.id)
     if req.get("template"):
         defn = load_template(conn, ws.id, req["template"])
@@ -315,6 +325,8 @@ def _create(
             rendered = {**out.fields, "locale": out.locale}
             if choice.channel == "email":
                 _email_links(rendered, msg, profile, links)
+            elif choice.channel == "push" and choice.address in subs:  # web push: the browser's keys go along
+                rendered["subscription"] = {"keys": subs[choice.address]}
             elif choice.channel == "sms":  # Twilio reports delivery to this URL (signed with the auth token)
                 rendered["headers"] = {"StatusCallback": f"{links.public_url}/webhooks/twilio/{ws.id}/status"}
     send_at = now
@@ -345,6 +357,16 @@ def _email_links(rendered: dict, msg: dict, profile: dict, links: Links) -> None
             "List-Unsubscribe": f"<{links.unsubscribe_url(msg['id'])}>",
             "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
         }
+
+
+def has_status(conn: Connection, message_id: str, status: str, **detail) -> bool:
+    """Whether the history already holds this status (with these detail values): repeated callbacks are no-ops."""
+    rows = conn.execute(
+        sa.select(message_status.c.detail).where(
+            message_status.c.message_id == message_id, message_status.c.status == status
+        )
+    ).scalars()
+    return any(all(d.get(k) == v for k, v in detail.items()) for d in rows)
 
 
 def pacing_history(conn: Connection, ws: str, profile_id: str, exclude: str | None = None) -> list[tuple]:

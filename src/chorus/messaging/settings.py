@@ -15,6 +15,7 @@ def validate(value: object) -> dict:
         raise ValueError("settings.messaging must be an object {topics, fallback_order, providers}")
     unknown = set(value) - {
         "topics", "fallback_order", "providers", "caps", "quiet_hours", "pacing_action", "timezone", "sms_help",
+        "inbox_verification",
     }  # fmt: skip
     if unknown:
         raise ValueError(f"settings.messaging.{sorted(unknown)[0]} is not a messaging setting")
@@ -25,6 +26,8 @@ def validate(value: object) -> dict:
     if order is not None and (not isinstance(order, list) or any(c not in MESSAGE_CHANNELS for c in order)):
         raise ValueError(f"settings.messaging.fallback_order must list channels among {', '.join(MESSAGE_CHANNELS)}")
     _check_pacing(value)
+    if not isinstance(value.get("inbox_verification", False), bool):
+        raise ValueError("settings.messaging.inbox_verification must be true or false")
     if value.get("sms_help") is not None and (not isinstance(value["sms_help"], str) or len(value["sms_help"]) > 320):
         raise ValueError("settings.messaging.sms_help must be a text of at most 320 characters")
     providers = value.get("providers") or {}

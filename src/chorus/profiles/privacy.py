@@ -18,6 +18,7 @@ from chorus.store.tables import (
     messages,
     profile_aliases,
     profiles,
+    push_subscriptions,
     rejected_events,
 )
 
@@ -69,6 +70,15 @@ def export(conn: Connection, ws: str, profile_id: str, cfg: IdentityConfig) -> d
         "state": row,
         "events": list(evs),
         "merges": merge_history(conn, ws, pid),
+        "push_subscriptions": [
+            {"endpoint": r.endpoint, "created_at": r.created_at}
+            for r in conn.execute(
+                sa.select(push_subscriptions).where(
+                    push_subscriptions.c.workspace_id == ws,
+                    push_subscriptions.c.ident.in_([i for i in idents if kind_of(i) in ("user_id", "anonymous_id")]),
+                )
+            )
+        ],
         "messages": [
             dict(r._mapping)
             for r in conn.execute(
@@ -154,6 +164,16 @@ def erase(conn: Connection, ws: str, profile_id: str) -> dict:
     counts["messages"] = conn.execute(
         messages.delete().where(messages.c.workspace_id == ws, messages.c.profile_id.in_(ids))
     ).rowcount
+    push_idents = [i for i in idents if kind_of(i) in ("user_id", "anonymous_id")]
+    counts["push_subscriptions"] = (
+        conn.execute(
+            push_subscriptions.delete().where(
+                push_subscriptions.c.workspace_id == ws, push_subscriptions.c.ident.in_(push_idents)
+            )
+        ).rowcount
+        if push_idents
+        else 0
+    )
     counts["import_errors_redacted"] = _redact_import_errors(conn, ws, idents)
     counts["profiles"] = conn.execute(profiles.delete().where(profiles.c.id == pid)).rowcount
     return {"profile_id": pid, "deleted": counts}

@@ -31,6 +31,20 @@ class PermanentError(ProviderError):
         self.bounce = bounce
 
 
+class AmbiguousError(ProviderError):
+    """The request may have reached the provider, but no answer came back (a read timeout, a connection dropped
+    after the message was written). Sending again could duplicate it, so at-most-once channels give up."""
+
+
+def http_failure(exc, what: str) -> ProviderError:
+    """Classify an httpx error: nothing was sent (transient, safe to retry elsewhere) or maybe it was."""
+    import httpx
+
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout | httpx.UnsupportedProtocol):
+        return TransientError(f"{what} unreachable: {type(exc).__name__}: {exc}", code="connect")
+    return AmbiguousError(f"no answer from {what} after sending: {type(exc).__name__}: {exc}", code="ambiguous")
+
+
 class ConfigError(ValueError):
     """A provider configuration is unusable; the message names the setting."""
 
@@ -75,7 +89,7 @@ def secret(conf: dict, key: str, where: str, resolve: bool = True) -> str | None
     return value
 
 
-PROVIDER_TYPES = ("smtp", "twilio")
+PROVIDER_TYPES = ("smtp", "sendgrid", "twilio", "webhook", "webpush")
 
 
 def build(conf: dict, where: str, resolve_secrets: bool = True) -> Provider:
@@ -86,8 +100,20 @@ def build(conf: dict, where: str, resolve_secrets: bool = True) -> Provider:
         from chorus.messaging.providers.smtp import SMTPProvider
 
         return SMTPProvider(conf, where, resolve_secrets)
+    if kind == "sendgrid":
+        from chorus.messaging.providers.sendgrid import SendGridProvider
+
+        return SendGridProvider(conf, where, resolve_secrets)
     if kind == "twilio":
         from chorus.messaging.providers.twilio import TwilioSMS
 
         return TwilioSMS(conf, where, resolve_secrets)
+    if kind == "webpush":
+        from chorus.messaging.providers.webpush import WebPushProvider
+
+        return WebPushProvider(conf, where, resolve_secrets)
+    if kind == "webhook":
+        from chorus.messaging.providers.webhook import WebhookProvider
+
+        return WebhookProvider(conf, where, resolve_secrets)
     raise ConfigError(f"{where}.type {kind!r} is not a known provider type ({', '.join(PROVIDER_TYPES)})")

@@ -13,7 +13,7 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
 
-from chorus.messaging.providers import ConfigError, Outgoing, PermanentError, TransientError, secret
+from chorus.messaging.providers import AmbiguousError, ConfigError, Outgoing, PermanentError, TransientError, secret
 from chorus.timeutil import utcnow
 
 # Enhanced status codes 5.1.x are about the address itself (no such user, bad domain): a hard bounce.
@@ -128,27 +128,36 @@ class SMTPProvider:
         raw = self.build(out)
         sender = parseaddr(self.sender)[1]
         with self._lock:
-            for attempt in (1, 2):  # a reused connection may have been closed by the server: reconnect once
-                if self._conn is None:
-                    self._conn = self._connect()
+            if self._conn is not None:  # a reused connection the server may have closed: check it first
                 try:
-                    self._conn.sendmail(sender, [out.address], raw)
-                    return f"<{out.message_id}@{self.from_domain}>"
-                except smtplib.SMTPServerDisconnected:
-                    self._conn = None
-                    if attempt == 2:
-                        raise TransientError("SMTP server closed the connection", code="disconnected") from None
-                except smtplib.SMTPRecipientsRefused as exc:
-                    code, text = next(iter(exc.recipients.values()))
-                    self._reset()
-                    raise _classify(code, text, recipient=True) from None
-                except smtplib.SMTPResponseException as exc:  # sender refused, data refused
-                    self._reset()
-                    raise _classify(exc.smtp_code, exc.smtp_error, recipient=False) from None
-                except OSError as exc:
-                    self._conn = None
-                    raise TransientError(f"SMTP connection failed: {exc}", code="connect") from None
-        raise TransientError("SMTP send failed", code="unknown")  # not reached
+                    if self._conn.noop()[0] != 250:
+                        raise smtplib.SMTPServerDisconnected("NOOP refused")
+                except (OSError, smtplib.SMTPException):
+                    self._drop()
+            if self._conn is None:
+                self._conn = self._connect()
+            try:
+                self._conn.sendmail(sender, [out.address], raw)
+                return f"<{out.message_id}@{self.from_domain}>"
+            except smtplib.SMTPRecipientsRefused as exc:
+                code, text = next(iter(exc.recipients.values()))
+                self._reset()
+                raise _classify(code, text, recipient=True) from None
+            except smtplib.SMTPResponseException as exc:  # sender refused, data refused
+                self._reset()
+                raise _classify(exc.smtp_code, exc.smtp_error, recipient=False) from None
+            except (OSError, smtplib.SMTPServerDisconnected) as exc:
+                # Dropped in the middle of the transaction: the server may have queued the message already.
+                self._drop()
+                raise AmbiguousError(f"SMTP connection lost while sending: {exc}", code="ambiguous") from None
+
+    def _drop(self) -> None:
+        try:
+            if self._conn is not None:
+                self._conn.close()
+        except OSError:
+            pass
+        self._conn = None
 
     def _reset(self) -> None:
         try:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 import httpx
 
-from chorus.messaging.providers import ConfigError, Outgoing, PermanentError, TransientError, secret
+from chorus.messaging.providers import ConfigError, Outgoing, PermanentError, TransientError, http_failure, secret
 
 # Twilio error codes (https://www.twilio.com/docs/api/errors) that say the number itself cannot receive SMS.
 UNREACHABLE_NUMBER = {21211, 21214, 21612, 21614}
@@ -80,7 +80,7 @@ class TwilioSMS:
         try:
             r = self._http().post(f"/2010-04-01/Accounts/{self.account_sid}/Messages.json", data=form)
         except httpx.HTTPError as exc:
-            raise TransientError(f"Twilio unreachable: {type(exc).__name__}: {exc}", code="connect") from None
+            raise http_failure(exc, "Twilio") from None
         if r.status_code in (200, 201):
             return r.json()["sid"]
         try:

@@ -1,0 +1,116 @@
+"""Browser push subscriptions, sent by the site with its write key after ``pushManager.subscribe``."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+
+from chorus import workspaces as ws_api
+from chorus.api.common import JSON, Services
+from chorus.api.tracking import _basic_user
+from chorus.errors import ChorusError, NotFound, Unauthorized
+from chorus.store import bulk
+from chorus.store.tables import push_subscriptions
+from chorus.timeutil import utcnow
+
+router = APIRouter(prefix="/v1/push", tags=["push"])
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+async def _body(request: Request) -> dict:
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as exc:
+        raise ChorusError(f"body is not valid JSON: {exc}", field="body") from None
+    if not isinstance(body, dict):
+        raise ChorusError("body must be a JSON object", field="body")
+    return body
+
+
+def _source(request: Request, svc: Services, body: dict):
+    key = _basic_user(request.headers.get("authorization")) or body.get("writeKey")
+    if not key or not isinstance(key, str):
+        raise Unauthorized("write key missing: send it as the Basic auth user or as writeKey")
+    return svc.keys.source(key)
+
+
+def _subscription(body: dict) -> tuple[str, str, str]:
+    sub = body.get("subscription")
+    if not isinstance(sub, dict):
+        raise ChorusError("subscription must be the browser's PushSubscription as JSON", field="subscription")
+    endpoint = sub.get("endpoint")
+    parts = urlsplit(endpoint) if isinstance(endpoint, str) else None
+    if not parts or not parts.netloc or len(endpoint) > 1000:
+        raise ChorusError("subscription.endpoint must be the push service URL", field="subscription.endpoint")
+    if parts.scheme != "https" and not (parts.scheme == "http" and parts.hostname in _LOOPBACK):
+        raise ChorusError("subscription.endpoint must be https", field="subscription.endpoint")
+    keys = sub.get("keys") if isinstance(sub.get("keys"), dict) else {}
+    for k, size in (("p256dh", 200), ("auth", 100)):
+        if not isinstance(keys.get(k), str) or not keys[k] or len(keys[k]) > size:
+            raise ChorusError(f"subscription.keys.{k} is missing or too long", field=f"subscription.keys.{k}")
+    return endpoint, keys["p256dh"], keys["auth"]
+
+
+def _ident(body: dict) -> str:
+    user_id, anonymous_id = body.get("userId"), body.get("anonymousId")
+    if bool(user_id) == bool(anonymous_id) or not isinstance(user_id or anonymous_id, str | int):
+        raise ChorusError("give exactly one of userId or anonymousId", field="userId")
+    return f"user_id:{user_id}" if user_id else f"anonymous_id:{anonymous_id}"
+
+
+@router.post("/subscriptions", status_code=201, summary="Register (or refresh) a browser push subscription")
+async def subscribe(request: Request):
+    svc: Services = request.app.state.services
+    body = await _body(request)
+    source = await run_in_threadpool(_source, request, svc, body)
+    endpoint, p256dh, auth = _subscription(body)
+    ident = _ident(body)
+    row = {"workspace_id": source.workspace_id, "endpoint": endpoint, "p256dh": p256dh, "auth": auth, "ident": ident,
+           "created_at": utcnow()}  # fmt: skip
+
+    def save():
+        with svc.engine.begin() as conn:
+            bulk.insert_rows(conn, push_subscriptions, [row], conflict=["workspace_id", "endpoint"],
+                             update=["p256dh", "auth", "ident", "created_at"])  # fmt: skip
+
+    await run_in_threadpool(save)
+    return JSON({"success": True}, status_code=201)
+
+
+@router.delete("/subscriptions", summary="Forget a browser push subscription (the user turned notifications off)")
+async def unsubscribe(request: Request):
+    svc: Services = request.app.state.services
+    body = await _body(request)
+    source = await run_in_threadpool(_source, request, svc, body)
+    endpoint = (body.get("subscription") or {}).get("endpoint") if isinstance(body.get("subscription"), dict) else None
+
+    def delete() -> int:
+        with svc.engine.begin() as conn:
+            return conn.execute(
+                push_subscriptions.delete().where(
+                    push_subscriptions.c.workspace_id == source.workspace_id, push_subscriptions.c.endpoint == endpoint
+                )
+            ).rowcount
+
+    if not await run_in_threadpool(delete):
+        raise NotFound("no such subscription")
+    return JSON({"success": True})
+
+
+@router.get("/vapid-key", summary="The applicationServerKey to pass to pushManager.subscribe")
+async def vapid_key(request: Request):
+    from chorus.messaging.providers import secret
+    from chorus.messaging.providers.webpush import application_server_key, load_vapid
+
+    svc: Services = request.app.state.services
+    source = await run_in_threadpool(_source, request, svc, dict(request.query_params))
+    with svc.engine.connect() as conn:
+        ws = ws_api.get(conn, source.workspace_id)
+    for i, conf in enumerate(((ws.settings.get("messaging") or {}).get("providers") or {}).get("push") or []):
+        if conf.get("type") == "webpush":
+            key = secret(conf, "vapid_private_key", f"settings.messaging.providers.push[{i}]")
+            return JSON({"publicKey": application_server_key(load_vapid(key or ""))})
+    raise NotFound("no web push provider is configured for this workspace")

@@ -1,0 +1,83 @@
+"""The webhook channel: the rendered JSON body POSTed to the brand's URL, signed, with the message id as
+``Idempotency-Key`` so that a receiver can drop the duplicate of a retried delivery.
+
+Signature (``Chorus-Signature: t=<unix seconds>,v1=<hex>``): HMAC-SHA256 with the configured secret over
+``"<t>." + body``, the scheme Stripe popularised; receivers should also refuse a ``t`` older than a few minutes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+
+import httpx
+import orjson
+
+from chorus.messaging.providers import ConfigError, Outgoing, PermanentError, TransientError, secret
+
+KNOWN = {"type", "name", "url", "secret_env", "timeout", "rate_per_second"}
+
+
+def sign(secret_value: str, body: bytes, t: int) -> str:
+    mac = hmac.new(secret_value.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={t},v1={mac}"
+
+
+class WebhookProvider:
+    channel = "webhook"
+
+    def __init__(self, conf: dict, where: str, resolve_secrets: bool = True):
+        self.name = str(conf.get("name") or "webhook")
+        unknown = set(conf) - KNOWN
+        if unknown:
+            raise ConfigError(f"{where}.{sorted(unknown)[0]} is not a webhook setting")
+        url = conf.get("url")
+        if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+            raise ConfigError(f"{where}.url must be an http(s) URL")
+        self.url = url
+        self.secret = secret(conf, "secret", where, resolve_secrets)
+        if self.secret is None:
+            raise ConfigError(f"{where}.secret_env is required: every webhook is signed")
+        self.timeout = float(conf.get("timeout", 10))
+        self._client: httpx.Client | None = None
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def send(self, out: Outgoing) -> str:
+        body = orjson.dumps(
+            {"message_id": out.message_id, "workspace_id": out.workspace_id, "profile_id": out.address,
+             "kind": out.kind, "topic": out.topic, "body": out.content.get("body")}
+        )  # fmt: skip
+        headers = {
+            "Content-Type": "application/json", "Idempotency-Key": out.message_id, "Chorus-Message-Id": out.message_id,
+            "Chorus-Signature": sign(self.secret or "", body, int(time.time())), "User-Agent": "Chorus-Webhook/1",
+        }  # fmt: skip
+        if self._client is None:
+            self._client = httpx.Client(timeout=self.timeout)
+        try:
+            r = self._client.post(self.url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise TransientError(f"webhook unreachable: {type(exc).__name__}: {exc}", code="connect") from None
+        if 200 <= r.status_code < 300:
+            return r.headers.get("x-request-id") or out.message_id
+        reason = f"webhook answered {r.status_code}: {r.text[:300]}"
+        if r.status_code in (408, 409, 425, 429) or r.status_code >= 500:
+            raise TransientError(reason, code=str(r.status_code))
+        raise PermanentError(reason, code=str(r.status_code))
+
+
+class InboxProvider:
+    """The in-app inbox needs no outside party: delivering is making the message visible to the app."""
+
+    channel = "in_app"
+    name = "inbox"
+
+    def send(self, out: Outgoing) -> str:
+        return f"inbox:{out.message_id}"
+
+    def close(self) -> None:
+        pass

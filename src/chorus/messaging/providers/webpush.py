@@ -1,0 +1,93 @@
+"""Web push (browsers): RFC 8291 message encryption (aes128gcm) and RFC 8292 VAPID, through ``pywebpush``.
+
+The address is the subscription's endpoint; its keys (``p256dh``, ``auth``) travel in the message content, put
+there when the message was created. The payload is the push variant as JSON, for the site's service worker to
+show: ``{"title", "body", "url", "image", "message_id"}``.
+"""
+
+from __future__ import annotations
+
+import base64
+
+import orjson
+import requests
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from py_vapid import Vapid
+from pywebpush import WebPushException, webpush
+
+from chorus.messaging.providers import ConfigError, Outgoing, PermanentError, TransientError, secret
+
+KNOWN = {"type", "name", "vapid_private_key_env", "subject", "ttl", "urgency", "timeout", "rate_per_second"}
+
+
+def application_server_key(vapid: Vapid) -> str:
+    """The public key browsers pass to ``pushManager.subscribe`` (base64url, uncompressed P-256 point)."""
+    raw = vapid.public_key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def load_vapid(pem_or_b64: str) -> Vapid:
+    """A VAPID key as PEM, or base64url DER or raw 32 bytes (what ``vapid --gen`` and web-push tools print)."""
+    try:
+        if pem_or_b64.lstrip().startswith("-----BEGIN"):
+            key = serialization.load_pem_private_key(pem_or_b64.encode(), password=None)
+            if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+                raise ValueError("not a P-256 key")
+            return Vapid(key)
+        return Vapid.from_string(private_key=pem_or_b64)
+    except Exception as exc:  # noqa: BLE001 - py_vapid raises several kinds for a bad key
+        raise ConfigError(f"VAPID private key is not a P-256 key (PEM or base64url DER): {exc}") from None
+
+
+class WebPushProvider:
+    channel = "push"
+
+    def __init__(self, conf: dict, where: str, resolve_secrets: bool = True):
+        self.name = str(conf.get("name") or "webpush")
+        unknown = set(conf) - KNOWN
+        if unknown:
+            raise ConfigError(f"{where}.{sorted(unknown)[0]} is not a web push setting")
+        subject = conf.get("subject")
+        if not isinstance(subject, str) or not subject.startswith(("mailto:", "https://")):
+            raise ConfigError(f"{where}.subject must be a mailto: or https: contact for push services (RFC 8292)")
+        self.subject = subject
+        key = secret(conf, "vapid_private_key", where, resolve_secrets)
+        if key is None:
+            raise ConfigError(f"{where}.vapid_private_key_env is required")
+        self.vapid = load_vapid(key) if resolve_secrets else None
+        self.ttl = int(conf.get("ttl", 24 * 3600))
+        self.urgency = conf.get("urgency", "normal")
+        if self.urgency not in ("very-low", "low", "normal", "high"):
+            raise ConfigError(f"{where}.urgency must be very-low, low, normal or high")
+        self.timeout = float(conf.get("timeout", 10))
+        self._session = requests.Session()
+
+    def close(self) -> None:
+        self._session.close()
+
+    def send(self, out: Outgoing) -> str:
+        sub = out.content.get("subscription") or {}
+        if not sub.get("keys"):
+            raise PermanentError("the message carries no push subscription keys", code="no_subscription")
+        payload = {k: out.content.get(k) for k in ("title", "body", "url", "image")}
+        payload["message_id"] = out.message_id
+        try:
+            r = webpush(
+                {"endpoint": out.address, "keys": sub["keys"]}, data=orjson.dumps(payload).decode(),
+                vapid_private_key=self.vapid, vapid_claims={"sub": self.subject}, ttl=self.ttl,
+                headers={"Urgency": self.urgency, "Topic": out.message_id[-32:]}, timeout=self.timeout,
+                requests_session=self._session,
+            )  # fmt: skip
+        except WebPushException as exc:
+            status = exc.response.status_code if exc.response is not None else None
+            text = (exc.response.text[:300] if exc.response is not None else str(exc)).strip()
+            reason = f"push service answered {status}: {text}" if status else f"push failed: {text}"
+            if status in (404, 410):  # the browser unsubscribed or the subscription expired
+                raise PermanentError(reason, code="subscription_gone") from None
+            if status is None or status == 429 or status >= 500:
+                raise TransientError(reason, code=str(status or "connect")) from None
+            raise PermanentError(reason, code=str(status)) from None
+        except requests.RequestException as exc:
+            raise TransientError(f"push service unreachable: {exc}", code="connect") from None
+        return r.headers.get("Location") or out.message_id
