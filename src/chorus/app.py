@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from chorus import __version__, metrics
-from chorus.api import admin, inbox, messages, public, push, tracking, webhooks, webhooks_sendgrid
+from chorus.api import admin, inbox, messages, public, push, tracking, webhooks, webhooks_meta, webhooks_sendgrid
 from chorus.api.common import JSON, KeyCache, Services, error_response
 from chorus.collect.ingest import Backlog
 from chorus.config import Settings
@@ -111,4 +111,5 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True, eng
     app.include_router(public.router)
     app.include_router(webhooks.router)
     app.include_router(webhooks_sendgrid.router)
+    app.include_router(webhooks_meta.router)
     return app

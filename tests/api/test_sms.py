@@ -131,3 +131,14 @@ def test_twilio_outage_is_retried_later(http, server, twilio, sms_shop):
     assert (
         twilio_post(http, server, twilio, "/webhooks/twilio/ws_unknown/status", {"MessageSid": "x"}).status_code == 403
     )
+
+
+def test_late_or_repeated_callbacks_never_move_a_message_back(http, server, workspace, twilio, sms_shop):
+    m = send(http, sms_shop, "o1").json()
+    sent = wait_status(http, sms_shop, m["id"], "sent")
+    path = f"/webhooks/twilio/{workspace['id']}/status"
+    base = {"MessageSid": sent["provider_message_id"], "AccountSid": twilio.account_sid, "To": PHONE}
+    for status in ("delivered", "delivered", "sent"):  # a repeat, then a late "sent"
+        assert twilio_post(http, server, twilio, path, {**base, "MessageStatus": status}).status_code == 200
+    v = http.get(f"/api/messages/{m['id']}", headers=sms_shop).json()
+    assert v["status"] == "delivered" and [h["status"] for h in v["history"]] == ["queued", "sent", "delivered"]

@@ -50,6 +50,26 @@ def test_sends_multipart_over_starttls_with_auth_and_reuses_the_connection(smtp_
     assert "<b>Ana</b>" in msg.get_body(("html",)).get_content()
 
 
+def test_long_lines_and_non_ascii_survive_and_every_line_ends_in_crlf(smtp_server):
+    import re
+
+    p = build(_conf(smtp_server), "p")
+    html = "<p>" + "Ça coûte 20 € — " * 60 + "</p>\n<p>second=line</p>"
+    out = _out(mid="long")
+    out.content = {"subject": "Été: 20 € de réduction, Ana", "html": html, "text": "Ligne 1\nLigne 2 " + "x" * 200}
+    try:
+        p.send(out)
+    finally:
+        p.close()
+    raw = smtp_server.messages[0]["raw"]
+    assert not re.search(rb"(?<!\r)\n", raw), "bare LF in the message"
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+    msg = smtp_server.messages[0]["msg"]
+    assert msg["Subject"] == "Été: 20 € de réduction, Ana"
+    assert msg.get_body(("html",)).get_content().replace("\r\n", "\n").rstrip("\n") == html
+    assert msg.get_body(("plain",)).get_content().replace("\r\n", "\n").rstrip("\n") == "Ligne 1\nLigne 2 " + "x" * 200
+
+
 def test_wrong_password_is_a_transient_provider_failure(smtp_server, monkeypatch):
     monkeypatch.setenv("TEST_SMTP_PASSWORD", "nope")
     p = build(_conf(smtp_server), "p")

@@ -32,6 +32,25 @@ def error_response(exc: ChorusError) -> JSON:
     return JSON(body, status_code=exc.status, headers=headers)
 
 
+class TooLarge(ChorusError):
+    status = 413
+    code = "too_large"
+
+
+async def read_limited(request, limit: int, what: str) -> bytes:
+    """The request body, refused (413) as soon as it passes ``limit`` bytes, declared or streamed."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"{what} is larger than {limit // 2**20} MB")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"{what} is larger than {limit // 2**20} MB")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class KeyCache:
     """Write keys are checked on every tracking request; a short TTL keeps that off the database."""
 

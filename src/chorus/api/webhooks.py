@@ -27,6 +27,8 @@ router = APIRouter(prefix="/webhooks", include_in_schema=False)
 DEFAULT_HELP = "Reply STOP to stop receiving messages, START to receive them again."
 # Delivery error codes in status callbacks that mean the number cannot receive SMS (a hard bounce).
 UNDELIVERABLE = {30003, 30005, 30006} | UNREACHABLE_NUMBER
+# How far a message got: a callback never moves it back.
+OUTCOME_RANK = {"queued": 0, "retrying": 0, "sending": 0, "sent": 1, "delivered": 2, "failed": 3, "bounced": 3}
 
 
 class Forbidden(ChorusError):
@@ -76,16 +78,19 @@ async def twilio_status(request: Request, workspace_id: str):
 def _apply_status(svc: Services, ws: ws_api.Workspace, form: dict, status: str) -> None:
     now = utcnow()
     with svc.engine.begin() as conn:
-        row = conn.execute(
-            sa.select(messages).where(
-                messages.c.workspace_id == ws.id, messages.c.provider_message_id == form.get("MessageSid")
-            )
-        ).first()
+        q = sa.select(messages).where(
+            messages.c.workspace_id == ws.id, messages.c.provider_message_id == form.get("MessageSid")
+        )
+        if conn.dialect.name == "postgresql":  # two copies of a callback at once: one waits for the other
+            q = q.with_for_update()
+        row = conn.execute(q).first()
         if row is None:
             return
         msg = dict(row._mapping)
         if outbox.has_status(conn, msg["id"], status, provider_status=form.get("MessageStatus")):
             return  # Twilio repeats callbacks; each state counts once
+        if OUTCOME_RANK.get(status, 0) < OUTCOME_RANK.get(msg["status"], 0) and status != "opened":
+            return  # callbacks arrive out of order: a late "sent" never undoes "delivered" or "failed"
         code = form.get("ErrorCode")
         detail = {"provider_status": form.get("MessageStatus")}
         if code:

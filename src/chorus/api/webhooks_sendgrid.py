@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection
 from starlette.concurrency import run_in_threadpool
 
 from chorus import workspaces as ws_api
-from chorus.api.common import JSON, Services
+from chorus.api.common import JSON, Services, read_limited
 from chorus.api.webhooks import Forbidden
 from chorus.errors import ChorusError, NotFound
 from chorus.messaging import consent, outbox
@@ -38,24 +38,6 @@ STATUS_OF = {
     "delivered": "delivered", "open": "opened", "click": "clicked", "bounce": "bounced", "dropped": "failed",
     "spamreport": "complained", "unsubscribe": "unsubscribed", "group_unsubscribe": "unsubscribed",
 }  # fmt: skip
-
-
-class TooLarge(ChorusError):
-    status = 413
-    code = "too_large"
-
-
-async def _body(request: Request) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_BODY:
-        raise TooLarge("the event batch is larger than 16 MB")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise TooLarge("the event batch is larger than 16 MB")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _verify(svc: Services, request: Request, workspace_id: str, body: bytes) -> ws_api.Workspace:
@@ -85,7 +67,7 @@ def _verify(svc: Services, request: Request, workspace_id: str, body: bytes) -> 
 @router.post("/sendgrid/{workspace_id}/events")
 async def sendgrid_events(request: Request, workspace_id: str):
     svc: Services = request.app.state.services
-    body = await _body(request)
+    body = await read_limited(request, MAX_BODY, "the event batch")
     ws = await run_in_threadpool(_verify, svc, request, workspace_id, body)
     try:
         events = orjson.loads(body)

@@ -182,21 +182,33 @@ class Deliverer:
 
     # -- sending -------------------------------------------------------------------------------------------------
     def _deliver(self, msg: dict) -> None:
+        from chorus.errors import NotFound
+        from chorus.profiles import views
+
         with self.engine.connect() as conn:
             ws = ws_api.get(conn, msg["workspace_id"])
+            try:  # read once: pacing, consent and the status events all use it
+                profile = views.get_profile(conn, ws.id, msg["profile_id"], ws.identity)
+            except NotFound:
+                profile = None
+        if profile is None:
+            with self.engine.begin() as conn:
+                outbox.set_status(conn, msg, "skipped", at=self.clock(), next_attempt_at=None,
+                                  reason="the profile was erased before delivery")  # fmt: skip
+            return
         out = Outgoing(
             message_id=msg["id"], workspace_id=msg["workspace_id"], channel=msg["channel"], address=msg["address"],
             content=msg["content"] or {}, kind=msg["kind"], topic=msg["topic"],
             headers=(msg["content"] or {}).get("headers") or {},
         )  # fmt: skip
-        if self._paced(ws, msg):
+        if self._paced(ws, msg, profile):
             return
-        withdrawn = self._consent_withdrawn(ws, msg)
+        withdrawn = self._consent_withdrawn(ws, msg, profile)
         if withdrawn:
             with self.engine.begin() as conn:
                 outbox.set_status(
                     conn, msg, "skipped", at=self.clock(), next_attempt_at=None, reason=withdrawn,
-                    detail={"reason": withdrawn},
+                    detail={"reason": withdrawn}, profile=profile,
                 )  # fmt: skip
             return
         errors: list[str] = []
@@ -206,6 +218,9 @@ class Deliverer:
             provs, errors = [], [str(exc)]
         if not provs and not errors:
             errors.append(f"no provider is configured for {msg['channel']} (settings.messaging.providers)")
+        provs = [(p, lim) for p, lim in provs if getattr(p, "accepts", lambda _o: True)(out)]
+        if not provs and not errors:
+            errors.append(f"no {msg['channel']} provider takes this address")
         for prov, limiter in provs:
             limiter.wait()
             try:
@@ -227,55 +242,47 @@ class Deliverer:
                 errors.append(f"{prov.name}: {type(exc).__name__}: {exc}")
                 log.exception("message %s: provider %s raised", msg["id"], prov.name)
                 continue
-            self._sent(msg, prov.name, provider_id)
+            self._sent(msg, prov.name, provider_id, profile)
             return
         self._transient(msg, "; ".join(errors))
 
-    def _paced(self, ws: ws_api.Workspace, msg: dict) -> bool:
+    def _paced(self, ws: ws_api.Workspace, msg: dict, profile: dict) -> bool:
         """Caps and quiet hours again at send time (other messages may have gone out since it was queued)."""
-        from chorus.errors import NotFound
-        from chorus.profiles import views
-
+        if msg["kind"] == "transactional":
+            return False
+        settings = ws.settings.get("messaging") or {}
+        if not settings.get("caps") and not settings.get("quiet_hours"):
+            return False
         now = self.clock()
         with self.engine.begin() as conn:
-            try:
-                profile = views.get_profile(conn, ws.id, msg["profile_id"], ws.identity)
-            except NotFound:
-                return False  # the consent check that follows skips it
             paced = outbox.apply_pacing(conn, ws, msg, profile, now)
             if paced.at is None:
                 outbox.set_status(conn, msg, "skipped", at=now, next_attempt_at=None, reason=paced.reason,
-                                  detail={"reason": paced.reason})  # fmt: skip
+                                  detail={"reason": paced.reason}, profile=profile)  # fmt: skip
                 return True
             if paced.at > now:  # not an attempt: give it back
                 outbox.set_status(
                     conn, msg, "deferred", at=now, next_attempt_at=paced.at, reason=paced.reason,
                     attempts=msg["attempts"] - 1, detail={"reason": paced.reason, "until": iso(paced.at)},
+                    profile=profile,
                 )  # fmt: skip
                 return True
         return False
 
-    def _consent_withdrawn(self, ws: ws_api.Workspace, msg: dict) -> str | None:
+    def _consent_withdrawn(self, ws: ws_api.Workspace, msg: dict, profile: dict) -> str | None:
         """Consent is checked again right before sending: an opt-out after queuing stops the message."""
-        from chorus.errors import NotFound
         from chorus.messaging import policy
-        from chorus.profiles import views
 
-        with self.engine.connect() as conn:
-            try:
-                profile = views.get_profile(conn, ws.id, msg["profile_id"], ws.identity)
-            except NotFound:
-                return "the profile was erased before delivery"
         topics = (ws.settings.get("messaging") or {}).get("topics")
         d = policy.consent_decision(profile, msg["channel"], msg["topic"], msg["kind"], topics)
         return None if d.allowed else f"consent withdrawn before delivery: {d.reason}"
 
-    def _sent(self, msg: dict, provider: str, provider_id: str) -> None:
+    def _sent(self, msg: dict, provider: str, provider_id: str, profile: dict | None = None) -> None:
         now = self.clock()
         with self.engine.begin() as conn:
             outbox.set_status(
                 conn, msg, "sent", at=now, detail={"provider": provider}, provider=provider,
-                provider_message_id=provider_id, next_attempt_at=None, reason=None, sent_at=now,
+                provider_message_id=provider_id, next_attempt_at=None, reason=None, sent_at=now, profile=profile,
             )  # fmt: skip
 
     def _permanent(self, msg: dict, provider: str, exc: PermanentError) -> None:
@@ -288,15 +295,8 @@ class Deliverer:
             )  # fmt: skip
             if exc.bounce:
                 record_consent(conn, msg, "*", "denied", f"hard bounce: {exc.reason}", now)
-            if exc.code == "subscription_gone":  # that browser is gone; the person's other devices are not
-                from chorus.store.tables import push_subscriptions
-
-                conn.execute(
-                    push_subscriptions.delete().where(
-                        push_subscriptions.c.workspace_id == msg["workspace_id"],
-                        push_subscriptions.c.endpoint == msg["address"],
-                    )
-                )
+            if exc.code == "subscription_gone":  # that device is gone; the person's other devices are not
+                forget_push_address(conn, msg["workspace_id"], msg["address"], exc.reason, now)
 
     def _transient(self, msg: dict, reason: str) -> None:
         now = self.clock()
@@ -313,3 +313,21 @@ class Deliverer:
                     conn, msg, "retrying", at=now, next_attempt_at=nxt, reason=reason,
                     detail={"reason": reason, "attempt": msg["attempts"], "next_attempt_at": nxt.isoformat()},
                 )  # fmt: skip
+
+
+def forget_push_address(conn, ws: str, address: str, reason: str, at) -> None:
+    """A browser subscription is deleted; a device token (an identifier of the profile) is remembered as dead."""
+    from chorus.store import bulk
+    from chorus.store.tables import dead_addresses, push_subscriptions
+
+    gone = conn.execute(
+        push_subscriptions.delete().where(
+            push_subscriptions.c.workspace_id == ws, push_subscriptions.c.endpoint == address
+        )
+    ).rowcount
+    if not gone:
+        bulk.insert_rows(
+            conn, dead_addresses,
+            [{"workspace_id": ws, "channel": "push", "address": address, "reason": reason[:500], "at": at}],
+            conflict=["workspace_id", "channel", "address"], update=["reason", "at"],
+        )  # fmt: skip

@@ -283,7 +283,7 @@ def _create(
         pid = views.find_by_ident(conn, ws.id, ident)
     profile = views.get_profile(conn, ws.id, pid, cfg)
     subs = endpoints_of(conn, ws.id, profile)
-    profile = with_push_addresses(profile, subs)
+    profile = with_push_addresses(conn, ws.id, profile, subs)
     parts = load_partials(conn, ws.id)
     if req.get("template"):
         defn = load_template(conn, ws.id, req["template"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from chorus.store.tables import push_subscriptions
+from chorus.store.tables import dead_addresses, push_subscriptions
 
 
 def endpoints_of(conn: Connection, ws: str, profile: dict) -> dict[str, dict]:
@@ -24,10 +24,22 @@ def endpoints_of(conn: Connection, ws: str, profile: dict) -> dict[str, dict]:
     return {r.endpoint: {"p256dh": r.p256dh, "auth": r.auth} for r in rows}
 
 
-def with_push_addresses(profile: dict, subs: dict[str, dict]) -> dict:
-    """The profile view with its browsers added to the push addresses (device tokens stay after them)."""
-    if not subs:
-        return profile
+def with_push_addresses(conn: Connection, ws: str, profile: dict, subs: dict[str, dict]) -> dict:
+    """The profile view with its browsers first among the push addresses, then its device tokens, minus the
+    tokens a push service said are gone."""
     addresses = dict(profile.get("addresses") or {})
-    addresses["push"] = [*subs, *(a for a in addresses.get("push", []) if a not in subs)]
+    tokens = [a for a in addresses.get("push", []) if a not in subs]
+    if tokens:
+        dead = set(
+            conn.execute(
+                sa.select(dead_addresses.c.address).where(
+                    dead_addresses.c.workspace_id == ws, dead_addresses.c.channel == "push",
+                    dead_addresses.c.address.in_(tokens),
+                )
+            ).scalars()
+        )  # fmt: skip
+        tokens = [t for t in tokens if t not in dead]
+    if not subs and tokens == addresses.get("push", []):
+        return profile
+    addresses["push"] = [*subs, *tokens]
     return {**profile, "addresses": addresses}

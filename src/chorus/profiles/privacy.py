@@ -9,6 +9,7 @@ from sqlalchemy.engine import Connection
 from chorus.identity.identifiers import IdentityConfig, kind_of, value_of
 from chorus.profiles.views import get_profile, merge_history, resolve_id
 from chorus.store.tables import (
+    dead_addresses,
     events,
     identifiers,
     identity_links,
@@ -165,6 +166,21 @@ def erase(conn: Connection, ws: str, profile_id: str) -> dict:
         messages.delete().where(messages.c.workspace_id == ws, messages.c.profile_id.in_(ids))
     ).rowcount
     push_idents = [i for i in idents if kind_of(i) in ("user_id", "anonymous_id")]
+    endpoints = list(
+        conn.execute(
+            sa.select(push_subscriptions.c.endpoint).where(
+                push_subscriptions.c.workspace_id == ws, push_subscriptions.c.ident.in_(push_idents)
+            )
+        ).scalars()
+    )
+    counts["dead_addresses"] = 0
+    values = [value_of(i) for i in idents] + endpoints
+    for i in range(0, len(values), 500):
+        counts["dead_addresses"] += conn.execute(
+            dead_addresses.delete().where(
+                dead_addresses.c.workspace_id == ws, dead_addresses.c.address.in_(values[i : i + 500])
+            )
+        ).rowcount
     counts["push_subscriptions"] = (
         conn.execute(
             push_subscriptions.delete().where(

@@ -224,7 +224,7 @@ messages = sa.Table(
         sqlite_where=sa.text("status IN ('queued', 'retrying', 'sending')"),
         postgresql_where=sa.text("status IN ('queued', 'retrying', 'sending')"),
     ),
-    sa.Index("ix_messages_provider_id", "provider", "provider_message_id"),
+    sa.Index("ix_messages_provider_id", "workspace_id", "provider_message_id"),  # provider callbacks look up by it
 )
 
 # Every state change of a message, in order: the status history the API shows.
@@ -260,4 +260,17 @@ push_subscriptions = sa.Table(
     sa.Column("ident", sa.String(400), nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Index("ix_push_subscriptions_ident", "workspace_id", "ident"),
+)
+
+
+# Addresses a provider said are gone for good (an uninstalled app's push token). They stay identifiers of the
+# person, but no message is addressed to them again.
+dead_addresses = sa.Table(
+    "dead_addresses",
+    metadata,
+    sa.Column("workspace_id", sa.String(40), primary_key=True),
+    sa.Column("channel", sa.String(20), primary_key=True),
+    sa.Column("address", sa.String(1000), primary_key=True),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
 )

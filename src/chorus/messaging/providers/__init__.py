@@ -49,6 +49,13 @@ class ConfigError(ValueError):
     """A provider configuration is unusable; the message names the setting."""
 
 
+def check_settings(conf: dict, known: set[str], where: str, what: str) -> None:
+    """Refuse a setting the provider does not know (a typo would otherwise be silently ignored)."""
+    unknown = set(conf) - known
+    if unknown:
+        raise ConfigError(f"{where}.{sorted(unknown)[0]} is not a {what} setting")
+
+
 @dataclass
 class Outgoing:
     message_id: str
@@ -89,7 +96,7 @@ def secret(conf: dict, key: str, where: str, resolve: bool = True) -> str | None
     return value
 
 
-PROVIDER_TYPES = ("smtp", "sendgrid", "twilio", "webhook", "webpush")
+PROVIDER_TYPES = ("smtp", "sendgrid", "twilio", "webhook", "webpush", "fcm", "whatsapp", "messenger")
 
 
 def build(conf: dict, where: str, resolve_secrets: bool = True) -> Provider:
@@ -108,10 +115,22 @@ def build(conf: dict, where: str, resolve_secrets: bool = True) -> Provider:
         from chorus.messaging.providers.twilio import TwilioSMS
 
         return TwilioSMS(conf, where, resolve_secrets)
+    if kind == "fcm":
+        from chorus.messaging.providers.fcm import FCMProvider
+
+        return FCMProvider(conf, where, resolve_secrets)
     if kind == "webpush":
         from chorus.messaging.providers.webpush import WebPushProvider
 
         return WebPushProvider(conf, where, resolve_secrets)
+    if kind == "whatsapp":
+        from chorus.messaging.providers.meta import WhatsAppProvider
+
+        return WhatsAppProvider(conf, where, resolve_secrets)
+    if kind == "messenger":
+        from chorus.messaging.providers.meta import MessengerProvider
+
+        return MessengerProvider(conf, where, resolve_secrets)
     if kind == "webhook":
         from chorus.messaging.providers.webhook import WebhookProvider
 

@@ -24,7 +24,15 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
-from chorus.messaging.providers import ConfigError, Outgoing, PermanentError, TransientError, http_failure, secret
+from chorus.messaging.providers import (
+    ConfigError,
+    Outgoing,
+    PermanentError,
+    TransientError,
+    check_settings,
+    http_failure,
+    secret,
+)
 
 KNOWN = {"type", "name", "api_key_env", "from", "reply_to", "base_url", "timeout", "rate_per_second",
          "webhook_public_key"}  # fmt: skip
@@ -74,9 +82,7 @@ class SendGridProvider:
 
     def __init__(self, conf: dict, where: str, resolve_secrets: bool = True):
         self.name = str(conf.get("name") or "sendgrid")
-        unknown = set(conf) - KNOWN
-        if unknown:
-            raise ConfigError(f"{where}.{sorted(unknown)[0]} is not a SendGrid setting")
+        check_settings(conf, KNOWN, where, "SendGrid")
         self.api_key = secret(conf, "api_key", where, resolve_secrets)
         if self.api_key is None:
             raise ConfigError(f"{where}.api_key_env is required (the variable holding the API key)")

@@ -15,7 +15,15 @@ from collections.abc import Mapping
 
 import httpx
 
-from chorus.messaging.providers import ConfigError, Outgoing, PermanentError, TransientError, http_failure, secret
+from chorus.messaging.providers import (
+    ConfigError,
+    Outgoing,
+    PermanentError,
+    TransientError,
+    check_settings,
+    http_failure,
+    secret,
+)
 
 # Twilio error codes (https://www.twilio.com/docs/api/errors) that say the number itself cannot receive SMS.
 UNREACHABLE_NUMBER = {21211, 21214, 21612, 21614}
@@ -41,9 +49,7 @@ class TwilioSMS:
 
     def __init__(self, conf: dict, where: str, resolve_secrets: bool = True):
         self.name = str(conf.get("name") or "twilio")
-        unknown = set(conf) - KNOWN
-        if unknown:
-            raise ConfigError(f"{where}.{sorted(unknown)[0]} is not a Twilio setting")
+        check_settings(conf, KNOWN, where, "Twilio")
         self.account_sid = conf.get("account_sid")
         if not isinstance(self.account_sid, str) or not self.account_sid.startswith("AC"):
             raise ConfigError(f"{where}.account_sid must be the account SID (AC…)")

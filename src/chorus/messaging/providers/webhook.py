@@ -14,7 +14,7 @@ import time
 import httpx
 import orjson
 
-from chorus.messaging.providers import ConfigError, Outgoing, PermanentError, TransientError, secret
+from chorus.messaging.providers import ConfigError, Outgoing, PermanentError, TransientError, check_settings, secret
 
 KNOWN = {"type", "name", "url", "secret_env", "timeout", "rate_per_second"}
 
@@ -29,9 +29,7 @@ class WebhookProvider:
 
     def __init__(self, conf: dict, where: str, resolve_secrets: bool = True):
         self.name = str(conf.get("name") or "webhook")
-        unknown = set(conf) - KNOWN
-        if unknown:
-            raise ConfigError(f"{where}.{sorted(unknown)[0]} is not a webhook setting")
+        check_settings(conf, KNOWN, where, "webhook")
         url = conf.get("url")
         if not isinstance(url, str) or not url.startswith(("https://", "http://")):
             raise ConfigError(f"{where}.url must be an http(s) URL")

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from py_vapid import Vapid
 from pywebpush import WebPushException, webpush
 
-from chorus.messaging.providers import ConfigError, Outgoing, PermanentError, TransientError, secret
+from chorus.messaging.providers import ConfigError, Outgoing, PermanentError, TransientError, check_settings, secret
 
 KNOWN = {"type", "name", "vapid_private_key_env", "subject", "ttl", "urgency", "timeout", "rate_per_second"}
 
@@ -45,9 +45,7 @@ class WebPushProvider:
 
     def __init__(self, conf: dict, where: str, resolve_secrets: bool = True):
         self.name = str(conf.get("name") or "webpush")
-        unknown = set(conf) - KNOWN
-        if unknown:
-            raise ConfigError(f"{where}.{sorted(unknown)[0]} is not a web push setting")
+        check_settings(conf, KNOWN, where, "web push")
         subject = conf.get("subject")
         if not isinstance(subject, str) or not subject.startswith(("mailto:", "https://")):
             raise ConfigError(f"{where}.subject must be a mailto: or https: contact for push services (RFC 8292)")
@@ -62,6 +60,9 @@ class WebPushProvider:
             raise ConfigError(f"{where}.urgency must be very-low, low, normal or high")
         self.timeout = float(conf.get("timeout", 10))
         self._session = requests.Session()
+
+    def accepts(self, out: Outgoing) -> bool:
+        return "subscription" in out.content  # a browser; device tokens go through FCM
 
     def close(self) -> None:
         self._session.close()

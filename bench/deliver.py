@@ -1,0 +1,243 @@
+#!/usr/bin/env python
+"""Delivery benchmark: personalised email over SMTP and SMS to a Twilio-format server, outbox included, against
+bare senders of the same bytes in the same run.
+
+Per engine (SQLite, PostgreSQL):
+
+1. receivers in their own processes: an aiosmtpd sink (accepts and drops) and the Twilio Messages API stand-in
+   of the tests (tests/standins/twilio.py) under uvicorn;
+2. bare email: `smtplib` sends the same pre-rendered messages (built by chorus' SMTP provider, not timed) over
+   one reused connection; bare SMS: `httpx.AsyncClient` posts the same form bodies, `--concurrency` at a time;
+3. chorus: a fresh database with N profiles (email + phone; set up, not timed), a template with an MJML email
+   variant and an SMS variant, then, timed: `outbox.enqueue` of N messages per channel (what `POST /api/messages`
+   runs, without the HTTP layer: render, channel choice, consent, caps, the outbox row, its status and timeline
+   event) and `Deliverer` draining them all (provider call, `sent` status and event).
+
+Prints messages/s for chorus and for the bare sender, and their ratio; writes bench/results/deliver-<engine>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import smtplib
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import RESULTS_DIR, FreshDB, free_port, log, make_tmpdir, write_json  # noqa: E402
+
+MJML = """<mjml><mj-head><mj-preview>{{ traits.first_name }}, your cart is waiting</mj-preview></mj-head>
+<mj-body><mj-section><mj-column>
+<mj-text font-size="20px">Hi {{ traits.first_name }},</mj-text>
+<mj-text>You left {{ event.product }} in your cart. It is still there, in size {{ event.size }}.</mj-text>
+<mj-button href="https://shop.example/cart?c={{ event.cart }}">Back to my cart</mj-button>
+<mj-text font-size="11px"><a href="{{ message.unsubscribe_url }}">Unsubscribe</a></mj-text>
+</mj-column></mj-section></mj-body></mjml>"""
+TEMPLATE = {
+    "kind": "marketing", "topic": "offers",
+    "variants": {
+        "email": {"subject": "{{ traits.first_name }}, your {{ event.product }} is waiting", "mjml": MJML},
+        "sms": {"text": "{{ traits.first_name }}, your {{ event.product }} is still in your cart: "
+                        "https://shop.example/c/{{ event.cart }}"},
+    },
+}  # fmt: skip
+SINK = """
+import asyncio, sys
+from aiosmtpd.controller import Controller
+class Sink:
+    async def handle_DATA(self, server, session, envelope):
+        return "250 OK"
+c = Controller(Sink(), hostname="127.0.0.1", port=int(sys.argv[1]))
+c.start()
+print("ready", flush=True)
+sys.stdin.read()
+"""
+TWILIO = """
+import sys, uvicorn
+sys.path.insert(0, sys.argv[2])
+from tests.standins.twilio import TwilioStandIn
+s = TwilioStandIn("AC" + "0" * 31 + "1", "bench-token")
+uvicorn.run(s.app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)
+"""
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def start(script: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", script, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+
+
+def wait_port(port: int, timeout: float = 20) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def seed(engine, n: int):
+    """A workspace with n profiles (email + phone), providers and the template; returns (workspace, ids)."""
+    from chorus import workspaces
+    from chorus.collect import ingest
+    from chorus.collect.messages import normalise
+    from chorus.identity.resolver import Resolver
+    from chorus.messaging import outbox
+
+    w = workspaces.create(engine, "bench")
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        src = workspaces.source_by_write_key(conn, w["server_write_key"])
+        for start_i in range(0, n, 1000):
+            evs = [normalise({"type": "identify", "userId": f"u{i}", "messageId": f"seed-{i}",
+                              "traits": {"email": f"person{i}@example.com", "phone": f"+3161{i:07d}",
+                                         "first_name": f"Name{i}"}}, received_at=now, source_kind="server")
+                   for i in range(start_i, min(n, start_i + 1000))]  # fmt: skip
+            ingest.store(conn, src, evs, [], now)
+    Resolver(engine).drain(5000)
+    outbox.save_template(engine, w["id"], "cart", TEMPLATE)
+    return w
+
+
+def run_chorus(db: FreshDB, n: int, smtp_port: int, twilio_port: int) -> dict:
+    os.environ["BENCH_TWILIO_TOKEN"] = "bench-token"
+    from chorus import workspaces
+    from chorus.messaging import outbox
+    from chorus.messaging.delivery import Deliverer
+    from chorus.messaging.links import Links
+    from chorus.store.db import create_engine, upgrade
+
+    upgrade(db.url)
+    engine = create_engine(db.url)
+    log(f"[{db.engine}] seeding {n} profiles")
+    w = seed(engine, n)
+    providers = {
+        "email": [{"type": "smtp", "host": "127.0.0.1", "port": smtp_port, "security": "none",
+                   "from": "Shop <news@shop.example>"}],
+        "sms": [{"type": "twilio", "account_sid": "AC" + "0" * 31 + "1", "auth_token_env": "BENCH_TWILIO_TOKEN",
+                 "from": "+15005550006", "base_url": f"http://127.0.0.1:{twilio_port}"}],
+    }  # fmt: skip
+    workspaces.update_settings(engine, w["id"], {"messaging": {"providers": providers}})
+    with engine.connect() as conn:
+        ws = workspaces.get(conn, w["id"])
+    links = Links("https://chorus.example", b"bench-key" * 4)
+    out = {}
+    for channel in ("email", "sms"):
+        d = Deliverer(engine)
+        t0 = time.perf_counter()
+        for i in range(n):
+            req = outbox.parse_request({"to": {"user_id": f"u{i}"}, "template": "cart", "channel": channel,
+                                        "event": {"product": "red shoes", "size": 38, "cart": f"c{i}"}})  # fmt: skip
+            outbox.enqueue(engine, ws, req, f"{channel}-{i}", links)
+        t_enq = time.perf_counter() - t0
+        while d.run_once(200):
+            pass
+        total = time.perf_counter() - t0
+        d.close()
+        with engine.connect() as conn:
+            import sqlalchemy as sa
+
+            from chorus.store.tables import messages
+
+            sent = conn.execute(
+                sa.select(sa.func.count()).where(messages.c.channel == channel, messages.c.status == "sent")
+            ).scalar_one()
+        if sent != n:
+            raise RuntimeError(f"{channel}: {sent} of {n} sent")
+        out[channel] = {"messages": n, "seconds": round(total, 2), "msg_per_s": round(n / total),
+                        "enqueue_msg_per_s": round(n / t_enq)}  # fmt: skip
+        log(f"[{db.engine}] chorus {channel}: {out[channel]}")
+    engine.dispose()
+    return out
+
+
+def bare_email(n: int, port: int) -> dict:
+    from chorus.messaging.providers import Outgoing
+    from chorus.messaging.providers.smtp import SMTPProvider
+
+    prov = SMTPProvider({"type": "smtp", "host": "127.0.0.1", "port": port, "security": "none",
+                         "from": "Shop <news@shop.example>"}, "bench")  # fmt: skip
+    html = "<html><body>" + "<p>Hi, you left red shoes in your cart.</p>" * 40 + "</body></html>"
+    raws = [prov.build(Outgoing(f"m{i}", "ws", "email", f"person{i}@example.com",
+                                {"subject": f"Name{i}, your red shoes", "html": html, "text": "Hi"}, "marketing", "o"))
+            for i in range(n)]  # fmt: skip
+    conn = smtplib.SMTP("127.0.0.1", port)
+    t0 = time.perf_counter()
+    for i, raw in enumerate(raws):
+        conn.sendmail("news@shop.example", [f"person{i}@example.com"], raw)
+    dt = time.perf_counter() - t0
+    conn.quit()
+    return {"messages": n, "seconds": round(dt, 2), "msg_per_s": round(n / dt), "avg_bytes": sum(map(len, raws)) // n}
+
+
+def bare_sms(n: int, port: int, concurrency: int) -> dict:
+    import httpx
+
+    url = f"http://127.0.0.1:{port}/2010-04-01/Accounts/{'AC' + '0' * 31 + '1'}/Messages.json"
+    forms = [{"To": f"+3161{i:07d}", "From": "+15005550006", "Body": f"Name{i}, your red shoes are in your cart"}
+             for i in range(n)]  # fmt: skip
+
+    async def main() -> float:
+        async with httpx.AsyncClient(auth=("AC" + "0" * 31 + "1", "bench-token")) as client:
+            queue = iter(forms)
+
+            async def worker():
+                for form in queue:
+                    r = await client.post(url, data=form)
+                    assert r.status_code == 201, r.text
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            return time.perf_counter() - t0
+
+    dt = asyncio.run(main())
+    return {"messages": n, "seconds": round(dt, 2), "msg_per_s": round(n / dt), "concurrency": concurrency}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--count", type=int, default=100_000, help="messages per channel (default 100,000)")
+    ap.add_argument("--engines", default="sqlite,postgresql")
+    ap.add_argument("--concurrency", type=int, default=8, help="concurrent requests of the bare SMS sender")
+    ap.add_argument("--out", default=str(RESULTS_DIR))
+    args = ap.parse_args(argv)
+    tmp = make_tmpdir()
+    smtp_port, twilio_port = free_port(), free_port()
+    sink = start(SINK, str(smtp_port))
+    twilio = start(TWILIO, str(twilio_port), str(ROOT))
+    rows = []
+    try:
+        wait_port(smtp_port)
+        wait_port(twilio_port)
+        log(f"bare senders, {args.count} messages each")
+        base = {"email": bare_email(args.count, smtp_port), "sms": bare_sms(args.count, twilio_port, args.concurrency)}
+        log(f"bare: {base}")
+        for engine in args.engines.split(","):
+            with FreshDB(engine, "deliver", tmp) as db:
+                res = run_chorus(db, args.count, smtp_port, twilio_port)
+            doc = {"engine": engine, "count": args.count, "bare": base, "chorus": res}
+            write_json(Path(args.out) / f"deliver-{engine}.json", doc)
+            for ch in ("email", "sms"):
+                rows.append((engine, ch, res[ch]["msg_per_s"], base[ch]["msg_per_s"],
+                             res[ch]["msg_per_s"] / base[ch]["msg_per_s"], res[ch]["enqueue_msg_per_s"]))  # fmt: skip
+    finally:
+        for p in (sink, twilio):
+            p.kill()
+    print("\n| engine | channel | chorus msg/s (enqueue + deliver) | bare msg/s | chorus/bare | enqueue alone msg/s |")
+    print("|---|---|---:|---:|---:|---:|")
+    for e, ch, c, b, r, q in rows:
+        print(f"| {e} | {ch} | {c:,} | {b:,} | {r:.2f} | {q:,} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
