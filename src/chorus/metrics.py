@@ -23,3 +23,11 @@ resolve_seconds = Histogram(
     "chorus_resolve_batch_seconds", "Time to resolve one worker batch", registry=REGISTRY,
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )  # fmt: skip
+message_status = Counter(
+    "chorus_messages_status", "Message state changes (queued, sent, failed, opened...)", ["channel", "status"],
+    registry=REGISTRY,
+)  # fmt: skip
+provider_seconds = Histogram(
+    "chorus_provider_send_seconds", "Time of one provider call", ["channel", "outcome"], registry=REGISTRY,
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)  # fmt: skip

@@ -77,6 +77,9 @@ def test_send_is_rendered_delivered_once_and_recorded(http, server, shop, smtp_s
     sent = wait_status(http, shop, m["id"], "sent", "failed", "retrying")
     assert sent["status"] == "sent" and sent["provider"] == "primary", sent
     assert [h["status"] for h in sent["history"]] == ["queued", "sent"]
+    prom = http.get("/metrics").text
+    assert 'chorus_messages_status_total{channel="email",status="sent"}' in prom
+    assert 'chorus_provider_send_seconds_count{channel="email",outcome="ok"}' in prom
 
     # the same key again: the same message, no second email; a different request under that key is refused
     again = send(http, shop, "cart-1")

@@ -142,3 +142,18 @@ def test_late_or_repeated_callbacks_never_move_a_message_back(http, server, work
         assert twilio_post(http, server, twilio, path, {**base, "MessageStatus": status}).status_code == 200
     v = http.get(f"/api/messages/{m['id']}", headers=sms_shop).json()
     assert v["status"] == "delivered" and [h["status"] for h in v["history"]] == ["queued", "sent", "delivered"]
+
+
+def test_a_replayed_inbound_webhook_counts_once(http, server, workspace, twilio, sms_shop):
+    inbound = f"/webhooks/twilio/{workspace['id']}/inbound"
+    m = send(http, sms_shop, "rp1").json()
+    wait_status(http, sms_shop, m["id"], "sent")
+    base = {"AccountSid": twilio.account_sid, "From": PHONE, "To": "+15005550006"}
+    for _ in range(2):  # Twilio retries a webhook that timed out: same MessageSid
+        twilio_post(http, server, twilio, inbound, {**base, "MessageSid": "SMrp1", "Body": "On my way"})
+        twilio_post(http, server, twilio, inbound, {**base, "MessageSid": "SMrp2", "Body": "STOP"})
+    hist = http.get(f"/api/messages/{m['id']}", headers=sms_shop).json()["history"]
+    assert [h["status"] for h in hist].count("replied") == 1
+    server.settle()
+    events = http.get(f"/api/profiles/{m['profile_id']}/events", headers=sms_shop).json()["events"]
+    assert sum(1 for e in events if e.get("event") == "Consent Updated") == 1

@@ -134,7 +134,7 @@ def _inbound(svc: Services, ws: ws_api.Workspace, form: dict) -> str | None:
             status = "denied" if word == "stop" else "granted"
             consent.record(
                 conn, ws.id, ident, channel="sms", topic="*", status=status, reason=f"SMS keyword {body.strip()!r}",
-                at=now, direction="inbound", key=sid, profile_id=owner,
+                at=now, direction="inbound", key=sid, profile_id=owner, unique_key=bool(form.get("MessageSid")),
             )  # fmt: skip
             return None  # Twilio (and the carrier) answer STOP and START themselves
         if word == "help":
@@ -148,7 +148,10 @@ def _inbound(svc: Services, ws: ws_api.Workspace, form: dict) -> str | None:
                 .limit(1)
             ).first()
         if last is not None:
-            outbox.set_status(conn, dict(last._mapping), "replied", at=now, detail={"text": body[:1600]})
+            if not outbox.has_status(conn, last.id, "replied", sid=sid):  # Twilio retries webhooks
+                outbox.set_status(
+                    conn, dict(last._mapping), "replied", at=now, detail={"text": body[:1600], "sid": sid}
+                )
         else:
             from chorus.collect import ingest
             from chorus.collect.messages import Event, normalise

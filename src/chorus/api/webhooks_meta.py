@@ -320,7 +320,7 @@ def _inbound(
         consent.record(
             conn, ws.id, ident, channel=channel, topic="*", status="denied" if word == "stop" else "granted",
             reason=f"{LABEL[channel]} keyword {text.strip()!r}", at=at, direction="inbound", key=inbound_id,
-            profile_id=owner,
+            profile_id=owner, unique_key=True,
         )  # fmt: skip
         return 1
     detail = {"text": text[:MAX_TEXT], "inbound_id": inbound_id}

@@ -40,8 +40,14 @@ def identity_fields(profile: dict) -> dict:
 def record(
     conn: Connection, ws_id: str, ident: dict, *, channel: str, topic: str, status: str, reason: str, at: datetime,
     direction: str, key: str, profile_id: str | None = None, message_id: str | None = None,
+    unique_key: bool = False,
 ) -> None:  # fmt: skip
-    """Record a consent change for whoever ``ident`` identifies (``profile_id`` when already known)."""
+    """Record a consent change for whoever ``ident`` identifies (``profile_id`` when already known).
+
+    With ``unique_key`` (a provider's id of the inbound message), a replayed notification is the same event and
+    is stored once; otherwise the time is part of the id, so the same link can unsubscribe, resubscribe and
+    unsubscribe again.
+    """
     props = {"channel": channel, "topic": topic, "status": status, "reason": reason}
     if message_id:
         props["message_id"] = message_id
@@ -49,7 +55,8 @@ def record(
         **{k: v for k, v in ident.items() if k != "context"},
         "type": "track", "event": "Consent Updated", "properties": props,
         "context": {**ident.get("context", {}), "channel": channel, "direction": direction},
-        "messageId": f"chorus-consent-{key}-{channel}-{topic}-{status}-{at.timestamp()}", "timestamp": at.isoformat(),
+        "messageId": f"chorus-consent-{key}-{channel}-{topic}-{status}" + ("" if unique_key else f"-{at.timestamp()}"),
+        "timestamp": at.isoformat(),
     }  # fmt: skip
     ev = normalise(raw, received_at=at, source_kind="internal", require_ids=False)
     if not isinstance(ev, Event):

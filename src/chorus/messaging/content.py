@@ -84,7 +84,9 @@ MAX_SIZES: dict[str, Limit] = {
 # a template that reaches one is almost certainly a mistake or an attack, and renders as a Skip.
 LOOP_LIMIT = 10_000  # loop iterations per render, nested or not, and the longest range literal
 NODE_LIMIT = 100_000  # tags and outputs executed per render: loops over long straight-line bodies stop here
-TIME_LIMIT = 0.5  # Liquid seconds per render (parsing excluded): a backstop for filters slow on big values (sort)
+# CPU seconds of the rendering thread per render (parsing excluded): a backstop for filters slow on big values
+# (sort). CPU time, not wall time: a busy machine must not turn a normal template into a skipped message.
+TIME_LIMIT = 0.5
 OUTPUT_LIMIT = 256 * 1024  # bytes written by one template (captures included)
 # python-liquid's context depth counts scope layers, not partials: with 30 (its default) a template can nest 13
 # includes, 31 renders or 26 for loops. A partial that includes itself stops there.
@@ -170,8 +172,8 @@ class _Budget:
         self.nodes -= 1
         if self.nodes < 0:
             raise _WorkLimitError(f"the template executes more than {NODE_LIMIT:,} tags and outputs", token=None)
-        if time.monotonic() - self.started > self.seconds:
-            raise _WorkLimitError(f"the template takes longer than {TIME_LIMIT} seconds to render", token=None)
+        if time.thread_time() - self.started > self.seconds:
+            raise _WorkLimitError(f"the template takes more than {TIME_LIMIT} CPU seconds to render", token=None)
 
 
 def _run(template: BoundTemplate, context: Mapping[str, Any]) -> str:
@@ -179,11 +181,11 @@ def _run(template: BoundTemplate, context: Mapping[str, Any]) -> str:
     budget = _BUDGET.get()
     if budget is None:
         return template.render(context)
-    budget.started = time.monotonic()
+    budget.started = time.thread_time()
     try:
         return template.render(context)
     finally:
-        budget.seconds -= time.monotonic() - budget.started
+        budget.seconds -= time.thread_time() - budget.started
 
 
 class _Missing(FalsyStrictUndefined):

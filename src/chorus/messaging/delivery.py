@@ -24,6 +24,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from chorus import metrics
 from chorus import workspaces as ws_api
 from chorus.messaging import outbox
 from chorus.messaging.consent import record_consent
@@ -223,8 +224,10 @@ class Deliverer:
             errors.append(f"no {msg['channel']} provider takes this address")
         for prov, limiter in provs:
             limiter.wait()
+            started, outcome = time.perf_counter(), "error"
             try:
                 provider_id = prov.send(out)
+                outcome = "ok"
             except AmbiguousError as exc:
                 if msg["channel"] in AT_LEAST_ONCE:  # a repeat is harmless there
                     errors.append(f"{prov.name}: {exc.reason}")
@@ -242,6 +245,10 @@ class Deliverer:
                 errors.append(f"{prov.name}: {type(exc).__name__}: {exc}")
                 log.exception("message %s: provider %s raised", msg["id"], prov.name)
                 continue
+            finally:
+                metrics.provider_seconds.labels(channel=msg["channel"], outcome=outcome).observe(
+                    time.perf_counter() - started
+                )
             self._sent(msg, prov.name, provider_id, profile)
             return
         self._transient(msg, "; ".join(errors))

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
+from chorus import metrics
 from chorus import workspaces as ws_api
 from chorus.collect import ingest
 from chorus.collect.messages import Event, normalise
@@ -208,6 +209,7 @@ def set_status(
     updated = conn.execute(messages.update().where(messages.c.id == msg["id"]).values(updated_at=at, **columns))
     if updated.rowcount == 0:
         return
+    metrics.message_status.labels(channel=msg.get("channel") or "none", status=status).inc()
     res = conn.execute(
         message_status.insert().values(message_id=msg["id"], workspace_id=msg["workspace_id"], status=status, at=at,
                                        detail=detail)
