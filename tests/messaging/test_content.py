@@ -501,9 +501,9 @@ def test_parsed_templates_are_cached():
             "{% assign s = '" + "abcdefghij" * 6000 + "' %}"
             "{% for i in (1..9000) %}{% assign n = s | split: '' | sort | size %}{% endfor %}",
             "skip",
-            "more than 0.5 CPU seconds",
+            "more than 1 CPU second",
         ),
-        ("{% include 'wide_1' %}", "skip", "100,000 tags|0.5 CPU seconds"),
+        ("{% include 'wide_1' %}", "skip", "100,000 tags|1 CPU second"),
     ],
     ids=lambda value: value[:60] if isinstance(value, str) else None,
 )
@@ -515,7 +515,8 @@ def test_hostile_templates_end_in_an_error_or_a_skip_quickly(template, outcome, 
         result = err
     else:
         result = render(defn, "sms", {**CTX, "event": {"path": "/etc/passwd"}}, partials=PARTIALS)
-    assert time.perf_counter() - start < 1.0
+    # not a timing test: a guard against a hang (the limits themselves are CPU-time, so a loaded CI does not matter)
+    assert time.perf_counter() - start < 10.0
     if outcome == "error":
         assert isinstance(result, ContentError) and result.field == "variants.sms.text", result
         assert words in result.message

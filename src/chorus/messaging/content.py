@@ -15,12 +15,14 @@ from __future__ import annotations
 import contextvars
 import copy
 import functools
+import gc
 import html as html_lib
 import json
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import css_inline
@@ -84,9 +86,29 @@ MAX_SIZES: dict[str, Limit] = {
 # a template that reaches one is almost certainly a mistake or an attack, and renders as a Skip.
 LOOP_LIMIT = 10_000  # loop iterations per render, nested or not, and the longest range literal
 NODE_LIMIT = 100_000  # tags and outputs executed per render: loops over long straight-line bodies stop here
-# CPU seconds of the rendering thread per render (parsing excluded): a backstop for filters slow on big values
-# (sort). CPU time, not wall time: a busy machine must not turn a normal template into a skipped message.
-TIME_LIMIT = 0.5
+# CPU seconds of the rendering thread per render (parsing and garbage collection excluded): a backstop for
+# filters slow on big values (sort). CPU time, not wall time, and without the collector's pauses: a busy machine
+# or a large heap must not turn a normal template into a skipped message.
+TIME_LIMIT = 1.0
+_GC = threading.local()
+
+
+def _gc_clock(phase: str, _info: dict) -> None:
+    if phase == "start":
+        _GC.started = time.thread_time()
+    elif getattr(_GC, "started", None) is not None:
+        _GC.spent = getattr(_GC, "spent", 0.0) + time.thread_time() - _GC.started
+        _GC.started = None
+
+
+gc.callbacks.append(_gc_clock)
+
+
+def _cpu() -> float:
+    """This thread's CPU seconds, less the time the garbage collector ran in it."""
+    return time.thread_time() - getattr(_GC, "spent", 0.0)
+
+
 OUTPUT_LIMIT = 256 * 1024  # bytes written by one template (captures included)
 # python-liquid's context depth counts scope layers, not partials: with 30 (its default) a template can nest 13
 # includes, 31 renders or 26 for loops. A partial that includes itself stops there.
@@ -166,14 +188,14 @@ class _Budget:
     loops: int = LOOP_LIMIT
     nodes: int = NODE_LIMIT
     seconds: float = TIME_LIMIT
-    started: float = 0.0  # when the template being rendered started: parsing it is not counted
+    started: float = field(default_factory=lambda: _cpu())  # when the template being rendered started
 
     def tick(self) -> None:
         self.nodes -= 1
         if self.nodes < 0:
             raise _WorkLimitError(f"the template executes more than {NODE_LIMIT:,} tags and outputs", token=None)
-        if time.thread_time() - self.started > self.seconds:
-            raise _WorkLimitError(f"the template takes more than {TIME_LIMIT} CPU seconds to render", token=None)
+        if _cpu() - self.started > self.seconds:
+            raise _WorkLimitError(f"the template takes more than {TIME_LIMIT:g} CPU second(s) to render", token=None)
 
 
 def _run(template: BoundTemplate, context: Mapping[str, Any]) -> str:
@@ -181,11 +203,11 @@ def _run(template: BoundTemplate, context: Mapping[str, Any]) -> str:
     budget = _BUDGET.get()
     if budget is None:
         return template.render(context)
-    budget.started = time.thread_time()
+    budget.started = _cpu()
     try:
         return template.render(context)
     finally:
-        budget.seconds -= time.thread_time() - budget.started
+        budget.seconds -= _cpu() - budget.started
 
 
 class _Missing(FalsyStrictUndefined):

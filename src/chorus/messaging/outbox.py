@@ -387,10 +387,13 @@ def pacing_history(conn: Connection, ws: str, profile_id: str, exclude: str | No
 
 
 def apply_pacing(conn: Connection, ws: ws_api.Workspace, msg: dict, profile: dict, now: datetime) -> policy.Pace:
+    settings = ws.settings.get("messaging") or {}
+    if msg["kind"] == "transactional" or not (settings.get("caps") or settings.get("quiet_hours")):
+        return policy.Pace(now, None)  # nothing to check: spare the history query
+    history = pacing_history(conn, ws.id, msg["profile_id"], exclude=msg["id"]) if settings.get("caps") else []
     return policy.pace(
-        now, channel=msg["channel"], kind=msg["kind"], timezone_name=profile.get("timezone"),
-        history=pacing_history(conn, ws.id, msg["profile_id"], exclude=msg["id"]),
-        settings=ws.settings.get("messaging") or {},
+        now, channel=msg["channel"], kind=msg["kind"], timezone_name=profile.get("timezone"), history=history,
+        settings=settings,
     )  # fmt: skip
 
 

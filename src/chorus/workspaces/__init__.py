@@ -122,8 +122,14 @@ def source_by_write_key(conn: Connection, write_key: str) -> Source:
     return Source(row.id, row.workspace_id, row.name, row.kind)
 
 
+_INTERNAL: dict[tuple[str, str, str], Source] = {}  # source rows never change once created
+
+
 def internal_source(conn: Connection, ws_id: str, kind: str, name: str) -> Source:
     """The source row used for imports and webhooks (created on first use; it has no usable key)."""
+    hit = _INTERNAL.get((ws_id, kind, name))
+    if hit is not None:
+        return hit
     row = conn.execute(
         sa.select(sources).where(sources.c.workspace_id == ws_id, sources.c.name == name, sources.c.kind == kind)
     ).first()
@@ -135,8 +141,9 @@ def internal_source(conn: Connection, ws_id: str, kind: str, name: str) -> Sourc
                 public_key=None, created_at=utcnow(),
             )
         )  # fmt: skip
-        return Source(sid, ws_id, name, kind)
-    return Source(row.id, ws_id, row.name, row.kind)
+        return Source(sid, ws_id, name, kind)  # not cached until committed and read back
+    src = _INTERNAL[(ws_id, kind, name)] = Source(row.id, ws_id, row.name, row.kind)
+    return src
 
 
 def validate_settings(patch: dict) -> dict:
