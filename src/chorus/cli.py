@@ -232,43 +232,39 @@ def import_events(
 
 @channels_app.command("test")
 def channels_test(
-    channel: Annotated[str, typer.Argument(help="The channel whose providers to test (email)")],
-    to: Annotated[str, typer.Option("--to", help="Address to send the test message to")],
+    channel: Annotated[str, typer.Argument(help="email, sms, whatsapp, messenger, push or webhook")],
     workspace: Annotated[str, typer.Option("--workspace", "-w", help="Workspace name or id")],
+    to: Annotated[
+        str | None,
+        typer.Option("--to", help="Address: email, phone, PSID, device token or web push subscription JSON"),
+    ] = None,
     db: DbOpt = None,
 ):
     """Send a test message through each configured provider of a channel, and say what each answered."""
     import uuid
 
     from chorus import workspaces
-    from chorus.identity.identifiers import normalise_email, normalise_phone
     from chorus.messaging.delivery import ProviderSet
+    from chorus.messaging.probe import ProbeError, probe_message
     from chorus.messaging.providers import ConfigError, Outgoing, ProviderError
 
     _, engine = _engine(db)
     try:
         with engine.connect() as conn:
             w = workspaces.find(conn, workspace)
-        if channel not in ("email", "sms"):
-            raise ChorusError(f"channel {channel!r}: only email and sms providers exist so far")
-        try:
-            address = normalise_email(to) if channel == "email" else normalise_phone(to, w.identity.default_region)
-        except ValueError as exc:
-            raise ChorusError(f"--to: {exc}") from None
+        address, content = probe_message(channel, to, w.identity.default_region)
         provs = ProviderSet().get(w, channel)
-    except (ChorusError, ValueError, ConfigError) as exc:
+    except (ChorusError, ProbeError, ConfigError, ValueError) as exc:
         _fail(exc)
+    out = Outgoing(
+        message_id="test_" + uuid.uuid4().hex[:16], workspace_id=w.id, channel=channel, address=address,
+        kind="transactional", topic="transactional", content=content,
+    )  # fmt: skip
+    provs = [(p, lim) for p, lim in provs if getattr(p, "accepts", lambda _o: True)(out)]
     if not provs:
-        _fail(ChorusError(f"no {channel} provider is configured (settings.messaging.providers.{channel})"))
+        _fail(ChorusError(f"no {channel} provider for this address (settings.messaging.providers.{channel})"))
     failed = 0
     for prov, _limiter in provs:
-        out = Outgoing(
-            message_id="test_" + uuid.uuid4().hex[:16], workspace_id=w.id, channel=channel, address=address,
-            kind="transactional", topic="transactional",
-            content={"subject": "Chorus test message", "text": f"A test message from Chorus via {prov.name}.",
-                     "segments": 1,
-                     "html": f"<p>A test message from Chorus via <b>{prov.name}</b>.</p>"},
-        )  # fmt: skip
         try:
             provider_id = prov.send(out)
             typer.echo(f"{prov.name}: sent ({provider_id})")

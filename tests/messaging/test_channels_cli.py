@@ -45,3 +45,39 @@ def test_channels_test_sms(db_url, engine, twilio):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "twilio: sent (SM" in r.stdout
     assert twilio.sent[0]["To"] == "+31612345678" and "test message" in twilio.sent[0]["Body"]
+
+
+def test_channels_test_push_and_webhook_and_bad_addresses(db_url, engine):
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from tests.conftest import _ASGIThread
+    from tests.standins.fcm import FCMStandIn
+
+    got = []
+
+    async def hook(request):
+        got.append(await request.json())
+        return JSONResponse({"ok": True})
+
+    fcm = FCMStandIn()
+    with _ASGIThread(fcm.app) as f, _ASGIThread(Starlette(routes=[Route("/hook", hook, methods=["POST"])])) as h:
+        ws = workspaces.create(engine, "cli-push")
+        providers = {
+            "push": [{"type": "fcm", "service_account_env": "TEST_FCM", "base_url": f.base_url}],
+            "webhook": [{"type": "webhook", "url": f"{h.base_url}/hook", "secret_env": "TEST_HOOK"}],
+        }
+        workspaces.update_settings(engine, ws["id"], {"messaging": {"providers": providers}})
+        import orjson
+
+        env = {"TEST_FCM": orjson.dumps(fcm.service_account(f.base_url)).decode(), "TEST_HOOK": "s"}
+        r = run("channels", "test", "push", "--to", "device-tok-1", "-w", "cli-push", "--db", db_url, env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert fcm.sent[0]["token"] == "device-tok-1" and fcm.sent[0]["notification"]["title"] == "Chorus"
+        r = run("channels", "test", "webhook", "-w", "cli-push", "--db", db_url, env=env)
+        assert r.returncode == 0 and got[0]["body"]["test"] is True, r.stdout + r.stderr
+        for args, words in ((("messenger", "--to", "abc"), "PSID"), (("sms",), "--to is required"),
+                            (("in_app", "--to", "x"), "no provider to test")):  # fmt: skip
+            r = run("channels", "test", *args, "-w", "cli-push", "--db", db_url, env=env)
+            assert r.returncode != 0 and words in r.stdout + r.stderr, (args, r.stdout, r.stderr)
