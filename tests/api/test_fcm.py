@@ -90,6 +90,7 @@ def test_a_browser_goes_through_web_push_and_an_app_through_fcm(http, server, wo
     key = ec.generate_private_key(ec.SECP256R1())
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     monkeypatch.setenv("TEST_VAPID_KEY", pem.decode())
+    monkeypatch.setenv("CHORUS_ALLOW_LOOPBACK_PUSH", "1")
     service = PushService()
     with _ASGIThread(service.app) as srv:
         web = {"type": "webpush", "vapid_private_key_env": "TEST_VAPID_KEY", "subject": "mailto:ops@shop.example"}

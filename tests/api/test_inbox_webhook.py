@@ -72,6 +72,9 @@ def test_inbox_lists_marks_read_and_streams(http, server, workspace, shop):
     hist = http.get(f"/api/messages/{m['id']}", headers=shop).json()["history"]
     assert [h["status"] for h in hist] == ["queued", "sent", "opened"]
     assert http.post("/v1/inbox/msg_nope/read", json={"userId": "u1"}, auth=wk).status_code == 404
+    assert http.get("/v1/inbox", params={"userId": "u1", "limit": "²"}, auth=wk).json()["field"] == "limit"
+    r = http.post(f"/v1/inbox/{m['id']}/read", content=b"{nope", auth=wk, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["field"] == "body"
 
     # the stream sends a message that arrives while it is open
     got: list[dict] = []

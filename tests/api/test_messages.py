@@ -189,6 +189,12 @@ def test_bad_templates_and_requests_name_the_field(http, shop):
     assert r.status_code == 400 and r.json()["field"] == "channel"
     r = send(http, shop, "x2", to={"email": "nobody@example.com"})
     assert r.status_code == 404
+    for bad, field in (({"email": 5}, "to.email"), ({"phone": ["x"]}, "to.phone"), ({"cfg": "x"}, "to.cfg")):
+        for path in ("/api/messages", "/api/messages/preview"):
+            r = http.post(path, json={"to": bad, "template": "cart"}, headers=shop)
+            assert r.status_code == 400 and r.json()["field"] == field, (path, bad, r.text)
+    r = http.put("/api/templates/" + "t" * 65, json=TEMPLATE, headers=shop)
+    assert r.status_code == 400 and r.json()["field"] == "name"
     r = http.patch("/api/workspace/settings", json={"messaging": {"providers": {"email": [{"type": "smtp"}]}}},
                    headers=shop)  # fmt: skip
     assert r.status_code == 400 and "providers.email[0].host" in r.json()["message"]

@@ -24,6 +24,7 @@ def push(http, server, workspace, monkeypatch):
     key = ec.generate_private_key(ec.SECP256R1())
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     monkeypatch.setenv("TEST_VAPID_KEY", pem.decode())
+    monkeypatch.setenv("CHORUS_ALLOW_LOOPBACK_PUSH", "1")  # the stand-in push service listens on 127.0.0.1
     service = PushService()
     with _ASGIThread(service.app) as srv:
         service.base_url = srv.base_url
@@ -96,3 +97,29 @@ def test_bad_subscriptions_are_refused_with_the_field(http, workspace, push):
     assert r.status_code == 400 and r.json()["field"] == "subscription.keys.auth"
     r = http.post("/v1/push/subscriptions", auth=("wk_nope", ""), json={"userId": "u1", "subscription": sub})
     assert r.status_code == 401
+
+
+def test_subscriptions_are_guarded(http, workspace, push, monkeypatch):
+    import hashlib
+    import hmac
+
+    service, h = push
+    wk = (workspace["write_key"], "")
+    browser = service.browser(service.base_url, "b9")
+    monkeypatch.delenv("CHORUS_ALLOW_LOOPBACK_PUSH")
+    r = http.post("/v1/push/subscriptions", auth=wk, json={"userId": "u1", "subscription": browser.subscription})
+    assert r.status_code == 400 and "public push service" in r.json()["message"]  # no requests to local services
+    monkeypatch.setenv("CHORUS_ALLOW_LOOPBACK_PUSH", "1")
+    # with identity verification on, only the brand's server (userHash) can say whose browser it is
+    assert http.patch("/api/workspace/settings", json={"messaging": {"inbox_verification": True}},
+                      headers=h).status_code == 200  # fmt: skip
+    r = http.post("/v1/push/subscriptions", auth=wk, json={"userId": "u1", "subscription": browser.subscription})
+    assert r.status_code == 401
+    secret = http.get("/api/workspace/inbox-secret", headers=h).json()["inbox_secret"]
+    good = hmac.new(secret.encode(), b"u1", hashlib.sha256).hexdigest()
+    r = http.post("/v1/push/subscriptions", auth=wk,
+                  json={"userId": "u1", "userHash": good, "subscription": browser.subscription})  # fmt: skip
+    assert r.status_code == 201
+    long = {**browser.subscription, "endpoint": "https://push.example/" + "x" * 400}
+    r = http.post("/v1/push/subscriptions", auth=wk, json={"userId": "u1", "userHash": good, "subscription": long})
+    assert r.status_code == 400 and r.json()["field"] == "subscription.endpoint"

@@ -182,3 +182,30 @@ def test_an_ambiguous_failure_is_neither_retried_nor_failed_over(engine, setup, 
     clock.now += timedelta(days=1)
     assert d.run_once() == 0
     d.close()
+
+
+def test_one_broken_message_does_not_strand_the_batch(engine, setup, smtp_server, monkeypatch):
+    w, _ = setup
+    clock = Clock(T0)
+    a, b, c = (enqueue(engine, w, k, clock) for k in ("x1", "x2", "x3"))
+    d = Deliverer(engine, clock=clock)
+    real_paced, real_send = Deliverer._paced, d.providers.get(ws_of(engine, w), "email")[0][0].send
+
+    def paced(self, ws, msg, profile):
+        if msg["id"] == a["id"]:
+            raise RuntimeError("bug before the provider was called")
+        return real_paced(self, ws, msg, profile)
+
+    def send(out):
+        if out.message_id == b["id"]:
+            raise RuntimeError("bug inside the provider")
+        return real_send(out)
+
+    monkeypatch.setattr(Deliverer, "_paced", paced)
+    monkeypatch.setattr(d.providers.get(ws_of(engine, w), "email")[0][0], "send", send)
+    assert d.run_once() == 3
+    va, vb, vc = (view(engine, w, m["id"]) for m in (a, b, c))
+    assert va["status"] == "retrying" and "bug before" in va["reason"]  # never reached a provider: safe to retry
+    assert vb["status"] == "failed" and "may have gone out" in vb["reason"]  # at most once
+    assert vc["status"] == "sent" and len(smtp_server.messages) == 1
+    d.close()

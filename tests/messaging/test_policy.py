@@ -51,7 +51,7 @@ def test_consent_rules(profile, channel, topic, topics):
         assert not mkt.allowed
     stated = [(c[s]["at"], s) for s in (f"{channel}:{topic}", f"*:{topic}", f"{channel}:marketing", "*:marketing")
               if s in c and c[s]["status"] != "unknown"]  # fmt: skip
-    newest = max(stated)[1] if stated else None
+    newest = max(stated, key=lambda s: (s[0], c[s[1]]["status"] == "denied", s[1]))[1] if stated else None
     if newest and c[newest]["status"] == "denied":
         assert not mkt.allowed
     if topics.get(topic, {}).get("mode") == "opt_in" and mkt.allowed:
@@ -121,3 +121,8 @@ def test_choice_examples():
     assert any(x["channel"] == "sms" and "sms:* denied" in x["reason"] for x in c.considered)
     c = choose_channel(p, ["email", "push", "sms"], ["sms", "email"], topic="offers", kind="marketing")
     assert c.channel == "email" and "requested" in c.reason
+    # the preference page writes "marketing on" and "deals off" at the same instant: the denial wins
+    same = {"status": "granted", "at": TIMES[7], "source": "page"}
+    p["consent"].update({"email:marketing": same, "email:deals": {**same, "status": "denied"}})
+    assert not consent_decision(p, "email", "deals", "marketing").allowed
+    assert consent_decision(p, "email", "offers", "marketing").allowed

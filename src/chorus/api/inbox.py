@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import re
 from collections.abc import AsyncIterator
 
 import orjson
@@ -38,6 +39,11 @@ def inbox_secret(svc: Services, ws_id: str) -> str:
     return hmac.new(svc.links.key, f"inbox:{ws_id}".encode(), hashlib.sha256).hexdigest()
 
 
+def user_hash_ok(svc: Services, ws_id: str, user_id: str, given) -> bool:
+    want = hmac.new(inbox_secret(svc, ws_id).encode(), user_id.encode(), hashlib.sha256).hexdigest()
+    return hmac.compare_digest(want, str(given or ""))
+
+
 @admin_router.get("/workspace/inbox-secret", summary="The secret your server uses to compute inbox userHash values")
 def get_inbox_secret(ws: WS, svc: SVC):
     return JSON({"inbox_secret": inbox_secret(svc, ws.id), "algorithm": "hex(HMAC-SHA256(inbox_secret, userId))"})
@@ -59,8 +65,7 @@ def _person(request: Request, svc: Services, params: dict) -> tuple[str, str]:
         if (ws.settings.get("messaging") or {}).get("inbox_verification"):
             if not user_id:
                 raise Unauthorized("this inbox needs userId with userHash (identity verification is on)")
-            want = hmac.new(inbox_secret(svc, ws.id).encode(), str(user_id).encode(), hashlib.sha256).hexdigest()
-            if not hmac.compare_digest(want, str(params.get("userHash") or "")):
+            if not user_hash_ok(svc, ws.id, str(user_id), params.get("userHash")):
                 raise Unauthorized("userHash does not match userId")
         ident = f"user_id:{user_id}" if user_id else f"anonymous_id:{anonymous_id}"
         pid = conn.execute(
@@ -104,7 +109,10 @@ async def get_inbox(request: Request):
     svc: Services = request.app.state.services
     params = dict(request.query_params)
     ws, pid = await run_in_threadpool(_person, request, svc, params)
-    limit = min(max(int(params.get("limit", 50)), 1), 200) if str(params.get("limit", "50")).isdigit() else 50
+    raw_limit = str(params.get("limit", "50"))
+    if not re.fullmatch(r"[0-9]{1,4}", raw_limit):
+        raise ChorusError("limit must be a number from 1 to 200", field="limit")
+    limit = min(max(int(raw_limit), 1), 200)
     items = await run_in_threadpool(_items, svc, ws, pid, None, limit)
     return JSON({"messages": items, "unread": sum(1 for i in items if i["read_at"] is None)})
 
@@ -114,7 +122,10 @@ async def mark_read(request: Request, message_id: str):
     svc: Services = request.app.state.services
     params = dict(request.query_params)
     if request.headers.get("content-type", "").startswith("application/json"):
-        body = orjson.loads(await request.body() or b"{}")
+        try:
+            body = orjson.loads(await request.body() or b"{}")
+        except orjson.JSONDecodeError as exc:
+            raise ChorusError(f"body is not valid JSON: {exc}", field="body") from None
         if isinstance(body, dict):
             params.update({k: v for k, v in body.items() if isinstance(v, str)})
     ws, pid = await run_in_threadpool(_person, request, svc, params)

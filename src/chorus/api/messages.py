@@ -50,11 +50,7 @@ def put_partial(ws: WS, svc: SVC, name: str, body: Annotated[dict, Body(examples
 def preview(ws: WS, svc: SVC, body: dict):
     req = outbox.parse_request(body)
     with svc.engine.connect() as conn:
-        pid = (
-            views.resolve_id(conn, ws.id, req["profile_id"])
-            if req.get("profile_id")
-            else views.find_by_ident(conn, ws.id, views.lookup_ident(ws.identity, **req["to"]))
-        )
+        pid = outbox.recipient(conn, ws, req)
         profile = views.get_profile(conn, ws.id, pid, ws.identity)
         parts = outbox.load_partials(conn, ws.id)
         defn = outbox.load_template(conn, ws.id, req["template"]) if req.get("template") else None

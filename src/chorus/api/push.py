@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from urllib.parse import urlsplit
 
 import orjson
@@ -43,8 +44,11 @@ def _subscription(body: dict) -> tuple[str, str, str]:
         raise ChorusError("subscription must be the browser's PushSubscription as JSON", field="subscription")
     endpoint = sub.get("endpoint")
     parts = urlsplit(endpoint) if isinstance(endpoint, str) else None
-    if not parts or not parts.netloc or len(endpoint) > 1000:
+    if not parts or not parts.netloc or len(endpoint) > 400:
         raise ChorusError("subscription.endpoint must be the push service URL", field="subscription.endpoint")
+    loopback_ok = os.environ.get("CHORUS_ALLOW_LOOPBACK_PUSH") == "1"  # local test push services only
+    if parts.hostname in _LOOPBACK and not loopback_ok:
+        raise ChorusError("subscription.endpoint must be a public push service", field="subscription.endpoint")
     if parts.scheme != "https" and not (parts.scheme == "http" and parts.hostname in _LOOPBACK):
         raise ChorusError("subscription.endpoint must be https", field="subscription.endpoint")
     keys = sub.get("keys") if isinstance(sub.get("keys"), dict) else {}
@@ -52,6 +56,17 @@ def _subscription(body: dict) -> tuple[str, str, str]:
         if not isinstance(keys.get(k), str) or not keys[k] or len(keys[k]) > size:
             raise ChorusError(f"subscription.keys.{k} is missing or too long", field=f"subscription.keys.{k}")
     return endpoint, keys["p256dh"], keys["auth"]
+
+
+def _verify_person(svc: Services, ws_id: str, body: dict) -> None:
+    """With identity verification on, only the brand's server can say whose browser this is (userHash)."""
+    from chorus.api.inbox import user_hash_ok
+
+    with svc.engine.connect() as conn:
+        ws = ws_api.get(conn, ws_id)
+    if (ws.settings.get("messaging") or {}).get("inbox_verification"):
+        if not body.get("userId") or not user_hash_ok(svc, ws_id, str(body["userId"]), body.get("userHash")):
+            raise Unauthorized("this workspace needs userId with a matching userHash (identity verification is on)")
 
 
 def _ident(body: dict) -> str:
@@ -68,6 +83,7 @@ async def subscribe(request: Request):
     source = await run_in_threadpool(_source, request, svc, body)
     endpoint, p256dh, auth = _subscription(body)
     ident = _ident(body)
+    await run_in_threadpool(_verify_person, svc, source.workspace_id, body)
     row = {"workspace_id": source.workspace_id, "endpoint": endpoint, "p256dh": p256dh, "auth": auth, "ident": ident,
            "created_at": utcnow()}  # fmt: skip
 

@@ -117,14 +117,28 @@ class Deliverer:
         self.engine = engine
         self.clock = clock
         self.providers = providers or ProviderSet()
+        self._called = False  # whether the current message reached a provider (see _internal_error)
 
     def run_once(self, limit: int = 100) -> int:
         """Deliver up to ``limit`` due messages; returns how many were attempted."""
         self._expire_leases()
         claimed = self._claim(limit)
         for msg in claimed:
-            self._deliver(msg)
+            self._called = False
+            try:
+                self._deliver(msg)
+            except Exception as exc:  # noqa: BLE001 - one message's problem must not strand the others
+                log.exception("message %s: delivery failed", msg["id"])
+                self._internal_error(msg, exc)
         return len(claimed)
+
+    def _internal_error(self, msg: dict, exc: Exception) -> None:
+        """After the provider was called, a retry could send twice (at-most-once channels give up); before, retry."""
+        reason = f"internal error: {type(exc).__name__}: {exc}"[:500]
+        if self._called and msg["channel"] not in AT_LEAST_ONCE:
+            self._permanent(msg, "chorus", PermanentError(f"{reason}; not sent again, it may have gone out"))
+        else:
+            self._transient(msg, reason)
 
     def drain(self, limit: int = 100) -> int:
         total = 0
@@ -204,6 +218,11 @@ class Deliverer:
         )  # fmt: skip
         if self._paced(ws, msg, profile):
             return
+        if msg["channel"] == "push" and not self._push_address_alive(ws.id, msg):
+            with self.engine.begin() as conn:
+                outbox.set_status(conn, msg, "skipped", at=self.clock(), next_attempt_at=None, profile=profile,
+                                  reason="the browser unsubscribed from push after the message was queued")  # fmt: skip
+            return
         withdrawn = self._consent_withdrawn(ws, msg, profile)
         if withdrawn:
             with self.engine.begin() as conn:
@@ -224,6 +243,7 @@ class Deliverer:
             errors.append(f"no {msg['channel']} provider takes this address")
         for prov, limiter in provs:
             limiter.wait()
+            self._called = True
             started, outcome = time.perf_counter(), "error"
             try:
                 provider_id = prov.send(out)
@@ -241,10 +261,14 @@ class Deliverer:
             except PermanentError as exc:
                 self._permanent(msg, prov.name, exc)
                 return
-            except Exception as exc:  # noqa: BLE001 - a provider bug must not lose the message: retry it
-                errors.append(f"{prov.name}: {type(exc).__name__}: {exc}")
+            except Exception as exc:  # noqa: BLE001 - a provider bug: the message may or may not have gone out
                 log.exception("message %s: provider %s raised", msg["id"], prov.name)
-                continue
+                if msg["channel"] in AT_LEAST_ONCE:
+                    errors.append(f"{prov.name}: {type(exc).__name__}: {exc}")
+                    continue
+                reason = f"{type(exc).__name__}: {exc}; not sent again, it may have gone out"
+                self._permanent(msg, prov.name, PermanentError(reason))
+                return
             finally:
                 metrics.provider_seconds.labels(channel=msg["channel"], outcome=outcome).observe(
                     time.perf_counter() - started
@@ -276,6 +300,26 @@ class Deliverer:
                 return True
         return False
 
+    def _push_address_alive(self, ws: str, msg: dict) -> bool:
+        from chorus.store.tables import dead_addresses, push_subscriptions
+
+        with self.engine.connect() as conn:
+            if "subscription" in (msg["content"] or {}):  # a browser: still subscribed?
+                return (
+                    conn.execute(
+                        sa.select(push_subscriptions.c.endpoint).where(
+                            push_subscriptions.c.workspace_id == ws, push_subscriptions.c.endpoint == msg["address"]
+                        )
+                    ).first()
+                    is not None
+                )
+            return conn.execute(  # a device token: not reported gone meanwhile?
+                sa.select(dead_addresses.c.address).where(
+                    dead_addresses.c.workspace_id == ws, dead_addresses.c.channel == "push",
+                    dead_addresses.c.address == msg["address"],
+                )
+            ).first() is None  # fmt: skip
+
     def _consent_withdrawn(self, ws: ws_api.Workspace, msg: dict, profile: dict) -> str | None:
         """Consent is checked again right before sending: an opt-out after queuing stops the message."""
         from chorus.messaging import policy
@@ -289,7 +333,8 @@ class Deliverer:
         with self.engine.begin() as conn:
             outbox.set_status(
                 conn, msg, "sent", at=now, detail={"provider": provider}, provider=provider,
-                provider_message_id=provider_id, next_attempt_at=None, reason=None, sent_at=now, profile=profile,
+                provider_message_id=str(provider_id)[:400], next_attempt_at=None, reason=None, sent_at=now,
+                profile=profile,
             )  # fmt: skip
 
     def _permanent(self, msg: dict, provider: str, exc: PermanentError) -> None:

@@ -10,6 +10,7 @@ the profile timeline (``Message Sent``, ``Message Opened``...).
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from datetime import datetime
 
@@ -72,8 +73,12 @@ def parse_request(body: object) -> dict:
         raise ChorusError(f"unknown field {sorted(unknown)[0]!r}", field=sorted(unknown)[0])
     if bool(body.get("profile_id")) == bool(body.get("to")):
         raise ChorusError('give exactly one of profile_id or to (an identifier: {"email": ...})', field="profile_id")
-    if body.get("to") is not None and (not isinstance(body["to"], dict) or len(body["to"]) != 1):
-        raise ChorusError('to must be one identifier, e.g. {"email": "ana@example.com"}', field="to")
+    if body.get("to") is not None:
+        if not isinstance(body["to"], dict) or len(body["to"]) != 1:
+            raise ChorusError('to must be one identifier, e.g. {"email": "ana@example.com"}', field="to")
+        ((id_kind, value),) = body["to"].items()
+        if not isinstance(value, str) or not value.strip() or len(value) > 400:
+            raise ChorusError(f"to.{id_kind} must be a non-empty string", field=f"to.{id_kind}")
     if bool(body.get("template")) == bool(body.get("content")):
         raise ChorusError("give exactly one of template (a saved template's name) or content", field="template")
     channel = body.get("channel", "auto")
@@ -116,6 +121,8 @@ def load_template(conn: Connection, ws: str, name: str) -> dict:
 
 
 def save_template(engine: Engine, ws: str, name: str, doc: dict) -> dict:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+        raise ChorusError("a template name is 1 to 64 letters, digits, '_', '.' or '-'", field="name")
     with engine.begin() as conn:
         parts = load_partials(conn, ws)
         defn = _validated({**doc, "name": name}, parts)
@@ -226,6 +233,16 @@ def _cfg(conn: Connection, ws: str):
     return ws_api.get(conn, ws).identity
 
 
+def recipient(conn: Connection, ws: ws_api.Workspace, req: dict) -> str:
+    """The profile id a request is for: ``profile_id`` (old merged ids resolve) or one identifier in ``to``."""
+    if req.get("profile_id"):
+        return views.resolve_id(conn, ws.id, req["profile_id"])
+    ((kind, value),) = req["to"].items()
+    if kind not in ("email", "phone", "user_id", "anonymous_id", *ws.identity.declared):
+        raise ChorusError(f"to.{kind} is not an identifier kind", field=f"to.{kind}")
+    return views.find_by_ident(conn, ws.id, views.lookup_ident(ws.identity, **{kind: value}))
+
+
 # -- enqueue ----------------------------------------------------------------------------------------------------
 def enqueue(
     engine: Engine,
@@ -275,14 +292,7 @@ def _create(
     conn: Connection, ws: ws_api.Workspace, req: dict, key: str, rhash: str, now: datetime, links: Links
 ) -> dict:
     cfg = ws.identity
-    if req.get("profile_id"):
-        pid = views.resolve_id(conn, ws.id, req["profile_id"])
-    else:
-        ((kind, value),) = req["to"].items()
-        if kind not in ("email", "phone", "user_id", "anonymous_id", *cfg.declared):
-            raise ChorusError(f"to.{kind} is not an identifier kind", field=f"to.{kind}")
-        ident = views.lookup_ident(cfg, **{kind: value})
-        pid = views.find_by_ident(conn, ws.id, ident)
+    pid = recipient(conn, ws, req)
     profile = views.get_profile(conn, ws.id, pid, cfg)
     subs = endpoints_of(conn, ws.id, profile)
     profile = with_push_addresses(conn, ws.id, profile, subs)
@@ -371,8 +381,11 @@ def has_status(conn: Connection, message_id: str, status: str, **detail) -> bool
     return any(all(d.get(k) == v for k, v in detail.items()) for d in rows)
 
 
-def pacing_history(conn: Connection, ws: str, profile_id: str, exclude: str | None = None) -> list[tuple]:
-    """(channel, send time) of the person's marketing messages sent or scheduled: what caps count."""
+def pacing_history(
+    conn: Connection, ws: str, profile_id: str, now: datetime, exclude: str | None = None
+) -> list[tuple]:
+    """(channel, send time) of the person's marketing messages sent or scheduled within the longest cap window
+    (a week) before ``now``: what caps count."""
     when = sa.func.coalesce(messages.c.sent_at, messages.c.next_attempt_at)
     q = sa.select(messages.c.channel, when).where(
         messages.c.workspace_id == ws,
@@ -380,6 +393,7 @@ def pacing_history(conn: Connection, ws: str, profile_id: str, exclude: str | No
         messages.c.kind == "marketing",
         messages.c.status.in_(PACED),
         when.is_not(None),
+        when > now - max(policy.WINDOWS.values()),
     )
     if exclude:
         q = q.where(messages.c.id != exclude)
@@ -390,7 +404,7 @@ def apply_pacing(conn: Connection, ws: ws_api.Workspace, msg: dict, profile: dic
     settings = ws.settings.get("messaging") or {}
     if msg["kind"] == "transactional" or not (settings.get("caps") or settings.get("quiet_hours")):
         return policy.Pace(now, None)  # nothing to check: spare the history query
-    history = pacing_history(conn, ws.id, msg["profile_id"], exclude=msg["id"]) if settings.get("caps") else []
+    history = pacing_history(conn, ws.id, msg["profile_id"], now, exclude=msg["id"]) if settings.get("caps") else []
     return policy.pace(
         now, channel=msg["channel"], kind=msg["kind"], timezone_name=profile.get("timezone"), history=history,
         settings=settings,

@@ -58,7 +58,8 @@ def consent_decision(profile: dict, channel: str, topic: str, kind: str, topics:
         for slot in (f"{channel}:{topic}", f"*:{topic}", f"{channel}:marketing", "*:marketing")
         if (c := consent.get(slot)) is not None and c["status"] in ("granted", "denied")
     ]
-    newest = max(stated, key=lambda s: (s[0], s[1])) if stated else None
+    # newest wins; at the same instant a denial wins (the preference page writes several slots at once)
+    newest = max(stated, key=lambda s: (s[0], s[2]["status"] == "denied", s[1])) if stated else None
     if newest and newest[2]["status"] == "denied":
         return Decision(False, f"{newest[1]} denied by {newest[2]['source']} at {newest[0]}")
     mode = ((topics or {}).get(topic) or {}).get("mode", "opt_out")

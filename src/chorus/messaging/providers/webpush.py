@@ -16,7 +16,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from py_vapid import Vapid
 from pywebpush import WebPushException, webpush
 
-from chorus.messaging.providers import ConfigError, Outgoing, PermanentError, TransientError, check_settings, secret
+from chorus.messaging.providers import (
+    AmbiguousError,
+    ConfigError,
+    Outgoing,
+    PermanentError,
+    TransientError,
+    check_settings,
+    secret,
+)
 
 KNOWN = {"type", "name", "vapid_private_key_env", "subject", "ttl", "urgency", "timeout", "rate_per_second"}
 
@@ -89,6 +97,12 @@ class WebPushProvider:
             if status is None or status == 429 or status >= 500:
                 raise TransientError(reason, code=str(status or "connect")) from None
             raise PermanentError(reason, code=str(status)) from None
-        except requests.RequestException as exc:
+        except (requests.ConnectTimeout, requests.exceptions.SSLError) as exc:
             raise TransientError(f"push service unreachable: {exc}", code="connect") from None
+        except requests.ConnectionError as exc:
+            if "NewConnectionError" in repr(exc) or "Name or service not known" in str(exc):  # nothing was sent
+                raise TransientError(f"push service unreachable: {exc}", code="connect") from None
+            raise AmbiguousError(f"no answer from the push service after sending: {exc}", code="ambiguous") from None
+        except requests.RequestException as exc:  # a read timeout: the push service may have taken it
+            raise AmbiguousError(f"no answer from the push service after sending: {exc}", code="ambiguous") from None
         return r.headers.get("Location") or out.message_id
