@@ -209,3 +209,26 @@ def test_one_broken_message_does_not_strand_the_batch(engine, setup, smtp_server
     assert vb["status"] == "failed" and "may have gone out" in vb["reason"]  # at most once
     assert vc["status"] == "sent" and len(smtp_server.messages) == 1
     d.close()
+
+
+def test_a_message_whose_lease_was_taken_over_is_not_sent(engine, setup, smtp_server, monkeypatch):
+    w, _ = setup
+    clock = Clock(T0)
+    m = enqueue(engine, w, "lease", clock)
+    d = Deliverer(engine, clock=clock)
+    real = Deliverer._paced
+
+    def slow_worker(self, ws, msg, profile):
+        # while this worker was busy, its lease ran out and another worker expired the message
+        with engine.begin() as conn:
+            conn.execute(messages.update().where(messages.c.id == msg["id"]).values(next_attempt_at=T0))
+        clock.now = T0 + timedelta(minutes=11)
+        Deliverer(engine, clock=clock)._expire_leases()
+        return real(self, ws, msg, profile)
+
+    monkeypatch.setattr(Deliverer, "_paced", slow_worker)
+    d.run_once()
+    v = view(engine, w, m["id"])
+    assert v["status"] == "failed" and v["reason"].startswith("interrupted")
+    assert smtp_server.messages == []  # the first worker did not send it after all
+    d.close()

@@ -174,14 +174,10 @@ class Deliverer:
     def _expire_leases(self) -> None:
         now = self.clock()
         with self.engine.begin() as conn:
-            stale = [
-                dict(r._mapping)
-                for r in conn.execute(
-                    sa.select(messages)
-                    .where(messages.c.status == "sending", messages.c.next_attempt_at < now)
-                    .limit(100)
-                )
-            ]
+            q = sa.select(messages).where(messages.c.status == "sending", messages.c.next_attempt_at < now).limit(100)
+            if conn.dialect.name == "postgresql":  # two workers never expire the same row
+                q = q.with_for_update(skip_locked=True)
+            stale = [dict(r._mapping) for r in conn.execute(q)]
             for m in stale:
                 if m["channel"] in AT_LEAST_ONCE:  # a repeat is harmless there: send again
                     outbox.set_status(
@@ -243,6 +239,9 @@ class Deliverer:
             errors.append(f"no {msg['channel']} provider takes this address")
         for prov, limiter in provs:
             limiter.wait()
+            if not self._renew_lease(msg):  # expired by another worker meanwhile: it is not ours to send
+                log.warning("message %s: lease lost before sending; left alone", msg["id"])
+                return
             self._called = True
             started, outcome = time.perf_counter(), "error"
             try:
@@ -299,6 +298,19 @@ class Deliverer:
                 )  # fmt: skip
                 return True
         return False
+
+    def _renew_lease(self, msg: dict) -> bool:
+        """Extend the claim right before the provider call, only if it is still ours (same attempt, sending)."""
+        now = self.clock()
+        with self.engine.begin() as conn:
+            n = conn.execute(
+                messages.update()
+                .where(
+                    messages.c.id == msg["id"], messages.c.status == "sending", messages.c.attempts == msg["attempts"]
+                )
+                .values(next_attempt_at=now + LEASE)
+            ).rowcount
+        return n == 1
 
     def _push_address_alive(self, ws: str, msg: dict) -> bool:
         from chorus.store.tables import dead_addresses, push_subscriptions
