@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import threading
 import time
 from dataclasses import dataclass, field
@@ -13,7 +15,7 @@ from starlette.responses import Response
 from chorus import workspaces as ws_api
 from chorus.collect.ingest import Backlog
 from chorus.config import Settings
-from chorus.errors import ChorusError, Saturated
+from chorus.errors import ChorusError, Saturated, Unauthorized
 from chorus.messaging.links import Links
 
 
@@ -30,6 +32,25 @@ def error_response(exc: ChorusError) -> JSON:
         body["field"] = exc.field
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Saturated) else None
     return JSON(body, status_code=exc.status, headers=headers)
+
+
+def basic_user(header: str | None) -> str | None:
+    """The user of an HTTP Basic ``Authorization`` header (where Segment clients put the write key)."""
+    if not header or not header.lower().startswith("basic "):
+        return None
+    try:
+        decoded = base64.b64decode(header[6:].strip()).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        raise Unauthorized("Authorization header is not valid Basic auth") from None
+    return decoded.split(":", 1)[0] or None
+
+
+def write_key(headers, fields: dict) -> str:
+    """The write key of a request: the Basic auth user, else ``writeKey`` in the body or query."""
+    key = basic_user(headers.get("authorization")) or fields.get("writeKey")
+    if not key or not isinstance(key, str):
+        raise Unauthorized("write key missing: send it as the Basic auth user or as writeKey")
+    return key
 
 
 class TooLarge(ChorusError):

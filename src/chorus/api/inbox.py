@@ -21,12 +21,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import StreamingResponse
 
 from chorus.api.admin import SVC, WS
-from chorus.api.common import JSON, Services
-from chorus.api.tracking import _basic_user
+from chorus.api.common import JSON, Services, write_key
 from chorus.errors import ChorusError, NotFound, Unauthorized
 from chorus.messaging import outbox
 from chorus.store.tables import identifiers, message_status, messages, profile_aliases
-from chorus.timeutil import iso, utcnow
+from chorus.timeutil import iso, parse_ts, utcnow
 
 router = APIRouter(prefix="/v1/inbox", tags=["inbox"])
 admin_router = APIRouter(prefix="/api", tags=["messaging"])
@@ -51,10 +50,7 @@ def get_inbox_secret(ws: WS, svc: SVC):
 
 def _person(request: Request, svc: Services, params: dict) -> tuple[str, str]:
     """(workspace id, profile id) of the person the request is about, after checking the key and the hash."""
-    key = _basic_user(request.headers.get("authorization")) or params.get("writeKey")
-    if not key:
-        raise Unauthorized("write key missing: send it as the Basic auth user or as writeKey")
-    source = svc.keys.source(key)
+    source = svc.keys.source(write_key(request.headers, params))
     user_id, anonymous_id = params.get("userId"), params.get("anonymousId")
     if bool(user_id) == bool(anonymous_id):
         raise ChorusError("give exactly one of userId or anonymousId", field="userId")
@@ -169,7 +165,7 @@ async def stream(request: Request):
             for item in reversed(items):
                 yield b"event: message\nid: " + item["id"].encode() + b"\ndata: " + orjson.dumps(item) + b"\n\n"
             if items:
-                since = max(_parse(i["created_at"]) for i in items)
+                since = max(parse_ts(i["created_at"]) for i in items)
                 quiet = 0.0
             else:
                 quiet += POLL_SECONDS
@@ -181,9 +177,3 @@ async def stream(request: Request):
     return StreamingResponse(
         events(), media_type="text/event-stream", headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
     )
-
-
-def _parse(text: str):
-    from chorus.timeutil import parse_ts
-
-    return parse_ts(text)

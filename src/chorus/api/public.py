@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 from typing import Annotated
 
+import sqlalchemy as sa
 from fastapi import APIRouter, Form, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -31,8 +32,6 @@ def _svc(request: Request) -> Services:
 
 
 def _message(svc: Services, message_id: str) -> dict:
-    import sqlalchemy as sa
-
     with svc.engine.connect() as conn:
         row = conn.execute(sa.select(messages).where(messages.c.id == message_id)).first()
     if row is None:

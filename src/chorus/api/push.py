@@ -10,8 +10,7 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from chorus import workspaces as ws_api
-from chorus.api.common import JSON, Services
-from chorus.api.tracking import _basic_user
+from chorus.api.common import JSON, Services, write_key
 from chorus.errors import ChorusError, NotFound, Unauthorized
 from chorus.store import bulk
 from chorus.store.tables import push_subscriptions
@@ -32,10 +31,7 @@ async def _body(request: Request) -> dict:
 
 
 def _source(request: Request, svc: Services, body: dict):
-    key = _basic_user(request.headers.get("authorization")) or body.get("writeKey")
-    if not key or not isinstance(key, str):
-        raise Unauthorized("write key missing: send it as the Basic auth user or as writeKey")
-    return svc.keys.source(key)
+    return svc.keys.source(write_key(request.headers, body))
 
 
 def _subscription(body: dict) -> tuple[str, str, str]:

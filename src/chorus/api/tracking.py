@@ -8,8 +8,6 @@ on the inflated body: 500 KB and 2,500 events per batch, 32 KB per message.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import zlib
 
 import orjson
@@ -17,7 +15,7 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from chorus import metrics
-from chorus.api.common import JSON, Services, error_response
+from chorus.api.common import JSON, Services, error_response, write_key
 from chorus.collect import ingest
 from chorus.collect.messages import (
     MAX_BATCH_BYTES,
@@ -29,7 +27,7 @@ from chorus.collect.messages import (
     merge_batch_defaults,
     normalise,
 )
-from chorus.errors import ChorusError, Saturated, Unauthorized
+from chorus.errors import ChorusError, Saturated
 from chorus.timeutil import utcnow
 
 router = APIRouter(prefix="/v1", tags=["tracking"])
@@ -117,16 +115,6 @@ async def _read_capped(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-def _basic_user(header: str | None) -> str | None:
-    if not header or not header.lower().startswith("basic "):
-        return None
-    try:
-        decoded = base64.b64decode(header[6:].strip()).decode()
-    except (binascii.Error, UnicodeDecodeError):
-        raise Unauthorized("Authorization header is not valid Basic auth") from None
-    return decoded.split(":", 1)[0] or None
-
-
 async def _handle(request: Request, kind: str) -> JSON:
     svc: Services = request.app.state.services
     try:
@@ -140,10 +128,7 @@ async def _handle(request: Request, kind: str) -> JSON:
             raise ChorusError(f"body is not valid JSON: {exc}", field="body") from None
         if not isinstance(doc, dict):
             raise ChorusError("body must be a JSON object", field="body")
-        write_key = _basic_user(request.headers.get("authorization")) or doc.get("writeKey")
-        if not write_key or not isinstance(write_key, str):
-            raise Unauthorized("write key missing: send it as the Basic auth user or as writeKey in the body")
-        source = await run_in_threadpool(svc.keys.source, write_key)
+        source = await run_in_threadpool(svc.keys.source, write_key(request.headers, doc))
         if svc.backlog.value() > svc.settings.max_backlog:
             raise Saturated("ingestion backlog is full; retry later", retry_after=5)
 

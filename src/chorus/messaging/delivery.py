@@ -118,11 +118,13 @@ class Deliverer:
         self.clock = clock
         self.providers = providers or ProviderSet()
         self._called = False  # whether the current message reached a provider (see _internal_error)
+        self._workspaces: dict[str, ws_api.Workspace] = {}
 
     def run_once(self, limit: int = 100) -> int:
         """Deliver up to ``limit`` due messages; returns how many were attempted."""
         self._expire_leases()
         claimed = self._claim(limit)
+        self._workspaces: dict[str, ws_api.Workspace] = {}  # read once per batch, not once per message
         for msg in claimed:
             self._called = False
             try:
@@ -197,7 +199,9 @@ class Deliverer:
         from chorus.profiles import views
 
         with self.engine.connect() as conn:
-            ws = ws_api.get(conn, msg["workspace_id"])
+            ws = self._workspaces.get(msg["workspace_id"])
+            if ws is None:
+                ws = self._workspaces[msg["workspace_id"]] = ws_api.get(conn, msg["workspace_id"])
             try:  # read once: pacing, consent and the status events all use it
                 profile = views.get_profile(conn, ws.id, msg["profile_id"], ws.identity)
             except NotFound:

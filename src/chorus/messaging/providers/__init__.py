@@ -7,6 +7,7 @@ raises :class:`TransientError` (try again later, or on the secondary provider) o
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -96,43 +97,48 @@ def secret(conf: dict, key: str, where: str, resolve: bool = True) -> str | None
     return value
 
 
-PROVIDER_TYPES = ("smtp", "sendgrid", "twilio", "webhook", "webpush", "fcm", "whatsapp", "messenger")
+# type -> (module, class): imported on first use, so a workspace without push never loads pywebpush.
+_REGISTRY = {
+    "smtp": ("smtp", "SMTPProvider"),
+    "sendgrid": ("sendgrid", "SendGridProvider"),
+    "twilio": ("twilio", "TwilioSMS"),
+    "fcm": ("fcm", "FCMProvider"),
+    "webpush": ("webpush", "WebPushProvider"),
+    "whatsapp": ("meta", "WhatsAppProvider"),
+    "messenger": ("meta", "MessengerProvider"),
+    "webhook": ("webhook", "WebhookProvider"),
+}
+PROVIDER_TYPES = tuple(_REGISTRY)
 
 
 def build(conf: dict, where: str, resolve_secrets: bool = True) -> Provider:
     if not isinstance(conf, dict):
         raise ConfigError(f"{where} must be an object with a type")
-    kind = conf.get("type")
-    if kind == "smtp":
-        from chorus.messaging.providers.smtp import SMTPProvider
+    entry = _REGISTRY.get(conf.get("type"))
+    if entry is None:
+        raise ConfigError(
+            f"{where}.type {conf.get('type')!r} is not a known provider type ({', '.join(PROVIDER_TYPES)})"
+        )
+    module = importlib.import_module(f"chorus.messaging.providers.{entry[0]}")
+    return getattr(module, entry[1])(conf, where, resolve_secrets)
 
-        return SMTPProvider(conf, where, resolve_secrets)
-    if kind == "sendgrid":
-        from chorus.messaging.providers.sendgrid import SendGridProvider
 
-        return SendGridProvider(conf, where, resolve_secrets)
-    if kind == "twilio":
-        from chorus.messaging.providers.twilio import TwilioSMS
+class HTTPClient:
+    """One reused ``httpx.Client`` per provider (connection pooling), opened on first use."""
 
-        return TwilioSMS(conf, where, resolve_secrets)
-    if kind == "fcm":
-        from chorus.messaging.providers.fcm import FCMProvider
+    _client = None
 
-        return FCMProvider(conf, where, resolve_secrets)
-    if kind == "webpush":
-        from chorus.messaging.providers.webpush import WebPushProvider
+    def _client_options(self) -> dict:
+        return {}
 
-        return WebPushProvider(conf, where, resolve_secrets)
-    if kind == "whatsapp":
-        from chorus.messaging.providers.meta import WhatsAppProvider
+    def _http(self):
+        import httpx
 
-        return WhatsAppProvider(conf, where, resolve_secrets)
-    if kind == "messenger":
-        from chorus.messaging.providers.meta import MessengerProvider
+        if self._client is None:
+            self._client = httpx.Client(**self._client_options())
+        return self._client
 
-        return MessengerProvider(conf, where, resolve_secrets)
-    if kind == "webhook":
-        from chorus.messaging.providers.webhook import WebhookProvider
-
-        return WebhookProvider(conf, where, resolve_secrets)
-    raise ConfigError(f"{where}.type {kind!r} is not a known provider type ({', '.join(PROVIDER_TYPES)})")
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None

@@ -15,6 +15,7 @@ import orjson
 
 from chorus.messaging.providers import (
     ConfigError,
+    HTTPClient,
     Outgoing,
     PermanentError,
     TransientError,
@@ -30,7 +31,7 @@ GONE = {"UNREGISTERED"}  # the app was uninstalled or the token expired
 RETRY = {"QUOTA_EXCEEDED", "UNAVAILABLE", "INTERNAL", "THIRD_PARTY_AUTH_ERROR"}
 
 
-class FCMProvider:
+class FCMProvider(HTTPClient):
     channel = "push"
 
     def __init__(self, conf: dict, where: str, resolve_secrets: bool = True):
@@ -54,7 +55,6 @@ class FCMProvider:
         self.ttl = int(conf.get("ttl", 24 * 3600))
         self._creds = None
         self._lock = threading.Lock()
-        self._client: httpx.Client | None = None
 
     def accepts(self, out: Outgoing) -> bool:
         return "subscription" not in out.content  # device tokens; browser subscriptions go through web push
@@ -75,10 +75,8 @@ class FCMProvider:
                 raise TransientError(f"FCM OAuth token: {exc}", code="auth") from None
             return self._creds.token
 
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+    def _client_options(self) -> dict:
+        return {"base_url": self.base_url, "timeout": self.timeout}
 
     def send(self, out: Outgoing) -> str:
         c = out.content
@@ -89,11 +87,9 @@ class FCMProvider:
             "android": {"ttl": f"{self.ttl}s"},
             "apns": {"headers": {"apns-expiration": str(int(time.time()) + self.ttl) if self.ttl else "0"}},
         }  # fmt: skip
-        if self._client is None:
-            self._client = httpx.Client(base_url=self.base_url, timeout=self.timeout)
         headers = {"Authorization": f"Bearer {self._token()}"}
         try:
-            r = self._client.post(f"/v1/projects/{self.project_id}/messages:send", json={"message": message},
+            r = self._http().post(f"/v1/projects/{self.project_id}/messages:send", json={"message": message},
                                   headers=headers)  # fmt: skip
         except httpx.HTTPError as exc:
             raise http_failure(exc, "FCM") from None

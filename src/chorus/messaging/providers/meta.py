@@ -24,6 +24,7 @@ import httpx
 
 from chorus.messaging.providers import (
     ConfigError,
+    HTTPClient,
     Outgoing,
     PermanentError,
     TransientError,
@@ -101,7 +102,7 @@ def classify(status: int, body: object, what: str, text: str = "") -> PermanentE
     return PermanentError(reason, code=code_s, bounce=code in BOUNCES)
 
 
-class _Graph:
+class _Graph(HTTPClient):
     what = "Meta"
     known: frozenset[str] = frozenset(COMMON)
 
@@ -127,19 +128,11 @@ class _Graph:
             self.timeout = float(conf.get("timeout", 15))
         except (TypeError, ValueError):
             raise ConfigError(f"{where}.timeout must be a number of seconds") from None
-        self._client: httpx.Client | None = None
 
-    def _http(self) -> httpx.Client:
-        if self._client is None:
-            self._client = httpx.Client(
-                base_url=self.base_url, timeout=self.timeout, headers={"Authorization": f"Bearer {self.access_token}"}
-            )
-        return self._client
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+    def _client_options(self) -> dict:
+        return dict(
+            base_url=self.base_url, timeout=self.timeout, headers={"Authorization": f"Bearer {self.access_token}"}
+        )
 
     def _post(self, path: str, body: dict) -> dict:
         try:

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from chorus.messaging.providers import (
     ConfigError,
+    HTTPClient,
     Outgoing,
     PermanentError,
     TransientError,
@@ -77,7 +78,7 @@ def valid_signature(key: ec.EllipticCurvePublicKey, signature: str | None, times
     return True
 
 
-class SendGridProvider:
+class SendGridProvider(HTTPClient):
     channel = "email"
 
     def __init__(self, conf: dict, where: str, resolve_secrets: bool = True):
@@ -104,19 +105,9 @@ class SendGridProvider:
                 self.webhook_key = load_public_key(conf["webhook_public_key"])
             except ValueError as exc:
                 raise ConfigError(f"{where}.webhook_public_key is {exc}") from None
-        self._client: httpx.Client | None = None
 
-    def _http(self) -> httpx.Client:
-        if self._client is None:
-            self._client = httpx.Client(
-                base_url=self.base_url, timeout=self.timeout, headers={"Authorization": f"Bearer {self.api_key}"}
-            )
-        return self._client
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+    def _client_options(self) -> dict:
+        return dict(base_url=self.base_url, timeout=self.timeout, headers={"Authorization": f"Bearer {self.api_key}"})
 
     def body(self, out: Outgoing) -> dict:
         c = out.content

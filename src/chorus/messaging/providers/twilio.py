@@ -17,6 +17,7 @@ import httpx
 
 from chorus.messaging.providers import (
     ConfigError,
+    HTTPClient,
     Outgoing,
     PermanentError,
     TransientError,
@@ -44,7 +45,7 @@ def valid_signature(auth_token: str, url: str, params: Mapping[str, str], given:
     return bool(given) and hmac.compare_digest(signature(auth_token, url, params), given)
 
 
-class TwilioSMS:
+class TwilioSMS(HTTPClient):
     channel = "sms"
 
     def __init__(self, conf: dict, where: str, resolve_secrets: bool = True):
@@ -63,19 +64,9 @@ class TwilioSMS:
         self.base_url = str(conf.get("base_url") or "https://api.twilio.com").rstrip("/")
         self.status_callback = conf.get("status_callback")
         self.timeout = float(conf.get("timeout", 15))
-        self._client: httpx.Client | None = None
 
-    def _http(self) -> httpx.Client:
-        if self._client is None:
-            self._client = httpx.Client(
-                base_url=self.base_url, auth=(self.account_sid, self.auth_token or ""), timeout=self.timeout
-            )
-        return self._client
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+    def _client_options(self) -> dict:
+        return dict(base_url=self.base_url, auth=(self.account_sid, self.auth_token or ""), timeout=self.timeout)
 
     def send(self, out: Outgoing) -> str:
         form = {"To": out.address, "Body": out.content.get("text") or ""}

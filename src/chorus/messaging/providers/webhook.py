@@ -14,7 +14,15 @@ import time
 import httpx
 import orjson
 
-from chorus.messaging.providers import ConfigError, Outgoing, PermanentError, TransientError, check_settings, secret
+from chorus.messaging.providers import (
+    ConfigError,
+    HTTPClient,
+    Outgoing,
+    PermanentError,
+    TransientError,
+    check_settings,
+    secret,
+)
 
 KNOWN = {"type", "name", "url", "secret_env", "timeout", "rate_per_second"}
 
@@ -24,7 +32,7 @@ def sign(secret_value: str, body: bytes, t: int) -> str:
     return f"t={t},v1={mac}"
 
 
-class WebhookProvider:
+class WebhookProvider(HTTPClient):
     channel = "webhook"
 
     def __init__(self, conf: dict, where: str, resolve_secrets: bool = True):
@@ -38,12 +46,9 @@ class WebhookProvider:
         if self.secret is None:
             raise ConfigError(f"{where}.secret_env is required: every webhook is signed")
         self.timeout = float(conf.get("timeout", 10))
-        self._client: httpx.Client | None = None
 
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+    def _client_options(self) -> dict:
+        return {"timeout": self.timeout}
 
     def send(self, out: Outgoing) -> str:
         body = orjson.dumps(
@@ -54,10 +59,8 @@ class WebhookProvider:
             "Content-Type": "application/json", "Idempotency-Key": out.message_id, "Chorus-Message-Id": out.message_id,
             "Chorus-Signature": sign(self.secret or "", body, int(time.time())), "User-Agent": "Chorus-Webhook/1",
         }  # fmt: skip
-        if self._client is None:
-            self._client = httpx.Client(timeout=self.timeout)
         try:
-            r = self._client.post(self.url, content=body, headers=headers)
+            r = self._http().post(self.url, content=body, headers=headers)
         except httpx.HTTPError as exc:
             raise TransientError(f"webhook unreachable: {type(exc).__name__}: {exc}", code="connect") from None
         if 200 <= r.status_code < 300:
