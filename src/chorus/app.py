@@ -11,7 +11,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from chorus import __version__, metrics
-from chorus.api import admin, inbox, messages, public, push, tracking, webhooks, webhooks_meta, webhooks_sendgrid
+from chorus.api import (
+    admin,
+    audiences,
+    inbox,
+    messages,
+    public,
+    push,
+    tracking,
+    webhooks,
+    webhooks_meta,
+    webhooks_sendgrid,
+)
 from chorus.api.common import JSON, KeyCache, Services, error_response
 from chorus.collect.ingest import Backlog
 from chorus.config import Settings
@@ -105,6 +116,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True, eng
     app.include_router(tracking.router)
     app.include_router(admin.router)
     app.include_router(messages.router)
+    app.include_router(audiences.router)
     app.include_router(inbox.router)
     app.include_router(inbox.admin_router)
     app.include_router(push.router)

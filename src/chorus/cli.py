@@ -277,6 +277,81 @@ def channels_test(
         raise typer.Exit(1)
 
 
+audiences_app = typer.Typer(
+    help="Social audiences: Meta Custom Audiences, Google Customer Match.", no_args_is_help=True
+)
+app.add_typer(audiences_app, name="audiences")
+
+
+@audiences_app.command("sync")
+def audiences_sync(
+    name: Annotated[str, typer.Argument(help="The audience's name")],
+    profiles: Annotated[str, typer.Option("--profiles", help="One profile id or kind:value per line (email:a@b.c)")],
+    workspace: Annotated[str, typer.Option("--workspace", "-w", help="Workspace name or id")],
+    mode: Annotated[str, typer.Option(help="replace (the file is the audience), add or remove")] = "replace",
+    db: DbOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON")] = False,
+):
+    """Sync an audience to its ad platform: only additions and removals are sent; bad lines are listed."""
+    from chorus import workspaces
+    from chorus.messaging.audiences import sync
+    from chorus.messaging.audiences.membership import parse_lines
+
+    _, engine = _engine(db)
+    try:
+        with engine.connect() as conn:
+            w = workspaces.find(conn, workspace)
+        try:
+            with open(profiles, encoding="utf-8-sig") as fh:
+                text = fh.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ChorusError(f"--profiles {profiles}: {exc}") from None
+        result = sync.sync(engine, w, name, parse_lines(text, tuple(w.identity.declared)), mode)
+    except (ChorusError, ValueError) as exc:
+        _fail(exc)
+    skipped = result["skipped"]
+    if json_out:
+        sys.stdout.write(orjson.dumps(result).decode() + "\n")
+    else:
+        typer.echo(
+            f"{name}: {result['added']} added, {result['removed']} removed, {result['unchanged']} unchanged, "
+            f"{skipped['total']} skipped; {result['members']} members"
+        )
+        for item in skipped["items"]:
+            typer.echo(f"  {item['at']}: {item['reason']}: {item['detail']} ({item['input']})")
+        if skipped["total"] > len(skipped["items"]):
+            typer.echo(f"  ... {skipped['total'] - len(skipped['items'])} more")
+    if skipped["total"]:
+        raise typer.Exit(1)
+
+
+@audiences_app.command("export")
+def audiences_export(
+    name: Annotated[str, typer.Argument(help="The audience's name")],
+    out: Annotated[str, typer.Option("--out", help="The CSV file to write")],
+    workspace: Annotated[str, typer.Option("--workspace", "-w", help="Workspace name or id")],
+    fmt: Annotated[str | None, typer.Option("--format", help="meta or google (default: the audience's)")] = None,
+    db: DbOpt = None,
+):
+    """Write the audience's members as the platform's customer-file CSV, hashed, for upload by hand."""
+    from chorus import workspaces
+    from chorus.messaging.audiences import sync
+
+    _, engine = _engine(db)
+    try:
+        with engine.connect() as conn:
+            w = workspaces.find(conn, workspace)
+        text, counts = sync.export(engine, w, name, fmt)
+        with open(out, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+    except (ChorusError, ValueError, OSError) as exc:
+        _fail(exc)
+    skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(counts["skipped"].items()))
+    typer.echo(
+        f"{counts['rows']} rows written to {out} ({counts['format']})" + (f"; left out: {skipped}" if skipped else "")
+    )
+
+
 def main() -> None:
     app()
 

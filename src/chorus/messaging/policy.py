@@ -10,6 +10,10 @@ for every send:
   ``marketing`` meta-topic (``email:marketing``: "no marketing on this channel"); between a topic-level grant and
   denial the newest wins. A topic in ``opt_in`` mode needs a grant; ``opt_out`` topics (the default) need no
   denial.
+
+Social audiences (Meta Custom Audiences, Google Customer Match) follow the same rules on the consent channel ``ads``:
+uploading a person to an ad platform is a marketing use of their data, so an ``ads:*``, ``*:*``, ``ads:<topic>``,
+``*:<topic>``, ``ads:marketing`` or ``*:marketing`` denial keeps them out (see :func:`ads_decision`).
 """
 
 from __future__ import annotations
@@ -66,6 +70,16 @@ def consent_decision(profile: dict, channel: str, topic: str, kind: str, topics:
     if mode == "opt_in" and not (newest and newest[2]["status"] == "granted" and newest[1].endswith(f":{topic}")):
         return Decision(False, f"topic {topic} is opt-in and {channel}:{topic} has not been granted")
     return Decision(True, f"{newest[1]} granted" if newest else f"topic {topic} is {mode} and nothing was denied")
+
+
+ADS_CHANNEL = "ads"  # the consent channel of social audiences
+
+
+def ads_decision(profile: dict, topic: str = "marketing", mode: str = "opt_out") -> Decision:
+    """May the person be in an ad platform audience about ``topic``? The marketing rules of
+    :func:`consent_decision` on channel ``ads``; in ``opt_in`` mode it needs a grant of ``ads:<topic>`` or
+    ``*:<topic>``."""
+    return consent_decision(profile, ADS_CHANNEL, topic, "marketing", {topic: {"mode": mode}})
 
 
 def addresses_for(profile: dict, channel: str) -> list[str]:

@@ -7,6 +7,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from chorus.identity.identifiers import IdentityConfig, kind_of, value_of
+from chorus.messaging.audiences import store as audience_store
 from chorus.profiles.views import get_profile, merge_history, resolve_id
 from chorus.store.tables import (
     dead_addresses,
@@ -22,6 +23,7 @@ from chorus.store.tables import (
     push_subscriptions,
     rejected_events,
 )
+from chorus.timeutil import utcnow
 
 
 def _idents(conn: Connection, ws: str, pid: str) -> list[str]:
@@ -95,6 +97,7 @@ def export(conn: Connection, ws: str, profile_id: str, cfg: IdentityConfig) -> d
                 .order_by(messages.c.created_at)
             )
         ],
+        "audiences": audience_store.of_profiles(conn, ws, [pid, *prof["aliases"]]),
         "rejected_events": [
             {
                 "reason": r.reason,
@@ -190,6 +193,8 @@ def erase(conn: Connection, ws: str, profile_id: str) -> dict:
         if push_idents
         else 0
     )
+    # Ad platform audiences: the member rows go; rows a platform holds are removed there at the next sync.
+    counts.update(audience_store.forget_profiles(conn, ws, ids, utcnow()))
     counts["import_errors_redacted"] = _redact_import_errors(conn, ws, idents)
     counts["profiles"] = conn.execute(profiles.delete().where(profiles.c.id == pid)).rowcount
     return {"profile_id": pid, "deleted": counts}

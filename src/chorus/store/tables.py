@@ -274,3 +274,56 @@ dead_addresses = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("at", UTCDateTime, nullable=False),
 )
+
+# --- social audiences -----------------------------------------------------------------------------------------
+# An audience: which ad platform account (a provider named in settings.audiences, or "file"), which list there
+# (a Meta custom audience id, a Google Customer Match user list), which identifiers to send and under which consent.
+audiences = sa.Table(
+    "audiences",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("workspace_id", sa.String(40), nullable=False),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("provider", sa.String(64), nullable=False),
+    sa.Column("format", sa.String(16), nullable=False),  # meta | google: how rows are normalised and hashed
+    sa.Column("destination", sa.String(200)),
+    sa.Column("identifiers", JSONDoc, nullable=False),
+    sa.Column("consent_topic", sa.String(64), nullable=False),
+    sa.Column("consent_mode", sa.String(16), nullable=False),
+    sa.Column("options", JSONDoc, nullable=False),
+    sa.Column("sync_started_at", UTCDateTime),  # set while a sync runs: one sync of an audience at a time
+    sa.Column("last_sync", JSONDoc),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("workspace_id", "name"),
+)
+
+# The rows the platform holds: what was sent for whom and when. The next sync sends only the difference, and a
+# person who opted out (or whose identifiers changed) is removed under exactly the row that was sent.
+audience_members = sa.Table(
+    "audience_members",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("audience_id", sa.String(40), nullable=False),
+    sa.Column("workspace_id", sa.String(40), nullable=False),
+    sa.Column("profile_id", sa.String(40), nullable=False),
+    sa.Column("row_hash", sa.String(64), nullable=False),
+    sa.Column("hashed_keys", JSONDoc, nullable=False),
+    sa.Column("synced_at", UTCDateTime, nullable=False),
+    sa.Index("ix_audience_members_audience", "audience_id", "row_hash"),
+    sa.Index("ix_audience_members_profile", "workspace_id", "profile_id"),
+)
+
+# Rows of erased people still held by a platform: no profile any more, only the hashed keys, kept until the next
+# sync of the audience has removed them there.
+audience_removals = sa.Table(
+    "audience_removals",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("audience_id", sa.String(40), nullable=False),
+    sa.Column("workspace_id", sa.String(40), nullable=False),
+    sa.Column("row_hash", sa.String(64), nullable=False),
+    sa.Column("hashed_keys", JSONDoc, nullable=False),
+    sa.Column("queued_at", UTCDateTime, nullable=False),
+    sa.Index("ix_audience_removals_audience", "audience_id"),
+)

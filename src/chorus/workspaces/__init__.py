@@ -178,6 +178,10 @@ def validate_settings(patch: dict) -> dict:
             from chorus.messaging import settings as msettings
 
             out[key] = msettings.validate(value)
+        elif key == "audiences":
+            from chorus.messaging.audiences import settings as asettings
+
+            out[key] = asettings.validate(value)
         else:
             raise ValueError(f"settings.{key} is not a known setting")
     return out

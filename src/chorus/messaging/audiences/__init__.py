@@ -1,0 +1,13 @@
+"""Social audiences: a set of profiles uploaded to Meta (Custom Audiences) or Google (Customer Match), or
+exported as their customer-file CSV, so that ads reach the people the brand already knows.
+
+- :mod:`normalise` and :mod:`rows`: each platform's normalisation and SHA-256 hashing, and a profile's row;
+- :mod:`membership`: the caller's list, the sync modes and the diff with what the platform holds;
+- :mod:`meta` and :mod:`google`: the platform clients (configurable base URLs, batches within the platform's
+  limits, retries of transient failures);
+- :mod:`settings`: the ``audiences`` workspace setting and audience definitions;
+- :mod:`store` and :mod:`sync`: the tables, the sync and the export.
+
+Consent is checked with :func:`chorus.messaging.policy.ads_decision` (channel ``ads``). See
+docs/messaging.md, "Social audiences", and docs/decisions/0008-audience-membership-given-by-caller.md.
+"""

@@ -1,0 +1,275 @@
+"""Audiences in the operational store: definitions, the rows each platform holds, and what erasure leaves.
+
+The I/O edge of the audiences package; the rules are in :mod:`membership` and :mod:`rows`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from chorus.errors import Conflict, NotFound
+from chorus.identity.identifiers import kind_of, value_of
+from chorus.messaging.audiences.membership import Synced
+from chorus.messaging.audiences.settings import FILE
+from chorus.profiles.state import public_view
+from chorus.store import bulk
+from chorus.store.tables import audience_members, audience_removals, audiences, identifiers, profile_aliases, profiles
+from chorus.timeutil import iso
+
+CHUNK = 1000
+LEASE = timedelta(minutes=30)  # a sync that died is taken over after this long
+
+
+def _chunks(values: list, size: int = CHUNK) -> Iterable[list]:
+    for i in range(0, len(values), size):
+        yield values[i : i + size]
+
+
+# -- definitions --------------------------------------------------------------------------------------------------
+def create(engine: Engine, ws: str, clean: dict, now: datetime) -> dict:
+    with engine.begin() as conn:
+        exists = conn.execute(
+            sa.select(audiences.c.id).where(audiences.c.workspace_id == ws, audiences.c.name == clean["name"])
+        ).first()
+        if exists:
+            raise Conflict(f"an audience named {clean['name']!r} already exists", field="name")
+        conn.execute(
+            audiences.insert().values(
+                id="aud_" + uuid.uuid4().hex[:20], workspace_id=ws, created_at=now, updated_at=now, **clean
+            )
+        )
+        return view(conn, get(conn, ws, clean["name"]))
+
+
+def get(conn: Connection, ws: str, name: str):
+    row = conn.execute(sa.select(audiences).where(audiences.c.workspace_id == ws, audiences.c.name == name)).first()
+    if row is None:
+        raise NotFound(f"audience {name!r} not found")
+    return row
+
+
+def view(conn: Connection, row) -> dict:
+    members = conn.execute(
+        sa.select(sa.func.count()).select_from(audience_members).where(audience_members.c.audience_id == row.id)
+    ).scalar_one()
+    pending = conn.execute(
+        sa.select(sa.func.count()).select_from(audience_removals).where(audience_removals.c.audience_id == row.id)
+    ).scalar_one()
+    return {
+        "name": row.name, "provider": row.provider, "format": row.format, "destination": row.destination,
+        "identifiers": row.identifiers, "consent": {"topic": row.consent_topic, "mode": row.consent_mode},
+        **({"ad_consent": row.options["ad_consent"]} if row.options.get("ad_consent") else {}),
+        "members": members, "pending_removals": pending, "syncing": row.sync_started_at is not None,
+        "last_sync": row.last_sync, "created_at": iso(row.created_at),
+    }  # fmt: skip
+
+
+def list_all(conn: Connection, ws: str) -> list[dict]:
+    rows = conn.execute(sa.select(audiences).where(audiences.c.workspace_id == ws).order_by(audiences.c.name))
+    return [view(conn, r) for r in rows]
+
+
+def claim(engine: Engine, audience_id: str, name: str, now: datetime) -> None:
+    """Mark the audience as syncing, or Conflict while another sync runs (its claim lasts :data:`LEASE`)."""
+    with engine.begin() as conn:
+        got = conn.execute(
+            audiences.update()
+            .where(
+                audiences.c.id == audience_id,
+                sa.or_(audiences.c.sync_started_at.is_(None), audiences.c.sync_started_at < now - LEASE),
+            )
+            .values(sync_started_at=now)
+        ).rowcount
+    if not got:
+        raise Conflict(f"audience {name!r} is being synced right now; try again when that sync has finished")
+
+
+def release(engine: Engine, audience_id: str, last_sync: dict, now: datetime) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            audiences.update()
+            .where(audiences.c.id == audience_id)
+            .values(sync_started_at=None, last_sync=last_sync, updated_at=now)
+        )
+
+
+# -- profiles -----------------------------------------------------------------------------------------------------
+def resolve_profile_ids(conn: Connection, ws: str, ids: list[str]) -> dict[str, str]:
+    """Requested id -> current profile id (merged-away ids resolve through aliases); unknown ids are missing."""
+    found: dict[str, str] = {}
+    dialect = conn.dialect.name
+    for part in _chunks(list(dict.fromkeys(ids))):
+        for (pid,) in conn.execute(
+            sa.select(profiles.c.id).where(profiles.c.workspace_id == ws, bulk.in_(profiles.c.id, part, dialect))
+        ):
+            found[pid] = pid
+        rest = [i for i in part if i not in found]
+        if rest:
+            for alias, pid in conn.execute(
+                sa.select(profile_aliases.c.alias_id, profile_aliases.c.profile_id).where(
+                    profile_aliases.c.workspace_id == ws, bulk.in_(profile_aliases.c.alias_id, rest, dialect)
+                )
+            ):
+                found[alias] = pid
+    return found
+
+
+def owners(conn: Connection, ws: str, idents: list[str]) -> dict[str, str]:
+    """``kind:value`` identifier -> the profile that holds it."""
+    out: dict[str, str] = {}
+    for part in _chunks(list(dict.fromkeys(idents))):
+        out.update(
+            conn.execute(
+                sa.select(identifiers.c.ident, identifiers.c.profile_id).where(
+                    identifiers.c.workspace_id == ws, bulk.in_(identifiers.c.ident, part, conn.dialect.name)
+                )
+            ).all()
+        )
+    return out
+
+
+def people(conn: Connection, ws: str, pids: list[str]) -> dict[str, dict]:
+    """What audiences read of each profile: identifiers by kind, traits and consent (as in the profile view)."""
+    out: dict[str, dict] = {}
+    dialect = conn.dialect.name
+    for part in _chunks(list(dict.fromkeys(pids))):
+        for pid, state in conn.execute(
+            sa.select(profiles.c.id, profiles.c.state).where(
+                profiles.c.workspace_id == ws, bulk.in_(profiles.c.id, part, dialect)
+            )
+        ):
+            shown = public_view(state)
+            out[pid] = {"id": pid, "identifiers": {}, "traits": shown["traits"], "consent": shown["consent"]}
+        for pid, ident in conn.execute(
+            sa.select(identifiers.c.profile_id, identifiers.c.ident)
+            .where(identifiers.c.workspace_id == ws, bulk.in_(identifiers.c.profile_id, part, dialect))
+            .order_by(identifiers.c.ident)
+        ):
+            if pid in out:
+                out[pid]["identifiers"].setdefault(kind_of(ident), []).append(value_of(ident))
+    return out
+
+
+# -- synced rows --------------------------------------------------------------------------------------------------
+def synced(conn: Connection, audience_id: str) -> list[Synced]:
+    """The rows the platform holds (profile ids as recorded) and the removals erasures queued."""
+    rows = [
+        Synced(r.id, r.profile_id, r.row_hash, r.hashed_keys)
+        for r in conn.execute(sa.select(audience_members).where(audience_members.c.audience_id == audience_id))
+    ]
+    rows += [
+        Synced(None, None, r.row_hash, r.hashed_keys)
+        for r in conn.execute(sa.select(audience_removals).where(audience_removals.c.audience_id == audience_id))
+    ]
+    return rows
+
+
+def removed(engine: Engine, audience_id: str, done: list[Synced]) -> None:
+    """The platform no longer holds these rows: forget them (and the queued removals among them)."""
+    members = [s.id for s in done if s.id is not None]
+    hashes = [s.row_hash for s in done if s.id is None]
+    with engine.begin() as conn:
+        for part in _chunks(members):
+            conn.execute(audience_members.delete().where(audience_members.c.id.in_(part)))
+        for part in _chunks(hashes):
+            conn.execute(
+                audience_removals.delete().where(
+                    audience_removals.c.audience_id == audience_id, audience_removals.c.row_hash.in_(part)
+                )
+            )
+
+
+def added(engine: Engine, ws: str, audience_id: str, rows: list[tuple[str, str, dict]], now: datetime) -> None:
+    """The platform holds these rows now. A profile merged meanwhile is recorded under its survivor; a profile
+    erased meanwhile is not recorded at all: its row is queued for removal instead, as erasure would have."""
+    if not rows:
+        return
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":  # the lock erasure holds: it cannot run between check and insert
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": "identity:" + ws})
+        now_of = resolve_profile_ids(conn, ws, [pid for pid, _h, _row in rows])
+        members = [
+            dict(audience_id=audience_id, workspace_id=ws, profile_id=now_of[pid], row_hash=h, hashed_keys=row,
+                 synced_at=now)
+            for pid, h, row in rows
+            if pid in now_of
+        ]  # fmt: skip
+        gone = [
+            dict(audience_id=audience_id, workspace_id=ws, row_hash=h, hashed_keys=row, queued_at=now)
+            for pid, h, row in rows
+            if pid not in now_of
+        ]
+        for part in _chunks(members):
+            conn.execute(audience_members.insert(), part)
+        if gone:
+            conn.execute(audience_removals.insert(), gone)
+
+
+def kept(engine: Engine, keep: list[tuple[Synced, str]], drop: list[Synced], audience_id: str) -> None:
+    """Rows that stay: follow merges to the surviving profile; forget duplicate records."""
+    with engine.begin() as conn:
+        for s, pid in keep:
+            if s.profile_id != pid:
+                conn.execute(audience_members.update().where(audience_members.c.id == s.id).values(profile_id=pid))
+        removed_ids = [s.id for s in drop if s.id is not None]
+        for part in _chunks(removed_ids):
+            conn.execute(audience_members.delete().where(audience_members.c.id.in_(part)))
+        hashes = [s.row_hash for s in drop if s.id is None]
+        for part in _chunks(hashes):
+            conn.execute(
+                audience_removals.delete().where(
+                    audience_removals.c.audience_id == audience_id, audience_removals.c.row_hash.in_(part)
+                )
+            )
+
+
+def member_profiles(conn: Connection, audience_id: str) -> list[str]:
+    return list(
+        conn.execute(
+            sa.select(audience_members.c.profile_id).where(audience_members.c.audience_id == audience_id).distinct()
+        ).scalars()
+    )
+
+
+# -- privacy ------------------------------------------------------------------------------------------------------
+def of_profiles(conn: Connection, ws: str, pids: list[str]) -> list[dict]:
+    """The audience rows held for a person (their export)."""
+    rows = conn.execute(
+        sa.select(audiences.c.name, audiences.c.provider, audiences.c.destination, audience_members.c.synced_at,
+                  audience_members.c.hashed_keys)
+        .join(audiences, audiences.c.id == audience_members.c.audience_id)
+        .where(audience_members.c.workspace_id == ws, audience_members.c.profile_id.in_(pids))
+        .order_by(audiences.c.name)
+    )  # fmt: skip
+    return [
+        {"audience": r.name, "provider": r.provider, "destination": r.destination, "synced_at": iso(r.synced_at),
+         "hashed_keys": r.hashed_keys}
+        for r in rows
+    ]  # fmt: skip
+
+
+def forget_profiles(conn: Connection, ws: str, pids: list[str], now: datetime) -> dict[str, int]:
+    """Erasure: delete the person's member rows. Rows a platform holds are queued, without the profile, so that
+    the next sync of the audience removes them there; then the hashes are deleted too."""
+    rows = conn.execute(
+        sa.select(audience_members.c.id, audience_members.c.audience_id, audience_members.c.row_hash,
+                  audience_members.c.hashed_keys, audiences.c.provider)
+        .join(audiences, audiences.c.id == audience_members.c.audience_id)
+        .where(audience_members.c.workspace_id == ws, audience_members.c.profile_id.in_(pids))
+    ).all()  # fmt: skip
+    queued = [
+        dict(audience_id=r.audience_id, workspace_id=ws, row_hash=r.row_hash, hashed_keys=r.hashed_keys, queued_at=now)
+        for r in rows
+        if r.provider != FILE
+    ]
+    if queued:
+        conn.execute(audience_removals.insert(), queued)
+    deleted = 0
+    for part in _chunks([r.id for r in rows]):
+        deleted += conn.execute(audience_members.delete().where(audience_members.c.id.in_(part))).rowcount
+    return {"audience_members": deleted, "audience_removals_queued": len(queued)}
