@@ -736,7 +736,51 @@ _TEXT_CONFIG = ParserConfig(display_links=True)
 
 def _html_to_text(html: str) -> str:
     """The plain-text part: links as ``[label](url)``, hidden elements (the preheader) left out."""
-    lines = [line.strip() for line in get_text(html, _TEXT_CONFIG).splitlines()]
+    return _tidy_text(get_text(html, _TEXT_CONFIG))
+
+
+_MARKUP = re.compile(r"\{\{.*?\}\}|\{%.*?%\}", re.S)
+_CONTENT_TAG = re.compile(r"\{\{-?\s*content\s*-?\}\}")
+# Filters whose output is markup (or undoes escaping): in HTML they become text differently than in plain text.
+_MARKUP_FILTERS = {"newline_to_br", "escape", "escape_once", "xml_escape", "safe", "raw"}
+_HOLE = "zqxchorus{}x"
+
+
+def _text_part(markup: str, source: str, layout: str | None) -> str | None:
+    """The plain-text part as a Liquid template, or None when it must be made from each rendered HTML.
+
+    Converting HTML to text costs more than the rest of an email's rendering, and for most emails it needs doing
+    once per template, not once per recipient: when the source's Liquid is output tags alone (a loop or a
+    condition could change the structure the text is made from), its tags are swapped for placeholders, the
+    compiled HTML is converted once, and the tags go back into the text."""
+    if layout is not None:
+        if len(_CONTENT_TAG.findall(layout)) != 1 or re.search(r"\bcontent\b", source):
+            return None
+        source = _CONTENT_TAG.sub(lambda _m: source, layout)
+    return _text_template(markup, source)
+
+
+@functools.lru_cache(maxsize=512)
+def _text_template(markup: str, source: str) -> str | None:
+    tags = _MARKUP.findall(source)
+    if any(not t.startswith("{{") or _MARKUP_FILTERS & set(re.findall(r"\|\s*(\w+)", t)) for t in tags):
+        return None
+    if "zqxchorus" in source:
+        return None
+    it = iter(range(len(tags)))
+    holed = _MARKUP.sub(lambda _m: _HOLE.format(next(it)), source)
+    try:
+        html = mjml2html(holed) if markup == "mjml" else holed
+        text = _html_to_text(_INLINER.inline(html))
+    except ValueError:
+        return None
+    text = text.replace("{", "{{ '{' }}")  # literal braces in the text stay text
+    text = re.sub(r"zqxchorus(\d+)x", lambda m: tags[int(m.group(1))], text)
+    return None if "zqxchorus" in text else text
+
+
+def _tidy_text(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines()]
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 
@@ -768,7 +812,10 @@ def _email(v: dict, ctx: dict, at: dict[str, str], layout: str | None, partials:
         html = _BODY_TAG.sub(lambda m: m.group(0) + hidden, html, count=1)
     _limit("email.html", html, at[markup])
     text = _liquid("text", v["text"], ctx, at["text"]) if v.get("text") else ""
-    return {"subject": subject, "preheader": preheader, "html": html, "text": text or _html_to_text(html)}
+    if not text:
+        template = _text_part(markup, v[markup], partials.get(layout) if layout else None)
+        text = _tidy_text(_liquid("text", template, ctx, at[markup])) if template else _html_to_text(html)
+    return {"subject": subject, "preheader": preheader, "html": html, "text": text}
 
 
 def _sms(v: dict, ctx: dict, at: dict[str, str], *_: object) -> dict:
