@@ -260,11 +260,11 @@ def channels_test(
         message_id="test_" + uuid.uuid4().hex[:16], workspace_id=w.id, channel=channel, address=address,
         kind="transactional", topic="transactional", content=content,
     )  # fmt: skip
-    provs = [(p, lim) for p, lim in provs if getattr(p, "accepts", lambda _o: True)(out)]
+    provs = [p for p in provs if getattr(p[0], "accepts", lambda _o: True)(out)]
     if not provs:
         _fail(ChorusError(f"no {channel} provider for this address (settings.messaging.providers.{channel})"))
     failed = 0
-    for prov, _limiter in provs:
+    for prov, *_ in provs:
         try:
             provider_id = prov.send(out)
             typer.echo(f"{prov.name}: sent ({provider_id})")

@@ -54,7 +54,7 @@ def test_push_to_an_app_through_fcm(http, server, app_shop):
     for m in (m1, m2):
         assert wait_status(http, h, m["id"], "sent", "failed", "retrying")["status"] == "sent"
     assert len(fcm.tokens_issued) == 1  # one OAuth token for both sends
-    msg = fcm.sent[0]
+    (msg,) = [s for s in fcm.sent if s["data"]["message_id"] == m1["id"]]  # sent in parallel: any order
     assert msg["token"] == "tok-ana-1"
     assert msg["notification"] == {"title": "Back in stock", "body": "Ana, your size is back"}
     assert msg["data"] == {"message_id": m1["id"], "url": "shop://p/1"} and msg["android"]["ttl"] == "86400s"

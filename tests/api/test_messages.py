@@ -234,3 +234,51 @@ def test_messages_and_templates_stay_in_their_workspace(http, server, engine, sh
     assert http.post("/api/messages", json={"to": {"email": "ana@example.com"}, "template": "cart"},
                      headers={**other, "Idempotency-Key": "iso-1"}).status_code == 404  # fmt: skip
     assert http.get("/api/messages/nope", headers=shop).status_code == 404
+
+
+def test_batch_send_gives_one_result_per_item_and_keeps_the_good_ones(http, server, shop, workspace, smtp_server):
+    r = http.post(
+        "/v1/identify", auth=(workspace["server_write_key"], ""),
+        json={"userId": "u2", "traits": {"email": "bo@example.com", "first_name": "Bo"}},
+    )  # fmt: skip
+    assert r.status_code == 200
+    server.settle()
+
+    def item(key, email, **more):
+        return {"idempotency_key": key, "to": {"email": email}, "template": "cart", **more}
+
+    items = [
+        item("b-ana", "ana@example.com", event={"product": "hat"}),
+        item("b-bad", "ana@example.com", kind="spam"),
+        item("b-nobody", "nobody@example.com"),
+        "not an object",
+        item("b-bo", "bo@example.com", event={"product": "cap"}),
+        item("b-ana", "ana@example.com", event={"product": "hat"}),
+        item("b-bo", "bo@example.com", event={"product": "?"}),
+    ]
+    r = http.post("/api/messages/batch", json={"messages": items}, headers=shop)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert (out["created"], out["existing"], out["error"]) == (2, 1, 4)
+    res = out["results"]
+    assert [x["index"] for x in res] == list(range(len(items)))
+    assert [x["result"] for x in res] == ["created", "error", "error", "error", "created", "existing", "error"]
+    assert res[1]["error"]["field"] == "messages[1].kind"
+    assert res[2]["error"] == {"code": "not_found", "message": "no profile with email 'nobody@example.com'",
+                               "field": "messages[2].to.email"}  # fmt: skip
+    assert res[3]["error"]["field"] == "messages[3]"
+    assert res[5]["message"]["id"] == res[0]["message"]["id"]  # the same key twice: one message
+    assert res[6]["error"]["code"] == "conflict" and res[6]["error"]["field"] == "messages[6].idempotency_key"
+
+    # replaying the whole batch (a client retry after a timeout) creates nothing new
+    again = http.post("/api/messages/batch", json={"messages": items}, headers=shop).json()
+    assert (again["created"], again["existing"]) == (0, 3)
+    for x in (res[0], res[4]):
+        assert wait_status(http, shop, x["message"]["id"], "sent", "failed")["status"] == "sent"
+    server.settle()
+    subjects = sorted(m["msg"]["Subject"] for m in smtp_server.messages)
+    assert subjects == ["Ana, your hat is waiting", "Bo, your cap is waiting"]
+
+    for bad, field in (({}, "messages"), ({"messages": []}, "messages"), ({"messages": [{}] * 1001}, "messages")):
+        r = http.post("/api/messages/batch", json=bad, headers=shop)
+        assert r.status_code == 400 and r.json()["field"] == field

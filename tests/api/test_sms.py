@@ -62,8 +62,9 @@ def test_sms_is_sent_and_status_callbacks_are_recorded(http, server, workspace, 
     assert req["To"] == PHONE and req["From"] == "+15005550006"
     assert req["Body"] == "Hi Noor, your order A-17 has shipped"
     path = f"/webhooks/twilio/{workspace['id']}/status"
-    assert req["StatusCallback"] == server.base_url + path
+    assert req["StatusCallback"] == f"{server.base_url}{path}?m={m['id']}"  # finds it before the SID is recorded
     assert sent["provider_message_id"] == req["sid"]
+    path += f"?m={m['id']}"
     params = {"MessageSid": req["sid"], "MessageStatus": "delivered", "AccountSid": twilio.account_sid,
               "From": "+15005550006", "To": PHONE, "ApiVersion": "2010-04-01"}  # fmt: skip
     forged = http.post(path, data=params, headers={"X-Twilio-Signature": "bm9wZQ=="})

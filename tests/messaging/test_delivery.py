@@ -14,7 +14,8 @@ from chorus.identity.resolver import Resolver
 from chorus.messaging import outbox
 from chorus.messaging.delivery import MAX_ATTEMPTS, Deliverer
 from chorus.messaging.links import Links
-from chorus.store.tables import messages
+from chorus.profiles import privacy
+from chorus.store.tables import message_status, messages
 from tests.conftest import free_port
 
 T0 = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)
@@ -232,3 +233,45 @@ def test_a_message_whose_lease_was_taken_over_is_not_sent(engine, setup, smtp_se
     assert v["status"] == "failed" and v["reason"].startswith("interrupted")
     assert smtp_server.messages == []  # the first worker did not send it after all
     d.close()
+
+
+def identify(engine, w, user_id, email):
+    with engine.begin() as conn:
+        src = workspaces.source_by_write_key(conn, w["server_write_key"])
+        msg = {"type": "identify", "userId": user_id, "traits": {"email": email, "first_name": user_id}}
+        ingest.store(conn, src, [normalise(msg, received_at=T0, source_kind="server")], [], T0)
+    Resolver(engine).drain()
+
+
+def test_an_early_delivery_report_is_not_undone_by_sent(engine, setup):
+    # Twilio can post "delivered" before the worker has recorded the send it made
+    w, _ = setup
+    m = enqueue(engine, w, "early", Clock(T0))
+    with engine.begin() as conn:
+        conn.execute(messages.update().where(messages.c.id == m["id"]).values(status="sending"))
+        msg = dict(conn.execute(sa.select(messages).where(messages.c.id == m["id"])).one()._mapping)
+        outbox.set_statuses(conn, [outbox.Change(msg, "delivered", T0 + timedelta(seconds=1))])
+        outbox.set_statuses(conn, [outbox.Change(msg, "sent", T0 + timedelta(seconds=2), columns={"provider": "p"})])
+    v = view(engine, w, m["id"])
+    assert v["status"] == "delivered" and v["provider"] == "p"  # sent still records its columns
+    assert [h["status"] for h in v["history"]] == ["queued", "delivered", "sent"]
+
+
+def test_a_batch_of_changes_skips_people_erased_meanwhile(engine, setup):
+    w, _ = setup
+    identify(engine, w, "u2", "bo@example.com")
+    clock = Clock(T0)
+    body = [outbox.parse_request({"to": {"email": e}, "template": "hi"}) for e in ("ana@example.com", "bo@example.com")]
+    (a, _), (b, _) = outbox.enqueue_many(engine, ws_of(engine, w), [(body[0], "ea"), (body[1], "eb")], LINKS, clock)
+    with engine.begin() as conn:
+        msgs = {r.id: dict(r._mapping) for r in conn.execute(sa.select(messages))}
+        privacy.erase(conn, w["id"], b["profile_id"])
+    at = T0 + timedelta(minutes=1)
+    with engine.begin() as conn:
+        changes = [outbox.Change(msgs[x["id"]], "sent", at, {"attempt": 1}) for x in (a, b)]
+        outbox.set_statuses(conn, changes)
+        left = conn.execute(sa.select(messages.c.id, messages.c.status)).all()
+    assert left == [(a["id"], "sent")]  # nothing was written back for the erased person
+    with engine.connect() as conn:
+        hist = conn.execute(sa.select(message_status.c.message_id, message_status.c.status)).all()
+    assert sorted(hist) == [(a["id"], "queued"), (a["id"], "sent")]

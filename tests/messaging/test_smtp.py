@@ -102,7 +102,7 @@ def test_reconnects_when_the_server_dropped_the_reused_connection(smtp_server):
     p = build(_conf(smtp_server), "p")
     try:
         p.send(_out(mid="a"))
-        p._conn.sock.close()  # what an idle timeout on the server side looks like to the client
+        p._idle[0].sock.close()  # what an idle timeout on the server side looks like to the client
         p.send(_out(mid="b"))
     finally:
         p.close()

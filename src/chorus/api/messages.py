@@ -99,6 +99,59 @@ async def post_message(
     return JSON(view, status_code=201 if created else 200)
 
 
+BATCH_MAX = 1000
+
+
+@router.post(
+    "/messages/batch",
+    summary="Send many messages in one call: one result per item, in order (a bad item never stops the others)",
+)
+async def post_messages_batch(
+    ws: WS, svc: SVC,
+    body: Annotated[dict, Body(examples=[{"messages": [
+        {"idempotency_key": "spring-sale-u1", "to": {"email": "ana@example.com"}, "template": "spring_sale"},
+    ]}])],
+):  # fmt: skip
+    """Each item is a ``POST /api/messages`` body plus its ``idempotency_key``; the results say ``created``,
+    ``existing`` (the key was used before: the same message) or ``error`` with the field, prefixed by the item."""
+    items = body.get("messages") if isinstance(body, dict) else None
+    if not isinstance(items, list) or not items:
+        raise ChorusError("messages must be a non-empty list of message requests", field="messages")
+    if len(items) > BATCH_MAX:
+        raise ChorusError(f"at most {BATCH_MAX} messages per batch, got {len(items)}", field="messages")
+    results: list[dict | None] = [None] * len(items)
+    todo, where = [], []
+    for i, item in enumerate(items):
+        try:
+            if not isinstance(item, dict):
+                raise ChorusError("each message must be a JSON object", field="")
+            key = item.get("idempotency_key")
+            if key is not None and (not isinstance(key, str) or not key):
+                raise ChorusError("idempotency_key must be a non-empty string", field="idempotency_key")
+            req = outbox.parse_request({k: v for k, v in item.items() if k != "idempotency_key"})
+        except ChorusError as exc:
+            results[i] = _item_error(i, exc)
+            continue
+        todo.append((req, key))
+        where.append(i)
+    if todo:
+        done = await run_in_threadpool(outbox.enqueue_many, svc.engine, ws, todo, svc.links)
+        for i, (result, created) in zip(where, done, strict=True):
+            if isinstance(result, ChorusError):
+                results[i] = _item_error(i, result)
+            else:
+                results[i] = {"index": i, "result": "created" if created else "existing", "message": result}
+        svc.wake_worker.set()
+    counts = {k: sum(r["result"] == k for r in results) for k in ("created", "existing", "error")}
+    return JSON({**counts, "results": results})
+
+
+def _item_error(i: int, exc: ChorusError) -> dict:
+    name = "idempotency_key" if exc.field == "Idempotency-Key" else exc.field  # the header's name in a batch item
+    field = f"messages[{i}]" + (f".{name}" if name else "")
+    return {"index": i, "result": "error", "error": {"code": exc.code, "message": exc.message, "field": field}}
+
+
 @router.get("/messages/{message_id}", summary="A message: channel choice, content and status history")
 def get_message(ws: WS, svc: SVC, message_id: str):
     with svc.engine.connect() as conn:

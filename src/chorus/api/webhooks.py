@@ -71,22 +71,25 @@ async def twilio_status(request: Request, workspace_id: str):
     status = STATUS_MAP.get(form.get("MessageStatus", ""))
     if status is None:  # queued / accepted / sending: nothing new to record
         return JSON({"ok": True})
-    await run_in_threadpool(_apply_status, svc, ws, form, status)
+    await run_in_threadpool(_apply_status, svc, ws, form, status, request.query_params.get("m"))
     return JSON({"ok": True})
 
 
-def _apply_status(svc: Services, ws: ws_api.Workspace, form: dict, status: str) -> None:
+def _apply_status(svc: Services, ws: ws_api.Workspace, form: dict, status: str, message_id: str | None) -> None:
     now = utcnow()
+    sid = form.get("MessageSid")
     with svc.engine.begin() as conn:
-        q = sa.select(messages).where(
-            messages.c.workspace_id == ws.id, messages.c.provider_message_id == form.get("MessageSid")
-        )
+        # The callback URL names the message (``?m=``, signed with the rest of the URL): a report that arrives
+        # before the worker recorded Twilio's SID still finds it. Older URLs only have the SID.
+        by = messages.c.id == message_id if message_id else messages.c.provider_message_id == sid
+        q = sa.select(messages).where(messages.c.workspace_id == ws.id, by)
         if conn.dialect.name == "postgresql":  # two copies of a callback at once: one waits for the other
             q = q.with_for_update()
         row = conn.execute(q).first()
-        if row is None:
+        if row is None or (row.provider_message_id and row.provider_message_id != sid):
             return
         msg = dict(row._mapping)
+        columns = {} if row.provider_message_id else {"provider_message_id": sid}
         if outbox.has_status(conn, msg["id"], status, provider_status=form.get("MessageStatus")):
             return  # Twilio repeats callbacks; each state counts once
         if OUTCOME_RANK.get(status, 0) < OUTCOME_RANK.get(msg["status"], 0) and status != "opened":
@@ -96,13 +99,13 @@ def _apply_status(svc: Services, ws: ws_api.Workspace, form: dict, status: str) 
         if code:
             detail["error_code"] = code
         if status == "failed" and code and code.isdigit() and int(code) in UNDELIVERABLE:
-            outbox.set_status(conn, msg, "bounced", at=now, detail=detail, reason=f"Twilio error {code}")
+            outbox.set_status(conn, msg, "bounced", at=now, detail=detail, reason=f"Twilio error {code}", **columns)
             consent.record_consent(conn, msg, "*", "denied", f"undeliverable number (Twilio error {code})", now)
         elif status == "failed":
             outbox.set_status(conn, msg, "failed", at=now, detail=detail, reason=f"Twilio: {form.get('MessageStatus')}"
-                              + (f" (error {code})" if code else ""))  # fmt: skip
+                              + (f" (error {code})" if code else ""), **columns)  # fmt: skip
         elif status != msg["status"]:
-            outbox.set_status(conn, msg, status, at=now, detail=detail)
+            outbox.set_status(conn, msg, status, at=now, detail=detail, **columns)
 
 
 @router.post("/twilio/{workspace_id}/inbound")

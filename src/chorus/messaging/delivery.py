@@ -18,6 +18,8 @@ import logging
 import random
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import timedelta
 
 import orjson
@@ -26,9 +28,10 @@ from sqlalchemy.engine import Engine
 
 from chorus import metrics
 from chorus import workspaces as ws_api
-from chorus.messaging import outbox
+from chorus.messaging import outbox, policy
 from chorus.messaging.consent import record_consent
 from chorus.messaging.providers import (
+    DEFAULT_CONCURRENCY,
     AmbiguousError,
     ConfigError,
     Outgoing,
@@ -36,8 +39,11 @@ from chorus.messaging.providers import (
     Provider,
     TransientError,
     build,
+    concurrency_of,
 )
 from chorus.messaging.providers.webhook import InboxProvider
+from chorus.profiles import views
+from chorus.store import bulk
 from chorus.store.tables import messages
 from chorus.timeutil import iso, utcnow
 
@@ -81,74 +87,142 @@ class RateLimiter:
                 time.sleep((1 - self.tokens) / self.rate)
 
 
+Built = tuple[Provider, RateLimiter, threading.BoundedSemaphore]
+
+
 class ProviderSet:
-    """The configured providers of a workspace's channel, built once per configuration and reused."""
+    """The configured providers of a workspace's channel, built once per configuration and reused, each with its
+    rate limit and a gate that admits ``concurrency`` calls at once."""
 
     def __init__(self):
-        self._cache: dict[tuple[str, str], tuple[str, list[tuple[Provider, RateLimiter]]]] = {}
+        self._cache: dict[tuple[str, str], tuple[str, list[Built]]] = {}
+        self._lock = threading.Lock()
 
-    def get(self, ws: ws_api.Workspace, channel: str) -> list[tuple[Provider, RateLimiter]]:
+    def get(self, ws: ws_api.Workspace, channel: str) -> list[Built]:
         confs = ((ws.settings.get("messaging") or {}).get("providers") or {}).get(channel) or []
         digest = hashlib.sha256(orjson.dumps(confs, option=orjson.OPT_SORT_KEYS)).hexdigest()
-        hit = self._cache.get((ws.id, channel))
-        if hit and hit[0] == digest:
-            return hit[1]
-        if hit:
-            for p, _ in hit[1]:
-                p.close()
-        built = []
-        for i, conf in enumerate(confs):
-            where = f"settings.messaging.providers.{channel}[{i}]"
-            built.append((build(conf, where), RateLimiter(conf.get("rate_per_second"))))
-        if channel == "in_app" and not built:  # the inbox is built in
-            built.append((InboxProvider(), RateLimiter(None)))
-        self._cache[(ws.id, channel)] = (digest, built)
-        return built
+        with self._lock:
+            hit = self._cache.get((ws.id, channel))
+            if hit and hit[0] == digest:
+                return hit[1]
+            if hit:
+                for p, *_ in hit[1]:
+                    p.close()
+            built = []
+            for i, conf in enumerate(confs):
+                where = f"settings.messaging.providers.{channel}[{i}]"
+                gate = threading.BoundedSemaphore(concurrency_of(conf, where))
+                built.append((build(conf, where), RateLimiter(conf.get("rate_per_second")), gate))
+            if channel == "in_app" and not built:  # the inbox is built in
+                built.append((InboxProvider(), RateLimiter(None), threading.BoundedSemaphore(DEFAULT_CONCURRENCY)))
+            self._cache[(ws.id, channel)] = (digest, built)
+            return built
 
     def close(self) -> None:
-        for _digest, provs in self._cache.values():
-            for p, _ in provs:
-                p.close()
-        self._cache.clear()
+        with self._lock:
+            for _digest, provs in self._cache.values():
+                for p, *_ in provs:
+                    p.close()
+            self._cache.clear()
+
+
+@dataclass
+class _Outcome:
+    """What happened to one message in the send phase, recorded with the others of its batch."""
+
+    msg: dict
+    kind: str  # sent | permanent | transient | lost
+    provider: str = ""
+    provider_id: str = ""
+    error: PermanentError | None = None
+    reason: str = ""
+    profile: dict | None = None
+
+
+class _Lease:
+    """The batch's claim, renewed for the messages not yet sent whenever a third of the lease has passed, so a
+    slow batch (rate limits, a slow provider) is never expired under the worker's feet; a message another worker
+    expired meanwhile is left alone."""
+
+    def __init__(self, deliverer: Deliverer, msgs: list[dict]):
+        self.d, self.lock = deliverer, threading.Lock()
+        self.pending = {m["id"]: m for m in msgs}
+        self.ours: set[str] = set()
+        self.at = -1e18
+
+    def holds(self, msg: dict) -> bool:
+        with self.lock:
+            if time.monotonic() - self.at > LEASE.total_seconds() / 3:
+                self.ours = self.d._renew_leases(list(self.pending.values()))
+                self.at = time.monotonic()
+            self.pending.pop(msg["id"], None)
+            return msg["id"] in self.ours
 
 
 class Deliverer:
-    def __init__(self, engine: Engine, clock=utcnow, providers: ProviderSet | None = None):
+    """Delivers due messages in batches: checks for the whole batch, provider calls in parallel (up to each
+    provider's ``concurrency``), outcomes recorded together."""
+
+    def __init__(self, engine: Engine, clock=utcnow, providers: ProviderSet | None = None, threads: int = 16):
         self.engine = engine
         self.clock = clock
         self.providers = providers or ProviderSet()
-        self._called = False  # whether the current message reached a provider (see _internal_error)
+        self.threads = threads
+        self._pool: ThreadPoolExecutor | None = None
         self._workspaces: dict[str, ws_api.Workspace] = {}
 
-    def run_once(self, limit: int = 100) -> int:
+    def run_once(self, limit: int = 500) -> int:
         """Deliver up to ``limit`` due messages; returns how many were attempted."""
         self._expire_leases()
         claimed = self._claim(limit)
-        self._workspaces: dict[str, ws_api.Workspace] = {}  # read once per batch, not once per message
-        for msg in claimed:
-            self._called = False
+        if not claimed:
+            return 0
+        self._workspaces = {}  # read once per batch, not once per message
+        ready = self._prepare(claimed)
+        lease = _Lease(self, [r[0] for r in ready])
+        pool = self._pool or ThreadPoolExecutor(self.threads, thread_name_prefix="chorus-deliver")
+        self._pool = pool
+        futures = [pool.submit(self._send, msg, ws, profile, lease) for msg, ws, profile in ready]
+        done: list[_Outcome] = []
+        last = time.monotonic()
+        for fut, (msg, _ws, _profile) in zip(futures, ready, strict=True):
             try:
-                self._deliver(msg)
-            except Exception as exc:  # noqa: BLE001 - one message's problem must not strand the others
+                out = fut.result()
+            except Exception as exc:  # noqa: BLE001 - a bug of ours after the provider answered: never resend
                 log.exception("message %s: delivery failed", msg["id"])
-                self._internal_error(msg, exc)
+                out = _Outcome(
+                    msg,
+                    "permanent",
+                    "chorus",
+                    error=PermanentError(
+                        f"internal error: {type(exc).__name__}: {exc}; not sent again, it may have gone out"[:500]
+                    ),
+                )
+            if out.kind != "lost":
+                done.append(out)
+            # outcomes are recorded together, and often enough that a report on a message is soon readable
+            if len(done) >= 200 or time.monotonic() - last > 1:
+                self._record(done)
+                done, last = [], time.monotonic()
+        self._record(done)
         return len(claimed)
 
-    def _internal_error(self, msg: dict, exc: Exception) -> None:
-        """After the provider was called, a retry could send twice (at-most-once channels give up); before, retry."""
-        reason = f"internal error: {type(exc).__name__}: {exc}"[:500]
-        if self._called and msg["channel"] not in AT_LEAST_ONCE:
-            self._permanent(msg, "chorus", PermanentError(f"{reason}; not sent again, it may have gone out"))
-        else:
-            self._transient(msg, reason)
+    def _record(self, outcomes: list[_Outcome]) -> None:
+        try:
+            self._write_outcomes(outcomes)
+        except Exception:  # noqa: BLE001 - the messages stay "sending"; their lease expiry gives them up (at most once)
+            log.exception("recording %d delivery outcomes failed", len(outcomes))
 
-    def drain(self, limit: int = 100) -> int:
+    def drain(self, limit: int = 500) -> int:
         total = 0
         while n := self.run_once(limit):
             total += n
         return total
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         self.providers.close()
 
     # -- claiming ------------------------------------------------------------------------------------------------
@@ -164,13 +238,15 @@ class Deliverer:
             if conn.dialect.name == "postgresql":
                 q = q.with_for_update(skip_locked=True)
             rows = [dict(r._mapping) for r in conn.execute(q)]
-            for m in rows:
-                m["attempts"] += 1
+            if rows:
                 conn.execute(
                     messages.update()
-                    .where(messages.c.id == m["id"])
-                    .values(status="sending", attempts=m["attempts"], next_attempt_at=now + LEASE, updated_at=now)
-                )
+                    .where(bulk.in_(messages.c.id, [m["id"] for m in rows], conn.dialect.name))
+                    .values(status="sending", attempts=messages.c.attempts + 1, next_attempt_at=now + LEASE,
+                            updated_at=now)
+                )  # fmt: skip
+            for m in rows:
+                m["attempts"] += 1
             return rows
 
     def _expire_leases(self) -> None:
@@ -179,58 +255,98 @@ class Deliverer:
             q = sa.select(messages).where(messages.c.status == "sending", messages.c.next_attempt_at < now).limit(100)
             if conn.dialect.name == "postgresql":  # two workers never expire the same row
                 q = q.with_for_update(skip_locked=True)
-            stale = [dict(r._mapping) for r in conn.execute(q)]
-            for m in stale:
+            changes = []
+            for m in (dict(r._mapping) for r in conn.execute(q)):
                 if m["channel"] in AT_LEAST_ONCE:  # a repeat is harmless there: send again
-                    outbox.set_status(
-                        conn, m, "retrying", at=now, next_attempt_at=now, reason="interrupted: sending again",
-                        detail={"reason": "interrupted"},
-                    )  # fmt: skip
+                    changes.append(outbox.Change(m, "retrying", now, {"reason": "interrupted"}, {
+                        "next_attempt_at": now, "reason": "interrupted: sending again"}))  # fmt: skip
                     continue
-                outbox.set_status(
-                    conn, m, "failed", at=now, next_attempt_at=None,
-                    reason="interrupted: the worker stopped while sending; not retried, it may have been sent",
-                    detail={"reason": "interrupted"},
-                )  # fmt: skip
+                changes.append(outbox.Change(m, "failed", now, {"reason": "interrupted"}, {
+                    "next_attempt_at": None,
+                    "reason": "interrupted: the worker stopped while sending; not retried, it may have been sent",
+                }))  # fmt: skip
+            outbox.set_statuses(conn, changes)
 
-    # -- sending -------------------------------------------------------------------------------------------------
-    def _deliver(self, msg: dict) -> None:
-        from chorus.errors import NotFound
-        from chorus.profiles import views
+    def _renew_leases(self, msgs: list[dict]) -> set[str]:
+        """Extend the claim of these messages if still ours (same attempt, sending); returns the ids that are."""
+        if not msgs:
+            return set()
+        now = self.clock()
+        until = now + LEASE
+        with self.engine.begin() as conn:
+            ids = [m["id"] for m in msgs]
+            conn.execute(
+                messages.update()
+                .where(bulk.in_(messages.c.id, ids, conn.dialect.name), messages.c.status == "sending")
+                .values(next_attempt_at=until)
+            )
+            attempts = {m["id"]: m["attempts"] for m in msgs}
+            rows = conn.execute(
+                sa.select(messages.c.id, messages.c.attempts).where(
+                    bulk.in_(messages.c.id, ids, conn.dialect.name), messages.c.status == "sending",
+                    messages.c.next_attempt_at == until,
+                )
+            ).all()  # fmt: skip
+        return {r.id for r in rows if attempts[r.id] == r.attempts}
 
+    # -- before sending: the checks of the whole batch ------------------------------------------------------------
+    def _prepare(self, claimed: list[dict]) -> list[tuple[dict, ws_api.Workspace, dict]]:
+        """Checks that need no provider, for the whole batch; returns the messages to send with their profile."""
+        profiles: dict[str, dict] = {}
+        self._approved: dict[str, list[tuple]] = {}
+        self._batch_ids = {m["id"] for m in claimed}
         with self.engine.connect() as conn:
-            ws = self._workspaces.get(msg["workspace_id"])
-            if ws is None:
-                ws = self._workspaces[msg["workspace_id"]] = ws_api.get(conn, msg["workspace_id"])
-            try:  # read once: pacing, consent and the status events all use it
-                profile = views.get_profile(conn, ws.id, msg["profile_id"], ws.identity)
-            except NotFound:
-                profile = None
-        if profile is None:
+            for wid in {m["workspace_id"] for m in claimed}:
+                ws = self._workspaces[wid] = ws_api.get(conn, wid)
+                pids = [m["profile_id"] for m in claimed if m["workspace_id"] == wid]
+                profiles |= views.get_profiles(conn, wid, pids, ws.identity)
+        ready, changes = [], []
+        for msg in claimed:
+            now, ws, profile = self.clock(), self._workspaces[msg["workspace_id"]], profiles.get(msg["profile_id"])
+            if profile is None:
+                changes.append(outbox.Change(msg, "skipped", now, {}, {
+                    "next_attempt_at": None, "reason": "the profile was erased before delivery"}))  # fmt: skip
+                continue
+            try:
+                if self._paced(ws, msg, profile):
+                    continue
+                if msg["channel"] == "push" and not self._push_address_alive(ws.id, msg):
+                    gone = "the browser unsubscribed from push after the message was queued"
+                    changes.append(outbox.Change(msg, "skipped", now, {}, {"next_attempt_at": None, "reason": gone},
+                                                 profile))  # fmt: skip
+                    continue
+            except Exception as exc:  # noqa: BLE001 - one message's problem must not strand the others
+                log.exception("message %s: delivery failed", msg["id"])
+                changes.append(self._retry(msg, f"internal error: {type(exc).__name__}: {exc}"[:500], now))
+                continue
+            withdrawn = self._consent_withdrawn(ws, msg, profile)
+            if withdrawn:
+                changes.append(outbox.Change(msg, "skipped", now, {"reason": withdrawn}, {
+                    "next_attempt_at": None, "reason": withdrawn}, profile))  # fmt: skip
+                continue
+            ready.append((msg, ws, profile))
+            if msg["kind"] == "marketing":  # the person's next message in this batch counts this one against caps
+                self._approved.setdefault(msg["profile_id"], []).append((msg["channel"], now))
+        if changes:
             with self.engine.begin() as conn:
-                outbox.set_status(conn, msg, "skipped", at=self.clock(), next_attempt_at=None,
-                                  reason="the profile was erased before delivery")  # fmt: skip
-            return
+                outbox.set_statuses(conn, changes)
+        return ready
+
+    # -- sending (in the pool's threads) -------------------------------------------------------------------------
+    def _send(self, msg: dict, ws: ws_api.Workspace, profile: dict, lease: _Lease) -> _Outcome:
+        try:
+            return self._call_providers(msg, ws, profile, lease)
+        except Exception as exc:  # noqa: BLE001 - provider calls catch their own: this is before any, retry is safe
+            log.exception("message %s: delivery failed", msg["id"])
+            return _Outcome(msg, "transient", reason=f"internal error: {type(exc).__name__}: {exc}"[:500])
+
+    def _call_providers(self, msg: dict, ws: ws_api.Workspace, profile: dict, lease: _Lease) -> _Outcome:
+        """The provider calls of one message: failover in order; never a database write here but the lease."""
         out = Outgoing(
             message_id=msg["id"], workspace_id=msg["workspace_id"], channel=msg["channel"], address=msg["address"],
             content=msg["content"] or {}, kind=msg["kind"], topic=msg["topic"],
             headers=(msg["content"] or {}).get("headers") or {},
         )  # fmt: skip
-        if self._paced(ws, msg, profile):
-            return
-        if msg["channel"] == "push" and not self._push_address_alive(ws.id, msg):
-            with self.engine.begin() as conn:
-                outbox.set_status(conn, msg, "skipped", at=self.clock(), next_attempt_at=None, profile=profile,
-                                  reason="the browser unsubscribed from push after the message was queued")  # fmt: skip
-            return
-        withdrawn = self._consent_withdrawn(ws, msg, profile)
-        if withdrawn:
-            with self.engine.begin() as conn:
-                outbox.set_status(
-                    conn, msg, "skipped", at=self.clock(), next_attempt_at=None, reason=withdrawn,
-                    detail={"reason": withdrawn}, profile=profile,
-                )  # fmt: skip
-            return
         errors: list[str] = []
         try:
             provs = self.providers.get(ws, msg["channel"])
@@ -238,47 +354,85 @@ class Deliverer:
             provs, errors = [], [str(exc)]
         if not provs and not errors:
             errors.append(f"no provider is configured for {msg['channel']} (settings.messaging.providers)")
-        provs = [(p, lim) for p, lim in provs if getattr(p, "accepts", lambda _o: True)(out)]
+        provs = [p for p in provs if getattr(p[0], "accepts", lambda _o: True)(out)]
         if not provs and not errors:
             errors.append(f"no {msg['channel']} provider takes this address")
-        for prov, limiter in provs:
+        if provs and not lease.holds(msg):  # expired by another worker meanwhile: it is not ours to send
+            log.warning("message %s: lease lost before sending; left alone", msg["id"])
+            return _Outcome(msg, "lost")
+        for prov, limiter, gate in provs:
             limiter.wait()
-            if not self._renew_lease(msg):  # expired by another worker meanwhile: it is not ours to send
-                log.warning("message %s: lease lost before sending; left alone", msg["id"])
-                return
-            self._called = True
-            started, outcome = time.perf_counter(), "error"
+            started, result = time.perf_counter(), "error"
             try:
-                provider_id = prov.send(out)
-                outcome = "ok"
+                with gate:
+                    provider_id = prov.send(out)
+                result = "ok"
             except AmbiguousError as exc:
                 if msg["channel"] in AT_LEAST_ONCE:  # a repeat is harmless there
                     errors.append(f"{prov.name}: {exc.reason}")
                     continue
-                self._permanent(msg, prov.name, PermanentError(f"{exc.reason}; not sent again, it may have arrived"))
-                return
+                err = PermanentError(f"{exc.reason}; not sent again, it may have arrived")
+                return _Outcome(msg, "permanent", prov.name, error=err, profile=profile)
             except TransientError as exc:
                 errors.append(f"{prov.name}: {exc.reason}")
                 log.warning("message %s: %s failed transiently: %s", msg["id"], prov.name, exc.reason)
                 continue
             except PermanentError as exc:
-                self._permanent(msg, prov.name, exc)
-                return
+                return _Outcome(msg, "permanent", prov.name, error=exc, profile=profile)
             except Exception as exc:  # noqa: BLE001 - a provider bug: the message may or may not have gone out
                 log.exception("message %s: provider %s raised", msg["id"], prov.name)
                 if msg["channel"] in AT_LEAST_ONCE:
                     errors.append(f"{prov.name}: {type(exc).__name__}: {exc}")
                     continue
-                reason = f"{type(exc).__name__}: {exc}; not sent again, it may have gone out"
-                self._permanent(msg, prov.name, PermanentError(reason))
-                return
+                err = PermanentError(f"{type(exc).__name__}: {exc}; not sent again, it may have gone out")
+                return _Outcome(msg, "permanent", prov.name, error=err, profile=profile)
             finally:
-                metrics.provider_seconds.labels(channel=msg["channel"], outcome=outcome).observe(
+                metrics.provider_seconds.labels(channel=msg["channel"], outcome=result).observe(
                     time.perf_counter() - started
                 )
-            self._sent(msg, prov.name, provider_id, profile)
+            return _Outcome(msg, "sent", prov.name, provider_id=str(provider_id)[:400], profile=profile)
+        return _Outcome(msg, "transient", reason="; ".join(errors), profile=profile)
+
+    # -- after sending: one transaction for many outcomes --------------------------------------------------------
+    def _write_outcomes(self, outcomes: list[_Outcome]) -> None:
+        if not outcomes:
             return
-        self._transient(msg, "; ".join(errors))
+        now = self.clock()
+        changes = []
+        for o in outcomes:
+            if o.kind == "sent":
+                changes.append(outbox.Change(o.msg, "sent", now, {"provider": o.provider}, {
+                    "provider": o.provider, "provider_message_id": o.provider_id, "next_attempt_at": None,
+                    "reason": None, "sent_at": now}, o.profile))  # fmt: skip
+            elif o.kind == "permanent":
+                status = "bounced" if o.error.bounce else "failed"
+                changes.append(outbox.Change(o.msg, status, now, {"provider": o.provider, "reason": o.error.reason}, {
+                    "provider": o.provider, "reason": f"{o.provider}: {o.error.reason}", "next_attempt_at": None},
+                    o.profile))  # fmt: skip
+            else:
+                changes.append(self._retry(o.msg, o.reason, now, o.profile))
+        with self.engine.begin() as conn:
+            outbox.set_statuses(conn, changes)
+            for o in outcomes:
+                if o.kind != "permanent":
+                    continue
+                if o.error.bounce:
+                    record_consent(conn, o.msg, "*", "denied", f"hard bounce: {o.error.reason}", now)
+                if o.error.code == "subscription_gone":  # that device is gone; the person's other devices are not
+                    forget_push_address(conn, o.msg["workspace_id"], o.msg["address"], o.error.reason, now)
+
+    def _retry(self, msg: dict, reason: str, now, profile: dict | None = None) -> outbox.Change:
+        """Back off and try again later, or give up after MAX_ATTEMPTS."""
+        if msg["attempts"] >= MAX_ATTEMPTS:
+            return outbox.Change(msg, "failed", now, {"reason": reason, "attempts": msg["attempts"]}, {
+                "next_attempt_at": None, "reason": f"gave up after {msg['attempts']} attempts: {reason}"},
+                profile)  # fmt: skip
+        nxt = now + backoff(msg["attempts"])
+        return outbox.Change(
+            msg, "retrying", now,
+            {"reason": reason, "attempt": msg["attempts"], "next_attempt_at": nxt.isoformat()},
+            {"next_attempt_at": nxt, "reason": reason}, profile,
+        )  # fmt: skip
 
     def _paced(self, ws: ws_api.Workspace, msg: dict, profile: dict) -> bool:
         """Caps and quiet hours again at send time (other messages may have gone out since it was queued)."""
@@ -289,7 +443,8 @@ class Deliverer:
             return False
         now = self.clock()
         with self.engine.begin() as conn:
-            paced = outbox.apply_pacing(conn, ws, msg, profile, now)
+            batch = (self._batch_ids, self._approved.get(msg["profile_id"], []))
+            paced = outbox.apply_pacing(conn, ws, msg, profile, now, batch)
             if paced.at is None:
                 outbox.set_status(conn, msg, "skipped", at=now, next_attempt_at=None, reason=paced.reason,
                                   detail={"reason": paced.reason}, profile=profile)  # fmt: skip
@@ -302,19 +457,6 @@ class Deliverer:
                 )  # fmt: skip
                 return True
         return False
-
-    def _renew_lease(self, msg: dict) -> bool:
-        """Extend the claim right before the provider call, only if it is still ours (same attempt, sending)."""
-        now = self.clock()
-        with self.engine.begin() as conn:
-            n = conn.execute(
-                messages.update()
-                .where(
-                    messages.c.id == msg["id"], messages.c.status == "sending", messages.c.attempts == msg["attempts"]
-                )
-                .values(next_attempt_at=now + LEASE)
-            ).rowcount
-        return n == 1
 
     def _push_address_alive(self, ws: str, msg: dict) -> bool:
         from chorus.store.tables import dead_addresses, push_subscriptions
@@ -338,49 +480,9 @@ class Deliverer:
 
     def _consent_withdrawn(self, ws: ws_api.Workspace, msg: dict, profile: dict) -> str | None:
         """Consent is checked again right before sending: an opt-out after queuing stops the message."""
-        from chorus.messaging import policy
-
         topics = (ws.settings.get("messaging") or {}).get("topics")
         d = policy.consent_decision(profile, msg["channel"], msg["topic"], msg["kind"], topics)
         return None if d.allowed else f"consent withdrawn before delivery: {d.reason}"
-
-    def _sent(self, msg: dict, provider: str, provider_id: str, profile: dict | None = None) -> None:
-        now = self.clock()
-        with self.engine.begin() as conn:
-            outbox.set_status(
-                conn, msg, "sent", at=now, detail={"provider": provider}, provider=provider,
-                provider_message_id=str(provider_id)[:400], next_attempt_at=None, reason=None, sent_at=now,
-                profile=profile,
-            )  # fmt: skip
-
-    def _permanent(self, msg: dict, provider: str, exc: PermanentError) -> None:
-        now = self.clock()
-        status = "bounced" if exc.bounce else "failed"
-        with self.engine.begin() as conn:
-            outbox.set_status(
-                conn, msg, status, at=now, detail={"provider": provider, "reason": exc.reason},
-                provider=provider, reason=f"{provider}: {exc.reason}", next_attempt_at=None,
-            )  # fmt: skip
-            if exc.bounce:
-                record_consent(conn, msg, "*", "denied", f"hard bounce: {exc.reason}", now)
-            if exc.code == "subscription_gone":  # that device is gone; the person's other devices are not
-                forget_push_address(conn, msg["workspace_id"], msg["address"], exc.reason, now)
-
-    def _transient(self, msg: dict, reason: str) -> None:
-        now = self.clock()
-        with self.engine.begin() as conn:
-            if msg["attempts"] >= MAX_ATTEMPTS:
-                outbox.set_status(
-                    conn, msg, "failed", at=now, next_attempt_at=None,
-                    reason=f"gave up after {msg['attempts']} attempts: {reason}",
-                    detail={"reason": reason, "attempts": msg["attempts"]},
-                )  # fmt: skip
-            else:
-                nxt = now + backoff(msg["attempts"])
-                outbox.set_status(
-                    conn, msg, "retrying", at=now, next_attempt_at=nxt, reason=reason,
-                    detail={"reason": reason, "attempt": msg["attempts"], "next_attempt_at": nxt.isoformat()},
-                )  # fmt: skip
 
 
 def forget_push_address(conn, ws: str, address: str, reason: str, at) -> None:

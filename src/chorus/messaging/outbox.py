@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+import secrets
 import uuid
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import orjson
@@ -27,8 +29,9 @@ from chorus.errors import ChorusError, Conflict, NotFound
 from chorus.messaging import content, policy
 from chorus.messaging.consent import identity_fields
 from chorus.messaging.links import Links, track_html
-from chorus.messaging.subscriptions import endpoints_of, with_push_addresses
+from chorus.messaging.subscriptions import endpoints_for, with_push_addresses_all
 from chorus.profiles import views
+from chorus.store import bulk
 from chorus.store.tables import message_status, messages, partials, templates
 from chorus.timeutil import iso, utcnow
 
@@ -173,14 +176,24 @@ def _validated(doc: object, parts: dict[str, str]) -> dict:
         raise ChorusError(str(exc), field=exc.field) from None
 
 
-# -- timeline events --------------------------------------------------------------------------------------------
-def _record_event(conn: Connection, msg: dict, profile: dict, status: str, at: datetime, detail: dict, n: int) -> None:
+# -- status changes ---------------------------------------------------------------------------------------------
+@dataclass
+class Change:
+    """One state change of a message: what :func:`set_statuses` applies."""
+
+    msg: dict
+    status: str
+    at: datetime
+    detail: dict = field(default_factory=dict)
+    columns: dict = field(default_factory=dict)
+    profile: dict | None = None
+
+
+def _event(msg: dict, profile: dict, status: str, at: datetime, detail: dict) -> Event | None:
     name = STATUS_EVENTS.get(status)
-    if name is None:
-        return
-    ident = identity_fields(profile)
+    ident = identity_fields(profile) if name else None
     if not ident:
-        return
+        return None
     props = {
         "message_id": msg["id"], "channel": msg["channel"], "template": msg["template"], "kind": msg["kind"],
         "topic": msg["topic"], "journey_id": msg["journey_id"], "campaign_id": msg["campaign_id"], **detail,
@@ -190,43 +203,90 @@ def _record_event(conn: Connection, msg: dict, profile: dict, status: str, at: d
     raw = {
         **{k: v for k, v in ident.items() if k != "context"},
         "type": "track", "event": name, "properties": props, "context": ctx,
-        "messageId": f"chorus-{msg['id']}-{n}", "timestamp": iso(at),
+        # unique per change (a message can be opened or retried many times)
+        "messageId": f"chorus-{msg['id']}-{status}-{secrets.token_hex(6)}", "timestamp": iso(at),
     }  # fmt: skip
     ev = normalise(raw, received_at=at, source_kind="internal", require_ids=False)
-    if not isinstance(ev, Event):  # cannot happen with the fields above; never lose the status change over it
-        return
-    source = ws_api.internal_source(conn, msg["workspace_id"], "internal", "chorus-messaging")
-    ingest.store(conn, source, [ev], [], at)
+    return ev if isinstance(ev, Event) else None  # cannot fail with the fields above; never lose the change over it
 
 
 def set_status(
     conn: Connection, msg: dict, status: str, *, at: datetime, detail: dict | None = None, profile: dict | None = None,
     **columns,
 ) -> None:  # fmt: skip
-    """Append a state to the message's history, update the row, and put the event on the profile timeline.
+    """Append a state to the message's history, update the row, and put the event on the profile timeline."""
+    set_statuses(conn, [Change(msg, status, at, detail or {}, columns, profile)])
 
-    Nothing is written for a message that no longer exists (the person was erased meanwhile): the row update
-    comes first, and on PostgreSQL it waits for a concurrent erasure to commit.
+
+def set_statuses(conn: Connection, changes: list[Change]) -> None:
+    """Apply state changes: the row, the history and the timeline events, a few statements for any number.
+
+    Nothing is written for a message that no longer exists (the person was erased meanwhile): the rows are
+    updated (or locked) first, and on PostgreSQL that waits for a concurrent erasure to commit. ``sent`` never
+    moves a message back: a provider's delivery report may have been recorded first.
     """
-    detail = detail or {}
-    if status == "deferred":  # caps or quiet hours at send time: back in the queue, later
-        columns["status"] = "queued"
-    elif status not in ENGAGEMENT:  # engagement is history; the message's status stays its delivery outcome
-        columns["status"] = status
-    updated = conn.execute(messages.update().where(messages.c.id == msg["id"]).values(updated_at=at, **columns))
-    if updated.rowcount == 0:
+    if not changes:
         return
-    metrics.message_status.labels(channel=msg.get("channel") or "none", status=status).inc()
-    res = conn.execute(
-        message_status.insert().values(message_id=msg["id"], workspace_id=msg["workspace_id"], status=status, at=at,
-                                       detail=detail)
+    groups: dict[tuple, list[dict]] = {}
+    for ch in changes:
+        cols = dict(ch.columns)
+        if ch.status == "deferred":  # caps or quiet hours at send time: back in the queue, later
+            cols["status"] = "queued"
+        elif ch.status not in ENGAGEMENT:  # engagement is history; the message's status stays its delivery outcome
+            cols["status"] = ch.status
+        groups.setdefault(tuple(sorted(cols)), []).append({"_id": ch.msg["id"], "updated_at": ch.at, **cols})
+    if len(changes) == 1:
+        alive = {changes[0].msg["id"]} if _update(conn, next(iter(groups.items()))) else set()
+    else:
+        ids = [ch.msg["id"] for ch in changes]
+        q = sa.select(messages.c.id).where(bulk.in_(messages.c.id, ids, conn.dialect.name))
+        if conn.dialect.name == "postgresql":  # waits for a concurrent erasure; then the rows are ours to update
+            q = q.with_for_update()
+        alive = set(conn.execute(q).scalars())
+        for group in groups.items():
+            _update(conn, (group[0], [r for r in group[1] if r["_id"] in alive]))
+    changes = [ch for ch in changes if ch.msg["id"] in alive]
+    if not changes:
+        return
+    bulk.insert_rows(
+        conn, message_status,
+        [{"message_id": ch.msg["id"], "workspace_id": ch.msg["workspace_id"], "status": ch.status, "at": ch.at,
+          "detail": ch.detail} for ch in changes],
     )  # fmt: skip
-    if profile is None:
-        try:
-            profile = views.get_profile(conn, msg["workspace_id"], msg["profile_id"], _cfg(conn, msg["workspace_id"]))
-        except NotFound:  # erased meanwhile: no one to hold the event
-            return
-    _record_event(conn, msg, profile, status, at, detail, res.inserted_primary_key[0])
+    for ch in changes:
+        metrics.message_status.labels(channel=ch.msg.get("channel") or "none", status=ch.status).inc()
+    by_ws: dict[str, list[Change]] = {}
+    for ch in changes:
+        if ch.status in STATUS_EVENTS:
+            by_ws.setdefault(ch.msg["workspace_id"], []).append(ch)
+    for ws, mine in by_ws.items():
+        missing = [ch.msg["profile_id"] for ch in mine if ch.profile is None]
+        views_ = views.get_profiles(conn, ws, missing, _cfg(conn, ws)) if missing else {}
+        evs = []
+        for ch in mine:
+            profile = ch.profile or views_.get(ch.msg["profile_id"])
+            if profile is not None and (ev := _event(ch.msg, profile, ch.status, ch.at, ch.detail)) is not None:
+                evs.append(ev)
+        if evs:
+            source = ws_api.internal_source(conn, ws, "internal", "chorus-messaging")
+            ingest.store(conn, source, evs, [], max(ch.at for ch in mine))
+
+
+def _update(conn: Connection, group: tuple[tuple, list[dict]]) -> bool:
+    """UPDATE messages for rows that set the same columns (executemany); whether a single row was found."""
+    cols, rows = group
+    if not rows:
+        return False
+    values = {c: sa.bindparam(c, type_=messages.c[c].type) for c in (*cols, "updated_at") if c != "status"}
+    if "status" in cols:
+        new = sa.bindparam("status", type_=messages.c.status.type)
+        # ``sent`` only replaces the in-flight states: an early delivery report (or a failure) stays
+        values["status"] = sa.case(
+            (sa.and_(new == "sent", *(messages.c.status != p for p in PENDING)), messages.c.status), else_=new
+        )
+    stmt = messages.update().where(messages.c.id == sa.bindparam("_id")).values(**values)
+    result = conn.execute(stmt, rows if len(rows) > 1 else rows[0])
+    return len(rows) == 1 and result.rowcount == 1
 
 
 def _cfg(conn: Connection, ws: str):
@@ -253,54 +313,159 @@ def enqueue(
     clock=utcnow,
 ) -> tuple[dict, bool]:
     """Create the message for ``req`` (see :func:`parse_request`); returns (message view, created)."""
-    key = idempotency_key or ("auto-" + uuid.uuid4().hex)
-    if len(key) > 200:
-        raise ChorusError("Idempotency-Key is longer than 200 characters", field="Idempotency-Key")
-    rhash = request_hash(req)
-    with engine.connect() as conn:
-        existing = _by_key(conn, ws.id, key)
-    if existing is not None:
-        return _replay(engine, ws.id, existing, rhash), False
-    try:
-        with engine.begin() as conn:
-            view = _create(conn, ws, req, key, rhash, clock(), links)
-    except IntegrityError:  # the same key committed by a concurrent request: that one is the message
-        with engine.connect() as conn:
-            existing = _by_key(conn, ws.id, key)
-        if existing is None:
-            raise
-        return _replay(engine, ws.id, existing, rhash), False
-    return view, True
+    ((result, created),) = enqueue_many(engine, ws, [(req, idempotency_key)], links, clock, full=True)
+    if isinstance(result, Exception):
+        raise result
+    return result, created
 
 
-def _by_key(conn: Connection, ws: str, key: str):
-    return conn.execute(
-        sa.select(messages.c.id, messages.c.request_hash).where(
-            messages.c.workspace_id == ws, messages.c.idempotency_key == key
+def enqueue_many(
+    engine: Engine,
+    ws: ws_api.Workspace,
+    items: list[tuple[dict, str | None]],
+    links: Links,
+    clock=utcnow,
+    full: bool = False,
+) -> list[tuple[dict | ChorusError, bool]]:
+    """Create the messages for many requests in one transaction (a broadcast, a journey step, a batch API call).
+
+    Returns, per item in order, (summary, created) or (the error that names the field, False): one bad request
+    never stops the others. A key already used returns its message (or a conflict if the request differs).
+    ``full`` returns each message's whole view as of the commit (before a worker can take it).
+    """
+    prepared: list[tuple[dict, str, str] | ChorusError] = []
+    for req, key in items:
+        key = key or ("auto-" + uuid.uuid4().hex)
+        if len(key) > 200:
+            prepared.append(ChorusError("Idempotency-Key is longer than 200 characters", field="Idempotency-Key"))
+        else:
+            prepared.append((req, key, request_hash(req)))
+    for attempt in (1, 2):
+        try:
+            with engine.begin() as conn:
+                results = _create_many(conn, ws, prepared, links, clock())
+                if full:
+                    results = [(get_message(conn, ws.id, r["id"]) if isinstance(r, dict) else r, c) for r, c in results]
+                return results
+        except IntegrityError:  # a key committed by a concurrent request meanwhile: the second pass replays it
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _summary(msg: dict) -> dict:
+    return {k: msg[k] for k in ("id", "idempotency_key", "profile_id", "channel", "status", "reason")}
+
+
+class _Recipients:
+    """Profiles, browsers and templates of a batch, read once."""
+
+    def __init__(self, conn: Connection, ws: ws_api.Workspace, reqs: list[dict], now: datetime):
+        self.conn, self.ws = conn, ws
+        self.pid: dict[int, str | ChorusError] = {}
+        by_id = views.resolve_ids(conn, ws.id, [r["profile_id"] for r in reqs if r.get("profile_id")])
+        idents: dict[int, str] = {}
+        for i, req in enumerate(reqs):
+            if req.get("profile_id"):
+                pid = by_id.get(req["profile_id"])
+                self.pid[i] = pid or NotFound(f"profile {req['profile_id']} not found", field="profile_id")
+                continue
+            ((kind, value),) = req["to"].items()
+            if kind not in ("email", "phone", "user_id", "anonymous_id", *ws.identity.declared):
+                self.pid[i] = ChorusError(f"to.{kind} is not an identifier kind", field=f"to.{kind}")
+                continue
+            try:
+                idents[i] = views.lookup_ident(ws.identity, **{kind: value})
+            except ChorusError as exc:
+                self.pid[i] = ChorusError(str(exc), field=f"to.{kind}")
+        found = views.find_by_idents(conn, ws.id, list(idents.values()))
+        for i, ident in idents.items():
+            kind, value = ident.split(":", 1)
+            self.pid[i] = found.get(ident) or NotFound(f"no profile with {kind} {value!r}", field=f"to.{kind}")
+        pids = [p for p in self.pid.values() if isinstance(p, str)]
+        profiles = views.get_profiles(conn, ws.id, pids, ws.identity)
+        self.subs = endpoints_for(conn, ws.id, list(profiles.values()))
+        self.profiles = with_push_addresses_all(conn, ws.id, profiles, self.subs)
+        self.partials = load_partials(conn, ws.id)
+        self._templates: dict[str, dict | NotFound] = {}
+        msettings = ws.settings.get("messaging") or {}
+        self.history: dict[str, list[tuple]] = {}
+        if msettings.get("caps"):
+            self.history = pacing_histories(conn, ws.id, pids, now)
+
+    def template(self, name: str) -> dict:
+        if name not in self._templates:
+            try:
+                self._templates[name] = load_template(self.conn, self.ws.id, name)
+            except NotFound as exc:
+                self._templates[name] = exc
+        found = self._templates[name]
+        if isinstance(found, NotFound):
+            raise found
+        return found
+
+
+def _create_many(
+    conn: Connection, ws: ws_api.Workspace, prepared: list, links: Links, now: datetime
+) -> list[tuple[dict | ChorusError, bool]]:
+    keys = [p[1] for p in prepared if not isinstance(p, ChorusError)]
+    existing = {
+        r.idempotency_key: r
+        for r in conn.execute(
+            sa.select(messages).where(
+                messages.c.workspace_id == ws.id, bulk.in_(messages.c.idempotency_key, keys, conn.dialect.name)
+            )
         )
-    ).first()
+    } if keys else {}  # fmt: skip
+    todo = [i for i, p in enumerate(prepared) if not isinstance(p, ChorusError) and p[1] not in existing]
+    recipients = _Recipients(conn, ws, [prepared[i][0] for i in todo], now)
+    results: list[tuple[dict | ChorusError, bool]] = []
+    made: dict[str, tuple[dict, str]] = {}  # key -> (message, request hash): the same key twice in one batch
+    rows, changes = [], []
+    slot = {i: n for n, i in enumerate(todo)}
+    for i, p in enumerate(prepared):
+        if isinstance(p, ChorusError):
+            results.append((p, False))
+            continue
+        req, key, rhash = p
+        old = existing.get(key) or made.get(key)
+        if old is not None:
+            old_msg, old_hash = (dict(old._mapping), old.request_hash) if key in existing else old
+            if old_hash != rhash:
+                results.append((Conflict("this Idempotency-Key was used for a different request",
+                                         field="Idempotency-Key"), False))  # fmt: skip
+            else:
+                results.append((_summary(old_msg), False))
+            continue
+        pid = recipients.pid[slot[i]]
+        if isinstance(pid, ChorusError):
+            results.append((pid, False))
+            continue
+        try:
+            msg, change = _build(recipients, req, key, rhash, pid, now, links)
+        except ChorusError as exc:
+            results.append((exc, False))
+            continue
+        made[key] = (msg, rhash)
+        rows.append(msg)
+        changes.append(change)
+        results.append((_summary(msg), True))
+    if rows:
+        bulk.insert_rows(conn, messages, rows)
+        set_statuses(conn, changes)
+    return results
 
 
-def _replay(engine: Engine, ws: str, row, rhash: str) -> dict:
-    if row.request_hash != rhash:
-        raise Conflict("this Idempotency-Key was used for a different request", field="Idempotency-Key")
-    with engine.connect() as conn:
-        return get_message(conn, ws, row.id)
-
-
-def _create(
-    conn: Connection, ws: ws_api.Workspace, req: dict, key: str, rhash: str, now: datetime, links: Links
-) -> dict:
-    cfg = ws.identity
-    pid = recipient(conn, ws, req)
-    profile = views.get_profile(conn, ws.id, pid, cfg)
-    subs = endpoints_of(conn, ws.id, profile)
-    profile = with_push_addresses(conn, ws.id, profile, subs)
-    parts = load_partials(conn, ws.id)
-    if req.get("template"):
-        defn = load_template(conn, ws.id, req["template"])
-    else:
-        defn = _validated(req["content"], parts)
+def _build(
+    rc: _Recipients, req: dict, key: str, rhash: str, pid: str, now: datetime, links: Links
+) -> tuple[dict, Change]:
+    """The outbox row for one request and its first state: everything decided before delivery."""
+    ws = rc.ws
+    profile = rc.profiles.get(pid)
+    if profile is None:
+        raise NotFound(f"profile {pid} not found", field="profile_id")
+    subs = rc.subs.get(pid, {})
+    defn = rc.template(req["template"]) if req.get("template") else _validated(req["content"], rc.partials)
     kind = req.get("kind") or defn.get("kind", "marketing")
     topic = req.get("topic") or defn.get("topic") or ("transactional" if kind == "transactional" else "marketing")
     msettings = ws.settings.get("messaging") or {}
@@ -313,7 +478,8 @@ def _create(
         "profile_id": pid, "template": req.get("template"), "kind": kind, "topic": topic, "channel": choice.channel,
         "address": choice.address, "status": "new", "reason": None, "choice": choice.as_dict(), "content": None,
         "journey_id": req.get("journey_id"), "campaign_id": req.get("campaign_id"), "provider": None,
-        "provider_message_id": None, "attempts": 0, "next_attempt_at": None, "created_at": now, "updated_at": now,
+        "provider_message_id": None, "attempts": 0, "next_attempt_at": None, "sent_at": None, "created_at": now,
+        "updated_at": now,
     }  # fmt: skip
     status, reason, rendered = "skipped", choice.reason, None
     if choice.channel is not None:
@@ -328,7 +494,7 @@ def _create(
                         "preferences_url": links.preferences_url(msg["id"])},
         }  # fmt: skip
         out = content.render(
-            defn, choice.channel, ctx, locale=req.get("locale") or profile.get("locale"), partials=parts
+            defn, choice.channel, ctx, locale=req.get("locale") or profile.get("locale"), partials=rc.partials
         )
         if isinstance(out, content.Skip):
             reason = f"not rendered: {out.reason}" + (f" ({out.field})" if out.field else "")
@@ -339,20 +505,23 @@ def _create(
                 _email_links(rendered, msg, profile, links)
             elif choice.channel == "push" and choice.address in subs:  # web push: the browser's keys go along
                 rendered["subscription"] = {"keys": subs[choice.address]}
-            elif choice.channel == "sms":  # Twilio reports delivery to this URL (signed with the auth token)
-                rendered["headers"] = {"StatusCallback": f"{links.public_url}/webhooks/twilio/{ws.id}/status"}
+            elif choice.channel == "sms":  # Twilio reports delivery to this URL (signed with the auth token);
+                # the message id in it finds the message even before its Twilio SID is recorded
+                rendered["headers"] = {
+                    "StatusCallback": f"{links.public_url}/webhooks/twilio/{ws.id}/status?m={msg['id']}"
+                }
     send_at = now
     if status == "queued":
-        paced = apply_pacing(conn, ws, msg, profile, now)
+        paced = _pace(ws, msg, profile, now, rc.history.get(pid, []))
         if paced.at is None:
             status, reason = "skipped", paced.reason
         elif paced.at > now:
             send_at, reason = paced.at, paced.reason
+        if status == "queued" and msg["kind"] == "marketing":  # the next message of this batch counts this one
+            rc.history.setdefault(pid, []).append((msg["channel"], send_at))
     msg.update(status=status, reason=reason, content=rendered, next_attempt_at=send_at if status == "queued" else None)
-    conn.execute(messages.insert().values(**msg))
     detail = {"reason": reason} if reason else {"channel_reason": choice.reason}
-    set_status(conn, msg, status, at=now, detail=detail, profile=profile)
-    return get_message(conn, ws.id, msg["id"])
+    return msg, Change(msg, status, now, detail, {}, profile)
 
 
 def _email_links(rendered: dict, msg: dict, profile: dict, links: Links) -> None:
@@ -381,33 +550,60 @@ def has_status(conn: Connection, message_id: str, status: str, **detail) -> bool
     return any(all(d.get(k) == v for k, v in detail.items()) for d in rows)
 
 
-def pacing_history(
-    conn: Connection, ws: str, profile_id: str, now: datetime, exclude: str | None = None
-) -> list[tuple]:
-    """(channel, send time) of the person's marketing messages sent or scheduled within the longest cap window
-    (a week) before ``now``: what caps count."""
+def pacing_histories(conn: Connection, ws: str, profile_ids: list[str], now: datetime) -> dict[str, list[tuple]]:
+    """Per profile, (channel, send time) of its marketing messages sent or scheduled within the longest cap window
+    (a week) before ``now``: what caps count. One query for many profiles."""
     when = sa.func.coalesce(messages.c.sent_at, messages.c.next_attempt_at)
-    q = sa.select(messages.c.channel, when).where(
+    q = sa.select(messages.c.profile_id, messages.c.id, messages.c.channel, when).where(
         messages.c.workspace_id == ws,
-        messages.c.profile_id == profile_id,
+        bulk.in_(messages.c.profile_id, list(dict.fromkeys(profile_ids)), conn.dialect.name),
         messages.c.kind == "marketing",
         messages.c.status.in_(PACED),
         when.is_not(None),
         when > now - max(policy.WINDOWS.values()),
     )
-    if exclude:
-        q = q.where(messages.c.id != exclude)
-    return [(ch, at) for ch, at in conn.execute(q) if ch]
+    out: dict[str, list[tuple]] = {}
+    for pid, mid, ch, at in conn.execute(q):
+        if ch:
+            out.setdefault(pid, []).append((ch, at, mid))
+    return out
 
 
-def apply_pacing(conn: Connection, ws: ws_api.Workspace, msg: dict, profile: dict, now: datetime) -> policy.Pace:
+def pacing_history(
+    conn: Connection, ws: str, profile_id: str, now: datetime, exclude: str | set[str] | None = None
+) -> list[tuple]:
+    """:func:`pacing_histories` of one person, without the message(s) ``exclude``."""
+    skip = {exclude} if isinstance(exclude, str) else exclude or set()
+    return [
+        (ch, at) for ch, at, mid in pacing_histories(conn, ws, [profile_id], now).get(profile_id, []) if mid not in skip
+    ]
+
+
+def apply_pacing(
+    conn: Connection,
+    ws: ws_api.Workspace,
+    msg: dict,
+    profile: dict,
+    now: datetime,
+    batch: tuple[set[str], list[tuple]] | None = None,
+) -> policy.Pace:
+    """Caps and quiet hours for ``msg``. ``batch`` is (ids, sends) of a delivery batch in flight: its messages'
+    rows hold a lease time, not a send time, so they count by the sends the worker already let through."""
     settings = ws.settings.get("messaging") or {}
     if msg["kind"] == "transactional" or not (settings.get("caps") or settings.get("quiet_hours")):
         return policy.Pace(now, None)  # nothing to check: spare the history query
-    history = pacing_history(conn, ws.id, msg["profile_id"], now, exclude=msg["id"]) if settings.get("caps") else []
+    skip, also = batch or ({msg["id"]}, [])
+    history = pacing_history(conn, ws.id, msg["profile_id"], now, exclude=skip) if settings.get("caps") else []
+    return _pace(ws, msg, profile, now, [*history, *also])
+
+
+def _pace(ws: ws_api.Workspace, msg: dict, profile: dict, now: datetime, history: list[tuple]) -> policy.Pace:
+    settings = ws.settings.get("messaging") or {}
+    if msg["kind"] == "transactional" or not (settings.get("caps") or settings.get("quiet_hours")):
+        return policy.Pace(now, None)
     return policy.pace(
-        now, channel=msg["channel"], kind=msg["kind"], timezone_name=profile.get("timezone"), history=history,
-        settings=settings,
+        now, channel=msg["channel"], kind=msg["kind"], timezone_name=profile.get("timezone"),
+        history=[(h[0], h[1]) for h in history], settings=settings,
     )  # fmt: skip
 
 

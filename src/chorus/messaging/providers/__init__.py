@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -50,9 +51,14 @@ class ConfigError(ValueError):
     """A provider configuration is unusable; the message names the setting."""
 
 
+# Settings every provider takes: how fast and how many calls at once the delivery worker makes to it.
+COMMON = frozenset({"rate_per_second", "concurrency"})
+DEFAULT_CONCURRENCY = 4
+
+
 def check_settings(conf: dict, known: set[str], where: str, what: str) -> None:
     """Refuse a setting the provider does not know (a typo would otherwise be silently ignored)."""
-    unknown = set(conf) - known
+    unknown = set(conf) - known - COMMON
     if unknown:
         raise ConfigError(f"{where}.{sorted(unknown)[0]} is not a {what} setting")
 
@@ -119,8 +125,20 @@ def build(conf: dict, where: str, resolve_secrets: bool = True) -> Provider:
         raise ConfigError(
             f"{where}.type {conf.get('type')!r} is not a known provider type ({', '.join(PROVIDER_TYPES)})"
         )
+    concurrency_of(conf, where)
     module = importlib.import_module(f"chorus.messaging.providers.{entry[0]}")
     return getattr(module, entry[1])(conf, where, resolve_secrets)
+
+
+def concurrency_of(conf: dict, where: str) -> int:
+    """How many calls to this provider a worker makes at once (``concurrency``, default 4)."""
+    n = conf.get("concurrency", DEFAULT_CONCURRENCY)
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 64:
+        raise ConfigError(f"{where}.concurrency must be a whole number from 1 to 64")
+    return n
+
+
+_CLIENT_LOCK = threading.Lock()
 
 
 class HTTPClient:
@@ -135,7 +153,9 @@ class HTTPClient:
         import httpx
 
         if self._client is None:
-            self._client = httpx.Client(**self._client_options())
+            with _CLIENT_LOCK:  # the delivery worker's threads share the provider
+                if self._client is None:
+                    self._client = httpx.Client(**self._client_options())
         return self._client
 
     def close(self) -> None:

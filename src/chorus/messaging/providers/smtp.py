@@ -59,10 +59,10 @@ class SMTPProvider:
                 raise ConfigError(f"{where}.dkim needs domain, selector and private_key_env")
             self.dkim = (dkim_conf["selector"].encode(), dkim_conf["domain"].encode(), key.encode())
         known = {"type", "name", "host", "port", "security", "username", "password_env", "from", "reply_to",
-                 "timeout", "ca_file", "tls_verify", "dkim", "rate_per_second"}  # fmt: skip
+                 "timeout", "ca_file", "tls_verify", "dkim", "rate_per_second", "concurrency"}  # fmt: skip
         if set(conf) - known:
             raise ConfigError(f"{where}.{sorted(set(conf) - known)[0]} is not an SMTP setting")
-        self._conn: smtplib.SMTP | None = None
+        self._idle: list[smtplib.SMTP] = []  # open connections no thread is using: one per concurrent send
         self._lock = threading.Lock()
 
     # -- connection ---------------------------------------------------------------------------------------------
@@ -89,12 +89,12 @@ class SMTPProvider:
 
     def close(self) -> None:
         with self._lock:
-            if self._conn is not None:
-                try:
-                    self._conn.quit()
-                except (OSError, smtplib.SMTPException):
-                    pass
-                self._conn = None
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            try:
+                conn.quit()
+            except (OSError, smtplib.SMTPException):
+                conn.close()
 
     # -- the message ---------------------------------------------------------------------------------------------
     def build(self, out: Outgoing) -> bytes:
@@ -138,46 +138,73 @@ class SMTPProvider:
         return raw
 
     def send(self, out: Outgoing) -> str:
+        """One SMTP transaction on a reused connection (or a new one). Until DATA nothing has been sent: a reused
+        connection the server closed meanwhile is replaced and the transaction starts again; a connection lost
+        during DATA may have delivered the message (ambiguous)."""
         raw = self.build(out)
         sender = parseaddr(self.sender)[1]
-        with self._lock:
-            if self._conn is not None:  # a reused connection the server may have closed: check it first
-                try:
-                    if self._conn.noop()[0] != 250:
-                        raise smtplib.SMTPServerDisconnected("NOOP refused")
-                except (OSError, smtplib.SMTPException):
-                    self._drop()
-            if self._conn is None:
-                self._conn = self._connect()
+        for fresh in (False, True):
+            conn, reused = self._take(fresh)
             try:
-                self._conn.sendmail(sender, [out.address], raw)
-                return f"<{out.message_id}@{self.from_domain}>"
-            except smtplib.SMTPRecipientsRefused as exc:
-                code, text = next(iter(exc.recipients.values()))
-                self._reset()
-                raise _classify(code, text, recipient=True) from None
-            except smtplib.SMTPResponseException as exc:  # sender refused, data refused
-                self._reset()
+                options = [f"SIZE={len(raw)}"] if conn.does_esmtp and conn.has_extn("size") else []
+                code, reply = conn.mail(sender, options)
+                if code == 421 and reused and not fresh:  # the server is closing this connection: take another
+                    self._discard(conn)
+                    continue
+                if code != 250:
+                    self._reset(conn)
+                    raise _classify(code, reply, recipient=False)
+                code, reply = conn.rcpt(out.address)
+                if code not in (250, 251):
+                    self._reset(conn)
+                    raise _classify(code, reply, recipient=True)
+            except (OSError, smtplib.SMTPServerDisconnected) as exc:
+                self._discard(conn)
+                if reused and not fresh:  # closed by the server while idle: nothing was sent
+                    continue
+                raise TransientError(f"SMTP connection lost before sending: {exc}", code="connect") from None
+            try:
+                code, reply = conn.data(raw)
+            except smtplib.SMTPDataError as exc:  # DATA itself refused: nothing was sent
+                self._reset(conn)
                 raise _classify(exc.smtp_code, exc.smtp_error, recipient=False) from None
             except (OSError, smtplib.SMTPServerDisconnected) as exc:
                 # Dropped in the middle of the transaction: the server may have queued the message already.
-                self._drop()
+                self._discard(conn)
                 raise AmbiguousError(f"SMTP connection lost while sending: {exc}", code="ambiguous") from None
+            if code != 250:
+                self._reset(conn)
+                raise _classify(code, reply, recipient=False)
+            self._give_back(conn)
+            return f"<{out.message_id}@{self.from_domain}>"
+        raise TransientError("SMTP server closed two connections in a row", code="connect")
 
-    def _drop(self) -> None:
+    def _take(self, fresh: bool) -> tuple[smtplib.SMTP, bool]:
+        if not fresh:
+            with self._lock:
+                if self._idle:
+                    return self._idle.pop(), True
+        return self._connect(), False
+
+    def _give_back(self, conn: smtplib.SMTP) -> None:
+        with self._lock:
+            self._idle.append(conn)
+
+    def _discard(self, conn: smtplib.SMTP) -> None:
         try:
-            if self._conn is not None:
-                self._conn.close()
+            conn.close()
         except OSError:
             pass
-        self._conn = None
 
-    def _reset(self) -> None:
+    def _reset(self, conn: smtplib.SMTP) -> None:
+        """After a refused transaction the connection is reusable once RSET clears it."""
         try:
-            if self._conn is not None:
-                self._conn.rset()
+            if conn.rset()[0] == 250:
+                self._give_back(conn)
+                return
         except (OSError, smtplib.SMTPException):
-            self._conn = None
+            pass
+        self._discard(conn)
 
 
 _PART = 'Content-Type: text/{}; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n'
