@@ -66,6 +66,7 @@ s = TwilioStandIn("AC" + "0" * 31 + "1", "bench-token")
 uvicorn.run(s.app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)
 """
 ROOT = Path(__file__).resolve().parents[1]
+BATCH = 500
 
 
 def start(script: str, *args: str) -> subprocess.Popen:
@@ -108,11 +109,10 @@ def seed(engine, n: int):
     return w
 
 
-def run_chorus(db: FreshDB, n: int, smtp_port: int, twilio_port: int) -> dict:
+def run_chorus(db: FreshDB, n: int, ports: tuple[int, int], modes: list[str], channels: list[str], tmp: Path) -> dict:
+    smtp_port, twilio_port = ports
     os.environ["BENCH_TWILIO_TOKEN"] = "bench-token"
     from chorus import workspaces
-    from chorus.messaging import outbox
-    from chorus.messaging.delivery import Deliverer
     from chorus.messaging.links import Links
     from chorus.store.db import create_engine, upgrade
 
@@ -124,40 +124,80 @@ def run_chorus(db: FreshDB, n: int, smtp_port: int, twilio_port: int) -> dict:
         "email": [{"type": "smtp", "host": "127.0.0.1", "port": smtp_port, "security": "none",
                    "from": "Shop <news@shop.example>"}],
         "sms": [{"type": "twilio", "account_sid": "AC" + "0" * 31 + "1", "auth_token_env": "BENCH_TWILIO_TOKEN",
-                 "from": "+15005550006", "base_url": f"http://127.0.0.1:{twilio_port}"}],
+                 "from": "+15005550006", "base_url": f"http://127.0.0.1:{twilio_port}", "concurrency": 8}],
     }  # fmt: skip
     workspaces.update_settings(engine, w["id"], {"messaging": {"providers": providers}})
     with engine.connect() as conn:
         ws = workspaces.get(conn, w["id"])
     links = Links("https://chorus.example", b"bench-key" * 4)
     out = {}
-    for channel in ("email", "sms"):
-        d = Deliverer(engine)
-        t0 = time.perf_counter()
-        for i in range(n):
-            req = outbox.parse_request({"to": {"user_id": f"u{i}"}, "template": "cart", "channel": channel,
-                                        "event": {"product": "red shoes", "size": 38, "cart": f"c{i}"}})  # fmt: skip
-            outbox.enqueue(engine, ws, req, f"{channel}-{i}", links)
-        t_enq = time.perf_counter() - t0
-        while d.run_once(200):
-            pass
-        total = time.perf_counter() - t0
-        d.close()
-        with engine.connect() as conn:
-            import sqlalchemy as sa
-
-            from chorus.store.tables import messages
-
-            sent = conn.execute(
-                sa.select(sa.func.count()).where(messages.c.channel == channel, messages.c.status == "sent")
-            ).scalar_one()
-        if sent != n:
-            raise RuntimeError(f"{channel}: {sent} of {n} sent")
-        out[channel] = {"messages": n, "seconds": round(total, 2), "msg_per_s": round(n / total),
-                        "enqueue_msg_per_s": round(n / t_enq)}  # fmt: skip
-        log(f"[{db.engine}] chorus {channel}: {out[channel]}")
+    for mode in modes:
+        worker = None
+        if mode == "pipeline":  # the product's own worker process, as deployed next to `chorus serve`
+            # its log goes to a file: a pipe nobody reads would fill up and stop the worker
+            worker_log = tmp / f"worker-{db.engine}.log"
+            worker = subprocess.Popen([sys.executable, "-m", "chorus.cli", "worker", "--db", db.url],
+                                      stdout=subprocess.DEVNULL, stderr=open(worker_log, "w"))  # fmt: skip
+            deadline = time.monotonic() + 30
+            while "worker started" not in worker_log.read_text() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if "worker started" not in worker_log.read_text():
+                raise RuntimeError(f"chorus worker did not start: {worker_log.read_text()[-2000:]}")
+        try:
+            for channel in channels:
+                res = _run_channel(engine, ws, links, mode, channel, n)
+                out[f"{mode}:{channel}"] = res
+                log(f"[{db.engine}] chorus {mode} {channel}: {res}")
+        finally:
+            if worker is not None:
+                worker.terminate()
+                worker.wait(30)
     engine.dispose()
     return out
+
+
+def _run_channel(engine, ws, links, mode: str, channel: str, n: int) -> dict:
+    import sqlalchemy as sa
+
+    from chorus.messaging import outbox
+    from chorus.messaging.delivery import Deliverer
+    from chorus.store.tables import messages
+
+    def sent() -> int:
+        with engine.connect() as conn:
+            return conn.execute(
+                sa.select(sa.func.count()).where(
+                    messages.c.channel == channel, messages.c.status == "sent",
+                    messages.c.idempotency_key.like(f"{mode}-%"),
+                )
+            ).scalar_one()  # fmt: skip
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    for start_i in range(0, n, BATCH):  # a broadcast: requests in batches, as POST /api/messages/batch takes them
+        items = [(outbox.parse_request({"to": {"user_id": f"u{i}"}, "template": "cart", "channel": channel,
+                                        "event": {"product": "red shoes", "size": 38, "cart": f"c{i}"}}),
+                  f"{mode}-{channel}-{i}") for i in range(start_i, min(n, start_i + BATCH))]  # fmt: skip
+        results = outbox.enqueue_many(engine, ws, items, links)
+        if any(not created for _r, created in results):
+            raise RuntimeError(f"not queued: {[r for r, c in results if not c][:3]}")
+    t_enq, c_enq = time.perf_counter() - t0, time.process_time() - c0
+    if mode == "sequential":  # then delivery, in this process
+        d = Deliverer(engine)
+        while d.run_once(500):
+            pass
+        d.close()
+    else:
+        deadline = time.monotonic() + max(120, n / 20)
+        while sent() < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+    total, cpu = time.perf_counter() - t0, time.process_time() - c0
+    if (got := sent()) != n:
+        raise RuntimeError(f"{mode} {channel}: {got} of {n} sent")
+    res = {"messages": n, "seconds": round(total, 2), "msg_per_s": round(n / total),
+           "enqueue_msg_per_s": round(n / t_enq)}  # fmt: skip
+    if mode == "sequential":  # CPU of this process per message: what bounds it on a shared two-core machine
+        res["cpu_ms_per_msg"] = {"enqueue": round(c_enq * 1000 / n, 2), "deliver": round((cpu - c_enq) * 1000 / n, 2)}
+    return res
 
 
 def bare_email(n: int, port: int) -> dict:
@@ -208,8 +248,13 @@ def main(argv=None) -> int:
     ap.add_argument("--count", type=int, default=100_000, help="messages per channel (default 100,000)")
     ap.add_argument("--engines", default="sqlite,postgresql")
     ap.add_argument("--concurrency", type=int, default=8, help="concurrent requests of the bare SMS sender")
+    ap.add_argument("--modes", default="pipeline,sequential",
+                    help="pipeline: enqueue here while a `chorus worker` process delivers (as deployed); "
+                         "sequential: enqueue everything, then deliver in this process")  # fmt: skip
+    ap.add_argument("--channels", default="email,sms")
     ap.add_argument("--out", default=str(RESULTS_DIR))
     args = ap.parse_args(argv)
+    channels = args.channels.split(",")
     tmp = make_tmpdir()
     smtp_port, twilio_port = free_port(), free_port()
     sink = start(SINK, str(smtp_port))
@@ -218,24 +263,30 @@ def main(argv=None) -> int:
     try:
         wait_port(smtp_port)
         wait_port(twilio_port)
-        log(f"bare senders, {args.count} messages each")
-        base = {"email": bare_email(args.count, smtp_port), "sms": bare_sms(args.count, twilio_port, args.concurrency)}
-        log(f"bare: {base}")
         for engine in args.engines.split(","):
+            # the bare senders right before each engine's run: the machine's speed drifts between runs
+            log(f"bare senders, {args.count} messages each")
+            base = {}
+            if "email" in channels:
+                base["email"] = bare_email(args.count, smtp_port)
+            if "sms" in channels:
+                base["sms"] = bare_sms(args.count, twilio_port, args.concurrency)
+            log(f"bare: {base}")
             with FreshDB(engine, "deliver", tmp) as db:
-                res = run_chorus(db, args.count, smtp_port, twilio_port)
+                res = run_chorus(db, args.count, (smtp_port, twilio_port), args.modes.split(","), channels, tmp)
             doc = {"engine": engine, "count": args.count, "bare": base, "chorus": res}
             write_json(Path(args.out) / f"deliver-{engine}.json", doc)
-            for ch in ("email", "sms"):
-                rows.append((engine, ch, res[ch]["msg_per_s"], base[ch]["msg_per_s"],
-                             res[ch]["msg_per_s"] / base[ch]["msg_per_s"], res[ch]["enqueue_msg_per_s"]))  # fmt: skip
+            for key, r in res.items():
+                mode, ch = key.split(":")
+                rows.append((engine, mode, ch, r["msg_per_s"], base[ch]["msg_per_s"],
+                             r["msg_per_s"] / base[ch]["msg_per_s"], r["enqueue_msg_per_s"]))  # fmt: skip
     finally:
         for p in (sink, twilio):
             p.kill()
-    print("\n| engine | channel | chorus msg/s (enqueue + deliver) | bare msg/s | chorus/bare | enqueue alone msg/s |")
-    print("|---|---|---:|---:|---:|---:|")
-    for e, ch, c, b, r, q in rows:
-        print(f"| {e} | {ch} | {c:,} | {b:,} | {r:.2f} | {q:,} |")
+    print("\n| engine | mode | channel | chorus msg/s (enqueue + deliver) | bare msg/s | chorus/bare | enqueue msg/s |")
+    print("|---|---|---|---:|---:|---:|---:|")
+    for e, m, ch, c, b, r, q in rows:
+        print(f"| {e} | {m} | {ch} | {c:,} | {b:,} | {r:.2f} | {q:,} |")
     return 0
 
 

@@ -78,7 +78,7 @@ def serve(
     settings, engine = _engine(db)
     if "CHORUS_PUBLIC_URL" not in os.environ:  # links in messages point at this server unless told otherwise
         settings = dataclasses.replace(settings, public_url=f"http://{host}:{port}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    _setup_logging()
     with engine.connect() as conn:
         first_run = not workspaces.list_all(conn)
     if first_run:  # a fresh install should be usable at once; keys are shown this one time
@@ -96,6 +96,13 @@ def serve(
     )
 
 
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # HTTP client libraries (of dependencies) log every request at INFO: a line per message sent is noise
+    for name in ("httpx", "httpcore", "urllib3"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 @app.command()
 def worker(
     db: DbOpt = None,
@@ -108,7 +115,7 @@ def worker(
     from chorus.worker import Worker
 
     settings, engine = _engine(db)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    _setup_logging()
     w = Worker(engine, batch or settings.worker_batch, settings.worker_poll_seconds)
     if metrics_port:
         from prometheus_client import start_http_server

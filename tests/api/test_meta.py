@@ -237,6 +237,29 @@ def test_status_notifications_are_recorded_once(http, server, workspace, shop, m
     assert notify(http, workspace, garbage).status_code == 200
 
 
+def test_a_status_that_arrives_before_the_send_is_recorded_is_applied_when_it_is(http, server, workspace, shop, meta):
+    import httpx
+
+    meta.within_24h.add(WA_ID)
+    answers = []
+
+    def early(wamid):  # Meta calls back before its answer to the send has reached the worker
+        note = orjson.dumps(whatsapp_notification({"statuses": [wa_status(wamid, "delivered", WA_ID)]}))
+        with httpx.Client(base_url=server.base_url) as client:
+            answers.append(client.post(f"/webhooks/meta/{workspace['id']}", content=note,
+                                       headers=sign(APP_SECRET, note)).json())  # fmt: skip
+
+    meta.before_answer = early
+    m = send(http, shop, "early", "whatsapp")
+    done = wait_status(http, shop, m["id"], "delivered", "failed", "retrying")
+    assert answers == [{"ok": True, "applied": 0}]  # held: the message did not know its wamid yet
+    assert done["status"] == "delivered", done
+    assert [s["status"] for s in done["history"]] == ["queued", "sent", "delivered"]
+    server.settle()
+    timeline = http.get(f"/api/profiles/{m['profile_id']}/events", headers=shop).json()["events"]
+    assert [e["event"] for e in timeline if e.get("event") == "Message Delivered"] == ["Message Delivered"]
+
+
 def test_whatsapp_stop_start_and_replies(http, server, workspace, shop, meta):
     meta.within_24h.add(WA_ID)
     m, _ = sent(http, shop, meta, "i1", "whatsapp")

@@ -14,8 +14,8 @@ from chorus.identity.resolver import Resolver
 from chorus.messaging import outbox
 from chorus.messaging.delivery import MAX_ATTEMPTS, Deliverer
 from chorus.messaging.links import Links
-from chorus.profiles import privacy
-from chorus.store.tables import message_status, messages
+from chorus.profiles import privacy, views
+from chorus.store.tables import events, identifiers, message_status, messages
 from tests.conftest import free_port
 
 T0 = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)
@@ -275,3 +275,74 @@ def test_a_batch_of_changes_skips_people_erased_meanwhile(engine, setup):
     with engine.connect() as conn:
         hist = conn.execute(sa.select(message_status.c.message_id, message_status.c.status)).all()
     assert sorted(hist) == [(a["id"], "queued"), (a["id"], "sent")]
+
+
+def test_two_workers_sending_to_one_person_at_once_respect_the_cap(engine, setup, smtp_server, monkeypatch):
+    w, smtp = setup
+    clock = Clock(T0)
+    enqueue(engine, w, "c1", clock), enqueue(engine, w, "c2", clock)
+    workspaces.update_settings(engine, w["id"], {"messaging": {"providers": {"email": [smtp]},
+                                                              "caps": {"email": {"day": 1}}}})  # fmt: skip
+    first, second = Deliverer(engine, clock=clock), Deliverer(engine, clock=clock)
+    mine, theirs = first._claim(1), second._claim(1)  # each worker has claimed one of the two
+    assert len(mine) == len(theirs) == 1 and mine[0]["id"] != theirs[0]["id"]
+    monkeypatch.setattr(first, "_claim", lambda limit: mine if limit else [])
+    monkeypatch.setattr(second, "_claim", lambda limit: theirs if limit else [])
+    provider = first.providers.get(ws_of(engine, w), "email")[0][0]
+    real = provider.send
+
+    def send(out):  # while the first worker's message is in flight, the second worker checks its own
+        assert second.run_once() == 1
+        return real(out)
+
+    monkeypatch.setattr(provider, "send", send)
+    assert first.run_once() == 1
+    with engine.connect() as conn:
+        rows = {r.id: r for r in conn.execute(sa.select(messages))}
+    assert rows[mine[0]["id"]].status == "sent" and len(smtp_server.messages) == 1
+    other = rows[theirs[0]["id"]]
+    assert other.status == "queued" and "email cap of 1 a day" in other.reason
+    first.close()
+    second.close()
+
+
+def test_an_erasure_leaves_no_message_event_that_would_bring_the_person_back(engine, setup):
+    w, _ = setup
+    with engine.begin() as conn:  # known by an email and a device only: message events name her by the email
+        src = workspaces.source_by_write_key(conn, w["server_write_key"])
+        msg = {"type": "identify", "anonymousId": "dev-9", "traits": {"email": "eve@example.com", "first_name": "E"}}
+        ingest.store(conn, src, [normalise(msg, received_at=T0, source_kind="server")], [], T0)
+    Resolver(engine).drain()
+    m = enqueue(engine, w, "bye", Clock(T0), to={"email": "eve@example.com"})
+    with engine.begin() as conn:  # she opens it: the person's own activity, resolved by the worker, still pending
+        msg = dict(conn.execute(sa.select(messages).where(messages.c.id == m["id"])).one()._mapping)
+        outbox.set_status(conn, msg, "opened", at=T0 + timedelta(minutes=1))
+        pending = conn.execute(sa.select(events.c.message_id).where(events.c.profile_id.is_(None))).scalars().all()
+        assert [p for p in pending if p.startswith(f"chorus-{m['id']}-opened-")]
+        privacy.erase(conn, w["id"], m["profile_id"])
+    Resolver(engine).drain()
+    with engine.connect() as conn:
+        left = conn.execute(sa.select(events.c.message_id).where(events.c.message_id.like(f"chorus-{m['id']}-%")))
+        assert left.all() == []
+        assert conn.execute(sa.select(identifiers).where(identifiers.c.ident == "email:eve@example.com")).all() == []
+
+
+def test_chorus_own_records_are_on_the_timeline_without_waiting_for_resolution(engine, setup, smtp_server):
+    w, _ = setup
+    clock = Clock(T0)
+    m = enqueue(engine, w, "own", clock)
+    d = Deliverer(engine, clock=clock)
+    d.run_once()
+    d.close()
+    with engine.begin() as conn:
+        msg = dict(conn.execute(sa.select(messages).where(messages.c.id == m["id"])).one()._mapping)
+        outbox.set_status(conn, msg, "clicked", at=T0 + timedelta(minutes=2), detail={"url": "https://shop.example"})
+        rows = conn.execute(sa.select(events.c.event, events.c.profile_id).where(
+            events.c.message_id.like(f"chorus-{m['id']}-%"))).all()  # fmt: skip
+    attributed = {e: pid for e, pid in rows}
+    # queued and sent are Chorus talking: attributed at once; a click is the person's activity: resolved as usual
+    assert attributed == {"Message Queued": m["profile_id"], "Message Sent": m["profile_id"], "Message Clicked": None}
+    assert Resolver(engine).process_pending() == 1
+    with engine.connect() as conn:
+        profile = views.get_profile(conn, w["id"], m["profile_id"], ws_of(engine, w).identity)
+    assert profile["channels"]["email"]["count"] == 1 and profile["traits"]["email"] == "ana@example.com"

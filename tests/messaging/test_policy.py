@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -126,3 +128,52 @@ def test_choice_examples():
     p["consent"].update({"email:marketing": same, "email:deals": {**same, "status": "denied"}})
     assert not consent_decision(p, "email", "deals", "marketing").allowed
     assert consent_decision(p, "email", "offers", "marketing").allowed
+
+
+NOW = datetime(2026, 3, 5, 10, 0, tzinfo=UTC)
+
+
+@given(
+    profiles(),
+    st.one_of(st.none(), st.integers(min_value=-200, max_value=200)),  # minutes from 24 h before NOW
+    st.booleans(),
+    st.one_of(st.just("auto"), st.lists(st.sampled_from(CHANNELS), min_size=1, max_size=4, unique=True)),
+)
+@settings(max_examples=300)
+def test_whatsapp_under_auto_only_within_the_reply_window(profile, offset, template, requested):
+    addresses = {**profile["addresses"], "whatsapp": ["31612345678"]}
+    profile = {**profile, "addresses": addresses, "channels": dict(profile["channels"])}
+    if offset is not None:
+        wrote = NOW - timedelta(hours=24) + timedelta(minutes=offset)
+        profile["channels"]["whatsapp"] = {"first_seen": TIMES[0], "last_seen": TIMES[0], "count": 1,
+                                           "last_message": wrote.isoformat().replace("+00:00", "Z")}  # fmt: skip
+    anytime = {"whatsapp"} if template else set()
+    kw = {"topic": "offers", "kind": "transactional"}
+    without = choose_channel(profile, CHANNELS, requested, **kw)
+    choice = choose_channel(profile, CHANNELS, requested, now=NOW, anytime=anytime, **kw)
+    window_open = offset is not None and offset > 0
+    if isinstance(requested, list) or template or window_open:
+        assert (choice.channel, choice.reason) == (without.channel, without.reason)  # the rule does not apply
+    else:
+        assert choice.channel != "whatsapp"
+        (wa,) = [c for c in choice.considered if c["channel"] == "whatsapp"]
+        assert not wa["usable"]
+        if consent_decision(profile, "whatsapp", "offers", "transactional").allowed:  # else consent is the reason
+            assert "outside the 24-hour window" in wa["reason"]
+        if without.channel != "whatsapp":
+            assert choice.channel == without.channel
+
+
+def test_window_examples():
+    p = {"id": "p", "consent": {}, "traits": {"preferred_channel": "messenger"}, "channels": {},
+         "addresses": {"messenger": ["2400000000000001"], "email": ["ana@example.com"]}}  # fmt: skip
+    c = choose_channel(p, ["email", "messenger"], "auto", topic="offers", kind="marketing", now=NOW)
+    assert c.channel == "email"
+    (ms,) = [x for x in c.considered if x["channel"] == "messenger"]
+    assert ms["reason"] == ("outside the 24-hour window (the person never wrote on it): only a tagged update (not"
+                            " marketing) can be sent")  # fmt: skip
+    wrote = "2026-03-05T08:00:00Z"  # two hours ago: the window is open
+    p["channels"]["messenger"] = {"first_seen": wrote, "last_seen": wrote, "count": 1, "last_message": wrote}
+    assert choose_channel(p, ["email", "messenger"], "auto", topic="offers", kind="marketing", now=NOW).channel == (
+        "messenger"
+    )

@@ -169,15 +169,3 @@ def test_a_connection_lost_after_the_message_went_out_is_ambiguous(smtp_server):
     finally:
         p.close()
     assert smtp_server.messages[0] == {"to": ["drop@example.com"], "dropped": True}
-
-
-def test_http_failures_are_split_into_not_sent_and_maybe_sent():
-    import httpx
-
-    from chorus.messaging.providers import AmbiguousError, http_failure
-
-    req = httpx.Request("POST", "https://api.example/x")
-    assert isinstance(http_failure(httpx.ConnectError("refused", request=req), "X"), TransientError)
-    assert isinstance(http_failure(httpx.ConnectTimeout("slow", request=req), "X"), TransientError)
-    assert isinstance(http_failure(httpx.ReadTimeout("no answer", request=req), "X"), AmbiguousError)
-    assert isinstance(http_failure(httpx.RemoteProtocolError("closed", request=req), "X"), AmbiguousError)

@@ -51,6 +51,7 @@ class MetaStandIn:
         self.unavailable: set[str] = set()  # Messenger PSIDs that get 551
         self.templates: dict[str, dict[str, int]] = {"order_update": {"en_US": 2, "nl": 2}}  # name: {lang: params}
         self.down = False
+        self.before_answer = None  # called with the wamid of an accepted WhatsApp message before it is answered
         self.app = Starlette(
             routes=[
                 Route("/{version}/me/messages", self.messenger, methods=["POST"]),
@@ -125,6 +126,8 @@ class MetaStandIn:
             return error(400, 100, "(#100) Param type must be one of {TEXT, TEMPLATE, ...}")
         wamid = "wamid.HBgL" + uuid.uuid4().hex.upper()
         self.sent.append({"api": "whatsapp", "path": request.url.path, "body": body, "id": wamid})
+        if self.before_answer is not None:  # what Meta may do: call back before its answer reaches the sender
+            self.before_answer(wamid)
         msg = {"id": wamid, **({"message_status": "accepted"} if kind == "template" else {})}
         return JSONResponse({"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": to}],
                              "messages": [msg]})  # fmt: skip

@@ -8,7 +8,8 @@
 the app secret of one of those providers); anything else is a 403 and changes nothing. WhatsApp payloads
 (``object: whatsapp_business_account``) carry ``statuses`` and ``messages``; Messenger payloads (``object: page``)
 carry ``messaging`` events with ``message``, ``delivery`` or ``read``. Statuses are matched to messages by the
-provider message id (``wamid.…``, ``mid``). Meta delivers each notification at least once, so every change is
+provider message id (``wamid.…``, ``mid``); a status that arrives before the send is recorded is held until it
+is (:mod:`chorus.messaging.reports`). Meta delivers each notification at least once, so every change is
 applied at most once: statuses are deduplicated on the message history, inbound messages on their Meta id.
 A verified request is answered 200 even when parts of it mean nothing to Chorus, since Meta disables webhooks
 that keep failing.
@@ -31,20 +32,18 @@ from chorus.api.common import JSON, Services, read_limited
 from chorus.api.webhooks import Forbidden
 from chorus.errors import NotFound
 from chorus.identity.identifiers import normalise_phone
-from chorus.messaging import consent, outbox
+from chorus.messaging import consent, outbox, reports
 from chorus.messaging.providers import ConfigError, build
-from chorus.messaging.providers.meta import NOT_ON_WHATSAPP, RE_ENGAGEMENT, TO_SENDER, app_secret, valid_signature
+from chorus.messaging.providers.meta import app_secret, valid_signature
 from chorus.messaging.providers.twilio import keyword
+from chorus.messaging.reports import CHANNELS, LABEL
 from chorus.store.tables import identifiers, messages
 from chorus.timeutil import iso, parse_ts, utcnow
 
 router = APIRouter(prefix="/webhooks", include_in_schema=False)
 MAX_BODY = 4 * 1024 * 1024
-CHANNELS = ("whatsapp", "messenger")
-LABEL = {"whatsapp": "WhatsApp", "messenger": "Messenger"}
 # WhatsApp status values -> Chorus statuses ("sent" is already known from the send itself).
 WA_STATUS = {"delivered": "delivered", "read": "opened", "failed": "failed"}
-WA_BOUNCES = {NOT_ON_WHATSAPP, TO_SENDER}
 MAX_TEXT = 4096
 READ_BATCH = 200  # a Messenger read watermark marks at most this many earlier messages of the conversation
 
@@ -157,8 +156,7 @@ def _apply(svc: Services, ws: ws_api.Workspace, payload: dict) -> int:
                 if isinstance(ev.get("delivery"), dict):
                     for mid in ev["delivery"].get("mids") or []:
                         if isinstance(mid, str):
-                            with svc.engine.begin() as conn:
-                                applied += _status(conn, ws, mid, "delivered", "delivery", at, None)
+                            applied += _report(svc, ws, mid, "delivered", "delivery", at, None, now)
                 if isinstance(ev.get("read"), dict):
                     applied += _ms_read(svc, ws, psid, _at(ev["read"].get("watermark"), now))
     return applied
@@ -171,62 +169,25 @@ def _locked(conn: Connection, q):
     return conn.execute(q).first()
 
 
-def _status(
-    conn: Connection, ws: ws_api.Workspace, provider_id: str, status: str, provider_status: str, at: datetime,
-    error: dict | None, msg: dict | None = None,
-) -> int:  # fmt: skip
-    if msg is None:
-        row = _locked(
-            conn,
-            sa.select(messages).where(
-                messages.c.workspace_id == ws.id,
-                messages.c.provider_message_id == provider_id,
-                messages.c.channel.in_(CHANNELS),
-            ),
-        )
-        if row is None:  # not a Chorus message (or not recorded as sent yet)
-            return 0
-        msg = dict(row._mapping)
-    label = LABEL[msg["channel"]]
-    code = error.get("code") if error else None
-    if status == "failed" and code in WA_BOUNCES:
-        status = "bounced"
-    if outbox.has_status(conn, msg["id"], status, provider_status=provider_status):
-        return 0  # Meta repeats notifications; each state counts once
-    detail: dict = {"provider_status": provider_status}
-    if status in ("failed", "bounced"):
-        if msg["status"] in ("failed", "bounced"):
-            return 0
-        title = str(error.get("title") or error.get("message") or "") if error else ""
-        details = str(_obj((error or {}).get("error_data")).get("details") or "")
-        reason = f"{label} error {code}" if code is not None else f"{label}: failed"
-        reason += f": {title}" if title else ""
-        reason += f" ({details})" if details and details != title else ""
-        if code == RE_ENGAGEMENT:
-            reason += (
-                "; more than 24 hours passed since the person's last message: only an approved template can be sent"
-            )
-        if code is not None:
-            detail["error_code"] = code
-        detail["reason"] = reason[:500]
-        outbox.set_status(conn, msg, status, at=at, detail=detail, reason=reason[:500])
-        if status == "bounced":
-            consent.record_consent(conn, msg, "*", "denied", f"undeliverable ({label} error {code})", at)
-        return 1
-    if status == "delivered" and msg["status"] != "sent":
-        return 0  # already delivered, or failed meanwhile: never move a message back
-    outbox.set_status(conn, msg, status, at=at, detail=detail)
-    return 1
-
-
 def _wa_status(svc: Services, ws: ws_api.Workspace, st: dict, now: datetime) -> int:
     status = WA_STATUS.get(str(st.get("status")))
     wamid = st.get("id")
     if status is None or not isinstance(wamid, str):
         return 0
-    errors = _dicts(st.get("errors"))
+    return _report(svc, ws, wamid, status, str(st["status"]), _at(st.get("timestamp"), now),
+                   _first(_dicts(st.get("errors"))), now)  # fmt: skip
+
+
+def _report(
+    svc: Services, ws: ws_api.Workspace, provider_id: str, status: str, provider_status: str, at: datetime,
+    error: dict | None, now: datetime,
+) -> int:  # fmt: skip
     with svc.engine.begin() as conn:
-        return _status(conn, ws, wamid, status, str(st["status"]), _at(st.get("timestamp"), now), _first(errors))
+        applied, held = reports.report(conn, ws.id, provider_id, status, provider_status, at, error, now)
+    if held:  # the worker may have recorded the send between that lookup and this commit
+        with svc.engine.begin() as conn:
+            applied = reports.release(conn, ws.id, [provider_id])
+    return applied
 
 
 def _first(errors: list[dict]) -> dict | None:
@@ -258,7 +219,7 @@ def _ms_read(svc: Services, ws: ws_api.Workspace, psid: str, watermark: datetime
             q = q.with_for_update()
         rows = conn.execute(q).all()
         for row in rows:
-            applied += _status(conn, ws, row.provider_message_id, "opened", "read", watermark, None, dict(row._mapping))
+            applied += reports.apply(conn, dict(row._mapping), "opened", "read", watermark, None)
     return applied
 
 

@@ -54,9 +54,18 @@ def rejected_identifiers(payload) -> dict:
 
 
 def store(
-    conn: Connection, source: Source, accepted: list[Event], rejected: list[Rejection], received_at: datetime
+    conn: Connection,
+    source: Source,
+    accepted: list[Event],
+    rejected: list[Rejection],
+    received_at: datetime,
+    profile_of: dict[str, str] | None = None,
 ) -> StoreResult:
-    """Insert events (a repeated messageId in the workspace is a no-op) and keep rejections with their reason."""
+    """Insert events (a repeated messageId in the workspace is a no-op) and keep rejections with their reason.
+
+    ``profile_of`` (messageId -> profile id) stores events already attributed, which identity resolution then
+    skips: Chorus' own records about a known person that change nothing in the profile (see outbox.set_statuses).
+    """
     # The same messageId twice in one batch: keep the first, like a retry.
     seen: set[str] = set()
     rows = []
@@ -80,6 +89,8 @@ def store(
                 "payload": e.payload,
             }
         )
+        if profile_of is not None:
+            rows[-1]["profile_id"] = profile_of.get(e.message_id)
     inserted = len(bulk.insert_rows(conn, events, rows, conflict=["workspace_id", "message_id"], returning="seq"))
     if rejected:
         conn.execute(

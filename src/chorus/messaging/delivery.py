@@ -28,7 +28,7 @@ from sqlalchemy.engine import Engine
 
 from chorus import metrics
 from chorus import workspaces as ws_api
-from chorus.messaging import outbox, policy
+from chorus.messaging import outbox, policy, reports
 from chorus.messaging.consent import record_consent
 from chorus.messaging.providers import (
     DEFAULT_CONCURRENCY,
@@ -52,6 +52,9 @@ MAX_ATTEMPTS = 8
 BACKOFF_BASE = timedelta(seconds=30)
 BACKOFF_MAX = timedelta(hours=6)
 LEASE = timedelta(minutes=10)
+# The partial index ix_messages_due's condition, word for word: SQLite uses a partial index only when the query
+# repeats its WHERE with the same literals (bound parameters do not count), else it scans every message.
+DUE = sa.text("messages.status IN ('queued', 'retrying', 'sending')")
 # Channels where delivering twice is harmless: the webhook carries the message id as Idempotency-Key for the
 # receiver to deduplicate, and the inbox "delivery" is only making the message visible. An interrupted send is
 # repeated there; everywhere else it is given up (at most once).
@@ -231,7 +234,7 @@ class Deliverer:
         with self.engine.begin() as conn:
             q = (
                 sa.select(messages)
-                .where(messages.c.status.in_(("queued", "retrying")), messages.c.next_attempt_at <= now)
+                .where(messages.c.status.in_(("queued", "retrying")), messages.c.next_attempt_at <= now, DUE)
                 .order_by(messages.c.next_attempt_at)
                 .limit(limit)
             )
@@ -252,14 +255,16 @@ class Deliverer:
     def _expire_leases(self) -> None:
         now = self.clock()
         with self.engine.begin() as conn:
-            q = sa.select(messages).where(messages.c.status == "sending", messages.c.next_attempt_at < now).limit(100)
+            q = sa.select(messages).where(messages.c.status == "sending", messages.c.next_attempt_at < now, DUE)
+            q = q.limit(100)
             if conn.dialect.name == "postgresql":  # two workers never expire the same row
                 q = q.with_for_update(skip_locked=True)
             changes = []
             for m in (dict(r._mapping) for r in conn.execute(q)):
                 if m["channel"] in AT_LEAST_ONCE:  # a repeat is harmless there: send again
                     changes.append(outbox.Change(m, "retrying", now, {"reason": "interrupted"}, {
-                        "next_attempt_at": now, "reason": "interrupted: sending again"}))  # fmt: skip
+                        "next_attempt_at": now, "reason": "interrupted: sending again",
+                        "approved_at": None}))  # fmt: skip
                     continue
                 changes.append(outbox.Change(m, "failed", now, {"reason": "interrupted"}, {
                     "next_attempt_at": None,
@@ -411,8 +416,14 @@ class Deliverer:
                     o.profile))  # fmt: skip
             else:
                 changes.append(self._retry(o.msg, o.reason, now, o.profile))
+        early: dict[str, list[str]] = {}  # Meta may have reported on these before now: apply what it said
+        for o in outcomes:
+            if o.kind == "sent" and o.msg["channel"] in reports.CHANNELS:
+                early.setdefault(o.msg["workspace_id"], []).append(o.provider_id)
         with self.engine.begin() as conn:
             outbox.set_statuses(conn, changes)
+            for ws_id, provider_ids in early.items():
+                reports.release(conn, ws_id, provider_ids)
             for o in outcomes:
                 if o.kind != "permanent":
                     continue
@@ -431,7 +442,7 @@ class Deliverer:
         return outbox.Change(
             msg, "retrying", now,
             {"reason": reason, "attempt": msg["attempts"], "next_attempt_at": nxt.isoformat()},
-            {"next_attempt_at": nxt, "reason": reason}, profile,
+            {"next_attempt_at": nxt, "reason": reason, "approved_at": None}, profile,
         )  # fmt: skip
 
     def _paced(self, ws: ws_api.Workspace, msg: dict, profile: dict) -> bool:
@@ -443,6 +454,10 @@ class Deliverer:
             return False
         now = self.clock()
         with self.engine.begin() as conn:
+            if settings.get("caps") and conn.dialect.name == "postgresql":
+                # one worker at a time checks a person's caps; SQLite's BEGIN IMMEDIATE already serialises
+                key = f"pace:{msg['workspace_id']}:{msg['profile_id']}"
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": key})
             batch = (self._batch_ids, self._approved.get(msg["profile_id"], []))
             paced = outbox.apply_pacing(conn, ws, msg, profile, now, batch)
             if paced.at is None:
@@ -456,6 +471,8 @@ class Deliverer:
                     profile=profile,
                 )  # fmt: skip
                 return True
+            if settings.get("caps"):  # other workers' checks count it from now on
+                conn.execute(messages.update().where(messages.c.id == msg["id"]).values(approved_at=now))
         return False
 
     def _push_address_alive(self, ws: str, msg: dict) -> bool:

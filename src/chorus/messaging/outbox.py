@@ -262,14 +262,18 @@ def set_statuses(conn: Connection, changes: list[Change]) -> None:
     for ws, mine in by_ws.items():
         missing = [ch.msg["profile_id"] for ch in mine if ch.profile is None]
         views_ = views.get_profiles(conn, ws, missing, _cfg(conn, ws)) if missing else {}
-        evs = []
+        evs, attributed = [], {}
         for ch in mine:
             profile = ch.profile or views_.get(ch.msg["profile_id"])
             if profile is not None and (ev := _event(ch.msg, profile, ch.status, ch.at, ch.detail)) is not None:
                 evs.append(ev)
+                if ch.status not in INBOUND:
+                    # Chorus talking to a known person: it names them by an identifier they already have and is
+                    # not their activity, so resolving it would change nothing; it goes on their timeline at once
+                    attributed[ev.message_id] = profile["id"]
         if evs:
             source = ws_api.internal_source(conn, ws, "internal", "chorus-messaging")
-            ingest.store(conn, source, evs, [], max(ch.at for ch in mine))
+            ingest.store(conn, source, evs, [], max(ch.at for ch in mine), attributed)
 
 
 def _update(conn: Connection, group: tuple[tuple, list[dict]]) -> bool:
@@ -471,14 +475,16 @@ def _build(
     msettings = ws.settings.get("messaging") or {}
     choice = policy.choose_channel(
         profile, list(defn["variants"]), req["channel"], topic=topic, kind=kind,
-        topics=msettings.get("topics"), fallback=msettings.get("fallback_order"),
+        topics=msettings.get("topics"), fallback=msettings.get("fallback_order"), now=now,
+        anytime=_anytime(defn, kind, msettings),
     )  # fmt: skip
     msg = {
         "id": new_message_id(), "workspace_id": ws.id, "idempotency_key": key, "request_hash": rhash,
         "profile_id": pid, "template": req.get("template"), "kind": kind, "topic": topic, "channel": choice.channel,
         "address": choice.address, "status": "new", "reason": None, "choice": choice.as_dict(), "content": None,
         "journey_id": req.get("journey_id"), "campaign_id": req.get("campaign_id"), "provider": None,
-        "provider_message_id": None, "attempts": 0, "next_attempt_at": None, "sent_at": None, "created_at": now,
+        "provider_message_id": None, "attempts": 0, "next_attempt_at": None, "sent_at": None, "approved_at": None,
+        "created_at": now,
         "updated_at": now,
     }  # fmt: skip
     status, reason, rendered = "skipped", choice.reason, None
@@ -524,6 +530,18 @@ def _build(
     return msg, Change(msg, status, now, detail, {}, profile)
 
 
+def _anytime(defn: dict, kind: str, msettings: dict) -> set[str]:
+    """The windowed channels this message may use outside the person's 24-hour window: WhatsApp with a template
+    variant; Messenger for a transactional message when the workspace's Messenger provider sends tagged updates."""
+    out = set()
+    if "template" in ((defn.get("variants") or {}).get("whatsapp") or {}):
+        out.add("whatsapp")
+    providers = (msettings.get("providers") or {}).get("messenger") or []
+    if kind == "transactional" and any(isinstance(p, dict) and p.get("tag") for p in providers):
+        out.add("messenger")
+    return out
+
+
 def _email_links(rendered: dict, msg: dict, profile: dict, links: Links) -> None:
     """UTM tags, click and open tracking (unless the person denied tracking), RFC 8058 unsubscribe headers."""
     consent = profile.get("consent") or {}
@@ -553,7 +571,8 @@ def has_status(conn: Connection, message_id: str, status: str, **detail) -> bool
 def pacing_histories(conn: Connection, ws: str, profile_ids: list[str], now: datetime) -> dict[str, list[tuple]]:
     """Per profile, (channel, send time) of its marketing messages sent or scheduled within the longest cap window
     (a week) before ``now``: what caps count. One query for many profiles."""
-    when = sa.func.coalesce(messages.c.sent_at, messages.c.next_attempt_at)
+    # sent: when it went out; in flight and let through by a worker: then; queued: when it is due
+    when = sa.func.coalesce(messages.c.sent_at, messages.c.approved_at, messages.c.next_attempt_at)
     q = sa.select(messages.c.profile_id, messages.c.id, messages.c.channel, when).where(
         messages.c.workspace_id == ws,
         bulk.in_(messages.c.profile_id, list(dict.fromkeys(profile_ids)), conn.dialect.name),

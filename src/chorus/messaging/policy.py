@@ -34,6 +34,10 @@ ACTIVITY_IMPLIES = {
     "app": ("push", "in_app"),
     "web": ("in_app", "push"),
 }
+# WhatsApp and Messenger take free-form messages only within 24 hours of the person's last message to the brand
+# (a WhatsApp template, or a tagged non-marketing Messenger update, may go out any time).
+REPLY_WINDOW = timedelta(hours=24)
+WINDOWED = {"whatsapp": "an approved WhatsApp template", "messenger": "a tagged update (not marketing)"}
 ALWAYS_REACHABLE = ("in_app", "webhook")  # the inbox belongs to the profile; the webhook URL to the workspace
 
 
@@ -109,6 +113,20 @@ def _recency(profile: dict) -> dict[str, str]:
     return out
 
 
+def _window_closed(profile: dict, channel: str, now: datetime) -> str | None:
+    """Why the channel's 24-hour reply window is closed for the person, or None if it is open."""
+    last = ((profile.get("channels") or {}).get(channel) or {}).get("last_message")
+    if last:
+        try:
+            at = datetime.fromisoformat(last.replace("Z", "+00:00"))
+        except ValueError:
+            at = None
+        if at is not None and at > now - REPLY_WINDOW:
+            return None
+    since = f"the person last wrote on {last}" if last else "the person never wrote on it"
+    return f"outside the 24-hour window ({since}): only {WINDOWED[channel]} can be sent"
+
+
 def choose_channel(
     profile: dict,
     variants: list[str],
@@ -118,15 +136,20 @@ def choose_channel(
     kind: str,
     topics: dict | None = None,
     fallback: list[str] | None = None,
+    now: datetime | None = None,
+    anytime: frozenset[str] | set[str] = frozenset(),
 ) -> Choice:
     """The channel to send on, and why.
 
     ``requested`` is ``"auto"`` or an explicit list (tried in order). With ``auto``, among the channels that have a
     variant, consent and an address: the profile's ``preferred_channel`` trait if usable, else the most recently
-    active one, else the workspace fallback order.
+    active one, else the workspace fallback order. With ``auto`` and ``now``, WhatsApp and Messenger are usable
+    only within the 24-hour window of the person's last message on them, unless they are in ``anytime`` (the
+    variant can be sent outside it).
     """
     considered: list[dict] = []
     usable: dict[str, str] = {}
+    auto = not isinstance(requested, list)  # an explicit list is the caller's call, windows included
     order = list(requested) if isinstance(requested, list) else list(dict.fromkeys([*variants, *MESSAGE_CHANNELS]))
     for ch in order:
         if ch not in variants:
@@ -137,6 +160,11 @@ def choose_channel(
             considered.append({"channel": ch, "usable": False, "reason": "no reachable address"})
             continue
         d = consent_decision(profile, ch, topic, kind, topics)
+        if d.allowed and auto and now is not None and ch in WINDOWED and ch not in anytime:
+            closed = _window_closed(profile, ch, now)
+            if closed:
+                considered.append({"channel": ch, "usable": False, "reason": closed})
+                continue
         considered.append({"channel": ch, "usable": d.allowed, "reason": d.reason})
         if d.allowed:
             usable[ch] = addrs[0]

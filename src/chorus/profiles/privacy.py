@@ -160,6 +160,17 @@ def erase(conn: Connection, ws: str, profile_id: str) -> dict:
             sa.select(messages.c.id).where(messages.c.workspace_id == ws, messages.c.profile_id.in_(ids))
         ).scalars()
     )
+    # The timeline events of those messages (chorus-<message id>-<status>-…) not yet resolved: one known only by
+    # its email would otherwise create a profile for that email again.
+    for i in range(0, len(msg_ids), 200):
+        prefixes = [f"chorus-{m}-" for m in msg_ids[i : i + 200]]
+        counts["events"] += conn.execute(
+            events.delete().where(
+                events.c.workspace_id == ws,
+                events.c.profile_id.is_(None),
+                sa.or_(*(sa.func.substr(events.c.message_id, 1, len(p)) == p for p in prefixes)),
+            )
+        ).rowcount
     counts["message_status"] = 0
     for i in range(0, len(msg_ids), 500):
         counts["message_status"] += conn.execute(

@@ -18,6 +18,8 @@ from __future__ import annotations
 from typing import Any
 
 POLICIES = ("newest", "first", "sum", "max", "min")
+# Events that are a message the person sent on a channel (an inbound SMS, WhatsApp or Messenger message).
+PERSON_MESSAGES = frozenset({"Message Received", "Message Replied"})
 DEFAULT_POLICIES = {"created_at": "first", "createdAt": "first", "first_seen": "first"}
 CONSENT_STATUSES = ("granted", "denied", "unknown")
 
@@ -159,15 +161,20 @@ def apply_event(
         channel = msg.get("channel", "unknown")
         ch = state["channels"].get(channel)
         if ch is None:
-            state["channels"][channel] = {"first_seen": ts, "last_seen": ts, "count": 1}
+            ch = state["channels"][channel] = {"first_seen": ts, "last_seen": ts, "count": 1}
         else:
             ch["count"] += 1
             if ts < ch["first_seen"]:
                 ch["first_seen"] = ts
             if ts > ch["last_seen"]:
                 ch["last_seen"] = ts
+        # the person wrote to the brand: what opens WhatsApp's and Messenger's 24-hour reply window
+        wrote = ctx.get("direction") == "inbound" and msg.get("event") in PERSON_MESSAGES
+        if wrote and ts > ch.get("last_message", ""):
+            ch["last_message"] = ts
     trait_maps = []
-    if isinstance(ctx.get("traits"), dict):
+    # context.traits of Chorus' own outbound records only names the person (outbox.set_statuses); not a trait update
+    if isinstance(ctx.get("traits"), dict) and ctx.get("direction") != "outbound":
         trait_maps.append(ctx["traits"])
     if msg["type"] == "identify" and isinstance(msg.get("traits"), dict):
         trait_maps.append(msg["traits"])
@@ -218,6 +225,8 @@ def merge(a: dict, b: dict, policies: dict[str, str] | None = None) -> dict:
                 cur["count"] += c["count"]
                 cur["first_seen"] = min(cur["first_seen"], c["first_seen"])
                 cur["last_seen"] = max(cur["last_seen"], c["last_seen"])
+                if c.get("last_message", "") > cur.get("last_message", ""):
+                    cur["last_message"] = c["last_message"]
         for name, (value, key) in s["attrs"].items():
             _set_attr(out, name, value, key)
         for slot, c in s["consent"].items():

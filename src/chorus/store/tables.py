@@ -214,6 +214,9 @@ messages = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False),
     sa.Column("next_attempt_at", UTCDateTime),
     sa.Column("sent_at", UTCDateTime),
+    # when the send-time check of caps let it through: counts against caps while it is in flight, so that two
+    # workers sending to one person at the same moment see each other (cleared if the attempt is retried)
+    sa.Column("approved_at", UTCDateTime),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.UniqueConstraint("workspace_id", "idempotency_key"),
@@ -225,6 +228,22 @@ messages = sa.Table(
         postgresql_where=sa.text("status IN ('queued', 'retrying', 'sending')"),
     ),
     sa.Index("ix_messages_provider_id", "workspace_id", "provider_message_id"),  # provider callbacks look up by it
+)
+
+# Provider reports (Meta's statuses) on a message whose send is not recorded yet: applied when it is (reports.py).
+early_reports = sa.Table(
+    "early_reports",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("workspace_id", sa.String(40), nullable=False),
+    sa.Column("provider_message_id", sa.String(400), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("provider_status", sa.String(40), nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("error", JSONDoc),
+    sa.Column("received_at", UTCDateTime, nullable=False),
+    sa.Index("ix_early_reports_message", "workspace_id", "provider_message_id"),
+    sa.Index("ix_early_reports_received", "received_at"),
 )
 
 # Every state change of a message, in order: the status history the API shows.

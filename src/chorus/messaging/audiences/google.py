@@ -26,8 +26,6 @@ import re
 import threading
 import time
 
-import httpx
-
 from chorus.messaging.audiences.base import (
     Done,
     Retrying,
@@ -39,6 +37,7 @@ from chorus.messaging.audiences.base import (
     transient,
 )
 from chorus.messaging.providers import ConfigError, HTTPClient, PermanentError, TransientError, http_failure, secret
+from chorus.messaging.providers.http import HTTPError
 
 MAX_IDENTIFIERS = 100_000  # per addOperations request (and 20 per UserData), Google's limits
 RETRY_STATUS = {"RESOURCE_EXHAUSTED", "UNAVAILABLE", "INTERNAL", "DEADLINE_EXCEEDED", "ABORTED"}
@@ -165,7 +164,7 @@ class GoogleCustomerMatch(HTTPClient):
                     "refresh_token": self.refresh_token}  # fmt: skip
             try:
                 r = self._http().post(self.token_url, data=form)
-            except httpx.HTTPError as exc:
+            except HTTPError as exc:
                 raise http_failure(exc, "Google OAuth") from None
             try:
                 data = r.json()
@@ -227,7 +226,7 @@ class GoogleCustomerMatch(HTTPClient):
                 headers["login-customer-id"] = self.login_customer_id
             try:
                 r = self._http().post(f"/{self.version}/{path}", json=body, headers=headers)
-            except httpx.HTTPError as exc:
+            except HTTPError as exc:
                 raise http_failure(exc, "Google Ads") from None
             try:
                 data = r.json()

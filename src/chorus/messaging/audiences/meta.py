@@ -18,7 +18,6 @@ import hmac
 import re
 import secrets as pysecrets
 
-import httpx
 import orjson
 
 from chorus.messaging.audiences import rows as R
@@ -33,6 +32,7 @@ from chorus.messaging.audiences.base import (
     transient,
 )
 from chorus.messaging.providers import ConfigError, HTTPClient, PermanentError, TransientError, http_failure, secret
+from chorus.messaging.providers.http import HTTPError
 
 MAX_ROWS = 10_000  # per request, Meta's limit
 # Graph/Marketing API codes (https://developers.facebook.com/docs/marketing-api/error-reference)
@@ -117,7 +117,7 @@ class MetaAudiences(HTTPClient):
                                                         hashlib.sha256).hexdigest()}  # fmt: skip
         try:
             r = self._http().request(method, f"/{self.version}/{path}", data=form)
-        except httpx.HTTPError as exc:
+        except HTTPError as exc:
             raise http_failure(exc, "Meta") from None
         try:
             data = r.json()

@@ -39,12 +39,11 @@ class AmbiguousError(ProviderError):
 
 
 def http_failure(exc, what: str) -> ProviderError:
-    """Classify an httpx error: nothing was sent (transient, safe to retry elsewhere) or maybe it was."""
-    import httpx
-
-    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout | httpx.UnsupportedProtocol):
-        return TransientError(f"{what} unreachable: {type(exc).__name__}: {exc}", code="connect")
-    return AmbiguousError(f"no answer from {what} after sending: {type(exc).__name__}: {exc}", code="ambiguous")
+    """Classify a request that got no answer: nothing was sent (transient, safe to retry elsewhere) or maybe it
+    was (:class:`~chorus.messaging.providers.http.HTTPError` says which)."""
+    if not exc.sent:
+        return TransientError(f"{what} unreachable: {exc}", code="connect")
+    return AmbiguousError(f"no answer from {what} after sending: {exc}", code="ambiguous")
 
 
 class ConfigError(ValueError):
@@ -142,7 +141,7 @@ _CLIENT_LOCK = threading.Lock()
 
 
 class HTTPClient:
-    """One reused ``httpx.Client`` per provider (connection pooling), opened on first use."""
+    """One reused HTTP client per provider (a connection pool per host), opened on first use."""
 
     _client = None
 
@@ -150,12 +149,12 @@ class HTTPClient:
         return {}
 
     def _http(self):
-        import httpx
+        from chorus.messaging.providers.http import Client
 
         if self._client is None:
             with _CLIENT_LOCK:  # the delivery worker's threads share the provider
                 if self._client is None:
-                    self._client = httpx.Client(**self._client_options())
+                    self._client = Client(**self._client_options())
         return self._client
 
     def close(self) -> None:

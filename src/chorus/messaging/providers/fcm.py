@@ -10,7 +10,6 @@ from __future__ import annotations
 import threading
 import time
 
-import httpx
 import orjson
 
 from chorus.messaging.providers import (
@@ -23,6 +22,7 @@ from chorus.messaging.providers import (
     http_failure,
     secret,
 )
+from chorus.messaging.providers.http import HTTPError
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 KNOWN = {"type", "name", "service_account_env", "project_id", "base_url", "timeout", "rate_per_second", "ttl"}
@@ -91,7 +91,7 @@ class FCMProvider(HTTPClient):
         try:
             r = self._http().post(f"/v1/projects/{self.project_id}/messages:send", json={"message": message},
                                   headers=headers)  # fmt: skip
-        except httpx.HTTPError as exc:
+        except HTTPError as exc:
             raise http_failure(exc, "FCM") from None
         if r.status_code == 200:
             return r.json().get("name", out.message_id)

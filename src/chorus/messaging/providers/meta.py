@@ -20,8 +20,6 @@ import hashlib
 import hmac
 import re
 
-import httpx
-
 from chorus.messaging.providers import (
     ConfigError,
     HTTPClient,
@@ -32,6 +30,7 @@ from chorus.messaging.providers import (
     http_failure,
     secret,
 )
+from chorus.messaging.providers.http import HTTPError
 
 # Graph API error codes (https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes,
 # https://developers.facebook.com/docs/messenger-platform/error-codes).
@@ -137,7 +136,7 @@ class _Graph(HTTPClient):
     def _post(self, path: str, body: dict) -> dict:
         try:
             r = self._http().post(f"/{self.version}/{path}", json=body)
-        except httpx.HTTPError as exc:
+        except HTTPError as exc:
             raise http_failure(exc, self.what) from None
         try:
             data = r.json()

@@ -18,7 +18,6 @@ import base64
 import binascii
 from email.utils import parseaddr
 
-import httpx
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -34,6 +33,7 @@ from chorus.messaging.providers import (
     http_failure,
     secret,
 )
+from chorus.messaging.providers.http import HTTPError, Response
 
 KNOWN = {"type", "name", "api_key_env", "from", "reply_to", "base_url", "timeout", "rate_per_second",
          "webhook_public_key"}  # fmt: skip
@@ -130,7 +130,7 @@ class SendGridProvider(HTTPClient):
     def send(self, out: Outgoing) -> str:
         try:
             r = self._http().post("/v3/mail/send", json=self.body(out))
-        except httpx.HTTPError as exc:
+        except HTTPError as exc:
             raise http_failure(exc, "SendGrid") from None
         if r.status_code in (200, 202):  # 200 only in sandbox mode
             return r.headers.get("x-message-id", "")
@@ -140,7 +140,7 @@ class SendGridProvider(HTTPClient):
         raise PermanentError(reason, code=str(r.status_code))
 
 
-def _errors(r: httpx.Response) -> str:
+def _errors(r: Response) -> str:
     """SendGrid's ``{"errors": [{"message", "field", "help"}]}`` as one line."""
     try:
         errors = r.json().get("errors") or []

@@ -46,6 +46,10 @@ class SMTPProvider:
         self.sender = _check_from(conf.get("from"), where)
         self.from_domain = parseaddr(self.sender)[1].rsplit("@", 1)[1].lower()
         self.reply_to = conf.get("reply_to")
+        # the same for every message: parsed and encoded once
+        self._from_header = _addr_header(self.sender)
+        self._reply_to_header = _addr_header(self.reply_to) if self.reply_to else None
+        self._envelope_from = parseaddr(self.sender)[1]
         self.timeout = float(conf.get("timeout", 30))
         self.tls_context = ssl.create_default_context(cafile=conf.get("ca_file"))
         if conf.get("tls_verify") is False:  # a private relay with a self-signed certificate
@@ -102,9 +106,9 @@ class SMTPProvider:
         email package's MIME tree costs several milliseconds a message; this is a fraction of that)."""
         c = out.content
         headers = [
-            ("From", _addr_header(self.sender)),
+            ("From", self._from_header),
             ("To", out.address),
-            *((("Reply-To", _addr_header(self.reply_to)),) if self.reply_to else ()),
+            *((("Reply-To", self._reply_to_header),) if self._reply_to_header else ()),
             ("Subject", _text_header(c["subject"])),
             ("Date", format_datetime(utcnow())),
             ("Message-ID", f"<{out.message_id}@{self.from_domain}>"),
@@ -142,7 +146,7 @@ class SMTPProvider:
         connection the server closed meanwhile is replaced and the transaction starts again; a connection lost
         during DATA may have delivered the message (ambiguous)."""
         raw = self.build(out)
-        sender = parseaddr(self.sender)[1]
+        sender = self._envelope_from
         for fresh in (False, True):
             conn, reused = self._take(fresh)
             try:

@@ -13,8 +13,6 @@ import hashlib
 import hmac
 from collections.abc import Mapping
 
-import httpx
-
 from chorus.messaging.providers import (
     ConfigError,
     HTTPClient,
@@ -25,6 +23,7 @@ from chorus.messaging.providers import (
     http_failure,
     secret,
 )
+from chorus.messaging.providers.http import HTTPError
 
 # Twilio error codes (https://www.twilio.com/docs/api/errors) that say the number itself cannot receive SMS.
 UNREACHABLE_NUMBER = {21211, 21214, 21612, 21614}
@@ -76,7 +75,7 @@ class TwilioSMS(HTTPClient):
             form["StatusCallback"] = callback
         try:
             r = self._http().post(f"/2010-04-01/Accounts/{self.account_sid}/Messages.json", data=form)
-        except httpx.HTTPError as exc:
+        except HTTPError as exc:
             raise http_failure(exc, "Twilio") from None
         if r.status_code in (200, 201):
             return r.json()["sid"]

@@ -11,7 +11,6 @@ import hashlib
 import hmac
 import time
 
-import httpx
 import orjson
 
 from chorus.messaging.providers import (
@@ -23,6 +22,7 @@ from chorus.messaging.providers import (
     check_settings,
     secret,
 )
+from chorus.messaging.providers.http import HTTPError
 
 KNOWN = {"type", "name", "url", "secret_env", "timeout", "rate_per_second"}
 
@@ -61,7 +61,7 @@ class WebhookProvider(HTTPClient):
         }  # fmt: skip
         try:
             r = self._http().post(self.url, content=body, headers=headers)
-        except httpx.HTTPError as exc:
+        except HTTPError as exc:
             raise TransientError(f"webhook unreachable: {type(exc).__name__}: {exc}", code="connect") from None
         if 200 <= r.status_code < 300:
             return r.headers.get("x-request-id") or out.message_id
