@@ -9,9 +9,11 @@ Per engine (SQLite, PostgreSQL):
 2. bare email: `smtplib` sends the same pre-rendered messages (built by chorus' SMTP provider, not timed) over
    one reused connection; bare SMS: `httpx.AsyncClient` posts the same form bodies, `--concurrency` at a time;
 3. chorus: a fresh database with N profiles (email + phone; set up, not timed), a template with an MJML email
-   variant and an SMS variant, then, timed: `outbox.enqueue` of N messages per channel (what `POST /api/messages`
-   runs, without the HTTP layer: render, channel choice, consent, caps, the outbox row, its status and timeline
-   event) and `Deliverer` draining them all (provider call, `sent` status and event).
+   variant and an SMS variant, then, timed: `outbox.enqueue_many` of N messages per channel in batches of 500
+   (what `POST /api/messages/batch` runs, without the HTTP layer: render, channel choice, consent, caps, the
+   outbox rows, their statuses and timeline events) and their delivery until every message is `sent`: by a
+   `chorus worker` process running meanwhile (`--modes pipeline`, as deployed) or, afterwards, by a `Deliverer`
+   in this process (`sequential`, which also reports CPU per message).
 
 Prints messages/s for chorus and for the bare sender, and their ratio; writes bench/results/deliver-<engine>.json.
 """

@@ -359,6 +359,41 @@ def audiences_export(
     )
 
 
+lake_app = typer.Typer(help="The event lake: Parquet files that analytics read.", no_args_is_help=True)
+app.add_typer(lake_app, name="lake")
+
+
+@lake_app.command("export")
+def lake_export(
+    out: Annotated[str, typer.Option("--out", help="The lake's directory (created if missing)")] = "./lake",
+    settle: Annotated[
+        float, typer.Option(help="Seconds an event must have been stored before it is exported (see docs)")
+    ] = 60.0,
+    db: DbOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON")] = False,
+):
+    """Export new events, changed messages and all profiles to Parquet; re-running adds only what is new."""
+    from datetime import timedelta
+
+    from chorus.analytics import lake
+
+    if settle < 0:
+        _fail(ChorusError("--settle must be 0 or more seconds"))
+    _, engine = _engine(db)
+    try:
+        result = lake.export(engine, out, settle=timedelta(seconds=settle))
+    except (OSError, ValueError) as exc:
+        _fail(exc)
+    if json_out:
+        sys.stdout.write(orjson.dumps(result.as_dict()).decode() + "\n")
+        return
+    typer.echo(
+        f"{out}: {result.events} events in {result.event_files} files, {result.messages} messages in "
+        f"{result.message_days} days rewritten, {result.profiles} profiles"
+        + (f"; {result.removed_orphans} files of an interrupted run replaced" if result.removed_orphans else "")
+    )
+
+
 def main() -> None:
     app()
 

@@ -1,7 +1,8 @@
 """A brand's first day, only through the public interfaces: the CLI and HTTP.
 
 `chorus serve` on a fresh store, a visitor browsing the web shop anonymously, signing up in the app, buying in
-a physical store (POS file import) and calling the call centre — one profile, one timeline across channels.
+a physical store (POS file import) and calling the call centre — one profile, one timeline across channels —
+then the event lake that measurement reads.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 import time
 
 import httpx
+import pyarrow.dataset as ds
 import pytest
 
 from tests.conftest import free_port, wait_until
@@ -111,6 +113,17 @@ def test_first_day_of_an_omnichannel_brand(db_url, served, tmp_path):
         "/api/profiles", params={"email": "noor@example.com"}, headers={"Authorization": f"Bearer {outlet['api_key']}"}
     )
     assert r.status_code == 404
+    # measure: the lake has every channel's events, the store's revenue included; a second run adds nothing
+    out = run("lake", "export", "--out", str(tmp_path / "lake"), "--settle", "0", "--json", db=db_url)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["events"] >= 7
+    lake_events = ds.dataset(tmp_path / "lake" / "events", partitioning="hive").to_table().to_pylist()
+    mine = [e for e in lake_events if e["profile_id"] == p["id"]]
+    expected = [ch for ch, stats in p["channels"].items() for _ in range(stats["count"])]
+    assert sorted(e["channel"] for e in mine) == sorted(expected)
+    assert sum(e["revenue"] or 0 for e in mine) == 1299.0
+    again = run("lake", "export", "--out", str(tmp_path / "lake"), "--settle", "0", "--json", db=db_url)
+    assert json.loads(again.stdout)["events"] == 0
     # erasure on request
     assert c.delete(f"/api/profiles/{p['id']}", headers=admin).status_code == 200
     assert c.get("/api/profiles", params={"email": "noor@example.com"}, headers=admin).status_code == 404

@@ -55,6 +55,7 @@ LEASE = timedelta(minutes=10)
 # The partial index ix_messages_due's condition, word for word: SQLite uses a partial index only when the query
 # repeats its WHERE with the same literals (bound parameters do not count), else it scans every message.
 DUE = sa.text("messages.status IN ('queued', 'retrying', 'sending')")
+SENDING = sa.text("messages.status = 'sending'")  # ix_messages_sending's condition, likewise
 # Channels where delivering twice is harmless: the webhook carries the message id as Idempotency-Key for the
 # receiver to deduplicate, and the inbox "delivery" is only making the message visible. An interrupted send is
 # repeated there; everywhere else it is given up (at most once).
@@ -255,7 +256,7 @@ class Deliverer:
     def _expire_leases(self) -> None:
         now = self.clock()
         with self.engine.begin() as conn:
-            q = sa.select(messages).where(messages.c.status == "sending", messages.c.next_attempt_at < now, DUE)
+            q = sa.select(messages).where(SENDING, messages.c.next_attempt_at < now)
             q = q.limit(100)
             if conn.dialect.name == "postgresql":  # two workers never expire the same row
                 q = q.with_for_update(skip_locked=True)

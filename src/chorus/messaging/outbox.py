@@ -228,13 +228,15 @@ def set_statuses(conn: Connection, changes: list[Change]) -> None:
     if not changes:
         return
     groups: dict[tuple, list[dict]] = {}
+    changed_at = utcnow()  # when the row changed (``at`` may be a provider's earlier timestamp): what the lake follows
     for ch in changes:
         cols = dict(ch.columns)
         if ch.status == "deferred":  # caps or quiet hours at send time: back in the queue, later
             cols["status"] = "queued"
         elif ch.status not in ENGAGEMENT:  # engagement is history; the message's status stays its delivery outcome
             cols["status"] = ch.status
-        groups.setdefault(tuple(sorted(cols)), []).append({"_id": ch.msg["id"], "updated_at": ch.at, **cols})
+        row = {"_id": ch.msg["id"], "updated_at": max(ch.at, changed_at), **cols}
+        groups.setdefault(tuple(sorted(cols)), []).append(row)
     if len(changes) == 1:
         alive = {changes[0].msg["id"]} if _update(conn, next(iter(groups.items()))) else set()
     else:

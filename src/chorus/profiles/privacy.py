@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -11,6 +13,7 @@ from chorus.messaging.audiences import store as audience_store
 from chorus.profiles.views import get_profile, merge_history, resolve_id
 from chorus.store.tables import (
     dead_addresses,
+    erasures,
     events,
     identifiers,
     identity_links,
@@ -107,6 +110,11 @@ def export(conn: Connection, ws: str, profile_id: str, cfg: IdentityConfig) -> d
             for r in _rejected_of(conn, ws, idents)
         ],
     }
+
+
+def erased_hash(profile_id: str) -> str:
+    """How ``erasures`` names an erased profile id: enough to find its rows in a copy, nothing more."""
+    return hashlib.sha256(profile_id.encode()).hexdigest()
 
 
 def erase(conn: Connection, ws: str, profile_id: str) -> dict:
@@ -208,6 +216,9 @@ def erase(conn: Connection, ws: str, profile_id: str) -> dict:
     counts.update(audience_store.forget_profiles(conn, ws, ids, utcnow()))
     counts["import_errors_redacted"] = _redact_import_errors(conn, ws, idents)
     counts["profiles"] = conn.execute(profiles.delete().where(profiles.c.id == pid)).rowcount
+    # copies outside the store (the event lake) remove the person at their next update
+    conn.execute(erasures.insert().values(workspace_id=ws, profile_hashes=[erased_hash(i) for i in ids],
+                                          erased_at=utcnow()))  # fmt: skip
     return {"profile_id": pid, "deleted": counts}
 
 

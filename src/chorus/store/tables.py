@@ -227,7 +227,25 @@ messages = sa.Table(
         sqlite_where=sa.text("status IN ('queued', 'retrying', 'sending')"),
         postgresql_where=sa.text("status IN ('queued', 'retrying', 'sending')"),
     ),
+    # leases to expire: the due index above would walk every queued message to find the few being sent
+    sa.Index(
+        "ix_messages_sending",
+        "next_attempt_at",
+        sqlite_where=sa.text("status = 'sending'"),
+        postgresql_where=sa.text("status = 'sending'"),
+    ),
     sa.Index("ix_messages_provider_id", "workspace_id", "provider_message_id"),  # provider callbacks look up by it
+)
+
+# Profiles erased (with their aliases), for copies outside the store: the event lake removes their rows. Only
+# SHA-256 hashes of the profile ids are kept: they match the rows of a copy, and lead to nothing in the store.
+erasures = sa.Table(
+    "erasures",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("workspace_id", sa.String(40), nullable=False),
+    sa.Column("profile_hashes", JSONDoc, nullable=False),
+    sa.Column("erased_at", UTCDateTime, nullable=False),
 )
 
 # Provider reports (Meta's statuses) on a message whose send is not recorded yet: applied when it is (reports.py).

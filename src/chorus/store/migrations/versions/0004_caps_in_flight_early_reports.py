@@ -1,5 +1,6 @@
-"""messages.approved_at (caps see messages other workers let through), early_reports (Meta statuses that
-arrive before the send is recorded)
+"""messages.approved_at (caps see messages other workers let through), ix_messages_sending (leases to
+expire), early_reports (Meta statuses that arrive before the send is recorded), erasures (hashed profile ids the
+event lake must forget)
 
 Revision ID: 0004
 Revises: 0003
@@ -18,6 +19,8 @@ depends_on = None
 
 def upgrade() -> None:
     op.add_column('messages', sa.Column('approved_at', chorus.store.types.UTCDateTime(), nullable=True))
+    op.create_index('ix_messages_sending', 'messages', ['next_attempt_at'], unique=False,
+                    sqlite_where=sa.text("status = 'sending'"), postgresql_where=sa.text("status = 'sending'"))
     op.create_table('early_reports',
     sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
     sa.Column('workspace_id', sa.String(length=40), nullable=False),
@@ -31,9 +34,18 @@ def upgrade() -> None:
     )
     op.create_index('ix_early_reports_message', 'early_reports', ['workspace_id', 'provider_message_id'], unique=False)
     op.create_index('ix_early_reports_received', 'early_reports', ['received_at'], unique=False)
+    op.create_table('erasures',
+    sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
+    sa.Column('workspace_id', sa.String(length=40), nullable=False),
+    sa.Column('profile_hashes', chorus.store.types.JSONDoc(), nullable=False),
+    sa.Column('erased_at', chorus.store.types.UTCDateTime(), nullable=False),
+    sa.PrimaryKeyConstraint('id')
+    )
 
 
 def downgrade() -> None:
+    op.drop_index('ix_messages_sending', table_name='messages')
+    op.drop_table('erasures')
     op.drop_index('ix_early_reports_received', table_name='early_reports')
     op.drop_index('ix_early_reports_message', table_name='early_reports')
     op.drop_table('early_reports')

@@ -1,0 +1,1 @@
+"""Measurement: the event lake and the analytics that read it."""

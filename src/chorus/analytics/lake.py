@@ -1,0 +1,350 @@
+"""The event lake: the store's events, messages (with their status history) and profiles as Parquet files under
+one directory, exported incrementally and idempotently (``chorus lake export``). Analytics read the lake, never
+the production store.
+
+Layout (Hive-style partitions that DuckDB, Spark, pandas and pyarrow read as columns)::
+
+    events/workspace_id=<ws>/date=<YYYY-MM-DD>/part-<first seq>-<last seq>.parquet   appended, by event time
+    messages/workspace_id=<ws>/date=<YYYY-MM-DD>/messages.parquet                    a day rewritten when one
+    message_statuses/workspace_id=<ws>/date=<YYYY-MM-DD>/statuses.parquet             of its messages changed
+    profiles/workspace_id=<ws>/profiles.parquet                                      rewritten every run
+    profile_aliases/workspace_id=<ws>/aliases.parquet                                merged-away id -> current id
+    _chorus_lake.json                                                                what has been exported
+
+Events are immutable once resolved, so they are appended: a run exports the events after the last exported
+``seq`` that are resolved and were received at least ``settle`` ago (a transaction still open when the run starts
+cannot slip under the watermark unless it stays open that long). Their ``profile_id`` is the profile at export
+time; a later merge makes it an alias, which ``profile_aliases`` maps to the current profile. Messages change
+(statuses arrive for days), so the days (of creation) with a message updated since the last run are rewritten
+whole, with the status history of their messages. Every file is written to a temporary name and renamed, and the
+watermarks are saved last: a run that stops half-way leaves files past the watermark, which the next run deletes
+before writing them again, so re-running never duplicates a row.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from chorus.profiles.privacy import erased_hash
+from chorus.store import bulk
+from chorus.store.tables import (
+    erasures,
+    events,
+    message_status,
+    messages,
+    profile_aliases,
+    profiles,
+    workspaces,
+)
+from chorus.timeutil import utcnow
+
+STATE_FILE = "_chorus_lake.json"
+CHUNK = 50_000  # events read and written per step: bounds memory whatever the backlog
+SETTLE = timedelta(seconds=60)
+_PART = re.compile(r"part-(\d+)-(\d+)\.parquet")
+
+TS = pa.timestamp("us", tz="UTC")
+EVENT_SCHEMA = pa.schema([
+    ("seq", pa.int64()), ("message_id", pa.string()), ("type", pa.string()), ("event", pa.string()),
+    ("channel", pa.string()), ("user_id", pa.string()), ("anonymous_id", pa.string()), ("profile_id", pa.string()),
+    ("timestamp", TS), ("received_at", TS), ("source_id", pa.string()), ("trusted", pa.bool_()),
+    # the Segment fields analytics need most, extracted once here so that every engine reads plain columns
+    ("revenue", pa.float64()), ("currency", pa.string()), ("order_id", pa.string()),
+    ("campaign_name", pa.string()), ("campaign_source", pa.string()), ("campaign_medium", pa.string()),
+    ("direction", pa.string()), ("chorus_message_id", pa.string()),
+    ("payload", pa.string()),  # the whole event as JSON
+])  # fmt: skip
+MESSAGE_SCHEMA = pa.schema([
+    ("id", pa.string()), ("profile_id", pa.string()), ("template", pa.string()), ("kind", pa.string()),
+    ("topic", pa.string()), ("channel", pa.string()), ("status", pa.string()), ("reason", pa.string()),
+    ("journey_id", pa.string()), ("campaign_id", pa.string()), ("provider", pa.string()), ("attempts", pa.int32()),
+    ("created_at", TS), ("sent_at", TS), ("updated_at", TS), ("choice", pa.string()),
+])  # fmt: skip
+STATUS_SCHEMA = pa.schema([
+    ("id", pa.int64()), ("message_id", pa.string()), ("status", pa.string()), ("at", TS), ("detail", pa.string()),
+])  # fmt: skip
+PROFILE_SCHEMA = pa.schema([
+    ("id", pa.string()), ("known", pa.bool_()), ("created_at", TS), ("first_seen", TS), ("last_seen", TS),
+    ("last_channel", pa.string()), ("traits", pa.string()), ("channels", pa.string()), ("updated_at", TS),
+])  # fmt: skip
+ALIAS_SCHEMA = pa.schema([("alias_id", pa.string()), ("profile_id", pa.string())])
+
+
+@dataclass
+class ExportResult:
+    events: int = 0
+    event_files: int = 0
+    message_days: int = 0
+    messages: int = 0
+    profiles: int = 0
+    removed_orphans: int = 0
+    erased_profiles: int = 0
+    files_rewritten_for_erasure: int = 0
+    workspaces: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def export(engine: Engine, out: str | Path, *, settle: timedelta = SETTLE, now: datetime | None = None) -> ExportResult:
+    """Bring the lake at ``out`` up to date with the store; returns what was written."""
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    state = _load_state(root)
+    now = now or utcnow()
+    cutoff = now - settle
+    result = ExportResult()
+    result.removed_orphans = _remove_orphans(root, int(state.get("events_seq", 0)))
+    with engine.connect() as conn:
+        erased_upto = int(state.get("erasures_id", 0))
+        gone = conn.execute(sa.select(erasures).where(erasures.c.id > erased_upto).order_by(erasures.c.id)).all()
+        if gone:  # first, so that nothing of an erased person survives this run
+            _forget(root, {h for r in gone for h in r.profile_hashes}, result)
+            erased_upto = gone[-1].id
+        result.workspaces = sorted(conn.execute(sa.select(workspaces.c.id)).scalars())
+        seq = _export_events(conn, root, int(state.get("events_seq", 0)), cutoff, result)
+        since = datetime.fromisoformat(state["messages_cutoff"]) if state.get("messages_cutoff") else None
+        _export_messages(conn, root, since, result)
+        _export_profiles(conn, root, result)
+    state.update({"events_seq": seq, "messages_cutoff": cutoff.isoformat(), "erasures_id": erased_upto,
+                  "exported_at": now.isoformat()})  # fmt: skip
+    _save_state(root, state)
+    return result
+
+
+# -- events -------------------------------------------------------------------------------------------------------
+def _export_events(conn, root: Path, after: int, cutoff: datetime, result: ExportResult) -> int:
+    """Append resolved, settled events after ``after``; returns the new watermark."""
+    first_pending = conn.execute(sa.select(sa.func.min(events.c.seq)).where(events.c.profile_id.is_(None))).scalar()
+    upper = conn.execute(
+        sa.select(sa.func.max(events.c.seq)).where(events.c.seq > after, events.c.received_at <= cutoff)
+    ).scalar()
+    if upper is None:
+        return after
+    if first_pending is not None:
+        upper = min(upper, first_pending - 1)
+    watermark = after
+    while watermark < upper:
+        rows = conn.execute(
+            sa.select(events).where(events.c.seq > watermark, events.c.seq <= upper).order_by(events.c.seq).limit(CHUNK)
+        ).all()
+        if not rows:
+            break
+        groups: dict[tuple[str, str], list] = defaultdict(list)
+        for r in rows:
+            groups[(r.workspace_id, r.timestamp.date().isoformat())].append(r)
+        for (ws, day), part in groups.items():
+            path = root / "events" / f"workspace_id={ws}" / f"date={day}" / f"part-{part[0].seq}-{part[-1].seq}.parquet"
+            _write(path, _event_table(part))
+            result.event_files += 1
+        result.events += len(rows)
+        watermark = rows[-1].seq
+    return max(watermark, after)
+
+
+def _event_table(rows: list) -> pa.Table:
+    cols: dict[str, list] = {name: [] for name in EVENT_SCHEMA.names}
+    for r in rows:
+        p = r.payload if isinstance(r.payload, dict) else {}
+        props = p.get("properties") if isinstance(p.get("properties"), dict) else {}
+        ctx = p.get("context") if isinstance(p.get("context"), dict) else {}
+        camp = ctx.get("campaign") if isinstance(ctx.get("campaign"), dict) else {}
+        for name, value in (
+            ("seq", r.seq), ("message_id", r.message_id), ("type", r.type), ("event", r.event),
+            ("channel", r.channel), ("user_id", r.user_id), ("anonymous_id", r.anonymous_id),
+            ("profile_id", r.profile_id), ("timestamp", r.timestamp), ("received_at", r.received_at),
+            ("source_id", r.source_id), ("trusted", r.trusted),
+            ("revenue", _number(props.get("revenue", props.get("total")))), ("currency", _text(props.get("currency"))),
+            ("order_id", _text(props.get("order_id", props.get("orderId")))),
+            ("campaign_name", _text(camp.get("name"))), ("campaign_source", _text(camp.get("source"))),
+            ("campaign_medium", _text(camp.get("medium"))), ("direction", _text(ctx.get("direction"))),
+            ("chorus_message_id", _text(props.get("message_id")) if r.message_id.startswith("chorus-") else None),
+            ("payload", orjson.dumps(p).decode()),
+        ):  # fmt: skip
+            cols[name].append(value)
+    return pa.table(cols, schema=EVENT_SCHEMA)
+
+
+def _remove_orphans(root: Path, watermark: int) -> int:
+    """Delete event files a stopped run wrote past the saved watermark (they are written again)."""
+    removed = 0
+    base = root / "events"
+    if not base.exists():
+        return 0
+    for path in base.glob("workspace_id=*/date=*/part-*.parquet"):
+        m = _PART.fullmatch(path.name)
+        if m and int(m.group(1)) > watermark:
+            path.unlink()
+            removed += 1
+    for tmp in root.rglob("*.parquet.tmp"):
+        tmp.unlink()
+    return removed
+
+
+# -- messages -----------------------------------------------------------------------------------------------------
+def _export_messages(conn, root: Path, since: datetime | None, result: ExportResult) -> None:
+    """Rewrite every (workspace, day of creation) that holds a message changed since ``since``."""
+    q = sa.select(messages.c.workspace_id, messages.c.created_at)
+    if since is not None:
+        q = q.where(messages.c.updated_at > since)
+    days = sorted({(ws, created.date()) for ws, created in conn.execute(q)})
+    for ws, day in days:
+        lo = datetime.combine(day, datetime.min.time(), tzinfo=UTC)
+        rows = conn.execute(
+            sa.select(messages)
+            .where(messages.c.workspace_id == ws, messages.c.created_at >= lo,
+                   messages.c.created_at < lo + timedelta(days=1))
+            .order_by(messages.c.created_at, messages.c.id)
+        ).all()  # fmt: skip
+        ids = [r.id for r in rows]
+        statuses = []
+        for i in range(0, len(ids), 500):
+            statuses.extend(conn.execute(
+                sa.select(message_status)
+                .where(bulk.in_(message_status.c.message_id, ids[i : i + 500], conn.dialect.name))
+                .order_by(message_status.c.id)
+            ).all())  # fmt: skip
+        part = f"workspace_id={ws}/date={day.isoformat()}"
+        _write(root / "messages" / part / "messages.parquet", _message_table(rows))
+        _write(root / "message_statuses" / part / "statuses.parquet", _status_table(statuses))
+        result.message_days += 1
+        result.messages += len(rows)
+
+
+def _message_table(rows: list) -> pa.Table:
+    return pa.table({
+        "id": [r.id for r in rows], "profile_id": [r.profile_id for r in rows], "template": [r.template for r in rows],
+        "kind": [r.kind for r in rows], "topic": [r.topic for r in rows], "channel": [r.channel for r in rows],
+        "status": [r.status for r in rows], "reason": [r.reason for r in rows],
+        "journey_id": [r.journey_id for r in rows], "campaign_id": [r.campaign_id for r in rows],
+        "provider": [r.provider for r in rows], "attempts": [r.attempts for r in rows],
+        "created_at": [r.created_at for r in rows], "sent_at": [r.sent_at for r in rows],
+        "updated_at": [r.updated_at for r in rows], "choice": [orjson.dumps(r.choice).decode() for r in rows],
+    }, schema=MESSAGE_SCHEMA)  # fmt: skip
+
+
+def _status_table(rows: list) -> pa.Table:
+    return pa.table({
+        "id": [r.id for r in rows], "message_id": [r.message_id for r in rows], "status": [r.status for r in rows],
+        "at": [r.at for r in rows], "detail": [orjson.dumps(r.detail).decode() for r in rows],
+    }, schema=STATUS_SCHEMA)  # fmt: skip
+
+
+# -- profiles -----------------------------------------------------------------------------------------------------
+def _export_profiles(conn, root: Path, result: ExportResult) -> None:
+    """Rewrite each workspace's profiles and aliases (profiles change with every event)."""
+    for ws in result.workspaces:
+        cols: dict[str, list] = {name: [] for name in PROFILE_SCHEMA.names}
+        q = sa.select(profiles).where(profiles.c.workspace_id == ws).order_by(profiles.c.id)
+        for r in conn.execution_options(yield_per=5000).execute(q):
+            state = r.state if isinstance(r.state, dict) else {}
+            for name, value in (
+                ("id", r.id), ("known", r.known), ("created_at", r.created_at), ("first_seen", r.first_seen),
+                ("last_seen", r.last_seen), ("last_channel", r.last_channel),
+                ("traits", orjson.dumps(state.get("traits") or {}).decode()),
+                ("channels", orjson.dumps(state.get("channels") or {}).decode()), ("updated_at", r.updated_at),
+            ):  # fmt: skip
+                cols[name].append(value)
+        _write(root / "profiles" / f"workspace_id={ws}" / "profiles.parquet", pa.table(cols, schema=PROFILE_SCHEMA))
+        result.profiles += len(cols["id"])
+        aliases = conn.execute(
+            sa.select(profile_aliases.c.alias_id, profile_aliases.c.profile_id)
+            .where(profile_aliases.c.workspace_id == ws)
+            .order_by(profile_aliases.c.alias_id)
+        ).all()
+        table = pa.table({"alias_id": [a for a, _ in aliases], "profile_id": [p for _, p in aliases]},
+                         schema=ALIAS_SCHEMA)  # fmt: skip
+        _write(root / "profile_aliases" / f"workspace_id={ws}" / "aliases.parquet", table)
+
+
+# -- erasure ------------------------------------------------------------------------------------------------------
+def _forget(root: Path, hashes: set[str], result: ExportResult) -> None:
+    """Remove erased people's rows from the files already written: their events, messages and statuses.
+    ``erasures`` keeps SHA-256 hashes of the profile ids, so the ids in each file are hashed to find them."""
+    result.erased_profiles += len(hashes)
+    for path in sorted((root / "events").glob("workspace_id=*/date=*/part-*.parquet")):
+        ids = _erased_in(pq.ParquetFile(path).read(columns=["profile_id"])["profile_id"], hashes)
+        if ids is not None:
+            _drop_rows(path, "profile_id", ids)
+            result.files_rewritten_for_erasure += 1
+    for path in sorted((root / "messages").glob("workspace_id=*/date=*/messages.parquet")):
+        table = pq.ParquetFile(path).read(columns=["id", "profile_id"])
+        ids = _erased_in(table["profile_id"], hashes)
+        if ids is None:
+            continue
+        theirs = table.filter(pc.is_in(table["profile_id"], value_set=ids))["id"].combine_chunks()
+        _drop_rows(path, "profile_id", ids)
+        statuses = root / "message_statuses" / path.parent.relative_to(root / "messages") / "statuses.parquet"
+        if statuses.exists():
+            _drop_rows(statuses, "message_id", theirs)
+        result.files_rewritten_for_erasure += 1
+
+
+def _erased_in(column: pa.ChunkedArray, hashes: set[str]) -> pa.Array | None:
+    """The profile ids of ``column`` whose hash is in ``hashes``, or None."""
+    found = [pid for pid in pc.unique(column).to_pylist() if pid is not None and erased_hash(pid) in hashes]
+    return pa.array(found, pa.string()) if found else None
+
+
+def _drop_rows(path: Path, column: str, values: pa.Array) -> None:
+    """Rewrite ``path`` without the rows whose ``column`` is in ``values`` (delete it if none is left)."""
+    # ParquetFile reads the file alone (read_table would add the directory's partition columns)
+    table = pq.ParquetFile(path).read()
+    keep = table.filter(pc.invert(pc.is_in(table[column], value_set=values)))
+    if keep.num_rows:
+        _write(path, keep)
+    else:
+        path.unlink()
+
+
+# -- files --------------------------------------------------------------------------------------------------------
+def _write(path: Path, table: pa.Table) -> None:
+    """Write whole or not at all: to a temporary name, then renamed over the old file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+
+
+def _load_state(root: Path) -> dict:
+    path = root / STATE_FILE
+    if not path.exists():
+        return {}
+    try:
+        state = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); remove it to export everything again") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} is not a JSON object; remove it to export everything again")
+    return state
+
+
+def _save_state(root: Path, state: dict) -> None:
+    tmp = root / (STATE_FILE + ".tmp")
+    tmp.write_bytes(orjson.dumps(state, option=orjson.OPT_INDENT_2))
+    os.replace(tmp, root / STATE_FILE)
+
+
+def _number(value) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def _text(value) -> str | None:
+    return None if value is None or isinstance(value, dict | list) else str(value)
