@@ -28,6 +28,7 @@ from chorus.identity.graph import Graph, Key, Link, Node, links_of, new_profile_
 from chorus.identity.identifiers import Extracted, IdentityConfig, extract, kind_of
 from chorus.profiles import state as pstate
 from chorus.store import bulk
+from chorus.store.db import read_only
 from chorus.store.tables import (
     events,
     identifiers,
@@ -137,6 +138,10 @@ class Resolver:
             conn.execute(events.delete().where(events.c.seq == seq))
 
     def _process(self, limit: int, only_seq: int | None = None) -> int:
+        if only_seq is None:  # an idle poll takes no write lock (SQLite has one for the whole store)
+            with read_only(self.engine) as conn:
+                if conn.execute(sa.select(events.c.seq).where(events.c.profile_id.is_(None)).limit(1)).first() is None:
+                    return 0
         with self.engine.begin() as conn:
             q = (
                 sa.select(events.c.seq, events.c.workspace_id, events.c.payload, events.c.trusted)

@@ -44,6 +44,7 @@ from chorus.messaging.providers import (
 from chorus.messaging.providers.webhook import InboxProvider
 from chorus.profiles import views
 from chorus.store import bulk
+from chorus.store.db import read_only
 from chorus.store.tables import messages
 from chorus.timeutil import iso, utcnow
 
@@ -232,6 +233,12 @@ class Deliverer:
     # -- claiming ------------------------------------------------------------------------------------------------
     def _claim(self, limit: int) -> list[dict]:
         now = self.clock()
+        due = sa.select(messages.c.id).where(
+            messages.c.status.in_(("queued", "retrying")), messages.c.next_attempt_at <= now, DUE
+        )
+        with read_only(self.engine) as conn:  # an idle poll takes no write lock
+            if conn.execute(due.limit(1)).first() is None:
+                return []
         with self.engine.begin() as conn:
             q = (
                 sa.select(messages)
@@ -255,6 +262,10 @@ class Deliverer:
 
     def _expire_leases(self) -> None:
         now = self.clock()
+        with read_only(self.engine) as conn:  # nearly always nothing to expire: no write lock for that
+            expired = sa.select(messages.c.id).where(SENDING, messages.c.next_attempt_at < now).limit(1)
+            if conn.execute(expired).first() is None:
+                return
         with self.engine.begin() as conn:
             q = sa.select(messages).where(SENDING, messages.c.next_attempt_at < now)
             q = q.limit(100)
@@ -301,7 +312,7 @@ class Deliverer:
         profiles: dict[str, dict] = {}
         self._approved: dict[str, list[tuple]] = {}
         self._batch_ids = {m["id"] for m in claimed}
-        with self.engine.connect() as conn:
+        with read_only(self.engine) as conn:
             for wid in {m["workspace_id"] for m in claimed}:
                 ws = self._workspaces[wid] = ws_api.get(conn, wid)
                 pids = [m["profile_id"] for m in claimed if m["workspace_id"] == wid]
@@ -479,7 +490,7 @@ class Deliverer:
     def _push_address_alive(self, ws: str, msg: dict) -> bool:
         from chorus.store.tables import dead_addresses, push_subscriptions
 
-        with self.engine.connect() as conn:
+        with read_only(self.engine) as conn:
             if "subscription" in (msg["content"] or {}):  # a browser: still subscribed?
                 return (
                     conn.execute(

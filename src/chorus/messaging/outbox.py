@@ -32,6 +32,7 @@ from chorus.messaging.links import Links, track_html
 from chorus.messaging.subscriptions import endpoints_for, with_push_addresses_all
 from chorus.profiles import views
 from chorus.store import bulk
+from chorus.store.db import read_only
 from chorus.store.tables import message_status, messages, partials, templates
 from chorus.timeutil import iso, utcnow
 
@@ -348,8 +349,18 @@ def enqueue_many(
             prepared.append((req, key, request_hash(req)))
     for attempt in (1, 2):
         try:
+            now = clock()
+            # decide and render outside the write transaction (on SQLite it would hold the store's only write
+            # lock for all the rendering), then write, deciding again only if one of the keys appeared meanwhile
+            with read_only(engine) as conn:
+                plan = _plan(conn, ws, prepared, links, now)
             with engine.begin() as conn:
-                results = _create_many(conn, ws, prepared, links, clock())
+                if _taken(conn, ws.id, plan.rows):
+                    plan = _plan(conn, ws, prepared, links, now)
+                if plan.rows:
+                    bulk.insert_rows(conn, messages, plan.rows)
+                    set_statuses(conn, plan.changes)
+                results = plan.results
                 if full:
                     results = [(get_message(conn, ws.id, r["id"]) if isinstance(r, dict) else r, c) for r, c in results]
                 return results
@@ -357,6 +368,14 @@ def enqueue_many(
             if attempt == 2:
                 raise
     raise AssertionError("unreachable")
+
+
+def _taken(conn: Connection, ws: str, rows: list[dict]) -> bool:
+    keys = [r["idempotency_key"] for r in rows]
+    q = sa.select(messages.c.id).where(
+        messages.c.workspace_id == ws, bulk.in_(messages.c.idempotency_key, keys, conn.dialect.name)
+    )
+    return bool(keys) and conn.execute(q.limit(1)).first() is not None
 
 
 def _summary(msg: dict) -> dict:
@@ -411,9 +430,15 @@ class _Recipients:
         return found
 
 
-def _create_many(
-    conn: Connection, ws: ws_api.Workspace, prepared: list, links: Links, now: datetime
-) -> list[tuple[dict | ChorusError, bool]]:
+@dataclass
+class _Plan:
+    results: list[tuple[dict | ChorusError, bool]]
+    rows: list[dict]  # the messages to insert
+    changes: list[Change]  # and their first states
+
+
+def _plan(conn: Connection, ws: ws_api.Workspace, prepared: list, links: Links, now: datetime) -> _Plan:
+    """Everything ``enqueue_many`` decides, without writing: a result per item, the rows and their states."""
     keys = [p[1] for p in prepared if not isinstance(p, ChorusError)]
     existing = {
         r.idempotency_key: r
@@ -456,10 +481,7 @@ def _create_many(
         rows.append(msg)
         changes.append(change)
         results.append((_summary(msg), True))
-    if rows:
-        bulk.insert_rows(conn, messages, rows)
-        set_statuses(conn, changes)
-    return results
+    return _Plan(results, rows, changes)
 
 
 def _build(

@@ -38,6 +38,18 @@ def _fast_json() -> None:
     set_json_dumps(lambda obj: orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS))
 
 
+def _sqlite_begin(conn) -> None:
+    # a connection from read_only() only reads: a deferred BEGIN reads a WAL snapshot without waiting for writers
+    conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("chorus_read_only") else "BEGIN IMMEDIATE")
+
+
+def read_only(engine: Engine) -> sa.Connection:
+    """A connection for reads only. On SQLite every other transaction takes the write lock at BEGIN (see
+    create_engine), so reads that do not need it (what to deliver, profiles to render) use this instead and never
+    wait for a writer. Writing through it on SQLite can fail with "database is locked"."""
+    return engine.connect().execution_options(chorus_read_only=True)
+
+
 def create_engine(url: str, **kwargs) -> Engine:
     url = normalise_url(url)
     kwargs.setdefault("hide_parameters", True)  # statement parameters are personal data; keep them out of logs
@@ -47,7 +59,7 @@ def create_engine(url: str, **kwargs) -> Engine:
         # pysqlite's own transaction handling defers BEGIN; take the write lock at BEGIN instead so that two
         # writers queue on busy_timeout rather than failing with "database is locked" on upgrade.
         sa.event.listen(engine, "connect", lambda c, r: setattr(c, "isolation_level", None))
-        sa.event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        sa.event.listen(engine, "begin", _sqlite_begin)
         return engine
     _fast_json()
     kwargs.setdefault("pool_size", 10)
