@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -363,11 +364,32 @@ def enqueue_many(
                 results = plan.results
                 if full:
                     results = [(get_message(conn, ws.id, r["id"]) if isinstance(r, dict) else r, c) for r, c in results]
-                return results
+            _note_growth(engine, len(plan.rows))
+            return results
         except IntegrityError:  # a key committed by a concurrent request meanwhile: the second pass replays it
             if attempt == 2:
                 raise
     raise AssertionError("unreachable")
+
+
+_GROWTH: dict[str, list[int]] = {}  # engine URL -> [messages since the last ANALYZE, the next threshold]
+_GROWTH_LOCK = threading.Lock()
+
+
+def _note_growth(engine: Engine, n: int) -> None:
+    """ANALYZE the outbox tables as they grow (PostgreSQL): with statistics from when they were small, the
+    planner scans whole tables for lookups by key, and a broadcast slows down as it goes."""
+    if engine.dialect.name != "postgresql" or not n:
+        return
+    with _GROWTH_LOCK:
+        g = _GROWTH.setdefault(str(engine.url), [0, 2000])
+        g[0] += n
+        if g[0] < g[1]:
+            return
+        g[0], g[1] = 0, min(g[1] * 2, 1_000_000)  # tables grow; analyse less often
+    with engine.connect() as conn:
+        conn.exec_driver_sql("ANALYZE messages, message_status, events")
+        conn.commit()
 
 
 def _taken(conn: Connection, ws: str, rows: list[dict]) -> bool:
@@ -375,7 +397,8 @@ def _taken(conn: Connection, ws: str, rows: list[dict]) -> bool:
     q = sa.select(messages.c.id).where(
         messages.c.workspace_id == ws, bulk.in_(messages.c.idempotency_key, keys, conn.dialect.name)
     )
-    return bool(keys) and conn.execute(q.limit(1)).first() is not None
+    # no LIMIT 1: PostgreSQL would plan it as a scan of the whole table hoping for an early match
+    return bool(keys) and conn.execute(q).first() is not None
 
 
 def _summary(msg: dict) -> dict:
