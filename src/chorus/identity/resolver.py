@@ -28,7 +28,7 @@ from chorus.identity.graph import Graph, Key, Link, Node, links_of, new_profile_
 from chorus.identity.identifiers import Extracted, IdentityConfig, extract, kind_of
 from chorus.profiles import state as pstate
 from chorus.store import bulk
-from chorus.store.db import read_only
+from chorus.store.db import FreshStatistics, read_only
 from chorus.store.tables import (
     events,
     identifiers,
@@ -69,20 +69,7 @@ class Resolver:
     def __init__(self, engine: Engine, clock=utcnow):
         self.engine = engine
         self.clock = clock
-        self._since_analyze = 0
-        self._analyze_every = self.ANALYZE_EVERY
-
-    def _maybe_analyze(self, n: int) -> None:
-        if self.engine.dialect.name != "postgresql":
-            return
-        self._since_analyze += n
-        if self._since_analyze < self._analyze_every:
-            return
-        with self.engine.connect() as conn:
-            conn.exec_driver_sql("ANALYZE identifiers, identity_links, profiles, events")
-            conn.commit()
-        self._since_analyze = 0
-        self._analyze_every = min(self._analyze_every * 2, 1_000_000)  # tables grow; analyse less often
+        self._stats = FreshStatistics("identifiers, identity_links, profiles, events", self.ANALYZE_EVERY)
 
     # -- public -----------------------------------------------------------------------------------------------
     def process_pending(self, limit: int = 2000) -> int:
@@ -99,7 +86,7 @@ class Resolver:
             n = self._process_isolated(limit)
         if n:  # idle polls are not batches
             metrics.resolve_seconds.observe(time.perf_counter() - started)
-        self._maybe_analyze(n)
+        self._stats.note(self.engine, n)
         return n
 
     def _process_isolated(self, limit: int) -> int:

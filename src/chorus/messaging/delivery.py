@@ -233,19 +233,12 @@ class Deliverer:
     # -- claiming ------------------------------------------------------------------------------------------------
     def _claim(self, limit: int) -> list[dict]:
         now = self.clock()
-        due = sa.select(messages.c.id).where(
-            messages.c.status.in_(("queued", "retrying")), messages.c.next_attempt_at <= now, DUE
-        )
+        due = (messages.c.status.in_(("queued", "retrying")), messages.c.next_attempt_at <= now, DUE)
         with read_only(self.engine) as conn:  # an idle poll takes no write lock
-            if conn.execute(due.limit(1)).first() is None:
+            if conn.execute(sa.select(messages.c.id).where(*due).limit(1)).first() is None:
                 return []
         with self.engine.begin() as conn:
-            q = (
-                sa.select(messages)
-                .where(messages.c.status.in_(("queued", "retrying")), messages.c.next_attempt_at <= now, DUE)
-                .order_by(messages.c.next_attempt_at)
-                .limit(limit)
-            )
+            q = sa.select(messages).where(*due).order_by(messages.c.next_attempt_at).limit(limit)
             if conn.dialect.name == "postgresql":
                 q = q.with_for_update(skip_locked=True)
             rows = [dict(r._mapping) for r in conn.execute(q)]
@@ -262,13 +255,12 @@ class Deliverer:
 
     def _expire_leases(self) -> None:
         now = self.clock()
+        expired = (SENDING, messages.c.next_attempt_at < now)
         with read_only(self.engine) as conn:  # nearly always nothing to expire: no write lock for that
-            expired = sa.select(messages.c.id).where(SENDING, messages.c.next_attempt_at < now).limit(1)
-            if conn.execute(expired).first() is None:
+            if conn.execute(sa.select(messages.c.id).where(*expired).limit(1)).first() is None:
                 return
         with self.engine.begin() as conn:
-            q = sa.select(messages).where(SENDING, messages.c.next_attempt_at < now)
-            q = q.limit(100)
+            q = sa.select(messages).where(*expired).limit(100)
             if conn.dialect.name == "postgresql":  # two workers never expire the same row
                 q = q.with_for_update(skip_locked=True)
             changes = []

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,7 +32,7 @@ from chorus.messaging.links import Links, track_html
 from chorus.messaging.subscriptions import endpoints_for, with_push_addresses_all
 from chorus.profiles import views
 from chorus.store import bulk
-from chorus.store.db import read_only
+from chorus.store.db import FreshStatistics, read_only
 from chorus.store.tables import message_status, messages, partials, templates
 from chorus.timeutil import iso, utcnow
 
@@ -372,24 +371,13 @@ def enqueue_many(
     raise AssertionError("unreachable")
 
 
-_GROWTH: dict[str, list[int]] = {}  # engine URL -> [messages since the last ANALYZE, the next threshold]
-_GROWTH_LOCK = threading.Lock()
+# the outbox tables' statistics, per database (a key lookup on a table analysed when empty becomes a scan)
+_STATS: dict[str, FreshStatistics] = {}
 
 
 def _note_growth(engine: Engine, n: int) -> None:
-    """ANALYZE the outbox tables as they grow (PostgreSQL): with statistics from when they were small, the
-    planner scans whole tables for lookups by key, and a broadcast slows down as it goes."""
-    if engine.dialect.name != "postgresql" or not n:
-        return
-    with _GROWTH_LOCK:
-        g = _GROWTH.setdefault(str(engine.url), [0, 2000])
-        g[0] += n
-        if g[0] < g[1]:
-            return
-        g[0], g[1] = 0, min(g[1] * 2, 1_000_000)  # tables grow; analyse less often
-    with engine.connect() as conn:
-        conn.exec_driver_sql("ANALYZE messages, message_status, events")
-        conn.commit()
+    stats = _STATS.setdefault(str(engine.url), FreshStatistics("messages, message_status, events", 2000))
+    stats.note(engine, n)
 
 
 def _taken(conn: Connection, ws: str, rows: list[dict]) -> bool:

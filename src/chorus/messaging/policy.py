@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from chorus.timeutil import parse_ts
+
 MESSAGE_CHANNELS = ("email", "sms", "push", "whatsapp", "messenger", "in_app", "webhook")
 DEFAULT_FALLBACK = ["email", "push", "sms", "whatsapp", "messenger", "in_app"]
 # Activity on a touchpoint says which message channels the person is likely to see now.
@@ -118,11 +120,10 @@ def _window_closed(profile: dict, channel: str, now: datetime) -> str | None:
     last = ((profile.get("channels") or {}).get(channel) or {}).get("last_message")
     if last:
         try:
-            at = datetime.fromisoformat(last.replace("Z", "+00:00"))
+            if parse_ts(last) > now - REPLY_WINDOW:
+                return None
         except ValueError:
-            at = None
-        if at is not None and at > now - REPLY_WINDOW:
-            return None
+            pass
     since = f"the person last wrote on {last}" if last else "the person never wrote on it"
     return f"outside the 24-hour window ({since}): only {WINDOWED[channel]} can be sent"
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 import secrets as pysecrets
 
 import orjson
@@ -33,6 +32,7 @@ from chorus.messaging.audiences.base import (
 )
 from chorus.messaging.providers import ConfigError, HTTPClient, PermanentError, TransientError, http_failure, secret
 from chorus.messaging.providers.http import HTTPError
+from chorus.messaging.providers.meta import GRAPH_ID, GRAPH_VERSION, graph_int
 
 MAX_ROWS = 10_000  # per request, Meta's limit
 # Graph/Marketing API codes (https://developers.facebook.com/docs/marketing-api/error-reference)
@@ -42,14 +42,6 @@ TOKEN = 190  # access token invalid or expired
 TERMS = 1870034  # (code 200) the Custom Audience terms are not accepted for the ad account
 KNOWN = {"type", "name", "access_token_env", "app_secret_env", "base_url", "api_version", "timeout", "batch_size",
          "max_attempts", "retry_base_seconds"}  # fmt: skip
-_VERSION = re.compile(r"v\d+\.\d+")
-_ID = re.compile(r"\d{1,32}")
-
-
-def _int(value: object) -> int | None:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    return int(value) if isinstance(value, str) and value.isdigit() else None
 
 
 class MetaAudiences(HTTPClient):
@@ -65,7 +57,7 @@ class MetaAudiences(HTTPClient):
         self.app_secret = secret(conf, "app_secret", where, resolve_secrets)
         self.base_url = setting_url(conf, "base_url", where, "https://graph.facebook.com")
         self.version = conf.get("api_version", "v25.0")
-        if not isinstance(self.version, str) or not _VERSION.fullmatch(self.version):
+        if not isinstance(self.version, str) or not GRAPH_VERSION.fullmatch(self.version):
             raise ConfigError(f"{where}.api_version must be a Graph API version such as v25.0")
         self.timeout = setting_number(conf, "timeout", where, 60, 1, 600)
         self.batch_size = setting_number(conf, "batch_size", where, MAX_ROWS, 1, MAX_ROWS, whole=True)
@@ -78,7 +70,7 @@ class MetaAudiences(HTTPClient):
     def check_destination(self, destination: object, where: str) -> str:
         if isinstance(destination, int) and not isinstance(destination, bool):
             destination = str(destination)
-        if not isinstance(destination, str) or not _ID.fullmatch(destination.strip()):
+        if not isinstance(destination, str) or not GRAPH_ID.fullmatch(destination.strip()):
             raise ConfigError(f"{where} must be the Meta custom audience ID (digits)")
         return destination.strip()
 
@@ -86,7 +78,7 @@ class MetaAudiences(HTTPClient):
     def classify(self, status: int, body: object, text: str, headers) -> PermanentError | TransientError:
         err = body.get("error") if isinstance(body, dict) else None
         err = err if isinstance(err, dict) else {}
-        code, sub = _int(err.get("code")), _int(err.get("error_subcode"))
+        code, sub = graph_int(err.get("code")), graph_int(err.get("error_subcode"))
         message = str(err.get("message") or text[:300] or f"HTTP {status}")
         for extra in (err.get("error_user_title"), err.get("error_user_msg")):
             if extra and str(extra) not in message:
@@ -144,7 +136,8 @@ class MetaAudiences(HTTPClient):
             form = {"payload": orjson.dumps(payload).decode(), "session": orjson.dumps(session).decode()}
             data = self.retrying(lambda f=form: self._request(method, f"{destination}/users", f), f"{op} batch {seq}")
             got = Upload(
-                received=_int(data.get("num_received")) or 0, invalid=_int(data.get("num_invalid_entries")) or 0
+                received=graph_int(data.get("num_received")) or 0,
+                invalid=graph_int(data.get("num_invalid_entries")) or 0,
             )
             samples = data.get("invalid_entry_samples")
             if isinstance(samples, dict):

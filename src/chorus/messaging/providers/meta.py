@@ -46,8 +46,8 @@ BOUNCES = {NOT_ON_WHATSAPP, TO_SENDER, UNAVAILABLE}
 MESSENGER_TAGS = ("ACCOUNT_UPDATE", "CONFIRMED_EVENT_UPDATE", "HUMAN_AGENT", "POST_PURCHASE_UPDATE")
 COMMON = {"type", "name", "access_token_env", "app_secret_env", "verify_token", "base_url", "api_version", "timeout",
           "rate_per_second"}  # fmt: skip
-_VERSION = re.compile(r"v\d+\.\d+")
-_ID = re.compile(r"\d{1,32}")
+GRAPH_VERSION = re.compile(r"v\d+\.\d+")
+GRAPH_ID = re.compile(r"\d{1,32}")
 
 
 def signature(app_secret: str, body: bytes) -> str:
@@ -64,7 +64,7 @@ def app_secret(conf: dict, where: str) -> str | None:
     return secret(conf, "app_secret", where)
 
 
-def _int(value: object) -> int | None:
+def graph_int(value: object) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     return int(value) if isinstance(value, str) and value.isdigit() else None
@@ -74,7 +74,7 @@ def classify(status: int, body: object, what: str, text: str = "") -> PermanentE
     """A Graph API error answer as a Chorus provider error."""
     err = body.get("error") if isinstance(body, dict) else None
     err = err if isinstance(err, dict) else {}
-    code, sub = _int(err.get("code")), _int(err.get("error_subcode"))
+    code, sub = graph_int(err.get("code")), graph_int(err.get("error_subcode"))
     message = str(err.get("message") or text[:300] or f"HTTP {status}")
     details = (err.get("error_data") or {}).get("details") if isinstance(err.get("error_data"), dict) else None
     if details and str(details) not in message:
@@ -121,7 +121,7 @@ class _Graph(HTTPClient):
             raise ConfigError(f"{where}.base_url must be an http(s) URL")
         self.base_url = base_url.rstrip("/")
         self.version = conf.get("api_version", "v21.0")
-        if not isinstance(self.version, str) or not _VERSION.fullmatch(self.version):
+        if not isinstance(self.version, str) or not GRAPH_VERSION.fullmatch(self.version):
             raise ConfigError(f"{where}.api_version must be a Graph API version such as v21.0")
         try:
             self.timeout = float(conf.get("timeout", 15))
@@ -153,7 +153,7 @@ def _id_setting(conf: dict, key: str, where: str, what: str, required: bool) -> 
         return None
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
-    if not isinstance(value, str) or not _ID.fullmatch(value):
+    if not isinstance(value, str) or not GRAPH_ID.fullmatch(value):
         raise ConfigError(f"{where}.{key} must be the {what} (digits)")
     return value
 
