@@ -13,6 +13,7 @@ from starlette.middleware.cors import CORSMiddleware
 from chorus import __version__, metrics
 from chorus.api import (
     admin,
+    analytics,
     audiences,
     inbox,
     messages,
@@ -117,6 +118,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True, eng
     app.include_router(admin.router)
     app.include_router(messages.router)
     app.include_router(audiences.router)
+    app.include_router(analytics.router)
     app.include_router(inbox.router)
     app.include_router(inbox.admin_router)
     app.include_router(push.router)

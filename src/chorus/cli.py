@@ -394,6 +394,15 @@ def lake_export(
     )
 
 
+def _register_analytics() -> None:
+    from chorus.analytics.commands import register
+
+    register(app)
+
+
+_register_analytics()
+
+
 def main() -> None:
     app()
 

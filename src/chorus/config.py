@@ -28,6 +28,8 @@ class Settings:
     worker_poll_seconds: float = 0.2
     # Where people reach this server: unsubscribe, preference, click and open links in messages point here.
     public_url: str = "http://127.0.0.1:8000"
+    # The event lake `chorus lake export` writes and /api/analytics reads.
+    lake_dir: str = "./lake"
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:
@@ -39,6 +41,7 @@ class Settings:
             worker_batch=_int("CHORUS_WORKER_BATCH", cls.worker_batch),
             worker_poll_seconds=float(os.environ.get("CHORUS_WORKER_POLL_SECONDS", cls.worker_poll_seconds)),
             public_url=os.environ.get("CHORUS_PUBLIC_URL", cls.public_url).rstrip("/"),
+            lake_dir=os.environ.get("CHORUS_LAKE_DIR", cls.lake_dir),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

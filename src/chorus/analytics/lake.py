@@ -23,6 +23,7 @@ before writing them again, so re-running never duplicates a row.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections import defaultdict
@@ -64,6 +65,7 @@ EVENT_SCHEMA = pa.schema([
     ("revenue", pa.float64()), ("currency", pa.string()), ("order_id", pa.string()),
     ("campaign_name", pa.string()), ("campaign_source", pa.string()), ("campaign_medium", pa.string()),
     ("direction", pa.string()), ("chorus_message_id", pa.string()),
+    ("campaign_id", pa.string()), ("journey_id", pa.string()), ("variant", pa.string()), ("category", pa.string()),
     ("payload", pa.string()),  # the whole event as JSON
 ])  # fmt: skip
 MESSAGE_SCHEMA = pa.schema([
@@ -171,6 +173,8 @@ def _event_table(rows: list) -> pa.Table:
             ("campaign_name", _text(camp.get("name"))), ("campaign_source", _text(camp.get("source"))),
             ("campaign_medium", _text(camp.get("medium"))), ("direction", _text(ctx.get("direction"))),
             ("chorus_message_id", _text(props.get("message_id")) if r.message_id.startswith("chorus-") else None),
+            ("campaign_id", _text(props.get("campaign_id"))), ("journey_id", _text(props.get("journey_id"))),
+            ("variant", _text(props.get("variant"))), ("category", _category(props)),
             ("payload", orjson.dumps(p).decode()),
         ):  # fmt: skip
             cols[name].append(value)
@@ -341,9 +345,22 @@ def _number(value) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         return None
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
         return None
+    return number if math.isfinite(number) else None  # "NaN" or "inf" in a payload is not a revenue
+
+
+def _category(props: dict) -> str | None:
+    """A product event's category; an order's is its first product's (Segment's ``products[].category``)."""
+    if props.get("category") is not None:
+        return _text(props.get("category"))
+    products = props.get("products")
+    if isinstance(products, list):
+        for p in products:
+            if isinstance(p, dict) and p.get("category") is not None:
+                return _text(p.get("category"))
+    return None
 
 
 def _text(value) -> str | None:

@@ -10,6 +10,7 @@ from sqlalchemy.engine import Connection
 
 from chorus.identity.identifiers import IdentityConfig, kind_of, value_of
 from chorus.messaging.audiences import store as audience_store
+from chorus.profiles import computed
 from chorus.profiles.views import get_profile, merge_history, resolve_id
 from chorus.store.tables import (
     dead_addresses,
@@ -215,6 +216,7 @@ def erase(conn: Connection, ws: str, profile_id: str) -> dict:
     # Ad platform audiences: the member rows go; rows a platform holds are removed there at the next sync.
     counts.update(audience_store.forget_profiles(conn, ws, ids, utcnow()))
     counts["import_errors_redacted"] = _redact_import_errors(conn, ws, idents)
+    counts["computed_traits"] = computed.forget(conn, ws, ids)
     counts["profiles"] = conn.execute(profiles.delete().where(profiles.c.id == pid)).rowcount
     # copies outside the store (the event lake) remove the person at their next update
     conn.execute(erasures.insert().values(workspace_id=ws, profile_hashes=[erased_hash(i) for i in ids],

@@ -10,6 +10,7 @@ from sqlalchemy.engine import Connection
 
 from chorus.errors import ChorusError, NotFound
 from chorus.identity.identifiers import IdentityConfig, kind_of, normalise_email, normalise_phone, value_of
+from chorus.profiles import computed
 from chorus.profiles.state import public_view
 from chorus.store import bulk
 from chorus.store.tables import events, identifiers, merges, profile_aliases, profiles
@@ -90,6 +91,7 @@ def get_profiles(conn: Connection, ws: str, profile_ids: list[str], cfg: Identit
         )
     ):
         aliases.setdefault(pid, []).append(alias)
+    derived = computed.read(conn, ws, [r.id for r in rows])
     out = {}
     for row in rows:
         by_kind: dict[str, list[str]] = {}
@@ -110,6 +112,7 @@ def get_profiles(conn: Connection, ws: str, profile_ids: list[str], cfg: Identit
             "addresses": addresses,
             "aliases": sorted(aliases.get(row.id, ())),
             **public_view(row.state),
+            "computed_traits": derived.get(row.id, {}),
         }
     return out
 

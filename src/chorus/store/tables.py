@@ -248,6 +248,20 @@ erasures = sa.Table(
     sa.Column("erased_at", UTCDateTime, nullable=False),
 )
 
+# Traits computed by analytics (lifetime value, probability alive, RFM): one row per profile and trait, replaced by
+# each run; shown on the profile next to the traits its events set, never mixed into them.
+computed_traits = sa.Table(
+    "computed_traits",
+    metadata,
+    sa.Column("workspace_id", sa.String(40), primary_key=True),
+    sa.Column("profile_id", sa.String(40), primary_key=True),
+    sa.Column("name", sa.String(80), primary_key=True),
+    sa.Column("value", JSONDoc, nullable=True),
+    sa.Column("model", sa.String(80), nullable=False),  # what computed it, e.g. "clv:bgnbd+gamma_gamma"
+    sa.Column("computed_at", UTCDateTime, nullable=False),
+    sa.Index("ix_computed_traits_model", "workspace_id", "model", "computed_at"),
+)
+
 # Provider reports (Meta's statuses) on a message whose send is not recorded yet: applied when it is (reports.py).
 early_reports = sa.Table(
     "early_reports",

@@ -1,0 +1,126 @@
+"""The analytics engines: one Ibis connection over the event lake, on DuckDB (embedded, the default) or Apache Spark.
+
+Every analytic is an Ibis expression built from the tables returned here, so the same code runs on both; only
+opening the lake differs (DuckDB reads a glob with Hive partitioning, Spark discovers ``key=value`` directories
+itself) and the partition columns are cast here, because the two engines infer different types for them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ibis
+import ibis.expr.types as ir
+
+from chorus.errors import ChorusError
+
+ENGINES = ("duckdb", "spark")
+TABLES = ("events", "messages", "message_statuses", "profiles", "profile_aliases")
+_PARTITIONED = {"events", "messages", "message_statuses"}  # by workspace_id and date; the others by workspace_id
+_JAVA_CANDIDATES = ("/usr/lib/jvm/java-17-openjdk-amd64", "/usr/lib/jvm/java-21-openjdk-amd64")
+
+
+@dataclass
+class Lake:
+    """An open lake: ``lake.table("events")`` is an Ibis table, filtered to one workspace when one is given."""
+
+    root: Path
+    engine: str
+    con: ibis.BaseBackend
+    workspace_id: str | None = None
+    _tables: dict[str, ir.Table] = field(default_factory=dict)
+
+    def has(self, name: str) -> bool:
+        return any((self.root / name).glob("workspace_id=*/**/*.parquet"))
+
+    def table(self, name: str) -> ir.Table:
+        if name not in TABLES:
+            raise ValueError(f"unknown lake table {name!r}")
+        if name not in self._tables:
+            if not self.has(name):
+                raise ChorusError(
+                    f"the lake at {self.root} has no {name} yet: run `chorus lake export --out {self.root}` first",
+                    field="lake",
+                )
+            t = _read(self.con, self.engine, self.root / name, name in _PARTITIONED, f"chorus_{name}")
+            t = t.mutate(workspace_id=t.workspace_id.cast("string"))
+            if name in _PARTITIONED:
+                t = t.mutate(date=t.date.cast("date"))
+            if self.workspace_id is not None:
+                t = t.filter(t.workspace_id == self.workspace_id)
+            self._tables[name] = t
+        return self._tables[name]
+
+    def workspaces(self) -> list[str]:
+        """The workspaces the lake has events of (from its directory names: no query)."""
+        return workspace_ids(self.root)
+
+
+def workspace_ids(root: str | Path) -> list[str]:
+    return sorted(p.name.split("=", 1)[1] for p in Path(root, "events").glob("workspace_id=*") if p.is_dir())
+
+
+def open_lake(root: str | Path, *, engine: str = "duckdb", workspace_id: str | None = None, spark=None) -> Lake:
+    """Open the lake at ``root`` on ``engine``. ``spark`` may be an existing SparkSession (a cluster's); without
+    one, a local session is started."""
+    if engine not in ENGINES:
+        raise ChorusError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}", field="engine")
+    root = Path(root)
+    if not root.is_dir():
+        raise ChorusError(f"no lake at {root}: run `chorus lake export --out {root}` first", field="lake")
+    if workspace_id is None:
+        found = workspace_ids(root)
+        if len(found) > 1:
+            raise ChorusError(
+                f"the lake holds {len(found)} workspaces ({', '.join(found)}): name one", field="workspace"
+            )
+        workspace_id = found[0] if found else None
+    elif workspace_id not in workspace_ids(root):
+        raise ChorusError(f"the lake at {root} has no events of workspace {workspace_id!r}", field="workspace")
+    if engine == "duckdb":
+        con = ibis.duckdb.connect()
+    else:
+        con = ibis.pyspark.connect(spark or local_spark_session())
+    return Lake(root=root, engine=engine, con=con, workspace_id=workspace_id)
+
+
+def local_spark_session(master: str | None = None):
+    """A Spark session in local mode, tuned for one machine (a cluster passes its own session to open_lake)."""
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError as exc:
+        raise ChorusError(
+            "the Spark engine needs PySpark: pip install 'chorus[spark]' (and Java 17 or 21)", field="engine"
+        ) from exc
+    if not os.environ.get("JAVA_HOME"):
+        # Spark 4.0 supports Java 17 and 21 only; a newer default java (25) must not be picked up
+        for candidate in _JAVA_CANDIDATES:
+            if Path(candidate, "bin", "java").exists():
+                os.environ["JAVA_HOME"] = candidate
+                break
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    builder = (
+        SparkSession.builder.master(master or os.environ.get("CHORUS_SPARK_MASTER", f"local[{os.cpu_count() or 2}]"))
+        .appName("chorus-analytics")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.sql.shuffle.partitions", str(max(2, (os.cpu_count() or 2) * 2)))
+        .config("spark.sql.session.timeZone", "UTC")
+        # Spark 4 turns ANSI mode on: a division by zero or a bad cast raises instead of giving NULL, unlike DuckDB
+        .config("spark.sql.ansi.enabled", "false")
+        .config("spark.driver.memory", os.environ.get("CHORUS_SPARK_DRIVER_MEMORY", "4g"))
+    )
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel(os.environ.get("CHORUS_SPARK_LOG_LEVEL", "ERROR"))
+    return session
+
+
+def _read(con, engine: str, path: Path, partitioned: bool, name: str) -> ir.Table:
+    if engine == "duckdb":
+        glob = str(path / ("*/*/*.parquet" if partitioned else "*/*.parquet"))
+        # union_by_name: files written by an older Chorus may lack a column added since
+        return con.read_parquet(glob, table_name=name, hive_partitioning=True, union_by_name=True)
+    return con.read_parquet(str(path), table_name=name, mergeSchema="true")

@@ -1,0 +1,365 @@
+"""Touchpoints, conversions and the journeys between them, as Ibis expressions over the lake's events.
+
+What counts is configuration (:class:`Config`, from a JSON file with ``--config``): conversions are named events
+(default ``Order Completed``, valued by ``revenue``, de-duplicated by ``order_id``); touchpoints are the events
+matched by an ordered list of rules (first match wins), each naming the touchpoint's channel from event columns.
+Events of one rule and channel closer than ``touch_gap`` are one touchpoint (a web session, an email opened then
+clicked, a store visit that produced several events); a page carrying a new UTM campaign starts a new one.
+
+A journey is the touchpoints of one person up to and including the time of a conversion, after the previous one,
+within ``lookback`` of it. What follows a person's last conversion is their open journey: it did not (yet)
+convert, and feeds the Markov model's non-conversions. Conversions with no touchpoint in their lookback window are
+counted but unattributed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import ibis
+import ibis.expr.types as ir
+import orjson
+
+from chorus.errors import ChorusError
+
+SEP = "\x1f"  # joins a path's channels: no channel or campaign name contains it
+LABEL_COLUMNS = ("channel", "campaign_medium", "campaign_source", "campaign_name", "campaign_id", "journey_id")
+CALL_TYPES = ("track", "page", "screen")
+NEGATIVE_MESSAGE_EVENTS = (
+    "Message Unsubscribed", "Message Complained", "Message Bounced", "Message Failed", "Message Skipped",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TouchRule:
+    """Events that are touchpoints: every non-empty criterion must match (empty = any)."""
+
+    name: str
+    events: tuple[str, ...] = ()
+    types: tuple[str, ...] = CALL_TYPES
+    channels: tuple[str, ...] = ()
+    utm_only: bool = False  # only events that carry a campaign (UTM parameters, ``context.campaign``)
+    label: tuple[str, ...] = ("channel",)  # the first of these columns that is set names the touchpoint's channel
+
+
+DEFAULT_RULES = (
+    # Chorus' own messages, as the person engaged with them (the sends themselves are outbound, never touchpoints)
+    TouchRule("messages", events=("Message Opened", "Message Clicked", "Message Replied")),
+    # web and app sessions, named by their UTM medium when they came from a campaign (cpc, social, affiliate...)
+    TouchRule("sessions", channels=("web", "app"), label=("campaign_medium", "channel")),
+    # offline and conversational channels: store visits, calls, catalog promo codes, chats, ads clicks
+    TouchRule(
+        "interactions",
+        channels=(
+            "store",
+            "call_center",
+            "catalog",
+            "chat",
+            "whatsapp",
+            "messenger",
+            "sms",
+            "social",
+            "ads",
+            "marketplace",
+            "in_app",
+            "push",
+            "email",
+        ),
+    ),  # fmt: skip
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    conversions: tuple[str, ...] = ("Order Completed",)
+    lookback: timedelta = timedelta(days=30)
+    touch_gap: timedelta = timedelta(minutes=30)
+    rules: tuple[TouchRule, ...] = DEFAULT_RULES
+    exclude_events: tuple[str, ...] = NEGATIVE_MESSAGE_EVENTS
+
+    def as_dict(self) -> dict:
+        return {
+            "conversions": list(self.conversions),
+            "lookback_days": self.lookback.total_seconds() / 86400,
+            "touch_gap_minutes": self.touch_gap.total_seconds() / 60,
+            "exclude_events": list(self.exclude_events),
+            "touchpoints": [
+                {f.name: (list(v) if isinstance(v := getattr(r, f.name), tuple) else v) for f in fields(r)}
+                for r in self.rules
+            ],
+        }
+
+
+def load_config(path: str | Path | None) -> Config:
+    if path is None:
+        return Config()
+    try:
+        raw = orjson.loads(Path(path).read_bytes())
+    except FileNotFoundError as exc:
+        raise ChorusError(f"no attribution config at {path}", field="config") from exc
+    except orjson.JSONDecodeError as exc:
+        raise ChorusError(f"{path} is not valid JSON: {exc}", field="config") from exc
+    return parse_config(raw)
+
+
+def parse_config(raw: object) -> Config:
+    """A config from its JSON form; each error names the field, e.g. ``touchpoints[1].label``."""
+    if not isinstance(raw, dict):
+        raise ChorusError("the attribution config must be a JSON object", field="config")
+    known = {"conversions", "lookback_days", "touch_gap_minutes", "touchpoints", "exclude_events"}
+    for key in raw:
+        if key not in known:
+            raise ChorusError(f"unknown setting {key!r}; known: {', '.join(sorted(known))}", field=key)
+    kw: dict = {}
+    if "conversions" in raw:
+        kw["conversions"] = _names(raw["conversions"], "conversions", allow_empty=False)
+    if "exclude_events" in raw:
+        kw["exclude_events"] = _names(raw["exclude_events"], "exclude_events")
+    if "lookback_days" in raw:
+        kw["lookback"] = timedelta(days=_positive(raw["lookback_days"], "lookback_days"))
+    if "touch_gap_minutes" in raw:
+        kw["touch_gap"] = timedelta(minutes=_positive(raw["touch_gap_minutes"], "touch_gap_minutes", zero=True))
+    if "touchpoints" in raw:
+        rules = raw["touchpoints"]
+        if not isinstance(rules, list) or not rules:
+            raise ChorusError("touchpoints must be a non-empty list of rules", field="touchpoints")
+        kw["rules"] = tuple(_rule(r, f"touchpoints[{i}]") for i, r in enumerate(rules))
+    return Config(**kw)
+
+
+def _rule(raw: object, where: str) -> TouchRule:
+    if not isinstance(raw, dict):
+        raise ChorusError("a touchpoint rule must be an object", field=where)
+    allowed = {f.name for f in fields(TouchRule)}
+    for key in raw:
+        if key not in allowed:
+            raise ChorusError(f"unknown rule setting {key!r}; known: {', '.join(sorted(allowed))}", field=where)
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise ChorusError("a rule needs a name", field=f"{where}.name")
+    kw: dict = {"name": name}
+    for key in ("events", "types", "channels", "label"):
+        if key in raw:
+            kw[key] = _names(raw[key], f"{where}.{key}", allow_empty=key != "label")
+    for col in kw.get("label", ()):
+        if col not in LABEL_COLUMNS:
+            raise ChorusError(f"{col!r} is not a column: use {', '.join(LABEL_COLUMNS)}", field=f"{where}.label")
+    if "utm_only" in raw:
+        if not isinstance(raw["utm_only"], bool):
+            raise ChorusError("utm_only must be true or false", field=f"{where}.utm_only")
+        kw["utm_only"] = raw["utm_only"]
+    return TouchRule(**kw)
+
+
+def _names(value: object, where: str, *, allow_empty: bool = True) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ChorusError("must be a list of non-empty strings", field=where)
+    if not value and not allow_empty:
+        raise ChorusError("must name at least one", field=where)
+    return tuple(value)
+
+
+def _positive(value: object, where: str, *, zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or (value == 0 and not zero):
+        raise ChorusError(f"must be a {'non-negative' if zero else 'positive'} number", field=where)
+    return float(value)
+
+
+@dataclass(frozen=True)
+class Period:
+    """Conversions from ``since`` (inclusive) to ``until`` (exclusive); open ends mean all of them."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+def resolved_events(lake, cfg: Config, period: Period = Period()) -> ir.Table:
+    """Events of the lake with ``profile_id`` mapped through later merges, pruned by date partition to what the
+    period and its lookback can use."""
+    ev = lake.table("events")
+    if period.since is not None:
+        ev = ev.filter(ev.date >= _day(period.since - cfg.lookback - timedelta(days=1)))
+    if period.until is not None:
+        ev = ev.filter(ev.date <= _day(period.until + timedelta(days=1)))
+    if lake.has("profile_aliases"):
+        al = lake.table("profile_aliases").select(alias_id="alias_id", merged_into="profile_id")
+        ev = ev.left_join(al, ev.profile_id == al.alias_id)
+        ev = ev.mutate(profile_id=ibis.coalesce(ev.merged_into, ev.profile_id)).drop("alias_id", "merged_into")
+    return ev.filter(ev.profile_id.notnull())
+
+
+def _day(ts: datetime) -> date:
+    return ts.date()
+
+
+def conversions(ev: ir.Table, cfg: Config) -> ir.Table:
+    """One row per conversion: the same ``order_id`` reported twice (the shop and the server) counts once."""
+    c = ev.filter((ev.type == "track") & ev.event.isin(cfg.conversions))
+    key = ibis.coalesce(c.order_id, c.seq.cast("string"))
+    first = ibis.row_number().over(group_by=[c.profile_id, key], order_by=[c.timestamp, c.seq])
+    c = c.mutate(_n=first).filter(lambda t: t._n == 0)
+    return c.select(
+        profile_id=c.profile_id,
+        ts=c.timestamp,
+        seq=c.seq,
+        revenue=ibis.coalesce(c.revenue, 0.0),
+        currency=c.currency,
+        channel=c.channel,
+        category=c.category,
+        order_id=c.order_id,
+    )
+
+
+def touchpoints(ev: ir.Table, cfg: Config) -> ir.Table:
+    """One row per touchpoint: ``profile_id, ts, seq, rule, channel, campaign``."""
+    has_utm = ev.campaign_name.notnull() | ev.campaign_source.notnull() | ev.campaign_medium.notnull()
+    rule_case = ibis.cases(*[(_matches(ev, r, has_utm), r.name) for r in cfg.rules], else_=None)
+    label_case = ibis.cases(
+        *[(_matches(ev, r, has_utm), ibis.coalesce(*[ev[c] for c in r.label])) for r in cfg.rules], else_=None
+    )
+    t = ev.filter(
+        ~ev.event.isin(cfg.conversions + cfg.exclude_events) | ev.event.isnull(),
+        ev.direction.isnull() | (ev.direction != "outbound"),
+    )
+    t = t.mutate(rule=rule_case, label=label_case, utm=has_utm)
+    t = t.filter(t.rule.notnull() & t.label.notnull())
+    t = t.mutate(campaign=ibis.coalesce(t.campaign_name, t.campaign_id, t.journey_id))
+    # a touchpoint = a run of events of one rule and channel with no gap over touch_gap; an event carrying a
+    # different campaign label (a new UTM landing) starts a new one, as analytics tools start a new session
+    w = ibis.window(group_by=[t.profile_id, t.rule, t.channel], order_by=[t.timestamp, t.seq])
+    gap = seconds(t.timestamp) - seconds(t.timestamp.lag().over(w))
+    starts = (
+        t.timestamp.lag().over(w).isnull()
+        | (gap > cfg.touch_gap.total_seconds())
+        | (t.utm & (t.label != t.label.lag().over(w)))
+    )
+    t = t.mutate(_start=starts.cast("int64"))
+    run = ibis.window(group_by=[t.profile_id, t.rule, t.channel], order_by=[t.timestamp, t.seq], rows=(None, 0))
+    t = t.mutate(_session=t._start.sum().over(run))
+    t = t.filter(t._start == 1).select(
+        profile_id="profile_id", ts="timestamp", seq="seq", rule="rule", channel="label", campaign="campaign"
+    )
+    return t
+
+
+def touch_events(ev: ir.Table, cfg: Config) -> ir.Table:
+    """The events :func:`touchpoints` makes touchpoints of (a rule matches; not a conversion, an excluded event or
+    an outbound message; with a channel), before they are merged into sessions. ``ts`` is the event's time."""
+    has_utm = ev.campaign_name.notnull() | ev.campaign_source.notnull() | ev.campaign_medium.notnull()
+    matches = ibis.literal(False)
+    for rule in cfg.rules:
+        matches |= _matches(ev, rule, has_utm)
+    t = ev.filter(
+        ~ev.event.isin(cfg.conversions + cfg.exclude_events) | ev.event.isnull(),
+        ev.direction.isnull() | (ev.direction != "outbound"),
+        ev.channel.notnull(),
+        matches,
+    )
+    return t.mutate(ts=t.timestamp)
+
+
+def seconds(ts: ir.TimestampValue) -> ir.IntegerValue:
+    """Whole seconds since the epoch: DuckDB's epoch is fractional and Spark's whole; both engines agree on this."""
+    return ts.epoch_seconds().floor()
+
+
+def _matches(ev: ir.Table, rule: TouchRule, has_utm: ir.BooleanValue) -> ir.BooleanValue:
+    cond = ibis.literal(True)
+    if rule.events:
+        cond &= ev.event.isin(rule.events)
+    if rule.types:
+        cond &= ev.type.isin(rule.types)
+    if rule.channels:
+        cond &= ev.channel.isin(rule.channels)
+    if rule.utm_only:
+        cond &= has_utm
+    return cond
+
+
+@dataclass
+class Journeys:
+    """``touches``: one row per touchpoint of a journey (``profile_id, journey, converted, ts, channel, campaign,
+    position`` (1-based)``, n`` (touchpoints in the journey)``, conv_ts, revenue``); ``conversions``: every
+    conversion of the period, with ``touched`` telling whether it has a journey."""
+
+    touches: ir.Table
+    conversions: ir.Table
+    config: Config
+    period: Period = field(default_factory=Period)
+
+
+def build(lake, cfg: Config = Config(), period: Period = Period(), *, by: str = "channel") -> Journeys:
+    """Journeys of the period. ``by="campaign"`` names touchpoints by campaign (or journey) instead of channel; a
+    touchpoint without one is ``(<channel>)``."""
+    if by not in ("channel", "campaign"):
+        raise ChorusError("by must be channel or campaign", field="by")
+    ev = resolved_events(lake, cfg, period)
+    conv = conversions(ev, cfg)
+    tp = touchpoints(ev, cfg)
+    if by == "campaign":
+        tp = tp.mutate(channel=ibis.coalesce(tp.campaign, "(" + tp.channel + ")"))
+    stream = tp.select(
+        "profile_id", "ts", "seq", "channel", "campaign", is_conv=ibis.literal(0, "int64"), revenue=ibis.literal(0.0)
+    ).union(
+        conv.select(
+            "profile_id", "ts", "seq", "channel", campaign=ibis.null("string"), is_conv=ibis.literal(1, "int64"),
+            revenue="revenue",
+        )
+    )  # fmt: skip
+    # touchpoints sort before a conversion at the same instant: they happened "up to" it
+    w = ibis.window(group_by="profile_id", order_by=["ts", "is_conv", "seq"], rows=(None, 0))
+    stream = stream.mutate(k=stream.is_conv.sum().over(w))
+    touches = stream.filter(stream.is_conv == 0).mutate(journey=lambda t: t.k + 1)
+    convs = stream.filter(stream.is_conv == 1).select(
+        c_profile="profile_id", c_journey="k", conv_ts="ts", conv_revenue="revenue"
+    )
+    j = touches.left_join(convs, [touches.profile_id == convs.c_profile, touches.journey == convs.c_journey])
+    j = j.mutate(converted=j.conv_ts.notnull())
+    # an open journey's window ends at its last touchpoint; a converting one's at the conversion
+    j = j.mutate(end_ts=ibis.coalesce(j.conv_ts, j.ts.max().over(group_by=[j.profile_id, j.journey])))
+    j = j.filter(seconds(j.end_ts) - seconds(j.ts) <= cfg.lookback.total_seconds())
+    if period.since is not None:
+        j = j.filter(j.end_ts >= period.since)
+    if period.until is not None:
+        j = j.filter(j.end_ts < period.until)
+    jw = ibis.window(group_by=[j.profile_id, j.journey], order_by=[j.ts, j.seq])
+    j = j.mutate(position=ibis.row_number().over(jw) + 1, n=j.seq.count().over(group_by=[j.profile_id, j.journey]))
+    touches = j.select(
+        "profile_id", "journey", "converted", "ts", "seq", "channel", "campaign", "position", "n", "end_ts",
+        revenue=ibis.coalesce(j.conv_revenue, 0.0), conv_ts=j.conv_ts,
+    )  # fmt: skip
+
+    cperiod = conv
+    if period.since is not None:
+        cperiod = cperiod.filter(cperiod.ts >= period.since)
+    if period.until is not None:
+        cperiod = cperiod.filter(cperiod.ts < period.until)
+    return Journeys(touches=touches, conversions=cperiod, config=cfg, period=period)
+
+
+def path_counts(journeys: Journeys) -> tuple[list[tuple[str, ...]], list[int], list[float], list[int]]:
+    """Distinct paths (channels in time order) with their conversions, value and non-conversions, counted by the
+    engine: the input of the Markov and Shapley models."""
+    t = journeys.touches
+    arr = ibis.struct({"ts": t.ts, "seq": t.seq, "channel": t.channel}).collect()
+    per = t.group_by(["profile_id", "journey"]).agg(
+        arr=arr, converted=t.converted.max(), revenue=t.revenue.max()
+    )  # fmt: skip
+    per = per.mutate(path=per.arr.sort().map(lambda s: s.channel).join(SEP))
+    agg = per.group_by("path").agg(
+        conversions=per.converted.cast("int64").sum(),
+        value=per.revenue.sum(),
+        nulls=(1 - per.converted.cast("int64")).sum(),
+    )
+    tab = agg.to_pyarrow()
+    paths = [tuple(p.split(SEP)) for p in tab.column("path").to_pylist()]
+    return (
+        paths,
+        tab.column("conversions").to_pylist(),
+        [float(v or 0.0) for v in tab.column("value").to_pylist()],
+        tab.column("nulls").to_pylist(),
+    )

@@ -1,0 +1,128 @@
+"""Analytics endpoints of the admin API (/api/analytics/*): the reports of `chorus attribution`, `chorus clv` and
+`chorus report ...`, computed on DuckDB from the workspace's part of the lake ($CHORUS_LAKE_DIR).
+
+They read the lake as the last `chorus lake export` left it; each request computes afresh (seconds on millions of
+events), so a dashboard should cache what it shows.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from chorus.api.admin import SVC, WS
+from chorus.api.common import JSON
+from chorus.errors import ChorusError
+
+router = APIRouter(prefix="/api/analytics", tags=["analytics"])
+
+
+def _lake(svc, ws):
+    from chorus.analytics.engine import open_lake, workspace_ids
+
+    if ws.id not in workspace_ids(svc.settings.lake_dir):
+        raise ChorusError(
+            f"the lake at {svc.settings.lake_dir} has no events of this workspace yet: run `chorus lake export`",
+            field="lake",
+        )
+    return open_lake(svc.settings.lake_dir, workspace_id=ws.id)
+
+
+def _period(since: date | None, until: date | None):
+    from chorus.analytics.journeys import Period
+
+    if since and until and until < since:
+        raise ChorusError("until is before since", field="until")
+    return Period(
+        datetime(since.year, since.month, since.day, tzinfo=UTC) if since else None,
+        datetime(until.year, until.month, until.day, tzinfo=UTC) + timedelta(days=1) if until else None,
+    )
+
+
+@router.get("/attribution", summary="Credit per channel or campaign under rule-based, Markov and Shapley models")
+def attribution(
+    ws: WS,
+    svc: SVC,
+    by: Annotated[str, Query(description="channel or campaign")] = "channel",
+    models: Annotated[str, Query(description="comma-separated model names")] = (
+        "first_touch,last_touch,linear,time_decay,position_based,markov,shapley"
+    ),
+    order: Annotated[int, Query(ge=1, le=3, description="Markov order")] = 1,
+    half_life_days: Annotated[float, Query(gt=0)] = 7.0,
+    shapley: Annotated[str, Query(description="auto, exact or simplified")] = "auto",
+    since: date | None = None,
+    until: date | None = None,
+):
+    from chorus.analytics import attribution as attr
+
+    res = attr.attribute(
+        _lake(svc, ws), period=_period(since, until), by=by,
+        models=tuple(m.strip() for m in models.split(",") if m.strip()), half_life=timedelta(days=half_life_days),
+        markov_order=order, shapley=shapley,
+    )  # fmt: skip
+    return JSON(res.as_dict())
+
+
+@router.get("/clv", summary="Lifetime value: BG/NBD + Gamma-Gamma fit and the customers with the highest CLV")
+def clv(
+    ws: WS,
+    svc: SVC,
+    end: date | None = None,
+    months: Annotated[int, Query(ge=1, le=120)] = 12,
+    discount_rate: Annotated[float, Query(ge=0, lt=1)] = 0.01,
+    unit_days: Annotated[float, Query(gt=0)] = 7.0,
+    limit: Annotated[int, Query(ge=0, le=10_000)] = 100,
+):
+    from chorus.analytics.clv import lifetime_values
+
+    res = lifetime_values(_lake(svc, ws), end=end, months=months, discount_rate=discount_rate, unit_days=unit_days)
+    return JSON({"summary": res.summary(), "customers": res.rows(limit=limit)})
+
+
+@router.get("/paths", summary="Top paths to conversion and the channel transition matrix (Sankey data)")
+def paths(
+    ws: WS,
+    svc: SVC,
+    by: Annotated[str, Query(description="channel or campaign")] = "channel",
+    top: Annotated[int, Query(ge=1, le=1000)] = 20,
+    since: date | None = None,
+    until: date | None = None,
+):
+    from chorus.analytics.paths import path_report
+
+    return JSON(path_report(_lake(svc, ws), period=_period(since, until), by=by, top=top).as_dict())
+
+
+@router.get("/omnichannel", summary="Customers by number of channels and online/offline mix, with intervals")
+def omnichannel(ws: WS, svc: SVC, since: date | None = None, until: date | None = None,
+                confidence: Annotated[float, Query(gt=0, lt=1)] = 0.95,
+                bootstrap: Annotated[int, Query(ge=100, le=20_000)] = 2000):  # fmt: skip
+    from chorus.analytics.omnichannel import omnichannel_value
+
+    res = omnichannel_value(_lake(svc, ws), period=_period(since, until), confidence=confidence, bootstrap=bootstrap)
+    return JSON(res.as_dict())
+
+
+@router.get("/showrooming", summary="Showrooming and webrooming by category")
+def rooming(ws: WS, svc: SVC, since: date | None = None, until: date | None = None,
+            window_days: Annotated[float, Query(gt=0)] = 7.0):  # fmt: skip
+    from chorus.analytics.rooming import showrooming
+
+    return JSON(showrooming(_lake(svc, ws), period=_period(since, until), window=timedelta(days=window_days)).as_dict())
+
+
+@router.get("/uplift", summary="Uplift of journeys with a holdout")
+def uplift(
+    ws: WS,
+    svc: SVC,
+    since: date | None = None,
+    until: date | None = None,
+    window_days: Annotated[float, Query(gt=0)] = 30.0,
+    confidence: Annotated[float, Query(gt=0, lt=1)] = 0.95,
+):
+    from chorus.analytics.uplift import uplift as run
+
+    res = run(_lake(svc, ws), period=_period(since, until), window=timedelta(days=window_days), confidence=confidence)
+    return JSON(res.as_dict())
