@@ -103,6 +103,22 @@ def test_a_brand_measures_its_channels_and_customers(db_url, served, tmp_path): 
     assert paths.returncode == 0, paths.stderr
     assert paths.stdout.splitlines()[0] == "path,journeys,conversions,revenue,conversion_rate"
     assert c.get("/api/analytics/paths").json()["top_paths"][0]["path"] == ["call_center"]
+    omni = run("report", "omnichannel", "--lake", lake, "-w", "default", "--format", "json", db=db_url)
+    assert omni.returncode == 0, omni.stderr
+    omni = json.loads(omni.stdout)
+    by_channels = {r["group"]: r for r in omni["groups"] if r["dimension"] == "channels"}
+    assert sum(r["customers"] for r in by_channels.values()) == 150
+    callers = {e["email"] for e in calls}
+    assert by_channels["2"]["customers"] == len(callers)  # store + call centre; the others store only
+    assert {r["group"]: r["customers"] for r in omni["groups"] if r["dimension"] == "mix"}["offline"] == 150
+    assert by_channels["1"]["clv"] is not None and by_channels["1"]["clv_lo"] <= by_channels["1"]["clv"]
+    api = c.get("/api/analytics/omnichannel").json()  # seeded bootstrap: the same intervals
+    assert [(r["group"], r["customers"]) for r in api["groups"]] == [
+        (r["group"], r["customers"]) for r in omni["groups"]
+    ]
+    for mine, theirs in zip(api["groups"], omni["groups"], strict=True):
+        assert (mine["value_lo"] is None) == (theirs["value_lo"] is None)
+        assert mine["value_lo"] is None or abs(mine["value_lo"] - theirs["value_lo"]) < 1e-9 * max(1, mine["value_lo"])
     bad = c.get("/api/analytics/attribution", params={"models": "magic"})
     assert bad.status_code == 400 and bad.json()["field"] == "models"
     c.close()

@@ -68,6 +68,26 @@ def attribute(
     if shapley not in ("auto", "simplified", "exact"):
         raise ChorusError("shapley must be auto, simplified or exact", field="shapley")
     j = jn.build(lake, cfg, period, by=by)
+    # every model reads the journeys: computed once (a temporary table on DuckDB, a cached frame on Spark)
+    j.touches = j.touches.cache()
+    j.conversions = j.conversions.cache()
+    try:
+        rows, totals, warnings, markov = _models(j, models, half_life, markov_order, shapley)
+    finally:
+        j.touches.release()
+        j.conversions.release()
+    order = {m: i for i, m in enumerate(models)}
+    rows.sort(key=lambda r: (order[r["model"]], -r["conversions"], r["label"]))
+    params = {
+        "by": by, "markov_order": markov_order, "half_life_days": half_life.total_seconds() / 86400,
+        "since": period.since.isoformat() if period.since else None,
+        "until": period.until.isoformat() if period.until else None,
+        "engine": lake.engine, "config": cfg.as_dict(),
+    }  # fmt: skip
+    return Attribution(by, tuple(models), rows, totals, params, warnings, markov)
+
+
+def _models(j: jn.Journeys, models, half_life, markov_order, shapley):
     totals = _totals(j)
     rows: list[dict] = []
     warnings: list[str] = []
@@ -95,15 +115,7 @@ def attribute(
                 res = shapley_simplified(paths, conv, value)
             rows += _rows("shapley", res.channels, res.conversions, res.values)
             totals["shapley_method"] = "exact" if exact else "simplified"
-    order = {m: i for i, m in enumerate(models)}
-    rows.sort(key=lambda r: (order[r["model"]], -r["conversions"], r["label"]))
-    params = {
-        "by": by, "markov_order": markov_order, "half_life_days": half_life.total_seconds() / 86400,
-        "since": period.since.isoformat() if period.since else None,
-        "until": period.until.isoformat() if period.until else None,
-        "engine": lake.engine, "config": cfg.as_dict(),
-    }  # fmt: skip
-    return Attribution(by, tuple(models), rows, totals, params, warnings, markov)
+    return rows, totals, warnings, markov
 
 
 def _rows(model: str, labels, conversions, values) -> list[dict]:

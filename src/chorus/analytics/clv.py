@@ -199,6 +199,16 @@ def lifetime_values(
     return LifetimeValues(end, unit_days, months, discount_rate, bg, gg, cols, warnings)
 
 
+def clv_by_profile(lake, cfg: jn.Config = jn.Config(), *, end: date | None = None, months: int = 12):
+    """Profile id -> predicted CLV, for reports that compare groups of customers by value; (None, why) when the
+    models cannot be fitted on this data."""
+    try:
+        res = lifetime_values(lake, cfg, end=end, months=months)
+    except ChorusError as exc:
+        return None, f"no predicted CLV: {exc.message}"
+    return dict(zip((str(c) for c in res.customers["customer"]), res.customers["clv"].tolist(), strict=True)), None
+
+
 def _py(v):
     if isinstance(v, np.generic):
         return v.item()

@@ -365,6 +365,9 @@ def report_omnichannel(
     engine: EngineOpt = "duckdb",
     confidence: Annotated[float, typer.Option("--confidence", help="Confidence level of the intervals")] = 0.95,
     bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap replicates")] = 2000,
+    with_clv: Annotated[
+        bool, typer.Option("--clv/--no-clv", help="Compare predicted 12-month CLV too (BG/NBD + Gamma-Gamma)")
+    ] = True,
     since: SinceOpt = None,
     until: UntilOpt = None,
     config: ConfigOpt = None,
@@ -380,12 +383,15 @@ def report_omnichannel(
     try:
         output.check_format(fmt)
         chart_path = output.check_chart(chart)
-        res = omnichannel_value(open_lake(lake, workspace, engine, db), journeys.load_config(config),
-                                _period(since, until), confidence=confidence, bootstrap=bootstrap)  # fmt: skip
+        lk, cfg, period = open_lake(lake, workspace, engine, db), journeys.load_config(config), _period(since, until)
+        clv_map, why = _clv_map(lk, cfg, period) if with_clv else (None, None)
+        res = omnichannel_value(lk, cfg, period, confidence=confidence, bootstrap=bootstrap, clv=clv_map)
     except ChorusError as exc:
         fail(exc)
+    if why:
+        res.warnings.append(why)
     cols = ["dimension", "group", "customers", "value", "value_lo", "value_hi", "frequency", "aov", "retention",
-            "retention_lo", "retention_hi"]  # fmt: skip
+            "retention_lo", "retention_hi"] + (["clv", "clv_lo", "clv_hi"] if with_clv else [])  # fmt: skip
     if chart_path:
         groups = [r for r in res.rows if r["customers"]]
 
@@ -412,6 +418,14 @@ def report_omnichannel(
                 ["group", "reference", "relative_difference", "lo", "hi"])  # fmt: skip
     for w in res.warnings:
         out.print(f"[yellow]warning[/yellow]: {w}")
+
+
+def _clv_map(lk, cfg, period):
+    """Predicted CLV per customer as of the period's end, for the omnichannel comparison."""
+    from chorus.analytics.clv import clv_by_profile
+
+    end = (period.until - timedelta(days=1)).date() if period.until else None
+    return clv_by_profile(lk, cfg, end=end)
 
 
 @report_app.command("showrooming")

@@ -98,10 +98,16 @@ def paths(
 @router.get("/omnichannel", summary="Customers by number of channels and online/offline mix, with intervals")
 def omnichannel(ws: WS, svc: SVC, since: date | None = None, until: date | None = None,
                 confidence: Annotated[float, Query(gt=0, lt=1)] = 0.95,
-                bootstrap: Annotated[int, Query(ge=100, le=20_000)] = 2000):  # fmt: skip
+                bootstrap: Annotated[int, Query(ge=100, le=20_000)] = 2000, clv: bool = True):  # fmt: skip
+    from chorus.analytics.clv import clv_by_profile
     from chorus.analytics.omnichannel import omnichannel_value
 
-    res = omnichannel_value(_lake(svc, ws), period=_period(since, until), confidence=confidence, bootstrap=bootstrap)
+    lake, period = _lake(svc, ws), _period(since, until)
+    end = (period.until - timedelta(days=1)).date() if period.until else None
+    clv_map, why = clv_by_profile(lake, end=end) if clv else (None, None)
+    res = omnichannel_value(lake, period=period, confidence=confidence, bootstrap=bootstrap, clv=clv_map)
+    if why:
+        res.warnings.append(why)
     return JSON(res.as_dict())
 
 
