@@ -119,6 +119,18 @@ def test_a_brand_measures_its_channels_and_customers(db_url, served, tmp_path): 
     for mine, theirs in zip(api["groups"], omni["groups"], strict=True):
         assert (mine["value_lo"] is None) == (theirs["value_lo"] is None)
         assert mine["value_lo"] is None or abs(mine["value_lo"] - theirs["value_lo"]) < 1e-9 * max(1, mine["value_lo"])
+    # the brand narrows its definition: a call counts only within 12 hours of the purchase (the calls here came
+    # 20 hours before). The workspace setting serves the API and the CLI alike.
+    bad = c.patch("/api/workspace/settings", json={"attribution": {"lookback_days": "soon"}})
+    assert bad.status_code == 400 and "attribution.lookback_days" in bad.json()["message"]
+    ok = c.patch("/api/workspace/settings", json={"attribution": {"lookback_days": 0.5}})
+    assert ok.status_code == 200, ok.text
+    api = c.get("/api/analytics/attribution").json()
+    cli = json.loads(run("attribution", "--lake", lake, "-w", "default", "--format", "json", db=db_url).stdout)
+    assert api["totals"] == cli["totals"]
+    narrowed = api["totals"]["attributed_conversions"]
+    # only a call followed within 12 h by a purchase (an earlier one of the same customer) still counts
+    assert narrowed < att["totals"]["attributed_conversions"] / 4
     bad = c.get("/api/analytics/attribution", params={"models": "magic"})
     assert bad.status_code == 400 and bad.json()["field"] == "models"
     c.close()

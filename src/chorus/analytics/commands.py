@@ -82,6 +82,27 @@ def open_lake(lake_dir: str, workspace: str | None, engine: str, db: str | None 
     return _open(lake_dir, engine=engine, workspace_id=_workspace(lake_dir, workspace, db))
 
 
+def _config(path: str | None, lk, db: str | None):
+    """``--config`` if given; else the workspace's ``attribution`` setting when a database is named (``--db`` or
+    $CHORUS_DATABASE_URL), so the CLI and the API count the same touchpoints; else the defaults."""
+    import os
+
+    from chorus.analytics import journeys
+
+    if path is not None or lk.workspace_id is None or not (db or os.environ.get("CHORUS_DATABASE_URL")):
+        return journeys.load_config(path)
+    from chorus import workspaces
+    from chorus.cli import _engine
+
+    _, engine = _engine(db, upgrade=False)
+    with engine.connect() as conn:
+        try:
+            raw = workspaces.get(conn, lk.workspace_id).settings.get("attribution")
+        except ChorusError:
+            raw = None  # a lake copied from another installation: its workspace is not in this database
+    return journeys.parse_config(raw) if raw else journeys.Config()
+
+
 def _emit(fmt: str, data: dict, rows: list[dict], columns: list[str]) -> bool:
     """JSON or CSV to stdout; False when the caller prints tables."""
     from chorus.analytics import output
@@ -119,15 +140,15 @@ def attribution(
 ):
     """Credit for conversions and revenue per channel (or campaign) under rule-based, Markov and Shapley models."""
     from chorus.analytics import attribution as attr
-    from chorus.analytics import journeys, output
+    from chorus.analytics import output
 
     try:
         output.check_format(fmt)
         chart_path = output.check_chart(chart)
-        cfg = journeys.load_config(config)
         period = _period(since, until)
         names = tuple(m.strip() for m in models.split(",") if m.strip())
         lk = open_lake(lake, workspace, engine, db)
+        cfg = _config(config, lk, db)
         res = attr.attribute(
             lk, cfg, period, by=by, models=names, half_life=timedelta(days=half_life_days), markov_order=order,
             shapley=shapley,
@@ -198,13 +219,13 @@ def clv(
     """Lifetime value: RFM summary, BG/NBD + Gamma-Gamma fit, expected orders, probability alive and CLV per
     customer; optionally written back to profiles."""
     from chorus.analytics import clv as clv_mod
-    from chorus.analytics import journeys, output
+    from chorus.analytics import output
 
     try:
         output.check_format(fmt)
         chart_path = output.check_chart(chart)
-        cfg = journeys.load_config(config)
         lk = open_lake(lake, workspace, engine, db)
+        cfg = _config(config, lk, db)
         res = clv_mod.lifetime_values(
             lk, cfg, end=_day(end, "end"), unit_days=unit_days, months=months, discount_rate=discount_rate,
             penalizer=penalizer,
@@ -299,7 +320,7 @@ def report_paths(
     db: DbOpt = None,
 ):
     """Top paths to conversion, the channel transition matrix, and Sankey data (--format json)."""
-    from chorus.analytics import journeys, output
+    from chorus.analytics import output
     from chorus.analytics.paths import path_report
 
     try:
@@ -307,7 +328,8 @@ def report_paths(
         chart_path = output.check_chart(chart)
         if top < 1:
             raise ChorusError("--top must be at least 1", field="top")
-        rep = path_report(open_lake(lake, workspace, engine, db), journeys.load_config(config),
+        lk = open_lake(lake, workspace, engine, db)
+        rep = path_report(lk, _config(config, lk, db),
                           _period(since, until), by=by, top=top)  # fmt: skip
     except ChorusError as exc:
         fail(exc)
@@ -377,13 +399,14 @@ def report_omnichannel(
 ):
     """Customers by number of channels (1, 2, 3+) and online/offline mix: value, frequency, order value,
     retention, with confidence intervals, and how much more multichannel customers are worth."""
-    from chorus.analytics import journeys, output
+    from chorus.analytics import output
     from chorus.analytics.omnichannel import omnichannel_value
 
     try:
         output.check_format(fmt)
         chart_path = output.check_chart(chart)
-        lk, cfg, period = open_lake(lake, workspace, engine, db), journeys.load_config(config), _period(since, until)
+        lk, period = open_lake(lake, workspace, engine, db), _period(since, until)
+        cfg = _config(config, lk, db)
         clv_map, why = _clv_map(lk, cfg, period) if with_clv else (None, None)
         res = omnichannel_value(lk, cfg, period, confidence=confidence, bootstrap=bootstrap, clv=clv_map)
     except ChorusError as exc:
@@ -442,12 +465,13 @@ def report_showrooming(
 ):
     """Showrooming (store visit, then online purchase) and webrooming (online browsing, then store purchase),
     by category."""
-    from chorus.analytics import journeys, output
+    from chorus.analytics import output
     from chorus.analytics.rooming import showrooming
 
     try:
         output.check_format(fmt)
-        res = showrooming(open_lake(lake, workspace, engine, db), journeys.load_config(config),
+        lk = open_lake(lake, workspace, engine, db)
+        res = showrooming(lk, _config(config, lk, db),
                           _period(since, until), window=timedelta(days=window_days))  # fmt: skip
     except ChorusError as exc:
         fail(exc)
@@ -473,12 +497,13 @@ def report_uplift(
     db: DbOpt = None,
 ):
     """Journeys with a holdout: conversion and revenue of treated vs held-out people, with confidence intervals."""
-    from chorus.analytics import journeys, output
+    from chorus.analytics import output
     from chorus.analytics.uplift import uplift
 
     try:
         output.check_format(fmt)
-        res = uplift(open_lake(lake, workspace, engine, db), journeys.load_config(config), _period(since, until),
+        lk = open_lake(lake, workspace, engine, db)
+        res = uplift(lk, _config(config, lk, db), _period(since, until),
                      window=timedelta(days=window_days), confidence=confidence)  # fmt: skip
     except ChorusError as exc:
         fail(exc)

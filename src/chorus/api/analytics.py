@@ -30,6 +30,14 @@ def _lake(svc, ws):
     return open_lake(svc.settings.lake_dir, workspace_id=ws.id)
 
 
+def _config(ws):
+    """The workspace's touchpoint and conversion definition (setting ``attribution``), else the defaults."""
+    from chorus.analytics.journeys import Config, parse_config
+
+    raw = ws.settings.get("attribution")
+    return parse_config(raw) if raw else Config()
+
+
 def _period(since: date | None, until: date | None):
     from chorus.analytics.journeys import Period
 
@@ -58,7 +66,7 @@ def attribution(
     from chorus.analytics import attribution as attr
 
     res = attr.attribute(
-        _lake(svc, ws), period=_period(since, until), by=by,
+        _lake(svc, ws), _config(ws), period=_period(since, until), by=by,
         models=tuple(m.strip() for m in models.split(",") if m.strip()), half_life=timedelta(days=half_life_days),
         markov_order=order, shapley=shapley,
     )  # fmt: skip
@@ -77,7 +85,9 @@ def clv(
 ):
     from chorus.analytics.clv import lifetime_values
 
-    res = lifetime_values(_lake(svc, ws), end=end, months=months, discount_rate=discount_rate, unit_days=unit_days)
+    res = lifetime_values(
+        _lake(svc, ws), _config(ws), end=end, months=months, discount_rate=discount_rate, unit_days=unit_days
+    )
     return JSON({"summary": res.summary(), "customers": res.rows(limit=limit)})
 
 
@@ -92,7 +102,7 @@ def paths(
 ):
     from chorus.analytics.paths import path_report
 
-    return JSON(path_report(_lake(svc, ws), period=_period(since, until), by=by, top=top).as_dict())
+    return JSON(path_report(_lake(svc, ws), _config(ws), period=_period(since, until), by=by, top=top).as_dict())
 
 
 @router.get("/omnichannel", summary="Customers by number of channels and online/offline mix, with intervals")
@@ -104,8 +114,8 @@ def omnichannel(ws: WS, svc: SVC, since: date | None = None, until: date | None 
 
     lake, period = _lake(svc, ws), _period(since, until)
     end = (period.until - timedelta(days=1)).date() if period.until else None
-    clv_map, why = clv_by_profile(lake, end=end) if clv else (None, None)
-    res = omnichannel_value(lake, period=period, confidence=confidence, bootstrap=bootstrap, clv=clv_map)
+    clv_map, why = clv_by_profile(lake, _config(ws), end=end) if clv else (None, None)
+    res = omnichannel_value(lake, _config(ws), period=period, confidence=confidence, bootstrap=bootstrap, clv=clv_map)
     if why:
         res.warnings.append(why)
     return JSON(res.as_dict())
@@ -116,7 +126,11 @@ def rooming(ws: WS, svc: SVC, since: date | None = None, until: date | None = No
             window_days: Annotated[float, Query(gt=0)] = 7.0):  # fmt: skip
     from chorus.analytics.rooming import showrooming
 
-    return JSON(showrooming(_lake(svc, ws), period=_period(since, until), window=timedelta(days=window_days)).as_dict())
+    return JSON(
+        showrooming(
+            _lake(svc, ws), _config(ws), period=_period(since, until), window=timedelta(days=window_days)
+        ).as_dict()
+    )
 
 
 @router.get("/uplift", summary="Uplift of journeys with a holdout")
@@ -130,5 +144,11 @@ def uplift(
 ):
     from chorus.analytics.uplift import uplift as run
 
-    res = run(_lake(svc, ws), period=_period(since, until), window=timedelta(days=window_days), confidence=confidence)
+    res = run(
+        _lake(svc, ws),
+        _config(ws),
+        period=_period(since, until),
+        window=timedelta(days=window_days),
+        confidence=confidence,
+    )
     return JSON(res.as_dict())

@@ -178,6 +178,15 @@ def validate_settings(patch: dict) -> dict:
             from chorus.messaging import settings as msettings
 
             out[key] = msettings.validate(value)
+        elif key == "attribution":
+            from chorus.analytics.journeys import parse_config
+            from chorus.errors import ChorusError
+
+            try:
+                parse_config(value)
+            except ChorusError as exc:
+                raise ValueError(f"settings.attribution.{exc.field}: {exc.message}") from None
+            out[key] = value
         elif key == "audiences":
             from chorus.messaging.audiences import settings as asettings
 
