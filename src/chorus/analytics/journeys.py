@@ -238,8 +238,6 @@ def touchpoints(ev: ir.Table, cfg: Config) -> ir.Table:
         | (t.utm & (t.label != t.label.lag().over(w)))
     )
     t = t.mutate(_start=starts.cast("int64"))
-    run = ibis.window(group_by=[t.profile_id, t.rule, t.channel], order_by=[t.timestamp, t.seq], rows=(None, 0))
-    t = t.mutate(_session=t._start.sum().over(run))
     t = t.filter(t._start == 1).select(
         profile_id="profile_id", ts="timestamp", seq="seq", rule="rule", channel="label", campaign="campaign"
     )
