@@ -528,6 +528,8 @@ def _build(
             "profile": {k: profile.get(k) for k in ("id", "traits", "channels_used", "last_channel", "timezone",
                                                      "locale")},
             "traits": profile.get("traits") or {},
+            # what analytics computed (clv_12m, probability_alive...): {% if computed.probability_alive < 0.3 %}
+            "computed": {k: v.get("value") for k, v in (profile.get("computed_traits") or {}).items()},
             "event": req.get("event") or {},
             "data": req.get("data") or {},
             "message": {"id": msg["id"], "channel": choice.channel, "topic": topic, "kind": kind,
