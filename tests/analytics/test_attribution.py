@@ -9,7 +9,9 @@ import pytest
 
 from chorus.analytics import attribution as attr
 from chorus.analytics import journeys as jn
+from chorus.analytics.clv import rfm_summary
 from chorus.analytics.engine import open_lake
+from chorus.analytics.paths import path_report
 from chorus.errors import ChorusError
 from tests.analytics.lakegen import T0, LakeWriter
 
@@ -174,21 +176,30 @@ def test_duckdb_and_spark_agree(tmp_path, spark_session):
     w = LakeWriter(tmp_path)
     chans = ["email", "sms", "store", "web", "app", "call_center"]
     for i in range(300):
-        t = rng.uniform(0, 200)
+        t = float(rng.randint(0, 200))
         for _ in range(rng.randint(1, 4)):
-            t += rng.uniform(1, 40)
+            t += rng.randint(0, 40)  # whole hours: touchpoints and orders at the same instant too
             c = rng.choice(chans)
             if c in ("email", "sms"):
                 w.event(f"p{i}", t, "Message Clicked", channel=c, campaign_id=rng.choice(["a", "b"]))
             else:
                 w.touch(f"p{i}", t, c)
         if rng.random() < 0.5:
-            w.order(f"p{i}", t + 1, round(rng.uniform(5, 50), 2), order_id=f"o{i}")
+            w.order(f"p{i}", t + rng.randint(0, 1), round(rng.uniform(5, 50), 2), order_id=f"o{i}",
+                    campaign_medium=rng.choice([None, "cpc"]))  # fmt: skip
+        if rng.random() < 0.3:
+            w.order(f"p{i}", t + rng.randint(30, 300), round(rng.uniform(5, 50), 2), order_id=f"r{i}")
     root = w.write()
-    results = []
+    period = jn.Period(T0 + timedelta(days=2), T0 + timedelta(days=14))
+    results, others = [], []
     for engine in ("duckdb", "spark"):
         lk = open_lake(root, engine=engine, spark=spark_session if engine == "spark" else None)
-        results.append(attr.attribute(lk, by="campaign", markov_order=2))
+        results.append(attr.attribute(lk, period=period, by="campaign", markov_order=2))
+        ev = jn.conversions(jn.resolved_events(lk, jn.Config()), jn.Config())
+        rfm = rfm_summary(ev, end=(T0 + timedelta(days=14)).date()).to_pyarrow().to_pylist()
+        others.append((path_report(lk, period=period).as_dict(), sorted(rfm, key=lambda r: r["customer"])))
+    assert others[0][0] == others[1][0]  # paths, transitions, Sankey: counts, exact
+    assert len(others[0][1]) > 100 and others[0][1] == pytest.approx(others[1][1])
     duck, spark = results
     assert duck.totals == pytest.approx(spark.totals, rel=1e-9)
     assert {(r["model"], r["label"]) for r in duck.rows} == {(r["model"], r["label"]) for r in spark.rows}
@@ -197,3 +208,78 @@ def test_duckdb_and_spark_agree(tmp_path, spark_session):
         other = sp[(r["model"], r["label"])]
         assert math.isclose(r["conversions"], other["conversions"], rel_tol=1e-9, abs_tol=1e-9)
         assert math.isclose(r["revenue"], other["revenue"], rel_tol=1e-9, abs_tol=2e-6)  # rounded to 1e-6
+
+
+def test_reports_are_as_of_until(tmp_path):
+    w = LakeWriter(tmp_path)
+    w.touch("p", 0, "email")
+    w.order("p", 24 * 5, 10.0, order_id="later")  # converts after the period
+    lk = open_lake(w.write())
+    for days in (1, 2, 3, 4):  # whatever the distance to the order, as of until it had not converted
+        j = jn.build(lk, period=jn.Period(until=T0 + timedelta(days=days)))
+        assert jn.path_counts(j) == ([("email",)], [0], [0.0], [1])
+    j = jn.build(lk, period=jn.Period(until=T0 + timedelta(days=6)))
+    assert jn.path_counts(j) == ([("email",)], [1], [10.0], [0])
+
+
+def test_a_new_campaign_on_the_same_medium_is_a_new_touchpoint(tmp_path):
+    w = LakeWriter(tmp_path)
+    w.touch("p", 0, "web", campaign_medium="cpc", campaign_name="brand")
+    w.touch("p", 0.2, "web", campaign_medium="cpc", campaign_name="spring-sale")
+    w.touch("p", 0.3, "web", campaign_medium="cpc", campaign_name="spring-sale")  # a reload of the same landing
+    w.order("p", 1, 10.0, order_id="o")
+    res = attr.attribute(open_lake(w.write()), by="campaign", models=("first_touch", "last_touch", "linear"))
+    assert credit(res, "first_touch") == {"brand": 1.0} and credit(res, "last_touch") == {"spring-sale": 1.0}
+    assert credit(res, "linear") == {"brand": 0.5, "spring-sale": 0.5}
+
+
+def test_touchpoints_at_the_instant_of_the_conversion_count_for_it(tmp_path):
+    w = LakeWriter(tmp_path)
+    w.touch("p", 1, "store")
+    w.order("p", 1, 10.0, channel="store", order_id="o")
+    w.touch("p", 1 + 1 / 3600, "web")  # a second later: the next journey
+    j = jn.build(open_lake(w.write()))
+    paths, conv, _, nulls = jn.path_counts(j)
+    assert sorted(zip(paths, conv, nulls, strict=True)) == [(("store",), 1, 0), (("web",), 0, 1)]
+
+
+def test_time_decay_on_old_journeys_and_short_half_lives(tmp_path):
+    w = LakeWriter(tmp_path)
+    w.touch("p", 0, "email")
+    w.touch("p", 1, "web")
+    w.touch("p", 2, "sms")
+    w.order("p", 24 * 19, 10.0, order_id="o")  # 19 days after: ½^(age/15 min) underflows
+    res = attr.attribute(open_lake(w.write()), models=("time_decay",), half_life=timedelta(minutes=15))
+    c = credit(res, "time_decay")
+    assert all(math.isfinite(v) for v in c.values()) and math.isclose(sum(c.values()), 1.0, abs_tol=1e-6)
+    # 1 h and 2 h before the last touchpoint: weights 2^-4 and 2^-8 of its weight
+    assert c == {"sms": round(256 / 273, 6), "web": round(16 / 273, 6), "email": round(1 / 273, 6)}
+
+
+def test_negative_or_missing_revenue_counts_as_zero_and_is_reported(tmp_path):
+    w = LakeWriter(tmp_path)
+    w.touch("p", 0, "email")
+    w.order("p", 1, -40.0, order_id="refund")
+    w.touch("q", 0, "sms")
+    w.order("q", 1, float("nan"), order_id="nan")
+    w.touch("r", 0, "web")
+    w.order("r", 1, 25.0, order_id="ok")
+    res = attr.attribute(open_lake(w.write()))
+    assert res.totals["revenue"] == 25.0 and res.totals["negative_revenue_conversions"] == 1
+    assert any("negative revenue" in x for x in res.warnings)
+    for model in res.models:
+        assert math.isclose(sum(r["revenue"] for r in res.table(model).values()), 25.0)
+        assert math.isclose(sum(r["conversions"] for r in res.table(model).values()), 3.0)
+
+
+def test_exact_shapley_beyond_twelve_channels_is_a_clear_error(tmp_path):
+    w = LakeWriter(tmp_path)
+    for i in range(13):
+        w.event(f"p{i}", 0, "Interaction", channel="store", campaign_id=f"c{i}")
+        w.order(f"p{i}", 1, 1.0, order_id=f"o{i}")
+    lk = open_lake(w.write())
+    with pytest.raises(ChorusError) as e:
+        attr.attribute(lk, by="campaign", models=("shapley",), shapley="exact")
+    assert e.value.field == "shapley" and "13" in e.value.message
+    res = attr.attribute(lk, by="campaign", models=("shapley",))  # auto: the closed form
+    assert res.totals["shapley_method"] == "simplified" and len(res.table("shapley")) == 13

@@ -506,10 +506,11 @@ def test_agrees_with_channelattribution(order):
     l1_conv = sum(abs(x - theirs_conv[c]) for c, x in as_dict(ours.channels, ours.conversions).items()) / total_conv
     l1_val = sum(abs(x - theirs_val[c]) for c, x in as_dict(ours.channels, ours.values).items()) / total_val
     print(f"order {order}: L1 conversions {l1_conv:.4f}, value {l1_val:.4f}")
-    assert l1_conv <= 0.05
-    assert l1_val <= 0.05
+    # measured 0.003-0.013 with this simulation size: a systematic bias of a few percent would fail
+    assert l1_conv <= 0.025
+    assert l1_val <= 0.03
     for c, x in as_dict(ours.channels, ours.removal_effects).items():
-        assert abs(x - theirs_re[c]) <= 0.05
+        assert abs(x - theirs_re[c]) <= 0.02
     # the transition matrices are the same estimate (CA names states by internal ids: compare the probabilities)
     ca_probs = sorted(res["transition_matrix"]["transition_probability"].round(9))
     assert ca_probs == pytest.approx(sorted(round(p, 9) for _, _, p in ours.transitions()))

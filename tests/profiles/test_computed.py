@@ -54,7 +54,7 @@ def test_replace_follows_merges_skips_the_erased_and_drops_stale_rows(engine):
     with engine.begin() as conn:
         out = computed.replace(conn, w["id"], MODEL, {anon: {"clv_12m": 99.5, "probability_alive": 0.8},
                                                       cy: {"clv_12m": 1.0}}, T0 + timedelta(days=1))  # fmt: skip
-    assert out == {"profiles": 1, "skipped": 1, "removed": 1}  # bob is no longer a customer: his row goes
+    assert out == {"profiles": 1, "skipped": 1, "merged": 0, "removed": 1}  # bob no longer a customer: row goes
     survivor = profile(engine, w, ana)
     clv = survivor["computed_traits"]["clv_12m"]
     assert (clv["value"], clv["model"]) == (99.5, MODEL) and clv["computed_at"].startswith("2026-06-02T09:00:00")
@@ -76,3 +76,20 @@ def test_replace_follows_merges_skips_the_erased_and_drops_stale_rows(engine):
     with engine.begin() as conn:
         counts = privacy.erase(conn, w["id"], ana)["deleted"]
     assert counts["computed_traits"] == 2
+
+
+def test_two_scored_ids_merged_since_keep_the_survivors_values(engine):
+    w = workspaces.create(engine, "computed-merge")
+    send(engine, w,
+         {"type": "identify", "userId": "ana", "traits": {"email": "ana@example.com"}},
+         {"type": "track", "anonymousId": "dev-1", "event": "Viewed"})  # fmt: skip
+    ana, anon = pid_of(engine, w, user_id="ana"), pid_of(engine, w, anonymous_id="dev-1")
+    send(engine, w, {"type": "identify", "userId": "ana", "anonymousId": "dev-1"})
+    survivor = pid_of(engine, w, user_id="ana")
+    merged = anon if survivor == ana else ana
+    for order in ([merged, survivor], [survivor, merged]):
+        values = {pid: {"clv_12m": 1.0 if pid == survivor else 2.0} for pid in order}
+        with engine.begin() as conn:
+            out = computed.replace(conn, w["id"], MODEL, values, T0)
+        assert (out["profiles"], out["merged"]) == (1, 1)
+        assert profile(engine, w, survivor)["computed_traits"]["clv_12m"]["value"] == 1.0

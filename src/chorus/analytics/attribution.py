@@ -96,6 +96,11 @@ def _models(j: jn.Journeys, models, half_life, markov_order, shapley):
             f"revenue adds up conversions in several currencies ({', '.join(totals['currencies'])}); "
             "convert them upstream or report one currency's conversions at a time"
         )
+    if totals["negative_revenue_conversions"]:
+        warnings.append(
+            f"{totals['negative_revenue_conversions']} conversions have a negative revenue: counted as 0 (send "
+            "refunds as `Order Refunded`, not as negative orders)"
+        )
     rule_models = [m for m in models if m in RULE_MODELS]
     if rule_models:
         rows += _rule_based(j, rule_models, half_life)
@@ -104,12 +109,20 @@ def _models(j: jn.Journeys, models, half_life, markov_order, shapley):
         paths, conv, value, nulls = jn.path_counts(j)
         has_conv = any(c > 0 for c, p in zip(conv, paths, strict=True) if p)
         if "markov" in models and has_conv:
-            markov = fit_markov(paths, conv, value, nulls, order=markov_order)
+            try:
+                markov = fit_markov(paths, conv, value, nulls, order=markov_order)
+            except ValueError as exc:  # the engine's counts are validated; this names what was still wrong
+                raise ChorusError(f"the Markov model cannot use these journeys: {exc}", field="markov") from exc
             rows += _rows("markov", markov.channels, markov.conversions, markov.values)
         if "shapley" in models and has_conv:
             n_channels = len({c for p, k in zip(paths, conv, strict=True) if k for c in p})
             exact = shapley == "exact" or (shapley == "auto" and n_channels <= SHAPLEY_EXACT_MAX)
             if exact:
+                if n_channels > SHAPLEY_EXACT_MAX:
+                    raise ChorusError(
+                        f"exact Shapley values enumerate every coalition: at most {SHAPLEY_EXACT_MAX} channels, "
+                        f"and these journeys convert through {n_channels}; use --shapley simplified (same numbers "
+                        "for this characteristic function) or --by channel", field="shapley")  # fmt: skip
                 res = shapley_exact(paths, conv, value, max_channels=SHAPLEY_EXACT_MAX)
             else:
                 res = shapley_simplified(paths, conv, value)
@@ -132,7 +145,10 @@ def _rule_based(j: jn.Journeys, models: list[str], half_life: timedelta) -> list
     t = j.touches.filter(j.touches.converted)
     n = t.n.cast("float64")
     journey = [t.profile_id, t.journey]
-    decay = ibis.literal(0.5) ** ((jn.seconds(t.end_ts) - jn.seconds(t.ts)) / half_life.total_seconds())
+    # ages from the journey's last touchpoint, not the conversion: normalised, the weights are the same, and the
+    # latest touchpoint weighs 1 however old the journey, so ½^age never underflows to 0/0
+    last = jn.seconds(t.ts.max().over(group_by=journey))
+    decay = ibis.literal(0.5) ** ((last - jn.seconds(t.ts)) / half_life.total_seconds())
     t = t.mutate(_decay=decay.cast("float64"))
     weights = {
         "first_touch": (t.position == 1).cast("float64"),
@@ -163,7 +179,9 @@ def _rule_based(j: jn.Journeys, models: list[str], half_life: timedelta) -> list
 
 def _totals(j: jn.Journeys) -> dict:
     c = j.conversions
-    conv = c.agg(conversions=c.count(), revenue=c.revenue.sum()).to_pyarrow().to_pylist()[0]
+    conv = c.agg(
+        conversions=c.count(), revenue=c.revenue.sum(), negative=c.negative.cast("int64").sum()
+    ).to_pyarrow().to_pylist()[0]  # fmt: skip
     currencies = sorted(
         x for x in c.select("currency").distinct().to_pyarrow().column(0).to_pylist() if x is not None
     )  # fmt: skip
@@ -187,4 +205,5 @@ def _totals(j: jn.Journeys) -> dict:
         "unattributed_revenue": round(total_rev - touched_rev, 6),
         "open_journeys": int(jr["open"] or 0),
         "currencies": currencies,
+        "negative_revenue_conversions": int(conv["negative"] or 0),
     }

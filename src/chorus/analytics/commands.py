@@ -52,6 +52,14 @@ def _day(value: str | None, field: str) -> date | None:
         raise ChorusError(f"{value!r} is not a date (YYYY-MM-DD)", field=field) from None
 
 
+def _days(value: float, field: str) -> float:
+    import math
+
+    if not math.isfinite(value) or not 0 < value <= 3660:
+        raise ChorusError("must be a number of days above 0 and at most 3660", field=field)
+    return value
+
+
 def _period(since: str | None, until: str | None):
     from chorus.analytics.journeys import Period
 
@@ -63,11 +71,24 @@ def _period(since: str | None, until: str | None):
     return Period(start, end)
 
 
+def _has_db(db: str | None) -> bool:
+    """A database named by the user: never fall back to creating ./chorus.db from an analytics command."""
+    import os
+
+    return bool(db or os.environ.get("CHORUS_DATABASE_URL"))
+
+
 def _workspace(lake_dir: str, workspace: str | None, db: str | None) -> str | None:
     from chorus.analytics.engine import workspace_ids
 
     if workspace is None or workspace in workspace_ids(lake_dir):
         return workspace
+    if not _has_db(db):
+        raise ChorusError(
+            f"the lake has no workspace with id {workspace!r} (it holds "
+            f"{', '.join(workspace_ids(lake_dir)) or 'none'}); name it by id, or give --db to look its name up",
+            field="workspace",
+        )
     from chorus import workspaces
     from chorus.cli import _engine
 
@@ -85,11 +106,9 @@ def open_lake(lake_dir: str, workspace: str | None, engine: str, db: str | None 
 def _config(path: str | None, lk, db: str | None):
     """``--config`` if given; else the workspace's ``attribution`` setting when a database is named (``--db`` or
     $CHORUS_DATABASE_URL), so the CLI and the API count the same touchpoints; else the defaults."""
-    import os
-
     from chorus.analytics import journeys
 
-    if path is not None or lk.workspace_id is None or not (db or os.environ.get("CHORUS_DATABASE_URL")):
+    if path is not None or lk.workspace_id is None or not _has_db(db):
         return journeys.load_config(path)
     from chorus import workspaces
     from chorus.cli import _engine
@@ -147,6 +166,9 @@ def attribution(
         chart_path = output.check_chart(chart)
         period = _period(since, until)
         names = tuple(m.strip() for m in models.split(",") if m.strip())
+        if not names:
+            raise ChorusError("name at least one model", field="models")
+        _days(half_life_days, "half_life_days")
         lk = open_lake(lake, workspace, engine, db)
         cfg = _config(config, lk, db)
         res = attr.attribute(
@@ -262,7 +284,10 @@ def clv(
                         "order value", "CLV"], rows)  # fmt: skip
     out.print(f"Total {months}-month CLV: {summary['total_clv']:,.2f} (mean {summary['mean_clv']:,.2f})")
     if written is not None:
-        out.print(f"Computed traits written to {written['profiles']:,} profiles ({written['removed']:,} stale removed)")
+        out.print(
+            f"Computed traits written to {written['profiles']:,} profiles ({written['removed']:,} stale removed; "
+            f"{written['skipped']:,} customers no longer profiles, e.g. erased)"
+        )
     for w in res.warnings:
         out.print(f"[yellow]warning[/yellow]: {w}")
 
@@ -275,9 +300,17 @@ def _write_traits(res, workspace_id: str | None, db: str | None) -> dict:
 
     if workspace_id is None:
         raise ChorusError("the lake has no workspace to write traits to", field="workspace")
+    if not _has_db(db):
+        raise ChorusError("--write-traits writes to the store: give --db (or set $CHORUS_DATABASE_URL)", field="db")
     _, engine = _engine(db)
     with engine.begin() as conn:
-        return computed.replace(conn, workspace_id, MODEL, res.traits(), utcnow())
+        written = computed.replace(conn, workspace_id, MODEL, res.traits(), utcnow())
+        if res.n and not written["profiles"]:
+            # nothing matched: the wrong database for this lake; roll back rather than remove the old traits
+            raise ChorusError(
+                f"none of the {res.n} customers is a profile of workspace {workspace_id} in this database", field="db"
+            )
+    return written
 
 
 def _clv_chart(res, path):
@@ -471,6 +504,7 @@ def report_showrooming(
     try:
         output.check_format(fmt)
         lk = open_lake(lake, workspace, engine, db)
+        _days(window_days, "window_days")
         res = showrooming(lk, _config(config, lk, db),
                           _period(since, until), window=timedelta(days=window_days))  # fmt: skip
     except ChorusError as exc:
@@ -503,6 +537,7 @@ def report_uplift(
     try:
         output.check_format(fmt)
         lk = open_lake(lake, workspace, engine, db)
+        _days(window_days, "window_days")
         res = uplift(lk, _config(config, lk, db), _period(since, until),
                      window=timedelta(days=window_days), confidence=confidence)  # fmt: skip
     except ChorusError as exc:

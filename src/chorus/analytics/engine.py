@@ -33,7 +33,8 @@ class Lake:
     _tables: dict[str, ir.Table] = field(default_factory=dict)
 
     def has(self, name: str) -> bool:
-        return any((self.root / name).glob("workspace_id=*/**/*.parquet"))
+        ws = "*" if self.workspace_id is None else self.workspace_id
+        return any((self.root / name).glob(f"workspace_id={ws}/**/*.parquet"))
 
     def table(self, name: str) -> ir.Table:
         if name not in TABLES:
@@ -44,7 +45,8 @@ class Lake:
                     f"the lake at {self.root} has no {name} yet: run `chorus lake export --out {self.root}` first",
                     field="lake",
                 )
-            t = _read(self.con, self.engine, self.root / name, name in _PARTITIONED, f"chorus_{name}")
+            t = _read(self.con, self.engine, self.root / name, name in _PARTITIONED, f"chorus_{name}",
+                      self.workspace_id)  # fmt: skip
             t = t.mutate(workspace_id=t.workspace_id.cast("string"))
             if name in _PARTITIONED:
                 t = t.mutate(date=t.date.cast("date"))
@@ -118,9 +120,12 @@ def local_spark_session(master: str | None = None):
     return session
 
 
-def _read(con, engine: str, path: Path, partitioned: bool, name: str) -> ir.Table:
+def _read(con, engine: str, path: Path, partitioned: bool, name: str, workspace_id: str | None) -> ir.Table:
+    # DuckDB: one workspace's directory only, when it is known: the others' files are not even opened
+    ws = "*" if workspace_id is None else workspace_id
     if engine == "duckdb":
-        glob = str(path / ("*/*/*.parquet" if partitioned else "*/*.parquet"))
+        glob = str(path / f"workspace_id={ws}" / ("*/*.parquet" if partitioned else "*.parquet"))
         # union_by_name: files written by an older Chorus may lack a column added since
         return con.read_parquet(glob, table_name=name, hive_partitioning=True, union_by_name=True)
+    # Spark reads the root: the workspace filter prunes the other workspaces' directories when it plans the scan
     return con.read_parquet(str(path), table_name=name, mergeSchema="true")

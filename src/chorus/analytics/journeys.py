@@ -179,12 +179,13 @@ class Period:
 
 def resolved_events(lake, cfg: Config, period: Period = Period()) -> ir.Table:
     """Events of the lake with ``profile_id`` mapped through later merges, pruned by date partition to what the
-    period and its lookback can use."""
+    period and its lookback can use, and cut at the period's end: reports are "as of" ``until``."""
     ev = lake.table("events")
     if period.since is not None:
         ev = ev.filter(ev.date >= _day(period.since - cfg.lookback - timedelta(days=1)))
     if period.until is not None:
-        ev = ev.filter(ev.date <= _day(period.until + timedelta(days=1)))
+        # as of ``until``: what happened later is not seen (a journey that converts later is open at ``until``)
+        ev = ev.filter(ev.date <= _day(period.until + timedelta(days=1)), ev.timestamp < period.until)
     if lake.has("profile_aliases"):
         al = lake.table("profile_aliases").select(alias_id="alias_id", merged_into="profile_id")
         ev = ev.left_join(al, ev.profile_id == al.alias_id)
@@ -206,7 +207,9 @@ def conversions(ev: ir.Table, cfg: Config) -> ir.Table:
         profile_id=c.profile_id,
         ts=c.timestamp,
         seq=c.seq,
-        revenue=ibis.coalesce(c.revenue, 0.0),
+        # a refund is not a negative order: revenue below zero (or NaN) counts as 0 and is reported
+        revenue=ibis.cases((c.revenue.isnull() | c.revenue.isnan() | (c.revenue < 0), 0.0), else_=c.revenue),
+        negative=(c.revenue < 0).fill_null(False),
         currency=c.currency,
         channel=c.channel,
         category=c.category,
@@ -225,17 +228,18 @@ def touchpoints(ev: ir.Table, cfg: Config) -> ir.Table:
         ~ev.event.isin(cfg.conversions + cfg.exclude_events) | ev.event.isnull(),
         ev.direction.isnull() | (ev.direction != "outbound"),
     )
-    t = t.mutate(rule=rule_case, label=label_case, utm=has_utm)
+    utm_key = ibis.coalesce(ev.campaign_name, ev.campaign_source, ev.campaign_medium, "")
+    t = t.mutate(rule=rule_case, label=label_case, utm=has_utm, utm_key=utm_key)
     t = t.filter(t.rule.notnull() & t.label.notnull())
     t = t.mutate(campaign=ibis.coalesce(t.campaign_name, t.campaign_id, t.journey_id))
-    # a touchpoint = a run of events of one rule and channel with no gap over touch_gap; an event carrying a
-    # different campaign label (a new UTM landing) starts a new one, as analytics tools start a new session
+    # a touchpoint = a run of events of one rule and channel with no gap over touch_gap; an event carrying another
+    # campaign than the event before (a new UTM landing) starts a new one, as analytics tools start a new session
     w = ibis.window(group_by=[t.profile_id, t.rule, t.channel], order_by=[t.timestamp, t.seq])
     gap = seconds(t.timestamp) - seconds(t.timestamp.lag().over(w))
     starts = (
         t.timestamp.lag().over(w).isnull()
         | (gap > cfg.touch_gap.total_seconds())
-        | (t.utm & (t.label != t.label.lag().over(w)))
+        | (t.utm & (t.utm_key != ibis.coalesce(t.utm_key.lag().over(w), "")))
     )
     t = t.mutate(_start=starts.cast("int64"))
     t = t.filter(t._start == 1).select(

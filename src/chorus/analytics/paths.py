@@ -68,8 +68,8 @@ def summarise(paths, conv, value, nulls, *, by: str = "channel", top: int = 20) 
     for key in sorted({n for link in links for n in link}):
         ids[key] = len(nodes)
         nodes.append({"id": len(nodes), "label": key[1], "step": key[0] + 1})
-    sankey = {"nodes": nodes, "links": [{"source": ids[a], "target": ids[b], "value": k}
-                                        for (a, b), k in sorted(links.items(), key=lambda kv: -kv[1])]}  # fmt: skip
+    ordered = sorted(links.items(), key=lambda kv: (-kv[1], kv[0]))  # ties by node: the same on every engine
+    sankey = {"nodes": nodes, "links": [{"source": ids[a], "target": ids[b], "value": k} for (a, b), k in ordered]}
     by_len: dict[int, int] = defaultdict(int)
     for r in rows:
         by_len[len(_collapse(r["path"]))] += r["conversions"]

@@ -58,7 +58,7 @@ def attribution(
         "first_touch,last_touch,linear,time_decay,position_based,markov,shapley"
     ),
     order: Annotated[int, Query(ge=1, le=3, description="Markov order")] = 1,
-    half_life_days: Annotated[float, Query(gt=0)] = 7.0,
+    half_life_days: Annotated[float, Query(gt=0, le=3660)] = 7.0,
     shapley: Annotated[str, Query(description="auto, exact or simplified")] = "auto",
     since: date | None = None,
     until: date | None = None,
@@ -80,13 +80,20 @@ def clv(
     end: date | None = None,
     months: Annotated[int, Query(ge=1, le=120)] = 12,
     discount_rate: Annotated[float, Query(ge=0, lt=1)] = 0.01,
-    unit_days: Annotated[float, Query(gt=0)] = 7.0,
+    unit_days: Annotated[float, Query(gt=0, le=366)] = 7.0,
+    penalizer: Annotated[float, Query(ge=0, le=10)] = 0.0,
     limit: Annotated[int, Query(ge=0, le=10_000)] = 100,
 ):
     from chorus.analytics.clv import lifetime_values
 
     res = lifetime_values(
-        _lake(svc, ws), _config(ws), end=end, months=months, discount_rate=discount_rate, unit_days=unit_days
+        _lake(svc, ws),
+        _config(ws),
+        end=end,
+        months=months,
+        discount_rate=discount_rate,
+        unit_days=unit_days,
+        penalizer=penalizer,
     )
     return JSON({"summary": res.summary(), "customers": res.rows(limit=limit)})
 
@@ -123,7 +130,7 @@ def omnichannel(ws: WS, svc: SVC, since: date | None = None, until: date | None 
 
 @router.get("/showrooming", summary="Showrooming and webrooming by category")
 def rooming(ws: WS, svc: SVC, since: date | None = None, until: date | None = None,
-            window_days: Annotated[float, Query(gt=0)] = 7.0):  # fmt: skip
+            window_days: Annotated[float, Query(gt=0, le=3660)] = 7.0):  # fmt: skip
     from chorus.analytics.rooming import showrooming
 
     return JSON(
@@ -139,7 +146,7 @@ def uplift(
     svc: SVC,
     since: date | None = None,
     until: date | None = None,
-    window_days: Annotated[float, Query(gt=0)] = 30.0,
+    window_days: Annotated[float, Query(gt=0, le=3660)] = 30.0,
     confidence: Annotated[float, Query(gt=0, lt=1)] = 0.95,
 ):
     from chorus.analytics.uplift import uplift as run

@@ -22,7 +22,8 @@ def replace(conn: Connection, ws: str, model: str, values: dict[str, dict], at: 
     read are written to the profile they are now part of; ids that are no longer profiles (erased) are skipped."""
     from chorus.profiles.views import resolve_ids  # views shows computed traits: import it late
 
-    written = skipped = 0
+    written = skipped = collided = 0
+    owner: dict[str, str] = {}  # profile written -> the scored id its values came from
     ids = list(values)
     for i in range(0, len(ids), CHUNK):
         part = ids[i : i + CHUNK]
@@ -33,6 +34,13 @@ def replace(conn: Connection, ws: str, model: str, values: dict[str, dict], at: 
             if target is None:
                 skipped += 1
                 continue
+            if target in owner:
+                # two scored ids are one person now (merged after the export): the survivor's own row wins
+                collided += 1
+                if owner[target] == target or pid != target:
+                    continue
+                written -= 1  # the survivor's own row replaces the one written for a merged id
+            owner[target] = pid
             for name, value in values[pid].items():
                 rows[(target, name)] = {
                     "workspace_id": ws, "profile_id": target, "name": name, "value": value, "model": model,
@@ -48,7 +56,7 @@ def replace(conn: Connection, ws: str, model: str, values: dict[str, dict], at: 
             computed_traits.c.workspace_id == ws, computed_traits.c.model == model, computed_traits.c.computed_at < at
         )
     ).rowcount
-    return {"profiles": written, "skipped": skipped, "removed": removed}
+    return {"profiles": written, "skipped": skipped, "merged": collided, "removed": removed}
 
 
 def read(conn: Connection, ws: str, profile_ids: list[str]) -> dict[str, dict]:

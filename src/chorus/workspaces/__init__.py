@@ -183,7 +183,8 @@ def validate_settings(patch: dict) -> dict:
             from chorus.errors import ChorusError
 
             try:
-                parse_config(value)
+                if value is not None:  # null: back to the defaults
+                    parse_config(value)
             except ChorusError as exc:
                 raise ValueError(f"settings.attribution.{exc.field}: {exc.message}") from None
             out[key] = value
