@@ -200,9 +200,11 @@ def _day(ts: datetime) -> date:
 def conversions(ev: ir.Table, cfg: Config) -> ir.Table:
     """One row per conversion: the same ``order_id`` reported twice (the shop and the server) counts once."""
     c = ev.filter((ev.type == "track") & ev.event.isin(cfg.conversions))
-    key = ibis.coalesce(c.order_id, c.seq.cast("string"))
-    first = ibis.row_number().over(group_by=[c.profile_id, key], order_by=[c.timestamp, c.seq])
-    c = c.mutate(_n=first).filter(lambda t: t._n == 0)
+    # every window of the journeys partitions by person only, so that Spark shuffles the events once
+    c = c.mutate(_key=ibis.coalesce(c.order_id, c.seq.cast("string")))
+    w = ibis.window(group_by=c.profile_id, order_by=[c._key, c.timestamp, c.seq])
+    c = c.mutate(_first=ibis.coalesce(c._key.lag().over(w) != c._key, True))
+    c = c.filter(c._first)  # the first report of each order
     return c.select(
         profile_id=c.profile_id,
         ts=c.timestamp,
@@ -234,10 +236,11 @@ def touchpoints(ev: ir.Table, cfg: Config) -> ir.Table:
     t = t.mutate(campaign=ibis.coalesce(t.campaign_name, t.campaign_id, t.journey_id))
     # a touchpoint = a run of events of one rule and channel with no gap over touch_gap; an event carrying another
     # campaign than the event before (a new UTM landing) starts a new one, as analytics tools start a new session
-    w = ibis.window(group_by=[t.profile_id, t.rule, t.channel], order_by=[t.timestamp, t.seq])
+    t = t.mutate(_stream=t.rule + "\x1f" + ibis.coalesce(t.channel, ""))  # one run per rule and channel
+    w = ibis.window(group_by=t.profile_id, order_by=[t._stream, t.timestamp, t.seq])
     gap = seconds(t.timestamp) - seconds(t.timestamp.lag().over(w))
     starts = (
-        t.timestamp.lag().over(w).isnull()
+        ibis.coalesce(t._stream.lag().over(w) != t._stream, True)
         | (gap > cfg.touch_gap.total_seconds())
         | (t.utm & (t.utm_key != ibis.coalesce(t.utm_key.lag().over(w), "")))
     )
@@ -312,17 +315,22 @@ def build(lake, cfg: Config = Config(), period: Period = Period(), *, by: str = 
             revenue="revenue",
         )
     )  # fmt: skip
-    # touchpoints sort before a conversion at the same instant: they happened "up to" it
+    # touchpoints sort before a conversion at the same instant: they happened "up to" it. k = conversions so far;
+    # a touchpoint belongs to journey k + 1, which the (k + 1)-th conversion ends
     w = ibis.window(group_by="profile_id", order_by=["ts", "is_conv", "seq"], rows=(None, 0))
     stream = stream.mutate(k=stream.is_conv.sum().over(w))
-    touches = stream.filter(stream.is_conv == 0).mutate(journey=lambda t: t.k + 1)
-    convs = stream.filter(stream.is_conv == 1).select(
-        c_profile="profile_id", c_journey="k", conv_ts="ts", conv_revenue="revenue"
+    stream = stream.mutate(journey=stream.k + 1 - stream.is_conv)
+    jw = [stream.profile_id, stream.journey]
+    is_conv = stream.is_conv == 1
+    stream = stream.mutate(
+        conv_ts=ibis.cases((is_conv, stream.ts), else_=ibis.null(stream.ts.type())).max().over(group_by=jw),
+        conv_revenue=ibis.cases((is_conv, stream.revenue), else_=ibis.null("float64")).max().over(group_by=jw),
+        last_ts=stream.ts.max().over(group_by=jw),
     )
-    j = touches.left_join(convs, [touches.profile_id == convs.c_profile, touches.journey == convs.c_journey])
+    j = stream.filter(stream.is_conv == 0)
     j = j.mutate(converted=j.conv_ts.notnull())
     # an open journey's window ends at its last touchpoint; a converting one's at the conversion
-    j = j.mutate(end_ts=ibis.coalesce(j.conv_ts, j.ts.max().over(group_by=[j.profile_id, j.journey])))
+    j = j.mutate(end_ts=ibis.coalesce(j.conv_ts, j.last_ts))
     j = j.filter(seconds(j.end_ts) - seconds(j.ts) <= cfg.lookback.total_seconds())
     if period.since is not None:
         j = j.filter(j.end_ts >= period.since)
