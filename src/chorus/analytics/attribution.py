@@ -31,7 +31,6 @@ class Attribution:
     totals: dict
     params: dict
     warnings: list[str] = field(default_factory=list)
-    markov: object | None = None  # the fitted MarkovResult, for its transition matrix and removal effects
 
     def table(self, model: str) -> dict[str, dict]:
         return {r["label"]: r for r in self.rows if r["model"] == model}
@@ -72,7 +71,7 @@ def attribute(
     j.touches = j.touches.cache()
     j.conversions = j.conversions.cache()
     try:
-        rows, totals, warnings, markov = _models(j, models, half_life, markov_order, shapley)
+        rows, totals, warnings = _models(j, models, half_life, markov_order, shapley)
     finally:
         j.touches.release()
         j.conversions.release()
@@ -84,7 +83,7 @@ def attribute(
         "until": period.until.isoformat() if period.until else None,
         "engine": lake.engine, "config": cfg.as_dict(),
     }  # fmt: skip
-    return Attribution(by, tuple(models), rows, totals, params, warnings, markov)
+    return Attribution(by, tuple(models), rows, totals, params, warnings)
 
 
 def _models(j: jn.Journeys, models, half_life, markov_order, shapley):
@@ -104,7 +103,6 @@ def _models(j: jn.Journeys, models, half_life, markov_order, shapley):
     rule_models = [m for m in models if m in RULE_MODELS]
     if rule_models:
         rows += _rule_based(j, rule_models, half_life)
-    markov = None
     if "markov" in models or "shapley" in models:
         paths, conv, value, nulls = jn.path_counts(j)
         has_conv = any(c > 0 for c, p in zip(conv, paths, strict=True) if p)
@@ -128,7 +126,7 @@ def _models(j: jn.Journeys, models, half_life, markov_order, shapley):
                 res = shapley_simplified(paths, conv, value)
             rows += _rows("shapley", res.channels, res.conversions, res.values)
             totals["shapley_method"] = "exact" if exact else "simplified"
-    return rows, totals, warnings, markov
+    return rows, totals, warnings
 
 
 def _rows(model: str, labels, conversions, values) -> list[dict]:

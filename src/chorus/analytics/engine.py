@@ -55,12 +55,9 @@ class Lake:
             self._tables[name] = t
         return self._tables[name]
 
-    def workspaces(self) -> list[str]:
-        """The workspaces the lake has events of (from its directory names: no query)."""
-        return workspace_ids(self.root)
-
 
 def workspace_ids(root: str | Path) -> list[str]:
+    """The workspaces the lake has events of (from its directory names: no query)."""
     return sorted(p.name.split("=", 1)[1] for p in Path(root, "events").glob("workspace_id=*") if p.is_dir())
 
 

@@ -15,7 +15,7 @@ counted but unattributed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import ibis
@@ -182,19 +182,15 @@ def resolved_events(lake, cfg: Config, period: Period = Period()) -> ir.Table:
     period and its lookback can use, and cut at the period's end: reports are "as of" ``until``."""
     ev = lake.table("events")
     if period.since is not None:
-        ev = ev.filter(ev.date >= _day(period.since - cfg.lookback - timedelta(days=1)))
+        ev = ev.filter(ev.date >= (period.since - cfg.lookback - timedelta(days=1)).date())
     if period.until is not None:
         # as of ``until``: what happened later is not seen (a journey that converts later is open at ``until``)
-        ev = ev.filter(ev.date <= _day(period.until + timedelta(days=1)), ev.timestamp < period.until)
+        ev = ev.filter(ev.date <= (period.until + timedelta(days=1)).date(), ev.timestamp < period.until)
     if lake.has("profile_aliases"):
         al = lake.table("profile_aliases").select(alias_id="alias_id", merged_into="profile_id")
         ev = ev.left_join(al, ev.profile_id == al.alias_id)
         ev = ev.mutate(profile_id=ibis.coalesce(ev.merged_into, ev.profile_id)).drop("alias_id", "merged_into")
     return ev.filter(ev.profile_id.notnull())
-
-
-def _day(ts: datetime) -> date:
-    return ts.date()
 
 
 def conversions(ev: ir.Table, cfg: Config) -> ir.Table:
@@ -221,15 +217,12 @@ def conversions(ev: ir.Table, cfg: Config) -> ir.Table:
 
 def touchpoints(ev: ir.Table, cfg: Config) -> ir.Table:
     """One row per touchpoint: ``profile_id, ts, seq, rule, channel, campaign``."""
-    has_utm = ev.campaign_name.notnull() | ev.campaign_source.notnull() | ev.campaign_medium.notnull()
+    has_utm = _has_utm(ev)
     rule_case = ibis.cases(*[(_matches(ev, r, has_utm), r.name) for r in cfg.rules], else_=None)
     label_case = ibis.cases(
         *[(_matches(ev, r, has_utm), ibis.coalesce(*[ev[c] for c in r.label])) for r in cfg.rules], else_=None
     )
-    t = ev.filter(
-        ~ev.event.isin(cfg.conversions + cfg.exclude_events) | ev.event.isnull(),
-        ev.direction.isnull() | (ev.direction != "outbound"),
-    )
+    t = _candidates(ev, cfg)
     utm_key = ibis.coalesce(ev.campaign_name, ev.campaign_source, ev.campaign_medium, "")
     t = t.mutate(rule=rule_case, label=label_case, utm=has_utm, utm_key=utm_key)
     t = t.filter(t.rule.notnull() & t.label.notnull())
@@ -254,17 +247,24 @@ def touchpoints(ev: ir.Table, cfg: Config) -> ir.Table:
 def touch_events(ev: ir.Table, cfg: Config) -> ir.Table:
     """The events :func:`touchpoints` makes touchpoints of (a rule matches; not a conversion, an excluded event or
     an outbound message; with a channel), before they are merged into sessions. ``ts`` is the event's time."""
-    has_utm = ev.campaign_name.notnull() | ev.campaign_source.notnull() | ev.campaign_medium.notnull()
+    has_utm = _has_utm(ev)
     matches = ibis.literal(False)
     for rule in cfg.rules:
         matches |= _matches(ev, rule, has_utm)
-    t = ev.filter(
+    t = _candidates(ev, cfg).filter(ev.channel.notnull(), matches)
+    return t.mutate(ts=t.timestamp)
+
+
+def _candidates(ev: ir.Table, cfg: Config) -> ir.Table:
+    """Events that may be touchpoints: not a conversion or an excluded event, not a message Chorus sent."""
+    return ev.filter(
         ~ev.event.isin(cfg.conversions + cfg.exclude_events) | ev.event.isnull(),
         ev.direction.isnull() | (ev.direction != "outbound"),
-        ev.channel.notnull(),
-        matches,
     )
-    return t.mutate(ts=t.timestamp)
+
+
+def _has_utm(ev: ir.Table) -> ir.BooleanValue:
+    return ev.campaign_name.notnull() | ev.campaign_source.notnull() | ev.campaign_medium.notnull()
 
 
 def seconds(ts: ir.TimestampValue) -> ir.IntegerValue:

@@ -198,6 +198,23 @@ def _out(arr: np.ndarray):
 
 
 # --- optimiser ----------------------------------------------------------------------------------------------------
+def _penalised(terms, n: float, pen: float):
+    """The objective lifetimes minimises: the mean negative log-likelihood plus ``pen`` · Σ params², and its gradient,
+    in log-parameters; ``terms(theta)`` gives the total log-likelihood and its gradient in log-parameters."""
+
+    def objective(theta):
+        ll, grad = terms(theta)
+        f = -ll / n
+        g = -grad / n
+        if pen:
+            params = np.exp(theta)
+            f += pen * _dot(params, params)
+            g += 2.0 * pen * params * params
+        return f, g
+
+    return objective
+
+
 def _maximise(objective, names: tuple[str, ...], what: str, offset=0.0):
     """BFGS on log-parameters from lifetimes' start point. ConvergenceError when it does not converge, or when it
     converges towards the edge of the parameter space (a parameter beyond e^±15 relative to its scale, ``offset``
@@ -383,16 +400,7 @@ def fit_bgnbd(frequency, recency, T, weights=None, penalizer: float = 0.0) -> BG
     uT_s, ut_s = P.uT * scale, P.ut * scale
     n = P.n_customers
 
-    def objective(theta):
-        ll, grad = _bgnbd_terms(theta, P, uT_s, ut_s)
-        f = -ll / n
-        g = -grad / n
-        if pen:
-            params = np.exp(theta)
-            f += pen * _dot(params, params)
-            g += 2.0 * pen * params * params
-        return f, g
-
+    objective = _penalised(lambda theta: _bgnbd_terms(theta, P, uT_s, ut_s), n, pen)
     res = _maximise(objective, ("r", "alpha", "a", "b"), "fit_bgnbd")
     r, alpha_s, a, b = np.exp(res.x)
     ll_scaled, _ = _bgnbd_terms(res.x, P, uT_s, ut_s)
@@ -544,17 +552,8 @@ def fit_gamma_gamma(frequency, monetary_value, weights=None, penalizer: float = 
         g_v = n * q / v - _dot(W, (p * px + q) / (xm + v))
         return ll, np.array([g_p * p, g_q * q, g_v * v])
 
-    def objective(theta):
-        ll, grad = terms(theta)
-        f = -ll / n
-        g = -grad / n
-        if pen:
-            params = np.exp(theta)
-            f += pen * _dot(params, params)
-            g += 2.0 * pen * params * params
-        return f, g
-
-    res = _maximise(objective, ("p", "q", "v"), "fit_gamma_gamma", offset=np.array([0.0, 0.0, log_m_scale]))
+    offset = np.array([0.0, 0.0, log_m_scale])
+    res = _maximise(_penalised(terms, n, pen), ("p", "q", "v"), "fit_gamma_gamma", offset=offset)
     p, q, v = np.exp(res.x)
     ll, _ = terms(res.x)
     return GammaGammaParams(p=float(p), q=float(q), v=float(v), log_likelihood=float(ll), n_customers=int(round(n)),
