@@ -1,0 +1,70 @@
+"""The one validation point for JSON from outside: what passes can be stored and written again by orjson."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from chorus import safejson
+from chorus.errors import ChorusError
+
+scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text()
+documents = st.recursive(
+    scalars, lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=5), kids, max_size=4),
+    max_leaves=30,
+)
+
+
+@given(documents)
+def test_what_passes_round_trips_through_orjson(doc):
+    bad = safejson.problem(doc, "properties")
+    if bad is None:
+        assert orjson.loads(orjson.dumps(doc)) == doc
+    else:
+        path, why = bad
+        assert path.startswith("properties") and why
+
+
+@given(documents)
+def test_what_fails_names_a_path_that_leads_to_the_bad_value(doc):
+    bad = safejson.problem(doc, "p")
+    if bad is None or bad[0].endswith("…"):
+        return
+    with pytest.raises(ChorusError) as info:
+        safejson.check(doc, "p")
+    assert info.value.field == bad[0] and info.value.status == 400
+
+
+def nest(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "words"),
+    [
+        (b'{"a": {"b": ' + nest(300) + b"}}", "traits.a.b[0][0][0]…", "deeper than 64"),
+        (nest(5000), "traits", "deeper than 64"),
+        (b'{"a": [1, {"b": "x\\u0000"}]}', "traits.a[1].b", "NUL"),
+        (b'{"k\\u0000": 1}', "traits", "key that contains a NUL"),
+        (b'{"a": "\\ud800"}', "traits", "not valid JSON"),
+        (b"{bad", "traits", "not valid JSON (unexpected character, expected a string key: line 1 column 2)"),
+    ],
+)
+def test_hostile_json_is_a_clear_400(body, field, words):
+    with pytest.raises(ChorusError) as info:
+        safejson.loads(body, "traits")
+    assert info.value.field == field
+    assert words in info.value.message
+    assert "(char" not in info.value.message  # no parser offsets
+
+
+def test_limits_at_their_edges():
+    assert safejson.check({"n": 2**64 - 1, "m": -(2**63)}) is not None
+    for value in (2**64, -(2**63) - 1, float("nan"), float("inf")):
+        with pytest.raises(ChorusError):
+            safejson.check({"n": value})
+    assert safejson.check(orjson.loads(nest(64))) is not None
+    with pytest.raises(ChorusError):
+        safejson.check(orjson.loads(nest(65)))
