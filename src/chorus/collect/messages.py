@@ -80,31 +80,31 @@ def _ts(msg: dict, field: str) -> datetime | None:
 
 
 def event_time(original: datetime | None, sent_at: datetime | None, received_at: datetime) -> tuple[datetime, str]:
-    """When the event happened, and how that was decided (``corrected``, ``as sent``, ``received``, or the reason
-    the client's time was not used).
+    """When the event happened, and how that was decided: ``corrected``, ``as sent``, ``received`` (no client
+    time), or why the client's time was not used.
 
     Segment's clock-skew correction: ``sentAt`` and ``originalTimestamp`` come from the same (possibly wrong)
     device clock, so their difference, the time the event waited on the device, is trustworthy and
-    ``timestamp = receivedAt - (sentAt - originalTimestamp)``. It is applied only when that wait is not negative
-    (an event cannot be sent before it happened: a ``sentAt`` earlier than the event is from another clock or
-    made up). Whatever the client's time becomes, it must fall in ``[EARLIEST, receivedAt + MAX_FUTURE]``;
-    outside it the event takes ``receivedAt`` (the client's values stay in the payload).
+    ``timestamp = receivedAt - (sentAt - originalTimestamp)``. It is applied only when it is sane: the wait is
+    not negative (an event cannot be sent before it happened: such a ``sentAt`` is from another clock or made
+    up) and the result falls in the accepted range ``[EARLIEST, receivedAt + MAX_FUTURE]``. Otherwise the
+    client's own time is used if it falls in that range, else ``receivedAt`` (the client's values stay in the
+    payload either way).
     """
     if original is None:
         return received_at, "received"
-    how = "as sent"
-    candidate = original
     if sent_at is not None and sent_at >= original:
         try:
-            candidate = received_at - (sent_at - original)
-            how = "corrected"
+            corrected = received_at - (sent_at - original)
         except OverflowError:  # a wait of thousands of years: no instant to correct to
-            return received_at, "the clock-skew correction falls outside the accepted range"
-    if candidate < EARLIEST:
-        return received_at, f"the event time {iso(candidate)[:10]} is before {iso(EARLIEST)[:10]}"
-    if candidate > received_at + MAX_FUTURE:
-        return received_at, f"the event time {iso(candidate)[:19]}Z is more than {MAX_FUTURE.days} days ahead"
-    return candidate, how
+            corrected = None
+        if corrected is not None and EARLIEST <= corrected <= received_at + MAX_FUTURE:
+            return corrected, "corrected"
+    if original < EARLIEST:
+        return received_at, f"the event time {iso(original)[:10]} is before {iso(EARLIEST)[:10]}"
+    if original > received_at + MAX_FUTURE:
+        return received_at, f"the event time {iso(original)[:19]}Z is more than {MAX_FUTURE.days} days ahead"
+    return original, "as sent"
 
 
 def content_message_id(msg: dict) -> str:
