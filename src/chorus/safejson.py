@@ -16,6 +16,7 @@ terms (``properties.items[2].sku``), never a parser's internal message or charac
 
 from __future__ import annotations
 
+import json
 import math
 import re
 
@@ -95,17 +96,96 @@ def check(value: object, field: str = "body", *, max_depth: int = MAX_DEPTH) -> 
     return value
 
 
-def loads(data: bytes | str, field: str = "body", *, max_depth: int = MAX_DEPTH) -> object:
-    """Parse JSON from outside and :func:`check` it; malformed JSON is a 400 naming ``field``."""
+def parse(data: bytes | str, field: str = "body", *, max_depth: int = MAX_DEPTH) -> object:
+    """Parse JSON from outside without :func:`check`: for a body whose parts are checked one by one (a tracking
+    batch rejects a bad message, not the request). Malformed JSON is a 400 naming ``field``."""
     try:
-        value = orjson.loads(data)
+        return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         if not str(exc).startswith("depth limit"):
             raise ChorusError(f"{field} is not valid JSON ({_reason(exc)})", field=field) from None
         raise ChorusError(f"{field}: nested deeper than {max_depth} levels", field=field) from None
     except RecursionError:
         raise ChorusError(f"{field}: nested deeper than {max_depth} levels", field=field) from None
-    return check(value, field, max_depth=max_depth)
+
+
+def loads(data: bytes | str, field: str = "body", *, max_depth: int = MAX_DEPTH) -> object:
+    """Parse JSON from outside and :func:`check` it; malformed JSON is a 400 naming ``field``."""
+    return check(parse(data, field, max_depth=max_depth), field, max_depth=max_depth)
+
+
+def escape(value: str) -> str:
+    """``value`` with what text columns cannot hold (NUL, lone surrogates) written as ``\\uXXXX`` escapes: for
+    storing and showing text that failed :func:`check_text` (a rejected event, an import error)."""
+    if text_problem(value) is None:
+        return value
+    return "".join(
+        f"\\u{ord(ch):04x}" if ch == "\x00" or "\ud800" <= ch <= "\udfff" else ch for ch in value
+    )
+
+
+def dumps_lossy(value: object, *, max_depth: int = MAX_DEPTH, max_chars: int = 64 * 1024) -> str:
+    """JSON text for ANY parsed value, for keeping what was refused: levels past ``max_depth`` become the string
+    ``"…"``, NUL and lone surrogates are escaped, and text past ``max_chars`` is cut (then it is no longer
+    JSON). Never raises: storing a rejection must not fail for the reason the value was rejected."""
+    try:
+        if problem(value, max_depth=max_depth) is None:
+            text = orjson.dumps(value).decode()
+            return text if len(text) <= max_chars else text[:max_chars] + "…"
+    except (TypeError, ValueError):  # an object orjson cannot write: the generic path below copes
+        pass
+    out: list[str] = []
+    size = 0
+    stack: list[object] = [(value, 0)]
+    while stack and size <= max_chars:
+        item = stack.pop()
+        if isinstance(item, _Raw):
+            out.append(item)
+            size += len(item)
+            continue
+        node, depth = item
+        if isinstance(node, dict | list) and depth >= max_depth:
+            node = "…"
+        if isinstance(node, dict):
+            parts: list[object] = [_Raw("{")]
+            for i, (key, child) in enumerate(node.items()):
+                parts.append(_Raw(("," if i else "") + _string(str(key)) + ":"))
+                parts.append((child, depth + 1))
+            parts.append(_Raw("}"))
+            stack.extend(reversed(parts))
+        elif isinstance(node, list):
+            parts = [_Raw("[")]
+            for i, child in enumerate(node):
+                if i:
+                    parts.append(_Raw(","))
+                parts.append((child, depth + 1))
+            parts.append(_Raw("]"))
+            stack.extend(reversed(parts))
+        else:
+            text = _scalar(node)
+            out.append(text)
+            size += len(text)
+    text = "".join(out)
+    return text if len(text) <= max_chars and not stack else text[:max_chars] + "…"
+
+
+class _Raw(str):
+    """Ready JSON text on the :func:`dumps_lossy` stack (as opposed to a value still to write)."""
+
+
+def _string(value: str) -> str:
+    # ensure_ascii escapes NUL and lone surrogates alike; only then is any str writable
+    return json.dumps(value, ensure_ascii=True)
+
+
+def _scalar(value: object) -> str:
+    if value is None or isinstance(value, bool):
+        return "null" if value is None else ("true" if value else "false")
+    if isinstance(value, int):
+        return str(value) if INT_MIN <= value <= INT_MAX else _string(str(value))
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else _string(repr(value))
+    return _string(value if isinstance(value, str) else str(value))
 
 
 def _short(path: str) -> str:

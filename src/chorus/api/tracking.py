@@ -10,11 +10,10 @@ from __future__ import annotations
 import asyncio
 import zlib
 
-import orjson
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from chorus import metrics
+from chorus import metrics, safejson
 from chorus.api.common import JSON, Services, error_response, write_key
 from chorus.collect import ingest
 from chorus.collect.messages import (
@@ -31,6 +30,9 @@ from chorus.errors import ChorusError, Saturated
 from chorus.timeutil import utcnow
 
 router = APIRouter(prefix="/v1", tags=["tracking"])
+# A body nested deeper than the JSON parser goes (orjson: 1024 levels) cannot be split into messages: it is a
+# malformed request as a whole. Anything shallower is parsed and each message checked against safejson's 64.
+PARSER_DEPTH = 1024
 
 _MESSAGE_SCHEMA = {
     "type": "object",
@@ -58,7 +60,7 @@ _BATCH_SCHEMA = {
 }  # fmt: skip
 _RESPONSES = {
     200: {"description": "Stored (events failing validation are kept as rejected and listed in `rejected`)."},
-    400: {"description": "Malformed JSON or a size limit exceeded: `{code, message}`"},
+    400: {"description": "Malformed JSON or a size limit exceeded: `{code, message, field}`"},
     401: {"description": "Unknown write key"},
     429: {"description": "Ingestion saturated; retry after `Retry-After` seconds"},
 }
@@ -122,10 +124,8 @@ async def _handle(request: Request, kind: str) -> JSON:
         body = _inflate(raw, request.headers.get("content-encoding", ""))
         if kind != "batch" and len(body) > MAX_MESSAGE_BYTES:
             raise ChorusError("message is larger than 32 KB", field="body")
-        try:
-            doc = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise ChorusError(f"body is not valid JSON: {exc}", field="body") from None
+        # Parsed, not checked: each message is checked by normalise, so one bad message is rejected alone.
+        doc = safejson.parse(body, "body", max_depth=PARSER_DEPTH)
         if not isinstance(doc, dict):
             raise ChorusError("body must be a JSON object", field="body")
         source = await run_in_threadpool(svc.keys.source, write_key(request.headers, doc))
@@ -140,19 +140,12 @@ async def _handle(request: Request, kind: str) -> JSON:
                 raise ChorusError("batch must be an array of messages", field="batch")
             if len(items) > MAX_BATCH_EVENTS:
                 raise ChorusError(f"batch has {len(items)} events; the limit is {MAX_BATCH_EVENTS}", field="batch")
-            check_sizes = len(body) > MAX_MESSAGE_BYTES  # no item can be over 32 KB otherwise
+            # no item can be over 32 KB otherwise (the batch's own context counts in each item it merges into)
+            max_bytes = MAX_MESSAGE_BYTES if len(body) > MAX_MESSAGE_BYTES else None
             for idx, item in enumerate(items):
                 if isinstance(item, dict):
                     item = merge_batch_defaults(item, doc)
-                if check_sizes and len(orjson.dumps(item)) > MAX_MESSAGE_BYTES:
-                    res = Rejection(
-                        "batch",
-                        "message is larger than 32 KB",
-                        item.get("messageId") if isinstance(item, dict) else None,
-                        item,
-                    )
-                else:
-                    res = normalise(item, received_at=received_at, source_kind=source.kind)
+                res = normalise(item, received_at=received_at, source_kind=source.kind, max_bytes=max_bytes)
                 if isinstance(res, Rejection):
                     rejected.append(res)
                     rejected_info.append({"index": idx, "field": res.field, "reason": res.reason})

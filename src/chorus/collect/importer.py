@@ -107,6 +107,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from chorus.safejson import MAX_DEPTH
 from chorus.timeutil import iso
 
 __all__ = [
@@ -569,6 +570,8 @@ class _Builder:
             return self._build(row, columns, line)
         except _Bad as bad:
             return RowError(line, bad.field, bad.reason)
+        except RecursionError:  # a value nested deeper than Python can walk; the limit is safejson's 64 anyway
+            return RowError(line, None, _TOO_DEEP)
 
     def _build(self, row: dict[str, Any], columns: Iterable[str], line: int) -> dict:
         m = self.m
@@ -696,6 +699,9 @@ class _Builder:
         return _plain(value, col)
 
 
+_TOO_DEEP = f"line is nested deeper than {MAX_DEPTH} levels"
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -781,6 +787,9 @@ def _iter_jsonl(path: Path, builder: _Builder) -> Iterator[tuple[int, dict | Row
                 row = json.loads(content, parse_float=_JsonDecimal, parse_constant=_reject_constant)
             except ValueError as exc:
                 yield line, RowError(line, None, f"line is not valid JSON: {exc}")
+                continue
+            except RecursionError:
+                yield line, RowError(line, None, _TOO_DEEP)
                 continue
             if not isinstance(row, dict):
                 yield line, RowError(line, None, f"line is a JSON {type(row).__name__}, not an object")

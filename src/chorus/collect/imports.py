@@ -11,10 +11,10 @@ import os
 import uuid
 from collections.abc import Callable
 
-import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from chorus import safejson
 from chorus import workspaces as ws_api
 from chorus.collect import ingest
 from chorus.collect.channels import valid_channel
@@ -40,15 +40,18 @@ MAX_REPORTED_ERRORS = 10_000
 def _mapping(source: str, mapping_path: str | None, mapping_json: str | None) -> Mapping:
     try:
         if mapping_json:
-            doc = orjson.loads(mapping_json)
+            doc = safejson.loads(mapping_json, "mapping")
             if not isinstance(doc, dict):
                 raise ChorusError("mapping must be a JSON object", field="mapping")
             return load_mapping(doc, source)
         return load_mapping(mapping_path, source)
     except MappingError as exc:
-        raise ChorusError(f"mapping: {exc}", field="mapping") from None
-    except orjson.JSONDecodeError as exc:
-        raise ChorusError(f"mapping is not valid JSON: {exc}", field="mapping") from None
+        raise ChorusError(f"mapping: {safejson.escape(str(exc))}", field="mapping") from None
+
+
+def _error(line: int, field: str | None, reason: str) -> dict:
+    # a column name or a cell can hold anything (NUL included): the report is stored and shown, so escape it
+    return {"line": line, "field": safejson.escape(field)[:200] if field else field, "reason": safejson.escape(reason)}
 
 
 def run_import(
@@ -92,12 +95,17 @@ def run_import(
             rows += 1
             if isinstance(item, RowError):
                 if len(errors) < MAX_REPORTED_ERRORS:
-                    errors.append({"line": line, "field": item.field, "reason": item.reason})
+                    errors.append(_error(line, item.field, item.reason))
                 rejected.append(item)
             else:
                 res = normalise(
                     item, received_at=utcnow(), source_kind="import", source_channel=channel, require_ids=False
                 )
+                if not isinstance(res, Rejection) and res.adjusted:
+                    # a file states when things happened: a time outside the accepted range is the file's error
+                    # to fix, not a time to replace by the import's own (as tracking does for device clocks)
+                    res = Rejection("timestamp", f"timestamp is outside the accepted range: {res.adjusted}",
+                                    res.message_id, res.payload)  # fmt: skip
                 if not isinstance(res, Rejection):
                     try:
                         extract(res.payload, cfg)
@@ -105,7 +113,7 @@ def run_import(
                         res = Rejection("identifiers", str(exc), res.message_id, res.payload)
                 if isinstance(res, Rejection):
                     if len(errors) < MAX_REPORTED_ERRORS:
-                        errors.append({"line": line, "field": res.field, "reason": res.reason})
+                        errors.append(_error(line, res.field, res.reason))
                     rejected.append(res)
                 else:
                     accepted.append(res)
@@ -121,7 +129,7 @@ def run_import(
     result = {
         "id": import_id,
         "source": channel,
-        "file": os.path.basename(path),
+        "file": safejson.escape(os.path.basename(path))[:400],
         "rows": rows,
         "imported": imported,
         "duplicates": duplicates,

@@ -7,15 +7,18 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
-import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from chorus import metrics
+from chorus import metrics, safejson
 from chorus.collect.messages import Event, Rejection
+from chorus.identity.identifiers import MAX_IDENT_LEN, id_text
+from chorus.safejson import text_problem
 from chorus.store import bulk
 from chorus.store.tables import events, rejected_events
 from chorus.workspaces import Source
+
+MAX_REJECTED_PAYLOAD = 64 * 1024  # characters of a refused payload kept (a tracked message is at most 32 KB)
 
 
 @dataclass
@@ -28,15 +31,18 @@ class StoreResult:
 def rejected_identifiers(payload) -> dict:
     """Identifiers of a rejected event by kind, so that export and erasure can find it.
 
-    Emails are lower-cased, phones reduced to digits (no region is known here: erasure compares suffixes).
+    Ids are read with the same :func:`chorus.identity.identifiers.id_text` as identity resolution; emails are
+    lower-cased, phones reduced to digits (no region is known here: erasure compares suffixes). A value that
+    cannot be stored (NUL, lone surrogate) is kept escaped: no profile can hold it, and the rest still match.
     """
     if not isinstance(payload, dict):
         return {}
     out: dict[str, list[str]] = {}
 
     def add(kind: str, value) -> None:
-        if isinstance(value, str | int) and not isinstance(value, bool) and str(value).strip():
-            out.setdefault(kind, []).append(str(value).strip())
+        text = id_text(value, kind)
+        if text is not None and text.strip():
+            out.setdefault(safejson.escape(kind)[:64], []).append(safejson.escape(text.strip())[:MAX_IDENT_LEN])
 
     add("user_id", payload.get("userId"))
     add("anonymous_id", payload.get("anonymousId"))
@@ -45,12 +51,35 @@ def rejected_identifiers(payload) -> dict:
         if isinstance(traits, dict):
             if isinstance(traits.get("email"), str):
                 add("email", traits["email"].strip().lower())
-            if isinstance(traits.get("phone"), str | int):
+            if isinstance(traits.get("phone"), str | int) and not isinstance(traits.get("phone"), bool):
                 add("phone", "".join(ch for ch in str(traits["phone"]) if ch.isdigit()))
-    for item in ctx.get("externalIds") or []:
-        if isinstance(item, dict) and isinstance(item.get("type"), str):
+    ext = ctx.get("externalIds")
+    for item in ext if isinstance(ext, list) else ():
+        if isinstance(item, dict) and isinstance(item.get("type"), str) and item["type"].strip():
             add(item["type"], item.get("id"))
     return out
+
+
+def rejection_row(workspace_id: str, source_id: str | None, received_at: datetime, r: Rejection) -> dict:
+    """The rejected_events row of ``r``, storable whatever was refused: a payload too deep, too large or holding
+    NULs is kept as lossy JSON text (see safejson.dumps_lossy); ids and texts are escaped and cut to the columns."""
+    return {
+        "workspace_id": workspace_id,
+        "received_at": received_at,
+        "source_id": source_id,
+        "message_id": r.message_id if r.message_id and len(r.message_id) <= 200 and not text_problem(r.message_id)
+        else None,
+        "field": safejson.escape(r.field)[:200] if r.field else None,
+        "reason": safejson.escape(r.reason)[:2000],
+        "payload": rejected_payload(r.payload),
+        "identifiers": rejected_identifiers(r.payload),
+    }
+
+
+def rejected_payload(payload: object) -> str:
+    if isinstance(payload, str):  # already text (a line that was not JSON)
+        return safejson.escape(payload)[:MAX_REJECTED_PAYLOAD]
+    return safejson.dumps_lossy(payload, max_chars=MAX_REJECTED_PAYLOAD)
 
 
 def store(
@@ -94,20 +123,7 @@ def store(
     inserted = len(bulk.insert_rows(conn, events, rows, conflict=["workspace_id", "message_id"], returning="seq"))
     if rejected:
         conn.execute(
-            rejected_events.insert(),
-            [
-                {
-                    "workspace_id": source.workspace_id,
-                    "received_at": received_at,
-                    "source_id": source.id,
-                    "message_id": r.message_id,
-                    "field": r.field,
-                    "reason": r.reason,
-                    "payload": r.payload if isinstance(r.payload, str) else orjson.dumps(r.payload).decode(),
-                    "identifiers": rejected_identifiers(r.payload),
-                }
-                for r in rejected
-            ],
+            rejected_events.insert(), [rejection_row(source.workspace_id, source.id, received_at, r) for r in rejected]
         )
     metrics.events_accepted.inc(inserted)
     metrics.events_duplicate.inc(len(accepted) - inserted)
@@ -146,3 +162,22 @@ class Backlog:
                     self._at = time.monotonic()
                     metrics.backlog.set(self._value)
         return self._value
+
+
+def reject_stored(conn: Connection, failures: dict[int, Exception]) -> int:
+    """Move accepted but unresolvable events (seq -> error) to the rejected events, in ``conn``'s transaction.
+
+    Only still-pending events move (another worker may have settled one meanwhile); returns how many moved.
+    """
+    q = sa.select(events).where(bulk.in_(events.c.seq, sorted(failures), conn.dialect.name))
+    q = q.where(events.c.profile_id.is_(None))
+    if conn.dialect.name == "postgresql":
+        q = q.with_for_update(skip_locked=True)
+    rows = conn.execute(q).all()
+    for row in rows:
+        exc = failures[row.seq]
+        r = Rejection(None, f"identity resolution failed: {type(exc).__name__}: {exc}", row.message_id, row.payload)
+        row_out = rejection_row(row.workspace_id, row.source_id, row.received_at, r)
+        conn.execute(rejected_events.insert().values(row_out))
+        conn.execute(events.delete().where(events.c.seq == row.seq))
+    return len(rows)

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 
 from chorus.collect.channels import infer_channel
+from chorus.identity.identifiers import id_text
+from chorus.safejson import problem, text_problem
 from chorus.timeutil import iso, parse_ts
 
 TYPES = ("identify", "track", "page", "screen", "group", "alias")
@@ -20,6 +22,12 @@ MAX_MESSAGE_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 500 * 1024
 MAX_BATCH_EVENTS = 2500
 MAX_ID_LEN = 200
+MAX_EXTERNAL_IDS = 50
+# The accepted range of event times (see event_time and docs/api.md): nothing this product measures happened
+# before 2000, and an event time more than two days ahead of our clock is a broken clock or a typo (a wrong
+# time zone is at most 14 hours off, a date sent for tomorrow a day), not an event to file in the future.
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+MAX_FUTURE = timedelta(days=2)
 
 
 @dataclass(slots=True)
@@ -33,6 +41,8 @@ class Event:
     timestamp: datetime
     received_at: datetime
     payload: dict
+    # why the client's time was not used (the event took receivedAt), or None
+    adjusted: str | None = None
 
 
 @dataclass(slots=True)
@@ -40,7 +50,7 @@ class Rejection:
     field: str | None
     reason: str
     message_id: str | None
-    payload: dict | str
+    payload: object  # what was refused, as parsed (stored as lossy JSON text: see ingest.rejected_payload)
 
 
 def _id(value, field: str) -> str | None:
@@ -48,8 +58,8 @@ def _id(value, field: str) -> str | None:
         return None
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise _Bad(field, f"{field} must be a string or a number")
-    text = str(value) if not isinstance(value, float) or not value.is_integer() else str(int(value))
-    if len(text) > MAX_ID_LEN:
+    text = id_text(value)  # the same text identity resolution makes of it (5.0 is "5")
+    if text is not None and len(text) > MAX_ID_LEN:
         raise _Bad(field, f"{field} is longer than {MAX_ID_LEN} characters")
     return text
 
@@ -69,9 +79,76 @@ def _ts(msg: dict, field: str) -> datetime | None:
         raise _Bad(field, f"{field} is not an ISO-8601 timestamp: {str(raw)[:60]!r}") from None
 
 
+def event_time(original: datetime | None, sent_at: datetime | None, received_at: datetime) -> tuple[datetime, str]:
+    """When the event happened, and how that was decided: ``corrected``, ``as sent``, ``received`` (no client
+    time), or why the client's time was not used.
+
+    Segment's clock-skew correction: ``sentAt`` and ``originalTimestamp`` come from the same (possibly wrong)
+    device clock, so their difference, the time the event waited on the device, is trustworthy and
+    ``timestamp = receivedAt - (sentAt - originalTimestamp)``. It is applied only when it is sane: the wait is
+    not negative (an event cannot be sent before it happened: such a ``sentAt`` is from another clock or made
+    up) and the result falls in the accepted range ``[EARLIEST, receivedAt + MAX_FUTURE]``. Otherwise the
+    client's own time is used if it falls in that range, else ``receivedAt`` (the client's values stay in the
+    payload either way).
+    """
+    if original is None:
+        return received_at, "received"
+    if sent_at is not None and sent_at >= original:
+        try:
+            corrected = received_at - (sent_at - original)
+        except OverflowError:  # a wait of thousands of years: no instant to correct to
+            corrected = None
+        if corrected is not None and EARLIEST <= corrected <= received_at + MAX_FUTURE:
+            return corrected, "corrected"
+    if original < EARLIEST:
+        return received_at, f"the event time {iso(original)[:10]} is before {iso(EARLIEST)[:10]}"
+    if original > received_at + MAX_FUTURE:
+        return received_at, f"the event time {iso(original)[:19]}Z is more than {MAX_FUTURE.days} days ahead"
+    return original, "as sent"
+
+
 def content_message_id(msg: dict) -> str:
     """Clients normally send messageId; without one, identical retries still deduplicate by content."""
     return "chorus-" + hashlib.sha256(orjson.dumps(msg, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+
+
+def _check_external_ids(ctx: dict) -> None:
+    ext = ctx.get("externalIds")
+    if ext is None:
+        return
+    if not isinstance(ext, list):
+        raise _Bad("context.externalIds", "context.externalIds must be a list of {type, id} objects")
+    if len(ext) > MAX_EXTERNAL_IDS:
+        raise _Bad("context.externalIds", f"context.externalIds has more than {MAX_EXTERNAL_IDS} items")
+    for i, item in enumerate(ext):
+        where = f"context.externalIds[{i}]"
+        if not isinstance(item, dict):
+            raise _Bad(where, f"{where} must be an object with type and id")
+        kind = item.get("type")
+        if not isinstance(kind, str) or not kind.strip():
+            raise _Bad(f"{where}.type", f"{where}.type must be a non-empty string")
+        if len(kind) > 64:
+            raise _Bad(f"{where}.type", f"{where}.type is longer than 64 characters")
+        if _id(item.get("id"), f"{where}.id") is None:
+            raise _Bad(f"{where}.id", f"{where}.id must be a non-empty string or number")
+
+
+def _check_device_token(ctx: dict) -> None:
+    device = ctx.get("device")
+    if device is None:
+        return
+    if not isinstance(device, dict):
+        raise _Bad("context.device", "context.device must be a JSON object")
+    token = device.get("token")
+    if token is not None and (isinstance(token, bool) or not isinstance(token, str | int)):
+        raise _Bad("context.device.token", "context.device.token must be a string")
+
+
+def _message_id(raw: object) -> str | None:
+    """The messageId to file a rejection under: only one that fits the column and can be stored."""
+    if isinstance(raw, str) and 0 < len(raw) <= MAX_ID_LEN and text_problem(raw) is None:
+        return raw
+    return None
 
 
 def normalise(
@@ -82,10 +159,23 @@ def normalise(
     source_channel: str | None = None,
     forced_type: str | None = None,
     require_ids: bool = True,
+    max_bytes: int | None = None,
 ) -> Event | Rejection:
-    """Validate one message and compute its message id, corrected timestamp and channel."""
+    """Validate one message and compute its message id, corrected timestamp and channel.
+
+    The one door every tracked, imported or webhook message passes: anything it accepts can be stored on both
+    engines and resolved (the JSON limits of :mod:`chorus.safejson`, id types and lengths, the shape of
+    ``context.externalIds``). ``max_bytes`` bounds the message's JSON size (a batch item's 32 KB).
+    """
     if not isinstance(msg, dict):
-        return Rejection(None, "a message must be a JSON object", None, orjson.dumps(msg).decode()[:2000])
+        return Rejection(None, "a message must be a JSON object", None, msg)
+    bad_json = problem(msg, "")
+    if bad_json:
+        path, why = bad_json
+        return Rejection(path or None, f"{path}: {why}" if path else why, _message_id(msg.get("messageId")), msg)
+    if max_bytes is not None and len(orjson.dumps(msg)) > max_bytes:
+        return Rejection("batch", f"message is larger than {max_bytes // 1024} KB",
+                         _message_id(msg.get("messageId")), msg)  # fmt: skip
     message_id = msg.get("messageId")
     try:
         message_id = _id(message_id, "messageId") or content_message_id(msg)
@@ -101,6 +191,9 @@ def normalise(
         for obj in ("context", "properties", "traits", "integrations"):
             if msg.get(obj) is not None and not isinstance(msg[obj], dict):
                 raise _Bad(obj, f"{obj} must be a JSON object")
+        ctx = msg.get("context") or {}
+        _check_external_ids(ctx)
+        _check_device_token(ctx)
         event = None
         if mtype == "track":
             event = msg.get("event")
@@ -122,15 +215,9 @@ def normalise(
         original = _ts(msg, "originalTimestamp") or _ts(msg, "timestamp")
         sent_at = _ts(msg, "sentAt")
     except _Bad as bad:
-        mid = message_id if isinstance(message_id, str) else None
-        return Rejection(bad.field, bad.reason, mid, msg)
+        return Rejection(bad.field, bad.reason, _message_id(message_id), msg)
 
-    # Segment's clock-skew correction: the device clock may be wrong, but sentAt and originalTimestamp
-    # come from the same clock, so their difference is trustworthy.
-    if original is not None and sent_at is not None:
-        timestamp = received_at - (sent_at - original)
-    else:
-        timestamp = original or received_at
+    timestamp, how = event_time(original, sent_at, received_at)
     payload = dict(msg)
     payload.pop("writeKey", None)  # a (server) write key sent in the body must not end up in stored events
     payload["type"] = mtype
@@ -141,7 +228,8 @@ def normalise(
         payload["originalTimestamp"] = iso(original)
     channel = infer_channel(payload, source_kind, source_channel)
     payload["channel"] = channel
-    return Event(message_id, mtype, event, channel, user_id, anonymous_id, timestamp, received_at, payload)
+    adjusted = None if how in ("received", "as sent", "corrected") else how
+    return Event(message_id, mtype, event, channel, user_id, anonymous_id, timestamp, received_at, payload, adjusted)
 
 
 def merge_batch_defaults(item: dict, batch: dict) -> dict:

@@ -67,6 +67,31 @@ class IdentityConfig:
         return (ch,) if ch else ()
 
 
+MAX_IDENT_LEN = 400  # the identifiers and identity_links columns: ``kind:value`` never exceeds it
+OPAQUE_KINDS = ("user_id", "anonymous_id")
+
+
+def id_text(value: object, kind: str = "user_id") -> str | None:
+    """The one normalisation of an id value, used by validation at the door, identity resolution and the
+    identifiers of rejected events alike, so that the same value always yields the same identifier.
+
+    Strings and integers (an integral float counts as its integer: ``5.0`` is ``"5"``) become text; empty,
+    booleans, objects and lists are no id (None). ``userId``/``anonymousId`` are opaque, as in Segment: kept as
+    sent; every other kind (loyalty id, device token, ...) is stripped of surrounding whitespace.
+    """
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        text = value if kind in OPAQUE_KINDS else value.strip()
+    elif isinstance(value, int):
+        text = str(value)
+    elif isinstance(value, float):
+        text = str(int(value)) if value.is_integer() else repr(value)
+    else:
+        return None
+    return text or None
+
+
 def kind_of(ident: str) -> str:
     return ident.split(":", 1)[0]
 
@@ -110,7 +135,7 @@ class Extracted:
 
 def _trait_sources(msg: dict) -> list[dict]:
     out = []
-    ctx = msg.get("context") or {}
+    ctx = msg.get("context") if isinstance(msg.get("context"), dict) else {}
     if isinstance(ctx.get("traits"), dict):
         out.append(ctx["traits"])
     if msg.get("type") == "identify" and isinstance(msg.get("traits"), dict):
@@ -122,10 +147,20 @@ def extract(msg: dict, cfg: IdentityConfig, trusted: bool = False) -> Extracted:
     """Identifiers of a normalised message. Invalid emails/phones become warnings, never rejections."""
     found: dict[str, None] = {}
     warnings: list[str] = []
-    if msg.get("userId") not in (None, ""):
-        found[f"user_id:{msg['userId']}"] = None
-    if msg.get("anonymousId") not in (None, ""):
-        found[f"anonymous_id:{msg['anonymousId']}"] = None
+
+    def add(kind: str, value: object, where: str) -> None:
+        text = id_text(value, kind)
+        if text is None:
+            return
+        ident = f"{kind}:{text}"
+        if len(ident) > MAX_IDENT_LEN:  # the door limits userId & co.; a declared trait can be any length
+            warnings.append(f"{where} ignored as an identifier: longer than {MAX_IDENT_LEN - len(kind) - 1} "
+                            "characters")  # fmt: skip
+        else:
+            found[ident] = None
+
+    add("user_id", msg.get("userId"), "userId")
+    add("anonymous_id", msg.get("anonymousId"), "anonymousId")
     for traits in _trait_sources(msg):
         email = traits.get("email")
         if isinstance(email, str) and email.strip():
@@ -140,29 +175,27 @@ def extract(msg: dict, cfg: IdentityConfig, trusted: bool = False) -> Extracted:
             except ValueError as exc:
                 warnings.append(f"traits.phone ignored as an identifier: {exc}")
         for kind in cfg.declared:
-            val = traits.get(kind)
-            if isinstance(val, str | int) and not isinstance(val, bool) and str(val).strip():
-                found[f"{kind}:{str(val).strip()}"] = None
-    ctx = msg.get("context") or {}
+            add(kind, traits.get(kind), f"traits.{kind}")
+    ctx = msg.get("context") if isinstance(msg.get("context"), dict) else {}
     ext = ctx.get("externalIds")
-    if isinstance(ext, list):
-        for item in ext:
-            if isinstance(item, dict) and item.get("type") in cfg.declared and item.get("id") not in (None, ""):
-                found[f"{item['type']}:{str(item['id']).strip()}"] = None
+    if isinstance(ext, list):  # its shape is validated at the door (collect.messages); stay total anyway
+        for i, item in enumerate(ext):
+            if isinstance(item, dict) and isinstance(item.get("type"), str) and item["type"] in cfg.declared:
+                add(item["type"], item.get("id"), f"context.externalIds[{i}].id")
     device = ctx.get("device")
-    if "device_token" in cfg.declared and isinstance(device, dict) and device.get("token"):
-        found[f"device_token:{device['token']}"] = None
+    if "device_token" in cfg.declared and isinstance(device, dict):
+        add("device_token", device.get("token"), "context.device.token")
     if not found:
         raise NoIdentifier(
             "no usable identifier: " + ("; ".join(warnings) or "userId, anonymousId, email, phone all missing")
         )
     idents = sorted(found, key=lambda i: (cfg.rank(kind_of(i)), i))
     others = idents[1:]
-    if msg.get("type") == "alias" and msg.get("previousId") not in (None, ""):
+    previous = id_text(msg.get("previousId")) if msg.get("type") == "alias" else None
+    if previous is not None and len(previous) <= MAX_IDENT_LEN - len("anonymous_id:"):
         # previousId is an anonymous id or a former user id; which one cannot be known from the message, and
         # looking it up would make the result depend on arrival order. It links as an anonymous id, and from a
         # trusted source also as a former user id (a rename).
-        previous = str(msg["previousId"])
         for ident in (f"anonymous_id:{previous}", *((f"user_id:{previous}",) if trusted else ())):
             if ident not in found:
                 others.append(ident)

@@ -36,7 +36,6 @@ from chorus.store.tables import (
     merges,
     profile_aliases,
     profiles,
-    rejected_events,
 )
 from chorus.timeutil import iso, parse_ts, utcnow
 
@@ -61,6 +60,23 @@ class Pending:
         return (self.payload["timestamp"], self.payload["messageId"])
 
 
+class Poisoned(Exception):
+    """Events whose own data made resolution fail (seq -> error): the batch is retried without them."""
+
+    def __init__(self, failures: dict[int, Exception]):
+        super().__init__(f"{len(failures)} event(s) cannot be resolved")
+        self.failures = failures
+
+
+def _checked(p: Pending, cfg: IdentityConfig) -> None:
+    """Everything resolution needs from one event's own payload, before the batch changes anything."""
+    p.ext = extract(p.payload, cfg, p.trusted)
+    ts, msg = p.key
+    if not isinstance(ts, str) or not isinstance(msg, str) or not 0 < len(msg) <= 200:
+        raise ValueError("the stored event has no valid timestamp or messageId")
+    parse_ts(ts)
+
+
 class Resolver:
     # Bulk loads grow the graph tables faster than autovacuum re-analyses them, and with stale statistics
     # PostgreSQL filters `ident = ANY(...)` row by row instead of probing the index: keep statistics fresh.
@@ -70,65 +86,80 @@ class Resolver:
         self.engine = engine
         self.clock = clock
         self._stats = FreshStatistics("identifiers, identity_links, profiles, events", self.ANALYZE_EVERY)
+        self.passes = 0  # write transactions run, failed ones included (what a poisoned event costs is counted)
 
     # -- public -----------------------------------------------------------------------------------------------
     def process_pending(self, limit: int = 2000) -> int:
         """Resolve up to ``limit`` pending events; returns how many were processed (0 when idle).
 
-        If a batch fails, its events are retried one per transaction, and an event that still fails is moved to
-        the rejected events with the error as its reason, so one bad event never blocks the queue.
+        One bad event never blocks the queue nor costs the window: an event whose own identifiers or state
+        cannot be processed is moved to the rejected events (with the error as its reason) in the batch's own
+        transaction when found before any change, else by one retry of the batch without it (:class:`Poisoned`);
+        a failure that names no event (the database refusing a write) is narrowed down by bisection, so a
+        window of n events with one such event costs O(log n) transactions, not n.
         """
         started = time.perf_counter()
         try:
             n = self._process(limit)
-        except Exception:
-            log.exception("identity resolution batch failed; isolating its events")
-            n = self._process_isolated(limit)
+        except Exception as exc:  # noqa: BLE001 - narrowed down below, never dropped
+            if not isinstance(exc, Poisoned):
+                log.exception("identity resolution batch failed; isolating the failing event")
+            n = self._settle(self._window(limit), exc)
         if n:  # idle polls are not batches
             metrics.resolve_seconds.observe(time.perf_counter() - started)
         self._stats.note(self.engine, n)
         return n
 
-    def _process_isolated(self, limit: int) -> int:
+    def _window(self, limit: int) -> list[int]:
         with self.engine.connect() as conn:
-            seqs = list(
+            return list(
                 conn.execute(
                     sa.select(events.c.seq).where(events.c.profile_id.is_(None)).order_by(events.c.seq).limit(limit)
                 ).scalars()
             )
-        for seq in seqs:
-            try:
-                self._process(1, only_seq=seq)
-            except Exception as exc:  # noqa: BLE001 - recorded with its reason, never silently dropped
-                log.exception("event %s cannot be resolved", seq)
-                self._reject(seq, exc)
-                metrics.events_failed.inc()
-        return len(seqs)
 
-    def _reject(self, seq: int, exc: Exception) -> None:
-        import orjson
+    def _settle(self, seqs: list[int], failed: Exception) -> int:
+        """Process ``seqs``, which failed together with ``failed``: reject what a :class:`Poisoned` names and retry
+        the rest; bisect a failure that names no event until it is one event, and reject that one."""
+        done = 0
+        todo: list[tuple[list[int], Exception | None]] = [(seqs, failed)]
+        while todo:
+            part, err = todo.pop()
+            if err is None:
+                try:
+                    done += self._process(len(part), seqs=part)
+                    continue
+                except Exception as exc:  # noqa: BLE001
+                    err = exc
+            if isinstance(err, Poisoned):
+                done += self._reject(err.failures)
+                rest = [s for s in part if s not in err.failures]
+                if rest:
+                    todo.append((rest, None))
+            elif len(part) == 1:
+                log.error("event %s cannot be resolved: %s: %s", part[0], type(err).__name__, err)
+                done += self._reject({part[0]: err})
+            elif part:
+                mid = len(part) // 2
+                todo.extend([(part[mid:], None), (part[:mid], None)])
+        return done
 
-        from chorus.collect.ingest import rejected_identifiers
+    def _reject(self, failures: dict[int, Exception]) -> int:
+        """Move still-pending events to the rejected events with their error; returns how many were moved."""
+        from chorus.collect.ingest import reject_stored
 
+        self.passes += 1
         with self.engine.begin() as conn:
-            row = conn.execute(sa.select(events).where(events.c.seq == seq)).first()
-            if row is None:
-                return
-            conn.execute(
-                rejected_events.insert().values(
-                    workspace_id=row.workspace_id, received_at=row.received_at, source_id=row.source_id,
-                    message_id=row.message_id, field=None,
-                    reason=f"identity resolution failed: {type(exc).__name__}: {exc}"[:2000],
-                    payload=orjson.dumps(row.payload).decode(), identifiers=rejected_identifiers(row.payload),
-                )
-            )  # fmt: skip
-            conn.execute(events.delete().where(events.c.seq == seq))
+            n = reject_stored(conn, failures)
+        metrics.events_failed.inc(n)
+        return n
 
-    def _process(self, limit: int, only_seq: int | None = None) -> int:
-        if only_seq is None:  # an idle poll takes no write lock (SQLite has one for the whole store)
+    def _process(self, limit: int, seqs: list[int] | None = None) -> int:
+        if seqs is None:  # an idle poll takes no write lock (SQLite has one for the whole store)
             with read_only(self.engine) as conn:
                 if conn.execute(sa.select(events.c.seq).where(events.c.profile_id.is_(None)).limit(1)).first() is None:
                     return 0
+        self.passes += 1
         with self.engine.begin() as conn:
             q = (
                 sa.select(events.c.seq, events.c.workspace_id, events.c.payload, events.c.trusted)
@@ -136,8 +167,8 @@ class Resolver:
                 .order_by(events.c.seq)
                 .limit(limit)
             )
-            if only_seq is not None:
-                q = q.where(events.c.seq == only_seq)
+            if seqs is not None:
+                q = q.where(bulk.in_(events.c.seq, seqs, conn.dialect.name))
             if conn.dialect.name == "postgresql":
                 q = q.with_for_update(skip_locked=True, of=events)
             rows = conn.execute(q).all()
@@ -208,8 +239,18 @@ class _WorkspaceBatch:
 
     # -- the batch -------------------------------------------------------------------------------------------
     def run(self, batch: list[Pending]) -> None:
+        failures: dict[int, Exception] = {}
         for p in batch:
-            p.ext = extract(p.payload, self.cfg, p.trusted)
+            try:
+                _checked(p, self.cfg)
+            except Exception as exc:  # noqa: BLE001 - the event is rejected with its reason, the rest go on
+                failures[p.seq] = exc
+        if failures:
+            from chorus.collect.ingest import reject_stored
+
+            log.warning("%d event(s) cannot be resolved; moved to the rejected events", len(failures))
+            metrics.events_failed.inc(reject_stored(self.conn, failures))
+            batch = [p for p in batch if p.seq not in failures]
         wanted = set()
         for p in batch:
             wanted.add(p.ext.anchor)
@@ -313,7 +354,7 @@ class _WorkspaceBatch:
             st = states.get(pid)
             if st is None:
                 st = states[pid] = pstate.empty()
-            pstate.apply_event(st, p.payload, p.ext.anchor, self.policies, p.ext.warnings)
+            _fold(st, p, self.policies)
             ev_updates.append({"seq": p.seq, "profile_id": pid})
         bulk.update_rows(self.conn, events, "seq", ev_updates)
 
@@ -349,6 +390,15 @@ class _WorkspaceBatch:
         )
         if dirty_idents:
             Rebuild(self.conn, self.ws, self.cfg, self.policies, now).run(dirty_idents, dirty_events)
+
+
+def _fold(st: dict, p: Pending, policies: dict) -> None:
+    """Fold a pending event into a profile state; a failure names the event (its state change is half done, so
+    the transaction is abandoned and retried without it)."""
+    try:
+        pstate.apply_event(st, p.payload, p.ext.anchor, policies, p.ext.warnings)
+    except Exception as exc:
+        raise Poisoned({p.seq: exc}) from exc
 
 
 def profile_row(ws: str, pid: str, node: Node, st: dict, known: bool, now) -> dict:
@@ -440,7 +490,6 @@ class Rebuild:
                 events.c.workspace_id == self.ws, bulk.in_(events.c.profile_id, part, self.conn.dialect.name)
             )
             evs.extend(self.conn.execute(q).all())
-        evs.extend((p.seq, p.payload, p.trusted) for p in extra)
         states: dict[str, dict] = {pid: pstate.empty() for pid in rename.values()}
         ev_updates = []
         for seq, payload, _trusted in evs:
@@ -448,6 +497,10 @@ class Rebuild:
             pid = new_owner[ext.anchor]
             pstate.apply_event(states[pid], payload, ext.anchor, self.policies, ext.warnings)
             ev_updates.append({"seq": seq, "profile_id": pid})
+        for p in extra:  # pending events: checked already; a failure folding one names it
+            pid = new_owner[p.ext.anchor]
+            _fold(states[pid], p, self.policies)
+            ev_updates.append({"seq": p.seq, "profile_id": pid})
         bulk.update_rows(self.conn, events, "seq", ev_updates)
 
         for part in _chunks(sorted(idents)):
