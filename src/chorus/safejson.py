@@ -16,6 +16,7 @@ terms (``properties.items[2].sku``), never a parser's internal message or charac
 
 from __future__ import annotations
 
+import json
 import math
 import re
 
@@ -105,7 +106,26 @@ def loads(data: bytes | str, field: str = "body", *, max_depth: int = MAX_DEPTH)
         raise ChorusError(f"{field}: nested deeper than {max_depth} levels", field=field) from None
     except RecursionError:
         raise ChorusError(f"{field}: nested deeper than {max_depth} levels", field=field) from None
-    return check(value, field, max_depth=max_depth)
+    check(value, field, max_depth=max_depth)
+    if _has_huge_float(value):
+        # orjson reads an integer literal beyond 64 bits as a float (100000000000000000000000 -> 1e+23), silently
+        # losing digits. The stdlib keeps it an int for check() to refuse by its path; the depth is known to be
+        # within max_depth here, so it cannot recurse too deep.
+        check(json.loads(data), field, max_depth=max_depth)
+    return value
+
+
+def _has_huge_float(value: object) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and abs(item) >= 2**63:
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def _short(path: str) -> str:
