@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
+from starlette.staticfiles import StaticFiles
 
 from chorus import __version__, metrics
 from chorus.api import (
@@ -17,6 +20,7 @@ from chorus.api import (
     audiences,
     inbox,
     messages,
+    openapi,
     public,
     push,
     tracking,
@@ -33,6 +37,7 @@ from chorus.store.db import create_engine
 from chorus.worker import Worker
 
 log = logging.getLogger("chorus.api")
+STATIC = Path(__file__).parent / "api" / "static"  # swagger-ui-dist 5.35.0 (Apache-2.0), vendored from npm
 
 
 def create_app(settings: Settings | None = None, *, run_worker: bool = True, engine=None) -> FastAPI:
@@ -64,7 +69,10 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True, eng
         version=__version__,
         description="Omnichannel customer engagement platform: Segment-compatible tracking API and admin API.",
         lifespan=lifespan,
+        docs_url=None,  # served below from vendored assets: the default page loads Swagger UI from a CDN
+        redoc_url=None,
     )
+    openapi.install(app)
     app.state.services = svc
     app.state.gate = tracking.Gate(settings.max_inflight, settings.max_waiting)
     # Browsers post tracking calls from the shop's own origin; write keys are public, so any origin may send.
@@ -96,10 +104,23 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True, eng
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path"))
-        return JSON(
-            {"code": "bad_request", "message": f"{where}: {first.get('msg', 'invalid')}", "field": where},
-            status_code=400,
+        loc = tuple(first.get("loc", ()))
+        if first.get("type") == "json_invalid":  # its loc holds a character offset: the field is the body
+            where, msg = "body", "is not valid JSON"
+        else:
+            where = ".".join(str(p) for p in loc if p not in ("body", "query", "path", "header"))
+            where, msg = where or (str(loc[0]) if loc else "body"), first.get("msg", "invalid")
+        return JSON({"code": "bad_request", "message": f"{where}: {msg}", "field": where}, status_code=400)
+
+    app.mount("/static/docs", StaticFiles(directory=STATIC), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs():
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url, title=f"{app.title} API",
+            swagger_js_url="/static/docs/swagger-ui-bundle.js", swagger_css_url="/static/docs/swagger-ui.css",
+            swagger_favicon_url="/static/docs/favicon-32x32.png",
+            swagger_ui_parameters={"validatorUrl": None},  # else the page asks validator.swagger.io for a badge
         )
 
     @app.get("/healthz", include_in_schema=False)

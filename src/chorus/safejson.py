@@ -111,7 +111,26 @@ def parse(data: bytes | str, field: str = "body", *, max_depth: int = MAX_DEPTH)
 
 def loads(data: bytes | str, field: str = "body", *, max_depth: int = MAX_DEPTH) -> object:
     """Parse JSON from outside and :func:`check` it; malformed JSON is a 400 naming ``field``."""
-    return check(parse(data, field, max_depth=max_depth), field, max_depth=max_depth)
+    value = check(parse(data, field, max_depth=max_depth), field, max_depth=max_depth)
+    if _has_huge_float(value):
+        # orjson reads an integer literal beyond 64 bits as a float (100000000000000000000000 -> 1e+23), silently
+        # losing digits. The stdlib keeps it an int for check() to refuse by its path; the depth is known to be
+        # within max_depth here, so it cannot recurse too deep.
+        check(json.loads(data), field, max_depth=max_depth)
+    return value
+
+
+def _has_huge_float(value: object) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and abs(item) >= 2**63:
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def escape(value: str) -> str:

@@ -15,12 +15,13 @@ from starlette.concurrency import run_in_threadpool
 
 from chorus import workspaces as ws_api
 from chorus.api.common import JSON, Services
+from chorus.api.guard import AdminRoute
 from chorus.errors import ChorusError, Unauthorized
 from chorus.profiles import privacy, views
 from chorus.store.tables import rejected_events
 from chorus.timeutil import iso
 
-router = APIRouter(prefix="/api", tags=["admin"])
+router = APIRouter(prefix="/api", tags=["admin"], route_class=AdminRoute)
 
 
 def services(request: Request) -> Services:

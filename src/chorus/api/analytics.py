@@ -14,9 +14,10 @@ from fastapi import APIRouter, Query
 
 from chorus.api.admin import SVC, WS
 from chorus.api.common import JSON
+from chorus.api.guard import AdminRoute
 from chorus.errors import ChorusError
 
-router = APIRouter(prefix="/api/analytics", tags=["analytics"])
+router = APIRouter(prefix="/api/analytics", tags=["analytics"], route_class=AdminRoute)
 
 
 def _lake(svc, ws):

@@ -10,13 +10,14 @@ from starlette.responses import Response
 
 from chorus.api.admin import SVC, WS
 from chorus.api.common import JSON
+from chorus.api.guard import AdminRoute
 from chorus.errors import ChorusError
 from chorus.messaging.audiences import settings as audience_settings
 from chorus.messaging.audiences import store, sync
 from chorus.messaging.audiences.membership import MAX_ENTRIES, parse_entry
 from chorus.timeutil import utcnow
 
-router = APIRouter(prefix="/api", tags=["audiences"])
+router = APIRouter(prefix="/api", tags=["audiences"], route_class=AdminRoute)
 
 _AUDIENCE_EXAMPLE = {
     "name": "vip-instagram",

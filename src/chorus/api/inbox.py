@@ -22,13 +22,14 @@ from starlette.responses import StreamingResponse
 
 from chorus.api.admin import SVC, WS
 from chorus.api.common import JSON, Services, write_key
+from chorus.api.guard import AdminRoute
 from chorus.errors import ChorusError, NotFound, Unauthorized
 from chorus.messaging import outbox
 from chorus.store.tables import identifiers, message_status, messages, profile_aliases
 from chorus.timeutil import iso, parse_ts, utcnow
 
 router = APIRouter(prefix="/v1/inbox", tags=["inbox"])
-admin_router = APIRouter(prefix="/api", tags=["messaging"])
+admin_router = APIRouter(prefix="/api", tags=["messaging"], route_class=AdminRoute)
 VISIBLE = ("sent", "delivered", "opened", "clicked", "replied")
 HEARTBEAT_SECONDS = 15.0
 POLL_SECONDS = 1.0

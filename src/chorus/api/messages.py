@@ -9,11 +9,12 @@ from starlette.concurrency import run_in_threadpool
 
 from chorus.api.admin import SVC, WS
 from chorus.api.common import JSON
+from chorus.api.guard import AdminRoute
 from chorus.errors import ChorusError
 from chorus.messaging import content, outbox
 from chorus.profiles import views
 
-router = APIRouter(prefix="/api", tags=["messaging"])
+router = APIRouter(prefix="/api", tags=["messaging"], route_class=AdminRoute)
 
 _DEFINITION_EXAMPLE = {
     "kind": "marketing",

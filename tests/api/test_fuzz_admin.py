@@ -1,0 +1,184 @@
+"""Every admin API operation, fuzzed from /openapi.json over real HTTP, on SQLite and PostgreSQL.
+
+schemathesis generates requests from the published document (valid ones and, in negative mode, invalid ones:
+wrong types, out-of-range numbers, odd strings), sends them to the real server with a valid api key, and checks
+that no answer is a 5xx and that every answer is documented: its status code is listed for the operation and its
+body matches the documented schema (errors: ``{code, message, field}``). Then the hostile inputs the issue
+names, sent to every operation in the document: a body nested 500 levels deep, NUL characters and lone
+surrogates, integers beyond 64 bits, in the body and in each query and path parameter.
+
+Bounded: a few examples per operation and mode (seeded, so a run is repeatable), about 15 s per engine.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from tests.conftest import LiveServer
+
+# examples per operation: generating a case costs more than sending it, and the hostile inputs below are sent to
+# every operation deterministically, so a few of each mode is enough
+EXAMPLES = {GenerationMode.POSITIVE: 4, GenerationMode.NEGATIVE: 3}
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+
+
+def bearer(ws):
+    return {"Authorization": f"Bearer {ws['api_key']}"}
+
+
+@pytest.fixture
+def quiet_server(db_url, engine):
+    """The real server without its in-process worker: nothing here needs events resolved, and generating cases
+    is CPU work that a polling worker thread would slow down."""
+    with LiveServer(db_url, engine, run_worker=False) as srv:
+        yield srv
+
+
+@pytest.fixture
+def schema(quiet_server):
+    doc = requests.get(f"{quiet_server.base_url}/openapi.json", timeout=30).json()
+    return schemathesis.openapi.from_dict(doc).include(path_regex="^/api/")
+
+
+def _operations(schema):
+    ops = [result.ok() for result in schema.get_all_operations()]
+    assert len(ops) >= 25, "the admin API should be in the document"
+    return ops
+
+
+def _fuzz(op, mode, examples, call, failures):
+    """Run ``examples`` generated cases of one operation; a failure is recorded, not raised, to report them all."""
+
+    @given(case=op.as_strategy(generation_mode=mode))
+    @settings(max_examples=examples, deadline=None, database=None, derandomize=True, phases=[Phase.generate],
+              suppress_health_check=list(HealthCheck))  # fmt: skip
+    def run(case):
+        response = call(case)
+        try:
+            case.validate_response(response, checks=CHECKS)
+        except Exception as exc:
+            failures.append(f"{op.label} [{mode.value}] -> {response.status_code} {response.text[:200]}"
+                            f"\n    {type(exc).__name__}: {str(exc)[:300]}")  # fmt: skip
+
+    try:
+        run()
+    except Unsatisfiable:  # negative mode on an operation without parameters or body: nothing to break
+        assert mode == GenerationMode.NEGATIVE, op.label
+
+
+def test_fuzz_every_admin_operation(quiet_server, workspace, schema):
+    server = quiet_server
+    failures: list[str] = []
+    headers = bearer(workspace)
+    with requests.Session() as session:
+
+        def call(case):
+            return case.call(base_url=server.base_url, headers=headers, session=session)
+
+        for op in _operations(schema):
+            for mode, examples in EXAMPLES.items():
+                _fuzz(op, mode, examples, call, failures)
+    assert not failures, "\n".join(failures)
+
+
+# --- the hostile inputs of issue 11, on every operation --------------------------------------------------------------
+
+
+def _url(path: str, values: dict) -> str:
+    return re.sub(r"\{([^}]+)\}", lambda m: values.get(m.group(1), "x"), path)
+
+
+def _json_ops(doc):
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            if path.startswith("/api/") and "application/json" in (op.get("requestBody") or {}).get("content", {}):
+                yield method, path
+
+
+def _query_params(doc):
+    for path, item in doc["paths"].items():
+        if not path.startswith("/api/"):
+            continue
+        for method, op in item.items():
+            for p in op.get("parameters", []):
+                if p["in"] in ("query", "path"):
+                    yield method, path, p
+
+
+def _assert_400(r, field_prefix):
+    assert r.status_code == 400, (r.request.method, r.request.url, r.status_code, r.text)
+    body = r.json()
+    assert body["code"] == "bad_request" and body["field"].startswith(field_prefix), body
+    assert "char " not in body["message"] and "Traceback" not in body["message"]
+
+
+DEEP = b'{"a": ' + b"[" * 500 + b"]" * 500 + b"}"
+HOSTILE_BODIES = [
+    (DEEP, "body.a[0][0]"),
+    (b"[" * 100_000 + b"]" * 100_000, "body"),  # the stdlib parser would raise RecursionError
+    (b'{"name": "a\\u0000b"}', "body.name"),
+    (b'{"a\\u0000": 1}', "body"),
+    (b'{"name": "\\ud800"}', "body"),  # orjson refuses a lone surrogate as invalid JSON
+    (b'{"n": 100000000000000000000000}', "body.n"),
+    (b'{"n": -9223372036854775809}', "body.n"),
+    (b'{"n": 1e999}', "body"),  # orjson refuses it as JSON: an Infinity is not a number
+    (b'{"broken": ', "body"),
+]
+
+
+def test_hostile_bodies_on_every_json_operation(http, workspace):
+    doc = http.get("/openapi.json").json()
+    ops = list(_json_ops(doc))
+    assert len(ops) >= 8
+    for method, path in ops:
+        for body, field in HOSTILE_BODIES:
+            r = http.request(method.upper(), _url(path, {}), content=body,
+                             headers={**bearer(workspace), "Content-Type": "application/json"})  # fmt: skip
+            _assert_400(r, field)
+
+
+def test_hostile_parameters_on_every_operation(http, workspace):
+    doc = http.get("/openapi.json").json()
+    seen_int = 0
+    for method, path, p in _query_params(doc):
+        values = ["a\x00b"]
+        if p["schema"].get("type") == "integer" or any(
+            s.get("type") == "integer" for s in p["schema"].get("anyOf", [])
+        ):
+            values += [str(2**70), str(-(2**70))]
+            seen_int += 1
+        for value in values:
+            if p["in"] == "path":
+                url, params = _url(path, {p["name"]: value.replace("\x00", "%00")}), {}
+            else:
+                url, params = _url(path, {}), {p["name"]: value}
+            r = http.request(method.upper(), url, params=params, headers=bearer(workspace))
+            _assert_400(r, p["name"])
+    assert seen_int >= 5  # limit=, before=, top=, ... are all checked
+
+
+def test_unknown_query_parameter_with_nul_is_refused(http, workspace):
+    r = http.get("/api/workspace", params={"x\x00": "1"}, headers=bearer(workspace))
+    assert r.status_code == 400 and "NUL" in r.json()["message"]
+
+
+def test_body_larger_than_the_limit_is_413(http, workspace):
+    from chorus.api.guard import MAX_JSON_BODY
+
+    big = json.dumps({"source": "x" * (MAX_JSON_BODY + 10)}).encode()
+    r = http.put("/api/partials/big", content=big, headers={**bearer(workspace), "Content-Type": "application/json"})
+    assert r.status_code == 413 and r.json()["code"] == "too_large"
