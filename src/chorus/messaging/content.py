@@ -860,6 +860,8 @@ def validate_definition(doc: object, partials: Mapping[str, str] | None = None) 
     partials = dict(partials or {})
     if not isinstance(doc, dict):
         raise ContentError("definition", "must be a JSON object")
+    if bad := safejson.problem(doc, ""):  # NUL, lone surrogates (in keys too), numbers JSON and the store refuse
+        raise ContentError(*bad)
     allowed = ("name", "kind", "topic", "layout", "variants", "locales")
     for key in doc:
         if key not in allowed:
