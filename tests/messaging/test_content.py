@@ -494,11 +494,11 @@ def test_parsed_templates_are_cached():
             "assign",
         ),
         ("{% assign s = '" + "z" * 1000 + "' %}{{ s | replace: '', s | replace: '', s }}", "skip", "could exceed"),
-        ("{% assign n = 99999999 %}{% for i in (1..60) %}{% assign n = n | times: n %}{% endfor %}", "skip", "exceed"),
+        ("{% assign n = 99999999 %}{% for i in (1..60) %}{% assign n = n | times: n %}{% endfor %}", "skip", "64 bits"),
         ("{{ 1 | divided_by: 0 }}", "skip", "divide by 0"),
         ("{% for i in (1..10000) %}" + "{% if 1 == 1 %}{% endif %}" * 500 + "{% endfor %}", "skip", "100,000 tags"),
         (
-            "{% assign s = '" + "abcdefghij" * 6000 + "' %}"
+            "{% assign s = '" + "abcdefghij" * 900 + "' %}"
             "{% for i in (1..9000) %}{% assign n = s | split: '' | sort | size %}{% endfor %}",
             "skip",
             "more than 1 CPU second",

@@ -60,20 +60,7 @@ def preview(ws: WS, svc: SVC, body: dict):
             defn = content.validate_definition(req["content"], parts)
         except content.ContentError as exc:
             raise ChorusError(str(exc), field=exc.field) from None
-    ctx = {
-        "profile": {k: profile.get(k) for k in ("id", "traits", "channels_used", "last_channel", "timezone", "locale")},
-        "traits": profile.get("traits") or {},
-        "event": req.get("event") or {},
-        "data": req.get("data") or {},
-        "message": {
-            "id": "preview",
-            "channel": None,
-            "topic": defn.get("topic"),
-            "kind": defn.get("kind"),
-            "unsubscribe_url": svc.links.unsubscribe_url("preview"),
-            "preferences_url": svc.links.preferences_url("preview"),
-        },  # fmt: skip
-    }
+    ctx = outbox.template_context(profile, req, "preview", None, defn.get("topic"), defn.get("kind"), svc.links)
     out = content.preview(defn, ctx, locale=req.get("locale") or profile.get("locale"), partials=parts)
     variants = {}
     for channel, r in out.items():

@@ -110,13 +110,28 @@ def normalise_email(raw: str) -> str:
     return info.normalized.lower()
 
 
+# phonenumbers' own messages ("(0) Missing or invalid default region.") speak of its parser: say what is wrong
+# with the number instead.
+_PHONE_PROBLEMS = {
+    phonenumbers.NumberParseException.INVALID_COUNTRY_CODE: "its country code is missing or unknown",
+    phonenumbers.NumberParseException.NOT_A_NUMBER: "it does not look like a phone number",
+    phonenumbers.NumberParseException.TOO_SHORT_AFTER_IDD: "it is too short after the international prefix",
+    phonenumbers.NumberParseException.TOO_SHORT_NSN: "it is too short",
+    phonenumbers.NumberParseException.TOO_LONG: "it is too long",
+}
+
+
 @lru_cache(maxsize=200_000)
 def normalise_phone(raw: str, region: str | None) -> str:
     """E.164. Raises ValueError when the number cannot be parsed or is not a valid number."""
     try:
         num = phonenumbers.parse(raw, region)
     except phonenumbers.NumberParseException as exc:
-        raise ValueError(f"not a phone number: {exc}") from None
+        why = _PHONE_PROBLEMS.get(exc.error_type, "it does not look like a phone number")
+        national = not raw.strip().startswith("+")
+        if exc.error_type == phonenumbers.NumberParseException.INVALID_COUNTRY_CODE and national and not region:
+            why += " (write it in international format, +33 6 12 34 56 78, or set the workspace's default region)"
+        raise ValueError(f"not a valid phone number: {why}") from None
     if not phonenumbers.is_valid_number(num):
         raise ValueError("not a valid phone number" + ("" if region else " (no default region is set)"))
     return phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.E164)

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import contextvars
 import copy
+import decimal
 import functools
 import gc
 import html as html_lib
+import inspect
 import json
+import math
 import re
 import threading
 import time
@@ -30,11 +33,15 @@ from inscriptis import get_text
 from inscriptis.model.config import ParserConfig
 from liquid import BoundTemplate, Environment, FalsyStrictUndefined, Markup, RenderContext, Undefined
 from liquid.builtin.content import ContentNode
+from liquid.builtin.expressions.arguments import KeywordArgument
+from liquid.builtin.expressions.filtered import FilteredExpression, TernaryFilteredExpression
 from liquid.builtin.expressions.primitive import RangeLiteral, StringLiteral
+from liquid.builtin.filters.misc import date as _liquid_date
 from liquid.builtin.tags.include_tag import IncludeNode
 from liquid.builtin.tags.render_tag import RenderNode
 from liquid.exceptions import (
     ContextDepthError,
+    FilterArgumentError,
     FilterError,
     LiquidError,
     LocalNamespaceLimitError,
@@ -44,11 +51,15 @@ from liquid.exceptions import (
     TemplateNotFoundError,
     UndefinedError,
 )
+from liquid.filter import sequence_filter, with_environment
 from liquid.loader import BaseLoader, TemplateSource
 from liquid.output import LimitedStringIO
+from liquid.stream import TokenStream
+from liquid.token import TOKEN_EOF, Token
 from liquid.undefined import UNDEFINED
 from mjml import mjml2html
 
+from chorus import safejson
 from chorus.messaging import sms
 
 CHANNELS = ("email", "sms", "push", "whatsapp", "messenger", "in_app", "webhook")
@@ -110,6 +121,7 @@ def _cpu() -> float:
 
 
 OUTPUT_LIMIT = 256 * 1024  # bytes written by one template (captures included)
+ITEM_LIMIT = LOOP_LIMIT  # items in a list one filter returns (what a loop could go through)
 # python-liquid's context depth counts scope layers, not partials: with 30 (its default) a template can nest 13
 # includes, 31 renders or 26 for loops. A partial that includes itself stops there.
 DEPTH_LIMIT = 30
@@ -173,6 +185,19 @@ class _Skipped(Exception):
 
 # --- Liquid environment ---------------------------------------------------------------------------------------
 
+def _stream_init(self: TokenStream, tokens: Iterator[Token], block_depth_carry: int = 0) -> None:
+    """python-liquid reports "found end of expression" at index -1, which made every such syntax error point at
+    the template's last line: the end of a stream is placed right after its last token instead (for a template,
+    the end of the source; for an expression, the end of that expression)."""
+    _stream_init_original(self, tokens, block_depth_carry)
+    if self.tokens:
+        last = self.tokens[-1]
+        self.eof = Token(TOKEN_EOF, TOKEN_EOF, last.start_index + len(last.value), last.source)
+
+
+_stream_init_original = TokenStream.__init__
+TokenStream.__init__ = _stream_init  # type: ignore[method-assign]
+
 _PARTIALS: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar("chorus_partials", default=None)
 _BUDGET: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar("chorus_budget", default=None)
 
@@ -194,8 +219,13 @@ class _Budget:
         self.nodes -= 1
         if self.nodes < 0:
             raise _WorkLimitError(f"the template executes more than {NODE_LIMIT:,} tags and outputs", token=None)
-        # the clock is a system call: read it every 16th node (no node is slow; loops and filters have own limits)
-        if not self.nodes & 15 and _cpu() - self.started > self.seconds:
+        # the clock is a system call: read it every 16th node (the work inside a node is in its filters, and every
+        # filter call reads the clock itself)
+        if not self.nodes & 15:
+            self.clock()
+
+    def clock(self) -> None:
+        if _cpu() - self.started > self.seconds:
             raise _WorkLimitError(f"the template takes more than {TIME_LIMIT:g} CPU second(s) to render", token=None)
 
 
@@ -292,17 +322,162 @@ def _size(value: object) -> int:
     return len(value) if isinstance(value, str | list | tuple | dict | range) else 0
 
 
-def _guard(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
-    """``replace`` and ``join`` can multiply their input (``s | replace: '', s``): refuse a result that could
-    pass the output limit before building it, since the limit only sees what is written."""
+def _describe(value: object) -> str:
+    """A value as an error message shows it to a marketer: its kind and a short excerpt."""
+    if value is None or isinstance(value, Undefined):
+        return "nil"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return f"the text {value[:40]!r}" + ("…" if len(value) > 40 else "")
+    if isinstance(value, int | float | decimal.Decimal):
+        text = str(value)
+        return f"the number {text[:40]}" + ("…" if len(text) > 40 else "")
+    if isinstance(value, list | tuple | range):
+        return f"a list of {len(value):,} item(s)"
+    if isinstance(value, dict):
+        return "an object"
+    return "a value of an unsupported kind"
+
+
+def _arity(name: str, sig: inspect.Signature) -> str:
+    """What a filter takes, in Liquid's terms (``truncate: 20, '…'``), for argument-count errors."""
+    params = [p for p in list(sig.parameters.values())[1:] if p.kind is not p.KEYWORD_ONLY]
+    required = [p.name.rstrip("_") for p in params if p.default is p.empty]
+    optional = [p.name.rstrip("_") for p in params if p.default is not p.empty]
+    if not params:
+        return f"the {name} filter takes no arguments"
+    takes = f"{len(required)}" + (f" to {len(params)}" if optional else "")
+    names = ", ".join(required + [f"{n} (optional)" for n in optional])
+    return f"the {name} filter takes {takes} argument(s): {names}"
+
+
+@sequence_filter
+def _uniq(sequence: list, key: object = None) -> list[object]:
+    """Liquid's ``uniq`` in linear time: python-liquid's compares every pair (10,000 items took 1.5 s, over the
+    whole render budget in one call the budget cannot interrupt)."""
+    seen: set = set()
+    out = []
+    for obj in sequence:
+        item = obj
+        if key is not None:
+            try:
+                item = obj[key]  # type: ignore[index]
+            except KeyError:
+                item = _NO_KEY
+            except (TypeError, IndexError):
+                raise FilterArgumentError(f"uniq: cannot read {key!r} of {_describe(obj)}", token=None) from None
+        marker = _hashable(item)
+        if marker not in seen:
+            seen.add(marker)
+            out.append(obj)
+    return out
+
+
+_NO_KEY = object()
+
+
+_DATE_TEXT = 64  # characters: no date is longer, and dateutil takes seconds to reject 200,000 characters
+
+
+def _date(value: object, fmt: object, **kwargs: object) -> object:
+    """Liquid's ``date``; a text too long to be a date is returned unchanged without parsing (Liquid returns any
+    text that is not a date unchanged)."""
+    if isinstance(value, str) and len(value.strip()) > _DATE_TEXT:
+        return value
+    return _liquid_date(value, fmt, **kwargs)
+
+
+def _hashable(value: object) -> object:
+    """A hashable stand-in equal for equal values (objects and lists from JSON data are not hashable)."""
+    if isinstance(value, dict):
+        return ("{}", frozenset((k, _hashable(v)) for k, v in value.items()))
+    if isinstance(value, list | tuple):
+        return ("[]", tuple(_hashable(v) for v in value))
+    try:
+        hash(value)
+    except TypeError:
+        return ("id", id(value))
+    return value
+
+
+def _check_result(name: str, left: object, result: object) -> object:
+    """What one filter returns must stay within the render's limits: a chain of filters inside one output never
+    reaches the output buffer, so its intermediate values are bounded here (size) and numbers stay finite and
+    within 64 bits (what JSON from outside may hold), so the next filter's work is bounded too. New text must be
+    storable (``url_decode`` and ``base64_decode`` can make a NUL, which PostgreSQL cannot hold)."""
+    if isinstance(result, str):
+        if len(result) > OUTPUT_LIMIT:
+            raise FilterError(f"{name}: the result is longer than {OUTPUT_LIMIT:,} characters", token=None)
+        if result is not left and (problem := safejson.text_problem(result)):  # url_decode: '%00'
+            raise FilterError(f"{name}: the result {problem}", token=None)
+    elif isinstance(result, list | tuple):
+        if len(result) > ITEM_LIMIT:
+            raise FilterError(f"{name}: the result has more than {ITEM_LIMIT:,} items", token=None)
+    elif isinstance(result, bool) or result is None:
+        pass
+    elif isinstance(result, int):
+        if not safejson.INT_MIN <= result <= safejson.INT_MAX:
+            raise FilterError(f"{name}: the result is out of range (numbers must fit in 64 bits)", token=None)
+    elif isinstance(result, float | decimal.Decimal):
+        try:
+            finite = math.isfinite(float(result))
+        except (OverflowError, ValueError):
+            finite = False
+        if not finite:
+            raise FilterError(f"{name}: {_describe(left)} does not give a finite number", token=None)
+    return result
+
+
+def _metered(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+    """Every filter runs through here: the render's CPU budget is checked after each call (a chain of filters in
+    one output is one node, so the node clock alone never interrupts it), the result is bounded
+    (:func:`_check_result`), and a failure inside the filter becomes a message in Liquid's terms instead of
+    Python's (``append() missing 1 required positional argument``, ``[<class 'decimal.InvalidOperation'>]``)."""
+    try:
+        sig: inspect.Signature | None = inspect.signature(func)
+    except (TypeError, ValueError):
+        sig = None
 
     @functools.wraps(func)
-    def guarded(left: object, *args: object, **kwargs: object) -> object:
-        if _size(left) * max([1, *(_size(a) for a in args)]) > OUTPUT_LIMIT:
+    def metered(left: object, *args: object, **kwargs: object) -> object:
+        if name in _MULTIPLYING and _size(left) * max([1, *(_size(a) for a in args)]) > OUTPUT_LIMIT:
+            # refused before it runs: the result would be built whole before its size could be checked
             raise FilterError(f"{name}: the result could exceed the output limit", token=None)
-        return func(left, *args, **kwargs)
+        try:
+            result = func(left, *args, **kwargs)
+        except LiquidError as err:
+            # python-liquid's decorators pass Python's own message on (TypeError: "append() missing 1 required
+            # positional argument"); its own wording ("truncate expected an integer") is kept
+            cause = err.__cause__
+            if not isinstance(cause, _PYTHON_ERRORS) or str(cause) not in str(err.message):
+                raise
+            raise _filter_error(name, sig, left, args, kwargs) from None
+        except _PYTHON_ERRORS:
+            raise _filter_error(name, sig, left, args, kwargs) from None
+        if (budget := _BUDGET.get()) is not None:
+            budget.clock()
+        return _check_result(name, left, result)
 
-    return guarded
+    metered.signature = sig  # type: ignore[attr-defined]  # for the save-time argument check
+    return metered
+
+
+_PYTHON_ERRORS = (TypeError, ValueError, ArithmeticError, OverflowError, OSError, decimal.DecimalException,
+                  RecursionError, KeyError, IndexError, AttributeError)  # fmt: skip
+
+
+def _filter_error(name: str, sig: inspect.Signature | None, left: object, args: tuple, kwargs: dict) -> LiquidError:
+    if sig is not None:
+        try:
+            sig.bind(left, *args, **kwargs)
+        except TypeError:
+            return FilterArgumentError(_arity(name, sig), token=None)
+    return FilterArgumentError(f"{name}: cannot be applied to {_describe(left)}", token=None)
+
+
+# Filters whose result can be far larger than their input (``s | replace: '', s``).
+_MULTIPLYING = frozenset({"replace", "join"})
 
 
 class _Environment(Environment):
@@ -315,8 +490,10 @@ class _Environment(Environment):
     def __init__(self, kind: str, *, autoescape: bool, undefined: type[Undefined]):
         super().__init__(loader=_PartialLoader(), autoescape=autoescape, undefined=undefined, strict_filters=True)
         self.kind = kind
-        for name in ("replace", "join"):
-            self.filters[name] = _guard(name, self.filters[name])
+        self.filters["uniq"] = _uniq
+        self.filters["date"] = with_environment(_date)
+        for name, func in list(self.filters.items()):
+            self.filters[name] = _metered(name, func)
 
 
 # "text" for subjects, SMS, push...; "html" escapes values; "lax" renders missing values as empty and is used
@@ -379,7 +556,7 @@ def _reason(err: LiquidError) -> str:
         return f"assigned variables exceed the limit of {LOCALS_LIMIT:,} bytes"
     if isinstance(err, TemplateNotFoundError):
         return f"partial {err.message!r} does not exist"
-    return str(err.message)
+    return _syntax_reason(err)
 
 
 def _liquid(kind: str, source: str, context: Mapping[str, Any], field: str) -> str:
@@ -389,8 +566,21 @@ def _liquid(kind: str, source: str, context: Mapping[str, Any], field: str) -> s
     except LiquidError as err:
         line = None if isinstance(err, UndefinedError) else _error_line(err, source)
         raise _Skipped(_reason(err) + (f" (line {line})" if line else ""), field) from None
-    except (ValueError, TypeError, ArithmeticError, RecursionError) as err:  # e.g. an int too long to print
-        raise _Skipped(f"the template failed: {err}", field) from None
+    except RecursionError:
+        raise _Skipped("the template nests too deeply", field) from None
+    except _PYTHON_ERRORS as err:  # every filter's failures are translated; this is what is left (e.g. comparing)
+        raise _Skipped(f"the template could not be rendered: {_python_reason(err)}", field) from None
+
+
+def _python_reason(err: Exception) -> str:
+    """A Python error from outside the filters, without Python's wording (class names, reprs, codecs)."""
+    if isinstance(err, ValueError) and "integer string conversion" in str(err):
+        return "a number is too long to print"
+    if isinstance(err, UnicodeError):
+        return "a value contains a lone surrogate, which is not valid text"
+    if isinstance(err, ArithmeticError | decimal.DecimalException):
+        return "a calculation has no result (a division by zero or a number out of range)"
+    return "a value is of a kind that cannot be used there"
 
 
 # --- Limits -----------------------------------------------------------------------------------------------------
@@ -430,10 +620,13 @@ def _check_template(source: str, field: str, partials: Mapping[str, str] | None)
     """
     if len(source) > SOURCE_LIMIT:
         raise ContentError(field, f"the template is {len(source):,} characters; the limit is {SOURCE_LIMIT:,}")
+    if problem := safejson.text_problem(source):
+        raise ContentError(field, problem)
     try:
         template = _parse("lax", source)
     except LiquidError as err:
-        raise ContentError(field, str(err.message), _error_line(err, source)) from None
+        raise ContentError(field, _syntax_reason(err), _error_line(err, source)) from None
+    _check_arguments(template, source, field)
     if partials is not None:
         _check_includes(template, source, field, partials, set())
     analysis = template.analyze(include_partials=False)
@@ -451,6 +644,53 @@ def _check_template(source: str, field: str, partials: Mapping[str, str] | None)
                 raise ContentError(field, f"{path}: templates can read data, not Python attributes", line(var.span))
 
 
+_PY_TYPES = {
+    "NoneType": "nil", "str": "text", "int": "a number", "float": "a number", "Decimal": "a number",
+    "bool": "true or false", "list": "a list", "tuple": "a list", "range": "a range", "dict": "an object",
+}  # fmt: skip
+_PY_TYPE = re.compile(r"\b(found|got|not) (" + "|".join(_PY_TYPES) + r")\b")
+
+
+def _syntax_reason(err: LiquidError) -> str:
+    """python-liquid's messages, where they speak of its internals, in the template's terms."""
+    message = _PY_TYPE.sub(lambda m: f"{m.group(1)} {_PY_TYPES[m.group(2)]}", str(err.message))
+    if m := re.fullmatch(r"expected tag (end\w+), found end of expression", message):
+        return f"a block is not closed: {{% {m.group(1)} %}} is missing before the end of the template"
+    if m := re.match(r"integer string conversion limit \((\d+)\) reached", message):
+        return f"a value of more than {int(m.group(1)):,} characters cannot be read as a number"
+    return message.replace("found end of expression", "found the end of the tag")
+
+
+def _filters_of(expr: Any) -> Iterator[Any]:
+    if isinstance(expr, FilteredExpression):
+        yield from expr.filters or ()
+    elif isinstance(expr, TernaryFilteredExpression):
+        yield from expr.filters or ()
+        yield from expr.tail_filters or ()
+
+
+def _check_arguments(template: BoundTemplate, source: str, field: str) -> None:
+    """Every filter is given arguments it takes (``append`` without one would only fail when sent)."""
+    filters = _ENVS["lax"].filters
+    for node in _nodes(template.nodes, RenderContext(template)):
+        pending = list(node.expressions())
+        while pending:
+            expr = pending.pop()
+            pending.extend(expr.children())
+            for call in _filters_of(expr):
+                sig = getattr(filters.get(call.name), "signature", None)
+                if sig is None:
+                    continue
+                positional = [None] * sum(not isinstance(arg, KeywordArgument) for arg in call.args)
+                keywords = {arg.name: None for arg in call.args if isinstance(arg, KeywordArgument)}
+                keywords |= {p.name: None for p in sig.parameters.values() if p.name in ("environment", "context")}
+                try:
+                    sig.bind(None, *positional, **keywords)
+                except TypeError:
+                    line = _line(source, call.token.start_index) if call.token.source == source else None
+                    raise ContentError(field, _arity(call.name, sig), line) from None
+
+
 def _check_includes(template: BoundTemplate, source: str, field: str, partials: Mapping, seen: set) -> None:
     """Every partial named literally (``{% include 'footer' %}``) must exist, in partials of partials too."""
     for node in _nodes(template.nodes, RenderContext(template)):
@@ -466,7 +706,7 @@ def _check_includes(template: BoundTemplate, source: str, field: str, partials: 
             try:
                 partial = _parse("lax", partials[name], name)
             except LiquidError as err:
-                raise ContentError(field, f"partial {name!r}: {err.message}") from None
+                raise ContentError(field, f"partial {name!r}: {_syntax_reason(err)}") from None
             _check_includes(partial, partials[name], field, partials, seen)
 
 
@@ -595,10 +835,10 @@ def _check_mjml(variant: dict, field: str, layout: str | None, partials: Mapping
         _PARTIALS.reset(token)
         _BUDGET.reset(budget)
     try:
-        mjml2html(body)
+        compile_mjml(body)
     except ValueError as err:
-        with_layout = f" with layout {layout!r}" if layout else ""
-        raise ContentError(field, f"MJML does not compile{with_layout}: {err}") from None
+        with_layout = f" (with layout {layout!r})" if layout else ""
+        raise ContentError(field, f"{err}{with_layout}") from None
 
 
 def validate_partial(name: str, source: str) -> None:
@@ -620,6 +860,8 @@ def validate_definition(doc: object, partials: Mapping[str, str] | None = None) 
     partials = dict(partials or {})
     if not isinstance(doc, dict):
         raise ContentError("definition", "must be a JSON object")
+    if bad := safejson.problem(doc, ""):  # NUL, lone surrogates (in keys too), numbers JSON and the store refuse
+        raise ContentError(*bad)
     allowed = ("name", "kind", "topic", "layout", "variants", "locales")
     for key in doc:
         if key not in allowed:
@@ -735,6 +977,31 @@ _BODY_TAG = re.compile(r"<body\b[^>]*>", re.I)
 _TEXT_CONFIG = ParserConfig(display_links=True)
 
 
+_MJML_POSITION = re.compile(r" at position (\d+):(\d+)")
+
+
+def compile_mjml(body: str) -> str:
+    """MJML to HTML; a ValueError says what is wrong in the template's terms (mjml-python speaks of its parser's
+    "root template" and character offsets). A fragment (``<mj-section>…``) is only valid inside a layout."""
+    start = body.lstrip()
+    if not start.startswith("<mjml"):
+        raise ValueError(
+            "MJML must be a whole document, <mjml><mj-body>…</mj-body></mjml>, but this starts with "
+            f"{start[:20]!r}: wrap it, or set a layout that is the document and outputs {{{{ content }}}} "
+            "inside <mj-body>"
+        )
+    if "<mj-body" not in body:
+        raise ValueError("MJML has no <mj-body>: the content goes in <mjml><mj-body>…</mj-body></mjml>")
+    try:
+        return mjml2html(body)
+    except ValueError as err:
+        message = str(err).replace(" in root template", "")
+        if m := _MJML_POSITION.search(message):  # offsets into the rendered document: show what is there instead
+            near = body[int(m.group(1)) : int(m.group(2))].strip()[:40]
+            message = message[: m.start()] + (f" near {near!r}" if near else "")
+        raise ValueError(f"MJML does not compile: {message}") from None
+
+
 def _html_to_text(html: str) -> str:
     """The plain-text part: links as ``[label](url)``, hidden elements (the preheader) left out."""
     return _tidy_text(get_text(html, _TEXT_CONFIG))
@@ -801,9 +1068,9 @@ def _email(v: dict, ctx: dict, at: dict[str, str], layout: str | None, partials:
         body = _liquid("html", partials[layout], {**ctx, "content": Markup(body)}, "layout")
     if markup == "mjml":
         try:
-            body = mjml2html(body)
+            body = compile_mjml(body)
         except ValueError as err:
-            raise _Skipped(f"MJML does not compile: {err}", at["mjml"]) from None
+            raise _Skipped(str(err), at["mjml"]) from None
     try:
         html = _INLINER.inline(body)
     except ValueError as err:

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
-from chorus import metrics
+from chorus import metrics, safejson
 from chorus import workspaces as ws_api
 from chorus.collect import ingest
 from chorus.collect.messages import Event, normalise
@@ -100,6 +100,8 @@ def parse_request(body: object) -> dict:
     for key in ("event", "data"):
         if body.get(key) is not None and not isinstance(body[key], dict):
             raise ChorusError(f"{key} must be a JSON object", field=key)
+        if body.get(key) is not None:  # templates output these values: what they output must be storable
+            safejson.check(body[key], key)
     for key in ("topic", "locale", "journey_id", "campaign_id", "profile_id", "template"):
         if body.get(key) is not None and (not isinstance(body[key], str) or len(body[key]) > 64):
             raise ChorusError(f"{key} must be a string of at most 64 characters", field=key)
@@ -524,18 +526,7 @@ def _build(
     }  # fmt: skip
     status, reason, rendered = "skipped", choice.reason, None
     if choice.channel is not None:
-        ctx = {
-            "profile": {k: profile.get(k) for k in ("id", "traits", "channels_used", "last_channel", "timezone",
-                                                     "locale")},
-            "traits": profile.get("traits") or {},
-            # what analytics computed (clv_12m, probability_alive...): {% if computed.probability_alive < 0.3 %}
-            "computed": {k: v.get("value") for k, v in (profile.get("computed_traits") or {}).items()},
-            "event": req.get("event") or {},
-            "data": req.get("data") or {},
-            "message": {"id": msg["id"], "channel": choice.channel, "topic": topic, "kind": kind,
-                        "unsubscribe_url": links.unsubscribe_url(msg["id"]),
-                        "preferences_url": links.preferences_url(msg["id"])},
-        }  # fmt: skip
+        ctx = template_context(profile, req, msg["id"], choice.channel, topic, kind, links)
         out = content.render(
             defn, choice.channel, ctx, locale=req.get("locale") or profile.get("locale"), partials=rc.partials
         )
@@ -565,6 +556,23 @@ def _build(
     msg.update(status=status, reason=reason, content=rendered, next_attempt_at=send_at if status == "queued" else None)
     detail = {"reason": reason} if reason else {"channel_reason": choice.reason}
     return msg, Change(msg, status, now, detail, {}, profile)
+
+
+def template_context(
+    profile: dict, req: dict, message_id: str, channel: str | None, topic: str | None, kind: str | None, links: Links
+) -> dict:
+    """What templates see: one function for a send and for its preview, so a preview shows what is sent."""
+    return {
+        "profile": {k: profile.get(k) for k in ("id", "traits", "channels_used", "last_channel", "timezone", "locale")},
+        "traits": profile.get("traits") or {},
+        # what analytics computed (clv_12m, probability_alive...): {% if computed.probability_alive < 0.3 %}
+        "computed": {k: v.get("value") for k, v in (profile.get("computed_traits") or {}).items()},
+        "event": req.get("event") or {},
+        "data": req.get("data") or {},
+        "message": {"id": message_id, "channel": channel, "topic": topic, "kind": kind,
+                    "unsubscribe_url": links.unsubscribe_url(message_id),
+                    "preferences_url": links.preferences_url(message_id)},
+    }  # fmt: skip
 
 
 def _anytime(defn: dict, kind: str, msettings: dict) -> set[str]:
