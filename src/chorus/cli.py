@@ -192,6 +192,28 @@ def ws_settings(
     sys.stdout.write(orjson.dumps(settings, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
+@ws_app.command("identity-secret")
+def ws_identity_secret(
+    workspace: str,
+    rotate: Annotated[bool, typer.Option("--rotate", help="Replace it; old hashes stop working")] = False,
+    db: DbOpt = None,
+):
+    """Show (or rotate) the secret your server uses to compute userHash = hex(HMAC-SHA256(secret, userId))."""
+    from chorus import workspaces
+    from chorus.workspaces import verification
+
+    _, engine = _engine(db)
+    try:
+        with engine.connect() as conn:
+            w = workspaces.find(conn, workspace)
+        value = verification.rotate(engine, w.id) if rotate else verification.secret(engine, w.id)
+    except (ChorusError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(value)
+    if not verification.required(w.settings):
+        err.print("[yellow]Identity verification is off for this workspace (messaging.inbox_verification).[/yellow]")
+
+
 @import_app.command("events")
 def import_events(
     file: Annotated[str, typer.Argument(help=".csv, .jsonl or .parquet")],

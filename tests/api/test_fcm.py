@@ -6,6 +6,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from tests.api.verify import user_hash
 from tests.conftest import _ASGIThread, wait_until
 from tests.standins.fcm import FCMStandIn
 
@@ -99,7 +100,8 @@ def test_a_browser_goes_through_web_push_and_an_app_through_fcm(http, server, wo
         assert r.status_code == 200
         browser = service.browser(srv.base_url, "b1")
         r = http.post("/v1/push/subscriptions", auth=(workspace["write_key"], ""),
-                      json={"userId": "u1", "subscription": browser.subscription})  # fmt: skip
+                      json={"userId": "u1", "userHash": user_hash(http, h, "u1"),
+                            "subscription": browser.subscription})  # fmt: skip
         assert r.status_code == 201
         m = send(http, h, "r1")  # the browser is the newest push address
         assert m["address"] == browser.subscription["endpoint"]

@@ -14,6 +14,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from tests.api.verify import user_hash
 from tests.conftest import _ASGIThread, wait_until
 
 TEMPLATE = {
@@ -56,23 +57,25 @@ def wait_status(http, h, mid, *statuses):
 
 def test_inbox_lists_marks_read_and_streams(http, server, workspace, shop):
     wk = (workspace["write_key"], "")
+    me = {"userId": "u1", "userHash": user_hash(http, shop, "u1")}
     m = send(http, shop, "i1", "in_app")
     assert m["channel"] == "in_app" and m["address"] == m["profile_id"]
     wait_status(http, shop, m["id"], "sent")
-    box = http.get("/v1/inbox", params={"userId": "u1"}, auth=wk).json()
+    box = http.get("/v1/inbox", params=me, auth=wk).json()
     assert box["unread"] == 1
     item = box["messages"][0]
     assert item["id"] == m["id"] and item["title"] == "Hi Ana" and item["body"] == "Your red shoes is back in stock"
     assert item["cta"] == {"label": "See it", "url": "https://shop.example/p/RS-1"} and item["read_at"] is None
-    assert http.get("/v1/inbox", params={"anonymousId": "a1"}, auth=wk).json()["messages"][0]["id"] == m["id"]
+    # the browser's anonymous id alone does not open the inbox of the known person it joined
+    assert http.get("/v1/inbox", params={"anonymousId": "a1"}, auth=wk).json() == {"messages": [], "unread": 0}
     for _ in range(2):  # reading twice is one read
-        assert http.post(f"/v1/inbox/{m['id']}/read", json={"userId": "u1"}, auth=wk).status_code == 200
-    box = http.get("/v1/inbox", params={"userId": "u1"}, auth=wk).json()
+        assert http.post(f"/v1/inbox/{m['id']}/read", json=me, auth=wk).status_code == 200
+    box = http.get("/v1/inbox", params=me, auth=wk).json()
     assert box["unread"] == 0 and box["messages"][0]["read_at"]
     hist = http.get(f"/api/messages/{m['id']}", headers=shop).json()["history"]
     assert [h["status"] for h in hist] == ["queued", "sent", "opened"]
-    assert http.post("/v1/inbox/msg_nope/read", json={"userId": "u1"}, auth=wk).status_code == 404
-    assert http.get("/v1/inbox", params={"userId": "u1", "limit": "²"}, auth=wk).json()["field"] == "limit"
+    assert http.post("/v1/inbox/msg_nope/read", json=me, auth=wk).status_code == 404
+    assert http.get("/v1/inbox", params={**me, "limit": "²"}, auth=wk).json()["field"] == "limit"
     r = http.post(f"/v1/inbox/{m['id']}/read", content=b"{nope", auth=wk, headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and r.json()["field"] == "body"
 
@@ -81,7 +84,7 @@ def test_inbox_lists_marks_read_and_streams(http, server, workspace, shop):
     ready = threading.Event()
 
     def listen():
-        with httpx.stream("GET", f"{server.base_url}/v1/inbox/stream", params={"userId": "u1"}, auth=wk,
+        with httpx.stream("GET", f"{server.base_url}/v1/inbox/stream", params=me, auth=wk,
                           timeout=30) as r:  # fmt: skip
             assert r.headers["content-type"].startswith("text/event-stream")
             for line in r.iter_lines():
@@ -100,18 +103,28 @@ def test_inbox_lists_marks_read_and_streams(http, server, workspace, shop):
 
 def test_inbox_identity_verification(http, server, engine, workspace, shop):
     wk = (workspace["write_key"], "")
-    r = http.patch("/api/workspace/settings", json={"messaging": {"inbox_verification": True}}, headers=shop)
-    assert r.status_code == 200, r.text
-    secret = http.get("/api/workspace/inbox-secret", headers=shop).json()["inbox_secret"]
-    good = hmac.new(secret.encode(), b"u1", hashlib.sha256).hexdigest()
-    assert http.get("/v1/inbox", params={"userId": "u1"}, auth=wk).status_code == 401
-    assert http.get("/v1/inbox", params={"userId": "u1", "userHash": "0" * 64}, auth=wk).status_code == 401
-    assert http.get("/v1/inbox", params={"anonymousId": "a1"}, auth=wk).status_code == 401
+    good = user_hash(http, shop, "u1")
+    r = http.get("/v1/inbox", params={"userId": "u1"}, auth=wk)  # verification is on by default
+    assert r.status_code == 401 and r.json()["field"] == "userHash" and "HMAC-SHA256" in r.json()["message"]
+    r = http.get("/v1/inbox", params={"userId": "u1", "userHash": "0" * 64}, auth=wk)
+    assert r.status_code == 403 and r.json() == {
+        "code": "forbidden", "field": "userHash",
+        "message": "userHash does not match userId (was it computed with the current identity secret?)"}
     assert http.get("/v1/inbox", params={"userId": "u1", "userHash": good}, auth=wk).status_code == 200
+    assert http.get("/v1/inbox", params={"userId": "u1", "userHash": good.upper()}, auth=wk).status_code == 200
+    # a workspace may turn it off (development only): then userId alone is believed
+    r = http.patch("/api/workspace/settings", json={"messaging": {"inbox_verification": False}}, headers=shop)
+    assert r.status_code == 200, r.text
+    assert http.get("/v1/inbox", params={"userId": "u1"}, auth=wk).status_code == 200
     from chorus import workspaces
 
     other = workspaces.create(engine, "rival")
-    assert http.get("/v1/inbox", params={"userId": "u1"}, auth=(other["write_key"], "")).status_code == 404
+    rival = {"Authorization": f"Bearer {other['api_key']}"}
+    r = http.get("/v1/inbox", params={"userId": "u1", "userHash": user_hash(http, rival, "u1")},
+                 auth=(other["write_key"], ""))  # fmt: skip
+    assert r.status_code == 404  # another workspace's key sees nothing of this one
+    r = http.get("/v1/inbox", params={"userId": "u1", "userHash": good}, auth=(other["write_key"], ""))
+    assert r.status_code == 403  # and each workspace has its own secret
     assert http.get("/v1/inbox", params={"userId": "u1"}, auth=("wk_unknown", "")).status_code == 401
 
 

@@ -7,6 +7,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tests.api.verify import user_hash
 from tests.conftest import _ASGIThread, wait_until
 from tests.standins.pushservice import PushService, b64u
 
@@ -57,7 +58,8 @@ def test_web_push_is_encrypted_signed_and_decryptable(http, server, workspace, p
     wk = (workspace["write_key"], "")
     assert http.get("/v1/push/vapid-key", auth=wk).json() == {"publicKey": service.vapid_public}
     browser = service.browser(service.base_url, "b1")
-    r = http.post("/v1/push/subscriptions", auth=wk, json={"userId": "u1", "subscription": browser.subscription})
+    r = http.post("/v1/push/subscriptions", auth=wk,
+                  json={"userId": "u1", "userHash": user_hash(http, h, "u1"), "subscription": browser.subscription})
     assert r.status_code == 201, r.text
     m = send(http, h, "p1")
     assert m["channel"] == "push" and m["address"] == browser.subscription["endpoint"]
@@ -75,7 +77,8 @@ def test_an_expired_subscription_is_dropped(http, server, workspace, push):
     service, h = push
     wk = (workspace["write_key"], "")
     browser = service.browser(service.base_url, "b2")
-    http.post("/v1/push/subscriptions", auth=wk, json={"userId": "u1", "subscription": browser.subscription})
+    http.post("/v1/push/subscriptions", auth=wk,
+              json={"userId": "u1", "userHash": user_hash(http, h, "u1"), "subscription": browser.subscription})
     service.gone.add("b2")
     m = send(http, h, "g1")
     failed = wait_status(http, h, m["id"], "failed", "sent", "retrying")
@@ -88,35 +91,30 @@ def test_an_expired_subscription_is_dropped(http, server, workspace, push):
 
 def test_bad_subscriptions_are_refused_with_the_field(http, workspace, push):
     wk = (workspace["write_key"], "")
+    uh = user_hash(http, push[1], "u1")
     sub = {"endpoint": "http://push.example/x", "keys": {"p256dh": "a", "auth": "b"}}
-    r = http.post("/v1/push/subscriptions", auth=wk, json={"userId": "u1", "subscription": sub})
+    r = http.post("/v1/push/subscriptions", auth=wk, json={"userId": "u1", "userHash": uh, "subscription": sub})
     assert r.status_code == 400 and r.json()["field"] == "subscription.endpoint"
     sub["endpoint"] = "https://push.example/x"
     del sub["keys"]["auth"]
-    r = http.post("/v1/push/subscriptions", auth=wk, json={"userId": "u1", "subscription": sub})
+    r = http.post("/v1/push/subscriptions", auth=wk, json={"userId": "u1", "userHash": uh, "subscription": sub})
     assert r.status_code == 400 and r.json()["field"] == "subscription.keys.auth"
     r = http.post("/v1/push/subscriptions", auth=("wk_nope", ""), json={"userId": "u1", "subscription": sub})
     assert r.status_code == 401
 
 
 def test_subscriptions_are_guarded(http, workspace, push, monkeypatch):
-    import hashlib
-    import hmac
-
     service, h = push
     wk = (workspace["write_key"], "")
     browser = service.browser(service.base_url, "b9")
     monkeypatch.delenv("CHORUS_ALLOW_LOOPBACK_PUSH")
-    r = http.post("/v1/push/subscriptions", auth=wk, json={"userId": "u1", "subscription": browser.subscription})
+    r = http.post("/v1/push/subscriptions", auth=wk, json={"anonymousId": "a9", "subscription": browser.subscription})
     assert r.status_code == 400 and "public push service" in r.json()["message"]  # no requests to local services
     monkeypatch.setenv("CHORUS_ALLOW_LOOPBACK_PUSH", "1")
-    # with identity verification on, only the brand's server (userHash) can say whose browser it is
-    assert http.patch("/api/workspace/settings", json={"messaging": {"inbox_verification": True}},
-                      headers=h).status_code == 200  # fmt: skip
+    # identity verification is on by default: only the brand's server (userHash) can say whose browser it is
     r = http.post("/v1/push/subscriptions", auth=wk, json={"userId": "u1", "subscription": browser.subscription})
-    assert r.status_code == 401
-    secret = http.get("/api/workspace/inbox-secret", headers=h).json()["inbox_secret"]
-    good = hmac.new(secret.encode(), b"u1", hashlib.sha256).hexdigest()
+    assert r.status_code == 401 and r.json()["field"] == "userHash"
+    good = user_hash(http, h, "u1")
     r = http.post("/v1/push/subscriptions", auth=wk,
                   json={"userId": "u1", "userHash": good, "subscription": browser.subscription})  # fmt: skip
     assert r.status_code == 201

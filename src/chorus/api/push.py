@@ -1,33 +1,26 @@
-"""Browser push subscriptions, sent by the site with its write key after ``pushManager.subscribe``."""
+"""Browser push subscriptions, sent by the site with its write key after ``pushManager.subscribe``.
+
+Whose browser it is comes from :mod:`chorus.api.caller`, as for the inbox: ``userId`` with ``userHash``, or an
+``anonymousId``, whose browser then gets only the pushes of an anonymous profile."""
 
 from __future__ import annotations
 
 import os
 from urllib.parse import urlsplit
 
-import orjson
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from chorus import workspaces as ws_api
+from chorus.api.caller import caller, json_body
 from chorus.api.common import JSON, Services, write_key
-from chorus.errors import ChorusError, NotFound, Unauthorized
+from chorus.errors import ChorusError, NotFound
 from chorus.store import bulk
 from chorus.store.tables import push_subscriptions
 from chorus.timeutil import utcnow
 
 router = APIRouter(prefix="/v1/push", tags=["push"])
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-async def _body(request: Request) -> dict:
-    try:
-        body = orjson.loads(await request.body())
-    except orjson.JSONDecodeError as exc:
-        raise ChorusError(f"body is not valid JSON: {exc}", field="body") from None
-    if not isinstance(body, dict):
-        raise ChorusError("body must be a JSON object", field="body")
-    return body
 
 
 def _source(request: Request, svc: Services, body: dict):
@@ -54,33 +47,14 @@ def _subscription(body: dict) -> tuple[str, str, str]:
     return endpoint, keys["p256dh"], keys["auth"]
 
 
-def _verify_person(svc: Services, ws_id: str, body: dict) -> None:
-    """With identity verification on, only the brand's server can say whose browser this is (userHash)."""
-    from chorus.api.inbox import user_hash_ok
-
-    with svc.engine.connect() as conn:
-        ws = ws_api.get(conn, ws_id)
-    if (ws.settings.get("messaging") or {}).get("inbox_verification"):
-        if not body.get("userId") or not user_hash_ok(svc, ws_id, str(body["userId"]), body.get("userHash")):
-            raise Unauthorized("this workspace needs userId with a matching userHash (identity verification is on)")
-
-
-def _ident(body: dict) -> str:
-    user_id, anonymous_id = body.get("userId"), body.get("anonymousId")
-    if bool(user_id) == bool(anonymous_id) or not isinstance(user_id or anonymous_id, str | int):
-        raise ChorusError("give exactly one of userId or anonymousId", field="userId")
-    return f"user_id:{user_id}" if user_id else f"anonymous_id:{anonymous_id}"
-
-
 @router.post("/subscriptions", status_code=201, summary="Register (or refresh) a browser push subscription")
 async def subscribe(request: Request):
     svc: Services = request.app.state.services
-    body = await _body(request)
-    source = await run_in_threadpool(_source, request, svc, body)
+    body = await json_body(request, required=True)
+    who = await run_in_threadpool(caller, svc, request.headers, body)
     endpoint, p256dh, auth = _subscription(body)
-    ident = _ident(body)
-    await run_in_threadpool(_verify_person, svc, source.workspace_id, body)
-    row = {"workspace_id": source.workspace_id, "endpoint": endpoint, "p256dh": p256dh, "auth": auth, "ident": ident,
+    ident = who.claim.ident
+    row = {"workspace_id": who.workspace.id, "endpoint": endpoint, "p256dh": p256dh, "auth": auth, "ident": ident,
            "created_at": utcnow()}  # fmt: skip
 
     def save():
@@ -95,9 +69,11 @@ async def subscribe(request: Request):
 @router.delete("/subscriptions", summary="Forget a browser push subscription (the user turned notifications off)")
 async def unsubscribe(request: Request):
     svc: Services = request.app.state.services
-    body = await _body(request)
+    body = await json_body(request, required=True)
     source = await run_in_threadpool(_source, request, svc, body)
     endpoint = (body.get("subscription") or {}).get("endpoint") if isinstance(body.get("subscription"), dict) else None
+    if not isinstance(endpoint, str) or not endpoint:
+        raise ChorusError("subscription.endpoint must be the push service URL", field="subscription.endpoint")
 
     def delete() -> int:
         with svc.engine.begin() as conn:

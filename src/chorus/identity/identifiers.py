@@ -158,6 +158,22 @@ def _trait_sources(msg: dict) -> list[dict]:
     return out
 
 
+def trait_ident(kind: str, value: object, cfg: IdentityConfig) -> str | None:
+    """The identifier a trait value names (``traits.email`` -> ``email:…``), None when the key names none.
+
+    Raises ValueError (the reason) for an email or phone that does not validate."""
+    if kind == "email":
+        if isinstance(value, str) and value.strip():
+            return f"email:{normalise_email(value)}"
+    elif kind == "phone":
+        if isinstance(value, str | int) and str(value).strip():
+            return f"phone:{normalise_phone(str(value), cfg.default_region)}"
+    elif kind in cfg.declared:
+        text = id_text(value, kind)  # the one normalisation of id values
+        return None if text is None else f"{kind}:{text}"
+    return None
+
+
 def extract(msg: dict, cfg: IdentityConfig, trusted: bool = False) -> Extracted:
     """Identifiers of a normalised message. Invalid emails/phones become warnings, never rejections."""
     found: dict[str, None] = {}
@@ -177,18 +193,14 @@ def extract(msg: dict, cfg: IdentityConfig, trusted: bool = False) -> Extracted:
     add("user_id", msg.get("userId"), "userId")
     add("anonymous_id", msg.get("anonymousId"), "anonymousId")
     for traits in _trait_sources(msg):
-        email = traits.get("email")
-        if isinstance(email, str) and email.strip():
+        for kind in ("email", "phone"):
             try:
-                found[f"email:{normalise_email(email)}"] = None
+                ident = trait_ident(kind, traits.get(kind), cfg)
             except ValueError as exc:
-                warnings.append(f"traits.email ignored as an identifier: {exc}")
-        phone = traits.get("phone")
-        if isinstance(phone, str | int) and str(phone).strip():
-            try:
-                found[f"phone:{normalise_phone(str(phone), cfg.default_region)}"] = None
-            except ValueError as exc:
-                warnings.append(f"traits.phone ignored as an identifier: {exc}")
+                warnings.append(f"traits.{kind} ignored as an identifier: {exc}")
+                continue
+            if ident is not None:
+                found[ident] = None
         for kind in cfg.declared:
             add(kind, traits.get(kind), f"traits.{kind}")
     ctx = msg.get("context") if isinstance(msg.get("context"), dict) else {}
@@ -215,3 +227,42 @@ def extract(msg: dict, cfg: IdentityConfig, trusted: bool = False) -> Extracted:
             if ident not in found:
                 others.append(ident)
     return Extracted(anchor=idents[0], others=others, warnings=warnings)
+
+
+def without_identifiers(msg: dict, cfg: IdentityConfig, idents: set[str] | frozenset[str]) -> dict:
+    """A copy of ``msg`` without the trait values, external ids and device token that name one of ``idents``.
+
+    The resolver folds an event into its profile through this when some of the event's identifiers belong to
+    another profile (a refused merge), so that a claimant never keeps someone else's email as a trait; erasure
+    uses it to take the erased person's identifiers out of the events of the profiles that claimed them.
+    ``userId`` and ``anonymousId`` stay: they are the event's own anchor."""
+    if not idents:
+        return msg
+    out = dict(msg)
+    ctx = dict(msg.get("context") or {})
+    for holder in (out, ctx):
+        traits = holder.get("traits")
+        if not isinstance(traits, dict):
+            continue
+        kept = {}
+        for key, value in traits.items():
+            try:
+                ident = trait_ident(key, value, cfg)
+            except ValueError:
+                ident = None
+            if ident is None or ident not in idents:
+                kept[key] = value
+        if len(kept) != len(traits):
+            holder["traits"] = kept
+    ext = ctx.get("externalIds")
+    if isinstance(ext, list):
+        ctx["externalIds"] = [
+            item for item in ext
+            if not (isinstance(item, dict) and f"{item.get('type')}:{str(item.get('id')).strip()}" in idents)
+        ]  # fmt: skip
+    device = ctx.get("device")
+    if isinstance(device, dict) and device.get("token") and f"device_token:{device['token']}" in idents:
+        ctx["device"] = {k: v for k, v in device.items() if k != "token"}
+    if msg.get("context") is not None:
+        out["context"] = ctx
+    return out

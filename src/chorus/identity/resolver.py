@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 from chorus import metrics
 from chorus import workspaces as ws_api
 from chorus.identity.graph import Graph, Key, Link, Node, links_of, new_profile_id, replay
-from chorus.identity.identifiers import Extracted, IdentityConfig, extract, kind_of
+from chorus.identity.identifiers import Extracted, IdentityConfig, extract, kind_of, without_identifiers
 from chorus.profiles import state as pstate
 from chorus.store import bulk
 from chorus.store.db import FreshStatistics, read_only
@@ -354,7 +354,7 @@ class _WorkspaceBatch:
             st = states.get(pid)
             if st is None:
                 st = states[pid] = pstate.empty()
-            _fold(st, p, self.policies)
+            _fold(st, p, own_part(p.payload, p.ext, pid, g.owner, self.cfg), self.policies)
             ev_updates.append({"seq": p.seq, "profile_id": pid})
         bulk.update_rows(self.conn, events, "seq", ev_updates)
 
@@ -392,13 +392,20 @@ class _WorkspaceBatch:
             Rebuild(self.conn, self.ws, self.cfg, self.policies, now).run(dirty_idents, dirty_events)
 
 
-def _fold(st: dict, p: Pending, policies: dict) -> None:
-    """Fold a pending event into a profile state; a failure names the event (its state change is half done, so
-    the transaction is abandoned and retried without it)."""
+def _fold(st: dict, p: Pending, payload: dict, policies: dict) -> None:
+    """Fold a pending event (``payload``: the part its profile may keep) into a profile state; a failure names
+    the event (its state change is half done, so the transaction is abandoned and retried without it)."""
     try:
-        pstate.apply_event(st, p.payload, p.ext.anchor, policies, p.ext.warnings)
+        pstate.apply_event(st, payload, p.ext.anchor, policies, p.ext.warnings)
     except Exception as exc:
         raise Poisoned({p.seq: exc}) from exc
+
+
+def own_part(payload: dict, ext: Extracted, pid: str, owner: dict[str, str], cfg: IdentityConfig) -> dict:
+    """The event as its profile may keep it: without the identifiers that belong to another profile (a merge the
+    guards refused, an erased person) or to none, so a claimant never keeps someone else's email as a trait."""
+    foreign = {i for i in ext.others if owner.get(i) != pid}
+    return without_identifiers(payload, cfg, foreign) if foreign else payload
 
 
 def profile_row(ws: str, pid: str, node: Node, st: dict, known: bool, now) -> dict:
@@ -495,11 +502,12 @@ class Rebuild:
         for seq, payload, _trusted in evs:
             ext = extract(payload, self.cfg, _trusted)
             pid = new_owner[ext.anchor]
+            payload = own_part(payload, ext, pid, new_owner, self.cfg)
             pstate.apply_event(states[pid], payload, ext.anchor, self.policies, ext.warnings)
             ev_updates.append({"seq": seq, "profile_id": pid})
         for p in extra:  # pending events: checked already; a failure folding one names it
             pid = new_owner[p.ext.anchor]
-            _fold(states[pid], p, self.policies)
+            _fold(states[pid], p, own_part(p.payload, p.ext, pid, new_owner, self.cfg), self.policies)
             ev_updates.append({"seq": p.seq, "profile_id": pid})
         bulk.update_rows(self.conn, events, "seq", ev_updates)
 

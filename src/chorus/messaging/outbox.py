@@ -35,6 +35,7 @@ from chorus.store import bulk
 from chorus.store.db import FreshStatistics, read_only
 from chorus.store.tables import message_status, messages, partials, templates
 from chorus.timeutil import iso, utcnow
+from chorus.workspaces import verification
 
 KINDS = ("marketing", "transactional")
 # Timeline event names (Segment-style object-action) for the states a person or a segment can care about.
@@ -518,7 +519,10 @@ def _build(
     msg = {
         "id": new_message_id(), "workspace_id": ws.id, "idempotency_key": key, "request_hash": rhash,
         "profile_id": pid, "template": req.get("template"), "kind": kind, "topic": topic, "channel": choice.channel,
-        "address": choice.address, "status": "new", "reason": None, "choice": choice.as_dict(), "content": None,
+        "address": choice.address, "status": "new", "reason": None, "content": None,
+        # an in-app message to an anonymous person names the anonymous ids it is for: the only write-key
+        # callers that may read it without a user hash (chorus.workspaces.verification)
+        "choice": {**choice.as_dict(), **verification.anonymous_recipient(profile, choice.channel)},
         "journey_id": req.get("journey_id"), "campaign_id": req.get("campaign_id"), "provider": None,
         "provider_message_id": None, "attempts": 0, "next_attempt_at": None, "sent_at": None, "approved_at": None,
         "created_at": now,

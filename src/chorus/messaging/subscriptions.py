@@ -10,8 +10,12 @@ from chorus.store.tables import dead_addresses, push_subscriptions
 
 
 def _idents(profile: dict) -> list[str]:
+    """The ids whose browsers receive the person's pushes. A browser registered under an anonymous id gets the
+    pushes of an anonymous profile only: anyone can claim an anonymous id and then a customer's email, so pushes
+    to a known person go to browsers registered with a verified user id (see chorus.workspaces.verification)."""
     ids = profile.get("identifiers") or {}
-    return [f"user_id:{v}" for v in ids.get("user_id", [])] + [f"anonymous_id:{v}" for v in ids.get("anonymous_id", [])]
+    anonymous = [] if profile.get("known") else [f"anonymous_id:{v}" for v in ids.get("anonymous_id", [])]
+    return [f"user_id:{v}" for v in ids.get("user_id", [])] + anonymous
 
 
 def endpoints_of(conn: Connection, ws: str, profile: dict) -> dict[str, dict]:

@@ -141,6 +141,7 @@ def erase(conn: Connection, ws: str, profile_id: str) -> dict:
             sa.or_(events.c.user_id.in_(users), events.c.anonymous_id.in_(anons)),
         )
     ).rowcount
+    claimants = _claimants(conn, ws, pid, idents)
     counts["identity_links"] = 0
     for i in range(0, len(idents), 500):
         part = idents[i : i + 500]
@@ -218,10 +219,70 @@ def erase(conn: Connection, ws: str, profile_id: str) -> dict:
     counts["import_errors_redacted"] = _redact_import_errors(conn, ws, idents)
     counts["computed_traits"] = computed.forget(conn, ws, ids)
     counts["profiles"] = conn.execute(profiles.delete().where(profiles.c.id == pid)).rowcount
+    counts["claimant_events_redacted"] = _unclaim(conn, ws, claimants, set(idents))
     # copies outside the store (the event lake) remove the person at their next update
     conn.execute(erasures.insert().values(workspace_id=ws, profile_hashes=[erased_hash(i) for i in ids],
                                           erased_at=utcnow()))  # fmt: skip
     return {"profile_id": pid, "deleted": counts}
+
+
+def _claimants(conn: Connection, ws: str, pid: str, idents: list[str]) -> list[str]:
+    """Other profiles linked to the person's identifiers: the links the merge guards refused (someone else's
+    browser claiming this person's email), so their events still carry the person's identifiers."""
+    others: set[str] = set()
+    for i in range(0, len(idents), 500):
+        part = idents[i : i + 500]
+        for a, b in conn.execute(
+            sa.select(identity_links.c.a, identity_links.c.b).where(
+                identity_links.c.workspace_id == ws, sa.or_(identity_links.c.a.in_(part), identity_links.c.b.in_(part))
+            )
+        ):
+            others.update((a, b))
+    others -= set(idents)
+    if not others:
+        return []
+    owners = set()
+    for chunk in (sorted(others)[i : i + 500] for i in range(0, len(others), 500)):
+        owners.update(
+            conn.execute(
+                sa.select(identifiers.c.profile_id).where(
+                    identifiers.c.workspace_id == ws, identifiers.c.ident.in_(chunk)
+                )
+            ).scalars()
+        )
+    owners.discard(pid)
+    return sorted(owners)
+
+
+def _unclaim(conn: Connection, ws: str, claimants: list[str], idents: set[str]) -> int:
+    """Take the erased person's identifiers out of the claimants' events, then rebuild the claimants' profiles from
+    their links and events, so that no trait, export or replay of theirs holds the person's email any more."""
+    if not claimants:
+        return 0
+    from chorus import workspaces as ws_api
+    from chorus.identity.identifiers import without_identifiers
+    from chorus.identity.resolver import Rebuild
+
+    settings = ws_api.get(conn, ws)
+    cfg = settings.identity
+    redacted = 0
+    for row in conn.execute(
+        sa.select(events.c.seq, events.c.payload).where(events.c.workspace_id == ws, events.c.profile_id.in_(claimants))
+    ).all():
+        clean = without_identifiers(row.payload, cfg, idents)
+        if clean != row.payload:
+            conn.execute(events.update().where(events.c.seq == row.seq).values(payload=clean))
+            redacted += 1
+    seeds = set(
+        conn.execute(
+            sa.select(identifiers.c.ident).where(
+                identifiers.c.workspace_id == ws, identifiers.c.profile_id.in_(claimants)
+            )
+        ).scalars()
+    )
+    if seeds:
+        Rebuild(conn, ws, cfg, settings.settings.get("trait_policies", {}), utcnow()).run(seeds, [])
+    return redacted
 
 
 def _redact_import_errors(conn: Connection, ws: str, idents: list[str]) -> int:
