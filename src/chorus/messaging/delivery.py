@@ -60,6 +60,7 @@ SENDING = sa.text("messages.status = 'sending'")  # ix_messages_sending's condit
 # Channels where delivering twice is harmless: the webhook carries the message id as Idempotency-Key for the
 # receiver to deduplicate, and the inbox "delivery" is only making the message visible. An interrupted send is
 # repeated there; everywhere else it is given up (at most once).
+NO_PROVIDER = "no_provider"  # the reason code of a message skipped because no configured provider can send it
 AT_LEAST_ONCE = frozenset({"webhook", "in_app"})
 
 
@@ -136,7 +137,7 @@ class _Outcome:
     """What happened to one message in the send phase, recorded with the others of its batch."""
 
     msg: dict
-    kind: str  # sent | permanent | transient | lost
+    kind: str  # sent | permanent | transient | skipped (no provider can send it) | lost
     provider: str = ""
     provider_id: str = ""
     error: PermanentError | None = None
@@ -359,13 +360,19 @@ class Deliverer:
         errors: list[str] = []
         try:
             provs = self.providers.get(ws, msg["channel"])
-        except ConfigError as exc:
+        except ConfigError as exc:  # a provider that cannot be built (e.g. its secret's variable unset): retried
             provs, errors = [], [str(exc)]
+        # Nothing configured could ever send it: retrying for hours would change nothing, so it is skipped at once.
+        # (Adding a provider later does not revive it: send again.)
+        nobody = None
         if not provs and not errors:
-            errors.append(f"no provider is configured for {msg['channel']} (settings.messaging.providers)")
-        provs = [p for p in provs if getattr(p[0], "accepts", lambda _o: True)(out)]
-        if not provs and not errors:
-            errors.append(f"no {msg['channel']} provider takes this address")
+            nobody = f"no provider is configured for {msg['channel']} (settings.messaging.providers)"
+        elif provs and not (provs := [p for p in provs if getattr(p[0], "accepts", lambda _o: True)(out)]):
+            nobody = f"no {msg['channel']} provider takes this address"
+        if nobody:
+            if not lease.holds(msg):
+                return _Outcome(msg, "lost")
+            return _Outcome(msg, "skipped", reason=nobody, profile=profile)
         if provs and not lease.holds(msg):  # expired by another worker meanwhile: it is not ours to send
             log.warning("message %s: lease lost before sending; left alone", msg["id"])
             return _Outcome(msg, "lost")
@@ -418,6 +425,10 @@ class Deliverer:
                 changes.append(outbox.Change(o.msg, status, now, {"provider": o.provider, "reason": o.error.reason}, {
                     "provider": o.provider, "reason": f"{o.provider}: {o.error.reason}", "next_attempt_at": None},
                     o.profile))  # fmt: skip
+            elif o.kind == "skipped":
+                changes.append(outbox.Change(o.msg, "skipped", now, {"reason": NO_PROVIDER, "message": o.reason}, {
+                    "next_attempt_at": None, "reason": f"{NO_PROVIDER}: {o.reason}"}, o.profile))  # fmt: skip
+                metrics.messages_no_provider.labels(channel=o.msg["channel"]).inc()
             else:
                 changes.append(self._retry(o.msg, o.reason, now, o.profile))
         early: dict[str, list[str]] = {}  # Meta may have reported on these before now: apply what it said
