@@ -67,3 +67,22 @@ def test_a_table_locked_by_a_long_transaction_is_reported_not_waited_for(engine,
 def test_unknown_vacuum_mode_is_refused(engine):
     with pytest.raises(ValueError, match="vacuum must be one of full, plain"):
         scrub(engine, [], vacuum="fast")
+
+
+def test_a_table_the_role_does_not_own_is_reported(engine, db_url):
+    """VACUUM by a role that does not own the table only warns and skips it: that must not read as done."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL only")
+    import secrets
+
+    role = f"chorus_not_owner_{secrets.token_hex(4)}"
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql(f'CREATE ROLE "{role}" LOGIN')
+    guest = create_engine(sa.make_url(db_url).set(username=role).render_as_string(hide_password=False))
+    try:
+        result = scrub(guest, ["computed_traits"], vacuum="plain")
+        assert result["done"] == [] and "does not own" in result["pending"]["computed_traits"]
+    finally:
+        guest.dispose()
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql(f'DROP ROLE "{role}"')
