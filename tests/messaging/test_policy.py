@@ -203,7 +203,7 @@ def active_profiles(draw):
     st.permutations(["email", "push", "sms", "whatsapp", "messenger", "in_app"]),
     st.randoms(use_true_random=False),
 )
-@settings(max_examples=500)
+@settings(max_examples=500, deadline=None)  # a shared CI machine must not fail it on time
 def test_most_recent_activity_and_its_ties(profile, variants, fallback, rnd):
     choice = choose_channel(profile, variants, "auto", topic="offers", kind="marketing", fallback=fallback)
     implies = {"email": ["email"], "sms": ["sms"], **IMPLIED_FIRST}

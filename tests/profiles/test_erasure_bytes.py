@@ -24,7 +24,7 @@ import sqlalchemy as sa
 
 import chorus
 from chorus import workspaces
-from chorus.profiles import computed
+from chorus.profiles import computed, privacy
 from chorus.timeutil import utcnow
 from tests.conftest import LiveServer, free_port, wait_until
 
@@ -167,6 +167,8 @@ def test_erased_person_leaves_no_bytes_in_the_database_files(db_url, engine):
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["scrubbed"]["pending"] == {}
+        # every count of the erasure names a table that is scrubbed (a new one must be added to TABLE_OF_COUNT)
+        assert set(body["deleted"]) <= set(privacy.TABLE_OF_COUNT) | privacy.NOT_DELETED
         assert body["deleted"]["messages"] == 2 and body["deleted"]["push_subscriptions"] == 1
         assert body["deleted"]["rejected_events"] == 1 and body["deleted"]["computed_traits"] == 1
 

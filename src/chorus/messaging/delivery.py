@@ -50,6 +50,7 @@ from chorus.timeutil import iso, utcnow
 
 log = logging.getLogger("chorus.delivery")
 MAX_ATTEMPTS = 8
+NO_PROVIDER = "no_provider"  # the reason code of a message skipped because no configured provider can send it
 BACKOFF_BASE = timedelta(seconds=30)
 BACKOFF_MAX = timedelta(hours=6)
 LEASE = timedelta(minutes=10)
@@ -60,7 +61,6 @@ SENDING = sa.text("messages.status = 'sending'")  # ix_messages_sending's condit
 # Channels where delivering twice is harmless: the webhook carries the message id as Idempotency-Key for the
 # receiver to deduplicate, and the inbox "delivery" is only making the message visible. An interrupted send is
 # repeated there; everywhere else it is given up (at most once).
-NO_PROVIDER = "no_provider"  # the reason code of a message skipped because no configured provider can send it
 AT_LEAST_ONCE = frozenset({"webhook", "in_app"})
 
 
@@ -369,13 +369,11 @@ class Deliverer:
             nobody = f"no provider is configured for {msg['channel']} (settings.messaging.providers)"
         elif provs and not (provs := [p for p in provs if getattr(p[0], "accepts", lambda _o: True)(out)]):
             nobody = f"no {msg['channel']} provider takes this address"
-        if nobody:
-            if not lease.holds(msg):
-                return _Outcome(msg, "lost")
-            return _Outcome(msg, "skipped", reason=nobody, profile=profile)
-        if provs and not lease.holds(msg):  # expired by another worker meanwhile: it is not ours to send
+        if (provs or nobody) and not lease.holds(msg):  # expired by another worker meanwhile: not ours any more
             log.warning("message %s: lease lost before sending; left alone", msg["id"])
             return _Outcome(msg, "lost")
+        if nobody:
+            return _Outcome(msg, "skipped", reason=nobody, profile=profile)
         for prov, limiter, gate in provs:
             limiter.wait()
             started, result = time.perf_counter(), "error"

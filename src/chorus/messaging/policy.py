@@ -150,9 +150,8 @@ def choose_channel(
     ``requested`` is ``"auto"`` or an explicit list (tried in order). With ``auto``, among the channels that have a
     variant, consent and an address: the profile's ``preferred_channel`` trait if usable, else the most recently
     active one (on a tie, the order in ``ACTIVITY_IMPLIES``, then the fallback order), else the workspace fallback
-    order. With ``auto`` and ``now``, WhatsApp and Messenger are usable
-    only within the 24-hour window of the person's last message on them, unless they are in ``anytime`` (the
-    variant can be sent outside it).
+    order. With ``auto`` and ``now``, WhatsApp and Messenger are usable only within the 24-hour window of the
+    person's last message on them, unless they are in ``anytime`` (the variant can be sent outside it).
     """
     considered: list[dict] = []
     usable: dict[str, str] = {}

@@ -233,6 +233,7 @@ TABLE_OF_COUNT = {
     "push_subscriptions": "push_subscriptions", "audience_members": "audience_members",
     "import_errors_redacted": "imports", "computed_traits": "computed_traits", "profiles": "profiles",
 }  # fmt: skip
+NOT_DELETED = frozenset({"audience_removals_queued"})  # counts of rows written, not deleted: nothing to clear
 
 
 def forget(engine: Engine, ws: str, profile_id: str, vacuum: str = "full") -> dict:
