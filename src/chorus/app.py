@@ -63,6 +63,9 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True, eng
         finally:
             if worker:
                 worker.stop()
+            # close every pooled connection: on SQLite the last one to close checkpoints and deletes the WAL, which
+            # would otherwise outlive the process with old copies of pages (an erased person's among them)
+            engine.dispose()
 
     app = FastAPI(
         title="Chorus",

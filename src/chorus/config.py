@@ -16,6 +16,13 @@ def _int(name: str, default: int) -> int:
         raise SystemExit(f"{name} must be an integer, got {raw!r}") from exc
 
 
+def _choice(name: str, allowed: tuple[str, ...], default: str) -> str:
+    raw = os.environ.get(name) or default
+    if raw not in allowed:
+        raise SystemExit(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = "sqlite:///./chorus.db"
@@ -30,6 +37,10 @@ class Settings:
     public_url: str = "http://127.0.0.1:8000"
     # The event lake `chorus lake export` writes and /api/analytics reads.
     lake_dir: str = "./lake"
+    # PostgreSQL, after an erasure: "full" (VACUUM FULL: no bytes of the person left in the table files, an
+    # exclusive lock on each table while it is rewritten) or "plain" (VACUUM: no lock, bytes may remain in freed
+    # space until overwritten). See docs/operations.md.
+    erasure_vacuum: str = "full"
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:
@@ -42,6 +53,7 @@ class Settings:
             worker_poll_seconds=float(os.environ.get("CHORUS_WORKER_POLL_SECONDS", cls.worker_poll_seconds)),
             public_url=os.environ.get("CHORUS_PUBLIC_URL", cls.public_url).rstrip("/"),
             lake_dir=os.environ.get("CHORUS_LAKE_DIR", cls.lake_dir),
+            erasure_vacuum=_choice("CHORUS_ERASURE_VACUUM", ("full", "plain"), cls.erasure_vacuum),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

@@ -27,6 +27,10 @@ message_status = Counter(
     "chorus_messages_status", "Message state changes (queued, sent, failed, opened...)", ["channel", "status"],
     registry=REGISTRY,
 )  # fmt: skip
+messages_no_provider = Counter(
+    "chorus_messages_no_provider", "Messages skipped because no provider of their channel is configured or takes "
+    "the address", ["channel"], registry=REGISTRY,
+)  # fmt: skip
 provider_seconds = Histogram(
     "chorus_provider_send_seconds", "Time of one provider call", ["channel", "outcome"], registry=REGISTRY,
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),

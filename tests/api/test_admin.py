@@ -7,6 +7,7 @@ import sqlalchemy as sa
 
 from chorus import workspaces
 from chorus.store.tables import metadata
+from tests.conftest import wait_until
 
 
 def bearer(ws):
@@ -126,12 +127,14 @@ def test_erasure_removes_the_person_from_every_table(http, server, workspace, sh
     post(http, workspace, [{"type": "track", "userId": "cust-7", "messageId": "bad"}])  # a rejected event of theirs
     other = {"type": "identify", "userId": "someone-else", "messageId": "o1", "traits": {"email": "other@example.com"}}
     post(http, workspace, [other])
-    # a message to them (no provider is configured: it stays in the outbox, with their address and name)
+    # a message to them (no provider is configured: skipped, it stays in the outbox with their address and name)
     tpl = {"variants": {"email": {"subject": "Hi {{ traits.name }}", "html": "<p>Hi {{ traits.name }}</p>"}}}
     assert http.put("/api/templates/hello", json=tpl, headers=bearer(workspace)).status_code == 200
     sent = http.post("/api/messages", json={"profile_id": shopper["known"], "template": "hello"},
                      headers=bearer(workspace))  # fmt: skip
     assert sent.status_code == 201 and sent.json()["address"] == "sanne@example.nl"
+    wait_until(lambda: http.get(f"/api/messages/{sent.json()['id']}", headers=bearer(workspace)).json()["status"]
+               == "skipped")  # no provider: skipped at once (Message Skipped joins Message Queued on the timeline)
     browser = {"endpoint": "https://push.example/sub-of-sanne", "keys": {"p256dh": "BPk", "auth": "xyz"}}
     r = http.post("/v1/push/subscriptions", auth=(workspace["write_key"], ""),
                   json={"anonymousId": "anon-1", "subscription": browser})  # fmt: skip
@@ -141,7 +144,7 @@ def test_erasure_removes_the_person_from_every_table(http, server, workspace, sh
                sent.json()["id"], "sub-of-sanne"]  # fmt: skip
     assert _scan_for(server.engine, needles)  # the scan does find them before
     r = http.delete(f"/api/profiles/{shopper['anon']}", headers=bearer(workspace))  # an old id works too
-    assert r.status_code == 200 and r.json()["deleted"]["events"] == 5  # 4 of theirs + "Message Queued"
+    assert r.status_code == 200 and r.json()["deleted"]["events"] == 6  # 4 of theirs + Queued, Skipped
     assert r.json()["deleted"]["messages"] == 1 and r.json()["deleted"]["push_subscriptions"] == 1
     assert _scan_for(server.engine, needles) == []
     assert http.get(f"/api/profiles/{shopper['known']}", headers=bearer(workspace)).status_code == 404

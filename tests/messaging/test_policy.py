@@ -177,3 +177,67 @@ def test_window_examples():
     assert choose_channel(p, ["email", "messenger"], "auto", topic="offers", kind="marketing", now=NOW).channel == (
         "messenger"
     )
+
+
+# -- the most recent activity, and its ties ---------------------------------------------------------------------
+WEB_CHANNELS = ["email", "push", "in_app", "sms"]
+IMPLIED_FIRST = {"web": ["in_app", "push"], "app": ["push", "in_app"]}  # docs/messaging.md, "Channel choice"
+
+
+@st.composite
+def active_profiles(draw):
+    """Profiles whose activity often ties: few instants, web and app activity, in-app always reachable."""
+    instants = TIMES[:3]
+    acts = draw(st.dictionaries(st.sampled_from(["web", "app", "email", "sms"]), st.sampled_from(instants),
+                                min_size=1, max_size=4))  # fmt: skip
+    return {
+        "id": "p1", "consent": {}, "traits": {},
+        "channels": {a: {"first_seen": t, "last_seen": t, "count": 1} for a, t in acts.items()},
+        "addresses": draw(st.dictionaries(st.sampled_from(["email", "push", "sms"]), st.just(["addr"]))),
+    }  # fmt: skip
+
+
+@given(
+    active_profiles(),
+    st.lists(st.sampled_from(WEB_CHANNELS), min_size=1, max_size=4, unique=True),
+    st.permutations(["email", "push", "sms", "whatsapp", "messenger", "in_app"]),
+    st.randoms(use_true_random=False),
+)
+@settings(max_examples=500, deadline=None)  # a shared CI machine must not fail it on time
+def test_most_recent_activity_and_its_ties(profile, variants, fallback, rnd):
+    choice = choose_channel(profile, variants, "auto", topic="offers", kind="marketing", fallback=fallback)
+    implies = {"email": ["email"], "sms": ["sms"], **IMPLIED_FIRST}
+    seen = {a: s["last_seen"] for a, s in profile["channels"].items()}
+    usable = [c for c in variants if c == "in_app" or profile["addresses"].get(c)]
+    active = [c for c in usable if any(c in implies[a] for a in seen)]
+    if not active:
+        assert choice.channel is None if not usable else choice.reason == "workspace fallback order"
+        return
+    last = {c: max(t for a, t in seen.items() if c in implies[a]) for c in active}
+    # the channel of the latest activity
+    assert last[choice.channel] == max(last.values())
+    latest = [a for a, t in seen.items() if t == max(last.values()) and set(implies[a]) & set(active)]
+    if len(latest) == 1:  # one activity at that instant: the first of its channels that can be used
+        assert choice.channel == next(c for c in implies[latest[0]] if c in active)
+    # ties are decided by rules, never by the order in which activity or variants happen to be listed
+    shuffled = dict(rnd.sample(list(profile["channels"].items()), len(profile["channels"])))
+    again = choose_channel({**profile, "channels": shuffled}, rnd.sample(variants, len(variants)), "auto",
+                           topic="offers", kind="marketing", fallback=fallback)  # fmt: skip
+    assert again.channel == choice.channel
+
+
+def test_web_activity_prefers_in_app_and_app_activity_prefers_push():
+    p = {"id": "p", "consent": {}, "traits": {}, "addresses": {"push": ["tok"]},
+         "channels": {"web": {"last_seen": TIMES[1]}}}  # fmt: skip
+    c = choose_channel(p, ["push", "in_app"], "auto", topic="offers", kind="marketing")
+    assert c.channel == "in_app" and "most recently active" in c.reason
+    p["channels"] = {"app": {"last_seen": TIMES[1]}}
+    assert choose_channel(p, ["in_app", "push"], "auto", topic="offers", kind="marketing").channel == "push"
+    # the web visit is older than the app session: push
+    p["channels"] = {"web": {"last_seen": TIMES[0]}, "app": {"last_seen": TIMES[1]}}
+    assert choose_channel(p, ["push", "in_app"], "auto", topic="offers", kind="marketing").channel == "push"
+    # both at the same instant: each implies its own first; the workspace fallback order decides
+    p["channels"] = {"web": {"last_seen": TIMES[1]}, "app": {"last_seen": TIMES[1]}}
+    for fallback, expected in ((["in_app", "push"], "in_app"), (["push", "in_app"], "push")):
+        c = choose_channel(p, ["push", "in_app"], "auto", topic="offers", kind="marketing", fallback=fallback)
+        assert c.channel == expected

@@ -101,8 +101,7 @@ def delete_profile(ws: WS, svc: SVC, profile_id: str):
     from chorus.identity.resolver import Resolver
 
     Resolver(svc.engine).drain()
-    with svc.engine.begin() as conn:
-        return JSON(privacy.erase(conn, ws.id, profile_id))
+    return JSON(privacy.forget(svc.engine, ws.id, profile_id, svc.settings.erasure_vacuum))
 
 
 @router.get("/events/rejected", summary="Events that failed validation, with the reason, newest first")

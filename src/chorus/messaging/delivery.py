@@ -50,6 +50,7 @@ from chorus.timeutil import iso, utcnow
 
 log = logging.getLogger("chorus.delivery")
 MAX_ATTEMPTS = 8
+NO_PROVIDER = "no_provider"  # the reason code of a message skipped because no configured provider can send it
 BACKOFF_BASE = timedelta(seconds=30)
 BACKOFF_MAX = timedelta(hours=6)
 LEASE = timedelta(minutes=10)
@@ -136,7 +137,7 @@ class _Outcome:
     """What happened to one message in the send phase, recorded with the others of its batch."""
 
     msg: dict
-    kind: str  # sent | permanent | transient | lost
+    kind: str  # sent | permanent | transient | skipped (no provider can send it) | lost
     provider: str = ""
     provider_id: str = ""
     error: PermanentError | None = None
@@ -359,16 +360,20 @@ class Deliverer:
         errors: list[str] = []
         try:
             provs = self.providers.get(ws, msg["channel"])
-        except ConfigError as exc:
+        except ConfigError as exc:  # a provider that cannot be built (e.g. its secret's variable unset): retried
             provs, errors = [], [str(exc)]
+        # Nothing configured could ever send it: retrying for hours would change nothing, so it is skipped at once.
+        # (Adding a provider later does not revive it: send again.)
+        nobody = None
         if not provs and not errors:
-            errors.append(f"no provider is configured for {msg['channel']} (settings.messaging.providers)")
-        provs = [p for p in provs if getattr(p[0], "accepts", lambda _o: True)(out)]
-        if not provs and not errors:
-            errors.append(f"no {msg['channel']} provider takes this address")
-        if provs and not lease.holds(msg):  # expired by another worker meanwhile: it is not ours to send
+            nobody = f"no provider is configured for {msg['channel']} (settings.messaging.providers)"
+        elif provs and not (provs := [p for p in provs if getattr(p[0], "accepts", lambda _o: True)(out)]):
+            nobody = f"no {msg['channel']} provider takes this address"
+        if (provs or nobody) and not lease.holds(msg):  # expired by another worker meanwhile: not ours any more
             log.warning("message %s: lease lost before sending; left alone", msg["id"])
             return _Outcome(msg, "lost")
+        if nobody:
+            return _Outcome(msg, "skipped", reason=nobody, profile=profile)
         for prov, limiter, gate in provs:
             limiter.wait()
             started, result = time.perf_counter(), "error"
@@ -418,6 +423,10 @@ class Deliverer:
                 changes.append(outbox.Change(o.msg, status, now, {"provider": o.provider, "reason": o.error.reason}, {
                     "provider": o.provider, "reason": f"{o.provider}: {o.error.reason}", "next_attempt_at": None},
                     o.profile))  # fmt: skip
+            elif o.kind == "skipped":
+                changes.append(outbox.Change(o.msg, "skipped", now, {"reason": NO_PROVIDER, "message": o.reason}, {
+                    "next_attempt_at": None, "reason": f"{NO_PROVIDER}: {o.reason}"}, o.profile))  # fmt: skip
+                metrics.messages_no_provider.labels(channel=o.msg["channel"]).inc()
             else:
                 changes.append(self._retry(o.msg, o.reason, now, o.profile))
         early: dict[str, list[str]] = {}  # Meta may have reported on these before now: apply what it said

@@ -105,13 +105,18 @@ class Choice:
         return {"channel": self.channel, "reason": self.reason, "considered": self.considered}
 
 
-def _recency(profile: dict) -> dict[str, str]:
-    """Message channel -> the latest activity that suggests the person sees it."""
-    out: dict[str, str] = {}
+def _recency(profile: dict) -> dict[str, tuple[str, int]]:
+    """Message channel -> (the latest activity that suggests the person sees it, minus the channel's place among
+    the channels that activity implies). Compared as a pair: the later activity wins, and at the same instant the
+    activity's own order (web: in-app before push; app: push before in-app)."""
+    out: dict[str, tuple[str, int]] = {}
     for activity, stats in (profile.get("channels") or {}).items():
-        for ch in ACTIVITY_IMPLIES.get(activity, ()):
-            if stats.get("last_seen") and stats["last_seen"] > out.get(ch, ""):
-                out[ch] = stats["last_seen"]
+        seen = stats.get("last_seen")
+        if not seen:
+            continue
+        for place, ch in enumerate(ACTIVITY_IMPLIES.get(activity, ())):
+            if ch not in out or (seen, -place) > out[ch]:
+                out[ch] = (seen, -place)
     return out
 
 
@@ -144,9 +149,9 @@ def choose_channel(
 
     ``requested`` is ``"auto"`` or an explicit list (tried in order). With ``auto``, among the channels that have a
     variant, consent and an address: the profile's ``preferred_channel`` trait if usable, else the most recently
-    active one, else the workspace fallback order. With ``auto`` and ``now``, WhatsApp and Messenger are usable
-    only within the 24-hour window of the person's last message on them, unless they are in ``anytime`` (the
-    variant can be sent outside it).
+    active one (on a tie, the order in ``ACTIVITY_IMPLIES``, then the fallback order), else the workspace fallback
+    order. With ``auto`` and ``now``, WhatsApp and Messenger are usable only within the 24-hour window of the
+    person's last message on them, unless they are in ``anytime`` (the variant can be sent outside it).
     """
     considered: list[dict] = []
     usable: dict[str, str] = {}
@@ -180,8 +185,10 @@ def choose_channel(
     recency = _recency(profile)
     active = [c for c in usable if c in recency]
     if active:
-        ch = max(active, key=lambda c: (recency[c], -MESSAGE_CHANNELS.index(c)))
-        return Choice(ch, usable[ch], f"most recently active channel (last seen {recency[ch]})", considered)
+        # a tie left (two activities at the same instant implying different channels first): the fallback order
+        order = list(dict.fromkeys([*(fallback or DEFAULT_FALLBACK), *MESSAGE_CHANNELS]))
+        ch = max(active, key=lambda c: (recency[c], -(order.index(c) if c in order else len(order))))
+        return Choice(ch, usable[ch], f"most recently active channel (last seen {recency[ch][0]})", considered)
     for ch in fallback or DEFAULT_FALLBACK:
         if ch in usable:
             return Choice(ch, usable[ch], "workspace fallback order", considered)

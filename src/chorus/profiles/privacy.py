@@ -6,12 +6,13 @@ import hashlib
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from chorus.identity.identifiers import IdentityConfig, kind_of, value_of
 from chorus.messaging.audiences import store as audience_store
 from chorus.profiles import computed
 from chorus.profiles.views import get_profile, merge_history, resolve_id
+from chorus.store.db import scrub
 from chorus.store.tables import (
     dead_addresses,
     erasures,
@@ -283,6 +284,27 @@ def _unclaim(conn: Connection, ws: str, claimants: list[str], idents: set[str]) 
     if seeds:
         Rebuild(conn, ws, cfg, settings.settings.get("trait_policies", {}), utcnow()).run(seeds, [])
     return redacted
+
+
+# The table behind each count of erase(): the tables whose freed space scrub() must clear after it.
+TABLE_OF_COUNT = {
+    "events": "events", "identity_links": "identity_links", "identifiers": "identifiers",
+    "aliases": "profile_aliases", "merges": "merges", "rejected_events": "rejected_events",
+    "message_status": "message_status", "messages": "messages", "dead_addresses": "dead_addresses",
+    "push_subscriptions": "push_subscriptions", "audience_members": "audience_members",
+    "import_errors_redacted": "imports", "computed_traits": "computed_traits", "profiles": "profiles",
+    "claimant_events_redacted": "events",  # rewritten without the person's identifiers: the old versions are freed
+}  # fmt: skip
+NOT_DELETED = frozenset({"audience_removals_queued"})  # counts of rows written, not deleted: nothing to clear
+
+
+def forget(engine: Engine, ws: str, profile_id: str, vacuum: str = "full") -> dict:
+    """Erase the person (one transaction), then scrub the tables that held them so that no bytes remain in the
+    database files (see store.db.scrub). The answer says what was deleted, scrubbed, and anything pending."""
+    with engine.begin() as conn:
+        result = erase(conn, ws, profile_id)
+    touched = [TABLE_OF_COUNT[k] for k, n in result["deleted"].items() if n and k in TABLE_OF_COUNT]
+    return {**result, "scrubbed": scrub(engine, touched, vacuum)}
 
 
 def _redact_import_errors(conn: Connection, ws: str, idents: list[str]) -> int:

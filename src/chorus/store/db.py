@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from pathlib import Path
 
 import orjson
@@ -12,6 +14,8 @@ from alembic.config import Config
 from sqlalchemy.engine import Engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+log = logging.getLogger("chorus.store")
+BUSY_TIMEOUT_MS = 30000
 
 
 def normalise_url(url: str) -> str:
@@ -25,9 +29,12 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     cur.execute("PRAGMA journal_size_limit=67108864")  # give the WAL file back after a checkpoint
     cur.execute("PRAGMA foreign_keys=ON")
+    # freed space (deleted rows, index entries, pages) is overwritten with zeros, not just marked free: an erased
+    # person's bytes must not stay readable in the file (see scrub)
+    cur.execute("PRAGMA secure_delete=ON")
     cur.close()
 
 
@@ -111,3 +118,76 @@ def current_revision(engine: Engine) -> str | None:
 
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
+
+
+# -- scrubbing: after rows were deleted for good (an erasure), their bytes leave the files ------------------------
+VACUUM_MODES = ("full", "plain")
+
+
+def scrub(
+    engine: Engine, tables: list[str], vacuum: str = "full", attempts: int = 5, lock_timeout: str = "10s"
+) -> dict:
+    """Make deleted rows of ``tables`` unreadable in the database files, after the deleting transaction committed.
+
+    SQLite: deleted content is already zeroed in its pages (``secure_delete``), but the WAL still holds older
+    copies of those pages; a TRUNCATE checkpoint copies the pages back and empties the WAL. A reader holding an
+    older snapshot blocks it: retried ``attempts`` times (2 s each), then reported as pending (the next erasure,
+    or closing the last connection at shutdown, completes it).
+
+    PostgreSQL: VACUUM the tables (their TOAST tables and indexes with them). Plain VACUUM removes the dead rows
+    and their index entries, but the freed space of a page keeps the old bytes until new rows overwrite them;
+    VACUUM FULL (``vacuum="full"``) writes each table into new files and deletes the old ones, at the cost of an
+    exclusive lock on the table while it does (not waited for longer than ``lock_timeout``). What neither
+    removes (WAL segments, replicas, backups) is in docs/operations.md. Returns what was done, and what is pending
+    with the reason.
+    """
+    if vacuum not in VACUUM_MODES:
+        raise ValueError(f"vacuum must be one of {', '.join(VACUUM_MODES)}, got {vacuum!r}")
+    if engine.dialect.name == "sqlite":
+        return _checkpoint_truncate(engine, attempts)
+    if engine.dialect.name != "postgresql":
+        return {"done": [], "pending": {}}
+    done, pending = [], {}
+    # VACUUM cannot run inside a transaction block
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        # an exclusive lock that cannot be had soon is reported, not waited for while every query queues behind it
+        conn.execute(sa.text("SELECT set_config('lock_timeout', :t, false)"), {"t": lock_timeout})
+        try:
+            for name in dict.fromkeys(tables):
+                options = "FULL" if vacuum == "full" else "INDEX_CLEANUP ON"  # plain: never skip the index pass
+                # VACUUM only warns, and skips the table, when the role does not own it: that is not "done"
+                owner = "SELECT pg_has_role((SELECT relowner FROM pg_class WHERE oid = to_regclass(:n)), 'MEMBER')"
+                if not conn.execute(sa.text(owner), {"n": f'"{name}"'}).scalar():
+                    pending[name] = f"the database role {engine.url.username!r} does not own the table: VACUUM skips it"
+                    log.warning("erasure: VACUUM of %s impossible: %s", name, pending[name])
+                    continue
+                try:
+                    conn.exec_driver_sql(f'VACUUM ({options}) "{name}"')
+                    done.append(name)
+                except sa.exc.OperationalError as exc:  # lock_timeout: a long transaction holds the table
+                    pending[name] = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+                    log.warning("erasure: VACUUM %s of %s postponed: %s", options, name, pending[name])
+        finally:
+            conn.exec_driver_sql("RESET lock_timeout")
+    return {"done": done, "pending": pending}
+
+
+def _checkpoint_truncate(engine: Engine, attempts: int) -> dict:
+    raw = engine.raw_connection()  # no BEGIN: a checkpoint cannot run inside a transaction
+    try:
+        cur = raw.cursor()
+        cur.execute("PRAGMA busy_timeout=2000")
+        try:
+            for i in range(attempts):
+                busy, _log, _done = cur.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                if not busy:
+                    return {"done": ["wal_checkpoint(TRUNCATE)"], "pending": {}}
+                time.sleep(0.05 * (i + 1))
+        finally:
+            cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            cur.close()
+    finally:
+        raw.close()
+    why = "a reader held an older snapshot; the WAL is emptied at the next erasure or when the server stops"
+    log.warning("erasure: WAL checkpoint postponed: %s", why)
+    return {"done": [], "pending": {"wal": why}}
