@@ -102,6 +102,13 @@ def parse(data: bytes | str, field: str = "body", *, max_depth: int = MAX_DEPTH)
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
+        if "surrogate" in str(exc):
+            # orjson refuses a lone surrogate escape ("\ud800") in the whole document; the standard parser keeps
+            # it, so that check/problem reject only the part that holds it (one message of a batch, not all)
+            try:
+                return json.loads(data)
+            except (ValueError, RecursionError):
+                pass
         if not str(exc).startswith("depth limit"):
             raise ChorusError(f"{field} is not valid JSON ({_reason(exc)})", field=field) from None
         raise ChorusError(f"{field}: nested deeper than {max_depth} levels", field=field) from None

@@ -278,8 +278,9 @@ def test_single_messages_and_bodies_too_deep_to_parse(http, server, workspace):
     r = http.post("/v1/identify", content=b'{"userId": "u", "traits": ' + b"[" * 1100 + b"]" * 1100 + b"}",
                   auth=auth, headers={"Content-Type": "application/json"})  # fmt: skip
     assert r.status_code == 400 and r.json()["field"] == "body" and "nested" in r.json()["message"]
+    # a lone surrogate escape is the message's problem, not the request's (orjson alone refused the whole body)
     r = http.post("/v1/track", content=b'{"userId": "u", "event": "\\ud800"}', auth=auth)
-    assert r.status_code == 400 and r.json()["field"] == "body"
+    assert r.status_code == 200 and r.json()["rejected"][0]["field"] == "event"
 
 
 def test_a_nul_in_an_anonymous_id_leaves_the_known_profile_alone(http, server, workspace):

@@ -9,6 +9,7 @@ import gzip
 import io
 import itertools
 import json
+import os
 
 import orjson
 import sqlalchemy as sa
@@ -20,8 +21,11 @@ from chorus.store.tables import events, rejected_events
 from tests.collect import hostile
 from tests.collect.test_import_pipeline import chorus
 
+# 20 examples per test and engine keep the suite fast; CHORUS_FUZZ_EXAMPLES=500 fuzzes longer locally.
 FUZZ = settings(
-    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+    max_examples=int(os.environ.get("CHORUS_FUZZ_EXAMPLES", "20")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 PATHS = ["identify", "track", "page", "screen", "group", "alias", "i", "t", "p", "s", "g", "a"]
 RAW_BODIES = [
@@ -101,7 +105,7 @@ def test_tracking_api_never_5xx_and_keeps_good_events(server, http, workspace):
         if raw is not None:
             r = post(f"/v1/{path}", raw)
             _error_shaped(r)
-            assert r.status_code in (400, 401)
+            assert r.status_code in (400, 401) or "rejected" in r.json()
         if how == "single":
             for msg in bad:
                 _error_shaped(post(f"/v1/{path}", msg if isinstance(msg, dict) else {"x": msg}))
