@@ -281,6 +281,9 @@ def test_single_messages_and_bodies_too_deep_to_parse(http, server, workspace):
     # a lone surrogate escape is the message's problem, not the request's (orjson alone refused the whole body)
     r = http.post("/v1/track", content=b'{"userId": "u", "event": "\\ud800"}', auth=auth)
     assert r.status_code == 200 and r.json()["rejected"][0]["field"] == "event"
+    for key in ("\\ud800", "k\\u0000"):  # write keys in the body that no key can be
+        r = http.post("/v1/track", content=b'{"userId": "u", "event": "E", "writeKey": "' + key.encode() + b'"}')
+        assert r.status_code == 401 and r.json()["message"] == "unknown write key"
 
 
 def test_a_nul_in_an_anonymous_id_leaves_the_known_profile_alone(http, server, workspace):

@@ -94,7 +94,7 @@ def test_tracking_api_never_5xx_and_keeps_good_events(server, http, workspace):
 
         def post(url: str, body: dict | bytes):
             data = body if isinstance(body, bytes) else hostile.dumps(
-                {**body, "writeKey": key} if auth == "body" and isinstance(body, dict) else body)
+                {"writeKey": key, **body} if auth == "body" and isinstance(body, dict) else body)
             hdrs = dict(headers)
             if gz:
                 data, hdrs["Content-Encoding"] = gzip.compress(data), "gzip"
