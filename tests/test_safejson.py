@@ -48,7 +48,7 @@ def nest(depth: int) -> bytes:
         (nest(5000), "traits", "deeper than 64"),
         (b'{"a": [1, {"b": "x\\u0000"}]}', "traits.a[1].b", "NUL"),
         (b'{"k\\u0000": 1}', "traits", "key that contains a NUL"),
-        (b'{"a": "\\ud800"}', "traits", "not valid JSON"),
+        (b'{"a": "\\ud800"}', "traits.a", "lone surrogate"),  # parsed, then named like any other bad value
         (b"{bad", "traits", "not valid JSON (unexpected character, expected a string key: line 1 column 2)"),
     ],
 )

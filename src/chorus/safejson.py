@@ -57,6 +57,8 @@ def check_text(value: str, field: str) -> str:
 
 def problem(value: object, field: str = "body", *, max_depth: int = MAX_DEPTH) -> tuple[str, str] | None:
     """The first ``(field path, reason)`` that makes ``value`` unstorable, or None. Iterative: any depth."""
+    if _clean(value, max_depth):  # the common case, without building a path for every value
+        return None
     stack: list[tuple[object, str, int]] = [(value, field, 0)]
     while stack:
         item, path, depth = stack.pop()
@@ -87,6 +89,63 @@ def problem(value: object, field: str = "body", *, max_depth: int = MAX_DEPTH) -
     return None
 
 
+def _clean(value: object, max_depth: int) -> bool:
+    """True when ``value`` certainly obeys the limits; False sends it to :func:`problem`'s walk, which says why.
+
+    On the ingestion hot path, so the common case is decided in C: orjson refuses lone surrogates, integers
+    past 64 bits and non-string keys; a NUL shows as ``\\u0000`` in its output; fewer containers than
+    ``max_depth`` cannot nest deeper. It writes NaN and Infinity as ``null``, so output holding ``null`` (or
+    a ``\\u0000`` that may be an escaped backslash) is walked: containers by exact type, no path strings."""
+    try:
+        data = orjson.dumps(value)
+    except (orjson.JSONEncodeError, TypeError):
+        return False
+    if b"\\u0000" not in data and b"null" not in data and data.count(b"[") + data.count(b"{") <= max_depth:
+        return True
+    return _walk_clean(value, max_depth)
+
+
+def _walk_clean(value: object, max_depth: int) -> bool:
+    if type(value) is not dict and type(value) is not list:
+        return _leaf_ok(value)
+    stack = [(value, 0)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        item, depth = pop()
+        if depth >= max_depth:
+            return False
+        if type(item) is dict:
+            for key in item:
+                if type(key) is not str or "\x00" in key or not (key.isascii() or text_problem(key) is None):
+                    return False
+            children = item.values()
+        else:
+            children = item
+        for child in children:
+            kind = type(child)
+            if kind is str:
+                if "\x00" in child or not (child.isascii() or text_problem(child) is None):
+                    return False
+            elif kind is dict or kind is list:
+                push((child, depth + 1))
+            elif not _leaf_ok(child):
+                return False
+    return True
+
+
+def _leaf_ok(item: object) -> bool:
+    kind = type(item)
+    if item is None or kind is bool:
+        return True
+    if kind is str:
+        return "\x00" not in item and (item.isascii() or text_problem(item) is None)
+    if kind is int:
+        return INT_MIN <= item <= INT_MAX
+    if kind is float:
+        return math.isfinite(item)
+    return False  # a subclass or another type: the full walk decides
+
+
 def check(value: object, field: str = "body", *, max_depth: int = MAX_DEPTH) -> object:
     """``value`` if it obeys the limits above, else a 400 whose ``field`` is the path to the bad value."""
     bad = problem(value, field, max_depth=max_depth)
@@ -102,6 +161,13 @@ def parse(data: bytes | str, field: str = "body", *, max_depth: int = MAX_DEPTH)
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
+        if "surrogate" in str(exc):
+            # orjson refuses a lone surrogate escape ("\ud800") in the whole document; the standard parser keeps
+            # it, so that check/problem reject only the part that holds it (one message of a batch, not all)
+            try:
+                return json.loads(data)
+            except (ValueError, RecursionError):
+                pass
         if not str(exc).startswith("depth limit"):
             raise ChorusError(f"{field} is not valid JSON ({_reason(exc)})", field=field) from None
         raise ChorusError(f"{field}: nested deeper than {max_depth} levels", field=field) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -219,3 +220,108 @@ def test_long_page_names_and_body_write_keys(http, server, workspace):
     row = _events(server.engine, workspace["id"])[0]
     assert len(row.event) == 200 and row.payload["name"] == "N" * 500
     assert "writeKey" not in row.payload
+
+
+def _nested(depth: int) -> dict:
+    value: object = "x"
+    for _ in range(depth):
+        value = {"k": value}
+    return value
+
+
+def test_hostile_events_are_rejected_alone_and_good_ones_resolve(http, server, workspace):
+    """Issue 11: each of these answered 500 (or crashed resolution) and lost the good events of the batch."""
+    auth = (workspace["write_key"], "")
+    base = {"type": "track", "userId": "known", "event": "E"}
+    batch = [
+        {"type": "identify", "userId": "known", "messageId": "ok1", "traits": {"email": "ana@example.com"}},
+        {**base, "messageId": "deep-props", "properties": {"p": _nested(300)}},
+        {"type": "identify", "userId": "known", "messageId": "deep-traits", "traits": {"t": _nested(300)}},
+        {**base, "messageId": "nul-event", "event": "Or\x00der"},
+        {**base, "messageId": "nul-user", "userId": "kn\x00own"},
+        {**base, "messageId": "nul-anon", "anonymousId": "a\x00"},
+        {**base, "messageId": "nul-prop", "properties": {"note": "x\x00y"}},
+        {"type": "identify", "userId": "known", "messageId": "nul-trait-key", "traits": {"n\x00": 1}},
+        {**base, "messageId": "m" * 250},
+        {**base, "messageId": "ext-type", "context": {"externalIds": {"type": []}}},
+        {**base, "messageId": "ext-item", "context": {"externalIds": ["loyalty_id:1"]}},
+        {**base, "messageId": "ext-id", "context": {"externalIds": [{"type": "loyalty_id", "id": {"v": 1}}]}},
+        {**base, "messageId": "ok2", "anonymousId": "anon-1", "context": {"externalIds": [
+            {"type": "loyalty_id", "id": "LC-1", "collection": "users", "encoding": "none"}]}},
+    ]  # fmt: skip
+    r = http.post("/v1/batch", content=json.dumps({"batch": batch}), auth=auth,
+                  headers={"Content-Type": "application/json"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    fields = {x["index"]: x["field"] for x in r.json()["rejected"]}
+    assert fields == {
+        1: "properties.p.k.k.k.k…", 2: "traits.t.k.k.k.k…", 3: "event", 4: "userId", 5: "anonymousId",
+        6: "properties.note", 7: "traits", 8: "messageId", 9: "context.externalIds", 10: "context.externalIds[0]",
+        11: "context.externalIds[0].id",
+    }  # fmt: skip
+    assert [e.message_id for e in _events(server.engine, workspace["id"])] == ["ok1", "ok2"]
+    server.settle()
+    rows = _events(server.engine, workspace["id"])
+    assert rows[0].profile_id and rows[0].profile_id == rows[1].profile_id
+    api = {"Authorization": f"Bearer {workspace['api_key']}"}
+    listed = http.get("/api/events/rejected", headers=api).json()["rejected"]
+    assert len(listed) == 11 and all("\x00" not in x["payload"] for x in listed)
+    assert {x["message_id"] for x in listed} >= {"deep-props", "nul-user", "ext-id"} and None in {
+        x["message_id"] for x in listed}  # the 250-character messageId is not a storable messageId  # fmt: skip
+    p = http.get("/api/profiles", params={"loyalty_id": "LC-1"}, headers=api).json()
+    assert p["id"] == rows[0].profile_id
+
+
+def test_single_messages_and_bodies_too_deep_to_parse(http, server, workspace):
+    auth = (workspace["write_key"], "")
+    r = http.post("/v1/t", json={"userId": "u", "event": "E", "properties": _nested(300)}, auth=auth)
+    assert r.status_code == 200 and r.json()["rejected"][0]["field"].startswith("properties.k")
+    r = http.post("/v1/identify", content=b'{"userId": "u", "traits": ' + b"[" * 1100 + b"]" * 1100 + b"}",
+                  auth=auth, headers={"Content-Type": "application/json"})  # fmt: skip
+    assert r.status_code == 400 and r.json()["field"] == "body" and "nested" in r.json()["message"]
+    # a lone surrogate escape is the message's problem, not the request's (orjson alone refused the whole body)
+    r = http.post("/v1/track", content=b'{"userId": "u", "event": "\\ud800"}', auth=auth)
+    assert r.status_code == 200 and r.json()["rejected"][0]["field"] == "event"
+    for key in ("\\ud800", "k\\u0000"):  # write keys in the body that no key can be
+        r = http.post("/v1/track", content=b'{"userId": "u", "event": "E", "writeKey": "' + key.encode() + b'"}')
+        assert r.status_code == 401 and r.json()["message"] == "unknown write key"
+
+
+def test_a_nul_in_an_anonymous_id_leaves_the_known_profile_alone(http, server, workspace):
+    """Issue 11: on SQLite one NUL in an anonymous id made a known profile's later events fail a unique constraint."""
+    auth = (workspace["write_key"], "")
+    first = [{"type": "identify", "userId": "u9", "anonymousId": "anon\x00x", "messageId": "n1"},
+             {"type": "identify", "userId": "u9", "anonymousId": "anon", "messageId": "n2"}]  # fmt: skip
+    r = http.post("/v1/batch", content=json.dumps({"batch": first}), auth=auth)
+    assert [x["field"] for x in r.json()["rejected"]] == ["anonymousId"]
+    server.settle()
+    later = [{"type": "track", "userId": "u9", "anonymousId": "anon", "event": "E", "messageId": f"l{i}"}
+             for i in range(3)]  # fmt: skip
+    assert "rejected" not in http.post("/v1/batch", json={"batch": later}, auth=auth).json()
+    server.settle()
+    rows = _events(server.engine, workspace["id"])
+    assert [e.message_id for e in rows] == ["n2", "l0", "l1", "l2"] and len({e.profile_id for e in rows}) == 1
+    assert all(e.profile_id for e in rows)
+
+
+def test_timestamps_outside_the_accepted_range(http, server, workspace):
+    """Issue 11: a year-9999 originalTimestamp or sentAt overflowed (500); a year-0001 batch sentAt moved a 2026
+    event to 4052. Now: the correction only when sane, and event times in [2000, receivedAt + 2 days]."""
+    auth = (workspace["write_key"], "")
+    now = datetime.now(UTC)
+    hour_ago = (now - timedelta(hours=1)).isoformat()
+    base = {"type": "track", "userId": "u", "event": "E"}
+    body = {"sentAt": "0001-01-01T00:00:00Z", "batch": [
+        {**base, "messageId": "t1", "originalTimestamp": "9999-12-31T23:59:59Z", "sentAt": now.isoformat()},
+        {**base, "messageId": "t2", "originalTimestamp": hour_ago, "sentAt": "9999-12-31T23:59:59Z"},
+        {**base, "messageId": "t3", "originalTimestamp": hour_ago},  # the batch's year-0001 sentAt
+        {**base, "messageId": "t4", "timestamp": "1999-12-31T23:59:59Z"},
+        {**base, "messageId": "t5", "timestamp": "0001-01-01T00:00:00+01:00"},  # not an instant at all
+    ]}  # fmt: skip
+    r = http.post("/v1/batch", json=body, auth=auth)
+    assert r.status_code == 200 and [(x["index"], x["field"]) for x in r.json()["rejected"]] == [(4, "timestamp")]
+    rows = {e.message_id: e for e in _events(server.engine, workspace["id"])}
+    assert rows["t1"].timestamp == rows["t1"].received_at
+    assert rows["t1"].payload["originalTimestamp"] == "9999-12-31T23:59:59.000000Z"  # the client's value is kept
+    for m in ("t2", "t3"):
+        assert abs((rows[m].timestamp - (now - timedelta(hours=1))).total_seconds()) < 1
+    assert rows["t4"].timestamp == rows["t4"].received_at

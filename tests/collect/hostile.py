@@ -27,7 +27,7 @@ def nested(depth: int, leaf: object = "x") -> object:
     return value
 
 
-deep = st.sampled_from([1, 62, 63, 64, 65, 254, 300, 1000]).map(nested)
+deep = st.sampled_from([1, 62, 63, 64, 65, 254, 300, 900]).map(nested)  # past 1024 the body is malformed
 json_value = st.recursive(
     scalar | deep,
     lambda children: st.lists(children, max_size=3) | st.dictionaries(text, children, max_size=3),

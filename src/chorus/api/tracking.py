@@ -26,7 +26,7 @@ from chorus.collect.messages import (
     merge_batch_defaults,
     normalise,
 )
-from chorus.errors import ChorusError, Saturated
+from chorus.errors import ChorusError, Saturated, Unauthorized
 from chorus.timeutil import utcnow
 
 router = APIRouter(prefix="/v1", tags=["tracking"])
@@ -128,7 +128,10 @@ async def _handle(request: Request, kind: str) -> JSON:
         doc = safejson.parse(body, "body", max_depth=PARSER_DEPTH)
         if not isinstance(doc, dict):
             raise ChorusError("body must be a JSON object", field="body")
-        source = await run_in_threadpool(svc.keys.source, write_key(request.headers, doc))
+        key = write_key(request.headers, doc)
+        if safejson.text_problem(key):  # a lone surrogate cannot even be hashed; no key holds one
+            raise Unauthorized("unknown write key")
+        source = await run_in_threadpool(svc.keys.source, key)
         if svc.backlog.value() > svc.settings.max_backlog:
             raise Saturated("ingestion backlog is full; retry later", retry_after=5)
 
