@@ -11,6 +11,7 @@ import time
 import pytest
 
 from tests.api.test_messages import prepare_shop, smtp_conf
+from tests.conftest import wait_until
 from tests.messaging.test_content_limits import INTERNALS
 
 CHAIN = "{{ (1..10000) | join: ',' | split: ','" + " | uniq | sort | reverse" * 3000 + " }}"
@@ -156,3 +157,22 @@ def test_message_data_that_cannot_be_stored_is_a_400_naming_the_path(http, shop)
             assert r.json()["field"].endswith(field), r.json()
             assert_user_terms(r.json())
 
+
+
+@pytest.mark.parametrize("text_variant", [None, "Your cart: https://shop.example/cart?id=7."])
+def test_the_text_part_links_are_tracked_like_the_html_part(http, server, shop, smtp_server, text_variant):
+    tpl = email('<p>Your cart</p><a href="https://shop.example/cart?id=7">Back to your cart</a>')
+    if text_variant:
+        tpl["variants"]["email"]["text"] = text_variant
+    assert http.put("/api/templates/linked", json=tpl, headers=shop).status_code == 200
+    r = http.post("/api/messages", json={"to": {"email": "ana@example.com"}, "template": "linked"},
+                  headers={**shop, "Idempotency-Key": f"linked-{bool(text_variant)}"})  # fmt: skip
+    assert r.status_code == 201 and r.json()["status"] == "queued", r.text
+    wait_until(lambda: smtp_server.messages)
+    mail = smtp_server.messages[-1]["msg"]
+    html = mail.get_body(("html",)).get_content()
+    text = mail.get_body(("plain",)).get_content()
+    click = re.search(rf'href="({re.escape(server.base_url)}/c/[^"]+)"', html).group(1).replace("&amp;", "&")
+    assert click in text, text  # the same redirect, so a reader of the text part counts too
+    target = http.get(click, follow_redirects=False).headers["location"]
+    assert "utm_medium=email" in target and "utm_campaign=linked" in target
