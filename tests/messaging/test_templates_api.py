@@ -7,6 +7,7 @@ import json
 import re
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -176,3 +177,28 @@ def test_the_text_part_links_are_tracked_like_the_html_part(http, server, shop, 
     assert click in text, text  # the same redirect, so a reader of the text part counts too
     target = http.get(click, follow_redirects=False).headers["location"]
     assert "utm_medium=email" in target and "utm_campaign=linked" in target
+
+
+def doc_examples() -> tuple[dict, dict]:
+    """The first two JSON blocks of docs/messaging.md, as written there: the layout partial and the definition."""
+    text = (Path(__file__).parents[2] / "docs" / "messaging.md").read_text()
+    partial, definition = re.findall(r"```json\n(.*?)\n```", text, re.S)[:2]
+    return json.loads(partial), json.loads(definition)
+
+
+def test_the_first_example_of_the_docs_works_as_written(http, shop):
+    partial, definition = doc_examples()
+    r = http.put("/api/partials/brand_layout", json=partial, headers=shop)
+    assert r.status_code == 200, r.text
+    r = http.put(f"/api/templates/{definition['name']}", json=definition, headers=shop)
+    assert r.status_code == 200, r.text
+    event = {"url": "https://shop.example/cart/7", "order_id": "A-17", "sku": "SKU-1"}
+    for locale, subject in ((None, "Ana, your cart"), ("fr", "Votre panier")):
+        req = {"to": {"email": "ana@example.com"}, "template": definition["name"], "event": event}
+        r = http.post("/api/messages/preview", json={**req, **({"locale": locale} if locale else {})}, headers=shop)
+        assert r.status_code == 200, r.text
+        variants = r.json()["variants"]
+        assert set(variants) == set(definition["variants"])
+        assert not [v for v in variants.values() if v["skipped"]], variants
+        assert variants["email"]["subject"] == subject
+        assert "Shop Inc." in variants["email"]["html"] and "/u/" in variants["email"]["html"]
