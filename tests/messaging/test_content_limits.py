@@ -158,6 +158,10 @@ def test_uniq_is_linear():
         ("{{ data.big | split: '' | size }}", "more than 10,000 items"),
         ("{{ (1..10000) | join: ',' | split: ',' | concat: data.items | size }}", "more than 10,000 items"),
         ("{{ data.n | times: data.n | times: data.n }}", "64 bits"),
+        # a list holding one long text: printed or joined, it is that text many times (found by the test above)
+        ("{% assign s = data.big | sort %}{{ (1..10000) | join: s }}", "could exceed"),
+        ("{% assign s = data.big | sort %}{{ s | concat: s | concat: s | concat: s | concat: s | concat: s }}",
+         "as text"),  # fmt: skip
         ("{{ data.big | date: '%Y' | size }}", None),  # dateutil took seconds to reject 200,000 characters
         ("{{ data.items | uniq: 'price' | size }}", None),  # the keyed uniq compared every pair too
     ],
