@@ -522,7 +522,8 @@ def _filter_error(name: str, sig: inspect.Signature | None, left: object, args: 
             sig.bind(left, *args, **kwargs)
         except TypeError:
             return FilterArgumentError(_arity(name, sig), token=None)
-    return FilterArgumentError(f"{name}: cannot be applied to {_describe(left)}", token=None)
+    given = f" with {', '.join(_describe(a) for a in args)}" if args else ""
+    return FilterArgumentError(f"{name}: cannot be applied to {_describe(left)}{given}", token=None)
 
 
 # Filters whose result can be far larger than their input (``s | replace: '', s``).
