@@ -202,3 +202,15 @@ def test_the_first_example_of_the_docs_works_as_written(http, shop):
         assert not [v for v in variants.values() if v["skipped"]], variants
         assert variants["email"]["subject"] == subject
         assert "Shop Inc." in variants["email"]["html"] and "/u/" in variants["email"]["html"]
+
+
+@pytest.mark.parametrize("number", ["1E+400", "-1e999", "123456789012345678901234567890"])
+def test_message_data_numbers_out_of_range_are_a_400_in_the_user_terms(http, shop, number):
+    body = '{"to": {"email": "ana@example.com"}, "template": "cart", "data": {"v": NUMBER}}'.replace("NUMBER", number)
+    headers = {**shop, "Content-Type": "application/json", "Idempotency-Key": number}
+    for path in ("/api/messages", "/api/messages/preview"):
+        r = http.post(path, content=body, headers=headers)
+        assert r.status_code == 400, (path, r.text)
+        assert r.json()["field"].endswith("data.v") or r.json()["field"] == "body", r.json()
+        assert_user_terms(r.json())
+        assert "Decimal" not in r.text and "inf" not in r.json()["message"].lower().replace("infinity", "")
