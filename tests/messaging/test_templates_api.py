@@ -7,10 +7,12 @@ import json
 import re
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from tests.api.test_messages import prepare_shop, smtp_conf
+from tests.conftest import wait_until
 from tests.messaging.test_content_limits import INTERNALS
 
 CHAIN = "{{ (1..10000) | join: ',' | split: ','" + " | uniq | sort | reverse" * 3000 + " }}"
@@ -156,3 +158,59 @@ def test_message_data_that_cannot_be_stored_is_a_400_naming_the_path(http, shop)
             assert r.json()["field"].endswith(field), r.json()
             assert_user_terms(r.json())
 
+
+
+@pytest.mark.parametrize("text_variant", [None, "Your cart: https://shop.example/cart?id=7."])
+def test_the_text_part_links_are_tracked_like_the_html_part(http, server, shop, smtp_server, text_variant):
+    tpl = email('<p>Your cart</p><a href="https://shop.example/cart?id=7">Back to your cart</a>')
+    if text_variant:
+        tpl["variants"]["email"]["text"] = text_variant
+    assert http.put("/api/templates/linked", json=tpl, headers=shop).status_code == 200
+    r = http.post("/api/messages", json={"to": {"email": "ana@example.com"}, "template": "linked"},
+                  headers={**shop, "Idempotency-Key": f"linked-{bool(text_variant)}"})  # fmt: skip
+    assert r.status_code == 201 and r.json()["status"] == "queued", r.text
+    wait_until(lambda: smtp_server.messages)
+    mail = smtp_server.messages[-1]["msg"]
+    html = mail.get_body(("html",)).get_content()
+    text = mail.get_body(("plain",)).get_content()
+    click = re.search(rf'href="({re.escape(server.base_url)}/c/[^"]+)"', html).group(1).replace("&amp;", "&")
+    assert click in text, text  # the same redirect, so a reader of the text part counts too
+    target = http.get(click, follow_redirects=False).headers["location"]
+    assert "utm_medium=email" in target and "utm_campaign=linked" in target
+
+
+def doc_examples() -> tuple[dict, dict]:
+    """The first two JSON blocks of docs/messaging.md, as written there: the layout partial and the definition."""
+    text = (Path(__file__).parents[2] / "docs" / "messaging.md").read_text()
+    partial, definition = re.findall(r"```json\n(.*?)\n```", text, re.S)[:2]
+    return json.loads(partial), json.loads(definition)
+
+
+def test_the_first_example_of_the_docs_works_as_written(http, shop):
+    partial, definition = doc_examples()
+    r = http.put("/api/partials/brand_layout", json=partial, headers=shop)
+    assert r.status_code == 200, r.text
+    r = http.put(f"/api/templates/{definition['name']}", json=definition, headers=shop)
+    assert r.status_code == 200, r.text
+    event = {"url": "https://shop.example/cart/7", "order_id": "A-17", "sku": "SKU-1"}
+    for locale, subject in ((None, "Ana, your cart"), ("fr", "Votre panier")):
+        req = {"to": {"email": "ana@example.com"}, "template": definition["name"], "event": event}
+        r = http.post("/api/messages/preview", json={**req, **({"locale": locale} if locale else {})}, headers=shop)
+        assert r.status_code == 200, r.text
+        variants = r.json()["variants"]
+        assert set(variants) == set(definition["variants"])
+        assert not [v for v in variants.values() if v["skipped"]], variants
+        assert variants["email"]["subject"] == subject
+        assert "Shop Inc." in variants["email"]["html"] and "/u/" in variants["email"]["html"]
+
+
+@pytest.mark.parametrize("number", ["1E+400", "-1e999", "123456789012345678901234567890"])
+def test_message_data_numbers_out_of_range_are_a_400_in_the_user_terms(http, shop, number):
+    body = '{"to": {"email": "ana@example.com"}, "template": "cart", "data": {"v": NUMBER}}'.replace("NUMBER", number)
+    headers = {**shop, "Content-Type": "application/json", "Idempotency-Key": number}
+    for path in ("/api/messages", "/api/messages/preview"):
+        r = http.post(path, content=body, headers=headers)
+        assert r.status_code == 400, (path, r.text)
+        assert r.json()["field"].endswith("data.v") or r.json()["field"] == "body", r.json()
+        assert_user_terms(r.json())
+        assert "Decimal" not in r.text and "inf" not in r.json()["message"].lower().replace("infinity", "")

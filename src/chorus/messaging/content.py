@@ -101,6 +101,9 @@ NODE_LIMIT = 100_000  # tags and outputs executed per render: loops over long st
 # filters slow on big values (sort). CPU time, not wall time, and without the collector's pauses: a busy machine
 # or a large heap must not turn a normal template into a skipped message.
 TIME_LIMIT = 1.0
+# Filter work (1 per call plus the length of its input and result) between two readings of the clock. No filter on
+# values within the limits below takes more than about 0.15 s, and a call on 10,000 items or characters reads it.
+CLOCK_EVERY = 10_000
 _GC = threading.local()
 
 
@@ -122,6 +125,7 @@ def _cpu() -> float:
 
 OUTPUT_LIMIT = 256 * 1024  # bytes written by one template (captures included)
 ITEM_LIMIT = LOOP_LIMIT  # items in a list one filter returns (what a loop could go through)
+VALUE_LIMIT = 4 * OUTPUT_LIMIT  # characters a list one filter returns makes as text
 # python-liquid's context depth counts scope layers, not partials: with 30 (its default) a template can nest 13
 # includes, 31 renders or 26 for loops. A partial that includes itself stops there.
 DEPTH_LIMIT = 30
@@ -214,14 +218,23 @@ class _Budget:
     nodes: int = NODE_LIMIT
     seconds: float = TIME_LIMIT
     started: float = field(default_factory=lambda: _cpu())  # when the template being rendered started
+    work: int = 0  # filter work since the clock was last read (see charge)
 
     def tick(self) -> None:
         self.nodes -= 1
         if self.nodes < 0:
             raise _WorkLimitError(f"the template executes more than {NODE_LIMIT:,} tags and outputs", token=None)
-        # the clock is a system call: read it every 16th node (the work inside a node is in its filters, and every
-        # filter call reads the clock itself)
+        # the clock is a system call (tens of microseconds on some virtual machines): read it every 16th node; the
+        # work inside one node is in its filters, which charge() meters
         if not self.nodes & 15:
+            self.clock()
+
+    def charge(self, units: int) -> None:
+        """Meter one filter call by the size of the values it handled: the clock is read once per
+        CLOCK_EVERY units, so a filter over 10,000 items reads it every call and a small one rarely."""
+        self.work += units
+        if self.work >= CLOCK_EVERY:
+            self.work = 0
             self.clock()
 
     def clock(self) -> None:
@@ -322,6 +335,37 @@ def _size(value: object) -> int:
     return len(value) if isinstance(value, str | list | tuple | dict | range) else 0
 
 
+def _text_size(value: object, cap: int) -> int:
+    """About how many characters ``value`` makes as text (a list prints its items), counting no further than
+    ``cap``: a list may hold the same long text many times, so its printed size is not its memory size."""
+    total, stack = 0, [value]
+    while stack and total <= cap:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += len(item) + 1
+        elif isinstance(item, list | tuple):
+            total += 2
+            stack.extend(item)
+        elif isinstance(item, dict):
+            total += 2
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, range):
+            total += len(item) * len(str(max(abs(item.start), abs(item.stop)))) + 2
+        else:
+            total += 8
+    return total
+
+
+def _could_exceed(name: str, left: object, args: tuple) -> bool:
+    """Whether ``join`` or ``replace`` could build more than the output limit (``s | replace: '', s`` multiplies)."""
+    cap = OUTPUT_LIMIT + 1
+    if name == "join":
+        separator = _text_size(args[0], cap) if args else 1
+        return _text_size(left, cap) + _size(left) * separator > OUTPUT_LIMIT
+    return _text_size(left, cap) * max([1, *(_text_size(a, cap) for a in args)]) > OUTPUT_LIMIT
+
+
 def _describe(value: object) -> str:
     """A value as an error message shows it to a marketer: its kind and a short excerpt."""
     if value is None or isinstance(value, Undefined):
@@ -409,11 +453,16 @@ def _check_result(name: str, left: object, result: object) -> object:
     if isinstance(result, str):
         if len(result) > OUTPUT_LIMIT:
             raise FilterError(f"{name}: the result is longer than {OUTPUT_LIMIT:,} characters", token=None)
-        if result is not left and (problem := safejson.text_problem(result)):  # url_decode: '%00'
-            raise FilterError(f"{name}: the result {problem}", token=None)
+        # isascii() is O(1): only text with other characters needs the full check (url_decode: '%00' is ASCII,
+        # hence the NUL test first)
+        if result is not left and ("\x00" in result or not result.isascii()) and (why := safejson.text_problem(result)):
+            raise FilterError(f"{name}: the result {why}", token=None)
     elif isinstance(result, list | tuple):
         if len(result) > ITEM_LIMIT:
             raise FilterError(f"{name}: the result has more than {ITEM_LIMIT:,} items", token=None)
+        # a list can hold one long text many times (concat: s | concat: s...) and be printed or joined later
+        if _text_size(result, VALUE_LIMIT) > VALUE_LIMIT:
+            raise FilterError(f"{name}: the result is longer than {VALUE_LIMIT:,} characters as text", token=None)
     elif isinstance(result, bool) or result is None:
         pass
     elif isinstance(result, int):
@@ -441,7 +490,7 @@ def _metered(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(func)
     def metered(left: object, *args: object, **kwargs: object) -> object:
-        if name in _MULTIPLYING and _size(left) * max([1, *(_size(a) for a in args)]) > OUTPUT_LIMIT:
+        if name in _MULTIPLYING and _could_exceed(name, left, args):
             # refused before it runs: the result would be built whole before its size could be checked
             raise FilterError(f"{name}: the result could exceed the output limit", token=None)
         try:
@@ -456,7 +505,7 @@ def _metered(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
         except _PYTHON_ERRORS:
             raise _filter_error(name, sig, left, args, kwargs) from None
         if (budget := _BUDGET.get()) is not None:
-            budget.clock()
+            budget.charge(1 + _size(left) + _size(result))
         return _check_result(name, left, result)
 
     metered.signature = sig  # type: ignore[attr-defined]  # for the save-time argument check
@@ -473,7 +522,8 @@ def _filter_error(name: str, sig: inspect.Signature | None, left: object, args: 
             sig.bind(left, *args, **kwargs)
         except TypeError:
             return FilterArgumentError(_arity(name, sig), token=None)
-    return FilterArgumentError(f"{name}: cannot be applied to {_describe(left)}", token=None)
+    given = f" with {', '.join(_describe(a) for a in args)}" if args else ""
+    return FilterArgumentError(f"{name}: cannot be applied to {_describe(left)}{given}", token=None)
 
 
 # Filters whose result can be far larger than their input (``s | replace: '', s``).

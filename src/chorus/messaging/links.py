@@ -96,28 +96,68 @@ def with_utm(url: str, utm: dict[str, str]) -> str:
 
 
 _HREF = re.compile(r"""(<a\b[^>]*?\bhref\s*=\s*)(["'])(https?://[^"']+)\2""", re.IGNORECASE)
+# A link in plain text ends at white space, a bracket or a quote (a Markdown-style ``[label](url)`` keeps its
+# parenthesis); punctuation that ends a sentence is not part of it.
+_TEXT_URL = re.compile(r"""https?://[^\s<>()\[\]{}"'`]+""", re.IGNORECASE)
+_TRAILING = ".,;:!?"
+
+
+@dataclass(frozen=True)
+class Decorator:
+    """The one rule for every link of a message, in its HTML and in its text part: UTM parameters the link does
+    not carry yet and, with ``track``, the click redirect. Links to Chorus' own unsubscribe/preference pages are
+    left alone (a click there is not engagement)."""
+
+    message_id: str
+    links: Links
+    utm: dict[str, str]
+    track: bool
+
+    def url(self, url: str) -> str:
+        if url.startswith(self.links.public_url + "/u/"):
+            return url
+        url = with_utm(url, self.utm)
+        return self.links.click_url(self.message_id, url) if self.track else url
+
+    def html(self, html: str) -> str:
+        """Every ``<a href>`` decorated; with ``track``, an open pixel at the end of the body."""
+
+        def rewrite(m: re.Match) -> str:
+            url = m.group(3).replace("&amp;", "&")
+            return f"{m.group(1)}{m.group(2)}{self.url(url).replace('&', '&amp;')}{m.group(2)}"
+
+        out = _HREF.sub(rewrite, html)
+        if self.track:
+            src = self.links.open_url(self.message_id)
+            pixel = f'<img src="{src}" width="1" height="1" alt="" style="display:none">'
+            idx = out.lower().rfind("</body>")
+            out = out[:idx] + pixel + out[idx:] if idx >= 0 else out + pixel
+        return out
+
+    def text(self, text: str) -> str:
+        """Every http(s) URL of a plain-text part decorated as its HTML twin is."""
+
+        def rewrite(m: re.Match) -> str:
+            url = m.group(0)
+            core = url.rstrip(_TRAILING)
+            return self.url(core) + url[len(core) :]
+
+        return _TEXT_URL.sub(rewrite, text)
 
 
 def track_html(html: str, message_id: str, links: Links, utm: dict[str, str], track: bool) -> str:
-    """UTM on every http(s) link; with ``track``, links go through the click redirect and an open pixel is added.
+    """UTM on every http(s) link; with ``track``, links go through the click redirect and an open pixel is added."""
+    return Decorator(message_id, links, utm, track).html(html)
 
-    Links to Chorus' own unsubscribe/preference pages are left alone (a click there is not engagement).
-    """
 
-    def rewrite(m: re.Match) -> str:
-        url = m.group(3).replace("&amp;", "&")
-        if url.startswith(links.public_url + "/u/"):
-            return m.group(0)
-        url = with_utm(url, utm)
-        target = links.click_url(message_id, url) if track else url
-        return f"{m.group(1)}{m.group(2)}{target.replace('&', '&amp;')}{m.group(2)}"
-
-    out = _HREF.sub(rewrite, html)
-    if track:
-        pixel = f'<img src="{links.open_url(message_id)}" width="1" height="1" alt="" style="display:none">'
-        idx = out.lower().rfind("</body>")
-        out = out[:idx] + pixel + out[idx:] if idx >= 0 else out + pixel
-    return out
+def track_email(rendered: dict, message_id: str, links: Links, utm: dict[str, str], track: bool) -> None:
+    """Decorate the links of both parts of a rendered email in place: the text part gets the same UTM tags and
+    click tracking as the HTML part (a reader of the text part is counted too)."""
+    decorate = Decorator(message_id, links, utm, track)
+    if rendered.get("html"):
+        rendered["html"] = decorate.html(rendered["html"])
+    if rendered.get("text"):
+        rendered["text"] = decorate.text(rendered["text"])
 
 
 # A 1x1 transparent GIF.

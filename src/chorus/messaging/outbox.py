@@ -28,7 +28,7 @@ from chorus.collect.messages import Event, normalise
 from chorus.errors import ChorusError, Conflict, NotFound
 from chorus.messaging import content, policy
 from chorus.messaging.consent import identity_fields
-from chorus.messaging.links import Links, track_html
+from chorus.messaging.links import Links, track_email
 from chorus.messaging.subscriptions import endpoints_for, with_push_addresses_all
 from chorus.profiles import views
 from chorus.store import bulk
@@ -597,8 +597,7 @@ def _email_links(rendered: dict, msg: dict, profile: dict, links: Links) -> None
     track = not any((consent.get(s) or {}).get("status") == "denied" for s in ("email:tracking", "*:tracking"))
     campaign = msg["campaign_id"] or msg["journey_id"] or msg["template"] or ""
     utm = {"utm_source": "chorus", "utm_medium": "email", "utm_campaign": campaign, "utm_content": msg["id"]}
-    if rendered.get("html"):
-        rendered["html"] = track_html(rendered["html"], msg["id"], links, utm, track)
+    track_email(rendered, msg["id"], links, utm, track)
     rendered["tracking"] = track
     if msg["kind"] == "marketing":
         rendered["headers"] = {
