@@ -54,6 +54,36 @@ def patch_settings(ws: WS, svc: SVC, patch: dict):
         raise ChorusError(str(exc), field=str(exc).split(" ", 1)[0].rstrip(":")) from None
 
 
+@router.get("/keys", summary="The workspace's write keys by source (client keys in full; server keys are secret)")
+def get_keys(ws: WS, svc: SVC):
+    with svc.engine.connect() as conn:
+        return JSON({"api_key": {"count": 1, "revocable": False}, "write_keys": ws_api.list_keys(conn, ws.id)})
+
+
+@router.post("/keys/api/rotate", summary="A new api key, shown once; the key of this request stops working at once")
+def rotate_api_key(ws: WS, svc: SVC):
+    return JSON(ws_api.rotate_api_key(svc.engine, ws.id))
+
+
+@router.delete("/keys/api", summary="Refused (409): the api key is the workspace's only admin key; rotate it instead")
+def revoke_api_key(ws: WS, svc: SVC):
+    ws_api.revoke_api_key(svc.engine, ws.id)
+
+
+@router.post("/keys/write/{source}/rotate", summary="A new write key for a source, shown once; the old one stops")
+def rotate_write_key(ws: WS, svc: SVC, source: str):
+    out = ws_api.rotate_write_key(svc.engine, ws.id, source)
+    svc.keys.forget_source(out.pop("source_id"))
+    return JSON(out)
+
+
+@router.delete("/keys/write/{source}", summary="Revoke a source's write key (its events stay; rotate to re-key it)")
+def revoke_write_key(ws: WS, svc: SVC, source: str):
+    out = ws_api.revoke_write_key(svc.engine, ws.id, source)
+    svc.keys.forget_source(out.pop("source_id"))
+    return JSON(out)
+
+
 @router.get("/profiles", summary="Find a profile by one identifier")
 def find_profile(
     ws: WS, svc: SVC, request: Request,
