@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 
+import httpx
 import pytest
 import requests
 import schemathesis
@@ -206,3 +207,39 @@ def test_wrong_or_broken_body_encodings_are_clear_400s(http, workspace):
     assert r.status_code == 400 and r.json()["field"] == "body" and "form" in r.json()["message"]
     r = http.post("/api/imports", files={"file": ("a.csv", b"x\n")}, data={"source": "st\x00re"}, headers=h)
     assert r.status_code == 400 and r.json()["field"] == "source" and "NUL" in r.json()["message"]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the reports read the lake (DuckDB), not the store
+def test_analytics_edge_parameters_with_a_lake(db_url, engine, workspace, tmp_path):
+    """With a lake to read (without one every report is a 400 before its parameters matter): extreme dates and
+    the smallest accepted numbers give an answer or a 400, never a 500."""
+    from datetime import timedelta
+
+    from chorus.analytics import lake
+
+    with LiveServer(db_url, engine, lake_dir=str(tmp_path)) as srv, httpx.Client(base_url=srv.base_url,
+                                                                                   timeout=120) as http:  # fmt: skip
+        batch = [{"type": "track", "userId": "u1", "event": "Order Completed", "messageId": f"o{i}",
+                  "timestamp": f"2026-01-0{i + 1}T10:00:00Z", "properties": {"revenue": 10},
+                  "context": {"channel": "store"}} for i in range(3)]  # fmt: skip
+        r = http.post("/v1/batch", json={"batch": batch}, auth=(workspace["server_write_key"], ""))
+        assert r.status_code == 200
+        srv.settle()
+        lake.export(engine, tmp_path, settle=timedelta(0))
+        h = bearer(workspace)
+        edge = {"since": "1000-01-01", "until": "9000-12-31"}  # the widest period accepted: computed
+        tiny = "1e-300"  # the smallest positive numbers
+        cases = {
+            "attribution": [edge | {"half_life_days": tiny}],
+            "clv": [{"end": "9000-12-31", "unit_days": tiny}, {"end": "1000-01-01"}, {"end": "9999-12-31"}],
+            "paths": [edge],
+            "omnichannel": [edge | {"confidence": tiny, "bootstrap": 100}],
+            "showrooming": [edge | {"window_days": tiny}],
+            "uplift": [edge | {"window_days": tiny, "confidence": tiny}],
+        }
+        for report, param_sets in cases.items():
+            for params in [*param_sets, {"since": "0001-01-01"}, {"until": "9999-12-31"}]:
+                r = http.get(f"/api/analytics/{report}", params=params, headers=h)
+                assert r.status_code in (200, 400), (report, params, r.status_code, r.text)
+                if r.status_code == 400:
+                    assert r.json()["code"] == "bad_request", r.text
