@@ -68,3 +68,23 @@ def test_limits_at_their_edges():
     assert safejson.check(orjson.loads(nest(64))) is not None
     with pytest.raises(ChorusError):
         safejson.check(orjson.loads(nest(65)))
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        (b'{"n": 100000000000000000000000}', "body.n"),  # orjson alone reads it as the float 1e+23
+        (b'{"a": [1, -9223372036854775809]}', "body.a[1]"),
+        (b"18446744073709551616", "body"),
+    ],
+)
+def test_loads_refuses_integer_literals_beyond_64_bits(raw, field):
+    with pytest.raises(ChorusError) as exc:
+        safejson.loads(raw)
+    assert exc.value.field == field and "64 bits" in exc.value.message
+
+
+def test_loads_keeps_big_floats_and_64_bit_integers():
+    assert safejson.loads(b'{"f": 1e23, "g": -1.5e300, "u": 18446744073709551615}') == {
+        "f": 1e23, "g": -1.5e300, "u": 2**64 - 1
+    }

@@ -214,6 +214,74 @@ def ws_identity_secret(
         err.print("[yellow]Identity verification is off for this workspace (messaging.inbox_verification).[/yellow]")
 
 
+keys_app = typer.Typer(help="Rotate and revoke a workspace's api key and write keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("list")
+def keys_list(workspace: str, db: DbOpt = None):
+    """A workspace's write keys by source (client keys are public and shown; server keys are secret)."""
+    from chorus import workspaces
+
+    _, engine = _engine(db)
+    try:
+        with engine.connect() as conn:
+            rows = workspaces.list_keys(conn, workspaces.find(conn, workspace).id)
+    except ChorusError as exc:
+        _fail(exc)
+    typer.echo("api_key\t(one per workspace; rotate to replace it)")
+    for r in rows:
+        state = "revoked" if r["revoked"] else (r["write_key"] or "(secret)")
+        typer.echo(f"{r['source']}\t{r['kind']}\t{state}")
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    workspace: str,
+    source: Annotated[str | None, typer.Option(help="rotate this source's write key (browser, server, ...)")] = None,
+    api: Annotated[bool, typer.Option("--api", help="rotate the api key")] = False,
+    db: DbOpt = None,
+):
+    """Make a new key (printed once); the old one stops working (running servers: within 30 s)."""
+    from chorus import workspaces
+
+    if api == bool(source):
+        _fail(ChorusError("give exactly one of --api or --source NAME"))
+    _, engine = _engine(db)
+    try:
+        with engine.connect() as conn:
+            ws_id = workspaces.find(conn, workspace).id
+        out = workspaces.rotate_api_key(engine, ws_id) if api else workspaces.rotate_write_key(engine, ws_id, source)
+    except ChorusError as exc:
+        _fail(exc)
+    typer.echo(out["api_key"] if api else out["write_key"])
+    err.print("[yellow]The new key is shown only now; the old one stops working.[/yellow]")
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    workspace: str,
+    source: Annotated[str | None, typer.Option(help="revoke this source's write key")] = None,
+    api: Annotated[bool, typer.Option("--api", help="revoke the api key (refused: rotate it instead)")] = False,
+    db: DbOpt = None,
+):
+    """Revoke a source's write key (running servers refuse it within 30 s). The api key cannot be revoked."""
+    from chorus import workspaces
+
+    if api == bool(source):
+        _fail(ChorusError("give exactly one of --api or --source NAME"))
+    _, engine = _engine(db)
+    try:
+        with engine.connect() as conn:
+            ws_id = workspaces.find(conn, workspace).id
+        if api:
+            workspaces.revoke_api_key(engine, ws_id)
+        workspaces.revoke_write_key(engine, ws_id, source)
+    except ChorusError as exc:
+        _fail(exc)
+    typer.echo(f"revoked the write key of {source}")
+
+
 @import_app.command("events")
 def import_events(
     file: Annotated[str, typer.Argument(help=".csv, .jsonl or .parquet")],

@@ -204,6 +204,26 @@ def test_openapi_documents_both_apis(http):
     assert "delete" in paths["/api/profiles/{profile_id}"]
 
 
+def test_openapi_documents_the_real_errors(http, workspace):
+    spec = http.get("/openapi.json").json()
+    assert '"422"' not in http.get("/openapi.json").text and "HTTPValidationError" not in spec["components"]["schemas"]
+    assert spec["components"]["schemas"]["Error"]["required"] == ["code", "message"]
+    admin_ops = [(p, m, op) for p, item in spec["paths"].items() if p.startswith("/api/") for m, op in item.items()]
+    assert len(admin_ops) >= 30
+    for path, method, op in admin_ops:
+        for status in ("400", "401", "404", "409", "413", "429"):
+            schema = op["responses"][status]["content"]["application/json"]["schema"]
+            assert schema == {"$ref": "#/components/schemas/Error"}, (path, method, status)
+    # the answers are what the document says: a validation error is a 400 in the Error shape, malformed JSON
+    # names the body (not a character offset), and a missing key is a 401
+    r = http.get("/api/events/rejected", params={"limit": 0}, headers=bearer(workspace))
+    assert r.status_code == 400 and r.json()["field"] == "limit" and set(r.json()) == {"code", "message", "field"}
+    r = http.patch("/api/workspace/settings", content=b'{"default_region": "NL",,}', headers={
+        **bearer(workspace), "Content-Type": "application/json"})  # fmt: skip
+    assert r.status_code == 400 and r.json()["field"] == "body" and "(char " not in r.json()["message"]
+    assert http.get("/api/workspace").status_code == 401
+
+
 def test_unusable_email_is_reported_on_the_profile(http, server, workspace):
     post(http, workspace, [{"type": "identify", "userId": "w-1", "messageId": "bad-mail",
                             "traits": {"email": "nobody@@example"}}])  # fmt: skip

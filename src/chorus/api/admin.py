@@ -9,17 +9,15 @@ import os
 import tempfile
 from typing import Annotated
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from chorus import workspaces as ws_api
+from chorus.api import listing
 from chorus.api.common import JSON, Services
 from chorus.api.guard import AdminRoute
 from chorus.errors import ChorusError, Unauthorized
 from chorus.profiles import privacy, views
-from chorus.store.tables import rejected_events
-from chorus.timeutil import iso
 
 router = APIRouter(prefix="/api", tags=["admin"], route_class=AdminRoute)
 
@@ -39,6 +37,9 @@ def workspace(request: Request) -> ws_api.Workspace:
 
 WS = Annotated[ws_api.Workspace, Depends(workspace)]
 SVC = Annotated[Services, Depends(services)]
+# every list: the same two parameters (see chorus.api.listing)
+Limit = Annotated[int, Query(ge=1, le=listing.MAX_LIMIT, description="items per page")]
+Cursor = Annotated[str | None, Query(max_length=1000, description="next_cursor of the previous page")]
 
 
 @router.get("/workspace", summary="The workspace this key opens, with its settings")
@@ -54,6 +55,36 @@ def patch_settings(ws: WS, svc: SVC, patch: dict):
         raise ChorusError(str(exc), field=str(exc).split(" ", 1)[0].rstrip(":")) from None
 
 
+@router.get("/keys", summary="The workspace's write keys by source (client keys in full; server keys are secret)")
+def get_keys(ws: WS, svc: SVC):
+    with svc.engine.connect() as conn:
+        return JSON({"api_key": {"count": 1, "revocable": False}, "write_keys": ws_api.list_keys(conn, ws.id)})
+
+
+@router.post("/keys/api/rotate", summary="A new api key, shown once; the key of this request stops working at once")
+def rotate_api_key(ws: WS, svc: SVC):
+    return JSON(ws_api.rotate_api_key(svc.engine, ws.id))
+
+
+@router.delete("/keys/api", summary="Refused (409): the api key is the workspace's only admin key; rotate it instead")
+def revoke_api_key(ws: WS, svc: SVC):
+    ws_api.revoke_api_key(svc.engine, ws.id)
+
+
+@router.post("/keys/write/{source}/rotate", summary="A new write key for a source, shown once; the old one stops")
+def rotate_write_key(ws: WS, svc: SVC, source: str):
+    out = ws_api.rotate_write_key(svc.engine, ws.id, source)
+    svc.keys.forget_source(out.pop("source_id"))
+    return JSON(out)
+
+
+@router.delete("/keys/write/{source}", summary="Revoke a source's write key (its events stay; rotate to re-key it)")
+def revoke_write_key(ws: WS, svc: SVC, source: str):
+    out = ws_api.revoke_write_key(svc.engine, ws.id, source)
+    svc.keys.forget_source(out.pop("source_id"))
+    return JSON(out)
+
+
 @router.get("/profiles", summary="Find a profile by one identifier")
 def find_profile(
     ws: WS, svc: SVC, request: Request,
@@ -64,6 +95,19 @@ def find_profile(
     ident = views.lookup_ident(cfg, email=email, phone=phone, user_id=user_id, anonymous_id=anonymous_id, **declared)
     with svc.engine.connect() as conn:
         return JSON(views.get_profile(conn, ws.id, views.find_by_ident(conn, ws.id, ident), cfg))
+
+
+@router.get("/profiles/search", summary="Profiles whose identifier of a kind, or a trait, starts with a prefix")
+def search_profiles(
+    ws: WS, svc: SVC,
+    prefix: Annotated[str, Query(min_length=1, max_length=200, description="exact; emails lower-cased")],
+    identifier: Annotated[str | None, Query(description="an identifier kind: email, phone, user_id, ...")] = None,
+    trait: Annotated[str | None, Query(max_length=200, description="a trait name")] = None,
+    limit: Limit = 50, cursor: Cursor = None,
+):  # fmt: skip
+    with svc.engine.connect() as conn:
+        return JSON(listing.search_profiles(conn, ws.id, ws.identity, limit, cursor, prefix=prefix,
+                                            identifier=identifier, trait=trait))  # fmt: skip
 
 
 @router.get("/profiles/{profile_id}", summary="A profile (merged ids resolve to the survivor)")
@@ -105,18 +149,18 @@ def delete_profile(ws: WS, svc: SVC, profile_id: str):
 
 
 @router.get("/events/rejected", summary="Events that failed validation, with the reason, newest first")
-def get_rejected(ws: WS, svc: SVC, limit: Annotated[int, Query(ge=1, le=1000)] = 100, before: int | None = None):
-    q = sa.select(rejected_events).where(rejected_events.c.workspace_id == ws.id)
-    if before is not None:
-        q = q.where(rejected_events.c.id < before)
+def get_rejected(
+    ws: WS, svc: SVC, limit: Limit = 100, cursor: Cursor = None,
+    before: Annotated[int | None, Query(ge=0, deprecated=True, description="use cursor")] = None,
+):  # fmt: skip
     with svc.engine.connect() as conn:
-        rows = conn.execute(q.order_by(rejected_events.c.id.desc()).limit(limit)).all()
-    items = [
-        {"id": r.id, "received_at": iso(r.received_at), "message_id": r.message_id, "field": r.field,
-         "reason": r.reason, "payload": r.payload}
-        for r in rows
-    ]  # fmt: skip
-    return JSON({"rejected": items, "next_before": rows[-1].id if len(rows) == limit else None})
+        return JSON(listing.list_rejected(conn, ws.id, limit, cursor, before))
+
+
+@router.get("/imports", summary="Imports, newest first, with their counts")
+def list_imports(ws: WS, svc: SVC, limit: Limit = 50, cursor: Cursor = None):
+    with svc.engine.connect() as conn:
+        return JSON(listing.list_imports(conn, ws.id, limit, cursor))
 
 
 @router.post("/imports", summary="Import an offline file (.csv, .jsonl, .parquet) as events")

@@ -39,9 +39,21 @@ def _config(ws):
     return parse_config(raw) if raw else Config()
 
 
+# Reports reach back from `since` by the lookback window and forward from `until` by a day; dates near year 1 or
+# 9999 overflow Python's date arithmetic. Nobody's data is from before 1000 or after 9000.
+DATE_MIN, DATE_MAX = date(1000, 1, 1), date(9000, 12, 31)
+
+
+def _bounded(value: date | None, field: str) -> date | None:
+    if value is not None and not DATE_MIN <= value <= DATE_MAX:
+        raise ChorusError(f"{field} must be between {DATE_MIN} and {DATE_MAX}", field=field)
+    return value
+
+
 def _period(since: date | None, until: date | None):
     from chorus.analytics.journeys import Period
 
+    since, until = _bounded(since, "since"), _bounded(until, "until")
     if since and until and until < since:
         raise ChorusError("until is before since", field="until")
     return Period(
@@ -90,7 +102,7 @@ def clv(
     res = lifetime_values(
         _lake(svc, ws),
         _config(ws),
-        end=end,
+        end=_bounded(end, "end"),
         months=months,
         discount_rate=discount_rate,
         unit_days=unit_days,

@@ -73,7 +73,11 @@ async def read_limited(request, limit: int, what: str) -> bytes:
 
 
 class KeyCache:
-    """Write keys are checked on every tracking request; a short TTL keeps that off the database."""
+    """Write keys are checked on every tracking request; a short TTL keeps that off the database.
+
+    The TTL is the bound on revocation: a write key rotated or revoked through this process's admin API stops
+    working here at once (:meth:`forget_source`); in other processes (other servers, or after `chorus keys` on
+    the command line) it stops within ``ttl`` seconds."""
 
     def __init__(self, engine: Engine, ttl: float = 30.0):
         self.engine, self.ttl = engine, ttl
@@ -92,6 +96,12 @@ class KeyCache:
                 self._items.clear()
             self._items[write_key] = (now, src)
         return src
+
+    def forget_source(self, source_id: str) -> None:
+        """Drop the cached keys of a source whose key was rotated or revoked (the cache holds keys, not hashes)."""
+        with self._lock:
+            for key in [k for k, (_, src) in self._items.items() if src.id == source_id]:
+                del self._items[key]
 
 
 @dataclass

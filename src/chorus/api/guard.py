@@ -23,7 +23,10 @@ import email.message
 import types
 import typing
 
+from fastapi.params import File, Form
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
 from chorus import safejson
@@ -75,10 +78,15 @@ def _check_int(value: str, name: str) -> None:
         raise ChorusError(f"{name} is out of range (at most {PARAM_MAX})", field=name)
 
 
-async def check_body(request: Request) -> None:
-    content_type = request.headers.get("content-type")
-    if content_type and content_type.lower().startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
-        form = await request.form()  # cached: FastAPI reads the same parsed form
+async def check_body(request: Request, expects_form: bool) -> None:
+    content_type = request.headers.get("content-type") or ""
+    is_form = content_type.lower().startswith(("multipart/form-data", "application/x-www-form-urlencoded"))
+    if expects_form and is_form:
+        try:
+            form = await request.form()  # cached: FastAPI reads the same parsed form
+        except (HTTPException, MultiPartException) as exc:
+            why = getattr(exc, "detail", None) or getattr(exc, "message", None) or "unreadable"
+            raise ChorusError(f"body is not a valid form ({why})", field="body") from None
         for name, value in form.multi_items():
             safejson.check_text(name, "form field name")
             if isinstance(value, str):
@@ -88,6 +96,8 @@ async def check_body(request: Request) -> None:
     request._body = body  # read_limited consumed the stream; FastAPI reads the body from here
     if body and _json_content(content_type):
         request._json = safejson.loads(body, "body")  # what FastAPI's `await request.json()` returns
+    elif body and expects_form:
+        raise ChorusError("send this as a multipart form (Content-Type: multipart/form-data)", field="body")
 
 
 class AdminRoute(APIRoute):
@@ -99,11 +109,12 @@ class AdminRoute(APIRoute):
         for dep in self.dependant.dependencies:
             params += [*dep.query_params, *dep.path_params]
         int_params = frozenset(p.alias for p in params if _is_int(p.field_info.annotation))
+        expects_form = any(isinstance(p.field_info, Form | File) for p in self.dependant.body_params)
 
         async def guarded(request: Request):
             check_params(request, int_params)
             if request.method not in ("GET", "HEAD", "OPTIONS"):
-                await check_body(request)
+                await check_body(request, expects_form)
             return await handler(request)
 
         return guarded

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Header
+from fastapi import APIRouter, Body, Header, Query
 from starlette.concurrency import run_in_threadpool
 
-from chorus.api.admin import SVC, WS
+from chorus.api import listing
+from chorus.api.admin import SVC, WS, Cursor, Limit
 from chorus.api.common import JSON
 from chorus.api.guard import AdminRoute
 from chorus.errors import ChorusError
@@ -27,6 +29,33 @@ _DEFINITION_EXAMPLE = {
         "sms": {"text": "Your cart is waiting: {{ data.cart_url }}"},
     },
 }
+
+
+@router.get("/templates", summary="Saved templates by name")
+def list_templates(ws: WS, svc: SVC, limit: Limit = 100, cursor: Cursor = None):
+    with svc.engine.connect() as conn:
+        return JSON(listing.list_templates(conn, ws.id, limit, cursor))
+
+
+@router.get("/partials", summary="Saved partials and layouts by name")
+def list_partials(ws: WS, svc: SVC, limit: Limit = 100, cursor: Cursor = None):
+    with svc.engine.connect() as conn:
+        return JSON(listing.list_partials(conn, ws.id, limit, cursor))
+
+
+@router.get("/messages", summary="Messages, newest first, filtered by profile, status, channel, template and time")
+def list_messages(
+    ws: WS, svc: SVC, limit: Limit = 50, cursor: Cursor = None,
+    profile_id: Annotated[str | None, Query(description="a profile id (merged ids included)")] = None,
+    status: str | None = None, channel: str | None = None, template: str | None = None,
+    since: Annotated[datetime | None, Query(description="created at or after (ISO-8601; no offset: UTC)")] = None,
+    until: Annotated[datetime | None, Query(description="created before")] = None,
+):  # fmt: skip
+    with svc.engine.connect() as conn:
+        return JSON(listing.list_messages(
+            conn, ws.id, limit, cursor, profile_id=profile_id, status=status, channel=channel, template=template,
+            since=listing.instant(since, "since"), until=listing.instant(until, "until"),
+        ))  # fmt: skip
 
 
 @router.put("/templates/{name}", summary="Save a message template (validated: syntax errors are rejected)")

@@ -14,7 +14,7 @@ from chorus.errors import Conflict, NotFound, Unauthorized
 from chorus.identity.identifiers import DEFAULT_DECLARED, IdentityConfig
 from chorus.profiles.state import POLICIES
 from chorus.store.tables import sources, workspaces
-from chorus.timeutil import utcnow
+from chorus.timeutil import iso, utcnow
 
 SOURCE_KINDS = ("client", "server", "import", "webhook", "internal")
 # internal: events Chorus itself records (message status changes)
@@ -115,6 +115,81 @@ def by_api_key(conn: Connection, api_key: str) -> Workspace:
     return Workspace(row.id, row.name, row.settings)
 
 
+# --- keys: rotation and revocation ----------------------------------------------------------------------------
+# A workspace has one api key (its hash is on the workspace row) and one write key per source. Rotating a key
+# makes a new one, shown once, and the old one stops working; revoking a write key leaves its source without a
+# usable key. Revoking the api key is refused: it is the only way into the workspace's admin API, so losing it
+# would lock everyone out (rotate it instead). A revoked source keeps its row (events name it) and a key_hash
+# that no key hashes to: sha256 hex digests never contain the prefix below.
+REVOKED = "revoked:"
+KEYED_KINDS = ("client", "server")  # import, webhook and internal sources never had a usable key
+
+
+def _revoked_hash() -> str:
+    return REVOKED + secrets.token_hex(28)  # 64 characters, like a real hash; unique
+
+
+def rotate_api_key(engine: Engine, ws_id: str) -> dict:
+    """A new api key for the workspace (returned once); the old one stops working at once."""
+    api_key = _new_key("ak")
+    with engine.begin() as conn:
+        if conn.execute(workspaces.update().where(workspaces.c.id == ws_id).values(api_key_hash=key_hash(api_key))
+                        ).rowcount != 1:  # fmt: skip
+            raise NotFound(f"workspace {ws_id} not found")
+    return {"api_key": api_key}
+
+
+def revoke_api_key(engine: Engine, ws_id: str) -> None:
+    """Refused: the api key is the workspace's only admin key (see above)."""
+    raise Conflict(
+        "the api key is this workspace's only admin key: revoking it would lock everyone out; "
+        "rotate it instead (the old key stops working at once)",
+        field="api_key",
+    )
+
+
+def _keyed_source(conn: Connection, ws_id: str, name: str):
+    row = conn.execute(sa.select(sources).where(sources.c.workspace_id == ws_id, sources.c.name == name)).first()
+    if row is None or row.kind not in KEYED_KINDS:
+        raise NotFound(f"no source {name!r} with a write key in this workspace", field="source")
+    return row
+
+
+def list_keys(conn: Connection, ws_id: str) -> list[dict]:
+    """The workspace's write keys by source. Only client keys, public by design, are shown in full."""
+    rows = conn.execute(
+        sa.select(sources)
+        .where(sources.c.workspace_id == ws_id, sources.c.kind.in_(KEYED_KINDS))
+        .order_by(sources.c.name)
+    ).all()
+    return [
+        {"source": r.name, "kind": r.kind, "revoked": r.key_hash.startswith(REVOKED),
+         "write_key": r.public_key if not r.key_hash.startswith(REVOKED) else None, "created_at": iso(r.created_at)}
+        for r in rows
+    ]  # fmt: skip
+
+
+def rotate_write_key(engine: Engine, ws_id: str, source_name: str) -> dict:
+    """A new write key for a source (returned once; a revoked source gets a key again); the old one stops working."""
+    with engine.begin() as conn:
+        row = _keyed_source(conn, ws_id, source_name)
+        key = _new_key("wk" if row.kind == "client" else "sk")
+        conn.execute(
+            sources.update().where(sources.c.id == row.id).values(
+                key_hash=key_hash(key), public_key=key if row.kind == "client" else None
+            )
+        )  # fmt: skip
+    return {"source": row.name, "kind": row.kind, "write_key": key, "source_id": row.id}
+
+
+def revoke_write_key(engine: Engine, ws_id: str, source_name: str) -> dict:
+    """The source's write key stops working; its events stay. Rotating the source later gives it a new key."""
+    with engine.begin() as conn:
+        row = _keyed_source(conn, ws_id, source_name)
+        conn.execute(sources.update().where(sources.c.id == row.id).values(key_hash=_revoked_hash(), public_key=None))
+    return {"source": row.name, "kind": row.kind, "revoked": True, "source_id": row.id}
+
+
 def source_by_write_key(conn: Connection, write_key: str) -> Source:
     row = conn.execute(sa.select(sources).where(sources.c.key_hash == key_hash(write_key))).first()
     if row is None:
@@ -206,4 +281,7 @@ def update_settings(engine: Engine, ws_id: str, patch: dict) -> dict:
     return settings
 
 
-__all__ = ["create", "get", "find", "by_api_key", "source_by_write_key", "Source", "Workspace"]
+__all__ = [
+    "create", "get", "find", "by_api_key", "source_by_write_key", "Source", "Workspace",
+    "rotate_api_key", "revoke_api_key", "list_keys", "rotate_write_key", "revoke_write_key",
+]  # fmt: skip
