@@ -121,9 +121,10 @@ def fit_spend(freq, mon, penalizer: float = 0.0) -> tuple[lifetime.GammaGammaPar
                 # differ between customers beyond chance (the limit values everyone at the population's mean);
                 # p -> infinity is spend that does not vary between a customer's orders. A penalty would invent
                 # the spread the data do not show; the mean order value is what is left to say.
+                off = ", ".join(f"{k} → {'∞' if d == 'inf' else '0'}" for k, d in sorted(runaway.items()))
                 why = ("customers' spend does not differ beyond chance" if {"q", "v"} & set(runaway)
-                       else "each customer's orders are all worth the same")  # fmt: skip
-                fit.fallback_reason = f"Gamma-Gamma does not identify on this data ({why})"
+                       else "the spread of spend it models is not in these data")  # fmt: skip
+                fit.fallback_reason = f"Gamma-Gamma does not identify on this data ({off}: {why})"
                 return None, fit
             continue
         fit.model, fit.penalizer = "Gamma-Gamma", pen
