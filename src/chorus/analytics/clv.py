@@ -295,8 +295,10 @@ def predict(cols: dict[str, np.ndarray], *, end: date, unit_days: float = 7.0, m
     if spend_fit.fallback_reason:
         warnings.append(f"{spend_fit.fallback_reason}: every customer is valued at the mean order value")
     if purchases_fit.model != "BG/NBD":
-        warnings.append("BG/NBD has no finite fit on this data (no customer looks lapsed): nobody is assumed to "
-                        "drop out (its limit without dropout, NBD), so P(alive) is 1 for everyone")  # fmt: skip
+        why = purchases_fit.rejected[0]["reason"] if purchases_fit.rejected else "no attempt"
+        warnings.append(f"BG/NBD has no valid fit on this data ({why}; typically no customer looks lapsed): "
+                        "nobody is assumed to drop out (its limit without dropout, NBD), so P(alive) is 1 for "
+                        "everyone")  # fmt: skip
     if int((repeat & ~ok).sum()):
         warnings.append(
             f"{int((repeat & ~ok).sum())} repeat customers have no positive repeat revenue: they are left out of "
