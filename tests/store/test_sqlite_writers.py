@@ -101,7 +101,7 @@ def test_on_sqlite_the_worker_takes_short_batches_while_others_wait_for_it(engin
     w = Worker(engine, batch=200)
     assert w.next_batch() == 200  # nothing measured yet
     assert w.run_once() == 200 and w._rate
-    w._rate = 400.0  # 400 events/s: a quarter of a second is 100 events
+    w._rate = 100.0 / w.MAX_HOLD  # MAX_HOLD's worth is 100 events
     assert w.next_batch() == 200  # nobody waits: a full batch
     # another writer queues while this one holds the lock
     with engine.begin() as conn:
