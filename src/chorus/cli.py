@@ -482,6 +482,10 @@ def lake_export(
         f"{result.message_days} days rewritten, {result.profiles} profiles"
         + (f"; {result.removed_orphans} files of an interrupted run replaced" if result.removed_orphans else "")
     )
+    # a run that exports few events must say why, or an export right after an import looks like lost data
+    held = result.held_back_text()
+    if held:
+        typer.echo(f"Not exported yet: {held}")
 
 
 def _register_analytics() -> None:

@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine
 
 from chorus.identity.resolver import Resolver
 from chorus.messaging.delivery import Deliverer
+from chorus.store.db import writers_waited
 
 log = logging.getLogger("chorus.worker")
 
@@ -23,6 +24,16 @@ class Worker:
     # tracking API. Accepting events comes first: while requests are being stored, resolution waits, but never
     # longer than this, so profiles stay at most a few seconds behind under sustained load.
     MAX_DEFER = 0.5
+    # On SQLite a resolving transaction holds the one write lock of the whole store, and every other writer (an
+    # import, the tracking API, another worker) waits for it to end. While others wait for it (store.db tells),
+    # the batch is sized from the measured rate so that one holds the lock about MAX_HOLD, instead of a fixed
+    # number of events (2,000 took 2-5 s on a busy 2-core machine, and an import next to a worker waited that long
+    # for each of its transactions). Alone, it takes full batches: smaller ones cost more replays of identity
+    # components when events arrive out of order (measured: with 0.25 s batches while an import ran, the import
+    # was as fast but everything was resolved 40 % later than with 1 s; docs/benchmarks.md).
+    MAX_HOLD = 1.0
+    MIN_BATCH = 50
+    CONTENDED_FOR = 5.0  # seconds after another writer last waited during which batches stay short
 
     def __init__(
         self,
@@ -40,9 +51,21 @@ class Worker:
         self.wake = wake or threading.Event()
         self.stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._bounded = engine.dialect.name == "sqlite"
+        self._rate: float | None = None  # events resolved per second of transaction, recent batches
+
+    def next_batch(self) -> int:
+        if not self._bounded or self._rate is None or not writers_waited(self.resolver.engine, self.CONTENDED_FOR):
+            return self.batch
+        return max(self.MIN_BATCH, min(self.batch, int(self._rate * self.MAX_HOLD)))
 
     def run_once(self) -> int:
-        n = self.resolver.process_pending(self.batch)
+        started = time.perf_counter()
+        n = self.resolver.process_pending(self.next_batch())
+        took = time.perf_counter() - started
+        if n >= self.MIN_BATCH and took > 0:
+            rate = n / took
+            self._rate = rate if self._rate is None else 0.5 * (self._rate + rate)
         try:
             n += self.deliverer.run_once()
         except Exception:  # delivery problems must not stop identity resolution

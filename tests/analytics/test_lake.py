@@ -165,3 +165,58 @@ def test_an_erased_person_leaves_the_lake_at_the_next_run(engine, shop, tmp_path
     assert {s["message_id"] for s in read(tmp_path, "message_statuses")} == {left["id"]}
     assert ana not in {p["id"] for p in read(tmp_path, "profiles")}
     assert lake.export(engine, tmp_path, settle=timedelta(0)).erased_profiles == 0  # done once
+
+
+def _cli(*args, db):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "chorus.cli", *args, "--db", db], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+
+
+def test_export_says_what_it_holds_back_and_until_when(db_url, engine, tmp_path):
+    """Events stored a moment ago are inside the settle window: the export says how many, the window, and when
+    they can be exported, instead of silently writing fewer events; unresolved ones are counted apart."""
+    import json
+
+    from chorus.timeutil import utcnow
+
+    w = workspaces.create(engine, "settle")
+    old = utcnow() - timedelta(minutes=20)
+    store(engine, w, {"type": "track", "userId": "u1", "event": "Order Completed", "messageId": "old",
+                      "timestamp": "2026-06-01T08:30:00Z"}, at=old)  # fmt: skip
+    Resolver(engine).drain()
+    just_now = utcnow()
+    store(engine, w, *({"type": "track", "userId": f"u{i}", "event": "Product Viewed", "messageId": f"new{i}",
+                        "timestamp": "2026-06-01T09:00:00Z"} for i in range(3)), at=just_now)  # fmt: skip
+    Resolver(engine).drain()
+    out = tmp_path / "lake"
+    r = _cli("lake", "export", "--out", str(out), "--settle", "1800", db=db_url)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"{out}: 0 events") and "4 events stored in the last 1800 s" in r.stdout
+    # the oldest can go 30 minutes after it was stored, the last 30 minutes after the newest
+    when = f"from {(old + timedelta(seconds=1800)).strftime('%H:%M:%S')} to"
+    assert when in r.stdout and (just_now + timedelta(seconds=1800)).strftime("%H:%M:%S") in r.stdout
+    r = _cli("lake", "export", "--out", str(out), "--settle", "300", "--json", db=db_url)
+    doc = json.loads(r.stdout)
+    assert (doc["events"], doc["settling"], doc["held_back"], doc["settle_seconds"]) == (1, 3, 3, 300)
+    first = datetime.fromisoformat(doc["settled_from"])
+    assert abs((first - (just_now + timedelta(seconds=300))).total_seconds()) < 1
+    r = _cli("lake", "export", "--out", str(out), "--settle", "300", db=db_url)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"{out}: 0 events")
+    said = r.stdout.split("Not exported yet:", 1)[1]
+    assert "3 events stored in the last 300 s are held back" in said and "--settle 300" in said
+    assert (just_now + timedelta(seconds=300)).strftime("%H:%M:%S") in said
+    # pending identity resolution: counted and named, never exported early
+    store(engine, w, {"type": "track", "userId": "u9", "event": "Order Completed", "messageId": "pending",
+                      "timestamp": "2026-06-01T10:00:00Z"}, at=old)  # fmt: skip
+    r = _cli("lake", "export", "--out", str(out), "--settle", "0", db=db_url)
+    assert r.stdout.startswith(f"{out}: 3 events") and "1 events wait for identity resolution" in r.stdout
+    Resolver(engine).drain()
+    r = _cli("lake", "export", "--out", str(out), "--settle", "0", "--json", db=db_url)
+    doc = json.loads(r.stdout)
+    assert (doc["events"], doc["held_back"]) == (1, 0)
+    r = _cli("lake", "export", "--out", str(out), "--settle", "0", db=db_url)
+    assert "Not exported yet" not in r.stdout

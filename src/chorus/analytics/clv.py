@@ -24,6 +24,114 @@ from chorus.errors import ChorusError
 
 DAY = 86_400
 MODEL = "clv:bgnbd+gamma_gamma"
+# When a fit has no finite maximum (or gives invalid parameters), it is tried again with each larger penalizer in
+# turn; the one used is reported. An L2 penalty keeps parameters from running off to infinity, not to 0.
+PENALIZERS = (0.001, 0.01, 0.1, 1.0)
+MIN_REPEAT_CUSTOMERS = 2  # below this the models are not fitted at all (docs/analytics.md)
+
+
+@dataclass
+class Fit:
+    """How one model was fitted: the model used, the penalizer it needed, and the attempts rejected before it."""
+
+    model: str  # "BG/NBD", "NBD (no dropout)", "Gamma-Gamma", "mean order value"
+    penalizer: float | None = None
+    rejected: list[dict] = field(default_factory=list)  # {"model", "penalizer", "reason"}
+    fallback_reason: str | None = None
+
+    def as_dict(self) -> dict:
+        return {"model": self.model, "penalizer": self.penalizer, "rejected": self.rejected,
+                "fallback_reason": self.fallback_reason}  # fmt: skip
+
+    def text(self, what: str) -> str:
+        if self.fallback_reason:
+            return f"{what}: {self.model} ({self.fallback_reason})"
+        how = "without a penalizer" if not self.penalizer else f"with penalizer {self.penalizer:g}"
+        tried = ", ".join(_attempt(r) for r in self.rejected)
+        return f"{what}: {self.model} fitted {how}" + (f" (no valid fit {tried})" if tried else "")
+
+
+def _attempt(r: dict) -> str:
+    pen = "without a penalizer" if not r["penalizer"] else f"with penalizer {r['penalizer']:g}"
+    return f"{r['model']} {pen}"
+
+
+def _ladder(penalizer: float) -> list[float]:
+    return [penalizer] + [p for p in PENALIZERS if p > penalizer]
+
+
+def _reason(exc: Exception) -> str:
+    return str(exc).split(": ", 1)[-1].split(" The data ")[0].split(". The data")[0]
+
+
+def fit_purchases(freq, rec, T, penalizer: float = 0.0) -> tuple[lifetime.BGNBDParams, Fit]:
+    """BG/NBD with the smallest penalizer of the ladder that gives a finite fit with valid predictions; when none
+    does (typically: no customer looks lapsed, a -> 0, which no L2 penalty prevents), its no-dropout limit (NBD)
+    the same way. ChorusError when neither can be fitted."""
+    fit = Fit("BG/NBD")
+    for model, fitter in (("BG/NBD", lifetime.fit_bgnbd), ("NBD (no dropout)", lifetime.fit_nbd)):
+        for pen in _ladder(penalizer):
+            try:
+                params = fitter(freq, rec, T, penalizer=pen)
+                _check_purchases(params, freq, rec, T)
+            except (lifetime.ConvergenceError, ValueError) as exc:
+                fit.rejected.append({"model": model, "penalizer": pen, "reason": _reason(exc)})
+                runaway = getattr(exc, "runaway", {})
+                if model == "BG/NBD" and (runaway.get("a") == "0" or runaway.get("b") == "inf"):
+                    # the dropout probability Beta(a, b) runs off to 0: the data show nobody lapsing, and the
+                    # likelihood's supremum is its no-dropout limit (NBD), fitted next; a penalty would only bias
+                    # a dropout the data do not show (and cannot stop a -> 0)
+                    break
+                continue
+            fit.model, fit.penalizer = model, pen
+            return params, fit
+    first = fit.rejected[0]["reason"] if fit.rejected else "no attempt"
+    raise ChorusError(f"the purchase model could not be fitted on this data: BG/NBD ({first}), nor its no-dropout "
+                      f"limit with any penalizer up to {max(_ladder(penalizer)):g}", field="clv")  # fmt: skip
+
+
+def _check_purchases(params: lifetime.BGNBDParams, freq, rec, T) -> None:
+    with np.errstate(all="ignore"):
+        e = np.asarray(lifetime.expected_purchases(params, 52.0, freq, rec, T))
+        p = np.asarray(lifetime.probability_alive(params, freq, rec, T))
+    if not (np.all(np.isfinite(e)) and np.all(e >= 0) and np.all((p >= 0) & (p <= 1))):
+        raise ValueError(f"the fitted parameters (r={params.r:.3g}, alpha={params.alpha:.3g}, a={params.a:.3g}, "
+                         f"b={params.b:.3g}) give invalid predictions")  # fmt: skip
+
+
+def fit_spend(freq, mon, penalizer: float = 0.0) -> tuple[lifetime.GammaGammaParams | None, Fit]:
+    """Gamma-Gamma on the repeat customers (``freq`` > 0, ``mon`` > 0) with the smallest penalizer of the ladder
+    whose fit has a finite mean spend (q > 1); None (value everyone at the mean order value) with the reason when
+    none has."""
+    fit = Fit("Gamma-Gamma")
+    if int(np.count_nonzero(freq > 0)) < 2:
+        fit.model, fit.fallback_reason = "mean order value", "fewer than two repeat customers with revenue"
+        return None, fit
+    fit.model = "mean order value"
+    for pen in _ladder(penalizer):
+        try:
+            gg = lifetime.fit_gamma_gamma(freq, mon, penalizer=pen)
+            if gg.q <= 1.0:
+                raise ValueError(f"q = {gg.q:.3g} <= 1: the population's mean spend is infinite")
+        except (lifetime.ConvergenceError, ValueError) as exc:
+            fit.rejected.append({"model": "Gamma-Gamma", "penalizer": pen, "reason": _reason(exc)})
+            runaway = getattr(exc, "runaway", {})
+            if "inf" in runaway.values():
+                # a degenerate spend distribution: q, v -> infinity with p·v/(q − 1) finite is spend that does not
+                # differ between customers beyond chance (the limit values everyone at the population's mean);
+                # p -> infinity is spend that does not vary between a customer's orders. A penalty would invent
+                # the spread the data do not show; the mean order value is what is left to say.
+                off = ", ".join(f"{k} → {'∞' if d == 'inf' else '0'}" for k, d in sorted(runaway.items()))
+                why = ("customers' spend does not differ beyond chance" if {"q", "v"} & set(runaway)
+                       else "the spread of spend it models is not in these data")  # fmt: skip
+                fit.fallback_reason = f"Gamma-Gamma does not identify on this data ({off}: {why})"
+                return None, fit
+            continue
+        fit.model, fit.penalizer = "Gamma-Gamma", pen
+        return gg, fit
+    fit.fallback_reason = f"no valid Gamma-Gamma fit with any penalizer up to {max(_ladder(penalizer)):g}: " + (
+        fit.rejected[-1]["reason"] if fit.rejected else "no attempt")
+    return None, fit
 
 
 def rfm_summary(tx: ir.Table, *, end: date, unit_days: float = 7.0, customer: str = "profile_id",
@@ -66,6 +174,12 @@ class LifetimeValues:
     gamma_gamma: lifetime.GammaGammaParams | None
     customers: dict[str, np.ndarray]  # columns: customer, frequency, recency, T, monetary_value, predictions...
     warnings: list[str] = field(default_factory=list)
+    purchases_fit: Fit = field(default_factory=lambda: Fit("BG/NBD", 0.0))
+    spend_fit: Fit = field(default_factory=lambda: Fit("Gamma-Gamma", 0.0))
+
+    def fit_notes(self) -> list[str]:
+        """One line per model: which was used, with which penalizer, or the fallback and why."""
+        return [self.purchases_fit.text("purchases"), self.spend_fit.text("order value")]
 
     @property
     def n(self) -> int:
@@ -110,8 +224,11 @@ class LifetimeValues:
             "unit_days": self.unit_days,
             "horizon_months": self.months,
             "monthly_discount_rate": self.discount_rate,
-            "bgnbd": {"r": b.r, "alpha": b.alpha, "a": b.a, "b": b.b, "log_likelihood": b.log_likelihood},
-            "gamma_gamma": {"p": g.p, "q": g.q, "v": g.v, "log_likelihood": g.log_likelihood} if g else None,
+            "bgnbd": {"r": b.r, "alpha": b.alpha, "a": b.a, "b": b.b, "log_likelihood": b.log_likelihood,
+                      "model": self.purchases_fit.model, "penalizer": self.purchases_fit.penalizer},
+            "gamma_gamma": {"p": g.p, "q": g.q, "v": g.v, "log_likelihood": g.log_likelihood,
+                            "penalizer": self.spend_fit.penalizer} if g else None,
+            "fits": {"purchases": self.purchases_fit.as_dict(), "order_value": self.spend_fit.as_dict()},
             "total_clv": float(np.nansum(c["clv"])),
             "mean_clv": float(np.nanmean(c["clv"])) if self.n else 0.0,
             "expected_orders": float(np.sum(c["expected_orders"])),
@@ -149,35 +266,45 @@ def lifetime_values(
     summary = rfm_summary(conv, end=end, unit_days=unit_days).to_pyarrow()
     cols = {name: summary.column(name).to_numpy(zero_copy_only=False) for name in summary.column_names}
     cols["customer"] = np.asarray(summary.column("customer").to_pylist(), dtype=object)
+    if len(cols["customer"]) == 0:
+        raise ChorusError(f"no customer purchased on or before {end}", field="end")
+    return predict(cols, end=end, unit_days=unit_days, months=months, discount_rate=discount_rate,
+                   penalizer=penalizer)  # fmt: skip
+
+
+def predict(cols: dict[str, np.ndarray], *, end: date, unit_days: float = 7.0, months: int = 12,
+            discount_rate: float = 0.01, penalizer: float = 0.0) -> LifetimeValues:  # fmt: skip
+    """Fit the models on RFM columns (those of :func:`rfm_summary`: customer, frequency, recency, T,
+    monetary_value, orders, revenue) and predict per customer. Never fails on data with at least
+    MIN_REPEAT_CUSTOMERS repeat customers: a fit that needs it is regularised or replaced by its limit, and the
+    summary says which (``fits``)."""
+    cols = dict(cols)
     warnings: list[str] = []
     n = len(cols["customer"])
-    if n == 0:
-        raise ChorusError(f"no customer purchased on or before {end}", field="end")
     freq = cols["frequency"].astype(np.float64)
     rec, T, mon = cols["recency"], cols["T"], cols["monetary_value"]
+    repeat = freq > 0
+    if int(repeat.sum()) < MIN_REPEAT_CUSTOMERS:
+        raise ChorusError(
+            f"lifetime value needs at least {MIN_REPEAT_CUSTOMERS} customers who bought on two or more days; "
+            f"{int(repeat.sum())} of the {n} customers observed to {end} did", field="conversions"
+        )  # fmt: skip
+    bg, purchases_fit = fit_purchases(freq, rec, T, penalizer)
+    ok = repeat & (mon > 0)
+    gg, spend_fit = fit_spend(freq[ok], mon[ok], penalizer)
+    if spend_fit.fallback_reason:
+        warnings.append(f"{spend_fit.fallback_reason}: every customer is valued at the mean order value")
+    if purchases_fit.model != "BG/NBD":
+        why = purchases_fit.rejected[0]["reason"] if purchases_fit.rejected else "no attempt"
+        warnings.append(f"BG/NBD has no valid fit on this data ({why}; typically no customer looks lapsed): "
+                        "nobody is assumed to drop out (its limit without dropout, NBD), so P(alive) is 1 for "
+                        "everyone")  # fmt: skip
+    if int((repeat & ~ok).sum()):
+        warnings.append(
+            f"{int((repeat & ~ok).sum())} repeat customers have no positive repeat revenue: they are left out of "
+            "the Gamma-Gamma fit and valued at the population's mean order value"
+        )
     try:
-        bg = lifetime.fit_bgnbd(freq, rec, T, penalizer=penalizer)
-        repeat = freq > 0
-        ok = repeat & (mon > 0)
-        gg = None
-        if int(ok.sum()) >= 2:
-            try:
-                gg = lifetime.fit_gamma_gamma(freq[ok], mon[ok], penalizer=penalizer)
-            except lifetime.ConvergenceError:
-                # spend that does not vary between customers more than within them: Gamma-Gamma's limit is
-                # the population mean for everyone, which is what the fallback below uses
-                warnings.append(
-                    "Gamma-Gamma does not identify on this data (customers' spend does not differ beyond chance): "
-                    "every customer is valued at the mean order value"
-                )
-        else:
-            warnings.append("fewer than two repeat customers with revenue: every customer is valued at the mean "
-                            "order value")  # fmt: skip
-        if int((repeat & ~ok).sum()):
-            warnings.append(
-                f"{int((repeat & ~ok).sum())} repeat customers have no positive repeat revenue: they are left out of "
-                "the Gamma-Gamma fit and valued at the population's mean order value"
-            )
         horizon = months * lifetime.month_length(unit_days)
         cols["expected_orders"] = lifetime.expected_purchases(bg, horizon, freq, rec, T)
         cols["probability_alive"] = lifetime.probability_alive(bg, freq, rec, T)
@@ -194,9 +321,9 @@ def lifetime_values(
             cols["clv"] = aov * lifetime.discounted_purchases(
                 bg, freq, rec, T, months=months, discount_rate=discount_rate, time_unit_days=unit_days
             )
-    except (lifetime.ConvergenceError, ValueError) as exc:
+    except ValueError as exc:
         raise ChorusError(f"the lifetime-value models could not be fitted: {exc}", field="clv") from exc
-    return LifetimeValues(end, unit_days, months, discount_rate, bg, gg, cols, warnings)
+    return LifetimeValues(end, unit_days, months, discount_rate, bg, gg, cols, warnings, purchases_fit, spend_fit)
 
 
 def clv_by_profile(lake, cfg: jn.Config = jn.Config(), *, end: date | None = None, months: int = 12):

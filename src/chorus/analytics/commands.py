@@ -192,6 +192,8 @@ def attribution(
         f"{t['conversions']:,} conversions, revenue {t['revenue']:,.2f}; {t['unattributed_conversions']:,} with no "
         f"touchpoint in the lookback ({t['unattributed_revenue']:,.2f}); {t['open_journeys']:,} journeys not converted"
     )
+    for note in res.fit_notes():  # the regularisation or fallback each model needed, always said
+        out.print(f"Fit: {note}")
     for w in res.warnings:
         out.print(f"[yellow]warning[/yellow]: {w}")
 
@@ -228,7 +230,10 @@ def clv(
     months: Annotated[int, typer.Option("--months", help="CLV horizon in months")] = 12,
     discount_rate: Annotated[float, typer.Option("--discount-rate", help="Monthly discount rate")] = 0.01,
     unit_days: Annotated[float, typer.Option("--unit-days", help="Time unit of the fit (7 = weeks)")] = 7.0,
-    penalizer: Annotated[float, typer.Option("--penalizer", help="L2 penalty on the parameters (0 = none)")] = 0.0,
+    penalizer: Annotated[
+        float,
+        typer.Option("--penalizer", help="L2 penalty to try first (0 = none); larger ones are tried if a fit needs it"),
+    ] = 0.0,
     limit: Annotated[int, typer.Option("--limit", help="Customers listed (table format), by CLV")] = 20,
     write_traits: Annotated[
         bool, typer.Option("--write-traits", help="Write the results to profiles as computed traits (needs --db)")
@@ -269,8 +274,10 @@ def clv(
         return
     b = res.bgnbd
     out.print(
-        f"{res.n:,} customers observed to {res.end} ({summary['repeat_customers']:,} repeat); BG/NBD r={b.r:.3f} "
-        f"α={b.alpha:.3f} a={b.a:.3f} b={b.b:.3f} (unit {res.unit_days:g} days)"
+        f"{res.n:,} customers observed to {res.end} ({summary['repeat_customers']:,} repeat); "
+        + (f"BG/NBD r={b.r:.3f} α={b.alpha:.3f} a={b.a:.3f} b={b.b:.3f}" if b.dropout
+           else f"NBD r={b.r:.3f} α={b.alpha:.3f}")
+        + f" (unit {res.unit_days:g} days)"
         + (
             f"; Gamma-Gamma p={res.gamma_gamma.p:.2f} q={res.gamma_gamma.q:.2f} v={res.gamma_gamma.v:.2f}"
             if res.gamma_gamma
@@ -288,6 +295,8 @@ def clv(
             f"Computed traits written to {written['profiles']:,} profiles ({written['removed']:,} stale removed; "
             f"{written['skipped']:,} customers no longer profiles, e.g. erased)"
         )
+    for note in res.fit_notes():  # the regularisation or fallback each model needed, always said
+        out.print(f"Fit: {note}")
     for w in res.warnings:
         out.print(f"[yellow]warning[/yellow]: {w}")
 
@@ -472,6 +481,8 @@ def report_omnichannel(
     _rows_table("Relative difference (group / reference − 1)",
                 [c for c in res.comparisons if c["metric"] == "value"],
                 ["group", "reference", "relative_difference", "lo", "hi"])  # fmt: skip
+    for note in res.fit_notes():  # the regularisation or fallback each model needed, always said
+        out.print(f"Fit: {note}")
     for w in res.warnings:
         out.print(f"[yellow]warning[/yellow]: {w}")
 
@@ -513,6 +524,8 @@ def report_showrooming(
     if _emit(fmt, res.as_dict(), res.rows, cols):
         return
     _rows_table("Showrooming and webrooming", res.rows, cols)
+    for note in res.fit_notes():  # the regularisation or fallback each model needed, always said
+        out.print(f"Fit: {note}")
     for w in res.warnings:
         out.print(f"[yellow]warning[/yellow]: {w}")
 
@@ -546,6 +559,8 @@ def report_uplift(
     if _emit(fmt, res.as_dict(), res.rows, cols):
         return
     _rows_table("Uplift of journeys with a holdout", res.rows, cols)
+    for note in res.fit_notes():  # the regularisation or fallback each model needed, always said
+        out.print(f"Fit: {note}")
     for w in res.warnings:
         out.print(f"[yellow]warning[/yellow]: {w}")
 

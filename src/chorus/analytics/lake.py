@@ -95,9 +95,46 @@ class ExportResult:
     erased_profiles: int = 0
     files_rewritten_for_erasure: int = 0
     workspaces: list[str] = field(default_factory=list)
+    # what this run left for a later one (nothing is dropped: the watermark stays before them)
+    settle_seconds: float = 0.0
+    settling: int = 0  # events stored less than settle_seconds ago
+    settled_from: datetime | None = None  # when the first of them may be exported
+    settled_by: datetime | None = None  # when the last of them may be
+    unresolved: int = 0  # events waiting for identity resolution
+    behind_unresolved: int = 0  # resolved, settled events after the first unresolved one: they wait with it
+
+    @property
+    def held_back(self) -> int:
+        """Events stored but not exported by this run."""
+        return self.settling + self.unresolved + self.behind_unresolved
 
     def as_dict(self) -> dict:
-        return dict(self.__dict__)
+        d = dict(self.__dict__)
+        for k in ("settled_from", "settled_by"):
+            d[k] = d[k].isoformat() if d[k] else None
+        d["held_back"] = self.held_back
+        return d
+
+    def held_back_text(self) -> str | None:
+        """Why some stored events are not in the lake yet, and when they will be; None when all are."""
+        parts = []
+        if self.settling:
+            when = self.settled_from.strftime("%H:%M:%S")
+            if self.settled_by != self.settled_from:
+                when = f"from {when} to {self.settled_by.strftime('%H:%M:%S')}"
+            parts.append(
+                f"{self.settling} events stored in the last {self.settle_seconds:g} s are held back until they "
+                f"settle (--settle {self.settle_seconds:g}): they can be exported {when} UTC"
+            )
+        if self.unresolved:
+            parts.append(
+                f"{self.unresolved} events wait for identity resolution (a running `chorus worker` or `chorus serve` "
+                f"resolves them)" + (f", and {self.behind_unresolved} resolved events after the first of them wait "
+                                     "with them" if self.behind_unresolved else "")
+            )
+        if not parts:
+            return None
+        return "; ".join(parts) + "; the next `chorus lake export` after that adds them."
 
 
 def export(engine: Engine, out: str | Path, *, settle: timedelta = SETTLE, now: datetime | None = None) -> ExportResult:
@@ -117,6 +154,7 @@ def export(engine: Engine, out: str | Path, *, settle: timedelta = SETTLE, now: 
             erased_upto = gone[-1].id
         result.workspaces = sorted(conn.execute(sa.select(workspaces.c.id)).scalars())
         seq = _export_events(conn, root, int(state.get("events_seq", 0)), cutoff, result)
+        _held_back(conn, seq, cutoff, settle, result)
         since = datetime.fromisoformat(state["messages_cutoff"]) if state.get("messages_cutoff") else None
         _export_messages(conn, root, since, result)
         _export_profiles(conn, root, result)
@@ -154,6 +192,31 @@ def _export_events(conn, root: Path, after: int, cutoff: datetime, result: Expor
         result.events += len(rows)
         watermark = rows[-1].seq
     return max(watermark, after)
+
+
+def _held_back(conn, watermark: int, cutoff: datetime, settle: timedelta, result: ExportResult) -> None:
+    """Count the stored events after the new watermark and say why each waits: inside the settle window (and when
+    it ends for them), unresolved, or behind an unresolved one."""
+    result.settle_seconds = settle.total_seconds()
+    after = events.c.seq > watermark
+    n, first, last = conn.execute(
+        sa.select(sa.func.count(), sa.func.min(events.c.received_at), sa.func.max(events.c.received_at))
+        .where(after, events.c.received_at > cutoff)
+    ).one()  # fmt: skip
+    result.settling = int(n)
+    if n:
+        result.settled_from, result.settled_by = _utc(first) + settle, _utc(last) + settle
+    unresolved, rest = conn.execute(
+        sa.select(
+            sa.func.count().filter(events.c.profile_id.is_(None)),
+            sa.func.count().filter(events.c.profile_id.is_not(None)),
+        ).where(after, events.c.received_at <= cutoff)
+    ).one()
+    result.unresolved, result.behind_unresolved = int(unresolved), int(rest)
+
+
+def _utc(ts: datetime) -> datetime:
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)  # SQLite returns naive UTC
 
 
 def _event_table(rows: list) -> pa.Table:

@@ -50,6 +50,7 @@ __all__ = [
     "expected_purchases_population",
     "fit_bgnbd",
     "fit_gamma_gamma",
+    "fit_nbd",
     "month_length",
     "probability_alive",
 ]
@@ -67,7 +68,13 @@ _DAYS_PER_MONTH = 30.0
 
 
 class ConvergenceError(RuntimeError):
-    """The optimiser did not reach a maximum of the likelihood; no parameters are returned."""
+    """The optimiser did not reach a maximum of the likelihood; no parameters are returned. ``runaway`` names the
+    parameters that were running off to the edge of the parameter space: "0" or "inf" (empty when it simply did
+    not converge), which tells which limit of the model the data point to."""
+
+    def __init__(self, message: str, runaway: dict[str, str] | None = None):
+        super().__init__(message)
+        self.runaway = runaway or {}
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,11 @@ class BGNBDParams:
     n_patterns: int = 0  # distinct (frequency, recency, T) patterns the likelihood was evaluated on
     iterations: int = 0
     penalizer: float = 0.0
+
+    @property
+    def dropout(self) -> bool:
+        """False for the no-dropout limit a -> 0 (:func:`fit_nbd`): nobody ever drops out, P(alive) = 1."""
+        return self.a > 0.0
 
 
 @dataclass(frozen=True)
@@ -238,8 +250,10 @@ def _maximise(objective, names: tuple[str, ...], what: str, offset=0.0):
             "off to 0 or infinity when the optimiser stopped): these are not estimates. The data do not "
             "identify the model, e.g. no customer looks lapsed (BG/NBD a -> 0) or every customer buys alike (r, "
             "alpha -> infinity; Gamma-Gamma q, v -> infinity). More customers or a longer observation period help; "
-            "a penalizer (0.001-0.1) keeps parameters from running off to infinity (not to 0)."
-        )
+            "a penalizer (0.001-0.1) keeps parameters from running off to infinity (not to 0).",
+            {n: ("inf" if v > o else "0") for n, v, o, e in zip(names, res.x, np.broadcast_to(offset, res.x.shape),
+                                                                  edge, strict=True) if e},
+        )  # fmt: skip
     ok = finite and res.success
     if finite and not res.success:
         # BFGS stops with "precision loss" when the line search cannot improve any more; that is a maximum if
@@ -419,6 +433,51 @@ def fit_bgnbd(frequency, recency, T, weights=None, penalizer: float = 0.0) -> BG
     )
 
 
+def fit_nbd(frequency, recency, T, weights=None, penalizer: float = 0.0) -> BGNBDParams:
+    """Fit BG/NBD's limit without dropout (a -> 0: every customer stays; Ehrenberg's NBD): repeat purchases are
+    Poisson with a gamma(r, alpha) rate over each customer's T. It is what BG/NBD's likelihood tends to when the
+    data show no lapsed customer (a fit of BG/NBD then runs a off to 0); ``recency`` only enters the checks.
+
+    Returns BGNBDParams with ``a = b = 0`` (``dropout`` False), which every prediction below understands: E[Y(t)]
+    = (r + x)·t / (alpha + T) and P(alive) = 1. ``penalizer`` as in :func:`fit_bgnbd` (on r and the scaled alpha).
+    """
+    x = _array("frequency", frequency)
+    t_x = _array("recency", recency)
+    T_ = _array("T", T)
+    _columns(frequency=x, recency=t_x, T=T_)
+    _check_rft(x, t_x, T_)
+    w = _weights(weights, x.shape[0])
+    pen = _check_penalizer(penalizer)
+    if not (w[x > 0] > 0).any():
+        raise ValueError("frequency is 0 for every customer: the NBD model needs some repeat purchases")
+    max_T = float(T_[w > 0].max())
+    if max_T <= 0:
+        raise ValueError("T is 0 for every customer: there is no observation time to fit on")
+    P = _Patterns(x, t_x, T_, w)
+    scale = 1.0 / max_T
+    uT_s = P.uT * scale
+    n = P.n_customers
+
+    def terms(theta):
+        r, alpha = np.exp(theta)
+        ll = _dot(P.Wx, gammaln(r + P.ux)) + n * (r * math.log(alpha) - gammaln(r))
+        g_r = _dot(P.Wx, digamma(r + P.ux)) + n * (math.log(alpha) - digamma(r))
+        g_alpha = n * r / alpha
+        LT = np.log(alpha + uT_s)
+        rxT = r * P.WT + P.WxT
+        ll -= _dot(rxT, LT)
+        g_r -= _dot(P.WT, LT)
+        g_alpha -= _dot(rxT, 1.0 / (alpha + uT_s))
+        return ll, np.array([g_r * r, g_alpha * alpha])
+
+    res = _maximise(_penalised(terms, n, pen), ("r", "alpha"), "fit_nbd")
+    r, alpha_s = np.exp(res.x)
+    ll_scaled, _ = terms(res.x)
+    return BGNBDParams(r=float(r), alpha=float(alpha_s / scale), a=0.0, b=0.0,
+                       log_likelihood=float(ll_scaled + P.sum_wx * math.log(scale)), n_customers=int(round(n)),
+                       n_patterns=P.n_patterns, iterations=int(res.nit), penalizer=pen)  # fmt: skip
+
+
 def _ln_hyp2f1(a, b, c, z):
     """ln ₂F₁(a, b; c; z), with lifetimes' fallback: where ₂F₁ overflows, Euler's transform
     ₂F₁(c−a, c−b; c; z)·(1−z)^(c−a−b)."""
@@ -434,8 +493,10 @@ def _ln_hyp2f1(a, b, c, z):
 
 def _purchases_numerator(params: BGNBDParams, t, x, T_):
     """The numerator of eq. 10: ((a+b+x−1)/(a−1))·[1 − ((α+T)/(α+T+t))^(r+x)·₂F₁(r+x, b+x; a+b+x−1; t/(α+T+t))].
-    It depends on (t, x, T) only, not on recency."""
+    It depends on (t, x, T) only, not on recency. Without dropout (a = 0): (r + x)·t / (α + T)."""
     r, alpha, a, b = params.r, params.alpha, params.a, params.b
+    if not params.dropout:
+        return (r + x) * t / (alpha + T_)
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
         c = a + b + x - 1.0
         ln_hyp = _ln_hyp2f1(r + x, b + x, c, t / (alpha + T_ + t))
@@ -445,6 +506,8 @@ def _purchases_numerator(params: BGNBDParams, t, x, T_):
 def _purchases_denominator(params: BGNBDParams, x, t_x, T_):
     """The denominator of eq. 10 (= 1 / P(alive)): 1 + δ(x>0)·(a/(b+x−1))·((α+T)/(α+t_x))^(r+x)."""
     r, alpha, a, b = params.r, params.alpha, params.a, params.b
+    if not params.dropout:
+        return np.ones(np.broadcast(x, t_x, T_).shape)
     with np.errstate(over="ignore"):
         odds = (a / (b + np.maximum(x, 1.0) - 1.0)) * ((alpha + T_) / (alpha + t_x)) ** (r + x)
     return 1.0 + np.where(x > 0, odds, 0.0)
@@ -486,6 +549,8 @@ def expected_purchases_population(params: BGNBDParams, t):
     if (t_ < 0).any():
         raise ValueError("t must be >= 0")
     r, alpha, a, b = params.r, params.alpha, params.a, params.b
+    if not params.dropout:
+        return _out(r * t_ / alpha)
     hyp = hyp2f1(r, b, a + b - 1.0, t_ / (alpha + t_))
     return _out((a + b - 1.0) / (a - 1.0) * (1.0 - hyp * (alpha / (alpha + t_)) ** r))
 
@@ -496,6 +561,8 @@ def probability_alive(params: BGNBDParams, frequency, recency, T):
     x, t_x, T_ = _broadcast(frequency=_array("frequency", frequency), recency=_array("recency", recency),
                             T=_array("T", T))  # fmt: skip
     _check_rft(x, t_x, T_)
+    if not params.dropout:
+        return _out(np.ones(x.shape))
     r, alpha, a, b = params.r, params.alpha, params.a, params.b
     log_div = (r + x) * np.log((alpha + T_) / (alpha + t_x)) + np.log(a / (b + np.maximum(x, 1.0) - 1.0))
     return _out(np.where(x == 0, 1.0, expit(-log_div)))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -46,9 +48,93 @@ def _fast_json() -> None:
     set_json_dumps(lambda obj: orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS))
 
 
+class _WriterQueue:
+    """First come, first served hand-over of SQLite's one write lock between chorus' connections, in any process.
+
+    SQLite lets a writer that finds the lock taken sleep and retry (busy_timeout: sleeps growing to 100 ms), so a
+    writer that commits and begins again at once (the worker resolving a backlog) takes the lock back before the
+    sleeping one retries, again and again: an import running next to a worker waited for whole worker batches,
+    many in a row, and ran at the speed of identity resolution. Here every write transaction first queues on two
+    file locks next to the database (a turnstile, then the lock): whoever waits at the turnstile holds it until it
+    has the lock, so the writer that just finished queues behind it instead of barging in, and a waiting writer is
+    woken by the kernel the moment the lock is free instead of at its next retry. The locks are flock(2) locks of
+    open files, one pair per connection: they order threads of one process too, and vanish with a process that
+    dies. SQLite's own lock still guards the data (writers outside chorus fall back to busy_timeout)."""
+
+    def __init__(self, db_path: str):
+        self.gate_path = db_path + "-chorus-queue"
+        self.lock_path = db_path + "-chorus-writer"
+        self.last_waited_for = -1e9  # monotonic time of this process' last commit that another writer waited for
+        self.writing_threads: set[int] = set()
+
+    def open(self, record) -> None:
+        record.info["chorus_writer_fds"] = (
+            os.open(self.gate_path, os.O_RDWR | os.O_CREAT, 0o600),
+            os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600),
+        )
+
+    def acquire(self, record) -> None:
+        if threading.get_ident() in self.writing_threads:
+            # a second write transaction opened by a thread inside its first cannot get SQLite's lock either: it
+            # must fail after busy_timeout as it always did, not wait here for ever
+            return
+        gate, lock = record.info["chorus_writer_fds"]
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        finally:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        record.info["chorus_writing"] = threading.get_ident()
+        self.writing_threads.add(threading.get_ident())
+
+    def release(self, record) -> None:
+        holder = record.info.pop("chorus_writing", None)
+        if holder is not None:
+            self.writing_threads.discard(holder)
+            gate, lock = record.info["chorus_writer_fds"]
+            try:  # someone at the turnstile is waiting for this transaction to end
+                fcntl.flock(gate, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(gate, fcntl.LOCK_UN)
+            except BlockingIOError:
+                self.last_waited_for = time.monotonic()
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def close(self, record) -> None:
+        for fd in record.info.pop("chorus_writer_fds", ()):
+            os.close(fd)  # also releases its lock
+        self.writing_threads.discard(record.info.pop("chorus_writing", None))
+
+
+def writers_waited(engine: Engine, within: float) -> bool:
+    """Whether another writer (thread or process) waited for one of this engine's write transactions in the last
+    ``within`` seconds: SQLite's write lock is contended, and long transactions hold the others up."""
+    queue = getattr(engine, "chorus_writer_queue", None)
+    return queue is not None and time.monotonic() - queue.last_waited_for < within
+
+
 def _sqlite_begin(conn) -> None:
     # a connection from read_only() only reads: a deferred BEGIN reads a WAL snapshot without waiting for writers
-    conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("chorus_read_only") else "BEGIN IMMEDIATE")
+    if conn.get_execution_options().get("chorus_read_only"):
+        conn.exec_driver_sql("BEGIN")
+        return
+    record = conn.connection._connection_record
+    queue = getattr(conn.engine, "chorus_writer_queue", None)
+    queued = queue is not None and record is not None and "chorus_writer_fds" in record.info
+    if queued:
+        queue.acquire(record)
+    try:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    except BaseException:
+        if queued:
+            queue.release(record)
+        raise
+
+
+def _sqlite_end(conn) -> None:
+    record = conn.connection._connection_record
+    queue = getattr(conn.engine, "chorus_writer_queue", None)
+    if queue is not None and record is not None:
+        queue.release(record)
 
 
 def read_only(engine: Engine) -> sa.Connection:
@@ -94,6 +180,17 @@ def create_engine(url: str, **kwargs) -> Engine:
         # writers queue on busy_timeout rather than failing with "database is locked" on upgrade.
         sa.event.listen(engine, "connect", lambda c, r: setattr(c, "isolation_level", None))
         sa.event.listen(engine, "begin", _sqlite_begin)
+        path = engine.url.database
+        if path and path != ":memory:" and not path.startswith("file:"):
+            queue = engine.chorus_writer_queue = _WriterQueue(os.path.abspath(path))
+            sa.event.listen(engine, "connect", lambda c, r: queue.open(r))
+            # "commit"/"rollback" run just before the COMMIT/ROLLBACK: the next writer's BEGIN IMMEDIATE may find
+            # SQLite's lock still held for that instant and retry after 1 ms
+            sa.event.listen(engine, "commit", _sqlite_end)
+            sa.event.listen(engine, "rollback", _sqlite_end)
+            sa.event.listen(engine.pool, "checkin", lambda c, r: r is not None and queue.release(r))
+            sa.event.listen(engine.pool, "close", lambda c, r: queue.close(r))
+            sa.event.listen(engine.pool, "invalidate", lambda c, r, e: queue.close(r))
         return engine
     _fast_json()
     kwargs.setdefault("pool_size", 10)
