@@ -214,3 +214,19 @@ def test_message_data_numbers_out_of_range_are_a_400_in_the_user_terms(http, sho
         assert r.json()["field"].endswith("data.v") or r.json()["field"] == "body", r.json()
         assert_user_terms(r.json())
         assert "Decimal" not in r.text and "inf" not in r.json()["message"].lower().replace("infinity", "")
+
+
+@pytest.mark.parametrize(
+    ("source", "words"),
+    [
+        ("bye\u0000", "NUL character"),
+        ("line one\n{{ x | }}\nline three\nline four", "line 2"),
+        ("{{ x | date }}", "the date filter takes 1 argument(s): fmt"),
+    ],
+)
+def test_saving_a_bad_partial_is_a_400_naming_the_source(http, shop, source, words):
+    body = raw_json({"source": source})
+    r = http.put("/api/partials/footer", content=body["content"], headers={**shop, **body["headers"]})
+    assert r.status_code == 400, r.text
+    assert r.json()["field"].endswith("source") and words in r.json()["message"], r.json()
+    assert_user_terms(r.json())

@@ -386,7 +386,7 @@ def _describe(value: object) -> str:
 
 def _arity(name: str, sig: inspect.Signature) -> str:
     """What a filter takes, in Liquid's terms (``truncate: 20, '…'``), for argument-count errors."""
-    params = [p for p in list(sig.parameters.values())[1:] if p.kind is not p.KEYWORD_ONLY]
+    params = [p for p in list(sig.parameters.values())[1:] if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     required = [p.name.rstrip("_") for p in params if p.default is p.empty]
     optional = [p.name.rstrip("_") for p in params if p.default is not p.empty]
     if not params:
