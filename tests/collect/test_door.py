@@ -25,7 +25,7 @@ def _storable(value) -> None:
     orjson.dumps(value)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(hostile.message(), st.sampled_from(["client", "server", "import"]), st.booleans())
 def test_normalise_is_total_and_accepted_messages_store_and_resolve(msg, kind, batch_item):
     res = normalise(msg, received_at=NOW, source_kind=kind, max_bytes=32 * 1024 if batch_item else None)
@@ -56,7 +56,7 @@ moments = st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12,
 receipts = st.datetimes(min_value=datetime(2020, 1, 1), max_value=datetime(2030, 1, 1), timezones=st.just(UTC))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.none() | moments, st.none() | moments, receipts)
 def test_event_time_is_total_and_in_the_accepted_range(original, sent, received):
     ts, how = event_time(original, sent, received)
