@@ -229,13 +229,15 @@ def test_analytics_edge_parameters_with_a_lake(db_url, engine, workspace, tmp_pa
         h = bearer(workspace)
         edge = {"since": "1000-01-01", "until": "9000-12-31"}  # the widest period accepted: computed
         tiny = "1e-300"  # the smallest positive numbers
+        # each computed report costs a second or more: the edges are computed where date arithmetic differs
+        # (lookback before `since`, a day after `until`, `end`); paths, showrooming and uplift share the first
         cases = {
             "attribution": [edge | {"half_life_days": tiny}],
             "clv": [{"end": "9000-12-31", "unit_days": tiny}, {"end": "1000-01-01"}, {"end": "9999-12-31"}],
-            "paths": [edge],
+            "paths": [],
             "omnichannel": [edge | {"confidence": tiny, "bootstrap": 100}],
-            "showrooming": [edge | {"window_days": tiny}],
-            "uplift": [edge | {"window_days": tiny, "confidence": tiny}],
+            "showrooming": [],
+            "uplift": [],
         }
         for report, param_sets in cases.items():
             for params in [*param_sets, {"since": "0001-01-01"}, {"until": "9999-12-31"}]:
