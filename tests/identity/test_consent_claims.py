@@ -130,3 +130,24 @@ def test_an_anonymous_newsletter_signup_records_its_grant(http, server, workspac
                                                                  "granted": False}})  # fmt: skip
     server.settle()
     assert profile(http, workspace, user_id="nora")["consent"]["email:newsletter"]["status"] == "denied"
+
+
+def test_a_hostile_user_hash_is_a_claim_never_an_error(http, server, workspace, engine):
+    """Any userHash a page sends is accepted with the event (good data is never lost) and vouches for nothing."""
+    sk, wk = workspace["server_write_key"], workspace["write_key"]
+    post(http, sk, "track", {"userId": "ida", "event": "Consent Updated", "messageId": "i0", "timestamp": ts(1),
+                             "properties": {"channel": "sms", "status": "denied"}})  # fmt: skip
+    hostile = [12345, {"h": 1}, ["x"], True, "é" * 3000, "0" * 64, " ", "\u202e" + "a" * 63]
+    batch = [{"type": "track", "userId": "ida", "event": "Consent Updated", "messageId": f"i{n + 1}",
+              "timestamp": ts(n + 2), "properties": {"channel": "sms", "status": "granted"},
+              **({"userHash": h} if n % 2 else {"context": {"userHash": h}})}
+             for n, h in enumerate(hostile)]  # fmt: skip
+    post(http, wk, "batch", {"batch": batch})
+    server.settle()
+    ida = profile(http, workspace, user_id="ida")
+    assert ida["consent"]["sms:*"]["status"] == "denied"
+    assert [w["message_id"] for w in ida["consent_warnings"]] == [f"i{len(hostile)}"]
+    for n in range(len(hostile)):
+        payload = stored(engine, f"i{n + 1}")
+        assert "userHash" not in payload and "userHash" not in payload.get("context", {})
+        assert "userHashVerified" not in payload
