@@ -11,6 +11,7 @@ from chorus import workspaces
 from chorus.collect import ingest
 from chorus.collect.messages import Event, normalise
 from chorus.identity.resolver import Resolver
+from chorus.profiles import state as pstate
 from chorus.store.tables import identifiers, profiles
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -54,7 +55,7 @@ def states_by_group(engine, ws_id: str) -> dict[frozenset[str], dict]:
     for pid, g in groups.items():
         st = rows[pid].state
         out[frozenset(g)] = {"traits": st["traits"], "channels": st["channels"], "consent": st["consent"],
-                             "known": rows[pid].known}  # fmt: skip
+                             "refused": pstate.refused_grants(st), "known": rows[pid].known}  # fmt: skip
     return out
 
 

@@ -1,8 +1,8 @@
 """Property: the final profiles do not depend on the order in which the same events arrive.
 
 The same events are resolved once in timestamp order and once shuffled into random batches (so links arrive
-out of order and components are replayed). Partitions of identifiers, traits, channel activity and consent must
-be equal, and equal to the pure replay of the links (:func:`chorus.identity.graph.replay`).
+out of order and components are replayed). Partitions of identifiers, traits, channel activity, consent and
+refused consent grants must be equal, and equal to the pure replay of the links (:func:`chorus.identity.graph.replay`).
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ def event(draw, n):
         msg["context"]["traits"] = traits
     elif msg["type"] == "identify":
         msg["traits"] = traits
+        if draw(st.integers(0, 2)) == 0:  # consent, from trusted and untrusted sources (decision 0014)
+            msg["traits"] = {**traits, "consent": {"email": {"*": draw(st.sampled_from(["granted", "denied"]))}}}
     else:
         msg["context"]["traits"] = traits
     if user:

@@ -28,6 +28,7 @@ from chorus.collect.messages import (
 )
 from chorus.errors import ChorusError, Saturated, Unauthorized
 from chorus.timeutil import utcnow
+from chorus.workspaces import verification
 
 router = APIRouter(prefix="/v1", tags=["tracking"])
 # A body nested deeper than the JSON parser goes (orjson: 1024 levels) cannot be split into messages: it is a
@@ -180,6 +181,10 @@ async def _handle(request: Request, kind: str) -> JSON:
 
 
 def _store(svc: Services, source, accepted, rejected, received_at):
+    # Whether each event is vouched for (userId with a valid userHash) is decided now, once (decision 0014).
+    check = verification.checker(svc.engine, source.workspace_id)
+    for e in accepted:
+        verification.seal(e.payload, e.user_id, trusted=source.trusted, check=check)
     with svc.engine.begin() as conn:
         return ingest.store(conn, source, accepted, rejected, received_at)
 

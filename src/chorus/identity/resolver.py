@@ -38,6 +38,7 @@ from chorus.store.tables import (
     profiles,
 )
 from chorus.timeutil import iso, parse_ts, utcnow
+from chorus.workspaces.verification import vouched
 
 log = logging.getLogger("chorus.identity")
 CHUNK = 5000  # SQLite allows 32,766 bound variables; PostgreSQL gets one array parameter
@@ -396,7 +397,7 @@ def _fold(st: dict, p: Pending, payload: dict, policies: dict) -> None:
     """Fold a pending event (``payload``: the part its profile may keep) into a profile state; a failure names
     the event (its state change is half done, so the transaction is abandoned and retried without it)."""
     try:
-        pstate.apply_event(st, payload, p.ext.anchor, policies, p.ext.warnings)
+        pstate.apply_event(st, payload, p.ext.anchor, policies, p.ext.warnings, vouched(p.payload, p.trusted))
     except Exception as exc:
         raise Poisoned({p.seq: exc}) from exc
 
@@ -503,7 +504,8 @@ class Rebuild:
             ext = extract(payload, self.cfg, _trusted)
             pid = new_owner[ext.anchor]
             payload = own_part(payload, ext, pid, new_owner, self.cfg)
-            pstate.apply_event(states[pid], payload, ext.anchor, self.policies, ext.warnings)
+            by = vouched(payload, _trusted)
+            pstate.apply_event(states[pid], payload, ext.anchor, self.policies, ext.warnings, by)
             ev_updates.append({"seq": seq, "profile_id": pid})
         for p in extra:  # pending events: checked already; a failure folding one names it
             pid = new_owner[p.ext.anchor]

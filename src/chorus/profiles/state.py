@@ -11,6 +11,16 @@ Per-trait merge policy (workspace setting ``trait_policies``, default ``newest``
   wins per identity, and the profile's value is the sum across identities — so merging two profiles adds them.
 - ``max`` / ``min``: the largest / smallest number ever seen (values that are not numbers are ignored).
 First seen = min, last seen = max, per-channel counts add.
+
+Events are *vouched* (a trusted source, or a write-key event whose ``userId`` came with a valid ``userHash``:
+decided once, when the event is stored, see :mod:`chorus.workspaces.verification`) or mere *claims* (anything else
+sent with the public write key). A claim can narrow what may be sent but never undo an opt-out, and cannot
+replace a vouched email or phone (decision 0014):
+- consent: per slot the state keeps the newest vouched entry, the newest claimed denial and the newest claimed
+  grant (or ``unknown``); the slot's status is the newest of them, except that the claimed grant takes part
+  only while no denial stands (no claimed denial, and the newest vouched entry is not a denial);
+- ``email`` / ``phone`` traits: a claimed value shows only while no vouched value exists.
+Each part is "newest by key", so the fold stays order independent and ``merge`` stays the union.
 """
 
 from __future__ import annotations
@@ -22,6 +32,12 @@ POLICIES = ("newest", "first", "sum", "max", "min")
 PERSON_MESSAGES = frozenset({"Message Received", "Message Replied"})
 DEFAULT_POLICIES = {"created_at": "first", "createdAt": "first", "first_seen": "first"}
 CONSENT_STATUSES = ("granted", "denied", "unknown")
+# Traits a claim must not overwrite on a known person: they say where messages go (decision 0014).
+PROTECTED_TRAITS = frozenset({"email", "phone"})
+REFUSED_GRANT = (
+    "{status} of {slot} ignored: an opt-out stands and the event is not verified (a write-key event needs "
+    "userId with a valid userHash to undo an opt-out)"
+)
 
 
 def empty() -> dict[str, Any]:
@@ -90,11 +106,64 @@ def _set_attr(state: dict, name: str, value, key: list) -> None:
         state["attrs"][name] = [value, key]
 
 
-def _set_consent(state: dict, channel: str, topic: str, status: str, key: list, source: str) -> None:
+def _log_of(state: dict) -> dict:
+    """Per slot: ``vouched``, ``denied`` (claimed), ``claimed`` (claimed grant/unknown), each the newest entry.
+
+    A state stored before the log existed has only the slot's status: it counts as vouched (what it was)."""
+    log = state.get("consent_log") or {}
+    return {**{slot: {"vouched": dict(e)} for slot, e in state["consent"].items() if slot not in log}, **log}
+
+
+def _consent_log(state: dict) -> dict:
+    state["consent_log"] = log = _log_of(state)
+    return log
+
+
+def _bucket(status: str, vouched: bool) -> str:
+    if vouched:
+        return "vouched"
+    return "denied" if status == "denied" else "claimed"
+
+
+def _grant_stands(parts: dict) -> bool:
+    """May the claimed grant count? Only while no denial stands against it (withdrawals are the safe side)."""
+    vouched = parts.get("vouched")
+    return parts.get("denied") is None and (vouched is None or vouched["status"] != "denied")
+
+
+def _settle_consent(state: dict, slot: str) -> None:
+    parts = state["consent_log"][slot]
+    cands = [parts[b] for b in ("vouched", "denied") if parts.get(b)]
+    if parts.get("claimed") and _grant_stands(parts):
+        cands.append(parts["claimed"])
+    best = cands[0]
+    for c in cands[1:]:  # newest wins; an exact tie keeps the first (fixed order), so the result is deterministic
+        if c["key"] > best["key"]:
+            best = c
+    state["consent"][slot] = dict(best)
+
+
+def _set_consent(state: dict, channel: str, topic: str, status: str, key: list, source: str, vouched: bool) -> None:
     slot = f"{channel}:{topic}"
-    cur = state["consent"].get(slot)
+    parts = _consent_log(state).setdefault(slot, {})
+    bucket = _bucket(status, vouched)
+    cur = parts.get(bucket)
     if cur is None or key > cur["key"]:
-        state["consent"][slot] = {"status": status, "key": key, "source": source}
+        parts[bucket] = {"status": status, "key": key, "source": source}
+    _settle_consent(state, slot)
+
+
+def refused_grants(state: dict) -> list[dict]:
+    """Claimed grants that would be the newest word on their slot but were not applied (an opt-out stands).
+
+    Derived from the state, not recorded while folding, so it does not depend on the order events arrived in."""
+    out = []
+    for slot, parts in sorted((state.get("consent_log") or {}).items()):
+        c = parts.get("claimed")
+        if c and not _grant_stands(parts) and c["key"] > state["consent"][slot]["key"]:
+            out.append({"message_id": c["source"].removeprefix("event:"), "at": c["key"][0], "slot": slot,
+                        "warning": REFUSED_GRANT.format(status=c["status"], slot=slot)})  # fmt: skip
+    return out
 
 
 def consent_updates(msg: dict) -> list[tuple[str, str, str]]:
@@ -142,13 +211,27 @@ def _add_warnings(state: dict, items: dict) -> None:
     state["warnings"] = merged
 
 
+def _claim_trait(state: dict, name: str, value, key: list) -> None:
+    """An unvouched email/phone: kept aside, and shown only while no vouched value exists."""
+    if _empty_value(value):
+        return
+    claimed = state.setdefault("claimed", {})
+    cur = claimed.get(name)
+    if cur is None or key > cur[0]:
+        claimed[name] = [key, value]
+    if name not in state["trait_at"] and name not in state["sums"]:
+        state["traits"][name] = claimed[name][1]
+
+
 def apply_event(
-    state: dict, msg: dict, anchor: str, policies: dict[str, str] | None = None, warnings: list[str] | None = None
-) -> dict:
+    state: dict, msg: dict, anchor: str, policies: dict[str, str] | None = None, warnings: list[str] | None = None,
+    vouched: bool = True,
+) -> dict:  # fmt: skip
     """Fold one normalised message into the state (in place) and return it.
 
     ``warnings`` (an email or phone that could not be used as an identifier) are kept on the profile so that
-    the reason is visible through the API.
+    the reason is visible through the API. ``vouched`` is False for a claim from the public write key that no
+    user hash proved: it cannot undo an opt-out nor replace a vouched email or phone (see the module's doc).
     """
     if warnings:
         _add_warnings(state, {msg["messageId"]: [msg["timestamp"], "; ".join(warnings)]})
@@ -182,21 +265,24 @@ def apply_event(
         for name, value in traits.items():
             if name == "consent":
                 continue
+            if not vouched and name in PROTECTED_TRAITS:
+                _claim_trait(state, name, value, key)
+                continue
             _set_trait(state, name, value, key, policies.get(name, "newest"), anchor)
     if isinstance(ctx.get("timezone"), str):
         _set_attr(state, "timezone", ctx["timezone"], key)
     if isinstance(ctx.get("locale"), str):
         _set_attr(state, "locale", ctx["locale"], key)
-    apply_consent(state, msg)
+    apply_consent(state, msg, vouched)
     return state
 
 
-def apply_consent(state: dict, msg: dict) -> dict:
+def apply_consent(state: dict, msg: dict, vouched: bool = True) -> dict:
     """Only the consent part of :func:`apply_event` (used to apply an opt-out before the event is resolved)."""
     key = [msg["timestamp"], msg["messageId"]]
     source = "event:" + msg["messageId"]
     for c, topic, status in consent_updates(msg):
-        _set_consent(state, c, topic, status, key, source)
+        _set_consent(state, c, topic, status, key, source, vouched)
     return state
 
 
@@ -229,12 +315,23 @@ def merge(a: dict, b: dict, policies: dict[str, str] | None = None) -> dict:
                     cur["last_message"] = c["last_message"]
         for name, (value, key) in s["attrs"].items():
             _set_attr(out, name, value, key)
-        for slot, c in s["consent"].items():
-            cur = out["consent"].get(slot)
-            if cur is None or c["key"] > cur["key"]:
-                out["consent"][slot] = dict(c)
+        for slot, parts in _log_of(s).items():
+            mine = out.setdefault("consent_log", {}).setdefault(slot, {})
+            for bucket, c in parts.items():
+                cur = mine.get(bucket)
+                if cur is None or c["key"] > cur["key"]:
+                    mine[bucket] = dict(c)
+        for name, (key, value) in (s.get("claimed") or {}).items():
+            cur = out.setdefault("claimed", {}).get(name)
+            if cur is None or key > cur[0]:
+                out["claimed"][name] = [key, value]
         if s.get("warnings"):
             _add_warnings(out, s["warnings"])
+    for slot in out.get("consent_log", {}):
+        _settle_consent(out, slot)
+    for name, (_key, value) in (out.get("claimed") or {}).items():
+        if name not in out["trait_at"] and name not in out["sums"]:
+            out["traits"][name] = value
     return out
 
 
@@ -263,6 +360,7 @@ def public_view(state: dict) -> dict:
         },
         "timezone": (state["attrs"].get("timezone") or [None])[0],
         "locale": (state["attrs"].get("locale") or [None])[0],
+        "consent_warnings": refused_grants(state),
         "identifier_warnings": [
             {"message_id": mid, "at": at, "warning": text}
             for mid, (at, text) in sorted(state.get("warnings", {}).items(), key=lambda kv: kv[1][0], reverse=True)
@@ -270,4 +368,4 @@ def public_view(state: dict) -> dict:
     }
 
 
-__all__ = ["apply_event", "merge", "empty", "summary", "public_view", "POLICIES"]
+__all__ = ["apply_event", "merge", "empty", "summary", "public_view", "refused_grants", "POLICIES"]

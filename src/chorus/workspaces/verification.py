@@ -9,6 +9,10 @@ customer's profile, but reads nothing that was sent to the customer.
 
 The rules are plain functions (:func:`claim`, :func:`addressed_to`); :mod:`chorus.api.caller` applies them to a
 request, once, for every write-key endpoint that reads or changes one person's data.
+
+Tracked events follow the same rule (:func:`seal`, decision 0014): a write-key event whose ``userId`` comes with a
+valid ``userHash`` is marked vouched when it is stored (the hash itself is never stored: it is a credential), so
+that the profile fold, a pure function that cannot read secrets, knows which events may undo an opt-out.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
+from chorus import workspaces as ws_api
 from chorus.errors import ChorusError, Unauthorized
 from chorus.safejson import check_text
 from chorus.store.tables import instance_secrets
@@ -79,6 +84,53 @@ def user_hash(secret_value: str, user_id: str) -> str:
 def hash_matches(secret_value: str, user_id: str, given: str) -> bool:
     # bytes, not str: compare_digest refuses non-ASCII text, and a hostile hash must be a 403, not a crash
     return hmac.compare_digest(user_hash(secret_value, user_id).encode(), given.strip().lower().encode())
+
+
+# Set by Chorus on a stored write-key event whose userId was proven by its userHash; removed from what clients send.
+VOUCHED = "userHashVerified"
+
+
+def seal(payload: dict, user_id: str | None, *, trusted: bool, check: Callable[[str, object], bool]) -> None:
+    """Decide, once, whether a tracked event is vouched for, and keep no credential in it (in place).
+
+    ``userHash`` (top level or ``context.userHash``) is checked against ``user_id`` by ``check`` and removed; a
+    client's own ``userHashVerified`` is dropped. Events from trusted sources are vouched by their source."""
+    given = payload.pop("userHash", None)
+    ctx = payload.get("context")
+    if isinstance(ctx, dict) and "userHash" in ctx:
+        ctx = payload["context"] = dict(ctx)  # the context may be shared with other batch items
+        inner = ctx.pop("userHash")
+        if given is None or given == "":
+            given = inner
+    payload.pop(VOUCHED, None)
+    if not trusted and user_id is not None and check(user_id, given):
+        payload[VOUCHED] = True
+
+
+def vouched(payload: dict, trusted: bool) -> bool:
+    """May this stored event undo an opt-out or replace a vouched email/phone? (see chorus.profiles.state)"""
+    return trusted or payload.get(VOUCHED) is True
+
+
+def checker(engine: Engine, ws_id: str) -> Callable[[str, object], bool]:
+    """``check`` for :func:`seal`: the workspace's verification setting and secret, read once and only if needed.
+
+    With verification off (development), a ``userId`` is believed without a hash, as by :func:`claim`."""
+    cache: dict = {}
+
+    def check(user_id: str, given: object) -> bool:
+        if "verify" not in cache:
+            with engine.connect() as conn:
+                cache["verify"] = required(ws_api.get(conn, ws_id).settings)
+        if not cache["verify"]:
+            return True
+        if not isinstance(given, str) or not given:
+            return False
+        if "secret" not in cache:
+            cache["secret"] = secret(engine, ws_id)
+        return hash_matches(cache["secret"], user_id, given)
+
+    return check
 
 
 def required(settings: dict) -> bool:
