@@ -29,9 +29,10 @@ class Worker:
     # the batch is sized from the measured rate so that one holds the lock about MAX_HOLD, instead of a fixed
     # number of events (2,000 took 2-5 s on a busy 2-core machine, and an import next to a worker waited that long
     # for each of its transactions). Alone, it takes full batches: smaller ones cost more replays of identity
-    # components when events arrive out of order (measured: with 0.25 s batches while an import ran, the import
-    # was as fast but everything was resolved 40 % later than with 1 s; docs/benchmarks.md).
-    MAX_HOLD = 1.0
+    # components when events arrive out of order. A trade-off (docs/benchmarks.md): with 1 s batches the import
+    # waited up to 1 s at each of its transactions (2.8x slower on a quiet machine); with 0.25 s everything was
+    # resolved up to 40 % later while the import ran, but the import was nearly as fast as alone.
+    MAX_HOLD = 0.25
     MIN_BATCH = 50
     CONTENDED_FOR = 5.0  # seconds after another writer last waited during which batches stay short
 
