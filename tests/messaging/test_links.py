@@ -70,3 +70,11 @@ def test_every_link_is_decorated_the_same_way_in_both_parts(urls, track):
     expected = [Decorator("msg_9", LINKS, UTM, track).url(u) for u in plain]
     assert hrefs(rendered["html"]) == expected
     assert rendered["text"] == "\n".join(f"see {u} now" for u in expected)
+
+
+def test_a_link_the_url_parser_refuses_is_left_as_it_is():
+    # a person's data can put anything in an href; urlsplit raises on an unclosed IPv6 bracket
+    rendered = {"html": '<a href="https://[::1/x">A</a><a href="https://shop.example/a">B</a>', "text": "B"}
+    track_email(rendered, "msg_1", LINKS, UTM, track=True)
+    first, second = hrefs(rendered["html"])
+    assert first == "https://[::1/x" and second.startswith("https://chorus.example/c/")

@@ -123,3 +123,50 @@ def test_on_sqlite_the_worker_takes_short_batches_while_others_wait_for_it(engin
 def _touch(engine) -> None:
     with engine.begin() as conn:
         conn.exec_driver_sql("SELECT 1")
+
+
+def test_a_writer_the_queue_cannot_let_through_fails_as_sqlite_would_instead_of_hanging(tmp_path, monkeypatch):
+    # the queue waits at most busy_timeout; then SQLite's own busy handling answers "database is locked"
+    monkeypatch.setattr("chorus.store.db.BUSY_TIMEOUT_MS", 300)
+    first, second = _engine(tmp_path), create_engine(f"sqlite:///{tmp_path / 'w.db'}")
+    holding, release = threading.Event(), threading.Event()
+
+    def hold():  # another thread inside a write transaction that does not end while we wait
+        with first.begin() as conn:
+            conn.exec_driver_sql("INSERT INTO log VALUES ('holder', 0)")
+            holding.set()
+            release.wait(10)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    try:
+        holding.wait(5)
+        started = time.monotonic()
+        try:
+            with second.begin() as conn:
+                conn.exec_driver_sql("INSERT INTO log VALUES ('late', 0)")
+            raise AssertionError("a second writer got in while the first held the lock")
+        except sa.exc.OperationalError as exc:
+            assert "locked" in str(exc)
+        assert time.monotonic() - started < 5  # the queue's wait plus SQLite's, not for ever
+    finally:
+        release.set()
+        t.join()
+    # and the queue works again once the holder is gone
+    with second.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO log VALUES ('after', 0)")
+
+
+def test_one_thread_writing_through_two_engines_on_one_file_gets_sqlites_error_not_a_hang(tmp_path, monkeypatch):
+    monkeypatch.setattr("chorus.store.db.BUSY_TIMEOUT_MS", 300)
+    first, second = _engine(tmp_path), create_engine(f"sqlite:///{tmp_path / 'w.db'}")
+    started = time.monotonic()
+    with first.begin() as outer:
+        outer.exec_driver_sql("INSERT INTO log VALUES ('outer', 0)")
+        try:
+            with second.begin() as inner:
+                inner.exec_driver_sql("INSERT INTO log VALUES ('inner', 0)")
+            raise AssertionError("two write transactions at once on one SQLite file")
+        except sa.exc.OperationalError as exc:
+            assert "locked" in str(exc)
+    assert time.monotonic() - started < 5

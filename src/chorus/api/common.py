@@ -83,23 +83,28 @@ class KeyCache:
         self.engine, self.ttl = engine, ttl
         self._items: dict[str, tuple[float, ws_api.Source]] = {}
         self._lock = threading.Lock()
+        self._forgotten = 0  # bumped by forget_source: a lookup that overlapped it is not cached
 
     def source(self, write_key: str) -> ws_api.Source:
         hit = self._items.get(write_key)
         now = time.monotonic()
         if hit and now - hit[0] < self.ttl:
             return hit[1]
+        generation = self._forgotten
         with self.engine.connect() as conn:
             src = ws_api.source_by_write_key(conn, write_key)  # raises Unauthorized
         with self._lock:
-            if len(self._items) > 10_000:
-                self._items.clear()
-            self._items[write_key] = (now, src)
+            # a lookup that read the row before a rotation committed must not put the old key back in the cache
+            if generation == self._forgotten:
+                if len(self._items) > 10_000:
+                    self._items.clear()
+                self._items[write_key] = (now, src)
         return src
 
     def forget_source(self, source_id: str) -> None:
         """Drop the cached keys of a source whose key was rotated or revoked (the cache holds keys, not hashes)."""
         with self._lock:
+            self._forgotten += 1
             for key in [k for k, (_, src) in self._items.items() if src.id == source_id]:
                 del self._items[key]
 

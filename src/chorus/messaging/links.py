@@ -116,7 +116,10 @@ class Decorator:
     def url(self, url: str) -> str:
         if url.startswith(self.links.public_url + "/u/"):
             return url
-        url = with_utm(url, self.utm)
+        try:
+            url = with_utm(url, self.utm)
+        except ValueError:  # not a URL the parser can split (e.g. "https://[::1/x" from a person's data): left as is
+            return url
         return self.links.click_url(self.message_id, url) if self.track else url
 
     def html(self, html: str) -> str:

@@ -56,16 +56,16 @@ class _WriterQueue:
     sleeping one retries, again and again: an import running next to a worker waited for whole worker batches,
     many in a row, and ran at the speed of identity resolution. Here every write transaction first queues on two
     file locks next to the database (a turnstile, then the lock): whoever waits at the turnstile holds it until it
-    has the lock, so the writer that just finished queues behind it instead of barging in, and a waiting writer is
-    woken by the kernel the moment the lock is free instead of at its next retry. The locks are flock(2) locks of
-    open files, one pair per connection: they order threads of one process too, and vanish with a process that
-    dies. SQLite's own lock still guards the data (writers outside chorus fall back to busy_timeout)."""
+    has the lock, so the writer that just finished queues behind it instead of barging in; the waiting writer polls
+    the lock every few milliseconds instead of SQLite's sleeps of up to 100 ms. A writer that cannot get through
+    the queue within busy_timeout falls back to SQLite's own wait and error, so the queue never hangs. The locks are
+    flock(2) locks of open files, one pair per connection: they order threads of one process too, and vanish with
+    a process that dies. SQLite's own lock still guards the data (writers outside chorus fall back to busy_timeout)."""
 
     def __init__(self, db_path: str):
         self.gate_path = db_path + "-chorus-queue"
         self.lock_path = db_path + "-chorus-writer"
         self.last_waited_for = -1e9  # monotonic time of this process' last commit that another writer waited for
-        self.writing_threads: set[int] = set()
 
     def open(self, record) -> None:
         record.info["chorus_writer_fds"] = (
@@ -74,35 +74,63 @@ class _WriterQueue:
         )
 
     def acquire(self, record) -> None:
-        if threading.get_ident() in self.writing_threads:
-            # a second write transaction opened by a thread inside its first cannot get SQLite's lock either: it
-            # must fail after busy_timeout as it always did, not wait here for ever
+        me = threading.get_ident()
+        if me in _WRITING.get(self.lock_path, ()):
+            # a second write transaction opened by a thread inside its first (through any engine on this file)
+            # cannot get SQLite's lock either: it must fail after busy_timeout as it always did, not wait here
             return
         gate, lock = record.info["chorus_writer_fds"]
-        fcntl.flock(gate, fcntl.LOCK_EX)
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        if not _flock_before(gate, deadline):
+            return  # the queue did not move within busy_timeout: SQLite's own wait and error decide, as before
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            got = _flock_before(lock, deadline)
         finally:
             fcntl.flock(gate, fcntl.LOCK_UN)
-        record.info["chorus_writing"] = threading.get_ident()
-        self.writing_threads.add(threading.get_ident())
+        if got:
+            record.info["chorus_writing"] = me
+            _WRITING.setdefault(self.lock_path, set()).add(me)
 
     def release(self, record) -> None:
+        fds = record.info.get("chorus_writer_fds")
+        if fds is None:
+            return
+        gate, lock = fds
         holder = record.info.pop("chorus_writing", None)
         if holder is not None:
-            self.writing_threads.discard(holder)
-            gate, lock = record.info["chorus_writer_fds"]
+            _WRITING.get(self.lock_path, set()).discard(holder)
             try:  # someone at the turnstile is waiting for this transaction to end
                 fcntl.flock(gate, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 fcntl.flock(gate, fcntl.LOCK_UN)
             except BlockingIOError:
                 self.last_waited_for = time.monotonic()
-            fcntl.flock(lock, fcntl.LOCK_UN)
+        # always: a lock taken just before an interruption (the holder not yet recorded) must not outlive the
+        # transaction; unlocking a lock this descriptor does not hold does nothing
+        fcntl.flock(lock, fcntl.LOCK_UN)
 
     def close(self, record) -> None:
+        _WRITING.get(self.lock_path, set()).discard(record.info.pop("chorus_writing", None))
         for fd in record.info.pop("chorus_writer_fds", ()):
             os.close(fd)  # also releases its lock
-        self.writing_threads.discard(record.info.pop("chorus_writing", None))
+
+
+# Threads inside a write transaction, per database file (lock path), across every engine of the process.
+_WRITING: dict[str, set[int]] = {}
+
+
+def _flock_before(fd: int, deadline: float) -> bool:
+    """An exclusive flock of ``fd``, polled until ``deadline`` (a blocking flock would wait for ever: a holder
+    that waits for this thread, or a stuck process, must end in SQLite's busy error as before, not a hang)."""
+    pause = 0.0002
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(pause)
+            pause = min(pause * 2, 0.005)
 
 
 def writers_waited(engine: Engine, within: float) -> bool:
