@@ -155,11 +155,16 @@ def check(value: object, field: str = "body", *, max_depth: int = MAX_DEPTH) -> 
     return value
 
 
+# An integer beyond 64 bits has at least 19 digits (-2^63 - 1 has 19): only a document with such a run can hold
+# one (a cheap test in C before the slower standard parser).
+_LONG_NUMBER = re.compile(rb"[0-9]{19,}")
+
+
 def parse(data: bytes | str, field: str = "body", *, max_depth: int = MAX_DEPTH) -> object:
     """Parse JSON from outside without :func:`check`: for a body whose parts are checked one by one (a tracking
     batch rejects a bad message, not the request). Malformed JSON is a 400 naming ``field``."""
     try:
-        return orjson.loads(data)
+        value = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         if "surrogate" in str(exc):
             # orjson refuses a lone surrogate escape ("\ud800") in the whole document; the standard parser keeps
@@ -173,30 +178,20 @@ def parse(data: bytes | str, field: str = "body", *, max_depth: int = MAX_DEPTH)
         raise ChorusError(f"{field}: nested deeper than {max_depth} levels", field=field) from None
     except RecursionError:
         raise ChorusError(f"{field}: nested deeper than {max_depth} levels", field=field) from None
+    if _LONG_NUMBER.search(data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass")):
+        # orjson reads an integer literal beyond 64 bits as a float (100000000000000000000000 -> 1e+23), silently
+        # losing digits (two such user ids would become one). The standard parser keeps it an int, which
+        # check/problem then refuse by its path; a document too deep for it keeps orjson's reading.
+        try:
+            value = json.loads(data)
+        except (ValueError, RecursionError):
+            pass
+    return value
 
 
 def loads(data: bytes | str, field: str = "body", *, max_depth: int = MAX_DEPTH) -> object:
     """Parse JSON from outside and :func:`check` it; malformed JSON is a 400 naming ``field``."""
-    value = check(parse(data, field, max_depth=max_depth), field, max_depth=max_depth)
-    if _has_huge_float(value):
-        # orjson reads an integer literal beyond 64 bits as a float (100000000000000000000000 -> 1e+23), silently
-        # losing digits. The stdlib keeps it an int for check() to refuse by its path; the depth is known to be
-        # within max_depth here, so it cannot recurse too deep.
-        check(json.loads(data), field, max_depth=max_depth)
-    return value
-
-
-def _has_huge_float(value: object) -> bool:
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, float) and abs(item) >= 2**63:
-            return True
-        if isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return False
+    return check(parse(data, field, max_depth=max_depth), field, max_depth=max_depth)
 
 
 def escape(value: str) -> str:

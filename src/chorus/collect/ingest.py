@@ -79,7 +79,19 @@ def rejection_row(workspace_id: str, source_id: str | None, received_at: datetim
 def rejected_payload(payload: object) -> str:
     if isinstance(payload, str):  # already text (a line that was not JSON)
         return safejson.escape(payload)[:MAX_REJECTED_PAYLOAD]
-    return safejson.dumps_lossy(payload, max_chars=MAX_REJECTED_PAYLOAD)
+    return safejson.dumps_lossy(without_credentials(payload), max_chars=MAX_REJECTED_PAYLOAD)
+
+
+def without_credentials(payload: object) -> object:
+    """A refused message as it may be kept: no write key and no user hash (accepted events lose them too, see
+    normalise and verification.seal), whatever else was wrong with it."""
+    if not isinstance(payload, dict):
+        return payload
+    out = {k: v for k, v in payload.items() if k not in ("writeKey", "userHash", "userHashVerified")}
+    ctx = out.get("context")
+    if isinstance(ctx, dict) and "userHash" in ctx:
+        out["context"] = {k: v for k, v in ctx.items() if k != "userHash"}
+    return out
 
 
 def store(

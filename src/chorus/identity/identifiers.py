@@ -254,14 +254,16 @@ def without_identifiers(msg: dict, cfg: IdentityConfig, idents: set[str] | froze
                 kept[key] = value
         if len(kept) != len(traits):
             holder["traits"] = kept
+    def names(kind: object, value: object) -> bool:  # the identifier as extract() makes it (id_text), in idents
+        return isinstance(kind, str) and f"{kind}:{id_text(value, kind)}" in idents
+
     ext = ctx.get("externalIds")
     if isinstance(ext, list):
         ctx["externalIds"] = [
-            item for item in ext
-            if not (isinstance(item, dict) and f"{item.get('type')}:{str(item.get('id')).strip()}" in idents)
-        ]  # fmt: skip
+            item for item in ext if not (isinstance(item, dict) and names(item.get("type"), item.get("id")))
+        ]
     device = ctx.get("device")
-    if isinstance(device, dict) and device.get("token") and f"device_token:{device['token']}" in idents:
+    if isinstance(device, dict) and names("device_token", device.get("token")):
         ctx["device"] = {k: v for k, v in device.items() if k != "token"}
     if msg.get("context") is not None:
         out["context"] = ctx

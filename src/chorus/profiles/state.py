@@ -64,6 +64,13 @@ def _number(v):
     return None
 
 
+def _storable_sum(parts) -> int | float:
+    """Each part fits in 64 bits (checked at the door), their sum may not: then a float, so that the profile can
+    always be stored and no later event of the person is refused for a value somebody else sent."""
+    total = sum(parts)
+    return total if not isinstance(total, int) or -(2**63) <= total < 2**64 else float(total)
+
+
 def _set_trait(state: dict, name: str, value, key: list, policy: str, anchor: str) -> None:
     if _empty_value(value):
         return
@@ -75,7 +82,7 @@ def _set_trait(state: dict, name: str, value, key: list, policy: str, anchor: st
         cur = per.get(anchor)
         if cur is None or key > cur[0]:
             per[anchor] = [key, num]
-        state["traits"][name] = sum(v[1] for v in per.values())
+        state["traits"][name] = _storable_sum(v[1] for v in per.values())
         return
     cur_key = state["trait_at"].get(name)
     cur_val = state["traits"].get(name)
@@ -301,7 +308,7 @@ def merge(a: dict, b: dict, policies: dict[str, str] | None = None) -> dict:
                 if anchor not in per or k > per[anchor][0]:
                     per[anchor] = [k, v]
         out["sums"][name] = per
-        out["traits"][name] = sum(v[1] for v in per.values())
+        out["traits"][name] = _storable_sum(v[1] for v in per.values())
     for s in (a, b):
         for channel, c in s["channels"].items():
             cur = out["channels"].get(channel)
