@@ -78,6 +78,28 @@ def _checked(p: Pending, cfg: IdentityConfig) -> None:
     parse_ts(ts)
 
 
+# SQLSTATE classes of a database that is unavailable or busy for a while (connection, transaction rollback:
+# serialization or deadlock, insufficient resources, object in use, operator intervention, system error): no event is
+# to blame for them
+_TRANSIENT_SQLSTATE = ("08", "40", "53", "55", "57", "58")
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is the database being unavailable or busy for a while (a lost connection, a restart, a lock
+    held too long): the events of the batch are not at fault and must stay pending, never be rejected for it."""
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    if not isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
+        return False
+    code = getattr(exc.orig, "sqlstate", None)
+    if code:
+        return code[:2] in _TRANSIENT_SQLSTATE
+    text = str(exc.orig).lower()
+    return "locked" in text or "busy" in text or isinstance(exc, sa.exc.InterfaceError)
+
+
 class Resolver:
     # Bulk loads grow the graph tables faster than autovacuum re-analyses them, and with stale statistics
     # PostgreSQL filters `ident = ANY(...)` row by row instead of probing the index: keep statistics fresh.
@@ -103,6 +125,8 @@ class Resolver:
         try:
             n = self._process(limit)
         except Exception as exc:  # noqa: BLE001 - narrowed down below, never dropped
+            if transient(exc):
+                raise  # the database, not an event: everything stays pending for the next pass
             if not isinstance(exc, Poisoned):
                 log.exception("identity resolution batch failed; isolating the failing event")
             n = self._settle(self._window(limit), exc)
@@ -131,6 +155,8 @@ class Resolver:
                     done += self._process(len(part), seqs=part)
                     continue
                 except Exception as exc:  # noqa: BLE001
+                    if transient(exc):
+                        raise  # rejected nothing for it; what is left stays pending for the next pass
                     err = exc
             if isinstance(err, Poisoned):
                 done += self._reject(err.failures)
