@@ -3,6 +3,8 @@
 The same events are resolved once in timestamp order and once shuffled into random batches (so links arrive
 out of order and components are replayed). Partitions of identifiers, traits, channel activity, consent and
 refused consent grants must be equal, and equal to the pure replay of the links (:func:`chorus.identity.graph.replay`).
+Events carry addresses (emails, phones, push tokens) from trusted, untrusted and vouched (valid userHash) sources,
+so the rule that an untrusted link never moves an address into a known profile is covered too.
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ from chorus import workspaces
 from chorus.collect.messages import normalise
 from chorus.identity.graph import links_of, replay
 from chorus.identity.identifiers import IdentityConfig, extract
+from chorus.workspaces.verification import VOUCHED, vouched
 from tests.identity.helpers import T0, partition, resolve, send, states_by_group
 
 USERS = ["u1", "u2", "u3"]
 ANONS = ["a1", "a2", "a3", "a4"]
 EMAILS = ["e1@example.com", "e2@example.com", "e3@example.com"]
+PHONES = ["+447911123451", "+447911123452"]
+TOKENS = ["tok-1", "tok-2"]
 
 
 @st.composite
@@ -31,6 +36,9 @@ def event(draw, n):
     traits = {}
     if email:
         traits["email"] = email
+    phone = draw(st.sampled_from([None, None, *PHONES]))
+    if phone:
+        traits["phone"] = phone
     if draw(st.booleans()):
         traits["name"] = draw(st.sampled_from(["Ana", "Bo", ""]))
     if draw(st.booleans()):
@@ -55,8 +63,13 @@ def event(draw, n):
             msg["traits"] = {**traits, "consent": {"email": {"*": draw(st.sampled_from(["granted", "denied"]))}}}
     else:
         msg["context"]["traits"] = traits
+    token = draw(st.sampled_from([None, None, *TOKENS]))
+    if token:
+        msg["context"]["device"] = {"token": token}
     if user:
         msg["userId"] = user
+        if draw(st.integers(0, 3)) == 0:  # as sealed by the tracking API for a valid userHash (untrusted sources)
+            msg[VOUCHED] = True
     if anon:
         msg["anonymousId"] = anon
     return msg, draw(st.booleans())
@@ -101,7 +114,8 @@ def test_profiles_do_not_depend_on_arrival_order(engine, data):
     for msg, trusted in evs:
         norm = normalise(msg, received_at=T0, source_kind="server" if trusted else "client")
         ext = extract(norm.payload, cfg, trusted)
-        links += links_of(ext.anchor, ext.others, (norm.payload["timestamp"], norm.payload["messageId"]), trusted)
+        key = (norm.payload["timestamp"], norm.payload["messageId"])
+        links += links_of(ext.anchor, ext.others, key, vouched(norm.payload, trusted))
     earliest = {}
     for ln in links:
         k = (ln.a, ln.b, ln.trusted)

@@ -8,9 +8,11 @@ whole connected component — so the result never depends on the order in which 
 Rules for a link ``(a, b)`` where ``a`` anchors the event:
 - neither has a profile: one new profile holds both;
 - one has a profile: the other joins it, unless that would give the profile a second value of a *unique* kind
-  (two user ids): then the newcomer gets a profile of its own;
-- both have different profiles: they merge unless they hold different values of a unique kind, or both are
-  *known* (hold a non-anonymous identifier) and the link came from an untrusted source (a browser write key).
+  (two user ids), or the link is untrusted and would move an *address* (an identifier of a kind that maps to a
+  channel: email, phone, push token…) into a *known* profile: then the newcomer gets a profile of its own;
+- both have different profiles: they merge unless they hold different values of a unique kind, or the link came
+  from an untrusted source (a browser write key without a valid userHash) and both are *known* (hold a
+  non-anonymous identifier) or the merge would move an address into the known one.
   An ``alias`` link between two user ids from a trusted source merges them on purpose (a rename); the other
   unique kinds still guard it.
 - Survivor: a known profile beats an anonymous one; otherwise the earliest created; ties by id.
@@ -65,6 +67,10 @@ class Graph:
         self.refusals: list[tuple[Link, str]] = []
         self._unique = cfg.unique_kinds
         self._anon = cfg.anonymous_kinds
+        # Identifiers that got their profile from links of the key being applied (one event): a profile known
+        # only through them was not known before that event (a sign-up), see :meth:`untrusted_address`.
+        self._at: Key | None = None
+        self._fresh: set[str] = set()
 
     # -- loading an existing slice of the graph ---------------------------------------------------------------
     def add_node(self, node: Node) -> None:
@@ -75,6 +81,24 @@ class Graph:
     # -- predicates -----------------------------------------------------------------------------------------
     def known(self, node: Node) -> bool:
         return any(kind_of(i) not in self._anon for i in node.idents)
+
+    def address(self, ident: str) -> bool:
+        """Messages can be sent to it (email, phone, a declared kind with a channel, e.g. a push token)."""
+        return bool(self.cfg.address_channels(kind_of(ident)))
+
+    def known_before(self, node: Node) -> bool:
+        """Known through an identifier it held before the event being applied."""
+        return any(kind_of(i) not in self._anon and i not in self._fresh for i in node.idents)
+
+    def untrusted_address(self, link: Link, target: Node, moving: Iterable[str]) -> str | None:
+        """Anyone can claim anything with the public write key: an untrusted link never moves an address into a
+        profile that was known before the event, or the claimant would receive that customer's messages
+        (receipts, her name, her orders). Anonymous ids still move (that is how a visitor becomes a customer, and
+        they read nothing), and so do the addresses of a sign-up: the event that makes a profile known (its new
+        user id) may bring its email and phone along."""
+        if not link.trusted and self.known_before(target) and any(self.address(i) for i in moving):
+            return "an address would join a known profile and the source is not trusted"
+        return None
 
     def _unique_values(self, idents: Iterable[str]) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {}
@@ -95,8 +119,13 @@ class Graph:
     def _create(self, ident: str, key: Key) -> Node:
         node = Node(self.new_id(), key, key, {ident})
         self.nodes[node.id] = node
-        self.owner[ident] = node.id
+        self._own(ident, node)
         return node
+
+    def _own(self, ident: str, node: Node) -> None:
+        node.idents.add(ident)
+        self.owner[ident] = node.id
+        self._fresh.add(ident)
 
     @staticmethod
     def _touch(node: Node, key: Key) -> None:
@@ -118,30 +147,29 @@ class Graph:
     def apply(self, link: Link) -> str:
         """Apply one link; return the id of the profile that owns ``link.a`` afterwards."""
         a, b, key = link.a, link.b, link.key
+        if key != self._at:  # links are applied in key order, so one event's links come together
+            self._at, self._fresh = key, set()
         pa = self.nodes.get(self.owner.get(a, ""))
         pb = self.nodes.get(self.owner.get(b, "")) if b != a else pa
         if pa is None and pb is None:
             pa = self._create(a, key)
             if b != a:
-                pa.idents.add(b)
-                self.owner[b] = pa.id
+                self._own(b, pa)
             return pa.id
         if pa is None:
             assert pb is not None
             self._touch(pb, key)
-            why = self.conflict_for(link, pb.idents, [a])
+            why = self.conflict_for(link, pb.idents, [a]) or self.untrusted_address(link, pb, [a])
             if why is None:
-                pb.idents.add(a)
-                self.owner[a] = pb.id
+                self._own(a, pb)
                 return pb.id
             self.refusals.append((link, why))
             return self._create(a, key).id
         self._touch(pa, key)
         if pb is None:
-            why = self.conflict_for(link, pa.idents, [b])
+            why = self.conflict_for(link, pa.idents, [b]) or self.untrusted_address(link, pa, [b])
             if why is None:
-                pa.idents.add(b)
-                self.owner[b] = pa.id
+                self._own(b, pa)
             else:
                 self.refusals.append((link, why))
                 self._create(b, key)
@@ -152,10 +180,11 @@ class Graph:
         why = self.conflict_for(link, pa.idents, pb.idents)
         if why is None and not link.trusted and self.known(pa) and self.known(pb):
             why = "both profiles are known and the source is not trusted"
+        survivor, loser = self.survivor(pa, pb)
+        why = why or self.untrusted_address(link, survivor, loser.idents)
         if why is not None:
             self.refusals.append((link, why))
             return pa.id
-        survivor, loser = self.survivor(pa, pb)
         # kinds only: merge records outlive nothing but should not copy addresses around
         self._merge(survivor, loser, key, f"{kind_of(a)} seen with {kind_of(b)}")
         return survivor.id

@@ -286,7 +286,9 @@ class _WorkspaceBatch:
         # Earliest sighting of each distinct link in this batch, minus links already stored with an earlier key.
         batch_links: dict[tuple[str, str, bool], Key] = {}
         for p in batch:
-            for ln in links_of(p.ext.anchor, p.ext.others, p.key, p.trusted):
+            # A valid userHash proves who sends the event, so a signed-in customer's links count as trusted
+            # (she may add her own new phone); ``extract`` keeps the source's trust for alias renames.
+            for ln in links_of(p.ext.anchor, p.ext.others, p.key, vouched(p.payload, p.trusted)):
                 k = (ln.a, ln.b, ln.trusted)
                 if k not in batch_links or ln.key < batch_links[k]:
                     batch_links[k] = ln.key
