@@ -217,7 +217,7 @@ def test_hostile_person_fields_get_a_clear_400(http, server, workspace, vera):
     for params, field in cases:
         r = http.get("/v1/inbox", params=params, auth=wk)
         assert r.status_code == 400 and r.json()["field"] == field, (params, r.text)
-    for body, field in ((b"[1]", "body"), (b'{"anonymousId": "\\ud800"}', "body"), (b"{" * 100, "body")):
+    for body, field in ((b"[1]", "body"), (b'{"anonymousId": "\\ud800"}', "body.anonymousId"), (b"{" * 100, "body")):
         r = http.post("/v1/push/subscriptions", auth=wk, content=body, headers={"Content-Type": "application/json"})
         assert r.status_code == 400 and r.json()["field"] == field, (body, r.text)
     r = http.post("/v1/push/subscriptions", auth=wk, json={"anonymousId": True, "subscription": {}})
