@@ -235,6 +235,20 @@ def keys_list(workspace: str, db: DbOpt = None):
         typer.echo(f"{r['source']}\t{r['kind']}\t{state}")
 
 
+def _key_target(workspace: str, source: str | None, api: bool, db: str | None):
+    """The engine and workspace id of a key command, which names exactly one of --api or --source."""
+    from chorus import workspaces
+
+    if api == bool(source):
+        _fail(ChorusError("give exactly one of --api or --source NAME"))
+    _, engine = _engine(db)
+    try:
+        with engine.connect() as conn:
+            return engine, workspaces.find(conn, workspace).id
+    except ChorusError as exc:
+        _fail(exc)
+
+
 @keys_app.command("rotate")
 def keys_rotate(
     workspace: str,
@@ -245,12 +259,8 @@ def keys_rotate(
     """Make a new key (printed once); the old one stops working (running servers: within 30 s)."""
     from chorus import workspaces
 
-    if api == bool(source):
-        _fail(ChorusError("give exactly one of --api or --source NAME"))
-    _, engine = _engine(db)
+    engine, ws_id = _key_target(workspace, source, api, db)
     try:
-        with engine.connect() as conn:
-            ws_id = workspaces.find(conn, workspace).id
         out = workspaces.rotate_api_key(engine, ws_id) if api else workspaces.rotate_write_key(engine, ws_id, source)
     except ChorusError as exc:
         _fail(exc)
@@ -268,15 +278,12 @@ def keys_revoke(
     """Revoke a source's write key (running servers refuse it within 30 s). The api key cannot be revoked."""
     from chorus import workspaces
 
-    if api == bool(source):
-        _fail(ChorusError("give exactly one of --api or --source NAME"))
-    _, engine = _engine(db)
+    engine, ws_id = _key_target(workspace, source, api, db)
     try:
-        with engine.connect() as conn:
-            ws_id = workspaces.find(conn, workspace).id
         if api:
-            workspaces.revoke_api_key(engine, ws_id)
-        workspaces.revoke_write_key(engine, ws_id, source)
+            workspaces.revoke_api_key(engine, ws_id)  # always refused (409): say why
+        else:
+            workspaces.revoke_write_key(engine, ws_id, source)
     except ChorusError as exc:
         _fail(exc)
     typer.echo(f"revoked the write key of {source}")

@@ -387,6 +387,16 @@ def _bgnbd_terms(theta: np.ndarray, P: _Patterns, uT: np.ndarray, ut: np.ndarray
     return ll, np.array([g_r * r, g_alpha * alpha, g_a * a, g_b * b])
 
 
+def _rft_inputs(frequency, recency, T, weights, penalizer: float):
+    """The checked arrays (frequency, recency, T, weights) and penalizer of a purchase-model fit."""
+    x = _array("frequency", frequency)
+    t_x = _array("recency", recency)
+    T_ = _array("T", T)
+    _columns(frequency=x, recency=t_x, T=T_)
+    _check_rft(x, t_x, T_)
+    return x, t_x, T_, _weights(weights, x.shape[0]), _check_penalizer(penalizer)
+
+
 def fit_bgnbd(frequency, recency, T, weights=None, penalizer: float = 0.0) -> BGNBDParams:
     """Fit the BG/NBD model (maximum likelihood) to one row per customer, or per pattern with ``weights``.
 
@@ -394,13 +404,7 @@ def fit_bgnbd(frequency, recency, T, weights=None, penalizer: float = 0.0) -> BG
     axis scaled to max(T) = 1, exactly as lifetimes' ``penalizer_coef``. Raises ValueError for bad input and
     ConvergenceError when the optimiser fails.
     """
-    x = _array("frequency", frequency)
-    t_x = _array("recency", recency)
-    T_ = _array("T", T)
-    _columns(frequency=x, recency=t_x, T=T_)
-    _check_rft(x, t_x, T_)
-    w = _weights(weights, x.shape[0])
-    pen = _check_penalizer(penalizer)
+    x, t_x, T_, w, pen = _rft_inputs(frequency, recency, T, weights, penalizer)
     if not (w > 0).any():
         raise ValueError("weights are all 0: nothing to fit")
     if not (w[x > 0] > 0).any():
@@ -441,13 +445,7 @@ def fit_nbd(frequency, recency, T, weights=None, penalizer: float = 0.0) -> BGNB
     Returns BGNBDParams with ``a = b = 0`` (``dropout`` False), which every prediction below understands: E[Y(t)]
     = (r + x)·t / (alpha + T) and P(alive) = 1. ``penalizer`` as in :func:`fit_bgnbd` (on r and the scaled alpha).
     """
-    x = _array("frequency", frequency)
-    t_x = _array("recency", recency)
-    T_ = _array("T", T)
-    _columns(frequency=x, recency=t_x, T=T_)
-    _check_rft(x, t_x, T_)
-    w = _weights(weights, x.shape[0])
-    pen = _check_penalizer(penalizer)
+    x, t_x, T_, w, pen = _rft_inputs(frequency, recency, T, weights, penalizer)
     if not (w[x > 0] > 0).any():
         raise ValueError("frequency is 0 for every customer: the NBD model needs some repeat purchases")
     max_T = float(T_[w > 0].max())
