@@ -384,3 +384,13 @@ def test_settings_name_what_is_wrong(http, shop, meta):
     for providers, message in cases:
         r = http.patch("/api/workspace/settings", json={"messaging": {"providers": providers}}, headers=shop)
         assert r.status_code == 400 and message in r.json()["message"], (message, r.text)
+
+
+def test_a_stranger_message_the_door_refuses_is_kept_with_its_reason(http, server, workspace, shop, meta):
+    """A WhatsApp text Chorus cannot store (a NUL in it) from someone it never wrote to: kept in the rejected events
+    with its reason, not dropped; Meta still gets its 200 (a retry would bring the same text)."""
+    stranger = whatsapp_notification(wa_text("31687654329", "hi\x00there"))
+    r = notify(http, workspace, stranger)
+    assert r.status_code == 200 and r.json()["applied"] == 0
+    rows = http.get("/api/events/rejected", headers=shop).json()["rejected"]
+    assert [(r["field"], "NUL" in r["reason"]) for r in rows] == [("properties.text", True)], rows

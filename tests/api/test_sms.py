@@ -158,3 +158,16 @@ def test_a_replayed_inbound_webhook_counts_once(http, server, workspace, twilio,
     server.settle()
     events = http.get(f"/api/profiles/{m['profile_id']}/events", headers=sms_shop).json()["events"]
     assert sum(1 for e in events if e.get("event") == "Consent Updated") == 1
+
+
+def test_an_inbound_message_the_door_refuses_is_kept_with_its_reason(http, server, workspace, twilio, sms_shop):
+    """A text from someone Chorus never wrote to becomes an event; if its text cannot be stored (a NUL), it is kept
+    in the rejected events with the reason, not dropped (Twilio still gets its 200: retrying would not help)."""
+    inbound = f"/webhooks/twilio/{workspace['id']}/inbound"
+    params = {"AccountSid": twilio.account_sid, "From": "+31687654322", "To": "+15005550006", "MessageSid": "SMnul",
+              "Body": "hello\x00there"}  # fmt: skip
+    assert twilio_post(http, server, twilio, inbound, params).status_code == 200
+    server.settle()
+    rejected = http.get("/api/events/rejected", headers=sms_shop).json()
+    rows = [r for r in rejected["rejected"] if r["message_id"] == "twilio-SMnul"]
+    assert len(rows) == 1 and rows[0]["field"] == "properties.text" and "NUL" in rows[0]["reason"], rows

@@ -267,8 +267,9 @@ def test_hostile_events_are_rejected_alone_and_good_ones_resolve(http, server, w
     assert len(listed) == 11 and all("\x00" not in x["payload"] for x in listed)
     assert {x["message_id"] for x in listed} >= {"deep-props", "nul-user", "ext-id"} and None in {
         x["message_id"] for x in listed}  # the 250-character messageId is not a storable messageId  # fmt: skip
+    # the loyalty id is resolved too; a browser's claim does not add it to the known profile (decision 0022)
     p = http.get("/api/profiles", params={"loyalty_id": "LC-1"}, headers=api).json()
-    assert p["id"] == rows[0].profile_id
+    assert p["identifiers"]["loyalty_id"] == ["LC-1"] and p["id"] != rows[0].profile_id
 
 
 def test_single_messages_and_bodies_too_deep_to_parse(http, server, workspace):

@@ -106,6 +106,71 @@ def test_a_browser_claiming_a_customer_reads_nothing_of_hers(http, server, works
     assert "Hi Vera" in r.text
 
 
+@pytest.fixture
+def zoe(http, server, workspace):
+    """Zoe, known by her email only (a store's CRM, sent by the brand's server), with an in-app message."""
+    h = bearer(workspace)
+    r = http.post("/v1/identify", auth=(workspace["server_write_key"], ""), json={
+        "anonymousId": "crm-zoe", "traits": {"email": "zoe@example.com", "first_name": "Zoe", "loyalty_id": "L-99"}})
+    assert r.status_code == 200
+    server.settle()
+    assert http.put("/api/templates/account", json=TEMPLATE, headers=h).status_code == 200
+    hers = send(http, h, "z1", {"email": "zoe@example.com"})
+    assert sent(http, h, hers["id"])["status"] == "sent"
+    return {"h": h, "hers": hers["id"]}
+
+
+# Mallory has an account of her own ("mallory"), so the brand's server gives her browser a valid userHash for it.
+MALLORY_CLAIMS = {
+    "signed in, first event": [{"hash": True}],
+    "signed in, seen before": [{"hash": True, "traits": {}}, {"hash": True}],
+    "user id without a hash, hash later": [{"hash": False}],
+    "backdated to 2000": [{"hash": True, "timestamp": "2000-01-02T00:00:00Z"}],
+}
+
+
+@pytest.mark.parametrize("how", list(MALLORY_CLAIMS))
+def test_a_user_hash_proves_the_user_id_not_the_email_next_to_it(http, server, workspace, zoe, how):
+    """A userHash proves who sends the event, not that the email in it is hers (decision 0022): Mallory's user id
+    never joins Zoe's profile, so Mallory's own valid hash reads none of Zoe's messages."""
+    wk, h = (workspace["write_key"], ""), zoe["h"]
+    mallory_hash = user_hash(http, h, "mallory")
+    for step in MALLORY_CLAIMS[how]:
+        body = {"userId": "mallory", "traits": step.get("traits", {"email": "Zoe@Example.com"})}
+        if step["hash"]:
+            body["userHash"] = mallory_hash
+        if "timestamp" in step:
+            body["timestamp"] = step["timestamp"]
+        assert http.post("/v1/identify", auth=wk, json=body).status_code == 200
+        server.settle()
+
+    z = http.get("/api/profiles", params={"email": "zoe@example.com"}, headers=h).json()
+    assert z["identifiers"] == {"anonymous_id": ["crm-zoe"], "email": ["zoe@example.com"], "loyalty_id": ["L-99"]}
+    m = http.get("/api/profiles", params={"user_id": "mallory"}, headers=h).json()
+    assert m["id"] != z["id"] and "zoe@example.com" not in str(m) and "Zoe" not in str(m)
+    r = http.get("/v1/inbox", params={"userId": "mallory", "userHash": mallory_hash}, auth=wk)
+    assert r.status_code == 200 and r.json()["messages"] == []
+    assert "Zoe" not in r.text and "L-99" not in r.text
+
+
+def test_a_server_or_an_import_still_links_a_sign_up_to_a_customer_known_by_email(http, server, workspace, zoe):
+    """What a brand does so a new account joins the customer its store already knows: say it from the server."""
+    wk, h = (workspace["write_key"], ""), zoe["h"]
+    zoe_hash = user_hash(http, h, "zoe")
+    body = {"userId": "zoe", "userHash": zoe_hash, "anonymousId": "zoe-phone", "traits": {"email": "zoe@example.com"}}
+    assert http.post("/v1/identify", auth=wk, json=body).status_code == 200
+    server.settle()
+    assert http.get("/v1/inbox", params={"userId": "zoe", "userHash": zoe_hash}, auth=wk).json()["messages"] == []
+    r = http.post("/v1/identify", auth=(workspace["server_write_key"], ""),
+                  json={"userId": "zoe", "traits": {"email": "zoe@example.com"}})  # fmt: skip
+    assert r.status_code == 200
+    server.settle()
+    z = http.get("/api/profiles", params={"user_id": "zoe"}, headers=h).json()
+    assert z["identifiers"]["email"] == ["zoe@example.com"] and "zoe-phone" in z["identifiers"]["anonymous_id"]
+    r = http.get("/v1/inbox", params={"userId": "zoe", "userHash": zoe_hash}, auth=wk)
+    assert [m["id"] for m in r.json()["messages"]] == [zoe["hers"]] and "Hi Zoe" in r.text
+
+
 def test_the_stream_of_an_anonymous_id_carries_none_of_her_messages(http, server, workspace, vera):
     wk, h = (workspace["write_key"], ""), vera["h"]
     http.post("/v1/identify", auth=wk, json={"anonymousId": "mal", **CLAIMS["email"]})

@@ -17,15 +17,15 @@ from chorus.store.tables import identifiers, profiles
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def send(engine, ws_id: str, messages: list[dict], trusted: bool = True) -> None:
+def send(engine, ws_id: str, messages: list[dict], trusted: bool = True, received_at: datetime = T0) -> None:
     with engine.begin() as conn:
         src = workspaces.internal_source(conn, ws_id, "server" if trusted else "client", "test-" + str(trusted))
         evs = []
         for m in messages:
-            e = normalise(m, received_at=T0, source_kind=src.kind)
+            e = normalise(m, received_at=received_at, source_kind=src.kind)
             assert isinstance(e, Event), e
             evs.append(e)
-        ingest.store(conn, src, evs, [], T0)
+        ingest.store(conn, src, evs, [], received_at)
 
 
 def resolve(engine) -> None:

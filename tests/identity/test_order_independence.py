@@ -4,12 +4,14 @@ The same events are resolved once in timestamp order and once shuffled into rand
 out of order and components are replayed). Partitions of identifiers, traits, channel activity, consent and
 refused consent grants must be equal, and equal to the pure replay of the links (:func:`chorus.identity.graph.replay`).
 Events carry addresses (emails, phones, push tokens) from trusted, untrusted and vouched (valid userHash) sources,
-so the rule that an untrusted link never moves an address into a known profile is covered too.
+so the rule that a claim never moves an address into a known profile is covered too; some are received hours after
+their timestamp (a claim's links sort at its receipt, decision 0022).
 """
 
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -18,7 +20,8 @@ from chorus import workspaces
 from chorus.collect.messages import normalise
 from chorus.identity.graph import links_of, replay
 from chorus.identity.identifiers import IdentityConfig, extract
-from chorus.workspaces.verification import VOUCHED, vouched
+from chorus.identity.resolver import link_key, trust_of
+from chorus.workspaces.verification import VOUCHED
 from tests.identity.helpers import T0, partition, resolve, send, states_by_group
 
 USERS = ["u1", "u2", "u3"]
@@ -26,6 +29,10 @@ ANONS = ["a1", "a2", "a3", "a4"]
 EMAILS = ["e1@example.com", "e2@example.com", "e3@example.com"]
 PHONES = ["+447911123451", "+447911123452"]
 TOKENS = ["tok-1", "tok-2"]
+
+
+# before every timestamp (the event is on time), or late: within the timestamps, so that claims reorder
+RECEIVED = st.sampled_from([T0, T0, T0 + timedelta(hours=10, minutes=7), T0 + timedelta(hours=10, minutes=15)])
 
 
 @st.composite
@@ -47,7 +54,7 @@ def event(draw, n):
         prev = draw(st.sampled_from([*USERS, *ANONS]))
         msg = {"type": "alias", "userId": user, "previousId": prev, "messageId": f"m{n}",
                "timestamp": f"2026-01-01T10:{draw(st.integers(0, 20)):02d}:00Z"}  # fmt: skip
-        return msg, draw(st.booleans())
+        return msg, draw(st.booleans()), draw(RECEIVED)
     msg = {
         "type": draw(st.sampled_from(["identify", "track", "page"])),
         "messageId": f"m{n}",
@@ -72,7 +79,7 @@ def event(draw, n):
             msg[VOUCHED] = True
     if anon:
         msg["anonymousId"] = anon
-    return msg, draw(st.booleans())
+    return msg, draw(st.booleans()), draw(RECEIVED)
 
 
 @st.composite
@@ -90,10 +97,9 @@ def _run(engine, evs, order, cuts):
     bounds = [0, *cuts, len(order)]
     for lo, hi in zip(bounds, bounds[1:], strict=False):
         chunk = [evs[i] for i in order[lo:hi]]
-        for trusted in (True, False):
-            part = [m for m, t in chunk if t is trusted]
-            if part:
-                send(engine, ws, part, trusted=trusted)
+        for trusted, received in sorted({(t, r) for _, t, r in chunk}):
+            part = [m for m, t, r in chunk if t is trusted and r == received]
+            send(engine, ws, part, trusted=trusted, received_at=received)
         resolve(engine)
     return partition(engine, ws), states_by_group(engine, ws)
 
@@ -111,14 +117,14 @@ def test_profiles_do_not_depend_on_arrival_order(engine, data):
     # and both equal the reference semantics: replaying the links in key order
     cfg = IdentityConfig.from_settings(workspaces.default_settings())
     links = []
-    for msg, trusted in evs:
-        norm = normalise(msg, received_at=T0, source_kind="server" if trusted else "client")
+    for msg, trusted, received in evs:
+        norm = normalise(msg, received_at=received, source_kind="server" if trusted else "client")
         ext = extract(norm.payload, cfg, trusted)
-        key = (norm.payload["timestamp"], norm.payload["messageId"])
-        links += links_of(ext.anchor, ext.others, key, vouched(norm.payload, trusted))
+        key = link_key(norm.payload, trusted)
+        links += links_of(ext.anchor, ext.others, key, trust_of(norm.payload, trusted))
     earliest = {}
     for ln in links:
-        k = (ln.a, ln.b, ln.trusted)
+        k = (ln.a, ln.b, ln.trust)
         if k not in earliest or ln.key < earliest[k].key:
             earliest[k] = ln
     assert replay(earliest.values(), cfg).partition() == part_a

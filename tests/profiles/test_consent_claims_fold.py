@@ -2,8 +2,9 @@
 
 Events are vouched (a trusted source, or a user hash) or claims. Whatever the events and their arrival order:
 the fold is order independent and a split history merged back equals the whole; a claimed grant never undoes an
-opt-out (when the newest denial is newer than every vouched grant, the slot is denied); without any denial, or
-with vouched events only, the newest word wins as before; a vouched email or phone is never replaced by a claim.
+opt-out (when the newest denial is newer than every vouched grant, the slot is denied) and counts once a vouched
+grant came after the denial; without any denial, or with vouched events only, the newest word wins as before; a
+vouched email or phone is never replaced by a claim.
 """
 
 from __future__ import annotations
@@ -86,6 +87,12 @@ def test_a_claim_never_undoes_an_opt_out(items):
             assert got["status"] == "denied", (slot, got)
         if denial is None or all(v for _m, v in mine):  # no opt-out to protect, or nothing but vouched events
             assert got["key"] == key(newest(mine)[0])
+        # the whole rule: a claimed grant or unknown counts unless the newest word a claim cannot override (a
+        # vouched word or a denial) is a denial; a denial a vouched grant came after does not stand
+        firm = [it for it in mine if it[1] or status(it[0], slot) == "denied"]
+        claims = [it for it in mine if not it[1] and status(it[0], slot) != "denied"]
+        stands = firm and status(newest(firm)[0], slot) == "denied"
+        assert got["key"] == key(newest(firm + ([] if stands else claims))[0]), (slot, got)
         # a refused grant is listed exactly when a claim was the newest word on the slot and did not count
         top = newest(mine)
         refused = [w for w in pstate.refused_grants(st_) if w["slot"] == f"{slot[0]}:{slot[1]}"]
@@ -113,3 +120,19 @@ def test_a_state_stored_before_the_rule_keeps_its_opt_out():
         == "denied"  # fmt: skip
     assert pstate.apply_event(old, dict(grant, messageId="z"), "user_id:u")["consent"]["email:*"]["status"] \
         == "granted"  # fmt: skip
+
+
+def test_a_denial_she_undid_herself_no_longer_blocks_or_warns():
+    """A browser's denial, then her own grant (vouched), then a browser's ``unknown``: no opt-out stands any more,
+    so the claim counts and no warning says one does."""
+    items = []
+    for i, (status_, vouched) in enumerate([("denied", False), ("granted", True), ("unknown", False)]):
+        items.append(({"type": "identify", "messageId": f"m{i}", "timestamp": f"2026-01-01T00:0{i}:00.000000Z",
+                       "traits": {"consent": {"email": {"*": status_}}}}, vouched))  # fmt: skip
+    st_ = fold(items)
+    assert st_["consent"]["email:*"]["status"] == "unknown"
+    assert pstate.refused_grants(st_) == []
+    # while her opt-out stands, the same claim is refused and listed
+    st_ = fold([items[1], (items[0][0] | {"timestamp": "2026-01-01T00:01:30.000000Z"}, False), items[2]])
+    assert st_["consent"]["email:*"]["status"] == "denied"
+    assert [w["message_id"] for w in pstate.refused_grants(st_)] == ["m2"]

@@ -163,7 +163,7 @@ def _inbound(svc: Services, ws: ws_api.Workspace, form: dict) -> str | None:
                    "timestamp": now.isoformat(), "properties": {"text": body[:1600], "to": form.get("To")},
                    "context": {"traits": {"phone": phone}, "channel": "sms", "direction": "inbound"}}  # fmt: skip
             ev = normalise(raw, received_at=now, source_kind="webhook", require_ids=False)
-            if isinstance(ev, Event):
-                src = ws_api.internal_source(conn, ws.id, "webhook", "twilio")
-                ingest.store(conn, src, [ev], [], now)
+            src = ws_api.internal_source(conn, ws.id, "webhook", "twilio")
+            # a message the door refuses (a NUL in its text...) is kept with its reason, never dropped
+            ingest.store(conn, src, *(([ev], []) if isinstance(ev, Event) else ([], [ev])), now)
     return None

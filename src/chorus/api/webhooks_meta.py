@@ -309,7 +309,8 @@ def _inbound(
            "timestamp": iso(at), "properties": props,
            "context": {**ident["context"], "channel": channel, "direction": "inbound"}}  # fmt: skip
     ev = normalise(raw, received_at=at, source_kind="webhook", require_ids=False)
-    if not isinstance(ev, Event):
-        return 0
     src = ws_api.internal_source(conn, ws.id, "webhook", channel)
+    if not isinstance(ev, Event):  # refused by the door (a NUL in the text...): kept with its reason, never dropped
+        ingest.store(conn, src, [], [ev], utcnow())
+        return 0
     return ingest.store(conn, src, [ev], [], utcnow()).accepted  # 0 for a repeated notification

@@ -8,13 +8,20 @@ whole connected component — so the result never depends on the order in which 
 Rules for a link ``(a, b)`` where ``a`` anchors the event:
 - neither has a profile: one new profile holds both;
 - one has a profile: the other joins it, unless that would give the profile a second value of a *unique* kind
-  (two user ids), or the link is untrusted and would move an *address* (an identifier of a kind that maps to a
-  channel: email, phone, push token…) into a *known* profile: then the newcomer gets a profile of its own;
-- both have different profiles: they merge unless they hold different values of a unique kind, or the link came
-  from an untrusted source (a browser write key without a valid userHash) and both are *known* (hold a
-  non-anonymous identifier) or the merge would move an address into the known one.
+  (two user ids), or the link is a *claim* (below) that would move a known identifier or an address into a
+  profile known before the event: then the newcomer gets a profile of its own;
+- both have different profiles: they merge unless they hold different values of a unique kind, or the link is a
+  claim and both are *known* (hold a non-anonymous identifier) or the merge would move a known identifier or an
+  address into a profile known before the event.
   An ``alias`` link between two user ids from a trusted source merges them on purpose (a rename); the other
   unique kinds still guard it.
+
+Trust (decision 0022): a link is TRUSTED (the server write key, imports, Chorus itself), VOUCHED (the public write
+key with a valid ``userHash``: it proves the event's ``userId``, which anchors the event, and nothing else in it)
+or UNTRUSTED (the public write key without one). VOUCHED and UNTRUSTED links are *claims*. A vouched link may
+bring new identifiers into the profile that holds its own proven user id (her new phone); otherwise a claim only
+moves anonymous identifiers (a visitor becoming a customer reads nothing) into a profile that was known before
+its event.
 - Survivor: a known profile beats an anonymous one; otherwise the earliest created; ties by id.
 """
 
@@ -28,6 +35,8 @@ from chorus.identity.identifiers import IdentityConfig, kind_of
 
 Key = tuple[str, str]  # (fixed-width ISO timestamp, message id): sorts like the instants, ties by id
 
+UNTRUSTED, VOUCHED, TRUSTED = 0, 1, 2  # a link's trust: the value stored in identity_links.trust
+
 
 def new_profile_id() -> str:
     return "p_" + uuid.uuid4().hex[:24]
@@ -38,7 +47,11 @@ class Link:
     key: Key
     a: str
     b: str  # == a for a lone identifier ("this identifier exists")
-    trusted: bool
+    trust: int  # UNTRUSTED, VOUCHED or TRUSTED
+
+    @property
+    def trusted(self) -> bool:
+        return self.trust == TRUSTED
 
 
 @dataclass(slots=True)
@@ -68,7 +81,7 @@ class Graph:
         self._unique = cfg.unique_kinds
         self._anon = cfg.anonymous_kinds
         # Identifiers that got their profile from links of the key being applied (one event): a profile known
-        # only through them was not known before that event (a sign-up), see :meth:`untrusted_address`.
+        # only through them was not known before that event (a sign-up), see :meth:`claim_guard`.
         self._at: Key | None = None
         self._fresh: set[str] = set()
 
@@ -90,14 +103,25 @@ class Graph:
         """Known through an identifier it held before the event being applied."""
         return any(kind_of(i) not in self._anon and i not in self._fresh for i in node.idents)
 
-    def untrusted_address(self, link: Link, target: Node, moving: Iterable[str]) -> str | None:
-        """Anyone can claim anything with the public write key: an untrusted link never moves an address into a
-        profile that was known before the event, or the claimant would receive that customer's messages
-        (receipts, her name, her orders). Anonymous ids still move (that is how a visitor becomes a customer, and
-        they read nothing), and so do the addresses of a sign-up: the event that makes a profile known (its new
-        user id) may bring its email and phone along."""
-        if not link.trusted and self.known_before(target) and any(self.address(i) for i in moving):
-            return "an address would join a known profile and the source is not trusted"
+    def claimed(self, ident: str) -> bool:
+        """Would moving this identifier into someone's profile let its claimant read or redirect their data? Known
+        identifiers name a person (her user id: its owner reads her inbox with its userHash), addresses receive
+        her messages; only an anonymous id that is no address is harmless."""
+        return kind_of(ident) not in self._anon or self.address(ident)
+
+    def claim_guard(self, link: Link, target: Node, moving: Iterable[str]) -> str | None:
+        """Anyone can claim anything with the public write key, and a userHash proves only the user id it signs: a
+        claim never moves a known identifier or an address into a profile that was known before the event, or the
+        claimant would read that customer's data or receive her messages (receipts, her name, her orders).
+        Anonymous ids still move (that is how a visitor becomes a customer, and they read nothing), and so do the
+        identifiers of a sign-up: the event that makes a profile known (its new user id) may bring its email and
+        phone along. A vouched link may also add to the profile of the user id it proves (her new phone)."""
+        if link.trust == TRUSTED or not self.known_before(target):
+            return None
+        if link.trust == VOUCHED and link.a in target.idents:  # link.a: the event's proven user id (its anchor)
+            return None
+        if any(self.claimed(i) for i in moving):
+            return "a claimed identifier would join a known profile and the source is not trusted"
         return None
 
     def _unique_values(self, idents: Iterable[str]) -> dict[str, set[str]]:
@@ -134,7 +158,7 @@ class Graph:
 
     def conflict_for(self, link: Link, left: Iterable[str], right: Iterable[str]) -> str | None:
         """A trusted alias may give a profile a second user id (a rename); no other unique kind is exempt."""
-        if link.trusted and kind_of(link.a) == "user_id" and kind_of(link.b) == "user_id":
+        if link.trust == TRUSTED and kind_of(link.a) == "user_id" and kind_of(link.b) == "user_id":
             lv, rv = self._unique_values(left), self._unique_values(right)
             lv.pop("user_id", None)
             rv.pop("user_id", None)
@@ -159,7 +183,7 @@ class Graph:
         if pa is None:
             assert pb is not None
             self._touch(pb, key)
-            why = self.conflict_for(link, pb.idents, [a]) or self.untrusted_address(link, pb, [a])
+            why = self.conflict_for(link, pb.idents, [a]) or self.claim_guard(link, pb, [a])
             if why is None:
                 self._own(a, pb)
                 return pb.id
@@ -167,7 +191,7 @@ class Graph:
             return self._create(a, key).id
         self._touch(pa, key)
         if pb is None:
-            why = self.conflict_for(link, pa.idents, [b]) or self.untrusted_address(link, pa, [b])
+            why = self.conflict_for(link, pa.idents, [b]) or self.claim_guard(link, pa, [b])
             if why is None:
                 self._own(b, pa)
             else:
@@ -178,10 +202,10 @@ class Graph:
             return pa.id
         self._touch(pb, key)
         why = self.conflict_for(link, pa.idents, pb.idents)
-        if why is None and not link.trusted and self.known(pa) and self.known(pb):
+        if why is None and link.trust != TRUSTED and self.known(pa) and self.known(pb):
             why = "both profiles are known and the source is not trusted"
         survivor, loser = self.survivor(pa, pb)
-        why = why or self.untrusted_address(link, survivor, loser.idents)
+        why = why or self.claim_guard(link, survivor, loser.idents)
         if why is not None:
             self.refusals.append((link, why))
             return pa.id
@@ -216,5 +240,5 @@ def replay(links: Iterable[Link], cfg: IdentityConfig, new_id: Callable[[], str]
     return g
 
 
-def links_of(anchor: str, others: Iterable[str], key: Key, trusted: bool) -> list[Link]:
-    return [Link(key, anchor, anchor, trusted), *(Link(key, anchor, o, trusted) for o in others)]
+def links_of(anchor: str, others: Iterable[str], key: Key, trust: int) -> list[Link]:
+    return [Link(key, anchor, anchor, trust), *(Link(key, anchor, o, trust) for o in others)]

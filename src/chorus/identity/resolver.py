@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from chorus import metrics
 from chorus import workspaces as ws_api
-from chorus.identity.graph import Graph, Key, Link, Node, links_of, new_profile_id, replay
+from chorus.identity.graph import TRUSTED, UNTRUSTED, VOUCHED, Graph, Key, Link, Node, links_of, new_profile_id, replay
 from chorus.identity.identifiers import Extracted, IdentityConfig, extract, kind_of, without_identifiers
 from chorus.profiles import state as pstate
 from chorus.store import bulk
@@ -60,6 +60,34 @@ class Pending:
     def key(self) -> Key:
         return (self.payload["timestamp"], self.payload["messageId"])
 
+    @property
+    def trust(self) -> int:
+        return trust_of(self.payload, self.trusted)
+
+    @property
+    def link_key(self) -> Key:
+        return link_key(self.payload, self.trusted)
+
+
+def trust_of(payload: dict, trusted: bool) -> int:
+    """The trust of a stored event's links: its source's, or VOUCHED for a write-key event whose userHash proved its
+    userId (sealed by the tracking API, chorus.workspaces.verification)."""
+    if trusted:
+        return TRUSTED
+    return VOUCHED if vouched(payload, False) else UNTRUSTED
+
+
+def link_key(payload: dict, trusted: bool) -> Key:
+    """Where an event's links sort in the identity graph. A trusted event's at its own time; a claim (the public
+    write key, hash or not) no earlier than when Chorus received it: its sender chooses ``timestamp`` (back to
+    2000-01-01, decision 0013), and a claim dated before a customer first appeared would otherwise be applied as
+    if she did not exist yet, out of reach of every guard (decision 0022)."""
+    ts, msg = payload["timestamp"], payload["messageId"]
+    received = payload.get("receivedAt")
+    if not trusted and isinstance(received, str) and received > ts:  # both iso(): fixed width, sort as instants
+        return (received, msg)
+    return (ts, msg)
+
 
 class Poisoned(Exception):
     """Events whose own data made resolution fail (seq -> error): the batch is retried without them."""
@@ -76,6 +104,8 @@ def _checked(p: Pending, cfg: IdentityConfig) -> None:
     if not isinstance(ts, str) or not isinstance(msg, str) or not 0 < len(msg) <= 200:
         raise ValueError("the stored event has no valid timestamp or messageId")
     parse_ts(ts)
+    if not p.trusted:
+        parse_ts(p.link_key[0])
 
 
 # SQLSTATE classes of a database that is unavailable or busy for a while (connection, transaction rollback:
@@ -254,14 +284,14 @@ class _WorkspaceBatch:
                     out[pid][0].idents.add(ident)
         return out
 
-    def _existing_links(self, anchors: Iterable[str]) -> dict[tuple[str, str, bool], Key]:
+    def _existing_links(self, anchors: Iterable[str]) -> dict[tuple[str, str, int], Key]:
         out = {}
         for part in _chunks(sorted(set(anchors))):
             q = sa.select(identity_links).where(
                 identity_links.c.workspace_id == self.ws, bulk.in_(identity_links.c.a, part, self.conn.dialect.name)
             )
             for r in self.conn.execute(q):
-                out[(r.a, r.b, r.trusted)] = (iso(r.at), r.msg)
+                out[(r.a, r.b, r.trust)] = (iso(r.at), r.msg)
         return out
 
     # -- the batch -------------------------------------------------------------------------------------------
@@ -284,12 +314,13 @@ class _WorkspaceBatch:
             wanted.update(p.ext.others)
         owners = self._owners(wanted)
         # Earliest sighting of each distinct link in this batch, minus links already stored with an earlier key.
-        batch_links: dict[tuple[str, str, bool], Key] = {}
+        batch_links: dict[tuple[str, str, int], Key] = {}
         for p in batch:
-            # A valid userHash proves who sends the event, so a signed-in customer's links count as trusted
-            # (she may add her own new phone); ``extract`` keeps the source's trust for alias renames.
-            for ln in links_of(p.ext.anchor, p.ext.others, p.key, vouched(p.payload, p.trusted)):
-                k = (ln.a, ln.b, ln.trusted)
+            # A valid userHash makes the links VOUCHED: its customer may add her own new phone, but it proves
+            # nothing about the other identifiers of the event (graph.claim_guard); ``extract`` keeps the
+            # source's trust for alias renames.
+            for ln in links_of(p.ext.anchor, p.ext.others, p.link_key, p.trust):
+                k = (ln.a, ln.b, ln.trust)
                 if k not in batch_links or ln.key < batch_links[k]:
                     batch_links[k] = ln.key
         existing = self._existing_links({k[0] for k in batch_links})
@@ -408,14 +439,14 @@ class _WorkspaceBatch:
                 "workspace_id": self.ws,
                 "a": ln.a,
                 "b": ln.b,
-                "trusted": ln.trusted,
+                "trust": ln.trust,
                 "at": parse_ts(ln.key[0]),
                 "msg": ln.key[1],
             }
             for ln in new_links
         ]
         bulk.insert_rows(
-            self.conn, identity_links, link_rows, conflict=["workspace_id", "a", "b", "trusted"], update=["at", "msg"]
+            self.conn, identity_links, link_rows, conflict=["workspace_id", "a", "b", "trust"], update=["at", "msg"]
         )
         if dirty_idents:
             Rebuild(self.conn, self.ws, self.cfg, self.policies, now).run(dirty_idents, dirty_events)
@@ -464,7 +495,7 @@ class Rebuild:
 
     def _component(self, seeds: set[str]) -> tuple[set[str], list[Link], dict[str, str]]:
         seen: set[str] = set()
-        links: dict[tuple[str, str, bool], Link] = {}
+        links: dict[tuple[str, str, int], Link] = {}
         owners: dict[str, str] = {}
         frontier = set(seeds)
         while frontier:
@@ -478,7 +509,7 @@ class Rebuild:
                         identity_links.c.workspace_id == self.ws, bulk.in_(side, part, self.conn.dialect.name)
                     )
                     for r in self.conn.execute(q):
-                        links[(r.a, r.b, r.trusted)] = Link((iso(r.at), r.msg), r.a, r.b, r.trusted)
+                        links[(r.a, r.b, r.trust)] = Link((iso(r.at), r.msg), r.a, r.b, r.trust)
                         nxt.update((r.a, r.b))
                 q2 = sa.select(identifiers.c.ident, identifiers.c.profile_id).where(
                     identifiers.c.workspace_id == self.ws, bulk.in_(identifiers.c.ident, part, self.conn.dialect.name)

@@ -133,9 +133,17 @@ def _bucket(status: str, vouched: bool) -> str:
 
 
 def _grant_stands(parts: dict) -> bool:
-    """May the claimed grant count? Only while no denial stands against it (withdrawals are the safe side)."""
-    vouched = parts.get("vouched")
-    return parts.get("denied") is None and (vouched is None or vouched["status"] != "denied")
+    """May the claimed grant (or unknown) count? Only while no opt-out stands: the newest word a claim cannot
+    override (the vouched entry, or a claimed denial: withdrawals are the safe side) is not a denial. A claimed
+    denial that a vouched grant came after no longer stands (the customer opted in again herself)."""
+    words = [parts[b] for b in ("vouched", "denied") if parts.get(b)]
+    if not words:
+        return True
+    newest = words[0]
+    for w in words[1:]:  # an exact tie keeps the vouched entry (fixed order): deterministic
+        if w["key"] > newest["key"]:
+            newest = w
+    return newest["status"] != "denied"
 
 
 def _settle_consent(state: dict, slot: str) -> None:

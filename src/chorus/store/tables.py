@@ -117,14 +117,15 @@ identifiers = sa.Table(
     sa.Index("ix_identifiers_profile", "workspace_id", "profile_id"),
 )
 
-# Distinct identifier pairs seen together, with their earliest sighting; profiles are a function of these.
+# Distinct identifier pairs seen together, with their earliest sighting per trust level (0 untrusted, 1 vouched,
+# 2 trusted: chorus.identity.graph); profiles are a function of these.
 identity_links = sa.Table(
     "identity_links",
     metadata,
     sa.Column("workspace_id", sa.String(40), primary_key=True),
     sa.Column("a", sa.String(400), primary_key=True),
     sa.Column("b", sa.String(400), primary_key=True),
-    sa.Column("trusted", sa.Boolean, primary_key=True),
+    sa.Column("trust", sa.SmallInteger, primary_key=True, autoincrement=False),
     sa.Column("at", UTCDateTime, nullable=False),
     sa.Column("msg", sa.String(200), nullable=False),
     sa.Index("ix_identity_links_b", "workspace_id", "b"),
