@@ -254,7 +254,7 @@ def validate_settings(patch: dict) -> dict:
 
             out[key] = msettings.validate(value)
         elif key == "attribution":
-            from chorus.analytics.journeys import parse_config
+            from chorus.analytics.touchpoints import parse_config
             from chorus.errors import ChorusError
 
             try:
