@@ -134,6 +134,7 @@ def worker(
     signal.signal(signal.SIGINT, _stop)
     err.print(f"worker started (pid {os.getpid()})")
     w.run()
+    w.stop()  # the loop has ended: close every task (delivery's threads and provider connections)
 
 
 @ws_app.command("create")

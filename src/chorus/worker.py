@@ -1,4 +1,5 @@
-"""The background worker: resolves pending events into profiles and delivers due messages.
+"""The background worker: each pass runs every registered worker task once, in the order of the flow (resolution
+first, delivery last; see chorus.registry). Packages add their tasks; this loop names none of them.
 
 Any number may run against PostgreSQL (rows are claimed with ``FOR UPDATE SKIP LOCKED``).
 """
@@ -12,29 +13,17 @@ from collections.abc import Callable
 
 from sqlalchemy.engine import Engine
 
-from chorus.identity.resolver import Resolver
-from chorus.messaging.delivery import Deliverer
-from chorus.store.db import writers_waited
+from chorus import registry as reg
+from chorus.registry import Registry, Task, TaskOptions
 
 log = logging.getLogger("chorus.worker")
 
 
 class Worker:
     # Inside `chorus serve` the worker shares the process (and, on SQLite, the single write lock) with the
-    # tracking API. Accepting events comes first: while requests are being stored, resolution waits, but never
+    # tracking API. Accepting events comes first: while requests are being stored, the next pass waits, but never
     # longer than this, so profiles stay at most a few seconds behind under sustained load.
     MAX_DEFER = 0.5
-    # On SQLite a resolving transaction holds the one write lock of the whole store, and every other writer (an
-    # import, the tracking API, another worker) waits for it to end. While others wait for it (store.db tells),
-    # the batch is sized from the measured rate so that one holds the lock about MAX_HOLD, instead of a fixed
-    # number of events (2,000 took 2-5 s on a busy 2-core machine, and an import next to a worker waited that long
-    # for each of its transactions). Alone, it takes full batches: smaller ones cost more replays of identity
-    # components when events arrive out of order. A trade-off (docs/benchmarks.md): with 1 s batches the import
-    # waited up to 1 s at each of its transactions (2.8x slower on a quiet machine); with 0.25 s everything was
-    # resolved up to 40 % later while the import ran, but the import was nearly as fast as alone.
-    MAX_HOLD = 0.25
-    MIN_BATCH = 50
-    CONTENDED_FOR = 5.0  # seconds after another writer last waited during which batches stay short
 
     def __init__(
         self,
@@ -43,35 +32,35 @@ class Worker:
         poll: float = 0.2,
         wake: threading.Event | None = None,
         busy: Callable[[], bool] | None = None,
+        registry: Registry | None = None,
     ):
-        self.resolver = Resolver(engine)
-        self.deliverer = Deliverer(engine)
+        options = TaskOptions(batch=batch)
+        # (name, log label, task), in flow order
+        self.tasks: list[tuple[str, str, Task]] = [
+            (t.name, t.label, t.make(engine, options)) for t in (registry or reg.installed()).tasks()
+        ]
         self.busy = busy
-        self.batch = batch
         self.poll = poll
         self.wake = wake or threading.Event()
         self.stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._bounded = engine.dialect.name == "sqlite"
-        self._rate: float | None = None  # events resolved per second of transaction, recent batches
 
-    def next_batch(self) -> int:
-        if not self._bounded or self._rate is None or not writers_waited(self.resolver.engine, self.CONTENDED_FOR):
-            return self.batch
-        return max(self.MIN_BATCH, min(self.batch, int(self._rate * self.MAX_HOLD)))
+    def task(self, name: str) -> Task:
+        for n, _label, t in self.tasks:
+            if n == name:
+                return t
+        raise KeyError(f"no worker task {name!r}")
 
     def run_once(self) -> int:
-        started = time.perf_counter()
-        n = self.resolver.process_pending(self.next_batch())
-        took = time.perf_counter() - started
-        if n >= self.MIN_BATCH and took > 0:
-            rate = n / took
-            self._rate = rate if self._rate is None else 0.5 * (self._rate + rate)
-        try:
-            n += self.deliverer.run_once()
-        except Exception:  # delivery problems must not stop identity resolution
-            log.exception("message delivery failed")
-        return n
+        """One pass: every task once. One task's failure is logged and does not stop the others (delivery goes
+        on while resolution fails, and the other way round); it is retried at the next pass."""
+        done = 0
+        for _name, label, task in self.tasks:
+            try:
+                done += task.run_once()
+            except Exception:
+                log.exception("%s failed", label)
+        return done
 
     def run(self) -> None:
         last = time.monotonic()
@@ -82,8 +71,8 @@ class Worker:
             last = time.monotonic()
             try:
                 n = self.run_once()
-            except Exception:  # a bad batch must not kill the loop; it is retried after the poll interval
-                log.exception("identity resolution batch failed")
+            except Exception:  # nothing must kill the loop; the pass is retried after the poll interval
+                log.exception("worker pass failed")
                 n = 0
             if n == 0:
                 self.wake.wait(self.poll)
@@ -98,4 +87,8 @@ class Worker:
         self.wake.set()
         if self._thread:
             self._thread.join(timeout)
-        self.deliverer.close()
+        for name, _label, task in self.tasks:
+            try:
+                task.close()
+            except Exception:  # one task that cannot close must not keep the others open
+                log.exception("closing worker task %s failed", name)

@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 
 from chorus.analytics import attribution as attr
-from chorus.analytics import journeys as jn
+from chorus.analytics import touchpoints as tp
 from chorus.analytics.clv import rfm_summary
 from chorus.analytics.engine import open_lake
 from chorus.analytics.paths import path_report
@@ -75,11 +75,11 @@ def test_lookback_conversions_split_journeys_and_open_journeys(tmp_path):
     w.order("p", 24 * 42 + 2, 20.0, order_id="o2", channel="server")  # the same order reported again
     w.touch("p", 24 * 50, "call_center")  # after the last order: an open journey
     lk = open_lake(w.write())
-    j = jn.build(lk)
+    j = tp.build(lk)
     rows = j.touches.order_by("ts").to_pyarrow().to_pylist()
     assert [(r["channel"], r["journey"], r["converted"], r["revenue"]) for r in rows] == [
         ("sms", 1, True, 10.0), ("app", 2, True, 20.0), ("call_center", 3, False, 0.0)]  # fmt: skip
-    paths, conv, value, nulls = jn.path_counts(j)
+    paths, conv, value, nulls = tp.path_counts(j)
     assert sorted(zip(paths, conv, value, nulls, strict=True)) == [
         (("app",), 1, 20.0, 0), (("call_center",), 0, 0.0, 1), (("sms",), 1, 10.0, 0)]  # fmt: skip
     res = attr.attribute(lk, models=("last_touch",))
@@ -98,10 +98,10 @@ def test_sessions_touch_gap_and_new_campaigns(tmp_path):
     w.event("p", 2.2, "Message Unsubscribed", channel="email", direction="inbound")  # excluded by default
     w.order("p", 3, 50.0, order_id="x")
     lk = open_lake(w.write())
-    paths = jn.path_counts(jn.build(lk))[0]
+    paths = tp.path_counts(tp.build(lk))[0]
     assert paths == [("web", "social", "web")]
-    cfg = jn.parse_config({"touch_gap_minutes": 0})
-    assert jn.path_counts(jn.build(lk, cfg))[0] == [("web", "web", "social", "web", "web")]  # each event alone
+    cfg = tp.parse_config({"touch_gap_minutes": 0})
+    assert tp.path_counts(tp.build(lk, cfg))[0] == [("web", "web", "social", "web", "web")]  # each event alone
 
 
 def test_merged_profiles_join_through_aliases(tmp_path):
@@ -121,23 +121,23 @@ def test_period_filters_conversions_not_their_touchpoints(tmp_path):
     w.order("q", 1, 10.0, order_id="before")
     lk = open_lake(w.write())
     since = T0 + timedelta(hours=24)
-    res = attr.attribute(lk, period=jn.Period(since=since), models=("linear",))
+    res = attr.attribute(lk, period=tp.Period(since=since), models=("linear",))
     assert credit(res, "linear") == {"email": 1.0} and res.totals["conversions"] == 1
 
 
 def test_config_is_validated_field_by_field():
     with pytest.raises(ChorusError) as e:
-        jn.parse_config({"touchpoints": [{"name": "x", "label": ["nope"]}]})
+        tp.parse_config({"touchpoints": [{"name": "x", "label": ["nope"]}]})
     assert e.value.field == "touchpoints[0].label"
     with pytest.raises(ChorusError) as e:
-        jn.parse_config({"lookback_days": -1})
+        tp.parse_config({"lookback_days": -1})
     assert e.value.field == "lookback_days"
     with pytest.raises(ChorusError) as e:
-        jn.parse_config({"conversion": ["x"]})
+        tp.parse_config({"conversion": ["x"]})
     assert e.value.field == "conversion"
-    cfg = jn.parse_config({"conversions": "Signed Up", "touchpoints": [{"name": "all", "channels": ["web"]}]})
+    cfg = tp.parse_config({"conversions": "Signed Up", "touchpoints": [{"name": "all", "channels": ["web"]}]})
     assert cfg.conversions == ("Signed Up",) and cfg.rules[0].channels == ("web",)
-    assert jn.parse_config(cfg.as_dict()) == cfg  # the printed config reads back
+    assert tp.parse_config(cfg.as_dict()) == cfg  # the printed config reads back
 
 
 def test_custom_conversion_and_rules(tmp_path):
@@ -145,7 +145,7 @@ def test_custom_conversion_and_rules(tmp_path):
     w.event("p", 0, "Catalog Code Used", channel="catalog", campaign_id="autumn-catalog")
     w.event("p", 1, "Signed Up", channel="web", revenue=None)
     lk = open_lake(w.write())
-    cfg = jn.parse_config({"conversions": ["Signed Up"],
+    cfg = tp.parse_config({"conversions": ["Signed Up"],
                            "touchpoints": [{"name": "codes", "events": ["Catalog Code Used"]}]})  # fmt: skip
     res = attr.attribute(lk, cfg, models=("last_touch",), by="campaign")
     assert credit(res, "last_touch") == {"autumn-catalog": 1.0} and res.totals["revenue"] == 0.0
@@ -190,12 +190,12 @@ def test_duckdb_and_spark_agree(tmp_path, spark_session, same_result):
         if rng.random() < 0.3:
             w.order(f"p{i}", t + rng.randint(30, 300), round(rng.uniform(5, 50), 2), order_id=f"r{i}")
     root = w.write()
-    period = jn.Period(T0 + timedelta(days=2), T0 + timedelta(days=14))
+    period = tp.Period(T0 + timedelta(days=2), T0 + timedelta(days=14))
     results, others = [], []
     for engine in ("duckdb", "spark"):
         lk = open_lake(root, engine=engine, spark=spark_session if engine == "spark" else None)
         results.append(attr.attribute(lk, period=period, by="campaign", markov_order=2))
-        ev = jn.conversions(jn.resolved_events(lk, jn.Config()), jn.Config())
+        ev = tp.conversions(tp.resolved_events(lk, tp.Config()), tp.Config())
         rfm = rfm_summary(ev, end=(T0 + timedelta(days=14)).date()).to_pyarrow().to_pylist()
         others.append((path_report(lk, period=period).as_dict(), sorted(rfm, key=lambda r: r["customer"])))
     assert others[0][0] == others[1][0]  # paths, transitions, Sankey: counts, exact
@@ -217,10 +217,10 @@ def test_reports_are_as_of_until(tmp_path):
     w.order("p", 24 * 5, 10.0, order_id="later")  # converts after the period
     lk = open_lake(w.write())
     for days in (1, 2, 3, 4):  # whatever the distance to the order, as of until it had not converted
-        j = jn.build(lk, period=jn.Period(until=T0 + timedelta(days=days)))
-        assert jn.path_counts(j) == ([("email",)], [0], [0.0], [1])
-    j = jn.build(lk, period=jn.Period(until=T0 + timedelta(days=6)))
-    assert jn.path_counts(j) == ([("email",)], [1], [10.0], [0])
+        j = tp.build(lk, period=tp.Period(until=T0 + timedelta(days=days)))
+        assert tp.path_counts(j) == ([("email",)], [0], [0.0], [1])
+    j = tp.build(lk, period=tp.Period(until=T0 + timedelta(days=6)))
+    assert tp.path_counts(j) == ([("email",)], [1], [10.0], [0])
 
 
 def test_a_new_campaign_on_the_same_medium_is_a_new_touchpoint(tmp_path):
@@ -239,8 +239,8 @@ def test_touchpoints_at_the_instant_of_the_conversion_count_for_it(tmp_path):
     w.touch("p", 1, "store")
     w.order("p", 1, 10.0, channel="store", order_id="o")
     w.touch("p", 1 + 1 / 3600, "web")  # a second later: the next journey
-    j = jn.build(open_lake(w.write()))
-    paths, conv, _, nulls = jn.path_counts(j)
+    j = tp.build(open_lake(w.write()))
+    paths, conv, _, nulls = tp.path_counts(j)
     assert sorted(zip(paths, conv, nulls, strict=True)) == [(("store",), 1, 0), (("web",), 0, 1)]
 
 

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from chorus.analytics import journeys as jn
 from chorus.analytics import omnichannel as om
+from chorus.analytics import touchpoints as tp
 from chorus.analytics.engine import open_lake
 from chorus.errors import ChorusError
 from tests.analytics.lakegen import T0, LakeWriter
@@ -117,7 +117,7 @@ def test_period_counts_its_conversions_and_touchpoints_only(tmp_path):
     w.order("q", 1, 99.0, order_id="Q1")  # a customer before the period only
     w.order("q", 200, 5.0, order_id="Q2")  # after it
     res = om.omnichannel_value(
-        open_lake(w.write()), period=jn.Period(T0 + timedelta(hours=24), T0 + timedelta(hours=100)), bootstrap=200
+        open_lake(w.write()), period=tp.Period(T0 + timedelta(hours=24), T0 + timedelta(hours=100)), bootstrap=200
     )
     assert res.totals["customers"] == 1 and res.totals["revenue"] == 20.0
     assert res.group("mix", "online")["customers"] == 1
@@ -146,7 +146,7 @@ def test_merged_profiles_are_one_customer(tmp_path):
         ({"clv": {"a": float("nan")}}, "clv"),
         ({"clv": {"a": "12"}}, "clv"),
         ({"clv": [1.0]}, "clv"),
-        ({"period": jn.Period(T0, T0)}, "until"),
+        ({"period": tp.Period(T0, T0)}, "until"),
     ],
 )
 def test_bad_arguments_name_their_field(lake, kwargs, field):
@@ -306,7 +306,7 @@ def test_duckdb_and_spark_agree(tmp_path, spark_session, same_result):
 
 
 def test_a_period_without_customers(lake):
-    res = om.omnichannel_value(lake, period=jn.Period(T0 + timedelta(days=300), T0 + timedelta(days=301)))
+    res = om.omnichannel_value(lake, period=tp.Period(T0 + timedelta(days=300), T0 + timedelta(days=301)))
     assert res.totals["customers"] == 0 and res.totals["value"] is None
     assert all(r["customers"] == 0 and r["value"] is None and r["value_lo"] is None for r in res.rows)
     assert all(c["relative_difference"] is None and c["lo"] is None for c in res.comparisons)

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chorus.analytics import journeys as jn
 from chorus.analytics import rooming
+from chorus.analytics import touchpoints as tp
 from chorus.analytics.engine import open_lake
 from chorus.errors import ChorusError
 from tests.analytics.lakegen import T0, LakeWriter
@@ -100,7 +100,7 @@ def test_window_bounds_are_inclusive(lake):
 
 
 def test_period_counts_its_purchases_and_visits_before_it(lake):
-    res = rooming.showrooming(lake, period=jn.Period(T0 + timedelta(hours=12), T0 + timedelta(days=3)))
+    res = rooming.showrooming(lake, period=tp.Period(T0 + timedelta(hours=12), T0 + timedelta(days=3)))
     show = res.totals["showrooming"]  # A1 (its visit is before the period) and C1
     assert (show["purchases"], show["roomed"]) == (2, 2)
     web = res.totals["webrooming"]  # E1
@@ -130,7 +130,7 @@ def test_no_purchase_is_said(tmp_path):
         ({"online": ("web",), "offline": ("web",)}, "offline"),
         ({"offline": ()}, "offline"),
         ({"browse_channels": ()}, "browse_channels"),
-        ({"period": jn.Period(T0, T0 - timedelta(days=1))}, "until"),
+        ({"period": tp.Period(T0, T0 - timedelta(days=1))}, "until"),
     ],
 )
 def test_bad_arguments_name_their_field(lake, kwargs, field):

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from chorus.analytics import journeys as jn
+from chorus.analytics import touchpoints as tp
 from chorus.analytics import uplift as up
 from chorus.analytics.engine import open_lake
 from chorus.errors import ChorusError
@@ -111,10 +111,10 @@ def test_window_and_period(lake):
     r = up.uplift(lake, window=timedelta(days=2)).journey("welcome")
     assert r["treated_revenue"] == 150.0  # without t1's order on day 30
     # entries in the period only; conversions up to the window after it are still read (pruned partitions)
-    late = up.uplift(lake, period=jn.Period(T0 - timedelta(hours=1), T0 + timedelta(hours=1)))
+    late = up.uplift(lake, period=tp.Period(T0 - timedelta(hours=1), T0 + timedelta(hours=1)))
     assert late.journey("welcome")["treated_revenue"] == 155.0
     assert late.journey("welcome")["inconsistent"] == 0  # t0's second entry (at 1 h) is outside
-    none = up.uplift(lake, period=jn.Period(T0 + timedelta(days=1), T0 + timedelta(days=2)))
+    none = up.uplift(lake, period=tp.Period(T0 + timedelta(days=1), T0 + timedelta(days=2)))
     assert none.rows == [] and "no 'Journey Entered' event" in none.warnings[0]
 
 
@@ -135,7 +135,7 @@ def test_merged_profiles_are_one_person(tmp_path):
         ({"window": 30}, "window"),
         ({"confidence": 95}, "confidence"),
         ({"confidence": True}, "confidence"),
-        ({"period": jn.Period(T0, T0)}, "until"),
+        ({"period": tp.Period(T0, T0)}, "until"),
     ],
 )
 def test_bad_arguments_name_their_field(lake, kwargs, field):

@@ -82,7 +82,7 @@ def _write_and_count(engine) -> int:
 
 def test_on_sqlite_the_worker_takes_short_batches_while_others_wait_for_it(engine, workspace):
     """While another writer waits for SQLite's write lock, a resolving transaction holds it for about
-    Worker.MAX_HOLD, whatever the backlog; alone (and always on PostgreSQL: row locks, no store-wide lock) the
+    Resolution.MAX_HOLD, whatever the backlog; alone (and always on PostgreSQL: row locks, no store-wide lock) the
     worker takes its configured batch."""
     from chorus.collect import ingest
     from chorus.collect.messages import normalise
@@ -99,10 +99,11 @@ def test_on_sqlite_the_worker_takes_short_batches_while_others_wait_for_it(engin
                  "timestamp": "2026-06-01T08:00:00Z"} for i in range(300)]  # fmt: skip
         ingest.store(conn, src, [normalise(m, received_at=now, source_kind="server") for m in msgs], [], now)
     w = Worker(engine, batch=200)
-    assert w.next_batch() == 200  # nothing measured yet
-    assert w.run_once() == 200 and w._rate
-    w._rate = 100.0 / w.MAX_HOLD  # MAX_HOLD's worth is 100 events
-    assert w.next_batch() == 200  # nobody waits: a full batch
+    r = w.task("resolve")  # the batch sizing is the resolution task's
+    assert r.next_batch() == 200  # nothing measured yet
+    assert w.run_once() == 200 and r._rate
+    r._rate = 100.0 / r.MAX_HOLD  # MAX_HOLD's worth is 100 events
+    assert r.next_batch() == 200  # nobody waits: a full batch
     # another writer queues while this one holds the lock
     with engine.begin() as conn:
         conn.exec_driver_sql("SELECT 1")
@@ -112,11 +113,11 @@ def test_on_sqlite_the_worker_takes_short_batches_while_others_wait_for_it(engin
     other.join(10)
     if engine.dialect.name == "sqlite":
         assert writers_waited(engine, 5.0)
-        assert w.next_batch() == 100
+        assert r.next_batch() == 100
         assert w.run_once() == 100 and pending(engine) == 0
     else:
         assert not writers_waited(engine, 5.0)
-        assert w.next_batch() == 200
+        assert r.next_batch() == 200
         assert w.run_once() == 100 and pending(engine) == 0
 
 

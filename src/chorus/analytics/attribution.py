@@ -13,7 +13,7 @@ from datetime import timedelta
 
 import ibis
 
-from chorus.analytics import journeys as jn
+from chorus.analytics import touchpoints as tp
 from chorus.analytics.markov import fit_markov
 from chorus.analytics.shapley import shapley_exact, shapley_simplified
 from chorus.errors import ChorusError
@@ -44,8 +44,8 @@ class Attribution:
 
 def attribute(
     lake,
-    cfg: jn.Config = jn.Config(),
-    period: jn.Period = jn.Period(),
+    cfg: tp.Config = tp.Config(),
+    period: tp.Period = tp.Period(),
     *,
     by: str = "channel",
     models: tuple[str, ...] = MODELS,
@@ -66,7 +66,7 @@ def attribute(
         raise ChorusError("the half-life must be positive", field="half_life")
     if shapley not in ("auto", "simplified", "exact"):
         raise ChorusError("shapley must be auto, simplified or exact", field="shapley")
-    j = jn.build(lake, cfg, period, by=by)
+    j = tp.build(lake, cfg, period, by=by)
     # every model reads the journeys: computed once (a temporary table on DuckDB, a cached frame on Spark)
     j.touches = j.touches.cache()
     j.conversions = j.conversions.cache()
@@ -86,7 +86,7 @@ def attribute(
     return Attribution(by, tuple(models), rows, totals, params, warnings)
 
 
-def _models(j: jn.Journeys, models, half_life, markov_order, shapley):
+def _models(j: tp.Journeys, models, half_life, markov_order, shapley):
     totals = _totals(j)
     rows: list[dict] = []
     warnings: list[str] = []
@@ -104,7 +104,7 @@ def _models(j: jn.Journeys, models, half_life, markov_order, shapley):
     if rule_models:
         rows += _rule_based(j, rule_models, half_life)
     if "markov" in models or "shapley" in models:
-        paths, conv, value, nulls = jn.path_counts(j)
+        paths, conv, value, nulls = tp.path_counts(j)
         has_conv = any(c > 0 for c, p in zip(conv, paths, strict=True) if p)
         if "markov" in models and has_conv:
             try:
@@ -139,14 +139,14 @@ def _rows(model: str, labels, conversions, values) -> list[dict]:
     return out
 
 
-def _rule_based(j: jn.Journeys, models: list[str], half_life: timedelta) -> list[dict]:
+def _rule_based(j: tp.Journeys, models: list[str], half_life: timedelta) -> list[dict]:
     t = j.touches.filter(j.touches.converted)
     n = t.n.cast("float64")
     journey = [t.profile_id, t.journey]
     # ages from the journey's last touchpoint, not the conversion: normalised, the weights are the same, and the
     # latest touchpoint weighs 1 however old the journey, so ½^age never underflows to 0/0
-    last = jn.seconds(t.ts.max().over(group_by=journey))
-    decay = ibis.literal(0.5) ** ((last - jn.seconds(t.ts)) / half_life.total_seconds())
+    last = tp.seconds(t.ts.max().over(group_by=journey))
+    decay = ibis.literal(0.5) ** ((last - tp.seconds(t.ts)) / half_life.total_seconds())
     t = t.mutate(_decay=decay.cast("float64"))
     weights = {
         "first_touch": (t.position == 1).cast("float64"),
@@ -175,7 +175,7 @@ def _rule_based(j: jn.Journeys, models: list[str], half_life: timedelta) -> list
     return out
 
 
-def _totals(j: jn.Journeys) -> dict:
+def _totals(j: tp.Journeys) -> dict:
     c = j.conversions
     conv = c.agg(
         conversions=c.count(), revenue=c.revenue.sum(), negative=c.negative.cast("int64").sum()

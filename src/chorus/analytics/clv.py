@@ -18,8 +18,8 @@ import ibis
 import ibis.expr.types as ir
 import numpy as np
 
-from chorus.analytics import journeys as jn
 from chorus.analytics import lifetime
+from chorus.analytics import touchpoints as tp
 from chorus.errors import ChorusError
 
 DAY = 86_400
@@ -239,7 +239,7 @@ class LifetimeValues:
 
 def lifetime_values(
     lake,
-    cfg: jn.Config = jn.Config(),
+    cfg: tp.Config = tp.Config(),
     *,
     end: date | None = None,
     unit_days: float = 7.0,
@@ -256,8 +256,8 @@ def lifetime_values(
         raise ChorusError("the horizon must be at least one month", field="months")
     if not 0 <= discount_rate < 1:
         raise ChorusError("the monthly discount rate must be in [0, 1)", field="discount_rate")
-    ev = jn.resolved_events(lake, cfg, jn.Period())
-    conv = jn.conversions(ev, cfg)
+    ev = tp.resolved_events(lake, cfg, tp.Period())
+    conv = tp.conversions(ev, cfg)
     if end is None:
         last = conv.ts.max().to_pyarrow().as_py()
         if last is None:
@@ -326,7 +326,7 @@ def predict(cols: dict[str, np.ndarray], *, end: date, unit_days: float = 7.0, m
     return LifetimeValues(end, unit_days, months, discount_rate, bg, gg, cols, warnings, purchases_fit, spend_fit)
 
 
-def clv_by_profile(lake, cfg: jn.Config = jn.Config(), *, end: date | None = None, months: int = 12):
+def clv_by_profile(lake, cfg: tp.Config = tp.Config(), *, end: date | None = None, months: int = 12):
     """Profile id -> predicted CLV, for reports that compare groups of customers by value; (None, why) when the
     models cannot be fitted on this data."""
     try:

@@ -61,7 +61,7 @@ def _days(value: float, field: str) -> float:
 
 
 def _period(since: str | None, until: str | None):
-    from chorus.analytics.journeys import Period
+    from chorus.analytics.touchpoints import Period
 
     s, u = _day(since, "since"), _day(until, "until")
     if s and u and u < s:
@@ -106,10 +106,10 @@ def open_lake(lake_dir: str, workspace: str | None, engine: str, db: str | None 
 def _config(path: str | None, lk, db: str | None):
     """``--config`` if given; else the workspace's ``attribution`` setting when a database is named (``--db`` or
     $CHORUS_DATABASE_URL), so the CLI and the API count the same touchpoints; else the defaults."""
-    from chorus.analytics import journeys
+    from chorus.analytics import touchpoints
 
     if path is not None or lk.workspace_id is None or not _has_db(db):
-        return journeys.load_config(path)
+        return touchpoints.load_config(path)
     from chorus import workspaces
     from chorus.cli import _engine
 
@@ -119,7 +119,7 @@ def _config(path: str | None, lk, db: str | None):
             raw = workspaces.get(conn, lk.workspace_id).settings.get("attribution")
         except ChorusError:
             raw = None  # a lake copied from another installation: its workspace is not in this database
-    return journeys.parse_config(raw) if raw else journeys.Config()
+    return touchpoints.parse_config(raw) if raw else touchpoints.Config()
 
 
 def _emit(fmt: str, data: dict, rows: list[dict], columns: list[str]) -> bool:

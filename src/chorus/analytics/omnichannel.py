@@ -2,7 +2,7 @@
 
 Customers are the people (profile ids mapped through later merges) with at least one conversion in the period.
 Each customer's **channels** are the distinct channels, among ``online`` and ``offline``, of their touchpoint
-events (those :func:`chorus.analytics.journeys.touchpoints` makes touchpoints of under the configured rules:
+events (those :func:`chorus.analytics.touchpoints.touchpoints` makes touchpoints of under the configured rules:
 interactions, sessions, engagement with messages, never outbound messages; taken by the event's own ``channel``
 column, not a rule's label such as a UTM medium) and of their conversions, both in the period. Channels in
 neither list (``server`` for orders sent by a back end, ``unknown``, ...) say nothing about where the person was
@@ -49,7 +49,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from chorus.analytics import journeys as jn
+from chorus.analytics import touchpoints as tp
 from chorus.errors import ChorusError
 
 ONLINE = (
@@ -98,8 +98,8 @@ class OmnichannelValue:
 
 def omnichannel_value(
     lake,
-    cfg: jn.Config = jn.Config(),
-    period: jn.Period = jn.Period(),
+    cfg: tp.Config = tp.Config(),
+    period: tp.Period = tp.Period(),
     *,
     online: tuple[str, ...] = ONLINE,
     offline: tuple[str, ...] = OFFLINE,
@@ -204,14 +204,14 @@ def omnichannel_value(
 
 # -- the engine's part --------------------------------------------------------------------------------------------
 def customer_table(
-    lake, cfg: jn.Config, period: jn.Period, *, online: tuple[str, ...] = ONLINE, offline: tuple[str, ...] = OFFLINE
+    lake, cfg: tp.Config, period: tp.Period, *, online: tuple[str, ...] = ONLINE, offline: tuple[str, ...] = OFFLINE
 ) -> tuple[pa.Table, list[str], dict[str, int]]:
     """One row per customer of the period, sorted by ``profile_id``: ``orders, revenue, days`` (distinct UTC days
     with an order), ``channels`` (distinct online or offline channels used), ``online, offline`` (whether one of
     them is online, offline); with the currencies of the orders and the ignored channels (neither online nor
     offline) with their number of customers. One query."""
-    ev = jn.resolved_events(lake, cfg, period)
-    conv = within(jn.conversions(ev, cfg), period)
+    ev = tp.resolved_events(lake, cfg, period)
+    conv = within(tp.conversions(ev, cfg), period)
     touches = within(touch_events(ev, cfg), period)
     day = conv.ts.epoch_seconds() // 86400
     orders = conv.group_by("profile_id").agg(
@@ -246,10 +246,10 @@ def customer_table(
     return t.drop_columns(["currencies", "ignored"]), currencies, ignored
 
 
-touch_events = jn.touch_events  # the events touchpoints() makes touchpoints of, before sessions
+touch_events = tp.touch_events  # the events touchpoints() makes touchpoints of, before sessions
 
 
-def within(t: ir.Table, period: jn.Period) -> ir.Table:
+def within(t: ir.Table, period: tp.Period) -> ir.Table:
     """The rows of ``t`` (with a ``ts`` column) in the period."""
     if period.since is not None:
         t = t.filter(t.ts >= period.since)
@@ -272,7 +272,7 @@ def check_channels(online, offline) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return out[0], out[1]
 
 
-def check_period(period: jn.Period) -> None:
+def check_period(period: tp.Period) -> None:
     if period.since is not None and period.until is not None and period.until <= period.since:
         raise ChorusError("the period must end after it starts", field="until")
 

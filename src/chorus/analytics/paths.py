@@ -1,12 +1,12 @@
 """Paths: the most common journeys to conversion, the channel transition matrix, and the step-by-step flows a Sankey
-chart draws. Built from the distinct paths the engine counts (:func:`chorus.analytics.journeys.path_counts`)."""
+chart draws. Built from the distinct paths the engine counts (:func:`chorus.analytics.touchpoints.path_counts`)."""
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
-from chorus.analytics import journeys as jn
+from chorus.analytics import touchpoints as tp
 
 START, CONVERSION, NULL = "(start)", "(conversion)", "(null)"
 SANKEY_STEPS = 5  # later steps are folded into the fifth: a chart with more columns is unreadable
@@ -25,9 +25,9 @@ class PathReport:
                 "sankey": self.sankey}  # fmt: skip
 
 
-def path_report(lake, cfg: jn.Config = jn.Config(), period: jn.Period = jn.Period(), *, by: str = "channel",
+def path_report(lake, cfg: tp.Config = tp.Config(), period: tp.Period = tp.Period(), *, by: str = "channel",
                 top: int = 20) -> PathReport:  # fmt: skip
-    paths, conv, value, nulls = jn.path_counts(jn.build(lake, cfg, period, by=by))
+    paths, conv, value, nulls = tp.path_counts(tp.build(lake, cfg, period, by=by))
     return summarise(paths, conv, value, nulls, by=by, top=top)
 
 

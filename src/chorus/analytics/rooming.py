@@ -2,7 +2,7 @@
 
 * **Showrooming**: a store visit followed by an online purchase. A *visit* is any event on an ``offline`` channel
   (``store``, ``call_center``, ``catalog`` by default) that is not a conversion and not an outbound message; an
-  *online purchase* is a conversion (:func:`chorus.analytics.journeys.conversions`, one per order) on an
+  *online purchase* is a conversion (:func:`chorus.analytics.touchpoints.conversions`, one per order) on an
   ``online`` channel. The purchase is showroomed when the same person (profile ids mapped through later merges)
   has a visit at most ``window`` before it (visit time <= purchase time <= visit time + window).
 * **Webrooming**: online browsing followed by a store purchase. *Browsing* is a ``page`` or ``screen`` call, or a
@@ -28,7 +28,7 @@ from datetime import timedelta
 import ibis
 import ibis.expr.types as ir
 
-from chorus.analytics import journeys as jn
+from chorus.analytics import touchpoints as tp
 from chorus.analytics.omnichannel import OFFLINE, ONLINE, check_channels, check_period, within
 from chorus.errors import ChorusError
 
@@ -58,8 +58,8 @@ class Rooming:
 
 def showrooming(
     lake,
-    cfg: jn.Config = jn.Config(),
-    period: jn.Period = jn.Period(),
+    cfg: tp.Config = tp.Config(),
+    period: tp.Period = tp.Period(),
     *,
     window: timedelta = timedelta(days=7),
     online: tuple[str, ...] = ONLINE,
@@ -114,8 +114,8 @@ def showrooming(
 
 def purchases(
     lake,
-    cfg: jn.Config = jn.Config(),
-    period: jn.Period = jn.Period(),
+    cfg: tp.Config = tp.Config(),
+    period: tp.Period = tp.Period(),
     *,
     window: timedelta = timedelta(days=7),
     online: tuple[str, ...] = ONLINE,
@@ -135,8 +135,8 @@ def purchases(
     if not browse_channels or not all(isinstance(c, str) and c for c in browse_channels):
         raise ChorusError("browse_channels must be a non-empty list of channel names", field="browse_channels")
     # the events before the period that a window can reach must be read too
-    ev = jn.resolved_events(lake, replace(cfg, lookback=max(cfg.lookback, window)), period)
-    conv = within(jn.conversions(ev, cfg), period)
+    ev = tp.resolved_events(lake, replace(cfg, lookback=max(cfg.lookback, window)), period)
+    conv = within(tp.conversions(ev, cfg), period)
     not_conv = ev.event.isnull() | ~ev.event.isin(cfg.conversions)
     inbound = ev.direction.isnull() | (ev.direction != "outbound")
     visits = ev.filter(ev.channel.isin(offline), not_conv, inbound)

@@ -15,7 +15,7 @@ Per ``journey_id``, the people who entered it in the period (by entry time; prof
 merges). A person counts once, at their first entry in the period, in the group of that entry; people who
 entered in both groups (a re-entry after a change of assignment, a merge of two profiles) stay in their first
 group and are counted in ``inconsistent``. A person *converted* when they have a conversion (one per order, see
-:func:`chorus.analytics.journeys.conversions`) after that entry and at most ``window`` later (entry time <
+:func:`chorus.analytics.touchpoints.conversions`) after that entry and at most ``window`` later (entry time <
 conversion time <= entry time + window); their revenue is the sum of those conversions' revenue (0 when none).
 
 * conversion rate per group = converted people / people; **uplift** = treated rate - holdout rate, with the
@@ -43,7 +43,7 @@ import ibis
 import ibis.expr.types as ir
 from scipy import stats
 
-from chorus.analytics import journeys as jn
+from chorus.analytics import touchpoints as tp
 from chorus.analytics.omnichannel import check_period
 from chorus.analytics.rooming import as_interval
 from chorus.errors import ChorusError
@@ -70,8 +70,8 @@ class Uplift:
 
 def uplift(
     lake,
-    cfg: jn.Config = jn.Config(),
-    period: jn.Period = jn.Period(),
+    cfg: tp.Config = tp.Config(),
+    period: tp.Period = tp.Period(),
     *,
     window: timedelta = timedelta(days=30),
     confidence: float = 0.95,
@@ -103,7 +103,7 @@ def uplift(
 
 
 def people(
-    lake, cfg: jn.Config = jn.Config(), period: jn.Period = jn.Period(), *, window: timedelta = timedelta(days=30)
+    lake, cfg: tp.Config = tp.Config(), period: tp.Period = tp.Period(), *, window: timedelta = timedelta(days=30)
 ) -> ir.Table:
     """One row per (journey, person) who entered it in the period: ``journey_id, profile_id, entered`` (the first
     entry), ``held`` (held out at that entry), ``inconsistent`` (entered in both groups), ``converted`` (a
@@ -113,7 +113,7 @@ def people(
         raise ChorusError("the window must be a positive duration", field="window")
     # conversions up to a window after the period's last entry must be read too
     until = period.until + window if period.until is not None else None
-    ev = jn.resolved_events(lake, replace(cfg, lookback=timedelta(0)), jn.Period(period.since, until))
+    ev = tp.resolved_events(lake, replace(cfg, lookback=timedelta(0)), tp.Period(period.since, until))
     e = ev.filter((ev.type == "track") & (ev.event == ENTRY_EVENT) & ev.journey_id.notnull())
     if period.since is not None:
         e = e.filter(e.timestamp >= period.since)
@@ -130,7 +130,7 @@ def people(
         journey_id="journey_id", profile_id="profile_id", entered="timestamp", held=e._held == 1,
         inconsistent="_mixed",
     )  # fmt: skip
-    conv = jn.conversions(ev, cfg).select(c_pid="profile_id", c_ts="ts", c_revenue="revenue")
+    conv = tp.conversions(ev, cfg).select(c_pid="profile_id", c_ts="ts", c_revenue="revenue")
     window_end = first.entered + as_interval(window)
     j = first.join(conv, [first.profile_id == conv.c_pid, conv.c_ts > first.entered, conv.c_ts <= window_end])
     hits = j.group_by([j.journey_id, j.profile_id]).agg(_revenue=j.c_revenue.sum())
@@ -142,7 +142,7 @@ def people(
     )  # fmt: skip
 
 
-def group_table(lake, cfg: jn.Config, period: jn.Period, *, window: timedelta) -> ir.Table:
+def group_table(lake, cfg: tp.Config, period: tp.Period, *, window: timedelta) -> ir.Table:
     """Per (journey, held): people, inconsistent people, converted people, revenue sum and sample variance."""
     p = people(lake, cfg, period, window=window)
     return p.group_by(["journey_id", "held"]).agg(

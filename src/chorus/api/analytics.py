@@ -33,7 +33,7 @@ def _lake(svc, ws):
 
 def _config(ws):
     """The workspace's touchpoint and conversion definition (setting ``attribution``), else the defaults."""
-    from chorus.analytics.journeys import Config, parse_config
+    from chorus.analytics.touchpoints import Config, parse_config
 
     raw = ws.settings.get("attribution")
     return parse_config(raw) if raw else Config()
@@ -51,7 +51,7 @@ def _bounded(value: date | None, field: str) -> date | None:
 
 
 def _period(since: date | None, until: date | None):
-    from chorus.analytics.journeys import Period
+    from chorus.analytics.touchpoints import Period
 
     since, until = _bounded(since, "since"), _bounded(until, "until")
     if since and until and until < since:

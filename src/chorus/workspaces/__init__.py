@@ -12,7 +12,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from chorus.errors import Conflict, NotFound, Unauthorized
 from chorus.identity.identifiers import DEFAULT_DECLARED, IdentityConfig
-from chorus.profiles.state import POLICIES
+from chorus.registry import Registry
+from chorus.registry import installed as installed_registry
 from chorus.store.tables import sources, workspaces
 from chorus.timeutil import iso, utcnow
 
@@ -221,54 +222,16 @@ def internal_source(conn: Connection, ws_id: str, kind: str, name: str) -> Sourc
     return src
 
 
-def validate_settings(patch: dict) -> dict:
-    """Check a settings patch; errors name the field."""
+def validate_settings(patch: dict, registry: Registry | None = None) -> dict:
+    """Check a settings patch; errors name the field. Each top-level key is a section some package registered
+    (chorus.registry) and checks with its own validator."""
+    registry = registry or installed_registry()
     out = {}
     for key, value in patch.items():
-        if key == "default_region":
-            if value is not None:
-                if not isinstance(value, str) or len(value) != 2:
-                    raise ValueError("settings.default_region must be a two-letter region code such as 'US'")
-                value = value.upper()
-                # phonenumbers knows every region it supports through an example number
-                import phonenumbers
-
-                if value not in phonenumbers.SUPPORTED_REGIONS:
-                    raise ValueError(f"settings.default_region {value!r} is not a known region")
-            out[key] = value
-        elif key == "identifiers":
-            if not isinstance(value, dict):
-                raise ValueError("settings.identifiers must be an object {name: {known, unique, channel}}")
-            for name, decl in value.items():
-                if name in ("user_id", "anonymous_id", "email", "phone") or not name.replace("_", "").isalnum():
-                    raise ValueError(f"settings.identifiers.{name}: not an allowed identifier name")
-                if not isinstance(decl, dict) or set(decl) - {"known", "unique", "channel"}:
-                    raise ValueError(f"settings.identifiers.{name}: expected keys known, unique, channel")
-            out[key] = value
-        elif key == "trait_policies":
-            if not isinstance(value, dict) or any(p not in POLICIES for p in value.values()):
-                raise ValueError(f"settings.trait_policies: each policy must be one of {', '.join(POLICIES)}")
-            out[key] = value
-        elif key == "messaging":
-            from chorus.messaging import settings as msettings
-
-            out[key] = msettings.validate(value)
-        elif key == "attribution":
-            from chorus.analytics.journeys import parse_config
-            from chorus.errors import ChorusError
-
-            try:
-                if value is not None:  # null: back to the defaults
-                    parse_config(value)
-            except ChorusError as exc:
-                raise ValueError(f"settings.attribution.{exc.field}: {exc.message}") from None
-            out[key] = value
-        elif key == "audiences":
-            from chorus.messaging.audiences import settings as asettings
-
-            out[key] = asettings.validate(value)
-        else:
+        validate = registry.validator(key)
+        if validate is None:
             raise ValueError(f"settings.{key} is not a known setting")
+        out[key] = validate(value)
     return out
 
 

@@ -11,3 +11,12 @@ exported as their customer-file CSV, so that ads reach the people the brand alre
 Consent is checked with :func:`chorus.messaging.policy.ads_decision` (channel ``ads``). See
 docs/messaging.md, "Social audiences", and docs/decisions/0008-audience-membership-given-by-caller.md.
 """
+
+
+def register(registry) -> None:
+    """What audiences adds (see chorus.registry): the ``audiences`` setting, and the person's member rows, erased
+    (the rows a platform holds are queued for removal at the next sync)."""
+    from chorus.messaging.audiences import settings, store
+
+    registry.setting("audiences", settings.validate)
+    registry.erasure("audiences", store.forget, tables=store.ERASURE_TABLES, export=store.export)

@@ -17,6 +17,7 @@ from chorus.identity.identifiers import kind_of, value_of
 from chorus.messaging.audiences.membership import Synced
 from chorus.messaging.audiences.settings import FILE
 from chorus.profiles.state import public_view
+from chorus.registry import Person
 from chorus.store import bulk
 from chorus.store.tables import audience_members, audience_removals, audiences, identifiers, profile_aliases, profiles
 from chorus.timeutil import iso
@@ -251,6 +252,19 @@ def of_profiles(conn: Connection, ws: str, pids: list[str]) -> list[dict]:
          "hashed_keys": r.hashed_keys}
         for r in rows
     ]  # fmt: skip
+
+
+# The erasure participant (chorus.registry): counts -> tables; removals queued are rows written, not deleted.
+ERASURE_TABLES = {"audience_members": "audience_members", "audience_removals_queued": None}
+
+
+def forget(conn: Connection, ws: str, person: Person) -> dict[str, int]:
+    """Erasure: the person's rows go; rows a platform holds are removed there at the next sync."""
+    return forget_profiles(conn, ws, person.profile_ids, person.now)
+
+
+def export(conn: Connection, ws: str, person: Person) -> dict:
+    return {"audiences": of_profiles(conn, ws, person.profile_ids)}
 
 
 def forget_profiles(conn: Connection, ws: str, pids: list[str], now: datetime) -> dict[str, int]:

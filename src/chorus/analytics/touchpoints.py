@@ -1,5 +1,8 @@
 """Touchpoints, conversions and the journeys between them, as Ibis expressions over the lake's events.
 
+(Attribution's journeys: the paths a person took to a conversion, read from the lake. Not the journeys a marketer
+defines and Chorus runs; hence the module's name.)
+
 What counts is configuration (:class:`Config`, from a JSON file with ``--config``): conversions are named events
 (default ``Order Completed``, valued by ``revenue``, de-duplicated by ``order_id``); touchpoints are the events
 matched by an ordered list of rules (first match wins), each naming the touchpoint's channel from event columns.

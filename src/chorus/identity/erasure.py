@@ -1,0 +1,115 @@
+"""What the identity graph holds about a person, for erasure: who they are (their identifiers and aliases, read
+before anything is deleted), their links, identifiers, aliases and merge records, and the copies of their
+identifiers that other profiles claimed."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from chorus.registry import Person
+from chorus.store.tables import events, identifiers, identity_links, merges, profile_aliases
+
+TABLES = {
+    "identity_links": "identity_links", "identifiers": "identifiers", "aliases": "profile_aliases",
+    "merges": "merges",
+    "claimant_events_redacted": "events",  # rewritten without the person's identifiers: the old versions are freed
+}  # fmt: skip
+
+
+def identifiers_of(conn: Connection, ws: str, pid: str) -> list[str]:
+    return list(
+        conn.execute(
+            sa.select(identifiers.c.ident).where(identifiers.c.workspace_id == ws, identifiers.c.profile_id == pid)
+        ).scalars()
+    )
+
+
+def aliases_of(conn: Connection, pid: str) -> list[str]:
+    return list(
+        conn.execute(sa.select(profile_aliases.c.alias_id).where(profile_aliases.c.profile_id == pid)).scalars()
+    )
+
+
+def forget(conn: Connection, ws: str, person: Person) -> dict[str, int]:
+    pid, idents, ids = person.profile_id, list(person.identifiers), person.profile_ids
+    claimants = _claimants(conn, ws, pid, idents)  # before the links that show them are deleted
+    counts = {"identity_links": 0}
+    for i in range(0, len(idents), 500):
+        part = idents[i : i + 500]
+        counts["identity_links"] += conn.execute(
+            identity_links.delete().where(
+                identity_links.c.workspace_id == ws, sa.or_(identity_links.c.a.in_(part), identity_links.c.b.in_(part))
+            )
+        ).rowcount
+    counts["identifiers"] = conn.execute(
+        identifiers.delete().where(identifiers.c.workspace_id == ws, identifiers.c.profile_id == pid)
+    ).rowcount
+    counts["aliases"] = conn.execute(profile_aliases.delete().where(profile_aliases.c.profile_id == pid)).rowcount
+    counts["merges"] = conn.execute(
+        merges.delete().where(
+            merges.c.workspace_id == ws, sa.or_(merges.c.survivor_id.in_(ids), merges.c.merged_id.in_(ids))
+        )
+    ).rowcount
+    # Once the person's links and identifiers are gone, the claimants' profiles can be rebuilt without them.
+    counts["claimant_events_redacted"] = _unclaim(conn, ws, claimants, set(idents), person)
+    return counts
+
+
+def _claimants(conn: Connection, ws: str, pid: str, idents: list[str]) -> list[str]:
+    """Other profiles linked to the person's identifiers: the links the merge guards refused (someone else's
+    browser claiming this person's email), so their events still carry the person's identifiers."""
+    others: set[str] = set()
+    for i in range(0, len(idents), 500):
+        part = idents[i : i + 500]
+        for a, b in conn.execute(
+            sa.select(identity_links.c.a, identity_links.c.b).where(
+                identity_links.c.workspace_id == ws, sa.or_(identity_links.c.a.in_(part), identity_links.c.b.in_(part))
+            )
+        ):
+            others.update((a, b))
+    others -= set(idents)
+    if not others:
+        return []
+    owners = set()
+    for chunk in (sorted(others)[i : i + 500] for i in range(0, len(others), 500)):
+        owners.update(
+            conn.execute(
+                sa.select(identifiers.c.profile_id).where(
+                    identifiers.c.workspace_id == ws, identifiers.c.ident.in_(chunk)
+                )
+            ).scalars()
+        )
+    owners.discard(pid)
+    return sorted(owners)
+
+
+def _unclaim(conn: Connection, ws: str, claimants: list[str], idents: set[str], person: Person) -> int:
+    """Take the erased person's identifiers out of the claimants' events, then rebuild the claimants' profiles from
+    their links and events, so that no trait, export or replay of theirs holds the person's email any more."""
+    if not claimants:
+        return 0
+    from chorus import workspaces as ws_api
+    from chorus.identity.identifiers import without_identifiers
+    from chorus.identity.resolver import Rebuild
+
+    settings = ws_api.get(conn, ws)
+    cfg = settings.identity
+    redacted = 0
+    for row in conn.execute(
+        sa.select(events.c.seq, events.c.payload).where(events.c.workspace_id == ws, events.c.profile_id.in_(claimants))
+    ).all():
+        clean = without_identifiers(row.payload, cfg, idents)
+        if clean != row.payload:
+            conn.execute(events.update().where(events.c.seq == row.seq).values(payload=clean))
+            redacted += 1
+    seeds = set(
+        conn.execute(
+            sa.select(identifiers.c.ident).where(
+                identifiers.c.workspace_id == ws, identifiers.c.profile_id.in_(claimants)
+            )
+        ).scalars()
+    )
+    if seeds:
+        Rebuild(conn, ws, cfg, settings.settings.get("trait_policies", {}), person.now).run(seeds, [])
+    return redacted
