@@ -13,12 +13,20 @@ import re
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pyarrow.dataset as ds
 import pytest
 
 from tests.conftest import free_port, wait_until
+
+
+def ago(seconds: int) -> str:
+    """A moment of the last few minutes (negative: a few seconds from now). Browsers and apps send their events as
+    they happen: a claim's identity links sort at its arrival (decision 0022), so the store's purchase and the call
+    come after the sign-up that this test sends now."""
+    return (datetime.now(UTC) - timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def run(*args, db, env=None):
@@ -68,27 +76,27 @@ def test_first_day_of_an_omnichannel_brand(db_url, served, tmp_path):
     for i, path in enumerate(["/", "/laptops", "/laptops/pro-14"]):
         body = {"type": "page", "anonymousId": "browser-1", "messageId": f"w{i}", "writeKey": keys["write_key"],
                 "context": {"page": {"path": path}, "userAgent": "Mozilla/5.0"},
-                "timestamp": f"2026-05-01T08:0{i}:00Z"}  # fmt: skip
+                "timestamp": ago(300 - i)}  # fmt: skip
         assert c.post("/v1/p", content=json.dumps(body), headers={"Content-Type": "text/plain"}).status_code == 200
     # 2. app: signs up (the app sends its own anonymous id too)
     r = c.post("/v1/batch", auth=(keys["write_key"], ""), json={"batch": [
         {"type": "identify", "userId": "C-100", "anonymousId": "phone-1", "messageId": "a1",
-         "timestamp": "2026-05-01T12:00:00Z", "context": {"app": {"name": "Shop"}, "os": {"name": "iOS"}},
+         "timestamp": ago(240), "context": {"app": {"name": "Shop"}, "os": {"name": "iOS"}},
          "traits": {"email": "noor@example.com", "phone": "+31 6 1111 2222", "first_name": "Noor"}},
     ]})  # fmt: skip
     assert r.status_code == 200
     # 3. the web visitor logs in: the anonymous web history joins the profile
     r = c.post("/v1/identify", auth=(keys["write_key"], ""), json={
-        "userId": "C-100", "anonymousId": "browser-1", "messageId": "w-login", "timestamp": "2026-05-01T13:00:00Z",
+        "userId": "C-100", "anonymousId": "browser-1", "messageId": "w-login", "timestamp": ago(180),
         "context": {"userAgent": "Mozilla/5.0"}})  # fmt: skip
     assert r.status_code == 200
     # 4. store: the POS export names her by email; 5. call centre: by phone
     pos = tmp_path / "pos.csv"
     pos.write_text("receipt_no,timestamp,email,revenue,currency,store\n"
-                   "R-1,2026-05-02 10:00:00,NOOR@example.com,1299.00,EUR,Amsterdam\n")  # fmt: skip
+                   f"R-1,{ago(-2)[:19].replace('T', ' ')},NOOR@example.com,1299.00,EUR,Amsterdam\n")  # fmt: skip
     calls = tmp_path / "calls.jsonl"
     calls.write_text(
-        json.dumps({"timestamp": "2026-05-03T09:00:00Z", "phone": "+31611112222", "topic": "warranty"}) + "\n"
+        json.dumps({"timestamp": ago(-3), "phone": "+31611112222", "topic": "warranty"}) + "\n"
     )
     for f, src in [(pos, "store"), (calls, "call_center")]:
         out = run("import", "events", str(f), "--source", src, "-w", "default", "--json", db=db_url)
