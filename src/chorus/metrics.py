@@ -17,6 +17,10 @@ merges = Counter("chorus_profile_merges", "Profiles merged into another", regist
 merges_refused = Counter(
     "chorus_profile_merges_refused", "Links that would have merged profiles, refused by a guard", registry=REGISTRY
 )
+feed_changes = Counter("chorus_feed_changes", "Profile changes recorded in the change feed", registry=REGISTRY)
+feed_failures = Counter(
+    "chorus_feed_consumer_failures", "Times a change-feed consumer failed on one person's changes", registry=REGISTRY
+)
 saturated = Counter("chorus_ingest_saturated", "Tracking requests answered 429", registry=REGISTRY)
 backlog = Gauge("chorus_ingest_backlog", "Accepted events waiting for identity resolution", registry=REGISTRY)
 resolve_seconds = Histogram(

@@ -6,7 +6,8 @@ Three kinds of work span packages, and none of them may name every package's tab
   erasure's one transaction, and says which tables its counts came from (the scrub after the commit clears them);
 - **workspace settings**: each top-level key of a workspace's settings is one package's *section*, checked by
   that package's validator;
-- **worker tasks**: each pass of a worker runs every registered task once, in the order of the flow.
+- **worker tasks**: each pass of a worker runs every registered task once, in the order of the flow;
+- **change-feed consumers** (chorus.profiles.feed): each receives every change to a profile, in a worker task.
 
 Each installed package has a ``register(registry)`` function that adds its parts. :data:`INSTALLED` is the one
 place that names them all (as Django's ``INSTALLED_APPS``); :func:`installed` loads it once per process. Tests
@@ -109,6 +110,7 @@ class TaskOptions:
     """What a worker tells its tasks when it makes them."""
 
     batch: int = 2000  # events (or rows) per write transaction, for tasks that batch
+    registry: Registry | None = None  # the registry the worker was made from (the feed task reads its consumers)
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,7 @@ class Registry:
         self._participants: list[Participant] = []
         self._settings: dict[str, SettingValidator] = {}
         self._tasks: list[WorkerTask] = []
+        self._consumers: dict[str, Callable] = {}
         self._frozen = False
 
     def _open(self, what: str, name: str) -> None:
@@ -159,6 +162,13 @@ class Registry:
             raise ValueError(f"worker task {name!r} is registered twice")
         self._tasks.append(WorkerTask(name, make, step, label or f"worker task {name}"))
 
+    def consumer(self, name: str, handle: Callable) -> None:
+        """Add a change-feed consumer: ``handle(conn, workspace id, profile id, changes)`` (chorus.profiles.feed)."""
+        self._open("change-feed consumer", name)
+        if name in self._consumers:
+            raise ValueError(f"change-feed consumer {name!r} is registered twice")
+        self._consumers[name] = handle
+
     def freeze(self) -> Registry:
         self._frozen = True
         return self
@@ -181,6 +191,9 @@ class Registry:
     @property
     def setting_keys(self) -> list[str]:
         return list(self._settings)
+
+    def consumers(self) -> list[tuple[str, Callable]]:
+        return list(self._consumers.items())
 
     def tasks(self) -> list[WorkerTask]:
         """In flow order; within a step, in the order they were added."""

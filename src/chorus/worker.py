@@ -34,11 +34,10 @@ class Worker:
         busy: Callable[[], bool] | None = None,
         registry: Registry | None = None,
     ):
-        options = TaskOptions(batch=batch)
+        registry = registry or reg.installed()
+        options = TaskOptions(batch=batch, registry=registry)
         # (name, log label, task), in flow order
-        self.tasks: list[tuple[str, str, Task]] = [
-            (t.name, t.label, t.make(engine, options)) for t in (registry or reg.installed()).tasks()
-        ]
+        self.tasks: list[tuple[str, str, Task]] = [(t.name, t.label, t.make(engine, options)) for t in registry.tasks()]
         self.busy = busy
         self.poll = poll
         self.wake = wake or threading.Event()

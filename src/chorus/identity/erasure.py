@@ -92,6 +92,7 @@ def _unclaim(conn: Connection, ws: str, claimants: list[str], idents: set[str], 
     from chorus import workspaces as ws_api
     from chorus.identity.identifiers import without_identifiers
     from chorus.identity.resolver import Rebuild
+    from chorus.profiles import feed
 
     settings = ws_api.get(conn, ws)
     cfg = settings.identity
@@ -111,5 +112,6 @@ def _unclaim(conn: Connection, ws: str, claimants: list[str], idents: set[str], 
         ).scalars()
     )
     if seeds:
-        Rebuild(conn, ws, cfg, settings.settings.get("trait_policies", {}), person.now).run(seeds, [])
+        changes = Rebuild(conn, ws, cfg, settings.settings.get("trait_policies", {}), person.now).run(seeds, [])
+        feed.record(conn, ws, changes, person.now)  # the claimants changed: their consumers re-read them
     return redacted

@@ -26,6 +26,7 @@ from chorus import metrics
 from chorus import workspaces as ws_api
 from chorus.identity.graph import TRUSTED, UNTRUSTED, VOUCHED, Graph, Key, Link, Node, links_of, new_profile_id, replay
 from chorus.identity.identifiers import Extracted, IdentityConfig, extract, kind_of, without_identifiers
+from chorus.profiles import feed
 from chorus.profiles import state as pstate
 from chorus.store import bulk
 from chorus.store.db import FreshStatistics, read_only
@@ -79,9 +80,10 @@ def trust_of(payload: dict, trusted: bool) -> int:
 
 def link_key(payload: dict, trusted: bool) -> Key:
     """Where an event's links sort in the identity graph. A trusted event's at its own time; a claim (the public
-    write key, hash or not) no earlier than when Chorus received it: its sender chooses ``timestamp`` (back to
-    2000-01-01, decision 0013), and a claim dated before a customer first appeared would otherwise be applied as
-    if she did not exist yet, out of reach of every guard (decision 0022)."""
+    write key, hash or not) at the time Chorus received it when its ``timestamp`` is earlier: its sender chooses
+    ``timestamp`` (back to 2000-01-01, decision 0013), and a claim dated before a customer first appeared would
+    otherwise be applied as if she did not exist yet, out of reach of every guard (decision 0022). Browsers and
+    apps send as things happen, so this moves their links by the seconds of the trip."""
     ts, msg = payload["timestamp"], payload["messageId"]
     received = payload.get("receivedAt")
     if not trusted and isinstance(received, str) and received > ts:  # both iso(): fixed width, sort as instants
@@ -368,6 +370,7 @@ class _WorkspaceBatch:
             return pid
 
         now = self.clock()
+        changes: list[feed.Change] = []  # recorded in this transaction, in this order (chorus.profiles.feed)
         for m in g.merges:
             survivor = resolve(m.survivor)
             loser_state = states.pop(m.merged, None)
@@ -394,6 +397,9 @@ class _WorkspaceBatch:
             )  # fmt: skip
             metrics.merges.inc()
             log.info("merged profile %s into %s", m.merged, survivor)
+            # consumers of the merged profile are pointed at the survivor, and the survivor has changed
+            changes.append(feed.Change(m.merged, "merge", target_id=survivor))
+            changes.append(feed.Change(survivor, "merge", target_id=survivor, detail={"merged": m.merged}))
 
         # Identifier ownership changes.
         changed = [
@@ -416,6 +422,7 @@ class _WorkspaceBatch:
                 st = states[pid] = pstate.empty()
             _fold(st, p, own_part(p.payload, p.ext, pid, g.owner, self.cfg), self.policies)
             ev_updates.append({"seq": p.seq, "profile_id": pid})
+            changes.append(event_change(pid, p))
         bulk.update_rows(self.conn, events, "seq", ev_updates)
 
         # Profile rows.
@@ -449,7 +456,17 @@ class _WorkspaceBatch:
             self.conn, identity_links, link_rows, conflict=["workspace_id", "a", "b", "trust"], update=["at", "msg"]
         )
         if dirty_idents:
-            Rebuild(self.conn, self.ws, self.cfg, self.policies, now).run(dirty_idents, dirty_events)
+            changes += Rebuild(self.conn, self.ws, self.cfg, self.policies, now).run(dirty_idents, dirty_events)
+        feed.record(self.conn, self.ws, changes, now)
+
+
+def event_change(pid: str, p: Pending) -> feed.Change:
+    """The feed's record of an event folded into a profile: what a consumer needs to tell whether it matters."""
+    pl = p.payload
+    detail = {"type": pl.get("type"), "channel": pl.get("channel")}
+    if pl.get("type") == "track":
+        detail["event"] = pl.get("event")
+    return feed.Change(pid, "event", event_seq=p.seq, detail=detail)
 
 
 def _fold(st: dict, p: Pending, payload: dict, policies: dict) -> None:
@@ -528,7 +545,8 @@ class Rebuild:
             frontier = nxt - seen
         return seen, list(links.values()), owners
 
-    def run(self, seeds: set[str], extra: list[Pending]) -> None:
+    def run(self, seeds: set[str], extra: list[Pending]) -> list[feed.Change]:
+        """Rewrite the component; returns the changes to record (the caller records them with its own)."""
         idents, links, old_owner = self._component(seeds)
         old_ids = sorted(set(old_owner.values()))
         g = replay(links, self.cfg)
@@ -566,10 +584,12 @@ class Rebuild:
             by = vouched(payload, _trusted)
             pstate.apply_event(states[pid], payload, ext.anchor, self.policies, ext.warnings, by)
             ev_updates.append({"seq": seq, "profile_id": pid})
+        changes = [feed.Change(pid, "replay") for pid in sorted(states)]
         for p in extra:  # pending events: checked already; a failure folding one names it
             pid = new_owner[p.ext.anchor]
             _fold(states[pid], p, own_part(p.payload, p.ext, pid, new_owner, self.cfg), self.policies)
             ev_updates.append({"seq": p.seq, "profile_id": pid})
+            changes.append(event_change(pid, p))
         bulk.update_rows(self.conn, events, "seq", ev_updates)
 
         for part in _chunks(sorted(idents)):
@@ -604,8 +624,10 @@ class Rebuild:
                     reason="identity graph replayed after an out-of-order event", message_id=None, at=self.now,
                 )
             )  # fmt: skip
+            changes.append(feed.Change(old, "merge", target_id=target))
         # A reused id must not stay an alias of something else.
         reused = [pid for pid in rename.values() if pid in old_ids]
         for part in _chunks(reused):
             self.conn.execute(profile_aliases.delete().where(profile_aliases.c.alias_id.in_(part)))
         log.info("replayed identity component of %d identifiers, %d links", len(idents), len(links))
+        return changes

@@ -17,8 +17,8 @@ from chorus import workspaces as ws_api
 from chorus.collect import ingest
 from chorus.collect.messages import Event, normalise
 from chorus.errors import NotFound
+from chorus.profiles import feed, views
 from chorus.profiles import state as pstate
-from chorus.profiles import views
 from chorus.store.tables import profiles
 
 
@@ -71,6 +71,8 @@ def record(
         st = row.state
         pstate.apply_consent(st, ev.payload)
         conn.execute(profiles.update().where(profiles.c.id == profile_id).values(state=st))
+        feed.record(conn, ws_id, [feed.Change(profile_id, "consent", detail={
+            "slot": f"{channel}:{topic}", "status": status, "reason": reason})], at)  # fmt: skip
 
 
 def record_consent(

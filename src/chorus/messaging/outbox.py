@@ -30,7 +30,7 @@ from chorus.messaging import content, policy
 from chorus.messaging.consent import identity_fields
 from chorus.messaging.links import Links, track_email
 from chorus.messaging.subscriptions import endpoints_for, with_push_addresses_all
-from chorus.profiles import views
+from chorus.profiles import feed, views
 from chorus.store import bulk
 from chorus.store.db import FreshStatistics, read_only
 from chorus.store.tables import message_status, messages, partials, templates
@@ -261,6 +261,7 @@ def set_statuses(conn: Connection, changes: list[Change]) -> None:
     )  # fmt: skip
     for ch in changes:
         metrics.message_status.labels(channel=ch.msg.get("channel") or "none", status=ch.status).inc()
+    _record_changes(conn, changes)
     by_ws: dict[str, list[Change]] = {}
     for ch in changes:
         if ch.status in STATUS_EVENTS:
@@ -280,6 +281,23 @@ def set_statuses(conn: Connection, changes: list[Change]) -> None:
         if evs:
             source = ws_api.internal_source(conn, ws, "internal", "chorus-messaging")
             ingest.store(conn, source, evs, [], max(ch.at for ch in mine), attributed)
+
+
+def _record_changes(conn: Connection, changes: list[Change]) -> None:
+    """Every status change of a person's message is a change of that person (chorus.profiles.feed): segments and
+    journeys react to a message received, opened, clicked, bounced..."""
+    by_ws: dict[str, list[feed.Change]] = {}
+    for ch in changes:
+        m = ch.msg
+        if not m.get("profile_id"):
+            continue
+        detail = {"status": ch.status, "message_id": m["id"], "channel": m.get("channel"),
+                  "template": m.get("template"), "journey_id": m.get("journey_id"), "campaign_id": m.get("campaign_id")}
+        by_ws.setdefault(m["workspace_id"], []).append(
+            feed.Change(m["profile_id"], "message", detail={k: v for k, v in detail.items() if v is not None})
+        )  # fmt: skip
+    for ws, mine in by_ws.items():
+        feed.record(conn, ws, mine)
 
 
 def _update(conn: Connection, group: tuple[tuple, list[dict]]) -> bool:

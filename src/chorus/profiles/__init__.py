@@ -3,11 +3,21 @@
 
 def register(registry) -> None:
     """What profiles adds (see chorus.registry): the trait policies setting, and the profile row erased last."""
-    from chorus.profiles import privacy
-    from chorus.registry import Phase
+    from chorus.profiles import feed, privacy
+    from chorus.registry import Phase, Step
 
     registry.setting("trait_policies", _trait_policies)
     registry.erasure("profiles", privacy.forget_profile, tables=privacy.PROFILE_TABLES, phase=Phase.PROFILE)
+    # the change feed: the person's recorded changes go, and one change says she was erased (after the profile row)
+    registry.erasure("feed", feed.forget, tables=feed.TABLES, phase=Phase.PROFILE)
+    registry.task("feed", _feed_task, step=Step.DECIDE, label="change feed consumers")
+
+
+def _feed_task(engine, options):
+    from chorus import registry as reg
+    from chorus.profiles.feed import FeedTask
+
+    return FeedTask(engine, (options.registry or reg.installed()).consumers())
 
 
 def _trait_policies(value: object) -> dict:

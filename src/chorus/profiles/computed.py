@@ -9,6 +9,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from chorus.profiles import feed
 from chorus.store import bulk
 from chorus.store.tables import computed_traits
 from chorus.timeutil import iso
@@ -51,12 +52,17 @@ def replace(conn: Connection, ws: str, model: str, values: dict[str, dict], at: 
             conn, computed_traits, list(rows.values()), conflict=["workspace_id", "profile_id", "name"],
             update=["value", "model", "computed_at"],
         )  # fmt: skip
-    removed = conn.execute(
-        computed_traits.delete().where(
+    gone = conn.execute(
+        computed_traits.delete()
+        .where(
             computed_traits.c.workspace_id == ws, computed_traits.c.model == model, computed_traits.c.computed_at < at
         )
-    ).rowcount
-    return {"profiles": written, "skipped": skipped, "merged": collided, "removed": removed}
+        .returning(computed_traits.c.profile_id)
+    ).scalars().all()
+    # every profile whose computed traits were written or removed changed: segments on computed.* re-read them
+    changed = sorted(set(owner) | set(gone))
+    feed.record(conn, ws, [feed.Change(pid, "computed", detail={"model": model}) for pid in changed], at)
+    return {"profiles": written, "skipped": skipped, "merged": collided, "removed": len(gone)}
 
 
 def read(conn: Connection, ws: str, profile_ids: list[str]) -> dict[str, dict]:

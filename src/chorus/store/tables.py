@@ -131,6 +131,45 @@ identity_links = sa.Table(
     sa.Index("ix_identity_links_b", "workspace_id", "b"),
 )
 
+# --- the change feed (chorus.profiles.feed) --------------------------------------------------------------------
+# Every change to a profile, written in the transaction that makes it.
+profile_changes = sa.Table(
+    "profile_changes",
+    metadata,
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("workspace_id", sa.String(40), nullable=False),
+    sa.Column("profile_id", sa.String(40), nullable=False),
+    sa.Column("cause", sa.String(16), nullable=False),
+    sa.Column("event_seq", sa.BigInteger),  # events.seq of the event it came from
+    sa.Column("target_id", sa.String(40)),  # a merge: the survivor
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("detail", JSONDoc, nullable=False),
+    sa.Index("ix_profile_changes_profile", "workspace_id", "profile_id", "seq"),
+    sa.Index("ix_profile_changes_at", "at"),
+    sa.Index("ix_profile_changes_cause", "cause"),
+)
+
+# The consumers of the feed; each change is copied to feed_pending for every one of them.
+feed_consumers = sa.Table(
+    "feed_consumers",
+    metadata,
+    sa.Column("name", sa.String(60), primary_key=True),
+    sa.Column("since", UTCDateTime, nullable=False),
+)
+
+# A consumer's changes not handled yet: deleted in the transaction that handles them.
+feed_pending = sa.Table(
+    "feed_pending",
+    metadata,
+    sa.Column("consumer", sa.String(60), primary_key=True),
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("workspace_id", sa.String(40), nullable=False),
+    sa.Column("profile_id", sa.String(40), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("error", sa.Text),
+    sa.Index("ix_feed_pending_profile", "consumer", "profile_id", "seq"),
+)
+
 profile_aliases = sa.Table(
     "profile_aliases",
     metadata,

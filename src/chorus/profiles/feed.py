@@ -1,0 +1,350 @@
+"""The change feed: every change to a profile, recorded in the transaction that makes it, for the deciders.
+
+Whatever changes a profile (an event folded by identity resolution, a merge, a replay of the identity graph,
+consent Chorus learns itself, computed traits, a message status, an erasure) calls :func:`record` with the
+caller's connection, so the change and its record commit together or not at all. A change names the profile, its
+cause, the event it came from (``events.seq``) and, for a merge, the survivor; ``detail`` says what changed (an
+event's name and channel, the consent slots, the computed traits, a message's status), so that a consumer can tell
+cheaply whether the change can matter to it.
+
+Consumers (segments, journeys; later the lake export and webhooks out) each get their own copy of every change
+(a row in ``feed_pending``, written with the change): no shared high-water mark, which would lose changes because
+transactions commit out of ``seq`` order. A consumer claims its rows with ``FOR UPDATE SKIP LOCKED`` on
+PostgreSQL (any number of workers), handles one person's changes in ``seq`` order, and deletes the rows in the same
+transaction as its own effects: a crash rolls back both, so a change is never lost nor applied twice.
+
+One person's changes become visible in ``seq`` order: on PostgreSQL, :func:`record` takes a transaction lock on
+the person's bucket before its rows get their ``seq``, so two transactions changing one person commit in the order
+of their sequence numbers (SQLite has one writer at a time). A claim takes, per person, only the changes up to the
+first one another worker holds, so two workers never handle one person's changes out of order.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from chorus import metrics
+from chorus.store import bulk
+from chorus.store.tables import feed_consumers, feed_pending, profile_changes
+from chorus.timeutil import utcnow
+
+log = logging.getLogger("chorus.feed")
+
+CAUSES = ("event", "merge", "replay", "consent", "computed", "message", "erased")
+BUCKETS = 1024  # PostgreSQL advisory locks per workspace that order one person's changes (a person maps to one)
+LOCK_SPACE = 0x5EED  # first key of the two-key advisory locks (the identity lock uses the one-key form)
+MAX_ATTEMPTS = 5  # a change a consumer failed on this many times is parked (left in feed_pending, not claimed)
+RETENTION = timedelta(days=7)  # handled changes are kept this long for inspection, then pruned
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    profile_id: str
+    cause: str
+    event_seq: int | None = None
+    target_id: str | None = None  # a merge: the survivor (``profile_id`` is the profile merged into it)
+    detail: dict | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """A change as a consumer receives it."""
+
+    seq: int
+    workspace_id: str
+    profile_id: str
+    cause: str
+    event_seq: int | None
+    target_id: str | None
+    at: datetime
+    detail: dict = field(default_factory=dict)
+
+
+# (conn, workspace id, profile id, that person's changes in seq order) -> None; raises to have them retried
+Handler = Callable[[Connection, str, str, list[Delivered]], None]
+
+
+def _bucket(profile_id: str) -> int:
+    return zlib.crc32(profile_id.encode()) % BUCKETS
+
+
+def record(conn: Connection, ws: str, changes: Iterable[Change], at: datetime | None = None) -> int:
+    """Record ``changes`` (in this order) in the caller's transaction, one copy for every consumer. Returns how many.
+
+    Call it once per transaction where possible: on PostgreSQL it locks the people's buckets (in a fixed order, so
+    two callers cannot deadlock on them) until the transaction ends."""
+    changes = list(changes)
+    if not changes:
+        return 0
+    for c in changes:
+        if c.cause not in CAUSES:
+            raise ValueError(f"unknown change cause {c.cause!r}")
+    at = at or utcnow()
+    rows = [
+        {"seq": None, "workspace_id": ws, "profile_id": c.profile_id, "cause": c.cause, "event_seq": c.event_seq,
+         "target_id": c.target_id, "at": at, "detail": c.detail or {}}
+        for c in changes
+    ]  # fmt: skip
+    if conn.dialect.name == "postgresql":
+        base = zlib.crc32(ws.encode()) % 65536 * BUCKETS
+        keys = sorted({base + _bucket(c.profile_id) for c in changes})
+        # one statement, the keys in ascending order (unnest keeps the array's order): recorders never deadlock
+        conn.execute(sa.text("SELECT count(pg_advisory_xact_lock(:space, k)) FROM unnest(CAST(:keys AS int[])) AS k"),
+                     {"space": LOCK_SPACE, "keys": keys})  # fmt: skip
+        # the sequence numbers are taken after the locks: one person's changes commit in seq order
+        seqs = list(conn.execute(sa.text("SELECT nextval(pg_get_serial_sequence('profile_changes', 'seq')) "
+                                         "FROM generate_series(1, :n)"), {"n": len(rows)}).scalars())  # fmt: skip
+        for row, seq in zip(rows, sorted(seqs), strict=True):
+            row["seq"] = seq
+        bulk.insert_rows(conn, profile_changes, rows)
+    else:
+        # SQLite: one writer at a time, so the rows of this executemany take consecutive rowids after the last one
+        for row in rows:
+            del row["seq"]
+        bulk.insert_rows(conn, profile_changes, rows)
+        last = conn.exec_driver_sql("SELECT last_insert_rowid()").scalar_one()
+        seqs = list(range(last - len(rows) + 1, last + 1))
+    consumers = list(conn.execute(sa.select(feed_consumers.c.name).order_by(feed_consumers.c.name)).scalars())
+    if consumers:
+        bulk.insert_rows(conn, feed_pending, [
+            {"consumer": name, "seq": seq, "workspace_id": ws, "profile_id": c.profile_id, "attempts": 0}
+            for name in consumers for seq, c in zip(seqs, changes, strict=True)
+        ])  # fmt: skip
+    metrics.feed_changes.inc(len(changes))
+    return len(changes)
+
+
+def subscribe(engine: Engine, name: str) -> bool:
+    """Make ``name`` a consumer: from now on every change is recorded for it too. True when it is new."""
+    with engine.begin() as conn:
+        done = bulk.insert_rows(conn, feed_consumers, [{"name": name, "since": utcnow()}], conflict=["name"],
+                                returning="name")  # fmt: skip
+    return bool(done)
+
+
+def unsubscribe(conn: Connection, name: str) -> None:
+    """Stop recording changes for ``name`` and drop what it had not handled."""
+    conn.execute(feed_pending.delete().where(feed_pending.c.consumer == name))
+    conn.execute(feed_consumers.delete().where(feed_consumers.c.name == name))
+
+
+# -- consuming --------------------------------------------------------------------------------------------------------
+def claim(conn: Connection, consumer: str, limit: int) -> dict[tuple[str, str], list[Delivered]]:
+    """Claim up to ``limit`` of ``consumer``'s changes: {(workspace, person): their changes in seq order}.
+
+    A person's changes are taken only up to the first one this claim could not take (another worker holds it), so
+    the changes of one person are never handled by two workers at once nor out of order. Parked changes (failed
+    MAX_ATTEMPTS times) are neither claimed nor in the way."""
+    q = (
+        sa.select(feed_pending.c.seq, feed_pending.c.workspace_id, feed_pending.c.profile_id)
+        .where(feed_pending.c.consumer == consumer, feed_pending.c.attempts < MAX_ATTEMPTS)
+        .order_by(feed_pending.c.seq)
+        .limit(limit)
+    )
+    if conn.dialect.name == "postgresql":
+        q = q.with_for_update(skip_locked=True)
+    mine = conn.execute(q).all()
+    if not mine:
+        return {}
+    taken = {r.seq for r in mine}
+    people = sorted({r.profile_id for r in mine})
+    # every pending change of these people, taken or not: a person's run stops at the first one not taken
+    pending: dict[str, list[int]] = {}
+    for part in _chunks(people):
+        for seq, pid in conn.execute(
+            sa.select(feed_pending.c.seq, feed_pending.c.profile_id).where(
+                feed_pending.c.consumer == consumer, feed_pending.c.attempts < MAX_ATTEMPTS,
+                feed_pending.c.profile_id.in_(part),
+            )
+        ):  # fmt: skip
+            pending.setdefault(pid, []).append(seq)
+    run: set[int] = set()
+    for seqs in pending.values():
+        for seq in sorted(seqs):
+            if seq not in taken:
+                break
+            run.add(seq)
+    out: dict[tuple[str, str], list[Delivered]] = {}
+    for part in _chunks(sorted(run)):
+        for r in conn.execute(sa.select(profile_changes).where(profile_changes.c.seq.in_(part))):
+            out.setdefault((r.workspace_id, r.profile_id), []).append(
+                Delivered(r.seq, r.workspace_id, r.profile_id, r.cause, r.event_seq, r.target_id, r.at, r.detail or {})
+            )
+    for changes in out.values():
+        changes.sort(key=lambda d: d.seq)
+    return out
+
+
+def handled(conn: Connection, consumer: str, seqs: list[int]) -> None:
+    for part in _chunks(seqs):
+        conn.execute(feed_pending.delete().where(feed_pending.c.consumer == consumer, feed_pending.c.seq.in_(part)))
+
+
+def failed(conn: Connection, consumer: str, seqs: list[int], error: str) -> None:
+    for part in _chunks(seqs):
+        conn.execute(
+            feed_pending.update()
+            .where(feed_pending.c.consumer == consumer, feed_pending.c.seq.in_(part))
+            .values(attempts=feed_pending.c.attempts + 1, error=error[:2000])
+        )
+
+
+def consume(engine: Engine, consumer: str, handle: Handler, limit: int = 500) -> int:
+    """One transaction: claim, hand each person's changes to ``handle``, delete what was handled. Returns how many
+    changes were handled.
+
+    A person whose changes ``handle`` fails on is rolled back alone (a savepoint), then her changes are tried one
+    by one, in order: those before the failing one are handled, the failing one counts an attempt, the later ones
+    wait (her order is kept). After MAX_ATTEMPTS failures a change is parked with its error and her later changes
+    go on, so one poisoned change costs a few attempts, not the person's feed."""
+    done = 0
+    with engine.begin() as conn:
+        for (ws, pid), changes in claim(conn, consumer, limit).items():
+            try:
+                with conn.begin_nested():
+                    handle(conn, ws, pid, changes)
+            except Exception:  # noqa: BLE001 - one person's failure must not stop the others
+                done += _one_by_one(conn, consumer, handle, ws, pid, changes)
+                continue
+            handled(conn, consumer, [c.seq for c in changes])
+            done += len(changes)
+    return done
+
+
+def _one_by_one(conn: Connection, consumer: str, handle: Handler, ws: str, pid: str, changes: list[Delivered]) -> int:
+    for i, c in enumerate(changes):
+        try:
+            with conn.begin_nested():
+                handle(conn, ws, pid, [c])
+        except Exception as exc:  # noqa: BLE001
+            log.exception("change feed consumer %s failed on change %d of profile %s", consumer, c.seq, pid)
+            failed(conn, consumer, [c.seq], f"{type(exc).__name__}: {exc}")
+            metrics.feed_failures.inc()
+            return i
+        handled(conn, consumer, [c.seq])
+    return len(changes)
+
+
+def prune(conn: Connection, now: datetime, retention: timedelta | None = RETENTION) -> int:
+    """Delete changes every consumer has handled: erasures at once (they name the erased profile), the rest after
+    ``retention`` (None: erasures only)."""
+    # every change below the oldest one a consumer still has to handle is handled (each consumer's minimum is one
+    # probe of feed_pending's primary key); parked changes do not hold the others back, they are kept by name
+    horizon = None
+    for name in conn.execute(sa.select(feed_consumers.c.name)).scalars():
+        low = conn.execute(sa.select(sa.func.min(feed_pending.c.seq)).where(
+            feed_pending.c.consumer == name, feed_pending.c.attempts < MAX_ATTEMPTS)).scalar()  # fmt: skip
+        if low is not None:
+            horizon = low if horizon is None else min(horizon, low)
+    parked = list(conn.execute(sa.select(feed_pending.c.seq).where(feed_pending.c.attempts >= MAX_ATTEMPTS)).scalars())
+    old = profile_changes.c.cause == "erased"
+    if retention is not None:
+        old = sa.or_(old, profile_changes.c.at < now - retention)
+    cond = [old]
+    if horizon is not None:
+        cond.append(profile_changes.c.seq < horizon)
+    if parked:
+        cond.append(profile_changes.c.seq.notin_(parked))
+    return conn.execute(profile_changes.delete().where(*cond)).rowcount
+
+
+def lag(conn: Connection) -> list[dict]:
+    """Per consumer: changes waiting, parked, and the oldest waiting change's time."""
+    rows = conn.execute(
+        sa.select(
+            feed_consumers.c.name,
+            sa.func.count(feed_pending.c.seq).filter(feed_pending.c.attempts < MAX_ATTEMPTS),
+            sa.func.count(feed_pending.c.seq).filter(feed_pending.c.attempts >= MAX_ATTEMPTS),
+            sa.func.min(profile_changes.c.at),
+        )
+        .select_from(
+            feed_consumers.outerjoin(feed_pending, feed_pending.c.consumer == feed_consumers.c.name).outerjoin(
+                profile_changes, profile_changes.c.seq == feed_pending.c.seq
+            )
+        )
+        .group_by(feed_consumers.c.name)
+        .order_by(feed_consumers.c.name)
+    ).all()
+    return [{"consumer": n, "waiting": w, "parked": p, "oldest": o} for n, w, p, o in rows]
+
+
+def changes_of(conn: Connection, ws: str, profile_ids: list[str], limit: int = 100) -> list[dict]:
+    """The newest recorded changes of these profiles (a profile and its aliases), newest first."""
+    rows = conn.execute(
+        sa.select(profile_changes)
+        .where(profile_changes.c.workspace_id == ws, profile_changes.c.profile_id.in_(profile_ids))
+        .order_by(profile_changes.c.seq.desc())
+        .limit(limit)
+    ).all()
+    return [
+        {"seq": r.seq, "profile_id": r.profile_id, "cause": r.cause, "event_seq": r.event_seq,
+         "target_id": r.target_id, "at": r.at, "detail": r.detail or {}}
+        for r in rows
+    ]  # fmt: skip
+
+
+def _chunks(seq: list, n: int = 5000):
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
+
+
+# -- erasure -----------------------------------------------------------------------------------------------------------
+TABLES = {"profile_changes": "profile_changes", "feed_pending": "feed_pending"}
+
+
+def forget(conn: Connection, ws: str, person) -> dict[str, int]:
+    """Erasure participant (chorus.registry): the person's recorded changes and what consumers had not handled go;
+    then one ``erased`` change per id tells every consumer to forget her (it names only the profile id, and is
+    deleted as soon as every consumer has handled it: :func:`prune`)."""
+    ids = person.profile_ids
+    counts = {
+        "feed_pending": conn.execute(
+            feed_pending.delete().where(feed_pending.c.workspace_id == ws, feed_pending.c.profile_id.in_(ids))
+        ).rowcount,
+        "profile_changes": conn.execute(
+            profile_changes.delete().where(profile_changes.c.workspace_id == ws, profile_changes.c.profile_id.in_(ids))
+        ).rowcount,
+    }
+    if conn.execute(sa.select(feed_consumers.c.name).limit(1)).first() is not None:  # nobody to tell otherwise
+        record(conn, ws, [Change(pid, "erased") for pid in ids], person.now)
+    return counts
+
+
+# -- as a worker task -----------------------------------------------------------------------------------------------
+class FeedTask:
+    """Runs every registered consumer once per worker pass (registry ``consumer``), and prunes now and then."""
+
+    PRUNE_EVERY = 300.0  # seconds
+
+    def __init__(self, engine: Engine, consumers: list[tuple[str, Handler]], batch: int = 500):
+        self.engine = engine
+        self.consumers = consumers
+        self.batch = batch
+        self._pruned_at: float | None = None
+        # a consumer receives the changes recorded from the moment its first worker is made, before any pass
+        for name, _ in consumers:
+            subscribe(engine, name)
+
+    def run_once(self) -> int:
+        import time
+
+        done = 0
+        for name, handle in self.consumers:
+            done += consume(self.engine, name, handle, self.batch)
+        full = self._pruned_at is None or time.monotonic() - self._pruned_at > self.PRUNE_EVERY
+        if full or done:  # erasures handled this pass go at once; the rest of the history now and then
+            with self.engine.begin() as conn:
+                prune(conn, utcnow(), RETENTION if full else None)
+            if full:
+                self._pruned_at = time.monotonic()
+        return done
+
+    def close(self) -> None:
+        pass
