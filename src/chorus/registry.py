@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import importlib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import IntEnum
 from typing import Any, Protocol
@@ -56,6 +56,9 @@ class Person:
     aliases: tuple[str, ...]  # merged-away ids that resolve to the profile
     identifiers: tuple[str, ...]  # "kind:value", as the identity graph holds them
     now: datetime  # one instant for every row an erasure writes (queued removals, the erasure record)
+    # events.seq of other people's events an erasure rewrote without this person (identity adds them, the erasure
+    # record keeps them, so that copies outside the store, the event lake, rewrite theirs too)
+    rewritten_events: list[int] = field(default_factory=list, compare=False)
 
     @property
     def profile_ids(self) -> list[str]:

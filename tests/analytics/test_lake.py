@@ -220,3 +220,32 @@ def test_export_says_what_it_holds_back_and_until_when(db_url, engine, tmp_path)
     assert (doc["events"], doc["held_back"]) == (1, 0)
     r = _cli("lake", "export", "--out", str(out), "--settle", "0", db=db_url)
     assert "Not exported yet" not in r.stdout
+
+
+def test_a_claimants_event_naming_the_erased_person_is_rewritten_in_the_lake(engine, shop, tmp_path):
+    """Mallory's browser claimed Ana's email (the guards kept it off Ana's profile, but Mallory's event carried it).
+    Erasing Ana rewrites that event in the store without her email; the lake's copy is rewritten too, so no row
+    of the lake holds her address any more."""
+    store(engine, shop, {"type": "identify", "userId": "mallory", "messageId": "mal0",
+                         "timestamp": "2026-06-01T09:00:00Z"})  # fmt: skip
+    with engine.begin() as conn:
+        src = workspaces.source_by_write_key(conn, shop["write_key"])
+        claim = {"type": "identify", "userId": "mallory", "messageId": "mal1", "timestamp": "2026-06-01T09:05:00Z",
+                 "traits": {"email": "ana@example.com", "plan": "pro"}}  # fmt: skip
+        ingest.store(conn, src, [normalise(claim, received_at=T0 + timedelta(minutes=6), source_kind="client")], [],
+                     T0 + timedelta(minutes=6))  # fmt: skip
+    Resolver(engine).drain()
+    lake.export(engine, tmp_path, settle=timedelta(0))
+    assert "ana@example.com" in str(read(tmp_path, "events"))  # her email, in Mallory's event
+    with engine.connect() as conn:
+        ana = views.find_by_ident(conn, shop["id"], "user_id:u1")
+        mallory = views.find_by_ident(conn, shop["id"], "user_id:mallory")
+    assert ana != mallory
+    with engine.begin() as conn:
+        privacy.erase(conn, shop["id"], ana)
+    lake.export(engine, tmp_path, settle=timedelta(0))
+    assert "ana@example.com" not in str(read(tmp_path, "events"))
+    rows = {e["message_id"]: e for e in read(tmp_path, "events")}
+    assert "mal1" in rows and '"plan":"pro"' in rows["mal1"]["payload"]  # Mallory's event stays, without Ana
+    assert len([e for e in read(tmp_path, "events") if e["message_id"] == "mal1"]) == 1
+    assert {"i1", "o1"}.isdisjoint(rows)

@@ -151,6 +151,8 @@ def export(engine: Engine, out: str | Path, *, settle: timedelta = SETTLE, now: 
         gone = conn.execute(sa.select(erasures).where(erasures.c.id > erased_upto).order_by(erasures.c.id)).all()
         if gone:  # first, so that nothing of an erased person survives this run
             _forget(root, {h for r in gone for h in r.profile_hashes}, result)
+            rewritten = {s for r in gone for s in (r.rewritten_seqs or ())}
+            _rewrite(conn, root, rewritten, int(state.get("events_seq", 0)), gone[-1].id, result)
             erased_upto = gone[-1].id
         result.workspaces = sorted(conn.execute(sa.select(workspaces.c.id)).scalars())
         seq = _export_events(conn, root, int(state.get("events_seq", 0)), cutoff, result)
@@ -341,7 +343,7 @@ def _forget(root: Path, hashes: set[str], result: ExportResult) -> None:
     """Remove erased people's rows from the files already written: their events, messages and statuses.
     ``erasures`` keeps SHA-256 hashes of the profile ids, so the ids in each file are hashed to find them."""
     result.erased_profiles += len(hashes)
-    for path in sorted((root / "events").glob("workspace_id=*/date=*/part-*.parquet")):
+    for path in sorted((root / "events").glob("workspace_id=*/date=*/*.parquet")):
         ids = _erased_in(pq.ParquetFile(path).read(columns=["profile_id"])["profile_id"], hashes)
         if ids is not None:
             _drop_rows(path, "profile_id", ids)
@@ -357,6 +359,34 @@ def _forget(root: Path, hashes: set[str], result: ExportResult) -> None:
         if statuses.exists():
             _drop_rows(statuses, "message_id", theirs)
         result.files_rewritten_for_erasure += 1
+
+
+def _rewrite(conn, root: Path, seqs: set[int], watermark: int, erasure_id: int, result: ExportResult) -> None:
+    """Other people's events an erasure rewrote in the store (a claimant's event that carried the erased person's
+    email): their exported rows are replaced by the store's current version. Those not exported yet (after the
+    watermark) are exported as they are now by the normal run."""
+    seqs = {s for s in seqs if s <= watermark}
+    if not seqs:
+        return
+    wanted = pa.array(sorted(seqs), pa.int64())
+    for path in sorted((root / "events").glob("workspace_id=*/date=*/*.parquet")):
+        column = pq.ParquetFile(path).read(columns=["seq"])["seq"]
+        if pc.any(pc.is_in(column, value_set=wanted)).as_py():
+            _drop_rows(path, "seq", wanted)
+            result.files_rewritten_for_erasure += 1
+    rows = []
+    for i in range(0, len(wanted), 5000):
+        part = wanted[i : i + 5000].to_pylist()
+        rows += conn.execute(sa.select(events).where(events.c.seq.in_(part)).order_by(events.c.seq)).all()
+    groups: dict[tuple[str, str], list] = defaultdict(list)
+    for r in rows:
+        if r.profile_id is not None:  # still an event of someone: written again, without the erased person
+            groups[(r.workspace_id, r.timestamp.date().isoformat())].append(r)
+    for (ws, day), part in groups.items():
+        # "part-<first>-<last>-e<erasure>": a name the orphan sweep (part-<first>-<last>) leaves alone
+        path = root / "events" / f"workspace_id={ws}" / f"date={day}" / (
+            f"part-{part[0].seq}-{part[-1].seq}-e{erasure_id}.parquet")  # fmt: skip
+        _write(path, _event_table(part))
 
 
 def _erased_in(column: pa.ChunkedArray, hashes: set[str]) -> pa.Array | None:

@@ -103,6 +103,7 @@ def _unclaim(conn: Connection, ws: str, claimants: list[str], idents: set[str], 
         clean = without_identifiers(row.payload, cfg, idents)
         if clean != row.payload:
             conn.execute(events.update().where(events.c.seq == row.seq).values(payload=clean))
+            person.rewritten_events.append(row.seq)
             redacted += 1
     seeds = set(
         conn.execute(

@@ -97,5 +97,6 @@ def forget_profile(conn: Connection, ws: str, person: Person) -> dict[str, int]:
         "profiles": conn.execute(profiles.delete().where(profiles.c.id == person.profile_id)).rowcount,
     }
     conn.execute(erasures.insert().values(workspace_id=ws, profile_hashes=[erased_hash(i) for i in person.profile_ids],
-                                          erased_at=person.now))  # fmt: skip
+                                          erased_at=person.now,
+                                          rewritten_seqs=sorted(person.rewritten_events) or None))  # fmt: skip
     return counts

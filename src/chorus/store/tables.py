@@ -286,6 +286,8 @@ erasures = sa.Table(
     sa.Column("workspace_id", sa.String(40), nullable=False),
     sa.Column("profile_hashes", JSONDoc, nullable=False),
     sa.Column("erased_at", UTCDateTime, nullable=False),
+    # events.seq of other people's events rewritten without the person (claims of her email...), or NULL
+    sa.Column("rewritten_seqs", JSONDoc),
 )
 
 # Traits computed by analytics (lifetime value, probability alive, RFM): one row per profile and trait, replaced by
