@@ -297,3 +297,54 @@ def test_erasure_removes_her_changes_and_tells_consumers_then_the_notice_goes(en
     with engine.begin() as conn:
         feed.prune(conn, utcnow(), None)
     assert changes(engine, ws) == []
+
+
+def test_a_profile_made_for_a_refused_claim_is_a_change_too(engine, ws):
+    send(engine, ws, [{"type": "identify", "userId": "vera", "messageId": "m1", "timestamp": "2026-01-01T10:00:00Z",
+                       "traits": {"email": "vera@example.com"}}])  # fmt: skip
+    send(engine, ws, [{"type": "identify", "userId": "vera", "messageId": "m2", "timestamp": "2026-01-01T10:01:00Z",
+                       "traits": {"phone": "+447911000333"}}], trusted=False)  # a browser: the phone is refused
+    resolve(engine)
+    phone = profile_of(engine, ws, "phone:+447911000333")
+    assert phone != profile_of(engine, ws, "user_id:vera")
+    assert [(c.profile_id, c.cause) for c in changes(engine, ws) if c.profile_id == phone] == [(phone, "created")]
+
+
+def test_a_rescoring_that_changes_nothing_records_nothing(engine, ws):
+    send(engine, ws, [{"type": "identify", "userId": "u1", "messageId": "m1", "timestamp": "2026-01-01T10:00:00Z"}])
+    resolve(engine)
+    pid = profile_of(engine, ws, "user_id:u1")
+    for i, value in enumerate((10.0, 10.0, 12.5)):
+        with engine.begin() as conn:
+            computed.replace(conn, ws, "clv", {pid: {"clv_12m": value}}, utcnow() + timedelta(seconds=i))
+    assert [c.detail for c in changes(engine, ws, "computed")] == [{"model": "clv"}, {"model": "clv"}]
+
+
+def test_a_change_number_is_never_given_twice(engine, ws):
+    """SQLite would reuse the largest rowid once deleted; a consumer that has seen a number must never see it
+    again for another change (AUTOINCREMENT)."""
+    with engine.begin() as conn:
+        feed.record(conn, ws, [feed.Change("p1", "event")])
+    (first,) = [c.seq for c in changes(engine, ws)]
+    with engine.begin() as conn:
+        conn.execute(profile_changes.delete())
+    with engine.begin() as conn:
+        feed.record(conn, ws, [feed.Change("p1", "erased")])
+    (second,) = [c.seq for c in changes(engine, ws)]
+    assert second > first
+
+
+def test_what_a_merged_profile_had_pending_is_handled_as_the_survivors(engine, ws):
+    feed.subscribe(engine, "c4")
+    send(engine, ws, [{"type": "identify", "userId": "u1", "messageId": "m1", "timestamp": "2026-01-01T10:00:00Z"}])
+    send(engine, ws, [{"type": "page", "anonymousId": "a1", "messageId": "m2", "timestamp": "2026-01-01T10:05:00Z"}])
+    resolve(engine)
+    anon = profile_of(engine, ws, "anonymous_id:a1")
+    send(engine, ws, [{"type": "identify", "userId": "u1", "anonymousId": "a1", "messageId": "m3",
+                       "timestamp": "2026-01-01T10:06:00Z"}])  # fmt: skip
+    resolve(engine)
+    known = profile_of(engine, ws, "user_id:u1")
+    got: dict = {}
+    feed.consume(engine, "c4", lambda c, w, p, chs: got.setdefault(p, []).extend((x.profile_id, x.cause) for x in chs))
+    assert set(got) == {known, anon}  # the anonymous page view was handed over as the survivor's
+    assert (anon, "event") in got[known] and got[anon] == [(anon, "merge")]

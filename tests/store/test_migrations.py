@@ -49,7 +49,8 @@ def test_link_trust_levels_are_recovered_from_the_events_that_stored_them(empty_
     upgrade(empty_url, "0005")
     eng = sa.create_engine(empty_url)
     with eng.begin() as conn:
-        for seq, (msg, trusted) in enumerate([("m-server", True), ("m-hash", False), ("m-browser", False)], 1):
+        evs = [("m-server", True), ("m-hash", False), ("m-browser", False), ("m-backdated", False)]
+        for seq, (msg, trusted) in enumerate(evs, 1):
             conn.execute(sa.text(
                 "INSERT INTO events (seq, workspace_id, message_id, type, channel, timestamp, received_at, trusted, "
                 "payload) VALUES (:seq, 'w', :msg, 'identify', 'web', :t, :t, :trusted, '{}')"
@@ -57,19 +58,24 @@ def test_link_trust_levels_are_recovered_from_the_events_that_stored_them(empty_
         for a, b, trusted, msg in [("user_id:s", "email:s@x.io", True, "m-server"),
                                    ("user_id:h", "phone:+447911000111", True, "m-hash"),
                                    ("anonymous_id:b", "email:b@x.io", False, "m-browser"),
+                                   ("anonymous_id:old", "email:b@x.io", False, "m-backdated"),
                                    ("user_id:h", "phone:+447911000111", False, "m-browser")]:  # fmt: skip
             conn.execute(sa.text(
                 "INSERT INTO identity_links (workspace_id, a, b, trusted, at, msg) VALUES ('w', :a, :b, :t, :at, :msg)"
-            ), {"a": a, "b": b, "t": trusted, "at": T, "msg": msg})  # fmt: skip
+            ), {"a": a, "b": b, "t": trusted, "at": "2000-01-02 00:00:00" if msg == "m-backdated" else T,
+                "msg": msg})  # fmt: skip
     eng.dispose()
 
     upgrade(empty_url)
     eng = sa.create_engine(empty_url)
     with eng.connect() as conn:
         rows = conn.execute(sa.text("SELECT a, b, trust, msg FROM identity_links ORDER BY a, trust")).all()
+        moved = conn.execute(sa.text("SELECT at FROM identity_links WHERE msg = 'm-backdated'")).scalar_one()
     eng.dispose()
+    assert str(moved).startswith("2026-01-01 10:00:00")  # the backdated claim now sorts at its arrival
     assert [tuple(r) for r in rows] == [
         ("anonymous_id:b", "email:b@x.io", 0, "m-browser"),
+        ("anonymous_id:old", "email:b@x.io", 0, "m-backdated"),
         ("user_id:h", "phone:+447911000111", 0, "m-browser"),
         ("user_id:h", "phone:+447911000111", 1, "m-hash"),
         ("user_id:s", "email:s@x.io", 2, "m-server"),
@@ -81,6 +87,7 @@ def test_link_trust_levels_are_recovered_from_the_events_that_stored_them(empty_
         rows = conn.execute(sa.text("SELECT a, trusted, msg FROM identity_links ORDER BY a, trusted")).all()
     eng.dispose()
     assert [(a, bool(t), m) for a, t, m in rows] == [
-        ("anonymous_id:b", False, "m-browser"), ("user_id:h", False, "m-browser"), ("user_id:h", True, "m-hash"),
+        ("anonymous_id:b", False, "m-browser"), ("anonymous_id:old", False, "m-backdated"),
+        ("user_id:h", False, "m-browser"), ("user_id:h", True, "m-hash"),
         ("user_id:s", True, "m-server"),
     ]  # fmt: skip

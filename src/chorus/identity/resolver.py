@@ -397,7 +397,9 @@ class _WorkspaceBatch:
             )  # fmt: skip
             metrics.merges.inc()
             log.info("merged profile %s into %s", m.merged, survivor)
-            # consumers of the merged profile are pointed at the survivor, and the survivor has changed
+            # consumers of the merged profile are pointed at the survivor, and the survivor has changed; what they
+            # had not handled of the merged one is handled in the survivor's order
+            feed.repoint(self.conn, self.ws, m.merged, survivor)
             changes.append(feed.Change(m.merged, "merge", target_id=survivor))
             changes.append(feed.Change(survivor, "merge", target_id=survivor, detail={"merged": m.merged}))
 
@@ -439,6 +441,9 @@ class _WorkspaceBatch:
                 inserts.append(row)
         bulk.insert_rows(self.conn, profiles, inserts)
         bulk.update_rows(self.conn, profiles, "id", updates)
+        # a profile made without an event of its own (the identifier a guard refused to move) is a change too
+        told = {c.profile_id for c in changes}
+        changes += [feed.Change(r["id"], "created") for r in inserts if r["id"] not in told]
 
         # Links, then replay the components that saw a link out of order.
         link_rows = [
@@ -624,6 +629,7 @@ class Rebuild:
                     reason="identity graph replayed after an out-of-order event", message_id=None, at=self.now,
                 )
             )  # fmt: skip
+            feed.repoint(self.conn, self.ws, old, target)
             changes.append(feed.Change(old, "merge", target_id=target))
         # A reused id must not stay an alias of something else.
         reused = [pid for pid in rename.values() if pid in old_ids]

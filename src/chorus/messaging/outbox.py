@@ -297,7 +297,11 @@ def _record_changes(conn: Connection, changes: list[Change]) -> None:
             feed.Change(m["profile_id"], "message", detail={k: v for k, v in detail.items() if v is not None})
         )  # fmt: skip
     for ws, mine in by_ws.items():
-        feed.record(conn, ws, mine)
+        # a message keeps the profile id it was sent to; the person may have been merged since
+        current = views.resolve_ids(conn, ws, sorted({c.profile_id for c in mine}))
+        feed.record(conn, ws, [
+            feed.Change(current.get(c.profile_id, c.profile_id), c.cause, detail=c.detail) for c in mine
+        ])  # fmt: skip
 
 
 def _update(conn: Connection, group: tuple[tuple, list[dict]]) -> bool:

@@ -23,8 +23,12 @@ def replace(conn: Connection, ws: str, model: str, values: dict[str, dict], at: 
     read are written to the profile they are now part of; ids that are no longer profiles (erased) are skipped."""
     from chorus.profiles.views import resolve_ids  # views shows computed traits: import it late
 
+    if conn.dialect.name == "postgresql":  # an erasure of one of these people waits, or is waited for: never both
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": "identity:" + ws})
+
     written = skipped = collided = 0
     owner: dict[str, str] = {}  # profile written -> the scored id its values came from
+    differs: set[str] = set()  # profiles whose values this run changes: a change for the feed
     ids = list(values)
     for i in range(0, len(ids), CHUNK):
         part = ids[i : i + CHUNK]
@@ -48,6 +52,13 @@ def replace(conn: Connection, ws: str, model: str, values: dict[str, dict], at: 
                     "computed_at": at,
                 }  # fmt: skip
             written += 1
+        ct = computed_traits.c
+        before = {
+            (r.profile_id, r.name): r.value
+            for r in conn.execute(sa.select(ct.profile_id, ct.name, ct.value)
+                                  .where(ct.workspace_id == ws, ct.profile_id.in_({k[0] for k in rows})))
+        }  # fmt: skip
+        differs.update(k[0] for k, row in rows.items() if k not in before or before[k] != row["value"])
         bulk.insert_rows(
             conn, computed_traits, list(rows.values()), conflict=["workspace_id", "profile_id", "name"],
             update=["value", "model", "computed_at"],
@@ -59,8 +70,9 @@ def replace(conn: Connection, ws: str, model: str, values: dict[str, dict], at: 
         )
         .returning(computed_traits.c.profile_id)
     ).scalars().all()
-    # every profile whose computed traits were written or removed changed: segments on computed.* re-read them
-    changed = sorted(set(owner) | set(gone))
+    # every profile whose computed traits changed or were removed: segments on computed.* re-read them (a run that
+    # rescored a million people with the same values records nothing)
+    changed = sorted(differs | set(gone))
     feed.record(conn, ws, [feed.Change(pid, "computed", detail={"model": model}) for pid in changed], at)
     return {"profiles": written, "skipped": skipped, "merged": collided, "removed": len(gone)}
 

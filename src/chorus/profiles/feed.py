@@ -37,10 +37,13 @@ from chorus.timeutil import utcnow
 
 log = logging.getLogger("chorus.feed")
 
-CAUSES = ("event", "merge", "replay", "consent", "computed", "message", "erased")
-BUCKETS = 1024  # PostgreSQL advisory locks per workspace that order one person's changes (a person maps to one)
+CAUSES = ("event", "merge", "replay", "created", "consent", "computed", "message", "erased")
+# PostgreSQL advisory locks that order one person's changes (a person maps to one): few enough that a transaction
+# changing thousands of people cannot exhaust the server's lock table (max_locks_per_transaction)
+BUCKETS = 128
 LOCK_SPACE = 0x5EED  # first key of the two-key advisory locks (the identity lock uses the one-key form)
 MAX_ATTEMPTS = 5  # a change a consumer failed on this many times is parked (left in feed_pending, not claimed)
+PRUNE_BATCH = 10_000
 RETENTION = timedelta(days=7)  # handled changes are kept this long for inspection, then pruned
 
 
@@ -71,41 +74,106 @@ class Delivered:
 Handler = Callable[[Connection, str, str, list[Delivered]], None]
 
 
-def _bucket(profile_id: str) -> int:
-    return zlib.crc32(profile_id.encode()) % BUCKETS
+def _bucket(ws: str, profile_id: str) -> int:
+    return zlib.crc32(f"{ws}:{profile_id}".encode()) % BUCKETS
+
+
+# -- recording: buffered on the connection, written at commit -------------------------------------------------------
+_BUFFER = "chorus_feed"  # key in the DBAPI connection's info: {"changes": [(ws, Change, at)], "marks": {savepoint: n}}
 
 
 def record(conn: Connection, ws: str, changes: Iterable[Change], at: datetime | None = None) -> int:
     """Record ``changes`` (in this order) in the caller's transaction, one copy for every consumer. Returns how many.
 
-    Call it once per transaction where possible: on PostgreSQL it locks the people's buckets (in a fixed order, so
-    two callers cannot deadlock on them) until the transaction ends."""
+    The changes are kept on the connection and written when the transaction commits, as its last statements (a
+    savepoint rolled back drops those recorded inside it; a rollback drops all). Writing last is what makes the
+    person's order safe without deadlocks: on PostgreSQL the write first locks the people's buckets, all of them in
+    one sorted acquisition, and takes their sequence numbers under those locks, so two transactions changing one
+    person commit in ``seq`` order; and since no transaction takes another lock after these, none can wait for one
+    that waits for it (the resolver's identity lock, a message row)."""
     changes = list(changes)
-    if not changes:
-        return 0
     for c in changes:
         if c.cause not in CAUSES:
             raise ValueError(f"unknown change cause {c.cause!r}")
+    if not changes:
+        return 0
+    _hook(conn.engine)
+    buf = conn.info.setdefault(_BUFFER, {"changes": [], "marks": {}})
     at = at or utcnow()
+    buf["changes"].extend((ws, c, at) for c in changes)
+    return len(changes)
+
+
+def _discard(conn: Connection, ws: str, profile_ids: Iterable[str]) -> None:
+    """Forget changes recorded earlier in this transaction for these profiles (they are being erased)."""
+    buf = conn.info.get(_BUFFER)
+    if buf:
+        ids = set(profile_ids)
+        buf["changes"] = [x for x in buf["changes"] if not (x[0] == ws and x[1].profile_id in ids)]
+        buf["marks"] = {k: min(v, len(buf["changes"])) for k, v in buf["marks"].items()}
+
+
+_hooked: set[int] = set()
+
+
+def _hook(engine: Engine) -> None:
+    if id(engine) in _hooked:
+        return
+    _hooked.add(id(engine))
+    # insert=True: before the SQLite writer queue's own "commit" listener lets the next writer in
+    sa.event.listen(engine, "commit", _flush, insert=True)
+    sa.event.listen(engine, "begin", _clear)
+    sa.event.listen(engine, "rollback", _clear)
+    sa.event.listen(engine, "savepoint", _mark)
+    sa.event.listen(engine, "rollback_savepoint", _undo)
+    sa.event.listen(engine, "release_savepoint", _release)
+
+
+def _clear(conn: Connection) -> None:
+    conn.info.pop(_BUFFER, None)
+
+
+def _mark(conn: Connection, name: str) -> None:
+    buf = conn.info.setdefault(_BUFFER, {"changes": [], "marks": {}})
+    buf["marks"][name] = len(buf["changes"])
+
+
+def _undo(conn: Connection, name: str, context) -> None:
+    buf = conn.info.get(_BUFFER)
+    if buf and name in buf["marks"]:
+        del buf["changes"][buf["marks"].pop(name):]
+
+
+def _release(conn: Connection, name: str, context) -> None:
+    buf = conn.info.get(_BUFFER)
+    if buf:
+        buf["marks"].pop(name, None)
+
+
+def _flush(conn: Connection) -> None:
+    buf = conn.info.pop(_BUFFER, None)
+    if not buf or not buf["changes"]:
+        return
+    pending = buf["changes"]
     rows = [
         {"seq": None, "workspace_id": ws, "profile_id": c.profile_id, "cause": c.cause, "event_seq": c.event_seq,
          "target_id": c.target_id, "at": at, "detail": c.detail or {}}
-        for c in changes
+        for ws, c, at in pending
     ]  # fmt: skip
     if conn.dialect.name == "postgresql":
-        base = zlib.crc32(ws.encode()) % 65536 * BUCKETS
-        keys = sorted({base + _bucket(c.profile_id) for c in changes})
+        keys = sorted({_bucket(ws, c.profile_id) for ws, c, _ in pending})
         # one statement, the keys in ascending order (unnest keeps the array's order): recorders never deadlock
         conn.execute(sa.text("SELECT count(pg_advisory_xact_lock(:space, k)) FROM unnest(CAST(:keys AS int[])) AS k"),
                      {"space": LOCK_SPACE, "keys": keys})  # fmt: skip
         # the sequence numbers are taken after the locks: one person's changes commit in seq order
-        seqs = list(conn.execute(sa.text("SELECT nextval(pg_get_serial_sequence('profile_changes', 'seq')) "
-                                         "FROM generate_series(1, :n)"), {"n": len(rows)}).scalars())  # fmt: skip
-        for row, seq in zip(rows, sorted(seqs), strict=True):
+        seqs = sorted(conn.execute(sa.text("SELECT nextval(pg_get_serial_sequence('profile_changes', 'seq')) "
+                                           "FROM generate_series(1, :n)"), {"n": len(rows)}).scalars())  # fmt: skip
+        for row, seq in zip(rows, seqs, strict=True):
             row["seq"] = seq
         bulk.insert_rows(conn, profile_changes, rows)
     else:
-        # SQLite: one writer at a time, so the rows of this executemany take consecutive rowids after the last one
+        # SQLite: one writer at a time, and AUTOINCREMENT: the rows of this executemany take consecutive numbers
+        # after the largest ever used (never one a deleted change had)
         for row in rows:
             del row["seq"]
         bulk.insert_rows(conn, profile_changes, rows)
@@ -115,10 +183,19 @@ def record(conn: Connection, ws: str, changes: Iterable[Change], at: datetime | 
     if consumers:
         bulk.insert_rows(conn, feed_pending, [
             {"consumer": name, "seq": seq, "workspace_id": ws, "profile_id": c.profile_id, "attempts": 0}
-            for name in consumers for seq, c in zip(seqs, changes, strict=True)
+            for name in consumers for seq, (ws, c, _) in zip(seqs, pending, strict=True)
         ])  # fmt: skip
-    metrics.feed_changes.inc(len(changes))
-    return len(changes)
+    metrics.feed_changes.inc(len(rows))
+
+
+def repoint(conn: Connection, ws: str, merged: str, survivor: str) -> None:
+    """A profile merged into another: the changes of the merged one that consumers have not handled yet are handled
+    as the survivor's, in one order with hers (one person, one order)."""
+    conn.execute(
+        feed_pending.update()
+        .where(feed_pending.c.workspace_id == ws, feed_pending.c.profile_id == merged)
+        .values(profile_id=survivor)
+    )
 
 
 def subscribe(engine: Engine, name: str) -> bool:
@@ -157,6 +234,7 @@ def claim(conn: Connection, consumer: str, limit: int) -> dict[tuple[str, str], 
     people = sorted({r.profile_id for r in mine})
     # every pending change of these people, taken or not: a person's run stops at the first one not taken
     pending: dict[str, list[int]] = {}
+    person_of: dict[int, str] = {}  # seq -> the profile it is for now (a merged profile's go to the survivor)
     for part in _chunks(people):
         for seq, pid in conn.execute(
             sa.select(feed_pending.c.seq, feed_pending.c.profile_id).where(
@@ -165,6 +243,7 @@ def claim(conn: Connection, consumer: str, limit: int) -> dict[tuple[str, str], 
             )
         ):  # fmt: skip
             pending.setdefault(pid, []).append(seq)
+            person_of[seq] = pid
     run: set[int] = set()
     for seqs in pending.values():
         for seq in sorted(seqs):
@@ -174,11 +253,13 @@ def claim(conn: Connection, consumer: str, limit: int) -> dict[tuple[str, str], 
     out: dict[tuple[str, str], list[Delivered]] = {}
     for part in _chunks(sorted(run)):
         for r in conn.execute(sa.select(profile_changes).where(profile_changes.c.seq.in_(part))):
-            out.setdefault((r.workspace_id, r.profile_id), []).append(
+            out.setdefault((r.workspace_id, person_of[r.seq]), []).append(
                 Delivered(r.seq, r.workspace_id, r.profile_id, r.cause, r.event_seq, r.target_id, r.at, r.detail or {})
             )
     for changes in out.values():
         changes.sort(key=lambda d: d.seq)
+    found = {c.seq for changes in out.values() for c in changes}
+    handled(conn, consumer, sorted(run - found))  # a change erased meanwhile: nothing left to hand over
     return out
 
 
@@ -204,13 +285,21 @@ def consume(engine: Engine, consumer: str, handle: Handler, limit: int = 500) ->
     by one, in order: those before the failing one are handled, the failing one counts an attempt, the later ones
     wait (her order is kept). After MAX_ATTEMPTS failures a change is parked with its error and her later changes
     go on, so one poisoned change costs a few attempts, not the person's feed."""
+    from chorus.store.db import read_only
+
+    with read_only(engine) as conn:  # idle: no write transaction (on SQLite it would take the one write lock)
+        waiting = conn.execute(sa.select(feed_pending.c.seq).where(
+            feed_pending.c.consumer == consumer, feed_pending.c.attempts < MAX_ATTEMPTS).limit(1)).first()  # fmt: skip
+    if waiting is None:
+        return 0
     done = 0
     with engine.begin() as conn:
         for (ws, pid), changes in claim(conn, consumer, limit).items():
             try:
                 with conn.begin_nested():
                     handle(conn, ws, pid, changes)
-            except Exception:  # noqa: BLE001 - one person's failure must not stop the others
+            except Exception as exc:  # noqa: BLE001 - one person's failure must not stop the others
+                _reraise_transient(exc)
                 done += _one_by_one(conn, consumer, handle, ws, pid, changes)
                 continue
             handled(conn, consumer, [c.seq for c in changes])
@@ -224,6 +313,7 @@ def _one_by_one(conn: Connection, consumer: str, handle: Handler, ws: str, pid: 
             with conn.begin_nested():
                 handle(conn, ws, pid, [c])
         except Exception as exc:  # noqa: BLE001
+            _reraise_transient(exc)
             log.exception("change feed consumer %s failed on change %d of profile %s", consumer, c.seq, pid)
             failed(conn, consumer, [c.seq], f"{type(exc).__name__}: {exc}")
             metrics.feed_failures.inc()
@@ -232,27 +322,26 @@ def _one_by_one(conn: Connection, consumer: str, handle: Handler, ws: str, pid: 
     return len(changes)
 
 
+def _reraise_transient(exc: Exception) -> None:
+    """A database that is busy or unavailable (a deadlock, a lost connection) is not the change's fault: the whole
+    transaction is abandoned and retried at the next pass, and no attempt is counted."""
+    from chorus.identity.resolver import transient  # identity records changes: import it late
+
+    if transient(exc):
+        raise exc
+
+
 def prune(conn: Connection, now: datetime, retention: timedelta | None = RETENTION) -> int:
-    """Delete changes every consumer has handled: erasures at once (they name the erased profile), the rest after
-    ``retention`` (None: erasures only)."""
-    # every change below the oldest one a consumer still has to handle is handled (each consumer's minimum is one
-    # probe of feed_pending's primary key); parked changes do not hold the others back, they are kept by name
-    horizon = None
-    for name in conn.execute(sa.select(feed_consumers.c.name)).scalars():
-        low = conn.execute(sa.select(sa.func.min(feed_pending.c.seq)).where(
-            feed_pending.c.consumer == name, feed_pending.c.attempts < MAX_ATTEMPTS)).scalar()  # fmt: skip
-        if low is not None:
-            horizon = low if horizon is None else min(horizon, low)
-    parked = list(conn.execute(sa.select(feed_pending.c.seq).where(feed_pending.c.attempts >= MAX_ATTEMPTS)).scalars())
+    """Delete changes no consumer still has to handle: erasures at once (they name the erased profile), the rest
+    once their ``at`` is ``retention`` old (None: erasures only). One statement, so that a change committed while
+    it runs is either seen as pending or not deleted."""
     old = profile_changes.c.cause == "erased"
     if retention is not None:
         old = sa.or_(old, profile_changes.c.at < now - retention)
-    cond = [old]
-    if horizon is not None:
-        cond.append(profile_changes.c.seq < horizon)
-    if parked:
-        cond.append(profile_changes.c.seq.notin_(parked))
-    return conn.execute(profile_changes.delete().where(*cond)).rowcount
+    unhandled = sa.exists().where(feed_pending.c.seq == profile_changes.c.seq)
+    # at most PRUNE_BATCH rows a statement: on SQLite a delete holds the one write lock of the store
+    batch = sa.select(profile_changes.c.seq).where(old, ~unhandled).limit(PRUNE_BATCH)
+    return conn.execute(profile_changes.delete().where(profile_changes.c.seq.in_(batch))).rowcount
 
 
 def lag(conn: Connection) -> list[dict]:
@@ -304,14 +393,15 @@ def forget(conn: Connection, ws: str, person) -> dict[str, int]:
     then one ``erased`` change per id tells every consumer to forget her (it names only the profile id, and is
     deleted as soon as every consumer has handled it: :func:`prune`)."""
     ids = person.profile_ids
+    hers = sa.and_(profile_changes.c.workspace_id == ws,
+                   sa.or_(profile_changes.c.profile_id.in_(ids), profile_changes.c.target_id.in_(ids)))  # fmt: skip
     counts = {
         "feed_pending": conn.execute(
-            feed_pending.delete().where(feed_pending.c.workspace_id == ws, feed_pending.c.profile_id.in_(ids))
+            feed_pending.delete().where(feed_pending.c.seq.in_(sa.select(profile_changes.c.seq).where(hers)))
         ).rowcount,
-        "profile_changes": conn.execute(
-            profile_changes.delete().where(profile_changes.c.workspace_id == ws, profile_changes.c.profile_id.in_(ids))
-        ).rowcount,
+        "profile_changes": conn.execute(profile_changes.delete().where(hers)).rowcount,
     }
+    _discard(conn, ws, ids)  # changes recorded for her earlier in this transaction are not written either
     if conn.execute(sa.select(feed_consumers.c.name).limit(1)).first() is not None:  # nobody to tell otherwise
         record(conn, ws, [Change(pid, "erased") for pid in ids], person.now)
     return counts
@@ -337,11 +427,16 @@ class FeedTask:
 
         done = 0
         for name, handle in self.consumers:
-            done += consume(self.engine, name, handle, self.batch)
+            try:
+                done += consume(self.engine, name, handle, self.batch)
+            except Exception:  # one consumer's bad pass (the database busy...) must not stop the others
+                log.exception("change feed consumer %s failed; its changes are retried at the next pass", name)
         full = self._pruned_at is None or time.monotonic() - self._pruned_at > self.PRUNE_EVERY
         if full or done:  # erasures handled this pass go at once; the rest of the history now and then
-            with self.engine.begin() as conn:
-                prune(conn, utcnow(), RETENTION if full else None)
+            while True:  # a transaction per batch: other writers get the store between them
+                with self.engine.begin() as conn:
+                    if prune(conn, utcnow(), RETENTION if full else None) < PRUNE_BATCH:
+                        break
             if full:
                 self._pruned_at = time.monotonic()
         return done

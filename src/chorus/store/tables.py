@@ -147,6 +147,7 @@ profile_changes = sa.Table(
     sa.Index("ix_profile_changes_profile", "workspace_id", "profile_id", "seq"),
     sa.Index("ix_profile_changes_at", "at"),
     sa.Index("ix_profile_changes_cause", "cause"),
+    sqlite_autoincrement=True,  # never reuse a deleted change's number (a consumer may have seen it)
 )
 
 # The consumers of the feed; each change is copied to feed_pending for every one of them.
@@ -161,8 +162,9 @@ feed_consumers = sa.Table(
 feed_pending = sa.Table(
     "feed_pending",
     metadata,
-    sa.Column("consumer", sa.String(60), primary_key=True),
+    # the key in this order: prune probes it by seq; a claim scans it in seq order for one of a few consumers
     sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("consumer", sa.String(60), primary_key=True),
     sa.Column("workspace_id", sa.String(40), nullable=False),
     sa.Column("profile_id", sa.String(40), nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False),

@@ -3,7 +3,8 @@
 A userHash proves who sends an event, not that the other identifiers in it are hers (decision 0022): links of
 vouched events are kept apart from trusted ones. The table is rebuilt (the column is part of the primary key).
 Existing rows: untrusted stay 0; trusted rows whose earliest sighting is an event from the public write key were
-stored by a vouched event (since decision 0020 they were recorded as trusted) and become 1; the others 2.
+stored by a vouched event (since decision 0020 they were recorded as trusted) and become 1; the others 2. The
+links of claims (0 and 1) stored at a timestamp earlier than their event's arrival move to the arrival.
 
 Revision ID: 0006
 Revises: 0005
@@ -41,6 +42,18 @@ def upgrade() -> None:
                     ELSE 2 END,
                l.at, l.msg
         FROM identity_links l
+        """
+    )
+    # a claim's links sort no earlier than its arrival: those stored at a backdated timestamp move to it
+    op.execute(
+        """
+        UPDATE identity_links_new SET at = (
+            SELECT e.received_at FROM events e
+            WHERE e.workspace_id = identity_links_new.workspace_id AND e.message_id = identity_links_new.msg)
+        WHERE trust < 2 AND EXISTS (
+            SELECT 1 FROM events e
+            WHERE e.workspace_id = identity_links_new.workspace_id AND e.message_id = identity_links_new.msg
+            AND e.received_at > identity_links_new.at)
         """
     )
     op.drop_index('ix_identity_links_b', table_name='identity_links')

@@ -25,7 +25,8 @@ def upgrade() -> None:
     sa.Column('target_id', sa.String(length=40), nullable=True),
     sa.Column('at', chorus.store.types.UTCDateTime(), nullable=False),
     sa.Column('detail', chorus.store.types.JSONDoc(), nullable=False),
-    sa.PrimaryKeyConstraint('seq', name=op.f('pk_profile_changes'))
+    sa.PrimaryKeyConstraint('seq', name=op.f('pk_profile_changes')),
+    sqlite_autoincrement=True
     )
     op.create_index('ix_profile_changes_profile', 'profile_changes', ['workspace_id', 'profile_id', 'seq'])
     op.create_index('ix_profile_changes_at', 'profile_changes', ['at'])
@@ -36,13 +37,13 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('name', name=op.f('pk_feed_consumers'))
     )
     op.create_table('feed_pending',
-    sa.Column('consumer', sa.String(length=60), nullable=False),
     sa.Column('seq', sa.BigInteger(), autoincrement=False, nullable=False),
+    sa.Column('consumer', sa.String(length=60), nullable=False),
     sa.Column('workspace_id', sa.String(length=40), nullable=False),
     sa.Column('profile_id', sa.String(length=40), nullable=False),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('error', sa.Text(), nullable=True),
-    sa.PrimaryKeyConstraint('consumer', 'seq', name=op.f('pk_feed_pending'))
+    sa.PrimaryKeyConstraint('seq', 'consumer', name=op.f('pk_feed_pending'))
     )
     op.create_index('ix_feed_pending_profile', 'feed_pending', ['consumer', 'profile_id', 'seq'])
 
