@@ -369,3 +369,15 @@ def test_last_value_with_equal_keys_and_values_that_do_not_compare():
     ))  # fmt: skip
     rule = {"last_value": {"event": "Order Completed", "property": "p", "exists": True}}
     assert ev(rule, twins, at(1)) == (True, None)
+
+
+def test_birthday_soon_across_new_yorks_spring_forward():
+    ny = person(
+        msg(at(-30), type="identify", traits={"birthday": "1985-03-12"}, context={"timezone": "America/New_York"})
+    )
+    rule = {"trait": {"name": "birthday", "anniversary": {"next_days": 3}}}
+    enters = datetime(2024, 3, 9, 5, tzinfo=UTC)  # Saturday 9 March, 00:00 EST
+    leaves = datetime(2024, 3, 13, 4, tzinfo=UTC)  # Wednesday 13 March, 00:00 EDT: clocks went forward on the 10th
+    assert ev(rule, ny, enters - timedelta(microseconds=1)) == (False, enters)
+    assert ev(rule, ny, enters) == (True, leaves)
+    assert ev(rule, ny, leaves) == (False, datetime(2025, 3, 9, 5, tzinfo=UTC))

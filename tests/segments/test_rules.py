@@ -309,10 +309,20 @@ def test_yaml_keys_must_be_text():
     assert err.value.field == "rule.trait" and "quote it" in err.value.message
 
 
-def test_yaml_tags_are_refused():
+@pytest.mark.parametrize(
+    "text",
+    [
+        "segment: !!python/object:os.system x",
+        "trait: {name: x, since: !!timestamp 2024-01-01}",
+        "trait: {name: x, equals: !!binary aGVsbG8=}",
+        "trait: !!set {name, x}",
+        "trait: !!omap [{name: x}, {equals: 1}]",
+    ],
+)
+def test_yaml_gives_json_types_only(text):
     with pytest.raises(ChorusError) as err:
-        r.parse_yaml("segment: !!python/object:os.system x")
-    assert err.value.field == "rule"
+        r.parse_yaml(text)
+    assert err.value.field == "rule" and "line 1" in err.value.message
 
 
 # -- references between segments ---------------------------------------------------------------------------------

@@ -678,6 +678,11 @@ def load_yaml(text: str, path: str = "rule") -> object:
                 raise yaml.YAMLError(f"aliases (*name) are not allowed in rules (line {mark.line + 1})")
             return super().compose_node(parent, index)
 
+    # JSON's types only: no binary, set, ordered map or timestamp, even when a tag asks for one
+    json_tags = {f"tag:yaml.org,2002:{t}" for t in ("null", "bool", "int", "float", "str", "seq", "map")}
+    Loader.yaml_constructors = {  # None: any other tag is refused ("could not determine a constructor")
+        t: c for t, c in yaml.SafeLoader.yaml_constructors.items() if t in json_tags or t is None
+    }
     Loader.yaml_implicit_resolvers = {
         ch: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
         for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
