@@ -21,7 +21,7 @@ from tests.identity.helpers import resolve, send
 def test_the_installed_packages_register_every_part_once():
     r = registry.installed()
     parts = r.participants()
-    assert [p.name for p in parts] == ["collect", "messaging", "audiences", "identity", "profiles", "feed"]
+    assert [p.name for p in parts] == ["collect", "segments", "messaging", "audiences", "identity", "profiles", "feed"]
     assert [p.phase for p in parts] == sorted(p.phase for p in parts)  # run in phase order
     assert [t.name for t in r.tasks()] == ["resolve", "feed", "deliver"]  # unify, decide, deliver
     assert set(r.setting_keys) == {"default_region", "identifiers", "trait_policies", "messaging", "audiences",

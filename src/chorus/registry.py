@@ -31,6 +31,7 @@ INSTALLED: tuple[str, ...] = (
     "chorus.collect",
     "chorus.identity",
     "chorus.profiles",
+    "chorus.segments",
     "chorus.messaging",
     "chorus.messaging.audiences",
     "chorus.analytics",

@@ -1,7 +1,15 @@
-"""segments: the rule language and its pure reference evaluator.
+"""segments: who is in a group right now, kept true the moment anything changes (issue 12).
 
 ``rules`` parses and validates rules (JSON, or YAML in files) into immutable nodes; ``evaluate`` answers "is this
 person in the segment at ``now``, and when can time alone change that" over plain data (``person``); ``windows``
-and ``times`` are the small exact functions both rest on. No I/O here: storage, the change-feed consumer, the
-incremental engine and the SQL compiler build on these modules.
+and ``times`` are the small exact functions both rest on; ``store`` owns the segments' tables (definitions,
+members, history, timers, static lists).
 """
+
+
+def register(registry) -> None:
+    """What segments adds (see chorus.registry): the person's memberships, history, timers and list entries are
+    erased with her."""
+    from chorus.segments import store
+
+    registry.erasure("segments", store.forget, tables=store.TABLES)

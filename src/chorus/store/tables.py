@@ -422,3 +422,76 @@ audience_removals = sa.Table(
     sa.Column("queued_at", UTCDateTime, nullable=False),
     sa.Index("ix_audience_removals_audience", "audience_id"),
 )
+
+
+# --- segments (chorus.segments) --------------------------------------------------------------------------------
+segments = sa.Table(
+    "segments",
+    metadata,
+    sa.Column("workspace_id", sa.String(40), primary_key=True),
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("rule", JSONDoc, nullable=False),  # canonical JSON (segments.rules.to_json)
+    sa.Column("version", sa.Integer, nullable=False),  # +1 at each change of the rule
+    sa.Column("computed_version", sa.Integer),  # the version the members were last computed in batch for
+    sa.Column("computed_at", UTCDateTime),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# Who is in a segment now.
+segment_members = sa.Table(
+    "segment_members",
+    metadata,
+    sa.Column("workspace_id", sa.String(40), primary_key=True),
+    sa.Column("segment_id", sa.String(64), primary_key=True),
+    sa.Column("profile_id", sa.String(40), primary_key=True),
+    sa.Column("since", UTCDateTime, nullable=False),
+    sa.Index("ix_segment_members_profile", "workspace_id", "profile_id"),
+)
+
+# Every entry and exit, with what caused it.
+segment_history = sa.Table(
+    "segment_history",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("workspace_id", sa.String(40), nullable=False),
+    sa.Column("segment_id", sa.String(64), nullable=False),
+    sa.Column("profile_id", sa.String(40), nullable=False),
+    sa.Column("change", sa.String(8), nullable=False),  # entered | exited
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("cause", sa.String(40), nullable=False),  # the feed change's cause, timer, batch, rule, deleted
+    sa.Index("ix_segment_history_profile", "workspace_id", "profile_id", "id"),
+    sa.Index("ix_segment_history_segment", "workspace_id", "segment_id", "id"),
+)
+
+# The next instant time alone changes a person's answer for a segment (segments.evaluate next_change).
+segment_timers = sa.Table(
+    "segment_timers",
+    metadata,
+    sa.Column("workspace_id", sa.String(40), primary_key=True),
+    sa.Column("segment_id", sa.String(64), primary_key=True),
+    sa.Column("profile_id", sa.String(40), primary_key=True),
+    sa.Column("due_at", UTCDateTime, nullable=False),
+    sa.Index("ix_segment_timers_due", "due_at"),
+)
+
+# Static lists (a CSV upload, the API), which rules read with {"list": id}.
+static_lists = sa.Table(
+    "static_lists",
+    metadata,
+    sa.Column("workspace_id", sa.String(40), primary_key=True),
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+list_members = sa.Table(
+    "list_members",
+    metadata,
+    sa.Column("workspace_id", sa.String(40), primary_key=True),
+    sa.Column("list_id", sa.String(64), primary_key=True),
+    sa.Column("profile_id", sa.String(40), primary_key=True),
+    sa.Column("added_at", UTCDateTime, nullable=False),
+    sa.Index("ix_list_members_profile", "workspace_id", "profile_id"),
+)
