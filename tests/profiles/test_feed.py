@@ -348,3 +348,18 @@ def test_what_a_merged_profile_had_pending_is_handled_as_the_survivors(engine, w
     feed.consume(engine, "c4", lambda c, w, p, chs: got.setdefault(p, []).extend((x.profile_id, x.cause) for x in chs))
     assert set(got) == {known, anon}  # the anonymous page view was handed over as the survivor's
     assert (anon, "event") in got[known] and got[anon] == [(anon, "merge")]
+
+
+def test_a_change_recorded_before_the_first_statement_of_a_transaction_is_kept(engine, ws):
+    """record() on a connection that has not begun yet (autobegin at the first statement) or that commits with
+    conn.commit(): the change is written at that commit; a connection closed without committing writes nothing."""
+    with engine.connect() as conn:
+        feed.record(conn, ws, [feed.Change("p1", "event")])
+        conn.execute(sa.text("SELECT 1"))
+        conn.commit()
+    with engine.connect() as conn:
+        feed.record(conn, ws, [feed.Change("p2", "event")])  # closed without commit: rolled back
+    with engine.connect() as conn:
+        conn.execute(sa.text("SELECT 1"))
+        conn.commit()
+    assert [c.profile_id for c in changes(engine, ws)] == ["p1"]

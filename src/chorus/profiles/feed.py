@@ -97,7 +97,6 @@ def record(conn: Connection, ws: str, changes: Iterable[Change], at: datetime | 
             raise ValueError(f"unknown change cause {c.cause!r}")
     if not changes:
         return 0
-    _hook(conn.engine)
     buf = conn.info.setdefault(_BUFFER, {"changes": [], "marks": {}})
     at = at or utcnow()
     buf["changes"].extend((ws, c, at) for c in changes)
@@ -111,22 +110,6 @@ def _discard(conn: Connection, ws: str, profile_ids: Iterable[str]) -> None:
         ids = set(profile_ids)
         buf["changes"] = [x for x in buf["changes"] if not (x[0] == ws and x[1].profile_id in ids)]
         buf["marks"] = {k: min(v, len(buf["changes"])) for k, v in buf["marks"].items()}
-
-
-_hooked: set[int] = set()
-
-
-def _hook(engine: Engine) -> None:
-    if id(engine) in _hooked:
-        return
-    _hooked.add(id(engine))
-    # insert=True: before the SQLite writer queue's own "commit" listener lets the next writer in
-    sa.event.listen(engine, "commit", _flush, insert=True)
-    sa.event.listen(engine, "begin", _clear)
-    sa.event.listen(engine, "rollback", _clear)
-    sa.event.listen(engine, "savepoint", _mark)
-    sa.event.listen(engine, "rollback_savepoint", _undo)
-    sa.event.listen(engine, "release_savepoint", _release)
 
 
 def _clear(conn: Connection) -> None:
@@ -148,6 +131,22 @@ def _release(conn: Connection, name: str, context) -> None:
     buf = conn.info.get(_BUFFER)
     if buf:
         buf["marks"].pop(name, None)
+
+
+def _listen() -> None:
+    """Once, at import, for every engine (class-level listeners: adding listeners to an engine in use is not
+    thread-safe). Class-level listeners run before an engine's own, so the changes are written before the SQLite
+    writer queue's "commit" listener lets the next writer in."""
+    from sqlalchemy.engine import Engine as _Engine
+    from sqlalchemy.pool import Pool
+
+    sa.event.listen(_Engine, "commit", _flush)
+    sa.event.listen(_Engine, "rollback", _clear)
+    # a connection back in the pool keeps nothing (record() called, then closed without commit or rollback)
+    sa.event.listen(Pool, "checkin", lambda dbapi_conn, rec: rec is not None and rec.info.pop(_BUFFER, None))
+    sa.event.listen(_Engine, "savepoint", _mark)
+    sa.event.listen(_Engine, "rollback_savepoint", _undo)
+    sa.event.listen(_Engine, "release_savepoint", _release)
 
 
 def _flush(conn: Connection) -> None:
@@ -443,3 +442,6 @@ class FeedTask:
 
     def close(self) -> None:
         pass
+
+
+_listen()
