@@ -37,7 +37,7 @@ from chorus.timeutil import utcnow
 
 log = logging.getLogger("chorus.feed")
 
-CAUSES = ("event", "merge", "replay", "created", "consent", "computed", "message", "erased")
+CAUSES = ("event", "merge", "replay", "created", "consent", "computed", "message", "erased", "segment", "list")
 # PostgreSQL advisory locks that order one person's changes (a person maps to one): few enough that a transaction
 # changing thousands of people cannot exhaust the server's lock table (max_locks_per_transaction)
 BUCKETS = 128
