@@ -23,7 +23,8 @@ def test_the_installed_packages_register_every_part_once():
     parts = r.participants()
     assert [p.name for p in parts] == ["collect", "segments", "messaging", "audiences", "identity", "profiles", "feed"]
     assert [p.phase for p in parts] == sorted(p.phase for p in parts)  # run in phase order
-    assert [t.name for t in r.tasks()] == ["resolve", "feed", "deliver"]  # unify, decide, deliver
+    # unify, decide, deliver
+    assert [t.name for t in r.tasks()] == ["resolve", "feed", "segment_timers", "segment_batch", "deliver"]
     assert set(r.setting_keys) == {"default_region", "identifiers", "trait_policies", "messaging", "audiences",
                                    "attribution"}  # fmt: skip
     with pytest.raises(RuntimeError, match="frozen"):  # the process-wide registry cannot be changed behind its back
@@ -245,8 +246,9 @@ def test_the_installed_worker_resolves_then_delivers(engine):
     send(engine, ws, [{"type": "identify", "userId": "ana", "messageId": "m1"}])
     w = Worker(engine)
     try:
-        assert [name for name, _label, _task in w.tasks] == ["resolve", "feed", "deliver"]
-        assert w.run_once() == 1  # one event resolved, nothing to deliver
+        names = [name for name, _label, _task in w.tasks]
+        assert names == ["resolve", "feed", "segment_timers", "segment_batch", "deliver"]
+        assert w.run_once() == 2  # one event resolved, its change handed to the segments consumer; no delivery
         assert w.run_once() == 0
     finally:
         w.stop()

@@ -23,6 +23,7 @@ from chorus.api import (
     openapi,
     public,
     push,
+    segments,
     tracking,
     webhooks,
     webhooks_meta,
@@ -142,6 +143,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True, eng
     app.include_router(admin.router)
     app.include_router(messages.router)
     app.include_router(audiences.router)
+    app.include_router(segments.router)
     app.include_router(analytics.router)
     app.include_router(inbox.router)
     app.include_router(inbox.admin_router)

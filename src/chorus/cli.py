@@ -12,10 +12,8 @@ from typing import Annotated
 
 import orjson
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from chorus.config import Settings
 from chorus.errors import ChorusError
 
 app = typer.Typer(help="Chorus: omnichannel customer engagement platform.", no_args_is_help=True)
@@ -27,30 +25,7 @@ app.add_typer(ws_app, name="workspace")
 channels_app = typer.Typer(help="Message channels and their providers.", no_args_is_help=True)
 app.add_typer(import_app, name="import")
 app.add_typer(channels_app, name="channels")
-err = Console(stderr=True, soft_wrap=True)
-
-DbOpt = Annotated[
-    str | None, typer.Option("--db", help="Database URL (default $CHORUS_DATABASE_URL or sqlite:///./chorus.db)")
-]
-
-
-def _settings(db: str | None) -> Settings:
-    return Settings.from_env(database_url=db)
-
-
-def _engine(db: str | None, upgrade: bool = True):
-    from chorus.store.db import create_engine
-    from chorus.store.db import upgrade as do_upgrade
-
-    settings = _settings(db)
-    if upgrade:
-        do_upgrade(settings.database_url)
-    return settings, create_engine(settings.database_url)
-
-
-def _fail(exc: Exception) -> None:
-    err.print(f"[red]error:[/red] {exc.message if isinstance(exc, ChorusError) else exc}")
-    raise typer.Exit(2)
+from chorus.clitools import DbOpt, _engine, _fail, _settings, err  # noqa: E402 - shared with packages' commands
 
 
 @db_app.command("upgrade")
@@ -507,6 +482,16 @@ _register_analytics()
 
 def main() -> None:
     app()
+
+
+def _subcommands() -> None:
+    """Packages that bring their own command groups (added last: they use this module's helpers)."""
+    from chorus.segments.cli import segments_app
+
+    app.add_typer(segments_app, name="segments")
+
+
+_subcommands()
 
 
 if __name__ == "__main__":

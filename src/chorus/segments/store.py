@@ -175,3 +175,95 @@ TABLES = {"segment_members": "segment_members", "segment_history": "segment_hist
 def forget(conn: Connection, ws: str, person: Person) -> dict[str, int]:
     """The person's memberships, their history, her timers and static list entries."""
     return forget_profile_rows(conn, ws, person.profile_ids)
+
+
+# -- views for the API and the CLI ---------------------------------------------------------------------------------
+def view(conn: Connection, ws: str, d: Definition) -> dict:
+    count = conn.execute(sa.select(sa.func.count()).select_from(segment_members).where(
+        segment_members.c.workspace_id == ws, segment_members.c.segment_id == d.id)).scalar_one()  # fmt: skip
+    row = conn.execute(sa.select(segments.c.created_at, segments.c.updated_at).where(
+        segments.c.workspace_id == ws, segments.c.id == d.id)).one()  # fmt: skip
+    return {
+        "id": d.id, "name": d.name, "rule": r.to_json(d.rule), "version": d.version,
+        # members are exact once the rule's batch computation has run; until then they follow changes only
+        "status": "ready" if d.computed_version == d.version else "computing",
+        "members": count, "computed_at": d.computed_at, "created_at": row.created_at, "updated_at": row.updated_at,
+    }  # fmt: skip
+
+
+def members_page(conn: Connection, ws: str, segment_id: str, limit: int, after: str | None) -> list[dict]:
+    """Members in profile id order from ``after`` (keyset): one index range scan per page."""
+    q = sa.select(segment_members.c.profile_id, segment_members.c.since).where(
+        segment_members.c.workspace_id == ws, segment_members.c.segment_id == segment_id)
+    if after is not None:
+        q = q.where(segment_members.c.profile_id > after)
+    rows = conn.execute(q.order_by(segment_members.c.profile_id).limit(limit)).all()
+    return [{"profile_id": p, "since": s} for p, s in rows]
+
+
+def profile_segments(conn: Connection, ws: str, profile_id: str, history_limit: int = 200) -> dict:
+    current = conn.execute(
+        sa.select(segment_members.c.segment_id, segment_members.c.since, segments.c.name)
+        .join(segments, sa.and_(segments.c.workspace_id == segment_members.c.workspace_id,
+                                segments.c.id == segment_members.c.segment_id))
+        .where(segment_members.c.workspace_id == ws, segment_members.c.profile_id == profile_id)
+        .order_by(segment_members.c.segment_id)
+    ).all()  # fmt: skip
+    hist = conn.execute(
+        sa.select(segment_history).where(segment_history.c.workspace_id == ws,
+                                         segment_history.c.profile_id == profile_id)
+        .order_by(segment_history.c.id.desc()).limit(history_limit)
+    ).all()  # fmt: skip
+    return {
+        "profile_id": profile_id,
+        "segments": [{"id": s, "name": n, "since": since} for s, since, n in current],
+        "history": [{"segment_id": h.segment_id, "change": h.change, "at": h.at, "cause": h.cause} for h in hist],
+    }
+
+
+# -- static lists -------------------------------------------------------------------------------------------------
+def save_list(conn: Connection, ws: str, list_id: str, name: str, now: datetime) -> bool:
+    """Create a list (True) or rename it."""
+    done = bulk.insert_rows(conn, static_lists, [{"workspace_id": ws, "id": list_id, "name": name, "created_at": now}],
+                            conflict=["workspace_id", "id"], returning="id")  # fmt: skip
+    if not done:
+        conn.execute(static_lists.update().where(static_lists.c.workspace_id == ws, static_lists.c.id == list_id)
+                     .values(name=name))  # fmt: skip
+    return bool(done)
+
+
+def get_list(conn: Connection, ws: str, list_id: str) -> dict:
+    row = conn.execute(sa.select(static_lists).where(static_lists.c.workspace_id == ws,
+                                                     static_lists.c.id == list_id)).first()  # fmt: skip
+    if row is None:
+        raise NotFound(f"no list {list_id!r}", field="id")
+    count = conn.execute(sa.select(sa.func.count()).select_from(list_members).where(
+        list_members.c.workspace_id == ws, list_members.c.list_id == list_id)).scalar_one()  # fmt: skip
+    return {"id": row.id, "name": row.name, "members": count, "created_at": row.created_at}
+
+
+def all_lists(conn: Connection, ws: str) -> list[dict]:
+    ids = conn.execute(sa.select(static_lists.c.id).where(static_lists.c.workspace_id == ws)
+                       .order_by(static_lists.c.id)).scalars()  # fmt: skip
+    return [get_list(conn, ws, i) for i in ids]
+
+
+def change_list(conn: Connection, ws: str, list_id: str, add: Iterable[str], remove: Iterable[str],
+                now: datetime) -> dict:  # fmt: skip
+    """Add and remove profiles; each one changed is a change of that person (cause ``list``), so the segments
+    that read the list follow at once."""
+    from chorus.profiles import feed
+
+    get_list(conn, ws, list_id)
+    add, remove = sorted(set(add)), sorted(set(remove) - set(add))
+    added = bulk.insert_rows(conn, list_members, [
+        {"workspace_id": ws, "list_id": list_id, "profile_id": p, "added_at": now} for p in add
+    ], conflict=["workspace_id", "list_id", "profile_id"], returning="profile_id")  # fmt: skip
+    removed = 0
+    for i in range(0, len(remove), 5000):
+        removed += conn.execute(list_members.delete().where(
+            list_members.c.workspace_id == ws, list_members.c.list_id == list_id,
+            list_members.c.profile_id.in_(remove[i : i + 5000]))).rowcount  # fmt: skip
+    changed = [*(p for p in add), *remove]
+    feed.record(conn, ws, [feed.Change(p, "list", detail={"list": list_id}) for p in changed], now)
+    return {"added": len(added), "removed": removed}

@@ -1,0 +1,231 @@
+"""Segment and static list endpoints of the admin API. The rules and their checks live in chorus.segments; this
+module parses requests and answers."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from chorus.api import listing
+from chorus.api.admin import SVC, WS, Cursor, Limit
+from chorus.api.common import JSON
+from chorus.api.guard import AdminRoute
+from chorus.errors import ChorusError
+from chorus.profiles import views
+from chorus.segments import engine, rules, store
+from chorus.timeutil import utcnow
+
+router = APIRouter(prefix="/api", tags=["segments"], route_class=AdminRoute)
+
+_EXAMPLE = {"name": "Browse abandoners: laptops", "rule": {"and": [
+    {"performed": {"event": "Product Viewed", "where": [{"property": "category", "equals": "laptops"}],
+                   "window": "7d", "times": {"gte": 3}}},
+    {"not": {"performed": {"event": "Order Completed", "window": "7d"}}},
+]}}  # fmt: skip
+
+
+def _definition_body(body: object) -> tuple[str | None, rules.Node]:
+    if not isinstance(body, dict) or set(body) - {"name", "rule", "yaml"}:
+        raise ChorusError('the body must be {"name": "...", "rule": {...}} (or "yaml": "<the rule as YAML>")',
+                          field="body")  # fmt: skip
+    name = body.get("name")
+    if name is not None and (not isinstance(name, str) or not 0 < len(name) <= 200):
+        raise ChorusError("name must be text of 1 to 200 characters", field="name")
+    if ("rule" in body) == ("yaml" in body):
+        raise ChorusError("give the rule as JSON (rule) or as YAML text (yaml), one of the two", field="rule")
+    if "yaml" in body:
+        if not isinstance(body["yaml"], str):
+            raise ChorusError("yaml must be the rule as YAML text", field="yaml")
+        return name, rules.parse_yaml(body["yaml"], "rule")
+    return name, rules.parse(body["rule"], "rule")
+
+
+@router.put("/segments/{segment_id}", summary="Create or change a segment (its members are computed by the worker)")
+def put_segment(ws: WS, svc: SVC, segment_id: str, body: Annotated[dict, Body(examples=[_EXAMPLE])]):
+    store.check_id(segment_id)
+    name, rule = _definition_body(body)
+    with svc.engine.begin() as conn:
+        existed = segment_id in store.definitions(conn, ws.id)
+        d, _changed = store.save(conn, ws.id, segment_id, name or segment_id, rule, utcnow())
+        out = store.view(conn, ws.id, d)
+    svc.wake_worker.set()  # the worker computes it now
+    return JSON(out, status_code=200 if existed else 201)
+
+
+@router.get("/segments", summary="The workspace's segments, with their member counts")
+def list_segments(ws: WS, svc: SVC):
+    with svc.engine.connect() as conn:
+        return JSON({"segments": [store.view(conn, ws.id, d) for d in store.definitions(conn, ws.id).values()]})
+
+
+@router.get("/segments/{segment_id}", summary="A segment: its rule, status and member count")
+def get_segment(ws: WS, svc: SVC, segment_id: str):
+    with svc.engine.connect() as conn:
+        return JSON(store.view(conn, ws.id, store.get(conn, ws.id, segment_id)))
+
+
+@router.delete("/segments/{segment_id}", summary="Delete a segment (409 while another segment refers to it)",
+               status_code=204)  # fmt: skip
+def delete_segment(ws: WS, svc: SVC, segment_id: str):
+    with svc.engine.begin() as conn:
+        store.delete(conn, ws.id, segment_id)
+    return Response(status_code=204)
+
+
+@router.get("/segments/{segment_id}/members", summary="Who is in the segment now, by profile id (keyset pages)")
+def get_members(ws: WS, svc: SVC, segment_id: str, limit: Limit = 100, cursor: Cursor = None):
+    after = listing.decode_cursor(cursor, "segment-members", (str,))[0] if cursor else None
+    with svc.engine.connect() as conn:
+        store.get(conn, ws.id, segment_id)
+        page = store.members_page(conn, ws.id, segment_id, limit, after)
+    nxt = listing.encode_cursor("segment-members", [page[-1]["profile_id"]]) if len(page) == limit else None
+    return JSON({"members": page, "next_cursor": nxt})
+
+
+@router.get("/segments/{segment_id}/export", summary="The members as CSV: profile id, user id, email, phone")
+def export_members(ws: WS, svc: SVC, segment_id: str):
+    with svc.engine.connect() as conn:
+        store.get(conn, ws.id, segment_id)
+        text = export_csv(conn, ws, segment_id)
+    return Response(text, media_type="text/csv",
+                    headers={"Content-Disposition": f'attachment; filename="{segment_id}.csv"'})  # fmt: skip
+
+
+def export_csv(conn, ws, segment_id: str) -> str:
+    """One row per member: what a marketer uploads elsewhere (the CLI writes the same)."""
+    out = io.StringIO()
+    w = csv.writer(out)
+    w.writerow(["profile_id", "user_id", "email", "phone", "since"])
+    after = None
+    while True:
+        page = store.members_page(conn, ws.id, segment_id, 1000, after)
+        if not page:
+            break
+        found = views.get_profiles(conn, ws.id, [m["profile_id"] for m in page], ws.identity)
+        for m in page:
+            ids = (found.get(m["profile_id"]) or {}).get("identifiers") or {}
+            w.writerow([m["profile_id"], *(";".join(ids.get(k) or []) for k in ("user_id", "email", "phone")),
+                        m["since"].isoformat()])  # fmt: skip
+        after = page[-1]["profile_id"]
+    return out.getvalue()
+
+
+@router.post("/segments/{segment_id}/recompute", summary="Compute the segment for everybody now (a diff: entries "
+             "and exits are recorded with the cause batch)")  # fmt: skip
+async def recompute(ws: WS, svc: SVC, segment_id: str):
+    with svc.engine.connect() as conn:
+        store.get(conn, ws.id, segment_id)
+    out = await run_in_threadpool(engine.recompute, svc.engine, ws.id, segment_id)
+    return JSON({"segment_id": segment_id, "entered": len(out.entered), "exited": len(out.exited)})
+
+
+@router.get("/profiles/{profile_id}/segments", summary="The segments a person is in now, and her entries and exits")
+def profile_segments(ws: WS, svc: SVC, profile_id: str):
+    with svc.engine.connect() as conn:
+        pid = views.resolve_id(conn, ws.id, profile_id)
+        return JSON(store.profile_segments(conn, ws.id, pid))
+
+
+# -- static lists ----------------------------------------------------------------------------------------------------
+@router.put("/lists/{list_id}", summary="Create or rename a static list")
+def put_list(ws: WS, svc: SVC, list_id: str, body: Annotated[dict, Body(examples=[{"name": "VIP guests"}])]):
+    store.check_id(list_id)
+    if not isinstance(body, dict) or set(body) - {"name"}:
+        raise ChorusError('the body must be {"name": "..."}', field="body")
+    name = body.get("name", list_id)
+    if not isinstance(name, str) or not 0 < len(name) <= 200:
+        raise ChorusError("name must be text of 1 to 200 characters", field="name")
+    with svc.engine.begin() as conn:
+        created = store.save_list(conn, ws.id, list_id, name, utcnow())
+        out = store.get_list(conn, ws.id, list_id)
+    return JSON(out, status_code=201 if created else 200)
+
+
+@router.get("/lists", summary="The workspace's static lists")
+def get_lists(ws: WS, svc: SVC):
+    with svc.engine.connect() as conn:
+        return JSON({"lists": store.all_lists(conn, ws.id)})
+
+
+_LIST_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"type": "object", "properties": {
+        "add": {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "object"}]}},
+        "remove": {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "object"}]}}},
+        "additionalProperties": False},
+        "example": {"add": ["p_3f2a…", {"email": "ana@example.com"}], "remove": []}},
+    "text/csv": {"schema": {"type": "string"}, "example": "email\nana@example.com\n"},
+}}}  # fmt: skip
+
+
+@router.post("/lists/{list_id}/members", summary="Add or remove people: JSON {add, remove} of profile ids or "
+             "{kind: value} identifiers, or a CSV with a profile_id, user_id, email or phone column",
+             openapi_extra=_LIST_BODY)  # fmt: skip
+async def change_list(ws: WS, svc: SVC, list_id: str, request: Request):
+    kind = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    raw = await request.body()
+    if kind == "text/csv":
+        add, remove = _csv_entries(raw), []
+    else:
+        from chorus import safejson
+
+        body = safejson.loads(raw, "body")
+        if not isinstance(body, dict) or set(body) - {"add", "remove"}:
+            raise ChorusError('the body must be {"add": [...], "remove": [...]} or a CSV (Content-Type: text/csv)',
+                              field="body")  # fmt: skip
+        add, remove = body.get("add", []), body.get("remove", [])
+    with svc.engine.begin() as conn:
+        ids_add, missing_add = _resolve(conn, ws, add, "add")
+        ids_remove, missing_remove = _resolve(conn, ws, remove, "remove")
+        out = store.change_list(conn, ws.id, list_id, ids_add, ids_remove, utcnow())
+    unknown = missing_add + missing_remove
+    return JSON({**out, "not_found": unknown[:100], "not_found_count": len(unknown)})
+
+
+MAX_ENTRIES = 100_000
+
+
+def _csv_entries(raw: bytes) -> list:
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ChorusError("the CSV is not UTF-8 text", field="body") from None
+    reader = csv.DictReader(io.StringIO(text))
+    cols = [c for c in ("profile_id", "user_id", "email", "phone") if c in (reader.fieldnames or [])]
+    if not cols:
+        raise ChorusError("the CSV needs a header with a profile_id, user_id, email or phone column", field="body")
+    out = []
+    for line, row in enumerate(reader, start=2):
+        if len(out) >= MAX_ENTRIES:
+            raise ChorusError(f"at most {MAX_ENTRIES} rows per upload", field=f"line {line}")
+        for c in cols:
+            if (row.get(c) or "").strip():
+                out.append(row[c].strip() if c == "profile_id" else {c: row[c].strip()})
+                break
+    return out
+
+
+def _resolve(conn, ws, entries: object, field: str) -> tuple[list[str], list]:
+    if not isinstance(entries, list) or len(entries) > MAX_ENTRIES:
+        raise ChorusError(f"{field} must be a list of at most {MAX_ENTRIES} profile ids or identifiers", field=field)
+    ids, missing = [], []
+    for i, e in enumerate(entries):
+        try:
+            if isinstance(e, str):
+                ids.append(views.resolve_id(conn, ws.id, e))
+            elif isinstance(e, dict) and len(e) == 1:
+                ((k, v),) = e.items()
+                ids.append(views.find_by_ident(conn, ws.id, views.lookup_ident(ws.identity, **{k: v})))
+            else:
+                raise ChorusError("each entry is a profile id or one identifier such as {\"email\": \"...\"}",
+                                  field=f"{field}[{i}]")  # fmt: skip
+        except ChorusError as exc:
+            if exc.status == 404:
+                missing.append(e)
+            else:
+                raise ChorusError(exc.message, field=f"{field}[{i}]") from None
+    return ids, missing

@@ -1,0 +1,165 @@
+"""`chorus segments ...`: define segments from files, recompute them, list their members, export them."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import orjson
+import typer
+
+from chorus.clitools import DbOpt, _engine, _fail
+from chorus.errors import ChorusError
+
+segments_app = typer.Typer(help="Segments: who is in a group right now (docs/segments.md).", no_args_is_help=True)
+WsOpt = Annotated[str, typer.Option("--workspace", "-w", help="Workspace name or id")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON")]
+
+
+def _out(doc, json_out: bool, text: str) -> None:
+    if json_out:
+        sys.stdout.write(orjson.dumps(doc, default=str).decode() + "\n")
+    else:
+        typer.echo(text)
+
+
+def _error(exc: Exception) -> None:
+    if isinstance(exc, ChorusError) and exc.field and not exc.message.startswith(exc.field):
+        exc = ChorusError(f"{exc.field}: {exc.message}")
+    _fail(exc)
+
+
+def _open(db, workspace):
+    from chorus import workspaces
+
+    _, engine = _engine(db)
+    with engine.connect() as conn:
+        return engine, workspaces.find(conn, workspace)
+
+
+@segments_app.command("list")
+def segments_list(workspace: WsOpt, db: DbOpt = None, json_out: JsonOpt = False):
+    """The workspace's segments, their status and member counts."""
+    from chorus.segments import store
+
+    try:
+        engine, w = _open(db, workspace)
+        with engine.connect() as conn:
+            views = [store.view(conn, w.id, d) for d in store.definitions(conn, w.id).values()]
+    except (ChorusError, ValueError) as exc:
+        _error(exc)
+    _out({"segments": views}, json_out,
+         "\n".join(f"{v['id']}\t{v['members']} members\t{v['status']}\t{v['name']}" for v in views)
+         or "no segments")  # fmt: skip
+
+
+@segments_app.command("show")
+def segments_show(segment: Annotated[str, typer.Argument(help="The segment's id")], workspace: WsOpt,
+                  db: DbOpt = None, json_out: JsonOpt = False):  # fmt: skip
+    """A segment's rule, status and member count."""
+    from chorus.segments import store
+
+    try:
+        engine, w = _open(db, workspace)
+        with engine.connect() as conn:
+            v = store.view(conn, w.id, store.get(conn, w.id, segment))
+    except (ChorusError, ValueError) as exc:
+        _error(exc)
+    _out(v, json_out, f"{v['id']} ({v['name']}): {v['members']} members, {v['status']}, version {v['version']}\n"
+         + orjson.dumps(v["rule"], option=orjson.OPT_INDENT_2).decode())  # fmt: skip
+
+
+@segments_app.command("create")
+def segments_create(
+    segment: Annotated[str, typer.Argument(help="The segment's id (letters, digits, _ - .)")],
+    rule_file: Annotated[str, typer.Option("--rule", help="The rule: a .json, .yaml or .yml file")],
+    workspace: WsOpt,
+    name: Annotated[str | None, typer.Option(help="A name for people (default: the id)")] = None,
+    compute: Annotated[bool, typer.Option(help="Compute the members now (else the worker does)")] = True,
+    db: DbOpt = None,
+    json_out: JsonOpt = False,
+):
+    """Create or change a segment from a rule file; its members are computed now (or by the worker)."""
+    from chorus.segments import engine as seg
+    from chorus.segments import rules, store
+    from chorus.timeutil import utcnow
+
+    try:
+        store.check_id(segment, "segment")
+        try:
+            with open(rule_file, encoding="utf-8") as fh:
+                text = fh.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ChorusError(f"--rule {rule_file}: {exc}") from None
+        if rule_file.lower().endswith((".yaml", ".yml")):
+            rule = rules.parse_yaml(text, "rule")
+        else:
+            from chorus import safejson
+
+            rule = rules.parse(safejson.loads(text.encode(), "rule"), "rule")
+        engine, w = _open(db, workspace)
+        with engine.begin() as conn:
+            d, _ = store.save(conn, w.id, segment, name or segment, rule, utcnow())
+        if compute:
+            seg.recompute(engine, w.id, segment)
+        with engine.connect() as conn:
+            v = store.view(conn, w.id, store.get(conn, w.id, segment))
+    except (ChorusError, ValueError) as exc:
+        _error(exc)
+    _out(v, json_out, f"{v['id']}: version {v['version']}, {v['members']} members, {v['status']}")
+
+
+@segments_app.command("recompute")
+def segments_recompute(segment: Annotated[str, typer.Argument(help="The segment's id")], workspace: WsOpt,
+                       db: DbOpt = None, json_out: JsonOpt = False):  # fmt: skip
+    """Compute the segment for everybody now; entries and exits are recorded with the cause batch."""
+    from chorus.segments import engine as seg
+    from chorus.segments import store
+
+    try:
+        engine, w = _open(db, workspace)
+        with engine.connect() as conn:
+            store.get(conn, w.id, segment)
+        out = seg.recompute(engine, w.id, segment)
+    except (ChorusError, ValueError) as exc:
+        _error(exc)
+    doc = {"segment_id": segment, "entered": len(out.entered), "exited": len(out.exited)}
+    _out(doc, json_out, f"{segment}: {doc['entered']} entered, {doc['exited']} exited")
+
+
+@segments_app.command("members")
+def segments_members(segment: Annotated[str, typer.Argument(help="The segment's id")], workspace: WsOpt,
+                     limit: Annotated[int, typer.Option(min=1, max=100_000)] = 100, db: DbOpt = None,
+                     json_out: JsonOpt = False):  # fmt: skip
+    """Who is in the segment now (profile id and since when), in profile id order."""
+    from chorus.segments import store
+
+    try:
+        engine, w = _open(db, workspace)
+        with engine.connect() as conn:
+            store.get(conn, w.id, segment)
+            page = store.members_page(conn, w.id, segment, limit, None)
+    except (ChorusError, ValueError) as exc:
+        _error(exc)
+    _out({"members": page}, json_out, "\n".join(f"{m['profile_id']}\t{m['since'].isoformat()}" for m in page))
+
+
+@segments_app.command("export")
+def segments_export(
+    segment: Annotated[str, typer.Argument(help="The segment's id")], workspace: WsOpt,
+    out: Annotated[str, typer.Option("--out", help="The CSV file to write")], db: DbOpt = None,
+):  # fmt: skip
+    """Write the members as CSV: profile id, user id, email, phone, since (what the API's export gives)."""
+    from chorus.api.segments import export_csv
+    from chorus.segments import store
+
+    try:
+        engine, w = _open(db, workspace)
+        with engine.connect() as conn:
+            store.get(conn, w.id, segment)
+            text = export_csv(conn, w, segment)
+        with open(out, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+    except (ChorusError, ValueError, OSError) as exc:
+        _error(exc)
+    typer.echo(f"{max(0, text.count(chr(10)) - 1)} members written to {out}")

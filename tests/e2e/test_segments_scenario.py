@@ -1,0 +1,106 @@
+"""Issue 12's scenario, through HTTP only: a browse-abandonment segment (laptops viewed 3 times in 7 days without
+adding one to the cart or buying) fills from web events and a store purchase, imported from the POS, empties it.
+The person's entries and exits are on her profile and timeline, and the members can be listed and exported."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from tests.conftest import wait_until
+
+RULE = {"and": [
+    {"performed": {"event": "Product Viewed", "where": [{"property": "category", "equals": "laptops"}],
+                   "window": "7d", "times": {"gte": 3}}},
+    {"not": {"or": [
+        {"performed": {"event": "Product Added", "where": [{"property": "category", "equals": "laptops"}],
+                       "window": "7d"}},
+        {"performed": {"event": "Order Completed", "window": "7d"}},
+    ]}},
+]}  # fmt: skip
+
+
+def ago(seconds: float) -> str:
+    return (datetime.now(UTC) - timedelta(seconds=seconds)).isoformat()
+
+
+def test_browse_abandoners_fill_from_the_web_and_a_store_purchase_empties_the_segment(http, server, workspace):
+    h = {"Authorization": f"Bearer {workspace['api_key']}"}
+    r = http.put("/api/segments/laptop-browsers", json={"name": "Laptop browse abandoners", "rule": RULE}, headers=h)
+    assert r.status_code == 201, r.text
+    assert r.json()["members"] == 0 and r.json()["version"] == 1
+    wait_until(lambda: http.get("/api/segments/laptop-browsers", headers=h).json()["status"] == "ready")
+
+    # Noor browses laptops three times on the web shop (as analytics.js sends it), then a phone once
+    wk = (workspace["write_key"], "")
+    views = [{"type": "track", "userId": "noor", "event": "Product Viewed", "timestamp": ago(300 - 60 * i),
+              "properties": {"category": "laptops" if i < 3 else "phones", "sku": f"L-{i}"}} for i in range(4)]
+    identify = {"type": "identify", "userId": "noor", "traits": {"email": "noor@example.com"}, "timestamp": ago(400)}
+    sk = (workspace["server_write_key"], "")
+    assert http.post("/v1/batch", auth=sk, json={"batch": [identify]}).status_code == 200
+    assert http.post("/v1/batch", auth=wk, json={"batch": views}).status_code == 200
+
+    def members():
+        return [m["profile_id"] for m in http.get("/api/segments/laptop-browsers/members", headers=h).json()["members"]]
+
+    (pid,) = wait_until(members)
+    noor = http.get("/api/profiles", params={"user_id": "noor"}, headers=h).json()
+    assert noor["id"] == pid
+    seen = http.get(f"/api/profiles/{pid}/segments", headers=h).json()
+    assert [s["id"] for s in seen["segments"]] == ["laptop-browsers"]
+    assert [(x["change"], x["cause"]) for x in seen["history"]] == [("entered", "event")]
+    csv_text = http.get("/api/segments/laptop-browsers/export", headers=h).text
+    assert csv_text.splitlines()[0] == "profile_id,user_id,email,phone,since" and "noor@example.com" in csv_text
+
+    # she buys the laptop in the store; the POS export is imported
+    when = ago(-2)[:19].replace("T", " ")
+    pos = f"receipt_no,timestamp,email,revenue,currency,store\nR-9,{when},noor@example.com,1299.00,EUR,Amsterdam\n"
+    r = http.post("/api/imports", headers=h, data={"source": "store"},
+                  files={"file": ("pos.csv", pos.encode(), "text/csv")})  # fmt: skip
+    assert r.status_code == 200 and r.json()["imported"] == 1, r.text
+    wait_until(lambda: members() == [])
+    seen = http.get(f"/api/profiles/{pid}/segments", headers=h).json()
+    assert seen["segments"] == [] and [x["change"] for x in seen["history"]] == ["exited", "entered"]
+    timeline = http.get(f"/api/profiles/{pid}/events", headers=h).json()["events"]
+    assert {"Segment Entered", "Segment Exited"} <= {e.get("event") for e in timeline}
+
+
+def test_segment_definitions_are_validated_with_the_path_to_the_bad_node(http, server, workspace):
+    h = {"Authorization": f"Bearer {workspace['api_key']}"}
+    bad = {"and": [{"trait": {"name": "plan", "equals": "pro"}}, {"performed": {"event": "X", "window": "7 days"}}]}
+    r = http.put("/api/segments/s1", json={"rule": bad}, headers=h)
+    assert r.status_code == 400 and r.json()["field"].startswith("rule.and[1].performed.window"), r.text
+    r = http.put("/api/segments/s2", json={"rule": {"segment": "nope"}}, headers=h)
+    assert r.status_code == 400 and "nope" in r.json()["message"]
+    r = http.put("/api/segments/bad id", json={"rule": {"segment": "nope"}}, headers=h)
+    assert r.status_code == 400 and r.json()["field"] == "id"
+    assert http.put("/api/segments/a", json={"rule": {"bucket": {"from": 0, "to": 50}}}, headers=h).status_code == 201
+    assert http.put("/api/segments/b", json={"rule": {"segment": "a"}}, headers=h).status_code == 201
+    r = http.put("/api/segments/a", json={"rule": {"segment": "b"}}, headers=h)
+    assert r.status_code == 400 and "depends on itself" in r.json()["message"], r.text
+    assert http.delete("/api/segments/a", headers=h).status_code == 409
+    assert http.delete("/api/segments/b", headers=h).status_code == 204
+    assert http.delete("/api/segments/a", headers=h).status_code == 204
+    yaml_rule = "performed:\n  event: Order Completed\n  window: 30d\n"
+    r = http.put("/api/segments/buyers", json={"name": "Buyers", "yaml": yaml_rule}, headers=h)
+    assert r.status_code == 201 and r.json()["rule"] == {"performed": {"event": "Order Completed", "window": "30d"}}
+
+
+def test_a_static_list_from_a_csv_feeds_a_segment(http, server, workspace):
+    h = {"Authorization": f"Bearer {workspace['api_key']}"}
+    for u in ("ana", "bo"):
+        r = http.post("/v1/identify", auth=(workspace["server_write_key"], ""),
+                      json={"userId": u, "traits": {"email": f"{u}@example.com"}})  # fmt: skip
+        assert r.status_code == 200
+    server.settle()
+    assert http.put("/api/lists/vip", json={"name": "VIP guests"}, headers=h).status_code == 201
+    assert http.put("/api/segments/vips", json={"rule": {"list": "vip"}}, headers=h).status_code == 201
+    csv_body = "email\nana@example.com\nnobody@example.com\n"
+    r = http.post("/api/lists/vip/members", content=csv_body, headers={**h, "Content-Type": "text/csv"})
+    assert r.status_code == 200 and r.json()["added"] == 1
+    assert r.json()["not_found"] == [{"email": "nobody@example.com"}]
+    ana = http.get("/api/profiles", params={"user_id": "ana"}, headers=h).json()["id"]
+    wait_until(lambda: [m["profile_id"] for m in http.get("/api/segments/vips/members", headers=h).json()["members"]]
+               == [ana])  # fmt: skip
+    r = http.post("/api/lists/vip/members", json={"remove": [ana]}, headers=h)
+    assert r.status_code == 200 and r.json()["removed"] == 1
+    wait_until(lambda: http.get("/api/segments/vips/members", headers=h).json()["members"] == [])
