@@ -101,7 +101,7 @@ def test_on_sqlite_the_worker_takes_short_batches_while_others_wait_for_it(engin
     w = Worker(engine, batch=200)
     r = w.task("resolve")  # the batch sizing is the resolution task's
     assert r.next_batch() == 200  # nothing measured yet
-    assert w.run_once() == 200 and r._rate
+    assert r.run_once() == 200 and r._rate
     r._rate = 100.0 / r.MAX_HOLD  # MAX_HOLD's worth is 100 events
     assert r.next_batch() == 200  # nobody waits: a full batch
     # another writer queues while this one holds the lock
@@ -114,11 +114,11 @@ def test_on_sqlite_the_worker_takes_short_batches_while_others_wait_for_it(engin
     if engine.dialect.name == "sqlite":
         assert writers_waited(engine, 5.0)
         assert r.next_batch() == 100
-        assert w.run_once() == 100 and pending(engine) == 0
+        assert r.run_once() == 100 and pending(engine) == 0
     else:
         assert not writers_waited(engine, 5.0)
         assert r.next_batch() == 200
-        assert w.run_once() == 100 and pending(engine) == 0
+        assert r.run_once() == 100 and pending(engine) == 0
 
 
 def _touch(engine) -> None:

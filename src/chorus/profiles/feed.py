@@ -262,9 +262,15 @@ def claim(conn: Connection, consumer: str, limit: int) -> dict[tuple[str, str], 
     return out
 
 
-def handled(conn: Connection, consumer: str, seqs: list[int]) -> None:
+def handled(conn: Connection, consumer: str, seqs: list[int], erased: Iterable[int] = ()) -> None:
+    """Delete what ``consumer`` handled; an ``erased`` change nobody else still has to handle goes too (it names the
+    erased profile: it is kept no longer than every consumer needs it)."""
     for part in _chunks(seqs):
         conn.execute(feed_pending.delete().where(feed_pending.c.consumer == consumer, feed_pending.c.seq.in_(part)))
+    erased = list(erased)
+    if erased:
+        unhandled = sa.exists().where(feed_pending.c.seq == profile_changes.c.seq)
+        conn.execute(profile_changes.delete().where(profile_changes.c.seq.in_(erased), ~unhandled))
 
 
 def failed(conn: Connection, consumer: str, seqs: list[int], error: str) -> None:
@@ -301,7 +307,7 @@ def consume(engine: Engine, consumer: str, handle: Handler, limit: int = 500) ->
                 _reraise_transient(exc)
                 done += _one_by_one(conn, consumer, handle, ws, pid, changes)
                 continue
-            handled(conn, consumer, [c.seq for c in changes])
+            handled(conn, consumer, [c.seq for c in changes], [c.seq for c in changes if c.cause == "erased"])
             done += len(changes)
     return done
 
@@ -317,7 +323,7 @@ def _one_by_one(conn: Connection, consumer: str, handle: Handler, ws: str, pid: 
             failed(conn, consumer, [c.seq], f"{type(exc).__name__}: {exc}")
             metrics.feed_failures.inc()
             return i
-        handled(conn, consumer, [c.seq])
+        handled(conn, consumer, [c.seq], [c.seq] if c.cause == "erased" else [])
     return len(changes)
 
 
@@ -331,15 +337,17 @@ def _reraise_transient(exc: Exception) -> None:
 
 
 def prune(conn: Connection, now: datetime, retention: timedelta | None = RETENTION) -> int:
-    """Delete changes no consumer still has to handle: erasures at once (they name the erased profile), the rest
-    once their ``at`` is ``retention`` old (None: erasures only). One statement, so that a change committed while
-    it runs is either seen as pending or not deleted."""
+    """Delete changes no consumer still has to handle once their ``at`` is ``retention`` old (erasures whatever
+    their age; None: erasures only). Consumers delete the erasures they were the last to handle themselves
+    (:func:`handled`); this catches the rest. One statement, so that a change committed while it runs is either
+    seen as pending or not deleted; in ``seq`` order, where the old changes are, so that no time index is needed
+    (every index costs every change)."""
     old = profile_changes.c.cause == "erased"
     if retention is not None:
         old = sa.or_(old, profile_changes.c.at < now - retention)
     unhandled = sa.exists().where(feed_pending.c.seq == profile_changes.c.seq)
     # at most PRUNE_BATCH rows a statement: on SQLite a delete holds the one write lock of the store
-    batch = sa.select(profile_changes.c.seq).where(old, ~unhandled).limit(PRUNE_BATCH)
+    batch = sa.select(profile_changes.c.seq).where(old, ~unhandled).order_by(profile_changes.c.seq).limit(PRUNE_BATCH)
     return conn.execute(profile_changes.delete().where(profile_changes.c.seq.in_(batch))).rowcount
 
 
@@ -430,14 +438,12 @@ class FeedTask:
                 done += consume(self.engine, name, handle, self.batch)
             except Exception:  # one consumer's bad pass (the database busy...) must not stop the others
                 log.exception("change feed consumer %s failed; its changes are retried at the next pass", name)
-        full = self._pruned_at is None or time.monotonic() - self._pruned_at > self.PRUNE_EVERY
-        if full or done:  # erasures handled this pass go at once; the rest of the history now and then
+        if self._pruned_at is None or time.monotonic() - self._pruned_at > self.PRUNE_EVERY:
             while True:  # a transaction per batch: other writers get the store between them
                 with self.engine.begin() as conn:
-                    if prune(conn, utcnow(), RETENTION if full else None) < PRUNE_BATCH:
+                    if prune(conn, utcnow(), RETENTION) < PRUNE_BATCH:
                         break
-            if full:
-                self._pruned_at = time.monotonic()
+            self._pruned_at = time.monotonic()
         return done
 
     def close(self) -> None:

@@ -103,8 +103,19 @@ def _sqlite_converter(col: sa.Column):
     if isinstance(t, JSONDoc):
         return lambda v: None if v is None else orjson.dumps(v, option=orjson.OPT_NON_STR_KEYS).decode()
     if isinstance(t, UTCDateTime):
-        # SQLAlchemy's SQLite DATETIME text format, so that values compare equal to ones it binds
-        return lambda v: None if v is None else t.process_bind_param(v, None).isoformat(" ", "microseconds")
+        # SQLAlchemy's SQLite DATETIME text format, so that values compare equal to ones it binds. Rows of one batch
+        # often share an instant (a change feed's "at", an import's received_at): each distinct one is converted once
+        seen: dict = {}
+
+        def convert(v):
+            if v is None:
+                return None
+            text = seen.get(v)
+            if text is None:
+                text = seen[v] = t.process_bind_param(v, None).isoformat(" ", "microseconds")
+            return text
+
+        return convert
     if isinstance(t, sa.Boolean):
         return lambda v: None if v is None else int(v)
     return None

@@ -144,9 +144,8 @@ profile_changes = sa.Table(
     sa.Column("target_id", sa.String(40)),  # a merge: the survivor
     sa.Column("at", UTCDateTime, nullable=False),
     sa.Column("detail", JSONDoc, nullable=False),
+    # the only secondary index (each costs every change): erasure and a person's history find her changes by it
     sa.Index("ix_profile_changes_profile", "workspace_id", "profile_id", "seq"),
-    sa.Index("ix_profile_changes_at", "at"),
-    sa.Index("ix_profile_changes_cause", "cause"),
     sqlite_autoincrement=True,  # never reuse a deleted change's number (a consumer may have seen it)
 )
 

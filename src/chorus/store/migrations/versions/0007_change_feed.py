@@ -29,8 +29,6 @@ def upgrade() -> None:
     sqlite_autoincrement=True
     )
     op.create_index('ix_profile_changes_profile', 'profile_changes', ['workspace_id', 'profile_id', 'seq'])
-    op.create_index('ix_profile_changes_at', 'profile_changes', ['at'])
-    op.create_index('ix_profile_changes_cause', 'profile_changes', ['cause'])
     op.create_table('feed_consumers',
     sa.Column('name', sa.String(length=60), nullable=False),
     sa.Column('since', chorus.store.types.UTCDateTime(), nullable=False),
