@@ -104,3 +104,22 @@ def test_a_static_list_from_a_csv_feeds_a_segment(http, server, workspace):
     r = http.post("/api/lists/vip/members", json={"remove": [ana]}, headers=h)
     assert r.status_code == 200 and r.json()["removed"] == 1
     wait_until(lambda: http.get("/api/segments/vips/members", headers=h).json()["members"] == [])
+
+
+def test_hostile_segment_and_list_input_gets_a_400_naming_the_field(http, server, workspace):
+    h = {"Authorization": f"Bearer {workspace['api_key']}"}
+    for yaml_text in ("- " * 3000 + "x", "[" * 5000):
+        r = http.put("/api/segments/deep", json={"yaml": yaml_text}, headers=h)
+        assert r.status_code == 400 and r.json()["field"].startswith("rule"), r.text
+    assert http.put("/api/lists/vip", json={"name": "VIP"}, headers=h).status_code == 201
+    for body, field in (({"add": [{"email": 5}]}, "add[0]"), ({"add": [{"email": ["a"]}]}, "add[0]"),
+                        ({"add": [{"foo": "bar"}]}, "add[0]"), ({"remove": "x"}, "remove")):  # fmt: skip
+        r = http.post("/api/lists/vip/members", json=body, headers=h)
+        assert r.status_code == 400 and r.json()["field"] == field, (body, r.text)
+    huge = "email\n" + "a" * 200_000 + "\n"
+    r = http.post("/api/lists/vip/members", content=huge, headers={**h, "Content-Type": "text/csv"})
+    assert r.status_code == 400 and r.json()["field"].startswith("line"), r.text
+    r = http.post("/api/lists/vip/members", content=b"email\n\xff\xfe\n", headers={**h, "Content-Type": "text/csv"})
+    assert r.status_code == 400 and r.json()["field"] == "body"
+    r = http.get("/api/segments/x/members", params={"cursor": "not-a-cursor"}, headers=h)
+    assert r.status_code in (400, 404)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -83,12 +84,13 @@ def test_prune_never_deletes_a_change_committed_while_it_runs(pg):
     ws = workspaces.create(pg, "pr-" + uuid.uuid4().hex[:6])["id"]
     name = "c-" + uuid.uuid4().hex[:6]
     feed.subscribe(pg, name)
-    erase_conn = pg.connect()
+    erase_conn = pg.connect()  # a transaction that commits while prune runs
     erase_tx = erase_conn.begin()
-    feed.record(erase_conn, ws, [feed.Change("p_erased", "erased")])
+    old = utcnow() - timedelta(days=8)  # old enough to be pruned once handled
+    feed.record(erase_conn, ws, [feed.Change("p_late", "consent")], old)
     erase_conn.execute(sa.text("SELECT 1"))  # (the change is written at commit)
     with pg.begin() as conn:
-        feed.record(conn, ws, [feed.Change("p_other", "event")])
+        feed.record(conn, ws, [feed.Change("p_other", "event")], old)
     prune_conn = pg.connect()
 
     @sa.event.listens_for(prune_conn, "before_cursor_execute")
@@ -97,12 +99,12 @@ def test_prune_never_deletes_a_change_committed_while_it_runs(pg):
             erase_tx.commit()
 
     with prune_conn.begin():
-        feed.prune(prune_conn, utcnow(), None)
+        feed.prune(prune_conn, utcnow())
     prune_conn.close()
     erase_conn.close()
     got: list = []
     feed.consume(pg, name, lambda c, w, p, chs: got.extend((p, x.cause) for x in chs))
-    assert ("p_erased", "erased") in got
+    assert ("p_late", "consent") in got
 
 
 def _rows(engine, ws):

@@ -4,22 +4,20 @@ merges, erasure, and the batch computation agreeing with the incremental one."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
 
-from chorus import registry as reg
 from chorus import workspaces
 from chorus.profiles import privacy
 from chorus.segments import engine as seg
 from chorus.segments import rules, store
 from chorus.store.tables import events, profile_changes, profiles, segment_history, segment_timers
-from chorus.worker import Worker
 from tests.identity.helpers import profile_of
 from tests.identity.helpers import send as _send
+from tests.segments.conftest import T0
 
-T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # a Monday
 BROWSE = {"and": [
     {"performed": {"event": "Product Viewed", "where": [{"property": "category", "equals": "laptops"}],
                    "window": "7d", "times": {"gte": 3}}},
@@ -29,33 +27,6 @@ BROWSE = {"and": [
         {"performed": {"event": "Order Completed", "window": "7d"}},
     ]}},
 ]}  # fmt: skip
-
-
-class Clock:
-    def __init__(self, at: datetime):
-        self.at = at
-
-    def __call__(self) -> datetime:
-        return self.at
-
-
-@pytest.fixture
-def clock(monkeypatch):
-    c = Clock(T0)
-    monkeypatch.setattr(seg, "now", c)
-    return c
-
-
-@pytest.fixture
-def ws(engine):
-    return workspaces.create(engine, "seg-" + uuid.uuid4().hex[:6])["id"]
-
-
-@pytest.fixture
-def worker(engine):
-    w = Worker(engine, registry=reg.installed())
-    yield w
-    w.stop()
 
 
 def send(engine, ws, msgs, received_at=None):
@@ -287,3 +258,33 @@ def test_incremental_and_batch_give_the_same_members_at_every_step(engine, clock
     Machine.TestCase.settings = settings(max_examples=8, stateful_step_count=12, deadline=None,
                                          suppress_health_check=list(HealthCheck))  # fmt: skip
     Machine.TestCase().runTest()
+
+
+def test_a_merged_profiles_list_entries_and_messages_are_the_survivors(engine, ws, clock, worker):
+    """List entries and messages keep the profile id they were made for; after a merge they still count."""
+    with engine.begin() as conn:
+        store.save_list(conn, ws, "vip", "VIP", T0)
+    define(engine, ws, "vips", {"list": "vip"})
+    send(engine, ws, [{"type": "identify", "userId": "u1", "messageId": "i1", "timestamp": T0.isoformat()}])
+    send(engine, ws, [{**ev("Product Viewed", T0), "userId": None, "anonymousId": "a1"}])
+    settle(worker)
+    anon = profile_of(engine, ws, "anonymous_id:a1")
+    with engine.begin() as conn:
+        store.change_list(conn, ws, "vip", [anon], [], T0)
+    settle(worker)
+    assert members(engine, ws, "vips") == {anon}
+    send(engine, ws, [{"type": "identify", "userId": "u1", "anonymousId": "a1", "messageId": "i2",
+                       "timestamp": (T0 + timedelta(minutes=3)).isoformat()}])  # fmt: skip
+    settle(worker)
+    assert members(engine, ws, "vips") == {profile_of(engine, ws, "user_id:u1")}
+
+
+def test_a_rule_on_chorus_own_timeline_events_follows_them(engine, ws, clock, worker):
+    """'Segment Entered' is stored already attributed (no event change): the engine still sees it."""
+    define(engine, ws, "viewers", {"performed": {"event": "Product Viewed"}})
+    define(engine, ws, "entered-once", {"performed": {"event": "Segment Entered"}})
+    send(engine, ws, [ev("Product Viewed", T0)])
+    clock.at = T0 + timedelta(minutes=1)
+    settle(worker, 6)
+    pid = profile_of(engine, ws, "user_id:u1")
+    assert members(engine, ws, "entered-once") == {pid}

@@ -45,8 +45,18 @@ def _definition_body(body: object) -> tuple[str | None, rules.Node]:
     return name, rules.parse(body["rule"], "rule")
 
 
-@router.put("/segments/{segment_id}", summary="Create or change a segment (its members are computed by the worker)")
-def put_segment(ws: WS, svc: SVC, segment_id: str, body: Annotated[dict, Body(examples=[_EXAMPLE])]):
+_SEGMENT_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": {"type": "object", "additionalProperties": False, "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": 200},
+        "rule": {"type": "object", "description": "the rule as JSON (docs/segments.md)"},
+        "yaml": {"type": "string", "description": "or the rule as YAML text"}}},
+    "example": _EXAMPLE}}}}  # fmt: skip
+_CREATED = {201: {"description": "Created"}}
+
+
+@router.put("/segments/{segment_id}", summary="Create or change a segment (its members are computed by the worker)",
+            openapi_extra=_SEGMENT_BODY, responses=_CREATED)  # fmt: skip
+def put_segment(ws: WS, svc: SVC, segment_id: str, body: Annotated[dict, Body()]):
     store.check_id(segment_id)
     name, rule = _definition_body(body)
     with svc.engine.begin() as conn:
@@ -72,8 +82,7 @@ def get_segment(ws: WS, svc: SVC, segment_id: str):
 @router.delete("/segments/{segment_id}", summary="Delete a segment (409 while another segment refers to it)",
                status_code=204)  # fmt: skip
 def delete_segment(ws: WS, svc: SVC, segment_id: str):
-    with svc.engine.begin() as conn:
-        store.delete(conn, ws.id, segment_id)
+    engine.drop(svc.engine, ws.id, segment_id)  # its members leave it first: journeys see them go
     return Response(status_code=204)
 
 
@@ -87,7 +96,8 @@ def get_members(ws: WS, svc: SVC, segment_id: str, limit: Limit = 100, cursor: C
     return JSON({"members": page, "next_cursor": nxt})
 
 
-@router.get("/segments/{segment_id}/export", summary="The members as CSV: profile id, user id, email, phone")
+@router.get("/segments/{segment_id}/export", summary="The members as CSV: profile id, user id, email, phone",
+            response_class=Response, responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}})
 def export_members(ws: WS, svc: SVC, segment_id: str):
     with svc.engine.connect() as conn:
         store.get(conn, ws.id, segment_id)
@@ -132,7 +142,7 @@ def profile_segments(ws: WS, svc: SVC, profile_id: str):
 
 
 # -- static lists ----------------------------------------------------------------------------------------------------
-@router.put("/lists/{list_id}", summary="Create or rename a static list")
+@router.put("/lists/{list_id}", summary="Create or rename a static list", responses=_CREATED)
 def put_list(ws: WS, svc: SVC, list_id: str, body: Annotated[dict, Body(examples=[{"name": "VIP guests"}])]):
     store.check_id(list_id)
     if not isinstance(body, dict) or set(body) - {"name"}:
@@ -178,11 +188,13 @@ async def change_list(ws: WS, svc: SVC, list_id: str, request: Request):
             raise ChorusError('the body must be {"add": [...], "remove": [...]} or a CSV (Content-Type: text/csv)',
                               field="body")  # fmt: skip
         add, remove = body.get("add", []), body.get("remove", [])
-    with svc.engine.begin() as conn:
-        ids_add, missing_add = _resolve(conn, ws, add, "add")
-        ids_remove, missing_remove = _resolve(conn, ws, remove, "remove")
-        out = store.change_list(conn, ws.id, list_id, ids_add, ids_remove, utcnow())
-    unknown = missing_add + missing_remove
+    def apply():
+        with svc.engine.begin() as conn:
+            ids_add, missing_add = _resolve(conn, ws, add, "add")
+            ids_remove, missing_remove = _resolve(conn, ws, remove, "remove")
+            return store.change_list(conn, ws.id, list_id, ids_add, ids_remove, utcnow()), missing_add + missing_remove
+
+    out, unknown = await run_in_threadpool(apply)  # never on the event loop: an upload may name 100,000 people
     return JSON({**out, "not_found": unknown[:100], "not_found_count": len(unknown)})
 
 
@@ -194,18 +206,24 @@ def _csv_entries(raw: bytes) -> list:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise ChorusError("the CSV is not UTF-8 text", field="body") from None
+    if "\x00" in text:
+        raise ChorusError("the CSV holds a NUL character", field="body")
     reader = csv.DictReader(io.StringIO(text))
-    cols = [c for c in ("profile_id", "user_id", "email", "phone") if c in (reader.fieldnames or [])]
-    if not cols:
-        raise ChorusError("the CSV needs a header with a profile_id, user_id, email or phone column", field="body")
     out = []
-    for line, row in enumerate(reader, start=2):
-        if len(out) >= MAX_ENTRIES:
-            raise ChorusError(f"at most {MAX_ENTRIES} rows per upload", field=f"line {line}")
-        for c in cols:
-            if (row.get(c) or "").strip():
-                out.append(row[c].strip() if c == "profile_id" else {c: row[c].strip()})
-                break
+    line = 1
+    try:
+        cols = [c for c in ("profile_id", "user_id", "email", "phone") if c in (reader.fieldnames or [])]
+        if not cols:
+            raise ChorusError("the CSV needs a header with a profile_id, user_id, email or phone column", field="body")
+        for line, row in enumerate(reader, start=2):
+            if len(out) >= MAX_ENTRIES:
+                raise ChorusError(f"at most {MAX_ENTRIES} rows per upload", field=f"line {line}")
+            for c in cols:
+                if (row.get(c) or "").strip():
+                    out.append(row[c].strip() if c == "profile_id" else {c: row[c].strip()})
+                    break
+    except csv.Error as exc:  # a field over the csv module's limit, a broken quote
+        raise ChorusError(f"line {line + 1}: not readable as CSV ({exc})", field=f"line {line + 1}") from None
     return out
 
 
@@ -215,14 +233,16 @@ def _resolve(conn, ws, entries: object, field: str) -> tuple[list[str], list]:
     ids, missing = [], []
     for i, e in enumerate(entries):
         try:
+            kinds = ("email", "phone", "user_id", "anonymous_id", *ws.identity.declared)
             if isinstance(e, str):
                 ids.append(views.resolve_id(conn, ws.id, e))
-            elif isinstance(e, dict) and len(e) == 1:
+            elif isinstance(e, dict) and len(e) == 1 and next(iter(e)) in kinds and isinstance(next(iter(e.values())),
+                                                                                               str):  # fmt: skip
                 ((k, v),) = e.items()
                 ids.append(views.find_by_ident(conn, ws.id, views.lookup_ident(ws.identity, **{k: v})))
             else:
-                raise ChorusError("each entry is a profile id or one identifier such as {\"email\": \"...\"}",
-                                  field=f"{field}[{i}]")  # fmt: skip
+                raise ChorusError("each entry is a profile id or one identifier of a known kind, as text, such as "
+                                  '{"email": "ana@example.com"}', field=f"{field}[{i}]")  # fmt: skip
         except ChorusError as exc:
             if exc.status == 404:
                 missing.append(e)

@@ -37,7 +37,7 @@ from chorus.timeutil import utcnow
 
 log = logging.getLogger("chorus.feed")
 
-CAUSES = ("event", "merge", "replay", "created", "consent", "computed", "message", "erased", "segment", "list")
+CAUSES = ("event", "merge", "replay", "created", "consent", "computed", "message", "segment", "list")
 # PostgreSQL advisory locks that order one person's changes (a person maps to one): few enough that a transaction
 # changing thousands of people cannot exhaust the server's lock table (max_locks_per_transaction)
 BUCKETS = 128
@@ -262,15 +262,9 @@ def claim(conn: Connection, consumer: str, limit: int) -> dict[tuple[str, str], 
     return out
 
 
-def handled(conn: Connection, consumer: str, seqs: list[int], erased: Iterable[int] = ()) -> None:
-    """Delete what ``consumer`` handled; an ``erased`` change nobody else still has to handle goes too (it names the
-    erased profile: it is kept no longer than every consumer needs it)."""
+def handled(conn: Connection, consumer: str, seqs: list[int]) -> None:
     for part in _chunks(seqs):
         conn.execute(feed_pending.delete().where(feed_pending.c.consumer == consumer, feed_pending.c.seq.in_(part)))
-    erased = list(erased)
-    if erased:
-        unhandled = sa.exists().where(feed_pending.c.seq == profile_changes.c.seq)
-        conn.execute(profile_changes.delete().where(profile_changes.c.seq.in_(erased), ~unhandled))
 
 
 def failed(conn: Connection, consumer: str, seqs: list[int], error: str) -> None:
@@ -299,7 +293,8 @@ def consume(engine: Engine, consumer: str, handle: Handler, limit: int = 500) ->
         return 0
     done = 0
     with engine.begin() as conn:
-        for (ws, pid), changes in claim(conn, consumer, limit).items():
+        # people in profile id order: every writer that locks several people (segment timers, batches) does too
+        for (ws, pid), changes in sorted(claim(conn, consumer, limit).items()):
             try:
                 with conn.begin_nested():
                     handle(conn, ws, pid, changes)
@@ -307,7 +302,7 @@ def consume(engine: Engine, consumer: str, handle: Handler, limit: int = 500) ->
                 _reraise_transient(exc)
                 done += _one_by_one(conn, consumer, handle, ws, pid, changes)
                 continue
-            handled(conn, consumer, [c.seq for c in changes], [c.seq for c in changes if c.cause == "erased"])
+            handled(conn, consumer, [c.seq for c in changes])
             done += len(changes)
     return done
 
@@ -323,7 +318,7 @@ def _one_by_one(conn: Connection, consumer: str, handle: Handler, ws: str, pid: 
             failed(conn, consumer, [c.seq], f"{type(exc).__name__}: {exc}")
             metrics.feed_failures.inc()
             return i
-        handled(conn, consumer, [c.seq], [c.seq] if c.cause == "erased" else [])
+        handled(conn, consumer, [c.seq])
     return len(changes)
 
 
@@ -336,15 +331,11 @@ def _reraise_transient(exc: Exception) -> None:
         raise exc
 
 
-def prune(conn: Connection, now: datetime, retention: timedelta | None = RETENTION) -> int:
-    """Delete changes no consumer still has to handle once their ``at`` is ``retention`` old (erasures whatever
-    their age; None: erasures only). Consumers delete the erasures they were the last to handle themselves
-    (:func:`handled`); this catches the rest. One statement, so that a change committed while it runs is either
-    seen as pending or not deleted; in ``seq`` order, where the old changes are, so that no time index is needed
-    (every index costs every change)."""
-    old = profile_changes.c.cause == "erased"
-    if retention is not None:
-        old = sa.or_(old, profile_changes.c.at < now - retention)
+def prune(conn: Connection, now: datetime, retention: timedelta = RETENTION) -> int:
+    """Delete changes no consumer still has to handle once their ``at`` is ``retention`` old. One statement, so
+    that a change committed while it runs is either seen as pending or not deleted; in ``seq`` order, where the old
+    changes are, so that no time index is needed (every index costs every change)."""
+    old = profile_changes.c.at < now - retention
     unhandled = sa.exists().where(feed_pending.c.seq == profile_changes.c.seq)
     # at most PRUNE_BATCH rows a statement: on SQLite a delete holds the one write lock of the store
     batch = sa.select(profile_changes.c.seq).where(old, ~unhandled).order_by(profile_changes.c.seq).limit(PRUNE_BATCH)
@@ -396,21 +387,23 @@ TABLES = {"profile_changes": "profile_changes", "feed_pending": "feed_pending"}
 
 
 def forget(conn: Connection, ws: str, person) -> dict[str, int]:
-    """Erasure participant (chorus.registry): the person's recorded changes and what consumers had not handled go;
-    then one ``erased`` change per id tells every consumer to forget her (it names only the profile id, and is
-    deleted as soon as every consumer has handled it: :func:`prune`)."""
+    """Erasure participant (chorus.registry): the person's recorded changes (hers, and those naming her as a merge's
+    survivor) and what consumers had not handled of them go. Consumers are not told through the feed: a change
+    would have to name her, and the erasure leaves no byte of her behind. Each consumer's package forgets her in
+    the erasure's own transaction, as its erasure participant (segments: segments.store.forget)."""
     ids = person.profile_ids
     hers = sa.and_(profile_changes.c.workspace_id == ws,
                    sa.or_(profile_changes.c.profile_id.in_(ids), profile_changes.c.target_id.in_(ids)))  # fmt: skip
     counts = {
         "feed_pending": conn.execute(
-            feed_pending.delete().where(feed_pending.c.seq.in_(sa.select(profile_changes.c.seq).where(hers)))
+            feed_pending.delete().where(sa.or_(
+                feed_pending.c.seq.in_(sa.select(profile_changes.c.seq).where(hers)),
+                sa.and_(feed_pending.c.workspace_id == ws, feed_pending.c.profile_id.in_(ids)),  # handed over to her
+            ))
         ).rowcount,
         "profile_changes": conn.execute(profile_changes.delete().where(hers)).rowcount,
     }
     _discard(conn, ws, ids)  # changes recorded for her earlier in this transaction are not written either
-    if conn.execute(sa.select(feed_consumers.c.name).limit(1)).first() is not None:  # nobody to tell otherwise
-        record(conn, ws, [Change(pid, "erased") for pid in ids], person.now)
     return counts
 
 

@@ -50,6 +50,8 @@ def erase(conn: Connection, ws: str, profile_id: str, registry: Registry | None 
     if conn.dialect.name == "postgresql":  # no resolver may re-attach half of the person meanwhile
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": "identity:" + ws})
     pid = resolve_id(conn, ws, profile_id)
+    if conn.dialect.name == "postgresql":  # whoever is evaluating her (segments) finishes first, or waits for this
+        conn.execute(sa.select(profiles.c.id).where(profiles.c.id == pid).with_for_update())
     # Who the person is, read once before any participant deletes anything.
     person = Person(
         pid, tuple(identity_erasure.aliases_of(conn, pid)), tuple(identity_erasure.identifiers_of(conn, ws, pid)),
@@ -70,8 +72,10 @@ def forget(engine: Engine, ws: str, profile_id: str, vacuum: str = "full", regis
     registry = registry or reg.installed()
     with engine.begin() as conn:
         result = erase(conn, ws, profile_id, registry)
-    table_of = registry.table_of_count()
-    touched = [table_of[k] for k, n in result["deleted"].items() if n and k in table_of]
+    # every table of a participant that held something of her: rows it deleted earlier for its own reasons (a change
+    # the feed's consumers handled, a message retried) left dead copies in the files too
+    touched = [t for p in registry.participants() if any(result["deleted"].get(c) for c in p.tables)
+               for t in p.tables.values() if t is not None]  # fmt: skip
     return {**result, "scrubbed": scrub(engine, touched, vacuum)}
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -31,7 +31,9 @@ from chorus import workspaces as ws_api
 from chorus.collect import ingest
 from chorus.collect.messages import Event as Stored
 from chorus.collect.messages import normalise
+from chorus.identity.erasure import aliases_of
 from chorus.messaging.consent import identity_fields
+from chorus.messaging.outbox import STATUS_EVENTS
 from chorus.profiles import feed, views
 from chorus.segments import rules as r
 from chorus.segments import store
@@ -72,16 +74,44 @@ def affected(defs: dict[str, store.Definition], changes: Iterable[feed.Delivered
                 or (c.cause == "event" and _reads_events(i))
                 or (c.cause == "consent" and (i.consent or i.traits))
                 or (c.cause == "computed" and i.computed)
-                or (c.cause == "message" and i.messages)
-                or (c.cause == "segment" and c.detail.get("segment") in i.segments)
+                or (c.cause == "message" and (i.messages or _reads(i, MESSAGE_EVENTS)))
+                or (c.cause == "segment" and (c.detail.get("segment") in i.segments or _reads(i, SEGMENT_EVENTS)))
                 or (c.cause == "list" and c.detail.get("list") in i.lists)
             ):
                 out.add(sid)
     return out
 
 
+# the timeline events Chorus stores already attributed (no "event" change): a rule may read them as events
+SEGMENT_EVENTS = frozenset({"Segment Entered", "Segment Exited"})
+MESSAGE_EVENTS = frozenset(STATUS_EVENTS.values())
+
+
+def _reads(i: r.Inputs, names: frozenset[str]) -> bool:
+    return "*" in i.events or bool(i.events & names)
+
+
 def _order(defs: dict[str, store.Definition]) -> list[str]:
-    return r.check_references({sid: d.rule for sid, d in defs.items()})
+    """Dependency order (a segment after those it refers to). A reference to a segment that is gone reads as not
+    a member; it never stops the others (definition changes are serialised, but be total anyway)."""
+    order: list[str] = []
+    state: dict[str, int] = {}
+    for root in sorted(defs):
+        stack = [(root, iter(sorted(defs[root].inputs.segments)))]
+        if state.get(root):
+            continue
+        state[root] = 1
+        while stack:
+            sid, refs = stack[-1]
+            nxt = next((x for x in refs if x in defs and not state.get(x)), None)
+            if nxt is None:
+                stack.pop()
+                state[sid] = 2
+                order.append(sid)
+            else:
+                state[nxt] = 1
+                stack.append((nxt, iter(sorted(defs[nxt].inputs.segments))))
+    return order
 
 
 def _dependents(defs: dict[str, store.Definition]) -> dict[str, set[str]]:
@@ -108,20 +138,24 @@ def load_person(conn: Connection, ws: ws_api.Workspace, pid: str, *, with_events
         evs = tuple(Event.from_payload(p) for p in conn.execute(
             sa.select(events.c.payload).where(events.c.workspace_id == ws.id, events.c.profile_id == pid)
             .order_by(events.c.timestamp, events.c.seq)).scalars())  # fmt: skip
+    # messages and list entries keep the profile id they were made for: a merged profile's are hers too
+    ids = [pid, *aliases_of(conn, pid)]
     msgs = tuple(
         MessageRecord(m.id, m.status, m.at, m.channel, m.template, m.journey_id, m.campaign_id, m.topic)
         for m in conn.execute(
             sa.select(messages.c.id, message_status.c.status, message_status.c.at, messages.c.channel,
                       messages.c.template, messages.c.journey_id, messages.c.campaign_id, messages.c.topic)
             .join(message_status, message_status.c.message_id == messages.c.id)
-            .where(messages.c.workspace_id == ws.id, messages.c.profile_id == pid)
+            .where(messages.c.workspace_id == ws.id, messages.c.profile_id.in_(ids))
         )
     )  # fmt: skip
+    lists: set[str] = set()
+    for i in ids:
+        lists |= store.lists_of(conn, ws.id, i)
     return Person(
         id=pid, state=row.state, computed=computed,
         addresses={ch: tuple(a) for ch, a in (view.get("addresses") or {}).items()},
-        events=evs, messages=msgs, segments=frozenset(store.memberships(conn, ws.id, pid)),
-        lists=frozenset(store.lists_of(conn, ws.id, pid)),
+        events=evs, messages=msgs, segments=frozenset(store.memberships(conn, ws.id, pid)), lists=frozenset(lists),
     )  # fmt: skip
 
 
@@ -170,20 +204,24 @@ class Evaluator:
         return out
 
     def _leave_all(self, pid: str, cause: str) -> None:
+        """A profile merged away or erased: out of everything, once (leave reports only real exits)."""
         was = store.memberships(self.conn, self.ws.id, pid)
         self.conn.execute(segment_timers.delete().where(segment_timers.c.workspace_id == self.ws.id,
                                                         segment_timers.c.profile_id == pid))  # fmt: skip
-        for sid in sorted(was):
-            store.leave(self.conn, self.ws.id, sid, [pid], self.now, cause)
+        left = [sid for sid in sorted(was) if store.leave(self.conn, self.ws.id, sid, [pid], self.now, cause)]
+        if left:
+            feed.record(self.conn, self.ws.id, [feed.Change(pid, "segment", detail={"segment": sid,
+                                                                                    "change": "exited"})
+                                                for sid in left], self.now)  # fmt: skip
 
     def _apply(self, pid: str, out: Outcome, cause: str, person: Person) -> None:
         ws, now = self.ws.id, self.now
         if not out.entered and not out.exited:
             return
-        for sid in out.entered:
-            store.enter(self.conn, ws, sid, [pid], now, cause)
-        for sid in out.exited:
-            store.leave(self.conn, ws, sid, [pid], now, cause)
+        out.entered = [sid for sid in out.entered if store.enter(self.conn, ws, sid, [pid], now, cause)]
+        out.exited = [sid for sid in out.exited if store.leave(self.conn, ws, sid, [pid], now, cause)]
+        if not out.entered and not out.exited:
+            return
         changes, evs = [], []
         profile = {"id": pid, "identifiers": views.get_profiles(self.conn, ws, [pid], self.ws.identity)
                    .get(pid, {}).get("identifiers", {})}  # fmt: skip
@@ -231,8 +269,6 @@ def ident_key(ident: dict) -> str:
 # -- the change-feed consumer -------------------------------------------------------------------------------------
 def consumer(clock: Callable[[], datetime] | None = None):
     def handle(conn: Connection, ws: str, pid: str, changes: list[feed.Delivered]) -> None:
-        if any(c.cause == "erased" for c in changes):
-            return  # her rows went with the erasure (store.forget)
         defs = store.definitions(conn, ws)
         if not defs:
             return
@@ -249,28 +285,45 @@ def consumer(clock: Callable[[], datetime] | None = None):
 
 # -- time ----------------------------------------------------------------------------------------------------------
 def due(engine: Engine, limit: int = 500, clock: Callable[[], datetime] | None = None) -> int:
-    """Evaluate the people whose answer time alone changes now (their timers are due). One transaction."""
+    """Evaluate the people whose answer time alone changes now (their timers are due). One transaction.
+
+    The same lock order as the feed consumer: the person's profile row first (skipped when another worker holds
+    it: it is evaluating her, and her timers are still due at the next pass), then her timers. A person whose
+    evaluation fails is rolled back alone and tried again a minute later."""
     at = (clock or now)()
     with engine.begin() as conn:
-        q = (
-            sa.select(segment_timers.c.workspace_id, segment_timers.c.segment_id, segment_timers.c.profile_id)
+        rows = conn.execute(
+            sa.select(segment_timers.c.workspace_id, segment_timers.c.profile_id)
             .where(segment_timers.c.due_at <= at)
             .order_by(segment_timers.c.due_at)
             .limit(limit)
-        )
-        if conn.dialect.name == "postgresql":
-            q = q.with_for_update(skip_locked=True)
-        rows = conn.execute(q).all()
-        by_person: dict[tuple[str, str], set[str]] = {}
-        for ws, sid, pid in rows:
-            by_person.setdefault((ws, pid), set()).add(sid)
+        ).all()
+        people = sorted(set(rows), key=lambda x: (x[1], x[0]))  # profile id order, like every other locker
         evaluators: dict[str, Evaluator] = {}
-        for (ws, pid), sids in sorted(by_person.items()):
-            for sid in sids:  # a timer fires once; evaluating sets the next one
-                store.set_timer(conn, ws, sid, pid, None)
-            ev = evaluators.get(ws) or evaluators.setdefault(ws, Evaluator(conn, ws, at))
-            ev.person(pid, sids, "timer")
-    return len(rows)
+        done = 0
+        for ws, pid in people:
+            if conn.dialect.name == "postgresql" and conn.execute(
+                sa.select(profiles.c.id).where(profiles.c.workspace_id == ws, profiles.c.id == pid)
+                .with_for_update(skip_locked=True)
+            ).first() is None and conn.execute(
+                sa.select(profiles.c.id).where(profiles.c.workspace_id == ws, profiles.c.id == pid)
+            ).first() is not None:  # fmt: skip
+                continue  # someone else is evaluating her now
+            mine = (segment_timers.c.workspace_id == ws, segment_timers.c.profile_id == pid,
+                    segment_timers.c.due_at <= at)  # fmt: skip
+            sids = set(conn.execute(sa.select(segment_timers.c.segment_id).where(*mine)).scalars())
+            if not sids:
+                continue
+            try:
+                with conn.begin_nested():
+                    conn.execute(segment_timers.delete().where(*mine))  # evaluating sets the next ones
+                    ev = evaluators.get(ws) or evaluators.setdefault(ws, Evaluator(conn, ws, at))
+                    ev.person(pid, sids, "timer")
+                done += len(sids)
+            except Exception:  # noqa: BLE001 - one person must not stop time for everybody
+                log.exception("segment timers of profile %s failed; retried in a minute", pid)
+                conn.execute(segment_timers.update().where(*mine).values(due_at=at + timedelta(minutes=1)))
+    return done
 
 
 class TimerTask:
@@ -285,35 +338,66 @@ class TimerTask:
 
 
 # -- batch -----------------------------------------------------------------------------------------------------------
-def recompute(engine: Engine, ws_id: str, segment_id: str, clock: Callable[[], datetime] | None = None,
-              chunk: int = 500) -> Outcome:  # fmt: skip
-    """Compute a segment for everybody in the workspace and apply the difference with its members as entries and
-    exits (cause ``batch``), with the same rows, events and feed changes as the incremental path."""
-    at = (clock or now)()
-    total = Outcome()
-    after = ""
-    with engine.connect() as conn:
-        version = store.get(conn, ws_id, segment_id).version
-    while True:
-        with engine.begin() as conn:
-            ids = list(conn.execute(
-                sa.select(profiles.c.id).where(profiles.c.workspace_id == ws_id, profiles.c.id > after)
-                .order_by(profiles.c.id).limit(chunk)).scalars())  # fmt: skip
-            if not ids:
-                store.mark_computed(conn, ws_id, segment_id, version, at)
-                break
+def batch_step(engine: Engine, ws_id: str, segment_id: str, chunk: int = 500,
+               clock: Callable[[], datetime] | None = None) -> tuple[Outcome, bool]:  # fmt: skip
+    """One chunk of a segment's batch computation (profiles in id order after the saved cursor); returns what
+    changed and whether the computation is complete. Entries and exits are recorded with the cause ``batch``."""
+    from chorus.store.tables import segment_members, segments
+
+    out = Outcome()
+    with engine.begin() as conn:
+        row = conn.execute(sa.select(segments).where(segments.c.workspace_id == ws_id, segments.c.id == segment_id)
+                           ).first()  # fmt: skip
+        if row is None:
+            return out, True
+        at = row.batch_at or (clock or now)()
+        after = row.batch_after or ""
+        ids = list(conn.execute(
+            sa.select(profiles.c.id).where(profiles.c.workspace_id == ws_id, profiles.c.id > after)
+            .order_by(profiles.c.id).limit(chunk)).scalars())  # fmt: skip
+        if ids:
             ev = Evaluator(conn, ws_id, at)
             for pid in ids:
-                out = ev.person(pid, {segment_id}, "batch")
-                total.entered += out.entered
-                total.exited += out.exited
-            after = ids[-1]
-    with engine.begin() as conn:  # members whose profile is gone (merged, erased) while nobody told the segment
-        gone = store.members(conn, ws_id, segment_id) - set(conn.execute(
-            sa.select(profiles.c.id).where(profiles.c.workspace_id == ws_id)).scalars())  # fmt: skip
-        if gone:
-            store.leave(conn, ws_id, segment_id, sorted(gone), at, "batch")
-    return total
+                try:
+                    with conn.begin_nested():
+                        res = ev.person(pid, {segment_id}, "batch")
+                except Exception:  # noqa: BLE001 - one person must not stop the segment
+                    log.exception("segment %s: profile %s could not be evaluated", segment_id, pid)
+                    continue
+                out.entered += [pid] if segment_id in res.entered else []
+                out.exited += [pid] if segment_id in res.exited else []
+            conn.execute(segments.update().where(segments.c.workspace_id == ws_id, segments.c.id == segment_id)
+                         .values(batch_after=ids[-1], batch_at=at))  # fmt: skip
+            return out, False
+        # done: members whose profile is gone (merged, erased) while nobody told the segment
+        gone = list(conn.execute(sa.select(segment_members.c.profile_id).where(
+            segment_members.c.workspace_id == ws_id, segment_members.c.segment_id == segment_id,
+            ~sa.exists().where(profiles.c.id == segment_members.c.profile_id))).scalars())  # fmt: skip
+        out.exited += store.leave(conn, ws_id, segment_id, gone, at, "batch")
+        done = {"batch_after": None, "batch_at": None, "computed_version": row.version, "computed_at": at}
+        conn.execute(segments.update().where(segments.c.workspace_id == ws_id, segments.c.id == segment_id)
+                     .values(**done))  # fmt: skip
+        return out, True
+
+
+def recompute(engine: Engine, ws_id: str, segment_id: str, clock: Callable[[], datetime] | None = None,
+              chunk: int = 500) -> Outcome:  # fmt: skip
+    """Compute a segment for everybody now (every chunk) and apply the difference with its members as entries and
+    exits (cause ``batch``), with the same rows, events and feed changes as the incremental path. Returns the
+    people who entered and left."""
+    from chorus.store.tables import segments
+
+    with engine.begin() as conn:
+        store.get(conn, ws_id, segment_id)
+        conn.execute(segments.update().where(segments.c.workspace_id == ws_id, segments.c.id == segment_id)
+                     .values(batch_after=None, batch_at=(clock or now)()))  # fmt: skip
+    total = Outcome()
+    while True:
+        out, complete = batch_step(engine, ws_id, segment_id, chunk, clock)
+        total.entered += out.entered
+        total.exited += out.exited
+        if complete:
+            return total
 
 
 def pending_batches(engine: Engine) -> list[tuple[str, str]]:
@@ -326,18 +410,48 @@ def pending_batches(engine: Engine) -> list[tuple[str, str]]:
 
 
 class BatchTask:
-    """Computes, in the worker, the segments whose rule is new or changed."""
+    """Computes, in the worker, the segments whose rule is new or changed: one chunk of one segment per pass, so
+    that resolution, the feed and delivery run in between."""
 
     def __init__(self, engine: Engine, options=None):
         self.engine = engine
 
     def run_once(self) -> int:
-        done = 0
-        for ws, sid in pending_batches(self.engine)[:1]:  # one per pass: the other tasks run in between
-            out = recompute(self.engine, ws, sid)
-            log.info("segment %s computed: %d entered, %d exited", sid, len(out.entered), len(out.exited))
-            done += 1
-        return done
+        todo = pending_batches(self.engine)
+        if not todo:
+            return 0
+        ws, sid = todo[0]
+        out, complete = batch_step(self.engine, ws, sid)
+        if complete:
+            log.info("segment %s computed", sid)
+        return 1 + len(out.entered) + len(out.exited)
 
     def close(self) -> None:
         pass
+
+
+def drop(engine: Engine, ws_id: str, segment_id: str, clock: Callable[[], datetime] | None = None) -> int:
+    """Delete a segment: its members leave it first (cause ``deleted``: history, timeline events and feed
+    changes, so that journeys see them go), then the definition goes. 409 while another segment refers to it."""
+    from chorus.store.tables import segment_members
+
+    at = (clock or now)()
+    with engine.begin() as conn:
+        store.lock_definitions(conn, ws_id)
+        d = store.get(conn, ws_id, segment_id)
+        users = [x.id for x in store.definitions(conn, ws_id).values() if segment_id in x.inputs.segments]
+        if users:
+            from chorus.errors import Conflict
+
+            raise Conflict(f"segment {segment_id!r} is used by {', '.join(sorted(users))}: change those first",
+                           field="id")  # fmt: skip
+        ev = Evaluator(conn, ws_id, at)
+        left = 0
+        for pid in sorted(store.members(conn, ws_id, segment_id)):
+            out = Outcome(exited=[d.id])
+            ev._apply(pid, out, "deleted", None)
+            left += len(out.exited)
+        conn.execute(segment_members.delete().where(segment_members.c.workspace_id == ws_id,
+                                                    segment_members.c.segment_id == segment_id))  # fmt: skip
+        store.delete(conn, ws_id, segment_id)
+    return left

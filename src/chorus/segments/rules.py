@@ -689,6 +689,8 @@ def load_yaml(text: str, path: str = "rule") -> object:
     }
     try:
         data = yaml.load(text, Loader=Loader)  # a SafeLoader subclass: plain data only
+    except RecursionError:  # the loader recurses per level of nesting
+        raise _bad(path, "the YAML is nested too deeply (a rule has at most 16 levels)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""

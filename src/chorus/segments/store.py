@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg_sql
+from sqlalchemy.dialects import sqlite as sqlite_sql
 from sqlalchemy.engine import Connection
 
 from chorus.errors import ChorusError, Conflict, NotFound
@@ -67,6 +69,7 @@ def get(conn: Connection, ws: str, segment_id: str) -> Definition:
 def save(conn: Connection, ws: str, segment_id: str, name: str, rule: r.Node, now: datetime) -> tuple[Definition, bool]:
     """Create or replace a segment's definition; returns it and whether its rule changed (a new version, to be
     computed in batch). The rule's references are checked against the workspace's other segments and lists."""
+    lock_definitions(conn, ws)
     others = {d.id: d.rule for d in definitions(conn, ws).values() if d.id != segment_id}
     r.check_references({**others, segment_id: rule}, focus=segment_id)
     lists = set(conn.execute(sa.select(static_lists.c.id).where(static_lists.c.workspace_id == ws)).scalars())
@@ -91,12 +94,21 @@ def save(conn: Connection, ws: str, segment_id: str, name: str, rule: r.Node, no
     return get(conn, ws, segment_id), changed
 
 
+def lock_definitions(conn: Connection, ws: str) -> None:
+    """Definition changes of a workspace one at a time (PostgreSQL; SQLite has one writer): a save that refers to
+    a segment and its concurrent deletion cannot both commit, nor two creations of one id."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": "segments:" + ws})
+
+
 def delete(conn: Connection, ws: str, segment_id: str) -> None:
+    """Delete a segment whose members have left it (engine.drop writes their exits first)."""
+    lock_definitions(conn, ws)
     get(conn, ws, segment_id)
     users = [d.id for d in definitions(conn, ws).values() if segment_id in d.inputs.segments]
     if users:
         raise Conflict(f"segment {segment_id!r} is used by {', '.join(sorted(users))}: change those first", field="id")
-    for t in (segment_members, segment_timers):
+    for t in (segment_members, segment_timers, segment_history):
         conn.execute(t.delete().where(t.c.workspace_id == ws, t.c.segment_id == segment_id))
     conn.execute(segments.delete().where(segments.c.workspace_id == ws, segments.c.id == segment_id))
 
@@ -125,23 +137,37 @@ def lists_of(conn: Connection, ws: str, profile_id: str) -> set[str]:
         list_members.c.workspace_id == ws, list_members.c.profile_id == profile_id)).scalars())  # fmt: skip
 
 
-def enter(conn: Connection, ws: str, segment_id: str, profile_ids: Iterable[str], at: datetime, cause: str) -> None:
-    rows = [{"workspace_id": ws, "segment_id": segment_id, "profile_id": p, "since": at} for p in profile_ids]
-    if rows:
-        bulk.insert_rows(conn, segment_members, rows, conflict=["workspace_id", "segment_id", "profile_id"])
-        _history(conn, ws, segment_id, [x["profile_id"] for x in rows], "entered", at, cause)
+def enter(
+    conn: Connection, ws: str, segment_id: str, profile_ids: Iterable[str], at: datetime, cause: str
+) -> list[str]:
+    """Make these people members; returns those who were not (history is written for them only)."""
+    done = []
+    for p in profile_ids:
+        insert = pg_sql.insert if conn.dialect.name == "postgresql" else sqlite_sql.insert
+        stmt = insert(segment_members).values(workspace_id=ws, segment_id=segment_id, profile_id=p, since=at)
+        if conn.execute(stmt.on_conflict_do_nothing()).rowcount:
+            done.append(p)
+    _history(conn, ws, segment_id, done, "entered", at, cause)
+    return done
 
 
-def leave(conn: Connection, ws: str, segment_id: str, profile_ids: Iterable[str], at: datetime, cause: str) -> None:
-    ids = list(profile_ids)
-    for i in range(0, len(ids), 5000):
-        conn.execute(segment_members.delete().where(
-            segment_members.c.workspace_id == ws, segment_members.c.segment_id == segment_id,
-            segment_members.c.profile_id.in_(ids[i : i + 5000])))  # fmt: skip
-    _history(conn, ws, segment_id, ids, "exited", at, cause)
+def leave(
+    conn: Connection, ws: str, segment_id: str, profile_ids: Iterable[str], at: datetime, cause: str
+) -> list[str]:
+    """Take these people out; returns those who were members (history is written for them only)."""
+    done = []
+    for p in profile_ids:
+        if conn.execute(segment_members.delete().where(
+                segment_members.c.workspace_id == ws, segment_members.c.segment_id == segment_id,
+                segment_members.c.profile_id == p)).rowcount:  # fmt: skip
+            done.append(p)
+    _history(conn, ws, segment_id, done, "exited", at, cause)
+    return done
 
 
 def _history(conn, ws, segment_id, ids, change, at, cause) -> None:
+    if not ids:
+        return
     bulk.insert_rows(conn, segment_history, [
         {"workspace_id": ws, "segment_id": segment_id, "profile_id": p, "change": change, "at": at, "cause": cause}
         for p in ids

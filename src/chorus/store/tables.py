@@ -434,6 +434,9 @@ segments = sa.Table(
     sa.Column("version", sa.Integer, nullable=False),  # +1 at each change of the rule
     sa.Column("computed_version", sa.Integer),  # the version the members were last computed in batch for
     sa.Column("computed_at", UTCDateTime),
+    # the batch computation in progress: the last profile id done (it runs a chunk per worker pass) and its instant
+    sa.Column("batch_after", sa.String(40)),
+    sa.Column("batch_at", UTCDateTime),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
 )
