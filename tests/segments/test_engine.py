@@ -288,3 +288,22 @@ def test_a_rule_on_chorus_own_timeline_events_follows_them(engine, ws, clock, wo
     settle(worker, 6)
     pid = profile_of(engine, ws, "user_id:u1")
     assert members(engine, ws, "entered-once") == {pid}
+
+
+def test_a_rule_changed_in_the_middle_of_its_batch_is_computed_again_from_the_start(engine, ws, clock):
+    for u in range(6):
+        send(engine, ws, [{"type": "identify", "userId": f"u{u}", "messageId": f"i{u}", "timestamp": T0.isoformat(),
+                           "traits": {"tier": u % 2}}])  # fmt: skip
+    from tests.identity.helpers import resolve
+
+    resolve(engine)
+    define(engine, ws, "tier", {"trait": {"name": "tier", "equals": 0}})
+    out, complete = seg.batch_step(engine, ws, "tier", chunk=3)
+    assert not complete
+    define(engine, ws, "tier", {"trait": {"name": "tier", "equals": 1}})  # the rule changes mid-batch
+    while not seg.batch_step(engine, ws, "tier", chunk=3)[1]:
+        pass
+    odd = {profile_of(engine, ws, f"user_id:u{u}") for u in (1, 3, 5)}
+    assert members(engine, ws, "tier") == odd
+    with engine.connect() as conn:
+        assert store.view(conn, ws, store.get(conn, ws, "tier"))["status"] == "ready"

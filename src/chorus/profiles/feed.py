@@ -187,6 +187,15 @@ def _flush(conn: Connection) -> None:
     metrics.feed_changes.inc(len(rows))
 
 
+def lock_person(conn: Connection, ws: str, profile_ids: list[str]) -> None:
+    """Wait for the consumers that claimed changes of these profiles (PostgreSQL): an erasure calls it before it
+    locks the profile row, the order the consumers take them in (their claim, then the person)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.select(feed_pending.c.seq).where(feed_pending.c.workspace_id == ws,
+                                                         feed_pending.c.profile_id.in_(profile_ids))
+                     .with_for_update()).all()  # fmt: skip
+
+
 def repoint(conn: Connection, ws: str, merged: str, survivor: str) -> None:
     """A profile merged into another: the changes of the merged one that consumers have not handled yet are handled
     as the survivor's, in one order with hers (one person, one order)."""

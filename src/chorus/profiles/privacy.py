@@ -51,6 +51,9 @@ def erase(conn: Connection, ws: str, profile_id: str, registry: Registry | None 
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": "identity:" + ws})
     pid = resolve_id(conn, ws, profile_id)
     if conn.dialect.name == "postgresql":  # whoever is evaluating her (segments) finishes first, or waits for this
+        from chorus.profiles import feed
+
+        feed.lock_person(conn, ws, [pid, *identity_erasure.aliases_of(conn, pid)])  # the consumers' order
         conn.execute(sa.select(profiles.c.id).where(profiles.c.id == pid).with_for_update())
     # Who the person is, read once before any participant deletes anything.
     person = Person(

@@ -340,43 +340,50 @@ class TimerTask:
 # -- batch -----------------------------------------------------------------------------------------------------------
 def batch_step(engine: Engine, ws_id: str, segment_id: str, chunk: int = 500,
                clock: Callable[[], datetime] | None = None) -> tuple[Outcome, bool]:  # fmt: skip
-    """One chunk of a segment's batch computation (profiles in id order after the saved cursor); returns what
-    changed and whether the computation is complete. Entries and exits are recorded with the cause ``batch``."""
+    """One chunk of a segment's batch computation (profiles in id order after the saved cursor), at the current
+    instant; returns the people who entered and left, and whether the computation is complete. The segment row is
+    locked for the step (one step of a segment at a time), and a cursor left by an older version of the rule is
+    started again from the beginning."""
+    from chorus.profiles.feed import _reraise_transient
     from chorus.store.tables import segment_members, segments
 
     out = Outcome()
+    at = (clock or now)()
     with engine.begin() as conn:
-        row = conn.execute(sa.select(segments).where(segments.c.workspace_id == ws_id, segments.c.id == segment_id)
-                           ).first()  # fmt: skip
+        q = sa.select(segments).where(segments.c.workspace_id == ws_id, segments.c.id == segment_id)
+        row = conn.execute(q.with_for_update() if conn.dialect.name == "postgresql" else q).first()
         if row is None:
             return out, True
-        at = row.batch_at or (clock or now)()
-        after = row.batch_after or ""
+        after = row.batch_after if row.batch_version == row.version else None
         ids = list(conn.execute(
-            sa.select(profiles.c.id).where(profiles.c.workspace_id == ws_id, profiles.c.id > after)
+            sa.select(profiles.c.id).where(profiles.c.workspace_id == ws_id, profiles.c.id > (after or ""))
             .order_by(profiles.c.id).limit(chunk)).scalars())  # fmt: skip
+        where = (segments.c.workspace_id == ws_id, segments.c.id == segment_id)
         if ids:
             ev = Evaluator(conn, ws_id, at)
             for pid in ids:
                 try:
                     with conn.begin_nested():
                         res = ev.person(pid, {segment_id}, "batch")
-                except Exception:  # noqa: BLE001 - one person must not stop the segment
-                    log.exception("segment %s: profile %s could not be evaluated", segment_id, pid)
+                except Exception as exc:  # noqa: BLE001 - one person must not stop the segment
+                    _reraise_transient(exc)  # the database busy or gone: the whole step is retried
+                    log.exception("segment %s: profile %s could not be evaluated; retried by a timer", segment_id, pid)
+                    store.set_timer(conn, ws_id, segment_id, pid, at + timedelta(minutes=1))
                     continue
                 out.entered += [pid] if segment_id in res.entered else []
                 out.exited += [pid] if segment_id in res.exited else []
-            conn.execute(segments.update().where(segments.c.workspace_id == ws_id, segments.c.id == segment_id)
-                         .values(batch_after=ids[-1], batch_at=at))  # fmt: skip
+            conn.execute(segments.update().where(*where).values(batch_after=ids[-1], batch_version=row.version))
             return out, False
         # done: members whose profile is gone (merged, erased) while nobody told the segment
         gone = list(conn.execute(sa.select(segment_members.c.profile_id).where(
             segment_members.c.workspace_id == ws_id, segment_members.c.segment_id == segment_id,
             ~sa.exists().where(profiles.c.id == segment_members.c.profile_id))).scalars())  # fmt: skip
-        out.exited += store.leave(conn, ws_id, segment_id, gone, at, "batch")
-        done = {"batch_after": None, "batch_at": None, "computed_version": row.version, "computed_at": at}
-        conn.execute(segments.update().where(segments.c.workspace_id == ws_id, segments.c.id == segment_id)
-                     .values(**done))  # fmt: skip
+        left = store.leave(conn, ws_id, segment_id, gone, at, "batch")
+        feed.record(conn, ws_id, [feed.Change(p, "segment", detail={"segment": segment_id, "change": "exited"})
+                                  for p in left], at)  # fmt: skip
+        out.exited += left
+        conn.execute(segments.update().where(*where).values(batch_after=None, batch_version=None,
+                                                            computed_version=row.version, computed_at=at))  # fmt: skip
         return out, True
 
 
@@ -390,7 +397,7 @@ def recompute(engine: Engine, ws_id: str, segment_id: str, clock: Callable[[], d
     with engine.begin() as conn:
         store.get(conn, ws_id, segment_id)
         conn.execute(segments.update().where(segments.c.workspace_id == ws_id, segments.c.id == segment_id)
-                     .values(batch_after=None, batch_at=(clock or now)()))  # fmt: skip
+                     .values(batch_after=None, batch_version=None))  # fmt: skip
     total = Outcome()
     while True:
         out, complete = batch_step(engine, ws_id, segment_id, chunk, clock)

@@ -89,7 +89,8 @@ def save(conn: Connection, ws: str, segment_id: str, name: str, rule: r.Node, no
         conn.execute(
             segments.update()
             .where(segments.c.workspace_id == ws, segments.c.id == segment_id)
-            .values(name=name, rule=canon, version=row.version + (1 if changed else 0), updated_at=now)
+            .values(name=name, rule=canon, version=row.version + (1 if changed else 0), updated_at=now,
+                    **({"batch_after": None, "batch_version": None} if changed else {}))  # a new batch from the start
         )
     return get(conn, ws, segment_id), changed
 

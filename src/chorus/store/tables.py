@@ -436,7 +436,7 @@ segments = sa.Table(
     sa.Column("computed_at", UTCDateTime),
     # the batch computation in progress: the last profile id done (it runs a chunk per worker pass) and its instant
     sa.Column("batch_after", sa.String(40)),
-    sa.Column("batch_at", UTCDateTime),
+    sa.Column("batch_version", sa.Integer),  # the version that cursor belongs to
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
 )

@@ -25,7 +25,7 @@ def upgrade() -> None:
     sa.Column('computed_version', sa.Integer(), nullable=True),
     sa.Column('computed_at', chorus.store.types.UTCDateTime(), nullable=True),
     sa.Column('batch_after', sa.String(length=40), nullable=True),
-    sa.Column('batch_at', chorus.store.types.UTCDateTime(), nullable=True),
+    sa.Column('batch_version', sa.Integer(), nullable=True),
     sa.Column('created_at', chorus.store.types.UTCDateTime(), nullable=False),
     sa.Column('updated_at', chorus.store.types.UTCDateTime(), nullable=False),
     sa.PrimaryKeyConstraint('workspace_id', 'id', name=op.f('pk_segments'))
