@@ -53,8 +53,11 @@ def store_people(engine, w: dict, people: list[dict], received: datetime = RECEI
     msgs = []
     for i, who in enumerate(people):
         # every person has a profile: an identify first (older than anything the rules look at)
-        msgs.append({"messageId": f"id{i}-{next(_ids)}", "userId": f"u{i}", "type": "identify",
-                     "timestamp": iso(T0 - timedelta(days=400))})
+        first = {"messageId": f"id{i}-{next(_ids)}", "userId": f"u{i}", "type": "identify",
+                 "timestamp": iso(T0 - timedelta(days=400))}
+        if who.get("zone"):
+            first["context"] = {"timezone": who["zone"]}
+        msgs.append(first)
         for k, m in enumerate(who["messages"]):
             msgs.append({"messageId": f"m{i}-{k}-{next(_ids)}", "userId": f"u{i}", **m})
     if msgs:
@@ -175,6 +178,7 @@ def a_person(draw):
             {"a": values})})),  # fmt: skip
         "sent": draw(st.lists(st.tuples(st.sampled_from(["t1", "t2"]), st.lists(
             st.tuples(STATUS, props.instants), min_size=1, max_size=3)), max_size=2)),  # fmt: skip
+        "zone": draw(st.sampled_from([*ZONES, None, "Not/AZone"])),
         "segments": draw(st.sets(st.sampled_from(["s1", "s2"]))),
         "lists": draw(st.sets(st.sampled_from(["l1"]))),
     }
@@ -267,7 +271,7 @@ def test_members_are_exactly_the_evaluators(engine, people, questions):
         agree(engine, w["id"], r.parse(raw), now, TOPICS)
 
 
-# -- readable examples, one kind of condition at a time ------------------------------------------------------------------
+# -- readable examples, one kind of condition at a time ----------------------------------------------------------
 @pytest.fixture
 def shop(engine):
     w = new_workspace(engine)

@@ -387,16 +387,18 @@ class _Dates:
         """The instant as ``timeutil.iso`` writes it (fixed width: compares as text in time order)."""
         return sa.case((sa.func.length(s) == 20, sa.func.substr(s, 1, 19).concat(".000000Z")), else_=s)
 
+    def maybe(self, s):
+        """Given neither form above: may ``s`` be a date in another form (see :meth:`odd`)?"""
+        length = sa.func.length(s)
+        nbytes = sa.func.octet_length(s) if self.pg else sa.func.length(sa.cast(s, sa.LargeBinary))
+        find = sa.func.strpos if self.pg else sa.func.instr
+        return sa.and_(length <= 64, sa.or_(find(s, "t") > 0, find(s, "T") > 0, nbytes != length, length == 10))
+
     def odd(self, s):
         """Text that may be a date SQL does not read: short enough (``times.value_instant``), not one of the forms
         above, and with a ``t`` (a date-time), a non-ASCII character (a case mapping to ``T``) or ten characters
-        (``YYYY-MM-DD`` of other digits, or an impossible day)."""
-        length = sa.func.length(s)
-        nbytes = sa.func.octet_length(s) if self.pg else sa.func.length(sa.cast(s, sa.LargeBinary))
-        maybe = sa.or_(sa.func.instr(s, "t") > 0, sa.func.instr(s, "T") > 0, nbytes != length, length == 10)
-        if self.pg:
-            maybe = sa.or_(sa.func.strpos(s, "t") > 0, sa.func.strpos(s, "T") > 0, nbytes != length, length == 10)
-        return sa.and_(s.isnot(None), length <= 64, sa.not_(self.day(s)), sa.not_(self.instant_ok(s)), maybe)
+        (``YYYY-MM-DD`` of other digits, or an impossible day). Python decides those."""
+        return sa.and_(s.isnot(None), sa.not_(self.day(s)), sa.not_(self.instant_ok(s)), self.maybe(s))
 
 
 # -- days and instants around a threshold, per zone -----------------------------------------------------------------
@@ -476,6 +478,7 @@ class _Compiler:
         self.n = itertools.count()
         self.p = profiles.alias("p")
         self.pz = profiles.alias("pz")  # the profile of an event or a message, for its zone
+        self.prefilter = None  # the cheap part of the last selection built (see selection)
 
     # -- zone parameters --------------------------------------------------------------------------------------
     def zparam(self, fn: Callable[[Any], Any], type_):
@@ -494,10 +497,14 @@ class _Compiler:
 
     def _zt_cte(self):
         cols = list(self.zt_cols)
+
+        def value(z, c):
+            v = sa.literal(self.zt_rows[z][c], self.zt_cols[c])
+            # PostgreSQL types a UNION of parameters as text unless told; SQLite's CAST AS DATETIME is numeric
+            return sa.cast(v, self.zt_cols[c]) if self.pg else v
+
         selects = [
-            sa.select(sa.literal(z, sa.Text).label("zkey"),
-                      *(sa.cast(sa.literal(self.zt_rows[z][c], self.zt_cols[c]), self.zt_cols[c]).label(c)
-                        for c in cols))  # fmt: skip
+            sa.select(sa.literal(z, sa.Text).label("zkey"), *(value(z, c).label(c) for c in cols))
             for z in self.zone_keys
         ]
         return (sa.union_all(*selects) if len(selects) > 1 else selects[0]).cte("zt")
@@ -549,7 +556,7 @@ class _Compiler:
         if self.mg.columns and want("mg"):
             frm = frm.outerjoin(self._pass_subquery(self.mg), sa.literal_column("mg.profile_id") == p.c.id)
         for sub in self.lvs:
-            if want(sub.name):
+            if sub is not None and want(sub.name):
                 frm = frm.outerjoin(sub, sub.c.profile_id == p.c.id)
         for first, ct in self.cts.items():
             if want(ct.name):
@@ -651,9 +658,9 @@ class _Compiler:
             return self.leaf(J.includes(x, arg))
         if op in r.NUMBER_OPS:
             return self.leaf(self.number_test(J.number(x), test))
-        # dates: text in one of the forms SQL reads, and the rest decided in Python
+        # dates: text in one of the forms SQL reads, and the rest decided in Python; each form is recognised once
         s = J.text(x)
-        sql = self.leaf(self.date_test(s, test, now))
+        on_day, on_instant = self.date_test(s, test, now)
         odd = self.dates.odd(s)
         key = f"h{next(self.n)}"
         if event_level is None:
@@ -669,7 +676,13 @@ class _Compiler:
 
         self.hybrids.append(Hybrid(key, cand, decide, f"dates in other forms ({what})"))
         decided = self.in_ids(ids, key, sa.String if event_level is None else sa.BigInteger)
-        return sa.or_(sql, self.leaf(sa.and_(odd, decided)))
+        return self.leaf(sa.case(
+            (s.is_(None), sa.false()),
+            (self.dates.day(s), on_day),
+            (self.dates.instant_ok(s), on_instant),
+            (self.dates.maybe(s), decided),
+            else_=sa.false(),
+        ))  # fmt: skip
 
     def number_test(self, num, test: r.Test, n=None):
         op, arg = test.op, test.arg
@@ -679,19 +692,25 @@ class _Compiler:
 
     # -- dates --------------------------------------------------------------------------------------------------
     def date_test(self, s, test: r.Test, now: datetime):
-        """A date test on text ``s`` read as ``YYYY-MM-DD`` (the profile's local day) or an instant in ``Z``."""
+        """A date test on text ``s`` as two predicates: when ``s`` is a ``YYYY-MM-DD`` (the profile's local day),
+        and when it is an instant in ``Z`` (``it``, its fixed-width text)."""
         op, arg = test.op, test.arg
-        day, inst = self.dates.day(s), self.dates.instant_ok(s)
         it = self.dates.instant_text(s)
 
         def at_most(t_of_zone, strict=False):  # the date's instant <= T (< T when strict)
             d = self.zparam(lambda tz: _last_day(t_of_zone(tz), tz, strict=strict), sa.Text)
             i = self.zparam(lambda tz: _iso(t_of_zone(tz)), sa.Text)
-            cmp = _lt if strict else _le
-            return sa.or_(sa.and_(day, _le(self, s, d)), sa.and_(inst, cmp(self, it, i)))
+            return _le(self, s, d), (_lt if strict else _le)(self, it, i)
 
-        def at_least(t_of_zone):  # >= T: a date, and not < T
-            return sa.and_(sa.or_(day, inst), sa.not_(at_most(t_of_zone, strict=True)))
+        def at_least(t_of_zone):  # >= T: not < T
+            d, i = at_most(t_of_zone, strict=True)
+            return sa.not_(d), sa.not_(i)
+
+        def both(*pairs):
+            return sa.and_(*(a for a, _ in pairs)), sa.and_(*(b for _, b in pairs))
+
+        def neg(pair):
+            return sa.not_(pair[0]), sa.not_(pair[1])
 
         if op == "since":
             return at_least(lambda tz: instant(arg, tz))
@@ -699,25 +718,25 @@ class _Compiler:
             return at_most(lambda tz: instant(arg, tz), strict=True)
         if op == "date_between":
             since, before = arg
-            return sa.and_(at_least(lambda tz: instant(since, tz)), at_most(lambda tz: instant(before, tz), strict=True))
+            return both(at_least(lambda tz: instant(since, tz)), at_most(lambda tz: instant(before, tz), strict=True))
         if op in r.RELATIVE_DATE_OPS:
             d = arg.delta
             if op == "within_last":  # x <= now < x + d, i.e. now - d < x <= now
                 lo = _minus(now, d)
-                above = sa.not_(at_most(lambda tz: lo)) if lo is not None else sa.true()
-                return sa.and_(at_most(lambda tz: now), above)
+                return both(at_most(lambda tz: now), neg(at_most(lambda tz: lo)) if lo is not None else
+                            (sa.true(), sa.true()))  # fmt: skip
             if op == "more_than_ago":  # x + d <= now
                 lo = _minus(now, d)
-                return at_most(lambda tz: lo) if lo is not None else sa.false()
+                return at_most(lambda tz: lo) if lo is not None else (sa.false(), sa.false())
             # within_next: x - d <= now < x, i.e. now < x <= now + d
             hi = _plus(now, d)
-            upper = at_most(lambda tz: hi) if hi is not None else sa.or_(day, inst)
-            return sa.and_(sa.or_(day, inst), sa.not_(at_most(lambda tz: now)), upper)
+            return both(neg(at_most(lambda tz: now)), at_most(lambda tz: hi) if hi is not None else
+                        (sa.true(), sa.true()))  # fmt: skip
         if op == "anniversary":
             days = self.zparam(lambda tz: _anniversary_set(arg, now, tz), sa.Text)
             md = sa.literal(",", sa.Text).concat(sa.func.substr(s, 6, 5)).concat(",")
-            hit = sa.func.strpos(days, md) if self.pg else sa.func.instr(days, md)
-            return sa.and_(sa.or_(day, inst), hit > 0)
+            hit = (sa.func.strpos(days, md) if self.pg else sa.func.instr(days, md)) > 0
+            return hit, hit
         raise AssertionError(op)
 
     # -- windows and selections over events ------------------------------------------------------------------
@@ -775,19 +794,23 @@ class _Compiler:
                                          event_level=(frm, where)))  # fmt: skip
         if window:
             conds.append(self.window_pred(sel.window, e.timestamp))
+            base.append(conds[-1])
+        # what the pass's WHERE repeats: names, types, channels and times, not the JSON of the property tests
+        self.prefilter = sa.and_(*base, *extra)
         return sa.and_(*conds, *extra)
 
     # -- the events and messages passes ---------------------------------------------------------------------------
     def ev_column(self, agg, build, type_):
         """An aggregate of the events pass, filtered by ``build()`` (built in the pass's scope)."""
         outer, self.scope = self.scope, "ev"
+        self.prefilter = None
         try:
             cond = build()
         finally:
             self.scope = outer
         name = f"a{len(self.ev.columns)}"
         self.ev.columns.append(agg.filter(cond).label(name))
-        self.ev.filters.append(cond)
+        self.ev.filters.append(self.prefilter if self.prefilter is not None else cond)
         return sa.literal_column(f"ev.{name}", type_)
 
     def _events_from(self, scope: str):
@@ -798,13 +821,26 @@ class _Compiler:
             frm = self._zt_join(frm, pz.c.state)
         return frm
 
+    @property
+    def owners(self):
+        """Who a message belongs to now: a profile's own id, and every id merged into it (a message keeps the id it
+        was sent to). A plain column to group by: SQLite indexes a LEFT JOINed pass on it, not on an expression."""
+        if "_owners" not in self.__dict__:
+            pa = profile_aliases
+            self._owners = sa.union_all(
+                sa.select(profiles.c.id.label("owner"), profiles.c.id.label("sent_to")).where(
+                    profiles.c.workspace_id == self.ws),
+                sa.select(pa.c.profile_id, pa.c.alias_id).where(pa.c.workspace_id == self.ws),
+            ).subquery("owners")  # fmt: skip
+        return self._owners
+
     def _owner(self):
-        return sa.func.coalesce(profile_aliases.c.profile_id, messages.c.profile_id)
+        return self.owners.c.owner
 
     def _messages_from(self):
-        m, ms, pa = messages, message_status, profile_aliases
-        frm = ms.join(m, m.c.id == ms.c.message_id).outerjoin(
-            pa, sa.and_(pa.c.alias_id == m.c.profile_id, pa.c.workspace_id == self.ws))
+        m, ms = messages, message_status
+        frm = self.owners.join(m, sa.and_(m.c.workspace_id == self.ws, m.c.profile_id == self.owners.c.sent_to)).join(
+            ms, ms.c.message_id == m.c.id)  # fmt: skip
         if "mg" in self.zoned:
             pz = self.pz
             frm = frm.join(pz, sa.and_(pz.c.workspace_id == self.ws, pz.c.id == self._owner()))
@@ -817,7 +853,7 @@ class _Compiler:
             where = [events.c.workspace_id == self.ws, events.c.profile_id.isnot(None)]
         else:
             group, frm = self._owner(), self._messages_from()
-            where = [message_status.c.workspace_id == self.ws, messages.c.workspace_id == self.ws]
+            where = [message_status.c.workspace_id == self.ws]
         q = sa.select(group.label("profile_id"), *ps.columns).select_from(frm).where(*where, sa.or_(*ps.filters))
         return q.group_by(group).subquery(ps.alias)
 
@@ -887,6 +923,8 @@ class _Compiler:
 
     # -- last value ----------------------------------------------------------------------------------------------
     def last_value(self, n: r.LastValue):
+        if not self.pg:
+            return self._last_value_by_key(n)
         name = f"lv{len(self.lvs)}"
         e = events.c
         x = self.json.lookup(self.payload(), ["properties"], n.property.split("."))
@@ -909,6 +947,23 @@ class _Compiler:
         self.lvs.append(sub)
         value = JVal(j=sub.c.j) if self.pg else JVal(t=sub.c.t, v=sub.c.v)
         return self.value_test(n.test, value, self.now, what=f"last value of {n.property}", sources={name})
+
+    def _last_value_by_key(self, n: r.LastValue):
+        """SQLite: the newest event is the greatest fixed-width time followed by its message id (ids are unique in
+        a workspace), an aggregate of the events pass; its value is then read by that id (an index probe). SQLite
+        would scan a window-function subquery once per profile in a LEFT JOIN."""
+        e = events.c
+        parts = n.property.split(".")
+        x = self.json.lookup(self.payload(), ["properties"], parts)
+        newest = self.ev_column(sa.func.max(sa.cast(e.timestamp, sa.Text).concat(e.message_id)), lambda: self.selection(
+            n.selection, window=True, extra=[sa.not_(self.leaf(self.json.missing(x)))]), sa.Text)  # fmt: skip
+        e2 = events.alias(f"lv{len(self.lvs)}")
+        self.lvs.append(None)
+        at = self.json.lookup(e2.c.payload, ["properties"], parts)
+        probe = [e2.c.workspace_id == self.ws, e2.c.message_id == sa.func.substr(newest, 27)]
+        value = JVal(t=sa.select(at.t).where(*probe).scalar_subquery(),
+                     v=sa.select(at.v).where(*probe).scalar_subquery())  # fmt: skip
+        return self.value_test(n.test, value, self.now, what=f"last value of {n.property}", sources={"ev"})
 
     # -- channels ------------------------------------------------------------------------------------------------
     def last_channel(self, test: r.Test):
@@ -1027,7 +1082,8 @@ class _Compiler:
             head = sa.literal("x", sa.Text).concat(sa.func.substr(sa.func.encode(digest, "hex"), 1, 8))
             return sa.cast(sa.cast(head, BIT(32)), sa.BigInteger) % 100
         # SQLite: sha256 is registered on every connection (store.db); the hex digits are read one by one
-        hx = sa.select(sa.func.hex(sa.func.substr(sa.func.sha256(key), 1, 4)).label("h")).correlate(self.p).subquery("hx")
+        head = sa.func.hex(sa.func.substr(sa.func.sha256(key), 1, 4))
+        hx = sa.select(head.label("h")).correlate(self.p).subquery("hx")
         total = None
         for i in range(8):
             digit = (sa.func.instr("0123456789ABCDEF", sa.func.substr(hx.c.h, i + 1, 1)) - 1) * (16 ** (7 - i))
@@ -1061,11 +1117,18 @@ def _lt(c: _Compiler, a, b):
 
 def _anniversary_set(arg: r.Anniversary, now: datetime, tz) -> str:
     """The month-days (``,MM-DD,``) whose anniversary holds at ``now`` in ``tz``: the evaluator's own answer for
-    each of the 366 days (it reads only the month and the day)."""
-    days = []
-    d = date(2000, 1, 1)
-    while d.year == 2000:
-        if anniversary(d, arg.before, arg.after, now, tz).value:
-            days.append(d.strftime("%m-%d"))
-        d += timedelta(days=1)
-    return "," + ",".join(days) + ","
+    each day that can hold (it reads only the month and the day; a day further than the span from the local date
+    of now cannot)."""
+    today = _local_date(now, tz)
+    if today is None:
+        return ","
+    reach = arg.before + arg.after + 3
+    days = set()
+    for k in range(-reach, reach + 1):
+        try:
+            days.add((today + timedelta(days=k)).replace(year=2000))
+        except (OverflowError, ValueError):
+            continue
+    days.update((date(2000, 2, 28), date(2000, 2, 29), date(2000, 3, 1)))  # 29 February falls on the 28th
+    hits = sorted(d.strftime("%m-%d") for d in days if anniversary(d, arg.before, arg.after, now, tz).value)
+    return "," + ",".join(hits) + ","
