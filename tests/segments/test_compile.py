@@ -398,3 +398,30 @@ def test_time_zones_move_calendar_days(engine):
     users = store_people(engine, w, people, received=at + timedelta(days=1))
     rule = {"performed": {"event": "Order Completed", "window": {"since": "2024-11-29", "before": "2024-12-03"}}}
     assert agree(engine, w["id"], rule, datetime(2024, 12, 5, tzinfo=UTC)) == {users["u0"]}
+
+
+def test_a_message_sent_before_a_merge_belongs_to_the_survivor(engine):
+    """A message keeps the profile id it was sent to; after a merge it is the survivor's, in SQL and in the loader."""
+    w = new_workspace(engine)
+    ws = w["id"]
+    at = T0 - timedelta(days=2)
+    send(engine, ws, [{"messageId": "a", "type": "identify", "anonymousId": "anon-1", "timestamp": iso(at),
+                       "traits": {"email": "ana@example.com"}}], received_at=RECEIVED)  # fmt: skip
+    send(engine, ws, [{"messageId": "b", "type": "identify", "userId": "ana", "timestamp": iso(at),
+                       "traits": {"plan": "gold"}}], received_at=RECEIVED)  # fmt: skip
+    resolve(engine)
+    with engine.connect() as conn:
+        first = conn.execute(sa.text("SELECT profile_id FROM identifiers WHERE ident = 'anonymous_id:anon-1'")).scalar()
+        wsobj = workspaces.get(conn, ws)
+    req = outbox.parse_request({"profile_id": first, "template": "t1"})
+    ((made, _),) = outbox.enqueue_many(engine, wsobj, [(req, "k1")], LINKS, _Clock(at))
+    with engine.begin() as conn:
+        row = dict(conn.execute(sa.text("SELECT * FROM messages WHERE id = :i"), {"i": made["id"]}).one()._mapping)
+        outbox.set_statuses(conn, [outbox.Change(row, "sent", at + timedelta(minutes=1))])
+    send(engine, ws, [{"messageId": "c", "type": "identify", "userId": "ana", "anonymousId": "anon-1",
+                       "timestamp": iso(at + timedelta(hours=1))}], received_at=RECEIVED)  # fmt: skip
+    resolve(engine)
+    with engine.connect() as conn:
+        survivor = conn.execute(sa.text("SELECT profile_id FROM identifiers WHERE ident = 'user_id:ana'")).scalar()
+        assert conn.execute(sa.text("SELECT count(*) FROM profiles WHERE workspace_id = :w"), {"w": ws}).scalar() == 1
+    assert agree(engine, ws, {"message": {"status": "sent", "template": "t1"}}, T0) == {survivor}
