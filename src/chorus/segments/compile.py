@@ -35,6 +35,7 @@ the ids it found true are bound into the query:
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -117,11 +118,14 @@ def zone_key(state, dialect: str):
     """The profile's ``timezone`` attribute as :attr:`Person.timezone` reads it (the first item of
     ``state.attrs.timezone`` when that is a list whose first item is text), else NULL."""
     if dialect == "postgresql":
-        tz = state.op("->", return_type=JSONB)(_pg_text("attrs")).op("->", return_type=JSONB)(_pg_text("timezone"))
-        first = tz.op("->", return_type=JSONB)(sa.cast(sa.literal(0), sa.Integer))
+        def path(*parts):
+            return sa.cast(sa.literal(list(parts), ARRAY(sa.Text)), ARRAY(sa.Text))
+
+        tz, first = path("attrs", "timezone"), path("attrs", "timezone", "0")
         return sa.case(
-            (sa.and_(sa.func.jsonb_typeof(tz) == "array", sa.func.jsonb_typeof(first) == "string"),
-             first.op("#>>", return_type=sa.Text)(sa.cast(sa.literal("{}"), ARRAY(sa.Text)))),
+            (sa.and_(sa.func.jsonb_typeof(state.op("#>", return_type=JSONB)(tz)) == "array",
+                     sa.func.jsonb_typeof(state.op("#>", return_type=JSONB)(first)) == "string"),
+             state.op("#>>", return_type=sa.Text)(first)),
         )  # fmt: skip
     return sa.case(
         (sa.and_(sa.func.json_type(state, "$.attrs.timezone") == "array",
@@ -179,6 +183,17 @@ def _pg_text(value: str):
     return sa.cast(sa.literal(value, sa.Text), sa.Text)
 
 
+_PG_INT = re.compile(r"\s*[+-]?[0-9]+")
+
+
+def _pg_path_safe(part: str, key_only: bool) -> bool:
+    """Does PostgreSQL's ``#>`` step read this part as ``evaluate.lookup`` does? On an object both take the key; on
+    an array ``#>`` takes any text ``strtol`` reads as an index (``-1`` counts from the end), Python only digits."""
+    if _PG_INT.fullmatch(part):
+        return not key_only and part.isdigit() and part.isascii()
+    return not (part.isdigit() and not key_only)  # a non-ASCII digit string indexes a list in Python only
+
+
 def _simple_key(part: str) -> bool:
     """Can SQLite address this key inside a quoted path step (``$."key"``)? Its path syntax has no escapes."""
     return not any(ch in part for ch in '"\\') and all(ord(ch) >= 0x20 for ch in part)
@@ -188,7 +203,7 @@ def _simple_key(part: str) -> bool:
 class JVal:
     """A JSON value in SQL, or missing. PostgreSQL: ``j`` is jsonb (NULL when missing). SQLite: ``t`` is its
     ``json_type`` (NULL when missing) and ``v`` its SQL value (text, number, 1/0, or JSON text for arrays and
-    objects)."""
+    objects); on PostgreSQL ``t`` may hold the value read as text at once (``#>>``)."""
 
     j: Any = None
     t: Any = None
@@ -208,6 +223,10 @@ class _Json:
         a key too (the container is always an object in Python: traits, an event's properties)."""
         steps = [(p, True) for p in prefix] + [(p, first_is_key and i == 0) for i, p in enumerate(parts)]
         if self.pg:
+            if all(_pg_path_safe(part, key_only) for part, key_only in steps):
+                # one #> for the whole path: no copy of every object on the way (each -> returns one)
+                path = sa.cast(sa.literal([p for p, _ in steps], ARRAY(sa.Text)), ARRAY(sa.Text))
+                return JVal(j=base.op("#>", return_type=JSONB)(path), t=base.op("#>>", return_type=sa.Text)(path))
             cur = base
             for part, key_only in steps:
                 by_key = cur.op("->", return_type=JSONB)(_pg_text(part))
@@ -275,6 +294,8 @@ class _Json:
     def any_text(self, x: JVal):
         """The text of a string value, and some text for other values (never NULL for a present value)."""
         if self.pg:
+            if x.t is not None:  # PostgreSQL: the path read as text at once (#>>)
+                return x.t
             return x.j.op("#>>", return_type=sa.Text)(sa.cast(sa.literal("{}"), ARRAY(sa.Text)))
         return x.v
 
@@ -604,7 +625,7 @@ class _Compiler:
             case r.Trait():
                 return self.trait(n)
             case r.Performed(sel, times):
-                count = self.ev_column(sa.func.count(), lambda: self.selection(sel, window=True), sa.Integer)
+                count = self.ev_column(COUNT, None, lambda: self.selection(sel, window=True), sa.Integer)
                 return self.leaf(_count_holds(sa.func.coalesce(count, 0), times))
             case r.Aggregate():
                 return self.aggregate(n)
@@ -614,14 +635,14 @@ class _Compiler:
                 return self.event_time(n)
             case r.UsedChannel(channels, group, window):
                 chans = tuple(channels or r.CHANNEL_GROUPS[group or ""])
-                count = self.ev_column(sa.func.count(), lambda: sa.and_(
+                count = self.ev_column(COUNT, None, lambda: sa.and_(
                     self.activity(), events.c.channel.in_(chans), self.window_pred(window, events.c.timestamp)),
                     sa.Integer)  # fmt: skip
                 return self.leaf(sa.func.coalesce(count, 0) >= 1)
             case r.LastChannel(test):
                 return self.last_channel(test)
             case r.ChannelCount(test, window):
-                count = self.ev_column(sa.func.count(sa.distinct(events.c.channel)), lambda: sa.and_(
+                count = self.ev_column(DISTINCT, events.c.channel, lambda: sa.and_(
                     self.activity(), events.c.channel.in_(tuple(sorted(ACTIVITY_CHANNELS))),
                     self.window_pred(window, events.c.timestamp)), sa.Integer)  # fmt: skip
                 return self.leaf(self.number_test(sa.func.coalesce(count, 0), test))
@@ -687,9 +708,9 @@ class _Compiler:
             return self.leaf(self.number_test(J.number(x), test))
         # dates: text in one of the forms SQL reads, and the rest decided in Python; each form is recognised once.
         # The text of any JSON value will do: a number, true or an object never reads as a date, in SQL or Python
-        s = J.any_text(x)
+        raw = s = J.any_text(x)
         on_day, on_instant = self.date_test(s, test, now)
-        odd = self.dates.odd(s)
+        odd = self.dates.odd(raw)
         key = f"h{next(self.n)}"
         if event_level is None:
             ids, zkey = self.p.c.id, zone_key(self.p.c.state, self.dialect)
@@ -697,7 +718,7 @@ class _Compiler:
         else:
             ids, zkey = events.c.seq, zone_key(self.pz.c.state, self.dialect)
             frm, where = event_level
-        cand = sa.select(ids, s, zkey).select_from(frm).where(*where, odd)
+        cand = sa.select(ids, raw, zkey).select_from(frm).where(*where, odd)
 
         def decide(conn, rows, test=test, now=now):
             return {row[0] for row in rows if check(test, row[1], now, zone(row[2])).value}
@@ -801,7 +822,8 @@ class _Compiler:
     def activity(self):
         """Not Chorus' own record of a message it sent (``context.direction`` is ``outbound``)."""
         d = self.json.lookup(self.payload(), [], ["context", "direction"])
-        return sa.not_(self.leaf(self.json.text(d) == "outbound"))
+        # the text of any JSON value: only the string "outbound" reads as outbound
+        return sa.not_(self.leaf(self.json.any_text(d) == "outbound"))
 
     def selection(self, sel: r.Selection, *, window: bool, extra=()):
         e = events.c
@@ -828,8 +850,8 @@ class _Compiler:
         return sa.and_(*conds, *extra)
 
     # -- the events and messages passes ---------------------------------------------------------------------------
-    def ev_column(self, agg, build, type_):
-        """An aggregate of the events pass, filtered by ``build()`` (built in the pass's scope)."""
+    def ev_column(self, agg, arg, build, type_):
+        """``agg(arg)`` over the events pass, for the events where ``build()`` holds (built in the pass's scope)."""
         outer, self.scope = self.scope, "ev"
         self.prefilter = None
         try:
@@ -837,7 +859,7 @@ class _Compiler:
         finally:
             self.scope = outer
         name = f"a{len(self.ev.columns)}"
-        self.ev.columns.append(agg.filter(cond).label(name))
+        self.ev.columns.append((name, agg, arg, cond))
         self.ev.filters.append(self.prefilter if self.prefilter is not None else cond)
         return sa.literal_column(f"ev.{name}", type_)
 
@@ -876,19 +898,37 @@ class _Compiler:
         return frm
 
     def _pass_subquery(self, ps: _Pass):
-        if ps.alias == "ev":
-            group, frm = events.c.profile_id, self._events_from("ev")
-            where = [events.c.workspace_id == self.ws, events.c.profile_id.isnot(None)]
-        else:
+        if ps.alias == "mg":
             group, frm = self._owner(), self._messages_from()
-            where = [message_status.c.workspace_id == self.ws]
-        q = sa.select(group.label("profile_id"), *ps.columns).select_from(frm).where(*where, sa.or_(*ps.filters))
-        return q.group_by(group).subquery(ps.alias)
+            q = sa.select(group.label("profile_id"), *ps.columns).select_from(frm).where(
+                message_status.c.workspace_id == self.ws, sa.or_(*ps.filters))  # fmt: skip
+            return q.group_by(group).subquery(ps.alias)
+        e = events.c
+        where = [e.workspace_id == self.ws, e.profile_id.isnot(None), sa.or_(*ps.filters)]
+        frm = self._events_from("ev")
+        if not self.pg:
+            # SQLite reads the events in profile order through the timeline index: no sort to feed
+            cols = [_aggregate(agg, arg, arg, cond).label(name) for name, agg, arg, cond in ps.columns]
+            q = sa.select(e.profile_id.label("profile_id"), *cols).select_from(frm).where(*where)
+            return q.group_by(e.profile_id).subquery(ps.alias)
+        # PostgreSQL evaluates an aggregate's FILTER after sorting or hashing the rows: each event would carry its
+        # whole payload there (and spill to disk). The conditions and arguments are computed first, into narrow
+        # rows; OFFSET 0 keeps the planner from pulling them back into the aggregates.
+        inner_cols = []
+        for name, _agg, arg, cond in ps.columns:
+            inner_cols.append(cond.label(f"f_{name}"))
+            if arg is not None:
+                inner_cols.append(arg.label(f"x_{name}"))
+        rows = sa.select(e.profile_id, *inner_cols).select_from(frm).where(*where).offset(0).subquery("evrows")
+        cols = [_aggregate(agg, rows.c[f"x_{name}"] if arg is not None else None, arg, rows.c[f"f_{name}"]).label(name)
+                for name, agg, arg, cond in ps.columns]  # fmt: skip
+        q = sa.select(rows.c.profile_id, *cols).group_by(rows.c.profile_id)
+        return q.subquery(ps.alias)
 
     # -- aggregates --------------------------------------------------------------------------------------------
     def aggregate(self, n: r.Aggregate):
         if n.function == "count":
-            count = self.ev_column(sa.func.count(), lambda: self.selection(n.selection, window=True), sa.Integer)
+            count = self.ev_column(COUNT, None, lambda: self.selection(n.selection, window=True), sa.Integer)
             return self.leaf(self.number_test(sa.func.coalesce(count, 0), n.test))
         assert n.property is not None
         x = self.json.lookup(self.payload(), ["properties"], n.property.split("."))
@@ -896,14 +936,14 @@ class _Compiler:
         def numbers():
             return sa.and_(self.selection(n.selection, window=True), self.json.is_number(x))
 
-        k = sa.func.coalesce(self.ev_column(sa.func.count(), numbers, sa.Integer), 0)
+        k = sa.func.coalesce(self.ev_column(COUNT, None, numbers, sa.Integer), 0)
         if self.pg:
-            total = sa.func.coalesce(self.ev_column(sa.func.sum(self.json.number(x)), numbers, sa.Numeric), 0)
+            total = sa.func.coalesce(self.ev_column(sa.func.sum, self.json.number(x), numbers, sa.Numeric), 0)
             test = self.number_test(total, n.test, None if n.function == "sum" else k)
         else:
             # SQLite has no exact decimal: the store's decimal_sum adds the numbers as the decimals they are
             # written as, and decimal_cmp compares (decision 0025)
-            total = sa.func.coalesce(self.ev_column(sa.func.decimal_sum(self.json.number(x)), numbers, sa.Text), "0")
+            total = sa.func.coalesce(self.ev_column(sa.func.decimal_sum, self.json.number(x), numbers, sa.Text), "0")
             test = self._decimal_test(total, n.test, 1 if n.function == "sum" else k)
         return self.leaf(test if n.function == "sum" else sa.and_(k > 0, test))
 
@@ -920,10 +960,10 @@ class _Compiler:
     def event_time(self, n: r.EventTime):
         ts = events.c.timestamp
         if n.which == "first":
-            first = self.ev_column(sa.func.min(ts), lambda: self.selection(n.selection, window=False), UTCDateTime())
+            first = self.ev_column(sa.func.min, ts, lambda: self.selection(n.selection, window=False), UTCDateTime())
             value = sa.case((first <= self.lit_ts(self.now), first))
         else:
-            value = self.ev_column(sa.func.max(ts), lambda: self.selection(
+            value = self.ev_column(sa.func.max, ts, lambda: self.selection(
                 n.selection, window=False, extra=[ts <= self.lit_ts(self.now)]), UTCDateTime())  # fmt: skip
         return self.leaf(self.time_test(value, n.test))
 
@@ -983,7 +1023,7 @@ class _Compiler:
         e = events.c
         parts = n.property.split(".")
         x = self.json.lookup(self.payload(), ["properties"], parts)
-        newest = self.ev_column(sa.func.max(sa.cast(e.timestamp, sa.Text).concat(e.message_id)), lambda: self.selection(
+        newest = self.ev_column(sa.func.max, sa.cast(e.timestamp, sa.Text).concat(e.message_id), lambda: self.selection(
             n.selection, window=True, extra=[sa.not_(self.leaf(self.json.missing(x)))]), sa.Text)  # fmt: skip
         e2 = events.alias(f"lv{len(self.lvs)}")
         self.lvs.append(None)
@@ -1002,7 +1042,7 @@ class _Compiler:
         keyed = stamp.concat(events.c.channel)
         if self.pg:
             keyed = keyed.collate("C")
-        newest = self.ev_column(sa.func.max(keyed), lambda: sa.and_(self.activity(), ts <= self.lit_ts(self.now)),
+        newest = self.ev_column(sa.func.max, keyed, lambda: sa.and_(self.activity(), ts <= self.lit_ts(self.now)),
                                 sa.Text)  # fmt: skip
         channel = sa.func.substr(newest, 27)
         op, arg = test.op, test.arg
@@ -1019,8 +1059,8 @@ class _Compiler:
             return lambda: sa.and_(self.activity(), events.c.channel.in_(chans),
                                    self.window_pred(window, events.c.timestamp))  # fmt: skip
 
-        online = sa.func.coalesce(self.ev_column(sa.func.count(), group(r.ONLINE), sa.Integer), 0) > 0
-        offline = sa.func.coalesce(self.ev_column(sa.func.count(), group(r.OFFLINE), sa.Integer), 0) > 0
+        online = sa.func.coalesce(self.ev_column(COUNT, None, group(r.ONLINE), sa.Integer), 0) > 0
+        offline = sa.func.coalesce(self.ev_column(COUNT, None, group(r.OFFLINE), sa.Integer), 0) > 0
         # the four mixes tested here once, with the evaluator's own test
         ok = [m for m in r.MIXES if check(test, m, self.now, UTC_ZONE).value]
         cases = {"both": sa.and_(online, offline), "online": sa.and_(online, sa.not_(offline)),
@@ -1117,6 +1157,18 @@ class _Compiler:
             digit = (sa.func.instr("0123456789ABCDEF", sa.func.substr(hx.c.h, i + 1, 1)) - 1) * (16 ** (7 - i))
             total = digit if total is None else total + digit
         return sa.select(total % 100).select_from(hx).scalar_subquery()
+
+
+COUNT, DISTINCT = "count", "distinct"
+
+
+def _aggregate(agg, value, arg, cond):
+    """``agg`` of ``value`` filtered by ``cond`` (``COUNT``: rows; ``DISTINCT``: distinct values)."""
+    if agg == COUNT:
+        return sa.func.count().filter(cond)
+    if agg == DISTINCT:
+        return sa.func.count(sa.distinct(value)).filter(cond)
+    return agg(value).filter(cond)
 
 
 def _count_holds(count, times: r.Count):
