@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import decimal
 import fcntl
+import hashlib
 import logging
 import os
 import threading
@@ -38,6 +40,66 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     # person's bytes must not stay readable in the file (see scrub)
     cur.execute("PRAGMA secure_delete=ON")
     cur.close()
+    _sqlite_functions(dbapi_conn)
+
+
+# -- what PostgreSQL has and SQLite lacks, registered on every SQLite connection ----------------------------------
+# Exact decimals: numbers are the decimals they are written as (a float is its shortest repr, as JSON stores it), so
+# 0.1 + 0.2 is 0.3, as with PostgreSQL's NUMERIC. The precision is large enough for any sum of doubles' decimals.
+_EXACT = decimal.Context(prec=2000, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN, traps=[decimal.Inexact,
+                         decimal.InvalidOperation, decimal.Overflow])  # fmt: skip
+
+
+def _decimal(value) -> decimal.Decimal | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return decimal.Decimal(value)
+    if isinstance(value, float):
+        return decimal.Decimal(repr(value))
+    if isinstance(value, str | bytes):
+        try:
+            return decimal.Decimal(value.decode() if isinstance(value, bytes) else value)
+        except decimal.InvalidOperation:
+            return None
+    return None
+
+
+class _DecimalSum:
+    """``decimal_sum(x)``: the exact sum of the numbers among x (text, in ``decimal_cmp``'s terms); '0' for none."""
+
+    def __init__(self):
+        self.total = decimal.Decimal(0)
+
+    def step(self, value):
+        d = _decimal(value) if not isinstance(value, str) else None  # numbers only: text is not summed
+        if d is not None:
+            self.total = _EXACT.add(self.total, d)
+
+    def finalize(self):
+        return str(self.total)
+
+
+def _decimal_cmp(a, b, n=1) -> int | None:
+    """``decimal_cmp(a, b, n)``: the sign of a - b·n, exactly (a, b numbers or decimal text; None if either is
+    not a number)."""
+    x, y, k = _decimal(a), _decimal(b), _decimal(n)
+    if x is None or y is None or k is None:
+        return None
+    diff = _EXACT.subtract(x, _EXACT.multiply(y, k))
+    return (diff > 0) - (diff < 0)
+
+
+def _sha256(value) -> bytes | None:
+    if value is None:
+        return None
+    return hashlib.sha256(value.encode() if isinstance(value, str) else bytes(value)).digest()
+
+
+def _sqlite_functions(dbapi_conn) -> None:
+    dbapi_conn.create_function("sha256", 1, _sha256, deterministic=True)
+    dbapi_conn.create_function("decimal_cmp", 3, _decimal_cmp, deterministic=True)
+    dbapi_conn.create_aggregate("decimal_sum", 1, _DecimalSum)
 
 
 def _fast_json() -> None:

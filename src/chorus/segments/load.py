@@ -1,0 +1,113 @@
+"""The person a rule is evaluated for, read from the store: what an engine hands :func:`evaluate`.
+
+One query per kind of data, however many people: profile states, computed traits, addresses (derived from
+identifiers as profile views derive them: ``views.addresses_of``), events (``Event.from_payload`` of the stored
+payloads), the status history of their messages, their memberships and their static lists. A message keeps the
+profile id it was sent to; a person's messages are those sent to her profile id or to an id merged into it.
+
+The SQL compiler (``segments.compile``) gives exactly the members ``evaluate`` gives for these people; the tests
+check one against the other through this loader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from chorus.identity.identifiers import IdentityConfig
+from chorus.profiles import views
+from chorus.segments.person import Event, MessageRecord, Person
+from chorus.store import bulk
+from chorus.store.tables import (
+    computed_traits,
+    events,
+    list_members,
+    message_status,
+    messages,
+    profile_aliases,
+    profiles,
+    segment_members,
+)
+
+KINDS = ("computed", "addresses", "events", "messages", "segments", "lists")
+
+
+def person(conn: Connection, ws: str, profile_id: str, cfg: IdentityConfig) -> Person | None:
+    """The person whose profile id is ``profile_id`` (not an alias), or None when it is not a profile."""
+    return people(conn, ws, [profile_id], cfg).get(profile_id)
+
+
+def people(
+    conn: Connection, ws: str, ids: Iterable[str], cfg: IdentityConfig, *, parts: Iterable[str] = KINDS
+) -> dict[str, Person]:
+    """Profile id -> Person for the ids that are profiles of ``ws``. ``parts`` leaves out what a caller does not
+    need (an engine evaluating rules without behaviour conditions need not read the events)."""
+    ids = list(dict.fromkeys(ids))
+    parts = set(parts)
+    if not ids:
+        return {}
+    d = conn.dialect.name
+
+    def among(col, values=ids):
+        return bulk.in_(col, values, d)
+
+    states = dict(conn.execute(sa.select(profiles.c.id, profiles.c.state).where(
+        profiles.c.workspace_id == ws, among(profiles.c.id))).all())  # fmt: skip
+    found = list(states)
+    if not found:
+        return {}
+    computed: dict[str, dict] = {}
+    if "computed" in parts:
+        for pid, name, value in conn.execute(sa.select(computed_traits.c.profile_id, computed_traits.c.name,
+                                                       computed_traits.c.value).where(
+                computed_traits.c.workspace_id == ws, among(computed_traits.c.profile_id, found))):  # fmt: skip
+            computed.setdefault(pid, {})[name] = value
+    addresses = views.addresses_of(conn, ws, found, cfg) if "addresses" in parts else {}
+    evs: dict[str, list[Event]] = {}
+    if "events" in parts:
+        rows = conn.execute(
+            sa.select(events.c.profile_id, events.c.payload)
+            .where(events.c.workspace_id == ws, among(events.c.profile_id, found))
+            .order_by(events.c.profile_id, events.c.timestamp, events.c.seq)
+        )
+        for pid, payload in rows:
+            evs.setdefault(pid, []).append(Event.from_payload(payload))
+    msgs: dict[str, list[MessageRecord]] = {}
+    if "messages" in parts:
+        owner = {pid: pid for pid in found}
+        for alias, pid in conn.execute(sa.select(profile_aliases.c.alias_id, profile_aliases.c.profile_id).where(
+                profile_aliases.c.workspace_id == ws, among(profile_aliases.c.profile_id, found))):  # fmt: skip
+            owner[alias] = pid
+        m, s = messages.c, message_status.c
+        rows = conn.execute(
+            sa.select(m.profile_id, m.id, s.status, s.at, m.channel, m.template, m.journey_id, m.campaign_id, m.topic)
+            .select_from(message_status.join(messages, m.id == s.message_id))
+            .where(m.workspace_id == ws, s.workspace_id == ws, among(m.profile_id, list(owner)))
+            .order_by(s.at, s.id)
+        )
+        for row in rows:
+            msgs.setdefault(owner[row.profile_id], []).append(MessageRecord(
+                row.id, row.status, row.at, row.channel, row.template, row.journey_id, row.campaign_id, row.topic))
+    segs: dict[str, set[str]] = {}
+    if "segments" in parts:
+        sm = segment_members.c
+        for pid, sid in conn.execute(sa.select(sm.profile_id, sm.segment_id).where(
+                sm.workspace_id == ws, among(sm.profile_id, found))):  # fmt: skip
+            segs.setdefault(pid, set()).add(sid)
+    lists: dict[str, set[str]] = {}
+    if "lists" in parts:
+        lm = list_members.c
+        for pid, lid in conn.execute(sa.select(lm.profile_id, lm.list_id).where(
+                lm.workspace_id == ws, among(lm.profile_id, found))):  # fmt: skip
+            lists.setdefault(pid, set()).add(lid)
+    return {
+        pid: Person(
+            pid, state=states[pid], computed=computed.get(pid, {}),
+            addresses={ch: tuple(a) for ch, a in addresses.get(pid, {}).items()},
+            events=tuple(evs.get(pid, ())), messages=tuple(msgs.get(pid, ())),
+            segments=frozenset(segs.get(pid, ())), lists=frozenset(lists.get(pid, ())),
+        )  # fmt: skip
+        for pid in found
+    }
