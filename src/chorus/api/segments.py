@@ -101,28 +101,9 @@ def get_members(ws: WS, svc: SVC, segment_id: str, limit: Limit = 100, cursor: C
 def export_members(ws: WS, svc: SVC, segment_id: str):
     with svc.engine.connect() as conn:
         store.get(conn, ws.id, segment_id)
-        text = export_csv(conn, ws, segment_id)
+        text = store.members_csv(conn, ws, segment_id)
     return Response(text, media_type="text/csv",
                     headers={"Content-Disposition": f'attachment; filename="{segment_id}.csv"'})  # fmt: skip
-
-
-def export_csv(conn, ws, segment_id: str) -> str:
-    """One row per member: what a marketer uploads elsewhere (the CLI writes the same)."""
-    out = io.StringIO()
-    w = csv.writer(out)
-    w.writerow(["profile_id", "user_id", "email", "phone", "since"])
-    after = None
-    while True:
-        page = store.members_page(conn, ws.id, segment_id, 1000, after)
-        if not page:
-            break
-        found = views.get_profiles(conn, ws.id, [m["profile_id"] for m in page], ws.identity)
-        for m in page:
-            ids = (found.get(m["profile_id"]) or {}).get("identifiers") or {}
-            w.writerow([m["profile_id"], *(";".join(ids.get(k) or []) for k in ("user_id", "email", "phone")),
-                        m["since"].isoformat()])  # fmt: skip
-        after = page[-1]["profile_id"]
-    return out.getvalue()
 
 
 @router.post("/segments/{segment_id}/recompute", summary="Compute the segment for everybody now (a diff: entries "

@@ -150,14 +150,13 @@ def segments_export(
     out: Annotated[str, typer.Option("--out", help="The CSV file to write")], db: DbOpt = None,
 ):  # fmt: skip
     """Write the members as CSV: profile id, user id, email, phone, since (what the API's export gives)."""
-    from chorus.api.segments import export_csv
     from chorus.segments import store
 
     try:
         engine, w = _open(db, workspace)
         with engine.connect() as conn:
             store.get(conn, w.id, segment)
-            text = export_csv(conn, w, segment)
+            text = store.members_csv(conn, w, segment)
         with open(out, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)
     except (ChorusError, ValueError, OSError) as exc:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
@@ -35,11 +35,11 @@ from chorus.identity.erasure import aliases_of
 from chorus.messaging.consent import identity_fields
 from chorus.messaging.outbox import STATUS_EVENTS
 from chorus.profiles import feed, views
+from chorus.segments import load, store
 from chorus.segments import rules as r
-from chorus.segments import store
 from chorus.segments.evaluate import evaluate
-from chorus.segments.person import Event, MessageRecord, Person
-from chorus.store.tables import computed_traits, events, message_status, messages, profiles, segment_timers
+from chorus.segments.person import Person
+from chorus.store.tables import profiles, segment_timers
 from chorus.timeutil import iso, utcnow
 
 log = logging.getLogger("chorus.segments")
@@ -123,40 +123,17 @@ def _dependents(defs: dict[str, store.Definition]) -> dict[str, set[str]]:
 
 
 # -- the person, as evaluate reads her ----------------------------------------------------------------------------
-def load_person(conn: Connection, ws: ws_api.Workspace, pid: str, *, with_events: bool = True) -> Person | None:
-    """The person from the store, or None when ``pid`` is no longer a profile."""
-    row = conn.execute(
-        sa.select(profiles.c.state).where(profiles.c.workspace_id == ws.id, profiles.c.id == pid)
-    ).first()
-    if row is None:
-        return None
-    view = views.get_profiles(conn, ws.id, [pid], ws.identity).get(pid) or {}
-    computed = dict(conn.execute(sa.select(computed_traits.c.name, computed_traits.c.value).where(
-        computed_traits.c.workspace_id == ws.id, computed_traits.c.profile_id == pid)).all())  # fmt: skip
-    evs: tuple[Event, ...] = ()
-    if with_events:
-        evs = tuple(Event.from_payload(p) for p in conn.execute(
-            sa.select(events.c.payload).where(events.c.workspace_id == ws.id, events.c.profile_id == pid)
-            .order_by(events.c.timestamp, events.c.seq)).scalars())  # fmt: skip
-    # messages and list entries keep the profile id they were made for: a merged profile's are hers too
-    ids = [pid, *aliases_of(conn, pid)]
-    msgs = tuple(
-        MessageRecord(m.id, m.status, m.at, m.channel, m.template, m.journey_id, m.campaign_id, m.topic)
-        for m in conn.execute(
-            sa.select(messages.c.id, message_status.c.status, message_status.c.at, messages.c.channel,
-                      messages.c.template, messages.c.journey_id, messages.c.campaign_id, messages.c.topic)
-            .join(message_status, message_status.c.message_id == messages.c.id)
-            .where(messages.c.workspace_id == ws.id, messages.c.profile_id.in_(ids))
-        )
-    )  # fmt: skip
-    lists: set[str] = set()
-    for i in ids:
-        lists |= store.lists_of(conn, ws.id, i)
-    return Person(
-        id=pid, state=row.state, computed=computed,
-        addresses={ch: tuple(a) for ch, a in (view.get("addresses") or {}).items()},
-        events=evs, messages=msgs, segments=frozenset(store.memberships(conn, ws.id, pid)), lists=frozenset(lists),
-    )  # fmt: skip
+def load_person(conn: Connection, ws: ws_api.Workspace, pid: str) -> Person | None:
+    """The person from the store (segments.load, which the SQL compiler is tested against), or None when ``pid``
+    is no longer a profile. A merged profile's list entries, which keep the id they were made for, are hers too."""
+    person = load.person(conn, ws.id, pid, ws.identity)
+    aliases = aliases_of(conn, pid) if person is not None else []
+    if not aliases:
+        return person
+    lists = set(person.lists)
+    for alias in aliases:
+        lists |= store.lists_of(conn, ws.id, alias)
+    return replace(person, lists=frozenset(lists))
 
 
 # -- evaluating one person ----------------------------------------------------------------------------------------
@@ -239,11 +216,7 @@ class Evaluator:
 
 
 def _with(person: Person, inside: set[str]) -> Person:
-    if person.segments == inside:
-        return person
-    from dataclasses import replace
-
-    return replace(person, segments=frozenset(inside))
+    return person if person.segments == inside else replace(person, segments=frozenset(inside))
 
 
 def _timeline_event(ident: dict, sid: str, name: str, change: str, cause: str, at: datetime) -> Stored | None:

@@ -3,6 +3,8 @@ functions; every function that writes takes the caller's connection."""
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -14,6 +16,7 @@ from sqlalchemy.dialects import sqlite as sqlite_sql
 from sqlalchemy.engine import Connection
 
 from chorus.errors import ChorusError, Conflict, NotFound
+from chorus.profiles import views
 from chorus.registry import Person
 from chorus.segments import rules as r
 from chorus.store import bulk
@@ -294,3 +297,24 @@ def change_list(conn: Connection, ws: str, list_id: str, add: Iterable[str], rem
     changed = [*(p for p in add), *remove]
     feed.record(conn, ws, [feed.Change(p, "list", detail={"list": list_id}) for p in changed], now)
     return {"added": len(added), "removed": removed}
+
+
+def members_csv(conn: Connection, ws, segment_id: str) -> str:
+    """The members as CSV, one row each (profile id, user id, email, phone, since): what the API's export and the
+    CLI write, and what a marketer uploads elsewhere. ``ws`` is the workspace (its identity settings)."""
+
+    out = io.StringIO()
+    w = csv.writer(out)
+    w.writerow(["profile_id", "user_id", "email", "phone", "since"])
+    after = None
+    while True:
+        page = members_page(conn, ws.id, segment_id, 1000, after)
+        if not page:
+            break
+        found = views.get_profiles(conn, ws.id, [m["profile_id"] for m in page], ws.identity)
+        for m in page:
+            ids = (found.get(m["profile_id"]) or {}).get("identifiers") or {}
+            w.writerow([m["profile_id"], *(";".join(ids.get(k) or []) for k in ("user_id", "email", "phone")),
+                        m["since"].isoformat()])  # fmt: skip
+        after = page[-1]["profile_id"]
+    return out.getvalue()
