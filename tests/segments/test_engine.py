@@ -276,7 +276,12 @@ def test_a_merged_profiles_list_entries_and_messages_are_the_survivors(engine, w
     send(engine, ws, [{"type": "identify", "userId": "u1", "anonymousId": "a1", "messageId": "i2",
                        "timestamp": (T0 + timedelta(minutes=3)).isoformat()}])  # fmt: skip
     settle(worker)
-    assert members(engine, ws, "vips") == {profile_of(engine, ws, "user_id:u1")}
+    survivor = profile_of(engine, ws, "user_id:u1")
+    assert members(engine, ws, "vips") == {survivor}
+    with engine.begin() as conn:  # she is named by her profile id now: the entry made under the merged id goes
+        assert store.change_list(conn, ws, "vip", [], [survivor], T0)["removed"] == 1
+    settle(worker)
+    assert members(engine, ws, "vips") == set()
 
 
 def test_a_rule_on_chorus_own_timeline_events_follows_them(engine, ws, clock, worker):

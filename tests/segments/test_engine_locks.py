@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from chorus.profiles import feed, privacy
 from chorus.segments import engine as seg
 from chorus.segments import rules, store
-from chorus.store.tables import events, profiles, segment_history, segment_members, segment_timers
+from chorus.store.tables import events, profile_changes, profiles, segment_history, segment_members, segment_timers
 from tests.identity.helpers import profile_of, resolve
 from tests.segments.test_engine import T0, define, ev, send, settle
 
@@ -128,3 +128,38 @@ def test_two_creations_of_one_segment_at_once_are_a_create_and_an_update(pg, ws)
     assert not errors
     with pg.connect() as conn:
         assert store.get(conn, ws, "new").name == "New"
+
+
+def test_a_segment_deleted_while_someone_enters_it_leaves_no_member_behind(pg, ws, clock):
+    """The evaluation holds the definitions it read (a shared lock): the deletion waits for it, then records her
+    exit; without it the deletion found no member, committed, and her entry landed in a segment that is gone."""
+    define(pg, ws, "viewers", {"performed": {"event": "Product Viewed"}})
+    send(pg, ws, [ev("Product Viewed", T0)])
+    resolve(pg)
+    pid = profile_of(pg, ws, "user_id:u1")
+    errors: list = []
+    with pg.connect() as conn_a:
+        tx = conn_a.begin()
+        evaluator = seg.Evaluator(conn_a, ws, T0 + timedelta(minutes=1))
+
+        def drop():
+            try:
+                seg.drop(pg, ws, "viewers", clock=lambda: T0 + timedelta(minutes=2))
+            except Exception as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        t = threading.Thread(target=drop)
+        t.start()
+        time.sleep(1.0)  # the deletion waits for the evaluation
+        assert t.is_alive()
+        assert evaluator.person(pid, {"viewers"}, "event").entered == ["viewers"]
+        tx.commit()
+        t.join(30)
+    assert not errors
+    with pg.connect() as conn:
+        for t in (segment_members, segment_timers):
+            assert conn.execute(sa.select(sa.func.count()).select_from(t).where(t.c.profile_id == pid)).scalar() == 0
+        assert store.definitions(conn, ws) == {}
+        fed = [c.detail["change"] for c in conn.execute(sa.select(profile_changes).where(
+            profile_changes.c.cause == "segment", profile_changes.c.profile_id == pid))]  # fmt: skip
+        assert fed == ["entered", "exited"]

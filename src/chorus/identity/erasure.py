@@ -31,6 +31,16 @@ def aliases_of(conn: Connection, pid: str) -> list[str]:
     )
 
 
+def aliases_among(conn: Connection, ws: str, pids: list[str]) -> list[str]:
+    """The ids merged into any of ``pids`` (rows that keep the id they were made for belong to the survivor)."""
+    out: list[str] = []
+    for i in range(0, len(pids), 5000):
+        part = pids[i : i + 5000]
+        out += conn.execute(sa.select(profile_aliases.c.alias_id).where(
+            profile_aliases.c.workspace_id == ws, profile_aliases.c.profile_id.in_(part))).scalars()  # fmt: skip
+    return out
+
+
 def forget(conn: Connection, ws: str, person: Person) -> dict[str, int]:
     pid, idents, ids = person.profile_id, list(person.identifiers), person.profile_ids
     claimants = _claimants(conn, ws, pid, idents)  # before the links that show them are deleted

@@ -31,6 +31,7 @@ from chorus import workspaces as ws_api
 from chorus.collect import ingest
 from chorus.collect.messages import Event as Stored
 from chorus.collect.messages import normalise
+from chorus.errors import ChorusError
 from chorus.identity.erasure import aliases_of
 from chorus.messaging.consent import identity_fields
 from chorus.messaging.outbox import STATUS_EVENTS
@@ -142,6 +143,7 @@ class Evaluator:
 
     def __init__(self, conn: Connection, ws_id: str, now: datetime):
         self.conn, self.now = conn, now
+        store.lock_definitions(conn, ws_id, shared=True)  # before any profile row: the definitions stay as read
         self.ws = ws_api.get(conn, ws_id)
         self.defs = store.definitions(conn, ws_id)
         self.order = _order(self.defs) if self.defs else []
@@ -154,9 +156,7 @@ class Evaluator:
         if not segment_ids or not self.defs:
             return out
         ws = self.ws.id
-        if self.conn.dialect.name == "postgresql":  # one writer of her membership at a time (consumer, timers, batch)
-            self.conn.execute(sa.select(profiles.c.id).where(profiles.c.workspace_id == ws, profiles.c.id == pid)
-                              .with_for_update())  # fmt: skip
+        lock_person(self.conn, ws, pid)
         person = load_person(self.conn, self.ws, pid)
         if person is None:  # merged away or erased: she is in nothing any more
             self._leave_all(pid, cause)
@@ -213,6 +213,14 @@ class Evaluator:
         if evs:
             source = ws_api.internal_source(self.conn, ws, "internal", "chorus-segments")
             ingest.store(self.conn, source, evs, [], now, {e.message_id: pid for e in evs})
+
+
+def lock_person(conn: Connection, ws: str, pid: str) -> None:
+    """One writer of a person's membership at a time (consumer, timers, batch, a deleted segment): her profile row,
+    locked until the transaction ends (PostgreSQL; SQLite has one writer). Lockers take people in id order."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.select(profiles.c.id).where(profiles.c.workspace_id == ws, profiles.c.id == pid)
+                     .with_for_update())  # fmt: skip
 
 
 def _with(person: Person, inside: set[str]) -> Person:
@@ -275,6 +283,13 @@ def due(engine: Engine, limit: int = 500, clock: Callable[[], datetime] | None =
         evaluators: dict[str, Evaluator] = {}
         done = 0
         for ws, pid in people:
+            mine = (segment_timers.c.workspace_id == ws, segment_timers.c.profile_id == pid,
+                    segment_timers.c.due_at <= at)  # fmt: skip
+            try:  # the definitions' shared lock before her row: the lock order of every writer
+                ev = evaluators.get(ws) or evaluators.setdefault(ws, Evaluator(conn, ws, at))
+            except ChorusError:  # her workspace is being deleted
+                conn.execute(segment_timers.update().where(*mine).values(due_at=at + timedelta(minutes=1)))
+                continue
             if conn.dialect.name == "postgresql" and conn.execute(
                 sa.select(profiles.c.id).where(profiles.c.workspace_id == ws, profiles.c.id == pid)
                 .with_for_update(skip_locked=True)
@@ -282,15 +297,12 @@ def due(engine: Engine, limit: int = 500, clock: Callable[[], datetime] | None =
                 sa.select(profiles.c.id).where(profiles.c.workspace_id == ws, profiles.c.id == pid)
             ).first() is not None:  # fmt: skip
                 continue  # someone else is evaluating her now
-            mine = (segment_timers.c.workspace_id == ws, segment_timers.c.profile_id == pid,
-                    segment_timers.c.due_at <= at)  # fmt: skip
             sids = set(conn.execute(sa.select(segment_timers.c.segment_id).where(*mine)).scalars())
             if not sids:
                 continue
             try:
                 with conn.begin_nested():
                     conn.execute(segment_timers.delete().where(*mine))  # evaluating sets the next ones
-                    ev = evaluators.get(ws) or evaluators.setdefault(ws, Evaluator(conn, ws, at))
                     ev.person(pid, sids, "timer")
                 done += len(sids)
             except Exception:  # noqa: BLE001 - one person must not stop time for everybody
@@ -323,6 +335,7 @@ def batch_step(engine: Engine, ws_id: str, segment_id: str, chunk: int = 500,
     out = Outcome()
     at = (clock or now)()
     with engine.begin() as conn:
+        store.lock_definitions(conn, ws_id, shared=True)  # before the segment row: a deletion's order
         q = sa.select(segments).where(segments.c.workspace_id == ws_id, segments.c.id == segment_id)
         row = conn.execute(q.with_for_update() if conn.dialect.name == "postgresql" else q).first()
         if row is None:
@@ -428,6 +441,7 @@ def drop(engine: Engine, ws_id: str, segment_id: str, clock: Callable[[], dateti
         ev = Evaluator(conn, ws_id, at)
         left = 0
         for pid in sorted(store.members(conn, ws_id, segment_id)):
+            lock_person(conn, ws_id, pid)  # the consumer or an erasure may be writing her rows
             out = Outcome(exited=[d.id])
             ev._apply(pid, out, "deleted", None)
             left += len(out.exited)

@@ -16,6 +16,7 @@ from sqlalchemy.dialects import sqlite as sqlite_sql
 from sqlalchemy.engine import Connection
 
 from chorus.errors import ChorusError, Conflict, NotFound
+from chorus.identity.erasure import aliases_among
 from chorus.profiles import views
 from chorus.registry import Person
 from chorus.segments import rules as r
@@ -98,11 +99,16 @@ def save(conn: Connection, ws: str, segment_id: str, name: str, rule: r.Node, no
     return get(conn, ws, segment_id), changed
 
 
-def lock_definitions(conn: Connection, ws: str) -> None:
+def lock_definitions(conn: Connection, ws: str, *, shared: bool = False) -> None:
     """Definition changes of a workspace one at a time (PostgreSQL; SQLite has one writer): a save that refers to
-    a segment and its concurrent deletion cannot both commit, nor two creations of one id."""
+    a segment and its concurrent deletion cannot both commit, nor two creations of one id.
+
+    ``shared``: an evaluation (consumer, timers, batch) holds the definitions it read steady until it commits, so a
+    segment deleted meanwhile cannot get members again after its deletion. Every writer takes this lock before any
+    profile or segment row (the lock order is in docs/segments.md)."""
     if conn.dialect.name == "postgresql":
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": "segments:" + ws})
+        fn = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+        conn.execute(sa.text(f"SELECT {fn}(hashtext(:k))"), {"k": "segments:" + ws})
 
 
 def delete(conn: Connection, ws: str, segment_id: str) -> None:
@@ -286,6 +292,9 @@ def change_list(conn: Connection, ws: str, list_id: str, add: Iterable[str], rem
 
     get_list(conn, ws, list_id)
     add, remove = sorted(set(add)), sorted(set(remove) - set(add))
+    # an entry keeps the profile id it was made for: removing a person removes it under the ids merged into hers
+    # too (the caller names her by her profile id or an identifier, which resolve to the survivor)
+    held = sorted(set(aliases_among(conn, ws, remove)) - set(add))
     added = bulk.insert_rows(conn, list_members, [
         {"workspace_id": ws, "list_id": list_id, "profile_id": p, "added_at": now} for p in add
     ], conflict=["workspace_id", "list_id", "profile_id"], returning="profile_id")  # fmt: skip
@@ -294,6 +303,10 @@ def change_list(conn: Connection, ws: str, list_id: str, add: Iterable[str], rem
         removed += conn.execute(list_members.delete().where(
             list_members.c.workspace_id == ws, list_members.c.list_id == list_id,
             list_members.c.profile_id.in_(remove[i : i + 5000]))).rowcount  # fmt: skip
+    for i in range(0, len(held), 5000):
+        removed += conn.execute(list_members.delete().where(
+            list_members.c.workspace_id == ws, list_members.c.list_id == list_id,
+            list_members.c.profile_id.in_(held[i : i + 5000]))).rowcount  # fmt: skip
     changed = [*(p for p in add), *remove]
     feed.record(conn, ws, [feed.Change(p, "list", detail={"list": list_id}) for p in changed], now)
     return {"added": len(added), "removed": removed}
