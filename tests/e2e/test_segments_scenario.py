@@ -45,6 +45,17 @@ def test_browse_abandoners_fill_from_the_web_and_a_store_purchase_empties_the_se
     (pid,) = wait_until(members)
     noor = http.get("/api/profiles", params={"user_id": "noor"}, headers=h).json()
     assert noor["id"] == pid
+    # a marketer tries a variant before saving it: the preview counts the same people the engine put in
+    r = http.post("/api/segments/preview", json={"rule": RULE, "sample": 5}, headers=h)
+    assert r.status_code == 200, r.text
+    assert r.json()["count"] == 1 and r.json()["sample"][0]["profile_id"] == pid
+    assert r.json()["sample"][0]["identifiers"]["email"] == ["noor@example.com"]
+    stricter = {"and": [RULE, {"performed": {"event": "Product Viewed", "window": "7d", "times": {"gte": 5}}}]}
+    assert http.post("/api/segments/preview", json={"rule": stricter}, headers=h).json()["count"] == 0
+    r = http.put("/api/segments/phone-browsers", headers=h, json={"rule": {"performed": {
+        "event": "Product Viewed", "where": [{"property": "category", "equals": "phones"}]}}})  # fmt: skip
+    assert r.status_code == 201 and r.json()["estimate"]["count"] == 1, r.text
+    assert http.delete("/api/segments/phone-browsers", headers=h).status_code == 204
     seen = http.get(f"/api/profiles/{pid}/segments", headers=h).json()
     assert [s["id"] for s in seen["segments"]] == ["laptop-browsers"]
     assert [(x["change"], x["cause"]) for x in seen["history"]] == [("entered", "event")]
@@ -123,3 +134,26 @@ def test_hostile_segment_and_list_input_gets_a_400_naming_the_field(http, server
     assert r.status_code == 400 and r.json()["field"] == "body"
     r = http.get("/api/segments/x/members", params={"cursor": "not-a-cursor"}, headers=h)
     assert r.status_code in (400, 404)
+
+
+def test_a_preview_validates_like_a_save_and_is_for_the_admin_key_only(http, server, workspace):
+    h = {"Authorization": f"Bearer {workspace['api_key']}"}
+    r = http.post("/api/segments/preview", json={"rule": {"performed": {"event": "X", "window": "soon"}}}, headers=h)
+    assert r.status_code == 400 and r.json()["field"].startswith("rule.performed.window"), r.text
+    for sample in (101, -1, "5", True):
+        r = http.post("/api/segments/preview", json={"rule": {"bucket": {"from": 0, "to": 5}}, "sample": sample},
+                      headers=h)  # fmt: skip
+        assert r.status_code == 400 and r.json()["field"] == "sample", (sample, r.text)
+    r = http.post("/api/segments/preview", json={"rule": {"list": "nope"}}, headers=h)
+    assert r.status_code == 400 and "nope" in r.json()["message"]
+    r = http.post("/api/segments/preview", json={"rule": {"segment": "x"}, "name": "n"}, headers=h)
+    assert r.status_code == 400 and r.json()["field"] == "body"
+    r = http.post("/api/segments/preview", json={"rule": {"bucket": {"from": 0, "to": 100}}},
+                  auth=(workspace["write_key"], ""))  # fmt: skip
+    assert r.status_code in (401, 403)
+    r = http.put("/api/segments/everyone", params={"estimate": "false"}, headers=h,
+                 json={"rule": {"bucket": {"from": 0, "to": 100}}})  # fmt: skip
+    assert r.status_code == 201 and "estimate" not in r.json()
+    r = http.put("/api/segments/everyone", params={"estimate": "perhaps"}, headers=h,
+                 json={"rule": {"bucket": {"from": 0, "to": 100}}})  # fmt: skip
+    assert r.status_code in (400, 422) and r.json()["field"] == "estimate", r.text

@@ -31,6 +31,12 @@ def test_create_list_show_members_export_recompute(db_url, engine, tmp_path):
     resolve(engine)
     rule = tmp_path / "buyers.yaml"
     rule.write_text("performed:\n  event: Order Completed\n  window: 30d\n")
+    r = chorus("segments", "preview", "--rule", str(rule), "-w", "cli-shop", "--json", db=db_url)
+    assert r.returncode == 0, r.stderr
+    (seen,) = json.loads(r.stdout)["sample"]
+    assert json.loads(r.stdout)["count"] == 1 and seen["identifiers"]["user_id"] == ["u1"]
+    r = chorus("segments", "preview", "--rule", str(rule), "-w", "cli-shop", "--sample", "500", db=db_url)
+    assert r.returncode == 2 and "sample" in r.stderr
     r = chorus("segments", "create", "recent-buyers", "--rule", str(rule), "-w", "cli-shop", "--name", "Recent",
                "--json", db=db_url)  # fmt: skip
     assert r.returncode == 0, r.stderr

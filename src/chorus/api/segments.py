@@ -7,7 +7,7 @@ import csv
 import io
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Request
+from fastapi import APIRouter, Body, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
@@ -17,7 +17,7 @@ from chorus.api.common import JSON
 from chorus.api.guard import AdminRoute
 from chorus.errors import ChorusError
 from chorus.profiles import views
-from chorus.segments import engine, rules, store
+from chorus.segments import engine, preview, rules, store
 from chorus.timeutil import utcnow
 
 router = APIRouter(prefix="/api", tags=["segments"], route_class=AdminRoute)
@@ -29,9 +29,10 @@ _EXAMPLE = {"name": "Browse abandoners: laptops", "rule": {"and": [
 ]}}  # fmt: skip
 
 
-def _definition_body(body: object) -> tuple[str | None, rules.Node]:
-    if not isinstance(body, dict) or set(body) - {"name", "rule", "yaml"}:
-        raise ChorusError('the body must be {"name": "...", "rule": {...}} (or "yaml": "<the rule as YAML>")',
+def _definition_body(body: object, extra: frozenset = frozenset({"name"})) -> tuple[str | None, rules.Node]:
+    if not isinstance(body, dict) or set(body) - {"rule", "yaml"} - extra:
+        keys = ", ".join(f'"{k}"' for k in sorted(extra | {"rule"}))
+        raise ChorusError(f'the body must be an object with {keys} (or "yaml": "<the rule as YAML>" for "rule")',
                           field="body")  # fmt: skip
     name = body.get("name")
     if name is not None and (not isinstance(name, str) or not 0 < len(name) <= 200):
@@ -54,9 +55,12 @@ _SEGMENT_BODY = {"requestBody": {"required": True, "content": {"application/json
 _CREATED = {201: {"description": "Created"}}
 
 
-@router.put("/segments/{segment_id}", summary="Create or change a segment (its members are computed by the worker)",
-            openapi_extra=_SEGMENT_BODY, responses=_CREATED)  # fmt: skip
-def put_segment(ws: WS, svc: SVC, segment_id: str, body: Annotated[dict, Body()]):
+@router.put("/segments/{segment_id}", summary="Create or change a segment (its members are computed by the worker); "
+            "the answer carries an estimate: how many people the rule holds now", openapi_extra=_SEGMENT_BODY,
+            responses=_CREATED)  # fmt: skip
+def put_segment(ws: WS, svc: SVC, segment_id: str, body: Annotated[dict, Body()],
+                estimate: Annotated[bool, Query(description="Count the members the rule holds now (one query over "
+                                                "the workspace; false to skip it)")] = True):  # fmt: skip
     store.check_id(segment_id)
     name, rule = _definition_body(body)
     with svc.engine.begin() as conn:
@@ -64,7 +68,19 @@ def put_segment(ws: WS, svc: SVC, segment_id: str, body: Annotated[dict, Body()]
         d, _changed = store.save(conn, ws.id, segment_id, name or segment_id, rule, utcnow())
         out = store.view(conn, ws.id, d)
     svc.wake_worker.set()  # the worker computes it now
+    if estimate:  # after the commit: the query does not hold the definitions lock that evaluations wait for
+        with svc.engine.connect() as conn:
+            est = preview.preview(conn, ws, rule, utcnow(), sample=0, segment_id=segment_id)
+        out["estimate"] = {"count": est["count"], "computed_at": est["computed_at"]}
     return JSON(out, status_code=200 if existed else 201)
+
+
+@router.post("/segments/preview", summary="Who a rule holds now, without saving it: the count and a sample")
+def preview_segment(ws: WS, svc: SVC, body: Annotated[dict, Body(openapi_examples={"browse": {"value": {
+        "rule": _EXAMPLE["rule"], "sample": 5}}})]):  # fmt: skip
+    _, rule = _definition_body(body, frozenset({"sample"}))
+    with svc.engine.connect() as conn:
+        return JSON(preview.preview(conn, ws, rule, utcnow(), sample=body.get("sample", 10)))
 
 
 @router.get("/segments", summary="The workspace's segments, with their member counts")

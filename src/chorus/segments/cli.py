@@ -69,6 +69,47 @@ def segments_show(segment: Annotated[str, typer.Argument(help="The segment's id"
          + orjson.dumps(v["rule"], option=orjson.OPT_INDENT_2).decode())  # fmt: skip
 
 
+def _rule_file(path: str):
+    from chorus.segments import rules
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ChorusError(f"--rule {path}: {exc}") from None
+    if path.lower().endswith((".yaml", ".yml")):
+        return rules.parse_yaml(text, "rule")
+    from chorus import safejson
+
+    return rules.parse(safejson.loads(text.encode(), "rule"), "rule")
+
+
+@segments_app.command("preview")
+def segments_preview(
+    rule_file: Annotated[str, typer.Option("--rule", help="The rule: a .json, .yaml or .yml file")],
+    workspace: WsOpt,
+    sample: Annotated[int, typer.Option(help="How many members to show (0 to 100)")] = 10,
+    db: DbOpt = None,
+    json_out: JsonOpt = False,
+):  # fmt: skip
+    """How many people a rule holds now, and a few of them, without saving it (the API's preview)."""
+    from chorus.segments.preview import preview
+    from chorus.timeutil import utcnow
+
+    try:
+        rule = _rule_file(rule_file)
+        engine, w = _open(db, workspace)
+        with engine.connect() as conn:
+            doc = preview(conn, w, rule, utcnow(), sample=sample)
+    except (ChorusError, ValueError) as exc:
+        _error(exc)
+    lines = [f"{doc['count']} people"]
+    for m in doc["sample"]:
+        ids = ", ".join(f"{k}={';'.join(v)}" for k, v in sorted(m["identifiers"].items()))
+        lines.append(f"{m['profile_id']}\t{ids}")
+    _out(doc, json_out, "\n".join(lines))
+
+
 @segments_app.command("create")
 def segments_create(
     segment: Annotated[str, typer.Argument(help="The segment's id (letters, digits, _ - .)")],
@@ -81,22 +122,12 @@ def segments_create(
 ):
     """Create or change a segment from a rule file; its members are computed now (or by the worker)."""
     from chorus.segments import engine as seg
-    from chorus.segments import rules, store
+    from chorus.segments import store
     from chorus.timeutil import utcnow
 
     try:
         store.check_id(segment, "segment")
-        try:
-            with open(rule_file, encoding="utf-8") as fh:
-                text = fh.read()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ChorusError(f"--rule {rule_file}: {exc}") from None
-        if rule_file.lower().endswith((".yaml", ".yml")):
-            rule = rules.parse_yaml(text, "rule")
-        else:
-            from chorus import safejson
-
-            rule = rules.parse(safejson.loads(text.encode(), "rule"), "rule")
+        rule = _rule_file(rule_file)
         engine, w = _open(db, workspace)
         with engine.begin() as conn:
             d, _ = store.save(conn, w.id, segment, name or segment, rule, utcnow())

@@ -74,12 +74,7 @@ def save(conn: Connection, ws: str, segment_id: str, name: str, rule: r.Node, no
     """Create or replace a segment's definition; returns it and whether its rule changed (a new version, to be
     computed in batch). The rule's references are checked against the workspace's other segments and lists."""
     lock_definitions(conn, ws)
-    others = {d.id: d.rule for d in definitions(conn, ws).values() if d.id != segment_id}
-    r.check_references({**others, segment_id: rule}, focus=segment_id)
-    lists = set(conn.execute(sa.select(static_lists.c.id).where(static_lists.c.workspace_id == ws)).scalars())
-    for missing in sorted(r.dependencies(rule).lists - lists):
-        raise ChorusError(f"rule: static list {missing!r} does not exist (create it with PUT /api/lists/{missing})",
-                          field="rule")  # fmt: skip
+    check_rule(conn, ws, segment_id, rule)
     canon = r.to_json(rule)
     row = conn.execute(
         sa.select(segments).where(segments.c.workspace_id == ws, segments.c.id == segment_id).with_for_update()
@@ -97,6 +92,18 @@ def save(conn: Connection, ws: str, segment_id: str, name: str, rule: r.Node, no
                     **({"batch_after": None, "batch_version": None} if changed else {}))  # a new batch from the start
         )
     return get(conn, ws, segment_id), changed
+
+
+def check_rule(conn: Connection, ws: str, segment_id: str | None, rule: r.Node) -> None:
+    """The segments and lists the rule refers to exist, and no segment depends on itself (``segment_id``: the one
+    being saved; None for a rule that is not saved, a preview)."""
+    focus = segment_id or "(preview)"  # not a valid id: it collides with no segment
+    others = {d.id: d.rule for d in definitions(conn, ws).values() if d.id != focus}
+    r.check_references({**others, focus: rule}, focus=focus)
+    lists = set(conn.execute(sa.select(static_lists.c.id).where(static_lists.c.workspace_id == ws)).scalars())
+    for missing in sorted(r.dependencies(rule).lists - lists):
+        raise ChorusError(f"rule: static list {missing!r} does not exist (create it with PUT /api/lists/{missing})",
+                          field="rule")  # fmt: skip
 
 
 def lock_definitions(conn: Connection, ws: str, *, shared: bool = False) -> None:

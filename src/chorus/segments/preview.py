@@ -1,0 +1,37 @@
+"""Who would be in a segment now, without saving anything: the count and a sample of the members of a rule, by the
+set-based query of :mod:`chorus.segments.compile` (the batch's, exact against the reference evaluator). The API's
+``POST /api/segments/preview``, the ``estimate`` a save answers with, and ``chorus segments preview`` call it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy.engine import Connection
+
+from chorus import workspaces as ws_api
+from chorus.profiles import views
+from chorus.segments import compile, store
+from chorus.segments import rules as r
+
+MAX_SAMPLE = 100
+
+
+def preview(conn: Connection, ws: ws_api.Workspace, rule: r.Node, now: datetime, *, sample: int = 10,
+            segment_id: str | None = None) -> dict:  # fmt: skip
+    """``{"count", "sample": [{"profile_id", "identifiers"}], "computed_at"}`` for ``rule`` at ``now``. References
+    to other segments read their current members. ``segment_id``: the segment the rule is for (its own references
+    are checked from it)."""
+    if isinstance(sample, bool) or not isinstance(sample, int) or not 0 <= sample <= MAX_SAMPLE:
+        from chorus.errors import ChorusError
+
+        raise ChorusError(f"sample must be a whole number from 0 to {MAX_SAMPLE}", field="sample")
+    store.check_rule(conn, ws.id, segment_id, rule)
+    topics = (ws.settings.get("messaging") or {}).get("topics")
+    ids = sorted(compile.members(conn, ws.id, rule, now, topics))
+    picked = ids[:sample]  # the first profile ids: stable from one preview to the next
+    found = views.get_profiles(conn, ws.id, picked, ws.identity) if picked else {}
+    return {
+        "count": len(ids),
+        "sample": [{"profile_id": p, "identifiers": (found.get(p) or {}).get("identifiers") or {}} for p in picked],
+        "computed_at": now,
+    }
