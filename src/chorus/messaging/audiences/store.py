@@ -12,12 +12,13 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from chorus.errors import Conflict, NotFound
+from chorus.errors import ChorusError, Conflict, NotFound
 from chorus.identity.identifiers import kind_of, value_of
 from chorus.messaging.audiences.membership import Synced
 from chorus.messaging.audiences.settings import FILE
 from chorus.profiles.state import public_view
 from chorus.registry import Person
+from chorus.segments import store as segment_store
 from chorus.store import bulk
 from chorus.store.tables import audience_members, audience_removals, audiences, identifiers, profile_aliases, profiles
 from chorus.timeutil import iso
@@ -39,6 +40,14 @@ def create(engine: Engine, ws: str, clean: dict, now: datetime) -> dict:
         ).first()
         if exists:
             raise Conflict(f"an audience named {clean['name']!r} already exists", field="name")
+        follow = clean["options"].get("follow")
+        if follow is not None:
+            try:
+                segment_store.get(conn, ws, follow["segment"])
+            except NotFound:
+                raise ChorusError(
+                    f"no segment {follow['segment']!r} in this workspace", field="source.segment"
+                ) from None
         conn.execute(
             audiences.insert().values(
                 id="aud_" + uuid.uuid4().hex[:20], workspace_id=ws, created_at=now, updated_at=now, **clean
@@ -65,9 +74,16 @@ def view(conn: Connection, row) -> dict:
         "name": row.name, "provider": row.provider, "format": row.format, "destination": row.destination,
         "identifiers": row.identifiers, "consent": {"topic": row.consent_topic, "mode": row.consent_mode},
         **({"ad_consent": row.options["ad_consent"]} if row.options.get("ad_consent") else {}),
+        **({"source": source_view(row.options["follow"])} if row.options.get("follow") else {}),
         "members": members, "pending_removals": pending, "syncing": row.sync_started_at is not None,
         "last_sync": row.last_sync, "created_at": iso(row.created_at),
     }  # fmt: skip
+
+
+def source_view(follow: dict) -> dict:
+    return {"segment": follow["segment"], "interval_seconds": follow["interval_seconds"],
+            "following": not follow.get("stopped"), "changes_pending": follow["wanted"] > follow["done"],
+            "synced_at": follow["synced_at"]}  # fmt: skip
 
 
 def list_all(conn: Connection, ws: str) -> list[dict]:
@@ -97,6 +113,65 @@ def release(engine: Engine, audience_id: str, last_sync: dict, now: datetime) ->
             .where(audiences.c.id == audience_id)
             .values(sync_started_at=None, last_sync=last_sync, updated_at=now)
         )
+
+
+# -- following a segment -------------------------------------------------------------------------------------------
+def _followers(conn: Connection, ws: str | None, lock: bool = False) -> list:
+    """The audiences that follow a segment (in one workspace, or all), in id order (the order rows are locked in).
+    Audiences are few per workspace, so the follow state lives in ``options`` and is filtered here."""
+    query = sa.select(audiences).order_by(audiences.c.id)
+    if ws is not None:
+        query = query.where(audiences.c.workspace_id == ws)
+    if lock:
+        query = query.with_for_update()
+    return [r for r in conn.execute(query) if (r.options or {}).get("follow")]
+
+
+def want_sync(conn: Connection, ws: str, segment_seq: dict[str, int]) -> int:
+    """Segments whose membership changed (segment id -> the latest change's feed seq): their followers want a
+    sync that covers those changes. Runs in the feed consumer's transaction; returns how many audiences."""
+    marked = 0
+    for row in _followers(conn, ws, lock=True):
+        follow = row.options["follow"]
+        seq = segment_seq.get(follow["segment"])
+        if seq is None or follow.get("stopped") or seq <= follow["wanted"]:
+            continue
+        options = {**row.options, "follow": {**follow, "wanted": seq}}
+        conn.execute(audiences.update().where(audiences.c.id == row.id).values(options=options))
+        marked += 1
+    return marked
+
+
+def due_follows(conn: Connection, now: datetime) -> list[tuple[str, str, int]]:
+    """(workspace id, audience name, the wanted mark) of following audiences with changes not yet synced whose
+    last follow sync is at least their interval ago."""
+    out = []
+    for row in _followers(conn, None):
+        follow = row.options["follow"]
+        if follow.get("stopped") or follow["wanted"] <= follow["done"]:
+            continue
+        last = follow["synced_at"]
+        if last is not None and datetime.fromisoformat(last) + timedelta(seconds=follow["interval_seconds"]) > now:
+            continue
+        out.append((row.workspace_id, row.name, follow["wanted"]))
+    return out
+
+
+def followed(engine: Engine, audience_id: str, covered: int | None, now: datetime, stopped: bool = False) -> None:
+    """A follow sync ended at ``now``: ``covered`` is the wanted mark it read before reading the segment (None when
+    it failed: the changes stay wanted, tried again after the interval). Changes marked meanwhile stay wanted."""
+    with engine.begin() as conn:
+        row = conn.execute(sa.select(audiences).where(audiences.c.id == audience_id).with_for_update()).first()
+        follow = (row.options or {}).get("follow") if row is not None else None
+        if follow is None:
+            return
+        follow = {**follow, "synced_at": iso(now)}
+        if covered is not None:
+            follow["done"] = max(follow["done"], covered)
+        if stopped:
+            follow["stopped"] = True
+        conn.execute(audiences.update().where(audiences.c.id == audience_id)
+                     .values(options={**row.options, "follow": follow}))  # fmt: skip
 
 
 # -- profiles -----------------------------------------------------------------------------------------------------

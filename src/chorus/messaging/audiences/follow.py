@@ -1,0 +1,74 @@
+"""Audiences that follow a segment: the change-feed consumer that notes their segment changed, and the worker task
+that syncs them, at most once per audience per interval.
+
+The consumer does not send anything: it raises the audience's *wanted* mark to the feed seq of the latest entry or
+exit of the followed segment, in the consumer's transaction (so a change is noted exactly once, or retried). The
+task syncs each audience whose wanted mark is above the mark its last sync covered and whose last follow sync is
+at least ``interval_seconds`` old, with the segment's members at that moment as the membership; the diff sends
+only the differences, so ten entries and exits of one person between two syncs cost nothing or one row. See
+docs/decisions/0029-audiences-follow-segments-by-interval.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+
+from sqlalchemy.engine import Connection, Engine
+
+from chorus import workspaces
+from chorus.errors import ChorusError, Conflict
+from chorus.messaging.audiences import store, sync
+from chorus.profiles import feed
+from chorus.registry import TaskOptions
+from chorus.timeutil import utcnow
+
+log = logging.getLogger("chorus.audiences")
+
+CONSUMER = "audiences"
+
+
+def segment_changes(changes: list[feed.Delivered]) -> dict[str, int]:
+    """Segment id -> the seq of its latest entry or exit among one person's changes."""
+    out: dict[str, int] = {}
+    for c in changes:
+        if c.cause == "segment" and c.detail.get("change") in ("entered", "exited"):
+            segment = c.detail.get("segment")
+            if isinstance(segment, str):
+                out[segment] = max(out.get(segment, 0), c.seq)
+    return out
+
+
+def handle(conn: Connection, ws: str, pid: str, changes: list[feed.Delivered]) -> None:
+    """The feed consumer: note that the followers of the segments this person entered or left want a sync."""
+    seqs = segment_changes(changes)
+    if seqs:
+        store.want_sync(conn, ws, seqs)
+
+
+class FollowTask:
+    """Each worker pass: sync the following audiences that are due (changes wanted, interval passed)."""
+
+    def __init__(self, engine: Engine, options: TaskOptions | None = None, clock: Callable[[], datetime] = utcnow):
+        self.engine = engine
+        self.clock = clock
+
+    def run_once(self) -> int:
+        with self.engine.connect() as conn:
+            due = store.due_follows(conn, self.clock())
+        done = 0
+        for ws_id, name, _wanted in due:
+            try:
+                with self.engine.connect() as conn:
+                    ws = workspaces.get(conn, ws_id)
+                sync.sync_followed(self.engine, ws, name, clock=self.clock)
+                done += 1
+            except Conflict:
+                pass  # another worker is syncing it; what it misses stays wanted
+            except ChorusError as exc:  # the platform failed or the provider is gone: tried again after the interval
+                log.warning("audience %s (workspace %s) could not follow its segment: %s", name, ws_id, exc.message)
+        return done
+
+    def close(self) -> None:
+        pass
