@@ -16,7 +16,7 @@ from chorus.errors import ChorusError, Conflict
 from chorus.messaging.audiences import follow, store, sync
 from chorus.messaging.audiences.membership import Entry
 from chorus.messaging.audiences.settings import validate_audience, validate_source
-from chorus.profiles import feed
+from chorus.profiles import feed, privacy
 from chorus.segments import rules
 from chorus.segments import store as segment_store
 from chorus.timeutil import utcnow
@@ -200,3 +200,26 @@ def test_after_the_last_sync_the_platform_holds_exactly_the_members(subscribed, 
     feed.consume(engine, follow.CONSUMER, follow.handle)
     sync.sync_followed(engine, w, "follow", client=client)
     assert client.held == held(*members) and not source(engine, w)["changes_pending"]
+
+
+def test_an_erased_member_is_removed_by_the_task_without_a_segment_change(subscribed):
+    engine = subscribed
+    w, ids = setup(engine, interval=60)
+    client = Recorder()
+    start = utcnow()
+    clock = [start]
+    task = follow.FollowTask(engine, clock=lambda: clock[0], client=lambda: client)
+    enter(engine, w, [ids[EMAILS[0]], ids[EMAILS[1]]])
+    assert task.run_once() == 1 and client.held == held(EMAILS[0], EMAILS[1])
+    feed.consume(engine, follow.CONSUMER, follow.handle)
+    clock[0] = start + timedelta(seconds=61)
+    assert task.run_once() == 1 and client.calls == [("add", 2)]  # the entries' changes: nothing new to send
+    with engine.begin() as conn:
+        privacy.erase(conn, w.id, ids[EMAILS[0]])
+    assert feed.consume(engine, follow.CONSUMER, follow.handle) == 0  # an erasure records nothing for audiences
+    clock[0] = start + timedelta(seconds=90)
+    assert task.run_once() == 0  # the queued removal waits the interval too
+    clock[0] = start + timedelta(seconds=122)
+    assert task.run_once() == 1 and client.held == held(EMAILS[1]) and client.calls[-1] == ("remove", 1)
+    clock[0] = start + timedelta(seconds=200)
+    assert task.run_once() == 0  # nothing wanted, nothing queued

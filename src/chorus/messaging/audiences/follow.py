@@ -3,10 +3,10 @@ that syncs them, at most once per audience per interval.
 
 The consumer does not send anything: it raises the audience's *wanted* mark to the feed seq of the latest entry or
 exit of the followed segment, in the consumer's transaction (so a change is noted exactly once, or retried). The
-task syncs each audience whose wanted mark is above the mark its last sync covered and whose last follow sync is
-at least ``interval_seconds`` old, with the segment's members at that moment as the membership; the diff sends
-only the differences, so ten entries and exits of one person between two syncs cost nothing or one row. See
-docs/decisions/0029-audiences-follow-segments-by-interval.md.
+task syncs each audience whose wanted mark is above the mark its last sync covered (or that has removals an
+erasure queued) and whose last follow sync is at least ``interval_seconds`` old, with the segment's members at
+that moment as the membership; the diff sends only the differences, so ten entries and exits of one person
+between two syncs cost nothing or one row. See docs/decisions/0029-audiences-follow-segments-by-interval.md.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 from chorus import workspaces
 from chorus.errors import ChorusError, Conflict
 from chorus.messaging.audiences import store, sync
+from chorus.messaging.audiences.base import AudienceClient
 from chorus.profiles import feed
 from chorus.registry import TaskOptions
 from chorus.timeutil import utcnow
@@ -50,9 +51,13 @@ def handle(conn: Connection, ws: str, pid: str, changes: list[feed.Delivered]) -
 class FollowTask:
     """Each worker pass: sync the following audiences that are due (changes wanted, interval passed)."""
 
-    def __init__(self, engine: Engine, options: TaskOptions | None = None, clock: Callable[[], datetime] = utcnow):
+    def __init__(
+        self, engine: Engine, options: TaskOptions | None = None, clock: Callable[[], datetime] = utcnow,
+        client: Callable[[], AudienceClient] | None = None,
+    ):  # fmt: skip
         self.engine = engine
         self.clock = clock
+        self.client = client  # makes the platform client; None: from the workspace's settings (tests pass a double)
 
     def run_once(self) -> int:
         with self.engine.connect() as conn:
@@ -62,7 +67,8 @@ class FollowTask:
             try:
                 with self.engine.connect() as conn:
                     ws = workspaces.get(conn, ws_id)
-                sync.sync_followed(self.engine, ws, name, clock=self.clock)
+                client = self.client() if self.client is not None else None
+                sync.sync_followed(self.engine, ws, name, client=client, clock=self.clock)
                 done += 1
             except Conflict:
                 pass  # another worker is syncing it; what it misses stays wanted

@@ -116,25 +116,34 @@ def release(engine: Engine, audience_id: str, last_sync: dict, now: datetime) ->
 
 
 # -- following a segment -------------------------------------------------------------------------------------------
-def _followers(conn: Connection, ws: str | None, lock: bool = False) -> list:
+def _followers(conn: Connection, ws: str | None) -> list:
     """The audiences that follow a segment (in one workspace, or all), in id order (the order rows are locked in).
     Audiences are few per workspace, so the follow state lives in ``options`` and is filtered here."""
     query = sa.select(audiences).order_by(audiences.c.id)
     if ws is not None:
         query = query.where(audiences.c.workspace_id == ws)
-    if lock:
-        query = query.with_for_update()
     return [r for r in conn.execute(query) if (r.options or {}).get("follow")]
+
+
+def _wants(follow: dict, segment_seq: dict[str, int]) -> int | None:
+    seq = segment_seq.get(follow["segment"])
+    return None if seq is None or follow.get("stopped") or seq <= follow["wanted"] else seq
 
 
 def want_sync(conn: Connection, ws: str, segment_seq: dict[str, int]) -> int:
     """Segments whose membership changed (segment id -> the latest change's feed seq): their followers want a
-    sync that covers those changes. Runs in the feed consumer's transaction; returns how many audiences."""
+    sync that covers those changes. Runs in the feed consumer's transaction; returns how many audiences.
+
+    Only the rows to raise are locked (and read again under the lock), in id order: most changes concern no
+    follower, and a lock held to the consumer's commit would hold up that audience's syncs."""
     marked = 0
-    for row in _followers(conn, ws, lock=True):
-        follow = row.options["follow"]
-        seq = segment_seq.get(follow["segment"])
-        if seq is None or follow.get("stopped") or seq <= follow["wanted"]:
+    for candidate in _followers(conn, ws):
+        if _wants(candidate.options["follow"], segment_seq) is None:
+            continue
+        row = conn.execute(sa.select(audiences).where(audiences.c.id == candidate.id).with_for_update()).first()
+        follow = (row.options or {}).get("follow") if row is not None else None
+        seq = _wants(follow, segment_seq) if follow else None
+        if seq is None:
             continue
         options = {**row.options, "follow": {**follow, "wanted": seq}}
         conn.execute(audiences.update().where(audiences.c.id == row.id).values(options=options))
@@ -143,12 +152,17 @@ def want_sync(conn: Connection, ws: str, segment_seq: dict[str, int]) -> int:
 
 
 def due_follows(conn: Connection, now: datetime) -> list[tuple[str, str, int]]:
-    """(workspace id, audience name, the wanted mark) of following audiences with changes not yet synced whose
-    last follow sync is at least their interval ago."""
+    """(workspace id, audience name, the wanted mark) of following audiences with changes not yet synced, or with
+    removals an erasure queued, whose last follow sync is at least their interval ago."""
     out = []
-    for row in _followers(conn, None):
+    rows = [r for r in _followers(conn, None) if not r.options["follow"].get("stopped")]
+    queued: set[str] = set()
+    for part in _chunks([r.id for r in rows]):
+        queued.update(conn.execute(sa.select(audience_removals.c.audience_id).distinct().where(
+            audience_removals.c.audience_id.in_(part))).scalars())  # fmt: skip
+    for row in rows:
         follow = row.options["follow"]
-        if follow.get("stopped") or follow["wanted"] <= follow["done"]:
+        if follow["wanted"] <= follow["done"] and row.id not in queued:
             continue
         last = follow["synced_at"]
         if last is not None and datetime.fromisoformat(last) + timedelta(seconds=follow["interval_seconds"]) > now:

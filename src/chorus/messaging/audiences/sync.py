@@ -197,7 +197,7 @@ def sync_followed(
         aud = store.get(conn, ws.id, name)
         follow = (aud.options or {}).get("follow")
         if not follow or follow.get("stopped"):
-            raise ChorusError(f"audience {name!r} follows no segment: give it --profiles", field="profiles")
+            raise ChorusError(f"audience {name!r} follows no segment: give it profiles to sync", field="profiles")
         covered = follow["wanted"]
         try:
             segment_store.get(conn, ws.id, follow["segment"])
