@@ -1,5 +1,5 @@
 """Audiences that follow a segment, against the store (SQLite and PostgreSQL): the definition, the feed consumer's
-wanted mark, the interval, the first full upload, only differences afterwards, and a deleted segment."""
+epoch mark, the interval, the first full upload, only differences afterwards, and a deleted segment."""
 
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ def test_first_follow_uploads_everyone_then_only_differences(subscribed):
     assert got["added"] == 2 and client.held == held(EMAILS[0], EMAILS[1])
     assert got["source"] == {"segment": "browsers", "members": 2, "deleted": False}
     assert feed.consume(engine, follow.CONSUMER, follow.handle) == 2  # the two entries, recorded before the sync
-    # their changes are newer than the mark the sync covered: one more sync is wanted, and it sends nothing
+    # handled after that sync began: one more sync is due, and it sends nothing
     assert source(engine, w)["changes_pending"]
     got = sync.sync_followed(engine, w, "follow", client=client)
     assert (got["added"], got["removed"], got["unchanged"]) == (0, 0, 2) and len(client.calls) == 1
@@ -178,7 +178,7 @@ def test_a_following_audience_takes_no_list_and_a_deleted_segment_empties_it(sub
 @given(st.lists(st.tuples(st.sampled_from(["enter", "leave", "feed", "sync"]), st.integers(0, 2)), max_size=14))
 def test_after_the_last_sync_the_platform_holds_exactly_the_members(subscribed, steps):
     """Any interleaving of entries, exits, the consumer and syncs: a final consume and sync leave the platform
-    holding the segment's members, no row is sent twice in a row, and nothing stays wanted."""
+    holding the segment's members, no row is sent twice in a row, and nothing stays due."""
     engine = subscribed
     w, ids = setup(engine)
     client = Recorder()
@@ -222,4 +222,16 @@ def test_an_erased_member_is_removed_by_the_task_without_a_segment_change(subscr
     clock[0] = start + timedelta(seconds=122)
     assert task.run_once() == 1 and client.held == held(EMAILS[1]) and client.calls[-1] == ("remove", 1)
     clock[0] = start + timedelta(seconds=200)
-    assert task.run_once() == 0  # nothing wanted, nothing queued
+    assert task.run_once() == 0  # nothing changed, nothing queued
+
+
+def test_a_busy_segment_marks_its_followers_once_between_two_syncs(engine):
+    w, _ids = setup(engine)
+    sync.sync_followed(engine, w, "follow", client=Recorder())
+    with engine.begin() as conn:
+        assert [store.want_sync(conn, w.id, {"browsers"}) for _ in range(5)] == [1, 0, 0, 0, 0]
+        assert store.want_sync(conn, w.id, {"other"}) == 0
+    sync.sync_followed(engine, w, "follow", client=Recorder())
+    assert not source(engine, w)["changes_pending"]
+    with engine.begin() as conn:
+        assert store.want_sync(conn, w.id, {"browsers"}) == 1  # a new epoch: marked again

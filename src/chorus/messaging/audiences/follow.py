@@ -1,12 +1,12 @@
 """Audiences that follow a segment: the change-feed consumer that notes their segment changed, and the worker task
 that syncs them, at most once per audience per interval.
 
-The consumer does not send anything: it raises the audience's *wanted* mark to the feed seq of the latest entry or
-exit of the followed segment, in the consumer's transaction (so a change is noted exactly once, or retried). The
-task syncs each audience whose wanted mark is above the mark its last sync covered (or that has removals an
-erasure queued) and whose last follow sync is at least ``interval_seconds`` old, with the segment's members at
-that moment as the membership; the diff sends only the differences, so ten entries and exits of one person
-between two syncs cost nothing or one row. See docs/decisions/0029-audiences-follow-segments-by-interval.md.
+The consumer does not send anything: it marks the audience changed in its current *epoch*, in the consumer's
+transaction (so a change is noted exactly once, or retried), and only when it is not marked yet. The task syncs
+each audience marked since its last sync (or with removals an erasure queued) whose last follow sync is at least
+``interval_seconds`` old: the sync starts a new epoch, then reads the segment's members as the membership; the
+diff sends only the differences, so ten entries and exits of one person between two syncs cost nothing or one
+row. See docs/decisions/0029-audiences-follow-segments-by-interval.md.
 """
 
 from __future__ import annotations
@@ -30,26 +30,21 @@ log = logging.getLogger("chorus.audiences")
 CONSUMER = "audiences"
 
 
-def segment_changes(changes: list[feed.Delivered]) -> dict[str, int]:
-    """Segment id -> the seq of its latest entry or exit among one person's changes."""
-    out: dict[str, int] = {}
-    for c in changes:
-        if c.cause == "segment" and c.detail.get("change") in ("entered", "exited"):
-            segment = c.detail.get("segment")
-            if isinstance(segment, str):
-                out[segment] = max(out.get(segment, 0), c.seq)
-    return out
+def segment_changes(changes: list[feed.Delivered]) -> set[str]:
+    """The segments one person entered or left in these changes."""
+    return {c.detail["segment"] for c in changes if c.cause == "segment" and c.detail.get("change") in
+            ("entered", "exited") and isinstance(c.detail.get("segment"), str)}  # fmt: skip
 
 
 def handle(conn: Connection, ws: str, pid: str, changes: list[feed.Delivered]) -> None:
     """The feed consumer: note that the followers of the segments this person entered or left want a sync."""
-    seqs = segment_changes(changes)
-    if seqs:
-        store.want_sync(conn, ws, seqs)
+    segments = segment_changes(changes)
+    if segments:
+        store.want_sync(conn, ws, segments)
 
 
 class FollowTask:
-    """Each worker pass: sync the following audiences that are due (changes wanted, interval passed)."""
+    """Each worker pass: sync the following audiences due (changed or removals queued; interval passed)."""
 
     def __init__(
         self, engine: Engine, options: TaskOptions | None = None, clock: Callable[[], datetime] = utcnow,
@@ -63,7 +58,7 @@ class FollowTask:
         with self.engine.connect() as conn:
             due = store.due_follows(conn, self.clock())
         done = 0
-        for ws_id, name, _wanted in due:
+        for ws_id, name in due:
             try:
                 with self.engine.connect() as conn:
                     ws = workspaces.get(conn, ws_id)
@@ -71,7 +66,7 @@ class FollowTask:
                 sync.sync_followed(self.engine, ws, name, client=client, clock=self.clock)
                 done += 1
             except Conflict:
-                pass  # another worker is syncing it; what it misses stays wanted
+                pass  # another worker is syncing it; what it misses stays due
             except ChorusError as exc:  # the platform failed or the provider is gone: tried again after the interval
                 log.warning("audience %s (workspace %s) could not follow its segment: %s", name, ws_id, exc.message)
         return done

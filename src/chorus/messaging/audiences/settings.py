@@ -50,8 +50,9 @@ def validate_source(source: object) -> dict | None:
     low, high = FOLLOW_INTERVAL_RANGE
     if isinstance(interval, bool) or not isinstance(interval, int) or not low <= interval <= high:
         raise ValueError(f"source.interval_seconds must be a whole number from {low} to {high}")
-    # wanted > done: a sync is due. Created wanting one, so the first sync uploads the whole membership.
-    return {"segment": segment, "interval_seconds": interval, "wanted": 1, "done": 0, "synced_at": None}
+    # epochs (store.want_sync, store.begin_follow_sync): a sync is due while changed >= synced. Created due, so the
+    # first sync uploads the whole membership.
+    return {"segment": segment, "interval_seconds": interval, "epoch": 1, "changed": 1, "synced": 1, "synced_at": None}
 
 
 def build(conf: object, where: str, resolve_secrets: bool = True) -> AudienceClient:

@@ -82,7 +82,7 @@ def view(conn: Connection, row) -> dict:
 
 def source_view(follow: dict) -> dict:
     return {"segment": follow["segment"], "interval_seconds": follow["interval_seconds"],
-            "following": not follow.get("stopped"), "changes_pending": follow["wanted"] > follow["done"],
+            "following": not follow.get("stopped"), "changes_pending": _pending(follow),
             "synced_at": follow["synced_at"]}  # fmt: skip
 
 
@@ -125,34 +125,47 @@ def _followers(conn: Connection, ws: str | None) -> list:
     return [r for r in conn.execute(query) if (r.options or {}).get("follow")]
 
 
-def _wants(follow: dict, segment_seq: dict[str, int]) -> int | None:
-    seq = segment_seq.get(follow["segment"])
-    return None if seq is None or follow.get("stopped") or seq <= follow["wanted"] else seq
+def _pending(follow: dict) -> bool:
+    return follow["changed"] >= follow["synced"]
 
 
-def want_sync(conn: Connection, ws: str, segment_seq: dict[str, int]) -> int:
-    """Segments whose membership changed (segment id -> the latest change's feed seq): their followers want a
-    sync that covers those changes. Runs in the feed consumer's transaction; returns how many audiences.
+def want_sync(conn: Connection, ws: str, segment_ids: set[str]) -> int:
+    """Segments whose membership changed: their followers want a sync. Runs in the feed consumer's transaction;
+    returns how many audiences it marked.
 
-    Only the rows to raise are locked (and read again under the lock), in id order: most changes concern no
-    follower, and a lock held to the consumer's commit would hold up that audience's syncs."""
+    Epochs make this one write per audience per sync, not per change: a follow sync starts a new epoch before it
+    reads the segment (:func:`begin_follow_sync`), and a change marks the audience changed *in the current epoch*.
+    An audience already marked in this epoch is left alone (no lock, no write), so a busy segment costs its
+    followers one update between two syncs. Rows to mark are locked and read again, in id order."""
     marked = 0
     for candidate in _followers(conn, ws):
-        if _wants(candidate.options["follow"], segment_seq) is None:
+        follow = candidate.options["follow"]
+        if follow["segment"] not in segment_ids or follow.get("stopped") or follow["changed"] == follow["epoch"]:
             continue
         row = conn.execute(sa.select(audiences).where(audiences.c.id == candidate.id).with_for_update()).first()
         follow = (row.options or {}).get("follow") if row is not None else None
-        seq = _wants(follow, segment_seq) if follow else None
-        if seq is None:
+        if not follow or follow.get("stopped") or follow["changed"] == follow["epoch"]:
             continue
-        options = {**row.options, "follow": {**follow, "wanted": seq}}
+        options = {**row.options, "follow": {**follow, "changed": follow["epoch"]}}
         conn.execute(audiences.update().where(audiences.c.id == row.id).values(options=options))
         marked += 1
     return marked
 
 
-def due_follows(conn: Connection, now: datetime) -> list[tuple[str, str, int]]:
-    """(workspace id, audience name, the wanted mark) of following audiences with changes not yet synced, or with
+def begin_follow_sync(engine: Engine, audience_id: str) -> int:
+    """Start a new epoch before a follow sync reads the segment; returns it. A change handled from now on marks the
+    audience changed in this epoch, which the sync does not cover, so it is synced again."""
+    with engine.begin() as conn:
+        row = conn.execute(sa.select(audiences).where(audiences.c.id == audience_id).with_for_update()).first()
+        follow = row.options["follow"]
+        epoch = follow["epoch"] + 1
+        conn.execute(audiences.update().where(audiences.c.id == audience_id)
+                     .values(options={**row.options, "follow": {**follow, "epoch": epoch}}))  # fmt: skip
+    return epoch
+
+
+def due_follows(conn: Connection, now: datetime) -> list[tuple[str, str]]:
+    """(workspace id, audience name) of following audiences with changes not yet synced, or with
     removals an erasure queued, whose last follow sync is at least their interval ago."""
     out = []
     rows = [r for r in _followers(conn, None) if not r.options["follow"].get("stopped")]
@@ -162,26 +175,26 @@ def due_follows(conn: Connection, now: datetime) -> list[tuple[str, str, int]]:
             audience_removals.c.audience_id.in_(part))).scalars())  # fmt: skip
     for row in rows:
         follow = row.options["follow"]
-        if follow["wanted"] <= follow["done"] and row.id not in queued:
+        if not _pending(follow) and row.id not in queued:
             continue
         last = follow["synced_at"]
         if last is not None and datetime.fromisoformat(last) + timedelta(seconds=follow["interval_seconds"]) > now:
             continue
-        out.append((row.workspace_id, row.name, follow["wanted"]))
+        out.append((row.workspace_id, row.name))
     return out
 
 
-def followed(engine: Engine, audience_id: str, covered: int | None, now: datetime, stopped: bool = False) -> None:
-    """A follow sync ended at ``now``: ``covered`` is the wanted mark it read before reading the segment (None when
-    it failed: the changes stay wanted, tried again after the interval). Changes marked meanwhile stay wanted."""
+def followed(engine: Engine, audience_id: str, epoch: int | None, now: datetime, stopped: bool = False) -> None:
+    """A follow sync ended at ``now``: it covered the changes of the epochs before ``epoch`` (None when it failed:
+    they stay due, tried again after the interval)."""
     with engine.begin() as conn:
         row = conn.execute(sa.select(audiences).where(audiences.c.id == audience_id).with_for_update()).first()
         follow = (row.options or {}).get("follow") if row is not None else None
         if follow is None:
             return
         follow = {**follow, "synced_at": iso(now)}
-        if covered is not None:
-            follow["done"] = max(follow["done"], covered)
+        if epoch is not None:
+            follow["synced"] = max(follow["synced"], epoch)
         if stopped:
             follow["stopped"] = True
         conn.execute(audiences.update().where(audiences.c.id == audience_id)

@@ -190,15 +190,16 @@ def sync_followed(
     """Sync an audience that follows a segment: the segment's current members are the membership (``replace``),
     through the same consent check, hashing and diff as a caller's list, so only differences are sent.
 
-    The wanted mark is read before the members, so a change recorded after the read stays wanted and is covered
-    by the next sync. A deleted segment has no members: the audience empties and stops following (its members'
-    exits were recorded when it was deleted)."""
+    A new epoch starts before the members are read (:func:`store.begin_follow_sync`), so a change handled after
+    that keeps the audience due for the next sync. A deleted segment has no members: the audience empties and
+    stops following (its members' exits were recorded when it was deleted)."""
     with engine.connect() as conn:
         aud = store.get(conn, ws.id, name)
         follow = (aud.options or {}).get("follow")
         if not follow or follow.get("stopped"):
             raise ChorusError(f"audience {name!r} follows no segment: give it profiles to sync", field="profiles")
-        covered = follow["wanted"]
+    covered = store.begin_follow_sync(engine, aud.id)
+    with engine.connect() as conn:
         try:
             segment_store.get(conn, ws.id, follow["segment"])
             members, gone = segment_store.members(conn, ws.id, follow["segment"]), False
