@@ -366,8 +366,12 @@ app.add_typer(audiences_app, name="audiences")
 @audiences_app.command("sync")
 def audiences_sync(
     name: Annotated[str, typer.Argument(help="The audience's name")],
-    profiles: Annotated[str, typer.Option("--profiles", help="One profile id or kind:value per line (email:a@b.c)")],
     workspace: Annotated[str, typer.Option("--workspace", "-w", help="Workspace name or id")],
+    profiles: Annotated[
+        str | None,
+        typer.Option("--profiles", help="One profile id or kind:value per line (email:a@b.c); none for an audience "
+                     "that follows a segment (its members are the segment's)"),
+    ] = None,
     mode: Annotated[str, typer.Option(help="replace (the file is the audience), add or remove")] = "replace",
     db: DbOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON")] = False,
@@ -381,14 +385,27 @@ def audiences_sync(
     try:
         with engine.connect() as conn:
             w = workspaces.find(conn, workspace)
-        try:
-            with open(profiles, encoding="utf-8-sig") as fh:
-                text = fh.read()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ChorusError(f"--profiles {profiles}: {exc}") from None
-        result = sync.sync(engine, w, name, parse_lines(text, tuple(w.identity.declared)), mode)
+        if profiles is None:
+            result = sync.sync_followed(engine, w, name)
+        else:
+            result = _sync_file(engine, w, name, profiles, mode, parse_lines)
     except (ChorusError, ValueError) as exc:
         _fail(exc)
+    _print_sync(name, result, json_out)
+
+
+def _sync_file(engine, w, name: str, profiles: str, mode: str, parse_lines) -> dict:
+    from chorus.messaging.audiences import sync
+
+    try:
+        with open(profiles, encoding="utf-8-sig") as fh:
+            text = fh.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ChorusError(f"--profiles {profiles}: {exc}") from None
+    return sync.sync(engine, w, name, parse_lines(text, tuple(w.identity.declared)), mode)
+
+
+def _print_sync(name: str, result: dict, json_out: bool) -> None:
     skipped = result["skipped"]
     if json_out:
         sys.stdout.write(orjson.dumps(result).decode() + "\n")
@@ -403,6 +420,59 @@ def audiences_sync(
             typer.echo(f"  ... {skipped['total'] - len(skipped['items'])} more")
     if skipped["total"]:
         raise typer.Exit(1)
+
+
+@audiences_app.command("create")
+def audiences_create(
+    name: Annotated[str, typer.Argument(help="The audience's name")],
+    workspace: Annotated[str, typer.Option("--workspace", "-w", help="Workspace name or id")],
+    provider: Annotated[str, typer.Option(help="A provider of settings.audiences.providers, or file")],
+    destination: Annotated[str | None, typer.Option(help="The platform's audience or user list id")] = None,
+    identifiers: Annotated[str, typer.Option(help="Comma-separated identifiers to send")] = "email,phone",
+    segment: Annotated[str | None, typer.Option(help="Follow this segment: its members are the audience's")] = None,
+    interval: Annotated[int | None, typer.Option(help="Seconds between two syncs of a followed segment")] = None,
+    consent_topic: Annotated[str, typer.Option(help="The consent topic (ads:<topic>)")] = "marketing",
+    db: DbOpt = None,
+):
+    """Define an audience (the same checks as POST /api/audiences); with --segment it follows that segment."""
+    from chorus import workspaces
+    from chorus.messaging.audiences import settings, store
+    from chorus.timeutil import utcnow
+
+    body: dict = {"name": name, "provider": provider, "identifiers": [k.strip() for k in identifiers.split(",")],
+                  "consent": {"topic": consent_topic}}  # fmt: skip
+    if destination is not None:
+        body["destination"] = destination
+    if segment is not None:
+        body["source"] = {"segment": segment, **({"interval_seconds": interval} if interval is not None else {})}
+    _, engine = _engine(db)
+    try:
+        with engine.connect() as conn:
+            w = workspaces.find(conn, workspace)
+        shown = store.create(engine, w.id, settings.validate_audience(body, w.settings), utcnow())
+    except (ChorusError, ValueError) as exc:
+        _fail(exc)
+    sys.stdout.write(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+@audiences_app.command("show")
+def audiences_show(
+    name: Annotated[str, typer.Argument(help="The audience's name")],
+    workspace: Annotated[str, typer.Option("--workspace", "-w", help="Workspace name or id")],
+    db: DbOpt = None,
+):
+    """An audience: members, its source (a followed segment), pending removals and last sync, as JSON."""
+    from chorus import workspaces
+    from chorus.messaging.audiences import store
+
+    _, engine = _engine(db)
+    try:
+        with engine.connect() as conn:
+            w = workspaces.find(conn, workspace)
+            shown = store.view(conn, store.get(conn, w.id, name))
+    except (ChorusError, ValueError) as exc:
+        _fail(exc)
+    sys.stdout.write(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
 @audiences_app.command("export")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 
 from chorus.messaging.audiences import normalise as n
 from tests.api.test_admin import _scan_for
-from tests.conftest import _ASGIThread
+from tests.conftest import _ASGIThread, wait_until
 from tests.standins.google_ads import GoogleAdsStandIn
 from tests.standins.meta_audiences import MetaAudiencesStandIn
 
@@ -306,3 +307,28 @@ def test_cli_sync_and_export(http, shop, meta, workspace, db_url, tmp_path):
     assert r.returncode == 2 and "audience 'nope' not found" in r.stderr
     r = run("audiences", "sync", "vip", "--profiles", str(tmp_path / "missing.txt"), *args)
     assert r.returncode == 2 and "--profiles" in r.stderr
+
+
+def test_cli_creates_shows_and_syncs_an_audience_following_a_segment(http, shop, meta, workspace, db_url):
+    r = http.put("/api/segments/has-email", json={"rule": {"reachable": {"channel": "email"}}}, headers=shop["h"])
+    assert r.status_code == 201, r.text
+    wait_until(lambda: http.get("/api/segments/has-email", headers=shop["h"]).json()["status"] == "ready")
+    args = ["-w", workspace["name"], "--db", db_url]
+    r = run("audiences", "create", "mailers", "--provider", "meta", "--destination", AUD, "--identifiers", "email",
+            "--segment", "nope", *args)  # fmt: skip
+    assert r.returncode == 2 and "no segment 'nope'" in r.stderr, r.stdout + r.stderr
+    r = run("audiences", "create", "mailers", "--provider", "meta", "--destination", AUD, "--identifiers", "email",
+            "--segment", "has-email", "--interval", "3600", *args)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads(r.stdout)["source"]["segment"] == "has-email"
+    # the server's worker makes the first, full, upload at once: everyone reachable by email but Eve (ads denied)
+    wait_until(lambda: not http.get("/api/audiences/mailers", headers=shop["h"]).json()["source"]["changes_pending"])
+    assert meta.emails(AUD) == {ANA_EMAIL, BO_EMAIL}
+    r = run("audiences", "sync", "mailers", "--json", *args)  # now, by hand: nothing changed, nothing sent
+    assert r.returncode == 1, r.stdout + r.stderr  # Eve is listed as skipped
+    got = json.loads(r.stdout)
+    assert got["source"] == {"segment": "has-email", "members": 3, "deleted": False}
+    assert (got["added"], got["removed"], got["unchanged"]) == (0, 0, 2)
+    assert got["skipped"]["by_reason"] == {"consent_denied": 1}
+    r = run("audiences", "show", "mailers", *args)
+    assert r.returncode == 0 and json.loads(r.stdout)["members"] == got["members"], r.stdout + r.stderr

@@ -26,12 +26,19 @@ _AUDIENCE_EXAMPLE = {
     "identifiers": ["email", "phone", "name", "address"],
     "consent": {"topic": "marketing", "mode": "opt_out"},
 }
+_FOLLOWING_EXAMPLE = {
+    "name": "laptop-browsers-instagram",
+    "provider": "meta",
+    "destination": "23851234567890123",
+    "identifiers": ["email", "phone"],
+    "source": {"segment": "laptop-browsers", "interval_seconds": 300},
+}
 _SYNC_EXAMPLE = {"profiles": ["p_3f2a…", {"email": "ana@example.com"}, {"phone": "+31612345678"}], "mode": "replace"}
 
 
 @router.post("/audiences", summary="Define an audience (Meta Custom Audience, Google Customer Match list, or file)",
              status_code=201)  # fmt: skip
-def create_audience(ws: WS, svc: SVC, body: Annotated[dict, Body(examples=[_AUDIENCE_EXAMPLE])]):
+def create_audience(ws: WS, svc: SVC, body: Annotated[dict, Body(examples=[_AUDIENCE_EXAMPLE, _FOLLOWING_EXAMPLE])]):
     try:
         clean = audience_settings.validate_audience(body, ws.settings)
     except ValueError as exc:
@@ -51,10 +58,15 @@ def get_audience(ws: WS, svc: SVC, name: str):
         return JSON(store.view(conn, store.get(conn, ws.id, name)))
 
 
-@router.post("/audiences/{name}/sync", summary="Sync the audience: replace its members, add or remove some")
+@router.post(
+    "/audiences/{name}/sync",
+    summary="Sync the audience: replace its members, add or remove some; {} syncs a following audience now",
+)
 async def sync_audience(ws: WS, svc: SVC, name: str, body: Annotated[dict, Body(examples=[_SYNC_EXAMPLE])]):
     if not isinstance(body, dict) or set(body) - {"profiles", "mode"}:
         raise ChorusError('the body must be {"profiles": [...], "mode": "replace" | "add" | "remove"}')
+    if not body:  # an audience that follows a segment: sync it now, from the segment's members
+        return JSON(await run_in_threadpool(sync.sync_followed, svc.engine, ws, name))
     items = body.get("profiles")
     if not isinstance(items, list):
         raise ChorusError("profiles must be a list of profile ids or objects with one identifier", field="profiles")

@@ -6,7 +6,8 @@ exported as their customer-file CSV, so that ads reach the people the brand alre
 - :mod:`meta` and :mod:`google`: the platform clients (configurable base URLs, batches within the platform's
   limits, retries of transient failures);
 - :mod:`settings`: the ``audiences`` workspace setting and audience definitions;
-- :mod:`store` and :mod:`sync`: the tables, the sync and the export.
+- :mod:`store` and :mod:`sync`: the tables, the sync and the export;
+- :mod:`follow`: audiences whose members are a segment's (a change-feed consumer and a worker task).
 
 Consent is checked with :func:`chorus.messaging.policy.ads_decision` (channel ``ads``). See
 docs/messaging.md, "Social audiences", and docs/decisions/0008-audience-membership-given-by-caller.md.
@@ -14,9 +15,13 @@ docs/messaging.md, "Social audiences", and docs/decisions/0008-audience-membersh
 
 
 def register(registry) -> None:
-    """What audiences adds (see chorus.registry): the ``audiences`` setting, and the person's member rows, erased
-    (the rows a platform holds are queued for removal at the next sync)."""
-    from chorus.messaging.audiences import settings, store
+    """What audiences adds (see chorus.registry): the ``audiences`` setting; the person's member rows, erased (the
+    rows a platform holds are queued for removal at the next sync); and following segments: a feed consumer that
+    notes a followed segment changed, and a task that syncs those audiences once per interval."""
+    from chorus.messaging.audiences import follow, settings, store
+    from chorus.registry import Step
 
     registry.setting("audiences", settings.validate)
     registry.erasure("audiences", store.forget, tables=store.ERASURE_TABLES, export=store.export)
+    registry.consumer(follow.CONSUMER, follow.handle)
+    registry.task("audience_follow", follow.FollowTask, step=Step.DELIVER, label="audience segment sync")

@@ -28,7 +28,31 @@ FILE = "file"  # an audience that is only exported as a file, never uploaded
 CONSENT_MODES = ("opt_out", "opt_in")
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 _TOPIC = re.compile(r"[a-z0-9_.-]{1,64}")
-AUDIENCE_FIELDS = {"name", "provider", "destination", "identifiers", "consent", "format", "ad_consent"}
+AUDIENCE_FIELDS = {"name", "provider", "destination", "identifiers", "consent", "format", "ad_consent", "source"}
+# A followed segment is synced at most once per interval: the platforms count calls per ad account, and a busy
+# segment changes many times a minute (docs/decisions/0029-audiences-follow-segments-by-interval.md).
+FOLLOW_INTERVAL = 300
+FOLLOW_INTERVAL_RANGE = (1, 86_400)
+_SEGMENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def validate_source(source: object) -> dict | None:
+    """``{"segment": id, "interval_seconds": n}`` -> the follow state kept in the audience's options; None for the
+    caller's lists (no source). Whether the segment exists is the store's check (it needs the workspace)."""
+    if source is None:
+        return None
+    if not isinstance(source, dict) or "segment" not in source or set(source) - {"segment", "interval_seconds"}:
+        raise ValueError('source must be {"segment": "<segment id>", "interval_seconds": 300}')
+    segment = source["segment"]
+    if not isinstance(segment, str) or not _SEGMENT_ID.fullmatch(segment):
+        raise ValueError("source.segment must be a segment id")
+    interval = source.get("interval_seconds", FOLLOW_INTERVAL)
+    low, high = FOLLOW_INTERVAL_RANGE
+    if isinstance(interval, bool) or not isinstance(interval, int) or not low <= interval <= high:
+        raise ValueError(f"source.interval_seconds must be a whole number from {low} to {high}")
+    # epochs (store.want_sync, store.begin_follow_sync): a sync is due while changed >= synced. Created due, so the
+    # first sync uploads the whole membership.
+    return {"segment": segment, "interval_seconds": interval, "epoch": 1, "changed": 1, "synced": 1, "synced_at": None}
 
 
 def build(conf: object, where: str, resolve_secrets: bool = True) -> AudienceClient:
@@ -138,8 +162,11 @@ def validate_audience(body: object, ws_settings: dict) -> dict:
     elif fmt == "google" and provider != FILE and mode == "opt_in":
         # everyone uploaded granted ads:<topic>: tell Google so (EEA users need it since March 2024)
         ad_consent = {"ad_user_data": "GRANTED", "ad_personalization": "GRANTED"}
+    follow = validate_source(body.get("source"))
+    options = {"ad_consent": ad_consent} if ad_consent else {}
+    if follow is not None:
+        options["follow"] = follow
     return {
         "name": name, "provider": provider, "format": fmt, "destination": destination,
-        "identifiers": list(dict.fromkeys(kinds)), "consent_topic": topic, "consent_mode": mode,
-        "options": {"ad_consent": ad_consent} if ad_consent else {},
+        "identifiers": list(dict.fromkeys(kinds)), "consent_topic": topic, "consent_mode": mode, "options": options,
     }  # fmt: skip

@@ -12,12 +12,13 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from chorus.errors import Conflict, NotFound
+from chorus.errors import ChorusError, Conflict, NotFound
 from chorus.identity.identifiers import kind_of, value_of
 from chorus.messaging.audiences.membership import Synced
 from chorus.messaging.audiences.settings import FILE
 from chorus.profiles.state import public_view
 from chorus.registry import Person
+from chorus.segments import store as segment_store
 from chorus.store import bulk
 from chorus.store.tables import audience_members, audience_removals, audiences, identifiers, profile_aliases, profiles
 from chorus.timeutil import iso
@@ -39,6 +40,14 @@ def create(engine: Engine, ws: str, clean: dict, now: datetime) -> dict:
         ).first()
         if exists:
             raise Conflict(f"an audience named {clean['name']!r} already exists", field="name")
+        follow = clean["options"].get("follow")
+        if follow is not None:
+            try:
+                segment_store.get(conn, ws, follow["segment"])
+            except NotFound:
+                raise ChorusError(
+                    f"no segment {follow['segment']!r} in this workspace", field="source.segment"
+                ) from None
         conn.execute(
             audiences.insert().values(
                 id="aud_" + uuid.uuid4().hex[:20], workspace_id=ws, created_at=now, updated_at=now, **clean
@@ -65,9 +74,16 @@ def view(conn: Connection, row) -> dict:
         "name": row.name, "provider": row.provider, "format": row.format, "destination": row.destination,
         "identifiers": row.identifiers, "consent": {"topic": row.consent_topic, "mode": row.consent_mode},
         **({"ad_consent": row.options["ad_consent"]} if row.options.get("ad_consent") else {}),
+        **({"source": source_view(row.options["follow"])} if row.options.get("follow") else {}),
         "members": members, "pending_removals": pending, "syncing": row.sync_started_at is not None,
         "last_sync": row.last_sync, "created_at": iso(row.created_at),
     }  # fmt: skip
+
+
+def source_view(follow: dict) -> dict:
+    return {"segment": follow["segment"], "interval_seconds": follow["interval_seconds"],
+            "following": not follow.get("stopped"), "changes_pending": _pending(follow),
+            "synced_at": follow["synced_at"]}  # fmt: skip
 
 
 def list_all(conn: Connection, ws: str) -> list[dict]:
@@ -97,6 +113,92 @@ def release(engine: Engine, audience_id: str, last_sync: dict, now: datetime) ->
             .where(audiences.c.id == audience_id)
             .values(sync_started_at=None, last_sync=last_sync, updated_at=now)
         )
+
+
+# -- following a segment -------------------------------------------------------------------------------------------
+def _followers(conn: Connection, ws: str | None) -> list:
+    """The audiences that follow a segment (in one workspace, or all), in id order (the order rows are locked in).
+    Audiences are few per workspace, so the follow state lives in ``options`` and is filtered here."""
+    query = sa.select(audiences).order_by(audiences.c.id)
+    if ws is not None:
+        query = query.where(audiences.c.workspace_id == ws)
+    return [r for r in conn.execute(query) if (r.options or {}).get("follow")]
+
+
+def _pending(follow: dict) -> bool:
+    return follow["changed"] >= follow["synced"]
+
+
+def want_sync(conn: Connection, ws: str, segment_ids: set[str]) -> int:
+    """Segments whose membership changed: their followers want a sync. Runs in the feed consumer's transaction;
+    returns how many audiences it marked.
+
+    Epochs make this one write per audience per sync, not per change: a follow sync starts a new epoch before it
+    reads the segment (:func:`begin_follow_sync`), and a change marks the audience changed *in the current epoch*.
+    An audience already marked in this epoch is left alone (no lock, no write), so a busy segment costs its
+    followers one update between two syncs. Rows to mark are locked and read again, in id order."""
+    marked = 0
+    for candidate in _followers(conn, ws):
+        follow = candidate.options["follow"]
+        if follow["segment"] not in segment_ids or follow.get("stopped") or follow["changed"] == follow["epoch"]:
+            continue
+        row = conn.execute(sa.select(audiences).where(audiences.c.id == candidate.id).with_for_update()).first()
+        follow = (row.options or {}).get("follow") if row is not None else None
+        if not follow or follow.get("stopped") or follow["changed"] == follow["epoch"]:
+            continue
+        options = {**row.options, "follow": {**follow, "changed": follow["epoch"]}}
+        conn.execute(audiences.update().where(audiences.c.id == row.id).values(options=options))
+        marked += 1
+    return marked
+
+
+def begin_follow_sync(engine: Engine, audience_id: str) -> int:
+    """Start a new epoch before a follow sync reads the segment; returns it. A change handled from now on marks the
+    audience changed in this epoch, which the sync does not cover, so it is synced again."""
+    with engine.begin() as conn:
+        row = conn.execute(sa.select(audiences).where(audiences.c.id == audience_id).with_for_update()).first()
+        follow = row.options["follow"]
+        epoch = follow["epoch"] + 1
+        conn.execute(audiences.update().where(audiences.c.id == audience_id)
+                     .values(options={**row.options, "follow": {**follow, "epoch": epoch}}))  # fmt: skip
+    return epoch
+
+
+def due_follows(conn: Connection, now: datetime) -> list[tuple[str, str]]:
+    """(workspace id, audience name) of following audiences with changes not yet synced, or with
+    removals an erasure queued, whose last follow sync is at least their interval ago."""
+    out = []
+    rows = [r for r in _followers(conn, None) if not r.options["follow"].get("stopped")]
+    queued: set[str] = set()
+    for part in _chunks([r.id for r in rows]):
+        queued.update(conn.execute(sa.select(audience_removals.c.audience_id).distinct().where(
+            audience_removals.c.audience_id.in_(part))).scalars())  # fmt: skip
+    for row in rows:
+        follow = row.options["follow"]
+        if not _pending(follow) and row.id not in queued:
+            continue
+        last = follow["synced_at"]
+        if last is not None and datetime.fromisoformat(last) + timedelta(seconds=follow["interval_seconds"]) > now:
+            continue
+        out.append((row.workspace_id, row.name))
+    return out
+
+
+def followed(engine: Engine, audience_id: str, epoch: int | None, now: datetime, stopped: bool = False) -> None:
+    """A follow sync ended at ``now``: it covered the changes of the epochs before ``epoch`` (None when it failed:
+    they stay due, tried again after the interval)."""
+    with engine.begin() as conn:
+        row = conn.execute(sa.select(audiences).where(audiences.c.id == audience_id).with_for_update()).first()
+        follow = (row.options or {}).get("follow") if row is not None else None
+        if follow is None:
+            return
+        follow = {**follow, "synced_at": iso(now)}
+        if epoch is not None:
+            follow["synced"] = max(follow["synced"], epoch)
+        if stopped:
+            follow["stopped"] = True
+        conn.execute(audiences.update().where(audiences.c.id == audience_id)
+                     .values(options={**row.options, "follow": follow}))  # fmt: skip
 
 
 # -- profiles -----------------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from collections import Counter
 
 from sqlalchemy.engine import Engine
 
-from chorus.errors import ChorusError
+from chorus.errors import ChorusError, Conflict, NotFound
 from chorus.messaging.audiences import rows as R
 from chorus.messaging.audiences import settings as S
 from chorus.messaging.audiences import store
@@ -31,6 +31,7 @@ from chorus.messaging.audiences.membership import MODES, Entry, Skip, members_af
 from chorus.messaging.policy import ads_decision
 from chorus.messaging.providers import ConfigError, ProviderError
 from chorus.profiles.views import lookup_ident
+from chorus.segments import store as segment_store
 from chorus.timeutil import Clock, iso, utcnow
 from chorus.workspaces import Workspace
 
@@ -76,13 +77,18 @@ def _skipped(skips: list[Skip]) -> dict:
 
 def sync(
     engine: Engine, ws: Workspace, name: str, entries: list[Entry | Skip], mode: str = "replace", *,
-    client: AudienceClient | None = None, clock: Clock = utcnow,
+    client: AudienceClient | None = None, clock: Clock = utcnow, _followed: bool = False,
 ) -> dict:  # fmt: skip
-    """Make the platform hold the audience's rows; returns the counts (see docs/messaging.md)."""
+    """Make the platform hold the audience's rows; returns the counts (see docs/messaging.md). An audience that
+    follows a segment takes its members from there only (:func:`sync_followed`)."""
     if mode not in MODES:
         raise ChorusError(f"mode must be one of {', '.join(MODES)}", field="mode")
     with engine.connect() as conn:
         aud = store.get(conn, ws.id, name)
+    follow = (aud.options or {}).get("follow")
+    if follow and not follow.get("stopped") and not _followed:
+        raise Conflict(f"audience {name!r} follows segment {follow['segment']!r}: its members come from there",
+                       field="profiles")  # fmt: skip
     if aud.provider != S.FILE and client is None:
         try:
             client = S.client_for(ws.settings, aud.provider)
@@ -175,6 +181,41 @@ def sync(
             client.close()
     with engine.connect() as conn:
         result["members"] = store.view(conn, store.get(conn, ws.id, name))["members"]
+    return result
+
+
+def sync_followed(
+    engine: Engine, ws: Workspace, name: str, *, client: AudienceClient | None = None, clock: Clock = utcnow
+) -> dict:
+    """Sync an audience that follows a segment: the segment's current members are the membership (``replace``),
+    through the same consent check, hashing and diff as a caller's list, so only differences are sent.
+
+    A new epoch starts before the members are read (:func:`store.begin_follow_sync`), so a change handled after
+    that keeps the audience due for the next sync. A deleted segment has no members: the audience empties and
+    stops following (its members' exits were recorded when it was deleted)."""
+    with engine.connect() as conn:
+        aud = store.get(conn, ws.id, name)
+        follow = (aud.options or {}).get("follow")
+        if not follow or follow.get("stopped"):
+            raise ChorusError(f"audience {name!r} follows no segment: give it profiles to sync", field="profiles")
+    covered = store.begin_follow_sync(engine, aud.id)
+    with engine.connect() as conn:
+        try:
+            segment_store.get(conn, ws.id, follow["segment"])
+            members, gone = segment_store.members(conn, ws.id, follow["segment"]), False
+        except NotFound:
+            members, gone = set(), True
+    where = f"segment {follow['segment']}"
+    entries: list[Entry | Skip] = [Entry(where, profile_id=pid) for pid in sorted(members)]
+    try:
+        result = sync(engine, ws, name, entries, "replace", client=client, clock=clock, _followed=True)
+    except Conflict:
+        raise  # another sync of it runs: that one records its own end
+    except ChorusError:
+        store.followed(engine, aud.id, None, clock())  # tried: the next try waits the interval, as a success does
+        raise
+    store.followed(engine, aud.id, covered, clock(), stopped=gone)
+    result["source"] = {"segment": follow["segment"], "members": len(members), "deleted": gone}
     return result
 
 

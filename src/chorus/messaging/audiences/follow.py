@@ -1,0 +1,75 @@
+"""Audiences that follow a segment: the change-feed consumer that notes their segment changed, and the worker task
+that syncs them, at most once per audience per interval.
+
+The consumer does not send anything: it marks the audience changed in its current *epoch*, in the consumer's
+transaction (so a change is noted exactly once, or retried), and only when it is not marked yet. The task syncs
+each audience marked since its last sync (or with removals an erasure queued) whose last follow sync is at least
+``interval_seconds`` old: the sync starts a new epoch, then reads the segment's members as the membership; the
+diff sends only the differences, so ten entries and exits of one person between two syncs cost nothing or one
+row. See docs/decisions/0029-audiences-follow-segments-by-interval.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+
+from sqlalchemy.engine import Connection, Engine
+
+from chorus import workspaces
+from chorus.errors import ChorusError, Conflict
+from chorus.messaging.audiences import store, sync
+from chorus.messaging.audiences.base import AudienceClient
+from chorus.profiles import feed
+from chorus.registry import TaskOptions
+from chorus.timeutil import utcnow
+
+log = logging.getLogger("chorus.audiences")
+
+CONSUMER = "audiences"
+
+
+def segment_changes(changes: list[feed.Delivered]) -> set[str]:
+    """The segments one person entered or left in these changes."""
+    return {c.detail["segment"] for c in changes if c.cause == "segment" and c.detail.get("change") in
+            ("entered", "exited") and isinstance(c.detail.get("segment"), str)}  # fmt: skip
+
+
+def handle(conn: Connection, ws: str, pid: str, changes: list[feed.Delivered]) -> None:
+    """The feed consumer: note that the followers of the segments this person entered or left want a sync."""
+    segments = segment_changes(changes)
+    if segments:
+        store.want_sync(conn, ws, segments)
+
+
+class FollowTask:
+    """Each worker pass: sync the following audiences due (changed or removals queued; interval passed)."""
+
+    def __init__(
+        self, engine: Engine, options: TaskOptions | None = None, clock: Callable[[], datetime] = utcnow,
+        client: Callable[[], AudienceClient] | None = None,
+    ):  # fmt: skip
+        self.engine = engine
+        self.clock = clock
+        self.client = client  # makes the platform client; None: from the workspace's settings (tests pass a double)
+
+    def run_once(self) -> int:
+        with self.engine.connect() as conn:
+            due = store.due_follows(conn, self.clock())
+        done = 0
+        for ws_id, name in due:
+            try:
+                with self.engine.connect() as conn:
+                    ws = workspaces.get(conn, ws_id)
+                client = self.client() if self.client is not None else None
+                sync.sync_followed(self.engine, ws, name, client=client, clock=self.clock)
+                done += 1
+            except Conflict:
+                pass  # another worker is syncing it; what it misses stays due
+            except ChorusError as exc:  # the platform failed or the provider is gone: tried again after the interval
+                log.warning("audience %s (workspace %s) could not follow its segment: %s", name, ws_id, exc.message)
+        return done
+
+    def close(self) -> None:
+        pass
