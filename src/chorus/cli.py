@@ -391,7 +391,9 @@ def audiences_sync(
             result = _sync_file(engine, w, name, profiles, mode, parse_lines)
     except (ChorusError, ValueError) as exc:
         _fail(exc)
-    _print_sync(name, result, json_out)
+    # a caller's bad lines fail the command; a segment's members without consent or an address are simply not
+    # uploaded (listed, not an error: the next sync skips them again)
+    _print_sync(name, result, json_out, fail_on_skips=profiles is not None)
 
 
 def _sync_file(engine, w, name: str, profiles: str, mode: str, parse_lines) -> dict:
@@ -405,7 +407,7 @@ def _sync_file(engine, w, name: str, profiles: str, mode: str, parse_lines) -> d
     return sync.sync(engine, w, name, parse_lines(text, tuple(w.identity.declared)), mode)
 
 
-def _print_sync(name: str, result: dict, json_out: bool) -> None:
+def _print_sync(name: str, result: dict, json_out: bool, fail_on_skips: bool = True) -> None:
     skipped = result["skipped"]
     if json_out:
         sys.stdout.write(orjson.dumps(result).decode() + "\n")
@@ -418,7 +420,7 @@ def _print_sync(name: str, result: dict, json_out: bool) -> None:
             typer.echo(f"  {item['at']}: {item['reason']}: {item['detail']} ({item['input']})")
         if skipped["total"] > len(skipped["items"]):
             typer.echo(f"  ... {skipped['total'] - len(skipped['items'])} more")
-    if skipped["total"]:
+    if skipped["total"] and fail_on_skips:
         raise typer.Exit(1)
 
 

@@ -235,3 +235,44 @@ def test_a_busy_segment_marks_its_followers_once_between_two_syncs(engine):
     assert not source(engine, w)["changes_pending"]
     with engine.begin() as conn:
         assert store.want_sync(conn, w.id, {"browsers"}) == 1  # a new epoch: marked again
+
+
+def test_an_opt_out_makes_the_audience_due_without_a_segment_change(subscribed):
+    """Found by review: only entries and exits marked a follower, so a member who opted out of ads stayed on the
+    platform for as long as the segment was quiet."""
+    engine = subscribed
+    w, ids = setup(engine, interval=60)
+    client = Recorder()
+    start = utcnow()
+    clock = [start]
+    task = follow.FollowTask(engine, clock=lambda: clock[0], client=lambda: client)
+    enter(engine, w, [ids[EMAILS[0]], ids[EMAILS[1]]])
+    assert task.run_once() == 1 and client.held == held(EMAILS[0], EMAILS[1])
+    feed.consume(engine, follow.CONSUMER, follow.handle)
+    clock[0] = start + timedelta(seconds=61)
+    assert task.run_once() == 1  # the entries' own changes: nothing new to send
+    send(engine, w.id, [{"type": "track", "userId": "u0", "event": "Consent Updated", "messageId": "c0",
+                         "timestamp": utcnow().isoformat(), "properties": {"channel": "ads", "status": "denied"}}])
+    resolve(engine)
+    feed.consume(engine, follow.CONSUMER, follow.handle)
+    assert source(engine, w)["changes_pending"]
+    clock[0] = start + timedelta(seconds=122)
+    assert task.run_once() == 1 and client.held == held(EMAILS[1]) and client.calls[-1] == ("remove", 1)
+
+
+def test_an_empty_segment_deleted_stops_its_follower(subscribed):
+    """Found by review: deleting an empty segment records no exit, so nothing marked the follower and it kept
+    following (and would have followed a new segment made under the same id)."""
+    engine = subscribed
+    w, _ids = setup(engine, interval=60)
+    client = Recorder()
+    start = utcnow()
+    clock = [start]
+    task = follow.FollowTask(engine, clock=lambda: clock[0], client=lambda: client)
+    assert task.run_once() == 1 and client.held == set()
+    with engine.begin() as conn:
+        segment_store.delete(conn, w.id, "browsers")
+    clock[0] = start + timedelta(seconds=61)
+    assert task.run_once() == 1
+    assert source(engine, w)["following"] is False
+    assert task.run_once() == 0

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Request
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
@@ -20,6 +22,7 @@ from chorus.profiles import views
 from chorus.segments import engine, preview, rules, store
 from chorus.timeutil import utcnow
 
+log = logging.getLogger("chorus.segments")
 router = APIRouter(prefix="/api", tags=["segments"], route_class=AdminRoute)
 
 _EXAMPLE = {"name": "Browse abandoners: laptops", "rule": {"and": [
@@ -69,9 +72,13 @@ def put_segment(ws: WS, svc: SVC, segment_id: str, body: Annotated[dict, Body()]
         out = store.view(conn, ws.id, d)
     svc.wake_worker.set()  # the worker computes it now
     if estimate:  # after the commit: the query does not hold the definitions lock that evaluations wait for
-        with svc.engine.connect() as conn:
-            est = preview.preview(conn, ws, rule, utcnow(), sample=0, segment_id=segment_id)
-        out["estimate"] = {"count": est["count"], "computed_at": est["computed_at"]}
+        try:
+            with svc.engine.connect() as conn:
+                est = preview.preview(conn, ws, rule, utcnow(), sample=0, segment_id=segment_id)
+            out["estimate"] = {"count": est["count"], "computed_at": est["computed_at"]}
+        except (ChorusError, SQLAlchemyError):  # the save committed: say so; the estimate is only a courtesy
+            log.warning("segment %s saved; its estimate could not be computed", segment_id, exc_info=True)
+            out["estimate"] = None
     return JSON(out, status_code=200 if existed else 201)
 
 

@@ -279,7 +279,9 @@ def due(engine: Engine, limit: int = 500, clock: Callable[[], datetime] | None =
             .order_by(segment_timers.c.due_at)
             .limit(limit)
         ).all()
-        people = sorted(set(rows), key=lambda x: (x[1], x[0]))  # profile id order, like every other locker
+        # workspace, then profile id order, like the feed consumer: each workspace's definitions lock is taken
+        # before any of its people's rows, and the workspaces' locks in one order (no cycle with two deletions)
+        people = sorted(set(rows))
         evaluators: dict[str, Evaluator] = {}
         done = 0
         for ws, pid in people:

@@ -1,5 +1,5 @@
 """Who would be in a segment now, without saving anything: the count and a sample of the members of a rule, by the
-set-based query of :mod:`chorus.segments.compile` (the batch's, exact against the reference evaluator). The API's
+set-based query of :mod:`chorus.segments.compile` (exact against the reference evaluator). The API's
 ``POST /api/segments/preview``, the ``estimate`` a save answers with, and ``chorus segments preview`` call it."""
 
 from __future__ import annotations

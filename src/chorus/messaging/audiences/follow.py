@@ -36,11 +36,24 @@ def segment_changes(changes: list[feed.Delivered]) -> set[str]:
             ("entered", "exited") and isinstance(c.detail.get("segment"), str)}  # fmt: skip
 
 
+def _may_change_row(c: feed.Delivered) -> bool:
+    """Whether the change may take her off a platform or change the row it holds: consent Chorus learned itself
+    (an unsubscribe, STOP), a ``Consent Updated`` event, an identify (new traits: consent, an e-mail address).
+    Consent carried in another event's context is applied at the audience's next sync."""
+    if c.cause == "consent":
+        return True
+    d = c.detail or {}
+    return c.cause == "event" and (d.get("type") == "identify" or d.get("event") == "Consent Updated")
+
+
 def handle(conn: Connection, ws: str, pid: str, changes: list[feed.Delivered]) -> None:
-    """The feed consumer: note that the followers of the segments this person entered or left want a sync."""
+    """The feed consumer: note that the followers of the segments this person entered or left want a sync, and,
+    when her consent or identifiers may have changed, the following audiences that hold her (an opt-out must not
+    wait for the segment's next entry or exit, which a quiet segment may never have)."""
     segments = segment_changes(changes)
-    if segments:
-        store.want_sync(conn, ws, segments)
+    holding = store.audiences_holding(conn, ws, pid) if any(map(_may_change_row, changes)) else set()
+    if segments or holding:
+        store.want_sync(conn, ws, segments, holding)
 
 
 class FollowTask:
@@ -69,6 +82,8 @@ class FollowTask:
                 pass  # another worker is syncing it; what it misses stays due
             except ChorusError as exc:  # the platform failed or the provider is gone: tried again after the interval
                 log.warning("audience %s (workspace %s) could not follow its segment: %s", name, ws_id, exc.message)
+            except Exception:  # noqa: BLE001 - one audience must not stop the others; it stays due
+                log.exception("audience %s (workspace %s) could not follow its segment", name, ws_id)
         return done
 
     def close(self) -> None:

@@ -129,18 +129,27 @@ def _pending(follow: dict) -> bool:
     return follow["changed"] >= follow["synced"]
 
 
-def want_sync(conn: Connection, ws: str, segment_ids: set[str]) -> int:
-    """Segments whose membership changed: their followers want a sync. Runs in the feed consumer's transaction;
-    returns how many audiences it marked.
+def audiences_holding(conn: Connection, ws: str, profile_id: str) -> set[str]:
+    """The audiences a platform holds this person in (their ids)."""
+    return set(conn.execute(sa.select(audience_members.c.audience_id).where(
+        audience_members.c.workspace_id == ws, audience_members.c.profile_id == profile_id)).scalars())  # fmt: skip
+
+
+def want_sync(conn: Connection, ws: str, segment_ids: set[str], audience_ids: set[str] = frozenset()) -> int:
+    """Segments whose membership changed, and audiences whose members' consent changed: those followers want a
+    sync. Runs in the feed consumer's transaction; returns how many audiences it marked.
 
     Epochs make this one write per audience per sync, not per change: a follow sync starts a new epoch before it
     reads the segment (:func:`begin_follow_sync`), and a change marks the audience changed *in the current epoch*.
     An audience already marked in this epoch is left alone (no lock, no write), so a busy segment costs its
-    followers one update between two syncs. Rows to mark are locked and read again, in id order."""
+    followers one update between two syncs. Rows to mark are locked and read again, in id order within one
+    person's changes (two consumer workers may lock two audiences in opposite orders across people: PostgreSQL
+    reports a deadlock, a transient error, and the consumer's pass is retried; nothing is lost)."""
     marked = 0
     for candidate in _followers(conn, ws):
         follow = candidate.options["follow"]
-        if follow["segment"] not in segment_ids or follow.get("stopped") or follow["changed"] == follow["epoch"]:
+        wanted = follow["segment"] in segment_ids or candidate.id in audience_ids
+        if not wanted or follow.get("stopped") or follow["changed"] == follow["epoch"]:
             continue
         row = conn.execute(sa.select(audiences).where(audiences.c.id == candidate.id).with_for_update()).first()
         follow = (row.options or {}).get("follow") if row is not None else None
@@ -165,17 +174,21 @@ def begin_follow_sync(engine: Engine, audience_id: str) -> int:
 
 
 def due_follows(conn: Connection, now: datetime) -> list[tuple[str, str]]:
-    """(workspace id, audience name) of following audiences with changes not yet synced, or with
-    removals an erasure queued, whose last follow sync is at least their interval ago."""
+    """(workspace id, audience name) of following audiences with changes not yet synced, with removals an erasure
+    queued, or whose segment was deleted, and whose last follow sync is at least their interval ago."""
     out = []
     rows = [r for r in _followers(conn, None) if not r.options["follow"].get("stopped")]
     queued: set[str] = set()
     for part in _chunks([r.id for r in rows]):
         queued.update(conn.execute(sa.select(audience_removals.c.audience_id).distinct().where(
             audience_removals.c.audience_id.in_(part))).scalars())  # fmt: skip
+    alive: dict[str, set[str]] = {}  # workspace -> its segments: a deleted one (even empty: no exits) stops them
     for row in rows:
         follow = row.options["follow"]
-        if not _pending(follow) and row.id not in queued:
+        if row.workspace_id not in alive:
+            alive[row.workspace_id] = set(segment_store.definitions(conn, row.workspace_id))
+        gone = follow["segment"] not in alive[row.workspace_id]
+        if not _pending(follow) and row.id not in queued and not gone:
             continue
         last = follow["synced_at"]
         if last is not None and datetime.fromisoformat(last) + timedelta(seconds=follow["interval_seconds"]) > now:
