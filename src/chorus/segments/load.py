@@ -142,4 +142,10 @@ def _events_needed(needs: Needs | None) -> list:
         terms.append(sa.and_(e.type.notin_(NAMED_TYPES), *since(min(needs.names.values()))))
     for etype, h in sorted(needs.types.items()):
         terms.append(sa.and_(e.type == etype, *since(h)))
-    return [sa.or_(*terms)] if terms else [sa.false()]
+    if not terms:
+        return [sa.false()]
+    # the earliest horizon of all, alone, is a range on the timeline index (workspace, profile, timestamp): the
+    # names and types are then filtered within it rather than over the whole history
+    earliest = min([*needs.names.values(), *needs.types.values(),
+                    *([needs.any_event] if needs.any_event is not None else [])])  # fmt: skip
+    return [*since(earliest), sa.or_(*terms)]
