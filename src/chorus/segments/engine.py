@@ -39,6 +39,8 @@ from chorus.profiles import feed, views
 from chorus.segments import load, store
 from chorus.segments import rules as r
 from chorus.segments.evaluate import evaluate
+from chorus.segments.needs import Needs
+from chorus.segments.needs import needs as needs_of
 from chorus.segments.person import Person
 from chorus.store.tables import profiles, segment_timers
 from chorus.timeutil import iso, utcnow
@@ -124,11 +126,12 @@ def _dependents(defs: dict[str, store.Definition]) -> dict[str, set[str]]:
 
 
 # -- the person, as evaluate reads her ----------------------------------------------------------------------------
-def load_person(conn: Connection, ws: ws_api.Workspace, pid: str) -> Person | None:
+def load_person(conn: Connection, ws: ws_api.Workspace, pid: str, need: Needs | None = None) -> Person | None:
     """The person from the store (segments.load, which the SQL compiler is tested against), or None when ``pid``
-    is no longer a profile. A merged profile's list entries, which keep the id they were made for, are hers too."""
-    person = load.person(conn, ws.id, pid, ws.identity)
-    aliases = aliases_of(conn, pid) if person is not None else []
+    is no longer a profile. A merged profile's list entries, which keep the id they were made for, are hers too.
+    With ``need`` (``segments.needs``) only what those rules can still read is loaded (decision 0028)."""
+    person = load.people(conn, ws.id, [pid], ws.identity, needs=need).get(pid)
+    aliases = aliases_of(conn, pid) if person is not None and (need is None or need.lists) else []
     if not aliases:
         return person
     lists = set(person.lists)
@@ -149,6 +152,21 @@ class Evaluator:
         self.order = _order(self.defs) if self.defs else []
         self.dependents = _dependents(self.defs)
         self.topics = (self.ws.settings.get("messaging") or {}).get("topics")
+        self._needs: dict[frozenset[str], Needs] = {}
+
+    def needs(self, segment_ids: set[str]) -> Needs:
+        """What evaluating ``segment_ids``, and every segment that may be re-evaluated because one of them changed,
+        can read of a person at ``self.now``: computed once per set of segments (a consumer sees few sets)."""
+        closure, todo = set(), [s for s in segment_ids if s in self.defs]
+        while todo:
+            sid = todo.pop()
+            if sid not in closure:
+                closure.add(sid)
+                todo.extend(self.dependents.get(sid, ()))
+        key = frozenset(closure)
+        if key not in self._needs:
+            self._needs[key] = needs_of([self.defs[s].rule for s in sorted(key)], self.now)
+        return self._needs[key]
 
     def person(self, pid: str, segment_ids: set[str], cause: str) -> Outcome:
         """Evaluate ``segment_ids`` (and what refers to them, when they change) for ``pid``; apply the diff."""
@@ -157,7 +175,7 @@ class Evaluator:
             return out
         ws = self.ws.id
         lock_person(self.conn, ws, pid)
-        person = load_person(self.conn, self.ws, pid)
+        person = load_person(self.conn, self.ws, pid, self.needs(segment_ids))
         if person is None:  # merged away or erased: she is in nothing any more
             self._leave_all(pid, cause)
             return out

@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection
 
 from chorus.identity.identifiers import IdentityConfig
 from chorus.profiles import views
+from chorus.segments.needs import ALL, NAMED_TYPES, Needs
 from chorus.segments.person import Event, MessageRecord, Person
 from chorus.store import bulk
 from chorus.store.tables import (
@@ -40,12 +41,15 @@ def person(conn: Connection, ws: str, profile_id: str, cfg: IdentityConfig) -> P
 
 
 def people(
-    conn: Connection, ws: str, ids: Iterable[str], cfg: IdentityConfig, *, parts: Iterable[str] = KINDS
+    conn: Connection, ws: str, ids: Iterable[str], cfg: IdentityConfig, *, parts: Iterable[str] = KINDS,
+    needs: Needs | None = None,
 ) -> dict[str, Person]:
     """Profile id -> Person for the ids that are profiles of ``ws``. ``parts`` leaves out what a caller does not
-    need (an engine evaluating rules without behaviour conditions need not read the events)."""
+    need (an engine evaluating rules without behaviour conditions need not read the events); ``needs`` (what a set
+    of rules can read at an instant, ``segments.needs``) reads only those parts, events and messages: the person
+    is then ``needs.restrict(full person, needs)``."""
     ids = list(dict.fromkeys(ids))
-    parts = set(parts)
+    parts = set(parts) if needs is None else set(parts) & set(needs.parts())
     if not ids:
         return {}
     d = conn.dialect.name
@@ -69,7 +73,7 @@ def people(
     if "events" in parts:
         rows = conn.execute(
             sa.select(events.c.profile_id, events.c.payload)
-            .where(events.c.workspace_id == ws, among(events.c.profile_id, found))
+            .where(events.c.workspace_id == ws, among(events.c.profile_id, found), *_events_needed(needs))
             .order_by(events.c.profile_id, events.c.timestamp, events.c.seq)
         )
         for pid, payload in rows:
@@ -84,7 +88,9 @@ def people(
         rows = conn.execute(
             sa.select(m.profile_id, m.id, s.status, s.at, m.channel, m.template, m.journey_id, m.campaign_id, m.topic)
             .select_from(message_status.join(messages, m.id == s.message_id))
-            .where(m.workspace_id == ws, s.workspace_id == ws, among(m.profile_id, list(owner)))
+            .where(m.workspace_id == ws, s.workspace_id == ws, among(m.profile_id, list(owner)),
+                   *([s.at >= needs.messages] if needs is not None and needs.messages is not None
+                     and needs.messages > ALL else []))
             .order_by(s.at, s.id)
         )
         for row in rows:
@@ -111,3 +117,35 @@ def people(
         )  # fmt: skip
         for pid in found
     }
+
+
+def _events_needed(needs: Needs | None) -> list:
+    """The WHERE terms that read only the events ``needs`` keeps (``Needs.wants`` is the same test in Python): by
+    the indexed name and type columns and the time, never the payload."""
+    if needs is None:
+        return []
+    e = events.c
+
+    def since(h):
+        return [e.timestamp >= h] if h > ALL else []
+
+    if needs.any_event == ALL:
+        return []
+    terms = since(needs.any_event) if needs.any_event is not None else []
+    # one term per horizon, so a name read since the same instant as another shares an IN list
+    by_horizon: dict = {}
+    for name, h in needs.names.items():
+        by_horizon.setdefault(h, []).append(name)
+    for h, names in sorted(by_horizon.items()):
+        terms.append(sa.and_(e.type.in_(NAMED_TYPES), e.event.in_(sorted(names)), *since(h)))
+    if needs.names:  # an identify's or group's name is only in its payload: read those of any name
+        terms.append(sa.and_(e.type.notin_(NAMED_TYPES), *since(min(needs.names.values()))))
+    for etype, h in sorted(needs.types.items()):
+        terms.append(sa.and_(e.type == etype, *since(h)))
+    if not terms:
+        return [sa.false()]
+    # the earliest horizon of all, alone, is a range on the timeline index (workspace, profile, timestamp): the
+    # names and types are then filtered within it rather than over the whole history
+    earliest = min([*needs.names.values(), *needs.types.values(),
+                    *([needs.any_event] if needs.any_event is not None else [])])  # fmt: skip
+    return [*since(earliest), sa.or_(*terms)]

@@ -62,6 +62,8 @@ events = sa.Table(
     sa.Column("profile_id", sa.String(40)),
     sa.UniqueConstraint("workspace_id", "message_id"),
     sa.Index("ix_events_profile_timeline", "workspace_id", "profile_id", "timestamp", "seq"),
+    # a segment evaluation reads a person's events of a few names since a horizon (segments.needs, decision 0028)
+    sa.Index("ix_events_profile_event", "workspace_id", "profile_id", "event", "timestamp"),
     sa.Index(
         "ix_events_pending",
         "seq",
