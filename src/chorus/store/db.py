@@ -337,6 +337,13 @@ def scrub(
     done, pending = [], {}
     # VACUUM cannot run inside a transaction block
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        # VACUUM keeps a deleted row that a snapshot older than the delete may still read (it is "recently dead",
+        # and VACUUM FULL copies it into the new files): wait for those snapshots to end, or say the scrub waits
+        older = _wait_for_older_snapshots(conn, timeout=attempts * 2.0)
+        if older:
+            reason = f"{older} transaction(s) older than the erasure are still open: their snapshots keep the rows"
+            log.warning("erasure: VACUUM postponed: %s", reason)
+            return {"done": [], "pending": {name: reason for name in dict.fromkeys(tables)}}
         # an exclusive lock that cannot be had soon is reported, not waited for while every query queues behind it
         conn.execute(sa.text("SELECT set_config('lock_timeout', :t, false)"), {"t": lock_timeout})
         try:
@@ -357,6 +364,25 @@ def scrub(
         finally:
             conn.exec_driver_sql("RESET lock_timeout")
     return {"done": done, "pending": pending}
+
+
+def _wait_for_older_snapshots(conn, timeout: float) -> int:
+    """Wait until no other session of this database holds a snapshot taken before now (its ``backend_xmin`` older
+    than the oldest transaction running now); returns how many still do after ``timeout`` seconds (0: none)."""
+    # a transaction id allocated now, after the erasure committed: a session whose snapshot (backend_xmin) or whose
+    # own transaction (backend_xid) is older may still read the deleted rows, so VACUUM would keep them
+    horizon = conn.execute(sa.text("SELECT (pg_current_xact_id()::text::bigint % 4294967296)::text")).scalar_one()
+    probe = sa.text(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+        "AND backend_type = 'client backend' AND (age(backend_xmin) > age(CAST(:h AS xid)) "
+        "OR age(backend_xid) > age(CAST(:h AS xid)))"
+    )
+    deadline = time.monotonic() + timeout
+    while True:
+        older = conn.execute(probe, {"h": str(horizon)}).scalar_one()
+        if not older or time.monotonic() >= deadline:
+            return int(older)
+        time.sleep(0.05)
 
 
 def _checkpoint_truncate(engine: Engine, attempts: int) -> dict:
