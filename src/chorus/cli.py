@@ -25,7 +25,18 @@ app.add_typer(ws_app, name="workspace")
 channels_app = typer.Typer(help="Message channels and their providers.", no_args_is_help=True)
 app.add_typer(import_app, name="import")
 app.add_typer(channels_app, name="channels")
-from chorus.clitools import DbOpt, _engine, _fail, _settings, err  # noqa: E402 - shared with packages' commands
+from chorus.clitools import (  # noqa: E402 - shared with packages' commands
+    DbOpt,
+    JsonOpt,
+    WsOpt,
+    _engine,
+    _fail,
+    _open,
+    _out,
+    _print_json,
+    _settings,
+    err,
+)
 
 
 @db_app.command("upgrade")
@@ -366,7 +377,7 @@ app.add_typer(audiences_app, name="audiences")
 @audiences_app.command("sync")
 def audiences_sync(
     name: Annotated[str, typer.Argument(help="The audience's name")],
-    workspace: Annotated[str, typer.Option("--workspace", "-w", help="Workspace name or id")],
+    workspace: WsOpt,
     profiles: Annotated[
         str | None,
         typer.Option("--profiles", help="One profile id or kind:value per line (email:a@b.c); none for an audience "
@@ -374,17 +385,14 @@ def audiences_sync(
     ] = None,
     mode: Annotated[str, typer.Option(help="replace (the file is the audience), add or remove")] = "replace",
     db: DbOpt = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON")] = False,
+    json_out: JsonOpt = False,
 ):
     """Sync an audience to its ad platform: only additions and removals are sent; bad lines are listed."""
-    from chorus import workspaces
     from chorus.messaging.audiences import sync
     from chorus.messaging.audiences.membership import parse_lines
 
-    _, engine = _engine(db)
     try:
-        with engine.connect() as conn:
-            w = workspaces.find(conn, workspace)
+        engine, w = _open(db, workspace)
         if profiles is None:
             result = sync.sync_followed(engine, w, name)
         else:
@@ -409,17 +417,12 @@ def _sync_file(engine, w, name: str, profiles: str, mode: str, parse_lines) -> d
 
 def _print_sync(name: str, result: dict, json_out: bool, fail_on_skips: bool = True) -> None:
     skipped = result["skipped"]
-    if json_out:
-        sys.stdout.write(orjson.dumps(result).decode() + "\n")
-    else:
-        typer.echo(
-            f"{name}: {result['added']} added, {result['removed']} removed, {result['unchanged']} unchanged, "
-            f"{skipped['total']} skipped; {result['members']} members"
-        )
-        for item in skipped["items"]:
-            typer.echo(f"  {item['at']}: {item['reason']}: {item['detail']} ({item['input']})")
-        if skipped["total"] > len(skipped["items"]):
-            typer.echo(f"  ... {skipped['total'] - len(skipped['items'])} more")
+    lines = [f"{name}: {result['added']} added, {result['removed']} removed, {result['unchanged']} unchanged, "
+             f"{skipped['total']} skipped; {result['members']} members"]  # fmt: skip
+    lines += [f"  {item['at']}: {item['reason']}: {item['detail']} ({item['input']})" for item in skipped["items"]]
+    if skipped["total"] > len(skipped["items"]):
+        lines.append(f"  ... {skipped['total'] - len(skipped['items'])} more")
+    _out(result, json_out, "\n".join(lines))
     if skipped["total"] and fail_on_skips:
         raise typer.Exit(1)
 
@@ -427,7 +430,7 @@ def _print_sync(name: str, result: dict, json_out: bool, fail_on_skips: bool = T
 @audiences_app.command("create")
 def audiences_create(
     name: Annotated[str, typer.Argument(help="The audience's name")],
-    workspace: Annotated[str, typer.Option("--workspace", "-w", help="Workspace name or id")],
+    workspace: WsOpt,
     provider: Annotated[str, typer.Option(help="A provider of settings.audiences.providers, or file")],
     destination: Annotated[str | None, typer.Option(help="The platform's audience or user list id")] = None,
     identifiers: Annotated[str, typer.Option(help="Comma-separated identifiers to send")] = "email,phone",
@@ -437,7 +440,6 @@ def audiences_create(
     db: DbOpt = None,
 ):
     """Define an audience (the same checks as POST /api/audiences); with --segment it follows that segment."""
-    from chorus import workspaces
     from chorus.messaging.audiences import settings, store
     from chorus.timeutil import utcnow
 
@@ -447,52 +449,45 @@ def audiences_create(
         body["destination"] = destination
     if segment is not None:
         body["source"] = {"segment": segment, **({"interval_seconds": interval} if interval is not None else {})}
-    _, engine = _engine(db)
     try:
-        with engine.connect() as conn:
-            w = workspaces.find(conn, workspace)
+        engine, w = _open(db, workspace)
         shown = store.create(engine, w.id, settings.validate_audience(body, w.settings), utcnow())
     except (ChorusError, ValueError) as exc:
         _fail(exc)
-    sys.stdout.write(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode() + "\n")
+    _print_json(shown, indent=True)
 
 
 @audiences_app.command("show")
 def audiences_show(
     name: Annotated[str, typer.Argument(help="The audience's name")],
-    workspace: Annotated[str, typer.Option("--workspace", "-w", help="Workspace name or id")],
+    workspace: WsOpt,
     db: DbOpt = None,
 ):
     """An audience: members, its source (a followed segment), pending removals and last sync, as JSON."""
-    from chorus import workspaces
     from chorus.messaging.audiences import store
 
-    _, engine = _engine(db)
     try:
+        engine, w = _open(db, workspace)
         with engine.connect() as conn:
-            w = workspaces.find(conn, workspace)
             shown = store.view(conn, store.get(conn, w.id, name))
     except (ChorusError, ValueError) as exc:
         _fail(exc)
-    sys.stdout.write(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode() + "\n")
+    _print_json(shown, indent=True)
 
 
 @audiences_app.command("export")
 def audiences_export(
     name: Annotated[str, typer.Argument(help="The audience's name")],
     out: Annotated[str, typer.Option("--out", help="The CSV file to write")],
-    workspace: Annotated[str, typer.Option("--workspace", "-w", help="Workspace name or id")],
+    workspace: WsOpt,
     fmt: Annotated[str | None, typer.Option("--format", help="meta or google (default: the audience's)")] = None,
     db: DbOpt = None,
 ):
     """Write the audience's members as the platform's customer-file CSV, hashed, for upload by hand."""
-    from chorus import workspaces
     from chorus.messaging.audiences import sync
 
-    _, engine = _engine(db)
     try:
-        with engine.connect() as conn:
-            w = workspaces.find(conn, workspace)
+        engine, w = _open(db, workspace)
         text, counts = sync.export(engine, w, name, fmt)
         with open(out, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)

@@ -2,39 +2,21 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import orjson
 import typer
 
-from chorus.clitools import DbOpt, _engine, _fail
+from chorus.clitools import DbOpt, JsonOpt, WsOpt, _fail, _open, _out
 from chorus.errors import ChorusError
 
 segments_app = typer.Typer(help="Segments: who is in a group right now (docs/segments.md).", no_args_is_help=True)
-WsOpt = Annotated[str, typer.Option("--workspace", "-w", help="Workspace name or id")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON")]
-
-
-def _out(doc, json_out: bool, text: str) -> None:
-    if json_out:
-        sys.stdout.write(orjson.dumps(doc, default=str).decode() + "\n")
-    else:
-        typer.echo(text)
 
 
 def _error(exc: Exception) -> None:
     if isinstance(exc, ChorusError) and exc.field and not exc.message.startswith(exc.field):
         exc = ChorusError(f"{exc.field}: {exc.message}")
     _fail(exc)
-
-
-def _open(db, workspace):
-    from chorus import workspaces
-
-    _, engine = _engine(db)
-    with engine.connect() as conn:
-        return engine, workspaces.find(conn, workspace)
 
 
 @segments_app.command("list")
