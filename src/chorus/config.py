@@ -16,6 +16,19 @@ def _int(name: str, default: int) -> int:
         raise SystemExit(f"{name} must be an integer, got {raw!r}") from exc
 
 
+def _seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 86_400:  # NaN too
+        raise SystemExit(f"{name} must be a number of seconds above 0 and below a day, got {raw!r}")
+    return value
+
+
 def _choice(name: str, allowed: tuple[str, ...], default: str) -> str:
     raw = os.environ.get(name) or default
     if raw not in allowed:
@@ -41,6 +54,10 @@ class Settings:
     # exclusive lock on each table while it is rewritten) or "plain" (VACUUM: no lock, bytes may remain in freed
     # space until overwritten). See docs/operations.md.
     erasure_vacuum: str = "full"
+    # A segment preview (POST /api/segments/preview) and a save's estimate: each statement is stopped after this
+    # many seconds (preview answers 503 over_budget, the save estimate null), so an expensive rule on a big store
+    # does not hold an API worker for minutes. The worker's own computations have no such budget.
+    segment_preview_seconds: float = 5.0
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:
@@ -54,6 +71,7 @@ class Settings:
             public_url=os.environ.get("CHORUS_PUBLIC_URL", cls.public_url).rstrip("/"),
             lake_dir=os.environ.get("CHORUS_LAKE_DIR", cls.lake_dir),
             erasure_vacuum=_choice("CHORUS_ERASURE_VACUUM", ("full", "plain"), cls.erasure_vacuum),
+            segment_preview_seconds=_seconds("CHORUS_SEGMENT_PREVIEW_SECONDS", cls.segment_preview_seconds),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

@@ -14,12 +14,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from chorus.api import listing
+from chorus.api import segment_schemas as schemas
 from chorus.api.admin import SVC, WS, Cursor, Limit
 from chorus.api.common import JSON
 from chorus.api.guard import AdminRoute
 from chorus.errors import ChorusError
 from chorus.profiles import views
 from chorus.segments import engine, preview, rules, store
+from chorus.store.db import read_only
 from chorus.timeutil import utcnow
 
 log = logging.getLogger("chorus.segments")
@@ -55,12 +57,12 @@ _SEGMENT_BODY = {"requestBody": {"required": True, "content": {"application/json
         "rule": {"type": "object", "description": "the rule as JSON (docs/segments.md)"},
         "yaml": {"type": "string", "description": "or the rule as YAML text"}}},
     "example": _EXAMPLE}}}}  # fmt: skip
-_CREATED = {201: {"description": "Created"}}
 
 
 @router.put("/segments/{segment_id}", summary="Create or change a segment (its members are computed by the worker); "
             "the answer carries an estimate: how many people the rule holds now", openapi_extra=_SEGMENT_BODY,
-            responses=_CREATED)  # fmt: skip
+            response_model=schemas.SavedSegment, responses=schemas.created(schemas.SavedSegment),
+            response_description="Changed")  # fmt: skip
 def put_segment(ws: WS, svc: SVC, segment_id: str, body: Annotated[dict, Body()],
                 estimate: Annotated[bool, Query(description="Count the members the rule holds now (one query over "
                                                 "the workspace; false to skip it)")] = True):  # fmt: skip
@@ -72,47 +74,58 @@ def put_segment(ws: WS, svc: SVC, segment_id: str, body: Annotated[dict, Body()]
         out = store.view(conn, ws.id, d)
     svc.wake_worker.set()  # the worker computes it now
     if estimate:  # after the commit: the query does not hold the definitions lock that evaluations wait for
-        try:
-            with svc.engine.connect() as conn:
-                est = preview.preview(conn, ws, rule, utcnow(), sample=0, segment_id=segment_id)
-            out["estimate"] = {"count": est["count"], "computed_at": est["computed_at"]}
-        except (ChorusError, SQLAlchemyError):  # the save committed: say so; the estimate is only a courtesy
-            log.warning("segment %s saved; its estimate could not be computed", segment_id, exc_info=True)
-            out["estimate"] = None
+        out["estimate"] = _estimate(ws, svc, segment_id, rule)
     return JSON(out, status_code=200 if existed else 201)
 
 
-@router.post("/segments/preview", summary="Who a rule holds now, without saving it: the count and a sample")
+def _estimate(ws, svc, segment_id: str, rule: rules.Node) -> dict | None:
+    """How many people the saved rule holds now, or None when that cannot be said within the budget (or fails):
+    the save has committed, the estimate is only a courtesy."""
+    try:
+        with read_only(svc.engine) as conn:  # on SQLite, no write lock for a read that may take seconds
+            est = preview.preview(conn, ws, rule, utcnow(), sample=0, segment_id=segment_id,
+                                  budget=svc.settings.segment_preview_seconds)  # fmt: skip
+    except (ChorusError, SQLAlchemyError):
+        log.warning("segment %s saved; its estimate could not be computed", segment_id, exc_info=True)
+        return None
+    return {"count": est["count"], "computed_at": est["computed_at"]}
+
+
+@router.post("/segments/preview", summary="Who a rule holds now, without saving it: the count and a sample",
+             response_model=schemas.Preview, responses=schemas.OVER_BUDGET)  # fmt: skip
 def preview_segment(ws: WS, svc: SVC, body: Annotated[dict, Body(openapi_examples={"browse": {"value": {
         "rule": _EXAMPLE["rule"], "sample": 5}}})]):  # fmt: skip
     _, rule = _definition_body(body, frozenset({"sample"}))
-    with svc.engine.connect() as conn:
-        return JSON(preview.preview(conn, ws, rule, utcnow(), sample=body.get("sample", 10)))
+    with read_only(svc.engine) as conn:  # on SQLite, no write lock for a read that may take seconds
+        return JSON(preview.preview(conn, ws, rule, utcnow(), sample=body.get("sample", 10),
+                                    budget=svc.settings.segment_preview_seconds))  # fmt: skip
 
 
-@router.get("/segments", summary="The workspace's segments, with their member counts")
+@router.get("/segments", summary="The workspace's segments, with their member counts", response_model=schemas.Segments)
 def list_segments(ws: WS, svc: SVC):
-    with svc.engine.connect() as conn:
+    with read_only(svc.engine) as conn:
         return JSON({"segments": [store.view(conn, ws.id, d) for d in store.definitions(conn, ws.id).values()]})
 
 
-@router.get("/segments/{segment_id}", summary="A segment: its rule, status and member count")
+@router.get("/segments/{segment_id}", summary="A segment: its rule, status and member count",
+            response_model=schemas.Segment)  # fmt: skip
 def get_segment(ws: WS, svc: SVC, segment_id: str):
-    with svc.engine.connect() as conn:
+    with read_only(svc.engine) as conn:
         return JSON(store.view(conn, ws.id, store.get(conn, ws.id, segment_id)))
 
 
 @router.delete("/segments/{segment_id}", summary="Delete a segment (409 while another segment refers to it)",
-               status_code=204)  # fmt: skip
+               status_code=204, response_class=Response, response_description="Deleted: no body")  # fmt: skip
 def delete_segment(ws: WS, svc: SVC, segment_id: str):
     engine.drop(svc.engine, ws.id, segment_id)  # its members leave it first: journeys see them go
     return Response(status_code=204)
 
 
-@router.get("/segments/{segment_id}/members", summary="Who is in the segment now, by profile id (keyset pages)")
+@router.get("/segments/{segment_id}/members", summary="Who is in the segment now, by profile id (keyset pages)",
+            response_model=schemas.MembersPage)  # fmt: skip
 def get_members(ws: WS, svc: SVC, segment_id: str, limit: Limit = 100, cursor: Cursor = None):
     after = listing.decode_cursor(cursor, "segment-members", (str,))[0] if cursor else None
-    with svc.engine.connect() as conn:
+    with read_only(svc.engine) as conn:
         store.get(conn, ws.id, segment_id)
         page = store.members_page(conn, ws.id, segment_id, limit, after)
     nxt = listing.encode_cursor("segment-members", [page[-1]["profile_id"]]) if len(page) == limit else None
@@ -120,9 +133,9 @@ def get_members(ws: WS, svc: SVC, segment_id: str, limit: Limit = 100, cursor: C
 
 
 @router.get("/segments/{segment_id}/export", summary="The members as CSV: profile id, user id, email, phone",
-            response_class=Response, responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}})
+            response_class=Response, responses=schemas.CSV)  # fmt: skip
 def export_members(ws: WS, svc: SVC, segment_id: str):
-    with svc.engine.connect() as conn:
+    with read_only(svc.engine) as conn:  # on SQLite, no write lock while every member is read
         store.get(conn, ws.id, segment_id)
         text = store.members_csv(conn, ws, segment_id)
     return Response(text, media_type="text/csv",
@@ -130,23 +143,28 @@ def export_members(ws: WS, svc: SVC, segment_id: str):
 
 
 @router.post("/segments/{segment_id}/recompute", summary="Compute the segment for everybody now (a diff: entries "
-             "and exits are recorded with the cause batch)")  # fmt: skip
+             "and exits are recorded with the cause batch)", response_model=schemas.Recomputed)  # fmt: skip
 async def recompute(ws: WS, svc: SVC, segment_id: str):
-    with svc.engine.connect() as conn:
-        store.get(conn, ws.id, segment_id)
-    out = await run_in_threadpool(engine.recompute, svc.engine, ws.id, segment_id)
+    def run():  # off the event loop, the 404 check too: on SQLite a connection may wait for the write lock
+        with read_only(svc.engine) as conn:
+            store.get(conn, ws.id, segment_id)
+        return engine.recompute(svc.engine, ws.id, segment_id)
+
+    out = await run_in_threadpool(run)
     return JSON({"segment_id": segment_id, "entered": len(out.entered), "exited": len(out.exited)})
 
 
-@router.get("/profiles/{profile_id}/segments", summary="The segments a person is in now, and her entries and exits")
+@router.get("/profiles/{profile_id}/segments", summary="The segments a person is in now, and her entries and exits",
+            response_model=schemas.ProfileSegments)  # fmt: skip
 def profile_segments(ws: WS, svc: SVC, profile_id: str):
-    with svc.engine.connect() as conn:
+    with read_only(svc.engine) as conn:
         pid = views.resolve_id(conn, ws.id, profile_id)
         return JSON(store.profile_segments(conn, ws.id, pid))
 
 
 # -- static lists ----------------------------------------------------------------------------------------------------
-@router.put("/lists/{list_id}", summary="Create or rename a static list", responses=_CREATED)
+@router.put("/lists/{list_id}", summary="Create or rename a static list", response_model=schemas.StaticList,
+            responses=schemas.created(schemas.StaticList), response_description="Renamed")  # fmt: skip
 def put_list(ws: WS, svc: SVC, list_id: str, body: Annotated[dict, Body(examples=[{"name": "VIP guests"}])]):
     store.check_id(list_id)
     if not isinstance(body, dict) or set(body) - {"name"}:
@@ -160,9 +178,9 @@ def put_list(ws: WS, svc: SVC, list_id: str, body: Annotated[dict, Body(examples
     return JSON(out, status_code=201 if created else 200)
 
 
-@router.get("/lists", summary="The workspace's static lists")
+@router.get("/lists", summary="The workspace's static lists", response_model=schemas.StaticLists)
 def get_lists(ws: WS, svc: SVC):
-    with svc.engine.connect() as conn:
+    with read_only(svc.engine) as conn:
         return JSON({"lists": store.all_lists(conn, ws.id)})
 
 
@@ -178,7 +196,7 @@ _LIST_BODY = {"requestBody": {"required": True, "content": {
 
 @router.post("/lists/{list_id}/members", summary="Add or remove people: JSON {add, remove} of profile ids or "
              "{kind: value} identifiers, or a CSV with a profile_id, user_id, email or phone column",
-             openapi_extra=_LIST_BODY)  # fmt: skip
+             openapi_extra=_LIST_BODY, response_model=schemas.ListChange)  # fmt: skip
 async def change_list(ws: WS, svc: SVC, list_id: str, request: Request):
     kind = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
     raw = await request.body()

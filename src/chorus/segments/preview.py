@@ -12,24 +12,28 @@ from chorus import workspaces as ws_api
 from chorus.profiles import views
 from chorus.segments import compile, store
 from chorus.segments import rules as r
+from chorus.store.budget import time_budget
 
 MAX_SAMPLE = 100
 
 
 def preview(conn: Connection, ws: ws_api.Workspace, rule: r.Node, now: datetime, *, sample: int = 10,
-            segment_id: str | None = None) -> dict:  # fmt: skip
+            segment_id: str | None = None, budget: float | None = None) -> dict:  # fmt: skip
     """``{"count", "sample": [{"profile_id", "identifiers"}], "computed_at"}`` for ``rule`` at ``now``. References
     to other segments read their current members. ``segment_id``: the segment the rule is for (its own references
-    are checked from it)."""
+    are checked from it). ``budget``: seconds a statement may run before it is stopped (``store.budget.OverBudget``,
+    field ``rule``); None for none."""
     if isinstance(sample, bool) or not isinstance(sample, int) or not 0 <= sample <= MAX_SAMPLE:
         from chorus.errors import ChorusError
 
         raise ChorusError(f"sample must be a whole number from 0 to {MAX_SAMPLE}", field="sample")
     store.check_rule(conn, ws.id, segment_id, rule)
     topics = (ws.settings.get("messaging") or {}).get("topics")
-    ids = sorted(compile.members(conn, ws.id, rule, now, topics))
-    picked = ids[:sample]  # the first profile ids: stable from one preview to the next
-    found = views.get_profiles(conn, ws.id, picked, ws.identity) if picked else {}
+    with time_budget(conn, budget, "the count of this rule", field="rule",
+                     hint=" (CHORUS_SEGMENT_PREVIEW_SECONDS); save the segment and the worker computes it"):
+        ids = sorted(compile.members(conn, ws.id, rule, now, topics))
+        picked = ids[:sample]  # the first profile ids: stable from one preview to the next
+        found = views.get_profiles(conn, ws.id, picked, ws.identity) if picked else {}
     return {
         "count": len(ids),
         "sample": [{"profile_id": p, "identifiers": (found.get(p) or {}).get("identifiers") or {}} for p in picked],
