@@ -146,3 +146,11 @@ def shop_many(engine, shop):
 
 
 shop = tc.shop
+
+
+def test_no_rules_answer_empty_and_a_naive_now_is_refused(engine, shop_many):
+    ws, rules_ = shop_many
+    with engine.connect() as conn:
+        assert members_many(conn, ws, {}, T0) == {}
+        with pytest.raises(ValueError, match="aware"):
+            members_many(conn, ws, rules_, T0.replace(tzinfo=None))
