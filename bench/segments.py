@@ -35,6 +35,7 @@ from common import FreshDB, make_tmpdir  # noqa: E402
 from chorus import workspaces  # noqa: E402
 from chorus.segments import rules as r  # noqa: E402
 from chorus.segments.compile import members, zones_of  # noqa: E402
+from chorus.segments.many import members_many  # noqa: E402
 from chorus.store import bulk  # noqa: E402
 from chorus.store.db import create_engine, upgrade  # noqa: E402
 from chorus.store.tables import (  # noqa: E402
@@ -275,7 +276,7 @@ def hand_sql(dialect: str) -> dict[str, str]:
 
 
 # -- running ----------------------------------------------------------------------------------------------------------
-def run(engine_name: str, n: int, seed: int, tmp: Path) -> None:
+def run(engine_name: str, n: int, seed: int, tmp: Path, variants: bool) -> None:
     with FreshDB(engine_name, "segments", tmp) as db:
         upgrade(db.url)
         engine = create_engine(db.url)
@@ -311,6 +312,8 @@ def run(engine_name: str, n: int, seed: int, tmp: Path) -> None:
                 t = time.perf_counter()
                 theirs[sid] = set(conn.execute(sa.text(hand[sid]), params).scalars())
                 t_theirs[sid] = time.perf_counter() - t
+            conn.commit()
+            many = _many_runs(conn, engine_name, ws, variants)
         engine.dispose()
     print(f"\n{engine_name}: {n:,} profiles, {10 * n:,} events; time zones read once: {t_zones:.2f} s")
     print("| segment | members | compiled s | hand-written s | ratio | same answer |\n|---|---:|---:|---:|---:|---|")
@@ -320,6 +323,50 @@ def run(engine_name: str, n: int, seed: int, tmp: Path) -> None:
         print(f"| {sid} | {len(ours[sid]):,} | {t_ours[sid]:.2f} | {t_theirs[sid]:.2f} | {ratio:.1f}× | {same} |")
     total_o, total_t = sum(t_ours.values()) + t_zones, sum(t_theirs.values())
     print(f"| **all 20** | | **{total_o:.1f}** | **{total_t:.1f}** | **{total_o / total_t:.1f}×** | |", flush=True)
+    print(f"\n{engine_name}: all 20 at once (segments.many.members_many, zones and consent included) beside the "
+          f"hand-written total {total_t:.1f} s")
+    print("| how | s | × hand-written | same answers as one by one |\n|---|---:|---:|---|")
+    for how, (secs, answers) in many.items():
+        wrong = [sid for sid in order if answers[sid] != ours[sid]]
+        same = "yes" if not wrong else "no: " + ", ".join(wrong)
+        print(f"| {how} | {secs:.1f} | {secs / total_t:.2f}× | {same} |", flush=True)
+
+
+SQLITE_VARIANTS = {  # each alone, then together: what each buys
+    "temp_store=MEMORY": ["PRAGMA temp_store = MEMORY"],
+    "cache_size=1 GiB": ["PRAGMA cache_size = -1048576"],
+    "mmap_size=4 GiB": ["PRAGMA mmap_size = 4294967296"],
+}
+
+
+def _many_runs(conn, engine_name: str, ws: str, variants: bool) -> dict[str, tuple[float, dict]]:
+    """``members_many`` of all 20: as shipped, then (``variants``) with PostgreSQL's JIT on, or each SQLite pragma.
+    Each run is its own transaction (SET LOCAL ends with it)."""
+    runs: dict[str, tuple[float, dict]] = {}
+
+    def timed(how: str, setup=(), **kw) -> None:
+        for sql in setup:
+            conn.exec_driver_sql(sql)
+        t = time.perf_counter()
+        got = members_many(conn, ws, SEGMENTS, NOW, **kw)
+        runs[how] = (time.perf_counter() - t, got)
+        conn.commit()
+
+    timed("one pass (PostgreSQL: JIT off)" if engine_name == "postgresql" else "one pass (default pragmas)")
+    if not variants:
+        return runs
+    if engine_name == "postgresql":
+        timed("one pass, JIT as configured (on)", jit=True)
+        return runs
+    saved = {sql.split()[1]: conn.exec_driver_sql(f"PRAGMA {sql.split()[1]}").scalar()
+             for sqls in SQLITE_VARIANTS.values() for sql in sqls}  # fmt: skip
+    for how, sqls in SQLITE_VARIANTS.items():
+        timed(f"one pass, {how}", sqls)
+        for name, value in saved.items():
+            conn.exec_driver_sql(f"PRAGMA {name} = {value}")
+    timed("one pass, all three pragmas", [s for sqls in SQLITE_VARIANTS.values() for s in sqls])
+    timed("one pass (default pragmas), again", [f"PRAGMA {k} = {v}" for k, v in saved.items()])
+    return runs
 
 
 def _write(conn, ws: str, sid: str, ids: set[str]) -> None:
@@ -337,10 +384,12 @@ def main() -> None:
     ap.add_argument("--profiles", type=int, default=20_000)
     ap.add_argument("--engines", default="sqlite,postgresql")
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--no-variants", action="store_true",
+                    help="all 20 at once only as shipped (no JIT-on or SQLite pragma runs)")
     args = ap.parse_args()
     tmp = make_tmpdir()
     for eng in args.engines.split(","):
-        run(eng, args.profiles, args.seed, tmp)
+        run(eng, args.profiles, args.seed, tmp, not args.no_variants)
 
 
 if __name__ == "__main__":
