@@ -167,3 +167,18 @@ def test_timers_are_kept_per_person(engine, ws, clock, worker):
         rows = conn.execute(sa.select(segment_timers.c.segment_id, segment_timers.c.due_at)
                             .where(segment_timers.c.profile_id == pid)).all()  # fmt: skip
         assert store.timers_of(conn, ws, pid) == dict(rows) == {"views": clock.at + timedelta(days=7)}
+
+
+def test_a_segment_change_goes_to_readers_of_its_timeline_event_not_to_segments_referring_to_it(engine, ws, clock,
+                                                                                                  worker):  # fmt: skip
+    """The evaluation that changed a membership evaluated the segments referring to it after it, in its own
+    transaction: its feed change brings nothing new to them, only the ``Segment Entered`` event to its readers."""
+    define(engine, ws, "viewers", VIEWED)
+    define(engine, ws, "fans", {"and": [{"segment": "viewers"}, VIEWED]})
+    define(engine, ws, "told", {"performed": {"event": "Segment Entered"}})
+    with engine.connect() as conn:
+        defs = store.definitions(conn, ws)
+    change = feed.Delivered(1, ws, "p", "segment", None, None, T0, {"segment": "viewers", "change": "entered"})
+    assert seg.affected(defs, [change]) == {"told"}
+    pid = person(engine, ws, worker, clock)
+    assert pid in members(engine, ws, "fans") and pid in members(engine, ws, "told")

@@ -79,7 +79,9 @@ def affected(defs: dict[str, store.Definition], changes: Iterable[feed.Delivered
                 or (c.cause == "consent" and (i.consent or i.traits))
                 or (c.cause == "computed" and i.computed)
                 or (c.cause == "message" and (i.messages or _reads(i, MESSAGE_EVENTS)))
-                or (c.cause == "segment" and (c.detail.get("segment") in i.segments or _reads(i, SEGMENT_EVENTS)))
+                # not the segments referring to it: the evaluation that made the change evaluated them after it,
+                # in its own transaction (Evaluator.person); only the timeline event it stored is news
+                or (c.cause == "segment" and _reads(i, SEGMENT_EVENTS))
                 or (c.cause == "list" and c.detail.get("list") in i.lists)
             ):
                 out.add(sid)
