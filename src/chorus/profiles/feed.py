@@ -302,6 +302,7 @@ def consume(engine: Engine, consumer: str, handle: Handler, limit: int = 500) ->
         return 0
     done = 0
     with engine.begin() as conn:
+        ok: list[int] = []  # handled, deleted in one statement before the commit (one per person cost as much)
         # people in profile id order: every writer that locks several people (segment timers, batches) does too
         for (ws, pid), changes in sorted(claim(conn, consumer, limit).items()):
             try:
@@ -311,8 +312,9 @@ def consume(engine: Engine, consumer: str, handle: Handler, limit: int = 500) ->
                 _reraise_transient(exc)
                 done += _one_by_one(conn, consumer, handle, ws, pid, changes)
                 continue
-            handled(conn, consumer, [c.seq for c in changes])
+            ok += [c.seq for c in changes]
             done += len(changes)
+        handled(conn, consumer, ok)
     return done
 
 
@@ -421,12 +423,20 @@ class FeedTask:
     """Runs every registered consumer once per worker pass (registry ``consumer``), and prunes now and then."""
 
     PRUNE_EVERY = 300.0  # seconds
+    # A consume transaction holds SQLite's one write lock (PostgreSQL: the people's rows) while it evaluates: 500
+    # changes with 20 segments held it for seconds, and resolution and ingestion waited. A pass still handles up
+    # to ``batch`` changes of each consumer, but in transactions of about MAX_HOLD seconds each (the resolver's
+    # figure, identity.task): each claims as many changes as the consumer handled in MAX_HOLD at its recent rate,
+    # at least MIN_BATCH; the first one of a consumer, its rate unknown, claims MIN_BATCH.
+    MAX_HOLD = 0.25
+    MIN_BATCH = 20
 
     def __init__(self, engine: Engine, consumers: list[tuple[str, Handler]], batch: int = 500):
         self.engine = engine
         self.consumers = consumers
         self.batch = batch
         self._pruned_at: float | None = None
+        self._rate: dict[str, float] = {}  # consumer -> changes handled per second of transaction, recent passes
         # a consumer receives the changes recorded from the moment its first worker is made, before any pass
         for name, _ in consumers:
             subscribe(engine, name)
@@ -437,7 +447,7 @@ class FeedTask:
         done = 0
         for name, handle in self.consumers:
             try:
-                done += consume(self.engine, name, handle, self.batch)
+                done += self._consume(name, handle)
             except Exception:  # one consumer's bad pass (the database busy...) must not stop the others
                 log.exception("change feed consumer %s failed; its changes are retried at the next pass", name)
         if self._pruned_at is None or time.monotonic() - self._pruned_at > self.PRUNE_EVERY:
@@ -446,6 +456,32 @@ class FeedTask:
                     if prune(conn, utcnow(), RETENTION) < PRUNE_BATCH:
                         break
             self._pruned_at = time.monotonic()
+        return done
+
+    def limit(self, name: str) -> int:
+        """How many changes the next transaction of ``name`` claims: about MAX_HOLD seconds of work."""
+        rate = self._rate.get(name)
+        if rate is None:
+            return self.MIN_BATCH
+        return max(self.MIN_BATCH, int(rate * self.MAX_HOLD))
+
+    def _consume(self, name: str, handle: Handler) -> int:
+        """Up to ``batch`` changes of one consumer, in transactions sized by time; stops early when one handles
+        fewer than it asked for (nothing more waiting, another worker holds the rest, or a change failed)."""
+        import time
+
+        done = 0
+        while done < self.batch:
+            want = min(self.batch - done, self.limit(name))
+            started = time.perf_counter()
+            n = consume(self.engine, name, handle, want)
+            took = time.perf_counter() - started
+            if n and took > 0:  # an idle call says nothing of the rate
+                old = self._rate.get(name)
+                self._rate[name] = n / took if old is None else 0.5 * (old + n / took)
+            done += n
+            if n < want:
+                break
         return done
 
     def close(self) -> None:

@@ -55,7 +55,9 @@ def people(
     d = conn.dialect.name
 
     def among(col, values=ids):
-        return bulk.in_(col, values, d)
+        # one person (the incremental engine's case): a plain equality, cheaper to build than an array or a JSON
+        # list, and planned on the per-profile indexes by SQLite too
+        return col == values[0] if len(values) == 1 else bulk.in_(col, values, d)
 
     states = dict(conn.execute(sa.select(profiles.c.id, profiles.c.state).where(
         profiles.c.workspace_id == ws, among(profiles.c.id))).all())  # fmt: skip

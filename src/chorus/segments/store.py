@@ -9,6 +9,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg_sql
@@ -42,8 +43,9 @@ class Definition:
     computed_version: int | None
     computed_at: datetime | None
 
-    @property
+    @cached_property
     def inputs(self) -> r.Inputs:
+        # the rule never changes (frozen): walk it once, not at every change routed through engine.affected
         return r.dependencies(self.rule)
 
 
@@ -63,6 +65,20 @@ def definitions(conn: Connection, ws: str) -> dict[str, Definition]:
     return {row.id: _definition(row) for row in rows}
 
 
+def ids(conn: Connection, ws: str) -> set[str]:
+    """The workspace's segment ids, without reading or parsing their rules."""
+    return set(conn.execute(sa.select(segments.c.id).where(segments.c.workspace_id == ws)).scalars())
+
+
+# key in the DBAPI connection's info where the engine keeps the definitions it parsed in the current transaction
+PARSED = "chorus_segment_definitions"
+
+
+def _changed(conn: Connection) -> None:
+    """A save or deletion in this transaction: definitions parsed earlier in it are stale (engine.Context)."""
+    conn.info.pop(PARSED, None)
+
+
 def get(conn: Connection, ws: str, segment_id: str) -> Definition:
     row = conn.execute(sa.select(segments).where(segments.c.workspace_id == ws, segments.c.id == segment_id)).first()
     if row is None:
@@ -74,6 +90,7 @@ def save(conn: Connection, ws: str, segment_id: str, name: str, rule: r.Node, no
     """Create or replace a segment's definition; returns it and whether its rule changed (a new version, to be
     computed in batch). The rule's references are checked against the workspace's other segments and lists."""
     lock_definitions(conn, ws)
+    _changed(conn)
     check_rule(conn, ws, segment_id, rule)
     canon = r.to_json(rule)
     row = conn.execute(
@@ -121,6 +138,7 @@ def lock_definitions(conn: Connection, ws: str, *, shared: bool = False) -> None
 def delete(conn: Connection, ws: str, segment_id: str) -> None:
     """Delete a segment whose members have left it (engine.drop writes their exits first)."""
     lock_definitions(conn, ws)
+    _changed(conn)
     get(conn, ws, segment_id)
     users = [d.id for d in definitions(conn, ws).values() if segment_id in d.inputs.segments]
     if users:
@@ -131,6 +149,7 @@ def delete(conn: Connection, ws: str, segment_id: str) -> None:
 
 
 def mark_computed(conn: Connection, ws: str, segment_id: str, version: int, at: datetime) -> None:
+    _changed(conn)
     conn.execute(
         segments.update()
         .where(segments.c.workspace_id == ws, segments.c.id == segment_id)
@@ -182,6 +201,44 @@ def leave(
     return done
 
 
+def enter_segments(conn: Connection, ws: str, profile_id: str, segment_ids: list[str], at: datetime,
+                   cause: str) -> list[str]:  # fmt: skip
+    """Make one person a member of these segments, in one statement; returns those she was not in (in the order
+    given; history is written for them only). The incremental engine's path: a change often enters several."""
+    if not segment_ids:
+        return []
+    insert = pg_sql.insert if conn.dialect.name == "postgresql" else sqlite_sql.insert
+    stmt = insert(segment_members).on_conflict_do_nothing().returning(segment_members.c.segment_id)
+    # parameters as a list: one cached statement whatever their number (SQLAlchemy's "insertmanyvalues"), where
+    # .values([...]) compiled a new one for every count of rows
+    rows = [{"workspace_id": ws, "segment_id": s, "profile_id": profile_id, "since": at} for s in segment_ids]
+    new = set(conn.execute(stmt, rows).scalars())
+    done = [s for s in segment_ids if s in new]
+    _person_history(conn, ws, profile_id, done, "entered", at, cause)
+    return done
+
+
+def leave_segments(conn: Connection, ws: str, profile_id: str, segment_ids: list[str], at: datetime,
+                   cause: str) -> list[str]:  # fmt: skip
+    """Take one person out of these segments, in one statement; returns those she was in (in the order given)."""
+    if not segment_ids:
+        return []
+    gone = set(conn.execute(segment_members.delete().where(
+        segment_members.c.workspace_id == ws, segment_members.c.profile_id == profile_id,
+        segment_members.c.segment_id.in_(segment_ids)).returning(segment_members.c.segment_id)).scalars())  # fmt: skip
+    done = [s for s in segment_ids if s in gone]
+    _person_history(conn, ws, profile_id, done, "exited", at, cause)
+    return done
+
+
+def _person_history(conn, ws, profile_id, segment_ids, change, at, cause) -> None:
+    if segment_ids:  # a few rows: one INSERT (SQLAlchemy batches the parameters into one statement)
+        conn.execute(segment_history.insert(), [
+            {"workspace_id": ws, "segment_id": s, "profile_id": profile_id, "change": change, "at": at,
+             "cause": cause} for s in segment_ids
+        ])  # fmt: skip
+
+
 def _history(conn, ws, segment_id, ids, change, at, cause) -> None:
     if not ids:
         return
@@ -189,6 +246,27 @@ def _history(conn, ws, segment_id, ids, change, at, cause) -> None:
         {"workspace_id": ws, "segment_id": segment_id, "profile_id": p, "change": change, "at": at, "cause": cause}
         for p in ids
     ])  # fmt: skip
+
+
+def timers_of(conn: Connection, ws: str, profile_id: str) -> dict[str, datetime]:
+    """The person's timers: segment id -> when it is due (index ix_segment_timers_profile)."""
+    return dict(conn.execute(sa.select(segment_timers.c.segment_id, segment_timers.c.due_at).where(
+        segment_timers.c.workspace_id == ws, segment_timers.c.profile_id == profile_id)).all())  # fmt: skip
+
+
+def set_timers(conn: Connection, ws: str, profile_id: str, due: dict[str, datetime | None]) -> None:
+    """Set one person's timers (segment id -> when, None: no timer) in at most two statements."""
+    gone = sorted(s for s, at in due.items() if at is None)
+    if gone:
+        conn.execute(segment_timers.delete().where(segment_timers.c.workspace_id == ws,
+                                                   segment_timers.c.profile_id == profile_id,
+                                                   segment_timers.c.segment_id.in_(gone)))  # fmt: skip
+    rows = [{"workspace_id": ws, "segment_id": s, "profile_id": profile_id, "due_at": at}
+            for s, at in sorted(due.items()) if at is not None]  # fmt: skip
+    if rows:  # one statement, one round trip (bulk.insert_rows stages rows through COPY: three, for a handful)
+        insert = (pg_sql.insert if conn.dialect.name == "postgresql" else sqlite_sql.insert)(segment_timers)
+        conn.execute(insert.on_conflict_do_update(index_elements=["workspace_id", "segment_id", "profile_id"],
+                                                  set_={"due_at": insert.excluded.due_at}), rows)  # fmt: skip
 
 
 def set_timer(conn: Connection, ws: str, segment_id: str, profile_id: str, due: datetime | None) -> None:
@@ -338,3 +416,14 @@ def members_csv(conn: Connection, ws, segment_id: str) -> str:
                         m["since"].isoformat()])  # fmt: skip
         after = page[-1]["profile_id"]
     return out.getvalue()
+
+
+def _listen() -> None:
+    """Once, at import, for every engine (class-level, as the change feed's): a savepoint rolled back may have
+    undone a save or deletion made inside it, so the definitions parsed since are dropped too."""
+    from sqlalchemy.engine import Engine
+
+    sa.event.listen(Engine, "rollback_savepoint", lambda conn, name, context: _changed(conn))
+
+
+_listen()

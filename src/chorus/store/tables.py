@@ -451,7 +451,8 @@ segment_members = sa.Table(
     sa.Column("segment_id", sa.String(64), primary_key=True),
     sa.Column("profile_id", sa.String(40), primary_key=True),
     sa.Column("since", UTCDateTime, nullable=False),
-    sa.Index("ix_segment_members_profile", "workspace_id", "profile_id"),
+    # covering (segment_id included): SQLite otherwise prefers the primary key's covering index, by workspace only
+    sa.Index("ix_segment_members_profile", "workspace_id", "profile_id", "segment_id"),
 )
 
 # Every entry and exit, with what caused it.
@@ -478,6 +479,8 @@ segment_timers = sa.Table(
     sa.Column("profile_id", sa.String(40), primary_key=True),
     sa.Column("due_at", UTCDateTime, nullable=False),
     sa.Index("ix_segment_timers_due", "due_at"),
+    # a person's timers (the engine reads them once per evaluation; a merge or an erasure deletes them)
+    sa.Index("ix_segment_timers_profile", "workspace_id", "profile_id", "segment_id", "due_at"),
 )
 
 # Static lists (a CSV upload, the API), which rules read with {"list": id}.
@@ -497,5 +500,5 @@ list_members = sa.Table(
     sa.Column("list_id", sa.String(64), primary_key=True),
     sa.Column("profile_id", sa.String(40), primary_key=True),
     sa.Column("added_at", UTCDateTime, nullable=False),
-    sa.Index("ix_list_members_profile", "workspace_id", "profile_id"),
+    sa.Index("ix_list_members_profile", "workspace_id", "profile_id", "list_id"),  # covering, as segment_members
 )

@@ -186,7 +186,7 @@ def due_follows(conn: Connection, now: datetime) -> list[tuple[str, str]]:
     for row in rows:
         follow = row.options["follow"]
         if row.workspace_id not in alive:
-            alive[row.workspace_id] = set(segment_store.definitions(conn, row.workspace_id))
+            alive[row.workspace_id] = segment_store.ids(conn, row.workspace_id)  # ids only: no rule parsed
         gone = follow["segment"] not in alive[row.workspace_id]
         if not _pending(follow) and row.id not in queued and not gone:
             continue

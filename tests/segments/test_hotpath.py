@@ -1,0 +1,184 @@
+"""The incremental engine's hot path, on both engines: definitions parsed once per transaction yet never stale, a
+person's timers and memberships written only when they change, consume transactions sized by time, and SQLite
+reading one person's rows through the per-profile indexes (migration 0012)."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from chorus.profiles import feed
+from chorus.segments import engine as seg
+from chorus.segments import rules, store
+from chorus.store.tables import segment_history, segment_timers
+from tests.identity.helpers import profile_of
+from tests.segments.conftest import T0
+from tests.segments.test_engine import define, ev, members, send, settle
+
+VIEWED = {"performed": {"event": "Product Viewed", "window": "7d"}}
+BOUGHT = {"performed": {"event": "Order Completed"}}
+
+
+def person(engine, ws, worker, clock, user="u1"):
+    send(engine, ws, [ev("Product Viewed", clock.at, user=user)], received_at=clock.at)
+    settle(worker)
+    return profile_of(engine, ws, f"user_id:{user}")
+
+
+# -- definitions: parsed once per transaction, never stale ---------------------------------------------------------
+def test_a_save_in_the_same_transaction_is_seen_by_the_next_evaluation(engine, ws, clock, worker):
+    define(engine, ws, "s", BOUGHT)
+    pid = person(engine, ws, worker, clock)
+    with engine.begin() as conn:
+        assert seg.Evaluator(conn, ws, clock.at).person(pid, {"s"}, "test").entered == []  # never bought
+        first = seg.context(conn, ws)
+        assert seg.context(conn, ws) is first  # the same transaction: parsed once
+        store.save(conn, ws, "s", "s", rules.parse(VIEWED), T0)
+        assert seg.Evaluator(conn, ws, clock.at).person(pid, {"s"}, "test").entered == ["s"]
+    with engine.begin() as conn:
+        assert seg.context(conn, ws) is not first  # a new transaction reads them again
+
+
+def test_a_savepoint_rolled_back_drops_what_was_parsed_after_a_save_inside_it(engine, ws, clock, worker):
+    define(engine, ws, "s", BOUGHT)
+    pid = person(engine, ws, worker, clock)
+    with engine.begin() as conn:
+        with pytest.raises(RuntimeError), conn.begin_nested():
+            store.save(conn, ws, "s", "s", rules.parse(VIEWED), T0)
+            assert seg.context(conn, ws).defs["s"].rule == rules.parse(VIEWED)
+            raise RuntimeError("undo the save")
+        assert seg.context(conn, ws).defs["s"].rule == rules.parse(BOUGHT)
+        assert seg.Evaluator(conn, ws, clock.at).person(pid, {"s"}, "test").entered == []
+
+
+def test_a_segment_saved_between_two_consume_passes_is_evaluated_by_the_next(engine, ws, clock, worker):
+    define(engine, ws, "viewers", VIEWED)
+    pid = person(engine, ws, worker, clock)
+    define(engine, ws, "viewers2", VIEWED)
+    send(engine, ws, [ev("Product Viewed", clock.at + timedelta(minutes=1))], received_at=clock.at)
+    settle(worker)
+    assert pid in members(engine, ws, "viewers2")
+
+
+def test_definition_inputs_are_the_rules_dependencies():
+    d = store.Definition("s", "s", rules.parse({"and": [VIEWED, {"segment": "x"}]}), 1, None, None)
+    assert d.inputs is d.inputs  # walked once
+    assert d.inputs == rules.dependencies(d.rule)
+
+
+# -- writes only when something changes ------------------------------------------------------------------------------
+def _writes_to(engine, table: str):
+    seen: list[str] = []
+
+    def spy(conn, cursor, statement, params, context, executemany):
+        s = statement.lstrip().upper()
+        if s.startswith(("INSERT", "UPDATE", "DELETE")) and table.upper() in s.split("WHERE")[0]:
+            seen.append(statement)
+
+    return seen, spy
+
+
+def test_an_evaluation_that_leaves_the_timer_where_it_was_does_not_write_it(engine, ws, clock, worker):
+    define(engine, ws, "bought", {"performed": {"event": "Order Completed", "window": "30d"}})
+    define(engine, ws, "views", {"performed": {"event": "Product Viewed", "window": "7d"}})
+    send(engine, ws, [ev("Order Completed", clock.at)], received_at=clock.at)
+    settle(worker)
+    pid = profile_of(engine, ws, "user_id:u1")
+    with engine.connect() as conn:
+        before = store.timers_of(conn, ws, pid)
+    assert before["bought"] == T0 + timedelta(days=30)
+    seen, spy = _writes_to(engine, "segment_timers")
+    sa.event.listen(engine, "before_cursor_execute", spy)
+    try:
+        with engine.begin() as conn:  # the order's timer stays; the views one is not there yet: nothing to write
+            seg.Evaluator(conn, ws, clock.at + timedelta(hours=1)).person(pid, {"bought"}, "test")
+        assert seen == []
+        with engine.begin() as conn:  # a later instant of a window that moved: written
+            out = seg.Evaluator(conn, ws, clock.at + timedelta(days=31)).person(pid, {"bought"}, "test")
+        assert out.exited == ["bought"] and len(seen) == 1
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", spy)
+    with engine.connect() as conn:
+        assert "bought" not in store.timers_of(conn, ws, pid)  # out for good: time changes nothing any more
+
+
+def test_a_persons_segments_entered_and_left_at_once_report_only_real_changes(engine, ws):
+    at = T0
+    with engine.begin() as conn:
+        assert store.enter_segments(conn, ws, "p1", ["b", "a"], at, "test") == ["b", "a"]
+        assert store.enter_segments(conn, ws, "p1", ["c", "a", "d"], at, "test") == ["c", "d"]
+        assert store.leave_segments(conn, ws, "p1", ["z", "d", "a"], at, "test") == ["d", "a"]
+        assert store.memberships(conn, ws, "p1") == {"b", "c"}
+        hist = conn.execute(sa.select(segment_history.c.segment_id, segment_history.c.change)
+                            .where(segment_history.c.workspace_id == ws).order_by(segment_history.c.id)).all()
+        store.set_timers(conn, ws, "p1", {"b": at, "c": at + timedelta(days=1)})
+        store.set_timers(conn, ws, "p1", {"b": None, "c": at + timedelta(days=2)})
+        assert store.timers_of(conn, ws, "p1") == {"c": at + timedelta(days=2)}
+    assert [tuple(h) for h in hist] == [("b", "entered"), ("a", "entered"), ("c", "entered"), ("d", "entered"),
+                                        ("d", "exited"), ("a", "exited")]  # fmt: skip
+
+
+# -- consume transactions sized by time ------------------------------------------------------------------------------
+def test_a_pass_handles_its_batch_in_transactions_of_about_max_hold(engine, ws):
+    feed.subscribe(engine, "slow")
+    with engine.begin() as conn:
+        feed.record(conn, ws, [feed.Change(f"p{i:03d}", "list", detail={"list": "x"}) for i in range(120)])
+    per_txn: dict[int, int] = {}
+    keep = []  # the transaction objects: none is collected and its id reused while counting
+
+    def handle(conn, ws_id, pid, changes):
+        txn = conn.get_transaction()
+        keep.append(txn)
+        per_txn[id(txn)] = per_txn.get(id(txn), 0) + 1
+        time.sleep(0.005)  # 5 ms a person: 200 a second
+
+    task = feed.FeedTask(engine, [("slow", handle)], batch=100)
+    task.MAX_HOLD, task.MIN_BATCH = 0.05, 4
+    assert task.run_once() == 100  # a pass still takes its batch...
+    sizes = list(per_txn.values())
+    assert sizes[0] == 4 and len(sizes) >= 5  # ...in short transactions: the first one, rate unknown, the least
+    assert max(sizes) <= 40  # about 200/s x 0.05 s (a slow machine measures a lower rate: smaller ones)
+    assert task.run_once() == 20 and task.run_once() == 0
+
+
+# -- SQLite plans one person's rows on the per-profile indexes -------------------------------------------------------
+@pytest.mark.parametrize("table,columns,index", [
+    ("segment_members", "profile_id, segment_id", "ix_segment_members_profile"),  # load.people, memberships
+    ("list_members", "profile_id, list_id", "ix_list_members_profile"),
+    ("segment_timers", "segment_id, due_at", "ix_segment_timers_profile"),  # timers_of
+])  # fmt: skip
+def test_sqlite_reads_one_persons_rows_by_the_profile_index(engine, table, columns, index):
+    if engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's planner")
+    with engine.connect() as conn:
+        plan = " ".join(r[3] for r in conn.exec_driver_sql(
+            f"EXPLAIN QUERY PLAN SELECT {columns} FROM {table} WHERE workspace_id = 'w' AND profile_id = 'p'"))
+    # not the primary key's index on the workspace alone, which reads every row of the workspace
+    assert f"COVERING INDEX {index} (workspace_id=? AND profile_id=?)" in plan
+
+
+def test_timers_are_kept_per_person(engine, ws, clock, worker):
+    define(engine, ws, "views", VIEWED)
+    pid = person(engine, ws, worker, clock)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(segment_timers.c.segment_id, segment_timers.c.due_at)
+                            .where(segment_timers.c.profile_id == pid)).all()  # fmt: skip
+        assert store.timers_of(conn, ws, pid) == dict(rows) == {"views": clock.at + timedelta(days=7)}
+
+
+def test_a_segment_change_goes_to_readers_of_its_timeline_event_not_to_segments_referring_to_it(engine, ws, clock,
+                                                                                                  worker):  # fmt: skip
+    """The evaluation that changed a membership evaluated the segments referring to it after it, in its own
+    transaction: its feed change brings nothing new to them, only the ``Segment Entered`` event to its readers."""
+    define(engine, ws, "viewers", VIEWED)
+    define(engine, ws, "fans", {"and": [{"segment": "viewers"}, VIEWED]})
+    define(engine, ws, "told", {"performed": {"event": "Segment Entered"}})
+    with engine.connect() as conn:
+        defs = store.definitions(conn, ws)
+    change = feed.Delivered(1, ws, "p", "segment", None, None, T0, {"segment": "viewers", "change": "entered"})
+    assert seg.affected(defs, [change]) == {"told"}
+    pid = person(engine, ws, worker, clock)
+    assert pid in members(engine, ws, "fans") and pid in members(engine, ws, "told")
