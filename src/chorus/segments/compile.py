@@ -144,8 +144,13 @@ def zones_of(conn: Connection, ws: str) -> list[str | None]:
 def members_query(
     rule: r.Node | Mapping, ws: str, now: datetime, *, dialect: str, topics: Mapping | None = None,
     zones: Iterable[str | None] | None = None, identity: IdentityConfig | None = None,
+    span: tuple[str | None, str] | None = None,
 ) -> SegmentQuery:  # fmt: skip
     """Compile ``rule`` for workspace ``ws`` at ``now`` (aware).
+
+    ``span`` ``(after, last)`` restricts the answer to the profiles whose id is in ``(after, last]`` (``after``
+    None: from the first); every pass (events, messages, last values, hybrid candidates) reads only theirs, so a
+    batch computing a segment chunk by chunk reads each person's data once.
 
     ``zones`` are the time zone attributes present among the profiles (:func:`zones_of`): a rule that depends on
     the profile's zone is exact only for profiles whose zone is listed (the others are taken as UTC). ``identity``
@@ -156,14 +161,16 @@ def members_query(
     if now.tzinfo is None:
         raise ValueError("now must be an aware datetime")
     c = _Compiler(ws, now.astimezone(UTC), dialect, topics, list(zones or ()), identity or IdentityConfig({}))
+    c.span = span
     return c.compile(rule)
 
 
 def members(
     conn: Connection, ws: str, rule: r.Node | Mapping, now: datetime, topics: Mapping | None = None,
-    *, zones: Iterable[str | None] | None = None,
+    *, zones: Iterable[str | None] | None = None, span: tuple[str | None, str] | None = None,
 ) -> set[str]:  # fmt: skip
-    """The ids of the workspace's profiles in the segment at ``now``: the query, and its hybrid parts."""
+    """The ids of the workspace's profiles in the segment at ``now`` (in ``span``, see :func:`members_query`):
+    the query, and its hybrid parts."""
     from chorus import workspaces as ws_api
 
     if isinstance(rule, Mapping):
@@ -173,7 +180,8 @@ def members(
     identity = None
     if any(isinstance(n, r.Reachable) for n, _ in r.walk(rule)):
         identity = ws_api.get(conn, ws).identity
-    q = members_query(rule, ws, now, dialect=conn.dialect.name, topics=topics, zones=zones, identity=identity)
+    q = members_query(rule, ws, now, dialect=conn.dialect.name, topics=topics, zones=zones, identity=identity,
+                      span=span)  # fmt: skip
     return q.run(conn)
 
 
@@ -527,6 +535,7 @@ class _Compiler:
         self.p = profiles.alias("p")
         self.pz = profiles.alias("pz")  # the profile of an event or a message, for its zone
         self.prefilter = None  # the cheap part of the last selection built (see selection)
+        self.span: tuple[str | None, str] | None = None  # (after, last]: the profile ids computed (None: all)
 
     # -- zone parameters --------------------------------------------------------------------------------------
     def zparam(self, fn: Callable[[Any], Any], type_):
@@ -577,6 +586,14 @@ class _Compiler:
         each = sa.func.json_each(sa.bindparam(key, type_=sa.Text)).table_valued("value")
         return col.in_(sa.select(each.c.value))
 
+    def in_span(self, col):
+        """``col`` (a profile id) within the span computed: a range of the primary key and of the events' and
+        members' (workspace, profile) indexes."""
+        if self.span is None:
+            return sa.true()
+        after, last = self.span
+        return sa.and_(col > after if after is not None else sa.true(), col <= last)
+
     def payload(self):
         return sa.cast(events.c.payload, JSONB) if self.pg else events.c.payload
 
@@ -584,7 +601,8 @@ class _Compiler:
     def compile(self, rule: r.Node) -> SegmentQuery:
         formula = self.node(rule)
         p = self.p
-        q = sa.select(p.c.id).select_from(self.outer_from()).where(p.c.workspace_id == self.ws, formula)
+        q = sa.select(p.c.id).select_from(self.outer_from()).where(p.c.workspace_id == self.ws, self.in_span(p.c.id),
+                                                                   formula)  # fmt: skip
         if self.zt_cols:
             q = q.add_cte(self._zt_cte())
             for h in self.hybrids:
@@ -657,9 +675,12 @@ class _Compiler:
                 return sa.exists(sa.select(1).where(sm.c.workspace_id == self.ws, sm.c.segment_id == segment,
                                                     sm.c.profile_id == self.p.c.id))  # fmt: skip
             case r.InList(list_id):
-                lm = list_members
-                return sa.exists(sa.select(1).where(lm.c.workspace_id == self.ws, lm.c.list_id == list_id,
-                                                    lm.c.profile_id == self.p.c.id))  # fmt: skip
+                # an entry keeps the id it was made for: the ids merged into the profile count too, as the engine
+                # reads them (engine.load_person)
+                lm, pa = list_members, profile_aliases
+                merged = sa.select(pa.c.alias_id).where(pa.c.workspace_id == self.ws, pa.c.profile_id == self.p.c.id)
+                return sa.exists(sa.select(1).where(lm.c.workspace_id == self.ws, lm.c.list_id == list_id, sa.or_(
+                    lm.c.profile_id == self.p.c.id, lm.c.profile_id.in_(merged))))  # fmt: skip
             case r.Bucket(start, end, seed):
                 b = self.bucket(self.p.c.id, seed)
                 return self.leaf(sa.and_(b >= start, b < end))
@@ -714,10 +735,11 @@ class _Compiler:
         key = f"h{next(self.n)}"
         if event_level is None:
             ids, zkey = self.p.c.id, zone_key(self.p.c.state, self.dialect)
-            frm, where = self.outer_from(set(sources)), [self.p.c.workspace_id == self.ws]
+            frm, where = self.outer_from(set(sources)), [self.p.c.workspace_id == self.ws, self.in_span(self.p.c.id)]
         else:
             ids, zkey = events.c.seq, zone_key(self.pz.c.state, self.dialect)
             frm, where = event_level
+            where = [*where, self.in_span(events.c.profile_id)]
         cand = sa.select(ids, raw, zkey).select_from(frm).where(*where, odd)
 
         def decide(conn, rows, test=test, now=now):
@@ -879,8 +901,9 @@ class _Compiler:
             pa = profile_aliases
             self._owners = sa.union_all(
                 sa.select(profiles.c.id.label("owner"), profiles.c.id.label("sent_to")).where(
-                    profiles.c.workspace_id == self.ws),
-                sa.select(pa.c.profile_id, pa.c.alias_id).where(pa.c.workspace_id == self.ws),
+                    profiles.c.workspace_id == self.ws, self.in_span(profiles.c.id)),
+                sa.select(pa.c.profile_id, pa.c.alias_id).where(pa.c.workspace_id == self.ws,
+                                                                self.in_span(pa.c.profile_id)),
             ).subquery("owners")  # fmt: skip
         return self._owners
 
@@ -904,7 +927,7 @@ class _Compiler:
                 message_status.c.workspace_id == self.ws, sa.or_(*ps.filters))  # fmt: skip
             return q.group_by(group).subquery(ps.alias)
         e = events.c
-        where = [e.workspace_id == self.ws, e.profile_id.isnot(None), sa.or_(*ps.filters)]
+        where = [e.workspace_id == self.ws, e.profile_id.isnot(None), self.in_span(e.profile_id), sa.or_(*ps.filters)]
         frm = self._events_from("ev")
         if not self.pg:
             # SQLite reads the events in profile order through the timeline index: no sort to feed
@@ -1007,7 +1030,7 @@ class _Compiler:
         inner = (
             sa.select(e.profile_id, *cols, rn.label("rn"))
             .select_from(self._events_from(name))
-            .where(e.workspace_id == self.ws, e.profile_id.isnot(None), cond)
+            .where(e.workspace_id == self.ws, e.profile_id.isnot(None), self.in_span(e.profile_id), cond)
             .subquery(f"{name}_all")
         )
         picked = [inner.c.j] if self.pg else [inner.c.t, inner.c.v]
@@ -1104,7 +1127,8 @@ class _Compiler:
         # one answer for everybody with an address (when one is needed) and no consent recorded: the evaluator's
         blank_answer = evaluate(n, blank, self.now, topics=topics).value
         key = f"h{next(self.n)}"
-        cand = sa.select(p.c.id, p.c.state).where(p.c.workspace_id == self.ws, has_address, has_consent)
+        cand = sa.select(p.c.id, p.c.state).where(p.c.workspace_id == self.ws, self.in_span(p.c.id), has_address,
+                                                  has_consent)  # fmt: skip
         identity, ws, now = self.identity, self.ws, self.now
 
         def decide(conn, rows, n=n):

@@ -10,8 +10,9 @@ alone changes it.
 - **Membership changes** are written with their cause (``segment_members``, ``segment_history``), put on the
   person's timeline as ``Segment Entered`` / ``Segment Exited`` events, and recorded in the change feed (cause
   ``segment``) for journeys; all in the transaction of the change that caused them.
-- **Batch** (:func:`recompute`): a segment whose rule is new or changed is computed for everybody and applied as
-  a diff that writes the same rows and events.
+- **Batch** (:func:`recompute`): a segment whose rule is new or changed is computed for everybody, chunk by chunk
+  of profile ids, by the SQL compiler (``segments.batch``: the chunk's rows locked, then one query for its span)
+  and applied as a diff that writes the same rows, events and timers.
 
 On PostgreSQL the person's profile row is locked while she is evaluated, so the consumer, the timer task and a
 batch never write one person's membership at the same time.
@@ -37,7 +38,7 @@ from chorus.identity.identifiers import kind_of, value_of
 from chorus.messaging.consent import identity_fields
 from chorus.messaging.outbox import STATUS_EVENTS
 from chorus.profiles import feed
-from chorus.segments import load, store
+from chorus.segments import batch, load, store
 from chorus.segments import rules as r
 from chorus.segments.evaluate import evaluate
 from chorus.segments.needs import Needs
@@ -393,12 +394,16 @@ class TimerTask:
 
 # -- batch -----------------------------------------------------------------------------------------------------------
 def batch_step(engine: Engine, ws_id: str, segment_id: str, chunk: int = 500,
-               clock: Callable[[], datetime] | None = None) -> tuple[Outcome, bool]:  # fmt: skip
+               clock: Callable[[], datetime] | None = None, *,
+               compiled: bool = True) -> tuple[Outcome, bool]:  # fmt: skip
     """One chunk of a segment's batch computation (profiles in id order after the saved cursor), at the current
     instant; returns the people who entered and left, and whether the computation is complete. The segment row is
     locked for the step (one step of a segment at a time), and a cursor left by an older version of the rule is
-    started again from the beginning."""
-    from chorus.profiles.feed import _reraise_transient
+    started again from the beginning.
+
+    The chunk is computed by the SQL compiler after its profile rows are locked (``segments.batch``), applied with
+    the incremental path's writes; a rule or a chunk the compiler fails on is evaluated person by person (as is
+    every chunk with ``compiled=False``: the baseline of ``bench/segments_batch.py``)."""
     from chorus.store.tables import segment_members, segments
 
     out = Outcome()
@@ -410,23 +415,14 @@ def batch_step(engine: Engine, ws_id: str, segment_id: str, chunk: int = 500,
         if row is None:
             return out, True
         after = row.batch_after if row.batch_version == row.version else None
-        ids = list(conn.execute(
-            sa.select(profiles.c.id).where(profiles.c.workspace_id == ws_id, profiles.c.id > (after or ""))
-            .order_by(profiles.c.id).limit(chunk)).scalars())  # fmt: skip
+        ids = batch.lock_chunk(conn, ws_id, after, chunk)  # the people's rows before reading anything of them
         where = (segments.c.workspace_id == ws_id, segments.c.id == segment_id)
         if ids:
             ev = Evaluator(conn, ws_id, at)
-            for pid in ids:
-                try:
-                    with conn.begin_nested():
-                        res = ev.person(pid, {segment_id}, "batch")
-                except Exception as exc:  # noqa: BLE001 - one person must not stop the segment
-                    _reraise_transient(exc)  # the database busy or gone: the whole step is retried
-                    log.exception("segment %s: profile %s could not be evaluated; retried by a timer", segment_id, pid)
-                    store.set_timer(conn, ws_id, segment_id, pid, at + timedelta(minutes=1))
-                    continue
-                out.entered += [pid] if segment_id in res.entered else []
-                out.exited += [pid] if segment_id in res.exited else []
+            if compiled:
+                _batch_chunk(conn, ev, segment_id, ids, after, out)
+            else:
+                _batch_people(conn, ev, segment_id, ids, out)
             conn.execute(segments.update().where(*where).values(batch_after=ids[-1], batch_version=row.version))
             return out, False
         # done: members whose profile is gone (merged, erased) while nobody told the segment
@@ -440,6 +436,55 @@ def batch_step(engine: Engine, ws_id: str, segment_id: str, chunk: int = 500,
         conn.execute(segments.update().where(*where).values(batch_after=None, batch_version=None,
                                                             computed_version=row.version, computed_at=at))  # fmt: skip
         return out, True
+
+
+def _batch_chunk(conn: Connection, ev: Evaluator, segment_id: str, ids: list[str], after: str | None,
+                 out: Outcome) -> None:  # fmt: skip
+    """The chunk by the compiler (one query for its span); on failure, the same chunk person by person."""
+    from chorus.profiles.feed import _reraise_transient
+
+    try:
+        with conn.begin_nested():  # a failing query leaves nothing behind it
+            entered, exited, due = batch.compute(conn, ev, segment_id, ids, after, ev.now)
+    except Exception as exc:  # noqa: BLE001 - the evaluator can do every rule
+        _reraise_transient(exc)
+        log.exception("segment %s: the compiled batch failed for profiles after %r; evaluated one by one",
+                      segment_id, after)  # fmt: skip
+        _batch_people(conn, ev, segment_id, ids, out)
+        return
+    batch.set_timers(conn, ev.ws.id, segment_id, ids, due)
+    for pid in sorted(entered | exited):
+        res = Outcome(entered=[segment_id] if pid in entered else [], exited=[segment_id] if pid in exited else [])
+        try:
+            with conn.begin_nested():
+                ev._apply(pid, res, "batch", None)
+                if ev.dependents.get(segment_id):  # as the incremental path: what refers to it follows at once
+                    ev.person(pid, set(ev.dependents[segment_id]), "batch")
+        except Exception as exc:  # noqa: BLE001 - one person must not stop the segment
+            _reraise_transient(exc)
+            log.exception("segment %s: profile %s could not be applied; retried by a timer", segment_id, pid)
+            store.set_timer(conn, ev.ws.id, segment_id, pid, ev.now + timedelta(minutes=1))
+            continue
+        out.entered += [pid] if segment_id in res.entered else []
+        out.exited += [pid] if segment_id in res.exited else []
+
+
+def _batch_people(conn: Connection, ev: Evaluator, segment_id: str, ids: list[str], out: Outcome) -> None:
+    """The chunk evaluated person by person with the reference evaluator (the fallback, and the baseline of
+    bench/segments_batch.py)."""
+    from chorus.profiles.feed import _reraise_transient
+
+    for pid in ids:
+        try:
+            with conn.begin_nested():
+                res = ev.person(pid, {segment_id}, "batch")
+        except Exception as exc:  # noqa: BLE001 - one person must not stop the segment
+            _reraise_transient(exc)  # the database busy or gone: the whole step is retried
+            log.exception("segment %s: profile %s could not be evaluated; retried by a timer", segment_id, pid)
+            store.set_timer(conn, ev.ws.id, segment_id, pid, ev.now + timedelta(minutes=1))
+            continue
+        out.entered += [pid] if segment_id in res.entered else []
+        out.exited += [pid] if segment_id in res.exited else []
 
 
 def recompute(engine: Engine, ws_id: str, segment_id: str, clock: Callable[[], datetime] | None = None,
