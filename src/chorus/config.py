@@ -54,9 +54,9 @@ class Settings:
     # exclusive lock on each table while it is rewritten) or "plain" (VACUUM: no lock, bytes may remain in freed
     # space until overwritten). See docs/operations.md.
     erasure_vacuum: str = "full"
-    # A segment preview (POST /api/segments/preview) and a save's estimate: each statement is stopped after this
-    # many seconds (preview answers 503 over_budget, the save estimate null), so an expensive rule on a big store
-    # does not hold an API worker for minutes. The worker's own computations have no such budget.
+    # A segment preview (POST /api/segments/preview) and a save's estimate: their statements share a deadline
+    # this many seconds after they start (preview answers 503 over_budget, the save estimate null), so an expensive
+    # rule on a big store does not hold an API worker for minutes. The worker's own computations have no budget.
     segment_preview_seconds: float = 5.0
 
     @classmethod

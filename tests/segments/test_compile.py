@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
@@ -425,3 +425,27 @@ def test_a_message_sent_before_a_merge_belongs_to_the_survivor(engine):
         survivor = conn.execute(sa.text("SELECT profile_id FROM identifiers WHERE ident = 'user_id:ana'")).scalar()
         assert conn.execute(sa.text("SELECT count(*) FROM profiles WHERE workspace_id = :w"), {"w": ws}).scalar() == 1
     assert agree(engine, ws, {"message": {"status": "sent", "template": "t1"}}, T0) == {survivor}
+
+
+def test_a_hybrid_part_reading_a_pass_filtered_by_another_is_decided_after_it(engine):
+    """A date test in a ``where`` on values SQL cannot order (an offset: decided per event in Python) filters the
+    events pass that a ``last_value``'s relative date test (decided per profile) also reads: the second's
+    candidates bind the first's answer."""
+    w = new_workspace(engine)
+    paris = timezone(timedelta(hours=2))
+    near = (T0 - timedelta(minutes=30)).astimezone(paris).isoformat()
+    far = (T0 - timedelta(days=3)).astimezone(paris).isoformat()
+    people = [{"messages": [{"type": "track", "event": "Viewed", "timestamp": iso(T0 - timedelta(minutes=k)),
+                             "properties": {"d": d}} for k, d in enumerate(ds)], "computed": {}, "sent": [],
+               "zone": None, "segments": set(), "lists": set()}
+              for ds in ([near], [far], [far, near], [near, far])]  # fmt: skip
+    store_people(engine, w, people)
+    since = iso(T0 - timedelta(days=1))
+    rule = r.parse({"and": [{"performed": {"event": "Viewed", "where": [{"property": "d", "since": since}]}},
+                            {"last_value": {"event": "Viewed", "property": "d", "within_last": "90m"}}]})  # fmt: skip
+    with engine.connect() as conn:
+        got = members(conn, w["id"], rule, T0)
+        ids = list(conn.execute(sa.select(profiles.c.id).where(profiles.c.workspace_id == w["id"])).scalars())
+        everyone = load.people(conn, w["id"], ids, workspaces.get(conn, w["id"]).identity)
+    want = {pid for pid, who in everyone.items() if evaluate(rule, who, T0).value}
+    assert got == want and len(want) == 2

@@ -9,6 +9,8 @@ stored memberships for the others.
 from __future__ import annotations
 
 import dataclasses
+import uuid
+from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
@@ -19,9 +21,10 @@ from chorus import workspaces
 from chorus.errors import ChorusError
 from chorus.segments import load
 from chorus.segments import rules as r
-from chorus.segments.compile import members
+from chorus.segments.compile import members, zones_of
 from chorus.segments.evaluate import evaluate
 from chorus.segments.many import _groups, _order, members_many
+from chorus.store import bulk
 from chorus.store.tables import profiles
 from tests.segments import test_compile as tc
 from tests.segments import test_properties as props
@@ -154,3 +157,46 @@ def test_no_rules_answer_empty_and_a_naive_now_is_refused(engine, shop_many):
         assert members_many(conn, ws, {}, T0) == {}
         with pytest.raises(ValueError, match="aware"):
             members_many(conn, ws, rules_, T0.replace(tzinfo=None))
+
+
+def _person(traits: dict, events: list[dict] = (), zone: str | None = None) -> dict:
+    ident = {"type": "identify", "timestamp": "2026-01-01T00:00:00Z", "traits": traits}
+    return {"messages": [ident, *events], "computed": {}, "sent": [], "zone": zone, "segments": set(), "lists": set()}
+
+
+def test_leaves_equal_to_python_but_not_to_the_evaluator_are_not_shared(engine):
+    """``True == 1`` and ``2**62 == 2.0**62`` in Python; the evaluator tells them apart, so must the shared pass."""
+    w = tc.new_workspace(engine)
+    viewed = {"type": "track", "event": "Viewed", "timestamp": tc.iso(T0), "properties": {"p": 0}}
+    tc.store_people(engine, w, [_person({"x": 1, "big": 2**62}, [viewed]), _person({"x": True, "big": 2.0**62})])
+    rules_ = {
+        "one": {"trait": {"name": "x", "equals": 1}}, "true": {"trait": {"name": "x", "equals": True}},
+        "int": {"trait": {"name": "big", "equals": 2**62}}, "float": {"trait": {"name": "big", "equals": 2.0**62}},
+        "zero": {"performed": {"event": "Viewed", "where": [{"property": "p", "in": [0]}]}},
+        "false": {"performed": {"event": "Viewed", "where": [{"property": "p", "in": [False]}]}},
+    }  # fmt: skip
+    with engine.connect() as conn:
+        got = members_many(conn, w["id"], rules_, T0)
+        for sid, rule in rules_.items():
+            assert got[sid] == members(conn, w["id"], rule, T0), sid
+    assert got["one"] != got["true"] and got["zero"] and not got["false"]
+
+
+def test_every_group_reads_the_time_zones_given(engine):
+    """Zones passed as a one-shot iterable serve every group, not only the first (a profile in UTC+14, where the
+    trait's instant is already 2 March: not before it)."""
+    now = datetime(2026, 3, 2, 5, tzinfo=UTC)
+    ws = workspaces.create(engine, f"zones-{uuid.uuid4().hex[:6]}")["id"]
+    state = {"traits": {"d": "2026-03-01T12:00:00Z", "plan": "x"}, "trait_at": {}, "sums": {}, "channels": {},
+             "consent": {}, "attrs": {"timezone": ["Pacific/Kiritimati"]}}  # fmt: skip
+    with engine.begin() as conn:
+        bulk.insert_rows(conn, profiles, [{"id": "p1", "workspace_id": ws, "created_at": now, "created_msg": "m",
+                                           "links_max_at": now, "links_max_msg": "m", "known": True, "state": state,
+                                           "updated_at": now}])  # fmt: skip
+    rules_ = {"a": {"trait": {"name": "plan", "equals": "x"}}, "b": {"trait": {"name": "d", "before": "2026-03-02"}}}
+    with engine.connect() as conn:
+        zones = zones_of(conn, ws)
+        alone = {sid: members(conn, ws, rule, now) for sid, rule in rules_.items()}
+        assert alone == {"a": {"p1"}, "b": set()}
+        assert members_many(conn, ws, rules_, now, zones=(z for z in zones)) == alone
+        assert members_many(conn, ws, rules_, now, zones=(z for z in zones), max_leaves=1) == alone

@@ -99,8 +99,27 @@ class SegmentQuery:
         return {h.key: _encode_ids(decided[h.key], self.dialect) for h in self.hybrids}
 
     def run(self, conn: Connection) -> set[str]:
-        decided = {h.key: h.decide(conn, conn.execute(h.candidates).all()) for h in self.hybrids}
+        decided = decide_hybrids(conn, self.hybrids, self.dialect)
         return set(conn.execute(self.select, self.params(decided)).scalars())
+
+
+def decide_hybrids(conn: Connection, hybrids: list[Hybrid], dialect: str) -> dict[str, set]:
+    """Decide every hybrid part, each once the parts its candidates read are decided: a candidates query may read
+    a shared pass whose filter binds another part's answer (an event-level date test in a ``where``, beside a
+    ``last_value`` in the same events pass)."""
+    decided: dict[str, set] = {}
+    keys = {h.key for h in hybrids}
+    reads = {h.key: set(h.candidates.compile().params) & keys for h in hybrids}
+    todo = list(hybrids)
+    while todo:
+        ready = [h for h in todo if reads[h.key] <= decided.keys()]
+        if not ready:
+            raise RuntimeError(f"hybrid parts read each other: {sorted(h.key for h in todo)}")
+        for h in ready:
+            params = {k: _encode_ids(decided[k], dialect) for k in reads[h.key]}
+            decided[h.key] = h.decide(conn, conn.execute(h.candidates, params).all())
+        todo = [h for h in todo if h.key not in decided]
+    return decided
 
 
 def _encode_ids(ids: set, dialect: str):

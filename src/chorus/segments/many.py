@@ -21,12 +21,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from chorus.identity.identifiers import IdentityConfig
 from chorus.segments import rules as r
-from chorus.segments.compile import _Compiler, _encode_ids, needs_zones, zones_of
+from chorus.segments.compile import _Compiler, _encode_ids, decide_hybrids, needs_zones, zones_of
 
 __all__ = ["members_many", "MAX_LEAVES"]
 
@@ -45,10 +46,12 @@ def members_many(
 
     if now.tzinfo is None:
         raise ValueError("now must be an aware datetime")
-    parsed = {sid: r.parse(dict(rule)) if isinstance(rule, Mapping) else rule for sid, rule in rules.items()}
+    parsed = {sid: r.parse(dict(rule), f"rules.{sid}") if isinstance(rule, Mapping) else rule
+              for sid, rule in rules.items()}  # fmt: skip
     order = _order(parsed)
     if zones is None:
         zones = zones_of(conn, ws) if any(needs_zones(rule) for rule in parsed.values()) else []
+    zones = list(zones)  # every group reads them (a generator would be spent by the first)
     identity = None
     if any(isinstance(n, r.Reachable) for rule in parsed.values() for n, _ in r.walk(rule)):
         identity = ws_api.get(conn, ws).identity
@@ -57,7 +60,7 @@ def members_many(
         conn.exec_driver_sql("SET LOCAL jit = off")
     found: dict[str, set[str]] = {}
     for group in _groups(order, parsed, max_leaves):
-        c = _Many(ws, now.astimezone(UTC), conn.dialect.name, topics, list(zones), identity or IdentityConfig({}),
+        c = _Many(ws, now.astimezone(UTC), conn.dialect.name, topics, zones, identity or IdentityConfig({}),
                   earlier=found)  # fmt: skip
         found.update(c.answer(conn, {sid: parsed[sid] for sid in group}))
     return {sid: found[sid] for sid in rules}
@@ -71,8 +74,15 @@ def _order(parsed: Mapping[str, r.Node]) -> list[str]:
     return [sid for sid in order if sid in parsed]
 
 
+def leaf_key(n: r.Node) -> bytes:
+    """A leaf's identity as the evaluator sees it: its JSON form, type-strict. Not the node itself: frozen nodes
+    compare with Python's equality, where ``True == 1`` and ``2**62 == 2.0**62``, but the evaluator tells those
+    apart (``evaluate.same``), so two such leaves must not share a predicate."""
+    return orjson.dumps(r.to_json(n), option=orjson.OPT_SORT_KEYS)
+
+
 def _leaves(rule: r.Node) -> set:
-    return {n for n, _ in r.walk(rule) if not isinstance(n, (*_LOGIC, r.SegmentRef))}
+    return {leaf_key(n) for n, _ in r.walk(rule) if not isinstance(n, (*_LOGIC, r.SegmentRef))}
 
 
 def _groups(order: list[str], parsed: Mapping[str, r.Node], max_leaves: int) -> list[list[str]]:
@@ -99,7 +109,7 @@ class _Many(_Compiler):
         self.earlier = earlier  # answers of earlier groups, bound by reference
         self.bound: dict[str, set[str]] = {}  # parameter -> ids
         self.formulas: dict[str, object] = {}  # rule id -> its SQL formula, in this group
-        self.cache: dict[r.Node, object] = {}  # leaf -> its SQL predicate
+        self.cache: dict[bytes, object] = {}  # leaf_key -> its SQL predicate
 
     def node(self, n: r.Node):
         if isinstance(n, r.SegmentRef):
@@ -112,12 +122,10 @@ class _Many(_Compiler):
             return super().node(n)
         if isinstance(n, _LOGIC):
             return super().node(n)  # its children come back here
-        try:
-            hit = self.cache.get(n)
-        except TypeError:  # an unhashable argument: compile it again
-            return super().node(n)
+        key = leaf_key(n)
+        hit = self.cache.get(key)
         if hit is None:
-            hit = self.cache[n] = super().node(n)
+            hit = self.cache[key] = super().node(n)
         return hit
 
     def answer(self, conn: Connection, group: Mapping[str, r.Node]) -> dict[str, set[str]]:
@@ -129,7 +137,7 @@ class _Many(_Compiler):
             select = select.add_cte(self._zt_cte())
             for h in self.hybrids:
                 h.candidates = h.candidates.add_cte(self._zt_cte())
-        decided = {h.key: h.decide(conn, conn.execute(h.candidates).all()) for h in self.hybrids}
+        decided = decide_hybrids(conn, self.hybrids, self.dialect)
         params = {h.key: _encode_ids(decided[h.key], self.dialect) for h in self.hybrids}
         params.update({k: _encode_ids(v, self.dialect) for k, v in self.bound.items()})
         return _unpack(ids, conn.execute(select, params).all())

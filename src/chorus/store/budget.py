@@ -1,10 +1,11 @@
-"""A time budget for the statements of a read that a person waits for (a segment preview, a save's estimate).
+"""A time budget for a read that a person waits for (a segment preview, a save's estimate).
 
 A rule over a big store can take minutes to count; an API worker must not be held that long for an answer nobody
-waits for. Inside :func:`time_budget`, each statement the connection runs is stopped by the database once it has
-run ``seconds``: PostgreSQL by ``SET LOCAL statement_timeout`` (the server cancels it), SQLite by a progress
-handler that interrupts the statement (SQLite calls it every few thousand virtual machine steps; it answers
-"stop" once the statement's deadline has passed). Either way the caller gets :class:`OverBudget`.
+waits for. Inside :func:`time_budget`, the block's statements share one deadline, ``seconds`` after the block
+starts: each statement is stopped by the database once the deadline passes (PostgreSQL by ``statement_timeout``,
+set before each statement to the time left; SQLite by a progress handler that interrupts the statement, called
+every 1,000 virtual machine steps), and a statement that would start after it is not run. Either way the caller
+gets :class:`OverBudget`. Python work between two statements is not interrupted; it is counted at the next one.
 """
 
 from __future__ import annotations
@@ -30,51 +31,76 @@ class OverBudget(ChorusError):
     code = "over_budget"
 
 
+class _Expired(Exception):
+    """The deadline passed before a statement started."""
+
+
 @contextmanager
 def time_budget(conn: Connection, seconds: float | None, what: str, *, hint: str = "",
                 field: str | None = None) -> Iterator[None]:  # fmt: skip
-    """Run the block with each statement on ``conn`` stopped after ``seconds`` (None: no budget); a statement
-    stopped becomes :class:`OverBudget` saying ``what`` was stopped, the budget, then ``hint``. On PostgreSQL the
-    block runs in the connection's transaction (begun here if none is), which a stopped statement aborts."""
+    """Run the block with its statements on ``conn`` stopped once ``seconds`` have passed since it began (None: no
+    budget); a statement stopped becomes :class:`OverBudget` saying ``what`` was stopped, the budget, then
+    ``hint``. On PostgreSQL the block runs in the connection's transaction (begun here if none is), which a stopped
+    statement aborts."""
     if not seconds:
         yield
         return
+    deadline = time.monotonic() + seconds
     stop = _pg_budget if conn.dialect.name == "postgresql" else _sqlite_budget
     try:
-        with stop(conn, seconds):
+        with stop(conn, deadline):
             yield
-    except OperationalError as exc:
-        if not _stopped(exc):
+    except (OperationalError, _Expired) as exc:
+        if isinstance(exc, OperationalError) and not _stopped(exc):
             raise
-        raise OverBudget(f"{what} was stopped: a statement ran past its time budget of {seconds:g} s{hint}",
+        raise OverBudget(f"{what} was stopped: it ran past its time budget of {seconds:g} s{hint}",
                          field=field) from None
 
 
-@contextmanager
-def _pg_budget(conn: Connection, seconds: float) -> Iterator[None]:
-    # local to the transaction (SET LOCAL): the pooled connection's next user does not inherit it
-    before = conn.execute(sa.text("SELECT current_setting('statement_timeout'), set_config('statement_timeout', "
-                                  ":ms, true)"), {"ms": str(max(1, round(seconds * 1000)))}).scalar_one()  # fmt: skip
-    yield
-    # the block succeeded, so the transaction is usable: the rest of it runs with the timeout it had before
-    conn.execute(sa.text("SELECT set_config('statement_timeout', :before, true)"), {"before": before})
+def _left(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise _Expired
+    return left
 
 
 @contextmanager
-def _sqlite_budget(conn: Connection, seconds: float) -> Iterator[None]:
-    started = [time.monotonic()]
+def _pg_budget(conn: Connection, deadline: float) -> Iterator[None]:
+    # local to the transaction (set_config(..., true) is SET LOCAL): the pooled connection's next user does not
+    # inherit it; set again before each statement to what is left of the block's time
+    before = conn.execute(sa.text("SELECT current_setting('statement_timeout')")).scalar_one()
+    raw = conn.connection.dbapi_connection
 
-    def restart(*_args) -> None:  # each statement has the whole budget, as with PostgreSQL's statement_timeout
-        started[0] = time.monotonic()
+    def arm(*_args) -> None:
+        ms = str(max(1, round(_left(deadline) * 1000)))
+        raw.execute("SELECT set_config('statement_timeout', %s, true)", (ms,))
+
+    sa.event.listen(conn, "before_cursor_execute", arm)
+    try:
+        yield
+    finally:
+        sa.event.remove(conn, "before_cursor_execute", arm)
+        # the rest of the transaction runs with the timeout it had before; after a database error the transaction
+        # is aborted (and rolled back with the setting), so there is nothing to restore and nothing may run
+        from psycopg.pq import TransactionStatus
+
+        if raw.info.transaction_status != TransactionStatus.INERROR:
+            conn.execute(sa.text("SELECT set_config('statement_timeout', :before, true)"), {"before": before})
+
+
+@contextmanager
+def _sqlite_budget(conn: Connection, deadline: float) -> Iterator[None]:
+    def check(*_args) -> None:
+        _left(deadline)
 
     raw = conn.connection.dbapi_connection
-    sa.event.listen(conn, "before_cursor_execute", restart)
-    raw.set_progress_handler(lambda: time.monotonic() - started[0] > seconds, SQLITE_STEPS)
+    sa.event.listen(conn, "before_cursor_execute", check)
+    raw.set_progress_handler(lambda: time.monotonic() > deadline, SQLITE_STEPS)
     try:
         yield
     finally:  # the connection goes back to the pool: its next user runs without the handler
         raw.set_progress_handler(None, 0)
-        sa.event.remove(conn, "before_cursor_execute", restart)
+        sa.event.remove(conn, "before_cursor_execute", check)
 
 
 def _stopped(exc: OperationalError) -> bool:
