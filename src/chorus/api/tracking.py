@@ -8,10 +8,12 @@ on the inflated body: 500 KB and 2,500 events per batch, 32 KB per message.
 from __future__ import annotations
 
 import asyncio
+import logging
 import zlib
 
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from chorus import metrics, safejson
 from chorus.api.common import JSON, Services, error_response, write_key
@@ -30,6 +32,7 @@ from chorus.errors import ChorusError, Saturated, Unauthorized
 from chorus.timeutil import utcnow
 from chorus.workspaces import verification
 
+log = logging.getLogger("chorus.api.tracking")
 router = APIRouter(prefix="/v1", tags=["tracking"])
 # A body nested deeper than the JSON parser goes (orjson: 1024 levels) cannot be split into messages: it is a
 # malformed request as a whole. Anything shallower is parsed and each message checked against safejson's 64.
@@ -65,6 +68,14 @@ _RESPONSES = {
     401: {"description": "Unknown write key"},
     429: {"description": "Ingestion saturated; retry after `Retry-After` seconds"},
 }
+
+
+class ClientGone(ChorusError):
+    """The client closed the connection before its whole body arrived: nothing of it was stored. Answered (to
+    nobody) with nginx's 499 "client closed request" so that access logs tell it from a server fault."""
+
+    status = 499
+    code = "client_closed_request"
 
 
 class Gate:
@@ -170,6 +181,11 @@ async def _handle(request: Request, kind: str) -> JSON:
             finally:
                 svc.storing -= 1
         svc.wake_worker.set()
+    except ClientDisconnect:
+        # a browser leaving the page mid-request, a mobile connection dropped: ordinary, not a server error (left
+        # to itself Starlette's exception reaches uvicorn, which logs a traceback at ERROR for each one)
+        log.debug("client closed %s before its body was read; nothing stored", request.url.path)
+        return error_response(ClientGone("the client closed the connection before the body was read", field="body"))
     except ChorusError as exc:
         if isinstance(exc, Saturated):
             metrics.saturated.inc()
