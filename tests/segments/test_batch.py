@@ -200,3 +200,34 @@ def test_an_evaluation_committed_while_the_batch_waits_for_her_is_not_undone(eng
         changes = conn.execute(sa.select(segment_history.c.change, segment_history.c.cause).where(
             segment_history.c.workspace_id == ws, segment_history.c.profile_id == her)).all()  # fmt: skip
     assert [tuple(c) for c in changes] == [("entered", "batch")]
+
+
+def test_list_entries_made_under_a_merged_id_count_for_the_survivor_in_the_batch(engine, ws, clock, worker):
+    """A list entry keeps the id it was made for: once that anonymous profile merges into a known one, the entry
+    is the survivor's for the loader, the incremental path and the compiled batch alike (no exit on recompute)."""
+    from chorus.segments import store
+    from tests.segments.test_engine import settle
+
+    with engine.begin() as conn:
+        store.save_list(conn, ws, "vip", "VIP", T0)
+    define(engine, ws, "vips", {"list": "vip"})
+    define(engine, ws, "vipref", {"segment": "vips"})
+    send(engine, ws, [{"type": "identify", "userId": "u1", "messageId": "i1", "timestamp": T0.isoformat()}])
+    send(engine, ws, [{**ev("Product Viewed", T0), "userId": None, "anonymousId": "a1"}])
+    settle(worker)
+    anon = profile_of(engine, ws, "anonymous_id:a1")
+    with engine.begin() as conn:
+        store.change_list(conn, ws, "vip", [anon], [], T0)
+    settle(worker)
+    send(engine, ws, [{"type": "identify", "userId": "u1", "anonymousId": "a1", "messageId": "i2",
+                       "timestamp": (T0 + timedelta(minutes=3)).isoformat()}])  # fmt: skip
+    settle(worker)
+    survivor = profile_of(engine, ws, "user_id:u1")
+    assert survivor != anon
+    with engine.connect() as conn:
+        assert load.people(conn, ws, [survivor], workspaces.get(conn, ws).identity)[survivor].lists == {"vip"}
+    assert members(engine, ws, "vips") == members(engine, ws, "vipref") == {survivor}
+    for sid in ("vips", "vipref"):
+        out = seg.recompute(engine, ws, sid, chunk=1)
+        assert (out.entered, out.exited) == ([], []), sid
+    assert members(engine, ws, "vips") == members(engine, ws, "vipref") == {survivor}

@@ -467,14 +467,21 @@ class FeedTask:
 
     def _consume(self, name: str, handle: Handler) -> int:
         """Up to ``batch`` changes of one consumer, in transactions sized by time; stops early when one handles
-        fewer than it asked for (nothing more waiting, another worker holds the rest, or a change failed)."""
+        fewer than it asked for (nothing more waiting, another worker holds the rest, or a change failed). A
+        transaction that fails ends the pass, counting what the earlier ones committed (the worker is not idle)."""
         import time
 
         done = 0
         while done < self.batch:
             want = min(self.batch - done, self.limit(name))
             started = time.perf_counter()
-            n = consume(self.engine, name, handle, want)
+            try:
+                n = consume(self.engine, name, handle, want)
+            except Exception:  # noqa: BLE001 - its changes are retried at the next pass
+                if not done:
+                    raise
+                log.exception("change feed consumer %s failed; its changes are retried at the next pass", name)
+                break
             took = time.perf_counter() - started
             if n and took > 0:  # an idle call says nothing of the rate
                 old = self._rate.get(name)

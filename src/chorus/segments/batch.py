@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from chorus.segments import compile as sql
-from chorus.segments import load, store
+from chorus.segments import load
 from chorus.segments import rules as r
 from chorus.segments.evaluate import evaluate
 from chorus.segments.needs import ALL, Needs, _window
@@ -175,21 +175,7 @@ def next_changes(conn: Connection, ev: Evaluator, segment_id: str, ids: Iterable
     rule, ws = ev.defs[segment_id].rule, ev.ws.id
     need = needs_of([rule], at)
     people = load.people(conn, ws, ids, ev.ws.identity, needs=need)
-    if need.lists:  # a merged profile's list entries are hers (engine.load_person)
-        people = _with_merged_lists(conn, ws, people)
     return {pid: evaluate(rule, p, at, topics=ev.topics).next_change for pid, p in people.items()}
-
-
-def _with_merged_lists(conn: Connection, ws: str, people: dict) -> dict:
-    from dataclasses import replace
-
-    pa = profile_aliases.c
-    merged = conn.execute(sa.select(pa.profile_id, pa.alias_id).where(
-        pa.workspace_id == ws, bulk.in_(pa.profile_id, list(people), conn.dialect.name))).all()  # fmt: skip
-    for pid, alias in merged:
-        p = people[pid]
-        people[pid] = replace(p, lists=p.lists | store.lists_of(conn, ws, alias))
-    return people
 
 
 def set_timers(conn: Connection, ws: str, segment_id: str, ids: list[str], due: dict) -> None:

@@ -695,7 +695,7 @@ class _Compiler:
                                                     sm.c.profile_id == self.p.c.id))  # fmt: skip
             case r.InList(list_id):
                 # an entry keeps the id it was made for: the ids merged into the profile count too, as the engine
-                # reads them (engine.load_person)
+                # reads them (segments.load)
                 lm, pa = list_members, profile_aliases
                 merged = sa.select(pa.c.alias_id).where(pa.c.workspace_id == self.ws, pa.c.profile_id == self.p.c.id)
                 return sa.exists(sa.select(1).where(lm.c.workspace_id == self.ws, lm.c.list_id == list_id, sa.or_(

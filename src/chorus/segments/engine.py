@@ -33,7 +33,6 @@ from chorus.collect import ingest
 from chorus.collect.messages import Event as Stored
 from chorus.collect.messages import normalise
 from chorus.errors import ChorusError
-from chorus.identity.erasure import aliases_of
 from chorus.identity.identifiers import kind_of, value_of
 from chorus.messaging.consent import identity_fields
 from chorus.messaging.outbox import STATUS_EVENTS
@@ -132,16 +131,9 @@ def _dependents(defs: dict[str, store.Definition]) -> dict[str, set[str]]:
 # -- the person, as evaluate reads her ----------------------------------------------------------------------------
 def load_person(conn: Connection, ws: ws_api.Workspace, pid: str, need: Needs | None = None) -> Person | None:
     """The person from the store (segments.load, which the SQL compiler is tested against), or None when ``pid``
-    is no longer a profile. A merged profile's list entries, which keep the id they were made for, are hers too.
-    With ``need`` (``segments.needs``) only what those rules can still read is loaded (decision 0028)."""
-    person = load.people(conn, ws.id, [pid], ws.identity, needs=need).get(pid)
-    aliases = aliases_of(conn, pid) if person is not None and (need is None or need.lists) else []
-    if not aliases:
-        return person
-    lists = set(person.lists)
-    for alias in aliases:
-        lists |= store.lists_of(conn, ws.id, alias)
-    return replace(person, lists=frozenset(lists))
+    is no longer a profile. With ``need`` (``segments.needs``) only what those rules can still read is loaded
+    (decision 0028)."""
+    return load.people(conn, ws.id, [pid], ws.identity, needs=need).get(pid)
 
 
 # -- evaluating one person ----------------------------------------------------------------------------------------

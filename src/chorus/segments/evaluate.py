@@ -127,7 +127,7 @@ class _Evaluator:
             case r.Message():
                 return self._message(node, now)
             case r.SegmentRef(segment):
-                # a membership as the engine recorded it; its own changes reach dependants through the change feed
+                # a membership as the engine recorded it (the evaluation that changes it evaluates dependants next)
                 return Result(segment in self.person.segments, None)
             case r.InList(list_id):
                 return Result(list_id in self.person.lists, None)

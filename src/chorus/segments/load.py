@@ -3,7 +3,8 @@
 One query per kind of data, however many people: profile states, computed traits, addresses (derived from
 identifiers as profile views derive them: ``views.addresses_of``), events (``Event.from_payload`` of the stored
 payloads), the status history of their messages, their memberships and their static lists. A message keeps the
-profile id it was sent to; a person's messages are those sent to her profile id or to an id merged into it.
+profile id it was sent to, and a list entry the id it was made for; a person's messages and list entries are
+those of her profile id or of an id merged into it.
 
 The SQL compiler (``segments.compile``) gives exactly the members ``evaluate`` gives for these people; the tests
 check one against the other through this loader.
@@ -81,11 +82,12 @@ def people(
         for pid, payload in rows:
             evs.setdefault(pid, []).append(Event.from_payload(payload))
     msgs: dict[str, list[MessageRecord]] = {}
-    if "messages" in parts:
-        owner = {pid: pid for pid in found}
+    owner = {pid: pid for pid in found}  # a profile id or an id merged into it -> the profile
+    if "messages" in parts or "lists" in parts:
         for alias, pid in conn.execute(sa.select(profile_aliases.c.alias_id, profile_aliases.c.profile_id).where(
                 profile_aliases.c.workspace_id == ws, among(profile_aliases.c.profile_id, found))):  # fmt: skip
             owner[alias] = pid
+    if "messages" in parts:
         m, s = messages.c, message_status.c
         rows = conn.execute(
             sa.select(m.profile_id, m.id, s.status, s.at, m.channel, m.template, m.journey_id, m.campaign_id, m.topic)
@@ -108,8 +110,8 @@ def people(
     if "lists" in parts:
         lm = list_members.c
         for pid, lid in conn.execute(sa.select(lm.profile_id, lm.list_id).where(
-                lm.workspace_id == ws, among(lm.profile_id, found))):  # fmt: skip
-            lists.setdefault(pid, set()).add(lid)
+                lm.workspace_id == ws, among(lm.profile_id, list(owner)))):  # fmt: skip
+            lists.setdefault(owner[pid], set()).add(lid)
     return {
         pid: Person(
             pid, state=states[pid], computed=computed.get(pid, {}),
