@@ -182,3 +182,28 @@ def test_a_segment_change_goes_to_readers_of_its_timeline_event_not_to_segments_
     assert seg.affected(defs, [change]) == {"told"}
     pid = person(engine, ws, worker, clock)
     assert pid in members(engine, ws, "fans") and pid in members(engine, ws, "told")
+
+
+def test_a_pass_whose_later_transaction_fails_counts_what_the_earlier_ones_committed(engine, ws, caplog):
+    """The database failing in the middle of a pass (a transient error: the transaction is abandoned) ends the pass;
+    the worker still hears of the changes handled before it, which stay handled, and the rest are retried."""
+    feed.subscribe(engine, "flaky")
+    with engine.begin() as conn:
+        feed.record(conn, ws, [feed.Change(f"p{i:03d}", "list", detail={"list": "x"}) for i in range(30)])
+    seen: list[str] = []
+
+    def handle(conn, ws_id, pid, changes):
+        if len(seen) == 4:  # the second transaction: the database goes away
+            raise sa.exc.OperationalError("SELECT 1", {}, Exception("database is locked"))
+        seen.append(pid)
+
+    task = feed.FeedTask(engine, [("flaky", handle)], batch=100)
+    task.MIN_BATCH = 4
+    assert task._consume("flaky", handle) == 4
+    assert "failed" in caplog.text
+    with engine.connect() as conn:
+        left = conn.execute(sa.select(sa.func.count()).select_from(feed.feed_pending)
+                            .where(feed.feed_pending.c.consumer == "flaky")).scalar_one()  # fmt: skip
+    assert left == 26  # the four handled are gone; the failed one and the rest wait, no attempt counted
+    seen.append("after")  # the database is back
+    assert task.run_once() == 26

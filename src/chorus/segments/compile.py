@@ -103,13 +103,20 @@ class SegmentQuery:
         return set(conn.execute(self.select, self.params(decided)).scalars())
 
 
+def _bind_names(stmt) -> set[str]:
+    # the named parameters of a statement, by walking it (compiling it to read them cost several ms a part)
+    from sqlalchemy.sql import visitors
+
+    return {x.key for x in visitors.iterate(stmt) if isinstance(x, sa.BindParameter)}
+
+
 def decide_hybrids(conn: Connection, hybrids: list[Hybrid], dialect: str) -> dict[str, set]:
     """Decide every hybrid part, each once the parts its candidates read are decided: a candidates query may read
     a shared pass whose filter binds another part's answer (an event-level date test in a ``where``, beside a
     ``last_value`` in the same events pass)."""
     decided: dict[str, set] = {}
     keys = {h.key for h in hybrids}
-    reads = {h.key: set(h.candidates.compile().params) & keys for h in hybrids}
+    reads = {h.key: _bind_names(h.candidates) & keys for h in hybrids}
     todo = list(hybrids)
     while todo:
         ready = [h for h in todo if reads[h.key] <= decided.keys()]

@@ -21,8 +21,8 @@ def preview(conn: Connection, ws: ws_api.Workspace, rule: r.Node, now: datetime,
             segment_id: str | None = None, budget: float | None = None) -> dict:  # fmt: skip
     """``{"count", "sample": [{"profile_id", "identifiers"}], "computed_at"}`` for ``rule`` at ``now``. References
     to other segments read their current members. ``segment_id``: the segment the rule is for (its own references
-    are checked from it). ``budget``: seconds a statement may run before it is stopped (``store.budget.OverBudget``,
-    field ``rule``); None for none."""
+    are checked from it). ``budget``: seconds the preview's statements may run, all together, before the one running
+    is stopped (``store.budget.OverBudget``, field ``rule``); None for none."""
     if isinstance(sample, bool) or not isinstance(sample, int) or not 0 <= sample <= MAX_SAMPLE:
         from chorus.errors import ChorusError
 

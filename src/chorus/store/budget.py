@@ -81,10 +81,11 @@ def _pg_budget(conn: Connection, deadline: float) -> Iterator[None]:
     finally:
         sa.event.remove(conn, "before_cursor_execute", arm)
         # the rest of the transaction runs with the timeout it had before; after a database error the transaction
-        # is aborted (and rolled back with the setting), so there is nothing to restore and nothing may run
+        # is aborted (rolled back with the setting) or the connection lost: nothing to restore, and a statement
+        # there would replace the real error by SQLAlchemy's "pending rollback"
         from psycopg.pq import TransactionStatus
 
-        if raw.info.transaction_status != TransactionStatus.INERROR:
+        if not conn.invalidated and raw.info.transaction_status == TransactionStatus.INTRANS:
             conn.execute(sa.text("SELECT set_config('statement_timeout', :before, true)"), {"before": before})
 
 
