@@ -213,6 +213,26 @@ class Resolver:
         metrics.events_failed.inc(n)
         return n
 
+    @staticmethod
+    def _with_committed_meanwhile(conn, ws_id: str, batch: list[Pending], limit: int) -> list[Pending]:
+        """The workspace's batch plus the pending events committed while this transaction waited for the identity
+        lock (PostgreSQL). A writer that applies an opt-out to a profile's state before its event is resolved
+        (``messaging.consent.record``) stores the event, then takes this lock: had it committed after the batch was
+        read, a replay in this batch (states refolded from the events it knows) would drop the opt-out until the
+        event's own batch, and a message could go out in between. Read after the lock, the event is in the batch."""
+        known = {p.seq for p in batch}
+        q = (
+            sa.select(events.c.seq, events.c.payload, events.c.trusted)
+            .where(events.c.profile_id.is_(None), events.c.workspace_id == ws_id)
+            .order_by(events.c.seq)
+            .limit(limit + len(known))
+            .with_for_update(skip_locked=True, of=events)
+        )
+        extra = [Pending(r.seq, r.payload, r.trusted) for r in conn.execute(q) if r.seq not in known]
+        if not extra:
+            return batch
+        return sorted([*batch, *extra], key=lambda p: p.seq)
+
     def _process(self, limit: int, seqs: list[int] | None = None) -> int:
         if seqs is None:  # an idle poll takes no write lock (SQLite has one for the whole store)
             with read_only(self.engine) as conn:
@@ -239,6 +259,8 @@ class Resolver:
             for ws_id in sorted(by_ws):
                 if conn.dialect.name == "postgresql":
                     conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": "identity:" + ws_id})
+                    if seqs is None:  # (a retry of named events, isolating a poisoned one, takes no others)
+                        by_ws[ws_id] = self._with_committed_meanwhile(conn, ws_id, by_ws[ws_id], limit)
                 workspace = ws_api.get(conn, ws_id)
                 _WorkspaceBatch(conn, workspace, self.clock).run(by_ws[ws_id])
             metrics.events_resolved.inc(len(rows))
