@@ -213,26 +213,6 @@ class Resolver:
         metrics.events_failed.inc(n)
         return n
 
-    @staticmethod
-    def _with_committed_meanwhile(conn, ws_id: str, batch: list[Pending], limit: int) -> list[Pending]:
-        """The workspace's batch plus the pending events committed while this transaction waited for the identity
-        lock (PostgreSQL). A writer that applies an opt-out to a profile's state before its event is resolved
-        (``messaging.consent.record``) stores the event, then takes this lock: had it committed after the batch was
-        read, a replay in this batch (states refolded from the events it knows) would drop the opt-out until the
-        event's own batch, and a message could go out in between. Read after the lock, the event is in the batch."""
-        known = {p.seq for p in batch}
-        q = (
-            sa.select(events.c.seq, events.c.payload, events.c.trusted)
-            .where(events.c.profile_id.is_(None), events.c.workspace_id == ws_id)
-            .order_by(events.c.seq)
-            .limit(limit + len(known))
-            .with_for_update(skip_locked=True, of=events)
-        )
-        extra = [Pending(r.seq, r.payload, r.trusted) for r in conn.execute(q) if r.seq not in known]
-        if not extra:
-            return batch
-        return sorted([*batch, *extra], key=lambda p: p.seq)
-
     def _process(self, limit: int, seqs: list[int] | None = None) -> int:
         if seqs is None:  # an idle poll takes no write lock (SQLite has one for the whole store)
             with read_only(self.engine) as conn:
@@ -259,8 +239,6 @@ class Resolver:
             for ws_id in sorted(by_ws):
                 if conn.dialect.name == "postgresql":
                     conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": "identity:" + ws_id})
-                    if seqs is None:  # (a retry of named events, isolating a poisoned one, takes no others)
-                        by_ws[ws_id] = self._with_committed_meanwhile(conn, ws_id, by_ws[ws_id], limit)
                 workspace = ws_api.get(conn, ws_id)
                 _WorkspaceBatch(conn, workspace, self.clock).run(by_ws[ws_id])
             metrics.events_resolved.inc(len(rows))
@@ -572,6 +550,28 @@ class Rebuild:
             frontier = nxt - seen
         return seen, list(links.values()), owners
 
+    def _keep_early_consent(self, states: dict[str, dict], new_owner: dict[str, str], batch: set[int]) -> None:
+        """Consent applied to a profile before its event is resolved (``messaging.consent.record``: STOP, an
+        unsubscribe, a bounce, under this lock) is in no event the refold above read: its ``Consent Updated`` event
+        is still pending, maybe in another worker's batch or committed after this one was read. Without this the
+        rebuilt state would drop the opt-out until that event is resolved, and a message could go out meanwhile.
+        A plain read (it sees rows another worker holds); the events stay pending, and folding them later is
+        idempotent (consent is keyed by the event's time and id)."""
+        q = sa.select(events.c.seq, events.c.payload, events.c.trusted).where(
+            events.c.workspace_id == self.ws, events.c.profile_id.is_(None), events.c.type == "track",
+            events.c.event == "Consent Updated",
+        )  # fmt: skip
+        for seq, payload, trusted in self.conn.execute(q):
+            if seq in batch:
+                continue
+            try:
+                ext = extract(payload, self.cfg, trusted)
+            except Exception:  # noqa: BLE001 - its own batch will reject it with the reason
+                continue
+            pid = new_owner.get(ext.anchor)
+            if pid is not None:
+                pstate.apply_consent(states[pid], payload, vouched(payload, trusted))
+
     def run(self, seeds: set[str], extra: list[Pending]) -> list[feed.Change]:
         """Rewrite the component; returns the changes to record (the caller records them with its own)."""
         idents, links, old_owner = self._component(seeds)
@@ -617,6 +617,7 @@ class Rebuild:
             _fold(states[pid], p, own_part(p.payload, p.ext, pid, new_owner, self.cfg), self.policies)
             ev_updates.append({"seq": p.seq, "profile_id": pid})
             changes.append(event_change(pid, p))
+        self._keep_early_consent(states, new_owner, {p.seq for p in extra})
         bulk.update_rows(self.conn, events, "seq", ev_updates)
 
         for part in _chunks(sorted(idents)):

@@ -66,6 +66,10 @@ def record(
         return
     if conn.dialect.name == "postgresql":  # the resolver rewrites profile state under this lock: never interleave
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": "identity:" + ws_id})
+    try:  # merged into another while this waited for the lock (or read before it): the survivor is her now
+        profile_id = views.resolve_id(conn, ws_id, profile_id)
+    except NotFound:  # erased: nothing to apply
+        return
     row = conn.execute(sa.select(profiles.c.state).where(profiles.c.id == profile_id)).first()
     if row is not None:
         st = row.state
