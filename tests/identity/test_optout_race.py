@@ -18,6 +18,7 @@ from chorus import workspaces
 from chorus.identity.resolver import Resolver
 from chorus.messaging import consent
 from chorus.profiles import views
+from chorus.store.tables import events, rejected_events
 from tests.identity.helpers import T0, profile_of, resolve, send
 
 
@@ -141,3 +142,29 @@ def test_an_opt_out_for_a_profile_merged_away_while_it_waited_goes_to_the_surviv
     assert not errors, errors
     assert profile_of(engine, ws, "anonymous_id:a1") == profile_of(engine, ws, "user_id:u1")
     assert (_whatsapp_consent(engine, ws) or {}).get("status") == "denied"
+
+
+def test_a_pending_grant_that_is_then_rejected_never_stands_over_an_opt_out(engine):
+    """A replay re-applies only the opt-outs Chorus applied early (``record``'s own denials): a pending grant from
+    anyone waits for its batch, which here rejects it (a stored timestamp the resolver refuses)."""
+    ws = workspaces.create(engine, "grant-race")["id"]
+    send(engine, ws, [{"type": "identify", "userId": "u1", "messageId": "i1", "timestamp": T0.isoformat()},
+                      {"type": "track", "event": "Consent Updated", "userId": "u1", "messageId": "c0",
+                       "timestamp": T0.isoformat(), "properties": {"channel": "whatsapp", "status": "denied"}},
+                      {"type": "track", "event": "Viewed", "anonymousId": "a1", "messageId": "v1",
+                       "timestamp": T0.isoformat()}])  # fmt: skip
+    resolve(engine)
+    send(engine, ws, [{"type": "identify", "userId": "u1", "anonymousId": "a1", "messageId": "i2",
+                       "timestamp": T0.isoformat()}])  # fmt: skip
+    send(engine, ws, [{"type": "track", "event": "Consent Updated", "userId": "u1", "messageId": "bad",
+                       "timestamp": T0.isoformat(), "properties": {"channel": "whatsapp", "status": "granted"}}])
+    with engine.begin() as conn:
+        row = conn.execute(sa.select(events.c.seq, events.c.payload).where(events.c.message_id == "bad")).one()
+        conn.execute(events.update().where(events.c.seq == row.seq).values(payload={**row.payload,
+                                                                                    "timestamp": "zzzz"}))  # fmt: skip
+    Resolver(engine).process_pending(limit=1)  # the merge alone: a replay, the bad grant still pending
+    resolve(engine)
+    with engine.connect() as conn:
+        rejected = {r.message_id for r in conn.execute(sa.select(rejected_events.c.message_id))}
+    assert "bad" in rejected
+    assert _whatsapp_consent(engine, ws)["status"] == "denied"

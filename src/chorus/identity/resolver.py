@@ -556,21 +556,26 @@ class Rebuild:
         is still pending, maybe in another worker's batch or committed after this one was read. Without this the
         rebuilt state would drop the opt-out until that event is resolved, and a message could go out meanwhile.
         A plain read (it sees rows another worker holds); the events stay pending, and folding them later is
-        idempotent (consent is keyed by the event's time and id)."""
+        idempotent (consent is keyed by the event's time and id).
+
+        Only what ``record`` applies early, and only withdrawals: its events (their ids begin ``chorus-consent-``)
+        that deny. A pending grant, or anybody else's event, waits for its own batch, which may reject it: applied
+        here, a rejected grant would stand over an opt-out. A denial is the safe direction whoever sent it."""
         q = sa.select(events.c.seq, events.c.payload, events.c.trusted).where(
             events.c.workspace_id == self.ws, events.c.profile_id.is_(None), events.c.type == "track",
-            events.c.event == "Consent Updated",
+            events.c.event == "Consent Updated", events.c.message_id.like("chorus-consent-%"),
         )  # fmt: skip
         for seq, payload, trusted in self.conn.execute(q):
-            if seq in batch:
+            props = payload.get("properties") if isinstance(payload, dict) else None
+            if seq in batch or not isinstance(props, dict) or props.get("status") != "denied":
                 continue
             try:
                 ext = extract(payload, self.cfg, trusted)
-            except Exception:  # noqa: BLE001 - its own batch will reject it with the reason
+                pid = new_owner.get(ext.anchor)
+                if pid is not None:
+                    pstate.apply_consent(states[pid], payload, vouched(payload, trusted))
+            except Exception:  # noqa: BLE001 - its own batch will reject it with the reason; never this batch
                 continue
-            pid = new_owner.get(ext.anchor)
-            if pid is not None:
-                pstate.apply_consent(states[pid], payload, vouched(payload, trusted))
 
     def run(self, seeds: set[str], extra: list[Pending]) -> list[feed.Change]:
         """Rewrite the component; returns the changes to record (the caller records them with its own)."""
