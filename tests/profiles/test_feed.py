@@ -162,6 +162,45 @@ def test_a_consumer_gets_each_change_once_in_order_and_failures_are_isolated(eng
     assert len(seen_rows(engine, "c1")) == 12 and feed.consume(engine, "c1", handle) == 0
 
 
+class _Whole:
+    """A handler that also takes whole claims (``handle.many``), failing while a person of the claim is broken."""
+
+    def __init__(self, name, broken=()):
+        self.name, self.broken, self.claims = name, set(broken), []
+
+    def __call__(self, conn, ws_id, pid, chs):
+        remember(self.name)(conn, ws_id, pid, chs)
+        if pid in self.broken:
+            raise ValueError(f"cannot handle {pid} yet")
+
+    def many(self, conn, claimed):
+        self.claims.append(sorted(claimed))
+        for (ws_id, pid), chs in claimed.items():
+            self(conn, ws_id, pid, chs)
+
+
+def test_a_handler_may_take_the_whole_claim_and_falls_back_to_each_person_when_it_fails(engine, ws):
+    feed.subscribe(engine, "c3")
+    with engine.begin() as conn:
+        feed.record(conn, ws, [feed.Change(f"p{i % 3}", "event", event_seq=i) for i in range(12)])
+    h = _Whole("c3", broken={"p1"})
+    # the claim at once fails (p1); rolled back, then person by person: p0 and p2 handled, p1 counts an attempt
+    assert feed.consume(engine, "c3", h) == 8
+    assert h.claims == [[(ws, "p0"), (ws, "p1"), (ws, "p2")]]
+    rows = seen_rows(engine, "c3")
+    assert sorted({r.profile_id for r in rows}) == ["p0", "p2"] and len(rows) == 8  # nothing of the failed claim
+    h.broken.clear()
+    with engine.begin() as conn:
+        feed.record(conn, ws, [feed.Change(p, "consent") for p in ("p0", "p2")])
+    # p1's four, and one more each for p0 and p2: one claim, handled at once
+    assert feed.consume(engine, "c3", h) == 6 and h.claims[-1] == [(ws, "p0"), (ws, "p1"), (ws, "p2")]
+    rows = seen_rows(engine, "c3")
+    assert len(rows) == 14 and len({r.seq for r in rows}) == 14 and feed.consume(engine, "c3", h) == 0
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(feed_pending)
+                            .where(feed_pending.c.consumer == "c3")).scalar() == 0  # fmt: skip
+
+
 def test_a_change_that_keeps_failing_is_parked_and_the_person_goes_on(engine, ws):
     feed.subscribe(engine, "c2")
     with engine.begin() as conn:

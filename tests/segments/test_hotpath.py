@@ -88,7 +88,7 @@ def test_an_evaluation_that_leaves_the_timer_where_it_was_does_not_write_it(engi
     settle(worker)
     pid = profile_of(engine, ws, "user_id:u1")
     with engine.connect() as conn:
-        before = store.timers_of(conn, ws, pid)
+        before = store.timers_many(conn, ws, [pid])[pid]
     assert before["bought"] == T0 + timedelta(days=30)
     seen, spy = _writes_to(engine, "segment_timers")
     sa.event.listen(engine, "before_cursor_execute", spy)
@@ -102,23 +102,29 @@ def test_an_evaluation_that_leaves_the_timer_where_it_was_does_not_write_it(engi
     finally:
         sa.event.remove(engine, "before_cursor_execute", spy)
     with engine.connect() as conn:
-        assert "bought" not in store.timers_of(conn, ws, pid)  # out for good: time changes nothing any more
+        assert "bought" not in store.timers_many(conn, ws, [pid]).get(pid, {})  # out for good
 
 
-def test_a_persons_segments_entered_and_left_at_once_report_only_real_changes(engine, ws):
+def test_peoples_segments_entered_and_left_at_once_report_only_real_changes(engine, ws):
     at = T0
     with engine.begin() as conn:
-        assert store.enter_segments(conn, ws, "p1", ["b", "a"], at, "test") == ["b", "a"]
-        assert store.enter_segments(conn, ws, "p1", ["c", "a", "d"], at, "test") == ["c", "d"]
-        assert store.leave_segments(conn, ws, "p1", ["z", "d", "a"], at, "test") == ["d", "a"]
-        assert store.memberships(conn, ws, "p1") == {"b", "c"}
-        hist = conn.execute(sa.select(segment_history.c.segment_id, segment_history.c.change)
+        assert store.enter_many(conn, ws, [("p1", "b", "x"), ("p1", "a", "x"), ("p2", "a", "y")], at) == {
+            ("p1", "b"), ("p1", "a"), ("p2", "a")}
+        assert store.enter_many(conn, ws, [("p1", "c", "x"), ("p1", "a", "x"), ("p2", "d", "y")], at) == {
+            ("p1", "c"), ("p2", "d")}
+        assert store.leave_many(conn, ws, [("p1", "z", "x"), ("p2", "d", "y"), ("p1", "a", "x"), ("p2", "b", "y")],
+                                at) == {("p2", "d"), ("p1", "a")}
+        assert store.memberships(conn, ws, "p1") == {"b", "c"} and store.memberships(conn, ws, "p2") == {"a"}
+        hist = conn.execute(sa.select(segment_history.c.profile_id, segment_history.c.segment_id,
+                                      segment_history.c.change, segment_history.c.cause)
                             .where(segment_history.c.workspace_id == ws).order_by(segment_history.c.id)).all()
-        store.set_timers(conn, ws, "p1", {"b": at, "c": at + timedelta(days=1)})
-        store.set_timers(conn, ws, "p1", {"b": None, "c": at + timedelta(days=2)})
-        assert store.timers_of(conn, ws, "p1") == {"c": at + timedelta(days=2)}
-    assert [tuple(h) for h in hist] == [("b", "entered"), ("a", "entered"), ("c", "entered"), ("d", "entered"),
-                                        ("d", "exited"), ("a", "exited")]  # fmt: skip
+        store.set_timers_many(conn, ws, {"p1": {"b": at, "c": at + timedelta(days=1)}, "p2": {"a": at}})
+        store.set_timers_many(conn, ws, {"p1": {"b": None, "c": at + timedelta(days=2)}, "p2": {"a": None}})
+        assert store.timers_many(conn, ws, ["p1", "p2", "p3"]) == {"p1": {"c": at + timedelta(days=2)}}
+    assert [tuple(h) for h in hist] == [  # history for the real changes only, each with its own cause
+        ("p1", "b", "entered", "x"), ("p1", "a", "entered", "x"), ("p2", "a", "entered", "y"),
+        ("p1", "c", "entered", "x"), ("p2", "d", "entered", "y"),
+        ("p2", "d", "exited", "y"), ("p1", "a", "exited", "x")]  # fmt: skip
 
 
 # -- consume transactions sized by time ------------------------------------------------------------------------------
@@ -148,7 +154,7 @@ def test_a_pass_handles_its_batch_in_transactions_of_about_max_hold(engine, ws):
 @pytest.mark.parametrize("table,columns,index", [
     ("segment_members", "profile_id, segment_id", "ix_segment_members_profile"),  # load.people, memberships
     ("list_members", "profile_id, list_id", "ix_list_members_profile"),
-    ("segment_timers", "segment_id, due_at", "ix_segment_timers_profile"),  # timers_of
+    ("segment_timers", "segment_id, due_at", "ix_segment_timers_profile"),  # timers_many
 ])  # fmt: skip
 def test_sqlite_reads_one_persons_rows_by_the_profile_index(engine, table, columns, index):
     if engine.dialect.name != "sqlite":
@@ -166,7 +172,7 @@ def test_timers_are_kept_per_person(engine, ws, clock, worker):
     with engine.connect() as conn:
         rows = conn.execute(sa.select(segment_timers.c.segment_id, segment_timers.c.due_at)
                             .where(segment_timers.c.profile_id == pid)).all()  # fmt: skip
-        assert store.timers_of(conn, ws, pid) == dict(rows) == {"views": clock.at + timedelta(days=7)}
+        assert store.timers_many(conn, ws, [pid])[pid] == dict(rows) == {"views": clock.at + timedelta(days=7)}
 
 
 def test_a_segment_change_goes_to_readers_of_its_timeline_event_not_to_segments_referring_to_it(engine, ws, clock,
@@ -207,3 +213,54 @@ def test_a_pass_whose_later_transaction_fails_counts_what_the_earlier_ones_commi
     assert left == 26  # the four handled are gone; the failed one and the rest wait, no attempt counted
     seen.append("after")  # the database is back
     assert task.run_once() == 26
+
+
+# -- a claim's people evaluated together ---------------------------------------------------------------------------
+def test_a_claims_people_are_evaluated_with_statements_that_do_not_grow_with_their_number(engine, ws, clock):
+    """30 people whose events enter them in two segments and one referring to them: one consume transaction runs a
+    fixed number of statements (decision 0034), and each person gets her memberships, history, timers, timeline
+    events and feed changes, as one evaluated alone does."""
+    from chorus.store.tables import events, profile_changes
+    from tests.identity.helpers import resolve
+
+    define(engine, ws, "viewers", VIEWED)
+    define(engine, ws, "buyers", BOUGHT)
+    define(engine, ws, "both", {"and": [{"segment": "viewers"}, {"segment": "buyers"}]})
+    for sid in ("viewers", "buyers", "both"):
+        seg.recompute(engine, ws, sid)
+    feed.subscribe(engine, seg.CONSUMER)
+    for i in range(30):
+        evs = [ev("Product Viewed", clock.at, user=f"u{i:02d}")]
+        if i % 2:
+            evs.append(ev("Order Completed", clock.at, user=f"u{i:02d}"))
+        send(engine, ws, evs, received_at=clock.at)
+    resolve(engine)
+    statements: list[str] = []
+
+    def spy(conn, cursor, statement, params, context, executemany):
+        statements.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", spy)
+    try:
+        assert feed.consume(engine, seg.CONSUMER, seg.consumer(), limit=500) >= 30
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", spy)
+    assert len(statements) < 60, len(statements)  # one person alone runs about 25; 30 people one by one, 750
+    ids = {f"u{i:02d}": profile_of(engine, ws, f"user_id:u{i:02d}") for i in range(30)}
+    assert members(engine, ws, "viewers") == set(ids.values())
+    odd = {ids[f"u{i:02d}"] for i in range(1, 30, 2)}
+    assert members(engine, ws, "buyers") == odd and members(engine, ws, "both") == odd
+    with engine.connect() as conn:
+        timers = store.timers_many(conn, ws, list(ids.values()))
+        entered = conn.execute(sa.select(events.c.profile_id, sa.func.count()).where(
+            events.c.workspace_id == ws, events.c.event == "Segment Entered").group_by(events.c.profile_id)).all()
+        fed = conn.execute(sa.select(profile_changes.c.profile_id, sa.func.count()).where(
+            profile_changes.c.workspace_id == ws, profile_changes.c.cause == "segment")
+            .group_by(profile_changes.c.profile_id)).all()  # fmt: skip
+        hist = conn.execute(sa.select(segment_history.c.profile_id, segment_history.c.segment_id,
+                                      segment_history.c.cause).where(segment_history.c.workspace_id == ws)).all()
+    assert timers == {pid: {"viewers": clock.at + timedelta(days=7)} for pid in ids.values()}
+    expected = {pid: 3 if pid in odd else 1 for pid in ids.values()}
+    assert dict(entered) == expected and dict(fed) == expected
+    assert sorted(hist) == sorted([(pid, "viewers", "event") for pid in ids.values()]
+                                  + [(pid, s, "event") for pid in odd for s in ("buyers", "both")])

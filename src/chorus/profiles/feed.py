@@ -70,7 +70,10 @@ class Delivered:
     detail: dict = field(default_factory=dict)
 
 
-# (conn, workspace id, profile id, that person's changes in seq order) -> None; raises to have them retried
+# (conn, workspace id, profile id, that person's changes in seq order) -> None; raises to have them retried.
+# A handler may also have a ``many(conn, {(workspace id, profile id): changes})`` attribute: the whole claim at
+# once, so that a consumer can read and write many people in one statement each (the segments engine: decision
+# 0034). If it raises, its savepoint is rolled back and the claim is handed over person by person.
 Handler = Callable[[Connection, str, str, list[Delivered]], None]
 
 
@@ -287,7 +290,8 @@ def failed(conn: Connection, consumer: str, seqs: list[int], error: str) -> None
 
 def consume(engine: Engine, consumer: str, handle: Handler, limit: int = 500) -> int:
     """One transaction: claim, hand each person's changes to ``handle``, delete what was handled. Returns how many
-    changes were handled.
+    changes were handled. A handler with ``many`` gets the whole claim at once (``Handler``); when that fails, it
+    is rolled back and each person's changes are handed over alone, as follows.
 
     A person whose changes ``handle`` fails on is rolled back alone (a savepoint), then her changes are tried one
     by one, in order: those before the failing one are handled, the failing one counts an attempt, the later ones
@@ -302,9 +306,23 @@ def consume(engine: Engine, consumer: str, handle: Handler, limit: int = 500) ->
         return 0
     done = 0
     with engine.begin() as conn:
+        claimed = dict(sorted(claim(conn, consumer, limit).items()))
+        many = getattr(handle, "many", None)
+        if many is not None and len(claimed) > 1:
+            try:
+                with conn.begin_nested():
+                    many(conn, claimed)
+            except Exception as exc:  # noqa: BLE001 - one person's failure: each person alone, below
+                _reraise_transient(exc)
+                log.info("change feed consumer %s failed on a claim of %d people; handled one by one: %s",
+                         consumer, len(claimed), exc)  # fmt: skip
+            else:
+                seqs = [c.seq for changes in claimed.values() for c in changes]
+                handled(conn, consumer, seqs)
+                return len(seqs)
         ok: list[int] = []  # handled, deleted in one statement before the commit (one per person cost as much)
         # people in profile id order: every writer that locks several people (segment timers, batches) does too
-        for (ws, pid), changes in sorted(claim(conn, consumer, limit).items()):
+        for (ws, pid), changes in claimed.items():
             try:
                 with conn.begin_nested():
                     handle(conn, ws, pid, changes)

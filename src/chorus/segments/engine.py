@@ -43,6 +43,7 @@ from chorus.segments.evaluate import evaluate
 from chorus.segments.needs import Needs
 from chorus.segments.needs import needs as needs_of
 from chorus.segments.person import Person
+from chorus.store import bulk
 from chorus.store.tables import identifiers, profiles, segment_timers
 from chorus.timeutil import iso, utcnow
 
@@ -199,37 +200,35 @@ class Evaluator:
 
     def person(self, pid: str, segment_ids: set[str], cause: str) -> Outcome:
         """Evaluate ``segment_ids`` (and what refers to them, when they change) for ``pid``; apply the diff."""
-        out = Outcome()
-        if not segment_ids or not self.defs:
-            return out
+        return self.people({pid: set(segment_ids)}, {pid: cause}).get(pid, Outcome())
+
+    def people(self, todo: dict[str, set[str]], causes: dict[str, str]) -> dict[str, Outcome]:
+        """:meth:`person` for many people of the workspace at once, with the statements of one: their rows
+        locked in one statement (in id order, the order of every locker), read in one load, their timers in one
+        read, and the diffs written in one statement per table (``store.*_many``), one ``feed.record`` and one
+        ``ingest.store``. A consume transaction of 100 people cost 100 times each statement (decision 0034).
+        ``causes`` names each person's cause (the last change's); the outcomes are the real changes."""
+        outs = {pid: Outcome() for pid in todo}
+        todo = {pid: set(sids) & set(self.defs) for pid, sids in todo.items()}
+        todo = {pid: sids for pid, sids in todo.items() if sids}
+        if not todo or not self.defs:
+            return outs
         ws = self.ws.id
-        lock_person(self.conn, ws, pid)
-        person = load_person(self.conn, self.ws, pid, self.needs(segment_ids))
-        if person is None:  # merged away or erased: she is in nothing any more
-            self._leave_all(pid, cause)
-            return out
-        todo = set(segment_ids) & set(self.defs)
-        inside = set(person.segments)
-        timers = store.timers_of(self.conn, ws, pid)
-        moved: dict[str, datetime | None] = {}
-        for sid in self.order:
-            if sid not in todo:
-                continue
-            res = evaluate(self.defs[sid].rule, _with(person, inside), self.now, topics=self.topics)
-            if timers.get(sid) != res.next_change:  # many changes leave it where it was: no write
-                moved[sid] = res.next_change
-            if res.value == (sid in inside):
-                continue
-            if res.value:
-                inside.add(sid)
-                out.entered.append(sid)
-            else:
-                inside.discard(sid)
-                out.exited.append(sid)
-            todo |= self.dependents.get(sid, set())
-        store.set_timers(self.conn, ws, pid, moved)
-        self._apply(pid, out, cause, person)
-        return out
+        pids = sorted(todo)
+        lock_people(self.conn, ws, pids)
+        need = self.needs(set().union(*todo.values()))
+        found = load.people(self.conn, ws, pids, self.ws.identity, needs=need)
+        for pid in pids:
+            if pid not in found:  # merged away or erased: she is in nothing any more
+                self._leave_all(pid, causes[pid])
+        timers = store.timers_many(self.conn, ws, list(found))
+        moved: dict[str, dict[str, datetime | None]] = {}
+        for pid, person in found.items():
+            outs[pid], moved[pid] = decide(self.defs, self.order, self.dependents, todo[pid], person,
+                                           timers.get(pid, {}), self.now, self.topics)  # fmt: skip
+        store.set_timers_many(self.conn, ws, moved)
+        self.apply_many({pid: outs[pid] for pid in found}, causes)
+        return outs
 
     def _leave_all(self, pid: str, cause: str) -> None:
         """A profile merged away or erased: out of everything, once (leave reports only real exits)."""
@@ -242,45 +241,100 @@ class Evaluator:
                                                                                     "change": "exited"})
                                                 for sid in left], self.now)  # fmt: skip
 
-    def _apply(self, pid: str, out: Outcome, cause: str, person: Person) -> None:
+    def _apply(self, pid: str, out: Outcome, cause: str, person: Person | None = None) -> None:
+        self.apply_many({pid: out}, {pid: cause})
+
+    def apply_many(self, outs: dict[str, Outcome], causes: dict[str, str]) -> None:
+        """Write these people's diffs (profile id -> entered and exited, each one's cause): memberships and
+        history in one statement each, the ``segment`` feed changes in one ``feed.record``, the timeline events in
+        one ``ingest.store``. Each Outcome is narrowed to the real changes (an entry already a member is none)."""
         ws, now = self.ws.id, self.now
-        if not out.entered and not out.exited:
+        entering = [(pid, sid, causes[pid]) for pid, o in sorted(outs.items()) for sid in o.entered]
+        leaving = [(pid, sid, causes[pid]) for pid, o in sorted(outs.items()) for sid in o.exited]
+        if not entering and not leaving:
             return
-        out.entered = store.enter_segments(self.conn, ws, pid, out.entered, now, cause)
-        out.exited = store.leave_segments(self.conn, ws, pid, out.exited, now, cause)
-        if not out.entered and not out.exited:
+        entered = store.enter_many(self.conn, ws, entering, now)
+        exited = store.leave_many(self.conn, ws, leaving, now)
+        for pid, o in outs.items():
+            o.entered = [sid for sid in o.entered if (pid, sid) in entered]
+            o.exited = [sid for sid in o.exited if (pid, sid) in exited]
+        moved = sorted(pid for pid, o in outs.items() if o.entered or o.exited)
+        if not moved:
             return
-        changes, evs = [], []
-        ident = identity_fields({"id": pid, "identifiers": _identifiers(self.conn, ws, pid)})
-        for change, ids in (("entered", out.entered), ("exited", out.exited)):
-            for sid in ids:
-                changes.append(feed.Change(pid, "segment", detail={"segment": sid, "change": change}))
-                ev = _timeline_event(ident, sid, self.defs[sid].name, change, cause, now)
-                if ev is not None:
-                    evs.append(ev)
+        changes, evs, owner = [], [], {}
+        idents = _identifiers(self.conn, ws, moved)
+        for pid in moved:
+            ident = identity_fields({"id": pid, "identifiers": idents.get(pid, {})})
+            for change, ids in (("entered", outs[pid].entered), ("exited", outs[pid].exited)):
+                for sid in ids:
+                    changes.append(feed.Change(pid, "segment", detail={"segment": sid, "change": change}))
+                    ev = _timeline_event(ident, sid, self.defs[sid].name, change, causes[pid], now)
+                    if ev is not None:
+                        evs.append(ev)
+                        owner[ev.message_id] = pid
         feed.record(self.conn, ws, changes, now)
         if evs:
             source = ws_api.internal_source(self.conn, ws, "internal", "chorus-segments")
-            ingest.store(self.conn, source, evs, [], now, {e.message_id: pid for e in evs})
+            ingest.store(self.conn, source, evs, [], now, owner)
 
 
-def _identifiers(conn: Connection, ws: str, pid: str) -> dict[str, list[str]]:
-    """The profile's identifiers by kind, sorted, as its view shows them (``views.get_profiles``, which also reads
+def decide(defs: dict[str, store.Definition], order: list[str], dependents: dict[str, set[str]],
+           segment_ids: set[str], person: Person, timers: dict[str, datetime], now: datetime,
+           topics: dict | None) -> tuple[Outcome, dict[str, datetime | None]]:  # fmt: skip
+    """The pure step of the incremental engine for one person: evaluate ``segment_ids`` in dependency order (and
+    the segments referring to one whose answer changed, after it), with ``person.segments`` as her memberships.
+    Returns what she entered and exited, and the timers that move (segment id -> next change, None: none); an
+    unmoved timer is not rewritten."""
+    out = Outcome()
+    todo = set(segment_ids) & set(defs)
+    inside = set(person.segments)
+    moved: dict[str, datetime | None] = {}
+    for sid in order:
+        if sid not in todo:
+            continue
+        res = evaluate(defs[sid].rule, _with(person, inside), now, topics=topics)
+        if timers.get(sid) != res.next_change:  # many changes leave it where it was: no write
+            moved[sid] = res.next_change
+        if res.value == (sid in inside):
+            continue
+        if res.value:
+            inside.add(sid)
+            out.entered.append(sid)
+        else:
+            inside.discard(sid)
+            out.exited.append(sid)
+        todo |= dependents.get(sid, set())
+    return out, moved
+
+
+def _identifiers(conn: Connection, ws: str, pids: list[str]) -> dict[str, dict[str, list[str]]]:
+    """Each profile's identifiers by kind, sorted, as its view shows them (``views.get_profiles``, which also reads
     the profile, its aliases and computed traits: a third of an entry's cost, for the one field a timeline event
     needs)."""
-    by_kind: dict[str, list[str]] = {}
-    for i in sorted(conn.execute(sa.select(identifiers.c.ident).where(identifiers.c.workspace_id == ws,
-                                                                      identifiers.c.profile_id == pid)).scalars()):
-        by_kind.setdefault(kind_of(i), []).append(value_of(i))
-    return by_kind
+    out: dict[str, dict[str, list[str]]] = {}
+    rows = conn.execute(sa.select(identifiers.c.profile_id, identifiers.c.ident).where(
+        identifiers.c.workspace_id == ws, bulk.in_(identifiers.c.profile_id, pids, conn.dialect.name))).all()
+    for pid, i in sorted(rows):
+        out.setdefault(pid, {}).setdefault(kind_of(i), []).append(value_of(i))
+    return out
 
 
 def lock_person(conn: Connection, ws: str, pid: str) -> None:
     """One writer of a person's membership at a time (consumer, timers, batch, a deleted segment): her profile row,
     locked until the transaction ends (PostgreSQL; SQLite has one writer). Lockers take people in id order."""
+    lock_people(conn, ws, [pid])
+
+
+def lock_people(conn: Connection, ws: str, pids: list[str], *, skip_locked: bool = False) -> list[str]:
+    """:func:`lock_person` for many, in one statement taking the rows in id order (PostgreSQL locks rows as the
+    ordered scan returns them). Returns the ids locked: with ``skip_locked``, those another transaction holds are
+    left out (the timer task); ids that are not profiles are never returned. SQLite: the ids that are profiles."""
+    q = sa.select(profiles.c.id).where(profiles.c.workspace_id == ws)
+    q = q.where(profiles.c.id == pids[0]) if len(pids) == 1 else q.where(bulk.in_(profiles.c.id, pids,
+                                                                                  conn.dialect.name))
     if conn.dialect.name == "postgresql":
-        conn.execute(sa.select(profiles.c.id).where(profiles.c.workspace_id == ws, profiles.c.id == pid)
-                     .with_for_update())  # fmt: skip
+        q = q.order_by(profiles.c.id).with_for_update(skip_locked=skip_locked)
+    return list(conn.execute(q).scalars())
 
 
 def _with(person: Person, inside: set[str]) -> Person:
@@ -308,29 +362,51 @@ def ident_key(ident: dict) -> str:
 
 
 # -- the change-feed consumer -------------------------------------------------------------------------------------
-def consumer(clock: Callable[[], datetime] | None = None):
-    def handle(conn: Connection, ws: str, pid: str, changes: list[feed.Delivered]) -> None:
-        defs = context(conn, ws).defs  # once per consume transaction, not once per person
-        if not defs:
-            return
-        ev = Evaluator(conn, ws, (clock or now)())
-        merged_away = [c for c in changes if c.cause == "merge" and c.target_id and c.profile_id == pid
-                       and c.target_id != pid]  # fmt: skip
-        if merged_away:
-            ev._leave_all(pid, "merge")
-            return
-        ev.person(pid, affected(defs, changes), changes[-1].cause)
+class Consumer:
+    """The ``segments`` change-feed consumer. ``many`` takes a whole claim: per workspace, the people merged away
+    leave everything, and the others are evaluated together (``Evaluator.people``: one statement per table for
+    all of them, decision 0034); calling it handles one person (the feed's fallback when a claim fails)."""
 
-    return handle
+    def __init__(self, clock: Callable[[], datetime] | None = None):
+        self.clock = clock  # None: the module's ``now``, looked up at each claim (tests and simulations replace it)
+
+    def __call__(self, conn: Connection, ws: str, pid: str, changes: list[feed.Delivered]) -> None:
+        self.many(conn, {(ws, pid): changes})
+
+    def many(self, conn: Connection, claimed: dict[tuple[str, str], list[feed.Delivered]]) -> None:
+        at = (self.clock or now)()
+        by_ws: dict[str, dict[str, list[feed.Delivered]]] = {}
+        for (ws, pid), changes in claimed.items():
+            by_ws.setdefault(ws, {})[pid] = changes
+        for ws in sorted(by_ws):  # each workspace's definitions lock before its people's rows, in one order
+            defs = context(conn, ws).defs  # once per consume transaction, not once per person
+            if not defs:
+                continue
+            ev = Evaluator(conn, ws, at)
+            todo: dict[str, set[str]] = {}
+            causes: dict[str, str] = {}
+            for pid, changes in sorted(by_ws[ws].items()):
+                if any(c.cause == "merge" and c.target_id and c.profile_id == pid and c.target_id != pid
+                       for c in changes):  # fmt: skip
+                    ev._leave_all(pid, "merge")
+                    continue
+                todo[pid], causes[pid] = affected(defs, changes), changes[-1].cause
+            ev.people(todo, causes)
+
+
+def consumer(clock: Callable[[], datetime] | None = None) -> Consumer:
+    return Consumer(clock)
 
 
 # -- time ----------------------------------------------------------------------------------------------------------
 def due(engine: Engine, limit: int = 500, clock: Callable[[], datetime] | None = None) -> int:
     """Evaluate the people whose answer time alone changes now (their timers are due). One transaction.
 
-    The same lock order as the feed consumer: the person's profile row first (skipped when another worker holds
-    it: it is evaluating her, and her timers are still due at the next pass), then her timers. A person whose
-    evaluation fails is rolled back alone and tried again a minute later."""
+    The same lock order as the feed consumer: per workspace (in id order) its definitions lock, then its people's
+    profile rows in one statement in id order, skipping those another worker holds (it is evaluating her, and her
+    timers are still due at the next pass), then their timers. The people are evaluated together
+    (``Evaluator.people``); if that fails, each alone, and a person whose evaluation fails is rolled back alone and
+    tried again a minute later."""
     at = (clock or now)()
     with engine.begin() as conn:
         rows = conn.execute(
@@ -339,37 +415,55 @@ def due(engine: Engine, limit: int = 500, clock: Callable[[], datetime] | None =
             .order_by(segment_timers.c.due_at)
             .limit(limit)
         ).all()
-        # workspace, then profile id order, like the feed consumer: each workspace's definitions lock is taken
-        # before any of its people's rows, and the workspaces' locks in one order (no cycle with two deletions)
-        people = sorted(set(rows))
-        evaluators: dict[str, Evaluator] = {}
+        by_ws: dict[str, set[str]] = {}
+        for ws, pid in rows:
+            by_ws.setdefault(ws, set()).add(pid)
         done = 0
-        for ws, pid in people:
-            mine = (segment_timers.c.workspace_id == ws, segment_timers.c.profile_id == pid,
-                    segment_timers.c.due_at <= at)  # fmt: skip
-            try:  # the definitions' shared lock before her row: the lock order of every writer
-                ev = evaluators.get(ws) or evaluators.setdefault(ws, Evaluator(conn, ws, at))
-            except ChorusError:  # her workspace is being deleted
+        for ws in sorted(by_ws):  # workspaces in one order: no cycle between two deletions' locks
+            pids = sorted(by_ws[ws])
+            t = segment_timers.c
+            mine = (t.workspace_id == ws, bulk.in_(t.profile_id, pids, conn.dialect.name), t.due_at <= at)
+            try:  # the definitions' shared lock before the rows: the lock order of every writer
+                ev = Evaluator(conn, ws, at)
+            except ChorusError:  # the workspace is being deleted
                 conn.execute(segment_timers.update().where(*mine).values(due_at=at + timedelta(minutes=1)))
                 continue
-            if conn.dialect.name == "postgresql" and conn.execute(
-                sa.select(profiles.c.id).where(profiles.c.workspace_id == ws, profiles.c.id == pid)
-                .with_for_update(skip_locked=True)
-            ).first() is None and conn.execute(
-                sa.select(profiles.c.id).where(profiles.c.workspace_id == ws, profiles.c.id == pid)
-            ).first() is not None:  # fmt: skip
-                continue  # someone else is evaluating her now
-            sids = set(conn.execute(sa.select(segment_timers.c.segment_id).where(*mine)).scalars())
-            if not sids:
+            existing = set(conn.execute(sa.select(profiles.c.id).where(
+                profiles.c.workspace_id == ws, bulk.in_(profiles.c.id, pids, conn.dialect.name))).scalars())
+            locked = set(lock_people(conn, ws, pids, skip_locked=True)) if existing else set()
+            ours = [p for p in pids if p in locked or p not in existing]  # a profile gone: she leaves everything
+            if not ours:
                 continue
+            mine = (t.workspace_id == ws, bulk.in_(t.profile_id, ours, conn.dialect.name), t.due_at <= at)
+            todo: dict[str, set[str]] = {}
+            for pid, sid in conn.execute(sa.select(t.profile_id, t.segment_id).where(*mine)):
+                todo.setdefault(pid, set()).add(sid)
             try:
                 with conn.begin_nested():
                     conn.execute(segment_timers.delete().where(*mine))  # evaluating sets the next ones
-                    ev.person(pid, sids, "timer")
-                done += len(sids)
-            except Exception:  # noqa: BLE001 - one person must not stop time for everybody
-                log.exception("segment timers of profile %s failed; retried in a minute", pid)
-                conn.execute(segment_timers.update().where(*mine).values(due_at=at + timedelta(minutes=1)))
+                    ev.people(todo, dict.fromkeys(todo, "timer"))
+                done += sum(len(s) for s in todo.values())
+            except Exception as exc:  # noqa: BLE001 - each person alone, below
+                from chorus.profiles.feed import _reraise_transient
+
+                _reraise_transient(exc)
+                done += _due_one_by_one(conn, ev, todo, at)
+    return done
+
+
+def _due_one_by_one(conn: Connection, ev: Evaluator, todo: dict[str, set[str]], at: datetime) -> int:
+    done = 0
+    for pid, sids in sorted(todo.items()):
+        t = segment_timers.c
+        hers = (t.workspace_id == ev.ws.id, t.profile_id == pid, t.segment_id.in_(sorted(sids)), t.due_at <= at)
+        try:
+            with conn.begin_nested():
+                conn.execute(segment_timers.delete().where(*hers))
+                ev.person(pid, sids, "timer")
+            done += len(sids)
+        except Exception:  # noqa: BLE001 - one person must not stop time for everybody
+            log.exception("segment timers of profile %s failed; retried in a minute", pid)
+            conn.execute(segment_timers.update().where(*hers).values(due_at=at + timedelta(minutes=1)))
     return done
 
 

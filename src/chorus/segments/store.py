@@ -201,44 +201,6 @@ def leave(
     return done
 
 
-def enter_segments(conn: Connection, ws: str, profile_id: str, segment_ids: list[str], at: datetime,
-                   cause: str) -> list[str]:  # fmt: skip
-    """Make one person a member of these segments, in one statement; returns those she was not in (in the order
-    given; history is written for them only). The incremental engine's path: a change often enters several."""
-    if not segment_ids:
-        return []
-    insert = pg_sql.insert if conn.dialect.name == "postgresql" else sqlite_sql.insert
-    stmt = insert(segment_members).on_conflict_do_nothing().returning(segment_members.c.segment_id)
-    # parameters as a list: one cached statement whatever their number (SQLAlchemy's "insertmanyvalues"), where
-    # .values([...]) compiled a new one for every count of rows
-    rows = [{"workspace_id": ws, "segment_id": s, "profile_id": profile_id, "since": at} for s in segment_ids]
-    new = set(conn.execute(stmt, rows).scalars())
-    done = [s for s in segment_ids if s in new]
-    _person_history(conn, ws, profile_id, done, "entered", at, cause)
-    return done
-
-
-def leave_segments(conn: Connection, ws: str, profile_id: str, segment_ids: list[str], at: datetime,
-                   cause: str) -> list[str]:  # fmt: skip
-    """Take one person out of these segments, in one statement; returns those she was in (in the order given)."""
-    if not segment_ids:
-        return []
-    gone = set(conn.execute(segment_members.delete().where(
-        segment_members.c.workspace_id == ws, segment_members.c.profile_id == profile_id,
-        segment_members.c.segment_id.in_(segment_ids)).returning(segment_members.c.segment_id)).scalars())  # fmt: skip
-    done = [s for s in segment_ids if s in gone]
-    _person_history(conn, ws, profile_id, done, "exited", at, cause)
-    return done
-
-
-def _person_history(conn, ws, profile_id, segment_ids, change, at, cause) -> None:
-    if segment_ids:  # a few rows: one INSERT (SQLAlchemy batches the parameters into one statement)
-        conn.execute(segment_history.insert(), [
-            {"workspace_id": ws, "segment_id": s, "profile_id": profile_id, "change": change, "at": at,
-             "cause": cause} for s in segment_ids
-        ])  # fmt: skip
-
-
 def _history(conn, ws, segment_id, ids, change, at, cause) -> None:
     if not ids:
         return
@@ -248,25 +210,86 @@ def _history(conn, ws, segment_id, ids, change, at, cause) -> None:
     ])  # fmt: skip
 
 
-def timers_of(conn: Connection, ws: str, profile_id: str) -> dict[str, datetime]:
-    """The person's timers: segment id -> when it is due (index ix_segment_timers_profile)."""
-    return dict(conn.execute(sa.select(segment_timers.c.segment_id, segment_timers.c.due_at).where(
-        segment_timers.c.workspace_id == ws, segment_timers.c.profile_id == profile_id)).all())  # fmt: skip
+def timers_many(conn: Connection, ws: str, profile_ids: list[str]) -> dict[str, dict[str, datetime]]:
+    """:func:`timers_of` for many people in one statement: profile id -> segment id -> when it is due."""
+    out: dict[str, dict[str, datetime]] = {}
+    if not profile_ids:
+        return out
+    t = segment_timers.c
+    who = t.profile_id == profile_ids[0] if len(profile_ids) == 1 else bulk.in_(t.profile_id, profile_ids,
+                                                                               conn.dialect.name)
+    for pid, sid, due in conn.execute(sa.select(t.profile_id, t.segment_id, t.due_at).where(t.workspace_id == ws,
+                                                                                            who)):  # fmt: skip
+        out.setdefault(pid, {})[sid] = due
+    return out
 
 
-def set_timers(conn: Connection, ws: str, profile_id: str, due: dict[str, datetime | None]) -> None:
-    """Set one person's timers (segment id -> when, None: no timer) in at most two statements."""
-    gone = sorted(s for s, at in due.items() if at is None)
+def set_timers_many(conn: Connection, ws: str, due: dict[str, dict[str, datetime | None]]) -> None:
+    """:func:`set_timers` for many people (profile id -> segment id -> when, None: no timer), in at most two
+    statements for all of them."""
+    gone = sorted((pid, sid) for pid, d in due.items() for sid, at in d.items() if at is None)
+    t = segment_timers.c
     if gone:
-        conn.execute(segment_timers.delete().where(segment_timers.c.workspace_id == ws,
-                                                   segment_timers.c.profile_id == profile_id,
-                                                   segment_timers.c.segment_id.in_(gone)))  # fmt: skip
-    rows = [{"workspace_id": ws, "segment_id": s, "profile_id": profile_id, "due_at": at}
-            for s, at in sorted(due.items()) if at is not None]  # fmt: skip
-    if rows:  # one statement, one round trip (bulk.insert_rows stages rows through COPY: three, for a handful)
+        conn.execute(segment_timers.delete().where(t.workspace_id == ws, _pairs(conn, gone)))
+    rows = [{"workspace_id": ws, "segment_id": sid, "profile_id": pid, "due_at": at}
+            for pid, d in sorted(due.items()) for sid, at in sorted(d.items()) if at is not None]  # fmt: skip
+    if rows:
         insert = (pg_sql.insert if conn.dialect.name == "postgresql" else sqlite_sql.insert)(segment_timers)
         conn.execute(insert.on_conflict_do_update(index_elements=["workspace_id", "segment_id", "profile_id"],
                                                   set_={"due_at": insert.excluded.due_at}), rows)  # fmt: skip
+
+
+def _pairs(conn: Connection, pairs: list[tuple[str, str]], table: sa.Table = segment_timers):
+    """``(profile_id, segment_id) IN pairs`` as one parameter: PostgreSQL unnests two arrays, SQLite reads a JSON
+    list (a statement per count of pairs would defeat the statement cache, and SQLite caps bound parameters)."""
+    c = table.c
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import ARRAY
+
+        u = sa.func.unnest(sa.bindparam(None, [p for p, _ in pairs], type_=ARRAY(sa.Text())),
+                           sa.bindparam(None, [s for _, s in pairs], type_=ARRAY(sa.Text()))
+                           ).table_valued("p", "s").render_derived()  # fmt: skip
+        return sa.tuple_(c.profile_id, c.segment_id).in_(sa.select(u.c.p, u.c.s))
+    import orjson
+
+    each = sa.func.json_each(sa.bindparam(None, orjson.dumps([list(x) for x in pairs]).decode(),
+                                          type_=sa.Text())).table_valued("value")  # fmt: skip
+    return sa.tuple_(c.profile_id, c.segment_id).in_(
+        sa.select(sa.func.json_extract(each.c.value, "$[0]"), sa.func.json_extract(each.c.value, "$[1]")))
+
+
+def enter_many(conn: Connection, ws: str, entries: list[tuple[str, str, str]], at: datetime) -> set[tuple[str, str]]:
+    """Make people members of segments ((profile id, segment id, cause) each) in one statement; returns the
+    (profile id, segment id) pairs that were not members (history is written for them only, with their cause)."""
+    if not entries:
+        return set()
+    insert = pg_sql.insert if conn.dialect.name == "postgresql" else sqlite_sql.insert
+    stmt = insert(segment_members).on_conflict_do_nothing().returning(segment_members.c.profile_id,
+                                                                      segment_members.c.segment_id)  # fmt: skip
+    rows = [{"workspace_id": ws, "segment_id": sid, "profile_id": pid, "since": at} for pid, sid, _ in entries]
+    new = {tuple(r) for r in conn.execute(stmt, rows).all()}
+    _many_history(conn, ws, [e for e in entries if (e[0], e[1]) in new], "entered", at)
+    return new
+
+
+def leave_many(conn: Connection, ws: str, exits: list[tuple[str, str, str]], at: datetime) -> set[tuple[str, str]]:
+    """Take people out of segments ((profile id, segment id, cause) each) in one statement; returns the pairs that
+    were members (history is written for them only)."""
+    if not exits:
+        return set()
+    gone = {tuple(r) for r in conn.execute(segment_members.delete().where(
+        segment_members.c.workspace_id == ws, _pairs(conn, [(p, s) for p, s, _ in exits], segment_members))
+        .returning(segment_members.c.profile_id, segment_members.c.segment_id)).all()}  # fmt: skip
+    _many_history(conn, ws, [e for e in exits if (e[0], e[1]) in gone], "exited", at)
+    return gone
+
+
+def _many_history(conn: Connection, ws: str, done: list[tuple[str, str, str]], change: str, at: datetime) -> None:
+    if done:
+        conn.execute(segment_history.insert(), [
+            {"workspace_id": ws, "segment_id": sid, "profile_id": pid, "change": change, "at": at, "cause": cause}
+            for pid, sid, cause in done
+        ])  # fmt: skip
 
 
 def set_timer(conn: Connection, ws: str, segment_id: str, profile_id: str, due: datetime | None) -> None:
