@@ -2,8 +2,10 @@
 
 Each becomes a ``Consent Updated`` track event on the person's timeline, like consent from any other source, so
 the profile state stays a fold of events. It is also applied to the stored profile state at once, in the same
-transaction: the resolver folds the event a moment later, and no send in between may miss an opt-out. The fold
-is idempotent (the same key never changes a slot twice), so applying it twice is harmless.
+transaction: the resolver folds the event a moment later, and no send in between may miss an opt-out. It is applied
+to the profile the resolver will fold it into (the owner of its anchor identifier, read under the identity lock),
+whatever profile the caller looked up earlier. The fold is idempotent (the same key never changes a slot twice), so
+applying it twice is harmless.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from chorus import workspaces as ws_api
 from chorus.collect import ingest
 from chorus.collect.messages import Event, normalise
 from chorus.errors import NotFound
+from chorus.identity.identifiers import NoIdentifier, extract
 from chorus.profiles import feed, views
 from chorus.profiles import state as pstate
 from chorus.store.tables import profiles
@@ -42,7 +45,9 @@ def record(
     direction: str, key: str, profile_id: str | None = None, message_id: str | None = None,
     unique_key: bool = False,
 ) -> None:  # fmt: skip
-    """Record a consent change for whoever ``ident`` identifies (``profile_id`` when already known).
+    """Record a consent change for whoever ``ident`` identifies, and apply it at once to the profile that owns the
+    event's anchor identifier after the identity lock (see :func:`_target`; ``profile_id``, what the caller found,
+    counts only for an event with no identifier the resolver can attribute).
 
     With ``unique_key`` (a provider's id of the inbound message), a replayed notification is the same event and
     is stored once; otherwise the time is part of the id, so the same link can unsubscribe, resubscribe and
@@ -61,22 +66,45 @@ def record(
     ev = normalise(raw, received_at=at, source_kind="internal", require_ids=False)
     if not isinstance(ev, Event):
         raise ValueError(f"consent event not valid: {ev.reason}")
-    ingest.store(conn, ws_api.internal_source(conn, ws_id, "internal", "chorus-messaging"), [ev], [], at)
-    if profile_id is None:
-        return
+    src = ws_api.internal_source(conn, ws_id, "internal", "chorus-messaging")
+    ingest.store(conn, src, [ev], [], at)
     if conn.dialect.name == "postgresql":  # the resolver rewrites profile state under this lock: never interleave
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": "identity:" + ws_id})
-    try:  # merged into another while this waited for the lock (or read before it): the survivor is her now
-        profile_id = views.resolve_id(conn, ws_id, profile_id)
-    except NotFound:  # erased: nothing to apply
+    target = _target(conn, ws_id, ev.payload, src.trusted, profile_id)
+    if target is None:
         return
-    row = conn.execute(sa.select(profiles.c.state).where(profiles.c.id == profile_id)).first()
+    row = conn.execute(sa.select(profiles.c.state).where(profiles.c.id == target)).first()
     if row is not None:
         st = row.state
         pstate.apply_consent(st, ev.payload)
-        conn.execute(profiles.update().where(profiles.c.id == profile_id).values(state=st))
-        feed.record(conn, ws_id, [feed.Change(profile_id, "consent", detail={
+        conn.execute(profiles.update().where(profiles.c.id == target).values(state=st))
+        feed.record(conn, ws_id, [feed.Change(target, "consent", detail={
             "slot": f"{channel}:{topic}", "status": status, "reason": reason})], at)  # fmt: skip
+
+
+def _target(conn: Connection, ws_id: str, payload: dict, trusted: bool, named: str | None) -> str | None:
+    """The profile to apply a consent event to before it is resolved: the one the resolver will fold it into, i.e.
+    the owner of its anchor identifier now, under the identity lock (None: nobody owns it yet, and the event makes
+    her profile when it is resolved; or she was erased).
+
+    Not the profile the caller names: a webhook looks up the owner of the sender's phone before this lock, and a
+    merge, a split or a replay that moves the phone to another profile may commit in between; the consent then
+    landed on a profile that no longer owns the address, and the one that does could be sent to until the event
+    was resolved. Likewise a caller that found nobody (``named`` None) may be racing the resolver creating her
+    profile. Only an event the resolver cannot attribute (no identifier of a kind the workspace still declares: it
+    will be rejected) goes to the named profile, or the survivor of its merge."""
+    try:
+        anchor = extract(payload, ws_api.get(conn, ws_id).identity, trusted).anchor
+    except NoIdentifier:
+        anchor = None
+    if anchor is not None:
+        return views.find_by_idents(conn, ws_id, [anchor]).get(anchor)
+    if named is None:
+        return None
+    try:
+        return views.resolve_id(conn, ws_id, named)
+    except NotFound:  # erased: nothing to apply
+        return None
 
 
 def record_consent(
