@@ -21,6 +21,13 @@ feed_changes = Counter("chorus_feed_changes", "Profile changes recorded in the c
 feed_failures = Counter(
     "chorus_feed_consumer_failures", "Times a change-feed consumer failed on one person's changes", registry=REGISTRY
 )
+feed_bulk_fallbacks = Counter(
+    "chorus_feed_bulk_fallbacks",
+    "Times a consumer's whole claim (or the segment timers of a group of people) failed together and was handled "
+    "one person at a time",
+    ["consumer"],
+    registry=REGISTRY,
+)
 saturated = Counter("chorus_ingest_saturated", "Tracking requests answered 429", registry=REGISTRY)
 backlog = Gauge("chorus_ingest_backlog", "Accepted events waiting for identity resolution", registry=REGISTRY)
 resolve_seconds = Histogram(

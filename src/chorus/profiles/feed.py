@@ -313,9 +313,10 @@ def consume(engine: Engine, consumer: str, handle: Handler, limit: int = 500) ->
                 with conn.begin_nested():
                     many(conn, claimed)
             except Exception as exc:  # noqa: BLE001 - one person's failure: each person alone, below
-                _reraise_transient(exc)
-                log.info("change feed consumer %s failed on a claim of %d people; handled one by one: %s",
-                         consumer, len(claimed), exc)  # fmt: skip
+                reraise_transient(exc)
+                log.warning("change feed consumer %s failed on a claim of %d people; handled one by one: %s",
+                            consumer, len(claimed), exc)  # fmt: skip
+                metrics.feed_bulk_fallbacks.labels(consumer).inc()
             else:
                 seqs = [c.seq for changes in claimed.values() for c in changes]
                 handled(conn, consumer, seqs)
@@ -327,7 +328,7 @@ def consume(engine: Engine, consumer: str, handle: Handler, limit: int = 500) ->
                 with conn.begin_nested():
                     handle(conn, ws, pid, changes)
             except Exception as exc:  # noqa: BLE001 - one person's failure must not stop the others
-                _reraise_transient(exc)
+                reraise_transient(exc)
                 done += _one_by_one(conn, consumer, handle, ws, pid, changes)
                 continue
             ok += [c.seq for c in changes]
@@ -342,7 +343,7 @@ def _one_by_one(conn: Connection, consumer: str, handle: Handler, ws: str, pid: 
             with conn.begin_nested():
                 handle(conn, ws, pid, [c])
         except Exception as exc:  # noqa: BLE001
-            _reraise_transient(exc)
+            reraise_transient(exc)
             log.exception("change feed consumer %s failed on change %d of profile %s", consumer, c.seq, pid)
             failed(conn, consumer, [c.seq], f"{type(exc).__name__}: {exc}")
             metrics.feed_failures.inc()
@@ -351,7 +352,7 @@ def _one_by_one(conn: Connection, consumer: str, handle: Handler, ws: str, pid: 
     return len(changes)
 
 
-def _reraise_transient(exc: Exception) -> None:
+def reraise_transient(exc: Exception) -> None:
     """A database that is busy or unavailable (a deadlock, a lost connection) is not the change's fault: the whole
     transaction is abandoned and retried at the next pass, and no attempt is counted."""
     from chorus.identity.resolver import transient  # identity records changes: import it late
@@ -514,3 +515,6 @@ class FeedTask:
 
 
 _listen()
+
+
+_reraise_transient = reraise_transient  # the name the batch section of segments.engine imports

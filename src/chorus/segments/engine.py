@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from chorus import metrics
 from chorus import workspaces as ws_api
 from chorus.collect import ingest
 from chorus.collect.messages import Event as Stored
@@ -430,25 +431,34 @@ def due(engine: Engine, limit: int = 500, clock: Callable[[], datetime] | None =
                 continue
             existing = set(conn.execute(sa.select(profiles.c.id).where(
                 profiles.c.workspace_id == ws, bulk.in_(profiles.c.id, pids, conn.dialect.name))).scalars())
+            # the people whose profile is gone first, while this holds no profile row: they leave everything, which
+            # waits for their rows a consumer may hold, and that consumer may be waiting for a row locked below (the
+            # consumer too handles the people merged away before it locks the others)
+            done += _due_group(conn, ev, [p for p in pids if p not in existing], at)
             locked = set(lock_people(conn, ws, pids, skip_locked=True)) if existing else set()
-            ours = [p for p in pids if p in locked or p not in existing]  # a profile gone: she leaves everything
-            if not ours:
-                continue
-            mine = (t.workspace_id == ws, bulk.in_(t.profile_id, ours, conn.dialect.name), t.due_at <= at)
-            todo: dict[str, set[str]] = {}
-            for pid, sid in conn.execute(sa.select(t.profile_id, t.segment_id).where(*mine)):
-                todo.setdefault(pid, set()).add(sid)
-            try:
-                with conn.begin_nested():
-                    conn.execute(segment_timers.delete().where(*mine))  # evaluating sets the next ones
-                    ev.people(todo, dict.fromkeys(todo, "timer"))
-                done += sum(len(s) for s in todo.values())
-            except Exception as exc:  # noqa: BLE001 - each person alone, below
-                from chorus.profiles.feed import _reraise_transient
-
-                _reraise_transient(exc)
-                done += _due_one_by_one(conn, ev, todo, at)
+            done += _due_group(conn, ev, [p for p in pids if p in locked], at)
     return done
+
+
+def _due_group(conn: Connection, ev: Evaluator, ours: list[str], at: datetime) -> int:
+    """Evaluate these people's due timers together; if that fails, each alone."""
+    if not ours:
+        return 0
+    t = segment_timers.c
+    mine = (t.workspace_id == ev.ws.id, bulk.in_(t.profile_id, ours, conn.dialect.name), t.due_at <= at)
+    todo: dict[str, set[str]] = {}
+    for pid, sid in conn.execute(sa.select(t.profile_id, t.segment_id).where(*mine)):
+        todo.setdefault(pid, set()).add(sid)
+    try:
+        with conn.begin_nested():
+            conn.execute(segment_timers.delete().where(*mine))  # evaluating sets the next ones
+            ev.people(todo, dict.fromkeys(todo, "timer"))
+        return sum(len(s) for s in todo.values())
+    except Exception as exc:  # noqa: BLE001 - each person alone, below
+        feed.reraise_transient(exc)
+        log.warning("segment timers of %d people failed together; evaluated one by one: %s", len(todo), exc)
+        metrics.feed_bulk_fallbacks.labels("segment_timers").inc()
+        return _due_one_by_one(conn, ev, todo, at)
 
 
 def _due_one_by_one(conn: Connection, ev: Evaluator, todo: dict[str, set[str]], at: datetime) -> int:
