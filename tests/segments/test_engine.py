@@ -280,11 +280,15 @@ def test_incremental_and_batch_give_the_same_members_at_every_step(engine, clock
     Machine.TestCase().runTest()
 
 
-def test_a_merged_profiles_list_entries_and_messages_are_the_survivors(engine, ws, clock, worker):
-    """List entries and messages keep the profile id they were made for; after a merge they still count."""
+def vip_merged(engine, ws, worker, refs=()) -> tuple[str, str]:
+    """A static list ``vip`` and the segment ``vips`` of it (and segments ``refs`` referring to it); an anonymous
+    visitor is put on the list, then signs in as the known ``u1``: her profile merges into his. Returns the
+    anonymous profile and the survivor."""
     with engine.begin() as conn:
         store.save_list(conn, ws, "vip", "VIP", T0)
     define(engine, ws, "vips", {"list": "vip"})
+    for sid in refs:
+        define(engine, ws, sid, {"segment": "vips"})
     send(engine, ws, [{"type": "identify", "userId": "u1", "messageId": "i1", "timestamp": T0.isoformat()}])
     send(engine, ws, [{**ev("Product Viewed", T0), "userId": None, "anonymousId": "a1"}])
     settle(worker)
@@ -297,6 +301,13 @@ def test_a_merged_profiles_list_entries_and_messages_are_the_survivors(engine, w
                        "timestamp": (T0 + timedelta(minutes=3)).isoformat()}])  # fmt: skip
     settle(worker)
     survivor = profile_of(engine, ws, "user_id:u1")
+    assert survivor != anon
+    return anon, survivor
+
+
+def test_a_merged_profiles_list_entries_and_messages_are_the_survivors(engine, ws, clock, worker):
+    """List entries and messages keep the profile id they were made for; after a merge they still count."""
+    _, survivor = vip_merged(engine, ws, worker)
     assert members(engine, ws, "vips") == {survivor}
     with engine.begin() as conn:  # she is named by her profile id now: the entry made under the merged id goes
         assert store.change_list(conn, ws, "vip", [], [survivor], T0)["removed"] == 1
