@@ -13,7 +13,7 @@ from chorus import workspaces
 from chorus.profiles import privacy
 from chorus.segments import engine as seg
 from chorus.segments import rules, store
-from chorus.store.tables import events, profile_changes, profiles, segment_history, segment_timers
+from chorus.store.tables import events, profile_changes, profiles, segment_history, segment_timers, segments
 from tests.identity.helpers import profile_of
 from tests.identity.helpers import send as _send
 from tests.segments.conftest import T0
@@ -195,7 +195,7 @@ def test_incremental_and_batch_give_the_same_members_at_every_step(engine, clock
     trait changes, erasures and clock moves. After each step (and the worker's passes), every segment's members as
     kept incrementally equal the rule evaluated afresh for every profile; and the batch (``recompute``, the SQL
     compiler in chunks of two profiles) finds nothing to change and leaves exactly the incremental path's timers,
-    which it is made to write again."""
+    which it is made to write again; and so do all the segments computed together (``recompute_pending``)."""
     from hypothesis import HealthCheck, settings
     from hypothesis import strategies as st
     from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -273,6 +273,16 @@ def test_incremental_and_batch_give_the_same_members_at_every_step(engine, clock
                 out = seg.recompute(engine, self.ws, sid, chunk=2)
                 assert (out.entered, out.exited) == ([], []), (sid, clock.at)
                 assert members(engine, self.ws, sid) == inside[sid], (sid, clock.at)
+            assert timers(engine, self.ws) == kept, clock.at
+            # and all of them pending, computed together (one query a chunk, pro_browsers reading the new answers
+            # of pro and recent inside it): nothing to change either, the same timers
+            with engine.begin() as conn:
+                conn.execute(segment_timers.delete().where(segment_timers.c.workspace_id == self.ws))
+                conn.execute(segments.update().where(segments.c.workspace_id == self.ws).values(computed_version=None))
+            done = seg.recompute_pending(engine, self.ws, chunk=2)
+            assert set(done) == set(RULES), clock.at
+            assert all((o.entered, o.exited) == ([], []) for o in done.values()), clock.at
+            assert {sid: members(engine, self.ws, sid) for sid in RULES} == inside, clock.at
             assert timers(engine, self.ws) == kept, clock.at
 
     Machine.TestCase.settings = settings(max_examples=8, stateful_step_count=12, deadline=None,
