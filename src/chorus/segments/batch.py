@@ -12,6 +12,10 @@ Timers: the evaluator keeps, per person and segment, the next instant time alone
 leaves the same: the people whose answer *can* change by time alone are found in SQL (:func:`timed_candidates`, a
 superset: they have an event, a message or a trait that a time-dependent condition reads), and only they are
 evaluated, to get their exact ``next_change``; everybody else in the chunk has none. Decision 0031.
+
+Several pending segments of a workspace are computed together (:func:`compute_many`, decision 0027): one
+``many.members_many`` query for the span answers all of them, a reference from one to another reading the other's
+new answer; :func:`together` keeps out a segment that reaches one of them only through a segment outside the group.
 """
 
 from __future__ import annotations
