@@ -395,3 +395,39 @@ def test_a_group_the_compiler_fails_on_is_computed_one_segment_at_a_time(engine,
     even = {profile_of(engine, ws, f"user_id:u{u}") for u in (0, 2, 4)}
     assert members(engine, ws, "a") == members(engine, ws, "both") == even == set(done["a"].entered)
     assert members(engine, ws, "b") == {profile_of(engine, ws, f"user_id:u{u}") for u in (1, 3, 5)}
+
+
+@st.composite
+def dags(draw):
+    """Segments ``s0..sn`` where each may refer to earlier ones (a DAG, as saved rules are), and a pending subset."""
+    n = draw(st.integers(1, 7))
+    refs = {f"s{i}": set(draw(st.sets(st.sampled_from([f"s{j}" for j in range(i)]), max_size=3)) if i else set())
+            for i in range(n)}  # fmt: skip
+    pending = draw(st.sets(st.sampled_from(sorted(refs)), min_size=1))
+    return refs, pending
+
+
+def _reaches_through_outside(refs, group, d) -> bool:
+    """Whether ``d`` reaches a member of ``group`` by a path whose first step leaves the group."""
+    todo = [t for t in refs[d] if t not in group]
+    seen = set()
+    while todo:
+        x = todo.pop()
+        if x in group:
+            return True
+        if x not in seen:
+            seen.add(x)
+            todo.extend(refs[x])
+    return False
+
+
+@given(dags())
+def test_together_keeps_the_segments_no_outside_path_leads_back_to(case):
+    """Never empty, only pending segments, none reaching another of the group through a segment outside it; and
+    all of them when no pending segment reaches another through one that is not pending."""
+    refs, pending = case
+    group = batch.together(refs, pending)
+    assert group and group <= pending
+    assert not any(_reaches_through_outside(refs, group, d) for d in group)
+    if not any(_reaches_through_outside(refs, pending, d) for d in pending):
+        assert group == pending
