@@ -13,7 +13,7 @@ from chorus import workspaces
 from chorus.profiles import privacy
 from chorus.segments import engine as seg
 from chorus.segments import rules, store
-from chorus.store.tables import events, profile_changes, profiles, segment_history, segment_timers
+from chorus.store.tables import events, profile_changes, profiles, segment_history, segment_timers, segments
 from tests.identity.helpers import profile_of
 from tests.identity.helpers import send as _send
 from tests.segments.conftest import T0
@@ -195,7 +195,7 @@ def test_incremental_and_batch_give_the_same_members_at_every_step(engine, clock
     trait changes, erasures and clock moves. After each step (and the worker's passes), every segment's members as
     kept incrementally equal the rule evaluated afresh for every profile; and the batch (``recompute``, the SQL
     compiler in chunks of two profiles) finds nothing to change and leaves exactly the incremental path's timers,
-    which it is made to write again."""
+    which it is made to write again; and so do all the segments computed together (``recompute_pending``)."""
     from hypothesis import HealthCheck, settings
     from hypothesis import strategies as st
     from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -274,17 +274,31 @@ def test_incremental_and_batch_give_the_same_members_at_every_step(engine, clock
                 assert (out.entered, out.exited) == ([], []), (sid, clock.at)
                 assert members(engine, self.ws, sid) == inside[sid], (sid, clock.at)
             assert timers(engine, self.ws) == kept, clock.at
+            # and all of them pending, computed together (one query a chunk, pro_browsers reading the new answers
+            # of pro and recent inside it): nothing to change either, the same timers
+            with engine.begin() as conn:
+                conn.execute(segment_timers.delete().where(segment_timers.c.workspace_id == self.ws))
+                conn.execute(segments.update().where(segments.c.workspace_id == self.ws).values(computed_version=None))
+            done = seg.recompute_pending(engine, self.ws, chunk=2)
+            assert set(done) == set(RULES), clock.at
+            assert all((o.entered, o.exited) == ([], []) for o in done.values()), clock.at
+            assert {sid: members(engine, self.ws, sid) for sid in RULES} == inside, clock.at
+            assert timers(engine, self.ws) == kept, clock.at
 
     Machine.TestCase.settings = settings(max_examples=8, stateful_step_count=12, deadline=None,
                                          suppress_health_check=list(HealthCheck))  # fmt: skip
     Machine.TestCase().runTest()
 
 
-def test_a_merged_profiles_list_entries_and_messages_are_the_survivors(engine, ws, clock, worker):
-    """List entries and messages keep the profile id they were made for; after a merge they still count."""
+def vip_merged(engine, ws, worker, refs=()) -> tuple[str, str]:
+    """A static list ``vip`` and the segment ``vips`` of it (and segments ``refs`` referring to it); an anonymous
+    visitor is put on the list, then signs in as the known ``u1``: her profile merges into his. Returns the
+    anonymous profile and the survivor."""
     with engine.begin() as conn:
         store.save_list(conn, ws, "vip", "VIP", T0)
     define(engine, ws, "vips", {"list": "vip"})
+    for sid in refs:
+        define(engine, ws, sid, {"segment": "vips"})
     send(engine, ws, [{"type": "identify", "userId": "u1", "messageId": "i1", "timestamp": T0.isoformat()}])
     send(engine, ws, [{**ev("Product Viewed", T0), "userId": None, "anonymousId": "a1"}])
     settle(worker)
@@ -297,6 +311,13 @@ def test_a_merged_profiles_list_entries_and_messages_are_the_survivors(engine, w
                        "timestamp": (T0 + timedelta(minutes=3)).isoformat()}])  # fmt: skip
     settle(worker)
     survivor = profile_of(engine, ws, "user_id:u1")
+    assert survivor != anon
+    return anon, survivor
+
+
+def test_a_merged_profiles_list_entries_and_messages_are_the_survivors(engine, ws, clock, worker):
+    """List entries and messages keep the profile id they were made for; after a merge they still count."""
+    _, survivor = vip_merged(engine, ws, worker)
     assert members(engine, ws, "vips") == {survivor}
     with engine.begin() as conn:  # she is named by her profile id now: the entry made under the merged id goes
         assert store.change_list(conn, ws, "vip", [], [survivor], T0)["removed"] == 1

@@ -28,6 +28,7 @@ from chorus.store import bulk
 from chorus.store.tables import profiles
 from tests.segments import test_compile as tc
 from tests.segments import test_properties as props
+from tests.segments.test_batch import spans
 
 T0 = props.T0
 
@@ -69,15 +70,23 @@ def rule_sets(draw):
 
 
 @tc.SETTINGS
-@given(st.lists(tc.a_person(), min_size=1, max_size=4), rule_sets(), props.nows, st.sampled_from([200, 2, 1]))
-def test_many_rules_are_exactly_the_evaluators(engine, people, raws, now, max_leaves):
+@given(st.lists(tc.a_person(), min_size=1, max_size=4), rule_sets(), props.nows, st.sampled_from([200, 2, 1]),
+       st.lists(st.integers(0, 3), max_size=3))  # fmt: skip
+def test_many_rules_are_exactly_the_evaluators(engine, people, raws, now, max_leaves, cuts):
+    """And for a span of profile ids (the engine's batch, chunk by chunk): the answer for the span's people, and
+    only theirs, whatever the cut."""
     w = tc.new_workspace(engine)
     tc.store_people(engine, w, people)
     parsed = {sid: r.parse(raw) for sid, raw in raws.items()}
     with engine.connect() as conn:
         want = expected_many(conn, w["id"], parsed, now, tc.TOPICS)
         got = members_many(conn, w["id"], parsed, now, tc.TOPICS, max_leaves=max_leaves)
-    assert got == want, {sid: sorted(got[sid] ^ want[sid]) for sid in got if got[sid] != want[sid]}
+        assert got == want, {sid: sorted(got[sid] ^ want[sid]) for sid in got if got[sid] != want[sid]}
+        ids = sorted(conn.execute(sa.select(profiles.c.id).where(profiles.c.workspace_id == w["id"])).scalars())
+        for span in spans(ids, cuts):
+            mine = {p for p in ids if (span[0] is None or p > span[0]) and p <= span[1]}
+            part = members_many(conn, w["id"], parsed, now, tc.TOPICS, max_leaves=max_leaves, span=span)
+            assert part == {sid: want[sid] & mine for sid in want}, span
 
 
 def test_the_bench_segments_agree_with_members_one_by_one(engine, shop_many):

@@ -12,12 +12,17 @@ Timers: the evaluator keeps, per person and segment, the next instant time alone
 leaves the same: the people whose answer *can* change by time alone are found in SQL (:func:`timed_candidates`, a
 superset: they have an event, a message or a trait that a time-dependent condition reads), and only they are
 evaluated, to get their exact ``next_change``; everybody else in the chunk has none. Decision 0031.
+
+Several pending segments of a workspace are computed together (:func:`compute_many`, decision 0027): one
+``many.members_many`` query for the span answers all of them, a reference from one to another reading the other's
+new answer; :func:`together` keeps out a segment that reaches one of them only through a segment outside the group.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -48,10 +53,11 @@ log = logging.getLogger("chorus.segments")
 Span = tuple[str | None, str]
 
 
-def lock_chunk(conn: Connection, ws: str, after: str | None, size: int) -> list[str]:
-    """The next ``size`` profile ids after ``after``, in id order; on PostgreSQL their rows are locked (in that order:
-    rows are locked as the ordered scan returns them) until the transaction ends."""
-    q = (sa.select(profiles.c.id).where(profiles.c.workspace_id == ws, profiles.c.id > (after or ""))
+def lock_chunk(conn: Connection, ws: str, after: str | None, size: int, upto: str | None = None) -> list[str]:
+    """The next ``size`` profile ids after ``after`` (and not past ``upto``), in id order; on PostgreSQL their rows
+    are locked (in that order: rows are locked as the ordered scan returns them) until the transaction ends."""
+    q = (sa.select(profiles.c.id).where(profiles.c.workspace_id == ws, profiles.c.id > (after or ""),
+                                        *([profiles.c.id <= upto] if upto is not None else []))
          .order_by(profiles.c.id).limit(size))  # fmt: skip
     return list(conn.execute(q.with_for_update() if conn.dialect.name == "postgresql" else q).scalars())
 
@@ -79,9 +85,17 @@ def zones_in(conn: Connection, ws: str, span: Span) -> list[str | None]:
 
 
 def current(conn: Connection, ws: str, segment_id: str, span: Span) -> set[str]:
+    return current_many(conn, ws, [segment_id], span)[segment_id]
+
+
+def current_many(conn: Connection, ws: str, segment_ids: list[str], span: Span) -> dict[str, set[str]]:
+    """The stored members of each segment among the span's profiles (one statement for all of them)."""
     sm = segment_members.c
-    return set(conn.execute(sa.select(sm.profile_id).where(sm.workspace_id == ws, sm.segment_id == segment_id,
-                                                           in_span(sm.profile_id, span))).scalars())  # fmt: skip
+    out: dict[str, set[str]] = {sid: set() for sid in segment_ids}
+    for sid, pid in conn.execute(sa.select(sm.segment_id, sm.profile_id).where(
+            sm.workspace_id == ws, sm.segment_id.in_(segment_ids), in_span(sm.profile_id, span))):  # fmt: skip
+        out[sid].add(pid)
+    return out
 
 
 # -- timers -----------------------------------------------------------------------------------------------------------
@@ -202,3 +216,76 @@ def compute(conn: Connection, ev: Evaluator, segment_id: str, ids: list[str], af
     timed = timed_candidates(conn, ev.ws.id, ev.defs[segment_id].rule, at, span) & chunk
     due = next_changes(conn, ev, segment_id, timed, at)
     return inside - was, was - inside, due
+
+
+# -- one chunk of several segments ------------------------------------------------------------------------------------
+def together(refs: Mapping[str, Iterable[str]], pending: Iterable[str]) -> set[str]:
+    """The segments of ``pending`` that one query can compute together (``refs``: every segment of the workspace ->
+    the segments its rule refers to).
+
+    A reference from one of them to another is answered inside the query (``many.members_many``), so it sees the
+    new answer. But a segment ``d`` that reaches one of them, ``s``, only *through* a segment ``x`` outside the
+    group (``d -> x -> s``) would read ``x`` as stored: when the batch changes ``s`` for a person, ``x`` is
+    re-evaluated for her after the query (the incremental path's cascade), and ``d``'s answer would be stale (an
+    entry the cascade then undoes: a history and a timeline that computing the segments one by one, in dependency
+    order, would not have). Such a ``d`` waits: it is computed alone, after ``s``'s chunk, as before. The remainder
+    is never empty: the first of ``pending`` in dependency order refers to none of the others."""
+    group = set(pending)
+
+    def reaches(start: str) -> bool:
+        seen, todo = set(), [start]
+        while todo:
+            x = todo.pop()
+            if x in group:
+                return True
+            if x not in seen:
+                seen.add(x)
+                todo.extend(refs.get(x, ()))
+        return False
+
+    while True:
+        late = {d for d in group if any(t not in group and reaches(t) for t in refs.get(d, ()))}
+        if not late:
+            return group
+        group -= late  # those reaching them through a segment now outside are found at the next round
+
+
+def compute_many(conn: Connection, ev: Evaluator, order: list[str], ids: list[str], after: str | None,
+                 at: datetime) -> dict[str, tuple[set[str], set[str], dict]]:  # fmt: skip
+    """:func:`compute` for several segments (``order``: dependency order, a :func:`together` group) in one
+    ``many.members_many`` query over the span: per segment, who enters, who leaves, and the timers. A reference
+    from one of them to another reads the other's new answer for the chunk, as computing them one after the other
+    in dependency order would. Reads only, nothing written."""
+    from chorus.segments.many import members_many
+
+    span = (after, ids[-1])
+    chunk = set(ids)
+    ws = ev.ws.id
+    rules = {sid: ev.defs[sid].rule for sid in order}
+    zones = zones_in(conn, ws, span) if any(sql.needs_zones(rule) for rule in rules.values()) else []
+    got = members_many(conn, ws, rules, at, ev.topics, zones=zones, span=span)
+    inside = {sid: got[sid] & chunk for sid in order}  # a profile created since the lock: the consumer's
+    was = {sid: ids_ & chunk for sid, ids_ in current_many(conn, ws, order, span).items()}
+    timed = {sid: timed_candidates(conn, ws, rules[sid], at, span) & chunk for sid in order}
+    due = next_changes_many(conn, ev, order, timed, inside, at)
+    return {sid: (inside[sid] - was[sid], was[sid] - inside[sid], due[sid]) for sid in order}
+
+
+def next_changes_many(conn: Connection, ev: Evaluator, order: list[str], timed: Mapping[str, set[str]],
+                      inside: Mapping[str, set[str]], at: datetime) -> dict[str, dict]:  # fmt: skip
+    """:func:`next_changes` of each segment of ``order`` for its ``timed`` people, everybody read once (cut to what
+    all those rules can read). A person's memberships of the group are its new answers (``inside``), the others
+    as stored: what the evaluator would read, the segments computed one after the other."""
+    out: dict[str, dict] = {sid: {} for sid in order}
+    everyone = sorted(set().union(*timed.values()))
+    if not everyone:
+        return out
+    need = needs_of([ev.defs[sid].rule for sid in order if timed[sid]], at)
+    group = set(order)
+    for pid, person in load.people(conn, ev.ws.id, everyone, ev.ws.identity, needs=need).items():
+        segs = frozenset((person.segments - group) | {sid for sid in order if pid in inside[sid]})
+        who = person if segs == person.segments else replace(person, segments=segs)
+        for sid in order:
+            if pid in timed[sid]:
+                out[sid][pid] = evaluate(ev.defs[sid].rule, who, at, topics=ev.topics).next_change
+    return out

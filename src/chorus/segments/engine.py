@@ -489,49 +489,152 @@ class TimerTask:
 
 
 # -- batch -----------------------------------------------------------------------------------------------------------
+@dataclass
+class BatchStep:
+    """What one batch step did: the segments it computed a chunk of (dependency order), who entered and left each,
+    and those it finished (``computed_version`` set)."""
+
+    segments: list[str] = field(default_factory=list)
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    computed: list[str] = field(default_factory=list)
+
+
 def batch_step(engine: Engine, ws_id: str, segment_id: str, chunk: int = 500,
                clock: Callable[[], datetime] | None = None, *,
                compiled: bool = True) -> tuple[Outcome, bool]:  # fmt: skip
-    """One chunk of a segment's batch computation (profiles in id order after the saved cursor), at the current
-    instant; returns the people who entered and left, and whether the computation is complete. The segment row is
-    locked for the step (one step of a segment at a time), and a cursor left by an older version of the rule is
-    started again from the beginning.
+    """One chunk of one segment's batch computation (profiles in id order after the saved cursor), at the current
+    instant, whether its rule is pending or not (a recompute on demand); returns the people who entered and left,
+    and whether the computation is complete. The segment row is locked for the step (one step of a segment at a
+    time), and a cursor left by an older version of the rule is started again from the beginning.
 
     The chunk is computed by the SQL compiler after its profile rows are locked (``segments.batch``), applied with
     the incremental path's writes; a rule or a chunk the compiler fails on is evaluated person by person (as is
     every chunk with ``compiled=False``: the baseline of ``bench/segments_batch.py``)."""
+    step = _step(engine, ws_id, segment_id, chunk, clock, compiled)
+    return step.outcomes.get(segment_id, Outcome()), not step.segments or segment_id in step.computed
+
+
+def batch_many(engine: Engine, ws_id: str, chunk: int = 500, clock: Callable[[], datetime] | None = None, *,
+               compiled: bool = True) -> BatchStep:  # fmt: skip
+    """One chunk of the workspace's pending segments (new or changed rules) together: one ``members_many`` query
+    for all of those whose cursor is the furthest behind (``batch.together``), applied and timed as
+    :func:`batch_step` does for one. Each segment keeps its own cursor: one behind the others (a rule changed
+    mid-pass starts again) is computed alone, its chunk cut at the next cursor ahead, until it reaches it and
+    joins them. An empty ``segments``: nothing is pending."""
+    return _step(engine, ws_id, None, chunk, clock, compiled)
+
+
+def _pending():
+    """A segment whose rule is new or changed since its last complete batch."""
+    from chorus.store.tables import segments
+
+    return sa.or_(segments.c.computed_version.is_(None), segments.c.computed_version != segments.c.version)
+
+
+def _step(engine: Engine, ws_id: str, only: str | None, chunk: int, clock: Callable[[], datetime] | None,
+          compiled: bool) -> BatchStep:  # fmt: skip
+    """A batch step of ``only`` (one segment, pending or not) or of the workspace's pending segments. Lock order:
+    the definitions (shared), the segment rows (id order), the chunk's profile rows (id order)."""
     from chorus.store.tables import segment_members, segments
 
-    out = Outcome()
     at = (clock or now)()
+    step = BatchStep()
     with engine.begin() as conn:
-        store.lock_definitions(conn, ws_id, shared=True)  # before the segment row: a deletion's order
-        q = sa.select(segments).where(segments.c.workspace_id == ws_id, segments.c.id == segment_id)
-        row = conn.execute(q.with_for_update() if conn.dialect.name == "postgresql" else q).first()
-        if row is None:
-            return out, True
-        after = row.batch_after if row.batch_version == row.version else None
-        ids = batch.lock_chunk(conn, ws_id, after, chunk)  # the people's rows before reading anything of them
-        where = (segments.c.workspace_id == ws_id, segments.c.id == segment_id)
+        store.lock_definitions(conn, ws_id, shared=True)  # before the segment rows: a deletion's order
+        q = sa.select(segments).where(segments.c.workspace_id == ws_id,
+                                      segments.c.id == only if only is not None else _pending())
+        q = q.order_by(segments.c.id)
+        # FOR UPDATE re-checks a row changed meanwhile against "pending": one computed by another worker drops out
+        rows = conn.execute(q.with_for_update() if conn.dialect.name == "postgresql" else q).all()
+        if not rows:
+            return step
+        # a cursor left by an older version of the rule starts again from the beginning
+        cursor = {row.id: row.batch_after if row.batch_version == row.version else None for row in rows}
+        version = {row.id: row.version for row in rows}
+        first = min(cursor.values(), key=lambda c: (c is not None, c or ""))
+        ev = Evaluator(conn, ws_id, at)
+        behind = [sid for sid, c in cursor.items() if c == first]
+        group = batch.together({sid: d.inputs.segments for sid, d in ev.defs.items()}, behind)
+        step.segments = [sid for sid in ev.order if sid in group]
+        step.outcomes = {sid: Outcome() for sid in step.segments}
+        # the next cursor ahead: the chunk stops there, so that those behind reach it and go on with those ahead
+        upto = min((c for sid, c in cursor.items() if c is not None and c != first), default=None)
+        ids = batch.lock_chunk(conn, ws_id, first, chunk, upto)  # the people's rows before reading anything of them
+
+        def move(after: str | None, done: bool = False) -> None:
+            for sid in step.segments:
+                values = {"batch_after": after, "batch_version": None if done else version[sid]}
+                if done:
+                    values.update(computed_version=version[sid], computed_at=at)
+                conn.execute(segments.update().where(segments.c.workspace_id == ws_id, segments.c.id == sid)
+                             .values(**values))  # fmt: skip
+
         if ids:
-            ev = Evaluator(conn, ws_id, at)
-            if compiled:
-                _batch_chunk(conn, ev, segment_id, ids, after, out)
+            if not compiled:
+                for sid in step.segments:
+                    _batch_people(conn, ev, sid, ids, step.outcomes[sid])
+            elif len(step.segments) == 1:
+                _batch_chunk(conn, ev, step.segments[0], ids, first, step.outcomes[step.segments[0]])
             else:
-                _batch_people(conn, ev, segment_id, ids, out)
-            conn.execute(segments.update().where(*where).values(batch_after=ids[-1], batch_version=row.version))
-            return out, False
-        # done: members whose profile is gone (merged, erased) while nobody told the segment
-        gone = list(conn.execute(sa.select(segment_members.c.profile_id).where(
-            segment_members.c.workspace_id == ws_id, segment_members.c.segment_id == segment_id,
-            ~sa.exists().where(profiles.c.id == segment_members.c.profile_id))).scalars())  # fmt: skip
-        left = store.leave(conn, ws_id, segment_id, gone, at, "batch")
-        feed.record(conn, ws_id, [feed.Change(p, "segment", detail={"segment": segment_id, "change": "exited"})
-                                  for p in left], at)  # fmt: skip
-        out.exited += left
-        conn.execute(segments.update().where(*where).values(batch_after=None, batch_version=None,
-                                                            computed_version=row.version, computed_at=at))  # fmt: skip
-        return out, True
+                _batch_group(conn, ev, step.segments, ids, first, step.outcomes)
+            move(ids[-1])
+            return step
+        if upto is not None:  # nobody between them and the cursor ahead: they are there
+            move(upto)
+            return step
+        for sid in step.segments:  # done: members whose profile is gone (merged, erased) while nobody told it
+            gone = list(conn.execute(sa.select(segment_members.c.profile_id).where(
+                segment_members.c.workspace_id == ws_id, segment_members.c.segment_id == sid,
+                ~sa.exists().where(profiles.c.id == segment_members.c.profile_id))).scalars())  # fmt: skip
+            left = store.leave(conn, ws_id, sid, gone, at, "batch")
+            feed.record(conn, ws_id, [feed.Change(p, "segment", detail={"segment": sid, "change": "exited"})
+                                      for p in left], at)  # fmt: skip
+            step.outcomes[sid].exited += left
+        move(None, done=True)
+        step.computed = list(step.segments)
+        return step
+
+
+def _batch_group(conn: Connection, ev: Evaluator, order: list[str], ids: list[str], after: str | None,
+                 outs: dict[str, Outcome]) -> None:  # fmt: skip
+    """The chunk of several segments by one compiled query (``batch.compute_many``); each person's entries and
+    exits of all of them applied at once, then the segments outside the group that refer to those she changed
+    (none of the group's: ``batch.together``). If the query fails, each segment alone, as :func:`_batch_chunk`."""
+    from chorus.profiles.feed import _reraise_transient
+
+    try:
+        with conn.begin_nested():  # a failing query leaves nothing behind it
+            found = batch.compute_many(conn, ev, order, ids, after, ev.now)
+    except Exception as exc:  # noqa: BLE001 - one segment at a time can still do them
+        _reraise_transient(exc)
+        log.exception("segments %s: the compiled batch of them together failed for profiles after %r; "
+                      "computed one at a time", ", ".join(order), after)  # fmt: skip
+        for sid in order:  # dependency order: each reads the members the ones before it have just written
+            _batch_chunk(conn, ev, sid, ids, after, outs[sid])
+        return
+    for sid in order:
+        batch.set_timers(conn, ev.ws.id, sid, ids, found[sid][2])
+    people = sorted(set().union(*(found[sid][0] | found[sid][1] for sid in order)))
+    group = set(order)
+    for pid in people:
+        res = Outcome(entered=[s for s in order if pid in found[s][0]], exited=[s for s in order if pid in found[s][1]])
+        moved = res.entered + res.exited  # _apply keeps only the rows that really changed
+        follow = set().union(*(ev.dependents.get(s, ()) for s in moved)) - group
+        try:
+            with conn.begin_nested():
+                ev._apply(pid, res, "batch", None)
+                if follow:  # as the incremental path: what refers to them follows at once
+                    ev.person(pid, follow, "batch")
+        except Exception as exc:  # noqa: BLE001 - one person must not stop the segments
+            _reraise_transient(exc)
+            log.exception("segments %s: profile %s could not be applied; retried by a timer", ", ".join(moved), pid)
+            for sid in moved:
+                store.set_timer(conn, ev.ws.id, sid, pid, ev.now + timedelta(minutes=1))
+            continue
+        for sid in res.entered:
+            outs[sid].entered.append(pid)
+        for sid in res.exited:
+            outs[sid].exited.append(pid)
 
 
 def _batch_chunk(conn: Connection, ev: Evaluator, segment_id: str, ids: list[str], after: str | None,
@@ -603,18 +706,34 @@ def recompute(engine: Engine, ws_id: str, segment_id: str, clock: Callable[[], d
             return total
 
 
+def recompute_pending(engine: Engine, ws_id: str, clock: Callable[[], datetime] | None = None,
+                      chunk: int = 500) -> dict[str, Outcome]:  # fmt: skip
+    """Every pending segment of the workspace computed now, together (:func:`batch_many` until none is left): what
+    the worker's batch task does one step per pass. Returns the people who entered and left, per segment."""
+    total: dict[str, Outcome] = {}
+    while True:
+        step = batch_many(engine, ws_id, chunk, clock)
+        if not step.segments:
+            return total
+        for sid, out in step.outcomes.items():
+            t = total.setdefault(sid, Outcome())
+            t.entered += out.entered
+            t.exited += out.exited
+
+
 def pending_batches(engine: Engine) -> list[tuple[str, str]]:
+    """(workspace, segment) of every pending segment, the longest waiting first."""
     from chorus.store.tables import segments
 
     with engine.connect() as conn:
-        return [(w, s) for w, s in conn.execute(sa.select(segments.c.workspace_id, segments.c.id).where(
-            sa.or_(segments.c.computed_version.is_(None), segments.c.computed_version != segments.c.version))
-            .order_by(segments.c.updated_at)).all()]  # fmt: skip
+        return [(w, s) for w, s in conn.execute(sa.select(segments.c.workspace_id, segments.c.id).where(_pending())
+                                                .order_by(segments.c.updated_at)).all()]  # fmt: skip
 
 
 class BatchTask:
-    """Computes, in the worker, the segments whose rule is new or changed: one chunk of one segment per pass, so
-    that resolution, the feed and delivery run in between."""
+    """Computes, in the worker, the segments whose rule is new or changed: one chunk of the pending segments of one
+    workspace (that of the longest waiting) per pass, all of them in one query (:func:`batch_many`), so that
+    resolution, the feed and delivery run in between."""
 
     def __init__(self, engine: Engine, options=None):
         self.engine = engine
@@ -623,11 +742,12 @@ class BatchTask:
         todo = pending_batches(self.engine)
         if not todo:
             return 0
-        ws, sid = todo[0]
-        out, complete = batch_step(self.engine, ws, sid)
-        if complete:
+        step = batch_many(self.engine, todo[0][0])
+        for sid in step.computed:
             log.info("segment %s computed", sid)
-        return 1 + len(out.entered) + len(out.exited)
+        if not step.segments:  # another worker finished them meanwhile
+            return 0
+        return 1 + sum(len(o.entered) + len(o.exited) for o in step.outcomes.values())
 
     def close(self) -> None:
         pass

@@ -39,8 +39,11 @@ _LOGIC = (r.And, r.Or, r.Not)
 def members_many(
     conn: Connection, ws: str, rules: Mapping[str, r.Node | Mapping], now: datetime, topics: Mapping | None = None,
     *, zones: Iterable[str | None] | None = None, max_leaves: int = MAX_LEAVES, jit: bool = False,
+    span: tuple[str | None, str] | None = None,
 ) -> dict[str, set[str]]:  # fmt: skip
     """The members of every rule at ``now`` (aware), by id: as many rules as fit in one pass at a time.
+    ``span`` ``(after, last)``: only the profiles whose id is in ``(after, last]``, every pass restricted to them
+    (``compile.members_query``'s span: the engine's batch computes a chunk of ids for all its pending segments).
     ``jit``: leave PostgreSQL's JIT setting as it is (for the benchmark's side-by-side figure)."""
     from chorus import workspaces as ws_api
 
@@ -62,6 +65,7 @@ def members_many(
     for group in _groups(order, parsed, max_leaves):
         c = _Many(ws, now.astimezone(UTC), conn.dialect.name, topics, zones, identity or IdentityConfig({}),
                   earlier=found)  # fmt: skip
+        c.span = span
         found.update(c.answer(conn, {sid: parsed[sid] for sid in group}))
     return {sid: found[sid] for sid in rules}
 
@@ -152,7 +156,7 @@ class _Many(_Compiler):
                      for k, f in enumerate(formulas[start:start + BITS])]  # fmt: skip
             masks.append(sa.func.coalesce(sum(terms[1:], terms[0]), 0).label(f"m{len(masks)}"))
         inner = (sa.select(p.c.id.label("id"), *masks).select_from(self.outer_from())
-                 .where(p.c.workspace_id == self.ws).offset(0).subquery("many"))  # fmt: skip
+                 .where(p.c.workspace_id == self.ws, self.in_span(p.c.id)).offset(0).subquery("many"))  # fmt: skip
         cols = [inner.c[f"m{k}"] for k in range(len(masks))]
         return sa.select(inner.c.id, *cols).where(sa.or_(*(m != 0 for m in cols)))
 
