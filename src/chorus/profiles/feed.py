@@ -515,6 +515,3 @@ class FeedTask:
 
 
 _listen()
-
-
-_reraise_transient = reraise_transient  # the name the batch section of segments.engine imports

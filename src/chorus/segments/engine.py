@@ -600,13 +600,11 @@ def _batch_group(conn: Connection, ev: Evaluator, order: list[str], ids: list[st
     """The chunk of several segments by one compiled query (``batch.compute_many``); each person's entries and
     exits of all of them applied at once, then the segments outside the group that refer to those she changed
     (none of the group's: ``batch.together``). If the query fails, each segment alone, as :func:`_batch_chunk`."""
-    from chorus.profiles.feed import _reraise_transient
-
     try:
         with conn.begin_nested():  # a failing query leaves nothing behind it
             found = batch.compute_many(conn, ev, order, ids, after, ev.now)
     except Exception as exc:  # noqa: BLE001 - one segment at a time can still do them
-        _reraise_transient(exc)
+        feed.reraise_transient(exc)
         log.exception("segments %s: the compiled batch of them together failed for profiles after %r; "
                       "computed one at a time", ", ".join(order), after)  # fmt: skip
         for sid in order:  # dependency order: each reads the members the ones before it have just written
@@ -615,55 +613,72 @@ def _batch_group(conn: Connection, ev: Evaluator, order: list[str], ids: list[st
     for sid in order:
         batch.set_timers(conn, ev.ws.id, sid, ids, found[sid][2])
     people = sorted(set().union(*(found[sid][0] | found[sid][1] for sid in order)))
-    group = set(order)
-    for pid in people:
-        res = Outcome(entered=[s for s in order if pid in found[s][0]], exited=[s for s in order if pid in found[s][1]])
-        moved = res.entered + res.exited  # _apply keeps only the rows that really changed
-        follow = set().union(*(ev.dependents.get(s, ()) for s in moved)) - group
-        try:
-            with conn.begin_nested():
-                ev._apply(pid, res, "batch", None)
-                if follow:  # as the incremental path: what refers to them follows at once
-                    ev.person(pid, follow, "batch")
-        except Exception as exc:  # noqa: BLE001 - one person must not stop the segments
-            _reraise_transient(exc)
-            log.exception("segments %s: profile %s could not be applied; retried by a timer", ", ".join(moved), pid)
-            for sid in moved:
-                store.set_timer(conn, ev.ws.id, sid, pid, ev.now + timedelta(minutes=1))
-            continue
+    results = {pid: Outcome(entered=[s for s in order if pid in found[s][0]],
+                            exited=[s for s in order if pid in found[s][1]]) for pid in people}  # fmt: skip
+    for pid, res in _apply_chunk(conn, ev, results, set(order)).items():
         for sid in res.entered:
             outs[sid].entered.append(pid)
         for sid in res.exited:
             outs[sid].exited.append(pid)
 
 
+def _apply_chunk(conn: Connection, ev: Evaluator, results: dict[str, Outcome], group: set[str]) -> dict[str, Outcome]:
+    """Apply a chunk's diffs (profile id -> the segments of ``group`` she entered and left), then evaluate, as the
+    incremental path does, the segments outside ``group`` that refer to one she moved in. All the people at once
+    (``Evaluator.apply_many``, ``Evaluator.people``: decision 0034); if that fails, person by person, and a person
+    who fails is retried by a timer. Returns what was applied, per person (her real changes)."""
+
+    def follow(res: Outcome) -> set[str]:
+        return set().union(*(ev.dependents.get(s, ()) for s in res.entered + res.exited)) - group
+
+    fresh = {pid: Outcome(list(o.entered), list(o.exited)) for pid, o in results.items()}
+    try:
+        with conn.begin_nested():
+            ev.apply_many(fresh, dict.fromkeys(fresh, "batch"))  # narrows them to the rows that really changed
+            todo = {pid: f for pid, o in results.items() if (f := follow(o))}
+            if todo:
+                ev.people(todo, dict.fromkeys(todo, "batch"))
+        return fresh
+    except Exception as exc:  # noqa: BLE001 - each person alone, below
+        feed.reraise_transient(exc)
+        log.warning("segments %s: a chunk's %d changed people could not be applied together; one by one: %s",
+                    ", ".join(sorted(group)), len(results), exc)  # fmt: skip
+        metrics.feed_bulk_fallbacks.labels("segment_batch").inc()
+    applied: dict[str, Outcome] = {}
+    for pid, o in sorted(results.items()):
+        res = Outcome(list(o.entered), list(o.exited))
+        try:
+            with conn.begin_nested():
+                ev._apply(pid, res, "batch")
+                if f := follow(o):
+                    ev.person(pid, f, "batch")
+        except Exception as exc:  # noqa: BLE001 - one person must not stop the segments
+            feed.reraise_transient(exc)
+            log.exception("segments %s: profile %s could not be applied; retried by a timer",
+                          ", ".join(o.entered + o.exited), pid)  # fmt: skip
+            for sid in o.entered + o.exited:
+                store.set_timer(conn, ev.ws.id, sid, pid, ev.now + timedelta(minutes=1))
+            continue
+        applied[pid] = res
+    return applied
+
+
 def _batch_chunk(conn: Connection, ev: Evaluator, segment_id: str, ids: list[str], after: str | None,
                  out: Outcome) -> None:  # fmt: skip
     """The chunk by the compiler (one query for its span); on failure, the same chunk person by person."""
-    from chorus.profiles.feed import _reraise_transient
-
     try:
         with conn.begin_nested():  # a failing query leaves nothing behind it
             entered, exited, due = batch.compute(conn, ev, segment_id, ids, after, ev.now)
     except Exception as exc:  # noqa: BLE001 - the evaluator can do every rule
-        _reraise_transient(exc)
+        feed.reraise_transient(exc)
         log.exception("segment %s: the compiled batch failed for profiles after %r; evaluated one by one",
                       segment_id, after)  # fmt: skip
         _batch_people(conn, ev, segment_id, ids, out)
         return
     batch.set_timers(conn, ev.ws.id, segment_id, ids, due)
-    for pid in sorted(entered | exited):
-        res = Outcome(entered=[segment_id] if pid in entered else [], exited=[segment_id] if pid in exited else [])
-        try:
-            with conn.begin_nested():
-                ev._apply(pid, res, "batch", None)
-                if ev.dependents.get(segment_id):  # as the incremental path: what refers to it follows at once
-                    ev.person(pid, set(ev.dependents[segment_id]), "batch")
-        except Exception as exc:  # noqa: BLE001 - one person must not stop the segment
-            _reraise_transient(exc)
-            log.exception("segment %s: profile %s could not be applied; retried by a timer", segment_id, pid)
-            store.set_timer(conn, ev.ws.id, segment_id, pid, ev.now + timedelta(minutes=1))
-            continue
+    results = {pid: Outcome(entered=[segment_id] if pid in entered else [],
+                            exited=[segment_id] if pid in exited else []) for pid in sorted(entered | exited)}
+    for pid, res in _apply_chunk(conn, ev, results, {segment_id}).items():
         out.entered += [pid] if segment_id in res.entered else []
         out.exited += [pid] if segment_id in res.exited else []
 
@@ -671,14 +686,12 @@ def _batch_chunk(conn: Connection, ev: Evaluator, segment_id: str, ids: list[str
 def _batch_people(conn: Connection, ev: Evaluator, segment_id: str, ids: list[str], out: Outcome) -> None:
     """The chunk evaluated person by person with the reference evaluator (the fallback, and the baseline of
     bench/segments_batch.py)."""
-    from chorus.profiles.feed import _reraise_transient
-
     for pid in ids:
         try:
             with conn.begin_nested():
                 res = ev.person(pid, {segment_id}, "batch")
         except Exception as exc:  # noqa: BLE001 - one person must not stop the segment
-            _reraise_transient(exc)  # the database busy or gone: the whole step is retried
+            feed.reraise_transient(exc)  # the database busy or gone: the whole step is retried
             log.exception("segment %s: profile %s could not be evaluated; retried by a timer", segment_id, pid)
             store.set_timer(conn, ev.ws.id, segment_id, pid, ev.now + timedelta(minutes=1))
             continue
@@ -773,7 +786,7 @@ def drop(engine: Engine, ws_id: str, segment_id: str, clock: Callable[[], dateti
         for pid in sorted(store.members(conn, ws_id, segment_id)):
             lock_person(conn, ws_id, pid)  # the consumer or an erasure may be writing her rows
             out = Outcome(exited=[d.id])
-            ev._apply(pid, out, "deleted", None)
+            ev._apply(pid, out, "deleted")
             left += len(out.exited)
         conn.execute(segment_members.delete().where(segment_members.c.workspace_id == ws_id,
                                                     segment_members.c.segment_id == segment_id))  # fmt: skip
