@@ -56,7 +56,7 @@ CHUNK = 20_000
 # Python loader built about 180 profiles (1,800 events) a second on the loaded machine, 90 minutes for 1M.
 P1, P2, P3 = 2147483647, 2147483629, 2147483587
 EPOCH_NOW = int(NOW.timestamp())
-PROFILE_KEYS = 1_000_000_000  # profile i draws with keys PROFILE_KEYS + 32 i + salt; event j of it with 8 j + salt
+PROFILE_KEYS = 1_000_000_000  # profile i draws with keys PROFILE_KEYS + 32 i + salt; its event k, 8 (10 i + k) + salt
 MAX_PROFILES = 10_000_000  # keeps every key under 2^31 (and apart), so that key × multiplier stays under 2^63
 LOAD_CHUNK = 50_000  # profiles per transaction
 CONSENT_KEY = [iso(NOW - timedelta(days=400)), "m0"]
