@@ -1,10 +1,12 @@
-"""Helpers shared by the benchmark scripts: fresh databases, a `chorus serve` subprocess, /proc readings.
+"""Helpers shared by the benchmark scripts: fresh databases, read-only connections to them, bulk writes, the
+usual command-line options, a `chorus serve` subprocess, /proc readings.
 
 Nothing here is timed itself; the scripts decide what to time.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import shutil
@@ -107,12 +109,7 @@ class Poller:
 
     def __init__(self, db: FreshDB):
         self.db = db
-        if db.engine == "sqlite":
-            self.conn = sqlite3.connect(f"file:{db.path}?mode=ro", uri=True, timeout=30, check_same_thread=False)
-        else:
-            import psycopg
-
-            self.conn = psycopg.connect(db.dsn, autocommit=True)
+        self.conn = ro_connect(db, threaded=True)
 
     def scalar(self, sql: str):
         return self.conn.execute(sql).fetchone()[0]
@@ -132,6 +129,67 @@ class Poller:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def ro_connect(db: FreshDB, *, threaded: bool = False):
+    """A connection of its own to a bench database, outside chorus, for polls and reading back: read-only on
+    SQLite (a reader never takes the write lock), autocommit on PostgreSQL (each statement its own snapshot).
+    ``threaded``: usable from another thread than the one that opened it (SQLite checks otherwise)."""
+    if db.engine == "sqlite":
+        return sqlite3.connect(f"file:{db.path}?mode=ro", uri=True, timeout=30, check_same_thread=not threaded)
+    import psycopg
+
+    return psycopg.connect(db.dsn, autocommit=True)
+
+
+def drained(conn, engine: str) -> bool:
+    """Every event resolved and the change feed's pending work done (a connection from ``ro_connect``)."""
+    hint = " INDEXED BY ix_events_pending" if engine == "sqlite" else ""
+    pending = conn.execute(f"SELECT EXISTS (SELECT 1 FROM events{hint} WHERE profile_id IS NULL)").fetchone()[0]
+    feed = conn.execute("SELECT EXISTS (SELECT 1 FROM feed_pending)").fetchone()[0]
+    return not pending and not feed
+
+
+def bulk_write(engine, parts, attempts: int = 5) -> None:
+    """Rows of several tables (``[(table, rows), ...]``) through ``store.bulk.insert_rows`` (COPY on PostgreSQL), in
+    one transaction. On SQLite a worker being watched is a writer too: on a saturated machine one of its passes
+    once held the lock longer than the 30 s busy timeout, so a transaction that finds the database locked is tried
+    again (said on stderr) rather than ending the run."""
+    import sqlalchemy as sa
+
+    from chorus.store import bulk
+
+    for attempt in range(1, attempts + 1):
+        try:
+            with engine.begin() as conn:
+                for table, rows in parts:
+                    bulk.insert_rows(conn, table, rows)
+            return
+        except sa.exc.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts:
+                raise
+            log(f"database locked for the bench's writer (attempt {attempt}); trying again")
+
+
+def add_run_args(ap: argparse.ArgumentParser, *, engines: bool = True, out_help: str | None = None) -> None:
+    """The options every bench that starts chorus processes takes: which engines, the seed, which copy of the
+    package (``snapshot_code``), where the JSON goes."""
+    if engines:
+        ap.add_argument("--engines", default="sqlite,postgresql", help="comma-separated: sqlite,postgresql")
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--code", metavar="DIR",
+                    help="benchmark this copy of the chorus package (a directory named chorus) instead of the "
+                         "installed one, e.g. a patched copy")  # fmt: skip
+    ap.add_argument("--out", default=str(RESULTS_DIR), help=out_help or "directory for the JSON results")
+
+
+def engines_of(ap: argparse.ArgumentParser, value: str) -> list[str]:
+    """``--engines`` as a list; an unknown name is a usage error."""
+    engines = [e.strip() for e in value.split(",") if e.strip()]
+    for e in engines:
+        if e not in ("sqlite", "postgresql"):
+            ap.error(f"unknown engine {e!r}")
+    return engines
 
 
 def db_upgrade(url: str) -> None:

@@ -31,10 +31,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    RESULTS_DIR,
     ChorusServer,
     FreshDB,
     Poller,
+    add_run_args,
     chorus_cmd,
     cpu_seconds,
     create_workspace,
@@ -129,10 +129,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--rows", type=int, default=100_000, help="rows in the import file (default 100,000)")
     ap.add_argument("--people", type=int, default=20_000, help="distinct customers (default 20,000)")
-    ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--repeat", type=int, default=1, help="run both variants this many times, alternating")
-    ap.add_argument("--out", default=str(RESULTS_DIR), help="directory for import-contention.json")
-    ap.add_argument("--code", metavar="DIR", help="benchmark this copy of the chorus package (see bench/README.md)")
+    add_run_args(ap, engines=False, out_help="directory for import-contention.json")  # SQLite only
     args = ap.parse_args(argv)
 
     tmpdir = make_tmpdir()

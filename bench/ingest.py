@@ -34,16 +34,17 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    RESULTS_DIR,
     ChorusServer,
     DbCpuSampler,
     FreshDB,
     MemSampler,
     Poller,
     PySpy,
+    add_run_args,
     cpu_seconds,
     create_workspace,
     db_upgrade,
+    engines_of,
     log,
     make_tmpdir,
     proc_tree,
@@ -700,11 +701,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--events", type=int, default=1_000_000, help="events per run (default 1,000,000)")
     ap.add_argument("--people", type=int, default=100_000, help="distinct people (default 100,000)")
-    ap.add_argument("--engines", default="sqlite,postgresql", help="comma-separated: sqlite,postgresql")
     ap.add_argument("--batch", type=int, default=500, help="events per /v1/batch request and per raw transaction")
     ap.add_argument("--concurrency", type=int, default=4, help="concurrent client connections (default 4)")
     ap.add_argument("--anon-share", type=float, default=0.2, help="share of anonymous-first people (default 0.2)")
-    ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--quick", action="store_true", help="smoke run: 50,000 events, 5,000 people")
     ap.add_argument("--no-merge-free", action="store_true", help="skip the merge-free variant")
     ap.add_argument("--no-baseline", action="store_true", help="skip the raw-insert baseline")
@@ -713,20 +712,14 @@ def main(argv=None) -> int:
                     help="also run ingest-only (serve --no-worker) then worker-only, for diagnosis")  # fmt: skip
     ap.add_argument("--py-spy", metavar="DIR", help="record a py-spy profile (collapsed stacks) of each server run")
     ap.add_argument("--keep-logs", action="store_true", help="keep the server logs (their paths go in the JSON)")
-    ap.add_argument("--out", default=str(RESULTS_DIR), help="directory for ingest-<engine>.json")
-    ap.add_argument("--code", metavar="DIR",
-                    help="benchmark this copy of the chorus package (a directory named chorus) instead of the "
-                         "installed one, e.g. a patched copy")  # fmt: skip
+    add_run_args(ap, out_help="directory for ingest-<engine>.json")
     ap.add_argument("--live-code", action="store_true",
                     help="run the installed chorus as it is on disk at each server start (default: a snapshot "
                          "taken at the start, so all runs use the same code)")  # fmt: skip
     args = ap.parse_args(argv)
     if args.quick:
         args.events, args.people = 50_000, 5_000
-    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
-    for e in engines:
-        if e not in ("sqlite", "postgresql"):
-            ap.error(f"unknown engine {e!r}")
+    engines = engines_of(ap, args.engines)
 
     tmpdir = make_tmpdir()
     code = None if args.live_code and not args.code else snapshot_code(tmpdir, args.code)

@@ -16,7 +16,6 @@ events each read.
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 import sys
 import time
@@ -29,10 +28,8 @@ from chorus import workspaces  # noqa: E402
 from chorus.segments import engine as seg  # noqa: E402
 from chorus.segments import rules as r  # noqa: E402
 from chorus.segments import store  # noqa: E402
-from chorus.store import bulk  # noqa: E402
 from chorus.store.db import create_engine, upgrade  # noqa: E402
-from chorus.store.tables import events  # noqa: E402
-from segments import NOW, _event, load  # noqa: E402
+from segments import NOW, load, more_events  # noqa: E402
 
 SEGMENTS: dict[str, dict] = {
     "laptop_fans": {"performed": {"event": "Product Viewed", "where": [{"property": "category", "equals": "laptops"}],
@@ -53,11 +50,8 @@ def run(engine_name: str, n_events: int, rounds: int, seed: int, tmp: Path) -> N
         ws = workspaces.create(engine, "bench")["id"]
         load(engine, ws, 1, seed)  # profile p00000000 with its traits and 10 events
         pid = "p00000000"
-        rnd = random.Random(seed)
-        rows = [{**_event(rnd, pid, 0, k), "workspace_id": ws} for k in range(10, n_events)]
         with engine.begin() as conn:
-            for i in range(0, len(rows), 5000):
-                bulk.insert_rows(conn, events, rows[i : i + 5000])
+            more_events(conn, ws, seed, 0, 10, n_events)  # her other events, drawn as bench/segments.py draws
             for sid, rule in SEGMENTS.items():
                 store.save(conn, ws, sid, sid, r.parse(rule), NOW)
         if engine_name == "postgresql":

@@ -29,10 +29,11 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    RESULTS_DIR,
     ChorusServer,
     FreshDB,
     _status_kb,
+    add_run_args,
+    bulk_write,
     log,
     make_tmpdir,
     proc_tree,
@@ -40,9 +41,9 @@ from common import (  # noqa: E402
     system_cpu,
     write_json,
 )
+from segment_rules import SEGMENTS  # noqa: E402
 
-RULE = {"and": [{"performed": {"event": "Order Completed"}},
-                {"performed": {"event": "Order Completed", "window": "60d", "times": {"eq": 0}}}]}  # fmt: skip
+RULE = SEGMENTS["lapsed"]  # bought before, but not in the last 60 days
 CHUNK = 20_000
 
 
@@ -95,23 +96,12 @@ def load(engine, ws: str, start: int, stop: int, due_share: float) -> None:
         _write(engine, rows)
 
 
-def _write(engine, rows: dict, attempts: int = 5) -> None:
-    """One chunk in one transaction. On SQLite the worker being watched is a writer too: on a saturated machine
-    one of its timer passes once held the lock longer than the 30 s busy timeout, so a chunk that finds the
-    database locked is tried again (said on stderr) rather than ending the run."""
-    from chorus.store import bulk
+def _write(engine, rows: dict) -> None:
+    """One chunk in one transaction (retried while a worker holds SQLite's lock: ``common.bulk_write``)."""
     from chorus.store.tables import events, identifiers, profiles, segment_timers
 
-    for attempt in range(1, attempts + 1):
-        try:
-            with engine.begin() as conn:
-                for key, table in (("p", profiles), ("i", identifiers), ("e", events), ("t", segment_timers)):
-                    bulk.insert_rows(conn, table, rows[key])
-            return
-        except sa.exc.OperationalError as exc:
-            if "locked" not in str(exc) or attempt == attempts:
-                raise
-            log(f"database locked for the bench's writer (attempt {attempt}); trying the chunk again")
+    bulk_write(engine, [(profiles, rows["p"]), (identifiers, rows["i"]), (events, rows["e"]),
+                        (segment_timers, rows["t"])])  # fmt: skip
 
 
 def rss_mb(pid: int) -> float:
@@ -192,11 +182,9 @@ def table(results: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profiles", type=int, default=100_000)
-    ap.add_argument("--engines", default="sqlite,postgresql")
     ap.add_argument("--stage-seconds", type=float, default=20, help="how long both workers are watched per stage")
     ap.add_argument("--due-share", type=float, default=0.01, help="share of people whose timer is already due")
-    ap.add_argument("--code", help="measure another copy of the package (a directory named chorus)")
-    ap.add_argument("--out", default=str(RESULTS_DIR))
+    add_run_args(ap, out_help="directory for segments-timers-<engine>.json")
     args = ap.parse_args()
     tmp = make_tmpdir()
     code = snapshot_code(tmp, args.code)
