@@ -710,9 +710,11 @@ class _Compiler:
                 lm, pa = list_members, profile_aliases
                 own = sa.exists(sa.select(1).where(lm.c.workspace_id == self.ws, lm.c.list_id == list_id,
                                                    lm.c.profile_id == self.p.c.id))  # fmt: skip
-                merged = sa.exists(sa.select(1).select_from(pa.join(lm, sa.and_(
-                    lm.c.workspace_id == self.ws, lm.c.list_id == list_id, lm.c.profile_id == pa.c.alias_id))).where(
-                    pa.c.profile_id == self.p.c.id, pa.c.workspace_id == self.ws))  # fmt: skip
+                # written as IN (her merged ids): SQLite without statistics (production is never ANALYZEd) plans a
+                # join the other way round, walking the list's entries for each profile (review: 21 s against 27 ms)
+                ids = sa.select(pa.c.alias_id).where(pa.c.workspace_id == self.ws, pa.c.profile_id == self.p.c.id)
+                merged = sa.exists(sa.select(1).where(lm.c.workspace_id == self.ws, lm.c.list_id == list_id,
+                                                      lm.c.profile_id.in_(ids)))  # fmt: skip
                 return sa.or_(own, merged)
             case r.Bucket(start, end, seed):
                 b = self.bucket(self.p.c.id, seed)

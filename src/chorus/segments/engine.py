@@ -582,14 +582,21 @@ def _step(engine: Engine, ws_id: str, only: str | None, chunk: int, clock: Calla
         if upto is not None:  # nobody between them and the cursor ahead: they are there
             move(upto)
             return step
-        for sid in step.segments:  # done: members whose profile is gone (merged, erased) while nobody told it
-            gone = list(conn.execute(sa.select(segment_members.c.profile_id).where(
-                segment_members.c.workspace_id == ws_id, segment_members.c.segment_id == sid,
-                ~sa.exists().where(profiles.c.id == segment_members.c.profile_id))).scalars())  # fmt: skip
-            left = store.leave(conn, ws_id, sid, gone, at, "batch")
-            feed.record(conn, ws_id, [feed.Change(p, "segment", detail={"segment": sid, "change": "exited"})
-                                      for p in left], at)  # fmt: skip
-            step.outcomes[sid].exited += left
+        # done: members whose profile is gone (merged, erased) while nobody told the segments. All the group's
+        # in one statement in (person, segment) order, the order Evaluator._leave_all deletes one gone person's
+        # rows in: segment by segment, each in the order its rows came, was a deadlock cycle with it (review)
+        # (locked in that order by the read, PostgreSQL: the delete's own order would be its plan's)
+        sm = segment_members.c
+        q = sa.select(sm.profile_id, sm.segment_id).where(
+            sm.workspace_id == ws_id, sm.segment_id.in_(step.segments),
+            ~sa.exists().where(profiles.c.id == sm.profile_id)).order_by(sm.profile_id, sm.segment_id)  # fmt: skip
+        gone = conn.execute(q.with_for_update(of=segment_members) if conn.dialect.name == "postgresql" else q).all()
+        left = store.leave_many(conn, ws_id, [(pid, sid, "batch") for pid, sid in gone], at)
+        feed.record(conn, ws_id, [feed.Change(pid, "segment", detail={"segment": sid, "change": "exited"})
+                                  for pid, sid in gone if (pid, sid) in left], at)  # fmt: skip
+        for pid, sid in gone:
+            if (pid, sid) in left:
+                step.outcomes[sid].exited.append(pid)
         move(None, done=True)
         step.computed = list(step.segments)
         return step
