@@ -10,6 +10,7 @@ applying it twice is harmless.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -23,6 +24,8 @@ from chorus.identity.identifiers import NoIdentifier, extract
 from chorus.profiles import feed, views
 from chorus.profiles import state as pstate
 from chorus.store.tables import profiles
+
+log = logging.getLogger("chorus.messaging.consent")
 
 
 def identity_fields(profile: dict) -> dict:
@@ -98,7 +101,12 @@ def _target(conn: Connection, ws_id: str, payload: dict, trusted: bool, named: s
     except NoIdentifier:
         anchor = None
     if anchor is not None:
-        return views.find_by_idents(conn, ws_id, [anchor]).get(anchor)
+        owner = views.find_by_idents(conn, ws_id, [anchor]).get(anchor)
+        if owner is None and named is not None:
+            # right by the resolver (the event will make her profile), but the caller knew her: an identifier that
+            # no longer normalises as it did when stored would drop a bounce or an unsubscribe here, so say so
+            log.warning("consent for profile %s applied to nobody yet: no profile owns its anchor identifier", named)
+        return owner
     if named is None:
         return None
     try:

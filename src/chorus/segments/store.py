@@ -225,7 +225,7 @@ def _history(conn, ws, segment_id, ids, change, at, cause) -> None:
 
 
 def timers_many(conn: Connection, ws: str, profile_ids: list[str]) -> dict[str, dict[str, datetime]]:
-    """:func:`timers_of` for many people in one statement: profile id -> segment id -> when it is due."""
+    """People's timers in one statement: profile id -> segment id -> when it is due (ix_segment_timers_profile)."""
     out: dict[str, dict[str, datetime]] = {}
     if not profile_ids:
         return out
@@ -239,8 +239,8 @@ def timers_many(conn: Connection, ws: str, profile_ids: list[str]) -> dict[str, 
 
 
 def set_timers_many(conn: Connection, ws: str, due: dict[str, dict[str, datetime | None]]) -> None:
-    """:func:`set_timers` for many people (profile id -> segment id -> when, None: no timer), in at most two
-    statements for all of them."""
+    """Set people's timers (profile id -> segment id -> when, None: no timer) in at most two statements for all of
+    them; only those given are touched."""
     gone = sorted((pid, sid) for pid, d in due.items() for sid, at in d.items() if at is None)
     t = segment_timers.c
     if gone:
