@@ -81,8 +81,9 @@ def test_a_claim_that_fails_halfway_leaves_nothing_and_each_person_is_handled_al
 
     monkeypatch.setattr(seg, "decide", decide)
     at = T0 + timedelta(days=8)  # a new event for everybody, evaluated out of the 7-day window: they leave
-    for i in range(len(ids)):
-        send(engine, ws, [ev("Other", at, user=f"u{i}")], received_at=at)
+    for i in range(len(ids)):  # an identify (a page view of another name would not reach "recent": engine.Index)
+        send(engine, ws, [{**ev("Other", at, user=f"u{i}"), "type": "identify", "traits": {"seen": True}}],
+             received_at=at)  # fmt: skip
     resolve(engine)
     before = metrics.feed_bulk_fallbacks.labels(seg.CONSUMER)._value.get()
     feed.consume(engine, seg.CONSUMER, seg.consumer(lambda: at))

@@ -264,3 +264,56 @@ def test_a_claims_people_are_evaluated_with_statements_that_do_not_grow_with_the
     assert dict(entered) == expected and dict(fed) == expected
     assert sorted(hist) == sorted([(pid, "viewers", "event") for pid in ids.values()]
                                   + [(pid, s, "event") for pid in odd for s in ("buyers", "both")])
+
+
+def _defs(**rls) -> dict[str, store.Definition]:
+    return {sid: store.Definition(sid, sid, rules.parse(rl), 1, 1, T0) for sid, rl in rls.items()}
+
+
+def _event(**detail) -> feed.Delivered:
+    return feed.Delivered(1, "w", "p", "event", 1, None, T0, detail)
+
+
+def test_an_event_goes_only_to_the_segments_that_can_read_it():
+    """The index routes a plain event (one that changed only activity) by its name; traits, consent and
+    reachability are read only after an event that may have changed them; a record without the flag (older rows)
+    goes everywhere events matter."""
+    idx = seg.Index.of(_defs(
+        viewed=VIEWED, home={"performed": {"event": "Home"}}, any_page={"performed": {"type": "page"}},
+        web={"used_channel": {"channel": "web"}}, pro={"trait": {"name": "plan", "equals": "pro"}},
+        mail={"reachable": {"channel": "email"}}, score={"trait": {"name": "computed.clv", "gt": 1}},
+    ))  # fmt: skip
+    plain = {"any_page", "web"}  # any event matters to them
+    assert idx.affected([_event(type="track", event="Product Viewed", profile=False)]) == plain | {"viewed"}
+    assert idx.affected([_event(type="page", event="Home", profile=False)]) == plain | {"home"}
+    assert idx.affected([_event(type="track", event="Order Completed", profile=False)]) == plain
+    everything_but_computed = {"viewed", "home", "any_page", "web", "pro", "mail"}
+    assert idx.affected([_event(type="track", event="Form Sent", profile=True)]) == everything_but_computed
+    assert idx.affected([_event(type="track", event="Form Sent")]) == everything_but_computed
+    assert idx.affected([feed.Delivered(1, "w", "p", "computed", None, None, T0, {})]) == {"score"}
+    assert idx.affected([feed.Delivered(1, "w", "p", "merge", None, "q", T0, {})]) == set(idx.every)
+
+
+@pytest.mark.parametrize(("msg", "touches"), [
+    ({"type": "track", "event": "Product Viewed", "userId": "u1"}, False),
+    ({"type": "page", "name": "Home", "anonymousId": "a1"}, False),
+    ({"type": "identify", "userId": "u1"}, True),
+    ({"type": "group", "userId": "u1", "groupId": "g"}, True),
+    ({"type": "track", "event": "X", "userId": "u1", "context": {"traits": {"plan": "pro"}}}, True),
+    ({"type": "track", "event": "X", "userId": "u1", "context": {"timezone": "Europe/Paris"}}, True),
+    ({"type": "track", "event": "X", "userId": "u1", "context": {"consent": {"categoryPreferences": {"ads": True}}}},
+     True),
+    ({"type": "track", "event": "Consent Updated", "userId": "u1", "properties": {"status": "denied"}}, True),
+    ({"type": "track", "event": "X", "userId": "u1", "context": {"traits": {"email": "a@b.io"}}}, True),
+])  # fmt: skip
+def test_the_feed_says_whether_an_event_may_have_changed_the_profile(msg, touches):
+    from chorus.collect.messages import normalise
+    from chorus.identity.identifiers import IdentityConfig, extract
+    from chorus.identity.resolver import Pending, event_change
+
+    payload = normalise({**msg, "messageId": "m1", "timestamp": T0.isoformat()}, received_at=T0,
+                        source_kind="server").payload  # fmt: skip
+    p = Pending(1, payload, True, extract(payload, IdentityConfig()))
+    change = event_change("p", p)
+    assert change.detail["profile"] is touches
+    assert change.detail.get("event") == (msg.get("event") or msg.get("name"))

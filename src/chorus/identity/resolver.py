@@ -25,7 +25,14 @@ from sqlalchemy.engine import Connection, Engine
 from chorus import metrics
 from chorus import workspaces as ws_api
 from chorus.identity.graph import TRUSTED, UNTRUSTED, VOUCHED, Graph, Key, Link, Node, links_of, new_profile_id, replay
-from chorus.identity.identifiers import Extracted, IdentityConfig, extract, kind_of, without_identifiers
+from chorus.identity.identifiers import (
+    OPAQUE_KINDS,
+    Extracted,
+    IdentityConfig,
+    extract,
+    kind_of,
+    without_identifiers,
+)
 from chorus.profiles import feed
 from chorus.profiles import state as pstate
 from chorus.store import bulk
@@ -466,12 +473,40 @@ class _WorkspaceBatch:
 
 
 def event_change(pid: str, p: Pending) -> feed.Change:
-    """The feed's record of an event folded into a profile: what a consumer needs to tell whether it matters."""
+    """The feed's record of an event folded into a profile: what a consumer needs to tell whether it matters.
+
+    ``event`` is the name of a track (a page's or screen's name, as the events table's ``event`` column keeps
+    it); ``profile`` says whether folding the event may have changed more than the person's activity: her traits,
+    attributes (time zone), consent or identifiers (addresses). Most events of a steady stream (views, pages) do
+    not, and a consumer that reads only those (segments on traits, consent, reachability) can skip them."""
     pl = p.payload
-    detail = {"type": pl.get("type"), "channel": pl.get("channel")}
-    if pl.get("type") == "track":
-        detail["event"] = pl.get("event")
+    etype = pl.get("type")
+    detail = {"type": etype, "channel": pl.get("channel")}
+    name = pl.get("event") if etype == "track" else pl.get("name") if etype in ("page", "screen") else None
+    if isinstance(name, str):
+        detail["event"] = name[:NAME_COLUMN]
+    detail["profile"] = touches_profile(pl, p.ext)
     return feed.Change(pid, "event", event_seq=p.seq, detail=detail)
+
+
+NAME_COLUMN = events.c.event.type.length  # the events table's ``event`` column keeps this much of a name
+
+
+def touches_profile(payload: dict, ext: Extracted | None) -> bool:
+    """Whether folding ``payload`` (``pstate.apply_event``) may change anything but channel activity: an identify,
+    group or alias; traits, a time zone or a locale in the context; consent; or an identifier other than the
+    opaque user and anonymous ids (an email, a phone, a device token: the person's addresses). Conservative: a
+    False here means those parts of the profile are as they were."""
+    if payload.get("type") not in ("track", "page", "screen"):
+        return True
+    ctx = payload.get("context")
+    if isinstance(ctx, dict) and any(ctx.get(k) is not None for k in ("traits", "timezone", "locale", "consent")):
+        return True
+    if pstate.consent_updates(payload):
+        return True
+    if ext is None:
+        return True
+    return any(kind_of(i) not in OPAQUE_KINDS for i in (ext.anchor, *ext.others) if i)
 
 
 def _fold(st: dict, p: Pending, payload: dict, policies: dict) -> None:

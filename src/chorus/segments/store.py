@@ -244,32 +244,14 @@ def set_timers_many(conn: Connection, ws: str, due: dict[str, dict[str, datetime
     gone = sorted((pid, sid) for pid, d in due.items() for sid, at in d.items() if at is None)
     t = segment_timers.c
     if gone:
-        conn.execute(segment_timers.delete().where(t.workspace_id == ws, _pairs(conn, gone)))
+        conn.execute(segment_timers.delete().where(
+            t.workspace_id == ws, bulk.pairs_in(t.profile_id, t.segment_id, gone, conn.dialect.name)))
     rows = [{"workspace_id": ws, "segment_id": sid, "profile_id": pid, "due_at": at}
             for pid, d in sorted(due.items()) for sid, at in sorted(d.items()) if at is not None]  # fmt: skip
     if rows:
         insert = (pg_sql.insert if conn.dialect.name == "postgresql" else sqlite_sql.insert)(segment_timers)
         conn.execute(insert.on_conflict_do_update(index_elements=["workspace_id", "segment_id", "profile_id"],
                                                   set_={"due_at": insert.excluded.due_at}), rows)  # fmt: skip
-
-
-def _pairs(conn: Connection, pairs: list[tuple[str, str]], table: sa.Table = segment_timers):
-    """``(profile_id, segment_id) IN pairs`` as one parameter: PostgreSQL unnests two arrays, SQLite reads a JSON
-    list (a statement per count of pairs would defeat the statement cache, and SQLite caps bound parameters)."""
-    c = table.c
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import ARRAY
-
-        u = sa.func.unnest(sa.bindparam(None, [p for p, _ in pairs], type_=ARRAY(sa.Text())),
-                           sa.bindparam(None, [s for _, s in pairs], type_=ARRAY(sa.Text()))
-                           ).table_valued("p", "s").render_derived()  # fmt: skip
-        return sa.tuple_(c.profile_id, c.segment_id).in_(sa.select(u.c.p, u.c.s))
-    import orjson
-
-    each = sa.func.json_each(sa.bindparam(None, orjson.dumps([list(x) for x in pairs]).decode(),
-                                          type_=sa.Text())).table_valued("value")  # fmt: skip
-    return sa.tuple_(c.profile_id, c.segment_id).in_(
-        sa.select(sa.func.json_extract(each.c.value, "$[0]"), sa.func.json_extract(each.c.value, "$[1]")))
 
 
 def enter_many(conn: Connection, ws: str, entries: list[tuple[str, str, str]], at: datetime) -> set[tuple[str, str]]:
@@ -292,7 +274,9 @@ def leave_many(conn: Connection, ws: str, exits: list[tuple[str, str, str]], at:
     if not exits:
         return set()
     gone = {tuple(r) for r in conn.execute(segment_members.delete().where(
-        segment_members.c.workspace_id == ws, _pairs(conn, [(p, s) for p, s, _ in exits], segment_members))
+        segment_members.c.workspace_id == ws,
+        bulk.pairs_in(segment_members.c.profile_id, segment_members.c.segment_id, [(p, s) for p, s, _ in exits],
+                      conn.dialect.name))
         .returning(segment_members.c.profile_id, segment_members.c.segment_id)).all()}  # fmt: skip
     _many_history(conn, ws, [e for e in exits if (e[0], e[1]) in gone], "exited", at)
     return gone

@@ -52,6 +52,21 @@ def in_(col: sa.Column, values: Iterable, dialect: str):
     return col.in_(sa.select(each.c.value))
 
 
+def pairs_in(a: sa.Column, b: sa.Column, pairs: Sequence[tuple], dialect: str):
+    """``(a, b) IN pairs`` as one parameter, like :func:`in_`: PostgreSQL unnests two arrays, SQLite reads a JSON
+    list of pairs (a statement per count of pairs would defeat the statement cache, and SQLite caps bound
+    parameters)."""
+    if dialect == "postgresql":
+        u = sa.func.unnest(sa.bindparam(None, [x for x, _ in pairs], type_=ARRAY(a.type)),
+                           sa.bindparam(None, [y for _, y in pairs], type_=ARRAY(b.type))
+                           ).table_valued("x", "y").render_derived()  # fmt: skip
+        return sa.tuple_(a, b).in_(sa.select(u.c.x, u.c.y))
+    each = sa.func.json_each(sa.bindparam(None, orjson.dumps([list(x) for x in pairs]).decode(),
+                                          type_=sa.Text())).table_valued("value")  # fmt: skip
+    return sa.tuple_(a, b).in_(
+        sa.select(sa.func.json_extract(each.c.value, "$[0]"), sa.func.json_extract(each.c.value, "$[1]")))
+
+
 def insert_rows(
     conn: Connection,
     table: sa.Table,
