@@ -17,6 +17,7 @@ from chorus.collect.ingest import Backlog
 from chorus.config import Settings
 from chorus.errors import ChorusError, Saturated, Unauthorized
 from chorus.messaging.links import Links
+from chorus.store.db import read_only
 
 
 class JSON(Response):
@@ -91,7 +92,7 @@ class KeyCache:
         if hit and now - hit[0] < self.ttl:
             return hit[1]
         generation = self._forgotten
-        with self.engine.connect() as conn:
+        with read_only(self.engine) as conn:
             src = ws_api.source_by_write_key(conn, write_key)  # raises Unauthorized
         with self._lock:
             # a lookup that read the row before a rotation committed must not put the old key back in the cache

@@ -25,6 +25,7 @@ from chorus.api.guard import AdminRoute
 from chorus.errors import ChorusError, NotFound
 from chorus.messaging import outbox
 from chorus.safejson import check_text
+from chorus.store.db import read_only
 from chorus.store.tables import message_status, messages
 from chorus.timeutil import iso, parse_ts, utcnow
 from chorus.workspaces import verification
@@ -71,7 +72,7 @@ def _visible(conn, who: Caller, since=None, message_id: str | None = None, limit
 
 
 def _items(svc: Services, who: Caller, since=None, limit: int = 50) -> list[dict]:
-    with svc.engine.connect() as conn:
+    with read_only(svc.engine) as conn:
         rows = _visible(conn, who, since, limit=limit)
         read = dict(
             conn.execute(

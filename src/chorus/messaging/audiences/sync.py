@@ -32,6 +32,7 @@ from chorus.messaging.policy import ads_decision
 from chorus.messaging.providers import ConfigError, ProviderError
 from chorus.profiles.views import lookup_ident
 from chorus.segments import store as segment_store
+from chorus.store.db import read_only
 from chorus.timeutil import Clock, iso, utcnow
 from chorus.workspaces import Workspace
 
@@ -225,7 +226,7 @@ def export(engine: Engine, ws: Workspace, name: str, fmt: str | None = None) -> 
     Rows are built from the members' profiles now, in the requested format, and consent is checked again, so
     the file never holds someone who opted out since the last sync.
     """
-    with engine.connect() as conn:
+    with read_only(engine) as conn:
         aud = store.get(conn, ws.id, name)
         fmt = fmt or aud.format
         if fmt not in R.FORMATS:
