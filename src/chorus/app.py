@@ -55,6 +55,14 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True, eng
         else None
     )
 
+    def begin_shutdown() -> None:
+        """Called as soon as the server is told to stop, before it waits for open requests: streams end, and the
+        worker ends its pass after the task (the transaction) it is in."""
+        svc.stopping.set()
+        if worker:
+            worker.stopping.set()
+            worker.wake.set()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.gate = tracking.Gate(settings.max_inflight, settings.max_waiting)
@@ -79,6 +87,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True, eng
     )
     openapi.install(app)
     app.state.services = svc
+    app.state.begin_shutdown = begin_shutdown
     app.state.gate = tracking.Gate(settings.max_inflight, settings.max_waiting)
     # Browsers post tracking calls from the shop's own origin; write keys are public, so any origin may send.
     app.add_middleware(

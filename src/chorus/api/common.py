@@ -126,4 +126,6 @@ class Services:
     backlog: Backlog
     links: Links
     wake_worker: threading.Event = field(default_factory=threading.Event)
+    # set when the process begins to stop (SIGINT, SIGTERM): responses that would never end by themselves end
+    stopping: threading.Event = field(default_factory=threading.Event)
     storing: int = 0  # tracking requests writing to the store right now (read by the in-process worker)

@@ -139,8 +139,13 @@ async def stream(request: Request):
         since = utcnow()
         yield b": connected\n\nretry: 3000\n\n"
         quiet = 0.0
-        while not await request.is_disconnected():
-            items = await run_in_threadpool(_items, svc, who, since, 50)
+        # ends when the client goes, or when the server begins to stop: uvicorn waits for every open response before
+        # it shuts the app down, and this one would never end by itself
+        while not svc.stopping.is_set() and not await request.is_disconnected():
+            try:
+                items = await run_in_threadpool(_items, svc, who, since, 50)
+            except NotFound:  # not seen yet (her first events are still being resolved): her messages come later
+                items = []
             for item in reversed(items):
                 yield b"event: message\nid: " + item["id"].encode() + b"\ndata: " + orjson.dumps(item) + b"\n\n"
             if items:
