@@ -7,6 +7,7 @@ Nothing here is timed itself; the scripts decide what to time.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import os
 import shutil
@@ -100,8 +101,16 @@ class FreshDB:
         self.drop()
 
 
-def make_tmpdir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="chorus-bench-")).resolve()
+KEEP_TMP = "CHORUS_BENCH_KEEP_TMP"  # set (to anything but empty or 0) to keep every run's temp dir, to look into
+
+
+def make_tmpdir(keep: bool = False) -> Path:
+    """A fresh ``chorus-bench-*`` directory under the system temp dir, removed with all it holds when the script
+    exits (normally, on an exception or on Ctrl+C; not on SIGKILL), unless ``keep`` or $CHORUS_BENCH_KEEP_TMP."""
+    path = Path(tempfile.mkdtemp(prefix="chorus-bench-")).resolve()
+    if not keep and os.environ.get(KEEP_TMP, "") in ("", "0"):
+        atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 class Poller:

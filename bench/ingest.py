@@ -721,7 +721,7 @@ def main(argv=None) -> int:
         args.events, args.people = 50_000, 5_000
     engines = engines_of(ap, args.engines)
 
-    tmpdir = make_tmpdir()
+    tmpdir = make_tmpdir(keep=args.keep_logs)  # the logs kept are in it
     code = None if args.live_code and not args.code else snapshot_code(tmpdir, args.code)
     if code:
         log(f"code: snapshot of {code['source']} (HEAD {code['git_head']}, files sha256 {code['sha256']})")

@@ -7,8 +7,11 @@ CI (CI=true) an unreachable PostgreSQL fails the run instead of skipping.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -164,6 +167,51 @@ class LiveServer:
     def settle(self, timeout: float = 30.0) -> None:
         """Wait until the in-process worker has resolved every accepted event."""
         wait_until(lambda: pending(self.engine) == 0, timeout=timeout)
+
+
+class ServeProcess:
+    """`chorus serve` itself, as a subprocess on a loopback port (this checkout's code, whatever the working
+    directory), its output in ``log_path``; ``keys`` are the keys it printed for the workspace it created."""
+
+    def __init__(self, url: str, tmp_path: Path, **env):
+        import chorus
+
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = tmp_path / "serve.log"
+        self._log = open(self.log_path, "w+")
+        src = str(Path(chorus.__file__).parents[1])
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "chorus.cli", "serve", "--port", str(self.port), "--db", url],
+            stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": src, **env}, cwd=tmp_path,
+        )  # fmt: skip
+        self.keys: dict[str, str] = {}
+
+    def __enter__(self):
+        import httpx
+
+        def up():
+            try:
+                return httpx.get(self.base_url + "/healthz").status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, timeout=60)
+        self.keys = dict(re.findall(r"(write_key|server_write_key|api_key): (\S+)", self.log_path.read_text()))
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+
+    def output(self) -> str:
+        return self.log_path.read_text()
 
 
 @pytest.fixture

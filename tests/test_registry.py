@@ -4,6 +4,7 @@ registered them, and the code that runs them (privacy, workspaces, the worker) n
 from __future__ import annotations
 
 import logging
+import threading
 
 import pytest
 import sqlalchemy as sa
@@ -240,6 +241,33 @@ def test_the_running_worker_keeps_passing_while_a_task_fails():
     finally:
         w.stop()
     assert not w._thread.is_alive()
+
+
+def test_a_stopping_worker_ends_its_pass_after_the_task_in_progress():
+    """Stopping waits for the task (its transaction) in progress, not for the rest of the pass: a pass of slow tasks
+    (delivery calling a provider that times out) kept `chorus serve` from exiting for as long."""
+    log: list[str] = []
+    r, made = _tasks(log)
+    w = Worker(None, registry=r)  # type: ignore[arg-type]
+    inside, go_on = threading.Event(), threading.Event()
+    first = w.tasks[0][2]
+
+    def slow_run_once():
+        inside.set()
+        go_on.wait(10)
+        return first.work
+
+    first.run_once = slow_run_once
+    w.start()
+    try:
+        assert inside.wait(10)
+        w.stopping.set()  # what the server does at SIGINT/SIGTERM
+        go_on.set()
+        w._thread.join(10)
+    finally:
+        w.stop()
+    assert not w._thread.is_alive()
+    assert log == []  # the task in progress finished; none after it ran
 
 
 def test_the_installed_worker_resolves_then_delivers(engine):

@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
 from starlette.staticfiles import StaticFiles
 
 from chorus import __version__, metrics
@@ -29,7 +30,7 @@ from chorus.api import (
     webhooks_meta,
     webhooks_sendgrid,
 )
-from chorus.api.common import JSON, KeyCache, Services, error_response
+from chorus.api.common import JSON, ClientGone, KeyCache, Services, error_response
 from chorus.collect.ingest import Backlog
 from chorus.config import Settings
 from chorus.errors import ChorusError
@@ -53,6 +54,14 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True, eng
         if run_worker
         else None
     )
+
+    def begin_shutdown() -> None:
+        """Called as soon as the server is told to stop, before it waits for open requests: streams end, and the
+        worker ends its pass after the task (the transaction) it is in."""
+        svc.stopping.set()
+        if worker:
+            worker.stopping.set()
+            worker.wake.set()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -78,6 +87,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True, eng
     )
     openapi.install(app)
     app.state.services = svc
+    app.state.begin_shutdown = begin_shutdown
     app.state.gate = tracking.Gate(settings.max_inflight, settings.max_waiting)
     # Browsers post tracking calls from the shop's own origin; write keys are public, so any origin may send.
     app.add_middleware(
@@ -88,6 +98,13 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True, eng
     @app.exception_handler(ChorusError)
     async def chorus_error(_request: Request, exc: ChorusError):
         return error_response(exc)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, _exc: ClientDisconnect):
+        # a browser leaving the page mid-request, a dropped mobile connection, a provider's timeout: ordinary, not a
+        # server error (left to the catch-all below, each was an ERROR with a traceback, and uvicorn logged another)
+        log.debug("client closed %s %s before its body was read; nothing done", request.method, request.url.path)
+        return error_response(ClientGone("the client closed the connection before the body was read", field="body"))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException):

@@ -73,13 +73,16 @@ def serve(
         for k in ("write_key", "server_write_key", "api_key"):
             err.print(f"  {k}: {ws[k]}")
     err.print(f"Chorus on http://{host}:{port}  (store: {engine.url.render_as_string(hide_password=True)})")
-    uvicorn.run(
-        create_app(settings, run_worker=workers, engine=engine),
-        host=host,
-        port=port,
-        log_level="warning",
-        access_log=False,
-    )
+    api = create_app(settings, run_worker=workers, engine=engine)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            # uvicorn waits for every open response, then shuts the app down: tell the app at the signal, so that an
+            # inbox stream ends and the worker stops after its current transaction instead of its whole pass
+            api.state.begin_shutdown()
+            super().handle_exit(sig, frame)
+
+    Server(uvicorn.Config(api, host=host, port=port, log_level="warning", access_log=False)).run()
 
 
 def _setup_logging() -> None:

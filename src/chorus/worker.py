@@ -55,6 +55,8 @@ class Worker:
         on while resolution fails, and the other way round); it is retried at the next pass."""
         done = 0
         for _name, label, task in self.tasks:
+            if self.stopping.is_set():  # stop after the task in progress, not after the whole pass
+                break
             try:
                 done += task.run_once()
             except Exception:

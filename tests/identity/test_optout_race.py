@@ -216,15 +216,16 @@ def _twilio_stop(engine, ws: str, errors: list[Exception]) -> None:
         errors.append(exc)
 
 
-def _resolver_waits_then_stop(engine, ws: str, stop_waits: bool) -> None:
-    """The resolver reads its batch and queues for the identity lock (held here); then the STOP webhook looks up
-    the phone's owner and (if it takes the lock) queues behind it; then the lock is released."""
+def _resolver_waits_then_stop(engine, ws: str, stop_waits: bool, webhook_call=_twilio_stop) -> None:
+    """The resolver reads its batch and queues for the identity lock (held here); then the webhook
+    (``webhook_call(engine, ws, errors)``, the STOP by default) looks up the phone's owner and (if it takes the lock)
+    queues behind it; then the lock is released."""
     holder = engine.connect()
     holder.begin()
     holder.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": "identity:" + ws})
     errors: list[Exception] = []
     resolver = threading.Thread(target=lambda: Resolver(engine).process_pending(), daemon=True)
-    webhook = threading.Thread(target=_twilio_stop, args=(engine, ws, errors), daemon=True)
+    webhook = threading.Thread(target=webhook_call, args=(engine, ws, errors), daemon=True)
     try:
         resolver.start()
         _wait_for_a_waiter(engine)

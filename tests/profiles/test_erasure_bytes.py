@@ -13,22 +13,18 @@ import glob
 import hashlib
 import hmac
 import os
-import re
 import secrets
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 import sqlalchemy as sa
 
-import chorus
 from chorus import workspaces
 from chorus.profiles import computed, privacy
 from chorus.timeutil import utcnow
-from tests.conftest import LiveServer, free_port, wait_until
+from tests.conftest import LiveServer, ServeProcess, wait_until
 
 TEMPLATE = {
     "kind": "marketing",
@@ -191,41 +187,19 @@ def test_erased_person_leaves_no_bytes_in_the_database_files(db_url, engine):
 
 def test_chorus_serve_leaves_no_bytes_of_an_erased_person_after_it_stops(tmp_path):
     """The command itself, on its embedded SQLite store: erasure over HTTP, then SIGTERM."""
-    db = tmp_path / "chorus.db"
-    url = f"sqlite:///{db}"
-    port = free_port()
-    src = str(Path(chorus.__file__).parents[1])  # this checkout's code, whatever the working directory
-    env = {**os.environ, "CHORUS_WORKER_POLL_SECONDS": "0.05", "PYTHONPATH": src}
-    log = open(tmp_path / "serve.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "chorus.cli", "serve", "--port", str(port), "--db", url],
-                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
+    url = f"sqlite:///{tmp_path / 'chorus.db'}"
     gone, kept = _person(), _person()
-    try:
-
-        def up():
-            try:
-                return httpx.get(base + "/healthz").status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(up, timeout=60)
-        log.seek(0)
-        keys = dict(re.findall(r"(write_key|server_write_key|api_key): (\S+)", log.read()))
-        with httpx.Client(base_url=base, timeout=60) as http:
+    with ServeProcess(url, tmp_path, CHORUS_WORKER_POLL_SECONDS="0.05") as serve:
+        with httpx.Client(base_url=serve.base_url, timeout=60) as http:
             for p in (gone, kept):
-                _populate(http, keys, p)
+                _populate(http, serve.keys, p)
             assert set(scan(sqlite_files(url), needles(gone))) == set(needles(gone)) - {"computed"}
             r = http.delete(f"/api/profiles/{gone['profile_ids'][0]}",
-                            headers={"Authorization": f"Bearer {keys['api_key']}"})  # fmt: skip
+                            headers={"Authorization": f"Bearer {serve.keys['api_key']}"})  # fmt: skip
             assert r.status_code == 200, r.text
         assert scan(sqlite_files(url), needles(gone)) == {}
-    finally:
-        proc.terminate()  # SIGTERM: uvicorn shuts down gracefully, the lifespan closes the pool
-        proc.wait(30)
-        log.close()
-    # uvicorn shuts down, then re-raises the signal it caught
-    assert proc.returncode in (0, -signal.SIGTERM), (tmp_path / "serve.log").read_text()
+    # SIGTERM: uvicorn shuts down gracefully, the lifespan closes the pool, then it re-raises the signal it caught
+    assert serve.proc.returncode in (0, -signal.SIGTERM), serve.output()
     main, wal, shm = sqlite_files(url)
     assert not wal.exists() and not shm.exists()
     assert scan([main], needles(gone)) == {}

@@ -18,6 +18,7 @@ from chorus.api.common import JSON, Services
 from chorus.api.guard import AdminRoute
 from chorus.errors import ChorusError, Unauthorized
 from chorus.profiles import privacy, views
+from chorus.store.db import read_only
 
 router = APIRouter(prefix="/api", tags=["admin"], route_class=AdminRoute)
 
@@ -31,7 +32,7 @@ def workspace(request: Request) -> ws_api.Workspace:
     if not header.lower().startswith("bearer ") or not header[7:].strip():
         raise Unauthorized("send the workspace api key as 'Authorization: Bearer <api_key>'")
     svc = services(request)
-    with svc.engine.connect() as conn:
+    with read_only(svc.engine) as conn:
         return ws_api.by_api_key(conn, header[7:].strip())
 
 
@@ -57,7 +58,7 @@ def patch_settings(ws: WS, svc: SVC, patch: dict):
 
 @router.get("/keys", summary="The workspace's write keys by source (client keys in full; server keys are secret)")
 def get_keys(ws: WS, svc: SVC):
-    with svc.engine.connect() as conn:
+    with read_only(svc.engine) as conn:
         return JSON({"api_key": {"count": 1, "revocable": False}, "write_keys": ws_api.list_keys(conn, ws.id)})
 
 
@@ -93,7 +94,7 @@ def find_profile(
     cfg = ws.identity
     declared = {k: v for k, v in request.query_params.items() if k in cfg.declared}
     ident = views.lookup_ident(cfg, email=email, phone=phone, user_id=user_id, anonymous_id=anonymous_id, **declared)
-    with svc.engine.connect() as conn:
+    with read_only(svc.engine) as conn:
         return JSON(views.get_profile(conn, ws.id, views.find_by_ident(conn, ws.id, ident), cfg))
 
 
@@ -105,14 +106,14 @@ def search_profiles(
     trait: Annotated[str | None, Query(max_length=200, description="a trait name")] = None,
     limit: Limit = 50, cursor: Cursor = None,
 ):  # fmt: skip
-    with svc.engine.connect() as conn:
+    with read_only(svc.engine) as conn:
         return JSON(listing.search_profiles(conn, ws.id, ws.identity, limit, cursor, prefix=prefix,
                                             identifier=identifier, trait=trait))  # fmt: skip
 
 
 @router.get("/profiles/{profile_id}", summary="A profile (merged ids resolve to the survivor)")
 def get_profile(ws: WS, svc: SVC, profile_id: str):
-    with svc.engine.connect() as conn:
+    with read_only(svc.engine) as conn:
         return JSON(views.get_profile(conn, ws.id, profile_id, ws.identity))
 
 
@@ -121,20 +122,20 @@ def get_timeline(
     ws: WS, svc: SVC, profile_id: str,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50, cursor: str | None = None, channel: str | None = None,
 ):  # fmt: skip
-    with svc.engine.connect() as conn:
+    with read_only(svc.engine) as conn:
         return JSON(views.timeline(conn, ws.id, profile_id, limit, cursor, channel))
 
 
 @router.get("/profiles/{profile_id}/merges", summary="Merges into this profile")
 def get_merges(ws: WS, svc: SVC, profile_id: str):
-    with svc.engine.connect() as conn:
+    with read_only(svc.engine) as conn:
         pid = views.resolve_id(conn, ws.id, profile_id)
         return JSON({"profile_id": pid, "merges": views.merge_history(conn, ws.id, pid)})
 
 
 @router.get("/profiles/{profile_id}/export", summary="Everything held about the person")
 def export_profile(ws: WS, svc: SVC, profile_id: str):
-    with svc.engine.connect() as conn:
+    with read_only(svc.engine) as conn:
         return JSON(privacy.export(conn, ws.id, profile_id, ws.identity))
 
 
@@ -153,13 +154,13 @@ def get_rejected(
     ws: WS, svc: SVC, limit: Limit = 100, cursor: Cursor = None,
     before: Annotated[int | None, Query(ge=0, deprecated=True, description="use cursor")] = None,
 ):  # fmt: skip
-    with svc.engine.connect() as conn:
+    with read_only(svc.engine) as conn:
         return JSON(listing.list_rejected(conn, ws.id, limit, cursor, before))
 
 
 @router.get("/imports", summary="Imports, newest first, with their counts")
 def list_imports(ws: WS, svc: SVC, limit: Limit = 50, cursor: Cursor = None):
-    with svc.engine.connect() as conn:
+    with read_only(svc.engine) as conn:
         return JSON(listing.list_imports(conn, ws.id, limit, cursor))
 
 
@@ -190,5 +191,5 @@ async def post_import(
 def get_import(ws: WS, svc: SVC, import_id: str):
     from chorus.collect import imports
 
-    with svc.engine.connect() as conn:
+    with read_only(svc.engine) as conn:
         return JSON(imports.get(conn, ws.id, import_id))

@@ -15,6 +15,7 @@ from chorus.errors import ChorusError
 from chorus.messaging.audiences import settings as audience_settings
 from chorus.messaging.audiences import store, sync
 from chorus.messaging.audiences.membership import MAX_ENTRIES, parse_entry
+from chorus.store.db import read_only
 from chorus.timeutil import utcnow
 
 router = APIRouter(prefix="/api", tags=["audiences"], route_class=AdminRoute)
@@ -48,13 +49,13 @@ def create_audience(ws: WS, svc: SVC, body: Annotated[dict, Body(examples=[_AUDI
 
 @router.get("/audiences", summary="The workspace's audiences, with their member counts and last sync")
 def list_audiences(ws: WS, svc: SVC):
-    with svc.engine.connect() as conn:
+    with read_only(svc.engine) as conn:
         return JSON({"audiences": store.list_all(conn, ws.id)})
 
 
 @router.get("/audiences/{name}", summary="An audience, its member count and its last sync")
 def get_audience(ws: WS, svc: SVC, name: str):
-    with svc.engine.connect() as conn:
+    with read_only(svc.engine) as conn:
         return JSON(store.view(conn, store.get(conn, ws.id, name)))
 
 

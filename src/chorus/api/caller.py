@@ -18,6 +18,7 @@ from chorus import workspaces as ws_api
 from chorus.api.common import Services, read_limited, write_key
 from chorus.errors import ChorusError, NotFound
 from chorus.safejson import loads
+from chorus.store.db import read_only
 from chorus.store.tables import identifiers, profile_aliases
 from chorus.workspaces import verification
 from chorus.workspaces.verification import Claim
@@ -35,7 +36,7 @@ class Caller:
 def caller(svc: Services, headers, params: dict) -> Caller:
     """Check the write key, then who the request says it is (401/403 for a missing or wrong userHash)."""
     source = svc.keys.source(write_key(headers, params))
-    with svc.engine.connect() as conn:
+    with read_only(svc.engine) as conn:
         ws = ws_api.get(conn, source.workspace_id)
     claim = verification.claim(
         params.get("userId"), params.get("anonymousId"), params.get("userHash"),

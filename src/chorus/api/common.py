@@ -17,6 +17,7 @@ from chorus.collect.ingest import Backlog
 from chorus.config import Settings
 from chorus.errors import ChorusError, Saturated, Unauthorized
 from chorus.messaging.links import Links
+from chorus.store.db import read_only
 
 
 class JSON(Response):
@@ -51,6 +52,14 @@ def write_key(headers, fields: dict) -> str:
     if not key or not isinstance(key, str):
         raise Unauthorized("write key missing: send it as the Basic auth user or as writeKey")
     return key
+
+
+class ClientGone(ChorusError):
+    """The client closed the connection before its whole body arrived: nothing of it was done. Answered (to
+    nobody) with nginx's 499 "client closed request" so that access logs tell it from a server fault."""
+
+    status = 499
+    code = "client_closed_request"
 
 
 class TooLarge(ChorusError):
@@ -91,7 +100,7 @@ class KeyCache:
         if hit and now - hit[0] < self.ttl:
             return hit[1]
         generation = self._forgotten
-        with self.engine.connect() as conn:
+        with read_only(self.engine) as conn:
             src = ws_api.source_by_write_key(conn, write_key)  # raises Unauthorized
         with self._lock:
             # a lookup that read the row before a rotation committed must not put the old key back in the cache
@@ -117,4 +126,6 @@ class Services:
     backlog: Backlog
     links: Links
     wake_worker: threading.Event = field(default_factory=threading.Event)
+    # set when the process begins to stop (SIGINT, SIGTERM): responses that would never end by themselves end
+    stopping: threading.Event = field(default_factory=threading.Event)
     storing: int = 0  # tracking requests writing to the store right now (read by the in-process worker)

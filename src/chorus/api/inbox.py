@@ -25,6 +25,7 @@ from chorus.api.guard import AdminRoute
 from chorus.errors import ChorusError, NotFound
 from chorus.messaging import outbox
 from chorus.safejson import check_text
+from chorus.store.db import read_only
 from chorus.store.tables import message_status, messages
 from chorus.timeutil import iso, parse_ts, utcnow
 from chorus.workspaces import verification
@@ -71,7 +72,7 @@ def _visible(conn, who: Caller, since=None, message_id: str | None = None, limit
 
 
 def _items(svc: Services, who: Caller, since=None, limit: int = 50) -> list[dict]:
-    with svc.engine.connect() as conn:
+    with read_only(svc.engine) as conn:
         rows = _visible(conn, who, since, limit=limit)
         read = dict(
             conn.execute(
@@ -138,8 +139,13 @@ async def stream(request: Request):
         since = utcnow()
         yield b": connected\n\nretry: 3000\n\n"
         quiet = 0.0
-        while not await request.is_disconnected():
-            items = await run_in_threadpool(_items, svc, who, since, 50)
+        # ends when the client goes, or when the server begins to stop: uvicorn waits for every open response before
+        # it shuts the app down, and this one would never end by itself
+        while not svc.stopping.is_set() and not await request.is_disconnected():
+            try:
+                items = await run_in_threadpool(_items, svc, who, since, 50)
+            except NotFound:  # not seen yet (her first events are still being resolved): her messages come later
+                items = []
             for item in reversed(items):
                 yield b"event: message\nid: " + item["id"].encode() + b"\ndata: " + orjson.dumps(item) + b"\n\n"
             if items:

@@ -15,6 +15,7 @@ from chorus.api.guard import AdminRoute
 from chorus.errors import ChorusError
 from chorus.messaging import content, outbox
 from chorus.profiles import views
+from chorus.store.db import read_only
 
 router = APIRouter(prefix="/api", tags=["messaging"], route_class=AdminRoute)
 
@@ -33,13 +34,13 @@ _DEFINITION_EXAMPLE = {
 
 @router.get("/templates", summary="Saved templates by name")
 def list_templates(ws: WS, svc: SVC, limit: Limit = 100, cursor: Cursor = None):
-    with svc.engine.connect() as conn:
+    with read_only(svc.engine) as conn:
         return JSON(listing.list_templates(conn, ws.id, limit, cursor))
 
 
 @router.get("/partials", summary="Saved partials and layouts by name")
 def list_partials(ws: WS, svc: SVC, limit: Limit = 100, cursor: Cursor = None):
-    with svc.engine.connect() as conn:
+    with read_only(svc.engine) as conn:
         return JSON(listing.list_partials(conn, ws.id, limit, cursor))
 
 
@@ -51,7 +52,7 @@ def list_messages(
     since: Annotated[datetime | None, Query(description="created at or after (ISO-8601; no offset: UTC)")] = None,
     until: Annotated[datetime | None, Query(description="created before")] = None,
 ):  # fmt: skip
-    with svc.engine.connect() as conn:
+    with read_only(svc.engine) as conn:
         return JSON(listing.list_messages(
             conn, ws.id, limit, cursor, profile_id=profile_id, status=status, channel=channel, template=template,
             since=listing.instant(since, "since"), until=listing.instant(until, "until"),
@@ -65,7 +66,7 @@ def put_template(ws: WS, svc: SVC, name: str, definition: Annotated[dict, Body(e
 
 @router.get("/templates/{name}", summary="A saved template")
 def get_template(ws: WS, svc: SVC, name: str):
-    with svc.engine.connect() as conn:
+    with read_only(svc.engine) as conn:
         return JSON({"name": name, "definition": outbox.load_template(conn, ws.id, name)})
 
 
@@ -79,7 +80,7 @@ def put_partial(ws: WS, svc: SVC, name: str, body: Annotated[dict, Body(examples
 @router.post("/messages/preview", summary="Render every variant of a message for a profile and an event")
 def preview(ws: WS, svc: SVC, body: dict):
     req = outbox.parse_request(body)
-    with svc.engine.connect() as conn:
+    with read_only(svc.engine) as conn:
         pid = outbox.recipient(conn, ws, req)
         profile = views.get_profile(conn, ws.id, pid, ws.identity)
         parts = outbox.load_partials(conn, ws.id)
@@ -171,5 +172,5 @@ def _item_error(i: int, exc: ChorusError) -> dict:
 
 @router.get("/messages/{message_id}", summary="A message: channel choice, content and status history")
 def get_message(ws: WS, svc: SVC, message_id: str):
-    with svc.engine.connect() as conn:
+    with read_only(svc.engine) as conn:
         return JSON(outbox.get_message(conn, ws.id, message_id))

@@ -21,6 +21,7 @@ from chorus.messaging import outbox, policy
 from chorus.messaging.consent import record_consent
 from chorus.messaging.links import PIXEL
 from chorus.profiles import views
+from chorus.store.db import read_only
 from chorus.store.tables import messages
 from chorus.timeutil import utcnow
 
@@ -32,7 +33,7 @@ def _svc(request: Request) -> Services:
 
 
 def _message(svc: Services, message_id: str) -> dict:
-    with svc.engine.connect() as conn:
+    with read_only(svc.engine) as conn:
         row = conn.execute(sa.select(messages).where(messages.c.id == message_id)).first()
     if row is None:
         raise NotFound("this message no longer exists")
@@ -112,7 +113,7 @@ def preferences_page(request: Request, token: str):
     svc = _svc(request)
     try:
         msg = _unsub_message(svc, token)
-        with svc.engine.connect() as conn:
+        with read_only(svc.engine) as conn:
             ws = ws_api.get(conn, msg["workspace_id"])
             profile = views.get_profile(conn, ws.id, msg["profile_id"], ws.identity)
     except NotFound as exc:
@@ -142,7 +143,7 @@ def save_preferences(
     svc = _svc(request)
     try:
         msg = _unsub_message(svc, token)
-        with svc.engine.connect() as conn:
+        with read_only(svc.engine) as conn:
             ws = ws_api.get(conn, msg["workspace_id"])
     except NotFound as exc:
         return _not_found(exc)

@@ -16,6 +16,7 @@ from chorus.api.caller import caller, json_body
 from chorus.api.common import JSON, Services, write_key
 from chorus.errors import ChorusError, NotFound
 from chorus.store import bulk
+from chorus.store.db import read_only
 from chorus.store.tables import push_subscriptions
 from chorus.timeutil import utcnow
 
@@ -95,7 +96,7 @@ async def vapid_key(request: Request):
 
     svc: Services = request.app.state.services
     source = await run_in_threadpool(_source, request, svc, dict(request.query_params))
-    with svc.engine.connect() as conn:
+    with read_only(svc.engine) as conn:
         ws = ws_api.get(conn, source.workspace_id)
     for i, conf in enumerate(((ws.settings.get("messaging") or {}).get("providers") or {}).get("push") or []):
         if conf.get("type") == "webpush":

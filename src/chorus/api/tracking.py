@@ -13,7 +13,6 @@ import zlib
 
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import ClientDisconnect
 
 from chorus import metrics, safejson
 from chorus.api.common import JSON, Services, error_response, write_key
@@ -68,14 +67,6 @@ _RESPONSES = {
     401: {"description": "Unknown write key"},
     429: {"description": "Ingestion saturated; retry after `Retry-After` seconds"},
 }
-
-
-class ClientGone(ChorusError):
-    """The client closed the connection before its whole body arrived: nothing of it was stored. Answered (to
-    nobody) with nginx's 499 "client closed request" so that access logs tell it from a server fault."""
-
-    status = 499
-    code = "client_closed_request"
 
 
 class Gate:
@@ -181,11 +172,6 @@ async def _handle(request: Request, kind: str) -> JSON:
             finally:
                 svc.storing -= 1
         svc.wake_worker.set()
-    except ClientDisconnect:
-        # a browser leaving the page mid-request, a mobile connection dropped: ordinary, not a server error (left
-        # to itself Starlette's exception reaches uvicorn, which logs a traceback at ERROR for each one)
-        log.debug("client closed %s before its body was read; nothing stored", request.url.path)
-        return error_response(ClientGone("the client closed the connection before the body was read", field="body"))
     except ChorusError as exc:
         if isinstance(exc, Saturated):
             metrics.saturated.inc()

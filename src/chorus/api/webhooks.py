@@ -20,6 +20,7 @@ from chorus.identity.identifiers import normalise_phone
 from chorus.messaging import consent, outbox
 from chorus.messaging.providers import ConfigError, build
 from chorus.messaging.providers.twilio import STATUS_MAP, UNREACHABLE_NUMBER, keyword, valid_signature
+from chorus.store.db import read_only
 from chorus.store.tables import identifiers, messages
 from chorus.timeutil import utcnow
 
@@ -36,6 +37,16 @@ class Forbidden(ChorusError):
     code = "forbidden"
 
 
+def lock_identity(conn, ws_id: str) -> None:
+    """Take the workspace's identity lock (PostgreSQL; SQLite's BEGIN IMMEDIATE already excludes the resolver)
+    before reading who owns a sender's identifier: a merge, a split or a replay that the resolver commits after
+    that read would leave a reply on the last message of a profile that no longer owns the address (and its
+    timeline event on that person). The STOP path takes it again in ``consent.record`` (it is re-entrant); the
+    message row is locked after it, in the order an erasure takes them."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": "identity:" + ws_id})
+
+
 def _twiml(text: str | None = None) -> Response:
     body = f"<Message>{escape(text)}</Message>" if text else ""
     return Response(f'<?xml version="1.0" encoding="UTF-8"?><Response>{body}</Response>', media_type="text/xml")
@@ -45,7 +56,7 @@ async def _verified(request: Request, workspace_id: str) -> tuple[ws_api.Workspa
     svc: Services = request.app.state.services
     form = {k: str(v) for k, v in (await request.form()).items()}
     try:
-        with svc.engine.connect() as conn:
+        with read_only(svc.engine) as conn:
             ws = ws_api.get(conn, workspace_id)
     except NotFound:
         raise Forbidden("unknown workspace") from None
@@ -126,6 +137,7 @@ def _inbound(svc: Services, ws: ws_api.Workspace, form: dict) -> str | None:
     word = keyword(body)
     now = utcnow()
     with svc.engine.begin() as conn:
+        lock_identity(conn, ws.id)
         owner = conn.execute(
             sa.select(identifiers.c.profile_id).where(
                 identifiers.c.workspace_id == ws.id, identifiers.c.ident == f"phone:{phone}"

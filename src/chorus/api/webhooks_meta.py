@@ -29,7 +29,7 @@ from starlette.responses import PlainTextResponse
 
 from chorus import workspaces as ws_api
 from chorus.api.common import JSON, Services, read_limited
-from chorus.api.webhooks import Forbidden
+from chorus.api.webhooks import Forbidden, lock_identity
 from chorus.errors import NotFound
 from chorus.identity.identifiers import normalise_phone
 from chorus.messaging import consent, outbox, reports
@@ -37,6 +37,7 @@ from chorus.messaging.providers import ConfigError, build
 from chorus.messaging.providers.meta import app_secret, valid_signature
 from chorus.messaging.providers.twilio import keyword
 from chorus.messaging.reports import CHANNELS, LABEL
+from chorus.store.db import read_only
 from chorus.store.tables import identifiers, messages
 from chorus.timeutil import iso, parse_ts, utcnow
 
@@ -67,7 +68,7 @@ def _confs(ws: ws_api.Workspace):
 
 def _workspace(svc: Services, workspace_id: str) -> ws_api.Workspace:
     try:
-        with svc.engine.connect() as conn:
+        with read_only(svc.engine) as conn:
             return ws_api.get(conn, workspace_id)
     except NotFound:
         raise Forbidden("unknown workspace") from None
@@ -268,6 +269,7 @@ def _inbound(
     inbound_id: str, at: datetime,
 ) -> int:  # fmt: skip
     """STOP/START or a reply, from whoever the first known candidate identifier names (else the first one)."""
+    lock_identity(conn, ws.id)  # before reading the owner (see webhooks.lock_identity)
     owner, ident = None, candidates[0][1]
     for key, cand in candidates:
         owner = conn.execute(

@@ -28,6 +28,7 @@ from chorus.errors import ChorusError, NotFound
 from chorus.messaging import consent, outbox
 from chorus.messaging.providers import ConfigError, build
 from chorus.messaging.providers.sendgrid import valid_signature
+from chorus.store.db import read_only
 from chorus.store.tables import message_status, messages
 from chorus.timeutil import parse_ts, utcnow
 
@@ -42,7 +43,7 @@ STATUS_OF = {
 
 def _verify(svc: Services, request: Request, workspace_id: str, body: bytes) -> ws_api.Workspace:
     try:
-        with svc.engine.connect() as conn:
+        with read_only(svc.engine) as conn:
             ws = ws_api.get(conn, workspace_id)
     except NotFound:
         raise Forbidden("unknown workspace") from None

@@ -23,6 +23,7 @@ from chorus.messaging.audiences import store, sync
 from chorus.messaging.audiences.base import AudienceClient
 from chorus.profiles import feed
 from chorus.registry import TaskOptions
+from chorus.store.db import read_only
 from chorus.timeutil import utcnow
 
 log = logging.getLogger("chorus.audiences")
@@ -56,6 +57,25 @@ def handle(conn: Connection, ws: str, pid: str, changes: list[feed.Delivered]) -
         store.want_sync(conn, ws, segments, holding)
 
 
+def handle_many(conn: Connection, claimed: dict[tuple[str, str], list[feed.Delivered]]) -> None:
+    """The feed consumer for a whole claim (``Handler.many``): what every person of it wants, marked once per
+    workspace, in workspace then audience id order. Person by person, one claim locked the audiences of each
+    person's segments in turn, and two workers whose claims had people of two audiences in opposite orders
+    deadlocked (PostgreSQL broke it, and the pass was retried); one ordered pass over the union cannot."""
+    wanted: dict[str, tuple[set[str], set[str]]] = {}
+    for (ws, pid), changes in claimed.items():
+        segments, holding = wanted.setdefault(ws, (set(), set()))
+        segments |= segment_changes(changes)
+        if any(map(_may_change_row, changes)):
+            holding |= store.audiences_holding(conn, ws, pid)
+    for ws, (segments, holding) in sorted(wanted.items()):
+        if segments or holding:
+            store.want_sync(conn, ws, segments, holding)
+
+
+handle.many = handle_many  # type: ignore[attr-defined]
+
+
 class FollowTask:
     """Each worker pass: sync the following audiences due (changed or removals queued; interval passed)."""
 
@@ -68,12 +88,12 @@ class FollowTask:
         self.client = client  # makes the platform client; None: from the workspace's settings (tests pass a double)
 
     def run_once(self) -> int:
-        with self.engine.connect() as conn:
+        with read_only(self.engine) as conn:  # an idle poll: no write lock (SQLite)
             due = store.due_follows(conn, self.clock())
         done = 0
         for ws_id, name in due:
             try:
-                with self.engine.connect() as conn:
+                with read_only(self.engine) as conn:
                     ws = workspaces.get(conn, ws_id)
                 client = self.client() if self.client is not None else None
                 sync.sync_followed(self.engine, ws, name, client=client, clock=self.clock)

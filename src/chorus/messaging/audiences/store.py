@@ -142,9 +142,9 @@ def want_sync(conn: Connection, ws: str, segment_ids: set[str], audience_ids: se
     Epochs make this one write per audience per sync, not per change: a follow sync starts a new epoch before it
     reads the segment (:func:`begin_follow_sync`), and a change marks the audience changed *in the current epoch*.
     An audience already marked in this epoch is left alone (no lock, no write), so a busy segment costs its
-    followers one update between two syncs. Rows to mark are locked and read again, in id order within one
-    person's changes (two consumer workers may lock two audiences in opposite orders across people: PostgreSQL
-    reports a deadlock, a transient error, and the consumer's pass is retried; nothing is lost)."""
+    followers one update between two syncs. Rows to mark are locked and read again, in id order; the consumer
+    calls this once per workspace for a whole claim (``follow.handle_many``), so two consumer workers lock the
+    audiences they share in the same order and cannot deadlock."""
     marked = 0
     for candidate in _followers(conn, ws):
         follow = candidate.options["follow"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 from collections import Counter
+from collections.abc import Callable
 
 from sqlalchemy.engine import Engine
 
@@ -32,6 +33,7 @@ from chorus.messaging.policy import ads_decision
 from chorus.messaging.providers import ConfigError, ProviderError
 from chorus.profiles.views import lookup_ident
 from chorus.segments import store as segment_store
+from chorus.store.db import read_only
 from chorus.timeutil import Clock, iso, utcnow
 from chorus.workspaces import Workspace
 
@@ -77,31 +79,52 @@ def _skipped(skips: list[Skip]) -> dict:
 
 def sync(
     engine: Engine, ws: Workspace, name: str, entries: list[Entry | Skip], mode: str = "replace", *,
-    client: AudienceClient | None = None, clock: Clock = utcnow, _followed: bool = False,
+    client: AudienceClient | None = None, clock: Clock = utcnow,
 ) -> dict:  # fmt: skip
     """Make the platform hold the audience's rows; returns the counts (see docs/messaging.md). An audience that
     follows a segment takes its members from there only (:func:`sync_followed`)."""
     if mode not in MODES:
         raise ChorusError(f"mode must be one of {', '.join(MODES)}", field="mode")
-    with engine.connect() as conn:
+    with read_only(engine) as conn:
         aud = store.get(conn, ws.id, name)
     follow = (aud.options or {}).get("follow")
-    if follow and not follow.get("stopped") and not _followed:
+    if follow and not follow.get("stopped"):
         raise Conflict(f"audience {name!r} follows segment {follow['segment']!r}: its members come from there",
                        field="profiles")  # fmt: skip
-    if aud.provider != S.FILE and client is None:
-        try:
-            client = S.client_for(ws.settings, aud.provider)
-        except ConfigError as exc:
-            raise ChorusError(f"audience {name!r}: {exc}", field="provider") from None
+    return _claimed(engine, ws, aud, lambda: entries, mode, _client(ws, aud, client), clock)
+
+
+def _client(ws: Workspace, aud, client: AudienceClient | None) -> AudienceClient | None:
+    if aud.provider == S.FILE or client is not None:
+        return client
+    try:
+        return S.client_for(ws.settings, aud.provider)
+    except ConfigError as exc:
+        raise ChorusError(f"audience {aud.name!r}: {exc}", field="provider") from None
+
+
+def _claimed(
+    engine: Engine, ws: Workspace, aud, read_entries: Callable[[], list[Entry | Skip]], mode: str,
+    client: AudienceClient | None, clock: Clock,
+) -> dict:  # fmt: skip
+    """Claim the audience (Conflict while another sync of it runs), then read ``read_entries()`` and sync them. The
+    membership is read only once the claim is held: read before it, it could be older than what a sync that held
+    the claim meanwhile sent, and this sync would take the platform back to it."""
+    name = aud.name
     started = clock()
-    store.claim(engine, aud.id, name, started)
+    try:
+        store.claim(engine, aud.id, name, started)
+    except Conflict:
+        if client is not None:
+            client.close()
+        raise
     counts = Counter()
     upload = Upload()
     result: dict = {"audience": name, "mode": mode, "started_at": iso(started)}
     skips: list[Skip] = []
     try:
-        with engine.connect() as conn:
+        entries = read_entries()
+        with read_only(engine) as conn:
             given, skips = resolve(conn, ws, entries)
             previous = store.synced(conn, aud.id)
             now_of = store.resolve_profile_ids(conn, ws.id, [s.profile_id for s in previous if s.profile_id])
@@ -179,7 +202,7 @@ def sync(
         store.release(engine, aud.id, stored, clock())
         if client is not None:
             client.close()
-    with engine.connect() as conn:
+    with read_only(engine) as conn:
         result["members"] = store.view(conn, store.get(conn, ws.id, name))["members"]
     return result
 
@@ -190,32 +213,37 @@ def sync_followed(
     """Sync an audience that follows a segment: the segment's current members are the membership (``replace``),
     through the same consent check, hashing and diff as a caller's list, so only differences are sent.
 
-    A new epoch starts before the members are read (:func:`store.begin_follow_sync`), so a change handled after
-    that keeps the audience due for the next sync. A deleted segment has no members: the audience empties and
-    stops following (its members' exits were recorded when it was deleted)."""
-    with engine.connect() as conn:
+    The audience is claimed first (:func:`_claimed`); then a new epoch starts before the members are read
+    (:func:`store.begin_follow_sync`), so a change handled after that keeps the audience due for the next sync. A
+    sync that finds another running reads nothing and starts no epoch. A deleted segment has no members: the
+    audience empties and stops following (its members' exits were recorded when it was deleted)."""
+    with read_only(engine) as conn:
         aud = store.get(conn, ws.id, name)
-        follow = (aud.options or {}).get("follow")
-        if not follow or follow.get("stopped"):
-            raise ChorusError(f"audience {name!r} follows no segment: give it profiles to sync", field="profiles")
-    covered = store.begin_follow_sync(engine, aud.id)
-    with engine.connect() as conn:
-        try:
-            segment_store.get(conn, ws.id, follow["segment"])
-            members, gone = segment_store.members(conn, ws.id, follow["segment"]), False
-        except NotFound:
-            members, gone = set(), True
-    where = f"segment {follow['segment']}"
-    entries: list[Entry | Skip] = [Entry(where, profile_id=pid) for pid in sorted(members)]
+    follow = (aud.options or {}).get("follow")
+    if not follow or follow.get("stopped"):
+        raise ChorusError(f"audience {name!r} follows no segment: give it profiles to sync", field="profiles")
+    read: dict = {}
+
+    def segment_members() -> list[Entry | Skip]:
+        read["covered"] = store.begin_follow_sync(engine, aud.id)
+        with read_only(engine) as conn:
+            try:
+                segment_store.get(conn, ws.id, follow["segment"])
+                read["members"], read["gone"] = segment_store.members(conn, ws.id, follow["segment"]), False
+            except NotFound:
+                read["members"], read["gone"] = set(), True
+        where = f"segment {follow['segment']}"
+        return [Entry(where, profile_id=pid) for pid in sorted(read["members"])]
+
     try:
-        result = sync(engine, ws, name, entries, "replace", client=client, clock=clock, _followed=True)
+        result = _claimed(engine, ws, aud, segment_members, "replace", _client(ws, aud, client), clock)
     except Conflict:
         raise  # another sync of it runs: that one records its own end
     except ChorusError:
         store.followed(engine, aud.id, None, clock())  # tried: the next try waits the interval, as a success does
         raise
-    store.followed(engine, aud.id, covered, clock(), stopped=gone)
-    result["source"] = {"segment": follow["segment"], "members": len(members), "deleted": gone}
+    store.followed(engine, aud.id, read["covered"], clock(), stopped=read["gone"])
+    result["source"] = {"segment": follow["segment"], "members": len(read["members"]), "deleted": read["gone"]}
     return result
 
 
@@ -225,7 +253,7 @@ def export(engine: Engine, ws: Workspace, name: str, fmt: str | None = None) -> 
     Rows are built from the members' profiles now, in the requested format, and consent is checked again, so
     the file never holds someone who opted out since the last sync.
     """
-    with engine.connect() as conn:
+    with read_only(engine) as conn:
         aud = store.get(conn, ws.id, name)
         fmt = fmt or aud.format
         if fmt not in R.FORMATS:
