@@ -346,3 +346,32 @@ def test_chorus_own_records_are_on_the_timeline_without_waiting_for_resolution(e
     with engine.connect() as conn:
         profile = views.get_profile(conn, w["id"], m["profile_id"], ws_of(engine, w).identity)
     assert profile["channels"]["email"]["count"] == 1 and profile["traits"]["email"] == "ana@example.com"
+
+
+def test_a_status_of_a_message_sent_before_a_merge_goes_on_the_survivors_timeline(engine, setup):
+    """A message keeps the profile id it was sent to; when that profile is merged away, later statuses (a delivery
+    report, an open) still go on the person's timeline: the survivor's (they were dropped: no profile had the id)."""
+    w, _ = setup
+
+    def track(*msgs):
+        with engine.begin() as conn:
+            src = workspaces.source_by_write_key(conn, w["server_write_key"])
+            ingest.store(conn, src, [normalise({**m, "timestamp": T0.isoformat()}, received_at=T0, source_kind="server")
+                                     for m in msgs], [], T0)  # fmt: skip
+        Resolver(engine).drain()
+
+    track({"type": "identify", "anonymousId": "a9", "traits": {"email": "bea@example.com"}},
+          {"type": "identify", "userId": "u9"})  # fmt: skip
+    body = outbox.parse_request({"to": {"email": "bea@example.com"}, "template": "hi"})
+    m = outbox.enqueue(engine, ws_of(engine, w), body, "before-merge", LINKS, clock=Clock(T0))[0]
+    track({"type": "identify", "userId": "u9", "anonymousId": "a9"})  # her two profiles become one
+    with engine.begin() as conn:
+        msg = dict(conn.execute(sa.select(messages).where(messages.c.id == m["id"])).one()._mapping)
+        survivor = views.find_by_ident(conn, w["id"], "email:bea@example.com")
+        assert views.find_by_ident(conn, w["id"], "user_id:u9") == survivor
+        assert survivor != msg["profile_id"]  # the profile the message went to was merged away: the case under test
+        outbox.set_statuses(conn, [outbox.Change(msg, "delivered", T0 + timedelta(minutes=2))])
+    with engine.connect() as conn:
+        on_timeline = conn.execute(sa.select(events.c.profile_id).where(
+            events.c.workspace_id == w["id"], events.c.event == "Message Delivered")).scalars().all()  # fmt: skip
+    assert on_timeline == [survivor]

@@ -267,11 +267,13 @@ def set_statuses(conn: Connection, changes: list[Change]) -> None:
         if ch.status in STATUS_EVENTS:
             by_ws.setdefault(ch.msg["workspace_id"], []).append(ch)
     for ws, mine in by_ws.items():
-        missing = [ch.msg["profile_id"] for ch in mine if ch.profile is None]
-        views_ = views.get_profiles(conn, ws, missing, _cfg(conn, ws)) if missing else {}
+        missing = sorted({ch.msg["profile_id"] for ch in mine if ch.profile is None and ch.msg.get("profile_id")})
+        # a message keeps the profile id it was sent to: after a merge its events go on the survivor's timeline
+        current = views.resolve_ids(conn, ws, missing) if missing else {}
+        views_ = views.get_profiles(conn, ws, sorted(set(current.values())), _cfg(conn, ws)) if current else {}
         evs, attributed = [], {}
         for ch in mine:
-            profile = ch.profile or views_.get(ch.msg["profile_id"])
+            profile = ch.profile or views_.get(current.get(ch.msg["profile_id"]))
             if profile is not None and (ev := _event(ch.msg, profile, ch.status, ch.at, ch.detail)) is not None:
                 evs.append(ev)
                 if ch.status not in INBOUND:
