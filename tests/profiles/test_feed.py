@@ -402,3 +402,34 @@ def test_a_change_recorded_before_the_first_statement_of_a_transaction_is_kept(e
         conn.execute(sa.text("SELECT 1"))
         conn.commit()
     assert [c.profile_id for c in changes(engine, ws)] == ["p1"]
+
+
+def test_a_consumer_gets_only_the_changes_it_declared_an_interest_in(engine, ws, monkeypatch):
+    """``feed.interest``: a consumer that acts only on some changes gets copies of those alone (the others are not
+    written for it); a consumer without one gets everything; a broken test records the change (never lost)."""
+    monkeypatch.setattr(feed, "_INTEREST", {})
+    for name in ("picky", "all", "broken"):
+        feed.subscribe(engine, name)
+    feed.interest("picky", lambda c: c.cause == "consent")
+    feed.interest("broken", lambda c: 1 / 0)
+    with engine.begin() as conn:
+        feed.record(conn, ws, [feed.Change("p1", "event", event_seq=1), feed.Change("p1", "consent"),
+                               feed.Change("p2", "event", event_seq=2)])  # fmt: skip
+    with engine.connect() as conn:
+        got = {}
+        for name, seq in conn.execute(sa.select(feed_pending.c.consumer, feed_pending.c.seq)
+                                      .where(feed_pending.c.workspace_id == ws)):  # fmt: skip
+            got.setdefault(name, set()).add(seq)
+    assert len(got["picky"]) == 1 and len(got["all"]) == len(got["broken"]) == 3
+    (only,) = got["picky"]
+    assert [c.cause for c in changes(engine, ws) if c.seq == only] == ["consent"]
+
+
+def test_the_audiences_consumer_is_told_only_of_what_it_acts_on():
+    from chorus.messaging.audiences import follow
+
+    assert follow.wants(feed.Change("p", "segment", detail={"segment": "s", "change": "entered"}))
+    assert follow.wants(feed.Change("p", "consent", detail={"slot": "ads:*"}))
+    assert follow.wants(feed.Change("p", "event", detail={"type": "identify", "profile": True}))
+    assert not follow.wants(feed.Change("p", "event", detail={"type": "track", "event": "Product Viewed"}))
+    assert not follow.wants(feed.Change("p", "merge", target_id="q"))

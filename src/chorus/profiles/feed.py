@@ -81,6 +81,30 @@ def _bucket(ws: str, profile_id: str) -> int:
     return zlib.crc32(f"{ws}:{profile_id}".encode()) % BUCKETS
 
 
+# -- interest: which changes a consumer wants a copy of -----------------------------------------------------------
+_INTEREST: dict[str, Callable[[Change], bool]] = {}
+
+
+def interest(consumer: str, wants: Callable[[Change], bool]) -> None:
+    """Record only the changes ``wants`` accepts for ``consumer`` (a package declares it when it registers its
+    consumer). It must accept every change the consumer could act on: a change it refuses is never handed over.
+    Only a static test of the change itself (its cause and detail): what a consumer's definitions say may change
+    between the record and the claim (a segment saved meanwhile), so the segments consumer declares none. A process
+    that has not loaded the consumer's package records everything for it (a superset is always safe)."""
+    _INTEREST[consumer] = wants
+
+
+def _wanted(consumer: str, c: Change) -> bool:
+    wants = _INTEREST.get(consumer)
+    if wants is None:
+        return True
+    try:
+        return bool(wants(c))
+    except Exception:  # noqa: BLE001 - a broken test must not lose a change: the consumer gets it
+        log.exception("the interest of feed consumer %s failed on a %s change; recorded for it", consumer, c.cause)
+        return True
+
+
 # -- recording: buffered on the connection, written at commit -------------------------------------------------------
 _BUFFER = "chorus_feed"  # key in the DBAPI connection's info: {"changes": [(ws, Change, at)], "marks": {savepoint: n}}
 
@@ -185,7 +209,7 @@ def _flush(conn: Connection) -> None:
     if consumers:
         bulk.insert_rows(conn, feed_pending, [
             {"consumer": name, "seq": seq, "workspace_id": ws, "profile_id": c.profile_id, "attempts": 0}
-            for name in consumers for seq, (ws, c, _) in zip(seqs, pending, strict=True)
+            for name in consumers for seq, (ws, c, _) in zip(seqs, pending, strict=True) if _wanted(name, c)
         ])  # fmt: skip
     metrics.feed_changes.inc(len(rows))
 

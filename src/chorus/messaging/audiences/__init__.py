@@ -23,5 +23,8 @@ def register(registry) -> None:
 
     registry.setting("audiences", settings.validate)
     registry.erasure("audiences", store.forget, tables=store.ERASURE_TABLES, export=store.export)
+    from chorus.profiles import feed
+
     registry.consumer(follow.CONSUMER, follow.handle)
+    feed.interest(follow.CONSUMER, follow.wants)
     registry.task("audience_follow", follow.FollowTask, step=Step.DELIVER, label="audience segment sync")

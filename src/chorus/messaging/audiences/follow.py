@@ -37,7 +37,7 @@ def segment_changes(changes: list[feed.Delivered]) -> set[str]:
             ("entered", "exited") and isinstance(c.detail.get("segment"), str)}  # fmt: skip
 
 
-def _may_change_row(c: feed.Delivered) -> bool:
+def _may_change_row(c: feed.Delivered | feed.Change) -> bool:
     """Whether the change may take her off a platform or change the row it holds: consent Chorus learned itself
     (an unsubscribe, STOP), a ``Consent Updated`` event, an identify (new traits: consent, an e-mail address).
     Consent carried in another event's context is applied at the audience's next sync."""
@@ -45,6 +45,12 @@ def _may_change_row(c: feed.Delivered) -> bool:
         return True
     d = c.detail or {}
     return c.cause == "event" and (d.get("type") == "identify" or d.get("event") == "Consent Updated")
+
+
+def wants(c: feed.Change) -> bool:
+    """The changes this consumer acts on (``feed.interest``): a segment entered or left, and what may change a
+    member's row. An ordinary event (most of the feed) is not even recorded for it."""
+    return c.cause == "segment" or _may_change_row(c)
 
 
 def handle(conn: Connection, ws: str, pid: str, changes: list[feed.Delivered]) -> None:
