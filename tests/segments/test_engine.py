@@ -183,8 +183,9 @@ RULES = {
     # consumer routes other events away from them (engine.Index)
     "emailable": {"reachable": {"channel": "email"}},
     "home": {"performed": {"event": "Home", "window": "1d"}},
+    "not_pro": {"not": {"trait": {"name": "plan", "equals": "pro"}}},  # true of a new profile made by a page view
 }
-ORDER = ("browse", "pro", "recent", "pro_browsers", "quiet", "emailable", "home")  # dependency order
+ORDER = ("browse", "pro", "recent", "pro_browsers", "quiet", "emailable", "home", "not_pro")  # dependency order
 
 
 def timers(engine, ws) -> dict:

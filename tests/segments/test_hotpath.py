@@ -317,3 +317,24 @@ def test_the_feed_says_whether_an_event_may_have_changed_the_profile(msg, touche
     change = event_change("p", p)
     assert change.detail["profile"] is touches
     assert change.detail.get("event") == (msg.get("event") or msg.get("name"))
+
+
+def test_a_new_profile_made_by_a_plain_event_enters_the_segments_true_of_an_empty_profile(engine, ws, clock, worker):
+    """Her first event is a plain view (it changes no trait), but the profile is new: the segments on traits,
+    reachability and subscriptions true of an empty profile take her in at once, as the batch does."""
+    rls = {"not_pro": {"not": {"trait": {"name": "plan", "equals": "pro"}}},
+           "inbox": {"reachable": {"channel": "in_app"}},
+           "news": {"subscribed": {"channel": "email", "topic": "newsletter"}}}  # fmt: skip
+    for sid, rl in rls.items():
+        define(engine, ws, sid, rl)
+    settle(worker)
+    clock.at = T0 + timedelta(minutes=1)
+    send(engine, ws, [ev("Product Viewed", T0, user="new1")])
+    settle(worker)
+    pid = profile_of(engine, ws, "user_id:new1")
+    got = {sid: members(engine, ws, sid) for sid in rls}
+    for sid, rl in rls.items():  # the batch's answer for the same data: the same rules, defined afresh
+        define(engine, ws, sid + "_b", rl)
+    settle(worker)
+    assert {sid: members(engine, ws, sid + "_b") for sid in rls} == {sid: {pid} for sid in rls}
+    assert got == {sid: {pid} for sid in rls}

@@ -431,7 +431,9 @@ class _WorkspaceBatch:
                 st = states[pid] = pstate.empty()
             _fold(st, p, own_part(p.payload, p.ext, pid, g.owner, self.cfg), self.policies)
             ev_updates.append({"seq": p.seq, "profile_id": pid})
-            changes.append(event_change(pid, p))
+            # a profile made by this batch is new in every respect (a segment true of an empty profile, "not pro",
+            # takes her in now), whatever her first events carry
+            changes.append(event_change(pid, p, new=pid not in loaded))
         bulk.update_rows(self.conn, events, "seq", ev_updates)
 
         # Profile rows.
@@ -472,20 +474,22 @@ class _WorkspaceBatch:
         feed.record(self.conn, self.ws, changes, now)
 
 
-def event_change(pid: str, p: Pending) -> feed.Change:
+def event_change(pid: str, p: Pending, new: bool = False) -> feed.Change:
     """The feed's record of an event folded into a profile: what a consumer needs to tell whether it matters.
 
     ``event`` is the name of a track (a page's or screen's name, as the events table's ``event`` column keeps
     it); ``profile`` says whether folding the event may have changed more than the person's activity: her traits,
-    attributes (time zone), consent or identifiers (addresses). Most events of a steady stream (views, pages) do
-    not, and a consumer that reads only those (segments on traits, consent, reachability) can skip them."""
+    attributes (time zone), consent or identifiers (addresses); always for a profile made by this batch (``new``:
+    everything about her is news, and a segment true of an empty profile must take her in). Most events of a
+    steady stream (views, pages) do not, and a consumer that reads only those (segments on traits, consent,
+    reachability) can skip them."""
     pl = p.payload
     etype = pl.get("type")
     detail = {"type": etype, "channel": pl.get("channel")}
     name = pl.get("event") if etype == "track" else pl.get("name") if etype in ("page", "screen") else None
     if isinstance(name, str):
         detail["event"] = name[:NAME_COLUMN]
-    detail["profile"] = touches_profile(pl, p.ext)
+    detail["profile"] = new or touches_profile(pl, p.ext)
     return feed.Change(pid, "event", event_seq=p.seq, detail=detail)
 
 

@@ -42,11 +42,17 @@ def _stage(conn: Connection, table: sa.Table, cols: Sequence[str], rows: Sequenc
     return name
 
 
+def _array_of(col: sa.Column):
+    # text, not the column's VARCHAR(n): a cast to VARCHAR(n)[] truncates silently, so a longer value given by a
+    # caller would equal the stored one it starts with (PostgreSQL compares varchar as text, on the same index)
+    return sa.Text() if isinstance(col.type, sa.String) else col.type
+
+
 def in_(col: sa.Column, values: Iterable, dialect: str):
     """``col IN values``; on PostgreSQL ``col = ANY(array)``: one parameter however long the list."""
     values = list(values)
     if dialect == "postgresql":
-        return col == sa.any_(sa.bindparam(None, values, type_=ARRAY(col.type)))
+        return col == sa.any_(sa.bindparam(None, values, type_=ARRAY(_array_of(col))))
     # SQLite: one JSON parameter instead of thousands of bound ones, so the statement compiles once and caches
     each = sa.func.json_each(sa.bindparam(None, orjson.dumps(values).decode(), type_=sa.Text())).table_valued("value")
     return col.in_(sa.select(each.c.value))
@@ -57,8 +63,8 @@ def pairs_in(a: sa.Column, b: sa.Column, pairs: Sequence[tuple], dialect: str):
     list of pairs (a statement per count of pairs would defeat the statement cache, and SQLite caps bound
     parameters)."""
     if dialect == "postgresql":
-        u = sa.func.unnest(sa.bindparam(None, [x for x, _ in pairs], type_=ARRAY(a.type)),
-                           sa.bindparam(None, [y for _, y in pairs], type_=ARRAY(b.type))
+        u = sa.func.unnest(sa.bindparam(None, [x for x, _ in pairs], type_=ARRAY(_array_of(a))),
+                           sa.bindparam(None, [y for _, y in pairs], type_=ARRAY(_array_of(b)))
                            ).table_valued("x", "y").render_derived()  # fmt: skip
         return sa.tuple_(a, b).in_(sa.select(u.c.x, u.c.y))
     each = sa.func.json_each(sa.bindparam(None, orjson.dumps([list(x) for x in pairs]).decode(),
