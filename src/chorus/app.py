@@ -149,7 +149,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True, eng
         return JSON({"ok": True})
 
     @app.get("/metrics", include_in_schema=False)
-    def prometheus_metrics():
+    def prometheus_metrics():  # a plain def: it runs in the threadpool, so the backlog's read never holds the loop
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
         from starlette.responses import Response
 

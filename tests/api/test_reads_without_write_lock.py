@@ -9,11 +9,14 @@ the test runs there too, to hold the routes to the same contract.
 from __future__ import annotations
 
 import re
+import threading
+import time
 
 import httpx
 import pytest
 
 from chorus.api import admin, analytics, audiences, inbox, messages, public, push, segments, tracking, webhooks_meta
+from chorus.workspaces import verification
 from tests.conftest import LiveServer
 from tests.identity.helpers import resolve
 
@@ -99,3 +102,50 @@ def test_a_write_route_still_waits_for_the_lock(engine, seeded, db_url):
     finally:
         holder.rollback()
         holder.close()
+
+
+def test_a_verified_inbox_read_answers_while_a_writer_holds_the_lock(engine, seeded, workspace):
+    """``userId`` + ``userHash``: the identity secret is read without the write lock (it exists already)."""
+    http, _h, _values, _query = seeded
+    s = verification.secret(engine, workspace["id"])  # generated before the lock is taken
+    params = {"writeKey": workspace["write_key"], "userId": "u1", "userHash": verification.user_hash(s, "u1")}
+    holder = engine.connect()
+    holder.begin()
+    try:
+        try:
+            r = http.get("/v1/inbox", params=params, timeout=HELD)
+            wrong = http.get("/v1/inbox", params={**params, "userHash": "0" * 64}, timeout=HELD)
+        except httpx.TimeoutException:
+            pytest.fail("GET /v1/inbox (userId + userHash) waited for the write lock")
+        assert r.status_code == 200, r.text
+        assert wrong.status_code == 403, wrong.text
+    finally:
+        holder.rollback()
+        holder.close()
+
+
+def test_metrics_and_the_event_loop_answer_while_a_writer_holds_the_lock(engine, seeded, workspace):
+    """A tracking call re-reads the ingestion backlog when its figure is stale: that read neither waits for the write
+    lock nor runs on the event loop, so /healthz answers while the call waits to store; /metrics re-reads it too."""
+    http, _h, _values, _query = seeded
+    time.sleep(1.2)  # the backlog figure is re-read at most once a second: let it go stale
+    holder = engine.connect()
+    holder.begin()
+    auth, event = (workspace["server_write_key"], ""), {"userId": "u9", "event": "X"}
+    track = threading.Thread(target=lambda: http.post("/v1/track", auth=auth, json=event, timeout=60))
+    try:
+        track.start()
+        time.sleep(0.3)
+        try:
+            health = http.get("/healthz", timeout=HELD)
+            time.sleep(1.1)  # stale again, for /metrics to read it
+            text = http.get("/metrics", timeout=HELD).text
+        except httpx.TimeoutException:
+            pytest.fail("the event loop or /metrics waited for the write lock (the ingestion backlog's read)")
+        assert health.status_code == 200
+        assert re.search(r"^chorus_ingest_backlog \d", text, re.M), text[:500]
+    finally:
+        holder.rollback()
+        holder.close()
+        track.join(60)
+    assert not track.is_alive()

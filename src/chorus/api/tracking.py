@@ -135,7 +135,10 @@ async def _handle(request: Request, kind: str) -> JSON:
         if safejson.text_problem(key):  # a lone surrogate cannot even be hashed; no key holds one
             raise Unauthorized("unknown write key")
         source = await run_in_threadpool(svc.keys.source, key)
-        if svc.backlog.value() > svc.settings.max_backlog:
+        backlog = svc.backlog.fresh()
+        if backlog is None:  # re-reading it is a query: off the event loop, or a slow store freezes every route
+            backlog = await run_in_threadpool(svc.backlog.value)
+        if backlog > svc.settings.max_backlog:
             raise Saturated("ingestion backlog is full; retry later", retry_after=5)
 
         received_at = utcnow()

@@ -42,7 +42,11 @@ def lock_identity(conn, ws_id: str) -> None:
     before reading who owns a sender's identifier: a merge, a split or a replay that the resolver commits after
     that read would leave a reply on the last message of a profile that no longer owns the address (and its
     timeline event on that person). The STOP path takes it again in ``consent.record`` (it is re-entrant); the
-    message row is locked after it, in the order an erasure takes them."""
+    message row is locked after it, in the order an erasure takes them.
+
+    Every transaction that may reach ``consent.record`` (a bounce, a spam complaint, an unsubscribe) takes it
+    before its first row lock: one that locked a message first and then waited here for a reply's transaction,
+    which holds this lock and waits for that message, would be a deadlock."""
     if conn.dialect.name == "postgresql":
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": "identity:" + ws_id})
 
@@ -89,7 +93,11 @@ async def twilio_status(request: Request, workspace_id: str):
 def _apply_status(svc: Services, ws: ws_api.Workspace, form: dict, status: str, message_id: str | None) -> None:
     now = utcnow()
     sid = form.get("MessageSid")
+    code = form.get("ErrorCode")
+    bounce = status == "failed" and bool(code) and code.isdigit() and int(code) in UNDELIVERABLE
     with svc.engine.begin() as conn:
+        if bounce:  # it withdraws consent: the identity lock before the message row (see lock_identity)
+            lock_identity(conn, ws.id)
         # The callback URL names the message (``?m=``, signed with the rest of the URL): a report that arrives
         # before the worker recorded Twilio's SID still finds it. Older URLs only have the SID.
         by = messages.c.id == message_id if message_id else messages.c.provider_message_id == sid
@@ -105,11 +113,10 @@ def _apply_status(svc: Services, ws: ws_api.Workspace, form: dict, status: str, 
             return  # Twilio repeats callbacks; each state counts once
         if OUTCOME_RANK.get(status, 0) < OUTCOME_RANK.get(msg["status"], 0) and status != "opened":
             return  # callbacks arrive out of order: a late "sent" never undoes "delivered" or "failed"
-        code = form.get("ErrorCode")
         detail = {"provider_status": form.get("MessageStatus")}
         if code:
             detail["error_code"] = code
-        if status == "failed" and code and code.isdigit() and int(code) in UNDELIVERABLE:
+        if bounce:
             outbox.set_status(conn, msg, "bounced", at=now, detail=detail, reason=f"Twilio error {code}", **columns)
             consent.record_consent(conn, msg, "*", "denied", f"undeliverable number (Twilio error {code})", now)
         elif status == "failed":

@@ -15,6 +15,7 @@ from chorus.collect.messages import Event, Rejection
 from chorus.identity.identifiers import MAX_IDENT_LEN, id_text
 from chorus.safejson import text_problem
 from chorus.store import bulk
+from chorus.store.db import read_only
 from chorus.store.tables import events, rejected_events
 from chorus.workspaces import Source
 
@@ -145,7 +146,11 @@ def store(
 
 
 class Backlog:
-    """How many accepted events still wait for identity resolution, re-read at most once a second."""
+    """How many accepted events still wait for identity resolution, re-read at most once a second.
+
+    Read through ``read_only``: on SQLite an ordinary transaction takes the write lock at BEGIN, and a worker's
+    long write would hold every tracking call (and /metrics) for up to busy_timeout. :meth:`value` still does I/O
+    when the figure is stale: async callers use :meth:`fresh` first and call :meth:`value` in the threadpool."""
 
     def __init__(self, engine: Engine, interval: float = 1.0):
         self.engine = engine
@@ -154,26 +159,34 @@ class Backlog:
         self._at = 0.0
         self._lock = threading.Lock()
 
+    def fresh(self) -> int | None:
+        """The figure if it was read within the interval, else None; never touches the store."""
+        return self._value if time.monotonic() - self._at < self.interval else None
+
     def value(self) -> int:
-        now = time.monotonic()
-        if now - self._at >= self.interval:
-            with self._lock:
-                if now - self._at >= self.interval:
-                    with self.engine.connect() as conn:
-                        if conn.dialect.name == "sqlite":  # it would count through the whole timeline index
-                            sql = "SELECT count(*) FROM events INDEXED BY ix_events_pending WHERE profile_id IS NULL"
-                            self._value = conn.exec_driver_sql(sql).scalar_one()
-                        else:
-                            # PostgreSQL counts by visiting every pending row; the span of pending seqs is two
-                            # index-endpoint lookups and bounds the count from above (equal when no gaps).
-                            self._value = conn.execute(
-                                sa.select(
-                                    sa.func.coalesce(sa.func.max(events.c.seq) - sa.func.min(events.c.seq) + 1, 0)
-                                ).where(events.c.profile_id.is_(None))
-                            ).scalar_one()
+        if self.fresh() is None and self._lock.acquire(blocking=False):
+            # a caller that finds another re-reading it takes the last figure rather than queue behind the read
+            try:
+                if self.fresh() is None:
+                    self._value = self._read()
                     self._at = time.monotonic()
                     metrics.backlog.set(self._value)
+            finally:
+                self._lock.release()
         return self._value
+
+    def _read(self) -> int:
+        with read_only(self.engine) as conn:
+            if conn.dialect.name == "sqlite":  # it would count through the whole timeline index
+                sql = "SELECT count(*) FROM events INDEXED BY ix_events_pending WHERE profile_id IS NULL"
+                return conn.exec_driver_sql(sql).scalar_one()
+            # PostgreSQL counts by visiting every pending row; the span of pending seqs is two index-endpoint
+            # lookups and bounds the count from above (equal when no gaps).
+            return conn.execute(
+                sa.select(sa.func.coalesce(sa.func.max(events.c.seq) - sa.func.min(events.c.seq) + 1, 0)).where(
+                    events.c.profile_id.is_(None)
+                )
+            ).scalar_one()
 
 
 def reject_stored(conn: Connection, failures: dict[int, Exception]) -> int:

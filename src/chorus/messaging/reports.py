@@ -27,6 +27,12 @@ WA_BOUNCES = {NOT_ON_WHATSAPP, TO_SENDER}
 HOLD = timedelta(hours=1)
 
 
+def withdraws_consent(status: str, error: dict | None) -> bool:
+    """Whether this report bounces its message, which withdraws the address's consent (``consent.record``): the
+    caller takes the identity lock before the message row (see ``chorus.api.webhooks.lock_identity``)."""
+    return status == "failed" and (error or {}).get("code") in WA_BOUNCES
+
+
 def report(
     conn: Connection, ws_id: str, provider_id: str, status: str, provider_status: str, at: datetime,
     error: dict | None, now: datetime,
@@ -82,7 +88,7 @@ def apply(
     """One report on one message: its status, history and timeline event, at most once per provider status."""
     label = LABEL[msg["channel"]]
     code = error.get("code") if error else None
-    if status == "failed" and code in WA_BOUNCES:
+    if withdraws_consent(status, error):
         status = "bounced"
     if outbox.has_status(conn, msg["id"], status, provider_status=provider_status):
         return 0  # Meta repeats notifications; each state counts once

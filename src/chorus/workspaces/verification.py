@@ -30,6 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from chorus import workspaces as ws_api
 from chorus.errors import ChorusError, Unauthorized
 from chorus.safejson import check_text
+from chorus.store.db import read_only
 from chorus.store.tables import instance_secrets
 
 ALGORITHM = "hex(HMAC-SHA256(identity_secret, userId))"
@@ -47,8 +48,11 @@ def _name(ws_id: str) -> str:
 
 
 def secret(engine: Engine, ws_id: str) -> str:
-    """The workspace's identity secret, generated on first use and kept until rotated."""
-    with engine.connect() as conn:
+    """The workspace's identity secret, generated on first use and kept until rotated.
+
+    Read without the write lock (``read_only``): a verified inbox read or tracking call must not wait behind a
+    worker's write on SQLite; only the first use, which generates it, writes."""
+    with read_only(engine) as conn:
         row = conn.execute(sa.select(instance_secrets.c.value).where(instance_secrets.c.name == _name(ws_id))).first()
     if row:
         return row.value
@@ -120,7 +124,7 @@ def checker(engine: Engine, ws_id: str) -> Callable[[str, object], bool]:
 
     def check(user_id: str, given: object) -> bool:
         if "verify" not in cache:
-            with engine.connect() as conn:
+            with read_only(engine) as conn:
                 cache["verify"] = required(ws_api.get(conn, ws_id).settings)
         if not cache["verify"]:
             return True
