@@ -47,8 +47,7 @@ def lock_identity(conn, ws_id: str) -> None:
     Every transaction that may reach ``consent.record`` (a bounce, a spam complaint, an unsubscribe) takes it
     before its first row lock: one that locked a message first and then waited here for a reply's transaction,
     which holds this lock and waits for that message, would be a deadlock."""
-    if conn.dialect.name == "postgresql":
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": "identity:" + ws_id})
+    consent.lock_identity(conn, ws_id)
 
 
 def _twiml(text: str | None = None) -> Response:

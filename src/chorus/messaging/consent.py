@@ -43,6 +43,15 @@ def identity_fields(profile: dict) -> dict:
     return {"anonymousId": ids["anonymous_id"][0]} if ids.get("anonymous_id") else {}
 
 
+
+def lock_identity(conn: Connection, ws_id: str) -> None:
+    """The workspace's identity lock (PostgreSQL; re-entrant in a transaction; SQLite has one writer): the resolver
+    holds it while it rewrites profiles, and :func:`record` takes it. A transaction that may reach :func:`record`
+    takes it before its first row lock (a message row): an inbound reply takes this lock and then its message, so
+    the other order would be a deadlock cycle."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": "identity:" + ws_id})
+
 def record(
     conn: Connection, ws_id: str, ident: dict, *, channel: str, topic: str, status: str, reason: str, at: datetime,
     direction: str, key: str, profile_id: str | None = None, message_id: str | None = None,
@@ -71,8 +80,7 @@ def record(
         raise ValueError(f"consent event not valid: {ev.reason}")
     src = ws_api.internal_source(conn, ws_id, "internal", "chorus-messaging")
     ingest.store(conn, src, [ev], [], at)
-    if conn.dialect.name == "postgresql":  # the resolver rewrites profile state under this lock: never interleave
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": "identity:" + ws_id})
+    lock_identity(conn, ws_id)  # the resolver rewrites profile state under this lock: never interleave
     target = _target(conn, ws_id, ev.payload, src.trusted, profile_id)
     if target is None:
         return

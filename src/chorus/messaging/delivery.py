@@ -29,7 +29,7 @@ from sqlalchemy.engine import Engine
 from chorus import metrics
 from chorus import workspaces as ws_api
 from chorus.messaging import outbox, policy, reports
-from chorus.messaging.consent import record_consent
+from chorus.messaging.consent import lock_identity, record_consent
 from chorus.messaging.providers import (
     DEFAULT_CONCURRENCY,
     AmbiguousError,
@@ -433,7 +433,12 @@ class Deliverer:
         for o in outcomes:
             if o.kind == "sent" and o.msg["channel"] in reports.CHANNELS:
                 early.setdefault(o.msg["workspace_id"], []).append(o.provider_id)
+        # a bounce (now, or in a report Meta sent before the send was recorded) withdraws consent, which takes the
+        # identity lock: take it before set_statuses locks the message rows (the order of an inbound reply)
+        consenting = {o.msg["workspace_id"] for o in outcomes if o.kind == "permanent" and o.error.bounce} | set(early)
         with self.engine.begin() as conn:
+            for ws_id in sorted(consenting):
+                lock_identity(conn, ws_id)
             outbox.set_statuses(conn, changes)
             for ws_id, provider_ids in early.items():
                 reports.release(conn, ws_id, provider_ids)
