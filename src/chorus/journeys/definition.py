@@ -707,9 +707,10 @@ TOP_KEYS = ("id", "name", "entry", "reentry", "goal", "exit_on_goal", "exit", "s
 def parse(raw: object, path: str = "") -> Definition:
     """A journey from decoded JSON, validated; a :class:`ChorusError` names the bad place and why."""
     p = (lambda key: f"{path}.{key}") if path else (lambda key: key)
-    safejson.check(raw, path or "journey")
     if not isinstance(raw, dict):
         raise _bad(path or "journey", "a journey is an object: id, entry, start, nodes, ...")
+    for key, value in raw.items():  # NUL, lone surrogates, 64-bit integers, finite numbers, depth: named by path
+        safejson.check(value, p(str(key)))
     _keys(raw, path or "journey", TOP_KEYS)
     for key in ("id", "entry", "start", "nodes"):
         if key not in raw:
@@ -742,6 +743,9 @@ def parse(raw: object, path: str = "") -> Definition:
         here = f"{p('nodes')}.{node_id}"
         nodes.append(parser.node(_node_id(node_id, here), body, here))
     start = parser.target(raw["start"], p("start"))
+    # Nodes are a map: their order carries no meaning (PostgreSQL's JSONB does not keep it), so the model keeps
+    # them sorted by id and a definition equals itself read back from any store.
+    nodes.sort(key=lambda n: n.id)
     defn = Definition(jid, entry, start, tuple(nodes), name, reentry, goal, exit_on_goal, exits)
     _check_structure(defn, parser, p)
     return defn
@@ -761,7 +765,7 @@ def _check_structure(defn: Definition, parser: _Parser, p) -> None:
                 i = next(i for i, a in enumerate(n.body.arms) if a.holdout)
                 raise _bad(f"{p('nodes')}.{n.id}.arms[{i}].holdout",
                            "a holdout is measured against the goal: give the journey a goal with within")  # fmt: skip
-    # reachability from start, in written order so the first unreachable node reported is the first written
+    # reachability from start; the first unreachable node by id is reported
     seen = {defn.start}
     stack = [defn.start]
     while stack:
