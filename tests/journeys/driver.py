@@ -32,7 +32,8 @@ class Driver:
     instances: list[j.State] = field(default_factory=list)
     timers: dict[str, tuple[datetime, str]] = field(default_factory=dict)  # key -> (due, instance id)
     commands: list[tuple[str, j.Command]] = field(default_factory=list)  # (instance id, command)
-    pending: list[j.Input] = field(default_factory=list)  # inputs held while paused
+    pending: list[tuple[str, j.Input]] = field(default_factory=list)  # (instance id, input) held while paused
+    held_timers: set[str] = field(default_factory=set)  # timers that fired while paused, still the instance's
 
     def ctx(self) -> j.Context:
         return j.Context(self.now, self.person, self.status)
@@ -40,14 +41,20 @@ class Driver:
     def _apply(self, i: int, inp: j.Input) -> tuple[j.Command, ...]:
         state, cmds = j.step(self.defn, self.instances[i], inp, self.ctx())
         if any(isinstance(c, j.Hold) for c in cmds):
-            self.pending.append(inp)
+            self.pending.append((self.instances[i].instance_id, inp))
+            if isinstance(inp, j.TimerFired):
+                self.held_timers.add(inp.key)
             return cmds
+        if isinstance(inp, j.TimerFired):
+            self.held_timers.discard(inp.key)
         self.instances[i] = state
         for c in cmds:
             self.commands.append((state.instance_id, c))
             if isinstance(c, j.SetTimer):
                 assert c.key not in self.timers, "a timer key is set once"
                 self.timers[c.key] = (c.at, state.instance_id)
+            elif isinstance(c, j.CancelTimer) and c.key in self.held_timers:
+                self.held_timers.discard(c.key)  # fired while paused, held: its input will change nothing
             elif isinstance(c, j.CancelTimer):
                 self.timers.pop(c.key)  # the interpreter cancels only timers it set and that have not fired
         return cmds
@@ -62,6 +69,13 @@ class Driver:
             self.instances.append(admission.state)
             out += self._apply(len(self.instances) - 1, inp)
         return out
+
+    def resume(self) -> None:
+        """The journey is active again: the held inputs are applied, each to its instance, in arrival order."""
+        self.status = "active"
+        held, self.pending = self.pending, []
+        for iid, inp in held:
+            self._apply(next(n for n, s in enumerate(self.instances) if s.instance_id == iid), inp)
 
     def run_until(self, t: datetime) -> None:
         """Fire every timer due up to ``t``, in due order, each at its own instant; then the clock is ``t``."""

@@ -344,8 +344,5 @@ def test_a_paused_journey_holds_inputs_and_applies_them_on_resume():
     dr.run_until(T + timedelta(hours=3))
     assert sends(dr) == [] and j.state_to_json(dr.instances[0]) == before
     assert len(dr.pending) == 1  # the timeout, held
-    dr.status = "active"
-    held, dr.pending = dr.pending, []
-    for inp in held:
-        dr._apply(0, inp)
+    dr.resume()
     assert [s.template for s in sends(dr)] == ["cart_reminder"]  # sent on resume, not lost

@@ -304,9 +304,13 @@ class Definition:
     exit_on_goal: bool = True
     exits: tuple[Criterion, ...] = ()
     by_id: Mapping[str, Node] = field(init=False, repr=False, compare=False, hash=False)
+    cyclic: frozenset[str] = field(init=False, repr=False, compare=False, hash=False)  # the nodes on a loop
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "by_id", {n.id: n for n in self.nodes})
+        by_id = {n.id: n for n in self.nodes}
+        object.__setattr__(self, "by_id", by_id)
+        if all(t in by_id for n in self.nodes for _, t in successors(n)):  # parse reports a dangling edge itself
+            object.__setattr__(self, "cyclic", frozenset(n.id for n in self.nodes if n.id in _reach(self, n.id)))
 
     def node(self, node_id: str) -> Node:
         return self.by_id[node_id]
@@ -336,6 +340,18 @@ def successors(node: Node) -> list[tuple[str, str]]:
     if node.overflow is not None:
         out.append(("overflow", node.overflow))
     return out
+
+
+def _reach(defn: Definition, start: str, *, include_start: bool = False) -> set[str]:
+    """The nodes reachable from ``start`` by at least one edge (and ``start`` itself with ``include_start``)."""
+    seen: set[str] = {start} if include_start else set()
+    stack = [t for _, t in successors(defn.by_id[start])]
+    while stack:
+        nid = stack.pop()
+        if nid not in seen:
+            seen.add(nid)
+            stack.extend(t for _, t in successors(defn.by_id[nid]))
+    return seen
 
 
 # -- parsing ----------------------------------------------------------------------------------------------------
@@ -766,13 +782,7 @@ def _check_structure(defn: Definition, parser: _Parser, p) -> None:
                 raise _bad(f"{p('nodes')}.{n.id}.arms[{i}].holdout",
                            "a holdout is measured against the goal: give the journey a goal with within")  # fmt: skip
     # reachability from start; the first unreachable node by id is reported
-    seen = {defn.start}
-    stack = [defn.start]
-    while stack:
-        for _, target in successors(by_id[stack.pop()]):
-            if target not in seen:
-                seen.add(target)
-                stack.append(target)
+    seen = _reach(defn, defn.start, include_start=True)
     for n in defn.nodes:
         if n.id not in seen:
             raise _bad(f"{p('nodes')}.{n.id}", f"node {n.id!r} cannot be reached from start ({defn.start!r})")
@@ -781,6 +791,11 @@ def _check_structure(defn: Definition, parser: _Parser, p) -> None:
     # waiting ones.
     _acyclic(defn, lambda n: n.max_visits is None, "max_visits", p)
     _acyclic(defn, lambda n: n.type not in WAITING_TYPES, "a delay or wait", p)
+    # A visit past max_visits does not run the node (nothing waits there): if the way out led back to it, the
+    # person would go round without end.
+    for n in defn.nodes:
+        if n.overflow is not None and n.id in _reach(defn, n.overflow, include_start=True):
+            raise _bad(f"{p('nodes')}.{n.id}.overflow", f"the way out of max_visits leads back to {n.id!r}")
 
 
 def _acyclic(defn: Definition, keep, needs: str, p) -> None:

@@ -57,9 +57,13 @@ class MessageEvent:
 
 @dataclass(frozen=True, slots=True)
 class SegmentChanged:
+    """``id`` tells two changes apart (the runtime passes the change feed's sequence number): an entry by a segment
+    is an instance whose id derives from it."""
+
     segment: str
     change: str  # entered | exited
     at: datetime
+    id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,7 +250,7 @@ def _entry_json(inp: Input) -> dict:
         return {"kind": "event", "id": inp.id, "at": iso(inp.at), "name": inp.name, "type": inp.type,
                 "channel": inp.channel, "properties": dict(inp.properties)}  # fmt: skip
     if isinstance(inp, SegmentChanged):
-        return {"kind": "segment", "id": f"{inp.segment}:{inp.change}:{iso(inp.at)}", "at": iso(inp.at),
+        return {"kind": "segment", "id": inp.id or f"{inp.segment}:{inp.change}:{iso(inp.at)}", "at": iso(inp.at),
                 "segment": inp.segment, "properties": {}}  # fmt: skip
     assert isinstance(inp, Start)
     return {"kind": "start", "id": inp.id, "at": iso(inp.at), "properties": dict(inp.data)}
@@ -391,10 +395,11 @@ class _Run:
         self.out.append(Exit(reason))
         s.status, s.exited_at, s.exit_reason, s.waiting = "exited", self.now, reason, None
 
-    def set_timer(self, purpose: str, at: datetime) -> None:
+    def set_timer(self, purpose: str, at: datetime) -> str:
         key = f"{self.s.instance_id}:{self.s.step}:{purpose}"
         self.s.timers[key] = {"purpose": purpose, "due": iso(at)}
         self.out.append(SetTimer(key, at))
+        return key
 
     def cancel_timers(self) -> None:
         for key in self.s.timers:
@@ -445,14 +450,15 @@ class _Run:
             self.advance(node.timeout_next)
         else:
             assert isinstance(node, d.Delay)
-            self.record("step", s.node)
-            self.advance(node.next)
+            self.record("step", s.node, t.get("branch"))
+            self.advance(t.get("next", node.next))
 
     # -- nodes ---------------------------------------------------------------------------------------------------
     def advance(self, nid: str) -> None:
         s, defn = self.s, self.defn
         s.waiting = None
-        # Each node at most once per step (no instantaneous cycle, definition.parse), overflow edges included.
+        # Each node runs at most once per step: every loop passes a waiting node that waits (definition.parse, and
+        # a delay on a loop always yields), and a visit past max_visits never leads back to its node.
         for _ in range(2 * len(defn.nodes) + 1):
             node = defn.node(nid)
             s.node = nid
@@ -524,10 +530,13 @@ class _Run:
                 return None
             case d.Delay():
                 due, branch = self.due(b)
-                if due is None or due <= self.now:
+                target = b.missing if branch == "no_date" and b.missing is not None else b.next
+                # A delay on a loop always waits for its timer, even one due now: each round of a loop is then at
+                # least one transition of its own, and one step runs each node at most once.
+                if nid not in self.defn.cyclic and (due is None or due <= self.now):
                     self.record("step", nid, branch)
-                    return b.missing if branch == "no_date" and b.missing is not None else b.next
-                self.wait("delay", due)
+                    return target
+                self.wait("delay", max(due or self.now, self.now), then=(target, branch))
                 return None
             case d.Wait():
                 self.wait("timeout", plus(self.now, b.timeout.delta))
@@ -535,10 +544,13 @@ class _Run:
         self.record("step", nid)
         return b.next
 
-    def wait(self, purpose: str, due: datetime, branch: str | None = None) -> None:
+    def wait(self, purpose: str, due: datetime, branch: str | None = None, then: tuple | None = None) -> None:
+        """Wait at the current node for a timer; ``then`` is where a delay goes on and by which branch."""
         assert self.s.node is not None
         self.s.waiting = {"timeout": "wait"}.get(purpose, purpose)
-        self.set_timer(purpose, due)
+        key = self.set_timer(purpose, due)
+        if then is not None:
+            self.s.timers[key].update(next=then[0], branch=then[1])
         self.record("waiting", self.s.node, branch)
 
     def arm(self, nid: str, split: d.Split) -> d.Arm:
