@@ -428,3 +428,13 @@ def test_every_schedule_runs_on_its_grid():
         grid = t0 + timedelta(days=k)
         assert d.next_run(every, grid - timedelta(microseconds=1), NY) == grid
         assert d.next_run(every, grid, NY) == grid + timedelta(days=1)
+
+
+def test_the_reference_documents_every_node_type_and_entry():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "journeys.md").read_text()
+    for kind in d.NODE_TYPES:
+        assert f"`{kind}`" in text or f"### {kind}" in text, kind
+    for key in ("`event`", "`segment`", "`schedule`", "`api`", "`never`", "`after_exit`", "cooldown", "`per_key`"):
+        assert key in text, key

@@ -9,6 +9,7 @@ import pytest
 from chorus.errors import ChorusError
 from chorus.journeys import definition as d
 from chorus.journeys import interpreter as j
+from chorus.messaging import outbox
 from chorus.segments.person import Person
 from tests.journeys.driver import Driver, event
 
@@ -181,6 +182,7 @@ def test_effects_carry_their_keys_and_the_entry_data():
         "journey_id": "j", "event": {"k": "x", "order": "o1"}, "topic": "orders",
     }  # fmt: skip
     assert send.key == f"{iid}:4" and send.version == 1 and send.node == "d"
+    assert outbox.parse_request(send.request())["channel"] == ["email", "sms"]  # what the outbox accepts
 
 
 def test_retrying_a_transition_gives_the_same_keys():

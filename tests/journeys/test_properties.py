@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import copy
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -19,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from chorus.errors import ChorusError
 from chorus.journeys import definition as d
 from chorus.journeys import interpreter as j
 from chorus.segments.evaluate import bucket
@@ -172,6 +174,7 @@ def test_step_is_deterministic_and_pure(doc, script, zone):
 @SETTINGS
 @given(definition(), st.integers(0, 50), st.sampled_from(ZONES))
 def test_a_goal_input_exits_when_exit_on_goal(doc, minutes, zone):
+    doc = copy.deepcopy(doc)
     doc["goal"] = {"event": {"event": "Goal Reached"}}
     doc["exit_on_goal"] = True
     for node in doc["nodes"].values():  # the goal has no window now: a holdout needs one
@@ -322,3 +325,42 @@ class Journeys(RuleBasedStateMachine):
 Journeys.TestCase.settings = settings(max_examples=40, stateful_step_count=25, deadline=None,
                                       suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
 TestJourneys = Journeys.TestCase
+
+
+# -- hostile input -----------------------------------------------------------------------------------------------
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(), st.text(max_size=8)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+    max_leaves=8,
+)
+
+
+def paths(doc, prefix=()):
+    yield prefix
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            yield from paths(v, (*prefix, k))
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc):
+            yield from paths(v, (*prefix, i))
+
+
+@SETTINGS
+@given(definition(), st.data())
+def test_a_damaged_definition_is_refused_by_path_or_parses(doc, data):
+    """Any value anywhere: a ChorusError naming a place, never another exception; what parses round-trips."""
+    doc = orjson.loads(orjson.dumps(doc))  # the generator shares sampled values between places
+    where = data.draw(st.sampled_from([p for p in paths(doc) if p]))
+    value = data.draw(json_values)
+    cur = doc
+    for part in where[:-1]:
+        cur = cur[part]
+    cur[where[-1]] = value
+    try:
+        defn = d.parse(doc)
+    except ChorusError as exc:
+        assert exc.field and exc.message.startswith(f"{exc.field}: ")
+        head = str(where[0])
+        assert exc.field.split(".")[0].split("[")[0] in (head, "nodes", "start", "reentry", "journey"), exc.message
+    else:
+        assert d.parse(d.to_json(defn)) == defn

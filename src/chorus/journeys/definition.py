@@ -36,7 +36,6 @@ from chorus.segments.rules import (  # the rule language's own validators: one v
     _ident,
     _keys,
     _name,
-    _object,
     _one_of,
     _selection,
     _strings,
@@ -340,6 +339,12 @@ def successors(node: Node) -> list[tuple[str, str]]:
     if node.overflow is not None:
         out.append(("overflow", node.overflow))
     return out
+
+
+def _object(body: object, path: str) -> dict:
+    if not isinstance(body, dict):
+        raise _bad(path, "expected an object here")
+    return body
 
 
 def _reach(defn: Definition, start: str, *, include_start: bool = False) -> set[str]:
