@@ -438,3 +438,12 @@ def test_the_reference_documents_every_node_type_and_entry():
         assert f"`{kind}`" in text or f"### {kind}" in text, kind
     for key in ("`event`", "`segment`", "`schedule`", "`api`", "`never`", "`after_exit`", "cooldown", "`per_key`"):
         assert key in text, key
+
+
+def test_yaml_limits_speak_of_journeys():
+    with pytest.raises(ChorusError) as exc:
+        d.parse_yaml("x" * (300 * 1024))
+    assert exc.value.message == "journey: a YAML journey is text of at most 256 KB"
+    with pytest.raises(ChorusError) as exc:
+        d.parse_yaml("[" * 5000 + "]" * 5000)
+    assert exc.value.field == "journey"

@@ -26,6 +26,7 @@ from typing import Any, Union
 from zoneinfo import ZoneInfo
 
 from chorus import safejson
+from chorus.errors import ChorusError
 from chorus.messaging.outbox import KINDS, STATUS_EVENTS
 from chorus.messaging.policy import MESSAGE_CHANNELS
 from chorus.segments import rules as r
@@ -308,8 +309,10 @@ class Definition:
     def __post_init__(self) -> None:
         by_id = {n.id: n for n in self.nodes}
         object.__setattr__(self, "by_id", by_id)
+        cyclic: frozenset[str] = frozenset()
         if all(t in by_id for n in self.nodes for _, t in successors(n)):  # parse reports a dangling edge itself
-            object.__setattr__(self, "cyclic", frozenset(n.id for n in self.nodes if n.id in _reach(self, n.id)))
+            cyclic = frozenset(n.id for n in self.nodes if n.id in _reach(self, n.id))
+        object.__setattr__(self, "cyclic", cyclic)
 
     def node(self, node_id: str) -> Node:
         return self.by_id[node_id]
@@ -831,7 +834,15 @@ def _acyclic(defn: Definition, keep, needs: str, p) -> None:
 
 
 def load_yaml(text: str, path: str = "journey") -> object:
-    return r.load_yaml(text, path)
+    """YAML text as plain data, by the segment rules' safe loader (no tags, no aliases, dates kept as text)."""
+    if not isinstance(text, str) or len(text) > r.MAX_YAML:
+        raise _bad(path, f"a YAML journey is text of at most {r.MAX_YAML // 1024} KB")
+    try:
+        return r.load_yaml(text, path)
+    except ChorusError as exc:
+        if "nested too deeply" in exc.message:
+            raise _bad(path, "the YAML is nested too deeply") from None
+        raise
 
 
 def parse_yaml(text: str) -> Definition:
