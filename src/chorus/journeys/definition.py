@@ -130,8 +130,9 @@ class Schedule:
     @property
     def recurring(self) -> bool:
         """A local time with ``on`` alone is one day; with weekdays, until or no ``on`` it recurs."""
-        return self.every is not None or (self.time is not None and (self.on is None or bool(self.weekdays)
-                                                                      or self.until is not None))
+        if self.every is not None:
+            return True
+        return self.time is not None and (self.on is None or bool(self.weekdays) or self.until is not None)
 
 
 @dataclass(frozen=True, slots=True)
