@@ -346,3 +346,15 @@ def test_a_paused_journey_holds_inputs_and_applies_them_on_resume():
     assert len(dr.pending) == 1  # the timeout, held
     dr.resume()
     assert [s.template for s in sends(dr)] == ["cart_reminder"]  # sent on resume, not lost
+
+
+def test_the_holdout_is_the_segment_rule_bucket_with_the_same_seed():
+    from chorus.segments.evaluate import evaluate
+
+    defn = seed("abandoned_cart")
+    rule = {"bucket": {"from": 90, "to": 100, "seed": "abandoned_cart:arm"}}
+    for n in range(300):
+        p = Person(f"id-{n}")
+        dr = Driver(defn, p, T)
+        dr.give(event("Product Added", T, cart_id="c1"))
+        assert (dr.instances[0].arms["arm"] == "holdout") == evaluate(rule, p, T).value
