@@ -32,8 +32,12 @@ def event_match(draw, *, entry: bool = False) -> dict:
 
 @st.composite
 def criterion(draw) -> dict:
-    if draw(st.booleans()):
+    kind = draw(st.sampled_from(["event", "segment", "rule"]))
+    if kind == "event":
         return {"event": draw(event_match())}
+    if kind == "rule":
+        return {"rule": {"aggregate": {"event": "Order Completed", "function": "sum", "property": "total",
+                                       "window": "7d", "gte": 40}}}  # fmt: skip
     return {"segment": {draw(st.sampled_from(["entered", "exited"])): draw(st.sampled_from(SEGMENTS))}}
 
 

@@ -213,3 +213,32 @@ def test_unknown_journey_status_is_refused():
     dr = started(journey({"a": {"type": "delay", "for": "1h", "next": "b"}, "b": {"type": "exit"}}))
     with pytest.raises(ValueError):
         j.step(dr.defn, dr.instances[0], event("X", T), j.Context(T, dr.person, status="archived"))
+
+
+def test_rule_goal_and_rule_exit_hold_at_any_input():
+    from chorus.segments.person import Event
+
+    spend = {"aggregate": {"event": "Order Completed", "function": "sum", "property": "total", "window": "7d",
+                           "gte": 100}}  # fmt: skip
+    defn = journey({"a": {"type": "delay", "for": "3d", "next": "b"}, "b": {"type": "message", "template": "t",
+                                                                           "next": "c"}, "c": {"type": "exit"}},
+                   goal={"rule": spend, "within": "7d"}, exit_on_goal=False,
+                   exit=[{"rule": {"not": {"trait": {"name": "plan", "exists": True}}}}])  # fmt: skip
+    gold = {"traits": {"plan": "gold"}}
+    dr = started(defn, Person("p1", state=gold))
+    orders = tuple(Event("Order Completed", "track", T + timedelta(hours=h), "store", {"total": 60}, f"o{h}")
+                   for h in (1, 2))  # fmt: skip
+    dr.person = Person("p1", state=gold, events=orders[:1])
+    dr.give(orders[0])
+    assert dr.records("converted") == []
+    dr.person = Person("p1", state=gold, events=orders)
+    dr.now = T + timedelta(hours=2)
+    dr.give(orders[1])
+    [conv] = dr.records("converted")
+    assert (conv.node, conv.at) == ("a", T + timedelta(hours=2)) and dr.instances[0].status == "active"
+    dr.person = Person("p1", state={"traits": {}}, events=orders)  # the trait is gone: checked at the timer too
+    dr.run_until(T + timedelta(days=3))
+    assert dr.instances[0].exit_reason == "exit[0] met" and dr.of(j.Send) == []
+    assert d.references(defn) == [("nodes.b.template", "template", "t")]
+    rule_refs = journey({"a": {"type": "exit"}}, goal={"rule": {"segment": "vip"}}, exit=[{"rule": {"list": "l"}}])
+    assert d.references(rule_refs) == [("goal.rule.segment", "segment", "vip"), ("exit[0].rule.list", "list", "l")]

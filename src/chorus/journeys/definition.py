@@ -97,7 +97,14 @@ class MessageMatch:
     node: str | None = None
 
 
-Criterion = Union[EventMatch, SegmentChange]  # noqa: UP007 (a runtime Union keeps isinstance)
+@dataclass(frozen=True, slots=True)
+class RuleMatch:
+    """A segment rule that holds for the person at the input's instant (a spend over 100 in 7 days, a trait)."""
+
+    rule: r.Node
+
+
+Criterion = Union[EventMatch, SegmentChange, RuleMatch]  # noqa: UP007 (a runtime Union keeps isinstance)
 Trigger = Union[EventMatch, SegmentChange, MessageMatch]  # noqa: UP007
 
 
@@ -414,9 +421,11 @@ def _one_key(raw: object, path: str, kinds: tuple[str, ...], what: str) -> tuple
 
 
 def _criterion(raw: object, path: str) -> Criterion:
-    kind, body = _one_key(raw, path, ("event", "segment"), "a criterion")
+    kind, body = _one_key(raw, path, ("event", "segment", "rule"), "a criterion")
     if kind == "event":
         return _event_match(body, f"{path}.event")
+    if kind == "rule":
+        return RuleMatch(r.parse(body, f"{path}.rule"))
     return _segment_change(body, f"{path}.segment")
 
 
@@ -520,7 +529,7 @@ def _reentry(raw: object, path: str) -> Reentry:
 
 def _goal(raw: object, path: str) -> Goal:
     body = _object(raw, path)
-    _keys(body, path, ("event", "segment", "within"))
+    _keys(body, path, ("event", "segment", "rule", "within"))
     crit = {k: v for k, v in body.items() if k != "within"}
     criterion = _criterion(crit, path)
     within = _duration(body["within"], f"{path}.within") if "within" in body else None
@@ -886,9 +895,18 @@ def references(defn: Definition) -> list[tuple[str, str, str]]:
     """(path, kind, name) of every template, segment, list and audience the journey names, in written order."""
     out: list[tuple[str, str, str]] = []
 
+    def rule(node: r.Node, path: str) -> None:
+        for n, p in r.walk(node, path):
+            if isinstance(n, r.SegmentRef):
+                out.append((f"{p}.segment", "segment", n.segment))
+            elif isinstance(n, r.InList):
+                out.append((f"{p}.list", "list", n.list))
+
     def criterion(c: Criterion | Trigger, path: str) -> None:
         if isinstance(c, SegmentChange):
             out.append((f"{path}.segment.{c.change}", "segment", c.segment))
+        elif isinstance(c, RuleMatch):
+            rule(c.rule, f"{path}.rule")
 
     e = defn.entry
     if isinstance(e, SegmentEntry):
@@ -896,8 +914,7 @@ def references(defn: Definition) -> list[tuple[str, str, str]]:
     elif isinstance(e, Schedule) and e.segment is not None:
         out.append(("entry.schedule.segment", "segment", e.segment))
     if defn.goal is not None:
-        if isinstance(defn.goal.criterion, SegmentChange):
-            out.append((f"goal.segment.{defn.goal.criterion.change}", "segment", defn.goal.criterion.segment))
+        criterion(defn.goal.criterion, "goal")
     for i, c in enumerate(defn.exits):
         criterion(c, f"exit[{i}]")
     for n in defn.nodes:
@@ -912,11 +929,7 @@ def references(defn: Definition) -> list[tuple[str, str, str]]:
             for i, br in enumerate(b.branches):
                 criterion(br.on, f"{here}.branches[{i}]")
         elif isinstance(b, Condition) and b.rule is not None:
-            for node, p in r.walk(b.rule, f"{here}.if"):
-                if isinstance(node, r.SegmentRef):
-                    out.append((f"{p}.segment", "segment", node.segment))
-                elif isinstance(node, r.InList):
-                    out.append((f"{p}.list", "list", node.list))
+            rule(b.rule, f"{here}.if")
     return out
 
 
@@ -932,6 +945,8 @@ def _event_json(m: EventMatch) -> dict:
 def _criterion_json(c: Criterion) -> dict:
     if isinstance(c, SegmentChange):
         return {"segment": {c.change: c.segment}}
+    if isinstance(c, RuleMatch):
+        return {"rule": r.to_json(c.rule)}
     return {"event": _event_json(c)}
 
 

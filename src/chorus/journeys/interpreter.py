@@ -368,8 +368,13 @@ def step(defn: d.Definition, state: State, inp: Input, ctx: Context) -> tuple[St
     elif run.s.status == "new":
         run.begin()
     elif isinstance(inp, TimerFired):
-        run.timer(inp)
-    elif not isinstance(inp, Start):
+        # a timer that fired is no longer the instance's to cancel, whatever the criteria decide; one that is not
+        # among its live timers (cancelled, fired already, another instance's) moves nothing
+        mine = inp.instance_id == run.s.instance_id
+        fired = run.s.timers.pop(inp.key, None) if mine else None
+        if not run.criteria(inp) and fired is not None:
+            run.timer(fired)
+    elif not run.criteria(inp) and not isinstance(inp, Start):
         run.react(inp)
     return run.s, tuple(run.out)
 
@@ -407,20 +412,32 @@ class _Run:
         self.s.timers = {}
 
     # -- inputs while active -------------------------------------------------------------------------------------
-    def react(self, inp: Input) -> None:
+    def holds(self, c: d.Trigger | d.RuleMatch, inp: Input) -> bool:
+        if isinstance(c, d.RuleMatch):
+            return evaluate(c.rule, self.ctx.person, self.now, topics=self.ctx.topics).value
+        return _matches(c, inp, self.s, self.tz)
+
+    def criteria(self, inp: Input) -> bool:
+        """The goal, then the exit criteria, whatever node the person is at; True when she exited."""
         s, goal = self.s, self.defn.goal
-        at = getattr(inp, "at", self.now)
-        if goal is not None and s.converted_at is None and _matches(goal.criterion, inp, s, self.tz):
+        # an event or a segment change counts at its own time (a held or late input included); a rule holds now
+        timed = isinstance(inp, Event | MessageEvent | SegmentChanged)
+        at = inp.at if timed and not (goal and isinstance(goal.criterion, d.RuleMatch)) else self.now
+        if goal is not None and s.converted_at is None and self.holds(goal.criterion, inp):
             if at >= s.entered_at and (goal.within is None or at <= plus(s.entered_at, goal.within.delta)):
                 s.converted_at = at
                 self.record("converted", s.node, s.branch)
                 if self.defn.exit_on_goal:
                     self.exit("goal reached")
-                    return
+                    return True
         for i, c in enumerate(self.defn.exits):
-            if _matches(c, inp, s, self.tz):
+            if self.holds(c, inp):
                 self.exit(f"exit[{i}] met")
-                return
+                return True
+        return False
+
+    def react(self, inp: Input) -> None:
+        s = self.s
         if s.waiting != "wait":
             return
         assert s.node is not None
@@ -434,11 +451,9 @@ class _Run:
                 self.advance(br.next)
                 return
 
-    def timer(self, inp: TimerFired) -> None:
+    def timer(self, t: dict) -> None:
+        """The instance's timer ``t`` (its purpose, and where a delay goes on) fired."""
         s = self.s
-        t = s.timers.pop(inp.key, None)
-        if t is None or inp.instance_id != s.instance_id:
-            return  # cancelled, or already fired: a stale timer changes nothing
         assert s.node is not None
         node = self.defn.node(s.node).body
         if t["purpose"] == "holdout":
