@@ -242,3 +242,18 @@ def test_rule_goal_and_rule_exit_hold_at_any_input():
     assert d.references(defn) == [("nodes.b.template", "template", "t")]
     rule_refs = journey({"a": {"type": "exit"}}, goal={"rule": {"segment": "vip"}}, exit=[{"rule": {"list": "l"}}])
     assert d.references(rule_refs) == [("goal.rule.segment", "segment", "vip"), ("exit[0].rule.list", "list", "l")]
+
+
+def test_entry_is_dated_by_the_entry_event_so_a_purchase_processed_just_after_counts():
+    from tests.journeys.driver import seed
+
+    defn = seed("abandoned_cart")
+    added = event("Product Added", T, cart_id="c1")
+    dr = Driver(defn, Person("p1"), T + timedelta(seconds=2))  # processed two seconds after it happened
+    dr.give(added)
+    assert dr.instances[0].entered_at == T
+    dr.give(event("Order Completed", T + timedelta(seconds=1), channel="app"))  # stamped before the processing
+    assert dr.instances[0].exit_reason == "goal reached"
+    future = Driver(defn, Person("p2"), T)
+    future.give(event("Product Added", T + timedelta(hours=1), cart_id="c1"))  # a device clock ahead
+    assert future.instances[0].entered_at == T

@@ -309,9 +309,11 @@ def enter(
         if now < plus(last, defn.reentry.cooldown.delta):
             return Admission(None, f"entered at {iso(last)}, within the cool-down of {defn.reentry.cooldown.text()}")
     digest = hashlib.sha256("\x1f".join((defn.id, person.id, entry["kind"], entry["id"])).encode()).hexdigest()
+    # Entry is dated by the entry input's own time (not later than now): goals, windows and "events from entry on"
+    # then compare event times with an event time, whatever the lag between an event and its processing.
     state = State(
         instance_id="ji_" + digest[:24], journey_id=defn.id, version=version, profile_id=person.id,
-        entered_at=now, entry=entry, key=key,
+        entered_at=min(inp.at, now), entry=entry, key=key,
     )  # fmt: skip
     return Admission(state, "entered")
 
