@@ -206,7 +206,35 @@ def test_events_before_entry_do_not_convert_or_take_branches():
     dr.give(event("Paid", T - timedelta(minutes=1)))  # imported late, but from before the journey began
     assert dr.instances[0].status == "active" and dr.records("converted") == []
     dr.give(event("Paid", T + timedelta(days=1, minutes=1), n=1))  # after the goal window: no conversion
+    assert dr.records("converted") == [] and dr.instances[0].status == "tracking"
+    dr.run_until(T + timedelta(days=1))
     assert dr.records("converted") == [] and dr.instances[0].status == "exited"
+
+
+def test_treated_and_holdout_are_tracked_over_the_same_goal_window():
+    """The treated arm reaches its exit node at once; a purchase a day later, within the goal window, still
+    converts it, just as it converts a holdout that waits the window out."""
+    split = {
+        "type": "split",
+        "arms": [{"name": "treat", "weight": 50, "next": "m"}, {"name": "control", "weight": 50, "holdout": True}],
+    }
+    nodes = {"a": split, "m": {"type": "message", "template": "t", "next": "x"}, "x": {"type": "exit"}}
+    defn = journey(nodes, goal={"event": {"event": "Paid"}, "within": "7d"})
+    seen = {}
+    for n in range(40):
+        dr = started(defn, Person(f"p{n}"))
+        arm = dr.instances[0].arms["a"]
+        assert dr.instances[0].status == ("tracking" if arm == "treat" else "active")
+        assert all(not isinstance(c, j.Send) for c in dr.give(event("Other", T + timedelta(hours=1))))
+        dr.now = T + timedelta(days=1)
+        dr.give(event("Paid", dr.now, n=1))
+        assert len(dr.records("converted")) == 1 and dr.instances[0].status == "exited"
+        seen[arm] = True
+        dr2 = started(defn, Person(f"p{n}"))
+        dr2.run_until(T + timedelta(days=7))
+        assert dr2.instances[0].status == "exited" and dr2.records("converted") == []
+        assert dr2.instances[0].exit_reason == ("exit node" if arm == "treat" else "holdout: goal window over")
+    assert set(seen) == {"treat", "control"}
 
 
 def test_unknown_journey_status_is_refused():

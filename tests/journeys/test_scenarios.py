@@ -39,7 +39,9 @@ def test_welcome_sends_the_code_by_sms_once():
     assert send.data == {"code": "WELCOME10"} and send.event["phone"] == "+33612345678"
     assert send.request()["channel"] == ["sms"] and send.request()["journey_id"] == "welcome"
     assert dr.of(j.UpdateTrait) == [j.UpdateTrait("welcome_code_sent", True, f"{send.instance_id}:3")]
-    assert dr.instances[0].status == "exited" and dr.timers == {}
+    assert dr.instances[0].status == "tracking" and dr.instances[0].waiting == "goal_window"  # nothing more sent
+    dr.run_until(T + timedelta(days=14))
+    assert len(sends(dr)) == 1 and dr.instances[0].status == "exited" and dr.timers == {}
     dr.give(event("Signed Up", T + timedelta(days=1), n=1))  # reentry: never
     assert len(dr.instances) == 1 and len(sends(dr)) == 1
 
@@ -133,7 +135,7 @@ def test_the_same_cart_enters_once_and_other_carts_run_concurrently():
     dr.give(event("Product Added", T + timedelta(minutes=10), n=2, cart_id="c2"))
     assert len(dr.instances) == 2
     dr.give(event("Cart Emptied", T + timedelta(minutes=15), cart_id="c2"))  # c2's branch, not c1's
-    assert [s.status for s in dr.instances] == ["active", "exited"]
+    assert [s.status for s in dr.instances] == ["active", "tracking"]  # c2 sent nothing, its goal window still open
     dr.run_until(T + timedelta(hours=1, minutes=30))
     assert [s.event["cart_id"] for s in sends(dr)] == ["c1"]
     dr.give(event("Product Added", T + timedelta(hours=2), n=3))  # no cart_id: no entry
@@ -313,7 +315,7 @@ def test_pickup_cancelled_is_told_at_once_on_the_channel_ordered_from(ordered, c
                   reason="out_of_stock", order_channel=ordered))  # fmt: skip
     notice, offer = sends(dr)
     assert (notice.template, notice.channel, notice.kind) == ("pickup_cancelled", channel, "transactional")
-    assert offer.template == "delivery_offer" and dr.instances[0].status == "exited"
+    assert offer.template == "delivery_offer" and dr.instances[0].status == "tracking"
 
 
 def test_pickup_cancelled_other_cancellations_do_not_enter_and_holdout_gets_the_notice_only():

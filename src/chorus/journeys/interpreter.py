@@ -203,10 +203,10 @@ class State:
     entered_at: datetime
     entry: dict  # the entry input as JSON: kind, id, at, and name, channel, properties (data of a start)
     key: str | None = None
-    status: str = "new"  # new (admitted, not stepped yet), active, exited
+    status: str = "new"  # new (admitted, not stepped yet), active, tracking (past its end, goal window open), exited
     node: str | None = None
     branch: str | None = None  # the last branch taken (arm, then/else, wait branch)
-    waiting: str | None = None  # delay | wait | holdout
+    waiting: str | None = None  # delay | wait | holdout | goal_window
     step: int = 0
     visits: dict[str, int] = field(default_factory=dict)
     arms: dict[str, str] = field(default_factory=dict)  # split node -> arm
@@ -402,6 +402,22 @@ class _Run:
         self.out.append(Exit(reason))
         s.status, s.exited_at, s.exit_reason, s.waiting = "exited", self.now, reason, None
 
+    def finish(self, reason: str) -> None:
+        """The person reached the end of her path (an exit node, a max_visits overflow with nowhere to go). While
+        the goal window is open she stays, tracked and sent nothing, until entered_at + within: a holdout waits out
+        the window too, so both arms are measured over the same window and uplift is not biased against treatment."""
+        s, goal = self.s, self.defn.goal
+        if goal is None or goal.within is None or s.converted_at is not None:
+            self.exit(reason)
+            return
+        end = plus(s.entered_at, goal.within.delta)
+        if end <= self.now:
+            self.exit(reason)
+            return
+        self.cancel_timers()
+        s.status, s.exit_reason = "tracking", reason
+        self.wait("goal_window", end)
+
     def set_timer(self, purpose: str, at: datetime) -> str:
         key = f"{self.s.instance_id}:{self.s.step}:{purpose}"
         self.s.timers[key] = {"purpose": purpose, "due": iso(at)}
@@ -429,7 +445,7 @@ class _Run:
             if at >= s.entered_at and (goal.within is None or at <= plus(s.entered_at, goal.within.delta)):
                 s.converted_at = at
                 self.record("converted", s.node, s.branch)
-                if self.defn.exit_on_goal:
+                if self.defn.exit_on_goal or s.status == "tracking":
                     self.exit("goal reached")
                     return True
         for i, c in enumerate(self.defn.exits):
@@ -460,6 +476,8 @@ class _Run:
         node = self.defn.node(s.node).body
         if t["purpose"] == "holdout":
             self.exit("holdout: goal window over")
+        elif t["purpose"] == "goal_window":
+            self.exit(s.exit_reason or "goal window over")
         elif t["purpose"] == "timeout":
             assert isinstance(node, d.Wait)
             self.record("step", s.node, "timeout")
@@ -483,7 +501,7 @@ class _Run:
             if node.max_visits is not None and s.visits[nid] > node.max_visits:
                 self.record("step", nid, "overflow")
                 if node.overflow is None:
-                    self.exit(f"{nid}: max_visits ({node.max_visits}) reached")
+                    self.finish(f"{nid}: max_visits ({node.max_visits}) reached")
                     return
                 nid = node.overflow
                 continue
@@ -501,7 +519,7 @@ class _Run:
         match b:
             case d.ExitStep():
                 self.record("step", nid)
-                self.exit("exit node")
+                self.finish("exit node")
                 return None
             case d.SendMessage():
                 self.out.append(Send(
