@@ -71,9 +71,10 @@ class Driver:
         return out
 
     def resume(self) -> None:
-        """The journey is active again: the held inputs are applied, each to its instance, in arrival order."""
+        """The journey is active again: the held inputs are applied, each to its instance, in order of their own time
+        (an event's at, a timer's due; arrival order between equal times), as the runtime gives them."""
         self.status = "active"
-        held, self.pending = self.pending, []
+        held, self.pending = sorted(self.pending, key=lambda h: j.input_time(h[1])), []
         for iid, inp in held:
             self._apply(next(n for n, s in enumerate(self.instances) if s.instance_id == iid), inp)
 

@@ -43,9 +43,49 @@ def test_cooldown_counts_from_the_last_entry():
     defn = journey({"a": {"type": "exit"}}, reentry={"cooldown": "1d"})
     dr = started(defn)
     assert dr.instances[0].status == "exited"
-    assert "cool-down" in j.enter(defn, dr.person, j.Start("s2", T, {"k": "y"}), dr.instances,
-                                  T + timedelta(hours=23)).reason  # fmt: skip
-    assert j.enter(defn, dr.person, j.Start("s2", T, {"k": "y"}), dr.instances, T + timedelta(days=1)).state
+    late = T + timedelta(hours=23)
+    assert "cool-down" in j.enter(defn, dr.person, j.Start("s2", late, {"k": "y"}), dr.instances, late).reason
+    assert j.enter(defn, dr.person, j.Start("s2", T + timedelta(days=1), {"k": "y"}), dr.instances,
+                   T + timedelta(days=1)).state  # fmt: skip
+    # processed two hours late, an input from within the cool-down is still within it (as in the simulator)
+    assert "cool-down" in j.enter(defn, dr.person, j.Start("s3", late, {"k": "z"}), dr.instances,
+                                  late + timedelta(hours=2)).reason  # fmt: skip
+
+
+def test_a_transition_is_dated_by_its_input_whatever_the_lag():
+    defn = journey({"a": {"type": "delay", "for": "1h", "next": "b"},
+                    "b": {"type": "wait", "branches": [{"event": {"event": "X"}, "next": "c"}],
+                          "timeout": {"after": "1h", "next": "c"}},
+                    "c": {"type": "exit"}})  # fmt: skip
+    outs = []
+    for lag in (timedelta(0), timedelta(minutes=50)):
+        dr = Driver(defn, Person("p1"), T + lag)
+        dr.give(j.Start("s1", T, {"k": "x"}))
+        [delay] = [c for _, c in dr.commands if isinstance(c, j.SetTimer)]
+        dr.now = T + timedelta(hours=1) + lag  # the timer fires late
+        dr._apply(0, j.TimerFired(dr.instances[0].instance_id, delay.key, delay.at))
+        dr.timers.pop(delay.key)
+        outs.append([(c.at if isinstance(c, j.SetTimer | j.Record) else c) for _, c in dr.commands])
+    assert outs[0] == outs[1]
+    assert [c for c in outs[0] if isinstance(c, datetime)][-1] == T + timedelta(hours=1)
+
+
+def test_held_inputs_are_given_again_in_order_of_their_own_time():
+    """Paused: the wait's timeout fires (10:00) and then a purchase stamped 09:40 arrives. On resume the purchase
+    comes first: no reminder, and the conversion is credited where she was at 09:40, dated 09:40."""
+    defn = journey({"a": {"type": "wait", "branches": [{"event": {"event": "Other"}, "next": "m"}],
+                          "timeout": {"after": "1h", "next": "m"}},
+                    "m": {"type": "message", "template": "t", "next": "x"}, "x": {"type": "exit"}},
+                   goal={"event": {"event": "Paid"}, "within": "1d"})  # fmt: skip
+    dr = started(defn)
+    dr.status = "paused"
+    dr.run_until(T + timedelta(hours=1, minutes=30))
+    dr.give(event("Paid", T + timedelta(minutes=40)))
+    dr.now = T + timedelta(days=1)
+    dr.resume()
+    assert dr.of(j.Send) == [] and dr.instances[0].exit_reason == "goal reached"
+    [conv] = dr.records("converted")
+    assert (conv.node, conv.at) == ("a", T + timedelta(minutes=40))
 
 
 def test_entry_event_filters_and_segment_entry():

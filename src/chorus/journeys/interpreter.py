@@ -85,6 +85,12 @@ class Start:
 Input = Union[Event, MessageEvent, SegmentChanged, TimerFired, Start]  # noqa: UP007
 
 
+def input_time(inp: Input) -> datetime:
+    """An input's own time: a timer's due instant, any other input's ``at``. Held inputs are given again on resume
+    in this order, and a transition is dated by it (never later than now)."""
+    return inp.due if isinstance(inp, TimerFired) else inp.at
+
+
 @dataclass(frozen=True)
 class Context:
     """What the runtime knows besides the state: the time, the person as segments see her (traits, computed traits,
@@ -303,17 +309,20 @@ def enter(
         return Admission(None, "the person has been in this journey (reentry: never)")
     if mode in ("after_exit", "cooldown") and active:
         return Admission(None, "the person is in this journey now")
+    # the entry is dated by its input's time (not later than now), and so is the cool-down's end: a backlog in
+    # processing decides nothing the simulator, where now is the input's time, would decide otherwise
+    t = min(inp.at, now)
     if mode == "cooldown" and instances:
         assert defn.reentry.cooldown is not None
         last = max(i.entered_at for i in instances)
-        if now < plus(last, defn.reentry.cooldown.delta):
+        if t < plus(last, defn.reentry.cooldown.delta):
             return Admission(None, f"entered at {iso(last)}, within the cool-down of {defn.reentry.cooldown.text()}")
     digest = hashlib.sha256("\x1f".join((defn.id, person.id, entry["kind"], entry["id"])).encode()).hexdigest()
     # Entry is dated by the entry input's own time (not later than now): goals, windows and "events from entry on"
     # then compare event times with an event time, whatever the lag between an event and its processing.
     state = State(
         instance_id="ji_" + digest[:24], journey_id=defn.id, version=version, profile_id=person.id,
-        entered_at=min(inp.at, now), entry=entry, key=key,
+        entered_at=t, entry=entry, key=key,
     )  # fmt: skip
     return Admission(state, "entered")
 
@@ -364,7 +373,7 @@ def step(defn: d.Definition, state: State, inp: Input, ctx: Context) -> tuple[St
         return state, (Hold(),)
     if ctx.status not in STATUSES:
         raise ValueError(f"journey status is one of {', '.join(STATUSES)}")
-    run = _Run(defn, copy.deepcopy(state), ctx)
+    run = _Run(defn, copy.deepcopy(state), ctx, inp)
     if ctx.status == "stopped":
         run.exit("journey stopped")
     elif run.s.status == "new":
@@ -382,13 +391,18 @@ def step(defn: d.Definition, state: State, inp: Input, ctx: Context) -> tuple[St
 
 
 class _Run:
-    def __init__(self, defn: d.Definition, s: State, ctx: Context):
-        self.defn, self.s, self.ctx, self.now = defn, s, ctx, ctx.now
+    def __init__(self, defn: d.Definition, s: State, ctx: Context, inp: Input):
+        # One time base per transition: the input's own time (a timer's due), never later than now. Records, delays,
+        # timeouts and exits are dated by it, so a lag between an input and its processing (a backlog, a pause)
+        # changes no decision: the runtime and the simulator agree. Segment rules read the person as of now.
+        self.defn, self.s, self.ctx = defn, s, ctx
+        self.now = min(input_time(inp), ctx.now) if inp is not None else ctx.now
         self.out: list[Command] = []
         self.tz = zone(ctx.person.timezone)
 
-    def record(self, kind: str, node: str | None, branch: str | None = None, detail: str | None = None) -> None:
-        self.out.append(Record(kind, node, branch, self.now, detail))
+    def record(self, kind: str, node: str | None, branch: str | None = None, detail: str | None = None,
+               at: datetime | None = None) -> None:  # fmt: skip
+        self.out.append(Record(kind, node, branch, at or self.now, detail))
 
     def begin(self) -> None:
         self.s.status = "active"
@@ -432,7 +446,7 @@ class _Run:
     # -- inputs while active -------------------------------------------------------------------------------------
     def holds(self, c: d.Trigger | d.RuleMatch, inp: Input) -> bool:
         if isinstance(c, d.RuleMatch):
-            return evaluate(c.rule, self.ctx.person, self.now, topics=self.ctx.topics).value
+            return evaluate(c.rule, self.ctx.person, self.ctx.now, topics=self.ctx.topics).value
         return _matches(c, inp, self.s, self.tz)
 
     def criteria(self, inp: Input) -> bool:
@@ -444,7 +458,7 @@ class _Run:
         if goal is not None and s.converted_at is None and self.holds(goal.criterion, inp):
             if at >= s.entered_at and (goal.within is None or at <= plus(s.entered_at, goal.within.delta)):
                 s.converted_at = at
-                self.record("converted", s.node, s.branch)
+                self.record("converted", s.node, s.branch, at=at)
                 if self.defn.exit_on_goal or s.status == "tracking":
                     self.exit("goal reached")
                     return True
@@ -541,7 +555,7 @@ class _Run:
                 self.out.append(Webhook(b.url, b.method, body, key))
             case d.Condition():
                 if b.rule is not None:
-                    value = evaluate(b.rule, self.ctx.person, self.now, topics=self.ctx.topics).value
+                    value = evaluate(b.rule, self.ctx.person, self.ctx.now, topics=self.ctx.topics).value
                 else:
                     assert b.entry is not None
                     value = check(b.entry.test, lookup(s.properties, b.entry.property), self.now, self.tz).value
