@@ -325,3 +325,31 @@ def test_entry_is_dated_by_the_entry_event_so_a_purchase_processed_just_after_co
     future = Driver(defn, Person("p2"), T)
     future.give(event("Product Added", T + timedelta(hours=1), cart_id="c1"))  # a device clock ahead
     assert future.instances[0].entered_at == T
+
+
+def test_criteria_are_checked_on_the_entry_step():
+    nodes = {"a": {"type": "message", "template": "t", "next": "w"}, "w": {"type": "delay", "for": "1d", "next": "x"},
+             "x": {"type": "exit"}}  # fmt: skip
+    # an exit rule that holds already: she exits before the first message
+    defn = journey(nodes, exit=[{"rule": {"trait": {"name": "dnc", "equals": True}}}])
+    dr = started(defn, Person("p1", state={"traits": {"dnc": True}}))
+    assert dr.of(j.Send) == [] and dr.instances[0].exit_reason == "exit[0] met"
+    # a goal event stamped after the entry but processed before it converts at entry
+    paid = event("Paid", T + timedelta(minutes=1))
+    early = event("Paid", T - timedelta(minutes=1), n=1)  # before the entry: never counts
+    defn = journey(nodes, goal={"event": {"event": "Paid"}, "within": "7d"})
+    dr = started(defn, Person("p1", events=(early, paid)))
+    assert dr.of(j.Send) == [] and dr.instances[0].exit_reason == "goal reached"
+    assert [c.at for c in dr.records("converted")] == [paid.at]
+    dr = started(defn, Person("p1", events=(early,)))
+    assert len(dr.of(j.Send)) == 1 and dr.records("converted") == []
+
+
+def test_the_entry_event_itself_does_not_meet_an_exit_criterion():
+    defn = d.parse({"id": "j", "entry": {"event": {"event": "Signed Up"}}, "exit": [{"event": {"event": "Signed Up"}}],
+                    "start": "a", "nodes": {"a": {"type": "message", "template": "t", "next": "x"},
+                                            "x": {"type": "exit"}}})  # fmt: skip
+    signed = event("Signed Up", T)
+    dr = Driver(defn, Person("p1", events=(signed,)), T)
+    dr.give(signed)
+    assert len(dr.of(j.Send)) == 1

@@ -407,7 +407,21 @@ class _Run:
     def begin(self) -> None:
         self.s.status = "active"
         self.record("entered", self.defn.start)
-        self.advance(self.defn.start)
+        if not self.at_entry():
+            self.advance(self.defn.start)
+
+    def at_entry(self) -> bool:
+        """The goal and exit criteria, checked before the first node: a rule that holds already, and the person's
+        events from entry on that were processed before the entry (an offline batch, an import); True when she
+        exited. The entry event itself is not among them: an entry that met an exit criterion would never start."""
+        s = self.s
+        # a Start matches no event, segment or message criterion: only the rules are evaluated by it
+        if self.criteria(Start("", s.entered_at)):
+            return True
+        entry_id = s.entry.get("id")
+        later = sorted((e for e in self.ctx.person.events if e.at >= s.entered_at and e.id != entry_id),
+                       key=lambda e: e.at)  # fmt: skip
+        return any(self.criteria(e) for e in later)
 
     def exit(self, reason: str) -> None:
         s = self.s
