@@ -64,7 +64,7 @@ class Driver:
         out: list[j.Command] = []
         for i in range(len(self.instances)):
             out += self._apply(i, inp)
-        admission = j.enter(self.defn, self.person, inp, self.instances, self.now)
+        admission = j.enter(self.defn, self.person, inp, self.instances, self.now, status=self.status)
         if admission.state is not None:
             self.instances.append(admission.state)
             out += self._apply(len(self.instances) - 1, inp)

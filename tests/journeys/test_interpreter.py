@@ -353,3 +353,27 @@ def test_the_entry_event_itself_does_not_meet_an_exit_criterion():
     dr = Driver(defn, Person("p1", events=(signed,)), T)
     dr.give(signed)
     assert len(dr.of(j.Send)) == 1
+
+
+def test_a_stopped_journey_admits_nobody_and_a_paused_one_holds_the_entry():
+    defn = journey({"a": {"type": "message", "template": "t", "next": "x"}, "x": {"type": "exit"}}, reentry="never")
+    dr = Driver(defn, Person("p1"), T, status="stopped")
+    dr.give(j.Start("s1", T, {"k": "x"}))
+    assert dr.instances == [] and dr.commands == []
+    with pytest.raises(ValueError):
+        j.enter(defn, dr.person, j.Start("s1", T, {"k": "x"}), [], T, status="archived")
+    dr.status = "paused"
+    dr.give(j.Start("s2", T + timedelta(hours=1), {"k": "y"}))
+    assert len(dr.instances) == 1 and dr.of(j.Send) == []
+    dr.now = T + timedelta(days=1)
+    dr.resume()
+    assert len(dr.of(j.Send)) == 1 and dr.records("entered")[0].at == T + timedelta(hours=1)
+
+
+def test_a_timer_that_fires_in_a_stopped_journey_is_not_cancelled():
+    dr = started(journey({"a": {"type": "delay", "for": "1h", "next": "x"}, "x": {"type": "exit"}}))
+    [timer] = dr.of(j.SetTimer)
+    state, cmds = j.step(dr.defn, dr.instances[0], j.TimerFired(dr.instances[0].instance_id, timer.key, timer.at),
+                         j.Context(timer.at, dr.person, "stopped"))  # fmt: skip
+    assert not any(isinstance(c, j.CancelTimer) for c in cmds) and cmds[-1] == j.Exit("journey stopped")
+    assert state.timers == {}

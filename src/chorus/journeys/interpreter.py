@@ -277,6 +277,7 @@ def enter(
     now: datetime,
     *,
     version: int = 1,
+    status: str = "active",
 ) -> Admission:
     """Does ``inp`` start an instance of ``defn`` for ``person``, given her ``instances`` of this journey (every
     version, active or exited, as far back as the runtime keeps them)?
@@ -285,7 +286,14 @@ def enter(
     starts nothing. Then ``reentry``: ``never`` (no earlier instance), ``after_exit`` (none active), ``cooldown``
     (none active and the last entry at least that long ago), ``per_key`` (one active instance per key value). The
     instance id is derived from the journey, the person and the input's id, so a redelivered input yields the
-    same instance (the runtime's unique key makes it a no-op)."""
+    same instance (the runtime's unique key makes it a no-op).
+
+    A stopped journey admits nobody (an instance would only exit at once, and count as an entry against
+    ``reentry``). A paused one admits: the entry is held like any input and begins on resume, dated by its time."""
+    if status not in STATUSES:
+        raise ValueError(f"journey status is one of {', '.join(STATUSES)}")
+    if status == "stopped":
+        return Admission(None, "the journey is stopped")
     e = defn.entry
     if isinstance(e, d.EventEntry):
         if not isinstance(inp, Event) or not _event_matches(e.match, inp, {}, zone(person.timezone)):
@@ -374,15 +382,17 @@ def step(defn: d.Definition, state: State, inp: Input, ctx: Context) -> tuple[St
     if ctx.status not in STATUSES:
         raise ValueError(f"journey status is one of {', '.join(STATUSES)}")
     run = _Run(defn, copy.deepcopy(state), ctx, inp)
+    if isinstance(inp, TimerFired) and inp.instance_id == run.s.instance_id:
+        # a timer that fired is no longer the instance's to cancel, whatever happens next (a stop included)
+        fired = run.s.timers.pop(inp.key, None)
+    else:
+        fired = None
     if ctx.status == "stopped":
         run.exit("journey stopped")
     elif run.s.status == "new":
         run.begin()
     elif isinstance(inp, TimerFired):
-        # a timer that fired is no longer the instance's to cancel, whatever the criteria decide; one that is not
-        # among its live timers (cancelled, fired already, another instance's) moves nothing
-        mine = inp.instance_id == run.s.instance_id
-        fired = run.s.timers.pop(inp.key, None) if mine else None
+        # one that is not among its live timers (cancelled, fired already, another instance's) moves nothing
         if not run.criteria(inp) and fired is not None:
             run.timer(fired)
     elif not run.criteria(inp) and not isinstance(inp, Start):
