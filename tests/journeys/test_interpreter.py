@@ -10,7 +10,7 @@ from chorus.errors import ChorusError
 from chorus.journeys import definition as d
 from chorus.journeys import interpreter as j
 from chorus.messaging import outbox
-from chorus.segments.person import Person
+from chorus.segments.person import Event, Person
 from tests.journeys.driver import Driver, event
 
 T = datetime(2026, 3, 2, 9, tzinfo=UTC)
@@ -284,8 +284,6 @@ def test_unknown_journey_status_is_refused():
 
 
 def test_rule_goal_and_rule_exit_hold_at_any_input():
-    from chorus.segments.person import Event
-
     spend = {"aggregate": {"event": "Order Completed", "function": "sum", "property": "total", "window": "7d",
                            "gte": 100}}  # fmt: skip
     defn = journey({"a": {"type": "delay", "for": "3d", "next": "b"}, "b": {"type": "message", "template": "t",
@@ -377,3 +375,15 @@ def test_a_timer_that_fires_in_a_stopped_journey_is_not_cancelled():
                          j.Context(timer.at, dr.person, "stopped"))  # fmt: skip
     assert not any(isinstance(c, j.CancelTimer) for c in cmds) and cmds[-1] == j.Exit("journey stopped")
     assert state.timers == {}
+
+
+def test_entries_without_an_id_are_told_apart_by_time_and_key():
+    defn = d.parse({"id": "c", "entry": {"event": {"event": "Product Added", "key": "cart_id"}}, "reentry": "per_key",
+                    "start": "m", "nodes": {"m": {"type": "message", "template": "t", "next": "x"},
+                                            "x": {"type": "exit"}}})  # fmt: skip
+    p = Person("p1")
+    a = j.enter(defn, p, Event("Product Added", "track", T, "web", {"cart_id": "c1"}), [], T).state
+    b = j.enter(defn, p, Event("Product Added", "track", T, "web", {"cart_id": "c2"}), [a], T).state
+    c = j.enter(defn, p, Event("Product Added", "track", T + timedelta(hours=1), "web", {"cart_id": "c3"}), [a, b], T)
+    again = j.enter(defn, p, Event("Product Added", "track", T, "web", {"cart_id": "c1"}), [], T).state
+    assert len({a.instance_id, b.instance_id, c.state.instance_id}) == 3 and again.instance_id == a.instance_id

@@ -325,7 +325,10 @@ def enter(
         last = max(i.entered_at for i in instances)
         if t < plus(last, defn.reentry.cooldown.delta):
             return Admission(None, f"entered at {iso(last)}, within the cool-down of {defn.reentry.cooldown.text()}")
-    digest = hashlib.sha256("\x1f".join((defn.id, person.id, entry["kind"], entry["id"])).encode()).hexdigest()
+    # An input without an id (an event with no messageId, a start without one) is told apart by its time and key
+    # value: two carts added at once are two instances, and a redelivery of the same one is still the same.
+    ident = entry["id"] or f"{entry['at']}\x1e{key or ''}"
+    digest = hashlib.sha256("\x1f".join((defn.id, person.id, entry["kind"], ident)).encode()).hexdigest()
     # Entry is dated by the entry input's own time (not later than now): goals, windows and "events from entry on"
     # then compare event times with an event time, whatever the lag between an event and its processing.
     state = State(
