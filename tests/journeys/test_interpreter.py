@@ -387,3 +387,17 @@ def test_entries_without_an_id_are_told_apart_by_time_and_key():
     c = j.enter(defn, p, Event("Product Added", "track", T + timedelta(hours=1), "web", {"cart_id": "c3"}), [a, b], T)
     again = j.enter(defn, p, Event("Product Added", "track", T, "web", {"cart_id": "c1"}), [], T).state
     assert len({a.instance_id, b.instance_id, c.state.instance_id}) == 3 and again.instance_id == a.instance_id
+
+
+def test_segment_changes_from_before_the_entry_take_no_branch_and_meet_no_criterion():
+    defn = journey({"a": {"type": "wait", "branches": [{"segment": {"entered": "vip"}, "next": "m"}],
+                          "timeout": {"after": "1d", "next": "x"}},
+                    "m": {"type": "message", "template": "t", "next": "x"}, "x": {"type": "exit"}},
+                   exit=[{"segment": {"exited": "lapsed"}}])  # fmt: skip
+    dr = started(defn)
+    dr.now = T + timedelta(hours=1)
+    dr.give(j.SegmentChanged("lapsed", "exited", T - timedelta(minutes=1), "1"))
+    dr.give(j.SegmentChanged("vip", "entered", T - timedelta(minutes=1), "2"))
+    assert dr.instances[0].status == "active" and dr.of(j.Send) == []
+    dr.give(j.SegmentChanged("vip", "entered", T + timedelta(minutes=1), "3"))
+    assert len(dr.of(j.Send)) == 1

@@ -361,7 +361,13 @@ def _matches(c: d.Trigger, inp: Input, s: State, tz: ZoneInfo) -> bool:
     if isinstance(c, d.EventMatch):
         return isinstance(inp, Event) and inp.at >= s.entered_at and _event_matches(c, inp, s.properties, tz)
     if isinstance(c, d.SegmentChange):
-        return isinstance(inp, SegmentChanged) and inp.segment == c.segment and inp.change == c.change
+        # like an event, a change from before the entry (processed late) is not the person's doing in this journey
+        return (
+            isinstance(inp, SegmentChanged)
+            and inp.at >= s.entered_at
+            and inp.segment == c.segment
+            and inp.change == c.change
+        )
     return (
         isinstance(inp, MessageEvent)
         and inp.key is not None
