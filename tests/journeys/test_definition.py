@@ -104,7 +104,7 @@ REFUSED = [
     (["nodes", "orphan"], {"type": "exit"}, "nodes.orphan", "cannot be reached from start ('wait_cart')"),
     (["start"], "remind2", "start", "no node 'remind2'"),
     (["start"], ..., "start", "a journey needs start"),
-    (["id"], "", "id", "a node id is"),
+    (["id"], "", "id", "a journey id is"),
     (["entry"], {"event": {"event": "A"}, "segment": "s"}, "entry", "exactly one key"),
     (["entry"], {"webhook": {}}, "entry", "unknown kind 'webhook'"),
     (["entry", "event", "where"], [{"property": "x", "within_last": "1d"}], "entry.event.where[0].within_last",

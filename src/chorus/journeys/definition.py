@@ -371,9 +371,9 @@ def _reach(defn: Definition, start: str, *, include_start: bool = False) -> set[
 
 
 # -- parsing ----------------------------------------------------------------------------------------------------
-def _node_id(value: object, path: str) -> str:
+def _node_id(value: object, path: str, what: str = "a node id") -> str:
     if not isinstance(value, str) or not _ID.fullmatch(value):
-        raise _bad(path, "a node id is 1 to 64 letters, digits, '_', '.' or '-' (not starting with '.' or '-')")
+        raise _bad(path, f"{what} is 1 to 64 letters, digits, '_', '.' or '-' (not starting with '.' or '-')")
     return value
 
 
@@ -749,7 +749,7 @@ def parse(raw: object, path: str = "") -> Definition:
     for key in ("id", "entry", "start", "nodes"):
         if key not in raw:
             raise _bad(p(key), f"a journey needs {key}")
-    jid = _node_id(raw["id"], p("id"))
+    jid = _node_id(raw["id"], p("id"), "a journey id")
     name = _text(raw["name"], p("name"), r.MAX_NAME, "a name") if "name" in raw else None
     entry = _entry(raw["entry"], p("entry"))
     reentry = _reentry(raw["reentry"], p("reentry")) if "reentry" in raw else Reentry()

@@ -284,7 +284,8 @@ def enter(
 
     A key value (``entry.event.key``, ``entry.api.key``) enters once: a second Product Added of the same cart
     starts nothing. Then ``reentry``: ``never`` (no earlier instance), ``after_exit`` (none active), ``cooldown``
-    (none active and the last entry at least that long ago), ``per_key`` (one active instance per key value). The
+    (none active and the last entry at least that long ago), ``per_key`` (whenever the key value is new: each
+    value enters once, different values run side by side). The
     instance id is derived from the journey, the person and the input's id, so a redelivered input yields the
     same instance (the runtime's unique key makes it a no-op).
 
