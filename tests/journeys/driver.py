@@ -1,0 +1,98 @@
+"""A minimal in-memory driver of the interpreter for tests: it keeps instances, their timers and what they emitted,
+and fires timers in due order on a virtual clock. It decides nothing itself (that is the interpreter's job)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from chorus.journeys import definition as d
+from chorus.journeys import interpreter as j
+from chorus.segments.person import Event, Person
+
+DEFINITIONS = Path(__file__).parent / "definitions"
+SEEDS = ("welcome", "abandoned_cart", "browse_abandonment", "post_purchase", "winback", "pickup_cancelled")
+
+
+def seed(name: str) -> d.Definition:
+    return d.parse_yaml((DEFINITIONS / f"{name}.yaml").read_text())
+
+
+def event(name: str, at: datetime, channel: str = "web", n: int = 0, **properties) -> Event:
+    return Event(name=name, type="track", at=at, channel=channel, properties=properties, id=f"{name}:{at}:{n}")
+
+
+@dataclass
+class Driver:
+    defn: d.Definition
+    person: Person
+    now: datetime
+    status: str = "active"
+    instances: list[j.State] = field(default_factory=list)
+    timers: dict[str, tuple[datetime, str]] = field(default_factory=dict)  # key -> (due, instance id)
+    commands: list[tuple[str, j.Command]] = field(default_factory=list)  # (instance id, command)
+    pending: list[tuple[str, j.Input]] = field(default_factory=list)  # (instance id, input) held while paused
+    held_timers: set[str] = field(default_factory=set)  # timers that fired while paused, still the instance's
+
+    def ctx(self) -> j.Context:
+        return j.Context(self.now, self.person, self.status)
+
+    def _apply(self, i: int, inp: j.Input) -> tuple[j.Command, ...]:
+        state, cmds = j.step(self.defn, self.instances[i], inp, self.ctx())
+        if any(isinstance(c, j.Hold) for c in cmds):
+            self.pending.append((self.instances[i].instance_id, inp))
+            if isinstance(inp, j.TimerFired):
+                self.held_timers.add(inp.key)
+            return cmds
+        if isinstance(inp, j.TimerFired):
+            self.held_timers.discard(inp.key)
+        self.instances[i] = state
+        for c in cmds:
+            self.commands.append((state.instance_id, c))
+            if isinstance(c, j.SetTimer):
+                assert c.key not in self.timers, "a timer key is set once"
+                self.timers[c.key] = (c.at, state.instance_id)
+            elif isinstance(c, j.CancelTimer) and c.key in self.held_timers:
+                self.held_timers.discard(c.key)  # fired while paused, held: its input will change nothing
+            elif isinstance(c, j.CancelTimer):
+                self.timers.pop(c.key)  # the interpreter cancels only timers it set and that have not fired
+        return cmds
+
+    def give(self, inp: j.Input) -> list[j.Command]:
+        """Offer ``inp`` to the journey: to every instance of the person, then as a possible entry."""
+        out: list[j.Command] = []
+        for i in range(len(self.instances)):
+            out += self._apply(i, inp)
+        admission = j.enter(self.defn, self.person, inp, self.instances, self.now, status=self.status)
+        if admission.state is not None:
+            self.instances.append(admission.state)
+            out += self._apply(len(self.instances) - 1, inp)
+        return out
+
+    def resume(self) -> None:
+        """The journey is active again: the held inputs are applied, each to its instance, in order of their own time
+        (an event's at, a timer's due; arrival order between equal times), as the runtime gives them."""
+        self.status = "active"
+        held, self.pending = sorted(self.pending, key=lambda h: j.input_time(h[1])), []
+        for iid, inp in held:
+            self._apply(next(n for n, s in enumerate(self.instances) if s.instance_id == iid), inp)
+
+    def run_until(self, t: datetime) -> None:
+        """Fire every timer due up to ``t``, in due order, each at its own instant; then the clock is ``t``."""
+        while True:
+            due = sorted((at, key) for key, (at, _) in self.timers.items() if at <= t)
+            if not due:
+                break
+            at, key = due[0]
+            self.now = max(self.now, at)
+            iid = self.timers.pop(key)[1]
+            i = next(n for n, s in enumerate(self.instances) if s.instance_id == iid)
+            self._apply(i, j.TimerFired(iid, key, at))
+        self.now = max(self.now, t)
+
+    def of(self, kind: type) -> list:
+        return [c for _, c in self.commands if isinstance(c, kind)]
+
+    def records(self, kind: str) -> list[j.Record]:
+        return [c for c in self.of(j.Record) if c.kind == kind]

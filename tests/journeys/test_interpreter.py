@@ -1,0 +1,403 @@
+"""The interpreter node by node: entry and re-entry, delays from dates, loops, stale timers, conditions, effects."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from chorus.errors import ChorusError
+from chorus.journeys import definition as d
+from chorus.journeys import interpreter as j
+from chorus.messaging import outbox
+from chorus.segments.person import Event, Person
+from tests.journeys.driver import Driver, event
+
+T = datetime(2026, 3, 2, 9, tzinfo=UTC)
+
+
+def journey(nodes: dict, start: str = "a", **top) -> d.Definition:
+    return d.parse({"id": "j", "entry": {"api": {"key": "k"}}, "start": start, "nodes": nodes, **top})
+
+
+def started(defn: d.Definition, person: Person | None = None, **data) -> Driver:
+    dr = Driver(defn, person or Person("p1"), T)
+    dr.give(j.Start("s1", T, {"k": "x", **data}))
+    return dr
+
+
+# -- entry ----------------------------------------------------------------------------------------------------------
+def test_entry_reasons():
+    defn = journey({"a": {"type": "exit"}}, reentry="never")
+    p = Person("p1")
+    assert j.enter(defn, p, event("X", T), [], T).reason == "this journey is entered by a start (API or schedule)"
+    assert j.enter(defn, p, j.Start("s", T, {}), [], T).reason == "the entry has no k (a text or whole number)"
+    assert j.enter(defn, p, j.Start("s", T, {"k": True}), [], T).state is None
+    first = j.enter(defn, p, j.Start("s", T, {"k": 7}), [], T)
+    assert first.state is not None and first.state.key == "7"
+    assert j.enter(defn, p, j.Start("s2", T, {"k": 7}), [first.state], T).reason == "k '7' has entered already"
+    assert "reentry: never" in j.enter(defn, p, j.Start("s3", T, {"k": 8}), [first.state], T).reason
+
+
+def test_cooldown_counts_from_the_last_entry():
+    defn = journey({"a": {"type": "exit"}}, reentry={"cooldown": "1d"})
+    dr = started(defn)
+    assert dr.instances[0].status == "exited"
+    late = T + timedelta(hours=23)
+    assert "cool-down" in j.enter(defn, dr.person, j.Start("s2", late, {"k": "y"}), dr.instances, late).reason
+    assert j.enter(defn, dr.person, j.Start("s2", T + timedelta(days=1), {"k": "y"}), dr.instances,
+                   T + timedelta(days=1)).state  # fmt: skip
+    # processed two hours late, an input from within the cool-down is still within it (as in the simulator)
+    assert "cool-down" in j.enter(defn, dr.person, j.Start("s3", late, {"k": "z"}), dr.instances,
+                                  late + timedelta(hours=2)).reason  # fmt: skip
+
+
+def test_a_transition_is_dated_by_its_input_whatever_the_lag():
+    defn = journey({"a": {"type": "delay", "for": "1h", "next": "b"},
+                    "b": {"type": "wait", "branches": [{"event": {"event": "X"}, "next": "c"}],
+                          "timeout": {"after": "1h", "next": "c"}},
+                    "c": {"type": "exit"}})  # fmt: skip
+    outs = []
+    for lag in (timedelta(0), timedelta(minutes=50)):
+        dr = Driver(defn, Person("p1"), T + lag)
+        dr.give(j.Start("s1", T, {"k": "x"}))
+        [delay] = [c for _, c in dr.commands if isinstance(c, j.SetTimer)]
+        dr.now = T + timedelta(hours=1) + lag  # the timer fires late
+        dr._apply(0, j.TimerFired(dr.instances[0].instance_id, delay.key, delay.at))
+        dr.timers.pop(delay.key)
+        outs.append([(c.at if isinstance(c, j.SetTimer | j.Record) else c) for _, c in dr.commands])
+    assert outs[0] == outs[1]
+    assert [c for c in outs[0] if isinstance(c, datetime)][-1] == T + timedelta(hours=1)
+
+
+def test_held_inputs_are_given_again_in_order_of_their_own_time():
+    """Paused: the wait's timeout fires (10:00) and then a purchase stamped 09:40 arrives. On resume the purchase
+    comes first: no reminder, and the conversion is credited where she was at 09:40, dated 09:40."""
+    defn = journey({"a": {"type": "wait", "branches": [{"event": {"event": "Other"}, "next": "m"}],
+                          "timeout": {"after": "1h", "next": "m"}},
+                    "m": {"type": "message", "template": "t", "next": "x"}, "x": {"type": "exit"}},
+                   goal={"event": {"event": "Paid"}, "within": "1d"})  # fmt: skip
+    dr = started(defn)
+    dr.status = "paused"
+    dr.run_until(T + timedelta(hours=1, minutes=30))
+    dr.give(event("Paid", T + timedelta(minutes=40)))
+    dr.now = T + timedelta(days=1)
+    dr.resume()
+    assert dr.of(j.Send) == [] and dr.instances[0].exit_reason == "goal reached"
+    [conv] = dr.records("converted")
+    assert (conv.node, conv.at) == ("a", T + timedelta(minutes=40))
+
+
+def test_entry_event_filters_and_segment_entry():
+    defn = d.parse({"id": "j", "entry": {"event": {"event": "Order Cancelled", "channel": ["store", "web"],
+                                                   "where": [{"property": "total", "gte": 10}]}},
+                    "start": "a", "nodes": {"a": {"type": "exit"}}})  # fmt: skip
+    p = Person("p1")
+    assert j.enter(defn, p, event("Order Cancelled", T, channel="store", total=10), [], T).state
+    assert not j.enter(defn, p, event("Order Cancelled", T, channel="app", total=10), [], T).state
+    assert not j.enter(defn, p, event("Order Cancelled", T, channel="store", total=9.99), [], T).state
+    assert not j.enter(defn, p, event("Order Cancelled", T, channel="store", total="10"), [], T).state
+    seg = d.parse({"id": "j", "entry": {"segment": "vip"}, "start": "a", "nodes": {"a": {"type": "exit"}}})
+    assert j.enter(seg, p, j.SegmentChanged("vip", "entered", T, "1"), [], T).state
+    assert not j.enter(seg, p, j.SegmentChanged("vip", "exited", T, "2"), [], T).state
+    assert not j.enter(seg, p, j.SegmentChanged("other", "entered", T, "3"), [], T).state
+
+
+# -- delays from dates -------------------------------------------------------------------------------------------------
+DATED = {
+    "a": {"type": "delay", "until": {"trait": "appointment"}, "offset": "-1d", "missing": "none", "next": "remind"},
+    "remind": {"type": "message", "template": "reminder", "next": "end"},
+    "none": {"type": "update_trait", "trait": "needs_date", "value": True, "next": "end"},
+    "end": {"type": "exit"},
+}
+
+
+def test_delay_until_a_trait_date_with_an_offset_in_the_profile_zone():
+    p = Person("p1", state={"traits": {"appointment": "2026-03-10"}, "attrs": {"timezone": ["Europe/Paris"]}})
+    dr = started(journey(DATED), p)
+    assert dr.of(j.SetTimer)[0].at == datetime(2026, 3, 8, 23, tzinfo=UTC)  # local midnight of the 10th, minus 24 h
+    dr.run_until(T + timedelta(days=10))
+    assert [s.template for s in dr.of(j.Send)] == ["reminder"]
+
+
+def test_delay_until_a_date_passed_goes_on_and_a_missing_date_takes_missing():
+    past = started(journey(DATED), Person("p1", state={"traits": {"appointment": "2026-03-01T10:00:00Z"}}))
+    assert [s.template for s in past.of(j.Send)] == ["reminder"] and past.of(j.SetTimer) == []
+    missing = started(journey(DATED), Person("p2", state={"traits": {"appointment": "soon"}}))
+    assert missing.of(j.Send) == [] and missing.of(j.UpdateTrait)[0].trait == "needs_date"
+    assert ("a", "no_date") in [(r.node, r.branch) for r in missing.records("step")]
+
+
+def test_delay_until_an_entry_property_and_a_computed_trait():
+    nodes = {"a": {"type": "delay", "until": {"property": "ship_by"}, "next": "b"},
+             "b": {"type": "delay", "until": {"trait": "computed.next_purchase"}, "next": "c"},
+             "c": {"type": "exit"}}  # fmt: skip
+    p = Person("p1", computed={"next_purchase": "2026-04-01T00:00:00Z"})
+    dr = started(journey(nodes), p, ship_by="2026-03-05T12:00:00Z")
+    assert dr.of(j.SetTimer)[0].at == datetime(2026, 3, 5, 12, tzinfo=UTC)
+    dr.run_until(datetime(2026, 3, 6, tzinfo=UTC))
+    assert dr.of(j.SetTimer)[1].at == datetime(2026, 4, 1, tzinfo=UTC)
+
+
+# -- loops ------------------------------------------------------------------------------------------------------------
+def test_a_delay_on_a_loop_waits_even_when_its_date_has_passed():
+    nodes = {
+        "a": {"type": "message", "template": "nudge", "next": "b"},
+        "b": {"type": "delay", "until": {"property": "due"}, "next": "a", "max_visits": 3, "overflow": "c"},
+        "c": {"type": "exit"},
+    }
+    dr = started(journey(nodes), due="2020-01-01")
+    assert len(dr.of(j.Send)) == 1 and dr.of(j.SetTimer)[0].at == T  # due now: a transition of its own
+    dr.run_until(T)
+    assert len(dr.of(j.Send)) == 4  # b waits three times (each ends at once), the fourth visit overflows
+    assert len(dr.of(j.SetTimer)) == 3
+    assert dr.instances[0].exit_reason == "exit node"
+    assert ("b", "overflow") in [(r.node, r.branch) for r in dr.records("step")]
+
+
+def test_max_visits_without_overflow_exits():
+    nodes = {"a": {"type": "wait", "max_visits": 2, "timeout": {"after": "1h", "next": "a"},
+                   "branches": [{"event": {"event": "Never"}, "next": "b"}]}, "b": {"type": "exit"}}  # fmt: skip
+    dr = started(journey(nodes))
+    dr.run_until(T + timedelta(hours=5))
+    assert dr.instances[0].exit_reason == "a: max_visits (2) reached"
+    assert len(dr.of(j.SetTimer)) == 2
+
+
+def test_an_overflow_that_leads_back_is_refused():
+    nodes = {"a": {"type": "delay", "for": "1h", "next": "a", "max_visits": 2, "overflow": "b"},
+             "b": {"type": "update_trait", "trait": "x", "value": 1, "next": "a"}}  # fmt: skip
+    with pytest.raises(ChorusError) as exc:
+        journey(nodes)
+    assert exc.value.field == "nodes.a.overflow" and "leads back to 'a'" in exc.value.message
+
+
+# -- timers, conditions, effects -------------------------------------------------------------------------------------
+def test_stale_and_foreign_timers_change_nothing():
+    dr = started(journey({"a": {"type": "delay", "for": "1h", "next": "b"}, "b": {"type": "exit"}}))
+    state = dr.instances[0]
+    [timer] = dr.of(j.SetTimer)
+    ctx = j.Context(T + timedelta(hours=1), dr.person)
+    assert j.step(dr.defn, state, j.TimerFired(state.instance_id, "other-key", timer.at), ctx) == (state, ())
+    assert j.step(dr.defn, state, j.TimerFired("ji_other", timer.key, timer.at), ctx)[1] == ()
+    after, cmds = j.step(dr.defn, state, j.TimerFired(state.instance_id, timer.key, timer.at), ctx)
+    assert after.status == "exited"
+    assert j.step(dr.defn, after, j.TimerFired(state.instance_id, timer.key, timer.at), ctx) == (after, ())
+
+
+def test_a_start_for_a_running_instance_changes_nothing():
+    dr = started(journey({"a": {"type": "delay", "for": "1h", "next": "b"}, "b": {"type": "exit"}}))
+    state = dr.instances[0]
+    assert j.step(dr.defn, state, j.Start("again", T, {"k": "x"}), j.Context(T, dr.person))[1] == ()
+
+
+@pytest.mark.parametrize(("segments", "branch"), [(frozenset({"vip"}), "then"), (frozenset(), "else")])
+def test_condition_reads_the_person_memberships(segments, branch):
+    nodes = {"a": {"type": "condition", "if": {"or": [{"segment": "vip"}, {"trait": {"name": "plan", "equals": "x"}}]},
+                   "then": "b", "else": "b"}, "b": {"type": "exit"}}  # fmt: skip
+    dr = started(journey(nodes), Person("p1", segments=segments))
+    assert ("a", branch) in [(r.node, r.branch) for r in dr.records("step")]
+
+
+def test_effects_carry_their_keys_and_the_entry_data():
+    nodes = {
+        "a": {"type": "list", "list": "press", "action": "add", "next": "b"},
+        "b": {"type": "audience", "audience": "lookalike", "action": "remove", "next": "c"},
+        "c": {"type": "webhook", "url": "https://crm.example.com/hook", "method": "PUT", "data": {"src": "j"},
+              "next": "d"},
+        "d": {"type": "message", "template": "t", "channel": ["email", "sms"], "kind": "transactional",
+              "topic": "orders", "next": "e"},
+        "e": {"type": "exit"},
+    }  # fmt: skip
+    dr = started(journey(nodes), order="o1")
+    iid = dr.instances[0].instance_id
+    assert dr.of(j.ListChange) == [j.ListChange("press", "add", f"{iid}:1")]
+    assert dr.of(j.AudienceChange) == [j.AudienceChange("lookalike", "remove", f"{iid}:2")]
+    [hook] = dr.of(j.Webhook)
+    assert (hook.url, hook.method, hook.key) == ("https://crm.example.com/hook", "PUT", f"{iid}:3")
+    assert hook.body["event"] == {"k": "x", "order": "o1"} and hook.body["data"] == {"src": "j"}
+    [send] = dr.of(j.Send)
+    assert send.request() == {
+        "profile_id": "p1", "template": "t", "kind": "transactional", "channel": ["email", "sms"],
+        "journey_id": "j", "event": {"k": "x", "order": "o1"}, "topic": "orders",
+    }  # fmt: skip
+    assert send.key == f"{iid}:4" and send.version == 1 and send.node == "d"
+    assert outbox.parse_request(send.request())["channel"] == ["email", "sms"]  # what the outbox accepts
+
+
+def test_retrying_a_transition_gives_the_same_keys():
+    defn = journey({"a": {"type": "delay", "for": "1h", "next": "b"},
+                    "b": {"type": "message", "template": "t", "next": "c"}, "c": {"type": "exit"}})  # fmt: skip
+    dr = started(defn)
+    state, [timer] = dr.instances[0], dr.of(j.SetTimer)
+    ctx = j.Context(timer.at, dr.person)
+    first = j.step(defn, state, j.TimerFired(state.instance_id, timer.key, timer.at), ctx)
+    again = j.step(defn, j.state_from_json(j.state_to_json(state)), j.TimerFired(state.instance_id, timer.key,
+                                                                                    timer.at), ctx)  # fmt: skip
+    assert first == again
+    assert [c.key for c in first[1] if isinstance(c, j.Send)] == [f"{state.instance_id}:2"]
+
+
+def test_events_before_entry_do_not_convert_or_take_branches():
+    defn = journey({"a": {"type": "wait", "branches": [{"event": {"event": "Paid"}, "next": "b"}],
+                          "timeout": {"after": "1d", "next": "b"}}, "b": {"type": "exit"}},
+                   goal={"event": {"event": "Paid"}, "within": "1d"})  # fmt: skip
+    dr = started(defn)
+    dr.give(event("Paid", T - timedelta(minutes=1)))  # imported late, but from before the journey began
+    assert dr.instances[0].status == "active" and dr.records("converted") == []
+    dr.give(event("Paid", T + timedelta(days=1, minutes=1), n=1))  # after the goal window: no conversion
+    assert dr.records("converted") == [] and dr.instances[0].status == "tracking"
+    dr.run_until(T + timedelta(days=1))
+    assert dr.records("converted") == [] and dr.instances[0].status == "exited"
+
+
+def test_treated_and_holdout_are_tracked_over_the_same_goal_window():
+    """The treated arm reaches its exit node at once; a purchase a day later, within the goal window, still
+    converts it, just as it converts a holdout that waits the window out."""
+    split = {
+        "type": "split",
+        "arms": [{"name": "treat", "weight": 50, "next": "m"}, {"name": "control", "weight": 50, "holdout": True}],
+    }
+    nodes = {"a": split, "m": {"type": "message", "template": "t", "next": "x"}, "x": {"type": "exit"}}
+    defn = journey(nodes, goal={"event": {"event": "Paid"}, "within": "7d"})
+    seen = {}
+    for n in range(40):
+        dr = started(defn, Person(f"p{n}"))
+        arm = dr.instances[0].arms["a"]
+        assert dr.instances[0].status == ("tracking" if arm == "treat" else "active")
+        assert all(not isinstance(c, j.Send) for c in dr.give(event("Other", T + timedelta(hours=1))))
+        dr.now = T + timedelta(days=1)
+        dr.give(event("Paid", dr.now, n=1))
+        assert len(dr.records("converted")) == 1 and dr.instances[0].status == "exited"
+        seen[arm] = True
+        dr2 = started(defn, Person(f"p{n}"))
+        dr2.run_until(T + timedelta(days=7))
+        assert dr2.instances[0].status == "exited" and dr2.records("converted") == []
+        assert dr2.instances[0].exit_reason == ("exit node" if arm == "treat" else "holdout: goal window over")
+    assert set(seen) == {"treat", "control"}
+
+
+def test_unknown_journey_status_is_refused():
+    dr = started(journey({"a": {"type": "delay", "for": "1h", "next": "b"}, "b": {"type": "exit"}}))
+    with pytest.raises(ValueError):
+        j.step(dr.defn, dr.instances[0], event("X", T), j.Context(T, dr.person, status="archived"))
+
+
+def test_rule_goal_and_rule_exit_hold_at_any_input():
+    spend = {"aggregate": {"event": "Order Completed", "function": "sum", "property": "total", "window": "7d",
+                           "gte": 100}}  # fmt: skip
+    defn = journey({"a": {"type": "delay", "for": "3d", "next": "b"}, "b": {"type": "message", "template": "t",
+                                                                           "next": "c"}, "c": {"type": "exit"}},
+                   goal={"rule": spend, "within": "7d"}, exit_on_goal=False,
+                   exit=[{"rule": {"not": {"trait": {"name": "plan", "exists": True}}}}])  # fmt: skip
+    gold = {"traits": {"plan": "gold"}}
+    dr = started(defn, Person("p1", state=gold))
+    orders = tuple(Event("Order Completed", "track", T + timedelta(hours=h), "store", {"total": 60}, f"o{h}")
+                   for h in (1, 2))  # fmt: skip
+    dr.person = Person("p1", state=gold, events=orders[:1])
+    dr.give(orders[0])
+    assert dr.records("converted") == []
+    dr.person = Person("p1", state=gold, events=orders)
+    dr.now = T + timedelta(hours=2)
+    dr.give(orders[1])
+    [conv] = dr.records("converted")
+    assert (conv.node, conv.at) == ("a", T + timedelta(hours=2)) and dr.instances[0].status == "active"
+    dr.person = Person("p1", state={"traits": {}}, events=orders)  # the trait is gone: checked at the timer too
+    dr.run_until(T + timedelta(days=3))
+    assert dr.instances[0].exit_reason == "exit[0] met" and dr.of(j.Send) == []
+    assert d.references(defn) == [("nodes.b.template", "template", "t")]
+    rule_refs = journey({"a": {"type": "exit"}}, goal={"rule": {"segment": "vip"}}, exit=[{"rule": {"list": "l"}}])
+    assert d.references(rule_refs) == [("goal.rule.segment", "segment", "vip"), ("exit[0].rule.list", "list", "l")]
+
+
+def test_entry_is_dated_by_the_entry_event_so_a_purchase_processed_just_after_counts():
+    from tests.journeys.driver import seed
+
+    defn = seed("abandoned_cart")
+    added = event("Product Added", T, cart_id="c1")
+    dr = Driver(defn, Person("p1"), T + timedelta(seconds=2))  # processed two seconds after it happened
+    dr.give(added)
+    assert dr.instances[0].entered_at == T
+    dr.give(event("Order Completed", T + timedelta(seconds=1), channel="app"))  # stamped before the processing
+    assert dr.instances[0].exit_reason == "goal reached"
+    future = Driver(defn, Person("p2"), T)
+    future.give(event("Product Added", T + timedelta(hours=1), cart_id="c1"))  # a device clock ahead
+    assert future.instances[0].entered_at == T
+
+
+def test_criteria_are_checked_on_the_entry_step():
+    nodes = {"a": {"type": "message", "template": "t", "next": "w"}, "w": {"type": "delay", "for": "1d", "next": "x"},
+             "x": {"type": "exit"}}  # fmt: skip
+    # an exit rule that holds already: she exits before the first message
+    defn = journey(nodes, exit=[{"rule": {"trait": {"name": "dnc", "equals": True}}}])
+    dr = started(defn, Person("p1", state={"traits": {"dnc": True}}))
+    assert dr.of(j.Send) == [] and dr.instances[0].exit_reason == "exit[0] met"
+    # a goal event stamped after the entry but processed before it converts at entry
+    paid = event("Paid", T + timedelta(minutes=1))
+    early = event("Paid", T - timedelta(minutes=1), n=1)  # before the entry: never counts
+    defn = journey(nodes, goal={"event": {"event": "Paid"}, "within": "7d"})
+    dr = started(defn, Person("p1", events=(early, paid)))
+    assert dr.of(j.Send) == [] and dr.instances[0].exit_reason == "goal reached"
+    assert [c.at for c in dr.records("converted")] == [paid.at]
+    dr = started(defn, Person("p1", events=(early,)))
+    assert len(dr.of(j.Send)) == 1 and dr.records("converted") == []
+
+
+def test_the_entry_event_itself_does_not_meet_an_exit_criterion():
+    defn = d.parse({"id": "j", "entry": {"event": {"event": "Signed Up"}}, "exit": [{"event": {"event": "Signed Up"}}],
+                    "start": "a", "nodes": {"a": {"type": "message", "template": "t", "next": "x"},
+                                            "x": {"type": "exit"}}})  # fmt: skip
+    signed = event("Signed Up", T)
+    dr = Driver(defn, Person("p1", events=(signed,)), T)
+    dr.give(signed)
+    assert len(dr.of(j.Send)) == 1
+
+
+def test_a_stopped_journey_admits_nobody_and_a_paused_one_holds_the_entry():
+    defn = journey({"a": {"type": "message", "template": "t", "next": "x"}, "x": {"type": "exit"}}, reentry="never")
+    dr = Driver(defn, Person("p1"), T, status="stopped")
+    dr.give(j.Start("s1", T, {"k": "x"}))
+    assert dr.instances == [] and dr.commands == []
+    with pytest.raises(ValueError):
+        j.enter(defn, dr.person, j.Start("s1", T, {"k": "x"}), [], T, status="archived")
+    dr.status = "paused"
+    dr.give(j.Start("s2", T + timedelta(hours=1), {"k": "y"}))
+    assert len(dr.instances) == 1 and dr.of(j.Send) == []
+    dr.now = T + timedelta(days=1)
+    dr.resume()
+    assert len(dr.of(j.Send)) == 1 and dr.records("entered")[0].at == T + timedelta(hours=1)
+
+
+def test_a_timer_that_fires_in_a_stopped_journey_is_not_cancelled():
+    dr = started(journey({"a": {"type": "delay", "for": "1h", "next": "x"}, "x": {"type": "exit"}}))
+    [timer] = dr.of(j.SetTimer)
+    state, cmds = j.step(dr.defn, dr.instances[0], j.TimerFired(dr.instances[0].instance_id, timer.key, timer.at),
+                         j.Context(timer.at, dr.person, "stopped"))  # fmt: skip
+    assert not any(isinstance(c, j.CancelTimer) for c in cmds) and cmds[-1] == j.Exit("journey stopped")
+    assert state.timers == {}
+
+
+def test_entries_without_an_id_are_told_apart_by_time_and_key():
+    defn = d.parse({"id": "c", "entry": {"event": {"event": "Product Added", "key": "cart_id"}}, "reentry": "per_key",
+                    "start": "m", "nodes": {"m": {"type": "message", "template": "t", "next": "x"},
+                                            "x": {"type": "exit"}}})  # fmt: skip
+    p = Person("p1")
+    a = j.enter(defn, p, Event("Product Added", "track", T, "web", {"cart_id": "c1"}), [], T).state
+    b = j.enter(defn, p, Event("Product Added", "track", T, "web", {"cart_id": "c2"}), [a], T).state
+    c = j.enter(defn, p, Event("Product Added", "track", T + timedelta(hours=1), "web", {"cart_id": "c3"}), [a, b], T)
+    again = j.enter(defn, p, Event("Product Added", "track", T, "web", {"cart_id": "c1"}), [], T).state
+    assert len({a.instance_id, b.instance_id, c.state.instance_id}) == 3 and again.instance_id == a.instance_id
+
+
+def test_segment_changes_from_before_the_entry_take_no_branch_and_meet_no_criterion():
+    defn = journey({"a": {"type": "wait", "branches": [{"segment": {"entered": "vip"}, "next": "m"}],
+                          "timeout": {"after": "1d", "next": "x"}},
+                    "m": {"type": "message", "template": "t", "next": "x"}, "x": {"type": "exit"}},
+                   exit=[{"segment": {"exited": "lapsed"}}])  # fmt: skip
+    dr = started(defn)
+    dr.now = T + timedelta(hours=1)
+    dr.give(j.SegmentChanged("lapsed", "exited", T - timedelta(minutes=1), "1"))
+    dr.give(j.SegmentChanged("vip", "entered", T - timedelta(minutes=1), "2"))
+    assert dr.instances[0].status == "active" and dr.of(j.Send) == []
+    dr.give(j.SegmentChanged("vip", "entered", T + timedelta(minutes=1), "3"))
+    assert len(dr.of(j.Send)) == 1
