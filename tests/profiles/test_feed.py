@@ -86,7 +86,7 @@ def test_each_resolved_event_is_one_change_of_its_profile(engine, ws):
     viewed = next(c for c in changes(engine, ws, "event") if c.event_seq == evs["m2"].seq)
     assert viewed.detail == {"type": "track", "event": "Product Viewed", "channel": "web", "profile": False}
     signed_in = next(c for c in changes(engine, ws, "event") if c.event_seq == evs["m3"].seq)
-    assert signed_in.detail == {"type": "identify", "channel": "server", "profile": True}
+    assert signed_in.detail == {"type": "identify", "channel": "server", "profile": True, "new": True}  # her profile
 
 
 def test_a_merge_points_at_the_survivor_and_a_replay_rewrites(engine, ws):

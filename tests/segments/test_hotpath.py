@@ -290,6 +290,7 @@ def test_an_event_goes_only_to_the_segments_that_can_read_it():
     everything_but_computed = {"viewed", "home", "any_page", "web", "pro", "mail"}
     assert idx.affected([_event(type="track", event="Form Sent", profile=True)]) == everything_but_computed
     assert idx.affected([_event(type="track", event="Form Sent")]) == everything_but_computed
+    assert idx.affected([_event(type="page", event="Home", profile=True, new=True)]) == set(idx.every)
     assert idx.affected([feed.Delivered(1, "w", "p", "computed", None, None, T0, {})]) == {"score"}
     assert idx.affected([feed.Delivered(1, "w", "p", "merge", None, "q", T0, {})]) == set(idx.every)
 
@@ -324,7 +325,10 @@ def test_a_new_profile_made_by_a_plain_event_enters_the_segments_true_of_an_empt
     reachability and subscriptions true of an empty profile take her in at once, as the batch does."""
     rls = {"not_pro": {"not": {"trait": {"name": "plan", "equals": "pro"}}},
            "inbox": {"reachable": {"channel": "in_app"}},
-           "news": {"subscribed": {"channel": "email", "topic": "newsletter"}}}  # fmt: skip
+           "news": {"subscribed": {"channel": "email", "topic": "newsletter"}},
+           "not_vip": {"not": {"list": "vip"}}, "sample": {"bucket": {"from": 0, "to": 100}}}  # fmt: skip
+    with engine.begin() as conn:
+        store.save_list(conn, ws, "vip", "VIP", T0)
     for sid, rl in rls.items():
         define(engine, ws, sid, rl)
     settle(worker)

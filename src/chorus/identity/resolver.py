@@ -479,10 +479,10 @@ def event_change(pid: str, p: Pending, new: bool = False) -> feed.Change:
 
     ``event`` is the name of a track (a page's or screen's name, as the events table's ``event`` column keeps
     it); ``profile`` says whether folding the event may have changed more than the person's activity: her traits,
-    attributes (time zone), consent or identifiers (addresses); always for a profile made by this batch (``new``:
-    everything about her is news, and a segment true of an empty profile must take her in). Most events of a
-    steady stream (views, pages) do not, and a consumer that reads only those (segments on traits, consent,
-    reachability) can skip them."""
+    attributes (time zone), consent or identifiers (addresses); always for a profile made by this batch, which the
+    record also says (``new``: everything about her is news, and every segment true of an empty profile must take
+    her in, not in a list or a bucket as well as not pro). Most events of a steady stream (views, pages) do not,
+    and a consumer that reads only those (segments on traits, consent, reachability) can skip them."""
     pl = p.payload
     etype = pl.get("type")
     detail = {"type": etype, "channel": pl.get("channel")}
@@ -490,6 +490,8 @@ def event_change(pid: str, p: Pending, new: bool = False) -> feed.Change:
     if isinstance(name, str):
         detail["event"] = name[:NAME_COLUMN]
     detail["profile"] = new or touches_profile(pl, p.ext)
+    if new:
+        detail["new"] = True
     return feed.Change(pid, "event", event_seq=p.seq, detail=detail)
 
 

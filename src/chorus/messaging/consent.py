@@ -43,7 +43,6 @@ def identity_fields(profile: dict) -> dict:
     return {"anonymousId": ids["anonymous_id"][0]} if ids.get("anonymous_id") else {}
 
 
-
 def lock_identity(conn: Connection, ws_id: str) -> None:
     """The workspace's identity lock (PostgreSQL; re-entrant in a transaction; SQLite has one writer): the resolver
     holds it while it rewrites profiles, and :func:`record` takes it. A transaction that may reach :func:`record`
@@ -51,6 +50,7 @@ def lock_identity(conn: Connection, ws_id: str) -> None:
     the other order would be a deadlock cycle."""
     if conn.dialect.name == "postgresql":
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": "identity:" + ws_id})
+
 
 def record(
     conn: Connection, ws_id: str, ident: dict, *, channel: str, topic: str, status: str, reason: str, at: datetime,

@@ -129,6 +129,8 @@ class Index:
         cause = c.cause
         if cause == "event":
             d = c.detail
+            if d.get("new"):  # the batch made her profile: any segment may be true of it (not in a list, a bucket)
+                return self.every
             if d.get("profile") is not False:
                 return self.events
             name = d.get("event")
