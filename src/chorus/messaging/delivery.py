@@ -435,8 +435,11 @@ class Deliverer:
                 early.setdefault(o.msg["workspace_id"], []).append(o.provider_id)
         # a bounce (now, or in a report Meta sent before the send was recorded) withdraws consent, which takes the
         # identity lock: take it before set_statuses locks the message rows (the order of an inbound reply)
-        consenting = {o.msg["workspace_id"] for o in outcomes if o.kind == "permanent" and o.error.bounce} | set(early)
+        consenting = {o.msg["workspace_id"] for o in outcomes if o.kind == "permanent" and o.error.bounce}
         with self.engine.begin() as conn:
+            # reports Meta sent first are rare: a plain read (no row lock) says whether any wait for these sends, so
+            # that an ordinary batch of WhatsApp sends does not queue behind the resolver for the lock
+            consenting |= {ws_id for ws_id, ids in early.items() if reports.held(conn, ws_id, ids)}
             for ws_id in sorted(consenting):
                 lock_identity(conn, ws_id)
             outbox.set_statuses(conn, changes)

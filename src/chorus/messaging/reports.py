@@ -49,6 +49,15 @@ def report(
     return apply(conn, msg, status, provider_status, at, error), False
 
 
+def held(conn: Connection, ws_id: str, provider_ids: list[str]) -> bool:
+    """Whether reports wait for any of these messages (a plain read: no lock)."""
+    if not provider_ids:
+        return False
+    return conn.execute(sa.select(early_reports.c.id).where(
+        early_reports.c.workspace_id == ws_id,
+        bulk.in_(early_reports.c.provider_message_id, provider_ids, conn.dialect.name)).limit(1)).first() is not None
+
+
 def release(conn: Connection, ws_id: str, provider_ids: list[str]) -> int:
     """Apply the held reports on these messages that are now recorded; returns how many were applied."""
     if not provider_ids:
