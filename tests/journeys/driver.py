@@ -8,6 +8,7 @@ from datetime import datetime
 from pathlib import Path
 
 from chorus.journeys import definition as d
+from chorus.journeys import dispatch
 from chorus.journeys import interpreter as j
 from chorus.segments.person import Event, Person
 
@@ -38,36 +39,41 @@ class Driver:
     def ctx(self) -> j.Context:
         return j.Context(self.now, self.person, self.status)
 
-    def _apply(self, i: int, inp: j.Input) -> tuple[j.Command, ...]:
-        state, cmds = j.step(self.defn, self.instances[i], inp, self.ctx())
-        if any(isinstance(c, j.Hold) for c in cmds):
-            self.pending.append((self.instances[i].instance_id, inp))
+    def _keep(self, o: dispatch.Outcome, inp: j.Input) -> tuple[j.Command, ...]:
+        """Keep what one outcome of the interpreter says: the new state, its timers, or the input held."""
+        if o.new:
+            self.instances.append(o.state)
+        i = next(n for n, s in enumerate(self.instances) if s.instance_id == o.state.instance_id)
+        if o.held:
+            self.pending.append((o.state.instance_id, inp))
             if isinstance(inp, j.TimerFired):
                 self.held_timers.add(inp.key)
-            return cmds
+            return o.commands
         if isinstance(inp, j.TimerFired):
             self.held_timers.discard(inp.key)
-        self.instances[i] = state
-        for c in cmds:
-            self.commands.append((state.instance_id, c))
+        self.instances[i] = o.state
+        for c in o.commands:
+            self.commands.append((o.state.instance_id, c))
             if isinstance(c, j.SetTimer):
                 assert c.key not in self.timers, "a timer key is set once"
-                self.timers[c.key] = (c.at, state.instance_id)
+                self.timers[c.key] = (c.at, o.state.instance_id)
             elif isinstance(c, j.CancelTimer) and c.key in self.held_timers:
                 self.held_timers.discard(c.key)  # fired while paused, held: its input will change nothing
             elif isinstance(c, j.CancelTimer):
                 self.timers.pop(c.key)  # the interpreter cancels only timers it set and that have not fired
-        return cmds
+        return o.commands
+
+    def _apply(self, i: int, inp: j.Input) -> tuple[j.Command, ...]:
+        state, cmds = j.step(self.defn, self.instances[i], inp, self.ctx())
+        held = any(isinstance(c, j.Hold) for c in cmds)
+        return self._keep(dispatch.Outcome(self.instances[i] if held else state, cmds, held=held), inp)
 
     def give(self, inp: j.Input) -> list[j.Command]:
-        """Offer ``inp`` to the journey: to every instance of the person, then as a possible entry."""
+        """Offer ``inp`` to the journey (dispatch.offer: every instance of the person, then as a possible entry)."""
         out: list[j.Command] = []
-        for i in range(len(self.instances)):
-            out += self._apply(i, inp)
-        admission = j.enter(self.defn, self.person, inp, self.instances, self.now, status=self.status)
-        if admission.state is not None:
-            self.instances.append(admission.state)
-            out += self._apply(len(self.instances) - 1, inp)
+        versions = {s.version: self.defn for s in self.instances} | {1: self.defn}
+        for o in dispatch.offer(versions, 1, self.person, self.instances, inp, self.now, status=self.status):
+            out += self._keep(o, inp)
         return out
 
     def resume(self) -> None:
