@@ -32,6 +32,7 @@ INSTALLED: tuple[str, ...] = (
     "chorus.identity",
     "chorus.profiles",
     "chorus.segments",
+    "chorus.journeys",
     "chorus.messaging",
     "chorus.messaging.audiences",
     "chorus.analytics",

@@ -2,5 +2,22 @@
 
 ``definition`` parses and validates journeys (JSON, or YAML in files) into immutable nodes; ``interpreter`` is the
 one pure interpreter, ``step(definition, state, input, ctx) -> (state, commands)``, and ``enter`` decides entry and
-re-entry. The runtime on the store, the HTTP API, the CLI, broadcasts and the simulator build on these two.
+re-entry; ``dispatch.offer`` gives one input to one journey's instances. ``store`` owns the tables, ``runtime``
+runs the interpreter on them (the change-feed consumer, timers, resume and stop), ``effects`` carries out the side
+effects, ``schedule`` starts scheduled entries and broadcasts, ``manage`` publishes and controls journeys.
 """
+
+
+def register(registry) -> None:
+    """What journeys adds (see chorus.registry): a consumer of the change feed, the timer, schedule and sweep tasks,
+    and the person's instances, timers, held inputs and records erased with her."""
+    from chorus.journeys import effects, runtime, schedule, store  # noqa: F401 - effects registers itself
+    from chorus.profiles import feed
+    from chorus.registry import Step
+
+    registry.erasure("journeys", store.forget, tables=store.TABLES)
+    feed.interest(runtime.CONSUMER, runtime.wants)
+    registry.consumer(runtime.CONSUMER, runtime.Consumer())
+    registry.task("journey_schedule", schedule.ScheduleTask, step=Step.DECIDE, label="journey schedules")
+    registry.task("journey_timers", runtime.TimerTask, step=Step.DECIDE, label="journey timers")
+    registry.task("journey_sweep", runtime.SweepTask, step=Step.DECIDE, label="journey resume and stop")

@@ -722,3 +722,9 @@ def get_message(conn: Connection, ws: str, message_id: str) -> dict:
 
 def row_dict(row) -> dict:
     return dict(row._mapping)
+
+
+def template_channels(conn: Connection, ws: str) -> dict[str, frozenset[str]]:
+    """Every template of the workspace -> the channels it has a variant for (what a journey's message step may use)."""
+    rows = conn.execute(sa.select(templates.c.name, templates.c.definition).where(templates.c.workspace_id == ws))
+    return {name: frozenset((doc or {}).get("variants") or {}) for name, doc in rows}

@@ -221,3 +221,25 @@ def merge_history(conn: Connection, ws: str, pid: str) -> list[dict]:
          "at": iso(r.at)}
         for r in rows
     ]  # fmt: skip
+
+
+def lock_people(conn: Connection, ws: str, pids: list[str], *, skip_locked: bool = False) -> list[str]:
+    """One writer of these people's derived state at a time (segments, journeys, an erasure): their profile rows,
+    locked until the transaction ends (PostgreSQL; SQLite has one writer), in one statement taking the rows in id
+    order (PostgreSQL locks rows as the ordered scan returns them), the order every locker of several keeps.
+    Returns the ids locked: with ``skip_locked``, those another transaction holds are left out (the timer tasks);
+    ids that are not profiles are never returned. SQLite: the ids that are profiles."""
+    q = sa.select(profiles.c.id).where(profiles.c.workspace_id == ws)
+    q = q.where(profiles.c.id == pids[0]) if len(pids) == 1 else q.where(bulk.in_(profiles.c.id, pids,
+                                                                                  conn.dialect.name))
+    if conn.dialect.name == "postgresql":
+        q = q.order_by(profiles.c.id).with_for_update(skip_locked=skip_locked)
+    return list(conn.execute(q).scalars())
+
+
+def profile_ids_page(conn: Connection, ws: str, after: str | None, limit: int) -> list[str]:
+    """The workspace's profile ids in id order from ``after`` (keyset): a walk over everybody, page by page."""
+    q = sa.select(profiles.c.id).where(profiles.c.workspace_id == ws)
+    if after is not None:
+        q = q.where(profiles.c.id > after)
+    return list(conn.execute(q.order_by(profiles.c.id).limit(limit)).scalars())

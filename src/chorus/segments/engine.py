@@ -38,6 +38,7 @@ from chorus.identity.identifiers import kind_of, value_of
 from chorus.messaging.consent import identity_fields
 from chorus.messaging.outbox import STATUS_EVENTS
 from chorus.profiles import feed
+from chorus.profiles.views import lock_people
 from chorus.segments import batch, load, store
 from chorus.segments import rules as r
 from chorus.segments.evaluate import evaluate
@@ -390,18 +391,6 @@ def lock_person(conn: Connection, ws: str, pid: str) -> None:
     """One writer of a person's membership at a time (consumer, timers, batch, a deleted segment): her profile row,
     locked until the transaction ends (PostgreSQL; SQLite has one writer). Lockers take people in id order."""
     lock_people(conn, ws, [pid])
-
-
-def lock_people(conn: Connection, ws: str, pids: list[str], *, skip_locked: bool = False) -> list[str]:
-    """:func:`lock_person` for many, in one statement taking the rows in id order (PostgreSQL locks rows as the
-    ordered scan returns them). Returns the ids locked: with ``skip_locked``, those another transaction holds are
-    left out (the timer task); ids that are not profiles are never returned. SQLite: the ids that are profiles."""
-    q = sa.select(profiles.c.id).where(profiles.c.workspace_id == ws)
-    q = q.where(profiles.c.id == pids[0]) if len(pids) == 1 else q.where(bulk.in_(profiles.c.id, pids,
-                                                                                  conn.dialect.name))
-    if conn.dialect.name == "postgresql":
-        q = q.order_by(profiles.c.id).with_for_update(skip_locked=skip_locked)
-    return list(conn.execute(q).scalars())
 
 
 def _with(person: Person, inside: set[str]) -> Person:

@@ -502,3 +502,112 @@ list_members = sa.Table(
     sa.Column("added_at", UTCDateTime, nullable=False),
     sa.Index("ix_list_members_profile", "workspace_id", "profile_id", "list_id"),  # covering, as segment_members
 )
+
+# -- journeys (chorus.journeys.store) ------------------------------------------------------------------------------
+# A journey: its status (active, paused, stopped, archived) and the version new people enter.
+journeys = sa.Table(
+    "journeys",
+    metadata,
+    sa.Column("workspace_id", sa.String(40), primary_key=True),
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),  # journey | broadcast
+    sa.Column("entry", sa.String(16), nullable=False),  # the current version's: event | segment | schedule | api
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),  # the current (latest published) version
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=True),  # first published: a schedule runs from here on
+    sa.Column("sweep", sa.Boolean, nullable=False, server_default=sa.false()),  # resume or stop left to do
+)
+
+# Immutable published versions: people inside keep theirs.
+journey_versions = sa.Table(
+    "journey_versions",
+    metadata,
+    sa.Column("workspace_id", sa.String(40), primary_key=True),
+    sa.Column("journey_id", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("definition", JSONDoc, nullable=False),  # definition.to_json
+    sa.Column("published_at", UTCDateTime, nullable=False),
+)
+
+# One person's pass through one journey: the interpreter's state (interpreter.state_to_json) and what the stats
+# and "who is at a node" read without parsing it.
+journey_instances = sa.Table(
+    "journey_instances",
+    metadata,
+    sa.Column("workspace_id", sa.String(40), primary_key=True),
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("journey_id", sa.String(64), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("profile_id", sa.String(40), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # active | tracking | exited
+    sa.Column("node", sa.String(64), nullable=True),
+    sa.Column("entered_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("state", JSONDoc, nullable=False),
+    sa.Index("ix_journey_instances_profile", "workspace_id", "profile_id", "journey_id"),
+    sa.Index("ix_journey_instances_node", "workspace_id", "journey_id", "version", "node", "status"),
+)
+
+# A timer an instance set (interpreter SetTimer); key is the interpreter's, unique per instance and step.
+journey_timers = sa.Table(
+    "journey_timers",
+    metadata,
+    sa.Column("workspace_id", sa.String(40), primary_key=True),
+    sa.Column("key", sa.String(120), primary_key=True),
+    sa.Column("journey_id", sa.String(64), nullable=False),
+    sa.Column("instance_id", sa.String(40), nullable=False),  # "" for a scheduled start (no instance yet)
+    sa.Column("profile_id", sa.String(40), nullable=False),
+    sa.Column("due_at", UTCDateTime, nullable=False),
+    sa.Index("ix_journey_timers_due", "due_at"),
+    sa.Index("ix_journey_timers_profile", "workspace_id", "profile_id"),
+)
+
+# Inputs a paused journey held (interpreter Hold): given again, in their own time order, on resume.
+journey_held = sa.Table(
+    "journey_held",
+    metadata,
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("workspace_id", sa.String(40), nullable=False),
+    sa.Column("journey_id", sa.String(64), nullable=False),
+    sa.Column("profile_id", sa.String(40), nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),  # the input's own time
+    sa.Column("input", JSONDoc, nullable=False),
+    sa.Index("ix_journey_held_journey", "workspace_id", "journey_id", "profile_id", "at"),
+)
+
+# What happened, for node statistics and the timeline (interpreter Record): entered, waiting, step, converted,
+# exited, at a node, by a branch.
+journey_records = sa.Table(
+    "journey_records",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("workspace_id", sa.String(40), nullable=False),
+    sa.Column("journey_id", sa.String(64), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("instance_id", sa.String(40), nullable=False),
+    sa.Column("profile_id", sa.String(40), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("node", sa.String(64), nullable=True),
+    sa.Column("branch", sa.String(64), nullable=True),
+    sa.Column("arm", sa.String(64), nullable=True),  # the holdout/split arm the person is in, for uplift
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("detail", sa.String(200), nullable=True),
+    sa.Index("ix_journey_records_journey", "workspace_id", "journey_id", "version", "kind", "node"),
+    sa.Index("ix_journey_records_profile", "workspace_id", "profile_id", "id"),
+)
+
+# A scheduled entry's runs: one row per run instant, walked in chunks of profile ids (``after``) until done.
+journey_runs = sa.Table(
+    "journey_runs",
+    metadata,
+    sa.Column("workspace_id", sa.String(40), primary_key=True),
+    sa.Column("journey_id", sa.String(64), primary_key=True),
+    sa.Column("run_at", UTCDateTime, primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("after", sa.String(40), nullable=True),  # the last profile id started
+    sa.Column("done", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("started", sa.Integer, nullable=False, server_default="0"),
+)

@@ -1,0 +1,72 @@
+"""How the runtime carries out the interpreter's side effects, each on the transition's connection (registered with
+``runtime.effect``): a failure rolls back the transition with it, and a transition given again repeats the same
+idempotency keys, so nothing happens twice.
+
+- ``Send``: the outbox, on the same connection (``outbox.enqueue_in``), keyed by the step (``<instance>:<step>``);
+  consent, frequency caps, quiet hours and channel choice are the outbox's, as for any message. A request the
+  outbox refuses (its template was deleted since publishing) is recorded on the journey (``error``) and the person
+  goes on: one bad step must not stall the journey for everybody behind it.
+- ``UpdateTrait``: an ``identify`` of the person stored as any server-side call would be, with the step's key as
+  its messageId (a repeat is a no-op); identity resolution folds it into the profile, and its change reaches
+  segments and journeys like any other.
+- ``ListChange``: the static list (``segments.store.change_list``), idempotent by nature.
+"""
+
+from __future__ import annotations
+
+from chorus import workspaces as ws_api
+from chorus.collect import ingest
+from chorus.collect.messages import Event as Stored
+from chorus.collect.messages import normalise
+from chorus.errors import ChorusError
+from chorus.journeys import interpreter as j
+from chorus.journeys.runtime import PersonRun, effect
+from chorus.messaging import outbox
+from chorus.messaging.consent import identity_fields
+from chorus.profiles import views
+from chorus.timeutil import iso
+
+
+@effect(j.Send)
+def send(run: PersonRun, s: j.State, c: j.Send) -> None:
+    try:
+        req = outbox.parse_request(c.request())
+    except ChorusError as exc:
+        run.error(s, c, exc)
+        return
+    ((result, _created),) = outbox.enqueue_in(run.conn, run.js.ws, [(req, c.key)], run.js.links, run.now)
+    if isinstance(result, ChorusError):
+        run.error(s, c, result)
+
+
+@effect(j.UpdateTrait)
+def update_trait(run: PersonRun, s: j.State, c: j.UpdateTrait) -> None:
+    view = views.get_profiles(run.conn, run.ws, [run.person.id], run.js.ws.identity).get(run.person.id)
+    ident = identity_fields(view) if view else {}
+    if not ident:
+        run.error(s, c, ChorusError("the profile has no identifier to address an identify to"))
+        return
+    raw = {
+        **{k: v for k, v in ident.items() if k != "context"},
+        "type": "identify", "traits": {c.trait: c.value},
+        "context": {**ident.get("context", {}), "channel": "internal"},
+        "messageId": f"chorus-journey-{c.key}", "timestamp": iso(run.now),
+    }  # fmt: skip
+    ev = normalise(raw, received_at=run.now, source_kind="internal", require_ids=False)
+    if not isinstance(ev, Stored):
+        run.error(s, c, ChorusError(f"the trait {c.trait} cannot be set: {ev.reason}"))
+        return
+    source = ws_api.internal_source(run.conn, run.ws, "internal", "chorus-journeys")
+    ingest.store(run.conn, source, [ev], [], run.now)
+
+
+@effect(j.ListChange)
+def list_change(run: PersonRun, s: j.State, c: j.ListChange) -> None:
+    from chorus.segments import store as segments_store
+
+    pid = run.person.id
+    try:
+        segments_store.change_list(run.conn, run.ws, c.list, [pid] if c.action == "add" else [],
+                                   [pid] if c.action == "remove" else [], run.now)  # fmt: skip
+    except ChorusError as exc:  # the list was deleted since publishing
+        run.error(s, c, exc)

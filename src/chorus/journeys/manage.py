@@ -1,0 +1,225 @@
+"""Publishing and controlling journeys and broadcasts: what the HTTP API and the CLI call (they parse and answer;
+the rules are here and in ``definition``).
+
+- **publish**: the definition is validated (``definition.parse``), its references checked against what the
+  workspace has (templates and their channels, segments, static lists, audiences), its steps against the effects
+  this runtime can carry out, then stored as a new immutable version. People inside keep their version, unless a
+  **migration** (``migrate: {old node: new node}``) moves those waiting at an old node to a node of the new version
+  of the same kind (a delay to a delay, a wait to a wait): their timers stay, a delay then goes on to the new
+  node's next. A **dry run** does all of it and answers how many people the change affects and where they are,
+  writing nothing.
+- **pause / resume / stop / archive**, safe at any time: paused, inputs are held (nothing is lost, nothing runs);
+  resumed, the held inputs are given again in their own time order (``runtime.sweep``); stopped or archived, every
+  person inside exits, timers are cancelled, nothing more is sent, and nobody enters.
+- **broadcasts**: a one-off or recurring send of one message to a segment is a journey with a scheduled entry and
+  one message step (:func:`broadcast_definition`): it runs on the same runtime, with its own endpoint and stats.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from chorus.errors import ChorusError, Conflict
+from chorus.journeys import definition as d
+from chorus.journeys import interpreter as j
+from chorus.journeys import runtime, store
+from chorus.messaging import outbox
+from chorus.messaging.audiences import store as audiences_store
+from chorus.segments import store as segments_store
+from chorus.store.tables import journey_instances
+from chorus.timeutil import iso
+
+ACTIONS = {"pause": "paused", "resume": "active", "stop": "stopped", "archive": "archived"}
+WAITING_KIND = {"delay": d.Delay, "wait": d.Wait}
+
+
+def check(conn: Connection, ws: str, defn: d.Definition) -> None:
+    """Everything the journey names exists in the workspace, and every step can run here."""
+    d.check_references(
+        defn, templates=outbox.template_channels(conn, ws), segments=segments_store.ids(conn, ws),
+        lists={x["id"] for x in segments_store.all_lists(conn, ws)},
+        audiences={a["name"] for a in audiences_store.list_all(conn, ws)},
+    )  # fmt: skip
+    runtime.supported(defn)
+
+
+def parse_migrate(raw: object) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
+        raise ChorusError("migrate maps an old node id to a new node id", field="migrate")
+    return dict(raw)
+
+
+def _where(conn: Connection, ws: str, jid: str) -> list[tuple[int, str | None, str, int]]:
+    t = journey_instances.c
+    rows = conn.execute(sa.select(t.version, t.node, t.status, sa.func.count()).where(
+        t.workspace_id == ws, t.journey_id == jid, t.status != "exited").group_by(t.version, t.node, t.status)
+        .order_by(t.version, t.node, t.status)).all()  # fmt: skip
+    return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+
+def _migration_plan(conn: Connection, ws: str, jid: str, new: d.Definition, migrate: Mapping[str, str],
+                    current: int | None) -> list[dict]:  # fmt: skip
+    """Per (version, node) of people inside: how many, and where the migration takes them (or why not)."""
+    out = []
+    for version, node, status, n in _where(conn, ws, jid):
+        item = {"version": version, "node": node, "status": status, "people": n}
+        target = migrate.get(node or "")
+        if target is not None and status == "active" and current is not None:
+            old = store.definition(conn, ws, jid, version).by_id.get(node or "")
+            tnode = new.by_id.get(target)
+            if tnode is None:
+                raise ChorusError(f"node {target!r} is not in the new version", field=f"migrate.{node}")
+            if old is None or type(old.body) is not type(tnode.body) or type(old.body) not in WAITING_KIND.values():
+                raise ChorusError(f"people at {node!r} ({old.type if old else '?'}) can move only to a node of the "
+                                  f"same waiting kind (delay or wait), not {tnode.type}", field=f"migrate.{node}")
+            item["moves_to"] = target
+        out.append(item)
+    return out
+
+
+def publish(conn: Connection, ws: str, raw: object, now: datetime, *, kind: str = "journey", dry_run: bool = False,
+            migrate: object = None) -> dict:  # fmt: skip
+    """Validate and publish ``raw`` (decoded JSON) as a new version; with ``dry_run``, only say what it would do."""
+    defn = d.parse(raw)
+    check(conn, ws, defn)
+    moves = parse_migrate(migrate)
+    try:
+        cur = store.get(conn, ws, defn.id, lock=not dry_run)
+    except ChorusError:
+        cur = None
+    if cur is not None and cur.kind != kind:
+        raise Conflict(f"{defn.id} is a {cur.kind}, not a {kind}", field="id")
+    if moves and cur is None:
+        raise ChorusError("nothing to migrate: the journey is new", field="migrate")
+    plan = _migration_plan(conn, ws, defn.id, defn, moves, cur.version if cur else None) if cur else []
+    answer = {"id": defn.id, "kind": kind, "version": (cur.version + 1) if cur else 1, "dry_run": dry_run,
+              "people_inside": sum(p["people"] for p in plan), "where": plan,
+              "moving": sum(p["people"] for p in plan if "moves_to" in p)}  # fmt: skip
+    if dry_run:
+        return answer
+    version = store.create_version(conn, ws, defn, kind, now)
+    if moves:
+        _move(conn, ws, defn, version, moves, now)
+    runtime.forget_parsed(conn)
+    return answer
+
+
+def _move(conn: Connection, ws: str, new: d.Definition, version: int, moves: Mapping[str, str], now: datetime) -> None:
+    t = journey_instances.c
+    rows = conn.execute(sa.select(t.id, t.state).where(
+        t.workspace_id == ws, t.journey_id == new.id, t.status == "active", t.node.in_(sorted(moves)),
+        t.version != version)).all()  # fmt: skip
+    for row in rows:
+        s = j.state_from_json(row.state)
+        target = new.node(moves[s.node or ""])
+        s.version, s.node = version, target.id
+        if isinstance(target.body, d.Delay):
+            for timer in s.timers.values():  # the delay goes on to the new node's next
+                if timer.get("purpose") == "delay":
+                    timer["next"] = target.body.next
+        conn.execute(journey_instances.update().where(t.workspace_id == ws, t.id == row.id).values(
+            version=version, node=s.node, state=j.state_to_json(s), updated_at=now))  # fmt: skip
+
+
+def control(conn: Connection, ws: str, jid: str, action: str, now: datetime) -> dict:
+    """pause, resume, stop or archive. Stopping and archiving cannot be undone (publish a new journey instead)."""
+    if action not in ACTIONS:
+        raise ChorusError(f"action is one of {', '.join(ACTIONS)}", field="action")
+    jr = store.get(conn, ws, jid, lock=True)
+    status = ACTIONS[action]
+    if jr.status == "archived" or (jr.status == "stopped" and status != "archived"):
+        raise Conflict(f"{jr.kind} {jid} is {jr.status}", field="action")
+    if jr.status == status:
+        return view(conn, ws, jid)
+    # resume gives the held inputs again; stop and archive tell everybody inside: both left to the sweep task
+    sweep = status in ("active", "stopped", "archived")
+    store.set_status(conn, ws, jid, status, now, sweep=sweep)
+    runtime.forget_parsed(conn)
+    return view(conn, ws, jid)
+
+
+def view(conn: Connection, ws: str, jid: str) -> dict:
+    jr = store.get(conn, ws, jid)
+    return {"id": jr.id, "name": jr.name, "kind": jr.kind, "entry": jr.entry, "status": jr.status,
+            "version": jr.version, "created_at": iso(jr.created_at), "updated_at": iso(jr.updated_at),
+            "versions": store.versions(conn, ws, jid), "runs": store.runs_of(conn, ws, jid) if jr.entry == "schedule"
+            else None}  # fmt: skip
+
+
+def definition_json(conn: Connection, ws: str, jid: str, version: int | None = None) -> dict:
+    jr = store.get(conn, ws, jid)
+    return d.to_json(store.definition(conn, ws, jid, version or jr.version))
+
+
+def start(conn: Connection, ws: str, jid: str, profile_id: str, data: object, request_id: str, now: datetime) -> dict:
+    """The API entry: start one person (``data``: the start's fields, the entry key among them)."""
+    from chorus.profiles import views
+
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ChorusError("data is an object", field="data")
+    jr = store.get(conn, ws, jid)
+    if jr.entry != "api":
+        raise ChorusError(f"{jid} is not entered by an API call (its entry is {jr.entry})", field="journey")
+    pid = views.resolve_id(conn, ws, profile_id)
+    return runtime.start_person(conn, ws, jid, pid, j.Start(request_id, now, data), now)
+
+
+# -- broadcasts --------------------------------------------------------------------------------------------------------
+BROADCAST_KEYS = ("id", "name", "segment", "template", "channel", "kind", "topic", "data", "schedule", "goal",
+                  "holdout")  # fmt: skip
+
+
+def broadcast_definition(raw: object, now: datetime) -> dict:
+    """A broadcast (one message to a segment, once or on a schedule) as the journey that runs it: a scheduled entry,
+    an optional holdout split (``holdout``: the percentage kept out, measured against ``goal``), the message, exit.
+    ``schedule`` is a journey schedule (``docs/journeys.md``), or "now"."""
+    if not isinstance(raw, dict):
+        raise ChorusError("a broadcast is an object: id, segment, template, schedule, ...", field="broadcast")
+    for k in raw:
+        if k not in BROADCAST_KEYS:
+            raise ChorusError(f"unknown key; a broadcast has {', '.join(BROADCAST_KEYS)}", field=str(k)[:64])
+    for k in ("id", "template"):
+        if k not in raw:
+            raise ChorusError(f"{k} is required", field=k)
+    sched = raw.get("schedule", "now")
+    if sched == "now":
+        sched = {"at": iso(now)}
+    if not isinstance(sched, dict):
+        raise ChorusError('schedule is "now" or a schedule object (at, every, time, ...)', field="schedule")
+    if raw.get("segment") is not None:
+        sched = {**sched, "segment": raw["segment"]}
+    message = {"type": "message", "template": raw["template"], "channel": raw.get("channel", "auto"),
+               "kind": raw.get("kind", "marketing"), "next": "done"}  # fmt: skip
+    for k in ("topic", "data"):
+        if raw.get(k) is not None:
+            message[k] = raw[k]
+    nodes: dict = {"send": message, "done": {"type": "exit"}}
+    out: dict = {"id": raw["id"], "entry": {"schedule": sched}, "reentry": "after_exit", "start": "send",
+                 "nodes": nodes}  # fmt: skip
+    if raw.get("name") is not None:
+        out["name"] = raw["name"]
+    if raw.get("goal") is not None:
+        out["goal"] = raw["goal"]
+        out["exit_on_goal"] = False
+    if raw.get("holdout") is not None:
+        h = raw["holdout"]
+        if isinstance(h, bool) or not isinstance(h, int) or not 1 <= h <= 99:
+            raise ChorusError("holdout is a whole percentage from 1 to 99", field="holdout")
+        if raw.get("goal") is None:
+            raise ChorusError("a holdout is measured against a goal (with within): add goal", field="holdout")
+        nodes["arm"] = {"type": "split", "arms": [{"name": "holdout", "weight": h, "holdout": True},
+                                                 {"name": "send", "weight": 100 - h, "next": "send"}]}  # fmt: skip
+        out["start"] = "arm"
+    return out
+
+
+def publish_broadcast(conn: Connection, ws: str, raw: object, now: datetime, *, dry_run: bool = False) -> dict:
+    return publish(conn, ws, broadcast_definition(raw, now), now, kind="broadcast", dry_run=dry_run)

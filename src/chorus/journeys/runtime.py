@@ -1,0 +1,506 @@
+"""The durable runtime: the one interpreter (``interpreter``, through ``dispatch.offer``) run on the store.
+
+Nothing here decides anything about a journey. The runtime turns what happened into the interpreter's inputs,
+gives them to it one person at a time, and carries out the commands it answers with, **in the transaction that
+stores the new state**: instances, timers, held inputs and records are rows (``journeys.store``), messages go to
+the outbox on the same connection (``outbox.enqueue_in``) with the interpreter's idempotency key
+(``<instance>:<step>``). A crash rolls everything back together and the input is given again: the same state
+gives the same commands and the same keys, so a step is never lost nor sent twice.
+
+Where inputs come from:
+
+- the change feed (consumer ``journeys``): an event folded into the profile, a segment entered or exited, a
+  status of a message Chorus sent; a merge moves the merged person's instances to the survivor;
+- the timer task (``journey_timers``): timers due now, claimed with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so
+  any number of workers share them and a million waiting people cost no worker memory;
+- ``schedule.py`` (scheduled entries and broadcasts) and ``start_person`` (the API entry): a ``Start``;
+- the sweep task (``journey_sweep``): on resume, the inputs held while the journey was paused, in their own time
+  order; on stop or archive, every live instance is told (it exits, its timers are cancelled, nothing more is
+  sent).
+
+One person's inputs are applied in order by one transaction at a time: every path locks her profile row first
+(``profiles.views.lock_people``, the lock segments take too), then reads her instances.
+
+Side effects other than timers and records are **registered** (:func:`effect`): ``journeys.effects`` adds the
+message, trait, list, audience and webhook steps, each writing with the caller's connection.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from chorus import workspaces as ws_api
+from chorus.collect import ingest
+from chorus.collect.messages import Event as Stored
+from chorus.collect.messages import normalise
+from chorus.journeys import definition as d
+from chorus.journeys import dispatch, store
+from chorus.journeys import interpreter as j
+from chorus.messaging.consent import identity_fields
+from chorus.profiles import feed, views
+from chorus.segments import load
+from chorus.segments.person import Event, Person
+from chorus.store import bulk
+from chorus.store.tables import events
+from chorus.timeutil import iso, utcnow
+
+log = logging.getLogger("chorus.journeys")
+
+CONSUMER = "journeys"
+CAUSES = frozenset({"event", "segment", "message", "merge"})  # what can be an input, or move one's instances
+TIMELINE = {"entered": "Journey Entered", "step": "Journey Step", "converted": "Journey Converted",
+            "exited": "Journey Exited"}  # fmt: skip
+
+
+def now() -> datetime:
+    """The runtime's clock (tests replace it, as ``segments.engine.now``)."""
+    return utcnow()
+
+
+def wants(c: feed.Change) -> bool:
+    """The feed records for the journeys consumer only the changes that can be an input (or a merge)."""
+    return c.cause in CAUSES
+
+
+# -- registered effects ------------------------------------------------------------------------------------------------
+Effect = Callable[["PersonRun", j.State, j.Command], None]
+_EFFECTS: dict[type, Effect] = {}
+
+
+def effect(kind: type) -> Callable[[Effect], Effect]:
+    """Register how a command of ``kind`` is carried out: ``handler(run, state, command)``, on ``run.conn``."""
+
+    def add(handler: Effect) -> Effect:
+        if kind in _EFFECTS:
+            raise ValueError(f"an effect for {kind.__name__} is registered twice")
+        _EFFECTS[kind] = handler
+        return handler
+
+    return add
+
+
+def supported(defn: d.Definition) -> None:
+    """Refuse to publish a journey with a step this runtime cannot carry out (an effect not registered)."""
+    from chorus.errors import ChorusError
+
+    need = {d.SendMessage: j.Send, d.UpdateTrait: j.UpdateTrait, d.ListStep: j.ListChange,
+            d.AudienceStep: j.AudienceChange, d.WebhookStep: j.Webhook}  # fmt: skip
+    for n in defn.nodes:
+        cmd = need.get(type(n.body))
+        if cmd is not None and cmd not in _EFFECTS:
+            raise ChorusError(f"{n.type} steps cannot run here: no effect is installed for them",
+                              field=f"nodes.{n.id}.type")  # fmt: skip
+
+
+# -- one workspace's journeys, read once per transaction ---------------------------------------------------------------
+class Journeys:
+    """The journeys of one workspace as one transaction sees them, and their versions parsed on demand."""
+
+    def __init__(self, conn: Connection, ws_id: str):
+        self.conn = conn
+        self.ws = ws_api.get(conn, ws_id)
+        self.all = store.all_journeys(conn, ws_id)
+        self.topics = (self.ws.settings.get("messaging") or {}).get("topics")
+        self._defs: dict[tuple[str, int], d.Definition] = {}
+        self._links = None
+
+    def defn(self, jid: str, version: int) -> d.Definition:
+        key = (jid, version)
+        if key not in self._defs:
+            self._defs[key] = store.definition(self.conn, self.ws.id, jid, version)
+        return self._defs[key]
+
+    @property
+    def links(self):
+        if self._links is None:
+            from chorus.messaging import links
+
+            self._links = links.for_store(self.conn)
+        return self._links
+
+    def may_enter(self, jid: str, inp: j.Input) -> bool:
+        """Can ``inp`` be an entry to the journey's current version (a cheap test before the interpreter's)?"""
+        jr = self.all[jid]
+        if jr.status in ("stopped", "archived") or isinstance(inp, j.TimerFired | j.MessageEvent):
+            return False
+        e = self.defn(jid, jr.version).entry
+        if isinstance(e, d.EventEntry):
+            sel = e.match.selection
+            return isinstance(inp, Event) and (sel.event is None or sel.event == inp.name)
+        if isinstance(e, d.SegmentEntry):
+            return isinstance(inp, j.SegmentChanged) and inp.segment == e.segment and inp.change == "entered"
+        return isinstance(inp, j.Start)
+
+
+def journeys_of(conn: Connection, ws_id: str) -> Journeys:
+    """Per transaction and workspace: a journey published or paused in this transaction is seen by the next call
+    only after ``forget_parsed``."""
+    txn = conn.get_transaction()
+    cached = conn.info.get("chorus_journeys")
+    if cached is not None and cached[0] is txn and ws_id in cached[1]:
+        return cached[1][ws_id]
+    js = Journeys(conn, ws_id)
+    if txn is not None:
+        if cached is None or cached[0] is not txn:
+            cached = (txn, {})
+            conn.info["chorus_journeys"] = cached
+        cached[1][ws_id] = js
+    return js
+
+
+def forget_parsed(conn: Connection) -> None:
+    conn.info.pop("chorus_journeys", None)
+
+
+# -- one person --------------------------------------------------------------------------------------------------------
+@dataclass
+class PersonRun:
+    """One person's inputs given to the interpreter, one after the other, and their commands carried out.
+
+    The caller has locked her profile row. ``give`` may be called many times; ``flush`` writes the instances,
+    records and timeline events at the end."""
+
+    conn: Connection
+    js: Journeys
+    person: Person
+    now: datetime
+    instances: list[j.State] = field(default_factory=list)
+    given: list[Event] = field(default_factory=list)  # the events given so far (entries read those after them)
+    _dirty: dict[str, bool] = field(default_factory=dict)  # instance id -> new
+    _records: list[dict] = field(default_factory=list)
+    _timeline: list[Stored] = field(default_factory=list)
+    _ident: dict | None = None
+
+    @property
+    def ws(self) -> str:
+        return self.js.ws.id
+
+    def give(self, inp: j.Input, *, only: Iterable[str] | None = None) -> list[dispatch.Outcome]:
+        """Offer ``inp`` to the journeys it can concern (``only``: these alone, a start or a sweep)."""
+        out: list[dispatch.Outcome] = []
+        wanted = set(only) if only is not None else None
+        for jid, jr in self.js.all.items():
+            if wanted is not None and jid not in wanted:
+                continue
+            mine = [s for s in self.instances if s.journey_id == jid]
+            if isinstance(inp, j.TimerFired):
+                if not any(s.instance_id == inp.instance_id for s in mine):
+                    continue
+            elif not any(s.status != "exited" for s in mine) and not self.js.may_enter(jid, inp):
+                continue
+            versions = {v: self.js.defn(jid, v) for v in {s.version for s in mine if s.status != "exited"}}
+            if jr.status not in ("stopped", "archived"):
+                versions[jr.version] = self.js.defn(jid, jr.version)
+            outcomes = dispatch.offer(versions, jr.version, self.person, mine, inp, self.now,
+                                      status=jr.interpreter_status, topics=self.js.topics)  # fmt: skip
+            if any(o.held for o in outcomes):  # paused: the input is kept once, for all her instances of it
+                store.hold(self.conn, self.ws, jid, self.person.id, inp)
+            for o in outcomes:
+                self._keep(jid, o)
+            out += outcomes
+        if isinstance(inp, Event):
+            self.given.append(inp)
+        return out
+
+    def _keep(self, jid: str, o: dispatch.Outcome) -> None:
+        s = o.state
+        if o.held:
+            # unapplied; an instance admitted while paused is kept as admitted ("new"): it counts for re-entry as
+            # the simulator's does, and begins when its input is given again on resume
+            if o.new:
+                self.instances.append(s)
+                self._dirty[s.instance_id] = True
+            return
+        if o.new:
+            self.instances.append(s)
+            self._dirty[s.instance_id] = True
+        else:
+            i = next(n for n, x in enumerate(self.instances) if x.instance_id == s.instance_id)
+            self.instances[i] = s
+            self._dirty.setdefault(s.instance_id, False)
+        timers, cancel = [], []
+        for c in o.commands:
+            if isinstance(c, j.SetTimer):
+                timers.append({"key": c.key, "journey_id": jid, "instance_id": s.instance_id,
+                               "profile_id": self.person.id, "due_at": c.at})  # fmt: skip
+            elif isinstance(c, j.CancelTimer):
+                cancel.append(c.key)
+            elif isinstance(c, j.Record):
+                self._record(s, c)
+            elif isinstance(c, j.EFFECTS):
+                handler = _EFFECTS.get(type(c))
+                if handler is None:  # publish refuses such a journey (``supported``); one published before
+                    raise RuntimeError(f"no effect is installed for {type(c).__name__}")
+                handler(self, s, c)
+        store.cancel_timers(self.conn, self.ws, cancel)
+        store.set_timers(self.conn, self.ws, timers)
+
+    def _record(self, s: j.State, c: j.Record) -> None:
+        arm = next((s.arms[k] for k in sorted(s.arms)), None)
+        n = len(self._records)
+        self._records.append({"journey_id": s.journey_id, "version": s.version, "instance_id": s.instance_id,
+                              "profile_id": self.person.id, "kind": c.kind, "node": c.node, "branch": c.branch,
+                              "arm": arm, "at": c.at, "detail": (c.detail or None) and c.detail[:200]})  # fmt: skip
+        name = TIMELINE.get(c.kind)
+        if name is None:
+            return
+        if self._ident is None:
+            view = views.get_profiles(self.conn, self.ws, [self.person.id], self.js.ws.identity).get(self.person.id)
+            self._ident = identity_fields(view) if view else {}
+        if not self._ident:
+            return
+        props = {"journey_id": s.journey_id, "version": s.version, "instance_id": s.instance_id, "node": c.node}
+        if c.branch is not None:
+            props["branch"] = c.branch
+        if c.detail is not None:
+            props["reason" if c.kind == "exited" else "detail"] = c.detail
+        raw = {
+            **{k: v for k, v in self._ident.items() if k != "context"},
+            "type": "track", "event": name, "properties": props,
+            "context": {**self._ident.get("context", {}), "channel": "internal", "direction": "outbound"},
+            # the step number and the record's place in it: a transition given again makes the same ids (no-ops)
+            "messageId": f"chorus-journey-{s.instance_id}-{s.step}-{c.kind}-{c.node}-{n}"[:200],
+            "timestamp": iso(c.at),
+        }  # fmt: skip
+        ev = normalise(raw, received_at=self.now, source_kind="internal", require_ids=False)
+        if isinstance(ev, Stored):
+            self._timeline.append(ev)
+
+    def error(self, s: j.State, c: j.Command, exc: Exception) -> None:
+        """A side effect refused (its request names something deleted since publishing): recorded on the journey
+        (node statistics show it), and the person goes on."""
+        msg = getattr(exc, "message", None) or str(exc)
+        log.warning("journey %s: %s of instance %s refused: %s", s.journey_id, type(c).__name__, s.instance_id, msg)
+        self._record(s, j.Record("error", getattr(c, "node", None) or s.node, None, self.now, msg[:200]))
+
+    def flush(self) -> None:
+        store.save_instances(self.conn, self.ws, [(s, self._dirty[s.instance_id]) for s in self.instances
+                                                  if s.instance_id in self._dirty], self.now)  # fmt: skip
+        store.add_records(self.conn, self.ws, self._records)
+        if self._timeline:
+            source = ws_api.internal_source(self.conn, self.ws, "internal", "chorus-journeys")
+            ingest.store(self.conn, source, self._timeline, [], self.now,
+                         {ev.message_id: self.person.id for ev in self._timeline})  # fmt: skip
+        self._dirty, self._records, self._timeline = {}, [], []
+
+
+def person_run(conn: Connection, js: Journeys, pid: str, at: datetime) -> PersonRun | None:
+    """Her run, or None when ``pid`` is not a profile (merged away, erased). The caller locked her."""
+    person = load.people(conn, js.ws.id, [pid], js.ws.identity).get(pid)
+    if person is None:
+        return None
+    return PersonRun(conn, js, person, at, store.instances_of(conn, js.ws.id, [pid])[pid])
+
+
+# -- the change feed ---------------------------------------------------------------------------------------------------
+def inputs_of(conn: Connection, changes: Sequence[feed.Delivered]) -> list[j.Input]:
+    """The interpreter's inputs for these changes, in order (a change that is none gives nothing)."""
+    seqs = [c.event_seq for c in changes if c.cause == "event" and c.event_seq is not None]
+    payloads = {}
+    for i in range(0, len(seqs), 5000):
+        part = seqs[i : i + 5000]
+        payloads.update(conn.execute(sa.select(events.c.seq, events.c.payload).where(
+            bulk.in_(events.c.seq, part, conn.dialect.name))).all())  # fmt: skip
+    out: list[j.Input] = []
+    for c in changes:
+        if c.cause == "event" and c.event_seq in payloads:
+            out.append(Event.from_payload(payloads[c.event_seq]))
+        elif c.cause == "segment" and c.detail.get("segment") and c.detail.get("change") in ("entered", "exited"):
+            out.append(j.SegmentChanged(c.detail["segment"], c.detail["change"], c.at, str(c.seq)))
+        elif c.cause == "message" and c.detail.get("status") and c.detail.get("message_id"):
+            out.append(j.MessageEvent(c.detail["status"], c.detail["message_id"], c.detail.get("journey_id"),
+                                      c.detail.get("idempotency_key"), c.at, c.detail.get("channel")))  # fmt: skip
+    return out
+
+
+class Consumer:
+    """The ``journeys`` change-feed consumer: each person's changes become inputs, given in order."""
+
+    def __init__(self, clock: Callable[[], datetime] | None = None):
+        self.clock = clock
+
+    def __call__(self, conn: Connection, ws: str, pid: str, changes: list[feed.Delivered]) -> None:
+        at = (self.clock or now)()
+        js = journeys_of(conn, ws)
+        if not js.all:
+            return
+        for c in changes:  # a merge: the merged person's journeys go on as the survivor's
+            if c.cause == "merge" and c.target_id and c.profile_id != c.target_id:
+                store.repoint(conn, ws, c.profile_id, c.target_id)
+        if not views.lock_people(conn, ws, [pid]):
+            return
+        inputs = inputs_of(conn, changes)
+        if not inputs:
+            return
+        run = person_run(conn, js, pid, at)
+        if run is None:
+            return
+        for inp in inputs:
+            run.give(inp)
+        run.flush()
+
+
+# -- timers ------------------------------------------------------------------------------------------------------------
+def due(engine: Engine, limit: int = 500, clock: Callable[[], datetime] | None = None) -> int:
+    """Fire the timers due now: one transaction; per person (locked, skipping those another worker holds), her due
+    timers in due order. A scheduled start (no instance yet) is a ``Start`` of its journey. A person whose
+    transition fails is rolled back alone and her timers tried again a minute later."""
+    at = (clock or now)()
+    done = 0
+    with engine.begin() as conn:
+        rows = store.due_timers(conn, at, limit)
+        by_person: dict[tuple[str, str], list] = {}
+        for r in rows:
+            by_person.setdefault((r.workspace_id, r.profile_id), []).append(r)
+        by_ws: dict[str, list[str]] = {}
+        for ws, pid in by_person:
+            by_ws.setdefault(ws, []).append(pid)
+        for ws in sorted(by_ws):
+            pids = sorted(by_ws[ws])
+            js = journeys_of(conn, ws)
+            locked = set(views.lock_people(conn, ws, pids, skip_locked=True))
+            for pid in pids:
+                mine = by_person[(ws, pid)]
+                keys = [r.key for r in mine]
+                if pid not in locked:
+                    if not _is_profile(conn, ws, pid):  # merged away (the consumer moves them) or gone: later
+                        _later(conn, ws, keys, at)
+                    continue  # another worker holds her: still due at the next pass
+                try:
+                    with conn.begin_nested():
+                        store.cancel_timers(conn, ws, keys)
+                        run = person_run(conn, js, pid, at)
+                        if run is not None:
+                            for r in sorted(mine, key=lambda r: (r.due_at, r.key)):
+                                if r.instance_id:
+                                    run.give(j.TimerFired(r.instance_id, r.key, r.due_at), only=[r.journey_id])
+                                else:
+                                    run.give(j.Start(r.key, r.due_at), only=[r.journey_id])
+                            run.flush()
+                    done += len(mine)
+                except Exception as exc:  # noqa: BLE001 - one person must not stop time for everybody
+                    feed.reraise_transient(exc)
+                    log.exception("journey timers of profile %s failed; tried again in a minute", pid)
+                    _later(conn, ws, keys, at)
+    return done
+
+
+def _is_profile(conn: Connection, ws: str, pid: str) -> bool:
+    try:
+        return views.resolve_id(conn, ws, pid) == pid
+    except Exception:  # noqa: BLE001 - NotFound: erased
+        return False
+
+
+def _later(conn: Connection, ws: str, keys: list[str], at: datetime) -> None:
+    from chorus.store.tables import journey_timers
+
+    conn.execute(journey_timers.update().where(journey_timers.c.workspace_id == ws, bulk.in_(
+        journey_timers.c.key, keys, conn.dialect.name)).values(due_at=at + timedelta(minutes=1)))  # fmt: skip
+
+
+# -- entry by a call ---------------------------------------------------------------------------------------------------
+def start_person(conn: Connection, ws: str, jid: str, pid: str, start: j.Start, at: datetime) -> dict:
+    """Start ``pid`` in an API-entered journey (the caller checked the journey's entry). The answer says whether she
+    entered, and why not (the interpreter's reason): held while the journey is paused."""
+    js = journeys_of(conn, ws)
+    views.lock_people(conn, ws, [pid])
+    run = person_run(conn, js, pid, at)
+    if run is None:
+        from chorus.errors import NotFound
+
+        raise NotFound(f"profile {pid} not found", field="profile_id")
+    before = {s.instance_id for s in run.instances}
+    outcomes = run.give(start, only=[jid])
+    run.flush()
+    for o in outcomes:
+        if o.new and o.held:
+            return {"entered": False, "held": True, "instance_id": o.state.instance_id,
+                    "reason": "the journey is paused: the start is kept and runs on resume"}  # fmt: skip
+        if o.new and o.state.instance_id not in before:
+            return {"entered": True, "instance_id": o.state.instance_id, "status": o.state.status,
+                    "node": o.state.node}  # fmt: skip
+    jr = js.all[jid]
+    mine = [s for s in run.instances if s.journey_id == jid]
+    adm = j.enter(js.defn(jid, jr.version), run.person, start, mine, at, version=jr.version,
+                  status=jr.interpreter_status)  # fmt: skip
+    return {"entered": False, "reason": adm.reason if adm.state is None else "this start has entered already",
+            **({"instance_id": adm.state.instance_id} if adm.state is not None else {})}
+
+
+# -- resume, stop ------------------------------------------------------------------------------------------------------
+def sweep(engine: Engine, limit: int = 200, clock: Callable[[], datetime] | None = None) -> int:
+    """The work a status change leaves: after a resume, each person's held inputs are given again in their time
+    order; after a stop or an archive, every live instance exits (timers cancelled) and held inputs are dropped.
+    One batch of people per journey and pass; the flag is cleared when none is left."""
+    at = (clock or now)()
+    done = 0
+    with engine.connect() as probe:
+        todo = store.to_sweep(probe)
+    for ws, jid in todo:
+        with engine.begin() as conn:
+            jr = store.get(conn, ws, jid)
+            if not jr.sweep:
+                continue
+            js = journeys_of(conn, ws)
+            if jr.status == "active":
+                pids = store.held_people(conn, ws, jid, limit)
+                for pid in views.lock_people(conn, ws, pids):
+                    run = person_run(conn, js, pid, at)
+                    held = store.take_held(conn, ws, jid, pid)
+                    if run is not None:
+                        for inp in held:
+                            run.give(inp, only=[jid])
+                        run.flush()
+                    done += len(held)
+                gone = set(pids) - set(views.lock_people(conn, ws, pids)) if pids else set()
+                for pid in gone:  # not profiles any more: their held inputs have nobody to go to
+                    store.take_held(conn, ws, jid, pid)
+                if len(pids) < limit:
+                    store.swept(conn, ws, jid)
+            elif jr.status in ("stopped", "archived"):
+                store.drop_held(conn, ws, jid)
+                live = store.live_instances(conn, ws, jid, limit)
+                pids = sorted({p for p, _ in live})
+                for pid in views.lock_people(conn, ws, pids):
+                    run = person_run(conn, js, pid, at)
+                    if run is not None:
+                        run.give(j.Start(f"{jr.status}:{iso(jr.updated_at)}", at), only=[jid])
+                        run.flush()
+                        done += 1
+                stale = set(pids) - set(views.lock_people(conn, ws, pids)) if pids else set()
+                for pid in stale:  # their profile is gone: the instances cannot run any more
+                    store.end_instances(conn, ws, jid, pid, at, f"journey {jr.status}")
+                if len(live) < limit:
+                    store.swept(conn, ws, jid)
+            else:
+                store.swept(conn, ws, jid)
+    return done
+
+
+class TimerTask:
+    def __init__(self, engine: Engine, options=None):
+        self.engine = engine
+
+    def run_once(self) -> int:
+        return due(self.engine)
+
+    def close(self) -> None:
+        pass
+
+
+class SweepTask:
+    def __init__(self, engine: Engine, options=None):
+        self.engine = engine
+
+    def run_once(self) -> int:
+        return sweep(self.engine)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,134 @@
+"""Scheduled entries: a journey (or a broadcast) whose entry is a schedule starts everybody in its segment (everybody
+without one) at each run.
+
+A run is a row (``journey_runs``), added when it is due, then walked in chunks of profile ids (keyset, so a worker
+that dies mid-run resumes after the last chunk it committed, and a million people cost no worker memory):
+
+- a run at a **fixed instant** (``at``, ``every``) gives each person a ``Start`` dated by the run, in the chunk's
+  transaction;
+- a run at a **local time** (``time`` on a day, or on weekdays) is the calendar day; each person gets a timer at
+  that time in her own zone (``journey_timers``, no instance yet), and the timer task starts her then. The run is
+  due when the time first happens anywhere (UTC+14), so nobody's local time has passed when her timer is set.
+
+The start's id is the run (and the person, for local runs), so the interpreter's instance id is one per run and
+person: a chunk given again after a crash starts nobody twice. Runs missed while no worker ran are not all
+replayed: only the latest due one (a daily newsletter missed for a week is sent once, not seven times).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from sqlalchemy.engine import Connection, Engine
+
+from chorus.journeys import definition as d
+from chorus.journeys import interpreter as j
+from chorus.journeys import runtime, store
+from chorus.profiles import views
+from chorus.segments import load
+from chorus.segments import store as segments_store
+from chorus.segments.times import zone
+from chorus.timeutil import iso
+
+log = logging.getLogger("chorus.journeys")
+
+FIRST_ZONE = ZoneInfo("Etc/GMT-14")  # where a local time happens first (UTC+14, Kiribati)
+CHUNK = 500
+
+
+def is_local(s: d.Schedule) -> bool:
+    return s.time is not None
+
+
+def next_due(s: d.Schedule, after: datetime) -> datetime | None:
+    """The first run strictly after ``after``: a fixed instant, or when a local run's time first happens."""
+    return d.next_run(s, after, FIRST_ZONE if is_local(s) else ZoneInfo("UTC"))
+
+
+def plan(conn: Connection, ws: str, jr: store.Journey, defn: d.Definition, at: datetime) -> datetime | None:
+    """Add the journey's latest run due at ``at`` that is not there yet. Returns its instant, or None."""
+    s = defn.entry
+    assert isinstance(s, d.Schedule)
+    last = store.last_run(conn, ws, jr.id)
+    after = last if last is not None else (jr.started_at or jr.created_at) - timedelta(microseconds=1)
+    due, nxt = None, next_due(s, after)
+    for _ in range(100_000):  # the latest due run only; bounded (an hourly schedule missed for years)
+        if nxt is None or nxt > at:
+            break
+        due, nxt = nxt, next_due(s, nxt)
+    if due is None:
+        return None
+    store.add_run(conn, ws, jr.id, due, jr.version)
+    return due
+
+
+def _people(conn: Connection, ws: str, s: d.Schedule, after: str | None, limit: int) -> list[str]:
+    if s.segment is None:
+        return views.profile_ids_page(conn, ws, after, limit)
+    return [m["profile_id"] for m in segments_store.members_page(conn, ws, s.segment, limit, after)]
+
+
+def step_run(conn: Connection, js: runtime.Journeys, row, at: datetime, chunk: int = CHUNK) -> int:
+    """Start one chunk of a run's people (the caller's transaction). Returns how many were started."""
+    ws, jid = js.ws.id, row.journey_id
+    jr = js.all.get(jid)
+    if jr is None or jr.status in ("stopped", "archived"):
+        store.move_run(conn, ws, jid, row.run_at, row.after, 0, True)
+        return 0
+    s = js.defn(jid, row.version).entry
+    assert isinstance(s, d.Schedule)
+    pids = _people(conn, ws, s, row.after, chunk)
+    if is_local(s):
+        assert s.time is not None
+        day = row.run_at.astimezone(FIRST_ZONE).date()
+        people = load.people(conn, ws, pids, js.ws.identity, parts=())
+        store.set_timers(conn, ws, [
+            {"key": store.start_key(jid, f"run:{day.isoformat()}", pid), "journey_id": jid, "instance_id": "",
+             "profile_id": pid, "due_at": d.local_instant(day, s.time, zone(p.timezone))}
+            for pid, p in people.items()
+        ])  # fmt: skip
+    else:
+        start = j.Start(f"run:{iso(row.run_at)}", row.run_at)
+        for pid in views.lock_people(conn, ws, pids):
+            run = runtime.person_run(conn, js, pid, at)
+            if run is not None:
+                run.give(start, only=[jid])
+                run.flush()
+    store.move_run(conn, ws, jid, row.run_at, pids[-1] if pids else row.after, len(pids), len(pids) < chunk)
+    return len(pids)
+
+
+def tick(engine: Engine, clock: Callable[[], datetime] | None = None, chunk: int = CHUNK) -> int:
+    """One pass: add the runs that are due, then walk one chunk of each open run (one transaction each)."""
+    at = (clock or runtime.now)()
+    done = 0
+    with engine.begin() as conn:
+        for ws, jid in store.scheduled(conn):
+            js = runtime.journeys_of(conn, ws)
+            jr = js.all[jid]
+            if jr.status == "active":
+                plan(conn, ws, jr, js.defn(jid, jr.version), at)
+    with engine.connect() as probe:
+        open_runs = len(store.runs_open(probe))
+        probe.rollback()
+    for _ in range(open_runs):
+        with engine.begin() as conn:
+            rows = store.runs_open(conn, 1)
+            if not rows:
+                break
+            done += step_run(conn, runtime.journeys_of(conn, rows[0].workspace_id), rows[0], at, chunk)
+    return done
+
+
+class ScheduleTask:
+    def __init__(self, engine: Engine, options=None):
+        self.engine = engine
+
+    def run_once(self) -> int:
+        return tick(self.engine)
+
+    def close(self) -> None:
+        pass

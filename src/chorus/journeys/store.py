@@ -1,0 +1,374 @@
+"""The journeys' tables: definitions and their immutable versions, instances, timers, held inputs, records and
+scheduled runs. Only this module reads or writes them; every function that writes takes the caller's connection, so
+a transition commits its state, timers, records and messages together.
+
+Inputs are kept as JSON (held while a journey is paused) with :func:`input_to_json` / :func:`input_from_json`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from chorus.errors import Conflict, NotFound
+from chorus.journeys import definition as d
+from chorus.journeys import interpreter as j
+from chorus.segments.person import Event
+from chorus.store import bulk
+from chorus.store.tables import (
+    journey_held,
+    journey_instances,
+    journey_records,
+    journey_runs,
+    journey_timers,
+    journey_versions,
+    journeys,
+)
+from chorus.timeutil import iso, parse_ts
+
+STATUSES = ("active", "paused", "stopped", "archived")
+KINDS = ("journey", "broadcast")
+
+
+@dataclass(frozen=True)
+class Journey:
+    id: str
+    name: str
+    kind: str
+    entry: str
+    status: str
+    version: int  # the current version: new people enter it
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    sweep: bool
+
+    @property
+    def interpreter_status(self) -> str:
+        """What the interpreter is told: an archived journey is a stopped one."""
+        return "stopped" if self.status == "archived" else self.status
+
+
+def _journey(row) -> Journey:
+    return Journey(row.id, row.name, row.kind, row.entry, row.status, row.version, row.created_at, row.updated_at,
+                   row.started_at, bool(row.sweep))  # fmt: skip
+
+
+def all_journeys(conn: Connection, ws: str) -> dict[str, Journey]:
+    rows = conn.execute(sa.select(journeys).where(journeys.c.workspace_id == ws).order_by(journeys.c.id))
+    return {r.id: _journey(r) for r in rows}
+
+
+def get(conn: Connection, ws: str, jid: str, *, lock: bool = False) -> Journey:
+    q = sa.select(journeys).where(journeys.c.workspace_id == ws, journeys.c.id == jid)
+    if lock and conn.dialect.name == "postgresql":
+        q = q.with_for_update()
+    row = conn.execute(q).first()
+    if row is None:
+        raise NotFound(f"journey {jid} not found")
+    return _journey(row)
+
+
+@functools.lru_cache(maxsize=512)
+def _parse(raw: bytes) -> d.Definition:
+    # versions are immutable: a parsed definition is kept by its canonical JSON, whoever reads it
+    return d.parse(orjson.loads(raw))
+
+
+def definition(conn: Connection, ws: str, jid: str, version: int) -> d.Definition:
+    raw = conn.execute(sa.select(journey_versions.c.definition).where(
+        journey_versions.c.workspace_id == ws, journey_versions.c.journey_id == jid,
+        journey_versions.c.version == version)).scalar()  # fmt: skip
+    if raw is None:
+        raise NotFound(f"journey {jid} version {version} not found")
+    return _parse(orjson.dumps(raw, option=orjson.OPT_SORT_KEYS))
+
+
+def versions(conn: Connection, ws: str, jid: str) -> list[dict]:
+    rows = conn.execute(sa.select(journey_versions.c.version, journey_versions.c.published_at).where(
+        journey_versions.c.workspace_id == ws, journey_versions.c.journey_id == jid,
+    ).order_by(journey_versions.c.version))  # fmt: skip
+    return [{"version": r.version, "published_at": iso(r.published_at)} for r in rows]
+
+
+def create_version(conn: Connection, ws: str, defn: d.Definition, kind: str, now: datetime) -> int:
+    """Publish ``defn`` as a new version of its journey (created when new). Returns the version number."""
+    try:
+        cur = get(conn, ws, defn.id, lock=True)
+    except NotFound:
+        cur = None
+    if cur is not None and cur.kind != kind:
+        raise Conflict(f"{defn.id} is a {cur.kind}, not a {kind}", field="id")
+    if cur is not None and cur.status == "archived":
+        raise Conflict(f"{kind} {defn.id} is archived", field="id")
+    version = 1 if cur is None else cur.version + 1
+    conn.execute(journey_versions.insert().values(workspace_id=ws, journey_id=defn.id, version=version,
+                                                  definition=d.to_json(defn), published_at=now))  # fmt: skip
+    name, entry = defn.name or defn.id, entry_kind(defn)
+    if cur is None:
+        conn.execute(journeys.insert().values(workspace_id=ws, id=defn.id, name=name, kind=kind, entry=entry,
+                                              status="active", version=1, created_at=now, updated_at=now,
+                                              started_at=now))  # fmt: skip
+    else:
+        conn.execute(journeys.update().where(journeys.c.workspace_id == ws, journeys.c.id == defn.id)
+                     .values(version=version, name=name, entry=entry, updated_at=now))  # fmt: skip
+    return version
+
+
+def entry_kind(defn: d.Definition) -> str:
+    e = defn.entry
+    return {d.EventEntry: "event", d.SegmentEntry: "segment", d.Schedule: "schedule", d.ApiEntry: "api"}[type(e)]
+
+
+def scheduled(conn: Connection) -> list[tuple[str, str]]:
+    """(workspace, journey) of every active journey entered by a schedule."""
+    t = journeys.c
+    rows = conn.execute(sa.select(t.workspace_id, t.id).where(t.entry == "schedule", t.status == "active")
+                        .order_by(t.workspace_id, t.id))  # fmt: skip
+    return [(r.workspace_id, r.id) for r in rows]
+
+
+def set_status(conn: Connection, ws: str, jid: str, status: str, now: datetime, *, sweep: bool) -> None:
+    conn.execute(journeys.update().where(journeys.c.workspace_id == ws, journeys.c.id == jid)
+                 .values(status=status, updated_at=now, sweep=sweep))  # fmt: skip
+
+
+def swept(conn: Connection, ws: str, jid: str) -> None:
+    conn.execute(journeys.update().where(journeys.c.workspace_id == ws, journeys.c.id == jid).values(sweep=False))
+
+
+def to_sweep(conn: Connection, limit: int = 20) -> list[tuple[str, str]]:
+    rows = conn.execute(sa.select(journeys.c.workspace_id, journeys.c.id).where(journeys.c.sweep)
+                        .order_by(journeys.c.workspace_id, journeys.c.id).limit(limit))  # fmt: skip
+    return [(r.workspace_id, r.id) for r in rows]
+
+
+# -- instances ------------------------------------------------------------------------------------------------
+def instances_of(conn: Connection, ws: str, profile_ids: list[str]) -> dict[str, list[j.State]]:
+    """Every instance (exited ones too: re-entry reads them) of these people, per profile id, in entry order."""
+    out: dict[str, list[j.State]] = {p: [] for p in profile_ids}
+    if not profile_ids:
+        return out
+    t = journey_instances.c
+    for row in conn.execute(sa.select(t.profile_id, t.state).where(
+            t.workspace_id == ws, bulk.in_(t.profile_id, profile_ids, conn.dialect.name))
+            .order_by(t.profile_id, t.entered_at, t.id)):  # fmt: skip
+        out.setdefault(row.profile_id, []).append(j.state_from_json(row.state))
+    return out
+
+
+def save_instances(conn: Connection, ws: str, states: Iterable[tuple[j.State, bool]], now: datetime) -> None:
+    """Write instances: (state, new). A new one is inserted, the others updated."""
+    rows_new, rows_old = [], []
+    for s, new in states:
+        row = {"workspace_id": ws, "id": s.instance_id, "journey_id": s.journey_id, "version": s.version,
+               "profile_id": s.profile_id, "status": s.status, "node": s.node, "entered_at": s.entered_at,
+               "updated_at": now, "state": j.state_to_json(s)}  # fmt: skip
+        (rows_new if new else rows_old).append(row)
+    if rows_new:
+        bulk.insert_rows(conn, journey_instances, rows_new)
+    t = journey_instances.c
+    for row in rows_old:
+        conn.execute(journey_instances.update().where(t.workspace_id == ws, t.id == row["id"]).values(
+            profile_id=row["profile_id"], status=row["status"], node=row["node"], updated_at=now, state=row["state"]))
+
+
+def live_instances(conn: Connection, ws: str, jid: str, limit: int, after: str | None = None) -> list[tuple[str, str]]:
+    """(profile id, instance id) of the journey's instances not exited, by profile id, after ``after``."""
+    t = journey_instances.c
+    q = sa.select(t.profile_id, t.id).where(t.workspace_id == ws, t.journey_id == jid, t.status != "exited")
+    if after is not None:
+        q = q.where(t.profile_id > after)
+    return [(r.profile_id, r.id) for r in conn.execute(q.order_by(t.profile_id, t.id).limit(limit))]
+
+
+def repoint(conn: Connection, ws: str, merged: str, survivor: str) -> int:
+    """A merged person's instances, timers and held inputs become the survivor's (her journeys go on)."""
+    n = 0
+    t = journey_instances.c
+    for row in conn.execute(sa.select(t.id, t.state).where(t.workspace_id == ws, t.profile_id == merged)).all():
+        state = dict(row.state)
+        state["profile_id"] = survivor
+        conn.execute(journey_instances.update().where(t.workspace_id == ws, t.id == row.id)
+                     .values(profile_id=survivor, state=state))  # fmt: skip
+        n += 1
+    for table in (journey_timers, journey_held):
+        conn.execute(table.update().where(table.c.workspace_id == ws, table.c.profile_id == merged)
+                     .values(profile_id=survivor))  # fmt: skip
+    return n
+
+
+# -- timers ---------------------------------------------------------------------------------------------------
+def set_timers(conn: Connection, ws: str, rows: list[dict]) -> None:
+    """rows: key, journey_id, instance_id, profile_id, due_at. A key is set once (the interpreter's keys are unique
+    per instance and step; a scheduled start's per run and person): setting it again changes nothing."""
+    if rows:
+        bulk.insert_rows(conn, journey_timers, [{"workspace_id": ws, **r} for r in rows],
+                         conflict=["workspace_id", "key"])  # fmt: skip
+
+
+def cancel_timers(conn: Connection, ws: str, keys: list[str]) -> None:
+    if keys:
+        conn.execute(journey_timers.delete().where(journey_timers.c.workspace_id == ws,
+                                                   bulk.in_(journey_timers.c.key, keys, conn.dialect.name)))
+
+
+def due_timers(conn: Connection, at: datetime, limit: int) -> list:
+    """Timers due at ``at``, earliest first, locked (PostgreSQL: those another worker holds are skipped)."""
+    q = sa.select(journey_timers).where(journey_timers.c.due_at <= at).order_by(journey_timers.c.due_at).limit(limit)
+    if conn.dialect.name == "postgresql":
+        q = q.with_for_update(skip_locked=True)
+    return conn.execute(q).all()
+
+
+def timers_of(conn: Connection, ws: str, profile_ids: list[str]) -> list:
+    t = journey_timers.c
+    return conn.execute(sa.select(journey_timers).where(t.workspace_id == ws, bulk.in_(
+        t.profile_id, profile_ids, conn.dialect.name)).order_by(t.due_at, t.key)).all()  # fmt: skip
+
+
+def start_key(jid: str, run: str, pid: str) -> str:
+    """The timer that starts a person in a run of a scheduled journey at her local time."""
+    return f"start|{jid}|{run}|{pid}"
+
+
+# -- held inputs ------------------------------------------------------------------------------------------------
+def hold(conn: Connection, ws: str, jid: str, pid: str, inp: j.Input) -> None:
+    conn.execute(journey_held.insert().values(workspace_id=ws, journey_id=jid, profile_id=pid,
+                                              at=j.input_time(inp), input=input_to_json(inp)))  # fmt: skip
+
+
+def held_people(conn: Connection, ws: str, jid: str, limit: int) -> list[str]:
+    t = journey_held.c
+    return list(conn.execute(sa.select(t.profile_id).where(t.workspace_id == ws, t.journey_id == jid)
+                             .group_by(t.profile_id).order_by(t.profile_id).limit(limit)).scalars())  # fmt: skip
+
+
+def take_held(conn: Connection, ws: str, jid: str, pid: str) -> list[j.Input]:
+    """The person's held inputs of the journey, in their own time order (then as they came), deleted."""
+    t = journey_held.c
+    rows = conn.execute(sa.select(t.seq, t.input).where(t.workspace_id == ws, t.journey_id == jid,
+                                                        t.profile_id == pid).order_by(t.at, t.seq)).all()
+    if rows:
+        conn.execute(journey_held.delete().where(t.seq.in_([r.seq for r in rows])))
+    return [input_from_json(r.input) for r in rows]
+
+
+def drop_held(conn: Connection, ws: str, jid: str) -> int:
+    """A stopped journey's held inputs: never to be applied."""
+    t = journey_held.c
+    return conn.execute(journey_held.delete().where(t.workspace_id == ws, t.journey_id == jid)).rowcount or 0
+
+
+def end_instances(conn: Connection, ws: str, jid: str, pid: str, at: datetime, reason: str) -> None:
+    """Mark exited the instances of a person who is no longer a profile (no transition can run for her)."""
+    t = journey_instances.c
+    for row in conn.execute(sa.select(t.id, t.state).where(t.workspace_id == ws, t.journey_id == jid,
+                                                           t.profile_id == pid, t.status != "exited")).all():
+        state = {**row.state, "status": "exited", "exited_at": iso(at), "exit_reason": reason, "timers": {}}
+        conn.execute(journey_instances.update().where(t.workspace_id == ws, t.id == row.id)
+                     .values(status="exited", state=state, updated_at=at))  # fmt: skip
+    conn.execute(journey_timers.delete().where(journey_timers.c.workspace_id == ws, journey_timers.c.journey_id == jid,
+                                               journey_timers.c.profile_id == pid))
+
+
+# -- records ----------------------------------------------------------------------------------------------------
+def add_records(conn: Connection, ws: str, rows: list[dict]) -> None:
+    if rows:
+        bulk.insert_rows(conn, journey_records, [{"workspace_id": ws, **r} for r in rows])
+
+
+def records_of(conn: Connection, ws: str, profile_ids: list[str], limit: int = 500) -> list[dict]:
+    t = journey_records.c
+    rows = conn.execute(sa.select(journey_records).where(t.workspace_id == ws, bulk.in_(
+        t.profile_id, profile_ids, conn.dialect.name)).order_by(t.id).limit(limit))  # fmt: skip
+    return [{"journey_id": r.journey_id, "version": r.version, "instance_id": r.instance_id, "kind": r.kind,
+             "node": r.node, "branch": r.branch, "arm": r.arm, "at": iso(r.at), "detail": r.detail} for r in rows]
+
+
+# -- scheduled runs -----------------------------------------------------------------------------------------------
+def runs_open(conn: Connection, limit: int = 10) -> list:
+    q = sa.select(journey_runs).where(sa.not_(journey_runs.c.done)).order_by(journey_runs.c.run_at).limit(limit)
+    if conn.dialect.name == "postgresql":
+        q = q.with_for_update(skip_locked=True)
+    return conn.execute(q).all()
+
+
+def add_run(conn: Connection, ws: str, jid: str, run_at: datetime, version: int) -> bool:
+    return bool(bulk.insert_rows(conn, journey_runs, [{"workspace_id": ws, "journey_id": jid, "run_at": run_at,
+                                                       "version": version, "done": False, "started": 0}],
+                                 conflict=["workspace_id", "journey_id", "run_at"], returning="journey_id"))
+
+
+def last_run(conn: Connection, ws: str, jid: str) -> datetime | None:
+    t = journey_runs.c
+    return conn.execute(sa.select(sa.func.max(t.run_at)).where(t.workspace_id == ws, t.journey_id == jid)).scalar()
+
+
+def move_run(conn: Connection, ws: str, jid: str, run_at: datetime, after: str | None, started: int,
+             done: bool) -> None:  # fmt: skip
+    t = journey_runs.c
+    conn.execute(journey_runs.update().where(t.workspace_id == ws, t.journey_id == jid, t.run_at == run_at)
+                 .values(after=after, started=t.started + started, done=done))  # fmt: skip
+
+
+def runs_of(conn: Connection, ws: str, jid: str) -> list[dict]:
+    t = journey_runs.c
+    rows = conn.execute(sa.select(journey_runs).where(t.workspace_id == ws, t.journey_id == jid).order_by(t.run_at))
+    return [{"run_at": iso(r.run_at), "version": r.version, "done": bool(r.done), "started": r.started} for r in rows]
+
+
+# -- inputs as JSON -----------------------------------------------------------------------------------------------
+def input_to_json(inp: j.Input) -> dict:
+    if isinstance(inp, Event):
+        return {"kind": "event", "name": inp.name, "type": inp.type, "at": iso(inp.at), "channel": inp.channel,
+                "properties": dict(inp.properties), "id": inp.id, "outbound": inp.outbound}  # fmt: skip
+    if isinstance(inp, j.MessageEvent):
+        return {"kind": "message", "status": inp.status, "message_id": inp.message_id, "journey_id": inp.journey_id,
+                "key": inp.key, "at": iso(inp.at), "channel": inp.channel}  # fmt: skip
+    if isinstance(inp, j.SegmentChanged):
+        return {"kind": "segment", "segment": inp.segment, "change": inp.change, "at": iso(inp.at), "id": inp.id}
+    if isinstance(inp, j.TimerFired):
+        return {"kind": "timer", "instance_id": inp.instance_id, "key": inp.key, "due": iso(inp.due)}
+    assert isinstance(inp, j.Start)
+    return {"kind": "start", "id": inp.id, "at": iso(inp.at), "data": dict(inp.data)}
+
+
+def input_from_json(raw: Mapping) -> j.Input:
+    k = raw["kind"]
+    if k == "event":
+        return Event(name=raw["name"], type=raw["type"], at=parse_ts(raw["at"]), channel=raw["channel"],
+                     properties=raw["properties"], id=raw["id"], outbound=raw.get("outbound", False))  # fmt: skip
+    if k == "message":
+        return j.MessageEvent(raw["status"], raw["message_id"], raw["journey_id"], raw["key"], parse_ts(raw["at"]),
+                              raw.get("channel"))  # fmt: skip
+    if k == "segment":
+        return j.SegmentChanged(raw["segment"], raw["change"], parse_ts(raw["at"]), raw.get("id", ""))
+    if k == "timer":
+        return j.TimerFired(raw["instance_id"], raw["key"], parse_ts(raw["due"]))
+    return j.Start(raw["id"], parse_ts(raw["at"]), raw.get("data") or {})
+
+
+# -- erasure ------------------------------------------------------------------------------------------------------
+TABLES = {
+    "journey_instances": "journey_instances", "journey_timers": "journey_timers", "journey_held": "journey_held",
+    "journey_records": "journey_records",
+}  # fmt: skip
+
+
+def forget(conn: Connection, ws: str, person) -> dict[str, int]:
+    """Erasure: the person's instances (their state holds her entry event's properties), timers, held inputs and
+    records, under her profile id and the ids merged into it."""
+    out = {}
+    for name, table in (("journey_instances", journey_instances), ("journey_timers", journey_timers),
+                        ("journey_held", journey_held), ("journey_records", journey_records)):  # fmt: skip
+        res = conn.execute(table.delete().where(table.c.workspace_id == ws, table.c.profile_id.in_(person.profile_ids)))
+        out[name] = res.rowcount or 0
+    return out
+

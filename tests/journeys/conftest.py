@@ -1,0 +1,50 @@
+"""Fixtures of the journey runtime's tests: one virtual clock for the runtime and the segment engine, a workspace
+with in-app templates (the inbox needs no provider), the installed worker."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+
+from chorus import registry as reg
+from chorus import workspaces
+from chorus.journeys import runtime
+from chorus.messaging import outbox
+from chorus.segments import engine as seg
+from chorus.worker import Worker
+
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # a Monday
+
+
+class Clock:
+    def __init__(self, at: datetime):
+        self.at = at
+
+    def __call__(self) -> datetime:
+        return self.at
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    c = Clock(T0)
+    monkeypatch.setattr(runtime, "now", c)
+    monkeypatch.setattr(seg, "now", c)
+    return c
+
+
+@pytest.fixture
+def ws(engine):
+    w = workspaces.create(engine, "jr-" + uuid.uuid4().hex[:6])["id"]
+    for name in ("cart_reminder", "cart_reminder_2", "welcome", "offer", "receipt"):
+        outbox.save_template(engine, w, name, {"kind": "marketing", "variants": {
+            "in_app": {"title": name + " {{ event.cart_id }}", "body": "for {{ profile.traits.name }}"}}})
+    return w
+
+
+@pytest.fixture
+def worker(engine):
+    w = Worker(engine, registry=reg.installed())
+    yield w
+    w.stop()

@@ -1,0 +1,339 @@
+"""The durable runtime on the store, on both engines: inputs from the change feed, timers, messages committed with
+the transition, redelivery and replays that send nothing twice, pause/resume/stop, merges and erasure."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from chorus.journeys import manage, runtime, store
+from chorus.profiles import privacy
+from chorus.store.tables import (
+    events,
+    feed_pending,
+    journey_held,
+    journey_instances,
+    journey_records,
+    journey_timers,
+    messages,
+    profile_changes,
+)
+from tests.identity.helpers import profile_of
+from tests.identity.helpers import send as _send
+from tests.journeys.conftest import T0
+
+CART = {
+    "id": "cart", "name": "Abandoned cart",
+    "entry": {"event": {"event": "Product Added", "key": "cart_id"}}, "reentry": "per_key",
+    "goal": {"event": {"event": "Order Completed"}, "within": "7d"}, "exit_on_goal": False,
+    "start": "wait",
+    "nodes": {
+        "wait": {"type": "wait", "timeout": {"after": "1h", "next": "remind"}, "branches": [
+            {"name": "bought", "event": {"event": "Order Completed", "same": ["cart_id"]}, "next": "done"}]},
+        "remind": {"type": "message", "template": "cart_reminder", "channel": ["in_app"], "kind": "marketing",
+                   "next": "done"},
+        "done": {"type": "exit"},
+    },
+}  # fmt: skip
+
+
+def ev(name, at, user="u1", channel="web", **props):
+    return {"type": "track", "userId": user, "event": name, "messageId": uuid.uuid4().hex, "timestamp": at.isoformat(),
+            "properties": props, "context": {"channel": channel}}  # fmt: skip
+
+
+def send(engine, ws, msgs, at):
+    _send(engine, ws, msgs, received_at=at)
+
+
+def settle(worker, n=4):
+    for _ in range(n):
+        worker.run_once()
+
+
+def publish(engine, ws, raw, at=T0, **kw):
+    with engine.begin() as conn:
+        return manage.publish(conn, ws, raw, at, **kw)
+
+
+def journey_messages(engine, ws, jid="cart"):
+    with engine.connect() as conn:
+        return conn.execute(sa.select(messages.c.idempotency_key, messages.c.profile_id, messages.c.content,
+                                      messages.c.channel).where(messages.c.workspace_id == ws,
+                                                                messages.c.journey_id == jid)
+                            .order_by(messages.c.created_at, messages.c.idempotency_key)).all()  # fmt: skip
+
+
+def instances(engine, ws, jid="cart"):
+    with engine.connect() as conn:
+        return conn.execute(sa.select(journey_instances).where(journey_instances.c.workspace_id == ws,
+                                                               journey_instances.c.journey_id == jid)
+                            .order_by(journey_instances.c.entered_at, journey_instances.c.id)).all()  # fmt: skip
+
+
+def timers(engine, ws):
+    with engine.connect() as conn:
+        return conn.execute(sa.select(journey_timers).where(journey_timers.c.workspace_id == ws)).all()
+
+
+def test_abandoned_cart_reminds_only_the_cart_not_bought_and_a_store_purchase_cancels_it(engine, ws, clock, worker):
+    publish(engine, ws, CART)
+    send(engine, ws, [ev("Product Added", T0, cart_id="A"), ev("Product Added", T0, cart_id="B")], T0)
+    settle(worker)
+    pid = profile_of(engine, ws, "user_id:u1")
+    assert [(i.status, i.node) for i in instances(engine, ws)] == [("active", "wait"), ("active", "wait")]
+    assert len(timers(engine, ws)) == 2  # one timeout each, rows: nothing in the worker's memory
+
+    clock.at = T0 + timedelta(minutes=30)  # cart A bought in a store: its instance leaves by "bought"
+    send(engine, ws, [ev("Order Completed", clock.at, channel="store", cart_id="A")], clock.at)
+    settle(worker)
+    by_key = {i.state["key"]: i for i in instances(engine, ws)}
+    assert by_key["A"].status == "exited" and by_key["A"].state["branch"] == "bought"
+    assert by_key["B"].status == "active"
+    assert len(timers(engine, ws)) == 1
+    assert journey_messages(engine, ws) == []
+
+    clock.at = T0 + timedelta(minutes=59)
+    settle(worker)
+    assert journey_messages(engine, ws) == []  # not due yet
+    clock.at = T0 + timedelta(hours=1, seconds=1)
+    settle(worker)
+    (msg,) = journey_messages(engine, ws)
+    b = by_key["B"].id
+    assert msg.profile_id == pid and msg.channel == "in_app"
+    assert msg.idempotency_key.startswith(b + ":")  # the step's key: instance and step number
+    assert "cart_reminder B" in str(msg.content)  # the entry event's properties reach the template as event.*
+    assert timers(engine, ws) == []
+    settle(worker)
+    assert len(journey_messages(engine, ws)) == 1
+    with engine.connect() as conn:
+        recs = conn.execute(sa.select(journey_records.c.kind, journey_records.c.node, journey_records.c.branch)
+                            .where(journey_records.c.instance_id == b).order_by(journey_records.c.id)).all()
+        timeline = [r.payload["event"] for r in conn.execute(sa.select(events.c.payload).where(
+            events.c.workspace_id == ws, events.c.profile_id == pid).order_by(events.c.seq))]  # fmt: skip
+    assert ("converted", "wait", None) in recs  # cart A's order counts as B's goal (any order within 7 days)
+    assert recs[-1][0] == "exited"
+    assert timeline.count("Journey Entered") == 2 and timeline.count("Journey Exited") == 2
+    assert "Journey Converted" in timeline and "Journey Step" in timeline
+
+
+def test_a_change_delivered_again_starts_nobody_twice_and_sends_nothing_twice(engine, ws, clock, worker):
+    publish(engine, ws, {**CART, "nodes": {**CART["nodes"], "wait": {
+        "type": "delay", "duration": "0s", "next": "remind"}}, "start": "remind"})
+    send(engine, ws, [ev("Product Added", T0, cart_id="A")], T0)
+    settle(worker)
+    assert len(journey_messages(engine, ws)) == 1
+    # the consumer's claim committed; as after a crash between the work and the delete, hand the changes again
+    with engine.begin() as conn:
+        rows = conn.execute(sa.select(profile_changes).where(profile_changes.c.workspace_id == ws)).all()
+        conn.execute(feed_pending.insert(), [{"seq": r.seq, "consumer": runtime.CONSUMER, "workspace_id": ws,
+                                              "profile_id": r.profile_id, "attempts": 0} for r in rows])
+    settle(worker)
+    assert len(instances(engine, ws)) == 1
+    assert len(journey_messages(engine, ws)) == 1
+
+
+def test_a_transition_that_fails_leaves_no_trace_and_runs_again(engine, ws, clock, worker, monkeypatch):
+    publish(engine, ws, {**CART, "start": "remind"})
+    boom = {"on": True}
+    real = store.add_records
+
+    def failing(conn, ws_id, rows):
+        real(conn, ws_id, rows)
+        if boom["on"]:
+            raise RuntimeError("crash after the message was queued")
+
+    monkeypatch.setattr(store, "add_records", failing)
+    send(engine, ws, [ev("Product Added", T0, cart_id="A")], T0)
+    settle(worker)
+    assert journey_messages(engine, ws) == [] and instances(engine, ws) == []  # rolled back together
+    boom["on"] = False
+    with engine.begin() as conn:  # the feed retries a failed change (attempts < MAX_ATTEMPTS)
+        assert conn.execute(sa.select(sa.func.count()).select_from(feed_pending).where(
+            feed_pending.c.consumer == runtime.CONSUMER)).scalar() == 1  # fmt: skip
+    settle(worker)
+    assert len(journey_messages(engine, ws)) == 1 and len(instances(engine, ws)) == 1
+
+
+def test_paused_holds_inputs_and_timers_and_resume_gives_them_in_time_order(engine, ws, clock, worker):
+    publish(engine, ws, CART)
+    send(engine, ws, [ev("Product Added", T0, cart_id="A")], T0)
+    settle(worker)
+    with engine.begin() as conn:
+        manage.control(conn, ws, "cart", "pause", T0)
+    clock.at = T0 + timedelta(minutes=10)
+    send(engine, ws, [ev("Product Added", clock.at, cart_id="B")], clock.at)  # an entry while paused: held
+    clock.at = T0 + timedelta(hours=2)
+    settle(worker)  # A's timeout fired while paused: held, nothing sent
+    assert journey_messages(engine, ws) == []
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(journey_held)).scalar() == 2
+    send(engine, ws, [ev("Order Completed", clock.at, cart_id="B")], clock.at)  # B bought before resume
+    settle(worker)
+    with engine.begin() as conn:
+        manage.control(conn, ws, "cart", "resume", clock.at)
+    settle(worker)
+    # A's timeout (due 10:00) then B's entry (09:10) and B's purchase (11:00), in their own time order: B's entry
+    # first, A reminded, B bought before its hour was up
+    msgs = journey_messages(engine, ws)
+    assert len(msgs) == 1
+    by_key = {i.state["key"]: i for i in instances(engine, ws)}
+    assert msgs[0].idempotency_key.startswith(by_key["A"].id + ":")
+    assert by_key["B"].status == "exited" and by_key["B"].state["branch"] == "bought"
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(journey_held)).scalar() == 0
+
+
+def test_stop_exits_everybody_cancels_timers_and_nothing_more_is_sent(engine, ws, clock, worker):
+    publish(engine, ws, CART)
+    send(engine, ws, [ev("Product Added", T0, cart_id="A"), ev("Product Added", T0, user="u2", cart_id="C")], T0)
+    settle(worker)
+    assert len(timers(engine, ws)) == 2
+    with engine.begin() as conn:
+        manage.control(conn, ws, "cart", "stop", T0)
+    settle(worker)
+    assert [i.status for i in instances(engine, ws)] == ["exited", "exited"]
+    assert timers(engine, ws) == []
+    clock.at = T0 + timedelta(hours=3)
+    send(engine, ws, [ev("Product Added", clock.at, cart_id="D")], clock.at)
+    settle(worker)
+    assert journey_messages(engine, ws) == [] and len(instances(engine, ws)) == 2  # nobody enters a stopped one
+    with engine.begin() as conn, pytest.raises(Exception, match="stopped"):
+        manage.control(conn, ws, "cart", "resume", clock.at)
+
+
+def test_a_merge_moves_the_merged_persons_journeys_to_the_survivor(engine, ws, clock, worker):
+    publish(engine, ws, CART)
+    anon = {"type": "track", "anonymousId": "a1", "event": "Product Added", "messageId": "m1",
+            "timestamp": T0.isoformat(), "properties": {"cart_id": "A"}, "context": {"channel": "web"}}  # fmt: skip
+    send(engine, ws, [anon, ev("Page Viewed", T0, user="u9")], T0)
+    settle(worker)
+    (inst,) = instances(engine, ws)
+    clock.at = T0 + timedelta(minutes=5)
+    send(engine, ws, [{"type": "alias", "userId": "u9", "previousId": "a1", "messageId": "m2",
+                       "timestamp": clock.at.isoformat()}], clock.at)  # fmt: skip
+    settle(worker)
+    survivor = profile_of(engine, ws, "user_id:u9")
+    (moved,) = instances(engine, ws)
+    assert moved.profile_id == survivor and moved.state["profile_id"] == survivor
+    assert {t.profile_id for t in timers(engine, ws)} == {survivor}
+    clock.at = T0 + timedelta(minutes=20)  # the purchase under the known id ends the anonymous cart's wait
+    send(engine, ws, [ev("Order Completed", clock.at, user="u9", cart_id="A")], clock.at)
+    settle(worker)
+    assert instances(engine, ws)[0].status == "exited"
+
+
+def test_erasure_leaves_no_journey_rows(engine, ws, clock, worker):
+    publish(engine, ws, CART)
+    send(engine, ws, [ev("Product Added", T0, cart_id="A")], T0)
+    settle(worker)
+    pid = profile_of(engine, ws, "user_id:u1")
+    with engine.begin() as conn:
+        manage.control(conn, ws, "cart", "pause", T0)
+    send(engine, ws, [ev("Product Added", T0, cart_id="Z")], T0)
+    settle(worker)
+    out = privacy.forget(engine, ws, pid)
+    assert out["deleted"]["journey_instances"] == 2  # A, and Z admitted while paused
+    assert out["deleted"]["journey_held"] == 1
+    with engine.connect() as conn:
+        for table in (journey_instances, journey_timers, journey_held, journey_records):
+            assert conn.execute(sa.select(sa.func.count()).select_from(table).where(
+                table.c.workspace_id == ws)).scalar() == 0, table.name  # fmt: skip
+
+
+def test_api_start_enters_once_per_key_and_says_why_not(engine, ws, clock, worker):
+    publish(engine, ws, {"id": "receipt", "entry": {"api": {"key": "order_id"}}, "reentry": "per_key",
+                         "start": "send", "nodes": {
+                             "send": {"type": "message", "template": "receipt", "channel": ["in_app"],
+                                      "kind": "transactional", "next": "done"},
+                             "done": {"type": "exit"}}})  # fmt: skip
+    send(engine, ws, [ev("Page Viewed", T0)], T0)
+    settle(worker)
+    pid = profile_of(engine, ws, "user_id:u1")
+    with engine.begin() as conn:
+        first = manage.start(conn, ws, "receipt", pid, {"order_id": "o1"}, "req-1", T0)
+    with engine.begin() as conn:
+        again = manage.start(conn, ws, "receipt", pid, {"order_id": "o1"}, "req-2", T0)
+    with engine.begin() as conn, pytest.raises(Exception, match="not entered by an API call"):
+        publish(engine, ws, CART)
+        manage.start(conn, ws, "cart", pid, {}, "req-3", T0)
+    assert first["entered"] is True and first["status"] == "exited"
+    assert again["entered"] is False and "order_id 'o1' has entered already" in again["reason"]
+    assert len(journey_messages(engine, ws, "receipt")) == 1
+
+
+def test_publish_checks_references_and_a_dry_run_writes_nothing(engine, ws, clock, worker):
+    bad = {**CART, "nodes": {**CART["nodes"], "remind": {**CART["nodes"]["remind"], "template": "nope"}}}
+    with pytest.raises(Exception, match="template 'nope' does not exist") as e:
+        publish(engine, ws, bad)
+    assert e.value.field == "nodes.remind.template"
+    sms = {**CART, "nodes": {**CART["nodes"], "remind": {**CART["nodes"]["remind"], "channel": ["sms"]}}}
+    with pytest.raises(Exception, match="has no sms variant"):
+        publish(engine, ws, sms)
+    out = publish(engine, ws, CART, dry_run=True)
+    assert out["dry_run"] and out["version"] == 1
+    with engine.connect() as conn, pytest.raises(Exception, match="not found"):
+        store.get(conn, ws, "cart")
+
+
+def test_new_version_keeps_people_on_theirs_unless_a_migration_moves_them(engine, ws, clock, worker):
+    publish(engine, ws, CART)
+    send(engine, ws, [ev("Product Added", T0, cart_id="A"), ev("Product Added", T0, user="u2", cart_id="B")], T0)
+    settle(worker)
+    v2 = {**CART, "start": "hold", "nodes": {**CART["nodes"], "hold": {**CART["nodes"]["wait"]}}}
+    del v2["nodes"]["wait"]
+    plan = publish(engine, ws, v2, dry_run=True, migrate={"wait": "hold"})
+    assert plan["people_inside"] == 2 and plan["moving"] == 2
+    assert plan["where"] == [{"version": 1, "node": "wait", "status": "active", "people": 2, "moves_to": "hold"}]
+    assert {i.version for i in instances(engine, ws)} == {1}  # the dry run moved nobody
+    with pytest.raises(Exception, match="same waiting kind"):
+        publish(engine, ws, v2, migrate={"wait": "remind"})
+    publish(engine, ws, v2, migrate={"wait": "hold"})
+    assert {(i.version, i.node) for i in instances(engine, ws)} == {(2, "hold")}
+    clock.at = T0 + timedelta(hours=1, seconds=1)
+    settle(worker)  # their timeouts (set at v1) fire at v2's node
+    assert len(journey_messages(engine, ws)) == 2
+
+
+def test_timers_are_claimed_by_one_worker_at_a_time_on_postgresql(engine, db_url, ws, clock, worker):
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SKIP LOCKED: PostgreSQL's concurrency")
+    import threading
+
+    publish(engine, ws, CART)
+    send(engine, ws, [ev("Product Added", T0, user=f"u{i}", cart_id=f"c{i}") for i in range(40)], T0)
+    settle(worker)
+    assert len(timers(engine, ws)) == 40
+    clock.at = T0 + timedelta(hours=2)
+    barrier = threading.Barrier(3)
+    done = []
+
+    def fire():
+        barrier.wait()
+        for _ in range(5):
+            done.append(runtime.due(engine, limit=7))
+
+    threads = [threading.Thread(target=fire) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(done) == 40
+    msgs = journey_messages(engine, ws)
+    assert len(msgs) == 40 and len({m.idempotency_key for m in msgs}) == 40
+
+
+def test_records_carry_the_time_of_the_input_not_of_processing(engine, ws, clock, worker):
+    publish(engine, ws, CART)
+    send(engine, ws, [ev("Product Added", T0, cart_id="A")], T0)
+    clock.at = T0 + timedelta(minutes=20)  # processed 20 minutes late
+    settle(worker)
+    with engine.connect() as conn:
+        (entered_at,) = conn.execute(sa.select(journey_records.c.at).where(
+            journey_records.c.workspace_id == ws, journey_records.c.kind == "entered")).scalars()  # fmt: skip
+        (due,) = conn.execute(sa.select(journey_timers.c.due_at)).scalars()
+    assert entered_at == T0 and due == T0 + timedelta(hours=1)
+
