@@ -1,0 +1,155 @@
+"""Scheduled entries and broadcasts on the store, on both engines: a run starts everybody in the segment once,
+recurring runs start them again, missed runs are not replayed one by one, local-time runs start each person at
+that time in her own zone (across a DST change), a holdout arm gets nothing and is recorded."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from chorus.journeys import manage, schedule, store
+from chorus.segments import rules
+from chorus.segments import store as segments_store
+from chorus.store.tables import journey_records, journey_runs, journey_timers, messages
+from tests.identity.helpers import profile_of
+from tests.identity.helpers import send as _send
+from tests.journeys.conftest import T0
+
+
+def identify(user, at, zone=None, **traits):
+    m = {"type": "identify", "userId": user, "traits": traits, "messageId": uuid.uuid4().hex,
+         "timestamp": at.isoformat(), "context": {"channel": "web"}}  # fmt: skip
+    if zone:
+        m["context"]["timezone"] = zone
+    return m
+
+
+def settle(worker, n=4):
+    for _ in range(n):
+        worker.run_once()
+
+
+def people(engine, ws, worker, who):
+    """who: user -> (zone, plan); the segment `newsletter` holds those on the plan "news"."""
+    _send(engine, ws, [identify(u, T0, zone, plan=plan) for u, (zone, plan) in who.items()], received_at=T0)
+    with engine.begin() as conn:
+        segments_store.save(conn, ws, "newsletter", "Newsletter",
+                            rules.parse({"trait": {"name": "plan", "equals": "news"}}), T0)  # fmt: skip
+    settle(worker, 6)
+    with engine.connect() as conn:
+        assert len(segments_store.members(conn, ws, "newsletter")) == sum(p == "news" for _, p in who.values())
+    return {u: profile_of(engine, ws, f"user_id:{u}") for u in who}
+
+
+def sent(engine, ws, jid):
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(messages.c.profile_id, messages.c.created_at).where(
+            messages.c.workspace_id == ws, messages.c.journey_id == jid)).all()  # fmt: skip
+    out: dict[str, int] = {}
+    for pid, _ in rows:
+        out[pid] = out.get(pid, 0) + 1
+    return out
+
+
+def broadcast(engine, ws, at, **raw):
+    with engine.begin() as conn:
+        return manage.publish_broadcast(conn, ws, {"id": "b1", "template": "offer", "channel": ["in_app"],
+                                                   "segment": "newsletter", **raw}, at)  # fmt: skip
+
+
+def test_a_broadcast_now_reaches_each_member_once(engine, ws, clock, worker):
+    pids = people(engine, ws, worker, {"u1": (None, "news"), "u2": (None, "news"), "u3": (None, "other")})
+    broadcast(engine, ws, T0)
+    settle(worker)
+    assert sent(engine, ws, "b1") == {pids["u1"]: 1, pids["u2"]: 1}
+    clock.at = T0 + timedelta(days=3)
+    settle(worker)
+    assert sent(engine, ws, "b1") == {pids["u1"]: 1, pids["u2"]: 1}  # a one-off run runs once
+    with engine.connect() as conn:
+        (run,) = conn.execute(sa.select(journey_runs).where(journey_runs.c.workspace_id == ws)).all()
+    assert run.done and run.started == 2
+
+
+def test_a_run_walked_again_after_a_crash_starts_nobody_twice(engine, ws, clock, worker):
+    pids = people(engine, ws, worker, {f"u{i}": (None, "news") for i in range(7)})
+    broadcast(engine, ws, T0)
+    schedule.tick(engine, chunk=3)  # the first chunks
+    with engine.begin() as conn:  # as if the last chunk's commit had been lost: walk the run from the start
+        conn.execute(journey_runs.update().where(journey_runs.c.workspace_id == ws).values(after=None, done=False))
+    settle(worker)
+    assert sent(engine, ws, "b1") == dict.fromkeys(pids.values(), 1)
+
+
+def test_a_recurring_broadcast_runs_again_and_a_missed_week_is_sent_once(engine, ws, clock, worker):
+    pids = people(engine, ws, worker, {"u1": (None, "news")})
+    broadcast(engine, ws, T0, schedule={"every": "1d", "start": (T0 + timedelta(hours=1)).isoformat()})
+    settle(worker)
+    assert sent(engine, ws, "b1") == {}  # not due yet
+    clock.at = T0 + timedelta(hours=1)
+    settle(worker)
+    assert sent(engine, ws, "b1") == {pids["u1"]: 1}
+    clock.at = T0 + timedelta(days=1, hours=1)
+    settle(worker)
+    assert sent(engine, ws, "b1") == {pids["u1"]: 2}
+    clock.at = T0 + timedelta(days=8, hours=2)  # a week without a worker: one run, the latest
+    settle(worker)
+    assert sent(engine, ws, "b1") == {pids["u1"]: 3}
+    with engine.connect() as conn:
+        runs = conn.execute(sa.select(journey_runs.c.run_at).where(journey_runs.c.workspace_id == ws)
+                            .order_by(journey_runs.c.run_at)).scalars().all()  # fmt: skip
+    assert runs[-1] == T0 + timedelta(days=8, hours=1)
+
+
+def test_a_local_time_run_starts_each_person_at_that_time_in_her_zone_across_dst(engine, ws, clock, worker):
+    # Sunday 8 March 2026: clocks go forward in New York at 02:00 (09:00 is EDT, UTC-4); Paris stays UTC+1
+    pids = people(engine, ws, worker, {"ny": ("America/New_York", "news"), "paris": ("Europe/Paris", "news"),
+                                       "apia": ("Pacific/Apia", "news")})  # fmt: skip
+    broadcast(engine, ws, T0, schedule={"time": "09:00", "on": "2026-03-08"})
+    clock.at = datetime(2026, 3, 7, 19, 0, tzinfo=UTC)  # 09:00 on the 8th first happens at UTC+14
+    settle(worker)
+    with engine.connect() as conn:
+        due = dict(conn.execute(sa.select(journey_timers.c.profile_id, journey_timers.c.due_at).where(
+            journey_timers.c.workspace_id == ws)).all())  # fmt: skip
+    assert due == {pids["ny"]: datetime(2026, 3, 8, 13, 0, tzinfo=UTC),
+                   pids["paris"]: datetime(2026, 3, 8, 8, 0, tzinfo=UTC),
+                   pids["apia"]: datetime(2026, 3, 7, 20, 0, tzinfo=UTC)}  # fmt: skip
+    clock.at = datetime(2026, 3, 8, 8, 0, tzinfo=UTC)
+    settle(worker)
+    assert sent(engine, ws, "b1") == {pids["paris"]: 1, pids["apia"]: 1}
+    clock.at = datetime(2026, 3, 8, 13, 0, tzinfo=UTC)
+    settle(worker)
+    assert sent(engine, ws, "b1") == {pids["paris"]: 1, pids["apia"]: 1, pids["ny"]: 1}
+
+
+def test_a_holdout_gets_nothing_and_its_arm_is_recorded(engine, ws, clock, worker):
+    pids = people(engine, ws, worker, {f"u{i}": (None, "news") for i in range(40)})
+    broadcast(engine, ws, T0, holdout=30, goal={"event": {"event": "Order Completed"}, "within": "3d"})
+    settle(worker)
+    with engine.connect() as conn:
+        arms = dict(conn.execute(sa.select(journey_records.c.profile_id, journey_records.c.arm).where(
+            journey_records.c.workspace_id == ws, journey_records.c.kind == "entered")).all())  # fmt: skip
+    got = sent(engine, ws, "b1")
+    held = {p for p, a in arms.items() if a == "holdout"}
+    assert set(arms) == set(pids.values())
+    assert 0 < len(held) < 40 and not held & set(got)
+    assert set(got) == set(pids.values()) - held
+
+
+@pytest.mark.parametrize(("raw", "field", "why"), [
+    ({"id": "b", "template": "offer", "colour": 1}, "colour", "unknown key"),
+    ({"id": "b"}, "template", "required"),
+    ({"id": "b", "template": "offer", "holdout": 10}, "holdout", "goal"),
+    ({"id": "b", "template": "offer", "holdout": 0, "goal": {"event": {"event": "x"}}}, "holdout", "1 to 99"),
+    ({"id": "b", "template": "offer", "schedule": "tomorrow"}, "schedule", "now"),
+    ({"id": "b", "template": "nope"}, "nodes.send.template", "does not exist"),
+    ({"id": "b", "template": "offer", "segment": "nope"}, "entry.schedule.segment", "does not exist"),
+])  # fmt: skip
+def test_a_bad_broadcast_is_refused_naming_the_field(engine, ws, raw, field, why):
+    with engine.begin() as conn, pytest.raises(Exception, match=why) as e:
+        manage.publish_broadcast(conn, ws, raw, T0)
+    assert e.value.field == field
+    with engine.connect() as conn, pytest.raises(Exception, match="not found"):
+        store.get(conn, ws, "b")
