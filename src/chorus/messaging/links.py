@@ -19,9 +19,10 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
+from chorus.config import Settings
 from chorus.errors import NotFound
 from chorus.store.tables import instance_secrets
 
@@ -39,15 +40,47 @@ def signing_key(engine: Engine) -> bytes:
     if env:
         return env.encode()
     with engine.connect() as conn:
-        row = conn.execute(sa.select(instance_secrets.c.value).where(instance_secrets.c.name == "link_key")).first()
-    if row:
-        return row.value.encode()
+        key = _stored_key(conn)
+    if key:
+        return key
     try:
         with engine.begin() as conn:
             conn.execute(instance_secrets.insert().values(name="link_key", value=secrets.token_urlsafe(48)))
     except IntegrityError:  # another process created it first
         pass
     return signing_key(engine)
+
+
+def signing_key_in(conn: Connection) -> bytes:
+    """:func:`signing_key` on the caller's connection, inside its transaction: no other connection is opened (on
+    SQLite a second writer would wait for ever on the caller's write lock). A key created here commits with the
+    caller's transaction, so Links built from it must not outlive a rollback."""
+    env = os.environ.get("CHORUS_SECRET_KEY")
+    if env:
+        return env.encode()
+    key = _stored_key(conn)
+    if key is None:
+        try:
+            with conn.begin_nested():
+                conn.execute(instance_secrets.insert().values(name="link_key", value=secrets.token_urlsafe(48)))
+        except IntegrityError:  # a concurrent transaction created it and committed: read committed sees it now
+            pass
+        key = _stored_key(conn)
+    assert key is not None
+    return key
+
+
+def for_store(conn: Connection, public_url: str | None = None) -> Links:
+    """The Links of this installation from a connection inside a transaction (a feed consumer's, the journey
+    runtime's): the signing key as :func:`signing_key_in` finds it, the public URL given or ``CHORUS_PUBLIC_URL``
+    (chorus.config's default without it), as the app builds its own."""
+    url = public_url or os.environ.get("CHORUS_PUBLIC_URL", Settings.public_url)
+    return Links(url.rstrip("/"), signing_key_in(conn))
+
+
+def _stored_key(conn: Connection) -> bytes | None:
+    row = conn.execute(sa.select(instance_secrets.c.value).where(instance_secrets.c.name == "link_key")).first()
+    return row.value.encode() if row else None
 
 
 @dataclass(frozen=True)

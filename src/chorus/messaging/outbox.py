@@ -5,11 +5,15 @@ channel (and why), consent, the rendered content (or the reason it cannot be ren
 status and the matching timeline event commit together, so a crash leaves either nothing or a queued message.
 Every later state change goes through :func:`set_status`, which appends to the history and records the event on
 the profile timeline (``Message Sent``, ``Message Opened``...).
+
+:func:`enqueue_in` does the same on the caller's connection, inside its transaction: a package whose own state must
+commit with its messages (a journey's transition) calls it, and the message exists if and only if that state does.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 import secrets
 import uuid
@@ -287,23 +291,29 @@ def set_statuses(conn: Connection, changes: list[Change]) -> None:
 
 def _record_changes(conn: Connection, changes: list[Change]) -> None:
     """Every status change of a person's message is a change of that person (chorus.profiles.feed): segments and
-    journeys react to a message received, opened, clicked, bounced..."""
-    by_ws: dict[str, list[feed.Change]] = {}
+    journeys react to a message received, opened, clicked, bounced... Each is dated by its change (the caller's
+    clock, or the provider's time), not the wall clock: a journey on a virtual clock sees its messages' events then.
+    """
+    by_ws: dict[str, list[tuple[feed.Change, datetime]]] = {}
     for ch in changes:
         m = ch.msg
         if not m.get("profile_id"):
             continue
-        detail = {"status": ch.status, "message_id": m["id"], "channel": m.get("channel"),
-                  "template": m.get("template"), "journey_id": m.get("journey_id"), "campaign_id": m.get("campaign_id")}
+        # the key ties the change to what asked for the message (a journey's key names its instance and step)
+        detail = {"status": ch.status, "message_id": m["id"], "idempotency_key": m.get("idempotency_key"),
+                  "channel": m.get("channel"), "template": m.get("template"), "journey_id": m.get("journey_id"),
+                  "campaign_id": m.get("campaign_id")}  # fmt: skip
         by_ws.setdefault(m["workspace_id"], []).append(
-            feed.Change(m["profile_id"], "message", detail={k: v for k, v in detail.items() if v is not None})
+            (feed.Change(m["profile_id"], "message", detail={k: v for k, v in detail.items() if v is not None}), ch.at)
         )  # fmt: skip
     for ws, mine in by_ws.items():
         # a message keeps the profile id it was sent to; the person may have been merged since
-        current = views.resolve_ids(conn, ws, sorted({c.profile_id for c in mine}))
-        feed.record(conn, ws, [
-            feed.Change(current.get(c.profile_id, c.profile_id), c.cause, detail=c.detail) for c in mine
-        ])  # fmt: skip
+        current = views.resolve_ids(conn, ws, sorted({c.profile_id for c, _ in mine}))
+        # one record per run of changes with the same time, so that they keep their order
+        for at, run in itertools.groupby(mine, key=lambda x: x[1]):
+            feed.record(conn, ws, [
+                feed.Change(current.get(c.profile_id, c.profile_id), c.cause, detail=c.detail) for c, _ in run
+            ], at)  # fmt: skip
 
 
 def _update(conn: Connection, group: tuple[tuple, list[dict]]) -> bool:
@@ -361,19 +371,14 @@ def enqueue_many(
     clock=utcnow,
     full: bool = False,
 ) -> list[tuple[dict | ChorusError, bool]]:
-    """Create the messages for many requests in one transaction (a broadcast, a journey step, a batch API call).
+    """Create the messages for many requests in one transaction (a broadcast, a batch API call).
 
     Returns, per item in order, (summary, created) or (the error that names the field, False): one bad request
     never stops the others. A key already used returns its message (or a conflict if the request differs).
     ``full`` returns each message's whole view as of the commit (before a worker can take it).
+    :func:`enqueue_in` does the same in the caller's transaction.
     """
-    prepared: list[tuple[dict, str, str] | ChorusError] = []
-    for req, key in items:
-        key = key or ("auto-" + uuid.uuid4().hex)
-        if len(key) > 200:
-            prepared.append(ChorusError("Idempotency-Key is longer than 200 characters", field="Idempotency-Key"))
-        else:
-            prepared.append((req, key, request_hash(req)))
+    prepared = _prepare(items)
     for attempt in (1, 2):
         try:
             now = clock()
@@ -384,18 +389,69 @@ def enqueue_many(
             with engine.begin() as conn:
                 if _taken(conn, ws.id, plan.rows):
                     plan = _plan(conn, ws, prepared, links, now)
-                if plan.rows:
-                    bulk.insert_rows(conn, messages, plan.rows)
-                    set_statuses(conn, plan.changes)
-                results = plan.results
-                if full:
-                    results = [(get_message(conn, ws.id, r["id"]) if isinstance(r, dict) else r, c) for r, c in results]
+                results = _write(conn, ws.id, plan, full)
             _note_growth(engine, len(plan.rows))
             return results
         except IntegrityError:  # a key committed by a concurrent request meanwhile: the second pass replays it
             if attempt == 2:
                 raise
     raise AssertionError("unreachable")
+
+
+def enqueue_in(
+    conn: Connection,
+    ws: ws_api.Workspace,
+    items: list[tuple[dict, str | None]],
+    links: Links,
+    now: datetime,
+    *,
+    full: bool = False,
+) -> list[tuple[dict | ChorusError, bool]]:
+    """:func:`enqueue_many` on the caller's connection and transaction, dated ``now``: for a package whose own
+    state must commit with its messages (a journey's transition and the message its step sends), so that a
+    rollback or a crash drops both and a retry of the step finds its key unused, or used by its own message.
+
+    Nothing is committed or rolled back here: the caller's commit makes the messages, its rollback drops them. The
+    writes go in a savepoint; when a concurrent transaction committed one of the keys meanwhile (on PostgreSQL the
+    unique index makes the insert wait for it, then fail), the savepoint is rolled back and the batch is decided
+    again on this connection, which then sees that message (read committed) and returns it as a replay.
+    """
+    prepared = _prepare(items)
+    for attempt in (1, 2):
+        try:
+            with conn.begin_nested():
+                plan = _plan(conn, ws, prepared, links, now)
+                results = _write(conn, ws.id, plan, full)
+            break
+        except IntegrityError:
+            if attempt == 2:
+                raise
+    _note_growth(conn.engine, len(plan.rows))  # another connection on PostgreSQL only (nothing on SQLite)
+    return results
+
+
+def _prepare(items: list[tuple[dict, str | None]]) -> list[tuple[dict, str, str] | ChorusError]:
+    """Each item as (request, key, request hash), or the error of its key; a missing key is a fresh one."""
+    prepared: list[tuple[dict, str, str] | ChorusError] = []
+    for req, key in items:
+        key = key or ("auto-" + uuid.uuid4().hex)
+        if len(key) > 200:
+            prepared.append(ChorusError("Idempotency-Key is longer than 200 characters", field="Idempotency-Key"))
+        else:
+            prepared.append((req, key, request_hash(req)))
+    return prepared
+
+
+def _write(conn: Connection, ws: str, plan: _Plan, full: bool) -> list[tuple[dict | ChorusError, bool]]:
+    """Insert a plan's messages and their first states; the results, with ``full`` each message's whole view."""
+    if plan.rows:
+        # in key order: two transactions inserting some of the same keys wait for each other on PostgreSQL's
+        # unique index, and in one order neither can wait for the other (a deadlock) whatever their batches
+        bulk.insert_rows(conn, messages, sorted(plan.rows, key=lambda r: r["idempotency_key"]))
+        set_statuses(conn, plan.changes)
+    if not full:
+        return plan.results
+    return [(get_message(conn, ws, r["id"]) if isinstance(r, dict) else r, c) for r, c in plan.results]
 
 
 # the outbox tables' statistics, per database (a key lookup on a table analysed when empty becomes a scan)
