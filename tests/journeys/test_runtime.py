@@ -40,6 +40,9 @@ CART = {
 }  # fmt: skip
 
 
+NOW = {**CART, "start": "remind", "nodes": {k: v for k, v in CART["nodes"].items() if k != "wait"}}  # no wait
+
+
 def ev(name, at, user="u1", channel="web", **props):
     return {"type": "track", "userId": user, "event": name, "messageId": uuid.uuid4().hex, "timestamp": at.isoformat(),
             "properties": props, "context": {"channel": channel}}  # fmt: skip
@@ -121,8 +124,7 @@ def test_abandoned_cart_reminds_only_the_cart_not_bought_and_a_store_purchase_ca
 
 
 def test_a_change_delivered_again_starts_nobody_twice_and_sends_nothing_twice(engine, ws, clock, worker):
-    publish(engine, ws, {**CART, "nodes": {**CART["nodes"], "wait": {
-        "type": "delay", "duration": "0s", "next": "remind"}}, "start": "remind"})
+    publish(engine, ws, NOW)
     send(engine, ws, [ev("Product Added", T0, cart_id="A")], T0)
     settle(worker)
     assert len(journey_messages(engine, ws)) == 1
@@ -137,7 +139,7 @@ def test_a_change_delivered_again_starts_nobody_twice_and_sends_nothing_twice(en
 
 
 def test_a_transition_that_fails_leaves_no_trace_and_runs_again(engine, ws, clock, worker, monkeypatch):
-    publish(engine, ws, {**CART, "start": "remind"})
+    publish(engine, ws, NOW)
     boom = {"on": True}
     real = store.add_records
 
@@ -257,8 +259,8 @@ def test_api_start_enters_once_per_key_and_says_why_not(engine, ws, clock, worke
         first = manage.start(conn, ws, "receipt", pid, {"order_id": "o1"}, "req-1", T0)
     with engine.begin() as conn:
         again = manage.start(conn, ws, "receipt", pid, {"order_id": "o1"}, "req-2", T0)
+    publish(engine, ws, CART)
     with engine.begin() as conn, pytest.raises(Exception, match="not entered by an API call"):
-        publish(engine, ws, CART)
         manage.start(conn, ws, "cart", pid, {}, "req-3", T0)
     assert first["entered"] is True and first["status"] == "exited"
     assert again["entered"] is False and "order_id 'o1' has entered already" in again["reason"]
