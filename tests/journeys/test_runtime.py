@@ -113,8 +113,11 @@ def test_abandoned_cart_reminds_only_the_cart_not_bought_and_a_store_purchase_ca
     settle(worker)
     assert len(journey_messages(engine, ws)) == 1
     with engine.connect() as conn:
-        recs = conn.execute(sa.select(journey_records.c.kind, journey_records.c.node, journey_records.c.branch)
-                            .where(journey_records.c.instance_id == b).order_by(journey_records.c.id)).all()
+        recs = conn.execute(
+            sa.select(journey_records.c.kind, journey_records.c.node, journey_records.c.branch)
+            .where(journey_records.c.instance_id == b)
+            .order_by(journey_records.c.id)
+        ).all()
         timeline = [r.payload["event"] for r in conn.execute(sa.select(events.c.payload).where(
             events.c.workspace_id == ws, events.c.profile_id == pid).order_by(events.c.seq))]  # fmt: skip
     assert ("converted", "wait", None) in recs  # cart A's order counts as B's goal (any order within 7 days)
@@ -131,8 +134,19 @@ def test_a_change_delivered_again_starts_nobody_twice_and_sends_nothing_twice(en
     # the consumer's claim committed; as after a crash between the work and the delete, hand the changes again
     with engine.begin() as conn:
         rows = conn.execute(sa.select(profile_changes).where(profile_changes.c.workspace_id == ws)).all()
-        conn.execute(feed_pending.insert(), [{"seq": r.seq, "consumer": runtime.CONSUMER, "workspace_id": ws,
-                                              "profile_id": r.profile_id, "attempts": 0} for r in rows])
+        conn.execute(
+            feed_pending.insert(),
+            [
+                {
+                    "seq": r.seq,
+                    "consumer": runtime.CONSUMER,
+                    "workspace_id": ws,
+                    "profile_id": r.profile_id,
+                    "attempts": 0,
+                }
+                for r in rows
+            ],
+        )
     settle(worker)
     assert len(instances(engine, ws)) == 1
     assert len(journey_messages(engine, ws)) == 1
@@ -338,4 +352,3 @@ def test_records_carry_the_time_of_the_input_not_of_processing(engine, ws, clock
             journey_records.c.workspace_id == ws, journey_records.c.kind == "entered")).scalars()  # fmt: skip
         (due,) = conn.execute(sa.select(journey_timers.c.due_at)).scalars()
     assert entered_at == T0 and due == T0 + timedelta(hours=1)
-

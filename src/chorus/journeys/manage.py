@@ -76,8 +76,11 @@ def _migration_plan(conn: Connection, ws: str, jid: str, new: d.Definition, migr
             if tnode is None:
                 raise ChorusError(f"node {target!r} is not in the new version", field=f"migrate.{node}")
             if old is None or type(old.body) is not type(tnode.body) or type(old.body) not in WAITING_KIND.values():
-                raise ChorusError(f"people at {node!r} ({old.type if old else '?'}) can move only to a node of the "
-                                  f"same waiting kind (delay or wait), not {tnode.type}", field=f"migrate.{node}")
+                raise ChorusError(
+                    f"people at {node!r} ({old.type if old else '?'}) can move only to a node of the "
+                    f"same waiting kind (delay or wait), not {tnode.type}",
+                    field=f"migrate.{node}",
+                )
             item["moves_to"] = target
         out.append(item)
     return out

@@ -430,8 +430,11 @@ def start_person(conn: Connection, ws: str, jid: str, pid: str, start: j.Start, 
     mine = [s for s in run.instances if s.journey_id == jid]
     adm = j.enter(js.defn(jid, jr.version), run.person, start, mine, at, version=jr.version,
                   status=jr.interpreter_status)  # fmt: skip
-    return {"entered": False, "reason": adm.reason if adm.state is None else "this start has entered already",
-            **({"instance_id": adm.state.instance_id} if adm.state is not None else {})}
+    return {
+        "entered": False,
+        "reason": adm.reason if adm.state is None else "this start has entered already",
+        **({"instance_id": adm.state.instance_id} if adm.state is not None else {}),
+    }
 
 
 # -- resume, stop ------------------------------------------------------------------------------------------------------

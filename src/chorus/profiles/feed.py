@@ -158,7 +158,7 @@ def _mark(conn: Connection, name: str | None) -> None:
 def _undo(conn: Connection, name: str, context) -> None:
     buf = conn.info.get(_BUFFER)
     if buf and buf["marks"]:
-        del buf["changes"][buf["marks"].pop():]
+        del buf["changes"][buf["marks"].pop() :]
 
 
 def _release(conn: Connection, name: str, context) -> None:
@@ -457,10 +457,14 @@ def forget(conn: Connection, ws: str, person) -> dict[str, int]:
                    sa.or_(profile_changes.c.profile_id.in_(ids), profile_changes.c.target_id.in_(ids)))  # fmt: skip
     counts = {
         "feed_pending": conn.execute(
-            feed_pending.delete().where(sa.or_(
-                feed_pending.c.seq.in_(sa.select(profile_changes.c.seq).where(hers)),
-                sa.and_(feed_pending.c.workspace_id == ws, feed_pending.c.profile_id.in_(ids)),  # handed over to her
-            ))
+            feed_pending.delete().where(
+                sa.or_(
+                    feed_pending.c.seq.in_(sa.select(profile_changes.c.seq).where(hers)),
+                    sa.and_(
+                        feed_pending.c.workspace_id == ws, feed_pending.c.profile_id.in_(ids)
+                    ),  # handed over to her
+                )
+            )
         ).rowcount,
         "profile_changes": conn.execute(profile_changes.delete().where(hers)).rowcount,
     }
