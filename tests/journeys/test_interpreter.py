@@ -332,15 +332,43 @@ def test_criteria_are_checked_on_the_entry_step():
     defn = journey(nodes, exit=[{"rule": {"trait": {"name": "dnc", "equals": True}}}])
     dr = started(defn, Person("p1", state={"traits": {"dnc": True}}))
     assert dr.of(j.Send) == [] and dr.instances[0].exit_reason == "exit[0] met"
-    # a goal event stamped after the entry but processed before it converts at entry
+    # a goal event stamped after the entry but processed (given) before it converts at entry
     paid = event("Paid", T + timedelta(minutes=1))
     early = event("Paid", T - timedelta(minutes=1), n=1)  # before the entry: never counts
     defn = journey(nodes, goal={"event": {"event": "Paid"}, "within": "7d"})
-    dr = started(defn, Person("p1", events=(early, paid)))
+    dr = Driver(defn, Person("p1", events=(early, paid)), T + timedelta(minutes=2))
+    dr.give(early)
+    dr.give(paid)
+    dr.give(j.Start("s1", T, {"k": "x"}))  # the start is processed last, dated by its own time
     assert dr.of(j.Send) == [] and dr.instances[0].exit_reason == "goal reached"
     assert [c.at for c in dr.records("converted")] == [paid.at]
-    dr = started(defn, Person("p1", events=(early,)))
+    dr = Driver(defn, Person("p1", events=(early,)), T + timedelta(minutes=2))
+    dr.give(early)
+    dr.give(j.Start("s1", T, {"k": "x"}))
     assert len(dr.of(j.Send)) == 1 and dr.records("converted") == []
+
+
+def test_the_entry_step_reads_only_the_events_given_before_it_not_the_stored_person():
+    """The runtime reads the person from the store, where an event not processed yet is already present: the entry
+    step must not see it (it will come as an input, and would count twice, unlike in the simulator)."""
+    nodes = {"a": {"type": "message", "template": "t", "next": "w"}, "w": {"type": "delay", "for": "1d", "next": "x"},
+             "x": {"type": "exit"}}  # fmt: skip
+    defn = journey(nodes, goal={"event": {"event": "Paid"}, "within": "7d"}, exit_on_goal=False,
+                   exit=[{"event": {"event": "Quit"}}])  # fmt: skip
+    paid, quit_ = event("Paid", T + timedelta(minutes=1)), event("Quit", T + timedelta(minutes=2))
+    dr = Driver(defn, Person("p1", events=(paid, quit_)), T)  # both stored, neither processed yet
+    dr.give(j.Start("s1", T, {"k": "x"}))
+    assert len(dr.of(j.Send)) == 1 and dr.records("converted") == [] and dr.instances[0].status == "active"
+    dr.now = T + timedelta(minutes=2)
+    dr.give(paid)  # now they come, once each, in order: converted then exits by the criterion
+    dr.give(quit_)
+    assert [c.at for c in dr.records("converted")] == [paid.at] and dr.instances[0].exit_reason == "exit[0] met"
+    # called directly: only Context.before_entry counts, in time order, from the entry on, the entry event excepted
+    admitted = j.enter(defn, dr.person, j.Start("s2", T, {"k": "y"}), [], T).state
+    ctx = j.Context(T + timedelta(minutes=5), dr.person, before_entry=(quit_, paid, event("Paid", T - timedelta(1))))
+    state, cmds = j.step(defn, admitted, j.Start("s2", T, {"k": "y"}), ctx)
+    assert state.exit_reason == "exit[0] met" and state.converted_at == paid.at  # Paid (T+1m) before Quit (T+2m)
+    assert not any(isinstance(c, j.Send) for c in cmds)
 
 
 def test_the_entry_event_itself_does_not_meet_an_exit_criterion():
