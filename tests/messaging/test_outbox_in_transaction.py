@@ -185,12 +185,12 @@ def test_two_transactions_with_one_key_end_with_one_message(engine, ws):
         # the other transaction did not see the uncommitted key: its insert waits on the unique index
         deadline = time.monotonic() + 10
         with engine.connect() as watch:
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and thread.is_alive():
                 waiting = watch.execute(WAITING).scalar_one()
                 if waiting:
                     break
                 time.sleep(0.02)
-        assert waiting, "the second transaction never waited for the first"
+        assert waiting, f"the second transaction never waited for the first: {out}"
         tx.commit()
     finally:
         first.close()
