@@ -352,3 +352,21 @@ def test_records_carry_the_time_of_the_input_not_of_processing(engine, ws, clock
             journey_records.c.workspace_id == ws, journey_records.c.kind == "entered")).scalars()  # fmt: skip
         (due,) = conn.execute(sa.select(journey_timers.c.due_at)).scalars()
     assert entered_at == T0 and due == T0 + timedelta(hours=1)
+
+
+def test_an_event_processed_before_the_entry_counts_at_entry_once(engine, ws, clock, worker):
+    """An import gives a store purchase (10:30) before the cart add it follows (10:00): the entry checks its goal
+    against what was processed before it, so she converts at entry and gets no reminder; the purchase is not
+    counted again (a second conversion) when events pending in the feed are kept out of the entry's view."""
+    publish(engine, ws, {**CART, "exit_on_goal": True})
+    at = T0 + timedelta(minutes=30)
+    send(engine, ws, [ev("Order Completed", at, channel="store", cart_id="A"), ev("Product Added", T0, cart_id="A"),
+                      ev("Product Added", T0, cart_id="B")], at)  # fmt: skip
+    clock.at = T0 + timedelta(hours=2)
+    settle(worker)
+    assert journey_messages(engine, ws) == []
+    with engine.connect() as conn:
+        kinds = conn.execute(sa.select(journey_records.c.kind).where(journey_records.c.workspace_id == ws)
+                             .order_by(journey_records.c.id)).scalars().all()  # fmt: skip
+    assert kinds.count("converted") == 2 and kinds.count("exited") == 2  # A and B: any order is the goal
+    assert [i.status for i in instances(engine, ws)] == ["exited", "exited"]

@@ -305,6 +305,18 @@ def claim(conn: Connection, consumer: str, limit: int) -> dict[tuple[str, str], 
     return out
 
 
+def pending_events(conn: Connection, consumer: str, ws: str, profile_id: str) -> set[int]:
+    """``events.seq`` of the person's event changes ``consumer`` has not handled yet (those of its current claim
+    included, until its transaction deletes them): what it has not seen of her events."""
+    q = (
+        sa.select(profile_changes.c.event_seq)
+        .join(feed_pending, feed_pending.c.seq == profile_changes.c.seq)
+        .where(feed_pending.c.consumer == consumer, feed_pending.c.profile_id == profile_id,
+               feed_pending.c.workspace_id == ws, profile_changes.c.cause == "event")
+    )  # fmt: skip
+    return {s for s in conn.execute(q).scalars() if s is not None}
+
+
 def handled(conn: Connection, consumer: str, seqs: list[int]) -> None:
     for part in _chunks(seqs):
         conn.execute(feed_pending.delete().where(feed_pending.c.consumer == consumer, feed_pending.c.seq.in_(part)))
