@@ -178,7 +178,7 @@ def attempt(client: Client, row, settings: dict) -> Outcome:
 def backoff(attempts: int) -> timedelta:
     """The wait after the ``attempts``-th failed attempt."""
     first, most = BACKOFF
-    return min(first * (2 ** max(attempts - 1, 0)), most)
+    return min(first * (2 ** min(max(attempts - 1, 0), 20)), most)  # the exponent capped: no overflow
 
 
 def claim(conn: Connection, at: datetime, limit: int) -> list:
