@@ -46,6 +46,7 @@ from chorus.messaging.providers.http import Client, HTTPError
 from chorus.messaging.providers.webhook import sign
 from chorus.registry import Person
 from chorus.store import bulk
+from chorus.store.db import read_only
 from chorus.store.tables import journey_webhooks
 
 log = logging.getLogger("chorus.journeys")
@@ -200,6 +201,10 @@ def deliver(engine: Engine, client: Client, limit: int = 50, clock: Callable[[],
     attempted."""
     at = (clock or runtime.now)()
     settings: dict[str, dict] = {}
+    t = journey_webhooks.c
+    with read_only(engine) as probe:  # an idle poll takes no write lock (SQLite)
+        if probe.execute(sa.select(t.key).where(t.status == "pending", t.due_at <= at).limit(1)).first() is None:
+            return 0
     with engine.begin() as conn:
         rows = claim(conn, at, limit)
         for ws in {r.workspace_id for r in rows}:

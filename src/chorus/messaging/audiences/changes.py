@@ -3,10 +3,11 @@
 A change is a row (``audience_changes``, :func:`store.queue_change`) written in the caller's transaction, one per
 idempotency key: a journey transition given again queues nothing new. The ``audience_changes`` worker task applies
 each audience's pending changes in the order they were queued: the last change of a person wins (added then
-removed before the pass: removed), the additions are synced in ``add`` mode and the removals in ``remove`` mode,
-through the same consent check, hashing and diff as any sync (:func:`sync.sync`), and the rows are then marked
-applied. A sync that fails leaves them pending: the next pass after :data:`RETRY` tries again, and the diff sends
-only what the platform does not hold yet. An audience that follows a segment takes no manual change (journeys
+removed before the pass: removed): the membership last synced, with the changes applied, is synced (``replace``,
+read once the audience is claimed: :func:`sync.sync_read`) through the same consent check, hashing and diff as any
+sync, so only the differences are sent, and the rows are then marked applied. A sync that fails leaves them
+pending: the next pass after :data:`RETRY` tries again, and the diff sends only what the platform does not hold
+yet. An audience that follows a segment takes no manual change (journeys
 refuse to publish such a step); a change queued before it started following is dropped.
 """
 
@@ -22,7 +23,7 @@ from chorus import workspaces
 from chorus.errors import ChorusError, Conflict
 from chorus.messaging.audiences import store, sync
 from chorus.messaging.audiences.base import AudienceClient
-from chorus.messaging.audiences.membership import Entry
+from chorus.messaging.audiences.membership import Entry, Skip
 from chorus.registry import TaskOptions
 from chorus.store.db import read_only
 from chorus.timeutil import utcnow
@@ -37,29 +38,36 @@ def apply(
     engine: Engine, ws: Workspace, name: str, *, client: Callable[[], AudienceClient] | None = None,
     clock: Callable[[], datetime] = utcnow,
 ) -> dict:  # fmt: skip
-    """Apply the audience's pending changes; returns the syncs' results (``add``, ``remove``) and how many changes
-    were applied. Conflict while another sync of the audience runs; ProviderFailed when the platform fails."""
+    """Apply the audience's pending changes; returns the sync's result and how many changes were applied. Conflict
+    while another sync of the audience runs; ProviderFailed when the platform fails (the changes stay pending)."""
     with read_only(engine) as conn:
         aud = store.get(conn, ws.id, name)
-        pending = store.pending_changes(conn, aud.id)
-    out: dict = {"audience": name, "applied": len(pending)}
-    if not pending:
-        return out
     follow = (aud.options or {}).get("follow")
     if follow and not follow.get("stopped"):  # queued before it started following: its members are the segment's
+        with read_only(engine) as conn:
+            pending = store.pending_changes(conn, aud.id)
         log.warning("audience %s follows a segment: %d manual changes dropped", name, len(pending))
         store.changes_applied(engine, [seq for seq, _pid, _action in pending], clock())
-        return {**out, "dropped": True}
-    last: dict[str, str] = {}
-    for _seq, pid, action in pending:
-        last[pid] = action
-    for mode in ("add", "remove"):
-        pids = sorted(p for p, a in last.items() if a == mode)
-        if pids:
-            entries = [Entry(f"change of profile {p}", profile_id=p) for p in pids]
-            out[mode] = sync.sync(engine, ws, name, entries, mode, client=client() if client else None, clock=clock)
-    store.changes_applied(engine, [seq for seq, _pid, _action in pending], clock())
-    return out
+        return {"audience": name, "applied": 0, "dropped": len(pending)}
+    read: dict = {"pending": []}
+
+    def membership() -> list[Entry | Skip]:
+        # read under the audience's claim: no other sync (another worker applying these changes) runs meanwhile, so
+        # the membership synced and the changes read agree, and a change is never applied over a newer one
+        with read_only(engine) as conn:
+            read["pending"] = pending = store.pending_changes(conn, aud.id)
+            previous = store.synced(conn, aud.id)
+            now_of = store.resolve_profile_ids(conn, ws.id, [s.profile_id for s in previous if s.profile_id]
+                                               + [pid for _seq, pid, _action in pending])  # fmt: skip
+        members = {now_of[s.profile_id] for s in previous if s.profile_id in now_of}
+        for _seq, pid, action in pending:  # in the order queued: the last change of a person wins
+            if pid in now_of:  # a profile erased since is nobody to add
+                (members.add if action == "add" else members.discard)(now_of[pid])
+        return [Entry(f"profile {pid}", profile_id=pid) for pid in sorted(members)]
+
+    result = sync.sync_read(engine, ws, aud, membership, client=client() if client else None, clock=clock)
+    store.changes_applied(engine, [seq for seq, _pid, _action in read["pending"]], clock())
+    return {**result, "applied": len(read["pending"])}
 
 
 class ChangesTask:
