@@ -21,6 +21,7 @@ from chorus import workspaces
 from chorus.journeys import runtime, store, webhooks
 from chorus.messaging.audiences import store as audiences_store
 from chorus.messaging.audiences.settings import validate_audience
+from chorus.messaging.providers.http import Client
 from chorus.profiles import privacy
 from chorus.segments import rules
 from chorus.segments import store as segments_store
@@ -230,6 +231,51 @@ def test_without_a_secret_nothing_is_sent_unsigned(engine, ws, clock, worker, re
     settle(worker)
     (row,) = rows(engine, ws)
     assert row.status == "failed" and "secret_env is required" in row.error and receiver.requests == []
+
+
+def test_webhooks_are_claimed_by_one_worker_at_a_time_on_postgresql(
+    engine, db_url, signed, clock, worker, receiver, loopback_ok
+):
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SKIP LOCKED: PostgreSQL's concurrency")
+    ws = signed
+    publish(engine, ws, hook_journey(receiver.url))
+    with webhooks_paused(worker):
+        for i in range(30):
+            signup(engine, ws, T0, user=f"u{i}")
+        settle(worker)
+    assert len(rows(engine, ws)) == 30 and receiver.requests == []
+    barrier = threading.Barrier(3)
+
+    def deliver():
+        client = Client(timeout=5)
+        barrier.wait()
+        for _ in range(6):
+            webhooks.deliver(engine, client, limit=4)
+        client.close()
+
+    threads = [threading.Thread(target=deliver) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    keys = [r["headers"]["idempotency-key"] for r in receiver.requests]
+    assert len(keys) == 30 and len(set(keys)) == 30  # each sent once, by one of the workers
+    assert {r.status for r in rows(engine, ws)} == {"delivered"}
+
+
+class webhooks_paused:
+    """The worker without its webhook task: the rows are queued, and the test delivers them."""
+
+    def __init__(self, worker):
+        self.worker = worker
+
+    def __enter__(self):
+        self.tasks = self.worker.tasks
+        self.worker.tasks = [t for t in self.tasks if t[0] != "journey_webhooks"]
+
+    def __exit__(self, *exc):
+        self.worker.tasks = self.tasks
 
 
 @pytest.mark.parametrize("host", ["10.1.2.3", "192.168.0.1", "169.254.169.254", "100.64.0.1", "[::1]", "0.0.0.0",
