@@ -25,7 +25,14 @@ from chorus.messaging.providers.http import Client
 from chorus.profiles import privacy
 from chorus.segments import rules
 from chorus.segments import store as segments_store
-from chorus.store.tables import audience_changes, feed_pending, journey_webhooks, profile_changes
+from chorus.store.tables import (
+    audience_changes,
+    audiences,
+    feed_pending,
+    journey_records,
+    journey_webhooks,
+    profile_changes,
+)
 from tests.identity.helpers import profile_of
 from tests.journeys.conftest import T0
 from tests.journeys.test_runtime import publish, send, settle
@@ -389,6 +396,23 @@ def test_publish_refuses_an_audience_step_on_an_audience_that_follows_a_segment(
     assert e.value.field == "nodes.add.audience"
     with pytest.raises(Exception, match="does not exist"):
         publish(engine, ws, audience_journey("nope"))
+
+
+def test_an_audience_deleted_since_publishing_is_an_error_on_the_journey_and_she_goes_on(engine, ws, clock, worker):
+    make_audience(engine, ws)
+    publish(engine, ws, audience_journey())
+    with engine.begin() as conn:
+        conn.execute(audiences.delete().where(audiences.c.workspace_id == ws, audiences.c.name == "vip"))
+    signup(engine, ws, T0)
+    settle(worker)
+    with engine.connect() as conn:
+        recs = conn.execute(sa.select(journey_records.c.kind, journey_records.c.node, journey_records.c.detail).where(
+            journey_records.c.workspace_id == ws).order_by(journey_records.c.id)).all()  # fmt: skip
+        assert conn.execute(sa.select(sa.func.count()).select_from(audience_changes)
+                            .where(audience_changes.c.workspace_id == ws)).scalar() == 0  # fmt: skip
+    # (recorded at the node she is at after the step: AudienceChange, like ListChange, does not carry its node)
+    assert [(k, d) for k, _node, d in recs if k == "error"] == [("error", "audience 'vip' not found")]
+    assert recs[-1][:2] == ("waiting", "wait")  # on to the delay: one bad step does not stall the journey
 
 
 def test_erasure_takes_her_audience_changes(engine, ws, clock, worker):
