@@ -44,6 +44,11 @@ def check(conn: Connection, ws: str, defn: d.Definition) -> None:
         lists={x["id"] for x in segments_store.all_lists(conn, ws)},
         audiences={a["name"] for a in audiences_store.list_all(conn, ws)},
     )  # fmt: skip
+    following = audiences_store.following(conn, ws)
+    for n in defn.nodes:  # an audience that follows a segment takes its members from there only
+        if isinstance(n.body, d.AudienceStep) and n.body.audience in following:
+            raise ChorusError(f"audience {n.body.audience!r} follows a segment: a journey cannot add or remove people",
+                              field=f"nodes.{n.id}.audience")  # fmt: skip
     runtime.supported(defn)
 
 
