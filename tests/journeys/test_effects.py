@@ -410,8 +410,7 @@ def test_an_audience_deleted_since_publishing_is_an_error_on_the_journey_and_she
             journey_records.c.workspace_id == ws).order_by(journey_records.c.id)).all()  # fmt: skip
         assert conn.execute(sa.select(sa.func.count()).select_from(audience_changes)
                             .where(audience_changes.c.workspace_id == ws)).scalar() == 0  # fmt: skip
-    # (recorded at the node she is at after the step: AudienceChange, like ListChange, does not carry its node)
-    assert [(k, d) for k, _node, d in recs if k == "error"] == [("error", "audience 'vip' not found")]
+    assert [r for r in recs if r[0] == "error"] == [("error", "add", "audience 'vip' not found")]  # at its step
     assert recs[-1][:2] == ("waiting", "wait")  # on to the delay: one bad step does not stall the journey
 
 

@@ -154,6 +154,7 @@ class UpdateTrait:
     trait: str
     value: Any  # None removes it
     key: str
+    node: str | None = None  # the step's node (an error it meets is recorded there)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +162,7 @@ class ListChange:
     list: str
     action: str  # add | remove
     key: str
+    node: str | None = None  # the step's node (an error it meets is recorded there)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +170,7 @@ class AudienceChange:
     audience: str
     action: str
     key: str
+    node: str | None = None  # the step's node (an error it meets is recorded there)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +179,7 @@ class Webhook:
     method: str
     body: Mapping[str, Any]
     key: str
+    node: str | None = None  # the step's node (an error it meets is recorded there)
 
 
 @dataclass(frozen=True, slots=True)
@@ -605,17 +609,17 @@ class _Run:
                 ))  # fmt: skip
                 s.sent[key] = nid
             case d.UpdateTrait():
-                self.out.append(UpdateTrait(b.trait, b.value, key))
+                self.out.append(UpdateTrait(b.trait, b.value, key, nid))
             case d.ListStep():
-                self.out.append(ListChange(b.list, b.action, key))
+                self.out.append(ListChange(b.list, b.action, key, nid))
             case d.AudienceStep():
-                self.out.append(AudienceChange(b.audience, b.action, key))
+                self.out.append(AudienceChange(b.audience, b.action, key, nid))
             case d.WebhookStep():
                 body = {
                     "journey_id": s.journey_id, "version": s.version, "node": nid, "profile_id": s.profile_id,
                     "instance_id": s.instance_id, "event": dict(s.properties), "data": dict(b.data or {}),
                 }  # fmt: skip
-                self.out.append(Webhook(b.url, b.method, body, key))
+                self.out.append(Webhook(b.url, b.method, body, key, nid))
             case d.Condition():
                 if b.rule is not None:
                     value = evaluate(b.rule, self.ctx.person, self.ctx.now, topics=self.ctx.topics).value
