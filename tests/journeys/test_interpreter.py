@@ -475,8 +475,10 @@ def test_an_instance_admitted_while_paused_begins_with_its_own_entry_input():
 def test_a_holdout_that_converts_exits_like_a_finished_treated_person():
     """exit_on_goal: false. The treated arm reaches its exit node at once (tracking) and exits on conversion; the
     holdout, with nothing left to measure either, exits on conversion too: both arms may enter again alike."""
-    split = {"type": "split",
-             "arms": [{"name": "treat", "weight": 50, "next": "x"}, {"name": "control", "weight": 50, "holdout": True}]}
+    split = {
+        "type": "split",
+        "arms": [{"name": "treat", "weight": 50, "next": "x"}, {"name": "control", "weight": 50, "holdout": True}],
+    }
     defn = journey({"a": split, "x": {"type": "exit"}}, goal={"event": {"event": "Paid"}, "within": "7d"},
                    exit_on_goal=False)  # fmt: skip
     seen = set()
