@@ -297,11 +297,11 @@ def enter(
     version, active or exited, as far back as the runtime keeps them)?
 
     A key value (``entry.event.key``, ``entry.api.key``) enters once: a second Product Added of the same cart
-    starts nothing. Then ``reentry``: ``never`` (no earlier instance), ``after_exit`` (none active), ``cooldown``
-    (none active and the last entry at least that long ago), ``per_key`` (whenever the key value is new: each
-    value enters once, different values run side by side). The
-    instance id is derived from the journey, the person and the input's id, so a redelivered input yields the
-    same instance (the runtime's unique key makes it a no-op).
+    starts nothing. Then ``reentry``: ``never`` (no earlier instance), ``after_exit`` (none active, and the input
+    stamped no earlier than the last exit: processed late, it would overlap that instance), ``cooldown`` (that, and
+    the last entry at least that long ago), ``per_key`` (whenever the key value is new: each value enters once,
+    different values run side by side). The instance id is derived from the journey, the person and the input's
+    id, so a redelivered input yields the same instance (the runtime's unique key makes it a no-op).
 
     A stopped journey admits nobody (an instance would only exit at once, and count as an entry against
     ``reentry``). A paused one admits: the entry is held like any input and begins on resume, dated by its time."""
@@ -461,8 +461,9 @@ class _Run:
 
     def at_entry(self) -> bool:
         """The goal and exit criteria, checked before the first node: a rule that holds already, and the person's
-        events from entry on that were processed before the entry (an offline batch, an import); True when she
-        exited. The entry event itself is not among them: an entry that met an exit criterion would never start."""
+        events from entry on that the caller processed before the entry (``Context.before_entry``: an offline batch,
+        an import), in time order; True when she exited. The entry event itself is not among them: an entry that met
+        an exit criterion would never start."""
         s = self.s
         # a Start matches no event, segment or message criterion: only the rules are evaluated by it
         if self.criteria(Start("", s.entered_at)):
