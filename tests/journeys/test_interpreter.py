@@ -475,8 +475,10 @@ def test_an_instance_admitted_while_paused_begins_with_its_own_entry_input():
 def test_a_holdout_that_converts_exits_like_a_finished_treated_person():
     """exit_on_goal: false. The treated arm reaches its exit node at once (tracking) and exits on conversion; the
     holdout, with nothing left to measure either, exits on conversion too: both arms may enter again alike."""
-    split = {"type": "split",
-             "arms": [{"name": "treat", "weight": 50, "next": "x"}, {"name": "control", "weight": 50, "holdout": True}]}
+    split = {
+        "type": "split",
+        "arms": [{"name": "treat", "weight": 50, "next": "x"}, {"name": "control", "weight": 50, "holdout": True}],
+    }
     defn = journey({"a": split, "x": {"type": "exit"}}, goal={"event": {"event": "Paid"}, "within": "7d"},
                    exit_on_goal=False)  # fmt: skip
     seen = set()
@@ -504,3 +506,19 @@ def test_an_entry_stamped_before_the_last_exit_is_refused(reentry):
     assert late.state is None and "before the person's last exit" in late.reason
     at_exit = j.enter(defn, dr.person, j.Start("s3", T + timedelta(hours=2), {"k": "z"}), dr.instances, now)
     assert at_exit.state is not None and at_exit.state.entered_at == T + timedelta(hours=2)
+
+
+def test_rules_are_evaluated_at_the_transition_time_not_at_its_processing():
+    """A condition "ordered within the last hour" at a delay's end (11:00), with an order at 10:30: processed at
+    once or an hour late (the timer claimed late), the answer is the one at 11:00, as in the simulator."""
+    defn = journey({"a": {"type": "delay", "for": "2h", "next": "c"},
+                    "c": {"type": "condition", "if": {"performed": {"event": "Order Completed", "window": "1h"}},
+                          "then": "x", "else": "m"},
+                    "m": {"type": "message", "template": "t", "next": "x"}, "x": {"type": "exit"}})  # fmt: skip
+    order = Event("Order Completed", "track", T + timedelta(hours=1, minutes=30), "web", {}, "o1")
+    for lag in (timedelta(0), timedelta(hours=1)):
+        dr = Driver(defn, Person("p1", events=(order,)), T, lag=lag)
+        dr.give(j.Start("s1", T, {"k": "x"}))
+        dr.run_until(T + timedelta(hours=3))
+        assert [(r.node, r.branch) for r in dr.records("step") if r.node == "c"] == [("c", "then")], lag
+        assert dr.of(j.Send) == []

@@ -205,9 +205,13 @@ def test_the_outcome_does_not_depend_on_the_lag_between_an_input_and_its_process
     """The same inputs in the same order, each processed ``lag`` after its own time (a backlog, a slow worker, a
     timer claimed late): the same commands, dated alike, and the same states, as processed at once."""
     defn = d.parse(doc)
+    # stored orders (not given as inputs) that windowed rules count, or not, depending on the instant of evaluation
+    orders = tuple(Event("Order Completed", "track", T0 + timedelta(hours=h), "store", {"total": 60}, f"o{h}")
+                   for h in (1, 50, 200))  # fmt: skip
+    base = person("p1", zone)
     runs = []
     for delay in (timedelta(0), lag):
-        dr = Driver(defn, person("p1", zone), T0, lag=delay)
+        dr = Driver(defn, Person(base.id, state=base.state, segments=base.segments, events=orders), T0, lag=delay)
         play(dr, [("entry", "c1"), *script])
         dr.run_until(dr.now + timedelta(days=60))
         runs.append((dr.commands, [j.state_to_json(s) for s in dr.instances]))

@@ -301,11 +301,11 @@ def enter(
     version, active or exited, as far back as the runtime keeps them)?
 
     A key value (``entry.event.key``, ``entry.api.key``) enters once: a second Product Added of the same cart
-    starts nothing. Then ``reentry``: ``never`` (no earlier instance), ``after_exit`` (none active), ``cooldown``
-    (none active and the last entry at least that long ago), ``per_key`` (whenever the key value is new: each
-    value enters once, different values run side by side). The
-    instance id is derived from the journey, the person and the input's id, so a redelivered input yields the
-    same instance (the runtime's unique key makes it a no-op).
+    starts nothing. Then ``reentry``: ``never`` (no earlier instance), ``after_exit`` (none active, and the input
+    stamped no earlier than the last exit: processed late, it would overlap that instance), ``cooldown`` (that, and
+    the last entry at least that long ago), ``per_key`` (whenever the key value is new: each value enters once,
+    different values run side by side). The instance id is derived from the journey, the person and the input's
+    id, so a redelivered input yields the same instance (the runtime's unique key makes it a no-op).
 
     A stopped journey admits nobody (an instance would only exit at once, and count as an entry against
     ``reentry``). A paused one admits: the entry is held like any input and begins on resume, dated by its time."""
@@ -441,8 +441,10 @@ def step(defn: d.Definition, state: State, inp: Input, ctx: Context) -> tuple[St
 class _Run:
     def __init__(self, defn: d.Definition, s: State, ctx: Context, inp: Input):
         # One time base per transition: the input's own time (a timer's due), never later than now. Records, delays,
-        # timeouts and exits are dated by it, so a lag between an input and its processing (a backlog, a pause)
-        # changes no decision: the runtime and the simulator agree. Segment rules read the person as of now.
+        # timeouts and exits are dated by it, and segment rules (criteria, conditions) are evaluated at it, so a lag
+        # between an input and its processing (a backlog, a pause) changes no decision: the runtime and the
+        # simulator agree. Rules read the person's events up to that instant (a window counts from an event's time
+        # on); her traits and memberships are the ones the caller read.
         # Never before the entry either: a late input (an event imported after the fact, a held one on resume) must
         # not date a record, a delay or a timeout before the instance existed, which the simulator, giving inputs
         # in time order, never does.
@@ -463,8 +465,9 @@ class _Run:
 
     def at_entry(self) -> bool:
         """The goal and exit criteria, checked before the first node: a rule that holds already, and the person's
-        events from entry on that were processed before the entry (an offline batch, an import); True when she
-        exited. The entry event itself is not among them: an entry that met an exit criterion would never start."""
+        events from entry on that the caller processed before the entry (``Context.before_entry``: an offline batch,
+        an import), in time order; True when she exited. The entry event itself is not among them: an entry that met
+        an exit criterion would never start."""
         s = self.s
         # a Start matches no event, segment or message criterion: only the rules are evaluated by it
         if self.criteria(Start("", s.entered_at)):
@@ -511,13 +514,13 @@ class _Run:
     # -- inputs while active -------------------------------------------------------------------------------------
     def holds(self, c: d.Trigger | d.RuleMatch, inp: Input) -> bool:
         if isinstance(c, d.RuleMatch):
-            return evaluate(c.rule, self.ctx.person, self.ctx.now, topics=self.ctx.topics).value
+            return evaluate(c.rule, self.ctx.person, self.now, topics=self.ctx.topics).value
         return _matches(c, inp, self.s, self.tz)
 
     def criteria(self, inp: Input) -> bool:
         """The goal, then the exit criteria, whatever node the person is at; True when she exited."""
         s, goal = self.s, self.defn.goal
-        # an event or a segment change counts at its own time (a held or late input included); a rule holds now
+        # an event or a segment change counts at its own time (a held or late input included); a rule at the time base
         timed = isinstance(inp, Event | MessageEvent | SegmentChanged)
         at = inp.at if timed and not (goal and isinstance(goal.criterion, d.RuleMatch)) else self.now
         if goal is not None and s.converted_at is None and self.holds(goal.criterion, inp):
@@ -622,7 +625,7 @@ class _Run:
                 self.out.append(Webhook(b.url, b.method, body, key, nid))
             case d.Condition():
                 if b.rule is not None:
-                    value = evaluate(b.rule, self.ctx.person, self.ctx.now, topics=self.ctx.topics).value
+                    value = evaluate(b.rule, self.ctx.person, self.now, topics=self.ctx.topics).value
                 else:
                     assert b.entry is not None
                     value = check(b.entry.test, lookup(s.properties, b.entry.property), self.now, self.tz).value
