@@ -211,10 +211,10 @@ def test_effects_carry_their_keys_and_the_entry_data():
     }  # fmt: skip
     dr = started(journey(nodes), order="o1")
     iid = dr.instances[0].instance_id
-    assert dr.of(j.ListChange) == [j.ListChange("press", "add", f"{iid}:1")]
-    assert dr.of(j.AudienceChange) == [j.AudienceChange("lookalike", "remove", f"{iid}:2")]
+    assert dr.of(j.ListChange) == [j.ListChange("press", "add", f"{iid}:1", "a")]
+    assert dr.of(j.AudienceChange) == [j.AudienceChange("lookalike", "remove", f"{iid}:2", "b")]
     [hook] = dr.of(j.Webhook)
-    assert (hook.url, hook.method, hook.key) == ("https://crm.example.com/hook", "PUT", f"{iid}:3")
+    assert (hook.url, hook.method, hook.key, hook.node) == ("https://crm.example.com/hook", "PUT", f"{iid}:3", "c")
     assert hook.body["event"] == {"k": "x", "order": "o1"} and hook.body["data"] == {"src": "j"}
     [send] = dr.of(j.Send)
     assert send.request() == {

@@ -38,7 +38,7 @@ def test_welcome_sends_the_code_by_sms_once():
     assert (send.template, send.channel, send.kind, send.topic) == ("welcome_code", ("sms",), "marketing", "offers")
     assert send.data == {"code": "WELCOME10"} and send.event["phone"] == "+33612345678"
     assert send.request()["channel"] == ["sms"] and send.request()["journey_id"] == "welcome"
-    assert dr.of(j.UpdateTrait) == [j.UpdateTrait("welcome_code_sent", True, f"{send.instance_id}:3")]
+    assert dr.of(j.UpdateTrait) == [j.UpdateTrait("welcome_code_sent", True, f"{send.instance_id}:3", "tag")]
     assert dr.instances[0].status == "tracking" and dr.instances[0].waiting == "goal_window"  # nothing more sent
     dr.run_until(T + timedelta(days=14))
     assert len(sends(dr)) == 1 and dr.instances[0].status == "exited" and dr.timers == {}
@@ -170,7 +170,8 @@ def test_browse_abandonment_offer_is_at_nine_local_the_next_morning(entered, off
     defn = seed("browse_abandonment")
     dr = Driver(defn, person_in(defn, "arm", "treatment", tz=NY), entered)
     dr.give(j.SegmentChanged("browse_abandoners", "entered", entered))
-    assert dr.of(j.AudienceChange)[0] == j.AudienceChange("retargeting_laptops", "add", dr.of(j.AudienceChange)[0].key)
+    assert dr.of(j.AudienceChange)[0] == j.AudienceChange("retargeting_laptops", "add", dr.of(j.AudienceChange)[0].key,
+                                                               "retarget")
     [timer] = dr.of(j.SetTimer)
     assert timer.at == offer
     dr.run_until(offer)
