@@ -72,6 +72,7 @@ class Subject:
     identifiers: set[str] = field(default_factory=set)
     segments: set[str] = field(default_factory=set)
     computed: Mapping[str, Any] = field(default_factory=dict)
+    addresses: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # besides those of her identifiers
     lists: frozenset[str] = frozenset()
     known: bool = False  # she existed before the first payload: her memberships then are not entries
 
@@ -93,9 +94,9 @@ def read_events(path: str | Path) -> list[dict]:
             continue
         where = f"{path} line {n}"
         try:
-            msg = safejson.loads(line, where)
-        except ChorusError as exc:
-            raise ChorusError(f"{where}: {exc.message.removeprefix(where + ': ')}", field=where) from None
+            msg = safejson.loads(line, f"line {n}")
+        except ChorusError as exc:  # "line N is not valid JSON (...)", or "line N.x: ..." for a value JSON lacks
+            raise ChorusError(f"{path}: {exc.message}", field=where) from None
         out.append(payload_of(msg, where))
     return out
 
@@ -286,10 +287,11 @@ class _Sim:
         self.next_change: dict[str, datetime] = {}
 
     def person(self) -> Person:
-        addresses: dict[str, list[str]] = {}
+        addresses: dict[str, list[str]] = {ch: list(a) for ch, a in self.subject.addresses.items()}
         for i in sorted(self.idents):
             for ch in self.cfg.address_channels(kind_of(i)):
-                addresses.setdefault(ch, []).append(value_of(i))
+                if value_of(i) not in addresses.get(ch, ()):
+                    addresses.setdefault(ch, []).append(value_of(i))
         return Person(self.subject.id, state=self.state, computed=self.subject.computed,
                       addresses={ch: tuple(a) for ch, a in addresses.items()}, events=tuple(self.events),
                       segments=frozenset(self.members), lists=self.subject.lists)  # fmt: skip
