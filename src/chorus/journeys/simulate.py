@@ -233,6 +233,10 @@ class Report:
     effects: Counter = field(default_factory=Counter)  # "update_trait welcome_code_sent", "audience add x", ...
     exits: Counter = field(default_factory=Counter)  # reason -> instances
     arms: dict[str, dict[str, ArmStats]] = field(default_factory=lambda: defaultdict(dict))  # split -> arm -> stats
+    # with ``simulate(trace=True)``: every record as (person, instance id, Record), and every message as (person,
+    # instance id, node, channel), in the order they happened for each person
+    trace: list[tuple[str, str, j.Record]] | None = None
+    sent: list[tuple[str, str, str, str]] | None = None
 
     def to_json(self) -> dict:
         return {
@@ -345,10 +349,14 @@ class _Sim:
                 self.timers.pop(c.key, None)
             elif isinstance(c, j.Record):
                 self.records[s.instance_id].append(c)
+                if self.report.trace is not None:
+                    self.report.trace.append((self.subject.id, s.instance_id, c))
             elif isinstance(c, j.Exit):
                 self.report.exits[c.reason] += 1
             elif isinstance(c, j.Send):
-                self.send(c, now)
+                ch = self.send(c, now)
+                if self.report.sent is not None:
+                    self.report.sent.append((self.subject.id, s.instance_id, c.node, ch))
                 self.sends[s.instance_id] += 1
             elif isinstance(c, j.UpdateTrait):
                 self.report.effects[f"update_trait {c.trait}"] += 1
@@ -363,7 +371,7 @@ class _Sim:
             elif isinstance(c, j.Webhook):
                 self.report.effects[f"webhook {c.method} {c.url}"] += 1
 
-    def send(self, c: j.Send, now: datetime) -> None:
+    def send(self, c: j.Send, now: datetime) -> str:
         """The channel the outbox would choose (``messaging.policy.choose_channel``); nothing is sent."""
         known = self.templates is not None and c.template in self.templates
         variants = sorted(self.templates[c.template]) if known else list(MESSAGE_CHANNELS)
@@ -374,6 +382,7 @@ class _Sim:
         ch = choice.channel or UNREACHABLE
         self.report.messages[ch] += 1
         self.report.messages_by_node[c.node][ch] += 1
+        return ch
 
     # -- the clock
     def run(self, start: datetime | None, until: datetime) -> None:
@@ -428,13 +437,15 @@ def simulate(
     topics: Mapping | None = None,
     identity: IdentityConfig | None = None,
     policies: Mapping[str, str] | None = None,
+    trace: bool = False,
 ) -> Report:
     """Run ``defn`` for ``subjects`` on a virtual clock and count what happened; nothing is sent or written.
 
     ``start``: every person gets a :class:`Start` at that instant (API and scheduled entries). ``until``: where
     the clock stops (default: a year and a day after the last input, when every journey has long run out).
     ``since``: where it starts (default: the first input); a known person's memberships are taken there.
-    ``topics`` and ``identity`` are the workspace's consent topics and identity settings (defaults otherwise)."""
+    ``topics``, ``identity`` and ``policies`` are the workspace's consent topics, identity settings and trait
+    policies (defaults otherwise). ``trace`` keeps every record and message in the report (tests compare them)."""
     if any(t is not None and t.tzinfo is None for t in (start, until, since)):
         raise ValueError("start, until and since are aware datetimes")
     firsts = [parse_ts(s.payloads[0]["timestamp"]) for s in subjects if s.payloads]
@@ -443,6 +454,8 @@ def simulate(
         firsts.append(start)
         lasts.append(start)
     report = Report(defn.id, since=since or (min(firsts) if firsts else None))
+    if trace:
+        report.trace, report.sent = [], []
     if until is None:
         until = max(lasts) + DEFAULT_HORIZON if lasts else None
     report.until = until
