@@ -41,8 +41,9 @@ def user_on(defn: d.Definition, node: str, arm: str, skip: int = 0) -> str:
 
 
 def track(user: str, name: str, at: datetime, channel: str = "web", **props) -> dict:
+    mid = f"{user}-{name}-{at.isoformat()}-{uuid.uuid4().hex[:6]}"
     return {"type": "track", "userId": user, "event": name, "timestamp": at.isoformat(), "properties": props,
-            "context": {"channel": channel}, "messageId": f"{user}-{name}-{at.isoformat()}-{uuid.uuid4().hex[:6]}"}  # fmt: skip
+            "context": {"channel": channel}, "messageId": mid}  # fmt: skip
 
 
 def identify(user: str, at: datetime, **traits) -> dict:
@@ -150,7 +151,8 @@ def test_winback_enters_by_the_segment_time_alone_fills_and_leaves_when_she_come
     lapsed = {"lapsed_60d": rules.parse({"performed": {"event": "Order Completed", "window": "60d",
                                                        "times": {"eq": 0}}})}  # fmt: skip
     # her first event is an order (an identify first would make her a member at once: no order in 60 days)
-    msgs = [track(u, "Order Completed", T + timedelta(minutes=1)), identify(u, T + timedelta(minutes=2), email="w@x.io"),
+    msgs = [track(u, "Order Completed", T + timedelta(minutes=1)),
+            identify(u, T + timedelta(minutes=2), email="w@example.com"),
             track(u, "Order Completed", T + timedelta(days=70))]  # fmt: skip
     report = run(defn, msgs, segments=lapsed)
     consistent(report)
@@ -310,9 +312,9 @@ def test_a_backtest_predicts_what_the_runtime_did_exactly(engine, clock, worker,
         settle(worker)
 
     with engine.connect() as conn:
-        live = conn.execute(sa.select(journey_records.c.instance_id, journey_records.c.kind, journey_records.c.node,
-                                      journey_records.c.branch, journey_records.c.at, journey_records.c.detail)
-                            .where(journey_records.c.workspace_id == ws).order_by(journey_records.c.id)).all()
+        r = journey_records.c
+        live = conn.execute(sa.select(r.instance_id, r.kind, r.node, r.branch, r.at, r.detail)
+                            .where(r.workspace_id == ws).order_by(r.id)).all()  # fmt: skip
         sent = conn.execute(sa.select(messages.c.idempotency_key, messages.c.channel)
                             .where(messages.c.workspace_id == ws)).all()  # fmt: skip
         wk = workspaces.find(conn, ws)
