@@ -373,8 +373,9 @@ class _Sim:
 
     def send(self, c: j.Send, now: datetime) -> str:
         """The channel the outbox would choose (``messaging.policy.choose_channel``); nothing is sent."""
-        known = self.templates is not None and c.template in self.templates
-        variants = sorted(self.templates[c.template]) if known else list(MESSAGE_CHANNELS)
+        # without templates every channel is assumed; with them, a template they lack has no variant (live, the
+        # outbox refuses it: a backtest's workspace without the template)
+        variants = list(MESSAGE_CHANNELS) if self.templates is None else sorted(self.templates.get(c.template, ()))
         requested = c.request()["channel"]  # what the outbox is asked: "auto" or a list
         topic = c.topic or ("transactional" if c.kind == "transactional" else "marketing")
         choice = choose_channel(self.person().policy_view(), variants, requested, topic=topic, kind=c.kind,
