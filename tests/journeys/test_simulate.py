@@ -169,6 +169,23 @@ def test_winback_enters_by_the_segment_time_alone_fills_and_leaves_when_she_come
     assert run(defn, msgs).entries == 0
 
 
+def test_a_known_person_without_events_in_the_window_enters_by_time_alone():
+    """A backtest's person who did nothing in the window: her history makes her lapsed 60 days after her order,
+    inside the window; her membership when the window opens is where she stood, not an entry."""
+    defn = seed("winback")
+    lapsed = {"lapsed_60d": rules.parse({"performed": {"event": "Order Completed", "window": "60d",
+                                                       "times": {"eq": 0}}})}  # fmt: skip
+    old = Event("Order Completed", "track", T - timedelta(days=50), "store", {}, "o1")
+    quiet = sm.Subject(user_on(defn, "arm", "treatment"), history=[old], known=True)
+    long_gone = sm.Subject("gone", history=[Event("Order Completed", "track", T - timedelta(days=90), "web", {}, "o2")],
+                           known=True)  # fmt: skip
+    report = sm.simulate(defn, [quiet, long_gone], segments=lapsed, since=T, until=T + timedelta(days=30),
+                         trace=True)  # fmt: skip
+    consistent(report)
+    assert [(who, r.at) for who, _, r in report.trace if r.kind == "entered"] == [(quiet.id, T + timedelta(days=10))]
+    assert report.people == 2 and report.entries == 1  # the one lapsed already when the window opened: no entry
+
+
 def test_start_enters_everybody_at_the_instant_of_an_api_journey():
     defn = d.parse({"id": "nps", "entry": {"api": {}}, "start": "ask", "nodes": {
         "ask": {"type": "message", "template": "nps", "channel": ["email"], "kind": "marketing", "next": "done"},

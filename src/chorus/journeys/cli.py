@@ -32,24 +32,28 @@ def _instant(value: str | None, option: str) -> datetime | None:
         raise ChorusError(f"{option}: not an ISO-8601 timestamp: {value[:60]!r}") from None
 
 
-def backtest_subjects(conn, w, since: datetime, until: datetime) -> list:
-    """The people with events in [since, until] and what they were before ``since`` (state and history folded
-    from their earlier events; addresses, computed traits and lists as the segment loader reads them now), each
-    with her events of the window to replay. Reads only."""
+def backtest_subjects(conn, w, since: datetime, until: datetime, *, everybody: bool = False) -> list:
+    """The people with events in [since, until] (``everybody``: every profile of the workspace) and what they were
+    before ``since`` (state and history folded from their earlier events; addresses, computed traits and lists as
+    the segment loader reads them now), each with her events of the window to replay. Reads only."""
     import sqlalchemy as sa
 
     from chorus.profiles.state import apply_event, empty
     from chorus.segments import load
     from chorus.segments.person import Event
-    from chorus.store.tables import events
+    from chorus.store.tables import events, profiles
     from chorus.timeutil import parse_ts
 
     from .simulate import Subject
 
     e = events.c
-    ids = list(conn.execute(sa.select(e.profile_id).where(
-        e.workspace_id == w.id, e.profile_id.is_not(None), e.timestamp >= since, e.timestamp <= until,
-    ).group_by(e.profile_id).order_by(e.profile_id)).scalars())  # fmt: skip
+    if everybody:
+        ids = list(conn.execute(sa.select(profiles.c.id).where(profiles.c.workspace_id == w.id)
+                                .order_by(profiles.c.id)).scalars())  # fmt: skip
+    else:
+        ids = list(conn.execute(sa.select(e.profile_id).where(
+            e.workspace_id == w.id, e.profile_id.is_not(None), e.timestamp >= since, e.timestamp <= until,
+        ).group_by(e.profile_id).order_by(e.profile_id)).scalars())  # fmt: skip
     people = load.people(conn, w.id, ids, w.identity, parts=("computed", "addresses", "lists"))
     policies = w.settings.get("trait_policies") or {}
     out: list[Subject] = []
@@ -119,6 +123,7 @@ def journeys_simulate(
 
 def _backtest(defn, days: int, db, workspace: str, segments, templates, start, until):
     from chorus.clitools import _open
+    from chorus.journeys import definition as d
     from chorus.journeys import simulate as sm
     from chorus.messaging import outbox
     from chorus.segments import store as segments_store
@@ -126,7 +131,10 @@ def _backtest(defn, days: int, db, workspace: str, segments, templates, start, u
     since = until - timedelta(days=days)
     engine, w = _open(db, workspace)
     with engine.connect() as conn:  # read only: nothing is committed
-        subjects = backtest_subjects(conn, w, since, until)
+        # a journey entered by a segment (or a start) concerns people without a recent event too: somebody who
+        # did nothing for 60 days enters "lapsed" by time alone
+        everybody = not isinstance(defn.entry, d.EventEntry)
+        subjects = backtest_subjects(conn, w, since, until, everybody=everybody)
         if segments is None:
             segments = {sid: s.rule for sid, s in segments_store.definitions(conn, w.id).items()}
         if templates is None:

@@ -289,16 +289,25 @@ class _Sim:
         self.idents = set(s.identifiers)
         self.members = set(s.segments)
         self.next_change: dict[str, datetime] = {}
+        self.changes = 0  # trait changes by update_trait steps (the person is built again after one)
+        self._person: Person | None = None
+        self._key: tuple = ()
 
     def person(self) -> Person:
-        addresses: dict[str, list[str]] = {ch: list(a) for ch, a in self.subject.addresses.items()}
-        for i in sorted(self.idents):
-            for ch in self.cfg.address_channels(kind_of(i)):
-                if value_of(i) not in addresses.get(ch, ()):
-                    addresses.setdefault(ch, []).append(value_of(i))
-        return Person(self.subject.id, state=self.state, computed=self.subject.computed,
-                      addresses={ch: tuple(a) for ch, a in addresses.items()}, events=tuple(self.events),
-                      segments=frozenset(self.members), lists=self.subject.lists)  # fmt: skip
+        """The person as of the clock. Built again only after a change (an event, a membership, a trait): a
+        backtest's person may have a long history, and every segment evaluation and offer reads her."""
+        key = (len(self.events), len(self.idents), frozenset(self.members), self.changes)
+        if self._person is None or self._key != key:
+            addresses: dict[str, list[str]] = {ch: list(a) for ch, a in self.subject.addresses.items()}
+            for i in sorted(self.idents):
+                for ch in self.cfg.address_channels(kind_of(i)):
+                    if value_of(i) not in addresses.get(ch, ()):
+                        addresses.setdefault(ch, []).append(value_of(i))
+            self._person = Person(self.subject.id, state=self.state, computed=self.subject.computed,
+                                  addresses={ch: tuple(a) for ch, a in addresses.items()}, events=tuple(self.events),
+                                  segments=frozenset(self.members), lists=self.subject.lists)  # fmt: skip
+            self._key = key
+        return self._person
 
     # -- what the runtime's surroundings do
     def fold(self, payload: dict) -> Event:
@@ -364,6 +373,7 @@ class _Sim:
                 apply_event(self.state, {"type": "identify", "messageId": c.key, "timestamp": iso(now),
                                          "channel": "internal", "context": {"direction": "outbound"},
                                          "traits": {c.trait: c.value}}, self.subject.id)  # fmt: skip
+                self.changes += 1
             elif isinstance(c, j.ListChange):
                 self.report.effects[f"list {c.action} {c.list}"] += 1
             elif isinstance(c, j.AudienceChange):
@@ -463,8 +473,8 @@ def simulate(
     if until is None:
         return report
     for subject in subjects:
-        if not subject.payloads and start is None:
-            continue
+        if not subject.payloads and start is None and not (segments and subject.known):
+            continue  # nothing can happen to her: no event, no start, no membership that time alone can change
         report.people += 1
         sim = _Sim(defn, subject, report, templates, dict(segments or {}), topics, identity or IdentityConfig(),
                    policies)  # fmt: skip
