@@ -43,7 +43,7 @@ from typing import Any
 from chorus import safejson
 from chorus.collect.messages import Rejection, normalise
 from chorus.errors import ChorusError
-from chorus.identity.identifiers import IdentityConfig, NoIdentifier, extract, kind_of, value_of
+from chorus.identity.identifiers import IdentityConfig, NoIdentifier, extract, id_text, kind_of, value_of
 from chorus.journeys import definition as d
 from chorus.journeys import dispatch
 from chorus.journeys import interpreter as j
@@ -127,10 +127,11 @@ def people_from_payloads(payloads: Iterable[dict]) -> list[Subject]:
     each person's in time order (file order between equal times); people in order of first appearance."""
     by: dict[str, list[tuple[datetime, int, dict]]] = {}
     for n, p in enumerate(payloads):
-        who = p.get("userId") or p.get("anonymousId")
+        # the id as identity resolution writes it (5.0 is "5"): the collector accepted it, so it has one
+        who = id_text(p.get("userId")) or id_text(p.get("anonymousId"), "anonymous_id")
         if who is None:
             continue
-        by.setdefault(str(who), []).append((parse_ts(p["timestamp"]), n, p))
+        by.setdefault(who, []).append((parse_ts(p["timestamp"]), n, p))
     return [Subject(pid, [p for _, _, p in sorted(items, key=lambda x: (x[0], x[1]))]) for pid, items in by.items()]
 
 
