@@ -556,9 +556,11 @@ def main() -> None:
 
 def _subcommands() -> None:
     """Packages that bring their own command groups (added last: they use this module's helpers)."""
+    from chorus.journeys.cli import journeys_app
     from chorus.segments.cli import segments_app
 
     app.add_typer(segments_app, name="segments")
+    app.add_typer(journeys_app, name="journeys")
 
 
 _subcommands()
