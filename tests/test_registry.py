@@ -22,14 +22,15 @@ from tests.identity.helpers import resolve, send
 def test_the_installed_packages_register_every_part_once():
     r = registry.installed()
     parts = r.participants()
-    assert [p.name for p in parts] == ["collect", "segments", "journeys", "messaging", "audiences", "identity",
-                                         "profiles", "feed"]
+    assert [p.name for p in parts] == ["collect", "segments", "journeys", "journey_webhooks", "messaging", "audiences",
+                                       "identity", "profiles", "feed"]  # fmt: skip
     assert [p.phase for p in parts] == sorted(p.phase for p in parts)  # run in phase order
     # unify, decide, deliver
     assert [t.name for t in r.tasks()] == ["resolve", "feed", "segment_timers", "segment_batch", "journey_schedule",
-                                       "journey_timers", "journey_sweep", "deliver", "audience_follow"]
+                                       "journey_timers", "journey_sweep", "journey_webhooks", "deliver",
+                                       "audience_follow", "audience_changes"]  # fmt: skip
     assert set(r.setting_keys) == {"default_region", "identifiers", "trait_policies", "messaging", "audiences",
-                                   "attribution"}  # fmt: skip
+                                   "attribution", "journeys"}  # fmt: skip
     with pytest.raises(RuntimeError, match="frozen"):  # the process-wide registry cannot be changed behind its back
         r.setting("probe", lambda v: v)
 
@@ -278,7 +279,8 @@ def test_the_installed_worker_resolves_then_delivers(engine):
     try:
         names = [name for name, _label, _task in w.tasks]
         assert names == ["resolve", "feed", "segment_timers", "segment_batch", "journey_schedule", "journey_timers",
-                         "journey_sweep", "deliver", "audience_follow"]
+                         "journey_sweep", "journey_webhooks", "deliver", "audience_follow",
+                         "audience_changes"]  # fmt: skip
         # one event resolved, its change handed to the segments, journeys and audiences consumers
         assert w.run_once() == 4
         assert w.run_once() == 0

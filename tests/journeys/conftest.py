@@ -38,8 +38,15 @@ def clock(monkeypatch):
 def ws(engine):
     w = workspaces.create(engine, "jr-" + uuid.uuid4().hex[:6])["id"]
     for name in ("cart_reminder", "cart_reminder_2", "welcome", "offer", "receipt"):
-        outbox.save_template(engine, w, name, {"kind": "marketing", "variants": {
-            "in_app": {"title": name + " {{ event.cart_id }}", "body": "for {{ profile.traits.name }}"}}})
+        outbox.save_template(
+            engine,
+            w,
+            name,
+            {
+                "kind": "marketing",
+                "variants": {"in_app": {"title": name + " {{ event.cart_id }}", "body": "see you soon"}},
+            },
+        )
     return w
 
 

@@ -4,7 +4,7 @@ and fires timers in due order on a virtual clock. It decides nothing itself (tha
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from chorus.journeys import definition as d
@@ -35,9 +35,11 @@ class Driver:
     commands: list[tuple[str, j.Command]] = field(default_factory=list)  # (instance id, command)
     pending: list[tuple[str, j.Input]] = field(default_factory=list)  # (instance id, input) held while paused
     held_timers: set[str] = field(default_factory=set)  # timers that fired while paused, still the instance's
+    given: list[Event] = field(default_factory=list)  # events processed (not held): an entry checks those after it
+    lag: timedelta = timedelta(0)  # between an input's time (the virtual clock) and its processing
 
     def ctx(self) -> j.Context:
-        return j.Context(self.now, self.person, self.status)
+        return j.Context(self.now + self.lag, self.person, self.status, before_entry=tuple(self.given))
 
     def _keep(self, o: dispatch.Outcome, inp: j.Input) -> tuple[j.Command, ...]:
         """Keep what one outcome of the interpreter says: the new state, its timers, or the input held."""
@@ -72,8 +74,12 @@ class Driver:
         """Offer ``inp`` to the journey (dispatch.offer: every instance of the person, then as a possible entry)."""
         out: list[j.Command] = []
         versions = {s.version: self.defn for s in self.instances} | {1: self.defn}
-        for o in dispatch.offer(versions, 1, self.person, self.instances, inp, self.now, status=self.status):
+        outcomes = dispatch.offer(versions, 1, self.person, self.instances, inp, self.now + self.lag,
+                                  status=self.status, before_entry=self.given)  # fmt: skip
+        for o in outcomes:
             out += self._keep(o, inp)
+        if isinstance(inp, Event) and not any(o.held for o in outcomes):
+            self.given.append(inp)
         return out
 
     def resume(self) -> None:
@@ -83,6 +89,8 @@ class Driver:
         held, self.pending = sorted(self.pending, key=lambda h: j.input_time(h[1])), []
         for iid, inp in held:
             self._apply(next(n for n, s in enumerate(self.instances) if s.instance_id == iid), inp)
+            if isinstance(inp, Event) and not any(e is inp for e in self.given):
+                self.given.append(inp)
 
     def run_until(self, t: datetime) -> None:
         """Fire every timer due up to ``t``, in due order, each at its own instant; then the clock is ``t``."""

@@ -332,15 +332,43 @@ def test_criteria_are_checked_on_the_entry_step():
     defn = journey(nodes, exit=[{"rule": {"trait": {"name": "dnc", "equals": True}}}])
     dr = started(defn, Person("p1", state={"traits": {"dnc": True}}))
     assert dr.of(j.Send) == [] and dr.instances[0].exit_reason == "exit[0] met"
-    # a goal event stamped after the entry but processed before it converts at entry
+    # a goal event stamped after the entry but processed (given) before it converts at entry
     paid = event("Paid", T + timedelta(minutes=1))
     early = event("Paid", T - timedelta(minutes=1), n=1)  # before the entry: never counts
     defn = journey(nodes, goal={"event": {"event": "Paid"}, "within": "7d"})
-    dr = started(defn, Person("p1", events=(early, paid)))
+    dr = Driver(defn, Person("p1", events=(early, paid)), T + timedelta(minutes=2))
+    dr.give(early)
+    dr.give(paid)
+    dr.give(j.Start("s1", T, {"k": "x"}))  # the start is processed last, dated by its own time
     assert dr.of(j.Send) == [] and dr.instances[0].exit_reason == "goal reached"
     assert [c.at for c in dr.records("converted")] == [paid.at]
-    dr = started(defn, Person("p1", events=(early,)))
+    dr = Driver(defn, Person("p1", events=(early,)), T + timedelta(minutes=2))
+    dr.give(early)
+    dr.give(j.Start("s1", T, {"k": "x"}))
     assert len(dr.of(j.Send)) == 1 and dr.records("converted") == []
+
+
+def test_the_entry_step_reads_only_the_events_given_before_it_not_the_stored_person():
+    """The runtime reads the person from the store, where an event not processed yet is already present: the entry
+    step must not see it (it will come as an input, and would count twice, unlike in the simulator)."""
+    nodes = {"a": {"type": "message", "template": "t", "next": "w"}, "w": {"type": "delay", "for": "1d", "next": "x"},
+             "x": {"type": "exit"}}  # fmt: skip
+    defn = journey(nodes, goal={"event": {"event": "Paid"}, "within": "7d"}, exit_on_goal=False,
+                   exit=[{"event": {"event": "Quit"}}])  # fmt: skip
+    paid, quit_ = event("Paid", T + timedelta(minutes=1)), event("Quit", T + timedelta(minutes=2))
+    dr = Driver(defn, Person("p1", events=(paid, quit_)), T)  # both stored, neither processed yet
+    dr.give(j.Start("s1", T, {"k": "x"}))
+    assert len(dr.of(j.Send)) == 1 and dr.records("converted") == [] and dr.instances[0].status == "active"
+    dr.now = T + timedelta(minutes=2)
+    dr.give(paid)  # now they come, once each, in order: converted then exits by the criterion
+    dr.give(quit_)
+    assert [c.at for c in dr.records("converted")] == [paid.at] and dr.instances[0].exit_reason == "exit[0] met"
+    # called directly: only Context.before_entry counts, in time order, from the entry on, the entry event excepted
+    admitted = j.enter(defn, dr.person, j.Start("s2", T, {"k": "y"}), [], T).state
+    ctx = j.Context(T + timedelta(minutes=5), dr.person, before_entry=(quit_, paid, event("Paid", T - timedelta(1))))
+    state, cmds = j.step(defn, admitted, j.Start("s2", T, {"k": "y"}), ctx)
+    assert state.exit_reason == "exit[0] met" and state.converted_at == paid.at  # Paid (T+1m) before Quit (T+2m)
+    assert not any(isinstance(c, j.Send) for c in cmds)
 
 
 def test_the_entry_event_itself_does_not_meet_an_exit_criterion():
@@ -401,3 +429,78 @@ def test_segment_changes_from_before_the_entry_take_no_branch_and_meet_no_criter
     assert dr.instances[0].status == "active" and dr.of(j.Send) == []
     dr.give(j.SegmentChanged("vip", "entered", T + timedelta(minutes=1), "3"))
     assert len(dr.of(j.Send)) == 1
+
+
+# -- processing order and lag ---------------------------------------------------------------------------------------
+def test_a_late_input_dates_nothing_before_the_entry():
+    """An event stamped before the entry, processed late, meets an exit rule: the exit is dated at the entry at the
+    earliest (the time base is max(min(input time, now), entered_at)), never before the instance existed."""
+    defn = journey({"a": {"type": "delay", "for": "1d", "next": "x"}, "x": {"type": "exit"}},
+                   exit=[{"rule": {"trait": {"name": "dnc", "equals": True}}}])  # fmt: skip
+    dr = started(defn)
+    dr.person = Person("p1", state={"traits": {"dnc": True}})
+    dr.now = T + timedelta(hours=2)
+    dr.give(event("Imported", T - timedelta(hours=1)))
+    s = dr.instances[0]
+    assert s.exit_reason == "exit[0] met" and s.exited_at == T
+    assert [r.at for r in dr.of(j.Record)] == [T, T, T]  # entered, waiting, exited
+    # a stop reached by a late input is dated at the entry too
+    dr = started(journey({"a": {"type": "delay", "for": "1d", "next": "x"}, "x": {"type": "exit"}}))
+    dr.status, dr.now = "stopped", T + timedelta(hours=2)
+    dr.give(event("Imported", T - timedelta(hours=1)))
+    assert dr.instances[0].exited_at == T and dr.records("exited")[0].at == T
+
+
+def test_an_instance_admitted_while_paused_begins_with_its_own_entry_input():
+    """Paused: a Signed Up stamped 10:00 is admitted (held), then an event stamped 09:00 arrives late and is held for
+    the new instance too. On resume the 09:00 event comes first: it happened before the instance existed and changes
+    nothing; the instance begins with its entry event, dated 10:00, as the simulator (inputs in time order) would.
+    Begun by the 09:00 event instead, the entry event would come next as an ordinary input and meet the exit."""
+    defn = d.parse({"id": "j", "entry": {"event": {"event": "Signed Up"}}, "exit": [{"event": {"event": "Signed Up"}}],
+                    "start": "a", "nodes": {"a": {"type": "delay", "for": "1h", "next": "m"},
+                                            "m": {"type": "message", "template": "t", "next": "x"},
+                                            "x": {"type": "exit"}}})  # fmt: skip
+    dr = Driver(defn, Person("p1"), T + timedelta(hours=1), status="paused")
+    dr.give(event("Signed Up", T + timedelta(hours=1)))
+    dr.give(event("Other", T))
+    assert len(dr.pending) == 2 and dr.commands == []
+    dr.now = T + timedelta(hours=3)
+    dr.resume()
+    assert [r.at for r in dr.records("entered")] == [T + timedelta(hours=1)]
+    assert dr.instances[0].status == "active" and [t.at for t in dr.of(j.SetTimer)] == [T + timedelta(hours=2)]
+    dr.run_until(T + timedelta(hours=3))
+    assert len(dr.of(j.Send)) == 1
+
+
+def test_a_holdout_that_converts_exits_like_a_finished_treated_person():
+    """exit_on_goal: false. The treated arm reaches its exit node at once (tracking) and exits on conversion; the
+    holdout, with nothing left to measure either, exits on conversion too: both arms may enter again alike."""
+    split = {"type": "split",
+             "arms": [{"name": "treat", "weight": 50, "next": "x"}, {"name": "control", "weight": 50, "holdout": True}]}
+    defn = journey({"a": split, "x": {"type": "exit"}}, goal={"event": {"event": "Paid"}, "within": "7d"},
+                   exit_on_goal=False)  # fmt: skip
+    seen = set()
+    for n in range(30):
+        dr = started(defn, Person(f"p{n}"))
+        seen.add(dr.instances[0].arms["a"])
+        dr.now = T + timedelta(days=1)
+        dr.give(event("Paid", dr.now))
+        s = dr.instances[0]
+        assert (s.status, s.exit_reason, s.converted_at) == ("exited", "goal reached", dr.now), s.arms
+        assert dr.timers == {}
+    assert seen == {"treat", "control"}
+
+
+@pytest.mark.parametrize("reentry", ["after_exit", {"cooldown": "1h"}])
+def test_an_entry_stamped_before_the_last_exit_is_refused(reentry):
+    """The first instance runs 09:00 to 11:00. A start stamped 10:30 and processed at 12:00 would overlap it; the
+    simulator, giving inputs in time order, found her in the journey at 10:30 and refused it."""
+    defn = journey({"a": {"type": "delay", "for": "2h", "next": "x"}, "x": {"type": "exit"}}, reentry=reentry)
+    dr = started(defn)
+    dr.run_until(T + timedelta(hours=2))
+    assert dr.instances[0].exited_at == T + timedelta(hours=2)
+    now = T + timedelta(hours=3)
+    late = j.enter(defn, dr.person, j.Start("s2", T + timedelta(hours=1, minutes=30), {"k": "y"}), dr.instances, now)
+    assert late.state is None and "before the person's last exit" in late.reason
+    at_exit = j.enter(defn, dr.person, j.Start("s3", T + timedelta(hours=2), {"k": "z"}), dr.instances, now)
+    assert at_exit.state is not None and at_exit.state.entered_at == T + timedelta(hours=2)

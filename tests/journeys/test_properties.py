@@ -5,6 +5,7 @@
 * idempotency keys are unique per instance; nothing is emitted after an exit; every timer set is later fired or
   cancelled by the interpreter's own commands, once; an instance waits only at a delay, a wait or a holdout;
 * a goal input exits when ``exit_on_goal``; arms are stable across re-entry and match their weights;
+* the outcome (commands, their dates, the states) does not depend on the lag between an input and its processing;
 * a state machine feeds random events, message statuses, segment changes, timers and pauses to the seed journeys
   and checks all of that after every input.
 """
@@ -195,6 +196,22 @@ def test_a_goal_input_exits_when_exit_on_goal(doc, minutes, zone):
     assert all(s.status == "exited" and s.exit_reason == "goal reached" for s in after)
     assert len(dr.records("converted")) == len(active)
     assert dr.timers == {}
+
+
+@SETTINGS
+@given(definition(), inputs, st.sampled_from(ZONES), st.sampled_from([timedelta(seconds=1), timedelta(minutes=37),
+                                                                     timedelta(days=2)]))  # fmt: skip
+def test_the_outcome_does_not_depend_on_the_lag_between_an_input_and_its_processing(doc, script, zone, lag):
+    """The same inputs in the same order, each processed ``lag`` after its own time (a backlog, a slow worker, a
+    timer claimed late): the same commands, dated alike, and the same states, as processed at once."""
+    defn = d.parse(doc)
+    runs = []
+    for delay in (timedelta(0), lag):
+        dr = Driver(defn, person("p1", zone), T0, lag=delay)
+        play(dr, [("entry", "c1"), *script])
+        dr.run_until(dr.now + timedelta(days=60))
+        runs.append((dr.commands, [j.state_to_json(s) for s in dr.instances]))
+    assert runs[0] == runs[1]
 
 
 def test_arms_match_their_weights_and_survive_reentry():

@@ -40,6 +40,9 @@ CART = {
 }  # fmt: skip
 
 
+NOW = {**CART, "start": "remind", "nodes": {k: v for k, v in CART["nodes"].items() if k != "wait"}}  # no wait
+
+
 def ev(name, at, user="u1", channel="web", **props):
     return {"type": "track", "userId": user, "event": name, "messageId": uuid.uuid4().hex, "timestamp": at.isoformat(),
             "properties": props, "context": {"channel": channel}}  # fmt: skip
@@ -110,8 +113,11 @@ def test_abandoned_cart_reminds_only_the_cart_not_bought_and_a_store_purchase_ca
     settle(worker)
     assert len(journey_messages(engine, ws)) == 1
     with engine.connect() as conn:
-        recs = conn.execute(sa.select(journey_records.c.kind, journey_records.c.node, journey_records.c.branch)
-                            .where(journey_records.c.instance_id == b).order_by(journey_records.c.id)).all()
+        recs = conn.execute(
+            sa.select(journey_records.c.kind, journey_records.c.node, journey_records.c.branch)
+            .where(journey_records.c.instance_id == b)
+            .order_by(journey_records.c.id)
+        ).all()
         timeline = [r.payload["event"] for r in conn.execute(sa.select(events.c.payload).where(
             events.c.workspace_id == ws, events.c.profile_id == pid).order_by(events.c.seq))]  # fmt: skip
     assert ("converted", "wait", None) in recs  # cart A's order counts as B's goal (any order within 7 days)
@@ -121,23 +127,33 @@ def test_abandoned_cart_reminds_only_the_cart_not_bought_and_a_store_purchase_ca
 
 
 def test_a_change_delivered_again_starts_nobody_twice_and_sends_nothing_twice(engine, ws, clock, worker):
-    publish(engine, ws, {**CART, "nodes": {**CART["nodes"], "wait": {
-        "type": "delay", "duration": "0s", "next": "remind"}}, "start": "remind"})
+    publish(engine, ws, NOW)
     send(engine, ws, [ev("Product Added", T0, cart_id="A")], T0)
     settle(worker)
     assert len(journey_messages(engine, ws)) == 1
     # the consumer's claim committed; as after a crash between the work and the delete, hand the changes again
     with engine.begin() as conn:
         rows = conn.execute(sa.select(profile_changes).where(profile_changes.c.workspace_id == ws)).all()
-        conn.execute(feed_pending.insert(), [{"seq": r.seq, "consumer": runtime.CONSUMER, "workspace_id": ws,
-                                              "profile_id": r.profile_id, "attempts": 0} for r in rows])
+        conn.execute(
+            feed_pending.insert(),
+            [
+                {
+                    "seq": r.seq,
+                    "consumer": runtime.CONSUMER,
+                    "workspace_id": ws,
+                    "profile_id": r.profile_id,
+                    "attempts": 0,
+                }
+                for r in rows
+            ],
+        )
     settle(worker)
     assert len(instances(engine, ws)) == 1
     assert len(journey_messages(engine, ws)) == 1
 
 
 def test_a_transition_that_fails_leaves_no_trace_and_runs_again(engine, ws, clock, worker, monkeypatch):
-    publish(engine, ws, {**CART, "start": "remind"})
+    publish(engine, ws, NOW)
     boom = {"on": True}
     real = store.add_records
 
@@ -257,8 +273,8 @@ def test_api_start_enters_once_per_key_and_says_why_not(engine, ws, clock, worke
         first = manage.start(conn, ws, "receipt", pid, {"order_id": "o1"}, "req-1", T0)
     with engine.begin() as conn:
         again = manage.start(conn, ws, "receipt", pid, {"order_id": "o1"}, "req-2", T0)
+    publish(engine, ws, CART)
     with engine.begin() as conn, pytest.raises(Exception, match="not entered by an API call"):
-        publish(engine, ws, CART)
         manage.start(conn, ws, "cart", pid, {}, "req-3", T0)
     assert first["entered"] is True and first["status"] == "exited"
     assert again["entered"] is False and "order_id 'o1' has entered already" in again["reason"]
@@ -337,3 +353,20 @@ def test_records_carry_the_time_of_the_input_not_of_processing(engine, ws, clock
         (due,) = conn.execute(sa.select(journey_timers.c.due_at)).scalars()
     assert entered_at == T0 and due == T0 + timedelta(hours=1)
 
+
+def test_an_event_processed_before_the_entry_counts_at_entry_once(engine, ws, clock, worker):
+    """An import gives a store purchase (10:30) before the cart add it follows (10:00): the entry checks its goal
+    against what was processed before it, so she converts at entry and gets no reminder; the purchase is not
+    counted again (a second conversion) when events pending in the feed are kept out of the entry's view."""
+    publish(engine, ws, {**CART, "exit_on_goal": True})
+    at = T0 + timedelta(minutes=30)
+    send(engine, ws, [ev("Order Completed", at, channel="store", cart_id="A"), ev("Product Added", T0, cart_id="A"),
+                      ev("Product Added", T0, cart_id="B")], at)  # fmt: skip
+    clock.at = T0 + timedelta(hours=2)
+    settle(worker)
+    assert journey_messages(engine, ws) == []
+    with engine.connect() as conn:
+        kinds = conn.execute(sa.select(journey_records.c.kind).where(journey_records.c.workspace_id == ws)
+                             .order_by(journey_records.c.id)).scalars().all()  # fmt: skip
+    assert kinds.count("converted") == 2 and kinds.count("exited") == 2  # A and B: any order is the goal
+    assert [i.status for i in instances(engine, ws)] == ["exited", "exited"]

@@ -140,6 +140,29 @@ def test_a_change_commits_with_its_cause_or_not_at_all(engine, ws):
     assert len(changes(engine, ws)) == before
 
 
+def test_a_change_recorded_in_a_savepoint_rolled_back_is_dropped_and_others_kept(engine, ws):
+    """Savepoints nest: the changes of one rolled back go (with those of the savepoints inside it, released or not),
+    the changes before it and after it stay. SQLAlchemy names a savepoint only after its event fires, so a mark kept
+    by name was never found and a rolled-back change was written anyway (a journey step's message that was rolled
+    back left its "queued" change)."""
+    before = len(changes(engine, ws))
+    with engine.begin() as conn:
+        feed.record(conn, ws, [feed.Change("kept-1", "event")])
+        with pytest.raises(RuntimeError), conn.begin_nested():
+            feed.record(conn, ws, [feed.Change("gone-1", "event")])
+            with conn.begin_nested():  # released inside the one rolled back: gone with it
+                feed.record(conn, ws, [feed.Change("gone-2", "message")])
+            raise RuntimeError("the outer savepoint fails")
+        with conn.begin_nested():
+            feed.record(conn, ws, [feed.Change("kept-2", "event")])
+            with pytest.raises(RuntimeError), conn.begin_nested():
+                feed.record(conn, ws, [feed.Change("gone-3", "event")])
+                raise RuntimeError("an inner one fails alone")
+            feed.record(conn, ws, [feed.Change("kept-3", "event")])
+    got = [c.profile_id for c in changes(engine, ws)][before:]
+    assert got == ["kept-1", "kept-2", "kept-3"]
+
+
 # -- consumers -----------------------------------------------------------------------------------------------------
 def test_a_consumer_gets_each_change_once_in_order_and_failures_are_isolated(engine, ws):
     feed.subscribe(engine, "c1")

@@ -4,20 +4,25 @@
 one pure interpreter, ``step(definition, state, input, ctx) -> (state, commands)``, and ``enter`` decides entry and
 re-entry; ``dispatch.offer`` gives one input to one journey's instances. ``store`` owns the tables, ``runtime``
 runs the interpreter on them (the change-feed consumer, timers, resume and stop), ``effects`` carries out the side
-effects, ``schedule`` starts scheduled entries and broadcasts, ``manage`` publishes and controls journeys.
+effects (``webhooks``: webhook steps, delivered outside the transition), ``schedule`` starts scheduled entries and
+broadcasts, ``manage`` publishes and controls journeys.
 """
 
 
 def register(registry) -> None:
     """What journeys adds (see chorus.registry): a consumer of the change feed, the timer, schedule and sweep tasks,
-    and the person's instances, timers, held inputs and records erased with her."""
-    from chorus.journeys import effects, runtime, schedule, store  # noqa: F401 - effects registers itself
+    the webhook delivery task and its ``journeys`` setting, and the person's instances, timers, held inputs, records
+    and webhook requests erased with her."""
+    from chorus.journeys import effects, runtime, schedule, store, webhooks  # noqa: F401 - effects register themselves
     from chorus.profiles import feed
     from chorus.registry import Step
 
     registry.erasure("journeys", store.forget, tables=store.TABLES)
+    registry.erasure("journey_webhooks", webhooks.forget, tables=webhooks.TABLES)
+    registry.setting("journeys", webhooks.validate_settings)
     feed.interest(runtime.CONSUMER, runtime.wants)
     registry.consumer(runtime.CONSUMER, runtime.Consumer())
     registry.task("journey_schedule", schedule.ScheduleTask, step=Step.DECIDE, label="journey schedules")
     registry.task("journey_timers", runtime.TimerTask, step=Step.DECIDE, label="journey timers")
     registry.task("journey_sweep", runtime.SweepTask, step=Step.DECIDE, label="journey resume and stop")
+    registry.task("journey_webhooks", webhooks.WebhookTask, step=Step.DELIVER, label="journey webhooks")

@@ -13,7 +13,7 @@ from datetime import datetime
 
 from chorus.journeys import definition as d
 from chorus.journeys import interpreter as j
-from chorus.segments.person import Person
+from chorus.segments.person import Event, Person
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,14 +38,19 @@ def offer(
     *,
     status: str = "active",
     topics: Mapping | None = None,
+    before_entry: Sequence[Event] = (),
 ) -> list[Outcome]:
     """Give ``inp`` to the person's ``instances`` of one journey (every version: each runs on its own definition in
     ``versions``), in the order given, then, unless it is a timer, try it as an entry to the ``current`` version.
 
     A timer goes only to the instance that set it. An instance that exited sees nothing more. Instances are
     stepped before the entry so that an event which both moves a waiting person on and enters her again (a second
-    Product Added of another cart) is seen by the old instance first, as it happened after that one's entry."""
-    ctx = j.Context(now, person, status, topics)
+    Product Added of another cart) is seen by the old instance first, as it happened after that one's entry.
+
+    ``before_entry``: the person's events the caller has given before ``inp`` (the interpreter keeps those stamped
+    from the entry on, the entry event excepted), against which a new instance checks its goal and exit criteria
+    at entry (:class:`chorus.journeys.interpreter.Context`). Never events not given yet: they come as inputs."""
+    ctx = j.Context(now, person, status, topics, tuple(before_entry))
     out: list[Outcome] = []
     for s in instances:
         if s.status == "exited" or (isinstance(inp, j.TimerFired) and inp.instance_id != s.instance_id):

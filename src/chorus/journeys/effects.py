@@ -10,6 +10,11 @@ idempotency keys, so nothing happens twice.
   its messageId (a repeat is a no-op); identity resolution folds it into the profile, and its change reaches
   segments and journeys like any other.
 - ``ListChange``: the static list (``segments.store.change_list``), idempotent by nature.
+- ``AudienceChange``: a change queued for the social audience (``audiences.store.queue_change``, one per key), which
+  the audience's own sync applies (``audiences.changes``). An audience deleted since publishing, or that started
+  following a segment, is an error recorded on the journey.
+- ``Webhook``: queued on the same connection and delivered by a worker task, never inside the transaction
+  (``journeys.webhooks``).
 """
 
 from __future__ import annotations
@@ -69,4 +74,14 @@ def list_change(run: PersonRun, s: j.State, c: j.ListChange) -> None:
         segments_store.change_list(run.conn, run.ws, c.list, [pid] if c.action == "add" else [],
                                    [pid] if c.action == "remove" else [], run.now)  # fmt: skip
     except ChorusError as exc:  # the list was deleted since publishing
+        run.error(s, c, exc)
+
+
+@effect(j.AudienceChange)
+def audience_change(run: PersonRun, s: j.State, c: j.AudienceChange) -> None:
+    from chorus.messaging.audiences import store as audiences_store
+
+    try:
+        audiences_store.queue_change(run.conn, run.ws, c.audience, run.person.id, c.action, c.key, run.now)
+    except ChorusError as exc:  # deleted, or following a segment, since publishing
         run.error(s, c, exc)

@@ -94,12 +94,18 @@ def input_time(inp: Input) -> datetime:
 @dataclass(frozen=True)
 class Context:
     """What the runtime knows besides the state: the time, the person as segments see her (traits, computed traits,
-    time zone, memberships, events for condition rules), the journey's status and the workspace's topics."""
+    time zone, memberships, events for condition rules), the journey's status and the workspace's topics.
+
+    ``before_entry``: the person's events that the caller has already given (processed) before the entry input,
+    the only ones an entry step checks its goal and exit criteria against. Not ``person.events``: a runtime reads
+    the person from the store, where events it has not processed yet (they will come as inputs later) are already
+    present, and the instance would see them twice, and otherwise than the simulator."""
 
     now: datetime
     person: Person
     status: str = "active"
     topics: Mapping | None = None
+    before_entry: tuple[Event, ...] = ()
 
 
 # -- commands ---------------------------------------------------------------------------------------------------
@@ -262,6 +268,14 @@ def _entry_json(inp: Input) -> dict:
     return {"kind": "start", "id": inp.id, "at": iso(inp.at), "properties": dict(inp.data)}
 
 
+def _is_entry(s: State, inp: Input) -> bool:
+    """Is ``inp`` the input that admitted ``s`` (by kind, id and time, as stored in the state's JSON)?"""
+    if not isinstance(inp, Event | SegmentChanged | Start):
+        return False
+    e = _entry_json(inp)
+    return all(e[k] == s.entry.get(k) for k in ("kind", "id", "at"))
+
+
 def _key_of(props: Mapping, name: str) -> str | None:
     v = lookup(props, name)
     if isinstance(v, bool) or not isinstance(v, str | int) or v == "":
@@ -321,6 +335,12 @@ def enter(
     # the entry is dated by its input's time (not later than now), and so is the cool-down's end: a backlog in
     # processing decides nothing the simulator, where now is the input's time, would decide otherwise
     t = min(inp.at, now)
+    # An entry stamped before an earlier instance's exit (processed late) would overlap it in time, which the
+    # simulator, giving inputs in time order, never admits: it would have found the person in the journey.
+    if mode in ("after_exit", "cooldown"):
+        last_exit = max((i.exited_at for i in instances if i.exited_at is not None), default=None)
+        if last_exit is not None and t < last_exit:
+            return Admission(None, f"stamped {iso(t)}, before the person's last exit at {iso(last_exit)}")
     if mode == "cooldown" and instances:
         assert defn.reentry.cooldown is not None
         last = max(i.entered_at for i in instances)
@@ -400,7 +420,11 @@ def step(defn: d.Definition, state: State, inp: Input, ctx: Context) -> tuple[St
     if ctx.status == "stopped":
         run.exit("journey stopped")
     elif run.s.status == "new":
-        run.begin()
+        # Admitted while paused, it begins with its own entry input, given again on resume in time order. An input
+        # given before that one (stamped earlier: it happened before the instance existed) changes nothing, as in
+        # the simulator, where the instance does not exist yet when that input comes.
+        if _is_entry(run.s, inp):
+            run.begin()
     elif isinstance(inp, TimerFired):
         # one that is not among its live timers (cancelled, fired already, another instance's) moves nothing
         if not run.criteria(inp) and fired is not None:
@@ -415,8 +439,11 @@ class _Run:
         # One time base per transition: the input's own time (a timer's due), never later than now. Records, delays,
         # timeouts and exits are dated by it, so a lag between an input and its processing (a backlog, a pause)
         # changes no decision: the runtime and the simulator agree. Segment rules read the person as of now.
+        # Never before the entry either: a late input (an event imported after the fact, a held one on resume) must
+        # not date a record, a delay or a timeout before the instance existed, which the simulator, giving inputs
+        # in time order, never does.
         self.defn, self.s, self.ctx = defn, s, ctx
-        self.now = min(input_time(inp), ctx.now) if inp is not None else ctx.now
+        self.now = max(min(input_time(inp), ctx.now), s.entered_at)
         self.out: list[Command] = []
         self.tz = zone(ctx.person.timezone)
 
@@ -439,7 +466,7 @@ class _Run:
         if self.criteria(Start("", s.entered_at)):
             return True
         entry_id = s.entry.get("id")
-        later = sorted((e for e in self.ctx.person.events if e.at >= s.entered_at and e.id != entry_id),
+        later = sorted((e for e in self.ctx.before_entry if e.at >= s.entered_at and e.id != entry_id),
                        key=lambda e: e.at)  # fmt: skip
         return any(self.criteria(e) for e in later)
 
@@ -493,7 +520,9 @@ class _Run:
             if at >= s.entered_at and (goal.within is None or at <= plus(s.entered_at, goal.within.delta)):
                 s.converted_at = at
                 self.record("converted", s.node, s.branch, at=at)
-                if self.defn.exit_on_goal or s.status == "tracking":
+                # a holdout, like a finished (tracking) treated person, has nothing left to measure once converted:
+                # both arms exit at conversion whatever exit_on_goal says, so they stay symmetric (re-entry included)
+                if self.defn.exit_on_goal or s.status == "tracking" or s.waiting == "holdout":
                     self.exit("goal reached")
                     return True
         for i, c in enumerate(self.defn.exits):

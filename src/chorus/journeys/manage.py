@@ -44,6 +44,11 @@ def check(conn: Connection, ws: str, defn: d.Definition) -> None:
         lists={x["id"] for x in segments_store.all_lists(conn, ws)},
         audiences={a["name"] for a in audiences_store.list_all(conn, ws)},
     )  # fmt: skip
+    following = audiences_store.following(conn, ws)
+    for n in defn.nodes:  # an audience that follows a segment takes its members from there only
+        if isinstance(n.body, d.AudienceStep) and n.body.audience in following:
+            raise ChorusError(f"audience {n.body.audience!r} follows a segment: a journey cannot add or remove people",
+                              field=f"nodes.{n.id}.audience")  # fmt: skip
     runtime.supported(defn)
 
 
@@ -76,8 +81,11 @@ def _migration_plan(conn: Connection, ws: str, jid: str, new: d.Definition, migr
             if tnode is None:
                 raise ChorusError(f"node {target!r} is not in the new version", field=f"migrate.{node}")
             if old is None or type(old.body) is not type(tnode.body) or type(old.body) not in WAITING_KIND.values():
-                raise ChorusError(f"people at {node!r} ({old.type if old else '?'}) can move only to a node of the "
-                                  f"same waiting kind (delay or wait), not {tnode.type}", field=f"migrate.{node}")
+                raise ChorusError(
+                    f"people at {node!r} ({old.type if old else '?'}) can move only to a node of the "
+                    f"same waiting kind (delay or wait), not {tnode.type}",
+                    field=f"migrate.{node}",
+                )
             item["moves_to"] = target
         out.append(item)
     return out

@@ -176,6 +176,7 @@ class PersonRun:
     _records: list[dict] = field(default_factory=list)
     _timeline: list[Stored] = field(default_factory=list)
     _ident: dict | None = None
+    _unseen: set[str] | None = None  # message ids of her events not handed to the journeys yet
 
     @property
     def ws(self) -> str:
@@ -197,8 +198,11 @@ class PersonRun:
             versions = {v: self.js.defn(jid, v) for v in {s.version for s in mine if s.status != "exited"}}
             if jr.status not in ("stopped", "archived"):
                 versions[jr.version] = self.js.defn(jid, jr.version)
-            outcomes = dispatch.offer(versions, jr.version, self.person, mine, inp, self.now,
-                                      status=jr.interpreter_status, topics=self.js.topics)  # fmt: skip
+            entering = self.js.may_enter(jid, inp) or any(s.status == "new" for s in mine)
+            outcomes = dispatch.offer(
+                versions, jr.version, self.person, mine, inp, self.now, status=jr.interpreter_status,
+                topics=self.js.topics, before_entry=self.before_entry() if entering else (),
+            )  # fmt: skip
             if any(o.held for o in outcomes):  # paused: the input is kept once, for all her instances of it
                 store.hold(self.conn, self.ws, jid, self.person.id, inp)
             for o in outcomes:
@@ -207,6 +211,21 @@ class PersonRun:
         if isinstance(inp, Event):
             self.given.append(inp)
         return out
+
+    def before_entry(self) -> tuple[Event, ...]:
+        """The person's events given to the journeys before the input at hand: those stored whose feed change the
+        consumer has handled, and those given in this run. Not the ones still waiting in the feed (they come as
+        inputs, later): an entry checks its goal and exit criteria against what happened before it was processed,
+        as the simulator does, never twice."""
+        if self._unseen is None:
+            seqs = sorted(feed.pending_events(self.conn, CONSUMER, self.ws, self.person.id))
+            ids: set[str] = set()
+            for i in range(0, len(seqs), 5000):
+                ids.update(str(m) for m in self.conn.execute(sa.select(events.c.message_id).where(
+                    bulk.in_(events.c.seq, seqs[i : i + 5000], self.conn.dialect.name))).scalars())  # fmt: skip
+            self._unseen = ids
+        given = {e.id for e in self.given}
+        return tuple(e for e in self.person.events if e.id not in self._unseen or e.id in given)
 
     def _keep(self, jid: str, o: dispatch.Outcome) -> None:
         s = o.state
@@ -430,8 +449,11 @@ def start_person(conn: Connection, ws: str, jid: str, pid: str, start: j.Start, 
     mine = [s for s in run.instances if s.journey_id == jid]
     adm = j.enter(js.defn(jid, jr.version), run.person, start, mine, at, version=jr.version,
                   status=jr.interpreter_status)  # fmt: skip
-    return {"entered": False, "reason": adm.reason if adm.state is None else "this start has entered already",
-            **({"instance_id": adm.state.instance_id} if adm.state is not None else {})}
+    return {
+        "entered": False,
+        "reason": adm.reason if adm.state is None else "this start has entered already",
+        **({"instance_id": adm.state.instance_id} if adm.state is not None else {}),
+    }
 
 
 # -- resume, stop ------------------------------------------------------------------------------------------------------

@@ -175,8 +175,13 @@ def save_instances(conn: Connection, ws: str, states: Iterable[tuple[j.State, bo
         bulk.insert_rows(conn, journey_instances, rows_new)
     t = journey_instances.c
     for row in rows_old:
-        conn.execute(journey_instances.update().where(t.workspace_id == ws, t.id == row["id"]).values(
-            profile_id=row["profile_id"], status=row["status"], node=row["node"], updated_at=now, state=row["state"]))
+        conn.execute(
+            journey_instances.update()
+            .where(t.workspace_id == ws, t.id == row["id"])
+            .values(
+                profile_id=row["profile_id"], status=row["status"], node=row["node"], updated_at=now, state=row["state"]
+            )
+        )
 
 
 def live_instances(conn: Connection, ws: str, jid: str, limit: int, after: str | None = None) -> list[tuple[str, str]]:
@@ -215,8 +220,11 @@ def set_timers(conn: Connection, ws: str, rows: list[dict]) -> None:
 
 def cancel_timers(conn: Connection, ws: str, keys: list[str]) -> None:
     if keys:
-        conn.execute(journey_timers.delete().where(journey_timers.c.workspace_id == ws,
-                                                   bulk.in_(journey_timers.c.key, keys, conn.dialect.name)))
+        conn.execute(
+            journey_timers.delete().where(
+                journey_timers.c.workspace_id == ws, bulk.in_(journey_timers.c.key, keys, conn.dialect.name)
+            )
+        )
 
 
 def due_timers(conn: Connection, at: datetime, limit: int) -> list:
@@ -253,8 +261,11 @@ def held_people(conn: Connection, ws: str, jid: str, limit: int) -> list[str]:
 def take_held(conn: Connection, ws: str, jid: str, pid: str) -> list[j.Input]:
     """The person's held inputs of the journey, in their own time order (then as they came), deleted."""
     t = journey_held.c
-    rows = conn.execute(sa.select(t.seq, t.input).where(t.workspace_id == ws, t.journey_id == jid,
-                                                        t.profile_id == pid).order_by(t.at, t.seq)).all()
+    rows = conn.execute(
+        sa.select(t.seq, t.input)
+        .where(t.workspace_id == ws, t.journey_id == jid, t.profile_id == pid)
+        .order_by(t.at, t.seq)
+    ).all()
     if rows:
         conn.execute(journey_held.delete().where(t.seq.in_([r.seq for r in rows])))
     return [input_from_json(r.input) for r in rows]
@@ -269,13 +280,19 @@ def drop_held(conn: Connection, ws: str, jid: str) -> int:
 def end_instances(conn: Connection, ws: str, jid: str, pid: str, at: datetime, reason: str) -> None:
     """Mark exited the instances of a person who is no longer a profile (no transition can run for her)."""
     t = journey_instances.c
-    for row in conn.execute(sa.select(t.id, t.state).where(t.workspace_id == ws, t.journey_id == jid,
-                                                           t.profile_id == pid, t.status != "exited")).all():
+    for row in conn.execute(
+        sa.select(t.id, t.state).where(
+            t.workspace_id == ws, t.journey_id == jid, t.profile_id == pid, t.status != "exited"
+        )
+    ).all():
         state = {**row.state, "status": "exited", "exited_at": iso(at), "exit_reason": reason, "timers": {}}
         conn.execute(journey_instances.update().where(t.workspace_id == ws, t.id == row.id)
                      .values(status="exited", state=state, updated_at=at))  # fmt: skip
-    conn.execute(journey_timers.delete().where(journey_timers.c.workspace_id == ws, journey_timers.c.journey_id == jid,
-                                               journey_timers.c.profile_id == pid))
+    conn.execute(
+        journey_timers.delete().where(
+            journey_timers.c.workspace_id == ws, journey_timers.c.journey_id == jid, journey_timers.c.profile_id == pid
+        )
+    )
 
 
 # -- records ----------------------------------------------------------------------------------------------------
@@ -288,8 +305,20 @@ def records_of(conn: Connection, ws: str, profile_ids: list[str], limit: int = 5
     t = journey_records.c
     rows = conn.execute(sa.select(journey_records).where(t.workspace_id == ws, bulk.in_(
         t.profile_id, profile_ids, conn.dialect.name)).order_by(t.id).limit(limit))  # fmt: skip
-    return [{"journey_id": r.journey_id, "version": r.version, "instance_id": r.instance_id, "kind": r.kind,
-             "node": r.node, "branch": r.branch, "arm": r.arm, "at": iso(r.at), "detail": r.detail} for r in rows]
+    return [
+        {
+            "journey_id": r.journey_id,
+            "version": r.version,
+            "instance_id": r.instance_id,
+            "kind": r.kind,
+            "node": r.node,
+            "branch": r.branch,
+            "arm": r.arm,
+            "at": iso(r.at),
+            "detail": r.detail,
+        }
+        for r in rows
+    ]
 
 
 # -- scheduled runs -----------------------------------------------------------------------------------------------
@@ -301,9 +330,24 @@ def runs_open(conn: Connection, limit: int = 10) -> list:
 
 
 def add_run(conn: Connection, ws: str, jid: str, run_at: datetime, version: int) -> bool:
-    return bool(bulk.insert_rows(conn, journey_runs, [{"workspace_id": ws, "journey_id": jid, "run_at": run_at,
-                                                       "version": version, "done": False, "started": 0}],
-                                 conflict=["workspace_id", "journey_id", "run_at"], returning="journey_id"))
+    return bool(
+        bulk.insert_rows(
+            conn,
+            journey_runs,
+            [
+                {
+                    "workspace_id": ws,
+                    "journey_id": jid,
+                    "run_at": run_at,
+                    "version": version,
+                    "done": False,
+                    "started": 0,
+                }
+            ],
+            conflict=["workspace_id", "journey_id", "run_at"],
+            returning="journey_id",
+        )
+    )
 
 
 def last_run(conn: Connection, ws: str, jid: str) -> datetime | None:
@@ -371,4 +415,3 @@ def forget(conn: Connection, ws: str, person) -> dict[str, int]:
         res = conn.execute(table.delete().where(table.c.workspace_id == ws, table.c.profile_id.in_(person.profile_ids)))
         out[name] = res.rowcount or 0
     return out
-

@@ -106,7 +106,8 @@ def _wanted(consumer: str, c: Change) -> bool:
 
 
 # -- recording: buffered on the connection, written at commit -------------------------------------------------------
-_BUFFER = "chorus_feed"  # key in the DBAPI connection's info: {"changes": [(ws, Change, at)], "marks": {savepoint: n}}
+# key in the DBAPI connection's info: {"changes": [(ws, Change, at)], "marks": [n at each open savepoint]}
+_BUFFER = "chorus_feed"
 
 
 def record(conn: Connection, ws: str, changes: Iterable[Change], at: datetime | None = None) -> int:
@@ -124,7 +125,7 @@ def record(conn: Connection, ws: str, changes: Iterable[Change], at: datetime | 
             raise ValueError(f"unknown change cause {c.cause!r}")
     if not changes:
         return 0
-    buf = conn.info.setdefault(_BUFFER, {"changes": [], "marks": {}})
+    buf = conn.info.setdefault(_BUFFER, {"changes": [], "marks": []})
     at = at or utcnow()
     buf["changes"].extend((ws, c, at) for c in changes)
     return len(changes)
@@ -135,29 +136,35 @@ def _discard(conn: Connection, ws: str, profile_ids: Iterable[str]) -> None:
     buf = conn.info.get(_BUFFER)
     if buf:
         ids = set(profile_ids)
-        buf["changes"] = [x for x in buf["changes"] if not (x[0] == ws and x[1].profile_id in ids)]
-        buf["marks"] = {k: min(v, len(buf["changes"])) for k, v in buf["marks"].items()}
+        keep = [not (x[0] == ws and x[1].profile_id in ids) for x in buf["changes"]]
+        # each savepoint's mark counts the changes kept before it
+        buf["marks"] = [sum(keep[:m]) for m in buf["marks"]]
+        buf["changes"] = [x for x, k in zip(buf["changes"], keep, strict=True) if k]
 
 
 def _clear(conn: Connection) -> None:
     conn.info.pop(_BUFFER, None)
 
 
-def _mark(conn: Connection, name: str) -> None:
-    buf = conn.info.setdefault(_BUFFER, {"changes": [], "marks": {}})
-    buf["marks"][name] = len(buf["changes"])
+# Savepoints nest strictly (each is released or rolled back before the one that encloses it), so their marks are a
+# stack. Not a map by name: SQLAlchemy fires the "savepoint" event before it names the savepoint (the name given
+# is None), so marks by name were never found, and changes recorded in a savepoint that was rolled back were
+# written anyway (a message's "queued" for a message that did not exist).
+def _mark(conn: Connection, name: str | None) -> None:
+    buf = conn.info.setdefault(_BUFFER, {"changes": [], "marks": []})
+    buf["marks"].append(len(buf["changes"]))
 
 
 def _undo(conn: Connection, name: str, context) -> None:
     buf = conn.info.get(_BUFFER)
-    if buf and name in buf["marks"]:
-        del buf["changes"][buf["marks"].pop(name):]
+    if buf and buf["marks"]:
+        del buf["changes"][buf["marks"].pop() :]
 
 
 def _release(conn: Connection, name: str, context) -> None:
     buf = conn.info.get(_BUFFER)
-    if buf:
-        buf["marks"].pop(name, None)
+    if buf and buf["marks"]:
+        buf["marks"].pop()
 
 
 def _listen() -> None:
@@ -296,6 +303,18 @@ def claim(conn: Connection, consumer: str, limit: int) -> dict[tuple[str, str], 
     found = {c.seq for changes in out.values() for c in changes}
     handled(conn, consumer, sorted(run - found))  # a change erased meanwhile: nothing left to hand over
     return out
+
+
+def pending_events(conn: Connection, consumer: str, ws: str, profile_id: str) -> set[int]:
+    """``events.seq`` of the person's event changes ``consumer`` has not handled yet (those of its current claim
+    included, until its transaction deletes them): what it has not seen of her events."""
+    q = (
+        sa.select(profile_changes.c.event_seq)
+        .join(feed_pending, feed_pending.c.seq == profile_changes.c.seq)
+        .where(feed_pending.c.consumer == consumer, feed_pending.c.profile_id == profile_id,
+               feed_pending.c.workspace_id == ws, profile_changes.c.cause == "event")
+    )  # fmt: skip
+    return {s for s in conn.execute(q).scalars() if s is not None}
 
 
 def handled(conn: Connection, consumer: str, seqs: list[int]) -> None:
@@ -450,10 +469,14 @@ def forget(conn: Connection, ws: str, person) -> dict[str, int]:
                    sa.or_(profile_changes.c.profile_id.in_(ids), profile_changes.c.target_id.in_(ids)))  # fmt: skip
     counts = {
         "feed_pending": conn.execute(
-            feed_pending.delete().where(sa.or_(
-                feed_pending.c.seq.in_(sa.select(profile_changes.c.seq).where(hers)),
-                sa.and_(feed_pending.c.workspace_id == ws, feed_pending.c.profile_id.in_(ids)),  # handed over to her
-            ))
+            feed_pending.delete().where(
+                sa.or_(
+                    feed_pending.c.seq.in_(sa.select(profile_changes.c.seq).where(hers)),
+                    sa.and_(
+                        feed_pending.c.workspace_id == ws, feed_pending.c.profile_id.in_(ids)
+                    ),  # handed over to her
+                )
+            )
         ).rowcount,
         "profile_changes": conn.execute(profile_changes.delete().where(hers)).rowcount,
     }

@@ -611,3 +611,49 @@ journey_runs = sa.Table(
     sa.Column("done", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("started", sa.Integer, nullable=False, server_default="0"),
 )
+
+# A journey's webhook step (interpreter Webhook), queued by the transition and delivered by the journey_webhooks
+# task outside it: one row per step key, so a transition given again queues nothing new. ``due_at`` is when the
+# next attempt may start (a claimed row's is pushed past the request's timeout: a worker that died mid-request
+# leaves it due again, and the receiver drops the repeat by its Idempotency-Key).
+journey_webhooks = sa.Table(
+    "journey_webhooks",
+    metadata,
+    sa.Column("workspace_id", sa.String(40), primary_key=True),
+    sa.Column("key", sa.String(120), primary_key=True),
+    sa.Column("journey_id", sa.String(64), nullable=False),
+    sa.Column("instance_id", sa.String(40), nullable=False),
+    sa.Column("profile_id", sa.String(40), nullable=False),
+    sa.Column("url", sa.String(2000), nullable=False),
+    sa.Column("method", sa.String(8), nullable=False),
+    sa.Column("body", JSONDoc, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # pending | delivered | failed
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("due_at", UTCDateTime, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("done_at", UTCDateTime, nullable=True),
+    sa.Column("answer", sa.Integer, nullable=True),  # the last HTTP status received
+    sa.Column("error", sa.String(300), nullable=True),  # why the last attempt failed
+    sa.Index("ix_journey_webhooks_due", "status", "due_at"),
+    sa.Index("ix_journey_webhooks_profile", "workspace_id", "profile_id"),
+)
+
+# A manual change of a social audience's membership (a journey's audience step), owned by the audiences package:
+# queued in the caller's transaction, one row per key, applied in ``seq`` order by the audience_changes task through
+# the audience's own sync. Applied rows are kept (``applied``) so that the key stays taken.
+audience_changes = sa.Table(
+    "audience_changes",
+    metadata,
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("workspace_id", sa.String(40), nullable=False),
+    sa.Column("key", sa.String(120), nullable=False),
+    sa.Column("audience_id", sa.String(40), nullable=False),
+    sa.Column("profile_id", sa.String(40), nullable=False),
+    sa.Column("action", sa.String(8), nullable=False),  # add | remove
+    sa.Column("queued_at", UTCDateTime, nullable=False),
+    sa.Column("applied", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("applied_at", UTCDateTime, nullable=True),
+    sa.UniqueConstraint("workspace_id", "key"),
+    sa.Index("ix_audience_changes_pending", "applied", "audience_id", "seq"),
+    sa.Index("ix_audience_changes_profile", "workspace_id", "profile_id"),
+)

@@ -7,7 +7,8 @@ exported as their customer-file CSV, so that ads reach the people the brand alre
   limits, retries of transient failures);
 - :mod:`settings`: the ``audiences`` workspace setting and audience definitions;
 - :mod:`store` and :mod:`sync`: the tables, the sync and the export;
-- :mod:`follow`: audiences whose members are a segment's (a change-feed consumer and a worker task).
+- :mod:`follow`: audiences whose members are a segment's (a change-feed consumer and a worker task);
+- :mod:`changes`: manual changes queued by others (a journey's audience step), applied by a worker task.
 
 Consent is checked with :func:`chorus.messaging.policy.ads_decision` (channel ``ads``). See
 docs/messaging.md, "Social audiences", and docs/decisions/0008-audience-membership-given-by-caller.md.
@@ -17,8 +18,9 @@ docs/messaging.md, "Social audiences", and docs/decisions/0008-audience-membersh
 def register(registry) -> None:
     """What audiences adds (see chorus.registry): the ``audiences`` setting; the person's member rows, erased (the
     rows a platform holds are queued for removal at the next sync); and following segments: a feed consumer that
-    notes a followed segment changed, and a task that syncs those audiences once per interval."""
-    from chorus.messaging.audiences import follow, settings, store
+    notes a followed segment changed, and a task that syncs those audiences once per interval; and a task that
+    applies the manual changes queued (a journey's audience step)."""
+    from chorus.messaging.audiences import changes, follow, settings, store
     from chorus.registry import Step
 
     registry.setting("audiences", settings.validate)
@@ -28,3 +30,4 @@ def register(registry) -> None:
     registry.consumer(follow.CONSUMER, follow.handle)
     feed.interest(follow.CONSUMER, follow.wants)
     registry.task("audience_follow", follow.FollowTask, step=Step.DELIVER, label="audience segment sync")
+    registry.task("audience_changes", changes.ChangesTask, step=Step.DELIVER, label="audience manual changes")

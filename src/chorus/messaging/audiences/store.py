@@ -20,7 +20,15 @@ from chorus.profiles.state import public_view
 from chorus.registry import Person
 from chorus.segments import store as segment_store
 from chorus.store import bulk
-from chorus.store.tables import audience_members, audience_removals, audiences, identifiers, profile_aliases, profiles
+from chorus.store.tables import (
+    audience_changes,
+    audience_members,
+    audience_removals,
+    audiences,
+    identifiers,
+    profile_aliases,
+    profiles,
+)
 from chorus.timeutil import iso
 
 CHUNK = 1000
@@ -214,6 +222,62 @@ def followed(engine: Engine, audience_id: str, epoch: int | None, now: datetime,
                      .values(options={**row.options, "follow": follow}))  # fmt: skip
 
 
+# -- manual changes (a journey's audience step) ---------------------------------------------------------------------
+def following(conn: Connection, ws: str) -> set[str]:
+    """Names of the audiences that follow a segment: their members come from it, so they take no manual change."""
+    return {r.name for r in _followers(conn, ws) if not r.options["follow"].get("stopped")}
+
+
+def queue_change(conn: Connection, ws: str, name: str, profile_id: str, action: str, key: str, now: datetime) -> bool:
+    """Queue adding (or removing) one person to the audience ``name``, in the caller's transaction; the
+    ``audience_changes`` task applies it with the audience's sync. One change per ``key``: False when it was queued
+    already. NotFound for an unknown audience, Conflict for one that follows a segment."""
+    if action not in ("add", "remove"):
+        raise ChorusError("action must be add or remove", field="action")
+    aud = get(conn, ws, name)
+    follow = (aud.options or {}).get("follow")
+    if follow and not follow.get("stopped"):
+        raise Conflict(f"audience {name!r} follows segment {follow['segment']!r}: its members come from there",
+                       field="audience")  # fmt: skip
+    return bool(bulk.insert_rows(conn, audience_changes, [{
+        "workspace_id": ws, "key": key, "audience_id": aud.id, "profile_id": profile_id, "action": action,
+        "queued_at": now, "applied": False}], conflict=["workspace_id", "key"], returning="seq"))  # fmt: skip
+
+
+def changes_due(conn: Connection) -> list[tuple[str, str]]:
+    """(workspace id, audience name) of the audiences with manual changes not applied yet."""
+    ids = list(conn.execute(sa.select(audience_changes.c.audience_id).where(sa.not_(audience_changes.c.applied))
+                            .distinct()).scalars())  # fmt: skip
+    out = []
+    for part in _chunks(sorted(ids)):
+        out += [(r.workspace_id, r.name) for r in conn.execute(sa.select(audiences.c.workspace_id, audiences.c.name)
+                                                                .where(audiences.c.id.in_(part)))]  # fmt: skip
+    return sorted(out)
+
+
+def pending_changes(conn: Connection, audience_id: str, limit: int = 10_000) -> list[tuple[int, str, str]]:
+    """(seq, profile id, action) of the audience's changes not applied yet, in the order they were queued."""
+    t = audience_changes.c
+    rows = conn.execute(sa.select(t.seq, t.profile_id, t.action).where(t.audience_id == audience_id,
+                        sa.not_(t.applied)).order_by(t.seq).limit(limit))  # fmt: skip
+    return [(r.seq, r.profile_id, r.action) for r in rows]
+
+
+def changes_applied(engine: Engine, seqs: list[int], now: datetime) -> None:
+    """These changes were applied (or dropped): kept as applied, so their keys stay taken."""
+    with engine.begin() as conn:
+        for part in _chunks(seqs):
+            conn.execute(audience_changes.update().where(audience_changes.c.seq.in_(part))
+                         .values(applied=True, applied_at=now))  # fmt: skip
+
+
+def forget_changes(conn: Connection, ws: str, pids: list[str]) -> int:
+    """Erasure: the person's manual changes, applied or not (an applied add is a member row, erased with it)."""
+    t = audience_changes.c
+    return conn.execute(audience_changes.delete().where(t.workspace_id == ws, bulk.in_(
+        t.profile_id, pids, conn.dialect.name))).rowcount or 0  # fmt: skip
+
+
 # -- profiles -----------------------------------------------------------------------------------------------------
 def resolve_profile_ids(conn: Connection, ws: str, ids: list[str]) -> dict[str, str]:
     """Requested id -> current profile id (merged-away ids resolve through aliases); unknown ids are missing."""
@@ -370,12 +434,14 @@ def of_profiles(conn: Connection, ws: str, pids: list[str]) -> list[dict]:
 
 
 # The erasure participant (chorus.registry): counts -> tables; removals queued are rows written, not deleted.
-ERASURE_TABLES = {"audience_members": "audience_members", "audience_removals_queued": None}
+ERASURE_TABLES = {"audience_members": "audience_members", "audience_removals_queued": None,
+                  "audience_changes": "audience_changes"}  # fmt: skip
 
 
 def forget(conn: Connection, ws: str, person: Person) -> dict[str, int]:
     """Erasure: the person's rows go; rows a platform holds are removed there at the next sync."""
-    return forget_profiles(conn, ws, person.profile_ids, person.now)
+    return {**forget_profiles(conn, ws, person.profile_ids, person.now),
+            "audience_changes": forget_changes(conn, ws, person.profile_ids)}  # fmt: skip
 
 
 def export(conn: Connection, ws: str, person: Person) -> dict:

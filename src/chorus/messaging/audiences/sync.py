@@ -94,6 +94,16 @@ def sync(
     return _claimed(engine, ws, aud, lambda: entries, mode, _client(ws, aud, client), clock)
 
 
+def sync_read(
+    engine: Engine, ws: Workspace, aud, read_entries: Callable[[], list[Entry | Skip]], *,
+    client: AudienceClient | None = None, clock: Clock = utcnow,
+) -> dict:  # fmt: skip
+    """Make the platform hold exactly the profiles ``read_entries()`` returns (``replace``), read once the audience is
+    claimed: a caller that derives the membership from what was synced (``changes.apply``) then reads it as no other
+    sync can change it. Conflict while another sync of the audience runs."""
+    return _claimed(engine, ws, aud, read_entries, "replace", _client(ws, aud, client), clock)
+
+
 def _client(ws: Workspace, aud, client: AudienceClient | None) -> AudienceClient | None:
     if aud.provider == S.FILE or client is not None:
         return client
