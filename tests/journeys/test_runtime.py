@@ -370,3 +370,27 @@ def test_an_event_processed_before_the_entry_counts_at_entry_once(engine, ws, cl
                              .order_by(journey_records.c.id)).scalars().all()  # fmt: skip
     assert kinds.count("converted") == 2 and kinds.count("exited") == 2  # A and B: any order is the goal
     assert [i.status for i in instances(engine, ws)] == ["exited", "exited"]
+
+
+def test_after_a_resume_a_new_input_waits_behind_the_held_ones(engine, ws, clock, worker):
+    """Resumed, the held inputs are given again by the sweep; an input that arrives before the sweep reached her
+    (a store purchase imported late, stamped 09:30) is held behind them, so her inputs run in their time order:
+    the cart added at 09:00 while paused begins first, then the purchase ends its wait. Given at once instead, the
+    purchase would find no cart yet, and the cart would be reminded."""
+    publish(engine, ws, CART)
+    with engine.begin() as conn:
+        manage.control(conn, ws, "cart", "pause", T0)
+    send(engine, ws, [ev("Product Added", T0, cart_id="A")], T0)
+    settle(worker)
+    clock.at = T0 + timedelta(hours=2)
+    with engine.begin() as conn:
+        manage.control(conn, ws, "cart", "resume", clock.at)
+    bought = T0 + timedelta(minutes=30)
+    send(engine, ws, [ev("Order Completed", bought, channel="store", cart_id="A")], clock.at)
+    settle(worker)
+    assert journey_messages(engine, ws) == []
+    (a,) = instances(engine, ws)
+    assert a.status == "exited" and a.state["branch"] == "bought"
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(journey_held)).scalar() == 0
+        assert not store.get(conn, ws, "cart").sweep

@@ -105,7 +105,8 @@ class Journeys:
     def __init__(self, conn: Connection, ws_id: str):
         self.conn = conn
         self.ws = ws_api.get(conn, ws_id)
-        self.all = store.all_journeys(conn, ws_id)
+        # shared locks on PostgreSQL: a status change waits for the transitions reading the old one (store)
+        self.all = store.all_journeys(conn, ws_id, share=True)
         self.topics = (self.ws.settings.get("messaging") or {}).get("topics")
         self._defs: dict[tuple[str, int], d.Definition] = {}
         self._links = None
@@ -177,6 +178,9 @@ class PersonRun:
     _timeline: list[Stored] = field(default_factory=list)
     _ident: dict | None = None
     _unseen: set[str] | None = None  # message ids of her events not handed to the journeys yet
+    _held: dict[str, bool] = field(default_factory=dict)  # journey -> she has inputs held for it
+    replaying: set[str] = field(default_factory=set)  # journeys whose held inputs this run gives again
+    unreplayed: dict[str, set[str]] = field(default_factory=dict)  # journey -> ids of held events not given yet
 
     @property
     def ws(self) -> str:
@@ -195,13 +199,18 @@ class PersonRun:
                     continue
             elif not any(s.status != "exited" for s in mine) and not self.js.may_enter(jid, inp):
                 continue
+            if jr.status == "active" and jr.sweep and jid not in self.replaying and self.has_held(jid):
+                # resumed, and her inputs held while paused are not given again yet: this one waits behind them,
+                # so that her inputs are applied in their time order
+                store.hold(self.conn, self.ws, jid, self.person.id, inp)
+                continue
             versions = {v: self.js.defn(jid, v) for v in {s.version for s in mine if s.status != "exited"}}
             if jr.status not in ("stopped", "archived"):
                 versions[jr.version] = self.js.defn(jid, jr.version)
             entering = self.js.may_enter(jid, inp) or any(s.status == "new" for s in mine)
             outcomes = dispatch.offer(
                 versions, jr.version, self.person, mine, inp, self.now, status=jr.interpreter_status,
-                topics=self.js.topics, before_entry=self.before_entry() if entering else (),
+                topics=self.js.topics, before_entry=self.before_entry(jid) if entering else (),
             )  # fmt: skip
             if any(o.held for o in outcomes):  # paused: the input is kept once, for all her instances of it
                 store.hold(self.conn, self.ws, jid, self.person.id, inp)
@@ -210,13 +219,30 @@ class PersonRun:
             out += outcomes
         if isinstance(inp, Event):
             self.given.append(inp)
+            for ids in self.unreplayed.values():
+                ids.discard(inp.id)
         return out
 
-    def before_entry(self) -> tuple[Event, ...]:
-        """The person's events given to the journeys before the input at hand: those stored whose feed change the
-        consumer has handled, and those given in this run. Not the ones still waiting in the feed (they come as
-        inputs, later): an entry checks its goal and exit criteria against what happened before it was processed,
-        as the simulator does, never twice."""
+    def has_held(self, jid: str) -> bool:
+        if jid not in self._held:
+            self._held[jid] = store.has_held(self.conn, self.ws, jid, self.person.id)
+        return self._held[jid]
+
+    def replay(self, jid: str, held: Sequence[j.Input]) -> None:
+        """Give the journey's held inputs again (a resume), in the order given (their time order)."""
+        self.replaying.add(jid)
+        self.unreplayed[jid] = {i.id for i in held if isinstance(i, Event)}
+        for inp in held:
+            self.give(inp, only=[jid])
+        self.replaying.discard(jid)
+        self.unreplayed.pop(jid, None)
+
+    def before_entry(self, jid: str) -> tuple[Event, ...]:
+        """The person's events given to the journey before the input at hand: those stored whose feed change the
+        consumer has handled, and those given in this run. Not the ones still waiting in the feed, nor those held
+        for this journey while it was paused and not given again yet (both come as inputs, later): an entry checks
+        its goal and exit criteria against what happened before it was processed, as the simulator does, never
+        twice."""
         if self._unseen is None:
             seqs = sorted(feed.pending_events(self.conn, CONSUMER, self.ws, self.person.id))
             ids: set[str] = set()
@@ -225,7 +251,8 @@ class PersonRun:
                     bulk.in_(events.c.seq, seqs[i : i + 5000], self.conn.dialect.name))).scalars())  # fmt: skip
             self._unseen = ids
         given = {e.id for e in self.given}
-        return tuple(e for e in self.person.events if e.id not in self._unseen or e.id in given)
+        later = self.unreplayed.get(jid, set())
+        return tuple(e for e in self.person.events if (e.id not in self._unseen or e.id in given) and e.id not in later)
 
     def _keep(self, jid: str, o: dispatch.Outcome) -> None:
         s = o.state
@@ -467,7 +494,9 @@ def sweep(engine: Engine, limit: int = 200, clock: Callable[[], datetime] | None
         todo = store.to_sweep(probe)
     for ws, jid in todo:
         with engine.begin() as conn:
-            jr = store.get(conn, ws, jid)
+            # the journey's row first, for update (as control and publish take it), then its people: the order
+            # every transition keeps (journeys shared, then people), so none waits for a lock the other holds
+            jr = store.get(conn, ws, jid, lock=True)
             if not jr.sweep:
                 continue
             js = journeys_of(conn, ws)
@@ -477,8 +506,7 @@ def sweep(engine: Engine, limit: int = 200, clock: Callable[[], datetime] | None
                     run = person_run(conn, js, pid, at)
                     held = store.take_held(conn, ws, jid, pid)
                     if run is not None:
-                        for inp in held:
-                            run.give(inp, only=[jid])
+                        run.replay(jid, held)
                         run.flush()
                     done += len(held)
                 gone = set(pids) - set(views.lock_people(conn, ws, pids)) if pids else set()

@@ -60,9 +60,14 @@ def _journey(row) -> Journey:
                    row.started_at, bool(row.sweep))  # fmt: skip
 
 
-def all_journeys(conn: Connection, ws: str) -> dict[str, Journey]:
-    rows = conn.execute(sa.select(journeys).where(journeys.c.workspace_id == ws).order_by(journeys.c.id))
-    return {r.id: _journey(r) for r in rows}
+def all_journeys(conn: Connection, ws: str, *, share: bool = False) -> dict[str, Journey]:
+    """The workspace's journeys. ``share`` (PostgreSQL): the rows locked shared until the transaction ends, so a
+    status change (``control``, which locks its row for update) waits for the transitions that read the old status,
+    and none of them can hold an input after a resume's sweep found nothing left to give again."""
+    q = sa.select(journeys).where(journeys.c.workspace_id == ws).order_by(journeys.c.id)
+    if share and conn.dialect.name == "postgresql":
+        q = q.with_for_update(read=True)
+    return {r.id: _journey(r) for r in conn.execute(q)}
 
 
 def get(conn: Connection, ws: str, jid: str, *, lock: bool = False) -> Journey:
@@ -256,6 +261,12 @@ def held_people(conn: Connection, ws: str, jid: str, limit: int) -> list[str]:
     t = journey_held.c
     return list(conn.execute(sa.select(t.profile_id).where(t.workspace_id == ws, t.journey_id == jid)
                              .group_by(t.profile_id).order_by(t.profile_id).limit(limit)).scalars())  # fmt: skip
+
+
+def has_held(conn: Connection, ws: str, jid: str, pid: str) -> bool:
+    t = journey_held.c
+    return conn.execute(sa.select(t.seq).where(t.workspace_id == ws, t.journey_id == jid, t.profile_id == pid)
+                        .limit(1)).first() is not None  # fmt: skip
 
 
 def take_held(conn: Connection, ws: str, jid: str, pid: str) -> list[j.Input]:
