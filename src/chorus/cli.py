@@ -556,6 +556,7 @@ def main() -> None:
 
 def _subcommands() -> None:
     """Packages that bring their own command groups (added last: they use this module's helpers)."""
+    import chorus.journeys.commands  # noqa: F401 - adds publish, list, show, pause... to the journeys group
     from chorus.journeys.cli import journeys_app
     from chorus.segments.cli import segments_app
 

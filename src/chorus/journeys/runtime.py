@@ -87,7 +87,10 @@ def effect(kind: type) -> Callable[[Effect], Effect]:
 
 def supported(defn: d.Definition) -> None:
     """Refuse to publish a journey with a step this runtime cannot carry out (an effect not registered)."""
+    from chorus import registry
     from chorus.errors import ChorusError
+
+    registry.installed()  # every installed package has registered its effects (a CLI process loads nothing else)
 
     need = {d.SendMessage: j.Send, d.UpdateTrait: j.UpdateTrait, d.ListStep: j.ListChange,
             d.AudienceStep: j.AudienceChange, d.WebhookStep: j.Webhook}  # fmt: skip
