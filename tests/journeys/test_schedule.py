@@ -153,3 +153,31 @@ def test_a_bad_broadcast_is_refused_naming_the_field(engine, ws, raw, field, why
     assert e.value.field == field
     with engine.connect() as conn, pytest.raises(Exception, match="not found"):
         store.get(conn, ws, "b")
+
+
+def test_the_uplift_report_reads_the_holdout_the_runtime_assigned(engine, ws, clock, worker, tmp_path):
+    """The arms a broadcast's holdout split assigned are on the people's timelines (Journey Step with a variant):
+    exported to the lake, the uplift report counts exactly those groups, and their orders."""
+    from chorus.analytics import lake
+    from chorus.analytics import uplift as up
+    from chorus.analytics.engine import open_lake
+
+    pids = people(engine, ws, worker, {f"u{i}": (None, "news") for i in range(40)})
+    broadcast(engine, ws, T0, holdout=30, goal={"event": {"event": "Order Completed"}, "within": "3d"})
+    settle(worker)
+    with engine.connect() as conn:
+        arms = dict(conn.execute(sa.select(journey_records.c.profile_id, journey_records.c.arm).where(
+            journey_records.c.workspace_id == ws, journey_records.c.kind == "entered")).all())  # fmt: skip
+    held = {p for p, a in arms.items() if a == "holdout"}
+    buyers = [u for u, p in sorted(pids.items()) if p in held][:2] + [u for u, p in sorted(pids.items())
+                                                                        if p not in held][:5]  # fmt: skip
+    at = T0 + timedelta(hours=5)
+    _send(engine, ws, [{"type": "track", "userId": u, "event": "Order Completed", "messageId": f"o-{u}",
+                        "timestamp": at.isoformat(), "properties": {"order_id": f"o-{u}", "revenue": 10},
+                        "context": {"channel": "web"}} for u in buyers], received_at=at)  # fmt: skip
+    clock.at = T0 + timedelta(days=4)
+    settle(worker)
+    lake.export(engine, tmp_path / "lake", now=T0 + timedelta(days=5))
+    r = up.uplift(open_lake(tmp_path / "lake"), window=timedelta(days=3)).journey("b1")
+    assert (r["holdout"], r["treated"]) == (len(held), 40 - len(held))
+    assert (r["holdout_converted"], r["treated_converted"]) == (2, 5)

@@ -9,6 +9,12 @@ A person enters a journey with a ``track`` event named ``Journey Entered`` whose
 journey sends them nothing. Any other variant, or none, means treated. The assignment must be random for the
 comparison to mean anything: that is the journey's business, not this module's.
 
+Chorus' own journeys assign the arm at a split node, which may come after the entry (a receipt first, then the
+holdout of the marketing that follows): the runtime puts the arm as ``variant`` on the ``Journey Step`` event of
+that split (``journeys.runtime``). Such an event is the person's assignment, dated when it happened; in a journey
+where anybody has one, only the people assigned count (those who never reached the split were not in the
+experiment), and a ``Journey Entered`` without a variant is not an assignment.
+
 What is measured
 ----------------
 Per ``journey_id``, the people who entered it in the period (by entry time; profile ids mapped through later
@@ -49,6 +55,7 @@ from chorus.analytics.rooming import as_interval
 from chorus.errors import ChorusError
 
 ENTRY_EVENT = "Journey Entered"
+STEP_EVENT = "Journey Step"  # with a variant: an assignment at a split
 HOLDOUT_VARIANTS = ("holdout", "control")
 MIN_HOLDOUT = 30
 
@@ -114,11 +121,16 @@ def people(
     # conversions up to a window after the period's last entry must be read too
     until = period.until + window if period.until is not None else None
     ev = tp.resolved_events(lake, replace(cfg, lookback=timedelta(0)), tp.Period(period.since, until))
-    e = ev.filter((ev.type == "track") & (ev.event == ENTRY_EVENT) & ev.journey_id.notnull())
+    split = (ev.event == STEP_EVENT) & ev.variant.notnull() & (ev.variant.strip() != "")
+    e = ev.filter((ev.type == "track") & ev.journey_id.notnull() & ((ev.event == ENTRY_EVENT) | split))
     if period.since is not None:
         e = e.filter(e.timestamp >= period.since)
     if period.until is not None:
         e = e.filter(e.timestamp < period.until)
+    # a journey that assigns at a split (a Journey Step with a variant): its people are those assigned
+    e = e.mutate(_at_split=(e.event == STEP_EVENT).cast("int64"))
+    e = e.mutate(_splits=e._at_split.max().over(group_by=e.journey_id))
+    e = e.filter((e._splits == 0) | (e._at_split == 1))
     held = ibis.coalesce(e.variant.lower().strip().isin(HOLDOUT_VARIANTS), False).cast("int64")
     e = e.mutate(_held=held)
     person = [e.journey_id, e.profile_id]

@@ -180,6 +180,7 @@ class PersonRun:
     _records: list[dict] = field(default_factory=list)
     _timeline: list[Stored] = field(default_factory=list)
     _ident: dict | None = None
+    _seen: dict[tuple, int] = field(default_factory=dict)  # timeline records per (instance, step, kind, node)
     _unseen: set[str] | None = None  # message ids of her events not handed to the journeys yet
     _held: dict[str, bool] = field(default_factory=dict)  # journey -> she has inputs held for it
     replaying: set[str] = field(default_factory=set)  # journeys whose held inputs this run gives again
@@ -292,11 +293,13 @@ class PersonRun:
 
     def _record(self, s: j.State, c: j.Record) -> None:
         arm = next((s.arms[k] for k in sorted(s.arms)), None)
-        n = len(self._records)
         self._records.append({"journey_id": s.journey_id, "version": s.version, "instance_id": s.instance_id,
                               "profile_id": self.person.id, "kind": c.kind, "node": c.node, "branch": c.branch,
                               "arm": arm, "at": c.at, "detail": (c.detail or None) and c.detail[:200]})  # fmt: skip
-        name = TIMELINE.get(c.kind)
+        # a split's assignment (a step by an arm, or a holdout's wait) is the person's variant: the uplift report
+        # reads it from her timeline (analytics.uplift)
+        assigned = c.kind in ("step", "waiting") and c.node is not None and s.arms.get(c.node) == c.branch
+        name = TIMELINE.get(c.kind) or ("Journey Step" if assigned else None)
         if name is None:
             return
         if self._ident is None:
@@ -309,11 +312,15 @@ class PersonRun:
             props["branch"] = c.branch
         if c.detail is not None:
             props["reason" if c.kind == "exited" else "detail"] = c.detail
+        if assigned:
+            props["variant"] = c.branch
+        place = (s.instance_id, s.step, c.kind, c.node)
+        n = self._seen[place] = self._seen.get(place, -1) + 1
         raw = {
             **{k: v for k, v in self._ident.items() if k != "context"},
             "type": "track", "event": name, "properties": props,
             "context": {**self._ident.get("context", {}), "channel": "internal", "direction": "outbound"},
-            # the step number and the record's place in it: a transition given again makes the same ids (no-ops)
+            # the step number and the record's place in it: a transition computed again makes the same ids
             "messageId": f"chorus-journey-{s.instance_id}-{s.step}-{c.kind}-{c.node}-{n}"[:200],
             "timestamp": iso(c.at),
         }  # fmt: skip
