@@ -90,7 +90,8 @@ def _events(conn: Connection, ws: str, jid: str, version: int | None) -> list:
     r = journey_records.c
     reason = sa.case((r.kind == "exited", r.detail), else_=None)
     q = sa.select(r.version, r.kind, r.node, r.branch, reason, sa.func.count()).where(
-        r.workspace_id == ws, r.journey_id == jid, r.kind.in_(("entered", "step", "converted", "exited", "error")))
+        r.workspace_id == ws, r.journey_id == jid, r.kind.in_(("entered", "step", "converted", "exited", "error"))
+    )
     if version is not None:
         q = q.where(r.version == version)
     return conn.execute(q.group_by(r.version, r.kind, r.node, r.branch, reason)).all()
@@ -99,7 +100,8 @@ def _events(conn: Connection, ws: str, jid: str, version: int | None) -> list:
 def _inside(conn: Connection, ws: str, jid: str, version: int | None) -> list:
     t = journey_instances.c
     q = sa.select(t.version, t.node, t.status, sa.func.count()).where(
-        t.workspace_id == ws, t.journey_id == jid, t.status != "exited")
+        t.workspace_id == ws, t.journey_id == jid, t.status != "exited"
+    )
     if version is not None:
         q = q.where(t.version == version)
     return conn.execute(q.group_by(t.version, t.node, t.status)).all()
@@ -197,8 +199,15 @@ def stats(conn: Connection, ws: str, jid: str, version: int | None = None) -> di
 
 def _totals(t: dict) -> dict:
     inside = t["active"] + t["tracking"] + t["new"]
-    return {"entered": t["entered"], "inside": inside, "active": t["active"], "tracking": t["tracking"],
-            "converted": t["converted"], "exited": t["exited"], "conversion_rate": _rate(t["converted"], t["entered"])}
+    return {
+        "entered": t["entered"],
+        "inside": inside,
+        "active": t["active"],
+        "tracking": t["tracking"],
+        "converted": t["converted"],
+        "exited": t["exited"],
+        "conversion_rate": _rate(t["converted"], t["entered"]),
+    }
 
 
 def people_at(conn: Connection, ws: str, jid: str, node: str, version: int | None = None, limit: int = 100,

@@ -1,0 +1,170 @@
+"""Node statistics on the store, on both engines: journeys run through the worker as in test_runtime, then every
+count of ``stats.stats`` checked against what the people did (and the split arms against their instances)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from chorus.errors import ChorusError, NotFound
+from chorus.journeys import stats
+from tests.journeys.conftest import T0
+from tests.journeys.test_runtime import CART as _CART
+from tests.journeys.test_runtime import ev, instances, publish, send, settle
+
+# test_runtime's cart journey with a trait step where it sends a message: the counts are the same, and the
+# message step waits for the outbox's enqueue_in (main's runtime commit says it is coming)
+CART = {**_CART, "nodes": {**_CART["nodes"], "remind": {"type": "update_trait", "trait": "reminded", "value": True,
+                                                        "next": "done"}}}  # fmt: skip
+
+
+def read(engine, ws, jid="cart", version=None):
+    with engine.connect() as conn:
+        return stats.stats(conn, ws, jid, version)
+
+
+def node(out, nid, version=1):
+    (v,) = [x for x in out["versions"] if x["version"] == version]
+    return next(n for n in v["nodes"] if n["node"] == nid)
+
+
+def pairs(items):
+    return {p["key"]: p["count"] for p in items}
+
+
+def test_abandoned_cart_counts_every_arrival_pass_conversion_and_exit(engine, ws, clock, worker):
+    publish(engine, ws, CART)
+    send(engine, ws, [ev("Product Added", T0, cart_id="A"), ev("Product Added", T0, cart_id="B"),
+                      ev("Product Added", T0, user="u2", cart_id="C")], T0)  # fmt: skip
+    settle(worker)
+    out = read(engine, ws)
+    assert out["totals"] == {"entered": 3, "inside": 3, "active": 3, "tracking": 0, "converted": 0, "exited": 0,
+                             "conversion_rate": 0.0}  # fmt: skip
+    wait = node(out, "wait")
+    assert (wait["entered"], wait["waiting_now"], wait["passed"], wait["pass_rate"]) == (3, 3, 0, 0.0)
+    assert node(out, "remind")["entered"] == 0 and node(out, "remind")["pass_rate"] is None
+
+    # u1 buys cart A in a store: A leaves by "bought", and the order is B's goal too (any order within 7 days)
+    clock.at = T0 + timedelta(minutes=30)
+    send(engine, ws, [ev("Order Completed", clock.at, channel="store", cart_id="A")], clock.at)
+    settle(worker)
+    clock.at = T0 + timedelta(hours=1, seconds=1)  # B and C time out: reminded
+    settle(worker)
+    out = read(engine, ws)
+    wait, remind, done = node(out, "wait"), node(out, "remind"), node(out, "done")
+    assert (wait["entered"], wait["waiting_now"], wait["passed"]) == (3, 0, 3)
+    assert pairs(wait["passed_by_branch"]) == {"bought": 1, "timeout": 2}
+    assert (wait["converted"], pairs(wait["converted_by_branch"]), wait["conversion_rate"]) == (2, {None: 2}, 0.6667)
+    assert (remind["entered"], remind["passed"], remind["exited"], remind["pass_rate"]) == (2, 2, 0, 1.0)
+    # A and B reach the end converted and exit; C (not converted) waits out the goal window at the exit node: her
+    # waiting there is not a second arrival
+    assert (done["entered"], done["passed"], done["exited"], done["tracking_now"]) == (3, 3, 2, 1)
+    assert pairs(done["exited_by_reason"]) == {"exit node": 2}
+    assert out["totals"] == {"entered": 3, "inside": 1, "active": 0, "tracking": 1, "converted": 2, "exited": 2,
+                             "conversion_rate": 0.6667}  # fmt: skip
+    with engine.connect() as conn:
+        (at,) = stats.people_at(conn, ws, "cart", "done")
+        assert at["status"] == "tracking" and at["version"] == 1
+        assert stats.people_at(conn, ws, "cart", "wait") == []
+
+    clock.at = T0 + timedelta(days=7, seconds=1)  # C's goal window closes: she exits where she was
+    settle(worker)
+    done = node(read(engine, ws), "done")
+    assert (done["entered"], done["exited"], done["tracking_now"]) == (3, 3, 0)
+    assert read(engine, ws)["totals"]["inside"] == 0
+
+
+HOLDOUT = {
+    "id": "promo", "entry": {"event": {"event": "Signed Up"}}, "reentry": "never",
+    "goal": {"event": {"event": "Order Completed"}, "within": "3d"}, "exit_on_goal": False, "start": "arm",
+    "nodes": {
+        "arm": {"type": "split", "arms": [{"name": "control", "weight": 50, "holdout": True},
+                                          {"name": "treat", "weight": 50, "next": "send"}]},
+        "send": {"type": "update_trait", "trait": "offered", "value": True, "next": "done"},
+        "done": {"type": "exit"},
+    },
+}  # fmt: skip
+
+
+def test_split_arms_count_entries_and_conversions_per_arm(engine, ws, clock, worker):
+    publish(engine, ws, HOLDOUT)
+    users = [f"p{i}" for i in range(16)]
+    send(engine, ws, [ev("Signed Up", T0, user=u) for u in users], T0)
+    settle(worker)
+    clock.at = T0 + timedelta(hours=2)
+    buyers = users[::3]
+    send(engine, ws, [ev("Order Completed", clock.at, user=u) for u in buyers], clock.at)
+    settle(worker)
+    out = read(engine, ws, "promo", version=1)
+    rows = instances(engine, ws, "promo")
+    truth = {arm: [r for r in rows if r.state["arms"]["arm"] == arm] for arm in ("control", "treat")}
+    assert truth["control"] and truth["treat"], "16 people fill both arms of a 50/50 split"
+    got = {a["arm"]: a for a in out["versions"][0]["arms"]}
+    for arm, inside in truth.items():
+        conv = sum(1 for r in inside if r.state["converted_at"])
+        assert (got[arm]["entered"], got[arm]["converted"]) == (len(inside), conv)
+        assert got[arm]["holdout"] == (arm == "control") and got[arm]["split"] == "arm"
+        assert got[arm]["conversion_rate"] == round(conv / len(inside), 4)
+    assert sum(a["converted"] for a in got.values()) == len(buyers) == out["totals"]["converted"]
+    arm = node(out, "arm")
+    # the treated pass the split; the holdout wait at it, tracked, until the goal window closes
+    assert (arm["entered"], arm["passed"], arm["waiting_now"]) == (16, len(truth["treat"]), len(truth["control"]))
+    assert pairs(arm["passed_by_branch"]) == {"treat": len(truth["treat"])}
+    assert node(out, "send")["entered"] == len(truth["treat"])
+
+    with engine.connect() as conn:
+        page1 = stats.people_at(conn, ws, "promo", "arm", version=1, limit=3)
+        page2 = stats.people_at(conn, ws, "promo", "arm", version=1, limit=100, after=page1[-1]["instance_id"])
+    ids = [p["instance_id"] for p in page1 + page2]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids) == len(truth["control"])
+    assert {p["profile_id"] for p in page1 + page2} == {r.profile_id for r in truth["control"]}
+
+    clock.at = T0 + timedelta(days=3, seconds=1)  # the window closes: the holdout exit at the split
+    settle(worker)
+    arm = node(read(engine, ws, "promo"), "arm")
+    assert pairs(arm["exited_by_reason"]) == {"holdout: goal window over": len(truth["control"])}
+    assert arm["waiting_now"] == 0
+
+
+def test_a_new_version_is_counted_apart_and_unknown_versions_are_named(engine, ws, clock, worker):
+    publish(engine, ws, CART)
+    send(engine, ws, [ev("Product Added", T0, cart_id="A")], T0)
+    settle(worker)
+    publish(engine, ws, {**CART, "name": "Cart v2"})
+    send(engine, ws, [ev("Product Added", T0, user="u2", cart_id="B")], T0)
+    settle(worker)
+    out = read(engine, ws)
+    assert [v["version"] for v in out["versions"]] == [1, 2]
+    assert [v["totals"]["entered"] for v in out["versions"]] == [1, 1] and out["totals"]["entered"] == 2
+    only2 = read(engine, ws, version=2)
+    assert [v["version"] for v in only2["versions"]] == [2] and only2["totals"]["entered"] == 1
+    with engine.connect() as conn:
+        assert len(stats.people_at(conn, ws, "cart", "wait")) == 2
+        assert len(stats.people_at(conn, ws, "cart", "wait", version=1)) == 1
+        with pytest.raises(ChorusError) as err:
+            stats.stats(conn, ws, "cart", 9)
+        assert err.value.field == "version"
+        with pytest.raises(NotFound):
+            stats.stats(conn, ws, "nope")
+
+
+def test_a_loop_back_to_a_delay_is_a_new_arrival_each_round(engine, ws, clock, worker):
+    loop = {
+        "id": "nudge", "entry": {"event": {"event": "Signed Up"}}, "start": "pause",
+        "nodes": {
+            "pause": {"type": "delay", "for": "1h", "next": "pause", "max_visits": 3, "overflow": "done"},
+            "done": {"type": "exit"},
+        },
+    }  # fmt: skip
+    publish(engine, ws, loop)
+    send(engine, ws, [ev("Signed Up", T0)], T0)
+    settle(worker)
+    for h in range(1, 5):
+        clock.at = T0 + timedelta(hours=h, seconds=1)
+        settle(worker)
+    pause = node(read(engine, ws, "nudge"), "pause")
+    # three waits of an hour, each a round's arrival, then the fourth arrival overflows to the exit
+    assert (pause["entered"], pause["passed"]) == (4, 4)
+    assert pairs(pause["passed_by_branch"]) == {None: 3, "overflow": 1}
+    assert node(read(engine, ws, "nudge"), "done")["exited"] == 1
