@@ -174,7 +174,7 @@ def stats(conn: Connection, ws: str, jid: str, version: int | None = None) -> di
     for v in vs:
         defn = defs[v]
         nodes = []
-        for node in defn.nodes:
+        for node in _flow_order(defn):
             cell, arr = per[(v, node.id)], arrivals.get((v, node.id), {})
             # after a step at an exit node she waits out the goal window there: not a new arrival
             ends_here = isinstance(node.body, d.ExitStep)
@@ -195,6 +195,19 @@ def stats(conn: Connection, ws: str, jid: str, version: int | None = None) -> di
     whole = {k: sum(totals[v][k] for v in vs) for k in ("entered", "converted", "exited", "active", "tracking", "new")}
     return {"journey_id": jid, "kind": jr.kind, "status": jr.status, "version": version, "totals": _totals(whole),
             "versions": versions}  # fmt: skip
+
+
+def _flow_order(defn: d.Definition) -> list[d.Node]:
+    """The nodes from the start on, breadth first along their edges in written order (a stored definition's JSON has
+    its keys sorted: this is the order a person meets them); nodes reached from none last, by id."""
+    seen, queue = [defn.start], [defn.start]
+    while queue:
+        for _, target in d.successors(defn.node(queue.pop(0))):
+            if target not in seen:
+                seen.append(target)
+                queue.append(target)
+    rest = sorted(n.id for n in defn.nodes if n.id not in seen)
+    return [defn.node(n) for n in seen + rest]
 
 
 def _totals(t: dict) -> dict:
