@@ -226,7 +226,8 @@ def _totals(t: dict) -> dict:
 def people_at(conn: Connection, ws: str, jid: str, node: str, version: int | None = None, limit: int = 100,
               after: str | None = None) -> list[dict]:  # fmt: skip
     """Who is at ``node`` now (active there, or tracking in the goal window after it), by instance id, after
-    ``after`` (keyset pages: one index range of ``ix_journey_instances_node`` per version)."""
+    ``after`` (keyset pages). With a version, the rows are one range of ``ix_journey_instances_node``; without,
+    the journey's part of that index is read for the node, and sorted: fine for an admin page."""
     store.get(conn, ws, jid)
     if version is not None:
         _versions(conn, ws, jid, version)
