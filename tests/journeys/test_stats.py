@@ -13,17 +13,12 @@ from chorus.errors import ChorusError, NotFound
 from chorus.journeys import definition as d
 from chorus.journeys import interpreter as j
 from chorus.journeys import stats, store
+from chorus.messaging import outbox
 from tests.journeys.conftest import T0
 from tests.journeys.driver import Driver
 from tests.journeys.generate import definition
 from tests.journeys.test_properties import ZONES, inputs, person, play
-from tests.journeys.test_runtime import CART as _CART
-from tests.journeys.test_runtime import ev, instances, publish, send, settle
-
-# test_runtime's cart journey with a trait step where it sends a message: the counts are the same, and the
-# message step waits for the outbox's enqueue_in (main's runtime commit says it is coming)
-CART = {**_CART, "nodes": {**_CART["nodes"], "remind": {"type": "update_trait", "trait": "reminded", "value": True,
-                                                        "next": "done"}}}  # fmt: skip
+from tests.journeys.test_runtime import CART, ev, instances, publish, send, settle
 
 
 def read(engine, ws, jid="cart", version=None):
@@ -88,7 +83,7 @@ HOLDOUT = {
     "nodes": {
         "arm": {"type": "split", "arms": [{"name": "control", "weight": 50, "holdout": True},
                                           {"name": "treat", "weight": 50, "next": "send"}]},
-        "send": {"type": "update_trait", "trait": "offered", "value": True, "next": "done"},
+        "send": {"type": "message", "template": "offer", "channel": ["in_app"], "next": "done"},
         "done": {"type": "exit"},
     },
 }  # fmt: skip
@@ -97,7 +92,7 @@ HOLDOUT = {
 def test_split_arms_count_entries_and_conversions_per_arm(engine, ws, clock, worker):
     publish(engine, ws, HOLDOUT)
     users = [f"p{i}" for i in range(16)]
-    send(engine, ws, [ev("Signed Up", T0, user=u) for u in users], T0)
+    send(engine, ws, [ev("Signed Up", T0, user=u, cart_id="c1") for u in users], T0)  # the offer names event.cart_id
     settle(worker)
     clock.at = T0 + timedelta(hours=2)
     buyers = users[::3]
@@ -123,9 +118,15 @@ def test_split_arms_count_entries_and_conversions_per_arm(engine, ws, clock, wor
     with engine.connect() as conn:
         page1 = stats.people_at(conn, ws, "promo", "arm", version=1, limit=3)
         page2 = stats.people_at(conn, ws, "promo", "arm", version=1, limit=100, after=page1[-1]["instance_id"])
+        counts = outbox.journey_message_counts(conn, ws, "promo")
     ids = [p["instance_id"] for p in page1 + page2]
     assert ids == sorted(ids) and len(set(ids)) == len(ids) == len(truth["control"])
     assert {p["profile_id"] for p in page1 + page2} == {r.profile_id for r in truth["control"]}
+    # the treated were each sent the offer (queued in the transition), the holdout nothing
+    assert counts["total"] == len(truth["treat"]) == sum(counts["by_status"].values())
+    # queued in the transition, then sent by the worker's delivery (in-app): each status reached is counted once
+    assert counts["reached"]["queued"] == len(truth["treat"]), counts
+    assert all(counts["reached"][k] >= n for k, n in counts["by_status"].items()), counts
 
     clock.at = T0 + timedelta(days=3, seconds=1)  # the window closes: the holdout exit at the split
     settle(worker)
