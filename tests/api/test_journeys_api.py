@@ -9,6 +9,7 @@ import pytest
 
 from chorus.messaging import outbox
 from tests.api.openapi_check import Documented
+from tests.conftest import wait_until
 
 WAITER = {
     "id": "onboard", "name": "Onboarding", "entry": {"api": {}}, "reentry": "after_exit",
@@ -232,3 +233,20 @@ def test_a_write_key_opens_none_of_them(http, workspace, people, doc):
                              headers={"Authorization": f"Bearer {key}"})  # fmt: skip
             assert r.status_code == 401 and r.json()["code"] == "unauthorized", (method, path, r.text)
             doc.check(r, path)
+
+
+def test_a_broadcast_sent_now_reaches_everybody_and_counts_it(http, h, doc, people):
+    c = lambda *a, **kw: call(http, doc, h, *a, **kw)  # noqa: E731
+    c("POST", "/api/broadcasts", "/api/broadcasts", 201, json={"id": "flash", "template": "offer", "channel": "in_app"})
+
+    def sent():  # the in-process worker runs the schedule: everybody starts, is sent the offer and exits
+        got = c("GET", "/api/broadcasts/{broadcast_id}", "/api/broadcasts/flash", 200)
+        return got if got["messages"]["total"] == 5 and got["stats"]["totals"]["exited"] == 5 else None
+
+    got = wait_until(sent, timeout=30)
+    assert got["runs"][0]["started"] == 5 and got["stats"]["totals"]["entered"] == 5
+    send = {n["node"]: n for n in got["stats"]["versions"][0]["nodes"]}["send"]
+    assert (send["entered"], send["passed"], send["pass_rate"]) == (5, 5, 1.0)
+    assert got["messages"]["reached"]["queued"] == 5
+    mine = c("GET", "/api/profiles/{profile_id}/journeys", f"/api/profiles/{people['u2']}/journeys", 200)
+    assert [(i["journey_id"], i["status"]) for i in mine["instances"]] == [("flash", "exited")]
