@@ -9,6 +9,8 @@ an id of the other kind is a 404 here that names it, and where it is.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -221,6 +223,18 @@ def _of_kind(conn: Connection, ws: str, jid: str, kind: str) -> store.Journey:
     return jr
 
 
+@contextmanager
+def _snapshot(svc) -> Iterator[Connection]:
+    """A read-only connection whose statements all see one snapshot: statistics are several queries (records,
+    instances, messages, runs), and under READ COMMITTED a transition committing between two of them would show
+    people exited and never entered, or messages sent by a run that started nobody. SQLite's deferred read
+    transaction is one snapshot already."""
+    with read_only(svc.engine) as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execution_options(isolation_level="REPEATABLE READ")
+        yield conn
+
+
 def _migrate(values: list[str] | None) -> dict[str, str] | None:
     """``?migrate=old:new`` repeated or comma-separated, as the mapping manage.publish takes."""
     if not values:
@@ -301,7 +315,7 @@ def get_definition(ws: WS, svc: SVC, journey_id: str, version: Annotated[int | N
 @router.get("/journeys/{journey_id}/stats", summary="Per version and node: entered, waiting now, passed, exited, "
             "converted, with rates; totals; split arms", response_model=Stats)  # fmt: skip
 def journey_stats(ws: WS, svc: SVC, journey_id: str, version: VersionQ = None):
-    with read_only(svc.engine) as conn:
+    with _snapshot(svc) as conn:
         _of_kind(conn, ws.id, journey_id, "journey")
         return JSON(stats.stats(conn, ws.id, journey_id, version))
 
@@ -401,7 +415,7 @@ def publish_broadcast(ws: WS, svc: SVC, body: Annotated[dict, Body()], dry_run: 
 @router.get("/broadcasts/{broadcast_id}", summary="A broadcast: status, runs, statistics, its messages by status",
             response_model=Broadcast)  # fmt: skip
 def get_broadcast(ws: WS, svc: SVC, broadcast_id: str):
-    with read_only(svc.engine) as conn:
+    with _snapshot(svc) as conn:
         _of_kind(conn, ws.id, broadcast_id, "broadcast")
         return JSON({**manage.view(conn, ws.id, broadcast_id), "stats": stats.stats(conn, ws.id, broadcast_id),
                      "messages": outbox.journey_message_counts(conn, ws.id, broadcast_id)})  # fmt: skip
