@@ -20,6 +20,7 @@ from chorus.api import (
     analytics,
     audiences,
     inbox,
+    journeys,
     messages,
     openapi,
     public,
@@ -138,8 +139,10 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True, eng
     @app.get("/docs", include_in_schema=False)
     def docs():
         return get_swagger_ui_html(
-            openapi_url=app.openapi_url, title=f"{app.title} API",
-            swagger_js_url="/static/docs/swagger-ui-bundle.js", swagger_css_url="/static/docs/swagger-ui.css",
+            openapi_url=app.openapi_url,
+            title=f"{app.title} API",
+            swagger_js_url="/static/docs/swagger-ui-bundle.js",
+            swagger_css_url="/static/docs/swagger-ui.css",
             swagger_favicon_url="/static/docs/favicon-32x32.png",
             swagger_ui_parameters={"validatorUrl": None},  # else the page asks validator.swagger.io for a badge
         )
@@ -161,6 +164,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True, eng
     app.include_router(messages.router)
     app.include_router(audiences.router)
     app.include_router(segments.router)
+    app.include_router(journeys.router)
     app.include_router(analytics.router)
     app.include_router(inbox.router)
     app.include_router(inbox.admin_router)

@@ -784,3 +784,14 @@ def template_channels(conn: Connection, ws: str) -> dict[str, frozenset[str]]:
     """Every template of the workspace -> the channels it has a variant for (what a journey's message step may use)."""
     rows = conn.execute(sa.select(templates.c.name, templates.c.definition).where(templates.c.workspace_id == ws))
     return {name: frozenset((doc or {}).get("variants") or {}) for name, doc in rows}
+
+
+def journey_message_counts(conn: Connection, ws: str, journey_id: str) -> dict:
+    """The messages a journey or broadcast queued: how many, how many per current status, and how many ever reached
+    each status (a clicked message was opened and delivered first: its current status alone would hide that)."""
+    m, s = messages.c, message_status.c
+    mine = sa.and_(m.workspace_id == ws, m.journey_id == journey_id)
+    now = dict(conn.execute(sa.select(m.status, sa.func.count()).where(mine).group_by(m.status)).all())
+    ever = dict(conn.execute(sa.select(s.status, sa.func.count(sa.distinct(s.message_id))).select_from(
+        message_status.join(messages, s.message_id == m.id)).where(mine).group_by(s.status)).all())  # fmt: skip
+    return {"total": sum(now.values()), "by_status": dict(sorted(now.items())), "reached": dict(sorted(ever.items()))}
