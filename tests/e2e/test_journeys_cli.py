@@ -57,6 +57,8 @@ def test_publish_control_and_broadcast_from_the_command_line(tmp_path):
     r = chorus("journeys", "show", "tag", *ws, "--json")
     assert json.loads(r.stdout)["definition"]["nodes"]["wait"]["for"] == "1h"
 
+    r = chorus("journeys", "stats", "tag", *ws)
+    assert r.returncode == 0 and r.stdout.startswith("tag: 0 entered") and "wait" in r.stdout, r.stderr
     for action, status in (("pause", "paused"), ("resume", "active"), ("stop", "stopped")):
         r = chorus("journeys", action, "tag", *ws)
         assert r.returncode == 0 and r.stdout.strip() == f"tag: {status}", r.stderr

@@ -170,3 +170,33 @@ def journeys_stop(journey: IdArg, workspace: WsOpt, db: DbOpt = None, json_out: 
 def journeys_archive(journey: IdArg, workspace: WsOpt, db: DbOpt = None, json_out: JsonOpt = False):
     """Archive: stopped, and listed as archived."""
     _control("archive", journey, workspace, db, json_out)
+
+
+@journeys_app.command("stats")
+def journeys_stats(
+    journey: IdArg, workspace: WsOpt, db: DbOpt = None,
+    version: Annotated[int | None, typer.Option("--version", help="One version (default: all)")] = None,
+    json_out: JsonOpt = False,
+):  # fmt: skip
+    """Per version and node: entered, waiting now, passed, exited, converted; per split arm, conversions."""
+    from chorus.journeys import stats
+
+    try:
+        engine, w = _open(db, workspace)
+        with engine.connect() as conn:
+            out = stats.stats(conn, w.id, journey, version)
+    except (ChorusError, ValueError) as exc:
+        _error(exc)
+    lines = []
+    t = out["totals"]
+    lines.append(f"{journey}: {t['entered']} entered, {t['converted']} converted, {t['exited']} exited, "
+                 f"{t['inside']} inside now")  # fmt: skip
+    for v in out["versions"]:
+        lines.append(f"version {v['version']}")
+        for n in v["nodes"]:
+            lines.append(f"  {n['node']:<20} {n['type']:<10} entered {n['entered']:>7}  waiting {n['waiting_now']:>7}"
+                         f"  passed {n['passed']:>7}  exited {n['exited']:>7}  converted {n['converted']:>7}")
+        for a in v["arms"]:
+            lines.append(f"  arm {a['split']}/{a['arm']}{' (holdout)' if a['holdout'] else ''}: {a['entered']} "
+                         f"entered, {a['converted']} converted ({a['conversion_rate']})")  # fmt: skip
+    _out(out, json_out, "\n".join(lines))

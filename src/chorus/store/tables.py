@@ -278,6 +278,8 @@ messages = sa.Table(
         postgresql_where=sa.text("status = 'sending'"),
     ),
     sa.Index("ix_messages_provider_id", "workspace_id", "provider_message_id"),  # provider callbacks look up by it
+    # a journey's or broadcast's messages by status (its statistics), without a scan of the workspace's messages
+    sa.Index("ix_messages_journey", "workspace_id", "journey_id", "status"),
 )
 
 # Profiles erased (with their aliases), for copies outside the store: the event lake removes their rows. Only
@@ -597,6 +599,7 @@ journey_records = sa.Table(
     sa.Column("detail", sa.String(200), nullable=True),
     sa.Index("ix_journey_records_journey", "workspace_id", "journey_id", "version", "kind", "node"),
     sa.Index("ix_journey_records_profile", "workspace_id", "profile_id", "id"),
+    sa.Index("ix_journey_records_instance", "workspace_id", "instance_id", "id"),  # stats' arms: a self-join
 )
 
 # A scheduled entry's runs: one row per run instant, walked in chunks of profile ids (``after``) until done.
