@@ -14,16 +14,9 @@ from chorus.journeys import runtime
 from chorus.messaging import outbox
 from chorus.segments import engine as seg
 from chorus.worker import Worker
+from tests.segments.conftest import Clock
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # a Monday
-
-
-class Clock:
-    def __init__(self, at: datetime):
-        self.at = at
-
-    def __call__(self) -> datetime:
-        return self.at
 
 
 @pytest.fixture
