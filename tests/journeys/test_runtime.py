@@ -9,8 +9,9 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
+from chorus.identity.resolver import Resolver
 from chorus.journeys import manage, runtime, store
-from chorus.profiles import privacy
+from chorus.profiles import feed, privacy
 from chorus.store.tables import (
     events,
     feed_pending,
@@ -394,3 +395,39 @@ def test_after_a_resume_a_new_input_waits_behind_the_held_ones(engine, ws, clock
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(journey_held)).scalar() == 0
         assert not store.get(conn, ws, "cart").sweep
+
+
+
+def test_a_timer_waits_for_her_earlier_inputs_still_in_the_feed(engine, ws, clock, worker):
+    """Bought at 09:50 (stored and resolved) but not yet handled by the journeys consumer when her 10:00 timeout is
+    due: the timer task leaves her to the consumer, which gives the purchase first (found by review)."""
+    publish(engine, ws, CART)
+    send(engine, ws, [ev("Product Added", T0, cart_id="A")], T0)
+    settle(worker)
+    at = T0 + timedelta(minutes=50)
+    send(engine, ws, [ev("Order Completed", at, channel="store", cart_id="A")], at)
+    Resolver(engine).drain()
+    clock.at = T0 + timedelta(hours=1, seconds=1)
+    runtime.due(engine)  # the timer task of one worker runs before the consumer of another
+    feed.consume(engine, runtime.CONSUMER, runtime.Consumer())
+    settle(worker)
+    assert journey_messages(engine, ws) == []  # as in time order: she bought, then the hour was up
+    (a,) = instances(engine, ws)
+    assert a.state["branch"] == "bought"
+
+
+def test_an_overdue_timer_fires_before_a_later_input(engine, ws, clock, worker):
+    """The timeout was due at 10:00 and the timer task lags; an order at 10:02 reaches the consumer first: her
+    timers due before it fire first, so the reminder goes, as in time order (found by review)."""
+    publish(engine, ws, CART)
+    send(engine, ws, [ev("Product Added", T0, cart_id="A")], T0)
+    settle(worker)
+    at = T0 + timedelta(hours=1, minutes=2)
+    clock.at = at + timedelta(minutes=1)
+    send(engine, ws, [ev("Order Completed", at, channel="store", cart_id="A")], at)
+    Resolver(engine).drain()
+    feed.consume(engine, runtime.CONSUMER, runtime.Consumer())
+    settle(worker)
+    assert len(journey_messages(engine, ws)) == 1
+    (a,) = instances(engine, ws)
+    assert a.state["branch"] == "timeout" or a.status == "exited"

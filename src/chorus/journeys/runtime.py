@@ -180,6 +180,7 @@ class PersonRun:
     _records: list[dict] = field(default_factory=list)
     _timeline: list[Stored] = field(default_factory=list)
     _ident: dict | None = None
+    _timers: dict[str, tuple] | None = None  # her live timers: key -> (due, journey, instance), once read
     _seen: dict[tuple, int] = field(default_factory=dict)  # timeline records per (instance, step, kind, node)
     _unseen: set[str] | None = None  # message ids of her events not handed to the journeys yet
     _held: dict[str, bool] = field(default_factory=dict)  # journey -> she has inputs held for it
@@ -290,6 +291,30 @@ class PersonRun:
                 handler(self, s, c)
         store.cancel_timers(self.conn, self.ws, cancel)
         store.set_timers(self.conn, self.ws, timers)
+        if self._timers is not None:
+            for k in cancel:
+                self._timers.pop(k, None)
+            for t in timers:
+                self._timers[t["key"]] = (t["due_at"], jid, s.instance_id)
+
+    def fire_due(self, until: datetime) -> int:
+        """Fire her timers due at or before ``until``, earliest first (then by key), each deleted and given as its
+        input: before an input of that time (the consumer), or up to now (the timer task). Her inputs are then
+        applied in their time order whichever task brought them, as the simulator applies them."""
+        if self._timers is None:
+            self._timers = {r.key: (r.due_at, r.journey_id, r.instance_id)
+                            for r in store.timers_of(self.conn, self.ws, [self.person.id])}  # fmt: skip
+        n = 0
+        while True:
+            ready = [(due, key) for key, (due, _, _) in self._timers.items() if due <= until]
+            if not ready:
+                return n
+            due, key = min(ready)
+            _, jid, iid = self._timers.pop(key)
+            store.cancel_timers(self.conn, self.ws, [key])
+            if jid in self.js.all:
+                self.give(j.TimerFired(iid, key, due) if iid else j.Start(store.start_id(key), due), only=[jid])
+            n += 1
 
     def _record(self, s: j.State, c: j.Record) -> None:
         arm = next((s.arms[k] for k in sorted(s.arms)), None)
@@ -398,6 +423,7 @@ class Consumer:
         if run is None:
             return
         for inp in inputs:
+            run.fire_due(min(j.input_time(inp), at))  # her timers due before it come first
             run.give(inp)
         run.flush()
 
@@ -420,26 +446,26 @@ def due(engine: Engine, limit: int = 500, clock: Callable[[], datetime] | None =
         for ws in sorted(by_ws):
             pids = sorted(by_ws[ws])
             js = journeys_of(conn, ws)
-            locked = set(views.lock_people(conn, ws, pids, skip_locked=True))
+            # changes of hers still waiting in the feed may be stamped before these timers: the consumer gives
+            # them first and fires her timers due before each (fire_due); her timers wait for it
+            busy = feed.pending_people(conn, CONSUMER, ws, pids)
+            locked = set(views.lock_people(conn, ws, [p for p in pids if p not in busy], skip_locked=True))
             for pid in pids:
-                mine = by_person[(ws, pid)]
-                keys = [r.key for r in mine]
+                keys = [r.key for r in by_person[(ws, pid)]]
+                if pid in busy:
+                    continue
                 if pid not in locked:
                     if not _is_profile(conn, ws, pid):  # merged away (the consumer moves them) or gone: later
                         _later(conn, ws, keys, at)
                     continue  # another worker holds her: still due at the next pass
                 try:
                     with conn.begin_nested():
-                        store.cancel_timers(conn, ws, keys)
                         run = person_run(conn, js, pid, at)
-                        if run is not None:
-                            for r in sorted(mine, key=lambda r: (r.due_at, r.key)):
-                                if r.instance_id:
-                                    run.give(j.TimerFired(r.instance_id, r.key, r.due_at), only=[r.journey_id])
-                                else:
-                                    run.give(j.Start(r.key, r.due_at), only=[r.journey_id])
+                        if run is None:
+                            store.cancel_timers(conn, ws, keys)
+                        else:
+                            done += run.fire_due(at)
                             run.flush()
-                    done += len(mine)
                 except Exception as exc:  # noqa: BLE001 - one person must not stop time for everybody
                     feed.reraise_transient(exc)
                     log.exception("journey timers of profile %s failed; tried again in a minute", pid)

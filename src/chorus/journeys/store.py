@@ -251,6 +251,12 @@ def start_key(jid: str, run: str, pid: str) -> str:
     return f"start|{jid}|{run}|{pid}"
 
 
+def start_id(key: str) -> str:
+    """The start's id of a start timer: the run alone, not the person, so that the instance it makes is the same
+    whoever the timer was set for (a merge gives the survivor both people's timers: one entry, not two)."""
+    return key.split("|")[2]
+
+
 # -- held inputs ------------------------------------------------------------------------------------------------
 def hold(conn: Connection, ws: str, jid: str, pid: str, inp: j.Input) -> None:
     conn.execute(journey_held.insert().values(workspace_id=ws, journey_id=jid, profile_id=pid,

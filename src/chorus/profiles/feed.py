@@ -305,6 +305,17 @@ def claim(conn: Connection, consumer: str, limit: int) -> dict[tuple[str, str], 
     return out
 
 
+def pending_people(conn: Connection, consumer: str, ws: str, profile_ids: list[str]) -> set[str]:
+    """Those of these people who have changes ``consumer`` has not handled yet (parked ones aside)."""
+    if not profile_ids:
+        return set()
+    q = sa.select(feed_pending.c.profile_id).where(
+        feed_pending.c.consumer == consumer, feed_pending.c.workspace_id == ws,
+        feed_pending.c.attempts < MAX_ATTEMPTS, bulk.in_(feed_pending.c.profile_id, profile_ids, conn.dialect.name),
+    ).distinct()  # fmt: skip
+    return set(conn.execute(q).scalars())
+
+
 def pending_events(conn: Connection, consumer: str, ws: str, profile_id: str) -> set[int]:
     """``events.seq`` of the person's event changes ``consumer`` has not handled yet (those of its current claim
     included, until its transaction deletes them): what it has not seen of her events."""
