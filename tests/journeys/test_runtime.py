@@ -397,7 +397,6 @@ def test_after_a_resume_a_new_input_waits_behind_the_held_ones(engine, ws, clock
         assert not store.get(conn, ws, "cart").sweep
 
 
-
 def test_a_timer_waits_for_her_earlier_inputs_still_in_the_feed(engine, ws, clock, worker):
     """Bought at 09:50 (stored and resolved) but not yet handled by the journeys consumer when her 10:00 timeout is
     due: the timer task leaves her to the consumer, which gives the purchase first (found by review)."""
@@ -431,3 +430,51 @@ def test_an_overdue_timer_fires_before_a_later_input(engine, ws, clock, worker):
     assert len(journey_messages(engine, ws)) == 1
     (a,) = instances(engine, ws)
     assert a.state["branch"] == "timeout" or a.status == "exited"
+
+
+def test_a_person_whose_resume_fails_does_not_hold_up_the_others(engine, ws, clock, worker, monkeypatch):
+    """One person's replay raises on resume: she is rolled back alone (her poisoned input dropped, loudly), the
+    others' held inputs are given again and the resume completes (found by review)."""
+    from chorus.journeys import interpreter as j
+
+    publish(engine, ws, NOW)
+    with engine.begin() as conn:
+        manage.control(conn, ws, "cart", "pause", T0)
+    send(engine, ws, [ev("Product Added", T0, user="bad", cart_id="A"),
+                      ev("Product Added", T0, user="good", cart_id="B")], T0)  # fmt: skip
+    settle(worker)
+    bad = profile_of(engine, ws, "user_id:bad")
+    real = runtime._EFFECTS[j.Send]
+
+    def send_(run, s, c):
+        if run.person.id == bad:
+            raise ValueError("a data error for this one person")
+        real(run, s, c)
+
+    monkeypatch.setitem(runtime._EFFECTS, j.Send, send_)
+    with engine.begin() as conn:
+        manage.control(conn, ws, "cart", "resume", T0)
+    runtime.sweep(engine)
+    (msg,) = journey_messages(engine, ws)
+    assert msg.profile_id == profile_of(engine, ws, "user_id:good")
+    with engine.connect() as conn:
+        assert not store.get(conn, ws, "cart").sweep
+        assert conn.execute(sa.select(sa.func.count()).select_from(journey_held)).scalar() == 0
+
+
+def test_a_rolled_back_savepoint_drops_the_journeys_it_read_under_its_locks(engine, db_url, ws, clock):
+    """On PostgreSQL a savepoint rolled back releases the shared locks on the journeys read inside it: the next
+    transition of the same transaction reads them again, so a pause committed meanwhile is seen (found by review)."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("row locks: PostgreSQL")
+    publish(engine, ws, CART)
+    with engine.connect() as a:
+        a.begin()
+        with pytest.raises(RuntimeError), a.begin_nested():  # feed.consume: one person, in a savepoint
+            assert runtime.journeys_of(a, ws).all["cart"].status == "active"
+            raise RuntimeError("this person's transition failed")
+        with engine.begin() as b:
+            b.execute(sa.text("SET LOCAL lock_timeout = '5s'"))
+            manage.control(b, ws, "cart", "pause", T0)
+        assert runtime.journeys_of(a, ws).all["cart"].status == "paused"
+        a.rollback()

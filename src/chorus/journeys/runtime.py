@@ -539,12 +539,23 @@ def sweep(engine: Engine, limit: int = 200, clock: Callable[[], datetime] | None
             if jr.status == "active":
                 pids = store.held_people(conn, ws, jid, limit)
                 for pid in views.lock_people(conn, ws, pids):
-                    run = person_run(conn, js, pid, at)
                     held = store.take_held(conn, ws, jid, pid)
-                    if run is not None:
-                        run.replay(jid, held)
-                        run.flush()
                     done += len(held)
+                    try:
+                        with conn.begin_nested():  # one person's failure must not hold up everybody's resume
+                            _replay(conn, js, jid, pid, held, at)
+                    except Exception as exc:  # noqa: BLE001 - then her inputs one by one, below
+                        feed.reraise_transient(exc)
+                        log.warning("resume of journey %s failed for profile %s; her held inputs one by one: %s",
+                                    jid, pid, exc)  # fmt: skip
+                        for inp in held:
+                            try:
+                                with conn.begin_nested():
+                                    _replay(conn, js, jid, pid, [inp], at)
+                            except Exception as exc:  # noqa: BLE001 - a poisoned input is dropped, loudly
+                                feed.reraise_transient(exc)
+                                log.exception("journey %s: a held input of profile %s failed on resume; dropped",
+                                              jid, pid)  # fmt: skip
                 gone = set(pids) - set(views.lock_people(conn, ws, pids)) if pids else set()
                 for pid in gone:  # not profiles any more: their held inputs have nobody to go to
                     store.take_held(conn, ws, jid, pid)
@@ -555,11 +566,17 @@ def sweep(engine: Engine, limit: int = 200, clock: Callable[[], datetime] | None
                 live = store.live_instances(conn, ws, jid, limit)
                 pids = sorted({p for p, _ in live})
                 for pid in views.lock_people(conn, ws, pids):
-                    run = person_run(conn, js, pid, at)
-                    if run is not None:
-                        run.give(j.Start(f"{jr.status}:{iso(jr.updated_at)}", at), only=[jid])
-                        run.flush()
-                        done += 1
+                    try:
+                        with conn.begin_nested():
+                            run = person_run(conn, js, pid, at)
+                            if run is not None:
+                                run.give(j.Start(f"{jr.status}:{iso(jr.updated_at)}", at), only=[jid])
+                                run.flush()
+                    except Exception as exc:  # noqa: BLE001 - she is ended without the interpreter, loudly
+                        feed.reraise_transient(exc)
+                        log.exception("journey %s: stopping profile %s failed; her instances are ended", jid, pid)
+                        store.end_instances(conn, ws, jid, pid, at, f"journey {jr.status}")
+                    done += 1
                 stale = set(pids) - set(views.lock_people(conn, ws, pids)) if pids else set()
                 for pid in stale:  # their profile is gone: the instances cannot run any more
                     store.end_instances(conn, ws, jid, pid, at, f"journey {jr.status}")
@@ -568,6 +585,22 @@ def sweep(engine: Engine, limit: int = 200, clock: Callable[[], datetime] | None
             else:
                 store.swept(conn, ws, jid)
     return done
+
+
+def _replay(conn: Connection, js: Journeys, jid: str, pid: str, held: Sequence[j.Input], at: datetime) -> None:
+    run = person_run(conn, js, pid, at)
+    if run is not None:
+        run.replay(jid, held)
+        run.flush()
+
+
+def _forget_on_rollback(conn: Connection, name: str, context) -> None:
+    """A savepoint rolled back released the row locks taken inside it (PostgreSQL), the journeys' shared locks
+    included: what was read under them is read again (and locked again) by the next transition."""
+    forget_parsed(conn)
+
+
+sa.event.listen(Engine, "rollback_savepoint", _forget_on_rollback)
 
 
 class TimerTask:
