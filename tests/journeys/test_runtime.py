@@ -478,3 +478,27 @@ def test_a_rolled_back_savepoint_drops_the_journeys_it_read_under_its_locks(engi
             manage.control(b, ws, "cart", "pause", T0)
         assert runtime.journeys_of(a, ws).all["cart"].status == "paused"
         a.rollback()
+
+
+def test_the_variant_on_the_timeline_says_holdout_by_the_split_not_by_the_arms_name(engine, ws, clock, worker):
+    """The uplift report reads `variant`: a holdout arm named `keep_out` is `holdout`, a treated arm named
+    `control` is not read as one (found by review)."""
+    publish(engine, ws, {
+        "id": "ab", "entry": {"event": {"event": "Signed Up"}}, "goal": {"event": {"event": "Order Completed"},
+        "within": "1d"}, "start": "arm", "nodes": {
+            "arm": {"type": "split", "seed": "fixed", "arms": [{"name": "control", "weight": 50, "next": "done"},
+                                                               {"name": "keep_out", "weight": 50, "holdout": True}]},
+            "done": {"type": "exit"}}})  # fmt: skip
+    send(engine, ws, [ev("Signed Up", T0, user=f"u{i}") for i in range(12)], T0)
+    settle(worker)
+    with engine.connect() as conn:
+        steps = [r.payload["properties"] for r in conn.execute(sa.select(events.c.payload).where(
+            events.c.workspace_id == ws)) if r.payload.get("event") == "Journey Step"]  # fmt: skip
+        arms = dict(conn.execute(sa.select(journey_instances.c.id, journey_instances.c.state).where(
+            journey_instances.c.workspace_id == ws)).all())  # fmt: skip
+    got = {p["instance_id"]: (p["arm"], p["variant"]) for p in steps if "variant" in p}
+    assert set(got) == set(arms)
+    for iid, state in arms.items():
+        arm = state["arms"]["arm"]
+        assert got[iid] == (arm, "holdout" if arm == "keep_out" else "treated:control")
+    assert {v for _, v in got.values()} == {"holdout", "treated:control"}

@@ -53,10 +53,10 @@ from chorus.analytics import touchpoints as tp
 from chorus.analytics.omnichannel import check_period
 from chorus.analytics.rooming import as_interval
 from chorus.errors import ChorusError
+from chorus.journeys.definition import HOLDOUT_VARIANTS
 
 ENTRY_EVENT = "Journey Entered"
 STEP_EVENT = "Journey Step"  # with a variant: an assignment at a split
-HOLDOUT_VARIANTS = ("holdout", "control")
 MIN_HOLDOUT = 30
 
 

@@ -221,6 +221,11 @@ class Condition:
     entry: r.Filter | None = None
 
 
+# The variants the uplift report reads as held out (``analytics.uplift``): the runtime marks a holdout arm with the
+# first, and never gives a treated arm one of these as its variant.
+HOLDOUT_VARIANTS = ("holdout", "control")
+
+
 @dataclass(frozen=True, slots=True)
 class Arm:
     name: str

@@ -323,7 +323,7 @@ class PersonRun:
                               "arm": arm, "at": c.at, "detail": (c.detail or None) and c.detail[:200]})  # fmt: skip
         # a split's assignment (a step by an arm, or a holdout's wait) is the person's variant: the uplift report
         # reads it from her timeline (analytics.uplift)
-        assigned = c.kind in ("step", "waiting") and c.node is not None and s.arms.get(c.node) == c.branch
+        assigned = c.kind in ("step", "waiting") and c.node in s.arms and s.arms[c.node] == c.branch
         name = TIMELINE.get(c.kind) or ("Journey Step" if assigned else None)
         if name is None:
             return
@@ -338,7 +338,8 @@ class PersonRun:
         if c.detail is not None:
             props["reason" if c.kind == "exited" else "detail"] = c.detail
         if assigned:
-            props["variant"] = c.branch
+            props["arm"] = c.branch
+            props["variant"] = self._variant(s, c.node, c.branch)
         place = (s.instance_id, s.step, c.kind, c.node)
         n = self._seen[place] = self._seen.get(place, -1) + 1
         raw = {
@@ -352,6 +353,14 @@ class PersonRun:
         ev = normalise(raw, received_at=self.now, source_kind="internal", require_ids=False)
         if isinstance(ev, Stored):
             self._timeline.append(ev)
+
+    def _variant(self, s: j.State, node: str, arm: str) -> str:
+        """What the uplift report reads (``variant``): ``holdout`` for the arm the split holds out, whatever its
+        name; a treated arm's name, unless that name reads as a holdout there (``control``), then ``treated:<name>``."""
+        body = self.js.defn(s.journey_id, s.version).node(node).body
+        if isinstance(body, d.Split) and any(a.name == arm and a.holdout for a in body.arms):
+            return "holdout"
+        return f"treated:{arm}" if arm.strip().lower() in d.HOLDOUT_VARIANTS else arm
 
     def error(self, s: j.State, c: j.Command, exc: Exception) -> None:
         """A side effect refused (its request names something deleted since publishing): recorded on the journey

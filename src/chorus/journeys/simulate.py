@@ -340,8 +340,10 @@ class _Sim:
 
     # -- the interpreter, through dispatch.offer
     def give(self, inp: j.Input, now: datetime) -> None:
+        # the events given so far (folded just before being given): an entry checks its goal and exit criteria
+        # against those stamped from its time on, as the runtime's entry sees the events it handled before
         outcomes = dispatch.offer({1: self.defn}, 1, self.person(), self.instances, inp, now, status="active",
-                                  topics=self.topics)  # fmt: skip
+                                  topics=self.topics, before_entry=tuple(self.events))  # fmt: skip
         for o in outcomes:
             self.keep(o, now)
 
