@@ -64,6 +64,8 @@ def serve(
     settings, engine = _engine(db)
     if "CHORUS_PUBLIC_URL" not in os.environ:  # links in messages point at this server unless told otherwise
         settings = dataclasses.replace(settings, public_url=f"http://{host}:{port}")
+        # the in-process worker builds its links from the environment (messaging.links.for_store): the same URL
+        os.environ["CHORUS_PUBLIC_URL"] = settings.public_url
     _setup_logging()
     with engine.connect() as conn:
         first_run = not workspaces.list_all(conn)

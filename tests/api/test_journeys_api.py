@@ -250,3 +250,13 @@ def test_a_broadcast_sent_now_reaches_everybody_and_counts_it(http, h, doc, peop
     assert got["messages"]["reached"]["queued"] == 5
     mine = c("GET", "/api/profiles/{profile_id}/journeys", f"/api/profiles/{people['u2']}/journeys", 200)
     assert [(i["journey_id"], i["status"]) for i in mine["instances"]] == [("flash", "exited")]
+
+
+@pytest.mark.parametrize("path", ["/api/journeys/onboard/definition?version=1099511627776",
+                                  "/api/journeys/onboard/stats?version=1099511627776",
+                                  "/api/journeys/onboard/people?node=pause&version=1099511627776"])  # fmt: skip
+def test_a_version_beyond_any_is_a_4xx_naming_it(http, workspace, h, path):
+    """Past PostgreSQL's integer: an error naming the version, never a database error (found by review)."""
+    assert http.post("/api/journeys", json=WAITER, headers=h).status_code == 201
+    r = http.get(path, headers=h)
+    assert 400 <= r.status_code < 500 and "version" in r.text, (r.status_code, r.text[:200])

@@ -253,7 +253,7 @@ DryRun = Annotated[bool, Query(description="validate and say what would change (
 Migrate = Annotated[list[str] | None, Query(description=(
     "move the people waiting at an old node to a node of the same waiting kind (delay, wait) of the new version: "
     "old:new, repeated or comma-separated"))]  # fmt: skip
-VersionQ = Annotated[int | None, Query(ge=1, description="one version (default: all of them)")]
+VersionQ = Annotated[int | None, Query(ge=1, le=2**31 - 1, description="one version (default: all of them)")]
 
 _DEFINITION = {"requestBody": {"required": True, "content": {"application/json": {
     "schema": {"type": "object", "description": "the journey definition as JSON (docs/journeys.md)"},
@@ -306,7 +306,7 @@ def get_journey(ws: WS, svc: SVC, journey_id: str):
 @router.get("/journeys/{journey_id}/definition", summary="A version's definition, in its canonical JSON",
             response_model=dict[str, Any])  # fmt: skip
 def get_definition(ws: WS, svc: SVC, journey_id: str, version: Annotated[int | None, Query(
-        ge=1, description="the version (default: the current one)")] = None):  # fmt: skip
+        ge=1, le=2**31 - 1, description="the version (default: the current one)")] = None):  # fmt: skip
     with read_only(svc.engine) as conn:
         _of_kind(conn, ws.id, journey_id, "journey")
         return JSON(manage.definition_json(conn, ws.id, journey_id, version))

@@ -184,6 +184,7 @@ class PersonRun:
     _seen: dict[tuple, int] = field(default_factory=dict)  # timeline records per (instance, step, kind, node)
     _unseen: set[str] | None = None  # message ids of her events not handed to the journeys yet
     _held: dict[str, bool] = field(default_factory=dict)  # journey -> she has inputs held for it
+    held_behind: set[str] = field(default_factory=set)  # journeys an input was held for, behind a resume
     replaying: set[str] = field(default_factory=set)  # journeys whose held inputs this run gives again
     unreplayed: dict[str, set[str]] = field(default_factory=dict)  # journey -> ids of held events not given yet
 
@@ -208,6 +209,7 @@ class PersonRun:
                 # resumed, and her inputs held while paused are not given again yet: this one waits behind them,
                 # so that her inputs are applied in their time order
                 store.hold(self.conn, self.ws, jid, self.person.id, inp)
+                self.held_behind.add(jid)
                 continue
             versions = {v: self.js.defn(jid, v) for v in {s.version for s in mine if s.status != "exited"}}
             if jr.status not in ("stopped", "archived"):
@@ -510,6 +512,9 @@ def start_person(conn: Connection, ws: str, jid: str, pid: str, start: j.Start, 
     before = {s.instance_id for s in run.instances}
     outcomes = run.give(start, only=[jid])
     run.flush()
+    if jid in run.held_behind:
+        return {"entered": False, "held": True, "reason": "the journey is resuming: the start is kept and runs after "
+                "her inputs held while it was paused"}  # fmt: skip
     for o in outcomes:
         if o.new and o.held:
             return {"entered": False, "held": True, "instance_id": o.state.instance_id,

@@ -87,6 +87,8 @@ def _parse(raw: bytes) -> d.Definition:
 
 
 def definition(conn: Connection, ws: str, jid: str, version: int) -> d.Definition:
+    if not 1 <= version <= 2**31 - 1:  # the column's range: a bigger number is no version (not a database error)
+        raise NotFound(f"journey {jid} version {version} not found", field="version")
     raw = conn.execute(sa.select(journey_versions.c.definition).where(
         journey_versions.c.workspace_id == ws, journey_versions.c.journey_id == jid,
         journey_versions.c.version == version)).scalar()  # fmt: skip
@@ -431,4 +433,9 @@ def forget(conn: Connection, ws: str, person) -> dict[str, int]:
                         ("journey_held", journey_held), ("journey_records", journey_records)):  # fmt: skip
         res = conn.execute(table.delete().where(table.c.workspace_id == ws, table.c.profile_id.in_(person.profile_ids)))
         out[name] = res.rowcount or 0
+    # a scheduled run's walk may stand at her id: a prefix of it keeps the walk's place (the few people whose ids
+    # share it are started again, which starts nobody twice) and names nobody
+    r = journey_runs.c
+    for pid in person.profile_ids:
+        conn.execute(journey_runs.update().where(r.workspace_id == ws, r.after == pid).values(after=pid[:8]))
     return out
