@@ -1,0 +1,345 @@
+#!/usr/bin/env python
+"""The journey runtime's figures (issue 13, Performance), each beside a baseline measured in the same run.
+
+Four subcommands, on fresh databases:
+
+* ``transitions``: ``--people`` people (default 2,000) each send one ``Product Added`` (stored as the tracking API
+  stores them, ``ingest.store``, then resolved by the resolver: not timed), then the ``journeys`` feed consumer
+  (``feed.consume(engine, "journeys", runtime.Consumer())``, 500 changes a claim) runs a no-delay journey (entry,
+  an in_app message, exit) for everybody: on SQLite in this process (what the embedded worker runs), on
+  PostgreSQL in 1 and in 2 worker processes (each consuming until it finds nothing). **Raw**: the same state
+  changes as bare SQL on the same engine and data: the rows the consumer inserted (instances, records, messages
+  and their status, the timeline events and their feed rows...) and deleted (the feed rows it handled) are read
+  back, undone, then written again by hand, per person (her profile row locked first, then one multi-row
+  ``INSERT`` per table and one ``DELETE``), 500 people a transaction. Prints transitions/s (people, each one
+  entry, one message, one exit) and the ratio.
+* ``latency``: ``chorus serve`` (HTTP on loopback, embedded worker) on PostgreSQL; a steady ``--rate`` (500) events
+  per second for ``--seconds`` (20), each a new person's ``Product Added`` to ``/v1/batch``; per event, from its
+  request's ``200`` to its message row's ``created_at`` (the runtime's clock when the transition began, before its
+  commit: a slight underestimate). Baseline: the same stream with no journey published, from the ``200`` to the
+  resolution's feed change (``profile_changes.at``), the part of the path that is not the journey's.
+* ``timers``: ``--waiting`` people (default 100,000) waiting on a 1-day delay, made in bulk (one real person is run
+  through the journey; her profile, instance and timer rows are cloned with new ids, ``COPY`` on PostgreSQL), then a
+  worker process (``runtime.due``, the timer task) polls ``--passes`` times while nothing is due: its RSS idle
+  (after imports and a connection: the baseline), after the polls, then after a slice (``--fire``, 2,000) is made
+  due and fired.
+* ``broadcast``: a broadcast "now" (``manage.publish_broadcast``) to a segment of ``--profiles`` members (20,000;
+  profiles and memberships made in bulk), run by the schedule task (``schedule.tick``) until every message is
+  queued. Baseline: the same message rows, read back, deleted, and inserted again by bare ``INSERT``s of 500 rows
+  a transaction. Prints profiles/s and the time 1,000,000 would take at that rate.
+
+    python bench/journeys.py transitions [--people 2000] [--engines sqlite,postgresql]
+    python bench/journeys.py latency [--rate 500 --seconds 20]
+    python bench/journeys.py timers [--waiting 100000 --engine postgresql]
+    python bench/journeys.py broadcast [--profiles 20000 --engine postgresql]
+    python bench/journeys.py ... --profile DIR     # also a cProfile of the timed chorus part, top functions printed
+
+Figures go to stdout; the JSON of each run to ``bench/results/journeys-<sub>.json``. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import io
+import multiprocessing as mp
+import pstats
+import statistics
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    RESULTS_DIR,
+    ChorusServer,
+    FreshDB,
+    _status_kb,
+    log,
+    make_tmpdir,
+    ro_connect,
+    write_json,
+)
+
+TEMPLATE = {"kind": "marketing", "variants": {"in_app": {"title": "Still thinking of it?", "body": "see you soon"}}}
+NUDGE = {  # the no-delay journey: entry, message, exit
+    "id": "nudge", "name": "No-delay nudge", "entry": {"event": {"event": "Product Added"}}, "reentry": "after_exit",
+    "start": "send",
+    "nodes": {"send": {"type": "message", "template": "nudge", "channel": ["in_app"], "kind": "marketing",
+                       "next": "done"},
+              "done": {"type": "exit"}},
+}  # fmt: skip
+WAITER = {  # a 1-day delay before the message: people wait on a timer row
+    **NUDGE, "id": "waiter", "name": "One day later", "start": "wait",
+    "nodes": {"wait": {"type": "delay", "for": "1d", "next": "send"}, **NUDGE["nodes"]},
+}  # fmt: skip
+
+
+# -- setup ------------------------------------------------------------------------------------------------------------
+def chorus_ready():
+    """Every package registered (effects, the journeys consumer's interest), as a worker would have it."""
+    from chorus import registry as reg
+
+    reg.installed()
+
+
+def workspace(engine, journey: dict | None = NUDGE) -> str:
+    from chorus import workspaces
+    from chorus.journeys import manage
+    from chorus.messaging import outbox
+
+    ws = workspaces.create(engine, "bench")["id"]
+    outbox.save_template(engine, ws, "nudge", TEMPLATE)
+    if journey is not None:
+        with engine.begin() as conn:
+            manage.publish(conn, ws, journey, datetime.now(UTC))
+    return ws
+
+
+def product_added(uid: str, at: datetime) -> dict:
+    return {"type": "track", "event": "Product Added", "userId": uid, "messageId": uuid.uuid4().hex,
+            "timestamp": at.isoformat(), "properties": {"product_id": "p1", "price": 42},
+            "context": {"channel": "web"}}  # fmt: skip
+
+
+def store_and_resolve(engine, ws: str, msgs: list[dict]) -> None:
+    """As the tracking API stores events (``ingest.store``), then the resolver (both untimed)."""
+    from chorus import workspaces
+    from chorus.collect import ingest
+    from chorus.collect.messages import normalise
+    from chorus.identity.resolver import Resolver
+
+    at = datetime.now(UTC)
+    with engine.begin() as conn:
+        src = workspaces.internal_source(conn, ws, "server", "bench")
+        for i in range(0, len(msgs), 2000):
+            ingest.store(conn, src, [normalise(m, received_at=at, source_kind="server") for m in msgs[i : i + 2000]],
+                         [], at)  # fmt: skip
+    Resolver(engine).drain(2000)
+
+
+def count(engine, sql: str) -> int:
+    import sqlalchemy as sa
+
+    with engine.connect() as conn:
+        return conn.execute(sa.text(sql)).scalar()
+
+
+class Profiler:
+    """An optional cProfile of the timed chorus part; prints the top functions by cumulative time to stderr."""
+
+    def __init__(self, out: str | None, name: str):
+        self.out, self.name = out, name
+        self.prof = cProfile.Profile() if out else None
+
+    def __enter__(self):
+        if self.prof:
+            self.prof.enable()
+        return self
+
+    def __exit__(self, *exc):
+        if not self.prof:
+            return
+        self.prof.disable()
+        Path(self.out).mkdir(parents=True, exist_ok=True)
+        self.prof.dump_stats(str(Path(self.out) / f"{self.name}.prof"))
+        s = io.StringIO()
+        pstats.Stats(self.prof, stream=s).sort_stats("cumulative").print_stats(40)
+        log(f"profile {self.name}:\n{s.getvalue()}")
+
+
+# -- transitions ------------------------------------------------------------------------------------------------------
+def _consume_all(engine) -> int:
+    from chorus.journeys import runtime
+    from chorus.profiles import feed
+
+    consumer, done = runtime.Consumer(), 0
+    while True:
+        n = feed.consume(engine, "journeys", consumer, 500)
+        if not n:
+            return done
+        done += n
+
+
+def _worker(url: str, ready, go, out) -> None:
+    """One worker process: connect, say ready, wait for the start, consume until nothing is left."""
+    chorus_ready()
+    from chorus.store.db import create_engine
+
+    engine = create_engine(url)
+    count(engine, "SELECT 1")
+    ready.set()
+    go.wait()
+    t0 = time.perf_counter()
+    n = _consume_all(engine)
+    out.put((n, time.perf_counter() - t0))
+    engine.dispose()
+
+
+def _snapshot(engine) -> dict[str, dict]:
+    """Every row of every table, by primary key."""
+    from chorus.store.tables import metadata
+
+    out = {}
+    with engine.connect() as conn:
+        for t in metadata.sorted_tables:
+            pk = [c.name for c in t.primary_key.columns]
+            out[t.name] = {tuple(r._mapping[c] for c in pk): dict(r._mapping) for r in conn.execute(t.select())}
+    return out
+
+
+def _tables():
+    from chorus.store.tables import metadata
+
+    return {t.name: t for t in metadata.sorted_tables}
+
+
+def _owner(table: str, row: dict, msg_owner: dict) -> str | None:
+    if table == "message_status":
+        return msg_owner.get(row["message_id"])
+    return row.get("profile_id")
+
+
+def transitions_run(engine_name: str, workers: int, people: int, tmp: Path, prof: str | None) -> dict:
+    import sqlalchemy as sa
+
+    from chorus.store.db import create_engine, upgrade
+
+    with FreshDB(engine_name, f"jt{workers}", tmp) as db:
+        upgrade(db.url)
+        engine = create_engine(db.url)
+        from chorus.profiles import feed
+
+        feed.subscribe(engine, "journeys")
+        ws = workspace(engine)
+        at = datetime.now(UTC)
+        store_and_resolve(engine, ws, [product_added(f"u{i}", at) for i in range(people)])
+        pending = count(engine, "SELECT count(*) FROM feed_pending WHERE consumer = 'journeys'")
+        before = _snapshot(engine)
+        log(f"{engine_name} x{workers}: {people} people stored and resolved, {pending} feed rows; consuming")
+        # chorus
+        if workers == 0:
+            with Profiler(prof, f"transitions-{engine_name}"):
+                t0 = time.perf_counter()
+                handled = _consume_all(engine)
+                took = time.perf_counter() - t0
+        else:
+            ctx = mp.get_context("spawn")
+            go, out = ctx.Event(), ctx.Queue()
+            readies = [ctx.Event() for _ in range(workers)]
+            procs = [ctx.Process(target=_worker, args=(db.url, r, go, out)) for r in readies]
+            for p in procs:
+                p.start()
+            for r in readies:
+                r.wait(120)
+            t0 = time.perf_counter()
+            go.set()
+            results = [out.get(timeout=600) for _ in procs]
+            took = time.perf_counter() - t0
+            for p in procs:
+                p.join(30)
+            handled = sum(n for n, _ in results)
+        left = count(engine, "SELECT count(*) FROM feed_pending WHERE consumer = 'journeys'")
+        sent = count(engine, "SELECT count(*) FROM messages WHERE journey_id = 'nudge'")
+        assert left == 0 and sent == people, (left, sent, people)
+        after = _snapshot(engine)
+        tables = _tables()
+        added = {t: [r for k, r in after[t].items() if k not in before[t]] for t in after}
+        removed = {t: [r for k, r in before[t].items() if k not in after[t]] for t in before}
+        changed = {t: sum(1 for k, r in after[t].items() if k in before[t] and before[t][k] != r) for t in after}
+        rows = {t: len(v) for t, v in added.items() if v}
+        gone = {t: len(v) for t, v in removed.items() if v}
+        updated = {t: n for t, n in changed.items() if n}
+        # undo the consumer's work, then do its inserts and deletes again by hand
+        with engine.begin() as conn:
+            for t, rs in added.items():
+                if rs:
+                    pk = list(tables[t].primary_key.columns)
+                    for r in rs:
+                        conn.execute(tables[t].delete().where(*[c == r[c.name] for c in pk]))
+            for t, rs in removed.items():
+                if rs:
+                    conn.execute(tables[t].insert(), rs)
+        msg_owner = {r["id"]: r["profile_id"] for r in added.get("messages", [])}
+        per_person: dict[str, dict[str, list]] = {}
+        for t, rs in added.items():
+            for r in rs:
+                per_person.setdefault(_owner(t, r, msg_owner), {}).setdefault(t, []).append(r)
+        dels: dict[str, list] = {}
+        for r in removed.get("feed_pending", []):
+            dels.setdefault(r["profile_id"], []).append(r["seq"])
+        pids = sorted(p for p in per_person if p is not None)
+        shared = per_person.pop(None, {})  # rows of nobody (the journeys' internal source): the first transaction
+        fp = tables["feed_pending"]
+        prof_t = tables["profiles"]
+        order = [t for t in tables if t in added]  # parents first (metadata order)
+        t0 = time.perf_counter()
+        for i in range(0, len(pids), 500):
+            with engine.begin() as conn:
+                for t in order if i == 0 else ():
+                    if t in shared:
+                        conn.execute(tables[t].insert(), shared[t])
+                for pid in pids[i : i + 500]:
+                    q = sa.select(prof_t.c.id).where(prof_t.c.workspace_id == ws, prof_t.c.id == pid)
+                    if engine.dialect.name == "postgresql":
+                        q = q.with_for_update()
+                    conn.execute(q).first()
+                    mine = per_person[pid]
+                    for t in order:
+                        if t in mine:
+                            conn.execute(tables[t].insert(), mine[t])
+                    if pid in dels:
+                        conn.execute(fp.delete().where(fp.c.consumer == "journeys", fp.c.seq.in_(dels[pid])))
+        raw = time.perf_counter() - t0
+        assert count(engine, "SELECT count(*) FROM messages WHERE journey_id = 'nudge'") == people
+        engine.dispose()
+    return {"engine": engine_name, "workers": workers or "embedded", "people": people, "changes_handled": handled,
+            "chorus_s": took, "chorus_per_s": people / took, "raw_s": raw, "raw_per_s": people / raw,
+            "ratio": (people / took) / (people / raw), "rows_inserted": rows, "rows_deleted": gone,
+            "rows_updated_not_replayed": updated,
+            "shared_rows": {t: len(v) for t, v in shared.items()}}  # fmt: skip
+
+
+def cmd_transitions(args) -> None:
+    tmp = make_tmpdir()
+    runs = []
+    plan = []
+    for e in args.engines.split(","):
+        plan += [("sqlite", 0)] if e == "sqlite" else [("postgresql", 1), ("postgresql", 2)]
+    for eng, w in plan:
+        r = transitions_run(eng, w, args.people, tmp, args.profile)
+        runs.append(r)
+        log(f"{eng} x{r['workers']}: chorus {r['chorus_per_s']:.0f}/s, raw {r['raw_per_s']:.0f}/s")
+    print(f"\ntransitions, {args.people:,} people (one entry, one in_app message, one exit each)\n")
+    print("| engine | workers | chorus transitions/s | raw SQL transitions/s | chorus/raw | bar ≥ 0.5 |")
+    print("| --- | --- | ---: | ---: | ---: | --- |")
+    for r in runs:
+        ok = "yes" if r["ratio"] >= 0.5 else f"no ({0.5 / r['ratio']:.1f}x short)"
+        print(f"| {r['engine']} | {r['workers']} | {r['chorus_per_s']:,.0f} | {r['raw_per_s']:,.0f} | "
+              f"{r['ratio']:.2f} | {ok} |")  # fmt: skip
+    print(f"\nrows per run (inserted): {runs[0]['rows_inserted']}; deleted: {runs[0]['rows_deleted']}; "
+          f"updated (not replayed by raw): {runs[0]['rows_updated_not_replayed']}")  # fmt: skip
+    write_json(Path(args.out) / "journeys-transitions.json", runs)
+
+
+# -- main -------------------------------------------------------------------------------------------------------------
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(RESULTS_DIR), help="directory for the JSON results")
+    ap.add_argument("--profile", metavar="DIR", help="cProfile the timed chorus part into DIR (top 40 on stderr)")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("transitions")
+    t.add_argument("--people", type=int, default=2000)
+    t.add_argument("--engines", default="sqlite,postgresql")
+    args = ap.parse_args()
+    chorus_ready()
+    {"transitions": cmd_transitions}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
