@@ -327,6 +327,200 @@ def cmd_transitions(args) -> None:
     write_json(Path(args.out) / "journeys-transitions.json", runs)
 
 
+# -- bulk people -------------------------------------------------------------------------------------------------------
+def clone_rows(engine, table, template: dict, ids: list[tuple[dict, dict]], chunk: int = 20_000) -> None:
+    """Copies of ``template`` (a row) with every occurrence of each old id string replaced by its new one (in
+    JSON columns too), through ``bulk.insert_rows`` (COPY on PostgreSQL), ``chunk`` rows a transaction.
+    ``ids``: per copy, {old: new} and the column values to set."""
+    from chorus.store import bulk
+
+    raw = orjson.dumps(template, default=str, option=orjson.OPT_NON_STR_KEYS)
+    stamps = [c.name for c in table.columns if _is_time(c)]
+    for i in range(0, len(ids), chunk):
+        rows = []
+        for subst, fixed in ids[i : i + chunk]:
+            b = raw
+            for old, new in subst.items():
+                b = b.replace(old.encode(), new.encode())
+            row = orjson.loads(b)
+            for k in stamps:  # the datetimes back from their JSON text
+                if row.get(k) is not None:
+                    row[k] = datetime.fromisoformat(row[k])
+            row.update(fixed)
+            rows.append(row)
+        with engine.begin() as conn:
+            bulk.insert_rows(conn, table, rows)
+
+
+def _is_time(col) -> bool:
+    import sqlalchemy as sa
+
+    return isinstance(col.type, sa.DateTime) or isinstance(getattr(col.type, "impl", None), sa.DateTime)
+
+
+def one_row(engine, table, **where) -> dict:
+    import sqlalchemy as sa
+
+    with engine.connect() as conn:
+        return dict(conn.execute(sa.select(table).where(*[table.c[k] == v for k, v in where.items()])).one()._mapping)
+
+
+def rss_kb() -> int:
+    import os
+
+    return _status_kb(os.getpid(), "VmRSS")
+
+
+# -- timers -----------------------------------------------------------------------------------------------------------
+def _timer_worker(url: str, passes: int, conn_) -> None:
+    """The timer task in a process of its own: RSS idle, after ``passes`` polls with nothing due, after firing."""
+    chorus_ready()
+    from chorus.journeys import runtime
+    from chorus.store.db import create_engine
+
+    engine = create_engine(url)
+    count(engine, "SELECT 1")
+    idle = rss_kb()
+    t0 = time.perf_counter()
+    for _ in range(passes):
+        assert runtime.due(engine) == 0
+    poll_s = (time.perf_counter() - t0) / passes
+    polled = rss_kb()
+    conn_.send((idle, polled, poll_s))
+    conn_.recv()  # the parent made a slice due
+    t0, fired = time.perf_counter(), 0
+    while n := runtime.due(engine):
+        fired += n
+    took = time.perf_counter() - t0
+    for _ in range(passes):  # and polling on afterwards, nothing due again
+        runtime.due(engine)
+    conn_.send((fired, took, rss_kb(), _status_kb(__import__("os").getpid(), "VmHWM")))
+    engine.dispose()
+
+
+def cmd_timers(args) -> None:
+    import sqlalchemy as sa
+
+    from chorus.profiles import feed
+    from chorus.store.db import create_engine, upgrade
+    from chorus.store.tables import journey_instances, journey_timers, profiles
+
+    tmp = make_tmpdir()
+    with FreshDB(args.engine, "jtimers", tmp) as db:
+        upgrade(db.url)
+        engine = create_engine(db.url)
+        feed.subscribe(engine, "journeys")
+        ws = workspace(engine, WAITER)
+        store_and_resolve(engine, ws, [product_added("u0", datetime.now(UTC))])
+        _consume_all(engine)
+        inst = one_row(engine, journey_instances, workspace_id=ws)
+        pid, iid = inst["profile_id"], inst["id"]
+        prof = one_row(engine, profiles, id=pid)
+        timer = one_row(engine, journey_timers, workspace_id=ws, instance_id=iid)
+        log(f"cloning {args.waiting:,} waiting people (profile, instance, timer rows)")
+        t0 = time.perf_counter()
+        ids = [(f"{pid[:24]}{k:010d}", f"{iid[:24]}{k:010d}") for k in range(1, args.waiting)]
+        clone_rows(engine, profiles, prof, [({pid: p}, {}) for p, _ in ids])
+        clone_rows(engine, journey_instances, inst, [({pid: p, iid: i}, {}) for p, i in ids])
+        clone_rows(engine, journey_timers, timer, [({pid: p, iid: i}, {}) for p, i in ids])
+        made = time.perf_counter() - t0
+        waiting = count(engine, "SELECT count(*) FROM journey_timers")
+        log(f"{waiting:,} timers in {made:.0f}s; starting the timer worker")
+        ctx = mp.get_context("spawn")
+        here, there = ctx.Pipe()
+        proc = ctx.Process(target=_timer_worker, args=(db.url, args.passes, there))
+        proc.start()
+        idle, polled, poll_s = here.recv()
+        # a slice due now: the first ``--fire`` timers in key order
+        with engine.begin() as conn:
+            keys = conn.execute(sa.select(journey_timers.c.key).order_by(journey_timers.c.key).limit(args.fire)).scalars().all()
+            conn.execute(journey_timers.update().where(journey_timers.c.key.in_(keys))
+                         .values(due_at=datetime.now(UTC) - timedelta(seconds=1)))  # fmt: skip
+        here.send("go")
+        fired, took, after, hwm = here.recv()
+        proc.join(30)
+        sent = count(engine, "SELECT count(*) FROM messages WHERE journey_id = 'waiter'")
+        left = count(engine, "SELECT count(*) FROM journey_timers")
+        size = db.size_mb()
+        engine.dispose()
+    res = {"engine": args.engine, "waiting": waiting, "made_s": made, "passes": args.passes, "poll_ms": poll_s * 1000,
+           "rss_idle_mb": idle / 1024, "rss_after_polls_mb": polled / 1024, "fired": fired, "fire_s": took,
+           "fired_per_s": fired / took if took else None, "rss_after_fire_mb": after / 1024, "hwm_mb": hwm / 1024,
+           "messages": sent, "timers_left": left, "db_mb": size}  # fmt: skip
+    print(f"\ntimers: {waiting:,} people waiting on a 1-day delay ({args.engine}; made in {made:.0f} s, database "
+          f"{size:.0f} MB)\n")  # fmt: skip
+    print("| worker RSS | MB |\n| --- | ---: |")
+    print(f"| idle, after imports and a connection (baseline) | {idle / 1024:.1f} |")
+    print(f"| after {args.passes} timer passes, nothing due ({poll_s * 1000:.1f} ms a pass) | {polled / 1024:.1f} |")
+    print(f"| after firing {fired:,} timers ({fired / took if took else 0:,.0f}/s) and {args.passes} more passes | "
+          f"{after / 1024:.1f} (peak {hwm / 1024:.1f}) |")  # fmt: skip
+    print(f"\nmessages sent by the slice: {sent:,}; timers left waiting: {left:,}")
+    write_json(Path(args.out) / f"journeys-timers-{args.engine}.json", res)
+
+
+# -- broadcast --------------------------------------------------------------------------------------------------------
+def cmd_broadcast(args) -> None:
+    import sqlalchemy as sa
+
+    from chorus.journeys import manage, schedule
+    from chorus.segments import rules
+    from chorus.segments import store as segments_store
+    from chorus.store.db import create_engine, upgrade
+    from chorus.store.tables import messages, profiles, segment_members
+
+    tmp = make_tmpdir()
+    with FreshDB(args.engine, "jbroad", tmp) as db:
+        upgrade(db.url)
+        engine = create_engine(db.url)
+        ws = workspace(engine, None)
+        now = datetime.now(UTC)
+        with engine.begin() as conn:
+            segments_store.save(conn, ws, "gold", "Gold", rules.parse({"trait": {"name": "plan", "equals": "gold"}}),
+                                now)  # fmt: skip
+        store_and_resolve(engine, ws, [{"type": "identify", "userId": "u0", "traits": {"plan": "gold"},
+                                        "messageId": "m0", "timestamp": now.isoformat()}])  # fmt: skip
+        with engine.connect() as conn:
+            pid = conn.execute(sa.select(profiles.c.id)).scalar_one()
+        prof = one_row(engine, profiles, id=pid)
+        log(f"cloning {args.profiles:,} profiles and memberships")
+        ids = [f"{pid[:24]}{k:010d}" for k in range(1, args.profiles)]
+        clone_rows(engine, profiles, prof, [({pid: p}, {}) for p in ids])
+        member = {"workspace_id": ws, "segment_id": "gold", "profile_id": pid, "since": now}
+        clone_rows(engine, segment_members, member, [({}, {"profile_id": p, "since": now}) for p in [pid, *ids]])
+        n = count(engine, "SELECT count(*) FROM segment_members")
+        log(f"{n:,} members; broadcasting")
+        with Profiler(args.profile, f"broadcast-{args.engine}"):
+            t0 = time.perf_counter()
+            with engine.begin() as conn:
+                manage.publish_broadcast(conn, ws, {"id": "b1", "segment": "gold", "template": "nudge",
+                                                    "channel": "in_app"}, datetime.now(UTC))  # fmt: skip
+            while schedule.tick(engine):
+                pass
+            took = time.perf_counter() - t0
+        sent = count(engine, "SELECT count(*) FROM messages WHERE journey_id = 'b1'")
+        with engine.connect() as conn:
+            statuses = dict(conn.execute(sa.text("SELECT status, count(*) FROM messages GROUP BY status")).all())
+        # the baseline: the same message rows, inserted again by hand, 500 a transaction
+        with engine.begin() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(sa.select(messages).where(messages.c.journey_id == "b1"))]
+            conn.execute(messages.delete().where(messages.c.journey_id == "b1"))
+        t0 = time.perf_counter()
+        for i in range(0, len(rows), 500):
+            with engine.begin() as conn:
+                conn.execute(messages.insert(), rows[i : i + 500])
+        raw = time.perf_counter() - t0
+        engine.dispose()
+    res = {"engine": args.engine, "profiles": n, "messages": sent, "chorus_s": took, "chorus_per_s": sent / took,
+           "raw_s": raw, "raw_per_s": len(rows) / raw, "million_s": 1e6 / (sent / took), "statuses": statuses}  # fmt: skip
+    print(f"\nbroadcast 'now' to a segment of {n:,} profiles ({args.engine}); {sent:,} messages queued\n")
+    print("| | seconds | profiles/s | 1,000,000 would take |\n| --- | ---: | ---: | ---: |")
+    print(f"| chorus (publish + schedule task) | {took:.1f} | {sent / took:,.0f} | {1e6 / (sent / took) / 60:.0f} min |")
+    print(f"| raw INSERT of the same message rows | {raw:.1f} | {len(rows) / raw:,.0f} | "
+          f"{1e6 / (len(rows) / raw) / 60:.1f} min |")  # fmt: skip
+    print(f"\nchorus/raw {(sent / took) / (len(rows) / raw):.3f}; bar: 1,000,000 in under 2 min; statuses {statuses}")
+    write_json(Path(args.out) / f"journeys-broadcast-{args.engine}.json", res)
+
+
 # -- main -------------------------------------------------------------------------------------------------------------
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -336,9 +530,17 @@ def main() -> None:
     t = sub.add_parser("transitions")
     t.add_argument("--people", type=int, default=2000)
     t.add_argument("--engines", default="sqlite,postgresql")
+    t = sub.add_parser("timers")
+    t.add_argument("--waiting", type=int, default=100_000)
+    t.add_argument("--fire", type=int, default=500, help="timers made due and fired after the polls")
+    t.add_argument("--passes", type=int, default=20, help="timer passes with nothing due")
+    t.add_argument("--engine", default="postgresql")
+    b = sub.add_parser("broadcast")
+    b.add_argument("--profiles", type=int, default=2000)
+    b.add_argument("--engine", default="postgresql")
     args = ap.parse_args()
     chorus_ready()
-    {"transitions": cmd_transitions}[args.cmd](args)
+    {"transitions": cmd_transitions, "timers": cmd_timers, "broadcast": cmd_broadcast}[args.cmd](args)
 
 
 if __name__ == "__main__":
