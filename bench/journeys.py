@@ -45,7 +45,6 @@ import cProfile
 import io
 import multiprocessing as mp
 import pstats
-import statistics
 import sys
 import time
 import uuid
@@ -327,6 +326,85 @@ def cmd_transitions(args) -> None:
     write_json(Path(args.out) / "journeys-transitions.json", runs)
 
 
+# -- latency ----------------------------------------------------------------------------------------------------------
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
+
+
+def cmd_latency(args) -> None:
+    from segments_latency import send  # the open-loop HTTP client of the segments' latency bench
+
+    from chorus import workspaces
+    from chorus.journeys import manage
+    from chorus.messaging import outbox
+    from chorus.store.db import create_engine, upgrade
+
+    tmp = make_tmpdir()
+    n = int(args.rate * args.seconds)
+    with FreshDB(args.engine, "jlat", tmp) as db:
+        upgrade(db.url)
+        engine = create_engine(db.url)
+        w = workspaces.create(engine, "bench")
+        outbox.save_template(engine, w["id"], "nudge", TEMPLATE)
+        with engine.begin() as conn:
+            manage.publish(conn, w["id"], NUDGE, datetime.now(UTC))
+        engine.dispose()
+        server = ChorusServer(db.url, tmp / "serve.log")
+        try:
+            server.wait_ready()
+            evs = [product_added(f"u{i}", datetime.now(UTC)) for i in range(n)]
+            log(f"serve ready; {n:,} events at {args.rate}/s")
+            reqs = asyncio.run(send(server.base_url, w["write_key"], evs, args.batch, args.rate, 8, give_up=10.0))
+            accepted: dict[str, float] = {}
+            for first, _due, _sent, acc, status in reqs:
+                if status == 200:
+                    for e in evs[first : first + args.batch]:
+                        accepted[e["userId"]] = acc
+            log(f"{len(accepted):,} accepted; waiting for their messages")
+            conn = ro_connect(db)
+            deadline = time.time() + args.drain
+            while time.time() < deadline:
+                m = conn.execute("SELECT count(*) FROM messages WHERE journey_id = 'nudge'").fetchone()[0]
+                if m >= len(accepted):
+                    break
+                time.sleep(0.5)
+            drained_s = time.time() - max(accepted.values())
+            sent_at = dict(conn.execute(
+                "SELECT i.ident, m.created_at FROM messages m JOIN identifiers i ON i.profile_id = m.profile_id "
+                "WHERE m.journey_id = 'nudge' AND i.ident LIKE 'user_id:%'").fetchall())  # fmt: skip
+            resolved_at = dict(conn.execute(
+                "SELECT i.ident, min(c.at) FROM profile_changes c JOIN identifiers i ON i.profile_id = c.profile_id "
+                "WHERE c.cause = 'event' AND i.ident LIKE 'user_id:%' GROUP BY i.ident").fetchall())  # fmt: skip
+            conn.close()
+        finally:
+            server.stop()
+    lat = {"resolved": [], "message": []}
+    for uid, acc in accepted.items():
+        for name, src in (("resolved", resolved_at), ("message", sent_at)):
+            at = src.get(f"user_id:{uid}")
+            if at is not None:
+                lat[name].append(
+                    at.replace(tzinfo=UTC).timestamp() - acc if at.tzinfo is None else at.timestamp() - acc
+                )
+    rows = {k: {"n": len(v), "p50": pct(v, 0.5), "p95": pct(v, 0.95), "p99": pct(v, 0.99), "max": max(v, default=0)}
+            for k, v in lat.items()}  # fmt: skip
+    late = [r for r in reqs if r[2] is not None and r[2] - r[1] > 0.5]
+    print(f"\nlatency: {n:,} events at {args.rate}/s for {args.seconds}s through /v1/batch ({args.batch} a request), "
+          f"chorus serve on {args.engine}, no-delay journey\n")  # fmt: skip
+    print("| from the request's 200 to | n | p50 ms | p95 ms | p99 ms | max ms |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for k, label in (("resolved", "its resolution (feed change, the part before the journey: baseline)"),
+                     ("message", "its message row's created_at (the journey)")):  # fmt: skip
+        r = rows[k]
+        print(f"| {label} | {r['n']:,} | {r['p50'] * 1000:,.0f} | {r['p95'] * 1000:,.0f} | {r['p99'] * 1000:,.0f} | "
+              f"{r['max'] * 1000:,.0f} |")  # fmt: skip
+    print(f"\naccepted {len(accepted):,} of {n:,}; requests sent more than 0.5 s late: {len(late)}; last message "
+          f"{drained_s:.1f} s after the last 200; bar: p99 < 200 ms")  # fmt: skip
+    write_json(Path(args.out) / "journeys-latency.json", {"rate": args.rate, "seconds": args.seconds, "events": n,
+               "accepted": len(accepted), "late_requests": len(late), "drained_s": drained_s, **rows})  # fmt: skip
+
+
 # -- bulk people -------------------------------------------------------------------------------------------------------
 def clone_rows(engine, table, template: dict, ids: list[tuple[dict, dict]], chunk: int = 20_000) -> None:
     """Copies of ``template`` (a row) with every occurrence of each old id string replaced by its new one (in
@@ -433,7 +511,11 @@ def cmd_timers(args) -> None:
         idle, polled, poll_s = here.recv()
         # a slice due now: the first ``--fire`` timers in key order
         with engine.begin() as conn:
-            keys = conn.execute(sa.select(journey_timers.c.key).order_by(journey_timers.c.key).limit(args.fire)).scalars().all()
+            keys = (
+                conn.execute(sa.select(journey_timers.c.key).order_by(journey_timers.c.key).limit(args.fire))
+                .scalars()
+                .all()
+            )
             conn.execute(journey_timers.update().where(journey_timers.c.key.in_(keys))
                          .values(due_at=datetime.now(UTC) - timedelta(seconds=1)))  # fmt: skip
         here.send("go")
@@ -511,10 +593,13 @@ def cmd_broadcast(args) -> None:
         raw = time.perf_counter() - t0
         engine.dispose()
     res = {"engine": args.engine, "profiles": n, "messages": sent, "chorus_s": took, "chorus_per_s": sent / took,
-           "raw_s": raw, "raw_per_s": len(rows) / raw, "million_s": 1e6 / (sent / took), "statuses": statuses}  # fmt: skip
+           "raw_s": raw, "raw_per_s": len(rows) / raw, "million_s": 1e6 / (sent / took),
+           "statuses": statuses}  # fmt: skip
     print(f"\nbroadcast 'now' to a segment of {n:,} profiles ({args.engine}); {sent:,} messages queued\n")
     print("| | seconds | profiles/s | 1,000,000 would take |\n| --- | ---: | ---: | ---: |")
-    print(f"| chorus (publish + schedule task) | {took:.1f} | {sent / took:,.0f} | {1e6 / (sent / took) / 60:.0f} min |")
+    print(
+        f"| chorus (publish + schedule task) | {took:.1f} | {sent / took:,.0f} | {1e6 / (sent / took) / 60:.0f} min |"
+    )
     print(f"| raw INSERT of the same message rows | {raw:.1f} | {len(rows) / raw:,.0f} | "
           f"{1e6 / (len(rows) / raw) / 60:.1f} min |")  # fmt: skip
     print(f"\nchorus/raw {(sent / took) / (len(rows) / raw):.3f}; bar: 1,000,000 in under 2 min; statuses {statuses}")
@@ -528,8 +613,14 @@ def main() -> None:
     ap.add_argument("--profile", metavar="DIR", help="cProfile the timed chorus part into DIR (top 40 on stderr)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("transitions")
-    t.add_argument("--people", type=int, default=2000)
+    t.add_argument("--people", type=int, default=1000)
     t.add_argument("--engines", default="sqlite,postgresql")
+    lt = sub.add_parser("latency")
+    lt.add_argument("--rate", type=float, default=500)
+    lt.add_argument("--seconds", type=float, default=20)
+    lt.add_argument("--batch", type=int, default=20, help="events per /v1/batch request")
+    lt.add_argument("--drain", type=float, default=120, help="seconds to wait for the last messages")
+    lt.add_argument("--engine", default="postgresql")
     t = sub.add_parser("timers")
     t.add_argument("--waiting", type=int, default=100_000)
     t.add_argument("--fire", type=int, default=500, help="timers made due and fired after the polls")
@@ -540,7 +631,9 @@ def main() -> None:
     b.add_argument("--engine", default="postgresql")
     args = ap.parse_args()
     chorus_ready()
-    {"transitions": cmd_transitions, "timers": cmd_timers, "broadcast": cmd_broadcast}[args.cmd](args)
+    {"transitions": cmd_transitions, "latency": cmd_latency, "timers": cmd_timers, "broadcast": cmd_broadcast}[
+        args.cmd
+    ](args)
 
 
 if __name__ == "__main__":
