@@ -165,7 +165,7 @@ def _consume_all(engine) -> int:
         done += n
 
 
-def _worker(url: str, ready, go, out) -> None:
+def _worker(url: str, ready, go, out, prof: str | None = None) -> None:
     """One worker process: connect, say ready, wait for the start, consume until nothing is left."""
     chorus_ready()
     from chorus.store.db import create_engine
@@ -174,9 +174,11 @@ def _worker(url: str, ready, go, out) -> None:
     count(engine, "SELECT 1")
     ready.set()
     go.wait()
-    t0 = time.perf_counter()
-    n = _consume_all(engine)
-    out.put((n, time.perf_counter() - t0))
+    with Profiler(prof, f"worker-{url.rsplit('_', 1)[-1]}-{__import__('os').getpid()}"):
+        t0 = time.perf_counter()
+        n = _consume_all(engine)
+        took = time.perf_counter() - t0
+    out.put((n, took))
     engine.dispose()
 
 
@@ -231,7 +233,7 @@ def transitions_run(engine_name: str, workers: int, people: int, tmp: Path, prof
             ctx = mp.get_context("spawn")
             go, out = ctx.Event(), ctx.Queue()
             readies = [ctx.Event() for _ in range(workers)]
-            procs = [ctx.Process(target=_worker, args=(db.url, r, go, out)) for r in readies]
+            procs = [ctx.Process(target=_worker, args=(db.url, r, go, out, prof)) for r in readies]
             for p in procs:
                 p.start()
             for r in readies:
