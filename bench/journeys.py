@@ -90,10 +90,15 @@ def chorus_ready():
 def workspace(engine, journey: dict | None = NUDGE) -> str:
     from chorus import workspaces
     from chorus.journeys import manage
-    from chorus.messaging import outbox
+    from chorus.messaging import links, outbox
 
     ws = workspaces.create(engine, "bench")["id"]
     outbox.save_template(engine, ws, "nudge", TEMPLATE)
+    # The link-signing key is made on its first use, inside the first transition's transaction: in a fresh database
+    # two workers' first claims would both insert it, and the second would wait for the first's whole claim (as
+    # after any fresh install). Made here, as an installation that has sent anything has it.
+    with engine.begin() as conn:
+        links.for_store(conn)
     if journey is not None:
         with engine.begin() as conn:
             manage.publish(conn, ws, journey, datetime.now(UTC))
