@@ -94,11 +94,14 @@ def workspace(engine, journey: dict | None = NUDGE) -> str:
 
     ws = workspaces.create(engine, "bench")["id"]
     outbox.save_template(engine, ws, "nudge", TEMPLATE)
-    # The link-signing key is made on its first use, inside the first transition's transaction: in a fresh database
-    # two workers' first claims would both insert it, and the second would wait for the first's whole claim (as
-    # after any fresh install). Made here, as an installation that has sent anything has it.
+    # The link-signing key and the internal sources of the journeys' and the messages' timeline events are made on
+    # their first use, inside the first transition's transaction: in a fresh database two workers' first claims
+    # would both insert them, and the second would wait for the first's whole claim (as after any fresh install).
+    # Made here, as an installation that has sent anything has them.
     with engine.begin() as conn:
         links.for_store(conn)
+        for name in ("chorus-journeys", "chorus-messaging"):
+            workspaces.internal_source(conn, ws, "internal", name)
     if journey is not None:
         with engine.begin() as conn:
             manage.publish(conn, ws, journey, datetime.now(UTC))
