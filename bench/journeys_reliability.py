@@ -49,11 +49,10 @@ SEED_JOURNEY = ROOT / "tests" / "journeys" / "definitions" / "abandoned_cart.yam
 CLOCK_ENV = "CHORUS_BENCH_FAST_CLOCK"  # "wall0 base_epoch speed": the shared fast clock of a run
 
 # The launcher of one worker: the real CLI, with the journeys' and segments' clock made the run's fast clock.
-LAUNCHER = """
-import os, sys
+LAUNCHER = f"""
+import os, sys, time
 from datetime import UTC, datetime
-wall0, base, speed = (float(x) for x in os.environ["%s"].split())
-import time
+wall0, base, speed = (float(x) for x in os.environ["{CLOCK_ENV}"].split())
 def fast():
     return datetime.fromtimestamp(base + (time.time() - wall0) * speed, UTC)
 from chorus.journeys import runtime
@@ -63,7 +62,7 @@ engine.now = fast
 from chorus.cli import main
 sys.argv = ["chorus", *sys.argv[1:]]
 main()
-""" % CLOCK_ENV
+"""
 
 WAIT_CART = timedelta(minutes=2)  # the journey's first timeout (the seed's 1h)
 WITHIN = timedelta(seconds=15)  # a purchase within the wait
@@ -234,7 +233,7 @@ def run(url: str, people: int, workers: int = 2, kills: int = 3, seed: int = 42,
     from chorus.messaging import outbox
     from chorus.profiles import feed
     from chorus.store.db import create_engine
-    from chorus.store.tables import messages
+    from chorus.store.tables import events, messages
 
     rng = random.Random(seed)
     logdir = logdir or Path(tempfile.mkdtemp(prefix="chorus-reliability-"))
@@ -298,6 +297,18 @@ def run(url: str, people: int, workers: int = 2, kills: int = 3, seed: int = 42,
         left = outstanding(conn, ws)
         sent = conn.execute(sa.select(messages.c.profile_id, messages.c.idempotency_key, messages.c.channel)
                             .where(messages.c.workspace_id == ws)).all()  # fmt: skip
+        # how far behind the journeys were: a cart's arrival to her Journey Entered (stored at the transition's
+        # clock), in wall seconds; the margins above are what it may reach without changing any outcome
+        e, entered = events.alias("e"), events.alias("entered")
+        lags = sorted(
+            (row.done - row.got).total_seconds() / speed
+            for row in conn.execute(sa.select(e.c.received_at.label("got"),
+                                              sa.func.min(entered.c.received_at).label("done"))
+                                    .join(entered, entered.c.profile_id == e.c.profile_id)
+                                    .where(e.c.workspace_id == ws, e.c.event == "Product Added",
+                                           entered.c.event == "Journey Entered")
+                                    .group_by(e.c.seq, e.c.received_at))
+        )  # fmt: skip
         wk = workspaces.find(conn, ws)
         since = start - timedelta(minutes=1)
         subjects = backtest_subjects(conn, wk, since, end)
@@ -315,7 +326,9 @@ def run(url: str, people: int, workers: int = 2, kills: int = 3, seed: int = 42,
         missing=sorted((predicted - live).elements()), extra=sorted((live - predicted).elements()),
         parked=left["parked"],
         seconds={"run": round(wall["done"] - wall["start"], 1), "compare": round(wall["compared"] - wall["done"], 1),
-                 "virtual_minutes": round((end - clock.base).total_seconds() / 60, 1)},
+                 "virtual_minutes": round((end - clock.base).total_seconds() / 60, 1),
+                 "entry_lag_p50": round(lags[len(lags) // 2], 2) if lags else None,
+                 "entry_lag_max": round(lags[-1], 2) if lags else None},
     )  # fmt: skip
 
 
@@ -343,8 +356,10 @@ def main() -> None:
     elif not url.startswith("postgresql"):
         ap.error("--db: the run needs PostgreSQL (several workers claim rows with FOR UPDATE SKIP LOCKED)")
     try:
-        log(f"{args.people} people, {args.workers} workers, {args.kills} kills, seed {args.seed}, "
-            f"speed {args.speed}, rate {args.rate}/s")
+        log(
+            f"{args.people} people, {args.workers} workers, {args.kills} kills, seed {args.seed}, "
+            f"speed {args.speed}, rate {args.rate}/s"
+        )
         res = run(url, args.people, args.workers, args.kills, args.seed, args.speed, args.rate, logdir=tmp,
                   timeout=args.timeout, say=log)  # fmt: skip
     finally:
@@ -355,7 +370,8 @@ def main() -> None:
     print(f"messages predicted {res.predicted}, in the outbox {res.sent}; missing {len(res.missing)}, "
           f"extra or twice {len(res.extra)}, parked changes {res.parked}")  # fmt: skip
     print(f"wall seconds: run {res.seconds['run']}, backtest and compare {res.seconds['compare']}; "
-          f"virtual minutes {res.seconds['virtual_minutes']}")  # fmt: skip
+          f"virtual minutes {res.seconds['virtual_minutes']}; entry lag p50 {res.seconds['entry_lag_p50']} s, "
+          f"max {res.seconds['entry_lag_max']} s")  # fmt: skip
     for what, rows in (("missing", res.missing), ("extra", res.extra)):
         for row in rows[:10]:
             print(f"  {what}: {row}")
