@@ -17,8 +17,6 @@ assigned the arms by that rule.
 from __future__ import annotations
 
 import hashlib
-import json
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,7 +26,7 @@ import orjson
 import pytest
 import yaml
 
-from tests.conftest import _ASGIThread, ServeProcess, wait_until
+from tests.conftest import ServeProcess, _ASGIThread, wait_until
 from tests.standins.fcm import FCMStandIn
 from tests.standins.meta import MetaStandIn
 
@@ -222,3 +220,108 @@ def test_welcome_sms_with_a_first_purchase_code_and_a_counted_holdout(shop):
     assert shop.arms("welcome")["treatment"]["converted"] == 0
     assert shop.stats("welcome")["totals"]["entered"] == 4
     assert len(shop.twilio.sent) == 3  # nothing more went out
+
+
+# -- 4. post-purchase -----------------------------------------------------------------------------------------------
+def test_post_purchase_receipt_on_the_preferred_channel_then_marketing_held_out(shop):
+    text = "{{ traits.first_name }}, thank you for order {{ event.order_id }}"
+    shop.template("receipt", {"kind": "transactional", "variants": {
+        "email": {"subject": "Your receipt", "html": f"<p>{text}</p>"}, "messenger": {"text": text}}})  # fmt: skip
+    shop.template("review_request", {"kind": "marketing", "topic": "reviews", "variants": {
+        "email": {"subject": "How was order {{ event.order_id }}?", "html": "<p>Tell us</p>"},
+        "messenger": {"text": "How was it?"}}})  # fmt: skip
+    shop.template("cross_sell", {"variants": {"email": {"subject": "You may also like", "html": "<p>…</p>"}}})
+    psid = {"m0": "2400000000000010", "m1": "2400000000000011"}
+    # they asked for Messenger: the preferred channel trait, and the page-scoped id Messenger gave the shop
+    shop.track(*[web(u, type="identify", traits={"email": f"{u}@example.com", "first_name": u.upper(),
+                                                  "preferred_channel": "messenger"},
+                     context={"page": {"path": "/account"}, "userAgent": "Mozilla/5.0",
+                              "externalIds": [{"type": "messenger_psid", "id": p, "collection": "users"}]})
+                 for u, p in psid.items()])  # fmt: skip
+    pid = {u: shop.profile(u)["id"] for u in psid}
+    defn = definition("post_purchase")
+    defn["nodes"]["arm"]["seed"] = seed_for({pid["m0"]: False, pid["m1"]: True})
+    shop.publish(defn)
+    shop.track(*[web(u, type="track", event="Order Completed", properties={"order_id": f"O-{u}", "revenue": 50})
+                 for u in psid])  # fmt: skip
+
+    # the receipt is transactional: everybody gets it, on Messenger, outside the 24-hour window under the tag
+    receipts = shop.settled(2, template="receipt")
+    assert sorted((m["profile_id"], m["channel"], m["status"]) for m in receipts) == sorted(
+        (pid[u], "messenger", "sent") for u in psid
+    )
+    got = sorted((s["body"]["recipient"]["id"], s["body"]["message"]["text"], s["body"]["tag"])
+                 for s in shop.meta.sent)  # fmt: skip
+    assert got == sorted(
+        (p, f"{u.upper()}, thank you for order O-{u}", "POST_PURCHASE_UPDATE") for u, p in psid.items()
+    )
+    assert shop.smtp.messages == []
+
+    # the order is delivered: the treated get the review request (marketing may not go out under a Messenger tag,
+    # and her window is closed, so `auto` falls back to email); the holdout gets nothing
+    shop.track(*[web(u, type="track", event="Order Delivered", properties={"order_id": f"O-{u}"}) for u in psid])
+    (review,) = shop.settled(1, template="review_request")
+    assert (review["profile_id"], review["channel"], review["status"]) == (pid["m0"], "email", "sent"), review
+    wait_until(lambda: len(shop.smtp.messages) == 1)
+    mail = shop.smtp.messages[0]
+    assert mail["to"] == ["m0@example.com"] and mail["msg"]["Subject"] == "How was order O-m0?"
+    wait_until(lambda: shop.node("post_purchase", "later")["waiting_now"] == 1)  # the treated waits 14 days
+    arms = shop.arms("post_purchase")
+    assert (arms["treatment"]["entered"], arms["holdout"]["entered"], arms["holdout"]["holdout"]) == (1, 1, True)
+    (inst,) = shop.instances(pid["m1"], "post_purchase")
+    assert (inst["status"], inst["node"]) == ("active", "arm"), inst
+    assert [m["template"] for m in shop.messages(profile_id=pid["m1"])] == ["receipt"]
+    assert len(shop.meta.sent) == 2
+
+
+# -- 6. pick-up in store cancelled ----------------------------------------------------------------------------------
+def test_pickup_cancelled_notice_at_once_on_the_channel_ordered_from(shop):
+    shop.template("pickup_cancelled", {"kind": "transactional", "variants": {
+        "email": {"subject": "Order {{ event.order_id }}: pick-up cancelled", "html": "<p>Out of stock, sorry</p>"},
+        "sms": {"text": "Order {{ event.order_id }} cancelled: out of stock"},
+        "push": {"title": "Pick-up cancelled", "body": "Order {{ event.order_id }} is out of stock"}}})  # fmt: skip
+    shop.template("delivery_offer", {"kind": "marketing", "topic": "offers", "variants": {
+        "email": {"subject": "We can deliver it", "html": "<p>Free delivery</p>"},
+        "push": {"title": "We can deliver it", "body": "Free delivery"}}})  # fmt: skip
+    # two app customers and two web customers; in each pair one is held out of the offer
+    shop.track(*[app(u, type="identify", traits={"email": f"{u}@example.com"}) for u in ("a0", "a1")],
+               *[web(u, type="identify", traits={"email": f"{u}@example.com"}) for u in ("b0", "b1")])  # fmt: skip
+    pid = {u: shop.profile(u)["id"] for u in ("a0", "a1", "b0", "b1")}
+    held = {"a1", "b1"}
+    defn = definition("pickup_cancelled")
+    defn["nodes"]["arm"]["seed"] = seed_for({pid[u]: u in held for u in pid})
+    shop.publish(defn)
+    cancelled = {"fulfillment": "store_pickup", "reason": "out_of_stock"}
+    # the order system tells Chorus from the server; a cancellation for another reason starts nothing
+    shop.track(
+        *[{"type": "track", "userId": u, "event": "Order Cancelled", "timestamp": now_iso(),
+           "properties": {**cancelled, "order_id": f"P-{u}", "order_channel": "app" if u[0] == "a" else "web"}}
+          for u in pid],
+        {"type": "track", "userId": "b0", "event": "Order Cancelled", "timestamp": now_iso(),
+         "properties": {**cancelled, "reason": "customer_request", "order_id": "P-x", "order_channel": "web"}},
+        server=True,
+    )  # fmt: skip
+
+    notices = shop.settled(4, template="pickup_cancelled")
+    assert sorted((m["profile_id"], m["channel"], m["status"]) for m in notices) == sorted(
+        [(pid["a0"], "push", "sent"), (pid["a1"], "push", "sent"), (pid["b0"], "email", "sent"),
+         (pid["b1"], "email", "sent")]
+    )  # fmt: skip
+    offers = shop.settled(2, template="delivery_offer")
+    assert sorted((m["profile_id"], m["status"]) for m in offers) == sorted([(pid["a0"], "sent"), (pid["b0"], "sent")])
+    # the app customer's offer went where she is active (the app: push), the web customer's by email
+    assert {m["profile_id"]: m["channel"] for m in offers} == {pid["a0"]: "push", pid["b0"]: "email"}
+    pushed = sorted((s["token"], s["notification"]["body"]) for s in shop.fcm.sent)
+    assert pushed == [("tok-a0", "Free delivery"), ("tok-a0", "Order P-a0 is out of stock"),
+                      ("tok-a1", "Order P-a1 is out of stock")]  # fmt: skip
+    wait_until(lambda: len(shop.smtp.messages) == 3)
+    mails = sorted((m["to"][0], m["msg"]["Subject"]) for m in shop.smtp.messages)
+    assert mails == [("b0@example.com", "Order P-b0: pick-up cancelled"), ("b0@example.com", "We can deliver it"),
+                     ("b1@example.com", "Order P-b1: pick-up cancelled")]  # fmt: skip
+
+    stats = shop.stats("pickup_cancelled")
+    assert stats["totals"]["entered"] == 4  # the other cancellation did not enter
+    arms = shop.arms("pickup_cancelled")
+    assert (arms["treatment"]["entered"], arms["holdout"]["entered"], arms["holdout"]["holdout"]) == (2, 2, True)
+    branches = {b["key"]: b["count"] for b in shop.node("pickup_cancelled", "ordered_in_app")["passed_by_branch"]}
+    assert branches == {"then": 2, "else": 2}
