@@ -17,6 +17,7 @@ assigned the arms by that rule.
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -91,14 +92,14 @@ class Shop:
     def messages(self, **filters) -> list[dict]:
         return self.ok(self.http.get("/api/messages", params={"limit": 1000, **filters}))["messages"]
 
-    def settled(self, count: int, **filters) -> list[dict]:
+    def settled(self, count: int, timeout: float = 30, **filters) -> list[dict]:
         """Wait until ``count`` messages matching ``filters`` exist and each has an outcome."""
 
         def done():
             got = self.messages(**filters)
             return got if len(got) >= count and all(m["status"] in DONE for m in got) else None
 
-        return wait_until(done, timeout=30, interval=0.2)
+        return wait_until(done, timeout=timeout, interval=0.2)
 
     def stats(self, journey: str) -> dict:
         return self.ok(self.http.get(f"/api/journeys/{journey}/stats"))
@@ -325,3 +326,65 @@ def test_pickup_cancelled_notice_at_once_on_the_channel_ordered_from(shop):
     assert (arms["treatment"]["entered"], arms["holdout"]["entered"], arms["holdout"]["holdout"]) == (2, 2, True)
     branches = {b["key"]: b["count"] for b in shop.node("pickup_cancelled", "ordered_in_app")["passed_by_branch"]}
     assert branches == {"then": 2, "else": 2}
+
+
+# -- 2. abandoned cart ----------------------------------------------------------------------------------------------
+@pytest.mark.slow  # the shortest wait the grammar has is a minute
+def test_abandoned_cart_reminder_on_auto_and_a_store_purchase_ends_it(shop, tmp_path):
+    shop.template("cart_reminder", {"kind": "marketing", "topic": "cart", "variants": {
+        "email": {"subject": "Your cart {{ event.cart_id }} is waiting", "html": "<p>Still thinking?</p>"},
+        "push": {"title": "Your cart", "body": "Cart {{ event.cart_id }} is waiting"}}})  # fmt: skip
+    shop.template("cart_reminder_2", {"kind": "marketing", "topic": "cart", "variants": {
+        "email": {"subject": "Last call for your cart", "html": "<p>…</p>"}}})  # fmt: skip
+    # a web visitor, an app user (both with an email), a web visitor who then buys in a store, one held out
+    shop.track(web("c_web", type="identify", traits={"email": "c_web@example.com"}),
+               app("c_app", type="identify", traits={"email": "c_app@example.com"}),
+               web("c_pos", type="identify", traits={"email": "c_pos@example.com"}),
+               web("c_hold", type="identify", traits={"email": "c_hold@example.com"}))  # fmt: skip
+    users = ("c_web", "c_app", "c_pos", "c_hold")
+    pid = {u: shop.profile(u)["id"] for u in users}
+    defn = definition("abandoned_cart")
+    defn["nodes"]["arm"]["seed"] = seed_for({pid[u]: u == "c_hold" for u in users})
+    defn["nodes"]["wait_cart"]["timeout"]["after"] = "1m"
+    shop.publish(defn)
+    started = time.monotonic()
+    shop.track(*[(app if u == "c_app" else web)(u, type="track", event="Product Added",
+                                                properties={"cart_id": f"K-{u}", "sku": "LP-13"})
+                 for u in users])  # fmt: skip
+    wait_until(lambda: shop.node("abandoned_cart", "wait_cart")["waiting_now"] == 3, timeout=30)
+
+    # the store's till export names her by email and the cart: the purchase ends her journey while she waits
+    at = (datetime.now(UTC) + timedelta(seconds=2)).strftime("%Y-%m-%d %H:%M:%S")
+    pos = f"receipt_no,timestamp,email,cart_id,revenue,currency\nR-1,{at},C_POS@example.com,K-c_pos,80.00,EUR\n"
+    report = shop.ok(shop.http.post("/api/imports", files={"file": ("pos.csv", pos.encode(), "text/csv")},
+                                    data={"source": "store"}))  # fmt: skip
+    assert (report["imported"], report["failed"]) == (1, 0), report
+    wait_until(lambda: [i["status"] for i in shop.instances(pid["c_pos"], "abandoned_cart")] == ["exited"])
+    (inst,) = shop.instances(pid["c_pos"], "abandoned_cart")
+    assert inst["exit_reason"] == "goal reached" and inst["converted_at"] is not None, inst
+    assert time.monotonic() - started < 55, "the purchase must have ended the wait before its timeout"
+
+    # after the minute: a reminder on `auto`, by where each was last active (web: email, for no browser subscribed
+    # to push; the app: push to the device)
+    reminders = shop.settled(2, timeout=90, template="cart_reminder")
+    assert sorted((m["profile_id"], m["channel"], m["status"]) for m in reminders) == sorted(
+        [(pid["c_web"], "email", "sent"), (pid["c_app"], "push", "sent")]
+    )
+    wait_until(lambda: len(shop.smtp.messages) == 1)
+    (mail,) = shop.smtp.messages
+    assert mail["to"] == ["c_web@example.com"] and mail["msg"]["Subject"] == "Your cart K-c_web is waiting"
+    assert [(s["token"], s["notification"]["body"]) for s in shop.fcm.sent] == [
+        ("tok-c_app", "Cart K-c_app is waiting")
+    ]
+    for u in ("c_pos", "c_hold"):
+        assert shop.messages(profile_id=pid[u]) == [], u
+
+    wait_until(lambda: shop.node("abandoned_cart", "wait_click")["waiting_now"] == 2)
+    arms = shop.arms("abandoned_cart")
+    assert (arms["treatment"]["entered"], arms["treatment"]["converted"]) == (3, 1)
+    assert (arms["holdout"]["entered"], arms["holdout"]["converted"], arms["holdout"]["holdout"]) == (1, 0, True)
+    wait_cart = shop.node("abandoned_cart", "wait_cart")
+    assert (wait_cart["entered"], wait_cart["converted"], wait_cart["waiting_now"]) == (3, 1, 0)
+    assert {b["key"]: b["count"] for b in wait_cart["passed_by_branch"]} == {"timeout": 2}
+    (held,) = shop.instances(pid["c_hold"], "abandoned_cart")
+    assert (held["status"], held["node"]) == ("active", "arm"), held
