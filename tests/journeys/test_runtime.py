@@ -502,3 +502,14 @@ def test_the_variant_on_the_timeline_says_holdout_by_the_split_not_by_the_arms_n
         arm = state["arms"]["arm"]
         assert got[iid] == (arm, "holdout" if arm == "keep_out" else "treated:control")
     assert {v for _, v in got.values()} == {"holdout", "treated:control"}
+
+
+def test_the_journeys_consumer_is_given_only_what_can_be_an_input():
+    from chorus.profiles import feed as f
+
+    assert runtime.wants(f.Change("p", "event", 1, detail={"event": "Product Added"}))
+    assert runtime.wants(f.Change("p", "segment", detail={"segment": "s", "change": "entered"}))
+    assert runtime.wants(f.Change("p", "merge", target_id="q"))
+    assert runtime.wants(f.Change("p", "message", detail={"status": "clicked", "journey_id": "cart"}))
+    assert not runtime.wants(f.Change("p", "message", detail={"status": "queued"}))  # not a journey's message
+    assert not any(runtime.wants(f.Change("p", cause)) for cause in ("consent", "computed", "list", "replay"))

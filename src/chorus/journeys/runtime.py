@@ -64,7 +64,12 @@ def now() -> datetime:
 
 
 def wants(c: feed.Change) -> bool:
-    """The feed records for the journeys consumer only the changes that can be an input (or a merge)."""
+    """The feed records for the journeys consumer only the changes that can be an input (or a merge). A message
+    status matters to the journey that sent the message (a wait for its open or click); those of other messages (an
+    API send) are left out, so they cost the journeys nothing. A goal or exit *rule* that reads message statuses
+    is then checked at her next input (the simulator, which has no statuses, does the same)."""
+    if c.cause == "message":
+        return bool((c.detail or {}).get("journey_id"))
     return c.cause in CAUSES
 
 
