@@ -35,16 +35,23 @@ def test_a_statement_past_the_budget_is_stopped(engine):
 
 def test_the_statements_share_one_deadline_and_the_connection_leaves_without_it(engine):
     with engine.connect() as conn:
-        took = max(_timed(conn, COUNT.format(n=MEDIUM)) for _ in range(2))
         before = conn.exec_driver_sql("SHOW statement_timeout").scalar_one() if _pg(conn) else None
-        budget = 3 * took  # each statement well within it, the ten together over it
-        ran = 0
-        with pytest.raises(OverBudget), time_budget(conn, budget, "the count"):
-            for _ in range(10):
-                assert conn.exec_driver_sql(COUNT.format(n=MEDIUM)).scalar_one() == MEDIUM
-                ran += 1
+        # the budget is measured on this machine, which other tests share (the suite runs one worker per core): when
+        # a burst of load makes the first statement itself overrun it, the measure is taken again (at most thrice);
+        # ten statements never fit in it
+        for _ in range(3):
+            took = max(_timed(conn, COUNT.format(n=MEDIUM)) for _ in range(2))
+            budget = 3 * took  # each statement well within it, the ten together over it
+            ran = 0
+            with pytest.raises(OverBudget), time_budget(conn, budget, "the count"):
+                for _ in range(10):
+                    assert conn.exec_driver_sql(COUNT.format(n=MEDIUM)).scalar_one() == MEDIUM
+                    ran += 1
+            assert ran < 10
+            conn.rollback()
+            if ran >= 1:
+                break
         assert 1 <= ran < 10
-        conn.rollback()
         if _pg(conn):
             assert conn.exec_driver_sql("SHOW statement_timeout").scalar_one() == before
         assert conn.exec_driver_sql(COUNT.format(n=6 * MEDIUM)).scalar_one() == 6 * MEDIUM  # past it: not stopped
