@@ -10,9 +10,9 @@ Four subcommands, on fresh databases:
   PostgreSQL in 1 and in 2 worker processes (each consuming until it finds nothing). **Raw**: the same state
   changes as bare SQL on the same engine and data: the rows the consumer inserted (instances, records, messages
   and their status, the timeline events and their feed rows...) and deleted (the feed rows it handled) are read
-  back, undone, then written again by hand, per person (her profile row locked first, then one multi-row
-  ``INSERT`` per table and one ``DELETE``), 500 people a transaction. Prints transitions/s (people, each one
-  entry, one message, one exit) and the ratio.
+  back, undone, then written again by hand, 500 people a transaction: their profile rows locked in one statement,
+  then one ``INSERT`` per table (all 500 people's rows: SQLAlchemy's multi-row insert) and one ``DELETE``. Prints
+  transitions/s (people, each one entry, one message, one exit) and the ratio.
 * ``latency``: ``chorus serve`` (HTTP on loopback, embedded worker) on PostgreSQL; a steady ``--rate`` (500) events
   per second for ``--seconds`` (20), each a new person's ``Product Added`` to ``/v1/batch``; per event, from its
   request's ``200`` to its message row's ``created_at`` (the runtime's clock when the transition began, before its
@@ -293,17 +293,20 @@ def transitions_run(engine_name: str, workers: int, people: int, tmp: Path, prof
                 for t in order if i == 0 else ():
                     if t in shared:
                         conn.execute(tables[t].insert(), shared[t])
-                for pid in pids[i : i + 500]:
-                    q = sa.select(prof_t.c.id).where(prof_t.c.workspace_id == ws, prof_t.c.id == pid)
-                    if engine.dialect.name == "postgresql":
-                        q = q.with_for_update()
-                    conn.execute(q).first()
-                    mine = per_person[pid]
-                    for t in order:
-                        if t in mine:
-                            conn.execute(tables[t].insert(), mine[t])
-                    if pid in dels:
-                        conn.execute(fp.delete().where(fp.c.consumer == "journeys", fp.c.seq.in_(dels[pid])))
+                chunk = pids[i : i + 500]
+                # the chunk's profile rows locked in one statement, then one INSERT per table for all of them and
+                # one DELETE: what any batched writer of these rows does at best
+                q = sa.select(prof_t.c.id).where(prof_t.c.workspace_id == ws, prof_t.c.id.in_(chunk))
+                if engine.dialect.name == "postgresql":
+                    q = q.order_by(prof_t.c.id).with_for_update()
+                conn.execute(q).all()
+                for t in order:
+                    rs = [r for pid in chunk for r in per_person[pid].get(t, ())]
+                    if rs:
+                        conn.execute(tables[t].insert(), rs)
+                seqs = [s for pid in chunk for s in dels.get(pid, ())]
+                if seqs:
+                    conn.execute(fp.delete().where(fp.c.consumer == "journeys", fp.c.seq.in_(seqs)))
         raw = time.perf_counter() - t0
         assert count(engine, "SELECT count(*) FROM messages WHERE journey_id = 'nudge'") == people
         engine.dispose()

@@ -512,4 +512,96 @@ def test_the_journeys_consumer_is_given_only_what_can_be_an_input():
     assert runtime.wants(f.Change("p", "merge", target_id="q"))
     assert runtime.wants(f.Change("p", "message", detail={"status": "clicked", "journey_id": "cart"}))
     assert not runtime.wants(f.Change("p", "message", detail={"status": "queued"}))  # not a journey's message
+    # a journey's message queued: no wait can be for that status, and the change would cost a transition
+    assert not runtime.wants(f.Change("p", "message", detail={"status": "queued", "journey_id": "cart"}))
     assert not any(runtime.wants(f.Change("p", cause)) for cause in ("consent", "computed", "list", "replay"))
+
+
+def _statements(engine, fn) -> int:
+    """How many SQL statements ``fn`` sends (the cost of a claim, whatever the machine's speed)."""
+    n = {"count": 0}
+
+    def count(*_args, **_kw):
+        n["count"] += 1
+
+    sa.event.listen(engine, "before_cursor_execute", count)
+    try:
+        fn()
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count)
+    return n["count"]
+
+
+def test_a_claim_costs_the_same_statements_for_three_people_or_thirty(engine, ws, clock, worker):
+    """The consumer takes the feed's whole claim at once (``Consumer.many``, one ``Claim``): reads and writes are one
+    statement per table whoever many people move, and each gets her message."""
+    publish(engine, ws, NOW)
+    costs = []
+    for n, tag in ((2, "w"), (3, "a"), (30, "b")):  # the first claim also makes the journeys' internal source
+        send(engine, ws, [ev("Product Added", T0, user=f"{tag}{i}", cart_id=f"{tag}{i}") for i in range(n)], T0)
+        Resolver(engine).drain()
+        costs.append(_statements(engine, lambda: feed.consume(engine, runtime.CONSUMER, runtime.Consumer())))
+    assert len(journey_messages(engine, ws)) == 35
+    # one person at a time, the 27 more people would cost hundreds more (about twenty statements each)
+    assert abs(costs[2] - costs[1]) <= 4, costs
+
+
+def test_a_failing_person_in_a_claim_is_retried_alone_and_the_others_move_on(engine, ws, clock, worker, monkeypatch):
+    """One person's transition raises: the claim is rolled back and each person goes alone (the feed's fallback);
+    the others get their message in that same pass, hers waits with an attempt counted."""
+    from chorus.journeys import interpreter as j
+
+    publish(engine, ws, NOW)
+    send(engine, ws, [ev("Product Added", T0, user=u, cart_id=u) for u in ("bad", "g1", "g2", "g3")], T0)
+    Resolver(engine).drain()
+    bad = profile_of(engine, ws, "user_id:bad")
+    real = runtime._EFFECTS[j.Send]
+
+    def send_(run, s, c):
+        if run.person.id == bad:
+            raise ValueError("a data error for this one person")
+        real(run, s, c)
+
+    monkeypatch.setitem(runtime._EFFECTS, j.Send, send_)
+    feed.consume(engine, runtime.CONSUMER, runtime.Consumer())
+    sent = journey_messages(engine, ws)
+    assert len(sent) == 3 and bad not in {m.profile_id for m in sent}
+    with engine.connect() as conn:
+        (row,) = conn.execute(sa.select(feed_pending.c.profile_id, feed_pending.c.attempts).where(
+            feed_pending.c.consumer == runtime.CONSUMER)).all()  # fmt: skip
+    assert row.profile_id == bad and row.attempts == 1
+    monkeypatch.setitem(runtime._EFFECTS, j.Send, real)
+    feed.consume(engine, runtime.CONSUMER, runtime.Consumer())
+    assert len(journey_messages(engine, ws)) == 4
+
+
+def test_due_timers_fire_together_and_a_failing_person_is_postponed_alone(engine, ws, clock, worker, monkeypatch):
+    """The timer task fires everybody's due timers in one claim; when one person's transition raises, each goes
+    alone: the others' reminders are queued, hers are tried again a minute later."""
+    from chorus.journeys import interpreter as j
+
+    publish(engine, ws, CART)
+    users = ("bad", "g1", "g2")
+    send(engine, ws, [ev("Product Added", T0, user=u, cart_id=u) for u in users], T0)
+    settle(worker)
+    waits = {t.key for t in timers(engine, ws) if t.due_at.replace(tzinfo=T0.tzinfo) == T0 + timedelta(hours=1)}
+    assert len(waits) == 3
+    bad = profile_of(engine, ws, "user_id:bad")
+    real = runtime._EFFECTS[j.Send]
+
+    def send_(run, s, c):
+        if run.person.id == bad:
+            raise ValueError("a data error for this one person")
+        real(run, s, c)
+
+    monkeypatch.setitem(runtime._EFFECTS, j.Send, send_)
+    clock.at = T0 + timedelta(hours=1, seconds=1)
+    assert runtime.due(engine) == 2
+    sent = journey_messages(engine, ws)
+    assert len(sent) == 2 and bad not in {m.profile_id for m in sent}
+    (left,) = [t for t in timers(engine, ws) if t.key in waits]
+    assert left.profile_id == bad and left.due_at.replace(tzinfo=T0.tzinfo) == clock.at + timedelta(minutes=1)
+    monkeypatch.setitem(runtime._EFFECTS, j.Send, real)
+    clock.at += timedelta(minutes=2)
+    assert runtime.due(engine) == 1
+    assert len(journey_messages(engine, ws)) == 3 and not [t for t in timers(engine, ws) if t.key in waits]

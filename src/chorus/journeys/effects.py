@@ -2,7 +2,8 @@
 ``runtime.effect``): a failure rolls back the transition with it, and a transition given again repeats the same
 idempotency keys, so nothing happens twice.
 
-- ``Send``: the outbox, on the same connection (``outbox.enqueue_in``), keyed by the step (``<instance>:<step>``);
+- ``Send``: the outbox, on the same connection (``outbox.enqueue_in``), keyed by the step (``<instance>:<step>``),
+  the claim's messages in one batch at its flush;
   consent, frequency caps, quiet hours and channel choice are the outbox's, as for any message. A request the
   outbox refuses (its template was deleted since publishing) is recorded on the journey (``error``) and the person
   goes on: one bad step must not stall the journey for everybody behind it.
@@ -25,10 +26,8 @@ from chorus.collect.messages import Event as Stored
 from chorus.collect.messages import normalise
 from chorus.errors import ChorusError
 from chorus.journeys import interpreter as j
-from chorus.journeys.runtime import PersonRun, effect
+from chorus.journeys.runtime import Claim, PersonRun, effect, flush
 from chorus.messaging import outbox
-from chorus.messaging.consent import identity_fields
-from chorus.profiles import views
 from chorus.timeutil import iso
 
 
@@ -39,15 +38,24 @@ def send(run: PersonRun, s: j.State, c: j.Send) -> None:
     except ChorusError as exc:
         run.error(s, c, exc)
         return
-    ((result, _created),) = outbox.enqueue_in(run.conn, run.js.ws, [(req, c.key)], run.js.links, run.now)
-    if isinstance(result, ChorusError):
-        run.error(s, c, result)
+    assert run.claim is not None
+    run.claim.defer("messages", (run, s, c, req))  # with the claim's other messages, in one outbox batch
+
+
+@flush("messages")
+def send_all(claim: Claim, items: list) -> None:
+    """The claim's messages as one outbox batch (consent, caps across the batch, quiet hours and channel choice are
+    the outbox's); a request it refuses is recorded on that person's journey."""
+    results = outbox.enqueue_in(claim.conn, claim.js.ws, [(req, c.key) for _, _, c, req in items], claim.js.links,
+                                claim.at)  # fmt: skip
+    for (run, s, c, _), (result, _created) in zip(items, results, strict=True):
+        if isinstance(result, ChorusError):
+            run.error(s, c, result)
 
 
 @effect(j.UpdateTrait)
 def update_trait(run: PersonRun, s: j.State, c: j.UpdateTrait) -> None:
-    view = views.get_profiles(run.conn, run.ws, [run.person.id], run.js.ws.identity).get(run.person.id)
-    ident = identity_fields(view) if view else {}
+    ident = run.ident
     if not ident:
         run.error(s, c, ChorusError("the profile has no identifier to address an identify to"))
         return

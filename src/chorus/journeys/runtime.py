@@ -69,23 +69,42 @@ def wants(c: feed.Change) -> bool:
     API send) are left out, so they cost the journeys nothing. A goal or exit *rule* that reads message statuses
     is then checked at her next input (the simulator, which has no statuses, does the same)."""
     if c.cause == "message":
-        return bool((c.detail or {}).get("journey_id"))
+        detail = c.detail or {}
+        # "queued" (and any status no wait names) cannot be an input: its change would cost a transition for nothing
+        return bool(detail.get("journey_id")) and detail.get("status") in d.MESSAGE_STATUSES
     return c.cause in CAUSES
 
 
 # -- registered effects ------------------------------------------------------------------------------------------------
 Effect = Callable[["PersonRun", j.State, j.Command], None]
+Flush = Callable[["Claim", list], None]
 _EFFECTS: dict[type, Effect] = {}
+_FLUSHES: dict[str, Flush] = {}
 
 
 def effect(kind: type) -> Callable[[Effect], Effect]:
-    """Register how a command of ``kind`` is carried out: ``handler(run, state, command)``, on ``run.conn``."""
+    """Register how a command of ``kind`` is carried out: ``handler(run, state, command)``, on ``run.conn``. A
+    handler may write at once, or put its work aside (``run.claim.defer(name, item)``) for a flush registered with
+    :func:`flush`, which does the work of every person of the claim in one go (the messages: one outbox batch)."""
 
     def add(handler: Effect) -> Effect:
         if kind in _EFFECTS:
             raise ValueError(f"an effect for {kind.__name__} is registered twice")
         _EFFECTS[kind] = handler
         return handler
+
+    return add
+
+
+def flush(name: str) -> Callable[[Flush], Flush]:
+    """Register the flush of the work put aside under ``name``: ``flusher(claim, items)``, before the claim writes
+    its instances and records (a flusher may still record, e.g. an error on a person's journey)."""
+
+    def add(flusher: Flush) -> Flush:
+        if name in _FLUSHES:
+            raise ValueError(f"a flush for {name} is registered twice")
+        _FLUSHES[name] = flusher
+        return flusher
 
     return add
 
@@ -167,35 +186,143 @@ def forget_parsed(conn: Connection) -> None:
     conn.info.pop("chorus_journeys", None)
 
 
+# -- many people, one transaction --------------------------------------------------------------------------------------
+class Claim:
+    """The people of one workspace whose inputs one transaction applies (a feed claim, a batch of due timers, a
+    broadcast's chunk; or one person), each with her :class:`PersonRun`. What the runs read is read for all of
+    them at once, one statement per table however many they are, and what they write (instances, records,
+    timers, timeline events, and the effects put aside, such as messages) is written at :meth:`flush`, one
+    statement per table: a transition costs about the same few statements whether one person moves or 500.
+
+    The caller has locked the people (``views.lock_people``). A failure anywhere fails the whole claim: callers
+    roll it back (a savepoint) and go again one person at a time, each in her own claim."""
+
+    def __init__(self, conn: Connection, js: Journeys, pids: Sequence[str], at: datetime):
+        self.conn, self.js, self.at = conn, js, at
+        self.ws = js.ws.id
+        people = load.people(conn, self.ws, pids, js.ws.identity)
+        found = [p for p in dict.fromkeys(pids) if p in people]
+        instances = store.instances_of(conn, self.ws, found)
+        self.runs: dict[str, PersonRun] = {p: PersonRun(conn, js, people[p], at, instances[p], claim=self)
+                                           for p in found}  # fmt: skip
+        self._timers: dict[str, dict[str, tuple]] | None = None
+        self._unseen: dict[str, set[str]] | None = None
+        self._held: set[tuple[str, str]] | None = None
+        self._idents: dict[str, dict] | None = None
+        self._set: dict[str, dict] = {}  # timers to set, by key
+        self._cancel: set[str] = set()  # timer keys to delete
+        self._deferred: dict[str, list] = {}
+
+    # reads, for every person of the claim at the first one's need
+    def timers(self, pid: str) -> dict[str, tuple]:
+        """Her live timers: key -> (due, journey, instance)."""
+        if self._timers is None:
+            self._timers = {p: {} for p in self.runs}
+            for r in store.timers_of(self.conn, self.ws, list(self.runs)):
+                self._timers.setdefault(r.profile_id, {})[r.key] = (r.due_at, r.journey_id, r.instance_id)
+        return self._timers.setdefault(pid, {})
+
+    def unseen(self, pid: str) -> set[str]:
+        """Message ids of her events whose feed change the consumer has not handled yet."""
+        if self._unseen is None:
+            self._unseen = {p: set() for p in self.runs}
+            seqs = feed.pending_events_of(self.conn, CONSUMER, self.ws, list(self.runs))
+            owner = {seq: p for p, mine in seqs.items() for seq in mine}
+            order = sorted(owner)
+            for i in range(0, len(order), 5000):
+                for seq, mid in self.conn.execute(sa.select(events.c.seq, events.c.message_id).where(
+                        bulk.in_(events.c.seq, order[i : i + 5000], self.conn.dialect.name))):  # fmt: skip
+                    self._unseen[owner[seq]].add(str(mid))
+        return self._unseen.setdefault(pid, set())
+
+    def held(self, jid: str, pid: str) -> bool:
+        """Has she inputs held for the journey (read once: what this claim holds is known to its runs)?"""
+        if self._held is None:
+            self._held = store.held_pairs(self.conn, self.ws, list(self.runs))
+        return (jid, pid) in self._held
+
+    def ident(self, pid: str) -> dict:
+        """Her identifiers as a call about her carries them (``identity_fields``); empty when she has none."""
+        if self._idents is None:
+            found = views.identifiers_of(self.conn, self.ws, list(self.runs))
+            self._idents = {p: identity_fields({"identifiers": found.get(p, {})}) for p in self.runs}
+        return self._idents.get(pid) or {}
+
+    # writes, put aside until the flush
+    def set_timer(self, row: dict) -> None:
+        self._set[row["key"]] = row
+
+    def cancel_timer(self, key: str) -> None:
+        self._set.pop(key, None)
+        self._cancel.add(key)
+
+    def defer(self, name: str, item) -> None:
+        """Work of a registered flush (``flush(name)``), done for the whole claim at once."""
+        if name not in _FLUSHES:
+            raise RuntimeError(f"no flush is registered for {name}")
+        self._deferred.setdefault(name, []).append(item)
+
+    def flush(self) -> None:
+        """Write what the runs did since the last flush: the effects put aside first (they may record errors),
+        then instances, records, timers and timeline events."""
+        while self._deferred:
+            name, items = next(iter(self._deferred.items()))
+            del self._deferred[name]
+            _FLUSHES[name](self, items)
+        runs = list(self.runs.values())
+        store.save_instances(self.conn, self.ws, [(s, r._dirty[s.instance_id]) for r in runs for s in r.instances
+                                                  if s.instance_id in r._dirty], self.at)  # fmt: skip
+        store.add_records(self.conn, self.ws, [rec for r in runs for rec in r._records])
+        # deleted before set: a key cancelled and set again in one claim is set (as the run did, in its order)
+        store.cancel_timers(self.conn, self.ws, sorted(self._cancel))
+        store.set_timers(self.conn, self.ws, list(self._set.values()))
+        timeline = [(ev, r.person.id) for r in runs for ev in r._timeline]
+        if timeline:
+            source = ws_api.internal_source(self.conn, self.ws, "internal", "chorus-journeys")
+            ingest.store(self.conn, source, [ev for ev, _ in timeline], [], self.at,
+                         {ev.message_id: pid for ev, pid in timeline})  # fmt: skip
+        for r in runs:
+            r._dirty, r._records, r._timeline = {}, [], []
+        self._set, self._cancel = {}, set()
+
+
 # -- one person --------------------------------------------------------------------------------------------------------
 @dataclass
 class PersonRun:
     """One person's inputs given to the interpreter, one after the other, and their commands carried out.
 
-    The caller has locked her profile row. ``give`` may be called many times; ``flush`` writes the instances,
-    records and timeline events at the end."""
+    The caller has locked her profile row. ``give`` may be called many times; what it writes is written by her
+    claim's flush (``flush``), with the other people's of the claim."""
 
     conn: Connection
     js: Journeys
     person: Person
     now: datetime
     instances: list[j.State] = field(default_factory=list)
+    claim: Claim | None = None
     given: list[Event] = field(default_factory=list)  # the events given so far (entries read those after them)
     _dirty: dict[str, bool] = field(default_factory=dict)  # instance id -> new
     _records: list[dict] = field(default_factory=list)
     _timeline: list[Stored] = field(default_factory=list)
-    _ident: dict | None = None
-    _timers: dict[str, tuple] | None = None  # her live timers: key -> (due, journey, instance), once read
     _seen: dict[tuple, int] = field(default_factory=dict)  # timeline records per (instance, step, kind, node)
-    _unseen: set[str] | None = None  # message ids of her events not handed to the journeys yet
-    _held: dict[str, bool] = field(default_factory=dict)  # journey -> she has inputs held for it
+    _held: dict[str, bool] = field(default_factory=dict)  # journey -> she has inputs held for it (once asked)
     held_behind: set[str] = field(default_factory=set)  # journeys an input was held for, behind a resume
     replaying: set[str] = field(default_factory=set)  # journeys whose held inputs this run gives again
     unreplayed: dict[str, set[str]] = field(default_factory=dict)  # journey -> ids of held events not given yet
 
+    def __post_init__(self) -> None:
+        if self.claim is None:
+            raise ValueError("a person's run belongs to a claim (Claim, or person_run for one person)")
+
     @property
     def ws(self) -> str:
         return self.js.ws.id
+
+    @property
+    def ident(self) -> dict:
+        """Her identifiers, for a call about her (a trait's identify, a timeline event)."""
+        assert self.claim is not None
+        return self.claim.ident(self.person.id)
 
     def give(self, inp: j.Input, *, only: Iterable[str] | None = None) -> list[dispatch.Outcome]:
         """Offer ``inp`` to the journeys it can concern (``only``: these alone, a start or a sweep)."""
@@ -237,7 +364,8 @@ class PersonRun:
 
     def has_held(self, jid: str) -> bool:
         if jid not in self._held:
-            self._held[jid] = store.has_held(self.conn, self.ws, jid, self.person.id)
+            assert self.claim is not None
+            self._held[jid] = self.claim.held(jid, self.person.id)
         return self._held[jid]
 
     def replay(self, jid: str, held: Sequence[j.Input]) -> None:
@@ -255,18 +383,14 @@ class PersonRun:
         for this journey while it was paused and not given again yet (both come as inputs, later): an entry checks
         its goal and exit criteria against what happened before it was processed, as the simulator does, never
         twice."""
-        if self._unseen is None:
-            seqs = sorted(feed.pending_events(self.conn, CONSUMER, self.ws, self.person.id))
-            ids: set[str] = set()
-            for i in range(0, len(seqs), 5000):
-                ids.update(str(m) for m in self.conn.execute(sa.select(events.c.message_id).where(
-                    bulk.in_(events.c.seq, seqs[i : i + 5000], self.conn.dialect.name))).scalars())  # fmt: skip
-            self._unseen = ids
+        assert self.claim is not None
+        unseen = self.claim.unseen(self.person.id)
         given = {e.id for e in self.given}
         later = self.unreplayed.get(jid, set())
-        return tuple(e for e in self.person.events if (e.id not in self._unseen or e.id in given) and e.id not in later)
+        return tuple(e for e in self.person.events if (e.id not in unseen or e.id in given) and e.id not in later)
 
     def _keep(self, jid: str, o: dispatch.Outcome) -> None:
+        assert self.claim is not None
         s = o.state
         if o.held:
             # unapplied; an instance admitted while paused is kept as admitted ("new"): it counts for re-entry as
@@ -282,13 +406,15 @@ class PersonRun:
             i = next(n for n, x in enumerate(self.instances) if x.instance_id == s.instance_id)
             self.instances[i] = s
             self._dirty.setdefault(s.instance_id, False)
-        timers, cancel = [], []
+        live = self.claim.timers(self.person.id)
         for c in o.commands:
             if isinstance(c, j.SetTimer):
-                timers.append({"key": c.key, "journey_id": jid, "instance_id": s.instance_id,
-                               "profile_id": self.person.id, "due_at": c.at})  # fmt: skip
+                self.claim.set_timer({"key": c.key, "journey_id": jid, "instance_id": s.instance_id,
+                                      "profile_id": self.person.id, "due_at": c.at})  # fmt: skip
+                live[c.key] = (c.at, jid, s.instance_id)
             elif isinstance(c, j.CancelTimer):
-                cancel.append(c.key)
+                self.claim.cancel_timer(c.key)
+                live.pop(c.key, None)
             elif isinstance(c, j.Record):
                 self._record(s, c)
             elif isinstance(c, j.EFFECTS):
@@ -296,29 +422,21 @@ class PersonRun:
                 if handler is None:  # publish refuses such a journey (``supported``); one published before
                     raise RuntimeError(f"no effect is installed for {type(c).__name__}")
                 handler(self, s, c)
-        store.cancel_timers(self.conn, self.ws, cancel)
-        store.set_timers(self.conn, self.ws, timers)
-        if self._timers is not None:
-            for k in cancel:
-                self._timers.pop(k, None)
-            for t in timers:
-                self._timers[t["key"]] = (t["due_at"], jid, s.instance_id)
 
     def fire_due(self, until: datetime) -> int:
         """Fire her timers due at or before ``until``, earliest first (then by key), each deleted and given as its
         input: before an input of that time (the consumer), or up to now (the timer task). Her inputs are then
         applied in their time order whichever task brought them, as the simulator applies them."""
-        if self._timers is None:
-            self._timers = {r.key: (r.due_at, r.journey_id, r.instance_id)
-                            for r in store.timers_of(self.conn, self.ws, [self.person.id])}  # fmt: skip
+        assert self.claim is not None
+        live = self.claim.timers(self.person.id)
         n = 0
         while True:
-            ready = [(due, key) for key, (due, _, _) in self._timers.items() if due <= until]
+            ready = [(due, key) for key, (due, _, _) in live.items() if due <= until]
             if not ready:
                 return n
             due, key = min(ready)
-            _, jid, iid = self._timers.pop(key)
-            store.cancel_timers(self.conn, self.ws, [key])
+            _, jid, iid = live.pop(key)
+            self.claim.cancel_timer(key)
             if jid in self.js.all:
                 self.give(j.TimerFired(iid, key, due) if iid else j.Start(store.start_id(key), due), only=[jid])
             n += 1
@@ -334,10 +452,8 @@ class PersonRun:
         name = TIMELINE.get(c.kind) or ("Journey Step" if assigned else None)
         if name is None:
             return
-        if self._ident is None:
-            view = views.get_profiles(self.conn, self.ws, [self.person.id], self.js.ws.identity).get(self.person.id)
-            self._ident = identity_fields(view) if view else {}
-        if not self._ident:
+        ident = self.ident
+        if not ident:
             return
         props = {"journey_id": s.journey_id, "version": s.version, "instance_id": s.instance_id, "node": c.node}
         if c.branch is not None:
@@ -350,9 +466,9 @@ class PersonRun:
         place = (s.instance_id, s.step, c.kind, c.node)
         n = self._seen[place] = self._seen.get(place, -1) + 1
         raw = {
-            **{k: v for k, v in self._ident.items() if k != "context"},
+            **{k: v for k, v in ident.items() if k != "context"},
             "type": "track", "event": name, "properties": props,
-            "context": {**self._ident.get("context", {}), "channel": "internal", "direction": "outbound"},
+            "context": {**ident.get("context", {}), "channel": "internal", "direction": "outbound"},
             # the step number and the record's place in it: a transition computed again makes the same ids
             "messageId": f"chorus-journey-{s.instance_id}-{s.step}-{c.kind}-{c.node}-{n}"[:200],
             "timestamp": iso(c.at),
@@ -377,78 +493,87 @@ class PersonRun:
         self._record(s, j.Record("error", getattr(c, "node", None) or s.node, None, self.now, msg[:200]))
 
     def flush(self) -> None:
-        store.save_instances(self.conn, self.ws, [(s, self._dirty[s.instance_id]) for s in self.instances
-                                                  if s.instance_id in self._dirty], self.now)  # fmt: skip
-        store.add_records(self.conn, self.ws, self._records)
-        if self._timeline:
-            source = ws_api.internal_source(self.conn, self.ws, "internal", "chorus-journeys")
-            ingest.store(self.conn, source, self._timeline, [], self.now,
-                         {ev.message_id: self.person.id for ev in self._timeline})  # fmt: skip
-        self._dirty, self._records, self._timeline = {}, [], []
+        """Write what her claim's runs did so far (hers, and the others' of the claim)."""
+        assert self.claim is not None
+        self.claim.flush()
 
 
 def person_run(conn: Connection, js: Journeys, pid: str, at: datetime) -> PersonRun | None:
-    """Her run, or None when ``pid`` is not a profile (merged away, erased). The caller locked her."""
-    person = load.people(conn, js.ws.id, [pid], js.ws.identity).get(pid)
-    if person is None:
-        return None
-    return PersonRun(conn, js, person, at, store.instances_of(conn, js.ws.id, [pid])[pid])
+    """Her run, alone in its claim, or None when ``pid`` is not a profile (merged away, erased). The caller locked
+    her."""
+    return Claim(conn, js, [pid], at).runs.get(pid)
 
 
 # -- the change feed ---------------------------------------------------------------------------------------------------
 def inputs_of(conn: Connection, changes: Sequence[feed.Delivered]) -> list[j.Input]:
     """The interpreter's inputs for these changes, in order (a change that is none gives nothing)."""
+    return [inp for _, inp in _inputs(conn, changes)]
+
+
+def _inputs(conn: Connection, changes: Sequence[feed.Delivered]) -> list[tuple[feed.Delivered, j.Input]]:
     seqs = [c.event_seq for c in changes if c.cause == "event" and c.event_seq is not None]
     payloads = {}
     for i in range(0, len(seqs), 5000):
         part = seqs[i : i + 5000]
         payloads.update(conn.execute(sa.select(events.c.seq, events.c.payload).where(
             bulk.in_(events.c.seq, part, conn.dialect.name))).all())  # fmt: skip
-    out: list[j.Input] = []
+    out: list[tuple[feed.Delivered, j.Input]] = []
     for c in changes:
         if c.cause == "event" and c.event_seq in payloads:
-            out.append(Event.from_payload(payloads[c.event_seq]))
+            out.append((c, Event.from_payload(payloads[c.event_seq])))
         elif c.cause == "segment" and c.detail.get("segment") and c.detail.get("change") in ("entered", "exited"):
-            out.append(j.SegmentChanged(c.detail["segment"], c.detail["change"], c.at, str(c.seq)))
+            out.append((c, j.SegmentChanged(c.detail["segment"], c.detail["change"], c.at, str(c.seq))))
         elif c.cause == "message" and c.detail.get("status") and c.detail.get("message_id"):
-            out.append(j.MessageEvent(c.detail["status"], c.detail["message_id"], c.detail.get("journey_id"),
-                                      c.detail.get("idempotency_key"), c.at, c.detail.get("channel")))  # fmt: skip
+            out.append((c, j.MessageEvent(c.detail["status"], c.detail["message_id"], c.detail.get("journey_id"),
+                                          c.detail.get("idempotency_key"), c.at, c.detail.get("channel"))))  # fmt: skip
     return out
 
 
 class Consumer:
-    """The ``journeys`` change-feed consumer: each person's changes become inputs, given in order."""
+    """The ``journeys`` change-feed consumer: each person's changes become inputs, given in order. ``many`` takes
+    a whole claim in one :class:`Claim` per workspace (the feed falls back to one person at a time, ``__call__``,
+    when it fails)."""
 
     def __init__(self, clock: Callable[[], datetime] | None = None):
         self.clock = clock
 
     def __call__(self, conn: Connection, ws: str, pid: str, changes: list[feed.Delivered]) -> None:
+        self.many(conn, {(ws, pid): changes})
+
+    def many(self, conn: Connection, claimed: dict[tuple[str, str], list[feed.Delivered]]) -> None:
         at = (self.clock or now)()
-        js = journeys_of(conn, ws)
-        if not js.all:
-            return
-        for c in changes:  # a merge: the merged person's journeys go on as the survivor's
-            if c.cause == "merge" and c.target_id and c.profile_id != c.target_id:
-                store.repoint(conn, ws, c.profile_id, c.target_id)
-        if not views.lock_people(conn, ws, [pid]):
-            return
-        inputs = inputs_of(conn, changes)
-        if not inputs:
-            return
-        run = person_run(conn, js, pid, at)
-        if run is None:
-            return
-        for inp in inputs:
-            run.fire_due(min(j.input_time(inp), at))  # her timers due before it come first
-            run.give(inp)
-        run.flush()
+        by_ws: dict[str, dict[str, list[feed.Delivered]]] = {}
+        for (ws, pid), changes in claimed.items():
+            by_ws.setdefault(ws, {})[pid] = changes
+        for ws in sorted(by_ws):
+            people = by_ws[ws]
+            js = journeys_of(conn, ws)
+            if not js.all:
+                continue
+            for changes in people.values():  # a merge: the merged person's journeys go on as the survivor's
+                for c in changes:
+                    if c.cause == "merge" and c.target_id and c.profile_id != c.target_id:
+                        store.repoint(conn, ws, c.profile_id, c.target_id)
+            locked = set(views.lock_people(conn, ws, sorted(people)))
+            given: dict[str, list[j.Input]] = {}
+            for c, inp in _inputs(conn, [c for pid in sorted(locked) for c in people[pid]]):
+                given.setdefault(c.profile_id, []).append(inp)
+            if not given:
+                continue
+            claim = Claim(conn, js, sorted(given), at)
+            for pid, run in claim.runs.items():
+                for inp in given[pid]:
+                    run.fire_due(min(j.input_time(inp), at))  # her timers due before it come first
+                    run.give(inp)
+            claim.flush()
 
 
 # -- timers ------------------------------------------------------------------------------------------------------------
 def due(engine: Engine, limit: int = 500, clock: Callable[[], datetime] | None = None) -> int:
-    """Fire the timers due now: one transaction; per person (locked, skipping those another worker holds), her due
-    timers in due order. A scheduled start (no instance yet) is a ``Start`` of its journey. A person whose
-    transition fails is rolled back alone and her timers tried again a minute later."""
+    """Fire the timers due now: one transaction; per workspace, the people whose timers are due (locked, skipping
+    those another worker holds), each her due timers in due order, all in one :class:`Claim`. A scheduled start
+    (no instance yet) is a ``Start`` of its journey. When the claim fails, each person goes alone, and a person
+    whose transition fails is rolled back alone and her timers tried again a minute later."""
     at = (clock or now)()
     done = 0
     with engine.begin() as conn:
@@ -466,27 +591,47 @@ def due(engine: Engine, limit: int = 500, clock: Callable[[], datetime] | None =
             # them first and fires her timers due before each (fire_due); her timers wait for it
             busy = feed.pending_people(conn, CONSUMER, ws, pids)
             locked = set(views.lock_people(conn, ws, [p for p in pids if p not in busy], skip_locked=True))
+            ready = []
             for pid in pids:
-                keys = [r.key for r in by_person[(ws, pid)]]
                 if pid in busy:
                     continue
                 if pid not in locked:
                     if not _is_profile(conn, ws, pid):  # merged away (the consumer moves them) or gone: later
-                        _later(conn, ws, keys, at)
+                        _later(conn, ws, [r.key for r in by_person[(ws, pid)]], at)
                     continue  # another worker holds her: still due at the next pass
+                ready.append(pid)
+            if not ready:
+                continue
+            try:
+                with conn.begin_nested():
+                    done += _fire(conn, js, ready, by_person, at)
+                continue
+            except Exception as exc:  # noqa: BLE001 - then one person at a time, below
+                feed.reraise_transient(exc)
+                log.warning("journey timers of %d people failed together; each alone: %s", len(ready), exc)
+            for pid in ready:
                 try:
                     with conn.begin_nested():
-                        run = person_run(conn, js, pid, at)
-                        if run is None:
-                            store.cancel_timers(conn, ws, keys)
-                        else:
-                            done += run.fire_due(at)
-                            run.flush()
+                        # read again: a rolled-back savepoint released the journeys' shared locks (_forget_on_rollback)
+                        done += _fire(conn, journeys_of(conn, ws), [pid], by_person, at)
                 except Exception as exc:  # noqa: BLE001 - one person must not stop time for everybody
                     feed.reraise_transient(exc)
                     log.exception("journey timers of profile %s failed; tried again in a minute", pid)
-                    _later(conn, ws, keys, at)
+                    _later(conn, ws, [r.key for r in by_person[(ws, pid)]], at)
     return done
+
+
+def _fire(conn: Connection, js: Journeys, pids: list[str], by_person: dict, at: datetime) -> int:
+    claim = Claim(conn, js, pids, at)
+    n = 0
+    for pid in pids:
+        run = claim.runs.get(pid)
+        if run is None:  # not a profile any more
+            store.cancel_timers(conn, js.ws.id, [r.key for r in by_person[(js.ws.id, pid)]])
+        else:
+            n += run.fire_due(at)
+    claim.flush()
+    return n
 
 
 def _is_profile(conn: Connection, ws: str, pid: str) -> bool:

@@ -92,11 +92,10 @@ def step_run(conn: Connection, js: runtime.Journeys, row, at: datetime, chunk: i
         ])  # fmt: skip
     else:
         start = j.Start(f"run:{iso(row.run_at)}", row.run_at)
-        for pid in views.lock_people(conn, ws, pids):
-            run = runtime.person_run(conn, js, pid, at)
-            if run is not None:
-                run.give(start, only=[jid])
-                run.flush()
+        claim = runtime.Claim(conn, js, views.lock_people(conn, ws, pids), at)  # the chunk's people together
+        for run in claim.runs.values():
+            run.give(start, only=[jid])
+        claim.flush()
     store.move_run(conn, ws, jid, row.run_at, pids[-1] if pids else row.after, len(pids), len(pids) < chunk)
     return len(pids)
 

@@ -277,6 +277,16 @@ def has_held(conn: Connection, ws: str, jid: str, pid: str) -> bool:
                         .limit(1)).first() is not None  # fmt: skip
 
 
+def held_pairs(conn: Connection, ws: str, profile_ids: list[str]) -> set[tuple[str, str]]:
+    """(journey, profile) of these people's held inputs: :func:`has_held` of many at once."""
+    if not profile_ids:
+        return set()
+    t = journey_held.c
+    return {(r.journey_id, r.profile_id) for r in conn.execute(
+        sa.select(t.journey_id, t.profile_id).distinct().where(
+            t.workspace_id == ws, bulk.in_(t.profile_id, profile_ids, conn.dialect.name)))}  # fmt: skip
+
+
 def take_held(conn: Connection, ws: str, jid: str, pid: str) -> list[j.Input]:
     """The person's held inputs of the journey, in their own time order (then as they came), deleted."""
     t = journey_held.c

@@ -319,13 +319,26 @@ def pending_people(conn: Connection, consumer: str, ws: str, profile_ids: list[s
 def pending_events(conn: Connection, consumer: str, ws: str, profile_id: str) -> set[int]:
     """``events.seq`` of the person's event changes ``consumer`` has not handled yet (those of its current claim
     included, until its transaction deletes them): what it has not seen of her events."""
+    return pending_events_of(conn, consumer, ws, [profile_id])[profile_id]
+
+
+def pending_events_of(conn: Connection, consumer: str, ws: str, profile_ids: list[str]) -> dict[str, set[int]]:
+    """:func:`pending_events` of several people, in one statement: profile id -> ``events.seq``."""
+    out: dict[str, set[int]] = {p: set() for p in profile_ids}
+    if not profile_ids:
+        return out
+    who = feed_pending.c.profile_id
     q = (
-        sa.select(profile_changes.c.event_seq)
+        sa.select(who, profile_changes.c.event_seq)
         .join(feed_pending, feed_pending.c.seq == profile_changes.c.seq)
-        .where(feed_pending.c.consumer == consumer, feed_pending.c.profile_id == profile_id,
-               feed_pending.c.workspace_id == ws, profile_changes.c.cause == "event")
+        .where(feed_pending.c.consumer == consumer, feed_pending.c.workspace_id == ws,
+               who == profile_ids[0] if len(profile_ids) == 1 else bulk.in_(who, profile_ids, conn.dialect.name),
+               profile_changes.c.cause == "event")
     )  # fmt: skip
-    return {s for s in conn.execute(q).scalars() if s is not None}
+    for pid, seq in conn.execute(q):
+        if seq is not None:
+            out.setdefault(pid, set()).add(seq)
+    return out
 
 
 def handled(conn: Connection, consumer: str, seqs: list[int]) -> None:

@@ -34,10 +34,9 @@ from chorus.collect import ingest
 from chorus.collect.messages import Event as Stored
 from chorus.collect.messages import normalise
 from chorus.errors import ChorusError
-from chorus.identity.identifiers import kind_of, value_of
 from chorus.messaging.consent import identity_fields
 from chorus.messaging.outbox import STATUS_EVENTS
-from chorus.profiles import feed
+from chorus.profiles import feed, views
 from chorus.profiles.views import lock_people
 from chorus.segments import batch, load, store
 from chorus.segments import rules as r
@@ -46,7 +45,7 @@ from chorus.segments.needs import Needs
 from chorus.segments.needs import needs as needs_of
 from chorus.segments.person import Person
 from chorus.store import bulk
-from chorus.store.tables import identifiers, profiles, segment_timers
+from chorus.store.tables import profiles, segment_timers
 from chorus.timeutil import iso, utcnow
 
 log = logging.getLogger("chorus.segments")
@@ -330,7 +329,7 @@ class Evaluator:
         if not moved:
             return
         changes, evs, owner = [], [], {}
-        idents = _identifiers(self.conn, ws, moved)
+        idents = views.identifiers_of(self.conn, ws, moved)
         for pid in moved:
             ident = identity_fields({"id": pid, "identifiers": idents.get(pid, {})})
             for change, ids in (("entered", outs[pid].entered), ("exited", outs[pid].exited)):
@@ -373,18 +372,6 @@ def decide(defs: dict[str, store.Definition], order: list[str], dependents: dict
             out.exited.append(sid)
         todo |= dependents.get(sid, set())
     return out, moved
-
-
-def _identifiers(conn: Connection, ws: str, pids: list[str]) -> dict[str, dict[str, list[str]]]:
-    """Each profile's identifiers by kind, sorted, as its view shows them (``views.get_profiles``, which also reads
-    the profile, its aliases and computed traits: a third of an entry's cost, for the one field a timeline event
-    needs)."""
-    out: dict[str, dict[str, list[str]]] = {}
-    rows = conn.execute(sa.select(identifiers.c.profile_id, identifiers.c.ident).where(
-        identifiers.c.workspace_id == ws, bulk.in_(identifiers.c.profile_id, pids, conn.dialect.name))).all()
-    for pid, i in sorted(rows):
-        out.setdefault(pid, {}).setdefault(kind_of(i), []).append(value_of(i))
-    return out
 
 
 def lock_person(conn: Connection, ws: str, pid: str) -> None:
