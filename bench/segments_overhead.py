@@ -37,7 +37,7 @@ from chorus.collect import ingest  # noqa: E402
 from chorus.collect.messages import normalise  # noqa: E402
 from chorus.identity.task import Resolution  # noqa: E402
 from chorus.profiles import feed  # noqa: E402
-from chorus.registry import Registry, Step  # noqa: E402
+from chorus.registry import Registry, Step, each_pass  # noqa: E402
 from chorus.segments import engine as seg  # noqa: E402
 from chorus.segments import rules as r  # noqa: E402
 from chorus.segments import store  # noqa: E402
@@ -116,7 +116,7 @@ def worker(engine) -> Worker:
     reg.task("resolve", Resolution, step=Step.UNIFY)
     reg.consumer(seg.CONSUMER, seg.consumer())
     reg.task("feed", lambda e, o: feed.FeedTask(e, reg.consumers()), step=Step.DECIDE)
-    reg.task("segment_timers", seg.TimerTask, step=Step.DECIDE)
+    reg.task("segment_timers", each_pass(seg.due), step=Step.DECIDE)
     return Worker(engine, registry=reg.freeze())
 
 

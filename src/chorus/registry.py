@@ -118,6 +118,24 @@ class TaskOptions:
     registry: Registry | None = None  # the registry the worker was made from (the feed task reads its consumers)
 
 
+class EachPass:
+    """A worker task that is one function of the engine, called once a pass, holding nothing (see :func:`each_pass`)."""
+
+    def __init__(self, engine: Engine, run: Callable[[Engine], int]):
+        self.engine, self.run = engine, run
+
+    def run_once(self) -> int:
+        return self.run(self.engine)
+
+    def close(self) -> None:
+        pass
+
+
+def each_pass(run: Callable[[Engine], int]) -> Callable[..., Task]:
+    """What :meth:`Registry.task` takes for a task that is just ``run(engine) -> work done``, called each pass."""
+    return lambda engine, options=None: EachPass(engine, run)
+
+
 @dataclass(frozen=True)
 class WorkerTask:
     name: str

@@ -15,14 +15,14 @@ def register(registry) -> None:
     and webhook requests erased with her."""
     from chorus.journeys import effects, runtime, schedule, store, webhooks  # noqa: F401 - effects register themselves
     from chorus.profiles import feed
-    from chorus.registry import Step
+    from chorus.registry import Step, each_pass
 
     registry.erasure("journeys", store.forget, tables=store.TABLES)
     registry.erasure("journey_webhooks", webhooks.forget, tables=webhooks.TABLES)
     registry.setting("journeys", webhooks.validate_settings)
     feed.interest(runtime.CONSUMER, runtime.wants)
     registry.consumer(runtime.CONSUMER, runtime.Consumer())
-    registry.task("journey_schedule", schedule.ScheduleTask, step=Step.DECIDE, label="journey schedules")
-    registry.task("journey_timers", runtime.TimerTask, step=Step.DECIDE, label="journey timers")
-    registry.task("journey_sweep", runtime.SweepTask, step=Step.DECIDE, label="journey resume and stop")
+    registry.task("journey_schedule", each_pass(schedule.tick), step=Step.DECIDE, label="journey schedules")
+    registry.task("journey_timers", each_pass(runtime.due), step=Step.DECIDE, label="journey timers")
+    registry.task("journey_sweep", each_pass(runtime.sweep), step=Step.DECIDE, label="journey resume and stop")
     registry.task("journey_webhooks", webhooks.WebhookTask, step=Step.DELIVER, label="journey webhooks")

@@ -642,10 +642,7 @@ def _is_profile(conn: Connection, ws: str, pid: str) -> bool:
 
 
 def _later(conn: Connection, ws: str, keys: list[str], at: datetime) -> None:
-    from chorus.store.tables import journey_timers
-
-    conn.execute(journey_timers.update().where(journey_timers.c.workspace_id == ws, bulk.in_(
-        journey_timers.c.key, keys, conn.dialect.name)).values(due_at=at + timedelta(minutes=1)))  # fmt: skip
+    store.postpone_timers(conn, ws, keys, at + timedelta(minutes=1))
 
 
 # -- entry by a call ---------------------------------------------------------------------------------------------------
@@ -767,23 +764,3 @@ def _forget_on_rollback(conn: Connection, name: str, context) -> None:
 sa.event.listen(Engine, "rollback_savepoint", _forget_on_rollback)
 
 
-class TimerTask:
-    def __init__(self, engine: Engine, options=None):
-        self.engine = engine
-
-    def run_once(self) -> int:
-        return due(self.engine)
-
-    def close(self) -> None:
-        pass
-
-
-class SweepTask:
-    def __init__(self, engine: Engine, options=None):
-        self.engine = engine
-
-    def run_once(self) -> int:
-        return sweep(self.engine)
-
-    def close(self) -> None:
-        pass

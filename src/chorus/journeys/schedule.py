@@ -121,13 +121,3 @@ def tick(engine: Engine, clock: Callable[[], datetime] | None = None, chunk: int
             done += step_run(conn, runtime.journeys_of(conn, rows[0].workspace_id), rows[0], at, chunk)
     return done
 
-
-class ScheduleTask:
-    def __init__(self, engine: Engine, options=None):
-        self.engine = engine
-
-    def run_once(self) -> int:
-        return tick(self.engine)
-
-    def close(self) -> None:
-        pass

@@ -234,6 +234,13 @@ def cancel_timers(conn: Connection, ws: str, keys: list[str]) -> None:
         )
 
 
+def postpone_timers(conn: Connection, ws: str, keys: list[str], due_at: datetime) -> None:
+    """Make these timers due at ``due_at`` (a person whose timers failed, or who is not a profile right now)."""
+    if keys:
+        conn.execute(journey_timers.update().where(journey_timers.c.workspace_id == ws, bulk.in_(
+            journey_timers.c.key, keys, conn.dialect.name)).values(due_at=due_at))  # fmt: skip
+
+
 def due_timers(conn: Connection, at: datetime, limit: int) -> list:
     """Timers due at ``at``, earliest first, locked (PostgreSQL: those another worker holds are skipped)."""
     q = sa.select(journey_timers).where(journey_timers.c.due_at <= at).order_by(journey_timers.c.due_at).limit(limit)

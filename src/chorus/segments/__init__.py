@@ -10,10 +10,10 @@ members, history, timers, static lists).
 def register(registry) -> None:
     """What segments adds (see chorus.registry): the person's memberships, history, timers and list entries are
     erased with her."""
-    from chorus.registry import Step
+    from chorus.registry import Step, each_pass
     from chorus.segments import engine, store
 
     registry.erasure("segments", store.forget, tables=store.TABLES)
     registry.consumer(engine.CONSUMER, engine.consumer())
-    registry.task("segment_timers", engine.TimerTask, step=Step.DECIDE, label="segment timers")
+    registry.task("segment_timers", each_pass(engine.due), step=Step.DECIDE, label="segment timers")
     registry.task("segment_batch", engine.BatchTask, step=Step.DECIDE, label="segment batch computation")

@@ -519,16 +519,6 @@ def _due_one_by_one(conn: Connection, ev: Evaluator, todo: dict[str, set[str]], 
     return done
 
 
-class TimerTask:
-    def __init__(self, engine: Engine, options=None):
-        self.engine = engine
-
-    def run_once(self) -> int:
-        return due(self.engine)
-
-    def close(self) -> None:
-        pass
-
 
 # -- batch -----------------------------------------------------------------------------------------------------------
 @dataclass
