@@ -15,10 +15,10 @@ reminder, before the second: one message), 40 % never (two messages); the journe
 out the goal window. Events are stored when their time comes, through the tracking API's store path
 (``collect.ingest.store``), so workers see them arrive as they would live. The margins (105 s between a purchase
 within the wait and the timeout, 60 s between the first reminder and a late purchase) are how late, in virtual time,
-an input may be handled without changing what happens: at the default speed (10) 10 s and 6 s of wall time. The
-runtime does not apply a person's inputs in time order across the feed and the timers (it fires a timer while her
-earlier events wait in the feed, and gives an event before her overdue timer: ``docs/benchmarks.md``), so a lag
-beyond them shows as messages missing or extra.
+an input may be handled without changing what happens: at the default speed (10) 10 s and 6 s of wall time. Since
+the runtime applies a person's inputs in their time order across the feed and the timers (the consumer fires her
+overdue timers first; the timer task leaves her to the consumer while she has changes pending), a lag beyond them
+no longer changes what she gets; before that fix it showed as messages missing or extra (``docs/benchmarks.md``).
 
 The run ends when every event is resolved, the journeys consumer has nothing pending, no timer is left and no input
 is held; then the stored events are backtested (``journeys.simulate`` over ``backtest_subjects``, as

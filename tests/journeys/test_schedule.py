@@ -83,6 +83,30 @@ def test_a_run_walked_again_after_a_crash_starts_nobody_twice(engine, ws, clock,
     assert sent(engine, ws, "b1") == dict.fromkeys(pids.values(), 1)
 
 
+def test_one_failing_person_does_not_stop_a_broadcast_for_the_others(engine, ws, clock, worker, monkeypatch):
+    """A chunk runs as one claim; when one person's transition raises, each person of the chunk goes alone: the
+    others get the message, she is left out of the run (loudly), and the run completes instead of failing forever."""
+    from chorus.journeys import interpreter as j
+    from chorus.journeys import runtime
+
+    pids = people(engine, ws, worker, {f"u{i}": (None, "news") for i in range(5)})
+    bad = pids["u2"]
+    real = runtime._EFFECTS[j.Send]
+
+    def send_(run, s, c):
+        if run.person.id == bad:
+            raise ValueError("a data error for this one person")
+        real(run, s, c)
+
+    monkeypatch.setitem(runtime._EFFECTS, j.Send, send_)
+    broadcast(engine, ws, T0)
+    settle(worker)
+    assert sent(engine, ws, "b1") == {p: 1 for u, p in pids.items() if p != bad}
+    with engine.connect() as conn:
+        (run,) = conn.execute(sa.select(journey_runs).where(journey_runs.c.workspace_id == ws)).all()
+    assert run.done and run.started == 5
+
+
 def test_a_recurring_broadcast_runs_again_and_a_missed_week_is_sent_once(engine, ws, clock, worker):
     pids = people(engine, ws, worker, {"u1": (None, "news")})
     broadcast(engine, ws, T0, schedule={"every": "1d", "start": (T0 + timedelta(hours=1)).isoformat()})

@@ -27,7 +27,7 @@ from sqlalchemy.engine import Connection, Engine
 from chorus.journeys import definition as d
 from chorus.journeys import interpreter as j
 from chorus.journeys import runtime, store
-from chorus.profiles import views
+from chorus.profiles import feed, views
 from chorus.segments import load
 from chorus.segments import store as segments_store
 from chorus.segments.times import zone
@@ -92,12 +92,30 @@ def step_run(conn: Connection, js: runtime.Journeys, row, at: datetime, chunk: i
         ])  # fmt: skip
     else:
         start = j.Start(f"run:{iso(row.run_at)}", row.run_at)
-        claim = runtime.Claim(conn, js, views.lock_people(conn, ws, pids), at)  # the chunk's people together
-        for run in claim.runs.values():
-            run.give(start, only=[jid])
-        claim.flush()
+        locked = views.lock_people(conn, ws, pids)
+        try:
+            with conn.begin_nested():
+                _start(conn, js, jid, locked, start, at)  # the chunk's people together, one claim
+        except Exception as exc:  # noqa: BLE001 - then one by one: one person must not stop a run for everybody
+            feed.reraise_transient(exc)
+            log.warning("journey %s: a chunk of run %s failed together; each person alone: %s", jid, start.id, exc)
+            for pid in locked:
+                try:
+                    with conn.begin_nested():  # read again: the rollback released the journeys' shared locks
+                        _start(conn, runtime.journeys_of(conn, ws), jid, [pid], start, at)
+                except Exception as exc:  # noqa: BLE001 - she is left out of this run, loudly
+                    feed.reraise_transient(exc)
+                    log.exception("journey %s: starting profile %s in run %s failed; left out of it", jid, pid,
+                                  start.id)  # fmt: skip
     store.move_run(conn, ws, jid, row.run_at, pids[-1] if pids else row.after, len(pids), len(pids) < chunk)
     return len(pids)
+
+
+def _start(conn: Connection, js: runtime.Journeys, jid: str, pids: list[str], start: j.Start, at: datetime) -> None:
+    claim = runtime.Claim(conn, js, pids, at)
+    for run in claim.runs.values():
+        run.give(start, only=[jid])
+    claim.flush()
 
 
 def tick(engine: Engine, clock: Callable[[], datetime] | None = None, chunk: int = CHUNK) -> int:
