@@ -206,14 +206,17 @@ def test_winback_after_60_days_without_activity_stops_when_they_return(db_url, t
         time.sleep(WORKER_ROUNDS)
         assert members(shop, "lapsed_60d") == set() and shop.messages() == []
 
-        clock.set(lapse + timedelta(seconds=30))
+        # two seconds before: the clock runs on into the instant, and the segment's timer flips them as it passes
+        clock.set(lapse - timedelta(seconds=2))
         wait_until(lambda: members(shop, "lapsed_60d") == set(pid.values()), timeout=30)
-        for u in people:  # entered at the instant, by the segment's timer
+        # entered by the segment's timer as the instant passed: the change is stamped with the time of the worker's
+        # pass that found the timer due (a few polls on a busy 2-core machine), never before the instant
+        for u in people:
             history = shop.ok(shop.http.get(f"/api/profiles/{pid[u]}/segments"))["history"]
             (entered,) = [h for h in history if h["segment_id"] == "lapsed_60d"]
             assert entered["change"] == "entered" and entered["cause"] == "timer", entered
-            when = datetime.fromisoformat(entered["at"].replace("Z", "+00:00"))
-            assert abs(when - (last[u] + timedelta(days=60))) < timedelta(seconds=1), (u, when, last[u])
+            late = datetime.fromisoformat(entered["at"].replace("Z", "+00:00")) - (last[u] + timedelta(days=60))
+            assert timedelta(0) <= late < timedelta(seconds=5), (u, entered, last[u])
         offers = shop.settled(2, template="winback_offer")
         assert sorted((m["profile_id"], m["channel"], m["status"]) for m in offers) == sorted(
             (pid[u], "sms", "sent") for u in ("ava", "bo")
