@@ -3,8 +3,9 @@ serve` as a subprocess, the tracking API (/v1/*), the admin API (templates, prov
 stats), a real SMTP server and the provider stand-ins (Twilio, FCM, Meta's Messenger). Every scenario has a holdout
 arm: its people receive nothing after the split and are counted in the journey's statistics.
 
-There is no virtual clock over HTTP, so the scenarios that wait for a wall-clock hour (browse abandonment's 09:00
-local, win-back's 60 days without activity) are left to the interpreter tests (tests/journeys/test_scenarios.py).
+The scenarios that wait for a wall-clock hour (browse abandonment's 09:00 local, win-back's 60 days without
+activity) are in tests/e2e/test_journey_scenarios_clock.py: there the server runs under libfaketime (a test-only
+tool) and the test moves its wall clock.
 The abandoned cart's one-hour wait is shortened to the grammar's shortest duration, one minute: that test is
 marked slow.
 
