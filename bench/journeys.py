@@ -363,9 +363,13 @@ def cmd_latency(args) -> None:
         with engine.begin() as conn:
             manage.publish(conn, w["id"], NUDGE, datetime.now(UTC))
         engine.dispose()
-        server = ChorusServer(db.url, tmp / "serve.log")
+        # --workers 0: the embedded worker (one process); N: `serve --no-worker` and N `chorus worker` processes
+        server = ChorusServer(db.url, tmp / "serve.log", worker=args.workers == 0)
+        workers = [ChorusServer(db.url, tmp / f"worker{i}.log", mode="worker") for i in range(args.workers)]
         try:
             server.wait_ready()
+            for w_ in workers:
+                w_.wait_ready()
             evs = [product_added(f"u{i}", datetime.now(UTC)) for i in range(n)]
             log(f"serve ready; {n:,} events at {args.rate}/s")
             reqs = asyncio.run(send(server.base_url, w["write_key"], evs, args.batch, args.rate, 8, give_up=10.0))
@@ -392,6 +396,8 @@ def cmd_latency(args) -> None:
             conn.close()
         finally:
             server.stop()
+            for w_ in workers:
+                w_.stop()
     lat = {"resolved": [], "message": []}
     for uid, acc in accepted.items():
         for name, src in (("resolved", resolved_at), ("message", sent_at)):
@@ -406,7 +412,8 @@ def cmd_latency(args) -> None:
                 "p99": pct(v, 0.99), "max": max(v, default=0)} for k, v in lat.items()}  # fmt: skip
     late = [r for r in reqs if r[2] is not None and r[2] - r[1] > 0.5]
     print(f"\nlatency: {n:,} events at {args.rate}/s for {args.seconds}s through /v1/batch ({args.batch} a request), "
-          f"chorus serve on {args.engine}, no-delay journey\n")  # fmt: skip
+          f"chorus serve on {args.engine}, "
+          f"{f'{args.workers} chorus worker processes' if args.workers else 'embedded worker'}, no-delay journey\n")
     print("| from the request's 200 to | n | p50 ms | p95 ms | p99 ms | max ms |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for k, label in (("resolved", "its resolution (feed change, the part before the journey: baseline)"),
@@ -418,6 +425,7 @@ def cmd_latency(args) -> None:
     print(f"accepted {len(accepted):,} of {n:,}; requests sent more than 0.5 s late: {len(late)}; last message "
           f"{drained_s:.1f} s after the last 200; bar: p99 < 200 ms")  # fmt: skip
     write_json(Path(args.out) / "journeys-latency.json", {"rate": args.rate, "seconds": args.seconds, "events": n,
+               "workers": args.workers,
                "accepted": len(accepted), "late_requests": len(late), "drained_s": drained_s, **rows})  # fmt: skip
 
 
@@ -637,6 +645,8 @@ def main() -> None:
     lt.add_argument("--batch", type=int, default=20, help="events per /v1/batch request")
     lt.add_argument("--drain", type=float, default=120, help="seconds to wait for the last messages")
     lt.add_argument("--engine", default="postgresql")
+    lt.add_argument("--workers", type=int, default=0,
+                    help="0: serve's embedded worker; N: serve --no-worker and N `chorus worker` processes")
     t = sub.add_parser("timers")
     t.add_argument("--waiting", type=int, default=100_000)
     t.add_argument("--fire", type=int, default=500, help="timers made due and fired after the polls")
