@@ -13,7 +13,8 @@ Four subcommands, on fresh databases:
   back, undone, then written again by hand, 500 people a transaction: their profile rows locked in one statement,
   then one ``INSERT`` per table (all 500 people's rows: SQLAlchemy's multi-row insert) and one ``DELETE``. Prints
   transitions/s (people, each one entry, one message, one exit) and the ratio.
-* ``latency``: ``chorus serve`` (HTTP on loopback, embedded worker) on PostgreSQL; a steady ``--rate`` (500) events
+* ``latency``: ``chorus serve`` (HTTP on loopback, embedded worker; with ``--workers N``, ``serve --no-worker`` and
+  N ``chorus worker`` processes) on PostgreSQL; a steady ``--rate`` (500) events
   per second for ``--seconds`` (20), each a new person's ``Product Added`` to ``/v1/batch``; per event, from its
   request's ``200`` to its message row's ``created_at`` (the runtime's clock when the transition began, before its
   commit: a slight underestimate). Baseline: the same stream with no journey published, from the ``200`` to the
@@ -29,7 +30,7 @@ Four subcommands, on fresh databases:
   a transaction. Prints profiles/s and the time 1,000,000 would take at that rate.
 
     python bench/journeys.py transitions [--people 2000] [--engines sqlite,postgresql]
-    python bench/journeys.py latency [--rate 500 --seconds 20]
+    python bench/journeys.py latency [--rate 500 --seconds 20] [--workers 2]
     python bench/journeys.py timers [--waiting 100000 --engine postgresql]
     python bench/journeys.py broadcast [--profiles 20000 --engine postgresql]
     python bench/journeys.py ... --profile DIR     # also a cProfile of the timed chorus part, top functions printed
