@@ -546,9 +546,12 @@ def test_a_claim_costs_the_same_statements_for_three_people_or_thirty(engine, ws
     assert abs(costs[2] - costs[1]) <= 4, costs
 
 
-def test_a_failing_person_in_a_claim_is_retried_alone_and_the_others_move_on(engine, ws, clock, worker, monkeypatch):
-    """One person's transition raises: the claim is rolled back and each person goes alone (the feed's fallback);
-    the others get their message in that same pass, hers waits with an attempt counted."""
+@pytest.mark.parametrize("where", ["give", "flush"])
+def test_a_failing_person_in_a_claim_is_retried_alone_and_the_others_move_on(engine, ws, clock, worker, monkeypatch,
+                                                                             where):  # fmt: skip
+    """One person's transition raises, while her input is given or when the claim writes: the claim is rolled back
+    and each person goes alone (the feed's fallback); the others get their message in that same pass, hers waits
+    with an attempt counted."""
     from chorus.journeys import interpreter as j
 
     publish(engine, ws, NOW)
@@ -556,13 +559,22 @@ def test_a_failing_person_in_a_claim_is_retried_alone_and_the_others_move_on(eng
     Resolver(engine).drain()
     bad = profile_of(engine, ws, "user_id:bad")
     real = runtime._EFFECTS[j.Send]
+    real_records = store.add_records
 
     def send_(run, s, c):
         if run.person.id == bad:
             raise ValueError("a data error for this one person")
         real(run, s, c)
 
-    monkeypatch.setitem(runtime._EFFECTS, j.Send, send_)
+    def add_records(conn, ws_id, rows):
+        if any(r["profile_id"] == bad for r in rows):
+            raise ValueError("a row of this one person cannot be written")
+        real_records(conn, ws_id, rows)
+
+    if where == "give":
+        monkeypatch.setitem(runtime._EFFECTS, j.Send, send_)
+    else:
+        monkeypatch.setattr(store, "add_records", add_records)
     feed.consume(engine, runtime.CONSUMER, runtime.Consumer())
     sent = journey_messages(engine, ws)
     assert len(sent) == 3 and bad not in {m.profile_id for m in sent}
@@ -571,6 +583,7 @@ def test_a_failing_person_in_a_claim_is_retried_alone_and_the_others_move_on(eng
             feed_pending.c.consumer == runtime.CONSUMER)).all()  # fmt: skip
     assert row.profile_id == bad and row.attempts == 1
     monkeypatch.setitem(runtime._EFFECTS, j.Send, real)
+    monkeypatch.setattr(store, "add_records", real_records)
     feed.consume(engine, runtime.CONSUMER, runtime.Consumer())
     assert len(journey_messages(engine, ws)) == 4
 

@@ -107,6 +107,36 @@ def test_one_failing_person_does_not_stop_a_broadcast_for_the_others(engine, ws,
     assert run.done and run.started == 5
 
 
+def test_a_broadcast_everybody_fails_is_not_dropped_and_does_not_hold_up_another(engine, ws, clock, worker,
+                                                                                  monkeypatch):  # fmt: skip
+    """When every person of a chunk fails (a cause common to all, not one bad profile), the run does not move past
+    them: it is tried again at the next pass, and meanwhile another broadcast's run goes on."""
+    from chorus.journeys import interpreter as j
+    from chorus.journeys import runtime
+
+    pids = people(engine, ws, worker, {f"u{i}": (None, "news") for i in range(3)})
+    real = runtime._EFFECTS[j.Send]
+
+    def send_(run, s, c):
+        if s.journey_id == "b1":
+            raise ValueError("this broadcast cannot render")
+        real(run, s, c)
+
+    monkeypatch.setitem(runtime._EFFECTS, j.Send, send_)
+    broadcast(engine, ws, T0)
+    with engine.begin() as conn:
+        manage.publish_broadcast(conn, ws, {"id": "b2", "template": "welcome", "channel": ["in_app"],
+                                            "segment": "newsletter"}, T0)  # fmt: skip
+    settle(worker)
+    assert sent(engine, ws, "b1") == {} and sent(engine, ws, "b2") == dict.fromkeys(pids.values(), 1)
+    with engine.connect() as conn:
+        runs = {r.journey_id: r for r in conn.execute(sa.select(journey_runs).where(journey_runs.c.workspace_id == ws))}
+    assert not runs["b1"].done and runs["b1"].started == 0 and runs["b2"].done
+    monkeypatch.setitem(runtime._EFFECTS, j.Send, real)  # the cause fixed: the same run reaches everybody
+    settle(worker)
+    assert sent(engine, ws, "b1") == dict.fromkeys(pids.values(), 1)
+
+
 def test_a_recurring_broadcast_runs_again_and_a_missed_week_is_sent_once(engine, ws, clock, worker):
     pids = people(engine, ws, worker, {"u1": (None, "news")})
     broadcast(engine, ws, T0, schedule={"every": "1d", "start": (T0 + timedelta(hours=1)).isoformat()})

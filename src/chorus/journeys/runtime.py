@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -238,7 +238,10 @@ class Claim:
     def held(self, jid: str, pid: str) -> bool:
         """Has she inputs held for the journey (read once: what this claim holds is known to its runs)?"""
         if self._held is None:
-            self._held = store.held_pairs(self.conn, self.ws, list(self.runs))
+            # only a journey being resumed is asked about (PersonRun.give): naming them keeps the read on the
+            # table's (workspace, journey, profile) index, which a resume of a big paused journey makes large
+            resuming = [j_ for j_, jr in self.js.all.items() if jr.sweep]
+            self._held = store.held_pairs(self.conn, self.ws, resuming, list(self.runs))
         return (jid, pid) in self._held
 
     def ident(self, pid: str) -> dict:
@@ -505,11 +508,6 @@ def person_run(conn: Connection, js: Journeys, pid: str, at: datetime) -> Person
 
 
 # -- the change feed ---------------------------------------------------------------------------------------------------
-def inputs_of(conn: Connection, changes: Sequence[feed.Delivered]) -> list[j.Input]:
-    """The interpreter's inputs for these changes, in order (a change that is none gives nothing)."""
-    return [inp for _, inp in _inputs(conn, changes)]
-
-
 def _inputs(conn: Connection, changes: Sequence[feed.Delivered]) -> list[tuple[feed.Delivered, j.Input]]:
     seqs = [c.event_seq for c in changes if c.cause == "event" and c.event_seq is not None]
     payloads = {}
@@ -616,8 +614,8 @@ def due(engine: Engine, limit: int = 500, clock: Callable[[], datetime] | None =
                         done += _fire(conn, journeys_of(conn, ws), [pid], by_person, at)
                 except Exception as exc:  # noqa: BLE001 - one person must not stop time for everybody
                     feed.reraise_transient(exc)
-                    log.exception("journey timers of profile %s failed; tried again in a minute", pid)
-                    _later(conn, ws, [r.key for r in by_person[(ws, pid)]], at)
+                    log.exception("journey timers of profile %s failed; tried again later", pid)
+                    _later(conn, ws, [r.key for r in by_person[(ws, pid)]], at, f"{type(exc).__name__}: {exc}")
     return done
 
 
@@ -641,8 +639,8 @@ def _is_profile(conn: Connection, ws: str, pid: str) -> bool:
         return False
 
 
-def _later(conn: Connection, ws: str, keys: list[str], at: datetime) -> None:
-    store.postpone_timers(conn, ws, keys, at + timedelta(minutes=1))
+def _later(conn: Connection, ws: str, keys: list[str], at: datetime, error: str | None = None) -> None:
+    store.postpone_timers(conn, ws, keys, at, error)
 
 
 # -- entry by a call ---------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import orjson
 import sqlalchemy as sa
@@ -180,15 +180,16 @@ def save_instances(conn: Connection, ws: str, states: Iterable[tuple[j.State, bo
         (rows_new if new else rows_old).append(row)
     if rows_new:
         bulk.insert_rows(conn, journey_instances, rows_new)
-    t = journey_instances.c
-    for row in rows_old:
+    if rows_old:  # one statement for all (executemany: pipelined by psycopg, one prepared statement on SQLite)
+        t = journey_instances.c
         conn.execute(
             journey_instances.update()
-            .where(t.workspace_id == ws, t.id == row["id"])
-            .values(
-                profile_id=row["profile_id"], status=row["status"], node=row["node"], updated_at=now, state=row["state"]
-            )
-        )
+            .where(t.workspace_id == sa.bindparam("w_ws"), t.id == sa.bindparam("w_id"))
+            .values(profile_id=sa.bindparam("w_pid"), status=sa.bindparam("w_status"), node=sa.bindparam("w_node"),
+                    updated_at=now, state=sa.bindparam("w_state")),
+            [{"w_ws": ws, "w_id": r["id"], "w_pid": r["profile_id"], "w_status": r["status"], "w_node": r["node"],
+              "w_state": r["state"]} for r in rows_old],
+        )  # fmt: skip
 
 
 def live_instances(conn: Connection, ws: str, jid: str, limit: int, after: str | None = None) -> list[tuple[str, str]]:
@@ -234,11 +235,25 @@ def cancel_timers(conn: Connection, ws: str, keys: list[str]) -> None:
         )
 
 
-def postpone_timers(conn: Connection, ws: str, keys: list[str], due_at: datetime) -> None:
-    """Make these timers due at ``due_at`` (a person whose timers failed, or who is not a profile right now)."""
-    if keys:
-        conn.execute(journey_timers.update().where(journey_timers.c.workspace_id == ws, bulk.in_(
-            journey_timers.c.key, keys, conn.dialect.name)).values(due_at=due_at))  # fmt: skip
+RETRY_FIRST = timedelta(minutes=1)
+RETRY_MAX = timedelta(days=1)
+
+
+def postpone_timers(conn: Connection, ws: str, keys: list[str], at: datetime, error: str | None = None) -> None:
+    """Try these timers again later: a minute after ``at``, twice as long after each failure (``error``, kept),
+    a day at most. A timer of someone who is not a profile right now (merged, the move not applied yet) waits a
+    minute without counting an attempt."""
+    if not keys:
+        return
+    t = journey_timers.c
+    mine = (t.workspace_id == ws, bulk.in_(t.key, keys, conn.dialect.name))
+    if error is None:
+        conn.execute(journey_timers.update().where(*mine).values(due_at=at + RETRY_FIRST))
+        return
+    for key, attempts in conn.execute(sa.select(t.key, t.attempts).where(*mine)).all():
+        wait = min(RETRY_FIRST * 2 ** min(attempts, 16), RETRY_MAX)
+        conn.execute(journey_timers.update().where(t.workspace_id == ws, t.key == key)
+                     .values(due_at=at + wait, attempts=attempts + 1, error=error[:300]))  # fmt: skip
 
 
 def due_timers(conn: Connection, at: datetime, limit: int) -> list:
@@ -284,14 +299,15 @@ def has_held(conn: Connection, ws: str, jid: str, pid: str) -> bool:
                         .limit(1)).first() is not None  # fmt: skip
 
 
-def held_pairs(conn: Connection, ws: str, profile_ids: list[str]) -> set[tuple[str, str]]:
-    """(journey, profile) of these people's held inputs: :func:`has_held` of many at once."""
-    if not profile_ids:
+def held_pairs(conn: Connection, ws: str, jids: list[str], profile_ids: list[str]) -> set[tuple[str, str]]:
+    """(journey, profile) of these people's held inputs of these journeys: :func:`has_held` of many at once."""
+    if not profile_ids or not jids:
         return set()
     t = journey_held.c
-    return {(r.journey_id, r.profile_id) for r in conn.execute(
-        sa.select(t.journey_id, t.profile_id).distinct().where(
-            t.workspace_id == ws, bulk.in_(t.profile_id, profile_ids, conn.dialect.name)))}  # fmt: skip
+    d = conn.dialect.name
+    q = sa.select(t.journey_id, t.profile_id).distinct().where(
+        t.workspace_id == ws, bulk.in_(t.journey_id, jids, d), bulk.in_(t.profile_id, profile_ids, d))
+    return {(r.journey_id, r.profile_id) for r in conn.execute(q)}
 
 
 def take_held(conn: Connection, ws: str, jid: str, pid: str) -> list[j.Input]:
@@ -363,6 +379,16 @@ def runs_open(conn: Connection, limit: int = 10) -> list:
     if conn.dialect.name == "postgresql":
         q = q.with_for_update(skip_locked=True)
     return conn.execute(q).all()
+
+
+def lock_run(conn: Connection, ws: str, jid: str, run_at: datetime):
+    """The open run, locked (PostgreSQL: None when another worker walks it), or None when it is done."""
+    t = journey_runs.c
+    q = sa.select(journey_runs).where(t.workspace_id == ws, t.journey_id == jid, t.run_at == run_at,
+                                      sa.not_(t.done))  # fmt: skip
+    if conn.dialect.name == "postgresql":
+        q = q.with_for_update(skip_locked=True)
+    return conn.execute(q).first()
 
 
 def add_run(conn: Connection, ws: str, jid: str, run_at: datetime, version: int) -> bool:

@@ -563,6 +563,9 @@ journey_timers = sa.Table(
     sa.Column("instance_id", sa.String(40), nullable=False),  # "" for a scheduled start (no instance yet)
     sa.Column("profile_id", sa.String(40), nullable=False),
     sa.Column("due_at", UTCDateTime, nullable=False),
+    # failed transitions of this timer so far: each postpones it twice as long (a minute, then 2, 4... a day at most)
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("error", sa.String(300), nullable=True),  # why the last attempt failed
     sa.Index("ix_journey_timers_due", "due_at"),
     sa.Index("ix_journey_timers_profile", "workspace_id", "profile_id"),
 )

@@ -1,0 +1,27 @@
+"""journey_timers.attempts and .error: a timer whose transition keeps failing is retried later and later (a minute,
+then twice as long each time, a day at most) instead of every minute forever, and says why
+
+Revision ID: 0016
+Revises: 0015
+Create Date: 2026-12-04 18:05:00.000000
+"""
+import sqlalchemy as sa
+from alembic import op
+
+
+revision = '0016'
+down_revision = '0015'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table('journey_timers', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('attempts', sa.Integer(), server_default='0', nullable=False))
+        batch_op.add_column(sa.Column('error', sa.String(length=300), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table('journey_timers', schema=None) as batch_op:
+        batch_op.drop_column('error')
+        batch_op.drop_column('attempts')
