@@ -618,3 +618,21 @@ def test_due_timers_fire_together_and_a_failing_person_is_postponed_alone(engine
     clock.at += timedelta(minutes=2)
     assert runtime.due(engine) == 1
     assert len(journey_messages(engine, ws)) == 3 and not [t for t in timers(engine, ws) if t.key in waits]
+
+
+def test_a_claim_is_split_so_that_it_never_reads_too_many_events_at_once(engine, ws, clock, worker, monkeypatch):
+    """The people of a feed claim are read in consecutive claims whose histories stay under EVENTS_PER_CLAIM events
+    (a person alone may be more): a worker's memory is bounded by that, not by how long customers have been around.
+    Everybody still gets her message."""
+    publish(engine, ws, NOW)
+    users = [f"p{i}" for i in range(6)]
+    send(engine, ws, [ev("Page Viewed", T0 - timedelta(hours=1), user=u) for u in users for _ in range(2)], T0)
+    send(engine, ws, [ev("Product Added", T0, user=u, cart_id=u) for u in users], T0)
+    Resolver(engine).drain()
+    monkeypatch.setattr(runtime, "EVENTS_PER_CLAIM", 7)  # two people's three events, not three people's
+    pids = sorted(profile_of(engine, ws, f"user_id:{u}") for u in users)
+    with engine.begin() as conn:
+        groups = [c.pids for c in runtime.claims(conn, runtime.journeys_of(conn, ws), pids, T0)]
+    assert groups == [pids[0:2], pids[2:4], pids[4:6]]
+    feed.consume(engine, runtime.CONSUMER, runtime.Consumer())
+    assert sorted(m.profile_id for m in journey_messages(engine, ws)) == pids

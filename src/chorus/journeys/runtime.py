@@ -200,8 +200,9 @@ class Claim:
     def __init__(self, conn: Connection, js: Journeys, pids: Sequence[str], at: datetime):
         self.conn, self.js, self.at = conn, js, at
         self.ws = js.ws.id
-        people = load.people(conn, self.ws, pids, js.ws.identity)
-        found = [p for p in dict.fromkeys(pids) if p in people]
+        self.pids = list(dict.fromkeys(pids))
+        people = load.people(conn, self.ws, self.pids, js.ws.identity)
+        found = [p for p in self.pids if p in people]
         instances = store.instances_of(conn, self.ws, found)
         self.runs: dict[str, PersonRun] = {p: PersonRun(conn, js, people[p], at, instances[p], claim=self)
                                            for p in found}  # fmt: skip
@@ -287,6 +288,33 @@ class Claim:
         for r in runs:
             r._dirty, r._records, r._timeline = {}, [], []
         self._set, self._cancel = {}, set()
+
+
+EVENTS_PER_CLAIM = 200_000  # a claim reads its people's whole histories at once: at most about this many events
+
+
+def claims(conn: Connection, js: Journeys, pids: Sequence[str], at: datetime) -> Iterable[Claim]:
+    """The people ``pids`` (in this order) as consecutive claims whose histories together stay under
+    EVENTS_PER_CLAIM events (one person alone may be more): 500 long-lived customers read at once could hold
+    millions of events in a worker's memory. The caller runs each claim's people and flushes it before the next."""
+    pids = list(pids)
+    if len(pids) <= 1:
+        yield Claim(conn, js, pids, at)
+        return
+    e = events.c
+    sizes = dict(conn.execute(sa.select(e.profile_id, sa.func.count()).where(
+        e.workspace_id == js.ws.id, bulk.in_(e.profile_id, pids, conn.dialect.name)).group_by(e.profile_id)).all())
+    group: list[str] = []
+    weight = 0
+    for pid in pids:
+        n = sizes.get(pid, 0)
+        if group and weight + n > EVENTS_PER_CLAIM:
+            yield Claim(conn, js, group, at)
+            group, weight = [], 0
+        group.append(pid)
+        weight += n
+    if group:
+        yield Claim(conn, js, group, at)
 
 
 # -- one person --------------------------------------------------------------------------------------------------------
@@ -558,12 +586,12 @@ class Consumer:
                 given.setdefault(c.profile_id, []).append(inp)
             if not given:
                 continue
-            claim = Claim(conn, js, sorted(given), at)
-            for pid, run in claim.runs.items():
-                for inp in given[pid]:
-                    run.fire_due(min(j.input_time(inp), at))  # her timers due before it come first
-                    run.give(inp)
-            claim.flush()
+            for claim in claims(conn, js, sorted(given), at):
+                for pid, run in claim.runs.items():
+                    for inp in given[pid]:
+                        run.fire_due(min(j.input_time(inp), at))  # her timers due before it come first
+                        run.give(inp)
+                claim.flush()
 
 
 # -- timers ------------------------------------------------------------------------------------------------------------
@@ -620,15 +648,15 @@ def due(engine: Engine, limit: int = 500, clock: Callable[[], datetime] | None =
 
 
 def _fire(conn: Connection, js: Journeys, pids: list[str], by_person: dict, at: datetime) -> int:
-    claim = Claim(conn, js, pids, at)
     n = 0
-    for pid in pids:
-        run = claim.runs.get(pid)
-        if run is None:  # not a profile any more
-            store.cancel_timers(conn, js.ws.id, [r.key for r in by_person[(js.ws.id, pid)]])
-        else:
-            n += run.fire_due(at)
-    claim.flush()
+    for claim in claims(conn, js, pids, at):
+        for pid in claim.pids:
+            run = claim.runs.get(pid)
+            if run is None:  # not a profile any more
+                store.cancel_timers(conn, js.ws.id, [r.key for r in by_person[(js.ws.id, pid)]])
+            else:
+                n += run.fire_due(at)
+        claim.flush()
     return n
 
 

@@ -118,10 +118,10 @@ def step_run(conn: Connection, js: runtime.Journeys, row, at: datetime, chunk: i
 
 
 def _start(conn: Connection, js: runtime.Journeys, jid: str, pids: list[str], start: j.Start, at: datetime) -> None:
-    claim = runtime.Claim(conn, js, pids, at)
-    for run in claim.runs.values():
-        run.give(start, only=[jid])
-    claim.flush()
+    for claim in runtime.claims(conn, js, pids, at):
+        for run in claim.runs.values():
+            run.give(start, only=[jid])
+        claim.flush()
 
 
 def tick(engine: Engine, clock: Callable[[], datetime] | None = None, chunk: int = CHUNK) -> int:
