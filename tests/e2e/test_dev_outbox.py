@@ -40,8 +40,15 @@ def test_serve_dev_writes_the_readme_email_to_the_outbox(db_url, tmp_path, monke
         mid = re.search(r'"id":"(msg_[^"]+)"', run.stdout).group(1)
 
         eml = tmp_path / "chorus-outbox" / "email" / f"{mid}.eml"
-        wait_until(eml.exists, timeout=30)
-        msg = httpx.get(f"{serve.base_url}/api/messages/{mid}", headers=api).json()
+        # the file is written before the outcome is recorded (outcomes are recorded together, within a second)
+        msg = wait_until(
+            lambda: (
+                (m := httpx.get(f"{serve.base_url}/api/messages/{mid}", headers=api).json())["status"]
+                not in ("queued", "sending")
+                and m
+            ),
+            timeout=30,
+        )
         output = serve.output()
 
     assert msg["status"] == "sent" and msg["provider"] == "file" and msg["provider_message_id"] == f"file:{mid}", msg
