@@ -171,9 +171,10 @@ class LiveServer:
 
 class ServeProcess:
     """`chorus serve` itself, as a subprocess on a loopback port (this checkout's code, whatever the working
-    directory), its output in ``log_path``; ``keys`` are the keys it printed for the workspace it created."""
+    directory), its output in ``log_path``; ``keys`` are the keys it printed for the workspace it created. ``args``
+    are more options of `chorus serve` (``"--dev"``)."""
 
-    def __init__(self, url: str, tmp_path: Path, **env):
+    def __init__(self, url: str, tmp_path: Path, *args: str, **env):
         import chorus
 
         self.port = free_port()
@@ -182,7 +183,7 @@ class ServeProcess:
         self._log = open(self.log_path, "w+")
         src = str(Path(chorus.__file__).parents[1])
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "chorus.cli", "serve", "--port", str(self.port), "--db", url],
+            [sys.executable, "-m", "chorus.cli", "serve", "--port", str(self.port), "--db", url, *args],
             stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": src, **env}, cwd=tmp_path,
         )  # fmt: skip
         self.keys: dict[str, str] = {}

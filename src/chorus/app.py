@@ -50,7 +50,8 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True, eng
     svc = Services(settings=settings, engine=engine, keys=KeyCache(engine), backlog=Backlog(engine), links=links)
     worker = (
         Worker(
-            engine, settings.worker_batch, settings.worker_poll_seconds, svc.wake_worker, busy=lambda: svc.storing > 0
+            engine, settings.worker_batch, settings.worker_poll_seconds, svc.wake_worker, busy=lambda: svc.storing > 0,
+            dev=settings.dev,
         )
         if run_worker
         else None

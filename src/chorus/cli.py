@@ -48,12 +48,39 @@ def db_upgrade(db: DbOpt = None):
     err.print("database is up to date")
 
 
+DevOpt = Annotated[
+    bool,
+    typer.Option(
+        "--dev",
+        help="Try channels without accounts: messages to a channel the workspace has no provider for are written to "
+        "files in --outbox (email as .eml) instead of being skipped. Never for production.",
+    ),
+]
+OutboxOpt = Annotated[
+    str | None,
+    typer.Option(help="Where file sinks write (default $CHORUS_OUTBOX_DIR or ./chorus-outbox)", show_default=False),
+]
+
+
+def _outbox(dev: bool, outbox: str | None) -> None:
+    """Set the process's outbox directory (file sinks read it where they are built) and say where messages go."""
+    from chorus.messaging.providers.sink import ROOT_ENV, outbox_root
+
+    if outbox is not None:
+        os.environ[ROOT_ENV] = os.path.abspath(outbox)
+    if dev:
+        err.print(f"[bold yellow]Dev mode:[/bold yellow] messages to a channel without a provider are written to "
+                  f"{outbox_root()} (email as .eml files), [bold]not sent[/bold]")  # fmt: skip
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     db: DbOpt = None,
     workers: Annotated[bool, typer.Option("--worker/--no-worker", help="Run the background worker in-process")] = True,
+    dev: DevOpt = False,
+    outbox: OutboxOpt = None,
 ):
     """Run the HTTP API and the background worker in one process (migrations are applied first)."""
     import uvicorn
@@ -62,6 +89,7 @@ def serve(
     from chorus.app import create_app
 
     settings, engine = _engine(db)
+    settings = dataclasses.replace(settings, dev=dev)
     if "CHORUS_PUBLIC_URL" not in os.environ:  # links in messages point at this server unless told otherwise
         settings = dataclasses.replace(settings, public_url=f"http://{host}:{port}")
         # the in-process worker builds its links from the environment (messaging.links.for_store): the same URL
@@ -75,6 +103,7 @@ def serve(
         for k in ("write_key", "server_write_key", "api_key"):
             err.print(f"  {k}: {ws[k]}")
     err.print(f"Chorus on http://{host}:{port}  (store: {engine.url.render_as_string(hide_password=True)})")
+    _outbox(dev and workers, outbox)
     api = create_app(settings, run_worker=workers, engine=engine)
 
     class Server(uvicorn.Server):
@@ -101,13 +130,16 @@ def worker(
         int | None, typer.Option(help="Events per transaction (default $CHORUS_WORKER_BATCH or 2000)")
     ] = None,
     metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus metrics on this port")] = None,
+    dev: DevOpt = False,
+    outbox: OutboxOpt = None,
 ):
     """Run the background worker alone. Run as many as you like against PostgreSQL."""
     from chorus.worker import Worker
 
     settings, engine = _engine(db)
     _setup_logging()
-    w = Worker(engine, batch or settings.worker_batch, settings.worker_poll_seconds)
+    _outbox(dev, outbox)
+    w = Worker(engine, batch or settings.worker_batch, settings.worker_poll_seconds, dev=dev)
     if metrics_port:
         from prometheus_client import start_http_server
 

@@ -58,6 +58,9 @@ class Settings:
     # this many seconds after they start (preview answers 503 over_budget, the save estimate null), so an expensive
     # rule on a big store does not hold an API worker for minutes. The worker's own computations have no budget.
     segment_preview_seconds: float = 5.0
+    # `chorus serve --dev` / `chorus worker --dev` only (never from the environment, never a default): channels a
+    # workspace configured no provider for are written to files under $CHORUS_OUTBOX_DIR instead of being skipped.
+    dev: bool = False
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:

@@ -116,6 +116,7 @@ class TaskOptions:
 
     batch: int = 2000  # events (or rows) per write transaction, for tasks that batch
     registry: Registry | None = None  # the registry the worker was made from (the feed task reads its consumers)
+    dev: bool = False  # `--dev`: tasks may stand in for what is not configured (delivery: file sinks), loudly
 
 
 class EachPass:

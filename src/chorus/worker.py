@@ -33,9 +33,10 @@ class Worker:
         wake: threading.Event | None = None,
         busy: Callable[[], bool] | None = None,
         registry: Registry | None = None,
+        dev: bool = False,
     ):
         registry = registry or reg.installed()
-        options = TaskOptions(batch=batch, registry=registry)
+        options = TaskOptions(batch=batch, registry=registry, dev=dev)
         # (name, log label, task), in flow order
         self.tasks: list[tuple[str, str, Task]] = [(t.name, t.label, t.make(engine, options)) for t in registry.tasks()]
         self.busy = busy

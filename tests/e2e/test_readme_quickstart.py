@@ -22,12 +22,14 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="the README's examples use curl")
 
 
-def quickstart_blocks() -> list[str]:
-    """The ```sh blocks of the quick start that talk to the server (not the install or test commands)."""
+def quickstart_blocks(dev: bool = False) -> list[str]:
+    """The ```sh blocks of the quick start that talk to the server (not the install or test commands); those for a
+    server started with ``--dev`` (they say so in their first line) when ``dev``, else the others
+    (tests/e2e/test_dev_outbox.py runs the dev ones)."""
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
-    return [b for b in blocks if "curl" in b]
+    return [b for b in blocks if "curl" in b and ("--dev" in b.split("\n", 1)[0]) == dev]
 
 
 def expected_answers(block: str) -> list[str]:

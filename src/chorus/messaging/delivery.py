@@ -98,14 +98,21 @@ Built = tuple[Provider, RateLimiter, threading.BoundedSemaphore]
 
 class ProviderSet:
     """The configured providers of a workspace's channel, built once per configuration and reused, each with its
-    rate limit and a gate that admits ``concurrency`` calls at once."""
+    rate limit and a gate that admits ``concurrency`` calls at once.
 
-    def __init__(self):
+    ``fallback`` (channel -> one provider configuration) stands in for a channel the workspace configured no
+    provider for: ``chorus serve --dev`` gives the file sinks of :func:`chorus.messaging.providers.sink.dev_confs`.
+    Without it (always, but in dev mode) such a channel has no provider and its messages are skipped."""
+
+    def __init__(self, fallback: dict[str, dict] | None = None):
         self._cache: dict[tuple[str, str], tuple[str, list[Built]]] = {}
         self._lock = threading.Lock()
+        self.fallback = dict(fallback or {})
 
     def get(self, ws: ws_api.Workspace, channel: str) -> list[Built]:
         confs = ((ws.settings.get("messaging") or {}).get("providers") or {}).get(channel) or []
+        if not confs and channel in self.fallback:
+            confs = [self.fallback[channel]]
         digest = hashlib.sha256(orjson.dumps(confs, option=orjson.OPT_SORT_KEYS)).hexdigest()
         with self._lock:
             hit = self._cache.get((ws.id, channel))
@@ -118,7 +125,7 @@ class ProviderSet:
             for i, conf in enumerate(confs):
                 where = f"settings.messaging.providers.{channel}[{i}]"
                 gate = threading.BoundedSemaphore(concurrency_of(conf, where))
-                built.append((build(conf, where), RateLimiter(conf.get("rate_per_second")), gate))
+                built.append((build(conf, where, channel=channel), RateLimiter(conf.get("rate_per_second")), gate))
             if channel == "in_app" and not built:  # the inbox is built in
                 built.append((InboxProvider(), RateLimiter(None), threading.BoundedSemaphore(DEFAULT_CONCURRENCY)))
             self._cache[(ws.id, channel)] = (digest, built)
@@ -521,6 +528,38 @@ class Deliverer:
         topics = (ws.settings.get("messaging") or {}).get("topics")
         d = policy.consent_decision(profile, msg["channel"], msg["topic"], msg["kind"], topics)
         return None if d.allowed else f"consent withdrawn before delivery: {d.reason}"
+
+
+def warn_sinks(engine: Engine, fallback: dict[str, dict] | None = None) -> list[str]:
+    """Say loudly, once when a worker starts, where messages are kept instead of sent: each workspace channel
+    whose provider is a sink, and dev mode's sinks for channels without a provider. Returns the warnings."""
+    from chorus.messaging.providers import is_sink
+    from chorus.messaging.providers.sink import outbox_root
+
+    said = []
+    if fallback:
+        said.append(f"dev mode: messages to a channel without a provider ({', '.join(sorted(fallback))}) are "
+                    f"written to files under {outbox_root()}, not sent")  # fmt: skip
+    try:
+        with read_only(engine) as conn:
+            found = ws_api.list_all(conn)
+    except sa.exc.SQLAlchemyError:  # no schema yet (a worker started before the first migration): nothing to say
+        found = []
+    for ws in found:
+        for channel, confs in (((ws.settings or {}).get("messaging") or {}).get("providers") or {}).items():
+            for i, conf in enumerate(confs or []):
+                where = f"settings.messaging.providers.{channel}[{i}]"
+                if not isinstance(conf, dict) or not conf.get("type"):
+                    continue
+                try:
+                    prov = build(conf, where, resolve_secrets=False, channel=channel)
+                except ConfigError:
+                    continue  # said when a message needs it
+                if is_sink(prov):
+                    said.append(f"workspace {ws.name} ({ws.id}): {where} is a sink: {prov.describe()}")
+    for line in said:
+        logging.getLogger("chorus.messaging").warning("%s", line)
+    return said
 
 
 def forget_push_address(conn, ws: str, address: str, reason: str, at) -> None:

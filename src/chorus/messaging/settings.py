@@ -6,7 +6,7 @@ import re
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from chorus.messaging.policy import MESSAGE_CHANNELS
-from chorus.messaging.providers import ConfigError, build
+from chorus.messaging.providers import ConfigError, build, is_sink
 
 
 def validate(value: object) -> dict:
@@ -41,11 +41,15 @@ def validate(value: object) -> dict:
             raise ValueError(f"{where} must be a list (primary first, then fail-over providers)")
         for i, conf in enumerate(confs):
             try:
-                prov = build(conf, f"{where}[{i}]", resolve_secrets=False)
+                prov = build(conf, f"{where}[{i}]", resolve_secrets=False, channel=channel)
             except ConfigError as exc:
                 raise ValueError(str(exc)) from None
             if prov.channel != channel:
                 raise ValueError(f"{where}[{i}] is a {prov.channel} provider")
+            # a sink marks messages sent without sending them: as the fail-over of a real provider it would hide
+            # an outage, and before one it would take every message
+            if is_sink(prov) and len(confs) > 1:
+                raise ValueError(f"{where}[{i}] is a sink ({conf['type']}): it must be the channel's only provider")
     return value
 
 

@@ -112,11 +112,14 @@ _REGISTRY = {
     "whatsapp": ("meta", "WhatsAppProvider"),
     "messenger": ("meta", "MessengerProvider"),
     "webhook": ("webhook", "WebhookProvider"),
+    "file": ("sink", "FileSink"),  # a sink, for any channel: writes messages to files instead of sending them
 }
 PROVIDER_TYPES = tuple(_REGISTRY)
 
 
-def build(conf: dict, where: str, resolve_secrets: bool = True) -> Provider:
+def build(conf: dict, where: str, resolve_secrets: bool = True, channel: str | None = None) -> Provider:
+    """The provider a configuration describes. A provider class that serves every channel (``every_channel``, the
+    file sink) is told the ``channel`` it is configured under; the others serve one channel, their own."""
     if not isinstance(conf, dict):
         raise ConfigError(f"{where} must be an object with a type")
     entry = _REGISTRY.get(conf.get("type"))
@@ -125,8 +128,15 @@ def build(conf: dict, where: str, resolve_secrets: bool = True) -> Provider:
             f"{where}.type {conf.get('type')!r} is not a known provider type ({', '.join(PROVIDER_TYPES)})"
         )
     concurrency_of(conf, where)
-    module = importlib.import_module(f"chorus.messaging.providers.{entry[0]}")
-    return getattr(module, entry[1])(conf, where, resolve_secrets)
+    cls = getattr(importlib.import_module(f"chorus.messaging.providers.{entry[0]}"), entry[1])
+    if getattr(cls, "every_channel", False):
+        return cls(conf, where, resolve_secrets, channel=channel)
+    return cls(conf, where, resolve_secrets)
+
+
+def is_sink(provider: object) -> bool:
+    """A provider that keeps messages instead of sending them (the file sink)."""
+    return bool(getattr(provider, "sink", False))
 
 
 def concurrency_of(conf: dict, where: str) -> int:
