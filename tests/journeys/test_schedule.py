@@ -84,8 +84,9 @@ def test_a_run_walked_again_after_a_crash_starts_nobody_twice(engine, ws, clock,
 
 
 def test_one_failing_person_does_not_stop_a_broadcast_for_the_others(engine, ws, clock, worker, monkeypatch):
-    """A chunk runs as one claim; when one person's transition raises, each person of the chunk goes alone: the
-    others get the message, she is left out of the run (loudly), and the run completes instead of failing forever."""
+    """A chunk runs as one claim; when one person's transition raises, the chunk is tried again later and later (the
+    error kept on the run); after three failures its people go one at a time: the others get the message, she is
+    left out of the run (loudly), and the run completes instead of failing forever."""
     from chorus.journeys import interpreter as j
     from chorus.journeys import runtime
 
@@ -100,26 +101,36 @@ def test_one_failing_person_does_not_stop_a_broadcast_for_the_others(engine, ws,
 
     monkeypatch.setitem(runtime._EFFECTS, j.Send, send_)
     broadcast(engine, ws, T0)
+    for wait in (0, 1, 2):  # the chunk fails together, is tried again 1 and then 2 minutes later
+        clock.at += timedelta(minutes=wait)
+        settle(worker)
+        assert sent(engine, ws, "b1") == {}
+    with engine.connect() as conn:
+        (run,) = conn.execute(sa.select(journey_runs).where(journey_runs.c.workspace_id == ws)).all()
+    assert run.attempts == 3 and run.error == "ValueError: a data error for this one person" and not run.done
+    assert run.retry_at.replace(tzinfo=UTC) == clock.at + timedelta(minutes=4)
+    clock.at += timedelta(minutes=4)  # then one person at a time: she is left out, the others get it
     settle(worker)
     assert sent(engine, ws, "b1") == {p: 1 for u, p in pids.items() if p != bad}
     with engine.connect() as conn:
         (run,) = conn.execute(sa.select(journey_runs).where(journey_runs.c.workspace_id == ws)).all()
-    assert run.done and run.started == 5
+    assert run.done and run.started == 5 and run.attempts == 0 and run.error is None
 
 
-def test_a_broadcast_everybody_fails_is_not_dropped_and_does_not_hold_up_another(engine, ws, clock, worker,
-                                                                                  monkeypatch):  # fmt: skip
-    """When every person of a chunk fails (a cause common to all, not one bad profile), the run does not move past
-    them: it is tried again at the next pass, and meanwhile another broadcast's run goes on."""
+def test_a_failing_broadcast_backs_off_and_does_not_hold_up_another(engine, ws, clock, worker, monkeypatch):
+    """A run whose chunk fails waits for its retry out of the way (not tried at every pass), while another
+    broadcast's run goes on; once the cause is gone, the same run reaches everybody."""
     from chorus.journeys import interpreter as j
     from chorus.journeys import runtime
 
     pids = people(engine, ws, worker, {f"u{i}": (None, "news") for i in range(3)})
     real = runtime._EFFECTS[j.Send]
+    calls = {"b1": 0}
 
     def send_(run, s, c):
         if s.journey_id == "b1":
-            raise ValueError("this broadcast cannot render")
+            calls["b1"] += 1
+            raise ValueError("this broadcast cannot be sent")
         real(run, s, c)
 
     monkeypatch.setitem(runtime._EFFECTS, j.Send, send_)
@@ -127,12 +138,14 @@ def test_a_broadcast_everybody_fails_is_not_dropped_and_does_not_hold_up_another
     with engine.begin() as conn:
         manage.publish_broadcast(conn, ws, {"id": "b2", "template": "welcome", "channel": ["in_app"],
                                             "segment": "newsletter"}, T0)  # fmt: skip
-    settle(worker)
+    settle(worker, 8)
     assert sent(engine, ws, "b1") == {} and sent(engine, ws, "b2") == dict.fromkeys(pids.values(), 1)
+    assert calls["b1"] == 1  # eight passes, one try: the run waits for its retry
     with engine.connect() as conn:
         runs = {r.journey_id: r for r in conn.execute(sa.select(journey_runs).where(journey_runs.c.workspace_id == ws))}
-    assert not runs["b1"].done and runs["b1"].started == 0 and runs["b2"].done
+    assert not runs["b1"].done and runs["b1"].started == 0 and runs["b1"].attempts == 1 and runs["b2"].done
     monkeypatch.setitem(runtime._EFFECTS, j.Send, real)  # the cause fixed: the same run reaches everybody
+    clock.at += timedelta(minutes=1)
     settle(worker)
     assert sent(engine, ws, "b1") == dict.fromkeys(pids.values(), 1)
 

@@ -116,6 +116,35 @@ def test_other_channels_are_kept_as_json_of_what_would_be_sent(outbox_dir, caplo
     assert lines[0].startswith("[sink] sms msg_sms to +31612345679: 'Your code is 1234' -> ")
 
 
+def test_a_symbolic_link_in_the_outbox_does_not_take_the_writes_out_of_it(outbox_dir, tmp_path):
+    """Whoever can write in the outbox plants a link where a channel's directory would be: the sink refuses to
+    write through it (a transient failure, retried), and nothing lands where the link points."""
+    from chorus.messaging.providers import TransientError
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    outbox_dir.mkdir(parents=True, exist_ok=True)
+    (outbox_dir / "sms").symlink_to(elsewhere, target_is_directory=True)
+    sink = build({"type": "file"}, "f", channel="sms")
+    with pytest.raises(TransientError, match="outside the outbox"):
+        sink.send(Outgoing("m1", "ws", "sms", "+31612345679", {"text": "x"}, "transactional", "transactional"))
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_provider_that_cannot_be_built_on_this_host_does_not_stop_a_worker(engine, caplog, tmp_path):
+    """A CA file that exists on the API's host but not on the worker's: the start-up warnings skip that provider
+    (its messages say why when they are sent) instead of failing the worker's start for every workspace."""
+    from chorus.store.tables import workspaces as workspaces_table
+
+    w = workspaces.create(engine, "ca")["id"]
+    settings = {"messaging": {"providers": {"email": [
+        {"type": "smtp", "host": "127.0.0.1", "port": 25, "from": "a@example.com",
+         "ca_file": str(tmp_path / "missing-ca.pem")}]}}}  # fmt: skip
+    with engine.begin() as conn:  # as saved where the file existed (the API's host)
+        conn.execute(workspaces_table.update().where(workspaces_table.c.id == w).values(settings=settings))
+    assert warn_sinks(engine) == []
+
+
 def test_console_off_logs_nothing(outbox_dir, caplog):
     caplog.set_level(logging.INFO, logger="chorus.messaging")
     sink = build({"type": "file", "dir": "texts"}, "f", channel="sms")

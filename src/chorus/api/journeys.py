@@ -46,6 +46,9 @@ class Run(_Closed):
     version: int
     done: bool
     started: int = Field(description="people started in this run so far")
+    attempts: int = Field(description="failures of its current chunk since it last moved on (0 when none)")
+    retry_at: datetime | None = Field(description="when a failed chunk is tried again; null when none failed")
+    error: str | None = Field(description="why the current chunk last failed; null when none failed")
 
 
 class Journey(_Closed):

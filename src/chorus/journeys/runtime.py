@@ -599,7 +599,8 @@ def due(engine: Engine, limit: int = 500, clock: Callable[[], datetime] | None =
     """Fire the timers due now: one transaction; per workspace, the people whose timers are due (locked, skipping
     those another worker holds), each her due timers in due order, all in one :class:`Claim`. A scheduled start
     (no instance yet) is a ``Start`` of its journey. When the claim fails, each person goes alone, and a person
-    whose transition fails is rolled back alone and her timers tried again a minute later."""
+    whose transition fails is rolled back alone and her timers tried again later (``store.postpone_timers``: a
+    minute, then twice as long after each failure)."""
     at = (clock or now)()
     done = 0
     with engine.begin() as conn:

@@ -93,26 +93,18 @@ def step_run(conn: Connection, js: runtime.Journeys, row, at: datetime, chunk: i
     else:
         start = j.Start(f"run:{iso(row.run_at)}", row.run_at)
         locked = views.lock_people(conn, ws, pids)
-        try:
-            with conn.begin_nested():
-                _start(conn, js, jid, locked, start, at)  # the chunk's people together, one claim
-        except Exception as exc:  # noqa: BLE001 - then one by one: one person must not stop a run for everybody
-            feed.reraise_transient(exc)
-            log.warning("journey %s: a chunk of run %s failed together; each person alone: %s", jid, start.id, exc)
-            failures: list[Exception] = []
+        if row.attempts < store.RUN_ATTEMPTS:
+            _start(conn, js, jid, locked, start, at)  # the chunk's people together, one claim; a failure: tick
+        else:  # failed together RUN_ATTEMPTS times: one person must not stop a run for everybody
             for pid in locked:
                 try:
-                    with conn.begin_nested():  # the journeys read again (journeys_of): a rollback drops its cache
-                        _start(conn, runtime.journeys_of(conn, ws), jid, [pid], start, at)
-                except Exception as one:  # noqa: BLE001 - she is left out of this run, loudly
-                    feed.reraise_transient(one)
+                    with conn.begin_nested():
+                        _start(conn, js, jid, [pid], start, at)
+                except Exception as exc:  # noqa: BLE001 - she is left out of this run, loudly
+                    feed.reraise_transient(exc)
                     log.exception("journey %s: starting profile %s in run %s failed; left out of it", jid, pid,
                                   start.id)  # fmt: skip
-                    failures.append(one)
-            if len(failures) == len(locked) > 1:
-                # nobody could start: a cause common to all (a bug, the template's rendering), not one bad profile;
-                # the run does not move past them: the pass fails, and the chunk is tried again at the next one
-                raise failures[-1] from exc
+                    js = runtime.journeys_of(conn, ws)  # read again: the rollback dropped its cache and locks
     store.move_run(conn, ws, jid, row.run_at, pids[-1] if pids else row.after, len(pids), len(pids) < chunk)
     return len(pids)
 
@@ -135,7 +127,7 @@ def tick(engine: Engine, clock: Callable[[], datetime] | None = None, chunk: int
             if jr.status == "active":
                 plan(conn, ws, jr, js.defn(jid, jr.version), at)
     with engine.connect() as probe:
-        open_runs = [(r.workspace_id, r.journey_id, r.run_at) for r in store.runs_open(probe)]
+        open_runs = [(r.workspace_id, r.journey_id, r.run_at) for r in store.runs_open(probe, at)]
         probe.rollback()
     for ws, jid, run_at in open_runs:  # each open run one chunk, whatever the others do
         try:
@@ -145,6 +137,8 @@ def tick(engine: Engine, clock: Callable[[], datetime] | None = None, chunk: int
                     done += step_run(conn, runtime.journeys_of(conn, ws), row, at, chunk)
         except Exception as exc:  # noqa: BLE001 - a run that fails must not hold up the other journeys' runs
             feed.reraise_transient(exc)
-            log.exception("journey %s: its run of %s failed; tried again at the next pass", jid, iso(run_at))
+            log.exception("journey %s: a chunk of its run of %s failed; tried again later", jid, iso(run_at))
+            with engine.begin() as conn:  # out of the way until then (runs_open leaves it out)
+                store.run_failed(conn, ws, jid, run_at, at, f"{type(exc).__name__}: {exc}")
     return done
 

@@ -374,8 +374,14 @@ def records_of(conn: Connection, ws: str, profile_ids: list[str], limit: int = 5
 
 
 # -- scheduled runs -----------------------------------------------------------------------------------------------
-def runs_open(conn: Connection, limit: int = 10) -> list:
-    q = sa.select(journey_runs).where(sa.not_(journey_runs.c.done)).order_by(journey_runs.c.run_at).limit(limit)
+RUN_ATTEMPTS = 3  # a chunk that failed together this many times goes one person at a time
+
+
+def runs_open(conn: Connection, at: datetime, limit: int = 10) -> list:
+    """Runs not done and not waiting for a retry, oldest first."""
+    t = journey_runs.c
+    q = (sa.select(journey_runs).where(sa.not_(t.done), sa.or_(t.retry_at.is_(None), t.retry_at <= at))
+         .order_by(t.run_at).limit(limit))  # fmt: skip
     if conn.dialect.name == "postgresql":
         q = q.with_for_update(skip_locked=True)
     return conn.execute(q).all()
@@ -389,6 +395,17 @@ def lock_run(conn: Connection, ws: str, jid: str, run_at: datetime):
     if conn.dialect.name == "postgresql":
         q = q.with_for_update(skip_locked=True)
     return conn.execute(q).first()
+
+
+def run_failed(conn: Connection, ws: str, jid: str, run_at: datetime, at: datetime, error: str) -> None:
+    """A chunk of the run failed: tried again a minute after ``at``, twice as long after each failure, a day at
+    most; the error kept (the journey's runs show it)."""
+    t = journey_runs.c
+    mine = (t.workspace_id == ws, t.journey_id == jid, t.run_at == run_at)
+    attempts = conn.execute(sa.select(t.attempts).where(*mine)).scalar() or 0
+    wait = min(RETRY_FIRST * 2 ** min(attempts, 16), RETRY_MAX)
+    conn.execute(journey_runs.update().where(*mine).values(attempts=attempts + 1, retry_at=at + wait,
+                                                           error=error[:300]))  # fmt: skip
 
 
 def add_run(conn: Connection, ws: str, jid: str, run_at: datetime, version: int) -> bool:
@@ -421,13 +438,16 @@ def move_run(conn: Connection, ws: str, jid: str, run_at: datetime, after: str |
              done: bool) -> None:  # fmt: skip
     t = journey_runs.c
     conn.execute(journey_runs.update().where(t.workspace_id == ws, t.journey_id == jid, t.run_at == run_at)
-                 .values(after=after, started=t.started + started, done=done))  # fmt: skip
+                 .values(after=after, started=t.started + started, done=done, attempts=0, retry_at=None,
+                         error=None))  # fmt: skip
 
 
 def runs_of(conn: Connection, ws: str, jid: str) -> list[dict]:
     t = journey_runs.c
     rows = conn.execute(sa.select(journey_runs).where(t.workspace_id == ws, t.journey_id == jid).order_by(t.run_at))
-    return [{"run_at": iso(r.run_at), "version": r.version, "done": bool(r.done), "started": r.started} for r in rows]
+    return [{"run_at": iso(r.run_at), "version": r.version, "done": bool(r.done), "started": r.started,
+             "attempts": r.attempts, "retry_at": iso(r.retry_at) if r.retry_at else None, "error": r.error}
+            for r in rows]
 
 
 # -- inputs as JSON -----------------------------------------------------------------------------------------------

@@ -616,6 +616,11 @@ journey_runs = sa.Table(
     sa.Column("after", sa.String(40), nullable=True),  # the last profile id started
     sa.Column("done", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("started", sa.Integer, nullable=False, server_default="0"),
+    # a chunk that failed: tried again at retry_at, twice as long after each failure (the people of a chunk that
+    # still fails after RUN_ATTEMPTS go one by one, and those who fail are left out of the run)
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("retry_at", UTCDateTime, nullable=True),
+    sa.Column("error", sa.String(300), nullable=True),
 )
 
 # A journey's webhook step (interpreter Webhook), queued by the transition and delivered by the journey_webhooks

@@ -116,6 +116,7 @@ class FileSink:
             data, ext = orjson.dumps(self.record(out), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS), "json"
         target = os.path.join(self.path, f"{file_name(out.message_id)}.{ext}")
         try:
+            _inside(self.root, self.path)
             _write_atomically(self.path, target, data)
         except OSError as exc:  # nothing was written: another attempt may succeed (disk full, permissions fixed)
             raise TransientError(f"cannot write {target}: {exc}", code="io") from None
@@ -141,6 +142,15 @@ class FileSink:
 
     def close(self) -> None:
         pass
+
+
+def _inside(root: str, path: str) -> None:
+    """Refuse a directory that resolves outside the outbox: a symbolic link planted in it (by whoever can write
+    there) must not send the server's writes anywhere else."""
+    os.makedirs(path, exist_ok=True)
+    real_root, real = os.path.realpath(root), os.path.realpath(path)
+    if os.path.commonpath([real_root, real]) != real_root:
+        raise OSError(f"{path} resolves to {real}, outside the outbox {real_root}")
 
 
 def _write_atomically(directory: str, target: str, data: bytes) -> None:
