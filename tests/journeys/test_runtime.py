@@ -618,6 +618,11 @@ def test_due_timers_fire_together_and_a_failing_person_is_postponed_alone(engine
     clock.at += timedelta(minutes=2)
     assert runtime.due(engine) == 1
     assert len(journey_messages(engine, ws)) == 3 and not [t for t in timers(engine, ws) if t.key in waits]
+    with engine.connect() as conn:  # her timeout is the input of 10:00 it was, not of the retry that ran it
+        (step,) = conn.execute(sa.select(journey_records.c.at).where(
+            journey_records.c.profile_id == bad, journey_records.c.kind == "step",
+            journey_records.c.node == "remind")).all()  # fmt: skip
+    assert step.at.replace(tzinfo=T0.tzinfo) == T0 + timedelta(hours=1)
 
 
 def test_a_claim_is_split_so_that_it_never_reads_too_many_events_at_once(engine, ws, clock, worker, monkeypatch):

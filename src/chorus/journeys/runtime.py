@@ -216,11 +216,13 @@ class Claim:
 
     # reads, for every person of the claim at the first one's need
     def timers(self, pid: str) -> dict[str, tuple]:
-        """Her live timers: key -> (due, journey, instance)."""
+        """Her live timers: key -> (due, journey, instance, the time of its input)."""
         if self._timers is None:
             self._timers = {p: {} for p in self.runs}
             for r in store.timers_of(self.conn, self.ws, list(self.runs)):
-                self._timers.setdefault(r.profile_id, {})[r.key] = (r.due_at, r.journey_id, r.instance_id)
+                # (claimable at, journey, instance, its input's time: when it was first due, before any retry)
+                self._timers.setdefault(r.profile_id, {})[r.key] = (r.due_at, r.journey_id, r.instance_id,
+                                                                    r.first_due or r.due_at)  # fmt: skip
         return self._timers.setdefault(pid, {})
 
     def unseen(self, pid: str) -> set[str]:
@@ -442,7 +444,7 @@ class PersonRun:
             if isinstance(c, j.SetTimer):
                 self.claim.set_timer({"key": c.key, "journey_id": jid, "instance_id": s.instance_id,
                                       "profile_id": self.person.id, "due_at": c.at})  # fmt: skip
-                live[c.key] = (c.at, jid, s.instance_id)
+                live[c.key] = (c.at, jid, s.instance_id, c.at)
             elif isinstance(c, j.CancelTimer):
                 self.claim.cancel_timer(c.key)
                 live.pop(c.key, None)
@@ -462,14 +464,14 @@ class PersonRun:
         live = self.claim.timers(self.person.id)
         n = 0
         while True:
-            ready = [(due, key) for key, (due, _, _) in live.items() if due <= until]
+            ready = [(first, key) for key, (due, _, _, first) in live.items() if due <= until]
             if not ready:
                 return n
-            due, key = min(ready)
-            _, jid, iid = live.pop(key)
+            first, key = min(ready)  # in the order they were first due (a retried one keeps its place)
+            _, jid, iid, _ = live.pop(key)
             self.claim.cancel_timer(key)
             if jid in self.js.all:
-                self.give(j.TimerFired(iid, key, due) if iid else j.Start(store.start_id(key), due), only=[jid])
+                self.give(j.TimerFired(iid, key, first) if iid else j.Start(store.start_id(key), first), only=[jid])
             n += 1
 
     def _record(self, s: j.State, c: j.Record) -> None:

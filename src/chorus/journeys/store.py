@@ -241,8 +241,9 @@ RETRY_MAX = timedelta(days=1)
 
 def postpone_timers(conn: Connection, ws: str, keys: list[str], at: datetime, error: str | None = None) -> None:
     """Try these timers again later: a minute after ``at``, twice as long after each failure (``error``, kept),
-    a day at most. A timer of someone who is not a profile right now (merged, the move not applied yet) waits a
-    minute without counting an attempt."""
+    a day at most; the instant a timer was first due is kept (``first_due``): it stays the time of its input.
+    A timer of someone who is not a profile right now (merged, the move not applied yet) waits a minute without
+    counting an attempt."""
     if not keys:
         return
     t = journey_timers.c
@@ -250,10 +251,12 @@ def postpone_timers(conn: Connection, ws: str, keys: list[str], at: datetime, er
     if error is None:
         conn.execute(journey_timers.update().where(*mine).values(due_at=at + RETRY_FIRST))
         return
-    for key, attempts in conn.execute(sa.select(t.key, t.attempts).where(*mine)).all():
+    for key, attempts, due_at, first_due in conn.execute(sa.select(t.key, t.attempts, t.due_at, t.first_due)
+                                                         .where(*mine)).all():  # fmt: skip
         wait = min(RETRY_FIRST * 2 ** min(attempts, 16), RETRY_MAX)
         conn.execute(journey_timers.update().where(t.workspace_id == ws, t.key == key)
-                     .values(due_at=at + wait, attempts=attempts + 1, error=error[:300]))  # fmt: skip
+                     .values(due_at=at + wait, attempts=attempts + 1, error=error[:300],
+                             first_due=first_due or due_at))  # fmt: skip
 
 
 def due_timers(conn: Connection, at: datetime, limit: int) -> list:

@@ -566,6 +566,8 @@ journey_timers = sa.Table(
     # failed transitions of this timer so far: each postpones it twice as long (a minute, then 2, 4... a day at most)
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("error", sa.String(300), nullable=True),  # why the last attempt failed
+    # the instant it was first due, kept when a failure postpones due_at: the time of the input it fires
+    sa.Column("first_due", UTCDateTime, nullable=True),
     sa.Index("ix_journey_timers_due", "due_at"),
     sa.Index("ix_journey_timers_profile", "workspace_id", "profile_id"),
 )
