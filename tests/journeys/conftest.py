@@ -48,3 +48,19 @@ def worker(engine):
     w = Worker(engine, registry=reg.installed())
     yield w
     w.stop()
+
+
+def failing_sends(monkeypatch, fails, why: str = "a data error for this one person"):
+    """Make the message effect raise ``ValueError(why)`` for the steps where ``fails(run, state)``; returns the call
+    that puts the real effect back (the cause fixed)."""
+    from chorus.journeys import interpreter as j
+
+    real = runtime._EFFECTS[j.Send]
+
+    def send_(run, s, c):
+        if fails(run, s):
+            raise ValueError(why)
+        real(run, s, c)
+
+    monkeypatch.setitem(runtime._EFFECTS, j.Send, send_)
+    return lambda: monkeypatch.setitem(runtime._EFFECTS, j.Send, real)

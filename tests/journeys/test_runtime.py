@@ -24,7 +24,7 @@ from chorus.store.tables import (
 )
 from tests.identity.helpers import profile_of
 from tests.identity.helpers import send as _send
-from tests.journeys.conftest import T0
+from tests.journeys.conftest import T0, failing_sends
 
 CART = {
     "id": "cart", "name": "Abandoned cart",
@@ -435,7 +435,6 @@ def test_an_overdue_timer_fires_before_a_later_input(engine, ws, clock, worker):
 def test_a_person_whose_resume_fails_does_not_hold_up_the_others(engine, ws, clock, worker, monkeypatch):
     """One person's replay raises on resume: she is rolled back alone (her poisoned input dropped, loudly), the
     others' held inputs are given again and the resume completes (found by review)."""
-    from chorus.journeys import interpreter as j
 
     publish(engine, ws, NOW)
     with engine.begin() as conn:
@@ -444,14 +443,7 @@ def test_a_person_whose_resume_fails_does_not_hold_up_the_others(engine, ws, clo
                       ev("Product Added", T0, user="good", cart_id="B")], T0)  # fmt: skip
     settle(worker)
     bad = profile_of(engine, ws, "user_id:bad")
-    real = runtime._EFFECTS[j.Send]
-
-    def send_(run, s, c):
-        if run.person.id == bad:
-            raise ValueError("a data error for this one person")
-        real(run, s, c)
-
-    monkeypatch.setitem(runtime._EFFECTS, j.Send, send_)
+    failing_sends(monkeypatch, lambda run, s: run.person.id == bad)
     with engine.begin() as conn:
         manage.control(conn, ws, "cart", "resume", T0)
     runtime.sweep(engine)
@@ -552,27 +544,21 @@ def test_a_failing_person_in_a_claim_is_retried_alone_and_the_others_move_on(eng
     """One person's transition raises, while her input is given or when the claim writes: the claim is rolled back
     and each person goes alone (the feed's fallback); the others get their message in that same pass, hers waits
     with an attempt counted."""
-    from chorus.journeys import interpreter as j
 
     publish(engine, ws, NOW)
     send(engine, ws, [ev("Product Added", T0, user=u, cart_id=u) for u in ("bad", "g1", "g2", "g3")], T0)
     Resolver(engine).drain()
     bad = profile_of(engine, ws, "user_id:bad")
-    real = runtime._EFFECTS[j.Send]
     real_records = store.add_records
-
-    def send_(run, s, c):
-        if run.person.id == bad:
-            raise ValueError("a data error for this one person")
-        real(run, s, c)
 
     def add_records(conn, ws_id, rows):
         if any(r["profile_id"] == bad for r in rows):
             raise ValueError("a row of this one person cannot be written")
         real_records(conn, ws_id, rows)
 
+    fixed = lambda: None  # noqa: E731
     if where == "give":
-        monkeypatch.setitem(runtime._EFFECTS, j.Send, send_)
+        fixed = failing_sends(monkeypatch, lambda run, s: run.person.id == bad)
     else:
         monkeypatch.setattr(store, "add_records", add_records)
     feed.consume(engine, runtime.CONSUMER, runtime.Consumer())
@@ -582,7 +568,7 @@ def test_a_failing_person_in_a_claim_is_retried_alone_and_the_others_move_on(eng
         (row,) = conn.execute(sa.select(feed_pending.c.profile_id, feed_pending.c.attempts).where(
             feed_pending.c.consumer == runtime.CONSUMER)).all()  # fmt: skip
     assert row.profile_id == bad and row.attempts == 1
-    monkeypatch.setitem(runtime._EFFECTS, j.Send, real)
+    fixed()
     monkeypatch.setattr(store, "add_records", real_records)
     feed.consume(engine, runtime.CONSUMER, runtime.Consumer())
     assert len(journey_messages(engine, ws)) == 4
@@ -591,7 +577,6 @@ def test_a_failing_person_in_a_claim_is_retried_alone_and_the_others_move_on(eng
 def test_due_timers_fire_together_and_a_failing_person_is_postponed_alone(engine, ws, clock, worker, monkeypatch):
     """The timer task fires everybody's due timers in one claim; when one person's transition raises, each goes
     alone: the others' reminders are queued, hers are tried again a minute later."""
-    from chorus.journeys import interpreter as j
 
     publish(engine, ws, CART)
     users = ("bad", "g1", "g2")
@@ -600,21 +585,14 @@ def test_due_timers_fire_together_and_a_failing_person_is_postponed_alone(engine
     waits = {t.key for t in timers(engine, ws) if t.due_at.replace(tzinfo=T0.tzinfo) == T0 + timedelta(hours=1)}
     assert len(waits) == 3
     bad = profile_of(engine, ws, "user_id:bad")
-    real = runtime._EFFECTS[j.Send]
-
-    def send_(run, s, c):
-        if run.person.id == bad:
-            raise ValueError("a data error for this one person")
-        real(run, s, c)
-
-    monkeypatch.setitem(runtime._EFFECTS, j.Send, send_)
+    fixed = failing_sends(monkeypatch, lambda run, s: run.person.id == bad)
     clock.at = T0 + timedelta(hours=1, seconds=1)
     assert runtime.due(engine) == 2
     sent = journey_messages(engine, ws)
     assert len(sent) == 2 and bad not in {m.profile_id for m in sent}
     (left,) = [t for t in timers(engine, ws) if t.key in waits]
     assert left.profile_id == bad and left.due_at.replace(tzinfo=T0.tzinfo) == clock.at + timedelta(minutes=1)
-    monkeypatch.setitem(runtime._EFFECTS, j.Send, real)
+    fixed()
     clock.at += timedelta(minutes=2)
     assert runtime.due(engine) == 1
     assert len(journey_messages(engine, ws)) == 3 and not [t for t in timers(engine, ws) if t.key in waits]

@@ -16,7 +16,7 @@ from chorus.segments import store as segments_store
 from chorus.store.tables import journey_records, journey_runs, journey_timers, messages
 from tests.identity.helpers import profile_of
 from tests.identity.helpers import send as _send
-from tests.journeys.conftest import T0
+from tests.journeys.conftest import T0, failing_sends
 
 
 def identify(user, at, zone=None, **traits):
@@ -87,19 +87,10 @@ def test_one_failing_person_does_not_stop_a_broadcast_for_the_others(engine, ws,
     """A chunk runs as one claim; when one person's transition raises, the chunk is tried again later and later (the
     error kept on the run); after three failures its people go one at a time: the others get the message, she is
     left out of the run (loudly), and the run completes instead of failing forever."""
-    from chorus.journeys import interpreter as j
-    from chorus.journeys import runtime
 
     pids = people(engine, ws, worker, {f"u{i}": (None, "news") for i in range(5)})
     bad = pids["u2"]
-    real = runtime._EFFECTS[j.Send]
-
-    def send_(run, s, c):
-        if run.person.id == bad:
-            raise ValueError("a data error for this one person")
-        real(run, s, c)
-
-    monkeypatch.setitem(runtime._EFFECTS, j.Send, send_)
+    failing_sends(monkeypatch, lambda run, s: run.person.id == bad)
     broadcast(engine, ws, T0)
     for wait in (0, 1, 2):  # the chunk fails together, is tried again 1 and then 2 minutes later
         clock.at += timedelta(minutes=wait)
@@ -120,20 +111,15 @@ def test_one_failing_person_does_not_stop_a_broadcast_for_the_others(engine, ws,
 def test_a_failing_broadcast_backs_off_and_does_not_hold_up_another(engine, ws, clock, worker, monkeypatch):
     """A run whose chunk fails waits for its retry out of the way (not tried at every pass), while another
     broadcast's run goes on; once the cause is gone, the same run reaches everybody."""
-    from chorus.journeys import interpreter as j
-    from chorus.journeys import runtime
 
     pids = people(engine, ws, worker, {f"u{i}": (None, "news") for i in range(3)})
-    real = runtime._EFFECTS[j.Send]
     calls = {"b1": 0}
 
-    def send_(run, s, c):
-        if s.journey_id == "b1":
-            calls["b1"] += 1
-            raise ValueError("this broadcast cannot be sent")
-        real(run, s, c)
+    def fails(run, s):
+        calls["b1"] += s.journey_id == "b1"
+        return s.journey_id == "b1"
 
-    monkeypatch.setitem(runtime._EFFECTS, j.Send, send_)
+    fixed = failing_sends(monkeypatch, fails, "this broadcast cannot be sent")
     broadcast(engine, ws, T0)
     with engine.begin() as conn:
         manage.publish_broadcast(conn, ws, {"id": "b2", "template": "welcome", "channel": ["in_app"],
@@ -144,7 +130,7 @@ def test_a_failing_broadcast_backs_off_and_does_not_hold_up_another(engine, ws, 
     with engine.connect() as conn:
         runs = {r.journey_id: r for r in conn.execute(sa.select(journey_runs).where(journey_runs.c.workspace_id == ws))}
     assert not runs["b1"].done and runs["b1"].started == 0 and runs["b1"].attempts == 1 and runs["b2"].done
-    monkeypatch.setitem(runtime._EFFECTS, j.Send, real)  # the cause fixed: the same run reaches everybody
+    fixed()  # the cause fixed: the same run reaches everybody
     clock.at += timedelta(minutes=1)
     settle(worker)
     assert sent(engine, ws, "b1") == dict.fromkeys(pids.values(), 1)

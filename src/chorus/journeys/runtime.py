@@ -82,31 +82,27 @@ _EFFECTS: dict[type, Effect] = {}
 _FLUSHES: dict[str, Flush] = {}
 
 
+def _registrar(table: dict, key, what: str) -> Callable:
+    def add(fn):
+        if key in table:
+            raise ValueError(f"{what} is registered twice")
+        table[key] = fn
+        return fn
+
+    return add
+
+
 def effect(kind: type) -> Callable[[Effect], Effect]:
     """Register how a command of ``kind`` is carried out: ``handler(run, state, command)``, on ``run.conn``. A
     handler may write at once, or put its work aside (``run.claim.defer(name, item)``) for a flush registered with
     :func:`flush`, which does the work of every person of the claim in one go (the messages: one outbox batch)."""
-
-    def add(handler: Effect) -> Effect:
-        if kind in _EFFECTS:
-            raise ValueError(f"an effect for {kind.__name__} is registered twice")
-        _EFFECTS[kind] = handler
-        return handler
-
-    return add
+    return _registrar(_EFFECTS, kind, f"an effect for {kind.__name__}")
 
 
 def flush(name: str) -> Callable[[Flush], Flush]:
     """Register the flush of the work put aside under ``name``: ``flusher(claim, items)``, before the claim writes
     its instances and records (a flusher may still record, e.g. an error on a person's journey)."""
-
-    def add(flusher: Flush) -> Flush:
-        if name in _FLUSHES:
-            raise ValueError(f"a flush for {name} is registered twice")
-        _FLUSHES[name] = flusher
-        return flusher
-
-    return add
+    return _registrar(_FLUSHES, name, f"a flush for {name}")
 
 
 def supported(defn: d.Definition) -> None:
