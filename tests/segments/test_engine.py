@@ -122,6 +122,33 @@ def test_a_late_worker_decides_each_timer_at_its_own_instant_and_misses_no_flip_
     assert timeline == [("Segment Entered", iso(entered)), ("Segment Exited", iso(exited))]
 
 
+def test_a_timer_due_later_is_not_decided_back_at_an_earlier_timers_instant(engine, ws, clock, worker):
+    """A person with two due timers is decided at the earlier one's instant for that segment only: the other
+    segment was decided since (a cart add of hers), and deciding it back then would see her add as not made yet,
+    take her out at that instant and put her back in at the add: an exit and an entry that never happened."""
+    define(engine, ws, "cooling", {"and": [{"performed": {"event": "Product Viewed", "window": "3d"}},
+                                           {"not": {"performed": {"event": "Product Viewed", "window": "1d"}}}]})
+    define(engine, ws, "carted", {"performed": {"event": "Product Added", "window": "1d"}})
+    settle(worker)
+    send(engine, ws, [ev("Product Viewed", T0)], received_at=T0)
+    settle(worker)  # cooling's timer: T0 + 1d
+    clock.at = T0 + timedelta(days=2)
+    send(engine, ws, [ev("Product Added", clock.at)], received_at=clock.at)
+    for task in ("resolve", "feed"):  # the add is decided before the late timer task runs
+        worker.task(task).run_once()
+    pid = profile_of(engine, ws, "user_id:u1")
+    assert members(engine, ws, "carted") == {pid}
+    clock.at = T0 + timedelta(days=5)  # both timers due: cooling's at T0+1d, carted's at T0+3d
+    settle(worker)
+    with engine.connect() as conn:
+        hist = [(h.segment_id, h.change, h.at) for h in conn.execute(sa.select(segment_history).where(
+            segment_history.c.workspace_id == ws).order_by(segment_history.c.id))]  # fmt: skip
+    day = timedelta(days=1)
+    assert sorted(hist, key=lambda h: (h[2], h[0])) == [
+        ("cooling", "entered", T0 + day), ("carted", "entered", T0 + 2 * day),
+        ("carted", "exited", T0 + 3 * day), ("cooling", "exited", T0 + 3 * day)]  # fmt: skip
+
+
 def test_a_store_purchase_empties_the_segment_at_once(engine, ws, clock, worker):
     define(engine, ws, "browse", BROWSE)
     for i in range(3):

@@ -503,18 +503,25 @@ def _due_group(conn: Connection, ev: Evaluator, ours: list[str], at: datetime) -
         return 0
     t = segment_timers.c
     mine = (t.workspace_id == ev.ws.id, bulk.in_(t.profile_id, ours, conn.dialect.name), t.due_at <= at)
-    todo: dict[str, set[str]] = {}
+    rows = conn.execute(sa.select(t.profile_id, t.segment_id, t.due_at).where(*mine)).all()
     when: dict[str, datetime] = {}
-    for pid, sid, due_at in conn.execute(sa.select(t.profile_id, t.segment_id, t.due_at).where(*mine)):
-        todo.setdefault(pid, set()).add(sid)
-        when[pid] = min(when.get(pid, at), due_at)
+    for pid, _, due_at in rows:
+        when[pid] = min(when.get(pid, due_at), due_at)
+    # Each person is decided at her earliest due instant, and only for the segments due then: her answer at that
+    # instant, dated then. A segment due later stays for a later pass: it may have been decided (by a change of
+    # hers) after this instant, and deciding it here would go back in time (an exit before its own entry). A
+    # segment's timer is always after its last decision, so deciding it at its timer never does.
+    todo: dict[str, set[str]] = {}
+    for pid, sid, due_at in rows:
+        if due_at == when[pid]:
+            todo.setdefault(pid, set()).add(sid)
+    pairs = sorted((pid, sid) for pid, sids in todo.items() for sid in sids)
     try:
         with conn.begin_nested():
-            conn.execute(segment_timers.delete().where(*mine))  # evaluating sets the next ones
-            # each person at her earliest due instant: her answer then, dated then. A later timer of hers evaluated
-            # that early keeps its answer and comes back due at its own instant (``next_change``), at the next pass
+            conn.execute(segment_timers.delete().where(  # evaluating sets the next ones
+                t.workspace_id == ev.ws.id, bulk.pairs_in(t.profile_id, t.segment_id, pairs, conn.dialect.name)))
             ev.people(todo, dict.fromkeys(todo, "timer"), when)
-        return sum(len(s) for s in todo.values())
+        return len(pairs)
     except Exception as exc:  # noqa: BLE001 - each person alone, below
         feed.reraise_transient(exc)
         log.warning("segment timers of %d people failed together; evaluated one by one: %s", len(todo), exc)
@@ -527,7 +534,8 @@ def _due_one_by_one(conn: Connection, ev: Evaluator, todo: dict[str, set[str]], 
     done = 0
     for pid, sids in sorted(todo.items()):
         t = segment_timers.c
-        hers = (t.workspace_id == ev.ws.id, t.profile_id == pid, t.segment_id.in_(sorted(sids)), t.due_at <= at)
+        hers = (t.workspace_id == ev.ws.id, t.profile_id == pid, t.segment_id.in_(sorted(sids)),
+                t.due_at == when[pid])  # fmt: skip
         try:
             with conn.begin_nested():
                 conn.execute(segment_timers.delete().where(*hers))
