@@ -657,6 +657,11 @@ def main() -> None:
     b.add_argument("--profiles", type=int, default=2000)
     b.add_argument("--engine", default="postgresql")
     args = ap.parse_args()
+    from chorus import gctune
+
+    # the chorus code measured in this process gets the collector settings of `chorus worker` (decision 0041;
+    # CHORUS_GC=default to measure with CPython's)
+    gctune.tune()
     chorus_ready()
     {"transitions": cmd_transitions, "latency": cmd_latency, "timers": cmd_timers, "broadcast": cmd_broadcast}[
         args.cmd
