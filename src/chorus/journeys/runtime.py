@@ -38,7 +38,7 @@ from sqlalchemy.engine import Connection, Engine
 from chorus import workspaces as ws_api
 from chorus.collect import ingest
 from chorus.collect.messages import Event as Stored
-from chorus.collect.messages import normalise
+from chorus.collect.messages import normalise_internal
 from chorus.journeys import definition as d
 from chorus.journeys import dispatch, store
 from chorus.journeys import interpreter as j
@@ -502,7 +502,7 @@ class PersonRun:
             "messageId": f"chorus-journey-{s.instance_id}-{s.step}-{c.kind}-{c.node}-{n}"[:200],
             "timestamp": iso(c.at),
         }  # fmt: skip
-        ev = normalise(raw, received_at=self.now, source_kind="internal", require_ids=False)
+        ev = normalise_internal(raw, at=c.at, received_at=self.now)
         if isinstance(ev, Stored):
             self._timeline.append(ev)
 

@@ -32,7 +32,7 @@ from chorus import metrics
 from chorus import workspaces as ws_api
 from chorus.collect import ingest
 from chorus.collect.messages import Event as Stored
-from chorus.collect.messages import normalise
+from chorus.collect.messages import normalise_internal
 from chorus.errors import ChorusError
 from chorus.messaging.consent import identity_fields
 from chorus.messaging.outbox import STATUS_EVENTS
@@ -409,7 +409,7 @@ def _timeline_event(ident: dict, sid: str, name: str, change: str, cause: str, a
         "context": {**ident.get("context", {}), "channel": "internal", "direction": "outbound"},
         "messageId": f"chorus-segment-{sid}-{change}-{iso(at)}-{ident_key(ident)}"[:200], "timestamp": iso(at),
     }  # fmt: skip
-    ev = normalise(raw, received_at=at, source_kind="internal", require_ids=False)
+    ev = normalise_internal(raw, at=at, received_at=at)
     return ev if isinstance(ev, Stored) else None
 
 
