@@ -403,6 +403,8 @@ def cmd_latency(args) -> None:
     for uid, acc in accepted.items():
         for name, src in (("resolved", resolved_at), ("message", sent_at)):
             at = src.get(f"user_id:{uid}")
+            if isinstance(at, str):  # SQLite's DATETIME text (SQLAlchemy's format, UTC)
+                at = datetime.fromisoformat(at)
             if at is None:  # not there when the wait ended: counted, as later than anything seen ("inf")
                 lat[name].append(float("inf"))
             else:
