@@ -76,6 +76,7 @@ class Action:
     query: str | None = None
     promo_code: str | None = None
     fulfillment: str | None = None  # store_pickup for click-and-collect orders
+    via: tuple[str, str] | None = None  # (channel, message id) of the message that brought her here
 
 
 @dataclass

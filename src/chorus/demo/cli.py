@@ -1,0 +1,122 @@
+"""`chorus demo`: the command. Checks its input (bad input: a message and exit code 2), prints the model's
+parameters, runs the demo with Rich progress bars and prints the report (or writes it as JSON)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+import orjson
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from chorus.clitools import _fail, err
+
+MAX_CUSTOMERS = 10_000_000
+MAX_DAYS = 3650
+DEFAULT_DB = "sqlite:///./chorus-demo.db"
+
+
+def _start(value: str | None, days: int) -> datetime:
+    if value is None:  # the period ends today: the data looks recent to `chorus serve` afterwards
+        today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        return today - timedelta(days=days)
+    try:
+        day = datetime.strptime(value, "%Y-%m-%d")
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)", param_hint="--start") from None
+    if day.year < 2001:
+        raise typer.BadParameter("the period must start after 2000 (the tracking API's range)", param_hint="--start")
+    return day.replace(tzinfo=UTC)
+
+
+def _check_db(url: str, replace: bool) -> None:
+    """The demo makes a store of its own: an SQLite file that exists already is refused unless --replace (its data
+    would be mixed with the demo's); any other URL must name an empty database."""
+    if not url.startswith("sqlite:///") and not url.startswith(("postgresql://", "postgresql+psycopg://")):
+        raise typer.BadParameter("give an sqlite:///FILE or postgresql:// URL", param_hint="--db")
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///"):]
+        if not path or path == ":memory:":
+            raise typer.BadParameter("the demo needs a file: the HTTP server and the worker share it",
+                                     param_hint="--db")
+        if os.path.exists(path):
+            if not replace:
+                raise typer.BadParameter(f"{path} exists; pass --replace to start it again", param_hint="--db")
+            for suffix in ("", "-wal", "-shm", "-chorus-queue", "-chorus-writer"):
+                if os.path.exists(path + suffix):
+                    os.remove(path + suffix)
+
+
+def demo(
+    customers: Annotated[int, typer.Option(help="Customers to simulate", min=1, max=MAX_CUSTOMERS)] = 10_000,
+    days: Annotated[int, typer.Option(help="Days to simulate", min=1, max=MAX_DAYS)] = 90,
+    seed: Annotated[int, typer.Option(help="Seed of the behaviour model (same seed, same customers)", min=0,
+                                      max=2**63 - 1)] = 1,  # fmt: skip
+    db: Annotated[str, typer.Option(help="Store URL (an SQLite file or an empty PostgreSQL database)")] = DEFAULT_DB,
+    replace: Annotated[bool, typer.Option("--replace", help="Delete an existing demo SQLite file first")] = False,
+    outbox: Annotated[str, typer.Option(help="Where the SMS, push and Messenger sinks write")] = "./chorus-demo-outbox",
+    start: Annotated[str | None, typer.Option(help="First day (YYYY-MM-DD; default: DAYS before today)")] = None,
+    step_minutes: Annotated[int, typer.Option("--step", help="Minutes of virtual time per step", min=1, max=1440)] = 60,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout")] = False,
+):
+    """Run a retail brand through the real Chorus on a virtual clock and report what its journeys did."""
+    from chorus.demo import report
+    from chorus.demo.client import DemoError
+    from chorus.demo.run import Options, run
+
+    first = _start(start, days)
+    _check_db(db, replace)
+    outdir = os.path.abspath(outbox)
+    if os.path.isdir(outdir) and os.listdir(outdir):
+        if not replace:
+            raise typer.BadParameter(f"{outdir} is not empty; pass --replace to empty it", param_hint="--outbox")
+        import shutil
+
+        shutil.rmtree(outdir)
+    opts = Options(customers, days, seed, db, outdir, first, timedelta(minutes=step_minutes))
+    log_path = os.path.join(os.path.dirname(outdir), "chorus-demo.log")
+    _log_to(log_path)
+    console = err
+    if not json_out:
+        report.show_params(console)
+    started = time.monotonic()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=err, transient=False, disable=json_out) as bar:  # fmt: skip
+        task = bar.add_task(f"{customers:,} customers, {days} days", total=None)
+
+        def progress(phase: str, done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total, description=f"{phase} {customers:,} customers")
+
+        try:
+            out = run(opts, progress, report.collect)
+        except DemoError as exc:
+            err.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(1) from None
+        except (OSError, ValueError) as exc:
+            _fail(exc)
+    elapsed = time.monotonic() - started
+    rep = {**out.report, "elapsed_seconds": round(elapsed, 1), "database_url": db, "outbox": outdir,
+           "customers": customers, "days": days, "seed": seed, "start": first.isoformat()}  # fmt: skip
+    if json_out:
+        sys.stdout.write(orjson.dumps(rep).decode() + "\n")
+        return
+    report.show(console, rep)
+    err.print(f"\n{customers:,} customers over {days} days in {elapsed:.0f} s "
+              f"({out.events_sent:,} events sent; worker {out.worker_seconds:.0f} s). Store: {db}; "
+              f"sink files: {outdir}; log: {log_path}")  # fmt: skip
+
+
+def _log_to(path: str) -> None:
+    """Chorus logs (sink warnings, a worker task that failed) go to a file: the terminal shows the progress."""
+    handler = logging.FileHandler(path, mode="w")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    for name in ("httpx", "httpcore", "urllib3", "mail.log"):
+        logging.getLogger(name).setLevel(logging.WARNING)

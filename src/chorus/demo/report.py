@@ -1,0 +1,107 @@
+"""The demo's report, read only through Chorus' own API (what a brand's analyst would read), and its Rich rendering.
+
+``collect`` gathers it as plain JSON (the `--json` output, and what the tests check against the store); ``show``
+prints it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from chorus.demo import params
+from chorus.demo.client import Chorus
+
+
+def _key(item) -> tuple:
+    return tuple(str(v) for v in item[0])  # a skipped message has no channel (None)
+
+
+def collect(api: Chorus, out) -> dict:
+    msgs = api.pages("/api/messages", "messages")
+    by_channel = Counter((m["channel"], m["status"]) for m in msgs)
+    by_template = Counter((m["template"], m["channel"]) for m in msgs)
+    journeys = []
+    for j in api.get("/api/journeys", limit=1000)["journeys"]:
+        stats = api.get(f"/api/journeys/{j['id']}/stats")
+        journeys.append({"id": j["id"], "totals": stats["totals"], "versions": stats["versions"]})
+    broadcasts = [api.get(f"/api/broadcasts/{b['id']}") for b in api.get("/api/broadcasts", limit=1000)["broadcasts"]]
+    segments = {s["id"]: s["members"] for s in api.get("/api/segments", limit=1000)["segments"]}
+    audiences = {a["name"]: a.get("members") for a in api.get("/api/audiences", limit=1000)["audiences"]}
+    return {
+        "workspace_id": out.workspace_id,
+        "actions": dict(out.actions),
+        "events_sent": out.events_sent,
+        "deliveries_seen": dict(out.deliveries),
+        "responses": dict(out.responses),
+        "unsubscribes": out.unsubscribes,
+        "worker": {"passes": out.passes, "seconds": round(out.worker_seconds, 1)},
+        "messages": {"total": len(msgs),
+                     "by_channel_status": [{"channel": c, "status": s, "count": n}
+                                           for (c, s), n in sorted(by_channel.items(), key=_key)],
+                     "by_template": [{"template": t, "channel": c, "count": n}
+                                     for (t, c), n in sorted(by_template.items(), key=_key)]},
+        "journeys": journeys,
+        "broadcasts": broadcasts,
+        "segments": segments,
+        "audiences": audiences,
+    }  # fmt: skip
+
+
+def show_params(console: Console) -> None:
+    t = Table(title="Behaviour model: every parameter and where it comes from", title_justify="left")
+    for col in ("parameter", "value", "meaning", "source"):
+        t.add_column(col, overflow="fold")
+    for p in params.PARAMS:
+        t.add_row(p.name, f"{p.value:g}", escape(p.meaning), escape(p.source))
+    console.print(t)
+    console.print("[dim]Sources: the seed articles (docs/demo.md lists them). 'assumption' means nobody measured "
+                  "it: the outcome of this simulation is an illustration, not evidence.[/dim]")  # fmt: skip
+
+
+def show(console: Console, rep: dict) -> None:
+    t = Table(title="Journeys (GET /api/journeys/{id}/stats)", title_justify="left")
+    for col in ("journey", "entered", "converted", "arm", "arm entered", "arm converted", "rate"):
+        t.add_column(col, justify="right" if col not in ("journey", "arm") else "left")
+    for j in rep["journeys"]:
+        tot = j["totals"]
+        arms = [a for v in j["versions"] for a in v.get("arms", [])]
+        first = True
+        for a in arms or [None]:
+            rate = f"{a['converted'] / a['entered']:.1%}" if a and a["entered"] else ""
+            t.add_row(j["id"] if first else "", str(tot.get("entered", 0)) if first else "",
+                      str(tot.get("converted", 0)) if first else "", a["arm"] if a else "",
+                      str(a["entered"]) if a else "", str(a["converted"]) if a else "", rate)  # fmt: skip
+            first = False
+    console.print(t)
+
+    n = Table(title="Journey funnels per node", title_justify="left")
+    for col in ("journey", "node", "entered", "passed", "waiting now", "exited", "converted"):
+        n.add_column(col, justify="right" if col not in ("journey", "node") else "left")
+    for j in rep["journeys"]:
+        for v in j["versions"]:
+            for node in v["nodes"]:
+                n.add_row(j["id"], node["node"], *(str(node.get(k, 0)) for k in
+                                                   ("entered", "passed", "waiting_now", "exited", "converted")))
+    console.print(n)
+
+    m = Table(title=f"Messages by channel and status ({rep['messages']['total']} in all, GET /api/messages)",
+              title_justify="left")  # fmt: skip
+    for col in ("channel", "status", "messages"):
+        m.add_column(col, justify="right" if col == "messages" else "left")
+    for row in rep["messages"]["by_channel_status"]:
+        m.add_row(str(row["channel"] or "(none)"), row["status"], str(row["count"]))
+    console.print(m)
+
+    r = Table(title="What the customers did with what they received (the model's answers)", title_justify="left")
+    r.add_column("response")
+    r.add_column("count", justify="right")
+    for k, v in sorted(rep["responses"].items()):
+        r.add_row(k, str(v))
+    console.print(r)
+    segs = ", ".join(f"{k}: {v}" for k, v in rep["segments"].items())
+    auds = ", ".join(f"{k}: {v}" for k, v in rep["audiences"].items())
+    console.print(f"[bold]Segments now[/bold] {segs}\n[bold]Audiences[/bold] {auds}")
