@@ -34,6 +34,24 @@ def _start(value: str | None, days: int) -> datetime:
     return day.replace(tzinfo=UTC)
 
 
+def _params(items: list[str]) -> dict[str, float]:
+    from chorus.demo.params import with_overrides
+
+    changes = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            changes[name.strip()] = float(raw)
+        except ValueError:
+            raise typer.BadParameter(f"{item!r} is not NAME=NUMBER", param_hint="--set") from None
+    try:
+        return with_overrides(changes)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc).removeprefix("--set "), param_hint="--set") from None
+
+
 def _check_db(url: str, replace: bool) -> None:
     """The demo makes a store of its own: an SQLite file that exists already is refused unless --replace (its data
     would be mixed with the demo's); any other URL must name an empty database."""
@@ -62,6 +80,8 @@ def demo(
     outbox: Annotated[str, typer.Option(help="Where the SMS, push and Messenger sinks write")] = "./chorus-demo-outbox",
     start: Annotated[str | None, typer.Option(help="First day (YYYY-MM-DD; default: DAYS before today)")] = None,
     step_minutes: Annotated[int, typer.Option("--step", help="Minutes of virtual time per step", min=1, max=1440)] = 60,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Change a model parameter: NAME=VALUE (repeatable)")
+                    ] = None,  # fmt: skip
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout")] = False,
 ):
     """Run a retail brand through the real Chorus on a virtual clock and report what its journeys did."""
@@ -69,6 +89,7 @@ def demo(
     from chorus.demo.client import DemoError
     from chorus.demo.run import Options, run
 
+    model_params = _params(set_ or [])
     first = _start(start, days)
     _check_db(db, replace)
     outdir = os.path.abspath(outbox)
@@ -78,12 +99,12 @@ def demo(
         import shutil
 
         shutil.rmtree(outdir)
-    opts = Options(customers, days, seed, db, outdir, first, timedelta(minutes=step_minutes))
+    opts = Options(customers, days, seed, db, outdir, first, timedelta(minutes=step_minutes), model_params)
     log_path = os.path.join(os.path.dirname(outdir), "chorus-demo.log")
     _log_to(log_path)
     console = err
     if not json_out:
-        report.show_params(console)
+        report.show_params(console, model_params)
     started = time.monotonic()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TimeRemainingColumn(), console=err, transient=False, disable=json_out) as bar:  # fmt: skip

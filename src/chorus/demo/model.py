@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from chorus.demo.brand import BRAND, Brand
-from chorus.demo.params import value as P
+from chorus.demo.params import DEFAULTS
 
 FIRST_NAMES = ("Anna", "Bram", "Chloé", "Daan", "Emma", "Finn", "Giulia", "Hugo", "Iris", "Jens", "Kofi", "Lotte",
                "Mila", "Noah", "Olga", "Pieter", "Quinn", "Ravi", "Sara", "Tim", "Umut", "Vera", "Wouter", "Yara",
@@ -94,20 +94,24 @@ class Response:
     delay: timedelta  # from delivery to the first reaction
 
 
-def customers(seed: int, n: int, start: datetime, days: int, brand: Brand = BRAND) -> Iterator[Plan]:
+Params = Mapping[str, float]  # parameter name -> value (params.DEFAULTS, or with_overrides)
+
+
+def customers(seed: int, n: int, start: datetime, days: int, brand: Brand = BRAND, p: Params = DEFAULTS
+              ) -> Iterator[Plan]:  # fmt: skip
     """Every customer's plan, in customer order."""
     for i in range(n):
-        yield plan(seed, i, start, days, brand)
+        yield plan(seed, i, start, days, brand, p)
 
 
-def plan(seed: int, index: int, start: datetime, days: int, brand: Brand = BRAND) -> Plan:
+def plan(seed: int, index: int, start: datetime, days: int, brand: Brand = BRAND, p: Params = DEFAULTS) -> Plan:
     rng = random.Random(f"{seed}:{index}")
     end = start + timedelta(days=days)
-    cust = _customer(rng, index, start, end, brand)
-    return Plan(cust, _Generator(rng, cust, start, end, brand).run())
+    cust = _customer(rng, index, start, end, brand, p.__getitem__)
+    return Plan(cust, _Generator(rng, cust, start, end, brand, p).run())
 
 
-def _customer(rng: random.Random, i: int, start: datetime, end: datetime, brand: Brand) -> Customer:
+def _customer(rng: random.Random, i: int, start: datetime, end: datetime, brand: Brand, P) -> Customer:  # noqa: N803
     name = rng.choice(FIRST_NAMES)
     store_only = rng.random() < P("store_only_share")
     app = not store_only and rng.random() < P("app_share")
@@ -132,14 +136,15 @@ def _customer(rng: random.Random, i: int, start: datetime, end: datetime, brand:
 class _Generator:
     """One customer's missions. Deferred actions (a cart bought days later) are queued and merged by time."""
 
-    def __init__(self, rng: random.Random, cust: Customer, start: datetime, end: datetime, brand: Brand):
+    def __init__(self, rng: random.Random, cust: Customer, start: datetime, end: datetime, brand: Brand, p: Params):
         self.rng, self.c, self.start, self.end, self.brand = rng, cust, start, end, brand
+        self.P = p.__getitem__  # noqa: N815 - reads as the parameter table's name
         self.stop = min(end, cust.churn_at) if cust.churn_at else end
         self.tz = ZoneInfo(brand.timezone)
         self.out: list[Action] = []
         self.signed_up = cust.existing
         self.web_linked = cust.existing  # her browser carries her user id
-        self.anonymous_left = 1 + int(rng.expovariate(1 / P("signup_after_sessions")))
+        self.anonymous_left = 1 + int(rng.expovariate(1 / self.P("signup_after_sessions")))
         self.n = 0  # ids of carts, orders and receipts
         self.got_catalog = False
 
@@ -147,7 +152,7 @@ class _Generator:
         c, rng = self.c, self.rng
         if c.existing and not c.store_only:
             self.emit(self.start, "known", "web", signed_in=True)  # the brand's CRM knows her at the start
-        rate = rng.gammavariate(2, P("visits_per_week") / 2) / (7 * 86400)  # missions per second
+        rate = rng.gammavariate(2, self.P("visits_per_week") / 2) / (7 * 86400)  # missions per second
         if c.loyalty_id and rng.random() < 0.5:
             self.emit(self.start + timedelta(days=rng.uniform(5, 12)), "catalog_sent", "catalog")
             self.got_catalog = True
@@ -182,7 +187,7 @@ class _Generator:
         return f"{prefix}-{self.c.index}-{self.n}"
 
     def product(self) -> str:
-        cat = self.c.favourite if self.rng.random() < P("favourite_category_bias") else self.rng.choice(
+        cat = self.c.favourite if self.rng.random() < self.P("favourite_category_bias") else self.rng.choice(
             self.brand.categories)
         return self.rng.choice(self.brand.in_category(cat)).sku
 
@@ -193,15 +198,15 @@ class _Generator:
     def mission(self, t: datetime) -> None:
         rng, c = self.rng, self.c
         r = rng.random()
-        if r < P("call_rate") and self.signed_up:
+        if r < self.P("call_rate") and self.signed_up:
             self.emit(t, "call", "call_center")
-        elif c.store_only or r < P("store_mission_share"):
+        elif c.store_only or r < self.P("store_mission_share"):
             self.store_visit(t, rng.choice([c.home_store] * 3 + [s.id for s in self.brand.stores]))
         else:
             self.online(t)
 
     def device(self) -> str:
-        if self.c.app_device and self.rng.random() < P("app_session_share"):
+        if self.c.app_device and self.rng.random() < self.P("app_session_share"):
             return "app"
         return "web"
 
@@ -218,15 +223,15 @@ class _Generator:
             self.web_linked = True
             t += step
         signed = self.signed_up and (channel == "app" or self.web_linked)
-        if rng.random() < P("search_rate"):
+        if rng.random() < self.P("search_rate"):
             self.emit(t, "search", channel, signed_in=signed, query=self.c.favourite)
             t += step
         viewed = [self.product() for _ in range(rng.randint(1, 4))]
         for sku in viewed:
             self.emit(t, "view", channel, signed_in=signed, skus=(sku,))
             t += step
-        if rng.random() >= P("add_rate"):
-            if rng.random() < P("webrooming_rate"):  # seen online, bought in the store
+        if rng.random() >= self.P("add_rate"):
+            if rng.random() < self.P("webrooming_rate"):  # seen online, bought in the store
                 self.store_purchase(self.later(t, 4, 7 * 24), self.c.home_store, (viewed[-1],))
             return
         cart = self.next_id("cart")
@@ -234,11 +239,11 @@ class _Generator:
         for sku in skus:
             self.emit(t, "add", channel, signed_in=signed, skus=(sku,), cart_id=cart)
             t += step
-        if rng.random() < P("checkout_rate"):
+        if rng.random() < self.P("checkout_rate"):
             self.checkout(t + step, channel, skus, cart)
-        elif rng.random() < P("cart_return_online"):
+        elif rng.random() < self.P("cart_return_online"):
             self.checkout(self.later(t, 6, 72), channel, skus, cart, decided=t)
-        elif rng.random() < P("cart_return_store"):
+        elif rng.random() < self.P("cart_return_store"):
             self.store_purchase(self.later(t, 6, 120), self.c.home_store, skus)
 
     def signup(self, t: datetime, channel: str) -> None:
@@ -257,25 +262,25 @@ class _Generator:
             self.emit(at + timedelta(seconds=1), "login", "web", signed_in=True)
             self.web_linked = True
         rng = self.rng
-        pickup = rng.random() < P("pickup_share")
+        pickup = rng.random() < self.P("pickup_share")
         promo = (rng.choice(self.brand.catalog_promo_codes)
-                 if self.got_catalog and rng.random() < P("promo_code_rate") else None)  # fmt: skip
+                 if self.got_catalog and rng.random() < self.P("promo_code_rate") else None)  # fmt: skip
         order = self.next_id("ord")
         self.emit(t, "order", channel, signed_in=True, skus=skus, cart_id=cart, order_id=order, promo_code=promo,
                   fulfillment="store_pickup" if pickup else "delivery", store=self.c.home_store if pickup else None)
-        if pickup and rng.random() < P("pickup_cancel_rate"):
+        if pickup and rng.random() < self.P("pickup_cancel_rate"):
             self.emit(self.later(t, 2, 26), "pickup_cancelled", channel, skus=skus, order_id=order,
                       store=self.c.home_store, fulfillment="store_pickup")
 
     def store_visit(self, t: datetime, store: str) -> None:
         rng = self.rng
-        if rng.random() < P("store_purchase_rate"):
+        if rng.random() < self.P("store_purchase_rate"):
             self.store_purchase(t, store, tuple(self.product() for _ in range(rng.randint(1, 3))))
             return
         sku = self.product()
         if self.c.app_device and self.signed_up:  # scanned at the shelf with the app: a view in the store
             self.emit(t, "store_view", "store", signed_in=True, skus=(sku,), store=store)
-        if not self.c.store_only and rng.random() < P("showrooming_rate"):
+        if not self.c.store_only and rng.random() < self.P("showrooming_rate"):
             self.checkout(self.later(t, 2, 72), self.device(), (sku,), None, decided=t)
 
     def store_purchase(self, t: datetime, store: str, skus: tuple[str, ...]) -> None:
@@ -287,10 +292,12 @@ class _Generator:
 
 
 # -- responses to messages ----------------------------------------------------------------------------------------
-def respond(seed: int, key: str, channel: str, relevant: bool, age: timedelta, marketing: bool) -> Response:
+def respond(seed: int, key: str, channel: str, relevant: bool, age: timedelta, marketing: bool,
+            p: Params = DEFAULTS) -> Response:
     """How a person reacts to a message received on ``channel``, ``age`` after what it is about. ``key`` names
     the delivery (customer and message) so the answer is the same in every run with this seed."""
     rng = random.Random(f"{seed}:respond:{key}")
+    P = p.__getitem__  # noqa: N806
     lift = P("relevance_lift") if relevant else 1.0
     fresh = 0.5 ** (max(age.total_seconds(), 0) / 3600 / P("staleness_half_life_h"))
     factor = min(lift * fresh, 3.0)
@@ -298,8 +305,8 @@ def respond(seed: int, key: str, channel: str, relevant: bool, age: timedelta, m
     if channel == "email":
         opened = rng.random() < min(P("email_open") * factor, 0.95)
         clicked = opened and rng.random() < min(P("email_click") * factor, 0.95)
-        unsubscribed = marketing and opened and not clicked and rng.random() < P("email_unsubscribe") / P(
-            "email_open")
+        unsubscribed = marketing and opened and not clicked and rng.random() < P("email_unsubscribe") / max(
+            P("email_open"), 1e-9)
     else:
         base = {"sms": "sms_click", "push": "push_open", "messenger": "messenger_click"}.get(channel)
         clicked = base is not None and rng.random() < min(P(base) * factor, 0.95)

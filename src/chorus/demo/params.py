@@ -72,8 +72,19 @@ PARAMS: tuple[Param, ...] = (
     Param("convert_in_store", 0.35, "of those purchases, the share made in a store", "[s004] 87 % offline"),
 )
 
-_BY_NAME = {p.name: p for p in PARAMS}
+DEFAULTS: dict[str, float] = {p.name: p.value for p in PARAMS}
 
 
-def value(name: str) -> float:
-    return _BY_NAME[name].value
+def with_overrides(changes: dict[str, float]) -> dict[str, float]:
+    """The defaults with some values changed (`chorus demo --set name=value`, to see what an assumption drives).
+    Raises ValueError naming an unknown parameter or a value out of its range."""
+    out = dict(DEFAULTS)
+    for name, v in changes.items():
+        if name not in DEFAULTS:
+            raise ValueError(f"--set {name}: no such parameter (see the table `chorus demo` prints)")
+        share = DEFAULTS[name] <= 1  # a probability; the others are positive amounts
+        if not (v == v) or v < 0 or (share and v > 1) or (not share and not 0 < v <= 1000) or (
+                name == "churn_per_30d" and v >= 1):  # NaN too; a churn of 1 would leave no time at all
+            raise ValueError(f"--set {name}={v:g}: out of range")
+        out[name] = float(v)
+    return out

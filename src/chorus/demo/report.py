@@ -51,12 +51,15 @@ def collect(api: Chorus, out) -> dict:
     }  # fmt: skip
 
 
-def show_params(console: Console) -> None:
+def show_params(console: Console, values: dict | None = None) -> None:
     t = Table(title="Behaviour model: every parameter and where it comes from", title_justify="left")
     for col in ("parameter", "value", "meaning", "source"):
         t.add_column(col, overflow="fold")
     for p in params.PARAMS:
-        t.add_row(p.name, f"{p.value:g}", escape(p.meaning), escape(p.source))
+        v = (values or {}).get(p.name, p.value)
+        changed = v != p.value
+        t.add_row(p.name, f"[bold yellow]{v:g}[/] (was {p.value:g})" if changed else f"{v:g}", escape(p.meaning),
+                  "set on the command line" if changed else escape(p.source))
     console.print(t)
     console.print("[dim]Sources: the seed articles (docs/demo.md lists them). 'assumption' means nobody measured "
                   "it: the outcome of this simulation is an illustration, not evidence.[/dim]")  # fmt: skip

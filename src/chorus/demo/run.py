@@ -27,6 +27,7 @@ from chorus import workspaces
 from chorus.demo import events, inbox, install, model
 from chorus.demo.brand import BRAND
 from chorus.demo.client import Chorus, DemoError
+from chorus.demo.params import DEFAULTS
 from chorus.demo.servers import AppServer, MailServer
 from chorus.store.db import create_engine, upgrade
 from chorus.timeutil import iso, use_clock
@@ -49,6 +50,7 @@ class Options:
     outbox: str  # absolute directory of the file sinks
     start: datetime
     step: timedelta = timedelta(hours=1)
+    params: dict = field(default_factory=lambda: dict(DEFAULTS))
 
 
 class VirtualClock:
@@ -81,7 +83,7 @@ def run(opts: Options, progress: Progress | None = None, report: Callable[[Choru
         ) -> Outcome:  # fmt: skip
     progress = progress or (lambda *_: None)
     defs = install.load(opts.start)
-    plans = [p for p in model.customers(opts.seed, opts.customers, opts.start, opts.days)]
+    plans = list(model.customers(opts.seed, opts.customers, opts.start, opts.days, BRAND, opts.params))
     clock = VirtualClock(opts.start - timedelta(hours=1))
     saved_env = {k: os.environ.get(k) for k in ("CHORUS_PUBLIC_URL", "CHORUS_OUTBOX_DIR")}
     with use_clock(clock):
@@ -251,7 +253,8 @@ class _Loop:
         self.received[(c.index, template)] += 1
         key = f"{c.index}:{template}:{self.received[(c.index, template)]}"
         age = now - self.last_active.get(c.index, self.opts.start)
-        r = model.respond(self.opts.seed, key, d.channel, template in RELEVANT, age, meta.get("kind") == "marketing")
+        r = model.respond(self.opts.seed, key, d.channel, template in RELEVANT, age, meta.get("kind") == "marketing",
+                          self.opts.params)
         at = now + r.delay
         if d.channel == "email":
             if r.opened and d.open_url:

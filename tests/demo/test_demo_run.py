@@ -1,0 +1,177 @@
+"""`chorus demo` end to end, as a user runs it (a subprocess), then the issue's invariants checked against the store
+it wrote: totals reconcile between the report and the store, everything sent really arrived (SMTP server, sink
+files) and nothing else did, holdouts received nothing after their split, nobody got a message from a journey
+after leaving it, and an unsubscribe stopped that topic's marketing email at once.
+
+The run changes two model parameters (``--set``) so that a small population produces unsubscribes to check."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import Counter
+from datetime import datetime
+
+import orjson
+import pytest
+import sqlalchemy as sa
+
+from chorus.demo import install
+from chorus.journeys import definition as jdef
+from chorus.timeutil import parse_ts
+
+START = "2026-03-02"
+
+
+def demo(tmp_path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "chorus.cli", "demo", "--db", f"sqlite:///{tmp_path / 'demo.db'}",
+           "--outbox", str(tmp_path / "outbox"), *args]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=tmp_path, env=os.environ.copy())
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("demo")
+    r = demo(tmp, "--customers", "90", "--days", "14", "--seed", "11", "--start", START, "--json",
+             "--set", "email_open=0.6", "--set", "email_unsubscribe=0.15")  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    engine = sa.create_engine(f"sqlite:///{tmp / 'demo.db'}")
+    with engine.connect() as conn:
+        store = {
+            "messages": [dict(m._mapping) for m in conn.execute(sa.text("SELECT * FROM messages"))],
+            "statuses": [dict(m._mapping) for m in conn.execute(sa.text("SELECT * FROM message_status"))],
+            "instances": [dict(m._mapping) for m in conn.execute(sa.text("SELECT * FROM journey_instances"))],
+            "records": [dict(m._mapping) for m in conn.execute(sa.text("SELECT * FROM journey_records"))],
+            "channels": Counter(dict(conn.execute(sa.text("SELECT channel, count(*) FROM events GROUP BY 1")).all())),
+        }
+    engine.dispose()
+    return orjson.loads(r.stdout), store, tmp
+
+
+def ts(value) -> datetime:
+    return value if isinstance(value, datetime) else parse_ts(value)
+
+
+def test_the_report_reconciles_with_the_store(run):
+    rep, store, _ = run
+    msgs = store["messages"]
+    assert rep["messages"]["total"] == len(msgs) > 0
+    got = {(r["channel"], r["status"]): r["count"] for r in rep["messages"]["by_channel_status"]}
+    assert got == dict(Counter((m["channel"], m["status"]) for m in msgs))
+    inst = Counter(i["journey_id"] for i in store["instances"])
+    for j in rep["journeys"]:
+        assert j["totals"]["entered"] == inst[j["id"]], j["id"]
+        (version,) = j["versions"]
+        if j["id"] in ("welcome", "abandoned_cart", "browse_abandonment", "winback"):  # the split comes first
+            assert sum(a["entered"] for a in version["arms"]) == j["totals"]["entered"], j["id"]
+    assert sum(j["totals"]["entered"] for j in rep["journeys"]) > 30, "the journeys must have had work to do"
+    assert rep["broadcasts"] and rep["broadcasts"][0]["id"] == "spring_sale"
+    assert any(m["journey_id"] == "spring_sale" for m in msgs), "the broadcast went out on day 7"
+
+
+def test_every_message_sent_arrived_and_nothing_else_did(run):
+    rep, store, tmp = run
+    sent = Counter(m["channel"] for m in store["messages"] if m["sent_at"] is not None)
+    assert sent["email"] > 0 and sent["sms"] + sent["push"] + sent["messenger"] > 0, sent
+    assert rep["deliveries_seen"] == dict(sent)  # what the SMTP server and the sinks received, per channel
+    for channel in ("sms", "push", "messenger"):
+        folder = tmp / "outbox" / channel
+        files = sorted(p.stem for p in folder.glob("*.json")) if folder.exists() else []
+        assert files == sorted(m["id"] for m in store["messages"] if m["channel"] == channel and m["sent_at"])
+
+
+def test_the_demo_used_every_public_path(run):
+    _, store, _ = run
+    ch = store["channels"]
+    for channel in ("web", "app", "store", "catalog", "server"):  # tracking (both keys) and the till imports
+        assert ch[channel] > 0, (channel, ch)
+    statuses = Counter(s["status"] for s in store["statuses"])
+    for status in ("opened", "clicked", "unsubscribed"):  # the open pixel, tracked links, RFC 8058
+        assert statuses[status] > 0, statuses
+
+
+def _before_split(doc: dict) -> set[str]:
+    """The templates a journey sends before its first split: all its holdout arm may ever receive."""
+    jdef.parse(doc)  # a valid journey: the walk below reads its JSON
+    out, todo, seen = set(), [doc["start"]], set()
+    while todo:
+        nid = todo.pop()
+        if nid in seen:
+            continue
+        seen.add(nid)
+        node = doc["nodes"][nid]
+        if node["type"] == "split":
+            continue
+        if node["type"] == "message":
+            out.add(node["template"])
+        nexts = [node.get(k) for k in ("next", "then", "else")] + [b.get("next") for b in node.get("branches", [])]
+        nexts.append((node.get("timeout") or {}).get("next"))
+        todo.extend(n for n in nexts if n)
+    return out
+
+
+def test_holdouts_received_nothing_and_nobody_heard_from_a_journey_after_leaving_it(run):
+    """In the journey's own time (its records carry the time of the input that moved her): every message of an
+    instance is one step through a message node, and none of those steps comes after her exit. (A message's
+    created_at is when the worker processed the step, up to one virtual-clock step later.)"""
+    _, store, _ = run
+    defs = install.load(datetime.fromisoformat(START + "T00:00:00+00:00"))
+    message_nodes = {(jid, nid) for jid, doc in defs.journeys.items()
+                     for nid, node in doc["nodes"].items() if node["type"] == "message"}  # fmt: skip
+    held = {r["instance_id"] for r in store["records"] if r["arm"] == "holdout"}
+    exited = {r["instance_id"]: ts(r["at"]) for r in store["records"] if r["kind"] == "exited"}
+    sends = Counter()
+    for r in store["records"]:
+        if r["kind"] == "step" and (r["journey_id"], r["node"]) in message_nodes:
+            sends[r["instance_id"]] += 1
+            if r["instance_id"] in exited:
+                assert ts(r["at"]) <= exited[r["instance_id"]], r
+    assert held, "some people were held out"
+    got = Counter()
+    for m in store["messages"]:
+        if m["journey_id"] in defs.journeys:
+            instance = m["idempotency_key"].split(":")[0]
+            got[instance] += 1
+            if instance in held:
+                assert m["template"] in _before_split(defs.journeys[m["journey_id"]]), m
+    assert got == sends, "one message per step through a message node, and no other"
+    assert sum(got.values()) > 20
+
+
+def test_an_unsubscribe_stops_that_topic_at_once(run):
+    _, store, _ = run
+    by_id = {m["id"]: m for m in store["messages"]}
+    unsubscribed = [(by_id[s["message_id"]], ts(s["at"])) for s in store["statuses"] if s["status"] == "unsubscribed"]
+    assert unsubscribed
+    for msg, at in unsubscribed:
+        later = [m for m in store["messages"] if m["profile_id"] == msg["profile_id"] and m["channel"] == "email"
+                 and m["kind"] == "marketing" and m["topic"] == msg["topic"] and ts(m["created_at"]) > at]  # fmt: skip
+        assert later == [], (msg["id"], later)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--customers", "0"], "--customers"),
+        (["--days", "-3"], "--days"),
+        (["--customers", "lots"], "--customers"),
+        (["--set", "email_open=2"], "out of range"),
+        (["--set", "nonsense=1"], "no such parameter"),
+        (["--set", "email_open"], "NAME=NUMBER"),
+        (["--start", "yesterday"], "--start"),
+        (["--db", "mysql://x/y"], "--db"),
+    ],
+)
+def test_bad_input_is_refused_with_exit_code_2(tmp_path, args, message):
+    r = demo(tmp_path, *args, timeout=60)
+    assert r.returncode == 2, (r.returncode, r.stderr[-500:])
+    assert message in r.stderr
+    assert not (tmp_path / "demo.db").exists(), "nothing is created for a refused command"
+
+
+def test_an_existing_store_is_not_overwritten_without_replace(tmp_path):
+    (tmp_path / "demo.db").write_bytes(b"precious")
+    r = demo(tmp_path, "--customers", "5", "--days", "1", timeout=60)
+    assert r.returncode == 2 and "--replace" in r.stderr
+    assert (tmp_path / "demo.db").read_bytes() == b"precious"
