@@ -112,3 +112,27 @@ def test_the_population_shows_the_behaviours_the_demo_is_about():
     assert 0.15 < churned < 0.45
     pickups = [a for p in plans for a in p.actions if a.fulfillment == "store_pickup" and a.kind == "order"]
     assert pickups and any(a.kind == "pickup_cancelled" for p in plans for a in p.actions)
+
+
+def test_overrides_change_the_model_and_are_range_checked():
+    import pytest
+
+    more = params.with_overrides({"visits_per_week": 3.0})
+    base = sum(len(p.actions) for p in model.customers(5, 200, START, 30))
+    busy = sum(len(p.actions) for p in model.customers(5, 200, START, 30, BRAND, more))
+    assert busy > 2 * base
+    assert params.DEFAULTS["visits_per_week"] == 0.7, "the defaults are not changed by an override"
+    for bad in ({"email_open": 1.5}, {"visits_per_week": 0}, {"churn_per_30d": 1}, {"nope": 1},
+                {"email_open": float("nan")}, {"relevance_lift": -1}):  # fmt: skip
+        with pytest.raises(ValueError, match="--set"):
+            params.with_overrides(bad)
+
+
+def test_the_docs_table_is_the_parameter_table():
+    """docs/demo.md shows every parameter with its value and source, as the demo prints them."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "demo.md").read_text()
+    rows = {line.split("|")[1].strip().strip("`"): [c.strip() for c in line.split("|")[2:5]]
+            for line in doc.splitlines() if line.startswith("| `") and line.count("|") == 5}  # fmt: skip
+    assert rows == {p.name: [f"{p.value:g}", p.meaning, p.source] for p in params.PARAMS}

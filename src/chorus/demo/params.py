@@ -19,6 +19,7 @@ class Param:
     value: float
     meaning: str
     source: str  # a seed reference, or "assumption"
+    share: bool = True  # a probability in [0, 1]; else a positive amount (a rate, a count, hours, a factor)
 
 
 ASSUMPTION = "assumption"
@@ -26,7 +27,7 @@ ASSUMPTION = "assumption"
 PARAMS: tuple[Param, ...] = (
     # -- who the customers are
     Param("existing_share", 0.5, "customers already registered when the period starts", ASSUMPTION),
-    Param("store_only_share", 0.25, "customers who never shop online (known only by their loyalty card)",
+    Param("store_only_share", 0.25, "customers who never shop online (known by their loyalty card and its email)",
           "[s004] most purchases are offline (87 %)"),
     Param("app_share", 0.45, "customers with the app on their phone", ASSUMPTION),
     Param("loyalty_share", 0.6, "online customers who also hold a loyalty card", ASSUMPTION),
@@ -34,7 +35,8 @@ PARAMS: tuple[Param, ...] = (
     Param("messenger_share", 0.12, "customers who asked for receipts on Messenger", ASSUMPTION),
     Param("favourite_category_bias", 0.65, "share of browsing in the customer's favourite category", ASSUMPTION),
     # -- how often they come, and when they stop
-    Param("visits_per_week", 0.7, "mean shopping missions per customer and week (gamma, shape 2)", ASSUMPTION),
+    Param("visits_per_week", 0.7, "mean shopping missions per customer and week (gamma, shape 2)", ASSUMPTION,
+          share=False),
     Param("churn_per_30d", 0.12, "probability that an active customer stops for good within 30 days", ASSUMPTION),
     Param("store_mission_share", 0.40, "missions that are a store visit (else online)",
           "[s004] 87 % of purchases offline, tempered: these customers are online shoppers too"),
@@ -47,7 +49,7 @@ PARAMS: tuple[Param, ...] = (
     Param("cart_return_store", 0.12, "abandoned carts bought later in a store (the omnichannel case)",
           "[s004] research online, buy offline"),
     Param("signup_after_sessions", 3, "anonymous missions before a new customer signs up (mean, geometric)",
-          ASSUMPTION),
+          ASSUMPTION, share=False),
     Param("pickup_share", 0.2, "online orders collected in a store (click-and-collect)", ASSUMPTION),
     Param("pickup_cancel_rate", 0.1, "click-and-collect orders the store cancels (out of stock)", ASSUMPTION),
     Param("promo_code_rate", 0.08, "online orders of catalog recipients that use the catalog's promo code",
@@ -66,12 +68,14 @@ PARAMS: tuple[Param, ...] = (
     Param("push_open", 0.08, "push notification opened", ASSUMPTION),
     Param("messenger_click", 0.15, "Messenger message acted on", ASSUMPTION),
     Param("relevance_lift", 2.0, "response multiplier when the message is about what the person just did",
-          "[s003] omnichannel campaigns ~2.5x engagement, tempered"),
-    Param("staleness_half_life_h", 48, "hours after which a message's response chance halves", ASSUMPTION),
+          "[s003] omnichannel campaigns ~2.5x engagement, tempered", share=False),
+    Param("staleness_half_life_h", 48, "hours after which a message's response chance halves", ASSUMPTION,
+          share=False),
     Param("convert_after_click", 0.25, "clicks that lead to a purchase within two days", ASSUMPTION),
     Param("convert_in_store", 0.35, "of those purchases, the share made in a store", "[s004] 87 % offline"),
 )
 
+_BY_NAME = {p.name: p for p in PARAMS}
 DEFAULTS: dict[str, float] = {p.name: p.value for p in PARAMS}
 
 
@@ -82,7 +86,7 @@ def with_overrides(changes: dict[str, float]) -> dict[str, float]:
     for name, v in changes.items():
         if name not in DEFAULTS:
             raise ValueError(f"--set {name}: no such parameter (see the table `chorus demo` prints)")
-        share = DEFAULTS[name] <= 1  # a probability; the others are positive amounts
+        share = _BY_NAME[name].share
         if not (v == v) or v < 0 or (share and v > 1) or (not share and not 0 < v <= 1000) or (
                 name == "churn_per_30d" and v >= 1):  # NaN too; a churn of 1 would leave no time at all
             raise ValueError(f"--set {name}={v:g}: out of range")
