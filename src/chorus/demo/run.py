@@ -124,6 +124,8 @@ def setup(api: Chorus, smtp_port: int, defs: install.Definitions) -> None:
                    "from": f"{BRAND.name} <news@{BRAND.domain}>"}],
         **{ch: [{"type": "file", "dir": ch}] for ch in SINK_CHANNELS},
     }  # fmt: skip
+    # as a real Messenger provider for receipts would be: tagged updates may leave the 24-hour window
+    providers["messenger"][0]["tag"] = "POST_PURCHASE_UPDATE"
     api.patch("/api/workspace/settings", {"default_region": BRAND.region, "messaging": {"providers": providers}})
     for name, doc in defs.templates.items():
         api.put(f"/api/templates/{name}", doc)
