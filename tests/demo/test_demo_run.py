@@ -34,7 +34,7 @@ def demo(tmp_path, *args: str, timeout: float = 240) -> subprocess.CompletedProc
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("demo")
     r = demo(tmp, "--customers", "90", "--days", "14", "--seed", "11", "--start", START, "--json",
-             "--set", "email_open=0.6", "--set", "email_unsubscribe=0.15")  # fmt: skip
+             "--set", "email_open=0.6", "--set", "email_unsubscribe=0.15", "--set", "sms_stop=0.3")  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     engine = sa.create_engine(f"sqlite:///{tmp / 'demo.db'}")
     with engine.connect() as conn:
@@ -74,8 +74,8 @@ def test_every_message_sent_arrived_and_nothing_else_did(run):
     rep, store, tmp = run
     sent = Counter(m["channel"] for m in store["messages"] if m["sent_at"] is not None)
     assert sent["email"] > 0 and sent["sms"] + sent["push"] + sent["messenger"] > 0, sent
-    assert rep["deliveries_seen"] == dict(sent)  # what the SMTP server and the sinks received, per channel
-    for channel in ("sms", "push", "messenger"):
+    assert rep["deliveries_seen"] == dict(sent)  # what the SMTP server, Twilio's stand-in and the sinks received
+    for channel in ("push", "messenger"):
         folder = tmp / "outbox" / channel
         files = sorted(p.stem for p in folder.glob("*.json")) if folder.exists() else []
         assert files == sorted(m["id"] for m in store["messages"] if m["channel"] == channel and m["sent_at"])
@@ -87,7 +87,8 @@ def test_the_demo_used_every_public_path(run):
     for channel in ("web", "app", "store", "catalog", "server"):  # tracking (both keys) and the till imports
         assert ch[channel] > 0, (channel, ch)
     statuses = Counter(s["status"] for s in store["statuses"])
-    for status in ("opened", "clicked", "unsubscribed"):  # the open pixel, tracked links, RFC 8058
+    # the open pixel, tracked links, RFC 8058, Twilio's status callback
+    for status in ("opened", "clicked", "unsubscribed", "delivered"):
         assert statuses[status] > 0, statuses
 
 
@@ -148,6 +149,18 @@ def test_an_unsubscribe_stops_that_topic_at_once(run):
         later = [m for m in store["messages"] if m["profile_id"] == msg["profile_id"] and m["channel"] == "email"
                  and m["kind"] == "marketing" and m["topic"] == msg["topic"] and ts(m["created_at"]) > at]  # fmt: skip
         assert later == [], (msg["id"], later)
+
+
+def test_an_sms_stop_ends_every_sms_at_once(run):
+    """STOP went to Chorus as Twilio sends it (the inbound webhook, signed); from the instant Chorus received it, no
+    SMS to that number, transactional ones included."""
+    rep, store, _ = run
+    assert rep["stops"]
+    for stop in rep["stops"]:
+        at = ts(stop["at"])
+        later = [m["id"] for m in store["messages"]
+                 if m["channel"] == "sms" and m["address"] == stop["phone"] and ts(m["created_at"]) >= at]  # fmt: skip
+        assert later == [], stop
 
 
 @pytest.mark.parametrize(

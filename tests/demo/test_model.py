@@ -80,7 +80,7 @@ def test_responses_are_deterministic_and_coherent(seed, key, channel, relevant, 
     assert r == model.respond(seed, key, channel, relevant, age, marketing)
     assert not r.clicked or r.opened or channel != "email"
     assert r.purchase is None or r.clicked
-    assert not r.unsubscribed or (marketing and channel == "email")
+    assert not r.unsubscribed or (marketing and channel in ("email", "sms"))
     assert timedelta(0) < r.delay <= timedelta(hours=36)
 
 

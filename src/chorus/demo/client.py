@@ -89,6 +89,11 @@ class Chorus:
         return r.status_code
 
 
+    def provider_callback(self, url: str, form: dict[str, str], headers: dict[str, str]) -> int:
+        """A provider's request to Chorus (Twilio's status report or an inbound SMS), signed as the provider does."""
+        return self.public.post(_local(url, self.base_url), data=form, headers=headers).status_code
+
+
 def _local(url: str, base: str) -> str:
     if not url.startswith(base + "/"):
         raise DemoError(f"a link in a message points outside this Chorus server: {url[:120]}")

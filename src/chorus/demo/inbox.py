@@ -7,10 +7,12 @@ import os
 import re
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
+from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
 from chorus.demo.servers import Mail
+from chorus.demo.twilio import Text
 
 _HREF = re.compile(r"""(?:href|src)=["']([^"']+)["']""")
 
@@ -23,6 +25,7 @@ class Delivery:
     open_url: str | None = None  # the email's open pixel
     click_urls: tuple[str, ...] = ()  # its tracked links
     unsubscribe_url: str | None = None  # List-Unsubscribe (RFC 8058 one-click), marketing email only
+    text: Text | None = None  # an SMS as Twilio took it (its status callback URL names the message)
 
 
 def from_mail(mail: Mail, public_url: str) -> list[Delivery]:
@@ -38,6 +41,11 @@ def from_mail(mail: Mail, public_url: str) -> list[Delivery]:
         if url.startswith(f"{public_url}/u/"):
             unsub = url
     return [Delivery(mid, "email", rcpt, opens[0] if opens else None, clicks, unsub) for rcpt in mail.to]
+
+
+def from_text(text: Text) -> Delivery:
+    query = parse_qs(urlsplit(text.status_callback or "").query)
+    return Delivery((query.get("m") or [""])[0], "sms", text.to, text=text)
 
 
 @dataclass

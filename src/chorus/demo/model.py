@@ -89,7 +89,7 @@ class Plan:
 class Response:
     opened: bool
     clicked: bool
-    unsubscribed: bool
+    unsubscribed: bool  # email: one-click unsubscribe of the topic; SMS: a STOP reply
     purchase: str | None  # None, "online" or "store"
     delay: timedelta  # from delivery to the first reaction
 
@@ -311,6 +311,7 @@ def respond(seed: int, key: str, channel: str, relevant: bool, age: timedelta, m
         base = {"sms": "sms_click", "push": "push_open", "messenger": "messenger_click"}.get(channel)
         clicked = base is not None and rng.random() < min(P(base) * factor, 0.95)
         opened = clicked
+        unsubscribed = channel == "sms" and marketing and not clicked and rng.random() < P("sms_stop")
     purchase = None
     if clicked and rng.random() < P("convert_after_click"):
         purchase = "store" if rng.random() < P("convert_in_store") else "online"

@@ -65,6 +65,7 @@ PARAMS: tuple[Param, ...] = (
     Param("email_click", 0.12, "opened email clicked", ASSUMPTION),
     Param("email_unsubscribe", 0.004, "marketing email unsubscribed (RFC 8058 one-click)", ASSUMPTION),
     Param("sms_click", 0.10, "SMS link followed", ASSUMPTION),
+    Param("sms_stop", 0.01, "marketing SMS answered STOP (opt-out of every SMS)", ASSUMPTION),
     Param("push_open", 0.08, "push notification opened", ASSUMPTION),
     Param("messenger_click", 0.15, "Messenger message acted on", ASSUMPTION),
     Param("relevance_lift", 2.0, "response multiplier when the message is about what the person just did",

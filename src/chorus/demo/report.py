@@ -38,6 +38,7 @@ def collect(api: Chorus, out) -> dict:
         "deliveries_seen": dict(out.deliveries),
         "responses": dict(out.responses),
         "unsubscribes": out.unsubscribes,
+        "stops": out.stops,
         "worker": {"passes": out.passes, "seconds": round(out.worker_seconds, 1)},
         "messages": {"total": len(msgs),
                      "by_channel_status": [{"channel": c, "status": s, "count": n}

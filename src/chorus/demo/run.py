@@ -28,13 +28,15 @@ from chorus.demo import events, inbox, install, model
 from chorus.demo.brand import BRAND
 from chorus.demo.client import Chorus, DemoError
 from chorus.demo.params import DEFAULTS
-from chorus.demo.servers import AppServer, MailServer
+from chorus.demo.servers import AppServer, ASGIServer, MailServer
+from chorus.demo.twilio import TwilioStandIn
 from chorus.store.db import create_engine, upgrade
 from chorus.timeutil import iso, use_clock
 from chorus.worker import Worker
 
 log = logging.getLogger("chorus.demo")
-SINK_CHANNELS = ("sms", "push", "messenger")
+SINK_CHANNELS = ("push", "messenger")  # SMS goes through Twilio's stand-in
+TWILIO_TOKEN_ENV = "CHORUS_DEMO_TWILIO_TOKEN"
 # messages about what the person just did: the model's relevance lift applies
 RELEVANT = {"cart_reminder", "cart_reminder_2", "browse_offer", "pickup_cancelled", "delivery_offer", "receipt",
             "welcome_code"}  # fmt: skip
@@ -70,7 +72,8 @@ class Outcome:
     events_sent: int = 0
     deliveries: Counter = field(default_factory=Counter)
     responses: Counter = field(default_factory=Counter)
-    unsubscribes: list = field(default_factory=list)  # (message id, profile-less customer id, at)
+    unsubscribes: list = field(default_factory=list)  # email one-click unsubscribes: message, user, time
+    stops: list = field(default_factory=list)  # SMS STOP replies: message, phone, time
     passes: int = 0
     worker_seconds: float = 0.0
     report: dict = field(default_factory=dict)
@@ -85,22 +88,25 @@ def run(opts: Options, progress: Progress | None = None, report: Callable[[Choru
     defs = install.load(opts.start)
     plans = list(model.customers(opts.seed, opts.customers, opts.start, opts.days, BRAND, opts.params))
     clock = VirtualClock(opts.start - timedelta(hours=1))
-    saved_env = {k: os.environ.get(k) for k in ("CHORUS_PUBLIC_URL", "CHORUS_OUTBOX_DIR")}
+    saved_env = {k: os.environ.get(k) for k in ("CHORUS_PUBLIC_URL", "CHORUS_OUTBOX_DIR", TWILIO_TOKEN_ENV)}
+    twilio = TwilioStandIn()
     with use_clock(clock):
         upgrade(opts.database_url)
         engine = create_engine(opts.database_url)
         keys = workspaces.create(engine, "demo")  # what `chorus workspace create demo` does
         try:
-            with MailServer() as smtp, AppServer(engine, opts.database_url) as app:
+            with (MailServer() as smtp, ASGIServer(twilio.app, "the Twilio stand-in") as sms,
+                  AppServer(engine, opts.database_url) as app):
                 # the worker builds links and file sinks from the process environment, as `chorus serve` sets it
                 os.environ["CHORUS_PUBLIC_URL"] = app.base_url
                 os.environ["CHORUS_OUTBOX_DIR"] = opts.outbox
+                os.environ[TWILIO_TOKEN_ENV] = twilio.auth_token  # the provider names its secret by variable
                 api = Chorus(app.base_url, keys)
                 worker = Worker(engine, batch=2000, poll=0.05)
                 try:
                     out = Outcome(keys, app.base_url, keys["id"])
-                    setup(api, smtp.port, defs)
-                    _Loop(opts, clock, api, worker, smtp, plans, out, progress).run()
+                    setup(api, smtp.port, twilio.provider(sms.base_url, TWILIO_TOKEN_ENV), defs)
+                    _Loop(opts, clock, api, worker, smtp, twilio, plans, out, progress).run()
                     out.events_sent = api.sent_events
                     if report is not None:
                         out.report = report(api, out)
@@ -117,11 +123,12 @@ def run(opts: Options, progress: Progress | None = None, report: Callable[[Choru
                     os.environ[k] = v
 
 
-def setup(api: Chorus, smtp_port: int, defs: install.Definitions) -> None:
+def setup(api: Chorus, smtp_port: int, sms: dict, defs: install.Definitions) -> None:
     """Configure the workspace as an operator would, through the admin API."""
     providers = {
         "email": [{"type": "smtp", "name": "demo-smtp", "host": "127.0.0.1", "port": smtp_port, "security": "none",
                    "from": f"{BRAND.name} <news@{BRAND.domain}>"}],
+        "sms": [sms],
         **{ch: [{"type": "file", "dir": ch}] for ch in SINK_CHANNELS},
     }  # fmt: skip
     # as a real Messenger provider for receipts would be: tagged updates may leave the 24-hour window
@@ -140,8 +147,9 @@ def setup(api: Chorus, smtp_port: int, defs: install.Definitions) -> None:
 
 class _Loop:
     def __init__(self, opts: Options, clock: VirtualClock, api: Chorus, worker: Worker, smtp: MailServer,
-                 plans: list[model.Plan], out: Outcome, progress: Progress):  # fmt: skip
+                 twilio: TwilioStandIn, plans: list[model.Plan], out: Outcome, progress: Progress):  # fmt: skip
         self.opts, self.clock, self.api, self.worker, self.smtp = opts, clock, api, worker, smtp
+        self.twilio = twilio
         self.out, self.progress = out, progress
         self.customers = [p.customer for p in plans]
         self.by_address: dict[str, int] = {}
@@ -238,6 +246,7 @@ class _Loop:
     # -- what they received, and what they do about it -------------------------------------------------------------
     def answer(self, now: datetime) -> None:
         got = [d for m in self.smtp.take() for d in inbox.from_mail(m, self.api.base_url)] + self.sinks.take()
+        got += [inbox.from_text(t) for t in self.twilio.take()]
         if not got:
             return
         for row in self.api.pages("/api/messages", "messages", since=iso(now)):
@@ -264,10 +273,18 @@ class _Loop:
             if r.clicked and d.click_urls:
                 self.callback(at + timedelta(minutes=1), "click", d.click_urls[0])
             if r.unsubscribed and d.unsubscribe_url:
-                self.callback(at, "unsubscribe", d.unsubscribe_url)
-                self.out.unsubscribes.append({"message_id": d.message_id, "user_id": c.user_id, "at": iso(at),
-                                              "topic": meta.get("topic")})  # fmt: skip
-        elif r.clicked:  # the message's link opened the site or the app: a visit that carries its UTM tags
+                done = {"message_id": d.message_id, "user_id": c.user_id, "topic": meta.get("topic")}
+                self.out.unsubscribes.append(done)
+                self.callback(at, "unsubscribe", (d.unsubscribe_url, done))
+        if d.text is not None:  # the carrier delivered it: Twilio reports so to the message's callback URL
+            self.callback(now + timedelta(seconds=30), "twilio", (d.text.status_callback,
+                                                                   self.twilio.status(d.text, "delivered"), None))
+            if r.unsubscribed:  # she answers STOP: Twilio forwards the reply to the number's inbound webhook
+                url = f"{self.api.base_url}/webhooks/twilio/{self.out.workspace_id}/inbound"
+                done = {"message_id": d.message_id, "phone": d.address}
+                self.out.stops.append(done)
+                self.callback(at, "twilio", (url, self.twilio.inbound(d.address, "STOP"), done))
+        if d.channel != "email" and r.clicked:  # its link opened the site or the app: a visit with its UTM tags
             channel = "app" if d.channel == "push" and c.app_device else "web"
             sku = self._sku(c, f"{key}:visit")
             self.later(model.Action(at, c.index, "view", channel, signed_in=c.index in self.signed_up, skus=(sku,),
@@ -296,12 +313,22 @@ class _Loop:
         rng = random.Random(f"{self.opts.seed}:sku:{key}")
         return rng.choice(BRAND.in_category(c.favourite)).sku
 
-    def callback(self, at: datetime, kind: str, url: str) -> None:
-        heapq.heappush(self.callbacks, (at, next(self.seq), kind, url))
+    def callback(self, at: datetime, kind: str, what) -> None:
+        heapq.heappush(self.callbacks, (at, next(self.seq), kind, what))
 
     def make_callbacks(self, until: datetime) -> None:
         while self.callbacks and self.callbacks[0][0] < until:
-            _at, _o, kind, url = heapq.heappop(self.callbacks)
-            status = self.api.one_click_unsubscribe(url) if kind == "unsubscribe" else self.api.follow(url)
+            _at, _o, kind, what = heapq.heappop(self.callbacks)
+            done = None  # the record of an opt-out, to which the instant Chorus received it is added
+            if kind == "twilio":
+                url, form, done = what
+                status = self.api.provider_callback(url, form, self.twilio.signed(url, form))
+            elif kind == "unsubscribe":
+                url, done = what
+                status = self.api.one_click_unsubscribe(url)
+            else:
+                status = self.api.follow(what)
             if status >= 400:
-                raise DemoError(f"the {kind} link answered {status}: {url[:100]}")
+                raise DemoError(f"the {kind} callback answered {status}: {str(what)[:160]}")
+            if done is not None:
+                done["at"] = iso(self.clock.now)

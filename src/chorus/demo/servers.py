@@ -26,35 +26,43 @@ def _wait(what: str, ready, timeout: float = 15) -> None:
         time.sleep(0.02)
 
 
-class AppServer:
-    """``chorus.app`` on 127.0.0.1 without its own worker: the demo runs the worker's passes itself, between the
-    steps of the virtual clock, exactly as the in-process worker of `chorus serve` would run them."""
+class ASGIServer:
+    """Any ASGI app under uvicorn on 127.0.0.1, in a thread of this process."""
 
-    def __init__(self, engine: Engine, database_url: str, port: int | None = None):
+    def __init__(self, app, name: str, port: int | None = None):
         import uvicorn
 
-        from chorus.app import create_app
-        from chorus.config import Settings
-
+        self.app, self.name = app, name
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        settings = Settings.from_env(database_url=database_url, public_url=self.base_url)
-        self.app = create_app(settings, run_worker=False, engine=engine)
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False,
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False,
                                 lifespan="on")  # fmt: skip
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="chorus-demo-http", daemon=True)
+        self.thread = threading.Thread(target=self.server.run, name=f"chorus-demo-{name}", daemon=True)
 
-    def __enter__(self) -> AppServer:
+    def __enter__(self):
         self.thread.start()
-        _wait("the Chorus HTTP server", lambda: self.server.started or not self.thread.is_alive())
+        _wait(self.name, lambda: self.server.started or not self.thread.is_alive())
         if not self.server.started:
-            raise RuntimeError(f"the Chorus HTTP server could not listen on 127.0.0.1:{self.port}")
+            raise RuntimeError(f"{self.name} could not listen on 127.0.0.1:{self.port}")
         return self
 
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(15)
+
+
+class AppServer(ASGIServer):
+    """``chorus.app`` without its own worker: the demo runs the worker's passes itself, between the steps of the
+    virtual clock, exactly as the in-process worker of `chorus serve` would run them."""
+
+    def __init__(self, engine: Engine, database_url: str, port: int | None = None):
+        from chorus.app import create_app
+        from chorus.config import Settings
+
+        port = port or free_port()
+        settings = Settings.from_env(database_url=database_url, public_url=f"http://127.0.0.1:{port}")
+        super().__init__(create_app(settings, run_worker=False, engine=engine), "the Chorus HTTP server", port)
 
 
 @dataclass(frozen=True)
