@@ -188,3 +188,18 @@ def test_an_existing_store_is_not_overwritten_without_replace(tmp_path):
     r = demo(tmp_path, "--customers", "5", "--days", "1", timeout=60)
     assert r.returncode == 2 and "--replace" in r.stderr
     assert (tmp_path / "demo.db").read_bytes() == b"precious"
+
+
+def test_a_store_with_chorus_data_is_refused(db_url, engine, tmp_path):
+    """The demo's made-up customers never mix with an installation's data (SQLite: the file exists; PostgreSQL:
+    the database holds workspaces)."""
+    from chorus import workspaces
+
+    workspaces.create(engine, "shop")
+    cmd = [sys.executable, "-m", "chorus.cli", "demo", "--db", db_url, "--customers", "5", "--days", "1",
+           "--outbox", str(tmp_path / "outbox")]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=tmp_path, env=os.environ.copy())
+    assert r.returncode == 2, r.stderr[-800:]
+    assert "--db" in r.stderr
+    with engine.connect() as conn:
+        assert [w.name for w in workspaces.list_all(conn)] == ["shop"]

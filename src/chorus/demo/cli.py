@@ -15,6 +15,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from chorus.clitools import _fail, err
+from chorus.errors import ChorusError
 
 MAX_CUSTOMERS = 10_000_000
 MAX_DAYS = 3650
@@ -57,6 +58,9 @@ def _check_db(url: str, replace: bool) -> None:
     would be mixed with the demo's); any other URL must name an empty database."""
     if not url.startswith("sqlite:///") and not url.startswith(("postgresql://", "postgresql+psycopg://")):
         raise typer.BadParameter("give an sqlite:///FILE or postgresql:// URL", param_hint="--db")
+    if not url.startswith("sqlite:///"):
+        _check_empty(url)
+        return
     if url.startswith("sqlite:///"):
         path = url[len("sqlite:///"):]
         if not path or path == ":memory:":
@@ -68,6 +72,29 @@ def _check_db(url: str, replace: bool) -> None:
             for suffix in ("", "-wal", "-shm", "-chorus-queue", "-chorus-writer"):
                 if os.path.exists(path + suffix):
                     os.remove(path + suffix)
+
+
+def _check_empty(url: str) -> None:
+    """A PostgreSQL database must be reachable and hold no Chorus data: the demo's workspace and its made-up
+    customers must never mix with a real installation's."""
+    import sqlalchemy as sa
+
+    from chorus.store.db import create_engine
+
+    try:
+        engine = create_engine(url)
+        try:
+            with engine.connect() as conn:
+                tables = set(sa.inspect(conn).get_table_names())
+                used = "workspaces" in tables and conn.execute(sa.text("SELECT 1 FROM workspaces LIMIT 1")).first()
+        finally:
+            engine.dispose()
+    except sa.exc.SQLAlchemyError as exc:
+        msg = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        raise typer.BadParameter(f"cannot use the database: {msg}", param_hint="--db") from None
+    if used:
+        raise typer.BadParameter("the database already holds Chorus workspaces; give an empty database",
+                                 param_hint="--db")  # fmt: skip
 
 
 def demo(
@@ -115,7 +142,7 @@ def demo(
 
         try:
             out = run(opts, progress, report.collect)
-        except DemoError as exc:
+        except (DemoError, ChorusError) as exc:  # Chorus refused what the demo sent: a bug, not bad input
             err.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(1) from None
         except (OSError, ValueError) as exc:

@@ -66,21 +66,32 @@ def show_params(console: Console, values: dict | None = None) -> None:
                   "it: the outcome of this simulation is an illustration, not evidence.[/dim]")  # fmt: skip
 
 
+def _rate(arm: dict | None) -> float | None:
+    return arm["converted"] / arm["entered"] if arm and arm["entered"] else None
+
+
 def show(console: Console, rep: dict) -> None:
-    t = Table(title="Journeys (GET /api/journeys/{id}/stats)", title_justify="left")
-    for col in ("journey", "entered", "converted", "arm", "arm entered", "arm converted", "rate"):
+    t = Table(title="Journeys and broadcasts: conversions by arm (GET /api/journeys/{id}/stats, /api/broadcasts/{id})",
+              title_justify="left")  # fmt: skip
+    for col in ("journey", "entered", "converted", "arm", "arm entered", "arm converted", "rate", "vs holdout"):
         t.add_column(col, justify="right" if col not in ("journey", "arm") else "left")
-    for j in rep["journeys"]:
+    flows = [*rep["journeys"], *({**b["stats"], "id": b["id"]} for b in rep["broadcasts"])]
+    for j in flows:
         tot = j["totals"]
         arms = [a for v in j["versions"] for a in v.get("arms", [])]
+        held = _rate(next((a for a in arms if a["holdout"]), None))
         first = True
         for a in arms or [None]:
-            rate = f"{a['converted'] / a['entered']:.1%}" if a and a["entered"] else ""
+            rate = _rate(a)
+            lift = "" if rate is None or held is None or a["holdout"] else f"{100 * (rate - held):+.1f} pp"
             t.add_row(j["id"] if first else "", str(tot.get("entered", 0)) if first else "",
                       str(tot.get("converted", 0)) if first else "", a["arm"] if a else "",
-                      str(a["entered"]) if a else "", str(a["converted"]) if a else "", rate)  # fmt: skip
+                      str(a["entered"]) if a else "", str(a["converted"]) if a else "",
+                      "" if rate is None else f"{rate:.1%}", lift)  # fmt: skip
             first = False
     console.print(t)
+    console.print("[dim]'vs holdout': the treated arm's conversion rate minus the holdout's, in percentage points; "
+                  "small arms make it noisy (no interval yet).[/dim]")  # fmt: skip
 
     n = Table(title="Journey funnels per node", title_justify="left")
     for col in ("journey", "node", "entered", "passed", "waiting now", "exited", "converted"):
