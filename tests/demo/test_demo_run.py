@@ -70,6 +70,12 @@ def test_the_report_reconciles_with_the_store(run):
     assert any(m["journey_id"] == "spring_sale" for m in msgs), "the broadcast went out on day 7"
 
 
+def test_nothing_failed_inside(run):
+    rep, _, tmp = run
+    assert rep["errors_logged"] == 0, (tmp / "chorus-demo.log").read_text()[-3000:]
+    assert " ERROR " not in (tmp / "chorus-demo.log").read_text()
+
+
 def test_every_message_sent_arrived_and_nothing_else_did(run):
     rep, store, tmp = run
     sent = Counter(m["channel"] for m in store["messages"] if m["sent_at"] is not None)

@@ -103,8 +103,9 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed of the behaviour model (same seed, same customers)", min=0,
                                       max=2**63 - 1)] = 1,  # fmt: skip
     db: Annotated[str, typer.Option(help="Store URL (an SQLite file or an empty PostgreSQL database)")] = DEFAULT_DB,
-    replace: Annotated[bool, typer.Option("--replace", help="Delete an existing demo SQLite file first")] = False,
-    outbox: Annotated[str, typer.Option(help="Where the SMS, push and Messenger sinks write")] = "./chorus-demo-outbox",
+    replace: Annotated[bool, typer.Option("--replace", help="Delete an existing demo SQLite file and empty the outbox "
+                                          "first")] = False,  # fmt: skip
+    outbox: Annotated[str, typer.Option(help="Where the push and Messenger file sinks write")] = "./chorus-demo-outbox",
     start: Annotated[str | None, typer.Option(help="First day (YYYY-MM-DD; default: DAYS before today)")] = None,
     step_minutes: Annotated[int, typer.Option("--step", help="Minutes of virtual time per step", min=1, max=1440)] = 60,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Change a model parameter: NAME=VALUE (repeatable)")
@@ -128,7 +129,7 @@ def demo(
         shutil.rmtree(outdir)
     opts = Options(customers, days, seed, db, outdir, first, timedelta(minutes=step_minutes), model_params)
     log_path = os.path.join(os.path.dirname(outdir), "chorus-demo.log")
-    _log_to(log_path)
+    logged = _log_to(log_path)
     console = err
     if not json_out:
         report.show_params(console, model_params)
@@ -149,22 +150,39 @@ def demo(
             _fail(exc)
     elapsed = time.monotonic() - started
     rep = {**out.report, "elapsed_seconds": round(elapsed, 1), "database_url": db, "outbox": outdir,
-           "customers": customers, "days": days, "seed": seed, "start": first.isoformat()}  # fmt: skip
+           "customers": customers, "days": days, "seed": seed, "start": first.isoformat(),
+           "errors_logged": logged.errors, "log": log_path}  # fmt: skip
     if json_out:
         sys.stdout.write(orjson.dumps(rep).decode() + "\n")
         return
     report.show(console, rep)
+    if logged.errors:
+        err.print(f"[bold red]{logged.errors} errors were logged by Chorus during the run: see {log_path}[/]")
     err.print(f"\n{customers:,} customers over {days} days in {elapsed:.0f} s "
               f"({out.events_sent:,} events sent; worker {out.worker_seconds:.0f} s). Store: {db}; "
               f"sink files: {outdir}; log: {log_path}")  # fmt: skip
 
 
-def _log_to(path: str) -> None:
+class _Count(logging.Handler):
+    """Counts the errors Chorus logged (a worker task that failed is logged and retried, not raised): the report
+    says how many, so a run that went wrong inside cannot pass for a good one."""
+
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.errors = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.errors += 1
+
+
+def _log_to(path: str) -> _Count:
     """Chorus logs (sink warnings, a worker task that failed) go to a file: the terminal shows the progress."""
     handler = logging.FileHandler(path, mode="w")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    counter = _Count()
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [handler, counter]
     root.setLevel(logging.INFO)
     for name in ("httpx", "httpcore", "urllib3", "mail.log"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    return counter

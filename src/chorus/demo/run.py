@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import logging
 import os
 import random
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,7 +34,6 @@ from chorus.store.db import create_engine, upgrade
 from chorus.timeutil import iso, use_clock
 from chorus.worker import Worker
 
-log = logging.getLogger("chorus.demo")
 SINK_CHANNELS = ("push", "messenger")  # SMS goes through Twilio's stand-in
 TWILIO_TOKEN_ENV = "CHORUS_DEMO_TWILIO_TOKEN"
 # messages about what the person just did: the model's relevance lift applies
@@ -232,8 +231,6 @@ class _Loop:
 
     # -- the worker ---------------------------------------------------------------------------------------------
     def drain(self) -> None:
-        import time
-
         started = time.perf_counter()
         for _ in range(MAX_PASSES):
             self.out.passes += 1
