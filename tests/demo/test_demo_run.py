@@ -44,6 +44,8 @@ def run(tmp_path_factory):
             "instances": [dict(m._mapping) for m in conn.execute(sa.text("SELECT * FROM journey_instances"))],
             "records": [dict(m._mapping) for m in conn.execute(sa.text("SELECT * FROM journey_records"))],
             "channels": Counter(dict(conn.execute(sa.text("SELECT channel, count(*) FROM events GROUP BY 1")).all())),
+            "store_orders": {ts(t) for (t,) in conn.execute(sa.text(
+                "SELECT timestamp FROM events WHERE event = 'Order Completed' AND channel = 'store'"))},
         }
     engine.dispose()
     return orjson.loads(r.stdout), store, tmp
@@ -96,6 +98,16 @@ def test_the_demo_used_every_public_path(run):
     # the open pixel, tracked links, RFC 8058, Twilio's status callback
     for status in ("opened", "clicked", "unsubscribed", "delivered"):
         assert statuses[status] > 0, statuses
+
+
+def test_a_till_purchase_ends_an_abandoned_cart_journey(run):
+    """The omnichannel case: carts abandoned online and bought in a store, the till's file imported, end the
+    journey (its goal, reached on any channel) before or after a reminder; the records name the till's time."""
+    _, store, _ = run
+    converted = [ts(r["at"]) for r in store["records"]
+                 if r["journey_id"] == "abandoned_cart" and r["kind"] == "converted"]  # fmt: skip
+    assert converted
+    assert any(at in store["store_orders"] for at in converted)
 
 
 def _before_split(doc: dict) -> set[str]:

@@ -158,6 +158,10 @@ def demo(
     report.show(console, rep)
     if logged.errors:
         err.print(f"[bold red]{logged.errors} errors were logged by Chorus during the run: see {log_path}[/]")
+    # as `chorus serve` does on a first run: the keys of the workspace it made, shown this once, to explore it
+    err.print(f"\nWorkspace 'demo' (keys are shown only now): api_key {out.keys['api_key']}, write_key "
+              f"{out.keys['write_key']}, server_write_key {out.keys['server_write_key']}\n"
+              f"Explore it: chorus serve --db {db}")  # fmt: skip
     err.print(f"\n{customers:,} customers over {days} days in {elapsed:.0f} s "
               f"({out.events_sent:,} events sent; worker {out.worker_seconds:.0f} s). Store: {db}; "
               f"sink files: {outdir}; log: {log_path}")  # fmt: skip
