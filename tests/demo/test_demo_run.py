@@ -27,7 +27,8 @@ START = "2026-03-02"
 def demo(tmp_path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "chorus.cli", "demo", "--db", f"sqlite:///{tmp_path / 'demo.db'}",
            "--outbox", str(tmp_path / "outbox"), *args]  # fmt: skip
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=tmp_path, env=os.environ.copy())
+    env = {**os.environ, "COLUMNS": "500"}  # Typer's error box wraps at the terminal width: one line per message
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=tmp_path, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -199,6 +200,15 @@ def test_bad_input_is_refused_with_exit_code_2(tmp_path, args, message):
     assert r.returncode == 2, (r.returncode, r.stderr[-500:])
     assert message in r.stderr
     assert not (tmp_path / "demo.db").exists(), "nothing is created for a refused command"
+
+
+def test_a_directory_as_the_store_or_a_file_as_the_outbox_is_refused(tmp_path):
+    (tmp_path / "d").mkdir()
+    r = demo(tmp_path, "--db", f"sqlite:///{tmp_path / 'd'}", "--replace", timeout=60)
+    assert r.returncode == 2 and "is a directory" in r.stderr and (tmp_path / "d").is_dir()
+    (tmp_path / "f").write_text("x")
+    r = demo(tmp_path, "--outbox", str(tmp_path / "f"), timeout=60)
+    assert r.returncode == 2 and "is a file" in r.stderr and (tmp_path / "f").read_text() == "x"
 
 
 def test_an_existing_store_is_not_overwritten_without_replace(tmp_path):

@@ -66,6 +66,8 @@ def _check_db(url: str, replace: bool) -> None:
         if not path or path == ":memory:":
             raise typer.BadParameter("the demo needs a file: the HTTP server and the worker share it",
                                      param_hint="--db")
+        if os.path.isdir(path):
+            raise typer.BadParameter(f"{path} is a directory, not a database file", param_hint="--db")
         if os.path.exists(path):
             if not replace:
                 raise typer.BadParameter(f"{path} exists; pass --replace to start it again", param_hint="--db")
@@ -121,6 +123,8 @@ def demo(
     first = _start(start, days)
     _check_db(db, replace)
     outdir = os.path.abspath(outbox)
+    if os.path.exists(outdir) and not os.path.isdir(outdir):
+        raise typer.BadParameter(f"{outdir} is a file, not a directory", param_hint="--outbox")
     if os.path.isdir(outdir) and os.listdir(outdir):
         if not replace:
             raise typer.BadParameter(f"{outdir} is not empty; pass --replace to empty it", param_hint="--outbox")
