@@ -26,7 +26,7 @@ START = "2026-03-02"
 
 def demo(tmp_path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "chorus.cli", "demo", "--db", f"sqlite:///{tmp_path / 'demo.db'}",
-           "--outbox", str(tmp_path / "outbox"), *args]  # fmt: skip
+           "--outbox", str(tmp_path / "outbox"), "--lake", str(tmp_path / "lake"), *args]  # fmt: skip
     env = {**os.environ, "COLUMNS": "500"}  # Typer's error box wraps at the terminal width: one line per message
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=tmp_path, env=env)
 
@@ -35,6 +35,7 @@ def demo(tmp_path, *args: str, timeout: float = 240) -> subprocess.CompletedProc
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("demo")
     r = demo(tmp, "--customers", "90", "--days", "14", "--seed", "11", "--start", START, "--json",
+
              "--set", "email_open=0.6", "--set", "email_unsubscribe=0.15", "--set", "sms_stop=0.3")  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     engine = sa.create_engine(f"sqlite:///{tmp / 'demo.db'}")
@@ -77,6 +78,27 @@ def test_nothing_failed_inside(run):
     rep, _, tmp = run
     assert rep["errors_logged"] == 0, (tmp / "chorus-demo.log").read_text()[-3000:]
     assert " ERROR " not in (tmp / "chorus-demo.log").read_text()
+
+
+def test_the_analytics_on_the_lake_agree_with_the_journeys_records(run):
+    """Across reports: the uplift report (the lake, DuckDB) counts, per journey, the people the journey runtime put in
+    each arm (its records in the store); the omnichannel report's groups add up to its total."""
+    rep, store, _ = run
+    assert rep["lake"]["events"] > 0 and rep["lake"]["held_back"] == 0
+    arms: dict[str, dict[str, set]] = {}
+    for r in store["records"]:
+        if r["arm"]:
+            arms.setdefault(r["journey_id"], {"treated": set(), "holdout": set()})[
+                "holdout" if r["arm"] == "holdout" else "treated"].add(r["profile_id"])
+    rows = {r["journey_id"]: r for r in rep["analytics"]["uplift"]["rows"]}
+    assert rows and set(rows) <= set(arms)
+    for jid, row in rows.items():
+        assert (row["treated"], row["holdout"]) == (len(arms[jid]["treated"]), len(arms[jid]["holdout"])), jid
+    omni = rep["analytics"]["omnichannel"]
+    by_channels = [g for g in omni["groups"] if g["dimension"] == "channels"]
+    assert sum(g["customers"] for g in by_channels) == omni["totals"]["customers"] > 0
+    totals = rep["analytics"]["showrooming"]["totals"]
+    assert totals["webrooming"]["purchases"] > 0 and totals["webrooming"]["roomed"] > 0
 
 
 def test_every_message_sent_arrived_and_nothing_else_did(run):

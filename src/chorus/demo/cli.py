@@ -76,6 +76,21 @@ def _check_db(url: str, replace: bool) -> None:
                     os.remove(path + suffix)
 
 
+def _empty_dir(value: str, option: str, replace: bool) -> str:
+    """The absolute directory, which must not exist or be empty (emptied with --replace): the demo's files must not
+    mix with another run's."""
+    import shutil
+
+    path = os.path.abspath(value)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise typer.BadParameter(f"{path} is a file, not a directory", param_hint=option)
+    if os.path.isdir(path) and os.listdir(path):
+        if not replace:
+            raise typer.BadParameter(f"{path} is not empty; pass --replace to empty it", param_hint=option)
+        shutil.rmtree(path)
+    return path
+
+
 def _check_empty(url: str) -> None:
     """A PostgreSQL database must be reachable and hold no Chorus data: the demo's workspace and its made-up
     customers must never mix with a real installation's."""
@@ -108,6 +123,7 @@ def demo(
     replace: Annotated[bool, typer.Option("--replace", help="Delete an existing demo SQLite file and empty the outbox "
                                           "first")] = False,  # fmt: skip
     outbox: Annotated[str, typer.Option(help="Where the push and Messenger file sinks write")] = "./chorus-demo-outbox",
+    lake: Annotated[str, typer.Option(help="Where the event lake the analytics read goes")] = "./chorus-demo-lake",
     start: Annotated[str | None, typer.Option(help="First day (YYYY-MM-DD; default: DAYS before today)")] = None,
     step_minutes: Annotated[int, typer.Option("--step", help="Minutes of virtual time per step", min=1, max=1440)] = 60,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Change a model parameter: NAME=VALUE (repeatable)")
@@ -121,17 +137,9 @@ def demo(
 
     model_params = _params(set_ or [])
     first = _start(start, days)
+    outdir, lakedir = _empty_dir(outbox, "--outbox", replace), _empty_dir(lake, "--lake", replace)
     _check_db(db, replace)
-    outdir = os.path.abspath(outbox)
-    if os.path.exists(outdir) and not os.path.isdir(outdir):
-        raise typer.BadParameter(f"{outdir} is a file, not a directory", param_hint="--outbox")
-    if os.path.isdir(outdir) and os.listdir(outdir):
-        if not replace:
-            raise typer.BadParameter(f"{outdir} is not empty; pass --replace to empty it", param_hint="--outbox")
-        import shutil
-
-        shutil.rmtree(outdir)
-    opts = Options(customers, days, seed, db, outdir, first, timedelta(minutes=step_minutes), model_params)
+    opts = Options(customers, days, seed, db, outdir, lakedir, first, timedelta(minutes=step_minutes), model_params)
     log_path = os.path.join(os.path.dirname(outdir), "chorus-demo.log")
     logged = _log_to(log_path)
     console = err
@@ -155,7 +163,7 @@ def demo(
     elapsed = time.monotonic() - started
     rep = {**out.report, "elapsed_seconds": round(elapsed, 1), "database_url": db, "outbox": outdir,
            "customers": customers, "days": days, "seed": seed, "start": first.isoformat(),
-           "errors_logged": logged.errors, "log": log_path}  # fmt: skip
+           "errors_logged": logged.errors, "log": log_path, "lake_dir": lakedir}  # fmt: skip
     if json_out:
         sys.stdout.write(orjson.dumps(rep).decode() + "\n")
         return

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from chorus import workspaces
+from chorus.analytics import lake
 from chorus.demo import events, inbox, install, model
 from chorus.demo.brand import BRAND
 from chorus.demo.client import Chorus, DemoError
@@ -44,6 +45,7 @@ class Options:
     seed: int
     database_url: str
     outbox: str  # absolute directory of the file sinks
+    lake: str  # absolute directory of the event lake the analytics read
     start: datetime
     step: timedelta = timedelta(hours=1)
     params: dict = field(default_factory=lambda: dict(DEFAULTS))
@@ -69,6 +71,7 @@ class Outcome:
     unsubscribes: list = field(default_factory=list)  # email one-click unsubscribes: message, user, time
     stops: list = field(default_factory=list)  # SMS STOP replies: message, phone, time
     passes: int = 0
+    lake: dict = field(default_factory=dict)
     worker_seconds: float = 0.0
     report: dict = field(default_factory=dict)
 
@@ -90,7 +93,7 @@ def run(opts: Options, progress: Progress | None = None, report: Callable[[Choru
         keys = workspaces.create(engine, "demo")  # what `chorus workspace create demo` does
         try:
             with (MailServer() as smtp, ASGIServer(twilio.app, "the Twilio stand-in") as sms,
-                  AppServer(engine, opts.database_url) as app):
+                  AppServer(engine, opts.database_url, opts.lake) as app):
                 # the worker builds links and file sinks from the process environment, as `chorus serve` sets it
                 os.environ["CHORUS_PUBLIC_URL"] = app.base_url
                 os.environ["CHORUS_OUTBOX_DIR"] = opts.outbox
@@ -102,6 +105,10 @@ def run(opts: Options, progress: Progress | None = None, report: Callable[[Choru
                     setup(api, smtp.port, twilio.provider(sms.base_url, TWILIO_TOKEN_ENV), defs)
                     _Loop(opts, clock, api, worker, smtp, twilio, plans, out, progress).run()
                     out.events_sent = api.sent_events
+                    progress("exporting the event lake", 0, 1)
+                    # what `chorus lake export` does, at the end of the period: every event settled (the worker is
+                    # idle), so nothing is held back for a later export
+                    out.lake = lake.export(engine, opts.lake, settle=timedelta(0)).as_dict()
                     if report is not None:
                         out.report = report(api, out)
                     return out

@@ -56,12 +56,13 @@ class AppServer(ASGIServer):
     """``chorus.app`` without its own worker: the demo runs the worker's passes itself, between the steps of the
     virtual clock, exactly as the in-process worker of `chorus serve` would run them."""
 
-    def __init__(self, engine: Engine, database_url: str, port: int | None = None):
+    def __init__(self, engine: Engine, database_url: str, lake_dir: str, port: int | None = None):
         from chorus.app import create_app
         from chorus.config import Settings
 
         port = port or free_port()
-        settings = Settings.from_env(database_url=database_url, public_url=f"http://127.0.0.1:{port}")
+        settings = Settings.from_env(database_url=database_url, public_url=f"http://127.0.0.1:{port}",
+                                     lake_dir=lake_dir)  # fmt: skip
         super().__init__(create_app(settings, run_worker=False, engine=engine), "the Chorus HTTP server", port)
 
 
