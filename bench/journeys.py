@@ -403,6 +403,8 @@ def cmd_latency(args) -> None:
     for uid, acc in accepted.items():
         for name, src in (("resolved", resolved_at), ("message", sent_at)):
             at = src.get(f"user_id:{uid}")
+            if isinstance(at, str):  # SQLite's DATETIME text (SQLAlchemy's format, UTC)
+                at = datetime.fromisoformat(at)
             if at is None:  # not there when the wait ended: counted, as later than anything seen ("inf")
                 lat[name].append(float("inf"))
             else:
@@ -657,6 +659,11 @@ def main() -> None:
     b.add_argument("--profiles", type=int, default=2000)
     b.add_argument("--engine", default="postgresql")
     args = ap.parse_args()
+    from chorus import gctune
+
+    # the chorus code measured in this process gets the collector settings of `chorus worker` (decision 0041;
+    # CHORUS_GC=default to measure with CPython's)
+    gctune.tune()
     chorus_ready()
     {"transitions": cmd_transitions, "latency": cmd_latency, "timers": cmd_timers, "broadcast": cmd_broadcast}[
         args.cmd

@@ -168,6 +168,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--seed", type=int, default=42)
     args = ap.parse_args()
+    from chorus import gctune
+
+    # the chorus code measured in this process gets the collector settings of `chorus worker` (decision 0041;
+    # CHORUS_GC=default to measure with CPython's)
+    gctune.tune()
     counts = [int(x) for x in args.segments.split(",")]
     msgs = workload(args.events, args.people, args.seed, utcnow())
     tmp = make_tmpdir()

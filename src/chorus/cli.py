@@ -14,6 +14,7 @@ import orjson
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from chorus import gctune
 from chorus.errors import ChorusError
 
 app = typer.Typer(help="Chorus: omnichannel customer engagement platform.", no_args_is_help=True)
@@ -113,7 +114,9 @@ def serve(
             api.state.begin_shutdown()
             super().handle_exit(sig, frame)
 
-    Server(uvicorn.Config(api, host=host, port=port, log_level="warning", access_log=False)).run()
+    config = uvicorn.Config(api, host=host, port=port, log_level="warning", access_log=False)
+    gctune.tune()  # the startup heap (app, routes, metadata) built: frozen out of the collector's passes
+    Server(config).run()
 
 
 def _setup_logging() -> None:
@@ -156,6 +159,7 @@ def worker(
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     err.print(f"worker started (pid {os.getpid()})")
+    gctune.tune()
     w.run()
     w.stop()  # the loop has ended: close every task (delivery's threads and provider connections)
 

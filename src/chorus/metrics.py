@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import GC_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+# The standard process and collector metrics (python_gc_*, process_*): memory, CPU, and how often the cyclic
+# collector runs in each generation, which chorus.gctune changes (decision 0041)
+REGISTRY.register(GC_COLLECTOR)
+REGISTRY.register(PROCESS_COLLECTOR)
 
 events_accepted = Counter("chorus_events_accepted", "Events stored by the tracking API and imports", registry=REGISTRY)
 events_duplicate = Counter(

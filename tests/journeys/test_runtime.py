@@ -619,3 +619,86 @@ def test_a_claim_is_split_so_that_it_never_reads_too_many_events_at_once(engine,
     assert groups == [pids[0:2], pids[2:4], pids[4:6]]
     feed.consume(engine, runtime.CONSUMER, runtime.Consumer())
     assert sorted(m.profile_id for m in journey_messages(engine, ws)) == pids
+
+
+OPENED = {
+    "id": "nudge", "name": "Nudge until opened", "entry": {"event": {"event": "Product Added"}}, "start": "remind",
+    "nodes": {
+        "remind": {"type": "message", "template": "cart_reminder", "channel": ["in_app"], "kind": "marketing",
+                   "next": "wait"},
+        "wait": {"type": "wait", "timeout": {"after": "1d", "next": "again"}, "branches": [
+            {"name": "read", "message": {"status": "opened", "node": "remind"}, "next": "done"}]},
+        "again": {"type": "message", "template": "cart_reminder_2", "channel": ["in_app"], "kind": "marketing",
+                  "next": "done"},
+        "done": {"type": "exit"},
+    },
+}  # fmt: skip
+
+
+def _claimed(monkeypatch) -> list[list[str]]:
+    """The people each claim of the journeys' runtime loads (the expensive part of an input), as they come."""
+    seen, real = [], runtime.claims
+
+    def spy(conn, js, pids, at):
+        seen.append(list(pids))
+        return real(conn, js, pids, at)
+
+    monkeypatch.setattr(runtime, "claims", spy)
+    return seen
+
+
+def _open(engine, ws, jid, at):
+    from chorus.messaging import outbox
+
+    with engine.begin() as conn:
+        for row in conn.execute(sa.select(messages).where(messages.c.workspace_id == ws,
+                                                          messages.c.journey_id == jid)).all():  # fmt: skip
+            outbox.set_status(conn, dict(row._mapping), "opened", at=at, detail={"via": "inbox"})
+
+
+def test_a_message_status_nothing_listens_to_loads_nobody(engine, ws, clock, worker, monkeypatch):
+    """Every delivered message comes back through the feed as its statuses (sent, delivered, opened...). With no
+    wait on a status and no goal or exit rule in any published version, they are handled without loading the
+    person: before, each cost her a second, empty transition."""
+    publish(engine, ws, NOW)
+    claimed = _claimed(monkeypatch)
+    send(engine, ws, [ev("Product Added", T0, cart_id="c1")], T0)
+    settle(worker)
+    assert len(journey_messages(engine, ws)) == 1 and claimed == [[profile_of(engine, ws, "user_id:u1")]]
+    _open(engine, ws, "cart", T0 + timedelta(minutes=5))
+    settle(worker)
+    assert len(claimed) == 1  # the opened status (and the sent one before it): nobody loaded
+    with engine.connect() as conn:  # handled all the same: nothing left in the feed for the journeys
+        assert conn.execute(sa.select(sa.func.count()).select_from(feed_pending).where(
+            feed_pending.c.consumer == runtime.CONSUMER)).scalar() == 0  # fmt: skip
+
+
+def test_a_wait_on_a_status_hears_it_through_the_feed(engine, ws, clock, worker, monkeypatch):
+    """End to end on the store: the message step, its status from the outbox through the change feed, the wait's
+    branch; the statuses the wait does not name (sent) load nobody, the one it names moves her on."""
+    publish(engine, ws, OPENED)
+    claimed = _claimed(monkeypatch)
+    send(engine, ws, [ev("Product Added", T0, cart_id="c1")], T0)
+    settle(worker)
+    pid = profile_of(engine, ws, "user_id:u1")
+    assert len(journey_messages(engine, ws, "nudge")) == 1 and len(claimed) == 1
+    _open(engine, ws, "nudge", T0 + timedelta(minutes=5))
+    settle(worker)
+    assert claimed == [[pid], [pid]]  # the opened status only
+    (inst,) = instances(engine, ws, "nudge")
+    assert inst.status == "exited" and inst.node == "done"
+    clock.at = T0 + timedelta(days=2)
+    settle(worker)
+    assert len(journey_messages(engine, ws, "nudge")) == 1  # read: no second reminder
+
+
+def test_a_goal_rule_hears_every_status(engine, ws, clock, worker, monkeypatch):
+    """A goal or exit criterion that is a rule is evaluated at every input, and a rule may read message statuses:
+    with one in any published version, no status is left out."""
+    publish(engine, ws, {**NOW, "goal": {"rule": {"message": {"status": "opened"}}}})
+    claimed = _claimed(monkeypatch)
+    send(engine, ws, [ev("Product Added", T0, cart_id="c1")], T0)
+    settle(worker)
+    _open(engine, ws, "cart", T0 + timedelta(minutes=5))
+    settle(worker)
+    assert len(claimed) >= 2

@@ -443,15 +443,15 @@ def test_a_chunk_applied_together_that_fails_is_applied_person_by_person_with_th
     done_a = seg.recompute_pending(engine, ws_a, chunk=2)
     real_people, failed = seg.Evaluator.people, []
 
-    def flaky(self, todo, causes):
+    def flaky(self, todo, causes, at=None):
         import traceback
 
         # the bulk cascade only (its fallback calls Evaluator.person, which calls people too)
         if any(f.name == "_apply_chunk" and "ev.people(" in (f.line or "") for f in traceback.extract_stack()):
-            real_people(self, todo, causes)  # writes, then fails: everything since the savepoint is undone
+            real_people(self, todo, causes, at)  # writes, then fails: everything since the savepoint is undone
             failed.append(sorted(todo))
             raise RuntimeError("the cascade failed")
-        return real_people(self, todo, causes)
+        return real_people(self, todo, causes, at)
 
     monkeypatch.setattr(seg.Evaluator, "people", flaky)
     done_b = seg.recompute_pending(engine, ws_b, chunk=2)

@@ -14,6 +14,7 @@ from chorus.profiles import privacy
 from chorus.segments import engine as seg
 from chorus.segments import rules, store
 from chorus.store.tables import events, profile_changes, profiles, segment_history, segment_timers, segments
+from chorus.timeutil import iso
 from tests.identity.helpers import profile_of
 from tests.identity.helpers import send as _send
 from tests.segments.conftest import T0
@@ -87,6 +88,65 @@ def test_browse_abandonment_fills_from_web_events_and_empties_at_the_exact_insta
     settle(worker)
     assert members(engine, ws, "browse") == set()
     assert history(engine, ws, "browse") == [("entered", "event"), ("exited", "timer")]
+
+
+def test_a_late_worker_decides_each_timer_at_its_own_instant_and_misses_no_flip_in_between(engine, ws, clock,
+                                                                                           worker):
+    """Time is exact even when the worker is late: a person is decided at the instant her timer fell due, not when
+    a worker found it, so her entry is dated then, and an entry and exit that both fell due while no worker ran
+    are both made, in order (a worker deciding at its own late instant would see her out and make neither)."""
+    # "viewed in the last 3 days but not in the last day": one view at T0 puts her in from T0+1d to T0+3d
+    define(engine, ws, "cooling", {"and": [{"performed": {"event": "Product Viewed", "window": "3d"}},
+                                           {"not": {"performed": {"event": "Product Viewed", "window": "1d"}}}]})
+    settle(worker)
+    send(engine, ws, [ev("Product Viewed", T0, category="laptops")], received_at=T0)
+    settle(worker)
+    pid = profile_of(engine, ws, "user_id:u1")
+    assert members(engine, ws, "cooling") == set()
+    clock.at = T0 + timedelta(days=5, hours=7)  # the worker was down for five days
+    settle(worker)
+    assert members(engine, ws, "cooling") == set()
+    with engine.connect() as conn:
+        hist = [(h.change, h.cause, h.at) for h in conn.execute(sa.select(segment_history).where(
+            segment_history.c.workspace_id == ws, segment_history.c.segment_id == "cooling")
+            .order_by(segment_history.c.id))]  # fmt: skip
+        fed = [(r.detail["change"], r.at) for r in conn.execute(sa.select(profile_changes).where(
+            profile_changes.c.cause == "segment", profile_changes.c.workspace_id == ws)
+            .order_by(profile_changes.c.seq))]  # fmt: skip
+        timeline = sorted((r.payload["event"], r.payload["timestamp"]) for r in conn.execute(
+            sa.select(events.c.payload).where(events.c.workspace_id == ws, events.c.profile_id == pid))
+            if r.payload["event"].startswith("Segment"))  # fmt: skip
+    entered, exited = T0 + timedelta(days=1), T0 + timedelta(days=3)
+    assert hist == [("entered", "timer", entered), ("exited", "timer", exited)]
+    assert fed == [("entered", entered), ("exited", exited)]  # what a journey on this segment is given, and when
+    assert timeline == [("Segment Entered", iso(entered)), ("Segment Exited", iso(exited))]
+
+
+def test_a_timer_due_later_is_not_decided_back_at_an_earlier_timers_instant(engine, ws, clock, worker):
+    """A person with two due timers is decided at the earlier one's instant for that segment only: the other
+    segment was decided since (a cart add of hers), and deciding it back then would see her add as not made yet,
+    take her out at that instant and put her back in at the add: an exit and an entry that never happened."""
+    define(engine, ws, "cooling", {"and": [{"performed": {"event": "Product Viewed", "window": "3d"}},
+                                           {"not": {"performed": {"event": "Product Viewed", "window": "1d"}}}]})
+    define(engine, ws, "carted", {"performed": {"event": "Product Added", "window": "1d"}})
+    settle(worker)
+    send(engine, ws, [ev("Product Viewed", T0)], received_at=T0)
+    settle(worker)  # cooling's timer: T0 + 1d
+    clock.at = T0 + timedelta(days=2)
+    send(engine, ws, [ev("Product Added", clock.at)], received_at=clock.at)
+    for task in ("resolve", "feed"):  # the add is decided before the late timer task runs
+        worker.task(task).run_once()
+    pid = profile_of(engine, ws, "user_id:u1")
+    assert members(engine, ws, "carted") == {pid}
+    clock.at = T0 + timedelta(days=5)  # both timers due: cooling's at T0+1d, carted's at T0+3d
+    settle(worker)
+    with engine.connect() as conn:
+        hist = [(h.segment_id, h.change, h.at) for h in conn.execute(sa.select(segment_history).where(
+            segment_history.c.workspace_id == ws).order_by(segment_history.c.id))]  # fmt: skip
+    day = timedelta(days=1)
+    assert sorted(hist, key=lambda h: (h[2], h[0])) == [
+        ("cooling", "entered", T0 + day), ("carted", "entered", T0 + 2 * day),
+        ("carted", "exited", T0 + 3 * day), ("cooling", "exited", T0 + 3 * day)]  # fmt: skip
 
 
 def test_a_store_purchase_empties_the_segment_at_once(engine, ws, clock, worker):

@@ -28,3 +28,39 @@ def test_a_longer_value_never_equals_the_stored_one_it_starts_with(engine):
         assert count(bulk.in_(t.profile_id, [pid + "XYZ", "other"], d)) == 0
         assert count(bulk.pairs_in(t.profile_id, t.segment_id, [(pid, sid)], d)) == 1
         assert count(bulk.pairs_in(t.profile_id, t.segment_id, [(pid + "X", sid), (pid, sid + "Y")], d)) == 0
+
+
+def test_insert_and_update_rows_bind_every_type_as_sqlalchemy_would(engine):
+    """JSON documents, instants (any zone: stored as UTC), booleans, NULLs and plain values, written by the
+    driver-level paths (SQLite) or COPY (PostgreSQL), read back through SQLAlchemy as the same values; one column
+    alone too."""
+    from datetime import timedelta, timezone
+
+    from chorus.store.types import JSONDoc, UTCDateTime
+
+    md = sa.MetaData()
+    t = sa.Table("bulk_probe_" + engine.dialect.name, md, sa.Column("id", sa.String(20), primary_key=True),
+                 sa.Column("doc", JSONDoc), sa.Column("at", UTCDateTime), sa.Column("ok", sa.Boolean),
+                 sa.Column("n", sa.Integer))  # fmt: skip
+    one = sa.Table("bulk_probe_one_" + engine.dialect.name, md, sa.Column("id", sa.String(20), primary_key=True))
+    md.drop_all(engine)
+    md.create_all(engine)
+    try:
+        paris = timezone(timedelta(hours=1))
+        rows = [{"id": "a", "doc": {"x": [1, "é"], "y": None}, "at": T0, "ok": True, "n": 1},
+                {"id": "b", "doc": None, "at": T0.astimezone(paris) + timedelta(microseconds=7), "ok": False,
+                 "n": None},
+                {"id": "c", "doc": [1, 2], "at": None, "ok": None, "n": 3}]  # fmt: skip
+        with engine.begin() as conn:
+            bulk.insert_rows(conn, t, rows)
+            bulk.insert_rows(conn, one, [{"id": "a"}, {"id": "b"}])
+            bulk.update_rows(conn, t, "id", [{"id": "c", "doc": {"z": 1}, "at": T0, "ok": True, "n": 4}])
+            got = {r.id: r._asdict() for r in conn.execute(sa.select(t))}
+            assert sorted(conn.execute(sa.select(one.c.id)).scalars()) == ["a", "b"]
+            # an instant bound by the driver compares equal to the same instant bound by SQLAlchemy
+            assert conn.execute(sa.select(t.c.id).where(t.c.at == T0 + timedelta(microseconds=7))).scalar() == "b"
+        assert got["a"] == {"id": "a", "doc": {"x": [1, "é"], "y": None}, "at": T0, "ok": True, "n": 1}
+        assert got["b"] == {"id": "b", "doc": None, "at": T0 + timedelta(microseconds=7), "ok": False, "n": None}
+        assert got["c"] == {"id": "c", "doc": {"z": 1}, "at": T0, "ok": True, "n": 4}
+    finally:
+        md.drop_all(engine)

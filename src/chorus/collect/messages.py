@@ -232,6 +232,43 @@ def normalise(
     return Event(message_id, mtype, event, channel, user_id, anonymous_id, timestamp, received_at, payload, adjusted)
 
 
+_INTERNAL_KEYS = frozenset({"type", "event", "properties", "context", "messageId", "timestamp", "userId",
+                            "anonymousId"})  # fmt: skip
+
+
+def _plain_id(value: object) -> bool:
+    return value is None or (type(value) is str and 0 < len(value) <= MAX_ID_LEN)
+
+
+def normalise_internal(msg: dict, *, at: datetime, received_at: datetime) -> Event | Rejection:
+    """:func:`normalise` of a track event Chorus writes on a person's timeline itself (a journey's step, a segment
+    entry, a message's status), whose ``timestamp`` is ``iso(at)``: the same Event, without parsing back the ids
+    and the time Chorus has just written (a transition writes several such events a person; their validation
+    was a sixth of it). Whatever is not of that plain shape (another field, an id that is not a short string, a
+    device or external ids in the context, text that could not be stored) goes through :func:`normalise` itself,
+    so the answer is always normalise's (a property test compares the two)."""
+    event, mid, ctx = msg.get("event"), msg.get("messageId"), msg.get("context")
+    props, at_text = msg.get("properties"), iso(at)
+    if (msg.get("type") != "track" or not msg.keys() <= _INTERNAL_KEYS
+            or type(event) is not str or not 0 < len(event) <= 200 or not event.strip()
+            or type(mid) is not str or not 0 < len(mid) <= MAX_ID_LEN
+            or not _plain_id(msg.get("userId")) or not _plain_id(msg.get("anonymousId"))
+            or (ctx is not None and (type(ctx) is not dict or "externalIds" in ctx or "device" in ctx))
+            or (props is not None and type(props) is not dict)
+            or msg.get("timestamp") != at_text or problem(msg, "") is not None):  # fmt: skip
+        return normalise(msg, received_at=received_at, source_kind="internal", require_ids=False)
+    timestamp, how = event_time(at, None, received_at)
+    payload = dict(msg)
+    payload["receivedAt"] = at_text if received_at == at else iso(received_at)
+    payload["timestamp"] = at_text if timestamp == at else iso(timestamp)
+    payload["originalTimestamp"] = at_text
+    channel = infer_channel(payload, "internal", None)
+    payload["channel"] = channel
+    adjusted = None if how in ("received", "as sent", "corrected") else how
+    return Event(mid, "track", event, channel, msg.get("userId"), msg.get("anonymousId"), timestamp, received_at,
+                 payload, adjusted)  # fmt: skip
+
+
 def merge_batch_defaults(item: dict, batch: dict) -> dict:
     """Top-level batch context/integrations (and sentAt) apply to every item; the item's own keys win."""
     out = item

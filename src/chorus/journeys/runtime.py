@@ -38,7 +38,7 @@ from sqlalchemy.engine import Connection, Engine
 from chorus import workspaces as ws_api
 from chorus.collect import ingest
 from chorus.collect.messages import Event as Stored
-from chorus.collect.messages import normalise
+from chorus.collect.messages import normalise_internal
 from chorus.journeys import definition as d
 from chorus.journeys import dispatch, store
 from chorus.journeys import interpreter as j
@@ -133,6 +133,7 @@ class Journeys:
         self.topics = (self.ws.settings.get("messaging") or {}).get("topics")
         self._defs: dict[tuple[str, int], d.Definition] = {}
         self._links = None
+        self._hearing: Hearing | None = None
 
     def defn(self, jid: str, version: int) -> d.Definition:
         key = (jid, version)
@@ -148,6 +149,18 @@ class Journeys:
             self._links = links.for_store(self.conn)
         return self._links
 
+    def hears(self, inp: j.Input) -> bool:
+        """Can ``inp`` change anything for anybody in this workspace, in any version still published? An event only
+        if an entry, a wait, a goal or an exit names it (or selects events without a name); a message status only
+        if a wait names it; a segment change only if an entry, a wait, a goal or an exit names the segment. A goal
+        or exit that is a rule is evaluated at every input (and may read anything): then every input is heard.
+        What nobody hears is handled without loading the person and her instances: every message a journey sends
+        comes back as its statuses and their timeline events, which cost her an empty transition each before."""
+        if self._hearing is None:
+            self._hearing = Hearing.union(
+                _heard_by(self.ws.id, key, self.defn) for key in store.version_keys(self.conn, self.ws.id))
+        return self._hearing.hears(inp)
+
     def may_enter(self, jid: str, inp: j.Input) -> bool:
         """Can ``inp`` be an entry to the journey's current version (a cheap test before the interpreter's)?"""
         jr = self.all[jid]
@@ -160,6 +173,61 @@ class Journeys:
         if isinstance(e, d.SegmentEntry):
             return isinstance(inp, j.SegmentChanged) and inp.segment == e.segment and inp.change == "entered"
         return isinstance(inp, j.Start)
+
+
+@dataclass(frozen=True)
+class Hearing:
+    """What inputs a journey version can use (:meth:`Journeys.hears`)."""
+
+    events: frozenset[str] = frozenset()  # event names an entry, wait, goal or exit selects
+    any_event: bool = False  # a selection without an event name (by type, channel or properties)
+    statuses: frozenset[str] = frozenset()  # message statuses a wait names
+    segments: frozenset[str] = frozenset()  # segments an entry, wait, goal or exit names
+    everything: bool = False  # a goal or exit rule: evaluated at every input
+
+    @staticmethod
+    def of(defn: d.Definition) -> Hearing:
+        triggers: list = [b.on for n in defn.nodes if isinstance(n.body, d.Wait) for b in n.body.branches]
+        triggers += [*defn.exits, *([defn.goal.criterion] if defn.goal else [])]
+        if isinstance(defn.entry, d.EventEntry):
+            triggers.append(defn.entry.match)
+        segments = {t.segment for t in triggers if isinstance(t, d.SegmentChange)}
+        if isinstance(defn.entry, d.SegmentEntry):
+            segments.add(defn.entry.segment)
+        names = [t.selection.event for t in triggers if isinstance(t, d.EventMatch)]
+        return Hearing(frozenset(n for n in names if n is not None), None in names,
+                       frozenset(st for t in triggers if isinstance(t, d.MessageMatch) for st in t.statuses),
+                       frozenset(segments), any(isinstance(t, d.RuleMatch) for t in triggers))  # fmt: skip
+
+    @staticmethod
+    def union(parts) -> Hearing:
+        parts = list(parts)
+        return Hearing(frozenset().union(*(p.events for p in parts)), any(p.any_event for p in parts),
+                       frozenset().union(*(p.statuses for p in parts)), frozenset().union(*(p.segments for p in parts)),
+                       any(p.everything for p in parts))  # fmt: skip
+
+    def hears(self, inp: j.Input) -> bool:
+        if self.everything:
+            return True
+        if isinstance(inp, j.MessageEvent):
+            return inp.status in self.statuses
+        if isinstance(inp, j.SegmentChanged):
+            return inp.segment in self.segments
+        if isinstance(inp, Event):
+            return self.any_event or inp.name in self.events
+        return True  # a start or a timer is always someone's
+
+
+# (workspace, journey, version) -> what it hears: a published version never changes, so it is parsed for this once
+# per process
+_HEARD: dict[tuple[str, str, int], Hearing] = {}
+
+
+def _heard_by(ws: str, key: tuple[str, int], defn: Callable[[str, int], d.Definition]) -> Hearing:
+    heard = _HEARD.get((ws, *key))
+    if heard is None:
+        heard = _HEARD[(ws, *key)] = Hearing.of(defn(*key))
+    return heard
 
 
 def journeys_of(conn: Connection, ws_id: str) -> Journeys:
@@ -502,7 +570,7 @@ class PersonRun:
             "messageId": f"chorus-journey-{s.instance_id}-{s.step}-{c.kind}-{c.node}-{n}"[:200],
             "timestamp": iso(c.at),
         }  # fmt: skip
-        ev = normalise(raw, received_at=self.now, source_kind="internal", require_ids=False)
+        ev = normalise_internal(raw, at=c.at, received_at=self.now)
         if isinstance(ev, Stored):
             self._timeline.append(ev)
 
@@ -581,6 +649,8 @@ class Consumer:
             locked = set(views.lock_people(conn, ws, sorted(people)))
             given: dict[str, list[j.Input]] = {}
             for c, inp in _inputs(conn, [c for pid in sorted(locked) for c in people[pid]]):
+                if not js.hears(inp):
+                    continue  # nothing can use it: the person is not even loaded for it
                 given.setdefault(c.profile_id, []).append(inp)
             if not given:
                 continue

@@ -97,6 +97,12 @@ def definition(conn: Connection, ws: str, jid: str, version: int) -> d.Definitio
     return _parse(orjson.dumps(raw, option=orjson.OPT_SORT_KEYS))
 
 
+def version_keys(conn: Connection, ws: str) -> list[tuple[str, int]]:
+    """Every (journey id, version) ever published in the workspace (the primary key alone: no definition read)."""
+    return [tuple(r) for r in conn.execute(sa.select(journey_versions.c.journey_id, journey_versions.c.version)
+                                           .where(journey_versions.c.workspace_id == ws))]  # fmt: skip
+
+
 def versions(conn: Connection, ws: str, jid: str) -> list[dict]:
     rows = conn.execute(sa.select(journey_versions.c.version, journey_versions.c.published_at).where(
         journey_versions.c.workspace_id == ws, journey_versions.c.journey_id == jid,

@@ -28,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from chorus import metrics, safejson
 from chorus import workspaces as ws_api
 from chorus.collect import ingest
-from chorus.collect.messages import Event, normalise
+from chorus.collect.messages import Event, normalise_internal
 from chorus.errors import ChorusError, Conflict, NotFound
 from chorus.messaging import content, policy
 from chorus.messaging.consent import identity_fields
@@ -214,7 +214,7 @@ def _event(msg: dict, profile: dict, status: str, at: datetime, detail: dict) ->
         # unique per change (a message can be opened or retried many times)
         "messageId": f"chorus-{msg['id']}-{status}-{secrets.token_hex(6)}", "timestamp": iso(at),
     }  # fmt: skip
-    ev = normalise(raw, received_at=at, source_kind="internal", require_ids=False)
+    ev = normalise_internal(raw, at=at, received_at=at)
     return ev if isinstance(ev, Event) else None  # cannot fail with the fields above; never lose the change over it
 
 

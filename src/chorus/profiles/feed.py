@@ -281,7 +281,7 @@ def claim(conn: Connection, consumer: str, limit: int) -> dict[tuple[str, str], 
         for seq, pid in conn.execute(
             sa.select(feed_pending.c.seq, feed_pending.c.profile_id).where(
                 feed_pending.c.consumer == consumer, feed_pending.c.attempts < MAX_ATTEMPTS,
-                feed_pending.c.profile_id.in_(part),
+                bulk.in_(feed_pending.c.profile_id, part, conn.dialect.name),
             )
         ):  # fmt: skip
             pending.setdefault(pid, []).append(seq)
@@ -294,7 +294,8 @@ def claim(conn: Connection, consumer: str, limit: int) -> dict[tuple[str, str], 
             run.add(seq)
     out: dict[tuple[str, str], list[Delivered]] = {}
     for part in _chunks(sorted(run)):
-        for r in conn.execute(sa.select(profile_changes).where(profile_changes.c.seq.in_(part))):
+        for r in conn.execute(sa.select(profile_changes).where(bulk.in_(profile_changes.c.seq, part,
+                                                                         conn.dialect.name))):  # fmt: skip
             out.setdefault((r.workspace_id, person_of[r.seq]), []).append(
                 Delivered(r.seq, r.workspace_id, r.profile_id, r.cause, r.event_seq, r.target_id, r.at, r.detail or {})
             )
@@ -343,14 +344,17 @@ def pending_events_of(conn: Connection, consumer: str, ws: str, profile_ids: lis
 
 def handled(conn: Connection, consumer: str, seqs: list[int]) -> None:
     for part in _chunks(seqs):
-        conn.execute(feed_pending.delete().where(feed_pending.c.consumer == consumer, feed_pending.c.seq.in_(part)))
+        # one array parameter (bulk.in_): the same statement text whatever the count, so it is compiled and
+        # prepared once, not once per length of the list
+        conn.execute(feed_pending.delete().where(feed_pending.c.consumer == consumer,
+                                                 bulk.in_(feed_pending.c.seq, part, conn.dialect.name)))  # fmt: skip
 
 
 def failed(conn: Connection, consumer: str, seqs: list[int], error: str) -> None:
     for part in _chunks(seqs):
         conn.execute(
             feed_pending.update()
-            .where(feed_pending.c.consumer == consumer, feed_pending.c.seq.in_(part))
+            .where(feed_pending.c.consumer == consumer, bulk.in_(feed_pending.c.seq, part, conn.dialect.name))
             .values(attempts=feed_pending.c.attempts + 1, error=error[:2000])
         )
 

@@ -32,7 +32,7 @@ from chorus import metrics
 from chorus import workspaces as ws_api
 from chorus.collect import ingest
 from chorus.collect.messages import Event as Stored
-from chorus.collect.messages import normalise
+from chorus.collect.messages import normalise_internal
 from chorus.errors import ChorusError
 from chorus.messaging.consent import identity_fields
 from chorus.messaging.outbox import STATUS_EVENTS
@@ -251,30 +251,38 @@ class Evaluator:
             ctx.ws, ctx.defs, ctx.order, ctx.dependents, ctx.topics)  # fmt: skip
         self._needs: dict[frozenset[str], Needs] = {}
 
-    def needs(self, segment_ids: set[str]) -> Needs:
+    def needs(self, segment_ids: set[str], at: datetime | None = None) -> Needs:
         """What evaluating ``segment_ids``, and every segment that may be re-evaluated because one of them changed,
-        can read of a person at ``self.now``: computed once per set of segments (a consumer sees few sets)."""
+        can read of a person at ``at`` (default ``self.now``; an earlier instant reads further back): computed once
+        per set of segments and instant (a consumer sees few sets, and one instant)."""
+        at = at or self.now
         closure, todo = set(), [s for s in segment_ids if s in self.defs]
         while todo:
             sid = todo.pop()
             if sid not in closure:
                 closure.add(sid)
                 todo.extend(self.dependents.get(sid, ()))
-        key = frozenset(closure)
+        key = (frozenset(closure), at)
         if key not in self._needs:
-            self._needs[key] = needs_of([self.defs[s].rule for s in sorted(key)], self.now)
+            self._needs[key] = needs_of([self.defs[s].rule for s in sorted(key[0])], at)
         return self._needs[key]
 
-    def person(self, pid: str, segment_ids: set[str], cause: str) -> Outcome:
+    def person(self, pid: str, segment_ids: set[str], cause: str, at: datetime | None = None) -> Outcome:
         """Evaluate ``segment_ids`` (and what refers to them, when they change) for ``pid``; apply the diff."""
-        return self.people({pid: set(segment_ids)}, {pid: cause}).get(pid, Outcome())
+        return self.people({pid: set(segment_ids)}, {pid: cause}, None if at is None else {pid: at}).get(pid,
+                                                                                                       Outcome())
 
-    def people(self, todo: dict[str, set[str]], causes: dict[str, str]) -> dict[str, Outcome]:
+    def people(self, todo: dict[str, set[str]], causes: dict[str, str],
+               at: dict[str, datetime] | None = None) -> dict[str, Outcome]:  # fmt: skip
         """:meth:`person` for many people of the workspace at once, with the statements of one: their rows
         locked in one statement (in id order, the order of every locker), read in one load, their timers in one
         read, and the diffs written in one statement per table (``store.*_many``), one ``feed.record`` and one
         ``ingest.store``. A consume transaction of 100 people cost 100 times each statement (decision 0034).
-        ``causes`` names each person's cause (the last change's); the outcomes are the real changes."""
+        ``causes`` names each person's cause (the last change's); the outcomes are the real changes.
+
+        ``at`` gives some people their own instant (default ``self.now``): a person whose timer fell due is decided
+        at the timer's instant, not at the moment a worker found it, so her entry, its history, its feed change and
+        the journey it starts are dated when her answer changed, however late the worker was."""
         outs = {pid: Outcome() for pid in todo}
         todo = {pid: set(sids) & set(self.defs) for pid, sids in todo.items()}
         todo = {pid: sids for pid, sids in todo.items() if sids}
@@ -283,7 +291,8 @@ class Evaluator:
         ws = self.ws.id
         pids = sorted(todo)
         lock_people(self.conn, ws, pids)
-        need = self.needs(set().union(*todo.values()))
+        when = {pid: (at or {}).get(pid, self.now) for pid in pids}
+        need = self.needs(set().union(*todo.values()), min(when.values()))  # the earliest instant reads furthest
         found = load.people(self.conn, ws, pids, self.ws.identity, needs=need)
         for pid in pids:
             if pid not in found:  # merged away or erased: she is in nothing any more
@@ -292,9 +301,9 @@ class Evaluator:
         moved: dict[str, dict[str, datetime | None]] = {}
         for pid, person in found.items():
             outs[pid], moved[pid] = decide(self.defs, self.order, self.dependents, todo[pid], person,
-                                           timers.get(pid, {}), self.now, self.topics)  # fmt: skip
+                                           timers.get(pid, {}), when[pid], self.topics)  # fmt: skip
         store.set_timers_many(self.conn, ws, moved)
-        self.apply_many({pid: outs[pid] for pid in found}, causes)
+        self.apply_many({pid: outs[pid] for pid in found}, causes, when)
         return outs
 
     def _leave_all(self, pid: str, cause: str) -> None:
@@ -311,35 +320,41 @@ class Evaluator:
     def _apply(self, pid: str, out: Outcome, cause: str) -> None:
         self.apply_many({pid: out}, {pid: cause})
 
-    def apply_many(self, outs: dict[str, Outcome], causes: dict[str, str]) -> None:
+    def apply_many(self, outs: dict[str, Outcome], causes: dict[str, str],
+                   at: dict[str, datetime] | None = None) -> None:  # fmt: skip
         """Write these people's diffs (profile id -> entered and exited, each one's cause): memberships and
-        history in one statement each, the ``segment`` feed changes in one ``feed.record``, the timeline events in
-        one ``ingest.store``. Each Outcome is narrowed to the real changes (an entry already a member is none)."""
+        history in one statement each, the ``segment`` feed changes in one ``feed.record`` per instant, the
+        timeline events in one ``ingest.store``. Each Outcome is narrowed to the real changes (an entry already a
+        member is none). ``at``: a person's own instant, when it is not ``self.now``."""
         ws, now = self.ws.id, self.now
+        when = {pid: (at or {}).get(pid, now) for pid in outs}
         entering = [(pid, sid, causes[pid]) for pid, o in sorted(outs.items()) for sid in o.entered]
         leaving = [(pid, sid, causes[pid]) for pid, o in sorted(outs.items()) for sid in o.exited]
         if not entering and not leaving:
             return
-        entered = store.enter_many(self.conn, ws, entering, now)
-        exited = store.leave_many(self.conn, ws, leaving, now)
+        entered = store.enter_many(self.conn, ws, entering, now, when)
+        exited = store.leave_many(self.conn, ws, leaving, now, when)
         for pid, o in outs.items():
             o.entered = [sid for sid in o.entered if (pid, sid) in entered]
             o.exited = [sid for sid in o.exited if (pid, sid) in exited]
         moved = sorted(pid for pid, o in outs.items() if o.entered or o.exited)
         if not moved:
             return
-        changes, evs, owner = [], [], {}
+        changes: dict[datetime, list[feed.Change]] = {}
+        evs, owner = [], {}
         idents = views.identifiers_of(self.conn, ws, moved)
         for pid in moved:
             ident = identity_fields({"id": pid, "identifiers": idents.get(pid, {})})
             for change, ids in (("entered", outs[pid].entered), ("exited", outs[pid].exited)):
                 for sid in ids:
-                    changes.append(feed.Change(pid, "segment", detail={"segment": sid, "change": change}))
-                    ev = _timeline_event(ident, sid, self.defs[sid].name, change, causes[pid], now)
+                    changes.setdefault(when[pid], []).append(
+                        feed.Change(pid, "segment", detail={"segment": sid, "change": change}))
+                    ev = _timeline_event(ident, sid, self.defs[sid].name, change, causes[pid], when[pid])
                     if ev is not None:
                         evs.append(ev)
                         owner[ev.message_id] = pid
-        feed.record(self.conn, ws, changes, now)
+        for instant, theirs in changes.items():  # a buffer append each: the feed writes them all at commit
+            feed.record(self.conn, ws, theirs, instant)
         if evs:
             source = ws_api.internal_source(self.conn, ws, "internal", "chorus-segments")
             ingest.store(self.conn, source, evs, [], now, owner)
@@ -394,7 +409,7 @@ def _timeline_event(ident: dict, sid: str, name: str, change: str, cause: str, a
         "context": {**ident.get("context", {}), "channel": "internal", "direction": "outbound"},
         "messageId": f"chorus-segment-{sid}-{change}-{iso(at)}-{ident_key(ident)}"[:200], "timestamp": iso(at),
     }  # fmt: skip
-    ev = normalise(raw, received_at=at, source_kind="internal", require_ids=False)
+    ev = normalise_internal(raw, at=at, received_at=at)
     return ev if isinstance(ev, Stored) else None
 
 
@@ -488,30 +503,43 @@ def _due_group(conn: Connection, ev: Evaluator, ours: list[str], at: datetime) -
         return 0
     t = segment_timers.c
     mine = (t.workspace_id == ev.ws.id, bulk.in_(t.profile_id, ours, conn.dialect.name), t.due_at <= at)
+    rows = conn.execute(sa.select(t.profile_id, t.segment_id, t.due_at).where(*mine)).all()
+    when: dict[str, datetime] = {}
+    for pid, _, due_at in rows:
+        when[pid] = min(when.get(pid, due_at), due_at)
+    # Each person is decided at her earliest due instant, and only for the segments due then: her answer at that
+    # instant, dated then. A segment due later stays for a later pass: it may have been decided (by a change of
+    # hers) after this instant, and deciding it here would go back in time (an exit before its own entry). A
+    # segment's timer is always after its last decision, so deciding it at its timer never does.
     todo: dict[str, set[str]] = {}
-    for pid, sid in conn.execute(sa.select(t.profile_id, t.segment_id).where(*mine)):
-        todo.setdefault(pid, set()).add(sid)
+    for pid, sid, due_at in rows:
+        if due_at == when[pid]:
+            todo.setdefault(pid, set()).add(sid)
+    pairs = sorted((pid, sid) for pid, sids in todo.items() for sid in sids)
     try:
         with conn.begin_nested():
-            conn.execute(segment_timers.delete().where(*mine))  # evaluating sets the next ones
-            ev.people(todo, dict.fromkeys(todo, "timer"))
-        return sum(len(s) for s in todo.values())
+            conn.execute(segment_timers.delete().where(  # evaluating sets the next ones
+                t.workspace_id == ev.ws.id, bulk.pairs_in(t.profile_id, t.segment_id, pairs, conn.dialect.name)))
+            ev.people(todo, dict.fromkeys(todo, "timer"), when)
+        return len(pairs)
     except Exception as exc:  # noqa: BLE001 - each person alone, below
         feed.reraise_transient(exc)
         log.warning("segment timers of %d people failed together; evaluated one by one: %s", len(todo), exc)
         metrics.feed_bulk_fallbacks.labels("segment_timers").inc()
-        return _due_one_by_one(conn, ev, todo, at)
+        return _due_one_by_one(conn, ev, todo, at, when)
 
 
-def _due_one_by_one(conn: Connection, ev: Evaluator, todo: dict[str, set[str]], at: datetime) -> int:
+def _due_one_by_one(conn: Connection, ev: Evaluator, todo: dict[str, set[str]], at: datetime,
+                    when: dict[str, datetime]) -> int:  # fmt: skip
     done = 0
     for pid, sids in sorted(todo.items()):
         t = segment_timers.c
-        hers = (t.workspace_id == ev.ws.id, t.profile_id == pid, t.segment_id.in_(sorted(sids)), t.due_at <= at)
+        hers = (t.workspace_id == ev.ws.id, t.profile_id == pid, t.segment_id.in_(sorted(sids)),
+                t.due_at == when[pid])  # fmt: skip
         try:
             with conn.begin_nested():
                 conn.execute(segment_timers.delete().where(*hers))
-                ev.person(pid, sids, "timer")
+                ev.person(pid, sids, "timer", when[pid])
             done += len(sids)
         except Exception:  # noqa: BLE001 - one person must not stop time for everybody
             log.exception("segment timers of profile %s failed; retried in a minute", pid)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property, lru_cache
@@ -254,23 +254,28 @@ def set_timers_many(conn: Connection, ws: str, due: dict[str, dict[str, datetime
                                                   set_={"due_at": insert.excluded.due_at}), rows)  # fmt: skip
 
 
-def enter_many(conn: Connection, ws: str, entries: list[tuple[str, str, str]], at: datetime) -> set[tuple[str, str]]:
+def enter_many(conn: Connection, ws: str, entries: list[tuple[str, str, str]], at: datetime,
+               times: Mapping[str, datetime] | None = None) -> set[tuple[str, str]]:  # fmt: skip
     """Make people members of segments ((profile id, segment id, cause) each) in one statement; returns the
-    (profile id, segment id) pairs that were not members (history is written for them only, with their cause)."""
+    (profile id, segment id) pairs that were not members (history is written for them only, with their cause).
+    ``times``: a profile's own instant of change, where it is not ``at``."""
     if not entries:
         return set()
     insert = pg_sql.insert if conn.dialect.name == "postgresql" else sqlite_sql.insert
     stmt = insert(segment_members).on_conflict_do_nothing().returning(segment_members.c.profile_id,
                                                                       segment_members.c.segment_id)  # fmt: skip
-    rows = [{"workspace_id": ws, "segment_id": sid, "profile_id": pid, "since": at} for pid, sid, _ in entries]
+    times = times or {}
+    rows = [{"workspace_id": ws, "segment_id": sid, "profile_id": pid, "since": times.get(pid, at)}
+            for pid, sid, _ in entries]  # fmt: skip
     new = {tuple(r) for r in conn.execute(stmt, rows).all()}
-    _many_history(conn, ws, [e for e in entries if (e[0], e[1]) in new], "entered", at)
+    _many_history(conn, ws, [e for e in entries if (e[0], e[1]) in new], "entered", at, times)
     return new
 
 
-def leave_many(conn: Connection, ws: str, exits: list[tuple[str, str, str]], at: datetime) -> set[tuple[str, str]]:
+def leave_many(conn: Connection, ws: str, exits: list[tuple[str, str, str]], at: datetime,
+               times: Mapping[str, datetime] | None = None) -> set[tuple[str, str]]:  # fmt: skip
     """Take people out of segments ((profile id, segment id, cause) each) in one statement; returns the pairs that
-    were members (history is written for them only)."""
+    were members (history is written for them only). ``times`` as for :func:`enter_many`."""
     if not exits:
         return set()
     gone = {tuple(r) for r in conn.execute(segment_members.delete().where(
@@ -278,14 +283,17 @@ def leave_many(conn: Connection, ws: str, exits: list[tuple[str, str, str]], at:
         bulk.pairs_in(segment_members.c.profile_id, segment_members.c.segment_id, [(p, s) for p, s, _ in exits],
                       conn.dialect.name))
         .returning(segment_members.c.profile_id, segment_members.c.segment_id)).all()}  # fmt: skip
-    _many_history(conn, ws, [e for e in exits if (e[0], e[1]) in gone], "exited", at)
+    _many_history(conn, ws, [e for e in exits if (e[0], e[1]) in gone], "exited", at, times)
     return gone
 
 
-def _many_history(conn: Connection, ws: str, done: list[tuple[str, str, str]], change: str, at: datetime) -> None:
+def _many_history(conn: Connection, ws: str, done: list[tuple[str, str, str]], change: str, at: datetime,
+                  times: Mapping[str, datetime] | None = None) -> None:  # fmt: skip
     if done:
+        times = times or {}
         conn.execute(segment_history.insert(), [
-            {"workspace_id": ws, "segment_id": sid, "profile_id": pid, "change": change, "at": at, "cause": cause}
+            {"workspace_id": ws, "segment_id": sid, "profile_id": pid, "change": change,
+             "at": times.get(pid, at), "cause": cause}
             for pid, sid, cause in done
         ])  # fmt: skip
 

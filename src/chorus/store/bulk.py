@@ -8,6 +8,7 @@ SQLite, which runs in-process, ``executemany`` is already the fast path.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from operator import itemgetter
 
 import orjson
 import sqlalchemy as sa
@@ -108,8 +109,7 @@ def insert_rows(
     if conflict:
         sql += f" ON CONFLICT ({', '.join(conflict)}) "
         sql += "DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in update) if update else "DO NOTHING"
-    convert = [_sqlite_converter(table.c[c]) for c in cols]
-    params = [tuple(f(r[c]) if f else r[c] for f, c in zip(convert, cols, strict=True)) for r in rows]
+    params = _sqlite_params(table, cols, rows)
     cur = conn.connection.driver_connection.cursor()
     try:
         cur.executemany(sql, params)
@@ -117,6 +117,25 @@ def insert_rows(
     finally:
         cur.close()
     return [None] * n if returning else []
+
+
+def _sqlite_params(table: sa.Table, cols: list[str], rows: list[dict]) -> list:
+    """The rows as the driver's parameter sequences, in ``cols`` order, each value converted as SQLAlchemy would bind
+    it. Read with one ``itemgetter`` per row and converted only in the columns that need it (JSON, instants,
+    booleans): a generator over every column of every row cost more than the insert it fed."""
+    get = itemgetter(*cols)
+    if len(cols) == 1:
+        return [(get(r),) for r in rows]
+    convert = [(i, f) for i, f in enumerate(_sqlite_converter(table.c[c]) for c in cols) if f is not None]
+    if not convert:
+        return [get(r) for r in rows]
+    params = []
+    for r in rows:
+        values = list(get(r))
+        for i, f in convert:
+            values[i] = f(values[i])
+        params.append(values)
+    return params
 
 
 def _sqlite_converter(col: sa.Column):
@@ -154,8 +173,7 @@ def update_rows(conn: Connection, table: sa.Table, key: str, rows: list[dict]) -
         conn.exec_driver_sql(f"TRUNCATE {stage}")
         return
     order = [*cols, key]
-    convert = [_sqlite_converter(table.c[c]) for c in order]
-    params = [tuple(f(r[c]) if f else r[c] for f, c in zip(convert, order, strict=True)) for r in rows]
+    params = _sqlite_params(table, order, rows)
     sql = f"UPDATE {table.name} SET {', '.join(f'{c} = ?' for c in cols)} WHERE {key} = ?"
     cur = conn.connection.driver_connection.cursor()
     try:

@@ -68,13 +68,16 @@ def handle_many(conn: Connection, claimed: dict[tuple[str, str], list[feed.Deliv
     workspace, in workspace then audience id order. Person by person, one claim locked the audiences of each
     person's segments in turn, and two workers whose claims had people of two audiences in opposite orders
     deadlocked (PostgreSQL broke it, and the pass was retried); one ordered pass over the union cannot."""
-    wanted: dict[str, tuple[set[str], set[str]]] = {}
+    wanted: dict[str, tuple[set[str], list[str]]] = {}
     for (ws, pid), changes in claimed.items():
-        segments, holding = wanted.setdefault(ws, (set(), set()))
+        segments, people = wanted.setdefault(ws, (set(), []))
         segments |= segment_changes(changes)
         if any(map(_may_change_row, changes)):
-            holding |= store.audiences_holding(conn, ws, pid)
-    for ws, (segments, holding) in sorted(wanted.items()):
+            people.append(pid)
+    for ws, (segments, people) in sorted(wanted.items()):
+        if not (segments or people) or not store.following(conn, ws):
+            continue  # no audience follows a segment here (stopped ones mark nothing): the common case, one read
+        holding = store.audiences_holding_many(conn, ws, people)
         if segments or holding:
             store.want_sync(conn, ws, segments, holding)
 

@@ -143,6 +143,15 @@ def audiences_holding(conn: Connection, ws: str, profile_id: str) -> set[str]:
         audience_members.c.workspace_id == ws, audience_members.c.profile_id == profile_id)).scalars())  # fmt: skip
 
 
+def audiences_holding_many(conn: Connection, ws: str, profile_ids: list[str]) -> set[str]:
+    """The audiences a platform holds any of these people in (their ids), in one statement."""
+    if not profile_ids:
+        return set()
+    return set(conn.execute(sa.select(audience_members.c.audience_id).where(
+        audience_members.c.workspace_id == ws,
+        bulk.in_(audience_members.c.profile_id, sorted(set(profile_ids)), conn.dialect.name)).distinct()).scalars())
+
+
 def want_sync(conn: Connection, ws: str, segment_ids: set[str], audience_ids: set[str] = frozenset()) -> int:
     """Segments whose membership changed, and audiences whose members' consent changed: those followers want a
     sync. Runs in the feed consumer's transaction; returns how many audiences it marked.
