@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from chorus import workspaces
+from chorus import gctune, workspaces
 from chorus.analytics import lake
 from chorus.demo import events, inbox, install, model
 from chorus.demo.brand import BRAND
@@ -103,6 +103,7 @@ def run(opts: Options, progress: Progress | None = None, report: Callable[[Choru
                 try:
                     out = Outcome(keys, app.base_url, keys["id"])
                     setup(api, smtp.port, twilio.provider(sms.base_url, TWILIO_TOKEN_ENV), defs)
+                    gctune.tune()  # as `chorus serve` does once started (decision 0041; CHORUS_GC=default opts out)
                     _Loop(opts, clock, api, worker, smtp, twilio, plans, out, progress).run()
                     out.events_sent = api.sent_events
                     progress("exporting the event lake", 0, 1)
