@@ -253,3 +253,16 @@ def test_a_store_with_chorus_data_is_refused(db_url, engine, tmp_path):
     assert "--db" in r.stderr
     with engine.connect() as conn:
         assert [w.name for w in workspaces.list_all(conn)] == ["shop"]
+
+
+def test_the_text_report_prints_every_section(tmp_path):
+    """What a person running `chorus demo` in a terminal reads (the tests above read --json)."""
+    r = demo(tmp_path, "--customers", "40", "--days", "9", "--seed", "3", "--start", START, "--set", "sms_stop=0.5")
+    assert r.returncode == 0, r.stderr[-3000:]
+    for title in ("Behaviour model: every parameter", "Journeys and broadcasts: conversions by arm",
+                  "Journey funnels per node", "Messages by channel and status", "What the customers did",
+                  "Uplift against the holdouts", "Value per customer by channels used", "Showrooming and webrooming",
+                  "Workspace 'demo' (keys are shown only now): api_key ak_", "40 customers over 9 days"):  # fmt: skip
+        assert title in r.stderr, title
+    assert "spring_sale" in r.stderr and "[s004]" in r.stderr, "the broadcast and the parameters' sources"
+    assert "errors were logged" not in r.stderr
