@@ -1,14 +1,18 @@
-"""``iso``: one fixed-width text per instant, whatever zone the datetime carries (its fast path for UTC included),
-so that instants sort as text in time order."""
+"""timeutil: ``iso`` gives one fixed-width text per instant, whatever zone the datetime carries (its fast path for
+UTC included), so that instants sort as text in time order; ``use_clock`` is the process-wide virtual clock that
+`chorus demo` runs the real system on."""
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta, timezone
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chorus.timeutil import iso, parse_ts
+from chorus import timeutil
+from chorus.timeutil import iso, parse_ts, use_clock, utcnow
 
 instants = st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.just(UTC))
 offsets = st.timedeltas(min_value=timedelta(hours=-23, minutes=59), max_value=timedelta(hours=23, minutes=59))
@@ -24,3 +28,54 @@ def test_the_same_instant_in_any_zone_prints_the_same_fixed_width_text(t, offset
 @given(instants, instants)
 def test_texts_sort_in_time_order(a, b):
     assert (iso(a) < iso(b)) == (a < b)
+
+
+T0 = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def test_default_is_the_wall_clock():
+    before = datetime.now(UTC)
+    got = utcnow()
+    assert before <= got <= datetime.now(UTC)
+
+
+def test_override_reaches_names_imported_before_it_and_default_arguments():
+    from chorus.api import tracking
+    from chorus.identity import resolver
+    from chorus.journeys import runtime
+    from chorus.segments import engine
+
+    now = [T0]
+    with use_clock(lambda: now[0]):
+        # modules that did `from chorus.timeutil import utcnow` at import, and the engines' own now() wrappers
+        assert tracking.utcnow() == T0 and runtime.now() == T0 and engine.now() == T0
+        # a default argument bound at import (Resolver(clock=utcnow)) reads the same clock
+        assert resolver.Resolver.__init__.__defaults__[0]() == T0
+        now[0] = T0 + timedelta(days=3)
+        assert utcnow() == T0 + timedelta(days=3)
+    assert abs(utcnow() - datetime.now(UTC)) < timedelta(seconds=5)
+
+
+def test_every_thread_sees_the_virtual_time():
+    seen = []
+    with use_clock(lambda: T0):
+        t = threading.Thread(target=lambda: seen.append(utcnow()))
+        t.start()
+        t.join()
+    assert seen == [T0]
+
+
+def test_a_second_clock_is_refused_and_the_first_stays():
+    with use_clock(lambda: T0):
+        with pytest.raises(RuntimeError, match="already in use"):
+            with use_clock(lambda: T0 + timedelta(hours=1)):
+                pass
+        assert utcnow() == T0
+
+
+def test_restored_after_an_error():
+    with pytest.raises(ValueError):
+        with use_clock(lambda: T0):
+            raise ValueError("boom")
+    assert timeutil._override is None
+    assert utcnow() != T0

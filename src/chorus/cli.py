@@ -597,11 +597,13 @@ def main() -> None:
 def _subcommands() -> None:
     """Packages that bring their own command groups (added last: they use this module's helpers)."""
     import chorus.journeys.commands  # noqa: F401 - adds publish, list, show, pause... to the journeys group
+    from chorus.demo.cli import demo
     from chorus.journeys.cli import journeys_app
     from chorus.segments.cli import segments_app
 
     app.add_typer(segments_app, name="segments")
     app.add_typer(journeys_app, name="journeys")
+    app.command("demo")(demo)
 
 
 _subcommands()

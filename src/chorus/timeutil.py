@@ -2,14 +2,40 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 Clock = Callable[[], datetime]
 
+# The process-wide clock, when one is in use (``use_clock``). About 24 modules import ``utcnow`` as a name and
+# call it directly (and several take ``clock=utcnow`` as a default argument, bound at import), so the override
+# has to live inside ``utcnow`` itself: replacing the module attribute would miss every one of them. It is a
+# plain global, not a context variable, on purpose: the demo runs the HTTP server in a uvicorn thread and
+# delivery in a thread pool, and all of them must see the same virtual time.
+_override: Clock | None = None
+
 
 def utcnow() -> datetime:
-    return datetime.now(UTC)
+    clock = _override  # one read of the global: the default path stays a single comparison
+    if clock is None:
+        return datetime.now(UTC)
+    return clock()
+
+
+@contextmanager
+def use_clock(clock: Clock) -> Iterator[None]:
+    """Make ``utcnow()`` answer ``clock()`` in the whole process until the block ends (``chorus demo`` runs the
+    real system on virtual time this way). Not nestable: two virtual clocks in one process would be a bug in
+    the caller, so the second is refused rather than silently shadowing the first."""
+    global _override
+    if _override is not None:
+        raise RuntimeError("a clock is already in use in this process")
+    _override = clock
+    try:
+        yield
+    finally:
+        _override = None
 
 
 def parse_ts(value) -> datetime:

@@ -116,6 +116,22 @@ def test_other_channels_are_kept_as_json_of_what_would_be_sent(outbox_dir, caplo
     assert lines[0].startswith("[sink] sms msg_sms to +31612345679: 'Your code is 1234' -> ")
 
 
+def test_a_messenger_sink_takes_the_providers_tag_and_channel_choice_follows_it(outbox_dir):
+    """A tagged Messenger provider may send transactional updates outside the 24-hour window; a sink standing in
+    for it must let channel choice do the same, or staging would choose other channels than production."""
+    from chorus.messaging.outbox import _anytime
+
+    conf = {"type": "file", "tag": "POST_PURCHASE_UPDATE"}
+    sink = build(conf, "settings.messaging.providers.messenger[0]", channel="messenger")
+    sink.send(Outgoing("msg_m", "ws", "messenger", "6234567890", {"text": "Receipt"}, "transactional",
+                       "transactional"))  # fmt: skip
+    assert json.loads((outbox_dir / "messenger" / "msg_m.json").read_text())["tag"] == "POST_PURCHASE_UPDATE"
+    defn = {"variants": {"messenger": {"text": "Receipt"}}}
+    assert _anytime(defn, "transactional", {"providers": {"messenger": [conf]}}) == {"messenger"}
+    assert _anytime(defn, "marketing", {"providers": {"messenger": [conf]}}) == set()
+    assert _anytime(defn, "transactional", {"providers": {"messenger": [{"type": "file"}]}}) == set()
+
+
 def test_a_symbolic_link_in_the_outbox_does_not_take_the_writes_out_of_it(outbox_dir, tmp_path):
     """Whoever can write in the outbox plants a link where a channel's directory would be: the sink refuses to
     write through it (a transient failure, retried), and nothing lands where the link points."""
@@ -180,6 +196,8 @@ def test_no_field_makes_a_path(outbox_dir):
         ({"type": "file", "from": "nobody"}, "email", "f.from 'nobody' has no address"),
         ({"type": "file", "from": "a@b.example", "dkim": {"domain": "b.example"}}, "email", "f.dkim needs"),
         ({"type": "file"}, "in_app", "the in-app inbox is built in"),
+        ({"type": "file", "tag": "PROMOTION"}, "messenger", "f.tag must be one of"),
+        ({"type": "file", "tag": "ACCOUNT_UPDATE"}, "sms", "f.tag is not a file sink setting"),  # Messenger only
         ({"type": "file"}, None, "configured under a channel"),
     ],
 )

@@ -29,6 +29,7 @@ import orjson
 from chorus.messaging.providers import ConfigError, Outgoing, TransientError, check_settings
 from chorus.messaging.providers.email import SETTINGS as EMAIL_SETTINGS
 from chorus.messaging.providers.email import Composer
+from chorus.messaging.providers.meta import MESSENGER_TAGS
 from chorus.timeutil import iso, utcnow
 
 log = logging.getLogger("chorus.messaging")
@@ -94,7 +95,13 @@ class FileSink:
         if channel == "in_app":
             raise ConfigError(f"{where}: the in-app inbox is built in; a file sink cannot stand in for it")
         self.channel = channel
-        check_settings(conf, KNOWN | (EMAIL_SETTINGS if channel == "email" else set()), where, "file sink")
+        extra = EMAIL_SETTINGS if channel == "email" else {"tag"} if channel == "messenger" else set()
+        check_settings(conf, KNOWN | extra, where, "file sink")
+        # Messenger's tag, as on the Messenger provider: it lets transactional updates out of the 24-hour window
+        # (outbox._anytime reads it from the settings), so a sink in its place chooses channels as production does
+        self.tag = conf.get("tag")
+        if self.tag is not None and self.tag not in MESSENGER_TAGS:
+            raise ConfigError(f"{where}.tag must be one of {', '.join(MESSENGER_TAGS)}")
         self.dir = check_dir(conf.get("dir", channel), where)
         self.console = conf.get("console", False)
         if not isinstance(self.console, bool):
@@ -129,7 +136,7 @@ class FileSink:
         return {
             "sink": NAME, "message_id": out.message_id, "workspace_id": out.workspace_id, "channel": out.channel,
             "address": out.address, "kind": out.kind, "topic": out.topic, "content": out.content,
-            "headers": out.headers, "written_at": iso(utcnow()),
+            "headers": out.headers, "written_at": iso(utcnow()), **({"tag": self.tag} if self.tag else {}),
         }  # fmt: skip
 
     def summary(self, out: Outgoing, target: str) -> str:

@@ -1,0 +1,208 @@
+"""`chorus demo`: the command. Checks its input (bad input: a message and exit code 2), prints the model's
+parameters, runs the demo with Rich progress bars and prints the report (or writes it as JSON)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+import orjson
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from chorus.clitools import _fail, err
+from chorus.errors import ChorusError
+
+MAX_CUSTOMERS = 10_000_000
+MAX_DAYS = 3650
+DEFAULT_DB = "sqlite:///./chorus-demo.db"
+
+
+def _start(value: str | None, days: int) -> datetime:
+    if value is None:  # the period ends today: the data looks recent to `chorus serve` afterwards
+        today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        return today - timedelta(days=days)
+    try:
+        day = datetime.strptime(value, "%Y-%m-%d")
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)", param_hint="--start") from None
+    if day.year < 2001:
+        raise typer.BadParameter("the period must start after 2000 (the tracking API's range)", param_hint="--start")
+    return day.replace(tzinfo=UTC)
+
+
+def _params(items: list[str]) -> dict[str, float]:
+    from chorus.demo.params import with_overrides
+
+    changes = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            changes[name.strip()] = float(raw)
+        except ValueError:
+            raise typer.BadParameter(f"{item!r} is not NAME=NUMBER", param_hint="--set") from None
+    try:
+        return with_overrides(changes)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc).removeprefix("--set "), param_hint="--set") from None
+
+
+def _check_db(url: str, replace: bool) -> None:
+    """The demo makes a store of its own: an SQLite file that exists already is refused unless --replace (its data
+    would be mixed with the demo's); any other URL must name an empty database."""
+    if not url.startswith("sqlite:///") and not url.startswith(("postgresql://", "postgresql+psycopg://")):
+        raise typer.BadParameter("give an sqlite:///FILE or postgresql:// URL", param_hint="--db")
+    if not url.startswith("sqlite:///"):
+        _check_empty(url)
+        return
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///"):]
+        if not path or path == ":memory:":
+            raise typer.BadParameter("the demo needs a file: the HTTP server and the worker share it",
+                                     param_hint="--db")
+        if os.path.isdir(path):
+            raise typer.BadParameter(f"{path} is a directory, not a database file", param_hint="--db")
+        if os.path.exists(path):
+            if not replace:
+                raise typer.BadParameter(f"{path} exists; pass --replace to start it again", param_hint="--db")
+            for suffix in ("", "-wal", "-shm", "-chorus-queue", "-chorus-writer"):
+                if os.path.exists(path + suffix):
+                    os.remove(path + suffix)
+
+
+def _empty_dir(value: str, option: str, replace: bool) -> str:
+    """The absolute directory, which must not exist or be empty (emptied with --replace): the demo's files must not
+    mix with another run's."""
+    import shutil
+
+    path = os.path.abspath(value)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise typer.BadParameter(f"{path} is a file, not a directory", param_hint=option)
+    if os.path.isdir(path) and os.listdir(path):
+        if not replace:
+            raise typer.BadParameter(f"{path} is not empty; pass --replace to empty it", param_hint=option)
+        shutil.rmtree(path)
+    return path
+
+
+def _check_empty(url: str) -> None:
+    """A PostgreSQL database must be reachable and hold no Chorus data: the demo's workspace and its made-up
+    customers must never mix with a real installation's."""
+    import sqlalchemy as sa
+
+    from chorus.store.db import create_engine
+
+    try:
+        engine = create_engine(url)
+        try:
+            with engine.connect() as conn:
+                tables = set(sa.inspect(conn).get_table_names())
+                used = "workspaces" in tables and conn.execute(sa.text("SELECT 1 FROM workspaces LIMIT 1")).first()
+        finally:
+            engine.dispose()
+    except sa.exc.SQLAlchemyError as exc:
+        msg = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        raise typer.BadParameter(f"cannot use the database: {msg}", param_hint="--db") from None
+    if used:
+        raise typer.BadParameter("the database already holds Chorus workspaces; give an empty database",
+                                 param_hint="--db")  # fmt: skip
+
+
+def demo(
+    customers: Annotated[int, typer.Option(help="Customers to simulate", min=1, max=MAX_CUSTOMERS)] = 10_000,
+    days: Annotated[int, typer.Option(help="Days to simulate", min=1, max=MAX_DAYS)] = 90,
+    seed: Annotated[int, typer.Option(help="Seed of the behaviour model (same seed, same customers)", min=0,
+                                      max=2**63 - 1)] = 1,  # fmt: skip
+    db: Annotated[str, typer.Option(help="Store URL (an SQLite file or an empty PostgreSQL database)")] = DEFAULT_DB,
+    replace: Annotated[bool, typer.Option("--replace", help="Delete an existing demo SQLite file and empty the outbox "
+                                          "first")] = False,  # fmt: skip
+    outbox: Annotated[str, typer.Option(help="Where the push and Messenger file sinks write")] = "./chorus-demo-outbox",
+    lake: Annotated[str, typer.Option(help="Where the event lake the analytics read goes")] = "./chorus-demo-lake",
+    start: Annotated[str | None, typer.Option(help="First day (YYYY-MM-DD; default: DAYS before today)")] = None,
+    step_minutes: Annotated[int, typer.Option("--step", help="Minutes of virtual time per step", min=1, max=1440)] = 60,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Change a model parameter: NAME=VALUE (repeatable)")
+                    ] = None,  # fmt: skip
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout")] = False,
+):
+    """Run a retail brand through the real Chorus on a virtual clock and report what its journeys did."""
+    from chorus.demo import report
+    from chorus.demo.client import DemoError
+    from chorus.demo.run import Options, run
+
+    model_params = _params(set_ or [])
+    first = _start(start, days)
+    outdir, lakedir = _empty_dir(outbox, "--outbox", replace), _empty_dir(lake, "--lake", replace)
+    _check_db(db, replace)
+    opts = Options(customers, days, seed, db, outdir, lakedir, first, timedelta(minutes=step_minutes), model_params)
+    log_path = os.path.join(os.path.dirname(outdir), "chorus-demo.log")
+    logged = _log_to(log_path)
+    console = err
+    if not json_out:
+        report.show_params(console, model_params)
+    started, cpu = time.monotonic(), time.process_time()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=err, transient=False, disable=json_out) as bar:  # fmt: skip
+        task = bar.add_task(f"{customers:,} customers, {days} days", total=None)
+
+        def progress(phase: str, done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total, description=f"{phase} {customers:,} customers")
+
+        try:
+            out = run(opts, progress, report.collect)
+        except (DemoError, ChorusError) as exc:  # Chorus refused what the demo sent: a bug, not bad input
+            err.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(1) from None
+        except (OSError, ValueError) as exc:
+            _fail(exc)
+    elapsed = time.monotonic() - started
+    # CPU time of the whole process (every thread: the HTTP server, delivery, the SMTP server): on a shared machine
+    # it is a steadier figure to compare runs by than the elapsed time
+    cpu = time.process_time() - cpu
+    rep = {**out.report, "elapsed_seconds": round(elapsed, 1), "cpu_seconds": round(cpu, 1), "database_url": db,
+           "outbox": outdir,
+           "customers": customers, "days": days, "seed": seed, "start": first.isoformat(),
+           "errors_logged": logged.errors, "log": log_path, "lake_dir": lakedir}  # fmt: skip
+    if json_out:
+        sys.stdout.write(orjson.dumps(rep).decode() + "\n")
+        return
+    report.show(console, rep)
+    if logged.errors:
+        err.print(f"[bold red]{logged.errors} errors were logged by Chorus during the run: see {log_path}[/]")
+    # as `chorus serve` does on a first run: the keys of the workspace it made, shown this once, to explore it
+    err.print(f"\nWorkspace 'demo' (keys are shown only now): api_key {out.keys['api_key']}, write_key "
+              f"{out.keys['write_key']}, server_write_key {out.keys['server_write_key']}\n"
+              f"Explore it: chorus serve --db {db}")  # fmt: skip
+    err.print(f"\n{customers:,} customers over {days} days in {elapsed:.0f} s ({cpu:.0f} s of CPU) "
+              f"({out.events_sent:,} events sent; worker {out.worker_seconds:.0f} s). Store: {db}; "
+              f"sink files: {outdir}; log: {log_path}")  # fmt: skip
+
+
+class _Count(logging.Handler):
+    """Counts the errors Chorus logged (a worker task that failed is logged and retried, not raised): the report
+    says how many, so a run that went wrong inside cannot pass for a good one."""
+
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.errors = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.errors += 1
+
+
+def _log_to(path: str) -> _Count:
+    """Chorus logs (sink warnings, a worker task that failed) go to a file: the terminal shows the progress."""
+    handler = logging.FileHandler(path, mode="w")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    counter = _Count()
+    root = logging.getLogger()
+    root.handlers[:] = [handler, counter]
+    root.setLevel(logging.INFO)
+    for name in ("httpx", "httpcore", "urllib3", "mail.log"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return counter

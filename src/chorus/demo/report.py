@@ -1,0 +1,184 @@
+"""The demo's report, read only through Chorus' own API (what a brand's analyst would read), and its Rich rendering.
+
+``collect`` gathers it as plain JSON (the `--json` output, and what the tests check against the store); ``show``
+prints it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from chorus.demo import params
+from chorus.demo.client import Chorus
+
+
+def _key(item) -> tuple:
+    return tuple(str(v) for v in item[0])  # a skipped message has no channel (None)
+
+
+def collect(api: Chorus, out) -> dict:
+    msgs = api.pages("/api/messages", "messages")
+    by_channel = Counter((m["channel"], m["status"]) for m in msgs)
+    by_template = Counter((m["template"], m["channel"]) for m in msgs)
+    journeys = []
+    for j in api.get("/api/journeys", limit=1000)["journeys"]:
+        stats = api.get(f"/api/journeys/{j['id']}/stats")
+        journeys.append({"id": j["id"], "totals": stats["totals"], "versions": stats["versions"]})
+    broadcasts = [api.get(f"/api/broadcasts/{b['id']}") for b in api.get("/api/broadcasts", limit=1000)["broadcasts"]]
+    segments = {s["id"]: s["members"] for s in api.get("/api/segments", limit=1000)["segments"]}
+    # the reports a brand's analyst runs on the lake (`chorus lake export` was run at the end of the period)
+    analytics = {
+        "uplift": api.get("/api/analytics/uplift", window_days=30),
+        "omnichannel": api.get("/api/analytics/omnichannel", bootstrap=1000),
+        "showrooming": api.get("/api/analytics/showrooming", window_days=7),
+    }
+    audiences = {a["name"]: a.get("members") for a in api.get("/api/audiences", limit=1000)["audiences"]}
+    return {
+        "workspace_id": out.workspace_id,
+        "actions": dict(out.actions),
+        "events_sent": out.events_sent,
+        "deliveries_seen": dict(out.deliveries),
+        "responses": dict(out.responses),
+        "unsubscribes": out.unsubscribes,
+        "stops": out.stops,
+        "worker": {"passes": out.passes, "seconds": round(out.worker_seconds, 1)},
+        "messages": {"total": len(msgs),
+                     "by_channel_status": [{"channel": c, "status": s, "count": n}
+                                           for (c, s), n in sorted(by_channel.items(), key=_key)],
+                     "by_template": [{"template": t, "channel": c, "count": n}
+                                     for (t, c), n in sorted(by_template.items(), key=_key)]},
+        "journeys": journeys,
+        "broadcasts": broadcasts,
+        "segments": segments,
+        "lake": out.lake,
+        "analytics": analytics,
+        "audiences": audiences,
+    }  # fmt: skip
+
+
+def show_params(console: Console, values: dict | None = None) -> None:
+    t = Table(title="Behaviour model: every parameter and where it comes from", title_justify="left")
+    for col in ("parameter", "value", "meaning", "source"):
+        t.add_column(col, overflow="fold")
+    for p in params.PARAMS:
+        v = (values or {}).get(p.name, p.value)
+        changed = v != p.value
+        t.add_row(p.name, f"[bold yellow]{v:g}[/] (was {p.value:g})" if changed else f"{v:g}", escape(p.meaning),
+                  "set on the command line" if changed else escape(p.source))
+    console.print(t)
+    console.print("[dim]Sources: the seed articles (docs/demo.md lists them). 'assumption' means nobody measured "
+                  "it: the outcome of this simulation is an illustration, not evidence.[/dim]")  # fmt: skip
+
+
+def _rate(arm: dict | None) -> float | None:
+    return arm["converted"] / arm["entered"] if arm and arm["entered"] else None
+
+
+def show(console: Console, rep: dict) -> None:
+    t = Table(title="Journeys and broadcasts: conversions by arm (GET /api/journeys/{id}/stats, /api/broadcasts/{id})",
+              title_justify="left")  # fmt: skip
+    for col in ("journey", "entered", "converted", "arm", "arm entered", "arm converted", "rate", "vs holdout"):
+        t.add_column(col, justify="right" if col not in ("journey", "arm") else "left")
+    flows = [*rep["journeys"], *({**b["stats"], "id": b["id"]} for b in rep["broadcasts"])]
+    for j in flows:
+        tot = j["totals"]
+        arms = [a for v in j["versions"] for a in v.get("arms", [])]
+        held = _rate(next((a for a in arms if a["holdout"]), None))
+        first = True
+        for a in arms or [None]:
+            rate = _rate(a)
+            lift = "" if rate is None or held is None or a["holdout"] else f"{100 * (rate - held):+.1f} pp"
+            t.add_row(j["id"] if first else "", str(tot.get("entered", 0)) if first else "",
+                      str(tot.get("converted", 0)) if first else "", a["arm"] if a else "",
+                      str(a["entered"]) if a else "", str(a["converted"]) if a else "",
+                      "" if rate is None else f"{rate:.1%}", lift)  # fmt: skip
+            first = False
+    console.print(t)
+    console.print("[dim]'vs holdout': the treated arm's conversion rate minus the holdout's, in percentage points; "
+                  "small arms make it noisy (no interval yet).[/dim]")  # fmt: skip
+
+    n = Table(title="Journey funnels per node", title_justify="left")
+    for col in ("journey", "node", "entered", "passed", "waiting now", "exited", "converted"):
+        n.add_column(col, justify="right" if col not in ("journey", "node") else "left")
+    for j in rep["journeys"]:
+        for v in j["versions"]:
+            for node in v["nodes"]:
+                n.add_row(j["id"], node["node"], *(str(node.get(k, 0)) for k in
+                                                   ("entered", "passed", "waiting_now", "exited", "converted")))
+    console.print(n)
+
+    m = Table(title=f"Messages by channel and status ({rep['messages']['total']} in all, GET /api/messages)",
+              title_justify="left")  # fmt: skip
+    for col in ("channel", "status", "messages"):
+        m.add_column(col, justify="right" if col == "messages" else "left")
+    for row in rep["messages"]["by_channel_status"]:
+        m.add_row(str(row["channel"] or "(none)"), row["status"], str(row["count"]))
+    console.print(m)
+
+    r = Table(title="What the customers did with what they received (the model's answers)", title_justify="left")
+    r.add_column("response")
+    r.add_column("count", justify="right")
+    for k, v in sorted(rep["responses"].items()):
+        r.add_row(k, str(v))
+    console.print(r)
+    _show_analytics(console, rep["analytics"])
+    segs = ", ".join(f"{k}: {v}" for k, v in rep["segments"].items())
+    auds = ", ".join(f"{k}: {v}" for k, v in rep["audiences"].items())
+    console.print(f"[bold]Segments now[/bold] {segs}\n[bold]Audiences[/bold] {auds}")
+
+
+def _pct(x: float | None) -> str:
+    return "" if x is None else f"{100 * x:+.0f} %"
+
+
+def _pp(x: float | None) -> str:
+    return "" if x is None else f"{100 * x:+.1f} pp"
+
+
+def _share(x: float | None) -> str:
+    return "" if x is None else f"{x:.1%}"
+
+
+def _money(x: float | None) -> str:
+    return "" if x is None else f"{x:,.0f}"
+
+
+def _show_analytics(console: Console, a: dict) -> None:
+    u = Table(title="Uplift against the holdouts, 30 days after entry (GET /api/analytics/uplift)",
+              title_justify="left")  # fmt: skip
+    for col in ("journey", "treated", "holdout", "treated rate", "holdout rate", "uplift (95 % interval)",
+                "incremental revenue"):  # fmt: skip
+        u.add_column(col, justify="left" if col == "journey" else "right")
+    for r in a["uplift"]["rows"]:  # a value is None where an arm is too small to give it
+        interval = "" if r["uplift"] is None else f"{_pp(r['uplift'])} [{_pp(r['uplift_lo'])}, {_pp(r['uplift_hi'])}]"
+        u.add_row(r["journey_id"], str(r["treated"]), str(r["holdout"]), _share(r["treated_rate"]),
+                  _share(r["holdout_rate"]), interval, _money(r["incremental_revenue"]))  # fmt: skip
+    console.print(u)
+
+    o = Table(title="Value per customer by channels used, against one channel (GET /api/analytics/omnichannel)",
+              title_justify="left")  # fmt: skip
+    for col in ("group", "customers", "revenue per customer", "vs reference (95 % interval)", "reference"):
+        o.add_column(col, justify="left" if col in ("group", "reference") else "right")
+    customers = {(g["dimension"], g["group"]): g for g in a["omnichannel"]["groups"]}
+    for c in a["omnichannel"]["comparisons"]:
+        if c["metric"] != "value":
+            continue
+        g = customers.get((c["dimension"], c["group"]), {})
+        o.add_row(f"{c['dimension']}: {c['group']}", str(g.get("customers", "")), _money(c["group_value"]),
+                  f"{_pct(c['relative_difference'])} [{_pct(c['lo'])}, {_pct(c['hi'])}]",
+                  c["reference"])  # fmt: skip
+    console.print(o)
+    console.print("[dim]The seeds claim customers on several touchpoints are worth ~30 % more (\\[s000]); here that is "
+                  "what the model's assumptions produce, measured by the report a brand would run.[/dim]")  # fmt: skip
+
+    r = Table(title="Showrooming and webrooming, 7-day window (GET /api/analytics/showrooming)", title_justify="left")
+    for col in ("direction", "purchases", "after research on the other side", "share", "revenue share"):
+        r.add_column(col, justify="left" if col == "direction" else "right")
+    for d in a["showrooming"]["totals"].values():
+        r.add_row(d["direction"], str(d["purchases"]), str(d["roomed"]), _share(d["share"]),
+                  _share(d["revenue_share"]))  # fmt: skip
+    console.print(r)

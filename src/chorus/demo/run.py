@@ -1,0 +1,238 @@
+"""The demo run: the real Chorus (HTTP app, worker, channel adapters) driven on a virtual clock, in this process.
+
+Setup (the clock stands an hour before the period): a store migrated, a workspace with its keys (as `chorus
+workspace create` makes it), the SMTP server and the HTTP app started, providers, templates, segments, the
+retargeting audience, journeys and the broadcast installed through the admin API.
+
+Then the clock advances one step at a time. At each step: the step's actions are posted (tracking API, imports),
+the callbacks due are made (open pixels, tracked clicks, one-click unsubscribes, visits from a message's link),
+the worker runs passes until it reports no work (resolution, the change feed, segments, journeys and their timers,
+schedules, delivery: exactly what `chorus serve`'s worker runs), and what the customers received (the SMTP
+server's mail, the sinks' files) is answered per the model: callbacks and purchases for later steps.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from chorus import gctune, workspaces
+from chorus.analytics import lake
+from chorus.demo import events, inbox, install, model
+from chorus.demo.brand import BRAND
+from chorus.demo.client import Chorus, DemoError
+from chorus.demo.params import DEFAULTS
+from chorus.demo.servers import AppServer, ASGIServer, MailServer
+from chorus.demo.twilio import TwilioStandIn
+from chorus.demo.world import World
+from chorus.store.db import create_engine, upgrade
+from chorus.timeutil import iso, use_clock
+from chorus.worker import Worker
+
+SINK_CHANNELS = ("push", "messenger")  # SMS goes through Twilio's stand-in
+TWILIO_TOKEN_ENV = "CHORUS_DEMO_TWILIO_TOKEN"
+MAX_PASSES = 200  # worker passes per step before the demo says the worker does not settle
+
+
+@dataclass(frozen=True)
+class Options:
+    customers: int
+    days: int
+    seed: int
+    database_url: str
+    outbox: str  # absolute directory of the file sinks
+    lake: str  # absolute directory of the event lake the analytics read
+    start: datetime
+    step: timedelta = timedelta(hours=1)
+    params: dict = field(default_factory=lambda: dict(DEFAULTS))
+
+
+class VirtualClock:
+    def __init__(self, now: datetime):
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@dataclass
+class Outcome:
+    keys: dict
+    base_url: str
+    workspace_id: str
+    actions: Counter = field(default_factory=Counter)
+    events_sent: int = 0
+    deliveries: Counter = field(default_factory=Counter)
+    responses: Counter = field(default_factory=Counter)
+    unsubscribes: list = field(default_factory=list)  # email one-click unsubscribes: message, user, time
+    stops: list = field(default_factory=list)  # SMS STOP replies: message, phone, time
+    passes: int = 0
+    lake: dict = field(default_factory=dict)
+    worker_seconds: float = 0.0
+    report: dict = field(default_factory=dict)
+
+
+Progress = Callable[[str, int, int], None]  # (phase, done, total)
+
+
+def run(opts: Options, progress: Progress | None = None, report: Callable[[Chorus, Outcome], dict] | None = None
+        ) -> Outcome:  # fmt: skip
+    progress = progress or (lambda *_: None)
+    defs = install.load(opts.start)
+    plans = list(model.customers(opts.seed, opts.customers, opts.start, opts.days, BRAND, opts.params))
+    clock = VirtualClock(opts.start - timedelta(hours=1))
+    saved_env = {k: os.environ.get(k) for k in ("CHORUS_PUBLIC_URL", "CHORUS_OUTBOX_DIR", TWILIO_TOKEN_ENV)}
+    twilio = TwilioStandIn()
+    with use_clock(clock):
+        upgrade(opts.database_url)
+        engine = create_engine(opts.database_url)
+        keys = workspaces.create(engine, "demo")  # what `chorus workspace create demo` does
+        try:
+            with (MailServer() as smtp, ASGIServer(twilio.app, "the Twilio stand-in") as sms,
+                  AppServer(engine, opts.database_url, opts.lake) as app):
+                # the worker builds links and file sinks from the process environment, as `chorus serve` sets it
+                os.environ["CHORUS_PUBLIC_URL"] = app.base_url
+                os.environ["CHORUS_OUTBOX_DIR"] = opts.outbox
+                os.environ[TWILIO_TOKEN_ENV] = twilio.auth_token  # the provider names its secret by variable
+                api = Chorus(app.base_url, keys)
+                worker = Worker(engine, batch=2000, poll=0.05)
+                try:
+                    out = Outcome(keys, app.base_url, keys["id"])
+                    setup(api, smtp.port, twilio.provider(sms.base_url, TWILIO_TOKEN_ENV), defs)
+                    gctune.tune()  # as `chorus serve` does once started (decision 0041; CHORUS_GC=default opts out)
+                    _Loop(opts, clock, api, worker, smtp, twilio, plans, out, progress).run()
+                    out.events_sent = api.sent_events
+                    progress("exporting the event lake", 0, 1)
+                    # what `chorus lake export` does, at the end of the period: every event settled (the worker is
+                    # idle), so nothing is held back for a later export
+                    out.lake = lake.export(engine, opts.lake, settle=timedelta(0)).as_dict()
+                    if report is not None:
+                        out.report = report(api, out)
+                    return out
+                finally:
+                    worker.stop()
+                    api.close()
+        finally:
+            engine.dispose()
+            for k, v in saved_env.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
+def setup(api: Chorus, smtp_port: int, sms: dict, defs: install.Definitions) -> None:
+    """Configure the workspace as an operator would, through the admin API."""
+    providers = {
+        "email": [{"type": "smtp", "name": "demo-smtp", "host": "127.0.0.1", "port": smtp_port, "security": "none",
+                   "from": f"{BRAND.name} <news@{BRAND.domain}>"}],
+        "sms": [sms],
+        **{ch: [{"type": "file", "dir": ch}] for ch in SINK_CHANNELS},
+    }  # fmt: skip
+    # as a real Messenger provider for receipts would be: tagged updates may leave the 24-hour window
+    providers["messenger"][0]["tag"] = "POST_PURCHASE_UPDATE"
+    api.patch("/api/workspace/settings", {"default_region": BRAND.region, "messaging": {"providers": providers}})
+    for name, doc in defs.templates.items():
+        api.put(f"/api/templates/{name}", doc)
+    for sid, seg in defs.segments.items():
+        api.put(f"/api/segments/{sid}", {"name": seg["name"], "rule": seg["rule"]})
+    for aud in defs.audiences:
+        api.post("/api/audiences", aud)
+    for doc in defs.journeys.values():
+        api.post("/api/journeys", doc)
+    api.post("/api/broadcasts", defs.broadcast)
+
+
+class _Loop:
+    """The I/O of the run: what the world does goes to Chorus over HTTP; what Chorus sends comes back to it."""
+
+    def __init__(self, opts: Options, clock: VirtualClock, api: Chorus, worker: Worker, smtp: MailServer,
+                 twilio: TwilioStandIn, plans: list[model.Plan], out: Outcome, progress: Progress):  # fmt: skip
+        self.opts, self.clock, self.api, self.worker, self.smtp = opts, clock, api, worker, smtp
+        self.twilio = twilio
+        self.out, self.progress = out, progress
+        inbound = f"{api.base_url}/webhooks/twilio/{out.workspace_id}/inbound"
+        self.world = World(opts.seed, opts.start, opts.params, plans, twilio, inbound)
+        self.sinks = inbox.SinkReader(opts.outbox, SINK_CHANNELS)
+        self.meta: dict[str, dict] = {}  # message id -> its row in GET /api/messages
+
+    def run(self) -> None:
+        opts = self.opts
+        t, end = opts.start, opts.start + timedelta(days=opts.days)
+        steps = int((end - t) / opts.step + 0.5)
+        self.clock.now = t
+        self.drain()  # segments computed, schedules set, before the first customer acts
+        for n in range(steps):
+            nxt = t + opts.step
+            self.clock.now = nxt
+            self.post_actions(nxt)
+            self.make_callbacks(nxt)
+            self.drain()
+            self.answer(nxt)
+            t = nxt
+            self.progress("simulating", n + 1, steps)
+        tally = self.world.tally
+        self.out.actions, self.out.deliveries, self.out.responses = tally.actions, tally.deliveries, tally.responses
+        self.out.unsubscribes, self.out.stops = tally.unsubscribes, tally.stops
+
+    # -- the customers act ----------------------------------------------------------------------------------------
+    def post_actions(self, until: datetime) -> None:
+        client, server = [], []
+        imports: dict[str, list[dict]] = defaultdict(list)
+        for c, a, mid in self.world.due_actions(until):
+            route = events.route(a)
+            if route == events.CLIENT:
+                client.extend(events.messages(c, a, BRAND, mid))
+            elif route == events.SERVER:
+                server.extend(events.messages(c, a, BRAND, mid))
+            else:
+                imports[route].append(events.import_row(c, a, BRAND))
+        if server:
+            self.api.track(server, server=True)
+        if client:
+            self.api.track(client)
+        for source, rows in imports.items():  # the tills' (call centre's, mailing house's) export of the hour
+            self.api.import_rows(source, rows, f"{source}-{until:%Y%m%d%H%M}")
+
+    def make_callbacks(self, until: datetime) -> None:
+        for cb in self.world.due_callbacks(until):
+            if cb.kind == "twilio":
+                status = self.api.provider_callback(cb.url, cb.form or {}, self.twilio.signed(cb.url, cb.form or {}))
+            elif cb.kind == "unsubscribe":
+                status = self.api.one_click_unsubscribe(cb.url)
+            else:
+                status = self.api.follow(cb.url)
+            if status >= 400:
+                raise DemoError(f"the {cb.kind} callback answered {status}: {cb.url[:160]}")
+            if cb.record is not None:
+                cb.record["at"] = iso(self.clock.now)
+
+    # -- the worker ---------------------------------------------------------------------------------------------
+    def drain(self) -> None:
+        started = time.perf_counter()
+        for _ in range(MAX_PASSES):
+            self.out.passes += 1
+            if self.worker.run_once() == 0:
+                break
+        else:
+            raise DemoError(f"the worker still had work after {MAX_PASSES} passes at {iso(self.clock.now)}")
+        self.out.worker_seconds += time.perf_counter() - started
+
+    # -- what they received ----------------------------------------------------------------------------------------
+    def answer(self, now: datetime) -> None:
+        got = [d for m in self.smtp.take() for d in inbox.from_mail(m, self.api.base_url)] + self.sinks.take()
+        got += [inbox.from_text(t) for t in self.twilio.take()]
+        if not got:
+            return
+        for row in self.api.pages("/api/messages", "messages", since=iso(now)):
+            self.meta[row["id"]] = row
+        for d in got:
+            meta = self.meta.pop(d.message_id, None) or self.api.get(f"/api/messages/{d.message_id}")
+            c = self.world.customer_at(d.address)
+            if c is None:
+                raise DemoError(f"message {d.message_id} went to {d.address}, who is none of the demo's customers")
+            self.world.receive(c, d, meta, now)

@@ -1,0 +1,166 @@
+"""The customers' side of the demo, as state without I/O: the actions still to come (the model's plan, and what
+messages make them do), what each customer is doing now (her open cart, whether she has an account, when she last
+acted), and what she does with a message she receives (``receive``): callbacks to make and actions to add.
+
+``run.py`` does the I/O: it posts what ``due_actions`` gives, makes what ``due_callbacks`` gives over HTTP, and
+hands every delivery it reads (mail, texts, sink files) to ``receive``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from chorus.demo import events, model
+from chorus.demo.brand import BRAND
+from chorus.demo.inbox import Delivery
+from chorus.demo.twilio import TwilioStandIn
+
+# messages about what the person just did: the model's relevance lift applies
+RELEVANT = {"cart_reminder", "cart_reminder_2", "browse_offer", "pickup_cancelled", "delivery_offer", "receipt",
+            "welcome_code"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Callback:
+    """A request a person's mail client, her browser, her mailbox provider or Twilio makes to Chorus."""
+
+    at: datetime
+    kind: str  # open, click (GET a link), unsubscribe (RFC 8058 POST), twilio (a signed form POST)
+    url: str
+    form: dict | None = None
+    record: dict | None = None  # an opt-out to report: the instant Chorus received it is added to it
+
+
+@dataclass
+class Tally:
+    actions: Counter = field(default_factory=Counter)
+    deliveries: Counter = field(default_factory=Counter)
+    responses: Counter = field(default_factory=Counter)
+    unsubscribes: list = field(default_factory=list)  # email one-click unsubscribes: message, user, topic, time
+    stops: list = field(default_factory=list)  # SMS STOP replies: message, phone, time
+
+
+class World:
+    def __init__(self, seed: int, start: datetime, params: dict, plans: list[model.Plan], twilio: TwilioStandIn,
+                 inbound_url: str):  # fmt: skip
+        self.seed, self.start, self.params = seed, start, params
+        self.twilio, self.inbound_url = twilio, inbound_url
+        self.customers = [p.customer for p in plans]
+        self.by_address: dict[str, int] = {}
+        for c in self.customers:
+            for addr in (c.email, c.phone, c.messenger_psid, events.push_token(c)):
+                if addr:
+                    self.by_address[addr] = c.index
+        self.seq = itertools.count()  # ties in time keep the order things were added in
+        self.extra = itertools.count()  # ids of what messages make people do
+        self.queue: list = [(a.at, next(self.seq), a, f"demo-{seed}-{a.customer}-{i}")
+                            for p in plans for i, a in enumerate(p.actions)]  # fmt: skip
+        heapq.heapify(self.queue)
+        self.callbacks: list = []
+        self.last_active: dict[int, datetime] = {}
+        self.open_cart: dict[int, tuple[str, tuple[str, ...]]] = {}
+        self.signed_up: set[int] = set()
+        self.received: Counter = Counter()  # (customer, template) -> messages so far: the stable key of a response
+        self.tally = Tally()
+
+    # -- what happens next ---------------------------------------------------------------------------------------
+    def due_actions(self, until: datetime) -> list[tuple[model.Customer, model.Action, str]]:
+        """The actions before ``until`` in time order, with their message ids; the customers' state follows them."""
+        out = []
+        while self.queue and self.queue[0][0] < until:
+            _at, _o, a, mid = heapq.heappop(self.queue)
+            c = self.customers[a.customer]
+            self.tally.actions[a.kind] += 1
+            self._note(c, a)
+            out.append((c, a, mid))
+        return out
+
+    def due_callbacks(self, until: datetime) -> list[Callback]:
+        out = []
+        while self.callbacks and self.callbacks[0][0] < until:
+            out.append(heapq.heappop(self.callbacks)[2])
+        return out
+
+    def _note(self, c: model.Customer, a: model.Action) -> None:
+        if a.kind in ("catalog_sent", "pickup_cancelled"):
+            return  # the brand acted, not she
+        self.last_active[c.index] = a.at
+        if a.kind in ("known", "signup"):
+            self.signed_up.add(c.index)
+        if a.kind == "add":
+            cart = self.open_cart.get(c.index)
+            skus = (cart[1] if cart and cart[0] == a.cart_id else ()) + a.skus
+            self.open_cart[c.index] = (a.cart_id, skus)
+        elif a.kind in ("order", "store_purchase"):
+            cart = self.open_cart.get(c.index)
+            if cart and (a.cart_id == cart[0] or a.kind == "store_purchase"):
+                self.open_cart.pop(c.index, None)
+
+    def _later(self, a: model.Action) -> None:
+        heapq.heappush(self.queue, (a.at, next(self.seq), a, f"demo-{self.seed}-{a.customer}-x{next(self.extra)}"))
+
+    def _call(self, cb: Callback) -> None:
+        heapq.heappush(self.callbacks, (cb.at, next(self.seq), cb))
+
+    # -- a message arrives ---------------------------------------------------------------------------------------
+    def customer_at(self, address: str) -> model.Customer | None:
+        i = self.by_address.get(address)
+        return None if i is None else self.customers[i]
+
+    def receive(self, c: model.Customer, d: Delivery, meta: dict, now: datetime) -> None:
+        """She received ``d`` (``meta``: the message as GET /api/messages describes it) at ``now``."""
+        template = meta.get("template") or "?"
+        self.tally.deliveries[d.channel] += 1
+        self.received[(c.index, template)] += 1
+        key = f"{c.index}:{template}:{self.received[(c.index, template)]}"
+        age = now - self.last_active.get(c.index, self.start)
+        r = model.respond(self.seed, key, d.channel, template in RELEVANT, age, meta.get("kind") == "marketing",
+                          self.params)  # fmt: skip
+        at = now + r.delay
+        if d.channel == "email":
+            if r.opened and d.open_url:
+                self._call(Callback(at, "open", d.open_url))
+            if r.clicked and d.click_urls:
+                self._call(Callback(at + timedelta(minutes=1), "click", d.click_urls[0]))
+            if r.unsubscribed and d.unsubscribe_url:
+                record = {"message_id": d.message_id, "user_id": c.user_id, "topic": meta.get("topic")}
+                self.tally.unsubscribes.append(record)
+                self._call(Callback(at, "unsubscribe", d.unsubscribe_url, record=record))
+        if d.text is not None:  # the carrier delivered it: Twilio reports so to the message's callback URL
+            self._call(Callback(now + timedelta(seconds=30), "twilio", d.text.status_callback or "",
+                                self.twilio.status(d.text, "delivered")))  # fmt: skip
+            if r.unsubscribed:  # she answers STOP: Twilio forwards the reply to the number's inbound webhook
+                record = {"message_id": d.message_id, "phone": d.address}
+                self.tally.stops.append(record)
+                self._call(Callback(at, "twilio", self.inbound_url, self.twilio.inbound(d.address, "STOP"), record))
+        if d.channel != "email" and r.clicked:  # its link opened the site or the app: a visit with its UTM tags
+            channel = "app" if d.channel == "push" and c.app_device else "web"
+            self._later(model.Action(at, c.index, "view", channel, signed_in=c.index in self.signed_up,
+                                     skus=(self._sku(c, f"{key}:visit"),), via=(d.channel, d.message_id)))  # fmt: skip
+        for what in ("opened", "clicked", "unsubscribed"):
+            if getattr(r, what):
+                self.tally.responses[f"{d.channel}:{what}"] += 1
+        if r.purchase:
+            self.tally.responses[f"purchase:{r.purchase}"] += 1
+            self._purchase(c, at + timedelta(minutes=10), r.purchase, key, (d.channel, d.message_id))
+
+    def _purchase(self, c: model.Customer, at: datetime, where: str, key: str, via: tuple[str, str]) -> None:
+        """What she wanted (her open cart, else something in her favourite category), in a store or online."""
+        cart = self.open_cart.get(c.index)
+        skus = cart[1] if cart else (self._sku(c, key),)
+        n = next(self.extra)
+        if where == "store":
+            self._later(model.Action(at, c.index, "store_purchase", "store", skus=skus,
+                                     order_id=f"rcpt-{c.index}-m{n}", store=c.home_store))  # fmt: skip
+        elif c.index in self.signed_up:  # an online order needs her account
+            self._later(model.Action(at, c.index, "order", "app" if c.app_device else "web", signed_in=True,
+                                     skus=skus, cart_id=cart[0] if cart else None, order_id=f"ord-{c.index}-m{n}",
+                                     fulfillment="delivery", via=via))  # fmt: skip
+
+    def _sku(self, c: model.Customer, key: str) -> str:
+        return random.Random(f"{self.seed}:sku:{key}").choice(BRAND.in_category(c.favourite)).sku

@@ -1,0 +1,268 @@
+"""`chorus demo` end to end, as a user runs it (a subprocess), then the issue's invariants checked against the store
+it wrote: totals reconcile between the report and the store, everything sent really arrived (SMTP server, sink
+files) and nothing else did, holdouts received nothing after their split, nobody got a message from a journey
+after leaving it, and an unsubscribe stopped that topic's marketing email at once.
+
+The run changes two model parameters (``--set``) so that a small population produces unsubscribes to check."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import Counter
+from datetime import datetime
+
+import orjson
+import pytest
+import sqlalchemy as sa
+
+from chorus.demo import install
+from chorus.journeys import definition as jdef
+from chorus.timeutil import parse_ts
+
+START = "2026-03-02"
+
+
+def demo(tmp_path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "chorus.cli", "demo", "--db", f"sqlite:///{tmp_path / 'demo.db'}",
+           "--outbox", str(tmp_path / "outbox"), "--lake", str(tmp_path / "lake"), *args]  # fmt: skip
+    env = {**os.environ, "COLUMNS": "500"}  # Typer's error box wraps at the terminal width: one line per message
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=tmp_path, env=env)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("demo")
+    r = demo(tmp, "--customers", "90", "--days", "14", "--seed", "11", "--start", START, "--json",
+
+             "--set", "email_open=0.6", "--set", "email_unsubscribe=0.15", "--set", "sms_stop=0.3")  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    engine = sa.create_engine(f"sqlite:///{tmp / 'demo.db'}")
+    with engine.connect() as conn:
+        store = {
+            "messages": [dict(m._mapping) for m in conn.execute(sa.text("SELECT * FROM messages"))],
+            "statuses": [dict(m._mapping) for m in conn.execute(sa.text("SELECT * FROM message_status"))],
+            "instances": [dict(m._mapping) for m in conn.execute(sa.text("SELECT * FROM journey_instances"))],
+            "records": [dict(m._mapping) for m in conn.execute(sa.text("SELECT * FROM journey_records"))],
+            "channels": Counter(dict(conn.execute(sa.text("SELECT channel, count(*) FROM events GROUP BY 1")).all())),
+            "store_orders": {ts(t) for (t,) in conn.execute(sa.text(
+                "SELECT timestamp FROM events WHERE event = 'Order Completed' AND channel = 'store'"))},
+        }
+    engine.dispose()
+    return orjson.loads(r.stdout), store, tmp
+
+
+def ts(value) -> datetime:
+    return value if isinstance(value, datetime) else parse_ts(value)
+
+
+def test_the_report_reconciles_with_the_store(run):
+    rep, store, _ = run
+    msgs = store["messages"]
+    assert rep["messages"]["total"] == len(msgs) > 0
+    got = {(r["channel"], r["status"]): r["count"] for r in rep["messages"]["by_channel_status"]}
+    assert got == dict(Counter((m["channel"], m["status"]) for m in msgs))
+    inst = Counter(i["journey_id"] for i in store["instances"])
+    for j in rep["journeys"]:
+        assert j["totals"]["entered"] == inst[j["id"]], j["id"]
+        (version,) = j["versions"]
+        if j["id"] in ("welcome", "abandoned_cart", "browse_abandonment", "winback"):  # the split comes first
+            assert sum(a["entered"] for a in version["arms"]) == j["totals"]["entered"], j["id"]
+    assert sum(j["totals"]["entered"] for j in rep["journeys"]) > 30, "the journeys must have had work to do"
+    assert rep["broadcasts"] and rep["broadcasts"][0]["id"] == "spring_sale"
+    assert any(m["journey_id"] == "spring_sale" for m in msgs), "the broadcast went out on day 7"
+
+
+def test_nothing_failed_inside(run):
+    rep, _, tmp = run
+    assert rep["errors_logged"] == 0, (tmp / "chorus-demo.log").read_text()[-3000:]
+    assert " ERROR " not in (tmp / "chorus-demo.log").read_text()
+
+
+def test_the_analytics_on_the_lake_agree_with_the_journeys_records(run):
+    """Across reports: the uplift report (the lake, DuckDB) counts, per journey, the people the journey runtime put in
+    each arm (its records in the store); the omnichannel report's groups add up to its total."""
+    rep, store, _ = run
+    assert rep["lake"]["events"] > 0 and rep["lake"]["held_back"] == 0
+    arms: dict[str, dict[str, set]] = {}
+    for r in store["records"]:
+        if r["arm"]:
+            arms.setdefault(r["journey_id"], {"treated": set(), "holdout": set()})[
+                "holdout" if r["arm"] == "holdout" else "treated"].add(r["profile_id"])
+    rows = {r["journey_id"]: r for r in rep["analytics"]["uplift"]["rows"]}
+    assert rows and set(rows) <= set(arms)
+    for jid, row in rows.items():
+        assert (row["treated"], row["holdout"]) == (len(arms[jid]["treated"]), len(arms[jid]["holdout"])), jid
+    omni = rep["analytics"]["omnichannel"]
+    by_channels = [g for g in omni["groups"] if g["dimension"] == "channels"]
+    assert sum(g["customers"] for g in by_channels) == omni["totals"]["customers"] > 0
+    totals = rep["analytics"]["showrooming"]["totals"]
+    assert totals["webrooming"]["purchases"] > 0 and totals["webrooming"]["roomed"] > 0
+
+
+def test_every_message_sent_arrived_and_nothing_else_did(run):
+    rep, store, tmp = run
+    sent = Counter(m["channel"] for m in store["messages"] if m["sent_at"] is not None)
+    assert sent["email"] > 0 and sent["sms"] + sent["push"] + sent["messenger"] > 0, sent
+    assert rep["deliveries_seen"] == dict(sent)  # what the SMTP server, Twilio's stand-in and the sinks received
+    for channel in ("push", "messenger"):
+        folder = tmp / "outbox" / channel
+        files = sorted(p.stem for p in folder.glob("*.json")) if folder.exists() else []
+        assert files == sorted(m["id"] for m in store["messages"] if m["channel"] == channel and m["sent_at"])
+
+
+def test_the_demo_used_every_public_path(run):
+    _, store, _ = run
+    ch = store["channels"]
+    for channel in ("web", "app", "store", "catalog", "server"):  # tracking (both keys) and the till imports
+        assert ch[channel] > 0, (channel, ch)
+    statuses = Counter(s["status"] for s in store["statuses"])
+    # the open pixel, tracked links, RFC 8058, Twilio's status callback
+    for status in ("opened", "clicked", "unsubscribed", "delivered"):
+        assert statuses[status] > 0, statuses
+
+
+def test_a_till_purchase_ends_an_abandoned_cart_journey(run):
+    """The omnichannel case: carts abandoned online and bought in a store, the till's file imported, end the
+    journey (its goal, reached on any channel) before or after a reminder; the records name the till's time."""
+    _, store, _ = run
+    converted = [ts(r["at"]) for r in store["records"]
+                 if r["journey_id"] == "abandoned_cart" and r["kind"] == "converted"]  # fmt: skip
+    assert converted
+    assert any(at in store["store_orders"] for at in converted)
+
+
+def _before_split(doc: dict) -> set[str]:
+    """The templates a journey sends before its first split: all its holdout arm may ever receive."""
+    jdef.parse(doc)  # a valid journey: the walk below reads its JSON
+    out, todo, seen = set(), [doc["start"]], set()
+    while todo:
+        nid = todo.pop()
+        if nid in seen:
+            continue
+        seen.add(nid)
+        node = doc["nodes"][nid]
+        if node["type"] == "split":
+            continue
+        if node["type"] == "message":
+            out.add(node["template"])
+        nexts = [node.get(k) for k in ("next", "then", "else")] + [b.get("next") for b in node.get("branches", [])]
+        nexts.append((node.get("timeout") or {}).get("next"))
+        todo.extend(n for n in nexts if n)
+    return out
+
+
+def test_holdouts_received_nothing_and_nobody_heard_from_a_journey_after_leaving_it(run):
+    """In the journey's own time (its records carry the time of the input that moved her): every message of an
+    instance is one step through a message node, and none of those steps comes after her exit. (A message's
+    created_at is when the worker processed the step, up to one virtual-clock step later.)"""
+    _, store, _ = run
+    defs = install.load(datetime.fromisoformat(START + "T00:00:00+00:00"))
+    message_nodes = {(jid, nid) for jid, doc in defs.journeys.items()
+                     for nid, node in doc["nodes"].items() if node["type"] == "message"}  # fmt: skip
+    held = {r["instance_id"] for r in store["records"] if r["arm"] == "holdout"}
+    exited = {r["instance_id"]: ts(r["at"]) for r in store["records"] if r["kind"] == "exited"}
+    sends = Counter()
+    for r in store["records"]:
+        if r["kind"] == "step" and (r["journey_id"], r["node"]) in message_nodes:
+            sends[r["instance_id"]] += 1
+            if r["instance_id"] in exited:
+                assert ts(r["at"]) <= exited[r["instance_id"]], r
+    assert held, "some people were held out"
+    got = Counter()
+    for m in store["messages"]:
+        if m["journey_id"] in defs.journeys:
+            instance = m["idempotency_key"].split(":")[0]
+            got[instance] += 1
+            if instance in held:
+                assert m["template"] in _before_split(defs.journeys[m["journey_id"]]), m
+    assert got == sends, "one message per step through a message node, and no other"
+    assert sum(got.values()) > 20
+
+
+def test_an_unsubscribe_stops_that_topic_at_once(run):
+    _, store, _ = run
+    by_id = {m["id"]: m for m in store["messages"]}
+    unsubscribed = [(by_id[s["message_id"]], ts(s["at"])) for s in store["statuses"] if s["status"] == "unsubscribed"]
+    assert unsubscribed
+    for msg, at in unsubscribed:
+        later = [m for m in store["messages"] if m["profile_id"] == msg["profile_id"] and m["channel"] == "email"
+                 and m["kind"] == "marketing" and m["topic"] == msg["topic"] and ts(m["created_at"]) > at]  # fmt: skip
+        assert later == [], (msg["id"], later)
+
+
+def test_an_sms_stop_ends_every_sms_at_once(run):
+    """STOP went to Chorus as Twilio sends it (the inbound webhook, signed); from the instant Chorus received it, no
+    SMS to that number, transactional ones included."""
+    rep, store, _ = run
+    assert rep["stops"]
+    for stop in rep["stops"]:
+        at = ts(stop["at"])
+        later = [m["id"] for m in store["messages"]
+                 if m["channel"] == "sms" and m["address"] == stop["phone"] and ts(m["created_at"]) >= at]  # fmt: skip
+        assert later == [], stop
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--customers", "0"], "--customers"),
+        (["--days", "-3"], "--days"),
+        (["--customers", "lots"], "--customers"),
+        (["--set", "email_open=2"], "out of range"),
+        (["--set", "nonsense=1"], "no such parameter"),
+        (["--set", "email_open"], "NAME=NUMBER"),
+        (["--start", "yesterday"], "--start"),
+        (["--db", "mysql://x/y"], "--db"),
+    ],
+)
+def test_bad_input_is_refused_with_exit_code_2(tmp_path, args, message):
+    r = demo(tmp_path, *args, timeout=60)
+    assert r.returncode == 2, (r.returncode, r.stderr[-500:])
+    assert message in r.stderr
+    assert not (tmp_path / "demo.db").exists(), "nothing is created for a refused command"
+
+
+def test_a_directory_as_the_store_or_a_file_as_the_outbox_is_refused(tmp_path):
+    (tmp_path / "d").mkdir()
+    r = demo(tmp_path, "--db", f"sqlite:///{tmp_path / 'd'}", "--replace", timeout=60)
+    assert r.returncode == 2 and "is a directory" in r.stderr and (tmp_path / "d").is_dir()
+    (tmp_path / "f").write_text("x")
+    r = demo(tmp_path, "--outbox", str(tmp_path / "f"), timeout=60)
+    assert r.returncode == 2 and "is a file" in r.stderr and (tmp_path / "f").read_text() == "x"
+
+
+def test_an_existing_store_is_not_overwritten_without_replace(tmp_path):
+    (tmp_path / "demo.db").write_bytes(b"precious")
+    r = demo(tmp_path, "--customers", "5", "--days", "1", timeout=60)
+    assert r.returncode == 2 and "--replace" in r.stderr
+    assert (tmp_path / "demo.db").read_bytes() == b"precious"
+
+
+def test_a_store_with_chorus_data_is_refused(db_url, engine, tmp_path):
+    """The demo's made-up customers never mix with an installation's data (SQLite: the file exists; PostgreSQL:
+    the database holds workspaces)."""
+    from chorus import workspaces
+
+    workspaces.create(engine, "shop")
+    cmd = [sys.executable, "-m", "chorus.cli", "demo", "--db", db_url, "--customers", "5", "--days", "1",
+           "--outbox", str(tmp_path / "outbox")]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=tmp_path, env=os.environ.copy())
+    assert r.returncode == 2, r.stderr[-800:]
+    assert "--db" in r.stderr
+    with engine.connect() as conn:
+        assert [w.name for w in workspaces.list_all(conn)] == ["shop"]
+
+
+def test_the_text_report_prints_every_section(tmp_path):
+    """What a person running `chorus demo` in a terminal reads (the tests above read --json)."""
+    r = demo(tmp_path, "--customers", "40", "--days", "9", "--seed", "3", "--start", START, "--set", "sms_stop=0.5")
+    assert r.returncode == 0, r.stderr[-3000:]
+    for title in ("Behaviour model: every parameter", "Journeys and broadcasts: conversions by arm",
+                  "Journey funnels per node", "Messages by channel and status", "What the customers did",
+                  "Uplift against the holdouts", "Value per customer by channels used", "Showrooming and webrooming",
+                  "Workspace 'demo' (keys are shown only now): api_key ak_", "40 customers over 9 days"):  # fmt: skip
+        assert title in r.stderr, title
+    assert "spring_sale" in r.stderr and "[s004]" in r.stderr, "the broadcast and the parameters' sources"
+    assert "errors were logged" not in r.stderr

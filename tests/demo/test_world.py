@@ -1,0 +1,59 @@
+"""The customers' side of the run without servers: what a delivery makes them do."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from chorus.demo import model, params
+from chorus.demo.inbox import Delivery
+from chorus.demo.twilio import Text, TwilioStandIn
+from chorus.demo.world import World
+
+START = datetime(2026, 3, 1, tzinfo=UTC)
+END = START + timedelta(days=20)
+
+
+def world(p: dict, n: int = 300) -> World:
+    plans = list(model.customers(9, n, START, 20, p=p))
+    return World(9, START, p, plans, TwilioStandIn(), "http://chorus.test/webhooks/twilio/ws/inbound")
+
+
+def test_a_reminder_that_converts_buys_the_open_cart_and_the_links_are_followed():
+    p = params.with_overrides({"email_open": 1, "email_click": 1, "convert_after_click": 1, "convert_in_store": 0,
+                               "staleness_half_life_h": 1000})  # however long ago she left the cart
+    w = world(p)
+    w.due_actions(END)  # everything planned happened: carts are open or bought
+    carts = {i: cart for i, cart in w.open_cart.items() if i in w.signed_up}
+    assert len(carts) > 5
+    for i in carts:
+        c = w.customers[i]
+        d = Delivery(f"msg_{i}", "email", c.email, "http://chorus.test/o/x.gif", ("http://chorus.test/c/y",), None)
+        w.receive(c, d, {"template": "cart_reminder", "kind": "marketing", "topic": "cart"}, END)
+    later = w.due_actions(END + timedelta(days=3))
+    orders = [a for _c, a, _mid in later if a.kind == "order"]
+    assert len(orders) > len(carts) / 2, "most reminders convert with these parameters"
+    for a in orders:
+        assert (a.cart_id, a.skus) == carts[a.customer], a
+        assert a.via == ("email", f"msg_{a.customer}") and a.at > END
+    calls = w.due_callbacks(END + timedelta(days=3))
+    assert {cb.kind for cb in calls} == {"open", "click"}
+    assert all(cb.at > END for cb in calls)
+    assert w.tally.deliveries["email"] == len(carts)
+
+
+def test_stop_goes_to_the_inbound_webhook_and_the_delivery_report_to_the_message():
+    p = params.with_overrides({"sms_stop": 1, "sms_click": 0})
+    w = world(p, 50)
+    c = next(c for c in w.customers if c.phone)
+    text = Text("SM1", c.phone, "+3197010000001", "Sale!", "http://chorus.test/webhooks/twilio/ws/status?m=msg_1")
+    w.receive(c, Delivery("msg_1", "sms", c.phone, text=text), {"template": "winback_offer", "kind": "marketing"},
+              END)  # fmt: skip
+    calls = w.due_callbacks(END + timedelta(days=3))
+    by_url = {cb.url: cb for cb in calls}
+    report = by_url[text.status_callback]
+    assert report.form["MessageStatus"] == "delivered" and report.form["MessageSid"] == "SM1"
+    stop = by_url["http://chorus.test/webhooks/twilio/ws/inbound"]
+    assert stop.form["Body"] == "STOP" and stop.form["From"] == c.phone and stop.record == w.tally.stops[0]
+    # a transactional text is never answered with STOP by the model
+    w.receive(c, Delivery("msg_2", "sms", c.phone, text=text), {"template": "receipt", "kind": "transactional"}, END)
+    assert len(w.tally.stops) == 1
