@@ -178,6 +178,43 @@ def test_a_segment_referring_to_a_late_timers_segment_is_never_decided_before_it
     assert members(engine, ws, "hot") == members(engine, ws, "recent") == set()
 
 
+def test_a_person_whose_timer_fails_is_decided_at_its_first_instant_when_it_is_tried_again(engine, ws, clock, worker,
+                                                                                             monkeypatch):
+    """Her evaluation at the timer raises (the others' go on); a minute later it is tried again and she is decided
+    at the instant the timer first fell due, so her exit is dated then, as if nothing had failed."""
+    define(engine, ws, "recent", {"performed": {"event": "Product Viewed", "window": "1d"}})
+    settle(worker)
+    for user in ("u1", "u2"):
+        send(engine, ws, [ev("Product Viewed", T0, user=user)], received_at=T0)
+    settle(worker)
+    bad = profile_of(engine, ws, "user_id:u1")
+    real, failed = seg.decide, []
+
+    def flaky(defs, order, dependents, sids, person, *rest):
+        if person.id == bad and len(failed) < 2:  # all together, then she alone: both fail
+            failed.append(person.id)
+            raise RuntimeError("a bad profile")
+        return real(defs, order, dependents, sids, person, *rest)
+
+    monkeypatch.setattr(seg, "decide", flaky)
+    due = T0 + timedelta(days=1)
+    clock.at = due + timedelta(seconds=5)
+    settle(worker, 1)
+    assert failed and members(engine, ws, "recent") == {bad}  # the other one left; she waits a minute
+    with engine.connect() as conn:
+        (row,) = conn.execute(sa.select(segment_timers).where(segment_timers.c.profile_id == bad)).all()
+    assert (row.due_at, row.first_due) == (clock.at + timedelta(minutes=1), due)
+    clock.at += timedelta(minutes=2)
+    settle(worker)
+    assert members(engine, ws, "recent") == set()
+    with engine.connect() as conn:
+        hers = conn.execute(sa.select(segment_history.c.change, segment_history.c.at).where(
+            segment_history.c.profile_id == bad).order_by(segment_history.c.id)).all()  # fmt: skip
+        assert conn.execute(sa.select(sa.func.count()).select_from(segment_timers).where(
+            segment_timers.c.profile_id == bad)).scalar() == 0  # fmt: skip
+    assert [tuple(h) for h in hers] == [("entered", T0), ("exited", due)]
+
+
 def test_a_store_purchase_empties_the_segment_at_once(engine, ws, clock, worker):
     define(engine, ws, "browse", BROWSE)
     for i in range(3):

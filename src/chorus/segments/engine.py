@@ -484,7 +484,7 @@ def due(engine: Engine, limit: int = 500, clock: Callable[[], datetime] | None =
             try:  # the definitions' shared lock before the rows: the lock order of every writer
                 ev = Evaluator(conn, ws, at)
             except ChorusError:  # the workspace is being deleted
-                conn.execute(segment_timers.update().where(*mine).values(due_at=at + timedelta(minutes=1)))
+                store.postpone_timers(conn, mine, at + timedelta(minutes=1))
                 continue
             existing = set(conn.execute(sa.select(profiles.c.id).where(
                 profiles.c.workspace_id == ws, bulk.in_(profiles.c.id, pids, conn.dialect.name))).scalars())
@@ -503,7 +503,9 @@ def _due_group(conn: Connection, ev: Evaluator, ours: list[str], at: datetime) -
         return 0
     t = segment_timers.c
     mine = (t.workspace_id == ev.ws.id, bulk.in_(t.profile_id, ours, conn.dialect.name), t.due_at <= at)
-    rows = conn.execute(sa.select(t.profile_id, t.segment_id, t.due_at).where(*mine)).all()
+    # a timer postponed after a failure is decided at the instant it was first due
+    rows = conn.execute(sa.select(t.profile_id, t.segment_id, sa.func.coalesce(t.first_due, t.due_at)).where(
+        *mine)).all()  # fmt: skip
     when: dict[str, datetime] = {}
     for pid, _, due_at in rows:
         when[pid] = min(when.get(pid, due_at), due_at)
@@ -557,8 +559,7 @@ def _due_one_by_one(conn: Connection, ev: Evaluator, todo: dict[str, set[str]], 
     done = 0
     for pid, sids in sorted(todo.items()):
         t = segment_timers.c
-        hers = (t.workspace_id == ev.ws.id, t.profile_id == pid, t.segment_id.in_(sorted(sids)),
-                t.due_at == when[pid])  # fmt: skip
+        hers = (t.workspace_id == ev.ws.id, t.profile_id == pid, t.segment_id.in_(sorted(sids)), t.due_at <= at)
         try:
             with conn.begin_nested():
                 conn.execute(segment_timers.delete().where(*hers))
@@ -566,7 +567,7 @@ def _due_one_by_one(conn: Connection, ev: Evaluator, todo: dict[str, set[str]], 
             done += len(sids)
         except Exception:  # noqa: BLE001 - one person must not stop time for everybody
             log.exception("segment timers of profile %s failed; retried in a minute", pid)
-            conn.execute(segment_timers.update().where(*hers).values(due_at=at + timedelta(minutes=1)))
+            store.postpone_timers(conn, hers, at + timedelta(minutes=1))
     return done
 
 

@@ -251,7 +251,15 @@ def set_timers_many(conn: Connection, ws: str, due: dict[str, dict[str, datetime
     if rows:
         insert = (pg_sql.insert if conn.dialect.name == "postgresql" else sqlite_sql.insert)(segment_timers)
         conn.execute(insert.on_conflict_do_update(index_elements=["workspace_id", "segment_id", "profile_id"],
-                                                  set_={"due_at": insert.excluded.due_at}), rows)  # fmt: skip
+                                                  set_={"due_at": insert.excluded.due_at, "first_due": None}),
+                     rows)  # fmt: skip
+
+
+def postpone_timers(conn: Connection, where: tuple, until: datetime) -> None:
+    """Try these timers again at ``until`` (an evaluation failed), each keeping the instant it was first due."""
+    t = segment_timers.c
+    conn.execute(segment_timers.update().where(*where).values(due_at=until,
+                                                              first_due=sa.func.coalesce(t.first_due, t.due_at)))
 
 
 def enter_many(conn: Connection, ws: str, entries: list[tuple[str, str, str]], at: datetime,
@@ -317,8 +325,8 @@ def set_timer(conn: Connection, ws: str, segment_id: str, profile_id: str, due: 
         conn.execute(segment_timers.delete().where(*key))
         return
     bulk.insert_rows(conn, segment_timers, [{"workspace_id": ws, "segment_id": segment_id, "profile_id": profile_id,
-                                              "due_at": due}],
-                     conflict=["workspace_id", "segment_id", "profile_id"], update=["due_at"])  # fmt: skip
+                                              "due_at": due, "first_due": None}],
+                     conflict=["workspace_id", "segment_id", "profile_id"], update=["due_at", "first_due"])  # fmt: skip
 
 
 def forget_profile_rows(conn: Connection, ws: str, profile_ids: list[str]) -> dict[str, int]:
