@@ -70,3 +70,16 @@ def test_chorus_serve_with_the_default_collector_collects_often(tmp_path):
     """The same measure with CHORUS_GC=default: the assertion above can fail."""
     with ServeProcess(f"sqlite:///{tmp_path}/c.db", tmp_path, "--no-worker", CHORUS_GC="default") as srv:
         assert _young_passes_while_storing_events(srv) >= 5  # one a batch, seen
+
+
+def test_a_wrong_value_stops_chorus_serve_before_it_creates_anything(tmp_path):
+    """Refused before the first run's workspace is made and its keys printed (review)."""
+    import subprocess
+    import sys
+
+    db = tmp_path / "c.db"
+    out = subprocess.run([sys.executable, "-m", "chorus.cli", "serve", "--db", f"sqlite:///{db}"],
+                         env={**__import__("os").environ, "CHORUS_GC": "off"}, capture_output=True, text=True,
+                         timeout=60)  # fmt: skip
+    assert out.returncode != 0 and "CHORUS_GC must be tuned or default, got 'off'" in out.stderr
+    assert "api_key" not in out.stderr + out.stdout and not db.exists()

@@ -89,6 +89,7 @@ def serve(
     from chorus import workspaces
     from chorus.app import create_app
 
+    gctune.mode()  # a wrong CHORUS_GC stops the command before it creates anything
     settings, engine = _engine(db)
     settings = dataclasses.replace(settings, dev=dev)
     if "CHORUS_PUBLIC_URL" not in os.environ:  # links in messages point at this server unless told otherwise
@@ -139,6 +140,7 @@ def worker(
     """Run the background worker alone. Run as many as you like against PostgreSQL."""
     from chorus.worker import Worker
 
+    gctune.mode()
     settings, engine = _engine(db)
     _setup_logging()
     _outbox(dev, outbox)

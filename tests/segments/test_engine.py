@@ -149,6 +149,35 @@ def test_a_timer_due_later_is_not_decided_back_at_an_earlier_timers_instant(engi
         ("carted", "exited", T0 + 3 * day), ("cooling", "exited", T0 + 3 * day)]  # fmt: skip
 
 
+def test_a_segment_referring_to_a_late_timers_segment_is_never_decided_before_its_last_change(engine, ws, clock,
+                                                                                               worker):
+    """"hot" (recently viewed and added to cart) refers to "recent" (viewed within a day). Her add is decided by the
+    feed at day 2 (hot entered, reading "recent" before its day-1 timer fired); the late timer task then decides
+    "recent" at day 1 and, from it, "hot": not back at day 1, which would date hot's exit before its entry (found
+    by review), but at day 2, its last recorded change."""
+    define(engine, ws, "recent", {"performed": {"event": "Product Viewed", "window": "1d"}})
+    define(engine, ws, "hot", {"and": [{"segment": "recent"},
+                                       {"performed": {"event": "Product Added", "window": "30d"}}]})
+    settle(worker)
+    send(engine, ws, [ev("Product Viewed", T0)], received_at=T0)
+    settle(worker)
+    clock.at = T0 + timedelta(days=2)
+    send(engine, ws, [ev("Product Added", clock.at)], received_at=clock.at)
+    for task in ("resolve", "feed"):  # the timer task is behind
+        worker.task(task).run_once()
+    pid = profile_of(engine, ws, "user_id:u1")
+    assert members(engine, ws, "hot") == {pid}
+    clock.at = T0 + timedelta(days=5)
+    settle(worker)
+    with engine.connect() as conn:
+        hist = [(h.segment_id, h.change, h.at) for h in conn.execute(sa.select(segment_history).where(
+            segment_history.c.workspace_id == ws).order_by(segment_history.c.id))]  # fmt: skip
+    hot = [(change, at) for sid, change, at in hist if sid == "hot"]
+    assert hot == [("entered", T0 + timedelta(days=2)), ("exited", T0 + timedelta(days=2))]
+    assert ("recent", "exited", T0 + timedelta(days=2)) in hist  # decided with it, at the same instant
+    assert members(engine, ws, "hot") == members(engine, ws, "recent") == set()
+
+
 def test_a_store_purchase_empties_the_segment_at_once(engine, ws, clock, worker):
     define(engine, ws, "browse", BROWSE)
     for i in range(3):

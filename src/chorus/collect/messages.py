@@ -249,7 +249,7 @@ def normalise_internal(msg: dict, *, at: datetime, received_at: datetime) -> Eve
     so the answer is always normalise's (a property test compares the two)."""
     event, mid, ctx = msg.get("event"), msg.get("messageId"), msg.get("context")
     props, at_text = msg.get("properties"), iso(at)
-    if (msg.get("type") != "track" or not msg.keys() <= _INTERNAL_KEYS
+    if (at.tzinfo is not UTC or msg.get("type") != "track" or not msg.keys() <= _INTERNAL_KEYS
             or type(event) is not str or not 0 < len(event) <= 200 or not event.strip()
             or type(mid) is not str or not 0 < len(mid) <= MAX_ID_LEN
             or not _plain_id(msg.get("userId")) or not _plain_id(msg.get("anonymousId"))

@@ -150,15 +150,20 @@ class Journeys:
         return self._links
 
     def hears(self, inp: j.Input) -> bool:
-        """Can ``inp`` change anything for anybody in this workspace, in any version still published? An event only
+        """Can ``inp`` change anything for anybody in this workspace, in any version ever published? An event only
         if an entry, a wait, a goal or an exit names it (or selects events without a name); a message status only
         if a wait names it; a segment change only if an entry, a wait, a goal or an exit names the segment. A goal
         or exit that is a rule is evaluated at every input (and may read anything): then every input is heard.
         What nobody hears is handled without loading the person and her instances: every message a journey sends
         comes back as its statuses and their timeline events, which cost her an empty transition each before."""
         if self._hearing is None:
-            self._hearing = Hearing.union(
-                _heard_by(self.ws.id, key, self.defn) for key in store.version_keys(self.conn, self.ws.id))
+            if any(jr.status == "paused" or jr.sweep for jr in self.all.values()):
+                # a paused journey holds its people's inputs for its version at resume, which may be published
+                # during the pause and hear more: while one is paused (or its resume is being given), all are given
+                self._hearing = Hearing(everything=True)
+            else:
+                self._hearing = Hearing.union(
+                    _heard_by(self.ws.id, key, self.defn) for key in store.version_keys(self.conn, self.ws.id))
         return self._hearing.hears(inp)
 
     def may_enter(self, jid: str, inp: j.Input) -> bool:
@@ -226,7 +231,12 @@ _HEARD: dict[tuple[str, str, int], Hearing] = {}
 def _heard_by(ws: str, key: tuple[str, int], defn: Callable[[str, int], d.Definition]) -> Hearing:
     heard = _HEARD.get((ws, *key))
     if heard is None:
-        heard = _HEARD[(ws, *key)] = Hearing.of(defn(*key))
+        try:
+            heard = Hearing.of(defn(*key))
+        except Exception:  # noqa: BLE001 - a version this code cannot read must not stop the workspace's journeys
+            log.exception("journey %s version %s of workspace %s cannot be read: every input is given", *key, ws)
+            return Hearing(everything=True)  # not kept: read again next time
+        _HEARD[(ws, *key)] = heard
     return heard
 
 

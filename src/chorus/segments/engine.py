@@ -249,7 +249,7 @@ class Evaluator:
         ctx = context(conn, ws_id)
         self.ws, self.defs, self.order, self.dependents, self.topics = (
             ctx.ws, ctx.defs, ctx.order, ctx.dependents, ctx.topics)  # fmt: skip
-        self._needs: dict[frozenset[str], Needs] = {}
+        self._needs: dict[tuple[frozenset[str], datetime], Needs] = {}
 
     def needs(self, segment_ids: set[str], at: datetime | None = None) -> Needs:
         """What evaluating ``segment_ids``, and every segment that may be re-evaluated because one of them changed,
@@ -516,6 +516,7 @@ def _due_group(conn: Connection, ev: Evaluator, ours: list[str], at: datetime) -
         if due_at == when[pid]:
             todo.setdefault(pid, set()).add(sid)
     pairs = sorted((pid, sid) for pid, sids in todo.items() for sid in sids)
+    _not_before_recorded(conn, ev, todo, when)
     try:
         with conn.begin_nested():
             conn.execute(segment_timers.delete().where(  # evaluating sets the next ones
@@ -527,6 +528,28 @@ def _due_group(conn: Connection, ev: Evaluator, ours: list[str], at: datetime) -
         log.warning("segment timers of %d people failed together; evaluated one by one: %s", len(todo), exc)
         metrics.feed_bulk_fallbacks.labels("segment_timers").inc()
         return _due_one_by_one(conn, ev, todo, at, when)
+
+
+def _not_before_recorded(conn: Connection, ev: Evaluator, todo: dict[str, set[str]],
+                         when: dict[str, datetime]) -> None:  # fmt: skip
+    """Move a person's instant up to the last change recorded for her in a segment this evaluation can touch: the
+    due segments and, transitively, the segments referring to them. A due segment's own timer always lies after
+    its last decision, but a segment referring to it may have been decided since (by a change of hers, reading
+    the due segment's membership before its timer fired): deciding it back at the timer's instant would date its
+    change before one already recorded, and a journey would be given it as having happened before she entered."""
+    reach: dict[str, set[str]] = {}
+    for pid, sids in todo.items():
+        out, stack = set(), list(sids)
+        while stack:
+            sid = stack.pop()
+            if sid not in out:
+                out.add(sid)
+                stack.extend(ev.dependents.get(sid, ()))
+        reach[pid] = out
+    last = store.last_changes(conn, ev.ws.id, sorted(todo), sorted(set().union(*reach.values())))
+    for (pid, sid), t in last.items():
+        if sid in reach[pid] and t > when[pid]:
+            when[pid] = t
 
 
 def _due_one_by_one(conn: Connection, ev: Evaluator, todo: dict[str, set[str]], at: datetime,

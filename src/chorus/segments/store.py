@@ -298,6 +298,18 @@ def _many_history(conn: Connection, ws: str, done: list[tuple[str, str, str]], c
         ])  # fmt: skip
 
 
+def last_changes(conn: Connection, ws: str, profile_ids: list[str], segment_ids: list[str]
+                 ) -> dict[tuple[str, str], datetime]:  # fmt: skip
+    """When each of these people last entered or left each of these segments (those she ever did), one statement."""
+    if not profile_ids or not segment_ids:
+        return {}
+    h = segment_history.c
+    rows = conn.execute(sa.select(h.profile_id, h.segment_id, sa.func.max(h.at)).where(
+        h.workspace_id == ws, bulk.in_(h.profile_id, profile_ids, conn.dialect.name),
+        bulk.in_(h.segment_id, segment_ids, conn.dialect.name)).group_by(h.profile_id, h.segment_id))  # fmt: skip
+    return {(pid, sid): t for pid, sid, t in rows if t is not None}
+
+
 def set_timer(conn: Connection, ws: str, segment_id: str, profile_id: str, due: datetime | None) -> None:
     key = (segment_timers.c.workspace_id == ws, segment_timers.c.segment_id == segment_id,
            segment_timers.c.profile_id == profile_id)  # fmt: skip

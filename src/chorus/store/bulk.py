@@ -124,14 +124,13 @@ def _sqlite_params(table: sa.Table, cols: list[str], rows: list[dict]) -> list:
     it. Read with one ``itemgetter`` per row and converted only in the columns that need it (JSON, instants,
     booleans): a generator over every column of every row cost more than the insert it fed."""
     get = itemgetter(*cols)
-    if len(cols) == 1:
-        return [(get(r),) for r in rows]
+    one = len(cols) == 1  # itemgetter of one key returns the value itself, not a tuple
     convert = [(i, f) for i, f in enumerate(_sqlite_converter(table.c[c]) for c in cols) if f is not None]
     if not convert:
-        return [get(r) for r in rows]
+        return [(get(r),) for r in rows] if one else [get(r) for r in rows]
     params = []
     for r in rows:
-        values = list(get(r))
+        values = [get(r)] if one else list(get(r))
         for i, f in convert:
             values[i] = f(values[i])
         params.append(values)
