@@ -233,6 +233,13 @@ def test_a_directory_as_the_store_or_a_file_as_the_outbox_is_refused(tmp_path):
     assert r.returncode == 2 and "is a file" in r.stderr and (tmp_path / "f").read_text() == "x"
 
 
+def test_a_wrong_chorus_gc_stops_the_demo_before_it_creates_anything(tmp_path, monkeypatch):
+    monkeypatch.setenv("CHORUS_GC", "sometimes")
+    r = demo(tmp_path, "--customers", "5", "--days", "1", timeout=60)
+    assert r.returncode != 0 and "CHORUS_GC must be tuned or default" in r.stderr
+    assert not (tmp_path / "demo.db").exists()
+
+
 def test_an_existing_store_is_not_overwritten_without_replace(tmp_path):
     (tmp_path / "demo.db").write_bytes(b"precious")
     r = demo(tmp_path, "--customers", "5", "--days", "1", timeout=60)

@@ -131,10 +131,12 @@ def demo(
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout")] = False,
 ):
     """Run a retail brand through the real Chorus on a virtual clock and report what its journeys did."""
+    from chorus import gctune
     from chorus.demo import report
     from chorus.demo.client import DemoError
     from chorus.demo.run import Options, run
 
+    gctune.mode()  # a wrong CHORUS_GC stops the demo before it creates anything, as it stops `chorus serve`
     model_params = _params(set_ or [])
     first = _start(start, days)
     outdir, lakedir = _empty_dir(outbox, "--outbox", replace), _empty_dir(lake, "--lake", replace)

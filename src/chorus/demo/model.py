@@ -118,7 +118,7 @@ def _customer(rng: random.Random, i: int, start: datetime, end: datetime, brand:
     loyalty = store_only or rng.random() < P("loyalty_share")
     phone = rng.random() < P("phone_share")
     psid = not store_only and rng.random() < P("messenger_share")
-    preferred = "messenger" if psid else ("sms" if phone and rng.random() < 0.15 else "email")
+    preferred = "messenger" if psid else ("sms" if phone and rng.random() < P("sms_preference") else "email")
     cats = brand.categories
     churn_days = rng.expovariate(-math.log(1 - P("churn_per_30d")) / 30)
     churn_at = start + timedelta(days=churn_days)
@@ -153,7 +153,7 @@ class _Generator:
         if c.existing and not c.store_only:
             self.emit(self.start, "known", "web", signed_in=True)  # the brand's CRM knows her at the start
         rate = rng.gammavariate(2, self.P("visits_per_week") / 2) / (7 * 86400)  # missions per second
-        if c.loyalty_id and rng.random() < 0.5:
+        if c.loyalty_id and rng.random() < self.P("catalog_share"):
             self.emit(self.start + timedelta(days=rng.uniform(5, 12)), "catalog_sent", "catalog")
             self.got_catalog = True
         t = self.start

@@ -33,6 +33,9 @@ PARAMS: tuple[Param, ...] = (
     Param("loyalty_share", 0.6, "online customers who also hold a loyalty card", ASSUMPTION),
     Param("phone_share", 0.7, "customers who gave a phone number", ASSUMPTION),
     Param("messenger_share", 0.12, "customers who asked for receipts on Messenger", ASSUMPTION),
+    Param("sms_preference", 0.15, "customers with a phone (and no Messenger) who asked for receipts by SMS",
+          ASSUMPTION),
+    Param("catalog_share", 0.5, "loyalty-card holders the printed catalog is mailed to", ASSUMPTION),
     Param("favourite_category_bias", 0.65, "share of browsing in the customer's favourite category", ASSUMPTION),
     # -- how often they come, and when they stop
     Param("visits_per_week", 0.7, "mean shopping missions per customer and week (gamma, shape 2)", ASSUMPTION,
