@@ -14,8 +14,7 @@ import orjson
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from chorus.clitools import _fail, err
-from chorus.errors import ChorusError
+from chorus.clitools import err
 
 MAX_CUSTOMERS = 10_000_000
 MAX_DAYS = 3650
@@ -68,27 +67,54 @@ def _check_db(url: str, replace: bool) -> None:
                                      param_hint="--db")
         if os.path.isdir(path):
             raise typer.BadParameter(f"{path} is a directory, not a database file", param_hint="--db")
-        if os.path.exists(path):
-            if not replace:
-                raise typer.BadParameter(f"{path} exists; pass --replace to start it again", param_hint="--db")
-            for suffix in ("", "-wal", "-shm", "-chorus-queue", "-chorus-writer"):
-                if os.path.exists(path + suffix):
-                    os.remove(path + suffix)
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+            raise typer.BadParameter(f"{parent} is not a directory this user can write in", param_hint="--db")
+        if os.path.exists(path) and not replace:
+            raise typer.BadParameter(f"{path} exists; pass --replace to start it again", param_hint="--db")
 
 
-def _empty_dir(value: str, option: str, replace: bool) -> str:
-    """The absolute directory, which must not exist or be empty (emptied with --replace): the demo's files must not
-    mix with another run's."""
-    import shutil
+def _remove_sqlite(url: str) -> None:
+    """--replace: the old demo file and its companions, once every option has been checked."""
+    path = url[len("sqlite:///"):]
+    for suffix in ("", "-wal", "-shm", "-chorus-queue", "-chorus-writer"):
+        if os.path.exists(path + suffix):
+            os.remove(path + suffix)
 
+
+MARKER = ".chorus-demo"  # in every directory the demo made: --replace empties no other
+
+
+def _empty_dir(value: str, option: str, replace: bool) -> tuple[str, bool]:
+    """The absolute directory, which must not exist or be empty, and whether --replace is to empty it (later, once
+    every option is checked): the demo's files must not mix with another run's. Only a directory a demo made (its
+    marker file) is ever emptied, and never the working directory, one above it or the home directory."""
     path = os.path.abspath(value)
     if os.path.exists(path) and not os.path.isdir(path):
         raise typer.BadParameter(f"{path} is a file, not a directory", param_hint=option)
-    if os.path.isdir(path) and os.listdir(path):
-        if not replace:
-            raise typer.BadParameter(f"{path} is not empty; pass --replace to empty it", param_hint=option)
+    if not (os.path.isdir(path) and os.listdir(path)):
+        return path, False
+    if not replace:
+        raise typer.BadParameter(f"{path} is not empty; pass --replace to empty it", param_hint=option)
+    cwd, home = os.path.abspath(os.getcwd()), os.path.abspath(os.path.expanduser("~"))
+    if path in (home, os.path.dirname(path)) or cwd == path or cwd.startswith(path.rstrip(os.sep) + os.sep):
+        raise typer.BadParameter(f"{path} is the working or home directory, or above it: never emptied",
+                                 param_hint=option)  # fmt: skip
+    if not os.path.exists(os.path.join(path, MARKER)):
+        raise typer.BadParameter(f"{path} is not empty and was not made by chorus demo: choose another directory",
+                                 param_hint=option)  # fmt: skip
+    return path, True
+
+
+def _prepare_dir(path: str, empty: bool) -> None:
+    """Empty (a demo's own directory, checked above) and make the directory, with its marker."""
+    import shutil
+
+    if empty:
         shutil.rmtree(path)
-    return path
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, MARKER), "w") as f:
+        f.write("made by chorus demo: `chorus demo --replace` may empty this directory\n")
 
 
 def _check_empty(url: str) -> None:
@@ -133,14 +159,19 @@ def demo(
     """Run a retail brand through the real Chorus on a virtual clock and report what its journeys did."""
     from chorus import gctune
     from chorus.demo import report
-    from chorus.demo.client import DemoError
     from chorus.demo.run import Options, run
 
     gctune.mode()  # a wrong CHORUS_GC stops the demo before it creates anything, as it stops `chorus serve`
     model_params = _params(set_ or [])
     first = _start(start, days)
-    outdir, lakedir = _empty_dir(outbox, "--outbox", replace), _empty_dir(lake, "--lake", replace)
+    (outdir, empty_out), (lakedir, empty_lake) = _empty_dir(outbox, "--outbox", replace), _empty_dir(lake, "--lake",
+                                                                                                     replace)
     _check_db(db, replace)
+    # every option is good: only now is anything deleted or made
+    if replace and db.startswith("sqlite:///"):
+        _remove_sqlite(db)
+    _prepare_dir(outdir, empty_out)
+    _prepare_dir(lakedir, empty_lake)
     opts = Options(customers, days, seed, db, outdir, lakedir, first, timedelta(minutes=step_minutes), model_params)
     log_path = os.path.join(os.path.dirname(outdir), "chorus-demo.log")
     logged = _log_to(log_path)
@@ -157,11 +188,14 @@ def demo(
 
         try:
             out = run(opts, progress, report.collect)
-        except (DemoError, ChorusError) as exc:  # Chorus refused what the demo sent: a bug, not bad input
-            err.print(f"[red]error:[/red] {exc}")
+        except typer.Exit:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the options were checked: whatever fails now is not bad input
+            # (Chorus refused what the demo sent, a server could not start, the disk is full): a message and exit 1,
+            # the details in the log
+            logging.getLogger("chorus.demo").exception("the demo failed")
+            err.print(f"[red]error:[/red] the demo failed: {exc} (details in {log_path})")
             raise typer.Exit(1) from None
-        except (OSError, ValueError) as exc:
-            _fail(exc)
     elapsed = time.monotonic() - started
     # CPU time of the whole process (every thread: the HTTP server, delivery, the SMTP server): on a shared machine
     # it is a steadier figure to compare runs by than the elapsed time
@@ -179,7 +213,9 @@ def demo(
     # as `chorus serve` does on a first run: the keys of the workspace it made, shown this once, to explore it
     err.print(f"\nWorkspace 'demo' (keys are shown only now): api_key {out.keys['api_key']}, write_key "
               f"{out.keys['write_key']}, server_write_key {out.keys['server_write_key']}\n"
-              f"Explore it: chorus serve --db {db}")  # fmt: skip
+              f"Explore it: chorus serve --no-worker --db {db}\n"
+              "(--no-worker: a worker would carry on the journeys on the real clock, with the demo's mail and SMS "
+              "servers gone)")  # fmt: skip
     err.print(f"\n{customers:,} customers over {days} days in {elapsed:.0f} s ({cpu:.0f} s of CPU) "
               f"({out.events_sent:,} events sent; worker {out.worker_seconds:.0f} s). Store: {db}; "
               f"sink files: {outdir}; log: {log_path}")  # fmt: skip

@@ -23,7 +23,10 @@ IMPORTS = {"store_purchase": "store", "call": "call_center", "catalog_sent": "ca
 def route(a: Action) -> str:
     if a.kind in IMPORTS:
         return IMPORTS[a.kind]
-    return SERVER if a.kind in ("known", "pickup_cancelled") else CLIENT
+    # a sign-up is the brand's back end creating the account: only a trusted identify may join the new account to
+    # the profile her till purchases made (loyalty card, e-mail); a browser's would be a claim, refused (decision
+    # 0014), and she would be two people
+    return SERVER if a.kind in ("known", "pickup_cancelled", "signup") else CLIENT
 
 
 def _product(brand: Brand, sku: str) -> dict:
