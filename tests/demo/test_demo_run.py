@@ -137,6 +137,17 @@ def test_the_demo_used_every_public_path(run):
         assert statuses[status] > 0, statuses
 
 
+def test_engagement_is_recorded_when_it_is_made(run):
+    """An open or a click reaches Chorus at its own instant on the virtual clock, in time order with the customers'
+    actions (review: made at the end of each hour's step, it came after the purchase it caused): the statuses'
+    times are not all on the steps' boundaries."""
+    _, store, _ = run
+    engaged = [ts(s["at"]) for s in store["statuses"] if s["status"] in ("opened", "clicked")]
+    assert engaged
+    off_boundary = [t for t in engaged if (t.minute, t.second, t.microsecond) != (0, 0, 0)]
+    assert len(off_boundary) > len(engaged) // 2, (len(off_boundary), len(engaged))
+
+
 def test_every_customer_is_one_profile(run):
     """Unified profiles: her account, her e-mail and her loyalty card (known first from the till's imports, or from
     the web) are one profile, whichever channel met her first (review: a sign-up sent from the browser could not

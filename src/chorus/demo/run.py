@@ -13,6 +13,7 @@ server's mail, the sinks' files) is answered per the model: callbacks and purcha
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections import Counter, defaultdict
@@ -163,21 +164,32 @@ class _Loop:
     def run(self) -> None:
         opts = self.opts
         t, end = opts.start, opts.start + timedelta(days=opts.days)
-        steps = int((end - t) / opts.step + 0.5)
+        steps = math.ceil((end - t) / opts.step)  # the last step may be short: every action of the period is posted
         self.clock.now = t
         self.drain()  # segments computed, schedules set, before the first customer acts
         for n in range(steps):
-            nxt = t + opts.step
-            self.clock.now = nxt
-            self.post_actions(nxt)
-            self.make_callbacks(nxt)
+            nxt = min(t + opts.step, end)
+            self.act(nxt)
             self.drain()
             self.answer(nxt)
             t = nxt
             self.progress("simulating", n + 1, steps)
         tally = self.world.tally
         self.out.actions, self.out.deliveries, self.out.responses = tally.actions, tally.deliveries, tally.responses
-        self.out.unsubscribes, self.out.stops = tally.unsubscribes, tally.stops
+        # an opt-out whose request would have come after the period never reached Chorus: not reported as made
+        self.out.unsubscribes = [r for r in tally.unsubscribes if "at" in r]
+        self.out.stops = [r for r in tally.stops if "at" in r]
+
+    def act(self, until: datetime) -> None:
+        """The step's actions and responses to messages, in one time order, each at its own instant on the
+        virtual clock: a click is recorded when it is made, before the purchase it leads to (review: the callbacks
+        made at the step's end were dated after the purchases they caused)."""
+        for cb in self.world.due_callbacks(until):
+            self.clock.now = max(self.clock.now, cb.at)
+            self.post_actions(cb.at)  # what the customers did before it
+            self.make_callback(cb)
+        self.clock.now = until
+        self.post_actions(until)
 
     # -- the customers act ----------------------------------------------------------------------------------------
     def post_actions(self, until: datetime) -> None:
@@ -198,28 +210,30 @@ class _Loop:
         for source, rows in imports.items():  # the tills' (call centre's, mailing house's) export of the hour
             self.api.import_rows(source, rows, f"{source}-{until:%Y%m%d%H%M}")
 
-    def make_callbacks(self, until: datetime) -> None:
-        for cb in self.world.due_callbacks(until):
-            if cb.kind == "twilio":
-                status = self.api.provider_callback(cb.url, cb.form or {}, self.twilio.signed(cb.url, cb.form or {}))
-            elif cb.kind == "unsubscribe":
-                status = self.api.one_click_unsubscribe(cb.url)
-            else:
-                status = self.api.follow(cb.url)
-            if status >= 400:
-                raise DemoError(f"the {cb.kind} callback answered {status}: {cb.url[:160]}")
-            if cb.record is not None:
-                cb.record["at"] = iso(self.clock.now)
+    def make_callback(self, cb) -> None:
+        if cb.kind == "twilio":
+            status = self.api.provider_callback(cb.url, cb.form or {}, self.twilio.signed(cb.url, cb.form or {}))
+        elif cb.kind == "unsubscribe":
+            status = self.api.one_click_unsubscribe(cb.url)
+        else:
+            status = self.api.follow(cb.url)
+        if status >= 400:
+            raise DemoError(f"the {cb.kind} callback answered {status}: {cb.url[:160]}")
+        if cb.record is not None:
+            cb.record["at"] = iso(self.clock.now)
 
     # -- the worker ---------------------------------------------------------------------------------------------
     def drain(self) -> None:
         started = time.perf_counter()
-        for _ in range(MAX_PASSES):
+        # a bound against a worker that never settles, not on the work: a broadcast to many people takes a pass
+        # per 500 messages delivered
+        limit = max(MAX_PASSES, self.opts.customers // 100)
+        for _ in range(limit):
             self.out.passes += 1
             if self.worker.run_once() == 0:
                 break
         else:
-            raise DemoError(f"the worker still had work after {MAX_PASSES} passes at {iso(self.clock.now)}")
+            raise DemoError(f"the worker still had work after {limit} passes at {iso(self.clock.now)}")
         self.out.worker_seconds += time.perf_counter() - started
 
     # -- what they received ----------------------------------------------------------------------------------------
