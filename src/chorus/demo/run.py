@@ -136,7 +136,10 @@ def setup(api: Chorus, smtp_port: int, sms: dict, defs: install.Definitions) -> 
     }  # fmt: skip
     # as a real Messenger provider for receipts would be: tagged updates may leave the 24-hour window
     providers["messenger"][0]["tag"] = "POST_PURCHASE_UPDATE"
-    api.patch("/api/workspace/settings", {"default_region": BRAND.region, "messaging": {"providers": providers}})
+    # the brand's zone for quiet hours and local send times of the profiles that have none of their own (those the
+    # tills and the CRM made: no client reported a zone for them), as an operator sets it
+    api.patch("/api/workspace/settings", {"default_region": BRAND.region,
+                                          "messaging": {"providers": providers, "timezone": BRAND.timezone}})
     for name, doc in defs.templates.items():
         api.put(f"/api/templates/{name}", doc)
     for sid, seg in defs.segments.items():
