@@ -161,6 +161,38 @@ def test_each_settings_section_is_checked_by_the_validator_its_package_registere
         workspaces.validate_settings({"messaging": {}}, registry=r)
 
 
+def test_a_setting_hook_hears_a_change_in_its_transaction_and_only_a_change(engine):
+    """``on_setting``: called with the section before and after, only when it differs, in the change's transaction
+    (a hook that fails leaves the settings as they were)."""
+    r = Registry()
+    r.setting("probe", lambda v: v)
+    r.setting("other", lambda v: v)
+    heard = []
+
+    def hook(conn, ws_id, before, after):
+        heard.append((ws_id, before, after))
+        if after == "boom":
+            raise RuntimeError("the hook failed")
+
+    r.on_setting("probe", "listener", hook)
+    with pytest.raises(ValueError, match="registered twice"):
+        r.on_setting("probe", "listener", hook)
+    w = workspaces.create(engine, "hooked")
+    workspaces.update_settings(engine, w["id"], {"probe": 1, "other": 5}, registry=r)
+    workspaces.update_settings(engine, w["id"], {"probe": 1}, registry=r)  # unchanged: not heard
+    workspaces.update_settings(engine, w["id"], {"other": 6}, registry=r)  # another section: not heard
+    workspaces.update_settings(engine, w["id"], {"probe": 2}, registry=r)
+    assert heard == [(w["id"], None, 1), (w["id"], 1, 2)]
+    with pytest.raises(RuntimeError, match="the hook failed"):
+        workspaces.update_settings(engine, w["id"], {"probe": "boom", "other": 7}, registry=r)
+    with engine.connect() as conn:
+        assert workspaces.get(conn, w["id"]).settings["probe"] == 2  # rolled back with the hook
+        assert workspaces.get(conn, w["id"]).settings["other"] == 6
+    r.freeze()
+    with pytest.raises(RuntimeError, match="frozen"):
+        r.on_setting("other", "late", hook)
+
+
 @pytest.mark.parametrize("patch, message", [
     ({"nope": 1}, r"^settings\.nope is not a known setting$"),
     ({"default_region": "XX"}, r"^settings\.default_region 'XX' is not a known region$"),

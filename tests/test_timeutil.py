@@ -79,3 +79,31 @@ def test_restored_after_an_error():
             raise ValueError("boom")
     assert timeutil._override is None
     assert utcnow() != T0
+
+
+@pytest.mark.parametrize(("own", "fallback", "want"), [
+    ("Europe/Paris", "America/New_York", "Europe/Paris"),  # her own zone first
+    (None, "America/New_York", "America/New_York"),  # none of her own: the workspace's
+    ("Nowhere/Land", "America/New_York", "America/New_York"),  # an unknown one (a device's): the workspace's
+    ("", "Asia/Kolkata", "Asia/Kolkata"),
+    (None, "Not/AZone", "UTC"),  # neither is known
+    ("x" * 65, None, "UTC"),
+    (["Europe/Paris"], None, "UTC"),  # not text
+])  # fmt: skip
+def test_a_persons_zone_is_hers_else_the_workspaces_else_utc(own, fallback, want):
+    assert timeutil.zone(own, fallback).key == want
+
+
+def test_quiet_hours_follow_the_same_rule_for_a_zone_nobody_knows():
+    """A device's unknown zone falls back to the workspace's, as segments and journeys read it: 22:30 in Paris is
+    quiet until 08:00 there (07:00 UTC); 21:30 in UTC would not be, nor 13:30 in Los Angeles."""
+    from chorus.messaging.policy import pace
+
+    settings = {"timezone": "Europe/Paris", "quiet_hours": {"start": "22:00", "end": "08:00"}}
+    now = datetime(2026, 1, 15, 21, 30, tzinfo=UTC)
+    for own in ("Nowhere/Land", None):
+        got = pace(now, channel="sms", kind="marketing", timezone_name=own, history=[], settings=settings)
+        assert got.at == datetime(2026, 1, 16, 7, 0, tzinfo=UTC), own
+    la = pace(now, channel="sms", kind="marketing", timezone_name="America/Los_Angeles", history=[],
+              settings=settings)
+    assert la.at == now

@@ -5,7 +5,8 @@ Three kinds of work span packages, and none of them may name every package's tab
 - **erasure** (and export) of a person: each package deletes or scrubs what *it* holds about the person, in the
   erasure's one transaction, and says which tables its counts came from (the scrub after the commit clears them);
 - **workspace settings**: each top-level key of a workspace's settings is one package's *section*, checked by
-  that package's validator;
+  that package's validator; a package whose data answers with another package's section (segments read
+  ``messaging.timezone`` and ``messaging.topics``) hears when that section changes, in the change's transaction;
 - **worker tasks**: each pass of a worker runs every registered task once, in the order of the flow;
 - **change-feed consumers** (chorus.profiles.feed): each receives every change to a profile, in a worker task.
 
@@ -147,12 +148,15 @@ class WorkerTask:
 
 # -- the registry -------------------------------------------------------------------------------------------------
 SettingValidator = Callable[[Any], Any]  # the value -> the value to store; ValueError naming settings.<key>...
+# (conn, workspace id, the section before, after): the settings change's transaction, before it writes them
+SettingHook = Callable[[Connection, str, Any, Any], None]
 
 
 class Registry:
     def __init__(self) -> None:
         self._participants: list[Participant] = []
         self._settings: dict[str, SettingValidator] = {}
+        self._hooks: dict[str, list[tuple[str, SettingHook]]] = {}
         self._tasks: list[WorkerTask] = []
         self._consumers: dict[str, Callable] = {}
         self._frozen = False
@@ -178,6 +182,13 @@ class Registry:
         if key in self._settings:
             raise ValueError(f"setting {key!r} is registered twice")
         self._settings[key] = validate
+
+    def on_setting(self, key: str, name: str, hook: SettingHook) -> None:
+        """Call ``hook`` when a workspace's ``settings[key]`` changes (its value differs after the change)."""
+        self._open("setting hook", name)
+        if any(n == name for n, _ in self._hooks.get(key, ())):
+            raise ValueError(f"setting hook {name!r} is registered twice for {key!r}")
+        self._hooks.setdefault(key, []).append((name, hook))
 
     def task(self, name: str, make: Callable[[Engine, TaskOptions], Task], *, step: Step, label: str = "") -> None:
         """Add a worker task: ``make(engine, options)`` builds it once per worker."""
@@ -215,6 +226,9 @@ class Registry:
     @property
     def setting_keys(self) -> list[str]:
         return list(self._settings)
+
+    def setting_hooks(self, key: str) -> list[SettingHook]:
+        return [hook for _, hook in self._hooks.get(key, ())]
 
     def consumers(self) -> list[tuple[str, Callable]]:
         return list(self._consumers.items())

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 Clock = Callable[[], datetime]
 
@@ -64,3 +65,19 @@ def iso(dt: datetime) -> str:
     if dt.tzinfo is UTC:
         return dt.isoformat(timespec="microseconds")[:26] + "Z"
     return dt.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+UTC_ZONE = ZoneInfo("UTC")
+
+
+def zone(name: object, fallback: object = None) -> ZoneInfo:
+    """The IANA zone ``name``; when it is absent or unknown (a profile's zone comes from a device), ``fallback``'s
+    (the workspace's ``messaging.timezone``), else UTC. Every local time of a person goes through this rule: segment
+    dates, journey waits and schedules, quiet hours."""
+    for candidate in (name, fallback):
+        if isinstance(candidate, str) and candidate and len(candidate) <= 64:
+            try:
+                return ZoneInfo(candidate)
+            except (ZoneInfoNotFoundError, ValueError, OSError):
+                continue
+    return UTC_ZONE

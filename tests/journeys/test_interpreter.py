@@ -120,6 +120,16 @@ def test_delay_until_a_trait_date_with_an_offset_in_the_profile_zone():
     assert [s.template for s in dr.of(j.Send)] == ["reminder"]
 
 
+def test_delay_until_a_date_in_the_workspaces_zone_for_a_person_without_one():
+    """Person.zone: her own zone if known, else the workspace's (``zone_default``), else UTC."""
+    paris, kolkata = datetime(2026, 3, 8, 23, tzinfo=UTC), datetime(2026, 3, 8, 18, 30, tzinfo=UTC)
+    for attrs, default, due in (({}, "Europe/Paris", paris), ({"timezone": ["Nowhere/Land"]}, "Europe/Paris", paris),
+                                ({"timezone": ["Asia/Kolkata"]}, "Europe/Paris", kolkata),
+                                ({}, None, datetime(2026, 3, 9, tzinfo=UTC))):  # fmt: skip
+        p = Person("p1", state={"traits": {"appointment": "2026-03-10"}, "attrs": attrs}, zone_default=default)
+        assert started(journey(DATED), p).of(j.SetTimer)[0].at == due, (attrs, default)
+
+
 def test_delay_until_a_date_passed_goes_on_and_a_missing_date_takes_missing():
     past = started(journey(DATED), Person("p1", state={"traits": {"appointment": "2026-03-01T10:00:00Z"}}))
     assert [s.template for s in past.of(j.Send)] == ["reminder"] and past.of(j.SetTimer) == []

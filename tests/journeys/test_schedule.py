@@ -177,6 +177,23 @@ def test_a_local_time_run_starts_each_person_at_that_time_in_her_zone_across_dst
     assert sent(engine, ws, "b1") == {pids["paris"]: 1, pids["apia"]: 1, pids["ny"]: 1}
 
 
+def test_a_local_time_run_takes_the_workspaces_zone_for_a_person_without_one(engine, ws, clock, worker):
+    """``messaging.timezone`` is the local time of a customer the till or the CRM made (no device gave her zone):
+    09:00 is 09:00 in New York for her, not in UTC; one with a zone of her own keeps it."""
+    from chorus import workspaces
+
+    workspaces.update_settings(engine, ws, {"messaging": {"timezone": "America/New_York"}})
+    pids = people(engine, ws, worker, {"crm": (None, "news"), "paris": ("Europe/Paris", "news")})
+    broadcast(engine, ws, T0, schedule={"time": "09:00", "on": "2026-03-10"})
+    clock.at = datetime(2026, 3, 9, 19, 0, tzinfo=UTC)
+    settle(worker)
+    with engine.connect() as conn:
+        due = dict(conn.execute(sa.select(journey_timers.c.profile_id, journey_timers.c.due_at).where(
+            journey_timers.c.workspace_id == ws)).all())  # fmt: skip
+    assert due == {pids["crm"]: datetime(2026, 3, 10, 13, 0, tzinfo=UTC),  # EDT, UTC-4
+                   pids["paris"]: datetime(2026, 3, 10, 8, 0, tzinfo=UTC)}  # fmt: skip
+
+
 def test_a_holdout_gets_nothing_and_its_arm_is_recorded(engine, ws, clock, worker):
     pids = people(engine, ws, worker, {f"u{i}": (None, "news") for i in range(40)})
     broadcast(engine, ws, T0, holdout=30, goal={"event": {"event": "Order Completed"}, "within": "3d"})

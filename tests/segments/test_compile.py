@@ -108,9 +108,9 @@ class _Clock:
 
 
 def expected(conn, ws: str, rule, now, topics=None) -> set[str]:
-    cfg = workspaces.get(conn, ws).identity
+    wsobj = workspaces.get(conn, ws)
     ids = list(conn.execute(sa.select(profiles.c.id).where(profiles.c.workspace_id == ws)).scalars())
-    return {pid for pid, who in load.people(conn, ws, ids, cfg).items()
+    return {pid for pid, who in load.people(conn, ws, ids, wsobj.identity, zone_default=wsobj.timezone).items()
             if evaluate(rule, who, now, topics=topics).value}  # fmt: skip
 
 
@@ -263,9 +263,12 @@ SETTINGS = settings(max_examples=40, deadline=None,
 
 
 @SETTINGS
-@given(st.lists(a_person(), min_size=1, max_size=4), st.lists(st.tuples(rules, props.nows), min_size=4, max_size=8))
-def test_members_are_exactly_the_evaluators(engine, people, questions):
+@given(st.lists(a_person(), min_size=1, max_size=4), st.lists(st.tuples(rules, props.nows), min_size=4, max_size=8),
+       st.sampled_from([None, *ZONES]))
+def test_members_are_exactly_the_evaluators(engine, people, questions, default_zone):
     w = new_workspace(engine)
+    if default_zone is not None:  # the zone of those with none of their own (or an unknown one)
+        workspaces.update_settings(engine, w["id"], {"messaging": {"timezone": default_zone}})
     store_people(engine, w, people)
     for raw, now in questions:
         agree(engine, w["id"], r.parse(raw), now, TOPICS)
@@ -395,6 +398,21 @@ def test_time_zones_move_calendar_days(engine):
         {"type": "identify", "timestamp": iso(at - timedelta(days=1)), "context": {"timezone": tz}},
         {"type": "track", "event": "Order Completed", "timestamp": iso(at)},
     ]} for tz in ("Europe/Paris", "America/New_York")]
+    users = store_people(engine, w, people, received=at + timedelta(days=1))
+    rule = {"performed": {"event": "Order Completed", "window": {"since": "2024-11-29", "before": "2024-12-03"}}}
+    assert agree(engine, w["id"], rule, datetime(2024, 12, 5, tzinfo=UTC)) == {users["u0"]}
+
+
+def test_a_profile_without_a_zone_has_the_workspaces(engine):
+    """``messaging.timezone`` is the local time of a profile with no zone of her own, or an unknown one: for them
+    the instant is still the day before in New York, outside a calendar window; it is inside for the Parisian."""
+    w = new_workspace(engine)
+    workspaces.update_settings(engine, w["id"], {"messaging": {"timezone": "America/New_York"}})
+    at = datetime(2024, 11, 29, 3, 0, tzinfo=UTC)  # 04:00 in Paris, 22:00 the day before in New York, 03:00 UTC
+    people = [{"messages": [
+        *([{"type": "identify", "timestamp": iso(at - timedelta(days=1)), "context": {"timezone": tz}}] if tz else []),
+        {"type": "track", "event": "Order Completed", "timestamp": iso(at)},
+    ]} for tz in ("Europe/Paris", None, "Not/AZone")]
     users = store_people(engine, w, people, received=at + timedelta(days=1))
     rule = {"performed": {"event": "Order Completed", "window": {"since": "2024-11-29", "before": "2024-12-03"}}}
     assert agree(engine, w["id"], rule, datetime(2024, 12, 5, tzinfo=UTC)) == {users["u0"]}

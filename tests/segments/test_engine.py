@@ -523,3 +523,41 @@ def test_deleting_a_segment_takes_every_member_out_with_the_same_records_chunk_b
         assert store.get(conn, ws, "viewers") is not None
     assert sorted(exits) == sorted(fed) == sorted(pids)
     assert members(engine, ws, "viewers") == {profile_of(engine, ws, "user_id:u0")}  # the other segment is untouched
+
+
+def test_a_change_of_the_workspaces_time_zone_computes_again_the_segments_that_read_it(engine, ws, clock, worker):
+    """A person without a zone of her own lives in ``messaging.timezone``. A calendar window (``since`` a day) reads
+    it; when it changes, the segments that read it are computed again from the start (memberships and timers), the
+    others are not touched, and a change of nothing they read (quiet hours) leaves every segment computed."""
+    define(engine, ws, "november", {"performed": {"event": "Order Completed",
+                                                  "window": {"since": "2024-11-29", "before": "2024-12-03"}}})
+    define(engine, ws, "buyers", {"performed": {"event": "Order Completed"}})
+    settle(worker)
+    clock.at = datetime.fromisoformat("2024-11-29T03:00:00+00:00")  # 04:00 in Paris; 22:00 the 28th in New York
+    send(engine, ws, [ev("Order Completed", clock.at)], received_at=clock.at)
+    settle(worker)
+    pid = profile_of(engine, ws, "user_id:u1")
+    assert members(engine, ws, "november") == {pid}  # no zone anywhere: UTC, the 29th
+
+    def state():
+        with engine.connect() as conn:
+            return {r.id: (r.version, r.computed_version) for r in conn.execute(
+                sa.select(segments).where(segments.c.workspace_id == ws))}  # fmt: skip
+
+    before = state()
+    workspaces.update_settings(engine, ws, {"messaging": {"quiet_hours": {"start": "21:00", "end": "08:00"}}})
+    assert state() == before  # nothing a segment reads
+
+    workspaces.update_settings(engine, ws, {"messaging": {"timezone": "America/New_York"}})
+    after = state()
+    assert after["november"] == (before["november"][0], None)  # pending, the rule unchanged
+    assert after["buyers"] == before["buyers"]
+    settle(worker)
+    assert members(engine, ws, "november") == set()  # the 28th in New York
+    assert members(engine, ws, "buyers") == {pid}
+    assert state() == before  # computed again
+    assert history(engine, ws, "november")[-1][0] == "exited"
+
+    workspaces.update_settings(engine, ws, {"messaging": {"timezone": "Europe/Paris"}})
+    settle(worker)
+    assert members(engine, ws, "november") == {pid}

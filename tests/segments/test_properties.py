@@ -3,7 +3,9 @@
 * a rule survives JSON and YAML unchanged;
 * the answer is constant on [now, next_change), and differs at next_change (exact, not merely safe);
 * ``not`` inverts, ``and``/``or`` agree with Python's all/any;
-* counts, sums and distinct counts agree with a brute-force count over the events.
+* counts, sums and distinct counts agree with a brute-force count over the events;
+* one :class:`Evaluation` shared by many rules (what the engine does for a person's segments) answers each rule
+  as a fresh evaluation would, whatever the memberships each rule is given.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from hypothesis import strategies as st
 
 from chorus.errors import ChorusError
 from chorus.segments import rules as r
-from chorus.segments.evaluate import evaluate
+from chorus.segments.evaluate import Evaluation, evaluate
 from chorus.segments.person import Event, MessageRecord, Person
 from chorus.timeutil import iso
 
@@ -233,6 +235,20 @@ def test_combinations_flip_exactly_where_they_flip(op, leaves, negate, who, now)
 def test_not_inverts(raw, who, now):
     rule = r.parse(raw)
     assert _at(r.Not(rule), who, now) == (not _at(rule, who, now).value, _at(rule, who, now).next_change)
+
+
+@SETTINGS
+@given(st.lists(st.tuples(rule_json, nows, st.frozensets(st.sampled_from(["s1", "s2"]))), min_size=1, max_size=5),
+       people())
+def test_one_evaluation_shared_by_many_rules_answers_as_fresh_ones(asked, who):
+    her = Evaluation(who)
+    for raw, now, segs in asked:  # rules, instants and memberships in any order: nothing leaks from one to the next
+        rule = r.parse(raw)
+        fresh = evaluate(rule, Person(who.id, who.state, who.computed, who.addresses, who.events, who.messages,
+                                      segs, who.lists), now)  # fmt: skip
+        assert her.evaluate(rule, now, segments=segs) == fresh, (raw, now, segs)
+    raw, now, _ = asked[0]
+    assert her.evaluate(r.parse(raw), now) == evaluate(r.parse(raw), who, now)  # her own memberships by default
 
 
 @SETTINGS

@@ -54,7 +54,8 @@ def backtest_subjects(conn, w, since: datetime, until: datetime, *, everybody: b
         ids = list(conn.execute(sa.select(e.profile_id).where(
             e.workspace_id == w.id, e.profile_id.is_not(None), e.timestamp >= since, e.timestamp <= until,
         ).group_by(e.profile_id).order_by(e.profile_id)).scalars())  # fmt: skip
-    people = load.people(conn, w.id, ids, w.identity, parts=("computed", "addresses", "lists"))
+    people = load.people(conn, w.id, ids, w.identity, parts=("computed", "addresses", "lists"),
+                         zone_default=w.timezone)
     policies = w.settings.get("trait_policies") or {}
     out: list[Subject] = []
     for pid in ids:
@@ -141,7 +142,7 @@ def _backtest(defn, days: int, db, workspace: str, segments, templates, start, u
             templates = {name: frozenset(chs) for name, chs in outbox.template_channels(conn, w.id).items()}
     return sm.simulate(defn, subjects, segments=segments, templates=templates, start=start, until=until, since=since,
                        topics=(w.settings.get("messaging") or {}).get("topics"), identity=w.identity,
-                       policies=w.settings.get("trait_policies"))  # fmt: skip
+                       policies=w.settings.get("trait_policies"), timezone=w.timezone)  # fmt: skip
 
 
 def _table(report) -> None:

@@ -37,7 +37,7 @@ from chorus.journeys import definition as d
 from chorus.segments import rules as r
 from chorus.segments.evaluate import bucket, check, evaluate, lookup, same
 from chorus.segments.person import Event, Person
-from chorus.segments.times import EARLIEST, plus, value_instant, zone
+from chorus.segments.times import EARLIEST, plus, value_instant
 from chorus.timeutil import iso, parse_ts
 
 STATUSES = ("active", "paused", "stopped")  # of the journey (version), given by the runtime in the context
@@ -333,7 +333,7 @@ def enter(
         return Admission(None, "the journey is stopped")
     e = defn.entry
     if isinstance(e, d.EventEntry):
-        if not isinstance(inp, Event) or not _event_matches(e.match, inp, {}, zone(person.timezone)):
+        if not isinstance(inp, Event) or not _event_matches(e.match, inp, {}, person.zone):
             return Admission(None, "not the entry event")
     elif isinstance(e, d.SegmentEntry):
         if not (isinstance(inp, SegmentChanged) and inp.segment == e.segment and inp.change == "entered"):
@@ -469,7 +469,7 @@ class _Run:
         self.defn, self.s, self.ctx = defn, s, ctx
         self.now = max(min(input_time(inp), ctx.now), s.entered_at)
         self.out: list[Command] = []
-        self.tz = zone(ctx.person.timezone)
+        self.tz = ctx.person.zone
 
     def record(self, kind: str, node: str | None, branch: str | None = None, detail: str | None = None,
                at: datetime | None = None) -> None:  # fmt: skip

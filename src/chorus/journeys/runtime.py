@@ -275,7 +275,7 @@ class Claim:
         self.conn, self.js, self.at = conn, js, at
         self.ws = js.ws.id
         self.pids = list(dict.fromkeys(pids))
-        people = load.people(conn, self.ws, self.pids, js.ws.identity)
+        people = load.people(conn, self.ws, self.pids, js.ws.identity, zone_default=js.ws.timezone)
         found = [p for p in self.pids if p in people]
         instances = store.instances_of(conn, self.ws, found)
         self.runs: dict[str, PersonRun] = {p: PersonRun(conn, js, people[p], at, instances[p], claim=self)

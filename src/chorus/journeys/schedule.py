@@ -30,7 +30,6 @@ from chorus.journeys import runtime, store
 from chorus.profiles import feed, views
 from chorus.segments import load
 from chorus.segments import store as segments_store
-from chorus.segments.times import zone
 from chorus.timeutil import iso
 
 log = logging.getLogger("chorus.journeys")
@@ -84,10 +83,10 @@ def step_run(conn: Connection, js: runtime.Journeys, row, at: datetime, chunk: i
     if is_local(s):
         assert s.time is not None
         day = row.run_at.astimezone(FIRST_ZONE).date()
-        people = load.people(conn, ws, pids, js.ws.identity, parts=())
+        people = load.people(conn, ws, pids, js.ws.identity, parts=(), zone_default=js.ws.timezone)
         store.set_timers(conn, ws, [
             {"key": store.start_key(jid, f"run:{day.isoformat()}", pid), "journey_id": jid, "instance_id": "",
-             "profile_id": pid, "due_at": d.local_instant(day, s.time, zone(p.timezone))}
+             "profile_id": pid, "due_at": d.local_instant(day, s.time, p.zone)}
             for pid, p in people.items()
         ])  # fmt: skip
     else:

@@ -278,6 +278,7 @@ class _Sim:
     topics: Mapping | None
     cfg: IdentityConfig
     policies: Mapping[str, str] | None
+    zone_default: str | None = None  # the workspace's messaging.timezone
     instances: list[j.State] = field(default_factory=list)
     timers: dict[str, tuple[datetime, str]] = field(default_factory=dict)  # key -> (due, instance id)
     records: dict[str, list[j.Record]] = field(default_factory=lambda: defaultdict(list))  # instance id -> records
@@ -306,7 +307,8 @@ class _Sim:
                         addresses.setdefault(ch, []).append(value_of(i))
             self._person = Person(self.subject.id, state=self.state, computed=self.subject.computed,
                                   addresses={ch: tuple(a) for ch, a in addresses.items()}, events=tuple(self.events),
-                                  segments=frozenset(self.members), lists=self.subject.lists)  # fmt: skip
+                                  segments=frozenset(self.members), lists=self.subject.lists,
+                                  zone_default=self.zone_default)  # fmt: skip
             self._key = key
         return self._person
 
@@ -451,6 +453,7 @@ def simulate(
     topics: Mapping | None = None,
     identity: IdentityConfig | None = None,
     policies: Mapping[str, str] | None = None,
+    timezone: str | None = None,
     trace: bool = False,
 ) -> Report:
     """Run ``defn`` for ``subjects`` on a virtual clock and count what happened; nothing is sent or written.
@@ -459,7 +462,8 @@ def simulate(
     the clock stops (default: a year and a day after the last input, when every journey has long run out).
     ``since``: where it starts (default: the first input); a known person's memberships are taken there.
     ``topics``, ``identity`` and ``policies`` are the workspace's consent topics, identity settings and trait
-    policies (defaults otherwise). ``trace`` keeps every record and message in the report (tests compare them)."""
+    policies (defaults otherwise), ``timezone`` its ``messaging.timezone`` (the local time of a person without a
+    zone of her own). ``trace`` keeps every record and message in the report (tests compare them)."""
     if any(t is not None and t.tzinfo is None for t in (start, until, since)):
         raise ValueError("start, until and since are aware datetimes")
     firsts = [parse_ts(s.payloads[0]["timestamp"]) for s in subjects if s.payloads]
@@ -480,7 +484,7 @@ def simulate(
             continue  # nothing can happen to her: no event, no start, no membership that time alone can change
         report.people += 1
         sim = _Sim(defn, subject, report, templates, dict(segments or {}), topics, identity or IdentityConfig(),
-                   policies)  # fmt: skip
+                   policies, timezone)  # fmt: skip
         if sim.segments and subject.known:
             # where a known person stood when the clock starts, taken as is: only what is replayed causes entries.
             # A new person (a file's) has no memberships before her first event, which then may enter her.

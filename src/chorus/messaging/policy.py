@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
-from chorus.timeutil import parse_ts
+from chorus.timeutil import parse_ts, zone
 
 MESSAGE_CHANNELS = ("email", "sms", "push", "whatsapp", "messenger", "in_app", "webhook")
 DEFAULT_FALLBACK = ["email", "push", "sms", "whatsapp", "messenger", "in_app"]
@@ -206,13 +206,6 @@ class Pace:
     reason: str | None  # why it is not now (None when it is)
 
 
-def _zone(name: str | None) -> ZoneInfo:
-    try:
-        return ZoneInfo(name) if name else ZoneInfo("UTC")
-    except (ZoneInfoNotFoundError, ValueError):
-        return ZoneInfo("UTC")
-
-
 def _hm(text: str) -> time:
     h, m = text.split(":")
     return time(int(h), int(m))
@@ -276,7 +269,7 @@ def pace(
         return Pace(now, None)
     caps = settings.get("caps") or {}
     quiet = settings.get("quiet_hours") or {}
-    tz = _zone(timezone_name or settings.get("timezone"))
+    tz = zone(timezone_name, settings.get("timezone"))
     t, reasons = now, []
     for _ in range(20):  # each rule can only push t later; a few rounds settle it
         moved = False

@@ -14,6 +14,7 @@ def register(registry) -> None:
     from chorus.segments import engine, store
 
     registry.erasure("segments", store.forget, tables=store.TABLES)
+    registry.on_setting("messaging", "segments", store.messaging_changed)
     registry.consumer(engine.CONSUMER, engine.consumer())
     registry.task("segment_timers", each_pass(engine.due), step=Step.DECIDE, label="segment timers")
     registry.task("segment_batch", engine.BatchTask, step=Step.DECIDE, label="segment batch computation")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -32,7 +31,7 @@ from sqlalchemy.engine import Connection
 from chorus.segments import compile as sql
 from chorus.segments import load
 from chorus.segments import rules as r
-from chorus.segments.evaluate import evaluate
+from chorus.segments.evaluate import Evaluation, evaluate
 from chorus.segments.needs import ALL, Needs, _window
 from chorus.segments.needs import needs as needs_of
 from chorus.store import bulk
@@ -73,6 +72,7 @@ def members_in(conn: Connection, ev: Evaluator, segment_id: str, span: Span, at:
     rule = ev.defs[segment_id].rule
     zones = zones_in(conn, ev.ws.id, span) if sql.needs_zones(rule) else []
     q = sql.members_query(rule, ev.ws.id, at, dialect=conn.dialect.name, topics=ev.topics, zones=zones,
+                          zone_default=ev.ws.timezone,
                           identity=ev.ws.identity, span=span)  # fmt: skip
     return q.run(conn)
 
@@ -188,7 +188,7 @@ def next_changes(conn: Connection, ev: Evaluator, segment_id: str, ids: Iterable
         return {}
     rule, ws = ev.defs[segment_id].rule, ev.ws.id
     need = needs_of([rule], at)
-    people = load.people(conn, ws, ids, ev.ws.identity, needs=need)
+    people = load.people(conn, ws, ids, ev.ws.identity, needs=need, zone_default=ev.ws.timezone)
     return {pid: evaluate(rule, p, at, topics=ev.topics).next_change for pid, p in people.items()}
 
 
@@ -263,7 +263,7 @@ def compute_many(conn: Connection, ev: Evaluator, order: list[str], ids: list[st
     ws = ev.ws.id
     rules = {sid: ev.defs[sid].rule for sid in order}
     zones = zones_in(conn, ws, span) if any(sql.needs_zones(rule) for rule in rules.values()) else []
-    got = members_many(conn, ws, rules, at, ev.topics, zones=zones, span=span)
+    got = members_many(conn, ws, rules, at, ev.topics, zones=zones, span=span, zone_default=ev.ws.timezone)
     inside = {sid: got[sid] & chunk for sid in order}  # a profile created since the lock: the consumer's
     was = {sid: ids_ & chunk for sid, ids_ in current_many(conn, ws, order, span).items()}
     timed = {sid: timed_candidates(conn, ws, rules[sid], at, span) & chunk for sid in order}
@@ -282,10 +282,11 @@ def next_changes_many(conn: Connection, ev: Evaluator, order: list[str], timed: 
         return out
     need = needs_of([ev.defs[sid].rule for sid in order if timed[sid]], at)
     group = set(order)
-    for pid, person in load.people(conn, ev.ws.id, everyone, ev.ws.identity, needs=need).items():
+    for pid, person in load.people(conn, ev.ws.id, everyone, ev.ws.identity, needs=need,
+                                    zone_default=ev.ws.timezone).items():
         segs = frozenset((person.segments - group) | {sid for sid in order if pid in inside[sid]})
-        who = person if segs == person.segments else replace(person, segments=segs)
+        her = Evaluation(person, ev.topics)  # her events picked once for all the group's rules
         for sid in order:
             if pid in timed[sid]:
-                out[sid][pid] = evaluate(ev.defs[sid].rule, who, at, topics=ev.topics).next_change
+                out[sid][pid] = her.evaluate(ev.defs[sid].rule, at, segments=segs).next_change
     return out

@@ -170,7 +170,7 @@ def zones_of(conn: Connection, ws: str) -> list[str | None]:
 def members_query(
     rule: r.Node | Mapping, ws: str, now: datetime, *, dialect: str, topics: Mapping | None = None,
     zones: Iterable[str | None] | None = None, identity: IdentityConfig | None = None,
-    span: tuple[str | None, str] | None = None,
+    span: tuple[str | None, str] | None = None, zone_default: str | None = None,
 ) -> SegmentQuery:  # fmt: skip
     """Compile ``rule`` for workspace ``ws`` at ``now`` (aware).
 
@@ -179,14 +179,16 @@ def members_query(
     batch computing a segment chunk by chunk reads each person's data once.
 
     ``zones`` are the time zone attributes present among the profiles (:func:`zones_of`): a rule that depends on
-    the profile's zone is exact only for profiles whose zone is listed (the others are taken as UTC). ``identity``
+    the profile's zone is exact only for profiles whose zone is listed (the others are taken as ``zone_default``,
+    the workspace's ``messaging.timezone``: the zone of a profile without one, as ``Person.zone``). ``identity``
     is the workspace's identity settings (which identifier kinds are addresses of which channel), for
     ``reachable``; ``topics`` its ``messaging.topics``, as for :func:`evaluate`."""
     if isinstance(rule, Mapping):
         rule = r.parse(dict(rule))
     if now.tzinfo is None:
         raise ValueError("now must be an aware datetime")
-    c = _Compiler(ws, now.astimezone(UTC), dialect, topics, list(zones or ()), identity or IdentityConfig({}))
+    c = _Compiler(ws, now.astimezone(UTC), dialect, topics, list(zones or ()), identity or IdentityConfig({}),
+                  zone_default)  # fmt: skip
     c.span = span
     return c.compile(rule)
 
@@ -194,20 +196,21 @@ def members_query(
 def members(
     conn: Connection, ws: str, rule: r.Node | Mapping, now: datetime, topics: Mapping | None = None,
     *, zones: Iterable[str | None] | None = None, span: tuple[str | None, str] | None = None,
+    zone_default: str | None = None,
 ) -> set[str]:  # fmt: skip
     """The ids of the workspace's profiles in the segment at ``now`` (in ``span``, see :func:`members_query`):
-    the query, and its hybrid parts."""
+    the query, and its hybrid parts. Without ``zones``, the profiles' zones and the workspace's default are read."""
     from chorus import workspaces as ws_api
 
     if isinstance(rule, Mapping):
         rule = r.parse(dict(rule))
-    if zones is None:
-        zones = zones_of(conn, ws) if needs_zones(rule) else []
+    if zones is None and needs_zones(rule):
+        zones, zone_default = zones_of(conn, ws), ws_api.get(conn, ws).timezone
     identity = None
     if any(isinstance(n, r.Reachable) for n, _ in r.walk(rule)):
         identity = ws_api.get(conn, ws).identity
     q = members_query(rule, ws, now, dialect=conn.dialect.name, topics=topics, zones=zones, identity=identity,
-                      span=span)  # fmt: skip
+                      span=span, zone_default=zone_default)  # fmt: skip
     return q.run(conn)
 
 
@@ -542,8 +545,10 @@ class _Pass:
 
 
 class _Compiler:
-    def __init__(self, ws: str, now: datetime, dialect: str, topics, zones: list, identity: IdentityConfig):
+    def __init__(self, ws: str, now: datetime, dialect: str, topics, zones: list, identity: IdentityConfig,
+                 zone_default: str | None = None):  # fmt: skip
         self.ws, self.now, self.dialect, self.topics, self.identity = ws, now, dialect, topics, identity
+        self.zone_default = zone_default  # the zone of a profile without one of her own (Person.zone)
         self.pg = dialect == "postgresql"
         self.json = _Json(dialect)
         self.dates = _Dates(dialect)
@@ -565,18 +570,19 @@ class _Compiler:
 
     # -- zone parameters --------------------------------------------------------------------------------------
     def zparam(self, fn: Callable[[Any], Any], type_):
-        """``fn(zone)`` for the profile's zone: one bound value when every zone gives the same, else a column of
-        the ``zt`` table (a profile whose zone is not listed gets UTC's)."""
-        utc = fn(UTC_ZONE)
-        values = {z: fn(zone(z)) for z in self.zone_keys}
-        if all(v == utc for v in values.values()):
-            return sa.literal(utc, type_)
+        """``fn(zone)`` for the profile's zone (``Person.zone``: hers if known, else the workspace's default, else
+        UTC): one bound value when every zone gives the same, else a column of the ``zt`` table (a profile with no
+        zone, or one not listed, gets the default's)."""
+        base = fn(zone(self.zone_default))
+        values = {z: fn(zone(z, self.zone_default)) for z in self.zone_keys}
+        if all(v == base for v in values.values()):
+            return sa.literal(base, type_)
         name = f"c{len(self.zt_cols)}"
         self.zt_cols[name] = type_
         for z, v in values.items():
             self.zt_rows[z][name] = v
         self.zoned.add(self.scope)
-        return sa.func.coalesce(sa.literal_column(f"zt.{name}", type_), sa.literal(utc, type_))
+        return sa.func.coalesce(sa.literal_column(f"zt.{name}", type_), sa.literal(base, type_))
 
     def _zt_cte(self):
         cols = list(self.zt_cols)
@@ -777,8 +783,8 @@ class _Compiler:
             where = [*where, self.in_span(events.c.profile_id)]
         cand = sa.select(ids, raw, zkey).select_from(frm).where(*where, odd)
 
-        def decide(conn, rows, test=test, now=now):
-            return {row[0] for row in rows if check(test, row[1], now, zone(row[2])).value}
+        def decide(conn, rows, test=test, now=now, default=self.zone_default):
+            return {row[0] for row in rows if check(test, row[1], now, zone(row[2], default)).value}
 
         self.hybrids.append(Hybrid(key, cand, decide, f"dates in other forms ({what})"))
         decided = self.in_ids(ids, key, sa.String if event_level is None else sa.BigInteger)

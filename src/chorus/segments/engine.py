@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
@@ -40,7 +40,7 @@ from chorus.profiles import feed, views
 from chorus.profiles.views import lock_people
 from chorus.segments import batch, load, store
 from chorus.segments import rules as r
-from chorus.segments.evaluate import evaluate
+from chorus.segments.evaluate import Evaluation
 from chorus.segments.needs import Needs
 from chorus.segments.needs import needs as needs_of
 from chorus.segments.person import Person
@@ -200,7 +200,7 @@ def load_person(conn: Connection, ws: ws_api.Workspace, pid: str, need: Needs | 
     """The person from the store (segments.load, which the SQL compiler is tested against), or None when ``pid``
     is no longer a profile. With ``need`` (``segments.needs``) only what those rules can still read is loaded
     (decision 0028)."""
-    return load.people(conn, ws.id, [pid], ws.identity, needs=need).get(pid)
+    return load.people(conn, ws.id, [pid], ws.identity, needs=need, zone_default=ws.timezone).get(pid)
 
 
 # -- evaluating one person ----------------------------------------------------------------------------------------
@@ -293,7 +293,7 @@ class Evaluator:
         lock_people(self.conn, ws, pids)
         when = {pid: (at or {}).get(pid, self.now) for pid in pids}
         need = self.needs(set().union(*todo.values()), min(when.values()))  # the earliest instant reads furthest
-        found = load.people(self.conn, ws, pids, self.ws.identity, needs=need)
+        found = load.people(self.conn, ws, pids, self.ws.identity, needs=need, zone_default=self.ws.timezone)
         for pid in pids:
             if pid not in found:  # merged away or erased: she is in nothing any more
                 self._leave_all(pid, causes[pid])
@@ -371,10 +371,11 @@ def decide(defs: dict[str, store.Definition], order: list[str], dependents: dict
     todo = set(segment_ids) & set(defs)
     inside = set(person.segments)
     moved: dict[str, datetime | None] = {}
+    her = Evaluation(person, topics)  # her events picked once per selection, for all the segments
     for sid in order:
         if sid not in todo:
             continue
-        res = evaluate(defs[sid].rule, _with(person, inside), now, topics=topics)
+        res = her.evaluate(defs[sid].rule, now, segments=inside)
         if timers.get(sid) != res.next_change:  # many changes leave it where it was: no write
             moved[sid] = res.next_change
         if res.value == (sid in inside):
@@ -393,10 +394,6 @@ def lock_person(conn: Connection, ws: str, pid: str) -> None:
     """One writer of a person's membership at a time (consumer, timers, batch, a deleted segment): her profile row,
     locked until the transaction ends (PostgreSQL; SQLite has one writer). Lockers take people in id order."""
     lock_people(conn, ws, [pid])
-
-
-def _with(person: Person, inside: set[str]) -> Person:
-    return person if person.segments == inside else replace(person, segments=frozenset(inside))
 
 
 def _timeline_event(ident: dict, sid: str, name: str, change: str, cause: str, at: datetime) -> Stored | None:

@@ -36,19 +36,21 @@ from chorus.store.tables import (
 KINDS = ("computed", "addresses", "events", "messages", "segments", "lists")
 
 
-def person(conn: Connection, ws: str, profile_id: str, cfg: IdentityConfig) -> Person | None:
+def person(conn: Connection, ws: str, profile_id: str, cfg: IdentityConfig,
+           zone_default: str | None = None) -> Person | None:  # fmt: skip
     """The person whose profile id is ``profile_id`` (not an alias), or None when it is not a profile."""
-    return people(conn, ws, [profile_id], cfg).get(profile_id)
+    return people(conn, ws, [profile_id], cfg, zone_default=zone_default).get(profile_id)
 
 
 def people(
     conn: Connection, ws: str, ids: Iterable[str], cfg: IdentityConfig, *, parts: Iterable[str] = KINDS,
-    needs: Needs | None = None,
+    needs: Needs | None = None, zone_default: str | None = None,
 ) -> dict[str, Person]:
     """Profile id -> Person for the ids that are profiles of ``ws``. ``parts`` leaves out what a caller does not
     need (an engine evaluating rules without behaviour conditions need not read the events); ``needs`` (what a set
     of rules can read at an instant, ``segments.needs``) reads only those parts, events and messages: the person
-    is then ``needs.restrict(full person, needs)``."""
+    is then ``needs.restrict(full person, needs)``. ``zone_default`` is the workspace's ``messaging.timezone``
+    (``Workspace.timezone``): the zone of those who have none (``Person.zone``)."""
     ids = list(dict.fromkeys(ids))
     parts = set(parts) if needs is None else set(parts) & set(needs.parts())
     if not ids:
@@ -117,7 +119,7 @@ def people(
             pid, state=states[pid], computed=computed.get(pid, {}),
             addresses={ch: tuple(a) for ch, a in addresses.get(pid, {}).items()},
             events=tuple(evs.get(pid, ())), messages=tuple(msgs.get(pid, ())),
-            segments=frozenset(segs.get(pid, ())), lists=frozenset(lists.get(pid, ())),
+            segments=frozenset(segs.get(pid, ())), lists=frozenset(lists.get(pid, ())), zone_default=zone_default,
         )  # fmt: skip
         for pid in found
     }

@@ -39,12 +39,13 @@ _LOGIC = (r.And, r.Or, r.Not)
 def members_many(
     conn: Connection, ws: str, rules: Mapping[str, r.Node | Mapping], now: datetime, topics: Mapping | None = None,
     *, zones: Iterable[str | None] | None = None, max_leaves: int = MAX_LEAVES, jit: bool = False,
-    span: tuple[str | None, str] | None = None,
+    span: tuple[str | None, str] | None = None, zone_default: str | None = None,
 ) -> dict[str, set[str]]:  # fmt: skip
     """The members of every rule at ``now`` (aware), by id: as many rules as fit in one pass at a time.
     ``span`` ``(after, last)``: only the profiles whose id is in ``(after, last]``, every pass restricted to them
     (``compile.members_query``'s span: the engine's batch computes a chunk of ids for all its pending segments).
-    ``jit``: leave PostgreSQL's JIT setting as it is (for the benchmark's side-by-side figure)."""
+    ``jit``: leave PostgreSQL's JIT setting as it is (for the benchmark's side-by-side figure). ``zones`` and
+    ``zone_default``: as for ``compile.members_query``; without ``zones``, both are read."""
     from chorus import workspaces as ws_api
 
     if now.tzinfo is None:
@@ -53,7 +54,9 @@ def members_many(
               for sid, rule in rules.items()}  # fmt: skip
     order = _order(parsed)
     if zones is None:
-        zones = zones_of(conn, ws) if any(needs_zones(rule) for rule in parsed.values()) else []
+        zones = []
+        if any(needs_zones(rule) for rule in parsed.values()):
+            zones, zone_default = zones_of(conn, ws), ws_api.get(conn, ws).timezone
     zones = list(zones)  # every group reads them (a generator would be spent by the first)
     identity = None
     if any(isinstance(n, r.Reachable) for rule in parsed.values() for n, _ in r.walk(rule)):
@@ -64,7 +67,7 @@ def members_many(
     found: dict[str, set[str]] = {}
     for group in _groups(order, parsed, max_leaves):
         c = _Many(ws, now.astimezone(UTC), conn.dialect.name, topics, zones, identity or IdentityConfig({}),
-                  earlier=found)  # fmt: skip
+                  zone_default, earlier=found)  # fmt: skip
         c.span = span
         found.update(c.answer(conn, {sid: parsed[sid] for sid in group}))
     return {sid: found[sid] for sid in rules}

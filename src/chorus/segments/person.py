@@ -12,9 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from chorus.profiles.state import empty, public_view
-from chorus.timeutil import parse_ts
+from chorus.timeutil import parse_ts, zone
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,11 +72,18 @@ class Person:
     messages: tuple[MessageRecord, ...] = ()
     segments: frozenset[str] = frozenset()  # ids of the segments the person is in now
     lists: frozenset[str] = frozenset()  # ids of the static lists the person is on
+    zone_default: str | None = None  # the workspace's messaging.timezone: her zone when she has none of her own
 
     @property
     def timezone(self) -> str | None:
         tz = (self.state.get("attrs") or {}).get("timezone")
         return tz[0] if isinstance(tz, list | tuple) and tz else None
+
+    @property
+    def zone(self) -> ZoneInfo:
+        """Her local time's zone: her own (``timezone``) if it is a known IANA zone, else the workspace's, else
+        UTC (``timeutil.zone``, the rule quiet hours follow too)."""
+        return zone(self.timezone, self.zone_default)
 
     def policy_view(self) -> dict:
         """The profile as the messaging policy reads it (``consent_decision``, ``addresses_for``): the same view

@@ -149,6 +149,27 @@ def lock_definitions(conn: Connection, ws: str, *, shared: bool = False) -> None
         conn.execute(sa.text(f"SELECT {fn}(hashtext(:k))"), {"k": "segments:" + ws})
 
 
+def messaging_changed(conn: Connection, ws: str, before: dict | None, after: dict | None) -> None:
+    """The workspace's ``messaging`` settings changed. Segments answer with two of them: ``timezone`` (the local
+    dates of people with no zone of their own) and ``topics`` (``reachable``/``subscribed``). The segments that read
+    a changed one are computed again by the batch, from the start, as after a rule change: their members and timers
+    were decided with the old setting. The definitions lock (exclusive) waits for the evaluations under way, so none
+    of them commits an answer of the old setting after the batch has read the new one."""
+    before, after = before or {}, after or {}
+    zone_moved = before.get("timezone") != after.get("timezone")
+    topics_moved = before.get("topics") != after.get("topics")
+    if not (zone_moved or topics_moved):
+        return
+    lock_definitions(conn, ws)
+    stale = sorted(sid for sid, d in definitions(conn, ws).items()
+                   if (zone_moved and d.inputs.timezone) or (topics_moved and d.inputs.consent))  # fmt: skip
+    if stale:
+        _changed(conn)
+        conn.execute(segments.update().where(segments.c.workspace_id == ws, bulk.in_(segments.c.id, stale,
+                                                                                   conn.dialect.name))
+                     .values(computed_version=None, batch_after=None, batch_version=None))  # fmt: skip
+
+
 def delete(conn: Connection, ws: str, segment_id: str) -> None:
     """Delete a segment whose members have left it (engine.drop writes their exits first)."""
     lock_definitions(conn, ws)

@@ -20,15 +20,14 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import NamedTuple
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
-from chorus.timeutil import parse_ts
+from chorus.timeutil import UTC_ZONE, parse_ts, zone  # noqa: F401 (zone: this module's users import it from here)
 
 # Sentinels for "before everything" and "never": arithmetic that would leave datetime's range lands on them, so
 # a date in year 9999 plus a window is "never" instead of an OverflowError (a 500) on somebody's data.
 EARLIEST = datetime.min.replace(tzinfo=UTC)
 NEVER = datetime.max.replace(tzinfo=UTC)
-UTC_ZONE = ZoneInfo("UTC")
 
 UNITS = {"m": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}
 UNIT_NAMES = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -100,16 +99,6 @@ def parse_date(value: object) -> DateValue:
         f"{value!r} is not a date: write YYYY-MM-DD (a day in the profile's time zone) or an ISO-8601 date-time "
         "such as 2024-01-01T09:00:00Z"
     )
-
-
-def zone(name: object) -> ZoneInfo:
-    """The IANA zone ``name``, or UTC when it is absent or unknown (a profile's zone comes from a device)."""
-    if not isinstance(name, str) or not name or len(name) > 64:
-        return UTC_ZONE
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, OSError):
-        return UTC_ZONE
 
 
 def plus(t: datetime, d: timedelta) -> datetime:

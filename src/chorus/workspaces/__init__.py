@@ -49,6 +49,12 @@ class Workspace:
     def identity(self) -> IdentityConfig:
         return IdentityConfig.from_settings(self.settings)
 
+    @property
+    def timezone(self) -> str | None:
+        """``messaging.timezone``: the local time of a person who has no zone of her own (``timeutil.zone``)."""
+        tz = (self.settings.get("messaging") or {}).get("timezone")
+        return tz if isinstance(tz, str) else None
+
 
 def default_settings() -> dict:
     return {"default_region": None, "identifiers": dict(DEFAULT_DECLARED), "trait_policies": {}}
@@ -235,11 +241,18 @@ def validate_settings(patch: dict, registry: Registry | None = None) -> dict:
     return out
 
 
-def update_settings(engine: Engine, ws_id: str, patch: dict) -> dict:
-    clean = validate_settings(patch)
+def update_settings(engine: Engine, ws_id: str, patch: dict, registry: Registry | None = None) -> dict:
+    """Apply a settings patch (each section replaced whole). The packages that hear a section
+    (``Registry.on_setting``) are told of a change in the same transaction: what they do commits with it."""
+    registry = registry or installed_registry()
+    clean = validate_settings(patch, registry)
     with engine.begin() as conn:
         ws = get(conn, ws_id)
         settings = {**ws.settings, **clean}
+        for key, value in clean.items():
+            if ws.settings.get(key) != value:
+                for hook in registry.setting_hooks(key):
+                    hook(conn, ws_id, ws.settings.get(key), value)
         conn.execute(workspaces.update().where(workspaces.c.id == ws_id).values(settings=settings))
     return settings
 
