@@ -215,6 +215,44 @@ def test_a_person_whose_timer_fails_is_decided_at_its_first_instant_when_it_is_t
     assert [tuple(h) for h in hers] == [("entered", T0), ("exited", due)]
 
 
+def test_a_timer_that_keeps_failing_is_tried_less_and_less_often(engine, ws, clock, worker, monkeypatch):
+    """The waits double from a minute (store.retry_after), at most a day; the instant it first fell due is kept, and
+    when the cause is gone she is decided then."""
+    define(engine, ws, "recent", {"performed": {"event": "Product Viewed", "window": "1d"}})
+    settle(worker)
+    send(engine, ws, [ev("Product Viewed", T0)], received_at=T0)
+    settle(worker)
+    bad = profile_of(engine, ws, "user_id:u1")
+    real, broken = seg.decide, [True]
+
+    def flaky(defs, order, dependents, sids, person, *rest):
+        if broken[0]:
+            raise RuntimeError("a bad profile")
+        return real(defs, order, dependents, sids, person, *rest)
+
+    monkeypatch.setattr(seg, "decide", flaky)
+    due = T0 + timedelta(days=1)
+    clock.at = due
+    retries = []
+    for _ in range(16):
+        settle(worker, 1)
+        with engine.connect() as conn:
+            (row,) = conn.execute(sa.select(segment_timers).where(segment_timers.c.profile_id == bad)).all()
+        assert row.first_due == due
+        retries.append(row.due_at - clock.at)
+        clock.at = row.due_at
+    minutes = [int(r.total_seconds() // 60) for r in retries]
+    assert minutes[:8] == [1, 1, 2, 4, 8, 16, 32, 64]
+    assert max(retries) == timedelta(days=1) and minutes[-1] == 24 * 60  # a day at most
+    broken[0] = False
+    settle(worker, 1)
+    assert members(engine, ws, "recent") == set()
+    with engine.connect() as conn:
+        hers = conn.execute(sa.select(segment_history.c.change, segment_history.c.at).where(
+            segment_history.c.profile_id == bad).order_by(segment_history.c.id)).all()  # fmt: skip
+    assert [tuple(h) for h in hers] == [("entered", T0), ("exited", due)]
+
+
 def test_a_store_purchase_empties_the_segment_at_once(engine, ws, clock, worker):
     define(engine, ws, "browse", BROWSE)
     for i in range(3):

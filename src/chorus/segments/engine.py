@@ -461,7 +461,8 @@ def due(engine: Engine, limit: int = 500, clock: Callable[[], datetime] | None =
     profile rows in one statement in id order, skipping those another worker holds (it is evaluating her, and her
     timers are still due at the next pass), then their timers. The people are evaluated together
     (``Evaluator.people``); if that fails, each alone, and a person whose evaluation fails is rolled back alone and
-    tried again a minute later."""
+    tried again later: a minute, then as long again as her timer has waited, a day at most (``store.retry_after``),
+    still decided at the instant it first fell due."""
     at = (clock or now)()
     with engine.begin() as conn:
         rows = conn.execute(
@@ -481,7 +482,7 @@ def due(engine: Engine, limit: int = 500, clock: Callable[[], datetime] | None =
             try:  # the definitions' shared lock before the rows: the lock order of every writer
                 ev = Evaluator(conn, ws, at)
             except ChorusError:  # the workspace is being deleted
-                store.postpone_timers(conn, mine, at + timedelta(minutes=1))
+                store.postpone_timers(conn, mine, at)
                 continue
             existing = set(conn.execute(sa.select(profiles.c.id).where(
                 profiles.c.workspace_id == ws, bulk.in_(profiles.c.id, pids, conn.dialect.name))).scalars())
@@ -563,8 +564,8 @@ def _due_one_by_one(conn: Connection, ev: Evaluator, todo: dict[str, set[str]], 
                 ev.person(pid, sids, "timer", when[pid])
             done += len(sids)
         except Exception:  # noqa: BLE001 - one person must not stop time for everybody
-            log.exception("segment timers of profile %s failed; retried in a minute", pid)
-            store.postpone_timers(conn, hers, at + timedelta(minutes=1))
+            log.exception("segment timers of profile %s failed; tried again later (store.retry_after)", pid)
+            store.postpone_timers(conn, hers, at)
     return done
 
 

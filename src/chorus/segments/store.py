@@ -8,7 +8,7 @@ import io
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import cached_property, lru_cache
 
 import orjson
@@ -276,11 +276,26 @@ def set_timers_many(conn: Connection, ws: str, due: dict[str, dict[str, datetime
                      rows)  # fmt: skip
 
 
-def postpone_timers(conn: Connection, where: tuple, until: datetime) -> None:
-    """Try these timers again at ``until`` (an evaluation failed), each keeping the instant it was first due."""
+RETRY_FIRST, RETRY_MOST = timedelta(minutes=1), timedelta(days=1)
+
+
+def retry_after(first_due: datetime, at: datetime) -> datetime:
+    """When a timer first due at ``first_due`` whose evaluation failed at ``at`` is tried again: after as long as it
+    has already waited, at least a minute, at most a day. The waits double (1, 1, 2, 4, 8 minutes, ...): a profile
+    whose evaluation fails for good costs a few tries a day, not one a minute for ever, and a passing cause (a
+    deadlock, a restart) is retried within a minute."""
+    return at + min(max(at - first_due, RETRY_FIRST), RETRY_MOST)
+
+
+def postpone_timers(conn: Connection, where: tuple, at: datetime) -> None:
+    """Try these timers again later (an evaluation failed at ``at``: :func:`retry_after`), each keeping the instant
+    it was first due. Failing timers are few: read and written one by one."""
     t = segment_timers.c
-    conn.execute(segment_timers.update().where(*where).values(due_at=until,
-                                                              first_due=sa.func.coalesce(t.first_due, t.due_at)))
+    rows = conn.execute(sa.select(t.workspace_id, t.segment_id, t.profile_id,
+                                  sa.func.coalesce(t.first_due, t.due_at)).where(*where)).all()  # fmt: skip
+    for ws, sid, pid, first in rows:
+        conn.execute(segment_timers.update().where(t.workspace_id == ws, t.segment_id == sid, t.profile_id == pid)
+                     .values(due_at=retry_after(first, at), first_due=first))  # fmt: skip
 
 
 def enter_many(conn: Connection, ws: str, entries: list[tuple[str, str, str]], at: datetime,
