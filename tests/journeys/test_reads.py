@@ -241,6 +241,28 @@ def test_a_journey_decides_the_same_on_what_its_reads_keep_as_on_the_whole_histo
     assert _run(defn, restrict(who, need), steps, lag) == _run(defn, who, steps, lag)
 
 
+def test_an_entry_sees_the_goal_events_given_before_it_from_its_own_time():
+    """A purchase given before the cart add it follows (an import, stamped 30 minutes later than the add): the entry
+    converts at once on the cut person as on the whole one, because the goal's events are read from the earliest
+    input's time, not from the claim's now nor from a rule's window."""
+    defn = d.parse({"id": "cart", "entry": {"event": {"event": "Product Added"}}, "start": "w",
+                    "goal": {"event": {"event": "Order Completed"}, "within": "1d"},
+                    "nodes": {"w": {"type": "delay", "for": "1h", "next": "x"}, "x": {"type": "exit"}}})  # fmt: skip
+    added = Event("Product Added", "track", P0, "web", {}, "add")
+    bought = Event("Order Completed", "track", P0 + timedelta(minutes=30), "store", {}, "buy")
+    old = Event("Order Completed", "track", P0 - timedelta(days=3), "store", {}, "old")
+    who = Person("p1", events=(old, added, bought))
+    steps = [("give", bought), ("give", added)]
+    cut = restrict(who, runtime.Reads.of(defn).at(P0))
+    assert [e.id for e in cut.events] == ["buy"]
+    whole = _run(defn, who, steps, timedelta(hours=2))
+    assert _run(defn, cut, steps, timedelta(hours=2)) == whole
+    assert [c.kind for _, c in whole[0] if isinstance(c, j.Record)][:2] == ["entered", "converted"]
+    # read from the claim's now (the inputs processed 2 hours late), the purchase would be missed
+    late = restrict(who, runtime.Reads.of(defn).at(P0 + timedelta(hours=2)))
+    assert _run(defn, late, steps, timedelta(hours=2)) != whole
+
+
 # -- on the store ----------------------------------------------------------------------------------------------------
 READER = {
     "id": "reader", "name": "reads a little", "entry": {"event": {"event": "Product Added"}}, "start": "c",
