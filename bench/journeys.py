@@ -12,7 +12,11 @@ Four subcommands, on fresh databases:
   and their status, the timeline events and their feed rows...) and deleted (the feed rows it handled) are read
   back, undone, then written again by hand, 500 people a transaction: their profile rows locked in one statement,
   then one ``INSERT`` per table (all 500 people's rows: SQLAlchemy's multi-row insert) and one ``DELETE``. Prints
-  transitions/s (people, each one entry, one message, one exit) and the ratio.
+  transitions/s (people, each one entry, one message, one exit) and the ratio. ``--history N`` first gives each
+  person N older events (inserted as resolved rows, not timed, not in the feed: her history, not inputs), spread
+  over the past year, 90 % ``Page Viewed`` and 10 % ``Order Completed``, and the journey an exit rule on the last
+  7 days of ``Order Completed`` (``HISTORY_EXIT``): a claim then has something of her history to read, which a
+  restricted read (decision 0043) keeps to a week of orders. The history rows are left out of the raw side.
 * ``latency``: ``chorus serve`` (HTTP on loopback, embedded worker; with ``--workers N``, ``serve --no-worker`` and
   N ``chorus worker`` processes) on PostgreSQL; a steady ``--rate`` (500) events
   per second for ``--seconds`` (20), each a new person's ``Product Added`` to ``/v1/batch``; per event, from its
@@ -29,7 +33,7 @@ Four subcommands, on fresh databases:
   queued. Baseline: the same message rows, read back, deleted, and inserted again by bare ``INSERT``s of 500 rows
   a transaction. Prints profiles/s and the time 1,000,000 would take at that rate.
 
-    python bench/journeys.py transitions [--people 2000] [--engines sqlite,postgresql]
+    python bench/journeys.py transitions [--people 2000] [--engines sqlite,postgresql] [--history 200]
     python bench/journeys.py latency [--rate 500 --seconds 20] [--workers 2]
     python bench/journeys.py timers [--waiting 100000 --engine postgresql]
     python bench/journeys.py broadcast [--profiles 20000 --engine postgresql]
@@ -74,6 +78,8 @@ NUDGE = {  # the no-delay journey: entry, message, exit
                        "next": "done"},
               "done": {"type": "exit"}},
 }  # fmt: skip
+# with --history: reads a week of orders at every input, and never holds (everybody gets her message)
+HISTORY_EXIT = [{"rule": {"performed": {"event": "Order Completed", "window": "7d", "times": {"gte": 100}}}}]
 WAITER = {  # a 1-day delay before the message: people wait on a timer row
     **NUDGE, "id": "waiter", "name": "One day later", "start": "wait",
     "nodes": {"wait": {"type": "delay", "for": "1d", "next": "send"}, **NUDGE["nodes"]},
@@ -191,16 +197,58 @@ def _worker(url: str, ready, go, out, prof: str | None = None) -> None:
     engine.dispose()
 
 
-def _snapshot(engine) -> dict[str, dict]:
-    """Every row of every table, by primary key."""
+def _snapshot(engine, history: tuple[int, int] | None = None) -> dict[str, dict]:
+    """Every row of every table, by primary key (the events of ``history``, a range of seq, left out)."""
     from chorus.store.tables import metadata
 
     out = {}
     with engine.connect() as conn:
         for t in metadata.sorted_tables:
             pk = [c.name for c in t.primary_key.columns]
-            out[t.name] = {tuple(r._mapping[c] for c in pk): dict(r._mapping) for r in conn.execute(t.select())}
+            q = t.select()
+            if t.name == "events" and history is not None:
+                q = q.where(~t.c.seq.between(*history))
+            out[t.name] = {tuple(r._mapping[c] for c in pk): dict(r._mapping) for r in conn.execute(q)}
     return out
+
+
+def add_history(engine, ws: str, per_person: int, now: datetime) -> tuple[int, int]:
+    """``per_person`` older events for every person of ``ws``, as resolved rows cloned from her Product Added (not
+    through the feed: a history, not inputs), spread over the past year; their seq range. Statistics refreshed, as
+    a database that grew so would have them."""
+    import random
+
+    import sqlalchemy as sa
+
+    from chorus.store.tables import events
+    from chorus.timeutil import iso
+
+    rnd = random.Random(7)
+    with engine.begin() as conn:
+        people = conn.execute(sa.select(events).where(events.c.workspace_id == ws,
+                                                      events.c.event == "Product Added")).all()  # fmt: skip
+        lo = conn.execute(sa.select(sa.func.max(events.c.seq))).scalar() + 1
+        rows = []
+        for row in people:
+            base = dict(row._mapping)
+            del base["seq"]
+            for _ in range(per_person):
+                at = now - timedelta(days=1 + rnd.random() * 364)
+                name = "Order Completed" if rnd.random() < 0.1 else "Page Viewed"
+                mid = uuid.uuid4().hex
+                payload = {**base["payload"], "event": name, "messageId": mid, "timestamp": iso(at),
+                           "properties": {"total": rnd.randint(5, 200)}}  # fmt: skip
+                rows.append({**base, "message_id": mid, "event": name, "timestamp": at, "payload": payload})
+                if len(rows) >= 5000:
+                    conn.execute(events.insert(), rows)
+                    rows = []
+        if rows:
+            conn.execute(events.insert(), rows)
+        hi = conn.execute(sa.select(sa.func.max(events.c.seq))).scalar()
+    with engine.connect() as conn:
+        conn.execute(sa.text("ANALYZE"))
+        conn.commit()
+    return lo, hi
 
 
 def _tables():
@@ -215,7 +263,8 @@ def _owner(table: str, row: dict, msg_owner: dict) -> str | None:
     return row.get("profile_id")
 
 
-def transitions_run(engine_name: str, workers: int, people: int, tmp: Path, prof: str | None) -> dict:
+def transitions_run(engine_name: str, workers: int, people: int, tmp: Path, prof: str | None,
+                    history: int = 0) -> dict:  # fmt: skip
     import sqlalchemy as sa
 
     from chorus.store.db import create_engine, upgrade
@@ -226,11 +275,14 @@ def transitions_run(engine_name: str, workers: int, people: int, tmp: Path, prof
         from chorus.profiles import feed
 
         feed.subscribe(engine, "journeys")
-        ws = workspace(engine)
+        ws = workspace(engine, {**NUDGE, "exit": HISTORY_EXIT} if history else NUDGE)
         at = datetime.now(UTC)
         store_and_resolve(engine, ws, [product_added(f"u{i}", at) for i in range(people)])
+        seqs = add_history(engine, ws, history, at) if history else None
+        if seqs:
+            log(f"{engine_name}: {seqs[1] - seqs[0] + 1} history events added")
         pending = count(engine, "SELECT count(*) FROM feed_pending WHERE consumer = 'journeys'")
-        before = _snapshot(engine)
+        before = _snapshot(engine, seqs)
         log(f"{engine_name} x{workers}: {people} people stored and resolved, {pending} feed rows; consuming")
         # chorus
         if workers == 0:
@@ -257,7 +309,7 @@ def transitions_run(engine_name: str, workers: int, people: int, tmp: Path, prof
         left = count(engine, "SELECT count(*) FROM feed_pending WHERE consumer = 'journeys'")
         sent = count(engine, "SELECT count(*) FROM messages WHERE journey_id = 'nudge'")
         assert left == 0 and sent == people, (left, sent, people)
-        after = _snapshot(engine)
+        after = _snapshot(engine, seqs)
         tables = _tables()
         added = {t: [r for k, r in after[t].items() if k not in before[t]] for t in after}
         removed = {t: [r for k, r in before[t].items() if k not in after[t]] for t in before}
@@ -311,7 +363,8 @@ def transitions_run(engine_name: str, workers: int, people: int, tmp: Path, prof
         raw = time.perf_counter() - t0
         assert count(engine, "SELECT count(*) FROM messages WHERE journey_id = 'nudge'") == people
         engine.dispose()
-    return {"engine": engine_name, "workers": workers or "embedded", "people": people, "changes_handled": handled,
+    return {"engine": engine_name, "workers": workers or "embedded", "people": people, "history": history,
+            "changes_handled": handled,
             "chorus_s": took, "chorus_per_s": people / took, "raw_s": raw, "raw_per_s": people / raw,
             "ratio": (people / took) / (people / raw), "rows_inserted": rows, "rows_deleted": gone,
             "rows_updated_not_replayed": updated,
@@ -325,10 +378,11 @@ def cmd_transitions(args) -> None:
     for e in args.engines.split(","):
         plan += [("sqlite", 0)] if e == "sqlite" else [("postgresql", 1), ("postgresql", 2)]
     for eng, w in plan:
-        r = transitions_run(eng, w, args.people, tmp, args.profile)
+        r = transitions_run(eng, w, args.people, tmp, args.profile, args.history)
         runs.append(r)
         log(f"{eng} x{r['workers']}: chorus {r['chorus_per_s']:.0f}/s, raw {r['raw_per_s']:.0f}/s")
-    print(f"\ntransitions, {args.people:,} people (one entry, one in_app message, one exit each)\n")
+    hist = f", each with {args.history:,} older events and an exit rule on 7 days of orders" if args.history else ""
+    print(f"\ntransitions, {args.people:,} people (one entry, one in_app message, one exit each{hist})\n")
     print("| engine | workers | chorus transitions/s | raw SQL transitions/s | chorus/raw | bar ≥ 0.5 |")
     print("| --- | --- | ---: | ---: | ---: | --- |")
     for r in runs:
@@ -642,6 +696,8 @@ def main() -> None:
     t = sub.add_parser("transitions")
     t.add_argument("--people", type=int, default=1000)
     t.add_argument("--engines", default="sqlite,postgresql")
+    t.add_argument("--history", type=int, default=0,
+                   help="older events per person (a past year of page views and orders) and a 7-day exit rule")
     lt = sub.add_parser("latency")
     lt.add_argument("--rate", type=float, default=500)
     lt.add_argument("--seconds", type=float, default=20)

@@ -604,21 +604,39 @@ def test_due_timers_fire_together_and_a_failing_person_is_postponed_alone(engine
 
 
 def test_a_claim_is_split_so_that_it_never_reads_too_many_events_at_once(engine, ws, clock, worker, monkeypatch):
-    """The people of a feed claim are read in consecutive claims whose histories stay under EVENTS_PER_CLAIM events
+    """The people of a feed claim are read in consecutive claims whose events *to read* stay under EVENTS_PER_CLAIM
     (a person alone may be more): a worker's memory is bounded by that, not by how long customers have been around.
-    Everybody still gets her message."""
-    publish(engine, ws, NOW)
+    Only what the journeys' rules can read counts (decision 0043): here a windowless rule on Page Viewed reads them
+    all, but not the Product Added nobody's rule reads. Everybody still gets her message."""
+    publish(engine, ws, {**NOW, "exit": [{"rule": {"performed": {"event": "Page Viewed", "times": {"gte": 5}}}}]})
     users = [f"p{i}" for i in range(6)]
-    send(engine, ws, [ev("Page Viewed", T0 - timedelta(hours=1), user=u) for u in users for _ in range(2)], T0)
+    send(engine, ws, [ev("Page Viewed", T0 - timedelta(hours=1), user=u) for u in users for _ in range(3)], T0)
     send(engine, ws, [ev("Product Added", T0, user=u, cart_id=u) for u in users], T0)
     Resolver(engine).drain()
-    monkeypatch.setattr(runtime, "EVENTS_PER_CLAIM", 7)  # two people's three events, not three people's
+    monkeypatch.setattr(runtime, "EVENTS_PER_CLAIM", 7)  # two people's three page views, not three people's
     pids = sorted(profile_of(engine, ws, f"user_id:{u}") for u in users)
     with engine.begin() as conn:
         groups = [c.pids for c in runtime.claims(conn, runtime.journeys_of(conn, ws), pids, T0)]
     assert groups == [pids[0:2], pids[2:4], pids[4:6]]
     feed.consume(engine, runtime.CONSUMER, runtime.Consumer())
     assert sorted(m.profile_id for m in journey_messages(engine, ws)) == pids
+
+
+def test_a_claim_whose_journeys_read_no_events_is_not_split(engine, ws, clock, monkeypatch):
+    """With nothing to read of their events (NOW's goal criterion reads only Order Completed, of which they have
+    none; its rules none), the people are one claim whatever their histories: no counting query either."""
+    publish(engine, ws, {k: v for k, v in NOW.items() if k != "goal"})
+    users = [f"p{i}" for i in range(4)]
+    send(engine, ws, [ev("Page Viewed", T0 - timedelta(hours=1), user=u) for u in users for _ in range(3)], T0)
+    Resolver(engine).drain()
+    monkeypatch.setattr(runtime, "EVENTS_PER_CLAIM", 1)
+    pids = sorted(profile_of(engine, ws, f"user_id:{u}") for u in users)
+    seen: list[str] = []
+    with engine.begin() as conn:
+        sa.event.listen(conn, "before_cursor_execute", lambda *a: seen.append(a[2]))
+        (claim,) = runtime.claims(conn, runtime.journeys_of(conn, ws), pids, T0)
+        assert claim.pids == pids and all(run.person.events == () for run in claim.runs.values())
+    assert not [q for q in seen if "FROM events" in q], "neither counted nor read"
 
 
 OPENED = {
@@ -639,9 +657,9 @@ def _claimed(monkeypatch) -> list[list[str]]:
     """The people each claim of the journeys' runtime loads (the expensive part of an input), as they come."""
     seen, real = [], runtime.claims
 
-    def spy(conn, js, pids, at):
+    def spy(conn, js, pids, at, since=None):
         seen.append(list(pids))
-        return real(conn, js, pids, at)
+        return real(conn, js, pids, at, since)
 
     monkeypatch.setattr(runtime, "claims", spy)
     return seen

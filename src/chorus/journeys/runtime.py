@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -45,7 +45,10 @@ from chorus.journeys import interpreter as j
 from chorus.messaging.consent import identity_fields
 from chorus.profiles import feed, views
 from chorus.segments import load
+from chorus.segments.needs import Needs
+from chorus.segments.needs import needs as needs_of
 from chorus.segments.person import Event, Person
+from chorus.segments.rules import Node as Rule
 from chorus.store import bulk
 from chorus.store.tables import events
 from chorus.timeutil import iso, utcnow
@@ -134,6 +137,7 @@ class Journeys:
         self._defs: dict[tuple[str, int], d.Definition] = {}
         self._links = None
         self._hearing: Hearing | None = None
+        self._needs: dict[tuple[frozenset, datetime], Needs | None] = {}
 
     def defn(self, jid: str, version: int) -> d.Definition:
         key = (jid, version)
@@ -165,6 +169,25 @@ class Journeys:
                 self._hearing = Hearing.union(
                     _heard_by(self.ws.id, key, self.defn) for key in store.version_keys(self.conn, self.ws.id))
         return self._hearing.hears(inp)
+
+    def needs(self, keys: Iterable[tuple[str, int]], at: datetime) -> Needs | None:
+        """What the journey versions ``keys`` (journey id, version) can read of a person when evaluated at ``at`` or
+        later (:class:`Reads`): ``load.people``'s ``needs``, or None for the whole person (a version this code cannot
+        read). Each version's reads are parsed once per process (``_READ``); their union at an instant once per
+        transaction."""
+        key = (frozenset(keys), at)
+        if key not in self._needs:
+            reads = Reads.union(_read_by(self.ws.id, k, self.defn) for k in sorted(key[0]))
+            self._needs[key] = reads.at(at)
+        return self._needs[key]
+
+    def runnable(self, instances: Iterable[j.State]) -> set[tuple[str, int]]:
+        """The versions that inputs may run for people with these ``instances``: each journey's current version
+        (unless stopped or archived: nothing enters one, and its instances exit without evaluating anything), and
+        the versions of the live instances."""
+        keys = {(jid, jr.version) for jid, jr in self.all.items() if jr.status not in ("stopped", "archived")}
+        keys |= {(s.journey_id, s.version) for s in instances if s.status != "exited" and s.journey_id in self.all}
+        return keys
 
     def may_enter(self, jid: str, inp: j.Input) -> bool:
         """Can ``inp`` be an entry to the journey's current version (a cheap test before the interpreter's)?"""
@@ -228,16 +251,90 @@ class Hearing:
 _HEARD: dict[tuple[str, str, int], Hearing] = {}
 
 
-def _heard_by(ws: str, key: tuple[str, int], defn: Callable[[str, int], d.Definition]) -> Hearing:
-    heard = _HEARD.get((ws, *key))
-    if heard is None:
+def _of_version(cache: dict, make: Callable, whole, ws: str, key: tuple[str, int],
+                defn: Callable[[str, int], d.Definition], meaning: str):  # fmt: skip
+    """``make(definition)`` of one published version, kept in ``cache`` per process (a version never changes);
+    ``whole`` (hear, or read, everything) for a version this code cannot read, not kept: read again next time."""
+    got = cache.get((ws, *key))
+    if got is None:
         try:
-            heard = Hearing.of(defn(*key))
+            got = make(defn(*key))
         except Exception:  # noqa: BLE001 - a version this code cannot read must not stop the workspace's journeys
-            log.exception("journey %s version %s of workspace %s cannot be read: every input is given", *key, ws)
-            return Hearing(everything=True)  # not kept: read again next time
-        _HEARD[(ws, *key)] = heard
-    return heard
+            log.exception("journey %s version %s of workspace %s cannot be read: %s", *key, ws, meaning)
+            return whole
+        cache[(ws, *key)] = got
+    return got
+
+
+def _heard_by(ws: str, key: tuple[str, int], defn: Callable[[str, int], d.Definition]) -> Hearing:
+    return _of_version(_HEARD, Hearing.of, Hearing(everything=True), ws, key, defn, "every input is given")
+
+
+@dataclass(frozen=True)
+class Reads:
+    """What a journey version's interpreter can read of a person besides her profile state and memberships (decision
+    0043): the segment rules of its goal, exit criteria and condition nodes (evaluated at an input's instant, never
+    before it), the events its goal and exit *event* criteria select (an entry checks them against her events from
+    the entry on, ``PersonRun.before_entry``), and her computed traits (a delay until ``computed.x``). Waits and
+    entries match the input itself, and a message step's rendering and channel choice are the outbox's own reads.
+
+    :meth:`at` is the ``segments.needs`` of all that for evaluations at ``t`` or later: horizons only move forward
+    with ``t`` (a rolling window's ``t - length``; a dated window's start and ``ALL`` do not move), so the needs at
+    the earliest instant a claim may evaluate read at least what any later evaluation looks at."""
+
+    rules: tuple[Rule, ...] = ()
+    names: frozenset[str] = frozenset()  # event names a goal or exit event criterion selects
+    types: frozenset[str] = frozenset()  # event types one selects without a name
+    any_event: bool = False  # one selects neither (channels or properties alone)
+    computed: bool = False
+    everything: bool = False  # a version this code cannot read: the whole person
+
+    @staticmethod
+    def of(defn: d.Definition) -> Reads:
+        criteria = [*defn.exits, *([defn.goal.criterion] if defn.goal else [])]
+        rules = [c.rule for c in criteria if isinstance(c, d.RuleMatch)]
+        rules += [n.body.rule for n in defn.nodes if isinstance(n.body, d.Condition) and n.body.rule is not None]
+        sels = [c.selection for c in criteria if isinstance(c, d.EventMatch)]
+        computed = any(isinstance(n.body, d.Delay) and n.body.until is not None and n.body.until.source != "property"
+                       and n.body.until.name.startswith("computed.") for n in defn.nodes)  # fmt: skip
+        return Reads(tuple(rules), frozenset(s.event for s in sels if s.event is not None),
+                     frozenset(s.type for s in sels if s.event is None and s.type is not None),
+                     any(s.event is None and s.type is None for s in sels), computed)  # fmt: skip
+
+    @staticmethod
+    def union(parts: Iterable[Reads]) -> Reads:
+        parts = list(parts)
+        rules = list(dict.fromkeys(x for p in parts for x in p.rules))  # the same rule in many versions, once
+        return Reads(tuple(rules), frozenset().union(*(p.names for p in parts)),
+                     frozenset().union(*(p.types for p in parts)), any(p.any_event for p in parts),
+                     any(p.computed for p in parts), any(p.everything for p in parts))  # fmt: skip
+
+    def at(self, t: datetime) -> Needs | None:
+        """``load.people``'s needs for evaluations at ``t`` or later; None: the whole person."""
+        if self.everything:
+            return None
+        base = needs_of(self.rules, t)
+        names, types = dict(base.names), dict(base.types)
+        for n in self.names:  # read from t: an entry at t or later checks her events from its entry on
+            names[n] = min(names.get(n, t), t)
+        for ty in self.types:
+            types[ty] = min(types.get(ty, t), t)
+        every = base.any_event
+        if self.any_event:
+            every = t if every is None else min(every, t)
+        if every is not None:  # what every event is read from on need not be asked for again (as segments.needs)
+            names = {k: h for k, h in names.items() if h < every}
+            types = {k: h for k, h in types.items() if h < every}
+        return Needs(names, types, every, base.messages, computed=base.computed or self.computed,
+                     addresses=base.addresses, lists=base.lists)  # fmt: skip
+
+
+# (workspace, journey, version) -> what it reads: parsed once per process, as _HEARD
+_READ: dict[tuple[str, str, int], Reads] = {}
+
+
+def _read_by(ws: str, key: tuple[str, int], defn: Callable[[str, int], d.Definition]) -> Reads:
+    return _of_version(_READ, Reads.of, Reads(everything=True), ws, key, defn, "people are read whole")
 
 
 def journeys_of(conn: Connection, ws_id: str) -> Journeys:
@@ -271,16 +368,23 @@ class Claim:
     The caller has locked the people (``views.lock_people``). A failure anywhere fails the whole claim: callers
     roll it back (a savepoint) and go again one person at a time, each in her own claim."""
 
-    def __init__(self, conn: Connection, js: Journeys, pids: Sequence[str], at: datetime):
+    def __init__(self, conn: Connection, js: Journeys, pids: Sequence[str], at: datetime,
+                 since: datetime | None = None, *, plan: _Plan | None = None):  # fmt: skip
         self.conn, self.js, self.at = conn, js, at
         self.ws = js.ws.id
         self.pids = list(dict.fromkeys(pids))
-        people = load.people(conn, self.ws, self.pids, js.ws.identity, zone_default=js.ws.timezone)
+        plan = plan or _Plan.read(conn, js, self.pids, at, since)
+        self.plan = plan
+        # only what the runnable versions can read, at the earliest instant the claim may evaluate (decision 0043)
+        people = load.people(conn, self.ws, self.pids, js.ws.identity, needs=plan.need,
+                             zone_default=js.ws.timezone)
         found = [p for p in self.pids if p in people]
-        instances = store.instances_of(conn, self.ws, found)
-        self.runs: dict[str, PersonRun] = {p: PersonRun(conn, js, people[p], at, instances[p], claim=self)
+        self.runs: dict[str, PersonRun] = {p: PersonRun(conn, js, people[p], at, list(plan.instances.get(p, ())),
+                                                        claim=self,
+                                                        since=plan.since if plan.need is not None else None,
+                                                        need=plan.need)
                                            for p in found}  # fmt: skip
-        self._timers: dict[str, dict[str, tuple]] | None = None
+        self._timers: dict[str, dict[str, tuple]] = plan.timers
         self._unseen: dict[str, set[str]] | None = None
         self._held: set[tuple[str, str]] | None = None
         self._idents: dict[str, dict] | None = None
@@ -288,16 +392,30 @@ class Claim:
         self._cancel: set[str] = set()  # timer keys to delete
         self._deferred: dict[str, list] = {}
 
-    # reads, for every person of the claim at the first one's need
+    # reads, for every person of the claim (the timers with the plan, before the people; the rest at the first
+    # run's need)
     def timers(self, pid: str) -> dict[str, tuple]:
         """Her live timers: key -> (due, journey, instance, the time of its input)."""
-        if self._timers is None:
-            self._timers = {p: {} for p in self.runs}
-            for r in store.timers_of(self.conn, self.ws, list(self.runs)):
-                # (claimable at, journey, instance, its input's time: when it was first due, before any retry)
-                self._timers.setdefault(r.profile_id, {})[r.key] = (r.due_at, r.journey_id, r.instance_id,
-                                                                    r.first_due or r.due_at)  # fmt: skip
         return self._timers.setdefault(pid, {})
+
+    def read_back(self, run: PersonRun, t: datetime) -> None:
+        """``run`` is given an input that evaluates at ``t``, before the instant her person was read for (a caller
+        that did not say, ``since``, how early its inputs go): what the rules can read from ``t`` on, and was not
+        read, is added to her person. Only that: an event stored during the claim (a trait step's identify) stays
+        out of her person, as it was out of the first read."""
+        need = self.js.needs(self.plan.keys, t)
+        fresh = load.people(self.conn, self.ws, [run.person.id], self.js.ws.identity, needs=need).get(run.person.id)
+        old = run.need
+        if fresh is not None and old is not None:
+            had = {(e.id, e.at) for e in run.person.events}
+            msgs = set(run.person.messages)
+            run.person = replace(
+                run.person,
+                events=tuple(e for e in fresh.events if not old.wants(e) or (e.id, e.at) in had),
+                messages=tuple(m for m in fresh.messages
+                               if old.messages is None or m.at < old.messages or m in msgs),
+            )  # fmt: skip
+        run.since, run.need = t, need
 
     def unseen(self, pid: str) -> set[str]:
         """Message ids of her events whose feed change the consumer has not handled yet."""
@@ -366,31 +484,70 @@ class Claim:
         self._set, self._cancel = {}, set()
 
 
-EVENTS_PER_CLAIM = 200_000  # a claim reads its people's whole histories at once: at most about this many events
+@dataclass
+class _Plan:
+    """What a claim reads before its people, to know what to read of them: their instances and timers, the
+    earliest instant it may evaluate, the versions that may run and their needs at that instant (decision 0043)."""
+
+    instances: dict[str, list[j.State]]
+    timers: dict[str, dict[str, tuple]]
+    since: datetime
+    keys: frozenset[tuple[str, int]]
+    need: Needs | None
+
+    @staticmethod
+    def read(conn: Connection, js: Journeys, pids: list[str], at: datetime, since: datetime | None) -> _Plan:
+        """``since``: the earliest own time of the inputs the caller will give (default ``at``). A transition is
+        evaluated at its input's time, never later than ``at`` (``interpreter._Run``): the claim may evaluate at
+        ``since``, or at the first due instant of a timer due by ``at`` (fired before an input, or by the timer
+        task), whichever is earlier. An input earlier than all that is still right: ``PersonRun.give`` reads back."""
+        ws = js.ws.id
+        instances = store.instances_of(conn, ws, pids)
+        timers: dict[str, dict[str, tuple]] = {p: {} for p in pids}
+        firsts = [at] if since is None else [min(since, at)]
+        for t in store.timers_of(conn, ws, pids):
+            # (claimable at, journey, instance, its input's time: when it was first due, before any retry)
+            first = t.first_due or t.due_at
+            timers.setdefault(t.profile_id, {})[t.key] = (t.due_at, t.journey_id, t.instance_id, first)
+            if t.due_at <= at:
+                firsts.append(first)
+        earliest = min(firsts)
+        keys = frozenset(js.runnable(s for mine in instances.values() for s in mine))
+        return _Plan(instances, timers, earliest, keys, js.needs(keys, earliest))
 
 
-def claims(conn: Connection, js: Journeys, pids: Sequence[str], at: datetime) -> Iterable[Claim]:
-    """The people ``pids`` (in this order) as consecutive claims whose histories together stay under
-    EVENTS_PER_CLAIM events (one person alone may be more): 500 long-lived customers read at once could hold
-    millions of events in a worker's memory. The caller runs each claim's people and flushes it before the next."""
-    pids = list(pids)
-    if len(pids) <= 1:
-        yield Claim(conn, js, pids, at)
+EVENTS_PER_CLAIM = 200_000  # a claim reads at most about this many of its people's events at once
+
+
+def claims(conn: Connection, js: Journeys, pids: Sequence[str], at: datetime,
+           since: datetime | None = None) -> Iterable[Claim]:  # fmt: skip
+    """The people ``pids`` (in this order) as consecutive claims, ``since`` the earliest own time of the inputs the
+    caller will give them (:class:`_Plan`). A claim reads of their events only what its journeys' rules and criteria
+    can look at (decision 0043): usually nothing, or a window. When they read some, the people are cut into claims
+    whose events *to read* (counted with the same conditions) stay under EVENTS_PER_CLAIM (one person alone may
+    be more): a rule with no window (``first_time``, a ``performed`` ever) reads a name's whole history, and 500
+    long-lived customers read at once could hold millions of events in a worker's memory. The caller runs each
+    claim's people and flushes it before the next."""
+    pids = list(dict.fromkeys(pids))
+    plan = _Plan.read(conn, js, pids, at, since)
+    if len(pids) <= 1 or (plan.need is not None and not plan.need.events):
+        yield Claim(conn, js, pids, at, plan=plan)
         return
     e = events.c
     sizes = dict(conn.execute(sa.select(e.profile_id, sa.func.count()).where(
-        e.workspace_id == js.ws.id, bulk.in_(e.profile_id, pids, conn.dialect.name)).group_by(e.profile_id)).all())
+        e.workspace_id == js.ws.id, bulk.in_(e.profile_id, pids, conn.dialect.name), *load.events_where(plan.need))
+        .group_by(e.profile_id)).all())  # fmt: skip
     group: list[str] = []
     weight = 0
     for pid in pids:
         n = sizes.get(pid, 0)
         if group and weight + n > EVENTS_PER_CLAIM:
-            yield Claim(conn, js, group, at)
+            yield Claim(conn, js, group, at, plan=plan)
             group, weight = [], 0
         group.append(pid)
         weight += n
     if group:
-        yield Claim(conn, js, group, at)
+        yield Claim(conn, js, group, at, plan=plan)
 
 
 # -- one person --------------------------------------------------------------------------------------------------------
@@ -407,6 +564,8 @@ class PersonRun:
     now: datetime
     instances: list[j.State] = field(default_factory=list)
     claim: Claim | None = None
+    since: datetime | None = None  # the earliest instant her person was read for (None: her whole history)
+    need: Needs | None = None  # what was read of her (``segments.needs``; None: everything)
     given: list[Event] = field(default_factory=list)  # the events given so far (entries read those after them)
     _dirty: dict[str, bool] = field(default_factory=dict)  # instance id -> new
     _records: list[dict] = field(default_factory=list)
@@ -435,6 +594,10 @@ class PersonRun:
         """Offer ``inp`` to the journeys it can concern (``only``: these alone, a start or a sweep)."""
         out: list[dispatch.Outcome] = []
         wanted = set(only) if only is not None else None
+        t = min(j.input_time(inp), self.now)  # no rule of this input is evaluated before (interpreter._Run.now)
+        if self.since is not None and t < self.since:
+            assert self.claim is not None
+            self.claim.read_back(self, t)
         for jid, jr in self.js.all.items():
             if wanted is not None and jid not in wanted:
                 continue
@@ -605,10 +768,11 @@ class PersonRun:
         self.claim.flush()
 
 
-def person_run(conn: Connection, js: Journeys, pid: str, at: datetime) -> PersonRun | None:
+def person_run(conn: Connection, js: Journeys, pid: str, at: datetime,
+               since: datetime | None = None) -> PersonRun | None:  # fmt: skip
     """Her run, alone in its claim, or None when ``pid`` is not a profile (merged away, erased). The caller locked
-    her."""
-    return Claim(conn, js, [pid], at).runs.get(pid)
+    her; ``since``: the earliest own time of the inputs it will give (:class:`_Plan`)."""
+    return Claim(conn, js, [pid], at, since).runs.get(pid)
 
 
 # -- the change feed ---------------------------------------------------------------------------------------------------
@@ -664,7 +828,9 @@ class Consumer:
                 given.setdefault(c.profile_id, []).append(inp)
             if not given:
                 continue
-            for claim in claims(conn, js, sorted(given), at):
+            # the earliest input's own time: her person is read for evaluations from then on (decision 0043)
+            since = min(j.input_time(i) for mine in given.values() for i in mine)
+            for claim in claims(conn, js, sorted(given), at, since):
                 for pid, run in claim.runs.items():
                     for inp in given[pid]:
                         run.fire_due(min(j.input_time(inp), at))  # her timers due before it come first
@@ -756,7 +922,7 @@ def start_person(conn: Connection, ws: str, jid: str, pid: str, start: j.Start, 
     entered, and why not (the interpreter's reason): held while the journey is paused."""
     js = journeys_of(conn, ws)
     views.lock_people(conn, ws, [pid])
-    run = person_run(conn, js, pid, at)
+    run = person_run(conn, js, pid, at, start.at)
     if run is None:
         from chorus.errors import NotFound
 
@@ -854,7 +1020,7 @@ def sweep(engine: Engine, limit: int = 200, clock: Callable[[], datetime] | None
 
 
 def _replay(conn: Connection, js: Journeys, jid: str, pid: str, held: Sequence[j.Input], at: datetime) -> None:
-    run = person_run(conn, js, pid, at)
+    run = person_run(conn, js, pid, at, min((j.input_time(i) for i in held), default=None))
     if run is not None:
         run.replay(jid, held)
         run.flush()

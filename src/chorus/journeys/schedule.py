@@ -109,7 +109,7 @@ def step_run(conn: Connection, js: runtime.Journeys, row, at: datetime, chunk: i
 
 
 def _start(conn: Connection, js: runtime.Journeys, jid: str, pids: list[str], start: j.Start, at: datetime) -> None:
-    for claim in runtime.claims(conn, js, pids, at):
+    for claim in runtime.claims(conn, js, pids, at, start.at):
         for run in claim.runs.values():
             run.give(start, only=[jid])
         claim.flush()

@@ -125,6 +125,12 @@ def people(
     }
 
 
+def events_where(needs: Needs | None) -> list:
+    """The WHERE terms on ``events`` that keep only the events ``needs`` reads (all of them for None): for a caller
+    that counts what ``people`` would read (``journeys.runtime.claims``)."""
+    return _events_needed(needs)
+
+
 def _events_needed(needs: Needs | None) -> list:
     """The WHERE terms that read only the events ``needs`` keeps (``Needs.wants`` is the same test in Python): by
     the indexed name and type columns and the time, never the payload."""
