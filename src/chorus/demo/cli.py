@@ -168,11 +168,11 @@ def demo(
     first = _start(start, days)
     (outdir, empty_out), (lakedir, empty_lake) = _empty_dir(outbox, "--outbox", replace), _empty_dir(lake, "--lake",
                                                                                                      replace)
-    _check_db(db, replace)
     if compare:
         from chorus.demo import compare as comparison
 
         comparison.check(db, replace)
+    _check_db(db, replace)
     # every option is good: only now is anything deleted or made
     if replace and db.startswith("sqlite:///"):
         _remove_sqlite(db)

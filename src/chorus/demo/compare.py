@@ -86,19 +86,21 @@ def restrict(doc: dict, channels: list[str], templates: dict) -> dict | None:
         if allowed:
             node["channel"] = allowed
             continue
-        nxt = nodes.pop(nid)["next"]
-        doc = _relink(doc, nid, nxt)
-        nodes = doc["nodes"]
+        _relink(doc, nid, nodes.pop(nid)["next"])
     return doc if any(n["type"] == "message" for n in nodes.values()) else None
 
 
-def _relink(x, old: str, new: str):
+def _relink(x, old: str, new: str) -> None:
+    """Every reference to node ``old`` (a next, then, else or start) made to ``new``, in place."""
     if isinstance(x, dict):
-        return {k: new if k in ("next", "then", "else", "start") and v == old else _relink(v, old, new)
-                for k, v in x.items()}  # fmt: skip
-    if isinstance(x, list):
-        return [_relink(v, old, new) for v in x]
-    return x
+        for k, v in x.items():
+            if k in ("next", "then", "else", "start") and v == old:
+                x[k] = new
+            else:
+                _relink(v, old, new)
+    elif isinstance(x, list):
+        for v in x:
+            _relink(v, old, new)
 
 
 def silo_definitions(defs: install.Definitions, silo: dict, start: datetime) -> install.Definitions:
@@ -157,7 +159,6 @@ def collect(_api: Chorus, out: run.Outcome) -> dict:
             "sent": dict(Counter(m["channel"] for m in msgs if m["sent_at"])),
             "messages": len(msgs),
             "statuses": dict(Counter(m["status"] for m in msgs)),
-            "unsubscribed": sum(m["status"] == "unsubscribed" for m in msgs),
             "conversions": {f["id"]: f["totals"].get("converted", 0) for f in flows},
             "orders": omni["totals"]["orders"], "revenue": omni["totals"]["revenue"],
             "customers": omni["totals"]["customers"],
@@ -166,15 +167,36 @@ def collect(_api: Chorus, out: run.Outcome) -> dict:
         }  # fmt: skip
     return {
         "workspaces": spaces,
+        # the opt-outs the customers made, as Chorus recorded them: in the message's history (GET /api/messages/{id}),
+        # in the consent of the profile the STOP came from (GET /api/profiles?phone=)
+        "unsubscribes_recorded": sum(_recorded(out.apis, r["message_id"]) for r in out.unsubscribes),
+        "stops_recorded": sum(_stopped(out.apis, r["phone"]) for r in out.stops),
         "events_sent": out.events_sent,
         "wasted": out.wasted,
         "unsubscribes": len(out.unsubscribes),
         "stops": len(out.stops),
+        "stop_records": out.stops,
         "purchases": dict(out.purchases),
         "revenue": float(out.revenue),
         "plan_digest": out.plan_digest,
         "responses": dict(out.responses),
     }
+
+
+def _recorded(apis: dict[str, Chorus], message_id: str) -> bool:
+    for api in apis.values():
+        r = api.admin.get(f"/api/messages/{message_id}")
+        if r.status_code == 200:
+            return any(h["status"] == "unsubscribed" for h in r.json()["history"])
+    return False
+
+
+def _stopped(apis: dict[str, Chorus], phone: str) -> bool:
+    for api in apis.values():
+        r = api.admin.get("/api/profiles", params={"phone": phone})
+        if r.status_code == 200 and (r.json().get("consent") or {}).get("sms:*", {}).get("status") == "denied":
+            return True
+    return False
 
 
 def side(rep: dict, books: tuple[str, ...]) -> dict:
@@ -192,8 +214,9 @@ def side(rep: dict, books: tuple[str, ...]) -> dict:
         "wasted": len(rep["wasted"]),
         "wasted_by_reason": dict(wasted),
         "unsubscribes": rep["unsubscribes"],
-        "unsubscribed_messages": sum(w["unsubscribed"] for w in ws.values()),
+        "unsubscribes_recorded": rep["unsubscribes_recorded"],
         "stops": rep["stops"],
+        "stops_recorded": rep["stops_recorded"],
         "conversions_reported": sum(sum(w["conversions"].values()) for w in ws.values()),
         "orders": sum(ws[b]["orders"] for b in books),
         "revenue": round(sum(ws[b]["revenue"] for b in books), 2),

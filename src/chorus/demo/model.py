@@ -296,8 +296,9 @@ def respond(seed: int, key: str, channel: str, relevant: bool, age: timedelta, m
             p: Params = DEFAULTS, annoyed: bool = False) -> Response:
     """How a person reacts to a message received on ``channel``, ``age`` after what it is about. ``key`` names
     the delivery (customer and message) so the answer is the same in every run with this seed. ``annoyed``: the
-    message is about something she has already done (a cart reminder after she bought it, in a store or online):
-    it is not relevant, and an unsubscribe or a STOP is ``annoyance_lift`` times as likely."""
+    message is about something she has already done (a cart reminder after she bought, in a store or online;
+    ``world.World.wasted`` says which): it is not relevant, and an unsubscribe or a STOP is ``annoyance_lift`` times
+    as likely."""
     rng = random.Random(f"{seed}:respond:{key}")
     P = p.__getitem__  # noqa: N806
     lift = P("relevance_lift") if relevant and not annoyed else 1.0

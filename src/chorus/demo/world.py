@@ -29,6 +29,8 @@ RELEVANT = {"cart_reminder", "cart_reminder_2", "browse_offer", "pickup_cancelle
 CART_REMINDERS = ("cart_reminder", "cart_reminder_2")
 WINBACK = ("winback_offer", "winback_last_chance")
 RECENT_BUYER = timedelta(days=30)  # a win-back offer to someone who bought within this is wasted
+# a cross-sell comes ten days after the order it follows: a purchase within nine days is a later one
+BOUGHT_AGAIN = timedelta(days=9)
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,10 @@ class Tally:
     unsubscribes: list = field(default_factory=list)  # email one-click unsubscribes: message, user, topic, time
     stops: list = field(default_factory=list)  # SMS STOP replies: message, phone, time
     # messages about what she had already done, by the customers' own record (Chorus may not know it): a cart
-    # reminder after she bought (online or in a store) since her last add to cart, a win-back offer within 30 days
-    # of a purchase; message, user, template, channel, why
+    # reminder after she bought (online or in a store) since her last add to cart, a browse offer after she bought
+    # since her last product view, a cross-sell after she bought again, a win-back offer within 30 days of a
+    # purchase, a marketing email of a topic she had unsubscribed from (in another workspace: a team that does not
+    # share consent); message, user, template, channel, why
     wasted: list = field(default_factory=list)
     purchases: Counter = field(default_factory=Counter)  # online orders and till receipts that reached Chorus
     revenue: Decimal = Decimal(0)  # their value, from the catalog's prices
@@ -80,6 +84,8 @@ class World:
         self.open_cart: dict[int, tuple[str, tuple[str, ...]]] = {}
         self.signed_up: set[int] = set()
         self.last_add: dict[int, datetime] = {}
+        self.last_view: dict[int, datetime] = {}
+        self.unsubscribed: dict[int, list[dict]] = {}  # her one-click unsubscribes (their "at": when made)
         self.last_purchase: dict[int, datetime] = {}
         self.received: Counter = Counter()  # (customer, template) -> messages so far: the stable key of a response
         self.tally = Tally()
@@ -115,6 +121,8 @@ class World:
             self.signed_up.add(c.index)
         if a.kind in ("order", "store_purchase"):
             self.last_purchase[c.index] = a.at
+        if a.kind in ("view", "store_view"):
+            self.last_view[c.index] = a.at
         if a.kind == "add":
             self.last_add[c.index] = a.at
             cart = self.open_cart.get(c.index)
@@ -144,6 +152,9 @@ class World:
         key = f"{c.index}:{template}:{self.received[(c.index, template)]}"
         age = now - self.last_active.get(c.index, self.start)
         why = self.wasted(c, template, now)
+        if why is None and d.channel == "email" and meta.get("kind") == "marketing" and any(
+                r.get("topic") == meta.get("topic") and "at" in r for r in self.unsubscribed.get(c.index, ())):
+            why = "marketing email after she unsubscribed from its topic"
         if why:
             self.tally.wasted.append({"message_id": d.message_id, "user_id": c.user_id, "template": template,
                                       "channel": d.channel, "why": why})  # fmt: skip
@@ -158,6 +169,7 @@ class World:
             if r.unsubscribed and d.unsubscribe_url:
                 record = {"message_id": d.message_id, "user_id": c.user_id, "topic": meta.get("topic")}
                 self.tally.unsubscribes.append(record)
+                self.unsubscribed.setdefault(c.index, []).append(record)
                 self._call(Callback(at, "unsubscribe", d.unsubscribe_url, record=record))
         if d.text is not None:  # the carrier delivered it: Twilio reports so to the message's callback URL
             self._call(Callback(now + timedelta(seconds=30), "twilio", d.text.status_callback or "",
@@ -184,6 +196,10 @@ class World:
             return None
         if template in CART_REMINDERS and bought >= self.last_add.get(c.index, bought):
             return "cart reminder after she bought"
+        if template == "browse_offer" and bought >= self.last_view.get(c.index, bought):
+            return "browse offer after she bought"
+        if template == "cross_sell" and now - bought < BOUGHT_AGAIN:
+            return "cross-sell after she bought again"
         if template in WINBACK and now - bought < RECENT_BUYER:
             return "win-back offer within 30 days of a purchase"
         return None
