@@ -210,3 +210,21 @@ def test_compare_is_refused_on_postgresql_and_with_an_existing_second_store(tmp_
     assert (tmp_path / "demo-multichannel.db").read_bytes() == b"precious"
     assert not (tmp_path / "demo.db").exists() and not (tmp_path / "outbox").exists()
 
+
+
+def test_the_text_report_shows_the_comparison_the_assumptions_and_the_claims(run):
+    """What a person running `chorus demo --compare` in a terminal reads (the tests above read --json)."""
+    from rich.console import Console
+
+    from chorus.demo import report
+
+    doc, _ = run
+    console = Console(record=True, width=200)
+    report.show_params(console, doc["parameters"])
+    compare.show_assumptions(console, doc["teams"])
+    compare.show(console, doc)
+    text = console.export_text()
+    for title in ("Behaviour model: every parameter", "annoyance_lift", "a workspace per team", "Cost per message",
+                  "Multichannel vs omnichannel: the same 100 customers", "sent after she had already done it",
+                  "The same plan in both runs: yes", "The seeds' claims", "[s000]", "[s003]", "This is a simulation"):
+        assert title in text, title
