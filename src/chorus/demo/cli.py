@@ -155,6 +155,8 @@ def demo(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Change a model parameter: NAME=VALUE (repeatable)")
                     ] = None,  # fmt: skip
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout")] = False,
+    compare: Annotated[bool, typer.Option("--compare", help="Run the customers twice, as a multichannel brand (a "
+                                          "workspace per team) and through one Chorus, and compare")] = False,
 ):
     """Run a retail brand through the real Chorus on a virtual clock and report what its journeys did."""
     from chorus import gctune
@@ -166,6 +168,10 @@ def demo(
     first = _start(start, days)
     (outdir, empty_out), (lakedir, empty_lake) = _empty_dir(outbox, "--outbox", replace), _empty_dir(lake, "--lake",
                                                                                                      replace)
+    if compare:
+        from chorus.demo import compare as comparison
+
+        comparison.check(db, replace)
     _check_db(db, replace)
     # every option is good: only now is anything deleted or made
     if replace and db.startswith("sqlite:///"):
@@ -176,6 +182,8 @@ def demo(
     log_path = os.path.join(os.path.dirname(outdir), "chorus-demo.log")
     logged = _log_to(log_path)
     console = err
+    if compare:
+        return comparison.command(opts, replace, json_out, console, log_path, logged)
     if not json_out:
         report.show_params(console, model_params)
     started, cpu = time.monotonic(), time.process_time()

@@ -28,7 +28,7 @@ class Definitions:
     audiences: list
     templates: dict  # name -> template document
     journeys: dict  # id -> journey document
-    broadcast: dict
+    broadcast: dict | None
 
 
 def load(start: datetime) -> Definitions:
@@ -58,4 +58,5 @@ def check(defs: Definitions, now: datetime) -> None:
             known = defs.templates if kind == "template" else defs.segments if kind == "segment" else None
             if known is not None and ref not in known:
                 raise ValueError(f"journeys/{jid}.json: {where} names the {kind} {ref!r}, which is not defined")
-    jdef.parse(manage.broadcast_definition(defs.broadcast, now), "broadcast.json")
+    if defs.broadcast:
+        jdef.parse(manage.broadcast_definition(defs.broadcast, now), "broadcast.json")

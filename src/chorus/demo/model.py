@@ -293,25 +293,29 @@ class _Generator:
 
 # -- responses to messages ----------------------------------------------------------------------------------------
 def respond(seed: int, key: str, channel: str, relevant: bool, age: timedelta, marketing: bool,
-            p: Params = DEFAULTS) -> Response:
+            p: Params = DEFAULTS, annoyed: bool = False) -> Response:
     """How a person reacts to a message received on ``channel``, ``age`` after what it is about. ``key`` names
-    the delivery (customer and message) so the answer is the same in every run with this seed."""
+    the delivery (customer and message) so the answer is the same in every run with this seed. ``annoyed``: the
+    message is about something she has already done (a cart reminder after she bought, in a store or online;
+    ``world.World.wasted`` says which): it is not relevant, and an unsubscribe or a STOP is ``annoyance_lift`` times
+    as likely."""
     rng = random.Random(f"{seed}:respond:{key}")
     P = p.__getitem__  # noqa: N806
-    lift = P("relevance_lift") if relevant else 1.0
+    lift = P("relevance_lift") if relevant and not annoyed else 1.0
+    annoyance = P("annoyance_lift") if annoyed else 1.0
     fresh = 0.5 ** (max(age.total_seconds(), 0) / 3600 / P("staleness_half_life_h"))
     factor = min(lift * fresh, 3.0)
     opened = clicked = unsubscribed = False
     if channel == "email":
         opened = rng.random() < min(P("email_open") * factor, 0.95)
         clicked = opened and rng.random() < min(P("email_click") * factor, 0.95)
-        unsubscribed = marketing and opened and not clicked and rng.random() < P("email_unsubscribe") / max(
+        unsubscribed = marketing and opened and not clicked and rng.random() < annoyance * P("email_unsubscribe") / max(
             P("email_open"), 1e-9)
     else:
         base = {"sms": "sms_click", "push": "push_open", "messenger": "messenger_click"}.get(channel)
         clicked = base is not None and rng.random() < min(P(base) * factor, 0.95)
         opened = clicked
-        unsubscribed = channel == "sms" and marketing and not clicked and rng.random() < P("sms_stop")
+        unsubscribed = channel == "sms" and marketing and not clicked and rng.random() < annoyance * P("sms_stop")
     purchase = None
     if clicked and rng.random() < P("convert_after_click"):
         purchase = "store" if rng.random() < P("convert_in_store") else "online"

@@ -73,6 +73,10 @@ PARAMS: tuple[Param, ...] = (
     Param("messenger_click", 0.15, "Messenger message acted on", ASSUMPTION),
     Param("relevance_lift", 2.0, "response multiplier when the message is about what the person just did",
           "[s003] omnichannel campaigns ~2.5x engagement, tempered", share=False),
+    Param("annoyance_lift", 3.0, "unsubscribe and STOP multiplier for a message about what the person has already "
+          "done elsewhere (a cart reminder or browse offer after she bought, a cross-sell after she bought again, a "
+          "win-back offer to a recent buyer, a marketing email of a topic she unsubscribed from); such a message "
+          "gets no relevance lift", ASSUMPTION, share=False),
     Param("staleness_half_life_h", 48, "hours after which a message's response chance halves", ASSUMPTION,
           share=False),
     Param("convert_after_click", 0.25, "clicks that lead to a purchase within two days", ASSUMPTION),

@@ -20,6 +20,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 
 from chorus import gctune, workspaces
 from chorus.analytics import lake
@@ -75,14 +76,37 @@ class Outcome:
     lake: dict = field(default_factory=dict)
     worker_seconds: float = 0.0
     report: dict = field(default_factory=dict)
+    workspaces: dict = field(default_factory=dict)  # name -> keys, one per workspace of the layout
+    apis: dict = field(default_factory=dict, repr=False)  # name -> its admin client (open during ``report``)
+    wasted: list = field(default_factory=list)  # world.Tally.wasted: messages about what she had already done
+    purchases: Counter = field(default_factory=Counter)  # world.Tally's: what the customers bought, and its value
+    revenue: Decimal = Decimal(0)
+    plan_digest: str = ""  # of the planned actions posted, in order
 
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
 
-def run(opts: Options, progress: Progress | None = None, report: Callable[[Chorus, Outcome], dict] | None = None
-        ) -> Outcome:  # fmt: skip
+class Layout:
+    """How the brand uses Chorus: its workspaces, how each is configured, and which of them each action reaches.
+    This one is the omnichannel brand of `chorus demo`: one workspace, ``demo``, that gets everything and runs the
+    standard definitions. ``compare.Silos`` is the multichannel brand (a workspace per channel team)."""
+
+    names: tuple[str, ...] = ("demo",)
+    sms: str = "demo"  # the workspace whose number the customers' STOP replies are sent to
+
+    def targets(self, a: model.Action) -> tuple[str, ...]:
+        """The workspaces an action's events or import rows are sent to."""
+        return self.names
+
+    def setup(self, apis: dict[str, Chorus], smtp_port: int, sms: dict, defs: install.Definitions) -> None:
+        setup(apis["demo"], smtp_port, sms, defs)
+
+
+def run(opts: Options, progress: Progress | None = None, report: Callable[[Chorus, Outcome], dict] | None = None,
+        layout: Layout | None = None) -> Outcome:  # fmt: skip
     progress = progress or (lambda *_: None)
+    layout = layout or Layout()
     defs = install.load(opts.start)
     plans = list(model.customers(opts.seed, opts.customers, opts.start, opts.days, BRAND, opts.params))
     clock = VirtualClock(opts.start - timedelta(hours=1))
@@ -91,7 +115,9 @@ def run(opts: Options, progress: Progress | None = None, report: Callable[[Choru
     with use_clock(clock):
         upgrade(opts.database_url)
         engine = create_engine(opts.database_url)
-        keys = workspaces.create(engine, "demo")  # what `chorus workspace create demo` does
+        # what `chorus workspace create NAME` does
+        made = {name: workspaces.create(engine, name) for name in layout.names}
+        keys = made[layout.names[0]]
         try:
             with (MailServer() as smtp, ASGIServer(twilio.app, "the Twilio stand-in") as sms,
                   AppServer(engine, opts.database_url, opts.lake) as app):
@@ -99,14 +125,15 @@ def run(opts: Options, progress: Progress | None = None, report: Callable[[Choru
                 os.environ["CHORUS_PUBLIC_URL"] = app.base_url
                 os.environ["CHORUS_OUTBOX_DIR"] = opts.outbox
                 os.environ[TWILIO_TOKEN_ENV] = twilio.auth_token  # the provider names its secret by variable
-                api = Chorus(app.base_url, keys)
+                apis = {name: Chorus(app.base_url, k) for name, k in made.items()}
+                api = apis[layout.names[0]]
                 worker = Worker(engine, batch=2000, poll=0.05)
                 try:
-                    out = Outcome(keys, app.base_url, keys["id"])
-                    setup(api, smtp.port, twilio.provider(sms.base_url, TWILIO_TOKEN_ENV), defs)
+                    out = Outcome(keys, app.base_url, keys["id"], workspaces=made, apis=apis)
+                    layout.setup(apis, smtp.port, twilio.provider(sms.base_url, TWILIO_TOKEN_ENV), defs)
                     gctune.tune()  # as `chorus serve` does once started (decision 0041; CHORUS_GC=default opts out)
-                    _Loop(opts, clock, api, worker, smtp, twilio, plans, out, progress).run()
-                    out.events_sent = api.sent_events
+                    _Loop(opts, clock, layout, apis, worker, smtp, twilio, plans, out, progress).run()
+                    out.events_sent = sum(a.sent_events for a in apis.values())
                     progress("exporting the event lake", 0, 1)
                     # what `chorus lake export` does, at the end of the period: every event settled (the worker is
                     # idle), so nothing is held back for a later export
@@ -116,7 +143,8 @@ def run(opts: Options, progress: Progress | None = None, report: Callable[[Choru
                     return out
                 finally:
                     worker.stop()
-                    api.close()
+                    for a in apis.values():
+                        a.close()
         finally:
             engine.dispose()
             for k, v in saved_env.items():
@@ -126,20 +154,27 @@ def run(opts: Options, progress: Progress | None = None, report: Callable[[Choru
                     os.environ[k] = v
 
 
-def setup(api: Chorus, smtp_port: int, sms: dict, defs: install.Definitions) -> None:
-    """Configure the workspace as an operator would, through the admin API."""
+CHANNELS = ("email", "sms", *SINK_CHANNELS)
+
+
+def setup(api: Chorus, smtp_port: int, sms: dict, defs: install.Definitions, channels: tuple[str, ...] = CHANNELS,
+          caps: dict | None = None) -> None:  # fmt: skip
+    """Configure the workspace as an operator would, through the admin API: providers for ``channels`` only,
+    frequency ``caps`` if given (the messaging setting's format), the definitions."""
     providers = {
         "email": [{"type": "smtp", "name": "demo-smtp", "host": "127.0.0.1", "port": smtp_port, "security": "none",
                    "from": f"{BRAND.name} <news@{BRAND.domain}>"}],
         "sms": [sms],
         **{ch: [{"type": "file", "dir": ch}] for ch in SINK_CHANNELS},
     }  # fmt: skip
-    # as a real Messenger provider for receipts would be: tagged updates may leave the 24-hour window
-    providers["messenger"][0]["tag"] = "POST_PURCHASE_UPDATE"
+    providers = {ch: p for ch, p in providers.items() if ch in channels}
+    if "messenger" in providers:
+        # as a real Messenger provider for receipts would be: tagged updates may leave the 24-hour window
+        providers["messenger"][0]["tag"] = "POST_PURCHASE_UPDATE"
     # the brand's zone for quiet hours and local send times of the profiles that have none of their own (those the
     # tills and the CRM made: no client reported a zone for them), as an operator sets it
-    api.patch("/api/workspace/settings", {"default_region": BRAND.region,
-                                          "messaging": {"providers": providers, "timezone": BRAND.timezone}})
+    messaging = {"providers": providers, "timezone": BRAND.timezone, **({"caps": caps} if caps else {})}
+    api.patch("/api/workspace/settings", {"default_region": BRAND.region, "messaging": messaging})
     for name, doc in defs.templates.items():
         api.put(f"/api/templates/{name}", doc)
     for sid, seg in defs.segments.items():
@@ -148,18 +183,21 @@ def setup(api: Chorus, smtp_port: int, sms: dict, defs: install.Definitions) -> 
         api.post("/api/audiences", aud)
     for doc in defs.journeys.values():
         api.post("/api/journeys", doc)
-    api.post("/api/broadcasts", defs.broadcast)
+    if defs.broadcast:
+        api.post("/api/broadcasts", defs.broadcast)
 
 
 class _Loop:
     """The I/O of the run: what the world does goes to Chorus over HTTP; what Chorus sends comes back to it."""
 
-    def __init__(self, opts: Options, clock: VirtualClock, api: Chorus, worker: Worker, smtp: MailServer,
-                 twilio: TwilioStandIn, plans: list[model.Plan], out: Outcome, progress: Progress):  # fmt: skip
-        self.opts, self.clock, self.api, self.worker, self.smtp = opts, clock, api, worker, smtp
+    def __init__(self, opts: Options, clock: VirtualClock, layout: Layout, apis: dict[str, Chorus], worker: Worker,
+                 smtp: MailServer, twilio: TwilioStandIn, plans: list[model.Plan], out: Outcome, progress: Progress
+                 ):  # fmt: skip
+        self.opts, self.clock, self.worker, self.smtp = opts, clock, worker, smtp
+        self.layout, self.apis, self.api = layout, apis, apis[layout.names[0]]
         self.twilio = twilio
         self.out, self.progress = out, progress
-        inbound = f"{api.base_url}/webhooks/twilio/{out.workspace_id}/inbound"
+        inbound = f"{self.api.base_url}/webhooks/twilio/{out.workspaces[layout.sms]['id']}/inbound"
         self.world = World(opts.seed, opts.start, opts.params, plans, twilio, inbound)
         self.sinks = inbox.SinkReader(opts.outbox, SINK_CHANNELS)
         self.meta: dict[str, dict] = {}  # message id -> its row in GET /api/messages
@@ -182,6 +220,9 @@ class _Loop:
         # an opt-out whose request would have come after the period never reached Chorus: not reported as made
         self.out.unsubscribes = [r for r in tally.unsubscribes if "at" in r]
         self.out.stops = [r for r in tally.stops if "at" in r]
+        self.out.wasted = tally.wasted
+        self.out.purchases, self.out.revenue = tally.purchases, tally.revenue
+        self.out.plan_digest = tally.plan.hexdigest()
 
     def act(self, until: datetime) -> None:
         """The step's actions and responses to messages, in one time order, each at its own instant on the
@@ -196,22 +237,24 @@ class _Loop:
 
     # -- the customers act ----------------------------------------------------------------------------------------
     def post_actions(self, until: datetime) -> None:
-        client, server = [], []
-        imports: dict[str, list[dict]] = defaultdict(list)
+        # per workspace: what its web shop and app (client), its back end (server) and its imports send
+        sends: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
         for c, a, mid in self.world.due_actions(until):
             route = events.route(a)
-            if route == events.CLIENT:
-                client.extend(events.messages(c, a, BRAND, mid))
-            elif route == events.SERVER:
-                server.extend(events.messages(c, a, BRAND, mid))
-            else:
-                imports[route].append(events.import_row(c, a, BRAND))
-        if server:
-            self.api.track(server, server=True)
-        if client:
-            self.api.track(client)
-        for source, rows in imports.items():  # the tills' (call centre's, mailing house's) export of the hour
-            self.api.import_rows(source, rows, f"{source}-{until:%Y%m%d%H%M}")
+            wire = events.import_row(c, a, BRAND) if route not in (events.CLIENT, events.SERVER) else None
+            for name in self.layout.targets(a):
+                if wire is None:
+                    sends[name][route].extend(events.messages(c, a, BRAND, mid))
+                else:
+                    sends[name][route].append(wire)
+        for name, routes in sends.items():
+            api = self.apis[name]
+            if routes.get(events.SERVER):
+                api.track(routes.pop(events.SERVER), server=True)
+            if routes.get(events.CLIENT):
+                api.track(routes.pop(events.CLIENT))
+            for source, rows in routes.items():  # the tills' (call centre's, mailing house's) export of the hour
+                api.import_rows(source, rows, f"{source}-{until:%Y%m%d%H%M}")
 
     def make_callback(self, cb) -> None:
         if cb.kind == "twilio":
@@ -245,11 +288,20 @@ class _Loop:
         got += [inbox.from_text(t) for t in self.twilio.take()]
         if not got:
             return
-        for row in self.api.pages("/api/messages", "messages", since=iso(now)):
-            self.meta[row["id"]] = row
+        for api in self.apis.values():
+            for row in api.pages("/api/messages", "messages", since=iso(now)):
+                self.meta[row["id"]] = row
         for d in got:
-            meta = self.meta.pop(d.message_id, None) or self.api.get(f"/api/messages/{d.message_id}")
+            meta = self.meta.pop(d.message_id, None) or self._message(d.message_id)
             c = self.world.customer_at(d.address)
             if c is None:
                 raise DemoError(f"message {d.message_id} went to {d.address}, who is none of the demo's customers")
             self.world.receive(c, d, meta, now)
+
+    def _message(self, message_id: str) -> dict:
+        """A message the listing since the step did not give, from the workspace that has it."""
+        for api in self.apis.values():
+            r = api.admin.get(f"/api/messages/{message_id}")
+            if r.status_code == 200:
+                return r.json()
+        raise DemoError(f"no workspace knows message {message_id}")

@@ -8,12 +8,15 @@ hands every delivery it reads (mail, texts, sink files) to ``receive``.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import itertools
 import random
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
 
 from chorus.demo import events, model
 from chorus.demo.brand import BRAND
@@ -23,6 +26,11 @@ from chorus.demo.twilio import TwilioStandIn
 # messages about what the person just did: the model's relevance lift applies
 RELEVANT = {"cart_reminder", "cart_reminder_2", "browse_offer", "pickup_cancelled", "delivery_offer", "receipt",
             "welcome_code"}  # fmt: skip
+CART_REMINDERS = ("cart_reminder", "cart_reminder_2")
+WINBACK = ("winback_offer", "winback_last_chance")
+RECENT_BUYER = timedelta(days=30)  # a win-back offer to someone who bought within this is wasted
+# a cross-sell comes ten days after the order it follows: a purchase within nine days is a later one
+BOUGHT_AGAIN = timedelta(days=9)
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,16 @@ class Tally:
     responses: Counter = field(default_factory=Counter)
     unsubscribes: list = field(default_factory=list)  # email one-click unsubscribes: message, user, topic, time
     stops: list = field(default_factory=list)  # SMS STOP replies: message, phone, time
+    # messages about what she had already done, by the customers' own record (Chorus may not know it): a cart
+    # reminder after she bought (online or in a store) since her last add to cart, a browse offer after she bought
+    # since her last product view, a cross-sell after she bought again, a win-back offer within 30 days of a
+    # purchase, a marketing email of a topic she had unsubscribed from (in another workspace: a team that does not
+    # share consent); message, user, template, channel, why
+    wasted: list = field(default_factory=list)
+    purchases: Counter = field(default_factory=Counter)  # online orders and till receipts that reached Chorus
+    revenue: Decimal = Decimal(0)  # their value, from the catalog's prices
+    # the planned actions posted, in order: two runs with one seed and size post the same plan (compare.py)
+    plan: Any = field(default_factory=hashlib.sha256)
 
 
 class World:
@@ -65,6 +83,10 @@ class World:
         self.last_active: dict[int, datetime] = {}
         self.open_cart: dict[int, tuple[str, tuple[str, ...]]] = {}
         self.signed_up: set[int] = set()
+        self.last_add: dict[int, datetime] = {}
+        self.last_view: dict[int, datetime] = {}
+        self.unsubscribed: dict[int, list[dict]] = {}  # her one-click unsubscribes (their "at": when made)
+        self.last_purchase: dict[int, datetime] = {}
         self.received: Counter = Counter()  # (customer, template) -> messages so far: the stable key of a response
         self.tally = Tally()
 
@@ -76,6 +98,11 @@ class World:
             _at, _o, a, mid = heapq.heappop(self.queue)
             c = self.customers[a.customer]
             self.tally.actions[a.kind] += 1
+            if "-x" not in mid:  # planned, not made by a message
+                self.tally.plan.update(f"{mid} {a.kind} {a.at.isoformat()}\n".encode())
+            if a.kind in ("order", "store_purchase"):
+                self.tally.purchases["store" if a.kind == "store_purchase" else "online"] += 1
+                self.tally.revenue += sum((BRAND.product(s).price for s in a.skus), Decimal(0))
             self._note(c, a)
             out.append((c, a, mid))
         return out
@@ -92,7 +119,12 @@ class World:
         self.last_active[c.index] = a.at
         if a.kind in ("known", "signup"):
             self.signed_up.add(c.index)
+        if a.kind in ("order", "store_purchase"):
+            self.last_purchase[c.index] = a.at
+        if a.kind in ("view", "store_view"):
+            self.last_view[c.index] = a.at
         if a.kind == "add":
+            self.last_add[c.index] = a.at
             cart = self.open_cart.get(c.index)
             skus = (cart[1] if cart and cart[0] == a.cart_id else ()) + a.skus
             self.open_cart[c.index] = (a.cart_id, skus)
@@ -119,8 +151,15 @@ class World:
         self.received[(c.index, template)] += 1
         key = f"{c.index}:{template}:{self.received[(c.index, template)]}"
         age = now - self.last_active.get(c.index, self.start)
+        why = self.wasted(c, template, now)
+        if why is None and d.channel == "email" and meta.get("kind") == "marketing" and any(
+                r.get("topic") == meta.get("topic") and "at" in r for r in self.unsubscribed.get(c.index, ())):
+            why = "marketing email after she unsubscribed from its topic"
+        if why:
+            self.tally.wasted.append({"message_id": d.message_id, "user_id": c.user_id, "template": template,
+                                      "channel": d.channel, "why": why})  # fmt: skip
         r = model.respond(self.seed, key, d.channel, template in RELEVANT, age, meta.get("kind") == "marketing",
-                          self.params)  # fmt: skip
+                          self.params, annoyed=why is not None)  # fmt: skip
         at = now + r.delay
         if d.channel == "email":
             if r.opened and d.open_url:
@@ -130,6 +169,7 @@ class World:
             if r.unsubscribed and d.unsubscribe_url:
                 record = {"message_id": d.message_id, "user_id": c.user_id, "topic": meta.get("topic")}
                 self.tally.unsubscribes.append(record)
+                self.unsubscribed.setdefault(c.index, []).append(record)
                 self._call(Callback(at, "unsubscribe", d.unsubscribe_url, record=record))
         if d.text is not None:  # the carrier delivered it: Twilio reports so to the message's callback URL
             self._call(Callback(now + timedelta(seconds=30), "twilio", d.text.status_callback or "",
@@ -148,6 +188,21 @@ class World:
         if r.purchase:
             self.tally.responses[f"purchase:{r.purchase}"] += 1
             self._purchase(c, at + timedelta(minutes=10), r.purchase, key, (d.channel, d.message_id))
+
+    def wasted(self, c: model.Customer, template: str, now: datetime) -> str | None:
+        """Why a message is about something she has already done (None: it is not)."""
+        bought = self.last_purchase.get(c.index)
+        if bought is None:
+            return None
+        if template in CART_REMINDERS and bought >= self.last_add.get(c.index, bought):
+            return "cart reminder after she bought"
+        if template == "browse_offer" and bought >= self.last_view.get(c.index, bought):
+            return "browse offer after she bought"
+        if template == "cross_sell" and now - bought < BOUGHT_AGAIN:
+            return "cross-sell after she bought again"
+        if template in WINBACK and now - bought < RECENT_BUYER:
+            return "win-back offer within 30 days of a purchase"
+        return None
 
     def _purchase(self, c: model.Customer, at: datetime, where: str, key: str, via: tuple[str, str]) -> None:
         """What she wanted (her open cart, else something in her favourite category), in a store or online."""
