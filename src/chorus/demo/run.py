@@ -210,8 +210,9 @@ class _Loop:
             self.api.track(server, server=True)
         if client:
             self.api.track(client)
-        for source, rows in imports.items():  # the tills' (call centre's, mailing house's) export of the hour
-            self.api.import_rows(source, rows, f"{source}-{until:%Y%m%d%H%M}")
+        for name, rows in imports.items():  # the tills' (call centre's, mailing house's) export of the hour
+            source, mapping = events.IMPORT_FILES[name]
+            self.api.import_rows(source, rows, f"{name}-{until:%Y%m%d%H%M}", mapping)
 
     def make_callback(self, cb) -> None:
         if cb.kind == "twilio":

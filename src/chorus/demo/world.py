@@ -76,6 +76,8 @@ class World:
             _at, _o, a, mid = heapq.heappop(self.queue)
             c = self.customers[a.customer]
             self.tally.actions[a.kind] += 1
+            if a.via and a.kind in ("order", "store_purchase"):  # a purchase a message caused, now really made
+                self.tally.responses[f"purchase:{'store' if a.kind == 'store_purchase' else 'online'}"] += 1
             self._note(c, a)
             out.append((c, a, mid))
         return out
@@ -145,8 +147,8 @@ class World:
         for what in ("opened", "clicked", "unsubscribed"):
             if getattr(r, what):
                 self.tally.responses[f"{d.channel}:{what}"] += 1
-        if r.purchase:
-            self.tally.responses[f"purchase:{r.purchase}"] += 1
+        if r.purchase:  # counted when it is made (due_actions): not if it would fall after the period, nor online
+            # by someone who has no account
             self._purchase(c, at + timedelta(minutes=10), r.purchase, key, (d.channel, d.message_id))
 
     def _purchase(self, c: model.Customer, at: datetime, where: str, key: str, via: tuple[str, str]) -> None:
@@ -156,7 +158,7 @@ class World:
         n = next(self.extra)
         if where == "store":
             self._later(model.Action(at, c.index, "store_purchase", "store", skus=skus,
-                                     order_id=f"rcpt-{c.index}-m{n}", store=c.home_store))  # fmt: skip
+                                     order_id=f"rcpt-{c.index}-m{n}", store=c.home_store, via=via))  # fmt: skip
         elif c.index in self.signed_up:  # an online order needs her account
             self._later(model.Action(at, c.index, "order", "app" if c.app_device else "web", signed_in=True,
                                      skus=skus, cart_id=cart[0] if cart else None, order_id=f"ord-{c.index}-m{n}",
