@@ -3,8 +3,8 @@ it wrote: totals reconcile between the report and the store, everything sent rea
 files) and nothing else did, holdouts received nothing after their split, nobody got a message from a journey
 after leaving it, and an unsubscribe stopped that topic's marketing email at once.
 
-The run changes model parameters (``--set``) so that a small population produces unsubscribes and returns to
-check."""
+The run changes model parameters (``--set``) so that a small population produces unsubscribes, returns and
+purchases caused by messages to check."""
 
 from __future__ import annotations
 
@@ -39,7 +39,8 @@ def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("demo")
     r = demo(tmp, "--customers", "90", "--days", "14", "--seed", "11", "--start", START, "--json",
              "--set", "email_open=0.6", "--set", "email_unsubscribe=0.15", "--set", "sms_stop=0.3",
-             "--set", "return_rate_online=0.5", "--set", "return_rate_store=0.3")  # fmt: skip
+             "--set", "return_rate_online=0.5", "--set", "return_rate_store=0.3",
+             "--set", "convert_after_click=0.6")  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     engine = sa.create_engine(f"sqlite:///{tmp / 'demo.db'}")
     with engine.connect() as conn:
