@@ -295,7 +295,7 @@ def test_same_seed_same_intervals(lake):
 
 
 def test_duckdb_and_spark_agree(tmp_path, spark_session, same_result):
-    root = shop(LakeWriter(tmp_path)).write()
+    root = shop(LakeWriter(tmp_path)).event("a", 48, "Order Refunded", revenue=100.0, order_id="A1").write()
     results = []
     for engine in ("duckdb", "spark"):
         lk = open_lake(root, engine=engine, spark=spark_session if engine == "spark" else None)
