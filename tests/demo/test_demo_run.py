@@ -467,6 +467,10 @@ def test_serve_answers_over_http_until_stopped(tmp_path):
             omni = httpx.get(f"{base}/api/analytics/omnichannel", headers=auth, timeout=60)
             assert omni.status_code == 200 and omni.json()["totals"]["customers"] > 0, omni.text[:300]
             assert httpx.get(f"{base}/api/journeys", timeout=30).status_code == 401, "the admin API needs the key"
+            # the guide's first curl line: one of the demo's customers, across her channels
+            pid = re.search(rf"curl -H \"Authorization: Bearer {key}\" {base}/api/profiles/(\S+)\n", text).group(1)
+            profile = httpx.get(f"{base}/api/profiles/{pid}", headers=auth, timeout=30)
+            assert profile.status_code == 200 and profile.json()["id"] == pid, profile.text[:300]
             proc.send_signal(signal.SIGINT)
             assert proc.wait(30) == 0
         finally:
