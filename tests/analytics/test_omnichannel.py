@@ -295,7 +295,7 @@ def test_same_seed_same_intervals(lake):
 
 
 def test_duckdb_and_spark_agree(tmp_path, spark_session, same_result):
-    root = shop(LakeWriter(tmp_path)).write()
+    root = shop(LakeWriter(tmp_path)).event("a", 48, "Order Refunded", revenue=100.0, order_id="A1").write()
     results = []
     for engine in ("duckdb", "spark"):
         lk = open_lake(root, engine=engine, spark=spark_session if engine == "spark" else None)
@@ -318,3 +318,22 @@ def test_several_currencies_are_flagged(tmp_path):
     w.order("q", 1, 10.0, order_id="b", currency="USD")
     res = om.omnichannel_value(open_lake(w.write()), bootstrap=100)
     assert res.totals["currencies"] == ["EUR", "USD"] and "several currencies" in res.warnings[0]
+
+
+def test_refunds_and_net_revenue(tmp_path):
+    """`Order Refunded` events of the period lower the net revenue by their amount (the lake's revenue: the payload's
+    revenue, else its total); the groups
+    stay gross; a refund outside the period, of an unknown person, or with a negative amount does not count."""
+    w = shop(LakeWriter(tmp_path))
+    w.event("a", 48, "Order Refunded", revenue=100.0, order_id="A1")
+    w.event("c", 72, "Order Refunded", channel="store", revenue=40.0, order_id="C2")  # the till
+    w.event("b", 96, "Order Refunded", revenue=-5.0, order_id="B1")  # counted, as 0
+    w.event(None, 96, "Order Refunded", revenue=70.0, order_id="X")  # nobody known
+    w.event("b", 24 * 60, "Order Refunded", revenue=70.0, order_id="B2")  # after the period
+    lake = open_lake(w.write())
+    period = tp.Period(None, T0 + timedelta(days=40))
+    res = om.omnichannel_value(lake, period=period, bootstrap=200)
+    t = res.totals
+    assert (t["revenue"], t["refunds"], t["refunded"], t["net_revenue"]) == (450.0, 3, 140.0, 310.0)
+    assert res.group("channels", "1")["revenue"] == 250.0  # a's order stays in her group's (gross) revenue
+    assert om.omnichannel_value(lake, bootstrap=200).totals["refunds"] == 4

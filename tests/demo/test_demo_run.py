@@ -3,7 +3,8 @@ it wrote: totals reconcile between the report and the store, everything sent rea
 files) and nothing else did, holdouts received nothing after their split, nobody got a message from a journey
 after leaving it, and an unsubscribe stopped that topic's marketing email at once.
 
-The run changes two model parameters (``--set``) so that a small population produces unsubscribes to check."""
+The run changes model parameters (``--set``) so that a small population produces unsubscribes, returns and
+purchases caused by messages to check."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ import subprocess
 import sys
 from collections import Counter
 from datetime import datetime
+from decimal import Decimal
 
 import orjson
 import pytest
 import sqlalchemy as sa
+from PIL import Image
 
-from chorus.demo import install
+from chorus.demo import charts, install, report
 from chorus.journeys import definition as jdef
 from chorus.timeutil import parse_ts
 
@@ -35,8 +38,9 @@ def demo(tmp_path, *args: str, timeout: float = 240) -> subprocess.CompletedProc
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("demo")
     r = demo(tmp, "--customers", "90", "--days", "14", "--seed", "11", "--start", START, "--json",
-
-             "--set", "email_open=0.6", "--set", "email_unsubscribe=0.15", "--set", "sms_stop=0.3")  # fmt: skip
+             "--set", "email_open=0.6", "--set", "email_unsubscribe=0.15", "--set", "sms_stop=0.3",
+             "--set", "return_rate_online=0.5", "--set", "return_rate_store=0.3",
+             "--set", "convert_after_click=0.6")  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     engine = sa.create_engine(f"sqlite:///{tmp / 'demo.db'}")
     with engine.connect() as conn:
@@ -48,6 +52,8 @@ def run(tmp_path_factory):
             "channels": Counter(dict(conn.execute(sa.text("SELECT channel, count(*) FROM events GROUP BY 1")).all())),
             "store_orders": {ts(t) for (t,) in conn.execute(sa.text(
                 "SELECT timestamp FROM events WHERE event = 'Order Completed' AND channel = 'store'"))},
+            "orders": [(c, orjson.loads(p)) for c, p in conn.execute(sa.text(
+                "SELECT channel, payload FROM events WHERE event IN ('Order Completed', 'Order Refunded')"))],
             # customer number -> the profiles holding any of her identifiers (user id cust-0000012, e-mail
             # name.12@customers.example, loyalty card KL-00000012)
             "profiles_of": _profiles_of(conn),
@@ -113,6 +119,77 @@ def test_the_analytics_on_the_lake_agree_with_the_journeys_records(run):
     assert sum(g["customers"] for g in by_channels) == omni["totals"]["customers"] > 0
     totals = rep["analytics"]["showrooming"]["totals"]
     assert totals["webrooming"]["purchases"] > 0 and totals["webrooming"]["roomed"] > 0
+
+
+def _amount(payload: dict) -> Decimal:
+    props = payload["properties"]
+    return Decimal(str(props.get("revenue", props.get("total"))))
+
+
+def test_returns_reduce_net_revenue_by_what_the_store_holds(run):
+    """Every return the model made reached Chorus (the order system's `Order Refunded`, the till's returns file), each
+    refunds exactly what its order was paid, and the report's net revenue is the orders' revenue less those refunds,
+    as the API (the omnichannel report on the lake) gives them."""
+    rep, store, _ = run
+    paid = {p["properties"]["order_id"]: _amount(p) for _c, p in store["orders"] if p["event"] == "Order Completed"}
+    refunds = [(c, p) for c, p in store["orders"] if p["event"] == "Order Refunded"]
+    assert {c for c, _p in refunds} == {"store", "server"}, "returns at the till and through the order system"
+    for _c, p in refunds:
+        assert _amount(p) == paid[p["properties"]["order_id"]] > 0, p
+    refunded = sum((_amount(p) for _c, p in refunds), Decimal(0))
+    r = report.returns(rep)
+    assert r["made"] == rep["actions"]["return"] == r["refunds"] == len(refunds) > 0
+    assert Decimal(str(round(r["refunded"], 2))) == refunded
+    assert r["revenue"] == sum(paid.values()) == rep["analytics"]["omnichannel"]["totals"]["revenue"]
+    assert r["net_revenue"] == pytest.approx(r["revenue"] - r["refunded"]) and r["net_revenue"] < r["revenue"]
+
+
+def test_purchases_caused_by_messages_are_those_made(run):
+    """The report counts a purchase a message caused once it reached Chorus: an order with the message's UTM tags or
+    a till receipt, never one the model decided after the period or online for someone without an account."""
+    rep, store, _ = run
+    resp = rep["responses"]
+    online = sum(1 for c, p in store["orders"] if p["event"] == "Order Completed" and p["properties"]["order_id"]
+                 .split("-")[-1].startswith("m") and c != "store")  # fmt: skip
+    in_store = sum(1 for c, p in store["orders"] if p["event"] == "Order Completed" and c == "store"
+                   and p["properties"]["order_id"].split("-")[-1].startswith("m"))  # fmt: skip
+    assert (resp.get("purchase:online", 0), resp.get("purchase:store", 0)) == (online, in_store)
+    assert online + in_store > 0
+
+
+def test_the_charts_are_pngs_of_the_reports_figures(run):
+    rep, _, tmp = run
+    want = {"messages_by_channel", "journey_funnels", "ltv_by_channels", "uplift", "attribution", "revenue"}
+    assert set(rep["charts"]) == want
+    for name, path in rep["charts"].items():
+        assert path == str(tmp / "chorus-demo-charts" / f"{name}.png")
+        with Image.open(path) as im:
+            im.verify()  # a whole, valid PNG
+        with Image.open(path) as im:
+            assert im.format == "PNG" and im.size == (1000, 600), (name, im.size)
+    data = {name: charts.read_data(path) for name, path in rep["charts"].items()}
+    by_status = Counter()
+    for ch, statuses in data["messages_by_channel"].items():
+        for status, n in statuses.items():
+            by_status[(None if ch == "none" else ch, status)] += n
+    assert by_status == {(r["channel"], r["status"]): r["count"] for r in rep["messages"]["by_channel_status"]}
+    assert sum(by_status.values()) == rep["messages"]["total"]
+    assert set(data["journey_funnels"]) == {j["id"] for j in rep["journeys"]}
+    for j in rep["journeys"]:
+        nodes = dict(map(tuple, data["journey_funnels"][j["id"]]))
+        assert nodes == {n["node"]: n["entered"] for n in j["versions"][0]["nodes"]}
+    omni = rep["analytics"]["omnichannel"]
+    groups = {g["group"]: g for g in omni["groups"] if g["dimension"] == "channels" and g["customers"]}
+    assert {k: (v["customers"], v["value"], v["clv"]) for k, v in data["ltv_by_channels"].items()} == {
+        k: (g["customers"], g["value"], g["clv"]) for k, g in groups.items()}
+    assert sum(v["customers"] for v in data["ltv_by_channels"].values()) == omni["totals"]["customers"]
+    assert data["uplift"] == {r["journey_id"]: {k: r[k] for k in data["uplift"][r["journey_id"]]}
+                              for r in rep["analytics"]["uplift"]["rows"]}  # fmt: skip
+    att = rep["analytics"]["attribution"]
+    assert list(data["attribution"]) == att["models"]
+    for row in att["rows"]:
+        assert data["attribution"][row["model"]][row["label"]] == row["conversions"]
+    assert data["revenue"] == report.returns(rep)
 
 
 def test_every_message_sent_arrived_and_nothing_else_did(run):
@@ -342,7 +419,75 @@ def test_the_text_report_prints_every_section(tmp_path):
     for title in ("Behaviour model: every parameter", "Journeys and broadcasts: conversions by arm",
                   "Journey funnels per node", "Messages by channel and status", "What the customers did",
                   "Uplift against the holdouts", "Value per customer by channels used", "Showrooming and webrooming",
+                  "Revenue and returns over the period", "Lifetime value by number of channels",
+                  "Attribution by model: conversions credited", "charts: ",
                   "Workspace 'demo' (keys are shown only now): api_key ak_", "40 customers over 9 days"):  # fmt: skip
         assert title in r.stderr, title
     assert "spring_sale" in r.stderr and "[s004]" in r.stderr, "the broadcast and the parameters' sources"
     assert "errors were logged" not in r.stderr
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_answers_over_http_until_stopped(tmp_path):
+    """`chorus demo --serve`: once the report is printed, `chorus serve` answers on the port given with the demo's
+    data (its journeys, its analytics on the lake) to the api key printed; SIGINT (Ctrl-C) stops it, exit code 0."""
+    import re
+    import signal
+    import time
+
+    import httpx
+
+    port = _free_port()
+    cmd = [sys.executable, "-m", "chorus.cli", "demo", "--db", f"sqlite:///{tmp_path / 'demo.db'}", "--customers",
+           "30", "--days", "3", "--seed", "5", "--start", START, "--serve", "--port", str(port)]  # fmt: skip
+    err_path = tmp_path / "stderr.txt"
+    with open(err_path, "w") as err_file:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err_file, cwd=tmp_path,
+                                env={**os.environ, "COLUMNS": "200"})  # fmt: skip
+        try:
+            deadline = time.monotonic() + 120
+            while "Ctrl-C stops the server" not in err_path.read_text():
+                assert proc.poll() is None, err_path.read_text()[-3000:]
+                assert time.monotonic() < deadline, err_path.read_text()[-3000:]
+                time.sleep(0.3)
+            text = err_path.read_text()
+            assert f"served on http://127.0.0.1:{port}" in text
+            key = re.search(r"API key \(admin API, Authorization: Bearer\): (ak_\S+)", text).group(1)
+            auth = {"Authorization": f"Bearer {key}"}
+            base = f"http://127.0.0.1:{port}"
+            got = httpx.get(f"{base}/api/journeys", headers=auth, timeout=30)
+            assert got.status_code == 200 and "abandoned_cart" in {j["id"] for j in got.json()["journeys"]}
+            omni = httpx.get(f"{base}/api/analytics/omnichannel", headers=auth, timeout=60)
+            assert omni.status_code == 200 and omni.json()["totals"]["customers"] > 0, omni.text[:300]
+            assert httpx.get(f"{base}/api/journeys", timeout=30).status_code == 401, "the admin API needs the key"
+            # the guide's first curl line: one of the demo's customers, across her channels
+            pid = re.search(rf"curl -H \"Authorization: Bearer {key}\" {base}/api/profiles/(\S+)\n", text).group(1)
+            profile = httpx.get(f"{base}/api/profiles/{pid}", headers=auth, timeout=30)
+            assert profile.status_code == 200 and profile.json()["id"] == pid, profile.text[:300]
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    with pytest.raises(httpx.ConnectError):  # the server stopped with it
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    assert "Stopped." in err_path.read_text()
+
+
+def test_serve_on_a_taken_port_is_refused_before_the_run(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        r = demo(tmp_path, "--customers", "5", "--days", "1", "--serve", "--port", str(s.getsockname()[1]), timeout=60)
+    assert r.returncode == 2 and "--port" in r.stderr, r.stderr[-500:]
+    assert not (tmp_path / "demo.db").exists()

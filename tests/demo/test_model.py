@@ -45,7 +45,7 @@ def test_actions_are_in_the_period_ordered_and_consistent(seed, n, days):
         assert all(START <= a.at < stop <= end for a in acts), "nothing before the start, after churn or the end"
         assert all(a.customer == c.index and a.kind in model.KINDS for a in acts)
         signed_up = c.existing
-        orders = set()
+        orders, cancelled, returned = set(), set(), set()
         for a in acts:
             assert set(a.skus) <= skus, a
             assert a.store is None or a.store in stores
@@ -63,6 +63,11 @@ def test_actions_are_in_the_period_ordered_and_consistent(seed, n, days):
                 assert a.signed_in and a.channel in model.ONLINE
             if a.kind == "pickup_cancelled":
                 assert a.order_id in orders, "only an order placed before can be cancelled"
+                cancelled.add(a.order_id)
+            if a.kind == "return":  # a purchase of hers, made before, never cancelled, returned once, where bought
+                assert a.order_id in orders and a.order_id not in cancelled | returned and a.skus, a
+                assert (a.channel == "store") == a.order_id.startswith("rcpt"), a
+                returned.add(a.order_id)
             if c.store_only:
                 assert a.channel in ("store", "catalog", "call_center"), a
             if a.channel == "app":

@@ -192,8 +192,6 @@ def attribution(
         f"{t['conversions']:,} conversions, revenue {t['revenue']:,.2f}; {t['unattributed_conversions']:,} with no "
         f"touchpoint in the lookback ({t['unattributed_revenue']:,.2f}); {t['open_journeys']:,} journeys not converted"
     )
-    for note in res.fit_notes():  # the regularisation or fallback each model needed, always said
-        out.print(f"Fit: {note}")
     for w in res.warnings:
         out.print(f"[yellow]warning[/yellow]: {w}")
 
@@ -481,8 +479,9 @@ def report_omnichannel(
     _rows_table("Relative difference (group / reference − 1)",
                 [c for c in res.comparisons if c["metric"] == "value"],
                 ["group", "reference", "relative_difference", "lo", "hi"])  # fmt: skip
-    for note in res.fit_notes():  # the regularisation or fallback each model needed, always said
-        out.print(f"Fit: {note}")
+    t = res.totals
+    out.print(f"Orders' revenue {t['revenue']:,.2f}; {t['refunds']:,} refunds ({t['refunded']:,.2f}); net revenue "
+              f"{t['net_revenue']:,.2f}")  # fmt: skip
     for w in res.warnings:
         out.print(f"[yellow]warning[/yellow]: {w}")
 
@@ -524,8 +523,6 @@ def report_showrooming(
     if _emit(fmt, res.as_dict(), res.rows, cols):
         return
     _rows_table("Showrooming and webrooming", res.rows, cols)
-    for note in res.fit_notes():  # the regularisation or fallback each model needed, always said
-        out.print(f"Fit: {note}")
     for w in res.warnings:
         out.print(f"[yellow]warning[/yellow]: {w}")
 
@@ -559,8 +556,6 @@ def report_uplift(
     if _emit(fmt, res.as_dict(), res.rows, cols):
         return
     _rows_table("Uplift of journeys with a holdout", res.rows, cols)
-    for note in res.fit_notes():  # the regularisation or fallback each model needed, always said
-        out.print(f"Fit: {note}")
     for w in res.warnings:
         out.print(f"[yellow]warning[/yellow]: {w}")
 

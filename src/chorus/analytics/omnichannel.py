@@ -13,6 +13,9 @@ Customers are grouped twice, each grouping a partition of the customers:
 * by number of channels: ``1``, ``2``, ``3+``, and ``unknown`` (no online or offline channel at all);
 * by mix: ``online`` (online channels only), ``offline`` (offline only), ``both``, and ``unknown``.
 
+The totals also give the period's refunds (``Order Refunded`` events: ``refunds``, ``refunded``) and
+``net_revenue``, the orders' revenue minus the refunds (:func:`refund_totals`); the groups' values are gross.
+
 Per group: customers, orders, revenue, **value** (revenue per customer), **frequency** (orders per customer),
 **aov** (average order value: revenue / orders), **retention** (the share of customers who bought again: orders
 on at least two different UTC days in the period; a second order on the same day is not a return) and, when
@@ -167,8 +170,11 @@ def omnichannel_value(
 
     total = units.sum(axis=0)
     tm = metrics(total)
+    refunds, refunded = refund_totals(lake, cfg, period)
     totals = {
-        "customers": n, "orders": int(total[_ORD]), "revenue": float(total[_REV]), "value": _num(tm["value"]),
+        "customers": n, "orders": int(total[_ORD]), "revenue": float(total[_REV]),
+        "refunds": refunds, "refunded": refunded, "net_revenue": float(total[_REV]) - refunded,
+        "value": _num(tm["value"]),
         "frequency": _num(tm["frequency"]), "aov": _num(tm["aov"]), "retention": _num(tm["retention"]),
         "clv": _num(tm["clv"]), "clv_customers": int(total[_HAS]), "currencies": currencies,
         "ignored_channels": ignored,
@@ -244,6 +250,22 @@ def customer_table(
     counts = pc.value_counts(pc.list_flatten(t.column("ignored"))).to_pylist()
     ignored = {c["values"]: int(c["counts"]) for c in sorted(counts, key=lambda c: c["values"]) if c["values"]}
     return t.drop_columns(["currencies", "ignored"]), currencies, ignored
+
+
+REFUND_EVENT = "Order Refunded"  # Segment's e-commerce spec
+
+
+def refund_totals(lake, cfg: tp.Config, period: tp.Period) -> tuple[int, float]:
+    """The refunds of the period (every ``Order Refunded`` event of a known person, valued by its ``revenue``, else
+    ``total``, as orders are; a missing or negative amount counts as 0) and their sum: ``net_revenue`` in the totals
+    is the orders' revenue minus this sum. A refund is not tied to its order: one of an order made before the period
+    counts too, as a brand's books count it."""
+    ev = tp.resolved_events(lake, cfg, period)
+    r = ev.filter((ev.type == "track") & (ev.event == REFUND_EVENT))
+    r = within(r.mutate(ts=r.timestamp), period)
+    amount = ibis.cases((r.revenue.isnull() | r.revenue.isnan() | (r.revenue < 0), 0.0), else_=r.revenue)
+    got = r.aggregate(n=r.count(), amount=amount.sum()).to_pyarrow().to_pylist()[0]
+    return int(got["n"] or 0), float(got["amount"] or 0.0)
 
 
 touch_events = tp.touch_events  # the events touchpoints() makes touchpoints of, before sessions

@@ -157,6 +157,10 @@ def demo(
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout")] = False,
     compare: Annotated[bool, typer.Option("--compare", help="Run the customers twice, as a multichannel brand (a "
                                           "workspace per team) and through one Chorus, and compare")] = False,
+    charts: Annotated[str, typer.Option(help="Where the report's charts (PNG) are written")] = "./chorus-demo-charts",
+    serve: Annotated[bool, typer.Option("--serve", help="After the run, serve the demo's store (chorus serve "
+                                        "--no-worker) until Ctrl-C")] = False,  # fmt: skip
+    port: Annotated[int, typer.Option(help="TCP port of --serve (on 127.0.0.1)", min=1, max=65535)] = 8000,
 ):
     """Run a retail brand through the real Chorus on a virtual clock and report what its journeys did."""
     from chorus import gctune
@@ -172,12 +176,16 @@ def demo(
         from chorus.demo import compare as comparison
 
         comparison.check(db, replace)
+    chartdir, empty_charts = _empty_dir(charts, "--charts", replace)
     _check_db(db, replace)
+    if serve:
+        _check_port(port)
     # every option is good: only now is anything deleted or made
     if replace and db.startswith("sqlite:///"):
         _remove_sqlite(db)
     _prepare_dir(outdir, empty_out)
     _prepare_dir(lakedir, empty_lake)
+    _prepare_dir(chartdir, empty_charts)
     opts = Options(customers, days, seed, db, outdir, lakedir, first, timedelta(minutes=step_minutes), model_params)
     log_path = os.path.join(os.path.dirname(outdir), "chorus-demo.log")
     logged = _log_to(log_path)
@@ -212,8 +220,14 @@ def demo(
            "outbox": outdir,
            "customers": customers, "days": days, "seed": seed, "start": first.isoformat(),
            "errors_logged": logged.errors, "log": log_path, "lake_dir": lakedir}  # fmt: skip
+    from chorus.demo import charts as chart_files
+
+    rep["charts"] = chart_files.write(rep, chartdir)
     if json_out:
         sys.stdout.write(orjson.dumps(rep).decode() + "\n")
+        sys.stdout.flush()
+        if serve:
+            _serve(db, lakedir, port, out.keys, log_path)
         return
     report.show(console, rep)
     if logged.errors:
@@ -221,12 +235,33 @@ def demo(
     # as `chorus serve` does on a first run: the keys of the workspace it made, shown this once, to explore it
     err.print(f"\nWorkspace 'demo' (keys are shown only now): api_key {out.keys['api_key']}, write_key "
               f"{out.keys['write_key']}, server_write_key {out.keys['server_write_key']}\n"
-              f"Explore it: chorus serve --no-worker --db {db}\n"
+              f"Explore it: CHORUS_LAKE_DIR={lakedir} chorus serve --no-worker --db {db} (or chorus demo --serve)\n"
               "(--no-worker: a worker would carry on the journeys on the real clock, with the demo's mail and SMS "
               "servers gone)")  # fmt: skip
     err.print(f"\n{customers:,} customers over {days} days in {elapsed:.0f} s ({cpu:.0f} s of CPU) "
               f"({out.events_sent:,} events sent; worker {out.worker_seconds:.0f} s). Store: {db}; "
-              f"sink files: {outdir}; log: {log_path}")  # fmt: skip
+              f"sink files: {outdir}; charts: {chartdir} ({len(rep['charts'])} PNG); log: {log_path}")  # fmt: skip
+    if serve:
+        _serve(db, lakedir, port, out.keys, log_path)
+
+
+def _check_port(port: int) -> None:
+    """--serve: the port must be free now, before an hour of simulation, not found taken at the end."""
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise typer.BadParameter(f"127.0.0.1:{port} cannot be used: {exc.strerror}", param_hint="--port") from None
+
+
+def _serve(db: str, lakedir: str, port: int, keys: dict, log_path: str) -> None:
+    from chorus.demo.serve import serve
+
+    code = serve(db, lakedir, port, keys["api_key"], log_path)
+    if code:
+        raise typer.Exit(code)
 
 
 class _Count(logging.Handler):

@@ -56,10 +56,11 @@ class Chorus:
             if not cursor:
                 return out
 
-    def import_rows(self, source: str, rows: list[dict], name: str) -> dict:
+    def import_rows(self, source: str, rows: list[dict], name: str, mapping: dict | None = None) -> dict:
         body = b"".join(orjson.dumps(r) + b"\n" for r in rows)
+        form = {"source": source, **({"mapping": orjson.dumps(mapping).decode()} if mapping else {})}
         r = self.admin.post("/api/imports", files={"file": (f"{name}.jsonl", body, "application/x-ndjson")},
-                            data={"source": source})  # fmt: skip
+                            data=form)  # fmt: skip
         report = self.ok(r, 200, 201)
         if report.get("failed"):
             raise DemoError(f"the {source} import {name} refused rows: {report.get('errors')}")

@@ -18,11 +18,17 @@ from chorus.timeutil import iso
 # where each action goes: "client" (public write key), "server" (server write key) or an import source
 CLIENT, SERVER = "client", "server"
 IMPORTS = {"store_purchase": "store", "call": "call_center", "catalog_sent": "catalog"}
+# the files imported through POST /api/imports: route -> (source, mapping); a till's returns are a file of their own,
+# its rows `Order Refunded` events (the mapping names the event; docs/import.md)
+RETURNS_FILE = "store_returns"
+IMPORT_FILES = {**{s: (s, None) for s in IMPORTS.values()}, RETURNS_FILE: ("store", {"event": "Order Refunded"})}
 
 
 def route(a: Action) -> str:
     if a.kind in IMPORTS:
         return IMPORTS[a.kind]
+    if a.kind == "return":  # at the till it was bought at; an online order's through the order system
+        return RETURNS_FILE if a.channel == "store" else SERVER
     # a sign-up is the brand's back end creating the account: only a trusted identify may join the new account to
     # the profile her till purchases made (loyalty card, e-mail); a browser's would be a claim, refused (decision
     # 0014), and she would be two people
@@ -87,6 +93,11 @@ def messages(c: Customer, a: Action, brand: Brand, message_id: str) -> list[dict
                      "order_id": a.order_id, "fulfillment": "store_pickup", "reason": "out_of_stock",
                      "store_id": a.store, "order_channel": a.channel,
                      "products": [_product(brand, s) for s in a.skus]}}]  # fmt: skip
+    if a.kind == "return":  # the order system refunds a returned order (Segment's `Order Refunded`: its total)
+        return [{"type": "track", "event": "Order Refunded", "userId": c.user_id, "timestamp": ts,
+                 "messageId": message_id, "properties": {
+                     "order_id": a.order_id, "total": _money(_total(brand, a.skus)), "currency": brand.currency,
+                     "order_channel": a.channel, "products": [_product(brand, s) for s in a.skus]}}]  # fmt: skip
     base = {"anonymousId": device_id(c, a.channel), "timestamp": ts, "messageId": message_id,
             "context": _context(c, a.channel, brand, _path(a))}  # fmt: skip
     if a.signed_in:
@@ -141,7 +152,7 @@ def import_row(c: Customer, a: Action, brand: Brand) -> dict:
     row: dict = {"timestamp": iso(a.at), "email": c.email}
     if c.loyalty_id:
         row["loyalty_id"] = c.loyalty_id
-    if a.kind == "store_purchase":
+    if a.kind in ("store_purchase", "return"):  # a sale, or (the returns file) the refund of one
         row.update({"order_id": a.order_id, "store_id": a.store, "revenue": str(_total(brand, a.skus)),
                     "currency": brand.currency, "order_channel": "store",
                     "products": [_product(brand, s) for s in a.skus]})  # fmt: skip

@@ -16,6 +16,9 @@ What a customer does (one *mission* at a time, missions as a Poisson process unt
   purchase after which she sometimes buys the product online (showrooming). An online product view is sometimes
   followed by buying it in a store (webrooming).
 * **click-and-collect**: some online orders are picked up in a store; the store cancels a few (out of stock).
+* **returns**: some purchases are returned one to fourteen days later, for a refund of the whole purchase: an
+  online order through the order system (its ``Order Refunded``), a till purchase at the till (the till's returns
+  file). A return that would fall after the period (or after she churned) is not made.
 * **call centre** calls, and a **printed catalog** mailed to loyalty-card holders with a promo code that some
   later type at checkout.
 
@@ -39,7 +42,7 @@ FIRST_NAMES = ("Anna", "Bram", "Chloé", "Daan", "Emma", "Finn", "Giulia", "Hugo
                "Mila", "Noah", "Olga", "Pieter", "Quinn", "Ravi", "Sara", "Tim", "Umut", "Vera", "Wouter", "Yara",
                "Zeynep")  # fmt: skip
 KINDS = ("known", "signup", "login", "search", "view", "add", "order", "store_purchase", "store_view",
-         "pickup_cancelled", "call", "catalog_sent")  # fmt: skip
+         "pickup_cancelled", "return", "call", "catalog_sent")  # fmt: skip
 ONLINE = ("web", "app")
 
 
@@ -271,6 +274,16 @@ class _Generator:
         if pickup and rng.random() < self.P("pickup_cancel_rate"):
             self.emit(self.later(t, 2, 26), "pickup_cancelled", channel, skus=skus, order_id=order,
                       store=self.c.home_store, fulfillment="store_pickup")
+        else:  # a cancelled order is never delivered, so never returned
+            self.maybe_return(t, channel, skus, order)
+
+    def maybe_return(self, t: datetime, channel: str, skus: tuple[str, ...], order: str, store: str | None = None
+                     ) -> None:  # fmt: skip
+        """The whole purchase returned for a refund, 1 to 14 days later: where it was bought (the till for a store
+        purchase, the order system for an online order, whose channel the return keeps)."""
+        rate = self.P("return_rate_store" if channel == "store" else "return_rate_online")
+        if self.rng.random() < rate:
+            self.emit(self.later(t, 24, 14 * 24), "return", channel, skus=skus, order_id=order, store=store)
 
     def store_visit(self, t: datetime, store: str) -> None:
         rng = self.rng
@@ -288,7 +301,9 @@ class _Generator:
         either it is an anonymous sale Chorus never sees."""
         if not self.c.loyalty_id and not self.signed_up:
             return
-        self.emit(t, "store_purchase", "store", skus=skus, order_id=self.next_id("rcpt"), store=store)
+        receipt = self.next_id("rcpt")
+        self.emit(t, "store_purchase", "store", skus=skus, order_id=receipt, store=store)
+        self.maybe_return(t, "store", skus, receipt, store)
 
 
 # -- responses to messages ----------------------------------------------------------------------------------------

@@ -55,6 +55,9 @@ PARAMS: tuple[Param, ...] = (
           ASSUMPTION, share=False),
     Param("pickup_share", 0.2, "online orders collected in a store (click-and-collect)", ASSUMPTION),
     Param("pickup_cancel_rate", 0.1, "click-and-collect orders the store cancels (out of stock)", ASSUMPTION),
+    Param("return_rate_online", 0.15, "online orders returned for a refund (1-14 days later)", ASSUMPTION),
+    Param("return_rate_store", 0.05, "till purchases brought back to a store for a refund (1-14 days later)",
+          ASSUMPTION),
     Param("promo_code_rate", 0.08, "online orders of catalog recipients that use the catalog's promo code",
           ASSUMPTION),
     # -- crossing channels

@@ -35,6 +35,8 @@ def collect(api: Chorus, out) -> dict:
         "uplift": api.get("/api/analytics/uplift", window_days=30),
         "omnichannel": api.get("/api/analytics/omnichannel", bootstrap=1000),
         "showrooming": api.get("/api/analytics/showrooming", window_days=7),
+        # every model side by side (rule-based, Markov, Shapley), credit per channel
+        "attribution": api.get("/api/analytics/attribution", by="channel"),
     }
     audiences = {a["name"]: a.get("members") for a in api.get("/api/audiences", limit=1000)["audiences"]}
     return {
@@ -125,6 +127,7 @@ def show(console: Console, rep: dict) -> None:
     for k, v in sorted(rep["responses"].items()):
         r.add_row(k, str(v))
     console.print(r)
+    _show_returns(console, rep)
     _show_analytics(console, rep["analytics"])
     segs = ", ".join(f"{k}: {v}" for k, v in rep["segments"].items())
     auds = ", ".join(f"{k}: {v}" for k, v in rep["audiences"].items())
@@ -147,6 +150,11 @@ def _money(x: float | None) -> str:
     return "" if x is None else f"{x:,.0f}"
 
 
+def ltv_by_channels(omni: dict) -> list[dict]:
+    """The groups by number of channels that have customers (1, 2, 3+; unknown: no online or offline channel)."""
+    return [g for g in omni["groups"] if g["dimension"] == "channels" and g["customers"]]
+
+
 def _show_analytics(console: Console, a: dict) -> None:
     u = Table(title="Uplift against the holdouts, 30 days after entry (GET /api/analytics/uplift)",
               title_justify="left")  # fmt: skip
@@ -159,18 +167,33 @@ def _show_analytics(console: Console, a: dict) -> None:
                   _share(r["holdout_rate"]), interval, _money(r["incremental_revenue"]))  # fmt: skip
     console.print(u)
 
+    lt = Table(title="Lifetime value by number of channels (GET /api/analytics/omnichannel, groups)",
+               title_justify="left")  # fmt: skip
+    for col in ("channels used", "customers", "revenue per customer (period)",
+                "predicted 12-month CLV (95 % interval)"):
+        lt.add_column(col, justify="left" if col == "channels used" else "right")
+    for g in ltv_by_channels(a["omnichannel"]):
+        interval = "" if g["clv"] is None else f"{_money(g['clv'])} [{_money(g['clv_lo'])}, {_money(g['clv_hi'])}]"
+        lt.add_row(g["group"], str(g["customers"]), _money(g["value"]), interval)
+    console.print(lt)
+
     o = Table(title="Value per customer by channels used, against one channel (GET /api/analytics/omnichannel)",
               title_justify="left")  # fmt: skip
-    for col in ("group", "customers", "revenue per customer", "vs reference (95 % interval)", "reference"):
+    for col in ("group", "customers", "revenue per customer", "vs reference (95 % interval)",
+                "predicted 12-month CLV", "CLV vs reference", "reference"):  # fmt: skip
         o.add_column(col, justify="left" if col in ("group", "reference") else "right")
     customers = {(g["dimension"], g["group"]): g for g in a["omnichannel"]["groups"]}
+    clv = {(c["dimension"], c["group"], c["reference"]): c for c in a["omnichannel"]["comparisons"]
+           if c["metric"] == "clv"}  # fmt: skip
     for c in a["omnichannel"]["comparisons"]:
         if c["metric"] != "value":
             continue
         g = customers.get((c["dimension"], c["group"]), {})
+        k = clv.get((c["dimension"], c["group"], c["reference"]))
         o.add_row(f"{c['dimension']}: {c['group']}", str(g.get("customers", "")), _money(c["group_value"]),
                   f"{_pct(c['relative_difference'])} [{_pct(c['lo'])}, {_pct(c['hi'])}]",
-                  c["reference"])  # fmt: skip
+                  _money(k and k["group_value"]), k and f"{_pct(k['relative_difference'])} [{_pct(k['lo'])}, "
+                  f"{_pct(k['hi'])}]" or "", c["reference"])  # fmt: skip
     console.print(o)
     console.print("[dim]The seeds claim customers on several touchpoints are worth ~30 % more (\\[s000]); here that is "
                   "what the model's assumptions produce, measured by the report a brand would run.[/dim]")  # fmt: skip
@@ -182,3 +205,49 @@ def _show_analytics(console: Console, a: dict) -> None:
         r.add_row(d["direction"], str(d["purchases"]), str(d["roomed"]), _share(d["share"]),
                   _share(d["revenue_share"]))  # fmt: skip
     console.print(r)
+    _show_attribution(console, a["attribution"])
+
+
+def attribution_table(att: dict) -> tuple[list[str], list[str], dict[tuple[str, str], float]]:
+    """The channels (most credited first, over every model), the models, and the conversions each model credits
+    each channel with."""
+    credit = {(r["label"], r["model"]): r["conversions"] for r in att["rows"]}
+    channels = sorted({lab for lab, _m in credit}, key=lambda lab: (-sum(v for (x, _m), v in credit.items()
+                                                                          if x == lab), lab))  # fmt: skip
+    return channels, list(att["models"]), credit
+
+
+def _show_attribution(console: Console, att: dict) -> None:
+    channels, models, credit = attribution_table(att)
+    t = Table(title="Attribution by model: conversions credited to each channel (GET /api/analytics/attribution)",
+              title_justify="left")  # fmt: skip
+    t.add_column("channel")
+    for m in models:
+        t.add_column(m, justify="right")
+    for ch in channels:
+        t.add_row(ch, *(f"{credit.get((ch, m), 0.0):.1f}" for m in models))
+    console.print(t)
+    tot = att["totals"]
+    console.print(f"[dim]{tot.get('conversions', '?')} conversions, {_money(tot.get('revenue'))} revenue in all; a "
+                  "touchpoint is a visit, a store or call-centre interaction, or engagement with a message (never a "
+                  "send). The models disagree most on channels that open journeys (first touch) and those that "
+                  "close them (last touch).[/dim]")  # fmt: skip
+    for w in att.get("warnings", []):
+        console.print(f"[yellow]warning[/yellow]: {escape(w)}")
+
+
+def returns(rep: dict) -> dict:
+    """Returns as the model made them, and the refunds and net revenue of the omnichannel report (the lake)."""
+    tot = rep["analytics"]["omnichannel"]["totals"]
+    return {"made": rep["actions"].get("return", 0), "refunds": tot["refunds"], "revenue": tot["revenue"],
+            "refunded": tot["refunded"], "net_revenue": tot["net_revenue"]}  # fmt: skip
+
+
+def _show_returns(console: Console, rep: dict) -> None:
+    r = returns(rep)
+    t = Table(title="Revenue and returns over the period (GET /api/analytics/omnichannel, totals)",
+              title_justify="left")  # fmt: skip
+    for col in ("orders' revenue", "returns made", "refunds recorded", "refunded", "net revenue"):
+        t.add_column(col, justify="right")
+    t.add_row(_money(r["revenue"]), str(r["made"]), str(r["refunds"]), _money(r["refunded"]), _money(r["net_revenue"]))
+    console.print(t)

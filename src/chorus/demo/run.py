@@ -253,8 +253,9 @@ class _Loop:
                 api.track(routes.pop(events.SERVER), server=True)
             if routes.get(events.CLIENT):
                 api.track(routes.pop(events.CLIENT))
-            for source, rows in routes.items():  # the tills' (call centre's, mailing house's) export of the hour
-                api.import_rows(source, rows, f"{source}-{until:%Y%m%d%H%M}")
+            for route, rows in routes.items():  # the tills' (call centre's, mailing house's) export of the hour
+                source, mapping = events.IMPORT_FILES[route]
+                api.import_rows(source, rows, f"{route}-{until:%Y%m%d%H%M}", mapping)
 
     def make_callback(self, cb) -> None:
         if cb.kind == "twilio":

@@ -103,6 +103,8 @@ class World:
             if a.kind in ("order", "store_purchase"):
                 self.tally.purchases["store" if a.kind == "store_purchase" else "online"] += 1
                 self.tally.revenue += sum((BRAND.product(s).price for s in a.skus), Decimal(0))
+            if a.via and a.kind in ("order", "store_purchase"):  # a purchase a message caused, now really made
+                self.tally.responses[f"purchase:{'store' if a.kind == 'store_purchase' else 'online'}"] += 1
             self._note(c, a)
             out.append((c, a, mid))
         return out
@@ -185,8 +187,8 @@ class World:
         for what in ("opened", "clicked", "unsubscribed"):
             if getattr(r, what):
                 self.tally.responses[f"{d.channel}:{what}"] += 1
-        if r.purchase:
-            self.tally.responses[f"purchase:{r.purchase}"] += 1
+        if r.purchase:  # counted when it is made (due_actions): not if it would fall after the period, nor online
+            # by someone who has no account
             self._purchase(c, at + timedelta(minutes=10), r.purchase, key, (d.channel, d.message_id))
 
     def wasted(self, c: model.Customer, template: str, now: datetime) -> str | None:
@@ -211,7 +213,7 @@ class World:
         n = next(self.extra)
         if where == "store":
             self._later(model.Action(at, c.index, "store_purchase", "store", skus=skus,
-                                     order_id=f"rcpt-{c.index}-m{n}", store=c.home_store))  # fmt: skip
+                                     order_id=f"rcpt-{c.index}-m{n}", store=c.home_store, via=via))  # fmt: skip
         elif c.index in self.signed_up:  # an online order needs her account
             self._later(model.Action(at, c.index, "order", "app" if c.app_device else "web", signed_in=True,
                                      skus=skus, cart_id=cart[0] if cart else None, order_id=f"ord-{c.index}-m{n}",
