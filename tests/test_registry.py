@@ -199,6 +199,8 @@ def test_a_setting_hook_hears_a_change_in_its_transaction_and_only_a_change(engi
     ({"identifiers": {"email": {}}}, r"^settings\.identifiers\.email: not an allowed identifier name$"),
     ({"trait_policies": {"visits": "avg"}}, r"^settings\.trait_policies: each policy must be one of "),
     ({"messaging": {"colour": "red"}}, r"^settings\.messaging\.colour is not a messaging setting$"),
+    ({"messaging": {"timezone": "America"}}, r"^settings\.messaging\.timezone 'America' is not an IANA time zone$"),
+    ({"messaging": {"timezone": "localtime"}}, r"^settings\.messaging\.timezone 'localtime' is not an IANA "),
     ({"audiences": []}, r"^settings\.audiences must be an object"),
     ({"attribution": {"lookback_days": -1}}, r"^settings\.attribution\.lookback_days: "),
 ])  # fmt: skip

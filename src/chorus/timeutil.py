@@ -70,14 +70,27 @@ def iso(dt: datetime) -> str:
 UTC_ZONE = ZoneInfo("UTC")
 
 
+# names the host's zoneinfo resolves by its own configuration: two hosts could read them differently
+HOST_ZONES = frozenset({"localtime", "posixrules", "Factory"})
+
+
+def known_zone(name: object) -> ZoneInfo | None:
+    """The IANA zone ``name``, or None when it is not text, too long, unknown, a directory (``America``) or a
+    host-dependent name."""
+    if not isinstance(name, str) or not name or len(name) > 64 or name in HOST_ZONES:
+        return None
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return None
+
+
 def zone(name: object, fallback: object = None) -> ZoneInfo:
     """The IANA zone ``name``; when it is absent or unknown (a profile's zone comes from a device), ``fallback``'s
     (the workspace's ``messaging.timezone``), else UTC. Every local time of a person goes through this rule: segment
     dates, journey waits and schedules, quiet hours."""
     for candidate in (name, fallback):
-        if isinstance(candidate, str) and candidate and len(candidate) <= 64:
-            try:
-                return ZoneInfo(candidate)
-            except (ZoneInfoNotFoundError, ValueError, OSError):
-                continue
+        found = known_zone(candidate)
+        if found is not None:
+            return found
     return UTC_ZONE

@@ -216,8 +216,8 @@ def test_a_person_whose_timer_fails_is_decided_at_its_first_instant_when_it_is_t
 
 
 def test_a_timer_that_keeps_failing_is_tried_less_and_less_often(engine, ws, clock, worker, monkeypatch):
-    """The waits double from a minute (store.retry_after), at most a day; the instant it first fell due is kept, and
-    when the cause is gone she is decided then."""
+    """The waits double from a minute (store.retry_after), at most a day, counted from the first failure however late
+    the timer was; the instant it first fell due is kept, and when the cause is gone she is decided then."""
     define(engine, ws, "recent", {"performed": {"event": "Product Viewed", "window": "1d"}})
     settle(worker)
     send(engine, ws, [ev("Product Viewed", T0)], received_at=T0)
@@ -232,7 +232,7 @@ def test_a_timer_that_keeps_failing_is_tried_less_and_less_often(engine, ws, clo
 
     monkeypatch.setattr(seg, "decide", flaky)
     due = T0 + timedelta(days=1)
-    clock.at = due
+    clock.at = due + timedelta(hours=6)  # late (a worker was down): the first retry is still a minute later
     retries = []
     for _ in range(16):
         settle(worker, 1)
@@ -242,7 +242,7 @@ def test_a_timer_that_keeps_failing_is_tried_less_and_less_often(engine, ws, clo
         retries.append(row.due_at - clock.at)
         clock.at = row.due_at
     minutes = [int(r.total_seconds() // 60) for r in retries]
-    assert minutes[:8] == [1, 1, 2, 4, 8, 16, 32, 64]
+    assert minutes[:8] == [1, 2, 4, 8, 16, 32, 64, 128]
     assert max(retries) == timedelta(days=1) and minutes[-1] == 24 * 60  # a day at most
     broken[0] = False
     settle(worker, 1)
@@ -599,3 +599,46 @@ def test_a_change_of_the_workspaces_time_zone_computes_again_the_segments_that_r
     workspaces.update_settings(engine, ws, {"messaging": {"timezone": "Europe/Paris"}})
     settle(worker)
     assert members(engine, ws, "november") == {pid}
+
+
+def test_a_change_of_identifier_channels_computes_reachable_segments_again(engine, ws, clock, worker):
+    """settings.identifiers decides which identifiers are addresses of which channel (IdentityConfig.address_channels),
+    which `reachable` reads: a change computes those segments again (found by a review)."""
+    from chorus.identity.identifiers import DEFAULT_DECLARED
+    from chorus.segments import load
+    from chorus.segments.evaluate import evaluate
+
+    define(engine, ws, "pushable", {"reachable": {"channel": "push"}})
+    settle(worker)
+    msg = ev("App Opened", T0)
+    msg["context"]["device"] = {"type": "ios", "token": "tok-123"}
+    send(engine, ws, [msg], received_at=T0)
+    settle(worker)
+    pid = profile_of(engine, ws, "user_id:u1")
+    assert members(engine, ws, "pushable") == {pid}
+    declared = {**DEFAULT_DECLARED, "device_token": {"known": False, "unique": False}}  # no longer a push address
+    workspaces.update_settings(engine, ws, {"identifiers": declared})
+    settle(worker)
+    with engine.connect() as conn:
+        w = workspaces.get(conn, ws)
+        who = load.people(conn, ws, [pid], w.identity, zone_default=w.timezone)[pid]
+        now_answer = evaluate(rules.parse({"reachable": {"channel": "push"}}), who, clock.at).value
+    assert not now_answer and members(engine, ws, "pushable") == set()
+
+
+def test_a_change_of_topics_computes_subscribed_segments_again(engine, ws, clock, worker):
+    """An opt-out topic made opt-in: nobody has granted it, so nobody is subscribed any more."""
+    workspaces.update_settings(engine, ws, {"messaging": {"topics": {"offers": {"mode": "opt_out"}}}})
+    define(engine, ws, "offers", {"subscribed": {"channel": "email", "topic": "offers"}})
+    settle(worker)
+    msg = ev("Signed Up", T0)
+    msg["type"] = "identify"
+    msg.pop("event")
+    msg["traits"] = {"email": "a@example.com"}
+    send(engine, ws, [msg], received_at=T0)
+    settle(worker)
+    pid = profile_of(engine, ws, "user_id:u1")
+    assert members(engine, ws, "offers") == {pid}
+    workspaces.update_settings(engine, ws, {"messaging": {"topics": {"offers": {"mode": "opt_in"}}}})
+    settle(worker)
+    assert members(engine, ws, "offers") == set()

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from chorus.messaging.policy import MESSAGE_CHANNELS
 from chorus.messaging.providers import ConfigError, build, is_sink
+from chorus.timeutil import known_zone
 
 
 def validate(value: object) -> dict:
@@ -80,8 +80,5 @@ def _check_pacing(value: dict) -> None:
     if value.get("pacing_action", "defer") not in ("defer", "drop"):
         raise ValueError("settings.messaging.pacing_action must be defer or drop")
     tz = value.get("timezone")
-    if tz is not None:
-        try:
-            ZoneInfo(tz)
-        except (ZoneInfoNotFoundError, ValueError, TypeError):
-            raise ValueError(f"settings.messaging.timezone {tz!r} is not an IANA time zone") from None
+    if tz is not None and known_zone(tz) is None:  # the rule every local time follows (timeutil.zone)
+        raise ValueError(f"settings.messaging.timezone {tz!r} is not an IANA time zone") from None

@@ -15,6 +15,7 @@ def register(registry) -> None:
 
     registry.erasure("segments", store.forget, tables=store.TABLES)
     registry.on_setting("messaging", "segments", store.messaging_changed)
+    registry.on_setting("identifiers", "segments", store.identifiers_changed)
     registry.consumer(engine.CONSUMER, engine.consumer())
     registry.task("segment_timers", each_pass(engine.due), step=Step.DECIDE, label="segment timers")
     registry.task("segment_batch", engine.BatchTask, step=Step.DECIDE, label="segment batch computation")

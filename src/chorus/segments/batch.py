@@ -197,11 +197,11 @@ def set_timers(conn: Connection, ws: str, segment_id: str, ids: list[str], due: 
     t = segment_timers.c
     conn.execute(segment_timers.delete().where(t.workspace_id == ws, t.segment_id == segment_id,
                                                bulk.in_(t.profile_id, ids, conn.dialect.name)))  # fmt: skip
-    rows = [{"workspace_id": ws, "segment_id": segment_id, "profile_id": pid, "due_at": at, "first_due": None}
-            for pid, at in sorted(due.items()) if at is not None]  # fmt: skip
+    rows = [{"workspace_id": ws, "segment_id": segment_id, "profile_id": pid, "due_at": at, "first_due": None,
+             "attempts": 0} for pid, at in sorted(due.items()) if at is not None]  # fmt: skip
     if rows:
         bulk.insert_rows(conn, segment_timers, rows, conflict=["workspace_id", "segment_id", "profile_id"],
-                         update=["due_at", "first_due"])  # fmt: skip
+                         update=["due_at", "first_due", "attempts"])  # fmt: skip
 
 
 # -- one chunk --------------------------------------------------------------------------------------------------------

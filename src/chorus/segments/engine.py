@@ -461,8 +461,8 @@ def due(engine: Engine, limit: int = 500, clock: Callable[[], datetime] | None =
     profile rows in one statement in id order, skipping those another worker holds (it is evaluating her, and her
     timers are still due at the next pass), then their timers. The people are evaluated together
     (``Evaluator.people``); if that fails, each alone, and a person whose evaluation fails is rolled back alone and
-    tried again later: a minute, then as long again as her timer has waited, a day at most (``store.retry_after``),
-    still decided at the instant it first fell due."""
+    tried again later: a minute, then twice as long after each failure, a day at most (``store.retry_after``), still
+    decided at the instant it first fell due."""
     at = (clock or now)()
     with engine.begin() as conn:
         rows = conn.execute(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cached_property, lru_cache
@@ -31,6 +31,7 @@ from chorus.store.tables import (
     segments,
     static_lists,
 )
+from chorus.timeutil import zone
 
 ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
@@ -152,17 +153,26 @@ def lock_definitions(conn: Connection, ws: str, *, shared: bool = False) -> None
 def messaging_changed(conn: Connection, ws: str, before: dict | None, after: dict | None) -> None:
     """The workspace's ``messaging`` settings changed. Segments answer with two of them: ``timezone`` (the local
     dates of people with no zone of their own) and ``topics`` (``reachable``/``subscribed``). The segments that read
-    a changed one are computed again by the batch, from the start, as after a rule change: their members and timers
-    were decided with the old setting. The definitions lock (exclusive) waits for the evaluations under way, so none
-    of them commits an answer of the old setting after the batch has read the new one."""
+    a changed one are computed again by the batch (:func:`_compute_again`)."""
     before, after = before or {}, after or {}
-    zone_moved = before.get("timezone") != after.get("timezone")
+    zone_moved = zone(before.get("timezone")).key != zone(after.get("timezone")).key  # unset and "UTC" are one
     topics_moved = before.get("topics") != after.get("topics")
-    if not (zone_moved or topics_moved):
-        return
+    if zone_moved or topics_moved:
+        _compute_again(conn, ws, lambda i: (zone_moved and i.timezone) or (topics_moved and i.consent))
+
+
+def identifiers_changed(conn: Connection, ws: str, before, after) -> None:
+    """``settings.identifiers`` says which identifiers are addresses of which channel: ``reachable`` reads it."""
+    _compute_again(conn, ws, lambda i: i.consent)
+
+
+def _compute_again(conn: Connection, ws: str, reads: Callable[[r.Inputs], bool]) -> None:
+    """The segments whose inputs ``reads`` are computed again by the batch, from the start, as after a rule change:
+    their members and timers were decided with the old setting. The definitions lock (exclusive) waits for the
+    evaluations under way, so none of them commits an answer of the old setting after the batch has read the new
+    one (and the settings change waits for them: a long batch step delays it, as it delays a save)."""
     lock_definitions(conn, ws)
-    stale = sorted(sid for sid, d in definitions(conn, ws).items()
-                   if (zone_moved and d.inputs.timezone) or (topics_moved and d.inputs.consent))  # fmt: skip
+    stale = sorted(sid for sid, d in definitions(conn, ws).items() if reads(d.inputs))
     if stale:
         _changed(conn)
         conn.execute(segments.update().where(segments.c.workspace_id == ws, bulk.in_(segments.c.id, stale,
@@ -272,30 +282,31 @@ def set_timers_many(conn: Connection, ws: str, due: dict[str, dict[str, datetime
     if rows:
         insert = (pg_sql.insert if conn.dialect.name == "postgresql" else sqlite_sql.insert)(segment_timers)
         conn.execute(insert.on_conflict_do_update(index_elements=["workspace_id", "segment_id", "profile_id"],
-                                                  set_={"due_at": insert.excluded.due_at, "first_due": None}),
+                                                  set_={"due_at": insert.excluded.due_at, "first_due": None,
+                                                        "attempts": 0}),
                      rows)  # fmt: skip
 
 
 RETRY_FIRST, RETRY_MOST = timedelta(minutes=1), timedelta(days=1)
 
 
-def retry_after(first_due: datetime, at: datetime) -> datetime:
-    """When a timer first due at ``first_due`` whose evaluation failed at ``at`` is tried again: after as long as it
-    has already waited, at least a minute, at most a day. The waits double (1, 1, 2, 4, 8 minutes, ...): a profile
-    whose evaluation fails for good costs a few tries a day, not one a minute for ever, and a passing cause (a
-    deadlock, a restart) is retried within a minute."""
-    return at + min(max(at - first_due, RETRY_FIRST), RETRY_MOST)
+def retry_after(attempts: int, at: datetime) -> datetime:
+    """When a timer whose evaluation failed at ``at``, after ``attempts`` earlier failures, is tried again: a minute
+    later, twice as long after each failure (1, 2, 4, 8 ... minutes), a day at most. A passing cause (a deadlock, a
+    restart) is retried within a minute however late the timer was; a profile whose evaluation fails for good costs
+    a try a day, not one a minute for ever."""
+    return at + min(RETRY_FIRST * 2 ** min(attempts, 16), RETRY_MOST)
 
 
 def postpone_timers(conn: Connection, where: tuple, at: datetime) -> None:
     """Try these timers again later (an evaluation failed at ``at``: :func:`retry_after`), each keeping the instant
     it was first due. Failing timers are few: read and written one by one."""
     t = segment_timers.c
-    rows = conn.execute(sa.select(t.workspace_id, t.segment_id, t.profile_id,
+    rows = conn.execute(sa.select(t.workspace_id, t.segment_id, t.profile_id, t.attempts,
                                   sa.func.coalesce(t.first_due, t.due_at)).where(*where)).all()  # fmt: skip
-    for ws, sid, pid, first in rows:
+    for ws, sid, pid, attempts, first in rows:
         conn.execute(segment_timers.update().where(t.workspace_id == ws, t.segment_id == sid, t.profile_id == pid)
-                     .values(due_at=retry_after(first, at), first_due=first))  # fmt: skip
+                     .values(due_at=retry_after(attempts, at), first_due=first, attempts=attempts + 1))  # fmt: skip
 
 
 def enter_many(conn: Connection, ws: str, entries: list[tuple[str, str, str]], at: datetime,
@@ -361,8 +372,9 @@ def set_timer(conn: Connection, ws: str, segment_id: str, profile_id: str, due: 
         conn.execute(segment_timers.delete().where(*key))
         return
     bulk.insert_rows(conn, segment_timers, [{"workspace_id": ws, "segment_id": segment_id, "profile_id": profile_id,
-                                              "due_at": due, "first_due": None}],
-                     conflict=["workspace_id", "segment_id", "profile_id"], update=["due_at", "first_due"])  # fmt: skip
+                                              "due_at": due, "first_due": None, "attempts": 0}],
+                     conflict=["workspace_id", "segment_id", "profile_id"],
+                     update=["due_at", "first_due", "attempts"])  # fmt: skip
 
 
 def forget_profile_rows(conn: Connection, ws: str, profile_ids: list[str]) -> dict[str, int]:

@@ -482,6 +482,8 @@ segment_timers = sa.Table(
     sa.Column("due_at", UTCDateTime, nullable=False),
     # the instant it was first due, kept when a failed evaluation postpones due_at: the person is decided then
     sa.Column("first_due", UTCDateTime, nullable=True),
+    # failed evaluations since it was set: the next try waits a minute, doubled each time, a day at most
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Index("ix_segment_timers_due", "due_at"),
     # a person's timers (the engine reads them once per evaluation; a merge or an erasure deletes them)
     sa.Index("ix_segment_timers_profile", "workspace_id", "profile_id", "segment_id", "due_at"),

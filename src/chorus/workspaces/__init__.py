@@ -247,6 +247,10 @@ def update_settings(engine: Engine, ws_id: str, patch: dict, registry: Registry 
     registry = registry or installed_registry()
     clean = validate_settings(patch, registry)
     with engine.begin() as conn:
+        # the row locked before it is read (PostgreSQL): a hook may wait (segments for the evaluations under way),
+        # and a concurrent change must not be overwritten by this one's older read, nor be heard against it
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.select(workspaces.c.id).where(workspaces.c.id == ws_id).with_for_update())
         ws = get(conn, ws_id)
         settings = {**ws.settings, **clean}
         for key, value in clean.items():
