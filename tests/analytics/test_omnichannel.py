@@ -323,9 +323,11 @@ def test_several_currencies_are_flagged(tmp_path):
 def test_refunds_and_net_revenue(tmp_path):
     """`Order Refunded` events of the period lower the net revenue by their amount (the lake's revenue: the payload's
     revenue, else its total); the groups
-    stay gross; a refund outside the period, of an unknown person, or with a negative amount does not count."""
+    stay gross; a refund outside the period, of an unknown person, or with a negative amount does not count, and one
+    reported twice (its order_id) counts once, as orders do."""
     w = shop(LakeWriter(tmp_path))
     w.event("a", 48, "Order Refunded", revenue=100.0, order_id="A1")
+    w.event("a", 49, "Order Refunded", channel="server", revenue=100.0, order_id="A1")  # the back end reports it too
     w.event("c", 72, "Order Refunded", channel="store", revenue=40.0, order_id="C2")  # the till
     w.event("b", 96, "Order Refunded", revenue=-5.0, order_id="B1")  # counted, as 0
     w.event(None, 96, "Order Refunded", revenue=70.0, order_id="X")  # nobody known

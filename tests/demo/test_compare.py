@@ -211,6 +211,22 @@ def test_compare_is_refused_on_postgresql_and_with_an_existing_second_store(tmp_
     assert not (tmp_path / "demo.db").exists() and not (tmp_path / "outbox").exists()
 
 
+def test_compare_refuses_serve_and_leaves_the_charts_of_another_run_alone(tmp_path):
+    """--compare prints its own comparison: --serve (which store?) is refused before anything is made, and a
+    charts directory another run filled neither stops it nor is emptied by --replace (review)."""
+    r = demo(tmp_path, "--compare", "--serve", "--customers", "5", "--days", "1", timeout=60)
+    assert r.returncode == 2 and "--serve" in r.stderr, r.stderr[-500:]
+    assert not (tmp_path / "demo.db").exists() and not (tmp_path / "outbox").exists()
+    charts = tmp_path / "chorus-demo-charts"
+    charts.mkdir()
+    (charts / ".chorus-demo").write_text("")
+    (charts / "uplift.png").write_bytes(b"a chart")
+    r = demo(tmp_path, "--compare", "--replace", "--json", "--customers", "30", "--days", "7", "--start", START,
+             timeout=180)
+    assert r.returncode == 0, r.stderr[-800:]
+    assert (charts / "uplift.png").read_bytes() == b"a chart"
+
+
 
 def test_the_text_report_shows_the_comparison_the_assumptions_and_the_claims(run):
     """What a person running `chorus demo --compare` in a terminal reads (the tests above read --json)."""

@@ -259,9 +259,13 @@ def refund_totals(lake, cfg: tp.Config, period: tp.Period) -> tuple[int, float]:
     """The refunds of the period (every ``Order Refunded`` event of a known person, valued by its ``revenue``, else
     ``total``, as orders are; a missing or negative amount counts as 0) and their sum: ``net_revenue`` in the totals
     is the orders' revenue minus this sum. A refund is not tied to its order: one of an order made before the period
-    counts too, as a brand's books count it."""
+    counts too, as a brand's books count it. The same ``order_id`` refunded twice (the shop and the server both
+    report it) counts once, as orders do (``touchpoints.conversions``)."""
     ev = tp.resolved_events(lake, cfg, period)
     r = ev.filter((ev.type == "track") & (ev.event == REFUND_EVENT))
+    r = r.mutate(_key=ibis.coalesce(r.order_id, r.seq.cast("string")))
+    w = ibis.window(group_by=r.profile_id, order_by=[r._key, r.timestamp, r.seq])
+    r = r.filter(ibis.coalesce(r._key.lag().over(w) != r._key, True))  # the first report of each refund
     r = within(r.mutate(ts=r.timestamp), period)
     amount = ibis.cases((r.revenue.isnull() | r.revenue.isnan() | (r.revenue < 0), 0.0), else_=r.revenue)
     got = r.aggregate(n=r.count(), amount=amount.sum()).to_pyarrow().to_pylist()[0]

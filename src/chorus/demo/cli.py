@@ -175,8 +175,12 @@ def demo(
     if compare:
         from chorus.demo import compare as comparison
 
+        if serve:  # two stores: which one would it serve? (refused before anything is made)
+            raise typer.BadParameter("--serve does not go with --compare (two stores): serve one of them with "
+                                     "`chorus serve` afterwards", param_hint="--serve")
         comparison.check(db, replace)
-    chartdir, empty_charts = _empty_dir(charts, "--charts", replace)
+    # --compare prints its own comparison: no charts, so their directory is neither checked nor touched
+    chartdir, empty_charts = (None, False) if compare else _empty_dir(charts, "--charts", replace)
     _check_db(db, replace)
     if serve:
         _check_port(port)
@@ -185,7 +189,8 @@ def demo(
         _remove_sqlite(db)
     _prepare_dir(outdir, empty_out)
     _prepare_dir(lakedir, empty_lake)
-    _prepare_dir(chartdir, empty_charts)
+    if chartdir is not None:
+        _prepare_dir(chartdir, empty_charts)
     opts = Options(customers, days, seed, db, outdir, lakedir, first, timedelta(minutes=step_minutes), model_params)
     log_path = os.path.join(os.path.dirname(outdir), "chorus-demo.log")
     logged = _log_to(log_path)
