@@ -265,7 +265,9 @@ def refund_totals(lake, cfg: tp.Config, period: tp.Period) -> tuple[int, float]:
     r = ev.filter((ev.type == "track") & (ev.event == REFUND_EVENT))
     r = r.mutate(_key=ibis.coalesce(r.order_id, r.seq.cast("string")))
     w = ibis.window(group_by=r.profile_id, order_by=[r._key, r.timestamp, r.seq])
-    r = r.filter(ibis.coalesce(r._key.lag().over(w) != r._key, True))  # the first report of each refund
+    # The window goes in a column before the filter: a window inside a filter compiles to SQL Spark cannot resolve.
+    r = r.mutate(_first=ibis.coalesce(r._key.lag().over(w) != r._key, True))
+    r = r.filter(r._first)  # the first report of each refund
     r = within(r.mutate(ts=r.timestamp), period)
     amount = ibis.cases((r.revenue.isnull() | r.revenue.isnan() | (r.revenue < 0), 0.0), else_=r.revenue)
     got = r.aggregate(n=r.count(), amount=amount.sum()).to_pyarrow().to_pylist()[0]
