@@ -118,6 +118,10 @@ def check_run(dr: Driver) -> None:
         assert all(k.startswith(s.instance_id + ":") for k in keys)
         exits = [i for i, c in enumerate(cmds) if isinstance(c, j.Exit)]
         assert len(exits) <= 1 and (not exits or exits[0] == len(cmds) - 1), "nothing after an exit"
+        if exits:  # leaving because the messages stopped being relevant withdraws every one sent; an end, none
+            ex, sent = cmds[exits[0]], tuple(c.key for c in cmds if isinstance(c, j.Send))
+            irrelevant = ex.reason in ("goal reached", "journey stopped") or ex.reason.startswith("exit[")
+            assert ex.withdraw == (sent if irrelevant else ()), (ex, sent)
         set_keys = [c.key for c in cmds if isinstance(c, j.SetTimer)]
         cancelled = {c.key for c in cmds if isinstance(c, j.CancelTimer)}
         live = {k for k, (_, iid) in dr.timers.items() if iid == s.instance_id}

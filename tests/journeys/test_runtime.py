@@ -15,10 +15,12 @@ from chorus.profiles import feed, privacy
 from chorus.store.tables import (
     events,
     feed_pending,
+    identifiers,
     journey_held,
     journey_instances,
     journey_records,
     journey_timers,
+    message_status,
     messages,
     profile_changes,
 )
@@ -782,3 +784,92 @@ def test_an_input_only_a_version_published_during_a_pause_hears_is_held_and_give
     settle(worker)
     (inst,) = instances(engine, ws, "nurture")
     assert (inst.version, inst.status) == (2, "exited")
+
+
+# -- messages that stopped being relevant -----------------------------------------------------------------------------
+QUIET = {"messaging": {"timezone": "UTC", "quiet_hours": {"start": "08:00", "end": "20:00", "channels": ["in_app"]}}}
+REMIND = {**NOW, "goal": {"event": {"event": "Order Completed"}, "within": "7d"}, "exit_on_goal": True,
+          "exit": [{"event": {"event": "Unsubscribed"}}]}  # fmt: skip
+
+
+def message_rows(engine, ws, jid="cart"):
+    """(user, status, reason) of the journey's messages, by user id."""
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(messages.c.profile_id, messages.c.status, messages.c.reason).where(
+            messages.c.workspace_id == ws, messages.c.journey_id == jid)).all()  # fmt: skip
+    with engine.connect() as conn:
+        users = {pid: ident.removeprefix("user_id:") for pid, ident in conn.execute(
+            sa.select(identifiers.c.profile_id, identifiers.c.ident).where(
+                identifiers.c.workspace_id == ws, identifiers.c.ident.startswith("user_id:")))}  # fmt: skip
+    return {users[r.profile_id]: (r.status, r.reason) for r in rows}
+
+
+def quiet_workspace(engine, ws, worker, clock):
+    from chorus import registry as reg
+    from chorus import workspaces
+
+    workspaces.update_settings(engine, ws, QUIET, registry=reg.installed())
+    worker.task("deliver").clock = clock  # delivery on the test's clock too: it checks quiet hours again
+
+
+def test_a_deferred_message_is_withdrawn_when_she_converts_or_exits_and_sent_otherwise(engine, ws, clock, worker):
+    """The reminder waits out quiet hours (08:00–20:00 here) in the outbox. The person who buys meanwhile (in a store:
+    another channel) and the one who meets the exit criterion never get it; the one who does neither gets it at 20:00,
+    although her instance ended at once (its last step was that message)."""
+    quiet_workspace(engine, ws, worker, clock)
+    publish(engine, ws, REMIND)
+    send(engine, ws, [ev("Product Added", T0, user=u, cart_id=u) for u in ("u1", "u2", "u3")], T0)
+    settle(worker)
+    assert {u: s for u, (s, _) in message_rows(engine, ws).items()} == {"u1": "queued", "u2": "queued", "u3": "queued"}
+    # at the end of their path already (its last step was the message), tracked for the goal window
+    assert [i.status for i in instances(engine, ws)] == ["tracking"] * 3
+
+    clock.at = T0 + timedelta(minutes=30)
+    send(engine, ws, [ev("Order Completed", clock.at, channel="store"),
+                      ev("Unsubscribed", clock.at, user="u2")], clock.at)  # fmt: skip
+    settle(worker)
+    got = message_rows(engine, ws)
+    # converting withdraws what she was sent (the message is about the cart she has now bought), as does an exit
+    assert got["u1"] == ("skipped", "withdrawn: journey cart: the person left it (goal reached) before it went out")
+    assert got["u2"] == ("skipped", "withdrawn: journey cart: the person left it (exit[0] met) before it went out")
+    assert got["u3"][0] == "queued"
+
+    clock.at = T0 + timedelta(hours=11, minutes=1)  # 20:01: quiet hours over
+    settle(worker)
+    got = message_rows(engine, ws)
+    assert [got[u][0] for u in ("u1", "u2", "u3")] == ["skipped", "skipped", "sent"]
+    with engine.connect() as conn:
+        sent = conn.execute(sa.select(sa.func.count()).select_from(messages).join(
+            message_status, message_status.c.message_id == messages.c.id).where(
+            messages.c.workspace_id == ws, message_status.c.status == "sent")).scalar()  # fmt: skip
+    assert sent == sum(1 for s, _ in got.values() if s == "sent")
+
+
+def test_a_message_sent_and_withdrawn_in_one_claim_never_goes_out(engine, ws, clock, worker):
+    """Her cart and her purchase reach the journey together (a batch, a backlog): the reminder is queued and withdrawn
+    in one transaction."""
+    quiet_workspace(engine, ws, worker, clock)
+    publish(engine, ws, REMIND)
+    send(engine, ws, [ev("Product Added", T0, cart_id="A"), ev("Order Completed", T0 + timedelta(seconds=1))], T0)
+    settle(worker)
+    assert message_rows(engine, ws)["u1"][0] == "skipped"
+    (inst,) = instances(engine, ws)
+    assert inst.status == "exited" and inst.state["exit_reason"] == "goal reached"
+
+
+def test_stopping_a_journey_withdraws_what_it_has_not_sent_yet(engine, ws, clock, worker):
+    quiet_workspace(engine, ws, worker, clock)
+    publish(engine, ws, REMIND)
+    send(engine, ws, [ev("Product Added", T0, cart_id="A")], T0)
+    settle(worker)
+    assert message_rows(engine, ws)["u1"][0] == "queued"
+    with engine.begin() as conn:
+        manage.control(conn, ws, "cart", "stop", T0)
+    settle(worker)
+    assert message_rows(engine, ws)["u1"] == (
+        "skipped",
+        "withdrawn: journey cart: the person left it (journey stopped) before it went out",
+    )
+    clock.at = T0 + timedelta(hours=12)
+    settle(worker)
+    assert message_rows(engine, ws)["u1"][0] == "skipped"

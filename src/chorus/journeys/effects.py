@@ -16,6 +16,8 @@ idempotency keys, so nothing happens twice.
   following a segment, is an error recorded on the journey.
 - ``Webhook``: queued on the same connection and delivered by a worker task, never inside the transaction
   (``journeys.webhooks``).
+- ``Exit`` with messages to withdraw (the goal reached, an exit criterion met, the journey stopped): the outbox skips
+  those of them not gone out yet (``outbox.withdraw``), after the claim's messages; one being sent is left alone.
 """
 
 from __future__ import annotations
@@ -51,6 +53,24 @@ def send_all(claim: Claim, items: list) -> None:
     for (run, s, c, _), (result, _created) in zip(items, results, strict=True):
         if isinstance(result, ChorusError):
             run.error(s, c, result)
+
+
+@effect(j.Exit)
+def withdraw(run: PersonRun, s: j.State, c: j.Exit) -> None:
+    """An instance left because its messages stopped being relevant (interpreter ``Exit.withdraw``): those not gone
+    out yet are withdrawn, in the transition's transaction, after the claim's messages (one it sent in this very
+    claim included)."""
+    assert run.claim is not None
+    run.claim.defer("withdrawals", (s, c))
+
+
+@flush("withdrawals")
+def withdraw_all(claim: Claim, items: list) -> None:
+    outbox.withdraw(claim.conn, claim.ws, [(key, _why(s, c)) for s, c in items for key in c.withdraw], claim.at)
+
+
+def _why(s: j.State, c: j.Exit) -> str:
+    return f"journey {s.journey_id}: the person left it ({c.reason}) before it went out"
 
 
 @effect(j.UpdateTrait)

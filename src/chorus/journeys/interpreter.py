@@ -200,6 +200,11 @@ class Record:
 @dataclass(frozen=True, slots=True)
 class Exit:
     reason: str
+    # The idempotency keys of the instance's messages to withdraw if they have not gone out yet (deferred by caps or
+    # quiet hours, waiting for a retry): every message it sent when it leaves because the message stopped being
+    # relevant (its goal reached, an exit criterion met, the journey stopped); none at the end of its path, whose
+    # last step is often the very message still on its way.
+    withdraw: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -440,7 +445,7 @@ def step(defn: d.Definition, state: State, inp: Input, ctx: Context) -> tuple[St
     else:
         fired = None
     if ctx.status == "stopped":
-        run.exit("journey stopped")
+        run.exit("journey stopped", withdraw=True)
     elif run.s.status == "new":
         # Admitted while paused, it begins with its own entry input, given again on resume in time order. An input
         # given before that one (stamped earlier: it happened before the instance existed) changes nothing, as in
@@ -495,11 +500,11 @@ class _Run:
                        key=lambda e: e.at)  # fmt: skip
         return any(self.criteria(e) for e in later)
 
-    def exit(self, reason: str) -> None:
+    def exit(self, reason: str, withdraw: bool = False) -> None:
         s = self.s
         self.cancel_timers()
         self.record("exited", s.node, s.branch, reason)
-        self.out.append(Exit(reason))
+        self.out.append(Exit(reason, tuple(s.sent) if withdraw else ()))
         s.status, s.exited_at, s.exit_reason, s.waiting = "exited", self.now, reason, None
 
     def finish(self, reason: str) -> None:
@@ -548,11 +553,11 @@ class _Run:
                 # a holdout, like a finished (tracking) treated person, has nothing left to measure once converted:
                 # both arms exit at conversion whatever exit_on_goal says, so they stay symmetric (re-entry included)
                 if self.defn.exit_on_goal or s.status == "tracking" or s.waiting == "holdout":
-                    self.exit("goal reached")
+                    self.exit("goal reached", withdraw=True)
                     return True
         for i, c in enumerate(self.defn.exits):
             if self.holds(c, inp):
-                self.exit(f"exit[{i}] met")
+                self.exit(f"exit[{i}] met", withdraw=True)
                 return True
         return False
 

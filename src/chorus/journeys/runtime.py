@@ -104,7 +104,8 @@ def effect(kind: type) -> Callable[[Effect], Effect]:
 
 def flush(name: str) -> Callable[[Flush], Flush]:
     """Register the flush of the work put aside under ``name``: ``flusher(claim, items)``, before the claim writes
-    its instances and records (a flusher may still record, e.g. an error on a person's journey)."""
+    its instances and records (a flusher may still record, e.g. an error on a person's journey). A claim's flushes
+    run in the order they were registered."""
     return _registrar(_FLUSHES, name, f"a flush for {name}")
 
 
@@ -464,9 +465,10 @@ class Claim:
         """Write what the runs did since the last flush: the effects put aside first (they may record errors),
         then instances, records, timers and timeline events."""
         while self._deferred:
-            name, items = next(iter(self._deferred.items()))
-            del self._deferred[name]
-            _FLUSHES[name](self, items)
+            # in the order the flushes were registered, not the order the work came: a withdrawal of an instance's
+            # messages (an exit) comes after the messages of the claim, which may include one it withdraws
+            name = next(n for n in _FLUSHES if n in self._deferred)
+            _FLUSHES[name](self, self._deferred.pop(name))
         runs = list(self.runs.values())
         store.save_instances(self.conn, self.ws, [(s, r._dirty[s.instance_id]) for r in runs for s in r.instances
                                                   if s.instance_id in r._dirty], self.at)  # fmt: skip
@@ -687,7 +689,7 @@ class PersonRun:
                 live.pop(c.key, None)
             elif isinstance(c, j.Record):
                 self._record(s, c)
-            elif isinstance(c, j.EFFECTS):
+            elif isinstance(c, j.EFFECTS) or (isinstance(c, j.Exit) and c.withdraw):
                 handler = _EFFECTS.get(type(c))
                 if handler is None:  # publish refuses such a journey (``supported``); one published before
                     raise RuntimeError(f"no effect is installed for {type(c).__name__}")

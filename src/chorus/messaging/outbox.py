@@ -686,6 +686,34 @@ def _email_links(rendered: dict, msg: dict, profile: dict, links: Links) -> None
         }
 
 
+WITHDRAWABLE = ("queued", "retrying")  # not gone out yet, and no worker is sending it
+
+
+def withdraw(conn: Connection, ws: str, items: list[tuple[str, str]], at: datetime) -> list[str]:
+    """Skip the messages asked for under these idempotency keys (``(key, reason)``) that have not gone out yet, in
+    the caller's transaction: what asked for them no longer wants them (a journey's person bought in the store
+    while her reminder waited out quiet hours or a cap). Queued (a deferred one included) and waiting for a retry
+    are withdrawn; one being sent is left alone, as it may be going out this instant, and one gone out stays so.
+    Returns the ids withdrawn.
+
+    On PostgreSQL the rows are locked first: a delivery worker claiming one at the same moment either commits
+    first (the row is ``sending`` when read again, and left alone) or finds it withdrawn."""
+    if not items:
+        return []
+    why = dict(items)
+    q = sa.select(messages).where(
+        messages.c.workspace_id == ws, bulk.in_(messages.c.idempotency_key, sorted(why), conn.dialect.name),
+        messages.c.status.in_(WITHDRAWABLE),
+    ).order_by(messages.c.id)  # fmt: skip
+    if conn.dialect.name == "postgresql":
+        q = q.with_for_update()
+    rows = [dict(r._mapping) for r in conn.execute(q)]
+    set_statuses(conn, [Change(m, "skipped", at, {"reason": "withdrawn", "message": why[m["idempotency_key"]]},
+                               {"next_attempt_at": None, "reason": f"withdrawn: {why[m['idempotency_key']]}"})
+                        for m in rows])  # fmt: skip
+    return [m["id"] for m in rows]
+
+
 def has_status(conn: Connection, message_id: str, status: str, **detail) -> bool:
     """Whether the history already holds this status (with these detail values): repeated callbacks are no-ops."""
     rows = conn.execute(
