@@ -121,6 +121,12 @@ def test_the_omnichannel_brand_sent_nothing_after_a_journeys_exit(run):
     assert sent == steps and sum(sent.values()) > 20
     wasted = Counter(w["why"] for w in doc["runs"]["omnichannel"]["wasted"])
     assert wasted["marketing email after she unsubscribed from its topic"] == 0
+    # a message still waiting (a cap, quiet hours) when her instance left by its goal or an exit criterion was
+    # withdrawn, not sent: no message of such an instance went out after it was withdrawn (decision 0045)
+    left = {r["instance_id"] for r in store["records"] if r["kind"] == "exited"
+            and (r["detail"] == "goal reached" or r["detail"].startswith("exit["))}  # fmt: skip
+    withdrawn = [m for m in store["messages"] if (m["reason"] or "").startswith("withdrawn: ")]
+    assert withdrawn and all(m["idempotency_key"].split(":")[0] in left and m["sent_at"] is None for m in withdrawn)
     assert wasted["cart reminder after she bought"] < doc["comparison"]["sides"]["multichannel"]["wasted"]
 
 
@@ -226,6 +232,17 @@ def test_compare_refuses_serve_and_leaves_the_charts_of_another_run_alone(tmp_pa
     assert r.returncode == 0, r.stderr[-800:]
     assert (charts / "uplift.png").read_bytes() == b"a chart"
 
+
+
+def test_a_compare_run_where_a_team_reaches_nobody_reports_zeros_for_it(tmp_path):
+    """Five customers for a day: some team's workspace gets no event at all, and its lake has nothing of it (the API
+    answers 400 naming the lake); the comparison reports that team as zeros (it stopped the run)."""
+    r = demo(tmp_path, "--compare", "--json", "--customers", "5", "--days", "1", "--seed", "1", "--start", START,
+             timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-800:]
+    spaces = orjson.loads(r.stdout)["runs"]["multichannel"]["workspaces"]
+    empty = [n for n, w in spaces.items() if w["messages"] == 0 and w["customers"] == 0]
+    assert empty and all(spaces[n]["orders"] == 0 and spaces[n]["revenue"] == 0 for n in empty)
 
 
 def test_the_text_report_shows_the_comparison_the_assumptions_and_the_claims(run):

@@ -154,7 +154,7 @@ def collect(_api: Chorus, out: run.Outcome) -> dict:
                  for j in api.get("/api/journeys", limit=1000)["journeys"]]  # fmt: skip
         flows += [api.get(f"/api/broadcasts/{b['id']}")["stats"] | {"id": b["id"]}
                   for b in api.get("/api/broadcasts", limit=1000)["broadcasts"]]  # fmt: skip
-        omni = api.get("/api/analytics/omnichannel", bootstrap=200)
+        omni = _omnichannel(api)
         spaces[name] = {
             "sent": dict(Counter(m["channel"] for m in msgs if m["sent_at"])),
             "messages": len(msgs),
@@ -181,6 +181,16 @@ def collect(_api: Chorus, out: run.Outcome) -> dict:
         "plan_digest": out.plan_digest,
         "responses": dict(out.responses),
     }
+
+
+def _omnichannel(api: Chorus) -> dict:
+    """The omnichannel report of a workspace; an empty one for a workspace of which the lake, exported just before,
+    has no event at all (a team nobody reached in a small run: no events, no messages), which the API answers with a
+    400 naming the lake."""
+    r = api.admin.get("/api/analytics/omnichannel", params={"bootstrap": 200})
+    if r.status_code == 400 and r.json().get("field") == "lake":
+        return {"totals": {"orders": 0, "revenue": 0.0, "customers": 0}, "comparisons": []}
+    return api.ok(r)
 
 
 def _recorded(apis: dict[str, Chorus], message_id: str) -> bool:
