@@ -75,6 +75,18 @@ def test_inbox_lists_marks_read_and_streams(http, server, workspace, shop):
     hist = http.get(f"/api/messages/{m['id']}", headers=shop).json()["history"]
     assert [h["status"] for h in hist] == ["queued", "sent", "opened"]
     assert http.post("/v1/inbox/msg_nope/read", json=me, auth=wk).status_code == 404
+    # the list finds a message by what the person did with it (its history), next to its delivery status
+    other = send(http, shop, "listed-2", "in_app")
+    wait_status(http, shop, other["id"], "sent")
+    listed = {x["id"]: x for x in http.get("/api/messages", headers=shop).json()["messages"]}
+    assert listed[m["id"]]["status"] == "sent" and listed[m["id"]]["engagement"] == ["opened"]
+    assert listed[other["id"]]["engagement"] == []
+    opened = http.get("/api/messages", params={"status": "opened"}, headers=shop).json()["messages"]
+    assert [x["id"] for x in opened] == [m["id"]]
+    assert {x["id"] for x in http.get("/api/messages", params={"status": "sent"}, headers=shop).json()["messages"]} \
+        == {m["id"], other["id"]}
+    r = http.get("/api/messages", params={"status": "read"}, headers=shop)
+    assert r.status_code == 400 and r.json()["field"] == "status" and "opened" in r.json()["message"]
     assert http.get("/v1/inbox", params={**me, "limit": "²"}, auth=wk).json()["field"] == "limit"
     r = http.post(f"/v1/inbox/{m['id']}/read", content=b"{nope", auth=wk, headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and r.json()["field"] == "body"

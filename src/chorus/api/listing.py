@@ -20,8 +20,18 @@ from sqlalchemy.engine import Connection
 from chorus import safejson
 from chorus.errors import ChorusError
 from chorus.identity.identifiers import IdentityConfig
+from chorus.messaging import outbox
 from chorus.profiles import views
-from chorus.store.tables import identifiers, imports, messages, partials, profile_aliases, profiles, rejected_events
+from chorus.store.tables import (
+    identifiers,
+    imports,
+    message_status,
+    messages,
+    partials,
+    profile_aliases,
+    profiles,
+    rejected_events,
+)
 from chorus.store.tables import templates as templates_t
 from chorus.timeutil import iso, parse_ts
 
@@ -118,7 +128,9 @@ def list_messages(conn: Connection, ws: str, limit: int, cursor: str | None, *, 
         ids = [pid, *conn.execute(sa.select(profile_aliases.c.alias_id).where(
             profile_aliases.c.workspace_id == ws, profile_aliases.c.profile_id == pid)).scalars()]  # fmt: skip
         q = q.where(messages.c.profile_id.in_(ids))
-    for col, value in ((messages.c.status, status), (messages.c.channel, channel), (messages.c.template, template)):
+    if status is not None:
+        q = q.where(_status_is(status))
+    for col, value in ((messages.c.channel, channel), (messages.c.template, template)):
         if value is not None:
             q = q.where(col == value)
     if since is not None:
@@ -134,7 +146,26 @@ def list_messages(conn: Connection, ws: str, limit: int, cursor: str | None, *, 
          "sent_at": iso(r.sent_at) if r.sent_at else None, "updated_at": iso(r.updated_at)}
         for r in rows
     ]  # fmt: skip
+    engaged: dict[str, set[str]] = {}
+    if items:
+        for mid, st in conn.execute(sa.select(message_status.c.message_id, message_status.c.status).where(
+                message_status.c.message_id.in_([i["id"] for i in items]),
+                message_status.c.status.in_(sorted(outbox.ENGAGEMENT)))):  # fmt: skip
+            engaged.setdefault(mid, set()).add(st)
+    for i in items:  # what the person did with it (the status says where its delivery stands)
+        i["engagement"] = sorted(engaged.get(i["id"], ()))
     return {"messages": items, "next_cursor": nxt}
+
+
+def _status_is(status: str):
+    """A delivery status is the message's own; an engagement (opened, clicked, replied, unsubscribed, complained) is
+    in its history: a message opened then clicked is found by both."""
+    if status in outbox.DELIVERY:
+        return messages.c.status == status
+    if status in outbox.ENGAGEMENT:
+        return sa.exists().where(message_status.c.message_id == messages.c.id, message_status.c.status == status)
+    known = ", ".join((*outbox.DELIVERY, *sorted(outbox.ENGAGEMENT)))
+    raise ChorusError(f"status must be one of {known}", field="status")
 
 
 def list_imports(conn: Connection, ws: str, limit: int, cursor: str | None) -> dict:

@@ -48,7 +48,10 @@ def list_partials(ws: WS, svc: SVC, limit: Limit = 100, cursor: Cursor = None):
 def list_messages(
     ws: WS, svc: SVC, limit: Limit = 50, cursor: Cursor = None,
     profile_id: Annotated[str | None, Query(description="a profile id (merged ids included)")] = None,
-    status: str | None = None, channel: str | None = None, template: str | None = None,
+    status: Annotated[str | None, Query(description="a delivery status (queued, sending, retrying, sent, delivered, "
+                                        "skipped, failed, bounced) or an engagement in the message's history "
+                                        "(opened, clicked, replied, unsubscribed, complained)")] = None,
+    channel: str | None = None, template: str | None = None,
     since: Annotated[datetime | None, Query(description="created at or after (ISO-8601; no offset: UTC)")] = None,
     until: Annotated[datetime | None, Query(description="created before")] = None,
 ):  # fmt: skip

@@ -59,6 +59,8 @@ STATUS_EVENTS = {
 # What the person did (counts as activity on the channel); the rest is Chorus talking.
 INBOUND = frozenset({"opened", "clicked", "complained", "replied", "unsubscribed"})
 PENDING = ("queued", "retrying", "sending")
+# A message's own status (the ``status`` column): where its delivery stands. Engagement (ENGAGEMENT) is its history.
+DELIVERY = ("queued", "sending", "retrying", "sent", "delivered", "skipped", "failed", "bounced")
 ENGAGEMENT = frozenset({"opened", "clicked", "replied", "unsubscribed", "complained"})
 # Messages that count against frequency caps: going out, or gone out.
 PACED = ("queued", "retrying", "sending", "sent", "delivered", "opened", "clicked", "replied", "unsubscribed",
