@@ -28,6 +28,7 @@ from chorus.api import (
     segments,
     tracking,
     webhooks,
+    webhooks_feedback,
     webhooks_meta,
     webhooks_sendgrid,
 )
@@ -173,5 +174,6 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True, eng
     app.include_router(public.router)
     app.include_router(webhooks.router)
     app.include_router(webhooks_sendgrid.router)
+    app.include_router(webhooks_feedback.router)
     app.include_router(webhooks_meta.router)
     return app

@@ -1,0 +1,86 @@
+"""Feedback-loop complaints (ARF, RFC 5965) forwarded to ``POST /webhooks/email/feedback``.
+
+The brand's abuse mailbox receives the mailbox providers' reports; whatever forwards them (a mail rule piping the
+message to curl, an inbound-mail service) posts each report here as it arrived: the raw email with
+``Content-Type: message/rfc822``, or a form with the raw email in the field ``email`` (SendGrid Inbound Parse with
+"POST the raw, full MIME message") or ``body-mime`` (Mailgun's routes to a URL ending in ``mime``).
+
+No key: the report proves itself by the original message's signed unsubscribe link (chorus.messaging.feedback).
+The complaint is applied once; a report sent again answers ``"complained": false``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from fastapi import APIRouter, HTTPException, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.formparsers import MultiPartException
+
+from chorus.api.common import JSON, Services, read_limited
+from chorus.api.webhooks import lock_identity
+from chorus.errors import ChorusError, NotFound
+from chorus.messaging import feedback
+from chorus.store.tables import messages
+from chorus.timeutil import utcnow
+
+router = APIRouter(prefix="/webhooks", include_in_schema=False)
+MAX_BODY = 10 * 1024 * 1024  # a report may quote the whole original message
+FORM_FIELDS = ("email", "body-mime")  # SendGrid Inbound Parse (raw), Mailgun (…/mime)
+
+
+@router.post("/email/feedback")
+async def email_feedback(request: Request):
+    svc: Services = request.app.state.services
+    body = await read_limited(request, MAX_BODY, "the report")
+    kind = (request.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+    if kind in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        body = await _from_form(request, body)
+    elif kind not in ("message/rfc822", "text/plain", "application/octet-stream", ""):
+        raise ChorusError("Content-Type must be message/rfc822 (the raw report), or a form with the raw report in "
+                          f"{' or '.join(FORM_FIELDS)}", field="Content-Type")  # fmt: skip
+    report = feedback.parse(body)
+    mid = feedback.message_id(report, svc.links)
+    complained = await run_in_threadpool(_apply, svc, mid, report) if report.complaint else False
+    if complained:
+        svc.wake_worker.set()  # the consent change and the timeline event, for segments and journeys
+    return JSON({"message_id": mid, "feedback_type": report.feedback_type, "complained": complained})
+
+
+async def _from_form(request: Request, body: bytes) -> bytes:
+    request._body = body  # read_limited consumed the stream (bounded): the form parser reads the body from here
+    try:
+        form = await request.form(max_files=4, max_fields=200, max_part_size=MAX_BODY)
+    except (HTTPException, MultiPartException) as exc:
+        why = getattr(exc, "detail", None) or getattr(exc, "message", None) or "unreadable"
+        raise ChorusError(f"the body is not a valid form ({why})", field="body") from None
+    for name in FORM_FIELDS:
+        value = form.get(name)
+        if isinstance(value, str) and value:
+            return value.encode("utf-8", "surrogateescape")
+        if value is not None and hasattr(value, "read"):
+            return await value.read()
+    raise ChorusError(f"the form has no raw report ({' or '.join(FORM_FIELDS)})", field=FORM_FIELDS[0])
+
+
+def _apply(svc: Services, mid: str, report: feedback.Report) -> bool:
+    now = utcnow()
+    at = min(report.arrival, now) if report.arrival is not None else now
+    with svc.engine.begin() as conn:
+        row = conn.execute(sa.select(messages.c.workspace_id).where(messages.c.id == mid)).first()
+        if row is None:
+            raise NotFound("this message no longer exists")
+        lock_identity(conn, row.workspace_id)  # before the message row (see webhooks.lock_identity)
+        q = sa.select(messages).where(messages.c.id == mid)
+        if conn.dialect.name == "postgresql":
+            q = q.with_for_update()
+        found = conn.execute(q).first()
+        if found is None:  # erased meanwhile
+            raise NotFound("this message no longer exists")
+        return feedback.record(conn, dict(found._mapping), report, _not_before(at, found.sent_at))
+
+
+def _not_before(at: datetime, sent_at: datetime | None) -> datetime:
+    """A complaint is never dated before the message went out (a report's Arrival-Date is the provider's clock)."""
+    return max(at, sent_at) if sent_at is not None else at
