@@ -393,3 +393,39 @@ def test_abandoned_cart_reminder_on_auto_and_a_store_purchase_ends_it(shop, tmp_
     assert {b["key"]: b["count"] for b in wait_cart["passed_by_branch"]} == {"timeout": 2}
     (held,) = shop.instances(pid["c_hold"], "abandoned_cart")
     assert (held["status"], held["node"]) == ("active", "arm"), held
+
+
+def test_a_reminder_waiting_out_quiet_hours_is_withdrawn_by_a_store_purchase(shop):
+    """Scenario 2's promise "even while the reminder is waiting", when it waits in the outbox: quiet hours hold the
+    email; the till's file says she bought; the reminder is withdrawn, never sent, and says why. Another shopper's
+    reminder waits on, untouched (decision 0045)."""
+    now = datetime.now(UTC)
+    messaging = shop.ok(shop.http.get("/api/workspace"))["settings"]["messaging"]
+    quiet = {"start": (now - timedelta(hours=1)).strftime("%H:%M"), "end": (now + timedelta(hours=2)).strftime("%H:%M"),
+             "channels": ["email"]}  # fmt: skip
+    shop.ok(shop.http.patch("/api/workspace/settings", json={"messaging": {**messaging, "timezone": "UTC",
+                                                                           "quiet_hours": quiet}}))  # fmt: skip
+    shop.template("cart_now", {"kind": "marketing", "topic": "cart", "variants": {
+        "email": {"subject": "Cart {{ event.cart_id }}", "html": "<p>Still thinking?</p>"}}})  # fmt: skip
+    shop.publish({"id": "cart_now", "name": "Cart, at once", "entry": {"event": {"event": "Product Added",
+                  "key": "cart_id"}}, "goal": {"event": {"event": "Order Completed"}, "within": "7d"},
+                  "exit_on_goal": True, "start": "remind", "nodes": {
+                      "remind": {"type": "message", "template": "cart_now", "channel": ["email"], "kind": "marketing",
+                                 "next": "done"}, "done": {"type": "exit"}}})  # fmt: skip
+    shop.track(*[web(u, type="identify", traits={"email": f"{u}@example.com"}) for u in ("w_pos", "w_wait")])
+    pid = {u: shop.profile(u)["id"] for u in ("w_pos", "w_wait")}
+    shop.track(*[web(u, type="track", event="Product Added", properties={"cart_id": f"K-{u}"})
+                 for u in ("w_pos", "w_wait")])  # fmt: skip
+    queued = wait_until(lambda: len(got := shop.messages(template="cart_now")) == 2 and got, timeout=30)
+    assert {m["status"] for m in queued} == {"queued"} and all("quiet hours" in m["reason"] for m in queued)
+
+    at = (datetime.now(UTC) + timedelta(seconds=1)).strftime("%Y-%m-%d %H:%M:%S")
+    pos = f"receipt_no,timestamp,email,cart_id,revenue,currency\nR-9,{at},w_pos@example.com,K-w_pos,80.00,EUR\n"
+    report = shop.ok(shop.http.post("/api/imports", files={"file": ("pos.csv", pos.encode(), "text/csv")},
+                                    data={"source": "store"}))  # fmt: skip
+    assert (report["imported"], report["failed"]) == (1, 0), report
+    (withdrawn,) = wait_until(lambda: shop.messages(template="cart_now", status="skipped"), timeout=30)
+    assert withdrawn["profile_id"] == pid["w_pos"]
+    assert withdrawn["reason"] == "withdrawn: journey cart_now: the person left it (goal reached) before it went out"
+    (waiting,) = shop.messages(template="cart_now", status="queued")
+    assert waiting["profile_id"] == pid["w_wait"] and shop.smtp.messages == []
