@@ -120,7 +120,8 @@ def check_run(dr: Driver) -> None:
         assert len(exits) <= 1 and (not exits or exits[0] == len(cmds) - 1), "nothing after an exit"
         if exits:  # leaving because the messages stopped being relevant withdraws every one sent; an end, none
             ex, sent = cmds[exits[0]], tuple(c.key for c in cmds if isinstance(c, j.Send))
-            irrelevant = ex.reason in ("goal reached", "journey stopped") or ex.reason.startswith("exit[")
+            irrelevant = (ex.reason == "journey stopped" or ex.reason.startswith("exit[")
+                          or (ex.reason == "goal reached" and dr.defn.exit_on_goal))  # fmt: skip
             assert ex.withdraw == (sent if irrelevant else ()), (ex, sent)
         set_keys = [c.key for c in cmds if isinstance(c, j.SetTimer)]
         cancelled = {c.key for c in cmds if isinstance(c, j.CancelTimer)}

@@ -873,3 +873,138 @@ def test_stopping_a_journey_withdraws_what_it_has_not_sent_yet(engine, ws, clock
     clock.at = T0 + timedelta(hours=12)
     settle(worker)
     assert message_rows(engine, ws)["u1"][0] == "skipped"
+
+
+# -- found by review: a message being sent when she left, then given back to the queue by its worker ------------------
+def _status(engine, ws):
+    with engine.connect() as conn:
+        return tuple(conn.execute(sa.select(messages.c.status, messages.c.reason).where(
+            messages.c.workspace_id == ws, messages.c.journey_id == "cart")).one())  # fmt: skip
+
+
+def _all_but_delivery(worker, n=4):
+    for _ in range(n):
+        for name, _label, task in worker.tasks:
+            if name != "deliver":
+                task.run_once()
+
+
+def _buy(engine, ws, worker, at):
+    send(engine, ws, [ev("Order Completed", at, channel="store")], at)
+    _all_but_delivery(worker)
+
+
+WITHDRAWN_GOAL = "withdrawn: journey cart: the person left it (goal reached) before it went out"
+
+
+def test_a_message_being_sent_when_she_leaves_is_skipped_when_a_transient_failure_puts_it_back(engine, ws, clock,
+                                                                                                worker):  # fmt: skip
+    """The provider times out while she buys in the store: the withdrawal leaves the message to its worker (it may
+    be going out), which then schedules a retry; the retry is the skip, never a send after she bought."""
+    import threading
+
+    from chorus.messaging.providers import TransientError
+
+    dl = worker.task("deliver")
+    dl.clock = lambda: clock.at - timedelta(minutes=1)  # nothing due for delivery yet
+    publish(engine, ws, REMIND)
+    send(engine, ws, [ev("Product Added", T0, cart_id="A")], T0)
+    _all_but_delivery(worker)
+    assert _status(engine, ws)[0] == "queued"
+
+    class Slow:
+        name = "flaky"
+
+        def send(self, out):
+            _buy(engine, ws, worker, clock.at)  # while the provider is being called
+            raise TransientError("timed out")
+
+    class NoLimit:
+        def wait(self):
+            pass
+
+    real_get = dl.providers.get
+    dl.providers.get = lambda w, ch: [(Slow(), NoLimit(), threading.Lock())]
+    dl.clock = clock
+    dl.run_once()
+    dl.providers.get = real_get
+    (inst,) = instances(engine, ws)
+    assert inst.state["exit_reason"] == "goal reached"
+    assert _status(engine, ws) == ("skipped", WITHDRAWN_GOAL)
+    clock.at = T0 + timedelta(minutes=5)
+    dl.run_once()
+    assert _status(engine, ws)[0] == "skipped"
+
+
+def test_a_message_being_sent_when_she_leaves_is_skipped_when_quiet_hours_put_it_back(engine, ws, clock, worker):
+    quiet_workspace(engine, ws, worker, clock)
+    dl = worker.task("deliver")
+    t = T0 - timedelta(minutes=61)  # 07:59, before quiet hours: queued, due at once
+    clock.at = t
+    dl.clock = lambda: t - timedelta(minutes=1)
+    publish(engine, ws, REMIND, at=t)
+    send(engine, ws, [ev("Product Added", t, cart_id="A")], t)
+    _all_but_delivery(worker)
+    assert _status(engine, ws)[0] == "queued"
+    clock.at = T0 - timedelta(minutes=59, seconds=30)  # 08:00:30: the worker claims it, quiet hours have begun
+    dl.clock = clock
+    real = dl._paced
+
+    def paced(w, msg, profile):  # she buys between the worker's claim and its pacing check
+        _buy(engine, ws, worker, clock.at)
+        return real(w, msg, profile)
+
+    dl._paced = paced
+    dl.run_once()
+    dl._paced = real
+    assert _status(engine, ws) == ("skipped", WITHDRAWN_GOAL)
+    clock.at = T0 + timedelta(hours=11, minutes=1)  # 20:01
+    dl.run_once()
+    assert _status(engine, ws)[0] == "skipped"
+
+
+def test_with_exit_on_goal_false_a_conversion_withdraws_nothing(engine, ws, clock, worker):
+    """The author keeps converted people's messages: the one queued before she converted goes out, as the one queued
+    after (found by review: a conversion in the goal window after her path withdrew it)."""
+    quiet_workspace(engine, ws, worker, clock)
+    assert NOW["exit_on_goal"] is False
+    publish(engine, ws, NOW)
+    later = {**CART, "id": "later", "start": "pause",
+             "nodes": {"pause": {"type": "delay", "for": "10m", "next": "remind"}, **NOW["nodes"]}}  # fmt: skip
+    publish(engine, ws, later)
+    send(engine, ws, [ev("Product Added", T0, cart_id="A")], T0)
+    settle(worker)
+    clock.at = T0 + timedelta(minutes=5)
+    send(engine, ws, [ev("Order Completed", clock.at, channel="store")], clock.at)
+    settle(worker)
+    clock.at = T0 + timedelta(minutes=11)
+    settle(worker)
+    assert message_rows(engine, ws, "later")["u1"][0] == "queued"
+    assert message_rows(engine, ws, "cart")["u1"][0] == "queued"
+    (inst,) = instances(engine, ws)
+    assert inst.state["exit_reason"] == "goal reached"
+
+
+def test_a_stop_withdraws_in_batches_the_stop_first_then_the_sweep(engine, ws, clock, worker, monkeypatch):
+    """Everybody has left (no goal: the message was the end of their path) and their messages wait out quiet hours:
+    the stop withdraws the first batch in its own transaction, the sweep the rest, and the journey is swept only
+    then."""
+    monkeypatch.setattr(runtime, "WITHDRAW_BATCH", 2)
+    quiet_workspace(engine, ws, worker, clock)
+    plain = {k: v for k, v in NOW.items() if k not in ("goal", "exit_on_goal")}
+    publish(engine, ws, plain)
+    send(engine, ws, [ev("Product Added", T0, user=u, cart_id=u) for u in ("u1", "u2", "u3")], T0)
+    settle(worker)
+    assert [i.status for i in instances(engine, ws)] == ["exited"] * 3
+    with engine.begin() as conn:
+        manage.control(conn, ws, "cart", "stop", T0)
+    assert sorted(s for s, _ in message_rows(engine, ws).values()) == ["queued", "skipped", "skipped"]
+    with engine.connect() as conn:
+        assert store.get(conn, ws, "cart").sweep
+    runtime.sweep(engine, clock=clock)
+    assert {s for s, _ in message_rows(engine, ws).values()} == {"skipped"}
+    with engine.connect() as conn:
+        assert not store.get(conn, ws, "cart").sweep
+    clock.at = T0 + timedelta(hours=12)
+    settle(worker)
+    assert {s for s, _ in message_rows(engine, ws).values()} == {"skipped"}

@@ -66,7 +66,11 @@ def withdraw(run: PersonRun, s: j.State, c: j.Exit) -> None:
 
 @flush("withdrawals")
 def withdraw_all(claim: Claim, items: list) -> None:
-    outbox.withdraw(claim.conn, claim.ws, [(key, _why(s, c)) for s, c in items for key in c.withdraw], claim.at)
+    by_journey: dict[str, list[tuple[str, str]]] = {}
+    for s, c in items:
+        by_journey.setdefault(s.journey_id, []).extend((key, _why(s, c)) for key in c.withdraw)
+    for jid, keyed in sorted(by_journey.items()):
+        outbox.withdraw(claim.conn, claim.ws, jid, keyed, claim.at)
 
 
 def _why(s: j.State, c: j.Exit) -> str:

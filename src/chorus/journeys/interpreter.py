@@ -202,8 +202,8 @@ class Exit:
     reason: str
     # The idempotency keys of the instance's messages to withdraw if they have not gone out yet (deferred by caps or
     # quiet hours, waiting for a retry): every message it sent when it leaves because the message stopped being
-    # relevant (its goal reached, an exit criterion met, the journey stopped); none at the end of its path, whose
-    # last step is often the very message still on its way.
+    # relevant (its goal reached, with exit_on_goal; an exit criterion met; the journey stopped); none at the end of
+    # its path, whose last step is often the very message still on its way.
     withdraw: tuple[str, ...] = ()
 
 
@@ -553,7 +553,8 @@ class _Run:
                 # a holdout, like a finished (tracking) treated person, has nothing left to measure once converted:
                 # both arms exit at conversion whatever exit_on_goal says, so they stay symmetric (re-entry included)
                 if self.defn.exit_on_goal or s.status == "tracking" or s.waiting == "holdout":
-                    self.exit("goal reached", withdraw=True)
+                    # with exit_on_goal: false the author keeps converted people's messages, whatever ends them
+                    self.exit("goal reached", withdraw=self.defn.exit_on_goal)
                     return True
         for i, c in enumerate(self.defn.exits):
             if self.holds(c, inp):

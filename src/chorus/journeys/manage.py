@@ -149,9 +149,10 @@ def control(conn: Connection, ws: str, jid: str, action: str, now: datetime) -> 
     sweep = status in ("active", "stopped", "archived")
     store.set_status(conn, ws, jid, status, now, sweep=sweep)
     if status in ("stopped", "archived"):
-        # a stopped journey sends nothing more: its messages not gone out yet are withdrawn now, whether or not the
-        # instance that sent one is still inside (a broadcast's have all left by then: the message was their path)
-        outbox.withdraw_journey(conn, ws, jid, f"{jr.kind} {jid} was {status} before it went out", now)
+        # a stopped journey sends nothing more: its messages not gone out yet are withdrawn, whether or not the
+        # instance that sent one is still inside (a broadcast's have all left by then: the message was their path);
+        # the first batch now, those due first, the rest by the sweep
+        runtime.withdraw_stopped(conn, store.get(conn, ws, jid), ws, now)
     runtime.forget_parsed(conn)
     return view(conn, ws, jid)
 

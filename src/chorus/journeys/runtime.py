@@ -42,6 +42,7 @@ from chorus.collect.messages import normalise_internal
 from chorus.journeys import definition as d
 from chorus.journeys import dispatch, store
 from chorus.journeys import interpreter as j
+from chorus.messaging import outbox
 from chorus.messaging.consent import identity_fields
 from chorus.profiles import feed, views
 from chorus.segments import load
@@ -954,6 +955,16 @@ def start_person(conn: Connection, ws: str, jid: str, pid: str, start: j.Start, 
 
 
 # -- resume, stop ------------------------------------------------------------------------------------------------------
+WITHDRAW_BATCH = 1000  # messages of a stopped journey withdrawn per transaction (the stop's own, then each sweep)
+
+
+def withdraw_stopped(conn: Connection, jr: store.Journey, ws: str, at: datetime) -> int:
+    """A batch of the stopped (or archived) journey's messages not gone out yet, withdrawn (those due first first);
+    how many. A stop sends nothing more: its own transaction takes the first batch, the sweep the rest."""
+    reason = f"{jr.kind} {jr.id} was {jr.status} before it went out"
+    return len(outbox.withdraw_journey(conn, ws, jr.id, reason, at, limit=WITHDRAW_BATCH))
+
+
 def sweep(engine: Engine, limit: int = 200, clock: Callable[[], datetime] | None = None) -> int:
     """The work a status change leaves: after a resume, each person's held inputs are given again in their time
     order; after a stop or an archive, every live instance exits (timers cancelled) and held inputs are dropped.
@@ -997,6 +1008,7 @@ def sweep(engine: Engine, limit: int = 200, clock: Callable[[], datetime] | None
                     store.swept(conn, ws, jid)
             elif jr.status in ("stopped", "archived"):
                 store.drop_held(conn, ws, jid)
+                waiting = withdraw_stopped(conn, jr, ws, at)
                 live = store.live_instances(conn, ws, jid, limit)
                 pids = sorted({p for p, _ in live})
                 for pid in views.lock_people(conn, ws, pids):
@@ -1014,7 +1026,7 @@ def sweep(engine: Engine, limit: int = 200, clock: Callable[[], datetime] | None
                 stale = set(pids) - set(views.lock_people(conn, ws, pids)) if pids else set()
                 for pid in stale:  # their profile is gone: the instances cannot run any more
                     store.end_instances(conn, ws, jid, pid, at, f"journey {jr.status}")
-                if len(live) < limit:
+                if len(live) < limit and waiting < WITHDRAW_BATCH:
                     store.swept(conn, ws, jid)
             else:
                 store.swept(conn, ws, jid)

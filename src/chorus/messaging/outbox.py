@@ -237,6 +237,7 @@ def set_statuses(conn: Connection, changes: list[Change]) -> None:
     """
     if not changes:
         return
+    changes = _unless_withdrawn(conn, changes)
     groups: dict[tuple, list[dict]] = {}
     changed_at = utcnow()  # when the row changed (``at`` may be a provider's earlier timestamp): what the lake follows
     for ch in changes:
@@ -690,42 +691,74 @@ def _email_links(rendered: dict, msg: dict, profile: dict, links: Links) -> None
 
 WITHDRAWABLE = ("queued", "retrying")  # not gone out yet, and no worker is sending it
 WITHDRAWN = "withdrawn: "  # the reason of a message withdrawn (skipped), before why
+PUT_BACK = ("deferred", "retrying")  # a worker gives a message it was sending back to the queue
 
 
-def withdraw(conn: Connection, ws: str, items: list[tuple[str, str]], at: datetime) -> list[str]:
-    """Skip the messages asked for under these idempotency keys (``(key, reason)``) that have not gone out yet, in
-    the caller's transaction: what asked for them no longer wants them (a journey's person bought in the store
-    while her reminder waited out quiet hours or a cap). Queued (a deferred one included) and waiting for a retry
-    are withdrawn; one being sent is left alone, as it may be going out this instant, and one gone out stays so.
-    Returns the ids withdrawn.
+def withdraw(conn: Connection, ws: str, journey_id: str, items: list[tuple[str, str]], at: datetime) -> list[str]:
+    """Skip the messages a journey asked for under these idempotency keys (``(key, reason)``) that have not gone out
+    yet, in the caller's transaction: the journey no longer wants them (its person bought in the store while her
+    reminder waited out quiet hours or a cap). Queued (a deferred one included) and waiting for a retry are
+    withdrawn; one gone out stays so. One a worker is sending at this instant may be going out: it is left to the
+    worker, with the reason noted (``withdraw_reason``), and if the worker gives it back to the queue (deferred,
+    or a retry after a transient failure) it is skipped then (:func:`set_statuses`). Returns the ids withdrawn.
 
-    On PostgreSQL the rows are locked first: a delivery worker claiming one at the same moment either commits
-    first (the row is ``sending`` when read again, and left alone) or finds it withdrawn."""
+    On PostgreSQL the rows are locked first: a worker claiming or giving back one at the same moment either
+    commits first (and the row is read again after it) or finds the withdrawal."""
     if not items:
         return []
     why = dict(items)
     q = sa.select(messages).where(
-        messages.c.workspace_id == ws, bulk.in_(messages.c.idempotency_key, sorted(why), conn.dialect.name),
-        messages.c.status.in_(WITHDRAWABLE),
+        messages.c.workspace_id == ws, messages.c.journey_id == journey_id,
+        bulk.in_(messages.c.idempotency_key, sorted(why), conn.dialect.name),
+        messages.c.status.in_((*WITHDRAWABLE, "sending")),
     ).order_by(messages.c.id)  # fmt: skip
     return _withdraw(conn, q, lambda m: why[m["idempotency_key"]], at)
 
 
-def withdraw_journey(conn: Connection, ws: str, journey_id: str, reason: str, at: datetime) -> list[str]:
-    """:func:`withdraw` every message of a journey or broadcast not gone out yet (it was stopped)."""
+def withdraw_journey(conn: Connection, ws: str, journey_id: str, reason: str, at: datetime,
+                     limit: int | None = None) -> list[str]:  # fmt: skip
+    """:func:`withdraw` the messages of a journey or broadcast not gone out yet (it was stopped): up to ``limit`` of
+    them, those due first first; call again until it returns fewer than ``limit``."""
     q = sa.select(messages).where(messages.c.workspace_id == ws, messages.c.journey_id == journey_id,
-                                  messages.c.status.in_(WITHDRAWABLE)).order_by(messages.c.id)  # fmt: skip
-    return _withdraw(conn, q, lambda _m: reason, at)
+                                  sa.or_(messages.c.status.in_(WITHDRAWABLE),
+                                         sa.and_(messages.c.status == "sending", messages.c.withdraw_reason.is_(None))))
+    return _withdraw(conn, q.order_by(messages.c.next_attempt_at, messages.c.id).limit(limit), lambda _m: reason, at)
 
 
 def _withdraw(conn: Connection, q, reason_of, at: datetime) -> list[str]:
     if conn.dialect.name == "postgresql":
         q = q.with_for_update()
     rows = [dict(r._mapping) for r in conn.execute(q)]
-    set_statuses(conn, [Change(m, "skipped", at, {"reason": "withdrawn", "message": reason_of(m)},
-                               {"next_attempt_at": None, "reason": WITHDRAWN + reason_of(m)})
-                        for m in rows])  # fmt: skip
+    flying = [m for m in rows if m["status"] == "sending"]
+    if flying:
+        conn.execute(messages.update().where(messages.c.id == sa.bindparam("_id")).values(
+            withdraw_reason=sa.bindparam("why")), [{"_id": m["id"], "why": reason_of(m)} for m in flying])  # fmt: skip
+    gone = [m for m in rows if m["status"] != "sending"]
+    set_statuses(conn, [_withdrawn(m, reason_of(m), at) for m in gone])
     return [m["id"] for m in rows]
+
+
+def _withdrawn(msg: dict, reason: str, at: datetime, profile: dict | None = None) -> Change:
+    return Change(msg, "skipped", at, {"reason": "withdrawn", "message": reason},
+                  {"next_attempt_at": None, "reason": WITHDRAWN + reason}, profile)  # fmt: skip
+
+
+def _unless_withdrawn(conn: Connection, changes: list[Change]) -> list[Change]:
+    """A message a worker gives back to the queue (deferred, a retry) that was withdrawn while it was being sent is
+    skipped instead: read under the row's lock, so a withdrawal committing meanwhile is either seen here or finds
+    the message queued again (and withdraws it then)."""
+    back = [ch.msg["id"] for ch in changes if ch.status in PUT_BACK]
+    if not back:
+        return changes
+    q = sa.select(messages.c.id, messages.c.withdraw_reason).where(
+        bulk.in_(messages.c.id, back, conn.dialect.name), messages.c.withdraw_reason.is_not(None))
+    if conn.dialect.name == "postgresql":
+        q = q.with_for_update()
+    marked = dict(conn.execute(q).all())
+    if not marked:
+        return changes
+    return [_withdrawn(ch.msg, marked[ch.msg["id"]], ch.at, ch.profile)
+            if ch.status in PUT_BACK and ch.msg["id"] in marked else ch for ch in changes]  # fmt: skip
 
 
 def has_status(conn: Connection, message_id: str, status: str, **detail) -> bool:

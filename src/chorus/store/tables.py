@@ -260,6 +260,9 @@ messages = sa.Table(
     # when the send-time check of caps let it through: counts against caps while it is in flight, so that two
     # workers sending to one person at the same moment see each other (cleared if the attempt is retried)
     sa.Column("approved_at", UTCDateTime),
+    # why the message was withdrawn while a worker was sending it (decision 0045): if the worker puts it back in the
+    # queue (deferred, a retry) it is skipped instead
+    sa.Column("withdraw_reason", sa.Text),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.UniqueConstraint("workspace_id", "idempotency_key"),
