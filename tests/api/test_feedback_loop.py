@@ -7,10 +7,12 @@ foreign, malformed or transactional one is a 4xx naming the part, and changes no
 from __future__ import annotations
 
 import email
+from datetime import UTC, datetime
 from email.mime.base import MIMEBase
 from email.mime.message import MIMEMessage
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
+from email.utils import format_datetime
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -25,12 +27,15 @@ URL = "/webhooks/email/feedback"
 
 
 def arf(original: bytes, feedback_type: str = "abuse", *, headers_only: bool = False,
-        agent: str = "Yahoo!-Mail-Feedback/2.0", arrival: str = "Thu, 8 Mar 2026 14:00:00 -0000") -> bytes:  # fmt: skip
+        agent: str = "Yahoo!-Mail-Feedback/2.0", arrival: str = "Thu, 8 Mar 2026 14:00:00 -0000",
+        date: str | None = None) -> bytes:  # fmt: skip
     """An ARF report as a feedback loop sends it (RFC 5965's example), about ``original`` as it arrived."""
     report = MIMEMultipart("report", report_type="feedback-report")
     report["From"] = "<staff@isp.example>"
     report["To"] = "<abuse@shop.example>"
     report["Subject"] = "FW: a complaint"
+    if date:
+        report["Date"] = date
     report.attach(MIMEText("This is an email abuse report for an email message received from IP 192.0.2.1.\n"))
     fields = MIMEBase("message", "feedback-report")
     body = f"Feedback-Type: {feedback_type}\r\nUser-Agent: {agent}\r\nVersion: 1\r\nArrival-Date: {arrival}\r\n"
@@ -57,7 +62,8 @@ def sent_mail(http, shop, smtp_server, key="fb1", **body) -> tuple[dict, bytes]:
 
 def test_a_complaint_denies_email_and_is_recorded_once(http, server, shop, smtp_server):  # noqa: F811
     m, raw = sent_mail(http, shop, smtp_server)
-    r = post(http, arf(raw))
+    written = datetime.now(UTC).replace(microsecond=0)
+    r = post(http, arf(raw, date=format_datetime(written)))
     assert r.status_code == 200, r.text
     assert r.json() == {"message_id": m["id"], "feedback_type": "abuse", "complained": True}
     again = post(http, arf(raw, headers_only=True))  # the same complaint, from another loop or resent
@@ -65,6 +71,8 @@ def test_a_complaint_denies_email_and_is_recorded_once(http, server, shop, smtp_
     msg = http.get(f"/api/messages/{m['id']}", headers=shop).json()
     complaints = [h for h in msg["history"] if h["status"] == "complained"]
     assert len(complaints) == 1 and complaints[0]["user_agent"] == "Yahoo!-Mail-Feedback/2.0"
+    # dated when the loop wrote the report (its Date), not by Arrival-Date (when the original arrived)
+    assert datetime.fromisoformat(complaints[0]["at"]) == max(written, datetime.fromisoformat(msg["sent_at"]))
     assert msg["status"] == "sent"  # its delivery stands; the complaint is engagement
     listed = http.get("/api/messages", params={"status": "complained"}, headers=shop).json()["messages"]
     assert [x["id"] for x in listed] == [m["id"]] and listed[0]["engagement"] == ["complained"]

@@ -65,8 +65,10 @@ async def _from_form(request: Request, body: bytes) -> bytes:
 
 
 def _apply(svc: Services, mid: str, report: feedback.Report) -> bool:
+    # dated by the report's own Date (when the loop wrote it, just after she complained), never later than its
+    # receipt; not by Arrival-Date, which is when the original message arrived, perhaps days before the complaint
     now = utcnow()
-    at = min(report.arrival, now) if report.arrival is not None else now
+    at = min(report.reported, now) if report.reported is not None else now
     with svc.engine.begin() as conn:
         row = conn.execute(sa.select(messages.c.workspace_id).where(messages.c.id == mid)).first()
         if row is None:

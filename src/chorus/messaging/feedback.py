@@ -43,7 +43,8 @@ _UNSUB = re.compile(r"<([^<>\s]+)>")
 class Report:
     feedback_type: str
     user_agent: str  # the feedback loop that sent it ("Yahoo!-Mail-Feedback/2.0"), "" when not given
-    arrival: datetime | None  # when the complained-of message arrived, as the report says
+    arrival: datetime | None  # when the complained-of message arrived (Arrival-Date): not when she complained
+    reported: datetime | None  # the report's own Date: the closest to when she pressed "this is spam"
     token: str  # the signed token of the original message's unsubscribe URL
     original_id: str | None  # the original's X-Chorus-Message header, when the report kept it
 
@@ -75,8 +76,8 @@ def parse(raw: bytes) -> Report:
     original = _original(parts)
     token = _token(original)
     ident = (original.get("X-Chorus-Message") or "").strip() or None
-    return Report(ftype, (fields.get("user-agent") or "").strip()[:200], _date(fields.get("arrival-date")), token,
-                  ident)  # fmt: skip
+    return Report(ftype, (fields.get("user-agent") or "").strip()[:200], _date(fields.get("arrival-date")),
+                  _date(msg.get("Date")), token, ident)  # fmt: skip
 
 
 def _fields(parts: list) -> dict[str, str]:
