@@ -252,6 +252,27 @@ def test_a_broadcast_sent_now_reaches_everybody_and_counts_it(http, h, doc, peop
     assert [(i["journey_id"], i["status"]) for i in mine["instances"]] == [("flash", "exited")]
 
 
+def test_stopping_a_broadcast_withdraws_what_waits_out_quiet_hours(http, h, doc, people):
+    """A broadcast stopped while its messages wait in the outbox (quiet hours here) sends none of them: each is
+    withdrawn, and the broadcast's messages say how many (decision 0045)."""
+    from datetime import UTC, datetime, timedelta
+
+    c = lambda *a, **kw: call(http, doc, h, *a, **kw)  # noqa: E731
+    now = datetime.now(UTC)
+    quiet = {"start": (now - timedelta(hours=1)).strftime("%H:%M"), "end": (now + timedelta(hours=2)).strftime("%H:%M"),
+             "channels": ["in_app"]}  # fmt: skip
+    r = http.patch("/api/workspace/settings", json={"messaging": {"timezone": "UTC", "quiet_hours": quiet}}, headers=h)
+    assert r.status_code == 200, r.text
+    c("POST", "/api/broadcasts", "/api/broadcasts", 201, json={"id": "late", "template": "offer", "channel": "in_app"})
+    got = wait_until(lambda: (g := c("GET", "/api/broadcasts/{broadcast_id}", "/api/broadcasts/late", 200))[
+        "messages"]["total"] == 5 and g, timeout=30)  # fmt: skip
+    assert got["messages"]["by_status"] == {"queued": 5} and got["messages"]["withdrawn"] == 0
+    assert c("POST", "/api/broadcasts/{broadcast_id}/{action}", "/api/broadcasts/late/stop", 200)["status"] == "stopped"
+    got = wait_until(lambda: (g := c("GET", "/api/broadcasts/{broadcast_id}", "/api/broadcasts/late", 200))[
+        "messages"]["withdrawn"] == 5 and g, timeout=30)  # fmt: skip
+    assert got["messages"]["by_status"] == {"skipped": 5} and got["messages"]["reached"].get("sent") is None
+
+
 @pytest.mark.parametrize("path", ["/api/journeys/onboard/definition?version=1099511627776",
                                   "/api/journeys/onboard/stats?version=1099511627776",
                                   "/api/journeys/onboard/people?node=pause&version=1099511627776"])  # fmt: skip

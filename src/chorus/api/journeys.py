@@ -207,6 +207,8 @@ class Messages(_Closed):
     total: int
     by_status: dict[str, int] = Field(description="messages per current status")
     reached: dict[str, int] = Field(description="messages that ever reached each status (clicked ones were opened)")
+    withdrawn: int = Field(description="skipped because the person left by the goal or an exit criterion, or the "
+                                       "broadcast was stopped, before the message went out (reason 'withdrawn: …')")
 
 
 class Broadcast(Journey):

@@ -148,6 +148,10 @@ def control(conn: Connection, ws: str, jid: str, action: str, now: datetime) -> 
     # resume gives the held inputs again; stop and archive tell everybody inside: both left to the sweep task
     sweep = status in ("active", "stopped", "archived")
     store.set_status(conn, ws, jid, status, now, sweep=sweep)
+    if status in ("stopped", "archived"):
+        # a stopped journey sends nothing more: its messages not gone out yet are withdrawn now, whether or not the
+        # instance that sent one is still inside (a broadcast's have all left by then: the message was their path)
+        outbox.withdraw_journey(conn, ws, jid, f"{jr.kind} {jid} was {status} before it went out", now)
     runtime.forget_parsed(conn)
     return view(conn, ws, jid)
 

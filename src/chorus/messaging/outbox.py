@@ -689,6 +689,7 @@ def _email_links(rendered: dict, msg: dict, profile: dict, links: Links) -> None
 
 
 WITHDRAWABLE = ("queued", "retrying")  # not gone out yet, and no worker is sending it
+WITHDRAWN = "withdrawn: "  # the reason of a message withdrawn (skipped), before why
 
 
 def withdraw(conn: Connection, ws: str, items: list[tuple[str, str]], at: datetime) -> list[str]:
@@ -707,11 +708,22 @@ def withdraw(conn: Connection, ws: str, items: list[tuple[str, str]], at: dateti
         messages.c.workspace_id == ws, bulk.in_(messages.c.idempotency_key, sorted(why), conn.dialect.name),
         messages.c.status.in_(WITHDRAWABLE),
     ).order_by(messages.c.id)  # fmt: skip
+    return _withdraw(conn, q, lambda m: why[m["idempotency_key"]], at)
+
+
+def withdraw_journey(conn: Connection, ws: str, journey_id: str, reason: str, at: datetime) -> list[str]:
+    """:func:`withdraw` every message of a journey or broadcast not gone out yet (it was stopped)."""
+    q = sa.select(messages).where(messages.c.workspace_id == ws, messages.c.journey_id == journey_id,
+                                  messages.c.status.in_(WITHDRAWABLE)).order_by(messages.c.id)  # fmt: skip
+    return _withdraw(conn, q, lambda _m: reason, at)
+
+
+def _withdraw(conn: Connection, q, reason_of, at: datetime) -> list[str]:
     if conn.dialect.name == "postgresql":
         q = q.with_for_update()
     rows = [dict(r._mapping) for r in conn.execute(q)]
-    set_statuses(conn, [Change(m, "skipped", at, {"reason": "withdrawn", "message": why[m["idempotency_key"]]},
-                               {"next_attempt_at": None, "reason": f"withdrawn: {why[m['idempotency_key']]}"})
+    set_statuses(conn, [Change(m, "skipped", at, {"reason": "withdrawn", "message": reason_of(m)},
+                               {"next_attempt_at": None, "reason": WITHDRAWN + reason_of(m)})
                         for m in rows])  # fmt: skip
     return [m["id"] for m in rows]
 
@@ -824,4 +836,7 @@ def journey_message_counts(conn: Connection, ws: str, journey_id: str) -> dict:
     now = dict(conn.execute(sa.select(m.status, sa.func.count()).where(mine).group_by(m.status)).all())
     ever = dict(conn.execute(sa.select(s.status, sa.func.count(sa.distinct(s.message_id))).select_from(
         message_status.join(messages, s.message_id == m.id)).where(mine).group_by(s.status)).all())  # fmt: skip
-    return {"total": sum(now.values()), "by_status": dict(sorted(now.items())), "reached": dict(sorted(ever.items()))}
+    withdrawn = conn.execute(sa.select(sa.func.count()).where(
+        mine, m.status == "skipped", m.reason.startswith(WITHDRAWN))).scalar()  # fmt: skip
+    return {"total": sum(now.values()), "by_status": dict(sorted(now.items())), "reached": dict(sorted(ever.items())),
+            "withdrawn": withdrawn}  # fmt: skip
