@@ -2,11 +2,12 @@
 stores it wrote: both runs posted the same plan; the multichannel brand sent messages after the person had bought
 elsewhere (the store says so: her purchase, in another team's workspace, came before the message) and the
 omnichannel brand sent nothing after a journey's exit; every message sent was allowed by the consent its workspace
-held; the comparison's figures are the stores' own (messages per channel, unsubscribes, journey conversions,
-revenue in the brand's books) and the customers' (what they bought).
+held (no email at all after a spam complaint); the comparison's figures are the stores' own (messages per channel,
+unsubscribes, spam complaints, journey conversions, revenue in the brand's books) and the customers' (what they
+bought, the complaints they made).
 
-Model parameters are changed (``--set``) so that a small population unsubscribes, answers STOP and buys abandoned
-carts in a store often enough to check."""
+Model parameters are changed (``--set``) so that a small population unsubscribes, reports email as spam, answers
+STOP and buys abandoned carts in a store often enough to check."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ CUSTOMERS = 100
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("compare")
     r = demo(tmp, "--compare", "--customers", str(CUSTOMERS), "--days", "21", "--seed", "11", "--start", START,
-             "--json", "--set", "email_open=0.6", "--set", "email_unsubscribe=0.15", "--set", "sms_stop=0.3",
+             "--json", "--set", "email_open=0.6", "--set", "email_unsubscribe=0.15", "--set", "email_complaint=0.03",
+             "--set", "sms_stop=0.3",
              "--set", "add_rate=0.7", "--set", "cart_return_online=0", "--set", "cart_return_store=1",
              timeout=300)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
@@ -121,6 +123,7 @@ def test_the_omnichannel_brand_sent_nothing_after_a_journeys_exit(run):
     assert sent == steps and sum(sent.values()) > 20
     wasted = Counter(w["why"] for w in doc["runs"]["omnichannel"]["wasted"])
     assert wasted["marketing email after she unsubscribed from its topic"] == 0
+    assert wasted["marketing email after she reported the brand's email as spam"] == 0
     # a message still waiting (a cap, quiet hours) when her instance left by its goal or an exit criterion was
     # withdrawn, not sent: no message of such an instance went out after it was withdrawn (decision 0045)
     left = {r["instance_id"] for r in store["records"] if r["kind"] == "exited"
@@ -133,7 +136,8 @@ def test_the_omnichannel_brand_sent_nothing_after_a_journeys_exit(run):
 @pytest.mark.parametrize("side", ["multichannel", "omnichannel"])
 def test_every_message_was_allowed_by_its_workspaces_consent(run, side):
     """From the instant Chorus took an unsubscribe, no marketing email of that topic to her from that workspace;
-    from a STOP, no SMS at all to that number."""
+    from a spam complaint (the feedback loop's report), no email at all to her from that workspace; from a STOP, no
+    SMS at all to that number."""
     doc, stores = run
     store = stores[side]
     by_id = {m["id"]: m for m in store["messages"]}
@@ -144,6 +148,14 @@ def test_every_message_was_allowed_by_its_workspaces_consent(run, side):
                  and m["profile_id"] == msg["profile_id"] and m["channel"] == "email" and m["kind"] == "marketing"
                  and m["topic"] == msg["topic"] and ts(m["created_at"]) > at]  # fmt: skip
         assert later == [], (side, msg["id"], later)
+    complaints = doc["runs"][side]["complaint_records"]
+    assert complaints, side
+    for c in complaints:
+        msg, at = by_id[c["message_id"]], ts(c["at"])  # when Chorus received the report
+        later = [m["id"] for m in store["messages"] if m["workspace_id"] == msg["workspace_id"]
+                 and (m["profile_id"] == msg["profile_id"] or m["address"] == c["address"])
+                 and m["channel"] == "email" and m["sent_at"] is not None and ts(m["sent_at"]) > at]  # fmt: skip
+        assert later == [], (side, c, later)
     stops = [(s["phone"], ts(s["at"])) for s in doc["runs"][side]["stop_records"]]
     for address, at in stops:
         assert not [m for m in store["messages"] if m["channel"] == "sms" and m["address"] == address
@@ -160,6 +172,11 @@ def test_the_comparison_is_what_each_runs_store_and_customers_say(run, side):
     unsubscribed = Counter(channel_of[s["message_id"]] for s in store["statuses"] if s["status"] == "unsubscribed")
     assert row["unsubscribes"] == row["unsubscribes_recorded"] == unsubscribed["email"] > 0, (row, unsubscribed)
     assert row["stops"] == row["stops_recorded"] > 0, row
+    # every complaint the customers made is in its message's history, and the stores hold no other
+    complained = [s["message_id"] for s in store["statuses"] if s["status"] == "complained"]
+    assert sorted(complained) == sorted(c["message_id"] for c in doc["runs"][side]["complaint_records"])
+    assert row["complaints"] == row["complaints_made"] == row["complaints_recorded"] == len(complained) > 0, row
+    assert all(channel_of[m] == "email" for m in complained)
     assert row["conversions_reported"] == sum(r["kind"] == "converted" for r in store["records"])
     # the brand's books: the workspaces that hold orders (the app team's copy of app orders is not counted twice)
     books = {w for w, name in store["workspaces"].items()
@@ -172,6 +189,7 @@ def test_the_comparison_is_what_each_runs_store_and_customers_say(run, side):
     assert row["cost"] == pytest.approx(sum(n * costs[ch] for ch, n in sent.items()), abs=0.02)
     table = {what.strip(): (m, o) for what, m, o in compare.rows(doc["comparison"])}
     assert table["messages sent"][0 if side == "multichannel" else 1] == sum(sent.values())
+    assert table["spam complaints (feedback loop)"][0 if side == "multichannel" else 1] == len(complained)
 
 
 def test_the_multichannel_brand_is_a_workspace_per_team_fed_by_its_own_systems():

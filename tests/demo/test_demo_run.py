@@ -1,10 +1,11 @@
 """`chorus demo` end to end, as a user runs it (a subprocess), then the issue's invariants checked against the store
 it wrote: totals reconcile between the report and the store, everything sent really arrived (SMTP server, sink
 files) and nothing else did, holdouts received nothing after their split, nobody got a message from a journey
-after leaving it, and an unsubscribe stopped that topic's marketing email at once.
+after leaving it, an unsubscribe stopped that topic's marketing email at once, and a spam complaint (a feedback
+loop's ARF report) every email.
 
-The run changes model parameters (``--set``) so that a small population produces unsubscribes, returns and
-purchases caused by messages to check."""
+The run changes model parameters (``--set``) so that a small population produces unsubscribes, spam complaints,
+returns and purchases caused by messages to check."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def run(tmp_path_factory):
     r = demo(tmp, "--customers", "90", "--days", "14", "--seed", "11", "--start", START, "--json",
              "--set", "email_open=0.6", "--set", "email_unsubscribe=0.15", "--set", "sms_stop=0.3",
              "--set", "return_rate_online=0.5", "--set", "return_rate_store=0.3",
-             "--set", "convert_after_click=0.6")  # fmt: skip
+             "--set", "convert_after_click=0.6", "--set", "email_complaint=0.03")  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     engine = sa.create_engine(f"sqlite:///{tmp / 'demo.db'}")
     with engine.connect() as conn:
@@ -209,8 +210,8 @@ def test_the_demo_used_every_public_path(run):
     for channel in ("web", "app", "store", "catalog", "server"):  # tracking (both keys) and the till imports
         assert ch[channel] > 0, (channel, ch)
     statuses = Counter(s["status"] for s in store["statuses"])
-    # the open pixel, tracked links, RFC 8058, Twilio's status callback
-    for status in ("opened", "clicked", "unsubscribed", "delivered"):
+    # the open pixel, tracked links, RFC 8058, a feedback loop's ARF report, Twilio's status callback
+    for status in ("opened", "clicked", "unsubscribed", "complained", "delivered"):
         assert statuses[status] > 0, statuses
 
 
@@ -302,6 +303,25 @@ def test_an_unsubscribe_stops_that_topic_at_once(run):
         later = [m for m in store["messages"] if m["profile_id"] == msg["profile_id"] and m["channel"] == "email"
                  and m["kind"] == "marketing" and m["topic"] == msg["topic"] and ts(m["created_at"]) > at]  # fmt: skip
         assert later == [], (msg["id"], later)
+
+
+def test_a_spam_complaint_is_recorded_and_ends_every_email(run):
+    """Every complaint the customers made reached Chorus as a feedback loop's ARF report and is in its message's
+    history, and the report's count is the store's; from the instant Chorus received the report, no email went to
+    her (her email consent is denied for every topic, receipts included)."""
+    rep, store, _ = run
+    complained = {s["message_id"] for s in store["statuses"] if s["status"] == "complained"}
+    assert rep["complaints"] and {c["message_id"] for c in rep["complaints"]} == complained
+    assert rep["complaints_recorded"] == len(complained) == len(rep["complaints"])
+    assert rep["responses"]["email:complained"] >= len(complained)
+    by_id = {m["id"]: m for m in store["messages"]}
+    for c in rep["complaints"]:
+        msg, at = by_id[c["message_id"]], ts(c["at"])
+        assert msg["channel"] == "email" and msg["kind"] == "marketing" and msg["address"] == c["address"], msg
+        later = [m["id"] for m in store["messages"] if m["channel"] == "email" and m["sent_at"] is not None
+                 and (m["profile_id"] == msg["profile_id"] or m["address"] == c["address"])
+                 and ts(m["sent_at"]) > at]  # fmt: skip
+        assert later == [], (c, later)
 
 
 def test_an_sms_stop_ends_every_sms_at_once(run):
@@ -420,7 +440,7 @@ def test_the_text_report_prints_every_section(tmp_path):
                   "Journey funnels per node", "Messages by channel and status", "What the customers did",
                   "Uplift against the holdouts", "Value per customer by channels used", "Showrooming and webrooming",
                   "Revenue and returns over the period", "Lifetime value by number of channels",
-                  "Attribution by model: conversions credited", "charts: ",
+                  "Attribution by model: conversions credited", "Spam complaints: ", "charts: ",
                   "Workspace 'demo' (keys are shown only now): api_key ak_", "40 customers over 9 days"):  # fmt: skip
         assert title in r.stderr, title
     assert "spring_sale" in r.stderr and "[s004]" in r.stderr, "the broadcast and the parameters' sources"

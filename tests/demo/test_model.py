@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 from hypothesis import given, settings
@@ -76,17 +77,29 @@ def test_actions_are_in_the_period_ordered_and_consistent(seed, n, days):
                 assert c.loyalty_id or signed_up, "a till sale with no card nor account cannot be tied to her"
 
 
-@settings(max_examples=200, deadline=None)
+# response rates raised (a complaint is rare at the defaults) within their ranges, or the defaults
+rates = st.one_of(st.just(params.DEFAULTS), st.fixed_dictionaries({
+    "email_open": st.floats(0.01, 1), "email_unsubscribe": st.floats(0, 0.3), "email_complaint": st.floats(0, 0.3),
+    "annoyance_lift": st.floats(1, 5)}).map(params.with_overrides))  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
 @given(seeds, st.text(max_size=20), st.sampled_from(["email", "sms", "push", "messenger", "in_app"]),
-       st.booleans(), st.integers(min_value=0, max_value=10**7), st.booleans())
-def test_responses_are_deterministic_and_coherent(seed, key, channel, relevant, age_s, marketing):
+       st.booleans(), st.integers(min_value=0, max_value=10**7), st.booleans(), st.booleans(), rates)
+def test_responses_are_deterministic_and_coherent(seed, key, channel, relevant, age_s, marketing, annoyed, p):
     age = timedelta(seconds=age_s)
-    r = model.respond(seed, key, channel, relevant, age, marketing)
-    assert r == model.respond(seed, key, channel, relevant, age, marketing)
+    r = model.respond(seed, key, channel, relevant, age, marketing, p, annoyed)
+    assert r == model.respond(seed, key, channel, relevant, age, marketing, p, annoyed)
     assert not r.clicked or r.opened or channel != "email"
     assert r.purchase is None or r.clicked
     assert not r.unsubscribed or (marketing and channel in ("email", "sms"))
+    # a spam complaint: only about an opened marketing email she did not click, and instead of an unsubscribe
+    assert not r.complained or (marketing and channel == "email" and r.opened and not r.clicked)
+    assert not (r.complained and r.unsubscribed)
     assert timedelta(0) < r.delay <= timedelta(hours=36)
+    # complaints change nothing else: the same answer as a model without them, but the complaint
+    calm = model.respond(seed, key, channel, relevant, age, marketing, {**p, "email_complaint": 0.0}, annoyed)
+    assert not calm.complained and calm == dataclasses.replace(r, complained=False)
 
 
 def test_relevance_and_freshness_raise_response_rates():
@@ -98,11 +111,28 @@ def test_relevance_and_freshness_raise_response_rates():
     assert rate(False, fresh) > 3 * rate(False, stale)
 
 
+def test_spam_complaints_are_rare_and_the_annoyed_lift_raises_them():
+    """Per marketing email received, about ``email_complaint`` (so a brand at the defaults stays within Google's
+    0.1 %), times ``annoyance_lift`` for a message about what she had already done; never for a transactional one."""
+    n = 100_000
+
+    def rate(annoyed, marketing=True):
+        return sum(model.respond(5, str(i), "email", False, timedelta(hours=2), marketing, annoyed=annoyed).complained
+                   for i in range(n)) / n  # fmt: skip
+
+    calm, annoyed = rate(False), rate(True)
+    want = params.DEFAULTS["email_complaint"] * (1 - params.DEFAULTS["email_click"])  # opened, then not clicked
+    assert 0.6 * want < calm < 1.4 * want < 0.001, (calm, want)
+    assert annoyed > 2 * calm
+    assert rate(True, marketing=False) == 0
+
+
 def test_every_parameter_has_a_meaning_and_a_source():
     names = [p.name for p in params.PARAMS]
     assert len(names) == len(set(names))
     for p in params.PARAMS:
-        assert p.meaning and (p.source == params.ASSUMPTION or p.source.startswith("[s0")), p
+        assert p.meaning and (p.source == params.ASSUMPTION or p.source.startswith(params.ASSUMPTION + ": ")
+                              or p.source.startswith("[s0")), p  # fmt: skip
 
 
 def test_the_population_shows_the_behaviours_the_demo_is_about():

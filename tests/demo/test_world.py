@@ -57,3 +57,34 @@ def test_stop_goes_to_the_inbound_webhook_and_the_delivery_report_to_the_message
     # a transactional text is never answered with STOP by the model
     w.receive(c, Delivery("msg_2", "sms", c.phone, text=text), {"template": "receipt", "kind": "transactional"}, END)
     assert len(w.tally.stops) == 1
+
+
+def test_a_complaint_is_a_feedback_loops_arf_report_chorus_reads():
+    """She reports an opened marketing email as spam: a callback for later carries an ARF report (RFC 5965) of the
+    email as it arrived, which Chorus' own parser reads as an abuse report naming the message by its unsubscribe
+    link; she does not also unsubscribe."""
+    from email.message import EmailMessage
+
+    from chorus.messaging import feedback
+
+    p = params.with_overrides({"email_open": 1, "email_click": 0, "email_unsubscribe": 0, "email_complaint": 1})
+    w = world(p, 5)
+    c = w.customers[0]
+    original = EmailMessage()
+    original["From"] = "Kestrel <news@kestrel.example>"
+    original["To"] = c.email
+    original["Message-ID"] = "<msg_1@kestrel.example>"
+    original["X-Chorus-Message"] = "msg_1"
+    original["List-Unsubscribe"] = "<http://chorus.test/u/TOKEN123>"
+    original["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    original.set_content("Spring sale")
+    d = Delivery("msg_1", "email", c.email, None, (), "http://chorus.test/u/TOKEN123", raw=original.as_bytes())
+    now = START + timedelta(days=1)
+    w.receive(c, d, {"template": "spring_sale", "kind": "marketing", "topic": "offers"}, now)
+    (cb,) = w.due_callbacks(END)
+    assert cb.kind == "complaint" and cb.at > now and w.tally.complaints == [cb.record] and not w.tally.unsubscribes
+    assert cb.record == {"message_id": "msg_1", "user_id": c.user_id, "address": c.email}
+    report = feedback.parse(cb.body)
+    assert (report.feedback_type, report.token, report.original_id, report.arrival) == ("abuse", "TOKEN123", "msg_1",
+                                                                                        now)  # fmt: skip
+    assert report.complaint and report.user_agent

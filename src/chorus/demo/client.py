@@ -89,6 +89,11 @@ class Chorus:
         r = self.public.post(_local(url, self.base_url), data={"List-Unsubscribe": "One-Click"})
         return r.status_code
 
+    def feedback_report(self, raw: bytes) -> tuple[int, dict]:
+        """A mailbox provider's spam-complaint report (ARF, RFC 5965), as the brand's abuse mailbox forwards it: the
+        raw email to the feedback webhook. No key: the report names its message by the original's signed link."""
+        r = self.public.post("/webhooks/email/feedback", content=raw, headers={"Content-Type": "message/rfc822"})
+        return r.status_code, r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
 
     def provider_callback(self, url: str, form: dict[str, str], headers: dict[str, str]) -> int:
         """A provider's request to Chorus (Twilio's status report or an inbound SMS), signed as the provider does."""

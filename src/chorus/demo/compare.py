@@ -159,6 +159,8 @@ def collect(_api: Chorus, out: run.Outcome) -> dict:
             "sent": dict(Counter(m["channel"] for m in msgs if m["sent_at"])),
             "messages": len(msgs),
             "statuses": dict(Counter(m["status"] for m in msgs)),
+            # spam complaints recorded (the message's history holds complained), through the status filter
+            "complaints": len(api.pages("/api/messages", "messages", status="complained")),
             "conversions": {f["id"]: f["totals"].get("converted", 0) for f in flows},
             "orders": omni["totals"]["orders"], "revenue": omni["totals"]["revenue"],
             "customers": omni["totals"]["customers"],
@@ -171,11 +173,14 @@ def collect(_api: Chorus, out: run.Outcome) -> dict:
         # in the consent of the profile the STOP came from (GET /api/profiles?phone=)
         "unsubscribes_recorded": sum(_recorded(out.apis, r["message_id"]) for r in out.unsubscribes),
         "stops_recorded": sum(_stopped(out.apis, r["phone"]) for r in out.stops),
+        "complaints_recorded": sum(_recorded(out.apis, r["message_id"], "complained") for r in out.complaints),
         "events_sent": out.events_sent,
         "wasted": out.wasted,
         "unsubscribes": len(out.unsubscribes),
         "stops": len(out.stops),
         "stop_records": out.stops,
+        "complaints": len(out.complaints),
+        "complaint_records": out.complaints,
         "purchases": dict(out.purchases),
         "revenue": float(out.revenue),
         "plan_digest": out.plan_digest,
@@ -193,11 +198,11 @@ def _omnichannel(api: Chorus) -> dict:
     return api.ok(r)
 
 
-def _recorded(apis: dict[str, Chorus], message_id: str) -> bool:
+def _recorded(apis: dict[str, Chorus], message_id: str, status: str = "unsubscribed") -> bool:
     for api in apis.values():
         r = api.admin.get(f"/api/messages/{message_id}")
         if r.status_code == 200:
-            return any(h["status"] == "unsubscribed" for h in r.json()["history"])
+            return any(h["status"] == status for h in r.json()["history"])
     return False
 
 
@@ -227,6 +232,11 @@ def side(rep: dict, books: tuple[str, ...]) -> dict:
         "unsubscribes_recorded": rep["unsubscribes_recorded"],
         "stops": rep["stops"],
         "stops_recorded": rep["stops_recorded"],
+        # spam complaints in the brand's stores (every workspace's messages whose history holds complained), the
+        # complaints the customers made (their reports posted), and how many of those Chorus recorded
+        "complaints": sum(w["complaints"] for w in ws.values()),
+        "complaints_made": rep["complaints"],
+        "complaints_recorded": rep["complaints_recorded"],
         "conversions_reported": sum(sum(w["conversions"].values()) for w in ws.values()),
         "orders": sum(ws[b]["orders"] for b in books),
         "revenue": round(sum(ws[b]["revenue"] for b in books), 2),
@@ -360,7 +370,7 @@ def rows(cmp: dict) -> list[tuple[str, object, object]]:
     out += [
         ("email unsubscribes (one-click)", m["unsubscribes"], o["unsubscribes"]),
         ("SMS STOP replies", m["stops"], o["stops"]),
-        ("complaints", "not simulated", "not simulated"),
+        ("spam complaints (feedback loop)", m["complaints"], o["complaints"]),
         ("conversions the journeys report (sum over teams)", m["conversions_reported"], o["conversions_reported"]),
         ("orders and till receipts (the brand's books)", m["orders"], o["orders"]),
         ("revenue, EUR (the brand's books)", m["revenue"], o["revenue"]),
@@ -406,9 +416,10 @@ def show(console: Console, doc: dict) -> None:
         t.add_row(what, _fmt(m), _fmt(o), _diff(m, o))
     console.print(t)
     console.print(f"[dim]The same plan in both runs: {'yes' if cmp['same_plan'] else '[bold red]NO[/]'} (a digest of "
-                  "the planned actions each run posted). Messages, unsubscribes and revenue are read through each "
-                  "run's API (GET /api/messages, the journeys' stats, GET /api/analytics/omnichannel); which "
-                  "messages came after she had already bought is the customers' record, not the brand's.[/dim]")
+                  "the planned actions each run posted). Messages, unsubscribes, complaints and revenue are read "
+                  "through each run's API (GET /api/messages, the journeys' stats, GET /api/analytics/omnichannel); "
+                  "which messages came after she had already bought is the customers' record, not the brand's."
+                  "[/dim]")
     c = Table(title="The seeds' claims next to what each brand's own reports say", title_justify="left")
     for col in ("claim", "multichannel brand's data", "omnichannel brand's data"):
         c.add_column(col, overflow="fold")

@@ -26,6 +26,7 @@ class Delivery:
     click_urls: tuple[str, ...] = ()  # its tracked links
     unsubscribe_url: str | None = None  # List-Unsubscribe (RFC 8058 one-click), marketing email only
     text: Text | None = None  # an SMS as Twilio took it (its status callback URL names the message)
+    raw: bytes | None = field(default=None, repr=False, compare=False)  # an email as the SMTP server received it
 
 
 def from_mail(mail: Mail, public_url: str) -> list[Delivery]:
@@ -43,7 +44,7 @@ def from_mail(mail: Mail, public_url: str) -> list[Delivery]:
         url = part.strip().strip("<>")
         if url.startswith(f"{public_url}/u/"):
             unsub = url
-    return [Delivery(mid, "email", rcpt, opens[0] if opens else None, clicks, unsub) for rcpt in mail.to]
+    return [Delivery(mid, "email", rcpt, opens[0] if opens else None, clicks, unsub, raw=mail.data) for rcpt in mail.to]
 
 
 def from_text(text: Text) -> Delivery:

@@ -22,8 +22,9 @@ What a customer does (one *mission* at a time, missions as a Poisson process unt
 * **call centre** calls, and a **printed catalog** mailed to loyalty-card holders with a promo code that some
   later type at checkout.
 
-Responses to messages are :func:`respond`: the chance to open, click, unsubscribe and buy depends on the channel,
-on whether the message is about what she just did (relevance) and on how long after that it arrives (staleness).
+Responses to messages are :func:`respond`: the chance to open, click, unsubscribe, complain of spam and buy depends
+on the channel, on whether the message is about what she just did (relevance) and on how long after that it arrives
+(staleness).
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ class Response:
     unsubscribed: bool  # email: one-click unsubscribe of the topic; SMS: a STOP reply
     purchase: str | None  # None, "online" or "store"
     delay: timedelta  # from delivery to the first reaction
+    complained: bool = False  # email: reported as spam (instead of an unsubscribe: never both)
 
 
 Params = Mapping[str, float]  # parameter name -> value (params.DEFAULTS, or with_overrides)
@@ -312,20 +314,30 @@ def respond(seed: int, key: str, channel: str, relevant: bool, age: timedelta, m
     """How a person reacts to a message received on ``channel``, ``age`` after what it is about. ``key`` names
     the delivery (customer and message) so the answer is the same in every run with this seed. ``annoyed``: the
     message is about something she has already done (a cart reminder after she bought, in a store or online;
-    ``world.World.wasted`` says which): it is not relevant, and an unsubscribe or a STOP is ``annoyance_lift`` times
-    as likely."""
+    ``world.World.wasted`` says which): it is not relevant, and an unsubscribe, a spam complaint or a STOP is
+    ``annoyance_lift`` times as likely.
+
+    An opened marketing email she does not click is unsubscribed from or reported as spam (the mailbox provider's
+    "this is spam" button), or neither: one draw decides, the unsubscribe below its chance and the complaint in the
+    slice above it, so she never does both, and the unsubscribes are those of a model without complaints. Both
+    chances are per marketing email received (``email_unsubscribe``, ``email_complaint``), hence divided by the
+    open rate once conditioned on the open."""
     rng = random.Random(f"{seed}:respond:{key}")
     P = p.__getitem__  # noqa: N806
     lift = P("relevance_lift") if relevant and not annoyed else 1.0
     annoyance = P("annoyance_lift") if annoyed else 1.0
     fresh = 0.5 ** (max(age.total_seconds(), 0) / 3600 / P("staleness_half_life_h"))
     factor = min(lift * fresh, 3.0)
-    opened = clicked = unsubscribed = False
+    opened = clicked = unsubscribed = complained = False
     if channel == "email":
         opened = rng.random() < min(P("email_open") * factor, 0.95)
         clicked = opened and rng.random() < min(P("email_click") * factor, 0.95)
-        unsubscribed = marketing and opened and not clicked and rng.random() < annoyance * P("email_unsubscribe") / max(
-            P("email_open"), 1e-9)
+        if marketing and opened and not clicked:
+            u = rng.random()
+            per_open = annoyance / max(P("email_open"), 1e-9)
+            unsub = per_open * P("email_unsubscribe")
+            unsubscribed = u < unsub
+            complained = unsub <= u < unsub + per_open * P("email_complaint")
     else:
         base = {"sms": "sms_click", "push": "push_open", "messenger": "messenger_click"}.get(channel)
         clicked = base is not None and rng.random() < min(P(base) * factor, 0.95)
@@ -335,4 +347,4 @@ def respond(seed: int, key: str, channel: str, relevant: bool, age: timedelta, m
     if clicked and rng.random() < P("convert_after_click"):
         purchase = "store" if rng.random() < P("convert_in_store") else "online"
     delay = timedelta(minutes=rng.uniform(5, 36 * 60 if purchase == "store" else 6 * 60))
-    return Response(opened, clicked, unsubscribed, purchase, delay)
+    return Response(opened, clicked, unsubscribed, purchase, delay, complained)

@@ -6,6 +6,9 @@ Sources are the seed articles (/work/shared/seeds, digested in SEEDS.md) by file
   [s001] 001_9855ea6254e10e43.txt  a first-purchase discount offered to a new sign-up (welcome code)
   [s003] 003_6b655e3f866b4f5c.txt  omnichannel campaigns: ~250 % higher purchase/engagement, ~30 % higher LTV
   [s004] 004_f773d1080fcedb98.txt  87 % of purchases still offline; 39 % visit websites, 33 % compare prices first
+A source outside the seeds is named in the source itself, after "assumption: " when the value is still a guess (the
+spam complaint rate: Google's email sender guidelines, support.google.com/a/answer/81126, give a ceiling, not a
+measured rate).
 """
 
 from __future__ import annotations
@@ -70,16 +73,21 @@ PARAMS: tuple[Param, ...] = (
     Param("email_open", 0.25, "email opened", ASSUMPTION),
     Param("email_click", 0.12, "opened email clicked", ASSUMPTION),
     Param("email_unsubscribe", 0.004, "marketing email unsubscribed (RFC 8058 one-click)", ASSUMPTION),
+    Param("email_complaint", 0.0005, "marketing email reported as spam (the mailbox provider's feedback loop sends "
+          "the brand an ARF report); only an opened, unclicked one, instead of an unsubscribe, never with it",
+          "assumption: half the ceiling of Google's email sender guidelines (keep the spam rate below 0.1 %, never "
+          "0.3 % or more)"),
     Param("sms_click", 0.10, "SMS link followed", ASSUMPTION),
     Param("sms_stop", 0.01, "marketing SMS answered STOP (opt-out of every SMS)", ASSUMPTION),
     Param("push_open", 0.08, "push notification opened", ASSUMPTION),
     Param("messenger_click", 0.15, "Messenger message acted on", ASSUMPTION),
     Param("relevance_lift", 2.0, "response multiplier when the message is about what the person just did",
           "[s003] omnichannel campaigns ~2.5x engagement, tempered", share=False),
-    Param("annoyance_lift", 3.0, "unsubscribe and STOP multiplier for a message about what the person has already "
-          "done elsewhere (a cart reminder or browse offer after she bought, a cross-sell after she bought again, a "
-          "win-back offer to a recent buyer, a marketing email of a topic she unsubscribed from); such a message "
-          "gets no relevance lift", ASSUMPTION, share=False),
+    Param("annoyance_lift", 3.0, "unsubscribe, spam complaint and STOP multiplier for a message about what the "
+          "person has already done elsewhere (a cart reminder or browse offer after she bought, a cross-sell after she "
+          "bought again, a win-back offer to a recent buyer, a marketing email of a topic she unsubscribed from or "
+          "after she reported the brand's email as spam); such a message gets no relevance lift", ASSUMPTION,
+          share=False),
     Param("staleness_half_life_h", 48, "hours after which a message's response chance halves", ASSUMPTION,
           share=False),
     Param("convert_after_click", 0.25, "clicks that lead to a purchase within two days", ASSUMPTION),

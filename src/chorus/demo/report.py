@@ -47,6 +47,10 @@ def collect(api: Chorus, out) -> dict:
         "responses": dict(out.responses),
         "unsubscribes": out.unsubscribes,
         "stops": out.stops,
+        # spam complaints: those the customers made (their feedback-loop reports posted), and those Chorus recorded
+        # (GET /api/messages?status=complained: the message's history)
+        "complaints": out.complaints,
+        "complaints_recorded": len(api.pages("/api/messages", "messages", status="complained")),
         "worker": {"passes": out.passes, "seconds": round(out.worker_seconds, 1)},
         "messages": {"total": len(msgs),
                      "by_channel_status": [{"channel": c, "status": s, "count": n}
@@ -127,6 +131,10 @@ def show(console: Console, rep: dict) -> None:
     for k, v in sorted(rep["responses"].items()):
         r.add_row(k, str(v))
     console.print(r)
+    console.print(f"[dim]Spam complaints: {len(rep['complaints'])} reported by the customers' mailbox provider's "
+                  "feedback loop (ARF reports posted to /webhooks/email/feedback), "
+                  f"{rep['complaints_recorded']} recorded by Chorus (GET /api/messages?status=complained); "
+                  "email:complained above counts the model's answers, some of which fall after the period.[/dim]")
     _show_returns(console, rep)
     _show_analytics(console, rep["analytics"])
     segs = ", ".join(f"{k}: {v}" for k, v in rep["segments"].items())

@@ -5,10 +5,11 @@ workspace create` makes it), the SMTP server and the HTTP app started, providers
 retargeting audience, journeys and the broadcast installed through the admin API.
 
 Then the clock advances one step at a time. At each step: the step's actions are posted (tracking API, imports),
-the callbacks due are made (open pixels, tracked clicks, one-click unsubscribes, visits from a message's link),
-the worker runs passes until it reports no work (resolution, the change feed, segments, journeys and their timers,
-schedules, delivery: exactly what `chorus serve`'s worker runs), and what the customers received (the SMTP
-server's mail, the sinks' files) is answered per the model: callbacks and purchases for later steps.
+the callbacks due are made (open pixels, tracked clicks, one-click unsubscribes, feedback-loop reports of spam
+complaints, visits from a message's link), the worker runs passes until it reports no work (resolution, the change
+feed, segments, journeys and their timers, schedules, delivery: exactly what `chorus serve`'s worker runs), and what
+the customers received (the SMTP server's mail, the sinks' files) is answered per the model: callbacks and
+purchases for later steps.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class Outcome:
     responses: Counter = field(default_factory=Counter)
     unsubscribes: list = field(default_factory=list)  # email one-click unsubscribes: message, user, time
     stops: list = field(default_factory=list)  # SMS STOP replies: message, phone, time
+    complaints: list = field(default_factory=list)  # spam complaints (feedback-loop reports): message, user, time
     passes: int = 0
     lake: dict = field(default_factory=dict)
     worker_seconds: float = 0.0
@@ -220,6 +222,7 @@ class _Loop:
         # an opt-out whose request would have come after the period never reached Chorus: not reported as made
         self.out.unsubscribes = [r for r in tally.unsubscribes if "at" in r]
         self.out.stops = [r for r in tally.stops if "at" in r]
+        self.out.complaints = [r for r in tally.complaints if "at" in r]
         self.out.wasted = tally.wasted
         self.out.purchases, self.out.revenue = tally.purchases, tally.revenue
         self.out.plan_digest = tally.plan.hexdigest()
@@ -262,10 +265,17 @@ class _Loop:
             status = self.api.provider_callback(cb.url, cb.form or {}, self.twilio.signed(cb.url, cb.form or {}))
         elif cb.kind == "unsubscribe":
             status = self.api.one_click_unsubscribe(cb.url)
+        elif cb.kind == "complaint":
+            status, answer = self.api.feedback_report(cb.body or b"")
+            # each report is about another message (she answers a delivery once): the first report of it
+            if status < 400 and (answer.get("message_id"), answer.get("complained")) != (
+                    (cb.record or {}).get("message_id"), True):
+                raise DemoError(f"the feedback webhook answered {answer} to a complaint about "
+                                f"{(cb.record or {}).get('message_id')}")  # fmt: skip
         else:
             status = self.api.follow(cb.url)
         if status >= 400:
-            raise DemoError(f"the {cb.kind} callback answered {status}: {cb.url[:160]}")
+            raise DemoError(f"the {cb.kind} callback answered {status}: {cb.url[:160] or (cb.record or {})}")
         if cb.record is not None:
             cb.record["at"] = iso(self.clock.now)
 

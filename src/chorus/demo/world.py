@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from chorus.demo import events, model
+from chorus.demo import events, fbl, model
 from chorus.demo.brand import BRAND
 from chorus.demo.inbox import Delivery
 from chorus.demo.twilio import TwilioStandIn
@@ -31,6 +31,9 @@ WINBACK = ("winback_offer", "winback_last_chance")
 RECENT_BUYER = timedelta(days=30)  # a win-back offer to someone who bought within this is wasted
 # a cross-sell comes ten days after the order it follows: a purchase within nine days is a later one
 BOUGHT_AGAIN = timedelta(days=9)
+# from "this is spam" to Chorus: the provider's loop mails its report within minutes, the brand's abuse mailbox
+# forwards it at once (an assumption; Yahoo's and Microsoft's loops report in near real time)
+REPORT_DELAY = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -38,10 +41,11 @@ class Callback:
     """A request a person's mail client, her browser, her mailbox provider or Twilio makes to Chorus."""
 
     at: datetime
-    kind: str  # open, click (GET a link), unsubscribe (RFC 8058 POST), twilio (a signed form POST)
-    url: str
+    kind: str  # open, click (GET a link), unsubscribe (RFC 8058 POST), twilio (a signed form POST), complaint
+    url: str  # (a feedback loop's ARF report, forwarded by the brand to Chorus' feedback webhook: ``body``)
     form: dict | None = None
     record: dict | None = None  # an opt-out to report: the instant Chorus received it is added to it
+    body: bytes | None = field(default=None, repr=False)  # a complaint's ARF report (RFC 5965), raw
 
 
 @dataclass
@@ -51,11 +55,12 @@ class Tally:
     responses: Counter = field(default_factory=Counter)
     unsubscribes: list = field(default_factory=list)  # email one-click unsubscribes: message, user, topic, time
     stops: list = field(default_factory=list)  # SMS STOP replies: message, phone, time
+    complaints: list = field(default_factory=list)  # emails reported as spam (feedback loop): message, user, time
     # messages about what she had already done, by the customers' own record (Chorus may not know it): a cart
     # reminder after she bought (online or in a store) since her last add to cart, a browse offer after she bought
     # since her last product view, a cross-sell after she bought again, a win-back offer within 30 days of a
-    # purchase, a marketing email of a topic she had unsubscribed from (in another workspace: a team that does not
-    # share consent); message, user, template, channel, why
+    # purchase, a marketing email of a topic she had unsubscribed from or after she reported the brand's email as
+    # spam (in another workspace: a team that does not share consent); message, user, template, channel, why
     wasted: list = field(default_factory=list)
     purchases: Counter = field(default_factory=Counter)  # online orders and till receipts that reached Chorus
     revenue: Decimal = Decimal(0)  # their value, from the catalog's prices
@@ -86,6 +91,7 @@ class World:
         self.last_add: dict[int, datetime] = {}
         self.last_view: dict[int, datetime] = {}
         self.unsubscribed: dict[int, list[dict]] = {}  # her one-click unsubscribes (their "at": when made)
+        self.complained: dict[int, list[dict]] = {}  # her spam complaints (their "at": when Chorus got the report)
         self.last_purchase: dict[int, datetime] = {}
         self.received: Counter = Counter()  # (customer, template) -> messages so far: the stable key of a response
         self.tally = Tally()
@@ -157,6 +163,9 @@ class World:
         if why is None and d.channel == "email" and meta.get("kind") == "marketing" and any(
                 r.get("topic") == meta.get("topic") and "at" in r for r in self.unsubscribed.get(c.index, ())):
             why = "marketing email after she unsubscribed from its topic"
+        if why is None and d.channel == "email" and meta.get("kind") == "marketing" and any(
+                "at" in r for r in self.complained.get(c.index, ())):
+            why = "marketing email after she reported the brand's email as spam"
         if why:
             self.tally.wasted.append({"message_id": d.message_id, "user_id": c.user_id, "template": template,
                                       "channel": d.channel, "why": why})  # fmt: skip
@@ -173,6 +182,12 @@ class World:
                 self.tally.unsubscribes.append(record)
                 self.unsubscribed.setdefault(c.index, []).append(record)
                 self._call(Callback(at, "unsubscribe", d.unsubscribe_url, record=record))
+            if r.complained and d.unsubscribe_url and d.raw is not None:  # "this is spam": her provider reports it
+                record = {"message_id": d.message_id, "user_id": c.user_id, "address": d.address}
+                self.tally.complaints.append(record)
+                self.complained.setdefault(c.index, []).append(record)
+                self._call(Callback(at + REPORT_DELAY, "complaint", "", record=record,
+                                    body=fbl.report(d.raw, d.address, now, at)))  # fmt: skip
         if d.text is not None:  # the carrier delivered it: Twilio reports so to the message's callback URL
             self._call(Callback(now + timedelta(seconds=30), "twilio", d.text.status_callback or "",
                                 self.twilio.status(d.text, "delivered")))  # fmt: skip
@@ -184,7 +199,7 @@ class World:
             channel = "app" if d.channel == "push" and c.app_device else "web"
             self._later(model.Action(at, c.index, "view", channel, signed_in=c.index in self.signed_up,
                                      skus=(self._sku(c, f"{key}:visit"),), via=(d.channel, d.message_id)))  # fmt: skip
-        for what in ("opened", "clicked", "unsubscribed"):
+        for what in ("opened", "clicked", "unsubscribed", "complained"):
             if getattr(r, what):
                 self.tally.responses[f"{d.channel}:{what}"] += 1
         if r.purchase:  # counted when it is made (due_actions): not if it would fall after the period, nor online
