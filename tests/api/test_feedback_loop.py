@@ -128,6 +128,46 @@ def test_forged_foreign_transactional_and_malformed_reports_are_refused(http, se
     assert send(http, shop, "fb2").json()["status"] == "queued"
 
 
+# -- hostile reports over HTTP (found by review: 500s and a library's messages) ------------------------------------
+def _with_8bit_date(report: bytes) -> bytes:
+    head, body = report.split(b"\n\n", 1)
+    return head + b"\nDate: Mon, 7 Dec 2026 10:00:00 +0000 \xe9\n\n" + body
+
+
+def test_8bit_report_date_is_not_a_500(http, server, shop, smtp_server):  # noqa: F811
+    m, raw = sent_mail(http, shop, smtp_server)
+    r = post(http, _with_8bit_date(arf(raw)))
+    assert r.status_code in (200, 400), (r.status_code, r.text)
+
+
+def test_8bit_x_chorus_message_is_not_a_500(http, server, shop, smtp_server):  # noqa: F811
+    m, raw = sent_mail(http, shop, smtp_server)
+    report = arf(raw)
+    bad = report.replace(b"X-Chorus-Message: ", b"X-Chorus-Message: \xe9", 1)
+    assert bad != report
+    r = post(http, bad)
+    assert r.status_code == 400 and r.json()["field"] == "X-Chorus-Message", (r.status_code, r.text)
+
+
+def test_form_edge_cases_are_4xx(http, server, shop, smtp_server):  # noqa: F811
+    cases = {
+        "no boundary": (b"--x\r\n", "multipart/form-data"),
+        "many files": (b"".join(b'--b\r\nContent-Disposition: form-data; name="f%d"; filename="a"\r\n\r\nx\r\n' % i
+                                for i in range(6)) + b"--b--\r\n", "multipart/form-data; boundary=b"),
+        "many fields urlenc": (b"&".join(b"f%d=x" % i for i in range(300)), "application/x-www-form-urlencoded"),
+        "bad charset": (b'--b\r\nContent-Disposition: form-data; name="email"\r\n\r\n\xff\xfe\r\n--b--\r\n',
+                        "multipart/form-data; boundary=b; charset=nope"),
+        "no disposition": (b"--b\r\nContent-Type: text/plain\r\n\r\nx\r\n--b--\r\n", "multipart/form-data; boundary=b"),
+        "email as list": (b"email=a&email=b", "application/x-www-form-urlencoded"),
+    }
+    bad = {}
+    for name, (body, ctype) in cases.items():
+        r = http.post(URL, content=body, headers={"Content-Type": ctype})
+        if not (400 <= r.status_code < 500) or not r.json().get("field"):
+            bad[name] = (r.status_code, r.text[:200])
+    assert not bad, bad
+
+
 # -- the parser alone, on hostile input -------------------------------------------------------------------------------
 line = st.text(st.characters(min_codepoint=1, max_codepoint=0x2FF, exclude_characters="\r\n"), max_size=60)
 field = st.sampled_from(["Feedback-Type", "User-Agent", "Version", "Arrival-Date", "List-Unsubscribe",
@@ -155,3 +195,19 @@ def test_the_parser_answers_any_input_with_a_report_or_an_error_naming_a_part(ra
         assert exc.field in ("body", "Feedback-Type", "message/feedback-report", "message/rfc822", "List-Unsubscribe")
     else:
         assert rep.feedback_type in feedback.KNOWN_TYPES and rep.token
+
+
+def test_a_receipt_whose_body_prints_its_unsubscribe_link_is_still_not_complained_about(http, server, shop,
+                                                                                          smtp_server):  # noqa: F811
+    """The link in a transactional message's body carries the same signed token as a marketing message's header: a
+    report quoting it is refused all the same (review)."""
+    import re
+
+    receipt, raw = sent_mail(http, shop, smtp_server, "fb-r2", kind="transactional", topic="orders")
+    body = smtp_server.messages[-1]["msg"].get_body(("html",)).get_content()
+    url = re.search(r'href="(http[^"]+/u/[^"]+)"', body).group(1)
+    forged = f"Message-ID: <x@shop.example>\r\nList-Unsubscribe: <{url}>\r\nSubject: receipt\r\n\r\nhi\r\n".encode()
+    r = post(http, arf(forged))
+    assert r.status_code == 400 and "transactional" in r.json()["message"], r.text
+    history = http.get(f"/api/messages/{receipt['id']}", headers=shop).json()["history"]
+    assert "complained" not in [h["status"] for h in history]

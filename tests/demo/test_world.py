@@ -88,3 +88,5 @@ def test_a_complaint_is_a_feedback_loops_arf_report_chorus_reads():
     assert (report.feedback_type, report.token, report.original_id, report.arrival) == ("abuse", "TOKEN123", "msg_1",
                                                                                         now)  # fmt: skip
     assert report.complaint and report.user_agent
+    # dated when the loop sends it (Chorus dates the complaint by it): after the open, not before (review)
+    assert report.reported == cb.at.replace(microsecond=0) and report.reported > now

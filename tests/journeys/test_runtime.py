@@ -3,6 +3,8 @@ the transition, redelivery and replays that send nothing twice, pause/resume/sto
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from datetime import timedelta
 
@@ -11,6 +13,7 @@ import sqlalchemy as sa
 
 from chorus.identity.resolver import Resolver
 from chorus.journeys import manage, runtime, store
+from chorus.messaging import outbox
 from chorus.profiles import feed, privacy
 from chorus.store.tables import (
     events,
@@ -1008,3 +1011,37 @@ def test_a_stop_withdraws_in_batches_the_stop_first_then_the_sweep(engine, ws, c
     clock.at = T0 + timedelta(hours=12)
     settle(worker)
     assert {s for s, _ in message_rows(engine, ws).values()} == {"skipped"}
+
+
+def test_give_back_racing_an_uncommitted_withdrawal_is_still_skipped(engine, ws, clock, worker):
+    """A withdrawal marks a message being sent and has not committed when its worker gives it back (a retry): the
+    give-back waits for it and skips the message (found by review: it read no mark and sent it later)."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite serialises writers")
+    dl = worker.task("deliver")
+    dl.clock = lambda: clock.at - timedelta(minutes=1)
+    publish(engine, ws, REMIND)
+    send(engine, ws, [ev("Product Added", T0, cart_id="A")], T0)
+    _all_but_delivery(worker)
+    dl.clock = clock
+    (msg,) = dl._claim(10)  # the worker has it: status sending
+    assert _status(engine, ws)[0] == "sending"
+
+    a = engine.connect()
+    ta = a.begin()
+    assert outbox.withdraw_journey(a, ws, "cart", "stopped", clock.at) == [msg["id"]]  # marked, not committed
+
+    def give_back():  # the worker: a transient failure, a retry later
+        with engine.begin() as b:
+            outbox.set_statuses(b, [dl._retry(msg, "timed out", clock.at)])
+
+    t = threading.Thread(target=give_back)
+    t.start()
+    time.sleep(1.0)  # the give-back has read withdraw_reason (NULL in its snapshot) and waits on the UPDATE
+    ta.commit()
+    a.close()
+    t.join(10)
+    with engine.connect() as conn:
+        st, reason = conn.execute(sa.select(messages.c.status, messages.c.withdraw_reason).where(
+            messages.c.id == msg["id"])).one()
+    assert st == "skipped", (st, reason)  # it is 'retrying' with withdraw_reason set: claimed and sent later

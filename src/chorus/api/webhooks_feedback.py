@@ -11,11 +11,10 @@ The complaint is applied once; a report sent again answers ``"complained": false
 
 from __future__ import annotations
 
-from datetime import datetime
-
 import sqlalchemy as sa
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException  # what request.form() raises (FastAPI's is a subclass of it)
 from starlette.formparsers import MultiPartException
 
 from chorus.api.common import JSON, Services, read_limited
@@ -80,9 +79,7 @@ def _apply(svc: Services, mid: str, report: feedback.Report) -> bool:
         found = conn.execute(q).first()
         if found is None:  # erased meanwhile
             raise NotFound("this message no longer exists")
-        return feedback.record(conn, dict(found._mapping), report, _not_before(at, found.sent_at))
-
-
-def _not_before(at: datetime, sent_at: datetime | None) -> datetime:
-    """A complaint is never dated before the message went out (a report's Arrival-Date is the provider's clock)."""
-    return max(at, sent_at) if sent_at is not None else at
+        if found.kind != "marketing":  # its unsubscribe link was printed in the body: the report proves nothing
+            raise ChorusError("the report is about a transactional message: complaints are taken about marketing "
+                              "messages only", field="List-Unsubscribe")  # fmt: skip
+        return feedback.record(conn, dict(found._mapping), report, max(at, found.sent_at or found.created_at))

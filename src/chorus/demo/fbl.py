@@ -27,7 +27,8 @@ PROVIDER = "customers.example"
 
 def report(original: bytes, rcpt: str, arrived: datetime, made: datetime) -> bytes:
     """The ARF report of a spam complaint about ``original`` (the email as delivered to ``rcpt`` at ``arrived``),
-    made at ``made``."""
+    written and sent by the loop at ``made`` (its Date, which Chorus dates the complaint by: after she opened the
+    email and pressed "this is spam", not before)."""
     msg = MIMEMultipart("report", report_type="feedback-report")
     msg["From"] = f"Feedback Loop <fbl@{PROVIDER}>"
     msg["To"] = f"abuse@{BRAND.domain}"

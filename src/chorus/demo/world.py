@@ -187,7 +187,7 @@ class World:
                 self.tally.complaints.append(record)
                 self.complained.setdefault(c.index, []).append(record)
                 self._call(Callback(at + REPORT_DELAY, "complaint", "", record=record,
-                                    body=fbl.report(d.raw, d.address, now, at)))  # fmt: skip
+                                    body=fbl.report(d.raw, d.address, now, at + REPORT_DELAY)))  # fmt: skip
         if d.text is not None:  # the carrier delivered it: Twilio reports so to the message's callback URL
             self._call(Callback(now + timedelta(seconds=30), "twilio", d.text.status_callback or "",
                                 self.twilio.status(d.text, "delivered")))  # fmt: skip

@@ -974,6 +974,14 @@ def sweep(engine: Engine, limit: int = 200, clock: Callable[[], datetime] | None
     with engine.connect() as probe:
         todo = store.to_sweep(probe)
     for ws, jid in todo:
+        waiting = 0
+        with engine.begin() as conn:
+            # a stopped journey's messages first, in a transaction of their own: their rows are locked before people
+            # here, and a transition locks her profile before her messages (review: one transaction with both orders
+            # could deadlock on PostgreSQL)
+            jr = store.get(conn, ws, jid, lock=True)
+            if jr.sweep and jr.status in ("stopped", "archived"):
+                waiting = withdraw_stopped(conn, jr, ws, at)
         with engine.begin() as conn:
             # the journey's row first, for update (as control and publish take it), then its people: the order
             # every transition keeps (journeys shared, then people), so none waits for a lock the other holds
@@ -1008,7 +1016,6 @@ def sweep(engine: Engine, limit: int = 200, clock: Callable[[], datetime] | None
                     store.swept(conn, ws, jid)
             elif jr.status in ("stopped", "archived"):
                 store.drop_held(conn, ws, jid)
-                waiting = withdraw_stopped(conn, jr, ws, at)
                 live = store.live_instances(conn, ws, jid, limit)
                 pids = sorted({p for p, _ in live})
                 for pid in views.lock_people(conn, ws, pids):

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.message import Message
 from email.parser import BytesHeaderParser
-from email.utils import parsedate_to_datetime
+from email.utils import collapse_rfc2231_value, parsedate_to_datetime
 
 from sqlalchemy.engine import Connection
 
@@ -60,7 +60,8 @@ def parse(raw: bytes) -> Report:
     except Exception:  # noqa: BLE001 - the stdlib parser is lenient; never let a malformed report be a 500
         raise ChorusError("the body is not an email message", field="body") from None
     report = next((p for p in msg.walk() if p.get_content_type() == "multipart/report"), None)
-    if report is None or (report.get_param("report-type") or "").lower() != REPORT_TYPE:
+    kind = report.get_param("report-type") if report is not None else None
+    if report is None or collapse_rfc2231_value(kind or "").strip().lower() != REPORT_TYPE:  # RFC 2231 too
         raise ChorusError("the body is not a feedback report (RFC 5965): no multipart/report part with "
                           "report-type=feedback-report", field="body")  # fmt: skip
     parts = report.get_payload()
@@ -75,9 +76,9 @@ def parse(raw: bytes) -> Report:
                           field="Feedback-Type")  # fmt: skip
     original = _original(parts)
     token = _token(original)
-    ident = (original.get("X-Chorus-Message") or "").strip() or None
+    ident = _text(original.get("X-Chorus-Message")) or None
     return Report(ftype, (fields.get("user-agent") or "").strip()[:200], _date(fields.get("arrival-date")),
-                  _date(msg.get("Date")), token, ident)  # fmt: skip
+                  _date(_text(msg.get("Date"))), token, ident)  # fmt: skip
 
 
 def _fields(parts: list) -> dict[str, str]:
@@ -121,6 +122,11 @@ def _token(original: Message) -> str:
     raise ChorusError("the original message carries no Chorus unsubscribe link (List-Unsubscribe): it is not a "
                       "marketing message Chorus sent (transactional messages carry none)",
                       field="List-Unsubscribe")  # fmt: skip
+
+
+def _text(value) -> str:
+    """A header's value as text: the parser gives a Header object, not a str, for one with raw 8-bit bytes."""
+    return str(value).strip() if value is not None else ""
 
 
 def _date(value: str | None) -> datetime | None:

@@ -750,11 +750,12 @@ def _unless_withdrawn(conn: Connection, changes: list[Change]) -> list[Change]:
     back = [ch.msg["id"] for ch in changes if ch.status in PUT_BACK]
     if not back:
         return changes
-    q = sa.select(messages.c.id, messages.c.withdraw_reason).where(
-        bulk.in_(messages.c.id, back, conn.dialect.name), messages.c.withdraw_reason.is_not(None))
+    # every row locked, marked or not (review): PostgreSQL locks only rows that match the WHERE in its snapshot, so
+    # a condition on the mark would not wait for a withdrawal marking the row and not committed yet
+    q = sa.select(messages.c.id, messages.c.withdraw_reason).where(bulk.in_(messages.c.id, back, conn.dialect.name))
     if conn.dialect.name == "postgresql":
         q = q.with_for_update()
-    marked = dict(conn.execute(q).all())
+    marked = {mid: why for mid, why in conn.execute(q).all() if why is not None}
     if not marked:
         return changes
     return [_withdrawn(ch.msg, marked[ch.msg["id"]], ch.at, ch.profile)
