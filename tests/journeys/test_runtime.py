@@ -1045,3 +1045,18 @@ def test_give_back_racing_an_uncommitted_withdrawal_is_still_skipped(engine, ws,
         st, reason = conn.execute(sa.select(messages.c.status, messages.c.withdraw_reason).where(
             messages.c.id == msg["id"])).one()
     assert st == "skipped", (st, reason)  # it is 'retrying' with withdraw_reason set: claimed and sent later
+
+
+def test_a_transactional_message_is_owed_whatever_she_does_next(engine, ws, clock, worker):
+    """Her receipt waits (a provider outage, here no delivery yet) when she meets the exit criterion: it is not
+    withdrawn; only marketing is."""
+    receipt = {**REMIND, "nodes": {**REMIND["nodes"], "remind": {**REMIND["nodes"]["remind"], "kind": "transactional"}}}
+    publish(engine, ws, receipt)
+    send(engine, ws, [ev("Product Added", T0, cart_id="A")], T0)
+    _all_but_delivery(worker)
+    clock.at = T0 + timedelta(minutes=1)
+    send(engine, ws, [ev("Unsubscribed", clock.at)], clock.at)
+    _all_but_delivery(worker)
+    (inst,) = instances(engine, ws)
+    assert inst.state["exit_reason"] == "exit[0] met"
+    assert _status(engine, ws)[0] == "queued"

@@ -695,9 +695,9 @@ PUT_BACK = ("deferred", "retrying")  # a worker gives a message it was sending b
 
 
 def withdraw(conn: Connection, ws: str, journey_id: str, items: list[tuple[str, str]], at: datetime) -> list[str]:
-    """Skip the messages a journey asked for under these idempotency keys (``(key, reason)``) that have not gone out
-    yet, in the caller's transaction: the journey no longer wants them (its person bought in the store while her
-    reminder waited out quiet hours or a cap). Queued (a deferred one included) and waiting for a retry are
+    """Skip the marketing messages a journey asked for under these idempotency keys (``(key, reason)``) that have not
+    gone out yet, in the caller's transaction: the journey no longer wants them (its person bought in the store while
+    her reminder waited out quiet hours or a cap). Queued (a deferred one included) and waiting for a retry are
     withdrawn; one gone out stays so. One a worker is sending at this instant may be going out: it is left to the
     worker, with the reason noted (``withdraw_reason``), and if the worker gives it back to the queue (deferred,
     or a retry after a transient failure) it is skipped then (:func:`set_statuses`). Returns the ids withdrawn.
@@ -711,6 +711,9 @@ def withdraw(conn: Connection, ws: str, journey_id: str, items: list[tuple[str, 
         messages.c.workspace_id == ws, messages.c.journey_id == journey_id,
         bulk.in_(messages.c.idempotency_key, sorted(why), conn.dialect.name),
         messages.c.status.in_((*WITHDRAWABLE, "sending")),
+        # a transactional message is owed whatever she did since (the receipt of her first order, when she places
+        # a second): only a stop withdraws one (withdraw_journey)
+        messages.c.kind == "marketing",
     ).order_by(messages.c.id)  # fmt: skip
     return _withdraw(conn, q, lambda m: why[m["idempotency_key"]], at)
 
