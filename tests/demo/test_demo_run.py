@@ -492,7 +492,11 @@ def test_serve_answers_over_http_until_stopped(tmp_path):
             profile = httpx.get(f"{base}/api/profiles/{pid}", headers=auth, timeout=30)
             assert profile.status_code == 200 and profile.json()["id"] == pid, profile.text[:300]
             proc.send_signal(signal.SIGINT)
-            assert proc.wait(30) == 0
+            try:  # the server is given 15 s to stop gracefully, then killed; a loaded machine may need the rest
+                code = proc.wait(60)
+            except subprocess.TimeoutExpired:
+                raise AssertionError("the demo did not stop on SIGINT:\n" + err_path.read_text()[-3000:]) from None
+            assert code == 0, err_path.read_text()[-3000:]
         finally:
             if proc.poll() is None:
                 proc.kill()
