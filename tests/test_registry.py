@@ -26,9 +26,9 @@ def test_the_installed_packages_register_every_part_once():
                                        "identity", "profiles", "feed"]  # fmt: skip
     assert [p.phase for p in parts] == sorted(p.phase for p in parts)  # run in phase order
     # unify, decide, deliver
-    assert [t.name for t in r.tasks()] == ["resolve", "feed", "segment_timers", "segment_batch", "journey_schedule",
-                                       "journey_timers", "journey_sweep", "journey_webhooks", "deliver",
-                                       "audience_follow", "audience_changes"]  # fmt: skip
+    assert [t.name for t in r.tasks()] == ["resolve", "activity_backfill", "feed", "segment_timers", "segment_batch",
+                                       "journey_schedule", "journey_timers", "journey_sweep", "journey_webhooks",
+                                       "deliver", "audience_follow", "audience_changes"]  # fmt: skip
     assert set(r.setting_keys) == {"default_region", "identifiers", "trait_policies", "messaging", "audiences",
                                    "attribution", "journeys"}  # fmt: skip
     with pytest.raises(RuntimeError, match="frozen"):  # the process-wide registry cannot be changed behind its back
@@ -312,9 +312,9 @@ def test_the_installed_worker_resolves_then_delivers(engine):
     w = Worker(engine)
     try:
         names = [name for name, _label, _task in w.tasks]
-        assert names == ["resolve", "feed", "segment_timers", "segment_batch", "journey_schedule", "journey_timers",
-                         "journey_sweep", "journey_webhooks", "deliver", "audience_follow",
-                         "audience_changes"]  # fmt: skip
+        assert names == ["resolve", "activity_backfill", "feed", "segment_timers", "segment_batch",
+                         "journey_schedule", "journey_timers", "journey_sweep", "journey_webhooks", "deliver",
+                         "audience_follow", "audience_changes"]  # fmt: skip
         # one event resolved, its change handed to the segments, journeys and audiences consumers
         assert w.run_once() == 4
         assert w.run_once() == 0

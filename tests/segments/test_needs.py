@@ -12,11 +12,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from chorus import workspaces
+from chorus.profiles import state as pstate
 from chorus.segments import load
 from chorus.segments import rules as r
 from chorus.segments.evaluate import evaluate
 from chorus.segments.needs import ALL, needs, restrict
 from chorus.segments.person import Event, Person
+from chorus.segments.summary import Summary
 from chorus.store.tables import profiles
 from tests.segments import test_compile as comp
 from tests.segments import test_properties as props
@@ -36,6 +38,68 @@ people = st.builds(
     props.people(), st.lists(comp.an_event(), max_size=12),
 )  # fmt: skip
 rule_sets = st.lists(comp.rules, min_size=1, max_size=3)
+
+
+def _payload(i: int, m: dict) -> dict:
+    # a stored payload carries its channel at the top (collect.messages normalises it there)
+    return {**m, "messageId": f"e{i}", "channel": m["context"]["channel"]}
+
+
+@st.composite
+def summarised_people(draw):
+    """A random person with her events, and the same person carrying the summary her profile state keeps of them
+    (``profiles.state`` folds the very payloads), with room for one name per type or for many."""
+    who, raws = draw(props.people()), draw(st.lists(comp.an_event(), max_size=12))
+    limit = draw(st.sampled_from([1, 100]))
+    payloads = [_payload(i, m) for i, m in enumerate(raws)]
+    evs = tuple(sorted((Event.from_payload(p) for p in payloads), key=lambda e: (e.at, e.id)))
+    saved = dict(pstate.MAX_NAMES), pstate.MAX_NAMES_OTHER
+    pstate.MAX_NAMES.update(track=limit)
+    pstate.MAX_NAMES_OTHER = limit
+    try:
+        state = pstate.empty()
+        for p in payloads:
+            pstate.apply_event(state, p, "user_id:u1")
+    finally:
+        pstate.MAX_NAMES.clear()
+        pstate.MAX_NAMES.update(saved[0])
+        pstate.MAX_NAMES_OTHER = saved[1]
+    plain = replace(who, events=evs)
+    return plain, replace(plain, summary=Summary.of(state))
+
+
+summary_rules = st.one_of(
+    comp.rules,
+    st.builds(lambda k, s, t: {k: {**s, **t}}, st.sampled_from(["first_time", "last_time"]),
+              st.one_of(st.builds(lambda e: {"event": e}, st.sampled_from(props.EVENTS)),
+                        st.builds(lambda t: {"type": t}, st.sampled_from(["page", "identify"]))),
+              st.one_of(st.builds(lambda op, d: {op: d}, st.sampled_from(["within_last", "more_than_ago"]),
+                                  st.sampled_from(props.DURATIONS)),
+                        st.just({"exists": True}), st.just({"exists": False}))),
+    st.builds(lambda e, c: {"performed": {"event": e, "times": c}}, st.sampled_from(props.EVENTS), props.counts),
+    st.builds(lambda t: {"aggregate": {"type": "page", "function": "count", **t}}, props.numbers),
+    st.builds(lambda c: {"used_channel": {"channel": c}}, st.sampled_from(props.CHANNELS)),
+    st.builds(lambda t: {"channel_count": t}, props.numbers),
+    st.builds(lambda c: {"last_channel": {"equals": c}}, st.sampled_from(props.CHANNELS)),
+    st.builds(lambda t: {"channel_mix": {"equals": t}}, st.sampled_from(["online", "offline", "both"])),
+)  # fmt: skip
+
+
+@props.SETTINGS
+@given(st.lists(summary_rules, min_size=1, max_size=3), summarised_people(), st.data())
+def test_the_summary_gives_the_same_answer_and_next_change_as_the_events(raws, pair, data):
+    """Read from her summary and only the events its needs keep, every rule answers as from her whole history,
+    with the same next change: the summary is exact wherever it is used, and falls back where it is not (a name
+    past the cut, events stamped after ``now``: ``now`` is often among her events' times)."""
+    plain, summarised = pair
+    near = [e.at + timedelta(minutes=m) for e in plain.events for m in (-1, 0, 1)]
+    now = data.draw(st.one_of(props.nows, st.sampled_from(near)) if near else props.nows)
+    rules = [r.parse(raw) for raw in raws]
+    cut = restrict(summarised, needs(rules, now))
+    for rule in rules:
+        want = evaluate(rule, plain, now, topics=comp.TOPICS)
+        assert evaluate(rule, summarised, now, topics=comp.TOPICS) == want, (r.to_json(rule), now)
+        assert evaluate(rule, cut, now, topics=comp.TOPICS) == want, (r.to_json(rule), now)
 
 
 @props.SETTINGS
@@ -60,9 +124,18 @@ def test_a_rolling_window_reads_back_only_its_length():
     assert cut.events == (edge,)
 
 
-def test_unbounded_leaves_read_everything_and_a_channel_rule_reads_every_name():
+def test_unbounded_leaves_read_the_summary_or_everything_and_a_channel_rule_reads_every_name():
     first = r.parse({"first_time": {"event": "Viewed", "within_last": "1d"}})
-    assert needs([first], T0).names == {"Viewed": ALL}
+    need = needs([first], T0)
+    assert need.names == {} and need.summed == (first.selection,) and need.parts() == ("events", "segments")
+    assert need.whole().names == {"Viewed": ALL}  # a person without a summary that covers it: every Viewed
+    filtered = r.parse({"first_time": {"event": "Viewed", "where": [{"property": "k", "equals": "x"}],
+                                       "within_last": "1d"}})  # fmt: skip
+    assert needs([filtered], T0).names == {"Viewed": ALL} and not needs([filtered], T0).summarised
+    ever = r.parse({"or": [{"last_channel": {"equals": "web"}}, {"used_channel": {"channel": "store"}}]})
+    need = needs([ever], T0)
+    assert need.any_event is None and need.last_channel and need.channel_summary
+    assert need.whole().any_event == ALL
     chans = r.parse({"and": [{"used_channel": {"channel": "web", "window": "1d"}},
                              {"performed": {"event": "Viewed", "window": "7d"}}]})  # fmt: skip
     need = needs([chans], T0)

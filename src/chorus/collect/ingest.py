@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from chorus import metrics, safejson
-from chorus.collect.messages import Event, Rejection
+from chorus.collect.messages import OWN_PREFIXES, Event, Rejection, own_record
 from chorus.identity.identifiers import MAX_IDENT_LEN, id_text
 from chorus.safejson import text_problem
 from chorus.store import bulk
@@ -95,6 +95,16 @@ def without_credentials(payload: object) -> object:
     return out
 
 
+def _check_own(accepted: list[Event], profile_of: dict[str, str]) -> None:
+    """An event stored already attributed is never folded into the profile's state, so it must be what the state
+    leaves out: Chorus' own outbound record, a track with a reserved name (``messages.OWN_PREFIXES``). Anything else
+    would make the state's activity summary miss it (segments.summary). A programming error, not bad input."""
+    for e in accepted:
+        if e.message_id in profile_of and not own_record(e.payload):
+            raise ValueError(f"event {e.message_id} is stored attributed but is not an outbound track with a "
+                             f"reserved name ({', '.join(OWN_PREFIXES)}...)")
+
+
 def store(
     conn: Connection,
     source: Source,
@@ -108,6 +118,8 @@ def store(
     ``profile_of`` (messageId -> profile id) stores events already attributed, which identity resolution then
     skips: Chorus' own records about a known person that change nothing in the profile (see outbox.set_statuses).
     """
+    if profile_of:
+        _check_own(accepted, profile_of)
     # The same messageId twice in one batch: keep the first, like a retry.
     seen: set[str] = set()
     rows = []

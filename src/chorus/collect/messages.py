@@ -240,6 +240,24 @@ def _plain_id(value: object) -> bool:
     return value is None or (type(value) is str and 0 < len(value) <= MAX_ID_LEN)
 
 
+# Chorus' own timeline records, which it stores already attributed to a known person (a message's status, a segment
+# entry, a journey step): outbound tracks named in these namespaces, never folded into her profile state. A summary
+# of her activity (segments.summary) does not count them, so it leaves these names to her events.
+OWN_PREFIXES = ("Message ", "Segment ", "Journey ")
+
+
+def own_name(name: object) -> bool:
+    return isinstance(name, str) and name.startswith(OWN_PREFIXES)
+
+
+def own_record(payload: dict) -> bool:
+    """Whether a stored event is of the shape Chorus' own attributed records have: an outbound track with a
+    reserved name (the only events ``ingest.store`` lets be stored already attributed)."""
+    ctx = payload.get("context")
+    return ((payload.get("type") or "track") == "track" and own_name(payload.get("event"))
+            and isinstance(ctx, dict) and ctx.get("direction") == "outbound")  # fmt: skip
+
+
 def normalise_internal(msg: dict, *, at: datetime, received_at: datetime) -> Event | Rejection:
     """:func:`normalise` of a track event Chorus writes on a person's timeline itself (a journey's step, a segment
     entry, a message's status), whose ``timestamp`` is ``iso(at)``: the same Event, without parsing back the ids

@@ -327,8 +327,8 @@ class Reads:
         if every is not None:  # what every event is read from on need not be asked for again (as segments.needs)
             names = {k: h for k, h in names.items() if h < every}
             types = {k: h for k, h in types.items() if h < every}
-        return Needs(names, types, every, base.messages, computed=base.computed or self.computed,
-                     addresses=base.addresses, lists=base.lists)  # fmt: skip
+        # the rules' summarised reads (segments.summary) stay as they are: the journey's own reads are horizons
+        return replace(base, names=names, types=types, any_event=every, computed=base.computed or self.computed)
 
 
 # (workspace, journey, version) -> what it reads: parsed once per process, as _HEARD
@@ -533,12 +533,15 @@ def claims(conn: Connection, js: Journeys, pids: Sequence[str], at: datetime,
     claim's people and flushes it before the next."""
     pids = list(dict.fromkeys(pids))
     plan = _Plan.read(conn, js, pids, at, since)
-    if len(pids) <= 1 or (plan.need is not None and not plan.need.events):
+    # counted as if nobody had an activity summary (decision 0046): a person whose summary does not cover the rules
+    # (a profile from before it, a name past its cut) is read whole, and which one is not known before her state is
+    counted = plan.need.whole() if plan.need is not None else None
+    if len(pids) <= 1 or (counted is not None and not counted.events):
         yield Claim(conn, js, pids, at, plan=plan)
         return
     e = events.c
     sizes = dict(conn.execute(sa.select(e.profile_id, sa.func.count()).where(
-        e.workspace_id == js.ws.id, bulk.in_(e.profile_id, pids, conn.dialect.name), *load.events_where(plan.need))
+        e.workspace_id == js.ws.id, bulk.in_(e.profile_id, pids, conn.dialect.name), *load.events_where(counted))
         .group_by(e.profile_id)).all())  # fmt: skip
     group: list[str] = []
     weight = 0

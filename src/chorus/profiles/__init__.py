@@ -2,7 +2,8 @@
 
 
 def register(registry) -> None:
-    """What profiles adds (see chorus.registry): the trait policies setting, and the profile row erased last."""
+    """What profiles adds (see chorus.registry): the trait policies setting, the profile row erased last, the
+    change feed's task and the backfill of the activity summary."""
     from chorus.profiles import feed, privacy
     from chorus.registry import Phase, Step
 
@@ -11,6 +12,8 @@ def register(registry) -> None:
     # the change feed: the person's recorded changes go, and one change says she was erased (after the profile row)
     registry.erasure("feed", feed.forget, tables=feed.TABLES, phase=Phase.PROFILE)
     registry.task("feed", _feed_task, step=Step.DECIDE, label="change feed consumers")
+    # profiles stored before the state kept its activity summary get it, a batch a pass (decision 0046)
+    registry.task("activity_backfill", _backfill_task, step=Step.UNIFY, label="activity summary backfill")
 
 
 def _feed_task(engine, options):
@@ -18,6 +21,12 @@ def _feed_task(engine, options):
     from chorus.profiles.feed import FeedTask
 
     return FeedTask(engine, (options.registry or reg.installed()).consumers())
+
+
+def _backfill_task(engine, options):
+    from chorus.profiles.activity import Backfill
+
+    return Backfill(engine, options)
 
 
 def _trait_policies(value: object) -> dict:

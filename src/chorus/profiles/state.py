@@ -12,6 +12,17 @@ Per-trait merge policy (workspace setting ``trait_policies``, default ``newest``
 - ``max`` / ``min``: the largest / smallest number ever seen (values that are not numbers are ignored).
 First seen = min, last seen = max, per-channel counts add.
 
+Activity (``activity``): per event type, and per type and name, how many events, the first and the last (their
+timestamps), so that "ever ordered", "first order", "last visit" are read from the profile rather than from the
+person's whole history (``segments.summary``, decision 0046). Counts add and times take min/max, so it folds and
+merges like the channels. Names are kept per type up to :data:`MAX_NAMES` (a person who browses thousands of page
+names must not make every write of her profile large): beyond it only the alphabetically smallest names are kept
+and ``cut`` says the greatest kept one. That choice does not depend on the order of arrival (a name is kept iff it
+is among the smallest of all the names ever seen, which only grows), so the fold stays commutative; a name past the
+cut is not known here and a reader falls back to the events. A state stored before activity existed has no
+``activity`` key and never gains a partial one: it gets one when the profile is folded again from its events (a
+replay, or the worker's backfill: ``profiles.activity``).
+
 Events are *vouched* (a trusted source, or a write-key event whose ``userId`` came with a valid ``userHash``:
 decided once, when the event is stored, see :mod:`chorus.workspaces.verification`) or mere *claims* (anything else
 sent with the public write key). A claim can narrow what may be sent but never undo an opt-out, and cannot
@@ -27,6 +38,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from chorus.collect.messages import own_record
+
 POLICIES = ("newest", "first", "sum", "max", "min")
 # Events that are a message the person sent on a channel (an inbound SMS, WhatsApp or Messenger message).
 PERSON_MESSAGES = frozenset({"Message Received", "Message Replied"})
@@ -40,8 +53,16 @@ REFUSED_GRANT = (
 )
 
 
+# Distinct names kept per event type (see the module's doc): a few dozen kinds of track event is the norm; page and
+# screen names are as many as the pages she views, of which a rule names few.
+MAX_NAMES = {"track": 100}
+MAX_NAMES_OTHER = 32
+NAME_LENGTH = 200  # a rule names an event in at most this many characters (segments.rules.MAX_NAME)
+
+
 def empty() -> dict[str, Any]:
-    return {"traits": {}, "trait_at": {}, "sums": {}, "channels": {}, "consent": {}, "attrs": {}}
+    return {"traits": {}, "trait_at": {}, "sums": {}, "channels": {}, "consent": {}, "attrs": {},
+            "activity": empty_activity()}  # fmt: skip
 
 
 def _empty_value(v) -> bool:
@@ -270,6 +291,8 @@ def apply_event(
         wrote = ctx.get("direction") == "inbound" and msg.get("event") in PERSON_MESSAGES
         if wrote and ts > ch.get("last_message", ""):
             ch["last_message"] = ts
+    if "activity" in state:
+        count_activity(state["activity"], msg)
     trait_maps = []
     # context.traits of Chorus' own outbound records only names the person (outbox.set_statuses); not a trait update
     if isinstance(ctx.get("traits"), dict) and ctx.get("direction") != "outbound":
@@ -301,10 +324,87 @@ def apply_consent(state: dict, msg: dict, vouched: bool = True) -> dict:
     return state
 
 
+def _tally(into: dict, key: str, n: int, first: str, last: str) -> None:
+    cur = into.get(key)
+    if cur is None:
+        into[key] = [n, first, last]
+    else:
+        cur[0] += n
+        if first < cur[1]:
+            cur[1] = first
+        if last > cur[2]:
+            cur[2] = last
+
+
+def _keep_names(act: dict, etype: str) -> None:
+    """Keep a type's smallest names up to its limit; ``cut`` is then the greatest kept (names past it unknown)."""
+    names = act["names"].get(etype)
+    limit = MAX_NAMES.get(etype, MAX_NAMES_OTHER)
+    cut = act["cut"].get(etype)
+    if cut is not None:
+        for name in [k for k in names if k > cut]:
+            del names[name]
+    if len(names) > limit:
+        kept = sorted(names)[:limit]
+        act["names"][etype] = {k: names[k] for k in kept}
+        act["cut"][etype] = kept[-1]
+
+
+def event_name(msg: dict) -> str | None:
+    """The name a rule selects an event by (``segments.person.Event.name``): a track's event, another type's name."""
+    name = msg.get("event") if (msg.get("type") or "track") == "track" else msg.get("name")
+    return name if isinstance(name, str) else None
+
+
+def empty_activity() -> dict:
+    return {"types": {}, "names": {}, "cut": {}}
+
+
+def count_activity(act: dict, msg: dict) -> None:
+    """One event into the activity tallies: every event, outbound ones included (a rule's selection reads them
+    too; only channel activity leaves them out), except Chorus' own records (``collect.messages.own_record``). Those
+    are stored already attributed and never reach the live fold; a replay of the profile's events does see them,
+    and leaves them out too, so any path gives the same summary (a selection of their reserved names is never read
+    from it)."""
+    if own_record(msg):
+        return
+    etype, ts = msg.get("type") or "track", msg["timestamp"]
+    _tally(act["types"], etype, 1, ts, ts)
+    name = event_name(msg)
+    if name is None or len(name) > NAME_LENGTH:
+        return
+    cut = act["cut"].get(etype)
+    if cut is not None and name > cut:
+        return
+    _tally(act["names"].setdefault(etype, {}), name, 1, ts, ts)
+    _keep_names(act, etype)
+
+
+def _merge_activity(a: dict, b: dict) -> dict:
+    out = empty_activity()
+    for s in (a, b):
+        for etype, (n, first, last) in s["types"].items():
+            _tally(out["types"], etype, n, first, last)
+        for etype, cut in s["cut"].items():
+            out["cut"][etype] = min(cut, out["cut"].get(etype, cut))
+    for s in (a, b):
+        for etype, names in s["names"].items():
+            mine = out["names"].setdefault(etype, {})
+            for name, (n, first, last) in names.items():
+                _tally(mine, name, n, first, last)
+    for etype in out["names"]:
+        _keep_names(out, etype)
+    return out
+
+
 def merge(a: dict, b: dict, policies: dict[str, str] | None = None) -> dict:
     """The state of the union of two event histories."""
     policies = {**DEFAULT_POLICIES, **(policies or {})}
     out = empty()
+    if "activity" in a and "activity" in b:  # known only if known on both sides
+        out["activity"] = _merge_activity(a["activity"], b["activity"])
+    else:
+        del out["activity"]
     for name in sorted(set(a["trait_at"]) | set(b["trait_at"])):
         for s in (a, b):
             if name in s["trait_at"]:

@@ -31,6 +31,7 @@ from chorus.messaging.policy import addresses_for, consent_decision
 from chorus.segments import rules as r
 from chorus.segments import windows as w
 from chorus.segments.person import Event, Person
+from chorus.segments.summary import Tally, summarisable
 from chorus.segments.times import EARLIEST, Result, anniversary, instant, relative, value_instant
 
 MAX_STEPS = 256
@@ -103,6 +104,8 @@ class Evaluation:
             case r.Trait():
                 return check(node.test, self._trait(node), now, self.tz)
             case r.Performed(sel, times):
+                if (t := self._settled(sel, now)) is not None:
+                    return Result(times.holds(t.n), None)
                 return w.count([e.at for e in self.selected(sel)], self.window(sel.window), now, times.holds)
             case r.Aggregate():
                 return self._aggregate(node, now)
@@ -110,23 +113,32 @@ class Evaluation:
                 items = [(e.at, e.id, v) for e in self.selected(sel) if (v := lookup(e.properties, prop)) is not None]
                 return w.latest(items, self.window(sel.window), now, lambda v, t: check(test, v, t, self.tz))
             case r.EventTime(which, sel, test):
-                times = [e.at for e in self.selected(sel)]
 
                 def test_time(x, t):
                     return check(test, x, t, self.tz)
 
                 if which == "first":
-                    return w.earliest(times, now, test_time)
-                return w.latest([(t, "", t) for t in times], w.EVER, now, test_time)
+                    # the first time is the earliest whatever is stamped later: known is enough
+                    if (t := self._tally(sel)) is not None:
+                        return w.earliest([t.first] if t.first else [], now, test_time)
+                    return w.earliest([e.at for e in self.selected(sel)], now, test_time)
+                if (t := self._settled(sel, now)) is not None:
+                    return w.latest([(t.last, "", t.last)] if t.last else [], w.EVER, now, test_time)
+                return w.latest([(e.at, "", e.at) for e in self.selected(sel)], w.EVER, now, test_time)
             case r.UsedChannel(channels, group, window):
                 chans = set(channels or r.CHANNEL_GROUPS[group or ""])
-                return w.count([e.at for e in self.activity if e.channel in chans], self.window(window), now, bool)
+                return w.count([at for ch, at in self._activity(window) if ch in chans], self.window(window), now,
+                               bool)  # fmt: skip
             case r.LastChannel(test):
                 # the newest activity; at the same instant the greatest channel name, as profiles.state.summary
-                items = [(e.at, e.channel, e.channel) for e in self.activity]
+                s = self.person.summary
+                if s is not None and s.channels_settled(now):
+                    items = [(last, ch, ch) for ch, (_, last) in s.channels.items()]
+                else:
+                    items = [(e.at, e.channel, e.channel) for e in self.activity]
                 return w.latest(items, w.EVER, now, lambda v, t: check(test, v, t, self.tz))
             case r.ChannelCount(test, window):
-                keyed = [(e.channel, e.at) for e in self.activity if e.channel in ACTIVITY_CHANNELS]
+                keyed = [(ch, at) for ch, at in self._activity(window) if ch in ACTIVITY_CHANNELS]
                 return w.distinct(keyed, self.window(window), now, lambda k: check(test, k, now, self.tz).value)
             case r.ChannelMix(test, window):
                 return self._mix(test, window, now)
@@ -179,6 +191,22 @@ class Evaluation:
         return Result(value, t)  # safe: the answer is the same at every step checked up to t
 
     # -- behaviour -------------------------------------------------------------------------------------------
+    def _tally(self, sel: r.Selection) -> Tally | None:
+        s = self.person.summary
+        return s.tally(sel) if s is not None and summarisable(sel) else None
+
+    def _settled(self, sel: r.Selection, now: datetime) -> Tally | None:
+        s = self.person.summary
+        return s.settled(sel, now) if s is not None and summarisable(sel) else None
+
+    def _activity(self, window: r.Window) -> list[tuple[str, datetime]]:
+        """(channel, time) of her activity, for a channel condition. Without a window, an event counts from its
+        time on for ever, so each channel's first activity says all of it: the summary's, when she has one."""
+        s = self.person.summary
+        if s is not None and window == r.Window():
+            return [(ch, first) for ch, (first, _) in s.channels.items()]
+        return [(e.channel, e.at) for e in self.activity]
+
     def selected(self, sel: r.Selection) -> list[Event]:
         key = (sel.event, sel.type, sel.where, sel.channels, sel.channel_group)
         found = self._selected.get(key)
@@ -206,6 +234,8 @@ class Evaluation:
     def _aggregate(self, node: r.Aggregate, now: datetime) -> Result:
         evs, window, test = self.selected(node.selection), self.window(node.selection.window), node.test
         if node.function == "count":
+            if (t := self._settled(node.selection, now)) is not None:
+                return Result(check(test, t.n, now, self.tz).value, None)
             return w.count([e.at for e in evs], window, now, lambda k: check(test, k, now, self.tz).value)
         assert node.property is not None
         pairs = [(e.at, w.exact(v)) for e in evs if is_number(v := lookup(e.properties, node.property))]
@@ -222,9 +252,9 @@ class Evaluation:
     def _mix(self, test: r.Test, window: r.Window, now: datetime) -> Result:
         win = self.window(window)
         groups: dict[str, list] = {"online": [], "offline": []}
-        for e in self.activity:
-            group = "online" if e.channel in r.ONLINE else "offline" if e.channel in r.OFFLINE else None
-            if group and (s := win.span(e.at)) is not None:
+        for ch, at in self._activity(window):
+            group = "online" if ch in r.ONLINE else "offline" if ch in r.OFFLINE else None
+            if group and (s := win.span(at)) is not None:
                 groups[group].append(s)
 
         def mix(active: frozenset) -> bool:

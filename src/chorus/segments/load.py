@@ -21,6 +21,7 @@ from chorus.identity.identifiers import IdentityConfig
 from chorus.profiles import views
 from chorus.segments.needs import ALL, NAMED_TYPES, Needs
 from chorus.segments.person import Event, MessageRecord, Person
+from chorus.segments.summary import Summary
 from chorus.store import bulk
 from chorus.store.tables import (
     computed_traits,
@@ -49,8 +50,9 @@ def people(
     """Profile id -> Person for the ids that are profiles of ``ws``. ``parts`` leaves out what a caller does not
     need (an engine evaluating rules without behaviour conditions need not read the events); ``needs`` (what a set
     of rules can read at an instant, ``segments.needs``) reads only those parts, events and messages: the person
-    is then ``needs.restrict(full person, needs)``. ``zone_default`` is the workspace's ``messaging.timezone``
-    (``Workspace.timezone``): the zone of those who have none (``Person.zone``)."""
+    is then ``needs.restrict(full person, needs)`` (a person whose activity summary, ``segments.summary``, does not
+    cover the needs' summarised reads is read with ``needs.whole()``). ``zone_default`` is the workspace's
+    ``messaging.timezone`` (``Workspace.timezone``): the zone of those who have none (``Person.zone``)."""
     ids = list(dict.fromkeys(ids))
     parts = set(parts) if needs is None else set(parts) & set(needs.parts())
     if not ids:
@@ -74,15 +76,25 @@ def people(
                 computed_traits.c.workspace_id == ws, among(computed_traits.c.profile_id, found))):  # fmt: skip
             computed.setdefault(pid, {})[name] = value
     addresses = views.addresses_of(conn, ws, found, cfg) if "addresses" in parts else {}
+    summaries = {pid: Summary.of(states[pid]) for pid in found}
     evs: dict[str, list[Event]] = {}
     if "events" in parts:
-        rows = conn.execute(
-            sa.select(events.c.profile_id, events.c.payload)
-            .where(events.c.workspace_id == ws, among(events.c.profile_id, found), *_events_needed(needs))
-            .order_by(events.c.profile_id, events.c.timestamp, events.c.seq)
-        )
-        for pid, payload in rows:
-            evs.setdefault(pid, []).append(Event.from_payload(payload))
+        # who is read with the needs as they are, and who without her summary (it does not cover them)
+        by_need: dict[bool, list[str]] = {}
+        for pid in found:
+            covered = needs is None or needs.covered(summaries[pid])
+            by_need.setdefault(covered, []).append(pid)
+        for covered, pids in sorted(by_need.items()):
+            need = needs if covered or needs is None else needs.whole()
+            if need is not None and not need.events:
+                continue
+            rows = conn.execute(
+                sa.select(events.c.profile_id, events.c.payload)
+                .where(events.c.workspace_id == ws, among(events.c.profile_id, pids), *_events_needed(need))
+                .order_by(events.c.profile_id, events.c.timestamp, events.c.seq)
+            )
+            for pid, payload in rows:
+                evs.setdefault(pid, []).append(Event.from_payload(payload))
     msgs: dict[str, list[MessageRecord]] = {}
     owner = {pid: pid for pid in found}  # a profile id or an id merged into it -> the profile
     if "messages" in parts or "lists" in parts:
@@ -120,6 +132,7 @@ def people(
             addresses={ch: tuple(a) for ch, a in addresses.get(pid, {}).items()},
             events=tuple(evs.get(pid, ())), messages=tuple(msgs.get(pid, ())),
             segments=frozenset(segs.get(pid, ())), lists=frozenset(lists.get(pid, ())), zone_default=zone_default,
+            summary=summaries[pid],
         )  # fmt: skip
         for pid in found
     }

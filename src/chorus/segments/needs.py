@@ -6,6 +6,12 @@ only as far back as some condition can look; :func:`restrict` is the same cut in
 ``evaluate`` gives the same answer and the same ``next_change`` for the restricted person, and that the store's
 cut is this one).
 
+Unbounded conditions that a person's activity summary answers (``segments.summary``: a count, first or last time
+of a selection with no filter, channel or window; a channel condition without a window; the last channel) read no
+events at all: they are kept in ``summed`` / ``channel_summary`` / ``last_channel`` instead of a horizon of ``ALL``.
+A person whose summary does not cover them at ``at`` (none kept, a name past the cut, an event stamped later than
+``at``) is read with :meth:`Needs.whole`, the horizons those conditions would have without a summary.
+
 Why a horizon is exact: ``evaluate`` only ever looks at ``now`` and later instants (``and``/``or`` step forward,
 never back). An event at ``t`` counts in a rolling window of length ``d`` while ``t <= x < t + d``; if
 ``t + d <= now`` it counts at no instant still to be looked at, and leaves no step after ``now`` either (its span
@@ -21,6 +27,7 @@ from datetime import datetime, timedelta
 
 from chorus.segments import rules as r
 from chorus.segments.person import Event, Person
+from chorus.segments.summary import Summary, summarisable
 from chorus.segments.times import EARLIEST, plus
 
 ALL = EARLIEST  # a horizon that reads everything
@@ -42,14 +49,46 @@ class Needs:
     computed: bool = False
     addresses: bool = False
     lists: bool = False
+    summed: tuple[r.Selection, ...] = ()  # selections whose count, first or last time the summary answers
+    channel_summary: bool = False  # a channel condition without a window: each channel's first activity
+    last_channel: bool = False  # the last channel: each channel's last activity
+    at: datetime | None = None  # the instant these needs are for (evaluations at it or later)
 
     @property
     def events(self) -> bool:
         return bool(self.names or self.types) or self.any_event is not None
 
+    @property
+    def summarised(self) -> bool:
+        return bool(self.summed) or self.channel_summary or self.last_channel
+
+    def covered(self, s: Summary | None) -> bool:
+        """Whether a person's summary answers every summarised read at ``at`` and later."""
+        if not self.summarised:
+            return True
+        return s is not None and self.at is not None and s.covers(self.summed, self.last_channel, self.at)
+
+    def whole(self) -> Needs:
+        """These needs without a summary: what its conditions read of the events instead (everything they
+        select, whatever its time)."""
+        if not self.summarised:
+            return self
+        names, types = dict(self.names), dict(self.types)
+        every = ALL if self.channel_summary or self.last_channel else self.any_event
+        for sel in self.summed:
+            if sel.event is not None:
+                names[sel.event] = ALL
+            elif sel.type is not None:
+                types[sel.type] = ALL
+        if every is not None:
+            names = {k: h for k, h in names.items() if h < every}
+            types = {k: h for k, h in types.items() if h < every}
+        return replace(self, names=names, types=types, any_event=every, summed=(), channel_summary=False,
+                       last_channel=False)  # fmt: skip
+
     def parts(self) -> tuple[str, ...]:
         """``load.people``'s parts: the memberships always (an engine keeps them current as it evaluates)."""
-        kinds = {"computed": self.computed, "addresses": self.addresses, "events": self.events,
+        kinds = {"computed": self.computed, "addresses": self.addresses, "events": self.events or self.summarised,
                  "messages": self.messages is not None, "lists": self.lists, "segments": True}  # fmt: skip
         return tuple(k for k, on in kinds.items() if on)
 
@@ -89,10 +128,18 @@ def needs(rules: Iterable[r.Node], now: datetime) -> Needs:
     types: dict[str, datetime] = {}
     anyone: dict[str, datetime] = {}
     msgs: dict[str, datetime] = {}
-    flags = {"computed": False, "addresses": False, "lists": False}
+    flags = {"computed": False, "addresses": False, "lists": False, "channel_summary": False, "last_channel": False}
+    summed: dict[r.Selection, None] = {}
     for rule in rules:
         for n, _ in r.walk(rule):
-            if isinstance(n, r.Performed | r.Aggregate | r.LastValue | r.EventTime):
+            if isinstance(n, r.Performed | r.Aggregate | r.EventTime) and summarisable(n.selection) and (
+                    not isinstance(n, r.Aggregate) or n.function == "count"):  # fmt: skip
+                summed[n.selection] = None
+            elif isinstance(n, r.UsedChannel | r.ChannelCount | r.ChannelMix) and n.window == r.Window():
+                flags["channel_summary"] = True
+            elif isinstance(n, r.LastChannel):
+                flags["last_channel"] = True
+            elif isinstance(n, r.Performed | r.Aggregate | r.LastValue | r.EventTime):
                 sel = n.selection
                 # first_time/last_time look at every matching event whatever the window
                 h = ALL if isinstance(n, r.EventTime) else _window(sel.window, now)
@@ -104,8 +151,6 @@ def needs(rules: Iterable[r.Node], now: datetime) -> Needs:
                     _earlier(anyone, "*", h)
             elif isinstance(n, r.UsedChannel | r.ChannelCount | r.ChannelMix):
                 _earlier(anyone, "*", _window(n.window, now))
-            elif isinstance(n, r.LastChannel):
-                _earlier(anyone, "*", ALL)
             elif isinstance(n, r.Message):
                 _earlier(msgs, "*", _window(n.window, now))
             elif isinstance(n, r.Trait) and n.computed is not None:
@@ -118,11 +163,14 @@ def needs(rules: Iterable[r.Node], now: datetime) -> Needs:
     if every is not None:  # what every event is read from on need not be asked for again by name or type
         names = {k: h for k, h in names.items() if h < every}
         types = {k: h for k, h in types.items() if h < every}
-    return Needs(names, types, every, msgs.get("*"), **flags)
+    return Needs(names, types, every, msgs.get("*"), **flags, summed=tuple(summed), at=now)
 
 
 def restrict(person: Person, need: Needs) -> Person:
-    """``person`` as ``load.people(..., needs=need)`` reads her: only the events and messages ``need`` keeps."""
+    """``person`` as ``load.people(..., needs=need)`` reads her: only the events and messages ``need`` keeps (its
+    :meth:`~Needs.whole` needs when her summary does not cover it)."""
+    if not need.covered(person.summary):
+        need = need.whole()
     keep = tuple(e for e in person.events if need.wants(e))
     msgs = () if need.messages is None else tuple(m for m in person.messages if m.at >= need.messages)
     return replace(person, events=keep, messages=msgs,

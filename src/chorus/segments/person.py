@@ -3,7 +3,8 @@
 Nothing here reads the store. An engine builds a :class:`Person` from ``profiles.state``, the profile's
 addresses (``views.get_profiles`` derives them from identifiers and the workspace's identity settings), computed
 traits, the person's events (:meth:`Event.from_payload` takes a stored payload), the status history of their
-messages, their memberships of other segments and their static lists.
+messages, their memberships of other segments and their static lists, and the summary of her activity that
+the state keeps (``segments.summary``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from chorus.profiles.state import empty, public_view
+from chorus.segments.summary import Summary
 from chorus.timeutil import parse_ts, zone
 
 
@@ -73,6 +75,9 @@ class Person:
     segments: frozenset[str] = frozenset()  # ids of the segments the person is in now
     lists: frozenset[str] = frozenset()  # ids of the static lists the person is on
     zone_default: str | None = None  # the workspace's messaging.timezone: her zone when she has none of her own
+    # her activity's counts and first/last times (segments.summary): unbounded conditions read it instead of the
+    # events when it knows the answer. None: read the events (a person built for a test, or a state from before).
+    summary: Summary | None = None
 
     @property
     def timezone(self) -> str | None:
