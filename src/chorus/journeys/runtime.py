@@ -46,7 +46,7 @@ from chorus.messaging import outbox
 from chorus.messaging.consent import identity_fields
 from chorus.profiles import feed, views
 from chorus.segments import load
-from chorus.segments.needs import Needs
+from chorus.segments.needs import Needs, beyond
 from chorus.segments.needs import needs as needs_of
 from chorus.segments.person import Event, Person
 from chorus.segments.rules import Node as Rule
@@ -324,9 +324,7 @@ class Reads:
         every = base.any_event
         if self.any_event:
             every = t if every is None else min(every, t)
-        if every is not None:  # what every event is read from on need not be asked for again (as segments.needs)
-            names = {k: h for k, h in names.items() if h < every}
-            types = {k: h for k, h in types.items() if h < every}
+        names, types = beyond(names, types, every)  # what every event is read from on is not asked for again
         # the rules' summarised reads (segments.summary) stay as they are: the journey's own reads are horizons
         return replace(base, names=names, types=types, any_event=every, computed=base.computed or self.computed)
 

@@ -6,11 +6,12 @@ events, a batch of profiles a pass, until none is left; until then the segment e
 as it did before.
 
 It is exact because it runs under the lock identity resolution holds for the workspace (PostgreSQL's advisory lock
-``identity:<workspace>``; SQLite's one writer): no event of these profiles can be folded, attributed or moved by a
-merge between the read of their events and the write of their states (``count_activity`` leaves out Chorus' own
-records, as every fold does). Any
-other writer of a state that read it before this write and writes after it writes a state without ``activity``:
-that profile is simply done again later (a missing summary is always safe; a wrong one would not be).
+``identity:<workspace>``; SQLite's one writer), which every writer of a profile's state takes too: no event of
+these profiles can be folded, attributed or moved by a merge between the read of their events and the write of
+their states (``count_activity`` leaves out Chorus' own records, as every fold does). A profile can lose its
+summary after the task has walked past it only by a merge with a profile that has none (``state.merge`` keeps
+``activity`` only when both sides have it): it is done at the next start, and meanwhile its events are read (a
+missing summary is always safe; a wrong one would not be).
 """
 
 from __future__ import annotations
@@ -55,11 +56,10 @@ def backfill(conn: Connection, limit: int = BATCH, after: tuple[str, str] | None
     for ws in sorted(by_ws):
         if conn.dialect.name == "postgresql":  # resolution's lock for the workspace (identity.resolver)
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": "identity:" + ws})
-        ids = by_ws[ws]
         d = conn.dialect.name
         # read again under the lock: a merge may have removed one, or given it a state with activity
         states = dict(conn.execute(sa.select(profiles.c.id, profiles.c.state).where(
-            profiles.c.workspace_id == ws, bulk.in_(profiles.c.id, ids, d), _lacking(conn))).all())  # fmt: skip
+            profiles.c.workspace_id == ws, bulk.in_(profiles.c.id, by_ws[ws], d), _lacking(conn))).all())  # fmt: skip
         if not states:
             continue
         acts = {pid: pstate.empty_activity() for pid in states}
@@ -75,8 +75,8 @@ def backfill(conn: Connection, limit: int = BATCH, after: tuple[str, str] | None
 
 class Backfill:
     """The worker task: a batch a pass, walking the profiles once in (workspace, id) order; then nothing more in
-    this process (profiles made or folded since have a summary; one whose summary another writer dropped meanwhile
-    is done at the next start)."""
+    this process (profiles made or folded since have a summary; one merged meanwhile with a profile without one is
+    done at the next start)."""
 
     def __init__(self, engine: Engine, options: TaskOptions = TaskOptions()):
         self.engine = engine

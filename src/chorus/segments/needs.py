@@ -80,9 +80,7 @@ class Needs:
                 names[sel.event] = ALL
             elif sel.type is not None:
                 types[sel.type] = ALL
-        if every is not None:
-            names = {k: h for k, h in names.items() if h < every}
-            types = {k: h for k, h in types.items() if h < every}
+        names, types = beyond(names, types, every)
         return replace(self, names=names, types=types, any_event=every, summed=(), channel_summary=False,
                        last_channel=False)  # fmt: skip
 
@@ -123,6 +121,14 @@ def _earlier(into: dict, key, at: datetime) -> None:
     into[key] = min(into.get(key, at), at)
 
 
+def beyond(names: dict, types: dict, every: datetime | None) -> tuple[dict, dict]:
+    """The name and type horizons still worth asking for when every event is read from ``every`` on: only those
+    reaching further back."""
+    if every is None:
+        return names, types
+    return {k: h for k, h in names.items() if h < every}, {k: h for k, h in types.items() if h < every}
+
+
 def needs(rules: Iterable[r.Node], now: datetime) -> Needs:
     names: dict[str, datetime] = {}
     types: dict[str, datetime] = {}
@@ -160,9 +166,7 @@ def needs(rules: Iterable[r.Node], now: datetime) -> Needs:
             elif isinstance(n, r.InList):
                 flags["lists"] = True
     every = anyone.get("*")
-    if every is not None:  # what every event is read from on need not be asked for again by name or type
-        names = {k: h for k, h in names.items() if h < every}
-        types = {k: h for k, h in types.items() if h < every}
+    names, types = beyond(names, types, every)
     return Needs(names, types, every, msgs.get("*"), **flags, summed=tuple(summed), at=now)
 
 
