@@ -157,3 +157,54 @@ def test_a_preview_validates_like_a_save_and_is_for_the_admin_key_only(http, ser
     r = http.put("/api/segments/everyone", params={"estimate": "perhaps"}, headers=h,
                  json={"rule": {"bucket": {"from": 0, "to": 100}}})  # fmt: skip
     assert r.status_code in (400, 422) and r.json()["field"] == "estimate", r.text
+
+
+def test_a_segment_on_the_whole_history_follows_orders_on_every_channel(http, server, workspace):
+    """Conditions without a window (decision 0046: read from the profile's activity summary, not her history):
+    at least three orders ever, the first more than 30 days ago, and the newest activity in a store. Two web
+    orders are not enough; a till receipt imported from the POS makes her a member; browsing the web shop
+    afterwards moves her last channel online, and she leaves. The preview (one set-based query over the store)
+    agrees with the engine at each step."""
+    h = {"Authorization": f"Bearer {workspace['api_key']}"}
+    rule = {"and": [
+        {"performed": {"event": "Order Completed", "times": {"gte": 3}}},
+        {"first_time": {"event": "Order Completed", "more_than_ago": "30d"}},
+        {"last_channel": {"equals": "store"}},
+    ]}  # fmt: skip
+    r = http.put("/api/segments/store-regulars", json={"name": "Regulars who last came in", "rule": rule}, headers=h)
+    assert r.status_code == 201, r.text
+    wait_until(lambda: http.get("/api/segments/store-regulars", headers=h).json()["status"] == "ready")
+    sk, wk = (workspace["server_write_key"], ""), (workspace["write_key"], "")
+    identify = {"type": "identify", "userId": "ana", "traits": {"email": "ana@example.com"},
+                "timestamp": ago(86400 * 50)}  # fmt: skip
+    orders = [{"type": "track", "userId": "ana", "event": "Order Completed", "timestamp": ago(86400 * d),
+               "properties": {"order_id": f"W-{d}", "total": 80}} for d in (40, 10)]  # fmt: skip
+    assert http.post("/v1/batch", auth=sk, json={"batch": [identify]}).status_code == 200
+    assert http.post("/v1/batch", auth=wk, json={"batch": orders}).status_code == 200
+    server.settle()
+
+    def members():
+        return [m["profile_id"] for m in http.get("/api/segments/store-regulars/members", headers=h).json()["members"]]
+
+    def previewed():
+        return http.post("/api/segments/preview", json={"rule": rule}, headers=h).json()["count"]
+
+    ana = http.get("/api/profiles", params={"user_id": "ana"}, headers=h).json()["id"]
+    assert members() == [] and previewed() == 0  # two orders
+
+    when = ago(60)[:19].replace("T", " ")
+    pos = f"receipt_no,timestamp,email,revenue,currency,store\nR-1,{when},ana@example.com,45.00,EUR,Utrecht\n"
+    r = http.post("/api/imports", headers=h, data={"source": "store"},
+                  files={"file": ("pos.csv", pos.encode(), "text/csv")})  # fmt: skip
+    assert r.status_code == 200 and r.json()["imported"] == 1, r.text
+    wait_until(lambda: members() == [ana])
+    assert previewed() == 1
+    profile = http.get(f"/api/profiles/{ana}", headers=h).json()
+    assert profile["last_channel"] == "store", profile
+
+    view = {"type": "page", "userId": "ana", "name": "Home", "timestamp": ago(1)}
+    assert http.post("/v1/batch", auth=wk, json={"batch": [view]}).status_code == 200
+    wait_until(lambda: members() == [])
+    assert previewed() == 0
+    history = http.get(f"/api/profiles/{ana}/segments", headers=h).json()["history"]
+    assert [x["change"] for x in history] == ["exited", "entered"]

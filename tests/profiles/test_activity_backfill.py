@@ -69,3 +69,26 @@ def test_a_profile_resolved_after_the_backfill_keeps_counting(engine):
     comp.resolve(engine)
     act = _states(engine, w["id"])[by_user["u0"]]["activity"]
     assert act["names"]["track"]["Order Completed"] == [4, iso(T0 - timedelta(days=3)), iso(T0)]
+
+
+def test_the_walk_covers_every_profile_once_over_many_passes(engine, monkeypatch):
+    """More profiles than a pass takes, in two workspaces: the cursor walks all of them over several passes, each
+    looked at once, and a pass's transaction is its own (a profile done by an earlier pass stays done)."""
+    from chorus.profiles import activity
+
+    monkeypatch.setattr(activity, "BATCH", 3)
+    order = {"type": "track", "event": "Order Completed", "timestamp": iso(T0 - timedelta(days=1)),
+             "context": {"channel": "web"}}  # fmt: skip
+    spaces = [comp.new_workspace(engine) for _ in range(2)]
+    for w, n in zip(spaces, (4, 5), strict=True):
+        comp.store_people(engine, w, [{"messages": [order]} for _ in range(n)])
+        _forget_activity(engine, w["id"])
+    task, passes, done = Backfill(engine), 0, 0
+    while (n := task.run_once()) > 0:
+        passes, done = passes + 1, done + n
+        assert n <= 3
+    # other tests' workspaces share the store: at least ours, each once, in at least ceil(9 / 3) passes
+    assert passes >= 3 and done >= 9
+    for w in spaces:
+        acts = [s.get("activity") for s in _states(engine, w["id"]).values()]
+        assert acts and all(a is not None and a["names"]["track"]["Order Completed"][0] == 1 for a in acts)

@@ -87,7 +87,7 @@ class Backfill:
         if self.finished:
             return 0
         with self.engine.begin() as conn:
-            n, self.after = backfill(conn, after=self.after)
+            n, self.after = backfill(conn, BATCH, after=self.after)
         if self.after is None:
             self.finished = True
         if n:
