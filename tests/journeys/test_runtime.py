@@ -988,6 +988,27 @@ def test_with_exit_on_goal_false_a_conversion_withdraws_nothing(engine, ws, cloc
     assert inst.state["exit_reason"] == "goal reached"
 
 
+def test_a_conversion_that_also_meets_an_exit_criterion_withdraws_even_with_exit_on_goal_false(engine, ws, clock,
+                                                                                              worker):  # fmt: skip
+    """The demo's post-purchase journey: `exit_on_goal: false` (a conversion alone keeps her messages) and an exit
+    on her next order. At the end of her path (tracking the goal window) her cross-sell waits out quiet hours; her
+    next order is the goal and the exit at once: the exit says the message stopped being relevant, so it is
+    withdrawn (found in the demo: the goal's exit was taken first and withdrew nothing)."""
+    quiet_workspace(engine, ws, worker, clock)
+    both = {**NOW, "exit": [{"event": {"event": "Order Completed"}}]}
+    publish(engine, ws, both)
+    send(engine, ws, [ev("Product Added", T0, cart_id="A")], T0)
+    settle(worker)
+    (inst,) = instances(engine, ws)
+    assert inst.state["status"] == "tracking" and message_rows(engine, ws, "cart")["u1"][0] == "queued"
+    clock.at = T0 + timedelta(minutes=5)
+    send(engine, ws, [ev("Order Completed", clock.at, channel="store")], clock.at)
+    settle(worker)
+    assert message_rows(engine, ws, "cart")["u1"][0] == "skipped"
+    (inst,) = instances(engine, ws)
+    assert (inst.state["exit_reason"], inst.state["converted_at"] is not None) == ("goal reached", True)
+
+
 def test_a_stop_withdraws_in_batches_the_stop_first_then_the_sweep(engine, ws, clock, worker, monkeypatch):
     """Everybody has left (no goal: the message was the end of their path) and their messages wait out quiet hours:
     the stop withdraws the first batch in its own transaction, the sweep the rest, and the journey is swept only

@@ -553,8 +553,11 @@ class _Run:
                 # a holdout, like a finished (tracking) treated person, has nothing left to measure once converted:
                 # both arms exit at conversion whatever exit_on_goal says, so they stay symmetric (re-entry included)
                 if self.defn.exit_on_goal or s.status == "tracking" or s.waiting == "holdout":
-                    # with exit_on_goal: false the author keeps converted people's messages, whatever ends them
-                    self.exit("goal reached", withdraw=self.defn.exit_on_goal)
+                    # with exit_on_goal: false the author keeps converted people's messages, unless the same input
+                    # also meets an exit criterion: that says they stopped being relevant, as it would alone (a
+                    # cross-sell still on its way when she orders again, the exit being her next order)
+                    withdraw = self.defn.exit_on_goal or any(self.holds(c, inp) for c in self.defn.exits)
+                    self.exit("goal reached", withdraw=withdraw)
                     return True
         for i, c in enumerate(self.defn.exits):
             if self.holds(c, inp):
