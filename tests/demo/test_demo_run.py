@@ -41,7 +41,8 @@ def run(tmp_path_factory):
     r = demo(tmp, "--customers", "90", "--days", "14", "--seed", "11", "--start", START, "--json",
              "--set", "email_open=0.6", "--set", "email_unsubscribe=0.15", "--set", "sms_stop=0.3",
              "--set", "return_rate_online=0.5", "--set", "return_rate_store=0.3",
-             "--set", "convert_after_click=0.6", "--set", "email_complaint=0.03")  # fmt: skip
+             "--set", "convert_after_click=0.6", "--set", "email_complaint=0.03",
+             "--set", "pickup_share=0.6", "--set", "stock_cover=0.7")  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     engine = sa.create_engine(f"sqlite:///{tmp / 'demo.db'}")
     with engine.connect() as conn:
@@ -55,6 +56,8 @@ def run(tmp_path_factory):
                 "SELECT timestamp FROM events WHERE event = 'Order Completed' AND channel = 'store'"))},
             "orders": [(c, orjson.loads(p)) for c, p in conn.execute(sa.text(
                 "SELECT channel, payload FROM events WHERE event IN ('Order Completed', 'Order Refunded')"))],
+            "cancelled": [orjson.loads(p) for (p,) in conn.execute(sa.text(
+                "SELECT payload FROM events WHERE event = 'Order Cancelled'"))],
             # customer number -> the profiles holding any of her identifiers (user id cust-0000012, e-mail
             # name.12@customers.example, loyalty card KL-00000012)
             "profiles_of": _profiles_of(conn),
@@ -93,6 +96,28 @@ def test_the_report_reconciles_with_the_store(run):
     assert sum(j["totals"]["entered"] for j in rep["journeys"]) > 30, "the journeys must have had work to do"
     assert rep["broadcasts"] and rep["broadcasts"][0]["id"] == "spring_sale"
     assert any(m["journey_id"] == "spring_sale" for m in msgs), "the broadcast went out on day 7"
+
+
+def test_the_stores_cancel_the_pickups_they_have_no_stock_for(run):
+    """Stock per store (demo/stock.py): every click-and-collect order the stores could not pick reached Chorus as
+    an `Order Cancelled` for an order it had, none of them was refunded (never delivered, never returned), and the
+    pickup_cancelled journey took each one."""
+    rep, store, _ = run
+    st = rep["stock"]
+    posted = rep["actions"].get("pickup_cancelled", 0)
+    assert posted > 0, "the run's parameters make some pick-ups fail"
+    assert len(store["cancelled"]) == posted <= sum(c["cancelled"] for c in st["click_and_collect"].values())
+    completed = {p["properties"]["order_id"]: p for _c, p in store["orders"] if p["event"] == "Order Completed"}
+    refunded = {p["properties"]["order_id"] for _c, p in store["orders"] if p["event"] == "Order Refunded"}
+    for c in store["cancelled"]:
+        order = completed[c["properties"]["order_id"]]
+        assert order["properties"]["fulfillment"] == "store_pickup" and c["properties"]["reason"] == "out_of_stock"
+        assert c["properties"]["store_id"] == order["properties"]["store_id"]
+        assert c["properties"]["order_id"] not in refunded
+    (journey,) = [j for j in rep["journeys"] if j["id"] == "pickup_cancelled"]
+    assert journey["totals"]["entered"] == posted
+    assert sum(st["units_sold"].values()) > 0 and set(st["units_per_delivery"]) == {
+        "AMS-01", "RTM-01", "UTR-01", "GRQ-01", "EIN-01"}  # fmt: skip
 
 
 def test_nothing_failed_inside(run):
@@ -439,7 +464,7 @@ def test_the_text_report_prints_every_section(tmp_path):
     for title in ("Behaviour model: every parameter", "Journeys and broadcasts: conversions by arm",
                   "Journey funnels per node", "Messages by channel and status", "What the customers did",
                   "Uplift against the holdouts", "Value per customer by channels used", "Showrooming and webrooming",
-                  "Revenue and returns over the period", "Lifetime value by number of channels",
+                  "Revenue and returns over the period", "Stock per store", "Lifetime value by number of channels",
                   "Attribution by model: conversions credited", "Spam complaints: ", "charts: ",
                   "Workspace 'demo' (keys are shown only now): api_key ak_", "40 customers over 9 days"):  # fmt: skip
         assert title in r.stderr, title

@@ -139,14 +139,14 @@ def test_the_population_shows_the_behaviours_the_demo_is_about():
     """At a realistic size every behaviour the issue names occurs (a regression guard on the parameters)."""
     plans = list(model.customers(3, 1500, START, 90))
     kinds = {a.kind for p in plans for a in p.actions}
-    assert kinds == set(model.KINDS)
+    assert kinds == set(model.KINDS) - {"pickup_cancelled"}  # the stock cancels pick-ups (world.py, test_stock)
     carts = {a.cart_id for p in plans for a in p.actions if a.kind == "add"}
     ordered = {a.cart_id for p in plans for a in p.actions if a.kind == "order"}
     assert 0.3 < len(carts - ordered) / len(carts) < 0.8, "a good share of carts is abandoned"
     churned = sum(p.customer.churn_at is not None for p in plans) / len(plans)
     assert 0.15 < churned < 0.45
     pickups = [a for p in plans for a in p.actions if a.fulfillment == "store_pickup" and a.kind == "order"]
-    assert pickups and any(a.kind == "pickup_cancelled" for p in plans for a in p.actions)
+    assert pickups and {a.store for a in pickups} == {s.id for s in BRAND.stores}
 
 
 def test_overrides_change_the_model_and_are_range_checked():

@@ -15,7 +15,7 @@ END = START + timedelta(days=20)
 
 def world(p: dict, n: int = 300) -> World:
     plans = list(model.customers(9, n, START, 20, p=p))
-    return World(9, START, p, plans, TwilioStandIn(), "http://chorus.test/webhooks/twilio/ws/inbound")
+    return World(9, START, p, plans, TwilioStandIn(), "http://chorus.test/webhooks/twilio/ws/inbound", 20)
 
 
 def test_a_reminder_that_converts_buys_the_open_cart_and_the_links_are_followed():

@@ -15,7 +15,8 @@ What a customer does (one *mission* at a time, missions as a Poisson process unt
 * **store**: a purchase at the till with her loyalty card (imported from the till's file), or a visit without a
   purchase after which she sometimes buys the product online (showrooming). An online product view is sometimes
   followed by buying it in a store (webrooming).
-* **click-and-collect**: some online orders are picked up in a store; the store cancels a few (out of stock).
+* **click-and-collect**: some online orders are picked up in her home store; the store cancels those it has no
+  stock for (``stock.py``: stock is shared by the customers, so the world, not her plan, decides).
 * **returns**: some purchases are returned one to fourteen days later, for a refund of the whole purchase: an
   online order through the order system (its ``Order Refunded``), a till purchase at the till (the till's returns
   file). A return that would fall after the period (or after she churned) is not made.
@@ -273,11 +274,9 @@ class _Generator:
         order = self.next_id("ord")
         self.emit(t, "order", channel, signed_in=True, skus=skus, cart_id=cart, order_id=order, promo_code=promo,
                   fulfillment="store_pickup" if pickup else "delivery", store=self.c.home_store if pickup else None)
-        if pickup and rng.random() < self.P("pickup_cancel_rate"):
-            self.emit(self.later(t, 2, 26), "pickup_cancelled", channel, skus=skus, order_id=order,
-                      store=self.c.home_store, fulfillment="store_pickup")
-        else:  # a cancelled order is never delivered, so never returned
-            self.maybe_return(t, channel, skus, order)
+        # whether the store has it is the stock's to say, when the order is placed (world.World, stock.py): a
+        # cancelled order's planned return is not made
+        self.maybe_return(t, channel, skus, order)
 
     def maybe_return(self, t: datetime, channel: str, skus: tuple[str, ...], order: str, store: str | None = None
                      ) -> None:  # fmt: skip

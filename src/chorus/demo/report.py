@@ -63,6 +63,8 @@ def collect(api: Chorus, out) -> dict:
         "lake": out.lake,
         "analytics": analytics,
         "audiences": audiences,
+        # the stores' own record (stock is not data Chorus holds): what the shelves let people buy
+        "stock": out.stock,
     }  # fmt: skip
 
 
@@ -136,6 +138,7 @@ def show(console: Console, rep: dict) -> None:
                   f"{rep['complaints_recorded']} recorded by Chorus (GET /api/messages?status=complained); "
                   "email:complained above counts the model's answers, some of which fall after the period.[/dim]")
     _show_returns(console, rep)
+    _show_stock(console, rep)
     _show_analytics(console, rep["analytics"])
     segs = ", ".join(f"{k}: {v}" for k, v in rep["segments"].items())
     auds = ", ".join(f"{k}: {v}" for k, v in rep["audiences"].items())
@@ -242,6 +245,27 @@ def _show_attribution(console: Console, att: dict) -> None:
                   "close them (last touch).[/dim]")  # fmt: skip
     for w in att.get("warnings", []):
         console.print(f"[yellow]warning[/yellow]: {escape(w)}")
+
+
+def _show_stock(console: Console, rep: dict) -> None:
+    st = rep.get("stock")
+    if not st:
+        return
+    t = Table(title="Stock per store (the stores' own record: weekly deliveries, what the shelves let people buy)",
+              title_justify="left")  # fmt: skip
+    for col in ("store", "units a delivery", "units sold", "till items out of stock", "click & collect picked",
+                "cancelled (out of stock)"):
+        t.add_column(col, justify="left" if col == "store" else "right")
+    for s in st["units_per_delivery"]:
+        cc = st["click_and_collect"][s]
+        t.add_row(s, str(st["units_per_delivery"][s]), str(st["units_sold"][s]), str(st["till_items_short"][s]),
+                  str(cc["picked"]), str(cc["cancelled"]))  # fmt: skip
+    console.print(t)
+    entered = next((j["totals"].get("entered", 0) for j in rep["journeys"] if j["id"] == "pickup_cancelled"), None)
+    console.print(f"[dim]A till receipt with nothing left on the shelf is not made "
+                  f"({rep['actions'].get('store_purchase_not_made', 0)} of them); a cancelled click-and-collect order "
+                  f"reaches Chorus as `Order Cancelled` (reason out_of_stock), the pickup_cancelled journey's entry"
+                  + (f": {entered} entered it" if entered is not None else "") + ".[/dim]")
 
 
 def returns(rep: dict) -> dict:

@@ -83,7 +83,8 @@ class Outcome:
     wasted: list = field(default_factory=list)  # world.Tally.wasted: messages about what she had already done
     purchases: Counter = field(default_factory=Counter)  # world.Tally's: what the customers bought, and its value
     revenue: Decimal = Decimal(0)
-    plan_digest: str = ""  # of the planned actions posted, in order
+    plan_digest: str = ""  # of the planned actions, in order (posted, or not made for want of stock)
+    stock: dict = field(default_factory=dict)  # stock.Stock.summary(): the stores' own record
 
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
@@ -200,7 +201,7 @@ class _Loop:
         self.twilio = twilio
         self.out, self.progress = out, progress
         inbound = f"{self.api.base_url}/webhooks/twilio/{out.workspaces[layout.sms]['id']}/inbound"
-        self.world = World(opts.seed, opts.start, opts.params, plans, twilio, inbound)
+        self.world = World(opts.seed, opts.start, opts.params, plans, twilio, inbound, opts.days)
         self.sinks = inbox.SinkReader(opts.outbox, SINK_CHANNELS)
         self.meta: dict[str, dict] = {}  # message id -> its row in GET /api/messages
 
@@ -226,6 +227,7 @@ class _Loop:
         self.out.wasted = tally.wasted
         self.out.purchases, self.out.revenue = tally.purchases, tally.revenue
         self.out.plan_digest = tally.plan.hexdigest()
+        self.out.stock = self.world.stock.summary()
 
     def act(self, until: datetime) -> None:
         """The step's actions and responses to messages, in one time order, each at its own instant on the

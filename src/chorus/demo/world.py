@@ -13,12 +13,13 @@ import heapq
 import itertools
 import random
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
-from chorus.demo import events, fbl, model
+from chorus.demo import events, fbl, model, stock
 from chorus.demo.brand import BRAND
 from chorus.demo.inbox import Delivery
 from chorus.demo.twilio import TwilioStandIn
@@ -70,7 +71,7 @@ class Tally:
 
 class World:
     def __init__(self, seed: int, start: datetime, params: dict, plans: list[model.Plan], twilio: TwilioStandIn,
-                 inbound_url: str):  # fmt: skip
+                 inbound_url: str, days: float):  # fmt: skip
         self.seed, self.start, self.params = seed, start, params
         self.twilio, self.inbound_url = twilio, inbound_url
         self.customers = [p.customer for p in plans]
@@ -95,6 +96,13 @@ class World:
         self.last_purchase: dict[int, datetime] = {}
         self.received: Counter = Counter()  # (customer, template) -> messages so far: the stable key of a response
         self.tally = Tally()
+        sigma = params["forecast_error"]
+        levels = stock.levels_from_demand(
+            demand(plans), days / 7, [s.id for s in BRAND.stores], [p.sku for p in BRAND.catalog],
+            params["stock_cover"], lambda s, k: random.Random(f"{seed}:forecast:{s}:{k}").lognormvariate(0, sigma))
+        self.stock = stock.Stock(levels, stock.first_delivery(start, BRAND.timezone))
+        self.got: dict[str, tuple[str, ...]] = {}  # order id -> what a till purchase really got
+        self.not_made: set[str] = set()  # orders cancelled, and till purchases of nothing: no return follows
 
     # -- what happens next ---------------------------------------------------------------------------------------
     def due_actions(self, until: datetime) -> list[tuple[model.Customer, model.Action, str]]:
@@ -103,9 +111,12 @@ class World:
         while self.queue and self.queue[0][0] < until:
             _at, _o, a, mid = heapq.heappop(self.queue)
             c = self.customers[a.customer]
-            self.tally.actions[a.kind] += 1
-            if "-x" not in mid:  # planned, not made by a message
+            if "-x" not in mid:  # planned, not made by a message (whatever the stock makes of it)
                 self.tally.plan.update(f"{mid} {a.kind} {a.at.isoformat()}\n".encode())
+            a = self._stocked(a)
+            if a is None:
+                continue
+            self.tally.actions[a.kind] += 1
             if a.kind in ("order", "store_purchase"):
                 self.tally.purchases["store" if a.kind == "store_purchase" else "online"] += 1
                 self.tally.revenue += sum((BRAND.product(s).price for s in a.skus), Decimal(0))
@@ -114,6 +125,30 @@ class World:
             self._note(c, a)
             out.append((c, a, mid))
         return out
+
+    def _stocked(self, a: model.Action) -> model.Action | None:
+        """The action as the stores' stock lets it happen (``stock.py``), None if it does not happen."""
+        if a.kind == "return" and a.order_id in self.not_made:
+            return None
+        if a.kind == "return" and a.channel == "store":
+            a = replace(a, skus=self.got.get(a.order_id, a.skus))  # she brings back what she got
+            self.stock.give_back(a.store or "", a.skus, a.at)
+        elif a.kind == "store_purchase":
+            got = self.stock.take(a.store or "", a.skus, a.at)
+            if not got:  # nothing she came for was there
+                self.not_made.add(a.order_id or "")
+                self.tally.actions["store_purchase_not_made"] += 1
+                return None
+            self.got[a.order_id or ""] = got
+            a = replace(a, skus=got)
+        elif a.kind == "order" and a.fulfillment == "store_pickup" and not self.stock.reserve(a.store or "", a.skus,
+                                                                                               a.at):  # fmt: skip
+            # she ordered; the store finds it cannot pick the order and cancels it within its next opening hours
+            self.not_made.add(a.order_id or "")
+            delay = timedelta(hours=random.Random(f"{self.seed}:cancel:{a.order_id}").uniform(2, 26))
+            self._later(replace(a, at=_opening_hours(a.at + delay), kind="pickup_cancelled", via=None,
+                                signed_in=False, cart_id=None, promo_code=None))  # fmt: skip
+        return a
 
     def due_callbacks(self, until: datetime) -> list[Callback]:
         out = []
@@ -236,3 +271,26 @@ class World:
 
     def _sku(self, c: model.Customer, key: str) -> str:
         return random.Random(f"{self.seed}:sku:{key}").choice(BRAND.in_category(c.favourite)).sku
+
+
+def demand(plans: list[model.Plan]) -> Counter:
+    """Units the plans buy at each (store, sku): till purchases and click-and-collect orders (the forecast the
+    stores' levels are set from)."""
+    out: Counter = Counter()
+    for p in plans:
+        for a in p.actions:
+            if a.kind == "store_purchase" or (a.kind == "order" and a.fulfillment == "store_pickup"):
+                out.update((a.store, sku) for sku in a.skus)
+    return out
+
+
+def _opening_hours(t: datetime) -> datetime:
+    """``t``, or the next 09:00 in the brand's time zone when the stores are closed (22:00 to 08:00)."""
+    tz = ZoneInfo(BRAND.timezone)
+    local = t.astimezone(tz)
+    if 8 <= local.hour < 22:
+        return t
+    day = local.replace(hour=9, minute=0, second=0, microsecond=0)
+    if local.hour >= 22:
+        day += timedelta(days=1)
+    return day.astimezone(t.tzinfo)
