@@ -503,6 +503,37 @@ def test_a_holdout_that_converts_exits_like_a_finished_treated_person():
     assert seen == {"treat", "control"}
 
 
+GOAL_PAID = {"event": {"event": "Order Completed"}, "within": "7d"}
+EXIT_BIG = [{"event": {"event": "Order Completed", "where": [{"property": "total", "gt": 10}]}}]
+TRACKING = {"m": {"type": "message", "template": "t", "next": "e"}, "e": {"type": "exit"}}
+HOLDOUT = {"m": {"type": "message", "template": "t", "next": "s"}, "s": {"type": "split", "seed": "x", "arms": [
+    {"name": "a", "weight": 50, "next": "e"}, {"name": "h", "weight": 50, "holdout": True}]}, "e": {"type": "exit"}}
+
+
+@pytest.mark.parametrize(("nodes", "state"),
+                         [(TRACKING, ("tracking", "goal_window")), (HOLDOUT, ("active", "holdout"))])  # fmt: skip
+def test_a_conversion_withdraws_with_exit_on_goal_false_only_when_an_exit_criterion_holds_too(nodes, state):
+    """(review) At the end of her path, or held out after her message: an order of 5 is the goal alone and keeps
+    the message; an order of 20 is the goal and the exit criterion, and withdraws it."""
+    defn = d.parse({"id": "j", "entry": {"api": {"key": "k"}}, "start": "m", "nodes": nodes, "goal": GOAL_PAID,
+                    "exit_on_goal": False, "exit": EXIT_BIG})  # fmt: skip
+
+    def exit_on(total: float) -> tuple[j.Exit, str]:
+        for n in range(200):  # a person in the wanted state (the holdout arm is a bucket of her id)
+            dr = started(defn, Person(f"p{n}"))
+            if (dr.instances[0].status, dr.instances[0].waiting) == state:
+                break
+        (sent,) = dr.of(j.Send)
+        dr.now = T + timedelta(hours=1)
+        dr.give(event("Order Completed", dr.now, total=total))
+        (ex,) = dr.of(j.Exit)
+        return ex, sent.key
+
+    assert exit_on(5)[0] == j.Exit("goal reached", ())
+    ex, key = exit_on(20)
+    assert ex == j.Exit("goal reached", (key,))
+
+
 @pytest.mark.parametrize("reentry", ["after_exit", {"cooldown": "1h"}])
 def test_an_entry_stamped_before_the_last_exit_is_refused(reentry):
     """The first instance runs 09:00 to 11:00. A start stamped 10:30 and processed at 12:00 would overlap it; the
