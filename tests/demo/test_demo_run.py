@@ -42,7 +42,7 @@ def run(tmp_path_factory):
              "--set", "email_open=0.6", "--set", "email_unsubscribe=0.15", "--set", "sms_stop=0.3",
              "--set", "return_rate_online=0.5", "--set", "return_rate_store=0.3",
              "--set", "convert_after_click=0.6", "--set", "email_complaint=0.03",
-             "--set", "pickup_share=0.6", "--set", "stock_cover=0.7")  # fmt: skip
+             "--set", "pickup_share=0.8", "--set", "stock_cover=0.5")  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     engine = sa.create_engine(f"sqlite:///{tmp / 'demo.db'}")
     with engine.connect() as conn:
@@ -105,8 +105,11 @@ def test_the_stores_cancel_the_pickups_they_have_no_stock_for(run):
     rep, store, _ = run
     st = rep["stock"]
     posted = rep["actions"].get("pickup_cancelled", 0)
-    assert posted > 0, "the run's parameters make some pick-ups fail"
-    assert len(store["cancelled"]) == posted <= sum(c["cancelled"] for c in st["click_and_collect"].values())
+    # the plan alone has two pick-ups cancelled within the period at these parameters (seed 11); what messages
+    # make people buy only takes more from the shelves
+    assert posted >= 2, "the run's parameters make some pick-ups fail"
+    assert len(store["cancelled"]) == posted == sum(c["cancelled"] for c in st["click_and_collect"].values())
+    assert posted <= sum(c["refused"] for c in st["click_and_collect"].values())
     completed = {p["properties"]["order_id"]: p for _c, p in store["orders"] if p["event"] == "Order Completed"}
     refunded = {p["properties"]["order_id"] for _c, p in store["orders"] if p["event"] == "Order Refunded"}
     for c in store["cancelled"]:

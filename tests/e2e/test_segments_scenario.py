@@ -160,8 +160,9 @@ def test_a_preview_validates_like_a_save_and_is_for_the_admin_key_only(http, ser
 
 
 def test_a_segment_on_the_whole_history_follows_orders_on_every_channel(http, server, workspace):
-    """Conditions without a window (decision 0046: read from the profile's activity summary, not her history):
-    at least three orders ever, the first more than 30 days ago, and the newest activity in a store. Two web
+    """Conditions without a window (decision 0046 answers them from the profile's activity summary; through HTTP
+    the path is not visible, the answers are): at least three orders ever, the first more than 30 days ago, and the
+    newest activity in a store. Two web
     orders are not enough; a till receipt imported from the POS makes her a member; browsing the web shop
     afterwards moves her last channel online, and she leaves. The preview (one set-based query over the store)
     agrees with the engine at each step."""

@@ -73,10 +73,19 @@ def test_a_profile_resolved_after_the_backfill_keeps_counting(engine):
 
 def test_the_walk_covers_every_profile_once_over_many_passes(engine, monkeypatch):
     """More profiles than a pass takes, in two workspaces: the cursor walks all of them over several passes, each
-    looked at once, and a pass's transaction is its own (a profile done by an earlier pass stays done)."""
+    folded once."""
     from chorus.profiles import activity
 
     monkeypatch.setattr(activity, "BATCH", 3)
+    folded: list[str] = []
+    real = activity.bulk.update_rows
+
+    def update_rows(conn, table, key, rows, *a, **kw):
+        if table is profiles:
+            folded.extend(r["id"] for r in rows)
+        return real(conn, table, key, rows, *a, **kw)
+
+    monkeypatch.setattr(activity.bulk, "update_rows", update_rows)
     order = {"type": "track", "event": "Order Completed", "timestamp": iso(T0 - timedelta(days=1)),
              "context": {"channel": "web"}}  # fmt: skip
     spaces = [comp.new_workspace(engine) for _ in range(2)]
@@ -89,6 +98,11 @@ def test_the_walk_covers_every_profile_once_over_many_passes(engine, monkeypatch
         assert n <= 3
     # other tests' workspaces share the store: at least ours, each once, in at least ceil(9 / 3) passes
     assert passes >= 3 and done >= 9
+    ours = set()
     for w in spaces:
-        acts = [s.get("activity") for s in _states(engine, w["id"]).values()]
+        states = _states(engine, w["id"])
+        ours |= set(states)
+        acts = [s.get("activity") for s in states.values()]
         assert acts and all(a is not None and a["names"]["track"]["Order Completed"][0] == 1 for a in acts)
+    mine = [pid for pid in folded if pid in ours]
+    assert sorted(mine) == sorted(ours) and len(mine) == 9, "each of our nine profiles folded exactly once"

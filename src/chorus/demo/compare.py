@@ -416,7 +416,9 @@ def show(console: Console, doc: dict) -> None:
         t.add_row(what, _fmt(m), _fmt(o), _diff(m, o))
     console.print(t)
     console.print(f"[dim]The same plan in both runs: {'yes' if cmp['same_plan'] else '[bold red]NO[/]'} (a digest of "
-                  "the planned actions each run posted). Messages, unsubscribes, complaints and revenue are read "
+                  "the planned actions each run met, whether or not the stores' stock let them happen: what messages "
+                  "make people buy draws on the same shelves, so which till purchases and pick-ups happen may "
+                  "differ). Messages, unsubscribes, complaints and revenue are read "
                   "through each run's API (GET /api/messages, the journeys' stats, GET /api/analytics/omnichannel); "
                   "which messages came after she had already bought is the customers' record, not the brand's."
                   "[/dim]")

@@ -59,8 +59,8 @@ PARAMS: tuple[Param, ...] = (
     Param("pickup_share", 0.2, "online orders collected in a store (click-and-collect)", ASSUMPTION),
     Param("stock_cover", 1.5, "weeks of a product's forecast demand at a store delivered each Monday (its shelf "
           "level; the store cancels a click-and-collect order it cannot pick)",
-          "assumption: with forecast_error, 4-10 % of click-and-collect orders are cancelled, near the ~8 % average "
-          "out-of-stock rate of retail studies (Gruen, Corsten & Bharadwaj 2002)", share=False),
+          "assumption: with forecast_error, 5-15 % of click-and-collect orders are cancelled, around the ~8 % "
+          "average out-of-stock rate of retail studies (Gruen, Corsten & Bharadwaj 2002)", share=False),
     Param("forecast_error", 0.5, "spread of the stores' demand forecast error (log-normal sigma, per store and "
           "product)", ASSUMPTION, share=False),
     Param("return_rate_online", 0.15, "online orders returned for a refund (1-14 days later)", ASSUMPTION),

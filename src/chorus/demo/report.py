@@ -258,8 +258,10 @@ def _show_stock(console: Console, rep: dict) -> None:
         t.add_column(col, justify="left" if col == "store" else "right")
     for s in st["units_per_delivery"]:
         cc = st["click_and_collect"][s]
+        late = cc["refused"] - cc["cancelled"]  # decided at the order, told after the period
+        told = str(cc["cancelled"]) + (f" (+{late} after the period)" if late else "")
         t.add_row(s, str(st["units_per_delivery"][s]), str(st["units_sold"][s]), str(st["till_items_short"][s]),
-                  str(cc["picked"]), str(cc["cancelled"]))  # fmt: skip
+                  str(cc["picked"]), told)  # fmt: skip
     console.print(t)
     entered = next((j["totals"].get("entered", 0) for j in rep["journeys"] if j["id"] == "pickup_cancelled"), None)
     console.print(f"[dim]A till receipt with nothing left on the shelf is not made "

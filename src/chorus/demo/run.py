@@ -227,7 +227,7 @@ class _Loop:
         self.out.wasted = tally.wasted
         self.out.purchases, self.out.revenue = tally.purchases, tally.revenue
         self.out.plan_digest = tally.plan.hexdigest()
-        self.out.stock = self.world.stock.summary()
+        self.out.stock = self.world.stock.summary(self.world.cancelled)
 
     def act(self, until: datetime) -> None:
         """The step's actions and responses to messages, in one time order, each at its own instant on the

@@ -49,24 +49,35 @@ def levels_from_demand(demand: Counter, weeks: float, stores: Iterable[str], sku
             for s in stores for k in skus}  # fmt: skip
 
 
+def deliveries_since(first: datetime, at: datetime, tz: str) -> int:
+    """Monday deliveries after ``first`` (itself one), up to and including ``at``: counted on the local calendar, so a
+    delivery stays at 06:00 local across a change of the clocks (a week is then 167 or 169 hours)."""
+    if at < first:
+        return -1
+    zone = ZoneInfo(tz)
+    latest = first_delivery(at, tz).astimezone(zone)  # the last delivery at or before ``at``
+    return (latest.date() - first.astimezone(zone).date()).days // 7
+
+
 @dataclass
 class Stock:
     levels: dict[tuple[str, str], int]  # (store, sku) -> units after a delivery
     first: datetime  # the first delivery (the shelves' state at the start)
+    tz: str  # where the stores are: deliveries are at 06:00 on Mondays there
     on_hand: dict[tuple[str, str], int] = field(default_factory=dict)
     delivered: dict[tuple[str, str], int] = field(default_factory=dict)  # the last delivery each shelf had
     # what it did, for the report
     short: Counter = field(default_factory=Counter)  # (store, sku) -> units a till customer wanted and did not get
-    cancelled: Counter = field(default_factory=Counter)  # store -> click-and-collect orders it cancelled
+    refused: Counter = field(default_factory=Counter)  # store -> click-and-collect orders it could not pick
     picked: Counter = field(default_factory=Counter)  # store -> click-and-collect orders it picked
     sold: Counter = field(default_factory=Counter)  # (store, sku) -> units sold at the till or picked
 
     def _shelf(self, key: tuple[str, str], at: datetime) -> int:
-        n = (at - self.first) // WEEK  # deliveries since the first (the first is number 0)
+        n = deliveries_since(self.first, at, self.tz)  # the first delivery is number 0; before it, -1: nothing
         if self.delivered.get(key, -1) < n:
             self.on_hand[key] = max(self.on_hand.get(key, 0), self.levels.get(key, 0))
             self.delivered[key] = n
-        return self.on_hand[key]
+        return self.on_hand.setdefault(key, 0)
 
     def available(self, store: str, sku: str, at: datetime) -> int:
         return self._shelf((store, sku), at)
@@ -88,7 +99,7 @@ class Stock:
         """A click-and-collect order: picked whole from the shelf (True), or cancelled with nothing taken."""
         need = Counter((store, sku) for sku in skus)
         if any(self._shelf(key, at) < n for key, n in need.items()):
-            self.cancelled[store] += 1
+            self.refused[store] += 1
             return False
         for key, n in need.items():
             self.on_hand[key] -= n
@@ -103,11 +114,14 @@ class Stock:
             self._shelf(key, at)
             self.on_hand[key] += 1
 
-    def summary(self) -> dict:
+    def summary(self, cancelled: Counter) -> dict:
+        """The stores' record; ``cancelled``: store -> the cancellations that reached Chorus (one decided near the
+        end of the period may fall after it: counted in ``refused`` only)."""
         stores = sorted({s for s, _ in self.levels})
         return {
-            "click_and_collect": {s: {"picked": self.picked[s], "cancelled": self.cancelled[s]} for s in stores},
+            "click_and_collect": {s: {"picked": self.picked[s], "refused": self.refused[s],
+                                      "cancelled": cancelled[s]} for s in stores},
             "till_items_short": {s: sum(n for (st, _k), n in self.short.items() if st == s) for s in stores},
             "units_sold": {s: sum(n for (st, _k), n in self.sold.items() if st == s) for s in stores},
             "units_per_delivery": {s: sum(n for (st, _k), n in self.levels.items() if st == s) for s in stores},
-        }
+        }  # fmt: skip

@@ -100,7 +100,8 @@ class World:
         levels = stock.levels_from_demand(
             demand(plans), days / 7, [s.id for s in BRAND.stores], [p.sku for p in BRAND.catalog],
             params["stock_cover"], lambda s, k: random.Random(f"{seed}:forecast:{s}:{k}").lognormvariate(0, sigma))
-        self.stock = stock.Stock(levels, stock.first_delivery(start, BRAND.timezone))
+        self.stock = stock.Stock(levels, stock.first_delivery(start, BRAND.timezone), BRAND.timezone)
+        self.cancelled: Counter = Counter()  # store -> its pick-up cancellations posted
         self.got: dict[str, tuple[str, ...]] = {}  # order id -> what a till purchase really got
         self.not_made: set[str] = set()  # orders cancelled, and till purchases of nothing: no return follows
 
@@ -130,6 +131,8 @@ class World:
         """The action as the stores' stock lets it happen (``stock.py``), None if it does not happen."""
         if a.kind == "return" and a.order_id in self.not_made:
             return None
+        if a.kind == "pickup_cancelled":
+            self.cancelled[a.store or ""] += 1
         if a.kind == "return" and a.channel == "store":
             a = replace(a, skus=self.got.get(a.order_id, a.skus))  # she brings back what she got
             self.stock.give_back(a.store or "", a.skus, a.at)
@@ -261,8 +264,8 @@ class World:
         cart = self.open_cart.get(c.index)
         skus = cart[1] if cart else (self._sku(c, key),)
         n = next(self.extra)
-        if where == "store":
-            self._later(model.Action(at, c.index, "store_purchase", "store", skus=skus,
+        if where == "store":  # when the store is open
+            self._later(model.Action(_opening_hours(at), c.index, "store_purchase", "store", skus=skus,
                                      order_id=f"rcpt-{c.index}-m{n}", store=c.home_store, via=via))  # fmt: skip
         elif c.index in self.signed_up:  # an online order needs her account
             self._later(model.Action(at, c.index, "order", "app" if c.app_device else "web", signed_in=True,
