@@ -164,3 +164,23 @@ def test_load_with_needs_reads_exactly_the_cut_person(engine, people, questions)
             need = needs([r.parse(raw) for raw in raws], now)
             got = load.people(conn, w["id"], ids, cfg, needs=need)
             assert got == {pid: restrict(who, need) for pid, who in full.items()}, (raws, now)
+
+
+def test_a_page_name_that_is_not_a_string_is_no_name():
+    """The door checks only a track's name; a page's is stored as sent. One that is not a text (or is empty) is no
+    name, as in the events.event column the store's queries compare, and a restricted read does not fail on it (it
+    raised a TypeError in ``Needs.wants``, which a journey's read-back calls: found by adding such names to the
+    compiler tests' random events)."""
+    t = props.T0
+    for hostile in (7, ["Home"], {"n": "Home"}, True, ""):
+        e = Event.from_payload({"type": "page", "name": hostile, "timestamp": t.isoformat(), "channel": "web",
+                                "messageId": "m1"})  # fmt: skip
+        assert e.name is None
+        rule = r.parse({"performed": {"type": "page", "event": "Home", "window": "7d"}})
+        need = needs([rule], t)
+        assert need is not None and not need.wants(e)
+        person = replace(Person("p1"), events=(e,))
+        assert restrict(person, need).events == ()
+        assert evaluate(rule, person, t).value is False
+    named = Event.from_payload({"type": "page", "name": "Home", "timestamp": t.isoformat(), "channel": "web"})
+    assert named.name == "Home"

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from chorus.profiles.state import empty, public_view
+from chorus.profiles.state import empty, event_name, public_view
 from chorus.segments.summary import Summary
 from chorus.timeutil import parse_ts, zone
 
@@ -38,8 +38,11 @@ class Event:
         etype = payload.get("type") or "track"
         ctx = payload.get("context") or {}
         props = payload.get("properties")
+        # a page's name is stored as sent (the door checks only a track's): one that is not a string, or empty, is
+        # no name, as in the events.event column the store's queries compare (collect.messages)
+        name = event_name(payload)
         return cls(
-            name=payload.get("event") if etype == "track" else payload.get("name"),
+            name=name or None,
             type=etype,
             at=parse_ts(payload["timestamp"]),
             channel=payload.get("channel") or "unknown",
