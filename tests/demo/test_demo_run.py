@@ -105,9 +105,10 @@ def test_the_stores_cancel_the_pickups_they_have_no_stock_for(run):
     rep, store, _ = run
     st = rep["stock"]
     posted = rep["actions"].get("pickup_cancelled", 0)
-    # the plan alone has two pick-ups cancelled within the period at these parameters (seed 11); what messages
-    # make people buy only takes more from the shelves
-    assert posted >= 2, "the run's parameters make some pick-ups fail"
+    # the plan alone has two pick-ups cancelled within the period at these parameters (seed 11); what messages make
+    # people buy takes from the same shelves and may change which (review: a till purchase can fail a pick-up of
+    # three items and so leave two for later ones), so at least one
+    assert posted >= 1, "the run's parameters make some pick-ups fail"
     assert len(store["cancelled"]) == posted == sum(c["cancelled"] for c in st["click_and_collect"].values())
     assert posted <= sum(c["refused"] for c in st["click_and_collect"].values())
     completed = {p["properties"]["order_id"]: p for _c, p in store["orders"] if p["event"] == "Order Completed"}

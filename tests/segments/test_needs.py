@@ -184,3 +184,21 @@ def test_a_page_name_that_is_not_a_string_is_no_name():
         assert evaluate(rule, person, t).value is False
     named = Event.from_payload({"type": "page", "name": "Home", "timestamp": t.isoformat(), "channel": "web"})
     assert named.name == "Home"
+
+
+def test_a_held_journey_input_from_before_the_check_loses_its_hostile_name():
+    """(review) A paused journey's held inputs were stored with the name as read then: one held before the check
+    comes back with no name, so its replay at resume neither fails the read-back nor the hearing."""
+    from chorus.journeys.runtime import Hearing
+    from chorus.journeys.store import input_from_json
+
+    for hostile in (7, ["Home"], True, ""):
+        e = input_from_json({"kind": "event", "name": hostile, "type": "page", "at": "2026-01-01T00:00:00Z",
+                             "channel": "web", "properties": {}, "id": "m", "outbound": False})  # fmt: skip
+        assert e.name is None
+        need = needs([r.parse({"performed": {"type": "page", "event": "Home", "window": "7d"}})], props.T0)
+        assert need is not None and need.wants(e) in (True, False)
+        assert Hearing(events=frozenset({"Home"})).hears(e) is False
+    kept = input_from_json({"kind": "event", "name": "Home", "type": "page", "at": "2026-01-01T00:00:00Z",
+                            "channel": "web", "properties": {}, "id": "m"})  # fmt: skip
+    assert kept.name == "Home"

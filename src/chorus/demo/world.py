@@ -288,12 +288,12 @@ def demand(plans: list[model.Plan]) -> Counter:
 
 
 def _opening_hours(t: datetime) -> datetime:
-    """``t``, or the next 09:00 in the brand's time zone when the stores are closed (22:00 to 08:00)."""
+    """``t``, or the next opening, 08:00 in the brand's time zone, when the stores are closed (22:00 to 08:00)."""
     tz = ZoneInfo(BRAND.timezone)
     local = t.astimezone(tz)
     if 8 <= local.hour < 22:
         return t
-    day = local.replace(hour=9, minute=0, second=0, microsecond=0)
+    day = local.replace(hour=8, minute=0, second=0, microsecond=0)
     if local.hour >= 22:
         day += timedelta(days=1)
     return day.astimezone(t.tzinfo)

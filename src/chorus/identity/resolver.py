@@ -487,7 +487,7 @@ def event_change(pid: str, p: Pending, new: bool = False) -> feed.Change:
     etype = pl.get("type")
     detail = {"type": etype, "channel": pl.get("channel")}
     name = pl.get("event") if etype == "track" else pl.get("name") if etype in ("page", "screen") else None
-    if isinstance(name, str):
+    if isinstance(name, str) and name:  # as profiles.state.event_name: anything else is no name
         detail["event"] = name[:NAME_COLUMN]
     detail["profile"] = new or touches_profile(pl, p.ext)
     if new:

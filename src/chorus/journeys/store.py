@@ -478,7 +478,10 @@ def input_to_json(inp: j.Input) -> dict:
 def input_from_json(raw: Mapping) -> j.Input:
     k = raw["kind"]
     if k == "event":
-        return Event(name=raw["name"], type=raw["type"], at=parse_ts(raw["at"]), channel=raw["channel"],
+        # an input held before names were checked (segments.person.Event.from_payload) may carry a page name that is
+        # not a text: no name, as the event would be read now
+        name = raw["name"] if isinstance(raw["name"], str) and raw["name"] else None
+        return Event(name=name, type=raw["type"], at=parse_ts(raw["at"]), channel=raw["channel"],
                      properties=raw["properties"], id=raw["id"], outbound=raw.get("outbound", False))  # fmt: skip
     if k == "message":
         return j.MessageEvent(raw["status"], raw["message_id"], raw["journey_id"], raw["key"], parse_ts(raw["at"]),

@@ -351,9 +351,10 @@ def _keep_names(act: dict, etype: str) -> None:
 
 
 def event_name(msg: dict) -> str | None:
-    """The name a rule selects an event by (``segments.person.Event.name``): a track's event, another type's name."""
+    """The name a rule selects an event by (``segments.person.Event.name``): a track's event, another type's name;
+    None when it is not a text or is empty (the door checks only a track's: a page's is stored as sent)."""
     name = msg.get("event") if (msg.get("type") or "track") == "track" else msg.get("name")
-    return name if isinstance(name, str) else None
+    return name if isinstance(name, str) and name else None
 
 
 def empty_activity() -> dict:

@@ -38,11 +38,10 @@ class Event:
         etype = payload.get("type") or "track"
         ctx = payload.get("context") or {}
         props = payload.get("properties")
-        # a page's name is stored as sent (the door checks only a track's): one that is not a string, or empty, is
-        # no name, as in the events.event column the store's queries compare (collect.messages)
-        name = event_name(payload)
+        # a page's name is stored as sent (the door checks only a track's): one that is not a text, or is empty,
+        # is no name, as in the events.event column the store's queries compare (collect.messages)
         return cls(
-            name=name or None,
+            name=event_name(payload),
             type=etype,
             at=parse_ts(payload["timestamp"]),
             channel=payload.get("channel") or "unknown",
