@@ -486,8 +486,8 @@ def event_change(pid: str, p: Pending, new: bool = False) -> feed.Change:
     pl = p.payload
     etype = pl.get("type")
     detail = {"type": etype, "channel": pl.get("channel")}
-    name = pl.get("event") if etype == "track" else pl.get("name") if etype in ("page", "screen") else None
-    if isinstance(name, str) and name:  # as profiles.state.event_name: anything else is no name
+    name = pstate.event_name(pl) if etype in ("track", "page", "screen") else None
+    if name is not None:
         detail["event"] = name[:NAME_COLUMN]
     detail["profile"] = new or touches_profile(pl, p.ext)
     if new:
