@@ -187,6 +187,12 @@ def test_broadcasts_have_their_own_endpoint_stats_and_messages(http, h, doc, peo
     assert err["field"] == "holdout"
     err = c("POST", "/api/broadcasts", "/api/broadcasts", 400, json={**spring, "colour": "red"})
     assert err["field"] == "colour"
+    for bad in ({**spring, "holdout_by": "user_id"}, {**spring, "holdout_by": ["identifier"]}):
+        err = c("POST", "/api/broadcasts", "/api/broadcasts", 400, json=bad)
+        assert err["field"] == "holdout_by" and "profile or identifier" in err["message"], err
+    err = c("POST", "/api/broadcasts", "/api/broadcasts", 400,
+            json={**spring, "holdout": None, "holdout_by": "identifier"})
+    assert err["field"] == "holdout_by" and "give holdout too" in err["message"], err
     dry = c("POST", "/api/broadcasts", "/api/broadcasts", 200, json=spring, params={"dry_run": "true"})
     assert dry["kind"] == "broadcast" and dry["dry_run"] is True
     assert c("GET", "/api/broadcasts", "/api/broadcasts", 200) == {"broadcasts": []}

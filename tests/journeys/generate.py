@@ -114,6 +114,8 @@ def definition(draw) -> dict:
             body["arms"] = arms
             if draw(st.booleans()):
                 body["seed"] = "shared"
+            if draw(st.booleans()):
+                body["by"] = draw(st.sampled_from(["profile", "identifier"]))
         elif kind == "message":
             body["template"] = draw(st.sampled_from(["t1", "t2"]))
             body["channel"] = draw(st.sampled_from(["auto", "sms", ["email", "push"]]))

@@ -178,6 +178,12 @@ NODES = {
         ({"type": "split", "arms": [{"name": "a", "weight": 50, "next": "done"},
                                     {"name": "h", "weight": 50, "holdout": "yes"}]},
          "nodes.n.arms[1].holdout", "true or false"),
+        ({"type": "split", "by": "user_id", "arms": [{"name": "a", "weight": 50, "next": "done"},
+                                                     {"name": "b", "weight": 50, "next": "done"}]},
+         "nodes.n.by", "a split is by profile or identifier"),
+        ({"type": "split", "by": ["identifier"], "arms": [{"name": "a", "weight": 50, "next": "done"},
+                                                          {"name": "b", "weight": 50, "next": "done"}]},
+         "nodes.n.by", "a split is by profile or identifier"),
     ],
     "message": [
         ({"type": "message", "next": "done"}, "nodes.n.template", "an id must be non-empty text"),

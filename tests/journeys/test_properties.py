@@ -271,6 +271,28 @@ def test_a_shared_seed_gives_the_same_arm_in_every_journey():
         assert len(arms) == 1
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.text(min_size=1, max_size=12), st.text(min_size=1, max_size=12), st.one_of(st.none(), st.text(max_size=20)),
+       st.sampled_from(["profile", "identifier"]))
+def test_a_split_by_identifier_hashes_her_anchor_and_by_profile_her_profile_id(pid_a, pid_b, anchor, by):
+    """Two profiles (two runs of one population, with Chorus' random ids) with the same anchor identifier land in
+    the same arm by identifier, whatever their profile ids; by profile, or without an anchor, her profile id
+    decides. The bucket is the segment rules' ``bucket``."""
+    defn = d.parse({"id": "ab", "entry": {"api": {}}, "start": "s", "nodes": {
+        "s": {"type": "split", "by": by, "arms": [{"name": "a", "weight": 37, "next": "e"},
+                                                  {"name": "b", "weight": 63, "next": "e"}]},
+        "e": {"type": "exit"}}})  # fmt: skip
+    arms = []
+    for pid in (pid_a, pid_b):
+        dr = Driver(defn, Person(pid, anchor=anchor), T0)
+        dr.give(j.Start("first", T0))
+        arms.append(dr.instances[0].arms["s"])
+        key = anchor if by == "identifier" and anchor is not None else pid
+        assert arms[-1] == j.arm_at(defn.node("s").body, bucket(key, "ab:s")).name
+    if by == "identifier" and anchor is not None:
+        assert arms[0] == arms[1]
+
+
 def test_state_json_round_trip_of_a_fresh_and_an_exited_instance():
     dr = Driver(seed("abandoned_cart"), Person("p1"), T0)
     admission = j.enter(dr.defn, dr.person, an_event(0, "Product Added", T0, "web", "c1", 1), [], T0)

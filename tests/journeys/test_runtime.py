@@ -12,9 +12,11 @@ import pytest
 import sqlalchemy as sa
 
 from chorus.identity.resolver import Resolver
+from chorus.journeys import interpreter as j
 from chorus.journeys import manage, runtime, store
 from chorus.messaging import outbox
-from chorus.profiles import feed, privacy
+from chorus.profiles import feed, privacy, views
+from chorus.segments.evaluate import bucket
 from chorus.store.tables import (
     events,
     feed_pending,
@@ -499,6 +501,35 @@ def test_the_variant_on_the_timeline_says_holdout_by_the_split_not_by_the_arms_n
         arm = state["arms"]["arm"]
         assert got[iid] == (arm, "holdout" if arm == "keep_out" else "treated:control")
     assert {v for _, v in got.values()} == {"holdout", "treated:control"}
+
+
+def test_a_split_by_identifier_draws_each_person_by_her_anchor_identifier(engine, ws, clock, worker):
+    """`by: identifier`: a known customer's arm is the bucket of her user id, an anonymous visitor's the bucket of her
+    anonymous id, never of the random profile id Chorus gave them (so another run of the same data, or another
+    workspace, draws the same people); the claim reads her identifiers for it."""
+    publish(engine, ws, {
+        "id": "ab", "entry": {"event": {"event": "Product Added"}}, "start": "arm", "nodes": {
+            "arm": {"type": "split", "by": "identifier", "arms": [{"name": "a", "weight": 50, "next": "done"},
+                                                                  {"name": "b", "weight": 50, "next": "done"}]},
+            "done": {"type": "exit"}}})  # fmt: skip
+    known = [ev("Product Added", T0, user=f"u{i}") for i in range(10)]
+    anonymous = []
+    for i in range(10):
+        e = ev("Product Added", T0, user=None)
+        del e["userId"]
+        anonymous.append({**e, "anonymousId": f"anon-{i}"})
+    send(engine, ws, known + anonymous, T0)
+    settle(worker)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(journey_instances.c.profile_id, journey_instances.c.state).where(
+            journey_instances.c.workspace_id == ws)).all()  # fmt: skip
+        anchors = {pid: min(ids) for pid, ids in views.idents_of(conn, ws, [p for p, _ in rows]).items()}
+        split = store.definition(conn, ws, "ab", 1).node("arm").body
+    assert len(rows) == 20 and sorted(anchors.values()) == sorted(
+        [*(f"user_id:u{i}" for i in range(10)), *(f"anonymous_id:anon-{i}" for i in range(10))])
+    for pid, state in rows:
+        assert state["arms"]["arm"] == j.arm_at(split, bucket(anchors[pid], "ab:arm")).name
+    assert {state["arms"]["arm"] for _, state in rows} == {"a", "b"}
 
 
 def test_the_journeys_consumer_is_given_only_what_can_be_an_input():

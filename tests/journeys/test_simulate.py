@@ -275,16 +275,22 @@ def test_definition_segments_and_templates_files_name_the_bad_field(tmp_path):
 
 
 # -- the runtime on the store --------------------------------------------------------------------------------------
-def test_a_backtest_predicts_what_the_runtime_did_exactly(engine, clock, worker):
+@pytest.mark.parametrize("by", ["profile", "identifier"])
+def test_a_backtest_predicts_what_the_runtime_did_exactly(engine, clock, worker, by):
     """The abandoned cart live on the store (a virtual clock driving the worker), then backtested over the same
-    stored events: the same instances, records (node, branch, time, reason) and messages on the same channels."""
+    stored events: the same instances, records (node, branch, time, reason) and messages on the same channels; its
+    holdout drawn by profile id or by identifier (the backtest reads her identifiers from her events)."""
     w = workspaces.create(engine, "sim-" + uuid.uuid4().hex[:6])
     ws = w["id"]
     for name in ("cart_reminder", "cart_reminder_2"):
         outbox.save_template(engine, ws, name, {"kind": "marketing", "variants": {"in_app": {"title": name,
                                                                                             "body": "b"}}})  # fmt: skip
-    defn = seed("abandoned_cart")
-    publish(engine, ws, d.to_json(defn))
+    doc = d.to_json(seed("abandoned_cart"))
+    for node in doc["nodes"].values():
+        if node["type"] == "split":
+            node["by"] = by
+    defn = d.parse(doc)
+    publish(engine, ws, doc)
     # entries a few seconds apart; some carts bought in a store within the hour, one emptied, one bought late
     plan: list[tuple[datetime, dict]] = []
     for k in range(12):

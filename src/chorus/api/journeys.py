@@ -267,7 +267,8 @@ _DEFINITION = {"requestBody": {"required": True, "content": {"application/json":
                           "done": {"type": "exit"}}}}}}}  # fmt: skip
 _BROADCAST = {"requestBody": {"required": True, "content": {"application/json": {
     "schema": {"type": "object", "description": "id, template, and optionally name, segment, channel, kind, topic, "
-               "data, schedule (\"now\" by default, or a journey schedule), goal, holdout (1 to 99)"},
+               "data, schedule (\"now\" by default, or a journey schedule), goal, holdout (1 to 99), holdout_by "
+               "(profile or identifier: what a person's bucket hashes)"},
     "example": {"id": "spring-sale", "segment": "newsletter", "template": "spring", "schedule": "now",
                 "goal": {"event": {"event": "Order Completed"}, "within": "7d"}, "holdout": 10}}}}}  # fmt: skip
 _START = {"requestBody": {"required": False, "content": {"application/json": {

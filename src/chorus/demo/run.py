@@ -220,11 +220,17 @@ class _Loop:
             self.progress("simulating", n + 1, steps)
         tally = self.world.tally
         self.out.actions, self.out.deliveries, self.out.responses = tally.actions, tally.deliveries, tally.responses
-        # an opt-out whose request would have come after the period never reached Chorus: not reported as made
-        self.out.unsubscribes = [r for r in tally.unsubscribes if "at" in r]
-        self.out.stops = [r for r in tally.stops if "at" in r]
-        self.out.complaints = [r for r in tally.complaints if "at" in r]
-        self.out.wasted = tally.wasted
+        # an opt-out whose request would have come after the period never reached Chorus: not reported as made.
+        # In time order (then by customer): the messages of one step reach the customers in the order the servers
+        # got them, which a run with the same seed need not repeat.
+        def made(rows: list[dict]) -> list[dict]:
+            return sorted((r for r in rows if "at" in r),
+                          key=lambda r: (r["at"], str(r.get("user_id") or r.get("phone") or r.get("address"))))
+
+        self.out.unsubscribes, self.out.stops = made(tally.unsubscribes), made(tally.stops)
+        self.out.complaints = made(tally.complaints)
+        self.out.wasted = sorted(tally.wasted, key=lambda w: tuple(str(w.get(k)) for k in
+                                                                   ("user_id", "template", "channel", "why")))
         self.out.purchases, self.out.revenue = tally.purchases, tally.revenue
         self.out.plan_digest = tally.plan.hexdigest()
         self.out.stock = self.world.stock.summary(self.world.cancelled)

@@ -9,6 +9,7 @@ from ``context.device.token``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -90,6 +91,18 @@ def id_text(value: object, kind: str = "user_id") -> str | None:
     else:
         return None
     return text or None
+
+
+def anchor_order(ident: str, cfg: IdentityConfig) -> tuple[int, str]:
+    """The order of identifiers for anchoring: the lowest rank first, then the text (so any set has one first)."""
+    return cfg.rank(kind_of(ident)), ident
+
+
+def anchor_of(idents: Iterable[str], cfg: IdentityConfig) -> str | None:
+    """A person's anchor identifier: the first of hers in :func:`anchor_order` (her user id when she has one, else
+    her email, ..., else her anonymous id), the one identity resolution anchors an event on. It depends on her
+    identifiers alone, never on Chorus' random profile id: a journey split ``by: identifier`` hashes it."""
+    return min(idents, key=lambda i: anchor_order(i, cfg), default=None)
 
 
 def kind_of(ident: str) -> str:
@@ -216,7 +229,7 @@ def extract(msg: dict, cfg: IdentityConfig, trusted: bool = False) -> Extracted:
         raise NoIdentifier(
             "no usable identifier: " + ("; ".join(warnings) or "userId, anonymousId, email, phone all missing")
         )
-    idents = sorted(found, key=lambda i: (cfg.rank(kind_of(i)), i))
+    idents = sorted(found, key=lambda i: anchor_order(i, cfg))
     others = idents[1:]
     previous = id_text(msg.get("previousId")) if msg.get("type") == "alias" else None
     if previous is not None and len(previous) <= MAX_IDENT_LEN - len("anonymous_id:"):

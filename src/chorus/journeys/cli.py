@@ -44,7 +44,7 @@ def backtest_subjects(conn, w, since: datetime, until: datetime, *, everybody: b
     from chorus.store.tables import events, profiles
     from chorus.timeutil import parse_ts
 
-    from .simulate import Subject
+    from .simulate import Subject, identifiers_in
 
     e = events.c
     if everybody:
@@ -69,6 +69,7 @@ def backtest_subjects(conn, w, since: datetime, until: datetime, *, everybody: b
         for (payload,) in rows:
             if parse_ts(payload["timestamp"]) < since:
                 apply_event(s.state, payload, pid, policies)
+                s.identifiers.update(identifiers_in(payload, w.identity))  # hers as of then (a split by identifier)
                 s.history.append(Event.from_payload(payload))
             else:
                 s.payloads.append(payload)

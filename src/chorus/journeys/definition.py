@@ -224,6 +224,10 @@ class Condition:
 # The variants the uplift report reads as held out (``analytics.uplift``): the runtime marks a holdout arm with the
 # first, and never gives a treated arm one of these as its variant.
 HOLDOUT_VARIANTS = ("holdout", "control")
+# What a split's bucket hashes: her profile id (Chorus' own, random), or her anchor identifier (her user id when she
+# has one, else her email, ..., else her anonymous id: identity.identifiers.anchor_of), which does not depend on
+# Chorus' ids, so the same people land in the same arms in another workspace or a replay of the same data.
+SPLIT_BY = ("profile", "identifier")
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +242,7 @@ class Arm:
 class Split:
     arms: tuple[Arm, ...]
     seed: str | None = None  # default: "<journey id>:<node id>"
+    by: str = "profile"  # what her bucket hashes: "profile" (her profile id) or "identifier" (her anchor identifier)
 
 
 @dataclass(frozen=True, slots=True)
@@ -665,7 +670,7 @@ class _Parser:
         return Condition(then, otherwise, entry=r.Filter(prop, r._test(f, here, r.FILTER_TESTS)))
 
     def _split(self, body: dict, path: str, common: tuple) -> Split:
-        _keys(body, path, ("arms", "seed", *common))
+        _keys(body, path, ("arms", "seed", "by", *common))
         raw = body.get("arms")
         if not isinstance(raw, list) or not 2 <= len(raw) <= MAX_BRANCHES:
             raise _bad(f"{path}.arms", f"a split has 2 to {MAX_BRANCHES} arms")
@@ -692,7 +697,10 @@ class _Parser:
         if total != 100:
             raise _bad(f"{path}.arms", f"the arms' weights are percentages and add up to 100 (here {total})")
         seed = _ident(body["seed"], f"{path}.seed") if "seed" in body else None
-        return Split(tuple(arms), seed)
+        by = body.get("by", "profile")
+        if by not in SPLIT_BY:
+            raise _bad(f"{path}.by", f"a split is by {' or '.join(SPLIT_BY)} (what the person's bucket hashes)")
+        return Split(tuple(arms), seed, by)
 
     def _message(self, body: dict, path: str, common: tuple) -> SendMessage:
         _keys(body, path, ("template", "channel", "kind", "topic", "data", "next", *common))
@@ -1023,7 +1031,8 @@ def _body_json(b: Body) -> dict:
         case Split():
             arms = [{"name": a.name, "weight": a.weight, **({"holdout": True} if a.holdout else {"next": a.next})}
                     for a in b.arms]  # fmt: skip
-            return {"arms": arms, **({"seed": b.seed} if b.seed is not None else {})}
+            return {"arms": arms, **({"seed": b.seed} if b.seed is not None else {}),
+                    **({"by": b.by} if b.by != "profile" else {})}
         case SendMessage():
             out = {"template": b.template}
             if b.channel != "auto":

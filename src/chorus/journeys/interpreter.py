@@ -700,13 +700,17 @@ class _Run:
         self.record("waiting", self.s.node, branch)
 
     def arm(self, nid: str, split: d.Split) -> d.Arm:
-        """The arm for the person: kept when she comes back to the node; otherwise her stable bucket (the segment
-        rule ``bucket`` with the same seed selects the same people), cut by the cumulative weights."""
+        """The arm for the person: kept when she comes back to the node; otherwise her stable bucket, cut by the
+        cumulative weights. ``by: profile`` hashes her profile id (the segment rule ``bucket`` with the same seed
+        selects the same people); ``by: identifier`` her anchor identifier, or her profile id when she has none."""
         if nid in self.s.arms:
             found = [a for a in split.arms if a.name == self.s.arms[nid]]
             if found:
                 return found[0]
-        point = bucket(self.s.profile_id, split.seed or f"{self.defn.id}:{nid}")
+        key = self.s.profile_id
+        if split.by == "identifier" and self.ctx.person.anchor is not None:
+            key = self.ctx.person.anchor
+        point = bucket(key, split.seed or f"{self.defn.id}:{nid}")
         return arm_at(split, point)
 
     def due(self, b: d.Delay) -> tuple[datetime | None, str | None]:

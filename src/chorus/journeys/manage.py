@@ -187,12 +187,13 @@ def start(conn: Connection, ws: str, jid: str, profile_id: str, data: object, re
 
 # -- broadcasts --------------------------------------------------------------------------------------------------------
 BROADCAST_KEYS = ("id", "name", "segment", "template", "channel", "kind", "topic", "data", "schedule", "goal",
-                  "holdout")  # fmt: skip
+                  "holdout", "holdout_by")  # fmt: skip
 
 
 def broadcast_definition(raw: object, now: datetime) -> dict:
     """A broadcast (one message to a segment, once or on a schedule) as the journey that runs it: a scheduled entry,
-    an optional holdout split (``holdout``: the percentage kept out, measured against ``goal``), the message, exit.
+    an optional holdout split (``holdout``: the percentage kept out, measured against ``goal``; ``holdout_by``: what
+    the person's bucket hashes, the split's ``by``), the message, exit.
     ``schedule`` is a journey schedule (``docs/journeys.md``), or "now"."""
     if not isinstance(raw, dict):
         raise ChorusError("a broadcast is an object: id, segment, template, schedule, ...", field="broadcast")
@@ -230,7 +231,14 @@ def broadcast_definition(raw: object, now: datetime) -> dict:
             raise ChorusError("a holdout is measured against a goal (with within): add goal", field="holdout")
         nodes["arm"] = {"type": "split", "arms": [{"name": "holdout", "weight": h, "holdout": True},
                                                  {"name": "send", "weight": 100 - h, "next": "send"}]}  # fmt: skip
+        if raw.get("holdout_by") is not None:
+            if raw["holdout_by"] not in d.SPLIT_BY:
+                raise ChorusError(f"holdout_by is {' or '.join(d.SPLIT_BY)} (what the person's bucket hashes)",
+                                  field="holdout_by")  # fmt: skip
+            nodes["arm"]["by"] = raw["holdout_by"]
         out["start"] = "arm"
+    elif raw.get("holdout_by") is not None:
+        raise ChorusError("holdout_by says how a holdout is drawn: give holdout too", field="holdout_by")
     return out
 
 

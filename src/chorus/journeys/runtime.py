@@ -277,7 +277,8 @@ class Reads:
     """What a journey version's interpreter can read of a person besides her profile state and memberships (decision
     0043): the segment rules of its goal, exit criteria and condition nodes (evaluated at an input's instant, never
     before it), the events its goal and exit *event* criteria select (an entry checks them against her events from
-    the entry on, ``PersonRun.before_entry``), and her computed traits (a delay until ``computed.x``). Waits and
+    the entry on, ``PersonRun.before_entry``), her computed traits (a delay until ``computed.x``) and her anchor
+    identifier (a split ``by: identifier``, read with her addresses). Waits and
     entries match the input itself, and a message step's rendering and channel choice are the outbox's own reads.
 
     :meth:`at` is the ``segments.needs`` of all that for evaluations at ``t`` or later: horizons only move forward
@@ -289,6 +290,7 @@ class Reads:
     types: frozenset[str] = frozenset()  # event types one selects without a name
     any_event: bool = False  # one selects neither (channels or properties alone)
     computed: bool = False
+    identity: bool = False  # a split by identifier: her anchor identifier (read with her addresses)
     everything: bool = False  # a version this code cannot read: the whole person
 
     @staticmethod
@@ -299,9 +301,10 @@ class Reads:
         sels = [c.selection for c in criteria if isinstance(c, d.EventMatch)]
         computed = any(isinstance(n.body, d.Delay) and n.body.until is not None and n.body.until.source != "property"
                        and n.body.until.name.startswith("computed.") for n in defn.nodes)  # fmt: skip
+        identity = any(isinstance(n.body, d.Split) and n.body.by == "identifier" for n in defn.nodes)
         return Reads(tuple(rules), frozenset(s.event for s in sels if s.event is not None),
                      frozenset(s.type for s in sels if s.event is None and s.type is not None),
-                     any(s.event is None and s.type is None for s in sels), computed)  # fmt: skip
+                     any(s.event is None and s.type is None for s in sels), computed, identity)  # fmt: skip
 
     @staticmethod
     def union(parts: Iterable[Reads]) -> Reads:
@@ -309,7 +312,8 @@ class Reads:
         rules = list(dict.fromkeys(x for p in parts for x in p.rules))  # the same rule in many versions, once
         return Reads(tuple(rules), frozenset().union(*(p.names for p in parts)),
                      frozenset().union(*(p.types for p in parts)), any(p.any_event for p in parts),
-                     any(p.computed for p in parts), any(p.everything for p in parts))  # fmt: skip
+                     any(p.computed for p in parts), any(p.identity for p in parts),
+                     any(p.everything for p in parts))  # fmt: skip
 
     def at(self, t: datetime) -> Needs | None:
         """``load.people``'s needs for evaluations at ``t`` or later; None: the whole person."""
@@ -326,7 +330,8 @@ class Reads:
             every = t if every is None else min(every, t)
         names, types = beyond(names, types, every)  # what every event is read from on is not asked for again
         # the rules' summarised reads (segments.summary) stay as they are: the journey's own reads are horizons
-        return replace(base, names=names, types=types, any_event=every, computed=base.computed or self.computed)
+        return replace(base, names=names, types=types, any_event=every, computed=base.computed or self.computed,
+                       addresses=base.addresses or self.identity)
 
 
 # (workspace, journey, version) -> what it reads: parsed once per process, as _HEARD

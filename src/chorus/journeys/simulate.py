@@ -43,7 +43,15 @@ from typing import Any
 from chorus import safejson
 from chorus.collect.messages import Rejection, normalise
 from chorus.errors import ChorusError
-from chorus.identity.identifiers import IdentityConfig, NoIdentifier, extract, id_text, kind_of, value_of
+from chorus.identity.identifiers import (
+    IdentityConfig,
+    NoIdentifier,
+    anchor_of,
+    extract,
+    id_text,
+    kind_of,
+    value_of,
+)
 from chorus.journeys import definition as d
 from chorus.journeys import dispatch
 from chorus.journeys import interpreter as j
@@ -133,6 +141,15 @@ def people_from_payloads(payloads: Iterable[dict]) -> list[Subject]:
             continue
         by.setdefault(who, []).append((parse_ts(p["timestamp"]), n, p))
     return [Subject(pid, [p for _, _, p in sorted(items, key=lambda x: (x[0], x[1]))]) for pid, items in by.items()]
+
+
+def identifiers_in(payload: dict, cfg: IdentityConfig) -> list[str]:
+    """The identifiers an event gives its person, as identity resolution reads them (none: an event without)."""
+    try:
+        found = extract(payload, cfg)
+    except NoIdentifier:
+        return []
+    return [found.anchor, *found.others]
 
 
 def read_definition(path: str | Path) -> d.Definition:
@@ -308,18 +325,14 @@ class _Sim:
             self._person = Person(self.subject.id, state=self.state, computed=self.subject.computed,
                                   addresses={ch: tuple(a) for ch, a in addresses.items()}, events=tuple(self.events),
                                   segments=frozenset(self.members), lists=self.subject.lists,
-                                  zone_default=self.zone_default)  # fmt: skip
+                                  zone_default=self.zone_default, anchor=anchor_of(self.idents, self.cfg))  # fmt: skip
             self._key = key
         return self._person
 
     # -- what the runtime's surroundings do
     def fold(self, payload: dict) -> Event:
         """The event folded into the person, as resolution and the profile do before the journeys consumer."""
-        try:
-            found = extract(payload, self.cfg)
-            self.idents.update([found.anchor, *found.others])
-        except NoIdentifier:
-            pass
+        self.idents.update(identifiers_in(payload, self.cfg))
         apply_event(self.state, payload, self.subject.id, dict(self.policies or {}))
         ev = Event.from_payload(payload)
         self.events.append(ev)

@@ -97,7 +97,7 @@ def get_profiles(conn: Connection, ws: str, profile_ids: list[str], cfg: Identit
         by_kind: dict[str, list[str]] = {}
         for i in sorted(idents.get(row.id, ())):
             by_kind.setdefault(kind_of(i), []).append(value_of(i))
-        addresses = _addresses(idents.get(row.id, ()), cfg)
+        addresses = addresses_from(idents.get(row.id, ()), cfg)
         out[row.id] = {
             "id": row.id,
             "requested_id": row.id,
@@ -129,7 +129,7 @@ def identifiers_of(conn: Connection, ws: str, pids: list[str]) -> dict[str, dict
     return out
 
 
-def _addresses(idents, cfg: IdentityConfig) -> dict[str, list[str]]:
+def addresses_from(idents, cfg: IdentityConfig) -> dict[str, list[str]]:
     """Message channel -> the profile's addresses on it, from its identifiers (``kind:value``)."""
     addresses: dict[str, list[str]] = {}
     for i in sorted(idents):
@@ -138,8 +138,8 @@ def _addresses(idents, cfg: IdentityConfig) -> dict[str, list[str]]:
     return addresses
 
 
-def addresses_of(conn: Connection, ws: str, profile_ids: list[str], cfg: IdentityConfig) -> dict[str, dict]:
-    """Profile id -> its addresses by message channel, as profile views show them (one query for any number)."""
+def idents_of(conn: Connection, ws: str, profile_ids: list[str]) -> dict[str, list[str]]:
+    """Profile id -> its identifiers as stored (``kind:value``), one query for any number of profiles."""
     ids = list(dict.fromkeys(profile_ids))
     idents: dict[str, list[str]] = {}
     if ids:
@@ -149,7 +149,12 @@ def addresses_of(conn: Connection, ws: str, profile_ids: list[str], cfg: Identit
             )
         ):
             idents.setdefault(pid, []).append(ident)
-    return {pid: _addresses(found, cfg) for pid, found in idents.items()}
+    return idents
+
+
+def addresses_of(conn: Connection, ws: str, profile_ids: list[str], cfg: IdentityConfig) -> dict[str, dict]:
+    """Profile id -> its addresses by message channel, as profile views show them (one query for any number)."""
+    return {pid: addresses_from(found, cfg) for pid, found in idents_of(conn, ws, profile_ids).items()}
 
 
 def resolve_ids(conn: Connection, ws: str, profile_ids: list[str]) -> dict[str, str]:

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from chorus.identity.identifiers import IdentityConfig
+from chorus.identity.identifiers import IdentityConfig, anchor_of
 from chorus.profiles import views
 from chorus.segments.needs import ALL, NAMED_TYPES, Needs
 from chorus.segments.person import Event, MessageRecord, Person
@@ -75,7 +75,8 @@ def people(
                                                        computed_traits.c.value).where(
                 computed_traits.c.workspace_id == ws, among(computed_traits.c.profile_id, found))):  # fmt: skip
             computed.setdefault(pid, {})[name] = value
-    addresses = views.addresses_of(conn, ws, found, cfg) if "addresses" in parts else {}
+    idents = views.idents_of(conn, ws, found) if "addresses" in parts else {}
+    addresses = {pid: views.addresses_from(i, cfg) for pid, i in idents.items()}
     summaries = {pid: Summary.of(states[pid]) for pid in found}
     evs: dict[str, list[Event]] = {}
     if "events" in parts:
@@ -132,7 +133,7 @@ def people(
             addresses={ch: tuple(a) for ch, a in addresses.get(pid, {}).items()},
             events=tuple(evs.get(pid, ())), messages=tuple(msgs.get(pid, ())),
             segments=frozenset(segs.get(pid, ())), lists=frozenset(lists.get(pid, ())), zone_default=zone_default,
-            summary=summaries[pid],
+            summary=summaries[pid], anchor=anchor_of(idents.get(pid, ()), cfg),
         )  # fmt: skip
         for pid in found
     }

@@ -47,7 +47,7 @@ class Needs:
     any_event: datetime | None = None  # every event (channel conditions, a selection by channel alone)
     messages: datetime | None = None  # message status records at or after
     computed: bool = False
-    addresses: bool = False
+    addresses: bool = False  # her addresses and her anchor identifier (both from her identifiers)
     lists: bool = False
     summed: tuple[r.Selection, ...] = ()  # selections whose count, first or last time the summary answers
     channel_summary: bool = False  # a channel condition without a window: each channel's first activity
@@ -180,4 +180,5 @@ def restrict(person: Person, need: Needs) -> Person:
     return replace(person, events=keep, messages=msgs,
                    computed=person.computed if need.computed else {},
                    addresses=person.addresses if need.addresses else {},
+                   anchor=person.anchor if need.addresses else None,
                    lists=person.lists if need.lists else frozenset())  # fmt: skip

@@ -80,6 +80,9 @@ class Person:
     # her activity's counts and first/last times (segments.summary): unbounded conditions read it instead of the
     # events when it knows the answer. None: read the events (a person built for a test, or a state from before).
     summary: Summary | None = None
+    # her anchor identifier (``identity.identifiers.anchor_of``), read with her addresses: what a journey split
+    # ``by: identifier`` hashes. None: not read, or she has none.
+    anchor: str | None = None
 
     @property
     def timezone(self) -> str | None:
