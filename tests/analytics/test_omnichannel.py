@@ -294,6 +294,25 @@ def test_same_seed_same_intervals(lake):
     assert a == b
 
 
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(0, 2**32 - 1))
+def test_the_same_customers_under_other_ids_and_in_another_order_get_the_same_intervals(tmp_path_factory, seed):
+    """Two runs of one population (the demo with its seed) give the customers other random profile ids, and the
+    engine returns them in another order: the report, intervals included, is the same to the last digit."""
+    rng = random.Random(seed)
+    people = [[(rng.uniform(0, 24 * 20), rng.choice(["web", "app", "store", "email"]), float(rng.randint(1, 300)))
+               for _ in range(rng.randint(1, 4))] for _ in range(rng.randint(20, 60))]  # fmt: skip
+    results = []
+    for names in ([f"p{i:03d}" for i in range(len(people))],
+                  [f"{rng.getrandbits(64):016x}" for _ in people]):  # fmt: skip
+        w = LakeWriter(tmp_path_factory.mktemp("shop"))
+        for name, orders in sorted(zip(names, people, strict=True), key=lambda x: x[0]):
+            for k, (at, channel, amount) in enumerate(orders):
+                w.order(name, at, amount, channel=channel, order_id=f"{name}-{k}")
+        results.append(om.omnichannel_value(open_lake(w.write()), bootstrap=200, seed=3).as_dict())
+    assert results[0] == results[1]
+
+
 def test_duckdb_and_spark_agree(tmp_path, spark_session, same_result):
     root = shop(LakeWriter(tmp_path)).event("a", 48, "Order Refunded", revenue=100.0, order_id="A1").write()
     results = []
