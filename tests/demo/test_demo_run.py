@@ -555,6 +555,22 @@ def test_serve_answers_over_http_until_stopped(tmp_path):
             pid = re.search(rf"curl -H \"Authorization: Bearer {key}\" {base}/api/profiles/(\S+)\n", text).group(1)
             profile = httpx.get(f"{base}/api/profiles/{pid}", headers=auth, timeout=30)
             assert profile.status_code == 200 and profile.json()["id"] == pid, profile.text[:300]
+            # a second demo in the same directory, with --replace, would delete this one's data under it: refused,
+            # naming what is in use, and nothing of the first one's is touched (review: the second emptied the
+            # first's outbox); with a store of its own, the shared outbox is still refused
+            outbox = tmp_path / "chorus-demo-outbox"
+            before = sorted(p.name for p in outbox.iterdir())
+            second = [sys.executable, "-m", "chorus.cli", "demo", "--customers", "5", "--days", "1", "--replace"]
+            own = ["--outbox", "o2", "--lake", "l2", "--charts", "c2", "--db", cmd[cmd.index("--db") + 1]]
+            for extra, option in (([], "--outbox"), (["--db", f"sqlite:///{tmp_path / 'other.db'}"], "--outbox"),
+                                  (own, "--db")):
+                r = subprocess.run([*second, *extra], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                                   env={**os.environ, "COLUMNS": "500"})  # fmt: skip
+                assert r.returncode == 2 and "in use by another chorus demo" in r.stderr, r.stderr[-800:]
+                assert f"Invalid value for {option}:" in r.stderr, r.stderr[-800:]
+            assert sorted(p.name for p in outbox.iterdir()) == before and not (tmp_path / "other.db").exists()
+            again = httpx.get(f"{base}/api/profiles/{pid}", headers=auth, timeout=30)
+            assert again.status_code == 200 and again.json()["id"] == pid, again.text[:300]
             proc.send_signal(signal.SIGINT)
             try:  # the server is given 15 s to stop gracefully, then killed; a loaded machine may need the rest
                 code = proc.wait(60)
@@ -568,6 +584,10 @@ def test_serve_answers_over_http_until_stopped(tmp_path):
     with pytest.raises(httpx.ConnectError):  # the server stopped with it
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
     assert "Stopped." in err_path.read_text()
+    # once it stopped, the same command may replace it (the lock went with the process)
+    r = subprocess.run([*cmd[:cmd.index("--serve")], "--replace", "--json"], capture_output=True, text=True,
+                       timeout=240, cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
 
 
 def test_serve_on_a_taken_port_is_refused_before_the_run(tmp_path):

@@ -70,6 +70,7 @@ def _check_db(url: str, replace: bool) -> None:
         parent = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
             raise typer.BadParameter(f"{parent} is not a directory this user can write in", param_hint="--db")
+        _hold(path + IN_USE, "--db")
         if os.path.exists(path) and not replace:
             raise typer.BadParameter(f"{path} exists; pass --replace to start it again", param_hint="--db")
 
@@ -83,6 +84,28 @@ def _remove_sqlite(url: str) -> None:
 
 
 MARKER = ".chorus-demo"  # in every directory the demo made: --replace empties no other
+IN_USE = "-chorus-demo"  # next to a demo's SQLite file: the lock of the demo using it (--replace keeps it)
+_HELD: dict[str, int] = {}  # path -> open descriptor of each lock this process holds, until it exits
+
+
+def _hold(path: str, option: str) -> None:
+    """Take the lock of a demo's file or directory for the rest of the process, or refuse: another demo (still
+    running, or serving with --serve) is using it, and --replace would delete its data under it. A flock(2) lock of
+    a file nobody deletes (a directory's marker, the store's companion): it vanishes with the process, even killed,
+    so a demo that crashed never blocks the next one."""
+    import fcntl
+
+    if path in _HELD:
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        where = os.path.dirname(path) if os.path.basename(path) == MARKER else path.removesuffix(IN_USE)
+        raise typer.BadParameter(f"{where} is in use by another chorus demo (running or serving): stop it first, "
+                                 "or give this one other paths", param_hint=option) from None  # fmt: skip
+    _HELD[path] = fd
 
 
 def _empty_dir(value: str, option: str, replace: bool) -> tuple[str, bool]:
@@ -103,17 +126,29 @@ def _empty_dir(value: str, option: str, replace: bool) -> tuple[str, bool]:
     if not os.path.exists(os.path.join(path, MARKER)):
         raise typer.BadParameter(f"{path} is not empty and was not made by chorus demo: choose another directory",
                                  param_hint=option)  # fmt: skip
+    _hold(os.path.join(path, MARKER), option)
     return path, True
 
 
-def _prepare_dir(path: str, empty: bool) -> None:
-    """Empty (a demo's own directory, checked above) and make the directory, with its marker."""
+def _prepare_dir(path: str, empty: bool, option: str) -> None:
+    """Empty (a demo's own directory, checked above, whose marker this process holds locked) and make the
+    directory, with its marker, locked: everything in it goes but the marker, so the lock is never on a deleted
+    file. Two demos making the same new directory at once: the second finds the marker locked before it writes."""
     import shutil
 
     if empty:
-        shutil.rmtree(path)
+        for name in os.listdir(path):
+            if name == MARKER:
+                continue
+            full = os.path.join(path, name)
+            if os.path.isdir(full) and not os.path.islink(full):
+                shutil.rmtree(full)
+            else:
+                os.remove(full)
     os.makedirs(path, exist_ok=True)
-    with open(os.path.join(path, MARKER), "w") as f:
+    marker = os.path.join(path, MARKER)
+    _hold(marker, option)
+    with open(marker, "w") as f:
         f.write("made by chorus demo: `chorus demo --replace` may empty this directory\n")
 
 
@@ -187,10 +222,10 @@ def demo(
     # every option is good: only now is anything deleted or made
     if replace and db.startswith("sqlite:///"):
         _remove_sqlite(db)
-    _prepare_dir(outdir, empty_out)
-    _prepare_dir(lakedir, empty_lake)
+    _prepare_dir(outdir, empty_out, "--outbox")
+    _prepare_dir(lakedir, empty_lake, "--lake")
     if chartdir is not None:
-        _prepare_dir(chartdir, empty_charts)
+        _prepare_dir(chartdir, empty_charts, "--charts")
     opts = Options(customers, days, seed, db, outdir, lakedir, first, timedelta(minutes=step_minutes), model_params)
     log_path = os.path.join(os.path.dirname(outdir), "chorus-demo.log")
     logged = _log_to(log_path)
