@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from chorus.demo import model, params
+from chorus.demo.brand import BRAND
 from chorus.demo.inbox import Delivery
 from chorus.demo.twilio import Text, TwilioStandIn
 from chorus.demo.world import World
 
 START = datetime(2026, 3, 1, tzinfo=UTC)
 END = START + timedelta(days=20)
+BRAND_TZ = ZoneInfo(BRAND.timezone)
 
 
 def world(p: dict, n: int = 300) -> World:
@@ -90,3 +93,39 @@ def test_a_complaint_is_a_feedback_loops_arf_report_chorus_reads():
     assert report.complaint and report.user_agent
     # dated when the loop sends it (Chorus dates the complaint by it): after the open, not before (review)
     assert report.reported == cb.at.replace(microsecond=0) and report.reported > now
+
+
+def test_a_purchase_a_message_caused_takes_her_cart_as_it_is_when_she_gets_there():
+    """She decides when the message arrives and buys up to a day and a half later (a store's opening hours): her
+    cart as it is then, and not at all when she bought it in between (review: the cart as at the message, which she
+    could buy twice)."""
+    p = params.with_overrides({"email_open": 1, "email_click": 1, "convert_after_click": 1, "convert_in_store": 1,
+                               "staleness_half_life_h": 1000})  # fmt: skip
+    w = world(p)
+    w.due_actions(END)
+    carts = dict(w.open_cart)
+    assert len(carts) > 10
+    night = datetime(2026, 3, 21, 23, 0, tzinfo=UTC)  # midnight in Amsterdam: the stores open at 08:00
+    extra = BRAND.catalog[-1].sku
+    bought, added = [], []
+    for n, (i, (cart_id, skus)) in enumerate(sorted(carts.items())):
+        c = w.customers[i]
+        if n % 2:  # she orders her cart online in the night, before the stores open
+            w._later(model.Action(night + timedelta(minutes=1), i, "order", "web", signed_in=True, skus=skus,
+                                  cart_id=cart_id, order_id=f"night-{i}"))  # fmt: skip
+            bought.append(i)
+        else:  # she adds to it
+            w._later(model.Action(night + timedelta(minutes=1), i, "add", "web", skus=(extra,), cart_id=cart_id))
+            added.append(i)
+        d = Delivery(f"msg_{i}", "email", c.email, "http://chorus.test/o/x.gif", ("http://chorus.test/c/y",), None)
+        w.receive(c, d, {"template": "cart_reminder", "kind": "marketing", "topic": "cart"}, night)
+    decided = {int(order.split("-")[1]) for order in w.for_cart}  # the reminders she acted on (most)
+    assert len(decided & set(bought)) > 3 and len(decided & set(added)) > 3
+    w.stock.take = lambda store, skus, at: tuple(skus)  # every shelf full: what she takes is what she came for
+    made = [a for _c, a, _mid in w.due_actions(night + timedelta(days=3)) if a.via]
+    assert made and not [a for a in made if a.customer in bought], "nobody buys twice the cart she bought"
+    assert w.tally.actions["purchase_bought_meanwhile"] == len(decided & set(bought))
+    for a in made:
+        assert a.kind == "store_purchase" and a.at.astimezone(BRAND_TZ).hour >= 8
+        assert a.skus == (*carts[a.customer][1], extra), a
+    assert {a.customer for a in made} == decided & set(added)

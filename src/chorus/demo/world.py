@@ -104,6 +104,9 @@ class World:
         self.cancelled: Counter = Counter()  # store -> its pick-up cancellations posted
         self.got: dict[str, tuple[str, ...]] = {}  # order id -> what a till purchase really got
         self.not_made: set[str] = set()  # orders cancelled, and till purchases of nothing: no return follows
+        # a purchase a message made her decide on for her open cart: order id -> that cart's id (what she buys is
+        # settled when she gets to the till or the checkout, up to a day and a half later)
+        self.for_cart: dict[str, str] = {}
 
     # -- what happens next ---------------------------------------------------------------------------------------
     def due_actions(self, until: datetime) -> list[tuple[model.Customer, model.Action, str]]:
@@ -114,7 +117,8 @@ class World:
             c = self.customers[a.customer]
             if "-x" not in mid:  # planned, not made by a message (whatever the stock makes of it)
                 self.tally.plan.update(f"{mid} {a.kind} {a.at.isoformat()}\n".encode())
-            a = self._stocked(a)
+            a = self._at_checkout(c, a)
+            a = self._stocked(a) if a is not None else None
             if a is None:
                 continue
             self.tally.actions[a.kind] += 1
@@ -126,6 +130,19 @@ class World:
             self._note(c, a)
             out.append((c, a, mid))
         return out
+
+    def _at_checkout(self, c: model.Customer, a: model.Action) -> model.Action | None:
+        """A purchase a message made her decide on for her open cart, as it is when she gets to the till or the
+        checkout: that cart as it is now (she may have added to it since), or nothing when it is no longer open (she
+        bought it in between, online or in a store: the message's reason is gone, and she does not buy it twice)."""
+        cart_id = self.for_cart.pop(a.order_id or "", None) if a.kind in ("order", "store_purchase") else None
+        if cart_id is None:
+            return a
+        cart = self.open_cart.get(c.index)
+        if cart is None or cart[0] != cart_id:
+            self.tally.actions["purchase_bought_meanwhile"] += 1
+            return None
+        return replace(a, skus=cart[1])
 
     def _stocked(self, a: model.Action) -> model.Action | None:
         """The action as the stores' stock lets it happen (``stock.py``), None if it does not happen."""
@@ -265,9 +282,13 @@ class World:
         skus = cart[1] if cart else (self._sku(c, key),)
         n = next(self.extra)
         if where == "store":  # when the store is open
+            if cart:
+                self.for_cart[f"rcpt-{c.index}-m{n}"] = cart[0]
             self._later(model.Action(_opening_hours(at), c.index, "store_purchase", "store", skus=skus,
                                      order_id=f"rcpt-{c.index}-m{n}", store=c.home_store, via=via))  # fmt: skip
         elif c.index in self.signed_up:  # an online order needs her account
+            if cart:
+                self.for_cart[f"ord-{c.index}-m{n}"] = cart[0]
             self._later(model.Action(at, c.index, "order", "app" if c.app_device else "web", signed_in=True,
                                      skus=skus, cart_id=cart[0] if cart else None, order_id=f"ord-{c.index}-m{n}",
                                      fulfillment="delivery", via=via))  # fmt: skip
