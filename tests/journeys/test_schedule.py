@@ -251,3 +251,42 @@ def test_the_uplift_report_reads_the_holdout_the_runtime_assigned(engine, ws, cl
     r = up.uplift(open_lake(tmp_path / "lake"), window=timedelta(days=3)).journey("b1")
     assert (r["holdout"], r["treated"]) == (len(held), 40 - len(held))
     assert (r["holdout_converted"], r["treated_converted"]) == (2, 5)
+
+
+def test_a_schedule_until_the_end_of_the_calendar_runs_and_holds_up_nobody(engine, ws, clock, worker):
+    """``until: 9999-12-31`` ("forever") is a valid schedule: it runs every day, and the day after its last, past
+    the calendar, is no run rather than an error (review: the planner's OverflowError, every pass, held up every
+    scheduled journey and broadcast of the installation)."""
+    pids = people(engine, ws, worker, {"u1": (None, "news"), "u2": (None, "news")})
+    broadcast(engine, ws, T0, schedule={"time": "09:00", "until": "9999-12-31"})
+    with engine.begin() as conn:
+        manage.publish_broadcast(conn, ws, {"id": "b2", "template": "welcome", "channel": ["in_app"],
+                                            "segment": "newsletter"}, T0)  # fmt: skip
+    settle(worker)
+    assert sent(engine, ws, "b2") == dict.fromkeys(pids.values(), 1)
+    clock.at = T0 + timedelta(hours=12)  # Tuesday's run is due (09:00 has come in UTC+14): its timers are set
+    settle(worker)
+    clock.at = T0 + timedelta(days=1, hours=1)  # Tuesday 10:00 UTC: their 09:00 has come
+    settle(worker)
+    assert sent(engine, ws, "b1") == dict.fromkeys(pids.values(), 1)
+    assert schedule.d.next_run(schedule.d.Schedule(None, time=schedule.d.time(9), until=schedule.d.date.max),
+                               datetime(9999, 12, 31, 10, tzinfo=UTC), schedule.FIRST_ZONE) is None  # fmt: skip
+
+
+def test_a_journey_whose_planning_fails_holds_up_no_other(engine, ws, clock, worker, monkeypatch):
+    pids = people(engine, ws, worker, {"u1": (None, "news")})
+    broadcast(engine, ws, T0, schedule={"every": "1d", "start": T0.isoformat()})
+    with engine.begin() as conn:
+        manage.publish_broadcast(conn, ws, {"id": "b2", "template": "welcome", "channel": ["in_app"],
+                                            "segment": "newsletter", "schedule": {"every": "1d",
+                                                                                 "start": T0.isoformat()}}, T0)
+    real = schedule.plan
+
+    def plan(conn, ws_id, jr, defn, at):
+        if jr.id == "b1":
+            raise RuntimeError("this journey's plan cannot be made")
+        return real(conn, ws_id, jr, defn, at)
+
+    monkeypatch.setattr(schedule, "plan", plan)
+    settle(worker)
+    assert sent(engine, ws, "b1") == {} and sent(engine, ws, "b2") == {pids["u1"]: 1}

@@ -1126,7 +1126,15 @@ def next_local(after: datetime, at: time, weekdays: tuple[int, ...], tz: ZoneInf
 
 def next_run(s: Schedule, after: datetime, tz: ZoneInfo) -> datetime | None:
     """The first run of schedule ``s`` strictly after ``after`` for a profile in ``tz`` (fixed instants ignore
-    it), or None when there is none left."""
+    it), or None when there is none left: none after the end of the calendar either (year 9999, which a schedule
+    may name: ``until: 9999-12-31`` is "forever")."""
+    try:
+        return _next_run(s, after, tz)
+    except OverflowError:
+        return None
+
+
+def _next_run(s: Schedule, after: datetime, tz: ZoneInfo) -> datetime | None:
     if s.at is not None:
         return s.at if s.at > after else None
     if s.every is not None:
@@ -1143,7 +1151,7 @@ def next_run(s: Schedule, after: datetime, tz: ZoneInfo) -> datetime | None:
     if s.on is not None:
         after = max(after, local_instant(s.on, time(0), tz) - timedelta(microseconds=1))
     t = next_local(after, s.time, s.weekdays, tz, inclusive=False)
-    if s.until is not None and t >= day_start(s.until + timedelta(days=1), tz):
+    if s.until is not None and s.until < date.max and t >= day_start(s.until + timedelta(days=1), tz):
         return None
     return t
 

@@ -123,8 +123,14 @@ def tick(engine: Engine, clock: Callable[[], datetime] | None = None, chunk: int
         for ws, jid in store.scheduled(conn):
             js = runtime.journeys_of(conn, ws)
             jr = js.all[jid]
-            if jr.status == "active":
-                plan(conn, ws, jr, js.defn(jid, jr.version), at)
+            if jr.status != "active":
+                continue
+            try:  # one journey whose plan fails must not hold up the others' (review: none ran while one failed)
+                with conn.begin_nested():
+                    plan(conn, ws, jr, js.defn(jid, jr.version), at)
+            except Exception as exc:  # noqa: BLE001 - logged, tried again next pass
+                feed.reraise_transient(exc)
+                log.exception("journey %s: planning its next scheduled run failed; tried again next pass", jid)
     with engine.connect() as probe:
         open_runs = [(r.workspace_id, r.journey_id, r.run_at) for r in store.runs_open(probe, at)]
         probe.rollback()
