@@ -272,8 +272,8 @@ def test_a_shared_seed_gives_the_same_arm_in_every_journey():
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.text(min_size=1, max_size=12), st.text(min_size=1, max_size=12), st.one_of(st.none(), st.text(max_size=20)),
-       st.sampled_from(["profile", "identifier"]))
+@given(st.text(min_size=1, max_size=12), st.text(min_size=1, max_size=12),
+       st.one_of(st.none(), st.text(min_size=1, max_size=20)), st.sampled_from(["profile", "identifier"]))
 def test_a_split_by_identifier_hashes_her_anchor_and_by_profile_her_profile_id(pid_a, pid_b, anchor, by):
     """Two profiles (two runs of one population, with Chorus' random ids) with the same anchor identifier land in
     the same arm by identifier, whatever their profile ids; by profile, or without an anchor, her profile id
@@ -291,6 +291,33 @@ def test_a_split_by_identifier_hashes_her_anchor_and_by_profile_her_profile_id(p
         assert arms[-1] == j.arm_at(defn.node("s").body, bucket(key, "ab:s")).name
     if by == "identifier" and anchor is not None:
         assert arms[0] == arms[1]
+
+
+ANCHORS = st.text("abcxyz:_", min_size=1, max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(min_size=1, max_size=12), ANCHORS, st.one_of(st.none(), ANCHORS), ANCHORS, st.booleans())
+def test_a_split_by_identifier_draws_by_the_anchor_fixed_at_entry(pid, entry_anchor, hers, later, by_event):
+    """The identifier a split draws by is fixed when she enters: the entry event's own anchor (what identity
+    resolution anchored that event on), else (an API, segment or scheduled entry) hers as read then; an identifier
+    she gains before the split, read with her person later, changes nothing (review: the live runtime read her
+    identifiers as stored when it ran, which depended on how the worker's passes fell)."""
+    entry = {"event": {"event": "Product Added"}} if by_event else {"api": {}}
+    defn = d.parse({"id": "ab", "entry": entry, "start": "w", "nodes": {
+        "w": {"type": "delay", "for": "1h", "next": "s"},
+        "s": {"type": "split", "by": "identifier", "arms": [{"name": "a", "weight": 50, "next": "e"},
+                                                             {"name": "b", "weight": 50, "next": "e"}]},
+        "e": {"type": "exit"}}})  # fmt: skip
+    dr = Driver(defn, Person(pid, anchor=hers), T0)
+    if by_event:
+        dr.give(dataclasses.replace(an_event(0, "Product Added", T0, "web", None, 1), anchor=entry_anchor))
+    else:
+        dr.give(j.Start("first", T0))
+    dr.person = dataclasses.replace(dr.person, anchor=later)  # she signed up meanwhile, say
+    dr.run_until(T0 + timedelta(hours=2))
+    drawn = (entry_anchor if by_event else hers) or pid
+    assert dr.instances[0].arms["s"] == j.arm_at(defn.node("s").body, bucket(drawn, "ab:s")).name
 
 
 def test_state_json_round_trip_of_a_fresh_and_an_exited_instance():

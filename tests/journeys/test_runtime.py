@@ -532,6 +532,64 @@ def test_a_split_by_identifier_draws_each_person_by_her_anchor_identifier(engine
     assert {state["arms"]["arm"] for _, state in rows} == {"a", "b"}
 
 
+@pytest.mark.parametrize("together", [True, False])
+def test_a_split_by_identifier_draws_by_the_entry_events_anchor_however_the_passes_fell(engine, ws, clock, worker,
+                                                                                        together):  # fmt: skip
+    """She adds to her cart anonymously, then signs up a minute later. Whether the worker resolved her sign-up
+    before the journeys consumer handled her entry (sent together) or not (a pass in between), her arm is drawn by
+    the entry event's anchor, her anonymous id, and the backtest of the same events predicts it (review: live, it
+    was her identifiers as stored when the consumer ran: her user id in one case, her anonymous id in the other)."""
+    from chorus import workspaces
+    from chorus.journeys import definition as d
+    from chorus.journeys import simulate as sm
+    from chorus.journeys.cli import backtest_subjects
+
+    ab = {"id": "ab", "entry": {"event": {"event": "Product Added"}}, "start": "arm", "nodes": {
+        "arm": {"type": "split", "by": "identifier", "arms": [{"name": "a", "weight": 50, "next": "done"},
+                                                              {"name": "b", "weight": 50, "next": "done"}]},
+        "done": {"type": "exit"}}}  # fmt: skip
+    publish(engine, ws, ab)
+    split = d.parse(ab).node("arm").body
+
+    def arm(ident):
+        return j.arm_at(split, bucket(ident, "ab:arm")).name
+
+    # people whose user id and anonymous id draw different arms: the case where the two readings disagree
+    ks = [k for k in range(200) if arm(f"user_id:u{k}") != arm(f"anonymous_id:anon{k}")][:6]
+    added, signed = [], []
+    for k in ks:
+        e = ev("Product Added", T0, user=None)
+        del e["userId"]
+        added.append({**e, "anonymousId": f"anon{k}"})
+        signed.append({"type": "identify", "userId": f"u{k}", "anonymousId": f"anon{k}", "traits": {},
+                       "messageId": uuid.uuid4().hex, "timestamp": (T0 + timedelta(minutes=1)).isoformat()})
+    clock.at = T0 + timedelta(minutes=2)
+    if together:
+        send(engine, ws, added + signed, T0)
+        settle(worker)
+    else:
+        send(engine, ws, added, T0)
+        settle(worker)
+        send(engine, ws, signed, T0)
+        settle(worker)
+    with engine.connect() as conn:
+        live = conn.execute(sa.select(journey_instances.c.profile_id, journey_instances.c.state).where(
+            journey_instances.c.workspace_id == ws)).all()  # fmt: skip
+        w = workspaces.find(conn, ws)
+        subjects = backtest_subjects(conn, w, T0 - timedelta(days=1), T0 + timedelta(days=1))
+    mine = {p: k for k in ks for p in [profile_of(engine, ws, f"user_id:u{k}")]}
+    assert len(live) == len(ks)
+    for pid, state in live:
+        assert state["arms"]["arm"] == arm(f"anonymous_id:anon{mine[pid]}")
+    rep = sm.simulate(d.parse(ab), subjects, since=T0 - timedelta(days=1), until=T0 + timedelta(days=1),
+                      identity=w.identity)  # fmt: skip
+    predicted = {name: s.entered for name, s in rep.arms["arm"].items() if s.entered}
+    got: dict[str, int] = {}
+    for _, state in live:
+        got[state["arms"]["arm"]] = got.get(state["arms"]["arm"], 0) + 1
+    assert predicted == got
+
+
 def test_the_journeys_consumer_is_given_only_what_can_be_an_input():
     from chorus.profiles import feed as f
 

@@ -105,6 +105,18 @@ def anchor_of(idents: Iterable[str], cfg: IdentityConfig) -> str | None:
     return min(idents, key=lambda i: anchor_order(i, cfg), default=None)
 
 
+def event_anchor(payload: dict, cfg: IdentityConfig, trusted: bool = False) -> str | None:
+    """The identifier identity resolution anchors one event on (:func:`extract`'s anchor), None for an event
+    without one. A function of the event alone, whatever else is known of its person when it is read: a journey
+    split ``by: identifier`` draws by the anchor of the event that entered her, so the same events give the same
+    arms however the worker's passes fell (review: her identifiers as stored at processing time included those of
+    events resolved after the entry, so a replay could draw her otherwise)."""
+    try:
+        return extract(payload, cfg, trusted).anchor
+    except NoIdentifier:
+        return None
+
+
 def kind_of(ident: str) -> str:
     return ident.split(":", 1)[0]
 

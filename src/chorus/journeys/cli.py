@@ -64,15 +64,20 @@ def backtest_subjects(conn, w, since: datetime, until: datetime, *, everybody: b
             continue
         s = Subject(pid, computed=p.computed, addresses=p.addresses, lists=p.lists, known=True)
         s.state = empty()
-        rows = conn.execute(sa.select(e.payload).where(e.workspace_id == w.id, e.profile_id == pid,
-                                                       e.timestamp <= until).order_by(e.timestamp, e.seq))  # fmt: skip
-        for (payload,) in rows:
+        rows = conn.execute(sa.select(e.payload, e.trusted).where(e.workspace_id == w.id, e.profile_id == pid,
+                                                                  e.timestamp <= until).order_by(e.timestamp, e.seq))
+        trusted = set()
+        for payload, sent_trusted in rows:
             if parse_ts(payload["timestamp"]) < since:
                 apply_event(s.state, payload, pid, policies)
-                s.identifiers.update(identifiers_in(payload, w.identity))  # hers as of then (a split by identifier)
+                # hers as of then, as resolution read them (a trusted alias' previousId is a user id)
+                s.identifiers.update(identifiers_in(payload, w.identity, bool(sent_trusted)))
                 s.history.append(Event.from_payload(payload))
             else:
+                if sent_trusted:
+                    trusted.add(len(s.payloads))
                 s.payloads.append(payload)
+        s.trusted = frozenset(trusted)
         out.append(s)
     return out
 

@@ -323,6 +323,8 @@ class Definition:
     exits: tuple[Criterion, ...] = ()
     by_id: Mapping[str, Node] = field(init=False, repr=False, compare=False, hash=False)
     cyclic: frozenset[str] = field(init=False, repr=False, compare=False, hash=False)  # the nodes on a loop
+    # a split draws by identifier: an instance keeps the identifier it draws by from its entry
+    draws_by_identifier: bool = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         by_id = {n.id: n for n in self.nodes}
@@ -331,6 +333,8 @@ class Definition:
         if all(t in by_id for n in self.nodes for _, t in successors(n)):  # parse reports a dangling edge itself
             cyclic = frozenset(n.id for n in self.nodes if n.id in _reach(self, n.id))
         object.__setattr__(self, "cyclic", cyclic)
+        object.__setattr__(self, "draws_by_identifier",
+                           any(isinstance(n.body, Split) and n.body.by == "identifier" for n in self.nodes))
 
     def node(self, node_id: str) -> Node:
         return self.by_id[node_id]

@@ -379,6 +379,11 @@ def enter(
     digest = hashlib.sha256("\x1f".join((defn.id, person.id, entry["kind"], ident)).encode()).hexdigest()
     # Entry is dated by the entry input's own time (not later than now): goals, windows and "events from entry on"
     # then compare event times with an event time, whatever the lag between an event and its processing.
+    if defn.draws_by_identifier:
+        # what a split by identifier draws by, fixed at entry: the entry event's own anchor, else (an entry by a
+        # segment, a schedule, the API) hers as read now; None: none known, her profile id is drawn by
+        drawn = inp.anchor if isinstance(inp, Event) else None
+        entry["anchor"] = drawn or person.anchor or None
     state = State(
         instance_id="ji_" + digest[:24], journey_id=defn.id, version=version, profile_id=person.id,
         entered_at=t, entry=entry, key=key,
@@ -708,8 +713,10 @@ class _Run:
             if found:
                 return found[0]
         key = self.s.profile_id
-        if split.by == "identifier" and self.ctx.person.anchor is not None:
-            key = self.ctx.person.anchor
+        if split.by == "identifier":
+            # the anchor fixed at entry (an instance from before it was kept: hers as read now)
+            fixed = self.s.entry["anchor"] if "anchor" in self.s.entry else self.ctx.person.anchor
+            key = fixed or key
         point = bucket(key, split.seed or f"{self.defn.id}:{nid}")
         return arm_at(split, point)
 

@@ -39,6 +39,7 @@ from chorus import workspaces as ws_api
 from chorus.collect import ingest
 from chorus.collect.messages import Event as Stored
 from chorus.collect.messages import normalise_internal
+from chorus.identity.identifiers import event_anchor
 from chorus.journeys import definition as d
 from chorus.journeys import dispatch, store
 from chorus.journeys import interpreter as j
@@ -140,6 +141,7 @@ class Journeys:
         self._links = None
         self._hearing: Hearing | None = None
         self._needs: dict[tuple[frozenset, datetime], Needs | None] = {}
+        self._draws: bool | None = None
 
     def defn(self, jid: str, version: int) -> d.Definition:
         key = (jid, version)
@@ -190,6 +192,17 @@ class Journeys:
         keys = {(jid, jr.version) for jid, jr in self.all.items() if jr.status not in ("stopped", "archived")}
         keys |= {(s.journey_id, s.version) for s in instances if s.status != "exited" and s.journey_id in self.all}
         return keys
+
+    @property
+    def draws_by_identifier(self) -> bool:
+        """Does a journey people may enter split by identifier (its entries keep their event's anchor)?"""
+        if self._draws is None:
+            try:
+                self._draws = any(self.defn(jid, jr.version).draws_by_identifier for jid, jr in self.all.items()
+                                  if jr.status not in ("stopped", "archived"))  # fmt: skip
+            except Exception:  # noqa: BLE001 - a version this code cannot read: anchor the events, to be safe
+                self._draws = True
+        return self._draws
 
     def may_enter(self, jid: str, inp: j.Input) -> bool:
         """Can ``inp`` be an entry to the journey's current version (a cheap test before the interpreter's)?"""
@@ -785,17 +798,24 @@ def person_run(conn: Connection, js: Journeys, pid: str, at: datetime,
 
 
 # -- the change feed ---------------------------------------------------------------------------------------------------
-def _inputs(conn: Connection, changes: Sequence[feed.Delivered]) -> list[tuple[feed.Delivered, j.Input]]:
+def _inputs(conn: Connection, js: Journeys,
+            changes: Sequence[feed.Delivered]) -> list[tuple[feed.Delivered, j.Input]]:  # fmt: skip
     seqs = [c.event_seq for c in changes if c.cause == "event" and c.event_seq is not None]
     payloads = {}
     for i in range(0, len(seqs), 5000):
         part = seqs[i : i + 5000]
-        payloads.update(conn.execute(sa.select(events.c.seq, events.c.payload).where(
-            bulk.in_(events.c.seq, part, conn.dialect.name))).all())  # fmt: skip
+        payloads.update((seq, (payload, trusted)) for seq, payload, trusted in conn.execute(
+            sa.select(events.c.seq, events.c.payload, events.c.trusted).where(
+                bulk.in_(events.c.seq, part, conn.dialect.name))))  # fmt: skip
+    anchored = js.draws_by_identifier
     out: list[tuple[feed.Delivered, j.Input]] = []
     for c in changes:
         if c.cause == "event" and c.event_seq in payloads:
-            out.append((c, Event.from_payload(payloads[c.event_seq])))
+            payload, trusted = payloads[c.event_seq]
+            ev = Event.from_payload(payload)
+            if anchored:  # as identity resolution read it (trusted as it was)
+                ev = replace(ev, anchor=event_anchor(payload, js.ws.identity, bool(trusted)))
+            out.append((c, ev))
         elif c.cause == "segment" and c.detail.get("segment") and c.detail.get("change") in ("entered", "exited"):
             out.append((c, j.SegmentChanged(c.detail["segment"], c.detail["change"], c.at, str(c.seq))))
         elif c.cause == "message" and c.detail.get("status") and c.detail.get("message_id"):
@@ -831,7 +851,7 @@ class Consumer:
                         store.repoint(conn, ws, c.profile_id, c.target_id)
             locked = set(views.lock_people(conn, ws, sorted(people)))
             given: dict[str, list[j.Input]] = {}
-            for c, inp in _inputs(conn, [c for pid in sorted(locked) for c in people[pid]]):
+            for c, inp in _inputs(conn, js, [c for pid in sorted(locked) for c in people[pid]]):
                 if not js.hears(inp):
                     continue  # nothing can use it: the person is not even loaded for it
                 given.setdefault(c.profile_id, []).append(inp)

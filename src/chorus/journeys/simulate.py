@@ -35,7 +35,7 @@ from __future__ import annotations
 import copy
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -83,6 +83,7 @@ class Subject:
     addresses: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # besides those of her identifiers
     lists: frozenset[str] = frozenset()
     known: bool = False  # she existed before the first payload: her memberships then are not entries
+    trusted: frozenset[int] = frozenset()  # the payloads (their indexes) sent with a server key: a backtest's
 
 
 def _read(path: str | Path, what: str) -> str:
@@ -143,10 +144,11 @@ def people_from_payloads(payloads: Iterable[dict]) -> list[Subject]:
     return [Subject(pid, [p for _, _, p in sorted(items, key=lambda x: (x[0], x[1]))]) for pid, items in by.items()]
 
 
-def identifiers_in(payload: dict, cfg: IdentityConfig) -> list[str]:
-    """The identifiers an event gives its person, as identity resolution reads them (none: an event without)."""
+def identifiers_in(payload: dict, cfg: IdentityConfig, trusted: bool = False) -> list[str]:
+    """The identifiers an event gives its person, as identity resolution reads them (none: an event without), its
+    anchor first."""
     try:
-        found = extract(payload, cfg)
+        found = extract(payload, cfg, trusted)
     except NoIdentifier:
         return []
     return [found.anchor, *found.others]
@@ -330,11 +332,13 @@ class _Sim:
         return self._person
 
     # -- what the runtime's surroundings do
-    def fold(self, payload: dict) -> Event:
-        """The event folded into the person, as resolution and the profile do before the journeys consumer."""
-        self.idents.update(identifiers_in(payload, self.cfg))
+    def fold(self, payload: dict, trusted: bool = False) -> Event:
+        """The event folded into the person, as resolution and the profile do before the journeys consumer, with
+        its anchor (a split by identifier draws by the entry event's, as the runtime does)."""
+        found = identifiers_in(payload, self.cfg, trusted)
+        self.idents.update(found)
         apply_event(self.state, payload, self.subject.id, dict(self.policies or {}))
-        ev = Event.from_payload(payload)
+        ev = replace(Event.from_payload(payload), anchor=found[0] if found else None)
         self.events.append(ev)
         return ev
 
@@ -446,7 +450,7 @@ class _Sim:
                 started = True
                 self.give(j.Start(f"start:{iso(at)}", at), at)
             else:
-                ev = self.fold(payloads[i])
+                ev = self.fold(payloads[i], i in self.subject.trusted)
                 i += 1
                 changes = self.evaluate(at) if self.segments else []
                 self.give(ev, at)

@@ -463,7 +463,8 @@ def runs_of(conn: Connection, ws: str, jid: str) -> list[dict]:
 def input_to_json(inp: j.Input) -> dict:
     if isinstance(inp, Event):
         return {"kind": "event", "name": inp.name, "type": inp.type, "at": iso(inp.at), "channel": inp.channel,
-                "properties": dict(inp.properties), "id": inp.id, "outbound": inp.outbound}  # fmt: skip
+                "properties": dict(inp.properties), "id": inp.id, "outbound": inp.outbound,
+                **({"anchor": inp.anchor} if inp.anchor else {})}  # fmt: skip
     if isinstance(inp, j.MessageEvent):
         return {"kind": "message", "status": inp.status, "message_id": inp.message_id, "journey_id": inp.journey_id,
                 "key": inp.key, "at": iso(inp.at), "channel": inp.channel}  # fmt: skip
@@ -482,7 +483,8 @@ def input_from_json(raw: Mapping) -> j.Input:
         # not a text: no name, as the event would be read now
         name = raw["name"] if isinstance(raw["name"], str) and raw["name"] else None
         return Event(name=name, type=raw["type"], at=parse_ts(raw["at"]), channel=raw["channel"],
-                     properties=raw["properties"], id=raw["id"], outbound=raw.get("outbound", False))  # fmt: skip
+                     properties=raw["properties"], id=raw["id"], outbound=raw.get("outbound", False),
+                     anchor=raw.get("anchor"))  # fmt: skip
     if k == "message":
         return j.MessageEvent(raw["status"], raw["message_id"], raw["journey_id"], raw["key"], parse_ts(raw["at"]),
                               raw.get("channel"))  # fmt: skip

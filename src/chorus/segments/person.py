@@ -31,6 +31,9 @@ class Event:
     properties: Mapping[str, Any] = field(default_factory=dict)
     id: str = ""  # the messageId: orders events stamped at the same instant
     outbound: bool = False  # Chorus' own record of a message it sent: on the timeline, not the person's activity
+    # the identifier the event is anchored on (identifiers.event_anchor), where a journey needs it: the runtime and
+    # the simulator set it on the events they give, a split by identifier draws by the entry event's
+    anchor: str | None = None
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> Event:
