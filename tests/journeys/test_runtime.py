@@ -11,6 +11,8 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
+from chorus import workspaces
+from chorus.identity.identifiers import anchor_of
 from chorus.identity.resolver import Resolver
 from chorus.journeys import interpreter as j
 from chorus.journeys import manage, runtime, store
@@ -512,7 +514,9 @@ def test_a_split_by_identifier_draws_each_person_by_her_anchor_identifier(engine
             "arm": {"type": "split", "by": "identifier", "arms": [{"name": "a", "weight": 50, "next": "done"},
                                                                   {"name": "b", "weight": 50, "next": "done"}]},
             "done": {"type": "exit"}}})  # fmt: skip
-    known = [ev("Product Added", T0, user=f"u{i}") for i in range(10)]
+    # known customers browsed on a device first: their anonymous id sorts before the user id as text, but the
+    # anchor is the user id (identity resolution's rank, not the alphabet)
+    known = [{**ev("Product Added", T0, user=f"u{i}"), "anonymousId": f"dev-{i}"} for i in range(10)]
     anonymous = []
     for i in range(10):
         e = ev("Product Added", T0, user=None)
@@ -523,8 +527,11 @@ def test_a_split_by_identifier_draws_each_person_by_her_anchor_identifier(engine
     with engine.connect() as conn:
         rows = conn.execute(sa.select(journey_instances.c.profile_id, journey_instances.c.state).where(
             journey_instances.c.workspace_id == ws)).all()  # fmt: skip
-        anchors = {pid: min(ids) for pid, ids in views.idents_of(conn, ws, [p for p, _ in rows]).items()}
+        cfg = workspaces.find(conn, ws).identity
+        found = views.idents_of(conn, ws, [p for p, _ in rows])
+        anchors = {pid: anchor_of(ids, cfg) for pid, ids in found.items()}
         split = store.definition(conn, ws, "ab", 1).node("arm").body
+    assert {len(found[pid]) for pid, _ in rows} == {1, 2}
     assert len(rows) == 20 and sorted(anchors.values()) == sorted(
         [*(f"user_id:u{i}" for i in range(10)), *(f"anonymous_id:anon-{i}" for i in range(10))])
     for pid, state in rows:
