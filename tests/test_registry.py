@@ -22,8 +22,8 @@ from tests.identity.helpers import resolve, send
 def test_the_installed_packages_register_every_part_once():
     r = registry.installed()
     parts = r.participants()
-    assert [p.name for p in parts] == ["collect", "segments", "journeys", "journey_webhooks", "messaging", "audiences",
-                                       "identity", "profiles", "feed"]  # fmt: skip
+    assert [p.name for p in parts] == ["messaging_hold", "collect", "segments", "journeys", "journey_webhooks",
+                                       "messaging", "audiences", "identity", "profiles", "feed"]  # fmt: skip
     assert [p.phase for p in parts] == sorted(p.phase for p in parts)  # run in phase order
     # unify, decide, deliver
     assert [t.name for t in r.tasks()] == ["resolve", "activity_backfill", "feed", "segment_timers", "segment_batch",

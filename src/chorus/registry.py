@@ -46,6 +46,10 @@ class Phase(IntEnum):
     participants find their rows from it and need no order; the phases are for those that read what another
     package deletes."""
 
+    # Locks alone, before anything is deleted: a writer that commits rows of hers while holding a lock on other rows
+    # of hers (delivery writes her message's `Message Sent` event holding the message row) finishes first, so the
+    # deletes that follow see what it wrote; one that comes later waits, then finds her rows gone.
+    HOLD = 0
     DATA = 10  # rows found from the person's ids and identifiers; the identity graph and the profile are intact
     IDENTITY = 20  # the identity graph: links, identifiers, aliases, merges (and the claimants rebuilt without them)
     PROFILE = 30  # the profile row and the record of the erasure: last, so every earlier phase can still read it

@@ -83,6 +83,29 @@ def test_a_run_walked_again_after_a_crash_starts_nobody_twice(engine, ws, clock,
     assert sent(engine, ws, "b1") == dict.fromkeys(pids.values(), 1)
 
 
+def test_an_erasure_leaves_a_run_walked_up_to_her_no_copy_of_her_id(engine, ws, clock, worker):
+    """A run's walk standing at her profile id keeps only a prefix of it, and the table is scrubbed with her other
+    rows (found by an outside probe: on PostgreSQL the row's old version, her whole id in it, stayed in
+    journey_runs' files, which the erasure did not vacuum)."""
+    from chorus.profiles import privacy
+
+    pids = people(engine, ws, worker, {f"u{i}": (None, "news") for i in range(4)})
+    broadcast(engine, ws, T0)
+    schedule.tick(engine, chunk=2)  # one chunk: the walk stands at the second member's id
+    with engine.connect() as conn:
+        (run,) = conn.execute(sa.select(journey_runs).where(journey_runs.c.workspace_id == ws)).all()
+    assert run.after in pids.values() and not run.done
+    out = privacy.forget(engine, ws, run.after, vacuum="plain")
+    assert out["deleted"]["journey_runs_rewritten"] == 1
+    with engine.connect() as conn:
+        (after,) = conn.execute(sa.select(journey_runs.c.after).where(journey_runs.c.workspace_id == ws)).one()
+    assert after == run.after[:8]
+    if engine.dialect.name == "postgresql":
+        assert "journey_runs" in out["scrubbed"]["done"]
+    settle(worker)  # the walk goes on from the prefix: the others get it once, she is gone
+    assert sent(engine, ws, "b1") == {p: 1 for p in pids.values() if p != run.after}
+
+
 def test_one_failing_person_does_not_stop_a_broadcast_for_the_others(engine, ws, clock, worker, monkeypatch):
     """A chunk runs as one claim; when one person's transition raises, the chunk is tried again later and later (the
     error kept on the run); after three failures its people go one at a time: the others get the message, she is

@@ -277,6 +277,47 @@ def test_a_batch_of_changes_skips_people_erased_meanwhile(engine, setup):
     assert sorted(hist) == [(a["id"], "queued"), (a["id"], "sent")]
 
 
+def test_an_erasure_while_a_send_is_being_recorded_leaves_none_of_its_events(engine, setup):
+    """PostgreSQL: delivery records `sent` holding the message row and writes her `Message Sent` event in that
+    transaction. An erasure starting meanwhile waits for it before deleting her events (found by an outside probe:
+    the events were deleted first, then the erasure waited at her messages, and the event committed meanwhile
+    survived her, and went on into the event lake)."""
+    import threading
+    import time
+
+    if engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL only: SQLite has one writer at a time")
+    w, _ = setup
+    m = enqueue(engine, w, "race", Clock(T0))
+    pid = m["profile_id"]
+    errors: list = []
+    with engine.connect() as conn_a:
+        tx = conn_a.begin()
+        msg = dict(conn_a.execute(sa.select(messages).where(messages.c.id == m["id"])).one()._mapping)
+        outbox.set_statuses(conn_a, [outbox.Change(msg, "sent", T0 + timedelta(seconds=5), {"attempt": 1})])
+        written = conn_a.execute(sa.select(sa.func.count()).select_from(events).where(
+            events.c.message_id.like(f"chorus-{m['id']}-sent-%"))).scalar()  # fmt: skip
+        assert written == 1  # her `Message Sent`, not committed yet
+
+        def erase():
+            try:
+                privacy.forget(engine, w["id"], pid, vacuum="plain")
+            except Exception as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        t = threading.Thread(target=erase)
+        t.start()
+        time.sleep(1.0)  # the erasure is under way and waits for the send's transaction
+        tx.commit()
+        t.join(30)
+    assert not errors and not t.is_alive()
+    with engine.connect() as conn:
+        left = conn.execute(sa.select(events.c.message_id).where(
+            sa.or_(events.c.profile_id == pid, events.c.message_id.like(f"chorus-{m['id']}-%")))).all()  # fmt: skip
+        assert left == []
+        assert conn.execute(sa.select(messages.c.id).where(messages.c.profile_id == pid)).all() == []
+
+
 def test_two_workers_sending_to_one_person_at_once_respect_the_cap(engine, setup, smtp_server, monkeypatch):
     w, smtp = setup
     clock = Clock(T0)

@@ -301,6 +301,38 @@ def test_a_configured_sink_sends_and_says_it_is_a_sink(engine, ws, outbox_dir, c
     assert kept["content"]["text"] == "Hi Ana, your code is 1234" and kept["address"] == "+31612345679"
 
 
+def test_an_erasure_deletes_what_the_sinks_kept_of_the_person(engine, ws, outbox_dir):
+    """A sink's files hold her address and the rendered messages (a staging copy of production keeps real people's):
+    her erasure deletes them, in a configured sink's directory and in dev mode's, and nobody else's (found by an
+    outside probe: the .eml files outlived her)."""
+    from chorus.profiles import privacy
+
+    workspaces.update_settings(engine, ws["id"], {"messaging": {"providers": {"sms": [{"type": "file",
+                                                                                      "dir": "texts"}]}}})  # fmt: skip
+    with engine.begin() as conn:  # somebody else, whose messages stay
+        src = workspaces.source_by_write_key(conn, ws["server_write_key"])
+        msg = {"type": "identify", "userId": "u2",
+               "traits": {"email": "bo@example.com", "phone": "+31612345670", "first_name": "Bo"}}  # fmt: skip
+        ingest.store(conn, src, [normalise(msg, received_at=T0, source_kind="server")], [], T0)
+    Resolver(engine).drain()
+    dev = Deliverer(engine, providers=ProviderSet(dev_confs()))
+    try:
+        hers = [_send(engine, ws, "h-1", "sms", dev), _send(engine, ws, "h-2", "email", dev)]
+        with engine.connect() as conn:
+            current = workspaces.get(conn, ws["id"])
+        body = outbox.parse_request({"to": {"user_id": "u2"}, "template": "hi", "channel": "email"})
+        other = outbox.enqueue(engine, current, body, "o-1", LINKS)[0]["id"]
+        dev.drain()
+    finally:
+        dev.close()
+    files = [outbox_dir / "texts" / f"{hers[0]['id']}.json", outbox_dir / "email" / f"{hers[1]['id']}.eml"]
+    theirs = outbox_dir / "email" / f"{other}.eml"
+    assert all(f.exists() for f in [*files, theirs])
+    out = privacy.forget(engine, ws["id"], hers[0]["profile_id"], vacuum="plain")
+    assert out["deleted"]["sink_files"] == 2
+    assert not any(f.exists() for f in files) and theirs.exists()
+
+
 def test_dev_sinks_stand_in_only_for_channels_without_a_provider(engine, ws, outbox_dir, smtp_server, monkeypatch):
     plain = Deliverer(engine)  # no --dev: a channel without a provider is skipped at once, with the reason
     try:

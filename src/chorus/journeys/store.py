@@ -499,6 +499,8 @@ def input_from_json(raw: Mapping) -> j.Input:
 TABLES = {
     "journey_instances": "journey_instances", "journey_timers": "journey_timers", "journey_held": "journey_held",
     "journey_records": "journey_records",
+    # rewritten, not deleted; the old version of the row, her id in it, is left in the table's files until scrubbed
+    "journey_runs_rewritten": "journey_runs",
 }  # fmt: skip
 
 
@@ -513,6 +515,8 @@ def forget(conn: Connection, ws: str, person) -> dict[str, int]:
     # a scheduled run's walk may stand at her id: a prefix of it keeps the walk's place (the few people whose ids
     # share it are started again, which starts nobody twice) and names nobody
     r = journey_runs.c
+    out["journey_runs_rewritten"] = 0
     for pid in person.profile_ids:
-        conn.execute(journey_runs.update().where(r.workspace_id == ws, r.after == pid).values(after=pid[:8]))
+        res = conn.execute(journey_runs.update().where(r.workspace_id == ws, r.after == pid).values(after=pid[:8]))
+        out["journey_runs_rewritten"] += res.rowcount or 0
     return out

@@ -5,11 +5,12 @@ def register(registry) -> None:
     """What messaging adds (see chorus.registry): delivery, the last task of a worker pass; the ``messaging``
     setting; and the person's messages, push subscriptions and dead addresses, erased with them."""
     from chorus.messaging import erasure, settings
-    from chorus.registry import Step
+    from chorus.registry import Phase, Step
 
     registry.task("deliver", _deliverer, step=Step.DELIVER, label="message delivery")
     registry.setting("messaging", settings.validate)
     registry.erasure("messaging", erasure.forget, tables=erasure.TABLES, export=erasure.export)
+    registry.erasure("messaging_hold", erasure.hold, tables={}, phase=Phase.HOLD)
 
 
 def _deliverer(engine, options):

@@ -7,15 +7,34 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from chorus import workspaces as ws_api
 from chorus.collect.erasure import forget_pending_by_message_id
+from chorus.messaging.providers import sink
 from chorus.registry import Person
 from chorus.store.tables import dead_addresses, message_status, messages, push_subscriptions
 
 TABLES = {
+    "sink_files": None,  # files, not rows: deleted outright, nothing left to scrub
     "events": "events", "message_status": "message_status", "messages": "messages",
     "dead_addresses": "dead_addresses", "push_subscriptions": "push_subscriptions",
 }  # fmt: skip
 PUSH_KINDS = ("user_id", "anonymous_id")  # the identifiers a browser push subscription is filed under
+
+
+def hold(conn: Connection, ws: str, person: Person) -> dict[str, int]:
+    """Lock her messages (PostgreSQL) before any of her rows is deleted. Delivery records a status holding the
+    message row (``outbox.set_statuses``) and writes her timeline event (`Message Sent`) in that transaction: taken
+    here first, an erasure waits for such a writer to commit and its events' delete then sees them (review: taken
+    by the messages' delete, after the events were deleted, the writer's events survived her erasure); a writer
+    coming later waits for the erasure and finds the messages gone, so writes nothing."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            sa.select(messages.c.id)
+            .where(messages.c.workspace_id == ws, messages.c.profile_id.in_(person.profile_ids))
+            .order_by(messages.c.id)
+            .with_for_update()
+        ).all()
+    return {}
 
 
 def forget(conn: Connection, ws: str, person: Person) -> dict[str, int]:
@@ -26,6 +45,10 @@ def forget(conn: Connection, ws: str, person: Person) -> dict[str, int]:
         ).scalars()
     )
     counts = {}
+    # What a file sink (dev mode, a staging copy of production) kept of her messages: her address and their content.
+    # Every message of hers, not only those recorded as the sink's: one being sent now may be written already.
+    dirs = sink.sink_dirs(ws_api.get(conn, ws).settings)
+    counts["sink_files"] = sink.forget_files(msg_ids, dirs) if msg_ids else 0
     # The timeline events of those messages (chorus-<message id>-<status>-…) not yet resolved: one known only by
     # its email would otherwise create a profile for that email again.
     counts["events"] = forget_pending_by_message_id(conn, ws, [f"chorus-{m}-" for m in msg_ids])

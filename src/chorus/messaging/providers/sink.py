@@ -151,6 +151,40 @@ class FileSink:
         pass
 
 
+def sink_dirs(settings: dict) -> set[str]:
+    """Every directory a file sink may have written a workspace's messages to: those its settings configure, and
+    each channel's own (dev mode's, and a sink's default)."""
+    from chorus.messaging.policy import MESSAGE_CHANNELS
+
+    dirs = {ch for ch in MESSAGE_CHANNELS if ch != "in_app"}
+    for confs in ((settings.get("messaging") or {}).get("providers") or {}).values():
+        for conf in confs if isinstance(confs, list) else []:
+            if isinstance(conf, dict) and conf.get("type") == NAME:
+                try:
+                    dirs.add(check_dir(conf.get("dir", "x"), "dir"))
+                except ConfigError:
+                    continue
+    return dirs
+
+
+def forget_files(message_ids: list[str], dirs: set[str]) -> int:
+    """Delete the files the sinks of this process' outbox root wrote for these messages (an erased person's: the
+    files hold her address and the rendered content); how many there were."""
+    root, gone = outbox_root(), 0
+    for d in sorted(dirs):
+        path = os.path.join(root, *d.split("/"))
+        if not os.path.isdir(path):
+            continue
+        for mid in message_ids:
+            for ext in ("eml", "json"):
+                try:
+                    os.unlink(os.path.join(path, f"{file_name(mid)}.{ext}"))
+                    gone += 1
+                except FileNotFoundError:
+                    continue
+    return gone
+
+
 def _inside(root: str, path: str) -> None:
     """Refuse a directory that resolves outside the outbox: a symbolic link planted in it (by whoever can write
     there) must not send the server's writes anywhere else."""
