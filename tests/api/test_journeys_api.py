@@ -287,3 +287,73 @@ def test_a_version_beyond_any_is_a_4xx_naming_it(http, workspace, h, path):
     assert http.post("/api/journeys", json=WAITER, headers=h).status_code == 201
     r = http.get(path, headers=h)
     assert 400 <= r.status_code < 500 and "version" in r.text, (r.status_code, r.text[:200])
+
+
+def test_hostile_input_is_a_4xx_naming_the_field(http, h, doc, people):
+    """Found by the hostile-input probe: a migration checked only against the people inside, a broadcast's errors
+    naming the journey that runs it, webhook urls and huge values accepted, 404s of a start without a field."""
+    c = lambda *a, **kw: call(http, doc, h, *a, **kw)  # noqa: E731
+    pub = lambda status, body, **params: c("POST", "/api/journeys", "/api/journeys", status, json=body,  # noqa: E731
+                                           params=params)  # fmt: skip
+    c("POST", "/api/journeys", "/api/journeys", 201, json=WAITER)
+    v2 = {**WAITER, "start": "hold", "nodes": {"hold": {"type": "delay", "for": "1d", "next": "mark"},
+                                               "mark": WAITER["nodes"]["mark"], "done": WAITER["nodes"]["done"]}}
+    # nobody is inside: the mapping is checked against the two versions all the same, dry run or not
+    for dry in ("true", "false"):
+        for migrate, field, why in [
+            ("nope:nope2", "migrate.nope", "no node 'nope'"),
+            ("pause:nope2", "migrate.pause", "no node 'nope2' in the new version"),
+            ("mark:done", "migrate.mark", "update_trait node"),
+            ("pause:mark", "migrate.pause", "same waiting kind"),
+            ("pause:hold,pause:done", "migrate.pause", "migrated twice"),
+            (["pause:hold", "pause:mark"], "migrate.pause", "migrated twice"),
+            ("pause", "migrate", "old_node:new_node"),
+        ]:
+            err = pub(400, v2, migrate=migrate, dry_run=dry)
+            assert err["field"] == field and why in err["message"], (migrate, err)
+    assert pub(200, v2, migrate="pause:hold,pause:hold", dry_run="true")["moving"] == 0
+
+    # a broadcast's errors name its own fields, as sent
+    spring = {"id": "spring", "template": "offer", "channel": "in_app", "schedule": {"at": "2030-01-01T09:00:00Z"}}
+    for bad, field in [({"template": "nope"}, "template"), ({"segment": "nope"}, "segment"),
+                       ({"channel": "sms"}, "channel"), ({"schedule": {"at": "soon"}}, "schedule.at"),
+                       ({"holdout": 100, "goal": {"event": {"event": "Order Completed"}, "within": "7d"}}, "holdout"),
+                       ({"holdout": 10, "goal": {"event": {"event": "Order Completed"}}}, "holdout"),
+                       ({"data": {"code": "x" * 2**20}}, "data")]:  # fmt: skip
+        err = c("POST", "/api/broadcasts", "/api/broadcasts", 400, json={**spring, **bad})
+        assert err["field"] == field and err["message"].startswith(field), (bad, err)
+
+    # a definition's free values and urls
+    hook = {"id": "hook", "entry": {"api": {"key": "order_id"}}, "start": "call",
+            "nodes": {"call": {"type": "webhook", "url": "javascript:alert(1)", "next": "done"},
+                      "done": {"type": "exit"}}}  # fmt: skip
+    for url in ("javascript:alert(1)", "file:///etc/passwd", "/relative", "http://exa mple.com/", "http://:80/"):
+        err = pub(400, {**hook, "nodes": {**hook["nodes"], "call": {**hook["nodes"]["call"], "url": url}}})
+        assert err["field"] == "nodes.call.url", (url, err)
+    err = pub(400, {**WAITER, "nodes": {**WAITER["nodes"], "mark": {**WAITER["nodes"]["mark"], "value": "x" * 2**20}}})
+    assert err["field"] == "nodes.mark.value" and len(err["message"]) < 300, err["message"][:300]
+    split = {"type": "split", "arms": [{"name": "a", "weight": 50, "holdout": True},
+                                       {"name": "b", "weight": 50, "holdout": True}]}  # fmt: skip
+    err = pub(400, {**WAITER, "goal": {"event": {"event": "Order Completed"}, "within": "7d"},
+                    "nodes": {**WAITER["nodes"], "pause": {**split, "max_visits": 1, "overflow": "mark"}}})
+    assert err["field"] == "nodes.pause.arms" and "holdout" in err["message"], err
+
+    # a start: unknown journey and person are 404s naming the field; a huge key or data a 400
+    start = "/api/journeys/{journey_id}/start"
+    err = c("POST", start, "/api/journeys/nobody/start", 404, json={"profile_id": people["u0"]})
+    assert err["field"] == "journey_id", err
+    err = c("POST", start, "/api/journeys/onboard/start", 404, json={"profile_id": "p_nobody"})
+    assert err["field"] == "profile_id", err
+    err = c("GET", "/api/profiles/{profile_id}/journeys", "/api/profiles/p_nobody/journeys", 404)
+    assert err["field"] == "profile_id", err
+    keyed = {**hook, "nodes": {**hook["nodes"], "call": {"type": "update_trait", "trait": "t", "value": 1,
+                                                          "next": "done"}}}  # fmt: skip
+    pub(201, keyed)
+    err = c("POST", start, "/api/journeys/hook/start", 400, json={"profile_id": people["u0"],
+                                                                  "data": {"order_id": "o" * 2**20}})  # fmt: skip
+    assert err["field"] == "data", err
+    err = c("POST", start, "/api/journeys/hook/start", 400, json={"profile_id": people["u0"],
+                                                                  "data": {"order_id": "o" * 201}})  # fmt: skip
+    assert err["field"] == "data.order_id", err
+    assert c("POST", start, "/api/journeys/hook/start", 200, json={"profile_id": people["u0"],
+                                                                   "data": {"order_id": "o" * 200}})["entered"]

@@ -70,7 +70,7 @@ def test_publish_control_and_broadcast_from_the_command_line(tmp_path):
     b = tmp_path / "b.json"
     b.write_text(json.dumps({"id": "spring", "template": "spring", "segment": "newsletter"}))
     r = chorus("journeys", "broadcast", str(b), *ws, "--dry-run")
-    assert r.returncode == 2 and "entry.schedule.segment: segment 'newsletter' does not exist" in r.stderr, r.stderr
+    assert r.returncode == 2 and "segment: segment 'newsletter' does not exist" in r.stderr, r.stderr
     b.write_text(json.dumps({"id": "spring", "template": "spring", "holdout": 10}))
     r = chorus("journeys", "broadcast", str(b), *ws)
     assert r.returncode == 2 and "holdout" in r.stderr and "goal" in r.stderr

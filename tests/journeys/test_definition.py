@@ -197,7 +197,7 @@ NODES = {
     "audience": [({"type": "audience", "action": "add", "next": "done"}, "nodes.n.audience", "an id")],
     "webhook": [
         ({"type": "webhook", "url": "ftp://x", "next": "done"}, "nodes.n.url", "http:// or https://"),
-        ({"type": "webhook", "url": "https://x.test/a b", "next": "done"}, "nodes.n.url", "without spaces"),
+        ({"type": "webhook", "url": "https://x.test/a b", "next": "done"}, "nodes.n.url", "a space"),
         ({"type": "webhook", "url": "https://x.test", "method": "GET", "next": "done"}, "nodes.n.method", "POST"),
     ],
     "wait": [
@@ -237,6 +237,144 @@ def test_holdout_needs_a_goal_with_a_window():
     assert error(doc).field == "nodes.n.arms[1].holdout"
     doc["goal"]["within"] = "7d"
     assert d.parse(doc).goal.within.text() == "7d"
+
+
+def test_a_split_whose_arms_are_all_holdouts_is_refused():
+    """Nobody could ever go on from it (found by the hostile-input probe)."""
+    doc = one_node({"type": "split", "arms": [{"name": "h1", "weight": 50, "holdout": True},
+                                              {"name": "h2", "weight": 50, "holdout": True}]})  # fmt: skip
+    doc["goal"] = {"event": {"event": "Order Completed"}, "within": "7d"}
+    doc["nodes"]["n"]["max_visits"] = 1
+    doc["nodes"]["n"]["overflow"] = "done"  # done stays reachable: the refusal is the split's own
+    exc = error(doc)
+    assert exc.field == "nodes.n.arms" and "every arm is a holdout" in exc.message, exc.message
+
+
+# -- webhook addresses (found by the hostile-input probe) ---------------------------------------------------------
+@pytest.mark.parametrize(("url", "why"), [
+    ("javascript:alert(1)", "http:// or https://"),
+    ("file:///etc/passwd", "http:// or https://"),
+    ("/hooks/relative", "http:// or https://"),
+    ("example.com/hook", "http:// or https://"),
+    ("//example.com/hook", "http:// or https://"),
+    ("http:example.com", "http:// or https://"),
+    ("mailto:ops@example.com", "http:// or https://"),
+    ("http://", "no host"),
+    ("http://:8080/x", "no host"),
+    ("https://@/x", "no host"),
+    ("https://?q=1", "no host"),
+    ("https://exa mple.com/", "a space"),
+    ("https://example.com/a\tb", "a space"),
+    ("https://example.com/\x7f", "control character"),
+    ("https://exa%20mple.com/", "not a host name"),
+    ("https://a..b/", "not a host name"),
+    ("https://-/", "not a host name"),
+    ("https://example.com:99999/", "not a valid URL"),
+    ("https://example.com:port/", "not a valid URL"),
+    ("https://[::1/", "not a valid URL"),
+    ("https://example.com\\@evil.test/", "backslash"),
+])  # fmt: skip
+def test_a_webhook_url_is_refused_naming_the_node_and_field(url, why):
+    exc = error(one_node({"type": "webhook", "url": url, "next": "done"}))
+    assert exc.field == "nodes.n.url" and why in exc.message, exc.message
+    assert exc.message.startswith("nodes.n.url: the url")
+
+
+@pytest.mark.parametrize("url", [
+    "https://example.com/hook", "HTTPS://Example.COM/hook?a=1#b", "http://127.0.0.1:8080/hook",
+    "http://localhost/x", "http://[::1]:9000/", "http://10.0.0.7/hook", "https://bücher.example/x",
+    "https://user:secret@example.com/x", "https://example.com./x",
+])  # fmt: skip
+def test_a_webhook_url_to_any_host_is_accepted_private_ones_are_refused_at_delivery(url):
+    """Loopback and private hosts are allowed here: delivery refuses them unless the workspace allows them
+    (``settings.journeys.webhooks.allow_private``), and the runtime's check is the same function."""
+    from chorus.journeys import webhooks
+
+    assert d.parse(one_node({"type": "webhook", "url": url, "next": "done"})).node("n").body.url == url
+    assert webhooks.check_url(url) is None
+
+
+def test_a_webhook_url_is_required_not_null():
+    exc = error(one_node({"type": "webhook", "url": None, "next": "done"}))
+    assert exc.field == "nodes.n.url" and "is required" in exc.message and "None" not in exc.message
+
+
+# -- sizes of free values (found by the hostile-input probe) ------------------------------------------------------
+MB = "x" * 2**20
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"type": "update_trait", "trait": "note", "value": MB, "next": "done"}, "nodes.n.value"),
+    ({"type": "update_trait", "trait": "note", "value": {"a": [MB]}, "next": "done"}, "nodes.n.value"),
+    ({"type": "message", "template": "t", "data": {"code": MB}, "next": "done"}, "nodes.n.data"),
+    ({"type": "webhook", "url": "https://example.com/", "data": {"blob": MB}, "next": "done"}, "nodes.n.data"),
+    ({"type": "webhook", "url": "https://example.com/" + MB, "next": "done"}, "nodes.n.url"),
+])  # fmt: skip
+def test_a_huge_value_in_a_step_is_refused_naming_it(body, field):
+    exc = error(one_node(body))
+    assert exc.field == field and ("KB" in exc.message or "at most" in exc.message), exc.message[:200]
+    assert len(exc.message) < 300
+
+
+def test_values_up_to_the_bound_are_accepted():
+    value = "x" * (d.MAX_VALUE - 2)  # with its quotes, exactly the bound
+    assert d.parse(one_node({"type": "update_trait", "trait": "note", "value": value, "next": "done"}))
+    exc = error(one_node({"type": "update_trait", "trait": "note", "value": value + "x", "next": "done"}))
+    assert exc.field == "nodes.n.value"
+
+
+@pytest.mark.parametrize("where", [
+    ["nodes", "remind", "data"], ["nodes"], [], ["entry", "event"], ["nodes", "remind"],
+])  # fmt: skip
+def test_a_huge_key_is_refused_without_echoing_it(where):
+    doc = copy.deepcopy(BASE)
+    doc["nodes"]["remind"]["data"] = {}
+    cur = doc
+    for part in where:
+        cur = cur[part]
+    cur["k" * 2**20] = {"type": "exit"} if where == ["nodes"] else 1
+    exc = error(doc)
+    assert "a key is at most 200 characters" in exc.message and len(exc.message) < 400, exc.message[:300]
+    assert exc.field == (".".join(where) or "journey")
+
+
+def test_the_entry_key_and_names_are_bounded():
+    exc = error(changed(["entry", "event", "key"], "k" * 2**20))
+    assert exc.field == "entry.event.key" and "at most 200" in exc.message and len(exc.message) < 200
+    exc = error(changed(["name"], "n" * 2**20))
+    assert exc.field == "name" and len(exc.message) < 200
+
+
+# -- no Python reprs in messages (found by the hostile-input probe: "None is not a duration") ---------------------
+@pytest.mark.parametrize("value", [None, 5, 1.5, True, [], ["1h"], {}, {"h": 1}])
+@pytest.mark.parametrize(("path", "field"), [
+    (["nodes", "wait_cart", "timeout", "after"], "nodes.wait_cart.timeout.after"),
+    (["goal", "within"], "goal.within"),
+    (["reentry"], "reentry.cooldown"),
+])  # fmt: skip
+def test_a_missing_or_mistyped_duration_is_named_not_repred(path, field, value):
+    doc = changed(path, {"cooldown": value} if path == ["reentry"] else value)
+    exc = error(doc)
+    assert exc.field == field, exc.message
+    assert repr(value) not in exc.message and "None" not in exc.message, exc.message
+    assert ("is required" if value is None else "is text") in exc.message, exc.message
+
+
+@pytest.mark.parametrize("value", [None, 20260302, ["2026-03-02"], {"day": 2}])
+def test_a_missing_or_mistyped_date_is_named_not_repred(value):
+    exc = error({"id": "b", "entry": {"schedule": {"at": value}}, "start": "x", "nodes": {"x": {"type": "exit"}}})
+    assert exc.field == "entry.schedule.at" and repr(value) not in exc.message, exc.message
+    assert ("is required" if value is None else "is text") in exc.message, exc.message
+
+
+def test_a_long_duration_text_is_not_echoed():
+    exc = error(changed(["goal", "within"], "7" * 2**20 + "d"))
+    assert exc.field == "goal.within" and len(exc.message) < 200, exc.message[:200]
+
+
+def test_names_in_messages_are_quoted_not_repred():
+    exc = error(changed(["start"], "nowhere"))
+    assert exc.message == "start: no node 'nowhere' in this journey"
 
 
 # -- cycles ------------------------------------------------------------------------------------------------------

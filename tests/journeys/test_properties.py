@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from chorus import safejson
 from chorus.errors import ChorusError
 from chorus.journeys import definition as d
 from chorus.journeys import interpreter as j
@@ -483,3 +484,112 @@ def test_a_conversion_withdraws_exactly_when_the_exit_criteria_alone_would_make_
             dr.run_until(max(at for at, _ in dr.timers.values()))
     finally:
         j.step = real
+
+
+# -- hostile input (found by the hostile-input probe) -------------------------------------------------------------
+HOLDOUT_GOAL = {"event": {"event": "Order Completed"}, "within": "7d"}
+
+
+@SETTINGS
+@given(st.lists(st.tuples(st.integers(1, 100), st.booleans()), min_size=2, max_size=6))
+def test_a_split_parses_exactly_when_its_weights_add_up_and_one_arm_goes_on(arms):
+    """A split whose arms are all holdouts is refused by its ``arms``: nobody could ever go on from it."""
+    split = {"type": "split", "arms": [
+        {"name": f"a{i}", "weight": w, **({"holdout": True} if h else {"next": "done"})}
+        for i, (w, h) in enumerate(arms)]}  # fmt: skip
+    doc = {"id": "j", "entry": {"api": {}}, "goal": HOLDOUT_GOAL, "start": "s",
+           "nodes": {"s": {**split, "max_visits": 1, "overflow": "done"}, "done": {"type": "exit"}}}  # fmt: skip
+    ok = sum(w for w, _ in arms) == 100 and not all(h for _, h in arms)
+    try:
+        defn = d.parse(doc)
+    except ChorusError as exc:
+        assert not ok and exc.field == "nodes.s.arms", exc.message
+    else:
+        assert ok and any(a.next is not None for a in defn.node("s").body.arms)
+
+
+DURATION_PLACES = [("goal", "within"), ("nodes", "wait_cart", "timeout", "after"), ("entry", "schedule", "every")]
+
+
+@SETTINGS
+@given(st.sampled_from(DURATION_PLACES),
+       json_values.filter(lambda v: not isinstance(v, str) and safejson.problem(v) is None))  # storable, not text
+def test_a_duration_or_date_that_is_not_text_is_named_without_a_python_repr(where, value):
+    doc = {"id": "j", "entry": {"schedule": {"every": "1d", "start": "2026-03-02T09:00:00Z"}}, "goal": HOLDOUT_GOAL,
+           "start": "wait_cart", "nodes": {
+               "wait_cart": {"type": "wait", "branches": [{"event": {"event": "x"}, "next": "done"}],
+                             "timeout": {"after": "1h", "next": "done"}}, "done": {"type": "exit"}}}  # fmt: skip
+    for place, v in ((where, value), (("entry", "schedule", "start"), value)):
+        bad = copy.deepcopy(doc)
+        cur = bad
+        for part in place[:-1]:
+            cur = cur[part]
+        cur[place[-1]] = v
+        try:
+            d.parse(bad)
+        except ChorusError as exc:
+            field = ".".join(place)  # or a value inside it that cannot be stored (NaN, a 70-bit integer)
+            assert exc.field == field or exc.field.startswith((field + ".", field + "[")), exc.message
+            if exc.field == field:  # "None is not a duration" was the message
+                why = exc.message.removeprefix(f"{field}: ")
+                assert not why.startswith(repr(v)) and "None" not in why, exc.message
+                assert ("is required" if v is None else "is text") in why, exc.message
+        else:  # pragma: no cover - a non-text value is never a duration or a date
+            raise AssertionError(f"{place} = {v!r} parsed")
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(
+    st.text(max_size=40),
+    st.builds(lambda s, h, rest: f"{s}://{h}{rest}", st.sampled_from(["http", "https", "HTTP", "file", "javascript",
+                                                                      "ftp", ""]),
+              st.text(max_size=12), st.text(max_size=12)),
+))  # fmt: skip
+def test_a_webhook_url_parses_only_when_it_can_be_called(url):
+    """Whatever the text: refused naming ``nodes.n.url``, or an absolute http(s) URL with a host, without spaces
+    or control characters, that the delivery task reads the same way (its check is the same function)."""
+    from urllib.parse import urlsplit
+
+    from chorus.journeys import webhooks
+
+    doc = {"id": "j", "entry": {"api": {}}, "start": "n",
+           "nodes": {"n": {"type": "webhook", "url": url, "next": "done"}, "done": {"type": "exit"}}}  # fmt: skip
+    try:
+        d.parse(doc)
+    except ChorusError as exc:
+        assert exc.field == "nodes.n.url" and exc.message.startswith("nodes.n.url: "), exc.message
+        return
+    parts = urlsplit(url)
+    assert parts.scheme.lower() in ("http", "https") and parts.hostname and url.lower().startswith(
+        ("http://", "https://"))  # fmt: skip
+    assert not any(c.isspace() or ord(c) < 32 or 127 <= ord(c) < 160 or c == "\\" for c in url)
+    assert parts.port is None or 1 <= parts.port <= 65535
+    assert webhooks.check_url(url) is None
+
+
+BROADCAST = {"id": "spring", "segment": "newsletter", "template": "offer", "channel": "in_app", "kind": "marketing",
+             "topic": "promotions", "data": {"code": "SPRING"}, "schedule": {"at": "2026-04-01T09:00:00Z"},
+             "goal": {"event": {"event": "Order Completed"}, "within": "7d"}, "holdout": 10,
+             "holdout_by": "profile", "name": "Spring sale"}  # fmt: skip
+
+
+@SETTINGS
+@given(st.data())
+def test_a_damaged_broadcast_is_refused_naming_its_own_field(data):
+    """A broadcast runs as a journey, but its errors name the broadcast's fields as sent (``template``,
+    ``schedule.at``, ``holdout``), never the journey's (``nodes.send.template``, ``entry.schedule.at``)."""
+    from chorus.journeys import manage
+
+    doc = copy.deepcopy(BROADCAST)
+    where = data.draw(st.sampled_from([p for p in paths(doc) if p]))
+    value = data.draw(json_values)
+    cur = doc
+    for part in where[:-1]:
+        cur = cur[part]
+    cur[where[-1]] = value
+    try:
+        manage.parse_broadcast(doc, T0)
+    except ChorusError as exc:
+        root = exc.field.split(".")[0].split("[")[0]
+        assert root in manage.BROADCAST_KEYS, exc.message
+        assert not exc.message.startswith(("nodes.", "entry.", "journey")), exc.message

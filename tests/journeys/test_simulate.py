@@ -431,3 +431,12 @@ def test_a_backtest_draws_an_api_start_by_the_identifiers_of_her_history(engine,
                       identity=wk.identity, trace=True)  # fmt: skip
     predicted = {name: s.entered for name, s in rep.arms["arm"].items() if s.entered}
     assert predicted == dict(Counter(arms.values()))
+
+
+@pytest.mark.parametrize("stamp", [[1], {"at": 1}, True])
+def test_a_timestamp_of_another_type_is_named_without_a_python_repr(tmp_path, stamp):
+    path = tmp_path / "events.jsonl"
+    path.write_text(json.dumps({"type": "track", "userId": "a", "event": "X", "timestamp": stamp}) + "\n")
+    with pytest.raises(ChorusError, match=r"line 1: timestamp: a timestamp is ISO-8601 text") as exc:
+        sm.read_events(path)
+    assert repr(stamp) not in exc.value.message and exc.value.field.endswith("timestamp")

@@ -222,7 +222,10 @@ def _created(model: type[BaseModel]) -> dict:
 
 # -- helpers ---------------------------------------------------------------------------------------------------------
 def _of_kind(conn: Connection, ws: str, jid: str, kind: str) -> store.Journey:
-    jr = store.get(conn, ws, jid)
+    try:
+        jr = store.get(conn, ws, jid)
+    except NotFound as exc:
+        raise NotFound(exc.message, field=f"{kind}_id") from None
     if jr.kind != kind:
         raise NotFound(f"{jid} is a {jr.kind}, not a {kind}: see /api/{jr.kind}s/{jid}", field=f"{kind}_id")
     return jr
@@ -247,9 +250,15 @@ def _migrate(values: list[str] | None) -> dict[str, str] | None:
     out: dict[str, str] = {}
     for part in (p.strip() for v in values for p in v.split(",")):
         old, sep, new = part.partition(":")
-        if not sep or not old.strip() or not new.strip():
-            raise ChorusError(f"{part!r}: each migration is old_node:new_node", field="migrate")
-        out[old.strip()] = new.strip()
+        old, new = old.strip(), new.strip()
+        if not sep or not old or not new:
+            shown = f"'{part[:64]}'" if part else "an empty one"
+            raise ChorusError(f"migrate: {shown}: each migration is old_node:new_node", field="migrate")
+        if old in out and out[old] != new:  # the same move twice is one move
+            field = f"migrate.{old[:64]}"
+            raise ChorusError(f"{field}: '{old[:64]}' is migrated twice (to '{out[old][:64]}' and to '{new[:64]}'); "
+                              "people at one node move to one node", field=field)  # fmt: skip
+        out[old] = new
     return out
 
 
@@ -396,7 +405,10 @@ def control_journey(ws: WS, svc: SVC, journey_id: str, action: Action):
             response_model=ProfileJourneys)  # fmt: skip
 def profile_journeys(ws: WS, svc: SVC, profile_id: str):
     with read_only(svc.engine) as conn:
-        pid = views.resolve_id(conn, ws.id, profile_id)
+        try:
+            pid = views.resolve_id(conn, ws.id, profile_id)
+        except NotFound as exc:
+            raise NotFound(exc.message, field="profile_id") from None
         return JSON(stats.person_journeys(conn, ws.id, pid))
 
 

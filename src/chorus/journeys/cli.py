@@ -29,7 +29,7 @@ def _instant(value: str | None, option: str) -> datetime | None:
     try:
         return parse_ts(value)
     except (ValueError, TypeError, OverflowError):
-        raise ChorusError(f"{option}: not an ISO-8601 timestamp: {value[:60]!r}") from None
+        raise ChorusError(f"{option}: not an ISO-8601 timestamp: '{value[:60]}'") from None
 
 
 def backtest_subjects(conn, w, since: datetime, until: datetime, *, everybody: bool = False) -> list:

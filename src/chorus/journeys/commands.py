@@ -44,7 +44,10 @@ def _migrate(values: list[str] | None) -> dict[str, str] | None:
     for v in values:
         old, sep, new = v.partition("=")
         if not sep or not old or not new:
-            raise ChorusError(f"--migrate takes OLD=NEW node ids, not {v!r}")
+            raise ChorusError(f"--migrate takes OLD=NEW node ids, not '{v[:64]}'")
+        if old in out and out[old] != new:
+            raise ChorusError(f"--migrate: '{old[:64]}' is migrated twice; people at one node move to one node",
+                              field=f"migrate.{old[:64]}")  # fmt: skip
         out[old] = new
     return out
 

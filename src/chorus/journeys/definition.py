@@ -18,12 +18,16 @@ canonical JSON back (``parse(to_json(d)) == d``).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Union
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
+
+import orjson
 
 from chorus import safejson
 from chorus.errors import ChorusError
@@ -32,8 +36,6 @@ from chorus.messaging.policy import MESSAGE_CHANNELS
 from chorus.segments import rules as r
 from chorus.segments.rules import (  # the rule language's own validators: one vocabulary, one set of messages
     _bad,
-    _date,
-    _duration,
     _ident,
     _keys,
     _name,
@@ -43,7 +45,7 @@ from chorus.segments.rules import (  # the rule language's own validators: one v
     _text,
     _topic,
 )
-from chorus.segments.times import Duration, day_start
+from chorus.segments.times import DateValue, Duration, day_start
 from chorus.timeutil import iso
 
 MAX_NODES = 200  # nodes of one journey
@@ -51,9 +53,14 @@ MAX_BRANCHES = 20  # branches of one wait, arms of one split
 MAX_SAME = 10  # properties a wait or goal matches against the entry event
 MAX_VISITS = 1000  # the largest max_visits bound
 MAX_URL = 2000
+MAX_KEY = r.MAX_NAME  # characters of any key of a definition's objects (a data key, a node id is shorter still)
+# Bytes (as JSON) of a value a step carries: an update_trait value, a message's or a webhook's data. A tracked message
+# is at most 32 KB (collect.messages.MAX_MESSAGE_BYTES), so no trait or event property a person has is longer.
+MAX_VALUE = 32 * 1024
 _ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 _HHMM = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])")
 _OFFSET = re.compile(r"([+-]?)(.+)")
+_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")  # one label of a host name (idna-encoded)
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 REENTRY = ("never", "after_exit", "cooldown", "per_key")
 NODE_TYPES = (
@@ -372,6 +379,84 @@ def _object(body: object, path: str) -> dict:
     return body
 
 
+def _duration(value: object, path: str) -> Duration:
+    """The rule language's duration, with a message for a missing or non-text value (never its Python repr)."""
+    if value is None:
+        raise _bad(path, "a duration is required: a whole number and a unit, m, h, d or w (e.g. 1h)")
+    if not isinstance(value, str):
+        raise _bad(path, "a duration is text: a whole number and a unit, m, h, d or w (e.g. 1h)")
+    if len(value) > 20:
+        raise _bad(path, "not a duration: write a whole number and a unit, m, h, d or w (e.g. 1h)")
+    return r._duration(value, path)
+
+
+def _date(value: object, path: str) -> DateValue:
+    """The rule language's date, with a message for a missing or non-text value (never its Python repr)."""
+    if value is None:
+        raise _bad(path, "a date is required: YYYY-MM-DD, or an ISO-8601 date-time with its zone")
+    if not isinstance(value, str):
+        raise _bad(path, "a date is text: YYYY-MM-DD, or an ISO-8601 date-time with its zone")
+    if len(value) > 64:
+        raise _bad(path, "not a date: write YYYY-MM-DD, or an ISO-8601 date-time with its zone")
+    return r._date(value, path)
+
+
+def _bounded_value(value: object, path: str, what: str) -> object:
+    """``value`` (checked storable already) if its JSON is at most :data:`MAX_VALUE` bytes."""
+    if len(orjson.dumps(value)) > MAX_VALUE:
+        raise _bad(path, f"{what} is at most {MAX_VALUE // 1024} KB as JSON")
+    return value
+
+
+def _long_key(raw: object, path: str) -> tuple[str, str] | None:
+    """(the object's path, the key) of the first object key longer than :data:`MAX_KEY` in ``raw``, or None."""
+    stack: list[tuple[object, str]] = [(raw, path)]
+    while stack:
+        item, here = stack.pop()
+        if isinstance(item, dict):
+            for k, v in item.items():
+                if isinstance(k, str) and len(k) > MAX_KEY:
+                    return here, k
+                stack.append((v, safejson.join(here, str(k))))
+        elif isinstance(item, list):
+            stack.extend((v, f"{here}[{i}]") for i, v in enumerate(item))
+    return None
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a webhook's address (None: it can, as far as its text goes; the address its host
+    resolves to is checked at delivery, ``webhooks.refused_address``)."""
+    if any(c.isspace() or ord(c) < 32 or 127 <= ord(c) < 160 for c in url):
+        return "the url has a space or a control character; encode it (%20)"
+    if "\\" in url:
+        return "the url has a backslash; write / (or encode it, %5C)"
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # a port out of range or not a number raises here
+    except ValueError:
+        return "the url is not a valid URL (its host or port cannot be read)"
+    if parts.scheme.lower() not in ("http", "https") or not url[len(parts.scheme):].startswith("://"):
+        return "the url must be absolute, http:// or https:// (e.g. https://example.com/hook)"
+    host = parts.hostname or ""
+    if not host:
+        return "the url has no host (e.g. https://example.com/hook)"
+    if port == 0:
+        return "the url's port is 1 to 65535"
+    if ":" in host:  # an IPv6 literal, bracketed: urlsplit read it
+        try:
+            ipaddress.IPv6Address(host.split("%", 1)[0])
+        except ValueError:
+            return f"the url's host [{host}] is not an IPv6 address"
+        return None
+    try:
+        ascii_host = host.rstrip(".").encode("idna").decode("ascii")
+    except UnicodeError:
+        return f"the url's host '{host[:100]}' is not a host name"
+    if not all(_LABEL.fullmatch(label) for label in ascii_host.split(".")):
+        return f"the url's host '{host[:100]}' is not a host name (letters, digits, '-' and '.')"
+    return None
+
+
 def _reach(defn: Definition, start: str, *, include_start: bool = False) -> set[str]:
     """The nodes reachable from ``start`` by at least one edge (and ``start`` itself with ``include_start``)."""
     seen: set[str] = {start} if include_start else set()
@@ -430,7 +515,7 @@ def _one_key(raw: object, path: str, kinds: tuple[str, ...], what: str) -> tuple
         raise _bad(path, f"{what} is an object with exactly one key, its kind: {', '.join(kinds)}")
     ((kind, body),) = raw.items()
     if kind not in kinds:
-        raise _bad(path, f"unknown kind {kind!r}; {what} is one of {', '.join(kinds)}")
+        raise _bad(path, f"unknown kind '{kind}'; {what} is one of {', '.join(kinds)}")
     return kind, body
 
 
@@ -475,9 +560,10 @@ def _bounded_int(value: object, path: str, lo: int, hi: int, what: str) -> int:
     return value
 
 
-def _data(value: object, path: str) -> Mapping[str, Any]:
+def _data(value: object, path: str, what: str) -> Mapping[str, Any]:
     if not isinstance(value, dict):
         raise _bad(path, "data is a JSON object")
+    _bounded_value(value, path, what)
     return value
 
 
@@ -624,7 +710,7 @@ class _Parser:
             _keys(b, here, ("name", "event", "segment", "message", "next"))
             name = _ident(b["name"], f"{here}.name") if "name" in b else str(i)
             if name in names or name == "timeout":
-                raise _bad(f"{here}.name", f"branch name {name!r} is used twice in this wait (timeout is taken)")
+                raise _bad(f"{here}.name", f"branch name '{name}' is used twice in this wait (timeout is taken)")
             names.add(name)
             kinds = [k for k in ("event", "segment", "message") if k in b]
             if len(kinds) != 1:
@@ -685,7 +771,7 @@ class _Parser:
             _keys(a, here, ("name", "weight", "next", "holdout"))
             name = _ident(a.get("name"), f"{here}.name")
             if name in names:
-                raise _bad(f"{here}.name", f"arm name {name!r} is used twice in this split")
+                raise _bad(f"{here}.name", f"arm name '{name}' is used twice in this split")
             names.add(name)
             weight = _bounded_int(a.get("weight"), f"{here}.weight", 1, 100, "a weight (percent)")
             holdout = a.get("holdout", False)
@@ -700,6 +786,8 @@ class _Parser:
         total = sum(a.weight for a in arms)
         if total != 100:
             raise _bad(f"{path}.arms", f"the arms' weights are percentages and add up to 100 (here {total})")
+        if all(a.holdout for a in arms):
+            raise _bad(f"{path}.arms", "every arm is a holdout: nobody would ever go on; give at least one arm a next")
         seed = _ident(body["seed"], f"{path}.seed") if "seed" in body else None
         by = body.get("by", "profile")
         if by not in SPLIT_BY:
@@ -716,7 +804,7 @@ class _Parser:
             )
         kind = _one_of(body["kind"], f"{path}.kind", KINDS, "kind") if "kind" in body else "marketing"
         topic = _topic(body["topic"], f"{path}.topic") if "topic" in body else None
-        data = _data(body["data"], f"{path}.data") if "data" in body else None
+        data = _data(body["data"], f"{path}.data", "a message's data") if "data" in body else None
         return SendMessage(template, self._next(body, path), channel, kind, topic, data)
 
     def _update_trait(self, body: dict, path: str, common: tuple) -> UpdateTrait:
@@ -726,7 +814,8 @@ class _Parser:
             raise _bad(f"{path}.trait", "computed traits belong to the analytics that compute them")
         if "value" not in body:
             raise _bad(f"{path}.value", "give the value (null removes the trait)")
-        return UpdateTrait(trait, body["value"], self._next(body, path))
+        value = _bounded_value(body["value"], f"{path}.value", "a trait's value")
+        return UpdateTrait(trait, value, self._next(body, path))
 
     def _list(self, body: dict, path: str, common: tuple) -> ListStep:
         _keys(body, path, ("list", "action", "next", *common))
@@ -740,11 +829,14 @@ class _Parser:
 
     def _webhook(self, body: dict, path: str, common: tuple) -> WebhookStep:
         _keys(body, path, ("url", "method", "data", "next", *common))
-        url = _text(body.get("url"), f"{path}.url", MAX_URL, "the url")
-        if not re.match(r"https?://[^\s/]+", url) or any(c.isspace() for c in url):
-            raise _bad(f"{path}.url", "the url is http:// or https:// with a host, without spaces")
+        if body.get("url") is None:
+            raise _bad(f"{path}.url", "the url is required: http:// or https:// with a host")
+        url = _text(body["url"], f"{path}.url", MAX_URL, "the url")
+        why = url_problem(url)
+        if why is not None:
+            raise _bad(f"{path}.url", why)
         method = _one_of(body["method"], f"{path}.method", METHODS, "method") if "method" in body else "POST"
-        data = _data(body["data"], f"{path}.data") if "data" in body else None
+        data = _data(body["data"], f"{path}.data", "a webhook's data") if "data" in body else None
         return WebhookStep(url, self._next(body, path), method, data)
 
     def _exit(self, body: dict, path: str, common: tuple) -> ExitStep:
@@ -761,7 +853,11 @@ def parse(raw: object, path: str = "") -> Definition:
     if not isinstance(raw, dict):
         raise _bad(path or "journey", "a journey is an object: id, entry, start, nodes, ...")
     for key, value in raw.items():  # NUL, lone surrogates, 64-bit integers, finite numbers, depth: named by path
-        safejson.check(value, p(str(key)))
+        safejson.check(value, p(str(key)[:MAX_KEY]))
+    long = _long_key(raw, path)
+    if long is not None:  # before any message names a path through it
+        where, key = long
+        raise _bad(where or "journey", f"a key is at most {MAX_KEY} characters (not '{key[:40]}…')")
     _keys(raw, path or "journey", TOP_KEYS)
     for key in ("id", "entry", "start", "nodes"):
         if key not in raw:
@@ -806,10 +902,10 @@ def _check_structure(defn: Definition, parser: _Parser, p) -> None:
     by_id = defn.by_id
     for path, target in parser.refs:
         if target not in by_id:
-            raise _bad(path, f"no node {target!r} in this journey")
+            raise _bad(path, f"no node '{target}' in this journey")
     for path, target in parser.message_refs:
         if target not in by_id or not isinstance(by_id[target].body, SendMessage):
-            raise _bad(path, f"{target!r} is not a message node of this journey")
+            raise _bad(path, f"'{target}' is not a message node of this journey")
     for n in defn.nodes:
         if isinstance(n.body, Split) and any(a.holdout for a in n.body.arms):
             if defn.goal is None or defn.goal.within is None:
@@ -820,7 +916,7 @@ def _check_structure(defn: Definition, parser: _Parser, p) -> None:
     seen = _reach(defn, defn.start, include_start=True)
     for n in defn.nodes:
         if n.id not in seen:
-            raise _bad(f"{p('nodes')}.{n.id}", f"node {n.id!r} cannot be reached from start ({defn.start!r})")
+            raise _bad(f"{p('nodes')}.{n.id}", f"node '{n.id}' cannot be reached from start ('{defn.start}')")
     # Every cycle must pass a node bounded by max_visits (so it ends) and a waiting node (so time passes between
     # rounds): equivalently, the graph without the bounded nodes is acyclic, and so is the graph without the
     # waiting ones.
@@ -830,7 +926,7 @@ def _check_structure(defn: Definition, parser: _Parser, p) -> None:
     # person would go round without end.
     for n in defn.nodes:
         if n.overflow is not None and n.id in _reach(defn, n.overflow, include_start=True):
-            raise _bad(f"{p('nodes')}.{n.id}.overflow", f"the way out of max_visits leads back to {n.id!r}")
+            raise _bad(f"{p('nodes')}.{n.id}.overflow", f"the way out of max_visits leads back to '{n.id}'")
 
 
 def _acyclic(defn: Definition, keep, needs: str, p) -> None:
@@ -890,7 +986,7 @@ def check_references(
     for path, kind, name in references(defn):
         known = {"segment": segments, "list": lists, "audience": audiences, "template": templates}[kind]
         if name not in known:
-            raise _bad(path, f"{kind} {name!r} does not exist")
+            raise _bad(path, f"{kind} '{name}' does not exist")
     for n in defn.nodes:
         b = n.body
         if not isinstance(b, SendMessage):
@@ -899,13 +995,13 @@ def check_references(
         path = f"nodes.{n.id}.channel"
         if b.channel == "auto":
             if not variants & set(MESSAGE_CHANNELS):
-                raise _bad(path, f"template {b.template!r} has no variant for any channel")
+                raise _bad(path, f"template '{b.template}' has no variant for any channel")
             continue
         for i, ch in enumerate(b.channel):
             if ch not in variants:
                 at = path if len(b.channel) == 1 else f"{path}[{i}]"
                 have = ", ".join(sorted(variants)) or "none"
-                raise _bad(at, f"template {b.template!r} has no {ch} variant (it has: {have})")
+                raise _bad(at, f"template '{b.template}' has no {ch} variant (it has: {have})")
 
 
 def references(defn: Definition) -> list[tuple[str, str, str]]:

@@ -17,23 +17,27 @@ the rules are here and in ``definition``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from chorus.errors import ChorusError, Conflict
+from chorus import safejson
+from chorus.errors import ChorusError, Conflict, NotFound
 from chorus.journeys import definition as d
 from chorus.journeys import interpreter as j
 from chorus.journeys import runtime, store
 from chorus.messaging import outbox
 from chorus.messaging.audiences import store as audiences_store
 from chorus.segments import store as segments_store
+from chorus.segments.evaluate import lookup
 from chorus.store.tables import journey_instances
 from chorus.timeutil import iso
 
 ACTIONS = {"pause": "paused", "resume": "active", "stop": "stopped", "archive": "archived"}
+MAX_START_KEY = 200  # characters of an API start's entry key value (an order id, a booking reference)
 WAITING_KIND = {"delay": d.Delay, "wait": d.Wait}
 
 
@@ -47,7 +51,7 @@ def check(conn: Connection, ws: str, defn: d.Definition) -> None:
     following = audiences_store.following(conn, ws)
     for n in defn.nodes:  # an audience that follows a segment takes its members from there only
         if isinstance(n.body, d.AudienceStep) and n.body.audience in following:
-            raise ChorusError(f"audience {n.body.audience!r} follows a segment: a journey cannot add or remove people",
+            raise ChorusError(f"audience '{n.body.audience}' follows a segment: a journey cannot add or remove people",
                               field=f"nodes.{n.id}.audience")  # fmt: skip
     runtime.supported(defn)
 
@@ -57,7 +61,36 @@ def parse_migrate(raw: object) -> dict[str, str]:
         return {}
     if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
         raise ChorusError("migrate maps an old node id to a new node id", field="migrate")
+    for old, new in raw.items():
+        if not d._ID.fullmatch(old):
+            raise ChorusError(f"migrate: '{old[:64]}' is not a node id", field="migrate")
+        if not d._ID.fullmatch(new):
+            raise ChorusError(f"migrate.{old}: '{new[:64]}' is not a node id", field=f"migrate.{old}")
     return dict(raw)
+
+
+def _a(word: str) -> str:
+    return ("an " if word[0] in "aeiou" else "a ") + word
+
+
+def check_migration(olds: Sequence[d.Definition], new: d.Definition, moves: Mapping[str, str]) -> None:
+    """A migration is checked against the definitions, whoever is inside: every old node is a waiting node (a
+    delay or a wait) of a published version (``olds``, newest first: the current one, then those people may have
+    been left on), and its new node is one of the same kind in ``new``."""
+    for node, target in moves.items():
+        where = f"migrate.{node}"
+        o = next((v.by_id[node] for v in olds if node in v.by_id), None)
+        if o is None:
+            raise ChorusError(f"{where}: no node '{node}' in any published version of {new.id}", field=where)
+        if type(o.body) not in WAITING_KIND.values():
+            raise ChorusError(f"{where}: '{node}' is {_a(o.type)} node: only people waiting at a delay or a wait "
+                              "can be moved", field=where)  # fmt: skip
+        t = new.by_id.get(target)
+        if t is None:
+            raise ChorusError(f"{where}: no node '{target}' in the new version", field=where)
+        if type(t.body) is not type(o.body):
+            raise ChorusError(f"{where}: people at '{node}' (a {o.type}) can move only to a node of the same "
+                              f"waiting kind, not to '{target}' ({_a(t.type)})", field=where)  # fmt: skip
 
 
 def _where(conn: Connection, ws: str, jid: str) -> list[tuple[int, str | None, str, int]]:
@@ -79,11 +112,11 @@ def _migration_plan(conn: Connection, ws: str, jid: str, new: d.Definition, migr
             old = store.definition(conn, ws, jid, version).by_id.get(node or "")
             tnode = new.by_id.get(target)
             if tnode is None:
-                raise ChorusError(f"node {target!r} is not in the new version", field=f"migrate.{node}")
+                raise ChorusError(f"migrate.{node}: no node '{target}' in the new version", field=f"migrate.{node}")
             if old is None or type(old.body) is not type(tnode.body) or type(old.body) not in WAITING_KIND.values():
-                raise ChorusError(
-                    f"people at {node!r} ({old.type if old else '?'}) can move only to a node of the "
-                    f"same waiting kind (delay or wait), not {tnode.type}",
+                raise ChorusError(  # people left at an older version, where the node is of another kind
+                    f"migrate.{node}: people at '{node}' of version {version} ({_a(old.type) if old else 'gone'}) "
+                    f"can move only to a node of the same waiting kind (delay or wait), not {_a(tnode.type)}",
                     field=f"migrate.{node}",
                 )
             item["moves_to"] = target
@@ -105,6 +138,11 @@ def publish(conn: Connection, ws: str, raw: object, now: datetime, *, kind: str 
         raise Conflict(f"{defn.id} is a {cur.kind}, not a {kind}", field="id")
     if moves and cur is None:
         raise ChorusError("nothing to migrate: the journey is new", field="migrate")
+    if moves:
+        olds = [store.definition(conn, ws, defn.id, cur.version)]
+        if any(node not in olds[0].by_id for node in moves):  # people may be left at a node of an older version
+            olds += [store.definition(conn, ws, defn.id, v) for v in range(cur.version - 1, 0, -1)]
+        check_migration(olds, defn, moves)
     plan = _migration_plan(conn, ws, defn.id, defn, moves, cur.version if cur else None) if cur else []
     answer = {"id": defn.id, "kind": kind, "version": (cur.version + 1) if cur else 1, "dry_run": dry_run,
               "people_inside": sum(p["people"] for p in plan), "where": plan,
@@ -178,16 +216,70 @@ def start(conn: Connection, ws: str, jid: str, profile_id: str, data: object, re
         data = {}
     if not isinstance(data, dict):
         raise ChorusError("data is an object", field="data")
-    jr = store.get(conn, ws, jid)
+    safejson.check(data, "data")
+    if len(orjson.dumps(data)) > d.MAX_VALUE:  # kept with her instance, as a tracked event's properties are
+        raise ChorusError(f"data is at most {d.MAX_VALUE // 1024} KB as JSON", field="data")
+    try:
+        jr = store.get(conn, ws, jid)
+    except NotFound as exc:
+        raise NotFound(exc.message, field="journey_id") from None
     if jr.entry != "api":
         raise ChorusError(f"{jid} is not entered by an API call (its entry is {jr.entry})", field="journey")
-    pid = views.resolve_id(conn, ws, profile_id)
+    key = store.definition(conn, ws, jid, jr.version).entry_key
+    value = lookup(data, key) if key is not None else None
+    if isinstance(value, str) and len(value) > MAX_START_KEY:
+        raise ChorusError(f"data.{key}: the entry key is at most {MAX_START_KEY} characters", field=f"data.{key}")
+    try:
+        pid = views.resolve_id(conn, ws, profile_id)
+    except NotFound as exc:
+        raise NotFound(exc.message, field="profile_id") from None
     return runtime.start_person(conn, ws, jid, pid, j.Start(request_id, now, data), now)
 
 
 # -- broadcasts --------------------------------------------------------------------------------------------------------
 BROADCAST_KEYS = ("id", "name", "segment", "template", "channel", "kind", "topic", "data", "schedule", "goal",
                   "holdout", "holdout_by")  # fmt: skip
+# Where each field of a broadcast is in the journey that runs it (:func:`broadcast_definition`), so that an error
+# about that journey names the broadcast's own field as the user sent it: (journey path, broadcast field, whether
+# what follows the path is kept: ``entry.schedule.at`` is ``schedule.at``, ``nodes.arm.arms[0].holdout`` is
+# ``holdout``). The first match wins; a path named by none is left as it is.
+BROADCAST_FIELDS = (
+    ("entry.schedule.segment", "segment", False),
+    ("entry.schedule", "schedule", True),
+    ("entry", "schedule", False),
+    ("nodes.send.type", "template", False),  # the message step cannot run here
+    ("nodes.send", "", True),  # template, channel, channel[1], kind, topic, data.x
+    ("nodes.arm.by", "holdout_by", False),
+    ("nodes.arm", "holdout", False),  # the holdout split: its arms and weights are the holdout
+    ("exit_on_goal", "goal", False),
+    ("goal", "goal", True),
+    ("id", "id", True),
+    ("name", "name", True),
+)
+
+
+def broadcast_field(path: str) -> str:
+    """The broadcast's own field for ``path``, a place in the journey that runs it (:data:`BROADCAST_FIELDS`)."""
+    for inner, outer, keep in BROADCAST_FIELDS:
+        if path == inner:
+            return outer or "template"
+        if keep and path.startswith((inner + ".", inner + "[")):
+            rest = path[len(inner):]
+            return outer + rest if outer else rest.lstrip(".")
+    return path
+
+
+def _as_broadcast(exc: ChorusError) -> ChorusError:
+    """``exc`` (about the journey that runs a broadcast) naming the broadcast's field instead, in its message too."""
+    if exc.field is None:
+        return exc
+    outer = broadcast_field(exc.field)
+    if outer == exc.field:
+        return exc
+    message = exc.message
+    if message.startswith(exc.field + ": "):
+        message = f"{outer}: {message[len(exc.field) + 2:]}"
+    return type(exc)(message, field=outer)
 
 
 def broadcast_definition(raw: object, now: datetime) -> dict:
@@ -196,18 +288,23 @@ def broadcast_definition(raw: object, now: datetime) -> dict:
     the person's bucket hashes, the split's ``by``), the message, exit.
     ``schedule`` is a journey schedule (``docs/journeys.md``), or "now"."""
     if not isinstance(raw, dict):
-        raise ChorusError("a broadcast is an object: id, segment, template, schedule, ...", field="broadcast")
+        raise ChorusError("broadcast: a broadcast is an object: id, segment, template, schedule, ...",
+                          field="broadcast")  # fmt: skip
     for k in raw:
         if k not in BROADCAST_KEYS:
-            raise ChorusError(f"unknown key; a broadcast has {', '.join(BROADCAST_KEYS)}", field=str(k)[:64])
+            raise ChorusError(f"{str(k)[:64]}: unknown key; a broadcast has {', '.join(BROADCAST_KEYS)}",
+                              field=str(k)[:64])  # fmt: skip
     for k in ("id", "template"):
         if k not in raw:
-            raise ChorusError(f"{k} is required", field=k)
-    sched = raw.get("schedule", "now")
-    if sched == "now":
+            raise ChorusError(f"{k}: {k} is required", field=k)
+    sched = raw.get("schedule")
+    if sched is None or sched == "now":
         sched = {"at": iso(now)}
     if not isinstance(sched, dict):
-        raise ChorusError('schedule is "now" or a schedule object (at, every, time, ...)', field="schedule")
+        raise ChorusError('schedule: schedule is "now" or a schedule object (at, every, time, ...)', field="schedule")
+    if "segment" in sched:
+        raise ChorusError("schedule.segment: a broadcast's audience is its segment (beside schedule)",
+                          field="schedule.segment")  # fmt: skip
     if raw.get("segment") is not None:
         sched = {**sched, "segment": raw["segment"]}
     message = {"type": "message", "template": raw["template"], "channel": raw.get("channel", "auto"),
@@ -226,21 +323,36 @@ def broadcast_definition(raw: object, now: datetime) -> dict:
     if raw.get("holdout") is not None:
         h = raw["holdout"]
         if isinstance(h, bool) or not isinstance(h, int) or not 1 <= h <= 99:
-            raise ChorusError("holdout is a whole percentage from 1 to 99", field="holdout")
+            raise ChorusError("holdout: holdout is a whole percentage from 1 to 99", field="holdout")
         if raw.get("goal") is None:
-            raise ChorusError("a holdout is measured against a goal (with within): add goal", field="holdout")
+            raise ChorusError("holdout: a holdout is measured against a goal (with within): add goal", field="holdout")
+        if isinstance(raw["goal"], dict) and "within" not in raw["goal"]:
+            raise ChorusError("holdout: a holdout is measured over the goal's window: give goal a within (e.g. 7d)",
+                              field="holdout")  # fmt: skip
         nodes["arm"] = {"type": "split", "arms": [{"name": "holdout", "weight": h, "holdout": True},
                                                  {"name": "send", "weight": 100 - h, "next": "send"}]}  # fmt: skip
         if raw.get("holdout_by") is not None:
             if raw["holdout_by"] not in d.SPLIT_BY:
-                raise ChorusError(f"holdout_by is {' or '.join(d.SPLIT_BY)} (what the person's bucket hashes)",
-                                  field="holdout_by")  # fmt: skip
+                raise ChorusError(f"holdout_by: holdout_by is {' or '.join(d.SPLIT_BY)} (what the person's bucket "
+                                  "hashes)", field="holdout_by")  # fmt: skip
             nodes["arm"]["by"] = raw["holdout_by"]
         out["start"] = "arm"
     elif raw.get("holdout_by") is not None:
-        raise ChorusError("holdout_by says how a holdout is drawn: give holdout too", field="holdout_by")
+        raise ChorusError("holdout_by: holdout_by says how a holdout is drawn: give holdout too", field="holdout_by")
     return out
 
 
+def parse_broadcast(raw: object, now: datetime) -> d.Definition:
+    """The journey that runs broadcast ``raw``, validated; an error names the broadcast's own field (pure)."""
+    try:
+        return d.parse(broadcast_definition(raw, now))
+    except ChorusError as exc:
+        raise _as_broadcast(exc) from None
+
+
 def publish_broadcast(conn: Connection, ws: str, raw: object, now: datetime, *, dry_run: bool = False) -> dict:
-    return publish(conn, ws, broadcast_definition(raw, now), now, kind="broadcast", dry_run=dry_run)
+    defn = d.to_json(parse_broadcast(raw, now))
+    try:
+        return publish(conn, ws, defn, now, kind="broadcast", dry_run=dry_run)
+    except ChorusError as exc:  # a reference the workspace lacks (template, segment, channel): the broadcast's field
+        raise _as_broadcast(exc) from None

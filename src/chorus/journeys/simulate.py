@@ -117,10 +117,13 @@ def payload_of(msg: object, where: str) -> dict:
     raw = msg.get("timestamp")
     if raw is None or raw == "":
         raise ChorusError(f"{where}: timestamp: a simulated event needs its timestamp", field=f"{where}.timestamp")
+    if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+        raise ChorusError(f"{where}: timestamp: a timestamp is ISO-8601 text (2026-03-02T09:00:00Z) or epoch "
+                          "seconds", field=f"{where}.timestamp")  # fmt: skip
     try:
         at = parse_ts(raw)
     except (ValueError, TypeError, OverflowError):
-        raise ChorusError(f"{where}: timestamp: not an ISO-8601 timestamp: {str(raw)[:60]!r}",
+        raise ChorusError(f"{where}: timestamp: not an ISO-8601 timestamp: '{str(raw)[:60]}'",
                           field=f"{where}.timestamp") from None  # fmt: skip
     # The event happened at its timestamp: received then, so no clock-skew correction applies (sentAt is dropped)
     msg = {k: v for k, v in msg.items() if k not in ("sentAt", "originalTimestamp")}
@@ -186,7 +189,7 @@ def read_templates(path: str | Path) -> dict[str, frozenset[str]]:
             raise ChorusError(f"{path}: {name}: a template's channels are a list of channel names", field=str(name))
         unknown = [c for c in channels if c not in MESSAGE_CHANNELS]
         if unknown:
-            raise ChorusError(f"{path}: {name}: {unknown[0]!r} is not a message channel "
+            raise ChorusError(f"{path}: {name}: '{unknown[0][:60]}' is not a message channel "
                               f"({', '.join(MESSAGE_CHANNELS)})", field=str(name))  # fmt: skip
         out[str(name)] = frozenset(channels)
     return out

@@ -38,6 +38,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from chorus import workspaces as ws_api
 from chorus.errors import ChorusError, NotFound
+from chorus.journeys import definition as d
 from chorus.journeys import interpreter as j
 from chorus.journeys import runtime
 from chorus.journeys.runtime import PersonRun, effect
@@ -88,16 +89,9 @@ def _conf(settings: dict) -> dict:
 # -- queued by the transition ------------------------------------------------------------------------------------------
 def check_url(url: object) -> str | None:
     """Why ``url`` cannot be called (None: it can, as far as its text goes; its address is checked at delivery)."""
-    if not isinstance(url, str) or len(url) > 2000:
-        return "the url must be a text of at most 2000 characters"
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - a port out of range raises here
-    except ValueError:
-        return "the url is not a valid URL"
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return "the url must be http:// or https:// with a host"
-    return None
+    if not isinstance(url, str) or len(url) > d.MAX_URL:
+        return f"the url must be a text of at most {d.MAX_URL} characters"
+    return d.url_problem(url)  # the definition's own check: a version stored before it may still fail it
 
 
 @effect(j.Webhook)
@@ -105,7 +99,7 @@ def queue(run: PersonRun, s: j.State, c: j.Webhook) -> None:
     """The step's request, queued on the transition's connection under its key (a repeat queues nothing)."""
     reason = check_url(c.url)
     if reason is None and c.method not in ("POST", "PUT"):
-        reason = f"the method {c.method!r} is not POST or PUT"
+        reason = f"the method '{c.method}' is not POST or PUT"
     if reason is not None:  # a definition stored before the checks it would fail now
         run.error(s, c, ChorusError(reason, field="url"))
         return
