@@ -49,7 +49,7 @@ def nest(depth: int) -> bytes:
         (b'{"a": [1, {"b": "x\\u0000"}]}', "traits.a[1].b", "NUL"),
         (b'{"k\\u0000": 1}', "traits", "key that contains a NUL"),
         (b'{"a": "\\ud800"}', "traits.a", "lone surrogate"),  # parsed, then named like any other bad value
-        (b"{bad", "traits", "not valid JSON (unexpected character, expected a string key: line 1 column 2)"),
+        (b"{bad", "traits", "not valid JSON: expected a key in double quotes at line 1, column 2"),
     ],
 )
 def test_hostile_json_is_a_clear_400(body, field, words):
@@ -88,3 +88,21 @@ def test_loads_keeps_big_floats_and_64_bit_integers():
     assert safejson.loads(b'{"f": 1e23, "g": -1.5e300, "u": 18446744073709551615}') == {
         "f": 1e23, "g": -1.5e300, "u": 2**64 - 1
     }
+
+
+def test_parse_errors_are_in_our_words_with_line_and_column():
+    cases = [(b'{"a": ', "the text ends before the document is complete at line 1, column 7"),
+             (b'{"a": 1,\n}', "a comma before a closing bracket or brace at line 1, column 8"),
+             (b'{"a": 01}', "a number with a leading zero at line 1, column 7"),
+             (b"", "the text is empty at line 1, column 1")]  # fmt: skip
+    for data, why in cases:
+        with pytest.raises(ChorusError) as info:
+            safejson.loads(data, "body")
+        assert info.value.message == f"body is not valid JSON: {why}", info.value.message
+
+
+def test_duplicate_key_names_the_first_repeated_key_by_its_path():
+    assert safejson.duplicate_key(b'{"a": 1, "b": {"a": 2}}') is None
+    assert safejson.duplicate_key(b'{"a": 1, "a": 2}') == "body.a"
+    assert safejson.duplicate_key(b'{"x": [{}, {"k": 1, "k": 1}], "y": {"z": 0, "z": 0}}', "def") == "def.x[1].k"
+    assert safejson.duplicate_key(b"[1, 2]") is None

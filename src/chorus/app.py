@@ -27,12 +27,13 @@ from chorus.api import (
     push,
     segments,
     tracking,
+    validation,
     webhooks,
     webhooks_feedback,
     webhooks_meta,
     webhooks_sendgrid,
 )
-from chorus.api.common import JSON, ClientGone, KeyCache, Services, error_response
+from chorus.api.common import JSON, ClientGone, KeyCache, Services, error_response, shorten
 from chorus.collect.ingest import Backlog
 from chorus.config import Settings
 from chorus.errors import ChorusError
@@ -87,6 +88,9 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True, eng
         lifespan=lifespan,
         docs_url=None,  # served below from vendored assets: the default page loads Swagger UI from a CDN
         redoc_url=None,
+        # POST /api/segments/ answered a 307 to /api/segments that clients do not follow with their body: a path
+        # is what it says, and a 404 says which one (and that the slash is the difference)
+        redirect_slashes=False,
     )
     openapi.install(app)
     app.state.services = svc
@@ -110,13 +114,18 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True, eng
         return error_response(ClientGone("the client closed the connection before the body was read", field="body"))
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException):
+    async def http_error(request: Request, exc: StarletteHTTPException):
         codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}
-        return JSON(
-            {"code": codes.get(exc.status_code, "http_error"), "message": str(exc.detail)},
-            status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
-        )
+        body = {"code": codes.get(exc.status_code, "http_error"), "message": str(exc.detail)}
+        path = shorten(request.url.path, 200)
+        if exc.status_code == 404 and exc.detail == "Not Found":  # Starlette's own: no route has this path
+            hint = " (without the trailing slash?)" if len(path) > 1 and path.endswith("/") else ""
+            body.update(message=f"no such path: {path}{hint}", field="path")
+        elif exc.status_code == 405 and exc.detail == "Method Not Allowed":
+            allowed = (getattr(exc, "headers", None) or {}).get("Allow")
+            body["message"] = f"{request.method} is not allowed on {path}" + (f"; use {allowed}" if allowed else "")
+        body["message"] = shorten(body["message"])
+        return JSON(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def server_error(_request: Request, exc: Exception):
@@ -127,14 +136,8 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True, eng
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError):
-        first = exc.errors()[0] if exc.errors() else {}
-        loc = tuple(first.get("loc", ()))
-        if first.get("type") == "json_invalid":  # its loc holds a character offset: the field is the body
-            where, msg = "body", "is not valid JSON"
-        else:
-            where = ".".join(str(p) for p in loc if p not in ("body", "query", "path", "header"))
-            where, msg = where or (str(loc[0]) if loc else "body"), first.get("msg", "invalid")
-        return JSON({"code": "bad_request", "message": f"{where}: {msg}", "field": where}, status_code=400)
+        # pydantic's own sentences ("Input should be a valid dictionary") never reach the client: Chorus words them
+        return error_response(validation.explain(exc.errors()))
 
     app.mount("/static/docs", StaticFiles(directory=STATIC), name="docs-static")
 

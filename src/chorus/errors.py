@@ -35,3 +35,10 @@ class Saturated(ChorusError):
     def __init__(self, message: str, retry_after: int = 5):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class UnsupportedMediaType(ChorusError):
+    """A body in a format the endpoint does not read (text/plain or a form where JSON is expected)."""
+
+    status = 415
+    code = "unsupported_media_type"

@@ -174,7 +174,7 @@ def parse(data: bytes | str, field: str = "body", *, max_depth: int = MAX_DEPTH)
             except (ValueError, RecursionError):
                 pass
         if not str(exc).startswith("depth limit"):
-            raise ChorusError(f"{field} is not valid JSON ({_reason(exc)})", field=field) from None
+            raise ChorusError(f"{field} is not valid JSON: {_reason(exc)}", field=field) from None
         raise ChorusError(f"{field}: nested deeper than {max_depth} levels", field=field) from None
     except RecursionError:
         raise ChorusError(f"{field}: nested deeper than {max_depth} levels", field=field) from None
@@ -274,8 +274,76 @@ def _short(path: str) -> str:
     return path if len(parts) <= 6 else "".join(parts[:6]) + "…"
 
 
+# orjson's reasons, by how they begin, in our words (its text never reaches a client: a reason not listed here
+# is said as "not valid JSON" with the line and column alone)
+_REASONS = (
+    ("unexpected end of data", "the text ends before the document is complete"),
+    ("eof while parsing", "the text ends before the document is complete"),
+    ("trailing comma", "a comma before a closing bracket or brace"),
+    ("unexpected character, expected a string key", "expected a key in double quotes"),
+    ("unexpected character, expected ':'", "expected a colon after the key"),
+    ("unexpected character, expected ','", "expected a comma or a closing bracket or brace"),
+    ("unexpected character", "a character that cannot be there"),
+    ("unexpected content after document", "more text after the end of the document"),
+    ("number with leading zero", "a number with a leading zero"),
+    ("number is infinity", "a number too large to be finite"),
+    ("invalid number", "a malformed number"),
+    ("invalid escape", "an invalid escape sequence in a string"),
+    ("invalid literal", "a word that is not true, false or null"),
+    ("no low surrogate", "an invalid \\u escape (a lone surrogate)"),
+    ("no high surrogate", "an invalid \\u escape (a lone surrogate)"),
+    ("str is not valid utf-8", "text that is not UTF-8"),
+    ("unexpected control character", "a control character inside a string (escape it)"),
+    ("control character", "a control character inside a string (escape it)"),
+    ("input is a zero-length", "the text is empty"),
+    ("input data is empty", "the text is empty"),
+)
+
+
 def _reason(exc: orjson.JSONDecodeError) -> str:
-    # orjson says e.g. "unexpected character: line 1 column 6 (char 5)": keep the reason and the line and column
-    # a person can find, drop the character offset
-    text = str(exc)
-    return text.split(" (char ", 1)[0]
+    """What is wrong and where (line and column a person can find; never a character offset or orjson's text)."""
+    text = str(exc).lower()
+    why = next((ours for theirs, ours in _REASONS if text.startswith(theirs)), None)
+    where = f"line {exc.lineno}, column {exc.colno}"
+    return f"{why} at {where}" if why else where
+
+
+def duplicate_key(data: bytes | str, field: str = "body") -> str | None:
+    """The path of the first key that appears twice in one object of the JSON text ``data`` (``body.rule.name``),
+    or None. JSON parsers keep the last value silently; a definition that says a thing twice is a mistake to name,
+    not to guess at. For ``data`` that :func:`parse` accepted (its depth bounded): the standard parser reads it
+    again, so it costs a second parse; for small bodies (admin definitions), not for the ingestion path."""
+    found = False
+
+    def pairs(items: list) -> dict:
+        nonlocal found
+        out = dict(items)
+        if len(out) != len(items):
+            found = True
+            seen: set = set()
+            key = next(k for k, _ in items if k in seen or seen.add(k))
+            return _Duplicated(out, key)
+        return out
+
+    try:
+        value = json.loads(data, object_pairs_hook=pairs)
+    except (ValueError, RecursionError):
+        return None
+    if not found:
+        return None
+    stack: list[tuple[object, str]] = [(value, field)]
+    while stack:  # depth-first, in document order: the first duplicate a reader meets
+        item, path = stack.pop()
+        if isinstance(item, _Duplicated):
+            return join(path, item.key)
+        pairs_ = item.items() if isinstance(item, dict) else enumerate(item) if isinstance(item, list) else ()
+        stack.extend(reversed([(child, join(path, key)) for key, child in pairs_]))
+    return None
+
+
+class _Duplicated(dict):
+    """An object in which ``key`` appeared more than once (what :func:`duplicate_key` looks for)."""
+
+    def __init__(self, items: dict, key: str):
+        super().__init__(items)
+        self.key = key

@@ -27,12 +27,55 @@ class JSON(Response):
         return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
 
 
-def error_response(exc: ChorusError) -> JSON:
-    body = {"code": exc.code, "message": exc.message}
+# An error names what was wrong; it does not echo a 5 MB value back. Longer messages keep their beginning (the
+# field) and their end (what was expected), the middle (an echoed value) cut; a field path longer than its cap
+# (a hostile key name) keeps its beginning.
+MAX_MESSAGE = 400
+MAX_FIELD = 200
+
+
+def shorten(text: str, limit: int = MAX_MESSAGE) -> str:
+    """``text`` if it fits in ``limit`` characters, else its beginning and its end around an ellipsis."""
+    if len(text) <= limit:
+        return text
+    head = limit * 3 // 4
+    tail = limit - head - 1
+    return text[:head] + "…" + text[len(text) - tail :]
+
+
+def shorten_field(field: str) -> str:
+    return field if len(field) <= MAX_FIELD else field[: MAX_FIELD - 1] + "…"
+
+
+def error_body(exc: ChorusError) -> dict:
+    """The ``{code, message, field}`` of an error, as every answer (and every item of a batch answer) shows it."""
+    body = {"code": exc.code, "message": shorten(exc.message)}
     if exc.field:
-        body["field"] = exc.field
+        body["field"] = shorten_field(exc.field)
+    return body
+
+
+def error_response(exc: ChorusError) -> JSON:
+    body = error_body(exc)
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Saturated) else None
     return JSON(body, status_code=exc.status, headers=headers)
+
+
+# Starlette's form parser explains itself in its own words ("Missing boundary in multipart."): ours, by their start
+_FORM_PROBLEMS = (
+    ("missing boundary", "its Content-Type has no boundary"),
+    ("too many files", "too many files"),
+    ("too many fields", "too many fields"),
+    ("part exceeded maximum size", "a part is larger than the limit"),
+    ("field exceeded maximum size", "a field is larger than the limit"),
+    ("the content-disposition header", "a part has no name in its Content-Disposition"),
+)
+
+
+def form_problem(exc: Exception) -> str:
+    """Why a form body could not be read, in our words (never the parser's text)."""
+    text = str(getattr(exc, "detail", None) or getattr(exc, "message", None) or exc).lower()
+    return next((ours for theirs, ours in _FORM_PROBLEMS if text.startswith(theirs)), "it is not multipart data")
 
 
 def basic_user(header: str | None) -> str | None:

@@ -10,6 +10,11 @@ router made with ``route_class=AdminRoute``:
   surrogates, 64-bit integers, finite floats; errors name the path), and the checked value stored where FastAPI's
   own body reading finds it (Starlette caches ``request.json()`` in ``request._json``), so model validation sees
   the checked value and never the raw bytes;
+- its format: a body in a media type the operation does not read (text/plain, a form where JSON is expected,
+  no Content-Type at all) is a 415 naming the types it reads, not a confusing complaint about the body's shape;
+- duplicate keys: an object that says a key twice is a 400 naming its path (parsers would keep the last silently;
+  a definition or setting that says a thing twice is a mistake). Only here: the tracking API and provider
+  webhooks take what browsers' and providers' JSON.parse take;
 - form fields (multipart uploads): their text checked the same way;
 - query and path parameters: their names and values checked for NUL and lone surrogates, and every parameter the
   endpoint declares as an integer bounded to a signed 64-bit integer (what both stores can compare).
@@ -32,8 +37,8 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
 from chorus import safejson
-from chorus.api.common import read_limited
-from chorus.errors import ChorusError
+from chorus.api.common import form_problem, read_limited
+from chorus.errors import ChorusError, UnsupportedMediaType
 
 # Admin JSON bodies are definitions, settings and message batches (at most 1000 items): 10 MB is generous. File
 # uploads (multipart) are not JSON and are streamed to disk by their endpoint.
@@ -54,13 +59,37 @@ def _is_int(annotation) -> bool:
     return False
 
 
-def _json_content(content_type: str | None) -> bool:
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+
+def _media_type(content_type: str | None) -> str | None:
+    """``type/subtype`` of a Content-Type header, lower-cased, or None without one."""
     if not content_type:
-        return False  # FastAPI (strict_content_type) does not read a body without Content-Type as JSON either
+        return None
     msg = email.message.Message()
     msg["content-type"] = content_type
-    subtype = msg.get_content_subtype()
-    return msg.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json"))
+    return msg.get_content_type() if "/" in content_type.split(";", 1)[0] else None
+
+
+def _json_content(content_type: str | None) -> bool:
+    # FastAPI (strict_content_type) does not read a body without Content-Type as JSON either
+    media = _media_type(content_type)
+    return bool(media) and media.startswith("application/") and (media == "application/json" or media.endswith("+json"))
+
+
+def _accepts(accepted: tuple[str, ...], content_type: str | None) -> bool:
+    media = _media_type(content_type)
+    if media is None:
+        return False
+    return media in accepted or ("application/json" in accepted and _json_content(content_type))
+
+
+def _unsupported(accepted: tuple[str, ...], content_type: str | None) -> UnsupportedMediaType:
+    want = " or ".join(accepted)
+    given = f"not {_media_type(content_type) or content_type.split(';', 1)[0].strip()}" if content_type else (
+        "with a Content-Type header")  # fmt: skip
+    what = "JSON" if accepted[0] == "application/json" else "a form" if accepted[0] in FORM_TYPES else accepted[0]
+    return UnsupportedMediaType(f"the body must be {what}: send it as {want}, {given}", field="Content-Type")
 
 
 def check_params(request: Request, int_params: frozenset[str]) -> None:
@@ -90,15 +119,15 @@ def _check_int(value: str, name: str) -> None:
         raise ChorusError(f"{name} is out of range (at most {PARAM_MAX})", field=name)
 
 
-async def check_body(request: Request, expects_form: bool) -> None:
+async def check_body(request: Request, expects_form: bool, accepted: tuple[str, ...] = ()) -> None:
+    """The body's checks; ``accepted`` are the media types the operation reads (none: it declares no body)."""
     content_type = request.headers.get("content-type") or ""
-    is_form = content_type.lower().startswith(("multipart/form-data", "application/x-www-form-urlencoded"))
+    is_form = content_type.lower().startswith(FORM_TYPES)
     if expects_form and is_form:
         try:
             form = await request.form()  # cached: FastAPI reads the same parsed form
         except (HTTPException, MultiPartException) as exc:
-            why = getattr(exc, "detail", None) or getattr(exc, "message", None) or "unreadable"
-            raise ChorusError(f"body is not a valid form ({why})", field="body") from None
+            raise ChorusError(f"body is not a valid form ({form_problem(exc)})", field="body") from None
         for name, value in form.multi_items():
             safejson.check_text(name, "form field name")
             if isinstance(value, str):
@@ -106,10 +135,27 @@ async def check_body(request: Request, expects_form: bool) -> None:
         return
     body = await read_limited(request, MAX_JSON_BODY, "body")
     request._body = body  # read_limited consumed the stream; FastAPI reads the body from here
+    if body and accepted and not _accepts(accepted, content_type):
+        raise _unsupported(accepted, content_type)
     if body and _json_content(content_type):
         request._json = safejson.loads(body, "body")  # what FastAPI's `await request.json()` returns
+        duplicated = safejson.duplicate_key(body, "body")
+        if duplicated:
+            raise ChorusError(f"{duplicated}: this key appears more than once in its object; give it once",
+                              field=duplicated)  # fmt: skip
     elif body and expects_form:
         raise ChorusError("send this as a multipart form (Content-Type: multipart/form-data)", field="body")
+
+
+def accepted_media(route: APIRoute, expects_form: bool) -> tuple[str, ...]:
+    """The media types an operation reads its body in: what its document declares (``openapi_extra``), else a form
+    or JSON as its parameters say; none when it takes no body."""
+    declared = ((route.openapi_extra or {}).get("requestBody") or {}).get("content")
+    if declared:
+        return tuple(declared)
+    if expects_form:
+        return FORM_TYPES
+    return ("application/json",) if route.dependant.body_params else ()
 
 
 class AdminRoute(APIRoute):
@@ -122,11 +168,12 @@ class AdminRoute(APIRoute):
             params += [*dep.query_params, *dep.path_params]
         int_params = frozenset(p.alias for p in params if _is_int(p.field_info.annotation))
         expects_form = any(isinstance(p.field_info, Form | File) for p in self.dependant.body_params)
+        accepted = accepted_media(self, expects_form)
 
         async def guarded(request: Request):
             check_params(request, int_params)
             if request.method not in ("GET", "HEAD", "OPTIONS"):
-                await check_body(request, expects_form)
+                await check_body(request, expects_form, accepted)
             return await handler(request)
 
         return guarded

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from chorus.api import listing
 from chorus.api.admin import SVC, WS, Cursor, Limit
-from chorus.api.common import JSON
+from chorus.api.common import JSON, error_body, shorten_field
 from chorus.api.guard import AdminRoute
 from chorus.errors import ChorusError
 from chorus.messaging import content, outbox
@@ -170,7 +170,7 @@ async def post_messages_batch(
 def _item_error(i: int, exc: ChorusError) -> dict:
     name = "idempotency_key" if exc.field == "Idempotency-Key" else exc.field  # the header's name in a batch item
     field = f"messages[{i}]" + (f".{name}" if name else "")
-    return {"index": i, "result": "error", "error": {"code": exc.code, "message": exc.message, "field": field}}
+    return {"index": i, "result": "error", "error": {**error_body(exc), "field": shorten_field(field)}}
 
 
 @router.get("/messages/{message_id}", summary="A message: channel choice, content and status history")

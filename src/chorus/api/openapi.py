@@ -35,6 +35,7 @@ ADMIN_ERRORS = {
     "413": "The request body is larger than the limit",
     "429": "Saturated; retry after the Retry-After header (seconds)",
 }
+UNSUPPORTED_MEDIA = "The body is not in a media type this operation reads (e.g. text/plain where JSON is expected)"
 VALIDATION_ERROR = "Bad request: a parameter or body failed validation; `field` names it"
 
 
@@ -53,6 +54,8 @@ def describe(schema: dict[str, Any]) -> dict[str, Any]:
             if path.startswith("/api/"):
                 for status, text in ADMIN_ERRORS.items():
                     responses.setdefault(status, _error(text))
+                if op.get("requestBody"):
+                    responses.setdefault("415", _error(UNSUPPORTED_MEDIA))
             elif had_validation:
                 responses.setdefault("400", _error(VALIDATION_ERROR))
             for status, resp in responses.items():

@@ -244,8 +244,9 @@ def _csv_entries(raw: bytes) -> list:
                 if (row.get(c) or "").strip():
                     out.append(row[c].strip() if c == "profile_id" else {c: row[c].strip()})
                     break
-    except csv.Error as exc:  # a field over the csv module's limit, a broken quote
-        raise ChorusError(f"line {line + 1}: not readable as CSV ({exc})", field=f"line {line + 1}") from None
+    except csv.Error as exc:  # a field over the csv module's limit, a broken quote (its text is the module's)
+        why = "a cell longer than the limit" if "field larger" in str(exc) else "a broken quote or line ending"
+        raise ChorusError(f"line {line + 1}: not readable as CSV ({why})", field=f"line {line + 1}") from None
     return out
 
 

@@ -99,8 +99,9 @@ def _inflate(body: bytes, encoding: str) -> bytes:
     d = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding != "deflate" else zlib.MAX_WBITS)
     try:
         out = d.decompress(body, MAX_BATCH_BYTES + 1)
-    except zlib.error as exc:
-        raise ChorusError(f"body is not valid {encoding}: {exc}", field="Content-Encoding") from None
+    except zlib.error:  # zlib's own text ("Error -3 while decompressing data") says nothing to a sender
+        raise ChorusError(f"body is not {encoding}-compressed data, as its Content-Encoding says (send it compressed, "
+                          "or without the header)", field="Content-Encoding") from None  # fmt: skip
     if len(out) > MAX_BATCH_BYTES or d.unconsumed_tail:
         raise ChorusError("batch is larger than 500 KB after decompression", field="batch")
     return out

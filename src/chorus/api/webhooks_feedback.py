@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException  # what request.form() raises (FastAPI's is a subclass of it)
 from starlette.formparsers import MultiPartException
 
-from chorus.api.common import JSON, Services, read_limited
+from chorus.api.common import JSON, Services, form_problem, read_limited
 from chorus.api.webhooks import lock_identity
 from chorus.errors import ChorusError, NotFound
 from chorus.messaging import feedback
@@ -52,8 +52,7 @@ async def _from_form(request: Request, body: bytes) -> bytes:
     try:
         form = await request.form(max_files=4, max_fields=200, max_part_size=MAX_BODY)
     except (HTTPException, MultiPartException) as exc:
-        why = getattr(exc, "detail", None) or getattr(exc, "message", None) or "unreadable"
-        raise ChorusError(f"the body is not a valid form ({why})", field="body") from None
+        raise ChorusError(f"the body is not a valid form ({form_problem(exc)})", field="body") from None
     for name in FORM_FIELDS:
         value = form.get(name)
         if isinstance(value, str) and value:

@@ -60,17 +60,29 @@ class Duration:
         return f"{self.amount}{self.unit}"
 
 
+def _given(value: object) -> str:
+    """``value`` as a person wrote it in JSON or YAML (null, true, "7 days"), never a Python repr, and never a
+    long text echoed whole."""
+    if value is None or isinstance(value, bool):
+        return "null" if value is None else ("true" if value else "false")
+    if isinstance(value, int | float):
+        return f"the number {value}" if len(str(value)) <= 20 else "a number"
+    if isinstance(value, str):
+        return f'"{value}"' if len(value) <= 40 else "the text given"
+    return "a list" if isinstance(value, list) else "an object" if isinstance(value, dict) else "the value given"
+
+
 def parse_duration(value: object) -> Duration:
     """``"7d"`` → Duration(7, "d"). Raises ValueError with the reason in the user's terms."""
     m = _DURATION.fullmatch(value) if isinstance(value, str) else None
     if m is None:
         raise ValueError(
-            f"{value!r} is not a duration: write a whole number and a unit, m (minutes), h (hours), d (days) or "
+            f"{_given(value)} is not a duration: write a whole number and a unit, m (minutes), h (hours), d (days) or "
             "w (weeks), e.g. 7d"
         )
     d = Duration(int(m.group(1)), m.group(2))
     if d.delta > MAX_DURATION:
-        raise ValueError(f"{value!r} is longer than ten years (3660d); leave the window out to mean ever")
+        raise ValueError(f"{_given(value)} is longer than ten years (3660d); leave the window out to mean ever")
     return d
 
 
@@ -89,14 +101,14 @@ def parse_date(value: object) -> DateValue:
         try:
             return DateValue(value, day=date.fromisoformat(value))
         except ValueError:
-            raise ValueError(f"{value!r} is not a date (no such day)") from None
+            raise ValueError(f"{_given(value)} is not a date (no such day)") from None
     if isinstance(value, str) and len(value) <= 64 and "T" in value.upper():
         try:
             return DateValue(value, at=parse_ts(value))
         except (ValueError, OverflowError):
             pass
     raise ValueError(
-        f"{value!r} is not a date: write YYYY-MM-DD (a day in the profile's time zone) or an ISO-8601 date-time "
+        f"{_given(value)} is not a date: write YYYY-MM-DD (a day in the profile's time zone) or an ISO-8601 date-time "
         "such as 2024-01-01T09:00:00Z"
     )
 
