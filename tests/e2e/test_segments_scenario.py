@@ -121,12 +121,23 @@ def test_hostile_segment_and_list_input_gets_a_400_naming_the_field(http, server
     h = {"Authorization": f"Bearer {workspace['api_key']}"}
     for yaml_text in ("- " * 3000 + "x", "[" * 5000):
         r = http.put("/api/segments/deep", json={"yaml": yaml_text}, headers=h)
-        assert r.status_code == 400 and r.json()["field"].startswith("rule"), r.text
+        assert r.status_code == 400 and r.json()["field"] == "yaml", r.text
+    r = http.put("/api/segments/bad", json={"yaml": "and:\n  - trait: {name: plan, equals: gold}\n  - nope: 1\n"},
+                 headers=h)  # fmt: skip
+    assert r.status_code == 400 and r.json()["field"] == "yaml.and[1]", r.text  # the YAML's own path
+    r = http.put("/api/segments/bad", json={"yaml": "and: [1,"}, headers=h)
+    body = r.json()
+    assert r.status_code == 400 and body["field"] == "yaml" and "line 1, column" in body["message"], r.text
     assert http.put("/api/lists/vip", json={"name": "VIP"}, headers=h).status_code == 201
     for body, field in (({"add": [{"email": 5}]}, "add[0]"), ({"add": [{"email": ["a"]}]}, "add[0]"),
                         ({"add": [{"foo": "bar"}]}, "add[0]"), ({"remove": "x"}, "remove")):  # fmt: skip
         r = http.post("/api/lists/vip/members", json=body, headers=h)
         assert r.status_code == 400 and r.json()["field"] == field, (body, r.text)
+    # an upload's bad entry is named by its line in the file (the header is line 1; blank lines count)
+    upload = "email\nana@example.com\n\nnot-an-email\n"
+    r = http.post("/api/lists/vip/members", content=upload, headers={**h, "Content-Type": "text/csv"})
+    body = r.json()
+    assert r.status_code == 400 and body["field"] == "line 4" and body["message"].startswith("line 4: "), r.text
     huge = "email\n" + "a" * 200_000 + "\n"
     r = http.post("/api/lists/vip/members", content=huge, headers={**h, "Content-Type": "text/csv"})
     assert r.status_code == 400 and r.json()["field"].startswith("line"), r.text

@@ -325,6 +325,34 @@ def test_yaml_gives_json_types_only(text):
     assert err.value.field == "rule" and "line 1" in err.value.message
 
 
+@pytest.mark.parametrize(
+    ("text", "line", "ours"),
+    [
+        ("and: [{segment: a},", 1, "a value is missing"),
+        ("trait: a\n  op: x", 2, "check the indentation"),
+        ("and:\n\t- segment: a", 2, "indent with spaces"),
+        ("segment: 'a", 1, "a quote is not closed"),
+        ('segment: "\\q"', 1, "unknown escape"),
+        ("{segment: a", 1, "'{' is not closed"),
+        ("and:\n  - segment: a\n - segment: b\n", 3, "does not line up"),
+        ("segment: @a", 1, "quote the value"),
+        ("--- {segment: a}\n--- {segment: b}", 2, "more than one document"),
+        ("trait: {name: plan, equals: a, equals: b}", 1, 'the key "equals" appears twice'),
+        ("segment: a\nsegment: b", 2, 'the key "segment" appears twice'),
+    ],
+)
+def test_yaml_errors_are_in_our_words_with_line_and_column(text, line, ours):
+    """PyYAML's problems ("mapping values are not allowed here", "expected the node content, but found '<stream
+    end>'") never reach the client: ours, at the line and column it gives; a key given twice is refused, as in a JSON
+    body (PyYAML keeps the last silently)."""
+    with pytest.raises(ChorusError) as err:
+        r.parse_yaml(text, "yaml")
+    msg = err.value.message
+    assert err.value.field == "yaml" and f"(line {line}, column " in msg and ours in msg, msg
+    for theirs in ("expected", "found", "mapping values", "could not", "while scanning", "<stream end>", "'\\t'"):
+        assert theirs not in msg.split("): ", 1)[-1], msg
+
+
 # -- references between segments ---------------------------------------------------------------------------------
 def test_references_in_dependency_order():
     defs = {

@@ -47,7 +47,8 @@ def _definition_body(body: object, extra: frozenset = frozenset({"name"})) -> tu
     if "yaml" in body:
         if not isinstance(body["yaml"], str):
             raise ChorusError("yaml must be the rule as YAML text", field="yaml")
-        return name, rules.parse_yaml(body["yaml"], "rule")
+        # errors name what was sent: the YAML text (its line and column), or a node of the rule in it (yaml.and[1])
+        return name, rules.parse_yaml(body["yaml"], "yaml")
     return name, rules.parse(body["rule"], "rule")
 
 
@@ -200,8 +201,9 @@ _LIST_BODY = {"requestBody": {"required": True, "content": {
 async def change_list(ws: WS, svc: SVC, list_id: str, request: Request):
     kind = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
     raw = await request.body()
+    names = None  # what an error names an entry by: its CSV line, else its place in the list (add[3])
     if kind == "text/csv":
-        add, remove = _csv_entries(raw), []
+        (add, names), remove = _csv_entries(raw), []
     else:
         from chorus import safejson
 
@@ -212,7 +214,7 @@ async def change_list(ws: WS, svc: SVC, list_id: str, request: Request):
         add, remove = body.get("add", []), body.get("remove", [])
     def apply():
         with svc.engine.begin() as conn:
-            ids_add, missing_add = _resolve(conn, ws, add, "add")
+            ids_add, missing_add = _resolve(conn, ws, add, "add", names)
             ids_remove, missing_remove = _resolve(conn, ws, remove, "remove")
             return store.change_list(conn, ws.id, list_id, ids_add, ids_remove, utcnow()), missing_add + missing_remove
 
@@ -223,7 +225,8 @@ async def change_list(ws: WS, svc: SVC, list_id: str, request: Request):
 MAX_ENTRIES = 100_000
 
 
-def _csv_entries(raw: bytes) -> list:
+def _csv_entries(raw: bytes) -> tuple[list, list[str]]:
+    """The entries of a CSV upload and the line each is on (``line 3``: the header is line 1)."""
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -231,7 +234,7 @@ def _csv_entries(raw: bytes) -> list:
     if "\x00" in text:
         raise ChorusError("the CSV holds a NUL character", field="body")
     reader = csv.DictReader(io.StringIO(text))
-    out = []
+    out, lines = [], []
     line = 1
     try:
         cols = [c for c in ("profile_id", "user_id", "email", "phone") if c in (reader.fieldnames or [])]
@@ -243,14 +246,17 @@ def _csv_entries(raw: bytes) -> list:
             for c in cols:
                 if (row.get(c) or "").strip():
                     out.append(row[c].strip() if c == "profile_id" else {c: row[c].strip()})
+                    lines.append(f"line {reader.line_num}")  # a quoted cell may span lines: where the row ends
                     break
     except csv.Error as exc:  # a field over the csv module's limit, a broken quote (its text is the module's)
         why = "a cell longer than the limit" if "field larger" in str(exc) else "a broken quote or line ending"
         raise ChorusError(f"line {line + 1}: not readable as CSV ({why})", field=f"line {line + 1}") from None
-    return out
+    return out, lines
 
 
-def _resolve(conn, ws, entries: object, field: str) -> tuple[list[str], list]:
+def _resolve(conn, ws, entries: object, field: str, names: list[str] | None = None) -> tuple[list[str], list]:
+    """Profile ids of the entries, and those that name nobody; an entry's error names it by ``names[i]`` (a CSV
+    line) or by its place in ``field``."""
     if not isinstance(entries, list) or len(entries) > MAX_ENTRIES:
         raise ChorusError(f"{field} must be a list of at most {MAX_ENTRIES} profile ids or identifiers", field=field)
     ids, missing = [], []
@@ -269,6 +275,8 @@ def _resolve(conn, ws, entries: object, field: str) -> tuple[list[str], list]:
         except ChorusError as exc:
             if exc.status == 404:
                 missing.append(e)
+            elif names is not None:
+                raise ChorusError(f"{names[i]}: {exc.message}", field=names[i]) from None
             else:
                 raise ChorusError(exc.message, field=f"{field}[{i}]") from None
     return ids, missing

@@ -675,8 +675,19 @@ def load_yaml(text: str, path: str = "rule") -> object:
         def compose_node(self, parent, index):
             if self.check_event(yaml.AliasEvent):
                 mark = self.peek_event().start_mark
-                raise yaml.YAMLError(f"aliases (*name) are not allowed in rules (line {mark.line + 1})")
+                raise _OursYAML(mark, "aliases (*name) are not allowed in rules")
             return super().compose_node(parent, index)
+
+        def construct_mapping(self, node, deep=False):
+            # a key given twice is a mistake, as in a JSON body (PyYAML would keep the last silently)
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, str | int | float | bool) or key is None:
+                    if key in seen:
+                        raise _OursYAML(key_node.start_mark, f"the key {_shown(key)} appears twice in one mapping")
+                    seen.add(key)
+            return super().construct_mapping(node, deep)
 
     # JSON's types only: no binary, set, ordered map or timestamp, even when a tag asks for one
     json_tags = {f"tag:yaml.org,2002:{t}" for t in ("null", "bool", "int", "float", "str", "seq", "map")}
@@ -691,13 +702,56 @@ def load_yaml(text: str, path: str = "rule") -> object:
         data = yaml.load(text, Loader=Loader)  # a SafeLoader subclass: plain data only
     except RecursionError:  # the loader recurses per level of nesting
         raise _bad(path, "the YAML is nested too deeply (a rule has at most 16 levels)") from None
+    except _OursYAML as exc:
+        where = f"line {exc.mark.line + 1}, column {exc.mark.column + 1}"
+        raise _bad(path, f"not valid YAML ({where}): {exc.why}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise _bad(path, f"not valid YAML{where}: {problem}") from None
+        raise _bad(path, f"not valid YAML{where}{_yaml_problem(getattr(exc, 'problem', None) or '')}") from None
     _string_keys(data, path)
     return data
+
+
+class _OursYAML(Exception):
+    """A YAML rule refused for a reason of Chorus' own, at a place in the text."""
+
+    def __init__(self, mark, why: str):
+        super().__init__(why)
+        self.mark, self.why = mark, why
+
+
+# PyYAML's problems (its own wording, which the client never sees), by their start -> ours
+_YAML_PROBLEMS = (
+    ("mapping values are not allowed", "a ':' where no key can start; check the indentation"),
+    ("found character '\\t'", "a tab: indent with spaces"),
+    ("found character", "a character that cannot start a value here; quote the value"),
+    ("expected ',' or ']'", "a list opened with '[' is not closed"),
+    ("expected ',' or '}'", "a mapping opened with '{' is not closed"),
+    ("could not find expected ':'", "a key without its ':'"),
+    ("found unexpected end of stream", "a quote is not closed"),
+    ("found unknown escape character", "an unknown escape (\\) in a double-quoted value"),
+    ("could not determine a constructor", "a tag (!name) that rules do not take: write plain JSON values"),
+    ("expected the node content", "a value is missing"),
+    ("expected <block end>", "the indentation does not line up with the lines above"),
+    ("but found another document", "more than one document (---): give one rule"),
+    ("found undefined tag handle", "a tag (!name) that rules do not take: write plain JSON values"),
+    ("found a tab character", "a tab: indent with spaces"),
+)
+
+
+def _yaml_problem(problem: str) -> str:
+    """``: <what is wrong>`` in our words for a PyYAML problem, or nothing when it is not one we know."""
+    ours = next((o for theirs, o in _YAML_PROBLEMS if problem.startswith(theirs)), None)
+    return f": {ours}" if ours else ""
+
+
+def _shown(key: object) -> str:
+    """A YAML key as JSON writes it (``"plan"``, ``true``, ``1``), at most 60 characters."""
+    import json
+
+    text = json.dumps(key, ensure_ascii=False)
+    return text if len(text) <= 60 else text[:59] + "…"
 
 
 def _string_keys(value: object, path: str) -> None:
@@ -708,7 +762,7 @@ def _string_keys(value: object, path: str) -> None:
         if isinstance(item, dict):
             for k, v in item.items():
                 if not isinstance(k, str):
-                    raise _bad(p, f"key {k!r} is not text (quote it; YAML reads on/off/yes/no as true/false)")
+                    raise _bad(p, f"key {_shown(k)} is not text (quote it; YAML reads on/off/yes/no as true/false)")
                 stack.append((v, f"{p}.{k}"))
         elif isinstance(item, list):
             stack.extend((v, f"{p}[{i}]") for i, v in enumerate(item))
