@@ -227,7 +227,7 @@ def test_bad_mapping_files(tmp_path):
         load_mapping(write(tmp_path / "m.json", "{nope"), "store")
     with pytest.raises(MappingError, match="must contain an object"):
         load_mapping(write(tmp_path / "l.json", "[1]"), "store")
-    with pytest.raises(MappingError, match="cannot read"):
+    with pytest.raises(MappingError, match="missing.json' does not exist"):
         load_mapping(tmp_path / "missing.json", "store")
     with pytest.raises(MappingError, match="unknown mapping key 'colour'"):
         load_mapping(write(tmp_path / "k.json", '{"colour": "red"}'), "store")
@@ -305,7 +305,7 @@ def test_malformed_quotes(tmp_path):
     )
     items = run(f)
     assert [line for line, _ in items] == [2, 3, 4]
-    assert isinstance(items[0][1], RowError) and "malformed" in items[0][1].reason
+    assert isinstance(items[0][1], RowError) and "not readable as CSV" in items[0][1].reason
     assert items[1][1]["properties"] == {"note": 'a"b'}
     assert isinstance(items[2][1], RowError) and "never closed" in items[2][1].reason
 

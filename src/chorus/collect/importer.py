@@ -107,6 +107,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from chorus import safejson
+from chorus.errors import ChorusError
 from chorus.safejson import MAX_DEPTH
 from chorus.timeutil import iso
 
@@ -219,8 +221,10 @@ def _column(key: str, value: Any, *, nullable: bool = True) -> str | None:
 def _read_mapping_file(path: Path) -> dict:
     try:
         text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise MappingError(f"cannot read mapping file {str(path)!r}: {exc}") from exc
+    except UnicodeDecodeError:
+        raise MappingError(f"mapping file {path.name!r} is not UTF-8 text") from None
+    except OSError as exc:
+        raise MappingError(f"mapping file {str(path)!r} {_unreadable(exc)}") from None
     if path.suffix.lower() in (".yaml", ".yml"):
         try:
             import yaml  # type: ignore[import-untyped]
@@ -231,17 +235,65 @@ def _read_mapping_file(path: Path) -> dict:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise MappingError(f"mapping file {path.name!r} is not valid YAML: {exc}") from exc
+            raise MappingError(f"mapping file {path.name!r} is not valid YAML{_yaml_problem(exc)}") from None
+        except RecursionError:
+            raise MappingError(f"mapping file {path.name!r} is nested too deeply") from None
     else:
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise MappingError(f"mapping file {path.name!r} is not valid JSON: {exc}") from exc
+        except RecursionError:
+            raise MappingError(f"mapping file {path.name!r} is nested too deeply") from None
+        except ValueError:
+            raise MappingError(_not_json(text, f"mapping file {path.name!r}")) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise MappingError(f"mapping file {path.name!r} must contain an object (key: value pairs)")
     return data
+
+
+def _unreadable(exc: OSError) -> str:
+    """Why a file cannot be read, in our words (not the operating system's sentence with its errno)."""
+    if isinstance(exc, FileNotFoundError):
+        return "does not exist"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory, not a file"
+    if isinstance(exc, PermissionError):
+        return "cannot be read (permission denied)"
+    return "cannot be read"
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """`` at line L, column C: <what>`` for a PyYAML error: where (from its problem_mark) and, for the problems
+    the segment rules' table knows, what, in our words; never PyYAML's own message."""
+    from chorus.segments.rules import _yaml_problem as known_problem
+
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    what = known_problem(getattr(exc, "problem", None) or "")
+    return where + ("" if "rule" in what else what)  # a rule's advice ("rules do not take tags") is not a mapping's
+
+
+# "line 1, column 9" at the end of safejson's wording: for a text of one line, its column alone says where
+_AT_LINE_1 = re.compile(r"(?:: | at )line 1, column (\d+)$")
+
+
+def _not_json(text: str, what: str, *, cell: bool = False) -> str:
+    """``<what> is not valid JSON: <why> at line L, column C`` for ``text`` that the standard parser refused: in
+    safejson's words (the HTTP API's), never the parser's message or a character offset. A text of one line
+    (a JSONL line, most cells) is placed by its column alone; in a cell, the place is said to be the cell's."""
+    text = text.rstrip("\r\n")
+    try:
+        safejson.parse(text, what)
+    except ChorusError as exc:
+        reason = exc.message
+    else:  # orjson reads what the standard parser would not (none known): no place to give
+        return f"{what} is not valid JSON"
+    one_line = _AT_LINE_1.search(reason) if "\n" not in text else None
+    if one_line:
+        at = f"position {one_line.group(1)} in the cell" if cell else f"column {one_line.group(1)}"
+        return f"{reason[: one_line.start()]} at {at}"
+    return reason + " of the cell" if cell and re.search(r"column \d+$", reason) else reason
 
 
 def load_mapping(path: str | Path | dict | None, source: str) -> Mapping:
@@ -692,8 +744,8 @@ class _Builder:
         if isinstance(value, str):
             try:
                 value = json.loads(value, parse_float=_JsonDecimal, parse_constant=_reject_constant)
-            except ValueError as exc:
-                raise _Bad(col, f"column {col!r} is not valid JSON: {exc}") from None
+            except ValueError:  # also NaN, Infinity, an integer of more than 4,300 digits
+                raise _Bad(col, _not_json(value, f"column {col!r}", cell=True)) from None
         if not isinstance(value, list | tuple) or not all(isinstance(p, dict) for p in value):
             raise _Bad(col, f"column {col!r} must be a JSON list of product objects")
         return _plain(value, col)
@@ -703,7 +755,19 @@ _TOO_DEEP = f"line is nested deeper than {MAX_DEPTH} levels"
 
 
 def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+    raise ValueError(f"{name} is not valid JSON")  # never shown: _not_json says why, and where
+
+
+def _csv_problem(exc: csv.Error) -> str:
+    """Why the csv module could not read a row, in our words (its own text never reaches the report)."""
+    text = str(exc)
+    if "field larger than field limit" in text:
+        return f"a cell is longer than the limit of {csv.field_size_limit():,} characters"
+    if "end of data" in text:
+        return "a quoted cell is never closed"
+    if "expected after" in text:
+        return 'text follows the closing quote of a cell (a quote inside a quoted cell is written twice: "")'
+    return "a broken quote or line ending"
 
 
 # --------------------------------------------------------------------------------------------- files
@@ -725,14 +789,17 @@ def _text_lines(fh: io.BufferedIOBase, newline: str | None) -> io.TextIOWrapper:
 def _iter_csv(path: Path, builder: _Builder) -> Iterator[tuple[int, dict | RowError]]:
     with open(path, "rb") as raw, _text_lines(raw, "") as text:
         reader = csv.reader(text, delimiter=builder.m.delimiter, strict=True)
+        start = 1
         try:
             header = next(reader)
             while not any(h.strip() for h in header):  # blank lines before the header
+                start = reader.line_num + 1
                 header = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
-            raise ImportFileError(f"{path.name}: cannot read the CSV header: {exc}") from None
+            why = _csv_problem(exc)
+            raise ImportFileError(f"{path.name}: line {start}: the header is not readable as CSV: {why}") from None
         if any(_SURROGATE_RE.search(h) for h in header):
             raise ImportFileError(f"{path.name}: the header line is not valid UTF-8")
         header = [h.strip() for h in header]
@@ -749,8 +816,7 @@ def _iter_csv(path: Path, builder: _Builder) -> Iterator[tuple[int, dict | RowEr
             except StopIteration:
                 return
             except csv.Error as exc:
-                hint = " (a quoted cell is never closed)" if "end of data" in str(exc) else ""
-                yield start, RowError(start, None, f"malformed CSV row: {exc}{hint}")
+                yield start, RowError(start, None, f"row is not readable as CSV: {_csv_problem(exc)}")
                 continue
             end = reader.line_num
             if not any(c.strip() for c in cells):
@@ -785,8 +851,8 @@ def _iter_jsonl(path: Path, builder: _Builder) -> Iterator[tuple[int, dict | Row
                 continue
             try:
                 row = json.loads(content, parse_float=_JsonDecimal, parse_constant=_reject_constant)
-            except ValueError as exc:
-                yield line, RowError(line, None, f"line is not valid JSON: {exc}")
+            except ValueError:  # also NaN, Infinity, an integer of more than 4,300 digits
+                yield line, RowError(line, None, _not_json(content, "line"))
                 continue
             except RecursionError:
                 yield line, RowError(line, None, _TOO_DEEP)
@@ -803,15 +869,46 @@ def _iter_parquet(path: Path, builder: _Builder) -> Iterator[tuple[int, dict | R
 
     try:
         pf = pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as exc:
-        raise ImportFileError(f"{path.name}: not a readable parquet file: {exc}") from None
-    columns = list(pf.schema_arrow.names)
+        columns = list(pf.schema_arrow.names)
+    except (pa.ArrowException, OSError) as exc:  # pyarrow's text never reaches the report
+        why = "it has no parquet footer" if "magic bytes" in str(exc) else "its metadata is damaged or cut short"
+        raise ImportFileError(f"{path.name}: not a readable parquet file ({why})") from None
     line = 0
     with pf:
-        for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS):
-            for row in batch.to_pylist():
+        batches = pf.iter_batches(batch_size=PARQUET_BATCH_ROWS)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except (pa.ArrowException, OSError):  # a damaged page: what follows it cannot be read
                 line += 1
-                yield line, builder.build(row, columns, line)
+                yield line, RowError(line, None, _DAMAGED)
+                return
+            try:
+                rows = batch.to_pylist()
+            except (pa.ArrowException, ValueError, OverflowError):  # a value Python cannot hold: find its rows
+                rows = None
+            for i in range(batch.num_rows):
+                line += 1
+                row = rows[i] if rows is not None else _parquet_row(batch, i, columns, line)
+                yield line, row if isinstance(row, RowError) else builder.build(row, columns, line)
+
+
+_DAMAGED = "the parquet data from this row to the end of the file cannot be read (the file is damaged)"
+
+
+def _parquet_row(batch: Any, i: int, columns: list[str], line: int) -> dict | RowError:
+    """Row ``i`` of a batch whose values did not all convert (a date past year 9999, say), value by value: a
+    RowError naming the column of the first value that does not."""
+    row = {}
+    for j, col in enumerate(columns):
+        try:
+            row[col] = batch.column(j)[i].as_py()
+        except (ValueError, OverflowError, ArithmeticError):
+            kind = str(batch.schema.field(j).type)[:60]
+            return RowError(line, col, f"column {col!r}: a {kind} value outside the range that can be read")
+    return row
 
 
 _READERS = {"csv": _iter_csv, "jsonl": _iter_jsonl, "parquet": _iter_parquet}

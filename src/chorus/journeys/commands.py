@@ -9,6 +9,7 @@ from typing import Annotated
 import orjson
 import typer
 
+from chorus import safejson
 from chorus.clitools import DbOpt, JsonOpt, WsOpt, _fail, _open, _out
 from chorus.errors import ChorusError
 from chorus.journeys.cli import journeys_app
@@ -33,8 +34,11 @@ def _document(path: str) -> object:
         return d.load_yaml(text)
     try:
         return orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise ChorusError(f"{path}: not JSON ({exc})") from None
+    except orjson.JSONDecodeError:
+        pass
+    # in the HTTP API's words (what is wrong, at which line and column), never orjson's text or a character offset
+    safejson.parse(text, path)
+    raise ChorusError(f"{path} is not valid JSON")
 
 
 def _migrate(values: list[str] | None) -> dict[str, str] | None:

@@ -19,7 +19,10 @@ def validate(value: object) -> dict:
     }  # fmt: skip
     if unknown:
         raise ValueError(f"settings.messaging.{sorted(unknown)[0]} is not a messaging setting")
-    for name, conf in (value.get("topics") or {}).items():
+    topics = value.get("topics") or {}
+    if not isinstance(topics, dict):
+        raise ValueError('settings.messaging.topics must be an object {topic: {"mode": "opt_in" | "opt_out"}}')
+    for name, conf in topics.items():
         if not isinstance(conf, dict) or conf.get("mode") not in ("opt_in", "opt_out") or set(conf) - {"mode", "label"}:
             raise ValueError(f'settings.messaging.topics.{name} must be {{"mode": "opt_in" | "opt_out", "label"}}')
     order = value.get("fallback_order")
@@ -40,6 +43,8 @@ def validate(value: object) -> dict:
         if not isinstance(confs, list):
             raise ValueError(f"{where} must be a list (primary first, then fail-over providers)")
         for i, conf in enumerate(confs):
+            if isinstance(conf, dict) and not isinstance(conf.get("type"), str):  # a list is no dictionary key
+                raise ValueError(f"{where}[{i}].type must be a provider type, such as smtp or sendgrid")
             try:
                 prov = build(conf, f"{where}[{i}]", resolve_secrets=False, channel=channel)
             except ConfigError as exc:
@@ -57,7 +62,10 @@ _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 
 
 def _check_pacing(value: dict) -> None:
-    for scope, limits in (value.get("caps") or {}).items():
+    caps = value.get("caps") or {}
+    if not isinstance(caps, dict):
+        raise ValueError("settings.messaging.caps must be an object {channel or 'total': {'day': n, 'week': n}}")
+    for scope, limits in caps.items():
         where = f"settings.messaging.caps.{scope}"
         if scope != "total" and scope not in MESSAGE_CHANNELS:
             raise ValueError(f"{where}: caps are per channel or 'total'")
@@ -80,5 +88,7 @@ def _check_pacing(value: dict) -> None:
     if value.get("pacing_action", "defer") not in ("defer", "drop"):
         raise ValueError("settings.messaging.pacing_action must be defer or drop")
     tz = value.get("timezone")
+    if tz is not None and not isinstance(tz, str):
+        raise ValueError("settings.messaging.timezone must be the name of an IANA time zone, such as Europe/Paris")
     if tz is not None and known_zone(tz) is None:  # the rule every local time follows (timeutil.zone)
-        raise ValueError(f"settings.messaging.timezone {tz!r} is not an IANA time zone") from None
+        raise ValueError(f"settings.messaging.timezone {tz[:64]!r} is not an IANA time zone") from None

@@ -58,9 +58,11 @@ def validate_source(source: object) -> dict | None:
 def build(conf: object, where: str, resolve_secrets: bool = True) -> AudienceClient:
     if not isinstance(conf, dict):
         raise ConfigError(f"{where} must be an object with a type")
-    cls = CLIENTS.get(conf.get("type"))
+    kind = conf.get("type")
+    cls = CLIENTS.get(kind) if isinstance(kind, str) else None  # a list or an object is no dictionary key
     if cls is None:
-        raise ConfigError(f"{where}.type {conf.get('type')!r} is not an audience provider type (meta, google)")
+        shown = f" {kind[:64]!r}" if isinstance(kind, str) else ""
+        raise ConfigError(f"{where}.type{shown} is not an audience provider type (meta, google)")
     name = conf.get("name", conf["type"])
     if not isinstance(name, str) or not name or len(name) > 64 or set(name) - NAME_CHARS or name == FILE:
         raise ConfigError(f"{where}.name must be 1 to 64 of a-z, 0-9, _ and - (and not {FILE!r})")

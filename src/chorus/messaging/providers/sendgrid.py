@@ -56,12 +56,13 @@ def _address(value, where: str, key: str) -> dict:
 
 
 def load_public_key(value: str) -> ec.EllipticCurvePublicKey:
-    """The verification key as SendGrid shows it (base64 DER); a PEM block is accepted too. Raises ValueError."""
+    """The verification key as SendGrid shows it (base64 DER); a PEM block is accepted too. Raises ValueError saying
+    what the key is not, in our words (the ``cryptography`` library's text never reaches a settings error)."""
     text = "".join(line for line in value.strip().splitlines() if not line.startswith("-----"))
     try:
         key = load_der_public_key(base64.b64decode("".join(text.split()), validate=True))
-    except (binascii.Error, ValueError) as exc:
-        raise ValueError(f"not a base64 DER public key: {exc}") from None
+    except (binascii.Error, ValueError, TypeError):  # TypeError: a DER private key, say
+        raise ValueError("not a PEM or base64 DER public key") from None
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
         raise ValueError("not an ECDSA P-256 public key")
     return key

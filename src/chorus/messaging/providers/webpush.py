@@ -35,8 +35,9 @@ def application_server_key(vapid: Vapid) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def load_vapid(pem_or_b64: str) -> Vapid:
-    """A VAPID key as PEM, or base64url DER or raw 32 bytes (what ``vapid --gen`` and web-push tools print)."""
+def load_vapid(pem_or_b64: str, what: str = "the VAPID private key") -> Vapid:
+    """A VAPID key as PEM, or base64url DER or raw 32 bytes (what ``vapid --gen`` and web-push tools print).
+    ConfigError saying that ``what`` is not one, in our words (never py_vapid's or cryptography's text)."""
     try:
         if pem_or_b64.lstrip().startswith("-----BEGIN"):
             key = serialization.load_pem_private_key(pem_or_b64.encode(), password=None)
@@ -44,8 +45,8 @@ def load_vapid(pem_or_b64: str) -> Vapid:
                 raise ValueError("not a P-256 key")
             return Vapid(key)
         return Vapid.from_string(private_key=pem_or_b64)
-    except Exception as exc:  # noqa: BLE001 - py_vapid raises several kinds for a bad key
-        raise ConfigError(f"VAPID private key is not a P-256 key (PEM or base64url DER): {exc}") from None
+    except Exception:  # noqa: BLE001 - py_vapid raises several kinds for a bad key
+        raise ConfigError(f"{what} is not a P-256 private key (PEM, or base64url DER or raw 32 bytes)") from None
 
 
 class WebPushProvider:
@@ -61,12 +62,19 @@ class WebPushProvider:
         key = secret(conf, "vapid_private_key", where, resolve_secrets)
         if key is None:
             raise ConfigError(f"{where}.vapid_private_key_env is required")
-        self.vapid = load_vapid(key) if resolve_secrets else None
-        self.ttl = int(conf.get("ttl", 24 * 3600))
+        env = conf.get("vapid_private_key_env")
+        self.vapid = load_vapid(key, f"the key in ${env} ({where}.vapid_private_key_env)") if resolve_secrets else None
+        try:  # what was accepted before stays accepted (a number, or its text); the rest is named, not Python's text
+            self.ttl = int(conf.get("ttl", 24 * 3600))
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError(f"{where}.ttl must be a whole number of seconds") from None
         self.urgency = conf.get("urgency", "normal")
         if self.urgency not in ("very-low", "low", "normal", "high"):
             raise ConfigError(f"{where}.urgency must be very-low, low, normal or high")
-        self.timeout = float(conf.get("timeout", 10))
+        try:
+            self.timeout = float(conf.get("timeout", 10))
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}.timeout must be a number of seconds") from None
         self._session = requests.Session()
 
     def accepts(self, out: Outgoing) -> bool:
