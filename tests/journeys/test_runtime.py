@@ -597,6 +597,39 @@ def test_a_split_by_identifier_draws_by_the_entry_events_anchor_however_the_pass
     assert predicted == got
 
 
+def test_a_version_published_before_a_newer_publishing_rule_still_runs(engine, ws, clock, worker):
+    """Stored versions are read without the rules added since they were published (a split of holdouts only, a
+    webhook url the url check refuses): one refused at load failed the journeys consumer for everybody in the
+    workspace, the other journeys included (review). It runs as it did, and publishing it again is refused."""
+    from chorus.errors import ChorusError
+    from chorus.journeys import store as jstore
+    from chorus.store.tables import journey_versions
+
+    good = {"id": "good", "entry": {"event": {"event": "X"}}, "start": "done", "nodes": {"done": {"type": "exit"}}}
+    old = {"id": "old", "entry": {"event": {"event": "X"}}, "goal": {"event": {"event": "Z"}, "within": "7d"},
+           "start": "hook", "nodes": {
+               "hook": {"type": "webhook", "url": "https://shop.example:99999/h", "next": "arm"},
+               "arm": {"type": "split", "arms": [{"name": "h1", "weight": 50, "holdout": True},
+                                                 {"name": "h2", "weight": 50, "holdout": True}]}}}  # fmt: skip
+    publish(engine, ws, good)
+    with pytest.raises(ChorusError):
+        publish(engine, ws, old)
+    with engine.begin() as conn:  # as the code before those rules stored it: good's rows, another definition
+        jrow = dict(conn.execute(sa.select(jstore.journeys).where(jstore.journeys.c.workspace_id == ws)).one()._mapping)
+        conn.execute(jstore.journeys.insert().values(**{**jrow, "id": "old"}))
+        v = journey_versions
+        vrow = dict(conn.execute(sa.select(v).where(v.c.workspace_id == ws)).one()._mapping)
+        conn.execute(journey_versions.insert().values(**{**vrow, "journey_id": "old", "definition": old}))
+    clock.at = T0 + timedelta(minutes=1)
+    send(engine, ws, [ev("X", T0)], T0)
+    settle(worker)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(journey_instances.c.journey_id, journey_instances.c.state).where(
+            journey_instances.c.workspace_id == ws)).all()  # fmt: skip
+    assert sorted(j for j, _ in rows) == ["good", "old"]
+    assert [s["arms"]["arm"] for j, s in rows if j == "old"][0] in ("h1", "h2")
+
+
 def test_the_journeys_consumer_is_given_only_what_can_be_an_input():
     from chorus.profiles import feed as f
 

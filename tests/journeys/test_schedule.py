@@ -342,3 +342,15 @@ def test_a_journey_whose_planning_fails_holds_up_no_other(engine, ws, clock, wor
     monkeypatch.setattr(schedule, "plan", plan)
     settle(worker)
     assert sent(engine, ws, "b1") == {} and sent(engine, ws, "b2") == {pids["u1"]: 1}
+
+
+@pytest.mark.parametrize(("inner", "outer"), [
+    ("nodes.send.template", "template"), ("nodes.send.channel[1]", "channel[1]"), ("nodes.send.data.x", "data.x"),
+    ("entry.schedule.at", "schedule.at"), ("entry.schedule.segment", "segment"), ("nodes.arm.by", "holdout_by"),
+    ("nodes.arm.arms[0].holdout", "holdout"), ("nodes.arm.arms", "holdout"), ("nodes.arm", "holdout"),
+    ("goal.within", "goal.within"), ("exit_on_goal", "goal"), ("name", "name"),
+])  # fmt: skip
+def test_a_place_in_a_broadcasts_journey_is_named_by_the_broadcasts_field(inner, outer):
+    """One table maps them; a place inside a field that is not kept is that field (review: the table's own example,
+    nodes.arm.arms[0].holdout, came back unchanged)."""
+    assert manage.broadcast_field(inner) == outer

@@ -333,6 +333,33 @@ def test_an_erasure_deletes_what_the_sinks_kept_of_the_person(engine, ws, outbox
     assert not any(f.exists() for f in files) and theirs.exists()
 
 
+def test_a_file_a_sink_writes_while_the_person_is_erased_goes_too(engine, ws, outbox_dir, monkeypatch):
+    """Delivery claims the message, then the sink writes its file outside any transaction: an erasure in between
+    finds no file to delete, so delivery deletes it when it finds the message gone (review)."""
+    from chorus.messaging.providers import sink as sink_mod
+    from chorus.profiles import privacy
+
+    with engine.connect() as conn:
+        current = workspaces.get(conn, ws["id"])
+    body = outbox.parse_request({"to": {"user_id": "u1"}, "template": "hi", "channel": "email"})
+    msg = outbox.enqueue(engine, current, body, "race-1", LINKS)[0]
+    real = sink_mod.FileSink.send
+    erased = {}
+
+    def send(self, out):  # her erasure commits after the claim, before the file exists
+        erased.update(privacy.forget(engine, ws["id"], msg["profile_id"], vacuum="plain"))
+        return real(self, out)
+
+    monkeypatch.setattr(sink_mod.FileSink, "send", send)
+    dev = Deliverer(engine, providers=ProviderSet(dev_confs()))
+    try:
+        dev.drain()
+    finally:
+        dev.close()
+    assert erased["deleted"]["messages"] == 1
+    assert [p for p in outbox_dir.rglob("*") if p.is_file()] == []
+
+
 def test_dev_sinks_stand_in_only_for_channels_without_a_provider(engine, ws, outbox_dir, smtp_server, monkeypatch):
     plain = Deliverer(engine)  # no --dev: a channel without a provider is skipped at once, with the reason
     try:

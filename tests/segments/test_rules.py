@@ -432,3 +432,14 @@ def test_every_rule_in_the_docs_parses():
     for lang, body in blocks:
         rule = r.parse(orjson.loads(body)) if lang == "json" else r.parse_yaml(body)
         assert r.parse(r.to_json(rule)) == rule
+
+
+def test_a_huge_unknown_name_is_quoted_short_and_the_message_keeps_what_was_expected():
+    """A 5,000-character key is quoted at 60 characters, so the list of what was expected survives the API's cap
+    on a message's length (review: cut in the middle, the list read as part of the quoted key)."""
+    with pytest.raises(ChorusError) as err:
+        r.parse({"x" * 5000: 1})
+    assert len(err.value.message) < 400 and err.value.message.endswith(", ".join(r.KINDS)), err.value.message
+    with pytest.raises(ChorusError) as err:
+        r.parse({"trait": {"name": "plan", "y" * 5000: 1}})
+    assert len(err.value.message) < 400 and len(err.value.field) < 100 and "expected name" in err.value.message

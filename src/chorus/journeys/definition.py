@@ -560,10 +560,11 @@ def _bounded_int(value: object, path: str, lo: int, hi: int, what: str) -> int:
     return value
 
 
-def _data(value: object, path: str, what: str) -> Mapping[str, Any]:
+def _data(value: object, path: str, what: str, strict: bool = True) -> Mapping[str, Any]:
     if not isinstance(value, dict):
         raise _bad(path, "data is a JSON object")
-    _bounded_value(value, path, what)
+    if strict:
+        _bounded_value(value, path, what)
     return value
 
 
@@ -644,7 +645,8 @@ def _offset(value: object, path: str) -> Offset:
 
 
 class _Parser:
-    def __init__(self) -> None:
+    def __init__(self, strict: bool = True) -> None:
+        self.strict = strict  # the rules added after versions were stored (see parse)
         self.refs: list[tuple[str, str]] = []  # (path, node id) of every edge, checked once all nodes are known
         self.message_refs: list[tuple[str, str]] = []  # (path, node id) of waits on a message node's message
 
@@ -786,7 +788,7 @@ class _Parser:
         total = sum(a.weight for a in arms)
         if total != 100:
             raise _bad(f"{path}.arms", f"the arms' weights are percentages and add up to 100 (here {total})")
-        if all(a.holdout for a in arms):
+        if self.strict and all(a.holdout for a in arms):
             raise _bad(f"{path}.arms", "every arm is a holdout: nobody would ever go on; give at least one arm a next")
         seed = _ident(body["seed"], f"{path}.seed") if "seed" in body else None
         by = body.get("by", "profile")
@@ -804,7 +806,7 @@ class _Parser:
             )
         kind = _one_of(body["kind"], f"{path}.kind", KINDS, "kind") if "kind" in body else "marketing"
         topic = _topic(body["topic"], f"{path}.topic") if "topic" in body else None
-        data = _data(body["data"], f"{path}.data", "a message's data") if "data" in body else None
+        data = _data(body["data"], f"{path}.data", "a message's data", self.strict) if "data" in body else None
         return SendMessage(template, self._next(body, path), channel, kind, topic, data)
 
     def _update_trait(self, body: dict, path: str, common: tuple) -> UpdateTrait:
@@ -814,7 +816,7 @@ class _Parser:
             raise _bad(f"{path}.trait", "computed traits belong to the analytics that compute them")
         if "value" not in body:
             raise _bad(f"{path}.value", "give the value (null removes the trait)")
-        value = _bounded_value(body["value"], f"{path}.value", "a trait's value")
+        value = _bounded_value(body["value"], f"{path}.value", "a trait's value") if self.strict else body["value"]
         return UpdateTrait(trait, value, self._next(body, path))
 
     def _list(self, body: dict, path: str, common: tuple) -> ListStep:
@@ -832,11 +834,11 @@ class _Parser:
         if body.get("url") is None:
             raise _bad(f"{path}.url", "the url is required: http:// or https:// with a host")
         url = _text(body["url"], f"{path}.url", MAX_URL, "the url")
-        why = url_problem(url)
+        why = url_problem(url) if self.strict else None  # a stored version's url is checked again at delivery
         if why is not None:
             raise _bad(f"{path}.url", why)
         method = _one_of(body["method"], f"{path}.method", METHODS, "method") if "method" in body else "POST"
-        data = _data(body["data"], f"{path}.data", "a webhook's data") if "data" in body else None
+        data = _data(body["data"], f"{path}.data", "a webhook's data", self.strict) if "data" in body else None
         return WebhookStep(url, self._next(body, path), method, data)
 
     def _exit(self, body: dict, path: str, common: tuple) -> ExitStep:
@@ -847,14 +849,18 @@ class _Parser:
 TOP_KEYS = ("id", "name", "entry", "reentry", "goal", "exit_on_goal", "exit", "start", "nodes")
 
 
-def parse(raw: object, path: str = "") -> Definition:
-    """A journey from decoded JSON, validated; a :class:`ChorusError` names the bad place and why."""
+def parse(raw: object, path: str = "", *, strict: bool = True) -> Definition:
+    """A journey from decoded JSON, validated; a :class:`ChorusError` names the bad place and why.
+
+    ``strict=False`` reads a stored version: the checks added after versions were published (bounded keys and
+    values, webhook urls, a split of holdouts only) are publishing rules, and a version published before them must
+    still load (review: one version refused at load failed the journeys consumer for everybody in its workspace)."""
     p = (lambda key: f"{path}.{key}") if path else (lambda key: key)
     if not isinstance(raw, dict):
         raise _bad(path or "journey", "a journey is an object: id, entry, start, nodes, ...")
     for key, value in raw.items():  # NUL, lone surrogates, 64-bit integers, finite numbers, depth: named by path
         safejson.check(value, p(str(key)[:MAX_KEY]))
-    long = _long_key(raw, path)
+    long = _long_key(raw, path) if strict else None
     if long is not None:  # before any message names a path through it
         where, key = long
         raise _bad(where or "journey", f"a key is at most {MAX_KEY} characters (not '{key[:40]}…')")
@@ -884,7 +890,7 @@ def parse(raw: object, path: str = "") -> Definition:
         raise _bad(p("nodes"), "nodes is an object: node id -> node")
     if len(nodes_raw) > MAX_NODES:
         raise _bad(p("nodes"), f"a journey has at most {MAX_NODES} nodes; split it into journeys")
-    parser = _Parser()
+    parser = _Parser(strict)
     nodes = []
     for node_id, body in nodes_raw.items():
         here = f"{p('nodes')}.{node_id}"

@@ -263,7 +263,9 @@ def broadcast_field(path: str) -> str:
     for inner, outer, keep in BROADCAST_FIELDS:
         if path == inner:
             return outer or "template"
-        if keep and path.startswith((inner + ".", inner + "[")):
+        if path.startswith((inner + ".", inner + "[")):
+            if not keep:  # a place inside it is the broadcast's field itself (nodes.arm.arms[0].holdout: holdout)
+                return outer
             rest = path[len(inner):]
             return outer + rest if outer else rest.lstrip(".")
     return path

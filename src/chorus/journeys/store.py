@@ -83,7 +83,7 @@ def get(conn: Connection, ws: str, jid: str, *, lock: bool = False) -> Journey:
 @functools.lru_cache(maxsize=512)
 def _parse(raw: bytes) -> d.Definition:
     # versions are immutable: a parsed definition is kept by its canonical JSON, whoever reads it
-    return d.parse(orjson.loads(raw))
+    return d.parse(orjson.loads(raw), strict=False)  # published under the rules of its day (d.parse)
 
 
 def definition(conn: Connection, ws: str, jid: str, version: int) -> d.Definition:

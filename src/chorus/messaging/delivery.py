@@ -40,6 +40,7 @@ from chorus.messaging.providers import (
     TransientError,
     build,
     concurrency_of,
+    sink,
 )
 from chorus.messaging.providers.webhook import InboxProvider
 from chorus.profiles import views
@@ -459,6 +460,21 @@ class Deliverer:
                     record_consent(conn, o.msg, "*", "denied", f"hard bounce: {o.error.reason}", now)
                 if o.error.code == "subscription_gone":  # that device is gone; the person's other devices are not
                     forget_push_address(conn, o.msg["workspace_id"], o.msg["address"], o.error.reason, now)
+        self._unsink_erased([o for o in outcomes if o.kind == "sent" and o.provider == sink.NAME])
+
+    def _unsink_erased(self, sunk: list[_Outcome]) -> None:
+        """A file sink wrote these outside any transaction: a message erased meanwhile (claimed, then its person
+        erased before the file existed, so her erasure could not delete it) loses its file now (review)."""
+        if not sunk:
+            return
+        with read_only(self.engine) as conn:
+            ids = [o.msg["id"] for o in sunk]
+            q = sa.select(messages.c.id).where(bulk.in_(messages.c.id, ids, conn.dialect.name))
+            alive = set(conn.execute(q).scalars())
+        for o in sunk:
+            if o.msg["id"] not in alive:
+                ws = self._workspaces.get(o.msg["workspace_id"])
+                sink.forget_files([o.msg["id"]], sink.sink_dirs(ws.settings if ws else {}))
 
     def _retry(self, msg: dict, reason: str, now, profile: dict | None = None) -> outbox.Change:
         """Back off and try again later, or give up after MAX_ATTEMPTS."""

@@ -292,7 +292,7 @@ class _Parser:
             raise _bad(path, f"a condition is an object with exactly one key, its kind: {', '.join(KINDS)}")
         ((kind, body),) = raw.items()
         if kind not in KINDS:
-            raise _bad(path, f"unknown condition {kind!r}; the kinds are {', '.join(KINDS)}")
+            raise _bad(path, f"unknown condition {_quote(kind)}; the kinds are {', '.join(KINDS)}")
         here = f"{path}.{kind}"
         if kind in ("and", "or"):
             if not isinstance(body, list) or not body:
@@ -435,7 +435,8 @@ def _keys(body: dict, path: str, allowed: tuple[str, ...]) -> None:
         if key in ALL_OPS:  # a test, but not one that applies to this kind of value
             tests = [k for k in allowed if k in ALL_OPS and k not in WINDOW_KEYS]
             raise _bad(f"{path}.{key}", f"the test {key} does not apply here; use {', '.join(tests)}")
-        raise _bad(f"{path}.{key}", f"unknown key {key!r} here; expected {', '.join(dict.fromkeys(allowed))}")
+        raise _bad(f"{path}.{key[:60]}",
+                   f"unknown key {_quote(key)} here; expected {', '.join(dict.fromkeys(allowed))}")  # fmt: skip
 
 
 def _text(value: object, path: str, limit: int, what: str) -> str:
@@ -452,7 +453,7 @@ def _text(value: object, path: str, limit: int, what: str) -> str:
 def _name(value: object, path: str, what: str) -> str:
     name = _text(value, path, MAX_NAME, what)
     if any(not part for part in name.split(".")):
-        raise _bad(path, f"{name!r} has an empty part between dots")
+        raise _bad(path, f"{_quote(name)} has an empty part between dots")
     return name
 
 
@@ -746,6 +747,13 @@ def _yaml_problem(problem: str) -> str:
     return f": {ours}" if ours else ""
 
 
+def _quote(text: object) -> str:
+    """A name the user wrote, quoted, at most 60 characters (a hostile 5 MB key is not echoed back whole; the
+    message's end, what was expected, is kept)."""
+    text = str(text)
+    return f"'{text}'" if len(text) <= 60 else f"'{text[:59]}…'"
+
+
 def _shown(key: object) -> str:
     """A YAML key as JSON writes it (``"plan"``, ``true``, ``1``), at most 60 characters."""
     import json
@@ -905,7 +913,8 @@ def check_references(defs: Mapping[str, Node], focus: str | None = None) -> list
     for sid in ids:
         for path, target in refs[sid]:
             if target not in defs:
-                raise ChorusError(f"{path}: segment {target!r} (referred to by {sid!r}) does not exist", field=path)
+                raise ChorusError(f"{path}: segment {_quote(target)} (referred to by {_quote(sid)}) does not exist",
+                                  field=path)  # fmt: skip
     order: list[str] = []
     state: dict[str, int] = {}  # 1 = on the current path, 2 = done
     for root in ids:
@@ -931,7 +940,7 @@ def check_references(defs: Mapping[str, Node], focus: str | None = None) -> list
                 shown = " → ".join(repr(s) for s in chain)
                 why = "refers to itself" if len(chain) == 2 else "depends on itself"
                 at = via[target]
-                raise ChorusError(f"{at}: segment {target!r} {why}: {shown}", field=at)
+                raise ChorusError(f"{at}: segment {_quote(target)} {why}: {shown}", field=at)
             if not state.get(target):
                 state[target] = 1
                 stack.append((target, 0))

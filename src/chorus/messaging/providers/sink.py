@@ -159,9 +159,9 @@ def sink_dirs(settings: dict) -> set[str]:
     dirs = {ch for ch in MESSAGE_CHANNELS if ch != "in_app"}
     for confs in ((settings.get("messaging") or {}).get("providers") or {}).values():
         for conf in confs if isinstance(confs, list) else []:
-            if isinstance(conf, dict) and conf.get("type") == NAME:
+            if isinstance(conf, dict) and conf.get("type") == NAME and conf.get("dir") is not None:
                 try:
-                    dirs.add(check_dir(conf.get("dir", "x"), "dir"))
+                    dirs.add(check_dir(conf["dir"], "dir"))
                 except ConfigError:
                     continue
     return dirs
@@ -169,19 +169,27 @@ def sink_dirs(settings: dict) -> set[str]:
 
 def forget_files(message_ids: list[str], dirs: set[str]) -> int:
     """Delete the files the sinks of this process' outbox root wrote for these messages (an erased person's: the
-    files hold her address and the rendered content); how many there were."""
+    files hold her address and the rendered content); how many there were. A file that cannot be deleted
+    (permissions: the API and the workers run as different users) is logged, not raised: the erasure of the
+    database goes on. A directory that resolves outside the outbox (a planted link) is not looked into."""
     root, gone = outbox_root(), 0
     for d in sorted(dirs):
         path = os.path.join(root, *d.split("/"))
         if not os.path.isdir(path):
             continue
+        real_root, real = os.path.realpath(root), os.path.realpath(path)
+        if os.path.commonpath([real_root, real]) != real_root:
+            continue
         for mid in message_ids:
             for ext in ("eml", "json"):
+                target = os.path.join(path, f"{file_name(mid)}.{ext}")
                 try:
-                    os.unlink(os.path.join(path, f"{file_name(mid)}.{ext}"))
+                    os.unlink(target)
                     gone += 1
                 except FileNotFoundError:
                     continue
+                except OSError as exc:
+                    log.warning("erasure: cannot delete the sink's file %s: %s", target, exc.strerror or exc)
     return gone
 
 
