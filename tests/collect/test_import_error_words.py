@@ -161,6 +161,16 @@ def test_parquet_damaged_data_and_values_python_cannot_hold_are_bad_rows(tmp_pat
                                            "(the file is damaged)"))]  # fmt: skip
 
 
+def test_a_parquet_timestamp_in_a_time_zone_not_known_here_is_a_bad_row(tmp_path):
+    """A zone the machine's time zone database lacks raised a KeyError out of the import (a 500; review)."""
+    table = pa.table({"user_id": ["u1"], "timestamp": pa.array([1_700_000_000_000], type=pa.timestamp("ms")),
+                      "opened": pa.array([1_700_000_000_000], type=pa.timestamp("ms", tz="Mars/Olympus"))})  # fmt: skip
+    pq.write_table(table, tmp_path / "mars.parquet")
+    items = list(iter_import(tmp_path / "mars.parquet", "store"))
+    assert items == [(1, RowError(1, "opened", "column 'opened': a timestamp[ms, tz=Mars/Olympus] value in a time "
+                                               "zone not known here"))]  # fmt: skip
+
+
 def _cli(*args: str, db: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "chorus.cli", *args, "--db", db], capture_output=True, text=True,
                           timeout=120)  # fmt: skip

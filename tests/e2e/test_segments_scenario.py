@@ -138,9 +138,9 @@ def test_hostile_segment_and_list_input_gets_a_400_naming_the_field(http, server
     r = http.post("/api/lists/vip/members", content=upload, headers={**h, "Content-Type": "text/csv"})
     body = r.json()
     assert r.status_code == 400 and body["field"] == "line 4" and body["message"].startswith("line 4: "), r.text
-    huge = "email\n" + "a" * 200_000 + "\n"
+    huge = "email\n\n\nana@example.com\n" + "a" * 200_000 + "\n"  # the cell over the csv module's limit: line 5
     r = http.post("/api/lists/vip/members", content=huge, headers={**h, "Content-Type": "text/csv"})
-    assert r.status_code == 400 and r.json()["field"].startswith("line"), r.text
+    assert r.status_code == 400 and r.json()["field"] == "line 5", r.text
     r = http.post("/api/lists/vip/members", content=b"email\n\xff\xfe\n", headers={**h, "Content-Type": "text/csv"})
     assert r.status_code == 400 and r.json()["field"] == "body"
     r = http.get("/api/segments/x/members", params={"cursor": "not-a-cursor"}, headers=h)

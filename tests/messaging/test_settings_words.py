@@ -72,7 +72,8 @@ def test_sendgrid_provider_with_a_bad_key_at_delivery(monkeypatch):
         ({"messaging": {"providers": {"push": [{**WEBPUSH, "timeout": {}}]}}},
          "settings.messaging.providers.push[0].timeout must be a number of seconds"),
         ({"messaging": {"providers": {"email": [{"type": ["sendgrid"]}]}}},  # was a 500 (unhashable)
-         "settings.messaging.providers.email[0].type must be a provider type, such as smtp or sendgrid"),
+         "settings.messaging.providers.email[0].type must be a provider type (smtp, sendgrid, twilio, fcm, webpush, "
+         "whatsapp, messenger, webhook, file)"),
         ({"messaging": {"topics": ["offers"]}},  # was a 500 (AttributeError)
          'settings.messaging.topics must be an object {topic: {"mode": "opt_in" | "opt_out"}}'),
         ({"messaging": {"caps": ["total"]}},

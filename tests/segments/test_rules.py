@@ -443,3 +443,9 @@ def test_a_huge_unknown_name_is_quoted_short_and_the_message_keeps_what_was_expe
     with pytest.raises(ChorusError) as err:
         r.parse({"trait": {"name": "plan", "y" * 5000: 1}})
     assert len(err.value.message) < 400 and len(err.value.field) < 100 and "expected name" in err.value.message
+
+
+def test_a_yaml_merge_key_still_merges_an_inline_mapping():
+    """`<<: {...}` is YAML's merge, not a key given twice (review: the duplicate check refused it as a tag)."""
+    assert r.parse_yaml("trait:\n  <<: {name: plan}\n  equals: gold") == r.parse(
+        {"trait": {"name": "plan", "equals": "gold"}})  # fmt: skip

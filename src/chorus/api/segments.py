@@ -235,22 +235,24 @@ def _csv_entries(raw: bytes) -> tuple[list, list[str]]:
         raise ChorusError("the CSV holds a NUL character", field="body")
     reader = csv.DictReader(io.StringIO(text))
     out, lines = [], []
-    line = 1
     try:
         cols = [c for c in ("profile_id", "user_id", "email", "phone") if c in (reader.fieldnames or [])]
         if not cols:
             raise ChorusError("the CSV needs a header with a profile_id, user_id, email or phone column", field="body")
-        for line, row in enumerate(reader, start=2):
+        for row in reader:
+            # the csv module counts the physical lines it read (blank ones too): this row ends on this line
+            line = f"line {reader.line_num}"
             if len(out) >= MAX_ENTRIES:
-                raise ChorusError(f"at most {MAX_ENTRIES} rows per upload", field=f"line {line}")
+                raise ChorusError(f"{line}: at most {MAX_ENTRIES} rows per upload", field=line)
             for c in cols:
                 if (row.get(c) or "").strip():
                     out.append(row[c].strip() if c == "profile_id" else {c: row[c].strip()})
-                    lines.append(f"line {reader.line_num}")  # a quoted cell may span lines: where the row ends
+                    lines.append(line)
                     break
     except csv.Error as exc:  # a field over the csv module's limit, a broken quote (its text is the module's)
         why = "a cell longer than the limit" if "field larger" in str(exc) else "a broken quote or line ending"
-        raise ChorusError(f"line {line + 1}: not readable as CSV ({why})", field=f"line {line + 1}") from None
+        line = f"line {max(reader.reader.line_num, 1)}"  # the line it was reading (DictReader's own lags a row)
+        raise ChorusError(f"{line}: not readable as CSV ({why})", field=line) from None
     return out, lines
 
 

@@ -887,7 +887,8 @@ def _iter_parquet(path: Path, builder: _Builder) -> Iterator[tuple[int, dict | R
                 return
             try:
                 rows = batch.to_pylist()
-            except (pa.ArrowException, ValueError, OverflowError):  # a value Python cannot hold: find its rows
+            # a value Python cannot hold (a date past 9999; a time zone it does not know, a KeyError): find its rows
+            except (pa.ArrowException, ValueError, OverflowError, KeyError):
                 rows = None
             for i in range(batch.num_rows):
                 line += 1
@@ -908,6 +909,9 @@ def _parquet_row(batch: Any, i: int, columns: list[str], line: int) -> dict | Ro
         except (ValueError, OverflowError, ArithmeticError):
             kind = str(batch.schema.field(j).type)[:60]
             return RowError(line, col, f"column {col!r}: a {kind} value outside the range that can be read")
+        except KeyError:  # a timestamp in a time zone this machine's database does not have
+            kind = str(batch.schema.field(j).type)[:60]
+            return RowError(line, col, f"column {col!r}: a {kind} value in a time zone not known here")
     return row
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from chorus.messaging.policy import MESSAGE_CHANNELS
-from chorus.messaging.providers import ConfigError, build, is_sink
+from chorus.messaging.providers import PROVIDER_TYPES, ConfigError, build, is_sink
 from chorus.timeutil import known_zone
 
 
@@ -44,7 +44,7 @@ def validate(value: object) -> dict:
             raise ValueError(f"{where} must be a list (primary first, then fail-over providers)")
         for i, conf in enumerate(confs):
             if isinstance(conf, dict) and not isinstance(conf.get("type"), str):  # a list is no dictionary key
-                raise ValueError(f"{where}[{i}].type must be a provider type, such as smtp or sendgrid")
+                raise ValueError(f"{where}[{i}].type must be a provider type ({', '.join(PROVIDER_TYPES)})")
             try:
                 prov = build(conf, f"{where}[{i}]", resolve_secrets=False, channel=channel)
             except ConfigError as exc:

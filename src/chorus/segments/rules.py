@@ -683,6 +683,8 @@ def load_yaml(text: str, path: str = "rule") -> object:
             # a key given twice is a mistake, as in a JSON body (PyYAML would keep the last silently)
             seen = set()
             for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: {...}` merges a mapping in (flatten_mapping)
+                    continue
                 key = self.construct_object(key_node, deep=True)
                 if isinstance(key, str | int | float | bool) or key is None:
                     if key in seen:
