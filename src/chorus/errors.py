@@ -42,3 +42,17 @@ class UnsupportedMediaType(ChorusError):
 
     status = 415
     code = "unsupported_media_type"
+
+
+class NotConfigured(ChorusError):
+    """The server is not set up for what was asked (a secret missing from its environment, or unusable): a 503,
+    the operator's to fix, not the caller's. The message says what is missing in general terms; the reason, which
+    names the variable and the setting, goes to the server's log only."""
+
+    status = 503
+    code = "not_configured"
+
+    def __init__(self, message: str, *, code: str | None = None):
+        super().__init__(message)
+        if code:
+            self.code = code

@@ -121,3 +121,25 @@ def test_subscriptions_are_guarded(http, workspace, push, monkeypatch):
     long = {**browser.subscription, "endpoint": "https://push.example/" + "x" * 400}
     r = http.post("/v1/push/subscriptions", auth=wk, json={"userId": "u1", "userHash": good, "subscription": long})
     assert r.status_code == 400 and r.json()["field"] == "subscription.endpoint"
+
+
+@pytest.mark.parametrize("key", [None, "nope", "-----BEGIN PRIVATE KEY-----\nabc\n-----END PRIVATE KEY-----"])
+def test_vapid_key_without_a_usable_key_is_a_503_that_names_no_secret(http, server, workspace, push, monkeypatch,
+                                                                       caplog, key):  # fmt: skip
+    """The variable unset (or holding something that is not a key) on the API server: the server is not configured
+    for web push, a 503 in Chorus' words, not a 500; the reason, by variable and setting, goes to the log only."""
+    if key is None:
+        monkeypatch.delenv("TEST_VAPID_KEY")
+    else:
+        monkeypatch.setenv("TEST_VAPID_KEY", key)
+    with caplog.at_level("WARNING", logger="chorus.api.push"):
+        r = http.get("/v1/push/vapid-key", auth=(workspace["write_key"], ""))
+    assert r.status_code == 503, r.text
+    body = r.json()
+    assert body == {"code": "push_not_configured",
+                    "message": "this server is not configured for web push (its VAPID key is missing or unusable); "
+                               "the server's log says why"}  # fmt: skip
+    logged = [rec.getMessage() for rec in caplog.records if rec.name == "chorus.api.push"]
+    why = "which is not set" if key is None else "is not a P-256 private key"
+    assert any("TEST_VAPID_KEY" in m and "push[0].vapid_private_key_env" in m and why in m for m in logged), logged
+    assert not any(key and key in m for m in logged)  # the secret itself is never logged

@@ -33,3 +33,42 @@ def test_a_json_journey_file_still_reads(tmp_path):
     f = tmp_path / "journey.json"
     f.write_text('{"id": "tag", "nodes": {}}')
     assert _document(str(f)) == {"id": "tag", "nodes": {}}
+
+
+def _unreadable_file(tmp_path, monkeypatch):
+    f = tmp_path / "locked.json"
+    f.write_text("{}")
+    real = open
+
+    def refuse(path, *args, **kwargs):  # chmod 0 does not stop root, who runs the tests in CI's containers
+        if str(path) == str(f):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", refuse)
+    return f
+
+
+def _latin1_file(tmp_path, _monkeypatch):
+    f = tmp_path / "latin1.json"
+    f.write_bytes(b'{"id": "caf\xe9"}')
+    return f
+
+
+@pytest.mark.parametrize(
+    "make, why",
+    [
+        (lambda tmp, _: tmp / "missing.json", "does not exist"),
+        (lambda tmp, _: tmp, "is a directory, not a file"),
+        (_unreadable_file, "cannot be read (permission denied)"),
+        (_latin1_file, "is not UTF-8 text"),
+    ],
+)
+def test_an_unreadable_journey_file_is_said_in_our_words(tmp_path, monkeypatch, make, why):
+    """Not Python's exception class (``cannot be read (FileNotFoundError)``): what is wrong with the file, as
+    ``chorus import`` says it of a mapping file."""
+    path = make(tmp_path, monkeypatch)
+    with pytest.raises(ChorusError) as info:
+        _document(str(path))
+    assert info.value.message == f"{path} {why}"
+    assert "Error" not in info.value.message and "Errno" not in info.value.message

@@ -5,6 +5,7 @@ Whose browser it is comes from :mod:`chorus.api.caller`, as for the inbox: ``use
 
 from __future__ import annotations
 
+import logging
 import os
 from urllib.parse import urlsplit
 
@@ -14,12 +15,13 @@ from starlette.concurrency import run_in_threadpool
 from chorus import workspaces as ws_api
 from chorus.api.caller import caller, json_body
 from chorus.api.common import JSON, Services, write_key
-from chorus.errors import ChorusError, NotFound
+from chorus.errors import ChorusError, NotConfigured, NotFound
 from chorus.store import bulk
 from chorus.store.db import read_only
 from chorus.store.tables import push_subscriptions
 from chorus.timeutil import utcnow
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/push", tags=["push"])
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -89,9 +91,13 @@ async def unsubscribe(request: Request):
     return JSON({"success": True})
 
 
-@router.get("/vapid-key", summary="The applicationServerKey to pass to pushManager.subscribe")
+_NOT_CONFIGURED = {503: {"description": "push_not_configured: the server's VAPID key variable is unset or does not "
+                                        "hold a P-256 private key (the server's log says which)"}}  # fmt: skip
+
+
+@router.get("/vapid-key", summary="The applicationServerKey for pushManager.subscribe", responses=_NOT_CONFIGURED)
 async def vapid_key(request: Request):
-    from chorus.messaging.providers import secret
+    from chorus.messaging.providers import ConfigError, secret
     from chorus.messaging.providers.webpush import application_server_key, load_vapid
 
     svc: Services = request.app.state.services
@@ -99,7 +105,19 @@ async def vapid_key(request: Request):
     with read_only(svc.engine) as conn:
         ws = ws_api.get(conn, source.workspace_id)
     for i, conf in enumerate(((ws.settings.get("messaging") or {}).get("providers") or {}).get("push") or []):
-        if conf.get("type") == "webpush":
-            key = secret(conf, "vapid_private_key", f"settings.messaging.providers.push[{i}]")
-            return JSON({"publicKey": application_server_key(load_vapid(key or ""))})
+        if isinstance(conf, dict) and conf.get("type") == "webpush":
+            where = f"settings.messaging.providers.push[{i}].vapid_private_key_env"
+            try:  # the variable unset or not a key: the operator's to fix (named in the log), never the caller's
+                key = secret(conf, "vapid_private_key", f"settings.messaging.providers.push[{i}]")
+                if key is None:
+                    raise ConfigError(f"{where} is required")
+                vapid = load_vapid(key, f"the key in ${conf.get('vapid_private_key_env')} ({where})")
+            except ConfigError as exc:
+                log.warning("GET /v1/push/vapid-key for workspace %s: %s", ws.id, exc)
+                raise NotConfigured(
+                    "this server is not configured for web push (its VAPID key is missing or unusable); "
+                    "the server's log says why",
+                    code="push_not_configured",
+                ) from None
+            return JSON({"publicKey": application_server_key(vapid)})
     raise NotFound("no web push provider is configured for this workspace")

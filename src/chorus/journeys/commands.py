@@ -23,13 +23,16 @@ def _error(exc: Exception) -> None:
 
 def _document(path: str) -> object:
     """A journey or broadcast file: JSON, or YAML (.yaml, .yml) with the journeys' safe loader."""
+    from chorus.collect.importer import _unreadable  # the words `chorus import` uses for a mapping file
     from chorus.journeys import definition as d
 
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ChorusError(f"{path}: cannot be read ({exc.__class__.__name__})") from None
+    except UnicodeDecodeError:
+        raise ChorusError(f"{path} is not UTF-8 text") from None
+    except OSError as exc:  # in our words, as for an import's mapping file: never the exception's class or errno
+        raise ChorusError(f"{path} {_unreadable(exc)}") from None
     if path.endswith((".yaml", ".yml")):
         return d.load_yaml(text)
     try:

@@ -1028,11 +1028,72 @@ _TEXT_CONFIG = ParserConfig(display_links=True)
 
 
 _MJML_POSITION = re.compile(r" at position (\d+):(\d+)")
+_MJML_TAG = re.compile(r"<(/?)(mjml|mj-[\w-]+)\b[^<>]*?(/?)>")  # [^<>]: one pass, however the text is broken
+_MJML_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.S)
+
+
+def _mjml_tags(body: str) -> str | None:
+    """The first MJML tag left open or closed out of turn, with its line: ``<mj-text> at line 3 is not closed``.
+    Only the ``mj-`` tags are followed (HTML inside ``mj-text`` is not), so None when they all pair up."""
+    text = _MJML_COMMENT.sub(lambda m: "\n" * m.group(0).count("\n"), body)
+    stack: list[tuple[str, int]] = []
+    line, seen = 1, 0
+    for m in _MJML_TAG.finditer(text):
+        closing, name, selfclosing = m.groups()
+        line, seen = line + text.count("\n", seen, m.start()), m.start()
+        if selfclosing:
+            continue
+        if not closing:
+            stack.append((name, line))
+        elif stack and stack[-1][0] == name:
+            stack.pop()
+        elif stack:
+            opened, at = stack[-1]
+            return f"<{opened}> at line {at} is not closed before </{name}> at line {line}"
+        else:
+            return f"</{name}> at line {line} closes a tag that is not open"
+    if stack:
+        name, line = stack[-1]
+        return f"<{name}> at line {line} is not closed"
+    return None
+
+
+def _mjml_problem(message: str, body: str) -> str:
+    """mjml-python's (mrml's) error in our words: which kind of problem and, where it gives a position (a byte
+    offset into the document), the line; never its own text, its "root template" or the offsets."""
+    line, near = None, ""
+    if m := _MJML_POSITION.search(message):
+        raw = body.encode("utf-8", "surrogatepass")
+        line = raw[: int(m.group(1))].count(b"\n") + 1
+        near = raw[int(m.group(1)) : int(m.group(2))].decode("utf-8", "replace").strip()[:40]
+    at = f" at line {line}" if line else ""
+    # mrml points at an element by its name, with or without the "<"
+    element = f"<{name.group(1)}>{at}" if (name := re.match(r"<?([\w-]+)", near)) else f"an element{at}"
+    if message.startswith("unable to load included template"):
+        return f"the MJML has an mj-include{at}, which cannot be loaded here: use a layout or a partial instead"
+    if found := _mjml_tags(body):  # an MJML tag left open explains any of mrml's complaints, and says where
+        return f"the MJML is not well-formed: {found}"
+    if message.startswith("unexpected end of stream"):
+        return "the MJML is not well-formed: a tag is not closed"
+    if message.startswith("unexpected token"):
+        return "the MJML is not well-formed: a closing tag does not match the tag it closes" + (
+            f"{at}, near {near!r}" if near else at
+        )
+    if message.startswith("unable to parse next template"):
+        return (
+            "the MJML is not well-formed: it has markup that cannot be read (a stray '<', an attribute without "
+            "quotes or a comment left open)"
+        )
+    if message.startswith("unexpected element"):
+        return f"the MJML has {element}, where it is not allowed"
+    if message.startswith("unexpected attribute"):
+        return f"the MJML has an attribute that is not allowed{at}"
+    return f"the MJML does not compile{at}"
 
 
 def compile_mjml(body: str) -> str:
     """MJML to HTML; a ValueError says what is wrong in the template's terms (mjml-python speaks of its parser's
-    "root template" and character offsets). A fragment (``<mj-section>…``) is only valid inside a layout."""
+    "root template" and byte offsets). A fragment (``<mj-section>…``) is only valid inside a layout."""
     start = body.lstrip()
     if not start.startswith("<mjml"):
         raise ValueError(
@@ -1045,11 +1106,7 @@ def compile_mjml(body: str) -> str:
     try:
         return mjml2html(body)
     except ValueError as err:
-        message = str(err).replace(" in root template", "")
-        if m := _MJML_POSITION.search(message):  # offsets into the rendered document: show what is there instead
-            near = body[int(m.group(1)) : int(m.group(2))].strip()[:40]
-            message = message[: m.start()] + (f" near {near!r}" if near else "")
-        raise ValueError(f"MJML does not compile: {message}") from None
+        raise ValueError(_mjml_problem(str(err), body)) from None
 
 
 def _html_to_text(html: str) -> str:

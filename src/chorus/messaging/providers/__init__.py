@@ -8,6 +8,7 @@ raises :class:`TransientError` (try again later, or on the secondary provider) o
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import threading
 from dataclasses import dataclass, field
@@ -102,6 +103,38 @@ def secret(conf: dict, key: str, where: str, resolve: bool = True) -> str | None
     return value
 
 
+MAX_TIMEOUT = 300.0  # seconds: a provider call that takes longer is not coming back
+
+
+def timeout_of(conf: dict, where: str, default: float) -> float:
+    """``timeout``: seconds to wait for the provider, finite, more than 0 and at most 300 (a number, or its text,
+    as accepted before; "nan", 1e300 or 0 would make every call fail at once or hang a worker's thread)."""
+    value = conf.get("timeout", default)
+    try:
+        seconds = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError, OverflowError):
+        seconds = math.nan
+    if not 0 < seconds <= MAX_TIMEOUT:  # NaN fails every comparison
+        raise ConfigError(f"{where}.timeout must be a number of seconds, more than 0 and at most {MAX_TIMEOUT:g}")
+    return seconds
+
+
+MAX_TTL = 28 * 24 * 3600  # seconds: 4 weeks, the most the Web Push protocol (RFC 8030) and FCM keep a message
+
+
+def ttl_of(conf: dict, where: str, default: int = 24 * 3600) -> int:
+    """``ttl``: how long the push service keeps an undelivered message, whole seconds from 0 to 4 weeks (a number,
+    or its text, as accepted before)."""
+    value = conf.get("ttl", default)
+    try:
+        ttl = int(value) if not isinstance(value, bool) else -1
+    except (TypeError, ValueError, OverflowError):
+        ttl = -1
+    if not 0 <= ttl <= MAX_TTL:
+        raise ConfigError(f"{where}.ttl must be a whole number of seconds from 0 to {MAX_TTL} (4 weeks)")
+    return ttl
+
+
 # type -> (module, class): imported on first use, so a workspace without push never loads pywebpush.
 _REGISTRY = {
     "smtp": ("smtp", "SMTPProvider"),
@@ -122,11 +155,13 @@ def build(conf: dict, where: str, resolve_secrets: bool = True, channel: str | N
     file sink) is told the ``channel`` it is configured under; the others serve one channel, their own."""
     if not isinstance(conf, dict):
         raise ConfigError(f"{where} must be an object with a type")
-    entry = _REGISTRY.get(conf.get("type"))
-    if entry is None:
-        raise ConfigError(
-            f"{where}.type {conf.get('type')!r} is not a known provider type ({', '.join(PROVIDER_TYPES)})"
-        )
+    kind = conf.get("type")
+    if not isinstance(kind, str):  # missing, or a list or an object (no dictionary key): said, not a TypeError
+        raise ConfigError(f"{where}.type must be a provider type ({', '.join(PROVIDER_TYPES)})")
+    entry = _REGISTRY.get(kind)
+    if entry is None:  # the text as written, quoted, at most 64 characters (not Python's repr of it)
+        shown = kind if len(kind) <= 64 else kind[:63] + "…"
+        raise ConfigError(f"{where}.type '{shown}' is not a known provider type ({', '.join(PROVIDER_TYPES)})")
     concurrency_of(conf, where)
     cls = getattr(importlib.import_module(f"chorus.messaging.providers.{entry[0]}"), entry[1])
     if getattr(cls, "every_channel", False):

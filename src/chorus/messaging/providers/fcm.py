@@ -21,6 +21,8 @@ from chorus.messaging.providers import (
     check_settings,
     http_failure,
     secret,
+    timeout_of,
+    ttl_of,
 )
 from chorus.messaging.providers.http import HTTPError
 
@@ -51,8 +53,8 @@ class FCMProvider(HTTPClient):
         if resolve_secrets and not self.project_id:
             raise ConfigError(f"{where}.project_id is required (or project_id in the service account JSON)")
         self.base_url = str(conf.get("base_url") or "https://fcm.googleapis.com").rstrip("/")
-        self.timeout = float(conf.get("timeout", 10))
-        self.ttl = int(conf.get("ttl", 24 * 3600))
+        self.timeout = timeout_of(conf, where, 10)
+        self.ttl = ttl_of(conf, where)
         self._creds = None
         self._lock = threading.Lock()
 

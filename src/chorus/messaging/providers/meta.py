@@ -29,6 +29,7 @@ from chorus.messaging.providers import (
     check_settings,
     http_failure,
     secret,
+    timeout_of,
 )
 from chorus.messaging.providers.http import HTTPError
 
@@ -123,10 +124,7 @@ class _Graph(HTTPClient):
         self.version = conf.get("api_version", "v21.0")
         if not isinstance(self.version, str) or not GRAPH_VERSION.fullmatch(self.version):
             raise ConfigError(f"{where}.api_version must be a Graph API version such as v21.0")
-        try:
-            self.timeout = float(conf.get("timeout", 15))
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}.timeout must be a number of seconds") from None
+        self.timeout = timeout_of(conf, where, 15)
 
     def _client_options(self) -> dict:
         return dict(

@@ -32,6 +32,7 @@ from chorus.messaging.providers import (
     check_settings,
     http_failure,
     secret,
+    timeout_of,
 )
 from chorus.messaging.providers.http import HTTPError, Response
 
@@ -94,10 +95,7 @@ class SendGridProvider(HTTPClient):
         if not isinstance(base_url, str) or not base_url.startswith(("https://", "http://")):
             raise ConfigError(f"{where}.base_url must be an http(s) URL")
         self.base_url = base_url.rstrip("/")
-        try:
-            self.timeout = float(conf.get("timeout", 30))
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}.timeout must be a number of seconds") from None
+        self.timeout = timeout_of(conf, where, 30)
         self.webhook_key = None
         if conf.get("webhook_public_key") is not None:
             if not isinstance(conf["webhook_public_key"], str):

@@ -8,7 +8,15 @@ import smtplib
 import ssl
 import threading
 
-from chorus.messaging.providers import AmbiguousError, ConfigError, Outgoing, PermanentError, TransientError, secret
+from chorus.messaging.providers import (
+    AmbiguousError,
+    ConfigError,
+    Outgoing,
+    PermanentError,
+    TransientError,
+    secret,
+    timeout_of,
+)
 from chorus.messaging.providers.email import Composer
 
 # Enhanced status codes 5.1.x are about the address itself (no such user, bad domain): a hard bounce.
@@ -32,7 +40,7 @@ class SMTPProvider:
         self.composer = Composer(conf, where, resolve_secrets)  # from, reply_to, dkim
         self.sender, self.from_domain = self.composer.sender, self.composer.from_domain
         self._envelope_from = self.composer.envelope_from
-        self.timeout = float(conf.get("timeout", 30))
+        self.timeout = timeout_of(conf, where, 30)
         self.tls_context = ssl.create_default_context(cafile=conf.get("ca_file"))
         if conf.get("tls_verify") is False:  # a private relay with a self-signed certificate
             self.tls_context.check_hostname = False

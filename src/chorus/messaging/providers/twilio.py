@@ -22,6 +22,7 @@ from chorus.messaging.providers import (
     check_settings,
     http_failure,
     secret,
+    timeout_of,
 )
 from chorus.messaging.providers.http import HTTPError
 
@@ -62,7 +63,7 @@ class TwilioSMS(HTTPClient):
             raise ConfigError(f"{where} needs exactly one of from (an E.164 number) or messaging_service_sid")
         self.base_url = str(conf.get("base_url") or "https://api.twilio.com").rstrip("/")
         self.status_callback = conf.get("status_callback")
-        self.timeout = float(conf.get("timeout", 15))
+        self.timeout = timeout_of(conf, where, 15)
 
     def _client_options(self) -> dict:
         return dict(base_url=self.base_url, auth=(self.account_sid, self.auth_token or ""), timeout=self.timeout)

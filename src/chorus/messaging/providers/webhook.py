@@ -21,6 +21,7 @@ from chorus.messaging.providers import (
     TransientError,
     check_settings,
     secret,
+    timeout_of,
 )
 from chorus.messaging.providers.http import HTTPError
 
@@ -45,7 +46,7 @@ class WebhookProvider(HTTPClient):
         self.secret = secret(conf, "secret", where, resolve_secrets)
         if self.secret is None:
             raise ConfigError(f"{where}.secret_env is required: every webhook is signed")
-        self.timeout = float(conf.get("timeout", 10))
+        self.timeout = timeout_of(conf, where, 10)
 
     def _client_options(self) -> dict:
         return {"timeout": self.timeout}

@@ -24,6 +24,8 @@ from chorus.messaging.providers import (
     TransientError,
     check_settings,
     secret,
+    timeout_of,
+    ttl_of,
 )
 
 KNOWN = {"type", "name", "vapid_private_key_env", "subject", "ttl", "urgency", "timeout", "rate_per_second"}
@@ -64,17 +66,11 @@ class WebPushProvider:
             raise ConfigError(f"{where}.vapid_private_key_env is required")
         env = conf.get("vapid_private_key_env")
         self.vapid = load_vapid(key, f"the key in ${env} ({where}.vapid_private_key_env)") if resolve_secrets else None
-        try:  # what was accepted before stays accepted (a number, or its text); the rest is named, not Python's text
-            self.ttl = int(conf.get("ttl", 24 * 3600))
-        except (TypeError, ValueError, OverflowError):
-            raise ConfigError(f"{where}.ttl must be a whole number of seconds") from None
+        self.ttl = ttl_of(conf, where)
         self.urgency = conf.get("urgency", "normal")
         if self.urgency not in ("very-low", "low", "normal", "high"):
             raise ConfigError(f"{where}.urgency must be very-low, low, normal or high")
-        try:
-            self.timeout = float(conf.get("timeout", 10))
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}.timeout must be a number of seconds") from None
+        self.timeout = timeout_of(conf, where, 10)
         self._session = requests.Session()
 
     def accepts(self, out: Outgoing) -> bool:
