@@ -14,12 +14,16 @@ The format comes from the extension: ``.csv``, ``.jsonl`` / ``.ndjson``, ``.parq
 a message or a :class:`RowError`; good rows next to bad rows are all yielded. Line numbers are 1-based:
 
 * CSV: UTF-8, optional BOM; the first line is the header (names are stripped of surrounding spaces; blank
-  names are allowed, but a value under a blank name is an error). A row's line is the physical line it starts
-  on (quoted cells may span lines). Blank rows (no cell has a non-space character) are skipped. A row with the
-  wrong number of cells, or containing bytes that are not UTF-8, is a RowError.
+  names are allowed, but a value under a blank name is an error). Blank lines before the header (empty or
+  spaces only) are skipped; a header that names no columns at all (``,,,``) is an ImportFileError, so that the
+  first data row is never taken for the header. A row's line is the physical line it starts on, counting any
+  blank lines before the header (quoted cells may span lines). Blank rows (no cell has a non-space character)
+  are skipped. A row with the wrong number of cells, or containing bytes that are not UTF-8, is a RowError.
 * JSONL: one JSON object per line, already in column form (keys are column names); the same mapping applies.
   Blank lines are skipped; a line that is not UTF-8, not JSON or not an object is a RowError. JSON numbers
   with a fraction or exponent are read exactly (so money stays exact).
+* A RowError quotes a bad value as the file wrote it: a text in quotes, anything else JSON-style (``-1e20``,
+  ``{"a": [1, 1, 1]}``), cut at SHOW_LIMIT characters; never a Python repr.
 * parquet: line = row index + 1.
 
 Mapping (JSON file; YAML too if PyYAML is importable). Every key is optional; absent keys take the source's
@@ -96,6 +100,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import itertools
 import json
 import math
 import re
@@ -435,7 +440,15 @@ def _resolve(raw: dict, source: str) -> Mapping:
 
 
 class _JsonDecimal(Decimal):
-    """A JSON number with a fraction/exponent, read exactly; untyped it becomes a float."""
+    """A JSON number with a fraction/exponent, read exactly; untyped it becomes a float. ``text`` is the number
+    as the file wrote it (``-1e20``, not Decimal's ``-1E+20``), for error messages."""
+
+    __slots__ = ("text",)
+
+    def __new__(cls, text: str) -> _JsonDecimal:
+        self = super().__new__(cls, text)
+        self.text = text
+        return self
 
 
 class _Bad(Exception):
@@ -451,9 +464,62 @@ def _is_empty(value: Any) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
+SHOW_LIMIT = 60  # characters of a value quoted in an error message
+
+
 def _show(value: Any) -> str:
-    text = value if isinstance(value, str) else repr(value)
-    return repr(text[:60] + ("…" if len(text) > 60 else ""))
+    """A value for an error message, as the file wrote it: a text in quotes (``'yesterday'``), anything else
+    JSON-style (``-1e20``, ``{"a": [1, 1, 1]}``, ``true``); a parquet date or time in ISO form, a binary value
+    by its kind. Cut at SHOW_LIMIT characters (``…``); never a Python repr (``Decimal('-1E+20')``)."""
+    if isinstance(value, str):
+        return repr(value[:SHOW_LIMIT] + ("…" if len(value) > SHOW_LIMIT else ""))
+    if isinstance(value, bytes | bytearray | memoryview):
+        return "a binary value"
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    text = ""
+    for piece in _json_pieces(value):  # stops as soon as enough is written: a huge or deep value costs nothing
+        text += piece
+        if len(text) > SHOW_LIMIT:
+            return text[:SHOW_LIMIT] + "…"
+    return text
+
+
+def _json_pieces(value: Any) -> Iterator[str]:
+    """``value`` as JSON text, piece by piece (keys and strings as JSON strings, ``, `` and ``: `` between)."""
+    if value is None or isinstance(value, bool):
+        yield {None: "null", True: "true", False: "false"}[value]
+    elif isinstance(value, str):  # cut first: only the start is shown; unprintable characters escaped, as JSON
+        text = json.dumps(value[: SHOW_LIMIT + 1], ensure_ascii=False)
+        yield "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in text)
+    elif isinstance(value, _JsonDecimal):
+        yield value.text
+    elif isinstance(value, int):  # (JSON and parquet integers have far fewer than Python's 4,300 printable digits)
+        yield str(value) if value.bit_length() < 14_000 else "<a very large integer>"
+    elif isinstance(value, float):
+        if math.isfinite(value):
+            yield repr(value)
+        else:
+            yield "NaN" if math.isnan(value) else "-Infinity" if value < 0 else "Infinity"
+    elif isinstance(value, Decimal):  # parquet: exact, as stored (12.50)
+        yield str(value)
+    elif isinstance(value, datetime | date | time):
+        yield f'"{value.isoformat()}"'
+    elif isinstance(value, dict):
+        yield "{"
+        for i, (k, v) in enumerate(value.items()):
+            yield (", " if i else "") + next(_json_pieces(str(k))) + ": "
+            yield from _json_pieces(v)
+        yield "}"
+    elif isinstance(value, list | tuple):
+        yield "["
+        for i, v in enumerate(value):
+            if i:
+                yield ", "
+            yield from _json_pieces(v)
+        yield "]"
+    else:  # a binary value, a duration: said by kind, not by Python's repr
+        yield "<binary>" if isinstance(value, bytes | bytearray | memoryview) else "<value>"
 
 
 def _plain(value: Any, col: str) -> Any:
@@ -464,13 +530,13 @@ def _plain(value: Any, col: str) -> Any:
         return float(value)
     if isinstance(value, Decimal):
         if not value.is_finite():
-            raise _Bad(col, f"column {col!r}: {value} is not a finite number")
+            raise _Bad(col, f"column {col!r}: {_show(value)} is not a finite number")
         return format(value, "f")
     if isinstance(value, float):
         if math.isnan(value):
             return None
         if math.isinf(value):
-            raise _Bad(col, f"column {col!r}: {value} is not a finite number")
+            raise _Bad(col, f"column {col!r}: {_show(value)} is not a finite number")
         return value
     if isinstance(value, datetime):
         return iso(value) if value.tzinfo is not None else value.isoformat()
@@ -491,27 +557,30 @@ def _plain(value: Any, col: str) -> Any:
 def _convert(value: Any, tname: str, col: str) -> Any:
     """Convert a non-empty value to a declared type; _Bad naming the column otherwise."""
     text = value.strip() if isinstance(value, str) else None
-    bad = _Bad(col, f"column {col!r}: {_show(value)} is not a valid {tname}")
+
+    def bad() -> _Bad:  # (the value is quoted only when it is bad)
+        return _Bad(col, f"column {col!r}: {_show(value)} is not a valid {tname}")
+
     if tname == "str":
         if isinstance(value, dict | list | tuple):
-            raise bad
+            raise bad()
         plain = _plain(value, col)
         return plain if isinstance(plain, str) else json.dumps(plain)
     if isinstance(value, bool):
         if tname == "bool":
             return value
-        raise bad
+        raise bad()
     if tname == "bool":
         if text is not None and text.lower() in _BOOLS:
             return _BOOLS[text.lower()]
         if isinstance(value, int) and value in (0, 1):
             return bool(value)
-        raise bad
+        raise bad()
     if tname == "int":
         if text is not None:
             if _INT_RE.match(text):
                 return int(text)
-            raise bad
+            raise bad()
         if isinstance(value, int):
             return value
         if isinstance(value, Decimal | float):
@@ -520,23 +589,23 @@ def _convert(value: Any, tname: str, col: str) -> Any:
                     return int(value)
             except (ValueError, OverflowError, InvalidOperation):
                 pass
-        raise bad
+        raise bad()
     if tname == "float":
         if text is not None:
             if not _FLOAT_RE.match(text):
-                raise bad
+                raise bad()
             result = float(text)
         elif isinstance(value, int | float | Decimal):
             result = float(value)
         else:
-            raise bad
+            raise bad()
         if not math.isfinite(result):
-            raise bad
+            raise bad()
         return result
     # decimal: an exact decimal string
     if text is not None:
         if not _DECIMAL_RE.match(text):
-            raise bad
+            raise bad()
         dec = Decimal(text)
     elif isinstance(value, Decimal):
         dec = value
@@ -545,9 +614,9 @@ def _convert(value: Any, tname: str, col: str) -> Any:
     elif isinstance(value, float):
         dec = Decimal(repr(value))
     else:
-        raise bad
+        raise bad()
     if not dec.is_finite():
-        raise bad
+        raise bad()
     return format(dec, "f")
 
 
@@ -570,11 +639,13 @@ def _key_text(value: Any) -> str:
 
 
 def _parse_ts(value: Any, tz: ZoneInfo, col: str) -> str:
-    bad = _Bad(col, f"column {col!r}: {_show(value)} is not a timestamp "
-                    "(ISO-8601, 'YYYY-MM-DD HH:MM:SS' or epoch seconds)")  # fmt: skip
+    def bad() -> _Bad:  # (the value is quoted only when it is bad)
+        return _Bad(col, f"column {col!r}: {_show(value)} is not a timestamp "
+                         "(ISO-8601, 'YYYY-MM-DD HH:MM:SS' or epoch seconds)")  # fmt: skip
+
     try:
         if isinstance(value, bool):
-            raise bad
+            raise bad()
         if isinstance(value, int | float | Decimal):
             return iso(datetime.fromtimestamp(float(value), UTC))
         if isinstance(value, datetime):
@@ -589,12 +660,12 @@ def _parse_ts(value: Any, tz: ZoneInfo, col: str) -> str:
                 text = text[:-1] + "+00:00"
             dt = datetime.fromisoformat(text)
         else:
-            raise bad
+            raise bad()
         if dt.tzinfo is None:
             dt = dt.replace(tzinfo=tz)
         return iso(dt)
     except (ValueError, OverflowError, OSError):
-        raise bad from None
+        raise bad() from None
 
 
 def _ident(value: Any, name: str, col: str) -> str | None:
@@ -788,29 +859,39 @@ def _text_lines(fh: io.BufferedIOBase, newline: str | None) -> io.TextIOWrapper:
 
 def _iter_csv(path: Path, builder: _Builder) -> Iterator[tuple[int, dict | RowError]]:
     with open(path, "rb") as raw, _text_lines(raw, "") as text:
-        reader = csv.reader(text, delimiter=builder.m.delimiter, strict=True)
-        start = 1
+        # Blank lines before the header (empty or spaces only: no delimiter, no quote) are skipped; line numbers
+        # stay physical. A line of delimiters (or "") is a header that names no columns, an error: skipping it
+        # would take the first data row for the header, and lose it.
+        delimiter = builder.m.delimiter
+        skipped = 0
+        for first in text:
+            if first.strip() or delimiter in first:
+                break
+            skipped += 1
+        else:
+            return  # an empty file, or blank lines only: no rows
+        reader = csv.reader(itertools.chain([first], text), delimiter=delimiter, strict=True)
+        start = skipped + 1
         try:
             header = next(reader)
-            while not any(h.strip() for h in header):  # blank lines before the header
-                start = reader.line_num + 1
-                header = next(reader)
-        except StopIteration:
+        except StopIteration:  # (cannot happen: the line is not blank)
             return
         except csv.Error as exc:
             why = _csv_problem(exc)
             raise ImportFileError(f"{path.name}: line {start}: the header is not readable as CSV: {why}") from None
         if any(_SURROGATE_RE.search(h) for h in header):
-            raise ImportFileError(f"{path.name}: the header line is not valid UTF-8")
+            raise ImportFileError(f"{path.name}: line {start}: the header line is not valid UTF-8")
         header = [h.strip() for h in header]
         named = [h for h in header if h]
+        if not named:
+            raise ImportFileError(f"{path.name}: line {start}: the header names no columns")
         if len(set(named)) != len(named):
             dup = next(h for h in named if named.count(h) > 1)
-            raise ImportFileError(f"{path.name}: column {dup!r} appears twice in the header")
+            raise ImportFileError(f"{path.name}: line {start}: column {dup!r} appears twice in the header")
         width = len(header)
         unnamed = [i for i, h in enumerate(header) if not h]
         while True:
-            start = reader.line_num + 1
+            start = skipped + reader.line_num + 1
             try:
                 cells = next(reader)
             except StopIteration:
@@ -818,7 +899,7 @@ def _iter_csv(path: Path, builder: _Builder) -> Iterator[tuple[int, dict | RowEr
             except csv.Error as exc:
                 yield start, RowError(start, None, f"row is not readable as CSV: {_csv_problem(exc)}")
                 continue
-            end = reader.line_num
+            end = skipped + reader.line_num
             if not any(c.strip() for c in cells):
                 continue
             bad = next((i for i, c in enumerate(cells) if _SURROGATE_RE.search(c)), None)
