@@ -15,9 +15,10 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from chorus import gctune
+from chorus.clitools import ChorusGroup
 from chorus.errors import ChorusError
 
-app = typer.Typer(help="Chorus: omnichannel customer engagement platform.", no_args_is_help=True)
+app = typer.Typer(help="Chorus: omnichannel customer engagement platform.", no_args_is_help=True, cls=ChorusGroup)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 ws_app = typer.Typer(help="Workspaces and their keys.", no_args_is_help=True)
 import_app = typer.Typer(help="Bring offline channels in as events.", no_args_is_help=True)
@@ -35,7 +36,6 @@ from chorus.clitools import (  # noqa: E402 - shared with packages' commands
     _open,
     _out,
     _print_json,
-    _settings,
     err,
 )
 
@@ -43,9 +43,7 @@ from chorus.clitools import (  # noqa: E402 - shared with packages' commands
 @db_app.command("upgrade")
 def db_upgrade(db: DbOpt = None):
     """Apply migrations up to the latest schema."""
-    from chorus.store.db import upgrade
-
-    upgrade(_settings(db).database_url)
+    _engine(db, create=True)  # makes the store (a SQLite file) if there is none
     err.print("database is up to date")
 
 
@@ -90,7 +88,7 @@ def serve(
     from chorus.app import create_app
 
     gctune.mode()  # a wrong CHORUS_GC stops the command before it creates anything
-    settings, engine = _engine(db)
+    settings, engine = _engine(db, create=True)
     settings = dataclasses.replace(settings, dev=dev)
     if "CHORUS_PUBLIC_URL" not in os.environ:  # links in messages point at this server unless told otherwise
         settings = dataclasses.replace(settings, public_url=f"http://{host}:{port}")
@@ -141,7 +139,7 @@ def worker(
     from chorus.worker import Worker
 
     gctune.mode()
-    settings, engine = _engine(db)
+    settings, engine = _engine(db, create=True)
     _setup_logging()
     _outbox(dev, outbox)
     w = Worker(engine, batch or settings.worker_batch, settings.worker_poll_seconds, dev=dev)
@@ -173,7 +171,7 @@ def ws_create(
     """Create a workspace and print its keys (the api key is shown only now)."""
     from chorus import workspaces
 
-    _, engine = _engine(db)
+    _, engine = _engine(db, create=True)
     try:
         out = workspaces.create(engine, name)
     except (ChorusError, ValueError) as exc:
@@ -203,23 +201,36 @@ def ws_settings(
     set_json: Annotated[str | None, typer.Option("--set", help='JSON patch, e.g. \'{"default_region": "GB"}\'')] = None,
     db: DbOpt = None,
 ):
-    """Show or change a workspace's settings."""
-    from chorus import workspaces
+    """Show or change a workspace's settings (a change gets the checks of PATCH /api/workspace/settings)."""
+    from chorus import safejson, workspaces
 
     _, engine = _engine(db)
     try:
         with engine.connect() as conn:
             w = workspaces.find(conn, workspace)
         settings = w.settings
-        if set_json:
-            try:
-                patch = orjson.loads(set_json)
-            except orjson.JSONDecodeError as exc:
-                raise ChorusError(f"--set is not valid JSON: {exc}") from None
+        if set_json is not None:
+            # what the API's gate does to a body (chorus.api.guard), then the registered settings validators
+            patch = safejson.check(safejson.parse(set_json, "--set"), "settings")
+            duplicated = safejson.duplicate_key(set_json, "settings")
+            if duplicated:
+                raise ChorusError(f"{duplicated} is given twice", field=duplicated)
+            if not isinstance(patch, dict):
+                raise ChorusError('--set must be a JSON object, e.g. \'{"default_region": "GB"}\'', field="--set")
             settings = workspaces.update_settings(engine, w.id, patch)
-    except (ChorusError, ValueError) as exc:
+    except (ValueError, OverflowError) as exc:
+        _fail(ChorusError(_value_words(exc)))
+    except ChorusError as exc:
         _fail(exc)
     sys.stdout.write(orjson.dumps(settings, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def _value_words(exc: Exception) -> str:
+    """A validator's ValueError as it reads (it names the field); Python's own (an overflow) said generally."""
+    text = str(exc)
+    if isinstance(exc, OverflowError) or not text or "out of range" in text and "settings." not in text:
+        return "settings: a number is out of range"
+    return text
 
 
 @ws_app.command("identity-secret")
@@ -331,13 +342,15 @@ def import_events(
     """Import offline events. Re-importing the same file is a no-op; bad rows are listed with their line."""
     from chorus import workspaces
     from chorus.collect import imports
+    from chorus.collect.importer import _unreadable
 
     _, engine = _engine(db)
     try:
         with engine.connect() as conn:
             w = workspaces.find(conn, workspace)
-        if not os.path.exists(file):
-            raise ChorusError(f"file {file} does not exist")
+        if not os.path.isfile(file):
+            problem = IsADirectoryError() if os.path.isdir(file) else FileNotFoundError()
+            raise ChorusError(f"file {file} {_unreadable(problem)}", field="file")
         total = imports.count_rows(file)
         with Progress(
             TextColumn("[bold]importing[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -558,14 +571,20 @@ def lake_export(
     """Export new events, changed messages and all profiles to Parquet; re-running adds only what is new."""
     from datetime import timedelta
 
-    from chorus.analytics import lake
+    from chorus.analytics import lake, limits
 
-    if settle < 0:
-        _fail(ChorusError("--settle must be 0 or more seconds"))
+    try:
+        limits.SETTLE_SECONDS.check(settle, "--settle")
+        _check_lake_dir(out)
+    except ChorusError as exc:
+        _fail(exc)
     _, engine = _engine(db)
     try:
         result = lake.export(engine, out, settle=timedelta(seconds=settle))
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        why = "permission denied" if isinstance(exc, PermissionError) else "the disk refused a write"
+        _fail(ChorusError(f"cannot write the lake at {out}: {why}", field="--out"))
+    except ValueError as exc:
         _fail(exc)
     if json_out:
         sys.stdout.write(orjson.dumps(result.as_dict()).decode() + "\n")
@@ -579,6 +598,18 @@ def lake_export(
     held = result.held_back_text()
     if held:
         typer.echo(f"Not exported yet: {held}")
+
+
+def _check_lake_dir(out: str) -> None:
+    """``--out`` names a directory that is, or can be, the lake: not empty text (the current directory), not a
+    file."""
+    if not out.strip():
+        raise ChorusError("--out needs the lake's directory, not empty text", field="--out")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ChorusError(f"--out {out} is a file, not a directory", field="--out")
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise ChorusError(f"--out {out}: the directory {parent} does not exist", field="--out")
 
 
 def _register_analytics() -> None:

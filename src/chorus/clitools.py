@@ -8,6 +8,7 @@ from typing import Annotated
 import orjson
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from chorus.config import Settings
 from chorus.errors import ChorusError
@@ -25,14 +26,72 @@ def _settings(db: str | None) -> Settings:
     return Settings.from_env(database_url=db)
 
 
-def _engine(db: str | None, upgrade: bool = True):
+def _engine(db: str | None, upgrade: bool = True, create: bool = False):
+    """The settings and an engine on the store named by ``--db`` (else $CHORUS_DATABASE_URL, else ./chorus.db), its
+    schema upgraded first unless ``upgrade`` is False. Only a command that makes a store (``create``: ``db upgrade``,
+    ``workspace create``, ``serve``, ``worker``) may name a SQLite file that does not exist yet; the others would
+    create an empty one. A store that cannot be opened is a usage error (exit 2) saying why, never the driver's
+    text or SQL."""
+    import sqlalchemy as sa
+
     from chorus.store.db import create_engine
     from chorus.store.db import upgrade as do_upgrade
 
     settings = _settings(db)
-    if upgrade:
-        do_upgrade(settings.database_url)
-    return settings, create_engine(settings.database_url)
+    url = settings.database_url
+    shown = _check_store(url, create)
+    try:
+        if upgrade:
+            do_upgrade(url)
+        engine = create_engine(url)
+        if not upgrade:
+            with engine.connect():
+                pass
+    except sa.exc.DBAPIError as exc:
+        reason = str(exc.orig).lower()
+        if "not a database" in reason:
+            why = "the file is not a SQLite database"
+        elif "readonly" in reason or "read-only" in reason:
+            why = "the database is read-only"
+        else:
+            why = "the database could not be opened (is it running, and is the URL right?)"
+        _fail(ChorusError(f"cannot open the store at {shown}: {why}", field="db"))
+    except (sa.exc.SQLAlchemyError, ImportError):
+        _fail(ChorusError(f"cannot open the store at {shown}: its driver is not installed", field="db"))
+    return settings, engine
+
+
+def _check_store(url: str, create: bool) -> str:
+    """``url`` as shown to a person (password hidden), once it names a store that can be opened; else exit 2."""
+    import os
+
+    import sqlalchemy as sa
+
+    from chorus.collect.importer import _unreadable
+    from chorus.store.db import normalise_url
+
+    try:
+        parsed = sa.engine.make_url(normalise_url(url))
+    except (sa.exc.ArgumentError, ValueError):
+        _fail(ChorusError(f"cannot open the store at {url!r}: not a database URL (sqlite:///PATH or "
+                          "postgresql://USER@HOST/NAME)", field="db"))  # fmt: skip
+    shown = sa.engine.make_url(url).render_as_string(hide_password=True)  # as the user wrote it
+    kind = parsed.get_backend_name()
+    if kind not in ("sqlite", "postgresql"):
+        _fail(ChorusError(f"cannot open the store at {shown}: unknown database kind {kind!r} (sqlite or postgresql)",
+                          field="db"))  # fmt: skip
+    path = parsed.database if kind == "sqlite" else None
+    if path and path != ":memory:" and not path.startswith("file:"):
+        where = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(where):
+            _fail(ChorusError(f"cannot open the store at {shown}: the directory {where} does not exist", field="db"))
+        if os.path.isdir(path):
+            _fail(ChorusError(f"cannot open the store at {shown}: {path} {_unreadable(IsADirectoryError())}",
+                              field="db"))  # fmt: skip
+        if not create and not os.path.exists(path):
+            _fail(ChorusError(f"cannot open the store at {shown}: the file {path} does not exist (`chorus db upgrade` "
+                              "or `chorus workspace create` makes a store)", field="db"))  # fmt: skip
+    return shown
 
 
 def _fail(exc: Exception) -> None:
@@ -61,3 +120,47 @@ def _out(doc, json_out: bool, text: str) -> None:
         _print_json(doc)
     else:
         typer.echo(text)
+
+
+# What typer says of a value its type refused is pydantic's sentence ("Input should be a valid integer, unable to
+# parse string as an integer"; click's "'abc' is not a valid integer." before typer 0.22): said in our words
+# instead, naming the option.
+_TYPE_WORDS = {
+    "int": "must be a whole number",
+    "float": "must be a number",
+    "finite": "must be a finite number",
+    "bool": "must be true or false",
+}
+# typer's BadParameter is click's (or, in recent typer, its vendored click's): its UsageError is the same one's
+_UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+def _usage_words(exc: typer.BadParameter):
+    """A usage error in our words for a value the option's type refused, or None to keep ``exc`` as it is."""
+    param = exc.param
+    if param is None:
+        return None
+    cause = exc.__cause__
+    errors = cause.errors(include_url=False) if hasattr(cause, "errors") else []
+    kind = errors[0]["type"] if errors else getattr(getattr(param, "type", None), "name", "")
+    words = next((w for prefix, w in _TYPE_WORDS.items() if kind.startswith(prefix)), None)
+    if words is None:
+        return None
+    longs = [o for o in getattr(param, "opts", ()) if o.startswith("--")]
+    name = longs[0] if longs else param.human_readable_name
+    value = errors[0].get("input") if errors else None
+    shown = f", not {value!r}" if isinstance(value, str) and len(value) <= 40 else ""
+    return _UsageError(f"{name} {words}{shown}", ctx=exc.ctx)
+
+
+class ChorusGroup(TyperGroup):
+    """The root command group: a subcommand's option refused by its type is worded by :func:`_usage_words`."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except typer.BadParameter as exc:
+            better = _usage_words(exc)
+            if better is None:
+                raise
+            raise better from None

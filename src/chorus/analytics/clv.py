@@ -11,6 +11,7 @@ purchase days (0 without repeats).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
@@ -28,6 +29,10 @@ MODEL = "clv:bgnbd+gamma_gamma"
 # turn; the one used is reported. An L2 penalty keeps parameters from running off to infinity, not to 0.
 PENALIZERS = (0.001, 0.01, 0.1, 1.0)
 MIN_REPEAT_CUSTOMERS = 2  # below this the models are not fitted at all (docs/analytics.md)
+# the fit's time unit, in days: purchases are counted by day (a smaller unit adds nothing, and near 0 the recency
+# and tenure overflow to infinity); at most a year
+MIN_UNIT_DAYS, MAX_UNIT_DAYS = 1, 366
+MAX_PENALIZER = 10
 
 
 @dataclass
@@ -250,12 +255,15 @@ def lifetime_values(
     """Fit BG/NBD and Gamma-Gamma on the lake's conversions observed up to ``end`` (default: the day of the last
     one) and predict, per customer, expected orders, probability alive, expected order value and the CLV over
     ``months`` discounted at ``discount_rate`` per month."""
-    if unit_days <= 0:
-        raise ChorusError("the time unit must be a positive number of days", field="unit_days")
+    if not _number(unit_days) or not MIN_UNIT_DAYS <= unit_days <= MAX_UNIT_DAYS:
+        raise ChorusError(f"unit_days, the time unit, must be a number of days from {MIN_UNIT_DAYS} to "
+                          f"{MAX_UNIT_DAYS} (purchases are counted by day)", field="unit_days")  # fmt: skip
     if months < 1:
         raise ChorusError("the horizon must be at least one month", field="months")
-    if not 0 <= discount_rate < 1:
+    if not _number(discount_rate) or not 0 <= discount_rate < 1:
         raise ChorusError("the monthly discount rate must be in [0, 1)", field="discount_rate")
+    if not _number(penalizer) or not 0 <= penalizer <= MAX_PENALIZER:
+        raise ChorusError(f"penalizer must be a finite number from 0 to {MAX_PENALIZER}", field="penalizer")
     ev = tp.resolved_events(lake, cfg, tp.Period())
     conv = tp.conversions(ev, cfg)
     if end is None:
@@ -334,6 +342,11 @@ def clv_by_profile(lake, cfg: tp.Config = tp.Config(), *, end: date | None = Non
     except ChorusError as exc:
         return None, f"no predicted CLV: {exc.message}"
     return dict(zip((str(c) for c in res.customers["customer"]), res.customers["clv"].tolist(), strict=True)), None
+
+
+def _number(v) -> bool:
+    """A finite int or float (not a bool, not NaN or infinite)."""
+    return not isinstance(v, bool) and isinstance(v, int | float) and math.isfinite(v)
 
 
 def _py(v):

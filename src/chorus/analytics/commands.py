@@ -36,36 +36,78 @@ ConfigOpt = Annotated[
 DbOpt = Annotated[str | None, typer.Option("--db", help="Database URL (for workspace names and --write-traits)")]
 
 
-def fail(exc: Exception):
+def fail(exc: Exception, code: int = 2):
     field = getattr(exc, "field", None)
     msg = getattr(exc, "message", str(exc))
-    Console(stderr=True).print(f"[red]error[/red]{f' ({field})' if field else ''}: {msg}")
-    raise typer.Exit(2)
+    named = f" ({field})" if field and not msg.startswith(field) else ""  # "--since must be ...": named already
+    Console(stderr=True, soft_wrap=True).print(f"[red]error[/red]{named}: {msg}",
+                                                markup=True, highlight=False)  # fmt: skip
+    raise typer.Exit(code)
+
+
+def _failure(exc: Exception):
+    """Say what went wrong at a command's boundary in our words: a bad value (ChorusError, ValueError,
+    OverflowError: exit 2), a lake file DuckDB cannot read (exit 1); never a traceback, DuckDB's text or SQL.
+    Anything else is raised again."""
+    import re
+
+    if isinstance(exc, ChorusError):
+        fail(exc)
+    if isinstance(exc, ValueError | OverflowError) and not type(exc).__module__.startswith(("duckdb", "_duckdb")):
+        fail(ChorusError(_plain(exc)))
+    # DuckDB's failure to read a file (chorus.analytics.engine.readable's two classes), told by module and name so
+    # that duckdb is not imported for it; any other engine error is a bug and keeps its traceback
+    if not (type(exc).__module__.startswith(("duckdb", "_duckdb"))
+            and type(exc).__name__ in ("IOException", "InvalidInputException")):  # fmt: skip
+        raise exc
+    found = re.search(r"""['"]([^'"]+\.parquet)['"]""", str(exc))
+    if found:
+        fail(ChorusError(f"the lake file {found.group(1)} is not readable Parquet (export the lake again into an "
+                         "empty directory)", field="lake"), code=1)  # fmt: skip
+    fail(ChorusError("the lake could not be read (a file may be damaged: export it again into an empty directory)",
+                     field="lake"), code=1)  # fmt: skip
+
+
+def _plain(exc: Exception) -> str:
+    """A ValueError's message (the analytics modules word theirs, naming the field); an overflow said generally."""
+    text = str(exc)
+    if isinstance(exc, OverflowError) or not text:
+        return "a value is out of range"
+    return text
 
 
 def _day(value: str | None, field: str) -> date | None:
+    """``value`` as a date within the API's years (chorus.api.analytics._bounded), or a 400 naming ``field``."""
+    from chorus.api.analytics import _bounded
+
     if value is None:
         return None
     try:
-        return date.fromisoformat(value)
+        day = date.fromisoformat(value)
     except ValueError:
-        raise ChorusError(f"{value!r} is not a date (YYYY-MM-DD)", field=field) from None
+        raise ChorusError(f"{field} {value!r} is not a date (YYYY-MM-DD)", field=field) from None
+    return _bounded(day, field)
 
 
-def _days(value: float, field: str) -> float:
-    import math
+def _check(**values) -> None:
+    """Each ``name=value`` of an option within its bound of chorus.analytics.limits (the API's): a 400 naming
+    ``--name`` otherwise."""
+    from chorus.analytics import limits
 
-    if not math.isfinite(value) or not 0 < value <= 3660:
-        raise ChorusError("must be a number of days above 0 and at most 3660", field=field)
-    return value
+    names = {"order": limits.MARKOV_ORDER, "half_life_days": limits.HALF_LIFE_DAYS,
+             "window_days": limits.WINDOW_DAYS, "months": limits.CLV_MONTHS, "discount_rate": limits.DISCOUNT_RATE,
+             "unit_days": limits.UNIT_DAYS, "penalizer": limits.PENALIZER, "limit": limits.CLV_LIMIT,
+             "top": limits.PATHS_TOP, "confidence": limits.CONFIDENCE, "bootstrap": limits.BOOTSTRAP}  # fmt: skip
+    for name, value in values.items():
+        names[name].check(value, "--" + name.replace("_", "-"))
 
 
 def _period(since: str | None, until: str | None):
     from chorus.analytics.touchpoints import Period
 
-    s, u = _day(since, "since"), _day(until, "until")
+    s, u = _day(since, "--since"), _day(until, "--until")
     if s and u and u < s:
-        raise ChorusError("--until is before --since", field="until")
+        raise ChorusError("--until is before --since", field="--until")
     start = datetime(s.year, s.month, s.day, tzinfo=UTC) if s else None
     end = datetime(u.year, u.month, u.day, tzinfo=UTC) + timedelta(days=1) if u else None
     return Period(start, end)
@@ -108,8 +150,10 @@ def _config(path: str | None, lk, db: str | None):
     $CHORUS_DATABASE_URL), so the CLI and the API count the same touchpoints; else the defaults."""
     from chorus.analytics import touchpoints
 
-    if path is not None or lk.workspace_id is None or not _has_db(db):
-        return touchpoints.load_config(path)
+    if path is not None:
+        return touchpoints.parse_config(_config_file(path))
+    if lk.workspace_id is None or not _has_db(db):
+        return touchpoints.Config()
     from chorus import workspaces
     from chorus.cli import _engine
 
@@ -120,6 +164,27 @@ def _config(path: str | None, lk, db: str | None):
         except ChorusError:
             raw = None  # a lake copied from another installation: its workspace is not in this database
     return touchpoints.parse_config(raw) if raw else touchpoints.Config()
+
+
+def _config_file(path: str) -> object:
+    """The JSON of a ``--config`` file, read and checked as the API checks a body (chorus.safejson): a file that
+    cannot be read, or is not JSON, is a 400 naming the file and, for JSON, the line and column."""
+    from chorus import safejson
+    from chorus.collect.importer import _unreadable
+
+    if not path:
+        raise ChorusError("--config needs a file name", field="--config")
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise ChorusError(f"--config {path} {_unreadable(exc)}", field="--config") from None
+    value = safejson.parse(data, f"--config {path}")
+    bad = safejson.problem(value, "")
+    if bad:
+        where, why = bad
+        raise ChorusError(f"--config {path}: {where + ': ' if where else ''}{why}", field=where or "--config")
+    return value
 
 
 def _emit(fmt: str, data: dict, rows: list[dict], columns: list[str]) -> bool:
@@ -168,15 +233,15 @@ def attribution(
         names = tuple(m.strip() for m in models.split(",") if m.strip())
         if not names:
             raise ChorusError("name at least one model", field="models")
-        _days(half_life_days, "half_life_days")
+        _check(order=order, half_life_days=half_life_days)
         lk = open_lake(lake, workspace, engine, db)
         cfg = _config(config, lk, db)
         res = attr.attribute(
             lk, cfg, period, by=by, models=names, half_life=timedelta(days=half_life_days), markov_order=order,
             shapley=shapley,
         )  # fmt: skip
-    except ChorusError as exc:
-        fail(exc)
+    except Exception as exc:
+        _failure(exc)
     if chart_path:
         _attribution_chart(res, chart_path)
     if _emit(fmt, res.as_dict(), res.rows, ["model", "label", "conversions", "revenue"]):
@@ -249,15 +314,17 @@ def clv(
     try:
         output.check_format(fmt)
         chart_path = output.check_chart(chart)
+        _check(months=months, discount_rate=discount_rate, unit_days=unit_days, penalizer=penalizer, limit=limit)
+        end_day = _day(end, "--end")
         lk = open_lake(lake, workspace, engine, db)
         cfg = _config(config, lk, db)
         res = clv_mod.lifetime_values(
-            lk, cfg, end=_day(end, "end"), unit_days=unit_days, months=months, discount_rate=discount_rate,
+            lk, cfg, end=end_day, unit_days=unit_days, months=months, discount_rate=discount_rate,
             penalizer=penalizer,
         )  # fmt: skip
         written = _write_traits(res, lk.workspace_id, db) if write_traits else None
-    except ChorusError as exc:
-        fail(exc)
+    except Exception as exc:
+        _failure(exc)
     summary = res.summary()
     if written is not None:
         summary["traits_written"] = written
@@ -366,13 +433,12 @@ def report_paths(
     try:
         output.check_format(fmt)
         chart_path = output.check_chart(chart)
-        if top < 1:
-            raise ChorusError("--top must be at least 1", field="top")
+        _check(top=top)
+        period = _period(since, until)
         lk = open_lake(lake, workspace, engine, db)
-        rep = path_report(lk, _config(config, lk, db),
-                          _period(since, until), by=by, top=top)  # fmt: skip
-    except ChorusError as exc:
-        fail(exc)
+        rep = path_report(lk, _config(config, lk, db), period, by=by, top=top)
+    except Exception as exc:
+        _failure(exc)
     rows = [{**r, "path": " > ".join(r["path"])} for r in rep.top]
     if chart_path:
         _paths_chart(rep, chart_path)
@@ -445,12 +511,14 @@ def report_omnichannel(
     try:
         output.check_format(fmt)
         chart_path = output.check_chart(chart)
-        lk, period = open_lake(lake, workspace, engine, db), _period(since, until)
+        _check(confidence=confidence, bootstrap=bootstrap)
+        period = _period(since, until)
+        lk = open_lake(lake, workspace, engine, db)
         cfg = _config(config, lk, db)
         clv_map, why = _clv_map(lk, cfg, period) if with_clv else (None, None)
         res = omnichannel_value(lk, cfg, period, confidence=confidence, bootstrap=bootstrap, clv=clv_map)
-    except ChorusError as exc:
-        fail(exc)
+    except Exception as exc:
+        _failure(exc)
     if why:
         res.warnings.append(why)
     cols = ["dimension", "group", "customers", "value", "value_lo", "value_hi", "frequency", "aov", "retention",
@@ -513,12 +581,13 @@ def report_showrooming(
 
     try:
         output.check_format(fmt)
+        _check(window_days=window_days)
+        period = _period(since, until)
         lk = open_lake(lake, workspace, engine, db)
-        _days(window_days, "window_days")
         res = showrooming(lk, _config(config, lk, db),
-                          _period(since, until), window=timedelta(days=window_days))  # fmt: skip
-    except ChorusError as exc:
-        fail(exc)
+                          period, window=timedelta(days=window_days))  # fmt: skip
+    except Exception as exc:
+        _failure(exc)
     cols = list(res.rows[0]) if res.rows else ["direction", "category"]
     if _emit(fmt, res.as_dict(), res.rows, cols):
         return
@@ -546,12 +615,13 @@ def report_uplift(
 
     try:
         output.check_format(fmt)
+        _check(window_days=window_days, confidence=confidence)
+        period = _period(since, until)
         lk = open_lake(lake, workspace, engine, db)
-        _days(window_days, "window_days")
-        res = uplift(lk, _config(config, lk, db), _period(since, until),
+        res = uplift(lk, _config(config, lk, db), period,
                      window=timedelta(days=window_days), confidence=confidence)  # fmt: skip
-    except ChorusError as exc:
-        fail(exc)
+    except Exception as exc:
+        _failure(exc)
     cols = list(res.rows[0]) if res.rows else ["journey_id"]
     if _emit(fmt, res.as_dict(), res.rows, cols):
         return

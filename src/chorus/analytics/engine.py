@@ -7,7 +7,11 @@ itself) and the partition columns are cast here, because the two engines infer d
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +24,50 @@ ENGINES = ("duckdb", "spark")
 TABLES = ("events", "messages", "message_statuses", "profiles", "profile_aliases")
 _PARTITIONED = {"events", "messages", "message_statuses"}  # by workspace_id and date; the others by workspace_id
 _JAVA_CANDIDATES = ("/usr/lib/jvm/java-17-openjdk-amd64", "/usr/lib/jvm/java-21-openjdk-amd64")
+
+log = logging.getLogger(__name__)
+
+
+class LakeUnreadable(ChorusError):
+    """A file of the lake the engine cannot read (damaged, truncated, not Parquet): a 503, the operator's to fix
+    (export again, or remove the file); the engine's own words go to the log."""
+
+    status = 503
+    code = "lake_unreadable"
+
+
+# DuckDB names the file it failed on in quotes: "No magic bytes found at end of file '/lake/events/.../x.parquet'"
+_QUOTED_FILE = re.compile(r"""['"]([^'"\n]+?\.parquet)['"]""")
+
+
+@contextmanager
+def readable(root: str | Path) -> Iterator[None]:
+    """Run a computation on the lake at ``root``: DuckDB's failure to read one of its files (an I/O error, or input
+    that is not valid Parquet) becomes :class:`LakeUnreadable`, naming the file relative to the lake; the engine's
+    message is logged. Any other engine error (a bug) passes through."""
+    import duckdb
+
+    try:
+        yield
+    except (duckdb.IOException, duckdb.InvalidInputException) as exc:
+        text = str(exc)
+        root = Path(root)
+        found = _QUOTED_FILE.search(text)
+        name = None
+        if found:
+            try:
+                name = Path(found.group(1)).resolve().relative_to(root.resolve()).as_posix()
+            except (ValueError, OSError):
+                name = None  # not a file of the lake: not named to the client
+        if name is None and not isinstance(exc, duckdb.IOException):
+            raise  # invalid input that is not a file of the lake: not the lake's fault
+        log.error("the lake at %s cannot be read: %s", root, text)
+        what = f"the lake's file {name}" if name else "a file of the lake"
+        raise LakeUnreadable(
+            f"{what} cannot be read (damaged, truncated or not Parquet): export the lake again (`chorus lake "
+            "export`) or remove the file; the server's log has the detail",
+            field="lake",
+        ) from None
 
 
 @dataclass

@@ -262,9 +262,9 @@ def _maximise(objective, names: tuple[str, ...], what: str, offset=0.0):
         ok = grad is not None and bool(np.all(np.isfinite(grad))) and float(np.max(np.abs(grad))) <= _ACCEPT_GRAD
     if not ok:
         raise ConvergenceError(
-            f"{what}: the optimiser did not converge ({res.message}; {res.nit} iterations, log-parameters "
-            f"{np.round(res.x, 4).tolist()}). The data may not identify the model (e.g. too few repeat "
-            "purchases); a small penalizer (0.001-0.1) can help."
+            f"{what}: the model did not converge (the optimiser stopped after {res.nit} iterations short of a "
+            f"maximum; log-parameters {np.round(res.x, 4).tolist()}). The data may not identify the model (e.g. too "
+            "few repeat purchases): try a larger penalizer (0.001-0.1)."
         )
     return res
 

@@ -116,8 +116,7 @@ def omnichannel_value(
     """Customers of the period compared by number of channels and by online/offline mix (see the module doc)."""
     online, offline = check_channels(online, offline)
     check_period(period)
-    if isinstance(confidence, bool) or not isinstance(confidence, int | float) or not 0 < confidence < 1:
-        raise ChorusError("confidence must be a number between 0 and 1 (e.g. 0.95)", field="confidence")
+    check_confidence(confidence)
     if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 100:
         raise ChorusError("bootstrap must be a whole number of replicates, at least 100", field="bootstrap")
     if isinstance(seed, bool) or not isinstance(seed, int):
@@ -351,6 +350,25 @@ def metrics(s: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
+# The largest confidence level an interval is computed at: z = inv_cdf(0.5 + c/2) needs 0.5 + c/2 < 1 in floating
+# point, which 0.9999999999999999 (< 1) is not; six nines is more than any report asks for.
+CONFIDENCE_MAX = 0.999999
+
+
+def check_confidence(confidence: object) -> float:
+    """``confidence`` if it is a number above 0 and at most CONFIDENCE_MAX, else a ChorusError naming it."""
+    if (isinstance(confidence, bool) or not isinstance(confidence, int | float)
+            or not 0 < confidence <= CONFIDENCE_MAX):  # fmt: skip
+        raise ChorusError(f"confidence must be a number above 0 and at most {CONFIDENCE_MAX} (e.g. 0.95)",
+                          field="confidence")  # fmt: skip
+    return float(confidence)
+
+
+def z_score(confidence: float) -> float:
+    """The standard normal quantile of a two-sided interval at ``confidence`` (checked: never inv_cdf(1))."""
+    return NormalDist().inv_cdf(0.5 + check_confidence(confidence) / 2)
+
+
 def percentile_interval(replicates: np.ndarray, confidence: float) -> tuple[float | None, float | None]:
     """The percentile interval of the replicates that are defined (not NaN); (None, None) when none is."""
     r = np.asarray(replicates, dtype=np.float64)
@@ -366,7 +384,7 @@ def wilson_interval(successes: int, n: int, confidence: float) -> tuple[float | 
     """Wilson's score interval for a proportion."""
     if n <= 0:
         return None, None
-    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    z = z_score(confidence)
     p = successes / n
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom

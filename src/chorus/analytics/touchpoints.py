@@ -17,6 +17,8 @@ counted but unattributed.
 
 from __future__ import annotations
 
+import math
+import unicodedata
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -33,6 +35,10 @@ CALL_TYPES = ("track", "page", "screen")
 NEGATIVE_MESSAGE_EVENTS = (
     "Message Unsubscribed", "Message Complained", "Message Bounced", "Message Failed", "Message Skipped",
 )  # fmt: skip
+# the largest lookback window and touchpoint gap a config may set: ten years, one year (timedelta and the engines'
+# date arithmetic overflow far beyond; nobody attributes further back)
+MAX_LOOKBACK_DAYS = 3650
+MAX_TOUCH_GAP_MINUTES = 365 * 24 * 60
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,15 @@ class Config:
     rules: tuple[TouchRule, ...] = DEFAULT_RULES
     exclude_events: tuple[str, ...] = NEGATIVE_MESSAGE_EVENTS
 
+    def __post_init__(self):
+        # Ibis writes these names into the SQL as quoted literals (quotes doubled: no injection), but DuckDB's parser
+        # ends a query at a NUL: a config made in code, past parse_config, must not carry one to the engine
+        names = [*self.conversions, *self.exclude_events]
+        for r in self.rules:
+            names += [r.name, *r.events, *r.types, *r.channels]
+        if any("\x00" in n for n in names if isinstance(n, str)):
+            raise ChorusError("an event, rule or channel name holds a NUL character", field="config")
+
     def as_dict(self) -> dict:
         return {
             "conversions": list(self.conversions),
@@ -121,9 +136,13 @@ def parse_config(raw: object) -> Config:
     if "exclude_events" in raw:
         kw["exclude_events"] = _names(raw["exclude_events"], "exclude_events")
     if "lookback_days" in raw:
-        kw["lookback"] = timedelta(days=_positive(raw["lookback_days"], "lookback_days"))
+        days = _positive(raw["lookback_days"], "lookback_days", most=MAX_LOOKBACK_DAYS)
+        kw["lookback"] = timedelta(days=days)
+        if not kw["lookback"]:  # 1e-320 days: positive, yet no time at all
+            raise ChorusError("must be at least one second (0.0000116 days)", field="lookback_days")
     if "touch_gap_minutes" in raw:
-        kw["touch_gap"] = timedelta(minutes=_positive(raw["touch_gap_minutes"], "touch_gap_minutes", zero=True))
+        minutes = _positive(raw["touch_gap_minutes"], "touch_gap_minutes", zero=True, most=MAX_TOUCH_GAP_MINUTES)
+        kw["touch_gap"] = timedelta(minutes=minutes)
     if "touchpoints" in raw:
         rules = raw["touchpoints"]
         if not isinstance(rules, list) or not rules:
@@ -142,6 +161,7 @@ def _rule(raw: object, where: str) -> TouchRule:
     name = raw.get("name")
     if not isinstance(name, str) or not name:
         raise ChorusError("a rule needs a name", field=f"{where}.name")
+    _check_name(name, f"{where}.name")
     kw: dict = {"name": name}
     for key in ("events", "types", "channels", "label"):
         if key in raw:
@@ -163,12 +183,27 @@ def _names(value: object, where: str, *, allow_empty: bool = True) -> tuple[str,
         raise ChorusError("must be a list of non-empty strings", field=where)
     if not value and not allow_empty:
         raise ChorusError("must name at least one", field=where)
+    for i, v in enumerate(value):
+        _check_name(v, f"{where}[{i}]")
     return tuple(value)
 
 
-def _positive(value: object, where: str, *, zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or (value == 0 and not zero):
-        raise ChorusError(f"must be a {'non-negative' if zero else 'positive'} number", field=where)
+def _check_name(name: str, where: str) -> None:
+    """Names are matched in the engines' SQL: no control character (a NUL ends DuckDB's SQL text)."""
+    if any(unicodedata.category(ch) == "Cc" for ch in name):
+        raise ChorusError("must not hold a NUL or another control character", field=where)
+
+
+def _positive(value: object, where: str, *, zero: bool = False, most: float) -> float:
+    kind = "non-negative" if zero else "positive"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ChorusError(f"must be a {kind} number", field=where)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ChorusError(f"must be a finite {kind} number", field=where)
+    if value < 0 or (value == 0 and not zero):
+        raise ChorusError(f"must be a {kind} number", field=where)
+    if value > most:
+        raise ChorusError(f"must be at most {most}", field=where)
     return float(value)
 
 

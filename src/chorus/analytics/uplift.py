@@ -43,14 +43,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
-from statistics import NormalDist
 
 import ibis
 import ibis.expr.types as ir
 from scipy import stats
 
 from chorus.analytics import touchpoints as tp
-from chorus.analytics.omnichannel import check_period
+from chorus.analytics.omnichannel import check_confidence, check_period, z_score
 from chorus.analytics.rooming import as_interval
 from chorus.errors import ChorusError
 from chorus.journeys.definition import HOLDOUT_VARIANTS
@@ -85,8 +84,7 @@ def uplift(
 ) -> Uplift:
     """Per journey with entries in the period: treated vs held-out conversion rate and revenue per person (see the
     module doc)."""
-    if isinstance(confidence, bool) or not isinstance(confidence, int | float) or not 0 < confidence < 1:
-        raise ChorusError("confidence must be a number between 0 and 1 (e.g. 0.95)", field="confidence")
+    check_confidence(confidence)
     groups = group_table(lake, cfg, period, window=window)
     raw = groups.to_pyarrow().to_pylist()
     by_journey: dict[str, dict[bool, dict]] = {}
@@ -170,7 +168,7 @@ def diff_proportions(k1: int, n1: int, k2: int, n2: int, confidence: float) -> t
     """p1 - p2 with its Wald (unpooled) interval."""
     p1, p2 = k1 / n1, k2 / n2
     se = math.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2)
-    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    z = z_score(confidence)
     d = p1 - p2
     return d, d - z * se, d + z * se
 
@@ -185,7 +183,7 @@ def welch(m1: float, v1: float, n1: int, m2: float, v2: float, n2: int, confiden
     if se == 0:
         return d, d, d
     df = (a + b) ** 2 / (a * a / (n1 - 1) + b * b / (n2 - 1))
-    t = float(stats.t.ppf(0.5 + confidence / 2, df))
+    t = float(stats.t.ppf(0.5 + check_confidence(confidence) / 2, df))
     return d, d - t * se, d + t * se
 
 

@@ -2,22 +2,64 @@
 `chorus report ...`, computed on DuckDB from the workspace's part of the lake ($CHORUS_LAKE_DIR).
 
 They read the lake as the last `chorus lake export` left it; each request computes afresh (seconds on millions of
-events), so a dashboard should cache what it shows.
+events), so a dashboard should cache what it shows. A part file of the lake that cannot be read (damaged, not
+Parquet) is a 503 ``lake_unreadable`` naming the file (relative to the lake); the engine's own words go to the log.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from chorus.analytics import limits
 from chorus.api.admin import SVC, WS
 from chorus.api.common import JSON
 from chorus.api.guard import AdminRoute
 from chorus.errors import ChorusError
 
-router = APIRouter(prefix="/api/analytics", tags=["analytics"], route_class=AdminRoute)
+LAKE_UNREADABLE = (
+    "`lake_unreadable`: a file of the lake cannot be read (damaged, truncated, not Parquet); the message names it "
+    "relative to the lake, the engine's error is in the server's log"
+)
+router = APIRouter(
+    prefix="/api/analytics", tags=["analytics"], route_class=AdminRoute,
+    responses={"503": {"description": LAKE_UNREADABLE}},
+)  # fmt: skip
+
+# The bounds are analytics.limits', shared with the CLI (one definition each). The intervals' confidence level:
+# z = inv_cdf(0.5 + c/2) needs 0.5 + c/2 < 1 in floating point, which 0.9999999999999999 is not.
+CONFIDENCE_MAX = limits.CONFIDENCE.high
+Confidence = Annotated[
+    float,
+    Query(
+        **limits.CONFIDENCE.query(),
+        allow_inf_nan=False,
+        description=f"confidence level of the intervals, at most {CONFIDENCE_MAX}",
+    ),
+]
+# Numbers of days: finite (NaN is no number of days), and the smallest positive one is still a second (1e-320 days is
+# no time at all: see _days)
+Days = Annotated[float, Query(**limits.WINDOW_DAYS.query(), allow_inf_nan=False)]
+
+
+def _days(value: float, field: str) -> timedelta:
+    if not math.isfinite(value) or timedelta(days=value) < timedelta(seconds=1):
+        raise ChorusError(f"{field} must be at least one second (0.0000116 days)", field=field)
+    return timedelta(days=value)
+
+
+@contextmanager
+def _reading(svc) -> Iterator[None]:
+    """A report's computing: a part file of the lake the engine cannot read is a 503 naming it (engine.readable)."""
+    from chorus.analytics.engine import readable
+
+    with readable(svc.settings.lake_dir):
+        yield
 
 
 def _lake(svc, ws):
@@ -32,11 +74,19 @@ def _lake(svc, ws):
 
 
 def _config(ws):
-    """The workspace's touchpoint and conversion definition (setting ``attribution``), else the defaults."""
+    """The workspace's touchpoint and conversion definition (setting ``attribution``), else the defaults. A stored
+    setting the validator refuses (written past the API, or before a check was added) is a 400 naming it."""
     from chorus.analytics.touchpoints import Config, parse_config
 
     raw = ws.settings.get("attribution")
-    return parse_config(raw) if raw else Config()
+    try:
+        return parse_config(raw) if raw else Config()
+    except ChorusError as exc:
+        field = f"settings.attribution.{exc.field}" if exc.field else "settings.attribution"
+        raise ChorusError(
+            f"the workspace's setting {field} {exc.message}: correct it with PATCH /api/workspace/settings",
+            field=field,
+        ) from None
 
 
 # Reports reach back from `since` by the lookback window and forward from `until` by a day; dates near year 1 or
@@ -70,19 +120,21 @@ def attribution(
     models: Annotated[str, Query(description="comma-separated model names")] = (
         "first_touch,last_touch,linear,time_decay,position_based,markov,shapley"
     ),
-    order: Annotated[int, Query(ge=1, le=3, description="Markov order")] = 1,
-    half_life_days: Annotated[float, Query(gt=0, le=3660)] = 7.0,
+    order: Annotated[int, Query(**limits.MARKOV_ORDER.query(), description="Markov order")] = 1,
+    half_life_days: Days = 7.0,
     shapley: Annotated[str, Query(description="auto, exact or simplified")] = "auto",
     since: date | None = None,
     until: date | None = None,
 ):
     from chorus.analytics import attribution as attr
 
-    res = attr.attribute(
-        _lake(svc, ws), _config(ws), period=_period(since, until), by=by,
-        models=tuple(m.strip() for m in models.split(",") if m.strip()), half_life=timedelta(days=half_life_days),
-        markov_order=order, shapley=shapley,
-    )  # fmt: skip
+    half_life = _days(half_life_days, "half_life_days")
+    with _reading(svc):
+        res = attr.attribute(
+            _lake(svc, ws), _config(ws), period=_period(since, until), by=by,
+            models=tuple(m.strip() for m in models.split(",") if m.strip()), half_life=half_life,
+            markov_order=order, shapley=shapley,
+        )  # fmt: skip
     return JSON(res.as_dict())
 
 
@@ -91,23 +143,32 @@ def clv(
     ws: WS,
     svc: SVC,
     end: date | None = None,
-    months: Annotated[int, Query(ge=1, le=120)] = 12,
-    discount_rate: Annotated[float, Query(ge=0, lt=1)] = 0.01,
-    unit_days: Annotated[float, Query(gt=0, le=366)] = 7.0,
-    penalizer: Annotated[float, Query(ge=0, le=10)] = 0.0,
-    limit: Annotated[int, Query(ge=0, le=10_000)] = 100,
+    months: Annotated[int, Query(**limits.CLV_MONTHS.query())] = 12,
+    discount_rate: Annotated[float, Query(**limits.DISCOUNT_RATE.query(), allow_inf_nan=False)] = 0.01,
+    unit_days: Annotated[
+        float,
+        Query(
+            **limits.UNIT_DAYS.query(),
+            allow_inf_nan=False,
+            description="time unit of the fit in days (7 = weeks); purchases are counted by day, so at least 1",
+        ),
+    ] = 7.0,
+    penalizer: Annotated[float, Query(**limits.PENALIZER.query(), allow_inf_nan=False)] = 0.0,
+    limit: Annotated[int, Query(**limits.CLV_LIMIT.query())] = 100,
 ):
     from chorus.analytics.clv import lifetime_values
 
-    res = lifetime_values(
-        _lake(svc, ws),
-        _config(ws),
-        end=_bounded(end, "end"),
-        months=months,
-        discount_rate=discount_rate,
-        unit_days=unit_days,
-        penalizer=penalizer,
-    )
+    end = _bounded(end, "end")
+    with _reading(svc):
+        res = lifetime_values(
+            _lake(svc, ws),
+            _config(ws),
+            end=end,
+            months=months,
+            discount_rate=discount_rate,
+            unit_days=unit_days,
+            penalizer=penalizer,
+        )
     return JSON({"summary": res.summary(), "customers": res.rows(limit=limit)})
 
 
@@ -116,26 +177,30 @@ def paths(
     ws: WS,
     svc: SVC,
     by: Annotated[str, Query(description="channel or campaign")] = "channel",
-    top: Annotated[int, Query(ge=1, le=1000)] = 20,
+    top: Annotated[int, Query(**limits.PATHS_TOP.query())] = 20,
     since: date | None = None,
     until: date | None = None,
 ):
     from chorus.analytics.paths import path_report
 
-    return JSON(path_report(_lake(svc, ws), _config(ws), period=_period(since, until), by=by, top=top).as_dict())
+    period = _period(since, until)
+    with _reading(svc):
+        return JSON(path_report(_lake(svc, ws), _config(ws), period=period, by=by, top=top).as_dict())
 
 
 @router.get("/omnichannel", summary="Customers by number of channels and online/offline mix, with intervals")
 def omnichannel(ws: WS, svc: SVC, since: date | None = None, until: date | None = None,
-                confidence: Annotated[float, Query(gt=0, lt=1)] = 0.95,
-                bootstrap: Annotated[int, Query(ge=100, le=20_000)] = 2000, clv: bool = True):  # fmt: skip
+                confidence: Confidence = 0.95,
+                bootstrap: Annotated[int, Query(**limits.BOOTSTRAP.query())] = 2000, clv: bool = True):  # fmt: skip
     from chorus.analytics.clv import clv_by_profile
     from chorus.analytics.omnichannel import omnichannel_value
 
-    lake, period = _lake(svc, ws), _period(since, until)
+    period = _period(since, until)
     end = (period.until - timedelta(days=1)).date() if period.until else None
-    clv_map, why = clv_by_profile(lake, _config(ws), end=end) if clv else (None, None)
-    res = omnichannel_value(lake, _config(ws), period=period, confidence=confidence, bootstrap=bootstrap, clv=clv_map)
+    with _reading(svc):
+        lake, cfg = _lake(svc, ws), _config(ws)
+        clv_map, why = clv_by_profile(lake, cfg, end=end) if clv else (None, None)
+        res = omnichannel_value(lake, cfg, period=period, confidence=confidence, bootstrap=bootstrap, clv=clv_map)
     if why:
         res.warnings.append(why)
     return JSON(res.as_dict())
@@ -143,14 +208,12 @@ def omnichannel(ws: WS, svc: SVC, since: date | None = None, until: date | None 
 
 @router.get("/showrooming", summary="Showrooming and webrooming by category")
 def rooming(ws: WS, svc: SVC, since: date | None = None, until: date | None = None,
-            window_days: Annotated[float, Query(gt=0, le=3660)] = 7.0):  # fmt: skip
+            window_days: Days = 7.0):  # fmt: skip
     from chorus.analytics.rooming import showrooming
 
-    return JSON(
-        showrooming(
-            _lake(svc, ws), _config(ws), period=_period(since, until), window=timedelta(days=window_days)
-        ).as_dict()
-    )
+    period, window = _period(since, until), _days(window_days, "window_days")
+    with _reading(svc):
+        return JSON(showrooming(_lake(svc, ws), _config(ws), period=period, window=window).as_dict())
 
 
 @router.get("/uplift", summary="Uplift of journeys with a holdout")
@@ -159,16 +222,12 @@ def uplift(
     svc: SVC,
     since: date | None = None,
     until: date | None = None,
-    window_days: Annotated[float, Query(gt=0, le=3660)] = 30.0,
-    confidence: Annotated[float, Query(gt=0, lt=1)] = 0.95,
+    window_days: Days = 30.0,
+    confidence: Confidence = 0.95,
 ):
     from chorus.analytics.uplift import uplift as run
 
-    res = run(
-        _lake(svc, ws),
-        _config(ws),
-        period=_period(since, until),
-        window=timedelta(days=window_days),
-        confidence=confidence,
-    )
+    period, window = _period(since, until), _days(window_days, "window_days")
+    with _reading(svc):
+        res = run(_lake(svc, ws), _config(ws), period=period, window=window, confidence=confidence)
     return JSON(res.as_dict())

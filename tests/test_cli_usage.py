@@ -1,0 +1,218 @@
+"""A usage error of `chorus` is exit 2 with a message naming the option, never a traceback nor a library's text
+(pydantic's "Input should be a valid integer", orjson's "(char 5)", SQLAlchemy's SQL, DuckDB's "magic bytes").
+Each case below was found by an outside probe of the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from typer.testing import CliRunner
+
+from chorus.cli import app
+from tests.analytics.lakegen import LakeWriter
+from tests.analytics.test_omnichannel import shop
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+LIBRARY_TEXT = ("Traceback", "Input should be", "(char ", "[Errno", "SELECT", "sqlalchemy", "No magic bytes",
+                "Error:", "OverflowError", "MemoryError")  # fmt: skip
+
+
+def run(*args: str):
+    return CliRunner().invoke(app, list(args), env={"COLUMNS": "250", "CHORUS_DATABASE_URL": None})
+
+
+def usage_error(r, *names: str, code: int = 2) -> str:
+    text = r.output
+    assert r.exit_code == code, (r.exit_code, text[-2000:], r.exception)
+    assert not isinstance(r.exception, Exception) or isinstance(r.exception, SystemExit), repr(r.exception)
+    for word in LIBRARY_TEXT:
+        assert word not in text, (word, text)
+    for name in names:
+        assert name in text, (name, text)
+    return text
+
+
+@pytest.fixture
+def lake(tmp_path):
+    return str(shop(LakeWriter(tmp_path / "lake")).write())
+
+
+@pytest.fixture
+def store(tmp_path):
+    db = f"sqlite:///{tmp_path / 'chorus.db'}"
+    r = run("workspace", "create", "W", "--db", db)
+    assert r.exit_code == 0, r.output
+    return db
+
+
+# 1. `workspace settings --set`: the checks of PATCH /api/workspace/settings
+
+
+def test_set_refuses_what_the_api_refuses(store):
+    r = run("workspace", "settings", "W", "--db", store, "--set",
+            '{"attribution":{"conversions":["Order\\u0000Completed"]}}')  # fmt: skip
+    usage_error(r, "settings.attribution.conversions[0]", "NUL")
+    shown = run("workspace", "settings", "W", "--db", store)
+    assert shown.exit_code == 0 and "Order" not in shown.output
+
+
+@pytest.mark.parametrize("value", ["1e308", "99999999999999999999999"])
+def test_set_out_of_range_number_is_a_usage_error(store, value):
+    r = run("workspace", "settings", "W", "--db", store, "--set", f'{{"attribution":{{"lookback_days":{value}}}}}')
+    usage_error(r, "lookback_days")
+
+
+@pytest.mark.parametrize(
+    ("patch", "says"),
+    [
+        ('{"attribution": {"lookback_days": 5,}}', "--set is not valid JSON: a comma before a closing bracket"),
+        ("[1]", "--set must be a JSON object"),
+        ('{"attribution": {}, "attribution": {}}', "settings.attribution is given twice"),
+    ],
+)
+def test_set_json_problems_in_our_words(store, patch, says):
+    usage_error(run("workspace", "settings", "W", "--db", store, "--set", patch), says)
+
+
+# 2. dates: the API's years (chorus.api.analytics._bounded)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["attribution", "--since", "0001-01-01"],
+        ["attribution", "--until", "9999-12-31"],
+        ["attribution", "--since", "0999-12-31"],
+        ["attribution", "--until", "9001-01-01"],
+        ["report", "paths", "--since", "0001-01-01"],
+        ["report", "uplift", "--until", "9999-12-31"],
+        ["report", "omnichannel", "--until", "9999-12-31"],
+        ["report", "showrooming", "--since", "0001-01-01"],
+        ["clv", "--end", "9999-12-31"],
+    ],
+)
+def test_dates_outside_the_apis_years(lake, args):
+    usage_error(run(*args, "--lake", lake), args[-2], "between 1000-01-01 and 9000-12-31")
+
+
+# 3. the API's bounds (chorus.analytics.limits)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["clv", "--months", "99999999999999999999"],
+        ["clv", "--months", "1000"],
+        ["clv", "--penalizer", "-1"],
+        ["report", "omnichannel", "--bootstrap", "99999999999"],
+        ["attribution", "--order", "4"],
+        ["attribution", "--half-life-days", "inf"],
+        ["report", "uplift", "--confidence", "1"],
+        ["report", "paths", "--top", "0"],
+    ],
+)
+def test_bounds_of_the_api(lake, args):
+    usage_error(run(*args, "--lake", lake), args[-2])
+
+
+@pytest.mark.parametrize("settle", ["inf", "1e308", "nan", "-1"])
+def test_lake_export_settle_bounded(store, tmp_path, settle):
+    usage_error(run("lake", "export", "--db", store, "--out", str(tmp_path / "lk"), "--settle", settle), "--settle")
+    assert not (tmp_path / "lk").exists()
+
+
+# 4. files
+
+
+def test_config_directory(lake, tmp_path):
+    usage_error(run("attribution", "--lake", lake, "--config", str(tmp_path)), "--config", "is a directory, not a file")
+
+
+def test_import_a_directory(store, tmp_path):
+    folder = tmp_path / "events.csv"
+    folder.mkdir()
+    usage_error(run("import", "events", str(folder), "--source", "store", "-w", "W", "--db", store),
+                "is a directory, not a file")  # fmt: skip
+
+
+def test_lake_export_out_is_a_file_or_empty(store, tmp_path):
+    file = tmp_path / "passwd"
+    file.write_text("x")
+    usage_error(run("lake", "export", "--db", store, "--out", str(file)), "--out", "is a file, not a directory")
+    here = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        usage_error(run("lake", "export", "--db", store, "--out", ""), "--out")
+    finally:
+        os.chdir(here)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("chorus.db")) == ["passwd"]
+
+
+# 5. --db
+
+
+def test_db_directory_missing(tmp_path):
+    usage_error(run("workspace", "list", "--db", f"sqlite:///{tmp_path}/nx/x.db"), "cannot open the store",
+                "does not exist")  # fmt: skip
+
+
+def test_db_unknown_kind():
+    usage_error(run("workspace", "list", "--db", "bogus://x"), "unknown database kind 'bogus' (sqlite or postgresql)")
+
+
+def test_reading_command_does_not_create_a_store(tmp_path):
+    path = tmp_path / "none.db"
+    usage_error(run("workspace", "list", "--db", f"sqlite:///{path}"), "does not exist")
+    usage_error(run("workspace", "settings", "W", "--db", f"sqlite:///{path}"), "does not exist")
+    assert not path.exists()
+    r = run("db", "upgrade", "--db", f"sqlite:///{path}")
+    assert r.exit_code == 0 and path.exists(), r.output
+    assert run("workspace", "list", "--db", f"sqlite:///{path}").exit_code == 0
+
+
+def test_db_not_a_database(tmp_path):
+    path = tmp_path / "notes.db"
+    path.write_text("not sqlite")
+    usage_error(run("workspace", "list", "--db", f"sqlite:///{path}"), "not a SQLite database")
+
+
+# 6. --config JSON in safejson's words
+
+
+def test_config_bad_json(lake, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"lookback_days": 5,\n "x" 1}')
+    usage_error(run("attribution", "--lake", lake, "--config", str(bad)), "--config", "line 2, column 6")
+    nul = tmp_path / "nul.json"
+    nul.write_text(json.dumps({"conversions": ["a\x00b"]}))
+    usage_error(run("attribution", "--lake", lake, "--config", str(nul)), "conversions[0]", "NUL")
+
+
+# 7. typed options in our words
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["attribution", "--order", "abc"], "--order must be a whole number"),
+        (["clv", "--months", "x"], "--months must be a whole number"),
+        (["attribution", "--half-life-days", "abc"], "--half-life-days must be a number"),
+        (["lake", "export", "--settle", "abc"], "--settle must be a number"),
+    ],
+)
+def test_typed_options_in_our_words(args, says):
+    usage_error(run(*args), says)
+
+
+# 8. a damaged lake file
+
+
+@pytest.mark.parametrize("command", [["attribution"], ["clv"], ["report", "paths"]])
+def test_corrupt_lake_part(tmp_path, command):
+    lake = shop(LakeWriter(tmp_path / "lake")).write()
+    part = next(p for p in sorted((tmp_path / "lake").rglob("*.parquet")))
+    part.write_bytes(b"garbage")
+    usage_error(run(*command, "--lake", str(lake)), f"the lake file {part} is not readable Parquet", code=1)
