@@ -228,3 +228,15 @@ def test_a_trailing_slash_is_a_404_naming_the_path(http, workspace):
     assert _clean(r, 404, "path")["message"] == "no such path: /api/no-such-thing"
     r = http.delete("/api/templates", headers=bearer(workspace))
     assert _clean(r, 405, None)["message"] == "DELETE is not allowed on /api/templates; use GET"
+
+
+def test_a_number_beyond_64_bits_is_told_the_parameters_own_bound(http, workspace):
+    """The guard refuses integers beyond 64 bits before pydantic sees them; it states the parameter's declared bound,
+    not the 64 bits (an outside probe: `order=10**26` said "at most 9223372036854775807" where the most is 3)."""
+    h = {"Authorization": f"Bearer {workspace['api_key']}"}
+    for path, name, high in (("/api/analytics/attribution", "order", 3), ("/api/templates", "limit", 1000)):
+        for value, word in (("9" * 26, f"at most {high}"), ("-" + "9" * 26, "at least ")):
+            r = http.get(path, params={name: value}, headers=h)
+            body = r.json()
+            assert r.status_code == 400 and body["field"] == name, r.text
+            assert word in body["message"] and "9223372036854775807" not in body["message"], r.text

@@ -25,9 +25,11 @@ One place, so a new endpoint gets all of it by being on an admin router.
 from __future__ import annotations
 
 import email.message
+import math
 import re
 import types
 import typing
+from collections.abc import Mapping
 from decimal import Decimal
 
 from fastapi.params import File, Form
@@ -92,15 +94,17 @@ def _unsupported(accepted: tuple[str, ...], content_type: str | None) -> Unsuppo
     return UnsupportedMediaType(f"the body must be {what}: send it as {want}, {given}", field="Content-Type")
 
 
-def check_params(request: Request, int_params: frozenset[str]) -> None:
-    """Query and path parameters: storable text, and declared integers within 64 bits."""
+def check_params(request: Request, int_params: Mapping[str, tuple[int, int]]) -> None:
+    """Query and path parameters: storable text, and declared integers within 64 bits (``int_params``: each one's
+    declared bounds, which a number beyond 64 bits is told, not the 64 bits)."""
     for where, items in (("path", request.path_params.items()), ("query", request.query_params.multi_items())):
         for name, value in items:
             safejson.check_text(name, f"{where} parameter name")
             if isinstance(value, str):
                 safejson.check_text(value, name)
                 if name in int_params:
-                    _check_int(value, name)
+                    place = "query parameter" if where == "query" else "path segment"
+                    _check_int(value, name, int_params[name], place)
 
 
 # What pydantic turns into an int (ASCII digits, underscores, a zero fraction such as "12.0"): anything else it
@@ -108,15 +112,19 @@ def check_params(request: Request, int_params: frozenset[str]) -> None:
 _INT_TEXT = re.compile(r"\s*[+-]?[0-9_]+(\.0*)?\s*", re.ASCII)
 
 
-def _check_int(value: str, name: str) -> None:
+def _check_int(value: str, name: str, bounds: tuple[int, int] = (PARAM_MIN, PARAM_MAX), place: str = "query parameter"
+               ) -> None:  # fmt: skip
     if not _INT_TEXT.fullmatch(value):
         return
     try:
         number = int(Decimal(value.strip().replace("_", "")))
     except (ValueError, ArithmeticError):
         return
-    if not PARAM_MIN <= number <= PARAM_MAX:
-        raise ChorusError(f"{name} is out of range (at most {PARAM_MAX})", field=name)
+    low, high = bounds
+    if number > PARAM_MAX or number > high:
+        raise ChorusError(f"{name} ({place}) must be at most {high}", field=name)
+    if number < PARAM_MIN or number < low:
+        raise ChorusError(f"{name} ({place}) must be at least {low}", field=name)
 
 
 async def check_body(request: Request, expects_form: bool, accepted: tuple[str, ...] = ()) -> None:
@@ -158,6 +166,21 @@ def accepted_media(route: APIRoute, expects_form: bool) -> tuple[str, ...]:
     return ("application/json",) if route.dependant.body_params else ()
 
 
+def _int_bounds(metadata: list) -> tuple[int, int]:
+    """The bounds an integer parameter declares (``Query(ge=1, le=3)``), within the 64 bits of the stores."""
+    low, high = PARAM_MIN, PARAM_MAX
+    for m in metadata:
+        if (v := getattr(m, "ge", None)) is not None:
+            low = max(low, math.ceil(v))
+        if (v := getattr(m, "gt", None)) is not None:
+            low = max(low, math.floor(v) + 1)
+        if (v := getattr(m, "le", None)) is not None:
+            high = min(high, math.floor(v))
+        if (v := getattr(m, "lt", None)) is not None:
+            high = min(high, math.ceil(v) - 1)
+    return low, high
+
+
 class AdminRoute(APIRoute):
     """An APIRoute whose requests pass the checks above before FastAPI parses them."""
 
@@ -166,7 +189,7 @@ class AdminRoute(APIRoute):
         params = [*self.dependant.query_params, *self.dependant.path_params]
         for dep in self.dependant.dependencies:
             params += [*dep.query_params, *dep.path_params]
-        int_params = frozenset(p.alias for p in params if _is_int(p.field_info.annotation))
+        int_params = {p.alias: _int_bounds(p.field_info.metadata) for p in params if _is_int(p.field_info.annotation)}
         expects_form = any(isinstance(p.field_info, Form | File) for p in self.dependant.body_params)
         accepted = accepted_media(self, expects_form)
 
