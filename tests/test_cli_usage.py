@@ -110,6 +110,8 @@ def test_dates_outside_the_apis_years(lake, args):
         ["report", "omnichannel", "--bootstrap", "99999999999"],
         ["attribution", "--order", "4"],
         ["attribution", "--half-life-days", "inf"],
+        ["attribution", "--half-life-days", "1e-320"],  # no time at all: at least a second, as in the API
+        ["report", "uplift", "--window-days", "1e-320"],
         ["report", "uplift", "--confidence", "1"],
         ["report", "paths", "--top", "0"],
     ],

@@ -100,6 +100,8 @@ def _check(**values) -> None:
              "top": limits.PATHS_TOP, "confidence": limits.CONFIDENCE, "bootstrap": limits.BOOTSTRAP}  # fmt: skip
     for name, value in values.items():
         names[name].check(value, "--" + name.replace("_", "-"))
+        if name in ("half_life_days", "window_days"):  # a number of days is at least a second, as in the API
+            limits.days(names[name], value, "--" + name.replace("_", "-"))
 
 
 def _period(since: str | None, until: str | None):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import timedelta
 
 from chorus.errors import ChorusError
 
@@ -48,6 +49,14 @@ class Bound:
         if not (low_ok and high_ok):
             raise ChorusError(f"{field} must be {self.words()}", field=field)
         return value
+
+
+def days(bound: Bound, value: float, field: str) -> timedelta:
+    """A number of days within ``bound`` as a duration of at least a second (1e-320 days is no time at all)."""
+    bound.check(value, field)
+    if timedelta(days=value) < timedelta(seconds=1):
+        raise ChorusError(f"{field} must be at least one second (0.0000116 days)", field=field)
+    return timedelta(days=value)
 
 
 def _num(value: float) -> str:

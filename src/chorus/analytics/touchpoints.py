@@ -21,11 +21,9 @@ import math
 import unicodedata
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import ibis
 import ibis.expr.types as ir
-import orjson
 
 from chorus.errors import ChorusError
 
@@ -108,18 +106,6 @@ class Config:
                 for r in self.rules
             ],
         }
-
-
-def load_config(path: str | Path | None) -> Config:
-    if path is None:
-        return Config()
-    try:
-        raw = orjson.loads(Path(path).read_bytes())
-    except FileNotFoundError as exc:
-        raise ChorusError(f"no attribution config at {path}", field="config") from exc
-    except orjson.JSONDecodeError as exc:
-        raise ChorusError(f"{path} is not valid JSON: {exc}", field="config") from exc
-    return parse_config(raw)
 
 
 def parse_config(raw: object) -> Config:

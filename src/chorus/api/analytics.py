@@ -8,7 +8,6 @@ Parquet) is a 503 ``lake_unreadable`` naming the file (relative to the lake); th
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
@@ -48,9 +47,7 @@ Days = Annotated[float, Query(**limits.WINDOW_DAYS.query(), allow_inf_nan=False)
 
 
 def _days(value: float, field: str) -> timedelta:
-    if not math.isfinite(value) or timedelta(days=value) < timedelta(seconds=1):
-        raise ChorusError(f"{field} must be at least one second (0.0000116 days)", field=field)
-    return timedelta(days=value)
+    return limits.days(limits.WINDOW_DAYS, value, field)  # the CLI's rule too
 
 
 @contextmanager
