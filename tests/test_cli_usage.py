@@ -181,6 +181,21 @@ def test_db_not_a_database(tmp_path):
     usage_error(run("workspace", "list", "--db", f"sqlite:///{path}"), "not a SQLite database")
 
 
+def test_db_locked_is_said_so_not_unreachable(tmp_path):
+    """Another process holding SQLite's write lock: the store is busy, not "is it running?" (review)."""
+    import sqlite3
+
+    path = tmp_path / "c.db"
+    assert run("db", "upgrade", "--db", f"sqlite:///{path}").exit_code == 0
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        usage_error(run("workspace", "list", "--db", f"sqlite:///{path}"), "the database is busy")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
 # 6. --config JSON in safejson's words
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Annotated
 
@@ -48,17 +49,30 @@ def _engine(db: str | None, upgrade: bool = True, create: bool = False):
             with engine.connect():
                 pass
     except sa.exc.DBAPIError as exc:
-        reason = str(exc.orig).lower()
-        if "not a database" in reason:
+        reason = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else type(exc.orig).__name__
+        low = reason.lower()
+        if "not a database" in low:
             why = "the file is not a SQLite database"
-        elif "readonly" in reason or "read-only" in reason:
+        elif "readonly" in low or "read-only" in low:
             why = "the database is read-only"
-        else:
-            why = "the database could not be opened (is it running, and is the URL right?)"
+        elif "locked" in low or "busy" in low:
+            why = "the database is busy: another process holds a lock on it; try again"
+        elif any(w in low for w in ("connect", "connection", "timeout", "host", "authentication", "does not exist")):
+            why = "the database could not be reached (is it running, and is the URL right?)"
+        else:  # not a question of reaching it: a migration or the schema failed (a bug to report, with the log)
+            why = "its schema could not be opened or migrated (the reason is logged)"
+            logging.getLogger("chorus.cli").error("cannot open the store at %s: %s", shown, reason)
         _fail(ChorusError(f"cannot open the store at {shown}: {why}", field="db"))
-    except (sa.exc.SQLAlchemyError, ImportError):
+    except sa.exc.NoSuchModuleError:
         _fail(ChorusError(f"cannot open the store at {shown}: its driver is not installed", field="db"))
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] not in _DRIVERS:  # an import inside Chorus or a migration: a bug, shown
+            raise
+        _fail(ChorusError(f"cannot open the store at {shown}: its driver ({exc.name}) is not installed", field="db"))
     return settings, engine
+
+
+_DRIVERS = ("psycopg", "psycopg2", "psycopg_binary", "sqlite3", "_sqlite3")
 
 
 def _check_store(url: str, create: bool) -> str:

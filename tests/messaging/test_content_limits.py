@@ -296,6 +296,9 @@ MJML_WORDS = re.compile(r"end of stream|unexpected token|unexpected element|unab
          "the MJML is not well-formed: <mj-text> at line 3 is not closed before </mj-column> at line 3"),
         ("<mjml><mj-body><mj-text>x</mj-text></mj-body>",
          "the MJML is not well-formed: <mjml> at line 1 is not closed"),
+        # a stray closing tag is blamed on itself, not on the tag around it (review)
+        ("<mjml><mj-body><mj-section></mj-section></mj-text>\n</mj-body></mjml>",
+         "the MJML is not well-formed: </mj-text> at line 1 closes a tag that is not open"),
         ("<mjml><mj-body><mj-raw><p></mj-raw></mj-body></mjml>", "the MJML is not well-formed: a tag is not closed"),
         ("<mjml><mj-body>\n<mj-text>é</mj-text>\n<mj-text></p></mj-text></mj-body></mjml>",
          "the MJML is not well-formed: a closing tag does not match the tag it closes at line 3, near '</mj-body>'"),

@@ -59,13 +59,14 @@ def readable(root: str | Path) -> Iterator[None]:
                 name = Path(found.group(1)).resolve().relative_to(root.resolve()).as_posix()
             except (ValueError, OSError):
                 name = None  # not a file of the lake: not named to the client
-        if name is None and not isinstance(exc, duckdb.IOException):
-            raise  # invalid input that is not a file of the lake: not the lake's fault
+        if name is None:
+            # not a file of the lake: invalid input elsewhere, or an I/O failure of the engine's own (a spill or a
+            # temporary file on a full disk): not the lake's fault, and re-exporting it would not help (review)
+            raise
         log.error("the lake at %s cannot be read: %s", root, text)
-        what = f"the lake's file {name}" if name else "a file of the lake"
         raise LakeUnreadable(
-            f"{what} cannot be read (damaged, truncated or not Parquet): export the lake again (`chorus lake "
-            "export`) or remove the file; the server's log has the detail",
+            f"the lake's file {name} cannot be read (damaged, truncated or not Parquet): export the lake again "
+            "(`chorus lake export`) or remove the file; the server's log has the detail",
             field="lake",
         ) from None
 

@@ -1047,7 +1047,7 @@ def _mjml_tags(body: str) -> str | None:
             stack.append((name, line))
         elif stack and stack[-1][0] == name:
             stack.pop()
-        elif stack:
+        elif stack and any(opened == name for opened, _ in stack):  # closes an outer tag: the inner one is open
             opened, at = stack[-1]
             return f"<{opened}> at line {at} is not closed before </{name}> at line {line}"
         else:
