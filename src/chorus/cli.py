@@ -342,7 +342,7 @@ def import_events(
     """Import offline events. Re-importing the same file is a no-op; bad rows are listed with their line."""
     from chorus import workspaces
     from chorus.collect import imports
-    from chorus.collect.importer import _unreadable
+    from chorus.errors import unreadable
 
     _, engine = _engine(db)
     try:
@@ -350,7 +350,7 @@ def import_events(
             w = workspaces.find(conn, workspace)
         if not os.path.isfile(file):
             problem = IsADirectoryError() if os.path.isdir(file) else FileNotFoundError()
-            raise ChorusError(f"file {file} {_unreadable(problem)}", field="file")
+            raise ChorusError(f"file {file} {unreadable(problem)}", field="file")
         total = imports.count_rows(file)
         with Progress(
             TextColumn("[bold]importing[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -81,7 +81,7 @@ def _check_store(url: str, create: bool) -> str:
 
     import sqlalchemy as sa
 
-    from chorus.collect.importer import _unreadable
+    from chorus.errors import unreadable
     from chorus.store.db import normalise_url
 
     try:
@@ -100,7 +100,7 @@ def _check_store(url: str, create: bool) -> str:
         if not os.path.isdir(where):
             _fail(ChorusError(f"cannot open the store at {shown}: the directory {where} does not exist", field="db"))
         if os.path.isdir(path):
-            _fail(ChorusError(f"cannot open the store at {shown}: {path} {_unreadable(IsADirectoryError())}",
+            _fail(ChorusError(f"cannot open the store at {shown}: {path} {unreadable(IsADirectoryError())}",
                               field="db"))  # fmt: skip
         if not create and not os.path.exists(path):
             _fail(ChorusError(f"cannot open the store at {shown}: the file {path} does not exist (`chorus db upgrade` "

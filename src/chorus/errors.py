@@ -13,6 +13,18 @@ class ChorusError(Exception):
         self.field = field
 
 
+def unreadable(exc: OSError) -> str:
+    """Why a file cannot be read, in our words (not the operating system's sentence with its errno): the CLI's
+    options, import and mapping files, journey files."""
+    if isinstance(exc, FileNotFoundError):
+        return "does not exist"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory, not a file"
+    if isinstance(exc, PermissionError):
+        return "cannot be read (permission denied)"
+    return "cannot be read"
+
+
 class NotFound(ChorusError):
     status = 404
     code = "not_found"

@@ -172,7 +172,7 @@ def _config_file(path: str) -> object:
     """The JSON of a ``--config`` file, read and checked as the API checks a body (chorus.safejson): a file that
     cannot be read, or is not JSON, is a 400 naming the file and, for JSON, the line and column."""
     from chorus import safejson
-    from chorus.collect.importer import _unreadable
+    from chorus.errors import unreadable
 
     if not path:
         raise ChorusError("--config needs a file name", field="--config")
@@ -180,7 +180,7 @@ def _config_file(path: str) -> object:
         with open(path, "rb") as fh:
             data = fh.read()
     except OSError as exc:
-        raise ChorusError(f"--config {path} {_unreadable(exc)}", field="--config") from None
+        raise ChorusError(f"--config {path} {unreadable(exc)}", field="--config") from None
     value = safejson.parse(data, f"--config {path}")
     bad = safejson.problem(value, "")
     if bad:

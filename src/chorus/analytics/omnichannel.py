@@ -54,6 +54,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from chorus.analytics import limits
 from chorus.analytics import touchpoints as tp
 from chorus.errors import ChorusError
 
@@ -350,9 +351,8 @@ def metrics(s: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-# The largest confidence level an interval is computed at: z = inv_cdf(0.5 + c/2) needs 0.5 + c/2 < 1 in floating
-# point, which 0.9999999999999999 (< 1) is not; six nines is more than any report asks for.
-CONFIDENCE_MAX = 0.999999
+# The largest confidence level an interval is computed at (analytics.limits: the API's and the CLI's bound too)
+CONFIDENCE_MAX = limits.CONFIDENCE.high
 
 
 def check_confidence(confidence: object) -> float:

@@ -113,7 +113,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from chorus import safejson
-from chorus.errors import ChorusError
+from chorus.errors import ChorusError, unreadable
 from chorus.safejson import MAX_DEPTH
 from chorus.timeutil import iso
 
@@ -229,7 +229,7 @@ def _read_mapping_file(path: Path) -> dict:
     except UnicodeDecodeError:
         raise MappingError(f"mapping file {path.name!r} is not UTF-8 text") from None
     except OSError as exc:
-        raise MappingError(f"mapping file {str(path)!r} {_unreadable(exc)}") from None
+        raise MappingError(f"mapping file {str(path)!r} {unreadable(exc)}") from None
     if path.suffix.lower() in (".yaml", ".yml"):
         try:
             import yaml  # type: ignore[import-untyped]
@@ -257,21 +257,10 @@ def _read_mapping_file(path: Path) -> dict:
     return data
 
 
-def _unreadable(exc: OSError) -> str:
-    """Why a file cannot be read, in our words (not the operating system's sentence with its errno)."""
-    if isinstance(exc, FileNotFoundError):
-        return "does not exist"
-    if isinstance(exc, IsADirectoryError):
-        return "is a directory, not a file"
-    if isinstance(exc, PermissionError):
-        return "cannot be read (permission denied)"
-    return "cannot be read"
-
-
 def _yaml_problem(exc: Exception) -> str:
     """`` at line L, column C: <what>`` for a PyYAML error: where (from its problem_mark) and, for the problems
     the segment rules' table knows, what, in our words; never PyYAML's own message."""
-    from chorus.segments.rules import _yaml_problem as known_problem
+    from chorus.segments.rules import yaml_problem as known_problem
 
     mark = getattr(exc, "problem_mark", None)
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

@@ -23,7 +23,7 @@ def _error(exc: Exception) -> None:
 
 def _document(path: str) -> object:
     """A journey or broadcast file: JSON, or YAML (.yaml, .yml) with the journeys' safe loader."""
-    from chorus.collect.importer import _unreadable  # the words `chorus import` uses for a mapping file
+    from chorus.errors import unreadable  # the words `chorus import` uses for a mapping file
     from chorus.journeys import definition as d
 
     try:
@@ -32,7 +32,7 @@ def _document(path: str) -> object:
     except UnicodeDecodeError:
         raise ChorusError(f"{path} is not UTF-8 text") from None
     except OSError as exc:  # in our words, as for an import's mapping file: never the exception's class or errno
-        raise ChorusError(f"{path} {_unreadable(exc)}") from None
+        raise ChorusError(f"{path} {unreadable(exc)}") from None
     if path.endswith((".yaml", ".yml")):
         return d.load_yaml(text)
     try:

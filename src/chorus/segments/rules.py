@@ -711,7 +711,7 @@ def load_yaml(text: str, path: str = "rule") -> object:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        raise _bad(path, f"not valid YAML{where}{_yaml_problem(getattr(exc, 'problem', None) or '')}") from None
+        raise _bad(path, f"not valid YAML{where}{yaml_problem(getattr(exc, 'problem', None) or '')}") from None
     _string_keys(data, path)
     return data
 
@@ -743,7 +743,7 @@ _YAML_PROBLEMS = (
 )
 
 
-def _yaml_problem(problem: str) -> str:
+def yaml_problem(problem: str) -> str:
     """``: <what is wrong>`` in our words for a PyYAML problem, or nothing when it is not one we know."""
     ours = next((o for theirs, o in _YAML_PROBLEMS if problem.startswith(theirs)), None)
     return f": {ours}" if ours else ""

@@ -177,8 +177,7 @@ def forget_files(message_ids: list[str], dirs: set[str]) -> int:
         path = os.path.join(root, *d.split("/"))
         if not os.path.isdir(path):
             continue
-        real_root, real = os.path.realpath(root), os.path.realpath(path)
-        if os.path.commonpath([real_root, real]) != real_root:
+        if not _resolves_inside(root, path):
             continue
         for mid in message_ids:
             for ext in ("eml", "json"):
@@ -197,9 +196,14 @@ def _inside(root: str, path: str) -> None:
     """Refuse a directory that resolves outside the outbox: a symbolic link planted in it (by whoever can write
     there) must not send the server's writes anywhere else."""
     os.makedirs(path, exist_ok=True)
-    real_root, real = os.path.realpath(root), os.path.realpath(path)
-    if os.path.commonpath([real_root, real]) != real_root:
-        raise OSError(f"{path} resolves to {real}, outside the outbox {real_root}")
+    if not _resolves_inside(root, path):
+        raise OSError(f"{path} resolves to {os.path.realpath(path)}, outside the outbox {os.path.realpath(root)}")
+
+
+def _resolves_inside(root: str, path: str) -> bool:
+    """Whether ``path``, links followed, is inside ``root``."""
+    real_root = os.path.realpath(root)
+    return os.path.commonpath([real_root, os.path.realpath(path)]) == real_root
 
 
 def _write_atomically(directory: str, target: str, data: bytes) -> None:
