@@ -223,7 +223,11 @@ class Resolver:
     def _process(self, limit: int, seqs: list[int] | None = None) -> int:
         if seqs is None:  # an idle poll takes no write lock (SQLite has one for the whole store)
             with read_only(self.engine) as conn:
-                if conn.execute(sa.select(events.c.seq).where(events.c.profile_id.is_(None)).limit(1)).first() is None:
+                # ordered by seq so that SQLite reads the partial index of pending events (a few entries): without
+                # the ORDER BY it scanned the timeline index for a NULL, the whole store once nothing was pending
+                # (40 ms an idle pass at 290,000 events, growing with the store)
+                pending = sa.select(events.c.seq).where(events.c.profile_id.is_(None)).order_by(events.c.seq)
+                if conn.execute(pending.limit(1)).first() is None:
                     return 0
         self.passes += 1
         with self.engine.begin() as conn:
