@@ -161,3 +161,56 @@ def test_decode_cursor_refuses_what_it_did_not_make(bad):
     with pytest.raises(ChorusError) as exc:
         listing.decode_cursor(bad, "imports", (datetime, str))
     assert exc.value.field == "cursor"
+
+
+# --- pages read in index order (SQLite's plans: structure, not timings) ------------------------------------------
+
+
+def _plans(engine, call) -> list[tuple[str, str]]:
+    """(statement, SQLite's plan) of each SELECT ``call(conn)`` runs."""
+    from sqlalchemy import event
+
+    seen: list[tuple[str, tuple]] = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):
+        seen.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        with engine.connect() as conn:
+            call(conn)
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+    raw = engine.raw_connection()
+    try:
+        return [(s, " | ".join(str(r[-1]) for r in raw.execute("EXPLAIN QUERY PLAN " + s, p).fetchall()))
+                for s, p in seen if s.lstrip().upper().startswith("SELECT")]  # fmt: skip
+    finally:
+        raw.close()
+
+
+@pytest.mark.parametrize("kind", ["messages", "imports"])
+def test_a_page_of_messages_or_imports_is_read_in_index_order_not_sorted(tmp_path, kind):
+    """GET /api/messages and /api/imports, newest first (and messages since an instant): each page sorted every
+    message of the workspace (every import of every workspace) before the index on (workspace, created_at, id),
+    40 ms a page at 21,000 messages in the demo and seconds at a million."""
+    from chorus.store.db import create_engine, upgrade
+
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    upgrade(url)
+    engine = create_engine(url)
+    since = T0 + timedelta(days=1)
+    if kind == "messages":
+        def call(conn):
+            listing.list_messages(conn, "ws_a", 50, None)
+            listing.list_messages(conn, "ws_a", 50, None, since=since)
+            page = listing.list_messages(conn, "ws_a", 1, None)
+            assert page["next_cursor"] is None  # nothing stored: the plans are what is checked
+    else:
+        def call(conn):
+            listing.list_imports(conn, "ws_a", 50, None)
+    found = [(s, plan) for s, plan in _plans(engine, call) if f"FROM {kind}" in s]
+    assert found
+    for statement, plan in found:
+        assert f"ix_{kind}_created" in plan and "TEMP B-TREE" not in plan, (statement, plan)
+    engine.dispose()

@@ -208,6 +208,8 @@ imports = sa.Table(
     sa.Column("duplicates", sa.Integer, nullable=False),
     sa.Column("errors", JSONDoc, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    # the workspace's imports newest first (GET /api/imports): a page in index order, not a sort of every import
+    sa.Index("ix_imports_created", "workspace_id", "created_at", "id"),
 )
 
 # --- messaging ------------------------------------------------------------------------------------------------
@@ -267,6 +269,9 @@ messages = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.UniqueConstraint("workspace_id", "idempotency_key"),
     sa.Index("ix_messages_profile", "workspace_id", "profile_id", "created_at"),
+    # the workspace's messages newest first, and since an instant (GET /api/messages): a page reads its rows in
+    # index order instead of sorting every message of the workspace
+    sa.Index("ix_messages_created", "workspace_id", "created_at", "id"),
     sa.Index(
         "ix_messages_due",
         "next_attempt_at",
