@@ -9,13 +9,14 @@ across restarts.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import os
 import re
 import secrets
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 import sqlalchemy as sa
@@ -83,15 +84,21 @@ def _stored_key(conn: Connection) -> bytes | None:
     return row.value.encode() if row else None
 
 
+@functools.lru_cache(maxsize=1024)
+def _signed(key: bytes, payload: bytes) -> str:
+    """The token of ``payload`` under ``key`` (a pure function of both). Cached: a message's unsubscribe token is
+    asked for by its template context (the unsubscribe and preference URLs) and again by its email headers."""
+    sig = hmac.new(key, payload, hashlib.sha256).digest()[:16]
+    return f"{_b64(payload)}.{_b64(sig)}"
+
+
 @dataclass(frozen=True)
 class Links:
     public_url: str
     key: bytes
 
     def token(self, kind: str, *parts: str) -> str:
-        payload = orjson.dumps([kind, *parts])
-        sig = hmac.new(self.key, payload, hashlib.sha256).digest()[:16]
-        return f"{_b64(payload)}.{_b64(sig)}"
+        return _signed(self.key, orjson.dumps([kind, *parts]))
 
     def verify(self, token: str, kind: str) -> list[str]:
         try:
@@ -121,11 +128,19 @@ class Links:
 
 def with_utm(url: str, utm: dict[str, str]) -> str:
     """Add UTM parameters the link does not already carry (the brand's own values win)."""
+    parts, have, query = _split(url)
+    # urlencode of the link's pairs then the new ones is the two encodings joined by "&" (it joins "k=v" pairs)
+    extra = urlencode([(k, v) for k, v in utm.items() if v and k not in have])
+    return urlunsplit(parts._replace(query=f"{query}&{extra}" if query and extra else query or extra))
+
+
+@functools.lru_cache(maxsize=1024)
+def _split(url: str) -> tuple[SplitResult, frozenset[str], str]:
+    """A link parsed once (every recipient of a message has the same links): its parts, the names of its query
+    parameters and its query re-encoded. A link that cannot be split raises its ValueError every time."""
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
-    have = {k for k, _ in query}
-    query += [(k, v) for k, v in utm.items() if v and k not in have]
-    return urlunsplit(parts._replace(query=urlencode(query)))
+    return parts, frozenset(k for k, _ in query), urlencode(query)
 
 
 _HREF = re.compile(r"""(<a\b[^>]*?\bhref\s*=\s*)(["'])(https?://[^"']+)\2""", re.IGNORECASE)

@@ -258,7 +258,12 @@ def set_statuses(conn: Connection, changes: list[Change]) -> None:
         alive = set(conn.execute(q).scalars())
         for group in groups.items():
             _update(conn, (group[0], [r for r in group[1] if r["_id"] in alive]))
-    changes = [ch for ch in changes if ch.msg["id"] in alive]
+    _recorded(conn, [ch for ch in changes if ch.msg["id"] in alive])
+
+
+def _recorded(conn: Connection, changes: list[Change]) -> None:
+    """What :func:`set_statuses` writes once the rows are updated: the history, the metrics, the change feed and the
+    timeline events of ``changes`` (all of messages that exist)."""
     if not changes:
         return
     bulk.insert_rows(
@@ -266,8 +271,12 @@ def set_statuses(conn: Connection, changes: list[Change]) -> None:
         [{"message_id": ch.msg["id"], "workspace_id": ch.msg["workspace_id"], "status": ch.status, "at": ch.at,
           "detail": ch.detail} for ch in changes],
     )  # fmt: skip
+    counts: dict[tuple[str, str], int] = {}  # one increment per label pair, of as many as it counts
     for ch in changes:
-        metrics.message_status.labels(channel=ch.msg.get("channel") or "none", status=ch.status).inc()
+        label = (ch.msg.get("channel") or "none", ch.status)
+        counts[label] = counts.get(label, 0) + 1
+    for (channel, status), n in counts.items():
+        metrics.message_status.labels(channel=channel, status=status).inc(n)
     _record_changes(conn, changes)
     by_ws: dict[str, list[Change]] = {}
     for ch in changes:
@@ -448,10 +457,18 @@ def _prepare(items: list[tuple[dict, str | None]]) -> list[tuple[dict, str, str]
 def _write(conn: Connection, ws: str, plan: _Plan, full: bool) -> list[tuple[dict | ChorusError, bool]]:
     """Insert a plan's messages and their first states; the results, with ``full`` each message's whole view."""
     if plan.rows:
+        # The rows go in with their first state already (status, reason, next attempt: _build set them) and the
+        # ``updated_at`` that set_statuses' UPDATE would give them (the later of ``now`` and the wall clock), so the
+        # first states need no UPDATE nor the check that their rows exist (they were inserted just now, in this
+        # transaction): only their history, feed changes and timeline events (_recorded), as set_statuses writes
+        # them. A first state is never a put-back (queued or skipped), so no withdrawal applies to it.
+        changed_at = utcnow()
         # in key order: two transactions inserting some of the same keys wait for each other on PostgreSQL's
         # unique index, and in one order neither can wait for the other (a deadlock) whatever their batches
-        bulk.insert_rows(conn, messages, sorted(plan.rows, key=lambda r: r["idempotency_key"]))
-        set_statuses(conn, plan.changes)
+        bulk.insert_rows(conn, messages, sorted(
+            ({**r, "updated_at": max(r["updated_at"], changed_at)} for r in plan.rows),
+            key=lambda r: r["idempotency_key"]))  # fmt: skip
+        _recorded(conn, plan.changes)
     if not full:
         return plan.results
     return [(get_message(conn, ws, r["id"]) if isinstance(r, dict) else r, c) for r, c in plan.results]

@@ -74,8 +74,11 @@ def get_profiles(conn: Connection, ws: str, profile_ids: list[str], cfg: Identit
     if not ids:
         return {}
     dialect = conn.dialect.name
+    p = profiles.c  # the columns the view shows (not the resolver's bookkeeping: created_msg, links_max_*...)
     rows = conn.execute(
-        sa.select(profiles).where(profiles.c.workspace_id == ws, bulk.in_(profiles.c.id, ids, dialect))
+        sa.select(p.id, p.known, p.created_at, p.first_seen, p.last_seen, p.last_channel, p.state).where(
+            p.workspace_id == ws, bulk.in_(p.id, ids, dialect)
+        )
     ).all()
     idents: dict[str, list[str]] = {}
     for pid, ident in conn.execute(
