@@ -6,7 +6,9 @@ transaction (so a change is noted exactly once, or retried), and only when it is
 each audience marked since its last sync (or with removals an erasure queued) whose last follow sync is at least
 ``interval_seconds`` old: the sync starts a new epoch, then reads the segment's members as the membership; the
 diff sends only the differences, so ten entries and exits of one person between two syncs cost nothing or one
-row. See docs/decisions/0029-audiences-follow-segments-by-interval.md.
+row. The task's syncs are incremental: members whose profile has no change in the feed since the last successful
+sync keep their rows unread (docs/decisions/0049-incremental-follow-sync.md). See
+docs/decisions/0029-audiences-follow-segments-by-interval.md.
 """
 
 from __future__ import annotations
@@ -105,7 +107,7 @@ class FollowTask:
                 with read_only(self.engine) as conn:
                     ws = workspaces.get(conn, ws_id)
                 client = self.client() if self.client is not None else None
-                sync.sync_followed(self.engine, ws, name, client=client, clock=self.clock)
+                sync.sync_followed(self.engine, ws, name, client=client, clock=self.clock, incremental=True)
                 done += 1
             except Conflict:
                 pass  # another worker is syncing it; what it misses stays due

@@ -30,6 +30,9 @@ import orjson
 from chorus.messaging.audiences import normalise as n
 
 FORMATS = ("meta", "google")
+# What a profile gives as a row: bump it whenever build_row, facts or the normalisation changes a row, so that
+# following audiences take a full pass (an incremental one keeps the rows of unchanged people as they were sent).
+VERSION = 1
 KINDS = {
     "meta": ("email", "phone", "name", "address", "gender", "birthdate", "external_id"),
     "google": ("email", "phone", "address"),

@@ -27,6 +27,7 @@ from chorus.store.tables import (
     audiences,
     identifiers,
     profile_aliases,
+    profile_changes,
     profiles,
 )
 from chorus.timeutil import iso
@@ -178,16 +179,17 @@ def want_sync(conn: Connection, ws: str, segment_ids: set[str], audience_ids: se
     return marked
 
 
-def begin_follow_sync(engine: Engine, audience_id: str) -> int:
-    """Start a new epoch before a follow sync reads the segment; returns it. A change handled from now on marks the
-    audience changed in this epoch, which the sync does not cover, so it is synced again."""
+def begin_follow_sync(engine: Engine, audience_id: str) -> tuple[int, dict]:
+    """Start a new epoch before a follow sync reads the segment; returns it, and the follow state as it was (the
+    incremental sync's base and marks, read under the claim). A change handled from now on marks the audience
+    changed in this epoch, which the sync does not cover, so it is synced again."""
     with engine.begin() as conn:
         row = conn.execute(sa.select(audiences).where(audiences.c.id == audience_id).with_for_update()).first()
         follow = row.options["follow"]
         epoch = follow["epoch"] + 1
         conn.execute(audiences.update().where(audiences.c.id == audience_id)
                      .values(options={**row.options, "follow": {**follow, "epoch": epoch}}))  # fmt: skip
-    return epoch
+    return epoch, follow
 
 
 def due_follows(conn: Connection, now: datetime) -> list[tuple[str, str]]:
@@ -214,9 +216,14 @@ def due_follows(conn: Connection, now: datetime) -> list[tuple[str, str]]:
     return out
 
 
-def followed(engine: Engine, audience_id: str, epoch: int | None, now: datetime, stopped: bool = False) -> None:
+def followed(
+    engine: Engine, audience_id: str, epoch: int | None, now: datetime, stopped: bool = False, *,
+    mark: tuple[datetime, int] | None = None, base: dict | None = None,
+) -> None:  # fmt: skip
     """A follow sync ended at ``now``: it covered the changes of the epochs before ``epoch`` (None when it failed:
-    they stay due, tried again after the interval)."""
+    they stay due, tried again after the interval). ``mark`` is the feed's position when it began (kept for the
+    incremental syncs after it); ``base`` is given when it succeeded: what the next incremental sync starts from
+    (see :func:`incremental_base`)."""
     with engine.begin() as conn:
         row = conn.execute(sa.select(audiences).where(audiences.c.id == audience_id).with_for_update()).first()
         follow = (row.options or {}).get("follow") if row is not None else None
@@ -227,8 +234,115 @@ def followed(engine: Engine, audience_id: str, epoch: int | None, now: datetime,
             follow["synced"] = max(follow["synced"], epoch)
         if stopped:
             follow["stopped"] = True
+        if base is not None:
+            follow["base"] = base
+        if mark is not None:
+            follow["marks"] = _kept_marks([*follow.get("marks", []), [iso(mark[0]), mark[1]]], follow.get("base"))
         conn.execute(audiences.update().where(audiences.c.id == audience_id)
                      .values(options={**row.options, "follow": follow}))  # fmt: skip
+
+
+# -- incremental follow syncs (docs/decisions/0049-incremental-follow-sync.md) -------------------------------------
+# A change whose feed record was given a sequence number is visible to every read that starts this long after: the
+# feed's rows are a transaction's last statements, numbered just before it commits. Generous, as it also absorbs
+# the clock skew between the processes that sync (a worker, the API).
+MARGIN = timedelta(minutes=2)
+# A full pass at least this often: the feed keeps handled changes 7 days (feed.RETENTION), and a full pass repairs
+# whatever a writer that changed a profile without recording it would have left behind.
+FULL_EVERY = timedelta(days=1)
+MAX_MARKS = 16
+# Changes that cannot change what a row or the consent decision reads (a profile's traits, consent and
+# identifiers): the feed records them, but they write neither ``profiles.state`` nor ``identifiers``.
+NOT_ROW_CAUSES = ("segment", "list", "message", "computed")
+PROBE_RATIO = 4  # the feed's rows scanned per person probed, about, at which both ways cost the same
+
+
+def feed_mark(conn: Connection) -> int:
+    """The feed's last sequence number visible now (0 when empty). Read *before* the instant it is kept with, so
+    that every change numbered after that instant has a greater number."""
+    return conn.execute(sa.select(sa.func.coalesce(sa.func.max(profile_changes.c.seq), 0))).scalar_one()
+
+
+def _kept_marks(marks: list, base: dict | None) -> list:
+    """The marks a later incremental sync may still use: the newest at least :data:`MARGIN` older than the base,
+    and every newer one (at most :data:`MAX_MARKS`)."""
+    marks = sorted(marks, key=lambda m: datetime.fromisoformat(m[0]))
+    if base is not None:
+        limit = datetime.fromisoformat(base["at"]) - MARGIN
+        older = [m for m in marks if datetime.fromisoformat(m[0]) <= limit]
+        marks = older[-1:] + [m for m in marks if datetime.fromisoformat(m[0]) > limit]
+    return marks[-MAX_MARKS:]
+
+
+def incremental_base(follow: dict, fingerprint: str, now: datetime) -> int | None:
+    """The feed position an incremental sync reads changes after, or None when it must be a full pass.
+
+    The base is the start of the last follow sync that succeeded (a failed one may have left a removal undone, so
+    it moves nothing). A change that sync did not see committed after it began, so its feed number was given after
+    ``base.at - MARGIN``, and is greater than a mark taken at or before that instant: the newest such mark is the
+    bound. None when nothing succeeded yet, the row's inputs changed (the fingerprint: format, identifiers, consent,
+    the workspace's default region, the row code's version), the base is older than :data:`FULL_EVERY`, or no mark
+    is old enough (an interval shorter than the margin)."""
+    base = follow.get("base")
+    if not base or base.get("fingerprint") != fingerprint:
+        return None
+    at = datetime.fromisoformat(base["at"])
+    if now - at > FULL_EVERY or now < at:
+        return None
+    usable = [(datetime.fromisoformat(t), seq) for t, seq in follow.get("marks", [])]
+    usable = [m for m in usable if m[0] <= at - MARGIN]
+    return max(usable)[1] if usable else None
+
+
+def changed_since(conn: Connection, ws: str, seq: int, opaque: bool, among: set[str], upto: int) -> set[str]:
+    """The profiles among ``among`` whose traits, consent or identifiers may have changed after feed position ``seq``
+    (a merge names both profiles; a replay every profile it rewrote), read up to about ``upto`` (the feed's last
+    position: later changes may be left out or not). An event the resolver says touched only activity
+    (``detail.profile`` false) is left out, unless ``opaque``: it may still have given her a user id, which a row's
+    ``external_id`` reads.
+
+    Two ways to the same answer, the cheaper taken: the feed's range after ``seq`` (every workspace's changes, by
+    the primary key), or, when the people are fewer than a quarter of that range, their own changes
+    (``ix_profile_changes_profile``, one probe each)."""
+    t = profile_changes.c
+    query = sa.select(t.profile_id, t.cause, t.target_id, t.detail).where(
+        t.seq > seq, t.workspace_id == ws, t.cause.not_in(NOT_ROW_CAUSES))
+    if len(among) * PROBE_RATIO < upto - seq:
+        parts = [query.where(bulk.in_(t.profile_id, part, conn.dialect.name)) for part in _chunks(sorted(among))]
+    else:
+        parts = [query]
+    out: set[str] = set()
+    for part in parts:
+        for pid, cause, target, detail in conn.execute(part):
+            if cause == "event" and not opaque and isinstance(detail, dict) and detail.get("profile") is False:
+                continue
+            out.add(pid)
+            if target:
+                out.add(target)
+    return out
+
+
+def member_hashes(conn: Connection, audience_id: str) -> list[Synced]:
+    """The rows the platform holds, without their keys (``keys`` empty): what an incremental sync compares. The keys
+    are read for the rows it removes only (:func:`with_keys`); queued removals come whole (they are few)."""
+    rows = [Synced(r.id, r.profile_id, r.row_hash, {}) for r in conn.execute(
+        sa.select(audience_members.c.id, audience_members.c.profile_id, audience_members.c.row_hash)
+        .where(audience_members.c.audience_id == audience_id))]  # fmt: skip
+    rows += [
+        Synced(None, None, r.row_hash, r.hashed_keys)
+        for r in conn.execute(sa.select(audience_removals).where(audience_removals.c.audience_id == audience_id))
+    ]
+    return rows
+
+
+def with_keys(conn: Connection, rows: list[Synced]) -> list[Synced]:
+    """The same rows with the keys the platform holds (read for those read without them)."""
+    want = [s.id for s in rows if s.id is not None and not s.keys]
+    keys: dict[int, dict] = {}
+    for part in _chunks(want):
+        keys.update(conn.execute(sa.select(audience_members.c.id, audience_members.c.hashed_keys)
+                                 .where(audience_members.c.id.in_(part))).all())  # fmt: skip
+    return [Synced(s.id, s.profile_id, s.row_hash, keys.get(s.id, s.keys)) if s.id in keys else s for s in rows]
 
 
 # -- manual changes (a journey's audience step) ---------------------------------------------------------------------

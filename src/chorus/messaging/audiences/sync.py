@@ -19,16 +19,18 @@ from __future__ import annotations
 import csv
 import io
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
-from sqlalchemy.engine import Engine
+import orjson
+from sqlalchemy.engine import Connection, Engine
 
+import chorus
 from chorus.errors import ChorusError, Conflict, NotFound
 from chorus.messaging.audiences import rows as R
 from chorus.messaging.audiences import settings as S
 from chorus.messaging.audiences import store
 from chorus.messaging.audiences.base import AudienceClient, Upload
-from chorus.messaging.audiences.membership import MODES, Entry, Skip, members_after, plan
+from chorus.messaging.audiences.membership import MODES, Entry, Skip, Synced, members_after, plan
 from chorus.messaging.policy import ads_decision
 from chorus.messaging.providers import ConfigError, ProviderError
 from chorus.profiles.views import lookup_ident
@@ -45,8 +47,11 @@ class ProviderFailed(ChorusError):
     code = "provider_error"
 
 
-def resolve(conn, ws: Workspace, entries: list[Entry | Skip]) -> tuple[dict[str, Entry], list[Skip]]:
-    """Profile id -> the first entry that named it; and the entries that name nobody."""
+def resolve(
+    conn, ws: Workspace, entries: list[Entry | Skip], live: Collection[str] = ()
+) -> tuple[dict[str, Entry], list[Skip]]:
+    """Profile id -> the first entry that named it; and the entries that name nobody. ``live``: profile ids known to
+    be live profiles, not looked up."""
     cfg = ws.identity
     skips = [e for e in entries if isinstance(e, Skip)]
     good = [e for e in entries if isinstance(e, Entry)]
@@ -57,7 +62,9 @@ def resolve(conn, ws: Workspace, entries: list[Entry | Skip]) -> tuple[dict[str,
                 idents[i] = lookup_ident(cfg, **{e.kind: e.value})
             except ChorusError as exc:
                 skips.append(Skip(e.where, e.shown, "invalid_input", exc.message))
-    ids = store.resolve_profile_ids(conn, ws.id, [e.profile_id for e in good if e.profile_id is not None])
+    ids = {pid: pid for pid in live}
+    ids.update(store.resolve_profile_ids(
+        conn, ws.id, [e.profile_id for e in good if e.profile_id is not None and e.profile_id not in ids]))
     owners = store.owners(conn, ws.id, list(idents.values()))
     given: dict[str, Entry] = {}
     for i, e in enumerate(good):
@@ -113,13 +120,22 @@ def _client(ws: Workspace, aud, client: AudienceClient | None) -> AudienceClient
         raise ChorusError(f"audience {aud.name!r}: {exc}", field="provider") from None
 
 
+# Given the read connection, the profile ids listed and the rows the platform holds: member -> the hash of the row
+# she keeps without being loaded (an incremental follow sync, :func:`_reuse`).
+Reuse = Callable[[Connection, set[str], list[Synced]], dict[str, str]]
+
+
 def _claimed(
     engine: Engine, ws: Workspace, aud, read_entries: Callable[[], list[Entry | Skip]], mode: str,
-    client: AudienceClient | None, clock: Clock,
+    client: AudienceClient | None, clock: Clock, reuse: Reuse | None = None, stats: dict | None = None,
 ) -> dict:  # fmt: skip
     """Claim the audience (Conflict while another sync of it runs), then read ``read_entries()`` and sync them. The
     membership is read only once the claim is held: read before it, it could be older than what a sync that held
-    the claim meanwhile sent, and this sync would take the platform back to it."""
+    the claim meanwhile sent, and this sync would take the platform back to it.
+
+    With ``reuse`` (an incremental follow sync), the members it names keep the row they hold, unread and unhashed;
+    the rows held are read without their keys, which are read for the rows removed only. ``stats`` receives how
+    many rows were built and how many kept unread."""
     name = aud.name
     started = clock()
     try:
@@ -135,16 +151,25 @@ def _claimed(
     try:
         entries = read_entries()
         with read_only(engine) as conn:
-            given, skips = resolve(conn, ws, entries)
-            previous = store.synced(conn, aud.id)
-            now_of = store.resolve_profile_ids(conn, ws.id, [s.profile_id for s in previous if s.profile_id])
+            previous = store.synced(conn, aud.id) if reuse is None else store.member_hashes(conn, aud.id)
+            # a member kept unread holds a row under her own id and has no change since: not merged, replayed nor
+            # erased (each is a change, and erasure deletes her rows), so she is live and not looked up either
+            named = {e.profile_id for e in entries if isinstance(e, Entry) and e.profile_id is not None}
+            kept_rows = reuse(conn, named, previous) if reuse is not None else {}
+            given, skips = resolve(conn, ws, entries, kept_rows.keys())
+            # a row recorded under a profile the list named is under a live profile (``resolve`` found it): only the
+            # others may have been merged or erased since (one read of the ids fewer for a following audience)
+            now_of = {s.profile_id: s.profile_id for s in previous if s.profile_id in given}
+            now_of.update(store.resolve_profile_ids(
+                conn, ws.id, [s.profile_id for s in previous if s.profile_id and s.profile_id not in given]))
             before = set(now_of.values())
             members = members_after(mode, before, set(given))
-            people = store.people(conn, ws.id, sorted(members))
+            people = store.people(conn, ws.id, sorted(members - kept_rows.keys()))
         region = ws.identity.default_region
-        current: dict[str, tuple[str, dict]] = {}
+        current: dict[str, tuple[str, dict]] = {pid: (h, {}) for pid, h in kept_rows.items()}  # held: never added
         out_because: dict[str, str] = {}
-        for pid in sorted(members):
+        built = 0
+        for pid in sorted(members - kept_rows.keys()):
             person = people.get(pid)
             if person is None:
                 continue
@@ -159,7 +184,15 @@ def _claimed(
                 out_because[pid] = reason
                 continue
             current[pid] = (R.fingerprint(row), row)
+            built += 1
+        if stats is not None:
+            stats.update(rows_built=built, rows_kept_unread=len(kept_rows))
         todo = plan(previous, current)
+        if reuse is not None and todo.remove:
+            with read_only(engine) as conn:
+                removing = store.with_keys(conn, todo.remove)
+            # a row gone since it was read (erased meanwhile) is queued as a removal, with its keys, for the next sync
+            todo.remove[:] = [s for s in removing if s.keys]
         result["unchanged"] = len(todo.keep)
         store.kept(engine, todo.keep, todo.drop, aud.id)
 
@@ -168,7 +201,7 @@ def _claimed(
             pid = now_of.get(s.profile_id) if s.profile_id else None
             if s.id is None:
                 why["erased"] += 1
-            elif pid is None or (pid in members and pid not in people):
+            elif pid is None or (pid in members and pid not in people and pid not in kept_rows):
                 why["profile_gone"] += 1
             elif pid not in members:
                 why["left"] += 1
@@ -217,26 +250,67 @@ def _claimed(
     return result
 
 
+def inputs_fingerprint(ws: Workspace, aud) -> str:
+    """What every row and consent decision of the audience reads besides the person: its format, identifiers and
+    consent, the workspace's default region, and the version of the code that builds rows. An incremental follow
+    sync keeps the rows of unchanged people only while this is what it was at the last sync (else a full pass)."""
+    inputs = [R.VERSION, chorus.__version__, aud.format, list(aud.identifiers), aud.consent_topic, aud.consent_mode,
+              ws.identity.default_region]  # fmt: skip
+    return R.n.sha256_hex(orjson.dumps(inputs).decode())
+
+
+def _reuse(ws: Workspace, aud, since: int, upto: int) -> Reuse:
+    """The incremental follow sync's rule: a member keeps the row the platform holds under her own profile id, unread
+    and unhashed, unless the feed has a change of hers after ``since`` that may change her row (traits, consent,
+    identifiers, a merge, a replay). A member with no row of her own (new, skipped last time, or sharing one row with
+    another profile) or with two is built as in a full pass, so skips and their reasons stay exact."""
+    opaque = aud.format == "meta" and "external_id" in aud.identifiers
+
+    def reuse(conn: Connection, named: set[str], previous: list[Synced]) -> dict[str, str]:
+        changed = store.changed_since(conn, ws.id, since, opaque, named, upto)
+        held: dict[str, set[str]] = {}
+        for s in previous:
+            if s.id is not None and s.profile_id in named:
+                held.setdefault(s.profile_id, set()).add(s.row_hash)
+        return {pid: next(iter(hs)) for pid, hs in held.items() if len(hs) == 1 and pid not in changed}
+
+    return reuse
+
+
 def sync_followed(
-    engine: Engine, ws: Workspace, name: str, *, client: AudienceClient | None = None, clock: Clock = utcnow
-) -> dict:
+    engine: Engine, ws: Workspace, name: str, *, client: AudienceClient | None = None, clock: Clock = utcnow,
+    incremental: bool = False,
+) -> dict:  # fmt: skip
     """Sync an audience that follows a segment: the segment's current members are the membership (``replace``),
     through the same consent check, hashing and diff as a caller's list, so only differences are sent.
 
     The audience is claimed first (:func:`_claimed`); then a new epoch starts before the members are read
     (:func:`store.begin_follow_sync`), so a change handled after that keeps the audience due for the next sync. A
     sync that finds another running reads nothing and starts no epoch. A deleted segment has no members: the
-    audience empties and stops following (its members' exits were recorded when it was deleted)."""
+    audience empties and stops following (its members' exits were recorded when it was deleted).
+
+    ``incremental`` (the worker task's syncs): members whose profile has no change in the feed since the last
+    successful follow sync began (less a margin) keep their rows without being read or hashed
+    (:func:`store.incremental_base`); the result is the full pass's. A full pass when no base is usable, and always
+    without ``incremental`` (a manual sync: the way to force one). See
+    docs/decisions/0049-incremental-follow-sync.md."""
     with read_only(engine) as conn:
         aud = store.get(conn, ws.id, name)
     follow = (aud.options or {}).get("follow")
     if not follow or follow.get("stopped"):
         raise ChorusError(f"audience {name!r} follows no segment: give it profiles to sync", field="profiles")
+    fingerprint = inputs_fingerprint(ws, aud)
     read: dict = {}
+    stats: dict = {}
 
     def segment_members() -> list[Entry | Skip]:
-        read["covered"] = store.begin_follow_sync(engine, aud.id)
+        read["covered"], state = store.begin_follow_sync(engine, aud.id)
         with read_only(engine) as conn:
+            # the feed's position first, then the instant: every change numbered after that instant is greater
+            seq = store.feed_mark(conn)
+            read["mark"] = (clock(), seq)
+            since = store.incremental_base(state, fingerprint, read["mark"][0]) if incremental else None
+            read["reuse"] = _reuse(ws, aud, since, seq) if since is not None else None
             try:
                 segment_store.get(conn, ws.id, follow["segment"])
                 read["members"], read["gone"] = segment_store.members(conn, ws.id, follow["segment"]), False
@@ -245,15 +319,22 @@ def sync_followed(
         where = f"segment {follow['segment']}"
         return [Entry(where, profile_id=pid) for pid in sorted(read["members"])]
 
+    def reuse(conn: Connection, members: set[str], previous: list[Synced]) -> dict[str, str]:
+        return read["reuse"](conn, members, previous) if read.get("reuse") else {}
+
     try:
-        result = _claimed(engine, ws, aud, segment_members, "replace", _client(ws, aud, client), clock)
+        client = _client(ws, aud, client)
+        result = _claimed(engine, ws, aud, segment_members, "replace", client, clock, reuse, stats)
     except Conflict:
         raise  # another sync of it runs: that one records its own end
     except ChorusError:
-        store.followed(engine, aud.id, None, clock())  # tried: the next try waits the interval, as a success does
+        # tried: the next try waits the interval, as a success does; the base stays (a removal may be undone)
+        store.followed(engine, aud.id, None, clock(), mark=read.get("mark"))
         raise
-    store.followed(engine, aud.id, read["covered"], clock(), stopped=read["gone"])
+    base = {"at": iso(read["mark"][0]), "fingerprint": fingerprint}
+    store.followed(engine, aud.id, read["covered"], clock(), stopped=read["gone"], mark=read["mark"], base=base)
     result["source"] = {"segment": follow["segment"], "members": len(read["members"]), "deleted": read["gone"]}
+    result["follow_pass"] = {"pass": "incremental" if read.get("reuse") else "full", **stats}
     return result
 
 
