@@ -6,6 +6,7 @@ Every call needs ``Authorization: Bearer <api_key>``; a key opens exactly one wo
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from typing import Annotated
 
@@ -171,20 +172,26 @@ async def post_import(
     source: Annotated[str, Form(description="store, call_center, catalog, ...")],
     mapping: Annotated[str | None, Form(description="mapping as JSON (see docs/import.md)")] = None,
 ):  # fmt: skip
-    from chorus.collect import imports
-
     name = os.path.basename(file.filename or "upload")
     suffix = os.path.splitext(name)[1].lower()
     if suffix not in (".csv", ".jsonl", ".ndjson", ".parquet"):
         raise ChorusError("file must be .csv, .jsonl, .ndjson or .parquet", field="file")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, name)
-        with open(path, "wb") as fh:
-            while chunk := await file.read(1 << 20):
-                fh.write(chunk)
-        result = await run_in_threadpool(imports.run_import, svc.engine, ws.id, path, source, mapping_json=mapping)
+    # copied, imported and removed in a worker thread: the event loop that also takes the tracking API's requests
+    # is not held while a large upload is written to disk or its directory removed
+    result = await run_in_threadpool(_import_upload, svc.engine, ws.id, file.file, name, source, mapping)
     svc.wake_worker.set()
     return JSON(result)
+
+
+def _import_upload(engine, ws_id: str, upload, name: str, source: str, mapping: str | None) -> dict:
+    from chorus.collect import imports
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, name)
+        upload.seek(0)
+        with open(path, "wb") as fh:
+            shutil.copyfileobj(upload, fh, 1 << 20)
+        return imports.run_import(engine, ws_id, path, source, mapping_json=mapping)
 
 
 @router.get("/imports/{import_id}", summary="An import's result, with its bad rows")
