@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -200,17 +201,23 @@ def test_a_page_of_messages_or_imports_is_read_in_index_order_not_sorted(tmp_pat
     upgrade(url)
     engine = create_engine(url)
     since = T0 + timedelta(days=1)
+    # a page after a cursor (a deep page): its range starts at the cursor in the index, not at the newest row
+    cursor = listing.encode_cursor(kind, ["2026-03-01T00:00:00Z", f"{kind[:3]}_x"])
     if kind == "messages":
         def call(conn):
             listing.list_messages(conn, "ws_a", 50, None)
             listing.list_messages(conn, "ws_a", 50, None, since=since)
-            page = listing.list_messages(conn, "ws_a", 1, None)
+            page = listing.list_messages(conn, "ws_a", 1, cursor)
             assert page["next_cursor"] is None  # nothing stored: the plans are what is checked
     else:
         def call(conn):
             listing.list_imports(conn, "ws_a", 50, None)
+            listing.list_imports(conn, "ws_a", 50, cursor)
     found = [(s, plan) for s, plan in _plans(engine, call) if f"FROM {kind}" in s]
-    assert found
+    assert len(found) >= 2
     for statement, plan in found:
         assert f"ix_{kind}_created" in plan and "TEMP B-TREE" not in plan, (statement, plan)
+        if "(created_at, id) <" in statement.replace(f"{kind}.", ""):  # the cursor's bound is in the index search
+            assert re.search(r"\(created_at,id\)<", plan.replace(" ", "")), (statement, plan)
+    assert any("(created_at, id) <" in s.replace(f"{kind}.", "") for s, _ in found), found
     engine.dispose()

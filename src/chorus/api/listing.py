@@ -65,12 +65,15 @@ def decode_cursor(cursor: str, kind: str, types: tuple[type, ...]) -> list:
 
 
 def _after(cols: list, key: list, descending: bool):
-    """Rows strictly after ``key`` in the order of ``cols`` (all descending or all ascending)."""
-    first, *rest = cols
-    beyond = first < key[0] if descending else first > key[0]
-    if not rest:
-        return beyond
-    return sa.or_(beyond, sa.and_(first == key[0], _after(rest, key[1:], descending)))
+    """Rows strictly after ``key`` in the order of ``cols`` (all descending or all ascending). Several columns are
+    one row-value comparison, ``(created_at, id) < (?, ?)``: both engines bound the index range with it, so a page
+    after a cursor starts at the cursor (the same test spelled ``a < x OR (a = x AND b < y)`` walked the index from
+    the newest row on SQLite and sorted every older row on PostgreSQL: a deep page cost what the list holds)."""
+    if len(cols) == 1:
+        return cols[0] < key[0] if descending else cols[0] > key[0]
+    left = sa.tuple_(*cols)
+    right = sa.tuple_(*(sa.literal(v, type_=c.type) for c, v in zip(cols, key, strict=True)))
+    return left < right if descending else left > right
 
 
 def _page(conn: Connection, q, kind: str, cols: list, types: tuple, limit: int, cursor: str | None,

@@ -16,8 +16,10 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_index('ix_messages_created', 'messages', ['workspace_id', 'created_at', 'id'])
-    op.create_index('ix_imports_created', 'imports', ['workspace_id', 'created_at', 'id'])
+    # IF NOT EXISTS: on a big PostgreSQL store an operator may build them first with CREATE INDEX CONCURRENTLY
+    # (docs/operations.md), which does not hold writes to messages while it builds
+    op.create_index('ix_messages_created', 'messages', ['workspace_id', 'created_at', 'id'], if_not_exists=True)
+    op.create_index('ix_imports_created', 'imports', ['workspace_id', 'created_at', 'id'], if_not_exists=True)
 
 
 def downgrade() -> None:
