@@ -223,7 +223,9 @@ def timeline(
         q = q.where(events.c.channel == channel)
     if cursor:
         ts, seq = _cursor_decode(cursor)
-        q = q.where(sa.or_(events.c.timestamp < ts, sa.and_(events.c.timestamp == ts, events.c.seq < seq)))
+        # one row-value comparison, bounded in her timeline index by both engines (as the admin lists' cursors)
+        q = q.where(sa.tuple_(events.c.timestamp, events.c.seq) < sa.tuple_(
+            sa.literal(ts, type_=events.c.timestamp.type), sa.literal(seq, type_=events.c.seq.type)))
     rows = conn.execute(q.order_by(events.c.timestamp.desc(), events.c.seq.desc()).limit(limit + 1)).all()
     more = len(rows) > limit
     rows = rows[:limit]
