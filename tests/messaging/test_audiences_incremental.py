@@ -21,7 +21,7 @@ from chorus.messaging.providers import ProviderError
 from chorus.profiles import privacy
 from chorus.segments import rules
 from chorus.segments import store as segment_store
-from chorus.store.tables import audience_members, audiences
+from chorus.store.tables import audience_members, audiences, profile_changes
 from chorus.timeutil import utcnow
 from tests.identity.helpers import resolve, send
 
@@ -31,18 +31,23 @@ STEP = timedelta(seconds=200)  # between two syncs: more than store.MARGIN, so t
 
 
 class Platform:
-    """An AudienceClient holding whole rows; ``fail`` makes the next call fail, taking nothing."""
+    """An AudienceClient holding whole rows; ``fail`` makes the next call fail, taking nothing; while ``refuse`` is
+    set it rejects every removal (the rows stay held) and takes the adds."""
 
     name, type = "fake", "meta"
 
     def __init__(self):
         self.held: set[frozenset] = set()
         self.fail = False
+        self.refuse = False
 
     def apply(self, destination, op, rows, done, options):
         if self.fail:
             self.fail = False
             raise ProviderError("the platform fell over")
+        if op == "remove" and self.refuse:
+            done([], {i: "removal rejected" for i in range(len(rows))})
+            return Upload(received=len(rows), invalid=len(rows))
         for row in rows:
             (self.held.add if op == "add" else self.held.discard)(frozenset(row.items()))
         done(list(range(len(rows))), {})
@@ -244,3 +249,67 @@ def test_after_a_failed_sync_the_next_one_reads_what_changed_since_the_last_succ
     world.sync(fail=True)
     world.sync()
     assert world.passes[-1] == "incremental"
+
+
+def test_a_user_id_given_by_an_activity_event_rebuilds_an_external_id_row(engine):
+    """An event that touched only activity (the resolver marks it ``profile: False``) may still give her a user id,
+    which a row with ``external_id`` reads: when the audience sends it, such an event must make her row rebuilt."""
+    world = World(engine)
+    with engine.begin() as conn:
+        conn.execute(audiences.update().where(audiences.c.workspace_id == world.ws_id)
+                     .values(identifiers=["email", "external_id"]))  # fmt: skip
+    world.members("a0", "enter")
+    world.members("u1", "enter")
+    world.sync()
+    world.sync()
+    world.sync()
+    before = world.rows("inc")
+    pid = world.pid("a0")
+    # a login: a track with a new user id and her anonymous id, nothing but opaque ids
+    world.send([{"type": "track", "event": "Product Viewed", "userId": "newuser", "anonymousId": "a0"}])
+    with engine.connect() as conn:
+        detail = conn.execute(sa.select(profile_changes.c.detail)
+                              .where(profile_changes.c.profile_id == pid, profile_changes.c.cause == "event")
+                              .order_by(profile_changes.c.seq.desc()).limit(1)).scalar_one()  # fmt: skip
+    assert detail.get("profile") is False  # what the incremental sync must not skip here
+    world.sync()  # the same rows as the full pass's
+    assert world.passes[-1] == "incremental"
+    assert world.rows("inc") != before  # her row changed: it was rebuilt, not kept
+
+
+def readdress(world: World, v: int) -> None:
+    """Every person a new e-mail address, received now: ``World.send``'s event times are ahead of the receipt time
+    ``send`` gives by default, so they all take that time, and a later address may lose to the first one."""
+    world.at += timedelta(minutes=1)
+    messages = [{"type": "identify", **({"userId": who} if who.startswith("u") else {"anonymousId": who}),
+                 "traits": {"email": f"{who}.{v}@example.com"}, "messageId": f"readdress-{v}-{who}",
+                 "timestamp": world.at.isoformat()} for who in WHO]  # fmt: skip
+    send(world.engine, world.ws_id, messages, received_at=utcnow())
+    resolve(world.engine)
+
+
+def test_a_member_holding_two_rows_keeps_only_her_current_one(engine):
+    """The platform rejected the removal of a member's old row while it took the add of her new one (or two syncs
+    overlapped after a claim's lease expired): she holds two rows under her own id. Once she has no change since the
+    base, the incremental sync must still build her row and remove the old one, not keep whichever of the two comes
+    first. Which comes first depends on the process's string hashing, so every member is put in that state, three
+    times: a sync that kept one of the two unread would keep an old one with near certainty."""
+    world = World(engine)
+    for who in WHO:
+        world.members(who, "enter")
+    world.sync()
+    world.sync()
+    world.sync()
+    pids = {world.pid(who) for who in WHO}
+    for v in range(3):
+        readdress(world, v)
+        for platform in world.platforms.values():
+            platform.refuse = True
+        world.sync()  # her changed row is added, the removal of her old one rejected: she holds both
+        world.sync()  # a change of hers is still after this sync's base: she is built, the removal rejected again
+        for platform in world.platforms.values():
+            platform.refuse = False
+        assert sorted(pid for pid, _h in world.rows("inc")) == sorted([*pids, *pids])
+        world.sync()  # no change of hers since the base: the same rows as the full pass's
+        assert world.passes[-1] == "incremental"
+        assert sorted(pid for pid, _h in world.rows("inc")) == sorted(pids)
