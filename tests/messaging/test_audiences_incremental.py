@@ -94,7 +94,9 @@ class World:
                 self.at += timedelta(minutes=1)
             when = self.at - timedelta(days=10) if late else self.at
             out.append({**m, "messageId": f"m{self.n}", "timestamp": when.isoformat()})
-        send(self.engine, self.ws_id, out)
+        # received now: the helper's default receipt time (2026-01-01) is before these event times, which would all
+        # be taken as from the future and stamped with it (every change the same instant: later ones lost)
+        send(self.engine, self.ws_id, out, received_at=utcnow())
         resolve(self.engine)
 
     def pid(self, who: str) -> str | None:
