@@ -221,3 +221,43 @@ def test_a_page_of_messages_or_imports_is_read_in_index_order_not_sorted(tmp_pat
             assert re.search(r"\(created_at,id\)<", plan.replace(" ", "")), (statement, plan)
     assert any("(created_at, id) <" in s.replace(f"{kind}.", "") for s, _ in found), found
     engine.dispose()
+
+
+def test_a_profiles_timeline_pages_through_tied_instants_in_its_index(engine):
+    """``views.timeline`` pages on (timestamp, seq) newest first: events at the same instant neither skipped nor
+    repeated on both engines; on SQLite a page after a cursor is bounded in the timeline index (the OR form read
+    her whole timeline from the newest event); a forged cursor is a 400, not the driver's overflow."""
+    from chorus import workspaces
+    from chorus.errors import ChorusError
+    from chorus.profiles import views
+    from tests.identity.helpers import send
+
+    ws = workspaces.create(engine, "tl-" + uuid.uuid4().hex[:6])["id"]
+    instants = [T0 + timedelta(minutes=i // 4) for i in range(13)]  # four events an instant
+    send(engine, ws, [{"type": "track", "event": "Viewed", "userId": "u1", "messageId": f"t{i}",
+                       "timestamp": at.isoformat()} for i, at in enumerate(instants)],
+         received_at=T0 + timedelta(hours=1))  # fmt: skip
+    from tests.identity.helpers import resolve
+
+    resolve(engine)
+    with engine.connect() as conn:
+        pid = views.find_by_ident(conn, ws, "user_id:u1")
+        whole = [e["messageId"] for e in views.timeline(conn, ws, pid, limit=100)["events"]]
+        for limit in (1, 3, 5):
+            got, cursor = [], None
+            while True:
+                page = views.timeline(conn, ws, pid, limit=limit, cursor=cursor)
+                got += [e["messageId"] for e in page["events"]]
+                cursor = page["next_cursor"]
+                if cursor is None:
+                    break
+            assert got == whole and len(set(got)) == 13, (limit, got)
+        forged = base64.urlsafe_b64encode(json.dumps([instants[0].isoformat(), 2**63]).encode()).decode()
+        with pytest.raises(ChorusError) as bad:
+            views.timeline(conn, ws, pid, cursor=forged)
+        assert bad.value.field == "cursor"
+    if engine.dialect.name == "sqlite":
+        cursor = views._cursor_encode(instants[6], 10**6)
+        plans = _plans(engine, lambda conn: views.timeline(conn, ws, pid, limit=2, cursor=cursor))
+        found = [plan for s, plan in plans if "FROM events" in s and "ORDER BY" in s]
+        assert found and all("timestamp<?" in p.replace(" ", "") for p in found), found

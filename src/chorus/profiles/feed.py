@@ -553,13 +553,16 @@ class FeedTask:
                 done += self._consume(name, handle)
             except Exception:  # one consumer's bad pass (the database busy...) must not stop the others
                 log.exception("change feed consumer %s failed; its changes are retried at the next pass", name)
-        self._stats.note(self.engine, done)
         if self._pruned_at is None or time.monotonic() - self._pruned_at > self.PRUNE_EVERY:
             while True:  # a transaction per batch: other writers get the store between them
                 with self.engine.begin() as conn:
                     if prune(conn, utcnow(), RETENTION) < PRUNE_BATCH:
                         break
             self._pruned_at = time.monotonic()
+        try:
+            self._stats.note(self.engine, done)
+        except Exception:  # noqa: BLE001 - statistics are a help to the planner; the pass's work is done
+            log.warning("change feed: analysing its tables failed; tried again later", exc_info=True)
         return done
 
     def limit(self, name: str) -> int:

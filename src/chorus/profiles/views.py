@@ -204,9 +204,12 @@ def _cursor_encode(ts, seq: int) -> str:
 def _cursor_decode(cursor: str):
     try:
         ts, seq = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return parse_ts(ts), int(seq)
+        ts, seq = parse_ts(ts), int(seq)
     except Exception:
         raise ChorusError("cursor is not a cursor returned by this API", field="cursor") from None
+    if not -(2**63) <= seq < 2**63:  # a forged one: no store holds such a seq (and the drivers refuse to bind it)
+        raise ChorusError("cursor is not a cursor returned by this API", field="cursor")
+    return ts, seq
 
 
 def timeline(

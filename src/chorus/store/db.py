@@ -255,9 +255,10 @@ class FreshStatistics:
             if self._since < self._every:
                 return
             self._since, self._every = 0, min(self._every * 2, 1_000_000)
-        with engine.connect() as conn:
-            conn.exec_driver_sql(f"ANALYZE {self.tables}")
-            conn.commit()
+        # each table in its own transaction (autocommit), and one another process is analysing is skipped rather
+        # than waited for: the caller is a worker pass, and several workers reach their thresholds together
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql(f"ANALYZE (SKIP_LOCKED) {self.tables}")
 
 
 def create_engine(url: str, **kwargs) -> Engine:
