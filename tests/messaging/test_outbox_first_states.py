@@ -4,37 +4,20 @@ the same change (the row's ``updated_at`` the later of the enqueue's clock and t
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
 
-from chorus import metrics, workspaces
-from chorus.collect import ingest
-from chorus.collect.messages import normalise
-from chorus.identity.resolver import Resolver
+from chorus import metrics
 from chorus.messaging import outbox
-from chorus.messaging.links import Links
 from chorus.store.db import read_only
 from chorus.store.tables import events, message_status, messages, profile_changes
 from chorus.timeutil import utcnow
+from tests.messaging import test_outbox_in_transaction as inline
 
-T0 = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)
-LINKS = Links("http://chorus.test", b"k" * 32)
-TEMPLATE = {"variants": {"email": {"subject": "Hi {{ traits.first_name }}", "html": "<p>Hello</p>"}}}
-
-
-@pytest.fixture
-def ws(engine):
-    w = workspaces.create(engine, "first")
-    with engine.begin() as conn:
-        src = workspaces.source_by_write_key(conn, w["server_write_key"])
-        msg = {"type": "identify", "userId": "u1", "traits": {"email": "ana@example.com", "first_name": "Ana"}}
-        ingest.store(conn, src, [normalise(msg, received_at=T0, source_kind="server")], [], T0)
-    Resolver(engine).drain()
-    outbox.save_template(engine, w["id"], "hi", TEMPLATE)
-    with engine.connect() as conn:
-        return workspaces.get(conn, w["id"])
+LINKS, T0 = inline.LINKS, inline.T0
+ws = inline.ws  # the fixture: a workspace with one person (ana@example.com) and the email template "hi"
 
 
 def _count(channel: str, status: str) -> float:
