@@ -305,12 +305,18 @@ def changed_since(conn: Connection, ws: str, seq: int, opaque: bool, among: set[
     the primary key), or, when the people are fewer than a quarter of that range, their own changes
     (``ix_profile_changes_profile``, one probe each)."""
     t = profile_changes.c
-    query = sa.select(t.profile_id, t.cause, t.target_id, t.detail).where(
-        t.seq > seq, t.workspace_id == ws, t.cause.not_in(NOT_ROW_CAUSES))
+    dialect = conn.dialect.name
     if len(among) * PROBE_RATIO < upto - seq:
-        parts = [query.where(bulk.in_(t.profile_id, part, conn.dialect.name)) for part in _chunks(sorted(among))]
+        query = sa.select(t.profile_id, t.cause, t.target_id, t.detail).where(
+            t.seq > seq, t.workspace_id == ws, t.cause.not_in(NOT_ROW_CAUSES))
+        parts = [query.where(bulk.in_(t.profile_id, part, dialect)) for part in _chunks(sorted(among))]
     else:
-        parts = [query]
+        # SQLite (no statistics) took the workspace's equality over the range of the primary key and read every
+        # change the workspace kept (7 days: 39,000 rows a sync at 10,000 customers, for the hour's 1,300 after
+        # ``seq``): ``workspace_id || ''`` is a term no index serves, so the range is read
+        own = t.workspace_id.concat("") if dialect == "sqlite" else t.workspace_id
+        parts = [sa.select(t.profile_id, t.cause, t.target_id, t.detail).where(
+            t.seq > seq, own == ws, t.cause.not_in(NOT_ROW_CAUSES))]  # fmt: skip
     out: set[str] = set()
     for part in parts:
         for pid, cause, target, detail in conn.execute(part):
@@ -451,7 +457,9 @@ def people(conn: Connection, ws: str, pids: list[str]) -> dict[str, dict]:
         for pid, ident in conn.execute(
             sa.select(identifiers.c.profile_id, identifiers.c.ident)
             .where(identifiers.c.workspace_id == ws, bulk.in_(identifiers.c.profile_id, part, dialect))
-            .order_by(identifiers.c.ident)
+            # by person first: ordered by ``ident`` alone, SQLite walked the workspace's whole primary key (every
+            # identifier of every customer) to skip the sort of the few it wanted
+            .order_by(identifiers.c.profile_id, identifiers.c.ident)
         ):
             if pid in out:
                 out[pid]["identifiers"].setdefault(kind_of(ident), []).append(value_of(ident))
