@@ -169,25 +169,9 @@ def test_decode_cursor_refuses_what_it_did_not_make(bad):
 
 def _plans(engine, call) -> list[tuple[str, str]]:
     """(statement, SQLite's plan) of each SELECT ``call(conn)`` runs."""
-    from sqlalchemy import event
+    from tests.plans import plans
 
-    seen: list[tuple[str, tuple]] = []
-
-    def capture(conn, cursor, statement, parameters, context, executemany):
-        seen.append((statement, parameters))
-
-    event.listen(engine, "before_cursor_execute", capture)
-    try:
-        with engine.connect() as conn:
-            call(conn)
-    finally:
-        event.remove(engine, "before_cursor_execute", capture)
-    raw = engine.raw_connection()
-    try:
-        return [(s, " | ".join(str(r[-1]) for r in raw.execute("EXPLAIN QUERY PLAN " + s, p).fetchall()))
-                for s, p in seen if s.lstrip().upper().startswith("SELECT")]  # fmt: skip
-    finally:
-        raw.close()
+    return plans(engine, call, selects=True)
 
 
 @pytest.mark.parametrize("kind", ["messages", "imports"])

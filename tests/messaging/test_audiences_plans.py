@@ -10,37 +10,14 @@ from __future__ import annotations
 
 import re
 
-from sqlalchemy import event
-
 from chorus import workspaces
 from chorus.messaging.audiences import store
 from chorus.profiles import feed
 from chorus.store.db import create_engine, upgrade
 from tests.identity.helpers import resolve, send
+from tests.plans import plans
 
 PEOPLE = 300
-
-
-def _plans(engine, run) -> tuple[object, list[tuple[str, str]]]:
-    """``run(conn)``'s result and (statement, SQLite's plan) of each statement it ran."""
-    seen: list[tuple[str, tuple]] = []
-
-    def capture(conn, cursor, statement, parameters, context, executemany):
-        seen.append((statement, parameters))
-
-    event.listen(engine, "before_cursor_execute", capture)
-    try:
-        with engine.connect() as conn:
-            got = run(conn)
-    finally:
-        event.remove(engine, "before_cursor_execute", capture)
-    raw = engine.raw_connection()
-    try:
-        plans = [(s, " | ".join(str(r[-1]) for r in raw.execute("EXPLAIN QUERY PLAN " + s, p).fetchall()))
-                 for s, p in seen]  # fmt: skip
-    finally:
-        raw.close()
-    return got, plans
 
 
 def test_a_sync_reads_its_people_and_the_recent_changes_not_the_workspace(tmp_path):
@@ -70,20 +47,24 @@ def test_a_sync_reads_its_people_and_the_recent_changes_not_the_workspace(tmp_pa
         upto = store.feed_mark(conn)
     assert len(pids) * store.PROBE_RATIO > upto - mark  # the range after the mark is the cheaper way
 
-    changed, plans = _plans(engine, lambda conn: store.changed_since(conn, ws, mark, False, set(pids), upto))
+    with engine.connect() as conn:
+        changed = store.changed_since(conn, ws, mark, False, set(pids), upto)
     assert changed == {pids[3], pids[5], pids[8]}
     assert others["user_id:u9"] not in changed
-    feed_reads = [(s, p) for s, p in plans if re.search(r"\bFROM profile_changes\b", s)]
-    assert feed_reads, plans
+    read = plans(engine, lambda conn: store.changed_since(conn, ws, mark, False, set(pids), upto))
+    feed_reads = [(s, p) for s, p in read if re.search(r"\bFROM profile_changes\b", s)]
+    assert feed_reads, read
     for statement, plan in feed_reads:
         assert "INTEGER PRIMARY KEY (rowid>?)" in plan, (statement, plan)
 
-    people, plans = _plans(engine, lambda conn: store.people(conn, ws, [pids[7], pids[2]]))
+    with engine.connect() as conn:
+        people = store.people(conn, ws, [pids[7], pids[2]])
     assert sorted(people) == sorted([pids[7], pids[2]])
     assert people[pids[7]]["identifiers"] == {"email": ["p7@example.com"], "phone": ["+33612340007"],
                                               "user_id": ["u7"]}  # fmt: skip
-    ident_reads = [(s, p) for s, p in plans if re.search(r"\bFROM identifiers\b", s)]
-    assert ident_reads, plans
+    read = plans(engine, lambda conn: store.people(conn, ws, [pids[7], pids[2]]))
+    ident_reads = [(s, p) for s, p in read if re.search(r"\bFROM identifiers\b", s)]
+    assert ident_reads, read
     for statement, plan in ident_reads:
         assert "ix_identifiers_profile (workspace_id=? AND profile_id=?)" in plan, (statement, plan)
     engine.dispose()
