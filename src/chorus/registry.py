@@ -66,6 +66,9 @@ class Person:
     # events.seq of other people's events an erasure rewrote without this person (identity adds them, the erasure
     # record keeps them, so that copies outside the store, the event lake, rewrite theirs too)
     rewritten_events: list[int] = field(default_factory=list, compare=False)
+    # other profiles that held nothing but identifiers learned from this person's own events (identity adds them: a
+    # device token her app reported, kept apart by the identity graph, with no event of its own): erased with her
+    vanished: list[str] = field(default_factory=list, compare=False)
 
     @property
     def profile_ids(self) -> list[str]:

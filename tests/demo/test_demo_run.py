@@ -47,6 +47,7 @@ def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("demo")
     r = demo(tmp, *RUN)
     assert r.returncode == 0, r.stderr[-3000:]
+    (tmp / "stderr.txt").write_text(r.stderr)  # the keys and the command to explore the store
     engine = sa.create_engine(f"sqlite:///{tmp / 'demo.db'}")
     with engine.connect() as conn:
         store = {
@@ -517,6 +518,63 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_the_printed_serve_command_erases_the_sink_files_of_a_persons_messages(run, tmp_path):
+    """The command the demo prints to explore its store (with --json too, on stderr) serves it with the demo's
+    outbox, so an erasure there deletes the push and Messenger files of her messages (a probe found them left: the
+    server looked in ./chorus-outbox). On a copy of the run's store and outbox: the run's own stay as they are."""
+    import re
+    import shutil
+    import signal
+    import sqlite3
+    import time
+
+    import httpx
+
+    _, _, tmp = run
+    text = (tmp / "stderr.txt").read_text()
+    key = re.search(r"api_key (ak_\S+),", text).group(1)
+    line = re.search(r"Explore it: (CHORUS_LAKE_DIR=(\S+) CHORUS_OUTBOX_DIR=(\S+) chorus serve --no-worker --db (\S+))",
+                     text)  # fmt: skip
+    assert line, text[-2000:]
+    lake, outbox, db = line.group(2), line.group(3), line.group(4)
+    assert outbox == str(tmp / "outbox") and db == f"sqlite:///{tmp / 'demo.db'}"
+    shutil.copy(tmp / "demo.db", tmp_path / "demo.db")
+    shutil.copytree(outbox, tmp_path / "outbox")
+    files = sorted(p for ch in ("push", "messenger") for p in (tmp_path / "outbox" / ch).glob("*.json"))
+    assert files, "the run wrote no push or Messenger file to erase"
+    con = sqlite3.connect(tmp_path / "demo.db")
+    owner = {p: con.execute("SELECT profile_id FROM messages WHERE id = ?", (p.stem,)).fetchone()[0] for p in files}
+    aliases = dict(con.execute("SELECT alias_id, profile_id FROM profile_aliases").fetchall())
+    con.close()
+    pid = aliases.get(owner[files[0]], owner[files[0]])  # her profile now (a message keeps the id it was sent to)
+    port = _free_port()
+    env = {**os.environ, "CHORUS_LAKE_DIR": lake, "CHORUS_OUTBOX_DIR": str(tmp_path / "outbox")}
+    cmd = [sys.executable, "-m", "chorus.cli", "serve", "--no-worker", "--db", f"sqlite:///{tmp_path / 'demo.db'}",
+           "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        base, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "chorus serve did not start"
+            time.sleep(0.2)
+        r = httpx.delete(f"{base}/api/profiles/{pid}", headers={"Authorization": f"Bearer {key}"}, timeout=60)
+        assert r.status_code == 200, r.text[:500]
+        erased = {pid, *r.json().get("erased_with", [])}  # and a profile that held only her app's token, if any
+        hers = {p for p in files if aliases.get(owner[p], owner[p]) in erased}
+        assert r.json()["deleted"]["sink_files"] == len(hers), r.text[:500]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+    assert not any(p.exists() for p in hers)
+    assert all(p.exists() for p in files if p not in hers)  # nobody else's
+    assert (tmp / "outbox" / files[0].parent.name / files[0].name).exists()  # the run's own outbox untouched
 
 
 def test_serve_answers_over_http_until_stopped(tmp_path):

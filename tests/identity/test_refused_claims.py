@@ -113,3 +113,56 @@ def test_a_profile_keeps_as_traits_only_identifiers_it_owns(engine, data):
         email = st["traits"].get("email")
         if email:
             assert f"email:{email}" in group, (email, group)
+
+
+def test_erasing_the_person_takes_the_profile_her_own_app_token_made_and_keeps_everyone_elses(engine, workspace):
+    """Her app reports its push token with her user id from the client (untrusted): the graph keeps the token off
+    her profile, known from the brand's server, as a profile of its own that holds the token alone and has no event.
+    Erasing her deleted the only link that made it, and rebuilding it failed (a KeyError: a 500 for about one
+    person in ten of the demo's, and her erasure did not happen). That profile existed only through her events: it
+    is erased with her (``erased_with``). Another customer's own token profile, with a link of its own, stays."""
+    ws = workspace["id"]
+    send(engine, ws, [
+        {"type": "identify", "userId": "vera", "messageId": "v1", "timestamp": ts(1),
+         "traits": {"email": VICTIM["email"]}},
+        {"type": "identify", "userId": "olga", "messageId": "o1", "timestamp": ts(1),
+         "traits": {"email": "o@example.com"}},
+    ], trusted=True)  # fmt: skip
+    app = {"type": "track", "event": "Product Viewed", "timestamp": ts(2),
+           "context": {"device": {"type": "ios", "token": "tok-vera"}}}  # fmt: skip
+    send(engine, ws, [
+        {**app, "userId": "vera", "anonymousId": "app-vera", "messageId": "a1"},
+        {**app, "userId": "olga", "anonymousId": "app-olga", "messageId": "a2",
+         "context": {"device": {"type": "ios", "token": "tok-olga"}}},
+        # her token reported before sign-in too: a link of its own, which her erasure would not touch
+        {"type": "track", "event": "App Opened", "anonymousId": "app-olga-0", "messageId": "a3", "timestamp": ts(3),
+         "context": {"device": {"token": "tok-olga"}}},
+    ], trusted=False)  # fmt: skip
+    resolve(engine)
+    vera, olga = profile_of(engine, ws, "user_id:vera"), profile_of(engine, ws, "user_id:olga")
+    token = profile_of(engine, ws, "device_token:tok-vera")
+    assert token not in (None, vera)  # the situation: the graph kept her token apart
+    with engine.connect() as conn:
+        held = set(conn.execute(sa.select(identifiers.c.ident).where(identifiers.c.profile_id == token)).scalars())
+        own = conn.execute(sa.select(sa.func.count()).select_from(events).where(events.c.profile_id == token)).scalar()
+    assert held == {"device_token:tok-vera"} and own == 0
+
+    out = privacy.forget(engine, ws, vera)
+    assert out["profile_id"] == vera and out["erased_with"] == [token]
+    with engine.connect() as conn:
+        idents = set(conn.execute(sa.select(identifiers.c.ident).where(identifiers.c.workspace_id == ws)).scalars())
+        left = set(conn.execute(sa.select(profiles.c.id).where(profiles.c.workspace_id == ws)).scalars())
+        payloads = orjson.dumps(conn.execute(sa.select(events.c.payload).where(events.c.workspace_id == ws))
+                                .scalars().all()).decode()  # fmt: skip
+    assert not any("vera" in i for i in idents) and vera not in left and token not in left
+    assert "tok-vera" not in payloads and "vera" not in payloads
+    assert olga in left and profile_of(engine, ws, "user_id:olga") == olga  # nobody else's profile moved
+    assert "device_token:tok-olga" in idents and "user_id:olga" in idents
+    # erased again: the profile, and the one that went with her, are unknown (404), not a 500
+    import pytest
+
+    from chorus.errors import NotFound
+
+    for pid in (vera, token):
+        with pytest.raises(NotFound), engine.begin() as conn:
+            privacy.erase(conn, ws, pid)

@@ -263,26 +263,30 @@ def demo(
     from chorus.demo import charts as chart_files
 
     rep["charts"] = chart_files.write(rep, chartdir)
+    # as `chorus serve` does on a first run: the keys of the workspace it made, shown this once (on stderr, with
+    # --json too: a script has no other way to them), to explore it; the outbox is named so that an erasure there
+    # deletes the sink files of her messages (messaging.md)
+    keys = (f"\nWorkspace 'demo' (keys are shown only now): api_key {out.keys['api_key']}, write_key "
+            f"{out.keys['write_key']}, server_write_key {out.keys['server_write_key']}\n"
+            f"Explore it: CHORUS_LAKE_DIR={lakedir} CHORUS_OUTBOX_DIR={outdir} chorus serve --no-worker --db {db} "
+            "(or chorus demo --serve)\n(--no-worker: a worker would carry on the journeys on the real clock, with the "
+            "demo's mail and SMS servers gone)")  # fmt: skip
     if json_out:
         sys.stdout.write(orjson.dumps(rep).decode() + "\n")
         sys.stdout.flush()
+        err.print(keys)
         if serve:
-            _serve(db, lakedir, port, out.keys, log_path)
+            _serve(db, lakedir, outdir, port, out.keys, log_path)
         return
     report.show(console, rep)
     if logged.errors:
         err.print(f"[bold red]{logged.errors} errors were logged by Chorus during the run: see {log_path}[/]")
-    # as `chorus serve` does on a first run: the keys of the workspace it made, shown this once, to explore it
-    err.print(f"\nWorkspace 'demo' (keys are shown only now): api_key {out.keys['api_key']}, write_key "
-              f"{out.keys['write_key']}, server_write_key {out.keys['server_write_key']}\n"
-              f"Explore it: CHORUS_LAKE_DIR={lakedir} chorus serve --no-worker --db {db} (or chorus demo --serve)\n"
-              "(--no-worker: a worker would carry on the journeys on the real clock, with the demo's mail and SMS "
-              "servers gone)")  # fmt: skip
+    err.print(keys)
     err.print(f"\n{customers:,} customers over {days} days in {elapsed:.0f} s ({cpu:.0f} s of CPU) "
               f"({out.events_sent:,} events sent; worker {out.worker_seconds:.0f} s). Store: {db}; "
               f"sink files: {outdir}; charts: {chartdir} ({len(rep['charts'])} PNG); log: {log_path}")  # fmt: skip
     if serve:
-        _serve(db, lakedir, port, out.keys, log_path)
+        _serve(db, lakedir, outdir, port, out.keys, log_path)
 
 
 def _check_port(port: int) -> None:
@@ -296,10 +300,10 @@ def _check_port(port: int) -> None:
             raise typer.BadParameter(f"127.0.0.1:{port} cannot be used: {exc.strerror}", param_hint="--port") from None
 
 
-def _serve(db: str, lakedir: str, port: int, keys: dict, log_path: str) -> None:
+def _serve(db: str, lakedir: str, outdir: str, port: int, keys: dict, log_path: str) -> None:
     from chorus.demo.serve import serve
 
-    code = serve(db, lakedir, port, keys["api_key"], log_path)
+    code = serve(db, lakedir, outdir, port, keys["api_key"], log_path)
     if code:
         raise typer.Exit(code)
 

@@ -1,5 +1,6 @@
 """`chorus demo --serve`: once the run is over, `chorus serve --no-worker` on the demo's store, in a child process,
-with the event lake the demo exported (``CHORUS_LAKE_DIR``) so that /api/analytics/* answers; a guide to explore it
+with the event lake the demo exported (``CHORUS_LAKE_DIR``) so that /api/analytics/* answers, and its outbox
+(``CHORUS_OUTBOX_DIR``) so that an erasure deletes the sink files of her messages; a guide to explore it
 (the URL, the api key, curl lines) is printed once it answers. Ctrl-C (or SIGTERM) stops it.
 
 A child process rather than the demo's own: the demo's process ran on a virtual clock and its worker, servers and
@@ -27,9 +28,11 @@ def command(db: str, port: int) -> list[str]:
             "--port", str(port)]  # fmt: skip
 
 
-def serve(db: str, lakedir: str, port: int, api_key: str, log_path: str) -> int:
+def serve(db: str, lakedir: str, outdir: str, port: int, api_key: str, log_path: str) -> int:
     """Serve until Ctrl-C or SIGTERM (exit code 0) or until the server stops by itself (its exit code)."""
-    env = {**os.environ, "CHORUS_LAKE_DIR": lakedir}
+    # the demo's outbox: an erasure on this server deletes the sink files of her messages there (it looked in
+    # ./chorus-outbox, found nothing, and the push and Messenger files of the people erased stayed)
+    env = {**os.environ, "CHORUS_LAKE_DIR": lakedir, "CHORUS_OUTBOX_DIR": outdir}
     env.pop("CHORUS_PUBLIC_URL", None)  # links point at this server, not at the demo's loopback one
     base = f"http://127.0.0.1:{port}"
     # its own session: Ctrl-C in the terminal reaches the demo only, which stops the server once, gracefully (two

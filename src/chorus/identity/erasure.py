@@ -61,9 +61,27 @@ def forget(conn: Connection, ws: str, person: Person) -> dict[str, int]:
             merges.c.workspace_id == ws, sa.or_(merges.c.survivor_id.in_(ids), merges.c.merged_id.in_(ids))
         )
     ).rowcount
-    # Once the person's links and identifiers are gone, the claimants' profiles can be rebuilt without them.
-    counts["claimant_events_redacted"] = _unclaim(conn, ws, claimants, set(idents), person)
+    # A claimant none of whose identifiers has a link left existed only through the person's links (her app's
+    # device token, which the graph kept apart): nothing of its own remains to rebuild it from, so it goes with her
+    # (the erasure runs every participant for it next); the others are rebuilt without her identifiers.
+    gone = _unlinked(conn, ws, claimants)
+    person.vanished.extend(gone)
+    counts["claimant_events_redacted"] = _unclaim(conn, ws, [c for c in claimants if c not in gone], set(idents),
+                                                  person)  # fmt: skip
     return counts
+
+
+def _unlinked(conn: Connection, ws: str, pids: list[str]) -> list[str]:
+    """Those of ``pids`` none of whose identifiers is in any identity link (the graph cannot make them again)."""
+    if not pids:
+        return []
+    linked = sa.or_(
+        sa.exists().where(identity_links.c.workspace_id == ws, identity_links.c.a == identifiers.c.ident),
+        sa.exists().where(identity_links.c.workspace_id == ws, identity_links.c.b == identifiers.c.ident),
+    )
+    kept = set(conn.execute(sa.select(identifiers.c.profile_id).where(
+        identifiers.c.workspace_id == ws, identifiers.c.profile_id.in_(pids), linked)).scalars())  # fmt: skip
+    return [p for p in pids if p not in kept]
 
 
 def _claimants(conn: Connection, ws: str, pid: str, idents: list[str]) -> list[str]:

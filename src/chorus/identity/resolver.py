@@ -642,8 +642,11 @@ class Rebuild:
         for old in old_ids:
             if old in rename.values():
                 continue
-            best = min((i for i, p in old_owner.items() if p == old), key=lambda i: (rank(kind_of(i)), i))
-            dropped[old] = new_owner[best]
+            kept = [i for i, p in old_owner.items() if p == old and i in new_owner]
+            if not kept:  # every identifier of it lost its links: only an erasure deletes links, and it takes such
+                # profiles out before rebuilding (identity.erasure); the id alone, never an identifier, in the error
+                raise RuntimeError(f"replaying the identity graph left profile {old} without an identifier")
+            dropped[old] = new_owner[min(kept, key=lambda i: (rank(kind_of(i)), i))]
 
         # Every event of the old profiles, plus the pending ones, is re-attributed and re-folded.
         evs: list[tuple[int, dict, bool]] = []

@@ -50,6 +50,22 @@ def erase(conn: Connection, ws: str, profile_id: str, registry: Registry | None 
     if conn.dialect.name == "postgresql":  # no resolver may re-attach half of the person meanwhile
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": "identity:" + ws})
     pid = resolve_id(conn, ws, profile_id)
+    registry = registry or reg.installed()
+    counts: dict[str, int] = {}
+    person = _forget_one(conn, ws, pid, registry, counts)
+    # profiles that held only identifiers learned from her own events (identity.erasure): erased with her, in this
+    # transaction, by every participant; their rows are counted with hers
+    with_her: list[str] = []
+    queue = list(person.vanished)
+    while queue:
+        other = queue.pop(0)
+        if other != pid and other not in with_her:
+            with_her.append(other)
+            queue += _forget_one(conn, ws, other, registry, counts).vanished
+    return {"profile_id": pid, "deleted": counts, **({"erased_with": with_her} if with_her else {})}
+
+
+def _forget_one(conn: Connection, ws: str, pid: str, registry: Registry, counts: dict[str, int]) -> Person:
     if conn.dialect.name == "postgresql":  # whoever is evaluating her (segments) finishes first, or waits for this
         from chorus.profiles import feed
 
@@ -60,13 +76,12 @@ def erase(conn: Connection, ws: str, profile_id: str, registry: Registry | None 
         pid, tuple(identity_erasure.aliases_of(conn, pid)), tuple(identity_erasure.identifiers_of(conn, ws, pid)),
         utcnow(),
     )  # fmt: skip
-    counts: dict[str, int] = {}
-    for p in (registry or reg.installed()).participants():
+    for p in registry.participants():
         for name, n in p.forget(conn, ws, person).items():
             if name not in p.tables:  # the scrub would not know where this count's rows were
                 raise RuntimeError(f"erasure participant {p.name!r} returned {name!r}, which it did not declare")
             counts[name] = counts.get(name, 0) + n
-    return {"profile_id": pid, "deleted": counts}
+    return person
 
 
 def forget(engine: Engine, ws: str, profile_id: str, vacuum: str = "full", registry: Registry | None = None) -> dict:
