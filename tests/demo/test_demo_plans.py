@@ -5,8 +5,7 @@ fails the test unless it is one of the reads listed below with the reason it is 
 
 Three such reads were found on the hourly path by hand before this test (docs/benchmarks.md): resolution's idle
 poll, the follow sync's identifiers and its changes since the mark, each growing with the store every simulated
-hour. Without statistics (a SQLite store has none) the planner's choice does not depend on the tables' sizes, so a
-small run shows the plans a large store gets."""
+hour. A small run shows the plans a large store gets (tests.plans.wide)."""
 
 from __future__ import annotations
 
@@ -18,14 +17,7 @@ from sqlalchemy.engine import Engine
 
 from chorus.demo import run as demo_run
 from chorus.store.db import create_engine
-from tests.plans import plan
-
-# tables that grow with customers, events, messages or time
-GROWING = {
-    "events", "profiles", "identifiers", "identity_links", "profile_aliases", "merges", "profile_changes",
-    "feed_pending", "messages", "message_status", "journey_instances", "journey_records", "journey_timers",
-    "segment_members", "segment_history", "segment_timers", "audience_members", "subscriptions",
-}  # fmt: skip
+from tests.plans import plan, wide
 
 # (statement pattern, why its whole-table read is bounded or rare)
 BOUNDED = [
@@ -36,21 +28,6 @@ BOUNDED = [
     (r"FROM segment_members WHERE .* AND NOT \(EXISTS \(SELECT \* FROM profiles",
      "the end of a segment's batch recompute: members whose profile is gone, once per recompute"),
 ]  # fmt: skip
-
-
-def _wide(p: str) -> list[str]:
-    """The parts of a SQLite plan that read a growing table whole (or the workspace's whole part of it)."""
-    out = []
-    for line in p.split(" | "):
-        m = re.match(r"(SCAN|SEARCH) (\w+)(?: AS \w+)?(.*)", line)
-        if not m or m.group(2) not in GROWING:
-            continue
-        how, rest = m.group(1), m.group(3)
-        if "ix_events_pending" in rest:
-            continue  # the partial index of events waiting for resolution: what is pending, not the store
-        if how == "SCAN" or re.search(r"\(workspace_id=\?\)$", rest):
-            out.append(line)
-    return out
 
 
 def test_the_hours_of_the_demo_read_no_growing_table_whole(tmp_path, monkeypatch):
@@ -88,7 +65,7 @@ def test_the_hours_of_the_demo_read_no_growing_table_whole(tmp_path, monkeypatch
         assert any(read in s for s in seen), read
 
     engine = create_engine(url)
-    wide, used = [], set()
+    broad = []
     try:
         for statement, params in seen.items():
             head = statement.lstrip().upper()
@@ -96,15 +73,12 @@ def test_the_hours_of_the_demo_read_no_growing_table_whole(tmp_path, monkeypatch
                 continue
             if head.startswith("INSERT") and not re.search(r"\bSELECT\b", head):
                 continue  # INSERT ... VALUES reads nothing (and many-row forms are bound row by row)
-            parts = _wide(plan(engine, statement, params))
+            parts = wide(plan(engine, statement, params))
             if not parts:
                 continue
             flat = " ".join(statement.split())
-            known = [i for i, (pattern, _why) in enumerate(BOUNDED) if re.search(pattern, flat)]
-            if known:
-                used.update(known)
-            else:
-                wide.append(f"{flat[:400]}\n    {parts}")
+            if not any(re.search(pattern, flat) for pattern, _why in BOUNDED):
+                broad.append(f"{flat[:400]}\n    {parts}")
     finally:
         engine.dispose()
-    assert not wide, "statements of the simulated period that read a growing table whole:\n" + "\n".join(wide)
+    assert not broad, "statements of the simulated period that read a growing table whole:\n" + "\n".join(broad)

@@ -497,16 +497,16 @@ def forget(conn: Connection, ws: str, person) -> dict[str, int]:
     would have to name her, and the erasure leaves no byte of her behind. Each consumer's package forgets her in
     the erasure's own transaction, as its erasure participant (segments: segments.store.forget)."""
     ids = person.profile_ids
-    hers = sa.and_(profile_changes.c.workspace_id == ws,
-                   sa.or_(profile_changes.c.profile_id.in_(ids), profile_changes.c.target_id.in_(ids)))  # fmt: skip
-    # two statements, each by an index: one OR of both read every pending row
-    of_hers = conn.execute(
-        feed_pending.delete().where(feed_pending.c.seq.in_(sa.select(profile_changes.c.seq).where(hers)))
-    ).rowcount
-    handed = conn.execute(feed_pending.delete().where(_theirs(ws, ids))).rowcount  # handed over to her (a merge)
+    t = profile_changes.c
+    # hers, and the merges naming her as the survivor: a statement for each, each by its index (one OR of both read
+    # every change the workspace kept; the same with the pending rows)
+    hers = [sa.and_(t.workspace_id == ws, t.profile_id.in_(ids)), sa.and_(t.workspace_id == ws, t.target_id.in_(ids))]
+    pending = sum(conn.execute(feed_pending.delete().where(feed_pending.c.seq.in_(sa.select(t.seq).where(w))))
+                  .rowcount for w in hers)  # fmt: skip
+    pending += conn.execute(feed_pending.delete().where(_theirs(ws, ids))).rowcount  # handed over to her (a merge)
     counts = {
-        "feed_pending": of_hers + handed,
-        "profile_changes": conn.execute(profile_changes.delete().where(hers)).rowcount,
+        "feed_pending": pending,
+        "profile_changes": sum(conn.execute(profile_changes.delete().where(w)).rowcount for w in hers),
     }
     _discard(conn, ws, ids)  # changes recorded for her earlier in this transaction are not written either
     return counts

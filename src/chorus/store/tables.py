@@ -146,8 +146,13 @@ profile_changes = sa.Table(
     sa.Column("target_id", sa.String(40)),  # a merge: the survivor
     sa.Column("at", UTCDateTime, nullable=False),
     sa.Column("detail", JSONDoc, nullable=False),
-    # the only secondary index (each costs every change): erasure and a person's history find her changes by it
+    # the only secondary index on every change (each costs every change): erasure and a person's history find her
+    # changes by it
     sa.Index("ix_profile_changes_profile", "workspace_id", "profile_id", "seq"),
+    # merges only (a few in a thousand changes): an erasure finds those naming her as the survivor without reading
+    # every change the workspace kept
+    sa.Index("ix_profile_changes_target", "workspace_id", "target_id", sqlite_where=sa.text("target_id IS NOT NULL"),
+             postgresql_where=sa.text("target_id IS NOT NULL")),
     sqlite_autoincrement=True,  # never reuse a deleted change's number (a consumer may have seen it)
 )
 
@@ -193,6 +198,7 @@ merges = sa.Table(
     sa.Column("message_id", sa.String(200)),
     sa.Column("at", UTCDateTime, nullable=False),
     sa.Index("ix_merges_survivor", "workspace_id", "survivor_id"),
+    sa.Index("ix_merges_merged", "workspace_id", "merged_id"),  # an erasure finds those of her merged-away ids
 )
 
 # --- imports --------------------------------------------------------------------------------------------------
