@@ -66,8 +66,9 @@ class Person:
     # events.seq of other people's events an erasure rewrote without this person (identity adds them, the erasure
     # record keeps them, so that copies outside the store, the event lake, rewrite theirs too)
     rewritten_events: list[int] = field(default_factory=list, compare=False)
-    # other profiles that held nothing but identifiers learned from this person's own events (identity adds them: a
-    # device token her app reported, kept apart by the identity graph, with no event of its own): erased with her
+    # other profiles that exist only through this person's identity links (identity.erasure.with_her: a push token
+    # her app reported, kept apart by the identity graph, with no event of its own): erased with her, each as a
+    # Person of its own after her; identity leaves them out of the claimants it rebuilds
     vanished: list[str] = field(default_factory=list, compare=False)
 
     @property

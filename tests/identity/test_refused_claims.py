@@ -137,18 +137,29 @@ def test_erasing_the_person_takes_the_profile_her_own_app_token_made_and_keeps_e
         # her token reported before sign-in too: a link of its own, which her erasure would not touch
         {"type": "track", "event": "App Opened", "anonymousId": "app-olga-0", "messageId": "a3", "timestamp": ts(3),
          "context": {"device": {"token": "tok-olga"}}},
+        # a tablet opened anonymously (its own links), then Vera's user id claimed its token: a claimant of hers
+        # with a life of its own, rebuilt without her, kept
+        {"type": "track", "event": "App Opened", "anonymousId": "tablet", "messageId": "a4", "timestamp": ts(3),
+         "context": {"device": {"token": "tok-tablet"}}},
+        {**app, "userId": "vera", "anonymousId": "tablet", "messageId": "a5", "timestamp": ts(4),
+         "context": {"device": {"type": "ios", "token": "tok-tablet"}}},
     ], trusted=False)  # fmt: skip
     resolve(engine)
     vera, olga = profile_of(engine, ws, "user_id:vera"), profile_of(engine, ws, "user_id:olga")
-    token = profile_of(engine, ws, "device_token:tok-vera")
-    assert token not in (None, vera)  # the situation: the graph kept her token apart
+    token, tablet = profile_of(engine, ws, "device_token:tok-vera"), profile_of(engine, ws, "anonymous_id:tablet")
+    assert token not in (None, vera) and tablet not in (None, vera, token)  # the graph kept both apart from her
     with engine.connect() as conn:
         held = set(conn.execute(sa.select(identifiers.c.ident).where(identifiers.c.profile_id == token)).scalars())
         own = conn.execute(sa.select(sa.func.count()).select_from(events).where(events.c.profile_id == token)).scalar()
+        export = privacy.export(conn, ws, vera, workspaces.get(conn, ws).identity)
     assert held == {"device_token:tok-vera"} and own == 0
+    # her export shows what her erasure would take with her
+    assert [d["profile"]["id"] for d in export["with_her"]] == [token]
 
     out = privacy.forget(engine, ws, vera)
     assert out["profile_id"] == vera and out["erased_with"] == [token]
+    assert profile_of(engine, ws, "anonymous_id:tablet") == tablet  # the claimant with links of its own stays
+    assert profile_of(engine, ws, "device_token:tok-tablet") == tablet
     with engine.connect() as conn:
         idents = set(conn.execute(sa.select(identifiers.c.ident).where(identifiers.c.workspace_id == ws)).scalars())
         left = set(conn.execute(sa.select(profiles.c.id).where(profiles.c.workspace_id == ws)).scalars())

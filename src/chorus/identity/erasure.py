@@ -57,27 +57,38 @@ def forget(conn: Connection, ws: str, person: Person) -> dict[str, int]:
     # a statement for each side, each by its index (with one OR of both, SQLite read every merge of the workspace)
     counts["merges"] = sum(conn.execute(merges.delete().where(merges.c.workspace_id == ws, side.in_(ids))).rowcount
                            for side in (merges.c.survivor_id, merges.c.merged_id))  # fmt: skip
-    # A claimant none of whose identifiers has a link left existed only through the person's links (her app's
-    # device token, which the graph kept apart): nothing of its own remains to rebuild it from, so it goes with her
-    # (the erasure runs every participant for it next); the others are rebuilt without her identifiers.
-    gone = _unlinked(conn, ws, claimants)
-    person.vanished.extend(gone)
+    # The claimants that exist only through her links go with her (the erasure found them first: ``with_her``, and
+    # erases each next, whole); the others are rebuilt without her identifiers.
+    gone = set(person.vanished)
     counts["claimant_events_redacted"] = _unclaim(conn, ws, [c for c in claimants if c not in gone], set(idents),
                                                   person)  # fmt: skip
     return counts
 
 
-def _unlinked(conn: Connection, ws: str, pids: list[str]) -> list[str]:
-    """Those of ``pids`` none of whose identifiers is in any identity link (the graph cannot make them again)."""
-    if not pids:
+def with_her(conn: Connection, ws: str, pid: str, idents: list[str]) -> list[str]:
+    """The other profiles that exist only through the person's identity links, to be erased with her: claimants
+    (:func:`_claimants`) every link of whose identifiers touches one of hers. Her app's push token, reported from
+    the client with her user id, is kept off her server-known profile as a profile of its own with no event (an
+    event's anchor always has a link of its own); once her links are deleted nothing would remain to make it from,
+    and it is her data. Read before anything is deleted or locked, so that the erasure locks them all at once."""
+    claimants = _claimants(conn, ws, pid, idents)
+    if not claimants:
         return []
-    linked = sa.or_(
-        sa.exists().where(identity_links.c.workspace_id == ws, identity_links.c.a == identifiers.c.ident),
-        sa.exists().where(identity_links.c.workspace_id == ws, identity_links.c.b == identifiers.c.ident),
-    )
-    kept = set(conn.execute(sa.select(identifiers.c.profile_id).where(
-        identifiers.c.workspace_id == ws, identifiers.c.profile_id.in_(pids), linked)).scalars())  # fmt: skip
-    return [p for p in pids if p not in kept]
+    hers = set(idents)
+    owner: dict[str, str] = {}
+    for i in range(0, len(claimants), 500):
+        owner.update((ident, p) for ident, p in conn.execute(sa.select(identifiers.c.ident, identifiers.c.profile_id)
+                     .where(identifiers.c.workspace_id == ws, identifiers.c.profile_id.in_(claimants[i : i + 500]))))
+    keep: set[str] = set()
+    theirs = sorted(owner)
+    for i in range(0, len(theirs), 500):
+        part = theirs[i : i + 500]
+        for side in (identity_links.c.a, identity_links.c.b):  # a statement each: each side probes its own index
+            for a, b, _at in conn.execute(sa.select(identity_links.c.a, identity_links.c.b, identity_links.c.at)
+                                          .where(identity_links.c.workspace_id == ws, side.in_(part))):
+                if a not in hers and b not in hers:  # a link her erasure leaves: whoever holds its ends stays
+                    keep.update(owner[x] for x in (a, b) if x in owner)
+    return [c for c in claimants if c not in keep]
 
 
 def _claimants(conn: Connection, ws: str, pid: str, idents: list[str]) -> list[str]:

@@ -26,12 +26,24 @@ from chorus.timeutil import utcnow
 
 
 def export(conn: Connection, ws: str, profile_id: str, cfg: IdentityConfig, registry: Registry | None = None) -> dict:
+    """Everything held about the person; with ``with_her``, the same of each profile an erasure would take with her
+    (``identity.erasure.with_her``: her data too), absent when there is none."""
+    registry = registry or reg.installed()
+    out = _export_one(conn, ws, profile_id, cfg, registry)
+    pid = out["profile"]["id"]
+    others = identity_erasure.with_her(conn, ws, pid, identity_erasure.identifiers_of(conn, ws, pid))
+    if others:
+        out["with_her"] = [_export_one(conn, ws, other, cfg, registry) for other in others]
+    return out
+
+
+def _export_one(conn: Connection, ws: str, profile_id: str, cfg: IdentityConfig, registry: Registry) -> dict:
     prof = get_profile(conn, ws, profile_id, cfg)
     pid = prof["id"]
     person = Person(pid, tuple(prof["aliases"]), tuple(identity_erasure.identifiers_of(conn, ws, pid)), utcnow())
     row = conn.execute(sa.select(profiles.c.state).where(profiles.c.id == pid)).scalar_one()
     out = {"profile": prof, "state": row, "merges": merge_history(conn, ws, pid)}
-    for p in (registry or reg.installed()).participants():
+    for p in registry.participants():
         if p.export is not None:
             out.update(p.export(conn, ws, person))
     return out
@@ -46,42 +58,36 @@ def erase(conn: Connection, ws: str, profile_id: str, registry: Registry | None 
     """Delete the profile and everything that identifies the person; returns counts per table.
 
     Runs every registered participant, phase by phase, in the caller's transaction: one that fails fails the
-    erasure, and nothing is deleted."""
+    erasure, and nothing is deleted. The profiles that exist only through her identity links (her app's push token
+    kept apart from her profile: ``identity.erasure.with_her``) go with her, every participant's part of them, and
+    are named in ``erased_with``."""
     if conn.dialect.name == "postgresql":  # no resolver may re-attach half of the person meanwhile
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": "identity:" + ws})
     pid = resolve_id(conn, ws, profile_id)
     registry = registry or reg.installed()
-    counts: dict[str, int] = {}
-    person = _forget_one(conn, ws, pid, registry, counts)
-    # profiles that held only identifiers learned from her own events (identity.erasure): erased with her, in this
-    # transaction, by every participant; their rows are counted with hers
-    with_her: list[str] = []
-    queue = list(person.vanished)
-    while queue:
-        other = queue.pop(0)
-        if other != pid and other not in with_her:
-            with_her.append(other)
-            queue += _forget_one(conn, ws, other, registry, counts).vanished
-    return {"profile_id": pid, "deleted": counts, **({"erased_with": with_her} if with_her else {})}
-
-
-def _forget_one(conn: Connection, ws: str, pid: str, registry: Registry, counts: dict[str, int]) -> Person:
-    if conn.dialect.name == "postgresql":  # whoever is evaluating her (segments) finishes first, or waits for this
+    # Who goes, read before any lock or delete: her, then the profiles that go with her. Locked all at once, in the
+    # order every other writer takes them (review: locking the second one after the first's deletes held rows that
+    # a segment batch or a feed consumer held the second one while waiting for: a deadlock, and a 500)
+    with_her = identity_erasure.with_her(conn, ws, pid, identity_erasure.identifiers_of(conn, ws, pid))
+    people = [
+        Person(p, tuple(identity_erasure.aliases_of(conn, p)), tuple(identity_erasure.identifiers_of(conn, ws, p)),
+               utcnow(), vanished=with_her if p == pid else [])
+        for p in [pid, *with_her]
+    ]  # fmt: skip
+    if conn.dialect.name == "postgresql":  # whoever is evaluating them (segments) finishes first, or waits for this
         from chorus.profiles import feed
 
-        feed.lock_person(conn, ws, [pid, *identity_erasure.aliases_of(conn, pid)])  # the consumers' order
-        conn.execute(sa.select(profiles.c.id).where(profiles.c.id == pid).with_for_update())
-    # Who the person is, read once before any participant deletes anything.
-    person = Person(
-        pid, tuple(identity_erasure.aliases_of(conn, pid)), tuple(identity_erasure.identifiers_of(conn, ws, pid)),
-        utcnow(),
-    )  # fmt: skip
-    for p in registry.participants():
-        for name, n in p.forget(conn, ws, person).items():
-            if name not in p.tables:  # the scrub would not know where this count's rows were
-                raise RuntimeError(f"erasure participant {p.name!r} returned {name!r}, which it did not declare")
-            counts[name] = counts.get(name, 0) + n
-    return person
+        feed.lock_person(conn, ws, [i for person in people for i in person.profile_ids])  # the consumers' order:
+        conn.execute(sa.select(profiles.c.id).where(profiles.c.id.in_([person.profile_id for person in people]))
+                     .order_by(profiles.c.id).with_for_update()).all()  # their claim, then the people by id
+    counts: dict[str, int] = {}
+    for person in people:
+        for p in registry.participants():
+            for name, n in p.forget(conn, ws, person).items():
+                if name not in p.tables:  # the scrub would not know where this count's rows were
+                    raise RuntimeError(f"erasure participant {p.name!r} returned {name!r}, which it did not declare")
+                counts[name] = counts.get(name, 0) + n
+    return {"profile_id": pid, "deleted": counts, **({"erased_with": with_her} if with_her else {})}
 
 
 def forget(engine: Engine, ws: str, profile_id: str, vacuum: str = "full", registry: Registry | None = None) -> dict:
