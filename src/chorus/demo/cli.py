@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -268,7 +269,8 @@ def demo(
     # deletes the sink files of her messages (messaging.md)
     keys = (f"\nWorkspace 'demo' (keys are shown only now): api_key {out.keys['api_key']}, write_key "
             f"{out.keys['write_key']}, server_write_key {out.keys['server_write_key']}\n"
-            f"Explore it: CHORUS_LAKE_DIR={lakedir} CHORUS_OUTBOX_DIR={outdir} chorus serve --no-worker --db {db} "
+            f"Explore it: CHORUS_LAKE_DIR={shlex.quote(lakedir)} CHORUS_OUTBOX_DIR={shlex.quote(outdir)} chorus serve "
+            f"--no-worker --db {shlex.quote(db)} "
             "(or chorus demo --serve)\n(--no-worker: a worker would carry on the journeys on the real clock, with the "
             "demo's mail and SMS servers gone)")  # fmt: skip
     if json_out:
