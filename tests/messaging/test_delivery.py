@@ -416,3 +416,36 @@ def test_a_status_of_a_message_sent_before_a_merge_goes_on_the_survivors_timelin
         on_timeline = conn.execute(sa.select(events.c.profile_id).where(
             events.c.workspace_id == w["id"], events.c.event == "Message Delivered")).scalars().all()  # fmt: skip
     assert on_timeline == [survivor]
+
+
+def test_a_claimed_message_of_a_person_erased_before_its_turn_is_not_sent(engine, setup, smtp_server, monkeypatch):
+    """Her message was claimed with the batch and the batch's lease checked (renewals come every few minutes); she
+    is erased before its turn at the provider (a rate limit, another message first). An outside probe saw such
+    claimed emails reach an erased person for 43 s after her erasure answered 200. The message is checked again
+    right before the provider call: not sent, nothing written back, and the other person's goes out."""
+    w, _ = setup
+    identify(engine, w, "u2", "bo@example.com")
+    clock = Clock(T0)
+    body = [outbox.parse_request({"to": {"email": e}, "template": "hi"}) for e in ("ana@example.com", "bo@example.com")]
+    outbox.enqueue_many(engine, ws_of(engine, w), [(body[0], "ea"), (body[1], "eb")], LINKS, clock)
+    from chorus.messaging import delivery
+
+    real, calls = delivery._Lease.holds, []
+
+    def holds_then_erase(self, msg):
+        ours = real(self, msg)  # the lease renewed for the whole batch: both messages ours
+        calls.append(msg["id"])
+        if len(calls) == 1:  # the first one is about to be sent; the other person is erased meanwhile
+            with engine.connect() as conn:
+                other = conn.execute(sa.select(messages.c.profile_id).where(messages.c.id != msg["id"])).scalar_one()
+            privacy.forget(engine, w["id"], other)
+        return ours
+
+    monkeypatch.setattr(delivery._Lease, "holds", holds_then_erase)
+    d = Deliverer(engine, clock=clock, threads=1)  # one at a time, in the batch's order
+    assert d.run_once() == 2
+    d.close()
+    assert len(calls) == 2 and len(smtp_server.messages) == 1  # the second was ours by the lease, erased since
+    with engine.connect() as conn:
+        left = conn.execute(sa.select(messages.c.id, messages.c.status)).all()
+    assert left == [(calls[0], "sent")]

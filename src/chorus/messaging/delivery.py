@@ -172,6 +172,16 @@ class _Lease:
             self.pending.pop(msg["id"], None)
             return msg["id"] in self.ours
 
+    def still(self, msg: dict) -> bool:
+        """Right before a provider call: is the message still there, and still this attempt's? The renewals above
+        come every few minutes; meanwhile an erasure may have deleted it (an outside probe saw a worker's claimed
+        emails go to an erased person for 43 s after her erasure answered, behind a rate limit). One read by key;
+        what is in flight at the instant of the erasure (the provider call itself) cannot be called back."""
+        with read_only(self.d.engine) as conn:
+            attempts = conn.execute(sa.select(messages.c.attempts).where(
+                messages.c.id == msg["id"], messages.c.status == "sending")).scalar()  # fmt: skip
+        return attempts == msg["attempts"]
+
 
 class Deliverer:
     """Delivers due messages in batches: checks for the whole batch, provider calls in parallel (up to each
@@ -384,35 +394,38 @@ class Deliverer:
             return _Outcome(msg, "skipped", reason=nobody, profile=profile)
         for prov, limiter, gate in provs:
             limiter.wait()
-            started, result = time.perf_counter(), "error"
-            try:
-                with gate:
+            with gate:  # its turn at the provider: checked again now (erased, or taken over, while it waited?)
+                if not lease.still(msg):
+                    log.warning("message %s: gone or taken over before sending; not sent", msg["id"])
+                    return _Outcome(msg, "lost")
+                started, result = time.perf_counter(), "error"
+                try:
                     provider_id = prov.send(out)
-                result = "ok"
-            except AmbiguousError as exc:
-                if msg["channel"] in AT_LEAST_ONCE:  # a repeat is harmless there
+                    result = "ok"
+                except AmbiguousError as exc:
+                    if msg["channel"] in AT_LEAST_ONCE:  # a repeat is harmless there
+                        errors.append(f"{prov.name}: {exc.reason}")
+                        continue
+                    err = PermanentError(f"{exc.reason}; not sent again, it may have arrived")
+                    return _Outcome(msg, "permanent", prov.name, error=err, profile=profile)
+                except TransientError as exc:
                     errors.append(f"{prov.name}: {exc.reason}")
+                    log.warning("message %s: %s failed transiently: %s", msg["id"], prov.name, exc.reason)
                     continue
-                err = PermanentError(f"{exc.reason}; not sent again, it may have arrived")
-                return _Outcome(msg, "permanent", prov.name, error=err, profile=profile)
-            except TransientError as exc:
-                errors.append(f"{prov.name}: {exc.reason}")
-                log.warning("message %s: %s failed transiently: %s", msg["id"], prov.name, exc.reason)
-                continue
-            except PermanentError as exc:
-                return _Outcome(msg, "permanent", prov.name, error=exc, profile=profile)
-            except Exception as exc:  # noqa: BLE001 - a provider bug: the message may or may not have gone out
-                log.exception("message %s: provider %s raised", msg["id"], prov.name)
-                if msg["channel"] in AT_LEAST_ONCE:
-                    errors.append(f"{prov.name}: {type(exc).__name__}: {exc}")
-                    continue
-                err = PermanentError(f"{type(exc).__name__}: {exc}; not sent again, it may have gone out")
-                return _Outcome(msg, "permanent", prov.name, error=err, profile=profile)
-            finally:
-                metrics.provider_seconds.labels(channel=msg["channel"], outcome=result).observe(
-                    time.perf_counter() - started
-                )
-            return _Outcome(msg, "sent", prov.name, provider_id=str(provider_id)[:400], profile=profile)
+                except PermanentError as exc:
+                    return _Outcome(msg, "permanent", prov.name, error=exc, profile=profile)
+                except Exception as exc:  # noqa: BLE001 - a provider bug: the message may or may not have gone out
+                    log.exception("message %s: provider %s raised", msg["id"], prov.name)
+                    if msg["channel"] in AT_LEAST_ONCE:
+                        errors.append(f"{prov.name}: {type(exc).__name__}: {exc}")
+                        continue
+                    err = PermanentError(f"{type(exc).__name__}: {exc}; not sent again, it may have gone out")
+                    return _Outcome(msg, "permanent", prov.name, error=err, profile=profile)
+                finally:
+                    metrics.provider_seconds.labels(channel=msg["channel"], outcome=result).observe(
+                        time.perf_counter() - started
+                    )
+                return _Outcome(msg, "sent", prov.name, provider_id=str(provider_id)[:400], profile=profile)
         return _Outcome(msg, "transient", reason="; ".join(errors), profile=profile)
 
     # -- after sending: one transaction for many outcomes --------------------------------------------------------
