@@ -48,7 +48,8 @@ class Phase(IntEnum):
 
     # Locks alone, before anything is deleted: a writer that commits rows of hers while holding a lock on other rows
     # of hers (delivery writes her message's `Message Sent` event holding the message row) finishes first, so the
-    # deletes that follow see what it wrote; one that comes later waits, then finds her rows gone.
+    # deletes that follow see what it wrote; one that comes later waits, then finds her rows gone. Called once with
+    # everyone the erasure takes (one Person naming all their ids), so that the locks are taken in one order.
     HOLD = 0
     DATA = 10  # rows found from the person's ids and identifiers; the identity graph and the profile are intact
     IDENTITY = 20  # the identity graph: links, identifiers, aliases, merges (and the claimants rebuilt without them)

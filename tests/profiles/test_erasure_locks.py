@@ -68,3 +68,47 @@ def test_an_erasure_with_a_second_profile_waits_for_a_batch_chunk_and_never_dead
         left = conn.execute(sa.select(identifiers.c.ident).where(identifiers.c.workspace_id == ws)).scalars().all()
         gone = conn.execute(sa.select(profiles.c.id).where(profiles.c.id.in_([her, token]))).scalars().all()
     assert left == [] and gone == []
+
+
+def test_an_erasure_with_a_second_profile_locks_their_messages_in_one_order_with_delivery(engine):
+    """Delivery records a batch's statuses holding its message rows, locked in id order. A batch with a message to
+    her token's profile and one to her: the erasure locked hers, then the token's (person by person), while the
+    delivery held the token's and waited for hers: a deadlock (review). The erasure's hold phase locks all their
+    messages in one statement, in id order."""
+    from datetime import UTC, datetime
+
+    from chorus.store.tables import messages
+
+    if engine.dialect.name != "postgresql":
+        pytest.skip("row locks: PostgreSQL (SQLite has one writer at a time)")
+    ws, her, token = _her_and_her_token(engine)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    first, second = f"msg_a_{ws}", f"msg_b_{ws}"  # the token's sorts first, as the token's profile does
+    with engine.begin() as conn:
+        conn.execute(messages.insert(), [
+            {"id": mid, "workspace_id": ws, "idempotency_key": mid, "request_hash": "x" * 64, "profile_id": pid,
+             "template": "t", "kind": "marketing", "topic": "news", "channel": "push", "address": "tok",
+             "status": "sending", "choice": {}, "content": {}, "attempts": 1, "created_at": now, "updated_at": now}
+            for mid, pid in ((first, token), (second, her))])  # fmt: skip
+    delivery = engine.connect()
+    tx = delivery.begin()
+    delivery.execute(sa.select(messages.c.id).where(messages.c.id == first).with_for_update()).all()
+    out: dict = {}
+
+    def erase():
+        try:
+            out["answer"] = privacy.forget(engine, ws, her, vacuum="plain")
+        except Exception as exc:  # noqa: BLE001 - the test reports it
+            out["error"] = exc
+
+    t = threading.Thread(target=erase)
+    t.start()
+    time.sleep(1.0)  # the erasure waits on the token's message (first in id order), holding none of hers
+    try:
+        delivery.execute(sa.select(messages.c.id).where(messages.c.id == second).with_for_update()).all()
+        tx.commit()
+    finally:
+        delivery.close()
+    t.join(60)
+    assert "error" not in out, out
+    assert out["answer"]["erased_with"] == [token] and out["answer"]["deleted"]["messages"] == 2

@@ -80,9 +80,14 @@ def erase(conn: Connection, ws: str, profile_id: str, registry: Registry | None 
         feed.lock_person(conn, ws, [i for person in people for i in person.profile_ids])  # the consumers' order:
         conn.execute(sa.select(profiles.c.id).where(profiles.c.id.in_([person.profile_id for person in people]))
                      .order_by(profiles.c.id).with_for_update()).all()  # their claim, then the people by id
+    # Phase by phase, everyone in each: the locks of the HOLD phase are taken once for all of them (one Person
+    # naming every id), so in one order (review: her messages locked, then the token's, while a delivery recording
+    # a batch of both held the token's and waited for hers: a deadlock); every deleting phase then runs for each.
+    everyone = Person(pid, tuple(i for person in people for i in person.profile_ids if i != pid),
+                      tuple(i for person in people for i in person.identifiers), people[0].now)  # fmt: skip
     counts: dict[str, int] = {}
-    for person in people:
-        for p in registry.participants():
+    for p in registry.participants():
+        for person in [everyone] if p.phase == reg.Phase.HOLD else people:
             for name, n in p.forget(conn, ws, person).items():
                 if name not in p.tables:  # the scrub would not know where this count's rows were
                     raise RuntimeError(f"erasure participant {p.name!r} returned {name!r}, which it did not declare")
