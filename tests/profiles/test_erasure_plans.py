@@ -29,13 +29,27 @@ def test_an_erasure_reads_the_persons_rows_by_index(engine, workspace):
     resolve(engine)
     send(engine, ws, [{"type": "identify", "userId": "u3", "anonymousId": "b3", "messageId": "b2",
                        "timestamp": "2026-01-01T10:02:00Z"}], trusted=True)  # fmt: skip
+    # claimants: her app's token reported from the client (goes with her), and a kiosk's token, opened
+    # anonymously by many, which her user id claimed too (stays)
+    app = {"type": "track", "event": "Viewed", "timestamp": "2026-01-01T10:03:00Z"}
+    send(engine, ws, [
+        {**app, "userId": "u3", "anonymousId": "app3", "messageId": "c1", "context": {"device": {"token": "tok3"}}},
+        *({**app, "anonymousId": f"kiosk-{k}", "messageId": f"k{k}", "context": {"device": {"token": "kiosk"}}}
+          for k in range(30)),
+        {**app, "userId": "u3", "anonymousId": "kiosk-0", "messageId": "c2", "context": {"device": {"token": "kiosk"}}},
+    ], trusted=False)  # fmt: skip
     resolve(engine)
     her = profile_of(engine, ws, "user_id:u3")
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(profile_changes).where(
             profile_changes.c.target_id == her)).scalar() >= 1  # fmt: skip
 
-    seen = statements(engine, lambda conn: privacy.erase(conn, ws, her), write=True)
+    token, kiosk = profile_of(engine, ws, "device_token:tok3"), profile_of(engine, ws, "device_token:kiosk")
+    assert token not in (None, her) and kiosk not in (None, her, token)
+    out: dict = {}
+    seen = statements(engine, lambda conn: out.update(privacy.erase(conn, ws, her)), write=True)
+    assert out["erased_with"] == [token]  # the kiosk, with links of its own, stays
+    assert profile_of(engine, ws, "device_token:kiosk") == kiosk
     read = [(s, p) for s, p in seen if s.lstrip().upper().startswith(("SELECT", "UPDATE", "DELETE", "WITH"))]
     assert any("FROM identity_links" in s for s, _ in read) and any("FROM profile_changes" in s for s, _ in read)
     broad = [(" ".join(s.split())[:300], wide(plan(engine, s, p))) for s, p in read]

@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from chorus.registry import Person
+from chorus.store import bulk
 from chorus.store.tables import events, identifiers, identity_links, merges, profile_aliases
 
 TABLES = {
@@ -74,20 +75,18 @@ def with_her(conn: Connection, ws: str, pid: str, idents: list[str]) -> list[str
     claimants = _claimants(conn, ws, pid, idents)
     if not claimants:
         return []
-    hers = set(idents)
-    owner: dict[str, str] = {}
-    for i in range(0, len(claimants), 500):
-        owner.update((ident, p) for ident, p in conn.execute(sa.select(identifiers.c.ident, identifiers.c.profile_id)
-                     .where(identifiers.c.workspace_id == ws, identifiers.c.profile_id.in_(claimants[i : i + 500]))))
+    t, i, dialect = identity_links.c, identifiers.c, conn.dialect.name
+    hers = sorted(set(idents))
+    # one link her erasure leaves (neither end hers) keeps a claimant: an EXISTS per identifier of it stops at the
+    # first, where reading every link of a popular claimant (a shared kiosk's id) would read thousands (review)
+    leaves = sa.or_(
+        sa.exists().where(t.workspace_id == ws, t.a == i.ident, ~bulk.in_(t.b, hers, dialect)),
+        sa.exists().where(t.workspace_id == ws, t.b == i.ident, ~bulk.in_(t.a, hers, dialect)),
+    )
     keep: set[str] = set()
-    theirs = sorted(owner)
-    for i in range(0, len(theirs), 500):
-        part = theirs[i : i + 500]
-        for side in (identity_links.c.a, identity_links.c.b):  # a statement each: each side probes its own index
-            for a, b, _at in conn.execute(sa.select(identity_links.c.a, identity_links.c.b, identity_links.c.at)
-                                          .where(identity_links.c.workspace_id == ws, side.in_(part))):
-                if a not in hers and b not in hers:  # a link her erasure leaves: whoever holds its ends stays
-                    keep.update(owner[x] for x in (a, b) if x in owner)
+    for k in range(0, len(claimants), 500):
+        keep.update(conn.execute(sa.select(i.profile_id).where(
+            i.workspace_id == ws, i.profile_id.in_(claimants[k : k + 500]), leaves).distinct()).scalars())  # fmt: skip
     return [c for c in claimants if c not in keep]
 
 
