@@ -68,12 +68,11 @@ def erase(conn: Connection, ws: str, profile_id: str, registry: Registry | None 
     # Who goes, read before any lock or delete: her, then the profiles that go with her. Locked all at once, in the
     # order every other writer takes them (review: locking the second one after the first's deletes held rows that
     # a segment batch or a feed consumer held the second one while waiting for: a deadlock, and a 500)
-    with_her = identity_erasure.with_her(conn, ws, pid, identity_erasure.identifiers_of(conn, ws, pid))
-    people = [
-        Person(p, tuple(identity_erasure.aliases_of(conn, p)), tuple(identity_erasure.identifiers_of(conn, ws, p)),
-               utcnow(), vanished=with_her if p == pid else [])
-        for p in [pid, *with_her]
-    ]  # fmt: skip
+    now, hers = utcnow(), identity_erasure.identifiers_of(conn, ws, pid)  # one instant for every row it writes
+    with_her = identity_erasure.with_her(conn, ws, pid, hers)
+    people = [Person(pid, tuple(identity_erasure.aliases_of(conn, pid)), tuple(hers), now, vanished=with_her)]
+    people += [Person(p, tuple(identity_erasure.aliases_of(conn, p)),
+                      tuple(identity_erasure.identifiers_of(conn, ws, p)), now) for p in with_her]  # fmt: skip
     if conn.dialect.name == "postgresql":  # whoever is evaluating them (segments) finishes first, or waits for this
         from chorus.profiles import feed
 
@@ -84,7 +83,7 @@ def erase(conn: Connection, ws: str, profile_id: str, registry: Registry | None 
     # naming every id), so in one order (review: her messages locked, then the token's, while a delivery recording
     # a batch of both held the token's and waited for hers: a deadlock); every deleting phase then runs for each.
     everyone = Person(pid, tuple(i for person in people for i in person.profile_ids if i != pid),
-                      tuple(i for person in people for i in person.identifiers), people[0].now)  # fmt: skip
+                      tuple(i for person in people for i in person.identifiers), now)  # fmt: skip
     counts: dict[str, int] = {}
     for p in registry.participants():
         for person in [everyone] if p.phase == reg.Phase.HOLD else people:
