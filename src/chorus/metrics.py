@@ -46,6 +46,11 @@ messages_no_provider = Counter(
     "chorus_messages_no_provider", "Messages skipped because no provider of their channel is configured or takes "
     "the address", ["channel"], registry=REGISTRY,
 )  # fmt: skip
+messages_not_sent = Counter(
+    "chorus_messages_dropped_before_send", "Claimed messages a worker gave up right before its provider call: "
+    "'lease' (another worker took it over after the lease expired), 'gone' (erased, or its status changed, while it "
+    "waited for its turn)", ["channel", "why"], registry=REGISTRY,
+)  # fmt: skip
 provider_seconds = Histogram(
     "chorus_provider_send_seconds", "Time of one provider call", ["channel", "outcome"], registry=REGISTRY,
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),

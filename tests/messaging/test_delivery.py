@@ -442,10 +442,18 @@ def test_a_claimed_message_of_a_person_erased_before_its_turn_is_not_sent(engine
         return ours
 
     monkeypatch.setattr(delivery._Lease, "holds", holds_then_erase)
+    from chorus import metrics
+
+    def dropped():  # the operator sees it: counted by channel and why
+        labels = {"channel": "email", "why": "gone"}
+        return metrics.REGISTRY.get_sample_value("chorus_messages_dropped_before_send_total", labels) or 0
+
+    before = dropped()
     d = Deliverer(engine, clock=clock, threads=1)  # one at a time, in the batch's order
     assert d.run_once() == 2
     d.close()
     assert len(calls) == 2 and len(smtp_server.messages) == 1  # the second was ours by the lease, erased since
+    assert dropped() == before + 1
     with engine.connect() as conn:
         left = conn.execute(sa.select(messages.c.id, messages.c.status)).all()
     assert left == [(calls[0], "sent")]

@@ -389,6 +389,7 @@ class Deliverer:
             nobody = f"no {msg['channel']} provider takes this address"
         if (provs or nobody) and not lease.holds(msg):  # expired by another worker meanwhile: not ours any more
             log.warning("message %s: lease lost before sending; left alone", msg["id"])
+            metrics.messages_not_sent.labels(channel=msg["channel"], why="lease").inc()
             return _Outcome(msg, "lost")
         if nobody:
             return _Outcome(msg, "skipped", reason=nobody, profile=profile)
@@ -397,6 +398,7 @@ class Deliverer:
             with gate:  # its turn at the provider: checked again now (erased, or taken over, while it waited?)
                 if not lease.still(msg):
                     log.warning("message %s: gone or taken over before sending; not sent", msg["id"])
+                    metrics.messages_not_sent.labels(channel=msg["channel"], why="gone").inc()
                     return _Outcome(msg, "lost")
                 started, result = time.perf_counter(), "error"
                 try:
