@@ -50,9 +50,10 @@ class Settings:
     public_url: str = "http://127.0.0.1:8000"
     # The event lake `chorus lake export` writes and /api/analytics reads.
     lake_dir: str = "./lake"
-    # PostgreSQL, after an erasure: "full" (VACUUM FULL: no bytes of the person left in the table files, an
-    # exclusive lock on each table while it is rewritten) or "plain" (VACUUM: no lock, bytes may remain in freed
-    # space until overwritten). See docs/operations.md.
+    # After an erasure: "full" (PostgreSQL: VACUUM FULL, an exclusive lock on each table while it is rewritten;
+    # SQLite: VACUUM, the writers wait for it; no bytes of the person left in the files) or "plain" (PostgreSQL:
+    # VACUUM, no lock; SQLite: the WAL checkpoint only; bytes may remain in freed or unused space until
+    # overwritten). See docs/operations.md.
     erasure_vacuum: str = "full"
     # A segment preview (POST /api/segments/preview) and a save's estimate: their statements share a deadline
     # this many seconds after they start (preview answers 503 over_budget, the save estimate null), so an expensive

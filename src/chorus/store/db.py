@@ -7,6 +7,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -317,10 +318,13 @@ def scrub(
 ) -> dict:
     """Make deleted rows of ``tables`` unreadable in the database files, after the deleting transaction committed.
 
-    SQLite: deleted content is already zeroed in its pages (``secure_delete``), but the WAL still holds older
-    copies of those pages; a TRUNCATE checkpoint copies the pages back and empties the WAL. A reader holding an
-    older snapshot blocks it: retried ``attempts`` times (2 s each), then reported as pending (the next erasure,
-    or closing the last connection at shutdown, completes it).
+    SQLite: deleted content is already zeroed in its pages (``secure_delete``), but a page's unused space can still
+    hold a stale copy of a row that lived there before SQLite moved it to another page (an outside probe found an
+    erased person's event whole in a live page), and the WAL holds older copies of the pages. ``vacuum="full"``
+    runs ``VACUUM`` (every page written anew from the live rows, in the writers' queue: other writers wait for it
+    as for any transaction), then a TRUNCATE checkpoint copies the pages back and empties the WAL; ``plain`` only
+    checkpoints. A reader holding an older snapshot blocks the checkpoint: retried ``attempts`` times (2 s each),
+    then reported as pending (the next erasure, or closing the last connection at shutdown, completes it).
 
     PostgreSQL: VACUUM the tables (their TOAST tables and indexes with them). Plain VACUUM removes the dead rows
     and their index entries, but the freed space of a page keeps the old bytes until new rows overwrite them;
@@ -332,7 +336,7 @@ def scrub(
     if vacuum not in VACUUM_MODES:
         raise ValueError(f"vacuum must be one of {', '.join(VACUUM_MODES)}, got {vacuum!r}")
     if engine.dialect.name == "sqlite":
-        return _checkpoint_truncate(engine, attempts)
+        return _sqlite_scrub(engine, vacuum, attempts)
     if engine.dialect.name != "postgresql":
         return {"done": [], "pending": {}}
     done, pending = [], {}
@@ -387,22 +391,42 @@ def _wait_for_older_snapshots(conn, timeout: float) -> int:
         time.sleep(0.05)
 
 
-def _checkpoint_truncate(engine: Engine, attempts: int) -> dict:
-    raw = engine.raw_connection()  # no BEGIN: a checkpoint cannot run inside a transaction
+def _sqlite_scrub(engine: Engine, vacuum: str, attempts: int) -> dict:
+    done: list[str] = []
+    pending: dict[str, str] = {}
+    raw = engine.raw_connection()  # no BEGIN: neither VACUUM nor a checkpoint can run inside a transaction
     try:
         cur = raw.cursor()
+        if vacuum == "full":
+            queue = getattr(engine, "chorus_writer_queue", None)
+            record = getattr(raw, "_connection_record", None)
+            queued = queue is not None and record is not None and "chorus_writer_fds" in record.info
+            if queued:  # the other writers queue behind it in order, as behind any write transaction
+                queue.acquire(record)
+            try:
+                cur.execute("VACUUM")
+                done.append("VACUUM")
+            except sqlite3.OperationalError as exc:  # busy past busy_timeout, or no room for the temporary copy
+                pending["vacuum"] = f"VACUUM could not run ({exc}); the next erasure tries again"
+                log.warning("erasure: %s", pending["vacuum"])
+            finally:
+                if queued:
+                    queue.release(record)
         cur.execute("PRAGMA busy_timeout=2000")
         try:
             for i in range(attempts):
                 busy, _log, _done = cur.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
                 if not busy:
-                    return {"done": ["wal_checkpoint(TRUNCATE)"], "pending": {}}
+                    done.append("wal_checkpoint(TRUNCATE)")
+                    break
                 time.sleep(0.05 * (i + 1))
+            else:
+                why = "a reader held an older snapshot; the WAL is emptied at the next erasure or when the server stops"
+                log.warning("erasure: WAL checkpoint postponed: %s", why)
+                pending["wal"] = why
         finally:
             cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             cur.close()
     finally:
         raw.close()
-    why = "a reader held an older snapshot; the WAL is emptied at the next erasure or when the server stops"
-    log.warning("erasure: WAL checkpoint postponed: %s", why)
-    return {"done": [], "pending": {"wal": why}}
+    return {"done": done, "pending": pending}
