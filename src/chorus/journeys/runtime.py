@@ -52,7 +52,8 @@ from chorus.segments.needs import needs as needs_of
 from chorus.segments.person import Event, Person
 from chorus.segments.rules import Node as Rule
 from chorus.store import bulk
-from chorus.store.tables import events
+from chorus.store.db import any_row, read_only
+from chorus.store.tables import events, journey_timers
 from chorus.timeutil import iso, utcnow
 
 log = logging.getLogger("chorus.journeys")
@@ -876,6 +877,8 @@ def due(engine: Engine, limit: int = 500, clock: Callable[[], datetime] | None =
     minute, then twice as long after each failure)."""
     at = (clock or now)()
     done = 0
+    if not any_row(engine, sa.select(journey_timers.c.due_at).where(journey_timers.c.due_at <= at)):
+        return 0
     with engine.begin() as conn:
         rows = store.due_timers(conn, at, limit)
         by_person: dict[tuple[str, str], list] = {}
@@ -997,7 +1000,7 @@ def sweep(engine: Engine, limit: int = 200, clock: Callable[[], datetime] | None
     One batch of people per journey and pass; the flag is cleared when none is left."""
     at = (clock or now)()
     done = 0
-    with engine.connect() as probe:
+    with read_only(engine) as probe:  # on SQLite without the write lock: each journey is locked below
         todo = store.to_sweep(probe)
     for ws, jid in todo:
         waiting = 0

@@ -17,6 +17,7 @@ replayed: only the latest due one (a daily newsletter missed for a week is sent 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -30,6 +31,7 @@ from chorus.journeys import runtime, store
 from chorus.profiles import feed, views
 from chorus.segments import load
 from chorus.segments import store as segments_store
+from chorus.store.db import read_only
 from chorus.timeutil import iso
 
 log = logging.getLogger("chorus.journeys")
@@ -47,10 +49,8 @@ def next_due(s: d.Schedule, after: datetime) -> datetime | None:
     return d.next_run(s, after, FIRST_ZONE if is_local(s) else ZoneInfo("UTC"))
 
 
-def plan(conn: Connection, ws: str, jr: store.Journey, defn: d.Definition, at: datetime) -> datetime | None:
-    """Add the journey's latest run due at ``at`` that is not there yet. Returns its instant, or None."""
-    s = defn.entry
-    assert isinstance(s, d.Schedule)
+def latest_due(conn: Connection, ws: str, jr: store.Journey, s: d.Schedule, at: datetime) -> datetime | None:
+    """The journey's latest run due at ``at`` that is not there yet, or None."""
     last = store.last_run(conn, ws, jr.id)
     after = last if last is not None else (jr.started_at or jr.created_at) - timedelta(microseconds=1)
     due, nxt = None, next_due(s, after)
@@ -58,10 +58,45 @@ def plan(conn: Connection, ws: str, jr: store.Journey, defn: d.Definition, at: d
         if nxt is None or nxt > at:
             break
         due, nxt = nxt, next_due(s, nxt)
+    return due
+
+
+def plan(conn: Connection, ws: str, jr: store.Journey, defn: d.Definition, at: datetime) -> datetime | None:
+    """Add the journey's latest run due at ``at`` that is not there yet. Returns its instant, or None."""
+    s = defn.entry
+    assert isinstance(s, d.Schedule)
+    due = latest_due(conn, ws, jr, s, at)
     if due is None:
         return None
     store.add_run(conn, ws, jr.id, due, jr.version)
     return due
+
+
+# (workspace, journey, version) -> its schedule: a published version never changes, so it is parsed once per process
+_SCHEDULES: dict[tuple[str, str, int], d.Schedule] = {}
+
+
+def _to_plan(engine: Engine, at: datetime) -> list[tuple[str, str]]:
+    """The scheduled journeys with a run to add at ``at``, read without a write transaction: most passes have none,
+    and on SQLite a write transaction takes the one write lock that ingestion waits for (an idle pass took it for
+    this alone). :func:`plan` decides again under the lock; a journey whose schedule cannot be read is listed, so
+    that its failure is logged there as before."""
+    todo = []
+    with read_only(engine) as conn:
+        for ws, jid in store.scheduled(conn):
+            try:
+                jr = store.get(conn, ws, jid)
+                key = (ws, jid, jr.version)
+                if key not in _SCHEDULES:
+                    entry = store.definition(conn, ws, jid, jr.version).entry
+                    assert isinstance(entry, d.Schedule)
+                    _SCHEDULES[key] = entry
+                if jr.status == "active" and latest_due(conn, ws, jr, _SCHEDULES[key], at) is None:
+                    continue
+            except Exception:  # noqa: BLE001 - planned under the lock, where a failure is logged and retried
+                pass
+            todo.append((ws, jid))
+    return todo
 
 
 def _people(conn: Connection, ws: str, s: d.Schedule, after: str | None, limit: int) -> list[str]:
@@ -119,11 +154,12 @@ def tick(engine: Engine, clock: Callable[[], datetime] | None = None, chunk: int
     """One pass: add the runs that are due, then walk one chunk of each open run (one transaction each)."""
     at = (clock or runtime.now)()
     done = 0
-    with engine.begin() as conn:
-        for ws, jid in store.scheduled(conn):
+    todo = _to_plan(engine, at)
+    with engine.begin() if todo else contextlib.nullcontext() as conn:
+        for ws, jid in todo:
             js = runtime.journeys_of(conn, ws)
-            jr = js.all[jid]
-            if jr.status != "active":
+            jr = js.all.get(jid)
+            if jr is None or jr.status != "active" or jr.entry != "schedule":  # changed since it was read
                 continue
             try:  # one journey whose plan fails must not hold up the others' (review: none ran while one failed)
                 with conn.begin_nested():
@@ -131,7 +167,7 @@ def tick(engine: Engine, clock: Callable[[], datetime] | None = None, chunk: int
             except Exception as exc:  # noqa: BLE001 - logged, tried again next pass
                 feed.reraise_transient(exc)
                 log.exception("journey %s: planning its next scheduled run failed; tried again next pass", jid)
-    with engine.connect() as probe:
+    with read_only(engine) as probe:  # on SQLite without the write lock (PostgreSQL: lock_run claims each below)
         open_runs = [(r.workspace_id, r.journey_id, r.run_at) for r in store.runs_open(probe, at)]
         probe.rollback()
     for ws, jid, run_at in open_runs:  # each open run one chunk, whatever the others do

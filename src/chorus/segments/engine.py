@@ -45,6 +45,7 @@ from chorus.segments.needs import Needs
 from chorus.segments.needs import needs as needs_of
 from chorus.segments.person import Person
 from chorus.store import bulk
+from chorus.store.db import any_row, read_only
 from chorus.store.tables import profiles, segment_timers
 from chorus.timeutil import iso, utcnow
 
@@ -464,6 +465,8 @@ def due(engine: Engine, limit: int = 500, clock: Callable[[], datetime] | None =
     tried again later: a minute, then twice as long after each failure, a day at most (``store.retry_after``), still
     decided at the instant it first fell due."""
     at = (clock or now)()
+    if not any_row(engine, sa.select(segment_timers.c.due_at).where(segment_timers.c.due_at <= at)):
+        return 0
     with engine.begin() as conn:
         rows = conn.execute(
             sa.select(segment_timers.c.workspace_id, segment_timers.c.profile_id)
@@ -827,7 +830,7 @@ def pending_batches(engine: Engine) -> list[tuple[str, str]]:
     """(workspace, segment) of every pending segment, the longest waiting first."""
     from chorus.store.tables import segments
 
-    with engine.connect() as conn:
+    with read_only(engine) as conn:  # on SQLite without the write lock: batch_many locks what it computes
         return [(w, s) for w, s in conn.execute(sa.select(segments.c.workspace_id, segments.c.id).where(_pending())
                                                 .order_by(segments.c.updated_at)).all()]  # fmt: skip
 

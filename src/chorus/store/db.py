@@ -235,6 +235,14 @@ def read_only(engine: Engine) -> sa.Connection:
     return engine.connect().execution_options(chorus_read_only=True)
 
 
+def any_row(engine: Engine, query) -> bool:
+    """Whether ``query`` finds a row, read without a write transaction. A worker task asks this before the write
+    transaction that would find its work: most passes find none, and on SQLite a write transaction takes the one
+    write lock that ingestion and the other tasks wait for (an idle pass took it five times for nothing)."""
+    with read_only(engine) as conn:
+        return conn.execute(query.limit(1)).first() is not None
+
+
 class FreshStatistics:
     """ANALYZE some tables each time ``note`` has counted enough new rows (PostgreSQL; nothing on SQLite).
 
