@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from chorus.profiles import state as pstate
 
-SLOTS = [("email", "*"), ("email", "news"), ("*", "news")]
+SLOTS = [("email", "*"), ("email", "news"), ("*", "news"), ("email", "marketing"), ("sms", "news")]
 STATUSES = ["granted", "denied", "unknown"]
 
 
@@ -71,32 +71,85 @@ def test_the_fold_is_order_independent_and_merges(items, data):
     assert pstate.refused_grants(merged) == pstate.refused_grants(whole)
 
 
+def overlapping(slot):
+    """The slots that decide some message together with ``slot`` (itself included): a claimed grant on one would
+    override a denial on another (the oracle of ``state.overlap``, written out: same or ``*`` channel, and same
+    topic or the ``marketing`` meta-topic; slots of every topic only with themselves)."""
+    c, t = slot
+    if t == "*":
+        return [slot]
+    return [(c2, t2) for c2, t2 in SLOTS
+            if t2 != "*" and (c2 == c or "*" in (c, c2)) and (t2 == t or "marketing" in (t, t2))]  # fmt: skip
+
+
 @settings(max_examples=400, deadline=None)
 @given(history())
 def test_a_claim_never_undoes_an_opt_out(items):
     st_ = fold(items)
+
+    def firm(slot):  # the words a claim cannot override: vouched ones, and denials
+        return [it for it in slot_items(items, slot) if it[1] or status(it[0], slot) == "denied"]
+
+    def opt_out_stands(slot):
+        f = firm(slot)
+        return bool(f) and status(newest(f)[0], slot) == "denied"
+
     for slot in SLOTS:
+        name = f"{slot[0]}:{slot[1]}"
         mine = slot_items(items, slot)
-        if not mine:
-            assert f"{slot[0]}:{slot[1]}" not in st_["consent"]
-            continue
-        got = st_["consent"][f"{slot[0]}:{slot[1]}"]
+        got = st_["consent"].get(name)
         denial = newest([it for it in mine if status(it[0], slot) == "denied"])
         vouched_yes = newest([it for it in mine if it[1] and status(it[0], slot) != "denied"])
         if denial and (vouched_yes is None or key(vouched_yes[0]) < key(denial[0])):
             assert got["status"] == "denied", (slot, got)
-        if denial is None or all(v for _m, v in mine):  # no opt-out to protect, or nothing but vouched events
+        if all(v for _m, v in mine) and mine:  # nothing but vouched events: the newest word wins, as before
             assert got["key"] == key(newest(mine)[0])
-        # the whole rule: a claimed grant or unknown counts unless the newest word a claim cannot override (a
-        # vouched word or a denial) is a denial; a denial a vouched grant came after does not stand
-        firm = [it for it in mine if it[1] or status(it[0], slot) == "denied"]
+        # the whole rule: a claimed grant or unknown counts unless an opt-out stands on a slot it could override
+        # (its own or one deciding the same messages); a denial a vouched grant came after does not stand
         claims = [it for it in mine if not it[1] and status(it[0], slot) != "denied"]
-        stands = firm and status(newest(firm)[0], slot) == "denied"
-        assert got["key"] == key(newest(firm + ([] if stands else claims))[0]), (slot, got)
+        stands = any(opt_out_stands(o) for o in overlapping(slot))
+        counted = firm(slot) + ([] if stands else claims)
+        if not counted:
+            assert got is None, (slot, got)
+        else:
+            assert got["key"] == key(newest(counted)[0]), (slot, got)
         # a refused grant is listed exactly when a claim was the newest word on the slot and did not count
         top = newest(mine)
-        refused = [w for w in pstate.refused_grants(st_) if w["slot"] == f"{slot[0]}:{slot[1]}"]
-        assert bool(refused) == (got["key"] != key(top[0]) and not top[1] and status(top[0], slot) != "denied")
+        refused = [w for w in pstate.refused_grants(st_) if w["slot"] == name]
+        assert bool(refused) == bool(top and not top[1] and status(top[0], slot) != "denied" and stands)
+
+
+MESSAGE_SLOTS = [("email", "*"), ("*", "*"), ("email", "offers"), ("*", "offers"), ("email", "marketing"),
+                 ("*", "marketing"), ("sms", "offers"), ("sms", "marketing")]  # fmt: skip
+
+
+@st.composite
+def consent_history(draw):
+    out = []
+    for i in range(draw(st.integers(1, 8))):
+        channel, topic = draw(st.sampled_from(MESSAGE_SLOTS))
+        msg = {"type": "identify", "messageId": f"m{i}", "channel": "web",
+               "timestamp": f"2026-01-01T00:{draw(st.integers(0, 5)):02d}:00.000000Z",
+               "traits": {"consent": {channel: {topic: draw(st.sampled_from(STATUSES))}}}}  # fmt: skip
+        out.append((msg, draw(st.booleans())))
+    return out
+
+
+@settings(max_examples=500, deadline=None)
+@given(consent_history())
+def test_no_claim_lets_a_message_through_an_opt_out(items):
+    """What is sent, not how slots read: whatever claims (write-key events without a valid user hash) say, on any
+    slot, a marketing message that the vouched words and the denials alone block stays blocked (an outside probe:
+    a browser's ``*:offers`` grant after her one-click ``email:offers`` unsubscribe let the next offer out)."""
+    from chorus.messaging.policy import consent_decision
+
+    whole = pstate.public_view(fold(items))
+    firm = pstate.public_view(fold([(m, v) for m, v in items if v or next(iter(next(iter(
+        m["traits"]["consent"].values())).values())) == "denied"]))  # fmt: skip
+    for channel in ("email", "sms"):
+        for topic in ("offers", "news"):
+            if not consent_decision(firm, channel, topic, "marketing").allowed:
+                assert not consent_decision(whole, channel, topic, "marketing").allowed, (channel, topic, whole)
 
 
 @settings(max_examples=300, deadline=None)
@@ -136,3 +189,26 @@ def test_a_denial_she_undid_herself_no_longer_blocks_or_warns():
     st_ = fold([items[1], (items[0][0] | {"timestamp": "2026-01-01T00:01:30.000000Z"}, False), items[2]])
     assert st_["consent"]["email:*"]["status"] == "denied"
     assert [w["message_id"] for w in pstate.refused_grants(st_)] == ["m2"]
+
+
+def test_consent_names_and_words_are_read_as_consent_managers_send_them():
+    """Channels and topics in any case are the lower-case slots messages are decided by (they were stored as
+    ``Email:*`` or ``*:Offers``, shown denied and never enforced), and statuses in any case, or as true/false text
+    or 0/1, are read (``"Denied"`` and ``granted: "false"`` were dropped: the opt-out was lost). Found by an outside
+    probe."""
+    def track(props):
+        return {"type": "track", "event": "Consent Updated", "properties": props}
+
+    assert pstate.consent_updates(track({"channel": "Email", "status": "denied"})) == [("email", "*", "denied")]
+    assert pstate.consent_updates(track({"channel": "email", "topic": " Offers ", "status": "Denied"})) == [
+        ("email", "offers", "denied")]
+    for granted in ("false", "FALSE", 0, False):
+        assert pstate.consent_updates(track({"channel": "sms", "granted": granted})) == [("sms", "*", "denied")]
+    for granted in ("true", 1, True):
+        assert pstate.consent_updates(track({"granted": granted})) == [("*", "*", "granted")]
+    assert pstate.consent_updates(track({"channel": "email", "status": "maybe"})) == []
+    assert pstate.consent_updates(track({"channel": "email", "granted": 2})) == []
+    assert pstate.consent_updates({"type": "identify", "traits": {"consent": {"EMAIL": {"*": False}}}}) == [
+        ("email", "*", "denied")]
+    assert pstate.consent_updates({"type": "page", "context": {"consent": {"categoryPreferences": {
+        "Offers": False, "News": "yes"}}}}) == [("*", "offers", "denied"), ("*", "news", "granted")]  # fmt: skip

@@ -29,7 +29,8 @@ sent with the public write key). A claim can narrow what may be sent but never u
 replace a vouched email or phone (decision 0014):
 - consent: per slot the state keeps the newest vouched entry, the newest claimed denial and the newest claimed
   grant (or ``unknown``); the slot's status is the newest of them, except that the claimed grant takes part
-  only while no denial stands (no claimed denial, and the newest vouched entry is not a denial);
+  only while no denial stands (no claimed denial, and the newest vouched entry is not a denial) on that slot or
+  on any slot that decides the same messages (:func:`overlap`: ``*:offers`` and ``email:offers``);
 - ``email`` / ``phone`` traits: a claimed value shows only while no vouched value exists.
 Each part is "newest by key", so the fold stays order independent and ``merge`` stays the union.
 """
@@ -153,25 +154,47 @@ def _bucket(status: str, vouched: bool) -> str:
     return "denied" if status == "denied" else "claimed"
 
 
-def _grant_stands(parts: dict) -> bool:
-    """May the claimed grant (or unknown) count? Only while no opt-out stands: the newest word a claim cannot
-    override (the vouched entry, or a claimed denial: withdrawals are the safe side) is not a denial. A claimed
-    denial that a vouched grant came after no longer stands (the customer opted in again herself)."""
+def _opt_out_stands(parts: dict) -> bool:
+    """Is the slot's newest word a claim cannot override (its vouched entry, or a claimed denial: withdrawals are
+    the safe side) a denial? A claimed denial that a vouched grant came after no longer stands (the customer opted
+    in again herself)."""
     words = [parts[b] for b in ("vouched", "denied") if parts.get(b)]
     if not words:
-        return True
+        return False
     newest = words[0]
     for w in words[1:]:  # an exact tie keeps the vouched entry (fixed order): deterministic
         if w["key"] > newest["key"]:
             newest = w
-    return newest["status"] != "denied"
+    return newest["status"] == "denied"
+
+
+def overlap(a: str, b: str) -> bool:
+    """Can slots ``a`` and ``b`` decide the same message? A marketing message on channel C about topic T is decided
+    by the newest of ``C:T``, ``*:T``, ``C:marketing`` and ``*:marketing`` (``messaging.policy``), so a grant on
+    one of these overrides a denial on another (an outside probe: a browser's ``*:offers`` grant undid her one-click
+    ``email:offers`` unsubscribe). Slots of every topic (``C:*``, ``*:*``) block on their own denial alone."""
+    ca, _, ta = a.partition(":")
+    cb, _, tb = b.partition(":")
+    if "*" in (ta, tb):
+        return a == b
+    return (ca == cb or "*" in (ca, cb)) and (ta == tb or "marketing" in (ta, tb))
+
+
+def _grant_stands(log: dict, slot: str) -> bool:
+    """May the slot's claimed grant (or unknown) count? Only while no opt-out stands on any slot it could override
+    when a message is decided (:func:`overlap`): its own, or another that decides the same messages. A claim can
+    narrow what may be sent, never undo an opt-out, whichever slot it names."""
+    return not any(_opt_out_stands(parts) for other, parts in log.items() if overlap(slot, other))
 
 
 def _settle_consent(state: dict, slot: str) -> None:
     parts = state["consent_log"][slot]
     cands = [parts[b] for b in ("vouched", "denied") if parts.get(b)]
-    if parts.get("claimed") and _grant_stands(parts):
+    if parts.get("claimed") and _grant_stands(state["consent_log"], slot):
         cands.append(parts["claimed"])
+    if not cands:  # nothing but a claimed grant that does not count: the slot says nothing
+        state["consent"].pop(slot, None)
+        return
     best = cands[0]
     for c in cands[1:]:  # newest wins; an exact tie keeps the first (fixed order), so the result is deterministic
         if c["key"] > best["key"]:
@@ -186,7 +209,9 @@ def _set_consent(state: dict, channel: str, topic: str, status: str, key: list, 
     cur = parts.get(bucket)
     if cur is None or key > cur["key"]:
         parts[bucket] = {"status": status, "key": key, "source": source}
-    _settle_consent(state, slot)
+    for other in list(state["consent_log"]):  # a word on one slot can change which claims count on the others
+        if overlap(slot, other):
+            _settle_consent(state, other)
 
 
 def refused_grants(state: dict) -> list[dict]:
@@ -196,14 +221,39 @@ def refused_grants(state: dict) -> list[dict]:
     out = []
     for slot, parts in sorted((state.get("consent_log") or {}).items()):
         c = parts.get("claimed")
-        if c and not _grant_stands(parts) and c["key"] > state["consent"][slot]["key"]:
+        settled = state["consent"].get(slot)
+        if c and not _grant_stands(state["consent_log"], slot) and (settled is None or c["key"] > settled["key"]):
             out.append({"message_id": c["source"].removeprefix("event:"), "at": c["key"][0], "slot": slot,
                         "warning": REFUSED_GRANT.format(status=c["status"], slot=slot)})  # fmt: skip
     return out
 
 
+def _consent_status(value) -> str | None:
+    """``granted`` / ``denied`` / ``unknown`` from what consent managers send: the words in any case, a boolean, or
+    ``true``/``false``/``1``/``0`` as text or number. Anything else is no statement (an outside probe: ``"Denied"``
+    and ``granted: "false"`` were dropped, so the opt-out was lost)."""
+    if isinstance(value, bool):
+        return "granted" if value else "denied"
+    if isinstance(value, int) and value in (0, 1):
+        return "granted" if value else "denied"
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in CONSENT_STATUSES:
+            return word
+        return {"true": "granted", "false": "denied", "1": "granted", "0": "denied", "yes": "granted",
+                "no": "denied"}.get(word)  # fmt: skip
+    return None
+
+
+def _consent_name(value) -> str:
+    """A channel or topic as slots name them: trimmed, lower case (message channels and template topics are lower
+    case, so ``Email:*`` or ``*:Offers`` was shown denied and never enforced)."""
+    return str(value).strip().lower() or "*"
+
+
 def consent_updates(msg: dict) -> list[tuple[str, str, str]]:
-    """(channel, topic, status) from a message.
+    """(channel, topic, status) from a message; channels and topics lower case (:func:`_consent_name`), statuses
+    read leniently (:func:`_consent_status`).
 
     - Segment's consent object: ``context.consent.categoryPreferences {topic: bool}`` applies to every channel.
     - Chorus: ``track "Consent Updated"`` with properties ``channel`` (default ``*``), ``topic`` (default ``*``)
@@ -215,24 +265,22 @@ def consent_updates(msg: dict) -> list[tuple[str, str, str]]:
     prefs = (ctx.get("consent") or {}).get("categoryPreferences") if isinstance(ctx.get("consent"), dict) else None
     if isinstance(prefs, dict):
         for topic, val in prefs.items():
-            if isinstance(val, bool):
-                out.append(("*", str(topic), "granted" if val else "denied"))
+            if (status := _consent_status(val)) in ("granted", "denied"):
+                out.append(("*", _consent_name(topic), status))
     if msg.get("type") == "track" and msg.get("event") == "Consent Updated":
         props = msg.get("properties") or {}
-        status = props.get("status")
-        if isinstance(props.get("granted"), bool):
-            status = "granted" if props["granted"] else "denied"
-        if status in CONSENT_STATUSES:
-            out.append((str(props.get("channel") or "*"), str(props.get("topic") or "*"), status))
+        status = _consent_status(props.get("status"))
+        if "granted" in props and (granted := _consent_status(props["granted"])) in ("granted", "denied"):
+            status = granted
+        if status is not None:
+            out.append((_consent_name(props.get("channel") or "*"), _consent_name(props.get("topic") or "*"), status))
     traits = msg.get("traits") if msg.get("type") == "identify" else None
     if isinstance(traits, dict) and isinstance(traits.get("consent"), dict):
         for channel, topics in traits["consent"].items():
             if isinstance(topics, dict):
-                for topic, status in topics.items():
-                    if isinstance(status, bool):
-                        status = "granted" if status else "denied"
-                    if status in CONSENT_STATUSES:
-                        out.append((str(channel), str(topic), status))
+                for topic, val in topics.items():
+                    if (status := _consent_status(val)) is not None:
+                        out.append((_consent_name(channel), _consent_name(topic), status))
     return out
 
 
