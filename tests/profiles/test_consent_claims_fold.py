@@ -212,3 +212,21 @@ def test_consent_names_and_words_are_read_as_consent_managers_send_them():
         ("email", "*", "denied")]
     assert pstate.consent_updates({"type": "page", "context": {"consent": {"categoryPreferences": {
         "Offers": False, "News": "yes"}}}}) == [("*", "offers", "denied"), ("*", "news", "granted")]  # fmt: skip
+
+
+def test_a_state_folded_before_the_overlap_rule_is_read_by_it():
+    """A profile stored by the version before counted a browser's ``*:offers`` grant beside her ``email:offers``
+    unsubscribe: its view (what every send and segment reads) applies the rule without a refold."""
+    from chorus.messaging.policy import consent_decision
+
+    old = {**pstate.empty(),
+           "consent": {"email:offers": {"status": "denied", "key": ["2026-01-01T00:00:00Z", "a"], "source": "event:a"},
+                       "*:offers": {"status": "granted", "key": ["2026-01-02T00:00:00Z", "b"], "source": "event:b"}},
+           "consent_log": {"email:offers": {"vouched": {"status": "denied", "key": ["2026-01-01T00:00:00Z", "a"],
+                                                        "source": "event:a"}},
+                           "*:offers": {"claimed": {"status": "granted", "key": ["2026-01-02T00:00:00Z", "b"],
+                                                    "source": "event:b"}}}}  # fmt: skip
+    view = pstate.public_view(old)
+    assert set(view["consent"]) == {"email:offers"}
+    assert not consent_decision(view, "email", "offers", "marketing").allowed
+    assert [w["slot"] for w in view["consent_warnings"]] == ["*:offers"]

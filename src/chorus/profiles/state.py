@@ -214,14 +214,27 @@ def _set_consent(state: dict, channel: str, topic: str, status: str, key: list, 
             _settle_consent(state, other)
 
 
+def settled_consent(state: dict) -> dict:
+    """The slots as the rule settles them now. A state folded before a rule change (a claimed ``*:offers`` grant
+    counted beside an ``email:offers`` denial until this version) is read as the rule says, without a refold."""
+    log = state.get("consent_log")
+    if not log:
+        return state["consent"]
+    now = {"consent": dict(state["consent"]), "consent_log": log}
+    for slot in log:
+        _settle_consent(now, slot)
+    return now["consent"]
+
+
 def refused_grants(state: dict) -> list[dict]:
     """Claimed grants that would be the newest word on their slot but were not applied (an opt-out stands).
 
     Derived from the state, not recorded while folding, so it does not depend on the order events arrived in."""
     out = []
+    consent = settled_consent(state)
     for slot, parts in sorted((state.get("consent_log") or {}).items()):
         c = parts.get("claimed")
-        settled = state["consent"].get(slot)
+        settled = consent.get(slot)
         if c and not _grant_stands(state["consent_log"], slot) and (settled is None or c["key"] > settled["key"]):
             out.append({"message_id": c["source"].removeprefix("event:"), "at": c["key"][0], "slot": slot,
                         "warning": REFUSED_GRANT.format(status=c["status"], slot=slot)})  # fmt: skip
@@ -520,7 +533,7 @@ def public_view(state: dict) -> dict:
         "channels_used": sorted(state["channels"]),
         "consent": {
             slot: {"status": c["status"], "at": c["key"][0], "source": c["source"]}
-            for slot, c in state["consent"].items()
+            for slot, c in settled_consent(state).items()
         },
         "timezone": (state["attrs"].get("timezone") or [None])[0],
         "locale": (state["attrs"].get("locale") or [None])[0],
