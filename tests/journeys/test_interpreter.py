@@ -563,3 +563,55 @@ def test_rules_are_evaluated_at_the_transition_time_not_at_its_processing():
         dr.run_until(T + timedelta(hours=3))
         assert [(r.node, r.branch) for r in dr.records("step") if r.node == "c"] == [("c", "then")], lag
         assert dr.of(j.Send) == []
+
+
+# -- a merge gave her another profile's instances ------------------------------------------------------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@st.composite
+def _merged_instances(draw):
+    out = []
+    for i in range(draw(st.integers(0, 6))):
+        out.append(j.State(instance_id=f"ji_{i}", journey_id="j", version=1, profile_id="p",
+                           entered_at=T + timedelta(minutes=draw(st.integers(0, 3))), entry={"kind": "event"},
+                           key=draw(st.sampled_from(["A", "B", None])),
+                           status=draw(st.sampled_from(["new", "active", "tracking", "exited"]))))  # fmt: skip
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(_merged_instances(), st.sampled_from(["never", "after_exit", "per_key", {"cooldown": "1d"}]))
+def test_after_a_merge_one_instance_per_person_or_key_value_goes_on(instances, reentry):
+    """Exactly the live duplicates exit: at most one live instance is left (once at a time) or one per key value
+    (``per_key``), and it is the first entered of those it stood with."""
+    entry = {"event": {"event": "Browse", "key": "k"}} if reentry == "per_key" else {"event": {"event": "Browse"}}
+    defn = d.parse({"id": "j", "entry": entry, "reentry": reentry, "start": "a", "nodes": {"a": {"type": "exit"}}})
+    gone = j.superseded(defn, instances)
+    live = [s for s in instances if s.status != "exited"]
+    assert gone <= {s.instance_id for s in live}
+    kept = [s for s in live if s.instance_id not in gone]
+
+    def group(s):
+        return s.key if reentry == "per_key" else None
+
+    assert len({group(s) for s in kept}) == len(kept) == len({group(s) for s in live})
+    for s in live:
+        (first,) = [k for k in kept if group(k) == group(s)]
+        assert (first.entered_at, first.instance_id) <= (s.entered_at, s.instance_id)
+
+
+def test_a_merged_duplicate_exits_and_withdraws_what_it_queued():
+    defn = journey({"a": {"type": "delay", "for": "1h", "next": "b"}, "b": {"type": "exit"}})
+    person = Person("p")
+    adm = j.enter(defn, person, j.Start("s1", T, {"k": "x"}), [], T)
+    s, _ = j.step(defn, adm.state, j.Start("s1", T, {"k": "x"}), j.Context(T, person))
+    s.sent["ji:1"] = "m"  # as if it had queued a message before
+    ctx = j.Context(T + timedelta(minutes=1), person)
+    same, cmds = j.step(defn, s, j.Merged(T + timedelta(minutes=1)), ctx)
+    assert same == s and cmds == ()  # not superseded: nothing happens to it
+    out, cmds = j.step(defn, s, j.Merged(T + timedelta(minutes=1), frozenset({s.instance_id})), ctx)
+    assert out.status == "exited" and out.exit_reason.startswith("merged")
+    assert [type(c) for c in cmds] == [j.CancelTimer, j.Record, j.Exit]
+    assert cmds[-1].withdraw == tuple(s.sent)

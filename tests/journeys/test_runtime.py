@@ -252,6 +252,46 @@ def test_a_merge_moves_the_merged_persons_journeys_to_the_survivor(engine, ws, c
     assert instances(engine, ws)[0].status == "exited"
 
 
+BROWSE = {"id": "browse", "entry": {"event": {"event": "Browse"}}, "start": "pause",
+          "nodes": {"pause": {"type": "delay", "for": "1m", "next": "mail"},
+                    "mail": {"type": "message", "template": "cart_reminder", "channel": ["in_app"],
+                             "kind": "marketing", "next": "done"},
+                    "done": {"type": "exit"}}}  # fmt: skip
+
+
+@pytest.mark.parametrize("reentry, left", [("after_exit", 1), ("per_key", 2)])
+def test_a_merge_of_two_people_in_one_journey_leaves_her_in_it_once(engine, ws, clock, worker, reentry, left):
+    """A visitor and a known customer both entered the journey, then one identify joined them (an outside probe:
+    two instances of the survivor went on, and she got the message twice). Where she may be in it once at a time,
+    the first entered goes on and the other exits; per key, one per key value (two carts are two)."""
+    raw = dict(BROWSE)
+    if reentry == "per_key":
+        raw["entry"] = {"event": {"event": "Browse", "key": "cart_id"}}
+        raw["reentry"] = "per_key"
+    publish(engine, ws, raw)
+    anon = {"type": "track", "anonymousId": "a1", "event": "Browse", "messageId": "m1", "timestamp": T0.isoformat(),
+            "properties": {"cart_id": "A"}, "context": {"channel": "web"}}  # fmt: skip
+    later = clock.at = T0 + timedelta(seconds=10)
+    send(engine, ws, [anon, ev("Browse", later, user="u9", cart_id="B")], later)
+    settle(worker)
+    assert len(instances(engine, ws, "browse")) == 2
+    clock.at = T0 + timedelta(seconds=20)
+    send(engine, ws, [{"type": "alias", "userId": "u9", "previousId": "a1", "messageId": "m2",
+                       "timestamp": clock.at.isoformat()}], clock.at)  # fmt: skip
+    settle(worker)
+    survivor = profile_of(engine, ws, "user_id:u9")
+    live = [i for i in instances(engine, ws, "browse") if i.status != "exited"]
+    assert len(live) == left and {i.profile_id for i in live} == {survivor}
+    if left == 1:  # the first entered (the visitor's, 10 s earlier) goes on; the other left with the reason
+        assert live[0].state["entry"]["properties"]["cart_id"] == "A"
+        (gone,) = [i for i in instances(engine, ws, "browse") if i.status == "exited"]
+        assert gone.state["exit_reason"].startswith("merged")
+    clock.at = T0 + timedelta(minutes=5)
+    settle(worker)
+    sent = journey_messages(engine, ws, "browse")
+    assert len(sent) == left and {m.profile_id for m in sent} == {survivor}
+
+
 def test_erasure_leaves_no_journey_rows(engine, ws, clock, worker):
     publish(engine, ws, CART)
     send(engine, ws, [ev("Product Added", T0, cart_id="A")], T0)

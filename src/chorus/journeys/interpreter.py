@@ -84,7 +84,17 @@ class Start:
     data: Mapping[str, Any] = field(default_factory=dict)
 
 
-Input = Union[Event, MessageEvent, SegmentChanged, TimerFired, Start]  # noqa: UP007
+@dataclass(frozen=True, slots=True)
+class Merged:
+    """Another profile was merged into the person: its instances are hers now. ``superseded`` (from
+    :func:`superseded`) are the instances that duplicate another of hers where the journey lets a person be in it
+    once at a time, or once per key value: they exit, their messages not out yet withdrawn."""
+
+    at: datetime
+    superseded: frozenset[str] = frozenset()
+
+
+Input = Union[Event, MessageEvent, SegmentChanged, TimerFired, Start, Merged]  # noqa: UP007
 
 
 def input_time(inp: Input) -> datetime:
@@ -391,6 +401,24 @@ def enter(
     return Admission(state, "entered")
 
 
+def superseded(defn: d.Definition, instances: Sequence[State]) -> frozenset[str]:
+    """After a merge gave a person another profile's instances of this journey: the live ones that duplicate another
+    and must exit. Where ``reentry`` lets her be in the journey once at a time (``never``, ``after_exit``,
+    ``cooldown``), all live instances but the first entered; with ``per_key``, all but the first of each key value
+    (an entry key enters once). The first entered stays: it is the furthest along (an outside probe: both profiles
+    had entered a browse journey before one identify joined them, and she got its email twice)."""
+    one_at_a_time = defn.reentry.mode in ("never", "after_exit", "cooldown")
+    first: dict = {}
+    out = set()
+    for s in sorted((s for s in instances if s.status != "exited"), key=lambda s: (s.entered_at, s.instance_id)):
+        group = None if one_at_a_time else s.key
+        if group in first:
+            out.add(s.instance_id)
+        else:
+            first[group] = s.instance_id
+    return frozenset(out)
+
+
 # -- matching ---------------------------------------------------------------------------------------------------
 def _event_matches(m: d.EventMatch, ev: Event, entry_props: Mapping, tz: ZoneInfo) -> bool:
     sel = m.selection
@@ -439,6 +467,12 @@ def step(defn: d.Definition, state: State, inp: Input, ctx: Context) -> tuple[St
     the same state; in a stopped one the person exits (timers cancelled, nothing sent)."""
     if state.status == "exited":
         return state, ()
+    if isinstance(inp, Merged):  # whatever the journey's status: two of her in it would each go on
+        if state.instance_id not in inp.superseded:
+            return state, ()
+        run = _Run(defn, _fresh(state), ctx, inp)
+        run.exit("merged: she is in this journey already (another profile of hers entered it)", withdraw=True)
+        return run.s, tuple(run.out)
     if ctx.status == "paused":
         return state, (Hold(),)
     if ctx.status not in STATUSES:

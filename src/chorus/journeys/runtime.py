@@ -625,6 +625,17 @@ class PersonRun:
             if wanted is not None and jid not in wanted:
                 continue
             mine = [s for s in self.instances if s.journey_id == jid]
+            if isinstance(inp, j.Merged):  # housekeeping, not an input of hers: never held, nobody enters by it
+                live = {s.version for s in mine if s.status != "exited"}
+                gone = j.superseded(self.js.defn(jid, jr.version), mine) if live else frozenset()
+                if gone:
+                    versions = {v: self.js.defn(jid, v) for v in live}
+                    merged = replace(inp, superseded=gone)
+                    for o in dispatch.offer(versions, jr.version, self.person, mine, merged, self.now,
+                                            status=jr.interpreter_status, topics=self.js.topics):  # fmt: skip
+                        self._keep(jid, o)
+                        out.append(o)
+                continue
             if isinstance(inp, j.TimerFired):
                 if not any(s.instance_id == inp.instance_id for s in mine):
                     continue
@@ -846,13 +857,20 @@ class Consumer:
             js = journeys_of(conn, ws)
             if not js.all:
                 continue
+            merged: dict[str, datetime] = {}  # survivor -> the merge's time
             for changes in people.values():  # a merge: the merged person's journeys go on as the survivor's
                 for c in changes:
-                    if c.cause == "merge" and c.target_id and c.profile_id != c.target_id:
-                        store.repoint(conn, ws, c.profile_id, c.target_id)
-            locked = set(views.lock_people(conn, ws, sorted(people)))
+                    if c.cause == "merge" and c.target_id:
+                        if c.profile_id != c.target_id:
+                            store.repoint(conn, ws, c.profile_id, c.target_id)
+                        merged[c.target_id] = min(c.at, merged.get(c.target_id, c.at))
+            # the survivor too, when only the merged one's change is in this claim (one lock statement, id order)
+            locked = set(views.lock_people(conn, ws, sorted(set(people) | set(merged))))
             given: dict[str, list[j.Input]] = {}
-            for c, inp in _inputs(conn, js, [c for pid in sorted(locked) for c in people[pid]]):
+            # first: two instances of hers must not both take her inputs (only for those a merge gave two)
+            for pid in sorted(store.doubled(conn, ws, sorted(set(merged) & locked))):
+                given[pid] = [j.Merged(merged[pid])]
+            for c, inp in _inputs(conn, js, [c for pid in sorted(locked) for c in people.get(pid, ())]):
                 if not js.hears(inp):
                     continue  # nothing can use it: the person is not even loaded for it
                 given.setdefault(c.profile_id, []).append(inp)

@@ -223,6 +223,17 @@ def repoint(conn: Connection, ws: str, merged: str, survivor: str) -> int:
     return n
 
 
+def doubled(conn: Connection, ws: str, profile_ids: list[str]) -> set[str]:
+    """Of these people, those with two live instances of one journey (a merge gave them another profile's)."""
+    if not profile_ids:
+        return set()
+    t = journey_instances.c
+    q = (sa.select(t.profile_id).where(t.workspace_id == ws, bulk.in_(t.profile_id, profile_ids, conn.dialect.name),
+                                       t.status != "exited")
+         .group_by(t.profile_id, t.journey_id).having(sa.func.count() > 1))  # fmt: skip
+    return set(conn.execute(q).scalars())
+
+
 # -- timers ---------------------------------------------------------------------------------------------------
 def set_timers(conn: Connection, ws: str, rows: list[dict]) -> None:
     """rows: key, journey_id, instance_id, profile_id, due_at. A key is set once (the interpreter's keys are unique
