@@ -457,3 +457,66 @@ def test_a_claimed_message_of_a_person_erased_before_its_turn_is_not_sent(engine
     with engine.connect() as conn:
         left = conn.execute(sa.select(messages.c.id, messages.c.status)).all()
     assert left == [(calls[0], "sent")]
+
+
+def _second_waits_while(engine, w, smtp_server, monkeypatch, meanwhile):
+    """Two emails claimed in one batch, sent one at a time; ``meanwhile(conn, the other message)`` runs when the
+    first is about to be sent (the second waits its turn: a rate limit, the provider's concurrency)."""
+    identify(engine, w, "u2", "bo@example.com")
+    clock = Clock(T0)
+    body = [outbox.parse_request({"to": {"email": e}, "template": "hi", "kind": "marketing"})
+            for e in ("ana@example.com", "bo@example.com")]  # fmt: skip
+    outbox.enqueue_many(engine, ws_of(engine, w), [(body[0], "ea"), (body[1], "eb")], LINKS, clock)
+    from chorus.messaging import delivery
+
+    real, calls = delivery._Lease.holds, []
+
+    def holds_then(self, msg):
+        ours = real(self, msg)
+        calls.append(msg["id"])
+        if len(calls) == 1:
+            with engine.begin() as conn:
+                other = conn.execute(sa.select(messages).where(messages.c.id != msg["id"])).first()._mapping
+                meanwhile(conn, dict(other))
+        return ours
+
+    monkeypatch.setattr(delivery._Lease, "holds", holds_then)
+    d = Deliverer(engine, clock=clock, threads=1)
+    assert d.run_once() == 2
+    d.close()
+    assert len(calls) == 2 and len(smtp_server.messages) == 1
+    with engine.connect() as conn:
+        return {r.id: r for r in conn.execute(sa.select(messages.c.id, messages.c.status, messages.c.reason))}
+
+
+def test_a_claimed_message_its_journey_withdrew_is_not_sent(engine, setup, smtp_server, monkeypatch):
+    """A stop (or a goal reached) withdraws a journey's messages; one a worker holds (``sending``) is only marked,
+    and the worker reads the mark right before its provider call (an outside probe: a stopped broadcast sent 255
+    more texts from batches its workers had claimed)."""
+    w, _ = setup
+
+    def stop(conn, other):
+        conn.execute(messages.update().where(messages.c.id == other["id"]).values(journey_id="promo"))
+        assert outbox.withdraw_journey(conn, w["id"], "promo", "the journey was stopped", T0) == [other["id"]]
+
+    rows = _second_waits_while(engine, w, smtp_server, monkeypatch, stop)
+    (left,) = [r for r in rows.values() if r.status != "sent"]
+    assert left.status == "skipped" and "the journey was stopped" in left.reason
+
+
+def test_a_claimed_message_to_someone_who_opted_out_since_is_not_sent(engine, setup, smtp_server, monkeypatch):
+    """Consent is read when the batch is prepared and again right before each send once the batch has waited
+    (``RECHECK``): an outside probe saw texts reach people 4-15 s after their STOP was answered, behind a rate
+    limit."""
+    from chorus.messaging import delivery
+    from chorus.messaging.consent import record_consent
+
+    w, _ = setup
+    monkeypatch.setattr(delivery, "RECHECK", 0.0)
+
+    def unsubscribe(conn, other):
+        record_consent(conn, other, "*", "denied", "unsubscribe link", T0)
+
+    rows = _second_waits_while(engine, w, smtp_server, monkeypatch, unsubscribe)
+    (left,) = [r for r in rows.values() if r.status != "sent"]
+    assert left.status == "skipped" and "consent withdrawn before delivery" in left.reason

@@ -55,6 +55,9 @@ NO_PROVIDER = "no_provider"  # the reason code of a message skipped because no c
 BACKOFF_BASE = timedelta(seconds=30)
 BACKOFF_MAX = timedelta(hours=6)
 LEASE = timedelta(minutes=10)
+# Seconds after which a claimed batch reads each person's consent again right before her send (an opt-out that came
+# while the batch waited for a rate limit); a batch sent within it was checked that recently already.
+RECHECK = 1.0
 # The partial index ix_messages_due's condition, word for word: SQLite uses a partial index only when the query
 # repeats its WHERE with the same literals (bound parameters do not count), else it scans every message.
 DUE = sa.text("messages.status IN ('queued', 'retrying', 'sending')")
@@ -145,7 +148,7 @@ class _Outcome:
     """What happened to one message in the send phase, recorded with the others of its batch."""
 
     msg: dict
-    kind: str  # sent | permanent | transient | skipped (no provider can send it) | lost
+    kind: str  # sent | permanent | transient | skipped (no provider can send it) | withdrawn (right before) | lost
     provider: str = ""
     provider_id: str = ""
     error: PermanentError | None = None
@@ -163,6 +166,7 @@ class _Lease:
         self.pending = {m["id"]: m for m in msgs}
         self.ours: set[str] = set()
         self.at = -1e18
+        self.prepared = time.monotonic()  # the batch's consent was read just before (Deliverer._prepare)
 
     def holds(self, msg: dict) -> bool:
         with self.lock:
@@ -172,15 +176,29 @@ class _Lease:
             self.pending.pop(msg["id"], None)
             return msg["id"] in self.ours
 
-    def still(self, msg: dict) -> bool:
-        """Right before a provider call: is the message still there, and still this attempt's? The renewals above
-        come every few minutes; meanwhile an erasure may have deleted it (an outside probe saw a worker's claimed
-        emails go to an erased person for 43 s after her erasure answered, behind a rate limit). One read by key;
-        what is in flight at the instant of the erasure (the provider call itself) cannot be called back."""
+    def still(self, msg: dict, ws: ws_api.Workspace) -> tuple[str, str | None]:
+        """Right before a provider call: may it go? ``("go", None)``; ``("lost", None)`` when the message is gone
+        (erased) or no longer this attempt's; ``("withdrawn", why)`` when it must not be sent any more. One read by
+        key, and the person's consent again if the batch was prepared more than :data:`RECHECK` ago (rate limits
+        and a provider's concurrency hold a batch for minutes). Outside probes saw claimed emails reach an erased
+        person for 43 s, texts go out 4-15 s after the person's STOP was answered, and a stopped broadcast send
+        255 more texts (its withdrawal marks what a worker holds, ``withdraw_reason``, which nobody read here).
+        What is in flight at the instant of the change (the provider call itself) cannot be called back."""
         with read_only(self.d.engine) as conn:
-            attempts = conn.execute(sa.select(messages.c.attempts).where(
-                messages.c.id == msg["id"], messages.c.status == "sending")).scalar()  # fmt: skip
-        return attempts == msg["attempts"]
+            row = conn.execute(sa.select(messages.c.attempts, messages.c.withdraw_reason).where(
+                messages.c.id == msg["id"], messages.c.status == "sending")).first()  # fmt: skip
+            if row is None or row.attempts != msg["attempts"]:
+                return "lost", None
+            if row.withdraw_reason:
+                return "withdrawn", outbox.WITHDRAWN + row.withdraw_reason
+            if time.monotonic() - self.prepared > RECHECK:
+                profile = views.get_profiles(conn, ws.id, [msg["profile_id"]], ws.identity).get(msg["profile_id"])
+                if profile is None:  # erased meanwhile (her message row goes with her)
+                    return "lost", None
+                why = self.d._consent_withdrawn(ws, msg, profile)
+                if why:
+                    return "withdrawn", why
+        return "go", None
 
 
 class Deliverer:
@@ -395,11 +413,16 @@ class Deliverer:
             return _Outcome(msg, "skipped", reason=nobody, profile=profile)
         for prov, limiter, gate in provs:
             limiter.wait()
-            with gate:  # its turn at the provider: checked again now (erased, or taken over, while it waited?)
-                if not lease.still(msg):
+            with gate:  # its turn at the provider: checked again now (erased, withdrawn, opted out while it waited?)
+                verdict, why = lease.still(msg, ws)
+                if verdict == "lost":
                     log.warning("message %s: gone or taken over before sending; not sent", msg["id"])
                     metrics.messages_not_sent.labels(channel=msg["channel"], why="gone").inc()
                     return _Outcome(msg, "lost")
+                if verdict == "withdrawn":
+                    log.info("message %s: not sent: %s", msg["id"], why)
+                    metrics.messages_not_sent.labels(channel=msg["channel"], why="withdrawn").inc()
+                    return _Outcome(msg, "withdrawn", reason=why or "", profile=profile)
                 started, result = time.perf_counter(), "error"
                 try:
                     provider_id = prov.send(out)
@@ -446,6 +469,9 @@ class Deliverer:
                 changes.append(outbox.Change(o.msg, status, now, {"provider": o.provider, "reason": o.error.reason}, {
                     "provider": o.provider, "reason": f"{o.provider}: {o.error.reason}", "next_attempt_at": None},
                     o.profile))  # fmt: skip
+            elif o.kind == "withdrawn":  # withdrawn (a stop, a goal) or consent withdrawn while it waited its turn
+                changes.append(outbox.Change(o.msg, "skipped", now, {"reason": "withdrawn", "message": o.reason}, {
+                    "next_attempt_at": None, "reason": o.reason}, o.profile))  # fmt: skip
             elif o.kind == "skipped":
                 changes.append(outbox.Change(o.msg, "skipped", now, {"reason": NO_PROVIDER, "message": o.reason}, {
                     "next_attempt_at": None, "reason": f"{NO_PROVIDER}: {o.reason}"}, o.profile))  # fmt: skip
