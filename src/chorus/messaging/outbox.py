@@ -254,7 +254,7 @@ def set_statuses(conn: Connection, changes: list[Change]) -> None:
         ids = [ch.msg["id"] for ch in changes]
         q = sa.select(messages.c.id).where(bulk.in_(messages.c.id, ids, conn.dialect.name))
         if conn.dialect.name == "postgresql":  # waits for a concurrent erasure; then the rows are ours to update
-            q = q.with_for_update()
+            q = q.order_by(messages.c.id).with_for_update()  # in id order: the order of every such lock
         alive = set(conn.execute(q).scalars())
         for group in groups.items():
             _update(conn, (group[0], [r for r in group[1] if r["_id"] in alive]))
@@ -747,7 +747,14 @@ def withdraw_journey(conn: Connection, ws: str, journey_id: str, reason: str, at
 
 def _withdraw(conn: Connection, q, reason_of, at: datetime) -> list[str]:
     if conn.dialect.name == "postgresql":
-        q = q.with_for_update()
+        # which ones in the caller's order and limit, read without a lock; then locked in id order, the order every
+        # writer of several messages takes them (set_statuses), and checked again under the lock (an outside
+        # probe: a stop locking in due order deadlocked with a delivery recording its batch, and was lost)
+        picked = list(conn.execute(q.with_only_columns(messages.c.id)).scalars())
+        if not picked:
+            return []
+        q = (q.where(bulk.in_(messages.c.id, picked, conn.dialect.name)).order_by(None).limit(None)
+             .order_by(messages.c.id).with_for_update())  # fmt: skip
     rows = [dict(r._mapping) for r in conn.execute(q)]
     flying = [m for m in rows if m["status"] == "sending"]
     if flying:
@@ -773,8 +780,8 @@ def _unless_withdrawn(conn: Connection, changes: list[Change]) -> list[Change]:
     # every row locked, marked or not (review): PostgreSQL locks only rows that match the WHERE in its snapshot, so
     # a condition on the mark would not wait for a withdrawal marking the row and not committed yet
     q = sa.select(messages.c.id, messages.c.withdraw_reason).where(bulk.in_(messages.c.id, back, conn.dialect.name))
-    if conn.dialect.name == "postgresql":
-        q = q.with_for_update()
+    if conn.dialect.name == "postgresql":  # in id order, as every writer of several messages locks them
+        q = q.order_by(messages.c.id).with_for_update()
     marked = {mid: why for mid, why in conn.execute(q).all() if why is not None}
     if not marked:
         return changes

@@ -1,0 +1,70 @@
+"""PostgreSQL: a stop's withdrawal locks a journey's messages in id order, as a delivery recording a batch does, so
+the two never deadlock.
+
+An outside probe stopped a 3,000-person broadcast while two workers delivered it: the stop answered 500
+(``DeadlockDetected`` in ``withdraw_journey``), its transaction rolled back, the broadcast stayed active and went on
+sending. The withdrawal locked the messages in due order (``next_attempt_at``), a batch's recording in id order."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from chorus import workspaces
+from chorus.messaging import outbox
+from chorus.messaging.links import Links
+from chorus.store.tables import messages
+from tests.identity.helpers import resolve, send
+
+T0 = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)
+
+
+def test_a_stop_and_a_delivery_recording_its_batch_never_deadlock(engine):
+    if engine.dialect.name != "postgresql":
+        pytest.skip("row locks: PostgreSQL (SQLite has one writer at a time)")
+    w = workspaces.create(engine, "withdraw-locks")
+    send(engine, w["id"], [{"type": "identify", "userId": f"u{i}", "messageId": f"m{i}",
+                            "traits": {"email": f"u{i}@example.com"}} for i in (1, 2)], trusted=True)  # fmt: skip
+    resolve(engine)
+    outbox.save_template(engine, w["id"], "hi", {"variants": {"email": {"subject": "Hi", "html": "<p>Hello</p>"}}})
+    with engine.connect() as conn:
+        ws = workspaces.get(conn, w["id"])
+    body = [outbox.parse_request({"to": {"user_id": f"u{i}"}, "template": "hi", "channel": "email"}) for i in (1, 2)]
+    outbox.enqueue_many(engine, ws, [(body[0], "k1"), (body[1], "k2")], Links("http://c.test", b"k" * 32),
+                        lambda: T0)  # fmt: skip
+    with engine.begin() as conn:
+        first, second = sorted(conn.execute(sa.select(messages.c.id).where(messages.c.workspace_id == w["id"]))
+                               .scalars())  # fmt: skip
+        # the one with the greater id is due first: due order and id order disagree
+        conn.execute(messages.update().where(messages.c.workspace_id == w["id"]).values(journey_id="promo",
+                                                                                        status="queued"))
+        conn.execute(messages.update().where(messages.c.id == second).values(next_attempt_at=T0))
+        conn.execute(messages.update().where(messages.c.id == first).values(next_attempt_at=T0 + timedelta(hours=1)))
+    recording = engine.connect()
+    tx = recording.begin()
+    lock = sa.select(messages.c.id).where(messages.c.id == sa.bindparam("m")).with_for_update()
+    recording.execute(lock, {"m": first})  # a delivery recording its batch holds the first (id order)
+    out: dict = {}
+
+    def stop():
+        try:
+            with engine.begin() as conn:
+                out["withdrawn"] = outbox.withdraw_journey(conn, w["id"], "promo", "the journey was stopped", T0)
+        except Exception as exc:  # noqa: BLE001 - the test reports it
+            out["error"] = exc
+
+    t = threading.Thread(target=stop)
+    t.start()
+    time.sleep(1.0)  # the stop waits for the first; it must hold nothing the recording wants next
+    try:
+        recording.execute(lock, {"m": second})  # a deadlock here (or in the stop) on the code before
+        tx.commit()
+    finally:
+        recording.close()
+    t.join(30)
+    assert not t.is_alive() and "error" not in out, out
+    assert sorted(out["withdrawn"]) == [first, second]
