@@ -320,7 +320,8 @@ def test_a_schedule_until_the_end_of_the_calendar_runs_and_holds_up_nobody(engin
     settle(worker)
     clock.at = T0 + timedelta(days=1, hours=1)  # Tuesday 10:00 UTC: their 09:00 has come
     settle(worker)
-    assert sent(engine, ws, "b1") == dict.fromkeys(pids.values(), 1)
+    # Monday's too: published at 09:00 UTC on Monday, their 09:00 had not passed (it was then)
+    assert sent(engine, ws, "b1") == dict.fromkeys(pids.values(), 2)
     assert schedule.d.next_run(schedule.d.Schedule(None, time=schedule.d.time(9), until=schedule.d.date.max),
                                datetime(9999, 12, 31, 10, tzinfo=UTC), schedule.FIRST_ZONE) is None  # fmt: skip
 
@@ -354,3 +355,36 @@ def test_a_place_in_a_broadcasts_journey_is_named_by_the_broadcasts_field(inner,
     """One table maps them; a place inside a field that is not kept is that field (review: the table's own example,
     nodes.arm.arms[0].holdout, came back unchanged)."""
     assert manage.broadcast_field(inner) == outer
+
+
+def test_a_local_time_run_published_after_it_began_in_utc_plus_14_runs_where_its_time_is_still_ahead(
+        engine, ws, clock, worker):  # fmt: skip
+    """Published at 20:00Z on Saturday 7 March, "Sunday 09:00" has begun in UTC+14 (19:00Z) but is hours ahead in
+    Paris and New York: they get it then (an outside probe: it ran for nobody, silently); Kiritimati (UTC+14), where
+    09:00 had passed an hour before, gets nothing rather than a late message."""
+    pids = people(engine, ws, worker, {"ny": ("America/New_York", "news"), "paris": ("Europe/Paris", "news"),
+                                       "kiri": ("Pacific/Kiritimati", "news")})  # fmt: skip
+    published = clock.at = datetime(2026, 3, 7, 20, 0, tzinfo=UTC)
+    broadcast(engine, ws, published, schedule={"time": "09:00", "on": "2026-03-08"})
+    settle(worker)
+    with engine.connect() as conn:
+        due = dict(conn.execute(sa.select(journey_timers.c.profile_id, journey_timers.c.due_at).where(
+            journey_timers.c.workspace_id == ws)).all())  # fmt: skip
+    assert due == {pids["ny"]: datetime(2026, 3, 8, 13, 0, tzinfo=UTC), pids["paris"]: datetime(2026, 3, 8, 8, 0,
+                                                                                                 tzinfo=UTC)}
+    clock.at = datetime(2026, 3, 8, 13, 0, tzinfo=UTC)
+    settle(worker)
+    assert sent(engine, ws, "b1") == {pids["paris"]: 1, pids["ny"]: 1}
+    clock.at = datetime(2026, 3, 10, 13, 0, tzinfo=UTC)  # a one-off: nothing more
+    settle(worker)
+    assert sent(engine, ws, "b1") == {pids["paris"]: 1, pids["ny"]: 1}
+
+
+def test_a_weekly_local_run_published_late_keeps_that_day_and_the_next_ones(engine, ws, clock, worker):
+    pids = people(engine, ws, worker, {"paris": ("Europe/Paris", "news")})
+    published = clock.at = datetime(2026, 3, 7, 20, 0, tzinfo=UTC)  # Saturday; Sunday 09:00 Paris still ahead
+    broadcast(engine, ws, published, schedule={"time": "09:00", "weekdays": ["sun"]})
+    for day in (8, 15):
+        clock.at = datetime(2026, 3, day, 8, 0, tzinfo=UTC)
+        settle(worker)
+    assert sent(engine, ws, "b1") == {pids["paris"]: 2}

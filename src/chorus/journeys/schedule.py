@@ -37,6 +37,9 @@ from chorus.timeutil import iso
 log = logging.getLogger("chorus.journeys")
 
 FIRST_ZONE = ZoneInfo("Etc/GMT-14")  # where a local time happens first (UTC+14, Kiribati)
+# From a local time in FIRST_ZONE to the same local time where it happens last (UTC-12): a day's local run is still
+# ahead for somebody this long after it began
+LOCAL_SPAN = timedelta(hours=26)
 CHUNK = 500
 
 
@@ -52,13 +55,23 @@ def next_due(s: d.Schedule, after: datetime) -> datetime | None:
 def latest_due(conn: Connection, ws: str, jr: store.Journey, s: d.Schedule, at: datetime) -> datetime | None:
     """The journey's latest run due at ``at`` that is not there yet, or None."""
     last = store.last_run(conn, ws, jr.id)
-    after = last if last is not None else (jr.started_at or jr.created_at) - timedelta(microseconds=1)
+    after = last if last is not None else began(jr) - timedelta(microseconds=1)
+    if last is None and is_local(s):
+        # its first day may have begun in UTC+14 before it was published, with 09:00 still hours ahead in Paris or
+        # New York (an outside probe: published at 20:00Z on a Saturday, "Sunday 09:00" ran for nobody): that day
+        # runs, for the people whose local time is still to come (step_run)
+        after -= LOCAL_SPAN
     due, nxt = None, next_due(s, after)
     for _ in range(100_000):  # the latest due run only; bounded (an hourly schedule missed for years)
         if nxt is None or nxt > at:
             break
         due, nxt = nxt, next_due(s, nxt)
     return due
+
+
+def began(jr: store.Journey) -> datetime:
+    """When the journey started taking people: no run of it starts anybody at a local time before that."""
+    return jr.started_at or jr.created_at
 
 
 def plan(conn: Connection, ws: str, jr: store.Journey, defn: d.Definition, at: datetime) -> datetime | None:
@@ -119,10 +132,12 @@ def step_run(conn: Connection, js: runtime.Journeys, row, at: datetime, chunk: i
         assert s.time is not None
         day = row.run_at.astimezone(FIRST_ZONE).date()
         people = load.people(conn, ws, pids, js.ws.identity, parts=(), zone_default=js.ws.timezone)
+        first = began(jr)
         store.set_timers(conn, ws, [
             {"key": store.start_key(jid, f"run:{day.isoformat()}", pid), "journey_id": jid, "instance_id": "",
-             "profile_id": pid, "due_at": d.local_instant(day, s.time, p.zone)}
+             "profile_id": pid, "due_at": due}
             for pid, p in people.items()
+            if (due := d.local_instant(day, s.time, p.zone)) >= first  # her time had passed when it was published
         ])  # fmt: skip
     else:
         start = j.Start(f"run:{iso(row.run_at)}", row.run_at)
