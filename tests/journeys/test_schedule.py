@@ -388,3 +388,39 @@ def test_a_weekly_local_run_published_late_keeps_that_day_and_the_next_ones(engi
         clock.at = datetime(2026, 3, day, 8, 0, tzinfo=UTC)
         settle(worker)
     assert sent(engine, ws, "b1") == {pids["paris"]: 2}
+
+
+def test_a_broadcast_message_deferred_past_her_purchase_is_withdrawn(engine, ws, clock, worker):
+    """An outside probe: a sale email deferred by the frequency cap went out two days after the person bought (a
+    broadcast kept converted people's messages). Reaching the goal now withdraws what has not gone out; the
+    conversion counts."""
+    from chorus import registry as reg
+    from chorus import workspaces
+
+    quiet = {"messaging": {"timezone": "UTC",
+                           "quiet_hours": {"start": "08:00", "end": "20:00", "channels": ["in_app"]}}}
+    workspaces.update_settings(engine, ws, quiet, registry=reg.installed())
+    worker.task("deliver").clock = clock
+    pids = people(engine, ws, worker, {"u1": (None, "news"), "u2": (None, "news")})
+    from chorus.messaging import outbox
+
+    outbox.save_template(engine, ws, "sale", {"kind": "marketing", "variants": {"in_app": {"title": "Sale",
+                                                                                            "body": "20% off"}}})
+    broadcast(engine, ws, T0, template="sale", goal={"event": {"event": "Order Completed"}, "within": "3d"})
+    settle(worker)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(messages.c.status, messages.c.reason).where(messages.c.workspace_id == ws)).all()
+        assert {r.status for r in rows} == {"queued"}, rows  # deferred by quiet hours until 20:00
+    clock.at = T0 + timedelta(hours=1)
+    _send(engine, ws, [{"type": "track", "userId": "u1", "event": "Order Completed", "messageId": "o1",
+                        "timestamp": clock.at.isoformat(), "context": {"channel": "store"}}], received_at=clock.at)
+    settle(worker)
+    clock.at = T0 + timedelta(hours=12)  # 21:00: quiet hours are over
+    settle(worker)
+    with engine.connect() as conn:
+        got = dict(conn.execute(sa.select(messages.c.profile_id, messages.c.status).where(
+            messages.c.workspace_id == ws)).all())  # fmt: skip
+        converted = conn.execute(sa.select(journey_records.c.profile_id).where(
+            journey_records.c.workspace_id == ws, journey_records.c.kind == "converted")).scalars().all()  # fmt: skip
+    assert got == {pids["u1"]: "skipped", pids["u2"]: "sent"}
+    assert converted == [pids["u1"]]

@@ -321,7 +321,9 @@ def broadcast_definition(raw: object, now: datetime) -> dict:
         out["name"] = raw["name"]
     if raw.get("goal") is not None:
         out["goal"] = raw["goal"]
-        out["exit_on_goal"] = False
+        # she converted before her message went out (deferred by a cap or quiet hours): it is withdrawn (an outside
+        # probe: a sale email deferred by the cap went out two days after she bought); the conversion still counts
+        out["exit_on_goal"] = True
     if raw.get("holdout") is not None:
         h = raw["holdout"]
         if isinstance(h, bool) or not isinstance(h, int) or not 1 <= h <= 99:
