@@ -657,3 +657,45 @@ def test_serve_on_a_taken_port_is_refused_before_the_run(tmp_path):
         r = demo(tmp_path, "--customers", "5", "--days", "1", "--serve", "--port", str(s.getsockname()[1]), timeout=60)
     assert r.returncode == 2 and "--port" in r.stderr, r.stderr[-500:]
     assert not (tmp_path / "demo.db").exists()
+
+
+def test_serve_stops_on_ctrl_c_whichever_thread_the_kernel_hands_it_to(tmp_path):
+    """The kernel delivers a process's SIGINT to any of its threads. The demo's main thread waited for the server in
+    one blocking ``waitpid``: when Ctrl-C went to another thread (the demo's servers and pools leave some), Python's
+    handler never ran and the demo hung (the suite saw it twice under load). Here SIGINT is sent to a thread other
+    than the main one (``tgkill``), deterministically."""
+    import ctypes
+    import signal
+    import time
+
+    port = _free_port()
+    cmd = [sys.executable, "-m", "chorus.cli", "demo", "--db", f"sqlite:///{tmp_path / 'demo.db'}", "--customers",
+           "10", "--days", "1", "--seed", "5", "--start", START, "--serve", "--port", str(port)]  # fmt: skip
+    err_path = tmp_path / "stderr.txt"
+    with open(err_path, "w") as err_file:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err_file, cwd=tmp_path,
+                                env={**os.environ, "COLUMNS": "200"})  # fmt: skip
+        try:
+            deadline = time.monotonic() + 120
+            while "Ctrl-C stops the server" not in err_path.read_text():
+                assert proc.poll() is None, err_path.read_text()[-3000:]
+                assert time.monotonic() < deadline, err_path.read_text()[-3000:]
+                time.sleep(0.3)
+            def blocks_sigint(tid: int) -> bool:  # a thread that blocks it (jemalloc's) would never take it
+                with open(f"/proc/{proc.pid}/task/{tid}/status") as fh:
+                    mask = next(line for line in fh if line.startswith("SigBlk:")).split()[1]
+                return bool(int(mask, 16) & (1 << (signal.SIGINT - 1)))
+
+            others = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task")
+                      if int(t) != proc.pid and not blocks_sigint(int(t))]  # fmt: skip
+            assert others, "the demo has threads besides its main one"
+            libc = ctypes.CDLL(None, use_errno=True)
+            assert libc.syscall(234, proc.pid, others[0], signal.SIGINT) == 0  # tgkill (x86-64)
+            try:
+                code = proc.wait(60)
+            except subprocess.TimeoutExpired:
+                raise AssertionError("the demo did not stop on SIGINT:\n" + err_path.read_text()[-2000:]) from None
+            assert code == 0 and "Stopped." in err_path.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()

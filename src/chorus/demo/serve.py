@@ -50,7 +50,14 @@ def serve(db: str, lakedir: str, outdir: str, port: int, api_key: str, log_path:
             err.print(f"[red]error:[/red] chorus serve did not answer on {base} (exit code {code}); see {log_path}")
             return code or 1
         err.print(guide(base, api_key, _a_profile(base, api_key), lakedir))
-        return proc.wait()
+        # never one blocking wait: the kernel may hand Ctrl-C to another thread of this process (the demo's servers
+        # and pools leave some), and then a blocked waitpid in the main thread is not interrupted, Python's handler
+        # never runs, and the demo waits for a server that waits for it (the suite saw it hang twice under load)
+        while True:
+            try:
+                return proc.wait(0.25)
+            except subprocess.TimeoutExpired:
+                continue
     except KeyboardInterrupt:
         stopping = True
         return 0
