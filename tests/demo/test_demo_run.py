@@ -699,3 +699,14 @@ def test_serve_stops_on_ctrl_c_whichever_thread_the_kernel_hands_it_to(tmp_path)
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+def test_the_printed_store_url_works_from_any_directory(tmp_path, monkeypatch):
+    """The default store is ``./chorus-demo.db``: the printed command names it by its absolute path (an outside probe
+    ran it from another directory and got a new empty store, and a 401 for the printed key)."""
+    from chorus.demo.cli import _absolute
+
+    monkeypatch.chdir(tmp_path)
+    assert _absolute("sqlite:///./chorus-demo.db") == f"sqlite:///{tmp_path / 'chorus-demo.db'}"
+    assert _absolute(f"sqlite:///{tmp_path / 'a.db'}") == f"sqlite:///{tmp_path / 'a.db'}"
+    assert _absolute("postgresql://u@h/db") == "postgresql://u@h/db"

@@ -76,6 +76,14 @@ def _check_db(url: str, replace: bool) -> None:
             raise typer.BadParameter(f"{path} exists; pass --replace to start it again", param_hint="--db")
 
 
+def _absolute(url: str) -> str:
+    """The store's URL as a command to paste anywhere needs it: an SQLite file by its absolute path (an outside probe:
+    the printed ``sqlite:///./chorus-demo.db``, run from another directory, made a new empty store)."""
+    if url.startswith("sqlite:///") and "?" not in url:
+        return "sqlite:///" + os.path.abspath(url[len("sqlite:///"):])
+    return url
+
+
 def _remove_sqlite(url: str) -> None:
     """--replace: the old demo file and its companions, once every option has been checked."""
     path = url[len("sqlite:///"):]
@@ -270,7 +278,7 @@ def demo(
     keys = (f"\nWorkspace 'demo' (keys are shown only now): api_key {out.keys['api_key']}, write_key "
             f"{out.keys['write_key']}, server_write_key {out.keys['server_write_key']}\n"
             f"Explore it: CHORUS_LAKE_DIR={shlex.quote(lakedir)} CHORUS_OUTBOX_DIR={shlex.quote(outdir)} chorus serve "
-            f"--no-worker --db {shlex.quote(db)} "
+            f"--no-worker --db {shlex.quote(_absolute(db))} "
             "(or chorus demo --serve)\n(--no-worker: a worker would carry on the journeys on the real clock, with the "
             "demo's mail and SMS servers gone)")  # fmt: skip
     if json_out:
