@@ -13,6 +13,7 @@ from typing import Annotated
 
 import orjson
 import typer
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from chorus.clitools import err
@@ -238,7 +239,9 @@ def demo(
     opts = Options(customers, days, seed, db, outdir, lakedir, first, timedelta(minutes=step_minutes), model_params)
     log_path = os.path.join(os.path.dirname(outdir), "chorus-demo.log")
     logged = _log_to(log_path)
-    console = err
+    # the report (the model's parameters, then the tables) on stdout, where `chorus demo > report.txt` finds it
+    # (an outside probe got an empty file); progress, keys and errors on stderr
+    console = Console(soft_wrap=True)
     if compare:
         return comparison.command(opts, replace, json_out, console, log_path, logged)
     if not json_out:

@@ -36,6 +36,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from chorus.clitools import err
 from chorus.demo import events, install, model, run
 from chorus.demo.client import Chorus
 
@@ -299,7 +300,7 @@ def command(opts: run.Options, replace: bool, json_out: bool, console: Console, 
     started, cpu = time.monotonic(), time.process_time()
     reports = {}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, disable=json_out) as bar:  # fmt: skip
+                  console=err, disable=json_out) as bar:  # fmt: skip
         for name, (o, layout) in runs.items():
             task = bar.add_task(f"{name}: {opts.customers:,} customers", total=None)
 

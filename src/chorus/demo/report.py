@@ -166,6 +166,13 @@ def ltv_by_channels(omni: dict) -> list[dict]:
     return [g for g in omni["groups"] if g["dimension"] == "channels" and g["customers"]]
 
 
+def _warnings(console: Console, part: dict) -> None:
+    """What the API said about the figures above (an arm under 30 people, a person in both arms): printed beside them,
+    as the JSON has them, so that a wide interval from 9 people is not read as conclusive (an outside probe)."""
+    for w in part.get("warnings") or []:
+        console.print(f"[yellow]warning[/yellow]: {escape(str(w))}")
+
+
 def _show_analytics(console: Console, a: dict) -> None:
     u = Table(title="Uplift against the holdouts, 30 days after entry (GET /api/analytics/uplift)",
               title_justify="left")  # fmt: skip
@@ -177,6 +184,7 @@ def _show_analytics(console: Console, a: dict) -> None:
         u.add_row(r["journey_id"], str(r["treated"]), str(r["holdout"]), _share(r["treated_rate"]),
                   _share(r["holdout_rate"]), interval, _money(r["incremental_revenue"]))  # fmt: skip
     console.print(u)
+    _warnings(console, a["uplift"])
 
     lt = Table(title="Lifetime value by number of channels (GET /api/analytics/omnichannel, groups)",
                title_justify="left")  # fmt: skip
@@ -187,6 +195,7 @@ def _show_analytics(console: Console, a: dict) -> None:
         interval = "" if g["clv"] is None else f"{_money(g['clv'])} [{_money(g['clv_lo'])}, {_money(g['clv_hi'])}]"
         lt.add_row(g["group"], str(g["customers"]), _money(g["value"]), interval)
     console.print(lt)
+    _warnings(console, a["omnichannel"])
 
     o = Table(title="Value per customer by channels used, against one channel (GET /api/analytics/omnichannel)",
               title_justify="left")  # fmt: skip
@@ -216,6 +225,7 @@ def _show_analytics(console: Console, a: dict) -> None:
         r.add_row(d["direction"], str(d["purchases"]), str(d["roomed"]), _share(d["share"]),
                   _share(d["revenue_share"]))  # fmt: skip
     console.print(r)
+    _warnings(console, a["showrooming"])
     _show_attribution(console, a["attribution"])
 
 
