@@ -424,3 +424,18 @@ def test_a_broadcast_message_deferred_past_her_purchase_is_withdrawn(engine, ws,
             journey_records.c.workspace_id == ws, journey_records.c.kind == "converted")).scalars().all()  # fmt: skip
     assert got == {pids["u1"]: "skipped", pids["u2"]: "sent"}
     assert converted == [pids["u1"]]
+
+
+def test_a_new_version_of_a_broadcast_sent_now_does_not_send_it_again(engine, ws, clock, worker):
+    """An outside probe fixed a sent broadcast's name (a new version) and every member got it a second time. The
+    new version of a one-off "now" broadcast that has run keeps its instant; a new id sends again."""
+    pids = people(engine, ws, worker, {"u1": (None, "news"), "u2": (None, "news")})
+    broadcast(engine, ws, T0)
+    settle(worker)
+    clock.at = T0 + timedelta(hours=1)
+    assert broadcast(engine, ws, clock.at, name="Spring sale")["version"] == 2
+    settle(worker)
+    assert sent(engine, ws, "b1") == {pids["u1"]: 1, pids["u2"]: 1}
+    broadcast(engine, ws, clock.at, id="b1-again")
+    settle(worker)
+    assert sent(engine, ws, "b1-again") == {pids["u1"]: 1, pids["u2"]: 1}

@@ -284,6 +284,21 @@ def _as_broadcast(exc: ChorusError) -> ChorusError:
     return type(exc)(message, field=outer)
 
 
+def _sent_at(conn: Connection, ws: str, jid: str) -> datetime | None:
+    """The instant of a one-off broadcast's run, if it has run (None for a recurring one, or one not run yet)."""
+    try:
+        cur = store.get(conn, ws, jid)
+    except NotFound:
+        return None
+    if cur.kind != "broadcast":
+        return None
+    entry = store.definition(conn, ws, jid, cur.version).entry
+    if not isinstance(entry, d.Schedule) or entry.at is None:
+        return None
+    last = store.last_run(conn, ws, jid)
+    return entry.at if last is not None and last >= entry.at else None
+
+
 def broadcast_definition(raw: object, now: datetime) -> dict:
     """A broadcast (one message to a segment, once or on a schedule) as the journey that runs it: a scheduled entry,
     an optional holdout split (``holdout``: the percentage kept out, measured against ``goal``; ``holdout_by``: what
@@ -355,6 +370,12 @@ def parse_broadcast(raw: object, now: datetime) -> d.Definition:
 
 
 def publish_broadcast(conn: Connection, ws: str, raw: object, now: datetime, *, dry_run: bool = False) -> dict:
+    if isinstance(raw, dict) and raw.get("schedule") in (None, "now") and isinstance(raw.get("id"), str):
+        # a new version of a broadcast sent "now" that has run: the same send, not another one (an outside probe
+        # fixed its name and everybody got it twice); to send it again, publish it under a new id
+        sent = _sent_at(conn, ws, raw["id"])
+        if sent is not None:
+            raw = {**raw, "schedule": {"at": iso(sent)}}
     defn = d.to_json(parse_broadcast(raw, now))
     try:
         return publish(conn, ws, defn, now, kind="broadcast", dry_run=dry_run)
