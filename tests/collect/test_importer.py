@@ -118,6 +118,9 @@ def test_catalog_defaults_date_and_time_columns():
     assert a["properties"] == {"catalog": "spring", "edition": "2024-S"}
     assert a["userId"] == "cust-17" and a["context"]["traits"] == {"email": "ana@example.com"}
     assert b["userId"] == "cust-44" and "traits" not in b["context"]
+    # the brand mailed it: its send, not something the customer did (an outside probe: the analytics counted it as
+    # her touchpoint, a store "visit" and a channel she used)
+    assert a["context"]["direction"] == b["context"]["direction"] == "outbound"
 
 
 def test_catalog_promo_redemption_with_mapping_file():
@@ -133,6 +136,7 @@ def test_catalog_promo_redemption_with_mapping_file():
     assert a["properties"] == {"promo_code": "SPRING10", "catalog": "spring", "revenue": "58.40"}
     assert b["properties"]["revenue"] == "19.99"
     assert "traits" not in b["context"]
+    assert "direction" not in a["context"]  # a redemption is the customer's own
 
 
 def test_other_source_needs_an_event():
@@ -215,6 +219,8 @@ def test_mapping_file_json(tmp_path):
         ({"timestamp": 5}, "timestamp"),
         ({"user_id": 3}, "user_id"),
         ({"delimiter": ";;"}, "delimiter"),
+        ({"direction": "sideways"}, "direction"),
+        ({"type": "identify", "direction": "outbound"}, "direction"),
     ],
 )
 def test_bad_mappings_name_the_key(raw, named):

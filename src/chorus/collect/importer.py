@@ -43,7 +43,8 @@ defaults; an unknown key or a bad value raises :class:`MappingError` naming the 
       "currency": "currency",                   # column (null = none)
       "products": "products",                   # column holding a JSON list of product objects (null = none)
       "key": ["receipt_no", "line_no"],         # columns that identify the row (for messageId)
-      "delimiter": ";"                          # CSV only (default ",")
+      "delimiter": ";",                         # CSV only (default ",")
+      "direction": "outbound"                   # the brand's own sends (default for the catalog's Catalog Sent)
     }
 
 Defaults per source:
@@ -142,7 +143,7 @@ DEFAULT_TIMESTAMPS: tuple[tuple[str, ...], ...] = (
 )
 MAPPING_KEYS = frozenset(
     {"type", "event", "timestamp", "timezone", "identifiers", "properties", "types", "currency", "products",
-     "key", "delimiter", *STANDARD_IDENTIFIERS}
+     "key", "delimiter", "direction", *STANDARD_IDENTIFIERS}
 )  # fmt: skip
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 PARQUET_BATCH_ROWS = 8192
@@ -191,6 +192,8 @@ class Mapping:
     products: str | None = "products"
     key: tuple[str, ...] | None = None  # None = all mapped columns of the row in column order
     delimiter: str = ","
+    # "outbound": the rows are the brand's own sends (a catalog mailed), not something the person did
+    direction: str = "inbound"
     _types: dict[str, str] = field(init=False, repr=False, compare=False)
     _tz: ZoneInfo = field(init=False, repr=False, compare=False)
 
@@ -408,7 +411,16 @@ def _resolve(raw: dict, source: str) -> Mapping:
     if not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in '"\r\n':
         raise MappingError(f"mapping key 'delimiter' must be a single character, got {delimiter!r}")
 
+    # the catalog's default event is the brand mailing it (an outside probe: counted as the customer's own
+    # touchpoint, a store "visit" before a purchase, a channel she used); a redemption file maps its own event
+    direction = raw.get("direction", "outbound" if event is not None and event == DEFAULT_EVENTS.get(source) ==
+                        "Catalog Sent" else "inbound")  # fmt: skip
+    if direction not in ("inbound", "outbound"):
+        raise MappingError(f"mapping key 'direction' must be 'inbound' or 'outbound', got {direction!r}")
+    if direction == "outbound" and mtype != "track":
+        raise MappingError("mapping key 'direction': only track rows can be outbound (the brand's sends)")
     return Mapping(
+        direction=direction,
         source=source,
         type=mtype,
         event=event,
@@ -790,6 +802,8 @@ class _Builder:
             "source": dict(self.source_ctx),
             "import_line": line,
         }
+        if m.direction == "outbound":
+            context["direction"] = "outbound"
         if m.type == "track":
             msg["properties"] = props
             if id_traits:
