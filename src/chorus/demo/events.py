@@ -88,10 +88,17 @@ def messages(c: Customer, a: Action, brand: Brand, message_id: str) -> list[dict
                                                 "collection": "users"}]}  # fmt: skip
         return [msg]
     if a.kind == "pickup_cancelled":  # the order system tells Chorus that the store cancelled the pick-up
+        # and gives her money back (paid online): the order's revenue is not the brand's (an outside probe found
+        # the cancelled orders in the net revenue, the compare's books included)
         return [{"type": "track", "event": "Order Cancelled", "userId": c.user_id, "timestamp": ts,
                  "messageId": message_id, "properties": {
                      "order_id": a.order_id, "fulfillment": "store_pickup", "reason": "out_of_stock",
                      "store_id": a.store, "order_channel": a.channel,
+                     "products": [_product(brand, s) for s in a.skus]}},
+                {"type": "track", "event": "Order Refunded", "userId": c.user_id, "timestamp": ts,
+                 "messageId": message_id + "-refund", "properties": {
+                     "order_id": a.order_id, "total": _money(_total(brand, a.skus)), "currency": brand.currency,
+                     "order_channel": a.channel, "reason": "cancelled",
                      "products": [_product(brand, s) for s in a.skus]}}]  # fmt: skip
     if a.kind == "return":  # the order system refunds a returned order (Segment's `Order Refunded`: its total)
         return [{"type": "track", "event": "Order Refunded", "userId": c.user_id, "timestamp": ts,

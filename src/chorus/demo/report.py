@@ -283,7 +283,8 @@ def _show_stock(console: Console, rep: dict) -> None:
 def returns(rep: dict) -> dict:
     """Returns as the model made them, and the refunds and net revenue of the omnichannel report (the lake)."""
     tot = rep["analytics"]["omnichannel"]["totals"]
-    return {"made": rep["actions"].get("return", 0), "refunds": tot["refunds"], "revenue": tot["revenue"],
+    return {"made": rep["actions"].get("return", 0), "cancelled": rep["actions"].get("pickup_cancelled", 0),
+            "refunds": tot["refunds"], "revenue": tot["revenue"],
             "refunded": tot["refunded"], "net_revenue": tot["net_revenue"]}  # fmt: skip
 
 
@@ -291,7 +292,9 @@ def _show_returns(console: Console, rep: dict) -> None:
     r = returns(rep)
     t = Table(title="Revenue and returns over the period (GET /api/analytics/omnichannel, totals)",
               title_justify="left")  # fmt: skip
-    for col in ("orders' revenue", "returns made", "refunds recorded", "refunded", "net revenue"):
+    for col in ("orders' revenue", "returns made", "pick-ups cancelled", "refunds recorded", "refunded",
+                "net revenue"):  # fmt: skip
         t.add_column(col, justify="right")
-    t.add_row(_money(r["revenue"]), str(r["made"]), str(r["refunds"]), _money(r["refunded"]), _money(r["net_revenue"]))
+    t.add_row(_money(r["revenue"]), str(r["made"]), str(r["cancelled"]), str(r["refunds"]), _money(r["refunded"]),
+              _money(r["net_revenue"]))  # fmt: skip
     console.print(t)
