@@ -129,3 +129,23 @@ def test_a_purchase_a_message_caused_takes_her_cart_as_it_is_when_she_gets_there
         assert a.kind == "store_purchase" and a.at.astimezone(BRAND_TZ).hour >= 8
         assert a.skus == (*carts[a.customer][1], extra), a
     assert {a.customer for a in made} == decided & set(added)
+
+
+def test_a_cross_sell_is_wasted_when_she_bought_again_after_the_order_it_follows():
+    """The cross-sell goes out ten days after the order it follows (and up to an hour of passes): a purchase after
+    that order, however soon (an outside probe: the next morning's till receipt was missed when this was "within nine
+    days"), makes it wasted; an earlier order, or none after, does not."""
+    w = world(params.with_overrides({}), n=5)
+    c = w.customers[0]
+    order = START + timedelta(days=1, hours=10)
+    w.purchases[c.index] = [order]
+    w.last_purchase[c.index] = order
+    sent = order + timedelta(days=10, minutes=20)
+    assert w.wasted(c, "cross_sell", sent) is None
+    again = order + timedelta(hours=23)
+    w.purchases[c.index] = [order, again]
+    w.last_purchase[c.index] = again
+    assert w.wasted(c, "cross_sell", sent) == "cross-sell after she bought again"
+    w.purchases[c.index] = [order - timedelta(hours=5), order]  # one before it: not "again"
+    w.last_purchase[c.index] = order
+    assert w.wasted(c, "cross_sell", sent) is None

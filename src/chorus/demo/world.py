@@ -30,8 +30,11 @@ RELEVANT = {"cart_reminder", "cart_reminder_2", "browse_offer", "pickup_cancelle
 CART_REMINDERS = ("cart_reminder", "cart_reminder_2")
 WINBACK = ("winback_offer", "winback_last_chance")
 RECENT_BUYER = timedelta(days=30)  # a win-back offer to someone who bought within this is wasted
-# a cross-sell comes ten days after the order it follows: a purchase within nine days is a later one
-BOUGHT_AGAIN = timedelta(days=9)
+# a cross-sell comes ten days (and up to an hour of the worker's passes) after the order it follows
+# (definitions/journeys/post_purchase.json): another purchase since that order means she bought again (an outside
+# probe: a repeat purchase the day after the first was missed when this was "a purchase within nine days")
+CROSS_SELL = timedelta(days=10)
+CROSS_SELL_AFTER = CROSS_SELL + timedelta(hours=1)
 # from "this is spam" to Chorus: the provider's loop mails its report within minutes, the brand's abuse mailbox
 # forwards it at once (an assumption; Yahoo's and Microsoft's loops report in near real time)
 REPORT_DELAY = timedelta(minutes=5)
@@ -94,6 +97,7 @@ class World:
         self.unsubscribed: dict[int, list[dict]] = {}  # her one-click unsubscribes (their "at": when made)
         self.complained: dict[int, list[dict]] = {}  # her spam complaints (their "at": when Chorus got the report)
         self.last_purchase: dict[int, datetime] = {}
+        self.purchases: dict[int, list[datetime]] = {}  # every purchase of hers, in time order
         self.received: Counter = Counter()  # (customer, template) -> messages so far: the stable key of a response
         self.tally = Tally()
         sigma = params["forecast_error"]
@@ -184,6 +188,7 @@ class World:
             self.signed_up.add(c.index)
         if a.kind in ("order", "store_purchase"):
             self.last_purchase[c.index] = a.at
+            self.purchases.setdefault(c.index, []).append(a.at)
         if a.kind in ("view", "store_view"):
             self.last_view[c.index] = a.at
         if a.kind == "add":
@@ -270,8 +275,11 @@ class World:
             return "cart reminder after she bought"
         if template == "browse_offer" and bought >= self.last_view.get(c.index, bought):
             return "browse offer after she bought"
-        if template == "cross_sell" and now - bought < BOUGHT_AGAIN:
-            return "cross-sell after she bought again"
+        if template == "cross_sell":  # the order it follows (the latest one its delay before now), then another
+            times = self.purchases.get(c.index, [])
+            followed = max((t for t in times if now - CROSS_SELL_AFTER <= t <= now - CROSS_SELL), default=None)
+            if followed is not None and any(followed < t < now for t in times):
+                return "cross-sell after she bought again"
         if template in WINBACK and now - bought < RECENT_BUYER:
             return "win-back offer within 30 days of a purchase"
         return None
