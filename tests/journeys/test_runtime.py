@@ -292,6 +292,33 @@ def test_a_merge_of_two_people_in_one_journey_leaves_her_in_it_once(engine, ws, 
     assert len(sent) == left and {m.profile_id for m in sent} == {survivor}
 
 
+def test_an_event_stamped_after_it_arrived_is_given_at_its_own_time(engine, ws, clock, worker):
+    """A client clock ahead: the order is stamped 11:30 and arrives at 10:10 (the API keeps times up to two days
+    ahead). The simulator and the segments put it at 11:30; the runtime gave it at once, and the wait for it took
+    the "bought" branch at 10:10 instead of timing out at 11:00 (an outside probe). It is now kept until 11:30:
+    the reminder goes at 11:00, the conversion counts at 11:30."""
+    publish(engine, ws, CART)
+    send(engine, ws, [ev("Product Added", T0, cart_id="A")], T0)
+    settle(worker)
+    clock.at = T0 + timedelta(minutes=10)
+    stamped = T0 + timedelta(minutes=90)
+    send(engine, ws, [ev("Order Completed", stamped, cart_id="A")], clock.at)
+    settle(worker)
+    (inst,) = instances(engine, ws)
+    assert inst.node == "wait" and inst.status == "active"  # still waiting: the order has not happened yet
+    clock.at = T0 + timedelta(minutes=61)
+    settle(worker)
+    assert len(journey_messages(engine, ws)) == 1  # the timeout's reminder
+    clock.at = T0 + timedelta(minutes=91)
+    settle(worker)
+    with engine.connect() as conn:
+        converted = conn.execute(sa.select(journey_records.c.at).where(
+            journey_records.c.workspace_id == ws, journey_records.c.kind == "converted")).scalars().all()  # fmt: skip
+        held = conn.execute(sa.select(sa.func.count()).select_from(journey_held).where(
+            journey_held.c.workspace_id == ws)).scalar()  # fmt: skip
+    assert converted == [stamped] and held == 0 and timers(engine, ws) == []
+
+
 def test_erasure_leaves_no_journey_rows(engine, ws, clock, worker):
     publish(engine, ws, CART)
     send(engine, ws, [ev("Product Added", T0, cart_id="A")], T0)
@@ -1022,6 +1049,7 @@ def test_a_message_sent_and_withdrawn_in_one_claim_never_goes_out(engine, ws, cl
     in one transaction."""
     quiet_workspace(engine, ws, worker, clock)
     publish(engine, ws, REMIND)
+    clock.at = T0 + timedelta(seconds=1)  # both have happened (one stamped ahead of the clock would wait its time)
     send(engine, ws, [ev("Product Added", T0, cart_id="A"), ev("Order Completed", T0 + timedelta(seconds=1))], T0)
     settle(worker)
     assert message_rows(engine, ws)["u1"][0] == "skipped"

@@ -741,7 +741,10 @@ class PersonRun:
             first, key = min(ready)  # in the order they were first due (a retried one keeps its place)
             _, jid, iid, _ = live.pop(key)
             self.claim.cancel_timer(key)
-            if jid in self.js.all:
+            if jid == store.DEFERRED:  # inputs stamped after they were received: given now their time has come
+                for inp in store.take_deferred(self.conn, self.ws, self.person.id, first):
+                    self.give(inp)
+            elif jid in self.js.all:
                 self.give(j.TimerFired(iid, key, first) if iid else j.Start(store.start_id(key), first), only=[jid])
             n += 1
 
@@ -873,6 +876,12 @@ class Consumer:
             for c, inp in _inputs(conn, js, [c for pid in sorted(locked) for c in people.get(pid, ())]):
                 if not js.hears(inp):
                     continue  # nothing can use it: the person is not even loaded for it
+                if isinstance(inp, Event) and inp.at > at:
+                    # stamped after now (a client clock ahead; the API takes up to two days): applied at its own time,
+                    # as the simulator and the segments do, not now (an outside probe: an order stamped 11:30 that
+                    # arrived at 10:10 took the "bought" branch of a wait that times out at 11:00)
+                    store.defer(conn, ws, c.profile_id, inp, f"defer:{c.seq}")
+                    continue
                 given.setdefault(c.profile_id, []).append(inp)
             if not given:
                 continue

@@ -330,6 +330,29 @@ def held_pairs(conn: Connection, ws: str, jids: list[str], profile_ids: list[str
     return {(r.journey_id, r.profile_id) for r in conn.execute(q)}
 
 
+DEFERRED = ""  # the journey id of an input held until its own time, for every journey (runtime.Consumer)
+
+
+def defer(conn: Connection, ws: str, pid: str, inp: j.Input, key: str) -> None:
+    """Keep an input stamped after now until its own time: a timer ``key`` then gives it (PersonRun.fire_due)."""
+    hold(conn, ws, DEFERRED, pid, inp)
+    set_timers(conn, ws, [{"key": key, "journey_id": DEFERRED, "instance_id": "", "profile_id": pid,
+                           "due_at": j.input_time(inp)}])  # fmt: skip
+
+
+def take_deferred(conn: Connection, ws: str, pid: str, until: datetime) -> list[j.Input]:
+    """Her deferred inputs whose time has come by ``until``, in time order (then as they came), deleted."""
+    t = journey_held.c
+    rows = conn.execute(
+        sa.select(t.seq, t.input)
+        .where(t.workspace_id == ws, t.journey_id == DEFERRED, t.profile_id == pid, t.at <= until)
+        .order_by(t.at, t.seq)
+    ).all()
+    if rows:
+        conn.execute(journey_held.delete().where(t.seq.in_([r.seq for r in rows])))
+    return [input_from_json(r.input) for r in rows]
+
+
 def take_held(conn: Connection, ws: str, jid: str, pid: str) -> list[j.Input]:
     """The person's held inputs of the journey, in their own time order (then as they came), deleted."""
     t = journey_held.c
