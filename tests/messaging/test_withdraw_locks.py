@@ -68,3 +68,59 @@ def test_a_stop_and_a_delivery_recording_its_batch_never_deadlock(engine):
     t.join(30)
     assert not t.is_alive() and "error" not in out, out
     assert sorted(out["withdrawn"]) == [first, second]
+
+
+def test_a_delivery_recording_a_mixed_batch_and_a_stop_never_deadlock(engine, monkeypatch):
+    """Review: a batch with one message sent and one given back to the queue (a retry) locked the given-back row
+    first (to read its withdrawal note), then the others: not id order, and a stop locking in id order between the
+    two deadlocked with it. The whole batch is locked first now, in id order."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("row locks: PostgreSQL (SQLite has one writer at a time)")
+    w = workspaces.create(engine, "withdraw-locks-mixed")
+    send(engine, w["id"], [{"type": "identify", "userId": f"u{i}", "messageId": f"m{i}",
+                            "traits": {"email": f"u{i}@example.com"}} for i in (1, 2)], trusted=True)
+    resolve(engine)
+    outbox.save_template(engine, w["id"], "hi", {"variants": {"email": {"subject": "Hi", "html": "<p>Hello</p>"}}})
+    with engine.connect() as conn:
+        ws = workspaces.get(conn, w["id"])
+    body = [outbox.parse_request({"to": {"user_id": f"u{i}"}, "template": "hi", "channel": "email"}) for i in (1, 2)]
+    outbox.enqueue_many(engine, ws, [(body[0], "k1"), (body[1], "k2")], Links("http://c.test", b"k" * 32),
+                        lambda: T0)
+    with engine.begin() as conn:
+        conn.execute(messages.update().where(messages.c.workspace_id == w["id"]).values(journey_id="promo",
+                                                                                        status="sending"))
+        rows = [dict(r._mapping) for r in conn.execute(sa.select(messages).where(
+            messages.c.workspace_id == w["id"]).order_by(messages.c.id))]
+    first, second = rows
+    real = outbox._unless_withdrawn
+    started = threading.Event()
+
+    def slow(conn, changes):
+        out = real(conn, changes)  # on the code before: locks `second` (the put-back one) alone, first
+        started.set()
+        time.sleep(1.5)  # the stop comes now
+        return out
+
+    monkeypatch.setattr(outbox, "_unless_withdrawn", slow)
+    res: dict = {}
+
+    def stop():
+        started.wait(10)
+        try:
+            with engine.begin() as conn:
+                res["withdrawn"] = outbox.withdraw_journey(conn, w["id"], "promo", "the journey was stopped", T0)
+        except Exception as exc:  # noqa: BLE001 - the test reports it
+            res["stop_error"] = repr(exc)[:300]
+
+    t = threading.Thread(target=stop)
+    t.start()
+    try:
+        with engine.begin() as conn:
+            outbox.set_statuses(conn, [
+                outbox.Change(first, "sent", T0, {}, {"next_attempt_at": None}),
+                outbox.Change(second, "retrying", T0, {}, {"next_attempt_at": T0}),
+            ])
+    except Exception as exc:  # noqa: BLE001 - the test reports it
+        res["record_error"] = repr(exc)[:300]
+    t.join(30)
+    assert "stop_error" not in res and "record_error" not in res, res

@@ -237,6 +237,16 @@ def set_statuses(conn: Connection, changes: list[Change]) -> None:
     """
     if not changes:
         return
+    alive: set[str] | None = None
+    if len(changes) > 1:
+        # every row of the batch locked first, in one statement, in id order: the order of every writer of several
+        # messages (review: the rows given back to the queue locked first, then the others, was not id order and
+        # deadlocked with a stop's withdrawal); PostgreSQL waits here for a concurrent erasure too
+        ids = [ch.msg["id"] for ch in changes]
+        q = sa.select(messages.c.id).where(bulk.in_(messages.c.id, ids, conn.dialect.name))
+        if conn.dialect.name == "postgresql":
+            q = q.order_by(messages.c.id).with_for_update()
+        alive = set(conn.execute(q).scalars())
     changes = _unless_withdrawn(conn, changes)
     groups: dict[tuple, list[dict]] = {}
     changed_at = utcnow()  # when the row changed (``at`` may be a provider's earlier timestamp): what the lake follows
@@ -248,14 +258,9 @@ def set_statuses(conn: Connection, changes: list[Change]) -> None:
             cols["status"] = ch.status
         row = {"_id": ch.msg["id"], "updated_at": max(ch.at, changed_at), **cols}
         groups.setdefault(tuple(sorted(cols)), []).append(row)
-    if len(changes) == 1:
+    if alive is None:
         alive = {changes[0].msg["id"]} if _update(conn, next(iter(groups.items()))) else set()
     else:
-        ids = [ch.msg["id"] for ch in changes]
-        q = sa.select(messages.c.id).where(bulk.in_(messages.c.id, ids, conn.dialect.name))
-        if conn.dialect.name == "postgresql":  # waits for a concurrent erasure; then the rows are ours to update
-            q = q.order_by(messages.c.id).with_for_update()  # in id order: the order of every such lock
-        alive = set(conn.execute(q).scalars())
         for group in groups.items():
             _update(conn, (group[0], [r for r in group[1] if r["_id"] in alive]))
     _recorded(conn, [ch for ch in changes if ch.msg["id"] in alive])

@@ -54,6 +54,9 @@ def _slot(consent: dict, channel: str, topic: str) -> dict | None:
 
 
 def consent_decision(profile: dict, channel: str, topic: str, kind: str, topics: dict | None = None) -> Decision:
+    # slots are lower case (profiles.state reads consent in any case): a message's topic is compared as they are
+    # (review: a message about "Offers" was allowed after her email:offers unsubscribe)
+    channel, topic = channel.lower(), topic.lower()
     consent = profile.get("consent") or {}
     wide = _slot(consent, channel, "*")
     if wide and wide["status"] == "denied":

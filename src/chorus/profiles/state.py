@@ -180,17 +180,54 @@ def overlap(a: str, b: str) -> bool:
     return (ca == cb or "*" in (ca, cb)) and (ta == tb or "marketing" in (ta, tb))
 
 
-def _grant_stands(log: dict, slot: str) -> bool:
-    """May the slot's claimed grant (or unknown) count? Only while no opt-out stands on any slot it could override
-    when a message is decided (:func:`overlap`): its own, or another that decides the same messages. A claim can
-    narrow what may be sent, never undo an opt-out, whichever slot it names."""
-    return not any(_opt_out_stands(parts) for other, parts in log.items() if overlap(slot, other))
+class _Standing:
+    """The slots where an opt-out stands, indexed so that "does one overlap this slot?" is a few lookups (review:
+    every slot against every other was quadratic in a profile's slots, which the public write key can multiply)."""
+
+    def __init__(self, log: dict):
+        self.slots: set[str] = set()
+        self.by_topic: set[str] = set()  # topics (not "*") with a standing opt-out on some channel
+        self.by_channel: set[str] = set()  # channels with a standing opt-out on some topic (not "*")
+        for slot, parts in log.items():
+            if _opt_out_stands(parts):
+                self.slots.add(slot)
+                c, _, t = slot.partition(":")
+                if t != "*":
+                    self.by_topic.add(t)
+                    self.by_channel.add(c)
+
+    def overlaps(self, slot: str) -> bool:
+        """:func:`overlap` of ``slot`` with any standing slot (the same answer, by cases)."""
+        c, _, t = slot.partition(":")
+        if t == "*":
+            return slot in self.slots
+        if c != "*" and t != "marketing":
+            return not self.slots.isdisjoint((slot, f"*:{t}", f"{c}:marketing", "*:marketing"))
+        if c == "*" and t != "marketing":
+            return t in self.by_topic or "marketing" in self.by_topic
+        if c != "*":  # C:marketing: a standing opt-out on C or * of any topic
+            return c in self.by_channel or "*" in self.by_channel
+        return bool(self.by_topic)  # *:marketing
 
 
-def _settle_consent(state: dict, slot: str) -> None:
+def _grant_stands(log: dict, slot: str, standing: _Standing | None) -> bool:
+    """May the slot's claimed grant (or unknown) count? Never while an opt-out stands on the slot itself. With
+    ``standing`` (how a message is decided: :func:`settled_consent`), a claimed grant also not while one stands on
+    a slot it could override (:func:`overlap`): a claim can narrow what may be sent, never undo an opt-out, whichever
+    slot it names. A claimed ``unknown`` only narrows, so its own slot alone keeps it out (review: dropping it for a
+    neighbour's denial brought an older grant back)."""
+    parts = log[slot]
+    if _opt_out_stands(parts):
+        return False
+    if standing is None or (parts.get("claimed") or {}).get("status") != "granted":
+        return True
+    return not standing.overlaps(slot)
+
+
+def _settle_consent(state: dict, slot: str, standing: _Standing | None = None) -> None:
     parts = state["consent_log"][slot]
     cands = [parts[b] for b in ("vouched", "denied") if parts.get(b)]
-    if parts.get("claimed") and _grant_stands(state["consent_log"], slot):
+    if parts.get("claimed") and _grant_stands(state["consent_log"], slot, standing):
         cands.append(parts["claimed"])
     if not cands:  # nothing but a claimed grant that does not count: the slot says nothing
         state["consent"].pop(slot, None)
@@ -203,26 +240,28 @@ def _settle_consent(state: dict, slot: str) -> None:
 
 
 def _set_consent(state: dict, channel: str, topic: str, status: str, key: list, source: str, vouched: bool) -> None:
+    """Record one word on its slot; the stored status is the slot's own (one lookup a word, whatever the number of
+    slots); what the other slots' words change is applied when she is read (:func:`settled_consent`)."""
     slot = f"{channel}:{topic}"
     parts = _consent_log(state).setdefault(slot, {})
     bucket = _bucket(status, vouched)
     cur = parts.get(bucket)
     if cur is None or key > cur["key"]:
         parts[bucket] = {"status": status, "key": key, "source": source}
-    for other in list(state["consent_log"]):  # a word on one slot can change which claims count on the others
-        if overlap(slot, other):
-            _settle_consent(state, other)
+    _settle_consent(state, slot)
 
 
 def settled_consent(state: dict) -> dict:
-    """The slots as the rule settles them now. A state folded before a rule change (a claimed ``*:offers`` grant
-    counted beside an ``email:offers`` denial until this version) is read as the rule says, without a refold."""
+    """The slots as messages are decided by them: each slot's own rule, and a claimed grant left out while an
+    opt-out stands on a slot it could override. What every view of her shows (the API, delivery, segments); a
+    state stored before this rule is read by it without a refold."""
     log = state.get("consent_log")
     if not log:
         return state["consent"]
     now = {"consent": dict(state["consent"]), "consent_log": log}
+    standing = _Standing(log)
     for slot in log:
-        _settle_consent(now, slot)
+        _settle_consent(now, slot, standing)
     return now["consent"]
 
 
@@ -232,10 +271,12 @@ def refused_grants(state: dict) -> list[dict]:
     Derived from the state, not recorded while folding, so it does not depend on the order events arrived in."""
     out = []
     consent = settled_consent(state)
-    for slot, parts in sorted((state.get("consent_log") or {}).items()):
+    log = state.get("consent_log") or {}
+    standing = _Standing(log)
+    for slot, parts in sorted(log.items()):
         c = parts.get("claimed")
         settled = consent.get(slot)
-        if c and not _grant_stands(state["consent_log"], slot) and (settled is None or c["key"] > settled["key"]):
+        if c and not _grant_stands(log, slot, standing) and (settled is None or c["key"] > settled["key"]):
             out.append({"message_id": c["source"].removeprefix("event:"), "at": c["key"][0], "slot": slot,
                         "warning": REFUSED_GRANT.format(status=c["status"], slot=slot)})  # fmt: skip
     return out
