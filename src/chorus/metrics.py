@@ -49,7 +49,8 @@ messages_no_provider = Counter(
 messages_not_sent = Counter(
     "chorus_messages_dropped_before_send", "Claimed messages a worker gave up right before its provider call: "
     "'lease' (another worker took it over after the lease expired), 'gone' (erased, or its status changed, while it "
-    "waited for its turn)", ["channel", "why"], registry=REGISTRY,
+    "waited for its turn), 'withdrawn' (its journey withdrew it, or the person's consent no longer allows it)",
+    ["channel", "why"], registry=REGISTRY,
 )  # fmt: skip
 provider_seconds = Histogram(
     "chorus_provider_send_seconds", "Time of one provider call", ["channel", "outcome"], registry=REGISTRY,

@@ -520,3 +520,35 @@ def test_a_claimed_message_to_someone_who_opted_out_since_is_not_sent(engine, se
     rows = _second_waits_while(engine, w, smtp_server, monkeypatch, unsubscribe)
     (left,) = [r for r in rows.values() if r.status != "sent"]
     assert left.status == "skipped" and "consent withdrawn before delivery" in left.reason
+
+
+def _track(engine, w, msg):
+    with engine.begin() as conn:
+        src = workspaces.source_by_write_key(conn, w["server_write_key"])
+        ingest.store(conn, src, [normalise(msg, received_at=T0, source_kind="server")], [], T0)
+    Resolver(engine).drain()
+
+
+def test_a_message_to_a_visitor_who_signed_up_since_is_sent(engine, setup, smtp_server, monkeypatch):
+    """A message keeps the profile id it was queued for; a merge since (the visitor signed up) makes that id an alias
+    of the survivor. Delivery read the merged-away id, found no profile and skipped the message as if she had been
+    erased (review); with the consent read again before the call, the same. It is sent, to the survivor's
+    consent (read again with ``RECHECK`` 0)."""
+    from chorus.messaging import delivery
+
+    w, _ = setup
+    monkeypatch.setattr(delivery, "RECHECK", 0.0)
+    _track(engine, w, {"type": "identify", "userId": "zoe", "traits": {"plan": "gold"}})  # the customer, known
+    _track(engine, w, {"type": "identify", "anonymousId": "visitor-1",
+                       "traits": {"email": "zoe@example.com", "first_name": "Zoe"}})
+    m = outbox.enqueue(engine, ws_of(engine, w), outbox.parse_request(
+        {"to": {"email": "zoe@example.com"}, "template": "hi"}), "to-zoe", LINKS, clock=Clock(T0))[0]  # fmt: skip
+    before = m["profile_id"]  # the visitor's profile
+    assert view(engine, w, m["id"])["status"] == "queued", view(engine, w, m["id"])["reason"]
+    _track(engine, w, {"type": "identify", "userId": "zoe", "anonymousId": "visitor-1"})  # she signs in
+    with engine.connect() as conn:
+        assert views.resolve_ids(conn, w["id"], [before])[before] != before  # merged away: an alias now
+    d = Deliverer(engine, clock=Clock(T0), threads=1)
+    assert d.run_once() == 1
+    d.close()
+    assert view(engine, w, m["id"])["status"] == "sent" and len(smtp_server.messages) == 1

@@ -166,7 +166,7 @@ class _Lease:
         self.pending = {m["id"]: m for m in msgs}
         self.ours: set[str] = set()
         self.at = -1e18
-        self.prepared = time.monotonic()  # the batch's consent was read just before (Deliverer._prepare)
+        self.prepared = deliverer._consent_read  # when Deliverer._prepare read the batch's consent
 
     def holds(self, msg: dict) -> bool:
         with self.lock:
@@ -192,7 +192,7 @@ class _Lease:
             if row.withdraw_reason:
                 return "withdrawn", outbox.WITHDRAWN + row.withdraw_reason
             if time.monotonic() - self.prepared > RECHECK:
-                profile = views.get_profiles(conn, ws.id, [msg["profile_id"]], ws.identity).get(msg["profile_id"])
+                profile = _current_profiles(conn, ws, [msg["profile_id"]]).get(msg["profile_id"])
                 if profile is None:  # erased meanwhile (her message row goes with her)
                     return "lost", None
                 why = self.d._consent_withdrawn(ws, msg, profile)
@@ -212,6 +212,7 @@ class Deliverer:
         self.threads = threads
         self._pool: ThreadPoolExecutor | None = None
         self._workspaces: dict[str, ws_api.Workspace] = {}
+        self._consent_read = time.monotonic()
 
     def run_once(self, limit: int = 500) -> int:
         """Deliver up to ``limit`` due messages; returns how many were attempted."""
@@ -341,11 +342,12 @@ class Deliverer:
         profiles: dict[str, dict] = {}
         self._approved: dict[str, list[tuple]] = {}
         self._batch_ids = {m["id"] for m in claimed}
+        self._consent_read = time.monotonic()  # consent is read now: what changes after it is read again (_Lease)
         with read_only(self.engine) as conn:
             for wid in {m["workspace_id"] for m in claimed}:
                 ws = self._workspaces[wid] = ws_api.get(conn, wid)
                 pids = [m["profile_id"] for m in claimed if m["workspace_id"] == wid]
-                profiles |= views.get_profiles(conn, wid, pids, ws.identity)
+                profiles |= _current_profiles(conn, ws, pids)
         ready, changes = [], []
         for msg in claimed:
             now, ws, profile = self.clock(), self._workspaces[msg["workspace_id"]], profiles.get(msg["profile_id"])
@@ -585,6 +587,15 @@ class Deliverer:
         topics = (ws.settings.get("messaging") or {}).get("topics")
         d = policy.consent_decision(profile, msg["channel"], msg["topic"], msg["kind"], topics)
         return None if d.allowed else f"consent withdrawn before delivery: {d.reason}"
+
+
+def _current_profiles(conn, ws: ws_api.Workspace, pids: list[str]) -> dict[str, dict]:
+    """The views of the people these messages were sent to, by the id each message keeps: a message keeps the
+    profile id it was queued for, and a merge since (a visitor who signed up) makes it an alias of the survivor
+    (review: the merged-away id found no profile, and the message was skipped as if she had been erased)."""
+    current = views.resolve_ids(conn, ws.id, pids)
+    found = views.get_profiles(conn, ws.id, sorted(set(current.values())), ws.identity)
+    return {pid: found[cur] for pid, cur in current.items() if cur in found}
 
 
 def warn_sinks(engine: Engine, fallback: dict[str, dict] | None = None) -> list[str]:

@@ -747,7 +747,15 @@ def withdraw_journey(conn: Connection, ws: str, journey_id: str, reason: str, at
     q = sa.select(messages).where(messages.c.workspace_id == ws, messages.c.journey_id == journey_id,
                                   sa.or_(messages.c.status.in_(WITHDRAWABLE),
                                          sa.and_(messages.c.status == "sending", messages.c.withdraw_reason.is_(None))))
-    return _withdraw(conn, q.order_by(messages.c.next_attempt_at, messages.c.id).limit(limit), lambda _m: reason, at)
+    q = q.order_by(messages.c.next_attempt_at, messages.c.id)
+    done: list[str] = []
+    while True:
+        # some of those picked may have gone out before the lock (PostgreSQL checks again under it): pick again, so
+        # that fewer than ``limit`` means none is left (review: the sweep stopped early)
+        ids = _withdraw(conn, q if limit is None else q.limit(limit - len(done)), lambda _m: reason, at)
+        done += ids
+        if not ids or limit is None or len(done) >= limit:
+            return done
 
 
 def _withdraw(conn: Connection, q, reason_of, at: datetime) -> list[str]:
