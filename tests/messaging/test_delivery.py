@@ -552,3 +552,24 @@ def test_a_message_to_a_visitor_who_signed_up_since_is_sent(engine, setup, smtp_
     assert d.run_once() == 1
     d.close()
     assert view(engine, w, m["id"])["status"] == "sent" and len(smtp_server.messages) == 1
+
+
+def test_caps_count_her_messages_queued_before_a_merge(engine, setup, smtp_server):
+    """Review: a message queued to the visitor before she signed in keeps the visitor's id; the cap counted it apart
+    from the customer's own, and with one email a day both went out. Caps count every id she had."""
+    w, smtp = setup
+    _track(engine, w, {"type": "identify", "userId": "zoe", "traits": {"plan": "gold"}})
+    _track(engine, w, {"type": "identify", "anonymousId": "visitor-1",
+                       "traits": {"email": "zoe@example.com", "first_name": "Zoe"}})
+    workspaces.update_settings(engine, w["id"], {"messaging": {"providers": {"email": [smtp]},
+                                                              "caps": {"email": {"day": 1}}}})
+    request = {"to": {"email": "zoe@example.com"}, "template": "hi"}
+    a = outbox.enqueue(engine, ws_of(engine, w), outbox.parse_request(request), "a", LINKS, clock=Clock(T0))[0]
+    _track(engine, w, {"type": "identify", "userId": "zoe", "anonymousId": "visitor-1"})  # she signs in: a merge
+    b = outbox.enqueue(engine, ws_of(engine, w), outbox.parse_request(request), "b", LINKS, clock=Clock(T0))[0]
+    assert a["profile_id"] != b["profile_id"]  # the first keeps the visitor's id
+    d = Deliverer(engine, clock=Clock(T0), threads=1)
+    d.run_once()
+    d.close()
+    assert len(smtp_server.messages) == 1
+    assert sorted(view(engine, w, m["id"])["status"] for m in (a, b)) == ["queued", "sent"]  # the other: tomorrow

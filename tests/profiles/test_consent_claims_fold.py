@@ -265,3 +265,15 @@ def test_a_claimed_unknown_is_not_dropped_for_a_neighbours_denial():
     assert not consent_decision(view, "email", "offers", "marketing").allowed
     # a message about "Offers" is decided by the lower-case slots (review: it was allowed after the unsubscribe)
     assert not consent_decision(view, "email", "Offers", "marketing").allowed
+
+
+def test_a_topics_mode_is_found_by_its_name_in_any_case():
+    """Review: with the message's topic compared in lower case, a workspace topic named "Offers" in opt-in mode was
+    not found and read as opt-out: a message went to people who never opted in."""
+    from chorus.messaging.policy import consent_decision
+
+    view = pstate.public_view(pstate.empty())
+    topics = {"Offers": {"mode": "opt_in"}}
+    assert not consent_decision(view, "email", "Offers", "marketing", topics).allowed
+    assert not consent_decision(view, "email", "offers", "marketing", topics).allowed
+    assert consent_decision(view, "email", "news", "marketing", topics).allowed  # opt-out, nothing denied

@@ -1018,7 +1018,8 @@ def withdraw_stopped(conn: Connection, jr: store.Journey, ws: str, at: datetime)
     """A batch of the stopped (or archived) journey's messages not gone out yet, withdrawn (those due first first);
     how many. A stop sends nothing more: its own transaction takes the first batch, the sweep the rest."""
     reason = f"{jr.kind} {jr.id} was {jr.status} before it went out"
-    return len(outbox.withdraw_journey(conn, ws, jr.id, reason, at, limit=WITHDRAW_BATCH))
+    # how many it picked, not withdrew: some may have gone out before the lock, and more may be left (review)
+    return outbox.withdraw_journey_batch(conn, ws, jr.id, reason, at, limit=WITHDRAW_BATCH)[1]
 
 
 def sweep(engine: Engine, limit: int = 200, clock: Callable[[], datetime] | None = None) -> int:

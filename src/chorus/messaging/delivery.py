@@ -374,7 +374,7 @@ class Deliverer:
                 continue
             ready.append((msg, ws, profile))
             if msg["kind"] == "marketing":  # the person's next message in this batch counts this one against caps
-                self._approved.setdefault(msg["profile_id"], []).append((msg["channel"], now))
+                self._approved.setdefault(profile["id"], []).append((msg["channel"], now))
         if changes:
             with self.engine.begin() as conn:
                 outbox.set_statuses(conn, changes)
@@ -543,9 +543,9 @@ class Deliverer:
         with self.engine.begin() as conn:
             if settings.get("caps") and conn.dialect.name == "postgresql":
                 # one worker at a time checks a person's caps; SQLite's BEGIN IMMEDIATE already serialises
-                key = f"pace:{msg['workspace_id']}:{msg['profile_id']}"
+                key = f"pace:{msg['workspace_id']}:{profile['id']}"  # her current id: one lock for all her ids
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": key})
-            batch = (self._batch_ids, self._approved.get(msg["profile_id"], []))
+            batch = (self._batch_ids, self._approved.get(profile["id"], []))
             paced = outbox.apply_pacing(conn, ws, msg, profile, now, batch)
             if paced.at is None:
                 outbox.set_status(conn, msg, "skipped", at=now, next_attempt_at=None, reason=paced.reason,

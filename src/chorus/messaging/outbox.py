@@ -743,32 +743,39 @@ def withdraw(conn: Connection, ws: str, journey_id: str, items: list[tuple[str, 
 def withdraw_journey(conn: Connection, ws: str, journey_id: str, reason: str, at: datetime,
                      limit: int | None = None) -> list[str]:  # fmt: skip
     """:func:`withdraw` the messages of a journey or broadcast not gone out yet (it was stopped): up to ``limit`` of
-    them, those due first first; call again until it returns fewer than ``limit``."""
+    them, those due first first; call again until :func:`withdraw_journey_batch` picks fewer than ``limit``."""
+    return withdraw_journey_batch(conn, ws, journey_id, reason, at, limit)[0]
+
+
+def withdraw_journey_batch(conn: Connection, ws: str, journey_id: str, reason: str, at: datetime,
+                           limit: int | None = None) -> tuple[list[str], int]:  # fmt: skip
+    """:func:`withdraw_journey`, and how many it picked. Some picked may have gone out before the lock (PostgreSQL
+    checks again under it), so "fewer picked than ``limit``" is what says none is left (review: counting those
+    withdrawn, a sweep stopped early; picking again in the same transaction broke the id order)."""
     q = sa.select(messages).where(messages.c.workspace_id == ws, messages.c.journey_id == journey_id,
                                   sa.or_(messages.c.status.in_(WITHDRAWABLE),
                                          sa.and_(messages.c.status == "sending", messages.c.withdraw_reason.is_(None))))
-    q = q.order_by(messages.c.next_attempt_at, messages.c.id)
-    done: list[str] = []
-    while True:
-        # some of those picked may have gone out before the lock (PostgreSQL checks again under it): pick again, so
-        # that fewer than ``limit`` means none is left (review: the sweep stopped early)
-        ids = _withdraw(conn, q if limit is None else q.limit(limit - len(done)), lambda _m: reason, at)
-        done += ids
-        if not ids or limit is None or len(done) >= limit:
-            return done
+    picked: list[int] = []
+    ids = _withdraw(conn, q.order_by(messages.c.next_attempt_at, messages.c.id).limit(limit), lambda _m: reason, at,
+                    picked)  # fmt: skip
+    return ids, picked[0]
 
 
-def _withdraw(conn: Connection, q, reason_of, at: datetime) -> list[str]:
+def _withdraw(conn: Connection, q, reason_of, at: datetime, picked_n: list[int] | None = None) -> list[str]:
     if conn.dialect.name == "postgresql":
         # which ones in the caller's order and limit, read without a lock; then locked in id order, the order every
         # writer of several messages takes them (set_statuses), and checked again under the lock (an outside
         # probe: a stop locking in due order deadlocked with a delivery recording its batch, and was lost)
         picked = list(conn.execute(q.with_only_columns(messages.c.id)).scalars())
+        if picked_n is not None:
+            picked_n.append(len(picked))
         if not picked:
             return []
         q = (q.where(bulk.in_(messages.c.id, picked, conn.dialect.name)).order_by(None).limit(None)
              .order_by(messages.c.id).with_for_update())  # fmt: skip
     rows = [dict(r._mapping) for r in conn.execute(q)]
+    if picked_n is not None and not picked_n:
+        picked_n.append(len(rows))
     flying = [m for m in rows if m["status"] == "sending"]
     if flying:
         conn.execute(messages.update().where(messages.c.id == sa.bindparam("_id")).values(
@@ -856,7 +863,12 @@ def apply_pacing(
     if msg["kind"] == "transactional" or not (settings.get("caps") or settings.get("quiet_hours")):
         return policy.Pace(now, None)  # nothing to check: spare the history query
     skip, also = batch or ({msg["id"]}, [])
-    history = pacing_history(conn, ws.id, msg["profile_id"], now, exclude=skip) if settings.get("caps") else []
+    history = []
+    if settings.get("caps"):
+        # every id she had: a message queued before a merge keeps the merged-away id (review: capped apart)
+        ids = [profile["id"], *profile.get("aliases", ())] if profile else [msg["profile_id"]]
+        got = pacing_histories(conn, ws.id, list(dict.fromkeys([msg["profile_id"], *ids])), now)
+        history = [(ch, t) for pid in got for ch, t, mid in got[pid] if mid not in skip]
     return _pace(ws, msg, profile, now, [*history, *also])
 
 

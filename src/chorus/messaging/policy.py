@@ -75,7 +75,10 @@ def consent_decision(profile: dict, channel: str, topic: str, kind: str, topics:
     newest = max(stated, key=lambda s: (s[0], s[2]["status"] == "denied", s[1])) if stated else None
     if newest and newest[2]["status"] == "denied":
         return Decision(False, f"{newest[1]} denied by {newest[2]['source']} at {newest[0]}")
-    mode = ((topics or {}).get(topic) or {}).get("mode", "opt_out")
+    # a topic's mode by its name in any case, as its slots are read (review: "Offers" in the settings, opt-in, read
+    # as opt-out once the message's topic was lower-cased)
+    mode = next((v.get("mode", "opt_out") for k, v in (topics or {}).items()
+                 if isinstance(k, str) and k.lower() == topic and isinstance(v, dict)), "opt_out")  # fmt: skip
     if mode == "opt_in" and not (newest and newest[2]["status"] == "granted" and newest[1].endswith(f":{topic}")):
         return Decision(False, f"topic {topic} is opt-in and {channel}:{topic} has not been granted")
     return Decision(True, f"{newest[1]} granted" if newest else f"topic {topic} is {mode} and nothing was denied")
