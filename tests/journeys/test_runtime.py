@@ -1278,3 +1278,16 @@ def test_a_transactional_message_is_owed_whatever_she_does_next(engine, ws, cloc
     (inst,) = instances(engine, ws)
     assert inst.state["exit_reason"] == "exit[0] met"
     assert _status(engine, ws)[0] == "queued"
+
+
+def test_a_timer_postponed_without_an_error_keeps_the_instant_it_was_first_due(engine, ws):
+    """Review: a timer of someone who is not a profile right now (a merge not applied yet) waits a minute without an
+    attempt; it lost its first due instant, so it later fired dated a minute late. Both postponements keep it."""
+    due = T0 + timedelta(hours=1)
+    with engine.begin() as conn:
+        store.set_timers(conn, ws, [{"key": k, "journey_id": "cart", "instance_id": "i", "profile_id": "p",
+                                     "due_at": due} for k in ("a", "b")])  # fmt: skip
+        store.postpone_timers(conn, ws, ["a"], due)
+        store.postpone_timers(conn, ws, ["b"], due, error="boom")
+        store.postpone_timers(conn, ws, ["a", "b"], due + timedelta(minutes=5))
+    assert {t.key: t.first_due for t in timers(engine, ws)} == {"a": due, "b": due}

@@ -265,8 +265,9 @@ def postpone_timers(conn: Connection, ws: str, keys: list[str], at: datetime, er
         return
     t = journey_timers.c
     mine = (t.workspace_id == ws, bulk.in_(t.key, keys, conn.dialect.name))
-    if error is None:
-        conn.execute(journey_timers.update().where(*mine).values(due_at=at + RETRY_FIRST))
+    if error is None:  # the instant it was first due stays its input's time (review: it was lost here)
+        conn.execute(journey_timers.update().where(*mine).values(
+            due_at=at + RETRY_FIRST, first_due=sa.func.coalesce(t.first_due, t.due_at)))  # fmt: skip
         return
     for key, attempts, due_at, first_due in conn.execute(sa.select(t.key, t.attempts, t.due_at, t.first_due)
                                                          .where(*mine)).all():  # fmt: skip
