@@ -319,6 +319,31 @@ def test_an_event_stamped_after_it_arrived_is_given_at_its_own_time(engine, ws, 
     assert converted == [stamped] and held == 0 and timers(engine, ws) == []
 
 
+def test_her_export_has_her_journeys_and_segments(engine, ws, clock, worker):
+    """Review: the journeys' and segments' rows about her were erased with her but were in no export (what was decided
+    about her: the journeys she is in, each step and arm, her segment memberships and their history)."""
+    import orjson
+
+    from chorus.identity.identifiers import IdentityConfig
+    from chorus.segments import rules
+    from chorus.segments import store as segments_store
+
+    publish(engine, ws, CART)
+    with engine.begin() as conn:
+        segments_store.save(conn, ws, "carts", "Carts", rules.parse({"performed": {"event": "Product Added"}}), T0)
+    send(engine, ws, [ev("Product Added", T0, cart_id="A")], T0)
+    settle(worker, 6)
+    pid = profile_of(engine, ws, "user_id:u1")
+    with engine.connect() as conn:
+        out = privacy.export(conn, ws, pid, IdentityConfig())
+    orjson.dumps({k: out[k] for k in ("journeys", "segments")})  # JSON as they are (the API answers with orjson)
+    (inst,) = out["journeys"]["instances"]
+    assert inst["journey_id"] == "cart" and inst["state"]["entry"]["properties"]["cart_id"] == "A"
+    assert [r["kind"] for r in out["journeys"]["records"]][:1] == ["entered"] and out["journeys"]["timers"]
+    assert [m["segment_id"] for m in out["segments"]["members"]] == ["carts"]
+    assert [h["change"] for h in out["segments"]["history"]] == ["entered"]
+
+
 def test_erasure_leaves_no_journey_rows(engine, ws, clock, worker):
     publish(engine, ws, CART)
     send(engine, ws, [ev("Product Added", T0, cart_id="A")], T0)

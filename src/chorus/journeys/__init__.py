@@ -17,7 +17,7 @@ def register(registry) -> None:
     from chorus.profiles import feed
     from chorus.registry import Step, each_pass
 
-    registry.erasure("journeys", store.forget, tables=store.TABLES)
+    registry.erasure("journeys", store.forget, tables=store.TABLES, export=store.export)
     registry.erasure("journey_webhooks", webhooks.forget, tables=webhooks.TABLES)
     registry.setting("journeys", webhooks.validate_settings)
     feed.interest(runtime.CONSUMER, runtime.wants)

@@ -539,6 +539,32 @@ TABLES = {
 }  # fmt: skip
 
 
+def export(conn: Connection, ws: str, person) -> dict:
+    """What the journeys hold about her, for her export: her instances (their state holds her entry event's
+    properties), what each step recorded (entered, steps, arms, converted, exited with the reason), her timers and
+    the inputs held for her (a paused journey's, or an event waiting for its own time)."""
+    ids = list(person.profile_ids)
+
+    def rows(q) -> list[dict]:
+        # str(k): a column name is a str subclass, which a JSON encoder (orjson) refuses as a key
+        return [{str(k): (iso(v) if isinstance(v, datetime) else v) for k, v in r._mapping.items()}
+                for r in conn.execute(q)]
+
+    i, rc, tm, hd = journey_instances.c, journey_records.c, journey_timers.c, journey_held.c
+    return {"journeys": {
+        "instances": rows(sa.select(i.id, i.journey_id, i.version, i.status, i.node, i.entered_at, i.updated_at,
+                                    i.state).where(i.workspace_id == ws, i.profile_id.in_(ids))
+                          .order_by(i.entered_at, i.id)),
+        "records": rows(sa.select(rc.journey_id, rc.version, rc.instance_id, rc.kind, rc.node, rc.branch, rc.arm,
+                                  rc.at, rc.detail).where(rc.workspace_id == ws, rc.profile_id.in_(ids))
+                        .order_by(rc.at, rc.id)),
+        "timers": rows(sa.select(tm.journey_id, tm.instance_id, tm.due_at).where(
+            tm.workspace_id == ws, tm.profile_id.in_(ids)).order_by(tm.due_at)),
+        "held": rows(sa.select(hd.journey_id, hd.at, hd.input).where(hd.workspace_id == ws, hd.profile_id.in_(ids))
+                     .order_by(hd.at, hd.seq)),
+    }}  # fmt: skip
+
+
 def forget(conn: Connection, ws: str, person) -> dict[str, int]:
     """Erasure: the person's instances (their state holds her entry event's properties), timers, held inputs and
     records, under her profile id and the ids merged into it."""

@@ -13,7 +13,7 @@ def register(registry) -> None:
     from chorus.registry import Step, each_pass
     from chorus.segments import engine, store
 
-    registry.erasure("segments", store.forget, tables=store.TABLES)
+    registry.erasure("segments", store.forget, tables=store.TABLES, export=store.export)
     registry.on_setting("messaging", "segments", store.messaging_changed)
     registry.on_setting("identifiers", "segments", store.identifiers_changed)
     registry.consumer(engine.CONSUMER, engine.consumer())

@@ -31,7 +31,7 @@ from chorus.store.tables import (
     segments,
     static_lists,
 )
-from chorus.timeutil import zone
+from chorus.timeutil import iso, zone
 
 ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
@@ -393,6 +393,27 @@ TABLES = {"segment_members": "segment_members", "segment_history": "segment_hist
 def forget(conn: Connection, ws: str, person: Person) -> dict[str, int]:
     """The person's memberships, their history, her timers and static list entries."""
     return forget_profile_rows(conn, ws, person.profile_ids)
+
+
+def export(conn: Connection, ws: str, person: Person) -> dict:
+    """What the segments hold about her, for her export: her memberships now, their history (when she entered and
+    left which segment, and why) and her static list entries."""
+    ids = list(person.profile_ids)
+
+    def rows(q) -> list[dict]:
+        # str(k): a column name is a str subclass, which a JSON encoder (orjson) refuses as a key
+        return [{str(k): (iso(v) if isinstance(v, datetime) else v) for k, v in r._mapping.items()}
+                for r in conn.execute(q)]
+
+    m, h, lm = segment_members.c, segment_history.c, list_members.c
+    return {"segments": {
+        "members": rows(sa.select(m.segment_id, m.since).where(m.workspace_id == ws, m.profile_id.in_(ids))
+                        .order_by(m.segment_id)),
+        "history": rows(sa.select(h.segment_id, h.change, h.at, h.cause).where(
+            h.workspace_id == ws, h.profile_id.in_(ids)).order_by(h.at, h.id)),
+        "lists": rows(sa.select(lm.list_id, lm.added_at).where(lm.workspace_id == ws, lm.profile_id.in_(ids))
+                      .order_by(lm.list_id)),
+    }}  # fmt: skip
 
 
 # -- views for the API and the CLI ---------------------------------------------------------------------------------
