@@ -519,6 +519,17 @@ def test_the_text_report_prints_every_section(tmp_path):
     assert "errors were logged" not in r.stderr
 
 
+def _wait_for_the_guide(proc: subprocess.Popen, err_path) -> None:
+    """Until `chorus demo --serve` has printed its guide to the served store (the server answers)."""
+    import time
+
+    deadline = time.monotonic() + 120
+    while "Ctrl-C stops the server" not in err_path.read_text():
+        assert proc.poll() is None, err_path.read_text()[-3000:]
+        assert time.monotonic() < deadline, err_path.read_text()[-3000:]
+        time.sleep(0.3)
+
+
 def _free_port() -> int:
     import socket
 
@@ -589,7 +600,6 @@ def test_serve_answers_over_http_until_stopped(tmp_path):
     data (its journeys, its analytics on the lake) to the api key printed; SIGINT (Ctrl-C) stops it, exit code 0."""
     import re
     import signal
-    import time
 
     import httpx
 
@@ -601,11 +611,7 @@ def test_serve_answers_over_http_until_stopped(tmp_path):
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err_file, cwd=tmp_path,
                                 env={**os.environ, "COLUMNS": "200"})  # fmt: skip
         try:
-            deadline = time.monotonic() + 120
-            while "Ctrl-C stops the server" not in err_path.read_text():
-                assert proc.poll() is None, err_path.read_text()[-3000:]
-                assert time.monotonic() < deadline, err_path.read_text()[-3000:]
-                time.sleep(0.3)
+            _wait_for_the_guide(proc, err_path)
             text = err_path.read_text()
             assert f"served on http://127.0.0.1:{port}" in text
             key = re.search(r"API key \(admin API, Authorization: Bearer\): (ak_\S+)", text).group(1)
@@ -673,7 +679,6 @@ def test_serve_stops_on_ctrl_c_whichever_thread_the_kernel_hands_it_to(tmp_path)
     than the main one (``tgkill``), deterministically."""
     import ctypes
     import signal
-    import time
 
     port = _free_port()
     cmd = [sys.executable, "-m", "chorus.cli", "demo", "--db", f"sqlite:///{tmp_path / 'demo.db'}", "--customers",
@@ -683,11 +688,7 @@ def test_serve_stops_on_ctrl_c_whichever_thread_the_kernel_hands_it_to(tmp_path)
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err_file, cwd=tmp_path,
                                 env={**os.environ, "COLUMNS": "200"})  # fmt: skip
         try:
-            deadline = time.monotonic() + 120
-            while "Ctrl-C stops the server" not in err_path.read_text():
-                assert proc.poll() is None, err_path.read_text()[-3000:]
-                assert time.monotonic() < deadline, err_path.read_text()[-3000:]
-                time.sleep(0.3)
+            _wait_for_the_guide(proc, err_path)
             def blocks_sigint(tid: int) -> bool:  # a thread that blocks it (jemalloc's) would never take it
                 with open(f"/proc/{proc.pid}/task/{tid}/status") as fh:
                     mask = next(line for line in fh if line.startswith("SigBlk:")).split()[1]

@@ -23,25 +23,30 @@ from tests.identity.helpers import resolve, send
 T0 = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)
 
 
-def test_a_stop_and_a_delivery_recording_its_batch_never_deadlock(engine):
-    if engine.dialect.name != "postgresql":
-        pytest.skip("row locks: PostgreSQL (SQLite has one writer at a time)")
-    w = workspaces.create(engine, "withdraw-locks")
+def _journey_messages(engine, name: str, n: int = 2) -> tuple[dict, list[str]]:
+    """A workspace with ``n`` people and a queued email to each from the journey ``promo``: (workspace, ids sorted)."""
+    w = workspaces.create(engine, name)
     send(engine, w["id"], [{"type": "identify", "userId": f"u{i}", "messageId": f"m{i}",
-                            "traits": {"email": f"u{i}@example.com"}} for i in (1, 2)], trusted=True)  # fmt: skip
+                            "traits": {"email": f"u{i}@example.com"}} for i in range(n)], trusted=True)  # fmt: skip
     resolve(engine)
     outbox.save_template(engine, w["id"], "hi", {"variants": {"email": {"subject": "Hi", "html": "<p>Hello</p>"}}})
     with engine.connect() as conn:
         ws = workspaces.get(conn, w["id"])
-    body = [outbox.parse_request({"to": {"user_id": f"u{i}"}, "template": "hi", "channel": "email"}) for i in (1, 2)]
-    outbox.enqueue_many(engine, ws, [(body[0], "k1"), (body[1], "k2")], Links("http://c.test", b"k" * 32),
+    body = [outbox.parse_request({"to": {"user_id": f"u{i}"}, "template": "hi", "channel": "email"}) for i in range(n)]
+    outbox.enqueue_many(engine, ws, [(b, f"k{i}") for i, b in enumerate(body)], Links("http://c.test", b"k" * 32),
                         lambda: T0)  # fmt: skip
     with engine.begin() as conn:
-        first, second = sorted(conn.execute(sa.select(messages.c.id).where(messages.c.workspace_id == w["id"]))
-                               .scalars())  # fmt: skip
-        # the one with the greater id is due first: due order and id order disagree
+        ids = sorted(conn.execute(sa.select(messages.c.id).where(messages.c.workspace_id == w["id"])).scalars())
         conn.execute(messages.update().where(messages.c.workspace_id == w["id"]).values(journey_id="promo",
                                                                                         status="queued"))
+    return w, ids
+
+
+def test_a_stop_and_a_delivery_recording_its_batch_never_deadlock(engine):
+    if engine.dialect.name != "postgresql":
+        pytest.skip("row locks: PostgreSQL (SQLite has one writer at a time)")
+    w, (first, second) = _journey_messages(engine, "withdraw-locks")
+    with engine.begin() as conn:  # the one with the greater id is due first: due order and id order disagree
         conn.execute(messages.update().where(messages.c.id == second).values(next_attempt_at=T0))
         conn.execute(messages.update().where(messages.c.id == first).values(next_attempt_at=T0 + timedelta(hours=1)))
     recording = engine.connect()
@@ -76,19 +81,9 @@ def test_a_delivery_recording_a_mixed_batch_and_a_stop_never_deadlock(engine, mo
     two deadlocked with it. The whole batch is locked first now, in id order."""
     if engine.dialect.name != "postgresql":
         pytest.skip("row locks: PostgreSQL (SQLite has one writer at a time)")
-    w = workspaces.create(engine, "withdraw-locks-mixed")
-    send(engine, w["id"], [{"type": "identify", "userId": f"u{i}", "messageId": f"m{i}",
-                            "traits": {"email": f"u{i}@example.com"}} for i in (1, 2)], trusted=True)
-    resolve(engine)
-    outbox.save_template(engine, w["id"], "hi", {"variants": {"email": {"subject": "Hi", "html": "<p>Hello</p>"}}})
-    with engine.connect() as conn:
-        ws = workspaces.get(conn, w["id"])
-    body = [outbox.parse_request({"to": {"user_id": f"u{i}"}, "template": "hi", "channel": "email"}) for i in (1, 2)]
-    outbox.enqueue_many(engine, ws, [(body[0], "k1"), (body[1], "k2")], Links("http://c.test", b"k" * 32),
-                        lambda: T0)
+    w, _ = _journey_messages(engine, "withdraw-locks-mixed")
     with engine.begin() as conn:
-        conn.execute(messages.update().where(messages.c.workspace_id == w["id"]).values(journey_id="promo",
-                                                                                        status="sending"))
+        conn.execute(messages.update().where(messages.c.workspace_id == w["id"]).values(status="sending"))
         rows = [dict(r._mapping) for r in conn.execute(sa.select(messages).where(
             messages.c.workspace_id == w["id"]).order_by(messages.c.id))]
     first, second = rows
@@ -126,23 +121,6 @@ def test_a_delivery_recording_a_mixed_batch_and_a_stop_never_deadlock(engine, mo
     assert "stop_error" not in res and "record_error" not in res, res
 
 
-def _three(engine, name):
-    w = workspaces.create(engine, name)
-    send(engine, w["id"], [{"type": "identify", "userId": f"u{i}", "messageId": f"m{i}",
-                            "traits": {"email": f"u{i}@example.com"}} for i in (1, 2, 3)], trusted=True)  # fmt: skip
-    resolve(engine)
-    outbox.save_template(engine, w["id"], "hi", {"variants": {"email": {"subject": "Hi", "html": "<p>Hello</p>"}}})
-    with engine.connect() as conn:
-        ws = workspaces.get(conn, w["id"])
-    body = [outbox.parse_request({"to": {"user_id": f"u{i}"}, "template": "hi", "channel": "email"}) for i in (1, 2, 3)]
-    outbox.enqueue_many(engine, ws, [(b, f"k{i}") for i, b in enumerate(body)], Links("http://c.test", b"k" * 32),
-                        lambda: T0)
-    with engine.begin() as conn:
-        ids = sorted(conn.execute(sa.select(messages.c.id).where(messages.c.workspace_id == w["id"])).scalars())
-        conn.execute(messages.update().where(messages.c.workspace_id == w["id"]).values(journey_id="promo"))
-    return w, ids
-
-
 def _going_out_after_pick(engine, gone: set[str]):
     """After the unlocked pick, commit `gone` as sent from another connection (a worker recording its batch)."""
     fired = {"n": 0}
@@ -166,7 +144,7 @@ def test_a_sweep_is_not_told_none_is_left_when_what_it_picked_went_out_before_th
     leaving a later queued one to go out. It counts what was picked; the next batch withdraws the last one."""
     if engine.dialect.name != "postgresql":
         pytest.skip("the check under the lock: PostgreSQL")
-    w, (a, b, c) = _three(engine, "withdraw-picked")
+    w, (a, b, c) = _journey_messages(engine, "withdraw-picked", 3)
     with engine.begin() as conn:
         conn.execute(messages.update().where(messages.c.id.in_([a, b])).values(status="sending", next_attempt_at=T0))
         conn.execute(messages.update().where(messages.c.id == c).values(status="queued",

@@ -45,7 +45,7 @@ from chorus.messaging.providers import (
 from chorus.messaging.providers.webhook import InboxProvider
 from chorus.profiles import views
 from chorus.store import bulk
-from chorus.store.db import read_only
+from chorus.store.db import any_row, read_only
 from chorus.store.tables import messages
 from chorus.timeutil import iso, utcnow
 
@@ -272,9 +272,8 @@ class Deliverer:
     def _claim(self, limit: int) -> list[dict]:
         now = self.clock()
         due = (messages.c.status.in_(("queued", "retrying")), messages.c.next_attempt_at <= now, DUE)
-        with read_only(self.engine) as conn:  # an idle poll takes no write lock
-            if conn.execute(sa.select(messages.c.id).where(*due).limit(1)).first() is None:
-                return []
+        if not any_row(self.engine, sa.select(messages.c.id).where(*due)):  # an idle poll takes no write lock
+            return []
         with self.engine.begin() as conn:
             q = sa.select(messages).where(*due).order_by(messages.c.next_attempt_at).limit(limit)
             if conn.dialect.name == "postgresql":
@@ -294,9 +293,8 @@ class Deliverer:
     def _expire_leases(self) -> None:
         now = self.clock()
         expired = (SENDING, messages.c.next_attempt_at < now)
-        with read_only(self.engine) as conn:  # nearly always nothing to expire: no write lock for that
-            if conn.execute(sa.select(messages.c.id).where(*expired).limit(1)).first() is None:
-                return
+        if not any_row(self.engine, sa.select(messages.c.id).where(*expired)):  # nearly always nothing to expire
+            return
         with self.engine.begin() as conn:
             q = sa.select(messages).where(*expired).limit(100)
             if conn.dialect.name == "postgresql":  # two workers never expire the same row

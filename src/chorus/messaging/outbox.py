@@ -737,7 +737,7 @@ def withdraw(conn: Connection, ws: str, journey_id: str, items: list[tuple[str, 
         # a second): only a stop withdraws one (withdraw_journey)
         messages.c.kind == "marketing",
     ).order_by(messages.c.id)  # fmt: skip
-    return _withdraw(conn, q, lambda m: why[m["idempotency_key"]], at)
+    return _withdraw(conn, q, lambda m: why[m["idempotency_key"]], at)[0]
 
 
 def withdraw_journey(conn: Connection, ws: str, journey_id: str, reason: str, at: datetime,
@@ -755,34 +755,30 @@ def withdraw_journey_batch(conn: Connection, ws: str, journey_id: str, reason: s
     q = sa.select(messages).where(messages.c.workspace_id == ws, messages.c.journey_id == journey_id,
                                   sa.or_(messages.c.status.in_(WITHDRAWABLE),
                                          sa.and_(messages.c.status == "sending", messages.c.withdraw_reason.is_(None))))
-    picked: list[int] = []
-    ids = _withdraw(conn, q.order_by(messages.c.next_attempt_at, messages.c.id).limit(limit), lambda _m: reason, at,
-                    picked)  # fmt: skip
-    return ids, picked[0]
+    return _withdraw(conn, q.order_by(messages.c.next_attempt_at, messages.c.id).limit(limit), lambda _m: reason, at)
 
 
-def _withdraw(conn: Connection, q, reason_of, at: datetime, picked_n: list[int] | None = None) -> list[str]:
+def _withdraw(conn: Connection, q, reason_of, at: datetime) -> tuple[list[str], int]:
+    """Withdraw what ``q`` selects: (the ids withdrawn, how many ``q`` picked)."""
+    picked_n = None
     if conn.dialect.name == "postgresql":
         # which ones in the caller's order and limit, read without a lock; then locked in id order, the order every
         # writer of several messages takes them (set_statuses), and checked again under the lock (an outside
         # probe: a stop locking in due order deadlocked with a delivery recording its batch, and was lost)
         picked = list(conn.execute(q.with_only_columns(messages.c.id)).scalars())
-        if picked_n is not None:
-            picked_n.append(len(picked))
+        picked_n = len(picked)
         if not picked:
-            return []
+            return [], 0
         q = (q.where(bulk.in_(messages.c.id, picked, conn.dialect.name)).order_by(None).limit(None)
              .order_by(messages.c.id).with_for_update())  # fmt: skip
     rows = [dict(r._mapping) for r in conn.execute(q)]
-    if picked_n is not None and not picked_n:
-        picked_n.append(len(rows))
     flying = [m for m in rows if m["status"] == "sending"]
     if flying:
         conn.execute(messages.update().where(messages.c.id == sa.bindparam("_id")).values(
             withdraw_reason=sa.bindparam("why")), [{"_id": m["id"], "why": reason_of(m)} for m in flying])  # fmt: skip
     gone = [m for m in rows if m["status"] != "sending"]
     set_statuses(conn, [_withdrawn(m, reason_of(m), at) for m in gone])
-    return [m["id"] for m in rows]
+    return [m["id"] for m in rows], len(rows) if picked_n is None else picked_n
 
 
 def _withdrawn(msg: dict, reason: str, at: datetime, profile: dict | None = None) -> Change:

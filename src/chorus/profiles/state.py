@@ -255,28 +255,32 @@ def settled_consent(state: dict) -> dict:
     """The slots as messages are decided by them: each slot's own rule, and a claimed grant left out while an
     opt-out stands on a slot it could override. What every view of her shows (the API, delivery, segments); a
     state stored before this rule is read by it without a refold."""
-    log = state.get("consent_log")
-    if not log:
-        return state["consent"]
-    now = {"consent": dict(state["consent"]), "consent_log": log}
+    return _settled(state)[0]
+
+
+def _settled(state: dict) -> tuple[dict, _Standing]:
+    log = state.get("consent_log") or {}
     standing = _Standing(log)
+    if not log:
+        return state["consent"], standing
+    now = {"consent": dict(state["consent"]), "consent_log": log}
     for slot in log:
         _settle_consent(now, slot, standing)
-    return now["consent"]
+    return now["consent"], standing
 
 
-def refused_grants(state: dict) -> list[dict]:
+def refused_grants(state: dict, settled: tuple[dict, _Standing] | None = None) -> list[dict]:
     """Claimed grants that would be the newest word on their slot but were not applied (an opt-out stands).
+    ``settled``: :func:`_settled` of the state when the caller has it (a view reads it once).
 
     Derived from the state, not recorded while folding, so it does not depend on the order events arrived in."""
     out = []
-    consent = settled_consent(state)
+    consent, standing = settled or _settled(state)
     log = state.get("consent_log") or {}
-    standing = _Standing(log)
     for slot, parts in sorted(log.items()):
         c = parts.get("claimed")
-        settled = consent.get(slot)
-        if c and not _grant_stands(log, slot, standing) and (settled is None or c["key"] > settled["key"]):
+        now = consent.get(slot)
+        if c and not _grant_stands(log, slot, standing) and (now is None or c["key"] > now["key"]):
             out.append({"message_id": c["source"].removeprefix("event:"), "at": c["key"][0], "slot": slot,
                         "warning": REFUSED_GRANT.format(status=c["status"], slot=slot)})  # fmt: skip
     return out
@@ -568,17 +572,18 @@ def summary(state: dict) -> dict:
 
 def public_view(state: dict) -> dict:
     """What the API shows: traits, channel activity, consent, timezone/locale (no bookkeeping)."""
+    settled = _settled(state)  # the consent and the refused grants both read it
     return {
         "traits": state["traits"],
         "channels": state["channels"],
         "channels_used": sorted(state["channels"]),
         "consent": {
             slot: {"status": c["status"], "at": c["key"][0], "source": c["source"]}
-            for slot, c in settled_consent(state).items()
+            for slot, c in settled[0].items()
         },
         "timezone": (state["attrs"].get("timezone") or [None])[0],
         "locale": (state["attrs"].get("locale") or [None])[0],
-        "consent_warnings": refused_grants(state),
+        "consent_warnings": refused_grants(state, settled),
         "identifier_warnings": [
             {"message_id": mid, "at": at, "warning": text}
             for mid, (at, text) in sorted(state.get("warnings", {}).items(), key=lambda kv: kv[1][0], reverse=True)
