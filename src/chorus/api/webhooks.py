@@ -95,11 +95,11 @@ def _apply_status(svc: Services, ws: ws_api.Workspace, form: dict, status: str, 
     code = form.get("ErrorCode")
     bounce = status == "failed" and bool(code) and code.isdigit() and int(code) in UNDELIVERABLE
     with svc.engine.begin() as conn:
-        if bounce:  # it withdraws consent: the identity lock before the message row (see lock_identity)
-            lock_identity(conn, ws.id)
         # The callback URL names the message (``?m=``, signed with the rest of the URL): a report that arrives
         # before the worker recorded Twilio's SID still finds it. Older URLs only have the SID.
         by = messages.c.id == message_id if message_id else messages.c.provider_message_id == sid
+        if bounce:  # it withdraws consent: the identity lock and her profile before the message row (lock_owners)
+            consent.lock_owners(conn, ws.id, consent.message_owners(conn, ws.id, by))
         q = sa.select(messages).where(messages.c.workspace_id == ws.id, by)
         if conn.dialect.name == "postgresql":  # two copies of a callback at once: one waits for the other
             q = q.with_for_update()

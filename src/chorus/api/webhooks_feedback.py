@@ -18,9 +18,8 @@ from starlette.exceptions import HTTPException  # what request.form() raises (Fa
 from starlette.formparsers import MultiPartException
 
 from chorus.api.common import JSON, Services, form_problem, read_limited
-from chorus.api.webhooks import lock_identity
 from chorus.errors import ChorusError, NotFound
-from chorus.messaging import feedback
+from chorus.messaging import consent, feedback
 from chorus.store.tables import messages
 from chorus.timeutil import utcnow
 
@@ -68,10 +67,11 @@ def _apply(svc: Services, mid: str, report: feedback.Report) -> bool:
     now = utcnow()
     at = min(report.reported, now) if report.reported is not None else now
     with svc.engine.begin() as conn:
-        row = conn.execute(sa.select(messages.c.workspace_id).where(messages.c.id == mid)).first()
+        row = conn.execute(sa.select(messages.c.workspace_id, messages.c.profile_id)
+                           .where(messages.c.id == mid)).first()  # fmt: skip
         if row is None:
             raise NotFound("this message no longer exists")
-        lock_identity(conn, row.workspace_id)  # before the message row (see webhooks.lock_identity)
+        consent.lock_owners(conn, row.workspace_id, [row.profile_id])  # before the message row (see lock_owners)
         q = sa.select(messages).where(messages.c.id == mid)
         if conn.dialect.name == "postgresql":
             q = q.with_for_update()

@@ -184,12 +184,12 @@ def _report(
     error: dict | None, now: datetime,
 ) -> int:  # fmt: skip
     with svc.engine.begin() as conn:
-        if reports.withdraws_consent(status, error):  # before the message row (see webhooks.lock_identity)
-            lock_identity(conn, ws.id)
+        if reports.withdraws_consent(status, error):  # before the message row (see consent.lock_owners)
+            reports.lock_owners(conn, ws.id, [provider_id])
         applied, held = reports.report(conn, ws.id, provider_id, status, provider_status, at, error, now)
     if held:  # the worker may have recorded the send between that lookup and this commit
         with svc.engine.begin() as conn:
-            lock_identity(conn, ws.id)  # the reports held for it may include a bounce
+            reports.lock_owners(conn, ws.id, [provider_id])  # the reports held for it may include a bounce
             applied = reports.release(conn, ws.id, [provider_id])
     return applied
 

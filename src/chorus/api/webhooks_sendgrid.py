@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from chorus import workspaces as ws_api
 from chorus.api.common import JSON, Services, read_limited
-from chorus.api.webhooks import Forbidden, lock_identity
+from chorus.api.webhooks import Forbidden
 from chorus.errors import ChorusError, NotFound
 from chorus.messaging import consent, outbox
 from chorus.messaging.providers import ConfigError, build
@@ -110,8 +110,8 @@ def _apply(svc: Services, ws: ws_api.Workspace, events: list) -> int:
     applied = 0
     for mid in sorted(by_message):  # a fixed order of row locks: two batches never wait on each other in a cycle
         with svc.engine.begin() as conn:
-            if any(_withdraws_consent(ev) for ev in by_message[mid]):  # before the row (see webhooks.lock_identity)
-                lock_identity(conn, ws.id)
+            if any(_withdraws_consent(ev) for ev in by_message[mid]):  # before the row (see consent.lock_owners)
+                consent.lock_owners(conn, ws.id, consent.message_owners(conn, ws.id, messages.c.id == mid))
             q = sa.select(messages).where(messages.c.workspace_id == ws.id, messages.c.id == mid)
             if conn.dialect.name == "postgresql":  # SQLite transactions take the write lock at BEGIN already
                 q = q.with_for_update()

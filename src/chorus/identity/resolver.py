@@ -36,7 +36,7 @@ from chorus.identity.identifiers import (
 from chorus.profiles import feed
 from chorus.profiles import state as pstate
 from chorus.store import bulk
-from chorus.store.db import FreshStatistics, read_only
+from chorus.store.db import FreshStatistics, read_only, transient
 from chorus.store.tables import (
     events,
     identifiers,
@@ -117,26 +117,6 @@ def _checked(p: Pending, cfg: IdentityConfig) -> None:
         parse_ts(p.link_key[0])
 
 
-# SQLSTATE classes of a database that is unavailable or busy for a while (connection, transaction rollback:
-# serialization or deadlock, insufficient resources, object in use, operator intervention, system error): no event is
-# to blame for them
-_TRANSIENT_SQLSTATE = ("08", "40", "53", "55", "57", "58")
-
-
-def transient(exc: BaseException) -> bool:
-    """Whether ``exc`` is the database being unavailable or busy for a while (a lost connection, a restart, a lock
-    held too long): the events of the batch are not at fault and must stay pending, never be rejected for it."""
-    if not isinstance(exc, sa.exc.DBAPIError):
-        return False
-    if exc.connection_invalidated:
-        return True
-    if not isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
-        return False
-    code = getattr(exc.orig, "sqlstate", None)
-    if code:
-        return code[:2] in _TRANSIENT_SQLSTATE
-    text = str(exc.orig).lower()
-    return "locked" in text or "busy" in text or isinstance(exc, sa.exc.InterfaceError)
 
 
 class Resolver:

@@ -23,7 +23,7 @@ from chorus.errors import NotFound
 from chorus.identity.identifiers import NoIdentifier, extract
 from chorus.profiles import feed, views
 from chorus.profiles import state as pstate
-from chorus.store.tables import profiles
+from chorus.store.tables import messages, profiles
 
 log = logging.getLogger("chorus.messaging.consent")
 
@@ -50,6 +50,28 @@ def lock_identity(conn: Connection, ws_id: str) -> None:
     the other order would be a deadlock cycle."""
     if conn.dialect.name == "postgresql":
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": "identity:" + ws_id})
+
+
+def lock_owners(conn: Connection, ws_id: str, profile_ids) -> None:
+    """Before the first message row of a transaction that may record consent about those messages (a bounce, a
+    complaint): the identity lock, then the current profiles of their people (merges followed) in id order, the
+    order ``views.lock_people`` takes them. Every writer takes the identity lock, then people, then their messages:
+    a journey's transition locks her row, then withdraws her messages in flight; a bounce that locked the message
+    first and then wrote her consent on her row was the other order, a deadlock cycle (PostgreSQL failed one: a
+    callback lost, or a delivery's whole batch left "sending")."""
+    lock_identity(conn, ws_id)
+    if conn.dialect.name != "postgresql":
+        return
+    current = views.resolve_ids(conn, ws_id, [p for p in profile_ids if p])
+    if current:
+        views.lock_people(conn, ws_id, sorted(set(current.values())))
+
+
+def message_owners(conn: Connection, ws_id: str, where) -> list[str]:
+    """The profile ids of the workspace's messages matching ``where``, read without a lock: what
+    :func:`lock_owners` locks before those messages are."""
+    q = sa.select(messages.c.profile_id).where(messages.c.workspace_id == ws_id, where)
+    return [p for p in conn.execute(q).scalars() if p]
 
 
 def record(

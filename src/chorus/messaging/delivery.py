@@ -29,7 +29,7 @@ from sqlalchemy.engine import Engine
 from chorus import metrics
 from chorus import workspaces as ws_api
 from chorus.messaging import outbox, policy, reports
-from chorus.messaging.consent import lock_identity, record_consent
+from chorus.messaging.consent import lock_owners, record_consent
 from chorus.messaging.providers import (
     DEFAULT_CONCURRENCY,
     AmbiguousError,
@@ -45,7 +45,7 @@ from chorus.messaging.providers import (
 from chorus.messaging.providers.webhook import InboxProvider
 from chorus.profiles import views
 from chorus.store import bulk
-from chorus.store.db import any_row, read_only
+from chorus.store.db import any_row, read_only, transient
 from chorus.store.tables import messages
 from chorus.timeutil import iso, utcnow
 
@@ -55,6 +55,7 @@ NO_PROVIDER = "no_provider"  # the reason code of a message skipped because no c
 BACKOFF_BASE = timedelta(seconds=30)
 BACKOFF_MAX = timedelta(hours=6)
 LEASE = timedelta(minutes=10)
+RECORD_ATTEMPTS = 4  # tries of a recording a database busy for a moment rolled back (Deliverer._record)
 # Seconds after which a claimed batch reads each person's consent again right before her send (an opt-out that came
 # while the batch waited for a rate limit); a batch sent within it was checked that recently already.
 RECHECK = 1.0
@@ -251,10 +252,21 @@ class Deliverer:
         return len(claimed)
 
     def _record(self, outcomes: list[_Outcome]) -> None:
-        try:
-            self._write_outcomes(outcomes)
-        except Exception:  # noqa: BLE001 - the messages stay "sending"; their lease expiry gives them up (at most once)
-            log.exception("recording %d delivery outcomes failed", len(outcomes))
+        # A database busy for a moment (a deadlock PostgreSQL broke by failing this side, a serialization failure)
+        # rolled the whole recording back: it is written again, since giving up leaves every message of the batch
+        # "sending" until its lease expires as "failed: may have been sent", although they went out.
+        for attempt in range(1, RECORD_ATTEMPTS + 1):
+            try:
+                self._write_outcomes(outcomes)
+                return
+            except Exception as exc:  # noqa: BLE001 - the messages stay "sending"; their lease expiry gives them up
+                if attempt < RECORD_ATTEMPTS and transient(exc):
+                    log.warning("recording %d delivery outcomes: %s; writing them again", len(outcomes),
+                                type(exc.orig).__name__ if isinstance(exc, sa.exc.DBAPIError) else exc)  # fmt: skip
+                    time.sleep(0.05 * attempt)
+                    continue
+                log.exception("recording %d delivery outcomes failed", len(outcomes))
+                return
 
     def drain(self, limit: int = 500) -> int:
         total = 0
@@ -458,7 +470,7 @@ class Deliverer:
         if not outcomes:
             return
         now = self.clock()
-        changes = []
+        changes, no_provider = [], []
         for o in outcomes:
             if o.kind == "sent":
                 changes.append(outbox.Change(o.msg, "sent", now, {"provider": o.provider}, {
@@ -475,7 +487,7 @@ class Deliverer:
             elif o.kind == "skipped":
                 changes.append(outbox.Change(o.msg, "skipped", now, {"reason": NO_PROVIDER, "message": o.reason}, {
                     "next_attempt_at": None, "reason": f"{NO_PROVIDER}: {o.reason}"}, o.profile))  # fmt: skip
-                metrics.messages_no_provider.labels(channel=o.msg["channel"]).inc()
+                no_provider.append(o.msg["channel"])
             else:
                 changes.append(self._retry(o.msg, o.reason, now, o.profile))
         early: dict[str, list[str]] = {}  # Meta may have reported on these before now: apply what it said
@@ -483,14 +495,21 @@ class Deliverer:
             if o.kind == "sent" and o.msg["channel"] in reports.CHANNELS:
                 early.setdefault(o.msg["workspace_id"], []).append(o.provider_id)
         # a bounce (now, or in a report Meta sent before the send was recorded) withdraws consent, which takes the
-        # identity lock: take it before set_statuses locks the message rows (the order of an inbound reply)
-        consenting = {o.msg["workspace_id"] for o in outcomes if o.kind == "permanent" and o.error.bounce}
+        # identity lock and writes her profile: take both before set_statuses locks the message rows (the order of
+        # an inbound reply, and of a journey's transition withdrawing her messages: consent.lock_owners)
+        consenting: dict[str, set[str]] = {}
+        for o in outcomes:
+            if o.kind == "permanent" and o.error.bounce:
+                consenting.setdefault(o.msg["workspace_id"], set()).add(o.msg["profile_id"])
         with self.engine.begin() as conn:
             # reports Meta sent first are rare: a plain read (no row lock) says whether any wait for these sends, so
             # that an ordinary batch of WhatsApp sends does not queue behind the resolver for the lock
-            consenting |= {ws_id for ws_id, ids in early.items() if reports.held(conn, ws_id, ids)}
+            for ws_id, ids in early.items():
+                if reports.held(conn, ws_id, ids):
+                    sent = {o.msg["profile_id"] for o in outcomes if o.kind == "sent" and o.provider_id in ids}
+                    consenting.setdefault(ws_id, set()).update(sent)
             for ws_id in sorted(consenting):
-                lock_identity(conn, ws_id)
+                lock_owners(conn, ws_id, consenting[ws_id])
             outbox.set_statuses(conn, changes)
             for ws_id, provider_ids in early.items():
                 reports.release(conn, ws_id, provider_ids)
@@ -501,6 +520,8 @@ class Deliverer:
                     record_consent(conn, o.msg, "*", "denied", f"hard bounce: {o.error.reason}", now)
                 if o.error.code == "subscription_gone":  # that device is gone; the person's other devices are not
                     forget_push_address(conn, o.msg["workspace_id"], o.msg["address"], o.error.reason, now)
+        for channel in no_provider:  # counted once committed (a recording written again counts once)
+            metrics.messages_no_provider.labels(channel=channel).inc()
         self._unsink_erased([o for o in outcomes if o.kind == "sent" and o.provider == sink.NAME])
 
     def _unsink_erased(self, sunk: list[_Outcome]) -> None:

@@ -29,7 +29,7 @@ HOLD = timedelta(hours=1)
 
 def withdraws_consent(status: str, error: dict | None) -> bool:
     """Whether this report bounces its message, which withdraws the address's consent (``consent.record``): the
-    caller takes the identity lock before the message row (see ``chorus.api.webhooks.lock_identity``)."""
+    caller takes the identity lock and the message's person before the message row (:func:`lock_owners`)."""
     return status == "failed" and (error or {}).get("code") in WA_BOUNCES
 
 
@@ -47,6 +47,13 @@ def report(
         ))  # fmt: skip
         return 0, True
     return apply(conn, msg, status, provider_status, at, error), False
+
+
+def lock_owners(conn: Connection, ws_id: str, provider_ids: list[str]) -> None:
+    """What a report that may bounce takes before its message row: the identity lock and the messages' people
+    (``consent.lock_owners``)."""
+    consent.lock_owners(conn, ws_id, consent.message_owners(conn, ws_id, sa.and_(
+        bulk.in_(messages.c.provider_message_id, provider_ids, conn.dialect.name), messages.c.channel.in_(CHANNELS))))
 
 
 def held(conn: Connection, ws_id: str, provider_ids: list[str]) -> bool:

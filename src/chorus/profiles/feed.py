@@ -32,6 +32,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from chorus import metrics
 from chorus.store import bulk
+from chorus.store.db import transient
 from chorus.store.tables import feed_consumers, feed_pending, profile_changes
 from chorus.timeutil import utcnow
 
@@ -430,8 +431,6 @@ def _one_by_one(conn: Connection, consumer: str, handle: Handler, ws: str, pid: 
 def reraise_transient(exc: Exception) -> None:
     """A database that is busy or unavailable (a deadlock, a lost connection) is not the change's fault: the whole
     transaction is abandoned and retried at the next pass, and no attempt is counted."""
-    from chorus.identity.resolver import transient  # identity records changes: import it late
-
     if transient(exc):
         raise exc
 

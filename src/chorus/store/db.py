@@ -438,3 +438,26 @@ def _sqlite_scrub(engine: Engine, vacuum: str, attempts: int) -> dict:
     finally:
         raw.close()
     return {"done": done, "pending": pending}
+
+
+# SQLSTATE classes of a database that is unavailable or busy for a while (connection, transaction rollback:
+# serialization or deadlock, insufficient resources, object in use, operator intervention, system error): nothing the
+# transaction wrote is to blame for them
+_TRANSIENT_SQLSTATE = ("08", "40", "53", "55", "57", "58")
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is the database being unavailable or busy for a while (a lost connection, a restart, a lock
+    held too long): whatever the transaction was writing is not at fault (an event stays pending, never rejected
+    for it; a delivery's recording is written again)."""
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    if not isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
+        return False
+    code = getattr(exc.orig, "sqlstate", None)
+    if code:
+        return code[:2] in _TRANSIENT_SQLSTATE
+    text = str(exc.orig).lower()
+    return "locked" in text or "busy" in text or isinstance(exc, sa.exc.InterfaceError)
