@@ -9,6 +9,7 @@ returns and purchases caused by messages to check."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -519,6 +520,15 @@ def test_the_text_report_prints_every_section(tmp_path):
     assert "errors were logged" not in r.stderr
 
 
+def _kill_group(proc: subprocess.Popen) -> None:
+    """The demo and the server it started (its child, in the demo's session): a failed test leaves neither behind."""
+    import signal
+
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def _wait_for_the_guide(proc: subprocess.Popen, err_path) -> None:
     """Until `chorus demo --serve` has printed its guide to the served store (the server answers)."""
     import time
@@ -609,7 +619,7 @@ def test_serve_answers_over_http_until_stopped(tmp_path):
     err_path = tmp_path / "stderr.txt"
     with open(err_path, "w") as err_file:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err_file, cwd=tmp_path,
-                                env={**os.environ, "COLUMNS": "200"})  # fmt: skip
+                                env={**os.environ, "COLUMNS": "200"}, start_new_session=True)  # fmt: skip
         try:
             _wait_for_the_guide(proc, err_path)
             text = err_path.read_text()
@@ -649,9 +659,7 @@ def test_serve_answers_over_http_until_stopped(tmp_path):
                 raise AssertionError("the demo did not stop on SIGINT:\n" + err_path.read_text()[-3000:]) from None
             assert code == 0, err_path.read_text()[-3000:]
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            _kill_group(proc)
     with pytest.raises(httpx.ConnectError):  # the server stopped with it
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
     assert "Stopped." in err_path.read_text()
@@ -686,7 +694,7 @@ def test_serve_stops_on_ctrl_c_whichever_thread_the_kernel_hands_it_to(tmp_path)
     err_path = tmp_path / "stderr.txt"
     with open(err_path, "w") as err_file:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err_file, cwd=tmp_path,
-                                env={**os.environ, "COLUMNS": "200"})  # fmt: skip
+                                env={**os.environ, "COLUMNS": "200"}, start_new_session=True)  # fmt: skip
         try:
             _wait_for_the_guide(proc, err_path)
             def blocks_sigint(tid: int) -> bool:  # a thread that blocks it (jemalloc's) would never take it
@@ -705,8 +713,7 @@ def test_serve_stops_on_ctrl_c_whichever_thread_the_kernel_hands_it_to(tmp_path)
                 raise AssertionError("the demo did not stop on SIGINT:\n" + err_path.read_text()[-2000:]) from None
             assert code == 0 and "Stopped." in err_path.read_text()
         finally:
-            if proc.poll() is None:
-                proc.kill()
+            _kill_group(proc)
 
 
 def test_the_printed_store_url_works_from_any_directory(tmp_path, monkeypatch):
