@@ -107,3 +107,28 @@ def test_quiet_hours_follow_the_same_rule_for_a_zone_nobody_knows():
     la = pace(now, channel="sms", kind="marketing", timezone_name="America/Los_Angeles", history=[],
               settings=settings)
     assert la.at == now
+
+
+@pytest.mark.parametrize("text", ["1796180645", "1796180645000", " 1796180645.5 ", "1796180645123"])
+def test_epoch_seconds_or_milliseconds_in_a_string_read_as_the_number_would(text):
+    """CSV files and some SDKs quote epoch times: a probe's ``"timestamp": "1700000000"`` was rejected although the
+    docs say epoch seconds are taken. No ISO-8601 form is nine or more digits alone."""
+    number = float(text)
+    assert parse_ts(text) == parse_ts(number)
+    assert parse_ts(text).year == 2026
+
+
+@given(st.integers(min_value=100_000_000, max_value=9_999_999_999_999))
+def test_any_9_to_13_digit_string_is_an_epoch_time_and_never_an_error(n):
+    assert parse_ts(str(n)) == parse_ts(n)
+
+
+@pytest.mark.parametrize("text", ["20261207", "2026-12-07", "2026-12-07T10:00:00Z"])
+def test_iso_8601_forms_made_of_digits_stay_iso_8601(text):
+    assert parse_ts(text) == datetime(2026, 12, 7, 10 if "T" in text else 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("text", ["12345678901234", "1.5", "-1796180645", "0x6B0F4F05"])
+def test_other_numeric_texts_are_still_refused(text):
+    with pytest.raises(ValueError):
+        parse_ts(text)

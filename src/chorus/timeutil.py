@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -39,10 +40,16 @@ def use_clock(clock: Clock) -> Iterator[None]:
         _override = None
 
 
+_EPOCH_TEXT = re.compile(r"[0-9]{9,13}(\.[0-9]{1,6})?", re.ASCII)
+
+
 def parse_ts(value) -> datetime:
-    """ISO-8601 (with Z or offset; naive = UTC) or epoch seconds/milliseconds. Raises ValueError."""
+    """ISO-8601 (with Z or offset; naive = UTC) or epoch seconds/milliseconds, as a number or as a string of 9 to 13
+    digits (CSV files and some SDKs quote them; no ISO-8601 form is 9 or more digits alone). Raises ValueError."""
     if isinstance(value, bool):
         raise ValueError("not a timestamp")
+    if isinstance(value, str) and _EPOCH_TEXT.fullmatch(value.strip()):
+        value = float(value.strip())
     if isinstance(value, int | float):
         secs = value / 1000 if value > 1e11 else value
         return datetime.fromtimestamp(secs, UTC)

@@ -74,3 +74,16 @@ def test_batch_defaults_do_not_override_item():
 def test_missing_timestamps_default_to_received_at():
     e = normalise({"type": "track", "userId": "u", "event": "X"}, received_at=NOW, source_kind="client")
     assert e.timestamp == NOW and e.payload["receivedAt"] == "2026-06-01T12:00:00.000000Z"
+
+
+def test_epoch_times_are_taken_as_numbers_or_as_quoted_digits():
+    """docs/api.md: timestamps parse as ISO-8601 or epoch seconds/milliseconds; a probe's quoted epoch was refused."""
+    at = NOW.timestamp() - 60
+    for value in (at, str(int(at)), str(int(at * 1000))):
+        e = normalise({"type": "track", "userId": "u", "event": "X", "timestamp": value}, received_at=NOW,
+                      source_kind="client")  # fmt: skip
+        assert not isinstance(e, Rejection), e
+        assert abs((e.timestamp - NOW).total_seconds() + 60) < 1, (value, e.timestamp)
+    r = normalise({"type": "track", "userId": "u", "event": "X", "timestamp": "17000000001234"}, received_at=NOW,
+                  source_kind="client")  # fmt: skip
+    assert isinstance(r, Rejection) and r.field == "timestamp" and "ISO-8601" in r.reason
