@@ -1,6 +1,7 @@
 """A delivery's recording of its batch that the database rolled back for a passing reason (PostgreSQL broke a
 deadlock by failing it, a serialization failure) is written again: giving up left every message of the batch
-"sending" until its lease expired as "failed: may have been sent", although each went out."""
+"sending" until its lease expired as "failed: may have been sent", although each went out. Only a rollback the
+database is sure of (SQLSTATE class 40) is written again: after a lost connection the commit may have happened."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sqlalchemy as sa
 
 from chorus.messaging import delivery as delivery_mod
 from chorus.messaging import outbox
-from chorus.store.tables import messages
+from chorus.store.tables import message_status, messages
 from tests.api.test_consent_lock_order import _message
 
 _SET_STATUSES = outbox.set_statuses
@@ -16,6 +17,10 @@ _SET_STATUSES = outbox.set_statuses
 
 class _Busy(Exception):
     sqlstate = "40P01"  # deadlock_detected
+
+
+class _Gone(Exception):
+    sqlstate = "08006"  # connection_failure
 
 
 def _sending(engine, name: str) -> dict:
@@ -57,3 +62,29 @@ def test_a_recording_that_keeps_failing_or_fails_for_another_reason_is_not_retri
     assert _record_failing(engine, monkeypatch, msg, busy, times=delivery_mod.RECORD_ATTEMPTS) == "sending"
     other = _sending(engine, "record-bug")
     assert _record_failing(engine, monkeypatch, other, ValueError("a bug of ours"), times=1) == "sending"
+
+
+def test_a_lost_connection_is_not_written_again_nor_is_anything_after_the_commit(engine, monkeypatch):
+    """Review: the whole recording was retried on any transient error, the work after its commit included; a
+    connection lost after the commit (or in the read after it) wrote the batch twice: two "sent" in the history."""
+    msg = _sending(engine, "record-after-commit")
+    gone = sa.exc.OperationalError("SELECT messages.id ...", {}, _Gone("server closed the connection"),
+                                   connection_invalidated=True)  # fmt: skip
+    calls = []
+    real = delivery_mod.Deliverer._unsink_erased
+
+    def unsink(self, sunk):  # after the commit
+        calls.append(1)
+        if len(calls) == 1:
+            raise gone
+        return real(self, sunk)
+
+    monkeypatch.setattr(delivery_mod.Deliverer, "_unsink_erased", unsink)
+    assert _record_failing(engine, monkeypatch, msg, gone, times=0) == "sent"
+    lost = _sending(engine, "record-connection-lost")
+    assert _record_failing(engine, monkeypatch, lost, gone, times=1) == "sending"  # its lease decides, once
+    with engine.connect() as conn:
+        for mid, n in ((msg["id"], 1), (lost["id"], 0)):
+            sent = conn.execute(sa.select(sa.func.count()).select_from(message_status).where(
+                message_status.c.message_id == mid, message_status.c.status == "sent")).scalar_one()  # fmt: skip
+            assert sent == n, mid

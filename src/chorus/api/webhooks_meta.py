@@ -37,6 +37,7 @@ from chorus.messaging.providers import ConfigError, build
 from chorus.messaging.providers.meta import app_secret, valid_signature
 from chorus.messaging.providers.twilio import keyword
 from chorus.messaging.reports import CHANNELS, LABEL
+from chorus.store import bulk
 from chorus.store.db import read_only
 from chorus.store.tables import identifiers, messages
 from chorus.timeutil import iso, parse_ts, utcnow
@@ -189,7 +190,8 @@ def _report(
         applied, held = reports.report(conn, ws.id, provider_id, status, provider_status, at, error, now)
     if held:  # the worker may have recorded the send between that lookup and this commit
         with svc.engine.begin() as conn:
-            reports.lock_owners(conn, ws.id, [provider_id])  # the reports held for it may include a bounce
+            if reports.held_bounces(conn, ws.id, [provider_id]):  # a held bounce: her profile before the message
+                reports.lock_owners(conn, ws.id, [provider_id])
             applied = reports.release(conn, ws.id, [provider_id])
     return applied
 
@@ -220,8 +222,15 @@ def _ms_read(svc: Services, ws: ws_api.Workspace, psid: str, watermark: datetime
             .limit(READ_BATCH)
         )
         if conn.dialect.name == "postgresql":
-            q = q.with_for_update()
-        rows = conn.execute(q).all()
+            # which ones read without a lock, then locked in id order, the order every writer of several messages
+            # takes them (an erasure holding her messages deadlocked with a receipt locking them newest first), and
+            # checked again under the lock
+            ids = list(conn.execute(q.with_only_columns(messages.c.id)).scalars())
+            if not ids:
+                return 0
+            q = (q.where(bulk.in_(messages.c.id, ids, "postgresql")).order_by(None).limit(None)
+                 .order_by(messages.c.id).with_for_update())  # fmt: skip
+        rows = sorted(conn.execute(q).all(), key=lambda r: r.sent_at, reverse=True)
         for row in rows:
             applied += reports.apply(conn, dict(row._mapping), "opened", "read", watermark, None)
     return applied

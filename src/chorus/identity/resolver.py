@@ -664,13 +664,18 @@ class Rebuild:
             identifiers,
             [{"workspace_id": self.ws, "ident": i, "profile_id": p} for i, p in new_owner.items()],
         )
-        for part in _chunks(old_ids):
-            self.conn.execute(profiles.delete().where(bulk.in_(profiles.c.id, part, self.conn.dialect.name)))
         rows = [
             profile_row(self.ws, rename[nid], node, states[rename[nid]], g.known(node), self.now)
             for nid, node in g.nodes.items()
         ]
-        bulk.insert_rows(self.conn, profiles, rows)
+        # the profiles kept are rewritten in place, the others deleted: deleted and inserted again, a kept row was a
+        # new row, and a transaction waiting to lock the old one (views.lock_people: a consumer, a timer) found it
+        # deleted and went on without her, as if she had been merged away (review: her journey inputs were lost)
+        kept = {r["id"] for r in rows} & set(old_ids)
+        for part in _chunks(sorted(set(old_ids) - kept)):
+            self.conn.execute(profiles.delete().where(bulk.in_(profiles.c.id, part, self.conn.dialect.name)))
+        bulk.update_rows(self.conn, profiles, "id", sorted((r for r in rows if r["id"] in kept), key=lambda r: r["id"]))
+        bulk.insert_rows(self.conn, profiles, [r for r in rows if r["id"] not in kept])
         for old, target in dropped.items():
             self.conn.execute(
                 profile_aliases.update().where(profile_aliases.c.profile_id == old).values(profile_id=target)

@@ -45,7 +45,7 @@ from chorus.messaging.providers import (
 from chorus.messaging.providers.webhook import InboxProvider
 from chorus.profiles import views
 from chorus.store import bulk
-from chorus.store.db import any_row, read_only, transient
+from chorus.store.db import any_row, read_only, rolled_back
 from chorus.store.tables import messages
 from chorus.timeutil import iso, utcnow
 
@@ -55,7 +55,7 @@ NO_PROVIDER = "no_provider"  # the reason code of a message skipped because no c
 BACKOFF_BASE = timedelta(seconds=30)
 BACKOFF_MAX = timedelta(hours=6)
 LEASE = timedelta(minutes=10)
-RECORD_ATTEMPTS = 4  # tries of a recording a database busy for a moment rolled back (Deliverer._record)
+RECORD_ATTEMPTS = 4  # tries of a recording the database rolled back (a deadlock it broke): _write_outcomes
 # Seconds after which a claimed batch reads each person's consent again right before her send (an opt-out that came
 # while the batch waited for a rate limit); a batch sent within it was checked that recently already.
 RECHECK = 1.0
@@ -252,21 +252,10 @@ class Deliverer:
         return len(claimed)
 
     def _record(self, outcomes: list[_Outcome]) -> None:
-        # A database busy for a moment (a deadlock PostgreSQL broke by failing this side, a serialization failure)
-        # rolled the whole recording back: it is written again, since giving up leaves every message of the batch
-        # "sending" until its lease expires as "failed: may have been sent", although they went out.
-        for attempt in range(1, RECORD_ATTEMPTS + 1):
-            try:
-                self._write_outcomes(outcomes)
-                return
-            except Exception as exc:  # noqa: BLE001 - the messages stay "sending"; their lease expiry gives them up
-                if attempt < RECORD_ATTEMPTS and transient(exc):
-                    log.warning("recording %d delivery outcomes: %s; writing them again", len(outcomes),
-                                type(exc.orig).__name__ if isinstance(exc, sa.exc.DBAPIError) else exc)  # fmt: skip
-                    time.sleep(0.05 * attempt)
-                    continue
-                log.exception("recording %d delivery outcomes failed", len(outcomes))
-                return
+        try:
+            self._write_outcomes(outcomes)
+        except Exception:  # noqa: BLE001 - the messages stay "sending"; their lease expiry gives them up (at most once)
+            log.exception("recording %d delivery outcomes failed", len(outcomes))
 
     def drain(self, limit: int = 500) -> int:
         total = 0
@@ -332,6 +321,10 @@ class Deliverer:
         until = now + LEASE
         with self.engine.begin() as conn:
             ids = [m["id"] for m in msgs]
+            if conn.dialect.name == "postgresql":  # in id order, as every writer of several messages locks them (an
+                # UPDATE locks rows in the order its plan meets them: a bitmap scan's is the table's)
+                conn.execute(sa.select(messages.c.id).where(bulk.in_(messages.c.id, ids, "postgresql"))
+                             .order_by(messages.c.id).with_for_update()).all()  # fmt: skip
             conn.execute(
                 messages.update()
                 .where(bulk.in_(messages.c.id, ids, conn.dialect.name), messages.c.status == "sending")
@@ -501,12 +494,34 @@ class Deliverer:
         for o in outcomes:
             if o.kind == "permanent" and o.error.bounce:
                 consenting.setdefault(o.msg["workspace_id"], set()).add(o.msg["profile_id"])
+        # A transaction the database rolled back for a passing reason (PostgreSQL broke a deadlock by failing this
+        # side, a serialization failure: SQLSTATE class 40, nothing committed) is written again: giving up leaves
+        # every message of the batch "sending" until its lease expires as "failed: may have been sent", although
+        # they went out. Not a lost connection: its commit may have happened, and writing again would write twice.
+        for attempt in range(1, RECORD_ATTEMPTS + 1):
+            try:
+                self._commit_outcomes(outcomes, changes, early, consenting, now)
+                break
+            except sa.exc.DBAPIError as exc:
+                if attempt == RECORD_ATTEMPTS or not rolled_back(exc):
+                    raise
+                log.warning("recording %d delivery outcomes: %s; writing them again", len(outcomes),
+                            type(exc.orig).__name__)  # fmt: skip
+                time.sleep(0.05 * attempt)
+        for channel in no_provider:  # counted once committed (a recording written again counts once)
+            metrics.messages_no_provider.labels(channel=channel).inc()
+        self._unsink_erased([o for o in outcomes if o.kind == "sent" and o.provider == sink.NAME])
+
+    def _commit_outcomes(self, outcomes: list[_Outcome], changes: list[outbox.Change], early: dict[str, list[str]],
+                         consenting: dict[str, set[str]], now) -> None:  # fmt: skip
+        consenting = {ws_id: set(pids) for ws_id, pids in consenting.items()}  # this attempt's own
         with self.engine.begin() as conn:
-            # reports Meta sent first are rare: a plain read (no row lock) says whether any wait for these sends, so
-            # that an ordinary batch of WhatsApp sends does not queue behind the resolver for the lock
+            # reports Meta sent first are rare, bounces among them rarer: a plain read (no row lock) says which of
+            # these sends one bounces, so that an ordinary batch of WhatsApp sends locks nobody and does not queue
+            # behind the resolver for the identity lock
             for ws_id, ids in early.items():
-                if reports.held(conn, ws_id, ids):
-                    sent = {o.msg["profile_id"] for o in outcomes if o.kind == "sent" and o.provider_id in ids}
+                if bounced := reports.held_bounces(conn, ws_id, ids):
+                    sent = {o.msg["profile_id"] for o in outcomes if o.kind == "sent" and o.provider_id in bounced}
                     consenting.setdefault(ws_id, set()).update(sent)
             for ws_id in sorted(consenting):
                 lock_owners(conn, ws_id, consenting[ws_id])
@@ -520,9 +535,6 @@ class Deliverer:
                     record_consent(conn, o.msg, "*", "denied", f"hard bounce: {o.error.reason}", now)
                 if o.error.code == "subscription_gone":  # that device is gone; the person's other devices are not
                     forget_push_address(conn, o.msg["workspace_id"], o.msg["address"], o.error.reason, now)
-        for channel in no_provider:  # counted once committed (a recording written again counts once)
-            metrics.messages_no_provider.labels(channel=channel).inc()
-        self._unsink_erased([o for o in outcomes if o.kind == "sent" and o.provider == sink.NAME])
 
     def _unsink_erased(self, sunk: list[_Outcome]) -> None:
         """A file sink wrote these outside any transaction: a message erased meanwhile (claimed, then its person

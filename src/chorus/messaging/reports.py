@@ -56,13 +56,17 @@ def lock_owners(conn: Connection, ws_id: str, provider_ids: list[str]) -> None:
         bulk.in_(messages.c.provider_message_id, provider_ids, conn.dialect.name), messages.c.channel.in_(CHANNELS))))
 
 
-def held(conn: Connection, ws_id: str, provider_ids: list[str]) -> bool:
-    """Whether reports wait for any of these messages (a plain read: no lock)."""
+def held_bounces(conn: Connection, ws_id: str, provider_ids: list[str]) -> set[str]:
+    """Those of these messages that a held report bounces (a plain read: no lock): the ones whose people a
+    recording or a release locks first (:func:`lock_owners`). A bounce held after this read and released in the same
+    transaction writes her consent without that lock: a deadlock PostgreSQL may break, and whichever side it fails
+    is done again (a delivery's recording at once, a journey's transition at the feed consumer's next pass)."""
     if not provider_ids:
-        return False
-    return conn.execute(sa.select(early_reports.c.id).where(
-        early_reports.c.workspace_id == ws_id,
-        bulk.in_(early_reports.c.provider_message_id, provider_ids, conn.dialect.name)).limit(1)).first() is not None
+        return set()
+    e = early_reports.c
+    rows = conn.execute(sa.select(e.provider_message_id, e.status, e.error).where(
+        e.workspace_id == ws_id, bulk.in_(e.provider_message_id, provider_ids, conn.dialect.name)))  # fmt: skip
+    return {pid for pid, status, error in rows if withdraws_consent(status, error)}
 
 
 def release(conn: Connection, ws_id: str, provider_ids: list[str]) -> int:

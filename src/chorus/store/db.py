@@ -446,6 +446,13 @@ def _sqlite_scrub(engine: Engine, vacuum: str, attempts: int) -> dict:
 _TRANSIENT_SQLSTATE = ("08", "40", "53", "55", "57", "58")
 
 
+def rolled_back(exc: BaseException) -> bool:
+    """Whether the database rolled the transaction back itself, for a passing reason (SQLSTATE class 40: a deadlock
+    it broke by failing this side, a serialization failure): nothing of it committed, so doing it again is safe.
+    Unlike :func:`transient`, not a lost connection, after which a commit may have happened."""
+    return isinstance(exc, sa.exc.DBAPIError) and (getattr(exc.orig, "sqlstate", None) or "").startswith("40")
+
+
 def transient(exc: BaseException) -> bool:
     """Whether ``exc`` is the database being unavailable or busy for a while (a lost connection, a restart, a lock
     held too long): whatever the transaction was writing is not at fault (an event stays pending, never rejected
