@@ -26,7 +26,7 @@ from chorus.segments import store as seg_store
 from chorus.segments.compile import members, members_query
 from chorus.segments.evaluate import bucket, evaluate
 from chorus.store.bulk import insert_rows
-from chorus.store.tables import list_members, profiles
+from chorus.store.tables import list_members, profile_aliases, profiles
 from chorus.timeutil import iso
 from tests.identity.helpers import resolve, send
 from tests.segments import test_properties as props
@@ -469,3 +469,18 @@ def test_a_hybrid_part_reading_a_pass_filtered_by_another_is_decided_after_it(en
         everyone = load.people(conn, w["id"], ids, workspaces.get(conn, w["id"]).identity)
     want = {pid for pid, who in everyone.items() if evaluate(rule, who, T0).value}
     assert got == want and len(want) == 2
+
+
+def test_a_list_entry_made_for_a_merged_away_id_counts_for_her_survivor_only(engine, shop):
+    """An outside probe: once an entry's profile was merged away, the compiled rule put every profile of the
+    workspace on the list (the subquery of her merged ids sat two levels down and was not correlated), and
+    ``not`` on a suppression list emptied. Preview, a save's estimate and recompute all read this SQL."""
+    ws, users = shop
+    with engine.begin() as conn:
+        insert_rows(conn, profile_aliases, [{"alias_id": "p_merged_away", "workspace_id": ws,
+                                             "profile_id": users["u1"]}])  # fmt: skip
+        insert_rows(conn, list_members, [{"workspace_id": ws, "list_id": "vips", "profile_id": "p_merged_away",
+                                          "added_at": T0}])  # fmt: skip
+    assert agree(engine, ws, {"list": "vips"}, T0) == who(users, "u1")
+    assert agree(engine, ws, {"not": {"list": "vips"}}, T0) == who(users, "u0", "u2")
+    assert agree(engine, ws, {"or": [{"list": "staff"}, {"list": "vips"}]}, T0) == who(users, "u0", "u1")
