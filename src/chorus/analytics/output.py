@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from chorus.errors import ChorusError
+from chorus.safecsv import cell
 
 FORMATS = ("table", "json", "csv")
 
@@ -50,8 +51,8 @@ def _cell_csv(v):
     if isinstance(v, float):
         return repr(round(v, 6))
     if isinstance(v, list | dict):
-        return orjson.dumps(v).decode()
-    return v
+        return cell(orjson.dumps(v).decode())
+    return cell(v)
 
 
 def print_table(console: Console, title: str, columns: Sequence[str], rows: Sequence[Sequence], *, caption=None):

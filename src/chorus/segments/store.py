@@ -21,6 +21,7 @@ from chorus.errors import ChorusError, Conflict, NotFound
 from chorus.identity.erasure import aliases_among
 from chorus.profiles import views
 from chorus.registry import Person
+from chorus.safecsv import cell
 from chorus.segments import rules as r
 from chorus.store import bulk
 from chorus.store.tables import (
@@ -530,7 +531,7 @@ def members_csv(conn: Connection, ws, segment_id: str) -> str:
         found = views.get_profiles(conn, ws.id, [m["profile_id"] for m in page], ws.identity)
         for m in page:
             ids = (found.get(m["profile_id"]) or {}).get("identifiers") or {}
-            w.writerow([m["profile_id"], *(";".join(ids.get(k) or []) for k in ("user_id", "email", "phone")),
+            w.writerow([m["profile_id"], *(cell(";".join(ids.get(k) or [])) for k in ("user_id", "email", "phone")),
                         m["since"].isoformat()])  # fmt: skip
         after = page[-1]["profile_id"]
     return out.getvalue()
