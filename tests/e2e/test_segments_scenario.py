@@ -133,11 +133,18 @@ def test_hostile_segment_and_list_input_gets_a_400_naming_the_field(http, server
                         ({"add": [{"foo": "bar"}]}, "add[0]"), ({"remove": "x"}, "remove")):  # fmt: skip
         r = http.post("/api/lists/vip/members", json=body, headers=h)
         assert r.status_code == 400 and r.json()["field"] == field, (body, r.text)
-    # an upload's bad entry is named by its line in the file (the header is line 1; blank lines count)
+    # an upload's bad entry is named by its line in the file (the header is line 1; blank lines count), and the good
+    # rows next to it are applied all the same (an outside probe: one bad email lost the whole file)
     upload = "email\nana@example.com\n\nnot-an-email\n"
     r = http.post("/api/lists/vip/members", content=upload, headers={**h, "Content-Type": "text/csv"})
     body = r.json()
-    assert r.status_code == 400 and body["field"] == "line 4" and body["message"].startswith("line 4: "), r.text
+    assert r.status_code == 200 and body["invalid_count"] == 1, r.text  # (ana has no profile in this workspace)
+    assert body["not_found"] == [{"email": "ana@example.com"}], r.text  # her row was looked up, not dropped
+    assert [i["line"] for i in body["invalid"]] == [4] and body["invalid"][0]["reason"].startswith("email: "), r.text
+    # a JSON body is a call, not a file: an invalid entry is a 400 naming it
+    r = http.post("/api/lists/vip/members", json={"add": [{"email": "ana@example.com"}, {"email": "nope"}]},
+                  headers=h)  # fmt: skip
+    assert r.status_code == 400 and r.json()["field"] == "add[1]", r.text
     huge = "email\n\n\nana@example.com\n" + "a" * 200_000 + "\n"  # the cell over the csv module's limit: line 5
     r = http.post("/api/lists/vip/members", content=huge, headers={**h, "Content-Type": "text/csv"})
     assert r.status_code == 400 and r.json()["field"] == "line 5", r.text
@@ -220,3 +227,21 @@ def test_a_segment_on_the_whole_history_follows_orders_on_every_channel(http, se
     assert previewed() == 0
     history = http.get(f"/api/profiles/{ana}/segments", headers=h).json()["history"]
     assert [x["change"] for x in history] == ["exited", "entered"]
+
+
+def test_a_list_upload_applies_its_good_rows_and_reports_the_bad_ones_by_line(http, server, workspace):
+    """An outside probe: one malformed email among three good ones was a 400 and nobody was added."""
+    h = {"Authorization": f"Bearer {workspace['api_key']}"}
+    people = [{"type": "identify", "userId": f"u{i}", "messageId": f"id{i}", "traits": {"email": f"u{i}@ex.com"}}
+              for i in range(3)]  # fmt: skip
+    assert http.post("/v1/batch", json={"batch": people}, auth=(workspace["write_key"], "")).status_code == 200
+    wait_until(lambda: all(http.get("/api/profiles", params={"user_id": f"u{i}"}, headers=h).status_code == 200
+                           for i in range(3)))  # fmt: skip
+    assert http.put("/api/lists/l1", json={"name": "L1"}, headers=h).status_code == 201
+    upload = "email\nu0@ex.com\nnot-an-email\nu1@ex.com\n\"u2@ex.com\"\n@@\n"
+    r = http.post("/api/lists/l1/members", content=upload, headers={**h, "Content-Type": "text/csv"})
+    body = r.json()
+    assert r.status_code == 200 and body["added"] == 3 and body["not_found_count"] == 0, r.text
+    assert [(i["line"], i["reason"][:7]) for i in body["invalid"]] == [(3, "email: "), (6, "email: ")], r.text
+    assert body["invalid_count"] == 2
+    assert [x["members"] for x in http.get("/api/lists", headers=h).json()["lists"] if x["id"] == "l1"] == [3]

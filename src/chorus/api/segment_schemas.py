@@ -108,6 +108,11 @@ class ListChange(_Closed):
     removed: int
     not_found: list[str | dict[str, str]] = Field(description="the first 100 entries that name nobody, as given")
     not_found_count: int
+    invalid: list[dict[str, int | str]] = Field(default_factory=list, description=(
+        "a CSV upload's rows that name no one because their value is not valid (the first 100, each with its "
+        "`line` and `reason`); the other rows are applied all the same. A JSON body with an invalid entry is a "
+        "400 instead"))  # fmt: skip
+    invalid_count: int = 0
 
 
 OVER_BUDGET = {503: {"description": "over_budget: a statement of the count ran past its time budget "

@@ -212,14 +212,17 @@ async def change_list(ws: WS, svc: SVC, list_id: str, request: Request):
             raise ChorusError('the body must be {"add": [...], "remove": [...]} or a CSV (Content-Type: text/csv)',
                               field="body")  # fmt: skip
         add, remove = body.get("add", []), body.get("remove", [])
+    invalid: list[dict] = []  # a CSV's rows whose value is not valid: reported, the good rows applied all the same
+
     def apply():
         with svc.engine.begin() as conn:
-            ids_add, missing_add = _resolve(conn, ws, add, "add", names)
+            ids_add, missing_add = _resolve(conn, ws, add, "add", names, invalid if names is not None else None)
             ids_remove, missing_remove = _resolve(conn, ws, remove, "remove")
             return store.change_list(conn, ws.id, list_id, ids_add, ids_remove, utcnow()), missing_add + missing_remove
 
     out, unknown = await run_in_threadpool(apply)  # never on the event loop: an upload may name 100,000 people
-    return JSON({**out, "not_found": unknown[:100], "not_found_count": len(unknown)})
+    extra = {"invalid": invalid[:100], "invalid_count": len(invalid)} if names is not None else {}
+    return JSON({**out, "not_found": unknown[:100], "not_found_count": len(unknown), **extra})
 
 
 MAX_ENTRIES = 100_000
@@ -256,9 +259,11 @@ def _csv_entries(raw: bytes) -> tuple[list, list[str]]:
     return out, lines
 
 
-def _resolve(conn, ws, entries: object, field: str, names: list[str] | None = None) -> tuple[list[str], list]:
+def _resolve(conn, ws, entries: object, field: str, names: list[str] | None = None,
+             invalid: list[dict] | None = None) -> tuple[list[str], list]:  # fmt: skip
     """Profile ids of the entries, and those that name nobody; an entry's error names it by ``names[i]`` (a CSV
-    line) or by its place in ``field``."""
+    line) or by its place in ``field``. With ``invalid`` (a CSV upload), an entry whose value is not valid is put
+    there (its line and why) instead of failing the whole upload: good rows next to a bad one are not lost."""
     if not isinstance(entries, list) or len(entries) > MAX_ENTRIES:
         raise ChorusError(f"{field} must be a list of at most {MAX_ENTRIES} profile ids or identifiers", field=field)
     ids, missing = [], []
@@ -277,6 +282,8 @@ def _resolve(conn, ws, entries: object, field: str, names: list[str] | None = No
         except ChorusError as exc:
             if exc.status == 404:
                 missing.append(e)
+            elif invalid is not None and names is not None:
+                invalid.append({"line": int(names[i].removeprefix("line ")), "reason": exc.message})
             elif names is not None:
                 raise ChorusError(f"{names[i]}: {exc.message}", field=names[i]) from None
             else:
