@@ -159,3 +159,26 @@ def test_a_preview_past_its_budget_is_a_503_and_a_save_keeps_its_segment(db_url,
         assert r.status_code == 200 and r.json()["count"] == PEOPLE, r.text  # 7 laptop views each: all of them
         r = http.put("/api/segments/laptops", json={"rule": RULE}, headers=h)
         assert r.status_code == 200 and r.json()["estimate"]["count"] == PEOPLE, r.text
+
+
+def test_a_valid_rule_too_large_for_one_query_is_a_400_naming_the_rule_not_a_500(engine):
+    """An outside probe: an "or" of 499 sums (under the 500-condition limit) made SQLite's compiler stop ("Expression
+    tree is too large"): the preview answered 500. PostgreSQL runs it (or stops it at the budget)."""
+    from chorus.errors import ChorusError
+    from chorus.segments import preview
+    from chorus.segments import rules as r
+
+    ws = workspaces.create(engine, "too-large")
+    rule = r.parse({"or": [{"aggregate": {"event": f"E{i}", "function": "sum", "property": "x", "gt": i}}
+                           for i in range(499)]})  # fmt: skip
+    with engine.connect() as conn:
+        w = workspaces.get(conn, ws["id"])
+        try:
+            got = preview.preview(conn, w, rule, datetime.now(UTC), sample=0, budget=30)
+        except OverBudget:
+            return  # a slow machine: the budget stopped it first, a 503 as documented
+        except ChorusError as exc:
+            assert engine.dialect.name == "sqlite" and exc.status == 400 and exc.field == "rule", exc
+            assert "too large to count in one query" in exc.message and "nest too deep" in exc.message
+            return
+    assert engine.dialect.name == "postgresql" and got["count"] == 0
