@@ -439,3 +439,63 @@ def test_a_new_version_of_a_broadcast_sent_now_does_not_send_it_again(engine, ws
     broadcast(engine, ws, clock.at, id="b1-again")
     settle(worker)
     assert sent(engine, ws, "b1-again") == {pids["u1"]: 1, pids["u2"]: 1}
+
+
+def _due(engine, ws) -> dict:
+    with engine.connect() as conn:
+        return dict(conn.execute(sa.select(journey_timers.c.profile_id, journey_timers.c.due_at).where(
+            journey_timers.c.workspace_id == ws, journey_timers.c.instance_id == "")).all())  # fmt: skip
+
+
+def test_a_local_time_broadcast_moved_to_the_next_day_is_sent_once_on_the_new_day(engine, ws, clock, worker):
+    """An outside probe: moved from 8 to 9 March after the 8th's run had set its local timers, it was sent on both
+    days (the 8th's starts were not cancelled). Now the new schedule replaces the old one's pending starts."""
+    pids = people(engine, ws, worker, {"ny": ("America/New_York", "news"), "paris": ("Europe/Paris", "news")})
+    broadcast(engine, ws, T0, schedule={"time": "09:00", "on": "2026-03-08"})
+    clock.at = datetime(2026, 3, 7, 19, 0, tzinfo=UTC)  # the 8th's run has begun (UTC+14): timers set
+    settle(worker)
+    assert set(_due(engine, ws)) == set(pids.values())
+    broadcast(engine, ws, clock.at, schedule={"time": "09:00", "on": "2026-03-09"})
+    assert _due(engine, ws) == {}  # the 8th's starts are gone with its schedule
+    for day in (8, 9, 10):
+        clock.at = datetime(2026, 3, day, 14, 0, tzinfo=UTC)
+        settle(worker)
+        assert sent(engine, ws, "b1") == ({} if day == 8 else {pids["ny"]: 1, pids["paris"]: 1}), day
+
+
+def test_a_local_time_broadcast_moved_later_the_same_day_goes_out_at_the_new_time(engine, ws, clock, worker):
+    """The probe's other case: moved from 09:00 to 11:00 on the day, it still went out at 09:00."""
+    pids = people(engine, ws, worker, {"paris": ("Europe/Paris", "news"), "ny": ("America/New_York", "news")})
+    broadcast(engine, ws, T0, schedule={"time": "09:00", "on": "2026-03-09"})
+    clock.at = datetime(2026, 3, 9, 7, 0, tzinfo=UTC)  # 08:00 in Paris
+    settle(worker)
+    broadcast(engine, ws, clock.at, schedule={"time": "11:00", "on": "2026-03-09"})
+    settle(worker)
+    assert _due(engine, ws) == {pids["paris"]: datetime(2026, 3, 9, 10, 0, tzinfo=UTC),
+                                pids["ny"]: datetime(2026, 3, 9, 15, 0, tzinfo=UTC)}  # fmt: skip
+    clock.at = datetime(2026, 3, 9, 9, 30, tzinfo=UTC)  # 10:30 in Paris: not yet
+    settle(worker)
+    assert sent(engine, ws, "b1") == {}
+    clock.at = datetime(2026, 3, 9, 16, 0, tzinfo=UTC)
+    settle(worker)
+    assert sent(engine, ws, "b1") == {pids["paris"]: 1, pids["ny"]: 1}
+
+
+DAILY = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+def test_a_daily_broadcast_moved_to_a_later_hour_sends_nobody_twice_that_day(engine, ws, clock, worker):
+    """Paris has had today's 09:00 when the time moves to 17:00: the day's run is one start per person (its id is the
+    day), so she gets nothing more today; New York, still before 09:00, gets it at 17:00; both get tomorrow's."""
+    pids = people(engine, ws, worker, {"paris": ("Europe/Paris", "news"), "ny": ("America/New_York", "news")})
+    broadcast(engine, ws, T0, schedule={"time": "09:00", "weekdays": DAILY})
+    clock.at = datetime(2026, 3, 9, 9, 0, tzinfo=UTC)  # 10:00 in Paris, 05:00 in New York
+    settle(worker)
+    assert sent(engine, ws, "b1") == {pids["paris"]: 1}
+    broadcast(engine, ws, clock.at, schedule={"time": "17:00", "weekdays": DAILY})
+    clock.at = datetime(2026, 3, 9, 23, 0, tzinfo=UTC)
+    settle(worker)
+    assert sent(engine, ws, "b1") == {pids["paris"]: 1, pids["ny"]: 1}
+    clock.at = datetime(2026, 3, 10, 23, 0, tzinfo=UTC)
+    settle(worker)
+    assert sent(engine, ws, "b1") == {pids["paris"]: 2, pids["ny"]: 2}

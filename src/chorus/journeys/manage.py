@@ -149,6 +149,12 @@ def publish(conn: Connection, ws: str, raw: object, now: datetime, *, kind: str 
               "moving": sum(p["people"] for p in plan if "moves_to" in p)}  # fmt: skip
     if dry_run:
         return answer
+    before = store.definition(conn, ws, defn.id, cur.version) if cur is not None else None
+    if before is not None and isinstance(before.entry, d.Schedule) and d.to_json(before)["entry"] != d.to_json(defn)[
+            "entry"]:  # fmt: skip
+        # a new time, day or audience: the old schedule's starts not reached yet would still run beside the new
+        # one's (an outside probe: a broadcast moved to the next day was sent on both days)
+        store.reschedule(conn, ws, defn.id)
     version = store.create_version(conn, ws, defn, kind, now)
     if moves:
         _move(conn, ws, defn, version, moves, now)

@@ -53,9 +53,11 @@ def next_due(s: d.Schedule, after: datetime) -> datetime | None:
 
 
 def latest_due(conn: Connection, ws: str, jr: store.Journey, s: d.Schedule, at: datetime) -> datetime | None:
-    """The journey's latest run due at ``at`` that is not there yet, or None."""
-    last = store.last_run(conn, ws, jr.id)
-    after = last if last is not None else began(jr) - timedelta(microseconds=1)
+    """The journey's latest run due at ``at`` that is not there yet, or None. Only the runs of its current schedule
+    count: a schedule changed (another time, another day) plans its own runs from when it was published."""
+    since, _published = _since(conn, ws, jr)
+    last = store.last_run(conn, ws, jr.id, since)
+    after = last if last is not None else began(conn, ws, jr) - timedelta(microseconds=1)
     if last is None and is_local(s):
         # its first day may have begun in UTC+14 before it was published, with 09:00 still hours ahead in Paris or
         # New York (an outside probe: published at 20:00Z on a Saturday, "Sunday 09:00" ran for nobody): that day
@@ -69,9 +71,24 @@ def latest_due(conn: Connection, ws: str, jr: store.Journey, s: d.Schedule, at: 
     return due
 
 
-def began(jr: store.Journey) -> datetime:
-    """When the journey started taking people: no run of it starts anybody at a local time before that."""
-    return jr.started_at or jr.created_at
+# (workspace, journey, version) -> the version where its schedule took effect, and when that was published
+_SINCE: dict[tuple[str, str, int], tuple[int, datetime]] = {}
+
+
+def _since(conn: Connection, ws: str, jr: store.Journey) -> tuple[int, datetime]:
+    key = (ws, jr.id, jr.version)
+    if key not in _SINCE:
+        _SINCE[key] = store.schedule_since(conn, ws, jr.id, jr.version)
+    return _SINCE[key]
+
+
+def began(conn: Connection, ws: str, jr: store.Journey) -> datetime:
+    """When the journey's current schedule started taking people: no run of it starts anybody at a local time
+    before that. The journey's first publication, or the publication of the version that changed its schedule (an
+    outside probe moved a local-time broadcast to the next day: the old day's starts and the new day's both ran)."""
+    since, published = _since(conn, ws, jr)
+    first = jr.started_at or jr.created_at
+    return first if since == 1 else max(first, published)
 
 
 def plan(conn: Connection, ws: str, jr: store.Journey, defn: d.Definition, at: datetime) -> datetime | None:
@@ -132,7 +149,7 @@ def step_run(conn: Connection, js: runtime.Journeys, row, at: datetime, chunk: i
         assert s.time is not None
         day = row.run_at.astimezone(FIRST_ZONE).date()
         people = load.people(conn, ws, pids, js.ws.identity, parts=(), zone_default=js.ws.timezone)
-        first = began(jr)
+        first = began(conn, ws, jr)
         store.set_timers(conn, ws, [
             {"key": store.start_key(jid, f"run:{day.isoformat()}", pid), "journey_id": jid, "instance_id": "",
              "profile_id": pid, "due_at": due}

@@ -473,9 +473,35 @@ def add_run(conn: Connection, ws: str, jid: str, run_at: datetime, version: int)
     )
 
 
-def last_run(conn: Connection, ws: str, jid: str) -> datetime | None:
+def last_run(conn: Connection, ws: str, jid: str, since_version: int = 1) -> datetime | None:
+    """The latest run of the journey's versions from ``since_version`` on (those of its current schedule)."""
     t = journey_runs.c
-    return conn.execute(sa.select(sa.func.max(t.run_at)).where(t.workspace_id == ws, t.journey_id == jid)).scalar()
+    return conn.execute(sa.select(sa.func.max(t.run_at)).where(t.workspace_id == ws, t.journey_id == jid,
+                                                               t.version >= since_version)).scalar()  # fmt: skip
+
+
+def schedule_since(conn: Connection, ws: str, jid: str, version: int) -> tuple[int, datetime]:
+    """The first version, and when it was published, of the run of versions up to ``version`` whose entry is the
+    same as that version's: where its schedule took effect."""
+    t = journey_versions.c
+    rows = conn.execute(sa.select(t.version, t.published_at, t.definition).where(
+        t.workspace_id == ws, t.journey_id == jid, t.version <= version).order_by(t.version.desc())).all()  # fmt: skip
+    since, at = rows[0].version, rows[0].published_at
+    for row in rows[1:]:
+        if row.definition.get("entry") != rows[0].definition.get("entry"):
+            break
+        since, at = row.version, row.published_at
+    return since, at
+
+
+def reschedule(conn: Connection, ws: str, jid: str) -> None:
+    """The journey's schedule changed: the starts its earlier schedule set for people's local times and did not
+    reach yet are cancelled, and its runs still starting people are closed (the new schedule plans its own)."""
+    tm = journey_timers.c
+    conn.execute(journey_timers.delete().where(tm.workspace_id == ws, tm.journey_id == jid, tm.instance_id == ""))
+    t = journey_runs.c
+    conn.execute(journey_runs.update().where(t.workspace_id == ws, t.journey_id == jid, t.done.is_(False))
+                 .values(done=True))  # fmt: skip
 
 
 def move_run(conn: Connection, ws: str, jid: str, run_at: datetime, after: str | None, started: int,
