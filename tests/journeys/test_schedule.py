@@ -499,3 +499,23 @@ def test_a_daily_broadcast_moved_to_a_later_hour_sends_nobody_twice_that_day(eng
     clock.at = datetime(2026, 3, 10, 23, 0, tzinfo=UTC)
     settle(worker)
     assert sent(engine, ws, "b1") == {pids["paris"]: 2, pids["ny"]: 2}
+
+
+def test_a_recurring_broadcast_with_a_goal_window_longer_than_its_period_reaches_everybody_at_every_run(
+        engine, ws, clock, worker):  # fmt: skip
+    """An outside probe: an hourly broadcast with a 7-day goal reached each person at its first run only (she was
+    still in the broadcast, waiting for the goal, when the next runs came). Each run is entered on its own now; a
+    purchase still converts and ends what is waiting, and the holdout stays out of every run."""
+    pids = people(engine, ws, worker, {f"u{i}": (None, "news") for i in range(6)})
+    broadcast(engine, ws, T0, schedule={"every": "1h", "start": (T0 + timedelta(hours=1)).isoformat()},
+              goal={"event": {"event": "Order Completed"}, "within": "7d"}, holdout=30)  # fmt: skip
+    for h in (1, 2, 3):
+        clock.at = T0 + timedelta(hours=h)
+        settle(worker)
+    got = sent(engine, ws, "b1")
+    assert got and set(got.values()) == {3}, got  # every reached person at every run
+    with engine.connect() as conn:
+        arms = dict(conn.execute(sa.select(journey_records.c.profile_id, journey_records.c.arm).where(
+            journey_records.c.workspace_id == ws, journey_records.c.arm.is_not(None))).all())  # fmt: skip
+    held_out = {pid for pid, arm in arms.items() if arm == "holdout"}
+    assert held_out.isdisjoint(got) and set(got) | held_out == set(pids.values()), (got, arms)

@@ -348,7 +348,21 @@ class Definition:
 
     @property
     def entry_key(self) -> str | None:
-        return self.entry.key if isinstance(self.entry, EventEntry | ApiEntry) else None
+        return _entry_key(self.entry, self.reentry)
+
+
+# The key of a scheduled entry with ``reentry: per_key``: each run is entered once, runs side by side (a recurring
+# broadcast with a goal window longer than its period reaches everybody at every run). Every scheduled start
+# carries its run's id under this name (``interpreter.scheduled_start``).
+RUN_KEY = "run"
+
+
+def _entry_key(entry, reentry: Reentry) -> str | None:
+    if isinstance(entry, EventEntry | ApiEntry):
+        return entry.key
+    if isinstance(entry, Schedule) and reentry.mode == "per_key":
+        return RUN_KEY
+    return None
 
 
 def successors(node: Node) -> list[tuple[str, str]]:
@@ -872,9 +886,10 @@ def parse(raw: object, path: str = "", *, strict: bool = True) -> Definition:
     name = _text(raw["name"], p("name"), r.MAX_NAME, "a name") if "name" in raw else None
     entry = _entry(raw["entry"], p("entry"))
     reentry = _reentry(raw["reentry"], p("reentry")) if "reentry" in raw else Reentry()
-    key = entry.key if isinstance(entry, EventEntry | ApiEntry) else None
+    key = _entry_key(entry, reentry)
     if reentry.mode == "per_key" and key is None:
-        raise _bad(p("reentry"), "per_key needs the entry's key (entry.event.key or entry.api.key)")
+        raise _bad(p("reentry"), "per_key needs the entry's key (entry.event.key or entry.api.key; a schedule's "
+                                 "is its run)")
     goal = _goal(raw["goal"], p("goal")) if "goal" in raw else None
     exit_on_goal = raw.get("exit_on_goal", True)
     if not isinstance(exit_on_goal, bool):

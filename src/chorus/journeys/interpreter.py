@@ -84,6 +84,12 @@ class Start:
     data: Mapping[str, Any] = field(default_factory=dict)
 
 
+def scheduled_start(run_id: str, at: datetime) -> Start:
+    """A scheduled run's start: its id is the run's, and so is its ``run`` (``definition.RUN_KEY``), the key of a
+    scheduled journey whose runs are entered side by side (``reentry: per_key``)."""
+    return Start(run_id, at, {d.RUN_KEY: run_id})
+
+
 @dataclass(frozen=True, slots=True)
 class Merged:
     """Another profile was merged into the person: its instances are hers now. ``superseded`` (from

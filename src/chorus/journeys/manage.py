@@ -336,7 +336,10 @@ def broadcast_definition(raw: object, now: datetime) -> dict:
         if raw.get(k) is not None:
             message[k] = raw[k]
     nodes: dict = {"send": message, "done": {"type": "exit"}}
-    out: dict = {"id": raw["id"], "entry": {"schedule": sched}, "reentry": "after_exit", "start": "send",
+    # each run is a send of its own, entered side by side with the earlier ones (per run): a person still in her
+    # goal window from the last run gets this one too (an outside probe: with a 7-day goal, an hourly broadcast
+    # reached each person once a week)
+    out: dict = {"id": raw["id"], "entry": {"schedule": sched}, "reentry": "per_key", "start": "send",
                  "nodes": nodes}  # fmt: skip
     if raw.get("name") is not None:
         out["name"] = raw["name"]

@@ -745,7 +745,8 @@ class PersonRun:
                 for inp in store.take_deferred(self.conn, self.ws, self.person.id, first):
                     self.give(inp)
             elif jid in self.js.all:
-                self.give(j.TimerFired(iid, key, first) if iid else j.Start(store.start_id(key), first), only=[jid])
+                self.give(j.TimerFired(iid, key, first) if iid else j.scheduled_start(store.start_id(key), first),
+                          only=[jid])  # fmt: skip
             n += 1
 
     def _record(self, s: j.State, c: j.Record) -> None:

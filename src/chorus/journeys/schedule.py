@@ -157,7 +157,7 @@ def step_run(conn: Connection, js: runtime.Journeys, row, at: datetime, chunk: i
             if (due := d.local_instant(day, s.time, p.zone)) >= first  # her time had passed when it was published
         ])  # fmt: skip
     else:
-        start = j.Start(f"run:{iso(row.run_at)}", row.run_at)
+        start = j.scheduled_start(f"run:{iso(row.run_at)}", row.run_at)
         locked = views.lock_people(conn, ws, pids)
         if row.attempts < store.RUN_ATTEMPTS:
             _start(conn, js, jid, locked, start, at)  # the chunk's people together, one claim; a failure: tick

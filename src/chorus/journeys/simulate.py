@@ -451,7 +451,7 @@ class _Sim:
                     self.give(change, at)
             elif kind == 2:
                 started = True
-                self.give(j.Start(f"start:{iso(at)}", at), at)
+                self.give(j.scheduled_start(f"start:{iso(at)}", at), at)
             else:
                 ev = self.fold(payloads[i], i in self.subject.trusted)
                 i += 1
