@@ -519,3 +519,25 @@ def test_a_recurring_broadcast_with_a_goal_window_longer_than_its_period_reaches
             journey_records.c.workspace_id == ws, journey_records.c.arm.is_not(None))).all())  # fmt: skip
     held_out = {pid for pid, arm in arms.items() if arm == "holdout"}
     assert held_out.isdisjoint(got) and set(got) | held_out == set(pids.values()), (got, arms)
+
+
+@pytest.mark.parametrize("schedule", [{"at": "2026-03-01T09:00:00Z"}, {"time": "09:00", "on": "2026-03-01"},
+                                      {"time": "09:00", "weekdays": ["mon"], "until": "2026-03-02"}])  # fmt: skip
+def test_a_schedule_with_every_run_in_the_past_is_refused_naming_it(engine, ws, clock, schedule):
+    """An outside probe: accepted (200 on the dry run, 201 on publish), it stayed active and never ran."""
+    from chorus.errors import ChorusError
+
+    clock.at = datetime(2026, 3, 5, 12, 0, tzinfo=UTC)
+    for dry in (True, False):
+        with engine.begin() as conn, pytest.raises(ChorusError) as caught:
+            manage.publish_broadcast(conn, ws, {"id": "late", "template": "offer", "channel": ["in_app"],
+                                                "schedule": schedule}, clock.at, dry_run=dry)  # fmt: skip
+        assert caught.value.status == 400 and caught.value.field == "schedule", caught.value
+        assert "in the past" in caught.value.message
+
+
+def test_a_day_whose_local_time_is_still_ahead_somewhere_is_accepted(engine, ws, clock):
+    clock.at = datetime(2026, 3, 1, 18, 0, tzinfo=UTC)  # 09:00 on the 1st has passed in Europe, not in Hawaii
+    with engine.begin() as conn:
+        manage.publish_broadcast(conn, ws, {"id": "west", "template": "offer", "channel": ["in_app"],
+                                            "schedule": {"time": "09:00", "on": "2026-03-01"}}, clock.at)  # fmt: skip

@@ -18,7 +18,8 @@ the rules are here and in ``definition``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import orjson
 import sqlalchemy as sa
@@ -143,15 +144,20 @@ def publish(conn: Connection, ws: str, raw: object, now: datetime, *, kind: str 
         if any(node not in olds[0].by_id for node in moves):  # people may be left at a node of an older version
             olds += [store.definition(conn, ws, defn.id, v) for v in range(cur.version - 1, 0, -1)]
         check_migration(olds, defn, moves)
+    before = store.definition(conn, ws, defn.id, cur.version) if cur is not None else None
+    changed = before is None or d.to_json(before)["entry"] != d.to_json(defn)["entry"]
+    if changed and isinstance(defn.entry, d.Schedule) and _no_run_left(defn.entry, now):
+        # it would be accepted and never run, silently (an outside probe); a version that keeps the schedule it
+        # had (a fixed name after a one-off ran) is not refused
+        raise ChorusError("entry.schedule: every run of this schedule is in the past (nobody's local time is still "
+                          'ahead): give a time to come, or "now" for a broadcast', field="entry.schedule")
     plan = _migration_plan(conn, ws, defn.id, defn, moves, cur.version if cur else None) if cur else []
     answer = {"id": defn.id, "kind": kind, "version": (cur.version + 1) if cur else 1, "dry_run": dry_run,
               "people_inside": sum(p["people"] for p in plan), "where": plan,
               "moving": sum(p["people"] for p in plan if "moves_to" in p)}  # fmt: skip
     if dry_run:
         return answer
-    before = store.definition(conn, ws, defn.id, cur.version) if cur is not None else None
-    if before is not None and isinstance(before.entry, d.Schedule) and d.to_json(before)["entry"] != d.to_json(defn)[
-            "entry"]:  # fmt: skip
+    if changed and before is not None and isinstance(before.entry, d.Schedule):
         # a new time, day or audience: the old schedule's starts not reached yet would still run beside the new
         # one's (an outside probe: a broadcast moved to the next day was sent on both days)
         store.reschedule(conn, ws, defn.id)
@@ -160,6 +166,14 @@ def publish(conn: Connection, ws: str, raw: object, now: datetime, *, kind: str 
         _move(conn, ws, defn, version, moves, now)
     runtime.forget_parsed(conn)
     return answer
+
+
+LAST_ZONE = ZoneInfo("Etc/GMT+12")  # where a local time happens last (UTC-12)
+
+
+def _no_run_left(s: d.Schedule, now: datetime) -> bool:
+    """No run of ``s`` is still to come at ``now``: a fixed instant past, or a local time passed everywhere."""
+    return d.next_run(s, now - timedelta(microseconds=1), LAST_ZONE if s.time is not None else ZoneInfo("UTC")) is None
 
 
 def _move(conn: Connection, ws: str, new: d.Definition, version: int, moves: Mapping[str, str], now: datetime) -> None:
