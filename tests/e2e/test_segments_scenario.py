@@ -163,7 +163,12 @@ def test_a_preview_validates_like_a_save_and_is_for_the_admin_key_only(http, ser
                       headers=h)  # fmt: skip
         assert r.status_code == 400 and r.json()["field"] == "sample", (sample, r.text)
     r = http.post("/api/segments/preview", json={"rule": {"list": "nope"}}, headers=h)
-    assert r.status_code == 400 and "nope" in r.json()["message"]
+    assert r.status_code == 400 and "nope" in r.json()["message"] and r.json()["field"] == "rule.list", r.text
+    # deep inside the rule, the path to the reference (an outside probe: it said "rule" wherever the list was)
+    r = http.post("/api/segments/preview", json={"rule": {"and": [{"bucket": {"from": 0, "to": 5}},
+                                                                   {"not": {"list": "nope"}}]}}, headers=h)  # fmt: skip
+    assert r.status_code == 400 and r.json()["field"] == "rule.and[1].not.list", r.text
+    assert r.json()["message"].startswith("rule.and[1].not.list: static list 'nope' does not exist"), r.text
     r = http.post("/api/segments/preview", json={"rule": {"segment": "x"}, "name": "n"}, headers=h)
     assert r.status_code == 400 and r.json()["field"] == "body"
     r = http.post("/api/segments/preview", json={"rule": {"bucket": {"from": 0, "to": 100}}},

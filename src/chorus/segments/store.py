@@ -134,9 +134,10 @@ def check_rule(conn: Connection, ws: str, segment_id: str | None, rule: r.Node) 
     others = {d.id: d.rule for d in definitions(conn, ws).values() if d.id != focus}
     r.check_references({**others, focus: rule}, focus=focus)
     lists = set(conn.execute(sa.select(static_lists.c.id).where(static_lists.c.workspace_id == ws)).scalars())
-    for missing in sorted(r.dependencies(rule).lists - lists):
-        raise ChorusError(f"rule: static list {missing!r} does not exist (create it with PUT /api/lists/{missing})",
-                          field="rule")  # fmt: skip
+    for n, path in r.walk(rule):  # named by the path to the reference, as a missing segment is (an outside probe)
+        if isinstance(n, r.InList) and n.list not in lists:
+            raise ChorusError(f"{path}.list: static list {n.list!r} does not exist (create it with PUT "
+                              f"/api/lists/{n.list})", field=f"{path}.list")  # fmt: skip
 
 
 def lock_definitions(conn: Connection, ws: str, *, shared: bool = False) -> None:
