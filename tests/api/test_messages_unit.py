@@ -87,3 +87,21 @@ def test_epoch_times_are_taken_as_numbers_or_as_quoted_digits():
     r = normalise({"type": "track", "userId": "u", "event": "X", "timestamp": "17000000001234"}, received_at=NOW,
                   source_kind="client")  # fmt: skip
     assert isinstance(r, Rejection) and r.field == "timestamp" and "ISO-8601" in r.reason
+
+
+def test_chorus_own_segment_and_journey_records_cannot_be_sent_from_outside():
+    """An outside probe sent "Segment Entered" with the public write key: a rule on performed "Segment Entered"
+    counted it as Chorus' own. Such names are refused from every outside source, with the field named."""
+    for name in ("Segment Entered", "Segment Exited", "Journey Entered", "Journey Step", "Journey Exited",
+                 "Journey Converted"):  # fmt: skip
+        for kind in ("client", "server", "import", "webhook"):
+            r = normalise({"type": "track", "userId": "u", "event": name, "context": {"channel": "internal",
+                                                                                       "direction": "outbound"}},
+                          received_at=NOW, source_kind=kind)  # fmt: skip
+            assert isinstance(r, Rejection) and r.field == "event" and "Chorus records itself" in r.reason, (name, r)
+    ok = normalise({"type": "track", "userId": "u", "event": "Segment Entered"}, received_at=NOW,
+                   source_kind="internal", require_ids=False)  # fmt: skip
+    assert not isinstance(ok, Rejection)
+    near = normalise({"type": "track", "userId": "u", "event": "Journey Started"}, received_at=NOW,
+                     source_kind="client")  # fmt: skip
+    assert not isinstance(near, Rejection)  # only Chorus' own names

@@ -201,6 +201,10 @@ def normalise(
                 raise _Bad("event", "track requires a non-empty event name")
             if len(event) > 200:
                 raise _Bad("event", "event name is longer than 200 characters")
+            if event in RESERVED_EVENTS and source_kind != "internal":
+                # Chorus writes these itself; one sent from outside would count in a segment ("performed Segment
+                # Entered") or a report as if it were Chorus' own (an outside probe forged one with the write key)
+                raise _Bad("event", f"{event!r} is an event Chorus records itself: send your own under another name")
         elif mtype in ("page", "screen"):
             name = msg.get("name")
             event = name[:200] if isinstance(name, str) and name else None  # the full name stays in the payload
@@ -238,6 +242,11 @@ _INTERNAL_KEYS = frozenset({"type", "event", "properties", "context", "messageId
 
 def _plain_id(value: object) -> bool:
     return value is None or (type(value) is str and 0 < len(value) <= MAX_ID_LEN)
+
+
+# The names of Chorus' own records of what its segments and journeys did to a person: no other source may send them
+RESERVED_EVENTS = frozenset({"Segment Entered", "Segment Exited", "Journey Entered", "Journey Step",
+                             "Journey Exited", "Journey Converted"})  # fmt: skip
 
 
 # Chorus' own timeline records, which it stores already attributed to a known person (a message's status, a segment
