@@ -95,7 +95,8 @@ def journeys_simulate(
     backtest: Annotated[
         int | None, typer.Option("--backtest", min=1, max=3650, help="Replay the stored events of the last DAYS")
     ] = None,
-    workspace: Annotated[str | None, typer.Option("--workspace", "-w", help="Workspace name or id")] = None,
+    workspace: Annotated[str | None, typer.Option("--workspace", "-w", help=(
+        "Workspace name or id: its settings, segments and templates (needed by --backtest)"))] = None,
     db: DbOpt = None,
     json_out: JsonOpt = False,
 ):
@@ -113,7 +114,12 @@ def journeys_simulate(
             if events_file is None:
                 raise ChorusError("give --events FILE, or --backtest DAYS with --workspace")
             subjects = sm.people_from_payloads(sm.read_events(events_file))
-            report = sm.simulate(defn, subjects, segments=segments, templates=templates, start=begin, until=stop)
+            # with --workspace, its settings (time zone, topics, identity, trait policies) and, unless given, its
+            # segments and templates, as a backtest reads them (an outside probe: local delays ran in UTC here
+            # while the live runtime used the workspace's zone)
+            context = _workspace_context(db, workspace, segments, templates) if workspace else {
+                "segments": segments, "templates": templates}
+            report = sm.simulate(defn, subjects, start=begin, until=stop, **context)
         else:
             if events_file is not None:
                 raise ChorusError("--events and --backtest are exclusive: a backtest replays the stored events")
@@ -132,8 +138,6 @@ def _backtest(defn, days: int, db, workspace: str, segments, templates, start, u
     from chorus.clitools import _open
     from chorus.journeys import definition as d
     from chorus.journeys import simulate as sm
-    from chorus.messaging import outbox
-    from chorus.segments import store as segments_store
 
     since = until - timedelta(days=days)
     engine, w = _open(db, workspace)
@@ -142,13 +146,25 @@ def _backtest(defn, days: int, db, workspace: str, segments, templates, start, u
         # did nothing for 60 days enters "lapsed" by time alone
         everybody = not isinstance(defn.entry, d.EventEntry)
         subjects = backtest_subjects(conn, w, since, until, everybody=everybody)
+    return sm.simulate(defn, subjects, start=start, until=until, since=since,
+                       **_workspace_context(db, workspace, segments, templates))  # fmt: skip
+
+
+def _workspace_context(db, workspace: str, segments, templates) -> dict:
+    """What a simulation reads from the workspace: its segments and templates (unless given), its topics,
+    identity, trait policies and time zone."""
+    from chorus.clitools import _open
+    from chorus.messaging import outbox
+    from chorus.segments import store as segments_store
+
+    engine, w = _open(db, workspace)
+    with engine.connect() as conn:
         if segments is None:
             segments = {sid: s.rule for sid, s in segments_store.definitions(conn, w.id).items()}
         if templates is None:
             templates = {name: frozenset(chs) for name, chs in outbox.template_channels(conn, w.id).items()}
-    return sm.simulate(defn, subjects, segments=segments, templates=templates, start=start, until=until, since=since,
-                       topics=(w.settings.get("messaging") or {}).get("topics"), identity=w.identity,
-                       policies=w.settings.get("trait_policies"), timezone=w.timezone)  # fmt: skip
+    return {"segments": segments, "templates": templates, "topics": (w.settings.get("messaging") or {}).get("topics"),
+            "identity": w.identity, "policies": w.settings.get("trait_policies"), "timezone": w.timezone}
 
 
 def _table(report) -> None:
