@@ -541,3 +541,85 @@ def test_a_day_whose_local_time_is_still_ahead_somewhere_is_accepted(engine, ws,
     with engine.begin() as conn:
         manage.publish_broadcast(conn, ws, {"id": "west", "template": "offer", "channel": ["in_app"],
                                             "schedule": {"time": "09:00", "on": "2026-03-01"}}, clock.at)  # fmt: skip
+
+
+# -- review: a changed schedule whose run falls at the instant of an older schedule's run -----------------------------
+def test_local_broadcast_audience_change_same_time_still_sends_today(engine, ws, clock, worker):
+    """Docs: a new audience replaces the schedule, the new one plans as if published then. Paris (09:00 = 08:00Z) and
+    New York (09:00 = 14:00Z) are both still ahead at 07:00Z: both should get today's send."""
+    pids = people(engine, ws, worker, {"paris": ("Europe/Paris", "news"), "ny": ("America/New_York", "news")})
+    with engine.begin() as conn:
+        segments_store.save(conn, ws, "newsletter2", "Newsletter 2",
+                            rules.parse({"trait": {"name": "plan", "equals": "news"}}), T0)  # fmt: skip
+    settle(worker, 4)
+    broadcast(engine, ws, T0, schedule={"time": "09:00", "weekdays": DAILY})
+    clock.at = datetime(2026, 3, 9, 7, 0, tzinfo=UTC)  # 08:00 in Paris: the 9th's run began in UTC+14
+    settle(worker)
+    assert set(_due(engine, ws)) == set(pids.values())
+    broadcast(engine, ws, clock.at, schedule={"time": "09:00", "weekdays": DAILY}, segment="newsletter2")
+    settle(worker)
+    clock.at = datetime(2026, 3, 9, 23, 0, tzinfo=UTC)
+    settle(worker)
+    assert sent(engine, ws, "b1") == {pids["paris"]: 1, pids["ny"]: 1}
+
+
+def test_local_broadcast_gaining_a_weekday_still_sends_today_to_those_still_ahead(engine, ws, clock, worker):
+    """Same mechanism: a daily-on-weekdays 09:00 local broadcast that gains Saturday on Monday at 07:00Z: its
+    Monday run_at (Sun 19:00Z) is the old version's, add_run conflicts, nobody gets Monday's send."""
+    pids = people(engine, ws, worker, {"paris": ("Europe/Paris", "news"), "ny": ("America/New_York", "news")})
+    wk = ["mon", "tue", "wed", "thu", "fri"]
+    broadcast(engine, ws, T0, schedule={"time": "09:00", "weekdays": wk})
+    clock.at = datetime(2026, 3, 9, 7, 0, tzinfo=UTC)  # Monday
+    settle(worker)
+    broadcast(engine, ws, clock.at, schedule={"time": "09:00", "weekdays": [*wk, "sat"]})
+    settle(worker)
+    clock.at = datetime(2026, 3, 9, 23, 0, tzinfo=UTC)
+    settle(worker)
+    assert sent(engine, ws, "b1") == {pids["paris"]: 1, pids["ny"]: 1}
+
+
+def test_local_broadcast_moved_and_moved_back_the_same_day(engine, ws, clock, worker):
+    pids = people(engine, ws, worker, {"paris": ("Europe/Paris", "news"), "ny": ("America/New_York", "news")})
+    broadcast(engine, ws, T0, schedule={"time": "09:00", "weekdays": DAILY})
+    clock.at = datetime(2026, 3, 9, 7, 0, tzinfo=UTC)
+    settle(worker)
+    broadcast(engine, ws, clock.at, schedule={"time": "11:00", "weekdays": DAILY})
+    settle(worker)
+    clock.at = datetime(2026, 3, 9, 7, 10, tzinfo=UTC)
+    broadcast(engine, ws, clock.at, schedule={"time": "09:00", "weekdays": DAILY})
+    settle(worker)
+    clock.at = datetime(2026, 3, 9, 23, 0, tzinfo=UTC)
+    settle(worker)
+    assert sent(engine, ws, "b1") == {pids["paris"]: 1, pids["ny"]: 1}
+
+
+def test_the_conflicting_run_is_planned_again_at_every_pass(engine, ws, clock, worker):
+    people(engine, ws, worker, {"ny": ("America/New_York", "news")})
+    with engine.begin() as conn:
+        segments_store.save(conn, ws, "newsletter2", "N2", rules.parse({"trait": {"name": "plan", "equals": "news"}}),
+                            T0)  # fmt: skip
+    broadcast(engine, ws, T0, schedule={"time": "09:00", "weekdays": DAILY})
+    clock.at = datetime(2026, 3, 9, 7, 0, tzinfo=UTC)
+    settle(worker)
+    broadcast(engine, ws, clock.at, schedule={"time": "09:00", "weekdays": DAILY}, segment="newsletter2")
+    settle(worker)
+    with engine.begin() as conn:
+        jr = store.get(conn, ws, "b1")
+        due = schedule.latest_due(conn, ws, jr, store.definition(conn, ws, "b1", jr.version).entry, clock.at)
+    assert due is None, f"still due every pass: {due} (a run row for it exists already, of version 1)"
+
+
+def test_a_now_broadcast_that_has_run_takes_a_new_audience_without_sending_again(engine, ws, clock, worker):
+    """Review: republished with "now" and another segment, it was refused as "in the past" (its "now" keeps the
+    instant it ran at), with advice to use "now"."""
+    pids = people(engine, ws, worker, {"a": (None, "news")})
+    with engine.begin() as conn:
+        segments_store.save(conn, ws, "newsletter2", "N2", rules.parse({"trait": {"name": "plan", "equals": "news"}}),
+                            T0)  # fmt: skip
+    broadcast(engine, ws, clock.at, schedule="now")
+    settle(worker)
+    assert sent(engine, ws, "b1") == {pids["a"]: 1}
+    clock.at = T0 + timedelta(hours=1)
+    broadcast(engine, ws, clock.at, schedule="now", segment="newsletter2")
+    settle(worker)
+    assert sent(engine, ws, "b1") == {pids["a"]: 1}

@@ -37,6 +37,9 @@ router = APIRouter(prefix="/v1", tags=["tracking"])
 # malformed request as a whole. Anything shallower is parsed and each message checked against safejson's 64.
 PARSER_DEPTH = 1024
 
+# ISO-8601, or epoch seconds or milliseconds as a number or a string of 9 to 13 digits (timeutil.parse_ts)
+_TIME = {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "number"},
+                   {"type": "string", "pattern": "^[0-9]{9,13}(\\.[0-9]{1,6})?$"}]}  # fmt: skip
 _MESSAGE_SCHEMA = {
     "type": "object",
     "description": "A Segment-spec message (https://segment.com/docs/connections/spec/).",
@@ -46,8 +49,9 @@ _MESSAGE_SCHEMA = {
         "userId": {"type": "string"},
         "anonymousId": {"type": "string"},
         "event": {"type": "string"},
-        "timestamp": {"type": "string", "format": "date-time"},
-        "sentAt": {"type": "string", "format": "date-time"},
+        "timestamp": _TIME,
+        "originalTimestamp": _TIME,
+        "sentAt": _TIME,
         "context": {"type": "object", "properties": {"channel": {"type": "string"}}},
         "properties": {"type": "object"},
         "traits": {"type": "object"},

@@ -18,6 +18,7 @@ the rules are here and in ``definition``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -146,9 +147,10 @@ def publish(conn: Connection, ws: str, raw: object, now: datetime, *, kind: str 
         check_migration(olds, defn, moves)
     before = store.definition(conn, ws, defn.id, cur.version) if cur is not None else None
     changed = before is None or d.to_json(before)["entry"] != d.to_json(defn)["entry"]
-    if changed and isinstance(defn.entry, d.Schedule) and _no_run_left(defn.entry, now):
-        # it would be accepted and never run, silently (an outside probe); a version that keeps the schedule it
-        # had (a fixed name after a one-off ran) is not refused
+    if isinstance(defn.entry, d.Schedule) and _no_run_left(defn.entry, now) and (
+            before is None or not isinstance(before.entry, d.Schedule) or _timing(before.entry) != _timing(defn.entry)):
+        # it would be accepted and never run, silently (an outside probe); a version that keeps the times it had
+        # (a fixed name after a one-off ran, a new audience for a "now" broadcast that has run) is not refused
         raise ChorusError("entry.schedule: every run of this schedule is in the past (nobody's local time is still "
                           'ahead): give a time to come, or "now" for a broadcast', field="entry.schedule")
     plan = _migration_plan(conn, ws, defn.id, defn, moves, cur.version if cur else None) if cur else []
@@ -169,6 +171,11 @@ def publish(conn: Connection, ws: str, raw: object, now: datetime, *, kind: str 
 
 
 LAST_ZONE = ZoneInfo("Etc/GMT+12")  # where a local time happens last (UTC-12)
+
+
+def _timing(s: d.Schedule) -> d.Schedule:
+    """The schedule's times alone (its audience aside)."""
+    return replace(s, segment=None)
 
 
 def _no_run_left(s: d.Schedule, now: datetime) -> bool:

@@ -453,6 +453,15 @@ def run_failed(conn: Connection, ws: str, jid: str, run_at: datetime, at: dateti
 
 
 def add_run(conn: Connection, ws: str, jid: str, run_at: datetime, version: int) -> bool:
+    """A run to walk. The planner adds one only when the current schedule has none at ``run_at``, so a row there is
+    an older schedule's (a new audience at the same time, a weekday added, a time moved and moved back: review): it
+    becomes this version's run, walked again from the start (its people started already are not started twice: a
+    start's id is its run's)."""
+    t = journey_runs.c
+    conn.execute(journey_runs.update().where(t.workspace_id == ws, t.journey_id == jid, t.run_at == run_at,
+                                             t.version < version)
+                 .values(version=version, after=None, done=False, started=0, attempts=0, retry_at=None,
+                         error=None))  # fmt: skip
     return bool(
         bulk.insert_rows(
             conn,
