@@ -919,6 +919,32 @@ def parse(raw: object, path: str = "", *, strict: bool = True) -> Definition:
     return defn
 
 
+def entry_event_reads(defn: Definition) -> list[str]:
+    """The places (paths, in written terms) where ``defn`` reads its entry's properties: ``same`` in a goal, an exit
+    criterion or a wait branch; a condition's ``entry`` test; a delay ``until`` a ``property``. An entry by a
+    segment or a schedule has no properties: there they can never match (a publish refuses them)."""
+    out = []
+
+    def crit(c, path: str) -> None:
+        if isinstance(c, EventMatch) and c.same:
+            out.append(f"{path}.event.same")
+
+    if defn.goal is not None:
+        crit(defn.goal.criterion, "goal")
+    for i, c in enumerate(defn.exits):
+        crit(c, f"exit[{i}]")
+    for n in defn.nodes:
+        b, here = n.body, f"nodes.{n.id}"
+        if isinstance(b, Wait):
+            for i, br in enumerate(b.branches):
+                crit(br.on, f"{here}.branches[{i}]")
+        elif isinstance(b, Condition) and b.entry is not None:
+            out.append(f"{here}.entry")
+        elif isinstance(b, Delay) and b.until is not None and b.until.source == "property":
+            out.append(f"{here}.until.property")
+    return out
+
+
 def _check_structure(defn: Definition, parser: _Parser, p) -> None:
     by_id = defn.by_id
     for path, target in parser.refs:

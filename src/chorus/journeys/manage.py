@@ -50,6 +50,12 @@ def check(conn: Connection, ws: str, defn: d.Definition) -> None:
         lists={x["id"] for x in segments_store.all_lists(conn, ws)},
         audiences={a["name"] for a in audiences_store.list_all(conn, ws)},
     )  # fmt: skip
+    if isinstance(defn.entry, d.SegmentEntry | d.Schedule) and (reads := d.entry_event_reads(defn)):
+        # accepted, it would never match: same always false, the condition always "else", the delay "no_date" (an
+        # outside probe); checked at publish only, so that a version stored before still loads
+        how = "a segment" if isinstance(defn.entry, d.SegmentEntry) else "a schedule"
+        raise ChorusError(f"{reads[0]}: reads the entry event's properties, and a journey entered by {how} has "
+                          "none (enter it by an event, or read a trait or a segment instead)", field=reads[0])
     following = audiences_store.following(conn, ws)
     for n in defn.nodes:  # an audience that follows a segment takes its members from there only
         if isinstance(n.body, d.AudienceStep) and n.body.audience in following:
