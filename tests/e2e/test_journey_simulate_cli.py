@@ -117,15 +117,23 @@ def test_backtest_over_imported_events_writes_and_sends_nothing(db_url, engine, 
                     for t in (events, messages, journey_instances)]  # fmt: skip
 
     before = counts()
+    # the workspace has no templates: checked as a publish checks it, the backtest names the missing one (an outside
+    # probe: it reported messages on channel "none" as if all were well)
     r = chorus("journeys", "simulate", CART, "--backtest", "1", "-w", "sim-shop", "--db", db_url, "--json")
+    assert r.returncode == 2 and "cart_reminder" in r.stderr, r.stdout + r.stderr
+    # with the templates given as a file, it runs on them: each treated cart not bought gets its reminder (on no
+    # channel: the till's customers left no address)
+    (tmp_path / "tpl.yaml").write_text("cart_reminder: [email]\ncart_reminder_2: [email]\n")
+    r = chorus("journeys", "simulate", CART, "--backtest", "1", "-w", "sim-shop", "--db", db_url, "--json",
+               "--templates", str(tmp_path / "tpl.yaml"))  # fmt: skip
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert (doc["people"], doc["entries"], doc["conversions"]["total"]) == (6, 6, 3)
     assert doc["exits"] == {"goal reached": 3} and doc["waiting"] == 3  # the others wait: wait_click or a holdout
     arms = doc["conversions"]["by_arm"]["arm"]
     treated = arms["treatment"]["entered"] - arms["treatment"]["converted"]
-    # the workspace has no templates: every reminder of a treated cart finds no channel, and is counted so
     assert doc["messages"]["by_channel"] == ({"none": treated} if treated else {})
+    assert arms.get("holdout", {"messages": 0})["messages"] == 0
     assert counts() == before  # nothing stored, nothing queued
     r = chorus("journeys", "simulate", CART, "--backtest", "1", "--db", db_url)
     assert r.returncode == 2 and "--workspace" in r.stderr

@@ -117,7 +117,7 @@ def journeys_simulate(
             # with --workspace, its settings (time zone, topics, identity, trait policies) and, unless given, its
             # segments and templates, as a backtest reads them (an outside probe: local delays ran in UTC here
             # while the live runtime used the workspace's zone)
-            context = _workspace_context(db, workspace, segments, templates) if workspace else {
+            context = _workspace_context(db, workspace, segments, templates, defn) if workspace else {
                 "segments": segments, "templates": templates}
             report = sm.simulate(defn, subjects, start=begin, until=stop, **context)
         else:
@@ -147,18 +147,23 @@ def _backtest(defn, days: int, db, workspace: str, segments, templates, start, u
         everybody = not isinstance(defn.entry, d.EventEntry)
         subjects = backtest_subjects(conn, w, since, until, everybody=everybody)
     return sm.simulate(defn, subjects, start=start, until=until, since=since,
-                       **_workspace_context(db, workspace, segments, templates))  # fmt: skip
+                       **_workspace_context(db, workspace, segments, templates, defn))  # fmt: skip
 
 
-def _workspace_context(db, workspace: str, segments, templates) -> dict:
+def _workspace_context(db, workspace: str, segments, templates, defn) -> dict:
     """What a simulation reads from the workspace: its segments and templates (unless given), its topics,
-    identity, trait policies and time zone."""
+    identity, trait policies and time zone. With neither file given, the journey is checked against the workspace
+    as a publish checks it (an outside probe: a misspelt template was a 400 on publish, and a backtest reported
+    messages on channel "none" as if all were well); give ``--templates``/``--segments`` to try others."""
     from chorus.clitools import _open
+    from chorus.journeys import manage
     from chorus.messaging import outbox
     from chorus.segments import store as segments_store
 
     engine, w = _open(db, workspace)
     with engine.connect() as conn:
+        if segments is None and templates is None:
+            manage.check(conn, w.id, defn)
         if segments is None:
             segments = {sid: s.rule for sid, s in segments_store.definitions(conn, w.id).items()}
         if templates is None:
