@@ -154,3 +154,55 @@ def test_anniversary_in_the_last_days():
     tz = ZoneInfo("UTC")
     assert anniversary(bday, 0, 7, utc(2024, 6, 17, 23), tz) == (True, utc(2024, 6, 18))
     assert anniversary(bday, 0, 7, utc(2024, 6, 9, 23), tz) == (False, utc(2024, 6, 10))
+
+
+# -- the compiler's shortcut: anniversary_holds is anniversary's answer --------------------------------------------
+# where a zone's local date jumped or went back: Alaska moved across the date line (Oct 1867, back a day), Manila
+# (Dec 1844) and Kwajalein (Aug 1993) forward a day, Apia skipped 30 Dec 2011, São Paulo moved its clocks at midnight
+_JUMPS = [(ZoneInfo("America/Sitka"), utc(1867, 10, 19)), (ZoneInfo("America/Juneau"), utc(1867, 10, 19)),
+          (ZoneInfo("Asia/Manila"), utc(1844, 12, 31)), (ZoneInfo("Pacific/Kwajalein"), utc(1993, 8, 21)),
+          (APIA, utc(2011, 12, 30)), (SAO_PAULO, utc(2018, 11, 4, 3)), (SAO_PAULO, utc(2019, 2, 17, 2)),
+          (ZoneInfo("America/Havana"), utc(2024, 3, 10, 5)),
+          (ZoneInfo("Pacific/Kiritimati"), utc(1995, 1, 1))]  # fmt: skip
+_ZONES = sorted(__import__("zoneinfo").available_timezones())
+
+
+@st.composite
+def _zone_and_instant(draw):
+    if draw(st.booleans()):  # near a jump, to the minute, while the span's edges fall around it
+        tz, at = draw(st.sampled_from(_JUMPS))
+        return tz, at + timedelta(minutes=draw(st.integers(-5 * 1440, 5 * 1440)))
+    tz = ZoneInfo(draw(st.sampled_from(_ZONES)))
+    return tz, draw(st.datetimes(datetime(1850, 1, 1), datetime(2200, 1, 1))).replace(tzinfo=UTC)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_zone_and_instant(), st.dates(date(1900, 1, 1), date(2100, 12, 31)), st.integers(0, 180),
+       st.integers(0, 180), st.integers(-3, 3))  # fmt: skip
+def test_anniversary_holds_is_the_evaluators_answer(where, day, before, after, shift):
+    from chorus.segments.times import anniversary_holds
+
+    tz, now = where
+    # the day near now's own date half of the time, so that the spans' edges fall on the days worked out exactly
+    if shift and before < 20:
+        local = now.astimezone(tz).date()
+        try:
+            day = (local + timedelta(days=before * (shift > 0) - after * (shift < 0) + shift)).replace(year=day.year)
+        except ValueError:
+            pass
+    assert anniversary_holds(day, before, after, now, tz) is anniversary(day, before, after, now, tz).value
+
+
+@settings(max_examples=3000, deadline=None)
+@given(_zone_and_instant(), st.integers(-6, 6))
+def test_a_day_far_from_today_starts_on_the_side_its_date_says(where, k):
+    # the shortcut anniversary_holds takes: no zone's local date moves by a day or more at once
+    from chorus.segments.times import _local_date, _starts_by
+
+    tz, now = where
+    today = _local_date(now, tz)
+    try:
+        d = today + timedelta(days=k)
+    except OverflowError:
+        return
+    assert _starts_by(d, today, now, tz) is (day_start(d, tz) <= now)

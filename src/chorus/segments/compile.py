@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -53,7 +54,7 @@ from chorus.profiles.state import empty
 from chorus.segments import rules as r
 from chorus.segments.evaluate import ACTIVITY_CHANNELS, MESSAGE_FILTERS, check, evaluate
 from chorus.segments.person import Person
-from chorus.segments.times import EARLIEST, NEVER, UTC_ZONE, anniversary, day_start, instant, zone
+from chorus.segments.times import EARLIEST, NEVER, UTC_ZONE, anniversary_holds, day_start, instant, zone
 from chorus.store.tables import (
     computed_traits,
     events,
@@ -555,6 +556,7 @@ class _Compiler:
         self.zone_keys = sorted({z for z in zones if z is not None})
         self.zt_rows: dict[str, dict] = {z: {} for z in self.zone_keys}
         self.zt_cols: dict[str, Any] = {}  # column name -> type
+        self.zt_same: dict[tuple, str] = {}  # (type, default's value, each zone's value) -> its column
         self.scope = "outer"  # where the expression being built is evaluated: outer, ev, mg, lvN
         self.zoned: set[str] = set()  # the scopes that read a zone parameter (they join the profile's zone)
         self.ev = _Pass("ev")
@@ -577,10 +579,13 @@ class _Compiler:
         values = {z: fn(zone(z, self.zone_default)) for z in self.zone_keys}
         if all(v == base for v in values.values()):
             return sa.literal(base, type_)
-        name = f"c{len(self.zt_cols)}"
-        self.zt_cols[name] = type_
-        for z, v in values.items():
-            self.zt_rows[z][name] = v
+        same = (type_.__name__ if isinstance(type_, type) else repr(type_), base, tuple(values.items()))
+        name = self.zt_same.get(same)  # one column per distinct set of values: many tests may share one span
+        if name is None:
+            name = self.zt_same[same] = f"c{len(self.zt_cols)}"
+            self.zt_cols[name] = type_
+            for z, v in values.items():
+                self.zt_rows[z][name] = v
         self.zoned.add(self.scope)
         return sa.func.coalesce(sa.literal_column(f"zt.{name}", type_), sa.literal(base, type_))
 
@@ -848,7 +853,7 @@ class _Compiler:
             return both(neg(at_most(lambda tz: now)), at_most(lambda tz: hi) if hi is not None else
                         (sa.true(), sa.true()))  # fmt: skip
         if op == "anniversary":
-            days = self.zparam(lambda tz: _anniversary_set(arg, now, tz), sa.Text)
+            days = self.zparam(lambda tz: _anniversary_set(arg.before, arg.after, now, tz), sa.Text)
             md = sa.literal(",", sa.Text).concat(sa.func.substr(s, 6, 5)).concat(",")
             hit = (sa.func.strpos(days, md) if self.pg else sa.func.instr(days, md)) > 0
             return hit, hit
@@ -1263,20 +1268,20 @@ def _lt(c: _Compiler, a, b):
     return a < b
 
 
-def _anniversary_set(arg: r.Anniversary, now: datetime, tz) -> str:
-    """The month-days (``,MM-DD,``) whose anniversary holds at ``now`` in ``tz``: the evaluator's own answer for
-    each day that can hold (it reads only the month and the day; a day further than the span from the local date
-    of now cannot)."""
+@lru_cache(maxsize=4096)  # a rule may test many traits with one span; a batch compiles it again for each chunk
+def _anniversary_set(before: int, after: int, now: datetime, tz) -> str:
+    """The month-days (``,MM-DD,``) whose anniversary holds at ``now`` in ``tz``: the evaluator's own answer
+    (``times.anniversary_holds``) for each day that can hold: those whose anniversary this year, last or next is
+    within the span of today's local date, a few days either side (it reads only the month and the day)."""
     today = _local_date(now, tz)
     if today is None:
         return ","
-    reach = arg.before + arg.after + 3
     days = set()
-    for k in range(-reach, reach + 1):
+    for k in range(-after - 3, before + 4):
         try:
             days.add((today + timedelta(days=k)).replace(year=2000))
         except (OverflowError, ValueError):
             continue
     days.update((date(2000, 2, 28), date(2000, 2, 29), date(2000, 3, 1)))  # 29 February falls on the 28th
-    hits = sorted(d.strftime("%m-%d") for d in days if anniversary(d, arg.before, arg.after, now, tz).value)
+    hits = sorted(d.strftime("%m-%d") for d in days if anniversary_holds(d, before, after, now, tz, today))
     return "," + ",".join(hits) + ","

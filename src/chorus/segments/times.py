@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
@@ -128,6 +129,7 @@ def _local_date(t: datetime, tz: ZoneInfo) -> date:
         return date.max if t > datetime(5000, 1, 1, tzinfo=UTC) else date.min
 
 
+@lru_cache(maxsize=65536)  # pure; a compile asks it for the same days of each zone many times (one rule, many nodes)
 def day_start(d: date, tz: ZoneInfo) -> datetime:
     """The first instant (UTC) whose local date in ``tz`` is ``d`` or later.
 
@@ -221,6 +223,43 @@ def occurrence(month: int, day: int, year: int) -> date | None:
         except ValueError:
             return date(year, 2, 28)
     return date(year, month, day)
+
+
+# No zone's local date moves by more than a day at once (the largest jumps, Alaska in 1867 and the islands that
+# crossed the date line, are 24 hours): a day at least this far from today's local date starts on the side of
+# ``now`` its date says, without asking the zone.
+_SURE_DAYS = 3
+
+
+def _starts_by(d: date, today: date, now: datetime, tz: ZoneInfo) -> bool:
+    """``day_start(d, tz) <= now`` where ``today`` is now's local date, working out the instant only near today."""
+    gap = (d - today).days
+    if gap <= -_SURE_DAYS:
+        return True
+    if gap >= _SURE_DAYS:
+        return False
+    return day_start(d, tz) <= now
+
+
+def anniversary_holds(day: date, before: int, after: int, now: datetime, tz: ZoneInfo,
+                      today: date | None = None) -> bool:  # fmt: skip
+    """``anniversary(...).value`` without the instant of the next change: the spans' ends are compared with now by
+    their dates, and worked out in the zone only within a few days of today (a compiler asks this for every
+    month-day near today, in every zone present). ``today``: now's local date in ``tz``, if known."""
+    if today is None:
+        today = _local_date(now, tz)
+    for year in (today.year - 1, today.year, today.year + 1):
+        a = occurrence(day.month, day.day, year)
+        if a is None:
+            continue
+        try:
+            first, last = a - timedelta(days=before), a + timedelta(days=after + 1)
+        except OverflowError:
+            continue
+        # start <= now < end (an empty span, a day the zone skipped, holds nothing: then end <= start <= now)
+        if _starts_by(first, today, now, tz) and not _starts_by(last, today, now, tz):
+            return True
+    return False
 
 
 def anniversary(day: date, before: int, after: int, now: datetime, tz: ZoneInfo) -> Result:
