@@ -241,6 +241,19 @@ def _starts_by(d: date, today: date, now: datetime, tz: ZoneInfo) -> bool:
     return day_start(d, tz) <= now
 
 
+def _span_days(day: date, before: int, after: int, today: date):
+    """(first day, day after the last) of the spans around the anniversaries of ``day`` last year, this year and
+    next (local years of ``today``)."""
+    for year in (today.year - 1, today.year, today.year + 1):
+        a = occurrence(day.month, day.day, year)
+        if a is None:
+            continue
+        try:
+            yield a - timedelta(days=before), a + timedelta(days=after + 1)
+        except OverflowError:
+            continue
+
+
 def anniversary_holds(day: date, before: int, after: int, now: datetime, tz: ZoneInfo,
                       today: date | None = None) -> bool:  # fmt: skip
     """``anniversary(...).value`` without the instant of the next change: the spans' ends are compared with now by
@@ -248,14 +261,7 @@ def anniversary_holds(day: date, before: int, after: int, now: datetime, tz: Zon
     month-day near today, in every zone present). ``today``: now's local date in ``tz``, if known."""
     if today is None:
         today = _local_date(now, tz)
-    for year in (today.year - 1, today.year, today.year + 1):
-        a = occurrence(day.month, day.day, year)
-        if a is None:
-            continue
-        try:
-            first, last = a - timedelta(days=before), a + timedelta(days=after + 1)
-        except OverflowError:
-            continue
+    for first, last in _span_days(day, before, after, today):
         # start <= now < end (an empty span, a day the zone skipped, holds nothing: then end <= start <= now)
         if _starts_by(first, today, now, tz) and not _starts_by(last, today, now, tz):
             return True
@@ -271,14 +277,7 @@ def anniversary(day: date, before: int, after: int, now: datetime, tz: ZoneInfo)
     """
     today = _local_date(now, tz)
     spans = []
-    for year in (today.year - 1, today.year, today.year + 1):
-        a = occurrence(day.month, day.day, year)
-        if a is None:
-            continue
-        try:
-            first, last = a - timedelta(days=before), a + timedelta(days=after + 1)
-        except OverflowError:
-            continue
+    for first, last in _span_days(day, before, after, today):
         start, end = day_start(first, tz), day_start(last, tz)
         if start < end:  # a day the zone skipped can make it empty
             spans.append((start, end))
