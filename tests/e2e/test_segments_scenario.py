@@ -234,14 +234,20 @@ def test_a_segment_on_the_whole_history_follows_orders_on_every_channel(http, se
     assert [x["change"] for x in history] == ["exited", "entered"]
 
 
+def _three_people(http, workspace, prefix: str) -> dict:
+    """<prefix>0..2 with emails <prefix>i@ex.com, resolved; the admin headers."""
+    h = {"Authorization": f"Bearer {workspace['api_key']}"}
+    people = [{"type": "identify", "userId": f"{prefix}{i}", "messageId": f"id{prefix}{i}",
+               "traits": {"email": f"{prefix}{i}@ex.com"}} for i in range(3)]  # fmt: skip
+    assert http.post("/v1/batch", json={"batch": people}, auth=(workspace["write_key"], "")).status_code == 200
+    wait_until(lambda: all(http.get("/api/profiles", params={"user_id": f"{prefix}{i}"}, headers=h).status_code == 200
+                           for i in range(3)))  # fmt: skip
+    return h
+
+
 def test_a_list_upload_applies_its_good_rows_and_reports_the_bad_ones_by_line(http, server, workspace):
     """An outside probe: one malformed email among three good ones was a 400 and nobody was added."""
-    h = {"Authorization": f"Bearer {workspace['api_key']}"}
-    people = [{"type": "identify", "userId": f"u{i}", "messageId": f"id{i}", "traits": {"email": f"u{i}@ex.com"}}
-              for i in range(3)]  # fmt: skip
-    assert http.post("/v1/batch", json={"batch": people}, auth=(workspace["write_key"], "")).status_code == 200
-    wait_until(lambda: all(http.get("/api/profiles", params={"user_id": f"u{i}"}, headers=h).status_code == 200
-                           for i in range(3)))  # fmt: skip
+    h = _three_people(http, workspace, "u")
     assert http.put("/api/lists/l1", json={"name": "L1"}, headers=h).status_code == 201
     upload = "email\nu0@ex.com\nnot-an-email\nu1@ex.com\n\"u2@ex.com\"\n@@\n"
     r = http.post("/api/lists/l1/members", content=upload, headers={**h, "Content-Type": "text/csv"})
@@ -250,3 +256,29 @@ def test_a_list_upload_applies_its_good_rows_and_reports_the_bad_ones_by_line(ht
     assert [(i["line"], i["reason"][:7]) for i in body["invalid"]] == [(3, "email: "), (6, "email: ")], r.text
     assert body["invalid_count"] == 2
     assert [x["members"] for x in http.get("/api/lists", headers=h).json()["lists"] if x["id"] == "l1"] == [3]
+
+
+def test_a_list_upload_reads_an_exported_header_and_falls_back_to_the_next_identifier(http, server, workspace):
+    """An outside probe: "Email" (as spreadsheets and mailing tools write it) was 'the CSV needs a header', and a
+    row's second identifier column was never read, so a segment export whose profile id had since been merged or
+    erased named nobody although its email did."""
+    h = _three_people(http, workspace, "v")
+    assert http.put("/api/lists/l2", json={"name": "L2"}, headers=h).status_code == 201
+    csv_h = {**h, "Content-Type": "text/csv"}
+    # Mailchimp's export header; the second row's stale profile id falls back to its email, the third's user id
+    # names nobody and its email does
+    upload = ("Profile ID,User-ID,Email Address\n"
+              "p_gone,,v0@ex.com\n"
+              ",nobody,V1@EX.COM\n"
+              ",v2,\n"
+              "p_gone2,ghost,ghost@ex.com\n"
+              ",,not-an-email\n")  # fmt: skip
+    r = http.post("/api/lists/l2/members", content=upload, headers=csv_h)
+    body = r.json()
+    assert r.status_code == 200 and body["added"] == 3, r.text
+    assert body["not_found"] == [{"profile_id": "p_gone2", "user_id": "ghost", "email": "ghost@ex.com"}], r.text
+    assert [(i["line"], i["reason"][:7]) for i in body["invalid"]] == [(6, "email: ")], r.text
+    assert [x["members"] for x in http.get("/api/lists", headers=h).json()["lists"] if x["id"] == "l2"] == [3]
+    # a header with no identifier column names what it reads
+    r = http.post("/api/lists/l2/members", content="name\nAna\n", headers=csv_h)
+    assert r.status_code == 400 and r.json()["field"] == "body" and "profile_id" in r.text and "email" in r.text, r.text

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import re
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Request
@@ -196,14 +197,14 @@ _LIST_BODY = {"requestBody": {"required": True, "content": {
 
 
 @router.post("/lists/{list_id}/members", summary="Add or remove people: JSON {add, remove} of profile ids or "
-             "{kind: value} identifiers, or a CSV with a profile_id, user_id, email or phone column",
+             "{kind: value} identifiers, or a CSV with profile_id or identifier columns (user_id, email, phone, …)",
              openapi_extra=_LIST_BODY, response_model=schemas.ListChange)  # fmt: skip
 async def change_list(ws: WS, svc: SVC, list_id: str, request: Request):
     kind = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
     raw = await request.body()
     names = None  # what an error names an entry by: its CSV line, else its place in the list (add[3])
     if kind == "text/csv":
-        (add, names), remove = _csv_entries(raw), []
+        (add, names), remove = _csv_entries(raw, _kinds(ws)), []
     else:
         from chorus import safejson
 
@@ -219,7 +220,10 @@ async def change_list(ws: WS, svc: SVC, list_id: str, request: Request):
         # half a minute while tracking waited: an outside probe); the write then takes their current ids in one
         # read under the lock, so a profile merged or erased meanwhile is followed or left out, never written back
         with read_only(svc.engine) as conn:
-            ids_add, missing_add = _resolve(conn, ws, add, "add", names, invalid if names is not None else None)
+            if names is not None:
+                ids_add, missing_add = _resolve_rows(conn, ws, add, names, invalid)
+            else:
+                ids_add, missing_add = _resolve(conn, ws, add, "add")
             ids_remove, missing_remove = _resolve(conn, ws, remove, "remove")
         with svc.engine.begin() as conn:
             now_add = views.resolve_ids(conn, ws.id, ids_add)
@@ -234,10 +238,21 @@ async def change_list(ws: WS, svc: SVC, list_id: str, request: Request):
 
 
 MAX_ENTRIES = 100_000
+# a CSV's header as spreadsheets and mailing tools export it ("Email Address", "Phone Number", "User ID"): compared
+# in lower case with spaces and hyphens as underscores, then these names
+_COLUMN_ALIASES = {"email_address": "email", "e_mail": "email", "phone_number": "phone", "mobile": "phone",
+                   "mobile_number": "phone", "userid": "user_id", "profileid": "profile_id"}  # fmt: skip
 
 
-def _csv_entries(raw: bytes) -> tuple[list, list[str]]:
-    """The entries of a CSV upload and the line each is on (``line 3``: the header is line 1)."""
+def _column(header: str) -> str:
+    name = re.sub(r"[\s-]+", "_", header.strip().lower())
+    return _COLUMN_ALIASES.get(name, name)
+
+
+def _csv_entries(raw: bytes, kinds: tuple[str, ...]) -> tuple[list, list[str]]:
+    """The rows of a CSV upload, each the list of what its identifier columns name (in the order of ``kinds``,
+    profile id first: the first that names somebody is the row's person), and the line each is on (``line 3``:
+    the header is line 1)."""
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -247,19 +262,24 @@ def _csv_entries(raw: bytes) -> tuple[list, list[str]]:
     reader = csv.DictReader(io.StringIO(text))
     out, lines = [], []
     try:
-        cols = [c for c in ("profile_id", "user_id", "email", "phone") if c in (reader.fieldnames or [])]
+        found: dict[str, str] = {}  # kind -> its header (the first column that names it)
+        for header in reader.fieldnames or []:
+            if isinstance(header, str) and _column(header) in ("profile_id", *kinds):
+                found.setdefault(_column(header), header)
+        cols = [(k, found[k]) for k in ("profile_id", *kinds) if k in found]
         if not cols:
-            raise ChorusError("the CSV needs a header with a profile_id, user_id, email or phone column", field="body")
+            raise ChorusError(f"the CSV needs a header with a column of profile_id or an identifier: "
+                              f"{', '.join(kinds)}", field="body")  # fmt: skip
         for row in reader:
             # the csv module counts the physical lines it read (blank ones too): this row ends on this line
             line = f"line {reader.line_num}"
             if len(out) >= MAX_ENTRIES:
                 raise ChorusError(f"{line}: at most {MAX_ENTRIES} rows per upload", field=line)
-            for c in cols:
-                if (row.get(c) or "").strip():
-                    out.append(row[c].strip() if c == "profile_id" else {c: row[c].strip()})
-                    lines.append(line)
-                    break
+            names = [v.strip() if k == "profile_id" else {k: v.strip()}
+                     for k, h in cols if isinstance(v := row.get(h), str) and v.strip()]  # fmt: skip
+            if names:
+                out.append(names)
+                lines.append(line)
     except csv.Error as exc:  # a field over the csv module's limit, a broken quote (its text is the module's)
         why = "a cell longer than the limit" if "field larger" in str(exc) else "a broken quote or line ending"
         line = f"line {max(reader.reader.line_num, 1)}"  # the line it was reading (DictReader's own lags a row)
@@ -267,33 +287,59 @@ def _csv_entries(raw: bytes) -> tuple[list, list[str]]:
     return out, lines
 
 
-def _resolve(conn, ws, entries: object, field: str, names: list[str] | None = None,
-             invalid: list[dict] | None = None) -> tuple[list[str], list]:  # fmt: skip
-    """Profile ids of the entries, and those that name nobody; an entry's error names it by ``names[i]`` (a CSV
-    line) or by its place in ``field``. With ``invalid`` (a CSV upload), an entry whose value is not valid is put
-    there (its line and why) instead of failing the whole upload: good rows next to a bad one are not lost."""
+def _kinds(ws) -> tuple[str, ...]:
+    """The identifier kinds an entry may name a person by."""
+    return ("user_id", "email", "phone", "anonymous_id", *ws.identity.declared)
+
+
+def _resolve_one(conn, ws, e: object, field: str) -> str:
+    """The profile id an entry names (ChorusError 404: nobody; 400: not an entry, or not a valid value)."""
+    if isinstance(e, str):
+        return views.resolve_id(conn, ws.id, e)
+    if isinstance(e, dict) and len(e) == 1 and next(iter(e)) in _kinds(ws) and isinstance(next(iter(e.values())), str):
+        ((k, v),) = e.items()
+        return views.find_by_ident(conn, ws.id, views.lookup_ident(ws.identity, **{k: v}))
+    raise ChorusError("each entry is a profile id or one identifier of a known kind, as text, such as "
+                      '{"email": "ana@example.com"}', field=field)  # fmt: skip
+
+
+def _resolve(conn, ws, entries: object, field: str) -> tuple[list[str], list]:
+    """Profile ids of a JSON body's entries, and those that name nobody; an invalid entry is a 400 naming its
+    place in ``field`` (``add[3]``)."""
     if not isinstance(entries, list) or len(entries) > MAX_ENTRIES:
         raise ChorusError(f"{field} must be a list of at most {MAX_ENTRIES} profile ids or identifiers", field=field)
     ids, missing = [], []
     for i, e in enumerate(entries):
         try:
-            kinds = ("email", "phone", "user_id", "anonymous_id", *ws.identity.declared)
-            if isinstance(e, str):
-                ids.append(views.resolve_id(conn, ws.id, e))
-            elif isinstance(e, dict) and len(e) == 1 and next(iter(e)) in kinds and isinstance(next(iter(e.values())),
-                                                                                               str):  # fmt: skip
-                ((k, v),) = e.items()
-                ids.append(views.find_by_ident(conn, ws.id, views.lookup_ident(ws.identity, **{k: v})))
-            else:
-                raise ChorusError("each entry is a profile id or one identifier of a known kind, as text, such as "
-                                  '{"email": "ana@example.com"}', field=f"{field}[{i}]")  # fmt: skip
+            ids.append(_resolve_one(conn, ws, e, f"{field}[{i}]"))
         except ChorusError as exc:
-            if exc.status == 404:
-                missing.append(e)
-            elif invalid is not None and names is not None:
-                invalid.append({"line": int(names[i].removeprefix("line ")), "reason": exc.message})
-            elif names is not None:
-                raise ChorusError(f"{names[i]}: {exc.message}", field=names[i]) from None
-            else:
+            if exc.status != 404:
                 raise ChorusError(exc.message, field=f"{field}[{i}]") from None
+            missing.append(e)
+    return ids, missing
+
+
+def _resolve_rows(conn, ws, rows: list[list], lines: list[str], invalid: list[dict]) -> tuple[list[str], list]:
+    """Profile ids of a CSV's rows: each row's person is the first of its identifiers that names somebody (an
+    export's stale profile id falls back to the email beside it). A row none of whose identifiers names anybody is
+    not found (its identifiers together); one whose values are all invalid or unknown, with an invalid one, is put
+    in ``invalid`` (its line and why) and the others applied: good rows next to a bad one are not lost."""
+    ids, missing = [], []
+    for names, line in zip(rows, lines, strict=True):
+        why = None
+        for e in names:
+            try:
+                ids.append(_resolve_one(conn, ws, e, line))
+                break
+            except ChorusError as exc:
+                if exc.status != 404 and why is None:
+                    why = exc.message
+        else:
+            if why is not None:
+                invalid.append({"line": int(line.removeprefix("line ")), "reason": why})
+            elif len(names) == 1:
+                missing.append(names[0])
+            else:
+                missing.append({k: v for e in names
+                                for k, v in ({"profile_id": e} if isinstance(e, str) else e).items()})
     return ids, missing
