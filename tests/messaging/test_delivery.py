@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -502,6 +503,60 @@ def test_a_claimed_message_its_journey_withdrew_is_not_sent(engine, setup, smtp_
     rows = _second_waits_while(engine, w, smtp_server, monkeypatch, stop)
     (left,) = [r for r in rows.values() if r.status != "sent"]
     assert left.status == "skipped" and "the journey was stopped" in left.reason
+
+
+def test_a_withdrawal_after_the_batch_was_read_is_seen_once_the_read_is_older_than_still_fresh(
+        engine, setup, smtp_server, monkeypatch):  # fmt: skip
+    """The batch's rows are read together right before the first provider call, and again for a later call once
+    that read is older than ``STILL_FRESH``: a stop that comes while the second message waits its turn is seen."""
+    from chorus.messaging import delivery
+
+    w, _ = setup
+    identify(engine, w, "u2", "bo@example.com")
+    body = [outbox.parse_request({"to": {"email": e}, "template": "hi", "kind": "marketing"})
+            for e in ("ana@example.com", "bo@example.com")]  # fmt: skip
+    outbox.enqueue_many(engine, ws_of(engine, w), [(body[0], "ea"), (body[1], "eb")], LINKS, Clock(T0))
+    monkeypatch.setattr(delivery, "STILL_FRESH", 0.05)
+    real, seen = delivery._Lease.still, []
+
+    def still_then_stop(self, msg, ws):
+        verdict = real(self, msg, ws)
+        seen.append(verdict[0])
+        if len(seen) == 1:  # the first goes; the other is withdrawn while it waits, longer than STILL_FRESH
+            with engine.begin() as conn:
+                conn.execute(messages.update().where(messages.c.id != msg["id"]).values(journey_id="promo"))
+                assert len(outbox.withdraw_journey(conn, w["id"], "promo", "the journey was stopped", T0)) == 1
+            time.sleep(0.1)
+        return verdict
+
+    monkeypatch.setattr(delivery._Lease, "still", still_then_stop)
+    d = Deliverer(engine, clock=Clock(T0), threads=1)
+    assert d.run_once() == 2
+    d.close()
+    assert seen == ["go", "withdrawn"] and len(smtp_server.messages) == 1
+
+
+def test_a_batch_reads_its_rows_once_before_its_provider_calls(engine, setup, smtp_server):
+    """Twenty messages sent within STILL_FRESH of each other: one read of their rows, not one per message (a read
+    per message made a busy worker fall behind: p99 from an event to its in-app message queued 3.7 s, not 0.4 s)."""
+    w, _ = setup
+    body = outbox.parse_request({"to": {"email": "ana@example.com"}, "template": "hi"})
+    outbox.enqueue_many(engine, ws_of(engine, w), [(body, f"k{i}") for i in range(20)], LINKS, Clock(T0))
+    reads = []
+
+    def count(conn, cursor, statement, *args):
+        # the check's read (the claim reads every column, the idempotency key among them)
+        if statement.startswith("SELECT") and "withdraw_reason" in statement and "idempotency_key" not in statement:
+            reads.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", count)
+    try:
+        d = Deliverer(engine, clock=Clock(T0), threads=4)
+        assert d.run_once() == 20
+        d.close()
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count)
+    assert len(smtp_server.messages) == 20 and len(reads) == 1, reads
 
 
 def test_a_claimed_message_to_someone_who_opted_out_since_is_not_sent(engine, setup, smtp_server, monkeypatch):
