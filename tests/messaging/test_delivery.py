@@ -559,6 +559,29 @@ def test_a_batch_reads_its_rows_once_before_its_provider_calls(engine, setup, sm
     assert len(smtp_server.messages) == 20 and len(reads) == 1, reads
 
 
+def test_a_batch_held_past_recheck_reads_its_people_once(engine, setup, smtp_server, monkeypatch):
+    """Held past ``RECHECK``, a batch reads its people's consent again before their calls: together, one read for
+    the batch within STILL_FRESH, not one per message."""
+    from chorus.messaging import delivery
+
+    w, _ = setup
+    monkeypatch.setattr(delivery, "RECHECK", 0.0)
+    body = outbox.parse_request({"to": {"email": "ana@example.com"}, "template": "hi"})
+    outbox.enqueue_many(engine, ws_of(engine, w), [(body, f"k{i}") for i in range(20)], LINKS, Clock(T0))
+    real, reads = delivery._current_profiles, []
+
+    def counted(conn, ws, pids):
+        reads.append(pids)
+        return real(conn, ws, pids)
+
+    monkeypatch.setattr(delivery, "_current_profiles", counted)
+    d = Deliverer(engine, clock=Clock(T0), threads=4)
+    assert d.run_once() == 20
+    d.close()
+    assert len(smtp_server.messages) == 20
+    assert len(reads) == 2, reads  # preparing the batch, then once before the calls
+
+
 def test_a_claimed_message_to_someone_who_opted_out_since_is_not_sent(engine, setup, smtp_server, monkeypatch):
     """Consent is read when the batch is prepared and again right before each send once the batch has waited
     (``RECHECK``): an outside probe saw texts reach people 4-15 s after their STOP was answered, behind a rate

@@ -176,6 +176,8 @@ class _Lease:
         self.unsent = set(self.pending)  # not yet past ``still``
         self.rows: dict[str, tuple] = {}  # message id -> (attempts, withdraw_reason), as ``still`` last read them
         self.read_at = -1e18
+        self.msgs = dict(self.pending)
+        self.people: dict[str, tuple[float, dict]] = {}  # workspace id -> (when, profile id -> view), for RECHECK
 
     def holds(self, msg: dict) -> bool:
         with self.lock:
@@ -210,14 +212,25 @@ class _Lease:
         if withdrawn:
             return "withdrawn", outbox.WITHDRAWN + withdrawn
         if time.monotonic() - self.prepared > RECHECK:
-            with read_only(self.d.engine) as conn:
-                profile = _current_profiles(conn, ws, [msg["profile_id"]]).get(msg["profile_id"])
-                if profile is None:  # erased meanwhile (her message row goes with her)
-                    return "lost", None
-                why = self.d._consent_withdrawn(ws, msg, profile)
-                if why:
-                    return "withdrawn", why
+            profile = self._person(msg, ws)
+            if profile is None:  # erased meanwhile (her message row goes with her)
+                return "lost", None
+            why = self.d._consent_withdrawn(ws, msg, profile)
+            if why:
+                return "withdrawn", why
         return "go", None
+
+    def _person(self, msg: dict, ws: ws_api.Workspace) -> dict | None:
+        """Her profile as read at most STILL_FRESH ago: the people of the workspace's unsent messages together."""
+        with self.lock:
+            at, found = self.people.get(ws.id, (-1e18, {}))
+            if time.monotonic() - at > STILL_FRESH:
+                pids = sorted({m["profile_id"] for i, m in self.msgs.items()
+                               if m["workspace_id"] == ws.id and (i in self.unsent or i == msg["id"])})  # fmt: skip
+                with read_only(self.d.engine) as conn:
+                    found = _current_profiles(conn, ws, pids)
+                self.people[ws.id] = (time.monotonic(), found)
+            return found.get(msg["profile_id"])
 
 
 class Deliverer:
