@@ -186,7 +186,7 @@ def choose_channel(
         ch = next(c for c in requested if c in usable)
         return Choice(ch, usable[ch], f"first usable of the requested channels {requested}", considered)
     preferred = (profile.get("traits") or {}).get("preferred_channel")
-    if preferred in usable:
+    if isinstance(preferred, str) and preferred in usable:  # a trait any client sets: a list or an object is none
         return Choice(preferred, usable[preferred], "the profile's preferred channel", considered)
     recency = _recency(profile)
     active = [c for c in usable if c in recency]
