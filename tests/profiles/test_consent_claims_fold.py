@@ -277,3 +277,26 @@ def test_a_topics_mode_is_found_by_its_name_in_any_case():
     assert not consent_decision(view, "email", "Offers", "marketing", topics).allowed
     assert not consent_decision(view, "email", "offers", "marketing", topics).allowed
     assert consent_decision(view, "email", "news", "marketing", topics).allowed  # opt-out, nothing denied
+
+
+def test_a_grant_stamped_ahead_of_its_arrival_does_not_outrank_a_later_opt_out():
+    """A statement is dated at the earlier of its timestamp and its arrival: a server's grant stamped three hours
+    ahead (a clock off, local time sent as UTC) arrived before the person's unsubscribe, which Chorus dates as it
+    happens; the unsubscribe wins, in either arrival order of the fold. Found by an outside probe: "You are
+    unsubscribed", and the next offer was sent."""
+    from chorus.messaging.policy import consent_decision
+
+    grant = {"type": "track", "event": "Consent Updated", "messageId": "g", "channel": "server",
+             "properties": {"channel": "email", "topic": "offers", "status": "granted"},
+             "timestamp": "2026-01-01T13:00:00.000000Z", "receivedAt": "2026-01-01T10:00:00.000000Z"}  # fmt: skip
+    stop = {"type": "track", "event": "Consent Updated", "messageId": "chorus-consent-u", "channel": "email",
+            "properties": {"channel": "email", "topic": "offers", "status": "denied"},
+            "timestamp": "2026-01-01T10:05:00.000000Z", "receivedAt": "2026-01-01T10:05:00.000000Z"}  # fmt: skip
+    for order in ([grant, stop], [stop, grant]):
+        st_ = fold([(m, True) for m in order])
+        assert not consent_decision(pstate.public_view(st_), "email", "offers", "marketing").allowed, st_["consent"]
+    # an honest grant after the opt-out still counts: stamped when it was made, before it arrived
+    regrant = {**grant, "messageId": "g2", "timestamp": "2026-01-01T10:06:00.000000Z",
+               "receivedAt": "2026-01-01T10:06:01.000000Z"}  # fmt: skip
+    st_ = fold([(m, True) for m in (grant, stop, regrant)])
+    assert consent_decision(pstate.public_view(st_), "email", "offers", "marketing").allowed

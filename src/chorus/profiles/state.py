@@ -422,8 +422,14 @@ def apply_event(
 
 
 def apply_consent(state: dict, msg: dict, vouched: bool = True) -> dict:
-    """Only the consent part of :func:`apply_event` (used to apply an opt-out before the event is resolved)."""
-    key = [msg["timestamp"], msg["messageId"]]
+    """Only the consent part of :func:`apply_event` (used to apply an opt-out before the event is resolved).
+
+    A statement is dated when it was made, and it cannot have been made after it reached Chorus: its time is the
+    earlier of its ``timestamp`` and its ``receivedAt``. Otherwise a grant stamped ahead (a server clock off, local
+    time sent as UTC; the door takes times up to two days ahead) would outrank the unsubscribe or STOP made after
+    it, which Chorus dates as it happens (an outside probe: "You are unsubscribed", and the offers still sent)."""
+    ts, received = msg["timestamp"], msg.get("receivedAt")
+    key = [received if isinstance(received, str) and received < ts else ts, msg["messageId"]]
     source = "event:" + msg["messageId"]
     for c, topic, status in consent_updates(msg):
         _set_consent(state, c, topic, status, key, source, vouched)
