@@ -200,6 +200,21 @@ def test_bad_templates_and_requests_name_the_field(http, shop):
     assert r.status_code == 400 and "providers.email[0].host" in r.json()["message"]
 
 
+def test_a_topic_is_named_as_consent_names_it(http, shop):
+    """An outside probe: a message's topic "offers " or " offers" slipped past an email:offers opt-out, and "*"
+    made its unsubscribe link deny every email (receipts too); a topic label that was not text made the hosted
+    preference page a 500 for everyone."""
+    for topic in ("offers ", " offers", "*", "Offers", "", 5):
+        r = send(http, shop, f"t-{topic!r}", topic=topic)
+        assert r.status_code == 400 and r.json()["field"] == "topic", (topic, r.text)
+    assert send(http, shop, "t-ok", topic="offers.spring-26").status_code in (200, 201, 202)
+    for topics, words in (({"offers": {"mode": "opt_out", "label": 5}}, "topics.offers.label"),
+                          ({"offers": {"mode": "opt_out", "label": ""}}, "topics.offers.label"),
+                          ({"Offers ": {"mode": "opt_out"}}, "a topic's name")):  # fmt: skip
+        r = http.patch("/api/workspace/settings", json={"messaging": {"topics": topics}}, headers=shop)
+        assert r.status_code == 400 and words in r.json()["message"], r.text
+
+
 def test_missing_value_skips_the_send_with_the_reason(http, server, shop, smtp_server):
     tpl = {"variants": {"email": {"subject": "Your code {{ data.code }}", "html": "<p>{{ data.code }}</p>"}}}
     assert http.put("/api/templates/code", json=tpl, headers=shop).status_code == 200

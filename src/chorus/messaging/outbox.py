@@ -112,6 +112,8 @@ def parse_request(body: object) -> dict:
     for key in ("topic", "locale", "journey_id", "campaign_id", "profile_id", "template"):
         if body.get(key) is not None and (not isinstance(body[key], str) or len(body[key]) > 64):
             raise ChorusError(f"{key} must be a string of at most 64 characters", field=key)
+    if body.get("topic") is not None and not policy.TOPIC_NAME.fullmatch(body["topic"]):
+        raise ChorusError(f"topic must be {policy.TOPIC_RULE}, as topics are named in consent", field="topic")
     return {**body, "channel": channel}
 
 

@@ -18,6 +18,7 @@ uploading a person to an ad platform is a marketing use of their data, so an ``a
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -25,6 +26,11 @@ from zoneinfo import ZoneInfo
 from chorus.timeutil import parse_ts, zone
 
 MESSAGE_CHANNELS = ("email", "sms", "push", "whatsapp", "messenger", "in_app", "webhook")
+# A topic's name, wherever one is given (a template, a message's override, the workspace's topics): what consent
+# slots are named by. Lower case and no spaces nor "*": "offers " or "*" as a message's topic slipped past an
+# "email:offers" opt-out, and a "*" unsubscribe link denied the person's receipts too (an outside probe).
+TOPIC_NAME = re.compile(r"[a-z0-9_.-]{1,64}")
+TOPIC_RULE = "1 to 64 characters of a-z, 0-9, _, . and -"
 DEFAULT_FALLBACK = ["email", "push", "sms", "whatsapp", "messenger", "in_app"]
 # Activity on a touchpoint says which message channels the person is likely to see now.
 ACTIVITY_IMPLIES = {

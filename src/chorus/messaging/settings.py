@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from chorus.messaging.policy import MESSAGE_CHANNELS
+from chorus.messaging.policy import MESSAGE_CHANNELS, TOPIC_NAME, TOPIC_RULE
 from chorus.messaging.providers import PROVIDER_TYPES, ConfigError, build, is_sink
 from chorus.timeutil import known_zone
 
@@ -23,8 +23,14 @@ def validate(value: object) -> dict:
     if not isinstance(topics, dict):
         raise ValueError('settings.messaging.topics must be an object {topic: {"mode": "opt_in" | "opt_out"}}')
     for name, conf in topics.items():
+        if not TOPIC_NAME.fullmatch(name):
+            raise ValueError(f"settings.messaging.topics: a topic's name must be {TOPIC_RULE} ({name[:70]!r})")
         if not isinstance(conf, dict) or conf.get("mode") not in ("opt_in", "opt_out") or set(conf) - {"mode", "label"}:
             raise ValueError(f'settings.messaging.topics.{name} must be {{"mode": "opt_in" | "opt_out", "label"}}')
+        label = conf.get("label")
+        if label is not None and (not isinstance(label, str) or not 0 < len(label) <= 200):
+            # shown on the preference page (a number there made the page a 500 for everyone: an outside probe)
+            raise ValueError(f"settings.messaging.topics.{name}.label must be a text of 1 to 200 characters")
     order = value.get("fallback_order")
     if order is not None and (not isinstance(order, list) or any(c not in MESSAGE_CHANNELS for c in order)):
         raise ValueError(f"settings.messaging.fallback_order must list channels among {', '.join(MESSAGE_CHANNELS)}")
