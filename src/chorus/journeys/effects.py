@@ -22,6 +22,9 @@ idempotency keys, so nothing happens twice.
 
 from __future__ import annotations
 
+import copy
+from dataclasses import replace
+
 from chorus import workspaces as ws_api
 from chorus.collect import ingest
 from chorus.collect.messages import Event as Stored
@@ -30,6 +33,7 @@ from chorus.errors import ChorusError
 from chorus.journeys import interpreter as j
 from chorus.journeys.runtime import Claim, PersonRun, effect, flush
 from chorus.messaging import outbox
+from chorus.profiles.state import apply_event
 from chorus.timeutil import iso
 
 
@@ -95,6 +99,13 @@ def update_trait(run: PersonRun, s: j.State, c: j.UpdateTrait) -> None:
         return
     source = ws_api.internal_source(run.conn, run.ws, "internal", "chorus-journeys")
     ingest.store(run.conn, source, [ev], [], run.now)
+    # the trait is hers from now on, for what this run is given next too (a second entry of the same batch, a
+    # timer already due): her person was read before the step, and the stored identify reaches her profile only
+    # when the worker resolves it (an outside probe: the live runtime took `else` where the simulator, which folds
+    # the step's identify at once, took `then`)
+    state = copy.deepcopy(dict(run.person.state))
+    apply_event(state, ev.payload, run.person.id, dict(run.js.ws.settings.get("trait_policies") or {}))
+    run.person = replace(run.person, state=state)
 
 
 @effect(j.ListChange)

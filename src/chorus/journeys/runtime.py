@@ -677,6 +677,10 @@ class PersonRun:
         self.replaying.add(jid)
         self.unreplayed[jid] = {i.id for i in held if isinstance(i, Event)}
         for inp in held:
+            # her timers due before it come first, as the consumer gives them: a wait begun by an earlier held input
+            # times out before a later one that came after its timeout (an outside probe: a purchase 75 s after
+            # the entry took the `bought` branch of a wait with a 1-minute timeout, the simulator said `timeout`)
+            self.fire_due(min(j.input_time(inp), self.now))
             self.give(inp, only=[jid])
         self.replaying.discard(jid)
         self.unreplayed.pop(jid, None)
