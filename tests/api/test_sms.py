@@ -145,6 +145,23 @@ def test_late_or_repeated_callbacks_never_move_a_message_back(http, server, work
     assert v["status"] == "delivered" and [h["status"] for h in v["history"]] == ["queued", "sent", "delivered"]
 
 
+def test_a_callback_about_a_message_no_provider_had_is_ignored(http, server, workspace, twilio, sms_shop):
+    """An outside probe: a signed status callback naming a skipped message (``?m=``, any MessageSid) made it
+    "bounced" and denied the person every SMS. No provider had it: the report is about another message."""
+    m = http.post("/api/messages", json={"to": {"phone": PHONE}, "template": "shipped"},  # no data.order: skipped
+                  headers={**sms_shop, "Idempotency-Key": "sk1"}).json()  # fmt: skip
+    assert wait_status(http, sms_shop, m["id"], "skipped")
+    path = f"/webhooks/twilio/{workspace['id']}/status?m={m['id']}"
+    params = {"MessageSid": "SM" + "0" * 32, "MessageStatus": "failed", "ErrorCode": "30003",
+              "AccountSid": twilio.account_sid, "To": PHONE}  # fmt: skip
+    assert twilio_post(http, server, twilio, path, params).status_code == 200
+    v = http.get(f"/api/messages/{m['id']}", headers=sms_shop).json()
+    assert v["status"] == "skipped" and [h["status"] for h in v["history"]] == ["skipped"], v
+    server.settle()
+    consent = http.get(f"/api/profiles/{m['profile_id']}", headers=sms_shop).json().get("consent") or {}
+    assert "sms:*" not in consent, consent
+
+
 def test_a_replayed_inbound_webhook_counts_once(http, server, workspace, twilio, sms_shop):
     inbound = f"/webhooks/twilio/{workspace['id']}/inbound"
     m = send(http, sms_shop, "rp1").json()

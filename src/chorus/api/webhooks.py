@@ -30,6 +30,10 @@ DEFAULT_HELP = "Reply STOP to stop receiving messages, START to receive them aga
 UNDELIVERABLE = {30003, 30005, 30006} | UNREACHABLE_NUMBER
 # How far a message got: a callback never moves it back.
 OUTCOME_RANK = {"queued": 0, "retrying": 0, "sending": 0, "sent": 1, "delivered": 2, "failed": 3, "bounced": 3}
+# statuses of a message no provider has taken: queued (not claimed yet) and skipped (not sent, or withdrawn before
+# it went out). A signed callback naming one (a replayed or mis-routed URL) made a skipped text "bounced" and
+# denied the person every SMS (an outside probe)
+NEVER_SENT = frozenset({"queued", "skipped"})
 
 
 class Forbidden(ChorusError):
@@ -105,6 +109,8 @@ def _apply_status(svc: Services, ws: ws_api.Workspace, form: dict, status: str, 
             q = q.with_for_update()
         row = conn.execute(q).first()
         if row is None or (row.provider_message_id and row.provider_message_id != sid):
+            return
+        if row.status in NEVER_SENT:  # no provider ever had it: a report about it is about another message
             return
         msg = dict(row._mapping)
         columns = {} if row.provider_message_id else {"provider_message_id": sid}
