@@ -33,7 +33,16 @@ from chorus.api import (
     webhooks_meta,
     webhooks_sendgrid,
 )
-from chorus.api.common import JSON, ClientGone, KeyCache, Services, error_response, shorten
+from chorus.api.common import (
+    JSON,
+    ClientGone,
+    KeyCache,
+    Services,
+    error_response,
+    form_problem,
+    is_form_problem,
+    shorten,
+)
 from chorus.collect.ingest import Backlog
 from chorus.config import Settings
 from chorus.errors import ChorusError
@@ -115,6 +124,8 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True, eng
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
+        if is_form_problem(exc):  # a form the parser could not read (the unsubscribe pages, provider webhooks)
+            return error_response(ChorusError(f"the body is not a valid form ({form_problem(exc)})", field="body"))
         codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}
         body = {"code": codes.get(exc.status_code, "http_error"), "message": str(exc.detail)}
         path = shorten(request.url.path, 200)

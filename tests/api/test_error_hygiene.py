@@ -169,6 +169,21 @@ def test_a_broken_form_is_named_without_the_parsers_text(http, workspace):
     assert _clean(r, 400, "body")["message"] == "body is not a valid form (its Content-Type has no boundary)"
 
 
+@SQLITE
+def test_a_broken_form_on_the_public_pages_and_webhooks_is_named_without_the_parsers_text(http, workspace):
+    """An outside probe: the unsubscribe pages and the Twilio webhooks answered the form parser's own text
+    ("Missing boundary in multipart.", code http_error), before any check of the token or the signature."""
+    ws = workspace["id"]
+    for path in ("/u/not-a-token", "/u/not-a-token/preferences", f"/webhooks/twilio/{ws}/inbound",
+                 f"/webhooks/twilio/{ws}/status"):  # fmt: skip
+        r = http.post(path, content=b"--x\r\n", headers={"Content-Type": "multipart/form-data"})
+        body = _clean(r, 400, "body")
+        assert body["message"] == "the body is not a valid form (its Content-Type has no boundary)", (path, body)
+    r = http.post("/u/not-a-token", content=b"a=" + b"x" * (2 * 1024 * 1024),
+                  headers={"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
+    assert "a field is larger than the limit" in _clean(r, 400, "body")["message"]
+
+
 # -- 4. no Python reprs, no huge echoed values ----------------------------------------------------------------------
 @SQLITE
 def test_a_huge_bad_value_is_not_echoed_whole(http, workspace):

@@ -78,6 +78,12 @@ def form_problem(exc: Exception) -> str:
     return next((ours for theirs, ours in _FORM_PROBLEMS if text.startswith(theirs)), "it is not multipart data")
 
 
+def is_form_problem(exc: Exception) -> bool:
+    """Is this the form parser's own 400 (raised wherever a route reads its form: ``request.form()``, ``Form()``)?"""
+    text = str(getattr(exc, "detail", None) or "").lower()
+    return getattr(exc, "status_code", None) == 400 and any(text.startswith(theirs) for theirs, _ in _FORM_PROBLEMS)
+
+
 def basic_user(header: str | None) -> str | None:
     """The user of an HTTP Basic ``Authorization`` header (where Segment clients put the write key)."""
     if not header or not header.lower().startswith("basic "):
