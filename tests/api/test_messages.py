@@ -193,6 +193,14 @@ def test_bad_templates_and_requests_name_the_field(http, shop):
         for path in ("/api/messages", "/api/messages/preview"):
             r = http.post(path, json={"to": bad, "template": "cart"}, headers=shop)
             assert r.status_code == 400 and r.json()["field"] == field, (path, bad, r.text)
+    # preview answers as a send would (an outside probe: preview named `email` where the send named `to.email`)
+    for who, status, field in (({"to": {"email": "not-an-email"}}, 400, "to.email"),
+                               ({"to": {"phone": "+1 415 555"}}, 400, "to.phone"),
+                               ({"to": {"anonymous_id": "nobody"}}, 404, "to.anonymous_id"),
+                               ({"profile_id": "p_nobody"}, 404, "profile_id")):  # fmt: skip
+        for path in ("/api/messages", "/api/messages/preview"):
+            r = http.post(path, json={**who, "template": "cart"}, headers={**shop, "Idempotency-Key": "pv"})
+            assert (r.status_code, r.json().get("field")) == (status, field), (path, who, r.text)
     r = http.put("/api/templates/" + "t" * 65, json=TEMPLATE, headers=shop)
     assert r.status_code == 400 and r.json()["field"] == "name"
     r = http.patch("/api/workspace/settings", json={"messaging": {"providers": {"email": [{"type": "smtp"}]}}},

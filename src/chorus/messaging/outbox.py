@@ -357,13 +357,38 @@ def _cfg(conn: Connection, ws: str):
 
 
 def recipient(conn: Connection, ws: ws_api.Workspace, req: dict) -> str:
-    """The profile id a request is for: ``profile_id`` (old merged ids resolve) or one identifier in ``to``."""
-    if req.get("profile_id"):
-        return views.resolve_id(conn, ws.id, req["profile_id"])
-    ((kind, value),) = req["to"].items()
-    if kind not in ("email", "phone", "user_id", "anonymous_id", *ws.identity.declared):
-        raise ChorusError(f"to.{kind} is not an identifier kind", field=f"to.{kind}")
-    return views.find_by_ident(conn, ws.id, views.lookup_ident(ws.identity, **{kind: value}))
+    """The profile id a request is for: ``profile_id`` (old merged ids resolve) or one identifier in ``to``; the
+    error a send of it would give (a preview named ``email`` where the send named ``to.email``: an outside probe)."""
+    found = recipients_of(conn, ws, [req])[0]
+    if isinstance(found, ChorusError):
+        raise found
+    return found
+
+
+def recipients_of(conn: Connection, ws: ws_api.Workspace, reqs: list[dict]) -> dict[int, str | ChorusError]:
+    """Each request's profile id (its place in ``reqs`` -> id), or the error naming its field: in a few
+    statements for a whole batch."""
+    pid: dict[int, str | ChorusError] = {}
+    by_id = views.resolve_ids(conn, ws.id, [r["profile_id"] for r in reqs if r.get("profile_id")])
+    idents: dict[int, str] = {}
+    for i, req in enumerate(reqs):
+        if req.get("profile_id"):
+            pid[i] = by_id.get(req["profile_id"]) or NotFound(f"profile {req['profile_id']} not found",
+                                                              field="profile_id")  # fmt: skip
+            continue
+        ((kind, value),) = req["to"].items()
+        if kind not in ("email", "phone", "user_id", "anonymous_id", *ws.identity.declared):
+            pid[i] = ChorusError(f"to.{kind} is not an identifier kind", field=f"to.{kind}")
+            continue
+        try:
+            idents[i] = views.lookup_ident(ws.identity, **{kind: value})
+        except ChorusError as exc:
+            pid[i] = ChorusError(str(exc), field=f"to.{kind}")
+    found = views.find_by_idents(conn, ws.id, list(idents.values()))
+    for i, ident in idents.items():
+        kind, value = ident.split(":", 1)
+        pid[i] = found.get(ident) or NotFound(f"no profile with {kind} {value!r}", field=f"to.{kind}")
+    return pid
 
 
 # -- enqueue ----------------------------------------------------------------------------------------------------
@@ -508,26 +533,7 @@ class _Recipients:
 
     def __init__(self, conn: Connection, ws: ws_api.Workspace, reqs: list[dict], now: datetime):
         self.conn, self.ws = conn, ws
-        self.pid: dict[int, str | ChorusError] = {}
-        by_id = views.resolve_ids(conn, ws.id, [r["profile_id"] for r in reqs if r.get("profile_id")])
-        idents: dict[int, str] = {}
-        for i, req in enumerate(reqs):
-            if req.get("profile_id"):
-                pid = by_id.get(req["profile_id"])
-                self.pid[i] = pid or NotFound(f"profile {req['profile_id']} not found", field="profile_id")
-                continue
-            ((kind, value),) = req["to"].items()
-            if kind not in ("email", "phone", "user_id", "anonymous_id", *ws.identity.declared):
-                self.pid[i] = ChorusError(f"to.{kind} is not an identifier kind", field=f"to.{kind}")
-                continue
-            try:
-                idents[i] = views.lookup_ident(ws.identity, **{kind: value})
-            except ChorusError as exc:
-                self.pid[i] = ChorusError(str(exc), field=f"to.{kind}")
-        found = views.find_by_idents(conn, ws.id, list(idents.values()))
-        for i, ident in idents.items():
-            kind, value = ident.split(":", 1)
-            self.pid[i] = found.get(ident) or NotFound(f"no profile with {kind} {value!r}", field=f"to.{kind}")
+        self.pid = recipients_of(conn, ws, reqs)
         pids = [p for p in self.pid.values() if isinstance(p, str)]
         profiles = views.get_profiles(conn, ws.id, pids, ws.identity)
         self.subs = endpoints_for(conn, ws.id, list(profiles.values()))
