@@ -221,6 +221,11 @@ def test_a_topic_is_named_as_consent_names_it(http, shop):
                           ({"Offers ": {"mode": "opt_out"}}, "a topic's name")):  # fmt: skip
         r = http.patch("/api/workspace/settings", json={"messaging": {"topics": topics}}, headers=shop)
         assert r.status_code == 400 and words in r.json()["message"], r.text
+    # the HELP answer is TwiML: a control character there made Twilio refuse it, and the person got no help
+    r = http.patch("/api/workspace/settings", json={"messaging": {"sms_help": "Call us\x07"}}, headers=shop)
+    assert r.status_code == 400 and "sms_help must not hold control characters" in r.json()["message"], r.text
+    r = http.patch("/api/workspace/settings", json={"messaging": {"sms_help": "Shop help:\ncall 555"}}, headers=shop)
+    assert r.status_code == 200, r.text
 
 
 def test_missing_value_skips_the_send_with_the_reason(http, server, shop, smtp_server):

@@ -8,6 +8,8 @@ from chorus.messaging.policy import MESSAGE_CHANNELS, TOPIC_NAME, TOPIC_RULE
 from chorus.messaging.providers import PROVIDER_TYPES, ConfigError, build, is_sink
 from chorus.timeutil import known_zone
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffe\uffff]")  # what XML 1.0 cannot hold (and DEL)
+
 
 def validate(value: object) -> dict:
     """Raise ValueError naming the setting that is wrong; secrets are referenced by environment variable name."""
@@ -39,6 +41,10 @@ def validate(value: object) -> dict:
         raise ValueError("settings.messaging.inbox_verification must be true or false")
     if value.get("sms_help") is not None and (not isinstance(value["sms_help"], str) or len(value["sms_help"]) > 320):
         raise ValueError("settings.messaging.sms_help must be a text of at most 320 characters")
+    if isinstance(value.get("sms_help"), str) and _CONTROL.search(value["sms_help"]):
+        # it is answered as TwiML, an XML document: a control character there makes Twilio refuse the answer, and
+        # the person who texted HELP gets nothing (an outside probe)
+        raise ValueError("settings.messaging.sms_help must not hold control characters (new lines and tabs may)")
     providers = value.get("providers") or {}
     if not isinstance(providers, dict):
         raise ValueError("settings.messaging.providers must be an object {channel: [provider, ...]}")
