@@ -173,11 +173,28 @@ class _Lease:
         self.ours: set[str] = set()
         self.at = -1e18
         self.prepared = deliverer._consent_read  # when Deliverer._prepare read the batch's consent
-        self.unsent = set(self.pending)  # not yet past ``still``
+        # the messages still to be sent or being sent (their provider calls, fail-over included, not over): what a
+        # read of the batch's rows covers
+        self.unsent = set(self.pending)
         self.rows: dict[str, tuple] = {}  # message id -> (attempts, withdraw_reason), as ``still`` last read them
         self.read_at = -1e18
+        self.covered: set[str] = set()  # the ids the last read asked for (one missing from ``rows`` is gone)
         self.msgs = dict(self.pending)
-        self.people: dict[str, tuple[float, dict]] = {}  # workspace id -> (when, profile id -> view), for RECHECK
+        # workspace id -> (when, the profile ids read, profile id -> view), for RECHECK
+        self.people: dict[str, tuple[float, set[str], dict]] = {}
+
+    def done(self, msg: dict) -> None:
+        """Its provider calls are over (sent, failed, or not sent): later reads leave it out."""
+        with self.lock:
+            self.unsent.discard(msg["id"])
+
+    def _ids_to_read(self, msg: dict, last: float, ids: set[str]) -> list[str]:
+        """What a stale read covers: the whole batch while its sends come close together (each read answers for
+        many), only this one when they are paced further apart than STILL_FRESH (a rate limit: a read of the whole
+        rest for each send would read the batch quadratically; review)."""
+        if time.monotonic() - last < 2 * STILL_FRESH or last < 0:
+            return sorted(ids | {msg["id"]})
+        return [msg["id"]]
 
     def holds(self, msg: dict) -> bool:
         with self.lock:
@@ -197,15 +214,14 @@ class _Lease:
         nobody read here). What is in flight at the instant of the change (the provider call itself) cannot be called
         back."""
         with self.lock:
-            if time.monotonic() - self.read_at > STILL_FRESH:  # the batch's rows, read together (STILL_FRESH)
-                ids = sorted(self.unsent)
+            if time.monotonic() - self.read_at > STILL_FRESH or msg["id"] not in self.covered:
+                ids = self._ids_to_read(msg, self.read_at, self.unsent)
                 with read_only(self.d.engine) as conn:
                     found = conn.execute(sa.select(messages.c.id, messages.c.attempts, messages.c.withdraw_reason)
                                          .where(bulk.in_(messages.c.id, ids, conn.dialect.name),
                                                 SENDING)).all()  # fmt: skip
                 self.rows = {r.id: (r.attempts, r.withdraw_reason) for r in found}
-                self.read_at = time.monotonic()
-            self.unsent.discard(msg["id"])
+                self.covered, self.read_at = set(ids), time.monotonic()
             attempts, withdrawn = self.rows.get(msg["id"], (None, None))
         if attempts != msg["attempts"]:
             return "lost", None
@@ -223,13 +239,13 @@ class _Lease:
     def _person(self, msg: dict, ws: ws_api.Workspace) -> dict | None:
         """Her profile as read at most STILL_FRESH ago: the people of the workspace's unsent messages together."""
         with self.lock:
-            at, found = self.people.get(ws.id, (-1e18, {}))
-            if time.monotonic() - at > STILL_FRESH:
-                pids = sorted({m["profile_id"] for i, m in self.msgs.items()
-                               if m["workspace_id"] == ws.id and (i in self.unsent or i == msg["id"])})  # fmt: skip
+            at, read, found = self.people.get(ws.id, (-1e18, set(), {}))
+            if time.monotonic() - at > STILL_FRESH or msg["profile_id"] not in read:
+                ids = self._ids_to_read(msg, at, {i for i in self.unsent if self.msgs[i]["workspace_id"] == ws.id})
+                pids = sorted({self.msgs[i]["profile_id"] for i in ids if i in self.msgs} | {msg["profile_id"]})
                 with read_only(self.d.engine) as conn:
                     found = _current_profiles(conn, ws, pids)
-                self.people[ws.id] = (time.monotonic(), found)
+                self.people[ws.id] = (time.monotonic(), set(pids), found)
             return found.get(msg["profile_id"])
 
 
@@ -421,6 +437,8 @@ class Deliverer:
         except Exception as exc:  # noqa: BLE001 - provider calls catch their own: this is before any, retry is safe
             log.exception("message %s: delivery failed", msg["id"])
             return _Outcome(msg, "transient", reason=f"internal error: {type(exc).__name__}: {exc}"[:500])
+        finally:
+            lease.done(msg)
 
     def _call_providers(self, msg: dict, ws: ws_api.Workspace, profile: dict, lease: _Lease) -> _Outcome:
         """The provider calls of one message: failover in order; never a database write here but the lease."""
