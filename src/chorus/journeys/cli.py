@@ -92,6 +92,8 @@ def journeys_simulate(
     ] = None,
     until: Annotated[str | None, typer.Option(help="Where the virtual clock stops (ISO 8601)")] = None,
     start: Annotated[str | None, typer.Option(help="Start every person at this instant (API/scheduled entry)")] = None,
+    start_data: Annotated[str | None, typer.Option("--start-data", help=(
+        "API starts with their data, JSON lines: {\"userId\": ..., \"data\": {...}, \"at\": ...}"))] = None,
     backtest: Annotated[
         int | None, typer.Option("--backtest", min=1, max=3650, help="Replay the stored events of the last DAYS")
     ] = None,
@@ -110,22 +112,33 @@ def journeys_simulate(
         segments = sm.read_segments(segments_file) if segments_file else None
         templates = sm.read_templates(templates_file) if templates_file else None
         stop, begin = _instant(until, "--until"), _instant(start, "--start")
+        starts = _starts(defn, start_data, begin)
+        if starts is not None:
+            begin = None  # --start is the time of the lines without theirs: nobody else is started
+        # where the journey's segments come from, for the check that each is there (a publish's check)
+        source = segments_file if segments_file else f"the workspace '{workspace}'" if workspace else None
         if backtest is None:
             if events_file is None:
                 raise ChorusError("give --events FILE, or --backtest DAYS with --workspace")
             subjects = sm.people_from_payloads(sm.read_events(events_file))
+            if starts is not None:
+                sm.give_starts(subjects, starts)
             # with --workspace, its settings (time zone, topics, identity, trait policies) and, unless given, its
             # segments and templates, as a backtest reads them (an outside probe: local delays ran in UTC here
             # while the live runtime used the workspace's zone)
             context = _workspace_context(db, workspace, segments, templates, defn) if workspace else {
                 "segments": segments, "templates": templates}
+            sm.check_segments(defn, context["segments"], source, file)
             report = sm.simulate(defn, subjects, start=begin, until=stop, **context)
         else:
             if events_file is not None:
                 raise ChorusError("--events and --backtest are exclusive: a backtest replays the stored events")
             if workspace is None:
                 raise ChorusError("--backtest needs --workspace")
-            report = _backtest(defn, backtest, db, workspace, segments, templates, begin, stop or utcnow())
+            report = _backtest(defn, backtest, db, workspace, segments, templates, begin, stop or utcnow(), starts,
+                               source, file)  # fmt: skip
+    except OverflowError:  # a time past the end of the calendar that no check above caught: said, not a traceback
+        _error(ChorusError("a time went past the end of the calendar (year 9999): give earlier times"))
     except (ChorusError, ValueError) as exc:
         _error(exc)
     if json_out:
@@ -134,20 +147,48 @@ def journeys_simulate(
         _table(report)
 
 
-def _backtest(defn, days: int, db, workspace: str, segments, templates, start, until):
-    from chorus.clitools import _open
+def _starts(defn, path: str | None, begin: datetime | None) -> list | None:
+    """``--start-data``'s starts (None without it). An API entry with a key takes the key from each start's data,
+    as ``POST /api/journeys/{id}/start`` does: ``--start`` alone, without data, would enter nobody (an outside
+    probe: a receipt journey keyed by order_id predicted 0 entries without a word)."""
     from chorus.journeys import definition as d
     from chorus.journeys import simulate as sm
 
-    since = until - timedelta(days=days)
+    api = isinstance(defn.entry, d.ApiEntry)
+    if path is None:
+        if api and begin is not None and defn.entry_key is not None:
+            key = defn.entry_key
+            raise ChorusError(f"--start: {defn.id} is entered by an API call with the key {key}, which each start "
+                              "takes from its data: give the starts with --start-data FILE (JSON lines: "
+                              f'{{"userId": "u1", "data": {{"{key}": "..."}}}})', field="--start")  # fmt: skip
+        return None
+    if not api:
+        kind = "a segment" if isinstance(defn.entry, d.SegmentEntry) else (
+            "a schedule" if isinstance(defn.entry, d.Schedule) else "an event")  # fmt: skip
+        raise ChorusError(f"--start-data: {defn.id} is not entered by an API call (it is entered by {kind})",
+                          field="--start-data")  # fmt: skip
+    return sm.read_starts(path, defn, begin)
+
+
+def _backtest(defn, days: int, db, workspace: str, segments, templates, start, until, starts=None, source=None,
+              file=None):  # fmt: skip
+    from chorus.clitools import _open
+    from chorus.journeys import definition as d
+    from chorus.journeys import simulate as sm
+    from chorus.segments.times import plus
+
+    since = plus(until, -timedelta(days=days))
     engine, w = _open(db, workspace)
     with engine.connect() as conn:  # read only: nothing is committed
         # a journey entered by a segment (or a start) concerns people without a recent event too: somebody who
         # did nothing for 60 days enters "lapsed" by time alone
         everybody = not isinstance(defn.entry, d.EventEntry)
         subjects = backtest_subjects(conn, w, since, until, everybody=everybody)
-    return sm.simulate(defn, subjects, start=start, until=until, since=since,
-                       **_workspace_context(db, workspace, segments, templates, defn))  # fmt: skip
+    if starts is not None:
+        sm.give_starts(subjects, starts)
+    context = _workspace_context(db, workspace, segments, templates, defn)
+    sm.check_segments(defn, context["segments"], source, file)
+    return sm.simulate(defn, subjects, start=start, until=until, since=since, **context)
 
 
 def _workspace_context(db, workspace: str, segments, templates, defn) -> dict:

@@ -28,6 +28,7 @@ there), conversions, branches, messages per channel, effects, and conversions pe
 Reading events: :func:`read_events` takes Segment-spec JSON lines (track, identify, page, screen, group, alias) as
 the collector does (``collect.messages.normalise``: the same validation, message ids and channel), grouped into
 people by userId, else anonymousId. :func:`people_from_payloads` does the same for stored payloads (a backtest).
+:func:`read_starts` takes API starts with their data (``POST /api/journeys/{id}/start``'s), one per line.
 """
 
 from __future__ import annotations
@@ -40,8 +41,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from chorus import safejson
-from chorus.collect.messages import Rejection, normalise
+from chorus.collect.messages import MAX_FUTURE, MAX_MESSAGE_BYTES, Rejection, event_time, normalise
 from chorus.errors import ChorusError
 from chorus.identity.identifiers import (
     IdentityConfig,
@@ -58,11 +61,13 @@ from chorus.journeys import interpreter as j
 from chorus.messaging.policy import MESSAGE_CHANNELS, choose_channel
 from chorus.profiles.state import apply_event, empty
 from chorus.segments import rules as r
-from chorus.segments.evaluate import evaluate
+from chorus.segments.evaluate import evaluate, lookup
 from chorus.segments.person import Event, Person
+from chorus.segments.times import NEVER, plus
 from chorus.timeutil import iso, parse_ts
 
 DEFAULT_HORIZON = timedelta(days=366)  # without ``until``: how long after the last input the clock runs
+_LAST_ARRIVAL = NEVER - MAX_FUTURE  # the latest arrival the collector can add its clock-skew margin to
 UNREACHABLE = "none"  # the channel of a message no channel could take (no variant, address or consent)
 
 
@@ -84,13 +89,28 @@ class Subject:
     lists: frozenset[str] = frozenset()
     known: bool = False  # she existed before the first payload: her memberships then are not entries
     trusted: frozenset[int] = frozenset()  # the payloads (their indexes) sent with a server key: a backtest's
+    starts: list[j.Start] = field(default_factory=list)  # her API starts (``read_starts``), besides ``start``'s
+
+
+BOM = "\ufeff"  # a UTF-8 byte-order mark: some editors (Notepad, Excel's "CSV UTF-8") start a file with one
 
 
 def _read(path: str | Path, what: str) -> str:
+    """The text of a UTF-8 file (a byte-order mark at its start is skipped). A byte that is not UTF-8 is an error
+    naming the line it is on, in words (not the codec's)."""
     try:
-        return Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ChorusError(f"{what} {path}: {exc.strerror if isinstance(exc, OSError) else exc}") from None
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ChorusError(f"{what} {path}: {exc.strerror or 'cannot be read'}") from None
+    if data.startswith(BOM.encode()):
+        data = data[len(BOM.encode()):]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ChorusError(f"{path} line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at column {column}): "
+                          f"save the file as UTF-8", field=f"{path} line {line}") from None  # fmt: skip
 
 
 def read_events(path: str | Path) -> list[dict]:
@@ -102,12 +122,19 @@ def read_events(path: str | Path) -> list[dict]:
         if not line.strip():
             continue
         where = f"{path} line {n}"
-        try:
-            msg = safejson.loads(line, f"line {n}")
-        except ChorusError as exc:  # "line N is not valid JSON (...)", or "line N.x: ..." for a value JSON lacks
-            raise ChorusError(f"{path}: {exc.message}", field=where) from None
-        out.append(payload_of(msg, where))
+        out.append(payload_of(_json_line(line, path, n), where))
     return out
+
+
+def _json_line(line: str, path: str | Path, n: int) -> object:
+    """One line of a JSON-lines file, parsed as the collector parses a body (errors name the file and the line)."""
+    if line.startswith(BOM):  # only the file's first one is skipped: one here is two files run together
+        raise ChorusError(f"{path} line {n}: starts with a byte-order mark (U+FEFF) in the middle of the file: "
+                          "remove it", field=f"{path} line {n}")  # fmt: skip
+    try:
+        return safejson.loads(line, f"line {n}")
+    except ChorusError as exc:  # "line N is not valid JSON (...)", or "line N.x: ..." for a value JSON lacks
+        raise ChorusError(f"{path}: {exc.message}", field=f"{path} line {n}") from None
 
 
 def payload_of(msg: object, where: str) -> dict:
@@ -125,13 +152,102 @@ def payload_of(msg: object, where: str) -> dict:
     except (ValueError, TypeError, OverflowError):
         raise ChorusError(f"{where}: timestamp: not an ISO-8601 timestamp: '{str(raw)[:60]}'",
                           field=f"{where}.timestamp") from None  # fmt: skip
-    # The event happened at its timestamp: received then, so no clock-skew correction applies (sentAt is dropped)
-    msg = {k: v for k, v in msg.items() if k not in ("sentAt", "originalTimestamp")}
-    ev = normalise(msg, received_at=at, source_kind="server")
+    # The event happened at its timestamp: received then. The message passes the collector's door whole, as a
+    # /v1/batch item does (its 32 KB, sentAt, originalTimestamp...): what the door rejects is rejected here, with the
+    # door's reason. The arrival is put no later than the door can add its two days of clock skew to (a timestamp
+    # late in year 9999); the time kept is the timestamp, as sent (no clock-skew correction: nothing was in transit).
+    ev = normalise(msg, received_at=min(at, _LAST_ARRIVAL), source_kind="server", max_bytes=MAX_MESSAGE_BYTES)
     if isinstance(ev, Rejection):
-        field_ = f": {ev.field}" if ev.field and not ev.reason.startswith(ev.field) else ""
-        raise ChorusError(f"{where}{field_}: {ev.reason}", field=f"{where}.{ev.field}" if ev.field else where)
-    return ev.payload
+        named = ev.field if ev.field and ev.field != "batch" else None  # "batch": the whole message (its size)
+        field_ = f": {named}" if named and not ev.reason.startswith(named) else ""
+        raise ChorusError(f"{where}{field_}: {ev.reason}", field=f"{where}.{named}" if named else where)
+    _, how = event_time(at, None, min(at, _LAST_ARRIVAL))
+    if how != "as sent":  # before 2000: the collector would file it at its arrival, a time the file does not say
+        raise ChorusError(f"{where}: timestamp: outside the accepted range: {how}", field=f"{where}.timestamp")
+    payload = ev.payload
+    payload["timestamp"] = iso(at)
+    return payload
+
+
+START_PERSON = ("userId", "anonymousId", "profile_id")  # how a start line names its person
+START_KEYS = (*START_PERSON, "data", "at", "id")
+
+
+def read_starts(path: str | Path, defn: d.Definition, at: datetime | None = None) -> list[tuple[str, str, j.Start]]:
+    """API starts from a JSON-lines file, as ``POST /api/journeys/{id}/start`` takes them: each line
+    ``{"userId": "u1", "data": {"order_id": "1001"}, "at": "2026-03-02T09:00:00Z", "id": "r1"}``. The person is
+    named as the events file names her (``userId``, else ``anonymousId``; a backtest's by ``profile_id``);
+    ``data`` is the call's data (the entry key among it), checked as the API checks it; ``at`` defaults to ``at``
+    (``--start``); ``id`` is the call's Idempotency-Key (default: the file and line), one start per id and person.
+    Returns (the line, the person's id as :func:`people_from_payloads` makes it, the start), in file order."""
+    from chorus.journeys.manage import MAX_START_KEY
+
+    out: list[tuple[str, str, j.Start]] = []
+    seen: set[tuple[str, str]] = set()
+    for n, line in enumerate(_read(path, "starts").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path} line {n}"
+        raw = _json_line(line, path, n)
+        if not isinstance(raw, dict):
+            raise ChorusError(f"{where}: a start is a JSON object (userId, data, at)", field=where)
+        unknown = sorted(set(raw) - set(START_KEYS))
+        if unknown:
+            raise ChorusError(f"{where}: {unknown[0][:64]}: not a field of a start ({', '.join(START_KEYS)})",
+                              field=f"{where}.{unknown[0][:64]}")  # fmt: skip
+        named = [k for k in START_PERSON if raw.get(k) not in (None, "")]
+        if len(named) != 1:
+            raise ChorusError(f"{where}: a start names its person by one of {', '.join(START_PERSON)}", field=where)
+        kind = {"userId": "user_id", "anonymousId": "anonymous_id", "profile_id": "user_id"}[named[0]]
+        who = id_text(raw[named[0]], kind)
+        if who is None:
+            raise ChorusError(f"{where}: {named[0]}: a person's id is text or a whole number",
+                              field=f"{where}.{named[0]}")  # fmt: skip
+        data = raw.get("data")
+        data = {} if data is None else data
+        if not isinstance(data, dict):
+            raise ChorusError(f"{where}: data: data is an object", field=f"{where}.data")
+        if len(orjson.dumps(data)) > d.MAX_VALUE:  # kept with her instance, as the API keeps it
+            raise ChorusError(f"{where}: data: data is at most {d.MAX_VALUE // 1024} KB as JSON",
+                              field=f"{where}.data")  # fmt: skip
+        key = defn.entry_key
+        value = lookup(data, key) if key is not None else None
+        if isinstance(value, str) and len(value) > MAX_START_KEY:
+            raise ChorusError(f"{where}: data.{key}: the entry key is at most {MAX_START_KEY} characters",
+                              field=f"{where}.data.{key}")  # fmt: skip
+        when = at
+        if raw.get("at") not in (None, ""):
+            try:
+                when = parse_ts(raw["at"]) if isinstance(raw["at"], str | int | float) and not isinstance(
+                    raw["at"], bool) else None  # fmt: skip
+            except (ValueError, TypeError, OverflowError):
+                when = None
+            if when is None:
+                raise ChorusError(f"{where}: at: not an ISO-8601 timestamp: '{str(raw['at'])[:60]}'",
+                                  field=f"{where}.at")  # fmt: skip
+        if when is None:
+            raise ChorusError(f"{where}: at: a start needs its time (give at, or --start T for every line)",
+                              field=f"{where}.at")  # fmt: skip
+        rid = raw.get("id")
+        if rid is not None and (isinstance(rid, bool) or not isinstance(rid, str | int) or rid == ""):
+            raise ChorusError(f"{where}: id: the start's id (its Idempotency-Key) is text", field=f"{where}.id")
+        rid = str(rid) if rid is not None else f"start:{Path(path).name}:{n}"
+        if (who, rid) in seen:  # the same Idempotency-Key again is the same start: it enters nobody twice
+            continue
+        seen.add((who, rid))
+        out.append((where, who, j.Start(rid, when, data)))
+    return out
+
+
+def give_starts(subjects: Sequence[Subject], starts: Sequence[tuple[str, str, j.Start]]) -> None:
+    """Each start (from :func:`read_starts`) to its person; one the simulated people lack is an error naming its
+    line (live, a start names a profile that exists: a 404 otherwise)."""
+    by = {s.id: s for s in subjects}
+    for where, who, start in starts:
+        if who not in by:
+            raise ChorusError(f"{where}: no person '{who[:64]}' in the events (a start names one of their people)",
+                              field=where)  # fmt: skip
+        by[who].starts.append(start)
 
 
 def people_from_payloads(payloads: Iterable[dict]) -> list[Subject]:
@@ -179,6 +295,21 @@ def read_segments(path: str | Path) -> dict[str, r.Node]:
         except ChorusError as exc:
             raise _named(exc, path) from None
     return out
+
+
+def check_segments(defn: d.Definition, segments: Mapping[str, object] | None, source: str | None,
+                   journey: str | Path | None = None) -> None:  # fmt: skip
+    """Every segment the journey (from the file ``journey``) names is among ``segments`` (from ``source``: a file,
+    a workspace; None: none given), as a publish checks it: a missing one would silently never be entered or
+    matched (an outside probe: a journey entered by a segment missing from --segments predicted 0 entries)."""
+    at = f"{journey}: " if journey is not None else ""
+    for path, kind, name in d.references(defn):
+        if kind != "segment" or (segments is not None and name in segments):
+            continue
+        if source is None:
+            raise ChorusError(f"{at}{path}: segment '{name}' is not defined: give its rule with --segments FILE (or "
+                              "read the workspace's with --workspace W)", field=path)  # fmt: skip
+        raise ChorusError(f"{at}{path}: segment '{name}' does not exist in {source}", field=path)
 
 
 def read_templates(path: str | Path) -> dict[str, frozenset[str]]:
@@ -424,7 +555,10 @@ class _Sim:
     def run(self, start: datetime | None, until: datetime) -> None:
         payloads = self.subject.payloads
         times = [parse_ts(p["timestamp"]) for p in payloads]
-        i, started = 0, start is None
+        # the starts in time order (the one of ``start`` first at the same instant), each given once
+        starts = sorted(([j.scheduled_start(f"start:{iso(start)}", start)] if start is not None else [])
+                        + list(self.subject.starts), key=lambda x: x.at)  # fmt: skip
+        i, k = 0, 0
         while True:
             # candidates at their instant, in the order they go at the same instant: timers, time's segment
             # changes, the start, the next event
@@ -434,8 +568,8 @@ class _Sim:
                 options.append((self.timers[key][0], 0, key))
             if self.next_change:
                 options.append((min(self.next_change.values()), 1, None))
-            if not started:
-                options.append((start, 2, None))
+            if k < len(starts):
+                options.append((starts[k].at, 2, None))
             if i < len(payloads):
                 options.append((times[i], 3, None))
             if not options:
@@ -450,8 +584,8 @@ class _Sim:
                 for change in self.evaluate(at):
                     self.give(change, at)
             elif kind == 2:
-                started = True
-                self.give(j.scheduled_start(f"start:{iso(at)}", at), at)
+                k += 1
+                self.give(starts[k - 1], at)
             else:
                 ev = self.fold(payloads[i], i in self.subject.trusted)
                 i += 1
@@ -478,7 +612,8 @@ def simulate(
 ) -> Report:
     """Run ``defn`` for ``subjects`` on a virtual clock and count what happened; nothing is sent or written.
 
-    ``start``: every person gets a :class:`Start` at that instant (API and scheduled entries). ``until``: where
+    ``start``: every person gets a :class:`Start` at that instant (API and scheduled entries), besides her own
+    ``Subject.starts`` (API starts with their data, :func:`read_starts`). ``until``: where
     the clock stops (default: a year and a day after the last input, when every journey has long run out).
     ``since``: where it starts (default: the first input); a known person's memberships are taken there.
     ``topics``, ``identity`` and ``policies`` are the workspace's consent topics, identity settings and trait
@@ -488,6 +623,8 @@ def simulate(
         raise ValueError("start, until and since are aware datetimes")
     firsts = [parse_ts(s.payloads[0]["timestamp"]) for s in subjects if s.payloads]
     lasts = [parse_ts(s.payloads[-1]["timestamp"]) for s in subjects if s.payloads]
+    firsts += [min(x.at for x in s.starts) for s in subjects if s.starts]
+    lasts += [max(x.at for x in s.starts) for s in subjects if s.starts]
     if start is not None:
         firsts.append(start)
         lasts.append(start)
@@ -495,12 +632,13 @@ def simulate(
     if trace:
         report.trace, report.sent = [], []
     if until is None:
-        until = max(lasts) + DEFAULT_HORIZON if lasts else None
+        # saturated at the end of the calendar (an input late in year 9999 runs to its last instant)
+        until = plus(max(lasts), DEFAULT_HORIZON) if lasts else None
     report.until = until
     if until is None:
         return report
     for subject in subjects:
-        if not subject.payloads and start is None and not (segments and subject.known):
+        if not subject.payloads and start is None and not subject.starts and not (segments and subject.known):
             continue  # nothing can happen to her: no event, no start, no membership that time alone can change
         report.people += 1
         sim = _Sim(defn, subject, report, templates, dict(segments or {}), topics, identity or IdentityConfig(),
@@ -538,13 +676,16 @@ def _count(defn: d.Definition, sim: _Sim, report: Report) -> None:
             if pos != rec.node:
                 n.entered += 1
                 pos = rec.node
-            if rec.branch is not None and rec.kind in ("step", "waiting"):
-                n.branches[rec.branch] += 1
             if rec.kind == "exited":
                 n.exited += 1
                 pos = None
             elif rec.kind == "step" and _goes_on(defn.node(rec.node).body, defn.node(rec.node), rec.branch):
+                # ``branches`` are those of the visits that went on, as the live stats' ``passed_by_branch``: a
+                # holdout arm is not one (its people wait out the goal window and exit at the split; they are
+                # counted per arm in ``arms``), so a split's branches add up to its ``passed``
                 n.passed += 1
+                if rec.branch is not None:
+                    n.branches[rec.branch] += 1
                 pos = None
         if pos is not None:
             _node(report, pos).waiting += 1
