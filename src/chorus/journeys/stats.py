@@ -15,7 +15,9 @@ So, following each instance's step and waiting records in order (a window over t
 version so a person a migration moved arrives at her new node): a step is an arrival unless the record before it
 is a waiting at the same node; a waiting is an arrival unless the record before it is a step at the same node that
 ended her path there (an exit node, or an ``overflow`` with nowhere to go: she then waits out the goal window,
-``tracking``). A node she loops back to is a new arrival each time. ``passed`` counts steps, ``exited`` exits and
+``tracking``). A node she loops back to is a new arrival each time. ``passed`` counts steps (but a holdout arm's,
+which ends her path at the split: :func:`_holdout`, and an exit node's, where she goes on nowhere), ``exited`` exits
+and
 ``converted`` conversions at the node; **waiting now** is the instances at the node now (``active``, or
 ``tracking`` in the goal window). Rates are over the node's arrivals.
 
@@ -147,7 +149,8 @@ def stats(conn: Connection, ws: str, jid: str, version: int | None = None) -> di
             continue
         cell = per[(v, node)]
         if kind == "step":
-            cell["passed"][branch] += n
+            if not _holdout(defs[v], node, branch) and not _ends(defs[v], node):
+                cell["passed"][branch] += n
         elif kind == "exited":
             cell["exited"][detail] += n
         elif kind == "converted":
@@ -195,6 +198,21 @@ def stats(conn: Connection, ws: str, jid: str, version: int | None = None) -> di
     whole = {k: sum(totals[v][k] for v in vs) for k in ("entered", "converted", "exited", "active", "tracking", "new")}
     return {"journey_id": jid, "kind": jr.kind, "status": jr.status, "version": version, "totals": _totals(whole),
             "versions": versions}  # fmt: skip
+
+
+def _holdout(defn: d.Definition, node: str, branch: str | None) -> bool:
+    """Whether a step at ``node`` by ``branch`` is a holdout arm's: not a pass. A holdout's people stay at the split
+    (a waiting record) and exit there when the goal window ends; one reaching it after the window already ended
+    exits at once (a step by the arm, then the exit). Either way nobody leaves the split by a holdout arm, so it is
+    never in ``passed_by_branch`` (the simulator's ``branches`` say the same)."""
+    body = defn.by_id[node].body if node in defn.by_id else None
+    return isinstance(body, d.Split) and any(a.holdout and a.name == branch for a in body.arms)
+
+
+def _ends(defn: d.Definition, node: str) -> bool:
+    """Whether ``node`` is an exit: the step she makes there is her arrival, and she goes on nowhere (it was
+    counted as a pass: an exit node showed passed = exited = entered, pass rate 1.0; an outside probe)."""
+    return node in defn.by_id and isinstance(defn.by_id[node].body, d.ExitStep)
 
 
 def _flow_order(defn: d.Definition) -> list[d.Node]:
