@@ -1338,3 +1338,29 @@ def test_a_trait_step_is_seen_by_her_next_input_in_the_same_pass(engine, ws, clo
         rows = conn.execute(sa.select(journey_records.c.node, journey_records.c.branch)
                             .where(journey_records.c.workspace_id == ws, journey_records.c.node == "c0")).all()
     assert sorted(r.branch for r in rows if r.branch) == ["else", "then"], rows
+
+
+def test_a_resume_waits_for_her_changes_still_in_the_feed(engine, ws, clock, worker):
+    """Review: a resume fired the timers due before each held input without looking at the feed, as the timer task
+    does. B's purchase at 10:05, before her timeout (10:10), reached Chorus late and was resolved but not yet handed
+    to the journeys when the sweep ran: the timeout fired first and B was reminded. She is resumed after it."""
+    from chorus.identity.resolver import Resolver as _Resolver
+
+    publish(engine, ws, CART)
+    with engine.begin() as conn:
+        manage.control(conn, ws, "cart", "pause", T0)
+    clock.at = T0 + timedelta(minutes=10)
+    send(engine, ws, [ev("Product Added", clock.at, cart_id="B")], clock.at)  # held: her wait would end 10:10
+    settle(worker)
+    clock.at = T0 + timedelta(minutes=90)
+    send(engine, ws, [ev("Product Added", clock.at, cart_id="C")], clock.at)  # held too
+    settle(worker)
+    clock.at = T0 + timedelta(hours=2)
+    with engine.begin() as conn:
+        manage.control(conn, ws, "cart", "resume", clock.at)
+    send(engine, ws, [ev("Order Completed", T0 + timedelta(minutes=65), cart_id="B")], clock.at)
+    _Resolver(engine).drain()
+    runtime.sweep(engine, clock=lambda: clock.at)  # before the consumer: she waits for it
+    settle(worker)
+    by_key = {i.state["key"]: i for i in instances(engine, ws)}
+    assert by_key["B"].state.get("branch") == "bought", by_key["B"].state
