@@ -1364,3 +1364,20 @@ def test_a_resume_waits_for_her_changes_still_in_the_feed(engine, ws, clock, wor
     settle(worker)
     by_key = {i.state["key"]: i for i in instances(engine, ws)}
     assert by_key["B"].state.get("branch") == "bought", by_key["B"].state
+
+
+def test_a_topic_is_read_as_consent_names_it_at_publish_and_at_send(engine, ws, clock, worker):
+    """Review: the send refused a topic publishing had accepted ("Offers"), an error for every person. A topic is
+    read in lower case, trimmed, at both; one the send cannot take is refused at publish, naming the node."""
+    nodes = {**NOW["nodes"], "remind": {**NOW["nodes"]["remind"], "topic": "Offers"}}
+    publish(engine, ws, {**NOW, "nodes": nodes})
+    send(engine, ws, [ev("Product Added", T0, cart_id="A")], T0)
+    settle(worker)
+    with engine.connect() as conn:
+        errors = conn.execute(sa.select(journey_records.c.detail).where(
+            journey_records.c.workspace_id == ws, journey_records.c.kind == "error")).scalars().all()  # fmt: skip
+        topics = conn.execute(sa.select(messages.c.topic).where(messages.c.workspace_id == ws)).scalars().all()
+    assert errors == [] and topics == ["offers"], (errors, topics)
+    bad = {**NOW, "id": "cart2", "nodes": {**NOW["nodes"], "remind": {**NOW["nodes"]["remind"], "topic": "of fers"}}}
+    with pytest.raises(Exception, match=r"nodes\.remind\.topic"):
+        publish(engine, ws, bad)

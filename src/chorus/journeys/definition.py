@@ -32,7 +32,7 @@ import orjson
 from chorus import safejson
 from chorus.errors import ChorusError
 from chorus.messaging.outbox import KINDS, STATUS_EVENTS
-from chorus.messaging.policy import MESSAGE_CHANNELS
+from chorus.messaging.policy import MESSAGE_CHANNELS, TOPIC_NAME, TOPIC_RULE
 from chorus.segments import rules as r
 from chorus.segments.rules import (  # the rule language's own validators: one vocabulary, one set of messages
     _bad,
@@ -820,6 +820,9 @@ class _Parser:
             )
         kind = _one_of(body["kind"], f"{path}.kind", KINDS, "kind") if "kind" in body else "marketing"
         topic = _topic(body["topic"], f"{path}.topic") if "topic" in body else None
+        if topic is not None and not TOPIC_NAME.fullmatch(topic.strip().lower()):
+            # what the send refuses (outbox.parse_request): refused at publish, not an error for every person
+            raise _bad(f"{path}.topic", f"a topic is {TOPIC_RULE} (read in lower case)")
         data = _data(body["data"], f"{path}.data", "a message's data", self.strict) if "data" in body else None
         return SendMessage(template, self._next(body, path), channel, kind, topic, data)
 
