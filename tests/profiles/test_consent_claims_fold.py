@@ -42,7 +42,9 @@ def fold(items, start=None):
 
 
 def key(msg):
-    return [msg["timestamp"], msg["messageId"]]
+    """Where a statement sorts: when it was made (never after it arrived), then its own time, then its id."""
+    ts, received = msg["timestamp"], msg.get("receivedAt")
+    return [received if isinstance(received, str) and received < ts else ts, ts, msg["messageId"]]
 
 
 def newest(items):
@@ -300,3 +302,20 @@ def test_a_grant_stamped_ahead_of_its_arrival_does_not_outrank_a_later_opt_out()
                "receivedAt": "2026-01-01T10:06:01.000000Z"}  # fmt: skip
     st_ = fold([(m, True) for m in (grant, stop, regrant)])
     assert consent_decision(pstate.public_view(st_), "email", "offers", "marketing").allowed
+
+
+def test_statements_stamped_ahead_that_arrive_together_keep_their_order():
+    """Review: both dated at their arrival, their order fell to their random message ids; their own times order
+    them (she unsubscribed, then subscribed again 5 s later: granted)."""
+    from chorus.messaging.policy import consent_decision
+
+    def said(mid, status, ts):
+        return {"type": "track", "event": "Consent Updated", "messageId": mid, "channel": "server",
+                "properties": {"channel": "email", "topic": "offers", "status": status},
+                "timestamp": ts, "receivedAt": "2026-01-01T10:00:06.000000Z"}  # fmt: skip
+
+    batch = [said("m-2", "denied", "2026-01-01T13:00:00.000000Z"),
+             said("m-1", "granted", "2026-01-01T13:00:05.000000Z")]
+    for order in (batch, batch[::-1]):
+        st_ = fold([(m, True) for m in order])
+        assert consent_decision(pstate.public_view(st_), "email", "offers", "marketing").allowed, st_["consent"]

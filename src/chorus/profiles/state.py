@@ -429,7 +429,9 @@ def apply_consent(state: dict, msg: dict, vouched: bool = True) -> dict:
     time sent as UTC; the door takes times up to two days ahead) would outrank the unsubscribe or STOP made after
     it, which Chorus dates as it happens (an outside probe: "You are unsubscribed", and the offers still sent)."""
     ts, received = msg["timestamp"], msg.get("receivedAt")
-    key = [received if isinstance(received, str) and received < ts else ts, msg["messageId"]]
+    # its own time breaks a tie between statements that arrived together (a batch from a clock ahead, "denied"
+    # then "granted": both dated at their arrival, the later one stamped still wins; review)
+    key = [received if isinstance(received, str) and received < ts else ts, ts, msg["messageId"]]
     source = "event:" + msg["messageId"]
     for c, topic, status in consent_updates(msg):
         _set_consent(state, c, topic, status, key, source, vouched)
