@@ -651,7 +651,7 @@ def test_a_paced_batch_reads_each_message_and_person_about_once(engine, setup, s
     from chorus.messaging import delivery
 
     w, smtp = setup
-    n = 10
+    n = 16
     for i in range(n):
         identify(engine, w, f"p{i}", f"p{i}@example.com")
     monkeypatch.setattr(delivery, "RECHECK", 0.0)
@@ -671,7 +671,9 @@ def test_a_paced_batch_reads_each_message_and_person_about_once(engine, setup, s
     assert d.run_once() == n
     d.close()
     assert len(smtp_server.messages) == n
-    assert sum(read[1:]) <= 3 * n, read  # read[0]: preparing the batch
+    # read[0]: preparing the batch. Paced, about one person a send; a loaded machine may bunch a few sends into a
+    # read of the rest, far below the whole rest each time (n (n + 1) / 2 = 136)
+    assert sum(read[1:]) <= 4 * n, read
 
 
 def test_a_claimed_message_to_someone_who_opted_out_since_is_not_sent(engine, setup, smtp_server, monkeypatch):

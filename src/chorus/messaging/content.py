@@ -33,11 +33,13 @@ from inscriptis import get_text
 from inscriptis.model.config import ParserConfig
 from liquid import BoundTemplate, Environment, FalsyStrictUndefined, Markup, RenderContext, Undefined
 from liquid.builtin.content import ContentNode
+from liquid.builtin.expressions import _tokenize
 from liquid.builtin.expressions.arguments import KeywordArgument
 from liquid.builtin.expressions.filtered import FilteredExpression, TernaryFilteredExpression
 from liquid.builtin.expressions.primitive import RangeLiteral, StringLiteral
 from liquid.builtin.filters.misc import date as _liquid_date
 from liquid.builtin.tags.include_tag import IncludeNode
+from liquid.builtin.tags.liquid_tag import _tokenize_liquid_expression
 from liquid.builtin.tags.render_tag import RenderNode
 from liquid.exceptions import (
     ContextDepthError,
@@ -52,10 +54,11 @@ from liquid.exceptions import (
     UndefinedError,
 )
 from liquid.filter import sequence_filter, with_environment
+from liquid.lex import _tokenize_template
 from liquid.loader import BaseLoader, TemplateSource
 from liquid.output import LimitedStringIO
 from liquid.stream import TokenStream
-from liquid.token import TOKEN_EOF, Token
+from liquid.token import TOKEN_CONTENT, TOKEN_EOF, TOKEN_ILLEGAL, TOKEN_OUTPUT, Token
 from liquid.undefined import UNDEFINED
 from mjml import mjml2html
 
@@ -201,6 +204,248 @@ def _stream_init(self: TokenStream, tokens: Iterator[Token], block_depth_carry: 
 
 _stream_init_original = TokenStream.__init__
 TokenStream.__init__ = _stream_init  # type: ignore[method-assign]
+
+
+# --- Linear-time lexing ---------------------------------------------------------------------------------------
+# python-liquid's lexers are regular expressions that are quadratic on some inputs: at every "{{" without a "}}"
+# after it the template lexer scans to the end of the source (16,000 characters of "{{" took 15 s to be refused),
+# and whitespace before a closing "}}" or "%}", a line of spaces in {% liquid %}, or "(" and '["' in an expression
+# make them backtrack over and over. These stand-ins produce the same matches (tested against python-liquid's own
+# on generated templates) in about linear time: a search that finds nothing is remembered instead of repeated.
+
+
+class _Match:
+    """The part of ``re.Match`` python-liquid's tokenizers read: ``lastgroup``, ``group``, ``start``, ``end``."""
+
+    __slots__ = ("_spans", "lastgroup", "string")
+
+    def __init__(self, string: str, kind: str, spans: dict[str, tuple[int, int] | None]):
+        self.string = string
+        self.lastgroup = kind
+        self._spans = spans  # the whole match is spans[kind]
+
+    def group(self, name: str | None = None) -> str | None:
+        span = self._spans[name or self.lastgroup]
+        return None if span is None else self.string[span[0] : span[1]]
+
+    def start(self, name: str | None = None) -> int:
+        span = self._spans[name or self.lastgroup]
+        return -1 if span is None else span[0]
+
+    def end(self, name: str | None = None) -> int:
+        span = self._spans[name or self.lastgroup]
+        return -1 if span is None else span[1]
+
+
+class _Finder:
+    """The first match of ``pattern`` starting at or after a position, for positions that (mostly) move forward:
+    the answer for one position holds for every later position up to that match, so no part of the text is
+    searched twice, however many times it is asked about."""
+
+    __slots__ = ("_asked", "_found", "_pattern", "_source")
+
+    def __init__(self, source: str, pattern: re.Pattern[str]):
+        self._source, self._pattern = source, pattern
+        self._asked: int | None = None
+        self._found: re.Match[str] | None = None
+
+    def __call__(self, pos: int) -> re.Match[str] | None:
+        asked, found = self._asked, self._found
+        if asked is None or pos < asked or (found is not None and found.start() < pos):
+            found = self._pattern.search(self._source, pos)
+            self._asked, self._found = pos, found
+        return found
+
+
+_WS = re.compile(r"\s*")
+_WORD_RUN = re.compile(r"\w+")
+_OUT_CLOSE = re.compile(r"\}\}")
+_TAG_CLOSE = re.compile(r"%\}")
+_MARKUP_START = re.compile(r"\{[{%]")
+_RAW_OPEN = {
+    "RAW": re.compile(r"\{%-?\s*raw\s*(?P<rsr>-?)%\}"),
+    "DOC": re.compile(r"\{%-?\s*doc\s*(?P<lsd>-?)%\}"),
+}
+_RAW_CLOSE = {
+    "RAW": re.compile(r"\{%-?\s*endraw\s*(?P<rsr_e>-?)%\}"),
+    "DOC": re.compile(r"\{%-?\s*enddoc\s*(?P<rsd>-?)%\}"),
+}
+_RAW_BODY = {"RAW": "raw", "DOC": "doc"}
+
+
+def _rstrip_to(source: str, start: int, end: int, chars: str | None = None) -> int:
+    """Where ``source[start:end]`` ends once trailing whitespace (or ``chars``) is removed."""
+    while end > start and (source[end - 1] in chars if chars else source[end - 1].isspace()):
+        end -= 1
+    return end
+
+
+class _TemplateRules:
+    """python-liquid's template lexer rules (``liquid.lex.compile_liquid_rules`` with the default delimiters and
+    no comment syntax): ``finditer`` yields the matches ``rules.finditer`` would."""
+
+    def finditer(self, source: str) -> Iterator[_Match]:
+        n = len(source)
+        finders = {key: _Finder(source, pattern) for key, pattern in _RAW_CLOSE.items()}
+        out_close, tag_close = _Finder(source, _OUT_CLOSE), _Finder(source, _TAG_CLOSE)
+        markup = _Finder(source, _MARKUP_START)
+        dollar = n - 1 if source.endswith("\n") else n  # "$" also matches before a final newline
+        pos = 0
+        while pos < n:
+            match = None
+            if source.startswith("{%", pos):
+                match = self._raw(source, pos, "RAW", finders) or self._raw(source, pos, "DOC", finders)
+                match = match or self._tag(source, pos, tag_close)
+            elif source.startswith("{{", pos):
+                match = self._output(source, pos, out_close)
+            if match is None:
+                match = self._content(source, pos, markup, dollar)
+            yield match
+            pos = match.end()
+
+    @staticmethod
+    def _raw(source: str, pos: int, kind: str, finders: dict[str, _Finder]) -> _Match | None:
+        # {% raw %}.*?{% endraw %}: the body ends at the first closing tag
+        opened = _RAW_OPEN[kind].match(source, pos)
+        if opened is None or (closed := finders[kind](opened.end())) is None:
+            return None
+        spans = {kind: (pos, closed.end()), _RAW_BODY[kind]: (opened.end(), closed.start())}
+        spans |= {name: opened.span(name) for name in _RAW_OPEN[kind].groupindex}
+        spans |= {name: closed.span(name) for name in _RAW_CLOSE[kind].groupindex}
+        return _Match(source, kind, spans)
+
+    @staticmethod
+    def _inner(source: str, start: int, close: int) -> tuple[int, int, int]:
+        """The expression between ``start`` (after the tag's opening and any whitespace) and ``close`` (its first
+        closing delimiter): its end without trailing whitespace, and where a ``-`` before the delimiter begins."""
+        dash = close - 1 if close - 1 >= start and source[close - 1] == "-" else close
+        return _rstrip_to(source, start, dash), dash, close
+
+    def _output(self, source: str, pos: int, out_close: _Finder) -> _Match | None:
+        # {{-?\s*(?P<stmt>(?:(?!-?}})[\s\S])*(?<!\s))\s*(?P<rss>-?)}}
+        closed = out_close(pos + 2)
+        if closed is None:
+            return None
+        close = closed.start()
+        after = pos + 3 if source.startswith("-", pos + 2) else pos + 2
+        start = _WS.match(source, after).end()
+        end, dash, close = self._inner(source, start, close)
+        stmt = (start, end) if end > start else (after, after)
+        spans = {TOKEN_OUTPUT: (pos, close + 2), "stmt": stmt, "rss": (dash, close)}
+        return _Match(source, TOKEN_OUTPUT, spans)
+
+    def _tag(self, source: str, pos: int, tag_close: _Finder) -> _Match | None:
+        # {%-?\s*(?P<name>#|\w+)\s*(?P<expr>(?:(?!-?%})[\s\S])*(?<!\s))\s*(?P<rst>-?)%}
+        closed = tag_close(pos + 2)
+        if closed is None:
+            return None
+        after = pos + 3 if source.startswith("-", pos + 2) else pos + 2
+        name_start = _WS.match(source, after).end()
+        if source.startswith("#", name_start):
+            name_end = name_start + 1
+        elif word := _WORD_RUN.match(source, name_start):
+            name_end = word.end()
+        else:
+            return None
+        start = _WS.match(source, name_end).end()
+        end, dash, close = self._inner(source, start, closed.start())
+        expr = (start, end) if end > start else (name_end, name_end)
+        spans = {"TAG": (pos, close + 2), "name": (name_start, name_end), "expr": expr, "rst": (dash, close)}
+        return _Match(source, "TAG", spans)
+
+    @staticmethod
+    def _content(source: str, pos: int, markup: _Finder, dollar: int) -> _Match:
+        # .+?(?=(({%|{{)(?P<rstrip>-?))|$)
+        found = markup(pos + 1)
+        end = len(source) if dollar <= pos else dollar
+        if found is not None and found.start() <= end:
+            end = found.start()
+            rstrip: tuple[int, int] | None = (end + 2, end + 3 if source.startswith("-", end + 2) else end + 2)
+        else:
+            rstrip = None
+        return _Match(source, TOKEN_CONTENT, {TOKEN_CONTENT: (pos, end), "rstrip": rstrip})
+
+
+class _LiquidTagRules:
+    """The ``{% liquid %}`` tag's line lexer (``[ \\t]*(?P<name>#|\\w+)[ \\t]*(?P<expr>.*?)[ \\t\\r]*?(\\n+|$)``,
+    then ``[\\r\\n]+``, then any one character), which python-liquid's regex matches in quadratic time on a line
+    of spaces."""
+
+    def finditer(self, source: str) -> Iterator[_Match]:
+        n, pos = len(source), 0
+        while pos < n:
+            name_start = pos
+            while name_start < n and source[name_start] in " \t":
+                name_start += 1
+            if source.startswith("#", name_start):
+                name_end = name_start + 1
+            elif word := _WORD_RUN.match(source, name_start):
+                name_end = word.end()
+            else:
+                name_end = -1
+            if name_end >= 0:
+                start = name_end
+                while start < n and source[start] in " \t":
+                    start += 1
+                line_end = source.find("\n", start)
+                line_end = n if line_end < 0 else line_end
+                end = _rstrip_to(source, start, line_end, " \t\r")
+                stop = line_end
+                while stop < n and source[stop] == "\n":
+                    stop += 1
+                spans = {"LIQUID_EXPR": (pos, stop), "name": (name_start, name_end), "expr": (start, end)}
+                match = _Match(source, "LIQUID_EXPR", spans)
+            elif source[pos] in "\r\n":
+                stop = pos
+                while stop < n and source[stop] in "\r\n":
+                    stop += 1
+                match = _Match(source, "SKIP", {"SKIP": (pos, stop)})
+            else:
+                match = _Match(source, TOKEN_ILLEGAL, {TOKEN_ILLEGAL: (pos, pos + 1)})
+            yield match
+            pos = match.end()
+
+
+class _ExpressionRules:
+    """python-liquid's expression lexer (``liquid.builtin.expressions._tokenize._RE``), where its two rules that
+    scan ahead are decided by a remembered search: ``(`` starts a range literal when a ``..`` follows it
+    (anywhere), and ``["…"]`` needs the closing quote followed by ``]``. Everything else is its own regex."""
+
+    def __init__(self, rules: re.Pattern[str]):
+        self.rules = rules
+        self.range_open = re.compile(rf"(?P<{_tokenize.TOKEN_RANGE_LITERAL}>\()")
+        self.index = re.compile(_tokenize.IDENTINDEX_PATTERN)
+        self.quote = re.compile(r"\[\s*([\"'])")
+        self.closes = {q: re.compile(rf"{q}\s*\]") for q in "\"'"}
+
+    def finditer(self, source: str) -> Iterator[re.Match[str] | _Match]:
+        n, pos = len(source), 0
+        last_range = source.rfind("..")
+        closes = {q: _Finder(source, pattern) for q, pattern in self.closes.items()}
+        while pos < n:
+            char = source[pos]
+            if char == "(":
+                match = self.range_open.match(source, pos) if last_range >= pos + 2 else None
+                match = match or self.rules.match(source, pos, pos + 1)
+            elif char == "[":
+                if found := self.index.match(source, pos):
+                    end = found.end()
+                elif (quote := self.quote.match(source, pos)) and (closed := closes[quote.group(1)](quote.end())):
+                    end = closed.end()
+                else:
+                    end = pos + 1
+                match = self.rules.match(source, pos, end)
+            else:
+                match = self.rules.match(source, pos)
+            if match is None:  # the rules end in "any one character": never the case
+                return
+            yield match
+            pos = match.end()
+
+
+if not isinstance(_tokenize._RE, _ExpressionRules):  # module reloads in tests
+    _tokenize._RE = _ExpressionRules(_tokenize._RE)  # type: ignore[assignment]
+_TEMPLATE_RULES = _TemplateRules()
 
 _PARTIALS: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar("chorus_partials", default=None)
 _BUDGET: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar("chorus_budget", default=None)
@@ -544,6 +789,14 @@ class _Environment(Environment):
         self.filters["date"] = with_environment(_date)
         for name, func in list(self.filters.items()):
             self.filters[name] = _metered(name, func)
+        # python-liquid's lexers in linear time (see _TemplateRules); this environment has the default
+        # delimiters and no comment syntax, which is what they implement
+        self.tags["liquid"]._tokenize = functools.partial(  # type: ignore[attr-defined]
+            _tokenize_liquid_expression, rules=_LiquidTagRules(), comment_start_string=""
+        )
+
+    def tokenizer(self) -> Callable[[str], Iterator[Token]]:
+        return functools.partial(_tokenize_template, rules=_TEMPLATE_RULES)
 
 
 # "text" for subjects, SMS, push...; "html" escapes values; "lax" renders missing values as empty and is used
@@ -654,6 +907,9 @@ def _over_limit(key: str, value: str, name: str | None = None) -> str | None:
     return f"{name or key} is {size:,} {limit.unit}; the limit is {limit.size:,} {limit.unit} ({limit.why})"
 
 
+over_limit = _over_limit  # public: the outbox checks an email as it is sent, its tracked links included
+
+
 def _static_text(source: str) -> str:
     """Text outside any tag at the top level: output by every render, so a lower bound of the result."""
     return "".join(node.text for node in _parse("lax", source).nodes if isinstance(node, ContentNode))
@@ -701,8 +957,29 @@ _PY_TYPES = {
 _PY_TYPE = re.compile(r"\b(found|got|not) (" + "|".join(_PY_TYPES) + r")\b")
 
 
+_COMPARE = re.compile(r"'(<' and '>|in' and 'contains)' are not supported between '(\w+)' and '(\w+)'")
+
+
+def _kind(type_name: str) -> str:
+    return _PY_TYPES.get(type_name, "a value of another kind")
+
+
+def _compare_reason(m: re.Match) -> str:
+    """python-liquid's comparison errors name Python's types (``'<' and '>' are not supported between 'str' and
+    'int'``): the same in the template's terms."""
+    left, right = _kind(m.group(2)), _kind(m.group(3))
+    if m.group(1).startswith("<"):
+        return (
+            f"cannot compare {left} with {right} using < or >: compare values of the same kind "
+            "(a text holding a number becomes a number with | plus: 0)"
+        )
+    return f"contains cannot look for {right} in {left}: it works on a text, a list or an object"
+
+
 def _syntax_reason(err: LiquidError) -> str:
     """python-liquid's messages, where they speak of its internals, in the template's terms."""
+    if m := _COMPARE.fullmatch(str(err.message)):
+        return _compare_reason(m)
     message = _PY_TYPE.sub(lambda m: f"{m.group(1)} {_PY_TYPES[m.group(2)]}", str(err.message))
     if m := re.fullmatch(r"expected tag (end\w+), found end of expression", message):
         return f"a block is not closed: {{% {m.group(1)} %}} is missing before the end of the template"
@@ -891,6 +1168,30 @@ def _check_mjml(variant: dict, field: str, layout: str | None, partials: Mapping
         raise ContentError(field, f"{err}{with_layout}") from None
 
 
+def _mjml_document(text: str) -> bool:
+    """Whether a rendered body or layout is an MJML document (what compile_mjml requires it to start with)."""
+    return _MJML_COMMENT.sub("", text).lstrip().startswith("<mjml")
+
+
+def _check_html_layout(field: str, layout: str, partials: Mapping[str, str]) -> None:
+    """An ``html`` variant goes into an HTML page: inside an MJML layout it would be sent as raw ``<mjml>`` tags
+    (the opposite mix, ``mjml`` in an HTML layout, is refused by compiling it)."""
+    token, budget = _PARTIALS.set(partials), _BUDGET.set(_Budget())
+    try:
+        page = _run(_parse("lax", partials[layout]), {"content": Markup("")})
+    except (LiquidError, ValueError, TypeError, ArithmeticError, RecursionError):
+        page = partials[layout]  # depends on the data: its source says what it is
+    finally:
+        _PARTIALS.reset(token)
+        _BUDGET.reset(budget)
+    if _mjml_document(page):
+        raise ContentError(
+            field,
+            f"layout {layout!r} is an MJML document, which an html variant cannot go into: write this variant as "
+            "mjml, or use a layout that is an HTML page",
+        )
+
+
 def validate_partial(name: str, source: str) -> None:
     """Check a partial (a layout or a snippet for ``{% include %}`` / ``{% render %}``) before saving it."""
     if not isinstance(name, str) or not _PARTIAL_NAME.fullmatch(name):
@@ -947,6 +1248,8 @@ def validate_definition(doc: object, partials: Mapping[str, str] | None = None) 
             _check_complete(channel, variant, path)
             if "mjml" in variant:
                 _check_mjml(variant, f"{path}.mjml", layout, partials)
+            elif "html" in variant and layout:
+                _check_html_layout(f"{path}.html", layout, partials)
             out_variants[channel] = variant
 
     locales = doc.get("locales") or {}
@@ -969,6 +1272,8 @@ def validate_definition(doc: object, partials: Mapping[str, str] | None = None) 
             _check_complete(channel, merged, path)
             if "mjml" in checked:
                 _check_mjml(merged, f"{path}.mjml", layout, partials)
+            elif "html" in checked and layout:
+                _check_html_layout(f"{path}.html", layout, partials)
             out_locales[locale][channel] = checked
     return {
         "name": name,
@@ -1028,7 +1333,9 @@ _TEXT_CONFIG = ParserConfig(display_links=True)
 
 
 _MJML_POSITION = re.compile(r" at position (\d+):(\d+)")
-_MJML_TAG = re.compile(r"<(/?)(mjml|mj-[\w-]+)\b[^<>]*?(/?)>")  # [^<>]: one pass, however the text is broken
+# [^<>]: one pass, however the text is broken; the name is atomic: once it ends on a word boundary, a tag without
+# its ">" is not retried with each shorter name ("<mj-a-a-a…" took 13 s for 16,000 characters)
+_MJML_TAG = re.compile(r"<(/?)(?>(mjml|mj-[\w-]+)\b)[^<>]*?(/?)>")
 _MJML_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.S)
 
 
@@ -1091,6 +1398,29 @@ def _mjml_problem(message: str, body: str) -> str:
     return f"the MJML does not compile{at}"
 
 
+# mrml (MJML) and css-inline parse recursively, in native code: a document nested some thousands of elements deep
+# overflows the thread's stack and kills the whole process (5,000 nested <mj-section>, or 20,000 <b>, did). No
+# email comes near this depth; elements whose end tag HTML lets one leave out (<p>, <li>, <td>...) and void
+# elements (<br>, <img>...) do not count, a tag left open does.
+NESTING_LIMIT = 1_000
+_ANY_TAG = re.compile(r"<(/?)([A-Za-z][^\s/<>]*+)[^<>]*+>")  # possessive: one pass over a tag without its ">"
+_VOID = frozenset("area base br col embed hr img input link meta param source track wbr".split())
+_OPTIONAL_END = frozenset("p li dt dd option optgroup tr td th thead tbody tfoot colgroup caption rb rt rp rtc".split())
+
+
+def _nesting_problem(markup: str, kind: str) -> str | None:
+    """Why ``markup`` (MJML or HTML) nests too deeply for its parser, or None: see NESTING_LIMIT."""
+    depth = 0
+    for m in _ANY_TAG.finditer(_MJML_COMMENT.sub("", markup)):
+        name = m.group(2).lower()
+        if name in _VOID or m.group(0).endswith("/>") or (kind == "HTML" and name in _OPTIONAL_END):
+            continue
+        depth = max(depth - 1, 0) if m.group(1) else depth + 1
+        if depth > NESTING_LIMIT:
+            return f"the {kind} nests elements more than {NESTING_LIMIT:,} deep (are tags left open?)"
+    return None
+
+
 def compile_mjml(body: str) -> str:
     """MJML to HTML; a ValueError says what is wrong in the template's terms (mjml-python speaks of its parser's
     "root template" and byte offsets). A fragment (``<mj-section>…``) is only valid inside a layout."""
@@ -1103,6 +1433,8 @@ def compile_mjml(body: str) -> str:
         )
     if "<mj-body" not in body:
         raise ValueError("MJML has no <mj-body>: the content goes in <mjml><mj-body>…</mj-body></mjml>")
+    if problem := _nesting_problem(body, "MJML"):
+        raise ValueError(problem)
     try:
         return mjml2html(body)
     except ValueError as err:
@@ -1114,7 +1446,6 @@ def _html_to_text(html: str) -> str:
     return _tidy_text(get_text(html, _TEXT_CONFIG))
 
 
-_MARKUP = re.compile(r"\{\{.*?\}\}|\{%.*?%\}", re.S)
 _CONTENT_TAG = re.compile(r"\{\{-?\s*content\s*-?\}\}")
 # Filters whose output is markup (or undoes escaping): in HTML they become text differently than in plain text.
 _MARKUP_FILTERS = {"newline_to_br", "escape", "escape_once", "xml_escape", "safe", "raw"}
@@ -1135,17 +1466,43 @@ def _text_part(markup: str, source: str, layout: str | None) -> str | None:
     return _text_template(markup, source)
 
 
+def _markup_spans(source: str) -> list[tuple[int, int]]:
+    """Where the Liquid tags and outputs are: what ``re.findall(r"{{.*?}}|{%.*?%}", source, re.S)`` finds, in
+    linear time (that regex scans to the end of the source from every "{{" without a "}}" after it, which a
+    comment full of braces makes quadratic)."""
+    spans: list[tuple[int, int]] = []
+    opener, out_close, tag_close = (_Finder(source, p) for p in (_MARKUP_START, _OUT_CLOSE, _TAG_CLOSE))
+    pos = 0
+    while (opened := opener(pos)) is not None:
+        start = opened.start()
+        closed = (out_close if source[start + 1] == "{" else tag_close)(start + 2)
+        if closed is None:
+            pos = start + 1
+        else:
+            spans.append((start, closed.end()))
+            pos = closed.end()
+    return spans
+
+
 @functools.lru_cache(maxsize=512)
 def _text_template(markup: str, source: str) -> str | None:
-    tags = _MARKUP.findall(source)
+    spans = _markup_spans(source)
+    tags = [source[start:end] for start, end in spans]
     if any(not t.startswith("{{") or _MARKUP_FILTERS & set(re.findall(r"\|\s*(\w+)", t)) for t in tags):
         return None
     if "zqxchorus" in source:
         return None
-    it = iter(range(len(tags)))
-    holed = _MARKUP.sub(lambda _m: _HOLE.format(next(it)), source)
+    parts, last = [], 0
+    for i, (start, end) in enumerate(spans):
+        parts += [source[last:start], _HOLE.format(i)]
+        last = end
+    holed = "".join(parts) + source[last:]
     try:
+        if markup == "mjml" and _nesting_problem(holed, "MJML"):
+            return None
         html = mjml2html(holed) if markup == "mjml" else holed
+        if _nesting_problem(html, "HTML"):
+            return None
         text = _html_to_text(_INLINER.inline(html))
     except ValueError:
         return None
@@ -1173,11 +1530,19 @@ def _email(v: dict, ctx: dict, at: dict[str, str], layout: str | None, partials:
         if not isinstance(partials.get(layout), str):
             raise _Skipped(f"layout {layout!r} does not exist", "layout")
         body = _liquid("html", partials[layout], {**ctx, "content": Markup(body)}, "layout")
+        if markup == "html" and _mjml_document(body):  # the layout was changed to MJML after the save
+            raise _Skipped(
+                f"layout {layout!r} is an MJML document, which an html variant cannot go into: write this variant "
+                "as mjml, or use a layout that is an HTML page",
+                at["html"],
+            )
     if markup == "mjml":
         try:
             body = compile_mjml(body)
         except ValueError as err:
             raise _Skipped(str(err), at["mjml"]) from None
+    if problem := _nesting_problem(body, "HTML"):
+        raise _Skipped(problem, at[markup])
     try:
         html = _INLINER.inline(body)
     except ValueError as err:

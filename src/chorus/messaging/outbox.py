@@ -660,7 +660,7 @@ def _build(
                 # the limit is on what is sent: each tracked link becomes a signed redirect of about 250
                 # characters (an outside probe: 87 KB rendered went out as 373 KB, past where Gmail clips it and
                 # hides the unsubscribe link)
-                if over := content._over_limit("email.html", rendered.get("html") or "",
+                if over := content.over_limit("email.html", rendered.get("html") or "",
                                               "html with its tracked links"):  # fmt: skip
                     status, reason, rendered = "skipped", f"not rendered: {over}", None
             elif choice.channel == "push" and choice.address in subs:  # web push: the browser's keys go along
