@@ -179,6 +179,10 @@ def test_a_broken_form_on_the_public_pages_and_webhooks_is_named_without_the_par
         r = http.post(path, content=b"--x\r\n", headers={"Content-Type": "multipart/form-data"})
         body = _clean(r, 400, "body")
         assert body["message"] == "the body is not a valid form (its Content-Type has no boundary)", (path, body)
+    for path in ("/u/not-a-token", f"/webhooks/twilio/{ws}/inbound"):  # a boundary given, the body not multipart
+        r = http.post(path, content=b"garbage without the boundary\r\n",
+                      headers={"Content-Type": "multipart/form-data; boundary=xyz"})  # fmt: skip
+        assert _clean(r, 400, "body")["message"].startswith("the body is not a valid form"), (path, r.text)
     r = http.post("/u/not-a-token", content=b"a=" + b"x" * (2 * 1024 * 1024),
                   headers={"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
     assert "a field is larger than the limit" in _clean(r, 400, "body")["message"]

@@ -282,3 +282,13 @@ def test_a_list_upload_reads_an_exported_header_and_falls_back_to_the_next_ident
     # a header with no identifier column names what it reads
     r = http.post("/api/lists/l2/members", content="name\nAna\n", headers=csv_h)
     assert r.status_code == 400 and r.json()["field"] == "body" and "profile_id" in r.text and "email" in r.text, r.text
+
+
+def test_a_declared_identifier_kind_is_read_from_a_csv_header_in_any_case():
+    """Review: a declared kind with capitals ("crmId") named by its own header was refused as no identifier column."""
+    from chorus.api.segments import _csv_entries
+
+    kinds = ("user_id", "email", "phone", "anonymous_id", "crmId")
+    for header in ("crmId", "CRMID", " CrmId "):
+        rows, lines = _csv_entries(f"{header}\nC-1001\n".encode(), kinds)
+        assert rows == [[{"crmId": "C-1001"}]] and lines == ["line 2"], header

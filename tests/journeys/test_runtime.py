@@ -1381,3 +1381,28 @@ def test_a_topic_is_read_as_consent_names_it_at_publish_and_at_send(engine, ws, 
     bad = {**NOW, "id": "cart2", "nodes": {**NOW["nodes"], "remind": {**NOW["nodes"]["remind"], "topic": "of fers"}}}
     with pytest.raises(Exception, match=r"nodes\.remind\.topic"):
         publish(engine, ws, bad)
+
+
+POINTS = {"id": "points", "entry": {"event": {"event": "Go", "key": "k"}}, "reentry": "per_key", "start": "c0",
+          "nodes": {"c0": {"type": "condition", "if": {"trait": {"name": "points", "equals": 5}},
+                           "then": "done", "else": "set"},
+                    "set": {"type": "update_trait", "trait": "points", "value": 5, "next": "done"},
+                    "done": {"type": "exit"}}}  # fmt: skip
+
+
+def test_a_sum_trait_set_by_a_step_reads_as_resolution_will_store_it(engine, ws, clock, worker):
+    """Review: the step's identify was folded into her person anchored on the profile id, where resolution anchors
+    it on her user id; under a "sum" policy (a part per anchor) she read 10 + 5 for her next input in the pass,
+    where the store will hold 5."""
+    workspaces.update_settings(engine, ws, {"trait_policies": {"points": "sum"}})
+    send(engine, ws, [{"type": "identify", "userId": "u1", "messageId": "id1", "timestamp": T0.isoformat(),
+                       "traits": {"points": 10}}], T0)  # fmt: skip
+    settle(worker)
+    publish(engine, ws, POINTS)
+    clock.at = T0 + timedelta(seconds=2)
+    send(engine, ws, [ev("Go", T0 + timedelta(seconds=1), k="a"), ev("Go", clock.at, k="b")], clock.at)
+    settle(worker)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(journey_records.c.branch).where(
+            journey_records.c.workspace_id == ws, journey_records.c.node == "c0")).scalars().all()  # fmt: skip
+    assert sorted(b for b in rows if b) == ["else", "then"], rows

@@ -64,6 +64,7 @@ def error_response(exc: ChorusError) -> JSON:
 # Starlette's form parser explains itself in its own words ("Missing boundary in multipart."): ours, by their start
 _FORM_PROBLEMS = (
     ("missing boundary", "its Content-Type has no boundary"),
+    ("invalid multipart", "it is not valid multipart data"),
     ("too many files", "too many files"),
     ("too many fields", "too many fields"),
     ("part exceeded maximum size", "a part is larger than the limit"),

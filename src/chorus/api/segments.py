@@ -263,9 +263,10 @@ def _csv_entries(raw: bytes, kinds: tuple[str, ...]) -> tuple[list, list[str]]:
     out, lines = [], []
     try:
         found: dict[str, str] = {}  # kind -> its header (the first column that names it)
+        by_name = {_column(k): k for k in ("profile_id", *kinds)}  # a declared kind in any case: crmId, CRMID
         for header in reader.fieldnames or []:
-            if isinstance(header, str) and _column(header) in ("profile_id", *kinds):
-                found.setdefault(_column(header), header)
+            if isinstance(header, str) and (kind := by_name.get(_column(header))):
+                found.setdefault(kind, header)
         cols = [(k, found[k]) for k in ("profile_id", *kinds) if k in found]
         if not cols:
             raise ChorusError(f"the CSV needs a header with a column of profile_id or an identifier: "

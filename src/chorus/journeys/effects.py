@@ -30,6 +30,7 @@ from chorus.collect import ingest
 from chorus.collect.messages import Event as Stored
 from chorus.collect.messages import normalise
 from chorus.errors import ChorusError
+from chorus.identity.identifiers import event_anchor
 from chorus.journeys import interpreter as j
 from chorus.journeys.runtime import Claim, PersonRun, effect, flush
 from chorus.messaging import outbox
@@ -104,7 +105,9 @@ def update_trait(run: PersonRun, s: j.State, c: j.UpdateTrait) -> None:
     # when the worker resolves it (an outside probe: the live runtime took `else` where the simulator, which folds
     # the step's identify at once, took `then`)
     state = copy.deepcopy(dict(run.person.state))
-    apply_event(state, ev.payload, run.person.id, dict(run.js.ws.settings.get("trait_policies") or {}))
+    # anchored as identity resolution anchors the stored identify (a "sum" trait keeps a part per anchor; review)
+    anchor = event_anchor(ev.payload, run.js.ws.identity, trusted=True) or run.person.id
+    apply_event(state, ev.payload, anchor, dict(run.js.ws.settings.get("trait_policies") or {}))
     run.person = replace(run.person, state=state)
 
 
