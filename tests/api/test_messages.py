@@ -247,6 +247,15 @@ def test_preview_renders_every_variant(http, shop):
     v = r.json()["variants"]
     assert v["email"]["subject"] == "Ana, your red shoes is waiting"
     assert v["sms"]["text"] == "Ana, your cart is waiting" and v["sms"]["segments"] == 1
+    # each variant sees its own channel, as its send does (it was empty in preview: an outside probe)
+    by_channel = {"name": "by channel", "kind": "transactional",
+                  "variants": {"email": {"subject": "on {{ message.channel }}", "html": "x"},
+                               "sms": {"text": "on {{ message.channel }}"}}}  # fmt: skip
+    r = http.post("/api/messages/preview", json={"to": {"email": "ana@example.com"}, "content": by_channel},
+                  headers=shop)  # fmt: skip
+    assert r.status_code == 200, r.text
+    v = r.json()["variants"]
+    assert (v["email"]["subject"], v["sms"]["text"]) == ("on email", "on sms"), r.text
 
 
 def test_messages_and_templates_stay_in_their_workspace(http, server, engine, shop):

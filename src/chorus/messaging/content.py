@@ -1666,9 +1666,13 @@ def preview(
     locale: str | None = None,
     partials: Mapping[str, str] | None = None,
 ) -> dict[str, Rendered | Skip]:
-    """Render every variant of a definition, as the editor's preview shows them side by side."""
+    """Render every variant of a definition, as the editor's preview shows them side by side: each with
+    ``message.channel`` set to its channel, as a send of it sets it (it was empty in preview: an outside probe)."""
+    def on(channel: str) -> Mapping:
+        return {**context, "message": {**(context.get("message") or {}), "channel": channel}}
+
     return {
-        channel: render(definition, channel, context, locale=locale, partials=partials)
+        channel: render(definition, channel, on(channel), locale=locale, partials=partials)
         for channel in CHANNELS
         if channel in (definition.get("variants") or {})
     }
