@@ -6,7 +6,6 @@ Whose browser it is comes from :mod:`chorus.api.caller`, as for the inbox: ``use
 from __future__ import annotations
 
 import logging
-import os
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Request
@@ -16,6 +15,7 @@ from chorus import workspaces as ws_api
 from chorus.api.caller import caller, json_body
 from chorus.api.common import JSON, Services, write_key
 from chorus.errors import ChorusError, NotConfigured, NotFound
+from chorus.messaging.providers.public import endpoint_problem
 from chorus.store import bulk
 from chorus.store.db import read_only
 from chorus.store.tables import push_subscriptions
@@ -23,7 +23,6 @@ from chorus.timeutil import utcnow
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/push", tags=["push"])
-_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def _source(request: Request, svc: Services, body: dict):
@@ -35,14 +34,17 @@ def _subscription(body: dict) -> tuple[str, str, str]:
     if not isinstance(sub, dict):
         raise ChorusError("subscription must be the browser's PushSubscription as JSON", field="subscription")
     endpoint = sub.get("endpoint")
-    parts = urlsplit(endpoint) if isinstance(endpoint, str) else None
+    try:
+        parts = urlsplit(endpoint) if isinstance(endpoint, str) else None
+    except ValueError:  # an unclosed [ (urllib's "Invalid IPv6 URL")
+        parts = None
     if not parts or not parts.netloc or len(endpoint) > 400:
         raise ChorusError("subscription.endpoint must be the push service URL", field="subscription.endpoint")
-    loopback_ok = os.environ.get("CHORUS_ALLOW_LOOPBACK_PUSH") == "1"  # local test push services only
-    if parts.hostname in _LOOPBACK and not loopback_ok:
-        raise ChorusError("subscription.endpoint must be a public push service", field="subscription.endpoint")
-    if parts.scheme != "https" and not (parts.scheme == "http" and parts.hostname in _LOOPBACK):
-        raise ChorusError("subscription.endpoint must be https", field="subscription.endpoint")
+    # the worker will call it: refused here when its text is inward (2130706433, [::ffff:127.0.0.1], 10.x...), and
+    # again when it is called, for a name that resolves inward (providers.public)
+    problem = endpoint_problem(endpoint)
+    if problem is not None:
+        raise ChorusError(f"subscription.endpoint {problem}", field="subscription.endpoint")
     keys = sub.get("keys") if isinstance(sub.get("keys"), dict) else {}
     for k, size in (("p256dh", 200), ("auth", 100)):
         if not isinstance(keys.get(k), str) or not keys[k] or len(keys[k]) > size:
@@ -108,7 +110,7 @@ async def vapid_key(request: Request):
         if isinstance(conf, dict) and conf.get("type") == "webpush":
             where = f"settings.messaging.providers.push[{i}].vapid_private_key_env"
             try:  # the variable unset or not a key: the operator's to fix (named in the log), never the caller's
-                key = secret(conf, "vapid_private_key", f"settings.messaging.providers.push[{i}]")
+                key = secret(conf, "vapid_private_key", f"settings.messaging.providers.push[{i}]", workspace=ws.name)
                 if key is None:
                     raise ConfigError(f"{where} is required")
                 vapid = load_vapid(key, f"the key in ${conf.get('vapid_private_key_env')} ({where})")

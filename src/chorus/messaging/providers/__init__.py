@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import math
 import os
+import re
 import threading
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -84,8 +85,62 @@ class Provider(Protocol):
     def close(self) -> None: ...
 
 
-def secret(conf: dict, key: str, where: str, resolve: bool = True) -> str | None:
+# The variables Chorus reads for its own configuration (chorus.config and the few modules that read one
+# directly: links, sinks, push, journeys' webhooks, the analytics engine, the GC tuning), and the test suite's and
+# benchmarks' database URLs. A provider may never name one: their values (the database's password, the key that
+# signs every link) would go to whatever server the workspace's settings point at. A variable Chorus starts to
+# read for itself is added here.
+OWN_VARIABLES = frozenset({
+    "CHORUS_DATABASE_URL", "CHORUS_SECRET_KEY", "CHORUS_PUBLIC_URL", "CHORUS_LAKE_DIR", "CHORUS_OUTBOX_DIR",
+    "CHORUS_MAX_BACKLOG", "CHORUS_MAX_INFLIGHT", "CHORUS_MAX_WAITING", "CHORUS_WORKER_BATCH",
+    "CHORUS_WORKER_POLL_SECONDS", "CHORUS_ERASURE_VACUUM", "CHORUS_SEGMENT_PREVIEW_SECONDS", "CHORUS_GC",
+    "CHORUS_ALLOW_PRIVATE_WEBHOOKS", "CHORUS_ALLOW_LOOPBACK_PUSH", "CHORUS_SPARK_MASTER",
+    "CHORUS_SPARK_DRIVER_MEMORY", "CHORUS_SPARK_LOG_LEVEL",
+    "CHORUS_TEST_POSTGRES_URL", "CHORUS_BENCH_PG",
+})  # fmt: skip
+WORKSPACE_PREFIX = "CHORUS_WS_"  # CHORUS_WS_<WORKSPACE>__<NAME>: one workspace's own variables
+
+
+def workspace_prefix(workspace: str) -> str:
+    """The prefix of the variables only ``workspace`` (its name) may read: ``CHORUS_WS_<NAME>__``, the name upper-cased
+    with every run of other characters than A-Z and 0-9 as one ``_`` (so the name part never holds ``__``, and
+    where it ends is never in doubt: workspace "a" cannot read "a_b"'s ``CHORUS_WS_A_B__TOKEN``)."""
+    name = re.sub(r"[^A-Z0-9]+", "_", workspace.upper()).strip("_")
+    return f"{WORKSPACE_PREFIX}{name}__"
+
+
+def check_variable(env: str, field: str, workspace: str | None, resolving: bool) -> None:
+    """Refuse a variable a workspace's settings may not name (``field`` is the setting, ``workspace`` the
+    workspace's name, or None where the caller does not know it). ConfigError naming the setting.
+
+    A workspace's own variable (``CHORUS_WS_<NAME>__...``) is checked against its workspace; where the workspace is
+    unknown it is accepted as a name (saving settings: nothing is read) but never read (``resolving``)."""
+    if env in OWN_VARIABLES:
+        raise ConfigError(f"{field} names ${env}, one of Chorus' own settings: a provider may not read it")
+    if not env.startswith(WORKSPACE_PREFIX):
+        return
+    owner, sep, rest = env[len(WORKSPACE_PREFIX) :].partition("__")
+    if not owner or not sep or not rest:
+        raise ConfigError(f"{field}: a workspace's variable is named {WORKSPACE_PREFIX}<WORKSPACE>__<NAME>, "
+                          f"e.g. {WORKSPACE_PREFIX}SHOP__SMTP_PASSWORD")  # fmt: skip
+    if workspace is None:
+        if resolving:  # fail closed: never read a workspace's variable for a caller that cannot say whose it is
+            raise ConfigError(f"{field} names ${env}, a workspace's own variable, where the workspace is not known")
+        return
+    mine = workspace_prefix(workspace)
+    if not env.startswith(mine):
+        raise ConfigError(f"{field} names ${env}, another workspace's variable: this workspace's own variables "
+                          f"start with {mine}")  # fmt: skip
+
+
+def secret(
+    conf: dict, key: str, where: str, resolve: bool = True, *, workspace: str | None = None
+) -> str | None:
     """Secrets are never stored in settings: a provider names the environment variable that holds each one.
+
+    A name is checked by :func:`check_variable` whether or not its value is read: none of Chorus' own settings, and
+    a ``CHORUS_WS_<NAME>__`` variable only by the workspace named ``workspace`` (an outside probe had a workspace
+    send the server's other secrets, $CHORUS_SECRET_KEY among them, to its own SMTP server).
 
     With ``resolve=False`` (checking settings on the API server, whose environment may not be the worker's) only
     the name is checked.
@@ -93,13 +148,15 @@ def secret(conf: dict, key: str, where: str, resolve: bool = True) -> str | None
     env = conf.get(key + "_env")
     if env is None:
         return None
-    if not isinstance(env, str) or not env.replace("_", "").isalnum():
-        raise ConfigError(f"{where}.{key}_env must be the name of an environment variable")
+    field = f"{where}.{key}_env"
+    if not isinstance(env, str) or not env.replace("_", "").isalnum() or not env.isascii():
+        raise ConfigError(f"{field} must be the name of an environment variable")
+    check_variable(env, field, workspace, resolving=resolve)
     if not resolve:
         return "unresolved"
     value = os.environ.get(env)
     if value is None:
-        raise ConfigError(f"{where}.{key}_env names ${env}, which is not set")
+        raise ConfigError(f"{field} names ${env}, which is not set")
     return value
 
 
@@ -150,9 +207,13 @@ _REGISTRY = {
 PROVIDER_TYPES = tuple(_REGISTRY)
 
 
-def build(conf: dict, where: str, resolve_secrets: bool = True, channel: str | None = None) -> Provider:
+def build(
+    conf: dict, where: str, resolve_secrets: bool = True, channel: str | None = None, *, workspace: str | None = None
+) -> Provider:
     """The provider a configuration describes. A provider class that serves every channel (``every_channel``, the
-    file sink) is told the ``channel`` it is configured under; the others serve one channel, their own."""
+    file sink) is told the ``channel`` it is configured under; the others serve one channel, their own.
+    ``workspace`` is the name of the workspace whose settings these are: which ``CHORUS_WS_`` variables its
+    secrets may name (see :func:`secret`)."""
     if not isinstance(conf, dict):
         raise ConfigError(f"{where} must be an object with a type")
     kind = conf.get("type")
@@ -163,10 +224,11 @@ def build(conf: dict, where: str, resolve_secrets: bool = True, channel: str | N
         shown = kind if len(kind) <= 64 else kind[:63] + "…"
         raise ConfigError(f"{where}.type '{shown}' is not a known provider type ({', '.join(PROVIDER_TYPES)})")
     concurrency_of(conf, where)
+    rate_of(conf, where)
     cls = getattr(importlib.import_module(f"chorus.messaging.providers.{entry[0]}"), entry[1])
     if getattr(cls, "every_channel", False):
-        return cls(conf, where, resolve_secrets, channel=channel)
-    return cls(conf, where, resolve_secrets)
+        return cls(conf, where, resolve_secrets, channel=channel, workspace=workspace)
+    return cls(conf, where, resolve_secrets, workspace=workspace)
 
 
 def is_sink(provider: object) -> bool:
@@ -180,6 +242,22 @@ def concurrency_of(conf: dict, where: str) -> int:
     if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 64:
         raise ConfigError(f"{where}.concurrency must be a whole number from 1 to 64")
     return n
+
+
+MAX_RATE = 100_000.0  # sends a second: more is no limit at all, and a typo
+
+
+def rate_of(conf: dict, where: str) -> float | None:
+    """``rate_per_second``: at most this many calls to the provider a second (None or absent: no limit), a number more
+    than 0. A negative rate was accepted and then made every send fail in the worker's token bucket (an outside
+    probe: every email of the workspace retrying with Python's "sleep length must be non-negative")."""
+    rate = conf.get("rate_per_second")
+    if rate is None:
+        return None
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate <= MAX_RATE:  # NaN fails too
+        raise ConfigError(f"{where}.rate_per_second must be a number of sends a second, more than 0 and at most "
+                          f"{MAX_RATE:g} (leave it out for no limit)")  # fmt: skip
+    return float(rate)
 
 
 _CLIENT_LOCK = threading.Lock()

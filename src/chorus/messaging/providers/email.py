@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import binascii
 from email.header import Header
-from email.utils import format_datetime, formataddr, parseaddr
+from email.utils import format_datetime, formataddr, getaddresses
 
 from chorus.messaging.providers import ConfigError, Outgoing, secret
 from chorus.timeutil import utcnow
@@ -19,34 +19,59 @@ from chorus.timeutil import utcnow
 SETTINGS = frozenset({"from", "reply_to", "dkim"})
 
 
-def check_from(value, where: str) -> str:
+def check_from(value, where: str) -> tuple[str, str]:
+    """The ``from`` setting, its domain IDNA-encoded (see :func:`address_setting`)."""
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"{where}.from is required, e.g. 'Shop <news@shop.example>'")
-    _name, addr = parseaddr(value)
-    if "@" not in addr:
-        raise ConfigError(f"{where}.from {value!r} has no address")
-    return value
+    return address_setting(value, f"{where}.from", "e.g. 'Shop <news@shop.example>'")
+
+
+def address_setting(value: str, field: str, example: str) -> tuple[str, str]:
+    """One address setting (``from``, ``reply_to``) as it goes into headers: one address, an optional display name
+    (RFC 2047-encoded later when it is not ASCII), and a domain in its ASCII form: an internationalised domain
+    (``news@bücher.example``) is IDNA-encoded (``news@xn--bcher-kva.example``), which every mail server takes. A
+    non-ASCII local part would need SMTPUTF8, which Chorus does not use: refused in its words (an outside probe got
+    Python's codec error, with a fragment of it as the field)."""
+    found = getaddresses([value])
+    if len(found) > 1:
+        raise ConfigError(f"{field} must be one email address, {example}")
+    if not found or "@" not in found[0][1]:
+        raise ConfigError(f"{field} {value!r} has no address")
+    name, addr = found[0]
+    local, _, domain = addr.rpartition("@")
+    if not local or not domain:
+        raise ConfigError(f"{field} must be one email address, {example}")
+    if not local.isascii():
+        raise ConfigError(f"{field}: the part before @ must be ASCII (addresses needing SMTPUTF8 are not supported)")
+    if not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise ConfigError(f"{field}: {domain!r} is not a valid domain name") from None
+    return name, f"{local}@{domain}"
 
 
 class Composer:
     """Builds the raw message from a provider configuration's ``from``, ``reply_to`` and ``dkim``."""
 
-    def __init__(self, conf: dict, where: str, resolve_secrets: bool = True):
-        self.sender = check_from(conf.get("from"), where)
-        self.envelope_from = parseaddr(self.sender)[1]
+    def __init__(self, conf: dict, where: str, resolve_secrets: bool = True, *, workspace: str | None = None):
+        sender = check_from(conf.get("from"), where)
+        self.envelope_from = sender[1]
         self.from_domain = self.envelope_from.rsplit("@", 1)[1].lower()
         self.reply_to = conf.get("reply_to")
-        if self.reply_to is not None and (not isinstance(self.reply_to, str) or "@" not in parseaddr(self.reply_to)[1]):
-            raise ConfigError(f"{where}.reply_to must be an email address, e.g. 'Care <care@shop.example>'")
+        if self.reply_to is not None:
+            if not isinstance(self.reply_to, str):
+                raise ConfigError(f"{where}.reply_to must be an email address, e.g. 'Care <care@shop.example>'")
+            reply_to = address_setting(self.reply_to, f"{where}.reply_to", "e.g. 'Care <care@shop.example>'")
         # the same for every message: parsed and encoded once
-        self._from_header = _addr_header(self.sender)
-        self._reply_to_header = _addr_header(self.reply_to) if self.reply_to else None
+        self._from_header = self.sender = _addr_header(*sender)
+        self._reply_to_header = _addr_header(*reply_to) if self.reply_to is not None else None
         dkim_conf = conf.get("dkim")
         self.dkim = None
         if dkim_conf:
             if not isinstance(dkim_conf, dict):
                 raise ConfigError(f"{where}.dkim must be an object {{domain, selector, private_key_env}}")
-            key = secret(dkim_conf, "private_key", f"{where}.dkim", resolve_secrets)
+            key = secret(dkim_conf, "private_key", f"{where}.dkim", resolve_secrets, workspace=workspace)
             if not key or not dkim_conf.get("selector") or not dkim_conf.get("domain"):
                 raise ConfigError(f"{where}.dkim needs domain, selector and private_key_env")
             if not isinstance(dkim_conf["selector"], str) or not isinstance(dkim_conf["domain"], str):
@@ -122,6 +147,5 @@ def _text_header(value: str) -> str:
     return Header(value, "utf-8", header_name="Subject").encode(linesep="\r\n")
 
 
-def _addr_header(value: str) -> str:
-    name, addr = parseaddr(value)
+def _addr_header(name: str, addr: str) -> str:
     return formataddr((name, addr), charset="utf-8") if name else addr

@@ -36,10 +36,10 @@ RETRY = {"QUOTA_EXCEEDED", "UNAVAILABLE", "INTERNAL", "THIRD_PARTY_AUTH_ERROR"}
 class FCMProvider(HTTPClient):
     channel = "push"
 
-    def __init__(self, conf: dict, where: str, resolve_secrets: bool = True):
+    def __init__(self, conf: dict, where: str, resolve_secrets: bool = True, *, workspace: str | None = None):
         self.name = str(conf.get("name") or "fcm")
         check_settings(conf, KNOWN, where, "FCM")
-        raw = secret(conf, "service_account", where, resolve_secrets)
+        raw = secret(conf, "service_account", where, resolve_secrets, workspace=workspace)
         if raw is None:
             raise ConfigError(f"{where}.service_account_env is required (the service account JSON)")
         self.info = None

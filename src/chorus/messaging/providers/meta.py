@@ -60,9 +60,9 @@ def valid_signature(app_secret: str, body: bytes, given: str | None) -> bool:
     return bool(given) and hmac.compare_digest(signature(app_secret, body), given or "")
 
 
-def app_secret(conf: dict, where: str) -> str | None:
+def app_secret(conf: dict, where: str, workspace: str | None = None) -> str | None:
     """The app secret of a provider configuration, read from its variable (None when not configured)."""
-    return secret(conf, "app_secret", where)
+    return secret(conf, "app_secret", where, workspace=workspace)
 
 
 def graph_int(value: object) -> int | None:
@@ -106,13 +106,13 @@ class _Graph(HTTPClient):
     what = "Meta"
     known: frozenset[str] = frozenset(COMMON)
 
-    def __init__(self, conf: dict, where: str, resolve_secrets: bool):
+    def __init__(self, conf: dict, where: str, resolve_secrets: bool, workspace: str | None = None):
         check_settings(conf, self.known, where, self.what)
         self.name = str(conf.get("name") or conf["type"])
-        self.access_token = secret(conf, "access_token", where, resolve_secrets)
+        self.access_token = secret(conf, "access_token", where, resolve_secrets, workspace=workspace)
         if self.access_token is None:
             raise ConfigError(f"{where}.access_token_env is required (the variable holding the access token)")
-        secret(conf, "app_secret", where, resolve=False)  # checks the variable's name
+        secret(conf, "app_secret", where, resolve=False, workspace=workspace)  # checks the variable's name
         token = conf.get("verify_token")
         if token is not None and (not isinstance(token, str) or not 8 <= len(token) <= 200):
             raise ConfigError(f"{where}.verify_token must be a text of 8 to 200 characters")
@@ -161,8 +161,8 @@ class WhatsAppProvider(_Graph):
     what = "WhatsApp"
     known = frozenset(COMMON | {"phone_number_id"})
 
-    def __init__(self, conf: dict, where: str, resolve_secrets: bool = True):
-        super().__init__(conf, where, resolve_secrets)
+    def __init__(self, conf: dict, where: str, resolve_secrets: bool = True, *, workspace: str | None = None):
+        super().__init__(conf, where, resolve_secrets, workspace)
         self.phone_number_id = _id_setting(conf, "phone_number_id", where, "WhatsApp phone number ID", True)
 
     def body(self, out: Outgoing) -> dict:
@@ -192,8 +192,8 @@ class MessengerProvider(_Graph):
     what = "Messenger"
     known = frozenset(COMMON | {"page_id", "tag"})
 
-    def __init__(self, conf: dict, where: str, resolve_secrets: bool = True):
-        super().__init__(conf, where, resolve_secrets)
+    def __init__(self, conf: dict, where: str, resolve_secrets: bool = True, *, workspace: str | None = None):
+        super().__init__(conf, where, resolve_secrets, workspace)
         self.page_id = _id_setting(conf, "page_id", where, "Facebook Page ID", False)
         self.tag = conf.get("tag")
         if self.tag is not None and self.tag not in MESSENGER_TAGS:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-from email.utils import parseaddr
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -34,6 +33,7 @@ from chorus.messaging.providers import (
     secret,
     timeout_of,
 )
+from chorus.messaging.providers.email import address_setting
 from chorus.messaging.providers.http import HTTPError, Response
 
 KNOWN = {"type", "name", "api_key_env", "from", "reply_to", "base_url", "timeout", "rate_per_second",
@@ -50,9 +50,8 @@ TRACKING_OFF = {
 def _address(value, where: str, key: str) -> dict:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"{where}.{key} is required, e.g. 'Shop <news@shop.example>'")
-    name, addr = parseaddr(value)
-    if "@" not in addr:
-        raise ConfigError(f"{where}.{key} {value!r} has no address")
+    # one address, its domain IDNA-encoded, as for SMTP (chorus.messaging.providers.email)
+    name, addr = address_setting(value, f"{where}.{key}", "e.g. 'Shop <news@shop.example>'")
     return {"email": addr, "name": name} if name else {"email": addr}
 
 
@@ -83,10 +82,10 @@ def valid_signature(key: ec.EllipticCurvePublicKey, signature: str | None, times
 class SendGridProvider(HTTPClient):
     channel = "email"
 
-    def __init__(self, conf: dict, where: str, resolve_secrets: bool = True):
+    def __init__(self, conf: dict, where: str, resolve_secrets: bool = True, *, workspace: str | None = None):
         self.name = str(conf.get("name") or "sendgrid")
         check_settings(conf, KNOWN, where, "SendGrid")
-        self.api_key = secret(conf, "api_key", where, resolve_secrets)
+        self.api_key = secret(conf, "api_key", where, resolve_secrets, workspace=workspace)
         if self.api_key is None:
             raise ConfigError(f"{where}.api_key_env is required (the variable holding the API key)")
         self.sender = _address(conf.get("from"), where, "from")

@@ -89,7 +89,10 @@ class FileSink:
     sink = True
     name = NAME
 
-    def __init__(self, conf: dict, where: str, resolve_secrets: bool = True, *, channel: str | None = None):
+    def __init__(
+        self, conf: dict, where: str, resolve_secrets: bool = True, *, channel: str | None = None,
+        workspace: str | None = None,
+    ):
         if channel is None:
             raise ConfigError(f"{where}: a file sink is configured under a channel (settings.messaging.providers)")
         if channel == "in_app":
@@ -107,7 +110,7 @@ class FileSink:
         if not isinstance(self.console, bool):
             raise ConfigError(f"{where}.console must be true or false")
         # email: the same From, Reply-To and DKIM settings as the SMTP provider, and the same message
-        self.composer = Composer(conf, where, resolve_secrets) if channel == "email" else None
+        self.composer = Composer(conf, where, resolve_secrets, workspace=workspace) if channel == "email" else None
         self.root = outbox_root()
         self.path = os.path.join(self.root, *self.dir.split("/"))
         if os.path.commonpath([self.root, os.path.normpath(self.path)]) != self.root:  # check_dir makes it so

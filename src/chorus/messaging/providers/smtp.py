@@ -4,8 +4,10 @@ Message-ID, List-Unsubscribe, DKIM) is built by :mod:`chorus.messaging.providers
 
 from __future__ import annotations
 
+import os
 import smtplib
 import ssl
+import stat
 import threading
 
 from chorus.messaging.providers import (
@@ -26,7 +28,7 @@ _HARD_BOUNCE_CODES = {550, 551, 553}
 class SMTPProvider:
     channel = "email"
 
-    def __init__(self, conf: dict, where: str, resolve_secrets: bool = True):
+    def __init__(self, conf: dict, where: str, resolve_secrets: bool = True, *, workspace: str | None = None):
         self.name = str(conf.get("name") or "smtp")
         self.host = conf.get("host")
         if not isinstance(self.host, str) or not self.host:
@@ -34,14 +36,16 @@ class SMTPProvider:
         self.security = conf.get("security", "starttls")
         if self.security not in ("starttls", "tls", "none"):
             raise ConfigError(f"{where}.security must be starttls, tls or none")
-        self.port = int(conf.get("port") or {"tls": 465, "starttls": 587, "none": 25}[self.security])
+        self.port = conf.get("port", {"tls": 465, "starttls": 587, "none": 25}[self.security])
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 1 <= self.port <= 65535:
+            raise ConfigError(f"{where}.port must be a whole number from 1 to 65535")
         self.username = conf.get("username")
-        self.password = secret(conf, "password", where, resolve_secrets)
-        self.composer = Composer(conf, where, resolve_secrets)  # from, reply_to, dkim
+        self.password = secret(conf, "password", where, resolve_secrets, workspace=workspace)
+        self.composer = Composer(conf, where, resolve_secrets, workspace=workspace)  # from, reply_to, dkim
         self.sender, self.from_domain = self.composer.sender, self.composer.from_domain
         self._envelope_from = self.composer.envelope_from
         self.timeout = timeout_of(conf, where, 30)
-        self.tls_context = ssl.create_default_context(cafile=conf.get("ca_file"))
+        self.tls_context = _tls_context(conf.get("ca_file"), f"{where}.ca_file")
         if conf.get("tls_verify") is False:  # a private relay with a self-signed certificate
             self.tls_context.check_hostname = False
             self.tls_context.verify_mode = ssl.CERT_NONE
@@ -156,6 +160,28 @@ class SMTPProvider:
         except (OSError, smtplib.SMTPException):
             pass
         self._discard(conn)
+
+
+MAX_CA_FILE = 16 * 1024 * 1024  # bytes: a CA bundle is a few hundred KB; more is not one
+
+
+def _tls_context(ca_file, field: str) -> ssl.SSLContext:
+    """The TLS context, trusting the CAs of ``ca_file`` when given: a readable regular file of PEM certificates, or a
+    ConfigError naming the setting. The same words whatever is wrong with the path (missing, unreadable, a
+    directory, not certificates), so the answer says no more about the server's files than that; never a device
+    or FIFO, which OpenSSL would read without end (/dev/zero)."""
+    if ca_file is None:
+        return ssl.create_default_context()
+    problem = f"{field} must be the path of a file of PEM CA certificates, readable by Chorus"
+    if not isinstance(ca_file, str) or not ca_file or "\0" in ca_file:
+        raise ConfigError(problem)
+    try:
+        info = os.stat(ca_file)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_CA_FILE:
+            raise ConfigError(problem)
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ValueError):  # ssl.SSLError is an OSError: no certificate found, or a broken one
+        raise ConfigError(problem) from None
 
 
 def _text(value) -> str:

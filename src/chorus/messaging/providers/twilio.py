@@ -48,13 +48,13 @@ def valid_signature(auth_token: str, url: str, params: Mapping[str, str], given:
 class TwilioSMS(HTTPClient):
     channel = "sms"
 
-    def __init__(self, conf: dict, where: str, resolve_secrets: bool = True):
+    def __init__(self, conf: dict, where: str, resolve_secrets: bool = True, *, workspace: str | None = None):
         self.name = str(conf.get("name") or "twilio")
         check_settings(conf, KNOWN, where, "Twilio")
         self.account_sid = conf.get("account_sid")
         if not isinstance(self.account_sid, str) or not self.account_sid.startswith("AC"):
             raise ConfigError(f"{where}.account_sid must be the account SID (AC…)")
-        self.auth_token = secret(conf, "auth_token", where, resolve_secrets)
+        self.auth_token = secret(conf, "auth_token", where, resolve_secrets, workspace=workspace)
         if self.auth_token is None:
             raise ConfigError(f"{where}.auth_token_env is required (the variable holding the auth token)")
         self.sender = conf.get("from")

@@ -36,14 +36,14 @@ def sign(secret_value: str, body: bytes, t: int) -> str:
 class WebhookProvider(HTTPClient):
     channel = "webhook"
 
-    def __init__(self, conf: dict, where: str, resolve_secrets: bool = True):
+    def __init__(self, conf: dict, where: str, resolve_secrets: bool = True, *, workspace: str | None = None):
         self.name = str(conf.get("name") or "webhook")
         check_settings(conf, KNOWN, where, "webhook")
         url = conf.get("url")
         if not isinstance(url, str) or not url.startswith(("https://", "http://")):
             raise ConfigError(f"{where}.url must be an http(s) URL")
         self.url = url
-        self.secret = secret(conf, "secret", where, resolve_secrets)
+        self.secret = secret(conf, "secret", where, resolve_secrets, workspace=workspace)
         if self.secret is None:
             raise ConfigError(f"{where}.secret_env is required: every webhook is signed")
         self.timeout = timeout_of(conf, where, 10)

@@ -8,13 +8,17 @@ show: ``{"title", "body", "url", "image", "message_id"}``.
 from __future__ import annotations
 
 import base64
+import socket
+from urllib.parse import urlsplit
 
 import orjson
 import requests
+import urllib3
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from py_vapid import Vapid
 from pywebpush import WebPushException, webpush
+from requests.adapters import HTTPAdapter
 
 from chorus.messaging.providers import (
     AmbiguousError,
@@ -27,6 +31,84 @@ from chorus.messaging.providers import (
     timeout_of,
     ttl_of,
 )
+from chorus.messaging.providers.public import refused_address
+
+
+class RefusedAddress(Exception):
+    """The push endpoint's host resolves to an address the worker must not call (see providers.public). Not an
+    OSError, so neither urllib3 nor requests takes it for a network failure: it reaches :meth:`WebPushProvider.send`."""
+
+
+class _PublicOnly:
+    """A connection that resolves its host itself, refuses it unless every address is public, and connects to the
+    addresses it checked (not a second lookup a DNS name could answer differently). TLS still names the host."""
+
+    def _new_conn(self) -> socket.socket:
+        try:
+            found, refused = refused_address(self._dns_host, self.port)
+        except socket.gaierror as exc:  # as urllib3 says it: nothing was sent
+            raise urllib3.exceptions.NameResolutionError(self.host, self, exc) from exc
+        if refused is not None:
+            raise RefusedAddress(refused)
+        host, error = self._dns_host, None
+        try:
+            for address in dict.fromkeys(found):
+                self._dns_host = address
+                try:
+                    return super()._new_conn()
+                except urllib3.exceptions.NewConnectionError as exc:  # the next address, as the resolver's order
+                    error = exc
+        finally:
+            self._dns_host = host
+        raise error or urllib3.exceptions.NewConnectionError(self, f"{host} has no address")
+
+
+def _check_host(url: str) -> None:
+    parts = urlsplit(url)
+    try:
+        port = parts.port or 443
+    except ValueError:
+        raise PermanentError("the push endpoint's port is not a port number", code="address") from None
+    try:
+        _found, refused = refused_address(parts.hostname or "", port)
+    except socket.gaierror as exc:
+        raise TransientError(f"push service unreachable: {parts.hostname} does not resolve ({exc})",
+                             code="connect") from None  # fmt: skip
+    if refused is not None:
+        raise RefusedAddress(refused)
+
+
+class _HTTPSConnection(_PublicOnly, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _HTTPConnection(_PublicOnly, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _PublicOnlyAdapter(HTTPAdapter):
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
+def public_session() -> requests.Session:
+    """A requests session that connects only to public addresses (unless CHORUS_ALLOW_LOOPBACK_PUSH=1 lets a
+    loopback one through, for a local test push service)."""
+    session = requests.Session()
+    adapter = _PublicOnlyAdapter()
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
+
 
 KNOWN = {"type", "name", "vapid_private_key_env", "subject", "ttl", "urgency", "timeout", "rate_per_second"}
 
@@ -54,14 +136,14 @@ def load_vapid(pem_or_b64: str, what: str = "the VAPID private key") -> Vapid:
 class WebPushProvider:
     channel = "push"
 
-    def __init__(self, conf: dict, where: str, resolve_secrets: bool = True):
+    def __init__(self, conf: dict, where: str, resolve_secrets: bool = True, *, workspace: str | None = None):
         self.name = str(conf.get("name") or "webpush")
         check_settings(conf, KNOWN, where, "web push")
         subject = conf.get("subject")
         if not isinstance(subject, str) or not subject.startswith(("mailto:", "https://")):
             raise ConfigError(f"{where}.subject must be a mailto: or https: contact for push services (RFC 8292)")
         self.subject = subject
-        key = secret(conf, "vapid_private_key", where, resolve_secrets)
+        key = secret(conf, "vapid_private_key", where, resolve_secrets, workspace=workspace)
         if key is None:
             raise ConfigError(f"{where}.vapid_private_key_env is required")
         env = conf.get("vapid_private_key_env")
@@ -71,7 +153,7 @@ class WebPushProvider:
         if self.urgency not in ("very-low", "low", "normal", "high"):
             raise ConfigError(f"{where}.urgency must be very-low, low, normal or high")
         self.timeout = timeout_of(conf, where, 10)
-        self._session = requests.Session()
+        self._session = public_session()  # the endpoint is the browser's, so anyone's: never an inward address
 
     def accepts(self, out: Outgoing) -> bool:
         return "subscription" in out.content  # a browser; device tokens go through FCM
@@ -86,12 +168,16 @@ class WebPushProvider:
         payload = {k: out.content.get(k) for k in ("title", "body", "url", "image")}
         payload["message_id"] = out.message_id
         try:
+            if requests.utils.get_environ_proxies(out.address):  # through the operator's proxy: the proxy connects,
+                _check_host(out.address)  # not the checked connection below, so the host is checked here
             r = webpush(
                 {"endpoint": out.address, "keys": sub["keys"]}, data=orjson.dumps(payload).decode(),
                 vapid_private_key=self.vapid, vapid_claims={"sub": self.subject}, ttl=self.ttl,
                 headers={"Urgency": self.urgency, "Topic": out.message_id[-32:]}, timeout=self.timeout,
                 requests_session=self._session,
             )  # fmt: skip
+        except RefusedAddress as exc:  # a DNS name pointing inward, or a subscription saved before the check
+            raise PermanentError(str(exc), code="private_address") from None
         except WebPushException as exc:
             status = exc.response.status_code if exc.response is not None else None
             text = (exc.response.text[:300] if exc.response is not None else str(exc)).strip()
@@ -104,7 +190,10 @@ class WebPushProvider:
         except (requests.ConnectTimeout, requests.exceptions.SSLError) as exc:
             raise TransientError(f"push service unreachable: {exc}", code="connect") from None
         except requests.ConnectionError as exc:
-            if "NewConnectionError" in repr(exc) or "Name or service not known" in str(exc):  # nothing was sent
+            cause = getattr(exc.args[0], "reason", None) if exc.args else None  # urllib3's MaxRetryError's
+            if isinstance(cause, urllib3.exceptions.NewConnectionError) or "NewConnectionError" in repr(exc) or (
+                "Name or service not known" in str(exc)
+            ):  # nothing was sent
                 raise TransientError(f"push service unreachable: {exc}", code="connect") from None
             raise AmbiguousError(f"no answer from the push service after sending: {exc}", code="ambiguous") from None
         except requests.RequestException as exc:  # a read timeout: the push service may have taken it
