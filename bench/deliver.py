@@ -113,7 +113,7 @@ def seed(engine, n: int):
 
 def run_chorus(db: FreshDB, n: int, ports: tuple[int, int], modes: list[str], channels: list[str], tmp: Path) -> dict:
     smtp_port, twilio_port = ports
-    os.environ["BENCH_TWILIO_TOKEN"] = "bench-token"
+    os.environ["CHORUS_BENCH_TWILIO_TOKEN"] = "bench-token"
     from chorus import workspaces
     from chorus.messaging.links import Links
     from chorus.store.db import create_engine, upgrade
@@ -125,7 +125,7 @@ def run_chorus(db: FreshDB, n: int, ports: tuple[int, int], modes: list[str], ch
     providers = {
         "email": [{"type": "smtp", "host": "127.0.0.1", "port": smtp_port, "security": "none",
                    "from": "Shop <news@shop.example>"}],
-        "sms": [{"type": "twilio", "account_sid": "AC" + "0" * 31 + "1", "auth_token_env": "BENCH_TWILIO_TOKEN",
+        "sms": [{"type": "twilio", "account_sid": "AC" + "0" * 31 + "1", "auth_token_env": "CHORUS_BENCH_TWILIO_TOKEN",
                  "from": "+15005550006", "base_url": f"http://127.0.0.1:{twilio_port}", "concurrency": 8}],
     }  # fmt: skip
     workspaces.update_settings(engine, w["id"], {"messaging": {"providers": providers}})

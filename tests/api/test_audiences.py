@@ -38,7 +38,7 @@ def bearer(ws):
 @pytest.fixture
 def meta(monkeypatch):
     standin = MetaAudiencesStandIn("EAAB-ads-token")
-    monkeypatch.setenv("TEST_META_ADS_TOKEN", "EAAB-ads-token")
+    monkeypatch.setenv("CHORUS_META_ADS_TOKEN", "EAAB-ads-token")
     with _ASGIThread(standin.app) as srv:
         standin.base_url = srv.base_url
         yield standin
@@ -49,7 +49,7 @@ def google(monkeypatch):
     standin = GoogleAdsStandIn()
     for key, value in (("DEV", standin.developer_token), ("ID", standin.client[0]), ("SECRET", standin.client[1]),
                        ("REFRESH", next(iter(standin.refresh_tokens)))):  # fmt: skip
-        monkeypatch.setenv(f"TEST_GADS_{key}", value)
+        monkeypatch.setenv(f"CHORUS_GADS_{key}", value)
     with _ASGIThread(standin.app) as srv:
         standin.base_url = srv.base_url
         yield standin
@@ -60,11 +60,11 @@ def shop(http, server, workspace, meta, google):
     """Providers configured, five people known: the api key headers and their profile ids by name."""
     h = bearer(workspace)
     providers = [
-        {"type": "meta", "name": "meta", "access_token_env": "TEST_META_ADS_TOKEN", "base_url": meta.base_url,
+        {"type": "meta", "name": "meta", "access_token_env": "CHORUS_META_ADS_TOKEN", "base_url": meta.base_url,
          "retry_base_seconds": 0.01},
-        {"type": "google", "name": "google", "customer_id": "123-456-7890", "developer_token_env": "TEST_GADS_DEV",
-         "client_id_env": "TEST_GADS_ID", "client_secret_env": "TEST_GADS_SECRET",
-         "refresh_token_env": "TEST_GADS_REFRESH", "base_url": google.base_url,
+        {"type": "google", "name": "google", "customer_id": "123-456-7890", "developer_token_env": "CHORUS_GADS_DEV",
+         "client_id_env": "CHORUS_GADS_ID", "client_secret_env": "CHORUS_GADS_SECRET",
+         "refresh_token_env": "CHORUS_GADS_REFRESH", "base_url": google.base_url,
          "token_url": f"{google.base_url}/token", "retry_base_seconds": 0.01},
     ]  # fmt: skip
     r = http.patch("/api/workspace/settings", json={"default_region": "NL", "audiences": {"providers": providers}},
@@ -212,7 +212,7 @@ def test_provider_failures(http, shop, meta):
     r = http.post("/api/audiences/vip/sync", json={"profiles": [ids["ana"], ids["bo"]]}, headers=shop["h"])
     assert r.status_code == 502 and r.json()["code"] == "provider_error"
     message = r.json()["message"]
-    assert "error 190/463" in message and "$TEST_META_ADS_TOKEN" in message and "0 added" in message
+    assert "error 190/463" in message and "$CHORUS_META_ADS_TOKEN" in message and "0 added" in message
     view = http.get("/api/audiences/vip", headers=shop["h"]).json()
     assert view["members"] == 1 and view["last_sync"]["ok"] is False and not view["syncing"]
     meta.tokens = {"EAAB-ads-token"}

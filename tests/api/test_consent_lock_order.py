@@ -88,7 +88,7 @@ def _race(monkeypatch, status, reply) -> list:
 
 
 def test_twilio_bounce_callback_and_inbound_reply_do_not_deadlock(pg, monkeypatch):
-    w, mid = _message(pg, "lock-order-sms", "sms")
+    w, mid = _message(pg, "lock-order-sms", "sms", "SM1")  # sent: a callback about a queued one changes nothing
     svc = SimpleNamespace(engine=pg)
     form = {"MessageSid": "SM1", "MessageStatus": "failed", "ErrorCode": "30003"}
     errors = _race(monkeypatch, lambda: webhooks._apply_status(svc, w, form, "failed", mid),

@@ -23,9 +23,9 @@ def app_shop(http, server, workspace, monkeypatch):
     fcm = FCMStandIn()
     with _ASGIThread(fcm.app) as srv:
         fcm.base_url = srv.base_url
-        monkeypatch.setenv("TEST_FCM_ACCOUNT", orjson.dumps(fcm.service_account(srv.base_url)).decode())
+        monkeypatch.setenv("CHORUS_FCM_ACCOUNT", orjson.dumps(fcm.service_account(srv.base_url)).decode())
         h = bearer(workspace)
-        conf = {"type": "fcm", "service_account_env": "TEST_FCM_ACCOUNT", "base_url": srv.base_url}
+        conf = {"type": "fcm", "service_account_env": "CHORUS_FCM_ACCOUNT", "base_url": srv.base_url}
         r = http.patch("/api/workspace/settings", json={"messaging": {"providers": {"push": [conf]}}}, headers=h)
         assert r.status_code == 200, r.text
         r = http.post("/v1/identify", auth=(workspace["write_key"], ""), json={
@@ -90,11 +90,11 @@ def test_a_browser_goes_through_web_push_and_an_app_through_fcm(http, server, wo
     fcm, h, fcm_conf = app_shop
     key = ec.generate_private_key(ec.SECP256R1())
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    monkeypatch.setenv("TEST_VAPID_KEY", pem.decode())
+    monkeypatch.setenv("CHORUS_VAPID_KEY", pem.decode())
     monkeypatch.setenv("CHORUS_ALLOW_LOOPBACK_PUSH", "1")
     service = PushService()
     with _ASGIThread(service.app) as srv:
-        web = {"type": "webpush", "vapid_private_key_env": "TEST_VAPID_KEY", "subject": "mailto:ops@shop.example"}
+        web = {"type": "webpush", "vapid_private_key_env": "CHORUS_VAPID_KEY", "subject": "mailto:ops@shop.example"}
         r = http.patch("/api/workspace/settings", json={"messaging": {"providers": {"push": [fcm_conf, web]}}},
                        headers=h)  # fmt: skip
         assert r.status_code == 200

@@ -27,10 +27,11 @@ from tests.identity.test_optout_race import _resolver_waits_then_stop
 
 PHONE = "+31612345678"
 PROVIDERS = {
-    "sms": [{"type": "twilio", "name": "twilio", "account_sid": "AC1", "auth_token_env": "UNSET_TWILIO_TOKEN",
+    "sms": [{"type": "twilio", "name": "twilio", "account_sid": "AC1", "auth_token_env": "CHORUS_UNSET_TWILIO_TOKEN",
              "from": "+15005550006"}],
-    "whatsapp": [{"type": "whatsapp", "name": "whatsapp", "phone_number_id": "1065", "access_token_env": "UNSET_T",
-                  "app_secret_env": "UNSET_S", "verify_token": "verify-token-1"}],
+    "whatsapp": [{"type": "whatsapp", "name": "whatsapp", "phone_number_id": "1065",
+        "access_token_env": "CHORUS_UNSET_T",
+                  "app_secret_env": "CHORUS_UNSET_S", "verify_token": "verify-token-1"}],
 }  # fmt: skip
 
 

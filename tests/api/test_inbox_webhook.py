@@ -153,10 +153,10 @@ class Receiver:
 
 
 def test_webhook_channel_is_signed_and_idempotent(http, server, workspace, shop, monkeypatch):
-    monkeypatch.setenv("TEST_HOOK_SECRET", "whsec_test")
+    monkeypatch.setenv("CHORUS_HOOK_SECRET", "whsec_test")
     recv = Receiver()
     with _ASGIThread(recv.app) as srv:
-        conf = {"type": "webhook", "name": "crm", "url": f"{srv.base_url}/hook", "secret_env": "TEST_HOOK_SECRET"}
+        conf = {"type": "webhook", "name": "crm", "url": f"{srv.base_url}/hook", "secret_env": "CHORUS_HOOK_SECRET"}
         r = http.patch("/api/workspace/settings", json={"messaging": {"providers": {"webhook": [conf]}}}, headers=shop)
         assert r.status_code == 200, r.text
         m = send(http, shop, "w1", "webhook")

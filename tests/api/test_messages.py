@@ -30,7 +30,7 @@ def bearer(ws):
 def smtp_conf(smtp, **over):
     conf = {
         "type": "smtp", "name": "primary", "host": "127.0.0.1", "port": smtp.port, "username": "chorus",
-        "password_env": "TEST_SMTP_PASSWORD", "from": "Shop <news@shop.example>", "ca_file": smtp.ca_file,
+        "password_env": "CHORUS_SMTP_PASSWORD", "from": "Shop <news@shop.example>", "ca_file": smtp.ca_file,
     }  # fmt: skip
     return {**conf, **over}
 
@@ -53,7 +53,7 @@ def prepare_shop(http, server, workspace, email_providers: list, template: dict)
 
 @pytest.fixture
 def shop(http, server, workspace, smtp_server, monkeypatch):
-    monkeypatch.setenv("TEST_SMTP_PASSWORD", "s3cret")
+    monkeypatch.setenv("CHORUS_SMTP_PASSWORD", "s3cret")
     return prepare_shop(http, server, workspace, [smtp_conf(smtp_server)], TEMPLATE)
 
 

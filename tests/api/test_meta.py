@@ -40,7 +40,8 @@ def bearer(ws):
 def wa_conf(meta, **over):
     conf = {
         "type": "whatsapp", "name": "whatsapp", "phone_number_id": meta.phone_number_id,
-        "access_token_env": "TEST_META_TOKEN", "app_secret_env": "TEST_META_APP_SECRET", "verify_token": VERIFY_TOKEN,
+        "access_token_env": "CHORUS_META_TOKEN", "app_secret_env": "CHORUS_META_APP_SECRET",
+            "verify_token": VERIFY_TOKEN,
         "base_url": meta.base_url,
     }  # fmt: skip
     return {**conf, **over}
@@ -48,8 +49,8 @@ def wa_conf(meta, **over):
 
 def ms_conf(meta, **over):
     conf = {
-        "type": "messenger", "name": "messenger", "access_token_env": "TEST_META_TOKEN",
-        "app_secret_env": "TEST_META_APP_SECRET", "base_url": meta.base_url,
+        "type": "messenger", "name": "messenger", "access_token_env": "CHORUS_META_TOKEN",
+        "app_secret_env": "CHORUS_META_APP_SECRET", "base_url": meta.base_url,
     }  # fmt: skip
     return {**conf, **over}
 
@@ -62,8 +63,8 @@ def set_providers(http, h, whatsapp=None, messenger=None):
 
 @pytest.fixture
 def shop(http, server, workspace, meta, monkeypatch):
-    monkeypatch.setenv("TEST_META_TOKEN", meta.access_token)
-    monkeypatch.setenv("TEST_META_APP_SECRET", APP_SECRET)
+    monkeypatch.setenv("CHORUS_META_TOKEN", meta.access_token)
+    monkeypatch.setenv("CHORUS_META_APP_SECRET", APP_SECRET)
     h = bearer(workspace)
     set_providers(http, h, [wa_conf(meta)], [ms_conf(meta)])
     r = http.post(
@@ -357,8 +358,8 @@ def test_outage_is_retried_and_a_bad_token_fails_over(http, server, shop, meta, 
     assert wait_status(http, shop, m["id"], *DONE)["status"] == "retrying"
     meta.down = False
 
-    monkeypatch.setenv("TEST_META_EXPIRED", "EAAG-expired")
-    primary = wa_conf(meta, name="primary", access_token_env="TEST_META_EXPIRED")
+    monkeypatch.setenv("CHORUS_META_EXPIRED", "EAAG-expired")
+    primary = wa_conf(meta, name="primary", access_token_env="CHORUS_META_EXPIRED")
     set_providers(http, shop, [primary, wa_conf(meta, name="backup")])
     done, req = sent(http, shop, meta, "o3", "whatsapp")
     assert done["provider"] == "backup" and req["body"]["to"] == WA_ID

@@ -42,7 +42,8 @@ def bearer(ws):
 
 def sg_conf(sendgrid, signer, **over):
     conf = {
-        "type": "sendgrid", "name": "sendgrid", "api_key_env": "TEST_SENDGRID_KEY", "from": "Shop <news@shop.example>",
+        "type": "sendgrid", "name": "sendgrid", "api_key_env": "CHORUS_SENDGRID_KEY",
+            "from": "Shop <news@shop.example>",
         "reply_to": "Care <care@shop.example>", "base_url": sendgrid.base_url, "webhook_public_key": signer.public_key,
     }  # fmt: skip
     return {**conf, **over}
@@ -51,7 +52,7 @@ def sg_conf(sendgrid, signer, **over):
 def smtp_conf(smtp, **over):
     conf = {
         "type": "smtp", "name": "backup", "host": "127.0.0.1", "port": smtp.port, "username": "chorus",
-        "password_env": "TEST_SMTP_PASSWORD", "from": "Shop <news@shop.example>", "ca_file": smtp.ca_file,
+        "password_env": "CHORUS_SMTP_PASSWORD", "from": "Shop <news@shop.example>", "ca_file": smtp.ca_file,
     }  # fmt: skip
     return {**conf, **over}
 
@@ -63,7 +64,7 @@ def set_providers(http, h, *confs):
 
 @pytest.fixture
 def shop(http, server, workspace, sendgrid, signer, monkeypatch):
-    monkeypatch.setenv("TEST_SENDGRID_KEY", sendgrid.api_key)
+    monkeypatch.setenv("CHORUS_SENDGRID_KEY", sendgrid.api_key)
     return prepare_shop(http, server, workspace, [sg_conf(sendgrid, signer)], TEMPLATE)
 
 
@@ -125,8 +126,8 @@ def test_a_message_goes_out_through_sendgrid(http, server, workspace, shop, send
 
 
 def test_fail_over_between_sendgrid_and_smtp(http, server, shop, sendgrid, signer, smtp_server, monkeypatch):
-    monkeypatch.setenv("TEST_SMTP_PASSWORD", "s3cret")
-    monkeypatch.setenv("TEST_SENDGRID_WRONG_KEY", "SG.revoked")
+    monkeypatch.setenv("CHORUS_SMTP_PASSWORD", "s3cret")
+    monkeypatch.setenv("CHORUS_SENDGRID_WRONG_KEY", "SG.revoked")
     set_providers(http, shop, sg_conf(sendgrid, signer), smtp_conf(smtp_server))
     sendgrid.down = True
     m = send(http, shop, "f1")
@@ -135,7 +136,8 @@ def test_fail_over_between_sendgrid_and_smtp(http, server, shop, sendgrid, signe
     assert len(smtp_server.messages) == 1 and sendgrid.sent == []
 
     sendgrid.down = False  # credentials are our side: a 401 moves on to the next provider too
-    set_providers(http, shop, sg_conf(sendgrid, signer, api_key_env="TEST_SENDGRID_WRONG_KEY"), smtp_conf(smtp_server))
+    set_providers(http, shop, sg_conf(sendgrid, signer, api_key_env="CHORUS_SENDGRID_WRONG_KEY"),
+        smtp_conf(smtp_server))
     m = send(http, shop, "f2")
     assert wait_status(http, shop, m["id"], "sent", "failed", "retrying")["provider"] == "backup"
     assert len(smtp_server.messages) == 2 and sendgrid.sent == []

@@ -20,10 +20,10 @@ def bearer(ws):
 
 @pytest.fixture
 def sms_shop(http, server, workspace, twilio, monkeypatch):
-    monkeypatch.setenv("TEST_TWILIO_TOKEN", twilio.auth_token)
+    monkeypatch.setenv("CHORUS_TWILIO_TOKEN", twilio.auth_token)
     h = bearer(workspace)
     conf = {
-        "type": "twilio", "name": "twilio", "account_sid": twilio.account_sid, "auth_token_env": "TEST_TWILIO_TOKEN",
+        "type": "twilio", "name": "twilio", "account_sid": twilio.account_sid, "auth_token_env": "CHORUS_TWILIO_TOKEN",
         "from": "+15005550006", "base_url": twilio.base_url,
     }  # fmt: skip
     r = http.patch("/api/workspace/settings", json={"messaging": {"providers": {"sms": [conf]}}}, headers=h)

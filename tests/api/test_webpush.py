@@ -24,13 +24,13 @@ def bearer(ws):
 def push(http, server, workspace, monkeypatch):
     key = ec.generate_private_key(ec.SECP256R1())
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    monkeypatch.setenv("TEST_VAPID_KEY", pem.decode())
+    monkeypatch.setenv("CHORUS_VAPID_KEY", pem.decode())
     monkeypatch.setenv("CHORUS_ALLOW_LOOPBACK_PUSH", "1")  # the stand-in push service listens on 127.0.0.1
     service = PushService()
     with _ASGIThread(service.app) as srv:
         service.base_url = srv.base_url
         h = bearer(workspace)
-        conf = {"type": "webpush", "vapid_private_key_env": "TEST_VAPID_KEY", "subject": "mailto:ops@shop.example"}
+        conf = {"type": "webpush", "vapid_private_key_env": "CHORUS_VAPID_KEY", "subject": "mailto:ops@shop.example"}
         r = http.patch("/api/workspace/settings", json={"messaging": {"providers": {"push": [conf]}}}, headers=h)
         assert r.status_code == 200, r.text
         r = http.post("/v1/identify", auth=(workspace["write_key"], ""),
@@ -129,9 +129,9 @@ def test_vapid_key_without_a_usable_key_is_a_503_that_names_no_secret(http, serv
     """The variable unset (or holding something that is not a key) on the API server: the server is not configured
     for web push, a 503 in Chorus' words, not a 500; the reason, by variable and setting, goes to the log only."""
     if key is None:
-        monkeypatch.delenv("TEST_VAPID_KEY")
+        monkeypatch.delenv("CHORUS_VAPID_KEY")
     else:
-        monkeypatch.setenv("TEST_VAPID_KEY", key)
+        monkeypatch.setenv("CHORUS_VAPID_KEY", key)
     with caplog.at_level("WARNING", logger="chorus.api.push"):
         r = http.get("/v1/push/vapid-key", auth=(workspace["write_key"], ""))
     assert r.status_code == 503, r.text
@@ -141,5 +141,5 @@ def test_vapid_key_without_a_usable_key_is_a_503_that_names_no_secret(http, serv
                                "the server's log says why"}  # fmt: skip
     logged = [rec.getMessage() for rec in caplog.records if rec.name == "chorus.api.push"]
     why = "which is not set" if key is None else "is not a P-256 private key"
-    assert any("TEST_VAPID_KEY" in m and "push[0].vapid_private_key_env" in m and why in m for m in logged), logged
+    assert any("CHORUS_VAPID_KEY" in m and "push[0].vapid_private_key_env" in m and why in m for m in logged), logged
     assert not any(key and key in m for m in logged)  # the secret itself is never logged

@@ -207,12 +207,12 @@ def test_the_stream_of_an_anonymous_id_carries_none_of_her_messages(http, server
 def pushes(http, workspace, vera, monkeypatch):
     key = ec.generate_private_key(ec.SECP256R1())
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    monkeypatch.setenv("TEST_VAPID_KEY", pem.decode())
+    monkeypatch.setenv("CHORUS_VAPID_KEY", pem.decode())
     monkeypatch.setenv("CHORUS_ALLOW_LOOPBACK_PUSH", "1")  # the stand-in push service listens on 127.0.0.1
     service = PushService()
     with _ASGIThread(service.app) as srv:
         service.base_url = srv.base_url
-        conf = {"type": "webpush", "vapid_private_key_env": "TEST_VAPID_KEY", "subject": "mailto:ops@shop.example"}
+        conf = {"type": "webpush", "vapid_private_key_env": "CHORUS_VAPID_KEY", "subject": "mailto:ops@shop.example"}
         patch = {"messaging": {"providers": {"push": [conf]}}}
         r = http.patch("/api/workspace/settings", json=patch, headers=vera["h"])
         assert r.status_code == 200, r.text

@@ -19,7 +19,8 @@ RULE = {"and": [
 
 def test_an_audience_following_a_segment_adds_and_removes_her_on_meta(http, server, workspace, meta):  # noqa: F811
     h = {"Authorization": f"Bearer {workspace['api_key']}"}
-    providers = [{"type": "meta", "name": "meta", "access_token_env": "TEST_META_ADS_TOKEN", "base_url": meta.base_url,
+    providers = [{"type": "meta", "name": "meta", "access_token_env": "CHORUS_META_ADS_TOKEN",
+        "base_url": meta.base_url,
                   "retry_base_seconds": 0.01}]  # fmt: skip
     r = http.patch("/api/workspace/settings", json={"audiences": {"providers": providers}}, headers=h)
     assert r.status_code == 200, r.text

@@ -137,20 +137,21 @@ def meta():
 @pytest.fixture
 def shop(db_url, tmp_path, smtp_server, twilio, fcm, meta):
     env = {
-        "CHORUS_WORKER_POLL_SECONDS": "0.05", "TEST_SMTP_PASSWORD": "s3cret", "TEST_TWILIO_TOKEN": twilio.auth_token,
-        "TEST_FCM_ACCOUNT": orjson.dumps(fcm.service_account(fcm.base_url)).decode(),
-        "TEST_META_TOKEN": meta.access_token, "TEST_META_APP_SECRET": "0123456789abcdef0123456789abcdef",
+        "CHORUS_WORKER_POLL_SECONDS": "0.05", "CHORUS_SMTP_PASSWORD": "s3cret",
+            "CHORUS_TWILIO_TOKEN": twilio.auth_token,
+        "CHORUS_FCM_ACCOUNT": orjson.dumps(fcm.service_account(fcm.base_url)).decode(),
+        "CHORUS_META_TOKEN": meta.access_token, "CHORUS_META_APP_SECRET": "0123456789abcdef0123456789abcdef",
     }  # fmt: skip
     providers = {
         "email": [{"type": "smtp", "name": "relay", "host": "127.0.0.1", "port": smtp_server.port,
-                   "username": "chorus", "password_env": "TEST_SMTP_PASSWORD", "from": "Shop <news@shop.example>",
+                   "username": "chorus", "password_env": "CHORUS_SMTP_PASSWORD", "from": "Shop <news@shop.example>",
                    "ca_file": smtp_server.ca_file}],
         "sms": [{"type": "twilio", "name": "twilio", "account_sid": twilio.account_sid,
-                 "auth_token_env": "TEST_TWILIO_TOKEN", "from": SMS_FROM, "base_url": twilio.base_url}],
-        "push": [{"type": "fcm", "service_account_env": "TEST_FCM_ACCOUNT", "base_url": fcm.base_url}],
+                 "auth_token_env": "CHORUS_TWILIO_TOKEN", "from": SMS_FROM, "base_url": twilio.base_url}],
+        "push": [{"type": "fcm", "service_account_env": "CHORUS_FCM_ACCOUNT", "base_url": fcm.base_url}],
         # a tag lets transactional updates (the receipt) out of Messenger's 24-hour window
-        "messenger": [{"type": "messenger", "name": "messenger", "access_token_env": "TEST_META_TOKEN",
-                       "app_secret_env": "TEST_META_APP_SECRET", "base_url": meta.base_url,
+        "messenger": [{"type": "messenger", "name": "messenger", "access_token_env": "CHORUS_META_TOKEN",
+                       "app_secret_env": "CHORUS_META_APP_SECRET", "base_url": meta.base_url,
                        "tag": "POST_PURCHASE_UPDATE"}],
     }  # fmt: skip
     with ServeProcess(db_url, tmp_path, **env) as srv:

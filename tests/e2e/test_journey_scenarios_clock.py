@@ -52,11 +52,11 @@ def ads():
 def clock_shop(clock: FakeClock, db_url, tmp_path, twilio, ads):
     """`chorus serve` on the fake clock with SMS on the Twilio stand-in and audiences on Meta's (both plain HTTP:
     a TLS certificate would not be valid on a clock moved months away)."""
-    env = {"CHORUS_WORKER_POLL_SECONDS": "0.05", "TEST_TWILIO_TOKEN": twilio.auth_token,
-           "TEST_META_ADS_TOKEN": "EAAB-ads-token"}  # fmt: skip
+    env = {"CHORUS_WORKER_POLL_SECONDS": "0.05", "CHORUS_TWILIO_TOKEN": twilio.auth_token,
+           "CHORUS_META_ADS_TOKEN": "EAAB-ads-token"}  # fmt: skip
     sms = [{"type": "twilio", "name": "twilio", "account_sid": twilio.account_sid,
-            "auth_token_env": "TEST_TWILIO_TOKEN", "from": SMS_FROM, "base_url": twilio.base_url}]  # fmt: skip
-    meta = [{"type": "meta", "name": "meta", "access_token_env": "TEST_META_ADS_TOKEN", "base_url": ads.base_url,
+            "auth_token_env": "CHORUS_TWILIO_TOKEN", "from": SMS_FROM, "base_url": twilio.base_url}]  # fmt: skip
+    meta = [{"type": "meta", "name": "meta", "access_token_env": "CHORUS_META_ADS_TOKEN", "base_url": ads.base_url,
              "retry_base_seconds": 0.01}]  # fmt: skip
 
     class _Ctx:

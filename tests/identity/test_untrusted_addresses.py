@@ -146,10 +146,10 @@ VERA_PHONE, MAL_PHONE = "+447911123456", "+447911000333"
 @pytest.fixture
 def shop(http, server, workspace, twilio, monkeypatch):
     """Vera, known from the brand's server (email, phone, name); SMS through the Twilio stand-in."""
-    monkeypatch.setenv("TEST_TWILIO_TOKEN", twilio.auth_token)
+    monkeypatch.setenv("CHORUS_TWILIO_TOKEN", twilio.auth_token)
     h = {"Authorization": f"Bearer {workspace['api_key']}"}
     conf = {"type": "twilio", "name": "twilio", "account_sid": twilio.account_sid, "from": "+15005550006",
-            "auth_token_env": "TEST_TWILIO_TOKEN", "base_url": twilio.base_url}  # fmt: skip
+            "auth_token_env": "CHORUS_TWILIO_TOKEN", "base_url": twilio.base_url}  # fmt: skip
     r = http.patch("/api/workspace/settings", json={"messaging": {"providers": {"sms": [conf]}}}, headers=h)
     assert r.status_code == 200, r.text
     r = http.post("/v1/identify", auth=(workspace["server_write_key"], ""), json={

@@ -20,8 +20,8 @@ AUD = "23851234567890123"
 @pytest.fixture
 def meta(monkeypatch):
     standin = MetaAudiencesStandIn("EAAB-ads-token", app_secret="app-secret-1")
-    monkeypatch.setenv("TEST_META_ADS_TOKEN", "EAAB-ads-token")
-    monkeypatch.setenv("TEST_META_APP_SECRET", "app-secret-1")
+    monkeypatch.setenv("CHORUS_META_ADS_TOKEN", "EAAB-ads-token")
+    monkeypatch.setenv("CHORUS_META_APP_SECRET", "app-secret-1")
     with _ASGIThread(standin.app) as srv:
         standin.base_url = srv.base_url
         yield standin
@@ -32,14 +32,14 @@ def google(monkeypatch):
     standin = GoogleAdsStandIn(login_customer_id="9876543210")
     for key, value in (("DEV", standin.developer_token), ("ID", standin.client[0]), ("SECRET", standin.client[1]),
                        ("REFRESH", next(iter(standin.refresh_tokens)))):  # fmt: skip
-        monkeypatch.setenv(f"TEST_GADS_{key}", value)
+        monkeypatch.setenv(f"CHORUS_GADS_{key}", value)
     with _ASGIThread(standin.app) as srv:
         standin.base_url = srv.base_url
         yield standin
 
 
 def meta_client(meta, **over) -> MetaAudiences:
-    conf = {"type": "meta", "access_token_env": "TEST_META_ADS_TOKEN", "app_secret_env": "TEST_META_APP_SECRET",
+    conf = {"type": "meta", "access_token_env": "CHORUS_META_ADS_TOKEN", "app_secret_env": "CHORUS_META_APP_SECRET",
             "base_url": meta.base_url, "retry_base_seconds": 0.01, **over}  # fmt: skip
     return MetaAudiences(conf, "settings.audiences.providers[0]")
 
@@ -47,8 +47,8 @@ def meta_client(meta, **over) -> MetaAudiences:
 def google_conf(google, **over) -> dict:
     return {
         "type": "google", "customer_id": "123-456-7890", "login_customer_id": "987-654-3210",
-        "developer_token_env": "TEST_GADS_DEV", "client_id_env": "TEST_GADS_ID",
-        "client_secret_env": "TEST_GADS_SECRET", "refresh_token_env": "TEST_GADS_REFRESH",
+        "developer_token_env": "CHORUS_GADS_DEV", "client_id_env": "CHORUS_GADS_ID",
+        "client_secret_env": "CHORUS_GADS_SECRET", "refresh_token_env": "CHORUS_GADS_REFRESH",
         "base_url": google.base_url, "token_url": f"{google.base_url}/token",
         "retry_base_seconds": 0.01, **over,
     }  # fmt: skip
@@ -121,7 +121,7 @@ def test_meta_permanent_failures_name_the_fix(meta):
     with pytest.raises(PermanentError) as exc:
         client.apply(AUD, "add", email_rows("a"), done, {})
     assert (
-        exc.value.code == "190" and "error 190/463" in exc.value.reason and "$TEST_META_ADS_TOKEN" in exc.value.reason
+        exc.value.code == "190" and "error 190/463" in exc.value.reason and "$CHORUS_META_ADS_TOKEN" in exc.value.reason
     )
     assert len(meta.requests) == 1 and not done.calls  # not retried, nothing recorded
     meta.tokens = {"EAAB-ads-token"}
@@ -133,13 +133,16 @@ def test_meta_settings_name_the_field(monkeypatch):
     with pytest.raises(ConfigError, match=r"providers\[0\]\.access_token_env is required"):
         MetaAudiences({"type": "meta"}, "settings.audiences.providers[0]")
     with pytest.raises(ConfigError, match=r"providers\[0\]\.batch_size must be from 1 to 10000"):
-        MetaAudiences({"type": "meta", "access_token_env": "X", "batch_size": 20000}, "settings.audiences.providers[0]",
+        MetaAudiences({"type": "meta", "access_token_env": "CHORUS_X", "batch_size": 20000},
+            "settings.audiences.providers[0]",
                       resolve_secrets=False)  # fmt: skip
-    with pytest.raises(ConfigError, match=r"\.access_token_env names \$NOT_SET_ANYWHERE"):
-        MetaAudiences({"type": "meta", "access_token_env": "NOT_SET_ANYWHERE"}, "settings.audiences.providers[0]")
+    with pytest.raises(ConfigError, match=r"\.access_token_env names \$CHORUS_NOT_SET_ANYWHERE"):
+        MetaAudiences({"type": "meta", "access_token_env": "CHORUS_NOT_SET_ANYWHERE"},
+            "settings.audiences.providers[0]")
     with pytest.raises(ValueError, match=r"providers\[1\]\.name 'meta' is used twice"):
         S.validate(
-            {"providers": [{"type": "meta", "access_token_env": "A"}, {"type": "meta", "access_token_env": "B"}]}
+            {"providers": [{"type": "meta", "access_token_env": "CHORUS_A"}, {"type": "meta",
+                "access_token_env": "CHORUS_B"}]}
         )
     with pytest.raises(ValueError, match=r"providers\[0\]\.type 'tiktok' is not an audience provider"):
         S.validate({"providers": [{"type": "tiktok"}]})
@@ -222,7 +225,7 @@ def test_google_permanent_failures_name_the_fix(google):
     with pytest.raises(PermanentError) as exc:
         client.apply(client.check_destination("555001", "d"), "add", g_rows("a"), Done(), {})
     assert exc.value.code == "invalid_grant" and "Token has been expired or revoked" in exc.value.reason
-    assert "$TEST_GADS_REFRESH" in exc.value.reason and google.token_requests == 1
+    assert "$CHORUS_GADS_REFRESH" in exc.value.reason and google.token_requests == 1
 
     google.refresh_tokens = {"1//refresh-token-1"}
     client = GoogleCustomerMatch(google_conf(google, login_customer_id=None), "p")  # a manager's client account

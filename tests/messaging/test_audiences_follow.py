@@ -49,7 +49,7 @@ def setup(engine, interval: int = 60, provider: str = "meta"):
             "source": {"segment": "browsers", "interval_seconds": interval}}  # fmt: skip
     if provider == "meta":
         body["destination"] = "1"
-        w_settings = {"audiences": {"providers": [{"type": "meta", "access_token_env": "X"}]}}
+        w_settings = {"audiences": {"providers": [{"type": "meta", "access_token_env": "CHORUS_X"}]}}
     else:
         w_settings = {}
     store.create(engine, w.id, validate_audience(body, w_settings), utcnow())

@@ -76,7 +76,7 @@ class World:
         for name in ("inc", "full"):
             body = {"name": name, "provider": "meta", "destination": "1", "identifiers": ["email", "phone"],
                     "source": {"segment": "s", "interval_seconds": 60}}  # fmt: skip
-            w_settings = {"audiences": {"providers": [{"type": "meta", "access_token_env": "X"}]}}
+            w_settings = {"audiences": {"providers": [{"type": "meta", "access_token_env": "CHORUS_X"}]}}
             store.create(engine, self.ws_id, validate_audience(body, w_settings), utcnow())
         self.platforms = {"inc": Platform(), "full": Platform()}
         self.failed = False  # since the last comparison: then only the rows held are compared, not the counts

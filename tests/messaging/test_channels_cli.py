@@ -21,12 +21,12 @@ def test_channels_test_reports_each_provider(db_url, engine, smtp_server):
     ws = workspaces.create(engine, "cli-shop")
     good = {
         "type": "smtp", "name": "relay", "host": "127.0.0.1", "port": smtp_server.port, "username": "chorus",
-        "password_env": "TEST_SMTP_PASSWORD", "from": "Shop <news@shop.example>", "ca_file": smtp_server.ca_file,
+        "password_env": "CHORUS_SMTP_PASSWORD", "from": "Shop <news@shop.example>", "ca_file": smtp_server.ca_file,
     }  # fmt: skip
     down = {**good, "name": "old-relay", "port": free_port(), "timeout": 2}
     workspaces.update_settings(engine, ws["id"], {"messaging": {"providers": {"email": [good, down]}}})
     r = run("channels", "test", "email", "--to", "Ops@Example.com", "-w", "cli-shop", "--db", db_url,
-            env={"TEST_SMTP_PASSWORD": "s3cret"})  # fmt: skip
+            env={"CHORUS_SMTP_PASSWORD": "s3cret"})  # fmt: skip
     assert r.returncode == 1, r.stdout + r.stderr
     assert "relay: sent (<test_" in r.stdout and "old-relay: FAILED (TransientError): cannot connect" in r.stdout
     assert [m["to"] for m in smtp_server.messages] == [["ops@example.com"]]
@@ -37,11 +37,11 @@ def test_channels_test_reports_each_provider(db_url, engine, smtp_server):
 
 def test_channels_test_sms(db_url, engine, twilio):
     ws = workspaces.create(engine, "cli-sms")
-    conf = {"type": "twilio", "account_sid": twilio.account_sid, "auth_token_env": "TEST_TWILIO_TOKEN",
+    conf = {"type": "twilio", "account_sid": twilio.account_sid, "auth_token_env": "CHORUS_TWILIO_TOKEN",
             "from": "+15005550006", "base_url": twilio.base_url}  # fmt: skip
     workspaces.update_settings(engine, ws["id"], {"messaging": {"providers": {"sms": [conf]}}})
     r = run("channels", "test", "sms", "--to", "+31 6 12345678", "-w", "cli-sms", "--db", db_url,
-            env={"TEST_TWILIO_TOKEN": twilio.auth_token})  # fmt: skip
+            env={"CHORUS_TWILIO_TOKEN": twilio.auth_token})  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
     assert "twilio: sent (SM" in r.stdout
     assert twilio.sent[0]["To"] == "+31612345678" and "test message" in twilio.sent[0]["Body"]
@@ -65,13 +65,13 @@ def test_channels_test_push_and_webhook_and_bad_addresses(db_url, engine):
     with _ASGIThread(fcm.app) as f, _ASGIThread(Starlette(routes=[Route("/hook", hook, methods=["POST"])])) as h:
         ws = workspaces.create(engine, "cli-push")
         providers = {
-            "push": [{"type": "fcm", "service_account_env": "TEST_FCM", "base_url": f.base_url}],
-            "webhook": [{"type": "webhook", "url": f"{h.base_url}/hook", "secret_env": "TEST_HOOK"}],
+            "push": [{"type": "fcm", "service_account_env": "CHORUS_FCM", "base_url": f.base_url}],
+            "webhook": [{"type": "webhook", "url": f"{h.base_url}/hook", "secret_env": "CHORUS_HOOK"}],
         }
         workspaces.update_settings(engine, ws["id"], {"messaging": {"providers": providers}})
         import orjson
 
-        env = {"TEST_FCM": orjson.dumps(fcm.service_account(f.base_url)).decode(), "TEST_HOOK": "s"}
+        env = {"CHORUS_FCM": orjson.dumps(fcm.service_account(f.base_url)).decode(), "CHORUS_HOOK": "s"}
         r = run("channels", "test", "push", "--to", "device-tok-1", "-w", "cli-push", "--db", db_url, env=env)
         assert r.returncode == 0, r.stdout + r.stderr
         assert fcm.sent[0]["token"] == "device-tok-1" and fcm.sent[0]["notification"]["title"] == "Chorus"

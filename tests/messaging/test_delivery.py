@@ -34,7 +34,7 @@ class Clock:
 
 @pytest.fixture
 def setup(engine, smtp_server, monkeypatch):
-    monkeypatch.setenv("TEST_SMTP_PASSWORD", "s3cret")
+    monkeypatch.setenv("CHORUS_SMTP_PASSWORD", "s3cret")
     w = workspaces.create(engine, "delivery")
     with engine.begin() as conn:
         src = workspaces.source_by_write_key(conn, w["server_write_key"])
@@ -44,7 +44,7 @@ def setup(engine, smtp_server, monkeypatch):
     Resolver(engine).drain()
     smtp = {
         "type": "smtp", "name": "relay", "host": "127.0.0.1", "port": smtp_server.port, "username": "chorus",
-        "password_env": "TEST_SMTP_PASSWORD", "from": "Shop <news@shop.example>", "ca_file": smtp_server.ca_file,
+        "password_env": "CHORUS_SMTP_PASSWORD", "from": "Shop <news@shop.example>", "ca_file": smtp_server.ca_file,
     }  # fmt: skip
     workspaces.update_settings(engine, w["id"], {"messaging": {"providers": {"email": [smtp]}}})
     outbox.save_template(engine, w["id"], "hi", TEMPLATE)

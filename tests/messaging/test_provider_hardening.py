@@ -57,6 +57,17 @@ def test_a_provider_cannot_name_chorus_own_configuration(name, monkeypatch):
     assert refused(smtp(dkim=dkim)).startswith(f"{WHERE}.dkim.private_key_env names $CHORUS_SECRET_KEY")
 
 
+@pytest.mark.parametrize("name", ["DATABASE_URL", "PGPASSWORD", "AWS_SECRET_ACCESS_KEY", "HOME", "CHORUS_"])
+def test_a_provider_names_only_chorus_variables(name, monkeypatch):
+    monkeypatch.setenv(name, "s3cret")
+    assert refused(smtp(password_env=name)) == (
+        f"{WHERE}.password_env must name a variable whose name starts with CHORUS_, e.g. CHORUS_SMTP_PASSWORD (a "
+        "provider may read no other)"
+    )
+    with pytest.raises(ConfigError, match="must name a variable whose name starts with CHORUS_"):
+        build(smtp(password_env=name), WHERE, workspace="shop")
+
+
 def test_every_variable_chorus_reads_for_itself_is_listed():
     """OWN_VARIABLES holds every CHORUS_ variable src/chorus reads (a line that names os.environ or a *_ENV
     constant): one read for itself that a provider could name would leak."""

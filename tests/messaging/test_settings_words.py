@@ -17,8 +17,8 @@ LIBRARY_WORDS = ("deserialize", "ASN.1", "padding", "base64 data is allowed", "A
                  "NoneType", "['")  # fmt: skip
 
 SQLITE = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-SENDGRID = {"type": "sendgrid", "api_key_env": "TEST_SG_KEY", "from": "Shop <news@shop.example>"}
-WEBPUSH = {"type": "webpush", "vapid_private_key_env": "TEST_VAPID_KEY", "subject": "mailto:ops@shop.example"}
+SENDGRID = {"type": "sendgrid", "api_key_env": "CHORUS_SG_KEY", "from": "Shop <news@shop.example>"}
+WEBPUSH = {"type": "webpush", "vapid_private_key_env": "CHORUS_VAPID_KEY", "subject": "mailto:ops@shop.example"}
 NOT_A_KEY = ("MFkwEwYHKoZIzj0CAQY=", "not base64!", "é", "-----BEGIN PUBLIC KEY-----\nabc\n-----END PUBLIC KEY-----")
 
 
@@ -42,11 +42,11 @@ def test_sendgrid_webhook_key_names_the_field_not_the_library(key):
 
 @pytest.mark.parametrize("key", ("nope", "AAAA", "-----BEGIN PRIVATE KEY-----\nabc\n-----END PRIVATE KEY-----"))
 def test_vapid_key_names_the_variable_and_the_field_not_the_library(key, monkeypatch):
-    monkeypatch.setenv("TEST_VAPID_KEY", key)
+    monkeypatch.setenv("CHORUS_VAPID_KEY", key)
     with pytest.raises(ConfigError) as info:
         WebPushProvider(WEBPUSH, "settings.messaging.providers.push[0]")
     assert str(info.value) == (
-        "the key in $TEST_VAPID_KEY (settings.messaging.providers.push[0].vapid_private_key_env) is not a P-256 "
+        "the key in $CHORUS_VAPID_KEY (settings.messaging.providers.push[0].vapid_private_key_env) is not a P-256 "
         "private key (PEM, or base64url DER or raw 32 bytes)"
     )
     with pytest.raises(ConfigError) as info:  # GET /v1/push/vapid-key's call
@@ -55,7 +55,7 @@ def test_vapid_key_names_the_variable_and_the_field_not_the_library(key, monkeyp
 
 
 def test_sendgrid_provider_with_a_bad_key_at_delivery(monkeypatch):
-    monkeypatch.setenv("TEST_SG_KEY", "SG.x")
+    monkeypatch.setenv("CHORUS_SG_KEY", "SG.x")
     with pytest.raises(ConfigError) as info:
         SendGridProvider({**SENDGRID, "webhook_public_key": "AAAA"}, "settings.messaging.providers.email[1]")
     assert str(info.value) == "settings.messaging.providers.email[1].webhook_public_key is not a PEM or base64 DER " \

@@ -52,7 +52,7 @@ def dkim_key(monkeypatch):
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    monkeypatch.setenv("TEST_DKIM_KEY", pem.decode())
+    monkeypatch.setenv("CHORUS_DKIM_KEY", pem.decode())
     pub = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(pub)
     return lambda name, timeout=5: record if name == b"s1._domainkey.shop.example." else None
@@ -61,11 +61,11 @@ def dkim_key(monkeypatch):
 def test_an_email_file_is_the_message_smtp_sends(outbox_dir, smtp_server, dkim_key, monkeypatch):
     import dkim
 
-    monkeypatch.setenv("TEST_SMTP_PASSWORD", "s3cret")
+    monkeypatch.setenv("CHORUS_SMTP_PASSWORD", "s3cret")
     mail = {"from": FROM, "reply_to": "care@shop.example",
-            "dkim": {"domain": "shop.example", "selector": "s1", "private_key_env": "TEST_DKIM_KEY"}}  # fmt: skip
+            "dkim": {"domain": "shop.example", "selector": "s1", "private_key_env": "CHORUS_DKIM_KEY"}}  # fmt: skip
     smtp = build({"type": "smtp", "host": "127.0.0.1", "port": smtp_server.port, "username": "chorus",
-                  "password_env": "TEST_SMTP_PASSWORD", "ca_file": smtp_server.ca_file, **mail}, "p")  # fmt: skip
+                  "password_env": "CHORUS_SMTP_PASSWORD", "ca_file": smtp_server.ca_file, **mail}, "p")  # fmt: skip
     sink = build({"type": "file", "dir": "mail", **mail}, "f", channel="email")
     try:
         smtp.send(_email(**UNSUBSCRIBE))
@@ -369,13 +369,13 @@ def test_dev_sinks_stand_in_only_for_channels_without_a_provider(engine, ws, out
     assert m["status"] == "skipped" and m["reason"].startswith("no_provider: no provider is configured for sms"), m
     assert not outbox_dir.exists()
 
-    monkeypatch.setenv("TEST_SMTP_PASSWORD", "s3cret")
+    monkeypatch.setenv("CHORUS_SMTP_PASSWORD", "s3cret")
     smtp = {
         "type": "smtp",
         "host": "127.0.0.1",
         "port": smtp_server.port,
         "username": "chorus",
-        "password_env": "TEST_SMTP_PASSWORD",
+        "password_env": "CHORUS_SMTP_PASSWORD",
         "from": "Shop <news@shop.example>",
         "ca_file": smtp_server.ca_file,
     }

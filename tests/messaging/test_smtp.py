@@ -11,7 +11,7 @@ from tests.conftest import free_port
 def _conf(smtp, **over):
     conf = {
         "type": "smtp", "name": "primary", "host": "127.0.0.1", "port": smtp.port, "security": "starttls",
-        "username": "chorus", "password_env": "TEST_SMTP_PASSWORD", "from": "Shop <news@shop.example>",
+        "username": "chorus", "password_env": "CHORUS_SMTP_PASSWORD", "from": "Shop <news@shop.example>",
         "ca_file": smtp.ca_file,
     }  # fmt: skip
     conf.update(over)
@@ -28,7 +28,7 @@ def _out(address="ana@example.com", mid="msg_1", **headers):
 
 @pytest.fixture(autouse=True)
 def _password(monkeypatch):
-    monkeypatch.setenv("TEST_SMTP_PASSWORD", "s3cret")
+    monkeypatch.setenv("CHORUS_SMTP_PASSWORD", "s3cret")
 
 
 def test_sends_multipart_over_starttls_with_auth_and_reuses_the_connection(smtp_server):
@@ -71,7 +71,7 @@ def test_long_lines_and_non_ascii_survive_and_every_line_ends_in_crlf(smtp_serve
 
 
 def test_wrong_password_is_a_transient_provider_failure(smtp_server, monkeypatch):
-    monkeypatch.setenv("TEST_SMTP_PASSWORD", "nope")
+    monkeypatch.setenv("CHORUS_SMTP_PASSWORD", "nope")
     p = build(_conf(smtp_server), "p")
     with pytest.raises(TransientError, match="authentication failed"):
         p.send(_out())
@@ -116,12 +116,12 @@ def test_dkim_signature_verifies_with_the_published_key(smtp_server, monkeypatch
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    monkeypatch.setenv("TEST_DKIM_KEY", pem.decode())
+    monkeypatch.setenv("CHORUS_DKIM_KEY", pem.decode())
     pub = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     import base64
 
     record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(pub)
-    conf = _conf(smtp_server, dkim={"domain": "shop.example", "selector": "s1", "private_key_env": "TEST_DKIM_KEY"})
+    conf = _conf(smtp_server, dkim={"domain": "shop.example", "selector": "s1", "private_key_env": "CHORUS_DKIM_KEY"})
     p = build(conf, "p")
     try:
         p.send(
@@ -148,7 +148,7 @@ def test_dkim_signature_verifies_with_the_published_key(smtp_server, monkeypatch
         ({"type": "smtp", "from": "a@b.example"}, "p.host"),
         ({"type": "smtp", "host": "h"}, "p.from"),
         ({"type": "smtp", "host": "h", "from": "a@b.example", "security": "ssl3"}, "p.security"),
-        ({"type": "smtp", "host": "h", "from": "a@b.example", "pasword_env": "X"}, "p.pasword_env"),
+        ({"type": "smtp", "host": "h", "from": "a@b.example", "pasword_env": "CHORUS_X"}, "p.pasword_env"),
         ({"type": "smtp", "host": "h", "from": "a@b.example", "password_env": "CHORUS_UNSET_VAR"}, "p.password_env"),
         ({"type": "carrier-pigeon"}, "p.type"),
     ],

@@ -20,7 +20,7 @@ CHAIN = "{{ (1..10000) | join: ',' | split: ','" + " | uniq | sort | reverse" * 
 
 @pytest.fixture
 def shop(http, server, workspace, smtp_server, monkeypatch):
-    monkeypatch.setenv("TEST_SMTP_PASSWORD", "s3cret")
+    monkeypatch.setenv("CHORUS_SMTP_PASSWORD", "s3cret")
     template = {"variants": {"email": {"subject": "Hi {{ traits.first_name }}", "html": "<p>{{ data.v }}</p>"}}}
     return prepare_shop(http, server, workspace, [smtp_conf(smtp_server)], template)
 

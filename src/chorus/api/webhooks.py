@@ -74,7 +74,7 @@ async def _verified(request: Request, workspace_id: str) -> tuple[ws_api.Workspa
         if conf.get("type") != "twilio":
             continue
         try:
-            token = build(conf, f"settings.messaging.providers.sms[{i}]").auth_token
+            token = build(conf, f"settings.messaging.providers.sms[{i}]", workspace=ws.name).auth_token
         except ConfigError:
             continue
         if token and valid_signature(token, url, form, given):

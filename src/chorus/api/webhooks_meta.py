@@ -84,7 +84,7 @@ async def meta_verify(request: Request, workspace_id: str):
     if q.get("hub.mode") == "subscribe" and token and challenge is not None:
         for conf, where in _confs(ws):
             try:
-                expected = build(conf, where, resolve_secrets=False).verify_token
+                expected = build(conf, where, resolve_secrets=False, workspace=ws.name).verify_token
             except ConfigError:
                 continue
             if expected and hmac.compare_digest(expected.encode(), token.encode()):
@@ -96,8 +96,8 @@ def _verify(svc: Services, workspace_id: str, given: str | None, body: bytes) ->
     ws = _workspace(svc, workspace_id)
     for conf, where in _confs(ws):
         try:  # only the app secret is needed here: the access token's variable may be set on the worker only
-            build(conf, where, resolve_secrets=False)
-            key = app_secret(conf, where)
+            build(conf, where, resolve_secrets=False, workspace=ws.name)
+            key = app_secret(conf, where, ws.name)
         except ConfigError:
             continue
         if key and valid_signature(key, body, given):

@@ -54,7 +54,8 @@ def _verify(svc: Services, request: Request, workspace_id: str, body: bytes) -> 
         if not isinstance(conf, dict) or conf.get("type") != "sendgrid":
             continue
         try:  # the key is public and stored in settings: the API key's variable need not be set here
-            key = build(conf, f"settings.messaging.providers.email[{i}]", resolve_secrets=False).webhook_key
+            key = build(conf, f"settings.messaging.providers.email[{i}]", resolve_secrets=False,
+                        workspace=ws.name).webhook_key
         except ConfigError:
             continue
         if key is not None and valid_signature(key, signature, timestamp, body):

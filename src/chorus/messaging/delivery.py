@@ -135,7 +135,8 @@ class ProviderSet:
             for i, conf in enumerate(confs):
                 where = f"settings.messaging.providers.{channel}[{i}]"
                 gate = threading.BoundedSemaphore(concurrency_of(conf, where))
-                built.append((build(conf, where, channel=channel), RateLimiter(conf.get("rate_per_second")), gate))
+                prov = build(conf, where, channel=channel, workspace=ws.name)  # whose CHORUS_WS_ variables
+                built.append((prov, RateLimiter(conf.get("rate_per_second")), gate))
             if channel == "in_app" and not built:  # the inbox is built in
                 built.append((InboxProvider(), RateLimiter(None), threading.BoundedSemaphore(DEFAULT_CONCURRENCY)))
             self._cache[(ws.id, channel)] = (digest, built)
@@ -700,7 +701,7 @@ def warn_sinks(engine: Engine, fallback: dict[str, dict] | None = None) -> list[
                 if not isinstance(conf, dict) or not conf.get("type"):
                     continue
                 try:
-                    prov = build(conf, where, resolve_secrets=False, channel=channel)
+                    prov = build(conf, where, resolve_secrets=False, channel=channel, workspace=ws.name)
                 except Exception:  # noqa: BLE001 - unusable here (a CA file missing on this host...): said when
                     continue  # a message needs it; a start must never fail for one workspace's settings
                 if is_sink(prov):

@@ -98,6 +98,7 @@ OWN_VARIABLES = frozenset({
     "CHORUS_SPARK_DRIVER_MEMORY", "CHORUS_SPARK_LOG_LEVEL",
     "CHORUS_TEST_POSTGRES_URL", "CHORUS_BENCH_PG",
 })  # fmt: skip
+SECRET_PREFIX = "CHORUS_"  # a provider names only variables set for Chorus: never DATABASE_URL, PGPASSWORD, AWS_
 WORKSPACE_PREFIX = "CHORUS_WS_"  # CHORUS_WS_<WORKSPACE>__<NAME>: one workspace's own variables
 
 
@@ -115,6 +116,9 @@ def check_variable(env: str, field: str, workspace: str | None, resolving: bool)
 
     A workspace's own variable (``CHORUS_WS_<NAME>__...``) is checked against its workspace; where the workspace is
     unknown it is accepted as a name (saving settings: nothing is read) but never read (``resolving``)."""
+    if not env.startswith(SECRET_PREFIX) or env == SECRET_PREFIX:
+        raise ConfigError(f"{field} must name a variable whose name starts with {SECRET_PREFIX}, e.g. "
+                          "CHORUS_SMTP_PASSWORD (a provider may read no other)")  # fmt: skip
     if env in OWN_VARIABLES:
         raise ConfigError(f"{field} names ${env}, one of Chorus' own settings: a provider may not read it")
     if not env.startswith(WORKSPACE_PREFIX):
@@ -138,7 +142,8 @@ def secret(
 ) -> str | None:
     """Secrets are never stored in settings: a provider names the environment variable that holds each one.
 
-    A name is checked by :func:`check_variable` whether or not its value is read: none of Chorus' own settings, and
+    A name is checked by :func:`check_variable` whether or not its value is read: a ``CHORUS_`` variable, none of
+    Chorus' own settings, and
     a ``CHORUS_WS_<NAME>__`` variable only by the workspace named ``workspace`` (an outside probe had a workspace
     send the server's other secrets, $CHORUS_SECRET_KEY among them, to its own SMTP server).
 
