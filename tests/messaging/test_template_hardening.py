@@ -293,24 +293,3 @@ def test_saving_an_html_variant_with_an_mjml_layout_is_a_400_naming_the_field(ht
     body = r.json()
     assert body["field"] == "variants.email.html", body
     assert "layout 'shop_layout' is an MJML document" in body["message"], body
-
-
-@pytest.mark.parametrize("url, ok", [
-    ("https://shop.example/cart", True), ("/cart?id=1", True), ("mailto:care@shop.example", True),
-    ("tel:+31612345678", True), ("javascript:alert(1)", False), (" JavaScript:alert(1)", False),
-    ("\x01java\tscript:alert(1)", False), ("data:text/html,<script>alert(1)</script>", False),
-    ("vbscript:x", False),
-])  # fmt: skip
-def test_a_link_a_person_taps_is_a_web_link(url, ok):
-    """An outside probe: an in-app call to action's url, from event data, went out as "javascript:alert(1)" and
-    the inbox served it as it was; a push's url likewise. The message is skipped, naming the field."""
-    ctx = {"data": {"u": url}}
-    for channel, variant, field in (
-            ("in_app", {"body": "b", "cta": {"label": "Go", "url": "{{ data.u }}"}}, "variants.in_app.cta.url"),
-            ("push", {"body": "b", "url": "{{ data.u }}"}, "variants.push.url")):  # fmt: skip
-        out = render(validate_definition({"name": "t", "kind": "transactional", "variants": {channel: variant}}),
-                     channel, ctx)  # fmt: skip
-        if ok:
-            assert isinstance(out, Rendered), (channel, url, out)
-        else:
-            assert isinstance(out, Skip) and "must be a web link" in out.reason and out.field == field, (channel, out)

@@ -27,7 +27,6 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import css_inline
 from inscriptis import get_text
@@ -1575,29 +1574,11 @@ def _optional(channel: str, key: str, v: dict, ctx: dict, at: dict[str, str]) ->
     return value
 
 
-# The schemes a link a person taps may have (a relative link, on the brand's own site, too). A push's url or an
-# in-app call to action is opened by the app or the brand's page; javascript: or data: there runs in it (an outside
-# probe: "javascript:alert(1)" from event data was served as it was).
-LINK_SCHEMES = frozenset({"http", "https", "mailto", "tel", "sms"})
-_LEADING = re.compile(r"^[\x00-\x20]+")  # what browsers drop before a URL's scheme
-
-
-def _link(value: str | None, field: str, name: str) -> str | None:
-    if not value:
-        return value
-    scheme = urlsplit(_LEADING.sub("", value)).scheme.lower()
-    if scheme and scheme not in LINK_SCHEMES:
-        raise _Skipped(f"{name} must be a web link (http or https; mailto, tel, sms or a relative link), not {scheme}:",
-                       field)  # fmt: skip
-    return value
-
-
 def _push(v: dict, ctx: dict, at: dict[str, str], *_: object) -> dict:
     fields = {key: _optional("push", key, v, ctx, at) for key in ("title", "body", "url", "image")}
     _require(fields["body"], at["body"], "push.body")
     for key in ("url", "image"):
         fields[key] = fields[key].strip() if fields[key] else None
-        _link(fields[key], at.get(key, key), f"push.{key}")
     return fields
 
 
@@ -1628,8 +1609,6 @@ def _in_app(v: dict, ctx: dict, at: dict[str, str], *_: object) -> dict:
     fields["cta"] = (
         {key: _liquid("text", cta[key], ctx, f"{at['cta']}.{key}") for key in ("label", "url")} if cta else None
     )
-    if fields["cta"]:
-        _link(fields["cta"]["url"], f"{at['cta']}.url", "in_app.cta.url")
     return fields
 
 
