@@ -14,12 +14,15 @@ def register(registry) -> None:
     the webhook delivery task and its ``journeys`` setting, and the person's instances, timers, held inputs, records
     and webhook requests erased with her."""
     from chorus.journeys import effects, runtime, schedule, store, webhooks  # noqa: F401 - effects register themselves
+    from chorus.messaging.providers import refuse_others_on_save
     from chorus.profiles import feed
     from chorus.registry import Step, each_pass
 
     registry.erasure("journeys", store.forget, tables=store.TABLES, export=store.export)
     registry.erasure("journey_webhooks", webhooks.forget, tables=webhooks.TABLES)
     registry.setting("journeys", webhooks.validate_settings)
+    # checked again in the change's transaction, where the workspace is known: another's CHORUS_WS_ variable is a 400
+    registry.on_setting("journeys", "workspace_variables", refuse_others_on_save(webhooks.validate_settings))
     feed.interest(runtime.CONSUMER, runtime.wants)
     registry.consumer(runtime.CONSUMER, runtime.Consumer())
     registry.task("journey_schedule", each_pass(schedule.tick), step=Step.DECIDE, label="journey schedules")

@@ -62,9 +62,10 @@ RETRY_STATUS = (408, 425, 429)
 
 
 # -- the workspace setting ---------------------------------------------------------------------------------------------
-def validate_settings(value: object) -> dict:
+def validate_settings(value: object, *, workspace: str | None = None) -> dict:
     """``settings.journeys``: ``{"webhooks": {"secret_env": NAME, "allow_private": false}}``; ValueError names the
-    setting that is wrong. The secret itself stays in the worker's environment."""
+    setting that is wrong. The secret itself stays in the worker's environment. ``workspace`` (its name, where
+    known) refuses another workspace's ``CHORUS_WS_`` variable (decision 0051)."""
     if not isinstance(value, dict) or set(value) - {"webhooks"}:
         raise ValueError('settings.journeys must be an object {"webhooks": {...}}')
     hooks = value.get("webhooks", {})
@@ -76,7 +77,7 @@ def validate_settings(value: object) -> dict:
     if not isinstance(hooks.get("allow_private", False), bool):
         raise ValueError("settings.journeys.webhooks.allow_private must be true or false")
     try:
-        secret(hooks, "secret", "settings.journeys.webhooks", resolve=False)
+        secret(hooks, "secret", "settings.journeys.webhooks", resolve=False, workspace=workspace)
     except ConfigError as exc:
         raise ValueError(str(exc)) from None
     return value
@@ -134,8 +135,9 @@ def refused_address(url: str, allow_private: bool) -> str | None:
     return None
 
 
-def attempt(client: Client, row, settings: dict) -> Outcome:
-    """One request for a claimed row: what happened (no database work here)."""
+def attempt(client: Client, row, settings: dict, workspace: str | None = None) -> Outcome:
+    """One request for a claimed row: what happened (no database work here). ``workspace`` is the name of the
+    row's workspace: the one whose ``CHORUS_WS_`` variables its secret may name (None: none is read)."""
     conf = _conf(settings)
     reason = check_url(row.url)
     if reason is not None:
@@ -148,7 +150,7 @@ def attempt(client: Client, row, settings: dict) -> Outcome:
     if refused is not None:
         return Outcome("failed", reason=refused)
     try:
-        key = secret(conf, "secret", "settings.journeys.webhooks")
+        key = secret(conf, "secret", "settings.journeys.webhooks", workspace=workspace)
     except ConfigError as exc:
         return Outcome("failed", reason=str(exc))
     if key is None:
@@ -194,7 +196,7 @@ def deliver(engine: Engine, client: Client, limit: int = 50, clock: Callable[[],
     """One pass: claim due requests (one short transaction), send them, record each outcome. Returns how many were
     attempted."""
     at = (clock or runtime.now)()
-    settings: dict[str, dict] = {}
+    owners: dict[str, ws_api.Workspace | None] = {}
     t = journey_webhooks.c
     with read_only(engine) as probe:  # an idle poll takes no write lock (SQLite)
         if probe.execute(sa.select(t.key).where(t.status == "pending", t.due_at <= at).limit(1)).first() is None:
@@ -203,12 +205,14 @@ def deliver(engine: Engine, client: Client, limit: int = 50, clock: Callable[[],
         rows = claim(conn, at, limit)
         for ws in {r.workspace_id for r in rows}:
             try:
-                settings[ws] = ws_api.get(conn, ws).settings
+                owners[ws] = ws_api.get(conn, ws)
             except NotFound:  # the workspace is gone: its rows fail below with no secret
-                settings[ws] = {}
+                owners[ws] = None
     for r in rows:
+        owner = owners[r.workspace_id]
         try:
-            out = attempt(client, r, settings[r.workspace_id])
+            # its name too: the secret may be one of its own CHORUS_WS_<NAME>__ variables (decision 0051)
+            out = attempt(client, r, owner.settings if owner else {}, owner.name if owner else None)
         except Exception as exc:  # noqa: BLE001 - one bad row must not stop the others; it is tried again
             log.exception("journey webhook %s failed unexpectedly", r.key)
             out = Outcome("retry", reason=f"{type(exc).__name__}: {exc}"[:300])

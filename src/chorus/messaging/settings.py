@@ -11,8 +11,9 @@ from chorus.timeutil import known_zone
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffe\uffff]")  # what XML 1.0 cannot hold (and DEL)
 
 
-def validate(value: object) -> dict:
-    """Raise ValueError naming the setting that is wrong; secrets are referenced by environment variable name."""
+def validate(value: object, *, workspace: str | None = None) -> dict:
+    """Raise ValueError naming the setting that is wrong; secrets are referenced by environment variable name.
+    ``workspace`` (its name, where known) refuses another workspace's ``CHORUS_WS_`` variable (decision 0051)."""
     if not isinstance(value, dict):
         raise ValueError("settings.messaging must be an object {topics, fallback_order, providers}")
     unknown = set(value) - {
@@ -58,7 +59,7 @@ def validate(value: object) -> dict:
             if isinstance(conf, dict) and not isinstance(conf.get("type"), str):  # a list is no dictionary key
                 raise ValueError(f"{where}[{i}].type must be a provider type ({', '.join(PROVIDER_TYPES)})")
             try:
-                prov = build(conf, f"{where}[{i}]", resolve_secrets=False, channel=channel)
+                prov = build(conf, f"{where}[{i}]", resolve_secrets=False, channel=channel, workspace=workspace)
             except ConfigError as exc:
                 raise ValueError(str(exc)) from None
             if prov.channel != channel:

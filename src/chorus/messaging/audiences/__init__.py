@@ -21,9 +21,12 @@ def register(registry) -> None:
     notes a followed segment changed, and a task that syncs those audiences once per interval; and a task that
     applies the manual changes queued (a journey's audience step)."""
     from chorus.messaging.audiences import changes, follow, settings, store
+    from chorus.messaging.providers import refuse_others_on_save
     from chorus.registry import Step
 
     registry.setting("audiences", settings.validate)
+    # checked again in the change's transaction, where the workspace is known: another's CHORUS_WS_ variable is a 400
+    registry.on_setting("audiences", "workspace_variables", refuse_others_on_save(settings.validate))
     registry.erasure("audiences", store.forget, tables=store.ERASURE_TABLES, export=store.export)
     from chorus.profiles import feed
 

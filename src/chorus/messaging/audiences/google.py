@@ -110,7 +110,7 @@ def location(err: dict) -> str:
 class GoogleCustomerMatch(HTTPClient):
     type = "google"
 
-    def __init__(self, conf: dict, where: str, resolve_secrets: bool = True):
+    def __init__(self, conf: dict, where: str, resolve_secrets: bool = True, *, workspace: str | None = None):
         check_known(conf, KNOWN, where, "Google Customer Match")
         self.name = str(conf.get("name") or "google")
         self.customer_id = _customer_id(conf, "customer_id", where, True)
@@ -121,7 +121,7 @@ class GoogleCustomerMatch(HTTPClient):
         for key, what in (("developer_token", "the Google Ads developer token"), ("client_id", "the OAuth client ID"),
                           ("client_secret", "the OAuth client secret"),
                           ("refresh_token", "the OAuth refresh token")):  # fmt: skip
-            values[key] = secret(conf, key, where, resolve_secrets)
+            values[key] = secret(conf, key, where, resolve_secrets, workspace=workspace)
             if values[key] is None:
                 raise ConfigError(f"{where}.{key}_env is required (the variable holding {what})")
         self.developer_token = values["developer_token"]

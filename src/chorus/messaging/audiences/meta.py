@@ -47,14 +47,14 @@ KNOWN = {"type", "name", "access_token_env", "app_secret_env", "base_url", "api_
 class MetaAudiences(HTTPClient):
     type = "meta"
 
-    def __init__(self, conf: dict, where: str, resolve_secrets: bool = True):
+    def __init__(self, conf: dict, where: str, resolve_secrets: bool = True, *, workspace: str | None = None):
         check_known(conf, KNOWN, where, "Meta audiences")
         self.name = str(conf.get("name") or "meta")
         self.token_env = conf.get("access_token_env")
-        self.access_token = secret(conf, "access_token", where, resolve_secrets)
+        self.access_token = secret(conf, "access_token", where, resolve_secrets, workspace=workspace)
         if self.access_token is None:
             raise ConfigError(f"{where}.access_token_env is required (the variable holding a system user token)")
-        self.app_secret = secret(conf, "app_secret", where, resolve_secrets)
+        self.app_secret = secret(conf, "app_secret", where, resolve_secrets, workspace=workspace)
         self.base_url = setting_url(conf, "base_url", where, "https://graph.facebook.com")
         self.version = conf.get("api_version", "v25.0")
         if not isinstance(self.version, str) or not GRAPH_VERSION.fullmatch(self.version):

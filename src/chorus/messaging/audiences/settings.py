@@ -55,7 +55,9 @@ def validate_source(source: object) -> dict | None:
     return {"segment": segment, "interval_seconds": interval, "epoch": 1, "changed": 1, "synced": 1, "synced_at": None}
 
 
-def build(conf: object, where: str, resolve_secrets: bool = True) -> AudienceClient:
+def build(conf: object, where: str, resolve_secrets: bool = True, *, workspace: str | None = None) -> AudienceClient:
+    """The client a provider configuration describes; ``workspace`` is the name of the workspace whose settings these
+    are: which ``CHORUS_WS_`` variables its secrets may name (decision 0051; None: none is read)."""
     if not isinstance(conf, dict):
         raise ConfigError(f"{where} must be an object with a type")
     kind = conf.get("type")
@@ -66,11 +68,12 @@ def build(conf: object, where: str, resolve_secrets: bool = True) -> AudienceCli
     name = conf.get("name", conf["type"])
     if not isinstance(name, str) or not name or len(name) > 64 or set(name) - NAME_CHARS or name == FILE:
         raise ConfigError(f"{where}.name must be 1 to 64 of a-z, 0-9, _ and - (and not {FILE!r})")
-    return cls(conf, where, resolve_secrets)
+    return cls(conf, where, resolve_secrets, workspace=workspace)
 
 
-def validate(value: object) -> dict:
-    """Raise ValueError naming the setting that is wrong; secrets are referenced by environment variable name."""
+def validate(value: object, *, workspace: str | None = None) -> dict:
+    """Raise ValueError naming the setting that is wrong; secrets are referenced by environment variable name.
+    ``workspace`` (its name, where known) refuses another workspace's ``CHORUS_WS_`` variable."""
     if not isinstance(value, dict):
         raise ValueError("settings.audiences must be an object {providers: [...]}")
     unknown = set(value) - {"providers"}
@@ -83,7 +86,7 @@ def validate(value: object) -> dict:
     for i, conf in enumerate(providers):
         where = f"settings.audiences.providers[{i}]"
         try:
-            client = build(conf, where, resolve_secrets=False)
+            client = build(conf, where, resolve_secrets=False, workspace=workspace)
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
         if client.name in names:
@@ -100,9 +103,11 @@ def provider_conf(ws_settings: dict, name: str) -> tuple[dict, str]:
     raise ConfigError(f"no audience provider named {name!r} in settings.audiences.providers")
 
 
-def client_for(ws_settings: dict, name: str, resolve_secrets: bool = True) -> AudienceClient:
+def client_for(
+    ws_settings: dict, name: str, resolve_secrets: bool = True, *, workspace: str | None = None
+) -> AudienceClient:
     conf, where = provider_conf(ws_settings, name)
-    return build(conf, where, resolve_secrets)
+    return build(conf, where, resolve_secrets, workspace=workspace)
 
 
 def validate_audience(body: object, ws_settings: dict) -> dict:

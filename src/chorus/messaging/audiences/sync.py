@@ -115,7 +115,7 @@ def _client(ws: Workspace, aud, client: AudienceClient | None) -> AudienceClient
     if aud.provider == S.FILE or client is not None:
         return client
     try:
-        return S.client_for(ws.settings, aud.provider)
+        return S.client_for(ws.settings, aud.provider, workspace=ws.name)  # whose CHORUS_WS_ variables it reads
     except ConfigError as exc:
         raise ChorusError(f"audience {aud.name!r}: {exc}", field="provider") from None
 

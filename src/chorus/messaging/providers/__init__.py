@@ -12,8 +12,11 @@ import math
 import os
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from sqlalchemy.engine import Connection
 
 
 class ProviderError(Exception):
@@ -135,6 +138,21 @@ def check_variable(env: str, field: str, workspace: str | None, resolving: bool)
     if not env.startswith(mine):
         raise ConfigError(f"{field} names ${env}, another workspace's variable: this workspace's own variables "
                           f"start with {mine}")  # fmt: skip
+
+
+def refuse_others_on_save(validate: Callable[..., object]) -> Callable[[Connection, str, object, object], None]:
+    """A settings hook (``registry.on_setting``) that checks a section again knowing whose it is:
+    ``validate(value, workspace=<its name>)``. A validator registered with ``registry.setting`` is given the value
+    alone, so there a ``CHORUS_WS_`` name is checked only as a name, and another workspace's was saved without a word
+    (never read for it, but the admin learnt nothing). The hook runs in the settings change's transaction: its
+    ValueError, naming the setting, undoes the change (a 400 from the API, the CLI's error)."""
+
+    def hook(conn: Connection, ws_id: str, before: object, after: object) -> None:
+        from chorus.workspaces import get  # here: loading a provider does not load the workspaces and identity
+
+        validate(after, workspace=get(conn, ws_id).name)
+
+    return hook
 
 
 def secret(
