@@ -11,8 +11,11 @@ from __future__ import annotations
 import binascii
 from email.header import Header
 from email.utils import format_datetime, formataddr, getaddresses
+from functools import lru_cache
 
-from chorus.messaging.providers import ConfigError, Outgoing, secret
+import idna  # email-validator's own dependency: the IDNA 2008 that validated a profile's address
+
+from chorus.messaging.providers import ConfigError, Outgoing, PermanentError, secret
 from chorus.timeutil import utcnow
 
 # The settings the composer reads from a provider's configuration.
@@ -49,6 +52,29 @@ def address_setting(value: str, field: str, example: str) -> tuple[str, str]:
         except UnicodeError:
             raise ConfigError(f"{field}: {domain!r} is not a valid domain name") from None
     return name, f"{local}@{domain}"
+
+
+@lru_cache(maxsize=10_000)
+def recipient(address: str) -> tuple[str, bool]:
+    """A recipient's address as it goes on the envelope (``RCPT TO``) and in ``To``, and whether it needs SMTPUTF8
+    (RFC 6531, 6532).
+
+    An internationalised domain with an ASCII part before the ``@`` goes IDNA-encoded (``ana@bücher.example`` as
+    ``ana@xn--bcher-kva.example``), which every mail server takes. It is IDNA 2008, as the address was validated on
+    the profile (email-validator): Python's ``idna`` codec is IDNA 2003, which writes ``straße.de`` as
+    ``strasse.de``, another domain. A part before the ``@`` that is not ASCII (``josé@example.com``) has no ASCII
+    form at all: the address goes intact, domain and all (RFC 6531 takes a domain in Unicode), and only to a server
+    that offers SMTPUTF8. An address whose domain has no IDNA form cannot be sent to: a PermanentError, never a
+    bounce (nothing says the address is gone)."""
+    if address.isascii():
+        return address, False
+    local, at, domain = address.rpartition("@")
+    if not at or not local.isascii():
+        return address, True
+    try:
+        return f"{local}@{idna.encode(domain, uts46=True).decode('ascii')}", False
+    except UnicodeError:  # idna.IDNAError is one
+        raise PermanentError(f"the address's domain {domain!r} has no ASCII (IDNA) form", code="address") from None
 
 
 class Composer:
@@ -89,9 +115,10 @@ class Composer:
         """The RFC 5322 message: headers through the email package's encoders, bodies assembled directly (the
         email package's MIME tree costs several milliseconds a message; this is a fraction of that)."""
         c = out.content
+        to, utf8 = recipient(out.address)
         headers = [
             ("From", self._from_header),
-            ("To", out.address),
+            ("To", to),
             *((("Reply-To", self._reply_to_header),) if self._reply_to_header else ()),
             ("Subject", _text_header(c["subject"])),
             ("Date", format_datetime(utcnow())),
@@ -114,7 +141,8 @@ class Composer:
                 ("Content-Transfer-Encoding", "quoted-printable"),
             ]
             body = text + "\r\n"
-        raw = ("".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n" + body).encode("ascii")
+        # Every header is ASCII (RFC 2047 words) but a To that needs SMTPUTF8, which is UTF-8 as RFC 6532 has it
+        raw = ("".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n" + body).encode("utf-8" if utf8 else "ascii")
         if self.dkim:
             import dkim
 

@@ -33,7 +33,7 @@ from chorus.messaging.providers import (
     secret,
     timeout_of,
 )
-from chorus.messaging.providers.email import address_setting
+from chorus.messaging.providers.email import address_setting, recipient
 from chorus.messaging.providers.http import HTTPError, Response
 
 KNOWN = {"type", "name", "api_key_env", "from", "reply_to", "base_url", "timeout", "rate_per_second",
@@ -112,7 +112,9 @@ class SendGridProvider(HTTPClient):
         content = [{"type": t, "value": c[k]} for t, k in (("text/plain", "text"), ("text/html", "html")) if c.get(k)]
         body = {
             "personalizations": [{
-                "to": [{"email": out.address}],
+                # an internationalised domain goes IDNA-encoded, as over SMTP (a part before the @ that is not
+                # ASCII goes intact: SendGrid's API answers for it)
+                "to": [{"email": recipient(out.address)[0]}],
                 "custom_args": {"chorus_message_id": out.message_id, "chorus_workspace_id": out.workspace_id},
             }],
             "from": self.sender,

@@ -19,8 +19,10 @@ from chorus.messaging.providers import (
     secret,
     timeout_of,
 )
-from chorus.messaging.providers.email import Composer
+from chorus.messaging.providers.email import Composer, recipient
 
+# The reason a message to such an address fails on a server without SMTPUTF8 (the message's reason, as said).
+SMTPUTF8_MISSING = "the address needs SMTPUTF8, which the server does not offer"
 # Enhanced status codes 5.1.x are about the address itself (no such user, bad domain): a hard bounce.
 _HARD_BOUNCE_CODES = {550, 551, 553}
 
@@ -95,13 +97,23 @@ class SMTPProvider:
     def send(self, out: Outgoing) -> str:
         """One SMTP transaction on a reused connection (or a new one). Until DATA nothing has been sent: a reused
         connection the server closed meanwhile is replaced and the transaction starts again; a connection lost
-        during DATA may have delivered the message (ambiguous)."""
+        during DATA may have delivered the message (ambiguous).
+
+        An address that needs SMTPUTF8 (a part before the ``@`` that is not ASCII) goes with the ``SMTPUTF8`` option
+        where the server offers it (RFC 6531); where it does not, the message fails for good before ``MAIL FROM``:
+        nothing was sent, and no later attempt on this server could send it."""
+        rcpt, utf8 = recipient(out.address)
         raw = self.build(out)
         sender = self._envelope_from
         for fresh in (False, True):
             conn, reused = self._take(fresh)
+            if utf8 and not (conn.does_esmtp and conn.has_extn("smtputf8")):
+                self._give_back(conn)  # no command was sent on it: as good as before
+                raise PermanentError(SMTPUTF8_MISSING, code="smtputf8")
             try:
                 options = [f"SIZE={len(raw)}"] if conn.does_esmtp and conn.has_extn("size") else []
+                if utf8:  # the envelope and the To header are UTF-8: 8-bit data, which SMTPUTF8 servers take
+                    options += ["SMTPUTF8", *(["BODY=8BITMIME"] if conn.has_extn("8bitmime") else [])]
                 code, reply = conn.mail(sender, options)
                 if code == 421 and reused and not fresh:  # the server is closing this connection: take another
                     self._discard(conn)
@@ -109,7 +121,7 @@ class SMTPProvider:
                 if code != 250:
                     self._reset(conn)
                     raise _classify(code, reply, recipient=False)
-                code, reply = conn.rcpt(out.address)
+                code, reply = conn.rcpt(rcpt)
                 if code not in (250, 251):
                     self._reset(conn)
                     raise _classify(code, reply, recipient=True)
