@@ -258,6 +258,49 @@ def test_preview_renders_every_variant(http, shop):
     assert (v["email"]["subject"], v["sms"]["text"]) == ("on email", "on sms"), r.text
 
 
+def _untokened(text: str) -> str:
+    """A rendering with its per-message link tokens (click, open, unsubscribe) and message ids blanked."""
+    return re.sub(r"(/c/|/o/|/u/|unsubscribe/|m=|msg_)[A-Za-z0-9_.~%=-]+", r"\1*", text)
+
+
+def test_preview_shows_what_a_send_would_send_and_do(http, server, shop, smtp_server):
+    """An outside probe: the preview showed the template's bare rendering, without the tracked links, the open
+    pixel or the RFC 8058 headers a send puts on, and nothing of what a send would decide. Now it renders through
+    the send's own steps and says what a send now would do (channel, reason, consent, caps, quiet hours)."""
+    body = {"to": {"email": "ana@example.com"}, "template": "cart", "event": {"product": "red shoes"}}
+    pv = http.post("/api/messages/preview", json=body, headers=shop)
+    assert pv.status_code == 200, pv.text
+    pv = pv.json()
+    assert pv["send"]["channel"] == "email" and pv["send"]["status"] == "queued", pv["send"]
+    assert pv["send"]["address"] == "ana@example.com"
+    email = pv["variants"]["email"]
+    assert email["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert email["tracking"] is True and "/o/" in email["html"] and "/c/" in email["html"]
+    assert "https://shop.example/cart" not in email["html"]  # the link is tracked, as sent
+    assert "StatusCallback" in pv["variants"]["sms"]["headers"]
+    sent = send(http, shop, "pv-1").json()
+    assert (sent["status"], sent["channel"]) == ("queued", "email")
+    for k in ("subject", "html", "text"):
+        assert _untokened(sent["content"][k]) == _untokened(email[k]), k
+    assert set(sent["content"]["headers"]) == set(email["headers"])
+    # a tracked link of the preview leads where the send's does, and records nothing
+    link = re.search(r'href="([^"]*/c/[^"]+)"', email["html"]).group(1)
+    r = http.get(link.replace(server.base_url, ""), follow_redirects=False)
+    assert r.status_code == 302 and r.headers["location"].startswith("https://shop.example/cart?id=7")
+    # what a send would decide: she unsubscribes, and the preview says the send's reason
+    wait_status(http, shop, sent["id"], "sent")
+    unsub = re.fullmatch(r"<(.+)>", smtp_server.messages[0]["msg"]["List-Unsubscribe"]).group(1)
+    http.post(unsub, content="List-Unsubscribe=One-Click",
+              headers={"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
+    pv = http.post("/api/messages/preview", json=body, headers=shop).json()
+    skipped = send(http, shop, "pv-2").json()
+    assert skipped["status"] == "skipped"
+    assert (pv["send"]["status"], pv["send"]["channel"], pv["send"]["reason"]) == (
+        "skipped", None, skipped["reason"]), pv["send"]
+    assert "email:offers denied" in pv["send"]["reason"] + str(pv["send"]["choice"])
+    assert pv["variants"]["email"]["subject"] == "Ana, your red shoes is waiting"  # still rendered, for the editor
+
+
 def test_messages_and_templates_stay_in_their_workspace(http, server, engine, shop):
     from chorus import workspaces
 

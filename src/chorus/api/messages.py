@@ -13,9 +13,9 @@ from chorus.api.admin import SVC, WS, Cursor, Limit
 from chorus.api.common import JSON, error_body, shorten_field
 from chorus.api.guard import AdminRoute
 from chorus.errors import ChorusError
-from chorus.messaging import content, outbox
-from chorus.profiles import views
+from chorus.messaging import outbox
 from chorus.store.db import read_only
+from chorus.timeutil import utcnow
 
 router = APIRouter(prefix="/api", tags=["messaging"], route_class=AdminRoute)
 
@@ -80,28 +80,12 @@ def put_partial(ws: WS, svc: SVC, name: str, body: Annotated[dict, Body(examples
     return JSON(outbox.save_partial(svc.engine, ws.id, name, body["source"]))
 
 
-@router.post("/messages/preview", summary="Render every variant of a message for a profile and an event")
+@router.post("/messages/preview", summary="Render every variant of a message for a profile and an event, as a send "
+             "would, and say what a send now would do")  # fmt: skip
 def preview(ws: WS, svc: SVC, body: dict):
     req = outbox.parse_request(body)
     with read_only(svc.engine) as conn:
-        pid = outbox.recipient(conn, ws, req)
-        profile = views.get_profile(conn, ws.id, pid, ws.identity)
-        parts = outbox.load_partials(conn, ws.id)
-        defn = outbox.load_template(conn, ws.id, req["template"]) if req.get("template") else None
-    if defn is None:
-        try:
-            defn = content.validate_definition(req["content"], parts)
-        except content.ContentError as exc:
-            raise ChorusError(str(exc), field=exc.field) from None
-    ctx = outbox.template_context(profile, req, "preview", None, defn.get("topic"), defn.get("kind"), svc.links)
-    out = content.preview(defn, ctx, locale=req.get("locale") or profile.get("locale"), partials=parts)
-    variants = {}
-    for channel, r in out.items():
-        if isinstance(r, content.Skip):
-            variants[channel] = {"skipped": True, "reason": r.reason, "field": r.field}
-        else:
-            variants[channel] = {"skipped": False, "locale": r.locale, **r.fields}
-    return JSON({"profile_id": pid, "variants": variants})
+        return JSON(outbox.preview(conn, ws, req, svc.links, utcnow()))
 
 
 @router.post(

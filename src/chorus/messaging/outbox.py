@@ -287,19 +287,23 @@ def _recorded(conn: Connection, changes: list[Change]) -> None:
         counts[label] = counts.get(label, 0) + 1
     for (channel, status), n in counts.items():
         metrics.message_status.labels(channel=channel, status=status).inc(n)
-    _record_changes(conn, changes)
+    resolved = _record_changes(conn, changes)
     by_ws: dict[str, list[Change]] = {}
     for ch in changes:
         if ch.status in STATUS_EVENTS:
             by_ws.setdefault(ch.msg["workspace_id"], []).append(ch)
     for ws, mine in by_ws.items():
-        missing = sorted({ch.msg["profile_id"] for ch in mine if ch.profile is None and ch.msg.get("profile_id")})
         # a message keeps the profile id it was sent to: after a merge its events go on the survivor's timeline
-        current = views.resolve_ids(conn, ws, missing) if missing else {}
-        views_ = views.get_profiles(conn, ws, sorted(set(current.values())), _cfg(conn, ws)) if current else {}
+        current = resolved.get(ws, {})
+        wanted = sorted({current[p] for ch in mine
+                         if ch.profile is None and (p := ch.msg.get("profile_id")) in current})
+        # the event names her by her strongest identifier (``_event``): her identifiers are all it reads, not the
+        # whole view (state, aliases, computed traits), which an open pixel or a delivery report paid for each time
+        idents = views.identifiers_of(conn, ws, wanted)
+        found = {pid: {"id": pid, "identifiers": idents.get(pid, {})} for pid in wanted}
         evs, attributed = [], {}
         for ch in mine:
-            profile = ch.profile or views_.get(current.get(ch.msg["profile_id"]))
+            profile = ch.profile or found.get(current.get(ch.msg["profile_id"]))
             if profile is not None and (ev := _event(ch.msg, profile, ch.status, ch.at, ch.detail)) is not None:
                 evs.append(ev)
                 if ch.status not in INBOUND:
@@ -311,10 +315,11 @@ def _recorded(conn: Connection, changes: list[Change]) -> None:
             ingest.store(conn, source, evs, [], max(ch.at for ch in mine), attributed)
 
 
-def _record_changes(conn: Connection, changes: list[Change]) -> None:
+def _record_changes(conn: Connection, changes: list[Change]) -> dict[str, dict[str, str]]:
     """Every status change of a person's message is a change of that person (chorus.profiles.feed): segments and
     journeys react to a message received, opened, clicked, bounced... Each is dated by its change (the caller's
     clock, or the provider's time), not the wall clock: a journey on a virtual clock sees its messages' events then.
+    Returns, per workspace, each message's profile id -> her current profile (merges followed; unknown ids missing).
     """
     by_ws: dict[str, list[tuple[feed.Change, datetime]]] = {}
     for ch in changes:
@@ -328,14 +333,16 @@ def _record_changes(conn: Connection, changes: list[Change]) -> None:
         by_ws.setdefault(m["workspace_id"], []).append(
             (feed.Change(m["profile_id"], "message", detail={k: v for k, v in detail.items() if v is not None}), ch.at)
         )  # fmt: skip
+    resolved: dict[str, dict[str, str]] = {}
     for ws, mine in by_ws.items():
         # a message keeps the profile id it was sent to; the person may have been merged since
-        current = views.resolve_ids(conn, ws, sorted({c.profile_id for c, _ in mine}))
+        current = resolved[ws] = views.resolve_ids(conn, ws, sorted({c.profile_id for c, _ in mine}))
         # one record per run of changes with the same time, so that they keep their order
         for at, run in itertools.groupby(mine, key=lambda x: x[1]):
             feed.record(conn, ws, [
                 feed.Change(current.get(c.profile_id, c.profile_id), c.cause, detail=c.detail) for c, _ in run
             ], at)  # fmt: skip
+    return resolved
 
 
 def _update(conn: Connection, group: tuple[tuple, list[dict]]) -> bool:
@@ -353,10 +360,6 @@ def _update(conn: Connection, group: tuple[tuple, list[dict]]) -> bool:
     stmt = messages.update().where(messages.c.id == sa.bindparam("_id")).values(**values)
     result = conn.execute(stmt, rows if len(rows) > 1 else rows[0])
     return len(rows) == 1 and result.rowcount == 1
-
-
-def _cfg(conn: Connection, ws: str):
-    return ws_api.get(conn, ws).identity
 
 
 def recipient(conn: Connection, ws: ws_api.Workspace, req: dict) -> str:
@@ -614,15 +617,23 @@ def _plan(conn: Connection, ws: ws_api.Workspace, prepared: list, links: Links, 
     return _Plan(results, rows, changes)
 
 
-def _build(
-    rc: _Recipients, req: dict, key: str, rhash: str, pid: str, now: datetime, links: Links
-) -> tuple[dict, Change]:
-    """The outbox row for one request and its first state: everything decided before delivery."""
+@dataclass
+class _Draft:
+    """What a send decides about one request before rendering: shared by :func:`_build` and :func:`preview`."""
+
+    profile: dict
+    defn: dict
+    kind: str
+    topic: str
+    choice: policy.Choice
+    msg: dict
+
+
+def _draft(rc: _Recipients, req: dict, key: str, rhash: str, pid: str, now: datetime) -> _Draft:
     ws = rc.ws
     profile = rc.profiles.get(pid)
     if profile is None:
         raise NotFound(f"profile {pid} not found", field="profile_id")
-    subs = rc.subs.get(pid, {})
     defn = rc.template(req["template"]) if req.get("template") else _validated(req["content"], rc.partials)
     kind = req.get("kind") or defn.get("kind", "marketing")
     topic = req.get("topic") or defn.get("topic") or ("transactional" if kind == "transactional" else "marketing")
@@ -644,32 +655,48 @@ def _build(
         "created_at": now,
         "updated_at": now,
     }  # fmt: skip
+    return _Draft(profile, defn, kind, topic, choice, msg)
+
+
+def _finish(rendered: dict, msg: dict, profile: dict, subs: dict, ws_id: str, links: Links) -> str | None:
+    """What a send adds to a channel's rendering (``msg["channel"]``): tracked links and unsubscribe headers, a
+    browser's push keys, the SMS status callback. Why it cannot go as rendered, or None. Send and preview both call
+    it, so a preview shows the headers and links a send puts on."""
+    channel = msg["channel"]
+    if channel == "email":
+        _email_links(rendered, msg, profile, links)
+        # the limit is on what is sent: each tracked link becomes a signed redirect of about 250 characters (an
+        # outside probe: 87 KB rendered went out as 373 KB, past where Gmail clips it and hides the unsubscribe link)
+        if over := content.over_limit("email.html", rendered.get("html") or "", "html with its tracked links"):
+            return f"not rendered: {over}"
+    elif channel == "push" and msg["address"] in subs:  # web push: the browser's keys go along
+        rendered["subscription"] = {"keys": subs[msg["address"]]}
+    elif channel == "sms":  # Twilio reports delivery to this URL (signed with the auth token); the message id in it
+        # finds the message even before its Twilio SID is recorded
+        rendered["headers"] = {"StatusCallback": f"{links.public_url}/webhooks/twilio/{ws_id}/status?m={msg['id']}"}
+    return None
+
+
+def _build(
+    rc: _Recipients, req: dict, key: str, rhash: str, pid: str, now: datetime, links: Links
+) -> tuple[dict, Change]:
+    """The outbox row for one request and its first state: everything decided before delivery."""
+    ws = rc.ws
+    d = _draft(rc, req, key, rhash, pid, now)
+    profile, choice, msg = d.profile, d.choice, d.msg
     status, reason, rendered = "skipped", choice.reason, None
     if choice.channel is not None:
-        ctx = template_context(profile, req, msg["id"], choice.channel, topic, kind, links)
+        ctx = template_context(profile, req, msg["id"], choice.channel, d.topic, d.kind, links)
         out = content.render(
-            defn, choice.channel, ctx, locale=req.get("locale") or profile.get("locale"), partials=rc.partials
+            d.defn, choice.channel, ctx, locale=req.get("locale") or profile.get("locale"), partials=rc.partials
         )
         if isinstance(out, content.Skip):
             reason = f"not rendered: {out.reason}" + (f" ({out.field})" if out.field else "")
         else:
             status, reason = "queued", None
             rendered = {**out.fields, "locale": out.locale}
-            if choice.channel == "email":
-                _email_links(rendered, msg, profile, links)
-                # the limit is on what is sent: each tracked link becomes a signed redirect of about 250
-                # characters (an outside probe: 87 KB rendered went out as 373 KB, past where Gmail clips it and
-                # hides the unsubscribe link)
-                if over := content.over_limit("email.html", rendered.get("html") or "",
-                                              "html with its tracked links"):  # fmt: skip
-                    status, reason, rendered = "skipped", f"not rendered: {over}", None
-            elif choice.channel == "push" and choice.address in subs:  # web push: the browser's keys go along
-                rendered["subscription"] = {"keys": subs[choice.address]}
-            elif choice.channel == "sms":  # Twilio reports delivery to this URL (signed with the auth token);
-                # the message id in it finds the message even before its Twilio SID is recorded
-                rendered["headers"] = {
-                    "StatusCallback": f"{links.public_url}/webhooks/twilio/{ws.id}/status?m={msg['id']}"
-                }
+            if why := _finish(rendered, msg, profile, rc.subs.get(pid, {}), ws.id, links):
+                status, reason, rendered = "skipped", why, None
     send_at = now
     if status == "queued":
         paced = _pace(ws, msg, profile, now, rc.history.get(pid, []))
@@ -682,6 +709,52 @@ def _build(
     msg.update(status=status, reason=reason, content=rendered, next_attempt_at=send_at if status == "queued" else None)
     detail = {"reason": reason} if reason else {"channel_reason": choice.reason}
     return msg, Change(msg, status, now, detail, {}, profile)
+
+
+PREVIEW_ID = "msg_preview"  # the message id a preview renders with: its links lead nowhere
+
+
+def preview(conn: Connection, ws: ws_api.Workspace, req: dict, links: Links, now: datetime) -> dict:
+    """Every variant of a message as a send would render it for this person (the same context, tracked links,
+    unsubscribe headers and size limit: ``_draft`` and ``_finish``), and what a send now would decide: the channel
+    chosen with the reason for each one considered (consent, address, window), and caps or quiet hours. Writes
+    nothing."""
+    rc = _Recipients(conn, ws, [req], now)
+    pid = rc.pid[0]
+    if isinstance(pid, ChorusError):
+        raise pid
+    d = _draft(rc, req, PREVIEW_ID, "", pid, now)
+    d.msg["id"] = PREVIEW_ID
+    ctx = template_context(d.profile, req, PREVIEW_ID, None, d.topic, d.kind, links)
+    variants: dict[str, dict] = {}
+    unsendable: dict[str, str] = {}  # channel -> why a send on it would be skipped, in a send's words (``_build``)
+    subs = rc.subs.get(pid, {})
+    rendered_all = content.preview(d.defn, ctx, locale=req.get("locale") or d.profile.get("locale"),
+                                   partials=rc.partials)  # fmt: skip
+    for channel, out in rendered_all.items():
+        if isinstance(out, content.Skip):
+            variants[channel] = {"skipped": True, "reason": out.reason, "field": out.field}
+            unsendable[channel] = f"not rendered: {out.reason}" + (f" ({out.field})" if out.field else "")
+            continue
+        rendered = {**out.fields, "locale": out.locale}
+        on = {**d.msg, "channel": channel, "address": d.choice.address if channel == d.choice.channel else None}
+        if why := _finish(rendered, on, d.profile, subs, ws.id, links):
+            variants[channel] = {"skipped": True, "reason": why.removeprefix("not rendered: "), "field": "email.html"}
+            unsendable[channel] = why
+        else:
+            variants[channel] = {"skipped": False, **rendered}
+    send: dict = {"channel": d.choice.channel, "address": d.choice.address, "status": "skipped",
+                  "reason": d.choice.reason, "send_at": None, "choice": d.msg["choice"]}  # fmt: skip
+    if d.choice.channel is not None:
+        if d.choice.channel in unsendable:
+            send["reason"] = unsendable[d.choice.channel]
+        else:
+            paced = _pace(ws, d.msg, d.profile, now, rc.history.get(pid, []))
+            if paced.at is None:
+                send["reason"] = paced.reason
+            else:
+                send.update(status="queued", reason=paced.reason, send_at=iso(paced.at))
+    return {"profile_id": pid, "variants": variants, "send": send}
 
 
 def template_context(
