@@ -10,6 +10,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from chorus import workspaces
@@ -19,6 +20,8 @@ from chorus.journeys import definition as d
 from chorus.journeys import simulate as sm
 from chorus.journeys import stats
 from chorus.journeys.cli import backtest_subjects
+from chorus.profiles import views
+from chorus.store.tables import messages
 from tests.journeys.test_runtime import publish, send, settle
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -248,3 +251,33 @@ def test_live_stats_and_the_simulator_count_a_holdout_reached_after_its_window_a
     report = sm.simulate(defn, subjects, since=T - timedelta(days=1), until=T + timedelta(days=1))
     predicted = report.to_json()["nodes"]["sp"]
     assert predicted["branches"] == live and predicted["exited"] == sp["exited"]
+
+
+def test_a_backtest_gives_nobody_a_phone_resolution_left_on_another_profile(engine, clock, worker):
+    """An outside probe: an event of user b named a phone that is user a's (two user ids: resolution does not merge
+    them, the phone stays a's). Live, b has no phone and her SMS is skipped; the backtest folded the phone into b and
+    predicted an SMS to a's phone."""
+    from chorus.messaging import outbox
+
+    ws = workspaces.create(engine, "phone-" + uuid.uuid4().hex[:6])["id"]
+    outbox.save_template(engine, ws, "t", {"variants": {"sms": {"text": "Your cart"}}})
+    raw = {**JOURNEY, "nodes": {**JOURNEY["nodes"], "m": {**JOURNEY["nodes"]["m"], "channel": "sms"}}}
+    publish(engine, ws, raw, at=T - timedelta(hours=1))
+    clock.at = T
+    send(engine, ws, [{"type": "identify", "userId": "a", "traits": {"phone": "+14155550100"},
+                       "timestamp": (T - timedelta(minutes=5)).isoformat(), "messageId": "ida"},
+                      {**added("b", T.isoformat()), "messageId": "addb",
+                       "context": {"traits": {"phone": "+14155550100"}}}], T)  # fmt: skip
+    settle(worker)
+    with engine.connect() as conn:
+        live = conn.execute(sa.select(messages.c.profile_id, messages.c.channel, messages.c.status)
+                            .where(messages.c.workspace_id == ws)).all()  # fmt: skip
+        w = workspaces.find(conn, ws)
+        subjects = backtest_subjects(conn, w, T - timedelta(days=1), T + timedelta(days=1))
+        owners = {p: set(i) for p, i in views.idents_of(conn, ws, [s.id for s in subjects]).items()}
+    (msg,) = live
+    assert "phone:+14155550100" not in owners[msg.profile_id]  # the phone stayed a's
+    assert (msg.channel, msg.status) == (None, "skipped")
+    report = sm.simulate(d.parse(raw), subjects, since=T - timedelta(days=1), until=T + timedelta(days=1),
+                         templates={"t": frozenset({"sms"})}, timezone=w.timezone)  # fmt: skip
+    assert report.to_json()["messages"]["by_channel"] == {sm.UNREACHABLE: 1}

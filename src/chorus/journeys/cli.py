@@ -38,6 +38,7 @@ def backtest_subjects(conn, w, since: datetime, until: datetime, *, everybody: b
     the segment loader reads them now), each with her events of the window to replay. Reads only."""
     import sqlalchemy as sa
 
+    from chorus.profiles import views
     from chorus.profiles.state import apply_event, empty
     from chorus.segments import load
     from chorus.segments.person import Event
@@ -56,13 +57,15 @@ def backtest_subjects(conn, w, since: datetime, until: datetime, *, everybody: b
         ).group_by(e.profile_id).order_by(e.profile_id)).scalars())  # fmt: skip
     people = load.people(conn, w.id, ids, w.identity, parts=("computed", "addresses", "lists"),
                          zone_default=w.timezone)
+    owned = views.idents_of(conn, w.id, ids)
     policies = w.settings.get("trait_policies") or {}
     out: list[Subject] = []
     for pid in ids:
         p = people.get(pid)
         if p is None:
             continue
-        s = Subject(pid, computed=p.computed, addresses=p.addresses, lists=p.lists, known=True)
+        mine = frozenset(owned.get(pid, ()))
+        s = Subject(pid, computed=p.computed, addresses=p.addresses, lists=p.lists, known=True, owned=mine)
         s.state = empty()
         rows = conn.execute(sa.select(e.payload, e.trusted).where(e.workspace_id == w.id, e.profile_id == pid,
                                                                   e.timestamp <= until).order_by(e.timestamp, e.seq))
@@ -71,7 +74,7 @@ def backtest_subjects(conn, w, since: datetime, until: datetime, *, everybody: b
             if parse_ts(payload["timestamp"]) < since:
                 apply_event(s.state, payload, pid, policies)
                 # hers as of then, as resolution read them (a trusted alias' previousId is a user id)
-                s.identifiers.update(identifiers_in(payload, w.identity, bool(sent_trusted)))
+                s.identifiers.update(i for i in identifiers_in(payload, w.identity, bool(sent_trusted)) if i in mine)
                 s.history.append(Event.from_payload(payload))
             else:
                 if sent_trusted:

@@ -90,6 +90,10 @@ class Subject:
     known: bool = False  # she existed before the first payload: her memberships then are not entries
     trusted: frozenset[int] = frozenset()  # the payloads (their indexes) sent with a server key: a backtest's
     starts: list[j.Start] = field(default_factory=list)  # her API starts (``read_starts``), besides ``start``'s
+    # a backtest's: the identifiers resolution gave her (as stored). An event may name one that resolution left on
+    # another profile (a phone already someone else's): it never became hers, so it is no address of hers here
+    # either. None: a file's people, who gain every identifier their events name.
+    owned: frozenset[str] | None = None
 
 
 BOM = "\ufeff"  # a UTF-8 byte-order mark: some editors (Notepad, Excel's "CSV UTF-8") start a file with one
@@ -470,7 +474,8 @@ class _Sim:
         """The event folded into the person, as resolution and the profile do before the journeys consumer, with
         its anchor (a split by identifier draws by the entry event's, as the runtime does)."""
         found = identifiers_in(payload, self.cfg, trusted)
-        self.idents.update(found)
+        owned = self.subject.owned
+        self.idents.update(found if owned is None else (i for i in found if i in owned))
         apply_event(self.state, payload, self.subject.id, dict(self.policies or {}))
         ev = replace(Event.from_payload(payload), anchor=found[0] if found else None)
         self.events.append(ev)
