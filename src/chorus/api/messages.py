@@ -14,6 +14,7 @@ from chorus.api.common import JSON, error_body, shorten_field
 from chorus.api.guard import AdminRoute
 from chorus.errors import ChorusError
 from chorus.messaging import outbox
+from chorus.segments import store as segment_store
 from chorus.store.db import read_only
 from chorus.timeutil import utcnow
 
@@ -64,6 +65,9 @@ def list_messages(
 
 @router.put("/templates/{name}", summary="Save a message template (validated: syntax errors are rejected)")
 def put_template(ws: WS, svc: SVC, name: str, definition: Annotated[dict, Body(examples=[_DEFINITION_EXAMPLE])]):
+    # a template is named as segments and lists are (one rule for a definition's id): ".hidden", "-x" or "_x"
+    # passed the save's own character check
+    segment_store.check_id(name, "name")
     return JSON(outbox.save_template(svc.engine, ws.id, name, definition))
 
 

@@ -63,7 +63,7 @@ from liquid.undefined import UNDEFINED
 from mjml import mjml2html
 
 from chorus import safejson
-from chorus.messaging import sms
+from chorus.messaging import policy, sms
 
 CHANNELS = ("email", "sms", "push", "whatsapp", "messenger", "in_app", "webhook")
 KINDS = ("marketing", "transactional")
@@ -137,7 +137,6 @@ SOURCE_LIMIT = 256 * 1024  # characters in one template string
 
 _PARTIAL_NAME = re.compile(r"[a-z0-9_-]{1,64}")
 _LOCALE = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*")
-_TOPIC = re.compile(r"[a-z0-9_.-]{1,64}")
 _WA_TEMPLATE_NAME = re.compile(r"[a-z0-9_]{1,512}")
 _WA_LANGUAGE = re.compile(r"[a-z]{2,3}(?:_[A-Za-z]{2,4})?")
 
@@ -155,6 +154,19 @@ _REQUIRED = {"email": ("subject",), "sms": ("text",), "push": ("body",), "messen
 _REQUIRED |= {"in_app": ("body",), "webhook": ("body",)}
 _ONE_OF = {"email": ("mjml", "html"), "whatsapp": ("text", "template")}
 _HTML_FIELDS = {("email", "mjml"), ("email", "html")}
+# Texts a message cannot go without: rendered empty, the message is skipped (``_require``), so one that is empty as
+# written, in a variant or a locale's override, is refused when saved (an SMS with no text was accepted).
+_NOT_EMPTY = {
+    ("email", "subject"): "an email with no subject cannot be sent",
+    ("sms", "text"): "an SMS with no text cannot be sent",
+    ("push", "body"): "a push notification with no body cannot be sent",
+    ("whatsapp", "text"): "a WhatsApp message with no text cannot be sent",
+    ("whatsapp", "template.parameters"): "WhatsApp refuses a template parameter with no text",
+    ("messenger", "text"): "a Messenger message with no text cannot be sent",
+    ("in_app", "body"): "an in-app message with no body cannot be shown",
+}
+# Links a person taps, checked as rendered and, for the text before any Liquid, when saved (see DENIED_SCHEMES).
+_LINKS = {("push", "url"), ("push", "image")}
 
 
 class ContentError(ValueError):
@@ -915,6 +927,50 @@ def _static_text(source: str) -> str:
     return "".join(node.text for node in _parse("lax", source).nodes if isinstance(node, ContentNode))
 
 
+# --- Links a person taps ----------------------------------------------------------------------------------------
+
+# A push's url and image and an in-app call to action's url are opened by the app, the service worker or the page
+# that shows them, and come from data the public write key can set (an outside probe: the inbox served
+# "javascript:alert(1)" from event data). These schemes run code or show what the sender chose inside the app, or
+# read the device. A deny-list, not an allow-list: an app's own deep links (shop://p/1) are as legitimate as https
+# (the allow-list of 3b9a02b refused them and was reverted).
+DENIED_SCHEMES = ("javascript", "data", "vbscript", "file")
+# A scheme as browsers read it (the WHATWG URL standard): spaces and control characters before it dropped, tabs and
+# newlines dropped anywhere ("java\tscript:" is javascript:), then a letter, letters, digits, "+", "-" or "." up to
+# the first ":". Other control characters are dropped anywhere too: an app's own URL parser need not be a browser's,
+# and no link a person taps holds one.
+_URL_IGNORED = re.compile(r"[\x00-\x1f\x7f]")
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
+# What a refusal suggests instead: every other scheme, and a relative link, is allowed.
+_LINK_ADVICE = "use a web link (https://…), an app's own link (such as shop://…) or a relative link"
+
+
+def _scheme(url: str) -> str | None:
+    found = _SCHEME.match(_URL_IGNORED.sub("", url).lstrip(" "))
+    return found.group(1).lower() if found else None
+
+
+def link_problem(url: str, name: str) -> str | None:
+    """Why ``url`` cannot be a link a person taps (``name``, e.g. push.url, says which), or None.
+
+    Read as it is and, where it holds a character reference, as an HTML attribute reads it: an app that puts it
+    in an href turns "javascript&colon;…" into javascript:."""
+    for read in (url, html_lib.unescape(url)) if "&" in url else (url,):
+        if (scheme := _scheme(read)) in DENIED_SCHEMES:
+            return f"{name} is a {scheme}: link, which may run code or open something other than a page: {_LINK_ADVICE}"
+    return None
+
+
+def _leading_text(source: str) -> str:
+    """The text a template outputs before its first tag or output: the same in every render."""
+    text = []
+    for node in _parse("lax", source).nodes:
+        if not isinstance(node, ContentNode):
+            break
+        text.append(node.text)
+    return "".join(text)
+
+
 # --- Validation (save time) -------------------------------------------------------------------------------------
 
 
@@ -1097,7 +1153,11 @@ def _check_fields(channel: str, variant: object, path: str, partials: Mapping[st
     for key, value in out.items():
         field = f"{path}.{key}"
         if isinstance(value, str):
+            if (channel, key) in _NOT_EMPTY and not value.strip():
+                raise ContentError(field, f"is empty: {_NOT_EMPTY[channel, key]}")
             _check_template(value, field, partials)
+            if (channel, key) in _LINKS and (problem := link_problem(_leading_text(value), f"{channel}.{key}")):
+                raise ContentError(field, problem)
             limit_key = "email.html" if (channel, key) in _HTML_FIELDS else f"{channel}.{key}"
             if limit_key in MAX_SIZES and (over := _over_limit(limit_key, _static_text(value))):
                 raise ContentError(field, f"the text outside Liquid tags is already over the limit: {over}")
@@ -1113,6 +1173,9 @@ def _check_fields(channel: str, variant: object, path: str, partials: Mapping[st
         if not isinstance(params, list) or not all(isinstance(p, str) for p in params):
             raise ContentError(f"{path}.template.parameters", "must be a list of strings")
         for i, param in enumerate(params):
+            if not param.strip():
+                why = _NOT_EMPTY["whatsapp", "template.parameters"]
+                raise ContentError(f"{path}.template.parameters[{i}]", f"is empty: {why}")
             _check_template(param, f"{path}.template.parameters[{i}]", partials)
     if "cta" in out:
         cta = _check_object(out["cta"], f"{path}.cta", {"label": True, "url": True})
@@ -1120,6 +1183,8 @@ def _check_fields(channel: str, variant: object, path: str, partials: Mapping[st
             if not isinstance(cta[key], str):
                 raise ContentError(f"{path}.cta.{key}", "must be a string")
             _check_template(cta[key], f"{path}.cta.{key}", partials)
+        if problem := link_problem(_leading_text(cta["url"]), f"{channel}.cta.url"):
+            raise ContentError(f"{path}.cta.url", problem)
     if "body" in out and channel == "webhook":
         for leaf_path, leaf in _json_leaves(out["body"], f"{path}.body"):
             _check_template(leaf, leaf_path, partials)
@@ -1202,12 +1267,24 @@ def validate_partial(name: str, source: str) -> None:
     _check_template(source, "source", None)
 
 
-def validate_definition(doc: object, partials: Mapping[str, str] | None = None) -> dict:
+def validate_definition(doc: object, partials: Mapping[str, str] | None = None, *, at: str = "") -> dict:
     """Check a message definition before saving it; return it normalised (defaults filled in).
 
     Raises ContentError naming the first field at fault. ``partials`` are the workspace's partials by name
-    (None means there are none): layouts and static includes must name one of them.
+    (None means there are none): layouts and static includes must name one of them. ``at`` is where the definition
+    sits in the request, when it is not the whole body: with ``at="content"`` (a message sent with inline content)
+    the error names ``content.variants.sms.text`` as the request has it, not ``variants.sms.text``.
     """
+    try:
+        return _validate_definition(doc, partials)
+    except ContentError as err:
+        if not at:
+            raise
+        field = at if err.field in ("", "definition") else f"{at}{'' if err.field.startswith('[') else '.'}{err.field}"
+        raise ContentError(field, err.message, err.line) from None
+
+
+def _validate_definition(doc: object, partials: Mapping[str, str] | None) -> dict:
     partials = dict(partials or {})
     if not isinstance(doc, dict):
         raise ContentError("definition", "must be a JSON object")
@@ -1224,8 +1301,8 @@ def validate_definition(doc: object, partials: Mapping[str, str] | None = None) 
     if kind not in KINDS:
         raise ContentError("kind", f"must be one of {', '.join(KINDS)}")
     topic = doc.get("topic", "marketing" if kind == "marketing" else "transactional")
-    if not isinstance(topic, str) or not _TOPIC.fullmatch(topic):
-        raise ContentError("topic", "must be 1 to 64 characters of a-z, 0-9, _, . and -")
+    if not isinstance(topic, str) or not policy.TOPIC_NAME.fullmatch(topic):
+        raise ContentError("topic", f"must be {policy.TOPIC_RULE}")
     layout = doc.get("layout")
     if layout is not None:
         if not isinstance(layout, str) or layout not in partials:
@@ -1579,6 +1656,8 @@ def _push(v: dict, ctx: dict, at: dict[str, str], *_: object) -> dict:
     _require(fields["body"], at["body"], "push.body")
     for key in ("url", "image"):
         fields[key] = fields[key].strip() if fields[key] else None
+        if fields[key] and (problem := link_problem(fields[key], f"push.{key}")):
+            raise _Skipped(problem, at[key])
     return fields
 
 
@@ -1609,6 +1688,8 @@ def _in_app(v: dict, ctx: dict, at: dict[str, str], *_: object) -> dict:
     fields["cta"] = (
         {key: _liquid("text", cta[key], ctx, f"{at['cta']}.{key}") for key in ("label", "url")} if cta else None
     )
+    if fields["cta"] and (problem := link_problem(fields["cta"]["url"], "in_app.cta.url")):
+        raise _Skipped(problem, f"{at['cta']}.url")
     return fields
 
 

@@ -184,9 +184,9 @@ def save_partial(engine: Engine, ws: str, name: str, source: str) -> dict:
     return {"name": name}
 
 
-def _validated(doc: object, parts: dict[str, str]) -> dict:
+def _validated(doc: object, parts: dict[str, str], at: str = "") -> dict:
     try:
-        return content.validate_definition(doc, parts)
+        return content.validate_definition(doc, parts, at=at)
     except content.ContentError as exc:
         raise ChorusError(str(exc), field=exc.field) from None
 
@@ -634,7 +634,7 @@ def _draft(rc: _Recipients, req: dict, key: str, rhash: str, pid: str, now: date
     profile = rc.profiles.get(pid)
     if profile is None:
         raise NotFound(f"profile {pid} not found", field="profile_id")
-    defn = rc.template(req["template"]) if req.get("template") else _validated(req["content"], rc.partials)
+    defn = rc.template(req["template"]) if req.get("template") else _validated(req["content"], rc.partials, "content")
     kind = req.get("kind") or defn.get("kind", "marketing")
     topic = req.get("topic") or defn.get("topic") or ("transactional" if kind == "transactional" else "marketing")
     msettings = ws.settings.get("messaging") or {}
