@@ -7,7 +7,6 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from chorus import workspaces as ws_api
 from chorus.collect.erasure import forget_pending_by_message_id
 from chorus.messaging.providers import sink
 from chorus.registry import Person
@@ -46,9 +45,9 @@ def forget(conn: Connection, ws: str, person: Person) -> dict[str, int]:
     )
     counts = {}
     # What a file sink (dev mode, a staging copy of production) kept of her messages: her address and their content.
-    # Every message of hers, not only those recorded as the sink's: one being sent now may be written already.
-    dirs = sink.sink_dirs(ws_api.get(conn, ws).settings)
-    counts["sink_files"] = sink.forget_files(msg_ids, dirs) if msg_ids else 0
+    # Every message of hers, not only those recorded as the sink's: one being sent now may be written already. Found
+    # anywhere in the outbox, not in the directories the settings name now: a sink's dir may have changed since.
+    counts["sink_files"] = sink.forget_files(msg_ids) if msg_ids else 0
     # The timeline events of those messages (chorus-<message id>-<status>-…) not yet resolved: one known only by
     # its email would otherwise create a profile for that email again.
     counts["events"] = forget_pending_by_message_id(conn, ws, [f"chorus-{m}-" for m in msg_ids])

@@ -155,8 +155,9 @@ class FileSink:
 
 
 def sink_dirs(settings: dict) -> set[str]:
-    """Every directory a file sink may have written a workspace's messages to: those its settings configure, and
-    each channel's own (dev mode's, and a sink's default)."""
+    """The directories a workspace's file sinks write to now: those its settings configure, and each channel's own
+    (dev mode's, and a sink's default). Not those of earlier settings: :func:`forget_files` searches the whole
+    outbox and no longer needs these."""
     from chorus.messaging.policy import MESSAGE_CHANNELS
 
     dirs = {ch for ch in MESSAGE_CHANNELS if ch != "in_app"}
@@ -170,28 +171,38 @@ def sink_dirs(settings: dict) -> set[str]:
     return dirs
 
 
-def forget_files(message_ids: list[str], dirs: set[str]) -> int:
+def forget_files(message_ids: list[str], dirs: set[str] | None = None) -> int:
     """Delete the files the sinks of this process' outbox root wrote for these messages (an erased person's: the
     files hold her address and the rendered content); how many there were. A file that cannot be deleted
     (permissions: the API and the workers run as different users) is logged, not raised: the erasure of the
-    database goes on. A directory that resolves outside the outbox (a planted link) is not looked into."""
+    database goes on.
+
+    The whole outbox is searched, not the directories the settings name now (``dirs`` is no longer needed and is
+    ignored): a sink's ``dir`` changed, or the sink removed, after it wrote her messages, left those files behind
+    (review). Searching by name is the robust way: a file's name is its message's id, unique in the store, so a hit
+    anywhere under the root is hers, whatever the settings were then; the settings' history is not kept, and a path
+    recorded with the message would be recorded after the file exists (a crash in between leaves a file nobody
+    knows of) and is missing for the files written before. It costs one listing of the outbox an erasure, which
+    only dev mode and staging copies fill. Links are not followed: a directory that resolves outside the outbox (a
+    planted link) is not looked into, and the sink writes nowhere else."""
+    wanted = {f"{file_name(mid)}.{ext}" for mid in message_ids for ext in ("eml", "json")}
     root, gone = outbox_root(), 0
-    for d in sorted(dirs):
-        path = os.path.join(root, *d.split("/"))
-        if not os.path.isdir(path):
-            continue
-        if not _resolves_inside(root, path):
-            continue
-        for mid in message_ids:
-            for ext in ("eml", "json"):
-                target = os.path.join(path, f"{file_name(mid)}.{ext}")
-                try:
-                    os.unlink(target)
-                    gone += 1
-                except FileNotFoundError:
-                    continue
-                except OSError as exc:
-                    log.warning("erasure: cannot delete the sink's file %s: %s", target, exc.strerror or exc)
+    if not wanted or not os.path.isdir(root):
+        return 0
+
+    def unreadable(exc: OSError) -> None:  # a directory its files may be in: say so rather than skip it silently
+        log.warning("erasure: cannot search %s for the sink's files: %s", exc.filename, exc.strerror or exc)
+
+    for here, _dirs, files in os.walk(root, onerror=unreadable, followlinks=False):
+        for name in sorted(wanted.intersection(files)):
+            target = os.path.join(here, name)
+            try:
+                os.unlink(target)
+                gone += 1
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                log.warning("erasure: cannot delete the sink's file %s: %s", target, exc.strerror or exc)
     return gone
 
 
