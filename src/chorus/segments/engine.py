@@ -273,8 +273,8 @@ class Evaluator:
         return self.people({pid: set(segment_ids)}, {pid: cause}, None if at is None else {pid: at}).get(pid,
                                                                                                        Outcome())
 
-    def people(self, todo: dict[str, set[str]], causes: dict[str, str],
-               at: dict[str, datetime] | None = None) -> dict[str, Outcome]:  # fmt: skip
+    def people(self, todo: dict[str, set[str]], causes: dict[str, str], at: dict[str, datetime] | None = None,
+               merged: dict[str, list[tuple[str, str]]] | None = None) -> dict[str, Outcome]:  # fmt: skip
         """:meth:`person` for many people of the workspace at once, with the statements of one: their rows
         locked in one statement (in id order, the order of every locker), read in one load, their timers in one
         read, and the diffs written in one statement per table (``store.*_many``), one ``feed.record`` and one
@@ -283,15 +283,25 @@ class Evaluator:
 
         ``at`` gives some people their own instant (default ``self.now``): a person whose timer fell due is decided
         at the timer's instant, not at the moment a worker found it, so her entry, its history, its feed change and
-        the journey it starts are dated when her answer changed, however late the worker was."""
+        the journey it starts are dated when her answer changed, however late the worker was.
+
+        ``merged``: survivor -> the (merged id, segment id) memberships the profiles merged into her just left
+        (:meth:`_leave_all`): the survivors are locked with the others, and those exits go on their timelines."""
         outs = {pid: Outcome() for pid in todo}
         todo = {pid: set(sids) & set(self.defs) for pid, sids in todo.items()}
         todo = {pid: sids for pid, sids in todo.items() if sids}
-        if not todo or not self.defs:
+        merged = {s: left for s, left in (merged or {}).items() if left}
+        if not (todo or merged) or not self.defs:
             return outs
         ws = self.ws.id
         pids = sorted(todo)
-        lock_people(self.conn, ws, pids)
+        held = set(lock_people(self.conn, ws, sorted(set(pids) | set(merged))))
+        # before her evaluation, which then reads them (a rule on `Segment Exited` events); a survivor gone since
+        # gets none (erased; or merged on between the consumer's read of her alias and this lock, which is rare: the
+        # exit is then missing from the timeline, the history and the feed have it)
+        self._merged_exits({s: left for s, left in merged.items() if s in held})
+        if not pids:
+            return outs
         when = {pid: (at or {}).get(pid, self.now) for pid in pids}
         need = self.needs(set().union(*todo.values()), min(when.values()))  # the earliest instant reads furthest
         found = load.people(self.conn, ws, pids, self.ws.identity, needs=need, zone_default=self.ws.timezone)
@@ -307,8 +317,9 @@ class Evaluator:
         self.apply_many({pid: outs[pid] for pid in found}, causes, when)
         return outs
 
-    def _leave_all(self, pid: str, cause: str) -> None:
-        """A profile merged away or erased: out of everything, once (leave reports only real exits)."""
+    def _leave_all(self, pid: str, cause: str) -> list[str]:
+        """A profile merged away or erased: out of everything, once (leave reports only real exits). Returns the
+        segments she left."""
         was = store.memberships(self.conn, self.ws.id, pid)
         self.conn.execute(segment_timers.delete().where(segment_timers.c.workspace_id == self.ws.id,
                                                         segment_timers.c.profile_id == pid))  # fmt: skip
@@ -317,6 +328,31 @@ class Evaluator:
             feed.record(self.conn, self.ws.id, [feed.Change(pid, "segment", detail={"segment": sid,
                                                                                     "change": "exited"})
                                                 for sid in left], self.now)  # fmt: skip
+        return left
+
+    def _merged_exits(self, merged: dict[str, list[tuple[str, str]]]) -> None:
+        """The exits of profiles merged away, on their survivor's timeline (``Segment Exited``, cause ``merge``,
+        ``merged_id`` the merged profile): her `Segment Entered` events moved there with her other events, and
+        without their exit the survivor's timeline showed two entries of a segment she is in once, or an entry of
+        one she is not in (an outside probe). The exit is what the history and the feed record already (the merged
+        profile's membership ended, cause ``merge``); the survivor's own membership is untouched, so it has no feed
+        change: journeys saw the merged profile's exit under its id. Her rows must be locked (``people``): an
+        erasure or a further merge of hers waits, and the event is deleted or moved with the rest of hers."""
+        if not merged:
+            return
+        idents = views.identifiers_of(self.conn, self.ws.id, sorted(merged))
+        evs, owner = [], {}
+        for survivor, left in sorted(merged.items()):
+            ident = identity_fields({"id": survivor, "identifiers": idents.get(survivor, {})})
+            for gone, sid in left:
+                d = self.defs.get(sid)
+                ev = _timeline_event(ident, sid, d.name if d else sid, "exited", "merge", self.now, merged_id=gone)
+                if ev is not None:
+                    evs.append(ev)
+                    owner[ev.message_id] = survivor
+        if evs:
+            source = ws_api.internal_source(self.conn, self.ws.id, "internal", "chorus-segments")
+            ingest.store(self.conn, source, evs, [], self.now, owner)
 
     def _apply(self, pid: str, out: Outcome, cause: str) -> None:
         self.apply_many({pid: out}, {pid: cause})
@@ -397,15 +433,20 @@ def lock_person(conn: Connection, ws: str, pid: str) -> None:
     lock_people(conn, ws, [pid])
 
 
-def _timeline_event(ident: dict, sid: str, name: str, change: str, cause: str, at: datetime) -> Stored | None:
+def _timeline_event(ident: dict, sid: str, name: str, change: str, cause: str, at: datetime,
+                    merged_id: str | None = None) -> Stored | None:  # fmt: skip
+    """``merged_id``: the exit is that merged profile's, recorded on its survivor's timeline (its key is in the
+    messageId: the survivor's own exit at the same instant is another event)."""
     if not ident:
         return None
+    key = ident_key({**ident, "merged_id": merged_id} if merged_id else ident)
     raw = {
         **{k: v for k, v in ident.items() if k != "context"},
         "type": "track", "event": "Segment Entered" if change == "entered" else "Segment Exited",
-        "properties": {"segment_id": sid, "segment_name": name, "cause": cause},
+        "properties": {"segment_id": sid, "segment_name": name, "cause": cause,
+                       **({"merged_id": merged_id} if merged_id else {})},
         "context": {**ident.get("context", {}), "channel": "internal", "direction": "outbound"},
-        "messageId": f"chorus-segment-{sid}-{change}-{iso(at)}-{ident_key(ident)}"[:200], "timestamp": iso(at),
+        "messageId": f"chorus-segment-{sid}-{change}-{iso(at)}-{key}"[:200], "timestamp": iso(at),
     }  # fmt: skip
     ev = normalise_internal(raw, at=at, received_at=at)
     return ev if isinstance(ev, Stored) else None
@@ -441,13 +482,18 @@ class Consumer:
             ev = Evaluator(conn, ws, at)
             todo: dict[str, set[str]] = {}
             causes: dict[str, str] = {}
+            merged: dict[str, list[tuple[str, str]]] = {}  # survivor -> the memberships merged into her that ended
             for pid, changes in sorted(by_ws[ws].items()):
-                if any(c.cause == "merge" and c.target_id and c.profile_id == pid and c.target_id != pid
-                       for c in changes):  # fmt: skip
-                    ev._leave_all(pid, "merge")
+                into = [c.target_id for c in changes if c.cause == "merge" and c.target_id and c.profile_id == pid
+                        and c.target_id != pid]  # fmt: skip
+                if into:
+                    if left := ev._leave_all(pid, "merge"):
+                        # her survivor now, should that one have been merged on since (its aliases are repointed)
+                        survivor = views.resolve_ids(conn, ws, [pid]).get(pid, into[-1])
+                        merged.setdefault(survivor, []).extend((pid, sid) for sid in left)
                     continue
                 todo[pid], causes[pid] = ctx.index.affected(changes), changes[-1].cause
-            ev.people(todo, causes)
+            ev.people(todo, causes, merged=merged)
 
 
 def consumer(clock: Callable[[], datetime] | None = None) -> Consumer:
