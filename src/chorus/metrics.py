@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable
+
 from prometheus_client import GC_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, Counter, Gauge, Histogram
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 # The standard process and collector metrics (python_gc_*, process_*): memory, CPU, and how often the cyclic
@@ -56,3 +61,54 @@ provider_seconds = Histogram(
     "chorus_provider_send_seconds", "Time of one provider call", ["channel", "outcome"], registry=REGISTRY,
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )  # fmt: skip
+
+
+# -- counting what committed -------------------------------------------------------------------------------------
+# A counter of what a transaction wrote (events stored, changes recorded, message statuses) is incremented when the
+# transaction commits, not when the rows are written: a transaction rolled back and retried (a deadlock on
+# PostgreSQL, a failed claim handled again one person at a time) counted its rows twice. Callbacks wait on their
+# connection; a savepoint rolled back drops those made inside it, a rollback drops them all. SQLAlchemy's Core has
+# no event after a commit: they run in its "commit" event, just before the COMMIT itself, so a COMMIT that fails
+# (none of Chorus' writes defers a constraint to it) would still have counted.
+_pending: weakref.WeakKeyDictionary[Connection, list] = weakref.WeakKeyDictionary()
+_marks: weakref.WeakKeyDictionary[Connection, list[int]] = weakref.WeakKeyDictionary()
+
+
+def after_commit(conn: Connection, count: Callable[[], object]) -> None:
+    """Run ``count`` (a counter's increment) once ``conn``'s transaction commits; at once outside a transaction."""
+    if not conn.in_transaction():
+        count()
+        return
+    _pending.setdefault(conn, []).append(count)
+
+
+@event.listens_for(Engine, "commit")
+def _committed(conn: Connection) -> None:
+    _marks.pop(conn, None)
+    for count in _pending.pop(conn, ()):
+        count()
+
+
+@event.listens_for(Engine, "rollback")
+def _rolled_back(conn: Connection) -> None:
+    _marks.pop(conn, None)
+    _pending.pop(conn, None)
+
+
+@event.listens_for(Engine, "savepoint")
+def _savepoint(conn: Connection, name: str) -> None:
+    _marks.setdefault(conn, []).append(len(_pending.get(conn, ())))
+
+
+@event.listens_for(Engine, "rollback_savepoint")
+def _savepoint_rolled_back(conn: Connection, name: str, context) -> None:
+    marks = _marks.get(conn)
+    if marks:
+        del _pending.setdefault(conn, [])[marks.pop():]
+
+
+@event.listens_for(Engine, "release_savepoint")
+def _savepoint_released(conn: Connection, name: str, context) -> None:
+    marks = _marks.get(conn)
+    if marks:
+        marks.pop()

@@ -150,10 +150,15 @@ def store(
         conn.execute(
             rejected_events.insert(), [rejection_row(source.workspace_id, source.id, received_at, r) for r in rejected]
         )
-    metrics.events_accepted.inc(inserted)
-    metrics.events_duplicate.inc(len(accepted) - inserted)
-    for r in rejected:
-        metrics.events_rejected.labels(field=r.field or "").inc()
+    duplicates, fields = len(accepted) - inserted, [r.field or "" for r in rejected]
+
+    def count() -> None:
+        metrics.events_accepted.inc(inserted)
+        metrics.events_duplicate.inc(duplicates)
+        for f in fields:
+            metrics.events_rejected.labels(field=f).inc()
+
+    metrics.after_commit(conn, count)
     return StoreResult(inserted, len(accepted) - inserted, len(rejected))
 
 

@@ -232,8 +232,9 @@ class Resolver:
                     conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": "identity:" + ws_id})
                 workspace = ws_api.get(conn, ws_id)
                 _WorkspaceBatch(conn, workspace, self.clock).run(by_ws[ws_id])
-            metrics.events_resolved.inc(len(rows))
-            return len(rows)
+            n = len(rows)
+            metrics.after_commit(conn, lambda: metrics.events_resolved.inc(n))
+            return n
 
     def drain(self, limit: int = 2000) -> int:
         total = 0
@@ -299,7 +300,8 @@ class _WorkspaceBatch:
             from chorus.collect.ingest import reject_stored
 
             log.warning("%d event(s) cannot be resolved; moved to the rejected events", len(failures))
-            metrics.events_failed.inc(reject_stored(self.conn, failures))
+            moved = reject_stored(self.conn, failures)
+            metrics.after_commit(self.conn, lambda: metrics.events_failed.inc(moved))
             batch = [p for p in batch if p.seq not in failures]
         wanted = set()
         for p in batch:
@@ -348,7 +350,8 @@ class _WorkspaceBatch:
             g.apply(ln)
 
         if g.refusals:
-            metrics.merges_refused.inc(len(g.refusals))
+            refused = len(g.refusals)
+            metrics.after_commit(self.conn, lambda: metrics.merges_refused.inc(refused))
             log.info("%d merges refused by the identity guards", len(g.refusals))
         # Merges: aliases, history and state move to the survivor.
         final: dict[str, str] = {}
@@ -386,7 +389,7 @@ class _WorkspaceBatch:
                     message_id=m.key[1], at=now,
                 )
             )  # fmt: skip
-            metrics.merges.inc()
+            metrics.after_commit(self.conn, metrics.merges.inc)
             log.info("merged profile %s into %s", m.merged, survivor)
             # consumers of the merged profile are pointed at the survivor, and the survivor has changed; what they
             # had not handled of the merged one is handled in the survivor's order

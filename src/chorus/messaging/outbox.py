@@ -285,8 +285,12 @@ def _recorded(conn: Connection, changes: list[Change]) -> None:
     for ch in changes:
         label = (ch.msg.get("channel") or "none", ch.status)
         counts[label] = counts.get(label, 0) + 1
-    for (channel, status), n in counts.items():
-        metrics.message_status.labels(channel=channel, status=status).inc(n)
+
+    def count() -> None:
+        for (channel, status), n in counts.items():
+            metrics.message_status.labels(channel=channel, status=status).inc(n)
+
+    metrics.after_commit(conn, count)
     resolved = _record_changes(conn, changes)
     by_ws: dict[str, list[Change]] = {}
     for ch in changes:
