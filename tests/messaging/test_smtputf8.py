@@ -252,16 +252,18 @@ T0 = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)
 LINKS = Links("http://chorus.test", b"k" * 32)
 
 
-def _workspace(engine, server, address):
+def _workspace(engine, server, address, *more):
+    """A workspace whose email goes through ``server`` (then ``more``: one backup at most)."""
     w = workspaces.create(engine, "smtputf8")
     with engine.begin() as conn:
         src = workspaces.source_by_write_key(conn, w["server_write_key"])
         msg = {"type": "identify", "userId": "u1", "traits": {"email": address, "first_name": "José"}}
         ingest.store(conn, src, [normalise(msg, received_at=T0, source_kind="server")], [], T0)
     Resolver(engine).drain()
-    smtp = {"type": "smtp", "name": "relay", "host": "127.0.0.1", "port": server.port,
-            "from": "Shop <news@shop.example>", "ca_file": server.ca_file}  # fmt: skip
-    workspaces.update_settings(engine, w["id"], {"messaging": {"providers": {"email": [smtp]}}})
+    servers = {"relay": server, **({"backup": more[0]} if more else {})}
+    smtp = [{"type": "smtp", "name": name, "host": "127.0.0.1", "port": srv.port, "from": "Shop <news@shop.example>",
+             "ca_file": srv.ca_file} for name, srv in servers.items()]  # fmt: skip
+    workspaces.update_settings(engine, w["id"], {"messaging": {"providers": {"email": smtp}}})
     outbox.save_template(engine, w["id"], "hi", {"variants": {"email": {"subject": "Hola", "html": "<p>Hola</p>"}}})
     with engine.connect() as conn:
         ws = workspaces.get(conn, w["id"])
@@ -302,3 +304,36 @@ def test_the_worker_fails_the_message_at_once_in_words_where_the_server_lacks_sm
     finally:
         d.close()
     assert ascii_server.mails == [] and ascii_server.messages == []
+
+
+def test_a_server_without_smtputf8_passes_the_message_to_the_next_provider(engine, ascii_server, utf8_server):
+    """Review: the server lacking SMTPUTF8 failed the message for good, although the channel's next provider could
+    take it. The lack is the server's, not the address': the next one is tried; the message fails for good only
+    when none can take it, naming each."""
+    w, m = _workspace(engine, ascii_server, "josé@example.com", utf8_server)
+    d = Deliverer(engine, clock=lambda: T0)
+    try:
+        d.run_once()
+    finally:
+        d.close()
+    v = _view(engine, w, m["id"])
+    assert (v["status"], v["provider"]) == ("sent", "backup"), v
+    assert ascii_server.mails == [] and utf8_server.messages[0]["to"] == ["josé@example.com"]
+
+
+def test_when_no_provider_takes_the_address_it_fails_for_good_naming_each(engine, tls_cert, ascii_server):
+    other, sink = _server(tls_cert, False)
+    try:
+        w, m = _workspace(engine, ascii_server, "josé@example.com", sink)
+        clock = [T0]
+        d = Deliverer(engine, clock=lambda: clock[0])
+        try:
+            d.run_once()
+            v = _view(engine, w, m["id"])
+            assert v["status"] == "failed" and v["reason"] == f"backup: {MISSING} (and relay: {MISSING})", v
+            clock[0] += timedelta(days=1)
+            assert d.run_once() == 0  # never tried again
+        finally:
+            d.close()
+    finally:
+        other.stop()

@@ -901,8 +901,9 @@ def _python_reason(err: Exception) -> str:
 # --- Limits -----------------------------------------------------------------------------------------------------
 
 
-def _over_limit(key: str, value: str, name: str | None = None) -> str | None:
-    """The reason ``value`` is too large for ``MAX_SIZES[key]``, or None."""
+def over_limit(key: str, value: str, name: str | None = None) -> str | None:
+    """The reason ``value`` is too large for ``MAX_SIZES[key]``, or None. The outbox also checks an email with it as
+    it is sent, its tracked links included."""
     limit = MAX_SIZES[key]
     if limit.unit == "segments":
         info = sms.segments(value)
@@ -917,9 +918,6 @@ def _over_limit(key: str, value: str, name: str | None = None) -> str | None:
     if size <= limit.size:
         return None
     return f"{name or key} is {size:,} {limit.unit}; the limit is {limit.size:,} {limit.unit} ({limit.why})"
-
-
-over_limit = _over_limit  # public: the outbox checks an email as it is sent, its tracked links included
 
 
 def _static_text(source: str) -> str:
@@ -941,6 +939,9 @@ DENIED_SCHEMES = ("javascript", "data", "vbscript", "file")
 # and no link a person taps holds one.
 _URL_IGNORED = re.compile(r"[\x00-\x1f\x7f]")
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
+# A push's image is shown, never opened: a small picture inline (data:image/png;base64,…) is common and runs
+# nothing (review: these were refused, and templates saved with one skipped every push). Not SVG, which is a document.
+_INLINE_IMAGE = re.compile(r"data:image/(?!svg)", re.IGNORECASE)
 # What a refusal suggests instead: every other scheme, and a relative link, is allowed.
 _LINK_ADVICE = "use a web link (https://…), an app's own link (such as shop://…) or a relative link"
 
@@ -956,7 +957,10 @@ def link_problem(url: str, name: str) -> str | None:
     Read as it is and, where it holds a character reference, as an HTML attribute reads it: an app that puts it
     in an href turns "javascript&colon;…" into javascript:."""
     for read in (url, html_lib.unescape(url)) if "&" in url else (url,):
-        if (scheme := _scheme(read)) in DENIED_SCHEMES:
+        scheme = _scheme(read)
+        if scheme == "data" and name.endswith(".image") and _INLINE_IMAGE.match(_URL_IGNORED.sub("", read).lstrip(" ")):
+            continue
+        if scheme in DENIED_SCHEMES:
             return f"{name} is a {scheme}: link, which may run code or open something other than a page: {_LINK_ADVICE}"
     return None
 
@@ -1159,7 +1163,7 @@ def _check_fields(channel: str, variant: object, path: str, partials: Mapping[st
             if (channel, key) in _LINKS and (problem := link_problem(_leading_text(value), f"{channel}.{key}")):
                 raise ContentError(field, problem)
             limit_key = "email.html" if (channel, key) in _HTML_FIELDS else f"{channel}.{key}"
-            if limit_key in MAX_SIZES and (over := _over_limit(limit_key, _static_text(value))):
+            if limit_key in MAX_SIZES and (over := over_limit(limit_key, _static_text(value))):
                 raise ContentError(field, f"the text outside Liquid tags is already over the limit: {over}")
     if "template" in out:
         template = _check_object(
@@ -1189,7 +1193,7 @@ def _check_fields(channel: str, variant: object, path: str, partials: Mapping[st
         for leaf_path, leaf in _json_leaves(out["body"], f"{path}.body"):
             _check_template(leaf, leaf_path, partials)
         static = _map_json(out["body"], "", lambda source, _: _static_text(source))
-        if over := _over_limit("webhook.body", _dumps(static)):
+        if over := over_limit("webhook.body", _dumps(static)):
             raise ContentError(f"{path}.body", f"the text outside Liquid tags is already over the limit: {over}")
     return out
 
@@ -1395,7 +1399,7 @@ def _require(value: str | None, field: str, name: str) -> str:
 
 
 def _limit(key: str, value: str, field: str, name: str | None = None) -> str:
-    if over := _over_limit(key, value, name):
+    if over := over_limit(key, value, name):
         raise _Skipped(over, field)
     return value
 

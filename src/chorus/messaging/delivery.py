@@ -38,6 +38,7 @@ from chorus.messaging.providers import (
     PermanentError,
     Provider,
     TransientError,
+    Unsuitable,
     build,
     concurrency_of,
     sink,
@@ -449,6 +450,7 @@ class Deliverer:
             headers=(msg["content"] or {}).get("headers") or {},
         )  # fmt: skip
         errors: list[str] = []
+        unsuitable: list[tuple[str, Unsuitable]] = []  # providers that cannot take it (tried the next one)
         try:
             provs = self.providers.get(ws, msg["channel"])
         except ConfigError as exc:  # a provider that cannot be built (e.g. its secret's variable unset): retried
@@ -492,6 +494,11 @@ class Deliverer:
                     errors.append(f"{prov.name}: {exc.reason}")
                     log.warning("message %s: %s failed transiently: %s", msg["id"], prov.name, exc.reason)
                     continue
+                except Unsuitable as exc:
+                    unsuitable.append((prov.name, exc))
+                    log.info("message %s: %s cannot take it (%s): the next provider is tried", msg["id"], prov.name,
+                             exc.reason)  # fmt: skip
+                    continue
                 except PermanentError as exc:
                     return _Outcome(msg, "permanent", prov.name, error=exc, profile=profile)
                 except Exception as exc:  # noqa: BLE001 - a provider bug: the message may or may not have gone out
@@ -506,6 +513,12 @@ class Deliverer:
                         time.perf_counter() - started
                     )
                 return _Outcome(msg, "sent", prov.name, provider_id=str(provider_id)[:400], profile=profile)
+        if unsuitable and not errors:  # none of them can take it: retrying would change nothing
+            name, last = unsuitable[-1]  # recorded as "<last>: <its reason> (and <first>: <its reason>, ...)"
+            earlier = ", ".join(f"{n}: {e.reason}" for n, e in unsuitable[:-1])
+            why = last.reason + (f" (and {earlier})" if earlier else "")
+            return _Outcome(msg, "permanent", name, error=Unsuitable(why, code=last.code), profile=profile)
+        errors += [f"{n}: {e.reason}" for n, e in unsuitable]
         return _Outcome(msg, "transient", reason="; ".join(errors), profile=profile)
 
     # -- after sending: one transaction for many outcomes --------------------------------------------------------
@@ -595,10 +608,8 @@ class Deliverer:
             ids = [o.msg["id"] for o in sunk]
             q = sa.select(messages.c.id).where(bulk.in_(messages.c.id, ids, conn.dialect.name))
             alive = set(conn.execute(q).scalars())
-        for o in sunk:
-            if o.msg["id"] not in alive:
-                ws = self._workspaces.get(o.msg["workspace_id"])
-                sink.forget_files([o.msg["id"]], sink.sink_dirs(ws.settings if ws else {}))
+        if gone := [o.msg["id"] for o in sunk if o.msg["id"] not in alive]:
+            sink.forget_files(gone)  # one search of the outbox for all of them
 
     def _retry(self, msg: dict, reason: str, now, profile: dict | None = None) -> outbox.Change:
         """Back off and try again later, or give up after MAX_ATTEMPTS."""

@@ -38,6 +38,12 @@ class PermanentError(ProviderError):
         self.bounce = bounce
 
 
+class Unsuitable(PermanentError):
+    """This provider cannot take this message (a capability it lacks, such as an SMTP server without SMTPUTF8 for
+    an address that needs it), before anything was sent: the channel's next provider is tried, and the message
+    fails for good only when none can take it."""
+
+
 class AmbiguousError(ProviderError):
     """The request may have reached the provider, but no answer came back (a read timeout, a connection dropped
     after the message was written). Sending again could duplicate it, so at-most-once channels give up."""

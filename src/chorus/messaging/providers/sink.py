@@ -154,37 +154,19 @@ class FileSink:
         pass
 
 
-def sink_dirs(settings: dict) -> set[str]:
-    """The directories a workspace's file sinks write to now: those its settings configure, and each channel's own
-    (dev mode's, and a sink's default). Not those of earlier settings: :func:`forget_files` searches the whole
-    outbox and no longer needs these."""
-    from chorus.messaging.policy import MESSAGE_CHANNELS
-
-    dirs = {ch for ch in MESSAGE_CHANNELS if ch != "in_app"}
-    for confs in ((settings.get("messaging") or {}).get("providers") or {}).values():
-        for conf in confs if isinstance(confs, list) else []:
-            if isinstance(conf, dict) and conf.get("type") == NAME and conf.get("dir") is not None:
-                try:
-                    dirs.add(check_dir(conf["dir"], "dir"))
-                except ConfigError:
-                    continue
-    return dirs
-
-
-def forget_files(message_ids: list[str], dirs: set[str] | None = None) -> int:
+def forget_files(message_ids: list[str]) -> int:
     """Delete the files the sinks of this process' outbox root wrote for these messages (an erased person's: the
     files hold her address and the rendered content); how many there were. A file that cannot be deleted
     (permissions: the API and the workers run as different users) is logged, not raised: the erasure of the
     database goes on.
 
-    The whole outbox is searched, not the directories the settings name now (``dirs`` is no longer needed and is
-    ignored): a sink's ``dir`` changed, or the sink removed, after it wrote her messages, left those files behind
-    (review). Searching by name is the robust way: a file's name is its message's id, unique in the store, so a hit
-    anywhere under the root is hers, whatever the settings were then; the settings' history is not kept, and a path
-    recorded with the message would be recorded after the file exists (a crash in between leaves a file nobody
-    knows of) and is missing for the files written before. It costs one listing of the outbox an erasure, which
-    only dev mode and staging copies fill. Links are not followed: a directory that resolves outside the outbox (a
-    planted link) is not looked into, and the sink writes nowhere else."""
+    The whole outbox is searched, not the directories the settings name now: a sink's ``dir`` changed, or the sink
+    removed, after it wrote her messages, left those files behind (review). Searching by name is the robust way: a
+    file's name is its message's id, unique in the store, so a hit anywhere under the root is hers, whatever the
+    settings were then; the settings' history is not kept, and a path recorded with the message would be recorded after
+    the file exists (a crash in between leaves a file nobody knows of) and is missing for the files written before. It
+    costs one listing of the outbox an erasure, which only dev mode and staging copies fill. Links are not followed: a
+    directory that resolves outside the outbox (a planted link) is not looked into, and the sink writes nowhere else."""
     wanted = {f"{file_name(mid)}.{ext}" for mid in message_ids for ext in ("eml", "json")}
     root, gone = outbox_root(), 0
     if not wanted or not os.path.isdir(root):

@@ -16,6 +16,7 @@ from chorus.messaging.providers import (
     Outgoing,
     PermanentError,
     TransientError,
+    Unsuitable,
     secret,
     timeout_of,
 )
@@ -109,7 +110,7 @@ class SMTPProvider:
             conn, reused = self._take(fresh)
             if utf8 and not (conn.does_esmtp and conn.has_extn("smtputf8")):
                 self._give_back(conn)  # no command was sent on it: as good as before
-                raise PermanentError(SMTPUTF8_MISSING, code="smtputf8")
+                raise Unsuitable(SMTPUTF8_MISSING, code="smtputf8")
             try:
                 options = [f"SIZE={len(raw)}"] if conn.does_esmtp and conn.has_extn("size") else []
                 if utf8:  # the envelope and the To header are UTF-8: 8-bit data, which SMTPUTF8 servers take
