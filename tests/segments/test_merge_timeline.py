@@ -96,3 +96,39 @@ def test_a_merged_members_entry_is_closed_when_the_survivor_is_not_in_it(engine,
     seen = timeline(engine, ws, known, "anonymous")
     assert [(e["event"], e["cause"]) for e in seen] == [("Segment Entered", "event"), ("Segment Exited", "merge")]
     assert still_open(seen) == 0
+
+
+def test_a_claim_that_finds_her_merged_away_closes_her_entries_on_the_survivor(engine, ws, clock, worker):
+    """Review: a claim of the visitor's earlier changes (an event), made before the merge and run after it, found her
+    gone and made her leave with her event's cause; the merge's own change then found nothing left, so no exit went
+    on the survivor's timeline and her moved entry stayed open. Run here as that claim: the consumer given only her
+    earlier change after the merge."""
+    from chorus.profiles import feed
+    from chorus.segments import engine as seg_engine
+
+    define(engine, ws, "viewers", {"performed": {"event": "Product Viewed"}})
+    settle(worker)
+    send(engine, ws, [{"type": "identify", "userId": "u1", "messageId": "i1", "timestamp": T0.isoformat()}])
+    send(engine, ws, [{**ev("Product Viewed", T0 + timedelta(minutes=1)), "userId": None, "anonymousId": "a1"}])
+    clock.at = T0 + timedelta(minutes=2)
+    settle(worker)
+    known, anon = profile_of(engine, ws, "user_id:u1"), profile_of(engine, ws, "anonymous_id:a1")
+    assert members(engine, ws, "viewers") == {anon}
+    # the merge, resolved, with the segments consumer not run yet: her membership is still there
+    clock.at = T0 + timedelta(minutes=10)
+    send(engine, ws, [{"type": "identify", "userId": "u1", "anonymousId": "a1", "messageId": "i2",
+                       "timestamp": clock.at.isoformat()}])  # fmt: skip
+    worker.task("resolve").run_once()
+    assert profile_of(engine, ws, "anonymous_id:a1") == known
+    earlier = feed.Delivered(0, ws, anon, "event", None, None, T0 + timedelta(minutes=1))
+    with engine.begin() as conn:
+        seg_engine.Consumer(lambda: clock.at).many(conn, {(ws, anon): [earlier]})
+    settle(worker)  # the merge's change: nothing left of hers
+    with engine.connect() as conn:
+        hist = conn.execute(sa.select(segment_history.c.profile_id, segment_history.c.change, segment_history.c.cause)
+                            .where(segment_history.c.workspace_id == ws).order_by(segment_history.c.id)).all()
+    assert (anon, "exited", "merge") in hist
+    seen = timeline(engine, ws, known, "viewers")
+    assert {"event": "Segment Exited", "segment_id": "viewers", "segment_name": "viewers", "cause": "merge",
+            "merged_id": anon} in seen  # fmt: skip
+    assert still_open(seen) == (1 if known in members(engine, ws, "viewers") else 0)

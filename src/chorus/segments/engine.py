@@ -305,9 +305,22 @@ class Evaluator:
         when = {pid: (at or {}).get(pid, self.now) for pid in pids}
         need = self.needs(set().union(*todo.values()), min(when.values()))  # the earliest instant reads furthest
         found = load.people(self.conn, ws, pids, self.ws.identity, needs=need, zone_default=self.ws.timezone)
-        for pid in pids:
-            if pid not in found:  # merged away or erased: she is in nothing any more
+        gone = [pid for pid in pids if pid not in found]  # merged away or erased: she is in nothing any more
+        survivors = views.resolve_ids(self.conn, ws, gone) if gone else {}
+        late: dict[str, list[tuple[str, str]]] = {}
+        for pid in gone:
+            if (survivor := survivors.get(pid)) not in (None, pid):
+                # merged while this claim waited for her row (its changes came before the merge's): she leaves as
+                # the merge's own change would have made her leave, and her exits go on the survivor's timeline
+                # (review: they were left with the cause of her last event, and the merge's change then found
+                # nothing left, so the survivor's timeline kept her entries open)
+                late.setdefault(survivor, []).extend((pid, sid) for sid in self._leave_all(pid, "merge"))
+            else:
                 self._leave_all(pid, causes[pid])
+        if late := {s: left for s, left in late.items() if left}:
+            # the survivor's row is locked only if nobody holds it (other people's rows are held already: waiting
+            # here could close a cycle); held by another, her exits stay in the history and the feed alone (rare)
+            self._merged_exits({s: late[s] for s in lock_people(self.conn, ws, sorted(late), skip_locked=True)})
         timers = store.timers_many(self.conn, ws, list(found))
         moved: dict[str, dict[str, datetime | None]] = {}
         for pid, person in found.items():
