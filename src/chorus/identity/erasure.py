@@ -7,6 +7,16 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from chorus.identity.identifiers import (
+    MAX_IDENT_LEN,
+    event_anchor,
+    id_text,
+    kind_of,
+    normalise_email,
+    normalise_phone,
+    trait_ident,
+    value_of,
+)
 from chorus.registry import Person
 from chorus.store import bulk
 from chorus.store.tables import events, identifiers, identity_links, merges, profile_aliases
@@ -45,6 +55,10 @@ def aliases_among(conn: Connection, ws: str, pids: list[str]) -> list[str]:
 def forget(conn: Connection, ws: str, person: Person) -> dict[str, int]:
     pid, idents, ids = person.profile_id, list(person.identifiers), person.profile_ids
     claimants = _claimants(conn, ws, pid, idents)  # before the links that show them are deleted
+    # her values under another kind on someone else (an alias' previousId makes her user id an anonymous id of the
+    # browser that sent it): that profile claimed her too, though no link of it touches one of her identifiers
+    aliased = _aliased(conn, ws, pid, idents)
+    claimants = sorted(set(claimants) | set(aliased.values()))
     counts = {"identity_links": 0}
     for i in range(0, len(idents), 500):
         part = idents[i : i + 500]
@@ -61,8 +75,9 @@ def forget(conn: Connection, ws: str, person: Person) -> dict[str, int]:
     # The claimants that exist only through her links go with her (the erasure found them first: ``with_her``, and
     # erases each next, whole); the others are rebuilt without her identifiers.
     gone = set(person.vanished)
+    theirs = {i: p for i, p in aliased.items() if p not in gone}
     counts["claimant_events_redacted"] = _unclaim(conn, ws, [c for c in claimants if c not in gone], set(idents),
-                                                  person)  # fmt: skip
+                                                  person, theirs)  # fmt: skip
     return counts
 
 
@@ -119,9 +134,97 @@ def _claimants(conn: Connection, ws: str, pid: str, idents: list[str]) -> list[s
     return sorted(owners)
 
 
-def _unclaim(conn: Connection, ws: str, claimants: list[str], idents: set[str], person: Person) -> int:
+def _aliased(conn: Connection, ws: str, pid: str, idents: list[str]) -> dict[str, str]:
+    """The identifiers of other profiles whose value is one of hers under another kind (``anonymous_id:<her user
+    id>``, made by a browser's ``alias`` with her user id as ``previousId``), each with its profile. Values are
+    normalised as identifiers are: an email lower-cased, a phone in E.164, a user or anonymous id as sent."""
+    from chorus import workspaces as ws_api
+
+    cfg = ws_api.get(conn, ws).identity
+    hers = set(idents)
+    kinds = {"user_id", "anonymous_id", "email", "phone", *cfg.declared}
+    candidates: set[str] = set()
+    for value in {value_of(i) for i in idents}:
+        for kind in kinds:
+            try:
+                ident = trait_ident(kind, value, cfg) if kind in ("email", "phone") else None
+            except ValueError:
+                continue
+            if kind not in ("email", "phone"):
+                text = id_text(value, kind)
+                ident = None if text is None else f"{kind}:{text}"
+            if ident is not None and len(ident) <= MAX_IDENT_LEN and ident not in hers:
+                candidates.add(ident)
+    out: dict[str, str] = {}
+    found = sorted(candidates)
+    for k in range(0, len(found), 500):
+        out.update(conn.execute(sa.select(identifiers.c.ident, identifiers.c.profile_id).where(
+            identifiers.c.workspace_id == ws, identifiers.c.ident.in_(found[k : k + 500]))).all())  # fmt: skip
+    return {i: p for i, p in out.items() if p != pid}
+
+
+class _Hers:
+    """Whether a value in a claimant's event is one of the erased person's identifier values, whatever its key
+    (``backup_email``, a property): compared after the normalisation of each kind, so ``" Zoe@Example.com "`` is
+    her email and ``"+44 7911 123456"`` her phone."""
+
+    def __init__(self, idents: set[str], cfg) -> None:
+        self.region = cfg.default_region
+        self.emails = {value_of(i) for i in idents if kind_of(i) == "email"}
+        self.phones = {value_of(i) for i in idents if kind_of(i) == "phone"}
+        self.values = {value_of(i) for i in idents}
+
+    def __call__(self, value: object) -> bool:
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            return False
+        text = str(value)
+        if text in self.values or text.strip() in self.values:
+            return True
+        try:
+            if self.emails and "@" in text and normalise_email(text) in self.emails:
+                return True
+            # a phone has digits enough: parsing every short string as a number would only cost time
+            if self.phones and sum(c.isdigit() for c in text) >= 6:
+                return normalise_phone(text, self.region) in self.phones
+        except ValueError:
+            return False
+        return False
+
+
+# what an event is, not what it says about anyone: never one of her values, and never taken out
+_STRUCTURE = frozenset({"type", "messageId", "timestamp", "originalTimestamp", "sentAt", "receivedAt", "event",
+                        "channel", "version", "userHash"})  # fmt: skip
+
+
+def _scrub(value: object, hers: _Hers) -> object:
+    """``value`` without the entries whose value is one of hers (a list item that is an object holding one, such
+    as an external id, goes whole)."""
+    if isinstance(value, dict):
+        return {k: _scrub(v, hers) for k, v in value.items() if not hers(v)}
+    if isinstance(value, list):
+        return [_scrub(v, hers) for v in value
+                if not hers(v) and not (isinstance(v, dict) and any(hers(x) for x in v.values()))]  # fmt: skip
+    return value
+
+
+def _without_her_values(payload: dict, hers: _Hers, cfg, trusted: bool) -> dict:
+    out = {k: (v if k in _STRUCTURE else _scrub(v, hers)) for k, v in payload.items()
+           if k in _STRUCTURE or not hers(v)}  # fmt: skip
+    anchor = event_anchor(payload, cfg, trusted)
+    if event_anchor(out, cfg, trusted) != anchor:
+        # the event's own anchor stays (its profile is made from it); the anchor's identifier stays with it
+        out.update({k: payload[k] for k in ("userId", "anonymousId") if k in payload})
+    return out
+
+
+def _unclaim(conn: Connection, ws: str, claimants: list[str], idents: set[str], person: Person,
+             aliased: dict[str, str]) -> int:  # fmt: skip
     """Take the erased person's identifiers out of the claimants' events, then rebuild the claimants' profiles from
-    their links and events, so that no trait, export or replay of theirs holds the person's email any more."""
+    their links and events, so that no trait, export or replay of theirs holds the person's email any more.
+
+    Her identifier values go from every value of the claimants' events, whatever their key (a ``backup_email``
+    trait, a property), and the identifiers of the claimants that are her values under another kind (``aliased``)
+    go with their links, except one that anchors an event of theirs: the event's profile is made from it."""
     if not claimants:
         return 0
     from chorus import workspaces as ws_api
@@ -131,15 +234,34 @@ def _unclaim(conn: Connection, ws: str, claimants: list[str], idents: set[str], 
 
     settings = ws_api.get(conn, ws)
     cfg = settings.identity
+    hers = _Hers(idents | set(aliased), cfg)
     redacted = 0
+    anchors: set[str | None] = set()
     for row in conn.execute(
-        sa.select(events.c.seq, events.c.payload).where(events.c.workspace_id == ws, events.c.profile_id.in_(claimants))
+        sa.select(events.c.seq, events.c.payload, events.c.trusted).where(
+            events.c.workspace_id == ws, events.c.profile_id.in_(claimants)
+        )
     ).all():
-        clean = without_identifiers(row.payload, cfg, idents)
+        clean = _without_her_values(without_identifiers(row.payload, cfg, idents), hers, cfg, row.trusted)
+        anchors.add(event_anchor(clean, cfg, row.trusted))
         if clean != row.payload:
-            conn.execute(events.update().where(events.c.seq == row.seq).values(payload=clean))
+            # the columns copied from the payload follow it
+            cols = {"user_id": id_text(clean.get("userId")),
+                    "anonymous_id": id_text(clean.get("anonymousId"), "anonymous_id")}  # fmt: skip
+            conn.execute(events.update().where(events.c.seq == row.seq).values(payload=clean, **cols))
             person.rewritten_events.append(row.seq)
             redacted += 1
+    drop = sorted(i for i, p in aliased.items() if p in claimants and i not in anchors)
+    left = set(conn.execute(sa.select(identifiers.c.profile_id).where(
+        identifiers.c.workspace_id == ws, identifiers.c.profile_id.in_(claimants),
+        identifiers.c.ident.not_in(drop) if drop else sa.true())).scalars())  # fmt: skip
+    # a profile keeps at least one identifier: without one nothing would rebuild it (an anchor keeps it anyway)
+    drop = [i for i in drop if aliased[i] in left]
+    for k in range(0, len(drop), 500):
+        part = drop[k : k + 500]
+        for side in (identity_links.c.a, identity_links.c.b):  # a statement each: each side probes its own index
+            conn.execute(identity_links.delete().where(identity_links.c.workspace_id == ws, side.in_(part)))
+        conn.execute(identifiers.delete().where(identifiers.c.workspace_id == ws, identifiers.c.ident.in_(part)))
     seeds = set(
         conn.execute(
             sa.select(identifiers.c.ident).where(
