@@ -15,6 +15,7 @@ from chorus.collect.channels import infer_channel
 from chorus.identity.identifiers import id_text
 from chorus.safejson import problem, text_problem
 from chorus.timeutil import iso, parse_ts
+from chorus.workspaces import TRUSTED_KINDS
 
 TYPES = ("identify", "track", "page", "screen", "group", "alias")
 SHORT_PATHS = {"i": "identify", "t": "track", "p": "page", "s": "screen", "g": "group", "a": "alias"}
@@ -107,9 +108,23 @@ def event_time(original: datetime | None, sent_at: datetime | None, received_at:
     return original, "as sent"
 
 
-def content_message_id(msg: dict) -> str:
-    """Clients normally send messageId; without one, identical retries still deduplicate by content."""
-    return "chorus-" + hashlib.sha256(orjson.dumps(msg, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+# The messageId prefixes of ids Chorus derives itself: ``imp-`` an import row's (importer), ``chorus-`` a message's
+# sent without one (content_message_id) and Chorus' own records (journeys, segments, messaging, consent). A workspace
+# stores a messageId once whoever sent it, so a public (client) key that could send one of these would file its
+# forgery first and turn the trusted row (a receipt imported later, a consent change) into an ignored duplicate.
+RESERVED_ID_PREFIXES = ("imp-", "chorus-")
+
+
+def content_message_id(msg: dict, trusted: bool = False) -> str:
+    """Clients normally send messageId; without one, identical retries still deduplicate by content.
+
+    An untrusted (client) sender's content is hashed in its own domain: a browser that sends first the very body
+    the brand's server will send must not make the server's copy (a trusted identify linking userId and email) a
+    duplicate of its own. A trusted sender's id is the content's hash alone, as it always was (ids already stored
+    and retries across an upgrade still match); a JSON object starts with ``{``, so the two never hash the same.
+    Untrusted unless told: an id that cannot collide with a trusted one is the safe one to get by default."""
+    content = orjson.dumps(msg, option=orjson.OPT_SORT_KEYS)
+    return "chorus-" + hashlib.sha256(content if trusted else b"untrusted\x1f" + content).hexdigest()[:32]
 
 
 def _check_external_ids(ctx: dict) -> None:
@@ -177,8 +192,15 @@ def normalise(
         return Rejection("batch", f"message is larger than {max_bytes // 1024} KB",
                          _message_id(msg.get("messageId")), msg)  # fmt: skip
     message_id = msg.get("messageId")
+    trusted = source_kind in TRUSTED_KINDS
     try:
-        message_id = _id(message_id, "messageId") or content_message_id(msg)
+        sent_id = _id(message_id, "messageId")
+        if sent_id is not None and not trusted and sent_id.startswith(RESERVED_ID_PREFIXES):
+            # a trusted source (the brand's server replaying Chorus' own events, say) may keep these ids
+            prefix = next(p for p in RESERVED_ID_PREFIXES if sent_id.startswith(p))
+            raise _Bad("messageId", f"messageId starts with {prefix!r}, which Chorus reserves for the ids it makes "
+                                    "itself (imports, messages sent without messageId): send another id, or none")
+        message_id = sent_id or content_message_id(msg, trusted)
         mtype = forced_type or msg.get("type")
         if not mtype:
             raise _Bad("type", "type is missing")
