@@ -228,7 +228,8 @@ def enter(
     for p in profile_ids:
         insert = pg_sql.insert if conn.dialect.name == "postgresql" else sqlite_sql.insert
         stmt = insert(segment_members).values(workspace_id=ws, segment_id=segment_id, profile_id=p, since=at)
-        if conn.execute(stmt.on_conflict_do_nothing()).rowcount:
+        # RETURNING, not rowcount: PostgreSQL's driver answers -1 (true) for an INSERT here, new row or not
+        if conn.execute(stmt.on_conflict_do_nothing().returning(segment_members.c.profile_id)).first() is not None:
             done.append(p)
     _history(conn, ws, segment_id, done, "entered", at, cause)
     return done
