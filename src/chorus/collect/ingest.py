@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
@@ -20,6 +22,7 @@ from chorus.store.tables import events, rejected_events
 from chorus.workspaces import Source
 
 MAX_REJECTED_PAYLOAD = 64 * 1024  # characters of a refused payload kept (a tracked message is at most 32 KB)
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # in a Python str every surrogate is lone (pairs are decoded)
 
 
 @dataclass
@@ -78,9 +81,69 @@ def rejection_row(workspace_id: str, source_id: str | None, received_at: datetim
 
 
 def rejected_payload(payload: object) -> str:
-    if isinstance(payload, str):  # already text (a line that was not JSON)
-        return safejson.escape(payload)[:MAX_REJECTED_PAYLOAD]
-    return safejson.dumps_lossy(without_credentials(payload), max_chars=MAX_REJECTED_PAYLOAD)
+    """What is kept of a refused payload: JSON text that always reads back (export and erasure parse it), at most
+    MAX_REJECTED_PAYLOAD characters. Lone surrogates become U+FFFD (no JSON parser that writes UTF-8 reads them
+    back; dumps_lossy would keep them as ``\\ud800`` escapes); a payload longer than the cap becomes
+    ``{"_truncated": true, "text": "<its first characters>"}``, never a cut-off fragment of JSON."""
+    if isinstance(payload, str):  # text, not a JSON value (a message that was a string): kept as a JSON string
+        return _json_within(_without_lone_surrogates(payload), MAX_REJECTED_PAYLOAD)
+    value = without_credentials(payload)
+    text = safejson.dumps_lossy(value, max_chars=MAX_REJECTED_PAYLOAD)
+    if "\\ud" in text or "\\uD" in text:  # an escaped surrogate, maybe lone (dumps_lossy writes them escaped)
+        text = safejson.dumps_lossy(_without_lone_surrogates(value), max_chars=MAX_REJECTED_PAYLOAD)
+    try:
+        orjson.loads(text)
+        return text
+    except orjson.JSONDecodeError:  # cut at the cap (or anything else it cannot read back): say so, in JSON
+        return orjson.dumps({"_truncated": True, "text": _cut_to_json(text, MAX_REJECTED_PAYLOAD - 40)}).decode()
+
+
+def _json_within(text: str, limit: int) -> str:
+    """``text`` as a JSON string, or the truncation object when that would pass ``limit`` characters."""
+    out = orjson.dumps(text).decode()
+    if len(out) <= limit:
+        return out
+    return orjson.dumps({"_truncated": True, "text": _cut_to_json(text, limit - 40)}).decode()
+
+
+def _cut_to_json(text: str, limit: int) -> str:
+    """The longest start of ``text`` whose JSON string is at most ``limit`` characters (quotes and backslashes
+    double, control characters take six)."""
+    low, high = 0, min(len(text), limit)  # a binary search: the rare path of a refused over-long payload
+    while low < high:
+        mid = (low + high + 1) // 2
+        if len(orjson.dumps(text[:mid]).decode()) <= limit:
+            low = mid
+        else:
+            high = mid - 1
+    return text[:low]
+
+
+def _without_lone_surrogates(value: object) -> object:
+    """``value`` with every lone surrogate in its strings and keys replaced by U+FFFD (a copy; any depth)."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if not isinstance(value, dict | list):
+        return value
+    root: list = [None]
+    stack: list[tuple[object, object, object]] = [(value, root, 0)]
+    while stack:
+        node, parent, slot = stack.pop()
+        if isinstance(node, dict):
+            copy: object = {}
+            for k, v in node.items():
+                key = _LONE_SURROGATE.sub("\ufffd", k) if isinstance(k, str) else k
+                copy[key] = None
+                stack.append((v, copy, key))
+        elif isinstance(node, list):
+            copy = [None] * len(node)
+            stack.extend((v, copy, i) for i, v in enumerate(node))
+        elif isinstance(node, str):
+            copy = _LONE_SURROGATE.sub("\ufffd", node)
+        else:
+            copy = node
+        parent[slot] = copy
+    return root[0]
 
 
 def without_credentials(payload: object) -> object:

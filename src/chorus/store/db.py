@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import decimal
 import fcntl
 import hashlib
@@ -10,6 +11,8 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -228,11 +231,32 @@ def _sqlite_end(conn) -> None:
         queue.release(record)
 
 
-def read_only(engine: Engine) -> sa.Connection:
-    """A connection for reads only. On SQLite every other transaction takes the write lock at BEGIN (see
-    create_engine), so reads that do not need it (what to deliver, profiles to render) use this instead and never
-    wait for a writer. Writing through it on SQLite can fail with "database is locked"."""
-    return engine.connect().execution_options(chorus_read_only=True)
+@contextlib.contextmanager
+def read_only(engine: Engine) -> Iterator[sa.Connection]:
+    """A connection for reads only, as ``with read_only(engine) as conn``. On SQLite every other transaction takes
+    the write lock at BEGIN (see create_engine), so reads that do not need it (what to deliver, profiles to render)
+    use this instead and never wait for a writer. Writing through it on SQLite can fail with "database is locked".
+
+    Every cursor it opened is closed when the block ends, however it ends. A result left half-read (an exception
+    while iterating it, a loop left early, a generator still holding it) keeps its SQLite statement running, and
+    with it a read snapshot, after the ROLLBACK that returns the connection to the pool (Python's sqlite3 no longer
+    resets statements on rollback); the next transaction on that pooled connection then cannot take the write lock
+    once anyone has written since ("database is locked" at once, whatever busy_timeout), until the process ends."""
+    conn = engine.connect().execution_options(chorus_read_only=True)
+    cursors: weakref.WeakSet = weakref.WeakSet()
+    sa.event.listen(conn, "after_cursor_execute", lambda _c, cursor, *_a: cursors.add(cursor))
+    try:
+        yield conn
+    finally:
+        try:
+            for cursor in list(cursors):
+                try:
+                    cursor.close()  # resets its statement: ends the read; closing a closed cursor does nothing
+                except Exception:  # noqa: BLE001 - a cursor that cannot close must not keep the connection
+                    conn.invalidate()
+                    break
+        finally:
+            conn.close()
 
 
 def any_row(engine: Engine, query) -> bool:
