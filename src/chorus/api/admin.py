@@ -13,6 +13,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
+from chorus import safejson
 from chorus import workspaces as ws_api
 from chorus.api import listing
 from chorus.api.common import JSON, Services
@@ -167,11 +168,26 @@ def list_imports(ws: WS, svc: SVC, limit: Limit = 50, cursor: Cursor = None):
 
 @router.post("/imports", summary="Import an offline file (.csv, .jsonl, .parquet) as events")
 async def post_import(
-    ws: WS, svc: SVC,
+    request: Request, ws: WS, svc: SVC,
     file: Annotated[UploadFile, File(description="the file; its extension picks the format")],
     source: Annotated[str, Form(description="store, call_center, catalog, ...")],
     mapping: Annotated[str | None, Form(description="mapping as JSON (see docs/import.md)")] = None,
 ):  # fmt: skip
+    # FastAPI hands over the last of repeated parts: a second file (or source, or mapping) would be dropped
+    # without a word, so the request is refused instead (the form is the one the guard already parsed)
+    form = await request.form()
+    for part in ("file", "source", "mapping"):
+        given = len(form.getlist(part))
+        if given > 1:
+            once = "send one file per import" if part == "file" else "give it once"
+            raise ChorusError(f"{part} is given {given} times; {once}", field=part)
+    if mapping is not None:
+        # the mapping's JSON is read by a parser that keeps the last of repeated keys: say so, as for every
+        # definition the admin API takes (chorus.api.guard)
+        duplicated = safejson.duplicate_key(mapping, "mapping")
+        if duplicated:
+            raise ChorusError(f"{duplicated}: this key appears more than once in its object; give it once",
+                              field="mapping")  # fmt: skip
     name = os.path.basename(file.filename or "upload")
     suffix = os.path.splitext(name)[1].lower()
     if suffix not in (".csv", ".jsonl", ".ndjson", ".parquet"):

@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from chorus import metrics, safejson
 from chorus.api.common import JSON, Services, error_response, write_key
+from chorus.api.guard import FORM_TYPES
 from chorus.collect import ingest
 from chorus.collect.messages import (
     MAX_BATCH_BYTES,
@@ -27,7 +28,7 @@ from chorus.collect.messages import (
     merge_batch_defaults,
     normalise,
 )
-from chorus.errors import ChorusError, Saturated, Unauthorized
+from chorus.errors import ChorusError, Saturated, Unauthorized, UnsupportedMediaType
 from chorus.timeutil import utcnow
 from chorus.workspaces import verification
 
@@ -36,6 +37,7 @@ router = APIRouter(prefix="/v1", tags=["tracking"])
 # A body nested deeper than the JSON parser goes (orjson: 1024 levels) cannot be split into messages: it is a
 # malformed request as a whole. Anything shallower is parsed and each message checked against safejson's 64.
 PARSER_DEPTH = 1024
+UTF8_BOM = b"\xef\xbb\xbf"
 
 # ISO-8601, or epoch seconds or milliseconds as a number or a string of 9 to 13 digits (timeutil.parse_ts)
 _TIME = {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "number"},
@@ -128,8 +130,16 @@ async def _read_capped(request: Request) -> bytes:
 async def _handle(request: Request, kind: str) -> JSON:
     svc: Services = request.app.state.services
     try:
+        # a form is never JSON: say what to send rather than where the JSON parser stumbled on the boundary line
+        media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if media in FORM_TYPES:
+            raise UnsupportedMediaType(
+                f"the body must be JSON: send it as application/json or text/plain, not {media}", field="Content-Type"
+            )
         raw = await _read_capped(request)
         body = _inflate(raw, request.headers.get("content-encoding", ""))
+        if body.startswith(UTF8_BOM):  # some clients (on Windows) write one before the JSON; it is not part of it
+            body = body[len(UTF8_BOM) :]
         if kind != "batch" and len(body) > MAX_MESSAGE_BYTES:
             raise ChorusError("message is larger than 32 KB", field="body")
         # Parsed, not checked: each message is checked by normalise, so one bad message is rejected alone.

@@ -253,6 +253,13 @@ def _read_mapping_file(path: Path) -> dict:
             raise MappingError(f"mapping file {path.name!r} is nested too deeply") from None
         except ValueError:
             raise MappingError(_not_json(text, f"mapping file {path.name!r}")) from None
+        # the parser keeps the last of repeated keys: a mapping that says a key twice is a mistake to name (as the
+        # admin API names it in a mapping given as JSON)
+        duplicated = safejson.duplicate_key(text, "mapping")
+        if duplicated:
+            raise MappingError(
+                f"mapping file {path.name!r}: {duplicated} appears more than once in its object; give it once"
+            )
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -942,9 +949,22 @@ def _iter_jsonl(path: Path, builder: _Builder) -> Iterator[tuple[int, dict | Row
                 yield line, RowError(line, None, _TOO_DEEP)
                 continue
             if not isinstance(row, dict):
-                yield line, RowError(line, None, f"line is a JSON {type(row).__name__}, not an object")
+                yield line, RowError(line, None, f"line is {_json_kind(row)}, not an object (column: value pairs)")
                 continue
             yield line, builder.build(row, list(row), line)
+
+
+def _json_kind(value: Any) -> str:
+    """What a JSON value is, in the words of the JSON text (never a Python type name such as NoneType)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):  # before the numbers: a bool is an int in Python
+        return "true" if value else "false"
+    if isinstance(value, int | float | Decimal):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "a JSON value"
 
 
 def _iter_parquet(path: Path, builder: _Builder) -> Iterator[tuple[int, dict | RowError]]:

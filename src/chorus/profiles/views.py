@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from chorus.errors import ChorusError, NotFound
-from chorus.identity.identifiers import IdentityConfig, kind_of, normalise_email, normalise_phone, value_of
+from chorus.identity.identifiers import IdentityConfig, id_text, kind_of, normalise_email, normalise_phone, value_of
 from chorus.profiles import computed
 from chorus.profiles.state import public_view
 from chorus.store import bulk
@@ -47,8 +47,12 @@ def lookup_ident(cfg: IdentityConfig, *, email=None, phone=None, user_id=None, a
             value = normalise_email(value)
         elif kind == "phone":
             value = normalise_phone(value, cfg.default_region)
+        else:  # as ingestion stores them: user and anonymous ids kept as sent, a declared one's spaces trimmed
+            value = id_text(value, kind)
     except ValueError as exc:
         raise ChorusError(f"{kind}: {exc}", field=kind) from None
+    if value is None:
+        raise ChorusError(f"{kind} must be text that is not blank, or a whole number", field=kind)
     return f"{kind}:{value}"
 
 

@@ -8,6 +8,8 @@ import uuid
 from dataclasses import dataclass
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg_sql
+from sqlalchemy.dialects import sqlite as sqlite_sql
 from sqlalchemy.engine import Connection, Engine
 
 from chorus.errors import Conflict, NotFound, Unauthorized
@@ -212,18 +214,24 @@ def internal_source(conn: Connection, ws_id: str, kind: str, name: str) -> Sourc
     hit = _INTERNAL.get((ws_id, kind, name))
     if hit is not None:
         return hit
-    row = conn.execute(
-        sa.select(sources).where(sources.c.workspace_id == ws_id, sources.c.name == name, sources.c.kind == kind)
-    ).first()
+    query = sa.select(sources).where(sources.c.workspace_id == ws_id, sources.c.name == name, sources.c.kind == kind)
+    row = conn.execute(query).first()
     if row is None:
+        # Two first uses at once (two imports naming a new channel) both find no row: a plain INSERT would make the
+        # second fail on uq_sources_workspace_id_name. ON CONFLICT DO NOTHING waits for the other transaction
+        # and, if it committed, inserts nothing; the second read (a new snapshot) then sees the other's row.
         sid = "src_" + uuid.uuid4().hex[:20]
-        conn.execute(
-            sources.insert().values(
-                id=sid, workspace_id=ws_id, name=name, kind=kind, key_hash=key_hash(secrets.token_hex(32)),
-                public_key=None, created_at=utcnow(),
-            )
-        )  # fmt: skip
-        return Source(sid, ws_id, name, kind)  # not cached until committed and read back
+        insert = pg_sql.insert if conn.dialect.name == "postgresql" else sqlite_sql.insert
+        stmt = insert(sources).values(
+            id=sid, workspace_id=ws_id, name=name, kind=kind, key_hash=key_hash(secrets.token_hex(32)),
+            public_key=None, created_at=utcnow(),
+        ).on_conflict_do_nothing(index_elements=[sources.c.workspace_id, sources.c.name])  # fmt: skip
+        # RETURNING, not rowcount: SQLAlchemy answers -1 for an INSERT's rowcount on PostgreSQL (not kept by default)
+        if conn.execute(stmt.returning(sources.c.id)).first() is not None:
+            return Source(sid, ws_id, name, kind)  # not cached until committed and read back
+        row = conn.execute(query).first()
+        if row is None:  # the name is taken by a source of another kind: no internal source can have it
+            raise Conflict(f"source {name!r} already exists as another kind of source", field="source")
     src = _INTERNAL[(ws_id, kind, name)] = Source(row.id, ws_id, row.name, row.kind)
     return src
 
