@@ -14,7 +14,6 @@ from chorus.identity.identifiers import (
     kind_of,
     normalise_email,
     normalise_phone,
-    trait_ident,
     value_of,
 )
 from chorus.registry import Person
@@ -135,26 +134,14 @@ def _claimants(conn: Connection, ws: str, pid: str, idents: list[str]) -> list[s
 
 
 def _aliased(conn: Connection, ws: str, pid: str, idents: list[str]) -> dict[str, str]:
-    """The identifiers of other profiles whose value is one of hers under another kind (``anonymous_id:<her user
-    id>``, made by a browser's ``alias`` with her user id as ``previousId``), each with its profile. Values are
-    normalised as identifiers are: an email lower-cased, a phone in E.164, a user or anonymous id as sent."""
-    from chorus import workspaces as ws_api
-
-    cfg = ws_api.get(conn, ws).identity
+    """The identifiers of other profiles that are her user id made an anonymous id (``anonymous_id:<her user id>``,
+    made by a browser's ``alias`` with her user id as ``previousId``), each with its profile. Only that shape: her
+    values under any other kind are other people's own (review: an unrelated customer whose loyalty id was her
+    numeric user id lost it, and every value equal to it in his events)."""
     hers = set(idents)
-    kinds = {"user_id", "anonymous_id", "email", "phone", *cfg.declared}
-    candidates: set[str] = set()
-    for value in {value_of(i) for i in idents}:
-        for kind in kinds:
-            try:
-                ident = trait_ident(kind, value, cfg) if kind in ("email", "phone") else None
-            except ValueError:
-                continue
-            if kind not in ("email", "phone"):
-                text = id_text(value, kind)
-                ident = None if text is None else f"{kind}:{text}"
-            if ident is not None and len(ident) <= MAX_IDENT_LEN and ident not in hers:
-                candidates.add(ident)
+    candidates = {f"anonymous_id:{text}" for i in idents if kind_of(i) == "user_id"
+                  if (text := id_text(value_of(i), "anonymous_id")) is not None}  # fmt: skip
+    candidates = {c for c in candidates if len(c) <= MAX_IDENT_LEN and c not in hers}
     out: dict[str, str] = {}
     found = sorted(candidates)
     for k in range(0, len(found), 500):
@@ -175,9 +162,9 @@ class _Hers:
         self.values = {value_of(i) for i in idents}
 
     def __call__(self, value: object) -> bool:
-        if isinstance(value, bool) or not isinstance(value, str | int):
+        if not isinstance(value, str):  # identifiers are text: a number equal to a numeric user id is not hers
             return False
-        text = str(value)
+        text = value
         if text in self.values or text.strip() in self.values:
             return True
         try:
