@@ -56,3 +56,21 @@ def test_outside_a_transaction_a_count_is_made_at_once(engine):
     with engine.connect() as conn:
         metrics.after_commit(conn, lambda: n.append(1))
         assert n == [1]
+
+
+def feed_changes() -> float:
+    return metrics.REGISTRY.get_sample_value("chorus_feed_changes_total") or 0
+
+
+def test_feed_changes_count_when_their_transaction_commits(engine, workspace):
+    """Review: the feed writes its changes in the commit event itself, after after_commit's counts had run, so a
+    count it deferred was never made."""
+    from chorus.profiles import feed
+
+    before = feed_changes()
+    with pytest.raises(RuntimeError), engine.begin() as conn:
+        feed.record(conn, workspace["id"], [feed.Change("p1", "event")])
+        raise RuntimeError("rolled back")
+    with engine.begin() as conn:
+        feed.record(conn, workspace["id"], [feed.Change("p1", "event"), feed.Change("p2", "event")])
+    assert feed_changes() == before + 2

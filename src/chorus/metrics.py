@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import weakref
 from collections.abc import Callable
 
@@ -9,6 +10,7 @@ from prometheus_client import GC_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
+log = logging.getLogger("chorus.metrics")
 REGISTRY = CollectorRegistry(auto_describe=True)
 # The standard process and collector metrics (python_gc_*, process_*): memory, CPU, and how often the cyclic
 # collector runs in each generation, which chorus.gctune changes (decision 0041)
@@ -86,7 +88,10 @@ def after_commit(conn: Connection, count: Callable[[], object]) -> None:
 def _committed(conn: Connection) -> None:
     _marks.pop(conn, None)
     for count in _pending.pop(conn, ()):
-        count()
+        try:
+            count()
+        except Exception:  # a count must never fail the commit it follows
+            log.exception("a metric could not be counted")
 
 
 @event.listens_for(Engine, "rollback")
