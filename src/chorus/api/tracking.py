@@ -130,12 +130,7 @@ async def _read_capped(request: Request) -> bytes:
 async def _handle(request: Request, kind: str) -> JSON:
     svc: Services = request.app.state.services
     try:
-        # a form is never JSON: say what to send rather than where the JSON parser stumbled on the boundary line
         media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-        if media in FORM_TYPES:
-            raise UnsupportedMediaType(
-                f"the body must be JSON: send it as application/json or text/plain, not {media}", field="Content-Type"
-            )
         raw = await _read_capped(request)
         body = _inflate(raw, request.headers.get("content-encoding", ""))
         if body.startswith(UTF8_BOM):  # some clients (on Windows) write one before the JSON; it is not part of it
@@ -143,7 +138,15 @@ async def _handle(request: Request, kind: str) -> JSON:
         if kind != "batch" and len(body) > MAX_MESSAGE_BYTES:
             raise ChorusError("message is larger than 32 KB", field="body")
         # Parsed, not checked: each message is checked by normalise, so one bad message is rejected alone.
-        doc = safejson.parse(body, "body", max_depth=PARSER_DEPTH)
+        try:
+            doc = safejson.parse(body, "body", max_depth=PARSER_DEPTH)
+        except ChorusError:
+            # JSON labelled as a form is still JSON (`curl -d '{…}'` labels it so: review), but a real form is
+            # not: say what to send rather than where the JSON parser stumbled on the boundary line
+            if media in FORM_TYPES:
+                raise UnsupportedMediaType(f"the body must be JSON: send it as application/json or text/plain, "
+                                           f"not {media}", field="Content-Type") from None  # fmt: skip
+            raise
         if not isinstance(doc, dict):
             raise ChorusError("body must be a JSON object", field="body")
         key = write_key(request.headers, doc)
