@@ -207,23 +207,28 @@ def test_the_file_sink_keeps_the_message_smtputf8_would_send(tmp_path, monkeypat
     assert read["msg_idn"]["To"].addresses[0].addr_spec == "ana@xn--bcher-kva.example"
 
 
+def _sendgrid_send(standin, address) -> None:
+    """Send to ``address`` through a SendGrid provider on ``standin``."""
+    with _ASGIThread(standin.app) as srv:
+        conf = {"type": "sendgrid", "api_key_env": "CHORUS_SENDGRID_KEY", "from": "news@shop.example",
+                "base_url": srv.base_url}  # fmt: skip
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("CHORUS_SENDGRID_KEY", standin.api_key)
+            p = build(conf, "p")
+        try:
+            p.send(_out(address))
+        finally:
+            p.close()
+
+
 def test_sendgrid_refuses_a_non_ascii_address_in_its_words_never_as_may_have_gone_out():
     """SendGrid takes the address in JSON (no encoding to fail on) and its API answers for it: the stand-in, as
     SendGrid's validator, refuses it with a 400 naming the field, which is a permanent failure in those words."""
     from tests.standins.sendgrid import SendGridStandIn
 
     standin = SendGridStandIn("SG.test-key.0123456789")
-    with _ASGIThread(standin.app) as srv:
-        conf = {"type": "sendgrid", "api_key_env": "CHORUS_SENDGRID_KEY", "from": "news@shop.example",
-                "base_url": srv.base_url}  # fmt: skip
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("CHORUS_SENDGRID_KEY", "SG.test-key.0123456789")
-            p = build(conf, "p")
-        try:
-            with pytest.raises(PermanentError, match=r"valid address\. \(field personalizations\.0\.to\.0\.email\)"):
-                p.send(_out("josé@example.com"))
-        finally:
-            p.close()
+    with pytest.raises(PermanentError, match=r"valid address\. \(field personalizations\.0\.to\.0\.email\)"):
+        _sendgrid_send(standin, "josé@example.com")
     assert standin.sent == []
 
 
@@ -233,16 +238,7 @@ def test_sendgrid_sends_an_idn_domain_as_punycode():
     from tests.standins.sendgrid import SendGridStandIn
 
     standin = SendGridStandIn("SG.test-key.0123456789")
-    with _ASGIThread(standin.app) as srv:
-        conf = {"type": "sendgrid", "api_key_env": "CHORUS_SENDGRID_KEY", "from": "news@shop.example",
-                "base_url": srv.base_url}  # fmt: skip
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("CHORUS_SENDGRID_KEY", "SG.test-key.0123456789")
-            p = build(conf, "p")
-        try:
-            p.send(_out("ana@straße.de"))
-        finally:
-            p.close()
+    _sendgrid_send(standin, "ana@straße.de")
     (sent,) = standin.sent
     assert sent["body"]["personalizations"][0]["to"] == [{"email": "ana@xn--strae-oqa.de"}]
 
