@@ -29,8 +29,8 @@ def test_the_installed_packages_register_every_part_once():
     assert [t.name for t in r.tasks()] == ["resolve", "activity_backfill", "feed", "segment_timers", "segment_batch",
                                        "journey_schedule", "journey_timers", "journey_sweep", "journey_webhooks",
                                        "deliver", "audience_follow", "audience_changes"]  # fmt: skip
-    assert set(r.setting_keys) == {"default_region", "identifiers", "trait_policies", "messaging", "audiences",
-                                   "attribution", "journeys"}  # fmt: skip
+    assert set(r.setting_keys) == {"default_region", "identifiers", "identifier_limits", "trait_policies",
+                                   "messaging", "audiences", "attribution", "journeys"}  # fmt: skip
     with pytest.raises(RuntimeError, match="frozen"):  # the process-wide registry cannot be changed behind its back
         r.setting("probe", lambda v: v)
 
@@ -197,6 +197,11 @@ def test_a_setting_hook_hears_a_change_in_its_transaction_and_only_a_change(engi
     ({"nope": 1}, r"^settings\.nope is not a known setting$"),
     ({"default_region": "XX"}, r"^settings\.default_region 'XX' is not a known region$"),
     ({"identifiers": {"email": {}}}, r"^settings\.identifiers\.email: not an allowed identifier name$"),
+    ({"identifier_limits": {"user_id": 2}}, r"^settings\.identifier_limits\.user_id: a profile always has at most "),
+    ({"identifier_limits": {"anonymous_id": 0}}, r"^settings\.identifier_limits\.anonymous_id must be a whole number "),
+    ({"identifier_limits": {"anonymous_id": True}}, r"^settings\.identifier_limits\.anonymous_id must be a whole "),
+    ({"identifier_limits": {"a b": 3}}, r"^settings\.identifier_limits\.a b: not an identifier name$"),
+    ({"identifier_limits": [1]}, r"^settings\.identifier_limits must be an object"),
     ({"trait_policies": {"visits": "avg"}}, r"^settings\.trait_policies: each policy must be one of "),
     ({"messaging": {"colour": "red"}}, r"^settings\.messaging\.colour is not a messaging setting$"),
     ({"messaging": {"timezone": "America"}}, r"^settings\.messaging\.timezone 'America' is not an IANA time zone$"),

@@ -91,9 +91,9 @@ def scenario(draw):
     return evs, order, cuts
 
 
-def _run(engine, evs, order, cuts):
+def _run(engine, evs, order, cuts, extra_settings=None):
     ws = workspaces.create(engine, "prop-" + uuid.uuid4().hex[:8])["id"]
-    workspaces.update_settings(engine, ws, {"trait_policies": {"visits": "sum"}})
+    workspaces.update_settings(engine, ws, {"trait_policies": {"visits": "sum"}, **(extra_settings or {})})
     bounds = [0, *cuts, len(order)]
     for lo, hi in zip(bounds, bounds[1:], strict=False):
         chunk = [evs[i] for i in order[lo:hi]]
@@ -107,15 +107,19 @@ def _run(engine, evs, order, cuts):
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(scenario())
 def test_profiles_do_not_depend_on_arrival_order(engine, data):
+    check_order_independence(engine, data)
+
+
+def check_order_independence(engine, data, extra_settings=None):
     evs, order, cuts = data
     in_time = sorted(range(len(evs)), key=lambda i: (evs[i][0]["timestamp"], evs[i][0]["messageId"]))
-    part_a, states_a = _run(engine, evs, in_time, [])
-    part_b, states_b = _run(engine, evs, order, cuts)
+    part_a, states_a = _run(engine, evs, in_time, [], extra_settings)
+    part_b, states_b = _run(engine, evs, order, cuts, extra_settings)
     assert part_a == part_b
     assert states_a == states_b
 
     # and both equal the reference semantics: replaying the links in key order
-    cfg = IdentityConfig.from_settings(workspaces.default_settings())
+    cfg = IdentityConfig.from_settings({**workspaces.default_settings(), **(extra_settings or {})})
     links = []
     for msg, trusted, received in evs:
         norm = normalise(msg, received_at=received, source_kind="server" if trusted else "client")

@@ -11,4 +11,5 @@ def register(registry) -> None:
     registry.task("resolve", Resolution, step=Step.UNIFY, label="identity resolution batch")
     registry.setting("default_region", settings.validate_default_region)
     registry.setting("identifiers", settings.validate_identifiers)
+    registry.setting("identifier_limits", settings.validate_identifier_limits)
     registry.erasure("identity", erasure.forget, tables=erasure.TABLES, phase=Phase.IDENTITY)

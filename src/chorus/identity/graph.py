@@ -23,6 +23,10 @@ bring new identifiers into the profile that holds its own proven user id (her ne
 moves anonymous identifiers (a visitor becoming a customer reads nothing) into a profile that was known before
 its event.
 - Survivor: a known profile beats an anonymous one; otherwise the earliest created; ties by id.
+
+Limits (``identifier_limits``): a profile holds at most n values of a limited kind, whoever sends the link. A link
+that would take it past n is refused like a second user id: the newcomer gets a profile of its own, or the two
+profiles stay apart. In key order, so the first n values seen keep their place whatever the arrival order.
 """
 
 from __future__ import annotations
@@ -80,6 +84,7 @@ class Graph:
         self.refusals: list[tuple[Link, str]] = []
         self._unique = cfg.unique_kinds
         self._anon = cfg.anonymous_kinds
+        self._limits = {k: n for k, n in cfg.limits.items() if k not in self._unique}
         # Identifiers that got their profile from links of the key being applied (one event): a profile known
         # only through them was not known before that event (a sign-up), see :meth:`claim_guard`.
         self._at: Key | None = None
@@ -139,6 +144,18 @@ class Graph:
                 return f"different {k}"
         return None
 
+    def over_limit(self, held: set[str], coming: Iterable[str]) -> str | None:
+        """Would ``coming`` take a profile holding ``held`` past a kind's limit? Counted only for kinds that
+        arrive, so an ordinary link costs nothing."""
+        if not self._limits:
+            return None
+        new = [i for i in coming if i not in held]
+        for k in sorted({kind_of(i) for i in new} & self._limits.keys()):
+            n = sum(1 for i in held if kind_of(i) == k) + sum(1 for i in new if kind_of(i) == k)
+            if n > self._limits[k]:
+                return f"more than {self._limits[k]} {k} on one profile"
+        return None
+
     # -- transitions ----------------------------------------------------------------------------------------
     def _create(self, ident: str, key: Key) -> Node:
         node = Node(self.new_id(), key, key, {ident})
@@ -183,7 +200,11 @@ class Graph:
         if pa is None:
             assert pb is not None
             self._touch(pb, key)
-            why = self.conflict_for(link, pb.idents, [a]) or self.claim_guard(link, pb, [a])
+            why = (
+                self.conflict_for(link, pb.idents, [a])
+                or self.over_limit(pb.idents, [a])
+                or self.claim_guard(link, pb, [a])
+            )
             if why is None:
                 self._own(a, pb)
                 return pb.id
@@ -191,7 +212,11 @@ class Graph:
             return self._create(a, key).id
         self._touch(pa, key)
         if pb is None:
-            why = self.conflict_for(link, pa.idents, [b]) or self.claim_guard(link, pa, [b])
+            why = (
+                self.conflict_for(link, pa.idents, [b])
+                or self.over_limit(pa.idents, [b])
+                or self.claim_guard(link, pa, [b])
+            )
             if why is None:
                 self._own(b, pa)
             else:
@@ -201,7 +226,7 @@ class Graph:
         if pb is pa:
             return pa.id
         self._touch(pb, key)
-        why = self.conflict_for(link, pa.idents, pb.idents)
+        why = self.conflict_for(link, pa.idents, pb.idents) or self.over_limit(pa.idents, pb.idents)
         if why is None and link.trust != TRUSTED and self.known(pa) and self.known(pb):
             why = "both profiles are known and the source is not trusted"
         survivor, loser = self.survivor(pa, pb)

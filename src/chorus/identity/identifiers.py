@@ -24,6 +24,11 @@ DEFAULT_DECLARED = {
     "social_handle": {"known": True, "unique": False, "channel": "social"},
 }
 BUILTIN_KINDS = ("user_id", "email", "phone", "anonymous_id")
+# How many values of a kind one profile may hold (``identifier_limits``; Segment's identity resolution has the
+# same per-kind limits). A browser mints a new anonymous id per cookie and device, so an honest customer holds a
+# handful to a few hundred; without a bound, anyone with the public write key could attach any number to a
+# customer's profile by sending her user id, and every later event of hers would load them all.
+DEFAULT_LIMITS = {"anonymous_id": 1000}
 
 
 @dataclass(frozen=True)
@@ -32,12 +37,14 @@ class IdentityConfig:
 
     default_region: str | None = None
     declared: dict = field(default_factory=lambda: dict(DEFAULT_DECLARED))
+    limits: dict = field(default_factory=lambda: dict(DEFAULT_LIMITS))
 
     @classmethod
     def from_settings(cls, settings: dict) -> IdentityConfig:
         return cls(
             default_region=settings.get("default_region"),
             declared=dict(settings.get("identifiers", DEFAULT_DECLARED)),
+            limits=dict(settings.get("identifier_limits", DEFAULT_LIMITS)),
         )
 
     @property

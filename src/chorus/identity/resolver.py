@@ -50,6 +50,7 @@ from chorus.workspaces.verification import vouched
 
 log = logging.getLogger("chorus.identity")
 CHUNK = 5000  # SQLite allows 32,766 bound variables; PostgreSQL gets one array parameter
+CLAIM_HEADROOM = 2  # claim links stored per anchor and limited kind: this many times the kind's limit
 
 
 def _chunks(seq: list, n: int = CHUNK) -> Iterable[list]:
@@ -278,14 +279,78 @@ class _WorkspaceBatch:
                     out[pid][0].idents.add(ident)
         return out
 
-    def _existing_links(self, anchors: Iterable[str]) -> dict[tuple[str, str, int], Key]:
+    def _existing_links(self, wanted: Iterable[tuple[str, str, int]]) -> dict[tuple[str, str, int], Key]:
+        """The stored sightings of these links. Read by pair, not by anchor: an anchor has a link for every
+        identifier ever sent with it, and each event of hers would read them all."""
+        wanted = set(wanted)
+        by_a: dict[str, set[str]] = defaultdict(set)
+        for a, b, _t in wanted:
+            by_a[a].add(b)
         out = {}
-        for part in _chunks(sorted(set(anchors))):
-            q = sa.select(identity_links).where(
-                identity_links.c.workspace_id == self.ws, bulk.in_(identity_links.c.a, part, self.conn.dialect.name)
-            )
-            for r in self.conn.execute(q):
-                out[(r.a, r.b, r.trust)] = (iso(r.at), r.msg)
+        dialect = self.conn.dialect.name
+        for part in _chunks(sorted(by_a)):
+            for bpart in _chunks(sorted(set().union(*(by_a[a] for a in part)))):
+                q = sa.select(identity_links).where(
+                    identity_links.c.workspace_id == self.ws,
+                    bulk.in_(identity_links.c.a, part, dialect),
+                    bulk.in_(identity_links.c.b, bpart, dialect),
+                )
+                for r in self.conn.execute(q):
+                    if (r.a, r.b, r.trust) in wanted:
+                        out[(r.a, r.b, r.trust)] = (iso(r.at), r.msg)
+        return out
+
+    def _claims_stored(self, pairs: set[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """How many claim links of each kind each anchor has stored: ``(anchor, kind) -> n``. The primary key's
+        ``(workspace_id, a)`` finds the anchor's links; the kind is compared as text, not as a range, which a
+        database's collation may order otherwise."""
+        out: dict[tuple[str, str], int] = {}
+        by_kind: dict[str, set[str]] = defaultdict(set)
+        for a, k in pairs:
+            by_kind[k].add(a)
+        il = identity_links.c
+        for k, anchors in sorted(by_kind.items()):
+            for part in _chunks(sorted(anchors)):
+                q = (
+                    sa.select(il.a, sa.func.count())
+                    .where(il.workspace_id == self.ws, bulk.in_(il.a, part, self.conn.dialect.name))
+                    .where(sa.func.substr(il.b, 1, len(k) + 1) == f"{k}:", il.trust != TRUSTED)
+                    .group_by(il.a)
+                )
+                for a, n in self.conn.execute(q):
+                    out[(a, k)] = n
+        return out
+
+    def _cap_claims(
+        self, batch_links: dict[tuple[str, str, int], Key], existing: dict[tuple[str, str, int], Key]
+    ) -> dict[tuple[str, str, int], Key]:
+        """A claim that would store more than ``CLAIM_HEADROOM`` times a kind's limit of links from one anchor is
+        kept as its identifier alone ("it exists"), not as a link to the anchor: past that many, every such link
+        is refused by the limit anyway (``Graph.over_limit``), but stored it would grow the anchor's component,
+        which a replay walks whole. Without it anyone with the public write key could attach any number of
+        anonymous ids to a customer's user id and make each replay of her profile read them all. Trusted
+        sources are not capped (an import says what is true); the graph's limit still applies to them."""
+        unique = self.cfg.unique_kinds
+        limits = {k: n for k, n in self.cfg.limits.items() if k not in unique}
+        cand = sorted(
+            (key, a, b, t)
+            for (a, b, t), key in batch_links.items()
+            if t != TRUSTED and a != b and (a, b, t) not in existing and kind_of(b) in limits
+        )
+        if not cand:
+            return batch_links
+        stored = self._claims_stored({(a, kind_of(b)) for _k, a, b, _t in cand})
+        out = dict(batch_links)
+        for key, a, b, t in cand:  # in key order: the earliest claims of the batch take the room left
+            k = kind_of(b)
+            n = stored.get((a, k), 0)
+            if n < CLAIM_HEADROOM * limits[k]:
+                stored[(a, k)] = n + 1
+                continue
+            del out[(a, b, t)]
+            lone = (b, b, t)
+            if lone not in out or key < out[lone]:
+                out[lone] = key
         return out
 
     # -- the batch -------------------------------------------------------------------------------------------
@@ -318,7 +383,11 @@ class _WorkspaceBatch:
                 k = (ln.a, ln.b, ln.trust)
                 if k not in batch_links or ln.key < batch_links[k]:
                     batch_links[k] = ln.key
-        existing = self._existing_links({k[0] for k in batch_links})
+        existing = self._existing_links(batch_links)
+        capped = self._cap_claims(batch_links, existing)
+        if capped is not batch_links:
+            batch_links = capped
+            existing.update(self._existing_links(k for k in batch_links if k[0] == k[1] and k not in existing))
         new_links = sorted(
             Link(key, a, b, t)
             for (a, b, t), key in batch_links.items()

@@ -13,7 +13,7 @@ from sqlalchemy.dialects import sqlite as sqlite_sql
 from sqlalchemy.engine import Connection, Engine
 
 from chorus.errors import Conflict, NotFound, Unauthorized
-from chorus.identity.identifiers import DEFAULT_DECLARED, IdentityConfig
+from chorus.identity.identifiers import DEFAULT_DECLARED, DEFAULT_LIMITS, IdentityConfig
 from chorus.registry import Registry
 from chorus.registry import installed as installed_registry
 from chorus.store.tables import sources, workspaces
@@ -59,7 +59,12 @@ class Workspace:
 
 
 def default_settings() -> dict:
-    return {"default_region": None, "identifiers": dict(DEFAULT_DECLARED), "trait_policies": {}}
+    return {
+        "default_region": None,
+        "identifiers": dict(DEFAULT_DECLARED),
+        "identifier_limits": dict(DEFAULT_LIMITS),
+        "trait_policies": {},
+    }
 
 
 def _new_key(prefix: str) -> str:
