@@ -26,7 +26,8 @@ its event.
 
 Limits (``identifier_limits``): a profile holds at most n values of a limited kind, whoever sends the link. A link
 that would take it past n is refused like a second user id: the newcomer gets a profile of its own, or the two
-profiles stay apart. In key order, so the first n values seen keep their place whatever the arrival order.
+profiles stay apart. In key order, so the first n values seen keep their place whatever the arrival order. A
+trusted rename (an alias between two user ids) is the exception here too: it merges whatever they hold.
 """
 
 from __future__ import annotations
@@ -173,9 +174,14 @@ class Graph:
         if key > node.links_max:
             node.links_max = key
 
+    @staticmethod
+    def rename(link: Link) -> bool:
+        """A trusted alias between two user ids: it merges their profiles on purpose."""
+        return link.trust == TRUSTED and kind_of(link.a) == "user_id" and kind_of(link.b) == "user_id"
+
     def conflict_for(self, link: Link, left: Iterable[str], right: Iterable[str]) -> str | None:
         """A trusted alias may give a profile a second user id (a rename); no other unique kind is exempt."""
-        if link.trust == TRUSTED and kind_of(link.a) == "user_id" and kind_of(link.b) == "user_id":
+        if self.rename(link):
             lv, rv = self._unique_values(left), self._unique_values(right)
             lv.pop("user_id", None)
             rv.pop("user_id", None)
@@ -226,7 +232,9 @@ class Graph:
         if pb is pa:
             return pa.id
         self._touch(pb, key)
-        why = self.conflict_for(link, pa.idents, pb.idents) or self.over_limit(pa.idents, pb.idents)
+        why = self.conflict_for(link, pa.idents, pb.idents)
+        if why is None and not self.rename(link):  # a rename merges whatever else they hold, past a limit too
+            why = self.over_limit(pa.idents, pb.idents)
         if why is None and link.trust != TRUSTED and self.known(pa) and self.known(pb):
             why = "both profiles are known and the source is not trusted"
         survivor, loser = self.survivor(pa, pb)

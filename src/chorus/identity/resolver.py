@@ -301,9 +301,9 @@ class _WorkspaceBatch:
         return out
 
     def _claims_stored(self, pairs: set[tuple[str, str]]) -> dict[tuple[str, str], int]:
-        """How many claim links of each kind each anchor has stored: ``(anchor, kind) -> n``. The primary key's
-        ``(workspace_id, a)`` finds the anchor's links; the kind is compared as text, not as a range, which a
-        database's collation may order otherwise."""
+        """How many untrusted claim links to other identifiers of each kind each anchor has stored:
+        ``(anchor, kind) -> n``. The primary key's ``(workspace_id, a)`` finds the anchor's links; the kind is
+        compared as text, not as a range, which a database's collation may order otherwise."""
         out: dict[tuple[str, str], int] = {}
         by_kind: dict[str, set[str]] = defaultdict(set)
         for a, k in pairs:
@@ -314,44 +314,26 @@ class _WorkspaceBatch:
                 q = (
                     sa.select(il.a, sa.func.count())
                     .where(il.workspace_id == self.ws, bulk.in_(il.a, part, self.conn.dialect.name))
-                    .where(sa.func.substr(il.b, 1, len(k) + 1) == f"{k}:", il.trust != TRUSTED)
+                    .where(sa.func.substr(il.b, 1, len(k) + 1) == f"{k}:", il.b != il.a, il.trust == UNTRUSTED)
                     .group_by(il.a)
                 )
                 for a, n in self.conn.execute(q):
                     out[(a, k)] = n
         return out
 
-    def _cap_claims(
-        self, batch_links: dict[tuple[str, str, int], Key], existing: dict[tuple[str, str, int], Key]
-    ) -> dict[tuple[str, str, int], Key]:
-        """A claim that would store more than ``CLAIM_HEADROOM`` times a kind's limit of links from one anchor is
-        kept as its identifier alone ("it exists"), not as a link to the anchor: past that many, every such link
-        is refused by the limit anyway (``Graph.over_limit``), but stored it would grow the anchor's component,
-        which a replay walks whole. Without it anyone with the public write key could attach any number of
-        anonymous ids to a customer's user id and make each replay of her profile read them all. Trusted
-        sources are not capped (an import says what is true); the graph's limit still applies to them."""
-        unique = self.cfg.unique_kinds
-        limits = {k: n for k, n in self.cfg.limits.items() if k not in unique}
-        cand = sorted(
-            (key, a, b, t)
-            for (a, b, t), key in batch_links.items()
-            if t != TRUSTED and a != b and (a, b, t) not in existing and kind_of(b) in limits
-        )
-        if not cand:
-            return batch_links
-        stored = self._claims_stored({(a, kind_of(b)) for _k, a, b, _t in cand})
-        out = dict(batch_links)
-        for key, a, b, t in cand:  # in key order: the earliest claims of the batch take the room left
-            k = kind_of(b)
-            n = stored.get((a, k), 0)
-            if n < CLAIM_HEADROOM * limits[k]:
-                stored[(a, k)] = n + 1
-                continue
-            del out[(a, b, t)]
-            lone = (b, b, t)
-            if lone not in out or key < out[lone]:
-                out[lone] = key
-        return out
+    def _claim_caps(self, new_links: list[Link], g: Graph) -> tuple[dict[tuple[str, str], int], dict[str, int]]:
+        """For the untrusted claims of this batch that may be dropped (``run``): how many claim links each anchor
+        has stored per kind (counted on as the batch stores more), and each kind's cap, ``CLAIM_HEADROOM`` times its
+        limit. Only anonymous kinds that are no address (an anonymous id): their values are in no trait and reach
+        nobody, so a dropped one loses nothing but the link. A refused claim of an email or a phone gives it a
+        profile of its own, which keeps it out of the claimant's traits (``own_part``): those are still stored."""
+        caps = {k: CLAIM_HEADROOM * n for k, n in self.cfg.limits.items() if k not in self.cfg.unique_kinds}
+        wanted = {
+            (ln.a, kind_of(ln.b))
+            for ln in new_links
+            if ln.trust == UNTRUSTED and ln.a != ln.b and kind_of(ln.b) in caps and not g.claimed(ln.b)
+        }
+        return (self._claims_stored(wanted) if wanted else {}), caps
 
     # -- the batch -------------------------------------------------------------------------------------------
     def run(self, batch: list[Pending]) -> None:
@@ -384,10 +366,6 @@ class _WorkspaceBatch:
                 if k not in batch_links or ln.key < batch_links[k]:
                     batch_links[k] = ln.key
         existing = self._existing_links(batch_links)
-        capped = self._cap_claims(batch_links, existing)
-        if capped is not batch_links:
-            batch_links = capped
-            existing.update(self._existing_links(k for k in batch_links if k[0] == k[1] and k not in existing))
         new_links = sorted(
             Link(key, a, b, t)
             for (a, b, t), key in batch_links.items()
@@ -405,6 +383,8 @@ class _WorkspaceBatch:
 
         dirty_profiles: set[str] = set()
         dirty_idents: set[str] = set()
+        stored, caps = self._claim_caps(new_links, g)
+        dropped: set[Link] = set()
         for ln in new_links:
             involved = {x for x in (g.owner.get(ln.a), g.owner.get(ln.b)) if x}
             if (
@@ -416,7 +396,30 @@ class _WorkspaceBatch:
                 dirty_profiles |= involved
                 dirty_idents |= {ln.a, ln.b}
                 continue
+            kind = kind_of(ln.b)
+            if ln.trust != UNTRUSTED or ln.a == ln.b or kind not in caps or g.claimed(ln.b):
+                g.apply(ln)
+                continue
+            # An untrusted claim of an anonymous id: past twice the limit of claims from its anchor, one the graph
+            # refuses is dropped (not stored, and the anonymous id gets no profile from it), or a flood of them
+            # would grow the anchor's component, which a replay reads whole. One the graph takes is stored: her
+            # profile holds at most the limit, so those stay bounded (decision 0052).
+            owned, refusals = ln.b in g.owner, len(g.refusals)
             g.apply(ln)
+            if (ln.a, ln.b, ln.trust) in existing:  # stored already (this is an earlier sighting): counted
+                continue
+            n = stored.get((ln.a, kind), 0)
+            if len(g.refusals) == refusals or n < caps[kind]:
+                stored[(ln.a, kind)] = n + 1
+                continue
+            dropped.add(ln)
+            if not owned:  # take back the profile the refusal made for it: a newcomer's, holding it alone
+                nid = g.owner.pop(ln.b)
+                assert g.nodes[nid].idents == {ln.b}, "a refused newcomer's profile holds it alone"
+                del g.nodes[nid]
+        if dropped:
+            new_links = [ln for ln in new_links if ln not in dropped]
+            log.info("%d claims past the limit of anonymous ids dropped", len(dropped))
 
         if g.refusals:
             refused = len(g.refusals)
