@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-import weakref
 from collections.abc import Callable
 
 from prometheus_client import GC_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, Counter, Gauge, Histogram
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
+
+from chorus.store import txn
 
 log = logging.getLogger("chorus.metrics")
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -68,12 +69,12 @@ provider_seconds = Histogram(
 # -- counting what committed -------------------------------------------------------------------------------------
 # A counter of what a transaction wrote (events stored, changes recorded, message statuses) is incremented when the
 # transaction commits, not when the rows are written: a transaction rolled back and retried (a deadlock on
-# PostgreSQL, a failed claim handled again one person at a time) counted its rows twice. Callbacks wait on their
-# connection; a savepoint rolled back drops those made inside it, a rollback drops them all. SQLAlchemy's Core has
+# PostgreSQL, a failed claim handled again one person at a time) counted its rows twice. Callbacks wait in their
+# transaction's buffer (chorus.store.txn: a savepoint rolled back drops those made inside it, a rollback drops
+# them all). SQLAlchemy's Core has
 # no event after a commit: they run in its "commit" event, just before the COMMIT itself, so a COMMIT that fails
 # (none of Chorus' writes defers a constraint to it) would still have counted.
-_pending: weakref.WeakKeyDictionary[Connection, list] = weakref.WeakKeyDictionary()
-_marks: weakref.WeakKeyDictionary[Connection, list[int]] = weakref.WeakKeyDictionary()
+_COUNTS = txn.Buffer("chorus_metrics")
 
 
 def after_commit(conn: Connection, count: Callable[[], object]) -> None:
@@ -81,39 +82,13 @@ def after_commit(conn: Connection, count: Callable[[], object]) -> None:
     if not conn.in_transaction():
         count()
         return
-    _pending.setdefault(conn, []).append(count)
+    _COUNTS.add(conn, [count])
 
 
 @event.listens_for(Engine, "commit")
 def _committed(conn: Connection) -> None:
-    _marks.pop(conn, None)
-    for count in _pending.pop(conn, ()):
+    for count in _COUNTS.take(conn):
         try:
             count()
         except Exception:  # a count must never fail the commit it follows
             log.exception("a metric could not be counted")
-
-
-@event.listens_for(Engine, "rollback")
-def _rolled_back(conn: Connection) -> None:
-    _marks.pop(conn, None)
-    _pending.pop(conn, None)
-
-
-@event.listens_for(Engine, "savepoint")
-def _savepoint(conn: Connection, name: str) -> None:
-    _marks.setdefault(conn, []).append(len(_pending.get(conn, ())))
-
-
-@event.listens_for(Engine, "rollback_savepoint")
-def _savepoint_rolled_back(conn: Connection, name: str, context) -> None:
-    marks = _marks.get(conn)
-    if marks:
-        del _pending.setdefault(conn, [])[marks.pop():]
-
-
-@event.listens_for(Engine, "release_savepoint")
-def _savepoint_released(conn: Connection, name: str, context) -> None:
-    marks = _marks.get(conn)
-    if marks:
-        marks.pop()

@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from chorus import metrics
-from chorus.store import bulk
+from chorus.store import bulk, txn
 from chorus.store.db import transient
 from chorus.store.tables import feed_consumers, feed_pending, profile_changes
 from chorus.timeutil import utcnow
@@ -106,9 +106,8 @@ def _wanted(consumer: str, c: Change) -> bool:
         return True
 
 
-# -- recording: buffered on the connection, written at commit -------------------------------------------------------
-# key in the DBAPI connection's info: {"changes": [(ws, Change, at)], "marks": [n at each open savepoint]}
-_BUFFER = "chorus_feed"
+# -- recording: buffered in the transaction (chorus.store.txn), written at commit ----------------------------------
+_CHANGES = txn.Buffer("chorus_feed")  # (workspace, Change, at) recorded by the transaction, written at its commit
 
 
 def record(conn: Connection, ws: str, changes: Iterable[Change], at: datetime | None = None) -> int:
@@ -126,69 +125,30 @@ def record(conn: Connection, ws: str, changes: Iterable[Change], at: datetime | 
             raise ValueError(f"unknown change cause {c.cause!r}")
     if not changes:
         return 0
-    buf = conn.info.setdefault(_BUFFER, {"changes": [], "marks": []})
     at = at or utcnow()
-    buf["changes"].extend((ws, c, at) for c in changes)
+    _CHANGES.add(conn, ((ws, c, at) for c in changes))
     return len(changes)
 
 
 def _discard(conn: Connection, ws: str, profile_ids: Iterable[str]) -> None:
     """Forget changes recorded earlier in this transaction for these profiles (they are being erased)."""
-    buf = conn.info.get(_BUFFER)
-    if buf:
-        ids = set(profile_ids)
-        keep = [not (x[0] == ws and x[1].profile_id in ids) for x in buf["changes"]]
-        # each savepoint's mark counts the changes kept before it
-        buf["marks"] = [sum(keep[:m]) for m in buf["marks"]]
-        buf["changes"] = [x for x, k in zip(buf["changes"], keep, strict=True) if k]
-
-
-def _clear(conn: Connection) -> None:
-    conn.info.pop(_BUFFER, None)
-
-
-# Savepoints nest strictly (each is released or rolled back before the one that encloses it), so their marks are a
-# stack. Not a map by name: SQLAlchemy fires the "savepoint" event before it names the savepoint (the name given
-# is None), so marks by name were never found, and changes recorded in a savepoint that was rolled back were
-# written anyway (a message's "queued" for a message that did not exist).
-def _mark(conn: Connection, name: str | None) -> None:
-    buf = conn.info.setdefault(_BUFFER, {"changes": [], "marks": []})
-    buf["marks"].append(len(buf["changes"]))
-
-
-def _undo(conn: Connection, name: str, context) -> None:
-    buf = conn.info.get(_BUFFER)
-    if buf and buf["marks"]:
-        del buf["changes"][buf["marks"].pop() :]
-
-
-def _release(conn: Connection, name: str, context) -> None:
-    buf = conn.info.get(_BUFFER)
-    if buf and buf["marks"]:
-        buf["marks"].pop()
+    ids = set(profile_ids)
+    _CHANGES.drop(conn, lambda x: x[0] == ws and x[1].profile_id in ids)
 
 
 def _listen() -> None:
-    """Once, at import, for every engine (class-level listeners: adding listeners to an engine in use is not
+    """Once, at import, for every engine (a class-level listener: adding listeners to an engine in use is not
     thread-safe). Class-level listeners run before an engine's own, so the changes are written before the SQLite
-    writer queue's "commit" listener lets the next writer in."""
+    writer queue's "commit" listener lets the next writer in. Savepoints, rollbacks and the pool: chorus.store.txn."""
     from sqlalchemy.engine import Engine as _Engine
-    from sqlalchemy.pool import Pool
 
     sa.event.listen(_Engine, "commit", _flush)
-    sa.event.listen(_Engine, "rollback", _clear)
-    # a connection back in the pool keeps nothing (record() called, then closed without commit or rollback)
-    sa.event.listen(Pool, "checkin", lambda dbapi_conn, rec: rec is not None and rec.info.pop(_BUFFER, None))
-    sa.event.listen(_Engine, "savepoint", _mark)
-    sa.event.listen(_Engine, "rollback_savepoint", _undo)
-    sa.event.listen(_Engine, "release_savepoint", _release)
 
 
 def _flush(conn: Connection) -> None:
-    buf = conn.info.pop(_BUFFER, None)
-    if not buf or not buf["changes"]:
+    pending = _CHANGES.take(conn)
+    if not pending:
         return
-    pending = buf["changes"]
     rows = [
         {"seq": None, "workspace_id": ws, "profile_id": c.profile_id, "cause": c.cause, "event_seq": c.event_seq,
          "target_id": c.target_id, "at": at, "detail": c.detail or {}}
