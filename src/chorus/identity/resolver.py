@@ -18,6 +18,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -588,6 +589,28 @@ def own_part(payload: dict, ext: Extracted, pid: str, owner: dict[str, str], cfg
     guards refused, an erased person) or to none, so a claimant never keeps someone else's email as a trait."""
     foreign = {i for i in ext.others if owner.get(i) != pid}
     return without_identifiers(payload, cfg, foreign) if foreign else payload
+
+
+def state_as_of(conn: Connection, workspace: ws_api.Workspace, pid: str, until: datetime) -> dict:
+    """Her profile state as it was at ``until``: her events stamped then or before, folded as a replay folds them
+    (without the identifiers other profiles own). For a reader at an instant before the latest her stored state
+    holds (``profiles.state.latest``): a journey input handled after her later events were resolved."""
+    cfg, policies = workspace.identity, workspace.settings.get("trait_policies", {})
+    rows = conn.execute(sa.select(events.c.payload, events.c.trusted).where(
+        events.c.workspace_id == workspace.id, events.c.profile_id == pid, events.c.timestamp <= until,
+    ).order_by(events.c.seq)).all()  # fmt: skip
+    parsed = [(payload, trusted, extract(payload, cfg, trusted)) for payload, trusted in rows]
+    others = sorted({i for _, _, ext in parsed for i in ext.others})
+    owner: dict[str, str] = {}
+    for part in _chunks(others):
+        owner.update(conn.execute(sa.select(identifiers.c.ident, identifiers.c.profile_id).where(
+            identifiers.c.workspace_id == workspace.id, bulk.in_(identifiers.c.ident, part, conn.dialect.name),
+        )).all())  # fmt: skip
+    state = pstate.empty()
+    for payload, trusted, ext in parsed:
+        own = own_part(payload, ext, pid, owner, cfg)
+        pstate.apply_event(state, own, ext.anchor, policies, ext.warnings, vouched(own, trusted))
+    return state
 
 
 def profile_row(ws: str, pid: str, node: Node, st: dict, known: bool, now) -> dict:

@@ -40,17 +40,20 @@ from chorus.collect import ingest
 from chorus.collect.messages import Event as Stored
 from chorus.collect.messages import normalise_internal
 from chorus.identity.identifiers import event_anchor
+from chorus.identity.resolver import state_as_of
 from chorus.journeys import definition as d
 from chorus.journeys import dispatch, store
 from chorus.journeys import interpreter as j
 from chorus.messaging import outbox
 from chorus.messaging.consent import identity_fields
 from chorus.profiles import feed, views
+from chorus.profiles import state as pstate
 from chorus.segments import load
 from chorus.segments.needs import Needs, beyond
 from chorus.segments.needs import needs as needs_of
 from chorus.segments.person import Event, Person
 from chorus.segments.rules import Node as Rule
+from chorus.segments.summary import Summary
 from chorus.store import bulk
 from chorus.store.db import any_row, read_only
 from chorus.store.tables import events, journey_timers
@@ -410,9 +413,17 @@ class Claim:
         self._set: dict[str, dict] = {}  # timers to set, by key
         self._cancel: set[str] = set()  # timer keys to delete
         self._deferred: dict[str, list] = {}
+        self._states: dict[tuple[str, datetime], dict] = {}  # (person, instant) -> her state then (person_at)
 
     # reads, for every person of the claim (the timers with the plan, before the people; the rest at the first
     # run's need)
+    def state_at(self, pid: str, at: datetime) -> dict:
+        """Her profile state as it was at ``at`` (``identity.resolver.state_as_of``), once per claim."""
+        key = (pid, at)
+        if key not in self._states:
+            self._states[key] = state_as_of(self.conn, self.js.ws, pid, at)
+        return self._states[key]
+
     def timers(self, pid: str) -> dict[str, tuple]:
         """Her live timers: key -> (due, journey, instance, the time of its input)."""
         return self._timers.setdefault(pid, {})
@@ -598,6 +609,7 @@ class PersonRun:
     held_behind: set[str] = field(default_factory=set)  # journeys an input was held for, behind a resume
     replaying: set[str] = field(default_factory=set)  # journeys whose held inputs this run gives again
     unreplayed: dict[str, set[str]] = field(default_factory=dict)  # journey -> ids of held events not given yet
+    _latest: tuple[dict, str] | None = None  # (her stored state, the latest instant it holds), for person_at
 
     def __post_init__(self) -> None:
         if self.claim is None:
@@ -652,7 +664,7 @@ class PersonRun:
                 versions[jr.version] = self.js.defn(jid, jr.version)
             entering = self.js.may_enter(jid, inp) or any(s.status == "new" for s in mine)
             outcomes = dispatch.offer(
-                versions, jr.version, self.person, mine, inp, self.now, status=jr.interpreter_status,
+                versions, jr.version, self.person_at(t), mine, inp, self.now, status=jr.interpreter_status,
                 topics=self.js.topics, before_entry=self.before_entry(jid) if entering else (),
             )  # fmt: skip
             if any(o.held for o in outcomes):  # paused: the input is kept once, for all her instances of it
@@ -665,6 +677,22 @@ class PersonRun:
             for ids in self.unreplayed.values():
                 ids.discard(inp.id)
         return out
+
+    def person_at(self, t: datetime) -> Person:
+        """Her person as the rules of an input at ``t`` read her, as the simulator gives it (decision 0053): her
+        traits, consent, channels and activity folded from her events up to ``t``. The stored state holds what came
+        after when the input is handled late (a backlog; her later events resolved first). Most inputs are handled
+        before anything later of hers: then she is read as stored. Her segments are those read (a membership's
+        history is dated when the engine decided it, not when her answer changed). What a message step sends and
+        to whom is decided at the send, on her profile as it is then (an opt-out since ``t`` stands)."""
+        assert self.claim is not None
+        p = self.person
+        if self._latest is None or self._latest[0] is not p.state:
+            self._latest = (p.state, pstate.latest(p.state))
+        if self._latest[1] <= iso(t):
+            return p
+        state = self.claim.state_at(p.id, t)
+        return replace(p, state=state, summary=Summary.of(state))
 
     def has_held(self, jid: str) -> bool:
         if jid not in self._held:

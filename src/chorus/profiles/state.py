@@ -471,6 +471,35 @@ def event_name(msg: dict) -> str | None:
     return name if isinstance(name, str) and name else None
 
 
+def latest(state: dict) -> str:
+    """The latest event time the state holds anything of (fixed-width ISO text; "" for none): the state is the fold
+    of her events up to any instant at or after it, so a reader at an earlier instant must fold her events again
+    (``identity.resolver.state_as_of``). Consent is dated by the statement's own timestamp here."""
+    out = ""
+    for c in (state.get("channels") or {}).values():
+        out = max(out, c.get("last_seen", ""), c.get("last_message", ""))
+    act = state.get("activity")
+    if act:
+        for _n, _first, last in act["types"].values():
+            out = max(out, last)
+    for key in (state.get("trait_at") or {}).values():
+        out = max(out, key[0])
+    for per in (state.get("sums") or {}).values():
+        for key, _v in per.values():
+            out = max(out, key[0])
+    for _v, key in (state.get("attrs") or {}).values():
+        out = max(out, key[0])
+    for key, _v in (state.get("claimed") or {}).values():
+        out = max(out, key[0])
+    for parts in _log_of(state).values():
+        for c in parts.values():
+            key = c.get("key") or [""]
+            out = max(out, key[1] if len(key) > 2 else key[0])
+    for ts, _why in (state.get("warnings") or {}).values():
+        out = max(out, ts)
+    return out
+
+
 def empty_activity() -> dict:
     return {"types": {}, "names": {}, "cut": {}}
 
