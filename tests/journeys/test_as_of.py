@@ -98,3 +98,19 @@ def test_a_rule_read_from_her_summary_counts_only_what_she_did_before(engine, cl
     reads her events when her summary has anything later than its instant)."""
     live, predicted = run(engine, clock, worker, {"performed": {"type": "identify", "times": {"gte": 2}}})
     assert live == predicted == ["else", "else", "then"]
+
+
+def test_her_trait_step_is_read_by_her_next_input_even_one_stamped_before_it_was_taken(engine, ws, clock, worker):
+    """Two entries of one person handled in one pass, stamped 1 s apart and handled 2 s after the first: the first
+    sets the trait (its identify stamped when the worker ran), the second is read as of its own instant, before
+    that stamp: the step is hers at once all the same, as the simulator folds it (review of the refold)."""
+    from tests.journeys.test_runtime import STAGE, ev
+
+    publish(engine, ws, STAGE)
+    clock.at = T + timedelta(seconds=2)
+    send(engine, ws, [ev("Go", T, k="a"), ev("Go", T + timedelta(seconds=1), k="b")], clock.at)
+    settle(worker)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(journey_records.c.branch).where(
+            journey_records.c.workspace_id == ws, journey_records.c.node == "c0")).scalars().all()  # fmt: skip
+    assert sorted(b for b in rows if b) == ["else", "then"], rows

@@ -109,6 +109,7 @@ def update_trait(run: PersonRun, s: j.State, c: j.UpdateTrait) -> None:
     anchor = event_anchor(ev.payload, run.js.ws.identity, trusted=True) or run.person.id
     apply_event(state, ev.payload, anchor, dict(run.js.ws.settings.get("trait_policies") or {}))
     run.person = replace(run.person, state=state)
+    run.stepped.append((ev.payload, anchor))  # and into her state as of an earlier instant (PersonRun.person_at)
 
 
 @effect(j.ListChange)

@@ -27,6 +27,7 @@ message, trait, list, audience and webhook steps, each writing with the caller's
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -610,6 +611,7 @@ class PersonRun:
     replaying: set[str] = field(default_factory=set)  # journeys whose held inputs this run gives again
     unreplayed: dict[str, set[str]] = field(default_factory=dict)  # journey -> ids of held events not given yet
     _latest: tuple[dict, str] | None = None  # (her stored state, the latest instant it holds), for person_at
+    stepped: list[tuple[dict, str]] = field(default_factory=list)  # her trait steps' identifies (payload, anchor)
 
     def __post_init__(self) -> None:
         if self.claim is None:
@@ -689,9 +691,18 @@ class PersonRun:
         p = self.person
         if self._latest is None or self._latest[0] is not p.state:
             self._latest = (p.state, pstate.latest(p.state))
-        if self._latest[1] <= iso(t):
+        at = iso(t)
+        if self._latest[1] <= at:
             return p
         state = self.claim.state_at(p.id, t)
+        # her trait steps of this run are hers at once (an input handled after the step reads it, as the simulator
+        # folds the step's identify at once); a stored one stamped up to ``t`` is in the refold already
+        late = [(payload, anchor) for payload, anchor in self.stepped if payload["timestamp"] > at]
+        if late:
+            state = copy.deepcopy(state)
+            policies = dict(self.js.ws.settings.get("trait_policies") or {})
+            for payload, anchor in late:
+                pstate.apply_event(state, payload, anchor, policies)
         return replace(p, state=state, summary=Summary.of(state))
 
     def has_held(self, jid: str) -> bool:
