@@ -13,11 +13,15 @@ share them), and sends each request outside any transaction:
   backoff (:data:`BACKOFF`, at most :data:`MAX_ATTEMPTS` attempts), then the row fails with the last reason; any
   other answer (a 3xx too: redirects are not followed) fails it at once.
 
-Only ``http`` and ``https`` URLs are called, and only public addresses: the host is resolved at delivery and a
-private, loopback, link-local or otherwise non-global address is refused (the journey author must not reach the
-brand's internal network through Chorus). ``settings.journeys.webhooks.allow_private`` allows them for one
-workspace, and ``CHORUS_ALLOW_PRIVATE_WEBHOOKS=1`` for a whole process (local tests), as
-``CHORUS_ALLOW_LOOPBACK_PUSH`` does for push endpoints. The person's rows are erased with her.
+Only ``http`` and ``https`` URLs are called, and only public addresses: the host is resolved once at delivery, every
+address it resolves to must be public (:func:`chorus.messaging.providers.public.is_public`, the web push check: not
+private, loopback, link-local, reserved or multicast, nor an IPv6 form carrying such an IPv4 address: IPv4-mapped or
+-compatible, 6to4, Teredo, NAT64), and the request connects to those checked addresses and no other (the journey
+author must not reach the brand's internal network through Chorus, and a DNS name answering a public address to the
+check and 127.0.0.1 to a second lookup must not either). The Host header, the TLS server name and the certificate
+check keep the URL's host. ``settings.journeys.webhooks.allow_private`` allows private addresses for one workspace,
+and ``CHORUS_ALLOW_PRIVATE_WEBHOOKS=1`` for a whole process (local tests), as ``CHORUS_ALLOW_LOOPBACK_PUSH`` does for
+push endpoints (the request still goes to the address resolved once). The person's rows are erased with her.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from urllib.parse import urlsplit
 
 import orjson
 import sqlalchemy as sa
+import urllib3
 from sqlalchemy.engine import Connection, Engine
 
 from chorus import workspaces as ws_api
@@ -43,7 +48,8 @@ from chorus.journeys import interpreter as j
 from chorus.journeys import runtime
 from chorus.journeys.runtime import PersonRun, effect
 from chorus.messaging.providers import ConfigError, secret
-from chorus.messaging.providers.http import Client, HTTPError
+from chorus.messaging.providers.http import Client, HTTPError, Response
+from chorus.messaging.providers.public import is_public
 from chorus.messaging.providers.webhook import sign
 from chorus.registry import Person
 from chorus.store import bulk
@@ -119,20 +125,92 @@ class Outcome:
     reason: str | None = None
 
 
-def refused_address(url: str, allow_private: bool) -> str | None:
-    """Why the host of ``url`` must not be called (None: every address it resolves to is public, or private ones
-    are allowed). A host that does not resolve is an :class:`OSError` (tried again: DNS fails for a while)."""
+def resolve(url: str, allow_private: bool) -> tuple[list[str], str | None]:
+    """The addresses the host of ``url`` resolves to, looked up once: the request connects to these and to no other
+    (:func:`send`), and why they must not be called (None: every one is public, or private ones are allowed). Every
+    address is checked, not only the first. A host that does not resolve is an :class:`OSError` (tried again: DNS
+    fails for a while)."""
     parts = urlsplit(url)
-    if allow_private:
-        return None
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    for *_, sockaddr in socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP):
-        ip = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
-        mapped = getattr(ip, "ipv4_mapped", None)
-        if not (mapped or ip).is_global:
-            return f"the url's host {host} resolves to {ip}, a private address: not called"
-    return None
+    found = list(dict.fromkeys(str(info[4][0]) for info in socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)))
+    if not found:
+        raise OSError(f"{host} has no address")
+    if allow_private:
+        return found, None
+    for text in found:
+        ip = ipaddress.ip_address(text.split("%", 1)[0])
+        if not is_public(ip):
+            return found, f"the url's host {host} resolves to {ip}, a private address: not called"
+    return found, None
+
+
+def refused_address(url: str, allow_private: bool) -> str | None:
+    """Why the host of ``url`` must not be called (None: every address it resolves to is public, or private ones
+    are allowed). A host that does not resolve is an :class:`OSError`."""
+    if allow_private:
+        return None
+    return resolve(url, False)[1]
+
+
+class _Pinned:
+    """A connection to the addresses its request was checked against (``addresses``), never to a second lookup of
+    the host, which a DNS name could answer differently (a public address to the check, 127.0.0.1 to the
+    connection). The Host header, the TLS server name and the certificate check keep the URL's host."""
+
+    def __init__(self, *args, addresses: tuple[str, ...] = (), **kwargs):
+        super().__init__(*args, **kwargs)
+        self._addresses = addresses
+
+    def _new_conn(self) -> socket.socket:
+        host, error = self._dns_host, None
+        try:
+            for address in self._addresses:  # the resolver's order, the next one when one does not connect
+                self._dns_host = address
+                try:
+                    return super()._new_conn()
+                except urllib3.exceptions.NewConnectionError as exc:
+                    error = exc
+        finally:
+            self._dns_host = host
+        raise error or urllib3.exceptions.NewConnectionError(self, f"{host} has no checked address")
+
+
+class _HTTPConnection(_Pinned, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_Pinned, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+def send(client: Client, method: str, url: str, addresses: list[str], *, body: bytes, headers: dict) -> Response:
+    """``method url`` connected to ``addresses`` only (what :func:`resolve` checked), with ``client``'s timeout and
+    headers; one connection for this request (a pooled one may have been opened to another address, for another
+    workspace's check). :class:`HTTPError` as :meth:`Client.request` raises it."""
+    parts = urllib3.util.parse_url(url)
+    pool_class = _HTTPSPool if parts.scheme == "https" else _HTTPPool
+    pool = pool_class(parts.host, parts.port, timeout=client.timeout, maxsize=1, retries=False,
+                      addresses=tuple(addresses))  # fmt: skip
+    try:
+        r = pool.urlopen(method, parts.request_uri, body=body, headers={**client.headers, **headers},
+                         redirect=False, preload_content=True, assert_same_host=False)  # fmt: skip
+    except (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError,
+            urllib3.exceptions.SSLError, urllib3.exceptions.LocationValueError) as exc:  # fmt: skip
+        raise HTTPError(f"{type(exc).__name__}: {exc}", sent=False) from None
+    except urllib3.exceptions.HTTPError as exc:  # read timeout, connection reset or closed mid-answer
+        raise HTTPError(f"{type(exc).__name__}: {exc}", sent=True) from None
+    finally:
+        pool.close()
+    return Response(r.status, r.headers, r.data)
 
 
 def attempt(client: Client, row, settings: dict, workspace: str | None = None) -> Outcome:
@@ -144,7 +222,7 @@ def attempt(client: Client, row, settings: dict, workspace: str | None = None) -
         return Outcome("failed", reason=reason)
     allow = bool(conf.get("allow_private")) or os.environ.get(ALLOW_ENV) == "1"
     try:
-        refused = refused_address(row.url, allow)
+        addresses, refused = resolve(row.url, allow)
     except OSError as exc:  # no answer from DNS, or no such host: it may resolve later
         return Outcome("retry", reason=f"the url's host does not resolve: {exc}")
     if refused is not None:
@@ -161,7 +239,7 @@ def attempt(client: Client, row, settings: dict, workspace: str | None = None) -
         "Chorus-Signature": sign(key, body, int(time.time())), "User-Agent": "Chorus-Webhook/1",
     }  # fmt: skip
     try:
-        r = client.request(row.method, row.url, content=body, headers=headers)
+        r = send(client, row.method, row.url, addresses, body=body, headers=headers)  # the checked addresses only
     except HTTPError as exc:
         return Outcome("retry", reason=f"webhook unreachable: {exc}"[:300])
     if 200 <= r.status_code < 300:
