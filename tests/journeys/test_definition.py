@@ -90,7 +90,7 @@ REFUSED = [
     (["nodes", "wait_cart", "timeout", "after"], "1 hour", "nodes.wait_cart.timeout.after", "is not a duration"),
     (["nodes", "wait_cart", "branches"], [], "nodes.wait_cart.branches", "1 to 20 branches"),
     (["nodes", "remind", "type"], "sms", "nodes.remind.type", "a node's type is one of"),
-    (["nodes", "remind", "channel"], "fax", "nodes.remind.channel", "a channel ('auto') is one of"),
+    (["nodes", "remind", "channel"], "fax", "nodes.remind.channel", "'fax' is not a channel: give auto, or one of"),
     (["nodes", "remind", "channel"], ["sms", "pigeon"], "nodes.remind.channel[1]", "a channel"),
     (["nodes", "remind", "kind"], "promo", "nodes.remind.kind", "kind is one of marketing, transactional"),
     (["nodes", "remind", "topic"], "a:b", "nodes.remind.topic", "a topic is a name"),

@@ -29,6 +29,7 @@ import math
 import re
 import types
 import typing
+import zlib
 from collections.abc import Mapping
 from decimal import Decimal
 
@@ -39,7 +40,7 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
 from chorus import safejson
-from chorus.api.common import form_problem, read_limited
+from chorus.api.common import TooLarge, form_problem, read_limited
 from chorus.errors import ChorusError, UnsupportedMediaType
 
 # Admin JSON bodies are definitions, settings and message batches (at most 1000 items): 10 MB is generous. File
@@ -127,10 +128,36 @@ def _check_int(value: str, name: str, bounds: tuple[int, int] = (PARAM_MIN, PARA
         raise ChorusError(f"{name} ({place}) must be at least {low}", field=name)
 
 
+# Content-Encoding as the tracking API reads it: gzip (x-gzip) and deflate are inflated, identity is none, any
+# other is refused naming the header (a body in an encoding not read would otherwise be parsed as it came: review)
+_INFLATABLE = ("gzip", "x-gzip", "deflate")
+
+
+def inflate(body: bytes, encoding: str | None, limit: int = MAX_JSON_BODY) -> bytes:
+    """``body`` decoded as its Content-Encoding says, at most ``limit`` bytes once inflated (413 past it)."""
+    encoding = (encoding or "").strip().lower()
+    if encoding in ("", "identity") or not body:
+        return body
+    if encoding not in _INFLATABLE:
+        raise ChorusError(f"Content-Encoding {encoding[:40]!r} is not supported (use gzip)", field="Content-Encoding")
+    d = zlib.decompressobj(zlib.MAX_WBITS if encoding == "deflate" else 16 + zlib.MAX_WBITS)
+    try:
+        out = d.decompress(body, limit + 1)
+    except zlib.error:  # zlib's own text ("Error -3 while decompressing data") says nothing to a sender
+        raise ChorusError(f"body is not {encoding}-compressed data, as its Content-Encoding says (send it compressed, "
+                          "or without the header)", field="Content-Encoding") from None  # fmt: skip
+    if len(out) > limit or d.unconsumed_tail:
+        raise TooLarge(f"body is larger than {limit // 2**20} MB after decompression")
+    return out
+
+
 async def check_body(request: Request, expects_form: bool, accepted: tuple[str, ...] = ()) -> None:
     """The body's checks; ``accepted`` are the media types the operation reads (none: it declares no body)."""
     content_type = request.headers.get("content-type") or ""
+    encoding = (request.headers.get("content-encoding") or "").strip().lower()
     is_form = content_type.lower().startswith(FORM_TYPES)
+    if is_form and encoding not in ("", "identity"):  # the form parser reads the stream as it comes
+        raise ChorusError("a form is read uncompressed: send it without Content-Encoding", field="Content-Encoding")
     if expects_form and is_form:
         try:
             form = await request.form()  # cached: FastAPI reads the same parsed form
@@ -141,8 +168,8 @@ async def check_body(request: Request, expects_form: bool, accepted: tuple[str, 
             if isinstance(value, str):
                 safejson.check_text(value, name)
         return
-    body = await read_limited(request, MAX_JSON_BODY, "body")
-    request._body = body  # read_limited consumed the stream; FastAPI reads the body from here
+    body = inflate(await read_limited(request, MAX_JSON_BODY, "body"), encoding)
+    request._body = body  # read_limited consumed the stream; FastAPI reads the body (inflated) from here
     if body and accepted and not _accepts(accepted, content_type):
         raise _unsupported(accepted, content_type)
     if body and _json_content(content_type):

@@ -132,13 +132,64 @@ def value_of(ident: str) -> str:
     return ident.split(":", 1)[1]
 
 
+# email_validator's own messages ("An email address must have an @-sign.") speak of its parser and quote the
+# characters they refuse: say what is wrong with the address instead, by the start of its message (first match).
+_EMAIL_PROBLEMS = (
+    ("An email address must have an @-sign", "it has no @"),
+    ("The email address has the \"small commercial at\"", "it has a small commercial at (\ufe6b) instead of @"),
+    ("There must be something before the @-sign", "nothing comes before the @"),
+    ("There must be something after the @-sign", "nothing comes after the @"),
+    ("The part after the @-sign contains invalid characters",
+     "its domain has a character not allowed in a domain name"),
+    ("The part after the @-sign is not valid. It should have a period", "its domain has no period (example.com)"),
+    ("The part after the @-sign is not valid. It is not within a valid top-level domain",
+     "its domain does not end in a valid top-level domain"),
+    ("The part after the @-sign is a special-use or reserved name",
+     "its domain is a reserved name that takes no email"),
+    ("A bracketed IP address after the @-sign", "its domain is an IP address in brackets; give a domain name"),
+    ("The part after the @-sign", "its domain is not a valid domain name"),
+    ("The address in brackets after the @-sign", "its domain is not a valid domain name"),
+    ("The IPv6 address in brackets after the @-sign", "its domain is not a valid domain name"),
+    ("An email address cannot have a period and a hyphen next to each other",
+     "its domain has a period and a hyphen next to each other"),
+    ("An email address cannot have two letters followed by two dashes",
+     "its domain has two letters then two hyphens in a part"),
+    ("An email address cannot have a hyphen", "its domain starts or ends a part with a hyphen"),
+    ("An email address cannot have two periods in a row", "it has two periods in a row"),
+    ("An email address cannot start with a period", "it starts with a period"),
+    ("An email address cannot end with a period", "it ends with a period"),
+    ("An email address cannot have a period immediately before the @-sign", "a period comes just before the @"),
+    ("An email address cannot have a period immediately after the @-sign", "a period comes just after the @"),
+    ("The email address is too long after the @-sign", "its domain is too long"),
+    ("The email address is too long before the @-sign", "the part before the @ is too long"),
+    ("The email address is too long", "it is too long"),
+    ("The email address contains unsafe characters", "it has an invisible or control character"),
+    ("The email address contains invalid characters in quotes",
+     "the part before the @ has a character not allowed there"),
+    ("The email address contains invalid characters before the @-sign",
+     "the part before the @ has a character not allowed there"),
+    ("Internationalized characters before the @-sign", "the part before the @ has a character not allowed there"),
+    ("Quoting the part before the @-sign", "the part before the @ is quoted; give it without quotes"),
+    ("A display name and angle brackets", "it has a name or angle brackets around it; give the address alone"),
+    ("An open angle bracket", "it has a name or angle brackets around it; give the address alone"),
+    ("There can't be anything after the email address", "something follows the address; give the address alone"),
+    ("Extra character(s) found after close quote", "something follows the address; give the address alone"),
+)  # fmt: skip
+
+
+def email_problem(message: str) -> str:
+    """Why an address is not valid, in our words, for one of email_validator's messages (never its own text)."""
+    why = next((ours for theirs, ours in _EMAIL_PROBLEMS if message.startswith(theirs)), None)
+    return f"not a valid email address: {why}" if why else "not a valid email address"
+
+
 @lru_cache(maxsize=200_000)
 def normalise_email(raw: str) -> str:
-    """Raises ValueError with the validator's reason."""
+    """Raises ValueError with the reason, in our words (:func:`email_problem`)."""
     try:
         info = validate_email(raw.strip(), check_deliverability=False)
     except EmailNotValidError as exc:
-        raise ValueError(str(exc)) from None
+        raise ValueError(email_problem(str(exc))) from None
     return info.normalized.lower()
 
 

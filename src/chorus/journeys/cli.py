@@ -16,6 +16,26 @@ journeys_app = typer.Typer(help="Journeys: automations that react, wait, branch 
                            no_args_is_help=True)  # fmt: skip
 
 
+def read_definition_text(path: str, what: str) -> str:
+    """A definition file's text (a journey, a broadcast, a segment's rule), read as far as the HTTP API reads such a
+    body (10 MB, the admin API's limit) and no further: ``/dev/zero`` or a huge file is refused, not read whole.
+    Errors name the file, in our words (``what`` is how the command calls it: the path, or ``--rule PATH``)."""
+    from chorus.api.guard import MAX_JSON_BODY
+    from chorus.errors import unreadable
+
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_JSON_BODY + 1)
+    except OSError as exc:  # never the exception's class or errno
+        raise ChorusError(f"{what} {unreadable(exc)}") from None
+    if len(data) > MAX_JSON_BODY:
+        raise ChorusError(f"{what} is larger than {MAX_JSON_BODY // 2**20} MB (the API's limit for a definition)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:  # the words `chorus import` uses for a mapping file
+        raise ChorusError(f"{what} is not UTF-8 text") from None
+
+
 def _error(exc: Exception) -> None:
     """One line, exit code 2: the simulator's errors name their file, line and field in the message already."""
     _fail(exc)

@@ -23,16 +23,10 @@ def _error(exc: Exception) -> None:
 
 def _document(path: str) -> object:
     """A journey or broadcast file: JSON, or YAML (.yaml, .yml) with the journeys' safe loader."""
-    from chorus.errors import unreadable  # the words `chorus import` uses for a mapping file
     from chorus.journeys import definition as d
+    from chorus.journeys.cli import read_definition_text
 
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except UnicodeDecodeError:
-        raise ChorusError(f"{path} is not UTF-8 text") from None
-    except OSError as exc:  # in our words, as for an import's mapping file: never the exception's class or errno
-        raise ChorusError(f"{path} {unreadable(exc)}") from None
+    text = read_definition_text(path, path)  # bounded (the API's 10 MB), errors in our words naming the file
     if path.endswith((".yaml", ".yml")):
         return d.load_yaml(text)
     try:

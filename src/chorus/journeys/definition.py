@@ -658,6 +658,17 @@ def _offset(value: object, path: str) -> Offset:
     return Offset(-1 if m.group(1) == "-" else 1, _duration(m.group(2), path))
 
 
+def _message_channel(value: object, path: str) -> str:
+    """One channel of a message node's ``channel``, the refusal naming the value sent (review: it named 'auto')."""
+    if isinstance(value, str) and value in MESSAGE_CHANNELS:
+        return value
+    choices = ", ".join(MESSAGE_CHANNELS)
+    if value == "auto":  # inside a list: auto picks one channel itself
+        raise _bad(path, f"'auto' is given alone (channel: auto), not in a list of channels ({choices})")
+    sent = r._quote(value) if isinstance(value, str) else r._shown(value)
+    raise _bad(path, f"{sent} is not a channel: give auto, or one of {choices} (or a list of them)")
+
+
 class _Parser:
     def __init__(self, strict: bool = True) -> None:
         self.strict = strict  # the rules added after versions were stored (see parse)
@@ -815,9 +826,7 @@ class _Parser:
         template = _ident(body.get("template"), f"{path}.template")
         channel: str | tuple[str, ...] = "auto"
         if body.get("channel", "auto") != "auto":
-            channel = _strings(
-                body["channel"], f"{path}.channel", lambda v, p: _one_of(v, p, MESSAGE_CHANNELS, "a channel ('auto')")
-            )
+            channel = _strings(body["channel"], f"{path}.channel", _message_channel)
         kind = _one_of(body["kind"], f"{path}.kind", KINDS, "kind") if "kind" in body else "marketing"
         topic = _topic(body["topic"], f"{path}.topic") if "topic" in body else None
         if topic is not None and not TOPIC_NAME.fullmatch(topic.strip().lower()):

@@ -52,13 +52,11 @@ def segments_show(segment: Annotated[str, typer.Argument(help="The segment's id"
 
 
 def _rule_file(path: str):
+    from chorus.journeys.cli import read_definition_text
     from chorus.segments import rules
 
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ChorusError(f"--rule {path}: {exc}") from None
+    # bounded (the API's 10 MB: --rule /dev/zero is refused, not read whole), errors in our words naming the file
+    text = read_definition_text(path, f"--rule {path}")
     if path.lower().endswith((".yaml", ".yml")):
         return rules.parse_yaml(text, "rule")
     from chorus import safejson

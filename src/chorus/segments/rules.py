@@ -708,10 +708,18 @@ def load_yaml(text: str, path: str = "rule") -> object:
     except _OursYAML as exc:
         where = f"line {exc.mark.line + 1}, column {exc.mark.column + 1}"
         raise _bad(path, f"not valid YAML ({where}): {exc.why}") from None
+    except yaml.reader.ReaderError as exc:  # a character YAML refuses anywhere (a control character): no mark
+        line, column = _line_column(text, exc.position)
+        code = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or "\0")
+        raise _bad(path, f"not valid YAML (line {line}, column {column}): a character YAML does not allow in its "
+                         f"text (U+{code:04X}); write it as \"\\u{code:04X}\" in a double-quoted value") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        raise _bad(path, f"not valid YAML{where}{yaml_problem(getattr(exc, 'problem', None) or '')}") from None
+        # a problem the table does not know still gets a reason in our words, never PyYAML's
+        why = (yaml_problem(getattr(exc, "problem", None) or "") or yaml_problem(getattr(exc, "context", None) or "")
+               or ": the text does not follow YAML's syntax here")  # fmt: skip
+        raise _bad(path, f"not valid YAML{where}{why}") from None
     _string_keys(data, path)
     return data
 
@@ -740,7 +748,31 @@ _YAML_PROBLEMS = (
     ("but found another document", "more than one document (---): give one rule"),
     ("found undefined tag handle", "a tag (!name) that rules do not take: write plain JSON values"),
     ("found a tab character", "a tab: indent with spaces"),
+    ("found unhashable key", "a key that is a list or a mapping: a key is a name"),
+    ("found duplicate anchor", "an anchor (&name) given twice"),
+    ("found undefined alias", "an alias (*name) of no anchor"),
+    ("expected a single document", "more than one document (---): give one"),
+    ("found unexpected document separator", "a document separator (---) inside a value"),
+    ("expected escape sequence of", "an escape (\\x, \\u, \\U) without its hexadecimal digits"),
+    ("expected a mapping for merging", "a merge (<<) of something that is not a mapping"),
+    ("expected a mapping or list of mappings for merging", "a merge (<<) of something that is not a mapping"),
+    ("expected alphabetic or numeric character", "an anchor, alias or tag name that is not letters and digits"),
+    ("expected chomping or indentation indicators", "a block scalar (| or >) header that is not valid"),
+    ("expected indentation indicator in the range 1-9", "a block scalar (| or >) indentation that is not 1 to 9"),
+    ("expected a comment or a line break", "text after a block scalar (| or >) header or a directive"),
+    ("expected '<document start>'", "a directive (%) without the document (---) it applies to"),
+    ("found incompatible YAML document", "a YAML version other than 1.x"),
+    ("found duplicate YAML directive", "a %YAML directive given twice"),
 )
+
+
+_LINE_BREAKS = re.compile("\r\n|[\n\r\x85\u2028\u2029]")  # what PyYAML counts as a line break
+
+
+def _line_column(text: str, position: int) -> tuple[int, int]:
+    """1-based line and column of a character offset in ``text``, counted as PyYAML counts them."""
+    lines = _LINE_BREAKS.split(text[: max(position, 0)])
+    return len(lines), len(lines[-1]) + 1
 
 
 def yaml_problem(problem: str) -> str:

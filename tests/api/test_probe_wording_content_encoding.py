@@ -1,0 +1,66 @@
+"""The admin API reads Content-Encoding as the tracking API does: gzip (x-gzip, deflate) is inflated, any other
+encoding and a body that is not what its header says are a 400 naming Content-Encoding. Found by a probe: a gzip
+body was answered "body is not valid JSON: text that is not UTF-8", and `Content-Encoding: br` on a plain body was
+read as if absent. Real HTTP, SQLite only (the gate does not depend on the engine)."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+
+import pytest
+
+from chorus.api.guard import MAX_JSON_BODY
+
+SQLITE = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+RULE = b'{"name": "ce", "rule": {"trait": {"name": "plan", "exists": true}}}'
+
+
+def _put(http, ws, body: bytes, encoding: str | None, content_type: str = "application/json"):
+    headers = {"Authorization": f"Bearer {ws['api_key']}", "Content-Type": content_type}
+    if encoding is not None:
+        headers["Content-Encoding"] = encoding
+    return http.put("/api/segments/ce_probe", content=body, headers=headers)
+
+
+@SQLITE
+def test_gzip_and_deflate_bodies_are_read(http, workspace):
+    for encoding, body in (("gzip", gzip.compress(RULE)), ("x-gzip", gzip.compress(RULE)),
+                           ("deflate", zlib.compress(RULE)), ("identity", RULE), ("", RULE)):  # fmt: skip
+        r = _put(http, workspace, body, encoding)
+        assert r.status_code < 300, (encoding, r.status_code, r.text)
+        assert r.json()["name"] == "ce"
+
+
+@SQLITE
+def test_an_unsupported_encoding_is_a_400_naming_the_header(http, workspace):
+    r = _put(http, workspace, RULE, "br")
+    assert r.status_code == 400, r.text
+    assert r.json() == {"code": "bad_request", "field": "Content-Encoding",
+                        "message": "Content-Encoding 'br' is not supported (use gzip)"}  # fmt: skip
+
+
+@SQLITE
+def test_a_body_that_is_not_what_its_encoding_says_is_named(http, workspace):
+    r = _put(http, workspace, RULE, "gzip")
+    assert r.status_code == 400, r.text
+    body = r.json()
+    assert body["field"] == "Content-Encoding" and "not gzip-compressed data" in body["message"], body
+    assert "Error -3" not in r.text and "UTF-8" not in r.text
+
+
+@SQLITE
+def test_a_body_inflating_past_the_limit_is_a_413(http, workspace):
+    bomb = gzip.compress(b"[" + b" " * (MAX_JSON_BODY + 10) + b"]")  # about 10 KB that inflates past 10 MB
+    r = _put(http, workspace, bomb, "gzip")
+    assert r.status_code == 413, r.text
+    assert "after decompression" in r.json()["message"]
+
+
+@SQLITE
+def test_a_compressed_form_is_refused_naming_the_header(http, workspace):
+    headers = {"Authorization": f"Bearer {workspace['api_key']}", "Content-Encoding": "gzip"}
+    r = http.post("/api/imports", files={"file": ("a.csv", gzip.compress(b"email\na@example.com\n"))},
+                  headers=headers)  # fmt: skip
+    assert r.status_code == 400, r.text
+    assert r.json()["field"] == "Content-Encoding"
