@@ -31,6 +31,8 @@ def test_the_installed_packages_register_every_part_once():
                                        "deliver", "audience_follow", "audience_changes"]  # fmt: skip
     assert set(r.setting_keys) == {"default_region", "identifiers", "identifier_limits", "trait_policies",
                                    "messaging", "audiences", "attribution", "journeys"}  # fmt: skip
+    # a segment is not deleted while a journey, a broadcast or an audience uses it (segments name none of them)
+    assert r.segment_user_names() == ["journeys", "audiences"]
     with pytest.raises(RuntimeError, match="frozen"):  # the process-wide registry cannot be changed behind its back
         r.setting("probe", lambda v: v)
 

@@ -8,7 +8,9 @@ Three kinds of work span packages, and none of them may name every package's tab
   that package's validator; a package whose data answers with another package's section (segments read
   ``messaging.timezone`` and ``messaging.topics``) hears when that section changes, in the change's transaction;
 - **worker tasks**: each pass of a worker runs every registered task once, in the order of the flow;
-- **change-feed consumers** (chorus.profiles.feed): each receives every change to a profile, in a worker task.
+- **change-feed consumers** (chorus.profiles.feed): each receives every change to a profile, in a worker task;
+- **segment users**: a package whose rows name a segment (a journey's entry, a broadcast's audience, an audience
+  that follows it) says how, so that the segment's deletion is refused while they can still use it.
 
 Each installed package has a ``register(registry)`` function that adds its parts. :data:`INSTALLED` is the one
 place that names them all (as Django's ``INSTALLED_APPS``); :func:`installed` loads it once per process. Tests
@@ -159,6 +161,9 @@ class WorkerTask:
 SettingValidator = Callable[[Any], Any]  # the value -> the value to store; ValueError naming settings.<key>...
 # (conn, workspace id, the section before, after): the settings change's transaction, before it writes them
 SettingHook = Callable[[Connection, str, Any, Any], None]
+# (conn, workspace id, segment id) -> how the package's rows use the segment, one phrase each ("journey 'welcome'
+# (entry)"); empty when nothing of the package uses it. Runs in the deletion's transaction, under its lock.
+SegmentUsers = Callable[[Connection, str, str], list[str]]
 
 
 class Registry:
@@ -168,6 +173,7 @@ class Registry:
         self._hooks: dict[str, list[tuple[str, SettingHook]]] = {}
         self._tasks: list[WorkerTask] = []
         self._consumers: dict[str, Callable] = {}
+        self._segment_users: dict[str, SegmentUsers] = {}
         self._frozen = False
 
     def _open(self, what: str, name: str) -> None:
@@ -213,6 +219,14 @@ class Registry:
             raise ValueError(f"change-feed consumer {name!r} is registered twice")
         self._consumers[name] = handle
 
+    def segment_users(self, name: str, users: SegmentUsers) -> None:
+        """Add a package's users of segments: a segment is not deleted while ``users`` names any (see
+        :data:`SegmentUsers`)."""
+        self._open("segment users", name)
+        if name in self._segment_users:
+            raise ValueError(f"segment users {name!r} is registered twice")
+        self._segment_users[name] = users
+
     def freeze(self) -> Registry:
         self._frozen = True
         return self
@@ -241,6 +255,13 @@ class Registry:
 
     def consumers(self) -> list[tuple[str, Callable]]:
         return list(self._consumers.items())
+
+    def uses_of_segment(self, conn: Connection, ws: str, segment_id: str) -> list[str]:
+        """How every registered package uses the segment, in the installed order (empty: nothing does)."""
+        return [use for users in self._segment_users.values() for use in users(conn, ws, segment_id)]
+
+    def segment_user_names(self) -> list[str]:
+        return list(self._segment_users)
 
     def tasks(self) -> list[WorkerTask]:
         """In flow order; within a step, in the order they were added."""

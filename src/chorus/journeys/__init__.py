@@ -12,7 +12,7 @@ broadcasts, ``manage`` publishes and controls journeys.
 def register(registry) -> None:
     """What journeys adds (see chorus.registry): a consumer of the change feed, the timer, schedule and sweep tasks,
     the webhook delivery task and its ``journeys`` setting, and the person's instances, timers, held inputs, records
-    and webhook requests erased with her."""
+    and webhook requests erased with her; and the segments its journeys and broadcasts use, kept from deletion."""
     from chorus.journeys import effects, runtime, schedule, store, webhooks  # noqa: F401 - effects register themselves
     from chorus.messaging.providers import refuse_others_on_save
     from chorus.profiles import feed
@@ -29,3 +29,5 @@ def register(registry) -> None:
     registry.task("journey_timers", each_pass(runtime.due), step=Step.DECIDE, label="journey timers")
     registry.task("journey_sweep", each_pass(runtime.sweep), step=Step.DECIDE, label="journey resume and stop")
     registry.task("journey_webhooks", webhooks.WebhookTask, step=Step.DELIVER, label="journey webhooks")
+    # a segment is not deleted while a journey or broadcast that can still send uses it
+    registry.segment_users("journeys", schedule.segment_uses)

@@ -215,3 +215,52 @@ def tick(engine: Engine, clock: Callable[[], datetime] | None = None, chunk: int
                 store.run_failed(conn, ws, jid, run_at, at, f"{type(exc).__name__}: {exc}")
     return done
 
+
+
+def _use(path: str) -> str:
+    """Where a journey names a segment (a path of definition.references), as a segment's 409 says it."""
+    if path.startswith("entry."):
+        return "entry"
+    if path.startswith("goal"):
+        return "goal"
+    if path.startswith("exit"):
+        return "exit"
+    return f"step '{path.split('.')[1]}'"  # nodes.<id>...: a condition, a wait branch, a split
+
+
+def takes_no_more(conn: Connection, ws: str, jr: store.Journey, s: d.Schedule) -> bool:
+    """A scheduled journey whose current schedule has started everybody it ever will: every run was added (none is
+    still to come) and walked, and no local-time start is pending (a one-off broadcast that has gone out)."""
+    since, _published = _since(conn, ws, jr)
+    last = store.last_run(conn, ws, jr.id, since)
+    after = last if last is not None else began(conn, ws, jr) - timedelta(microseconds=1)
+    if last is None and is_local(s):
+        after -= LOCAL_SPAN  # as latest_due: its first day may still run for those whose time is ahead
+    return next_due(s, after) is None and not store.starting(conn, ws, jr.id)
+
+
+def segment_uses(conn: Connection, ws: str, segment_id: str) -> list[str]:
+    """How the workspace's journeys and broadcasts use segment ``segment_id`` (chorus.registry.SegmentUsers), e.g.
+    ``journey 'welcome' (entry, step 'vip')``, ``broadcast 'bf'``. Only what can still act counts: a stopped or
+    archived one sends nothing more; the entry of a scheduled one whose runs have all started their people (a
+    one-off broadcast sent) takes nobody more; steps, goals and exits count for the current version and for every
+    version somebody is still inside."""
+    out = []
+    for jr in sorted(store.all_journeys(conn, ws).values(), key=lambda x: (x.kind != "journey", x.id)):
+        if jr.status in ("stopped", "archived"):
+            continue
+        uses: list[str] = []
+        for version in sorted({jr.version} | store.versions_inside(conn, ws, jr.id)):
+            defn = store.definition(conn, ws, jr.id, version)
+            paths = [p for p, kind, name in d.references(defn) if kind == "segment" and name == segment_id]
+            entry = [p for p in paths if p.startswith("entry.")]
+            if entry and (version != jr.version or (isinstance(defn.entry, d.Schedule)
+                                                     and takes_no_more(conn, ws, jr, defn.entry))):  # fmt: skip
+                paths = [p for p in paths if p not in entry]  # nobody enters by this version's entry any more
+            uses += [u for u in map(_use, paths) if u not in uses]
+        if not uses:
+            continue
+        if jr.kind == "broadcast":  # its entry is its audience: "broadcast 'bf'", its goal named
+            uses = [u for u in uses if u != "entry"]
+        out.append(f"{jr.kind} {jr.id!r}" + (f" ({', '.join(uses)})" if uses else ""))
+    return out

@@ -616,3 +616,20 @@ def forget(conn: Connection, ws: str, person) -> dict[str, int]:
         res = conn.execute(journey_runs.update().where(r.workspace_id == ws, r.after == pid).values(after=pid[:8]))
         out["journey_runs_rewritten"] += res.rowcount or 0
     return out
+
+
+# -- what a journey still uses (a segment's deletion asks: chorus.journeys.schedule.segment_uses) ------------------
+def versions_inside(conn: Connection, ws: str, jid: str) -> set[int]:
+    """The versions somebody is still inside (active, or tracking a goal): their steps may still read a segment."""
+    t = journey_instances.c
+    return set(conn.execute(sa.select(t.version).distinct().where(t.workspace_id == ws, t.journey_id == jid,
+                                                                  t.status != "exited")).scalars())  # fmt: skip
+
+
+def starting(conn: Connection, ws: str, jid: str) -> bool:
+    """A scheduled run is still starting people: a run not walked to its end, or a local-time start not due yet."""
+    r, tm = journey_runs.c, journey_timers.c
+    return conn.execute(sa.select(r.run_at).where(r.workspace_id == ws, r.journey_id == jid, sa.not_(r.done))
+                        .limit(1)).first() is not None or conn.execute(
+        sa.select(tm.key).where(tm.workspace_id == ws, tm.journey_id == jid, tm.instance_id == "").limit(1)
+    ).first() is not None  # fmt: skip

@@ -38,6 +38,7 @@ from chorus.messaging.consent import identity_fields
 from chorus.messaging.outbox import STATUS_EVENTS
 from chorus.profiles import feed, views
 from chorus.profiles.views import lock_people
+from chorus.registry import Registry
 from chorus.segments import batch, load, store
 from chorus.segments import rules as r
 from chorus.segments.evaluate import Evaluation
@@ -920,21 +921,18 @@ class BatchTask:
 DROP_CHUNK = 1000  # members taken out of a deleted segment per statement
 
 
-def drop(engine: Engine, ws_id: str, segment_id: str, clock: Callable[[], datetime] | None = None) -> int:
+def drop(engine: Engine, ws_id: str, segment_id: str, clock: Callable[[], datetime] | None = None,
+         registry: Registry | None = None) -> int:  # fmt: skip
     """Delete a segment: its members leave it first (cause ``deleted``: history, timeline events and feed
-    changes, so that journeys see them go), then the definition goes. 409 while another segment refers to it."""
+    changes, so that journeys see them go), then the definition goes. 409 while anything uses it: another segment,
+    a journey or broadcast that can still send, an audience that follows it (:func:`store.refuse_in_use`)."""
     from chorus.store.tables import segment_members
 
     at = (clock or now)()
     with engine.begin() as conn:
         store.lock_definitions(conn, ws_id)
         d = store.get(conn, ws_id, segment_id)
-        users = [x.id for x in store.definitions(conn, ws_id).values() if segment_id in x.inputs.segments]
-        if users:
-            from chorus.errors import Conflict
-
-            raise Conflict(f"segment {segment_id!r} is used by {', '.join(sorted(users))}: change those first",
-                           field="id")  # fmt: skip
+        store.refuse_in_use(conn, ws_id, segment_id, registry)  # before anybody leaves it
         ev = Evaluator(conn, ws_id, at)
         left = 0
         everyone = sorted(store.members(conn, ws_id, segment_id))

@@ -17,10 +17,11 @@ from sqlalchemy.dialects import postgresql as pg_sql
 from sqlalchemy.dialects import sqlite as sqlite_sql
 from sqlalchemy.engine import Connection
 
+from chorus import registry as reg
 from chorus.errors import ChorusError, Conflict, NotFound
 from chorus.identity.erasure import aliases_among
 from chorus.profiles import views
-from chorus.registry import Person
+from chorus.registry import Person, Registry
 from chorus.safecsv import cell
 from chorus.segments import rules as r
 from chorus.store import bulk
@@ -82,7 +83,10 @@ def definitions(conn: Connection, ws: str) -> dict[str, Definition]:
 
 
 def ids(conn: Connection, ws: str) -> set[str]:
-    """The workspace's segment ids, without reading or parsing their rules."""
+    """The workspace's segment ids, without reading or parsing their rules. What is checked against them (a journey
+    published) may be a new use of one: the definitions lock is held shared until the transaction ends, so that the
+    segment's deletion (engine.drop, exclusive) cannot commit between the check and the use."""
+    lock_definitions(conn, ws, shared=True)
     return set(conn.execute(sa.select(segments.c.id).where(segments.c.workspace_id == ws)).scalars())
 
 
@@ -182,8 +186,26 @@ def _compute_again(conn: Connection, ws: str, reads: Callable[[r.Inputs], bool])
                      .values(computed_version=None, batch_after=None, batch_version=None))  # fmt: skip
 
 
+def refuse_in_use(conn: Connection, ws: str, segment_id: str, registry: Registry | None = None) -> None:
+    """Conflict while anything can still use the segment: another segment's rule, or what a package registered as
+    a user of segments (chorus.registry: a journey's entry, exit, goal or step, a broadcast's audience, an audience
+    that follows it). Called under the exclusive definitions lock: a save, or a journey's publication that checked
+    the segment exists (:func:`ids` holds the lock shared), cannot commit a new use meanwhile."""
+    segs = sorted(d.id for d in definitions(conn, ws).values() if segment_id in d.inputs.segments)
+    others = (registry or reg.installed()).uses_of_segment(conn, ws, segment_id)
+    if not others:
+        if segs:
+            raise Conflict(f"segment {segment_id!r} is used by {', '.join(segs)}: change those first", field="id")
+        return
+    users = [f"segment {s!r}" for s in segs] + others
+    named = users[0] if len(users) == 1 else f"{', '.join(users[:-1])} and {users[-1]}"
+    raise Conflict(f"segment {segment_id!r} is used by {named}; remove those uses first", field="id")
+
+
 def delete(conn: Connection, ws: str, segment_id: str) -> None:
-    """Delete a segment whose members have left it (engine.drop writes their exits first)."""
+    """Delete a segment's rows: its members have left it and nothing uses it (engine.drop writes their exits first,
+    after :func:`refuse_in_use`). Conflict still while another segment's rule refers to it: a rule left naming a
+    missing segment could no longer be read."""
     lock_definitions(conn, ws)
     _changed(conn)
     get(conn, ws, segment_id)

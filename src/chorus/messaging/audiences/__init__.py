@@ -19,7 +19,7 @@ def register(registry) -> None:
     """What audiences adds (see chorus.registry): the ``audiences`` setting; the person's member rows, erased (the
     rows a platform holds are queued for removal at the next sync); and following segments: a feed consumer that
     notes a followed segment changed, and a task that syncs those audiences once per interval; and a task that
-    applies the manual changes queued (a journey's audience step)."""
+    applies the manual changes queued (a journey's audience step); a followed segment is kept from deletion."""
     from chorus.messaging.audiences import changes, follow, settings, store
     from chorus.messaging.providers import refuse_others_on_save
     from chorus.registry import Step
@@ -34,3 +34,13 @@ def register(registry) -> None:
     feed.interest(follow.CONSUMER, follow.wants)
     registry.task("audience_follow", follow.FollowTask, step=Step.DELIVER, label="audience segment sync")
     registry.task("audience_changes", changes.ChangesTask, step=Step.DELIVER, label="audience manual changes")
+    registry.segment_users("audiences", segment_followers)
+
+
+def segment_followers(conn, ws: str, segment_id: str) -> list[str]:
+    """The audiences that follow segment ``segment_id`` (chorus.registry.SegmentUsers): its deletion would empty
+    them and stop them following. One whose following has stopped uses it no more."""
+    from chorus.messaging.audiences import store
+
+    return [f"audience {a['name']!r}" for a in store.list_all(conn, ws)
+            if a.get("source", {}).get("segment") == segment_id and a["source"]["following"]]  # fmt: skip

@@ -51,6 +51,8 @@ def create(engine: Engine, ws: str, clean: dict, now: datetime) -> dict:
             raise Conflict(f"an audience named {clean['name']!r} already exists", field="name")
         follow = clean["options"].get("follow")
         if follow is not None:
+            # held until this commits: a deletion of the segment waits, then finds this audience following it
+            segment_store.lock_definitions(conn, ws, shared=True)
             try:
                 segment_store.get(conn, ws, follow["segment"])
             except NotFound:
