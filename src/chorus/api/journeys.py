@@ -25,6 +25,7 @@ from chorus.api.guard import AdminRoute
 from chorus.errors import ChorusError, NotFound
 from chorus.journeys import manage, runtime, stats, store
 from chorus.messaging import outbox
+from chorus.messaging.policy import MESSAGE_CHANNELS
 from chorus.profiles import views
 from chorus.store.db import read_only
 
@@ -269,22 +270,74 @@ Migrate = Annotated[list[str] | None, Query(description=(
     "old:new, repeated or comma-separated"))]  # fmt: skip
 VersionQ = Annotated[int | None, Query(ge=1, le=2**31 - 1, description="one version (default: all of them)")]
 
+# The request bodies as /openapi.json describes them: their top-level fields, types and what is required. The
+# handlers take the body as it is and validate it themselves (manage.publish, manage.publish_broadcast), so an
+# error names the field in the product's words; these schemas only document it (a body they refuse is a 400).
+_ID = {"type": "string", "pattern": "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$",
+       "description": "1 to 64 letters, digits, '_', '.' or '-' (not starting with '.' or '-')"}  # fmt: skip
+_REF = {"type": "string", "minLength": 1, "maxLength": 64}  # the id of a template, segment, ...
+_NAME = {"type": "string", "minLength": 1, "maxLength": 200}
+_DEFINITION_SCHEMA = {
+    "type": "object", "additionalProperties": False, "required": ["id", "entry", "start", "nodes"],
+    "description": "the journey definition as JSON (docs/journeys.md)",
+    "properties": {
+        "id": _ID,
+        "name": _NAME,
+        "entry": {"type": "object", "description": "one of event, segment, schedule, api",
+                  "minProperties": 1, "maxProperties": 1},
+        "reentry": {"anyOf": [{"type": "string", "enum": ["never", "after_exit", "per_key"]},
+                              {"type": "object", "required": ["cooldown"], "additionalProperties": False,
+                               "properties": {"cooldown": {"type": "string", "description": "e.g. 7d"}}}]},
+        "goal": {"type": "object", "description": "event, segment or rule, and within"},
+        "exit_on_goal": {"type": "boolean", "default": True},
+        "exit": {"type": "array", "minItems": 1, "maxItems": 20, "items": {"type": "object"},
+                 "description": "exit criteria"},
+        "start": {**_ID, "description": "the id of the first node"},
+        "nodes": {"type": "object", "minProperties": 1, "maxProperties": 200, "description": "node id -> node",
+                  "propertyNames": {"pattern": _ID["pattern"]}, "additionalProperties": {"type": "object"}},
+    },
+}  # fmt: skip
 _DEFINITION = {"requestBody": {"required": True, "content": {"application/json": {
-    "schema": {"type": "object", "description": "the journey definition as JSON (docs/journeys.md)"},
+    "schema": _DEFINITION_SCHEMA,
     "example": {"id": "welcome", "entry": {"event": {"event": "Signed Up"}}, "start": "hello",
                 "nodes": {"hello": {"type": "message", "template": "welcome", "next": "done"},
                           "done": {"type": "exit"}}}}}}}  # fmt: skip
+_BROADCAST_SCHEMA = {
+    "type": "object", "additionalProperties": False, "required": ["id", "template"],
+    "properties": {
+        "id": _ID,
+        "name": _NAME,
+        "template": {**_REF, "description": "the template's id"},
+        "segment": {**_REF, "description": "the audience: a segment's id"},
+        "channel": {"anyOf": [{"type": "string", "enum": ["auto", *MESSAGE_CHANNELS]},
+                              {"type": "array", "minItems": 1,
+                               "items": {"type": "string", "enum": [*MESSAGE_CHANNELS]}}],
+                    "default": "auto", "description": "auto (the person's preferred reachable channel), a channel, or "
+                    "a list of channels"},
+        "kind": {"type": "string", "enum": list(outbox.KINDS), "default": "marketing"},
+        "topic": {"type": "string", "pattern": "^[a-z0-9_.-]{1,64}$"},
+        "data": {"type": "object", "description": "the message's data"},
+        "schedule": {"anyOf": [{"type": "string", "enum": ["now"]}, {"type": "object", "description":
+                               "a journey schedule: at, every, time, ..."}], "default": "now"},
+        "goal": {"type": "object", "description": "event, segment or rule, and within"},
+        "holdout": {"type": "integer", "minimum": 1, "maximum": 99,
+                    "description": "the percentage kept out, measured against goal (which needs within)"},
+        "holdout_by": {"type": "string", "enum": ["profile", "identifier"], "default": "profile",
+                       "description": "what a person's holdout bucket hashes (with holdout)"},
+    },
+}  # fmt: skip
 _BROADCAST = {"requestBody": {"required": True, "content": {"application/json": {
-    "schema": {"type": "object", "description": "id, template, and optionally name, segment, channel, kind, topic, "
-               "data, schedule (\"now\" by default, or a journey schedule), goal, holdout (1 to 99), holdout_by "
-               "(profile or identifier: what a person's bucket hashes)"},
+    "schema": _BROADCAST_SCHEMA,
     "example": {"id": "spring-sale", "segment": "newsletter", "template": "spring", "schedule": "now",
                 "goal": {"event": {"event": "Order Completed"}, "within": "7d"}, "holdout": 10}}}}}  # fmt: skip
-_START = {"requestBody": {"required": False, "content": {"application/json": {
-    "schema": {"type": "object", "additionalProperties": False, "properties": {
-        "profile_id": {"type": "string"},
+# The /start body is read as Any (checked in the handler): as dict | None, FastAPI documented "object or null" beside
+# this object
+_START = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": {"type": "object", "additionalProperties": False,
+               "oneOf": [{"required": ["profile_id"]}, {"required": ["to"]}], "properties": {
+        "profile_id": {"type": "string", "minLength": 1},
         "to": {"type": "object", "description": "or one identifier: email, phone, user_id, a declared kind...",
-               "additionalProperties": {"type": "string"}},
+               "minProperties": 1, "maxProperties": 1, "additionalProperties": {"type": "string"}},
         "data": {"type": "object", "description": "the start's fields (the entry key among them)"}}},
     "example": {"to": {"email": "ana@example.com"}, "data": {"order_id": "o-1001"}}}}}}  # fmt: skip
 
@@ -350,10 +403,12 @@ def journey_people(ws: WS, svc: SVC, journey_id: str, node: Annotated[str, Query
 @router.post("/journeys/{journey_id}/start", summary="Start one person in a journey entered by an API call "
              "(idempotent with the Idempotency-Key header)", openapi_extra=_START,
              response_model=Started)  # fmt: skip
-def start_journey(ws: WS, svc: SVC, journey_id: str, body: Annotated[dict | None, Body()] = None,
+def start_journey(ws: WS, svc: SVC, journey_id: str, body: Annotated[Any, Body()] = None,
                   idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1,
                                                                 max_length=200)] = None):  # fmt: skip
-    body = body or {}
+    if body is not None and not isinstance(body, dict):
+        raise ChorusError("body must be a JSON object", field="body")
+    body = body or {}  # none, or null: _person names what is missing
     unknown = set(body) - {"profile_id", "to", "data"}
     if unknown:
         raise ChorusError("the body has profile_id or to, and data", field=sorted(unknown)[0][:64])

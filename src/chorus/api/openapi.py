@@ -43,12 +43,27 @@ def _error(description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": ERROR_REF}}}
 
 
+def _absent_not_null(param: dict) -> dict:
+    """An optional parameter's schema as what may be sent: FastAPI writes ``str | None`` as ``anyOf [string, null]``,
+    which hides its constraints (a cursor's maxLength) from clients and fuzzers, and a query parameter or header is
+    never null, only absent."""
+    schema = param.get("schema") or {}
+    alts = schema.get("anyOf")
+    if param.get("required") or not isinstance(alts, list) or len(alts) != 2 or {"type": "null"} not in alts:
+        return schema
+    (sent,) = [a for a in alts if a != {"type": "null"}]
+    rest = {k: v for k, v in schema.items() if k != "anyOf" and not (k == "default" and v is None)}
+    return {**sent, **rest}
+
+
 def describe(schema: dict[str, Any]) -> dict[str, Any]:
     """``schema`` (FastAPI's generated document) with the real error responses, changed in place and returned."""
     for path, item in schema.get("paths", {}).items():
         for method, op in item.items():
             if method not in ("get", "put", "post", "patch", "delete", "head", "options"):
                 continue
+            for param in op.get("parameters", []):
+                param["schema"] = _absent_not_null(param)
             responses = op.setdefault("responses", {})
             had_validation = responses.pop("422", None) is not None
             if path.startswith("/api/"):

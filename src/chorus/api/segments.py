@@ -53,12 +53,26 @@ def _definition_body(body: object, extra: frozenset = frozenset({"name"})) -> tu
     return name, rules.parse(body["rule"], "rule")
 
 
+# The request bodies as /openapi.json describes them. The handlers take the body as it is and validate it themselves
+# (_definition_body), so that an error names the field in the product's words; these schemas only document it.
+_NAME = {"type": "string", "minLength": 1, "maxLength": 200}
+_RULE = {"rule": {"type": "object", "minProperties": 1, "maxProperties": 1,
+                  "description": "the rule as JSON (docs/segments.md): a condition, its kind as its one key"},
+         "yaml": {"type": "string", "description": "or the rule as YAML text"}}  # fmt: skip
+_RULE_OR_YAML = [{"required": ["rule"]}, {"required": ["yaml"]}]  # one of the two
 _SEGMENT_BODY = {"requestBody": {"required": True, "content": {"application/json": {
-    "schema": {"type": "object", "additionalProperties": False, "properties": {
-        "name": {"type": "string", "minLength": 1, "maxLength": 200},
-        "rule": {"type": "object", "description": "the rule as JSON (docs/segments.md)"},
-        "yaml": {"type": "string", "description": "or the rule as YAML text"}}},
+    "schema": {"type": "object", "additionalProperties": False, "oneOf": _RULE_OR_YAML,
+               "properties": {"name": _NAME, **_RULE}},
     "example": _EXAMPLE}}}}  # fmt: skip
+_PREVIEW_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": {"type": "object", "additionalProperties": False, "oneOf": _RULE_OR_YAML, "properties": {
+        **_RULE, "sample": {"type": "integer", "minimum": 0, "maximum": preview.MAX_SAMPLE, "default": 10,
+                            "description": "how many members to show"}}},
+    "example": {"rule": _EXAMPLE["rule"], "sample": 5}}}}}  # fmt: skip
+_LIST_NAME_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": {"type": "object", "additionalProperties": False,
+               "properties": {"name": {**_NAME, "description": "the list's name (default: its id)"}}},
+    "example": {"name": "VIP guests"}}}}}  # fmt: skip
 
 
 @router.put("/segments/{segment_id}", summary="Create or change a segment (its members are computed by the worker); "
@@ -94,9 +108,8 @@ def _estimate(ws, svc, segment_id: str, rule: rules.Node) -> dict | None:
 
 
 @router.post("/segments/preview", summary="Who a rule holds now, without saving it: the count and a sample",
-             response_model=schemas.Preview, responses=schemas.OVER_BUDGET)  # fmt: skip
-def preview_segment(ws: WS, svc: SVC, body: Annotated[dict, Body(openapi_examples={"browse": {"value": {
-        "rule": _EXAMPLE["rule"], "sample": 5}}})]):  # fmt: skip
+             openapi_extra=_PREVIEW_BODY, response_model=schemas.Preview, responses=schemas.OVER_BUDGET)  # fmt: skip
+def preview_segment(ws: WS, svc: SVC, body: Annotated[dict, Body()]):
     _, rule = _definition_body(body, frozenset({"sample"}))
     with read_only(svc.engine) as conn:  # on SQLite, no write lock for a read that may take seconds
         return JSON(preview.preview(conn, ws, rule, utcnow(), sample=body.get("sample", 10),
@@ -116,7 +129,8 @@ def get_segment(ws: WS, svc: SVC, segment_id: str):
         return JSON(store.view(conn, ws.id, store.get(conn, ws.id, segment_id)))
 
 
-@router.delete("/segments/{segment_id}", summary="Delete a segment (409 while another segment refers to it)",
+@router.delete("/segments/{segment_id}",
+               summary="Delete a segment (409 while a segment, an active journey, a broadcast or an audience uses it)",
                status_code=204, response_class=Response, response_description="Deleted: no body")  # fmt: skip
 def delete_segment(ws: WS, svc: SVC, segment_id: str):
     engine.drop(svc.engine, ws.id, segment_id)  # its members leave it first: journeys see them go
@@ -166,8 +180,9 @@ def profile_segments(ws: WS, svc: SVC, profile_id: str):
 
 # -- static lists ----------------------------------------------------------------------------------------------------
 @router.put("/lists/{list_id}", summary="Create or rename a static list", response_model=schemas.StaticList,
-            responses=schemas.created(schemas.StaticList), response_description="Renamed")  # fmt: skip
-def put_list(ws: WS, svc: SVC, list_id: str, body: Annotated[dict, Body(examples=[{"name": "VIP guests"}])]):
+            openapi_extra=_LIST_NAME_BODY, responses=schemas.created(schemas.StaticList),
+            response_description="Renamed")  # fmt: skip
+def put_list(ws: WS, svc: SVC, list_id: str, body: Annotated[dict, Body()]):
     store.check_id(list_id)
     if not isinstance(body, dict) or set(body) - {"name"}:
         raise ChorusError('the body must be {"name": "..."}', field="body")
@@ -262,11 +277,16 @@ def _csv_entries(raw: bytes, kinds: tuple[str, ...]) -> tuple[list, list[str]]:
     reader = csv.DictReader(io.StringIO(text))
     out, lines = [], []
     try:
-        found: dict[str, str] = {}  # kind -> its header (the first column that names it)
+        found: dict[str, str] = {}  # kind -> its header (the one column that names it)
         by_name = {_column(k): k for k in ("profile_id", *kinds)}  # a declared kind in any case: crmId, CRMID
         for header in reader.fieldnames or []:
             if isinstance(header, str) and (kind := by_name.get(_column(header))):
-                found.setdefault(kind, header)
+                if kind in found:  # which one holds a row's value? Neither is taken over the other (an outside
+                    # probe: a value only in the second column was dropped, the row reported nowhere)
+                    line = f"line {reader.line_num}"  # the header's (1, unless blank lines come first)
+                    raise ChorusError(f"{line}: columns '{found[kind][:64]}' and '{header[:64]}' both name {kind}; "
+                                      "keep one column per identifier", field=line)  # fmt: skip
+                found[kind] = header
         cols = [(k, found[k]) for k in ("profile_id", *kinds) if k in found]
         if not cols:
             raise ChorusError(f"the CSV needs a header with a column of profile_id or an identifier: "
@@ -278,9 +298,8 @@ def _csv_entries(raw: bytes, kinds: tuple[str, ...]) -> tuple[list, list[str]]:
                 raise ChorusError(f"{line}: at most {MAX_ENTRIES} rows per upload", field=line)
             names = [v.strip() if k == "profile_id" else {k: v.strip()}
                      for k, h in cols if isinstance(v := row.get(h), str) and v.strip()]  # fmt: skip
-            if names:
-                out.append(names)
-                lines.append(line)
+            out.append(names)  # a row with no value names nobody: reported as invalid, never dropped unseen
+            lines.append(line)
     except csv.Error as exc:  # a field over the csv module's limit, a broken quote (its text is the module's)
         why = "a cell longer than the limit" if "field larger" in str(exc) else "a broken quote or line ending"
         line = f"line {max(reader.reader.line_num, 1)}"  # the line it was reading (DictReader's own lags a row)
@@ -324,9 +343,14 @@ def _resolve_rows(conn, ws, rows: list[list], lines: list[str], invalid: list[di
     """Profile ids of a CSV's rows: each row's person is the first of its identifiers that names somebody (an
     export's stale profile id falls back to the email beside it). A row none of whose identifiers names anybody is
     not found (its identifiers together); one whose values are all invalid or unknown, with an invalid one, is put
-    in ``invalid`` (its line and why) and the others applied: good rows next to a bad one are not lost."""
+    in ``invalid`` (its line and why), as is one with no value at all, and the others applied: good rows next to a
+    bad one are not lost."""
     ids, missing = [], []
     for names, line in zip(rows, lines, strict=True):
+        if not names:  # every identifier cell of the row is empty
+            invalid.append({"line": int(line.removeprefix("line ")), "reason": "the row has no value in its "
+                            "profile_id or identifier columns"})  # fmt: skip
+            continue
         why = None
         for e in names:
             try:
