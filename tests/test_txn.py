@@ -6,7 +6,7 @@ import sqlalchemy as sa
 
 from chorus.store import txn
 
-SEEN = txn.Buffer("test_txn")
+SEEN = txn.Buffer("test_txn", lambda conn, items: None, order=50)
 
 
 def test_savepoints_nest_and_a_rolled_back_one_drops_only_its_own(engine):
@@ -56,3 +56,46 @@ def test_a_rollback_or_a_connection_back_in_the_pool_keeps_nothing(engine):
             conn.execute(sa.text("SELECT 1"))
     else:
         raise AssertionError("the pool never handed that connection out again: the test proves nothing")
+
+
+def test_a_commit_that_a_buffer_fails_counts_nothing(engine, monkeypatch):
+    """Review: the metrics' counts ran in the commit event before the feed wrote its changes there; a feed write
+    that failed rolled the transaction back after its counts were made (a retry then counted twice)."""
+    import pytest
+    from prometheus_client import Counter
+
+    from chorus import metrics
+    from chorus.profiles import feed
+
+    probe = Counter("test_txn_probe", "probe", registry=None)
+
+    def failing(*a, **k):
+        raise RuntimeError("the feed's write failed (a lock timeout, a deadlock)")
+
+    monkeypatch.setattr(feed.bulk, "insert_rows", failing)
+    with pytest.raises(RuntimeError), engine.begin() as conn:
+        metrics.after_commit(conn, probe.inc)
+        feed.record(conn, "ws", [feed.Change("p1", "created")])
+    assert probe._value.get() == 0, "counted for a transaction that rolled back"
+
+
+def test_a_connection_lost_mid_transaction_is_still_said_to_be_transient(engine, db_url):
+    """Review: the rollback listener read the invalidated connection's info, and its PendingRollbackError replaced
+    the disconnect: ``db.transient`` no longer saw a transient failure (the resolver then split a good batch)."""
+    import pytest
+
+    from chorus.store.db import transient
+
+    if not db_url.startswith("postgresql"):
+        pytest.skip("a server to kill the connection of")
+    admin = sa.create_engine(engine.url, isolation_level="AUTOCOMMIT")
+    try:
+        with pytest.raises(Exception) as info, engine.begin() as conn:
+            SEEN.add(conn, [1])
+            pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar()
+            with admin.connect() as a:
+                a.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+            conn.execute(sa.text("SELECT 1"))
+        assert transient(info.value), repr(info.value)
+    finally:
+        admin.dispose()

@@ -6,8 +6,7 @@ import logging
 from collections.abc import Callable
 
 from prometheus_client import GC_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, Counter, Gauge, Histogram
-from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 
 from chorus.store import txn
 
@@ -74,7 +73,16 @@ provider_seconds = Histogram(
 # them all). SQLAlchemy's Core has
 # no event after a commit: they run in its "commit" event, just before the COMMIT itself, so a COMMIT that fails
 # (none of Chorus' writes defers a constraint to it) would still have counted.
-_COUNTS = txn.Buffer("chorus_metrics")
+def _count(conn: Connection, counts: list) -> None:
+    for count in counts:
+        try:
+            count()
+        except Exception:  # a count must never fail the commit it follows
+            log.exception("a metric could not be counted")
+
+
+# last of the commit's buffers: what another writes there (the change feed) may still fail the commit
+_COUNTS = txn.Buffer("chorus_metrics", _count, order=100)
 
 
 def after_commit(conn: Connection, count: Callable[[], object]) -> None:
@@ -83,12 +91,3 @@ def after_commit(conn: Connection, count: Callable[[], object]) -> None:
         count()
         return
     _COUNTS.add(conn, [count])
-
-
-@event.listens_for(Engine, "commit")
-def _committed(conn: Connection) -> None:
-    for count in _COUNTS.take(conn):
-        try:
-            count()
-        except Exception:  # a count must never fail the commit it follows
-            log.exception("a metric could not be counted")

@@ -1,7 +1,7 @@
 """A condition reads the person as of its input's instant, live as in the simulator, however late the input is
-handled: her traits folded from her events up to that instant, and the segments she was in then (an outside probe
-rated it high: the runtime read her traits and memberships as stored when it handled the input, so a backlog
-changed which branch she took, and a backtest did not predict it)."""
+handled: her traits folded from her events up to that instant (an outside probe rated it high: the runtime read
+her traits as stored when it handled the input, so a backlog changed which branch she took, and a backtest did not
+predict it). Memberships are read as stored (decision 0053)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,6 @@ from chorus.journeys import definition as d
 from chorus.journeys import simulate as sm
 from chorus.journeys.cli import backtest_subjects
 from chorus.messaging import outbox
-from chorus.segments import rules as seg_rules
-from chorus.segments import store as seg_store
 from chorus.store.tables import journey_records
 from tests.journeys.test_runtime import publish, send, settle
 
@@ -54,16 +52,13 @@ def branches(engine, ws: str) -> dict[str, str]:
     return dict(rows)
 
 
-def run(engine, clock, worker, condition: dict, segments: dict | None = None) -> tuple[list[str], list[str]]:
+def run(engine, clock, worker, condition: dict) -> tuple[list[str], list[str]]:
     """Everyone starts silver; u1 and u2 sign up at T and turn gold five minutes later, u3 turns gold a minute
     before signing up. The worker is behind: it sees the sign-ups only after the upgrades. Returns the branches
     taken live, and those the backtest of the stored events predicts, by user."""
     ws = workspaces.create(engine, "asof-" + uuid.uuid4().hex[:6])["id"]
     for name in ("gold", "std"):
         outbox.save_template(engine, ws, name, {"kind": "marketing", "variants": {"in_app": {"body": name}}})
-    for sid, rule in (segments or {}).items():
-        with engine.begin() as conn:
-            seg_store.save(conn, ws, sid, sid, seg_rules.parse(rule), T - timedelta(days=1))
     doc = journey(condition)
     clock.at = T - timedelta(hours=1)
     publish(engine, ws, doc, at=T - timedelta(hours=1))
@@ -81,8 +76,7 @@ def run(engine, clock, worker, condition: dict, segments: dict | None = None) ->
         wk = workspaces.find(conn, ws)
         subjects = backtest_subjects(conn, wk, T - timedelta(days=1), T + timedelta(hours=1))
     report = sm.simulate(d.parse(doc), subjects, since=T - timedelta(days=1), until=T + timedelta(hours=1),
-                         segments={k: seg_rules.parse(v) for k, v in (segments or {}).items()},
-                         trace=True)  # fmt: skip
+                         trace=True)
     predicted = sorted(r.branch for _, _, r in report.trace if r.node == "check" and r.kind == "step")
     return live, predicted
 

@@ -632,6 +632,7 @@ class PersonRun:
         out: list[dispatch.Outcome] = []
         wanted = set(only) if only is not None else None
         t = min(j.input_time(inp), self.now)  # no rule of this input is evaluated before (interpreter._Run.now)
+        seen: tuple[Person, Person] | None = None  # (her person, as of t)
         if self.since is not None and t < self.since:
             assert self.claim is not None
             self.claim.read_back(self, t)
@@ -665,8 +666,10 @@ class PersonRun:
             if jr.status not in ("stopped", "archived"):
                 versions[jr.version] = self.js.defn(jid, jr.version)
             entering = self.js.may_enter(jid, inp) or any(s.status == "new" for s in mine)
+            if seen is None or seen[0] is not self.person:  # once per input, again after a trait step
+                seen = (self.person, self.person_at(t))
             outcomes = dispatch.offer(
-                versions, jr.version, self.person_at(t), mine, inp, self.now, status=jr.interpreter_status,
+                versions, jr.version, seen[1], mine, inp, self.now, status=jr.interpreter_status,
                 topics=self.js.topics, before_entry=self.before_entry(jid) if entering else (),
             )  # fmt: skip
             if any(o.held for o in outcomes):  # paused: the input is kept once, for all her instances of it
@@ -696,12 +699,11 @@ class PersonRun:
             return p
         state = self.claim.state_at(p.id, t)
         # her trait steps of this run are hers at once (an input handled after the step reads it, as the simulator
-        # folds the step's identify at once); a stored one stamped up to ``t`` is in the refold already
-        late = [(payload, anchor) for payload, anchor in self.stepped if payload["timestamp"] > at]
-        if late:
+        # folds the step's identify at once)
+        if self.stepped:  # still pending in this transaction: never in the refold (review)
             state = copy.deepcopy(state)
             policies = dict(self.js.ws.settings.get("trait_policies") or {})
-            for payload, anchor in late:
+            for payload, anchor in self.stepped:
                 pstate.apply_event(state, payload, anchor, policies)
         return replace(p, state=state, summary=Summary.of(state))
 

@@ -107,7 +107,12 @@ def _wanted(consumer: str, c: Change) -> bool:
 
 
 # -- recording: buffered in the transaction (chorus.store.txn), written at commit ----------------------------------
-_CHANGES = txn.Buffer("chorus_feed")  # (workspace, Change, at) recorded by the transaction, written at its commit
+def _flush(conn: Connection, pending: list) -> None:  # defined below; the buffer calls it at the commit
+    _write(conn, pending)
+
+
+# (workspace, Change, at) recorded by the transaction, written at its commit, before anything is counted
+_CHANGES = txn.Buffer("chorus_feed", _flush, order=0)
 
 
 def record(conn: Connection, ws: str, changes: Iterable[Change], at: datetime | None = None) -> int:
@@ -136,19 +141,9 @@ def _discard(conn: Connection, ws: str, profile_ids: Iterable[str]) -> None:
     _CHANGES.drop(conn, lambda x: x[0] == ws and x[1].profile_id in ids)
 
 
-def _listen() -> None:
-    """Once, at import, for every engine (a class-level listener: adding listeners to an engine in use is not
-    thread-safe). Class-level listeners run before an engine's own, so the changes are written before the SQLite
-    writer queue's "commit" listener lets the next writer in. Savepoints, rollbacks and the pool: chorus.store.txn."""
-    from sqlalchemy.engine import Engine as _Engine
-
-    sa.event.listen(_Engine, "commit", _flush)
-
-
-def _flush(conn: Connection) -> None:
-    pending = _CHANGES.take(conn)
-    if not pending:
-        return
+def _write(conn: Connection, pending: list) -> None:
+    """The changes a transaction recorded, written in its commit event (class-level, before an engine's own
+    listeners: before the SQLite writer queue's "commit" listener lets the next writer in)."""
     rows = [
         {"seq": None, "workspace_id": ws, "profile_id": c.profile_id, "cause": c.cause, "event_seq": c.event_seq,
          "target_id": c.target_id, "at": at, "detail": c.detail or {}}
@@ -179,8 +174,7 @@ def _flush(conn: Connection) -> None:
             {"consumer": name, "seq": seq, "workspace_id": ws, "profile_id": c.profile_id, "attempts": 0}
             for name in consumers for seq, (ws, c, _) in zip(seqs, pending, strict=True) if _wanted(name, c)
         ])  # fmt: skip
-    # counted here: this runs in the commit event itself, where metrics.after_commit's have already run (review)
-    metrics.feed_changes.inc(len(rows))
+    metrics.after_commit(conn, lambda: metrics.feed_changes.inc(len(rows)))  # counted after, by the metrics' buffer
 
 
 def _theirs(ws: str, profile_ids: list[str]):
@@ -562,4 +556,3 @@ class FeedTask:
         pass
 
 
-_listen()

@@ -472,16 +472,13 @@ def event_name(msg: dict) -> str | None:
 
 
 def latest(state: dict) -> str:
-    """The latest event time the state holds anything of (fixed-width ISO text; "" for none): the state is the fold
-    of her events up to any instant at or after it, so a reader at an earlier instant must fold her events again
-    (``identity.resolver.state_as_of``). Consent is dated by the statement's own timestamp here."""
+    """The latest event time of what the state holds that a reader at an earlier instant cannot tell apart
+    (fixed-width ISO text; "" for none): its traits, sums, attributes, claimed traits, consent and warnings. A
+    reader at an earlier instant must fold her events again (``identity.resolver.state_as_of``). Not the channels
+    and the activity counts: every event moves them (a page view), and their readers already know when they are not
+    exact at an instant and read her events instead (``segments.summary.Summary.settled``). Consent is dated by the
+    statement's own timestamp here."""
     out = ""
-    for c in (state.get("channels") or {}).values():
-        out = max(out, c.get("last_seen", ""), c.get("last_message", ""))
-    act = state.get("activity")
-    if act:
-        for _n, _first, last in act["types"].values():
-            out = max(out, last)
     for key in (state.get("trait_at") or {}).values():
         out = max(out, key[0])
     for per in (state.get("sums") or {}).values():

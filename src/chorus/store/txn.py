@@ -5,7 +5,8 @@ the metrics' counts (counted at the commit). One mechanism for both, so that the
   message that did not exist): its changes are not written, its counts not counted;
 - a rollback drops everything, and so does a connection going back to the pool without either (``record`` called,
   then closed);
-- the owner of a buffer takes it in its own "commit" listener (:meth:`Buffer.take`) and does what it must there.
+- at the commit, one listener gives each buffer's items to its owner's ``commit`` function, in the buffers' ``order``
+  (the feed writes its changes first, the metrics count last: a write that fails the commit counts nothing).
 
 Kept in ``conn.info``, the DBAPI connection's own dict, which every ``Connection`` over it shares and the pool
 keeps: hence the clearing at check-in.
@@ -26,11 +27,13 @@ _BUFFERS: list[Buffer] = []
 
 
 class Buffer:
-    """One owner's list per transaction. Create it at import (module level): the listeners know every buffer."""
+    """One owner's list per transaction. Create it at import (module level): the listeners know every buffer.
+    ``commit(conn, items)`` runs in the transaction's "commit" event with what it kept (nothing: not called)."""
 
-    def __init__(self, key: str):
-        self.key = key
+    def __init__(self, key: str, commit: Callable[[Connection, list], None], order: int):
+        self.key, self.commit, self.order = key, commit, order
         _BUFFERS.append(self)
+        _BUFFERS.sort(key=lambda b: b.order)
 
     def _of(self, conn: Connection) -> dict:
         return conn.info.setdefault(self.key, {"items": [], "marks": []})
@@ -53,13 +56,27 @@ class Buffer:
             buf["items"] = [x for x, k in zip(buf["items"], keep, strict=True) if k]
 
 
+def _committed(conn: Connection) -> None:
+    for b in _BUFFERS:
+        items = b.take(conn)
+        if items:
+            b.commit(conn, items)
+
+
+# A connection lost mid-transaction is invalidated: reading its info then raises PendingRollbackError, which would
+# replace the disconnect itself (and ``db.transient`` would no longer see a transient failure; review). Its info is
+# new when it reconnects, so there is nothing to drop.
 def _savepoint(conn: Connection, name: str | None) -> None:
+    if conn.invalidated:
+        return
     for b in _BUFFERS:
         buf = b._of(conn)
         buf["marks"].append(len(buf["items"]))
 
 
 def _rollback_savepoint(conn: Connection, name: str, context) -> None:
+    if conn.invalidated:
+        return
     for b in _BUFFERS:
         buf = conn.info.get(b.key)
         if buf and buf["marks"]:
@@ -67,6 +84,8 @@ def _rollback_savepoint(conn: Connection, name: str, context) -> None:
 
 
 def _release_savepoint(conn: Connection, name: str, context) -> None:
+    if conn.invalidated:
+        return
     for b in _BUFFERS:
         buf = conn.info.get(b.key)
         if buf and buf["marks"]:
@@ -74,6 +93,8 @@ def _release_savepoint(conn: Connection, name: str, context) -> None:
 
 
 def _rollback(conn: Connection) -> None:
+    if conn.invalidated:
+        return
     for b in _BUFFERS:
         conn.info.pop(b.key, None)
 
@@ -90,6 +111,7 @@ def _listen() -> None:
     from sqlalchemy.engine import Engine
     from sqlalchemy.pool import Pool
 
+    sa.event.listen(Engine, "commit", _committed)
     sa.event.listen(Engine, "rollback", _rollback)
     sa.event.listen(Pool, "checkin", _checkin)
     sa.event.listen(Engine, "savepoint", _savepoint)
