@@ -212,3 +212,68 @@ def test_https_names_the_urls_host_in_tls_while_connecting_to_the_checked_addres
         server.close()
     assert names == ["hook.example"]
     assert out.status == "retry" and "SSLError" in out.reason  # not verified: nothing was sent
+
+
+# -- review of the pinned connection ----------------------------------------------------------------------------------
+class _Answer(BaseHTTPRequestHandler):
+    body, encoding, status = b"", None, 204
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(self.status)
+        if self.encoding:
+            self.send_header("Content-Encoding", self.encoding)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *a):
+        pass
+
+
+def _serve(handler):
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+def test_a_first_address_that_times_out_does_not_hide_the_next(monkeypatch):
+    """Review: only a refused connection moved on to the next checked address; a black-holed first one (a connect
+    timeout) failed every attempt though the host answered at its second address."""
+    import urllib3.util.connection as uconn
+
+    srv = _serve(_Answer)
+    real = uconn.create_connection
+
+    def black_holed(address, *a, **kw):
+        if address[0] == "192.0.2.1":
+            raise TimeoutError("timed out")
+        return real(address, *a, **kw)
+
+    monkeypatch.setattr(uconn, "create_connection", black_holed)
+    try:
+        r = webhooks.send(Client(timeout=2), "POST", f"http://hooks.example:{srv.server_port}/x",
+                          ["192.0.2.1", "127.0.0.1"], body=b"{}", headers={})  # fmt: skip
+        assert r.status_code == 204
+    finally:
+        srv.shutdown()
+
+
+def test_an_answer_is_read_only_as_far_as_a_reason_needs(monkeypatch):
+    """Review: the whole answer was read and inflated: a 200 KB gzip answer held 200 MB in the worker."""
+    import gzip
+
+    class Bomb(_Answer):
+        body, encoding, status = gzip.compress(b"\0" * (50 * 2**20), 9), "gzip", 500
+
+    class Long(_Answer):
+        body, status = b"x" * (3 * 2**20), 500
+
+    for handler in (Bomb, Long):
+        srv = _serve(handler)
+        try:
+            r = webhooks.send(Client(timeout=5), "POST", f"http://h.example:{srv.server_port}/", ["127.0.0.1"],
+                              body=b"{}", headers={})  # fmt: skip
+            assert r.status_code == 500 and len(r.content) <= webhooks.ANSWER_BYTES
+        finally:
+            srv.shutdown()

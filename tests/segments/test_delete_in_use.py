@@ -11,6 +11,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import sqlalchemy as sa
 
 from chorus import registry as reg
 from chorus import workspaces
@@ -198,3 +199,38 @@ def test_a_journey_published_while_the_segment_is_deleted_is_refused_or_refuses_
     conn.close()
     t.join(10)
     assert out == ["segment 'vip' is used by journey 'late' (entry); remove those uses first"]
+
+
+def test_the_worker_follow_poll_does_not_wait_for_a_segment_save(engine, ws, db_url):
+    """Review: reading the ids took the definitions lock for every reader, so the worker's follow poll, which only
+    reads them, waited behind every segment save or deletion of every workspace it visited."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite serialises writers")
+    follow(engine, ws, "ig-vip")
+    holder = engine.connect()
+    tx = holder.begin()
+    store.lock_definitions(holder, ws)  # a segment save or deletion under way
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SET lock_timeout = '1s'"))
+            audiences.due_follows(conn, T0)
+    finally:
+        tx.rollback()
+        holder.close()
+
+
+def test_a_sent_broadcast_with_nobody_inside_does_not_hold_its_goal_segment(engine, ws, clock, worker):
+    """Review: the docs say a one-off broadcast that has gone out does not hold its segments once nobody is inside;
+    its goal's segment was held forever (the current version always counted)."""
+    with engine.begin() as conn:
+        manage.publish_broadcast(conn, ws, {"id": "sent", "template": "offer", "channel": ["in_app"],
+                                            "segment": "other", "schedule": "now",
+                                            "goal": {"segment": {"entered": "vip"}, "within": "1d"}}, T0)  # fmt: skip
+    for _ in range(4):
+        worker.run_once()
+    clock.at = T0 + timedelta(days=2)
+    for _ in range(2):
+        worker.run_once()
+    seg.drop(engine, ws, "vip")
+    with engine.connect() as conn:
+        assert "vip" not in store.ids(conn, ws)

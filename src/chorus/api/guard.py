@@ -35,6 +35,7 @@ from decimal import Decimal
 
 from fastapi.params import File, Form
 from fastapi.routing import APIRoute
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
@@ -148,6 +149,9 @@ def inflate(body: bytes, encoding: str | None, limit: int = MAX_JSON_BODY) -> by
                           "or without the header)", field="Content-Encoding") from None  # fmt: skip
     if len(out) > limit or d.unconsumed_tail:
         raise TooLarge(f"body is larger than {limit // 2**20} MB after decompression")
+    if not d.eof or d.unused_data:  # cut short, or a second member after the first (review): not what was sent
+        raise ChorusError(f"body is not one whole {encoding}-compressed stream, as its Content-Encoding says (it is "
+                          "cut short, or has data after its end)", field="Content-Encoding")  # fmt: skip
     return out
 
 
@@ -168,7 +172,9 @@ async def check_body(request: Request, expects_form: bool, accepted: tuple[str, 
             if isinstance(value, str):
                 safejson.check_text(value, name)
         return
-    body = inflate(await read_limited(request, MAX_JSON_BODY, "body"), encoding)
+    body = await read_limited(request, MAX_JSON_BODY, "body")
+    if encoding not in ("", "identity") and body:  # up to 10 MB inflated: off the event loop (review)
+        body = await run_in_threadpool(inflate, body, encoding)
     request._body = body  # read_limited consumed the stream; FastAPI reads the body (inflated) from here
     if body and accepted and not _accepts(accepted, content_type):
         raise _unsupported(accepted, content_type)

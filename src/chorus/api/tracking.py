@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import zlib
 
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from chorus import metrics, safejson
-from chorus.api.common import JSON, Services, error_response, write_key
-from chorus.api.guard import FORM_TYPES
+from chorus.api.common import JSON, Services, TooLarge, error_response, write_key
+from chorus.api.guard import FORM_TYPES, inflate
 from chorus.collect import ingest
 from chorus.collect.messages import (
     MAX_BATCH_BYTES,
@@ -97,20 +96,12 @@ class Gate:
 
 
 def _inflate(body: bytes, encoding: str) -> bytes:
-    encoding = encoding.strip().lower()
-    if encoding in ("", "identity"):
-        return body
-    if encoding not in ("gzip", "deflate", "x-gzip"):
-        raise ChorusError(f"Content-Encoding {encoding!r} is not supported (use gzip)", field="Content-Encoding")
-    d = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding != "deflate" else zlib.MAX_WBITS)
+    """The batch as its Content-Encoding says, with the admin API's rules (``guard.inflate``: gzip, x-gzip or
+    deflate, one whole stream), at most 500 KB once inflated."""
     try:
-        out = d.decompress(body, MAX_BATCH_BYTES + 1)
-    except zlib.error:  # zlib's own text ("Error -3 while decompressing data") says nothing to a sender
-        raise ChorusError(f"body is not {encoding}-compressed data, as its Content-Encoding says (send it compressed, "
-                          "or without the header)", field="Content-Encoding") from None  # fmt: skip
-    if len(out) > MAX_BATCH_BYTES or d.unconsumed_tail:
-        raise ChorusError("batch is larger than 500 KB after decompression", field="batch")
-    return out
+        return inflate(body, encoding, MAX_BATCH_BYTES)
+    except TooLarge:
+        raise ChorusError("batch is larger than 500 KB after decompression", field="batch") from None
 
 
 async def _read_capped(request: Request) -> bytes:

@@ -46,7 +46,7 @@ WAITING_KIND = {"delay": d.Delay, "wait": d.Wait}
 def check(conn: Connection, ws: str, defn: d.Definition) -> None:
     """Everything the journey names exists in the workspace, and every step can run here."""
     d.check_references(
-        defn, templates=outbox.template_channels(conn, ws), segments=segments_store.ids(conn, ws),
+        defn, templates=outbox.template_channels(conn, ws), segments=segments_store.ids(conn, ws, hold=True),
         lists={x["id"] for x in segments_store.all_lists(conn, ws)},
         audiences={a["name"] for a in audiences_store.list_all(conn, ws)},
     )  # fmt: skip

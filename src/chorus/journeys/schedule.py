@@ -250,13 +250,17 @@ def segment_uses(conn: Connection, ws: str, segment_id: str) -> list[str]:
         if jr.status in ("stopped", "archived"):
             continue
         uses: list[str] = []
-        for version in sorted({jr.version} | store.versions_inside(conn, ws, jr.id)):
-            defn = store.definition(conn, ws, jr.id, version)
+        current = store.definition(conn, ws, jr.id, jr.version)
+        # a scheduled one whose runs have all started their people (a one-off broadcast sent) takes nobody more:
+        # its current version counts only while somebody is inside it, like an older one (review: a sent
+        # broadcast's goal held its segment forever)
+        done = isinstance(current.entry, d.Schedule) and takes_no_more(conn, ws, jr, current.entry)
+        versions = store.versions_inside(conn, ws, jr.id) | (set() if done else {jr.version})
+        for version in sorted(versions):
+            defn = current if version == jr.version else store.definition(conn, ws, jr.id, version)
             paths = [p for p, kind, name in d.references(defn) if kind == "segment" and name == segment_id]
-            entry = [p for p in paths if p.startswith("entry.")]
-            if entry and (version != jr.version or (isinstance(defn.entry, d.Schedule)
-                                                     and takes_no_more(conn, ws, jr, defn.entry))):  # fmt: skip
-                paths = [p for p in paths if p not in entry]  # nobody enters by this version's entry any more
+            if version != jr.version or done:  # nobody enters by this version's entry any more
+                paths = [p for p in paths if not p.startswith("entry.")]
             uses += [u for u in map(_use, paths) if u not in uses]
         if not uses:
             continue

@@ -96,16 +96,21 @@ class Subject:
     owned: frozenset[str] | None = None
 
 
+MAX_FILE = 10 * 2**20  # a journey, segments or templates file: the admin API's limit for a definition
+MAX_EVENTS_FILE = 1024 * 2**20  # an events or starts file, read whole into memory
 BOM = "\ufeff"  # a UTF-8 byte-order mark: some editors (Notepad, Excel's "CSV UTF-8") start a file with one
 
 
-def _read(path: str | Path, what: str) -> str:
+def _read(path: str | Path, what: str, limit: int = MAX_FILE) -> str:
     """The text of a UTF-8 file (a byte-order mark at its start is skipped). A byte that is not UTF-8 is an error
     naming the line it is on, in words (not the codec's)."""
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as fh:  # bounded, as a definition the API takes (review: /dev/zero was read whole)
+            data = fh.read(limit + 1)
     except OSError as exc:
         raise ChorusError(f"{what} {path}: {exc.strerror or 'cannot be read'}") from None
+    if len(data) > limit:
+        raise ChorusError(f"{what} {path} is larger than {limit // 2**20} MB")
     if data.startswith(BOM.encode()):
         data = data[len(BOM.encode()):]
     try:
@@ -122,7 +127,7 @@ def read_events(path: str | Path) -> list[dict]:
     not a valid event is a :class:`ChorusError` naming the file, the line and the field. An event's time is its
     ``timestamp`` (required: a simulation has no arrival time to fall back on), trusted as sent."""
     out = []
-    for n, line in enumerate(_read(path, "events").splitlines(), start=1):
+    for n, line in enumerate(_read(path, "events", MAX_EVENTS_FILE).splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path} line {n}"
@@ -188,7 +193,7 @@ def read_starts(path: str | Path, defn: d.Definition, at: datetime | None = None
 
     out: list[tuple[str, str, j.Start]] = []
     seen: set[tuple[str, str]] = set()
-    for n, line in enumerate(_read(path, "starts").splitlines(), start=1):
+    for n, line in enumerate(_read(path, "starts", MAX_EVENTS_FILE).splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path} line {n}"

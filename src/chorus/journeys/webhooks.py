@@ -153,6 +153,9 @@ def refused_address(url: str, allow_private: bool) -> str | None:
     return resolve(url, False)[1]
 
 
+ANSWER_BYTES = 64 * 1024  # of a webhook's answer, read: its status and the beginning of a failure's reason
+
+
 class _Pinned:
     """A connection to the addresses its request was checked against (``addresses``), never to a second lookup of
     the host, which a DNS name could answer differently (a public address to the check, 127.0.0.1 to the
@@ -169,7 +172,9 @@ class _Pinned:
                 self._dns_host = address
                 try:
                     return super()._new_conn()
-                except urllib3.exceptions.NewConnectionError as exc:
+                # a refusal or a timeout (NewConnectionError is a ConnectTimeoutError): a black-holed first address
+                # must not hide the others, on every attempt (review)
+                except urllib3.exceptions.ConnectTimeoutError as exc:
                     error = exc
         finally:
             self._dns_host = host
@@ -202,7 +207,15 @@ def send(client: Client, method: str, url: str, addresses: list[str], *, body: b
                       addresses=tuple(addresses))  # fmt: skip
     try:
         r = pool.urlopen(method, parts.request_uri, body=body, headers={**client.headers, **headers},
-                         redirect=False, preload_content=True, assert_same_host=False)  # fmt: skip
+                         redirect=False, preload_content=False, decode_content=False,
+                         assert_same_host=False)  # fmt: skip
+        # only the status and the answer's beginning are kept (a failure's reason): read that much, undecoded, so
+        # that an endless or compressed answer cannot fill the worker's memory (review: a 204 KB gzip answer
+        # held 200 MB)
+        head = r.read(ANSWER_BYTES, decode_content=False)
+        if (r.headers.get("content-encoding") or "identity").strip().lower() != "identity":
+            head = b""  # compressed: its bytes would say nothing in a reason, and are not inflated
+        r.release_conn()
     except (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError,
             urllib3.exceptions.SSLError, urllib3.exceptions.LocationValueError) as exc:  # fmt: skip
         raise HTTPError(f"{type(exc).__name__}: {exc}", sent=False) from None
@@ -210,7 +223,7 @@ def send(client: Client, method: str, url: str, addresses: list[str], *, body: b
         raise HTTPError(f"{type(exc).__name__}: {exc}", sent=True) from None
     finally:
         pool.close()
-    return Response(r.status, r.headers, r.data)
+    return Response(r.status, r.headers, head)
 
 
 def attempt(client: Client, row, settings: dict, workspace: str | None = None) -> Outcome:

@@ -82,11 +82,13 @@ def definitions(conn: Connection, ws: str) -> dict[str, Definition]:
     return {row.id: _definition(row) for row in rows}
 
 
-def ids(conn: Connection, ws: str) -> set[str]:
-    """The workspace's segment ids, without reading or parsing their rules. What is checked against them (a journey
-    published) may be a new use of one: the definitions lock is held shared until the transaction ends, so that the
-    segment's deletion (engine.drop, exclusive) cannot commit between the check and the use."""
-    lock_definitions(conn, ws, shared=True)
+def ids(conn: Connection, ws: str, *, hold: bool = False) -> set[str]:
+    """The workspace's segment ids, without reading or parsing their rules. ``hold``: what is checked against them
+    may be a new use of one (a journey published): the definitions lock is held shared until the transaction ends,
+    so that the segment's deletion (engine.drop, exclusive) cannot commit between the check and the use. Not for a
+    reader that only polls (the worker's follow poll would wait behind every save and deletion; review)."""
+    if hold:
+        lock_definitions(conn, ws, shared=True)
     return set(conn.execute(sa.select(segments.c.id).where(segments.c.workspace_id == ws)).scalars())
 
 

@@ -56,7 +56,9 @@ class _PublicOnly:
                 self._dns_host = address
                 try:
                     return super()._new_conn()
-                except urllib3.exceptions.NewConnectionError as exc:  # the next address, as the resolver's order
+                # the next address, as the resolver's order, after a refusal or a timeout (NewConnectionError is a
+                # ConnectTimeoutError): a black-holed first address must not hide the others (review)
+                except urllib3.exceptions.ConnectTimeoutError as exc:
                     error = exc
         finally:
             self._dns_host = host
