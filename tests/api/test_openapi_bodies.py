@@ -79,7 +79,7 @@ def test_an_optional_parameter_documents_its_limits(spec):
             for p in op.get("parameters", []):
                 if not p.get("required"):
                     assert {"type": "null"} not in p["schema"].get("anyOf", []), (method, path, p["name"])
-                if p["name"] == "cursor" and p.get("description") == "next_cursor of the previous page":
+                if p["name"] == "cursor":  # every one: the timeline's had no limit (a probe)
                     assert p["schema"]["type"] == "string" and p["schema"]["maxLength"] == 1000, (path, p)
                     cursors += 1
     assert cursors >= 5

@@ -122,7 +122,7 @@ def get_profile(ws: WS, svc: SVC, profile_id: str):
 @router.get("/profiles/{profile_id}/events", summary="Timeline across channels, newest first")
 def get_timeline(
     ws: WS, svc: SVC, profile_id: str,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 50, cursor: str | None = None, channel: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50, cursor: Cursor = None, channel: str | None = None,
 ):  # fmt: skip
     with read_only(svc.engine) as conn:
         return JSON(views.timeline(conn, ws.id, profile_id, limit, cursor, channel))
