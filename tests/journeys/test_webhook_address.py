@@ -30,7 +30,7 @@ SECRET_ENV = "CHORUS_TEST_WEBHOOK_ADDRESS_SECRET"
 PUBLIC = "93.184.216.34"  # a public address: the check's first answer (never connected to in these tests)
 SETTINGS = {"journeys": {"webhooks": {"secret_env": SECRET_ENV}}}
 LOOPBACK_FORMS = ["64:ff9b::7f00:1", "::127.0.0.1", "2002:7f00:1::1", "2002:7f00:1::", "::ffff:127.0.0.1",
-                  "64:ff9b::a00:1", "2002:c0a8:1::1"]  # fmt: skip
+                  "64:ff9b::a00:1", "2002:c0a8:1::1", "fec0::1"]  # fmt: skip (fec0::/10, site-local: review)
 
 
 class Listener:

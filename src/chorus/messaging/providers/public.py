@@ -51,6 +51,8 @@ def is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
             embedded = ipaddress.IPv4Address(ip.packed[12:])
         if embedded is not None and not is_public(embedded):
             return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local:  # fec0::/10: deprecated, still routed inside
+        return False
     return ip.is_global and not ip.is_multicast and not ip.is_reserved
 
 
