@@ -99,3 +99,52 @@ def test_a_connection_lost_mid_transaction_is_still_said_to_be_transient(engine,
         assert transient(info.value), repr(info.value)
     finally:
         admin.dispose()
+
+
+def test_no_listener_hides_the_failure_of_a_lost_connection(tmp_path):
+    """Review: after store.txn, three other listeners (the journeys' and segments' parsed definitions dropped on a
+    savepoint rolled back, the SQLite writer queue's release) still read the invalidated connection, and their
+    PendingRollbackError replaced the real error."""
+    import pytest
+
+    import chorus.journeys.runtime  # noqa: F401  its rollback_savepoint listener
+    import chorus.segments.store  # noqa: F401  its rollback_savepoint listener
+    from chorus.store.db import create_engine
+
+    queued = create_engine(f"sqlite:///{tmp_path / 'q.db'}")  # with the writer queue
+    with pytest.raises(Exception) as info, queued.begin() as conn:
+        conn.execute(sa.text("SELECT 1"))
+        conn.invalidate()  # what SQLAlchemy does on a disconnect
+        raise RuntimeError("the original error")
+    assert isinstance(info.value, RuntimeError), repr(info.value)
+    plain = sa.create_engine(f"sqlite:///{tmp_path / 'p.db'}")
+    with pytest.raises(Exception) as info, plain.connect() as conn:
+        conn.begin()
+        with conn.begin_nested():
+            conn.invalidate()
+            raise RuntimeError("the original error")
+    assert isinstance(info.value, RuntimeError), repr(info.value)
+    queued.dispose()
+    plain.dispose()
+
+
+def test_a_connection_lost_inside_a_savepoint_is_still_said_to_be_transient(engine, db_url):
+    import pytest
+
+    import chorus.journeys.runtime  # noqa: F401
+    import chorus.segments.store  # noqa: F401
+    from chorus.store.db import transient
+
+    if not db_url.startswith("postgresql"):
+        pytest.skip("a server to kill the connection of")
+    admin = sa.create_engine(engine.url, isolation_level="AUTOCOMMIT")
+    try:
+        with pytest.raises(Exception) as info, engine.begin() as conn:
+            with conn.begin_nested():
+                pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar()
+                with admin.connect() as a:
+                    a.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+                conn.execute(sa.text("SELECT 1"))
+        assert transient(info.value), repr(info.value)
+    finally:
+        admin.dispose()

@@ -67,13 +67,15 @@ def test_a_compressed_form_is_refused_naming_the_header(http, workspace):
 
 
 @SQLITE
-def test_a_cut_short_or_two_member_gzip_body_is_refused_naming_the_encoding(http, workspace):
-    """Review: a gzip body cut before its trailer was taken, and a second member was dropped unsaid; the tracking
-    API reads compressed batches by the same rule."""
-    for body in (gzip.compress(RULE)[:-8], gzip.compress(RULE[:20]) + gzip.compress(RULE[20:])):
+def test_a_cut_short_gzip_body_is_refused_and_every_member_of_one_is_read(http, workspace):
+    """Review: a gzip body cut before its trailer was taken, and a second member (RFC 1952 allows several) was
+    dropped unsaid; the tracking API reads compressed batches by the same rule."""
+    for body in (gzip.compress(RULE)[:-8], gzip.compress(RULE) + b"\n"):
         r = _put(http, workspace, body, "gzip")
         assert r.status_code == 400 and r.json()["field"] == "Content-Encoding", (r.status_code, r.text)
         assert "one whole gzip-compressed stream" in r.json()["message"]
+    r = _put(http, workspace, gzip.compress(RULE[:20]) + gzip.compress(RULE[20:]), "gzip")
+    assert r.status_code in (200, 201), (r.status_code, r.text)
     batch = b'{"batch": [{"type": "track", "event": "E", "userId": "u"}]}'
     r = http.post("/v1/batch", content=gzip.compress(batch)[:-8],
                   headers={"Content-Type": "application/json", "Content-Encoding": "gzip",

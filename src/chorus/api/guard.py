@@ -141,17 +141,28 @@ def inflate(body: bytes, encoding: str | None, limit: int = MAX_JSON_BODY) -> by
         return body
     if encoding not in _INFLATABLE:
         raise ChorusError(f"Content-Encoding {encoding[:40]!r} is not supported (use gzip)", field="Content-Encoding")
-    d = zlib.decompressobj(zlib.MAX_WBITS if encoding == "deflate" else 16 + zlib.MAX_WBITS)
-    try:
-        out = d.decompress(body, limit + 1)
-    except zlib.error:  # zlib's own text ("Error -3 while decompressing data") says nothing to a sender
-        raise ChorusError(f"body is not {encoding}-compressed data, as its Content-Encoding says (send it compressed, "
-                          "or without the header)", field="Content-Encoding") from None  # fmt: skip
-    if len(out) > limit or d.unconsumed_tail:
-        raise TooLarge(f"body is larger than {limit // 2**20} MB after decompression")
-    if not d.eof or d.unused_data:  # cut short, or a second member after the first (review): not what was sent
-        raise ChorusError(f"body is not one whole {encoding}-compressed stream, as its Content-Encoding says (it is "
-                          "cut short, or has data after its end)", field="Content-Encoding")  # fmt: skip
+    wbits = zlib.MAX_WBITS if encoding == "deflate" else 16 + zlib.MAX_WBITS
+    out, rest = b"", body
+    while True:  # gzip may hold several members, one after the other (RFC 1952): each is read, one limit for all
+        d = zlib.decompressobj(wbits)
+        try:
+            out += d.decompress(rest, limit + 1 - len(out))
+        except zlib.error:  # zlib's own text ("Error -3 while decompressing data") says nothing to a sender
+            raise ChorusError(f"body is not {encoding}-compressed data, as its Content-Encoding says (send it "
+                              "compressed, or without the header)", field="Content-Encoding") from None  # fmt: skip
+        if len(out) > limit or d.unconsumed_tail:
+            raise TooLarge(f"body is larger than {limit // 2**20} MB after decompression")
+        if not d.eof:  # cut short (review): not what was sent
+            raise ChorusError(f"body is not one whole {encoding}-compressed stream, as its Content-Encoding says (it "
+                              "is cut short)", field="Content-Encoding")  # fmt: skip
+        rest = d.unused_data
+        if not rest:
+            break
+        if encoding == "deflate" or not rest.startswith(b"\x1f\x8b"):
+            raise ChorusError(f"body is not one whole {encoding}-compressed stream, as its Content-Encoding says (it "
+                              "has data after its end)", field="Content-Encoding")  # fmt: skip
+        if len(out) == limit:
+            raise TooLarge(f"body is larger than {limit // 2**20} MB after decompression")
     return out
 
 

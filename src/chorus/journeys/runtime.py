@@ -1157,8 +1157,11 @@ def _replay(conn: Connection, js: Journeys, jid: str, pid: str, held: Sequence[j
 
 def _forget_on_rollback(conn: Connection, name: str, context) -> None:
     """A savepoint rolled back released the row locks taken inside it (PostgreSQL), the journeys' shared locks
-    included: what was read under them is read again (and locked again) by the next transition."""
-    forget_parsed(conn)
+    included: what was read under them is read again (and locked again) by the next transition. Not on a lost
+    connection: its info cannot be read then (PendingRollbackError would replace the disconnect), and is new when
+    it reconnects (review)."""
+    if not conn.invalidated:
+        forget_parsed(conn)
 
 
 sa.event.listen(Engine, "rollback_savepoint", _forget_on_rollback)

@@ -153,6 +153,7 @@ def refused_address(url: str, allow_private: bool) -> str | None:
     return resolve(url, False)[1]
 
 
+ADDRESSES_TRIED = 3  # of a host's checked addresses, connected to in turn until one answers
 ANSWER_BYTES = 64 * 1024  # of a webhook's answer, read: its status and the beginning of a failure's reason
 
 
@@ -168,7 +169,9 @@ class _Pinned:
     def _new_conn(self) -> socket.socket:
         host, error = self._dns_host, None
         try:
-            for address in self._addresses:  # the resolver's order, the next one when one does not connect
+            # the resolver's order, the next one when one does not connect; a few at most, each its own connect
+            # timeout (a name with many black-holed addresses would hold the worker for all of them; review)
+            for address in self._addresses[:ADDRESSES_TRIED]:
                 self._dns_host = address
                 try:
                     return super()._new_conn()

@@ -568,7 +568,9 @@ def _listen() -> None:
     undone a save or deletion made inside it, so the definitions parsed since are dropped too."""
     from sqlalchemy.engine import Engine
 
-    sa.event.listen(Engine, "rollback_savepoint", lambda conn, name, context: _changed(conn))
+    # not on a lost connection: its info cannot be read then, and is new when it reconnects (store.txn)
+    sa.event.listen(Engine, "rollback_savepoint",
+                    lambda conn, name, context: None if conn.invalidated else _changed(conn))  # fmt: skip
 
 
 _listen()

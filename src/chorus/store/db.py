@@ -225,6 +225,8 @@ def _sqlite_begin(conn) -> None:
 
 
 def _sqlite_end(conn) -> None:
+    if conn.invalidated:  # the pool's "invalidate" listener frees its slot; reading it here would hide the failure
+        return
     record = conn.connection._connection_record
     queue = getattr(conn.engine, "chorus_writer_queue", None)
     if queue is not None and record is not None:

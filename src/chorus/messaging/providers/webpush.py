@@ -52,7 +52,7 @@ class _PublicOnly:
             raise RefusedAddress(refused)
         host, error = self._dns_host, None
         try:
-            for address in dict.fromkeys(found):
+            for address in list(dict.fromkeys(found))[:3]:  # a few: each has its own connect timeout (review)
                 self._dns_host = address
                 try:
                     return super()._new_conn()
