@@ -16,9 +16,9 @@ from starlette.concurrency import run_in_threadpool
 from chorus import safejson
 from chorus import workspaces as ws_api
 from chorus.api import listing
-from chorus.api.common import JSON, Services
+from chorus.api.common import JSON, Services, bearer_key
 from chorus.api.guard import AdminRoute
-from chorus.errors import ChorusError, Unauthorized
+from chorus.errors import ChorusError
 from chorus.profiles import privacy, views
 from chorus.store.db import read_only
 
@@ -30,12 +30,13 @@ def services(request: Request) -> Services:
 
 
 def workspace(request: Request) -> ws_api.Workspace:
-    header = request.headers.get("authorization", "")
-    if not header.lower().startswith("bearer ") or not header[7:].strip():
-        raise Unauthorized("send the workspace api key as 'Authorization: Bearer <api_key>'")
+    key = bearer_key(request)
     svc = services(request)
     with read_only(svc.engine) as conn:
-        return ws_api.by_api_key(conn, header[7:].strip())
+        return ws_api.by_api_key(conn, key)
+
+
+workspace.needs_bearer = True  # AdminRoute asks for the header before it reads a body (guard.needs_bearer)
 
 
 WS = Annotated[ws_api.Workspace, Depends(workspace)]

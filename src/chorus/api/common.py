@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import orjson
 from sqlalchemy.engine import Engine
+from starlette.requests import Request
 from starlette.responses import Response
 
 from chorus import workspaces as ws_api
@@ -110,6 +111,15 @@ class ClientGone(ChorusError):
 
     status = 499
     code = "client_closed_request"
+
+
+
+def bearer_key(request: Request) -> str:
+    """The api key of an admin request (``Authorization: Bearer <api_key>``); 401 when there is none."""
+    header = request.headers.get("authorization", "")
+    if not header.lower().startswith("bearer ") or not header[7:].strip():
+        raise Unauthorized("send the workspace api key as 'Authorization: Bearer <api_key>'")
+    return header[7:].strip()
 
 
 class TooLarge(ChorusError):
