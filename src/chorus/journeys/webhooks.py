@@ -49,7 +49,7 @@ from chorus.journeys import runtime
 from chorus.journeys.runtime import PersonRun, effect
 from chorus.messaging.providers import ConfigError, secret
 from chorus.messaging.providers.http import Client, HTTPError, Response
-from chorus.messaging.providers.public import is_public
+from chorus.messaging.providers.public import connect_in_turn, is_public
 from chorus.messaging.providers.webhook import sign
 from chorus.registry import Person
 from chorus.store import bulk
@@ -153,7 +153,6 @@ def refused_address(url: str, allow_private: bool) -> str | None:
     return resolve(url, False)[1]
 
 
-ADDRESSES_TRIED = 3  # of a host's checked addresses, connected to in turn until one answers
 ANSWER_BYTES = 64 * 1024  # of a webhook's answer, read: its status and the beginning of a failure's reason
 
 
@@ -167,21 +166,7 @@ class _Pinned:
         self._addresses = addresses
 
     def _new_conn(self) -> socket.socket:
-        host, error = self._dns_host, None
-        try:
-            # the resolver's order, the next one when one does not connect; a few at most, each its own connect
-            # timeout (a name with many black-holed addresses would hold the worker for all of them; review)
-            for address in self._addresses[:ADDRESSES_TRIED]:
-                self._dns_host = address
-                try:
-                    return super()._new_conn()
-                # a refusal or a timeout (NewConnectionError is a ConnectTimeoutError): a black-holed first address
-                # must not hide the others, on every attempt (review)
-                except urllib3.exceptions.ConnectTimeoutError as exc:
-                    error = exc
-        finally:
-            self._dns_host = host
-        raise error or urllib3.exceptions.NewConnectionError(self, f"{host} has no checked address")
+        return connect_in_turn(self, self._addresses, super()._new_conn)
 
 
 class _HTTPConnection(_Pinned, urllib3.connection.HTTPConnection):

@@ -107,12 +107,8 @@ def _wanted(consumer: str, c: Change) -> bool:
 
 
 # -- recording: buffered in the transaction (chorus.store.txn), written at commit ----------------------------------
-def _flush(conn: Connection, pending: list) -> None:  # defined below; the buffer calls it at the commit
-    _write(conn, pending)
-
-
-# (workspace, Change, at) recorded by the transaction, written at its commit, before anything is counted
-_CHANGES = txn.Buffer("chorus_feed", _flush, order=0)
+# (workspace, Change, at) recorded by the transaction, written at its commit (``_write``), before anything is counted
+_CHANGES = txn.Buffer("chorus_feed", lambda conn, pending: _write(conn, pending), order=0)
 
 
 def record(conn: Connection, ws: str, changes: Iterable[Change], at: datetime | None = None) -> int:

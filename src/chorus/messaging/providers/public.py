@@ -13,7 +13,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
+
+import urllib3
 
 # Set to 1 only to test against a push service on this machine (a stand-in on 127.0.0.1): loopback endpoints, over
 # http too, are then accepted and called. Any other private, link-local or reserved address is refused even then.
@@ -91,3 +94,25 @@ def refused_address(host: str, port: int) -> tuple[list[str], str | None]:
             continue
         return found, f"the push endpoint's host {host} resolves to {ip}, which is not a public address: not called"
     return found, None
+
+
+ADDRESSES_TRIED = 3  # of a host's checked addresses, connected to in turn until one answers
+
+
+def connect_in_turn(conn, addresses: Iterable[str], connect: Callable[[], socket.socket]) -> socket.socket:
+    """Connect urllib3's ``conn`` to its checked ``addresses`` (never a second lookup of its host, which a DNS name
+    could answer differently), in the resolver's order: the next one after a refusal or a connect timeout
+    (NewConnectionError is a ConnectTimeoutError; a black-holed first address must not hide the others), and a few
+    at most, each with its own connect timeout. ``connect``: the connection class's own ``_new_conn``. The Host
+    header and the TLS server name keep the host (webhooks, web push)."""
+    host, error = conn._dns_host, None
+    try:
+        for address in list(dict.fromkeys(addresses))[:ADDRESSES_TRIED]:
+            conn._dns_host = address
+            try:
+                return connect()
+            except urllib3.exceptions.ConnectTimeoutError as exc:
+                error = exc
+    finally:
+        conn._dns_host = host
+    raise error or urllib3.exceptions.NewConnectionError(conn, f"{host} has no checked address")

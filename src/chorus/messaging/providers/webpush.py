@@ -31,7 +31,7 @@ from chorus.messaging.providers import (
     timeout_of,
     ttl_of,
 )
-from chorus.messaging.providers.public import refused_address
+from chorus.messaging.providers.public import connect_in_turn, refused_address
 
 
 class RefusedAddress(Exception):
@@ -50,19 +50,7 @@ class _PublicOnly:
             raise urllib3.exceptions.NameResolutionError(self.host, self, exc) from exc
         if refused is not None:
             raise RefusedAddress(refused)
-        host, error = self._dns_host, None
-        try:
-            for address in list(dict.fromkeys(found))[:3]:  # a few: each has its own connect timeout (review)
-                self._dns_host = address
-                try:
-                    return super()._new_conn()
-                # the next address, as the resolver's order, after a refusal or a timeout (NewConnectionError is a
-                # ConnectTimeoutError): a black-holed first address must not hide the others (review)
-                except urllib3.exceptions.ConnectTimeoutError as exc:
-                    error = exc
-        finally:
-            self._dns_host = host
-        raise error or urllib3.exceptions.NewConnectionError(self, f"{host} has no address")
+        return connect_in_turn(self, found, super()._new_conn)
 
 
 def _check_host(url: str) -> None:
