@@ -30,6 +30,41 @@ def test_a_longer_value_never_equals_the_stored_one_it_starts_with(engine):
         assert count(bulk.pairs_in(t.profile_id, t.segment_id, [(pid + "X", sid), (pid, sid + "Y")], d)) == 0
 
 
+def test_in_and_pairs_in_bind_each_call_s_values_through_the_statement_cache(engine):
+    """``in_`` and ``pairs_in`` are one cached element each: the second call of the same statement shape reuses
+    the compiled SQL, and must still read its own values (not the first call's); they negate, take an empty list,
+    and stand as a plain condition, where SQLite would otherwise compare a boolean to 1 (and skip the index)."""
+    t = segment_timers.c
+    with engine.begin() as conn:
+        conn.execute(segment_timers.insert(), [
+            {"workspace_id": "w", "segment_id": s, "profile_id": p, "due_at": T0} for p in ("p1", "p2", "p3")
+            for s in ("s1", "s2")])  # fmt: skip
+        d = conn.dialect.name
+
+        def ids(*where):
+            q = sa.select(t.profile_id, t.segment_id).where(t.workspace_id == "w", *where)
+            result = conn.execute(q.order_by(t.profile_id, t.segment_id))
+            return result.context.cache_hit, [tuple(r) for r in result]
+
+        first_hit, first = ids(bulk.in_(t.profile_id, ["p1"], d))
+        hit, again = ids(bulk.in_(t.profile_id, ["p2", "p3"], d))
+        assert first == [("p1", "s1"), ("p1", "s2")]
+        assert again == [("p2", "s1"), ("p2", "s2"), ("p3", "s1"), ("p3", "s2")]
+        assert hit == first_hit.__class__.CACHE_HIT  # the same compiled SQL, its values bound anew
+        assert ids(~bulk.in_(t.profile_id, ["p1", "p2"], d))[1] == [("p3", "s1"), ("p3", "s2")]
+        assert ids(bulk.in_(t.profile_id, [], d))[1] == []
+        assert len(ids(~bulk.in_(t.profile_id, [], d))[1]) == 6
+        assert ids(bulk.pairs_in(t.profile_id, t.segment_id, [("p1", "s2"), ("p3", "s1")], d))[1] == [
+            ("p1", "s2"), ("p3", "s1")]  # fmt: skip
+        assert ids(bulk.pairs_in(t.profile_id, t.segment_id, [("p2", "s2")], d))[1] == [("p2", "s2")]
+        assert len(ids(~bulk.pairs_in(t.profile_id, t.segment_id, [("p2", "s2")], d))[1]) == 5
+        # a condition of its own (no comparison around it), with its table found for the FROM clause
+        picked = sa.select(sa.case((bulk.in_(t.profile_id, ["p2"], d), 1), else_=0))
+        assert sorted(r[0] for r in conn.execute(picked)) == [0, 0, 0, 0, 1, 1]
+        sql = str(sa.select(t.profile_id).where(bulk.in_(t.profile_id, ["p1"], d)).compile(dialect=conn.dialect))
+        assert "= 1" not in sql and "= 0" not in sql
+
+
 def test_insert_and_update_rows_bind_every_type_as_sqlalchemy_would(engine):
     """JSON documents, instants (any zone: stored as UTC), booleans, NULLs and plain values, written by the
     driver-level paths (SQLite) or COPY (PostgreSQL), read back through SQLAlchemy as the same values; one column
