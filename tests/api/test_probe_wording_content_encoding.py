@@ -93,3 +93,21 @@ def test_without_the_api_key_nothing_of_the_body_is_read(http, workspace):
         r = http.put("/api/segments/ce_probe", content=gzip.compress(RULE), headers=headers)
         assert r.status_code == 401, (headers, r.status_code, r.text)
         assert r.json()["message"] == "send the workspace api key as 'Authorization: Bearer <api_key>'"
+
+
+@SQLITE
+def test_a_wrong_api_key_is_refused_before_the_body_is_read(http, workspace):
+    """A key that opens no workspace (unknown, rotated, or the write key) is the 401 too, before the body's checks:
+    it got the body's 400 (or 413), and had the server read and inflate it; the right key still gets them."""
+    bad_bodies = [({"Content-Type": "application/json", "Content-Encoding": "br"}, gzip.compress(RULE)),
+                  ({"Content-Type": "application/json"}, b'{"name": '),
+                  ({"Content-Type": "text/plain"}, RULE)]  # fmt: skip
+    for key in ("ak_not_a_key", workspace["write_key"]):
+        for headers, body in bad_bodies:
+            r = http.put("/api/segments/ce_probe", content=body, headers={**headers, "Authorization": f"Bearer {key}"})
+            assert r.status_code == 401, (key, headers, r.status_code, r.text)
+            assert r.json()["message"] == "unknown api key"
+    for headers, body in bad_bodies:  # the right key: the body's own answer
+        r = http.put("/api/segments/ce_probe", content=body,
+                     headers={**headers, "Authorization": f"Bearer {workspace['api_key']}"})  # fmt: skip
+        assert r.status_code in (400, 415), (headers, r.status_code, r.text)

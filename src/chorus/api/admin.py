@@ -30,13 +30,17 @@ def services(request: Request) -> Services:
 
 
 def workspace(request: Request) -> ws_api.Workspace:
-    key = bearer_key(request)
-    svc = services(request)
-    with read_only(svc.engine) as conn:
-        return ws_api.by_api_key(conn, key)
+    """The workspace the request's api key opens (401 without a key, or with one that opens none). Looked up once
+    per request: AdminRoute calls this before it reads a body, and the operation's dependency then gets the same."""
+    found = getattr(request.state, "workspace", None)
+    if found is None:
+        key = bearer_key(request)
+        with read_only(services(request).engine) as conn:
+            found = request.state.workspace = ws_api.by_api_key(conn, key)
+    return found
 
 
-workspace.needs_bearer = True  # AdminRoute asks for the header before it reads a body (guard.needs_bearer)
+workspace.authenticates = True  # AdminRoute checks the key before it reads a body (guard.authenticator)
 
 
 WS = Annotated[ws_api.Workspace, Depends(workspace)]

@@ -225,10 +225,15 @@ def _int_bounds(metadata: list) -> tuple[int, int]:
     return low, high
 
 
-def needs_bearer(dependant) -> bool:
-    """Does the operation authenticate with the admin api key (a dependency marked ``needs_bearer``, as
-    ``admin.workspace``), at any depth of its dependencies?"""
-    return any(getattr(dep.call, "needs_bearer", False) or needs_bearer(dep) for dep in dependant.dependencies)
+def authenticator(dependant):
+    """The dependency that authenticates the operation with the admin api key (one marked ``authenticates``, as
+    ``admin.workspace``), at any depth of its dependencies, or None."""
+    for dep in dependant.dependencies:
+        if getattr(dep.call, "authenticates", False):
+            return dep.call
+        if (found := authenticator(dep)) is not None:
+            return found
+    return None
 
 
 class AdminRoute(APIRoute):
@@ -245,13 +250,16 @@ class AdminRoute(APIRoute):
         expects_form = any(isinstance(p.field_info, Form | File) for p in self.dependant.body_params)
         accepted = accepted_media(self, expects_form)
 
-        bearer = needs_bearer(self.dependant)
+        authenticate = authenticator(self.dependant)
 
         async def guarded(request: Request):
             check_params(request, int_params)
             if request.method not in ("GET", "HEAD", "OPTIONS"):
-                if bearer:
-                    bearer_key(request)  # the header alone: the key itself is checked by the operation's dependency
+                if authenticate is not None:
+                    # the key itself, not only the header: a wrong key is a 401 before the body is read (the
+                    # dependency keeps its answer on the request, so the operation does not look it up again)
+                    bearer_key(request)
+                    await run_in_threadpool(authenticate, request)
                 await check_body(request, expects_form, accepted)
             return await handler(request)
 
