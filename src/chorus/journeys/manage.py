@@ -138,6 +138,10 @@ def publish(conn: Connection, ws: str, raw: object, now: datetime, *, kind: str 
     defn = d.parse(raw)
     check(conn, ws, defn)
     moves = parse_migrate(migrate)
+    if not dry_run and conn.dialect.name == "postgresql":
+        # publishes of one id one at a time, a new one too (its row, which the lock below takes, does not exist
+        # yet): two first publishes at once both made version 1, and the second failed on the versions' key
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"journey:{ws}:{defn.id}"})
     try:
         cur = store.get(conn, ws, defn.id, lock=not dry_run)
     except ChorusError:
@@ -173,7 +177,9 @@ def publish(conn: Connection, ws: str, raw: object, now: datetime, *, kind: str 
     if moves:
         _move(conn, ws, defn, version, moves, now)
     runtime.forget_parsed(conn)
-    return answer
+    # the version made, under the journey's row lock: what was read before it can be older when another publish
+    # of the same id ran in between (an outside probe: two at once both answered version 1)
+    return {**answer, "version": version}
 
 
 LAST_ZONE = ZoneInfo("Etc/GMT+12")  # where a local time happens last (UTC-12)
