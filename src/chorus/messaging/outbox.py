@@ -22,6 +22,8 @@ from datetime import datetime
 
 import orjson
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg_sql
+from sqlalchemy.dialects import sqlite as sqlite_sql
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -144,22 +146,15 @@ def save_template(engine: Engine, ws: str, name: str, doc: dict) -> dict:
     with engine.begin() as conn:
         parts = load_partials(conn, ws)
         defn = _validated({**doc, "name": name}, parts)
-        row = conn.execute(
-            sa.select(templates.c.version).where(templates.c.workspace_id == ws, templates.c.name == name)
-        ).first()
-        now = utcnow()
-        if row is None:
-            conn.execute(
-                templates.insert().values(workspace_id=ws, name=name, definition=defn, version=1, updated_at=now)
-            )
-            version = 1
-        else:
-            version = row.version + 1
-            conn.execute(
-                templates.update()
-                .where(templates.c.workspace_id == ws, templates.c.name == name)
-                .values(definition=defn, version=version, updated_at=now)
-            )
+        # one statement: two saves of one name at once (PostgreSQL) cannot both insert, where the second failed on
+        # the key (a 500), nor both read version n and write n + 1 (one version lost, both answers alike)
+        ins = _insert(conn, templates).values(workspace_id=ws, name=name, definition=defn, version=1,
+                                              updated_at=utcnow())  # fmt: skip
+        version = conn.execute(ins.on_conflict_do_update(
+            index_elements=["workspace_id", "name"],
+            set_={"definition": ins.excluded.definition, "version": templates.c.version + 1,
+                  "updated_at": ins.excluded.updated_at},
+        ).returning(templates.c.version)).scalar_one()  # fmt: skip
     return {"name": name, "version": version, "definition": defn}
 
 
@@ -169,19 +164,15 @@ def save_partial(engine: Engine, ws: str, name: str, source: str) -> dict:
     except content.ContentError as exc:
         raise ChorusError(str(exc), field=exc.field) from None
     with engine.begin() as conn:
-        now = utcnow()
-        exists = conn.execute(
-            sa.select(partials.c.name).where(partials.c.workspace_id == ws, partials.c.name == name)
-        ).first()
-        if exists:
-            conn.execute(
-                partials.update()
-                .where(partials.c.workspace_id == ws, partials.c.name == name)
-                .values(source=source, updated_at=now)
-            )
-        else:
-            conn.execute(partials.insert().values(workspace_id=ws, name=name, source=source, updated_at=now))
+        ins = _insert(conn, partials).values(workspace_id=ws, name=name, source=source, updated_at=utcnow())
+        conn.execute(ins.on_conflict_do_update(index_elements=["workspace_id", "name"], set_={
+            "source": ins.excluded.source, "updated_at": ins.excluded.updated_at}))  # fmt: skip
     return {"name": name}
+
+
+def _insert(conn: Connection, table: sa.Table):
+    """The engine's own INSERT, which has ``on_conflict_do_update`` (both engines write it alike)."""
+    return (pg_sql.insert if conn.dialect.name == "postgresql" else sqlite_sql.insert)(table)
 
 
 def _validated(doc: object, parts: dict[str, str], at: str = "") -> dict:
