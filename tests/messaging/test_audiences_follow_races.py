@@ -156,3 +156,27 @@ def test_two_consumers_with_people_of_two_audiences_in_opposite_orders_do_not_de
         with engine.connect() as conn:
             aud = store.get(conn, w.id, f"follow-{seg}")
         assert store.source_view(aud.options["follow"])["changes_pending"], seg
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_two_creates_of_one_audience_name_at_once_give_a_409_not_a_500(engine):
+    """The create checked the name, then inserted: a create of the same name that committed in between made the
+    insert fail on the name's key (a 500); it is the 409 naming ``name`` that a create after it gets."""
+    w = workspaces.create(engine, "ar-" + uuid.uuid4().hex[:6])
+    clean = validate_audience({"name": "dup", "provider": "file", "identifiers": ["email"]}, {})
+    out: list = [None]
+
+    def second():
+        try:
+            out[0] = store.create(engine, w["id"], clean, utcnow())
+        except Exception as exc:  # noqa: BLE001 - the test reads what it was
+            out[0] = exc
+
+    with engine.begin() as conn:  # the first create's insert, not committed yet when the second checks the name
+        conn.execute(store.audiences.insert().values(id="aud_first", workspace_id=w["id"], created_at=utcnow(),
+                                                     updated_at=utcnow(), **clean))  # fmt: skip
+        t = threading.Thread(target=second)
+        t.start()
+        t.join(1.0)
+    t.join(30)
+    assert isinstance(out[0], Conflict) and out[0].field == "name", out[0]

@@ -59,11 +59,11 @@ def create(engine: Engine, ws: str, clean: dict, now: datetime) -> dict:
                 raise ChorusError(
                     f"no segment {follow['segment']!r} in this workspace", field="source.segment"
                 ) from None
-        conn.execute(
-            audiences.insert().values(
-                id="aud_" + uuid.uuid4().hex[:20], workspace_id=ws, created_at=now, updated_at=now, **clean
-            )
-        )
+        # skipped on the name's key: a create of the same name at the same time (PostgreSQL) committed first,
+        # after the check above (the insert failed on the key, a 500)
+        row = {"id": "aud_" + uuid.uuid4().hex[:20], "workspace_id": ws, "created_at": now, "updated_at": now, **clean}
+        if not bulk.insert_rows(conn, audiences, [row], conflict=["workspace_id", "name"], returning="id"):
+            raise Conflict(f"an audience named {clean['name']!r} already exists", field="name")
         return view(conn, get(conn, ws, clean["name"]))
 
 
