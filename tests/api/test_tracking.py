@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from datetime import UTC, datetime, timedelta
 
 import orjson
 import sqlalchemy as sa
 
+from chorus.collect import ingest
 from chorus.store.tables import events
 
 
@@ -193,6 +195,22 @@ def test_prometheus_metrics(http, server, workspace):
     text = http.get("/metrics").text
     assert "chorus_events_accepted_total" in text and 'chorus_events_rejected_total{field="type"}' in text
     assert "chorus_ingest_backlog" in text and "chorus_resolve_batch_seconds_bucket" in text
+
+
+def test_a_rejection_is_counted_under_a_label_from_a_fixed_set(http, server, workspace):
+    """An outside probe: a rejection was counted under its whole field path, which carries the sender's own keys,
+    so anyone with the public write key could add any number of series to /metrics, an email address among them.
+    Now under the message's top-level field, or "other"."""
+    keys = [f"probe{i}@example.com" for i in range(20)]
+    batch = [{"type": "track", "userId": "u", "event": "E", "properties": {k: "a\u0000b"}} for k in keys]
+    batch.append({"type": "track", "userId": "u", "event": "E", "context": {"device": "not an object"}})
+    r = http.post("/v1/batch", json={"batch": batch}, auth=(workspace["write_key"], ""))
+    assert r.status_code == 200, r.text
+    server.settle()
+    labels = set(re.findall(r'chorus_events_rejected_total\{field="([^"]*)"\}', http.get("/metrics").text))
+    assert {"properties", "context"} <= labels
+    assert not any("@" in label or "." in label for label in labels), labels
+    assert labels <= ingest.REJECTED_LABELS | {"", "other"}
 
 
 def test_analytics_js_settings_and_metrics_endpoints(http, workspace):
