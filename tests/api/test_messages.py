@@ -145,6 +145,19 @@ def test_one_click_unsubscribe_stops_marketing_but_not_transactional(http, serve
     server.settle()
     assert send(http, shop, "k4").json()["status"] == "queued"
     assert http.get(unsub.replace("/u/", "/u/x")).status_code == 404  # a forged token
+    # the same link's one-click again, after that: she is unsubscribed again (an outside probe: it was taken for a
+    # mailbox provider's repeat of the first one, and the offers kept coming); a repeat of it changes nothing more
+    for _ in range(2):
+        r = http.post(unsub, content="List-Unsubscribe=One-Click",
+                      headers={"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
+        assert r.status_code == 200 and "unsubscribed" in r.text
+    server.settle()
+    again = send(http, shop, "k5").json()
+    assert again["status"] == "skipped" and "email:offers denied" in again["reason"] + str(again["choice"])
+    timeline = http.get(f"/api/profiles/{m['profile_id']}/events", headers=shop, params={"limit": 200}).json()
+    denials = [e for e in timeline["events"] if e.get("event") == "Consent Updated"
+               and e["properties"]["status"] == "denied"]  # fmt: skip
+    assert len(denials) == 2  # the first one-click and the one after the grant; not the repeat
 
 
 def test_failover_to_the_secondary_provider_and_retry_when_all_are_down(http, server, shop, smtp_server):

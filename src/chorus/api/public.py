@@ -61,10 +61,26 @@ def _not_found(exc: NotFound) -> HTMLResponse:
 def _unsubscribe(svc: Services, msg: dict, topic: str, how: str) -> None:
     now = utcnow()
     with svc.engine.begin() as conn:
-        if outbox.has_status(conn, msg["id"], "unsubscribed", topic=topic):
+        again = outbox.has_status(conn, msg["id"], "unsubscribed", topic=topic)
+        if again and _still_denied(conn, msg, topic):
             return  # mailbox providers may post the one-click request more than once
+        # a first unsubscribe, or one after she subscribed again (the preference page, a grant since): it stands
+        # (an outside probe: the second one-click was taken for a repeat and she kept receiving the topic)
         record_consent(conn, msg, topic, "denied", how, now, direction="inbound")
-        outbox.set_status(conn, msg, "unsubscribed", at=now, detail={"topic": topic, "how": how})
+        if not again:
+            outbox.set_status(conn, msg, "unsubscribed", at=now, detail={"topic": topic, "how": how})
+
+
+def _still_denied(conn, msg: dict, topic: str) -> bool:
+    """Whether her profile still has the message's channel and topic denied (the profile it went to, or the one it
+    was merged into; an erased one: nothing to record)."""
+    ws = ws_api.get(conn, msg["workspace_id"])
+    try:
+        profile = views.get_profile(conn, ws.id, msg["profile_id"], ws.identity)
+    except NotFound:
+        return True
+    slot = (profile.get("consent") or {}).get(f"{msg['channel']}:{topic}".lower())
+    return bool(slot) and slot.get("status") == "denied"
 
 
 @router.get("/u/{token}")
