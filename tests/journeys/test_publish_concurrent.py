@@ -54,3 +54,35 @@ def test_two_publishes_at_once_make_two_versions_and_say_which(engine, ws, exist
     assert (first["version"], second["version"]) == (base + 1, base + 2)
     with engine.connect() as conn:
         assert store.get(conn, ws, "b_race").version == base + 2
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_broadcast_republished_while_its_run_goes_out_is_sent_once(engine, ws, clock, worker, monkeypatch):
+    """An outside probe (3 rounds in 140): a "now" broadcast renamed (republished) just as the schedule task planned
+    and walked its run was sent to everybody twice. The republish asked "has it run?", and the task planned and
+    walked the run before the republish committed: the new version got an instant and a run of its own. Here the
+    republish pauses right after asking, up to two seconds, while the worker works: the task must wait for it
+    (and then plan only the new version's run), or have planned before it asked (and then be seen)."""
+    from tests.journeys.test_schedule import broadcast, people, sent, settle
+
+    pids = people(engine, ws, worker, {"u1": (None, "news"), "u2": (None, "news")})
+    broadcast(engine, ws, T0)
+    clock.at = T0 + timedelta(seconds=1)
+    real, asked, worked, answers = manage._sent_at, threading.Event(), threading.Event(), []
+
+    def ask_then_pause(*args):
+        out = real(*args)
+        asked.set()
+        worked.wait(2.0)  # the worker plans and walks meanwhile (before: at once; now it waits for this commit)
+        return out
+
+    monkeypatch.setattr(manage, "_sent_at", ask_then_pause)
+    republish = threading.Thread(target=lambda: answers.append(broadcast(engine, ws, clock.at, name="Renamed")))
+    republish.start()
+    assert asked.wait(10)
+    settle(worker)
+    worked.set()
+    republish.join(30)
+    settle(worker)
+    assert sent(engine, ws, "b1") == {pids["u1"]: 1, pids["u2"]: 1}
+    assert answers[0]["version"] == 2

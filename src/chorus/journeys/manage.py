@@ -138,10 +138,8 @@ def publish(conn: Connection, ws: str, raw: object, now: datetime, *, kind: str 
     defn = d.parse(raw)
     check(conn, ws, defn)
     moves = parse_migrate(migrate)
-    if not dry_run and conn.dialect.name == "postgresql":
-        # publishes of one id one at a time, a new one too (its row, which the lock below takes, does not exist
-        # yet): two first publishes at once both made version 1, and the second failed on the versions' key
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"journey:{ws}:{defn.id}"})
+    if not dry_run:
+        _lock(conn, ws, defn.id)
     try:
         cur = store.get(conn, ws, defn.id, lock=not dry_run)
     except ChorusError:
@@ -323,6 +321,18 @@ def _as_broadcast(exc: ChorusError) -> ChorusError:
     return type(exc)(message, field=outer)
 
 
+def _lock(conn: Connection, ws: str, jid: str) -> None:
+    """Publishes of one id one at a time, a new one too (PostgreSQL; SQLite has one writer): two first publishes at
+    once both made version 1, and the second failed on the versions' key. Then the journey's row, which the schedule
+    task holds shared while it plans or walks a run (``schedule.hold``), in that order everywhere."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"journey:{ws}:{jid}"})
+        try:
+            store.get(conn, ws, jid, lock=True)
+        except NotFound:
+            pass
+
+
 def _sent_at(conn: Connection, ws: str, jid: str) -> datetime | None:
     """The instant of a one-off broadcast's run, if it has run (None for a recurring one, or one not run yet)."""
     try:
@@ -414,7 +424,12 @@ def parse_broadcast(raw: object, now: datetime) -> d.Definition:
 def publish_broadcast(conn: Connection, ws: str, raw: object, now: datetime, *, dry_run: bool = False) -> dict:
     if isinstance(raw, dict) and raw.get("schedule") in (None, "now") and isinstance(raw.get("id"), str):
         # a new version of a broadcast sent "now" that has run: the same send, not another one (an outside probe
-        # fixed its name and everybody got it twice); to send it again, publish it under a new id
+        # fixed its name and everybody got it twice); to send it again, publish it under a new id. Asked under the
+        # broadcast's lock, which the schedule task holds (shared) while it plans or walks a run: asked before it,
+        # a run planned meanwhile was not seen, the new version got a new instant and everybody got it twice
+        # (an outside probe, 3 rounds in 140 on PostgreSQL)
+        if not dry_run:
+            _lock(conn, ws, raw["id"])
         sent = _sent_at(conn, ws, raw["id"])
         if sent is not None:
             raw = {**raw, "schedule": {"at": iso(sent)}}

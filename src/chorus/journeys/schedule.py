@@ -23,6 +23,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from chorus.journeys import definition as d
@@ -32,6 +33,7 @@ from chorus.profiles import feed, views
 from chorus.segments import load
 from chorus.segments import store as segments_store
 from chorus.store.db import read_only
+from chorus.store.tables import journeys
 from chorus.timeutil import iso
 
 log = logging.getLogger("chorus.journeys")
@@ -182,6 +184,17 @@ def _start(conn: Connection, js: runtime.Journeys, jid: str, pids: list[str], st
         claim.flush()
 
 
+def hold(conn: Connection, ws: str, jid: str) -> None:
+    """The journey's row, shared, before a run is planned or walked (PostgreSQL; SQLite has one writer). A publish
+    holds it exclusively (``manage._lock``), so the two take turns and always in this order: a republish of a
+    broadcast sent "now" sees the run planned before it (and keeps its instant), and no plan or walk goes on under
+    a publish that changes the schedule (an outside probe: everybody got a broadcast twice; once a deadlock
+    between the republish's reschedule and the walk, which had locked the run first)."""
+    if conn.dialect.name == "postgresql":
+        t = journeys.c
+        conn.execute(sa.select(t.id).where(t.workspace_id == ws, t.id == jid).with_for_update(read=True))
+
+
 def tick(engine: Engine, clock: Callable[[], datetime] | None = None, chunk: int = CHUNK) -> int:
     """One pass: add the runs that are due, then walk one chunk of each open run (one transaction each)."""
     at = (clock or runtime.now)()
@@ -189,6 +202,7 @@ def tick(engine: Engine, clock: Callable[[], datetime] | None = None, chunk: int
     todo = _to_plan(engine, at)
     with engine.begin() if todo else contextlib.nullcontext() as conn:
         for ws, jid in todo:
+            hold(conn, ws, jid)
             js = runtime.journeys_of(conn, ws)
             jr = js.all.get(jid)
             if jr is None or jr.status != "active" or jr.entry != "schedule":  # changed since it was read
@@ -205,6 +219,7 @@ def tick(engine: Engine, clock: Callable[[], datetime] | None = None, chunk: int
     for ws, jid, run_at in open_runs:  # each open run one chunk, whatever the others do
         try:
             with engine.begin() as conn:
+                hold(conn, ws, jid)
                 row = store.lock_run(conn, ws, jid, run_at)
                 if row is not None:
                     done += step_run(conn, runtime.journeys_of(conn, ws), row, at, chunk)
