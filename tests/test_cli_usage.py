@@ -175,6 +175,52 @@ def test_reading_command_does_not_create_a_store(tmp_path):
     assert run("workspace", "list", "--db", f"sqlite:///{path}").exit_code == 0
 
 
+@pytest.mark.parametrize("command", [("workspace", "list"), ("lake", "export", "--out", "LAKE"), ("keys", "list", "W"),
+                                     ("segments", "list", "--workspace", "W")])  # fmt: skip
+def test_a_command_that_makes_no_store_leaves_a_foreign_database_alone(tmp_path, command):
+    """An outside probe: every command ran the migrations on its --db, so pointed at another application's SQLite
+    file it added Chorus' 40 tables to it (and lake export exited 0). Only the commands that make a store may."""
+    import sqlite3
+
+    path = tmp_path / "other-app.db"
+    with sqlite3.connect(path) as con:
+        con.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY)")
+    args = [str(tmp_path / "lake") if a == "LAKE" else a for a in command]
+    usage_error(run(*args, "--db", f"sqlite:///{path}"), "holds no Chorus store", "chorus db upgrade")
+    with sqlite3.connect(path) as con:
+        assert [r[0] for r in con.execute("SELECT name FROM sqlite_master")] == ["invoices"]
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///", "sqlite:///:memory:"])
+def test_an_in_memory_database_is_no_store(url):
+    """It printed SQLAlchemy's 'no such table: erasures' and exited 1 (outside probe)."""
+    usage_error(run("workspace", "list", "--db", url), "holds no Chorus store")
+
+
+def test_a_foreign_postgresql_database_gets_no_tables(pg_base_url):
+    import uuid
+
+    import sqlalchemy as sa
+
+    from tests.conftest import PG_URL, _pg_admin_engine
+
+    name = "cli_foreign_" + uuid.uuid4().hex[:8]
+    admin = _pg_admin_engine()
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        usage_error(run("workspace", "list", "--db", url), "holds no Chorus store")
+        probe = sa.create_engine(url, poolclass=sa.pool.NullPool)
+        with probe.connect() as conn:
+            assert sa.inspect(conn).get_table_names() == []
+        probe.dispose()
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 def test_db_not_a_database(tmp_path):
     path = tmp_path / "notes.db"
     path.write_text("not sqlite")

@@ -42,6 +42,8 @@ def _engine(db: str | None, upgrade: bool = True, create: bool = False):
     url = settings.database_url
     shown = _check_store(url, create)
     try:
+        if not create:
+            _holds_a_store(url, shown)
         if upgrade:
             do_upgrade(url)
         engine = create_engine(url)
@@ -73,6 +75,27 @@ def _engine(db: str | None, upgrade: bool = True, create: bool = False):
 
 
 _DRIVERS = ("psycopg", "psycopg2", "psycopg_binary", "sqlite3", "_sqlite3")
+
+
+def _holds_a_store(url: str, shown: str) -> None:
+    """Exit 2 unless the database at ``url`` holds a Chorus store (its migrations' table; an older schema is then
+    upgraded as usual). A command that does not make a store never makes one: pointed at another application's
+    database, or an in-memory one, it added Chorus' tables to it (an outside probe: a foreign PostgreSQL database
+    got 43 tables, and ``lake export`` exited 0)."""
+    import sqlalchemy as sa
+
+    from chorus.store.db import normalise_url
+
+    probe = sa.create_engine(normalise_url(url), poolclass=sa.pool.NullPool)
+    try:
+        with probe.connect() as conn:
+            found = sa.inspect(conn).has_table("alembic_version") and conn.execute(
+                sa.text("SELECT version_num FROM alembic_version")).first() is not None  # fmt: skip
+    finally:
+        probe.dispose()
+    if not found:
+        _fail(ChorusError(f"cannot open the store at {shown}: the database holds no Chorus store (`chorus db "
+                          "upgrade` or `chorus workspace create` makes one)", field="db"))  # fmt: skip
 
 
 def _check_store(url: str, create: bool) -> str:
