@@ -18,6 +18,7 @@ uploading a person to an ad platform is a marketing use of their data, so an ``a
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
@@ -223,29 +224,74 @@ def _hm(text: str) -> time:
     return time(int(h), int(m))
 
 
+def in_quiet_hours(at: datetime, tz: ZoneInfo, start: str, end: str) -> bool:
+    """Does the person's wall clock at ``at`` read inside local ``start``–``end`` (which may wrap midnight; an
+    empty window, ``start == end``, is never quiet)? Only the clock's reading counts, so a repeated hour is quiet
+    both times it is read and a skipped one never is."""
+    s, e, t = _hm(start), _hm(end), at.astimezone(tz).time()
+    return (s <= t < e) if s < e else (s > e and (t >= s or t < e))
+
+
+# A zone's UTC offset is looked up at least this often when looking for its next change: real zones never change
+# offset twice within an hour.
+_OFFSET_STEP = 3600
+
+
+def _offset(ts: int, tz: ZoneInfo) -> timedelta | None:
+    return datetime.fromtimestamp(ts, tz).utcoffset()
+
+
+def _next_change(at: datetime, until: datetime, tz: ZoneInfo) -> datetime | None:
+    """The first instant after ``at``, up to about ``until``, at which ``tz``'s UTC offset differs from the offset
+    at ``at``, else None. Zone transitions fall on whole seconds, so they are found to the second."""
+    off = at.astimezone(tz).utcoffset()
+    lo, last = math.floor(at.timestamp()), math.ceil(until.timestamp())
+    while lo < last:
+        hi = min(lo + _OFFSET_STEP, last)
+        if _offset(hi, tz) != off:
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (mid, hi) if _offset(mid, tz) == off else (lo, mid)
+            return datetime.fromtimestamp(hi, UTC)
+        lo = hi
+    return None
+
+
+def quiet_end(at: datetime, tz: ZoneInfo, start: str, end: str) -> datetime:
+    """The first instant at or after ``at`` at which the wall clock in ``tz`` reads outside the quiet hours
+    ``start``–``end``: ``at`` itself when it is not quiet, else when the clock next reads ``end``, or a DST jump
+    lands it outside them first (an end in a skipped hour is reached at the jump; on a fall-back night the clock
+    going back out of the window ends it, and the second reading of a repeated end time is what ends quiet hours
+    entered in the repeated hour). In UTC.
+    """
+    x = at.astimezone(UTC)
+    if not in_quiet_hours(x, tz, start, end):
+        return x
+    e = _hm(end)
+    # Walk the stretches of constant UTC offset from `at`: within one, the wall clock runs with UTC, so it reads
+    # `end` at `target - offset`, unless the offset changes first (a local date and time is not enough on a DST
+    # night: 01:30 is two instants on a fall-back night and none on a spring-forward one).
+    while True:
+        off = x.astimezone(tz).utcoffset() or timedelta(0)
+        wall = (x + off).replace(tzinfo=None)
+        target = datetime.combine(wall.date(), e)
+        if target <= wall:
+            target += timedelta(days=1)
+        reads_end = target.replace(tzinfo=UTC) - off
+        jump = _next_change(x, reads_end, tz)
+        if jump is None or jump > reads_end:
+            return reads_end
+        if not in_quiet_hours(jump, tz, start, end):
+            return jump
+        x = jump  # the jump lands inside the window again (a repeated stretch of it, or past a skipped end)
+
+
 def quiet_until(at: datetime, tz: ZoneInfo, start: str, end: str) -> datetime | None:
-    """The end of the quiet period ``at`` falls in (local ``start``–``end``, may wrap midnight), else None."""
-    local = at.astimezone(tz)
-    s, e = _hm(start), _hm(end)
-    t = local.time()
-    inside = (s <= t < e) if s < e else (t >= s or t < e)
-    if not inside or s == e:
+    """The end of the quiet period ``at`` falls in (local ``start``–``end``, may wrap midnight), else None; see
+    :func:`quiet_end`."""
+    if not in_quiet_hours(at, tz, start, end):
         return None
-    day = local.date() if (s < e or t < e) else local.date() + timedelta(days=1)
-    end = datetime.combine(day, e, tzinfo=tz)
-    first, second = end.replace(fold=0).astimezone(UTC), end.replace(fold=1).astimezone(UTC)
-    if second >= first:  # an ordinary local time, or the first occurrence of a repeated one
-        return first
-    # The end falls in a DST gap (e.g. 02:15 on the night clocks jump from 02:00 to 03:00): the night is over
-    # at the jump. Find that minute between the two readings of the missing time.
-    lo, hi = second, first
-    while hi - lo > timedelta(minutes=1):
-        mid = lo + (hi - lo) / 2
-        if mid.astimezone(tz).time() >= e or mid.astimezone(tz).date() > day:
-            hi = mid
-        else:
-            lo = mid
-    return hi.replace(second=0, microsecond=0) if hi.second or hi.microsecond else hi
+    return quiet_end(at, tz, start, end)
 
 
 def cap_until(at: datetime, sends: list[datetime], limit: int, window: timedelta) -> datetime | None:
