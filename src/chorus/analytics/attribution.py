@@ -42,6 +42,24 @@ class Attribution:
         }  # fmt: skip
 
 
+def parse_models(text: str, field: str = "models") -> tuple[str, ...]:
+    """The models of a comma-separated list (``linear, markov``): the one parse of the API's ``models`` and the
+    CLI's ``--models``. Blanks around a name and empty items are ignored; an empty list, an unknown name or a name
+    given twice is a 400 naming ``field``."""
+    names = tuple(m.strip() for m in text.split(",") if m.strip())
+    if not names:
+        raise ChorusError(f"{field} must name at least one model: {', '.join(MODELS)}", field=field)
+    for m in names:
+        if m not in MODELS:
+            shown = m if len(m) <= 40 else m[:40] + "…"
+            raise ChorusError(f"{field}: unknown model {shown!r}; models: {', '.join(MODELS)}", field=field)
+    twice = sorted({m for m in names if names.count(m) > 1})
+    if twice:
+        raise ChorusError(f"{field} names {', '.join(twice)} more than once (each model's credit adds up to the "
+                          "conversions: a model listed twice would count them twice)", field=field)  # fmt: skip
+    return names
+
+
 def attribute(
     lake,
     cfg: tp.Config = tp.Config(),
@@ -60,6 +78,11 @@ def attribute(
     for m in models:
         if m not in MODELS:
             raise ChorusError(f"unknown model {m!r}; models: {', '.join(MODELS)}", field="models")
+    if not models:
+        raise ChorusError("name at least one model", field="models")
+    twice = sorted({m for m in models if models.count(m) > 1})
+    if twice:  # each model's rows add up to the conversions: one named twice would count them twice
+        raise ChorusError(f"models names {', '.join(twice)} more than once", field="models")
     if not 1 <= markov_order <= 3:
         raise ChorusError("the Markov order must be 1, 2 or 3", field="order")
     if half_life.total_seconds() <= 0:
@@ -100,6 +123,10 @@ def _models(j: tp.Journeys, models, half_life, markov_order, shapley):
             f"{totals['negative_revenue_conversions']} conversions have a negative revenue: counted as 0 (send "
             "refunds as `Order Refunded`, not as negative orders)"
         )
+    n, named = tp.oversized_orders(j.conversions)
+    totals["oversized_revenue_conversions"] = n
+    if n:
+        warnings.append(tp.oversized_warning(n, named))
     rule_models = [m for m in models if m in RULE_MODELS]
     if rule_models:
         rows += _rule_based(j, rule_models, half_life)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import ibis
 import ibis.expr.types as ir
@@ -276,8 +276,13 @@ def lifetime_values(
     cols["customer"] = np.asarray(summary.column("customer").to_pylist(), dtype=object)
     if len(cols["customer"]) == 0:
         raise ChorusError(f"no customer purchased on or before {end}", field="end")
-    return predict(cols, end=end, unit_days=unit_days, months=months, discount_rate=discount_rate,
-                   penalizer=penalizer)  # fmt: skip
+    res = predict(cols, end=end, unit_days=unit_days, months=months, discount_rate=discount_rate,
+                  penalizer=penalizer)  # fmt: skip
+    observed = conv.filter(conv.ts < datetime(end.year, end.month, end.day, tzinfo=UTC) + timedelta(days=1))
+    warning = tp.oversized_warning(*tp.oversized_orders(observed))
+    if warning:
+        res.warnings.append(warning)
+    return res
 
 
 def predict(cols: dict[str, np.ndarray], *, end: date, unit_days: float = 7.0, months: int = 12,
@@ -341,7 +346,15 @@ def clv_by_profile(lake, cfg: tp.Config = tp.Config(), *, end: date | None = Non
         res = lifetime_values(lake, cfg, end=end, months=months)
     except ChorusError as exc:
         return None, f"no predicted CLV: {exc.message}"
-    return dict(zip((str(c) for c in res.customers["customer"]), res.customers["clv"].tolist(), strict=True)), None
+    values = np.asarray(res.customers["clv"], dtype=np.float64)
+    finite = np.isfinite(values)
+    by_profile = {str(c): float(v) for c, v, ok in zip(res.customers["customer"], values, finite, strict=True) if ok}
+    if finite.all():
+        return by_profile, None
+    # a fit on extreme values can still predict an infinite or undefined CLV for someone: that customer has no
+    # prediction (the report's "no predicted CLV" count), never a report that fails for everyone
+    return by_profile, (f"{int((~finite).sum())} customers' predicted CLV is not a finite number (extreme order "
+                        "values): they have no predicted CLV")  # fmt: skip
 
 
 def _number(v) -> bool:

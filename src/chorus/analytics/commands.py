@@ -77,16 +77,11 @@ def _plain(exc: Exception) -> str:
 
 
 def _day(value: str | None, field: str) -> date | None:
-    """``value`` as a date within the API's years (chorus.api.analytics._bounded), or a 400 naming ``field``."""
-    from chorus.api.analytics import _bounded
+    """``value`` (YYYY-MM-DD) as a date within the API's years, or a 400 naming ``field``: the API's parse
+    (chorus.analytics.limits.day)."""
+    from chorus.analytics import limits
 
-    if value is None:
-        return None
-    try:
-        day = date.fromisoformat(value)
-    except ValueError:
-        raise ChorusError(f"{field} {value!r} is not a date (YYYY-MM-DD)", field=field) from None
-    return _bounded(day, field)
+    return limits.day(value, field)
 
 
 def _check(**values) -> None:
@@ -232,9 +227,7 @@ def attribution(
         output.check_format(fmt)
         chart_path = output.check_chart(chart)
         period = _period(since, until)
-        names = tuple(m.strip() for m in models.split(",") if m.strip())
-        if not names:
-            raise ChorusError("name at least one model", field="models")
+        names = attr.parse_models(models)  # the API's parse of `models`
         _check(order=order, half_life_days=half_life_days)
         lk = open_lake(lake, workspace, engine, db)
         cfg = _config(config, lk, db)
@@ -454,6 +447,8 @@ def report_paths(
     prob = {(t["from"], t["to"]): t["probability"] for t in rep.transitions}
     output.print_table(out, "Transition probabilities (from row to column)", ["from", *targets],
                        [[a] + [prob.get((a, b)) for b in targets] for a in states])  # fmt: skip
+    for w in rep.warnings:
+        out.print(f"[yellow]warning[/yellow]: {w}")
 
 
 def _paths_chart(rep, path):

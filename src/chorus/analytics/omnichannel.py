@@ -177,16 +177,18 @@ def omnichannel_value(
 
     total = units.sum(axis=0)
     tm = metrics(total)
-    refunds, refunded = refund_totals(lake, cfg, period)
+    refunds, refunded, oversized_refunds = refund_totals(lake, cfg, period)
+    oversized, named = tp.oversized_orders(within(tp.conversions(tp.resolved_events(lake, cfg, period), cfg), period))
     totals = {
         "customers": n, "orders": int(total[_ORD]), "revenue": float(total[_REV]),
         "refunds": refunds, "refunded": refunded, "net_revenue": float(total[_REV]) - refunded,
         "value": _num(tm["value"]),
         "frequency": _num(tm["frequency"]), "aov": _num(tm["aov"]), "retention": _num(tm["retention"]),
         "clv": _num(tm["clv"]), "clv_customers": int(total[_HAS]), "currencies": currencies,
-        "ignored_channels": ignored,
+        "ignored_channels": ignored, "oversized_revenue_orders": oversized, "oversized_refunds": oversized_refunds,
     }  # fmt: skip
-    warnings = []
+    warnings = [w for w in (tp.oversized_warning(oversized, named, "orders"),
+                            tp.oversized_warning(oversized_refunds, [], "refunds")) if w]  # fmt: skip
     if len(currencies) > 1:
         warnings.append(
             f"revenue adds up orders in several currencies ({', '.join(currencies)}); convert them upstream or "
@@ -262,12 +264,13 @@ def customer_table(
 REFUND_EVENT = "Order Refunded"  # Segment's e-commerce spec
 
 
-def refund_totals(lake, cfg: tp.Config, period: tp.Period) -> tuple[int, float]:
+def refund_totals(lake, cfg: tp.Config, period: tp.Period) -> tuple[int, float, int]:
     """The refunds of the period (every ``Order Refunded`` event of a known person, valued by its ``revenue``, else
     ``total``, as orders are; a missing or negative amount counts as 0) and their sum: ``net_revenue`` in the totals
     is the orders' revenue minus this sum. A refund is not tied to its order: one of an order made before the period
     counts too, as a brand's books count it. The same ``order_id`` refunded twice (the shop and the server both
-    report it) counts once, as orders do (``touchpoints.conversions``)."""
+    report it) counts once, as orders do (``touchpoints.conversions``). A value above ``limits.MAX_ORDER_VALUE``
+    counts as 0, as an order's does: the third number says how many did."""
     ev = tp.resolved_events(lake, cfg, period)
     r = ev.filter((ev.type == "track") & (ev.event == REFUND_EVENT))
     r = r.mutate(_key=ibis.coalesce(r.order_id, r.seq.cast("string")))
@@ -276,9 +279,10 @@ def refund_totals(lake, cfg: tp.Config, period: tp.Period) -> tuple[int, float]:
     r = r.mutate(_first=ibis.coalesce(r._key.lag().over(w) != r._key, True))
     r = r.filter(r._first)  # the first report of each refund
     r = within(r.mutate(ts=r.timestamp), period)
-    amount = ibis.cases((r.revenue.isnull() | r.revenue.isnan() | (r.revenue < 0), 0.0), else_=r.revenue)
-    got = r.aggregate(n=r.count(), amount=amount.sum()).to_pyarrow().to_pylist()[0]
-    return int(got["n"] or 0), float(got["amount"] or 0.0)
+    amount, _, oversized = tp.order_value(r.revenue)  # the orders' rule: one of 1.7e308 is no refund to add up
+    got = r.aggregate(n=r.count(), amount=amount.sum(), oversized=oversized.cast("int64").sum())
+    got = got.to_pyarrow().to_pylist()[0]
+    return int(got["n"] or 0), float(got["amount"] or 0.0), int(got["oversized"] or 0)
 
 
 touch_events = tp.touch_events  # the events touchpoints() makes touchpoints of, before sessions

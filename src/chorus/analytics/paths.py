@@ -4,7 +4,7 @@ chart draws. Built from the distinct paths the engine counts (:func:`chorus.anal
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from chorus.analytics import touchpoints as tp
 
@@ -19,16 +19,23 @@ class PathReport:
     transitions: list[dict]  # from, to, journeys, probability (consecutive repeats collapsed, as the Markov model)
     sankey: dict  # nodes [{id, label, step}], links [{source, target, value}]
     totals: dict
+    warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {"by": self.by, "totals": self.totals, "top_paths": self.top, "transitions": self.transitions,
-                "sankey": self.sankey}  # fmt: skip
+                "sankey": self.sankey, "warnings": self.warnings}  # fmt: skip
 
 
 def path_report(lake, cfg: tp.Config = tp.Config(), period: tp.Period = tp.Period(), *, by: str = "channel",
                 top: int = 20) -> PathReport:  # fmt: skip
-    paths, conv, value, nulls = tp.path_counts(tp.build(lake, cfg, period, by=by))
-    return summarise(paths, conv, value, nulls, by=by, top=top)
+    j = tp.build(lake, cfg, period, by=by)
+    paths, conv, value, nulls = tp.path_counts(j)
+    rep = summarise(paths, conv, value, nulls, by=by, top=top)
+    n, named = tp.oversized_orders(j.conversions)
+    rep.totals["oversized_revenue_conversions"] = n
+    if n:
+        rep.warnings.append(tp.oversized_warning(n, named))
+    return rep
 
 
 def summarise(paths, conv, value, nulls, *, by: str = "channel", top: int = 20) -> PathReport:

@@ -99,6 +99,9 @@ def showrooming(
             f"revenue adds up purchases in several currencies ({', '.join(currencies)}); convert them upstream or "
             "report one currency at a time"
         )
+    oversized = tp.oversized_warning(*tp.oversized_orders(p), "purchases")
+    if oversized:
+        warnings.append(oversized)
     for direction, what in (("showrooming", "online"), ("webrooming", "store")):
         if not totals[direction]["purchases"]:
             warnings.append(f"no {what} purchase in the period: nothing to say about {direction}")
@@ -123,7 +126,8 @@ def purchases(
     browse_channels: tuple[str, ...] = BROWSE_CHANNELS,
 ) -> ir.Table:
     """One row per online or store purchase of the period: ``direction`` (showrooming for online purchases,
-    webrooming for store ones), ``profile_id, ts, seq, order_id, channel, category, revenue, currency``,
+    webrooming for store ones), ``profile_id, ts, seq, order_id, channel, category, revenue, oversized`` (its value
+    was above ``limits.MAX_ORDER_VALUE``: counted as 0)``, currency``,
     ``roomed`` (a visit, resp. a browse, at most ``window`` before it) and ``category_match`` (webroomed
     purchases: same, other or unknown; else null)."""
     online, offline = check_channels(online, offline)
@@ -169,7 +173,8 @@ def _matched(buys: ir.Table, before: ir.Table, window: timedelta, direction: str
     )
     return m.select(
         direction=ibis.literal(direction), profile_id=m.profile_id, ts=m.ts, seq=m.seq, order_id=m.order_id,
-        channel=m.channel, category=m.category, revenue=m.revenue, currency=m.currency, roomed=roomed,
+        channel=m.channel, category=m.category, revenue=m.revenue, oversized=m.oversized, currency=m.currency,
+        roomed=roomed,
         category_match=match if direction == "webrooming" else ibis.null("string"),
     )  # fmt: skip
 

@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 import ibis
 import ibis.expr.types as ir
 
+from chorus.analytics import limits
 from chorus.errors import ChorusError
 
 SEP = "\x1f"  # joins a path's channels: no channel or campaign name contains it
@@ -225,18 +226,58 @@ def conversions(ev: ir.Table, cfg: Config) -> ir.Table:
     w = ibis.window(group_by=c.profile_id, order_by=[c._key, c.timestamp, c.seq])
     c = c.mutate(_first=ibis.coalesce(c._key.lag().over(w) != c._key, True))
     c = c.filter(c._first)  # the first report of each order
+    value, negative, oversized = order_value(c.revenue)
     return c.select(
         profile_id=c.profile_id,
         ts=c.timestamp,
         seq=c.seq,
-        # a refund is not a negative order: revenue below zero (or NaN) counts as 0 and is reported
-        revenue=ibis.cases((c.revenue.isnull() | c.revenue.isnan() | (c.revenue < 0), 0.0), else_=c.revenue),
-        negative=(c.revenue < 0).fill_null(False),
+        revenue=value,
+        negative=negative,
+        oversized=oversized,
         currency=c.currency,
         channel=c.channel,
         category=c.category,
         order_id=c.order_id,
     )
+
+
+def order_value(revenue: ir.FloatingValue) -> tuple[ir.FloatingValue, ir.BooleanValue, ir.BooleanValue]:
+    """An order's (or a refund's) value as every report sums it, with the flags of the values left out:
+    ``(value, negative, oversized)``. A refund is not a negative order: a value below zero counts as 0 (and is
+    reported); so does a value above ``limits.MAX_ORDER_VALUE`` (one hostile or broken event of 1.7e308 would
+    otherwise turn every sum it is in into infinity); a missing one (or NaN) is 0."""
+    bad = revenue.isnull() | revenue.isnan()
+    negative = (revenue < 0).fill_null(False)
+    # NaN sorts above every number on DuckDB: not "oversized", just missing
+    oversized = (~bad & (revenue > limits.MAX_ORDER_VALUE)).fill_null(False)
+    value = ibis.cases((bad | negative | oversized, 0.0), else_=revenue)
+    return value, negative, oversized
+
+
+MAX_NAMED = 5  # the orders a warning names, at most
+
+
+def oversized_orders(conv: ir.Table) -> tuple[int, list[str]]:
+    """The conversions (rows of :func:`conversions`, or of anything with its ``oversized``, ``order_id`` and ``seq``
+    columns) whose value was left out of the sums for being above ``limits.MAX_ORDER_VALUE``: how many, and the
+    first few by ``order_id`` (else ``seq N``), for the report's warning."""
+    bad = conv.filter(conv.oversized)
+    n = int(bad.count().to_pyarrow().as_py() or 0)
+    if not n:
+        return 0, []
+    named = bad.select(key=ibis.coalesce("order " + bad.order_id, "seq " + bad.seq.cast("string")), seq=bad.seq)
+    keys = named.order_by("seq").limit(MAX_NAMED).to_pyarrow().column("key").to_pylist()
+    return n, keys
+
+
+def oversized_warning(n: int, named: list[str], what: str = "conversions") -> str | None:
+    """The warning of the values left out for being above ``limits.MAX_ORDER_VALUE``; None when there are none."""
+    if not n:
+        return None
+    bound = f"{limits.MAX_ORDER_VALUE:.0e}".replace("e+", "e")
+    listed = ", ".join(named) + (f" and {n - len(named)} more" if n > len(named) else "") if named else ""
+    return (f"{n} {what} have a revenue above {bound} (the largest order value a report adds up): counted with "
+            f"revenue 0{f' ({listed})' if listed else ''}; correct or erase them at the source")
 
 
 def touchpoints(ev: ir.Table, cfg: Config) -> ir.Table:

@@ -97,6 +97,9 @@ def uplift(
         warnings += [f"{journey_id}: {w}" for w in row.pop("_warnings")]
     if not rows:
         warnings.append(f"no {ENTRY_EVENT!r} event with a journey_id in the period")
+    oversized = tp.oversized_warning(sum(int(r["oversized"] or 0) for r in raw), [])
+    if oversized:
+        warnings.append(oversized)
     params = {
         "window_days": window.total_seconds() / 86400, "confidence": confidence, "entry_event": ENTRY_EVENT,
         "holdout_variants": list(HOLDOUT_VARIANTS), "min_holdout": MIN_HOLDOUT,
@@ -112,7 +115,8 @@ def people(
 ) -> ir.Table:
     """One row per (journey, person) who entered it in the period: ``journey_id, profile_id, entered`` (the first
     entry), ``held`` (held out at that entry), ``inconsistent`` (entered in both groups), ``converted`` (a
-    conversion within ``window`` after the entry) and ``revenue`` (of those conversions)."""
+    conversion within ``window`` after the entry), ``revenue`` (of those conversions) and ``oversized`` (how many
+    of them were valued above ``limits.MAX_ORDER_VALUE``: counted as 0)."""
     check_period(period)
     if not isinstance(window, timedelta) or window <= timedelta(0):
         raise ChorusError("the window must be a positive duration", field="window")
@@ -140,15 +144,17 @@ def people(
         journey_id="journey_id", profile_id="profile_id", entered="timestamp", held=e._held == 1,
         inconsistent="_mixed",
     )  # fmt: skip
-    conv = tp.conversions(ev, cfg).select(c_pid="profile_id", c_ts="ts", c_revenue="revenue")
+    conv = tp.conversions(ev, cfg).select(c_pid="profile_id", c_ts="ts", c_revenue="revenue", c_over="oversized")
     window_end = first.entered + as_interval(window)
     j = first.join(conv, [first.profile_id == conv.c_pid, conv.c_ts > first.entered, conv.c_ts <= window_end])
-    hits = j.group_by([j.journey_id, j.profile_id]).agg(_revenue=j.c_revenue.sum())
+    hits = j.group_by([j.journey_id, j.profile_id]).agg(
+        _revenue=j.c_revenue.sum(), _oversized=j.c_over.cast("int64").sum()
+    )  # fmt: skip
     hits = hits.rename(_jid="journey_id", _pid="profile_id")
     m = first.left_join(hits, [first.journey_id == hits._jid, first.profile_id == hits._pid])
     return m.select(
         "journey_id", "profile_id", "entered", "held", "inconsistent", converted=m._pid.notnull(),
-        revenue=ibis.coalesce(m._revenue, 0.0).cast("float64"),
+        revenue=ibis.coalesce(m._revenue, 0.0).cast("float64"), oversized=ibis.coalesce(m._oversized, 0),
     )  # fmt: skip
 
 
@@ -161,6 +167,7 @@ def group_table(lake, cfg: tp.Config, period: tp.Period, *, window: timedelta) -
         converted=p.converted.cast("int64").sum(),
         revenue=p.revenue.sum(),
         revenue_var=p.revenue.var(how="sample"),
+        oversized=p.oversized.sum(),
     )
 
 

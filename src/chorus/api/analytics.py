@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, date, datetime, timedelta
-from typing import Annotated
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
@@ -41,13 +41,30 @@ Confidence = Annotated[
         description=f"confidence level of the intervals, at most {CONFIDENCE_MAX}",
     ),
 ]
-# Numbers of days: finite (NaN is no number of days), and the smallest positive one is still a second (1e-320 days is
-# no time at all: see _days)
-Days = Annotated[float, Query(**limits.WINDOW_DAYS.query(), allow_inf_nan=False)]
+# Numbers of days: finite (NaN is no number of days), from a second (1e-320 days is no time at all) to 3660. The
+# schema states both ends; the low one is checked by _days, in the CLI's words ("at least one second (0.0000116
+# days)") rather than FastAPI's "at least 1.1574074074074073e-05"
+Days = Annotated[
+    float,
+    Query(le=limits.WINDOW_DAYS.high, allow_inf_nan=False, json_schema_extra={"minimum": limits.WINDOW_DAYS.low},
+          description=f"a number of days, {limits.WINDOW_DAYS.words()}"),
+]  # fmt: skip
+# A day of a period: the documented YYYY-MM-DD only, parsed by limits.day as the CLI's --since is (a plain `date`
+# would also take epoch seconds and date-times at midnight). The schema says `format: date`.
+Day = Annotated[
+    str | None,
+    Query(description=f"a day, YYYY-MM-DD (UTC), from {limits.DATE_MIN} to {limits.DATE_MAX}",
+          json_schema_extra={"format": "date"}),
+]  # fmt: skip
+By = Annotated[Literal["channel", "campaign"], Query(description="channel or campaign")]
+
+
+def _day(value: str | None, field: str):
+    return limits.day(value, field, " (query parameter)")  # the CLI's parse too
 
 
 def _days(value: float, field: str) -> timedelta:
-    return limits.days(limits.WINDOW_DAYS, value, field)  # the CLI's rule too
+    return limits.days(limits.WINDOW_DAYS, value, field, " (query parameter)")  # the CLI's rule too
 
 
 @contextmanager
@@ -63,10 +80,8 @@ def _lake(svc, ws):
     from chorus.analytics.engine import open_lake, workspace_ids
 
     if ws.id not in workspace_ids(svc.settings.lake_dir):
-        raise ChorusError(
-            f"the lake at {svc.settings.lake_dir} has no events of this workspace yet: run `chorus lake export`",
-            field="lake",
-        )
+        # the lake's path is the server's business: an API client is told what to do, not where the files are
+        raise ChorusError("the lake has no events of this workspace yet: run `chorus lake export`", field="lake")
     return open_lake(svc.settings.lake_dir, workspace_id=ws.id)
 
 
@@ -86,21 +101,10 @@ def _config(ws):
         ) from None
 
 
-# Reports reach back from `since` by the lookback window and forward from `until` by a day; dates near year 1 or
-# 9999 overflow Python's date arithmetic. Nobody's data is from before 1000 or after 9000.
-DATE_MIN, DATE_MAX = date(1000, 1, 1), date(9000, 12, 31)
-
-
-def _bounded(value: date | None, field: str) -> date | None:
-    if value is not None and not DATE_MIN <= value <= DATE_MAX:
-        raise ChorusError(f"{field} must be between {DATE_MIN} and {DATE_MAX}", field=field)
-    return value
-
-
-def _period(since: date | None, until: date | None):
+def _period(since: str | None, until: str | None):
     from chorus.analytics.touchpoints import Period
 
-    since, until = _bounded(since, "since"), _bounded(until, "until")
+    since, until = _day(since, "since"), _day(until, "until")
     if since and until and until < since:
         raise ChorusError("until is before since", field="until")
     return Period(
@@ -113,23 +117,28 @@ def _period(since: date | None, until: date | None):
 def attribution(
     ws: WS,
     svc: SVC,
-    by: Annotated[str, Query(description="channel or campaign")] = "channel",
-    models: Annotated[str, Query(description="comma-separated model names")] = (
-        "first_touch,last_touch,linear,time_decay,position_based,markov,shapley"
-    ),
+    by: By = "channel",
+    models: Annotated[
+        str,
+        Query(description="comma-separated model names, each at most once: first_touch, last_touch, linear, "
+                          "time_decay, position_based, markov, shapley"),
+    ] = "first_touch,last_touch,linear,time_decay,position_based,markov,shapley",  # fmt: skip
     order: Annotated[int, Query(**limits.MARKOV_ORDER.query(), description="Markov order")] = 1,
     half_life_days: Days = 7.0,
-    shapley: Annotated[str, Query(description="auto, exact or simplified")] = "auto",
-    since: date | None = None,
-    until: date | None = None,
+    shapley: Annotated[
+        Literal["auto", "exact", "simplified"], Query(description="auto, exact or simplified")
+    ] = "auto",
+    since: Day = None,
+    until: Day = None,
 ):
     from chorus.analytics import attribution as attr
 
+    names = attr.parse_models(models)  # the CLI's parse of --models
     half_life = _days(half_life_days, "half_life_days")
+    period = _period(since, until)
     with _reading(svc):
         res = attr.attribute(
-            _lake(svc, ws), _config(ws), period=_period(since, until), by=by,
-            models=tuple(m.strip() for m in models.split(",") if m.strip()), half_life=half_life,
+            _lake(svc, ws), _config(ws), period=period, by=by, models=names, half_life=half_life,
             markov_order=order, shapley=shapley,
         )  # fmt: skip
     return JSON(res.as_dict())
@@ -139,7 +148,7 @@ def attribution(
 def clv(
     ws: WS,
     svc: SVC,
-    end: date | None = None,
+    end: Day = None,
     months: Annotated[int, Query(**limits.CLV_MONTHS.query())] = 12,
     discount_rate: Annotated[float, Query(**limits.DISCOUNT_RATE.query(), allow_inf_nan=False)] = 0.01,
     unit_days: Annotated[
@@ -155,7 +164,7 @@ def clv(
 ):
     from chorus.analytics.clv import lifetime_values
 
-    end = _bounded(end, "end")
+    end = _day(end, "end")
     with _reading(svc):
         res = lifetime_values(
             _lake(svc, ws),
@@ -173,10 +182,10 @@ def clv(
 def paths(
     ws: WS,
     svc: SVC,
-    by: Annotated[str, Query(description="channel or campaign")] = "channel",
+    by: By = "channel",
     top: Annotated[int, Query(**limits.PATHS_TOP.query())] = 20,
-    since: date | None = None,
-    until: date | None = None,
+    since: Day = None,
+    until: Day = None,
 ):
     from chorus.analytics.paths import path_report
 
@@ -186,7 +195,7 @@ def paths(
 
 
 @router.get("/omnichannel", summary="Customers by number of channels and online/offline mix, with intervals")
-def omnichannel(ws: WS, svc: SVC, since: date | None = None, until: date | None = None,
+def omnichannel(ws: WS, svc: SVC, since: Day = None, until: Day = None,
                 confidence: Confidence = 0.95,
                 bootstrap: Annotated[int, Query(**limits.BOOTSTRAP.query())] = 2000, clv: bool = True):  # fmt: skip
     from chorus.analytics.clv import clv_by_profile
@@ -204,7 +213,7 @@ def omnichannel(ws: WS, svc: SVC, since: date | None = None, until: date | None 
 
 
 @router.get("/showrooming", summary="Showrooming and webrooming by category")
-def rooming(ws: WS, svc: SVC, since: date | None = None, until: date | None = None,
+def rooming(ws: WS, svc: SVC, since: Day = None, until: Day = None,
             window_days: Days = 7.0):  # fmt: skip
     from chorus.analytics.rooming import showrooming
 
@@ -217,8 +226,8 @@ def rooming(ws: WS, svc: SVC, since: date | None = None, until: date | None = No
 def uplift(
     ws: WS,
     svc: SVC,
-    since: date | None = None,
-    until: date | None = None,
+    since: Day = None,
+    until: Day = None,
     window_days: Days = 30.0,
     confidence: Confidence = 0.95,
 ):
