@@ -56,7 +56,7 @@ from chorus.segments.person import Event, Person
 from chorus.segments.rules import Node as Rule
 from chorus.segments.summary import Summary
 from chorus.store import bulk
-from chorus.store.db import any_row, read_only
+from chorus.store.db import read_only
 from chorus.store.tables import events, journey_timers
 from chorus.timeutil import iso, utcnow
 
@@ -139,8 +139,10 @@ class Journeys:
     def __init__(self, conn: Connection, ws_id: str):
         self.conn = conn
         self.ws = ws_api.get(conn, ws_id)
-        # shared locks on PostgreSQL: a status change waits for the transitions reading the old one (store)
-        self.all = store.all_journeys(conn, ws_id, share=True)
+        # shared locks on PostgreSQL: a status change waits for the transitions reading the old one (store); the
+        # current versions' definitions come with them (parsed when asked for)
+        self._texts: dict[tuple[str, int], str] = {}
+        self.all = store.all_journeys(conn, ws_id, share=True, texts=self._texts)
         self.topics = (self.ws.settings.get("messaging") or {}).get("topics")
         self._defs: dict[tuple[str, int], d.Definition] = {}
         self._links = None
@@ -151,7 +153,9 @@ class Journeys:
     def defn(self, jid: str, version: int) -> d.Definition:
         key = (jid, version)
         if key not in self._defs:
-            self._defs[key] = store.definition(self.conn, self.ws.id, jid, version)
+            text = self._texts.get(key)
+            self._defs[key] = (store.definition(self.conn, self.ws.id, jid, version) if text is None
+                               else store.definition_from_text(text))  # fmt: skip
         return self._defs[key]
 
     @property
@@ -455,9 +459,11 @@ class Claim:
             seqs = feed.pending_events_of(self.conn, CONSUMER, self.ws, list(self.runs))
             owner = {seq: p for p, mine in seqs.items() for seq in mine}
             order = sorted(owner)
+            q = store.prepared(self.conn, "runtime.unseen", lambda d_: sa.select(events.c.seq, events.c.message_id)
+                               .where(store.in_param(events.c.seq, "seqs", d_)))  # fmt: skip
             for i in range(0, len(order), 5000):
-                for seq, mid in self.conn.execute(sa.select(events.c.seq, events.c.message_id).where(
-                        bulk.in_(events.c.seq, order[i : i + 5000], self.conn.dialect.name))):  # fmt: skip
+                part = store.in_value(order[i : i + 5000], self.conn.dialect.name)
+                for seq, mid in self.conn.execute(q, {"seqs": part}):
                     self._unseen[owner[seq]].add(str(mid))
         return self._unseen.setdefault(pid, set())
 
@@ -612,6 +618,9 @@ class PersonRun:
     unreplayed: dict[str, set[str]] = field(default_factory=dict)  # journey -> ids of held events not given yet
     _latest: tuple[dict, str] | None = None  # (her stored state, the latest instant it holds), for person_at
     stepped: list[tuple[dict, str]] = field(default_factory=list)  # her trait steps' identifies (payload, anchor)
+    # her identifiers as a timeline event carries them: (the call's fields, its context), or () without any; made at
+    # her first record (her claim reads her identifiers once)
+    _addressed: tuple | None = None
 
     def __post_init__(self) -> None:
         if self.claim is None:
@@ -636,10 +645,14 @@ class PersonRun:
         if self.since is not None and t < self.since:
             assert self.claim is not None
             self.claim.read_back(self, t)
+        # her instances by journey, once per input: a journey's outcomes replace or add only its own instances
+        by_journey: dict[str, list[j.State]] = {}
+        for s in self.instances:
+            by_journey.setdefault(s.journey_id, []).append(s)
         for jid, jr in self.js.all.items():
             if wanted is not None and jid not in wanted:
                 continue
-            mine = [s for s in self.instances if s.journey_id == jid]
+            mine = by_journey.get(jid, [])
             if isinstance(inp, j.Merged):  # housekeeping, not an input of hers: never held, nobody enters by it
                 live = {s.version for s in mine if s.status != "exited"}
                 gone = j.superseded(self.js.defn(jid, jr.version), mine) if live else frozenset()
@@ -651,11 +664,14 @@ class PersonRun:
                         self._keep(jid, o)
                         out.append(o)
                 continue
+            may_enter = None  # asked once per journey, when needed
             if isinstance(inp, j.TimerFired):
                 if not any(s.instance_id == inp.instance_id for s in mine):
                     continue
-            elif not any(s.status != "exited" for s in mine) and not self.js.may_enter(jid, inp):
-                continue
+            elif not any(s.status != "exited" for s in mine):
+                may_enter = self.js.may_enter(jid, inp)
+                if not may_enter:
+                    continue
             if jr.status == "active" and jr.sweep and jid not in self.replaying and self.has_held(jid):
                 # resumed, and her inputs held while paused are not given again yet: this one waits behind them,
                 # so that her inputs are applied in their time order
@@ -665,7 +681,13 @@ class PersonRun:
             versions = {v: self.js.defn(jid, v) for v in {s.version for s in mine if s.status != "exited"}}
             if jr.status not in ("stopped", "archived"):
                 versions[jr.version] = self.js.defn(jid, jr.version)
-            entering = self.js.may_enter(jid, inp) or any(s.status == "new" for s in mine)
+            if may_enter is None:
+                may_enter = self.js.may_enter(jid, inp)
+            # an instance that begins checks its goal and exit criteria against her events given before it
+            # (interpreter._Run.at_entry): a version with neither has nothing to check them against, and her claim
+            # need not read which of her events are still waiting in the feed (Claim.unseen)
+            entering = (may_enter or any(s.status == "new" for s in mine)) and any(
+                v.goal is not None or v.exits for v in versions.values())  # fmt: skip
             if seen is None or seen[0] is not self.person:  # once per input, again after a trait step
                 seen = (self.person, self.person_at(t))
             outcomes = dispatch.offer(
@@ -795,7 +817,7 @@ class PersonRun:
             n += 1
 
     def _record(self, s: j.State, c: j.Record) -> None:
-        arm = next((s.arms[k] for k in sorted(s.arms)), None)
+        arm = s.arms[min(s.arms)] if s.arms else None  # the first in name order
         self._records.append({"journey_id": s.journey_id, "version": s.version, "instance_id": s.instance_id,
                               "profile_id": self.person.id, "kind": c.kind, "node": c.node, "branch": c.branch,
                               "arm": arm, "at": c.at, "detail": (c.detail or None) and c.detail[:200]})  # fmt: skip
@@ -805,9 +827,16 @@ class PersonRun:
         name = TIMELINE.get(c.kind) or ("Journey Step" if assigned else None)
         if name is None:
             return
-        ident = self.ident
-        if not ident:
+        addressed = self._addressed
+        if addressed is None:
+            ident = self.ident
+            addressed = self._addressed = (
+                {k: v for k, v in ident.items() if k != "context"},
+                {**ident.get("context", {}), "channel": "internal", "direction": "outbound"},
+            ) if ident else ()  # fmt: skip
+        if not addressed:
             return
+        fields, context = addressed
         props = {"journey_id": s.journey_id, "version": s.version, "instance_id": s.instance_id, "node": c.node}
         if c.branch is not None:
             props["branch"] = c.branch
@@ -819,9 +848,9 @@ class PersonRun:
         place = (s.instance_id, s.step, c.kind, c.node)
         n = self._seen[place] = self._seen.get(place, -1) + 1
         raw = {
-            **{k: v for k, v in ident.items() if k != "context"},
+            **fields,
             "type": "track", "event": name, "properties": props,
-            "context": {**ident.get("context", {}), "channel": "internal", "direction": "outbound"},
+            "context": dict(context),  # each event its own (its payload is stored, and may be changed, alone)
             # the step number and the record's place in it: a transition computed again makes the same ids
             "messageId": f"chorus-journey-{s.instance_id}-{s.step}-{c.kind}-{c.node}-{n}"[:200],
             "timestamp": iso(c.at),
@@ -863,11 +892,13 @@ def _inputs(conn: Connection, js: Journeys,
             changes: Sequence[feed.Delivered]) -> list[tuple[feed.Delivered, j.Input]]:  # fmt: skip
     seqs = [c.event_seq for c in changes if c.cause == "event" and c.event_seq is not None]
     payloads = {}
+    dialect = conn.dialect.name
+    q = store.prepared(conn, "runtime.payloads", lambda d_: sa.select(events.c.seq, events.c.payload, events.c.trusted)
+                       .where(store.in_param(events.c.seq, "seqs", d_)))  # fmt: skip
     for i in range(0, len(seqs), 5000):
         part = seqs[i : i + 5000]
         payloads.update((seq, (payload, trusted)) for seq, payload, trusted in conn.execute(
-            sa.select(events.c.seq, events.c.payload, events.c.trusted).where(
-                bulk.in_(events.c.seq, part, conn.dialect.name))))  # fmt: skip
+            q, {"seqs": store.in_value(part, dialect)}))  # fmt: skip
     anchored = js.draws_by_identifier
     out: list[tuple[feed.Delivered, j.Input]] = []
     for c in changes:
@@ -950,8 +981,9 @@ def due(engine: Engine, limit: int = 500, clock: Callable[[], datetime] | None =
     minute, then twice as long after each failure)."""
     at = (clock or now)()
     done = 0
-    if not any_row(engine, sa.select(journey_timers.c.due_at).where(journey_timers.c.due_at <= at)):
-        return 0
+    with read_only(engine) as probe:  # as db.any_row, with a statement built once (store.prepared)
+        if probe.execute(store.prepared(probe, "runtime.any_due", _any_due), {"at": at}).first() is None:
+            return 0
     with engine.begin() as conn:
         rows = store.due_timers(conn, at, limit)
         by_person: dict[tuple[str, str], list] = {}
@@ -995,6 +1027,10 @@ def due(engine: Engine, limit: int = 500, clock: Callable[[], datetime] | None =
                     log.exception("journey timers of profile %s failed; tried again later", pid)
                     _later(conn, ws, [r.key for r in by_person[(ws, pid)]], at, f"{type(exc).__name__}: {exc}")
     return done
+
+
+def _any_due(_dialect: str):
+    return sa.select(journey_timers.c.due_at).where(journey_timers.c.due_at <= sa.bindparam("at")).limit(1)
 
 
 def _fire(conn: Connection, js: Journeys, pids: list[str], by_person: dict, at: datetime) -> int:

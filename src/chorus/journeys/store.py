@@ -8,13 +8,16 @@ Inputs are kept as JSON (held while a journey is paused) with :func:`input_to_js
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import orjson
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql.elements import BindParameter
+from sqlalchemy.sql.visitors import replacement_traverse
 
 from chorus.errors import Conflict, NotFound
 from chorus.journeys import definition as d
@@ -34,6 +37,58 @@ from chorus.timeutil import iso, parse_ts
 
 STATUSES = ("active", "paused", "stopped", "archived")
 KINDS = ("journey", "broadcast")
+
+
+# -- statements built once -------------------------------------------------------------------------------------
+# The hot reads and writes of a transition are built once per process and dialect, with named parameters, and
+# executed with their values: a statement built on each call (``sa.select(...).where(...)``) cost 50-150 µs of
+# Python to build and as much again for SQLAlchemy to key it for its compiled cache, more than many of them take
+# in the database (a demo's profile: a third of its Python time in SQLAlchemy's statement building). A built
+# statement keeps its cache key, so each execution only binds its parameters.
+_BUILT: dict[tuple[str, str], sa.Executable] = {}
+
+
+def prepared(conn: Connection, name: str, build: Callable[[str], sa.Executable]) -> sa.Executable:
+    """The statement ``build(dialect name)``, built on the first call for the connection's dialect and kept under
+    ``name`` (unique per statement): its parameters are bound at execution, ``conn.execute(q, {...})``."""
+    key = (name, conn.dialect.name)
+    q = _BUILT.get(key)
+    if q is None:
+        q = _BUILT[key] = build(conn.dialect.name)
+    return q
+
+
+def in_param(col: sa.Column, name: str, dialect: str):
+    """``bulk.in_(col, ...)`` (the same SQL: one parameter however long the list) with its parameter named
+    ``name``, for a statement built once; its value at execution is :func:`in_value` of the list."""
+    # bulk.in_'s one parameter is anonymous, bound to its list: named here, with its type (array, or JSON text)
+    return replacement_traverse(bulk.in_(col, [], dialect), {},
+                                lambda el: sa.bindparam(name, type_=el.type) if isinstance(el, BindParameter)
+                                else None)  # fmt: skip
+
+
+def in_value(values: Iterable, dialect: str):
+    """The value of an :func:`in_param` parameter: what ``bulk.in_`` binds (a list; JSON text on SQLite)."""
+    values = list(values)
+    return values if dialect == "postgresql" else orjson.dumps(values).decode()
+
+
+FEW_ROWS = 50  # on PostgreSQL, an insert of up to this many rows is one INSERT, not bulk's COPY (insert_rows)
+
+
+def insert_rows(conn: Connection, table: sa.Table, rows: list[dict], *, conflict: Sequence[str] = ()) -> None:
+    """``bulk.insert_rows`` (with ``conflict``: rows whose key exists are skipped), but a few rows on PostgreSQL go
+    as one ``INSERT`` of a statement built once: bulk's COPY path costs four statements (its staging table made,
+    filled, copied, emptied), which a claim of a few people (a live worker's, a timer pass's) paid for each table
+    it writes, more than the rows themselves."""
+    if not rows:
+        return
+    if conn.dialect.name != "postgresql" or len(rows) > FEW_ROWS:
+        bulk.insert_rows(conn, table, rows, conflict=conflict or None)
+        return
+    q = prepared(conn, f"insert:{table.name}:{','.join(conflict)}", lambda _: (
+        pg_insert(table).on_conflict_do_nothing(index_elements=list(conflict)) if conflict else table.insert()))
+    conn.execute(q, rows)
 
 
 @dataclass(frozen=True)
@@ -60,24 +115,53 @@ def _journey(row) -> Journey:
                    row.started_at, bool(row.sweep))  # fmt: skip
 
 
-def all_journeys(conn: Connection, ws: str, *, share: bool = False) -> dict[str, Journey]:
+def all_journeys(conn: Connection, ws: str, *, share: bool = False,
+                 texts: dict[tuple[str, int], str] | None = None) -> dict[str, Journey]:  # fmt: skip
     """The workspace's journeys. ``share`` (PostgreSQL): the rows locked shared until the transaction ends, so a
     status change (``control``, which locks its row for update) waits for the transitions that read the old status,
-    and none of them can hold an input after a resume's sweep found nothing left to give again."""
-    q = sa.select(journeys).where(journeys.c.workspace_id == ws).order_by(journeys.c.id)
-    if share and conn.dialect.name == "postgresql":
-        q = q.with_for_update(read=True)
-    return {r.id: _journey(r) for r in conn.execute(q)}
+    and none of them can hold an input after a resume's sweep found nothing left to give again. ``texts``: filled
+    with the stored definition of each one's current version ((id, version) -> its text, for
+    :func:`definition_from_text`), read by the same statement (a transition reads them all: one statement per
+    journey before)."""
+    name = f"all_journeys:{'share' if share else ''}:{'texts' if texts is not None else ''}"
+    q = prepared(conn, name, lambda dialect: _all_journeys(dialect, share, texts is not None))
+    out = {}
+    for r in conn.execute(q, {"ws": ws}):
+        out[r.id] = _journey(r)
+        if texts is not None and r.definition_text is not None:
+            texts[(r.id, r.version)] = r.definition_text
+    return out
+
+
+def _all_journeys(dialect: str, share: bool, texts: bool):
+    q = sa.select(journeys)
+    if texts:
+        v = journey_versions.c
+        q = q.add_columns(_text(dialect, v.definition).label("definition_text")).select_from(
+            journeys.outerjoin(journey_versions, sa.and_(v.workspace_id == journeys.c.workspace_id,
+                                                         v.journey_id == journeys.c.id,
+                                                         v.version == journeys.c.version)))  # fmt: skip
+    q = q.where(journeys.c.workspace_id == sa.bindparam("ws")).order_by(journeys.c.id)
+    # the journeys' rows alone are locked, not their versions' (immutable)
+    return q.with_for_update(read=True, of=journeys) if share and dialect == "postgresql" else q
+
+
+def _text(dialect: str, col):
+    """A JSON column read as its stored text (not decoded: see _parse_text)."""
+    return sa.cast(col, sa.Text) if dialect == "postgresql" else sa.type_coerce(col, sa.Text)
 
 
 def get(conn: Connection, ws: str, jid: str, *, lock: bool = False) -> Journey:
-    q = sa.select(journeys).where(journeys.c.workspace_id == ws, journeys.c.id == jid)
-    if lock and conn.dialect.name == "postgresql":
-        q = q.with_for_update()
-    row = conn.execute(q).first()
+    q = prepared(conn, "get:lock" if lock else "get", lambda dialect: _get(dialect, lock))
+    row = conn.execute(q, {"ws": ws, "jid": jid}).first()
     if row is None:
         raise NotFound(f"journey {jid} not found")
     return _journey(row)
+
+
+def _get(dialect: str, lock: bool):
+    q = sa.select(journeys).where(journeys.c.workspace_id == sa.bindparam("ws"), journeys.c.id == sa.bindparam("jid"))
+    return q.with_for_update() if lock and dialect == "postgresql" else q
 
 
 @functools.lru_cache(maxsize=512)
@@ -89,18 +173,36 @@ def _parse(raw: bytes) -> d.Definition:
 def definition(conn: Connection, ws: str, jid: str, version: int) -> d.Definition:
     if not 1 <= version <= 2**31 - 1:  # the column's range: a bigger number is no version (not a database error)
         raise NotFound(f"journey {jid} version {version} not found", field="version")
-    raw = conn.execute(sa.select(journey_versions.c.definition).where(
-        journey_versions.c.workspace_id == ws, journey_versions.c.journey_id == jid,
-        journey_versions.c.version == version)).scalar()  # fmt: skip
+    raw = conn.execute(prepared(conn, "definition", _definition), {"ws": ws, "jid": jid, "v": version}).scalar()
     if raw is None:
         raise NotFound(f"journey {jid} version {version} not found")
-    return _parse(orjson.dumps(raw, option=orjson.OPT_SORT_KEYS))
+    return _parse_text(raw)
+
+
+def _definition(dialect: str):
+    # the stored text, not the document: a version read again (each transaction reads its journeys') is found by
+    # it in _parse_text without decoding and encoding it again
+    t = journey_versions.c
+    return sa.select(_text(dialect, t.definition)).where(
+        t.workspace_id == sa.bindparam("ws"), t.journey_id == sa.bindparam("jid"), t.version == sa.bindparam("v"))
+
+
+@functools.lru_cache(maxsize=512)
+def _parse_text(raw: str) -> d.Definition:
+    return _parse(orjson.dumps(orjson.loads(raw), option=orjson.OPT_SORT_KEYS))  # its canonical JSON, as before
+
+
+def definition_from_text(raw: str) -> d.Definition:
+    """The version whose stored text ``all_journeys(..., texts=...)`` read: what :func:`definition` answers."""
+    return _parse_text(raw)
 
 
 def version_keys(conn: Connection, ws: str) -> list[tuple[str, int]]:
     """Every (journey id, version) ever published in the workspace (the primary key alone: no definition read)."""
-    return [tuple(r) for r in conn.execute(sa.select(journey_versions.c.journey_id, journey_versions.c.version)
-                                           .where(journey_versions.c.workspace_id == ws))]  # fmt: skip
+    t = journey_versions.c
+    q = prepared(conn, "version_keys",
+                 lambda _: sa.select(t.journey_id, t.version).where(t.workspace_id == sa.bindparam("ws")))
+    return [tuple(r) for r in conn.execute(q, {"ws": ws})]
 
 
 def versions(conn: Connection, ws: str, jid: str) -> list[dict]:
@@ -142,9 +244,9 @@ def entry_kind(defn: d.Definition) -> str:
 def scheduled(conn: Connection) -> list[tuple[str, str]]:
     """(workspace, journey) of every active journey entered by a schedule."""
     t = journeys.c
-    rows = conn.execute(sa.select(t.workspace_id, t.id).where(t.entry == "schedule", t.status == "active")
-                        .order_by(t.workspace_id, t.id))  # fmt: skip
-    return [(r.workspace_id, r.id) for r in rows]
+    q = prepared(conn, "scheduled", lambda _: sa.select(t.workspace_id, t.id).where(
+        t.entry == "schedule", t.status == "active").order_by(t.workspace_id, t.id))  # fmt: skip
+    return [(r.workspace_id, r.id) for r in conn.execute(q)]
 
 
 def set_status(conn: Connection, ws: str, jid: str, status: str, now: datetime, *, sweep: bool) -> None:
@@ -157,9 +259,10 @@ def swept(conn: Connection, ws: str, jid: str) -> None:
 
 
 def to_sweep(conn: Connection, limit: int = 20) -> list[tuple[str, str]]:
-    rows = conn.execute(sa.select(journeys.c.workspace_id, journeys.c.id).where(journeys.c.sweep)
-                        .order_by(journeys.c.workspace_id, journeys.c.id).limit(limit))  # fmt: skip
-    return [(r.workspace_id, r.id) for r in rows]
+    t = journeys.c
+    q = prepared(conn, "to_sweep", lambda _: sa.select(t.workspace_id, t.id).where(t.sweep)
+                 .order_by(t.workspace_id, t.id).limit(sa.bindparam("limit")))  # fmt: skip
+    return [(r.workspace_id, r.id) for r in conn.execute(q, {"limit": limit})]
 
 
 # -- instances ------------------------------------------------------------------------------------------------
@@ -169,10 +272,11 @@ def instances_of(conn: Connection, ws: str, profile_ids: list[str]) -> dict[str,
     if not profile_ids:
         return out
     t = journey_instances.c
-    for row in conn.execute(sa.select(t.profile_id, t.state).where(
-            t.workspace_id == ws, bulk.in_(t.profile_id, profile_ids, conn.dialect.name))
-            .order_by(t.profile_id, t.entered_at, t.id)):  # fmt: skip
-        out.setdefault(row.profile_id, []).append(j.state_from_json(row.state))
+    q = prepared(conn, "instances_of", lambda dialect: sa.select(t.profile_id, t.state).where(
+        t.workspace_id == sa.bindparam("ws"), in_param(t.profile_id, "pids", dialect))
+        .order_by(t.profile_id, t.entered_at, t.id))  # fmt: skip
+    for pid, state in conn.execute(q, {"ws": ws, "pids": in_value(profile_ids, conn.dialect.name)}):
+        out.setdefault(pid, []).append(j.state_from_json(state))
     return out
 
 
@@ -180,22 +284,25 @@ def save_instances(conn: Connection, ws: str, states: Iterable[tuple[j.State, bo
     """Write instances: (state, new). A new one is inserted, the others updated."""
     rows_new, rows_old = [], []
     for s, new in states:
-        row = {"workspace_id": ws, "id": s.instance_id, "journey_id": s.journey_id, "version": s.version,
-               "profile_id": s.profile_id, "status": s.status, "node": s.node, "entered_at": s.entered_at,
-               "updated_at": now, "state": j.state_to_json(s)}  # fmt: skip
-        (rows_new if new else rows_old).append(row)
+        if new:
+            rows_new.append({"workspace_id": ws, "id": s.instance_id, "journey_id": s.journey_id,
+                             "version": s.version, "profile_id": s.profile_id, "status": s.status, "node": s.node,
+                             "entered_at": s.entered_at, "updated_at": now, "state": j.state_to_json(s)})  # fmt: skip
+        else:
+            rows_old.append({"w_ws": ws, "w_id": s.instance_id, "w_pid": s.profile_id, "w_status": s.status,
+                             "w_node": s.node, "w_at": now, "w_state": j.state_to_json(s)})  # fmt: skip
     if rows_new:
-        bulk.insert_rows(conn, journey_instances, rows_new)
+        insert_rows(conn, journey_instances, rows_new)
     if rows_old:  # one statement for all (executemany: pipelined by psycopg, one prepared statement on SQLite)
-        t = journey_instances.c
-        conn.execute(
-            journey_instances.update()
+        conn.execute(prepared(conn, "save_instances", _save_instances), rows_old)
+
+
+def _save_instances(_dialect: str):
+    t = journey_instances.c
+    return (journey_instances.update()
             .where(t.workspace_id == sa.bindparam("w_ws"), t.id == sa.bindparam("w_id"))
             .values(profile_id=sa.bindparam("w_pid"), status=sa.bindparam("w_status"), node=sa.bindparam("w_node"),
-                    updated_at=now, state=sa.bindparam("w_state")),
-            [{"w_ws": ws, "w_id": r["id"], "w_pid": r["profile_id"], "w_status": r["status"], "w_node": r["node"],
-              "w_state": r["state"]} for r in rows_old],
-        )  # fmt: skip
+                    updated_at=sa.bindparam("w_at"), state=sa.bindparam("w_state")))  # fmt: skip
 
 
 def live_instances(conn: Connection, ws: str, jid: str, limit: int, after: str | None = None) -> list[tuple[str, str]]:
@@ -228,10 +335,10 @@ def doubled(conn: Connection, ws: str, profile_ids: list[str]) -> set[str]:
     if not profile_ids:
         return set()
     t = journey_instances.c
-    q = (sa.select(t.profile_id).where(t.workspace_id == ws, bulk.in_(t.profile_id, profile_ids, conn.dialect.name),
-                                       t.status != "exited")
-         .group_by(t.profile_id, t.journey_id).having(sa.func.count() > 1))  # fmt: skip
-    return set(conn.execute(q).scalars())
+    q = prepared(conn, "doubled", lambda dialect: sa.select(t.profile_id).where(
+        t.workspace_id == sa.bindparam("ws"), in_param(t.profile_id, "pids", dialect), t.status != "exited")
+        .group_by(t.profile_id, t.journey_id).having(sa.func.count() > 1))  # fmt: skip
+    return set(conn.execute(q, {"ws": ws, "pids": in_value(profile_ids, conn.dialect.name)}).scalars())
 
 
 # -- timers ---------------------------------------------------------------------------------------------------
@@ -239,17 +346,16 @@ def set_timers(conn: Connection, ws: str, rows: list[dict]) -> None:
     """rows: key, journey_id, instance_id, profile_id, due_at. A key is set once (the interpreter's keys are unique
     per instance and step; a scheduled start's per run and person): setting it again changes nothing."""
     if rows:
-        bulk.insert_rows(conn, journey_timers, [{"workspace_id": ws, **r} for r in rows],
+        insert_rows(conn, journey_timers, [{"workspace_id": ws, **r} for r in rows],
                          conflict=["workspace_id", "key"])  # fmt: skip
 
 
 def cancel_timers(conn: Connection, ws: str, keys: list[str]) -> None:
     if keys:
-        conn.execute(
-            journey_timers.delete().where(
-                journey_timers.c.workspace_id == ws, bulk.in_(journey_timers.c.key, keys, conn.dialect.name)
-            )
-        )
+        t = journey_timers.c
+        q = prepared(conn, "cancel_timers", lambda dialect: journey_timers.delete().where(
+            t.workspace_id == sa.bindparam("ws"), in_param(t.key, "keys", dialect)))  # fmt: skip
+        conn.execute(q, {"ws": ws, "keys": in_value(keys, conn.dialect.name)})
 
 
 RETRY_FIRST = timedelta(minutes=1)
@@ -279,16 +385,20 @@ def postpone_timers(conn: Connection, ws: str, keys: list[str], at: datetime, er
 
 def due_timers(conn: Connection, at: datetime, limit: int) -> list:
     """Timers due at ``at``, earliest first, locked (PostgreSQL: those another worker holds are skipped)."""
-    q = sa.select(journey_timers).where(journey_timers.c.due_at <= at).order_by(journey_timers.c.due_at).limit(limit)
-    if conn.dialect.name == "postgresql":
-        q = q.with_for_update(skip_locked=True)
-    return conn.execute(q).all()
+    return conn.execute(prepared(conn, "due_timers", _due_timers), {"at": at, "limit": limit}).all()
+
+
+def _due_timers(dialect: str):
+    t = journey_timers.c
+    q = sa.select(journey_timers).where(t.due_at <= sa.bindparam("at")).order_by(t.due_at).limit(sa.bindparam("limit"))
+    return q.with_for_update(skip_locked=True) if dialect == "postgresql" else q
 
 
 def timers_of(conn: Connection, ws: str, profile_ids: list[str]) -> list:
     t = journey_timers.c
-    return conn.execute(sa.select(journey_timers).where(t.workspace_id == ws, bulk.in_(
-        t.profile_id, profile_ids, conn.dialect.name)).order_by(t.due_at, t.key)).all()  # fmt: skip
+    q = prepared(conn, "timers_of", lambda dialect: sa.select(journey_timers).where(
+        t.workspace_id == sa.bindparam("ws"), in_param(t.profile_id, "pids", dialect)).order_by(t.due_at, t.key))
+    return conn.execute(q, {"ws": ws, "pids": in_value(profile_ids, conn.dialect.name)}).all()  # fmt: skip
 
 
 def start_key(jid: str, run: str, pid: str) -> str:
@@ -304,8 +414,9 @@ def start_id(key: str) -> str:
 
 # -- held inputs ------------------------------------------------------------------------------------------------
 def hold(conn: Connection, ws: str, jid: str, pid: str, inp: j.Input) -> None:
-    conn.execute(journey_held.insert().values(workspace_id=ws, journey_id=jid, profile_id=pid,
-                                              at=j.input_time(inp), input=input_to_json(inp)))  # fmt: skip
+    conn.execute(prepared(conn, "hold", lambda _: journey_held.insert()),
+                 {"workspace_id": ws, "journey_id": jid, "profile_id": pid, "at": j.input_time(inp),
+                  "input": input_to_json(inp)})  # fmt: skip
 
 
 def held_people(conn: Connection, ws: str, jid: str, limit: int) -> list[str]:
@@ -326,9 +437,11 @@ def held_pairs(conn: Connection, ws: str, jids: list[str], profile_ids: list[str
         return set()
     t = journey_held.c
     d = conn.dialect.name
-    q = sa.select(t.journey_id, t.profile_id).distinct().where(
-        t.workspace_id == ws, bulk.in_(t.journey_id, jids, d), bulk.in_(t.profile_id, profile_ids, d))
-    return {(r.journey_id, r.profile_id) for r in conn.execute(q)}
+    q = prepared(conn, "held_pairs", lambda dialect: sa.select(t.journey_id, t.profile_id).distinct().where(
+        t.workspace_id == sa.bindparam("ws"), in_param(t.journey_id, "jids", dialect),
+        in_param(t.profile_id, "pids", dialect)))  # fmt: skip
+    return {(r.journey_id, r.profile_id) for r in conn.execute(
+        q, {"ws": ws, "jids": in_value(jids, d), "pids": in_value(profile_ids, d)})}  # fmt: skip
 
 
 DEFERRED = ""  # the journey id of an input held until its own time, for every journey (runtime.Consumer)
@@ -344,13 +457,13 @@ def defer(conn: Connection, ws: str, pid: str, inp: j.Input, key: str) -> None:
 def take_deferred(conn: Connection, ws: str, pid: str, until: datetime) -> list[j.Input]:
     """Her deferred inputs whose time has come by ``until``, in time order (then as they came), deleted."""
     t = journey_held.c
-    rows = conn.execute(
-        sa.select(t.seq, t.input)
-        .where(t.workspace_id == ws, t.journey_id == DEFERRED, t.profile_id == pid, t.at <= until)
-        .order_by(t.at, t.seq)
-    ).all()
+    q = prepared(conn, "take_deferred", lambda _: sa.select(t.seq, t.input).where(
+        t.workspace_id == sa.bindparam("ws"), t.journey_id == DEFERRED, t.profile_id == sa.bindparam("pid"),
+        t.at <= sa.bindparam("until")).order_by(t.at, t.seq))  # fmt: skip
+    rows = conn.execute(q, {"ws": ws, "pid": pid, "until": until}).all()
     if rows:
-        conn.execute(journey_held.delete().where(t.seq.in_([r.seq for r in rows])))
+        conn.execute(prepared(conn, "held:delete", lambda dialect: journey_held.delete().where(
+            in_param(t.seq, "seqs", dialect))), {"seqs": in_value([r.seq for r in rows], conn.dialect.name)})
     return [input_from_json(r.input) for r in rows]
 
 
@@ -394,7 +507,7 @@ def end_instances(conn: Connection, ws: str, jid: str, pid: str, at: datetime, r
 # -- records ----------------------------------------------------------------------------------------------------
 def add_records(conn: Connection, ws: str, rows: list[dict]) -> None:
     if rows:
-        bulk.insert_rows(conn, journey_records, [{"workspace_id": ws, **r} for r in rows])
+        insert_rows(conn, journey_records, [{"workspace_id": ws, **r} for r in rows])
 
 
 def records_of(conn: Connection, ws: str, profile_ids: list[str], limit: int = 500) -> list[dict]:
@@ -423,12 +536,14 @@ RUN_ATTEMPTS = 3  # a chunk that failed together this many times goes one person
 
 def runs_open(conn: Connection, at: datetime, limit: int = 10) -> list:
     """Runs not done and not waiting for a retry, oldest first."""
+    return conn.execute(prepared(conn, "runs_open", _runs_open), {"at": at, "limit": limit}).all()
+
+
+def _runs_open(dialect: str):
     t = journey_runs.c
-    q = (sa.select(journey_runs).where(sa.not_(t.done), sa.or_(t.retry_at.is_(None), t.retry_at <= at))
-         .order_by(t.run_at).limit(limit))  # fmt: skip
-    if conn.dialect.name == "postgresql":
-        q = q.with_for_update(skip_locked=True)
-    return conn.execute(q).all()
+    q = (sa.select(journey_runs).where(sa.not_(t.done), sa.or_(t.retry_at.is_(None), t.retry_at <= sa.bindparam("at")))
+         .order_by(t.run_at).limit(sa.bindparam("limit")))  # fmt: skip
+    return q.with_for_update(skip_locked=True) if dialect == "postgresql" else q
 
 
 def lock_run(conn: Connection, ws: str, jid: str, run_at: datetime):
@@ -485,8 +600,9 @@ def add_run(conn: Connection, ws: str, jid: str, run_at: datetime, version: int)
 def last_run(conn: Connection, ws: str, jid: str, since_version: int = 1) -> datetime | None:
     """The latest run of the journey's versions from ``since_version`` on (those of its current schedule)."""
     t = journey_runs.c
-    return conn.execute(sa.select(sa.func.max(t.run_at)).where(t.workspace_id == ws, t.journey_id == jid,
-                                                               t.version >= since_version)).scalar()  # fmt: skip
+    q = prepared(conn, "last_run", lambda _: sa.select(sa.func.max(t.run_at)).where(
+        t.workspace_id == sa.bindparam("ws"), t.journey_id == sa.bindparam("jid"), t.version >= sa.bindparam("v")))
+    return conn.execute(q, {"ws": ws, "jid": jid, "v": since_version}).scalar()  # fmt: skip
 
 
 def schedule_since(conn: Connection, ws: str, jid: str, version: int) -> tuple[int, datetime]:
