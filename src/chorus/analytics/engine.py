@@ -40,29 +40,90 @@ class LakeUnreadable(ChorusError):
 _QUOTED_FILE = re.compile(r"""['"]([^'"\n]+?\.parquet)['"]""")
 
 
+class LakeChanging(ChorusError):
+    """An export replaced or removed lake files while a read kept meeting them (retried already): a 503 to retry,
+    not damage."""
+
+    status = 503
+    code = "lake_changing"
+
+
+# A file replaced or removed under a read: DuckDB opened it by name again after listing it (the export's rename or
+# delete came in between), read a footer of one file and pages of another, or found it gone. Retried, bounded.
+RETRIES = 4
+_RACE = re.compile(r"No such file or directory|TProtocolException|Invalid data|No magic bytes|cannot open file",
+                   re.IGNORECASE)  # fmt: skip
+
+
+def _lake_file(text: str, root: Path) -> str | None:
+    """The lake file an engine message names, relative to the lake, or None when it names none of the lake's."""
+    found = _QUOTED_FILE.search(text)
+    if not found:
+        return None
+    try:
+        return Path(found.group(1)).resolve().relative_to(root.resolve()).as_posix()
+    except (ValueError, OSError):
+        return None
+
+
+def _is_race(exc: Exception, root: Path) -> bool:
+    """Whether ``exc`` may come from a file the export replaced or removed during the read (worth a retry)."""
+    import duckdb
+
+    if not isinstance(exc, duckdb.Error) or not _RACE.search(str(exc)):
+        return False
+    name = _lake_file(str(exc), root)
+    # a named lake file, or DuckDB's Thrift error, which names none: both come from a file changing under the read
+    return name is not None or "TProtocolException" in str(exc)
+
+
+def _retrying(fn, root: Path):
+    """``fn`` (a DuckDB backend's execute, to_pyarrow, read_parquet...) run again, a few times with a short pause,
+    when it failed on a lake file an export replaced or removed meanwhile: each run lists the files afresh."""
+    import time
+
+    def run(*args, **kwargs):
+        for attempt in range(RETRIES + 1):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                if attempt == RETRIES or not _is_race(exc, root):
+                    raise
+                time.sleep(0.05 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    return run
+
+
 @contextmanager
 def readable(root: str | Path) -> Iterator[None]:
     """Run a computation on the lake at ``root``: DuckDB's failure to read one of its files (an I/O error, or input
-    that is not valid Parquet) becomes :class:`LakeUnreadable`, naming the file relative to the lake; the engine's
-    message is logged. Any other engine error (a bug) passes through."""
+    that is not valid Parquet) becomes :class:`LakeUnreadable`, naming the file relative to the lake; a file that
+    an export removed or replaced under the read (still so after the retries of :func:`open_lake`'s connection)
+    becomes :class:`LakeChanging`. The engine's message is logged. Any other engine error (a bug) passes through."""
     import duckdb
 
     try:
         yield
-    except (duckdb.IOException, duckdb.InvalidInputException) as exc:
+    except duckdb.Error as exc:
         text = str(exc)
         root = Path(root)
-        found = _QUOTED_FILE.search(text)
-        name = None
-        if found:
-            try:
-                name = Path(found.group(1)).resolve().relative_to(root.resolve()).as_posix()
-            except (ValueError, OSError):
-                name = None  # not a file of the lake: not named to the client
-        if name is None:
+        thrift = "TProtocolException" in text  # a Parquet page of another file than its footer: names no file
+        if not isinstance(exc, duckdb.IOException | duckdb.InvalidInputException) and not thrift:
+            raise
+        name = _lake_file(text, root)
+        if name is None and not thrift:
             # not a file of the lake: invalid input elsewhere, or an I/O failure of the engine's own (a spill or a
             # temporary file on a full disk): not the lake's fault, and re-exporting it would not help (review)
             raise
+        if thrift or not (root / name).is_file() or "No such file" in text:
+            # removed on purpose (an erasure's rewrite deletes the files it empties) or replaced under the read:
+            # the lake is sound, the read met an export; the file is not damaged
+            log.warning("a read of the lake at %s met an export changing it: %s", root, text)
+            raise LakeChanging(
+                "the lake changed while it was read (a `chorus lake export` was rewriting it): try again",
+                field="lake",
+            ) from None
         log.error("the lake at %s cannot be read: %s", root, text)
         raise LakeUnreadable(
             f"the lake's file {name} cannot be read (damaged, truncated or not Parquet): export the lake again "
@@ -129,6 +190,8 @@ def open_lake(root: str | Path, *, engine: str = "duckdb", workspace_id: str | N
         raise ChorusError(f"the lake at {root} has no events of workspace {workspace_id!r}", field="workspace")
     if engine == "duckdb":
         con = ibis.duckdb.connect()
+        for method in ("execute", "to_pyarrow", "to_pandas", "read_parquet"):
+            setattr(con, method, _retrying(getattr(con, method), root))
     else:
         con = ibis.pyspark.connect(spark or local_spark_session())
     return Lake(root=root, engine=engine, con=con, workspace_id=workspace_id)

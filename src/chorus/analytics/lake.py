@@ -10,6 +10,7 @@ Layout (Hive-style partitions that DuckDB, Spark, pandas and pyarrow read as col
     profiles/workspace_id=<ws>/profiles.parquet                                      rewritten every run
     profile_aliases/workspace_id=<ws>/aliases.parquet                                merged-away id -> current id
     _chorus_lake.json                                                                what has been exported
+    .chorus_lake.lock                                                                held by the running export
 
 Events are immutable once resolved, so they are appended: a run exports the events after the last exported
 ``seq`` that are resolved and were received at least ``settle`` ago (a transaction still open when the run starts
@@ -18,15 +19,21 @@ time; a later merge makes it an alias, which ``profile_aliases`` maps to the cur
 (statuses arrive for days), so the days (of creation) with a message updated since the last run are rewritten
 whole, with the status history of their messages. Every file is written to a temporary name and renamed, and the
 watermarks are saved last: a run that stops half-way leaves files past the watermark, which the next run deletes
-before writing them again, so re-running never duplicates a row.
+before writing them again, so re-running never duplicates a row. The lake belongs to one store, whose id it
+records, and a run checks that the store did not go back behind the marks (a restore): decision 0054.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import math
 import os
 import re
+import uuid
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -47,11 +54,13 @@ from chorus.store.tables import (
     messages,
     profile_aliases,
     profiles,
+    store_identity,
     workspaces,
 )
 from chorus.timeutil import utcnow
 
 STATE_FILE = "_chorus_lake.json"
+LOCK_FILE = ".chorus_lake.lock"  # held (flock) by the export writing the lake
 CHUNK = 50_000  # events read and written per step: bounds memory whatever the backlog
 SETTLE = timedelta(seconds=60)
 _PART = re.compile(r"part-(\d+)-(\d+)\.parquet")
@@ -137,33 +146,180 @@ class ExportResult:
         return "; ".join(parts) + "; the next `chorus lake export` after that adds them."
 
 
+class LakeConflict(ValueError):
+    """The lake cannot be brought up to date from this store as it is (another export holds it, it belongs to
+    another store, or the store went back behind it): the run refuses, saying why and what to do (exit 2)."""
+
+
 def export(engine: Engine, out: str | Path, *, settle: timedelta = SETTLE, now: datetime | None = None) -> ExportResult:
-    """Bring the lake at ``out`` up to date with the store; returns what was written."""
+    """Bring the lake at ``out`` up to date with the store; returns what was written. One run at a time per lake
+    (a lock file in it): a second run started meanwhile fails at once, changing nothing (decision 0054)."""
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
+    with _locked(root):
+        return _export(engine, root, settle, now or utcnow())
+
+
+def _export(engine: Engine, root: Path, settle: timedelta, now: datetime) -> ExportResult:
     state = _load_state(root)
-    now = now or utcnow()
     cutoff = now - settle
     result = ExportResult()
-    result.removed_orphans = _remove_orphans(root, int(state.get("events_seq", 0)))
+    store_id = _store_id(engine)
+    if state.get("store_id") not in (None, store_id):
+        raise LakeConflict(
+            f"the lake at {root} was exported from another store (store id {state['store_id']}; the store at --db "
+            f"is {store_id}): nothing was changed. Export this store into its own, new --out directory"
+        )
     with engine.connect() as conn:
-        erased_upto = int(state.get("erasures_id", 0))
+        behind = _went_back(conn, state)
+        if behind and behind[0] == "events":
+            held = _numbers_of_erased_events(conn, root, state)
+            if held is not None:
+                state["events_seq"], behind = held, None  # the lake's mark goes back with the store's numbers
+        if behind:
+            # the lake's rows can no longer be matched with the store's: nothing is exported, but every person the
+            # store has erased leaves the lake now, whatever the marks say (an erasure never waits for a rebuild)
+            everyone = conn.execute(sa.select(erasures.c.profile_hashes)).scalars().all()
+            _forget(root, {h for hashes in everyone for h in hashes}, result)
+            raise LakeConflict(
+                f"the store went back behind the lake at {root}: {behind[1]}. A store restored from a backup does "
+                "this; its new events and erasures would be skipped. This run exported nothing; it removed from the "
+                f"lake every person the store has erased ({result.files_rewritten_for_erasure} files rewritten). "
+                "Rebuild the lake: export into a new, empty --out directory, point the readers ($CHORUS_LAKE_DIR, "
+                "--lake) at it, then delete this one"
+            )
+        result.removed_orphans = _remove_orphans(root, state["events_seq"])
+        erased_upto = state["erasures_id"]
         gone = conn.execute(sa.select(erasures).where(erasures.c.id > erased_upto).order_by(erasures.c.id)).all()
         if gone:  # first, so that nothing of an erased person survives this run
             _forget(root, {h for r in gone for h in r.profile_hashes}, result)
             rewritten = {s for r in gone for s in (r.rewritten_seqs or ())}
-            _rewrite(conn, root, rewritten, int(state.get("events_seq", 0)), gone[-1].id, result)
+            _rewrite(conn, root, rewritten, state["events_seq"], gone[-1].id, result)
             erased_upto = gone[-1].id
         result.workspaces = sorted(conn.execute(sa.select(workspaces.c.id)).scalars())
-        seq = _export_events(conn, root, int(state.get("events_seq", 0)), cutoff, result)
+        seq = _export_events(conn, root, state["events_seq"], cutoff, result)
         _held_back(conn, seq, cutoff, settle, result)
         since = datetime.fromisoformat(state["messages_cutoff"]) if state.get("messages_cutoff") else None
         _export_messages(conn, root, since, result)
         _export_profiles(conn, root, result)
-    state.update({"events_seq": seq, "messages_cutoff": cutoff.isoformat(), "erasures_id": erased_upto,
+        # what the marks point at, so that the next run can tell a store that went back (see _went_back)
+        last = conn.execute(sa.select(events.c.message_id).where(events.c.seq == seq)).scalar() if seq else None
+        mark = conn.execute(sa.select(erasures).where(erasures.c.id == erased_upto)).first() if erased_upto else None
+    state.update({"store_id": store_id, "events_seq": seq, "events_last": last,
+                  "messages_cutoff": cutoff.isoformat(), "erasures_id": erased_upto,
+                  "erasures_last": _erasure_print(mark) if mark is not None else None,
                   "exported_at": now.isoformat()})  # fmt: skip
     _save_state(root, state)
     return result
+
+
+@contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    """Hold the lake's lock file (flock, exclusive) for the run: two overlapping runs would both read the same
+    watermark and write the same events twice. A second run fails at once rather than wait: runs on a schedule
+    would pile up behind a slow one, and the next scheduled run picks up what this one would have done."""
+    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LakeConflict(
+                f"another `chorus lake export` is writing the lake at {root} (it holds {root / LOCK_FILE}): this run "
+                "changed nothing; run it again when that one has finished"
+            ) from None
+        yield  # the lock goes with the descriptor; the file stays (removing it would let a third run lock another)
+    finally:
+        os.close(fd)
+
+
+def _store_id(engine: Engine) -> str:
+    """The store's id: made once (by migration 0022, or here for a store whose row was removed), kept by its
+    backups and copies. The lake records it, so that another store's export into the lake is refused."""
+    if not sa.inspect(engine).has_table(store_identity.name):
+        raise LakeConflict("the store at --db has no id for the lake to check (it was made by an older Chorus): "
+                           "run `chorus db upgrade` on it first")  # fmt: skip
+    with engine.connect() as conn:
+        found = conn.execute(sa.select(store_identity.c.id).where(store_identity.c.key == "store")).scalar()
+    if found:
+        return found
+    try:
+        with engine.begin() as conn:
+            conn.execute(store_identity.insert().values(key="store", id=f"st_{uuid.uuid4().hex}", created_at=utcnow()))
+    except sa.exc.IntegrityError:
+        pass  # another process made it first: theirs is the id
+    with engine.connect() as conn:
+        return conn.execute(sa.select(store_identity.c.id).where(store_identity.c.key == "store")).scalar_one()
+
+
+def _erasure_print(row) -> str:
+    """What identifies an erasure beyond its number (which a restored store gives again to another erasure)."""
+    doc = [row.workspace_id, sorted(row.profile_hashes or []), _utc(row.erased_at).isoformat()]
+    return hashlib.sha256(orjson.dumps(doc)).hexdigest()
+
+
+def _went_back(conn, state: dict) -> tuple[str, str] | None:
+    """Which numbering of the store went back behind the lake's marks ("events" or "erasures") and why, or None.
+    The marks are numbers the store hands out once, except after a restore from a backup (and SQLite gives the
+    numbers of the last rows again when they were deleted): then events and erasures with numbers at or below the
+    marks are new, and would be skipped."""
+    mark = state["erasures_id"]
+    if mark:
+        row = conn.execute(sa.select(erasures).where(erasures.c.id == mark)).first()
+        if row is None:
+            return "erasures", f"it has no erasure {mark}, the last one the lake applied"
+        if state.get("erasures_last") and _erasure_print(row) != state["erasures_last"]:
+            return "erasures", f"its erasure {mark} is not the one the lake applied under that number"
+    mark = state["events_seq"]
+    if mark:
+        at_mark = conn.execute(sa.select(events.c.message_id).where(events.c.seq == mark)).first()
+        if at_mark is not None and state.get("events_last") and at_mark.message_id != state["events_last"]:
+            return "events", f"its event {mark} is not the one the lake exported under that number"
+        since = state.get("exported_at")
+        top = conn.execute(
+            sa.select(events.c.seq, events.c.received_at).where(events.c.seq <= mark).order_by(events.c.seq.desc())
+            .limit(1)
+        ).first()  # fmt: skip
+        if since and top is not None and _utc(top.received_at) > datetime.fromisoformat(since):
+            return "events", (f"its event {top.seq} (at or below {mark}, the last the lake exported) was stored "
+                              "after the lake's last export")  # fmt: skip
+    return None
+
+
+def _numbers_of_erased_events(conn, root: Path, state: dict) -> int | None:
+    """SQLite gives the next event the number after the highest one left, so erasing the person of the last
+    exported events hands their numbers to new events without any restore. That is the case when, once the
+    erasures are applied, the lake holds no event above some number ``held`` and the store holds only new events
+    (stored after the last export) between it and the mark: returns ``held``, from where the export goes on.
+    None when the lake holds events the store lost (a restore)."""
+    pending = conn.execute(
+        sa.select(erasures.c.profile_hashes).where(erasures.c.id > state["erasures_id"])
+    ).scalars().all()  # fmt: skip
+    if pending:  # the erased rows leave the lake first (applied again, with the rest, by the run)
+        _forget(root, {h for hashes in pending for h in hashes}, ExportResult())
+    held = _lake_max_seq(root)
+    mark, since = state["events_seq"], state.get("exported_at")
+    if held >= mark or not since:
+        return None
+    old = conn.execute(
+        sa.select(sa.func.count()).where(events.c.seq > held, events.c.seq <= mark,
+                                         events.c.received_at <= datetime.fromisoformat(since))
+    ).scalar()  # fmt: skip
+    return None if old else held
+
+
+def _lake_max_seq(root: Path) -> int:
+    """The highest event number in the lake's files (from their footers' statistics, else their seq column)."""
+    top = 0
+    for path in (root / "events").glob("workspace_id=*/date=*/*.parquet"):
+        meta = pq.ParquetFile(path).metadata
+        col = meta.schema.names.index("seq")
+        for i in range(meta.num_row_groups):
+            stats = meta.row_group(i).column(col).statistics
+            if stats is None or not stats.has_min_max:
+                top = max(top, pc.max(pq.ParquetFile(path).read(columns=["seq"])["seq"]).as_py() or 0)
+                break
+            top = max(top, stats.max)
+    return top
 
 
 # -- events -------------------------------------------------------------------------------------------------------
@@ -416,15 +572,40 @@ def _write(path: Path, table: pa.Table) -> None:
 
 
 def _load_state(root: Path) -> dict:
+    """The saved marks, checked: a value of the wrong kind is an error naming the file and the key (never Python's
+    words, and never a negative mark that would export everything again without a word)."""
     path = root / STATE_FILE
     if not path.exists():
-        return {}
+        return {"events_seq": 0, "erasures_id": 0}
     try:
         state = orjson.loads(path.read_bytes())
     except orjson.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON ({exc}); remove it to export everything again") from None
     if not isinstance(state, dict):
         raise ValueError(f"{path} is not a JSON object; remove it to export everything again")
+
+    def bad(key: str, what: str) -> ValueError:
+        shown = orjson.dumps(state[key]).decode()
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        return ValueError(f"{path}: {key!r} must be {what}, not {shown}; remove the file to export everything again")
+
+    for key in ("events_seq", "erasures_id"):
+        value = state.setdefault(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+            raise bad(key, "a whole number, 0 or more")
+    for key in ("messages_cutoff", "exported_at"):
+        value = state.get(key)
+        if value is None:
+            continue
+        try:
+            ok = isinstance(value, str) and datetime.fromisoformat(value).tzinfo is not None
+        except ValueError:
+            ok = False
+        if not ok:
+            raise bad(key, "a date and time with its offset (ISO 8601)")
+    for key in ("store_id", "events_last", "erasures_last"):
+        if state.get(key) is not None and not (isinstance(state[key], str) and state[key]):
+            raise bad(key, "text")
     return state
 
 

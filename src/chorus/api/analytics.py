@@ -23,7 +23,8 @@ from chorus.errors import ChorusError
 
 LAKE_UNREADABLE = (
     "`lake_unreadable`: a file of the lake cannot be read (damaged, truncated, not Parquet); the message names it "
-    "relative to the lake, the engine's error is in the server's log"
+    "relative to the lake, the engine's error is in the server's log. `lake_changing`: an export was replacing the "
+    "lake's files during the read, after a few retries; try again"
 )
 router = APIRouter(
     prefix="/api/analytics", tags=["analytics"], route_class=AdminRoute,

@@ -309,6 +309,16 @@ erasures = sa.Table(
     sa.Column("rewritten_seqs", JSONDoc),
 )
 
+# The store's identity: one row, made once (migration 0022), kept by its backups and copies. Copies of the store
+# outside it (the event lake) record it, so that one store's export into another store's copy is refused.
+store_identity = sa.Table(
+    "store_identity",
+    metadata,
+    sa.Column("key", sa.String(16), primary_key=True),  # always "store": the key keeps it to one row
+    sa.Column("id", sa.String(40), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
 # Traits computed by analytics (lifetime value, probability alive, RFM): one row per profile and trait, replaced by
 # each run; shown on the profile next to the traits its events set, never mixed into them.
 computed_traits = sa.Table(
