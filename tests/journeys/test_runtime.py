@@ -1406,3 +1406,44 @@ def test_a_sum_trait_set_by_a_step_reads_as_resolution_will_store_it(engine, ws,
         rows = conn.execute(sa.select(journey_records.c.branch).where(
             journey_records.c.workspace_id == ws, journey_records.c.node == "c0")).scalars().all()  # fmt: skip
     assert sorted(b for b in rows if b) == ["else", "then"], rows
+
+
+NUDGE = {"id": "nudge", "entry": {"event": {"event": "Browse"}}, "reentry": "never", "start": "mail",
+         "nodes": {"mail": {"type": "message", "template": "cart_reminder", "channel": ["in_app"],
+                            "kind": "marketing", "next": "done"},
+                   "done": {"type": "exit"}}}  # fmt: skip
+
+
+def test_a_merge_withdraws_the_second_of_two_messages_still_waiting_after_both_exited(engine, ws, clock, worker):
+    """An outside probe: a visitor and a known customer both went through a message then an exit, both messages
+    waiting out quiet hours; one identify joined them, and she got both (the merge rule saw no live instance to
+    exit). The later entered one's message is withdrawn; the first entered's still goes out, once."""
+    quiet_workspace(engine, ws, worker, clock)
+    publish(engine, ws, NUDGE)
+    anon = {"type": "track", "anonymousId": "a1", "event": "Browse", "messageId": "m1", "timestamp": T0.isoformat(),
+            "properties": {"cart_id": "A"}, "context": {"channel": "web"}}  # fmt: skip
+    later = clock.at = T0 + timedelta(seconds=10)
+    send(engine, ws, [anon, ev("Browse", later, user="u9", cart_id="B")], later)
+    settle(worker)
+    assert [i.status for i in instances(engine, ws, "nudge")] == ["exited", "exited"]
+    with engine.connect() as conn:
+        waiting = conn.execute(sa.select(messages.c.status).where(messages.c.workspace_id == ws,
+                                                                  messages.c.journey_id == "nudge")).scalars().all()
+    assert waiting == ["queued", "queued"]  # both waiting for 20:00
+    clock.at = T0 + timedelta(minutes=5)
+    send(engine, ws, [{"type": "alias", "userId": "u9", "previousId": "a1", "messageId": "m2",
+                       "timestamp": clock.at.isoformat()}], clock.at)  # fmt: skip
+    settle(worker)
+    clock.at = T0 + timedelta(hours=11, minutes=1)  # 20:01: quiet hours over
+    settle(worker)
+    survivor = profile_of(engine, ws, "user_id:u9")
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(messages.c.profile_id, messages.c.status, messages.c.reason,
+                                      messages.c.idempotency_key).where(
+            messages.c.workspace_id == ws, messages.c.journey_id == "nudge")).all()  # fmt: skip
+    first = min(instances(engine, ws, "nudge"), key=lambda i: i.state["entered_at"])
+    assert sorted(r.status for r in rows) == ["sent", "skipped"], rows
+    (kept,) = [r for r in rows if r.status == "sent"]
+    (gone,) = [r for r in rows if r.status == "skipped"]
+    assert kept.idempotency_key.startswith(first.id)  # the visitor's, entered 10 s earlier (under her old id)
+    assert "merged" in gone.reason and survivor in {kept.profile_id, gone.profile_id}

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Union
@@ -423,6 +423,24 @@ def superseded(defn: d.Definition, instances: Sequence[State]) -> frozenset[str]
         else:
             first[group] = s.instance_id
     return frozenset(out)
+
+
+def superseded_exited(defn: d.Definition, instances: Sequence[State], pending: Set[str]) -> dict[str, tuple[str, ...]]:
+    """After a merge: the exited instances that duplicate another of hers, each with its messages not gone out yet
+    (``pending``: idempotency keys) to withdraw. Ranked as :func:`superseded` ranks live ones, an exited instance
+    counting while a message of it still waits (an outside probe: both profiles had reached a message then an exit,
+    the messages waited out quiet hours, and she got both after the merge). The first entered keeps its message."""
+    acting = [s for s in instances if s.status != "exited" or any(k in pending for k in s.sent)]
+    one_at_a_time = defn.reentry.mode in ("never", "after_exit", "cooldown")
+    first: dict = {}
+    out: dict[str, tuple[str, ...]] = {}
+    for s in sorted(acting, key=lambda s: (s.entered_at, s.instance_id)):
+        group = None if one_at_a_time else s.key
+        if group not in first:
+            first[group] = s.instance_id
+        elif s.status == "exited":  # a live duplicate exits by ``Merged`` (:func:`superseded`)
+            out[s.instance_id] = tuple(sorted(k for k in s.sent if k in pending))
+    return out
 
 
 # -- matching ---------------------------------------------------------------------------------------------------

@@ -950,6 +950,7 @@ class Consumer:
             # first: two instances of hers must not both take her inputs (only for those a merge gave two)
             for pid in sorted(store.doubled(conn, ws, sorted(set(merged) & locked))):
                 given[pid] = [j.Merged(merged[pid])]
+            _withdraw_exited_doubles(conn, js, sorted(set(merged) & locked), at)
             for c, inp in _inputs(conn, js, [c for pid in sorted(locked) for c in people.get(pid, ())]):
                 if not js.hears(inp):
                     continue  # nothing can use it: the person is not even loaded for it
@@ -1093,6 +1094,28 @@ def start_person(conn: Connection, ws: str, jid: str, pid: str, start: j.Start, 
 
 
 # -- resume, stop ------------------------------------------------------------------------------------------------------
+def _withdraw_exited_doubles(conn: Connection, js: Journeys, survivors: list[str], at: datetime) -> None:
+    """A merge gave these people another profile's instances: of two that reached a message then an exit, the
+    later one's message not gone out yet is withdrawn (``interpreter.superseded_exited``); live duplicates exit by
+    ``Merged``. Only journeys where one of hers exited with a message are read further."""
+    for mine in store.instances_of(conn, js.ws.id, survivors).values():
+        by_journey: dict[str, list[j.State]] = {}
+        for s in mine:
+            by_journey.setdefault(s.journey_id, []).append(s)
+        for jid, group in sorted(by_journey.items()):
+            jr = js.all.get(jid)
+            if jr is None or len(group) < 2 or not any(s.status == "exited" and s.sent for s in group):
+                continue
+            pending = outbox.withdrawable(conn, js.ws.id, jid, [k for s in group if s.status == "exited"
+                                                                for k in s.sent])  # fmt: skip
+            if not pending:
+                continue
+            why = (f"journey {jid}: merged: she is in this journey already (another profile of hers entered it) "
+                   "before it went out")  # as effects' withdrawals say it
+            for keys in j.superseded_exited(js.defn(jid, jr.version), group, pending).values():
+                outbox.withdraw(conn, js.ws.id, jid, [(k, why) for k in keys], at)
+
+
 WITHDRAW_BATCH = 1000  # messages of a stopped journey withdrawn per transaction (the stop's own, then each sweep)
 
 

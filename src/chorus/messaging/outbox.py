@@ -801,6 +801,17 @@ WITHDRAWN = "withdrawn: "  # the reason of a message withdrawn (skipped), before
 PUT_BACK = ("deferred", "retrying")  # a worker gives a message it was sending back to the queue
 
 
+def withdrawable(conn: Connection, ws: str, journey_id: str, keys: list[str]) -> set[str]:
+    """Of these idempotency keys of a journey's messages, those :func:`withdraw` would still take (marketing, not
+    gone out yet and no worker sending it)."""
+    if not keys:
+        return set()
+    return set(conn.execute(sa.select(messages.c.idempotency_key).where(
+        messages.c.workspace_id == ws, messages.c.journey_id == journey_id,
+        bulk.in_(messages.c.idempotency_key, sorted(keys), conn.dialect.name),
+        messages.c.status.in_(WITHDRAWABLE), messages.c.kind == "marketing")).scalars())  # fmt: skip
+
+
 def withdraw(conn: Connection, ws: str, journey_id: str, items: list[tuple[str, str]], at: datetime) -> list[str]:
     """Skip the marketing messages a journey asked for under these idempotency keys (``(key, reason)``) that have not
     gone out yet, in the caller's transaction: the journey no longer wants them (its person bought in the store while
