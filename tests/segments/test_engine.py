@@ -317,6 +317,12 @@ def test_a_merged_away_profile_leaves_its_segments_and_the_survivor_is_evaluated
     settle(worker)
     known = profile_of(engine, ws, "user_id:u1")
     assert known != anon and members(engine, ws, "viewers") == {known}
+    # her history holds what happened under the merged-away id too, as her export does (an outside probe: only
+    # the survivor's own rows were shown)
+    with engine.connect() as conn:
+        hist = store.profile_segments(conn, ws, known)["history"]
+    assert [(h["segment_id"], h["change"], h["profile_id"]) for h in reversed(hist)] == [
+        ("viewers", "entered", anon), ("viewers", "exited", anon), ("viewers", "entered", known)]
 
 
 def test_an_erased_member_leaves_no_segment_row(engine, ws, clock, worker):

@@ -84,12 +84,14 @@ class Change(_Closed):
     change: Literal["entered", "exited"]
     at: datetime
     cause: str = Field(description="what made the change: event, batch, timer, list, merge, ...")
+    profile_id: str = Field(description="the profile it was recorded under: hers, or an id merged into her since")
 
 
 class ProfileSegments(_Closed):
     profile_id: str = Field(description="the profile's current id (a merged id resolves to it)")
     segments: list[CurrentSegment]
-    history: list[Change] = Field(description="her last 200 entries and exits, newest first")
+    history: list[Change] = Field(description="her last 200 entries and exits, newest first, those recorded under "
+                                              "the ids merged into her included")
 
 
 class StaticList(_Closed):

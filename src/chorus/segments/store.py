@@ -27,6 +27,7 @@ from chorus.segments import rules as r
 from chorus.store import bulk
 from chorus.store.tables import (
     list_members,
+    profile_aliases,
     segment_history,
     segment_members,
     segment_timers,
@@ -475,15 +476,19 @@ def profile_segments(conn: Connection, ws: str, profile_id: str, history_limit: 
         .where(segment_members.c.workspace_id == ws, segment_members.c.profile_id == profile_id)
         .order_by(segment_members.c.segment_id)
     ).all()  # fmt: skip
+    # hers and the history of the ids merged into her (an outside probe: her export showed those, this did not)
+    ids = [profile_id, *conn.execute(sa.select(profile_aliases.c.alias_id).where(
+        profile_aliases.c.workspace_id == ws, profile_aliases.c.profile_id == profile_id)).scalars()]  # fmt: skip
     hist = conn.execute(
         sa.select(segment_history).where(segment_history.c.workspace_id == ws,
-                                         segment_history.c.profile_id == profile_id)
+                                         bulk.in_(segment_history.c.profile_id, ids, conn.dialect.name))
         .order_by(segment_history.c.id.desc()).limit(history_limit)
     ).all()  # fmt: skip
     return {
         "profile_id": profile_id,
         "segments": [{"id": s, "name": n, "since": since} for s, since, n in current],
-        "history": [{"segment_id": h.segment_id, "change": h.change, "at": h.at, "cause": h.cause} for h in hist],
+        "history": [{"segment_id": h.segment_id, "change": h.change, "at": h.at, "cause": h.cause,
+                     "profile_id": h.profile_id} for h in hist],  # fmt: skip
     }
 
 
