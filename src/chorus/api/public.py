@@ -72,15 +72,17 @@ def _unsubscribe(svc: Services, msg: dict, topic: str, how: str) -> None:
 
 
 def _still_denied(conn, msg: dict, topic: str) -> bool:
-    """Whether her profile still has the message's channel and topic denied (the profile it went to, or the one it
-    was merged into; an erased one: nothing to record)."""
+    """Whether a marketing message on the message's channel and topic would still be refused to her, as a send
+    decides it (the profile it went to, or the one it was merged into; an erased one: nothing to record). Her slot
+    alone is not the answer: a grant of the channel's marketing or the topic on every channel since outranks it
+    (review)."""
     ws = ws_api.get(conn, msg["workspace_id"])
     try:
         profile = views.get_profile(conn, ws.id, msg["profile_id"], ws.identity)
     except NotFound:
         return True
-    slot = (profile.get("consent") or {}).get(f"{msg['channel']}:{topic}".lower())
-    return bool(slot) and slot.get("status") == "denied"
+    topics = (ws.settings.get("messaging") or {}).get("topics")
+    return not policy.consent_decision(profile, msg["channel"] or "", topic, "marketing", topics).allowed
 
 
 @router.get("/u/{token}")
