@@ -74,9 +74,37 @@ def test_a_file_removed_under_a_read_is_a_retryable_503_not_damage(tmp_path):
     assert err.value.status == 503 and err.value.code == "lake_changing" and err.value.field == "lake"
     assert "try again" in err.value.message and "damaged" not in err.value.message
     assert str(tmp_path) not in err.value.message
-    # DuckDB's Thrift error (a footer of one file, pages of its replacement) is the base duckdb.Error: no 500
-    with pytest.raises(LakeChanging), readable(tmp_path):
+    # DuckDB's Thrift error (a footer of one file, pages of its replacement) is the base duckdb.Error: no 500.
+    # It names no file: "changing" only while an export holds the lake (review), damage otherwise
+    import fcntl
+    import os
+
+    from chorus.analytics.lake import LOCK_FILE
+
+    fd = os.open(tmp_path / LOCK_FILE, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(LakeChanging), readable(tmp_path):
+            raise duckdb.Error("TProtocolException: Invalid data")
+    finally:
+        os.close(fd)
+    with pytest.raises(LakeUnreadable), readable(tmp_path):
         raise duckdb.Error("TProtocolException: Invalid data")
+
+
+def test_a_damaged_page_is_damage_on_every_read_not_a_lake_changing(tmp_path):
+    """Review: a flipped byte in a page header (bit rot, a torn write) fails with DuckDB's Thrift error on every
+    read, as a file replaced mid-read does; with no export running it is damage (lake_unreadable, logged as an
+    error), not "changing, try again" for good."""
+    import pyarrow.parquet as pq
+
+    f = _lake(tmp_path)[0]
+    data = bytearray(f.read_bytes())
+    data[pq.ParquetFile(f).metadata.row_group(0).column(0).data_page_offset + 3] = 0x7F
+    f.write_bytes(bytes(data))
+    for _ in range(2):
+        with pytest.raises(LakeUnreadable), readable(tmp_path):
+            path_report(open_lake(tmp_path, workspace_id=WS))
 
 
 def test_a_damaged_file_is_still_lake_unreadable_after_the_retries(tmp_path):

@@ -66,15 +66,38 @@ def _lake_file(text: str, root: Path) -> str | None:
         return None
 
 
-def _is_race(exc: Exception, root: Path) -> bool:
+def _export_running(root: Path) -> bool:
+    """Whether a `chorus lake export` holds the lake's lock now (a shared probe of its lock file)."""
+    import fcntl
+    import os
+
+    from chorus.analytics.lake import LOCK_FILE
+
+    try:
+        fd = os.open(root / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return False  # no export ever ran here with a lock, or the lake is gone
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # releases the probe's lock, if it got it
+    return False
+
+
+def _is_race(exc: Exception, root: Path, first: bool = False) -> bool:
     """Whether ``exc`` may come from a file the export replaced or removed during the read (worth a retry)."""
     import duckdb
 
     if not isinstance(exc, duckdb.Error) or not _RACE.search(str(exc)):
         return False
-    name = _lake_file(str(exc), root)
-    # a named lake file, or DuckDB's Thrift error, which names none: both come from a file changing under the read
-    return name is not None or "TProtocolException" in str(exc)
+    if _lake_file(str(exc), root) is not None:
+        return True
+    # DuckDB's Thrift error names no file: a page of a file replaced under the read, or a damaged page, which fails
+    # the same way on every read (review: a damaged file was "changing, try again" for good). Retried once, then
+    # only while an export holds the lake.
+    return "TProtocolException" in str(exc) and (first or _export_running(root))
 
 
 def _retrying(fn, root: Path):
@@ -87,7 +110,7 @@ def _retrying(fn, root: Path):
             try:
                 return fn(*args, **kwargs)
             except Exception as exc:
-                if attempt == RETRIES or not _is_race(exc, root):
+                if attempt == RETRIES or not _is_race(exc, root, first=attempt == 0):
                     raise
                 time.sleep(0.05 * 2**attempt)
         raise AssertionError("unreachable")
@@ -116,6 +139,14 @@ def readable(root: str | Path) -> Iterator[None]:
             # not a file of the lake: invalid input elsewhere, or an I/O failure of the engine's own (a spill or a
             # temporary file on a full disk): not the lake's fault, and re-exporting it would not help (review)
             raise
+        if thrift and not _export_running(root):
+            # no export is changing the lake: a page of one of its files is damaged (DuckDB names none)
+            log.error("the lake at %s cannot be read, and no export is writing it: %s", root, text)
+            raise LakeUnreadable(
+                "a file of the lake cannot be read (a damaged Parquet page; the engine names none): export the lake "
+                "again into a new directory (`chorus lake export --out`); the server's log has the detail",
+                field="lake",
+            ) from None
         if thrift or not (root / name).is_file() or "No such file" in text:
             # removed on purpose (an erasure's rewrite deletes the files it empties) or replaced under the read:
             # the lake is sound, the read met an export; the file is not damaged
