@@ -279,3 +279,13 @@ def test_corrupt_lake_part(tmp_path, command):
     part = next(p for p in sorted((tmp_path / "lake").rglob("*.parquet")))
     part.write_bytes(b"garbage")
     usage_error(run(*command, "--lake", str(lake)), f"the lake file {part} is not readable Parquet", code=1)
+
+
+@pytest.mark.parametrize("command", [["attribution"], ["report", "paths"]])
+def test_a_reports_data_is_printed_as_text_never_as_markup(tmp_path, command):
+    """Review: an oversized order's id (the sender's text) in a warning, and a channel's name in a table, were read
+    by rich as markup: "[/x]" ended the command with a MarkupError after the tables."""
+    lake = shop(LakeWriter(tmp_path)).touch("a", 40, "[/x]").order("a", 47, 1.7e308, order_id="[/x]").write()
+    r = run(*command, "--lake", str(lake))
+    assert r.exit_code == 0, (r.output[-800:], r.exception)
+    assert "[/x]" in r.output

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from chorus.errors import ChorusError
 
@@ -253,7 +254,7 @@ def attribution(
         f"touchpoint in the lookback ({t['unattributed_revenue']:,.2f}); {t['open_journeys']:,} journeys not converted"
     )
     for w in res.warnings:
-        out.print(f"[yellow]warning[/yellow]: {w}")
+        out.print(f"[yellow]warning[/yellow]: {escape(w)}")  # data in it: no markup
 
 
 def _attribution_chart(res, path):
@@ -358,7 +359,7 @@ def clv(
     for note in res.fit_notes():  # the regularisation or fallback each model needed, always said
         out.print(f"Fit: {note}")
     for w in res.warnings:
-        out.print(f"[yellow]warning[/yellow]: {w}")
+        out.print(f"[yellow]warning[/yellow]: {escape(w)}")  # data in it: no markup
 
 
 def _write_traits(res, workspace_id: str | None, db: str | None) -> dict:
@@ -448,7 +449,7 @@ def report_paths(
     output.print_table(out, "Transition probabilities (from row to column)", ["from", *targets],
                        [[a] + [prob.get((a, b)) for b in targets] for a in states])  # fmt: skip
     for w in rep.warnings:
-        out.print(f"[yellow]warning[/yellow]: {w}")
+        out.print(f"[yellow]warning[/yellow]: {escape(w)}")  # data in it: no markup
 
 
 def _paths_chart(rep, path):
@@ -548,7 +549,7 @@ def report_omnichannel(
     out.print(f"Orders' revenue {t['revenue']:,.2f}; {t['refunds']:,} refunds ({t['refunded']:,.2f}); net revenue "
               f"{t['net_revenue']:,.2f}")  # fmt: skip
     for w in res.warnings:
-        out.print(f"[yellow]warning[/yellow]: {w}")
+        out.print(f"[yellow]warning[/yellow]: {escape(w)}")  # data in it: no markup
 
 
 def _clv_map(lk, cfg, period):
@@ -590,7 +591,7 @@ def report_showrooming(
         return
     _rows_table("Showrooming and webrooming", res.rows, cols)
     for w in res.warnings:
-        out.print(f"[yellow]warning[/yellow]: {w}")
+        out.print(f"[yellow]warning[/yellow]: {escape(w)}")  # data in it: no markup
 
 
 @report_app.command("uplift")
@@ -624,7 +625,7 @@ def report_uplift(
         return
     _rows_table("Uplift of journeys with a holdout", res.rows, cols)
     for w in res.warnings:
-        out.print(f"[yellow]warning[/yellow]: {w}")
+        out.print(f"[yellow]warning[/yellow]: {escape(w)}")  # data in it: no markup
 
 
 def register(app: typer.Typer) -> None:

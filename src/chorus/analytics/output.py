@@ -12,6 +12,7 @@ from pathlib import Path
 import orjson
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from chorus.errors import ChorusError
 from chorus.safecsv import cell
@@ -60,7 +61,9 @@ def print_table(console: Console, title: str, columns: Sequence[str], rows: Sequ
     for i, c in enumerate(columns):
         t.add_column(c, justify="left" if i == 0 else "right")
     for r in rows:
-        t.add_row(*[fmt_cell(v) for v in r])
+        # as plain text: a campaign's or channel's name is the sender's, and rich would read "[/x]" as markup (a
+        # crash) or "[link=…]" as a link (review)
+        t.add_row(*[Text(fmt_cell(v)) for v in r])
     console.print(t)
 
 
