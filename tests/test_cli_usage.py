@@ -191,6 +191,20 @@ def test_a_command_that_makes_no_store_leaves_a_foreign_database_alone(tmp_path,
         assert [r[0] for r in con.execute("SELECT name FROM sqlite_master")] == ["invoices"]
 
 
+def test_another_applications_alembic_database_is_no_store(tmp_path):
+    """Review: most Python applications keep an alembic_version table too; its revision is none of Chorus'."""
+    import sqlite3
+
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as con:
+        con.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)")
+        con.execute("INSERT INTO alembic_version VALUES ('3f2a9c1b7d4e')")
+    usage_error(run("workspace", "list", "--db", f"sqlite:///{path}"), "holds no Chorus store")
+    with sqlite3.connect(path) as con:
+        assert [r[0] for r in con.execute("SELECT name FROM sqlite_master")] == ["alembic_version",
+                                                                                 "sqlite_autoindex_alembic_version_1"]
+
+
 @pytest.mark.parametrize("url", ["sqlite://", "sqlite:///", "sqlite:///:memory:"])
 def test_an_in_memory_database_is_no_store(url):
     """It printed SQLAlchemy's 'no such table: erasures' and exited 1 (outside probe)."""

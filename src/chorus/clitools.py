@@ -83,16 +83,24 @@ def _holds_a_store(url: str, shown: str) -> None:
     database, or an in-memory one, it added Chorus' tables to it (an outside probe: a foreign PostgreSQL database
     got 43 tables, and ``lake export`` exited 0)."""
     import sqlalchemy as sa
+    from alembic.script import ScriptDirectory
 
-    from chorus.store.db import normalise_url
+    from chorus.store.db import alembic_config, normalise_url
 
+    ours = {s.revision for s in ScriptDirectory.from_config(alembic_config(url)).walk_revisions()}
     probe = sa.create_engine(normalise_url(url), poolclass=sa.pool.NullPool)
     try:
-        with probe.connect() as conn:
-            found = sa.inspect(conn).has_table("alembic_version") and conn.execute(
-                sa.text("SELECT version_num FROM alembic_version")).first() is not None  # fmt: skip
+        with probe.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # a `chorus db upgrade` (or a first `serve`) making the store right now holds this until it commits
+                # (migrations/env.py): wait for it, as the migrations themselves would, rather than say "no store"
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(4242042)")
+            row = conn.execute(sa.text("SELECT version_num FROM alembic_version")).first() if sa.inspect(
+                conn).has_table("alembic_version") else None  # fmt: skip
     finally:
         probe.dispose()
+    # another application's Alembic table holds a revision of its own (review: its migrations' traceback)
+    found = row is not None and row[0] in ours
     if not found:
         _fail(ChorusError(f"cannot open the store at {shown}: the database holds no Chorus store (`chorus db "
                           "upgrade` or `chorus workspace create` makes one)", field="db"))  # fmt: skip
