@@ -234,6 +234,7 @@ REJECTED_LABELS = frozenset({
     "type", "event", "name", "category", "userId", "anonymousId", "previousId", "groupId", "messageId",
     "timestamp", "sentAt", "receivedAt", "originalTimestamp", "properties", "traits", "context", "integrations",
     "channel",
+    "batch", "identifiers",  # Chorus' own names: a message over the size limit, an import row naming nobody
 })  # fmt: skip
 
 
