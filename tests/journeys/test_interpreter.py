@@ -618,9 +618,10 @@ def test_a_merged_duplicate_exits_and_withdraws_what_it_queued():
 
 
 def test_after_a_merge_the_later_of_two_exited_instances_with_a_message_waiting_withdraws_it():
-    """Two exited instances whose messages still wait (quiet hours): the later entered withdraws its own; one whose
-    message went out does not count; live duplicates are left to ``Merged``; per key, one per key value."""
-    defn = d.parse({"id": "n", "entry": {"event": {"event": "Browse"}}, "reentry": "never", "start": "m",
+    """Two exited instances from two profiles whose messages still wait (quiet hours): the later entered withdraws
+    its own; one whose message went out does not count; a live one is left to ``Merged``; per key, one per key
+    value; and two of one profile (her own re-entry before the merge) are both hers to receive (review)."""
+    defn = d.parse({"id": "n", "entry": {"event": {"event": "Browse"}}, "reentry": "after_exit", "start": "m",
                     "nodes": {"m": {"type": "message", "template": "t", "channel": ["in_app"], "kind": "marketing",
                                     "next": "x"}, "x": {"type": "exit"}}})  # fmt: skip
 
@@ -629,11 +630,12 @@ def test_after_a_merge_the_later_of_two_exited_instances_with_a_message_waiting_
         return j.State(instance_id=iid, journey_id="n", version=1, profile_id="p", status=status, node="x",
                        entered_at=at, entry={}, key=key, sent={f"{iid}:1": "m"})
 
-    a, b, c = inst("a", 0), inst("b", 5), inst("c", 9, status="waiting")
-    assert j.superseded_exited(defn, [b, a], {"a:1", "b:1"}) == {"b": ("b:1",)}
-    assert j.superseded_exited(defn, [a, b], {"b:1"}) == {}  # a's went out: b is the only one still acting
-    assert j.superseded_exited(defn, [a, b, c], {"a:1", "b:1"}) == {"b": ("b:1",)}  # c, live, exits by Merged
+    a, b, c = inst("a", 0), inst("b", 5), inst("c", 9, status="active")
+    assert j.superseded_exited(defn, [b, a], {"a:1": "anon", "b:1": "known"}) == {"b": ("b:1",)}
+    assert j.superseded_exited(defn, [a, b], {"b:1": "known"}) == {}  # a's went out: b is the only one waiting
+    assert j.superseded_exited(defn, [a, b, c], {"a:1": "anon", "b:1": "known", "c:1": "known"}) == {"b": ("b:1",)}
+    assert j.superseded_exited(defn, [a, b], {"a:1": "known", "b:1": "known"}) == {}  # her own re-entry
     per_key = d.parse({**d.to_json(defn), "reentry": "per_key", "entry": {"event": {"event": "Browse",
                                                                                   "key": "cart"}}})  # fmt: skip
     x, y = inst("x", 0, key="A"), inst("y", 5, key="B")
-    assert j.superseded_exited(per_key, [x, y], {"x:1", "y:1"}) == {}
+    assert j.superseded_exited(per_key, [x, y], {"x:1": "anon", "y:1": "known"}) == {}

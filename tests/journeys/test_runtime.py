@@ -1447,3 +1447,29 @@ def test_a_merge_withdraws_the_second_of_two_messages_still_waiting_after_both_e
     (gone,) = [r for r in rows if r.status == "skipped"]
     assert kept.idempotency_key.startswith(first.id)  # the visitor's, entered 10 s earlier (under her old id)
     assert "merged" in gone.reason and survivor in {kept.profile_id, gone.profile_id}
+
+
+def test_an_unrelated_merge_withdraws_nothing_of_her_own_re_entries(engine, ws, clock, worker):
+    """Review: with reentry after_exit she went through the journey twice on her own profile, both messages waiting
+    out quiet hours; a device of hers merged in later must not take the second for a duplicate."""
+    quiet_workspace(engine, ws, worker, clock)
+    publish(engine, ws, {**NUDGE, "reentry": "after_exit"})
+    send(engine, ws, [ev("Browse", T0, user="u9", cart_id="A")], T0)
+    settle(worker)
+    clock.at = T0 + timedelta(minutes=1)
+    send(engine, ws, [ev("Browse", clock.at, user="u9", cart_id="B")], clock.at)
+    settle(worker)
+    assert [i.status for i in instances(engine, ws, "nudge")] == ["exited", "exited"]
+    clock.at = T0 + timedelta(minutes=5)
+    send(engine, ws, [{"type": "track", "anonymousId": "d1", "event": "Page Viewed", "messageId": "p1",
+                       "timestamp": clock.at.isoformat(), "context": {"channel": "web"}}], clock.at)  # fmt: skip
+    settle(worker)
+    device = profile_of(engine, ws, "anonymous_id:d1")
+    send(engine, ws, [{"type": "alias", "userId": "u9", "previousId": "d1", "messageId": "m3",
+                       "timestamp": clock.at.isoformat()}], clock.at)  # fmt: skip
+    settle(worker)
+    assert profile_of(engine, ws, "anonymous_id:d1") != device  # merged into hers
+    with engine.connect() as conn:
+        statuses = conn.execute(sa.select(messages.c.status).where(messages.c.workspace_id == ws,
+                                                                   messages.c.journey_id == "nudge")).scalars().all()
+    assert statuses == ["queued", "queued"]

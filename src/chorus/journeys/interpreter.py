@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Mapping, Sequence, Set
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Union
@@ -425,20 +425,29 @@ def superseded(defn: d.Definition, instances: Sequence[State]) -> frozenset[str]
     return frozenset(out)
 
 
-def superseded_exited(defn: d.Definition, instances: Sequence[State], pending: Set[str]) -> dict[str, tuple[str, ...]]:
+def superseded_exited(defn: d.Definition, instances: Sequence[State], pending: Mapping[str, str]
+                      ) -> dict[str, tuple[str, ...]]:  # fmt: skip
     """After a merge: the exited instances that duplicate another of hers, each with its messages not gone out yet
-    (``pending``: idempotency keys) to withdraw. Ranked as :func:`superseded` ranks live ones, an exited instance
-    counting while a message of it still waits (an outside probe: both profiles had reached a message then an exit,
-    the messages waited out quiet hours, and she got both after the merge). The first entered keeps its message."""
-    acting = [s for s in instances if s.status != "exited" or any(k in pending for k in s.sent)]
+    to withdraw. ``pending``: the idempotency keys of her instances' messages still waiting -> the profile each was
+    queued for. Among her exited instances with a message waiting, ranked as :func:`superseded` ranks live ones
+    (once at a time, or once per key value; the first entered keeps its message), a later one is a duplicate only
+    when it came from another profile than the one kept: the same profile's re-entry (``after_exit``, a cool-down)
+    was hers to make before the merge (review). An outside probe: both profiles had reached a message then an
+    exit, the messages waited out quiet hours, and she got both after the merge. Live duplicates exit by
+    ``Merged``."""
+    acting = []
+    for s in instances:
+        origin = next((pending[k] for k in s.sent if k in pending), None)
+        if s.status == "exited" and origin is not None:
+            acting.append((s, origin))
     one_at_a_time = defn.reentry.mode in ("never", "after_exit", "cooldown")
     first: dict = {}
     out: dict[str, tuple[str, ...]] = {}
-    for s in sorted(acting, key=lambda s: (s.entered_at, s.instance_id)):
+    for s, origin in sorted(acting, key=lambda a: (a[0].entered_at, a[0].instance_id)):
         group = None if one_at_a_time else s.key
         if group not in first:
-            first[group] = s.instance_id
-        elif s.status == "exited":  # a live duplicate exits by ``Merged`` (:func:`superseded`)
+            first[group] = origin
+        elif origin != first[group]:
             out[s.instance_id] = tuple(sorted(k for k in s.sent if k in pending))
     return out
 

@@ -801,15 +801,15 @@ WITHDRAWN = "withdrawn: "  # the reason of a message withdrawn (skipped), before
 PUT_BACK = ("deferred", "retrying")  # a worker gives a message it was sending back to the queue
 
 
-def withdrawable(conn: Connection, ws: str, journey_id: str, keys: list[str]) -> set[str]:
+def withdrawable(conn: Connection, ws: str, journey_id: str, keys: list[str]) -> dict[str, str]:
     """Of these idempotency keys of a journey's messages, those :func:`withdraw` would still take (marketing, not
-    gone out yet and no worker sending it)."""
+    gone out yet and no worker sending it), each with the profile it was queued for."""
     if not keys:
-        return set()
-    return set(conn.execute(sa.select(messages.c.idempotency_key).where(
+        return {}
+    return dict(conn.execute(sa.select(messages.c.idempotency_key, messages.c.profile_id).where(
         messages.c.workspace_id == ws, messages.c.journey_id == journey_id,
         bulk.in_(messages.c.idempotency_key, sorted(keys), conn.dialect.name),
-        messages.c.status.in_(WITHDRAWABLE), messages.c.kind == "marketing")).scalars())  # fmt: skip
+        messages.c.status.in_(WITHDRAWABLE), messages.c.kind == "marketing")).all())  # fmt: skip
 
 
 def withdraw(conn: Connection, ws: str, journey_id: str, items: list[tuple[str, str]], at: datetime) -> list[str]:
