@@ -197,7 +197,7 @@ def test_a_setting_hook_hears_a_change_in_its_transaction_and_only_a_change(engi
 
 @pytest.mark.parametrize("patch, message", [
     ({"nope": 1}, r"^settings\.nope is not a known setting$"),
-    ({"default_region": "XX"}, r"^settings\.default_region 'XX' is not a known region$"),
+    ({"default_region": "XX"}, r"^settings\.default_region: 'XX' is not a known region$"),
     ({"identifiers": {"email": {}}}, r"^settings\.identifiers\.email: not an allowed identifier name$"),
     ({"identifier_limits": {"user_id": 2}}, r"^settings\.identifier_limits\.user_id: a profile always has at most "),
     ({"identifier_limits": {"anonymous_id": 0}}, r"^settings\.identifier_limits\.anonymous_id must be a whole number "),

@@ -68,3 +68,15 @@ class NotConfigured(ChorusError):
         super().__init__(message)
         if code:
             self.code = code
+
+
+# where a validator's message ("settings.identifiers.a b: not an allowed identifier name", "settings.x must be ...")
+# stops naming its field: the first of these. A first word alone cut a name that holds a space (an outside probe:
+# field "settings.identifiers.a")
+_AFTER_FIELD = (": ", " must ", " is ", " expected ", " has ", " needs ", " takes ")
+
+
+def field_of(message: str) -> str:
+    """The field a validator's ``ValueError`` message starts by naming."""
+    ends = [i for i in (message.find(s) for s in _AFTER_FIELD) if i > 0]
+    return message[: min(ends)] if ends else message.split(" ", 1)[0].rstrip(":")

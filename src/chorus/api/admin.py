@@ -18,7 +18,7 @@ from chorus import workspaces as ws_api
 from chorus.api import listing
 from chorus.api.common import JSON, Services, bearer_key
 from chorus.api.guard import AdminRoute
-from chorus.errors import ChorusError
+from chorus.errors import ChorusError, field_of
 from chorus.profiles import privacy, views
 from chorus.store.db import read_only
 
@@ -60,7 +60,7 @@ def patch_settings(ws: WS, svc: SVC, patch: dict):
     try:
         return JSON({"settings": ws_api.update_settings(svc.engine, ws.id, patch)})
     except ValueError as exc:
-        raise ChorusError(str(exc), field=str(exc).split(" ", 1)[0].rstrip(":")) from None
+        raise ChorusError(str(exc), field=field_of(str(exc))) from None
 
 
 @router.get("/keys", summary="The workspace's write keys by source (client keys in full; server keys are secret)")

@@ -11,7 +11,7 @@ from starlette.responses import Response
 from chorus.api.admin import SVC, WS
 from chorus.api.common import JSON
 from chorus.api.guard import AdminRoute
-from chorus.errors import ChorusError
+from chorus.errors import ChorusError, field_of
 from chorus.messaging.audiences import settings as audience_settings
 from chorus.messaging.audiences import store, sync
 from chorus.messaging.audiences.membership import MAX_ENTRIES, parse_entry
@@ -43,7 +43,7 @@ def create_audience(ws: WS, svc: SVC, body: Annotated[dict, Body(examples=[_AUDI
     try:
         clean = audience_settings.validate_audience(body, ws.settings)
     except ValueError as exc:
-        raise ChorusError(str(exc), field=str(exc).split(" ", 1)[0].rstrip(":")) from None
+        raise ChorusError(str(exc), field=field_of(str(exc))) from None
     return JSON(store.create(svc.engine, ws.id, clean, utcnow()), status_code=201)
 
 

@@ -17,7 +17,7 @@ def validate_default_region(value: object) -> str | None:
     import phonenumbers
 
     if value not in phonenumbers.SUPPORTED_REGIONS:
-        raise ValueError(f"settings.default_region {value!r} is not a known region")
+        raise ValueError(f"settings.default_region: {value!r} is not a known region")
     return value
 
 
