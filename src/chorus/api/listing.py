@@ -199,9 +199,12 @@ def _trait_text(conn: Connection, name: str):
     """The trait ``name`` of a profile as text, in SQL (traits live in the JSON ``state`` column)."""
     if conn.dialect.name == "postgresql":
         return sa.func.jsonb_extract_path_text(profiles.c.state, "traits", name)
-    if '"' in name or "\\" in name:
-        raise ChorusError("trait names with quotes or backslashes cannot be searched", field="trait")
-    return sa.cast(sa.func.json_extract(profiles.c.state, f'$.traits."{name}"'), sa.Text)
+    # SQLite as PostgreSQL reads it (an outside probe: `vip: true` was "1" here and "true" there; a name with a
+    # quote or a backslash was refused here only): the trait found by its key (``json_each``: no path syntax), a
+    # boolean as true/false (``value`` gives 1/0), a text without its quotes
+    each = sa.func.json_each(profiles.c.state, sa.literal("$.traits", sa.Text)).table_valued("key", "value", "type")
+    text = sa.case((each.c.type.in_(("true", "false")), each.c.type), else_=sa.cast(each.c.value, sa.Text))
+    return sa.select(text).where(each.c.key == sa.literal(name, sa.Text)).scalar_subquery()
 
 
 def search_profiles(conn: Connection, ws: str, cfg: IdentityConfig, limit: int, cursor: str | None, *,
