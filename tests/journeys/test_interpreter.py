@@ -618,24 +618,33 @@ def test_a_merged_duplicate_exits_and_withdraws_what_it_queued():
 
 
 def test_after_a_merge_the_later_of_two_exited_instances_with_a_message_waiting_withdraws_it():
-    """Two exited instances from two profiles whose messages still wait (quiet hours): the later entered withdraws
-    its own; one whose message went out does not count; a live one is left to ``Merged``; per key, one per key
-    value; and two of one profile (her own re-entry before the merge) are both hers to receive (review)."""
-    defn = d.parse({"id": "n", "entry": {"event": {"event": "Browse"}}, "reentry": "after_exit", "start": "m",
-                    "nodes": {"m": {"type": "message", "template": "t", "channel": ["in_app"], "kind": "marketing",
-                                    "next": "x"}, "x": {"type": "exit"}}})  # fmt: skip
+    """Two exited instances whose messages still wait (quiet hours): the later one withdraws its own when the
+    journey would not have admitted it beside the first (never; after_exit while the first was still in it; within
+    a cool-down; the same key value). A re-entry the journey allows stays (review), a live one is left to
+    ``Merged``, and one whose message went out has nothing to withdraw."""
 
-    def inst(iid, minute, status="exited", key=None):
+    def journey(reentry, key=None):
+        entry = {"event": "Browse", **({"key": key} if key else {})}
+        return d.parse({"id": "n", "entry": {"event": entry}, "reentry": reentry, "start": "m",
+                        "nodes": {"m": {"type": "message", "template": "t", "channel": ["in_app"],
+                                        "kind": "marketing", "next": "x"}, "x": {"type": "exit"}}})  # fmt: skip
+
+    def inst(iid, minute, out=None, status="exited", key=None):
         at = datetime(2026, 3, 2, 9, tzinfo=UTC) + timedelta(minutes=minute)
+        gone = None if status != "exited" else at + timedelta(minutes=out or 0)
         return j.State(instance_id=iid, journey_id="n", version=1, profile_id="p", status=status, node="x",
-                       entered_at=at, entry={}, key=key, sent={f"{iid}:1": "m"})
+                       entered_at=at, entry={}, key=key, sent={f"{iid}:1": "m"}, exited_at=gone)
 
-    a, b, c = inst("a", 0), inst("b", 5), inst("c", 9, status="active")
-    assert j.superseded_exited(defn, [b, a], {"a:1": "anon", "b:1": "known"}) == {"b": ("b:1",)}
-    assert j.superseded_exited(defn, [a, b], {"b:1": "known"}) == {}  # a's went out: b is the only one waiting
-    assert j.superseded_exited(defn, [a, b, c], {"a:1": "anon", "b:1": "known", "c:1": "known"}) == {"b": ("b:1",)}
-    assert j.superseded_exited(defn, [a, b], {"a:1": "known", "b:1": "known"}) == {}  # her own re-entry
-    per_key = d.parse({**d.to_json(defn), "reentry": "per_key", "entry": {"event": {"event": "Browse",
-                                                                                  "key": "cart"}}})  # fmt: skip
-    x, y = inst("x", 0, key="A"), inst("y", 5, key="B")
-    assert j.superseded_exited(per_key, [x, y], {"x:1": "anon", "y:1": "known"}) == {}
+    waiting = {"a:1": "x", "b:1": "x", "c:1": "x"}
+    a, b = inst("a", 0, out=30), inst("b", 5)  # b entered while a was still in it (a left at 30)
+    assert j.superseded_exited(journey("never"), [b, a], waiting) == {"b": ("b:1",)}
+    assert j.superseded_exited(journey("after_exit"), [a, b], waiting) == {"b": ("b:1",)}
+    assert j.superseded_exited(journey("never"), [a, b], {"a:1": "x"}) == {}  # b's went out: nothing to withdraw
+    later = inst("c", 60)  # entered after a had left: a re-entry after_exit allows
+    assert j.superseded_exited(journey("after_exit"), [a, later], waiting) == {}
+    assert j.superseded_exited(journey({"cooldown": "2h"}), [a, later], waiting) == {"c": ("c:1",)}  # within 2 h
+    assert j.superseded_exited(journey({"cooldown": "30m"}), [a, later], waiting) == {}
+    live = inst("c", 9, status="active")
+    assert j.superseded_exited(journey("after_exit"), [a, live], waiting) == {}  # Merged's to decide
+    x, y, z = inst("a", 0, key="A"), inst("b", 5, key="B"), inst("c", 9, key="A")
+    assert j.superseded_exited(journey("per_key", key="cart"), [x, y, z], waiting) == {"c": ("c:1",)}

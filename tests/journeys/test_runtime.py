@@ -1473,3 +1473,58 @@ def test_an_unrelated_merge_withdraws_nothing_of_her_own_re_entries(engine, ws, 
         statuses = conn.execute(sa.select(messages.c.status).where(messages.c.workspace_id == ws,
                                                                    messages.c.journey_id == "nudge")).scalars().all()
     assert statuses == ["queued", "queued"]
+
+
+def _nudge_statuses(engine, ws):
+    with engine.connect() as conn:
+        return conn.execute(sa.select(messages.c.profile_id, messages.c.status, messages.c.reason).where(
+            messages.c.workspace_id == ws, messages.c.journey_id == "nudge").order_by(messages.c.created_at)).all()
+
+
+def test_a_re_entry_after_an_earlier_merge_is_not_withdrawn_by_a_later_unrelated_one(engine, ws, clock, worker):
+    """Review: a device's entry merged into her, then her own re-entry an hour later (after_exit admits it), both
+    messages waiting out quiet hours: a later, unrelated merge withdrew the re-entry's message."""
+    quiet_workspace(engine, ws, worker, clock)
+    publish(engine, ws, {**NUDGE, "reentry": "after_exit"})
+    send(engine, ws, [ev("Signed Up", T0 - timedelta(minutes=5), user="u9"),
+                      {"type": "track", "anonymousId": "d0", "event": "Browse", "messageId": "b0",
+                       "properties": {"cart_id": "A"}, "timestamp": T0.isoformat(),
+                       "context": {"channel": "web"}}], T0)  # fmt: skip
+    settle(worker)
+    clock.at = T0 + timedelta(minutes=1)
+    send(engine, ws, [{"type": "alias", "userId": "u9", "previousId": "d0", "messageId": "i0",
+                       "timestamp": clock.at.isoformat()}], clock.at)  # fmt: skip
+    settle(worker)
+    clock.at = T0 + timedelta(hours=1)
+    send(engine, ws, [ev("Browse", clock.at, user="u9", cart_id="B")], clock.at)
+    settle(worker)
+    assert [r.status for r in _nudge_statuses(engine, ws)] == ["queued", "queued"]
+    clock.at = T0 + timedelta(hours=2)  # a new device of hers, merged in: nothing to do with this journey
+    send(engine, ws, [{"type": "track", "anonymousId": "d1", "event": "Page Viewed", "messageId": "p1",
+                       "timestamp": clock.at.isoformat(), "context": {"channel": "web"}}], clock.at)  # fmt: skip
+    settle(worker)
+    send(engine, ws, [{"type": "alias", "userId": "u9", "previousId": "d1", "messageId": "m3",
+                       "timestamp": clock.at.isoformat()}], clock.at)  # fmt: skip
+    settle(worker)
+    assert [r.status for r in _nudge_statuses(engine, ws)] == ["queued", "queued"], _nudge_statuses(engine, ws)
+
+
+def test_her_own_re_entry_stays_when_the_first_instance_came_from_the_merged_profile(engine, ws, clock, worker):
+    """Review: a device browsed first, she 10 s later, then again an hour later (after_exit admits both: the device's
+    instance had left at once). Merging the device into her withdraws neither."""
+    quiet_workspace(engine, ws, worker, clock)
+    publish(engine, ws, {**NUDGE, "reentry": "after_exit"})
+    send(engine, ws, [{"type": "track", "anonymousId": "d1", "event": "Browse", "messageId": "b0",
+                       "properties": {"cart_id": "A"}, "timestamp": T0.isoformat(), "context": {"channel": "web"}},
+                      ev("Browse", T0 + timedelta(seconds=10), user="u9", cart_id="B")],
+         T0 + timedelta(seconds=10))  # fmt: skip
+    settle(worker)
+    clock.at = T0 + timedelta(hours=1)
+    send(engine, ws, [ev("Browse", clock.at, user="u9", cart_id="C")], clock.at)
+    settle(worker)
+    assert [i.status for i in instances(engine, ws, "nudge")] == ["exited"] * 3
+    clock.at = T0 + timedelta(hours=2)
+    send(engine, ws, [{"type": "alias", "userId": "u9", "previousId": "d1", "messageId": "m3",
+                       "timestamp": clock.at.isoformat()}], clock.at)  # fmt: skip
+    settle(worker)
+    assert [r.status for r in _nudge_statuses(engine, ws)] == ["queued"] * 3, _nudge_statuses(engine, ws)

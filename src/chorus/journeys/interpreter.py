@@ -428,28 +428,39 @@ def superseded(defn: d.Definition, instances: Sequence[State]) -> frozenset[str]
 def superseded_exited(defn: d.Definition, instances: Sequence[State], pending: Mapping[str, str]
                       ) -> dict[str, tuple[str, ...]]:  # fmt: skip
     """After a merge: the exited instances that duplicate another of hers, each with its messages not gone out yet
-    to withdraw. ``pending``: the idempotency keys of her instances' messages still waiting -> the profile each was
-    queued for. Among her exited instances with a message waiting, ranked as :func:`superseded` ranks live ones
-    (once at a time, or once per key value; the first entered keeps its message), a later one is a duplicate only
-    when it came from another profile than the one kept: the same profile's re-entry (``after_exit``, a cool-down)
-    was hers to make before the merge (review). An outside probe: both profiles had reached a message then an
+    to withdraw (``pending``: the idempotency keys of her instances' messages still waiting). In entry order, an
+    instance is a duplicate when the journey would not have admitted it, had every instance kept before it been hers
+    all along (:func:`_admits`): her own re-entries (after an exit, after a cool-down, another key value) were hers
+    to make, whichever profile made them (review). An outside probe: both profiles had reached a message then an
     exit, the messages waited out quiet hours, and she got both after the merge. Live duplicates exit by
     ``Merged``."""
-    acting = []
-    for s in instances:
-        origin = next((pending[k] for k in s.sent if k in pending), None)
-        if s.status == "exited" and origin is not None:
-            acting.append((s, origin))
-    one_at_a_time = defn.reentry.mode in ("never", "after_exit", "cooldown")
-    first: dict = {}
+    kept: list[State] = []
     out: dict[str, tuple[str, ...]] = {}
-    for s, origin in sorted(acting, key=lambda a: (a[0].entered_at, a[0].instance_id)):
-        group = None if one_at_a_time else s.key
-        if group not in first:
-            first[group] = origin
-        elif origin != first[group]:
-            out[s.instance_id] = tuple(sorted(k for k in s.sent if k in pending))
+    for s in sorted(instances, key=lambda s: (s.entered_at, s.instance_id)):
+        if _admits(defn, kept, s):
+            kept.append(s)
+        elif s.status == "exited" and (keys := tuple(sorted(k for k in s.sent if k in pending))):
+            out[s.instance_id] = keys
     return out
+
+
+def _admits(defn: d.Definition, kept: Sequence[State], s: State) -> bool:
+    """Whether the journey's re-entry rule lets ``s`` in, its entry instant and key value, beside ``kept`` (as
+    :func:`admit` decides it when the entry comes)."""
+    if not kept:
+        return True
+    t, mode = s.entered_at, defn.reentry.mode
+    if defn.entry_key is not None and any(k.key == s.key for k in kept):
+        return False
+    if mode == "never":
+        return False
+    if mode in ("after_exit", "cooldown") and any(k.exited_at is None or t < k.exited_at for k in kept):
+        return False  # one of hers was still in it then
+    if mode == "cooldown":
+        assert defn.reentry.cooldown is not None
+        if t < plus(max(k.entered_at for k in kept), defn.reentry.cooldown.delta):
+            return False
+    return True
 
 
 # -- matching ---------------------------------------------------------------------------------------------------
