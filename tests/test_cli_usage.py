@@ -303,3 +303,20 @@ def test_a_reports_data_is_printed_as_text_never_as_markup(tmp_path, command):
     r = run(*command, "--lake", str(lake))
     assert r.exit_code == 0, (r.output[-800:], r.exception)
     assert "[/x]" in r.output
+
+
+def test_an_error_holding_markup_is_printed_as_text(store):
+    """A settings key "[/x]" (any value the user gave) in an error message ended `chorus` with rich's MarkupError
+    and a traceback, exit 1."""
+    usage_error(run("workspace", "settings", "W", "--db", store, "--set", '{"[/x]": 1}'), "[/x]")
+
+
+def test_a_table_whose_column_or_title_holds_markup_prints(tmp_path):
+    from rich.console import Console
+
+    from chorus.analytics import output
+
+    console = Console(file=__import__("io").StringIO(), width=200)
+    output.print_table(console, "by [/x]", ["from", "[/x]", "[link=http://x]y[/link]"], [["a", 1, 2]], caption="[/y]")
+    text = console.file.getvalue()
+    assert "[/x]" in text and "[link=http://x]y[/link]" in text

@@ -140,7 +140,10 @@ def _check_store(url: str, create: bool) -> str:
 
 
 def _fail(exc: Exception) -> None:
-    err.print(f"[red]error:[/red] {exc.message if isinstance(exc, ChorusError) else exc}")
+    from rich.markup import escape
+
+    # as text: a message can hold what the user gave (a settings key "[/x]" ended `chorus` with a MarkupError)
+    err.print(f"[red]error:[/red] {escape(str(exc.message if isinstance(exc, ChorusError) else exc))}")
     raise typer.Exit(2)
 
 

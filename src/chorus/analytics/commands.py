@@ -41,7 +41,8 @@ def fail(exc: Exception, code: int = 2):
     field = getattr(exc, "field", None)
     msg = getattr(exc, "message", str(exc))
     named = f" ({field})" if field and not msg.startswith(field) else ""  # "--since must be ...": named already
-    Console(stderr=True, soft_wrap=True).print(f"[red]error[/red]{named}: {msg}",
+    # the message and field as text: they can hold a file name or a value the user gave (review: "[/x]" a crash)
+    Console(stderr=True, soft_wrap=True).print(f"[red]error[/red]{escape(named)}: {escape(msg)}",
                                                 markup=True, highlight=False)  # fmt: skip
     raise typer.Exit(code)
 

@@ -57,12 +57,12 @@ def _cell_csv(v):
 
 
 def print_table(console: Console, title: str, columns: Sequence[str], rows: Sequence[Sequence], *, caption=None):
-    t = Table(title=title, caption=caption, title_justify="left")
+    # all as plain text: a campaign's or channel's name is the sender's (a row, a column of a transition matrix, a
+    # title), and rich would read "[/x]" as markup (a crash) or "[link=…]" as a link (review)
+    t = Table(title=Text(title), caption=Text(caption) if caption else None, title_justify="left")
     for i, c in enumerate(columns):
-        t.add_column(c, justify="left" if i == 0 else "right")
+        t.add_column(Text(str(c)), justify="left" if i == 0 else "right")
     for r in rows:
-        # as plain text: a campaign's or channel's name is the sender's, and rich would read "[/x]" as markup (a
-        # crash) or "[link=…]" as a link (review)
         t.add_row(*[Text(fmt_cell(v)) for v in r])
     console.print(t)
 
