@@ -72,17 +72,16 @@ def _unsubscribe(svc: Services, msg: dict, topic: str, how: str) -> None:
 
 
 def _still_denied(conn, msg: dict, topic: str) -> bool:
-    """Whether a marketing message on the message's channel and topic would still be refused to her, as a send
-    decides it (the profile it went to, or the one it was merged into; an erased one: nothing to record). Her slot
-    alone is not the answer: a grant of the channel's marketing or the topic on every channel since outranks it
-    (review)."""
+    """Whether her newest word on the message's topic by its channel is still a denial, as a send reads it (the
+    profile it went to, or the one it was merged into; an erased one: nothing to record). Her slot alone is not the
+    answer: a later grant of the channel's marketing or of the topic everywhere outranks it (review); and a block
+    of the whole channel (a bounce, a complaint) is no word on the topic: when it ends, her click must stand."""
     ws = ws_api.get(conn, msg["workspace_id"])
     try:
         profile = views.get_profile(conn, ws.id, msg["profile_id"], ws.identity)
     except NotFound:
         return True
-    topics = (ws.settings.get("messaging") or {}).get("topics")
-    return not policy.consent_decision(profile, msg["channel"] or "", topic, "marketing", topics).allowed
+    return policy.topic_denied(profile, msg["channel"] or "", topic)
 
 
 @router.get("/u/{token}")

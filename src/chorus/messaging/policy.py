@@ -60,6 +60,25 @@ def _slot(consent: dict, channel: str, topic: str) -> dict | None:
     return consent.get(f"{channel}:{topic}")
 
 
+def _newest_on_topic(consent: dict, channel: str, topic: str) -> tuple | None:
+    """(at, slot, statement) of the newest word on the topic by the channel: its own slot, the topic everywhere, the
+    channel's marketing, all marketing. Newest wins; at the same instant a denial wins (the preference page writes
+    several slots at once)."""
+    stated = [
+        (c["at"], slot, c)
+        for slot in (f"{channel}:{topic}", f"*:{topic}", f"{channel}:marketing", "*:marketing")
+        if (c := consent.get(slot)) is not None and c["status"] in ("granted", "denied")
+    ]
+    return max(stated, key=lambda s: (s[0], s[2]["status"] == "denied", s[1])) if stated else None
+
+
+def topic_denied(profile: dict, channel: str, topic: str) -> bool:
+    """Whether her newest word on the topic by the channel is a denial (blocks of the whole channel aside: they come
+    from bounces and complaints, and end without a word on the topic)."""
+    newest = _newest_on_topic(profile.get("consent") or {}, channel.lower(), topic.lower())
+    return newest is not None and newest[2]["status"] == "denied"
+
+
 def consent_decision(profile: dict, channel: str, topic: str, kind: str, topics: dict | None = None) -> Decision:
     # slots are lower case (profiles.state reads consent in any case): a message's topic is compared as they are
     # (review: a message about "Offers" was allowed after her email:offers unsubscribe)
@@ -73,13 +92,7 @@ def consent_decision(profile: dict, channel: str, topic: str, kind: str, topics:
     every = _slot(consent, "*", "*")
     if every and every["status"] == "denied":
         return Decision(False, f"all marketing is denied (*:* by {every['source']})")
-    stated = [
-        (c["at"], slot, c)
-        for slot in (f"{channel}:{topic}", f"*:{topic}", f"{channel}:marketing", "*:marketing")
-        if (c := consent.get(slot)) is not None and c["status"] in ("granted", "denied")
-    ]
-    # newest wins; at the same instant a denial wins (the preference page writes several slots at once)
-    newest = max(stated, key=lambda s: (s[0], s[2]["status"] == "denied", s[1])) if stated else None
+    newest = _newest_on_topic(consent, channel, topic)
     if newest and newest[2]["status"] == "denied":
         return Decision(False, f"{newest[1]} denied by {newest[2]['source']} at {newest[0]}")
     # a topic's mode by its name in any case, as its slots are read (review: "Offers" in the settings, opt-in, read
