@@ -320,3 +320,15 @@ def test_a_table_whose_column_or_title_holds_markup_prints(tmp_path):
     output.print_table(console, "by [/x]", ["from", "[/x]", "[link=http://x]y[/link]"], [["a", 1, 2]], caption="[/y]")
     text = console.file.getvalue()
     assert "[/x]" in text and "[link=http://x]y[/link]" in text
+
+
+def test_a_store_a_newer_chorus_made_is_said_to_be_so(tmp_path):
+    """Review: a revision this Chorus does not know, numbered after its own, is a newer Chorus' store, not "no
+    store" (whose advice, `chorus db upgrade`, would fail)."""
+    import sqlite3
+
+    path = tmp_path / "c.db"
+    assert run("db", "upgrade", "--db", f"sqlite:///{path}").exit_code == 0
+    with sqlite3.connect(path) as con:
+        con.execute("UPDATE alembic_version SET version_num = '9999'")
+    usage_error(run("workspace", "list", "--db", f"sqlite:///{path}"), "a newer version of Chorus made it")

@@ -30,6 +30,7 @@ import hashlib
 import math
 import os
 import re
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
@@ -61,6 +62,7 @@ from chorus.timeutil import utcnow
 
 STATE_FILE = "_chorus_lake.json"
 LOCK_FILE = ".chorus_lake.lock"  # held (flock) by the export writing the lake
+LOCK_TRIES = 10  # about 0.2 s: past a reader's instant probe, not a wait for another export
 CHUNK = 50_000  # events read and written per step: bounds memory whatever the backlog
 SETTLE = timedelta(seconds=60)
 _PART = re.compile(r"part-(\d+)-(\d+)\.parquet")
@@ -220,9 +222,16 @@ def _locked(root: Path) -> Iterator[None]:
     would pile up behind a slow one, and the next scheduled run picks up what this one would have done."""
     fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        for attempt in range(LOCK_TRIES):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                # a report's reader probes the lock (shared, for an instant) to tell a changing lake from a damaged
+                # one (engine._export_running): a few short tries before calling it another export (review)
+                if attempt < LOCK_TRIES - 1:
+                    time.sleep(0.02)
+        else:
             raise LakeConflict(
                 f"another `chorus lake export` is writing the lake at {root} (it holds {root / LOCK_FILE}): this run "
                 "changed nothing; run it again when that one has finished"
