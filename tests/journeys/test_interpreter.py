@@ -618,10 +618,11 @@ def test_a_merged_duplicate_exits_and_withdraws_what_it_queued():
 
 
 def test_after_a_merge_the_later_of_two_exited_instances_with_a_message_waiting_withdraws_it():
-    """Two exited instances whose messages still wait (quiet hours): the later one withdraws its own when the
-    journey would not have admitted it beside the first (never; after_exit while the first was still in it; within
-    a cool-down; the same key value). A re-entry the journey allows stays (review), a live one is left to
-    ``Merged``, and one whose message went out has nothing to withdraw."""
+    """Two instances whose messages still wait (quiet hours): the later one withdraws its own when its version would
+    not have admitted it beside the first (never; after_exit while the first was still in it; within a cool-down;
+    the same key value); a live one is returned to exit by ``Merged``. A re-entry the journey allows stays
+    (review), one whose message went out has nothing to withdraw, and at one instant the one that left first
+    comes first."""
 
     def journey(reentry, key=None):
         entry = {"event": "Browse", **({"key": key} if key else {})}
@@ -629,22 +630,32 @@ def test_after_a_merge_the_later_of_two_exited_instances_with_a_message_waiting_
                         "nodes": {"m": {"type": "message", "template": "t", "channel": ["in_app"],
                                         "kind": "marketing", "next": "x"}, "x": {"type": "exit"}}})  # fmt: skip
 
-    def inst(iid, minute, out=None, status="exited", key=None):
+    def inst(iid, minute, out=None, status="exited", key=None, version=1):
         at = datetime(2026, 3, 2, 9, tzinfo=UTC) + timedelta(minutes=minute)
         gone = None if status != "exited" else at + timedelta(minutes=out or 0)
-        return j.State(instance_id=iid, journey_id="n", version=1, profile_id="p", status=status, node="x",
+        return j.State(instance_id=iid, journey_id="n", version=version, profile_id="p", status=status, node="x",
                        entered_at=at, entry={}, key=key, sent={f"{iid}:1": "m"}, exited_at=gone)
+
+    def dups(defn, instances, pending):
+        return j.superseded_exited(lambda _v: defn, instances, pending)
 
     waiting = {"a:1": "x", "b:1": "x", "c:1": "x"}
     a, b = inst("a", 0, out=30), inst("b", 5)  # b entered while a was still in it (a left at 30)
-    assert j.superseded_exited(journey("never"), [b, a], waiting) == {"b": ("b:1",)}
-    assert j.superseded_exited(journey("after_exit"), [a, b], waiting) == {"b": ("b:1",)}
-    assert j.superseded_exited(journey("never"), [a, b], {"a:1": "x"}) == {}  # b's went out: nothing to withdraw
+    assert dups(journey("never"), [b, a], waiting) == ({"b": ("b:1",)}, frozenset())
+    assert dups(journey("after_exit"), [a, b], waiting) == ({"b": ("b:1",)}, frozenset())
+    assert dups(journey("never"), [a, b], {"a:1": "x"}) == ({}, frozenset())  # b's went out: nothing to withdraw
     later = inst("c", 60)  # entered after a had left: a re-entry after_exit allows
-    assert j.superseded_exited(journey("after_exit"), [a, later], waiting) == {}
-    assert j.superseded_exited(journey({"cooldown": "2h"}), [a, later], waiting) == {"c": ("c:1",)}  # within 2 h
-    assert j.superseded_exited(journey({"cooldown": "30m"}), [a, later], waiting) == {}
+    assert dups(journey("after_exit"), [a, later], waiting) == ({}, frozenset())
+    assert dups(journey({"cooldown": "2h"}), [a, later], waiting) == ({"c": ("c:1",)}, frozenset())  # within 2 h
+    assert dups(journey({"cooldown": "30m"}), [a, later], waiting) == ({}, frozenset())
     live = inst("c", 9, status="active")
-    assert j.superseded_exited(journey("after_exit"), [a, live], waiting) == {}  # Merged's to decide
+    assert dups(journey("after_exit"), [a, live], waiting) == ({}, frozenset({"c"}))  # Merged's to end
     x, y, z = inst("a", 0, key="A"), inst("b", 5, key="B"), inst("c", 9, key="A")
-    assert j.superseded_exited(journey("per_key", key="cart"), [x, y, z], waiting) == {"c": ("c:1",)}
+    assert dups(journey("per_key", key="cart"), [x, y, z], waiting) == ({"c": ("c:1",)}, frozenset())
+    # each by its own version: v1 let her in twice (after_exit); v2 adds an entry key (review)
+    v1, v2 = journey("after_exit"), journey("after_exit", key="cart")
+    p, q = inst("a", 0, out=1), inst("b", 60)
+    assert j.superseded_exited(lambda v: {1: v1, 2: v2}[v], [p, q], waiting) == ({}, frozenset())
+    # one instant: entered and left at 9:00, entered again at 9:00 (after_exit admits it), whatever the ids' order
+    first, again = inst("z", 0, out=0), inst("b", 0, out=10)
+    assert dups(journey("after_exit"), [again, first], waiting) == ({}, frozenset())

@@ -1528,3 +1528,57 @@ def test_her_own_re_entry_stays_when_the_first_instance_came_from_the_merged_pro
                        "timestamp": clock.at.isoformat()}], clock.at)  # fmt: skip
     settle(worker)
     assert [r.status for r in _nudge_statuses(engine, ws)] == ["queued"] * 3, _nudge_statuses(engine, ws)
+
+
+def test_each_instance_is_judged_by_its_own_version_after_a_merge(engine, ws, clock, worker):
+    """Review: v1 (after_exit) let her in twice, both messages waiting; v2 adds an entry key. An unrelated merge
+    judged her v1 instances by v2's rules and withdrew the second ("another profile of hers entered it": false)."""
+    quiet_workspace(engine, ws, worker, clock)
+    publish(engine, ws, {**NUDGE, "reentry": "after_exit"})
+    send(engine, ws, [ev("Browse", T0, user="u9", cart_id="A")], T0)
+    settle(worker)
+    clock.at = T0 + timedelta(hours=1)
+    send(engine, ws, [ev("Browse", clock.at, user="u9", cart_id="B")], clock.at)
+    settle(worker)
+    assert [r.status for r in _nudge_statuses(engine, ws)] == ["queued", "queued"]
+    publish(engine, ws, {**NUDGE, "reentry": "after_exit", "entry": {"event": {"event": "Browse", "key": "cart_id"}}},
+            at=clock.at)  # fmt: skip
+    clock.at = T0 + timedelta(hours=2)
+    send(engine, ws, [{"type": "track", "anonymousId": "d1", "event": "Page Viewed", "messageId": "p1",
+                       "timestamp": clock.at.isoformat(), "context": {"channel": "web"}}], clock.at)  # fmt: skip
+    settle(worker)
+    send(engine, ws, [{"type": "alias", "userId": "u9", "previousId": "d1", "messageId": "m3",
+                       "timestamp": clock.at.isoformat()}], clock.at)  # fmt: skip
+    settle(worker)
+    assert [r.status for r in _nudge_statuses(engine, ws)] == ["queued", "queued"], _nudge_statuses(engine, ws)
+
+
+def test_a_live_duplicate_beside_an_exited_instance_with_a_waiting_message_exits(engine, ws, clock, worker):
+    """Review: reentry never. Her instance sent (held by quiet hours) and left; a device of hers entered 5 minutes
+    later, sent (held too) and waits at a delay. After the merge both messages were still queued: the live one was
+    no duplicate of another live one, and the exited rule left live ones alone. It exits now, withdrawing its own."""
+    quiet_workspace(engine, ws, worker, clock)
+    publish(engine, ws, {**NUDGE, "reentry": "never",
+                         "nodes": {"mail": {"type": "message", "template": "cart_reminder", "channel": ["in_app"],
+                                            "kind": "marketing", "next": "c0"},
+                                   "c0": {"type": "condition", "if": {"trait": {"name": "vip", "equals": True}},
+                                          "then": "done", "else": "later"},
+                                   "later": {"type": "delay", "for": "1d", "next": "done"},
+                                   "done": {"type": "exit"}}})  # fmt: skip
+    send(engine, ws, [{"type": "identify", "userId": "u9", "traits": {"vip": True}, "messageId": "id0",
+                       "timestamp": (T0 - timedelta(minutes=1)).isoformat()}], T0)  # fmt: skip
+    settle(worker)
+    send(engine, ws, [ev("Browse", T0, user="u9", cart_id="A")], T0)
+    settle(worker)
+    clock.at = T0 + timedelta(minutes=5)
+    send(engine, ws, [{"type": "track", "anonymousId": "d1", "event": "Browse", "messageId": "b1",
+                       "properties": {"cart_id": "B"}, "timestamp": clock.at.isoformat(),
+                       "context": {"channel": "web"}}], clock.at)  # fmt: skip
+    settle(worker)
+    assert [r.status for r in _nudge_statuses(engine, ws)] == ["queued", "queued"]
+    clock.at = T0 + timedelta(minutes=10)
+    send(engine, ws, [{"type": "alias", "userId": "u9", "previousId": "d1", "messageId": "m3",
+                       "timestamp": clock.at.isoformat()}], clock.at)  # fmt: skip
+    settle(worker)
+    assert sorted(r.status for r in _nudge_statuses(engine, ws)) == ["queued", "skipped"], _nudge_statuses(engine, ws)
+    assert [i.status for i in instances(engine, ws, "nudge")] == ["exited", "exited"]

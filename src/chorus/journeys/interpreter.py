@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Union
@@ -425,32 +425,37 @@ def superseded(defn: d.Definition, instances: Sequence[State]) -> frozenset[str]
     return frozenset(out)
 
 
-def superseded_exited(defn: d.Definition, instances: Sequence[State], pending: Mapping[str, str]
-                      ) -> dict[str, tuple[str, ...]]:  # fmt: skip
-    """After a merge: the exited instances that duplicate another of hers, each with its messages not gone out yet
-    to withdraw (``pending``: the idempotency keys of her instances' messages still waiting). In entry order, an
-    instance is a duplicate when the journey would not have admitted it, had every instance kept before it been hers
-    all along (:func:`_admits`): her own re-entries (after an exit, after a cool-down, another key value) were hers
-    to make, whichever profile made them (review). An outside probe: both profiles had reached a message then an
-    exit, the messages waited out quiet hours, and she got both after the merge. Live duplicates exit by
-    ``Merged``."""
+def superseded_exited(defn_of: Callable[[int], d.Definition], instances: Sequence[State], pending: Mapping[str, str]
+                      ) -> tuple[dict[str, tuple[str, ...]], frozenset[str]]:  # fmt: skip
+    """After a merge: her instances of one journey that duplicate another of hers. In entry order (at one instant,
+    the one that left first first), an instance is a duplicate when its version (``defn_of``) would not have admitted
+    it, had every instance kept before it been hers all along (:func:`_admits`); her own re-entries (after an exit,
+    after a cool-down, another key value) were hers to make, whichever profile made them (review). Returns the
+    exited duplicates with their messages not gone out yet to withdraw (``pending``: the idempotency keys of her
+    messages still waiting), and the live duplicates, which exit by ``Merged``. An outside probe: both profiles
+    had reached a message then an exit, the messages waited out quiet hours, and she got both after the merge."""
     kept: list[State] = []
     out: dict[str, tuple[str, ...]] = {}
-    for s in sorted(instances, key=lambda s: (s.entered_at, s.instance_id)):
-        if _admits(defn, kept, s):
+    live: set[str] = set()
+    order = sorted(instances, key=lambda s: (s.entered_at, s.exited_at is None, s.exited_at or s.entered_at,
+                                             s.instance_id))  # fmt: skip
+    for s in order:
+        if _admits(defn_of(s.version), kept, s):
             kept.append(s)
-        elif s.status == "exited" and (keys := tuple(sorted(k for k in s.sent if k in pending))):
+        elif s.status != "exited":
+            live.add(s.instance_id)
+        elif keys := tuple(sorted(k for k in s.sent if k in pending)):
             out[s.instance_id] = keys
-    return out
+    return out, frozenset(live)
 
 
 def _admits(defn: d.Definition, kept: Sequence[State], s: State) -> bool:
     """Whether the journey's re-entry rule lets ``s`` in, its entry instant and key value, beside ``kept`` (as
-    :func:`admit` decides it when the entry comes)."""
+    :func:`enter` decides it when the entry comes)."""
     if not kept:
         return True
     t, mode = s.entered_at, defn.reentry.mode
-    if defn.entry_key is not None and any(k.key == s.key for k in kept):
+    if defn.entry_key is not None and s.key is not None and any(k.key == s.key for k in kept):
         return False
     if mode == "never":
         return False

@@ -655,7 +655,10 @@ class PersonRun:
             mine = by_journey.get(jid, [])
             if isinstance(inp, j.Merged):  # housekeeping, not an input of hers: never held, nobody enters by it
                 live = {s.version for s in mine if s.status != "exited"}
-                gone = j.superseded(self.js.defn(jid, jr.version), mine) if live else frozenset()
+                # two live ones, ranked by the current version; and those the runtime found beside an exited one
+                # whose message still waits (its ``superseded``)
+                beside = inp.superseded & {s.instance_id for s in mine if s.status != "exited"}
+                gone = (j.superseded(self.js.defn(jid, jr.version), mine) | beside) if live else frozenset()
                 if gone:
                     versions = {v: self.js.defn(jid, v) for v in live}
                     merged = replace(inp, superseded=gone)
@@ -948,9 +951,11 @@ class Consumer:
             locked = set(views.lock_people(conn, ws, sorted(set(people) | set(merged))))
             given: dict[str, list[j.Input]] = {}
             # first: two instances of hers must not both take her inputs (only for those a merge gave two)
-            for pid in sorted(store.doubled(conn, ws, sorted(set(merged) & locked))):
-                given[pid] = [j.Merged(merged[pid])]
-            _withdraw_exited_doubles(conn, js, sorted(set(merged) & locked), at)
+            doubled = store.doubled(conn, ws, sorted(set(merged) & locked))
+            # and a live one beside an exited one whose message still waits (review: both sent)
+            beside = _withdraw_exited_doubles(conn, js, sorted(set(merged) & locked), at)
+            for pid in sorted(doubled | set(beside)):
+                given[pid] = [j.Merged(merged[pid], frozenset(beside.get(pid, ())))]
             for c, inp in _inputs(conn, js, [c for pid in sorted(locked) for c in people.get(pid, ())]):
                 if not js.hears(inp):
                     continue  # nothing can use it: the person is not even loaded for it
@@ -1094,11 +1099,13 @@ def start_person(conn: Connection, ws: str, jid: str, pid: str, start: j.Start, 
 
 
 # -- resume, stop ------------------------------------------------------------------------------------------------------
-def _withdraw_exited_doubles(conn: Connection, js: Journeys, survivors: list[str], at: datetime) -> None:
-    """A merge gave these people another profile's instances: of two that reached a message then an exit, the
-    later one's message not gone out yet is withdrawn (``interpreter.superseded_exited``); live duplicates exit by
-    ``Merged``. Only journeys where one of hers exited with a message are read further."""
-    for mine in store.instances_of(conn, js.ws.id, survivors).values():
+def _withdraw_exited_doubles(conn: Connection, js: Journeys, survivors: list[str], at: datetime) -> dict[str, set]:
+    """A merge gave these people another profile's instances. Of those that duplicate another of hers
+    (``interpreter.superseded_exited``, each judged by its own version's rules), an exited one's messages not gone
+    out yet are withdrawn here; the live ones are returned (profile id -> instance ids) to exit by ``Merged``. Only
+    journeys where one of hers exited with a message still waiting are read further."""
+    live: dict[str, set] = {}
+    for pid, mine in store.instances_of(conn, js.ws.id, survivors).items():
         by_journey: dict[str, list[j.State]] = {}
         for s in mine:
             by_journey.setdefault(s.journey_id, []).append(s)
@@ -1112,8 +1119,12 @@ def _withdraw_exited_doubles(conn: Connection, js: Journeys, survivors: list[str
                 continue
             why = (f"journey {jid}: merged: she is in this journey already (another profile of hers entered it) "
                    "before it went out")  # as effects' withdrawals say it
-            for keys in j.superseded_exited(js.defn(jid, jr.version), group, pending).values():
+            exited, doubles = j.superseded_exited(lambda v, jid=jid: js.defn(jid, v), group, pending)
+            for keys in exited.values():
                 outbox.withdraw(conn, js.ws.id, jid, [(k, why) for k in keys], at)
+            if doubles:
+                live.setdefault(pid, set()).update(doubles)
+    return live
 
 
 WITHDRAW_BATCH = 1000  # messages of a stopped journey withdrawn per transaction (the stop's own, then each sweep)
