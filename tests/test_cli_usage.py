@@ -332,3 +332,6 @@ def test_a_store_a_newer_chorus_made_is_said_to_be_so(tmp_path):
     with sqlite3.connect(path) as con:
         con.execute("UPDATE alembic_version SET version_num = '9999'")
     usage_error(run("workspace", "list", "--db", f"sqlite:///{path}"), "a newer version of Chorus made it")
+    with sqlite3.connect(path) as con:  # another application's numbered revision (a date) is no Chorus store
+        con.execute("UPDATE alembic_version SET version_num = '202405061230'")
+    usage_error(run("workspace", "list", "--db", f"sqlite:///{path}"), "holds no Chorus store")

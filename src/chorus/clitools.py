@@ -102,7 +102,7 @@ def _holds_a_store(url: str, shown: str) -> None:
     # another application's Alembic table holds a revision of its own (review: its migrations' traceback); Chorus'
     # revisions are numbered, so a later number is a store a newer Chorus made (review: "no store" misled)
     found = row is not None and row[0] in ours
-    if row is not None and not found and str(row[0]).isdigit() and int(row[0]) > max(int(r) for r in ours):
+    if row is not None and not found and len(str(row[0])) == 4 and str(row[0]).isdigit() and row[0] > max(ours):
         _fail(ChorusError(f"cannot open the store at {shown}: a newer version of Chorus made it (migration {row[0]}; "
                           f"this one knows up to {max(ours)}): upgrade Chorus", field="db"))  # fmt: skip
     if not found:

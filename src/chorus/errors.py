@@ -70,13 +70,16 @@ class NotConfigured(ChorusError):
             self.code = code
 
 
-# where a validator's message ("settings.identifiers.a b: not an allowed identifier name", "settings.x must be ...")
-# stops naming its field: the first of these. A first word alone cut a name that holds a space (an outside probe:
-# field "settings.identifiers.a")
-_AFTER_FIELD = (": ", " must ", " is ", " expected ", " has ", " needs ", " takes ")
+# A validator's message names its field first: "settings.identifiers.a b: not an allowed identifier name",
+# "settings.messaging.timezone 'Mars/Base' is not a zone", "settings.x must be ...". The field is the first word,
+# unless the text before the first ": " starts with it and holds a space (a name with a space in it: an outside
+# probe got "settings.identifiers.a"); a value quoted after the field never joins it (review).
 
 
 def field_of(message: str) -> str:
     """The field a validator's ``ValueError`` message starts by naming."""
-    ends = [i for i in (message.find(s) for s in _AFTER_FIELD) if i > 0]
-    return message[: min(ends)] if ends else message.split(" ", 1)[0].rstrip(":")
+    first = message.split(" ", 1)[0].rstrip(":")
+    head = message.split(": ", 1)[0]
+    if head != message and head.startswith(first) and "'" not in head and '"' not in head:
+        return head
+    return first

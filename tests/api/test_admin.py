@@ -195,7 +195,8 @@ def test_settings_patch_validates(http, workspace):
     # the field named whole, a name with a space in it too (an outside probe: "settings.identifiers.a")
     for patch, field in (({"identifiers": {"a b": {"known": True}}}, "settings.identifiers.a b"),
                          ({"identifier_limits": {"anonymous_id": 0}}, "settings.identifier_limits.anonymous_id"),
-                         ({"default_region": "XX"}, "settings.default_region")):  # fmt: skip
+                         ({"default_region": "XX"}, "settings.default_region"),
+                         ({"messaging": {"timezone": "Mars/Base"}}, "settings.messaging.timezone")):  # fmt: skip
         r = http.patch("/api/workspace/settings", json=patch, headers=bearer(workspace))
         assert r.status_code == 400 and r.json()["field"] == field, (patch, r.json())
 
