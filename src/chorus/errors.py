@@ -71,15 +71,13 @@ class NotConfigured(ChorusError):
 
 
 # A validator's message names its field first: "settings.identifiers.a b: not an allowed identifier name",
-# "settings.messaging.timezone 'Mars/Base' is not a zone", "settings.x must be ...". The field is the first word,
-# unless the text before the first ": " starts with it and holds a space (a name with a space in it: an outside
-# probe got "settings.identifiers.a"); a value quoted after the field never joins it (review).
+# "settings.messaging.timezone 'Mars/Base' is not a zone", "settings.x must be ...", "a b is not an audience field".
+# The field ends at the first of these marks. A first word alone cut a name holding a space (an outside probe:
+# "settings.identifiers.a"); a quoted value after the field never joins it (review).
+_AFTER_FIELD = (": ", " must ", " is ", " expected ", " has ", " needs ", " takes ", " '", ' "')
 
 
 def field_of(message: str) -> str:
     """The field a validator's ``ValueError`` message starts by naming."""
-    first = message.split(" ", 1)[0].rstrip(":")
-    head = message.split(": ", 1)[0]
-    if head != message and head.startswith(first) and "'" not in head and '"' not in head:
-        return head
-    return first
+    ends = [i for i in (message.find(m) for m in _AFTER_FIELD) if i > 0]
+    return message[: min(ends)] if ends else message.split(" ", 1)[0].rstrip(":")
