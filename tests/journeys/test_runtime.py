@@ -1582,3 +1582,40 @@ def test_a_live_duplicate_beside_an_exited_instance_with_a_waiting_message_exits
     settle(worker)
     assert sorted(r.status for r in _nudge_statuses(engine, ws)) == ["queued", "skipped"], _nudge_statuses(engine, ws)
     assert [i.status for i in instances(engine, ws, "nudge")] == ["exited", "exited"]
+
+
+def test_a_merge_keeps_one_live_instance_when_both_rankings_would_differ(engine, ws, clock, worker):
+    """Review: after_exit. X (hers) enters at 9:00, its message held by quiet hours, and leaves at 9:10; L1 (a device
+    of hers) enters at 9:05, while X was in; L2 (hers again, after X left: allowed) at 9:20. The live-only ranking
+    kept L1 and the ranking with X kept L2: their union exited both. One ranking now: L2 goes on, L1 exits."""
+    quiet_workspace(engine, ws, worker, clock)
+    send(engine, ws, [{"type": "identify", "userId": "u9", "traits": {"vip": True}, "messageId": "id0",
+                       "timestamp": (T0 - timedelta(minutes=1)).isoformat()}], T0)  # fmt: skip
+    settle(worker)
+    publish(engine, ws, {**NUDGE, "reentry": "after_exit",
+                         "nodes": {"mail": {"type": "message", "template": "cart_reminder", "channel": ["in_app"],
+                                            "kind": "marketing", "next": "w"},
+                                   "w": {"type": "delay", "for": "10m", "next": "c0"},
+                                   "c0": {"type": "condition", "if": {"trait": {"name": "vip", "equals": True}},
+                                          "then": "done", "else": "later"},
+                                   "later": {"type": "delay", "for": "1d", "next": "done"},
+                                   "done": {"type": "exit"}}})  # fmt: skip
+    send(engine, ws, [ev("Browse", T0, user="u9", cart_id="A")], T0)
+    settle(worker)
+    clock.at = T0 + timedelta(minutes=5)
+    send(engine, ws, [{"type": "track", "anonymousId": "d1", "event": "Browse", "messageId": "b1",
+                       "properties": {"cart_id": "B"}, "timestamp": clock.at.isoformat(),
+                       "context": {"channel": "web"}}], clock.at)  # fmt: skip
+    settle(worker)
+    clock.at = T0 + timedelta(minutes=16)
+    settle(worker)
+    clock.at = T0 + timedelta(minutes=20)
+    send(engine, ws, [ev("Browse", clock.at, user="u9", cart_id="C")], clock.at)
+    settle(worker)
+    clock.at = T0 + timedelta(minutes=25)
+    send(engine, ws, [{"type": "alias", "userId": "u9", "previousId": "d1", "messageId": "m3",
+                       "timestamp": clock.at.isoformat()}], clock.at)  # fmt: skip
+    settle(worker)
+    by_cart = {i.state["entry"]["properties"]["cart_id"]: i for i in instances(engine, ws, "nudge")}
+    assert [by_cart[c].status != "exited" for c in "ABC"] == [False, False, True], by_cart
+    assert sorted(r.status for r in _nudge_statuses(engine, ws)) == ["queued", "queued", "skipped"]

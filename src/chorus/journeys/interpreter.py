@@ -98,6 +98,9 @@ class Merged:
 
     at: datetime
     superseded: frozenset[str] = frozenset()
+    # journeys whose duplicates the runtime ranked with her exited instances still waiting to send
+    # (:func:`superseded_exited`): for those, ``superseded`` is the answer, not :func:`superseded` of the live ones
+    ranked: frozenset[str] = frozenset()
 
 
 Input = Union[Event, MessageEvent, SegmentChanged, TimerFired, Start, Merged]  # noqa: UP007
@@ -430,15 +433,20 @@ def superseded_exited(defn_of: Callable[[int], d.Definition], instances: Sequenc
     """After a merge: her instances of one journey that duplicate another of hers. In entry order (at one instant,
     the one that left first first), an instance is a duplicate when its version (``defn_of``) would not have admitted
     it, had every instance kept before it been hers all along (:func:`_admits`); her own re-entries (after an exit,
-    after a cool-down, another key value) were hers to make, whichever profile made them (review). Returns the
-    exited duplicates with their messages not gone out yet to withdraw (``pending``: the idempotency keys of her
-    messages still waiting), and the live duplicates, which exit by ``Merged``. An outside probe: both profiles
+    after a cool-down, another key value) were hers to make, whichever profile made them (review). Only instances
+    still acting are ranked: live ones, and exited ones with a message still waiting. Returns the exited
+    duplicates with their messages not gone out yet to withdraw (``pending``: the idempotency keys of her messages
+    still waiting), and the live duplicates, which exit by ``Merged``: among live ones alone this is the ranking of
+    :func:`superseded`. An outside probe: both profiles
     had reached a message then an exit, the messages waited out quiet hours, and she got both after the merge."""
     kept: list[State] = []
     out: dict[str, tuple[str, ...]] = {}
     live: set[str] = set()
-    order = sorted(instances, key=lambda s: (s.entered_at, s.exited_at is None, s.exited_at or s.entered_at,
-                                             s.instance_id))  # fmt: skip
+    # only those still acting: live, or exited with a message still waiting. One that is done (its messages gone
+    # out) duplicates nothing any more, so it decides nothing (review: a live re-entry exited over an old overlap)
+    acting = [s for s in instances if s.status != "exited" or any(k in pending for k in s.sent)]
+    order = sorted(acting, key=lambda s: (s.entered_at, s.exited_at is None, s.exited_at or s.entered_at,
+                                          s.instance_id))  # fmt: skip
     for s in order:
         if _admits(defn_of(s.version), kept, s):
             kept.append(s)

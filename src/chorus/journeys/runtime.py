@@ -657,8 +657,12 @@ class PersonRun:
                 live = {s.version for s in mine if s.status != "exited"}
                 # two live ones, ranked by the current version; and those the runtime found beside an exited one
                 # whose message still waits (its ``superseded``)
-                beside = inp.superseded & {s.instance_id for s in mine if s.status != "exited"}
-                gone = (j.superseded(self.js.defn(jid, jr.version), mine) | beside) if live else frozenset()
+                if not live:
+                    gone = frozenset()
+                elif jid in inp.ranked:  # ranked with her exited ones still waiting to send: that ranking alone
+                    gone = inp.superseded & {s.instance_id for s in mine if s.status != "exited"}
+                else:
+                    gone = j.superseded(self.js.defn(jid, jr.version), mine)
                 if gone:
                     versions = {v: self.js.defn(jid, v) for v in live}
                     merged = replace(inp, superseded=gone)
@@ -953,9 +957,9 @@ class Consumer:
             # first: two instances of hers must not both take her inputs (only for those a merge gave two)
             doubled = store.doubled(conn, ws, sorted(set(merged) & locked))
             # and a live one beside an exited one whose message still waits (review: both sent)
-            beside = _withdraw_exited_doubles(conn, js, sorted(set(merged) & locked), at)
+            beside, ranked = _withdraw_exited_doubles(conn, js, sorted(set(merged) & locked), at)
             for pid in sorted(doubled | set(beside)):
-                given[pid] = [j.Merged(merged[pid], frozenset(beside.get(pid, ())))]
+                given[pid] = [j.Merged(merged[pid], frozenset(beside.get(pid, ())), frozenset(ranked.get(pid, ())))]
             for c, inp in _inputs(conn, js, [c for pid in sorted(locked) for c in people.get(pid, ())]):
                 if not js.hears(inp):
                     continue  # nothing can use it: the person is not even loaded for it
@@ -1099,12 +1103,16 @@ def start_person(conn: Connection, ws: str, jid: str, pid: str, start: j.Start, 
 
 
 # -- resume, stop ------------------------------------------------------------------------------------------------------
-def _withdraw_exited_doubles(conn: Connection, js: Journeys, survivors: list[str], at: datetime) -> dict[str, set]:
+def _withdraw_exited_doubles(conn: Connection, js: Journeys, survivors: list[str], at: datetime
+                             ) -> tuple[dict[str, set], dict[str, set]]:  # fmt: skip
     """A merge gave these people another profile's instances. Of those that duplicate another of hers
     (``interpreter.superseded_exited``, each judged by its own version's rules), an exited one's messages not gone
-    out yet are withdrawn here; the live ones are returned (profile id -> instance ids) to exit by ``Merged``. Only
-    journeys where one of hers exited with a message still waiting are read further."""
+    out yet are withdrawn here; the live ones are returned (profile id -> instance ids) to exit by ``Merged``, with
+    the journeys so ranked (profile id -> journey ids: their live ones are not ranked again, alone, by
+    ``superseded``, which could keep another one; review). Only journeys where one of hers exited with a message
+    still waiting are read further."""
     live: dict[str, set] = {}
+    ranked: dict[str, set] = {}
     for pid, mine in store.instances_of(conn, js.ws.id, survivors).items():
         by_journey: dict[str, list[j.State]] = {}
         for s in mine:
@@ -1122,9 +1130,10 @@ def _withdraw_exited_doubles(conn: Connection, js: Journeys, survivors: list[str
             exited, doubles = j.superseded_exited(lambda v, jid=jid: js.defn(jid, v), group, pending)
             for keys in exited.values():
                 outbox.withdraw(conn, js.ws.id, jid, [(k, why) for k in keys], at)
+            ranked.setdefault(pid, set()).add(jid)
             if doubles:
                 live.setdefault(pid, set()).update(doubles)
-    return live
+    return live, ranked
 
 
 WITHDRAW_BATCH = 1000  # messages of a stopped journey withdrawn per transaction (the stop's own, then each sweep)
