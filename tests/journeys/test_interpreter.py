@@ -656,6 +656,14 @@ def test_after_a_merge_the_later_of_two_exited_instances_with_a_message_waiting_
     v1, v2 = journey("after_exit"), journey("after_exit", key="cart")
     p, q = inst("a", 0, out=1), inst("b", 60)
     assert j.superseded_exited(lambda v: {1: v1, 2: v2}[v], [p, q], waiting) == ({}, frozenset())
+    # a done one (its message sent) still makes another profile's waiting copy a duplicate, and her allowed
+    # re-entry after it stays, live or exited (review)
+    done, copy = inst("a", 0, out=10), inst("b", 5, out=3)
+    again_live, again_gone = inst("c", 31, status="active"), inst("c", 31, out=1)
+    only_b = {"b:1": "x", "c:1": "x"}
+    assert dups(journey("never"), [done, copy], only_b) == ({"b": ("b:1",)}, frozenset())
+    assert dups(journey({"cooldown": "30m"}), [done, copy, again_live], only_b) == ({"b": ("b:1",)}, frozenset())
+    assert dups(journey({"cooldown": "30m"}), [done, copy, again_gone], only_b) == ({"b": ("b:1",)}, frozenset())
     # one instant: entered and left at 9:00, entered again at 9:00 (after_exit admits it), whatever the ids' order
     first, again = inst("z", 0, out=0), inst("b", 0, out=10)
     assert dups(journey("after_exit"), [again, first], waiting) == ({}, frozenset())

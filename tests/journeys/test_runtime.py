@@ -1619,3 +1619,25 @@ def test_a_merge_keeps_one_live_instance_when_both_rankings_would_differ(engine,
     by_cart = {i.state["entry"]["properties"]["cart_id"]: i for i in instances(engine, ws, "nudge")}
     assert [by_cart[c].status != "exited" for c in "ABC"] == [False, False, True], by_cart
     assert sorted(r.status for r in _nudge_statuses(engine, ws)) == ["queued", "queued", "skipped"]
+
+
+def test_a_device_copy_of_a_message_she_already_had_is_withdrawn_after_a_merge(engine, ws, clock, worker):
+    """Review: reentry never. Her instance enters at 07:55, before quiet hours (08:00-20:00): its message goes out
+    and it exits. A device of hers enters at 08:05: its message waits out quiet hours. After the merge the
+    device's copy must be withdrawn, though hers is done: a ranking of only the instances still acting had let it
+    go out at 20:00."""
+    quiet_workspace(engine, ws, worker, clock)
+    publish(engine, ws, NUDGE)
+    clock.at = T0 - timedelta(minutes=65)
+    send(engine, ws, [ev("Browse", clock.at, user="u9", cart_id="A")], clock.at)
+    settle(worker)
+    clock.at = T0 - timedelta(minutes=55)
+    send(engine, ws, [{"type": "track", "anonymousId": "d1", "event": "Browse", "messageId": "b1",
+                       "properties": {"cart_id": "B"}, "timestamp": clock.at.isoformat(),
+                       "context": {"channel": "web"}}], clock.at)  # fmt: skip
+    settle(worker)
+    clock.at = T0 - timedelta(minutes=50)
+    send(engine, ws, [{"type": "alias", "userId": "u9", "previousId": "d1", "messageId": "m3",
+                       "timestamp": clock.at.isoformat()}], clock.at)  # fmt: skip
+    settle(worker)
+    assert sorted(r.status for r in _nudge_statuses(engine, ws)) == ["sent", "skipped"], _nudge_statuses(engine, ws)

@@ -433,25 +433,31 @@ def superseded_exited(defn_of: Callable[[int], d.Definition], instances: Sequenc
     """After a merge: her instances of one journey that duplicate another of hers. In entry order (at one instant,
     the one that left first first), an instance is a duplicate when its version (``defn_of``) would not have admitted
     it, had every instance kept before it been hers all along (:func:`_admits`); her own re-entries (after an exit,
-    after a cool-down, another key value) were hers to make, whichever profile made them (review). Only instances
-    still acting are ranked: live ones, and exited ones with a message still waiting. Returns the exited
-    duplicates with their messages not gone out yet to withdraw (``pending``: the idempotency keys of her messages
-    still waiting), and the live duplicates, which exit by ``Merged``: among live ones alone this is the ranking of
-    :func:`superseded`. An outside probe: both profiles
+    after a cool-down, another key value) were hers to make, whichever profile made them (review). An exited one is
+    judged beside every instance kept before it; a live one beside those kept that still act (live, or exited with
+    a message waiting). Returns the exited duplicates with their messages not gone out yet to withdraw
+    (``pending``: the idempotency keys of her messages still waiting), and the live duplicates, which exit by
+    ``Merged``: among live ones alone this is the ranking of :func:`superseded`. An outside probe: both profiles
     had reached a message then an exit, the messages waited out quiet hours, and she got both after the merge."""
     kept: list[State] = []
     out: dict[str, tuple[str, ...]] = {}
     live: set[str] = set()
-    # only those still acting: live, or exited with a message still waiting. One that is done (its messages gone
-    # out) duplicates nothing any more, so it decides nothing (review: a live re-entry exited over an old overlap)
-    acting = [s for s in instances if s.status != "exited" or any(k in pending for k in s.sent)]
-    order = sorted(acting, key=lambda s: (s.entered_at, s.exited_at is None, s.exited_at or s.entered_at,
-                                          s.instance_id))  # fmt: skip
+
+    def acting(k: State) -> bool:
+        return k.status != "exited" or any(key in pending for key in k.sent)
+
+    order = sorted(instances, key=lambda s: (s.entered_at, s.exited_at is None, s.exited_at or s.entered_at,
+                                             s.instance_id))  # fmt: skip
     for s in order:
-        if _admits(defn_of(s.version), kept, s):
-            kept.append(s)
-        elif s.status != "exited":
-            live.add(s.instance_id)
+        if s.status != "exited":
+            # a live one beside those still acting: one done (its messages gone out) decides nothing about her
+            # future any more (review: a live re-entry exited over an old overlap)
+            if _admits(defn_of(s.version), [k for k in kept if acting(k)], s):
+                kept.append(s)
+            else:
+                live.add(s.instance_id)
+        elif _admits(defn_of(s.version), kept, s):  # an exited one beside all kept, done ones included: a message
+            kept.append(s)  # she already had makes another profile's copy of it a duplicate (review)
         elif keys := tuple(sorted(k for k in s.sent if k in pending)):
             out[s.instance_id] = keys
     return out, frozenset(live)
