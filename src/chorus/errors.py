@@ -70,14 +70,11 @@ class NotConfigured(ChorusError):
             self.code = code
 
 
-# A validator's message names its field first: "settings.identifiers.a b: not an allowed identifier name",
-# "settings.messaging.timezone 'Mars/Base' is not a zone", "settings.x must be ...", "a b is not an audience field".
-# The field ends at the first of these marks. A first word alone cut a name holding a space (an outside probe:
-# "settings.identifiers.a"); a quoted value after the field never joins it (review).
-_AFTER_FIELD = (": ", " must ", " is ", " expected ", " has ", " needs ", " takes ", " '", ' "')
+# A validator's message names its field first, as one word: "settings.x must be ...", "settings.default_region:
+# 'XX' is not a known region". (Tried this session: cutting at ": " or " is " for names holding a space; validators
+# word their messages too many ways for that, and a review and CI found wrong fields. Left as it was.)
 
 
 def field_of(message: str) -> str:
-    """The field a validator's ``ValueError`` message starts by naming."""
-    ends = [i for i in (message.find(m) for m in _AFTER_FIELD) if i > 0]
-    return message[: min(ends)] if ends else message.split(" ", 1)[0].rstrip(":")
+    """The field a validator's ``ValueError`` message starts by naming: its first word."""
+    return message.split(" ", 1)[0].rstrip(":")
